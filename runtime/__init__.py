@@ -1,0 +1,1 @@
+"""The derecho-actors engine. Users import ``derecho_actors``, never this package."""

@@ -1,0 +1,286 @@
+"""Small-message multicast (SMC) with round-robin total order for one shard in one view.
+
+Each member of the shard owns a row of the shard's SST with ``received_num[s]`` (how many
+messages of sender s it holds) and ``delivered_num`` (how many global indices it has
+delivered). A sender appends messages to its window and pushes them with its row; receivers
+take them in sender order, raise ``received_num`` and push back. The stability predicate
+(minimum of ``received_num`` over all rows) releases whole batches for delivery.
+
+Flow control follows the brief's measured design note: a sender may run ahead of the slowest
+receiver by at most ``window_size`` messages, *and* may have at most ``window_size`` of its own
+messages undelivered locally. The second bound stops a fast sender from piling up messages
+that all wait on a slow sender's next slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from runtime.core import ordering
+from runtime.core.effects import DeliveredMessage, Delivery, Rejected
+from runtime.core.messages import Payload, ShardKey, ShardPush
+from runtime.core.sst import SST, Column, Schema, SSTError
+
+
+@dataclass(frozen=True, slots=True)
+class MulticastConfig:
+    """Tuning of one shard's multicast. Times are in the driver's clock units (seconds)."""
+
+    window_size: int = 1000
+    null_interval: float = 0.001
+    max_batch: int = 1000
+    max_message_size: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if self.window_size < 1:
+            raise ValueError("window_size must be at least 1")
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if self.null_interval < 0:
+            raise ValueError("null_interval must not be negative")
+
+
+def shard_schema(n_senders: int) -> Schema:
+    return Schema(
+        (
+            Column("received_num", width=n_senders),
+            Column("delivered_num"),
+        )
+    )
+
+
+class ShardMulticast:
+    """The SMC state of this member for one shard.
+
+    ``members`` are node ids in rank order; ``senders`` the ranks that may send (all by
+    default). Only :meth:`send`, :meth:`on_push`, :meth:`on_tick` and :meth:`drain` change
+    state; the owner calls :meth:`drain` to collect pushes and deliveries.
+    """
+
+    def __init__(
+        self,
+        shard: ShardKey,
+        members: Sequence[int],
+        my_node: int,
+        config: MulticastConfig = MulticastConfig(),
+        senders: Sequence[int] | None = None,
+        now: float = 0.0,
+    ) -> None:
+        if my_node not in members:
+            raise ValueError(f"node {my_node} is not a member of shard {shard!r}")
+        if len(set(members)) != len(members):
+            raise ValueError(f"shard {shard!r} lists a member twice: {list(members)}")
+        self.shard = shard
+        self.members: tuple[int, ...] = tuple(members)
+        self.my_rank = self.members.index(my_node)
+        self.config = config
+        sender_ranks = tuple(range(len(members))) if senders is None else tuple(senders)
+        if not sender_ranks or any(not 0 <= r < len(members) for r in sender_ranks):
+            raise ValueError(f"bad sender ranks {sender_ranks} for {len(members)} members")
+        self.sender_ranks = sender_ranks
+        self.n_senders = len(sender_ranks)
+        self._pos_of_rank = {r: i for i, r in enumerate(sender_ranks)}
+        self.my_pos: int | None = self._pos_of_rank.get(self.my_rank)
+        self.sst = SST(shard_schema(self.n_senders), len(members), self.my_rank)
+        # Undelivered messages per sender position, and the sender index of each list's head.
+        self._buf: list[list[Payload]] = [[] for _ in range(self.n_senders)]
+        self._buf_base: list[int] = [0] * self.n_senders
+        self._delivered = 0  # delivery frontier (global index of the next delivery)
+        self._target = 0  # frontier computed by the stability predicate for its trigger
+        self._unpushed_from = 0  # my sender index of the first message not yet pushed
+        self._last_send_at = now
+        self._blocked = False
+        self._deliveries: list[Delivery] = []
+        self._window_opened = False
+        self.nulls_sent = 0
+        self.sst.register("stability", self._stable_beyond_delivered, self._deliver_stable)
+
+    # ------------------------------------------------------------------ sending
+    @property
+    def sent(self) -> int:
+        """Messages (nulls included) this member has sent in this shard."""
+        if self.my_pos is None:
+            return 0
+        return self.sst.mine["received_num"][self.my_pos]  # type: ignore[index]
+
+    def send_capacity(self) -> int:
+        """How many more messages the window admits right now."""
+        if self.my_pos is None:
+            return 0
+        pos = self.my_pos
+        slowest = min(row["received_num"][pos] for row in self.sst.rows)  # type: ignore[index]
+        own_delivered = ordering.count_before(self._delivered, pos, self.n_senders)
+        limit = min(slowest, own_delivered) + self.config.window_size
+        return max(0, limit - self.sent)
+
+    def send(self, payloads: Sequence[bytes], now: float) -> int:
+        """Append as many payloads as the window admits; returns how many were taken.
+
+        The rest stay the caller's: it retries after a ``window_open`` notice. Nothing is
+        dropped. Raises ValueError if this member is not a sender or a payload is too large.
+        """
+        if self.my_pos is None:
+            raise ValueError(f"node at rank {self.my_rank} is not a sender in shard {self.shard!r}")
+        limit = self.config.max_message_size
+        for p in payloads:
+            if len(p) > limit:
+                raise ValueError(f"payload of {len(p)} bytes exceeds max_message_size {limit}")
+        room = self.send_capacity()
+        take = min(room, len(payloads))
+        if take < len(payloads):
+            self._blocked = True
+        if take:
+            self._append_own(list(payloads[:take]) if take < len(payloads) else list(payloads))
+            self._last_send_at = now
+        return take
+
+    def _append_own(self, msgs: list[Payload]) -> None:
+        pos = self.my_pos
+        assert pos is not None
+        self._buf[pos].extend(msgs)
+        self.sst.set_item("received_num", pos, self.sent + len(msgs))
+
+    # ---------------------------------------------------------------- receiving
+    def on_push(self, push: ShardPush) -> Rejected | None:
+        """Take a peer's push: its new messages first, then its row."""
+        rank = push.rank
+        if not isinstance(rank, int) or not 0 <= rank < len(self.members) or rank == self.my_rank:
+            return Rejected(-1, f"push for shard {self.shard!r} names bad rank {rank!r}")
+        sender = self.members[rank]
+        if push.messages:
+            pos = self._pos_of_rank.get(rank)
+            if pos is None:
+                return Rejected(sender, f"rank {rank} is not a sender in shard {self.shard!r}")
+            problem = self._take_messages(pos, push.first, push.messages)
+            if problem:
+                return Rejected(sender, problem)
+        if push.row is not None:
+            if push.row.rank != rank:
+                return Rejected(sender, f"push from rank {rank} carries row {push.row.rank}")
+            try:
+                self.sst.apply_remote_row(push.row)
+            except SSTError as exc:
+                return Rejected(sender, f"bad row in shard {self.shard!r}: {exc}")
+        return None
+
+    def _take_messages(self, pos: int, first: int, msgs: Sequence[Payload]) -> str | None:
+        have = self.sst.mine["received_num"][pos]  # type: ignore[index]
+        if not isinstance(first, int) or first < 0:
+            return f"bad first index {first!r}"
+        if first > have:
+            return f"gap from sender {pos}: holds {have}, push starts at {first}"
+        skip = have - first
+        if skip >= len(msgs):
+            return None  # all repeats (a resend after reconnect)
+        fresh = msgs[skip:] if skip else msgs
+        # A sender stays within window_size of the slowest receiver, and we are a receiver.
+        if len(fresh) > self.config.window_size:
+            return f"sender {pos} overran its window ({len(fresh)} new messages)"
+        limit = self.config.max_message_size
+        for m in fresh:
+            if m is not None and (type(m) is not bytes or len(m) > limit):
+                return f"bad payload from sender {pos}: {type(m).__name__} of size {len(m) if isinstance(m, bytes) else '?'}"
+        self._buf[pos].extend(fresh)
+        self.sst.set_item("received_num", pos, have + len(fresh))
+        return None
+
+    # ---------------------------------------------------------------- stability
+    def _frontier(self) -> int:
+        return ordering.delivery_frontier(self.sst.vector_min("received_num"))
+
+    def _stable_beyond_delivered(self, sst: SST) -> bool:
+        self._target = self._frontier()
+        return self._target > self._delivered
+
+    def _deliver_stable(self, sst: SST) -> None:
+        target = self._target
+        n = self.n_senders
+        start = self._delivered
+        buf, base = self._buf, self._buf_base
+        members, ranks = self.members, self.sender_ranks
+        out: list[DeliveredMessage] = []
+        append = out.append
+        g = start
+        while g < target:
+            k, pos = divmod(g, n)
+            payload = buf[pos][k - base[pos]]
+            if payload is not None:
+                append((g, members[ranks[pos]], k, payload))
+            g += 1
+        # Drop delivered messages from the buffers, one slice per sender.
+        for pos in range(n):
+            done = ordering.count_before(target, pos, n) - base[pos]
+            if done > 0:
+                del buf[pos][:done]
+                base[pos] += done
+        self._delivered = target
+        sst.set("delivered_num", target)
+        if out:  # a stretch of nulls moves the frontier but gives the app nothing to do
+            self._deliveries.append(Delivery(self.shard, target, out))
+        if self._blocked and self.send_capacity() > 0:
+            self._blocked = False
+            self._window_opened = True
+
+    @property
+    def delivered(self) -> int:
+        return self._delivered
+
+    # ------------------------------------------------------------- null messages
+    def nulls_owed(self) -> int:
+        if self.my_pos is None:
+            return 0
+        received = self.sst.mine["received_num"]
+        return ordering.catch_up_count(self.my_pos, self.sent, received, self.n_senders)  # type: ignore[arg-type]
+
+    def on_tick(self, now: float) -> None:
+        """Send null messages if others' messages wait on this idle sender."""
+        # Same expression as wakeup_at(), so a tick at the requested time always acts.
+        if self.my_pos is None or now < self._last_send_at + self.config.null_interval:
+            return
+        owed = min(self.nulls_owed(), self.send_capacity())
+        if owed > 0:
+            self._append_own([None] * owed)
+            self.nulls_sent += owed
+            self._last_send_at = now
+
+    def wakeup_at(self) -> float | None:
+        """When this shard next needs a tick (to send nulls), if at all."""
+        if self.my_pos is None or self.nulls_owed() == 0:
+            return None
+        return self._last_send_at + self.config.null_interval
+
+    # --------------------------------------------------------------------- drain
+    def evaluate(self, now: float) -> None:
+        """Run predicates (stability), then send nulls that became due."""
+        self.sst.evaluate()
+        self.on_tick(now)
+        self.sst.evaluate()
+
+    def drain(self) -> tuple[list[ShardPush], list[Delivery], bool]:
+        """Pushes to send to every other member, deliveries, and whether the window opened."""
+        pushes: list[ShardPush] = []
+        pos = self.my_pos
+        if pos is not None and self.sent > self._unpushed_from:
+            end = self.sent
+            buf = self._buf[pos]
+            base = self._buf_base[pos]
+            # Messages already delivered are held by every member (only possible with no peers).
+            start = max(self._unpushed_from, base)
+            step = self.config.max_batch
+            for lo in range(start, end, step):
+                hi = min(end, lo + step)
+                msgs = tuple(buf[lo - base : hi - base])
+                row = self.sst.drain_push() if hi == end else None
+                pushes.append(ShardPush(self.shard, self.my_rank, row, lo, msgs))
+            self._unpushed_from = end
+        if not pushes:
+            row = self.sst.drain_push()
+            if row is not None:
+                pushes.append(ShardPush(self.shard, self.my_rank, row, self.sent, ()))
+        deliveries, self._deliveries = self._deliveries, []
+        opened, self._window_opened = self._window_opened, False
+        return pushes, deliveries, opened
+
+    def peers(self) -> tuple[int, ...]:
+        return tuple(m for r, m in enumerate(self.members) if r != self.my_rank)

@@ -1,0 +1,1 @@
+"""Deterministic simulator: the same protocol core on a virtual clock and network."""
