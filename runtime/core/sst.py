@@ -179,6 +179,10 @@ class SST:
             raise SSTError(f"delta for row {rank!r} outside a table of {self.n_rows} rows")
         if rank == self.my_rank:
             raise SSTError("a peer may not write this member's own row")
+        if type(delta.seq) is not int:
+            raise SSTError(f"delta push counter must be an int, got {delta.seq!r:.40}")
+        if not isinstance(delta.values, dict):
+            raise SSTError(f"delta values must be a mapping, got {type(delta.values).__name__}")
         if delta.seq <= self._applied_seq[rank]:
             return False
         for name, value in delta.values.items():
@@ -235,6 +239,7 @@ class SST:
         if any(p.name == name for p in self._predicates):
             raise ValueError(f"predicate {name!r} already registered")
         self._predicates.append(_Predicate(name, test, trigger, kind))
+        self._version += 1  # the new predicate must see the table at the next evaluation
 
     def unregister(self, name: str) -> None:
         self._predicates = [p for p in self._predicates if p.name != name]

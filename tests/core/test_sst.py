@@ -456,11 +456,6 @@ BAD_HEADERS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG sst.py: apply_remote_row checks neither delta.seq nor that delta.values is a dict: "
-    "TypeError/AttributeError instead of SSTError, or a float seq accepted",
-)
 @pytest.mark.parametrize("case", BAD_HEADERS, ids=ids(BAD_HEADERS))
 def test_malformed_delta_header_rejected_with_sst_error(case: BadDelta) -> None:
     sst = make_sst()
