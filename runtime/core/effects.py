@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from runtime.core.messages import Payload, ShardKey, ShardPush
+from runtime.core.messages import Message, Payload, ShardKey
+from runtime.core.view import View
 
 DeliveredMessage = tuple[int, int, int, bytes]
 """``(global_index, sender_node, sender_index, payload)``; null messages are never delivered."""
@@ -12,10 +13,19 @@ DeliveredMessage = tuple[int, int, int, bytes]
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """Send ``push`` to each node in ``to`` (one frame per destination, in order)."""
+    """Send ``message`` to each node in ``to`` (one frame per destination, in order)."""
 
     to: tuple[int, ...]
-    push: ShardPush
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class ContactSend:
+    """Send ``message`` to an address (a joiner reaching a contact whose node id it does not
+    know yet)."""
+
+    address: str
+    message: Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +39,8 @@ class Delivery:
     shard: ShardKey
     frontier: int
     messages: list[DeliveredMessage]
+    vid: int = 0
+    final: bool = False  # the view's last delivery, bounded by the agreed ragged trim
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +56,29 @@ class Rejected:
 class Ready:
     """Everything the driver must act on since the last call to ``NodeCore.ready()``.
 
-    Order of duty: send ``outgoing``, hand ``deliveries`` to the application in list order,
-    retry sends on the shards in ``window_open``, log ``rejected``, and feed a ``Tick`` no
-    later than ``wakeup_at`` (``None``: no timer needed).
+    Order of duty: send ``outgoing`` and ``contact_sends``; hand ``deliveries`` and ``views``
+    to the application (a delivery list never mixes views out of order: every delivery of a
+    view precedes that view's successor in ``views``); retry sends on the shards in
+    ``window_open``; take back ``orphaned`` payloads (trimmed messages of a shard this node no
+    longer belongs to); log ``rejected``; stop if ``excluded``; and feed a ``Tick`` no later
+    than ``wakeup_at`` (``None``: no timer needed).
     """
 
     outgoing: list[Outgoing] = field(default_factory=list)
+    contact_sends: list[ContactSend] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
+    views: list[View] = field(default_factory=list)
     window_open: list[ShardKey] = field(default_factory=list)
+    orphaned: list[tuple[ShardKey, list[bytes]]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    excluded: str | None = None
     wakeup_at: float | None = None
 
     def empty(self) -> bool:
-        return not (self.outgoing or self.deliveries or self.window_open or self.rejected)
+        return not (
+            self.outgoing or self.contact_sends or self.deliveries or self.views or self.window_open
+            or self.orphaned or self.rejected or self.excluded
+        )
 
 
-__all__ = ["DeliveredMessage", "Delivery", "Outgoing", "Payload", "Ready", "Rejected"]
+__all__ = ["ContactSend", "DeliveredMessage", "Delivery", "Outgoing", "Payload", "Ready", "Rejected"]

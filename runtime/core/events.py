@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.core.messages import ShardPush
+from runtime.core.messages import Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,12 +15,20 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
-class PushArrived:
-    """A peer's push reached this node. ``sender`` is the node id the transport vouches for."""
+class MessageArrived:
+    """A peer's message reached this node. ``sender`` is the node id the transport vouches
+    for (the id the connection was opened with), never a field of the message itself."""
 
     now: float
     sender: int
-    push: ShardPush
+    message: Message
 
 
-Event = Tick | PushArrived
+@dataclass(frozen=True, slots=True)
+class LeaveRequested:
+    """The application asks this node to leave the group gracefully."""
+
+    now: float
+
+
+Event = Tick | MessageArrived | LeaveRequested

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Any, Hashable
 
 from runtime.core.sst import RowDelta
 
@@ -20,11 +20,48 @@ class ShardPush:
 
     ``first`` is the sender index of ``messages[0]``; a push from a member that is not a sender,
     or that sent nothing, has an empty ``messages`` list. ``row`` may be ``None`` when only
-    messages are carried (a long batch split over several pushes).
+    messages are carried (a long batch split over several pushes). ``vid`` is the view the
+    push belongs to: sender indices and global indices restart with every view.
     """
 
+    vid: int
     shard: ShardKey
     rank: int
     row: RowDelta | None
     first: int
     messages: tuple[Payload, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPush:
+    """A member's row of the view's group SST (heartbeats, suspicions, view change)."""
+
+    vid: int
+    rank: int
+    row: RowDelta
+
+
+@dataclass(frozen=True, slots=True)
+class ViewAnnouncement:
+    """Sent to joiners: the view that admits them (wire form of ``View``)."""
+
+    view: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """A node asks to join; ``address`` is where members can reach it."""
+
+    node_id: int
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class JoinReply:
+    """Answer to a JoinRequest that is not a view: try the leader, or give up (refused)."""
+
+    redirect_to: str | None
+    reason: str
+
+
+Message = ShardPush | GroupPush | ViewAnnouncement | JoinRequest | JoinReply

@@ -1,108 +1,365 @@
-"""The node's protocol core: every shard this node belongs to, behind one step/ready API.
+"""The node's protocol core: membership plus every shard this node holds, behind one
+step/ready API.
 
 In the style of etcd-io/raft's ``RawNode``: the driver feeds events with :meth:`NodeCore.step`
 and app sends with :meth:`NodeCore.send`, then calls :meth:`NodeCore.ready` and carries out
 what it returns. The core keeps no clock and does no I/O; given the same calls in the same
 order it returns the same results.
 
-This is the data plane for one fixed view; membership and view changes build on it.
+Life of a node: it founds a group (view 0 holds only itself) or joins one through a contact;
+in each view it runs the membership protocol and one :class:`ShardMulticast` per shard the
+layout gives it; a decided view change delivers every shard up to its agreed trim, re-queues
+this node's trimmed messages, and installs the next view. A node that is removed, leaves, or
+finds itself in a minority stops for good (``Ready.excluded``); it may join again as new.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Sequence
 
-from runtime.core.effects import Outgoing, Ready, Rejected
-from runtime.core.events import Event, PushArrived, Tick
-from runtime.core.messages import ShardKey
+from runtime.core.effects import ContactSend, Outgoing, Ready, Rejected
+from runtime.core.events import Event, LeaveRequested, MessageArrived, Tick
+from runtime.core.layout import LayoutPolicy, ShardId
+from runtime.core.membership import FrozenCounts, Membership, MembershipConfig
+from runtime.core.messages import (
+    GroupPush,
+    JoinReply,
+    JoinRequest,
+    Message,
+    ShardKey,
+    ShardPush,
+    ViewAnnouncement,
+)
 from runtime.core.smc import MulticastConfig, ShardMulticast
+from runtime.core.view import Proposal, View, ViewFormatError, initial_view
+
+MAX_BUFFERED_FRAMES = 100_000
 
 
 class UnknownShard(KeyError):
-    """The app asked to send on a shard this node is not a member of."""
+    """The app asked to send on a shard this node is not a member of (in this view)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    multicast: MulticastConfig = field(default_factory=MulticastConfig)
+    membership: MembershipConfig = field(default_factory=MembershipConfig)
 
 
 class NodeCore:
-    """Protocol state of one node in one fixed view."""
+    """Protocol state of one node across views."""
 
     def __init__(
         self,
         node_id: int,
-        shards: Mapping[ShardKey, Sequence[int]],
-        config: MulticastConfig = MulticastConfig(),
+        address: str,
+        policy: LayoutPolicy,
+        config: CoreConfig = CoreConfig(),
         now: float = 0.0,
+        view: View | None = None,
+        contact: str | Sequence[str] | None = None,
     ) -> None:
+        """Start as a member of ``view``, or (``view=None``) as a joiner via ``contact``
+        (one address, or several tried in turn)."""
         self.node_id = node_id
+        self.address = address
+        self.policy = policy
         self.config = config
         self.now = now
-        self.shards: dict[ShardKey, ShardMulticast] = {
-            key: ShardMulticast(key, members, node_id, config, now=now)
-            for key, members in shards.items()
-            if node_id in members
-        }
+        self.view: View | None = None
+        self.membership: Membership | None = None
+        self.shards: dict[ShardKey, ShardMulticast] = {}
+        self.excluded: str | None = None
         self._ready = Ready()
+        self._future: list[tuple[int, int, Message]] = []  # (vid, sender, message) held for later views
+        self._contacts: list[str] = [contact] if isinstance(contact, str) else list(contact or ())
+        self._attempts = 0
+        self._next_join_at = now
+        if view is not None:
+            self._install(view, resend={}, carried=())
+        elif not self._contacts:
+            raise ValueError("a joining node needs a contact address")
+
+    @classmethod
+    def found(
+        cls, node_id: int, address: str, policy: LayoutPolicy, config: CoreConfig = CoreConfig(), now: float = 0.0
+    ) -> NodeCore:
+        """Start a new group whose view 0 holds only this node."""
+        return cls(node_id, address, policy, config, now, view=initial_view(node_id, address, policy))
+
+    # ------------------------------------------------------------------- state
+    @property
+    def joining(self) -> bool:
+        return self.view is None and self.excluded is None
+
+    @property
+    def vid(self) -> int | None:
+        return self.view.vid if self.view is not None else None
 
     # ------------------------------------------------------------------ inputs
     def step(self, event: Event) -> None:
         """Apply one event; effects accumulate until :meth:`ready`."""
         if event.now > self.now:
             self.now = event.now
-        if isinstance(event, PushArrived):
-            self._on_push(event)
+        if self.excluded is not None:
+            return
+        if isinstance(event, MessageArrived):
+            self._on_message(event.sender, event.message)
         elif isinstance(event, Tick):
-            for smc in self.shards.values():
-                smc.evaluate(self.now)
-        else:  # pragma: no cover - the type union is closed
+            self._on_tick()
+        elif isinstance(event, LeaveRequested):
+            if self.membership is not None:
+                self.membership.request_leave()
+        else:  # pragma: no cover - the union is closed
             raise TypeError(f"unknown event {event!r}")
-
-    def _on_push(self, event: PushArrived) -> None:
-        push = event.push
-        smc = self.shards.get(push.shard)
-        if smc is None:
-            self._ready.rejected.append(
-                Rejected(event.sender, f"push for shard {push.shard!r}, which this node is not in")
-            )
-            return
-        rank = push.rank
-        if not isinstance(rank, int) or not 0 <= rank < len(smc.members) or smc.members[rank] != event.sender:
-            self._ready.rejected.append(
-                Rejected(event.sender, f"node {event.sender} sent a push as rank {rank!r} of {push.shard!r}")
-            )
-            return
-        problem = smc.on_push(push)
-        if problem is not None:
-            self._ready.rejected.append(problem)
-            return
-        smc.evaluate(self.now)
+        self._evaluate()
 
     def send(self, shard: ShardKey, payloads: Sequence[bytes], now: float) -> int:
-        """Multicast payloads in ``shard``; returns how many the window took (the rest wait)."""
+        """Multicast payloads in ``shard``; returns how many the window took.
+
+        During a view change (wedged) or in an inadequate view nothing is taken; the caller
+        keeps the rest and retries on ``Ready.window_open``.
+        """
         if now > self.now:
             self.now = now
         smc = self.shards.get(shard)
         if smc is None:
-            raise UnknownShard(f"node {self.node_id} is not a member of shard {shard!r}")
+            raise UnknownShard(f"node {self.node_id} is not a member of shard {shard!r} in view {self.vid}")
+        if self.excluded is not None:
+            return 0
         taken = smc.send(payloads, self.now)
         if taken:
             smc.evaluate(self.now)
         return taken
 
+    def _on_message(self, sender: int, msg: Message) -> None:
+        if isinstance(msg, (ShardPush, GroupPush)):
+            vid = msg.vid
+            if self.view is None or vid > self.view.vid:
+                if len(self._future) < MAX_BUFFERED_FRAMES and isinstance(vid, int):
+                    self._future.append((vid, sender, msg))
+                return
+            if vid < self.view.vid:
+                return  # from a finished view: nothing in it can matter any more
+            if isinstance(msg, GroupPush):
+                self._on_group_push(sender, msg)
+            else:
+                self._on_shard_push(sender, msg)
+        elif isinstance(msg, JoinRequest):
+            self._on_join_request(sender, msg)
+        elif isinstance(msg, ViewAnnouncement):
+            self._on_announcement(sender, msg)
+        elif isinstance(msg, JoinReply):
+            self._on_join_reply(msg)
+        else:
+            self._reject(sender, f"unknown message type {type(msg).__name__}")
+
+    def _on_group_push(self, sender: int, msg: GroupPush) -> None:
+        assert self.view is not None and self.membership is not None
+        if self.view.rank_of(sender) != msg.rank or msg.row.rank != msg.rank:
+            self._reject(sender, f"node {sender} sent a group row as rank {msg.rank!r} of view {self.view.vid}")
+            return
+        problem = self.membership.on_push(msg.row, self.now)
+        if problem:
+            self._reject(sender, problem)
+
+    def _on_shard_push(self, sender: int, push: ShardPush) -> None:
+        smc = self.shards.get(push.shard)
+        if smc is None:
+            self._reject(sender, f"push for shard {push.shard!r}, which this node is not in")
+            return
+        rank = push.rank
+        if not isinstance(rank, int) or not 0 <= rank < len(smc.members) or smc.members[rank] != sender:
+            self._reject(sender, f"node {sender} sent a push as rank {rank!r} of {push.shard!r}")
+            return
+        if self.membership is not None and self.membership.suspects(self.view.rank_of(sender)):  # type: ignore[union-attr,arg-type]
+            return
+        problem = smc.on_push(push)
+        if problem is not None:
+            self._ready.rejected.append(problem)
+
+    def _on_tick(self) -> None:
+        if self.view is None:
+            if self._contacts and self.now >= self._next_join_at:
+                contact = self._contacts[self._attempts % len(self._contacts)]
+                self._attempts += 1
+                self._ready.contact_sends.append(ContactSend(contact, JoinRequest(self.node_id, self.address)))
+                self._next_join_at = self.now + self.config.membership.join_retry
+            return
+        assert self.membership is not None
+        self.membership.on_tick(self.now)
+        for smc in self.shards.values():
+            smc.on_tick(self.now)
+
+    # ------------------------------------------------------------------- joins
+    def _on_join_request(self, sender: int, req: JoinRequest) -> None:
+        if self.view is None or self.membership is None:
+            self._ready.outgoing.append(Outgoing((sender,), JoinReply(None, "this node is itself joining; try another contact")))
+            return
+        if type(req.node_id) is not int or req.node_id != sender or not isinstance(req.address, str):
+            self._reject(sender, f"malformed join request {req!r:.80}")
+            return
+        if self.view.rank_of(req.node_id) is not None:
+            self._ready.outgoing.append(
+                Outgoing((sender,), JoinReply(None, f"node id {req.node_id} is a member of view {self.view.vid}; "
+                                              "wait until it has been removed or use another id"))
+            )
+            return
+        lead = self.membership.leader()
+        if lead != self.membership.me:
+            addr = self.view.addresses[lead] if lead is not None else None
+            self._ready.outgoing.append(Outgoing((sender,), JoinReply(addr, "not the leader")))
+            return
+        self.membership.add_join(req.node_id, req.address)
+
+    def _on_join_reply(self, reply: JoinReply) -> None:
+        if self.view is not None:
+            return
+        if isinstance(reply.redirect_to, str) and reply.redirect_to:
+            # Ask the leader now; retries go to the configured contact again, which knows the
+            # current leader even if this one dies before admitting us.
+            self._ready.contact_sends.append(ContactSend(reply.redirect_to, JoinRequest(self.node_id, self.address)))
+            self._next_join_at = self.now + self.config.membership.join_retry
+
+    def _on_announcement(self, sender: int, msg: ViewAnnouncement) -> None:
+        try:
+            view = View.from_wire(msg.view)
+        except ViewFormatError as exc:
+            self._reject(sender, str(exc))
+            return
+        if self.view is not None or view.rank_of(self.node_id) is None:
+            return  # a member already (or not admitted by it): nothing to do
+        self._install(view, resend={}, carried=())
+
+    # ------------------------------------------------------------ view change
+    def _freeze(self) -> FrozenCounts:
+        """Wedge every shard; the final receive counts go into the group row."""
+        out: FrozenCounts = []
+        for sid, smc in self.shards.items():
+            counts = smc.wedge()
+            out.append([sid.type_name, sid.subgroup, sid.shard, list(counts)])
+        return out
+
+    def _evaluate(self) -> None:
+        m = self.membership
+        if m is None:
+            return
+        for smc in self.shards.values():
+            smc.evaluate(self.now)
+        m.evaluate(self.now)
+        if m.excluded is not None:
+            self._exclude(m.excluded)
+        elif m.decided is not None:
+            self._change_view(m.decided)
+
+    def _change_view(self, proposal: Proposal) -> None:
+        old_view, m = self.view, self.membership
+        assert old_view is not None and m is not None
+        self._drain_group()  # the echo of the decision goes out in the old view first
+        resend: dict[ShardKey, list[bytes]] = {}
+        for sid, smc in self.shards.items():
+            trim = proposal.trim_of(sid)
+            if trim is None:
+                continue
+            delivery, beyond = smc.deliver_to_trim(trim)
+            self._drain_shard(smc)
+            if delivery is not None:
+                self._ready.deliveries.append(delivery)
+            if beyond:
+                resend[sid] = beyond
+        if self.node_id not in proposal.members:
+            why = "left the group" if m.mine["leaving"] else f"removed from the group in view {proposal.vid}"
+            for sid, payloads in resend.items():
+                self._ready.orphaned.append((sid, payloads))
+            self._exclude(why)
+            return
+        view = proposal.next_view(self.policy, old_view.layout)
+        carried = tuple(old_view.members[r] for r in range(old_view.n) if m.suspects(r))
+        joins = dict(m.pending_joins)
+        self._install(view, resend, carried)
+        if proposal.joined:
+            self._ready.outgoing.append(Outgoing(proposal.joined, ViewAnnouncement(view.to_wire())))
+        new_m = self.membership
+        assert new_m is not None
+        if new_m.leader() == new_m.me:
+            for node, addr in joins.items():
+                if view.rank_of(node) is None:
+                    new_m.add_join(node, addr)
+
+    def _install(self, view: View, resend: dict[ShardKey, list[bytes]], carried: tuple[int, ...]) -> None:
+        cfg = self.config
+        self.view = view
+        self.shards = {}
+        self.membership = Membership(view, self.node_id, cfg.membership, self.now, self._freeze, carried)
+        for sid in view.my_shards(self.node_id):
+            smc = ShardMulticast(sid, view.layout.members_of(sid), self.node_id, cfg.multicast, now=self.now, vid=view.vid)
+            smc.resend = resend.pop(sid, [])
+            self.shards[sid] = smc
+            if smc.my_pos is not None:
+                self._ready.window_open.append(sid)
+        for sid, payloads in resend.items():  # no longer a member of these shards
+            self._ready.orphaned.append((sid, payloads))
+        self._ready.views.append(view)
+        # Frames that arrived early for this view replay now, in arrival order.
+        held, self._future = self._future, []
+        for vid, sender, msg in held:
+            if vid == view.vid:
+                self._on_message(sender, msg)
+            elif vid > view.vid:
+                self._future.append((vid, sender, msg))
+
+    def _exclude(self, reason: str) -> None:
+        if self.excluded is None:
+            self.excluded = reason
+            self._ready.excluded = reason
+            self._drain_group()
+
+    def _reject(self, sender: int, reason: str) -> None:
+        self._ready.rejected.append(Rejected(sender, reason))
+
     # ----------------------------------------------------------------- outputs
+    def _drain_group(self) -> None:
+        m, view = self.membership, self.view
+        if m is None or view is None:
+            return
+        row = m.sst.drain_push()
+        if row is not None and view.n > 1:
+            to = tuple(node for r, node in enumerate(view.members) if r != m.me and not m.suspects(r))
+            if to:
+                self._ready.outgoing.append(Outgoing(to, GroupPush(view.vid, m.me, row)))
+
+    def _drain_shard(self, smc: ShardMulticast) -> None:
+        pushes, deliveries, opened = smc.drain()
+        peers = smc.peers()
+        if peers:
+            self._ready.outgoing.extend(Outgoing(peers, p) for p in pushes)
+        self._ready.deliveries.extend(deliveries)
+        if opened:
+            self._ready.window_open.append(smc.shard)
+
     def ready(self) -> Ready:
         """Hand over accumulated effects and start collecting afresh."""
+        if self.excluded is None:
+            self._drain_group()
+            for smc in self.shards.values():
+                self._drain_shard(smc)
         out = self._ready
         self._ready = Ready()
-        wakeup: float | None = None
-        for smc in self.shards.values():
-            pushes, deliveries, opened = smc.drain()
-            peers = smc.peers()
-            if peers:
-                out.outgoing.extend(Outgoing(peers, p) for p in pushes)
-            out.deliveries.extend(deliveries)
-            if opened:
-                out.window_open.append(smc.shard)
-            w = smc.wakeup_at()
-            if w is not None and (wakeup is None or w < wakeup):
-                wakeup = w
-        out.wakeup_at = wakeup
+        out.wakeup_at = self._wakeup()
         return out
+
+    def _wakeup(self) -> float | None:
+        if self.excluded is not None:
+            return None
+        if self.view is None:
+            return self._next_join_at if self._contacts else None
+        times = [t for t in (smc.wakeup_at() for smc in self.shards.values()) if t is not None]
+        assert self.membership is not None
+        w = self.membership.wakeup_at()
+        if w is not None:
+            times.append(w)
+        return min(times) if times else None
+
+    def shard_members(self, shard: ShardId) -> tuple[int, ...]:
+        return self.shards[shard].members if shard in self.shards else ()

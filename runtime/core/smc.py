@@ -66,12 +66,14 @@ class ShardMulticast:
         config: MulticastConfig = MulticastConfig(),
         senders: Sequence[int] | None = None,
         now: float = 0.0,
+        vid: int = 0,
     ) -> None:
         if my_node not in members:
             raise ValueError(f"node {my_node} is not a member of shard {shard!r}")
         if len(set(members)) != len(members):
             raise ValueError(f"shard {shard!r} lists a member twice: {list(members)}")
         self.shard = shard
+        self.vid = vid
         self.members: tuple[int, ...] = tuple(members)
         self.my_rank = self.members.index(my_node)
         self.config = config
@@ -94,6 +96,9 @@ class ShardMulticast:
         self._deliveries: list[Delivery] = []
         self._window_opened = False
         self.nulls_sent = 0
+        self.wedged = False
+        # Messages trimmed from the previous view, sent again here before any new payload.
+        self.resend: list[bytes] = []
         self.sst.register("stability", self._stable_beyond_delivered, self._deliver_stable)
 
     # ------------------------------------------------------------------ sending
@@ -106,7 +111,7 @@ class ShardMulticast:
 
     def send_capacity(self) -> int:
         """How many more messages the window admits right now."""
-        if self.my_pos is None:
+        if self.my_pos is None or self.wedged:
             return 0
         pos = self.my_pos
         slowest = min(row["received_num"][pos] for row in self.sst.rows)  # type: ignore[index]
@@ -126,6 +131,10 @@ class ShardMulticast:
         for p in payloads:
             if len(p) > limit:
                 raise ValueError(f"payload of {len(p)} bytes exceeds max_message_size {limit}")
+        self._drain_resend(now)
+        if self.resend:  # trimmed messages of the last view go first, in their order
+            self._blocked = True
+            return 0
         room = self.send_capacity()
         take = min(room, len(payloads))
         if take < len(payloads):
@@ -134,6 +143,19 @@ class ShardMulticast:
             self._append_own(list(payloads[:take]) if take < len(payloads) else list(payloads))
             self._last_send_at = now
         return take
+
+    def _drain_resend(self, now: float) -> None:
+        if not self.resend:
+            return
+        room = self.send_capacity()
+        if room <= 0:
+            return
+        batch = self.resend[:room]
+        del self.resend[: len(batch)]
+        self._append_own(list(batch))
+        self._last_send_at = now
+        if not self.resend and self._blocked:
+            self._window_opened = True
 
     def _append_own(self, msgs: list[Payload]) -> None:
         pos = self.my_pos
@@ -147,6 +169,8 @@ class ShardMulticast:
         rank = push.rank
         if not isinstance(rank, int) or not 0 <= rank < len(self.members) or rank == self.my_rank:
             return Rejected(-1, f"push for shard {self.shard!r} names bad rank {rank!r}")
+        if self.wedged:
+            return None  # counts are frozen: what arrives now is beyond the trim or resent
         sender = self.members[rank]
         if push.messages:
             pos = self._pos_of_rank.get(rank)
@@ -190,6 +214,8 @@ class ShardMulticast:
         return ordering.delivery_frontier(self.sst.vector_min("received_num"))
 
     def _stable_beyond_delivered(self, sst: SST) -> bool:
+        if self.wedged:
+            return False
         self._target = self._frontier()
         return self._target > self._delivered
 
@@ -217,7 +243,7 @@ class ShardMulticast:
         self._delivered = target
         sst.set("delivered_num", target)
         if out:  # a stretch of nulls moves the frontier but gives the app nothing to do
-            self._deliveries.append(Delivery(self.shard, target, out))
+            self._deliveries.append(Delivery(self.shard, target, out, self.vid))
         if self._blocked and self.send_capacity() > 0:
             self._blocked = False
             self._window_opened = True
@@ -236,7 +262,7 @@ class ShardMulticast:
     def on_tick(self, now: float) -> None:
         """Send null messages if others' messages wait on this idle sender."""
         # Same expression as wakeup_at(), so a tick at the requested time always acts.
-        if self.my_pos is None or now < self._last_send_at + self.config.null_interval:
+        if self.my_pos is None or self.wedged or now < self._last_send_at + self.config.null_interval:
             return
         owed = min(self.nulls_owed(), self.send_capacity())
         if owed > 0:
@@ -246,14 +272,15 @@ class ShardMulticast:
 
     def wakeup_at(self) -> float | None:
         """When this shard next needs a tick (to send nulls), if at all."""
-        if self.my_pos is None or self.nulls_owed() == 0:
+        if self.my_pos is None or self.wedged or self.nulls_owed() == 0:
             return None
         return self._last_send_at + self.config.null_interval
 
     # --------------------------------------------------------------------- drain
     def evaluate(self, now: float) -> None:
-        """Run predicates (stability), then send nulls that became due."""
+        """Run predicates (stability), resend what the last view trimmed, send due nulls."""
         self.sst.evaluate()
+        self._drain_resend(now)
         self.on_tick(now)
         self.sst.evaluate()
 
@@ -272,15 +299,55 @@ class ShardMulticast:
                 hi = min(end, lo + step)
                 msgs = tuple(buf[lo - base : hi - base])
                 row = self.sst.drain_push() if hi == end else None
-                pushes.append(ShardPush(self.shard, self.my_rank, row, lo, msgs))
+                pushes.append(ShardPush(self.vid, self.shard, self.my_rank, row, lo, msgs))
             self._unpushed_from = end
         if not pushes:
             row = self.sst.drain_push()
             if row is not None:
-                pushes.append(ShardPush(self.shard, self.my_rank, row, self.sent, ()))
+                pushes.append(ShardPush(self.vid, self.shard, self.my_rank, row, self.sent, ()))
         deliveries, self._deliveries = self._deliveries, []
         opened, self._window_opened = self._window_opened, False
         return pushes, deliveries, opened
 
     def peers(self) -> tuple[int, ...]:
         return tuple(m for r, m in enumerate(self.members) if r != self.my_rank)
+
+    # ------------------------------------------------------------- view change
+    def wedge(self) -> tuple[int, ...]:
+        """Stop sending, receiving and delivering; return the final receive counts."""
+        self.wedged = True
+        self._blocked = False
+        return tuple(self.sst.mine["received_num"])  # type: ignore[arg-type]
+
+    def deliver_to_trim(self, trim: tuple[int, ...]) -> tuple[Delivery | None, list[bytes]]:
+        """Deliver exactly the messages within ``trim`` that are not delivered yet.
+
+        Returns the final delivery (global order, skipping each sender's messages beyond its
+        trim) and this member's own payloads beyond the trim, to send again in the next view.
+        Requires this member's counts to cover the trim (it survived, so they do).
+        """
+        n = self.n_senders
+        if len(trim) != n:
+            raise ValueError(f"trim {trim} does not match {n} senders")
+        have = self.sst.mine["received_num"]
+        if any(t > h for t, h in zip(trim, have)):  # type: ignore[arg-type]
+            raise ValueError(f"trim {trim} exceeds what this member holds {have}")
+        end = max(((c - 1) * n + s + 1 for s, c in enumerate(trim) if c), default=0)
+        out: list[DeliveredMessage] = []
+        buf, base, members, ranks = self._buf, self._buf_base, self.members, self.sender_ranks
+        for g in range(self._delivered, end):
+            k, pos = divmod(g, n)
+            if k < trim[pos]:
+                payload = buf[pos][k - base[pos]]
+                if payload is not None:
+                    out.append((g, members[ranks[pos]], k, payload))
+        beyond: list[bytes] = []
+        if self.my_pos is not None:
+            pos = self.my_pos
+            start = max(trim[pos], base[pos])
+            beyond = [p for p in buf[pos][start - base[pos]:] if p is not None]
+        beyond.extend(self.resend)  # never sent in this view: still owed
+        self.resend = []
+        self._delivered = max(self._delivered, end)
+        delivery = Delivery(self.shard, self._delivered, out, self.vid, final=True) if out else None
+        return delivery, beyond

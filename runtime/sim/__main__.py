@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 
+from runtime.sim.faults import FAULT_MODES
 from runtime.sim.runner import replay_command, run_seed
 
 
@@ -20,6 +21,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="run this one seed only")
     p.add_argument("--members", type=int, help="members per run (default: 3-7 chosen by the seed)")
     p.add_argument("--messages", type=int, help="messages per run (default: 2000-5000 by the seed)")
+    p.add_argument(
+        "--faults", choices=FAULT_MODES, default="none",
+        help="faults to inject: crashes, partitions, joins/leaves, or all of them (default: none)",
+    )
     p.add_argument("--verbose", action="store_true", help="print each run's transcript")
     p.add_argument("--keep-going", action="store_true", help="run all seeds even after a failure")
     args = p.parse_args(argv)
@@ -37,14 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     explicit = args.members is not None or args.messages is not None
     started = time.perf_counter()
-    runs = failures = delivered = nulls = 0
-    virtual = 0.0
+    runs = failures = delivered = nulls = views = 0
+    virtual = longest = 0.0
     for seed in seeds:
-        result = run_seed(seed, args.members, args.messages, verbose=args.verbose)
+        result = run_seed(seed, args.members, args.messages, args.faults, verbose=args.verbose)
         runs += 1
         delivered += result.delivered
         nulls += result.nulls
         virtual += result.virtual_time
+        views += result.views
+        longest = max(longest, result.longest_change)
         if args.verbose:
             print("\n".join(result.transcript))
         if not result.ok:
@@ -58,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     real = time.perf_counter() - started
     status = "ok" if failures == 0 else f"{failures} FAILED"
     print(
-        f"sim: {runs} runs {status}; {delivered} messages delivered ({nulls} nulls sent); "
+        f"sim: {runs} runs {status} (faults: {args.faults}); {delivered} messages delivered "
+        f"({nulls} nulls sent); {views} view changes, longest {longest * 1e3:.1f}ms virtual; "
         f"virtual {virtual:.3f}s, real {real:.2f}s ({runs / real:.1f} runs/s, "
         f"{delivered / real:,.0f} deliveries/s)",
         file=sys.stderr,

@@ -1,46 +1,65 @@
 """The safety and liveness checker: reads a run's trace, names the first broken invariant.
 
-The trace records what the application saw (messages accepted by ``send``, messages
-delivered) and when each member's core state moved (its received counts and its delivery
-frontier, sampled after every core step). The checker trusts none of the core's own
-bookkeeping: it recomputes every property from these records, so a buggy core cannot vouch
-for itself. ``tests/sim/test_invariants.py`` plants violations to prove that it catches them.
+The trace records what the application saw (payloads accepted by ``send``, deliveries, views
+installed, exclusions) and when each node's core state moved (receive counts, delivery
+frontiers, the proposal each node accepted), sampled after every core step. The checker trusts
+none of the core's own bookkeeping: it recomputes every property from these records, so a
+buggy core cannot vouch for itself. ``tests/sim/test_invariants.py`` plants violations to prove
+that it catches them.
+
+Nodes are tracked per *incarnation* ``(node_id, life)``: a node that crashed or was excluded
+and joined again is a new incarnation under the same id.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from typing import Any
 
-from runtime.core.effects import DeliveredMessage
+Inc = tuple[int, int]  # (node id, life)
+ShardRef = tuple[Any, ...]
+# (vid, shard, global index, sender node, sender index, payload, final)
+Record = tuple[int, ShardRef, int, int, int, bytes, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewRecord:
+    vid: int
+    members: tuple[int, ...]
+    shards: tuple[tuple[ShardRef, tuple[int, ...]], ...]  # layout, in policy order
+
+    def shard_members(self, shard: ShardRef) -> tuple[int, ...]:
+        for sid, members in self.shards:
+            if sid == shard:
+                return members
+        return ()
 
 
 @dataclass(slots=True)
 class Trace:
-    """Everything one shard's run left behind, per member (node id)."""
+    sent: dict[int, list[bytes]] = field(default_factory=dict)  # per sender node id, accept order
+    shard_of: dict[bytes, ShardRef] = field(default_factory=dict)
+    origin: dict[bytes, Inc] = field(default_factory=dict)  # the incarnation that sent a payload
+    delivered: dict[Inc, list[Record]] = field(default_factory=dict)
+    views: dict[Inc, list[ViewRecord]] = field(default_factory=dict)
+    accepted: dict[Inc, list[tuple[int, tuple[int, tuple[int, ...]]]]] = field(default_factory=dict)
+    # received[(inc, vid, shard, sender)] = [(count, step), ...]
+    received: dict[tuple[Inc, int, ShardRef, int], list[tuple[int, int]]] = field(default_factory=dict)
+    # frontier[(inc, vid, shard)] = [(delivered count, step), ...] (normal deliveries only)
+    frontier: dict[tuple[Inc, int, ShardRef], list[tuple[int, int]]] = field(default_factory=dict)
+    ended: dict[Inc, str] = field(default_factory=dict)  # crashed or excluded, with the reason
+    pending_at_end: set[bytes] = field(default_factory=set)  # held by the app, never delivered yet
+    expect_complete: bool = True
 
-    members: tuple[int, ...]
-    senders: tuple[int, ...]
-    sent: dict[int, list[bytes]] = field(default_factory=dict)
-    delivered: dict[int, list[DeliveredMessage]] = field(default_factory=dict)
-    # received[m][s] = [(count, step), ...]: after core step `step`, m held `count` of s's messages
-    received: dict[int, dict[int, list[tuple[int, int]]]] = field(default_factory=dict)
-    # frontier[m] = [(frontier, step), ...]: after core step `step`, m had delivered `frontier`
-    frontier: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for m in self.members:
-            self.delivered.setdefault(m, [])
-            self.frontier.setdefault(m, [(0, 0)])
-            self.received.setdefault(m, {s: [(0, 0)] for s in self.senders})
-        for s in self.senders:
-            self.sent.setdefault(s, [])
+    def incarnations(self) -> list[Inc]:
+        return sorted(set(self.views) | set(self.delivered))
 
 
 @dataclass(frozen=True, slots=True)
 class Violation:
     invariant: str
-    member: int | None
+    member: Any
     detail: str
 
     def __str__(self) -> str:
@@ -59,101 +78,274 @@ class _Counter:
 
     def step_reaching(self, count: int) -> int | None:
         """First step at which the counter was at least ``count``, or None if never."""
+        if count <= 0:
+            return 0
         i = bisect_right(self.counts, count - 1)
         return None if i == len(self.counts) else self.steps[i]
 
 
-def check_trace(trace: Trace, expect_complete: bool = True) -> list[Violation]:
-    """All invariant violations in ``trace`` (empty list: the run was correct).
-
-    Safety: prefix agreement, round-robin consistency, per-sender order, no duplicate, no
-    phantom, nothing delivered before stable. Liveness (``expect_complete``): every message
-    accepted by ``send`` is delivered at every member by the end of the run.
-    """
+def check_trace(trace: Trace) -> list[Violation]:
+    """All invariant violations in ``trace`` (an empty list means the run was correct)."""
     out: list[Violation] = []
-    n = len(trace.senders)
-    pos_of = {s: i for i, s in enumerate(trace.senders)}
-    sent_index = {s: {p: k for k, p in enumerate(msgs)} for s, msgs in trace.sent.items()}
-    frontier = {m: _Counter(trace.frontier[m]) for m in trace.members}
-    received = {
-        (m, s): _Counter(trace.received[m][s]) for m in trace.members for s in trace.senders
-    }
-
-    for m in trace.members:
-        log = trace.delivered[m]
-        seen: set[tuple[int, int]] = set()
-        next_app: dict[int, int] = {s: 0 for s in trace.senders}
-        last_g = -1
-        for i, (g, sender, k, payload) in enumerate(log):
-            if (sender, k) in seen:
-                out.append(Violation("duplicate", m, f"delivery #{i} repeats message {k} of node {sender}"))
-                break
-            seen.add((sender, k))
-            if sender not in pos_of:
-                out.append(Violation("phantom", m, f"delivery #{i} claims sender {sender}, not a sender"))
-                break
-            if g <= last_g:
-                out.append(Violation("order", m, f"delivery #{i} has global index {g} after {last_g}"))
-                break
-            last_g = g
-            if g != k * n + pos_of[sender]:
-                out.append(Violation("round-robin", m, f"delivery #{i}: index {g} is not {k}*{n}+{pos_of[sender]}"))
-                break
-            app_k = sent_index.get(sender, {}).get(payload)
-            if app_k is None:
-                out.append(Violation("phantom", m, f"delivery #{i} payload {payload!r:.60} was never sent by {sender}"))
-                break
-            if app_k != next_app[sender]:
-                out.append(
-                    Violation(
-                        "sender-order", m,
-                        f"delivery #{i} is message {app_k} of node {sender}; expected its message {next_app[sender]}",
-                    )
-                )
-                break
-            next_app[sender] += 1
-            reached = frontier[m].step_reaching(g + 1)
-            if reached is None:
-                out.append(Violation("frontier", m, f"delivery #{i} (index {g}) beyond the recorded frontier"))
-                break
-            for other in trace.members:
-                got = received[(other, sender)].step_reaching(k + 1)
-                if got is None or got > reached:
-                    out.append(
-                        Violation(
-                            "unstable-delivery", m,
-                            f"delivered message {k} of node {sender} (index {g}) at step {reached} "
-                            f"but node {other} received it {'never' if got is None else f'at step {got}'}",
-                        )
-                    )
-                    break
-            else:
-                continue
-            break
-
-    out.extend(_prefix_agreement(trace))
-    if expect_complete:
-        total = sum(len(v) for v in trace.sent.values())
-        for m in trace.members:
-            got = len(trace.delivered[m])
-            if got != total:
-                out.append(Violation("liveness", m, f"delivered {got} of {total} sent messages by the end"))
+    out += _check_views(trace)
+    out += _check_majority(trace)
+    out += _check_member_logs(trace)
+    out += _check_view_synchrony(trace)
+    out += _check_stability(trace)
+    out += _check_no_loss(trace)
     return out
 
 
-def _prefix_agreement(trace: Trace) -> list[Violation]:
-    logs = {m: trace.delivered[m] for m in trace.members}
-    longest_m = max(logs, key=lambda m: len(logs[m]))
-    longest = logs[longest_m]
+# ------------------------------------------------------------------------- views
+def _view_index(trace: Trace) -> dict[int, ViewRecord]:
+    by_vid: dict[int, ViewRecord] = {}
+    for views in trace.views.values():
+        for v in views:
+            by_vid.setdefault(v.vid, v)
+    return by_vid
+
+
+def _check_views(trace: Trace) -> list[Violation]:
     out = []
-    for m, log in logs.items():
-        for i, item in enumerate(log):
-            if item != longest[i]:
+    first: dict[int, tuple[Inc, ViewRecord]] = {}
+    for inc, views in sorted(trace.views.items()):
+        for a, b in zip(views, views[1:]):
+            if b.vid != a.vid + 1:
+                out.append(Violation("view-sequence", inc, f"installed view {b.vid} right after view {a.vid}"))
+                break
+        for v in views:
+            if inc[0] not in v.members:
+                out.append(Violation("view-membership", inc, f"installed view {v.vid} that does not list it"))
+            seen = first.setdefault(v.vid, (inc, v))
+            if seen[1] != v:
                 out.append(
                     Violation(
-                        "prefix-agreement", m,
-                        f"first divergence at delivery #{i}: {item[:3]} here, {longest[i][:3]} at node {longest_m}",
+                        "split-brain", inc,
+                        f"view {v.vid} here is {v.members} with layout {v.shards}; "
+                        f"node {seen[0]} installed {seen[1].members} with layout {seen[1].shards}",
+                    )
+                )
+    return out
+
+
+def _check_majority(trace: Trace) -> list[Violation]:
+    """Every view v+1 was accepted by a majority of view v's members before anyone installed it."""
+    out = []
+    by_vid = _view_index(trace)
+    for vid, view in sorted(by_vid.items()):
+        prev = by_vid.get(vid - 1)
+        if prev is None:
+            continue  # the first view of the run, or no record of its predecessor
+        key = (view.vid, view.members)
+        voters = {
+            inc[0]
+            for inc, acc in trace.accepted.items()
+            if any(old == vid - 1 and prop == key for old, prop in acc) and inc[0] in prev.members
+        }
+        if 2 * len(voters) <= len(prev.members):
+            out.append(
+                Violation(
+                    "majority", None,
+                    f"view {vid} {view.members} installed with acceptance from {sorted(voters)} only, "
+                    f"of view {vid - 1} {prev.members}",
+                )
+            )
+    return out
+
+
+# ------------------------------------------------------------ per-node delivery logs
+def _check_member_logs(trace: Trace) -> list[Violation]:
+    out = []
+    sent_index = {s: {p: k for k, p in enumerate(msgs)} for s, msgs in trace.sent.items()}
+    for inc, log in sorted(trace.delivered.items()):
+        seen: set[bytes] = set()
+        last: dict[tuple[int, ShardRef], int] = {}
+        next_app: dict[tuple[int, ShardRef], int] = {}
+        views = {v.vid: v for v in trace.views.get(inc, [])}
+        for i, (vid, shard, g, sender, k, payload, final) in enumerate(log):
+            where = f"delivery #{i} (view {vid}, shard {shard}, index {g})"
+            if payload in seen:
+                out.append(Violation("duplicate", inc, f"{where} repeats payload {payload!r:.40}"))
+                break
+            seen.add(payload)
+            view = views.get(vid)
+            if view is None:
+                out.append(Violation("delivery-outside-view", inc, f"{where} in a view it never installed"))
+                break
+            senders = view.shard_members(shard)
+            if sender not in senders:
+                out.append(Violation("phantom", inc, f"{where} claims sender {sender}, not in the shard"))
+                break
+            if g <= last.get((vid, shard), -1):
+                out.append(Violation("order", inc, f"{where} comes after index {last[(vid, shard)]}"))
+                break
+            last[(vid, shard)] = g
+            pos = senders.index(sender)
+            if g != k * len(senders) + pos:
+                out.append(Violation("round-robin", inc, f"{where}: not {k}*{len(senders)}+{pos}"))
+                break
+            app_k = sent_index.get(sender, {}).get(payload)
+            if app_k is None or trace.shard_of.get(payload) != shard:
+                out.append(Violation("phantom", inc, f"{where}: payload {payload!r:.40} never sent by {sender} to {shard}"))
+                break
+            key = (sender, shard)
+            expected = next_app.get(key)
+            if expected is not None and app_k <= expected:
+                out.append(Violation("sender-order", inc, f"{where} is message {app_k} of node {sender} after its {expected}"))
+                break
+            next_app[key] = app_k
+    return out
+
+
+def _check_view_synchrony(trace: Trace) -> list[Violation]:
+    """Per (view, shard): every member delivered a prefix of one sequence, and the members that
+    went on to the next view delivered exactly the same messages in this one."""
+    out = []
+    installed: dict[int, set[Inc]] = {}
+    for inc, views in trace.views.items():
+        for v in views:
+            installed.setdefault(v.vid, set()).add(inc)
+    logs: dict[tuple[int, ShardRef], dict[Inc, list[Record]]] = {}
+    for inc, log in trace.delivered.items():
+        for rec in log:
+            logs.setdefault((rec[0], rec[1]), {}).setdefault(inc, []).append(rec)
+    by_vid = _view_index(trace)
+    for (vid, shard), per_inc in sorted(logs.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        view = by_vid[vid]
+        members = [inc for inc in installed.get(vid, ()) if inc[0] in view.shard_members(shard)]
+        survivors = sorted(inc for inc in members if inc in installed.get(vid + 1, ()))
+        seqs = {inc: [r[2:6] for r in per_inc.get(inc, [])] for inc in members}
+        if survivors:
+            ref_inc = survivors[0]
+            ref = seqs[ref_inc]
+            for inc in survivors[1:]:
+                if seqs[inc] != ref:
+                    i = next((j for j, (a, b) in enumerate(zip(seqs[inc], ref)) if a != b), min(len(ref), len(seqs[inc])))
+                    out.append(
+                        Violation(
+                            "virtual-synchrony", inc,
+                            f"view {vid} shard {shard}: delivered {len(seqs[inc])} messages, node {ref_inc} "
+                            f"{len(ref)}; first difference at #{i}",
+                        )
+                    )
+        else:
+            ref_inc = max(members, key=lambda x: len(seqs[x]), default=None)
+            ref = seqs[ref_inc] if ref_inc is not None else []
+        for inc in members:
+            s = seqs[inc]
+            if s != ref[: len(s)]:
+                i = next(j for j, (a, b) in enumerate(zip(s, ref)) if a != b) if len(s) <= len(ref) else len(ref)
+                out.append(
+                    Violation(
+                        "prefix-agreement", inc,
+                        f"view {vid} shard {shard}: first divergence at delivery #{i}: "
+                        f"{s[i][:3] if i < len(s) else None} here, {ref[i][:3] if i < len(ref) else None} at node {ref_inc}",
+                    )
+                )
+    return out
+
+
+def _check_stability(trace: Trace) -> list[Violation]:
+    """A normal delivery needs every shard member of the view to hold the message; a final
+    (trimmed) delivery needs every survivor to hold it."""
+    out = []
+    installed: dict[int, dict[int, Inc]] = {}
+    for inc, views in trace.views.items():
+        for v in views:
+            installed.setdefault(v.vid, {})[inc[0]] = inc
+    by_vid = _view_index(trace)
+    counters: dict[Any, _Counter] = {}
+
+    def counter(key: Any, table: dict[Any, list[tuple[int, int]]]) -> _Counter:
+        c = counters.get((id(table), key))
+        if c is None:
+            c = counters[(id(table), key)] = _Counter(table.get(key, []))
+        return c
+
+    for inc, log in sorted(trace.delivered.items()):
+        for i, (vid, shard, g, sender, k, payload, final) in enumerate(log):
+            view = by_vid[vid]
+            members = view.shard_members(shard)
+            holders = [installed[vid][m] for m in members if m in installed.get(vid, {})]
+            if final:
+                nxt = installed.get(vid + 1, {})
+                holders = [h for h in holders if nxt.get(h[0]) == h]
+                reached = None  # held at the freeze: any time before the end of the run
+            else:
+                reached = counter((inc, vid, shard), trace.frontier).step_reaching(g + 1)  # type: ignore[arg-type]
+                if reached is None:
+                    out.append(Violation("frontier", inc, f"delivery #{i} (view {vid}, index {g}) beyond its frontier"))
+                    break
+            bad = None
+            for h in holders:
+                got = counter((h, vid, shard, sender), trace.received).step_reaching(k + 1)  # type: ignore[arg-type]
+                if got is None or (reached is not None and got > reached):
+                    bad = (h, got)
+                    break
+            if bad is not None:
+                out.append(
+                    Violation(
+                        "unstable-delivery", inc,
+                        f"delivered message {k} of node {sender} (view {vid}, shard {shard}, index {g}"
+                        f"{', final' if final else ''}) at step {reached} but node {bad[0]} "
+                        f"received it {'never' if bad[1] is None else f'at step {bad[1]}'}",
                     )
                 )
                 break
+    return out
+
+
+def _check_no_loss(trace: Trace) -> list[Violation]:
+    """Every message a live sender's send accepted is delivered, once, by every live node that
+    holds its shard at the end (liveness); never twice across views (safety)."""
+    out = []
+    live = [inc for inc in trace.incarnations() if inc not in trace.ended]
+    history: dict[ShardRef, list[bytes]] = {}
+    by_vid = _view_index(trace)
+    per_view: dict[tuple[int, ShardRef], list[bytes]] = {}
+    for log in trace.delivered.values():
+        seqs: dict[tuple[int, ShardRef], list[bytes]] = {}
+        for r in log:
+            seqs.setdefault((r[0], r[1]), []).append(r[5])
+        for key, seq in seqs.items():
+            if len(seq) > len(per_view.get(key, [])):
+                per_view[key] = seq
+    for (vid, shard), seq in sorted(per_view.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        history.setdefault(shard, []).extend(seq)
+    for shard, seq in history.items():
+        if len(set(seq)) != len(seq):
+            dup = next(p for p in seq if seq.count(p) > 1)
+            out.append(Violation("duplicate-across-views", None, f"shard {shard} delivered {dup!r:.40} twice"))
+    if not trace.expect_complete:
+        return out
+    delivered_anywhere = {p for seq in history.values() for p in seq}
+    live_set = set(live)
+    for sender, msgs in sorted(trace.sent.items()):
+        lost = [
+            p for p in msgs
+            if trace.origin.get(p) in live_set and p not in delivered_anywhere and p not in trace.pending_at_end
+        ]
+        if lost:
+            out.append(
+                Violation("lost", None, f"{len(lost)} messages of live node {sender} never delivered, first {lost[0]!r:.40}")
+            )
+    # Every live node ends in the same view and has delivered all of it.
+    finals = {trace.views[inc][-1].vid for inc in live if trace.views.get(inc)}
+    if len(finals) > 1:
+        out.append(Violation("liveness", None, f"live nodes ended in different views {sorted(finals)}"))
+    elif finals:
+        vid = finals.pop()
+        view = by_vid[vid]
+        for inc in live:
+            for shard, members in view.shards:
+                if inc[0] not in members:
+                    continue
+                mine = [r[5] for r in trace.delivered.get(inc, []) if r[0] == vid and r[1] == shard]
+                if mine != per_view.get((vid, shard), []):
+                    out.append(
+                        Violation(
+                            "liveness", inc,
+                            f"delivered {len(mine)} of {len(per_view.get((vid, shard), []))} messages of shard {shard} in final view {vid}",
+                        )
+                    )
     return out

@@ -1,4 +1,9 @@
-"""A simulated network: per directed link, seeded delays and FIFO delivery, like TCP."""
+"""A simulated network: per directed link, seeded delays and FIFO delivery, like TCP.
+
+Links can be cut (a partition: frames across the cut are lost, as when a TCP connection
+breaks) and slowed. Frames carry the destination's incarnation so that a node restarted under
+the same id never receives frames meant for its previous life.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +29,16 @@ class SimNetwork:
     rng: random.Random
     default: LinkProfile = LinkProfile()
     links: dict[tuple[int, int], LinkProfile] = field(default_factory=dict)
+    cut: set[tuple[int, int]] = field(default_factory=set)
     _last_arrival: dict[tuple[int, int], float] = field(default_factory=dict)
     frames: int = 0
+    dropped: int = 0
 
     def send(self, src: int, dst: int, deliver: Callable[[int, Any], None], item: Any) -> None:
         """Schedule ``deliver(src, item)`` at ``dst`` after the link's delay, in link order."""
+        if (src, dst) in self.cut:
+            self.dropped += 1
+            return
         prof = self.links.get((src, dst), self.default)
         delay = (prof.base + self.rng.random() * prof.jitter) * prof.slowdown
         when = self.scheduler.now + delay
@@ -37,4 +47,19 @@ class SimNetwork:
             when = last  # FIFO: never overtake an earlier frame on the same link
         self._last_arrival[(src, dst)] = when
         self.frames += 1
-        self.scheduler.at(when, deliver, src, item)
+        self.scheduler.at(when, self._arrive, src, dst, deliver, item)
+
+    def _arrive(self, src: int, dst: int, deliver: Callable[[int, Any], None], item: Any) -> None:
+        if (src, dst) in self.cut:  # cut while in flight: lost with the connection
+            self.dropped += 1
+            return
+        deliver(src, item)
+
+    def partition(self, side_a: set[int], side_b: set[int]) -> None:
+        for a in side_a:
+            for b in side_b:
+                self.cut.add((a, b))
+                self.cut.add((b, a))
+
+    def heal(self) -> None:
+        self.cut.clear()

@@ -1,7 +1,7 @@
 """One seeded simulation run: pick parameters from the seed, run, check, report.
 
-Every choice a run makes comes from ``random.Random(seed)``, so a seed *is* the run: the
-replay command printed with a violation reproduces it exactly.
+Every choice a run makes comes from ``random.Random`` seeded by the seed, so a seed *is* the
+run: the replay command printed with a violation reproduces it exactly.
 """
 
 from __future__ import annotations
@@ -10,17 +10,23 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
+from runtime.core.layout import LayoutPolicy, ShardPolicy
+from runtime.core.membership import MembershipConfig
+from runtime.core.node_core import CoreConfig
 from runtime.core.smc import MulticastConfig
 from runtime.sim.cluster import SimCluster
+from runtime.sim.faults import FaultInjector
 from runtime.sim.invariants import Violation, check_trace
 from runtime.sim.network import LinkProfile, SimNetwork
 from runtime.sim.scheduler import Scheduler
 from runtime.sim.workload import make_plan
 
-SEND_SPAN = 0.05  # virtual seconds over which the workload issues its sends
+SEND_SPAN = 0.25  # virtual seconds over which the workload issues its sends
+FAULT_SPAN = (0.02, 0.35)  # virtual seconds within which faults strike
 SMALL_WINDOW_MESSAGES = 800  # message cap of runs whose seed picked a window under 8
 MAX_STEPS = 5_000_000  # steps after which a run counts as livelocked
-DEADLINE = 120.0  # virtual seconds after which undelivered messages count as a liveness failure
+DEADLINE = 30.0  # virtual seconds by which the group must be quiescent (liveness)
+PROBE_EVERY = 0.002  # virtual seconds between checks for armed faults and quiescence
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,15 +34,23 @@ class RunParams:
     seed: int
     members: tuple[int, ...]
     messages: int
-    config: MulticastConfig
+    faults: str
+    shards: int
+    config: CoreConfig
     link: LinkProfile
     slow_links: tuple[tuple[int, int], ...]
 
+    @property
+    def policy(self) -> LayoutPolicy:
+        return LayoutPolicy.of({"sim": ShardPolicy(shards=self.shards, min_nodes=1)})
+
     def describe(self) -> str:
-        c = self.config
+        c, m = self.config.multicast, self.config.membership
         return (
-            f"seed={self.seed} members={len(self.members)} messages~{self.messages} "
-            f"window={c.window_size} batch={c.max_batch} null_interval={c.null_interval * 1e3:.2f}ms "
+            f"seed={self.seed} members={len(self.members)} messages~{self.messages} faults={self.faults} "
+            f"shards={self.shards} window={c.window_size} batch={c.max_batch} "
+            f"null_interval={c.null_interval * 1e3:.2f}ms heartbeat={m.heartbeat_interval * 1e3:.0f}ms "
+            f"suspicion={m.suspicion_timeout * 1e3:.0f}ms "
             f"link={self.link.base * 1e6:.0f}+{self.link.jitter * 1e6:.0f}us slow_links={list(self.slow_links)}"
         )
 
@@ -45,10 +59,12 @@ class RunParams:
 class RunResult:
     params: RunParams
     violations: list[Violation]
-    delivered: int  # messages delivered, summed over members
+    delivered: int  # messages delivered, summed over nodes
     sent: int
     nulls: int
     frames: int
+    views: int  # highest view id reached
+    longest_change: float  # virtual seconds from the first wedge to the install, worst case
     virtual_time: float
     steps: int
     transcript: list[str] = field(default_factory=list)
@@ -58,17 +74,22 @@ class RunResult:
         return not self.violations
 
 
-def choose_params(seed: int, members: int | None = None, messages: int | None = None) -> RunParams:
+def choose_params(seed: int, members: int | None = None, messages: int | None = None, faults: str = "none") -> RunParams:
     rng = random.Random(f"params-{seed}")
     n = members if members is not None else rng.randint(3, 7)
     ids = tuple(sorted(rng.sample(range(1, 100), n)))
     # Tiny windows and batches are the stress cases; they are rarer because each costs a
     # round trip (or a frame) per message and would dominate the run time of a seed range.
     window = rng.choice((1, 3, 16, 16, 64, 64, 256, 1000, 1000))
-    config = MulticastConfig(
+    multicast = MulticastConfig(
         window_size=window,
         null_interval=rng.choice((0.0, 0.0002, 0.001, 0.003)),
         max_batch=rng.choice((7, 100, 100, 1000, 1000)),
+    )
+    membership = MembershipConfig(
+        heartbeat_interval=rng.choice((0.002, 0.005)),
+        suspicion_timeout=rng.choice((0.03, 0.05)),
+        join_retry=0.02,
     )
     link = LinkProfile(base=rng.choice((10e-6, 50e-6, 200e-6)), jitter=rng.choice((0.0, 100e-6, 1e-3)))
     slow: list[tuple[int, int]] = []
@@ -79,68 +100,100 @@ def choose_params(seed: int, members: int | None = None, messages: int | None = 
     if messages is None and window < 8:
         # A window under 8 costs a full round of pushes per few messages: keep such runs short.
         count = min(count, SMALL_WINDOW_MESSAGES)
-    return RunParams(seed, ids, count, config, link, tuple(slow))
+    shards = rng.choice((1, 1, 2)) if n >= 2 else 1
+    return RunParams(seed, ids, count, faults, shards, CoreConfig(multicast, membership), link, tuple(slow))
 
 
 def run_seed(
     seed: int,
     members: int | None = None,
     messages: int | None = None,
+    faults: str = "none",
     verbose: bool = False,
     corrupt: Callable[[SimCluster], None] | None = None,
 ) -> RunResult:
-    """Run one seed to quiescence and check it. ``corrupt`` lets tests tamper with the trace."""
-    params = choose_params(seed, members, messages)
+    """Run one seed until the group is quiescent and check it.
+
+    ``corrupt`` lets tests tamper with the trace before the check.
+    """
+    params = choose_params(seed, members, messages, faults)
     rng = random.Random(f"run-{seed}")
     sched = Scheduler()
     net = SimNetwork(sched, rng, params.link)
     for a, b in params.slow_links:
-        net.links[(a, b)] = LinkProfile(params.link.base * 20, params.link.jitter * 20 + 1e-3)
+        net.links[(a, b)] = LinkProfile(params.link.base * 20, params.link.jitter * 5 + 1e-3)
     transcript: list[str] = []
     log = transcript.append if verbose else None
-    cluster = SimCluster(params.members, params.config, sched, net, rng, log=log)
+    cluster = SimCluster(params.members, params.policy, params.config, sched, net, rng, log=log)
     plan = make_plan(rng, params.members, params.messages, SEND_SPAN)
+    injector = FaultInjector(cluster, rng, params.config.membership.suspicion_timeout)
+    cluster.on_wedge = injector.on_wedge
+    fault_plan = FaultInjector.plan(rng, faults, *FAULT_SPAN)
     if verbose:
         transcript.append(params.describe())
         transcript.append("styles: " + ", ".join(f"{m}={plan.style[m]}" for m in params.members))
+        transcript.append("faults: " + ", ".join(f"{f.kind}@{f.at:.4f}" for f in fault_plan))
     for burst in plan.bursts:
-        sched.at(burst.at, cluster.app_send, burst.node, burst.count)
+        sched.at(burst.at, cluster.app_send, burst.node, burst.count, rng.random())
+    for fault in fault_plan:
+        sched.at(fault.at, injector.fire, fault.kind)
+    quiet_after = max([SEND_SPAN] + [f.at for f in fault_plan])
+    state = {"done": False}
+
+    def probe() -> None:
+        if sched.now > quiet_after and not net.cut and cluster.quiescent():
+            state["done"] = True
+            sched.stop()
+            return
+        sched.at(sched.now + PROBE_EVERY, probe)
+
+    sched.at(PROBE_EVERY, probe)
     crash: str | None = None
     try:
-        drained = sched.run(DEADLINE, MAX_STEPS)
+        sched.run(DEADLINE, MAX_STEPS)
     except Exception as exc:  # a core bug: report it with the seed instead of a traceback
-        drained, crash = True, f"{type(exc).__name__}: {exc} (at virtual {sched.now:.6f}s, step {sched.steps})"
+        import traceback
+
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        crash = (
+            f"{type(exc).__name__}: {exc} (at virtual {sched.now:.6f}s, step {sched.steps}, "
+            f"{where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
+        )
+    cluster.trace.pending_at_end = {p for n in cluster.alive() for q in n.pending.values() for p in q}
+    cluster.trace.expect_complete = crash is None and state["done"]
     if corrupt is not None:
         corrupt(cluster)
-    violations = check_trace(cluster.trace, expect_complete=crash is None)
+    violations = check_trace(cluster.trace)
     if crash is not None:
         violations.insert(0, Violation("core-crash", None, crash))
-    for node, sender, reason in cluster.rejections[:3]:
-        violations.append(Violation("rejected-honest-input", node, f"from node {sender}: {reason}"))
-    if not drained or cluster.pending_app_messages():
+    elif not state["done"]:
         violations.append(
             Violation(
                 "liveness", None,
-                f"still busy at virtual {sched.now:.3f}s after {sched.steps} steps: {sched.pending()} events queued, "
-                f"{cluster.pending_app_messages()} app messages not accepted by send",
+                f"not quiescent at virtual {sched.now:.3f}s after {sched.steps} steps; "
+                f"nodes (alive, view, excluded, wedged): {cluster.describe_state()}",
             )
         )
+    for inc, sender, reason in cluster.rejections[:3]:
+        violations.append(Violation("rejected-honest-input", inc, f"from node {sender}: {reason}"))
     delivered = sum(len(v) for v in cluster.trace.delivered.values())
     sent = sum(len(v) for v in cluster.trace.sent.values())
+    top = max((v[-1].vid for v in cluster.trace.views.values() if v), default=0)
     result = RunResult(
-        params, violations, delivered, sent, cluster.nulls_sent(), net.frames, sched.now, sched.steps,
-        transcript,
+        params, violations, delivered, sent, cluster.nulls_sent(), net.frames, top,
+        cluster.longest_change, sched.now, sched.steps, transcript,
     )
     if verbose:
         transcript.append(
-            f"result: sent={sent} delivered={delivered} nulls={result.nulls} frames={net.frames} "
-            f"steps={sched.steps} virtual={sched.now:.6f}s violations={len(violations)}"
+            f"result: sent={sent} delivered={delivered} views={top} frames={net.frames} dropped={net.dropped} "
+            f"steps={sched.steps} virtual={sched.now:.6f}s longest_change={cluster.longest_change * 1e3:.2f}ms "
+            f"violations={len(violations)}"
         )
     return result
 
 
 def replay_command(params: RunParams, explicit: bool) -> str:
-    cmd = f"python -m runtime.sim --seed {params.seed}"
+    cmd = f"python -m runtime.sim --seed {params.seed} --faults {params.faults}"
     if explicit:
         cmd += f" --members {len(params.members)} --messages {params.messages}"
     return cmd + " --verbose"

@@ -16,6 +16,7 @@ class Scheduler:
     steps: int = 0
     _heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = field(default_factory=list)
     _seq: int = 0
+    stopped: bool = False
 
     def at(self, when: float, action: Callable[..., None], *args: Any) -> None:
         """Run ``action(*args)`` at virtual time ``when`` (never earlier than now)."""
@@ -31,7 +32,7 @@ class Scheduler:
         """
         heap = self._heap
         limit = self.steps + max_steps if max_steps is not None else None
-        while heap:
+        while heap and not self.stopped:
             if limit is not None and self.steps >= limit:
                 return False
             when, _, action, args = heap[0]
@@ -41,7 +42,11 @@ class Scheduler:
             self.now = when
             self.steps += 1
             action(*args)
-        return True
+        return not heap
+
+    def stop(self) -> None:
+        """End :meth:`run` after the current action."""
+        self.stopped = True
 
     def pending(self) -> int:
         return len(self._heap)

@@ -1,17 +1,37 @@
-"""A tiny hand-driven network of NodeCores for core tests: the test decides every step."""
+"""A tiny hand-driven network of NodeCores for core tests: the test decides every step.
+
+All members hold one shard (``SHARD``) of a fixed view; failure detection is switched off
+(infinite timeouts) so that only the data plane moves.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from runtime.core.effects import DeliveredMessage
-from runtime.core.events import PushArrived, Tick
-from runtime.core.messages import ShardPush
-from runtime.core.node_core import NodeCore
+from runtime.core.events import MessageArrived, Tick
+from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layout
+from runtime.core.membership import MembershipConfig
+from runtime.core.messages import Message
+from runtime.core.node_core import CoreConfig, NodeCore
 from runtime.core.smc import MulticastConfig
+from runtime.core.view import View
 
-SHARD = ("T", 0, 0)
+SHARD = ShardId("T", 0, 0)
+QUIET = MembershipConfig(heartbeat_interval=math.inf, suspicion_timeout=math.inf, join_retry=1.0)
+
+
+def one_shard_policy(n: int) -> LayoutPolicy:
+    return LayoutPolicy.of({"T": ShardPolicy(min_nodes=n, max_nodes=n)})
+
+
+def fixed_core(node: int, members: tuple[int, ...], mc: MulticastConfig = MulticastConfig()) -> NodeCore:
+    """A core in view 0 of ``members``, all in ``SHARD``, with failure detection off."""
+    policy = one_shard_policy(len(members))
+    view = View(0, members, tuple(f"n{m}" for m in members), compute_layout(policy, members))
+    return NodeCore(node, f"n{node}", policy, CoreConfig(mc, QUIET), view=view)
 
 
 @dataclass
@@ -23,13 +43,16 @@ class ShardNet:
     now: float = 0.0
 
     def __post_init__(self) -> None:
-        self.cores = {m: NodeCore(m, {SHARD: self.members}, self.config) for m in self.members}
-        self.links: dict[tuple[int, int], deque[ShardPush]] = {}
+        self.cores = {m: fixed_core(m, self.members, self.config) for m in self.members}
+        self.links: dict[tuple[int, int], deque[Message]] = {}
         self.delivered: dict[int, list[DeliveredMessage]] = {m: [] for m in self.members}
         self.window_opened: dict[int, int] = {m: 0 for m in self.members}
         self.rejected: list[object] = []
         self.batches: dict[int, list[int]] = {m: [] for m in self.members}
         self.wakeups: dict[int, float | None] = {m: None for m in self.members}
+        for m in self.members:
+            self.flush(m)
+            self.window_opened[m] = 0
 
     def send(self, node: int, *payloads: bytes) -> int:
         taken = self.cores[node].send(SHARD, list(payloads), self.now)
@@ -40,19 +63,19 @@ class ShardNet:
         ready = self.cores[node].ready()
         for out in ready.outgoing:
             for dst in out.to:
-                self.links.setdefault((node, dst), deque()).append(out.push)
+                self.links.setdefault((node, dst), deque()).append(out.message)
         for d in ready.deliveries:
             self.delivered[node].extend(d.messages)
             self.batches[node].append(len(d.messages))
         self.window_opened[node] += len(ready.window_open)
-        self.wakeups[node] = ready.wakeup_at
         self.rejected.extend(ready.rejected)
+        self.wakeups[node] = ready.wakeup_at
 
     def deliver_one(self, src: int, dst: int) -> bool:
         q = self.links.get((src, dst))
         if not q:
             return False
-        self.cores[dst].step(PushArrived(self.now, src, q.popleft()))
+        self.cores[dst].step(MessageArrived(self.now, src, q.popleft()))
         self.flush(dst)
         return True
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from runtime.core.effects import Rejected
-from runtime.core.events import PushArrived
+from runtime.core.events import MessageArrived
 from runtime.core.messages import ShardPush
-from runtime.core.node_core import NodeCore, UnknownShard
+from runtime.core.node_core import UnknownShard
 from runtime.core.smc import MulticastConfig, ShardMulticast
 from runtime.core.sst import RowDelta
-from tests.core.shard_net import SHARD, ShardNet
+from tests.core.shard_net import SHARD, ShardNet, fixed_core
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -95,12 +95,12 @@ def test_window_counts_own_undelivered_messages_not_only_receipt() -> None:
 
 
 def test_many_sends_between_drains_coalesce_into_one_push() -> None:
-    core = NodeCore(1, {SHARD: (1, 2, 3)}, MulticastConfig(max_batch=1000))
+    core = fixed_core(1, (1, 2, 3), MulticastConfig(max_batch=1000))
     for i in range(50):
         assert core.send(SHARD, [b"%d" % i], 0.0) == 1
     ready = core.ready()
     assert len(ready.outgoing) == 1
-    push = ready.outgoing[0].push
+    push = ready.outgoing[0].message
     assert ready.outgoing[0].to == (2, 3)
     assert push.first == 0 and len(push.messages) == 50
     assert push.row is not None and push.row.values["received_num"] == (50, 0, 0)
@@ -108,9 +108,9 @@ def test_many_sends_between_drains_coalesce_into_one_push() -> None:
 
 
 def test_long_batch_splits_by_max_batch_with_row_on_last_part() -> None:
-    core = NodeCore(1, {SHARD: (1, 2)}, MulticastConfig(max_batch=100))
+    core = fixed_core(1, (1, 2), MulticastConfig(max_batch=100))
     assert core.send(SHARD, [b"m"] * 250, 0.0) == 250
-    pushes = [o.push for o in core.ready().outgoing]
+    pushes = [o.message for o in core.ready().outgoing]
     assert [(p.first, len(p.messages)) for p in pushes] == [(0, 100), (100, 100), (200, 50)]
     assert [p.row is not None for p in pushes] == [False, False, True]
 
@@ -127,7 +127,7 @@ def test_one_stability_step_delivers_a_whole_batch() -> None:
 
 
 def test_single_member_shard_delivers_at_once() -> None:
-    core = NodeCore(7, {SHARD: (7,)})
+    core = fixed_core(7, (7,))
     assert core.send(SHARD, [b"solo", b"again"], 0.0) == 2
     ready = core.ready()
     assert ready.outgoing == []
@@ -135,7 +135,7 @@ def test_single_member_shard_delivers_at_once() -> None:
 
 
 def test_send_errors() -> None:
-    core = NodeCore(1, {SHARD: (1, 2)}, MulticastConfig(max_message_size=4))
+    core = fixed_core(1, (1, 2), MulticastConfig(max_message_size=4))
     with pytest.raises(UnknownShard):
         core.send(("other", 0, 0), [b"x"], 0.0)
     with pytest.raises(ValueError, match="max_message_size"):
@@ -152,7 +152,7 @@ def test_receive_only_member_cannot_send_and_senders_order_among_themselves() ->
 
 
 def _push(rank: int, first: int = 0, messages: tuple = (), row: RowDelta | None = None, shard=SHARD) -> ShardPush:
-    return ShardPush(shard, rank, row, first, messages)
+    return ShardPush(0, shard, rank, row, first, messages)
 
 
 @pytest.mark.parametrize(
@@ -173,10 +173,10 @@ def _push(rank: int, first: int = 0, messages: tuple = (), row: RowDelta | None 
     ],
 )
 def test_bad_pushes_are_rejected_and_change_nothing(sender: int, push: ShardPush, reason: str) -> None:
-    core = NodeCore(1, {SHARD: (1, 2, 3)}, MulticastConfig(window_size=10, max_message_size=64))
+    core = fixed_core(1, (1, 2, 3), MulticastConfig(window_size=10, max_message_size=64))
     smc = core.shards[SHARD]
     before = [dict(r, received_num=list(r["received_num"])) for r in smc.sst.rows]
-    core.step(PushArrived(0.0, sender, push))
+    core.step(MessageArrived(0.0, sender, push))
     ready = core.ready()
     assert len(ready.rejected) == 1 and isinstance(ready.rejected[0], Rejected)
     assert reason in ready.rejected[0].reason
@@ -189,7 +189,7 @@ def test_repeated_push_is_ignored_quietly() -> None:
     net.send(1, b"a", b"b")
     push = net.links[(1, 2)][0]
     net.deliver_one(1, 2)
-    net.cores[2].step(PushArrived(0.0, 1, push))  # the same frame again, as after a reconnect
+    net.cores[2].step(MessageArrived(0.0, 1, push))  # the same frame again, as after a reconnect
     ready = net.cores[2].ready()
     assert ready.rejected == []
     assert net.cores[2].shards[SHARD].sst.mine["received_num"] == [2, 0]

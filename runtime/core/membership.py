@@ -1,0 +1,358 @@
+"""Virtually synchronous membership for one view: failure detection, wedge, agreement.
+
+Everything is a predicate over the view's group SST (one row per view member) plus a
+trigger, as in Derecho. The agreement on the next view is Derecho's propose / ack / commit,
+shaped so that its safety argument is Paxos's:
+
+* A member's *leader* is the lowest rank it does not suspect. Suspicion is permanent within a
+  view, so leaders only move up in rank, and the ballot of a proposal is its proposer's
+  rank + 1: later leaders have higher ballots.
+* A member that suspects every rank below L has *promised* L: it will never again accept a
+  proposal from a lower rank. A new leader acts only once every member it does not suspect
+  shows that promise (Derecho's take-over barrier).
+* Before proposing, the leader adopts the highest-ballot proposal held by any member it does
+  not suspect; only if none holds one does it compute its own. A leader proposes once.
+* It commits when every member it does not suspect holds its ballot, and they are a
+  majority of the view. Any two majorities intersect, so a later leader always sees (and
+  adopts) a committed value. Every proposal with a ballot at or above a committed one carries
+  the committed value, so any row with ``commit > 0`` and ``ballot >= commit`` holds the
+  decision; members echo it in their own rows before they install it.
+* The value decided is the whole transition: the next members *and* the ragged trim of every
+  shard, computed from the survivors' frozen receive counts. Wedging first (freezing counts)
+  and deciding trims inside the same agreement is what keeps every survivor's final
+  deliveries identical even when the leader dies mid-change.
+* Majority rule: a member that suspects half of its view or more stops itself (it can never
+  again gather a majority), and a member suspected by a live peer stops itself: a minority
+  side never installs a view.
+
+Protocol decisions that differ from Derecho C++ are listed in the README.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from runtime.core.layout import ShardId
+from runtime.core.sst import SST, Column, PredicateKind, RowDelta, Schema, SSTError
+from runtime.core.view import Proposal, View, ViewFormatError, is_majority, leader_rank
+
+FrozenCounts = list[list[Any]]  # [[type_name, subgroup, shard, [counts...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipConfig:
+    """Timing of failure detection and joins, in the driver's clock (seconds)."""
+
+    heartbeat_interval: float = 0.05
+    suspicion_timeout: float = 0.5
+    join_retry: float = 0.5
+    max_pending_joins: int = 64
+
+    def __post_init__(self) -> None:
+        if not self.heartbeat_interval > 0:
+            raise ValueError("heartbeat_interval must be positive")
+        if not (self.suspicion_timeout > self.heartbeat_interval or math.isinf(self.suspicion_timeout)):
+            raise ValueError("suspicion_timeout must exceed heartbeat_interval")
+        if not self.join_retry > 0:
+            raise ValueError("join_retry must be positive")
+
+
+def group_schema(n: int) -> Schema:
+    return Schema(
+        (
+            Column("heartbeat"),
+            Column("suspected", width=n),
+            Column("leaving"),
+            Column("wedged"),
+            Column("frozen", monotonic=False, default=None),
+            Column("ballot"),
+            Column("proposal", monotonic=False, default=None),
+            Column("commit"),
+        )
+    )
+
+
+class Membership:
+    """This member's part in one view's membership protocol."""
+
+    def __init__(
+        self,
+        view: View,
+        my_id: int,
+        config: MembershipConfig,
+        now: float,
+        freeze: Callable[[], FrozenCounts],
+        carried_suspects: tuple[int, ...] = (),
+    ) -> None:
+        rank = view.rank_of(my_id)
+        if rank is None:
+            raise ValueError(f"node {my_id} is not in view {view.vid}")
+        self.view = view
+        self.my_id = my_id
+        self.me = rank
+        self.n = view.n
+        self.config = config
+        self._freeze = freeze
+        self.sst = SST(group_schema(self.n), self.n, rank)
+        self.last_heard = [now] * self.n
+        self.next_heartbeat = now
+        self.pending_joins: dict[int, str] = {}
+        self.decided: Proposal | None = None
+        self.excluded: str | None = None
+        self.proposed = False
+        self.wedge_started_at: float | None = None
+        for node in carried_suspects:
+            r = view.rank_of(node)
+            if r is not None and r != rank:
+                self.sst.set_item("suspected", r, 1)
+        sst = self.sst
+        sst.register("spread-suspicion", self._new_suspicion_in_peer_rows, self._spread_suspicion)
+        sst.register("majority-lost", self._lost_majority, self._fail_stop)
+        sst.register("wedge", self._should_wedge, self._wedge, PredicateKind.ONE_TIME)
+        sst.register("leader-propose", self._can_propose, self._propose)
+        sst.register("follower-accept", self._leader_has_newer_ballot, self._accept)
+        sst.register("leader-commit", self._all_accepted, self._commit)
+        sst.register("decide", self._decision_visible, self._decide)
+
+    # ----------------------------------------------------------------- reading
+    @property
+    def mine(self) -> dict[str, Any]:
+        return self.sst.rows[self.me]
+
+    def suspects(self, rank: int) -> bool:
+        return bool(self.sst.rows[self.me]["suspected"][rank])  # type: ignore[index]
+
+    def live_ranks(self) -> list[int]:
+        sus = self.sst.rows[self.me]["suspected"]
+        return [r for r in range(self.n) if not sus[r]]  # type: ignore[index]
+
+    def leader(self) -> int | None:
+        return leader_rank(self.sst.rows[self.me]["suspected"])  # type: ignore[arg-type]
+
+    @property
+    def wedged(self) -> bool:
+        return bool(self.mine["wedged"])
+
+    @property
+    def active(self) -> bool:
+        return self.excluded is None and self.decided is None
+
+    # ------------------------------------------------------------------ inputs
+    def on_push(self, delta: RowDelta, now: float) -> str | None:
+        """Merge a peer's group row. Rows of suspected members are frozen: ignored."""
+        r = delta.rank
+        if not isinstance(r, int) or not 0 <= r < self.n or r == self.me:
+            return f"group push names bad rank {r!r}"
+        if self.suspects(r):
+            return None
+        try:
+            self.sst.apply_remote_row(delta)
+        except SSTError as exc:
+            return f"bad group row: {exc}"
+        self.last_heard[r] = now
+        return None
+
+    def on_tick(self, now: float) -> None:
+        if not self.active:
+            return
+        if now >= self.next_heartbeat:
+            self.sst.set("heartbeat", int(self.mine["heartbeat"]) + 1)
+            self.next_heartbeat = now + self.config.heartbeat_interval
+        limit = self.config.suspicion_timeout
+        for r in range(self.n):
+            if r != self.me and not self.suspects(r) and now - self.last_heard[r] > limit:
+                self.sst.set_item("suspected", r, 1)
+
+    def request_leave(self) -> None:
+        if self.active:
+            self.sst.set("leaving", 1)
+
+    def add_join(self, node_id: int, address: str) -> None:
+        """The leader queues a joiner for the next view (until it proposes)."""
+        if len(self.pending_joins) < self.config.max_pending_joins:
+            self.pending_joins.setdefault(node_id, address)
+
+    def evaluate(self, now: float) -> None:
+        if self.wedge_started_at is None and self._should_wedge(self.sst):
+            self.wedge_started_at = now
+        self.sst.evaluate()
+
+    def wakeup_at(self) -> float | None:
+        if not self.active:
+            return None
+        times = [self.next_heartbeat]
+        for r in range(self.n):
+            if r != self.me and not self.suspects(r):
+                times.append(self.last_heard[r] + self.config.suspicion_timeout + 1e-9)
+        t = min(times)
+        return None if math.isinf(t) else t
+
+    # --------------------------------------------------------- suspicion spread
+    def _new_suspicion_in_peer_rows(self, sst: SST) -> bool:
+        if not self.active:
+            return False
+        mine = sst.rows[self.me]["suspected"]
+        for r in range(self.n):
+            if r == self.me or mine[r]:  # type: ignore[index]
+                continue
+            theirs = sst.rows[r]["suspected"]
+            if any(t and not m for t, m in zip(theirs, mine)):  # type: ignore[arg-type]
+                return True
+        return False
+
+    def _spread_suspicion(self, sst: SST) -> None:
+        mine = sst.rows[self.me]["suspected"]
+        for r in range(self.n):
+            if r == self.me or mine[r]:  # type: ignore[index]
+                continue
+            theirs = sst.rows[r]["suspected"]
+            if theirs[self.me]:  # type: ignore[index]
+                self.excluded = f"suspected by node {self.view.members[r]} in view {self.view.vid}"
+                return
+            for j, t in enumerate(theirs):  # type: ignore[arg-type]
+                if t and not mine[j]:  # type: ignore[index]
+                    sst.set_item("suspected", j, 1)
+
+    def _lost_majority(self, sst: SST) -> bool:
+        return self.active and not is_majority(len(self.live_ranks()), self.n)
+
+    def _fail_stop(self, sst: SST) -> None:
+        live = len(self.live_ranks())
+        self.excluded = (
+            f"partitioned: reaches only {live} of {self.n} members of view {self.view.vid}, "
+            "not a majority; stopping (rejoin as a new member)"
+        )
+
+    # ------------------------------------------------------------------- wedge
+    def _should_wedge(self, sst: SST) -> bool:
+        if not self.active or sst.rows[self.me]["wedged"]:
+            return False
+        if self.pending_joins:
+            return True
+        rows = sst.rows
+        for r in self.live_ranks():
+            row = rows[r]
+            if row["wedged"] or row["leaving"] or row["ballot"]:
+                return True
+        return len(self.live_ranks()) < self.n
+
+    def _wedge(self, sst: SST) -> None:
+        frozen = self._freeze()
+        sst.set("frozen", frozen)
+        sst.set("wedged", 1)
+
+    # ------------------------------------------------------------ leader: propose
+    def _is_active_leader(self) -> bool:
+        """I lead, and every member I do not suspect has promised me (suspects all below)."""
+        if self.leader() != self.me:
+            return False
+        rows = self.sst.rows
+        for r in self.live_ranks():
+            sus = rows[r]["suspected"]
+            if not all(sus[j] for j in range(self.me)):  # type: ignore[index]
+                return False
+        return True
+
+    def _can_propose(self, sst: SST) -> bool:
+        if not self.active or self.proposed or not sst.rows[self.me]["wedged"]:
+            return False
+        if not self._is_active_leader():
+            return False
+        return all(sst.rows[r]["wedged"] and sst.rows[r]["frozen"] is not None for r in self.live_ranks())
+
+    def _propose(self, sst: SST) -> None:
+        rows = sst.rows
+        live = self.live_ranks()
+        best_ballot, best = 0, None
+        for r in live:
+            if rows[r]["ballot"] > best_ballot and rows[r]["proposal"] is not None:  # type: ignore[operator]
+                best_ballot, best = rows[r]["ballot"], rows[r]["proposal"]
+        proposal = best if best is not None else self._fresh_proposal(live).to_wire()
+        self.proposed = True
+        sst.set("proposal", proposal)
+        sst.set("ballot", self.me + 1)
+
+    def _fresh_proposal(self, live: list[int]) -> Proposal:
+        view, rows = self.view, self.sst.rows
+        stay = [r for r in live if not rows[r]["leaving"]]
+        members = [view.members[r] for r in stay]
+        addresses = [view.addresses[r] for r in stay]
+        joined = []
+        for node, addr in self.pending_joins.items():
+            if node not in view.members:
+                members.append(node)
+                addresses.append(addr)
+                joined.append(node)
+        departed = tuple(m for m in view.members if m not in members)
+        return Proposal(view.vid + 1, tuple(members), tuple(addresses), tuple(joined), departed, self._trims(live))
+
+    def _trims(self, live: list[int]) -> tuple[tuple[ShardId, tuple[int, ...]], ...]:
+        """Per shard, per sender: the minimum frozen receive count over surviving members."""
+        mins: dict[ShardId, list[int]] = {}
+        for r in live:
+            for t, g, s, counts in self.sst.rows[r]["frozen"] or ():  # type: ignore[union-attr]
+                sid = ShardId(t, g, s)
+                cur = mins.get(sid)
+                mins[sid] = list(counts) if cur is None else [min(a, b) for a, b in zip(cur, counts)]
+        return tuple((sid, tuple(mins[sid])) for sid in self.view.layout.shards if sid in mins)
+
+    # ------------------------------------------------------------- follower: accept
+    def _leader_has_newer_ballot(self, sst: SST) -> bool:
+        if not self.active or not sst.rows[self.me]["wedged"]:
+            return False
+        lead = self.leader()
+        if lead is None or lead == self.me:
+            return False
+        row = sst.rows[lead]
+        # Only the leader's own ballot: a ballot of a lower rank copied into its row is one
+        # this member has promised never to accept again.
+        return row["ballot"] == lead + 1 and row["ballot"] > sst.rows[self.me]["ballot"] and row["proposal"] is not None  # type: ignore[operator]
+
+    def _accept(self, sst: SST) -> None:
+        row = sst.rows[self.leader()]  # type: ignore[index]
+        sst.set("proposal", row["proposal"])
+        sst.set("ballot", row["ballot"])
+
+    # ------------------------------------------------------------- leader: commit
+    def _all_accepted(self, sst: SST) -> bool:
+        if not self.active or not self.proposed or sst.rows[self.me]["commit"]:
+            return False
+        ballot = self.me + 1
+        live = self.live_ranks()
+        if not is_majority(len(live), self.n):
+            return False
+        return all(sst.rows[r]["ballot"] == ballot for r in live)
+
+    def _commit(self, sst: SST) -> None:
+        sst.set("commit", self.me + 1)
+
+    # ------------------------------------------------------------------ decide
+    def _decision_visible(self, sst: SST) -> bool:
+        if not self.active:
+            return False
+        for row in sst.rows:
+            c = row["commit"]
+            if c and row["ballot"] >= c and row["proposal"] is not None:  # type: ignore[operator]
+                return True
+        return False
+
+    def _decide(self, sst: SST) -> None:
+        for row in sst.rows:
+            c = row["commit"]
+            if c and row["ballot"] >= c and row["proposal"] is not None:  # type: ignore[operator]
+                wire = row["proposal"]
+                break
+        try:
+            proposal = Proposal.from_wire(wire)
+        except ViewFormatError as exc:  # a committed value is malformed: nothing safe to do
+            self.excluded = f"committed proposal unreadable: {exc}"
+            return
+        # Echo the decision in my own row so members that missed the committer learn it.
+        if sst.rows[self.me]["ballot"] < row["ballot"]:  # type: ignore[operator]
+            sst.set("proposal", wire)
+            sst.set("ballot", row["ballot"])
+        if sst.rows[self.me]["commit"] < c:  # type: ignore[operator]
+            sst.set("commit", c)
+        self.decided = proposal

@@ -1,0 +1,160 @@
+"""Views: the epochs of group membership, and their wire form.
+
+A view lists its members in rank order. Everything else a member needs to act in it (who
+leads, which shards exist and who holds them) is computed from that list, deterministically,
+so every member of a view agrees on it without a word exchanged. A joiner has no previous
+layout to compute stickiness from, so it receives the layout with the view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from runtime.core.layout import Layout, LayoutPolicy, ShardId, compute_layout
+
+
+class ViewFormatError(ValueError):
+    """A view or proposal from the wire is malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    vid: int
+    members: tuple[int, ...]
+    addresses: tuple[str, ...]
+    layout: Layout
+    joined: tuple[int, ...] = ()
+    departed: tuple[int, ...] = ()
+    _rank: dict[int, int] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if len(self.members) != len(self.addresses):
+            raise ViewFormatError("a view needs one address per member")
+        if len(set(self.members)) != len(self.members):
+            raise ViewFormatError(f"view {self.vid} lists a member twice: {self.members}")
+        object.__setattr__(self, "_rank", {m: r for r, m in enumerate(self.members)})
+
+    @property
+    def n(self) -> int:
+        return len(self.members)
+
+    def rank_of(self, node_id: int) -> int | None:
+        return self._rank.get(node_id)
+
+    def address_of(self, node_id: int) -> str:
+        return self.addresses[self._rank[node_id]]
+
+    def my_shards(self, node_id: int) -> tuple[ShardId, ...]:
+        return self.layout.shards_of(node_id) if self.layout.adequate else ()
+
+    # ----------------------------------------------------------------- wire form
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "vid": self.vid,
+            "members": list(self.members),
+            "addresses": list(self.addresses),
+            "joined": list(self.joined),
+            "departed": list(self.departed),
+            "adequate": self.layout.adequate,
+            "shards": [[s.type_name, s.subgroup, s.shard, list(m)] for s, m in self.layout.shards.items()],
+        }
+
+    @classmethod
+    def from_wire(cls, d: Any) -> View:
+        try:
+            shards = {ShardId(str(t), int(g), int(s)): tuple(int(x) for x in m) for t, g, s, m in d["shards"]}
+            view = cls(
+                vid=_int(d["vid"]),
+                members=tuple(_int(m) for m in d["members"]),
+                addresses=tuple(str(a) for a in d["addresses"]),
+                layout=Layout(bool(d["adequate"]), shards),
+                joined=tuple(_int(m) for m in d["joined"]),
+                departed=tuple(_int(m) for m in d["departed"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ViewFormatError(f"malformed view: {exc}") from exc
+        for sid, members in view.layout.shards.items():
+            if any(view.rank_of(m) is None for m in members):
+                raise ViewFormatError(f"shard {sid} lists a node outside view {view.vid}")
+        return view
+
+
+def _int(x: Any) -> int:
+    if type(x) is not int:
+        raise ViewFormatError(f"expected an int, got {x!r:.40}")
+    return x
+
+
+def initial_view(node_id: int, address: str, policy: LayoutPolicy) -> View:
+    """View 0 of a group founded by one node (usually inadequate until others join)."""
+    return View(0, (node_id,), (address,), compute_layout(policy, (node_id,)))
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """What a view change decides, as one value: the next view's membership and, for every
+    shard of the current view, the ragged trim (per sender: how many messages every survivor
+    delivers before the view ends).
+
+    Deciding both in one agreement means a new leader that adopts a proposal also adopts its
+    trims: nobody can deliver by one trim while another survivor delivers by a different one.
+    """
+
+    vid: int
+    members: tuple[int, ...]
+    addresses: tuple[str, ...]
+    joined: tuple[int, ...]
+    departed: tuple[int, ...]
+    trims: tuple[tuple[ShardId, tuple[int, ...]], ...]
+
+    def trim_of(self, shard: ShardId) -> tuple[int, ...] | None:
+        for sid, counts in self.trims:
+            if sid == shard:
+                return counts
+        return None
+
+    def next_view(self, policy: LayoutPolicy, previous: Layout) -> View:
+        layout = compute_layout(policy, self.members, previous if previous.adequate else None)
+        return View(self.vid, self.members, self.addresses, layout, self.joined, self.departed)
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.vid,
+            list(self.members),
+            list(self.addresses),
+            list(self.joined),
+            list(self.departed),
+            [[s.type_name, s.subgroup, s.shard, list(c)] for s, c in self.trims],
+        ]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> Proposal:
+        try:
+            vid, members, addresses, joined, departed, trims = w
+            p = cls(
+                _int(vid),
+                tuple(_int(m) for m in members),
+                tuple(str(a) for a in addresses),
+                tuple(_int(m) for m in joined),
+                tuple(_int(m) for m in departed),
+                tuple((ShardId(str(t), _int(g), _int(s)), tuple(_int(x) for x in c)) for t, g, s, c in trims),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ViewFormatError(f"malformed proposal: {exc}") from exc
+        if len(p.members) != len(p.addresses) or len(set(p.members)) != len(p.members):
+            raise ViewFormatError("malformed proposal: members and addresses disagree")
+        return p
+
+
+def leader_rank(suspected: Sequence[int]) -> int | None:
+    """Lowest rank not suspected (``suspected`` is a 0/1 vector), or None if all are."""
+    for r, s in enumerate(suspected):
+        if not s:
+            return r
+    return None
+
+
+def is_majority(count: int, n: int) -> bool:
+    """More than half of ``n``."""
+    return 2 * count > n
