@@ -242,15 +242,20 @@ class NodeCore:
         return out
 
     def _evaluate(self) -> None:
-        m = self.membership
-        if m is None:
-            return
-        for smc in self.shards.values():
-            smc.evaluate(self.now)
-        m.evaluate(self.now)
-        if m.excluded is not None:
-            self._exclude(m.excluded)
-        elif m.decided is not None:
+        # A view change replays frames that arrived early for the new view; they may carry
+        # enough to decide the next change too, so evaluate until nothing moves.
+        for _ in range(8):
+            m = self.membership
+            if m is None or self.excluded is not None:
+                return
+            for smc in self.shards.values():
+                smc.evaluate(self.now)
+            m.evaluate(self.now)
+            if m.excluded is not None:
+                self._exclude(m.excluded)
+                return
+            if m.decided is None:
+                return
             self._change_view(m.decided)
 
     def _change_view(self, proposal: Proposal) -> None:
@@ -360,6 +365,10 @@ class NodeCore:
         if w is not None:
             times.append(w)
         return min(times) if times else None
+
+    def pending_deliveries(self) -> int:
+        """Deliveries decided but not yet handed out by :meth:`ready`."""
+        return len(self._ready.deliveries) + sum(smc.pending_deliveries() for smc in self.shards.values())
 
     def shard_members(self, shard: ShardId) -> tuple[int, ...]:
         return self.shards[shard].members if shard in self.shards else ()

@@ -309,6 +309,9 @@ class ShardMulticast:
         opened, self._window_opened = self._window_opened, False
         return pushes, deliveries, opened
 
+    def pending_deliveries(self) -> int:
+        return len(self._deliveries)
+
     def peers(self) -> tuple[int, ...]:
         return tuple(m for r, m in enumerate(self.members) if r != self.my_rank)
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from typing import Iterator
 
 from runtime.sim.faults import FAULT_MODES
-from runtime.sim.runner import replay_command, run_seed
+from runtime.sim.runner import RunResult, replay_command, run_seed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,6 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--verbose", action="store_true", help="print each run's transcript")
     p.add_argument("--keep-going", action="store_true", help="run all seeds even after a failure")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (results still print in seed order)")
     args = p.parse_args(argv)
     if args.members is not None and not 1 <= args.members <= 64:
         p.error("--members must be between 1 and 64")
@@ -34,7 +38,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--messages must not be negative")
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    if not 1 <= args.jobs <= 64:
+        p.error("--jobs must be between 1 and 64")
     return args
+
+
+def _results(args: argparse.Namespace, seeds: list[int]) -> Iterator[RunResult]:
+    """Run seeds, in this process or a pool; either way results come back in seed order."""
+    run = partial(run_seed, members=args.members, messages=args.messages, faults=args.faults, verbose=args.verbose)
+    if args.jobs == 1 or len(seeds) == 1:
+        yield from map(run, seeds)
+        return
+    pool = ProcessPoolExecutor(max_workers=args.jobs)
+    try:
+        yield from pool.map(run, seeds, chunksize=4)
+    finally:  # a failure stops the range: drop the seeds not started yet
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     runs = failures = delivered = nulls = views = 0
     virtual = longest = 0.0
-    for seed in seeds:
-        result = run_seed(seed, args.members, args.messages, args.faults, verbose=args.verbose)
+    results = _results(args, list(seeds))
+    for result in results:
         runs += 1
         delivered += result.delivered
         nulls += result.nulls
@@ -62,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  replay: {replay_command(result.params, explicit)}")
             if not args.keep_going:
                 break
+    results.close()
     real = time.perf_counter() - started
     status = "ok" if failures == 0 else f"{failures} FAILED"
     print(
