@@ -147,11 +147,54 @@ class Membership:
             return f"group push names bad rank {r!r}"
         if self.suspects(r):
             return None
+        problem = self._check_values(r, delta)
+        if problem:
+            return f"bad group row from rank {r}: {problem}"
         try:
             self.sst.apply_remote_row(delta)
         except SSTError as exc:
             return f"bad group row: {exc}"
         self.last_heard[r] = now
+        return None
+
+    def _check_values(self, rank: int, delta: RowDelta) -> str | None:
+        """Shape checks of the opaque columns, which the SST cannot check by type alone.
+
+        A malformed frozen count or proposal would otherwise surface later, deep inside a
+        trigger, at every member that reads the row.
+        """
+        values = delta.values if isinstance(delta.values, dict) else {}
+        if "frozen" in values and values["frozen"] is not None:
+            frozen = values["frozen"]
+            if not isinstance(frozen, (list, tuple)):
+                return "frozen counts must be a list"
+            node = self.view.members[rank]
+            for entry in frozen:
+                if not isinstance(entry, (list, tuple)) or len(entry) != 4:
+                    return f"frozen entry {entry!r:.60} is not [type, subgroup, shard, counts]"
+                t, g, sh, counts = entry
+                if not isinstance(t, str) or type(g) is not int or type(sh) is not int:
+                    return f"frozen entry {entry!r:.60} names no shard"
+                members = self.view.layout.members_of(ShardId(t, g, sh))
+                if node not in members:
+                    return f"frozen counts for shard {t}/{g}/{sh}, which node {node} does not hold"
+                if (
+                    not isinstance(counts, (list, tuple))
+                    or len(counts) != len(members)
+                    or not all(type(c) is int and c >= 0 for c in counts)
+                ):
+                    return f"frozen counts {counts!r:.60} for {t}/{g}/{sh} need {len(members)} ints"
+        if "proposal" in values and values["proposal"] is not None:
+            try:
+                p = Proposal.from_wire(values["proposal"])
+            except ViewFormatError as exc:
+                return str(exc)
+            if p.vid != self.view.vid + 1:
+                return f"proposal for view {p.vid} in view {self.view.vid}"
+            for sid, counts in p.trims:
+                members = self.view.layout.members_of(sid)
+                if len(counts) != len(members) or any(c < 0 for c in counts):
+                    return f"trim {counts} for shard {sid} does not fit its {len(members)} senders"
         return None
 
     def on_tick(self, now: float) -> None:

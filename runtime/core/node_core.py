@@ -366,9 +366,10 @@ class NodeCore:
             times.append(w)
         return min(times) if times else None
 
-    def pending_deliveries(self) -> int:
-        """Deliveries decided but not yet handed out by :meth:`ready`."""
-        return len(self._ready.deliveries) + sum(smc.pending_deliveries() for smc in self.shards.values())
+    def unreported(self) -> int:
+        """Deliveries and views decided but not yet handed out by :meth:`ready`."""
+        r = self._ready
+        return len(r.deliveries) + len(r.views) + sum(smc.pending_deliveries() for smc in self.shards.values())
 
     def shard_members(self, shard: ShardId) -> tuple[int, ...]:
         return self.shards[shard].members if shard in self.shards else ()

@@ -58,21 +58,25 @@ class View:
             "departed": list(self.departed),
             "adequate": self.layout.adequate,
             "shards": [[s.type_name, s.subgroup, s.shard, list(m)] for s, m in self.layout.shards.items()],
+            "shortfall": [[s.type_name, s.subgroup, s.shard, n] for s, n in self.layout.shortfall],
         }
 
     @classmethod
     def from_wire(cls, d: Any) -> View:
         try:
-            shards = {ShardId(str(t), int(g), int(s)): tuple(int(x) for x in m) for t, g, s, m in d["shards"]}
+            shards = {ShardId(_str(t), _int(g), _int(s)): tuple(_int(x) for x in m) for t, g, s, m in d["shards"]}
+            shortfall = tuple((ShardId(_str(t), _int(g), _int(s)), _int(n)) for t, g, s, n in d["shortfall"])
+            if type(d["adequate"]) is not bool:
+                raise ViewFormatError("adequate must be a bool")
             view = cls(
                 vid=_int(d["vid"]),
                 members=tuple(_int(m) for m in d["members"]),
-                addresses=tuple(str(a) for a in d["addresses"]),
-                layout=Layout(bool(d["adequate"]), shards),
+                addresses=tuple(_str(a) for a in d["addresses"]),
+                layout=Layout(d["adequate"], shards, shortfall),
                 joined=tuple(_int(m) for m in d["joined"]),
                 departed=tuple(_int(m) for m in d["departed"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ViewFormatError(f"malformed view: {exc}") from exc
         for sid, members in view.layout.shards.items():
             if any(view.rank_of(m) is None for m in members):
@@ -83,6 +87,12 @@ class View:
 def _int(x: Any) -> int:
     if type(x) is not int:
         raise ViewFormatError(f"expected an int, got {x!r:.40}")
+    return x
+
+
+def _str(x: Any) -> str:
+    if type(x) is not str:
+        raise ViewFormatError(f"expected a string, got {x!r:.40}")
     return x
 
 
@@ -135,12 +145,12 @@ class Proposal:
             p = cls(
                 _int(vid),
                 tuple(_int(m) for m in members),
-                tuple(str(a) for a in addresses),
+                tuple(_str(a) for a in addresses),
                 tuple(_int(m) for m in joined),
                 tuple(_int(m) for m in departed),
-                tuple((ShardId(str(t), _int(g), _int(s)), tuple(_int(x) for x in c)) for t, g, s, c in trims),
+                tuple((ShardId(_str(t), _int(g), _int(s)), tuple(_int(x) for x in c)) for t, g, s, c in trims),
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ViewFormatError(f"malformed proposal: {exc}") from exc
         if len(p.members) != len(p.addresses) or len(set(p.members)) != len(p.members):
             raise ViewFormatError("malformed proposal: members and addresses disagree")

@@ -288,7 +288,7 @@ class SimCluster:
         if {n.node_id for n in live} != set(view.members):
             return False
         for n in live:
-            if n.core.pending_deliveries():
+            if n.core.unreported():
                 return False
             m = n.core.membership
             if m is None or m.wedged or m.pending_joins:

@@ -310,7 +310,9 @@ class GroupNet:
                 nxt = w
         return nxt
 
-    def run_until(self, predicate: Callable[[], bool], max_time: float = 1.0, max_steps: int = 500_000) -> bool:
+    def run_until(
+        self, predicate: Callable[[], bool], max_time: float = 1.0, max_steps: int = 500_000
+    ) -> bool:
         """Deliver frames and move virtual time in small steps (never past a requested wakeup),
         checking ``predicate`` after every single frame or tick. True once it holds; False if
         ``max_time`` of virtual time passes first."""
