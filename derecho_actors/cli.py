@@ -1,15 +1,118 @@
-"""The ``derecho-actors`` command.
+"""The ``derecho-actors`` command: ``node``, ``status``, ``demo`` and ``sim``.
 
-Subcommands so far: ``sim`` (the deterministic simulator of the protocol core). Node,
-status and demo commands arrive with the node work and are absent until then.
+Errors a user can cause (a bad config, a port in use, an unreachable contact) end with one
+line on standard error and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import signal
 import sys
+from pathlib import Path
 
 from derecho_actors import __version__
+from derecho_actors.exceptions import ConfigError, DerechoError
+
+EXIT_CONFIG = 2
+EXIT_STOPPED = 3  # the node was removed from the group or lost its majority
+
+
+def _node_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("node", help="run one node of a group (founds it, or joins through a contact)")
+    p.add_argument("--config", help="TOML config file (every field has a default)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config field")
+    p.add_argument("--id", type=str, help="shorthand for --set node.id=ID")
+    p.add_argument("--listen", help="shorthand for --set node.listen=HOST:PORT")
+    p.add_argument("--contact", action="append", help="shorthand for node.contacts (repeatable)")
+    p.add_argument("--send", type=int, default=0, metavar="N", help="load generator: multicast N numbered messages")
+    p.add_argument("--size", type=int, default=100, help="load generator: payload size in bytes (default 100)")
+    p.add_argument("--delivery-log", metavar="PATH", help="append one line per delivered message to PATH")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    from runtime.config import parse_override
+
+    out: dict[str, str] = {}
+    for text in args.set:
+        key, value = parse_override(text)
+        out[key] = value
+    if args.id is not None:
+        out["node.id"] = args.id
+    if args.listen is not None:
+        out["node.listen"] = args.listen
+    if args.contact:
+        out["node.contacts"] = ",".join(args.contact)
+    return out
+
+
+def run_node(args: argparse.Namespace) -> int:
+    from runtime.config import load_config
+    from runtime.drivers.load import LoadApp
+    from runtime.drivers.node import NodeDriver
+
+    config = load_config(args.config, _overrides(args), os.environ)
+    logging.basicConfig(
+        level=getattr(logging, config.node.log_level),
+        format=f"%(asctime)s node{config.node.id} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.send < 0 or args.size < 1:
+        raise ConfigError("--send must be >= 0 and --size >= 1")
+    app = LoadApp(config.node.id, args.send, args.size, Path(args.delivery_log) if args.delivery_log else None)
+    driver = NodeDriver(config, app.hooks())
+    app.driver = driver
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        left = {"asked": False}
+
+        def on_signal() -> None:
+            if left["asked"] or driver.core is None or driver.core.view is None:
+                driver.stop("interrupted")
+                return
+            left["asked"] = True
+            logging.getLogger("derecho.node").info("leaving the group (signal)")
+            driver.leave()
+            grace = config.timeouts.suspicion_ms / 1000 * 4
+            loop.call_later(grace, driver.stop, "left without a view change (timed out)")
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        return await driver.run()
+
+    try:
+        reason = asyncio.run(main())
+    finally:
+        app.close()
+    if driver.error is not None:
+        raise driver.error
+    if reason.startswith(("partitioned", "suspected", "removed", "committed")):
+        print(f"derecho-actors node: stopped: {reason}", file=sys.stderr)
+        return EXIT_STOPPED
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from runtime.drivers.status import fetch_status, render_status
+
+    status = fetch_status(args.contact, args.cluster, timeout=args.timeout)
+    if args.json:
+        import json
+
+        print(json.dumps(status, indent=2))
+    else:
+        render_status(status)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from runtime.drivers.demo import demo
+
+    return demo(nodes=args.nodes, messages=args.messages, base_port=args.port, workdir=args.workdir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,21 +120,43 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="derecho-actors", description="derecho-actors command line")
     parser.add_argument("--version", action="version", version=f"derecho-actors {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser(
-        "sim",
-        help="run seeded simulations of the protocol core and check its invariants",
-        add_help=False,
-    )
+    _node_parser(sub)
+    st = sub.add_parser("status", help="show the view, leader, shards and lag of a running group")
+    st.add_argument("--contact", required=True, metavar="HOST:PORT", help="any member of the group")
+    st.add_argument("--cluster", default="derecho", help="the group's cluster name (default: derecho)")
+    st.add_argument("--timeout", type=float, default=3.0)
+    st.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    dm = sub.add_parser("demo", help="start a local cluster, multicast, kill a node, watch the view change")
+    dm.add_argument("--nodes", type=int, default=3)
+    dm.add_argument("--messages", type=int, default=20000, help="messages each node multicasts")
+    dm.add_argument("--port", type=int, default=7100, help="first port (nodes use consecutive ports)")
+    dm.add_argument("--workdir", help="where logs go (default: a temporary folder)")
+    sub.add_parser("sim", help="run seeded simulations of the protocol core and check its invariants", add_help=False)
     if not argv:
         parser.print_help()
-        return 2
-    args, rest = parser.parse_known_args(argv[:1])
-    if args.command == "sim":
+        return EXIT_CONFIG
+    if argv[0] == "sim":
         from runtime.sim.__main__ import main as sim_main
 
         return sim_main(argv[1:])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "node":
+            return run_node(args)
+        if args.command == "status":
+            return run_status(args)
+        if args.command == "demo":
+            return run_demo(args)
+    except ConfigError as exc:
+        print(f"derecho-actors {args.command}: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DerechoError as exc:
+        print(f"derecho-actors {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     parser.error(f"unknown command {argv[0]!r}")
-    return 2
+    return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -31,4 +31,13 @@ class LeaveRequested:
     now: float
 
 
-Event = Tick | MessageArrived | LeaveRequested
+@dataclass(frozen=True, slots=True)
+class PeerLost:
+    """The transport lost its connection to ``node`` (EOF, reset): for a view member that is
+    as good as a missed heartbeat deadline, and much faster."""
+
+    now: float
+    node: int
+
+
+Event = Tick | MessageArrived | LeaveRequested | PeerLost

@@ -208,6 +208,12 @@ class Membership:
             if r != self.me and not self.suspects(r) and now - self.last_heard[r] > limit:
                 self.sst.set_item("suspected", r, 1)
 
+    def suspect_node(self, node_id: int) -> None:
+        """Suspect a member on the transport's word (its connection broke)."""
+        r = self.view.rank_of(node_id)
+        if self.active and r is not None and r != self.me and not self.suspects(r):
+            self.sst.set_item("suspected", r, 1)
+
     def request_leave(self) -> None:
         if self.active:
             self.sst.set("leaving", 1)

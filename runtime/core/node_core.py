@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from runtime.core.effects import ContactSend, Outgoing, Ready, Rejected
-from runtime.core.events import Event, LeaveRequested, MessageArrived, Tick
+from runtime.core.events import Event, LeaveRequested, MessageArrived, PeerLost, Tick
 from runtime.core.layout import LayoutPolicy, ShardId
 from runtime.core.membership import FrozenCounts, Membership, MembershipConfig
 from runtime.core.messages import (
@@ -73,6 +73,7 @@ class NodeCore:
         self.excluded: str | None = None
         self._ready = Ready()
         self._future: list[tuple[int, int, Message]] = []  # (vid, sender, message) held for later views
+        self.last_change_duration: float | None = None  # wedge to install, for the logs
         self._contacts: list[str] = [contact] if isinstance(contact, str) else list(contact or ())
         self._attempts = 0
         self._next_join_at = now
@@ -111,6 +112,9 @@ class NodeCore:
         elif isinstance(event, LeaveRequested):
             if self.membership is not None:
                 self.membership.request_leave()
+        elif isinstance(event, PeerLost):
+            if self.membership is not None:
+                self.membership.suspect_node(event.node)
         else:  # pragma: no cover - the union is closed
             raise TypeError(f"unknown event {event!r}")
         self._evaluate()
@@ -261,6 +265,8 @@ class NodeCore:
     def _change_view(self, proposal: Proposal) -> None:
         old_view, m = self.view, self.membership
         assert old_view is not None and m is not None
+        started = m.wedge_started_at
+        self.last_change_duration = self.now - started if started is not None else None
         self._drain_group()  # the echo of the decision goes out in the old view first
         resend: dict[ShardKey, list[bytes]] = {}
         for sid, smc in self.shards.items():

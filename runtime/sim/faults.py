@@ -39,6 +39,7 @@ class FaultInjector:
     next_new_id: int = 200
     log: list[str] = field(default_factory=list)
     armed_in_change: int = 0
+    leavers: set[int] = field(default_factory=set)
 
     @staticmethod
     def plan(rng: random.Random, mode: str, start: float, end: float) -> list[FaultEvent]:
@@ -56,7 +57,11 @@ class FaultInjector:
         view = self.cluster.current_view()
         if view is None:
             return [], 0
-        alive = [m for m in view.members if m in self.cluster.nodes and self.cluster.nodes[m].alive]
+        # A node that asked to leave counts as gone: the next view will not have it.
+        alive = [
+            m for m in view.members
+            if m in self.cluster.nodes and self.cluster.nodes[m].alive and m not in self.leavers
+        ]
         return alive, view.n
 
     def _can_lose(self, k: int) -> bool:
@@ -153,10 +158,13 @@ class FaultInjector:
     def _start_join(self, node_id: int) -> None:
         alive, _ = self._view_members_alive()
         if alive:
+            self.leavers.discard(node_id)
             first = self.rng.choice(alive)
             self.cluster.start_joiner(node_id, [first] + [m for m in alive if m != first])
 
     def _leave(self) -> None:
         alive, n = self._view_members_alive()
-        if len(alive) >= 3:
-            self.cluster.leave(self.rng.choice(alive))
+        if len(alive) >= 3 and self._can_lose(1):
+            node = self.rng.choice(alive)
+            self.leavers.add(node)
+            self.cluster.leave(node)

@@ -1,0 +1,80 @@
+"""A built-in application for nodes run from the command line: a load generator that
+multicasts numbered messages, and a delivery log.
+
+Until the actor API sits on top of the node, this is what ``derecho-actors node --send N``
+runs, and what the multi-process tests and the demo use to check that every node delivers
+the same sequence: each delivered message becomes one line of the delivery log.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import IO
+
+from runtime.core.effects import Delivery
+from runtime.core.layout import ShardId
+from runtime.core.view import View
+from runtime.drivers.node import AppHooks, NodeDriver
+
+log = logging.getLogger("derecho.load")
+
+
+def payload(node_id: int, seq: int, size: int) -> bytes:
+    """``<node>:<seq>:`` padded with dots to ``size`` bytes (longer if the prefix needs it)."""
+    head = f"{node_id}:{seq}:".encode()
+    return head + b"." * max(0, size - len(head))
+
+
+class LoadApp:
+    """Sends ``count`` messages into this node's first shard, as fast as the window allows
+    (``batch`` per submit), starting once the node's view is adequate; logs deliveries."""
+
+    def __init__(self, node_id: int, count: int, size: int, log_path: Path | None, batch: int = 100) -> None:
+        self.node_id = node_id
+        self.count = count
+        self.size = size
+        self.batch = batch
+        self.sent = 0
+        self.delivered = 0
+        self.driver: NodeDriver | None = None
+        self.shard: ShardId | None = None
+        self._log: IO[str] | None = open(log_path, "a", buffering=1 << 16) if log_path else None
+
+    def hooks(self) -> AppHooks:
+        return AppHooks(on_deliver=self.on_deliver, on_view=self.on_view, on_window_open=self.on_window_open)
+
+    def on_view(self, view: View) -> None:
+        mine = view.my_shards(self.node_id)
+        self.shard = mine[0] if mine else None
+        self._pump()
+
+    def on_window_open(self, shard: ShardId) -> None:
+        self._pump()
+
+    def _pump(self) -> None:
+        """Keep the driver's queue topped up by one batch beyond what the window takes."""
+        if self.driver is None or self.shard is None or self.sent >= self.count:
+            return
+        queued = self.driver.queued(self.shard)
+        while self.sent < self.count and queued < self.batch * 2:
+            n = min(self.batch, self.count - self.sent)
+            self.driver.submit(self.shard, [payload(self.node_id, self.sent + i, self.size) for i in range(n)])
+            self.sent += n
+            queued += n
+
+    def on_deliver(self, d: Delivery) -> None:
+        self.delivered += len(d.messages)
+        if self._log is not None:
+            shard = d.shard
+            lines = [
+                f"{d.vid} {shard} {g} {s} {k} {p[:p.index(b':', p.index(b':') + 1)].decode('ascii', 'replace') if p.count(b':') >= 2 else p[:32].hex()}\n"
+                for g, s, k, p in d.messages
+            ]
+            self._log.writelines(lines)
+        self._pump()
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None

@@ -1,0 +1,365 @@
+"""The node driver: one asyncio loop thread owns the protocol core and does its I/O.
+
+It feeds the core events (frames arrived, a timer fired, a peer's connection broke, the app
+asked to send or to leave) and carries out what ``ready()`` returns: frames to peers, batched
+per peer into one write per loop turn; deliveries and views to the application's callbacks;
+the next timer. There is no protocol logic here: every decision is the core's.
+
+Application hooks run on the loop thread and must be quick (hand work to another thread or
+actor); the actor layer posts deliveries to pykka actors, never running user code here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from derecho_actors.exceptions import ConfigError
+from runtime.config import NodeConfig
+from runtime.core.effects import Delivery, Ready
+from runtime.core.events import LeaveRequested, MessageArrived, PeerLost, Tick
+from runtime.core.layout import ShardId
+from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush, ViewAnnouncement
+from runtime.core.node_core import NodeCore
+from runtime.core.view import View
+from runtime.drivers.tcp import TcpTransport
+from runtime.wire.codec import frame
+from runtime.wire.control import StatusReply, StatusRequest
+
+log = logging.getLogger("derecho.node")
+
+CORE_MESSAGES = (ShardPush, GroupPush, ViewAnnouncement, JoinRequest, JoinReply)
+
+
+@dataclass(slots=True)
+class AppHooks:
+    """What the application hears from the node (all called on the loop thread)."""
+
+    on_deliver: Callable[[Delivery], None] | None = None
+    on_view: Callable[[View], None] | None = None
+    on_window_open: Callable[[ShardId], None] | None = None
+    on_stop: Callable[[str], None] | None = None
+
+
+class NodeDriver:
+    def __init__(self, config: NodeConfig, hooks: AppHooks | None = None) -> None:
+        self.config = config
+        self.hooks = hooks or AppHooks()
+        self.node_id = config.node.id
+        self.core: NodeCore | None = None
+        self.transport: TcpTransport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_reason: str | None = None
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._app_queue: dict[ShardId, deque[bytes]] = {}
+        self._last_view_at: float | None = None
+        self._started = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_error: BaseException | None = None
+        self.view_changes: list[tuple[int, float]] = []  # (vid, seconds from wedge to install)
+
+    # ------------------------------------------------------------ lifecycle
+    async def run(self) -> str:
+        """Run until the node stops (excluded, left, or asked to stop); returns the reason."""
+        self.loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        cfg = self.config
+        self.transport = TcpTransport(
+            self.node_id,
+            cfg.node.listen,
+            cfg.node.cluster,
+            self._on_frames,
+            self._on_peer_lost,
+            self._on_client,
+            max_frame=cfg.multicast.max_frame_bytes,
+        )
+        await self.transport.start()
+        now = self.loop.time()
+        address = cfg.node.listen
+        contacts = [c for c in cfg.contact_addresses() if c != address]
+        if contacts:
+            log.info("node %s listening on %s, joining via %s", self.node_id, address, ", ".join(contacts))
+            self.core = NodeCore(self.node_id, address, cfg.layout, cfg.core_config(), now, contact=contacts)
+            self.loop.call_later(cfg.timeouts.connect_timeout_ms / 1000, self._check_contact_reached, contacts)
+        else:
+            log.info("node %s listening on %s, founding cluster %r", self.node_id, address, cfg.node.cluster)
+            self.core = NodeCore.found(self.node_id, address, cfg.layout, cfg.core_config(), now)
+        self._started.set()
+        self._schedule_flush()
+        await self._stop_event.wait()
+        await self.transport.close()
+        return self.stop_reason or "stopped"
+
+    def _check_contact_reached(self, contacts: list[str]) -> None:
+        if self.core is not None and self.core.joining and not self.transport.contact_reached:  # type: ignore[union-attr]
+            refused = f" ({self.transport.refusals[-1]})" if self.transport.refusals else ""  # type: ignore[union-attr]
+            self._fatal(
+                ConfigError(
+                    f"node.contacts: no contact reachable ({', '.join(contacts)}) within "
+                    f"{self.config.timeouts.connect_timeout_ms} ms{refused}"
+                )
+            )
+
+    def _fatal(self, exc: BaseException) -> None:
+        self._start_error = exc
+        self.stop(str(exc))
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop the loop (thread-safe); the node leaves without a goodbye (use ``leave``)."""
+        if self.loop is None:
+            return
+        def _stop() -> None:
+            if self.stop_reason is None:
+                self.stop_reason = reason
+            self._stop_event.set()
+        if self._on_loop_thread():
+            _stop()
+        else:
+            self.loop.call_soon_threadsafe(_stop)
+
+    def start_in_thread(self, timeout: float = 10.0) -> None:
+        """Run the node on a thread of its own (the API's way); returns once it listens."""
+        def main() -> None:
+            try:
+                asyncio.run(self.run())
+            except BaseException as exc:  # reported to the starter, then re-raised there
+                self._start_error = exc
+                self._started.set()
+        self._thread = threading.Thread(target=main, name=f"derecho-node-{self.node_id}", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise TimeoutError(f"node {self.node_id} did not start within {timeout} s")
+        if self._start_error is not None:
+            raise self._start_error
+
+    def join_thread(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._start_error
+
+    def _on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    # ------------------------------------------------------------ app inputs
+    def submit(self, shard: ShardId, payloads: Sequence[bytes]) -> None:
+        """Multicast ``payloads`` in ``shard`` (thread-safe; kept in order until the window
+        takes them)."""
+        assert self.loop is not None
+        if self._on_loop_thread():
+            self._app_send(shard, payloads)
+        else:
+            self.loop.call_soon_threadsafe(self._app_send, shard, list(payloads))
+
+    def queued(self, shard: ShardId) -> int:
+        """App messages of ``shard`` waiting for the window (loop thread)."""
+        q = self._app_queue.get(shard)
+        return len(q) if q else 0
+
+    def leave(self) -> None:
+        """Leave the group gracefully (thread-safe): a view change without suspicion."""
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self._leave)
+
+    def call(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` on the loop thread (to read core state safely)."""
+        fut: Future[Any] = Future()
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(run)
+        return fut
+
+    def _leave(self) -> None:
+        if self.core is not None:
+            self.core.step(LeaveRequested(self.loop.time()))  # type: ignore[union-attr]
+            self._schedule_flush()
+
+    def _app_send(self, shard: ShardId, payloads: Sequence[bytes]) -> None:
+        q = self._app_queue.setdefault(shard, deque())
+        q.extend(payloads)
+        self._offer(shard)
+
+    def _offer(self, shard: ShardId) -> None:
+        q = self._app_queue.get(shard)
+        core = self.core
+        if not q or core is None or shard not in core.shards:
+            return
+        batch = list(q)
+        taken = core.send(shard, batch, self.loop.time())  # type: ignore[union-attr]
+        for _ in range(taken):
+            q.popleft()
+        if taken:
+            self._schedule_flush()
+
+    # ------------------------------------------------------------- net inputs
+    def _on_frames(self, sender: int, frames: list[Any]) -> None:
+        core = self.core
+        if core is None:
+            return
+        now = self.loop.time()  # type: ignore[union-attr]
+        for msg in frames:
+            if isinstance(msg, CORE_MESSAGES):
+                if isinstance(msg, JoinRequest) and isinstance(msg.address, str):
+                    self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
+                core.step(MessageArrived(now, sender, msg))
+            else:
+                log.warning("node %s sent a %s on a member connection; ignored", sender, type(msg).__name__)
+        self._schedule_flush()
+
+    def _on_peer_lost(self, node_id: int) -> None:
+        if self.core is not None and self.core.view is not None and self.core.view.rank_of(node_id) is not None:
+            log.info("connection to node %s lost", node_id)
+            self.core.step(PeerLost(self.loop.time(), node_id))  # type: ignore[union-attr]
+            self._schedule_flush()
+
+    def _on_client(self, handle: Any, msg: Any) -> None:
+        if isinstance(msg, StatusRequest):
+            self.transport.reply(handle, frame(StatusReply(self.status())))  # type: ignore[union-attr]
+        else:
+            log.warning("client sent %s; only status requests are served", type(msg).__name__)
+
+    # ---------------------------------------------------------------- effects
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self.loop is not None:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        core, transport = self.core, self.transport
+        if core is None or transport is None:
+            return
+        ready = core.ready()
+        self._act(ready)
+
+    def _act(self, ready: Ready) -> None:
+        core, transport = self.core, self.transport
+        assert core is not None and transport is not None
+        for v in ready.views:
+            self._on_view(v)
+        out: dict[int, list[bytes]] = {}
+        for o in ready.outgoing:
+            data = frame(o.message)
+            for dst in o.to:
+                out.setdefault(dst, []).append(data)
+        for dst, chunks in out.items():
+            transport.send(dst, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        for cs in ready.contact_sends:
+            transport.send_to_address(cs.address, frame(cs.message))
+        if self.hooks.on_deliver is not None:
+            for d in ready.deliveries:
+                self.hooks.on_deliver(d)
+        for r in ready.rejected:
+            log.warning("rejected input from node %s: %s", r.sender, r.reason)
+        for sid, payloads in ready.orphaned:
+            log.info("%d trimmed messages of shard %s return to the app queue", len(payloads), sid)
+            self._app_queue.setdefault(sid, deque()).extendleft(reversed(payloads))
+        if ready.excluded is not None:
+            log.warning("node %s stops: %s", self.node_id, ready.excluded)
+            if self.hooks.on_stop is not None:
+                self.hooks.on_stop(ready.excluded)
+            self.stop(ready.excluded)
+            return
+        for sid in ready.window_open:
+            self._offer(sid)
+            if self.hooks.on_window_open is not None:
+                self.hooks.on_window_open(sid)
+        if ready.views:
+            for sid in list(self._app_queue):
+                self._offer(sid)
+        self._set_timer(ready.wakeup_at)
+        if core.unreported():
+            self._schedule_flush()
+
+    def _on_view(self, view: View) -> None:
+        transport = self.transport
+        assert transport is not None and self.core is not None
+        for node, address in zip(view.members, view.addresses):
+            if node != self.node_id:
+                transport.learn(node, address)
+        for node in view.departed:
+            transport.forget(node)
+        m_prev = self._last_view_at
+        now = self.loop.time()  # type: ignore[union-attr]
+        took = now - m_prev if m_prev is not None else 0.0
+        self._last_view_at = now
+        self.view_changes.append((view.vid, took))
+        shards = ", ".join(str(s) for s in view.my_shards(self.node_id)) or "none"
+        log.info(
+            "view %d installed: members %s (joined %s, departed %s), leader %s, my shards %s%s%s",
+            view.vid, list(view.members), list(view.joined), list(view.departed), view.members[0], shards,
+            "" if view.layout.adequate else f", inadequate: {view.layout.describe_shortfall()}",
+            f", view change took {self.core.last_change_duration * 1000:.1f} ms" if self.core.last_change_duration is not None else "",
+        )
+        if self.hooks.on_view is not None:
+            self.hooks.on_view(view)
+
+    def _set_timer(self, at: float | None) -> None:
+        if at is None:
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_at(at, self._tick)  # type: ignore[union-attr]
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.core is not None:
+            self.core.step(Tick(self.loop.time()))  # type: ignore[union-attr]
+            self._flush()
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        """A snapshot for ``derecho-actors status`` (call on the loop thread)."""
+        core = self.core
+        assert core is not None
+        view = core.view
+        out: dict[str, Any] = {"node": self.node_id, "cluster": self.config.node.cluster, "joining": core.joining}
+        if view is None:
+            return out
+        m = core.membership
+        leader = m.leader() if m is not None else None
+        out.update(
+            vid=view.vid,
+            members=[[n, a] for n, a in zip(view.members, view.addresses)],
+            leader=view.members[leader] if leader is not None else None,
+            adequate=view.layout.adequate,
+            shortfall=view.layout.describe_shortfall(),
+            wedged=bool(m.wedged) if m is not None else False,
+            suspected=[view.members[r] for r in range(view.n) if m is not None and m.suspects(r)],
+            layout=[[str(s), list(mem)] for s, mem in view.layout.shards.items()],
+            shards=[],
+            bad_frames=self.transport.bad_frames if self.transport else 0,
+        )
+        for sid, smc in core.shards.items():
+            rows = smc.sst.rows
+            out["shards"].append(
+                {
+                    "shard": str(sid),
+                    "delivered": smc.delivered,
+                    "members": [
+                        {"node": node, "delivered": int(rows[r]["delivered_num"]), "received": list(rows[r]["received_num"])}  # type: ignore[arg-type]
+                        for r, node in enumerate(smc.members)
+                    ],
+                }
+            )
+        return out

@@ -1,0 +1,445 @@
+"""Encode wire messages to msgpack frames and decode them back, without any I/O.
+
+Layout. A frame is a 4-byte big-endian unsigned length followed by that many bytes of body.
+A body is one msgpack array ``[tag, field, ...]``: a small int naming the message type, then
+its fields in dataclass order. Nested values use plain msgpack forms: a ``ShardId`` is
+``[type_name, subgroup, shard]``, a ``RowDelta`` is ``[rank, seq, {column: value}]``.
+
+Trust. Bytes come from peers, so :func:`decode` checks every field and raises
+:class:`~derecho_actors.exceptions.WireError` with a message naming the field; the core then
+only ever sees well-typed messages. :class:`FrameDecoder` goes one step further, in the h11
+style: a malformed body is *returned* as a ``WireError`` object among the decoded messages, so
+one bad frame is an event the driver logs, not an exception that unwinds its read loop. Only
+a corrupt length prefix (the stream can no longer be re-synchronised) breaks the decoder.
+
+Encoding our own messages is trusted: :func:`encode` does not re-validate fields (that would
+double the cost of every push); it raises ``TypeError`` for values msgpack cannot represent,
+which is a bug in the sender, not a peer fault, hence not a ``WireError``.
+"""
+
+from __future__ import annotations
+
+import reprlib
+import struct
+from typing import Any, Callable, Final, Iterable
+
+import msgpack
+
+from derecho_actors.exceptions import WireError
+from runtime.core.layout import ShardId
+from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, ShardPush, ViewAnnouncement
+from runtime.core.sst import RowDelta
+from runtime.wire.control import ROLES, Goodbye, Hello, StatusReply, StatusRequest
+
+WireMessage = Message | Hello | StatusRequest | StatusReply | Goodbye
+"""Everything that travels in a frame: core protocol messages and driver control frames."""
+
+DEFAULT_MAX_FRAME: Final[int] = 64 << 20
+"""Largest body :class:`FrameDecoder` accepts by default; bigger prefixes mean corruption."""
+
+VECTOR_COLUMNS: Final[frozenset[str]] = frozenset({"received_num", "suspected"})
+"""SST columns holding int vectors; decoded to tuples, as ``SST.drain_push`` produces them."""
+
+# Type tags. Core messages use 1..15, driver control frames 16..31; never reuse a number.
+TAG_SHARD_PUSH: Final = 1
+TAG_GROUP_PUSH: Final = 2
+TAG_VIEW_ANNOUNCEMENT: Final = 3
+TAG_JOIN_REQUEST: Final = 4
+TAG_JOIN_REPLY: Final = 5
+TAG_HELLO: Final = 16
+TAG_STATUS_REQUEST: Final = 17
+TAG_STATUS_REPLY: Final = 18
+TAG_GOODBYE: Final = 19
+
+_HEADER: Final = struct.Struct(">I")
+_MAX_PREFIX: Final[int] = 0xFFFFFFFF
+
+# What msgpack returns for untrusted bytes, besides the containers walked below. Anything else
+# (``msgpack.Timestamp``; ext types are refused by ``_refuse_ext``) is never sent by us.
+_PLAIN_SCALARS: Final[frozenset[type]] = frozenset({int, float, str, bytes, bool, type(None)})
+
+# Every exception ``msgpack.unpackb`` is known to raise on garbage: truncated input
+# (OutOfData), trailing bytes (ExtraData), bad type bytes (FormatError), deep nesting
+# (StackError), lengths beyond the buffer (ValueError), unhashable map keys (TypeError),
+# bad UTF-8 (UnicodeDecodeError), huge ints (OverflowError).
+_UNPACK_ERRORS: Final = (
+    msgpack.UnpackException,
+    ValueError,
+    TypeError,
+    OverflowError,
+    RecursionError,
+)
+
+_short = reprlib.Repr()
+_short.maxstring = 40
+_short.maxother = 40
+_short.maxlist = 4
+_short.maxdict = 4
+_short.maxlevel = 2
+
+
+# --------------------------------------------------------------------------- encoding
+def _shard_to_wire(shard: object) -> tuple[Any, ...]:
+    """A shard key as ``[type_name, subgroup, shard]``; only ``ShardId``-shaped keys travel."""
+    if not (isinstance(shard, tuple) and len(shard) == 3):
+        raise TypeError(f"only ShardId(type_name, subgroup, shard) keys can be sent, got {_short.repr(shard)}")
+    return shard
+
+
+def _row_to_wire(row: RowDelta) -> list[Any]:
+    return [row.rank, row.seq, row.values]
+
+
+def _enc_shard_push(m: ShardPush) -> list[Any]:
+    row = None if m.row is None else _row_to_wire(m.row)
+    return [TAG_SHARD_PUSH, m.vid, _shard_to_wire(m.shard), m.rank, row, m.first, m.messages]
+
+
+def _enc_group_push(m: GroupPush) -> list[Any]:
+    return [TAG_GROUP_PUSH, m.vid, m.rank, _row_to_wire(m.row)]
+
+
+def _enc_view_announcement(m: ViewAnnouncement) -> list[Any]:
+    return [TAG_VIEW_ANNOUNCEMENT, m.view]
+
+
+def _enc_join_request(m: JoinRequest) -> list[Any]:
+    return [TAG_JOIN_REQUEST, m.node_id, m.address]
+
+
+def _enc_join_reply(m: JoinReply) -> list[Any]:
+    return [TAG_JOIN_REPLY, m.redirect_to, m.reason]
+
+
+def _enc_hello(m: Hello) -> list[Any]:
+    return [TAG_HELLO, m.node_id, m.cluster, m.role]
+
+
+def _enc_status_request(m: StatusRequest) -> list[Any]:
+    return [TAG_STATUS_REQUEST]
+
+
+def _enc_status_reply(m: StatusReply) -> list[Any]:
+    return [TAG_STATUS_REPLY, m.status]
+
+
+def _enc_goodbye(m: Goodbye) -> list[Any]:
+    return [TAG_GOODBYE, m.reason]
+
+
+_ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
+    ShardPush: _enc_shard_push,
+    GroupPush: _enc_group_push,
+    ViewAnnouncement: _enc_view_announcement,
+    JoinRequest: _enc_join_request,
+    JoinReply: _enc_join_reply,
+    Hello: _enc_hello,
+    StatusRequest: _enc_status_request,
+    StatusReply: _enc_status_reply,
+    Goodbye: _enc_goodbye,
+}
+
+
+def encode(msg: WireMessage) -> bytes:
+    """The msgpack body of ``msg`` (no length prefix).
+
+    Raises ``TypeError`` if ``msg`` is not a wire message or holds a value msgpack cannot
+    encode (an object, an int beyond 64 bits): a sender bug, reported with the message type.
+    """
+    enc = _ENCODERS.get(type(msg))
+    if enc is None:
+        raise TypeError(f"cannot encode {type(msg).__name__}: not a wire message")
+    try:
+        return msgpack.packb(enc(msg), use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+
+
+def _prefixed(body: bytes) -> bytes:
+    if len(body) > _MAX_PREFIX:
+        raise ValueError(f"a {len(body)}-byte body does not fit a 4-byte length prefix")
+    return _HEADER.pack(len(body))
+
+
+def frame(msg: WireMessage) -> bytes:
+    """``msg`` as one frame: 4-byte big-endian body length, then the body."""
+    body = encode(msg)
+    return _prefixed(body) + body
+
+
+def frames(msgs: Iterable[WireMessage]) -> bytes:
+    """Several frames back to back, so a driver can flush a whole batch with one write."""
+    parts: list[bytes] = []
+    for msg in msgs:
+        body = encode(msg)
+        parts.append(_prefixed(body))
+        parts.append(body)
+    return b"".join(parts)
+
+
+# --------------------------------------------------------------------------- decoding
+def _describe(value: object) -> str:
+    """Type and a short repr: enough to debug a peer, never a megabyte of payload in a log."""
+    return f"{type(value).__name__} {_short.repr(value)}"
+
+
+def _nat(value: object, what: str) -> int:
+    """A non-negative int; bools are ints to Python but never a valid id or counter."""
+    if type(value) is not int or value < 0:
+        raise WireError(f"{what} must be a non-negative int, got {_describe(value)}")
+    return value
+
+
+def _str(value: object, what: str) -> str:
+    if type(value) is not str:
+        raise WireError(f"{what} must be a str, got {_describe(value)}")
+    return value
+
+
+def _check_plain(value: object, what: str) -> None:
+    """Reject anything inside ``value`` that msgpack can produce but we never send.
+
+    Iterative, so depth is bounded by msgpack's own nesting limit, not Python's recursion.
+    """
+    stack: list[object] = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is list:
+            stack.extend(v)  # type: ignore[arg-type]
+        elif t is dict:
+            stack.extend(v.keys())  # type: ignore[attr-defined]
+            stack.extend(v.values())  # type: ignore[attr-defined]
+        elif t not in _PLAIN_SCALARS:
+            raise WireError(f"{what} holds a {t.__name__}, which is not part of the wire format")
+
+
+def _str_key_dict(value: object, what: str) -> dict[str, Any]:
+    """A dict with str keys at the top level; nested values are plain msgpack data."""
+    if type(value) is not dict:
+        raise WireError(f"{what} must be a map, got {_describe(value)}")
+    for key in value:
+        if type(key) is not str:
+            raise WireError(f"{what} keys must be str, got {_describe(key)}")
+    _check_plain(value, what)
+    return value
+
+
+def _shard_id(value: object, what: str) -> ShardId:
+    if type(value) is not list or len(value) != 3:
+        raise WireError(f"{what} must be [type_name, subgroup, shard], got {_describe(value)}")
+    name, subgroup, shard = value
+    return ShardId(_str(name, f"{what}.type_name"), _nat(subgroup, f"{what}.subgroup"), _nat(shard, f"{what}.shard"))
+
+
+def _int_vector(value: object, what: str) -> tuple[int, ...]:
+    if type(value) is not list:
+        raise WireError(f"{what} must be a list of ints, got {_describe(value)}")
+    for item in value:
+        if type(item) is not int:
+            raise WireError(f"{what} must hold ints only, got {_describe(item)}")
+    return tuple(value)
+
+
+def _row(value: object, what: str) -> RowDelta:
+    """``[rank, seq, {column: value}]``; vector columns become tuples, the rest pass through."""
+    if type(value) is not list or len(value) != 3:
+        raise WireError(f"{what} must be [rank, seq, values], got {_describe(value)}")
+    rank, seq, raw = value
+    if type(raw) is not dict:
+        raise WireError(f"{what}.values must be a map, got {_describe(raw)}")
+    values: dict[str, Any] = {}
+    for name, v in raw.items():
+        if type(name) is not str:
+            raise WireError(f"{what}.values column names must be str, got {_describe(name)}")
+        if name in VECTOR_COLUMNS:
+            values[name] = _int_vector(v, f"{what}.values[{name!r}]")
+        else:
+            if type(v) not in _PLAIN_SCALARS:
+                _check_plain(v, f"{what}.values[{name!r}]")
+            values[name] = v
+    return RowDelta(_nat(rank, f"{what}.rank"), _nat(seq, f"{what}.seq"), values)
+
+
+def _payloads(value: object, what: str) -> tuple[bytes | None, ...]:
+    if type(value) is not list:
+        raise WireError(f"{what} must be a list, got {_describe(value)}")
+    for i, p in enumerate(value):
+        if p is not None and type(p) is not bytes:
+            raise WireError(f"{what}[{i}] must be bytes or nil (null message), got {_describe(p)}")
+    return tuple(value)
+
+
+def _dec_shard_push(f: list[Any]) -> ShardPush:
+    _, vid, shard, rank, row, first, messages = f
+    return ShardPush(
+        vid=_nat(vid, "ShardPush.vid"),
+        shard=_shard_id(shard, "ShardPush.shard"),
+        rank=_nat(rank, "ShardPush.rank"),
+        row=None if row is None else _row(row, "ShardPush.row"),
+        first=_nat(first, "ShardPush.first"),
+        messages=_payloads(messages, "ShardPush.messages"),
+    )
+
+
+def _dec_group_push(f: list[Any]) -> GroupPush:
+    _, vid, rank, row = f
+    return GroupPush(_nat(vid, "GroupPush.vid"), _nat(rank, "GroupPush.rank"), _row(row, "GroupPush.row"))
+
+
+def _dec_view_announcement(f: list[Any]) -> ViewAnnouncement:
+    return ViewAnnouncement(_str_key_dict(f[1], "ViewAnnouncement.view"))
+
+
+def _dec_join_request(f: list[Any]) -> JoinRequest:
+    _, node_id, address = f
+    return JoinRequest(_nat(node_id, "JoinRequest.node_id"), _str(address, "JoinRequest.address"))
+
+
+def _dec_join_reply(f: list[Any]) -> JoinReply:
+    _, redirect_to, reason = f
+    redirect = None if redirect_to is None else _str(redirect_to, "JoinReply.redirect_to")
+    return JoinReply(redirect, _str(reason, "JoinReply.reason"))
+
+
+def _dec_hello(f: list[Any]) -> Hello:
+    _, node_id, cluster, role = f
+    if type(role) is not str or role not in ROLES:
+        raise WireError(f"Hello.role must be one of {sorted(ROLES)}, got {_describe(role)}")
+    return Hello(_nat(node_id, "Hello.node_id"), _str(cluster, "Hello.cluster"), role)  # type: ignore[arg-type]
+
+
+def _dec_status_request(f: list[Any]) -> StatusRequest:
+    return StatusRequest()
+
+
+def _dec_status_reply(f: list[Any]) -> StatusReply:
+    status = f[1]
+    if type(status) is not dict:
+        raise WireError(f"StatusReply.status must be a map, got {_describe(status)}")
+    _check_plain(status, "StatusReply.status")
+    return StatusReply(status)
+
+
+def _dec_goodbye(f: list[Any]) -> Goodbye:
+    return Goodbye(_str(f[1], "Goodbye.reason"))
+
+
+# tag -> (name, number of fields after the tag, decoder of the whole list)
+_DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]] = {
+    TAG_SHARD_PUSH: ("ShardPush", 6, _dec_shard_push),
+    TAG_GROUP_PUSH: ("GroupPush", 3, _dec_group_push),
+    TAG_VIEW_ANNOUNCEMENT: ("ViewAnnouncement", 1, _dec_view_announcement),
+    TAG_JOIN_REQUEST: ("JoinRequest", 2, _dec_join_request),
+    TAG_JOIN_REPLY: ("JoinReply", 2, _dec_join_reply),
+    TAG_HELLO: ("Hello", 3, _dec_hello),
+    TAG_STATUS_REQUEST: ("StatusRequest", 0, _dec_status_request),
+    TAG_STATUS_REPLY: ("StatusReply", 1, _dec_status_reply),
+    TAG_GOODBYE: ("Goodbye", 1, _dec_goodbye),
+}
+
+
+def _refuse_ext(code: int, data: bytes) -> object:
+    """msgpack ext types are never sent; refusing them keeps odd objects out of the core."""
+    raise ValueError(f"msgpack ext type {code} is not part of the wire format")
+
+
+def decode(body: bytes | bytearray | memoryview) -> WireMessage:
+    """The message in one frame body (without its length prefix).
+
+    Raises :class:`WireError` naming the problem (bad msgpack, unknown tag, wrong number of
+    fields, or which field has the wrong type or range) for any body :func:`encode` could not
+    have produced from a valid message.
+    """
+    try:
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+    except _UNPACK_ERRORS as exc:
+        raise WireError(f"frame body is not valid msgpack ({type(exc).__name__}: {exc})") from exc
+    if type(obj) is not list or not obj:
+        raise WireError(f"frame body must be a non-empty array [tag, fields...], got {_describe(obj)}")
+    tag = obj[0]
+    if type(tag) is not int:
+        raise WireError(f"frame type tag must be an int, got {_describe(tag)}")
+    spec = _DECODERS.get(tag)
+    if spec is None:
+        raise WireError(f"unknown frame type tag {tag} (known: {sorted(_DECODERS)})")
+    name, arity, dec = spec
+    if len(obj) - 1 != arity:
+        raise WireError(f"{name} frame needs {arity} fields after the tag, got {len(obj) - 1}")
+    return dec(obj)
+
+
+class FrameDecoder:
+    """Turns a byte stream into messages, fed in whatever chunks the socket returns.
+
+    ``feed`` never raises for peer data: a frame with a malformed body comes out as a
+    ``WireError`` object in its place and the following frames still decode (the length
+    prefix tells where the next one starts). A length prefix of zero or above ``max_frame``
+    means the stream itself is corrupt (or hostile: it would make us buffer gigabytes), so
+    the decoder turns :attr:`broken`, emits one ``WireError`` and ignores all later input;
+    the driver must close the connection.
+    """
+
+    __slots__ = ("max_frame", "_buf", "_broken")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if type(max_frame) is not int or not 0 < max_frame <= _MAX_PREFIX:
+            raise ValueError(f"max_frame must be an int in 1..{_MAX_PREFIX}, got {max_frame!r}")
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._broken = False
+
+    @property
+    def broken(self) -> bool:
+        """True once a bad length prefix was seen: the connection must be closed."""
+        return self._broken
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame that has not fully arrived yet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[WireMessage | WireError]:
+        """Every frame completed by ``data``, decoded, in stream order.
+
+        Linear in the input: headers are read in place at an offset, each body is copied out
+        once, and the consumed prefix of the buffer is dropped once per call. Bodies are
+        copies, so nothing returned pins the caller's buffer.
+        """
+        if self._broken:
+            return []
+        src: bytes | bytearray
+        if self._buf:
+            self._buf += data
+            src = self._buf
+        elif isinstance(data, (bytes, bytearray)):
+            src = data
+        else:
+            src = bytes(data)
+        out: list[WireMessage | WireError] = []
+        off = 0
+        end = len(src)
+        unpack_from = _HEADER.unpack_from
+        while end - off >= 4:
+            (size,) = unpack_from(src, off)
+            if size == 0 or size > self.max_frame:
+                self._broken = True
+                self._buf = bytearray()
+                out.append(WireError(f"frame length prefix {size} is outside 1..{self.max_frame}; stream is corrupt"))
+                return out
+            stop = off + 4 + size
+            if stop > end:
+                break
+            body = src[off + 4 : stop]
+            off = stop
+            try:
+                out.append(decode(body))
+            except WireError as exc:
+                # A fresh error without traceback or cause: it is an event for the driver,
+                # and must not keep this call's frames (and buffers) alive.
+                out.append(WireError(str(exc)))
+        if src is self._buf:
+            del self._buf[:off]
+        elif off < end:
+            self._buf = bytearray(src[off:])
+        return out

@@ -1,0 +1,53 @@
+"""Frames only drivers speak: connection handshake, status queries and polite closes.
+
+The protocol core never sees these; they exist because a TCP connection needs to know who is
+on the other end (``Hello``), an operator needs a way to ask a node how it is doing
+(``StatusRequest``/``StatusReply``), and a node that drops a connection on purpose should
+say why (``Goodbye``) so the peer logs a reason instead of guessing from a reset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+Role = Literal["member", "client"]
+"""Who opened a connection: a group member (speaks the protocol) or an external client."""
+
+ROLES: Final[frozenset[str]] = frozenset({"member", "client"})
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame on every TCP connection, sent by the side that connected.
+
+    A listener cannot tell from an address alone which node dialled in (ports are ephemeral),
+    so the dialler names itself, the cluster it believes it joins (two clusters sharing hosts
+    must not cross-talk) and its role.
+    """
+
+    node_id: int
+    cluster: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    """Asks a node for a snapshot of its state (view, shard progress) for tooling."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    """Answer to :class:`StatusRequest`; ``status`` is a msgpack-able dict."""
+
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    """A node is closing this connection on purpose; ``reason`` is for the peer's log."""
+
+    reason: str
+
+
+ControlMessage = Hello | StatusRequest | StatusReply | Goodbye
