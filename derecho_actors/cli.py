@@ -30,6 +30,7 @@ def _node_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contact", action="append", help="shorthand for node.contacts (repeatable)")
     p.add_argument("--send", type=int, default=0, metavar="N", help="load generator: multicast N numbered messages")
     p.add_argument("--size", type=int, default=100, help="load generator: payload size in bytes (default 100)")
+    p.add_argument("--wait-members", type=int, default=1, metavar="K", help="load generator: start once a view has K members")
     p.add_argument("--delivery-log", metavar="PATH", help="append one line per delivered message to PATH")
 
 
@@ -62,7 +63,10 @@ def run_node(args: argparse.Namespace) -> int:
     )
     if args.send < 0 or args.size < 1:
         raise ConfigError("--send must be >= 0 and --size >= 1")
-    app = LoadApp(config.node.id, args.send, args.size, Path(args.delivery_log) if args.delivery_log else None)
+    app = LoadApp(
+        config.node.id, args.send, args.size, Path(args.delivery_log) if args.delivery_log else None,
+        wait_members=args.wait_members,
+    )
     driver = NodeDriver(config, app.hooks())
     app.driver = driver
 

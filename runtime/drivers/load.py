@@ -28,10 +28,15 @@ def payload(node_id: int, seq: int, size: int) -> bytes:
 
 class LoadApp:
     """Sends ``count`` messages into this node's first shard, as fast as the window allows
-    (``batch`` per submit), starting once the node's view is adequate; logs deliveries."""
+    (``batch`` per submit), starting once a view has ``wait_members`` members and gives this
+    node a shard; logs deliveries."""
 
-    def __init__(self, node_id: int, count: int, size: int, log_path: Path | None, batch: int = 100) -> None:
+    def __init__(
+        self, node_id: int, count: int, size: int, log_path: Path | None, batch: int = 100, wait_members: int = 1
+    ) -> None:
         self.node_id = node_id
+        self.wait_members = wait_members
+        self.go = wait_members <= 1
         self.count = count
         self.size = size
         self.batch = batch
@@ -45,6 +50,8 @@ class LoadApp:
         return AppHooks(on_deliver=self.on_deliver, on_view=self.on_view, on_window_open=self.on_window_open)
 
     def on_view(self, view: View) -> None:
+        if view.n >= self.wait_members:
+            self.go = True
         mine = view.my_shards(self.node_id)
         self.shard = mine[0] if mine else None
         self._pump()
@@ -54,7 +61,7 @@ class LoadApp:
 
     def _pump(self) -> None:
         """Keep the driver's queue topped up by one batch beyond what the window takes."""
-        if self.driver is None or self.shard is None or self.sent >= self.count:
+        if self.driver is None or self.shard is None or self.sent >= self.count or not self.go:
             return
         queued = self.driver.queued(self.shard)
         while self.sent < self.count and queued < self.batch * 2:
@@ -72,6 +79,7 @@ class LoadApp:
                 for g, s, k, p in d.messages
             ]
             self._log.writelines(lines)
+            self._log.flush()  # one write per delivered batch: readers see whole batches
         self._pump()
 
     def close(self) -> None:

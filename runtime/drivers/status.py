@@ -22,7 +22,7 @@ def fetch_status(contact: str, cluster: str = "derecho", timeout: float = 3.0) -
     deadline = time.monotonic() + timeout
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(frames([Hello(-1, cluster, "client"), StatusRequest()]))
+            sock.sendall(frames([Hello(0, cluster, "client"), StatusRequest()]))
             decoder = FrameDecoder()
             while time.monotonic() < deadline:
                 sock.settimeout(max(0.01, deadline - time.monotonic()))

@@ -82,7 +82,9 @@ _short.maxlevel = 2
 def _shard_to_wire(shard: object) -> tuple[Any, ...]:
     """A shard key as ``[type_name, subgroup, shard]``; only ``ShardId``-shaped keys travel."""
     if not (isinstance(shard, tuple) and len(shard) == 3):
-        raise TypeError(f"only ShardId(type_name, subgroup, shard) keys can be sent, got {_short.repr(shard)}")
+        raise TypeError(
+            f"only ShardId(type_name, subgroup, shard) keys can be sent, got {_short.repr(shard)}"
+        )
     return shard
 
 
@@ -229,7 +231,9 @@ def _shard_id(value: object, what: str) -> ShardId:
     if type(value) is not list or len(value) != 3:
         raise WireError(f"{what} must be [type_name, subgroup, shard], got {_describe(value)}")
     name, subgroup, shard = value
-    return ShardId(_str(name, f"{what}.type_name"), _nat(subgroup, f"{what}.subgroup"), _nat(shard, f"{what}.shard"))
+    return ShardId(
+        _str(name, f"{what}.type_name"), _nat(subgroup, f"{what}.subgroup"), _nat(shard, f"{what}.shard")
+    )
 
 
 def _int_vector(value: object, what: str) -> tuple[int, ...]:
@@ -306,7 +310,8 @@ def _dec_hello(f: list[Any]) -> Hello:
     _, node_id, cluster, role = f
     if type(role) is not str or role not in ROLES:
         raise WireError(f"Hello.role must be one of {sorted(ROLES)}, got {_describe(role)}")
-    return Hello(_nat(node_id, "Hello.node_id"), _str(cluster, "Hello.cluster"), role)  # type: ignore[arg-type]
+    node = _nat(node_id, "Hello.node_id")
+    return Hello(node, _str(cluster, "Hello.cluster"), role)  # type: ignore[arg-type]
 
 
 def _dec_status_request(f: list[Any]) -> StatusRequest:
@@ -425,7 +430,8 @@ class FrameDecoder:
             if size == 0 or size > self.max_frame:
                 self._broken = True
                 self._buf = bytearray()
-                out.append(WireError(f"frame length prefix {size} is outside 1..{self.max_frame}; stream is corrupt"))
+                limits = f"1..{self.max_frame}"
+                out.append(WireError(f"frame length prefix {size} is outside {limits}; stream is corrupt"))
                 return out
             stop = off + 4 + size
             if stop > end:
