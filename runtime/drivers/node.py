@@ -293,8 +293,11 @@ class NodeDriver:
         for node, address in zip(view.members, view.addresses):
             if node != self.node_id:
                 transport.learn(node, address)
+        # Departed nodes may still be reading the frames that tell them so (a leaver learns it
+        # left from them): close their connections only after a grace period.
+        grace = self.config.timeouts.suspicion_ms / 1000 * 2
         for node in view.departed:
-            transport.forget(node)
+            self.loop.call_later(grace, self._forget_if_gone, node)  # type: ignore[union-attr]
         m_prev = self._last_view_at
         now = self.loop.time()  # type: ignore[union-attr]
         took = now - m_prev if m_prev is not None else 0.0
@@ -309,6 +312,11 @@ class NodeDriver:
         )
         if self.hooks.on_view is not None:
             self.hooks.on_view(view)
+
+    def _forget_if_gone(self, node: int) -> None:
+        view = self.core.view if self.core is not None else None
+        if self.transport is not None and (view is None or view.rank_of(node) is None):
+            self.transport.forget(node)
 
     def _set_timer(self, at: float | None) -> None:
         if at is None:

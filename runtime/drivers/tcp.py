@@ -240,10 +240,12 @@ class TcpTransport:
             peer.queued_bytes = 0
             self.on_peer_lost(node_id)
         if not peer.connecting:
+            # Mark before the task runs: a second send in this loop turn must not open a
+            # second connection (two streams to one peer would reorder its frames).
+            peer.connecting = True
             self._spawn(self._connect(peer))
 
     async def _connect(self, peer: _Peer) -> None:
-        peer.connecting = True
         loop = asyncio.get_running_loop()
         try:
             while not self._closing and peer.node_id in self.peers:

@@ -1,0 +1,170 @@
+"""Real node processes on loopback: ordering, kill -9 of members and of the leader, joins.
+
+Every node logs each delivered message as one line ``vid shard g sender k node:seq``; the
+tests compare those logs across nodes, per view.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from runtime.drivers.demo import LocalCluster
+
+pytestmark = pytest.mark.timeout(180)
+
+FAST = ["--set", "timeouts.heartbeat_ms=20", "--set", "timeouts.suspicion_ms=400"]
+
+
+def _free_base(n: int) -> int:
+    """A base port such that base+1 .. base+n are free on loopback right now."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65000:
+            continue
+        ok = True
+        for i in range(1, n + 1):
+            with socket.socket() as t:
+                try:
+                    t.bind(("127.0.0.1", base + i))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path, _free_base(12), cluster="test", extra=FAST)
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
+def per_view(lines: list[str]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = defaultdict(list)
+    for line in lines:
+        out[int(line.split(" ", 1)[0])].append(line)
+    return out
+
+
+def start_group(c: LocalCluster, ids: list[int], send: int, wait_members: int | None = None) -> None:
+    c.start(ids[0], send=send, wait_members=wait_members or len(ids))
+    c.wait_for(lambda: "vid" in c.status(ids[0]), 15, "the founder")
+    for n in ids[1:]:
+        c.start(n, send=send, contact=ids[0], wait_members=wait_members or len(ids))
+    c.wait_view(set(ids), timeout=30)
+
+
+def assert_virtually_synchronous(c: LocalCluster, survivors: list[int], others: list[int]) -> None:
+    """Survivors agree exactly per view; anything anyone delivered, every survivor that was in
+    that view delivered too, in the same order."""
+    logs = {n: per_view(c.deliveries(n)) for n in survivors + others}
+    views = sorted({v for log in logs.values() for v in log})
+    for vid in views:
+        seqs = {n: logs[n].get(vid, []) for n in survivors if vid in logs[n]}
+        ref = max(seqs.values(), key=len, default=[])
+        for n, seq in seqs.items():
+            if vid == views[-1]:  # still running when the test stopped the nodes: prefixes
+                assert seq == ref[: len(seq)], f"node {n} diverges in view {vid}"
+            else:
+                assert seq == ref, f"node {n} delivered {len(seq)} messages in view {vid}, another {len(ref)}"
+        for n in others:
+            theirs = logs[n].get(vid, [])
+            assert theirs == ref[: len(theirs)], f"node {n}'s deliveries in view {vid} are not a prefix of the survivors'"
+
+
+@pytest.mark.parametrize("nodes, per_node", [(3, 5000), (5, 2000)])
+def test_all_nodes_deliver_the_same_sequence(cluster: LocalCluster, nodes: int, per_node: int) -> None:
+    ids = list(range(1, nodes + 1))
+    start_group(cluster, ids, per_node)
+    total = nodes * per_node
+    cluster.wait_for(lambda: all(len(cluster.deliveries(n)) >= total for n in ids), 120, f"{total} deliveries", 0.2)
+    time.sleep(0.3)
+    logs = [cluster.deliveries(n) for n in ids]
+    assert all(len(log) == total for log in logs)
+    assert all(log == logs[0] for log in logs), "nodes delivered different sequences"
+    # Every node's messages are all there, each in its send order.
+    for sender in ids:
+        seqs = [int(line.split()[-1].split(":")[1]) for line in logs[0] if line.split()[-1].startswith(f"{sender}:")]
+        assert seqs == list(range(per_node))
+
+
+@pytest.mark.parametrize("victim", ["member", "leader"])
+def test_kill_9_under_load(cluster: LocalCluster, victim: str) -> None:
+    ids = [1, 2, 3, 4]
+    start_group(cluster, ids, 20000)
+    cluster.wait_for(lambda: len(cluster.deliveries(1)) > 5000, 60, "load to flow", 0.05)
+    dead = 1 if victim == "leader" else 3
+    t0 = time.monotonic()
+    cluster.kill(dead)
+    survivors = [n for n in ids if n != dead]
+    view = cluster.wait_view(set(survivors), timeout=20, via=survivors[0])
+    took = time.monotonic() - t0
+    assert took < 5, f"view change took {took:.2f} s"
+    assert view["leader"] == view["members"][0][0] != dead
+    # The survivors keep delivering in the new view.
+    cluster.wait_for(
+        lambda: all(view["vid"] in per_view(cluster.deliveries(n)) for n in survivors), 30, "deliveries in the new view", 0.1
+    )
+    for n in survivors:
+        cluster.kill(n, signal.SIGKILL)
+    assert_virtually_synchronous(cluster, survivors, [dead])
+
+
+def test_node_joins_mid_stream(cluster: LocalCluster) -> None:
+    ids = [1, 2, 3]
+    start_group(cluster, ids, 30000)
+    cluster.wait_for(lambda: len(cluster.deliveries(1)) > 5000, 60, "load to flow", 0.05)
+    cluster.start(4, contact=2)
+    view = cluster.wait_view({1, 2, 3, 4}, timeout=20)
+    cluster.wait_for(lambda: len(per_view(cluster.deliveries(4)).get(view["vid"], [])) > 1000, 60, "node 4 delivering", 0.1)
+    for n in [1, 2, 3, 4]:
+        cluster.kill(n, signal.SIGKILL)
+    logs = {n: per_view(cluster.deliveries(n)) for n in [1, 2, 3, 4]}
+    assert min(logs[4]) == view["vid"], "the joiner delivered nothing before the view that admitted it"
+    for vid, seq in logs[4].items():
+        for n in (1, 2, 3):
+            other = logs[n].get(vid, [])
+            shorter = min(len(seq), len(other))
+            assert seq[:shorter] == other[:shorter], f"node 4 and node {n} disagree in view {vid}"
+    assert len(logs[4][view["vid"]]) > 1000
+
+
+def test_graceful_leave_on_sigterm(cluster: LocalCluster) -> None:
+    ids = [1, 2, 3]
+    start_group(cluster, ids, 0)
+    cluster.kill(2, signal.SIGTERM)
+    cluster.wait_view({1, 3}, timeout=20)
+    assert cluster.procs[2].wait(10) == 0
+    log = (cluster.workdir / "node-2.log").read_text()
+    assert "left the group" in log
+
+
+def test_status_shows_the_group(cluster: LocalCluster) -> None:
+    import subprocess
+    import sys
+
+    start_group(cluster, [1, 2, 3], 100)
+    out = subprocess.run(
+        [sys.executable, "-m", "derecho_actors.cli", "status", "--contact", cluster.address(2), "--cluster", "test"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "leader node 1" in out.stdout and "127.0.0.1:" in out.stdout and "default/0/0" in out.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "derecho_actors.cli", "status", "--contact", "127.0.0.1:1", "--timeout", "1"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert bad.returncode != 0 and "cannot reach" in bad.stderr and bad.stderr.count("\n") == 1
