@@ -1,11 +1,99 @@
 """derecho-actors: Derecho-style state machine replication for Python.
 
-Only the version and the exception types are public so far; the actor API arrives with
-later work and is absent until it works end to end.
+    import derecho_actors as da
+
+    @da.replicated
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        @da.ordered
+        def add(self, k: int) -> int:
+            self.n += k
+            return self.n
+
+        @da.p2p
+        def read(self) -> int:
+            return self.n
+
+    with da.Group(types=[Counter], overrides={"node.id": "1"}) as group:
+        print(group.handle(Counter).add(5).get(timeout=5))   # {1: 5}
+
+Ordered methods run on every replica of a shard in one total order, so they must be
+deterministic. P2P methods run on one replica and must not change state.
 """
 
-from derecho_actors.exceptions import ConfigError, DerechoError, LayoutError, WireError
+from typing import TYPE_CHECKING, Any
+
+from derecho_actors.exceptions import (
+    ConfigError,
+    DerechoError,
+    GroupClosed,
+    LayoutError,
+    NestedCallError,
+    NotRegistered,
+    PayloadTooLarge,
+    RemoteError,
+    ReplicaLost,
+    SerializationError,
+    TimeoutError,
+    UnknownMethod,
+    WireError,
+)
+
+if TYPE_CHECKING:
+    from derecho_actors._decorators import ordered, p2p, replicated
+    from derecho_actors._group import Group, Handle, Layout
+    from derecho_actors._results import QueryResults
+    from runtime.core.layout import ShardPolicy
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "DerechoError", "LayoutError", "WireError", "__version__"]
+# The engine (``runtime``) imports ``derecho_actors.exceptions``, which runs this file; loading
+# the group machinery lazily keeps the sans-I/O core free of drivers and threads.
+_LAZY = {
+    "ordered": "derecho_actors._decorators",
+    "p2p": "derecho_actors._decorators",
+    "replicated": "derecho_actors._decorators",
+    "Group": "derecho_actors._group",
+    "Handle": "derecho_actors._group",
+    "Layout": "derecho_actors._group",
+    "QueryResults": "derecho_actors._results",
+    "ShardPolicy": "runtime.core.layout",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'derecho_actors' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+__all__ = [
+    "ConfigError",
+    "DerechoError",
+    "Group",
+    "GroupClosed",
+    "Handle",
+    "Layout",
+    "LayoutError",
+    "NestedCallError",
+    "NotRegistered",
+    "PayloadTooLarge",
+    "QueryResults",
+    "RemoteError",
+    "ReplicaLost",
+    "SerializationError",
+    "ShardPolicy",
+    "TimeoutError",
+    "UnknownMethod",
+    "WireError",
+    "__version__",
+    "ordered",
+    "p2p",
+    "replicated",
+]

@@ -21,3 +21,59 @@ class LayoutError(ConfigError):
 
 class WireError(DerechoError):
     """Bytes from a peer could not be decoded into a valid frame."""
+
+
+class RemoteError(DerechoError):
+    """A replicated method raised. ``remote_type``, ``remote_message`` and
+    ``remote_traceback`` describe the exception as the replica saw it; the replica itself
+    carries on (ordered methods are deterministic, so every replica raised the same)."""
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str, node: int | None = None) -> None:
+        where = f" on node {node}" if node is not None else ""
+        super().__init__(f"{remote_type}: {remote_message} (raised by the replicated method{where})")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.node = node
+
+
+class TimeoutError(DerechoError, TimeoutError):  # noqa: A001 - the public name is da.TimeoutError
+    """Replies did not all arrive in time; ``pending`` lists the nodes still owing one."""
+
+    def __init__(self, message: str, pending: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.pending = pending
+
+
+class ReplicaLost(DerechoError):
+    """The replica left the view before it answered this call (per-node failure)."""
+
+
+class NotRegistered(DerechoError):
+    """A handle was asked for a class that is not a registered ``@replicated`` type of this
+    group; pass it in ``types=[...]`` and give it a layout policy."""
+
+
+class UnknownMethod(DerechoError, AttributeError):
+    """The method does not exist on the replicated type, or is not marked ``@ordered`` or
+    ``@p2p``; only marked methods can be called through a handle."""
+
+
+class SerializationError(DerechoError, TypeError):
+    """Arguments or a result cannot be encoded with the type's serializer; plain data goes
+    through msgpack, anything else needs ``@replicated(serializer="cloudpickle")``."""
+
+
+class PayloadTooLarge(DerechoError, ValueError):
+    """An encoded call exceeds ``multicast.max_message_size``; send less per call or raise
+    the limit in the node config."""
+
+
+class NestedCallError(DerechoError, RuntimeError):
+    """A replicated method called a handle. The replica runs one call at a time, so waiting
+    for another call from inside a handler could deadlock it; return data instead, or make
+    the call from outside the handler."""
+
+
+class GroupClosed(DerechoError, RuntimeError):
+    """The group was closed, or this node left it or was removed from it."""

@@ -29,7 +29,7 @@ from runtime.core.node_core import NodeCore
 from runtime.core.view import View
 from runtime.drivers.tcp import TcpTransport
 from runtime.wire.codec import frame
-from runtime.wire.control import StatusReply, StatusRequest
+from runtime.wire.control import Call, Reply, StatusReply, StatusRequest
 
 log = logging.getLogger("derecho.node")
 
@@ -44,6 +44,7 @@ class AppHooks:
     on_view: Callable[[View], None] | None = None
     on_window_open: Callable[[ShardId], None] | None = None
     on_stop: Callable[[str], None] | None = None
+    on_direct: Callable[[int, Any], None] | None = None  # Call / Reply frames from a member
 
 
 class NodeDriver:
@@ -163,6 +164,16 @@ class NodeDriver:
         else:
             self.loop.call_soon_threadsafe(self._app_send, shard, list(payloads))
 
+    def send_direct(self, node: int, data: bytes) -> None:
+        """Send encoded frames straight to ``node`` (loop thread)."""
+        if self.transport is not None:
+            self.transport.send(node, data)
+
+    def in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop thread soon (thread-safe)."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(fn, *args)
+
     def queued(self, shard: ShardId) -> int:
         """App messages of ``shard`` waiting for the window (loop thread)."""
         q = self._app_queue.get(shard)
@@ -218,6 +229,8 @@ class NodeDriver:
                 if isinstance(msg, JoinRequest) and isinstance(msg.address, str):
                     self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
                 core.step(MessageArrived(now, sender, msg))
+            elif isinstance(msg, (Call, Reply)) and self.hooks.on_direct is not None:
+                self.hooks.on_direct(sender, msg)
             else:
                 log.warning("node %s sent a %s on a member connection; ignored", sender, type(msg).__name__)
         self._schedule_flush()
@@ -251,7 +264,13 @@ class NodeDriver:
     def _act(self, ready: Ready) -> None:
         core, transport = self.core, self.transport
         assert core is not None and transport is not None
+        # Each view's deliveries reach the app before the next view does.
+        deliveries = ready.deliveries
         for v in ready.views:
+            if self.hooks.on_deliver is not None:
+                for d in [d for d in deliveries if d.vid < v.vid]:
+                    self.hooks.on_deliver(d)
+            deliveries = [d for d in deliveries if d.vid >= v.vid]
             self._on_view(v)
         out: dict[int, list[bytes]] = {}
         for o in ready.outgoing:
@@ -263,7 +282,7 @@ class NodeDriver:
         for cs in ready.contact_sends:
             transport.send_to_address(cs.address, frame(cs.message))
         if self.hooks.on_deliver is not None:
-            for d in ready.deliveries:
+            for d in deliveries:
                 self.hooks.on_deliver(d)
         for r in ready.rejected:
             log.warning("rejected input from node %s: %s", r.sender, r.reason)

@@ -29,9 +29,9 @@ from derecho_actors.exceptions import WireError
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, ShardPush, ViewAnnouncement
 from runtime.core.sst import RowDelta
-from runtime.wire.control import ROLES, Goodbye, Hello, StatusReply, StatusRequest
+from runtime.wire.control import ROLES, Call, Goodbye, Hello, Reply, StatusReply, StatusRequest
 
-WireMessage = Message | Hello | StatusRequest | StatusReply | Goodbye
+WireMessage = Message | Hello | StatusRequest | StatusReply | Goodbye | Call | Reply
 """Everything that travels in a frame: core protocol messages and driver control frames."""
 
 DEFAULT_MAX_FRAME: Final[int] = 64 << 20
@@ -50,6 +50,8 @@ TAG_HELLO: Final = 16
 TAG_STATUS_REQUEST: Final = 17
 TAG_STATUS_REPLY: Final = 18
 TAG_GOODBYE: Final = 19
+TAG_CALL: Final = 20
+TAG_REPLY: Final = 21
 
 _HEADER: Final = struct.Struct(">I")
 _MAX_PREFIX: Final[int] = 0xFFFFFFFF
@@ -129,7 +131,17 @@ def _enc_goodbye(m: Goodbye) -> list[Any]:
     return [TAG_GOODBYE, m.reason]
 
 
+def _enc_call(m: Call) -> list[Any]:
+    return [TAG_CALL, m.call_id, m.caller, _shard_to_wire(m.shard), m.method, m.ordered, m.args]
+
+
+def _enc_reply(m: Reply) -> list[Any]:
+    return [TAG_REPLY, m.call_id, m.node, m.vid, list(m.replicas), m.ok, m.value]
+
+
 _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
+    Call: _enc_call,
+    Reply: _enc_reply,
     ShardPush: _enc_shard_push,
     GroupPush: _enc_group_push,
     ViewAnnouncement: _enc_view_announcement,
@@ -330,6 +342,36 @@ def _dec_goodbye(f: list[Any]) -> Goodbye:
     return Goodbye(_str(f[1], "Goodbye.reason"))
 
 
+def _bool(value: object, what: str) -> bool:
+    if type(value) is not bool:
+        raise WireError(f"{what} must be a bool, got {_describe(value)}")
+    return value
+
+
+def _bytes(value: object, what: str) -> bytes:
+    if type(value) is not bytes:
+        raise WireError(f"{what} must be bytes, got {_describe(value)}")
+    return value
+
+
+def _dec_call(f: list[Any]) -> Call:
+    _, call_id, caller, shard, method, ordered, args = f
+    return Call(
+        _nat(call_id, "Call.call_id"), _nat(caller, "Call.caller"), _shard_id(shard, "Call.shard"),
+        _str(method, "Call.method"), _bool(ordered, "Call.ordered"), _bytes(args, "Call.args"),
+    )
+
+
+def _dec_reply(f: list[Any]) -> Reply:
+    _, call_id, node, vid, replicas, ok, value = f
+    if type(replicas) is not list:
+        raise WireError(f"Reply.replicas must be a list, got {_describe(replicas)}")
+    return Reply(
+        _nat(call_id, "Reply.call_id"), _nat(node, "Reply.node"), _nat(vid, "Reply.vid"),
+        tuple(_nat(r, "Reply.replicas[]") for r in replicas), _bool(ok, "Reply.ok"), _bytes(value, "Reply.value"),
+    )
+
+
 # tag -> (name, number of fields after the tag, decoder of the whole list)
 _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]] = {
     TAG_SHARD_PUSH: ("ShardPush", 6, _dec_shard_push),
@@ -341,6 +383,8 @@ _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]]
     TAG_STATUS_REQUEST: ("StatusRequest", 0, _dec_status_request),
     TAG_STATUS_REPLY: ("StatusReply", 1, _dec_status_reply),
     TAG_GOODBYE: ("Goodbye", 1, _dec_goodbye),
+    TAG_CALL: ("Call", 6, _dec_call),
+    TAG_REPLY: ("Reply", 6, _dec_reply),
 }
 
 

@@ -50,4 +50,31 @@ class Goodbye:
     reason: str
 
 
-ControlMessage = Hello | StatusRequest | StatusReply | Goodbye
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request sent straight to one member: a P2P call to run there, or (``ordered``) a
+    call that member must multicast into its shard on the caller's behalf (relaying). Replies
+    go to ``caller``, whichever path the call took."""
+
+    call_id: int
+    caller: int
+    shard: Any  # ShardId
+    method: str
+    ordered: bool
+    args: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One replica's answer to a call. ``vid`` and ``replicas`` say which view delivered the
+    call and which members will each answer it, so the caller knows when it has them all."""
+
+    call_id: int
+    node: int
+    vid: int
+    replicas: tuple[int, ...]
+    ok: bool
+    value: bytes
+
+
+ControlMessage = Hello | StatusRequest | StatusReply | Goodbye | Call | Reply

@@ -1,0 +1,85 @@
+"""Encoding of call arguments, results and remote errors.
+
+Plain data (None, bool, int, float, str, bytes, lists, tuples, dicts) goes through msgpack;
+a type that needs more opts in with ``@replicated(serializer="cloudpickle")``. The choice is
+per type, so both ends agree on it by construction.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import msgpack
+
+from derecho_actors.exceptions import RemoteError, SerializationError
+
+
+def _pack(value: Any, serializer: str, what: str) -> bytes:
+    if serializer == "cloudpickle":
+        import cloudpickle
+
+        try:
+            return cloudpickle.dumps(value)
+        except Exception as exc:
+            raise SerializationError(f"cannot pickle {what}: {exc}") from None
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(
+            f"{what} is not plain data msgpack can encode ({exc}); pass plain values or use "
+            f'@replicated(serializer="cloudpickle")'
+        ) from None
+
+
+def _unpack(data: bytes, serializer: str) -> Any:
+    if serializer == "cloudpickle":
+        import cloudpickle
+
+        return cloudpickle.loads(data)
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], serializer: str) -> bytes:
+    return _pack([list(args), kwargs], serializer, "the call's arguments")
+
+
+def decode_args(data: bytes, serializer: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    args, kwargs = _unpack(data, serializer)
+    return tuple(args), dict(kwargs)
+
+
+def encode_result(value: Any, serializer: str) -> bytes:
+    return _pack(value, serializer, "the method's result")
+
+
+def decode_result(data: bytes, serializer: str) -> Any:
+    return _unpack(data, serializer)
+
+
+def encode_error(exc: BaseException) -> bytes:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return msgpack.packb([type(exc).__name__, str(exc), tb], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_error(data: bytes, node: int | None) -> RemoteError:
+    try:
+        name, message, tb = msgpack.unpackb(data, raw=False)
+        return RemoteError(str(name), str(message), str(tb), node)
+    except Exception:
+        return RemoteError("UnknownError", "the replica's error could not be decoded", "", node)
+
+
+def encode_ordered(caller: int, call_id: int, method: str, args: bytes) -> bytes:
+    """The multicast payload of one ordered call."""
+    return msgpack.packb([caller, call_id, method, args], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_ordered(payload: bytes) -> tuple[int, int, str, bytes] | None:
+    try:
+        caller, call_id, method, args = msgpack.unpackb(payload, raw=False)
+    except Exception:
+        return None
+    if type(caller) is not int or type(call_id) is not int or type(method) is not str or type(args) is not bytes:
+        return None
+    return caller, call_id, method, args

@@ -1,0 +1,67 @@
+"""``@replicated``, ``@ordered`` and ``@p2p``: how a class declares itself replicable.
+
+The decorators only record facts on the class and its functions; the group reads them when
+the type is registered. Ordered methods must be deterministic (same calls in the same order
+give the same state and results at every replica): no clocks, randomness, threads or I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from derecho_actors.exceptions import ConfigError
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+ORDERED = "ordered"
+P2P = "p2p"
+SERIALIZERS = ("msgpack", "cloudpickle")
+
+
+@dataclass(frozen=True, slots=True)
+class TypeSpec:
+    name: str
+    cls: type
+    methods: dict[str, str]  # method name -> ORDERED | P2P
+    serializer: str
+
+
+def ordered(fn: F) -> F:
+    """Mark a method as an ordered call: totally ordered, run by every replica of the shard."""
+    fn.__derecho_kind__ = ORDERED  # type: ignore[attr-defined]
+    return fn
+
+
+def p2p(fn: F) -> F:
+    """Mark a method as a P2P call: run by one replica; it must not change replicated state."""
+    fn.__derecho_kind__ = P2P  # type: ignore[attr-defined]
+    return fn
+
+
+def replicated(cls: type[T] | None = None, *, name: str | None = None, serializer: str = "msgpack") -> Any:
+    """Make a class a replicated type. ``name`` (default: the class name) is how nodes agree
+    on the type, so every node must register it under the same name."""
+
+    def wrap(c: type[T]) -> type[T]:
+        if not isinstance(c, type):
+            raise ConfigError(f"@replicated decorates classes, not {c!r}")
+        if serializer not in SERIALIZERS:
+            raise ConfigError(f"@replicated(serializer={serializer!r}): choose one of {', '.join(SERIALIZERS)}")
+        methods = {}
+        for attr in dir(c):
+            kind = getattr(getattr(c, attr, None), "__derecho_kind__", None)
+            if kind in (ORDERED, P2P):
+                methods[attr] = kind
+        if not methods:
+            raise ConfigError(f"@replicated class {c.__name__} has no @ordered or @p2p method")
+        c.__derecho__ = TypeSpec(name or c.__name__, c, methods, serializer)  # type: ignore[attr-defined]
+        return c
+
+    return wrap(cls) if cls is not None else wrap
+
+
+def spec_of(cls: Any) -> TypeSpec | None:
+    spec = getattr(cls, "__derecho__", None)
+    return spec if isinstance(spec, TypeSpec) and spec.cls is cls else None

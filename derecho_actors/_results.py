@@ -1,0 +1,138 @@
+"""``QueryResults``: the replies to one call, one per replica, arriving as they come.
+
+Which replicas answer is only known once the call is delivered (a view change may move it to
+the next view, with other members), so the first reply tells the expected set. A replica that
+leaves the view before answering resolves as ``ReplicaLost`` instead of hanging the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Iterator
+
+from derecho_actors.exceptions import RemoteError, ReplicaLost, TimeoutError
+
+
+class QueryResults:
+    """Replies of one call. ``get`` returns ``{node id: value}`` (raising the first remote
+    error), ``wait_all`` waits without raising, iteration yields ``(node, value or error)``
+    as replies arrive, and ``await results`` works in asyncio."""
+
+    def __init__(self, description: str, decode: Callable[[bytes], Any]) -> None:
+        self.description = description
+        self._decode = decode
+        self._cond = threading.Condition()
+        self._expected: set[int] | None = None
+        self._values: dict[int, Any] = {}
+        self._errors: dict[int, BaseException] = {}
+        self._order: list[int] = []
+        self._done: Future[None] = Future()
+
+    # ------------------------------------------------------------ fed by the group
+    def _expect(self, replicas: tuple[int, ...]) -> None:
+        with self._cond:
+            if self._expected is None:
+                self._expected = set(replicas)
+                self._maybe_done()
+
+    def _reply(self, node: int, ok: bool, value: Any) -> None:
+        with self._cond:
+            if node in self._values or node in self._errors:
+                return
+            if ok:
+                self._values[node] = value
+            else:
+                self._errors[node] = value
+            self._order.append(node)
+            self._maybe_done()
+
+    def _lost(self, nodes: set[int], why: str) -> None:
+        """These nodes left before answering (called on view changes)."""
+        with self._cond:
+            for node in nodes:
+                if (self._expected is None or node in self._expected) and node not in self._values and node not in self._errors:
+                    if self._expected is not None:
+                        self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
+                        self._order.append(node)
+            self._maybe_done()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._expected is None:
+                self._expected = set()
+                self._errors[-1] = exc
+            for node in self._expected - set(self._values) - set(self._errors):
+                self._errors[node] = exc
+                self._order.append(node)
+            self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        self._cond.notify_all()
+        if self._expected is not None and self._expected <= set(self._values) | set(self._errors):
+            if not self._done.done():
+                self._done.set_result(None)
+
+    # ------------------------------------------------------------------- users
+    @property
+    def pending(self) -> tuple[int, ...]:
+        with self._cond:
+            if self._expected is None:
+                return ()
+            return tuple(sorted(self._expected - set(self._values) - set(self._errors)))
+
+    def done(self) -> bool:
+        return self._done.done()
+
+    def wait_all(self, timeout: float | None = None) -> dict[int, Any]:
+        """Wait for every replica; returns ``{node: value or exception}`` without raising
+        remote errors. Raises ``TimeoutError`` naming the nodes still pending."""
+        try:
+            self._done.result(timeout)
+        except Exception:
+            raise TimeoutError(
+                f"{self.description}: no reply within {timeout} s from "
+                f"{list(self.pending) if self._expected is not None else 'any replica (not delivered yet)'}",
+                self.pending,
+            ) from None
+        with self._cond:
+            out: dict[int, Any] = dict(self._values)
+            out.update({n: e for n, e in self._errors.items() if n >= 0})
+            if -1 in self._errors:
+                raise self._errors[-1]
+            return out
+
+    def get(self, timeout: float | None = None) -> dict[int, Any]:
+        """``{node id: return value}``, one per replica; raises the first remote error."""
+        out = self.wait_all(timeout)
+        for node in self._order:
+            value = out.get(node)
+            if isinstance(value, (RemoteError, ReplicaLost)):
+                raise value
+        return out
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        seen = 0
+        while True:
+            with self._cond:
+                while seen >= len(self._order) and not self._done.done():
+                    self._cond.wait(0.1)
+                batch = self._order[seen:]
+                values = {n: self._values.get(n, self._errors.get(n)) for n in batch}
+            for node in batch:
+                yield node, values[node]
+            seen += len(batch)
+            if self._done.done() and seen >= len(self._order):
+                return
+
+    def __await__(self) -> Any:
+        return self._await().__await__()
+
+    async def _await(self) -> dict[int, Any]:
+        await asyncio.wrap_future(self._done)
+        return self.get(0)
+
+    def __repr__(self) -> str:
+        return f"<QueryResults {self.description}: {len(self._values)} replies, pending {list(self.pending)}>"
+
