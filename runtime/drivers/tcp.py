@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,8 @@ class _Connection(asyncio.Protocol):
         self.speaker: int | None = None  # node id from the Hello (incoming connections)
         self.role: str | None = None
         self.closed = False
+        self.stale = False  # replaced by a newer process of the same node: close quietly
+        self.incarnation: int | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ asyncio side
@@ -71,7 +74,7 @@ class _Connection(asyncio.Protocol):
             except OSError:
                 pass
         if self.peer is not None or self.contact is not None:
-            self.transport.write(frame(Hello(self.tcp.node_id, self.tcp.cluster, "member")))
+            self.transport.write(frame(Hello(self.tcp.node_id, self.tcp.cluster, "member", self.tcp.incarnation)))
         else:
             loop = asyncio.get_running_loop()
             self._hello_timer = loop.call_later(HELLO_TIMEOUT, self._no_hello)
@@ -104,11 +107,16 @@ class _Connection(asyncio.Protocol):
             self.close()
         if good and not self.closed:
             if self.peer is not None or self.contact is not None:
-                # Peers answer on their own connections; anything here is a Goodbye or noise.
+                # Peers answer on their own connections; here come only their Hello (which
+                # process we reached) and a Goodbye if they refuse us.
                 for item in good:
                     if isinstance(item, Goodbye):
                         log.error("%s refused us: %s", self._where(), item.reason)
                         self.tcp.refusals.append(item.reason)
+                    elif isinstance(item, Hello) and self.incarnation is None and item.role == "member":
+                        self.incarnation = item.incarnation
+                        if self.peer is not None and item.node_id == self.peer.node_id:
+                            self.tcp._met(item.node_id, item.incarnation)
                 return
             if self.role == "client":
                 for item in good:
@@ -130,7 +138,11 @@ class _Connection(asyncio.Protocol):
             self._hello_timer.cancel()
         self.speaker, self.role = item.node_id, item.role
         if item.role == "member":
+            self.incarnation = item.incarnation
+            self.tcp._met(item.node_id, item.incarnation)
             self.tcp.incoming.setdefault(item.node_id, set()).add(self)
+            # Say who answers, so the dialler can tell this process from a later one.
+            self.send(frame(Hello(self.tcp.node_id, self.tcp.cluster, "member", self.tcp.incarnation)))
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -157,6 +169,11 @@ class _Connection(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.close()
+
+    def retire(self) -> None:
+        """Close without reporting a loss: the process at the other end is gone for good."""
+        self.stale = True
+        self.close()
 
     def _where(self) -> str:
         if self.peer is not None:
@@ -196,6 +213,8 @@ class TcpTransport:
         self.contacts: dict[str, _Connection] = {}
         self.contact_reached = False
         self.refusals: list[str] = []
+        self.incarnation = time.time_ns()
+        self.incarnations: dict[int, int] = {}
         self.bad_frames = 0
         self._server: asyncio.base_events.Server | None = None
         self._closing = False
@@ -216,8 +235,33 @@ class TcpTransport:
 
     # ------------------------------------------------------------------ sending
     def learn(self, node_id: int, address: str) -> None:
-        if self.addresses.get(node_id) != address:
+        old = self.addresses.get(node_id)
+        if old != address:
             self.addresses[node_id] = address
+            if old is not None:
+                self._reset_outgoing(node_id)  # it moved: a new process
+
+    def _met(self, node_id: int, incarnation: int) -> None:
+        """A connection from ``node_id`` said hello: if it is a new process of that node, the
+        connections of the old one are dead ends; retire them without reporting a loss."""
+        known = self.incarnations.get(node_id)
+        self.incarnations[node_id] = incarnation
+        if known is not None and known != incarnation:
+            log.info("node %s restarted: retiring connections to its previous process", node_id)
+            conns = self.incoming.get(node_id, set())
+            for conn in list(conns):
+                if conn.incarnation != incarnation:
+                    conn.retire()
+                    conns.discard(conn)
+            peer = self.peers.get(node_id)
+            if peer is not None and peer.conn is not None and peer.conn.incarnation not in (None, incarnation):
+                self._reset_outgoing(node_id)
+
+    def _reset_outgoing(self, node_id: int) -> None:
+        peer = self.peers.get(node_id)
+        if peer is not None and peer.conn is not None:
+            peer.conn.retire()
+            peer.conn = None
 
     def send(self, node_id: int, data: bytes) -> None:
         if self._closing:
@@ -312,13 +356,14 @@ class TcpTransport:
 
     # ------------------------------------------------------------------ losses
     def _connection_lost(self, conn: _Connection) -> None:
-        if self._closing:
+        if self._closing or conn.stale:
             return
         if conn.peer is not None:
             peer = conn.peer
             if peer.conn is conn:
                 peer.conn = None
-            if self.peers.get(peer.node_id) is peer:
+            current = self.incarnations.get(peer.node_id)
+            if self.peers.get(peer.node_id) is peer and conn.incarnation in (None, current):
                 self.on_peer_lost(peer.node_id)
         elif conn.contact is not None:
             if self.contacts.get(conn.contact) is conn:
@@ -327,7 +372,8 @@ class TcpTransport:
             conns = self.incoming.get(conn.speaker)
             if conns is not None:
                 conns.discard(conn)
-            self.on_peer_lost(conn.speaker)
+            if conn.incarnation == self.incarnations.get(conn.speaker):
+                self.on_peer_lost(conn.speaker)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -116,7 +116,7 @@ def _enc_join_reply(m: JoinReply) -> list[Any]:
 
 
 def _enc_hello(m: Hello) -> list[Any]:
-    return [TAG_HELLO, m.node_id, m.cluster, m.role]
+    return [TAG_HELLO, m.node_id, m.cluster, m.role, m.incarnation]
 
 
 def _enc_status_request(m: StatusRequest) -> list[Any]:
@@ -319,11 +319,11 @@ def _dec_join_reply(f: list[Any]) -> JoinReply:
 
 
 def _dec_hello(f: list[Any]) -> Hello:
-    _, node_id, cluster, role = f
+    _, node_id, cluster, role, incarnation = f
     if type(role) is not str or role not in ROLES:
         raise WireError(f"Hello.role must be one of {sorted(ROLES)}, got {_describe(role)}")
     node = _nat(node_id, "Hello.node_id")
-    return Hello(node, _str(cluster, "Hello.cluster"), role)  # type: ignore[arg-type]
+    return Hello(node, _str(cluster, "Hello.cluster"), role, _nat(incarnation, "Hello.incarnation"))  # type: ignore[arg-type]
 
 
 def _dec_status_request(f: list[Any]) -> StatusRequest:
@@ -379,7 +379,7 @@ _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]]
     TAG_VIEW_ANNOUNCEMENT: ("ViewAnnouncement", 1, _dec_view_announcement),
     TAG_JOIN_REQUEST: ("JoinRequest", 2, _dec_join_request),
     TAG_JOIN_REPLY: ("JoinReply", 2, _dec_join_reply),
-    TAG_HELLO: ("Hello", 3, _dec_hello),
+    TAG_HELLO: ("Hello", 4, _dec_hello),
     TAG_STATUS_REQUEST: ("StatusRequest", 0, _dec_status_request),
     TAG_STATUS_REPLY: ("StatusReply", 1, _dec_status_reply),
     TAG_GOODBYE: ("Goodbye", 1, _dec_goodbye),

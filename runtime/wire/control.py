@@ -29,6 +29,7 @@ class Hello:
     node_id: int
     cluster: str
     role: Role
+    incarnation: int = 0  # differs for every process start: tells a restarted node from its past
 
 
 @dataclass(frozen=True, slots=True)
