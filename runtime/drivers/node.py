@@ -309,6 +309,10 @@ class NodeDriver:
     def _on_view(self, view: View) -> None:
         transport = self.transport
         assert transport is not None and self.core is not None
+        for node in view.departed:
+            transport.doom(node)
+        for node in view.joined:
+            transport.welcome(node)
         for node, address in zip(view.members, view.addresses):
             if node != self.node_id:
                 transport.learn(node, address)

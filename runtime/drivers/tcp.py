@@ -61,6 +61,7 @@ class _Connection(asyncio.Protocol):
         self.role: str | None = None
         self.closed = False
         self.stale = False  # replaced by a newer process of the same node: close quietly
+        self.doomed = False  # its node left the view: this connection belongs to the past
         self.incarnation: int | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
 
@@ -257,6 +258,26 @@ class TcpTransport:
             if peer is not None and peer.conn is not None and peer.conn.incarnation not in (None, incarnation):
                 self._reset_outgoing(node_id)
 
+    def doom(self, node_id: int) -> None:
+        """``node_id`` left the view: its connections belong to that past process. Their end
+        is not news, and if the id comes back, it is a new process they cannot reach."""
+        peer = self.peers.get(node_id)
+        if peer is not None and peer.conn is not None:
+            peer.conn.doomed = True
+        for conn in self.incoming.get(node_id, ()):
+            conn.doomed = True
+
+    def welcome(self, node_id: int) -> None:
+        """``node_id`` joined the view: drop what is left of its previous process."""
+        peer = self.peers.get(node_id)
+        if peer is not None and peer.conn is not None and peer.conn.doomed:
+            peer.conn.retire()
+            peer.conn = None
+        conns = self.incoming.get(node_id, set())
+        for conn in [c for c in conns if c.doomed]:
+            conn.retire()
+            conns.discard(conn)
+
     def _reset_outgoing(self, node_id: int) -> None:
         peer = self.peers.get(node_id)
         if peer is not None and peer.conn is not None:
@@ -356,7 +377,9 @@ class TcpTransport:
 
     # ------------------------------------------------------------------ losses
     def _connection_lost(self, conn: _Connection) -> None:
-        if self._closing or conn.stale:
+        if self._closing or conn.stale or conn.doomed:
+            if conn.peer is not None and conn.peer.conn is conn:
+                conn.peer.conn = None
             return
         if conn.peer is not None:
             peer = conn.peer
