@@ -176,7 +176,8 @@ class Group:
         results = QueryResults(f"{spec.name}.{method} (call {call_id})", lambda b: _codec.decode_result(b, serializer))
         with self._lock:
             self._calls[call_id] = (results, None)
-        self._driver.in_loop(self._dispatch, call_id, shard, method, kind, data, node)
+        if not self._driver.in_loop(self._dispatch, call_id, shard, method, kind, data, node):
+            results._fail_all(GroupClosed(f"node {self.node_id} has stopped"))
         return results
 
     def _dispatch(self, call_id: int, shard: ShardId, method: str, kind: str, data: bytes, node: int | None) -> None:
@@ -195,7 +196,8 @@ class Group:
             if self.node_id in members:
                 self._driver.submit(shard, [_codec.encode_ordered(self.node_id, call_id, method, data)])
             else:
-                relay = members[call_id % len(members)]
+                # One relay per caller and shard: calls from one caller keep their order.
+                relay = members[self.node_id % len(members)]
                 with self._lock:
                     self._calls[call_id] = (results, relay)
                 self._driver.send_direct(relay, frame(Call(call_id, self.node_id, shard, method, True, data)))

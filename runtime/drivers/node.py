@@ -123,7 +123,7 @@ class NodeDriver:
         if self._on_loop_thread():
             _stop()
         else:
-            self.loop.call_soon_threadsafe(_stop)
+            self.in_loop(_stop)
 
     def start_in_thread(self, timeout: float = 10.0) -> None:
         """Run the node on a thread of its own (the API's way); returns once it listens."""
@@ -162,17 +162,23 @@ class NodeDriver:
         if self._on_loop_thread():
             self._app_send(shard, payloads)
         else:
-            self.loop.call_soon_threadsafe(self._app_send, shard, list(payloads))
+            self.in_loop(self._app_send, shard, list(payloads))
 
     def send_direct(self, node: int, data: bytes) -> None:
         """Send encoded frames straight to ``node`` (loop thread)."""
         if self.transport is not None:
             self.transport.send(node, data)
 
-    def in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop thread soon (thread-safe)."""
-        if self.loop is not None:
+    def in_loop(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` on the loop thread soon (thread-safe); False once the node has
+        stopped (the call is dropped)."""
+        if self.loop is None or self.loop.is_closed():
+            return False
+        try:
             self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # closed between the check and the call
+            return False
+        return True
 
     def queued(self, shard: ShardId) -> int:
         """App messages of ``shard`` waiting for the window (loop thread)."""
@@ -181,8 +187,7 @@ class NodeDriver:
 
     def leave(self) -> None:
         """Leave the group gracefully (thread-safe): a view change without suspicion."""
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(self._leave)
+        self.in_loop(self._leave)
 
     def call(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run ``fn`` on the loop thread (to read core state safely)."""
@@ -192,8 +197,8 @@ class NodeDriver:
                 fut.set_result(fn())
             except BaseException as exc:
                 fut.set_exception(exc)
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(run)
+        if not self.in_loop(run):
+            fut.set_exception(RuntimeError(f"node {self.node_id} has stopped"))
         return fut
 
     def _leave(self) -> None:
