@@ -43,6 +43,7 @@ from derecho_actors.exceptions import (
 
 if TYPE_CHECKING:
     from derecho_actors._decorators import ordered, p2p, replicated
+    from derecho_actors._client import Client
     from derecho_actors._group import Group, Handle, Layout
     from derecho_actors._results import QueryResults
     from runtime.core.layout import ShardPolicy
@@ -55,6 +56,7 @@ _LAZY = {
     "ordered": "derecho_actors._decorators",
     "p2p": "derecho_actors._decorators",
     "replicated": "derecho_actors._decorators",
+    "Client": "derecho_actors._client",
     "Group": "derecho_actors._group",
     "Handle": "derecho_actors._group",
     "Layout": "derecho_actors._group",
@@ -74,6 +76,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 __all__ = [
+    "Client",
     "ConfigError",
     "DerechoError",
     "Group",

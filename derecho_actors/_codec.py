@@ -70,16 +70,18 @@ def decode_error(data: bytes, node: int | None) -> RemoteError:
         return RemoteError("UnknownError", "the replica's error could not be decoded", "", node)
 
 
-def encode_ordered(caller: int, call_id: int, method: str, args: bytes) -> bytes:
-    """The multicast payload of one ordered call."""
-    return msgpack.packb([caller, call_id, method, args], use_bin_type=True)  # type: ignore[no-any-return]
+def encode_ordered(caller: int, call_id: int, method: str, args: bytes, origin: int = 0) -> bytes:
+    """The multicast payload of one ordered call. Replies go to node ``caller`` under
+    ``call_id``; a non-zero ``origin`` (an external client) makes ``call_id`` that client's
+    sequence number, which replicas use to apply a retried call only once."""
+    return msgpack.packb([caller, call_id, method, args, origin], use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def decode_ordered(payload: bytes) -> tuple[int, int, str, bytes] | None:
+def decode_ordered(payload: bytes) -> tuple[int, int, str, bytes, int] | None:
     try:
-        caller, call_id, method, args = msgpack.unpackb(payload, raw=False)
+        caller, call_id, method, args, origin = msgpack.unpackb(payload, raw=False)
     except Exception:
         return None
-    if type(caller) is not int or type(call_id) is not int or type(method) is not str or type(args) is not bytes:
+    if not all(type(x) is int for x in (caller, call_id, origin)) or type(method) is not str or type(args) is not bytes:
         return None
-    return caller, call_id, method, args
+    return caller, call_id, method, args, origin

@@ -86,13 +86,17 @@ class Group:
         self._max_payload = self.config.multicast.max_message_size
         self._driver = NodeDriver(
             self.config,
-            AppHooks(on_deliver=self._on_deliver, on_view=self._on_view, on_direct=self._on_direct, on_stop=self._on_stop),
+            AppHooks(
+                on_deliver=self._on_deliver, on_view=self._on_view, on_direct=self._on_direct,
+                on_stop=self._on_stop, on_client=self._on_client,
+            ),
         )
         self._replicas: dict[ShardId, pykka.ActorRef[ReplicaActor]] = {}
         self._views: dict[int, View] = {}
         self._view: View | None = None
         self._view_callbacks: list[Callable[[View], None]] = []
         self._calls: dict[int, tuple[QueryResults, int | None]] = {}  # call id -> (results, relay node)
+        self._proxies: dict[tuple[int, int], Any] = {}  # (client id, call id) -> client connection
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._first_view = threading.Event()
@@ -208,7 +212,7 @@ class Group:
             return
         results._expect((target,))
         if target == self.node_id:
-            self._replicas[shard].tell(("p2p", view.vid, self.node_id, call_id, method, data))
+            self._replicas[shard].tell(("p2p", view.vid, self.node_id, call_id, method, data, 0))
         else:
             self._driver.send_direct(target, frame(Call(call_id, self.node_id, shard, method, False, data)))
 
@@ -265,12 +269,41 @@ class Group:
         if view is None or ref is None:
             err = _codec.encode_error(ReplicaLost(f"node {self.node_id} holds no replica of {msg.shard}"))
             vid = view.vid if view is not None else 0
-            self._driver.send_direct(msg.caller, frame(Reply(msg.call_id, self.node_id, vid, (self.node_id,), False, err)))
+            reply = Reply(msg.call_id, self.node_id, vid, (self.node_id,), False, err, msg.origin)
+            self._driver.send_direct(msg.caller, frame(reply))
             return
         if msg.ordered:
-            self._driver.submit(msg.shard, [_codec.encode_ordered(msg.caller, msg.call_id, msg.method, msg.args)])
+            self._driver.submit(msg.shard, [_codec.encode_ordered(msg.caller, msg.call_id, msg.method, msg.args, msg.origin)])
         else:
-            ref.tell(("p2p", view.vid, msg.caller, msg.call_id, msg.method, msg.args))
+            ref.tell(("p2p", view.vid, msg.caller, msg.call_id, msg.method, msg.args, msg.origin))
+
+    def _on_client(self, handle: Any, msg: Any) -> None:
+        """A call from an external client on its connection to this node: run or relay it as
+        our own, with the client's id as origin, and forward the replicas' answers."""
+        origin = getattr(handle, "speaker", None)
+        view = self._view
+        if not isinstance(msg, Call) or not origin or view is None:
+            return
+        self._proxies[(origin, msg.call_id)] = handle
+        while len(self._proxies) > 100_000:
+            self._proxies.pop(next(iter(self._proxies)))
+        members = view.layout.members_of(msg.shard)
+        if not members:
+            err = _codec.encode_error(ReplicaLost(f"shard {msg.shard} has no members in view {view.vid}"))
+            self._driver.transport.reply(handle, frame(Reply(msg.call_id, self.node_id, view.vid, (), False, err, origin)))  # type: ignore[union-attr]
+            return
+        if self.node_id in members:
+            target = self.node_id
+        else:
+            target = members[origin % len(members)]
+        if target == self.node_id:
+            if msg.ordered:
+                self._driver.submit(msg.shard, [_codec.encode_ordered(self.node_id, msg.call_id, msg.method, msg.args, origin)])
+            else:
+                self._replicas[msg.shard].tell(("p2p", view.vid, self.node_id, msg.call_id, msg.method, msg.args, origin))
+        else:
+            call = Call(msg.call_id, self.node_id, msg.shard, msg.method, msg.ordered, msg.args, origin)
+            self._driver.send_direct(target, frame(call))
 
     def _send_replies(self, replies: list[tuple[int, Reply]]) -> None:
         """From a replica's thread: one hand-off per batch to the protocol thread."""
@@ -287,6 +320,11 @@ class Group:
             self._driver.send_direct(caller, frames(batch))
 
     def _take_reply(self, reply: Reply) -> None:
+        if reply.origin:
+            handle = self._proxies.get((reply.origin, reply.call_id))
+            if handle is not None and self._driver.transport is not None:
+                self._driver.transport.reply(handle, frame(reply))
+            return
         with self._lock:
             entry = self._calls.get(reply.call_id)
         if entry is None:

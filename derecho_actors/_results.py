@@ -58,6 +58,16 @@ class QueryResults:
                         self._order.append(node)
             self._maybe_done()
 
+    def _restart(self) -> None:
+        """The call is being sent again (a client's failover): forget partial replies, whose
+        replica set may not be the one that answers the retry."""
+        with self._cond:
+            if not self._done.done():
+                self._expected = None
+                self._values.clear()
+                self._errors.clear()
+                self._order.clear()
+
     def _fail_all(self, exc: BaseException) -> None:
         with self._cond:
             if self._expected is None:

@@ -45,6 +45,7 @@ class AppHooks:
     on_window_open: Callable[[ShardId], None] | None = None
     on_stop: Callable[[str], None] | None = None
     on_direct: Callable[[int, Any], None] | None = None  # Call / Reply frames from a member
+    on_client: Callable[[Any, Any], None] | None = None  # a client's Call, with its connection
 
 
 class NodeDriver:
@@ -249,6 +250,9 @@ class NodeDriver:
     def _on_client(self, handle: Any, msg: Any) -> None:
         if isinstance(msg, StatusRequest):
             self.transport.reply(handle, frame(StatusReply(self.status())))  # type: ignore[union-attr]
+        elif isinstance(msg, Call) and self.hooks.on_client is not None:
+            self.hooks.on_client(handle, msg)
+            self._schedule_flush()
         else:
             log.warning("client sent %s; only status requests are served", type(msg).__name__)
 

@@ -68,6 +68,7 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.tcp.all_connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -148,6 +149,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.tcp.all_connections.discard(self)
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         self.tcp._connection_lost(self)
@@ -216,6 +218,7 @@ class TcpTransport:
         self.refusals: list[str] = []
         self.incarnation = time.time_ns()
         self.incarnations: dict[int, int] = {}
+        self.all_connections: set[_Connection] = set()  # clients' too, so close() ends them
         self.bad_frames = 0
         self._server: asyncio.base_events.Server | None = None
         self._closing = False
@@ -414,6 +417,8 @@ class TcpTransport:
             for conn in conns:
                 conn.close()
         for conn in self.contacts.values():
+            conn.close()
+        for conn in list(self.all_connections):
             conn.close()
         for task in list(self._tasks):
             task.cancel()

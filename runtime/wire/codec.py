@@ -132,11 +132,11 @@ def _enc_goodbye(m: Goodbye) -> list[Any]:
 
 
 def _enc_call(m: Call) -> list[Any]:
-    return [TAG_CALL, m.call_id, m.caller, _shard_to_wire(m.shard), m.method, m.ordered, m.args]
+    return [TAG_CALL, m.call_id, m.caller, _shard_to_wire(m.shard), m.method, m.ordered, m.args, m.origin]
 
 
 def _enc_reply(m: Reply) -> list[Any]:
-    return [TAG_REPLY, m.call_id, m.node, m.vid, list(m.replicas), m.ok, m.value]
+    return [TAG_REPLY, m.call_id, m.node, m.vid, list(m.replicas), m.ok, m.value, m.origin]
 
 
 _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
@@ -355,20 +355,22 @@ def _bytes(value: object, what: str) -> bytes:
 
 
 def _dec_call(f: list[Any]) -> Call:
-    _, call_id, caller, shard, method, ordered, args = f
+    _, call_id, caller, shard, method, ordered, args, origin = f
     return Call(
         _nat(call_id, "Call.call_id"), _nat(caller, "Call.caller"), _shard_id(shard, "Call.shard"),
         _str(method, "Call.method"), _bool(ordered, "Call.ordered"), _bytes(args, "Call.args"),
+        _nat(origin, "Call.origin"),
     )
 
 
 def _dec_reply(f: list[Any]) -> Reply:
-    _, call_id, node, vid, replicas, ok, value = f
+    _, call_id, node, vid, replicas, ok, value, origin = f
     if type(replicas) is not list:
         raise WireError(f"Reply.replicas must be a list, got {_describe(replicas)}")
     return Reply(
         _nat(call_id, "Reply.call_id"), _nat(node, "Reply.node"), _nat(vid, "Reply.vid"),
         tuple(_nat(r, "Reply.replicas[]") for r in replicas), _bool(ok, "Reply.ok"), _bytes(value, "Reply.value"),
+        _nat(origin, "Reply.origin"),
     )
 
 
@@ -383,8 +385,8 @@ _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]]
     TAG_STATUS_REQUEST: ("StatusRequest", 0, _dec_status_request),
     TAG_STATUS_REPLY: ("StatusReply", 1, _dec_status_reply),
     TAG_GOODBYE: ("Goodbye", 1, _dec_goodbye),
-    TAG_CALL: ("Call", 6, _dec_call),
-    TAG_REPLY: ("Reply", 6, _dec_reply),
+    TAG_CALL: ("Call", 7, _dec_call),
+    TAG_REPLY: ("Reply", 7, _dec_reply),
 }
 
 

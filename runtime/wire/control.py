@@ -63,6 +63,7 @@ class Call:
     method: str
     ordered: bool
     args: bytes
+    origin: int = 0  # an external client's id, for exactly-once retries (0: a member's call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ class Reply:
     replicas: tuple[int, ...]
     ok: bool
     value: bytes
+    origin: int = 0  # the external client the call came from, if any (see Call.origin)
 
 
 ControlMessage = Hello | StatusRequest | StatusReply | Goodbye | Call | Reply

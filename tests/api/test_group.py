@@ -183,3 +183,30 @@ def test_results_iterate_and_await(groups: list[da.Group]) -> None:
         return await groups[2].handle(KV).put("aw", 2)
 
     assert set(asyncio.run(main())) == {1, 2, 3}
+
+
+@da.replicated
+class Tally:
+    def __init__(self) -> None:
+        self.n = 0
+
+    @da.ordered
+    def add(self, k: int) -> int:
+        self.n += k
+        return self.n
+
+    @da.p2p
+    def read(self) -> int:
+        return self.n
+
+
+def test_client_calls_through_any_member(groups: list[da.Group]) -> None:
+    contacts = [f"127.0.0.1:{g.config.listen_host_port()[1]}" for g in groups]
+    with da.Client([contacts[3]], cluster="api-test") as client:  # node 4 holds no replica: it relays
+        kv = client.handle(KV)
+        assert set(kv.put("c", b"3").get(timeout=10)) == {1, 2, 3}
+        assert list(kv.get("c").get(timeout=10).values()) == [b"3"]
+        with pytest.raises(da.RemoteError):
+            kv.fail("client side").get(timeout=10)
+        with pytest.raises(da.UnknownMethod):
+            kv.nope()

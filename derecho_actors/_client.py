@@ -1,0 +1,203 @@
+"""``Client``: call a group's replicated objects from outside the group.
+
+A client is not a member: it holds one connection to one member (any contact), which runs or
+relays its calls and forwards the replicas' answers. If that member fails, the client
+reconnects to another contact and sends its unanswered calls again under the same numbers;
+replicas remember, per client, the last call they applied and its reply, so a retried
+ordered call is never applied twice (exactly once).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import socket
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from derecho_actors import _codec
+from derecho_actors._decorators import ORDERED, TypeSpec, spec_of
+from derecho_actors._results import QueryResults
+from derecho_actors.exceptions import GroupClosed, NotRegistered, PayloadTooLarge, UnknownMethod
+from runtime.core.layout import ShardId
+from runtime.drivers.tcp import split_address
+from runtime.wire.codec import FrameDecoder, frame, frames
+from runtime.wire.control import Call, Goodbye, Hello, Reply
+
+log = logging.getLogger("derecho.client")
+
+MAX_PAYLOAD = 1 << 20
+
+
+class Client:
+    """``Client(contacts=["127.0.0.1:7001", ...])``; then ``client.handle(KV, shard=1)``."""
+
+    def __init__(self, contacts: Sequence[str], cluster: str = "derecho", retry_for: float = 30.0) -> None:
+        if not contacts:
+            raise GroupClosed("a Client needs at least one contact address")
+        for c in contacts:
+            split_address(c)
+        self.contacts = list(contacts)
+        self.cluster = cluster
+        self.retry_for = retry_for
+        self.client_id = random.getrandbits(62) | 1
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[QueryResults, Call]] = {}
+        self._sock: socket.socket | None = None
+        self._closed = False
+        self._contact = 0
+        self._connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="derecho-client", daemon=True)
+        self._thread.start()
+        if not self._connected.wait(10):
+            raise GroupClosed(f"no contact reachable among {', '.join(self.contacts)}")
+
+    def handle(self, cls: type, shard: int = 0, subgroup: int = 0) -> ClientHandle:
+        spec = spec_of(cls)
+        if spec is None:
+            raise NotRegistered(f"{getattr(cls, '__name__', cls)!r} is not a @replicated class")
+        return ClientHandle(self, spec, ShardId(spec.name, subgroup, shard))
+
+    def close(self) -> None:
+        self._closed = True
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread's recv
+                sock.close()
+            except OSError:
+                pass
+        self._thread.join(5)
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for results, _ in pending:
+            results._fail_all(GroupClosed("the client was closed"))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- calling
+    def _call(self, spec: TypeSpec, shard: ShardId, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], ordered: bool) -> QueryResults:
+        if self._closed:
+            raise GroupClosed("the client was closed")
+        data = _codec.encode_args(args, kwargs, spec.serializer)
+        if len(data) + 64 > MAX_PAYLOAD:
+            raise PayloadTooLarge(f"{spec.name}.{method} arguments encode to {len(data)} bytes; the limit is {MAX_PAYLOAD}")
+        serializer = spec.serializer
+        with self._lock:
+            call_id = next(self._ids)
+            results = QueryResults(f"{spec.name}.{method} (client call {call_id})", lambda b: _codec.decode_result(b, serializer))
+            call = Call(call_id, 0, shard, method, ordered, data, self.client_id)
+            self._pending[call_id] = (results, call)
+            sock = self._sock
+        if sock is not None:
+            try:
+                sock.sendall(frame(call))
+            except OSError:
+                pass  # the reader notices, reconnects and sends every pending call again
+        return results
+
+    # -------------------------------------------------------------- connection
+    def _connect(self) -> socket.socket | None:
+        deadline = time.monotonic() + self.retry_for
+        while not self._closed and time.monotonic() < deadline:
+            address = self.contacts[self._contact % len(self.contacts)]
+            self._contact += 1
+            host, port = split_address(address)
+            try:
+                sock = socket.create_connection((host, port), timeout=2)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                resend = [call for _, call in self._pending.values()]
+                for results, _ in self._pending.values():
+                    results._restart()
+                try:
+                    sock.sendall(frames([Hello(self.client_id, self.cluster, "client"), *resend]))
+                except OSError:
+                    sock.close()
+                    continue
+                self._sock = sock
+            log.info("client %x connected to %s (%d calls resent)", self.client_id, address, len(resend))
+            return sock
+        return None
+
+    def _run(self) -> None:
+        while not self._closed:
+            sock = self._connect()
+            if sock is None:
+                break
+            self._connected.set()
+            decoder = FrameDecoder()
+            while not self._closed:
+                try:
+                    data = sock.recv(1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                for item in decoder.feed(data):
+                    if isinstance(item, Reply):
+                        self._take(item)
+                    elif isinstance(item, Goodbye):
+                        log.error("contact refused the client: %s", item.reason)
+            with self._lock:
+                self._sock = None
+            try:
+                sock.close()
+            except OSError:
+                pass
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for results, _ in pending:
+            results._fail_all(GroupClosed(f"no member of the group reachable among {', '.join(self.contacts)}"))
+
+    def _take(self, reply: Reply) -> None:
+        with self._lock:
+            entry = self._pending.get(reply.call_id)
+        if entry is None:
+            return
+        results = entry[0]
+        results._expect(reply.replicas)
+        if reply.ok:
+            try:
+                value: Any = results._decode(reply.value)
+                ok = True
+            except Exception as exc:
+                value, ok = exc, False
+        else:
+            value, ok = _codec.decode_error(reply.value, reply.node), False
+        results._reply(reply.node, ok, value)
+        if results.done():
+            with self._lock:
+                self._pending.pop(reply.call_id, None)
+
+
+class ClientHandle:
+    def __init__(self, client: Client, spec: TypeSpec, shard: ShardId) -> None:
+        self._client = client
+        self._spec = spec
+        self.shard = shard
+
+    def __getattr__(self, method: str) -> Callable[..., QueryResults]:
+        spec = self._spec
+        kind = spec.methods.get(method)
+        if kind is None:
+            raise UnknownMethod(
+                f"{spec.name} has no @ordered or @p2p method {method!r} (known: {', '.join(sorted(spec.methods))})"
+            )
+
+        def call(*args: Any, **kwargs: Any) -> QueryResults:
+            return self._client._call(spec, self.shard, method, args, kwargs, kind == ORDERED)
+
+        call.__name__ = method
+        return call

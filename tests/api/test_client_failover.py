@@ -1,0 +1,63 @@
+"""A client keeps calling through a member failure, and every ordered call applies once."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import derecho_actors as da
+from tests.api.test_group import _ports
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@da.replicated
+class Tally:
+    def __init__(self) -> None:
+        self.n = 0
+        self.seen: list[int] = []
+
+    @da.ordered
+    def add(self, k: int) -> int:
+        self.n += 1
+        self.seen.append(k)
+        return self.n
+
+    @da.p2p
+    def state(self) -> list[int]:
+        return self.seen
+
+
+def test_client_fails_over_and_applies_each_call_once() -> None:
+    layout = da.Layout({Tally: da.ShardPolicy(min_nodes=2)})
+    ports = _ports(3)
+    common = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "1500", "node.cluster": "failover"}
+    groups: list[da.Group] = []
+    try:
+        for i, port in enumerate(ports, start=1):
+            o = dict(common, **{"node.id": str(i), "node.listen": f"127.0.0.1:{port}"})
+            if i > 1:
+                o["node.contacts"] = f"127.0.0.1:{ports[0]}"
+            groups.append(da.Group(types=[Tally], layout=layout, overrides=o))
+        for _ in range(200):
+            if all(len(g.members) == 3 for g in groups):
+                break
+            threading.Event().wait(0.05)
+        contacts = [f"127.0.0.1:{p}" for p in ports]
+        with da.Client(contacts, cluster="failover") as client:
+            tally = client.handle(Tally)
+            first = [tally.add(i) for i in range(300)]
+            first[50].get(timeout=20)
+            groups[0].close()  # the client's member (and the leader) dies mid-stream
+            rest = [tally.add(i) for i in range(300, 400)]
+            for r in first + rest:
+                replies = r.get(timeout=30)
+                assert set(replies) <= {1, 2, 3} and replies
+            states = [groups[0 + k].handle(Tally).state(node=n).get(timeout=10)[n] for k, n in ((1, 2), (2, 3))]
+        assert states[0] == states[1]
+        assert sorted(states[0]) == list(range(400)), "a call was lost or applied twice"
+        assert states[0] == list(range(400)), "one client's calls must apply in their order"
+    finally:
+        for g in groups:
+            g.close()
