@@ -44,6 +44,7 @@ from derecho_actors.exceptions import (
 if TYPE_CHECKING:
     from derecho_actors._decorators import ordered, p2p, replicated
     from derecho_actors._client import Client
+    from derecho_actors._cluster import local_cluster
     from derecho_actors._group import Group, Handle, Layout
     from derecho_actors._results import QueryResults
     from runtime.core.layout import ShardPolicy
@@ -57,6 +58,7 @@ _LAZY = {
     "p2p": "derecho_actors._decorators",
     "replicated": "derecho_actors._decorators",
     "Client": "derecho_actors._client",
+    "local_cluster": "derecho_actors._cluster",
     "Group": "derecho_actors._group",
     "Handle": "derecho_actors._group",
     "Layout": "derecho_actors._group",
@@ -97,6 +99,7 @@ __all__ = [
     "WireError",
     "__version__",
     "ordered",
+    "local_cluster",
     "p2p",
     "replicated",
 ]

@@ -24,7 +24,7 @@ from derecho_actors.exceptions import GroupClosed, NotRegistered, PayloadTooLarg
 from runtime.core.layout import ShardId
 from runtime.drivers.tcp import split_address
 from runtime.wire.codec import FrameDecoder, frame, frames
-from runtime.wire.control import Call, Goodbye, Hello, Reply
+from runtime.wire.control import Call, Goodbye, Hello, Reply, StatusReply
 
 log = logging.getLogger("derecho.client")
 
@@ -148,6 +148,8 @@ class Client:
                 for item in decoder.feed(data):
                     if isinstance(item, Reply):
                         self._take(item)
+                    elif isinstance(item, StatusReply):
+                        self._view_changed(item.status)
                     elif isinstance(item, Goodbye):
                         log.error("contact refused the client: %s", item.reason)
             with self._lock:
@@ -160,6 +162,20 @@ class Client:
             pending, self._pending = list(self._pending.values()), {}
         for results, _ in pending:
             results._fail_all(GroupClosed(f"no member of the group reachable among {', '.join(self.contacts)}"))
+
+    def _view_changed(self, status: dict[str, Any]) -> None:
+        """The member serving us saw nodes leave: replicas among them will not answer."""
+        departed = status.get("departed")
+        if not isinstance(departed, list):
+            return
+        gone = {n for n in departed if type(n) is int}
+        with self._lock:
+            entries = list(self._pending.items())
+        for call_id, (results, _) in entries:
+            results._lost(gone, f"left the group in view {status.get('vid')}")
+            if results.done():
+                with self._lock:
+                    self._pending.pop(call_id, None)
 
     def _take(self, reply: Reply) -> None:
         with self._lock:

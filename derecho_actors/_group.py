@@ -37,7 +37,7 @@ from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy
 from runtime.core.view import View
 from runtime.drivers.node import AppHooks, NodeDriver
 from runtime.wire.codec import frame, frames
-from runtime.wire.control import Call, Reply
+from runtime.wire.control import Call, Reply, StatusReply
 
 __all__ = ["Group", "Handle", "Layout", "ShardPolicy"]
 
@@ -97,6 +97,7 @@ class Group:
         self._view_callbacks: list[Callable[[View], None]] = []
         self._calls: dict[int, tuple[QueryResults, int | None]] = {}  # call id -> (results, relay node)
         self._proxies: dict[tuple[int, int], Any] = {}  # (client id, call id) -> client connection
+        self._clients: set[Any] = set()  # client connections this node serves
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._first_view = threading.Event()
@@ -233,6 +234,14 @@ class Group:
                     self._replicas[sid] = ReplicaActor.start(spec, self.node_id, self._send_replies)
         if previous is not None:
             gone = set(previous.members) - set(view.members)
+            if gone and self._clients:
+                # Clients cannot see views: tell them who left, so their calls stop waiting.
+                note = frame(StatusReply({"vid": view.vid, "members": list(view.members), "departed": sorted(gone)}))
+                for handle in list(self._clients):
+                    if getattr(handle, "closed", False):
+                        self._clients.discard(handle)
+                    elif self._driver.transport is not None:
+                        self._driver.transport.reply(handle, note)
             if gone:
                 with self._lock:
                     entries = list(self._calls.values())
@@ -285,6 +294,7 @@ class Group:
         if not isinstance(msg, Call) or not origin or view is None:
             return
         self._proxies[(origin, msg.call_id)] = handle
+        self._clients.add(handle)
         while len(self._proxies) > 100_000:
             self._proxies.pop(next(iter(self._proxies)))
         members = view.layout.members_of(msg.shard)

@@ -28,6 +28,7 @@ class QueryResults:
         self._values: dict[int, Any] = {}
         self._errors: dict[int, BaseException] = {}
         self._order: list[int] = []
+        self._gone: dict[int, str] = {}  # nodes known to have left, and why
         self._done: Future[None] = Future()
 
     # ------------------------------------------------------------ fed by the group
@@ -35,6 +36,10 @@ class QueryResults:
         with self._cond:
             if self._expected is None:
                 self._expected = set(replicas)
+                for node, why in self._gone.items():
+                    if node in self._expected and node not in self._values and node not in self._errors:
+                        self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
+                        self._order.append(node)
                 self._maybe_done()
 
     def _reply(self, node: int, ok: bool, value: Any) -> None:
@@ -52,10 +57,10 @@ class QueryResults:
         """These nodes left before answering (called on view changes)."""
         with self._cond:
             for node in nodes:
-                if (self._expected is None or node in self._expected) and node not in self._values and node not in self._errors:
-                    if self._expected is not None:
-                        self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
-                        self._order.append(node)
+                self._gone.setdefault(node, why)
+                if self._expected is not None and node in self._expected and node not in self._values and node not in self._errors:
+                    self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
+                    self._order.append(node)
             self._maybe_done()
 
     def _restart(self) -> None:
@@ -64,6 +69,7 @@ class QueryResults:
         with self._cond:
             if not self._done.done():
                 self._expected = None
+                self._gone.clear()
                 self._values.clear()
                 self._errors.clear()
                 self._order.clear()

@@ -1,0 +1,174 @@
+"""``local_cluster``: a group of real node processes on loopback, for tests, demos and trying
+things out. Each node is ``python -m derecho_actors._cluster_node``, given the replicated types
+and layout through a cloudpickle file (so classes defined in a script or a test work too).
+The cluster talks to its group through a ``Client``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import cloudpickle
+
+from derecho_actors._client import Client, ClientHandle
+from derecho_actors._group import Layout
+from derecho_actors.exceptions import GroupClosed
+from runtime.drivers.status import StatusError, fetch_status
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        nodes: int,
+        types: Sequence[type],
+        layout: Layout | None = None,
+        overrides: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        cluster: str = "local",
+        start_timeout: float = 30.0,
+    ) -> None:
+        if nodes < 1:
+            raise GroupClosed("a local cluster needs at least one node")
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="derecho-cluster-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.cluster = cluster
+        self.ports = dict(zip(range(1, nodes + 1), _free_ports(nodes)))
+        layout = layout or Layout({t: __import__("runtime.core.layout", fromlist=["ShardPolicy"]).ShardPolicy() for t in types})
+        spec = self.workdir / "cluster.pickle"
+        spec.write_bytes(cloudpickle.dumps({"types": list(types), "layout": layout}))
+        self._spec = spec
+        self._overrides = dict(overrides or {})
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._client: Client | None = None
+        try:
+            for node in self.ports:
+                self.start(node)
+                if node == 1:
+                    self._wait(lambda: "vid" in self.status(1), start_timeout, "node 1")
+            self._wait(lambda: self._all_in_view(), start_timeout, f"a view of all {nodes} nodes")
+        except BaseException:
+            self.close()
+            raise
+
+    def address(self, node: int) -> str:
+        return f"127.0.0.1:{self.ports[node]}"
+
+    def start(self, node: int) -> None:
+        """Start (or restart, as a new process joining again) node ``node``."""
+        args = [
+            sys.executable, "-m", "derecho_actors._cluster_node", str(self._spec),
+            "--set", f"node.id={node}", "--set", f"node.listen={self.address(node)}",
+            "--set", f"node.cluster={self.cluster}", "--set", f"node.data_dir={self.workdir / f'data-{node}'}",
+        ]
+        others = [self.address(n) for n in self.ports if n != node and (n in self.procs and self.procs[n].poll() is None)]
+        if node != 1 or others:
+            args += ["--set", f"node.contacts={','.join(others or [self.address(1)])}"]
+        for k, v in self._overrides.items():
+            args += ["--set", f"{k}={v}"]
+        log = open(self.workdir / f"node-{node}.log", "ab")
+        self.procs[node] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+    def status(self, node: int) -> dict[str, Any]:
+        return fetch_status(self.address(node), self.cluster, timeout=2)
+
+    def members(self) -> list[int]:
+        for node, proc in self.procs.items():
+            if proc.poll() is None:
+                try:
+                    return [m for m, _ in self.status(node).get("members", [])]
+                except StatusError:
+                    continue
+        return []
+
+    def _all_in_view(self) -> bool:
+        live = {n for n, p in self.procs.items() if p.poll() is None}
+        st = self.status(min(live))
+        return "vid" in st and {m for m, _ in st["members"]} == live and st["adequate"] and not st["wedged"]
+
+    def wait_members(self, members: set[int], timeout: float = 20.0) -> None:
+        self._wait(lambda: set(self.members()) == members, timeout, f"a view of {sorted(members)}")
+
+    def _wait(self, ok: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if ok():
+                    return
+            except StatusError:
+                pass
+            for node, proc in self.procs.items():
+                if proc.poll() not in (None, -signal.SIGKILL, 0):
+                    tail = (self.workdir / f"node-{node}.log").read_text()[-1500:]
+                    raise GroupClosed(f"node {node} exited with {proc.returncode} while waiting for {what}:\n{tail}")
+            time.sleep(0.05)
+        raise GroupClosed(f"timed out after {timeout} s waiting for {what} (logs in {self.workdir})")
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client([self.address(n) for n in self.ports], cluster=self.cluster)
+        return self._client
+
+    def handle(self, cls: type, shard: int = 0, subgroup: int = 0) -> ClientHandle:
+        return self.client.handle(cls, shard, subgroup)
+
+    def kill(self, node: int) -> None:
+        """kill -9 a node (for tests and the demo)."""
+        proc = self.procs[node]
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def local_cluster(
+    nodes: int, types: Sequence[type], layout: Layout | None = None, **kwargs: Any
+) -> LocalCluster:
+    """``with da.local_cluster(nodes=3, types=[KV], layout=layout) as cluster: ...``"""
+    return LocalCluster(nodes, types, layout, **kwargs)
+
+
+def _iter_nodes(cluster: LocalCluster) -> Iterator[int]:
+    return iter(cluster.ports)
