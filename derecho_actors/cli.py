@@ -114,6 +114,12 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from derecho_actors._demo import run_demo as kv_demo
+
+    return kv_demo(nodes=args.nodes, writes=args.writes, workdir=args.workdir)
+
+
+def run_multicast_demo(args: argparse.Namespace) -> int:
     from runtime.drivers.demo import demo
 
     return demo(nodes=args.nodes, messages=args.messages, base_port=args.port, workdir=args.workdir)
@@ -130,11 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--cluster", default="derecho", help="the group's cluster name (default: derecho)")
     st.add_argument("--timeout", type=float, default=3.0)
     st.add_argument("--json", action="store_true", help="print the raw status as JSON")
-    dm = sub.add_parser("demo", help="start a local cluster, multicast, kill a node, watch the view change")
-    dm.add_argument("--nodes", type=int, default=3)
-    dm.add_argument("--messages", type=int, default=20000, help="messages each node multicasts")
-    dm.add_argument("--port", type=int, default=7100, help="first port (nodes use consecutive ports)")
+    dm = sub.add_parser("demo", help="a sharded replicated KV store on a local cluster; kill -9 a replica mid-write")
+    dm.add_argument("--nodes", type=int, default=6, help="node processes (even, at least 4)")
+    dm.add_argument("--writes", type=int, default=4000)
     dm.add_argument("--workdir", help="where logs go (default: a temporary folder)")
+    mm = sub.add_parser("multicast-demo", help="raw ordered multicast between node processes; kill -9 and rejoin")
+    mm.add_argument("--nodes", type=int, default=3)
+    mm.add_argument("--messages", type=int, default=20000, help="messages each node multicasts")
+    mm.add_argument("--port", type=int, default=7100, help="first port (nodes use consecutive ports)")
+    mm.add_argument("--workdir", help="where logs go (default: a temporary folder)")
     sub.add_parser("sim", help="run seeded simulations of the protocol core and check its invariants", add_help=False)
     if not argv:
         parser.print_help()
@@ -150,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return run_status(args)
         if args.command == "demo":
+            if args.nodes < 4 or args.nodes % 2:
+                raise ConfigError("--nodes must be even and at least 4 (two shards of two or more)")
             return run_demo(args)
+        if args.command == "multicast-demo":
+            return run_multicast_demo(args)
     except ConfigError as exc:
         print(f"derecho-actors {args.command}: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
