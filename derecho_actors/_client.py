@@ -83,7 +83,10 @@ class Client:
         self.close()
 
     # ---------------------------------------------------------------- calling
-    def _call(self, spec: TypeSpec, shard: ShardId, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], ordered: bool) -> QueryResults:
+    def _call(
+        self, spec: TypeSpec, shard: ShardId, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+        ordered: bool, target: int = 0,
+    ) -> QueryResults:
         if self._closed:
             raise GroupClosed("the client was closed")
         data = _codec.encode_args(args, kwargs, spec.serializer)
@@ -93,7 +96,8 @@ class Client:
         with self._lock:
             call_id = next(self._ids)
             results = QueryResults(f"{spec.name}.{method} (client call {call_id})", lambda b: _codec.decode_result(b, serializer))
-            call = Call(call_id, 0, shard, method, ordered, data, self.client_id)
+            # A client's Call names, in place of a caller, the replica it wants (0: any).
+            call = Call(call_id, target, shard, method, ordered, data, self.client_id)
             self._pending[call_id] = (results, call)
             sock = self._sock
         if sock is not None:
@@ -212,8 +216,10 @@ class ClientHandle:
                 f"{spec.name} has no @ordered or @p2p method {method!r} (known: {', '.join(sorted(spec.methods))})"
             )
 
-        def call(*args: Any, **kwargs: Any) -> QueryResults:
-            return self._client._call(spec, self.shard, method, args, kwargs, kind == ORDERED)
+        def call(*args: Any, node: int | None = None, **kwargs: Any) -> QueryResults:
+            if node is not None and kind == ORDERED:
+                raise UnknownMethod(f"{spec.name}.{method} is ordered: it runs on every replica, node= does not apply")
+            return self._client._call(spec, self.shard, method, args, kwargs, kind == ORDERED, node or 0)
 
         call.__name__ = method
         return call

@@ -232,6 +232,8 @@ class Group:
                 spec = self._specs.get(sid.type_name)
                 if spec is not None:
                     self._replicas[sid] = ReplicaActor.start(spec, self.node_id, self._send_replies)
+        for ref in self._replicas.values():
+            ref.tell(("view", view.vid, tuple(view.members)))
         if previous is not None:
             gone = set(previous.members) - set(view.members)
             if gone and self._clients:
@@ -302,7 +304,9 @@ class Group:
             err = _codec.encode_error(ReplicaLost(f"shard {msg.shard} has no members in view {view.vid}"))
             self._driver.transport.reply(handle, frame(Reply(msg.call_id, self.node_id, view.vid, (), False, err, origin)))  # type: ignore[union-attr]
             return
-        if self.node_id in members:
+        if not msg.ordered and msg.caller in members:
+            target = msg.caller  # the client asked for this replica (P2P node=)
+        elif self.node_id in members:
             target = self.node_id
         else:
             target = members[origin % len(members)]

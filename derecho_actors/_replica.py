@@ -8,6 +8,7 @@ in one hand-off per batch.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ from derecho_actors._decorators import ORDERED, P2P, TypeSpec
 from derecho_actors.exceptions import SerializationError
 from runtime.wire.control import Reply
 
+log = logging.getLogger("derecho.replica")
 _in_handler = threading.local()
 
 REPLY_WINDOW = 10_000  # replies kept per client for retries
@@ -53,6 +55,16 @@ class ReplicaActor(pykka.ThreadingActor):
             out = [self._ordered(call, vid, replicas) for call in calls]
             self.applied += len(calls)
             self.send_replies(out)
+        elif kind == "view":
+            # Between the last delivery of one view and the first of the next, as at every
+            # replica: a deterministic point for view-dependent state (leases, for example).
+            _, vid, members = message
+            hook = getattr(self.obj, "on_view", None)
+            if callable(hook):
+                try:
+                    hook(vid, list(members))
+                except Exception:
+                    log.exception("on_view of %s raised", self.spec.name)
         elif kind == "p2p":
             _, vid, caller, call_id, method, args, origin = message
             self.send_replies([self._run(caller, call_id, method, args, P2P, vid, (self.node_id,), origin)])

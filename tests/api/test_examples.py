@@ -35,3 +35,21 @@ def test_kv_demo_command_reports_no_lost_write(tmp_path: Path) -> None:
 def test_demo_refuses_an_odd_node_count() -> None:
     out = subprocess.run([sys.executable, "-m", "derecho_actors.cli", "demo", "--nodes", "3"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--nodes" in out.stderr
+
+
+def test_counter_and_lock_example_releases_a_failed_holders_lock() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "counter_lock.py"), "demo"], capture_output=True, text=True, timeout=150
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "counter reached 500" in out.stdout and "replicas agree: True" in out.stdout
+    assert "node 1 tries it: {False}" in out.stdout
+    assert "after node 3 failed, holder is {None}" in out.stdout and "node 1 tries again: {True}" in out.stdout
+
+
+def test_chat_example_same_transcript_everywhere() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "chat.py"), "demo"], capture_output=True, text=True, timeout=150
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "every member holds the same transcript: True" in out.stdout

@@ -206,6 +206,10 @@ def test_client_calls_through_any_member(groups: list[da.Group]) -> None:
         kv = client.handle(KV)
         assert set(kv.put("c", b"3").get(timeout=10)) == {1, 2, 3}
         assert list(kv.get("c").get(timeout=10).values()) == [b"3"]
+        for node in (1, 2, 3):
+            assert kv.get("c", node=node).get(timeout=10) == {node: b"3"}
+        with pytest.raises(da.UnknownMethod):
+            kv.put("c", b"4", node=2)
         with pytest.raises(da.RemoteError):
             kv.fail("client side").get(timeout=10)
         with pytest.raises(da.UnknownMethod):
