@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
 import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -98,8 +99,12 @@ class Group:
         self._calls: dict[int, tuple[QueryResults, int | None]] = {}  # call id -> (results, relay node)
         self._proxies: dict[tuple[int, int], Any] = {}  # (client id, call id) -> client connection
         self._clients: set[Any] = set()  # client connections this node serves
+        self._relayed: dict[int, tuple[ShardId, str, bytes]] = {}  # relayed calls, to retry
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        # Calls this node relays through another member carry this id and their number, so a
+        # retry through a new relay after a failure is applied once (as for Clients).
+        self._origin = random.getrandbits(62) | 1
         self._first_view = threading.Event()
         self._stopped: str | None = None
         self._driver.start_in_thread()
@@ -205,7 +210,8 @@ class Group:
                 relay = members[self.node_id % len(members)]
                 with self._lock:
                     self._calls[call_id] = (results, relay)
-                self._driver.send_direct(relay, frame(Call(call_id, self.node_id, shard, method, True, data)))
+                    self._relayed[call_id] = (shard, method, data)
+                self._driver.send_direct(relay, frame(Call(call_id, self.node_id, shard, method, True, data, self._origin)))
             return
         target = node if node is not None else (self.node_id if self.node_id in members else members[call_id % len(members)])
         if target not in members:
@@ -246,16 +252,41 @@ class Group:
                         self._driver.transport.reply(handle, note)
             if gone:
                 with self._lock:
-                    entries = list(self._calls.values())
-                for results, relay in entries:
+                    entries = list(self._calls.items())
+                retry = []
+                for call_id, (results, relay) in entries:
                     results._lost(gone, f"left the group in view {view.vid}")
-                    if relay in gone and results._expected is None:
-                        results._fail_all(ReplicaLost(
-                            f"relay node {relay} left before the call was delivered; it may not have been applied"
-                        ))
+                    if relay in gone and not results.done():
+                        retry.append(call_id)
+                self._retry_relayed(sorted(retry), view)
         self._first_view.set()
         for fn in self._view_callbacks:
             fn(view)
+
+    def _retry_relayed(self, call_ids: list[int], view: View) -> None:
+        """Send relayed calls whose relay left to a new relay, in their order. Replicas know
+        this node's origin id and the call numbers: one that was applied is not applied again,
+        its first reply comes back instead."""
+        for call_id in call_ids:
+            with self._lock:
+                entry, spec = self._calls.get(call_id), self._relayed.get(call_id)
+            if entry is None or spec is None:
+                continue
+            results = entry[0]
+            shard, method, data = spec
+            members = view.layout.members_of(shard)
+            if not members:
+                results._fail_all(ReplicaLost(f"shard {shard} has no members in view {view.vid}"))
+                continue
+            if self.node_id in members:
+                results._restart()
+                self._driver.submit(shard, [_codec.encode_ordered(self.node_id, call_id, method, data, self._origin)])
+                continue
+            relay = members[self.node_id % len(members)]
+            results._restart()
+            with self._lock:
+                self._calls[call_id] = (results, relay)
+            self._driver.send_direct(relay, frame(Call(call_id, self.node_id, shard, method, True, data, self._origin)))
 
     def _on_deliver(self, d: Delivery) -> None:
         ref = self._replicas.get(d.shard)  # type: ignore[arg-type]
@@ -334,7 +365,7 @@ class Group:
             self._driver.send_direct(caller, frames(batch))
 
     def _take_reply(self, reply: Reply) -> None:
-        if reply.origin:
+        if reply.origin and reply.origin != self._origin:
             handle = self._proxies.get((reply.origin, reply.call_id))
             if handle is not None and self._driver.transport is not None:
                 self._driver.transport.reply(handle, frame(reply))
@@ -358,6 +389,7 @@ class Group:
         if results.done():
             with self._lock:
                 self._calls.pop(reply.call_id, None)
+                self._relayed.pop(reply.call_id, None)
 
     def _on_stop(self, reason: str) -> None:
         self._stopped = reason

@@ -61,3 +61,36 @@ def test_client_fails_over_and_applies_each_call_once() -> None:
     finally:
         for g in groups:
             g.close()
+
+
+def test_member_outside_the_shard_retries_through_a_new_relay_exactly_once() -> None:
+    layout = da.Layout({Tally: da.ShardPolicy(min_nodes=2, max_nodes=3)})
+    ports = _ports(4)
+    common = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "1500", "node.cluster": "relay"}
+    groups: list[da.Group] = []
+    try:
+        for i, port in enumerate(ports, start=1):
+            o = dict(common, **{"node.id": str(i), "node.listen": f"127.0.0.1:{port}"})
+            if i > 1:
+                o["node.contacts"] = f"127.0.0.1:{ports[0]}"
+            groups.append(da.Group(types=[Tally], layout=layout, overrides=o))
+        for _ in range(200):
+            if all(len(g.members) == 4 for g in groups):
+                break
+            threading.Event().wait(0.05)
+        outsider = groups[3]
+        assert outsider.my_shards() == []
+        members = outsider.view.layout.members_of(outsider.handle(Tally).shard)
+        relay = members[outsider.node_id % len(members)]
+        tally = outsider.handle(Tally)
+        calls = [tally.add(i) for i in range(300)]
+        calls[30].get(timeout=20)
+        groups[relay - 1].close()  # the relay dies with calls in flight
+        for r in calls:
+            assert r.wait_all(timeout=30)
+        survivor = next(m for m in members if m != relay)
+        state = outsider.handle(Tally).state(node=survivor).get(timeout=10)[survivor]
+        assert state == list(range(300)), "a relayed call was lost, repeated or reordered"
+    finally:
+        for g in groups:
+            g.close()
