@@ -187,16 +187,7 @@ class Client:
         if entry is None:
             return
         results = entry[0]
-        results._expect(reply.replicas)
-        if reply.ok:
-            try:
-                value: Any = results._decode(reply.value)
-                ok = True
-            except Exception as exc:
-                value, ok = exc, False
-        else:
-            value, ok = _codec.decode_error(reply.value, reply.node), False
-        results._reply(reply.node, ok, value)
+        results._take(reply.node, reply.replicas, reply.ok, reply.value)
         if results.done():
             with self._lock:
                 self._pending.pop(reply.call_id, None)

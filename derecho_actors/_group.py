@@ -375,17 +375,7 @@ class Group:
         if entry is None:
             return
         results = entry[0]
-        results._expect(reply.replicas)
-        if reply.ok:
-            try:
-                value: Any = results._decode(reply.value)
-            except Exception as exc:
-                value, ok = exc, False
-            else:
-                ok = True
-        else:
-            value, ok = _codec.decode_error(reply.value, reply.node), False
-        results._reply(reply.node, ok, value)
+        results._take(reply.node, reply.replicas, reply.ok, reply.value)
         if results.done():
             with self._lock:
                 self._calls.pop(reply.call_id, None)

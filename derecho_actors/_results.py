@@ -53,6 +53,21 @@ class QueryResults:
             self._order.append(node)
             self._maybe_done()
 
+    def _take(self, node: int, replicas: tuple[int, ...], ok: bool, value: bytes) -> None:
+        """One replica's encoded answer, as it came off the wire."""
+        from derecho_actors._codec import decode_error
+
+        self._expect(replicas)
+        result: Any
+        if ok:
+            try:
+                result = self._decode(value)
+            except Exception as exc:  # a result this side cannot decode is that replica's error
+                ok, result = False, exc
+        else:
+            result = decode_error(value, node)
+        self._reply(node, ok, result)
+
     def _lost(self, nodes: set[int], why: str) -> None:
         """These nodes left before answering (called on view changes)."""
         with self._cond:
@@ -68,8 +83,7 @@ class QueryResults:
         replica set may not be the one that answers the retry."""
         with self._cond:
             if not self._done.done():
-                self._expected = None
-                self._gone.clear()
+                self._expected = None  # nodes known gone stay gone: a late reply may name them
                 self._values.clear()
                 self._errors.clear()
                 self._order.clear()
