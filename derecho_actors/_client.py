@@ -18,9 +18,9 @@ import time
 from typing import Any, Callable, Sequence
 
 from derecho_actors import _codec
-from derecho_actors._decorators import ORDERED, TypeSpec, spec_of
+from derecho_actors._decorators import ORDERED, TypeSpec, method_caller, spec_of
 from derecho_actors._results import QueryResults
-from derecho_actors.exceptions import GroupClosed, NotRegistered, PayloadTooLarge, UnknownMethod
+from derecho_actors.exceptions import GroupClosed, NotRegistered, PayloadTooLarge
 from runtime.core.layout import ShardId
 from runtime.drivers.tcp import split_address
 from runtime.wire.codec import FrameDecoder, frame, frames
@@ -200,17 +200,7 @@ class ClientHandle:
         self.shard = shard
 
     def __getattr__(self, method: str) -> Callable[..., QueryResults]:
-        spec = self._spec
-        kind = spec.methods.get(method)
-        if kind is None:
-            raise UnknownMethod(
-                f"{spec.name} has no @ordered or @p2p method {method!r} (known: {', '.join(sorted(spec.methods))})"
-            )
-
-        def call(*args: Any, node: int | None = None, **kwargs: Any) -> QueryResults:
-            if node is not None and kind == ORDERED:
-                raise UnknownMethod(f"{spec.name}.{method} is ordered: it runs on every replica, node= does not apply")
-            return self._client._call(spec, self.shard, method, args, kwargs, kind == ORDERED, node or 0)
-
-        call.__name__ = method
-        return call
+        spec, client = self._spec, self._client
+        return method_caller(
+            spec, method, lambda m, kind, a, kw, node: client._call(spec, self.shard, m, a, kw, kind == ORDERED, node or 0)
+        )

@@ -14,13 +14,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import cloudpickle
 
 from derecho_actors._client import Client, ClientHandle
 from derecho_actors._group import Layout
 from derecho_actors.exceptions import GroupClosed
+from runtime.core.layout import ShardPolicy
 from runtime.drivers.status import StatusError, fetch_status
 
 
@@ -53,7 +54,7 @@ class LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cluster = cluster
         self.ports = dict(zip(range(1, nodes + 1), _free_ports(nodes)))
-        layout = layout or Layout({t: __import__("runtime.core.layout", fromlist=["ShardPolicy"]).ShardPolicy() for t in types})
+        layout = layout or Layout({t: ShardPolicy() for t in types})
         spec = self.workdir / "cluster.pickle"
         spec.write_bytes(cloudpickle.dumps({"types": list(types), "layout": layout}))
         self._spec = spec
@@ -168,7 +169,3 @@ def local_cluster(
 ) -> LocalCluster:
     """``with da.local_cluster(nodes=3, types=[KV], layout=layout) as cluster: ...``"""
     return LocalCluster(nodes, types, layout, **kwargs)
-
-
-def _iter_nodes(cluster: LocalCluster) -> Iterator[int]:
-    return iter(cluster.ports)

@@ -62,6 +62,26 @@ def replicated(cls: type[T] | None = None, *, name: str | None = None, serialize
     return wrap(cls) if cls is not None else wrap
 
 
+def method_caller(spec: TypeSpec, method: str, invoke: Callable[..., Any]) -> Callable[..., Any]:
+    """What ``handle.<method>`` returns, for group and client handles alike:
+    ``invoke(method, kind, args, kwargs, node)`` after the checks every handle makes."""
+    from derecho_actors.exceptions import UnknownMethod
+
+    kind = spec.methods.get(method)
+    if kind is None:
+        raise UnknownMethod(
+            f"{spec.name} has no @ordered or @p2p method {method!r} (known: {', '.join(sorted(spec.methods))})"
+        )
+
+    def call(*args: Any, node: int | None = None, **kwargs: Any) -> Any:
+        if node is not None and kind == ORDERED:
+            raise UnknownMethod(f"{spec.name}.{method} is ordered: it runs on every replica, node= does not apply")
+        return invoke(method, kind, args, kwargs, node)
+
+    call.__name__ = method
+    return call
+
+
 def spec_of(cls: Any) -> TypeSpec | None:
     spec = getattr(cls, "__derecho__", None)
     return spec if isinstance(spec, TypeSpec) and spec.cls is cls else None

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pykka
 
 from derecho_actors import _codec
-from derecho_actors._decorators import ORDERED, P2P, TypeSpec, spec_of
+from derecho_actors._decorators import ORDERED, TypeSpec, method_caller, spec_of
 from derecho_actors._replica import ReplicaActor, in_handler
 from derecho_actors._results import QueryResults
 from derecho_actors.exceptions import (
@@ -206,8 +206,7 @@ class Group:
             if self.node_id in members:
                 self._driver.submit(shard, [_codec.encode_ordered(self.node_id, call_id, method, data)])
             else:
-                # One relay per caller and shard: calls from one caller keep their order.
-                relay = members[self.node_id % len(members)]
+                relay = self._relay_for(members)
                 with self._lock:
                     self._calls[call_id] = (results, relay)
                     self._relayed[call_id] = (shard, method, data)
@@ -263,6 +262,10 @@ class Group:
         for fn in self._view_callbacks:
             fn(view)
 
+    def _relay_for(self, members: tuple[int, ...]) -> int:
+        """One relay per caller and shard, so calls from one caller keep their order."""
+        return members[self.node_id % len(members)]
+
     def _retry_relayed(self, call_ids: list[int], view: View) -> None:
         """Send relayed calls whose relay left to a new relay, in their order. Replicas know
         this node's origin id and the call numbers: one that was applied is not applied again,
@@ -282,7 +285,7 @@ class Group:
                 results._restart()
                 self._driver.submit(shard, [_codec.encode_ordered(self.node_id, call_id, method, data, self._origin)])
                 continue
-            relay = members[self.node_id % len(members)]
+            relay = self._relay_for(members)
             results._restart()
             with self._lock:
                 self._calls[call_id] = (results, relay)
@@ -403,20 +406,8 @@ class Handle:
         self.shard = shard
 
     def __getattr__(self, method: str) -> Callable[..., QueryResults]:
-        spec = self._spec
-        kind = spec.methods.get(method)
-        if kind is None:
-            raise UnknownMethod(
-                f"{spec.name} has no @ordered or @p2p method {method!r} (known: {', '.join(sorted(spec.methods))})"
-            )
-
-        def call(*args: Any, node: int | None = None, **kwargs: Any) -> QueryResults:
-            if node is not None and kind != P2P:
-                raise UnknownMethod(f"{spec.name}.{method} is ordered: it runs on every replica, node= does not apply")
-            return self._group._call(spec, self.shard, method, args, kwargs, node)
-
-        call.__name__ = method
-        return call
+        spec, group = self._spec, self._group
+        return method_caller(spec, method, lambda m, kind, a, kw, node: group._call(spec, self.shard, m, a, kw, node))
 
     def __repr__(self) -> str:
         return f"<Handle {self.shard}>"

@@ -74,11 +74,5 @@ class Ready:
     excluded: str | None = None
     wakeup_at: float | None = None
 
-    def empty(self) -> bool:
-        return not (
-            self.outgoing or self.contact_sends or self.deliveries or self.views or self.window_open
-            or self.orphaned or self.rejected or self.excluded
-        )
-
 
 __all__ = ["ContactSend", "DeliveredMessage", "Delivery", "Outgoing", "Payload", "Ready", "Rejected"]

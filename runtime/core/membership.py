@@ -103,6 +103,7 @@ class Membership:
         self.excluded: str | None = None
         self.proposed = False
         self.wedge_started_at: float | None = None
+        self._now = now  # time of the evaluation in progress, for the triggers
         for node in carried_suspects:
             r = view.rank_of(node)
             if r is not None and r != rank:
@@ -224,8 +225,7 @@ class Membership:
             self.pending_joins.setdefault(node_id, address)
 
     def evaluate(self, now: float) -> None:
-        if self.wedge_started_at is None and self._should_wedge(self.sst):
-            self.wedge_started_at = now
+        self._now = now
         self.sst.evaluate()
 
     def wakeup_at(self) -> float | None:
@@ -288,6 +288,7 @@ class Membership:
         return len(self.live_ranks()) < self.n
 
     def _wedge(self, sst: SST) -> None:
+        self.wedge_started_at = self._now
         frozen = self._freeze()
         sst.set("frozen", frozen)
         sst.set("wedged", 1)

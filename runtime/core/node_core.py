@@ -20,7 +20,7 @@ from typing import Sequence
 
 from runtime.core.effects import ContactSend, Outgoing, Ready, Rejected
 from runtime.core.events import Event, LeaveRequested, MessageArrived, PeerLost, Tick
-from runtime.core.layout import LayoutPolicy, ShardId
+from runtime.core.layout import LayoutPolicy
 from runtime.core.membership import FrozenCounts, Membership, MembershipConfig
 from runtime.core.messages import (
     GroupPush,
@@ -376,6 +376,3 @@ class NodeCore:
         """Deliveries and views decided but not yet handed out by :meth:`ready`."""
         r = self._ready
         return len(r.deliveries) + len(r.views) + sum(smc.pending_deliveries() for smc in self.shards.values())
-
-    def shard_members(self, shard: ShardId) -> tuple[int, ...]:
-        return self.shards[shard].members if shard in self.shards else ()

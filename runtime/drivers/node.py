@@ -61,11 +61,9 @@ class NodeDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._app_queue: dict[ShardId, deque[bytes]] = {}
-        self._last_view_at: float | None = None
         self._started = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_error: BaseException | None = None
-        self.view_changes: list[tuple[int, float]] = []  # (vid, seconds from wedge to install)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> str:
@@ -330,11 +328,6 @@ class NodeDriver:
         grace = self.config.timeouts.suspicion_ms / 1000 * 2
         for node in view.departed:
             self.loop.call_later(grace, self._forget_if_gone, node)  # type: ignore[union-attr]
-        m_prev = self._last_view_at
-        now = self.loop.time()  # type: ignore[union-attr]
-        took = now - m_prev if m_prev is not None else 0.0
-        self._last_view_at = now
-        self.view_changes.append((view.vid, took))
         shards = ", ".join(str(s) for s in view.my_shards(self.node_id)) or "none"
         log.info(
             "view %d installed: members %s (joined %s, departed %s), leader %s, my shards %s%s%s",

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
 import derecho_actors as da
-from tests.api.test_group import _ports
+from tests.api.groups import address, running_groups
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,20 +30,8 @@ class Tally:
 
 def test_client_fails_over_and_applies_each_call_once() -> None:
     layout = da.Layout({Tally: da.ShardPolicy(min_nodes=2)})
-    ports = _ports(3)
-    common = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "1500", "node.cluster": "failover"}
-    groups: list[da.Group] = []
-    try:
-        for i, port in enumerate(ports, start=1):
-            o = dict(common, **{"node.id": str(i), "node.listen": f"127.0.0.1:{port}"})
-            if i > 1:
-                o["node.contacts"] = f"127.0.0.1:{ports[0]}"
-            groups.append(da.Group(types=[Tally], layout=layout, overrides=o))
-        for _ in range(200):
-            if all(len(g.members) == 3 for g in groups):
-                break
-            threading.Event().wait(0.05)
-        contacts = [f"127.0.0.1:{p}" for p in ports]
+    with running_groups(3, [Tally], layout, "failover", 1500) as groups:
+        contacts = [address(g) for g in groups]
         with da.Client(contacts, cluster="failover") as client:
             tally = client.handle(Tally)
             first = [tally.add(i) for i in range(300)]
@@ -58,26 +45,11 @@ def test_client_fails_over_and_applies_each_call_once() -> None:
         assert states[0] == states[1]
         assert sorted(states[0]) == list(range(400)), "a call was lost or applied twice"
         assert states[0] == list(range(400)), "one client's calls must apply in their order"
-    finally:
-        for g in groups:
-            g.close()
 
 
 def test_member_outside_the_shard_retries_through_a_new_relay_exactly_once() -> None:
     layout = da.Layout({Tally: da.ShardPolicy(min_nodes=2, max_nodes=3)})
-    ports = _ports(4)
-    common = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "1500", "node.cluster": "relay"}
-    groups: list[da.Group] = []
-    try:
-        for i, port in enumerate(ports, start=1):
-            o = dict(common, **{"node.id": str(i), "node.listen": f"127.0.0.1:{port}"})
-            if i > 1:
-                o["node.contacts"] = f"127.0.0.1:{ports[0]}"
-            groups.append(da.Group(types=[Tally], layout=layout, overrides=o))
-        for _ in range(200):
-            if all(len(g.members) == 4 for g in groups):
-                break
-            threading.Event().wait(0.05)
+    with running_groups(4, [Tally], layout, "relay", 1500) as groups:
         outsider = groups[3]
         assert outsider.my_shards() == []
         members = outsider.view.layout.members_of(outsider.handle(Tally).shard)
@@ -91,6 +63,3 @@ def test_member_outside_the_shard_retries_through_a_new_relay_exactly_once() -> 
         survivor = next(m for m in members if m != relay)
         state = outsider.handle(Tally).state(node=survivor).get(timeout=10)[survivor]
         assert state == list(range(300)), "a relayed call was lost, repeated or reordered"
-    finally:
-        for g in groups:
-            g.close()

@@ -3,13 +3,13 @@ node with its own protocol thread, TCP connections and replica actors)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from typing import Iterator
 
 import pytest
 
 import derecho_actors as da
+from tests.api.groups import address, running_groups
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,44 +60,13 @@ class Point:
 GROUPS: list[da.Group] = []
 
 
-def _ports(n: int) -> list[int]:
-    out = []
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        out.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return out
-
-
 @pytest.fixture(scope="module")
 def groups() -> Iterator[list[da.Group]]:
     """Nodes 1-3 hold the KV shard and the Bag shard; node 4 holds neither (it relays)."""
     layout = da.Layout({KV: da.ShardPolicy(min_nodes=3, max_nodes=3), Bag: da.ShardPolicy(min_nodes=3, max_nodes=3, overlapping=True)})
-    ports = _ports(4)
-    common = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "1000", "node.cluster": "api-test"}
-    made: list[da.Group] = []
-    try:
-        for i, port in enumerate(ports, start=1):
-            o = dict(common, **{"node.id": str(i), "node.listen": f"127.0.0.1:{port}"})
-            if i > 1:
-                o["node.contacts"] = f"127.0.0.1:{ports[0]}"
-            made.append(da.Group(types=[KV, Bag], layout=layout, overrides=o))
-        ok = threading.Event()
-        for _ in range(200):
-            if all(len(g.members) == 4 and g.view is not None and g.view.layout.adequate for g in made):
-                ok.set()
-                break
-            threading.Event().wait(0.05)
-        assert ok.is_set(), [g.members for g in made]
+    with running_groups(4, [KV, Bag], layout, "api-test", 1000) as made:
         GROUPS[:] = made
         yield made
-    finally:
-        for g in made:
-            g.close()
 
 
 def test_ordered_call_replies_once_per_replica(groups: list[da.Group]) -> None:
@@ -201,7 +170,7 @@ class Tally:
 
 
 def test_client_calls_through_any_member(groups: list[da.Group]) -> None:
-    contacts = [f"127.0.0.1:{g.config.listen_host_port()[1]}" for g in groups]
+    contacts = [address(g) for g in groups]
     with da.Client([contacts[3]], cluster="api-test") as client:  # node 4 holds no replica: it relays
         kv = client.handle(KV)
         assert set(kv.put("c", b"3").get(timeout=10)) == {1, 2, 3}

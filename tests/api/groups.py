@@ -1,0 +1,38 @@
+"""Groups of nodes on loopback in this process, for the API tests."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import derecho_actors as da
+from derecho_actors._cluster import _free_ports
+
+
+@contextmanager
+def running_groups(count: int, types: Sequence[type], layout: da.Layout, cluster: str, suspicion_ms: int) -> Iterator[list[da.Group]]:
+    """``count`` nodes (ids 1..count, node 1 founds), all in one adequate view; closed after."""
+    ports = _free_ports(count)
+    common = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": str(suspicion_ms), "node.cluster": cluster}
+    made: list[da.Group] = []
+    try:
+        for i, port in enumerate(ports, start=1):
+            o = dict(common, **{"node.id": str(i), "node.listen": f"127.0.0.1:{port}"})
+            if i > 1:
+                o["node.contacts"] = f"127.0.0.1:{ports[0]}"
+            made.append(da.Group(types=types, layout=layout, overrides=o))
+        for _ in range(200):
+            if all(len(g.members) == count and g.view is not None and g.view.layout.adequate for g in made):
+                break
+            threading.Event().wait(0.05)
+        else:
+            raise AssertionError(f"no common view of {count} nodes: {[g.members for g in made]}")
+        yield made
+    finally:
+        for g in made:
+            g.close()
+
+
+def address(group: da.Group) -> str:
+    return f"127.0.0.1:{group.config.listen_host_port()[1]}"
