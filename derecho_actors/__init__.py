@@ -30,12 +30,19 @@ from derecho_actors.exceptions import (
     DerechoError,
     GroupClosed,
     LayoutError,
+    LogCorrupted,
+    LogError,
+    LogSignatureError,
     NestedCallError,
+    NotPersistedYet,
+    NotPersistent,
     NotRegistered,
     PayloadTooLarge,
     RemoteError,
     ReplicaLost,
+    RestartError,
     SerializationError,
+    StateTransferError,
     TimeoutError,
     UnknownMethod,
     WireError,
@@ -47,6 +54,8 @@ if TYPE_CHECKING:
     from derecho_actors._cluster import local_cluster
     from derecho_actors._group import Group, Handle, Layout
     from derecho_actors._results import QueryResults
+    from derecho_actors._persistent import Persistent, at_time, at_version, current_version, persisted_version
+    from runtime.core.versions import format_version, version_parts
     from runtime.core.layout import ShardPolicy
 
 __version__ = "0.1.0"
@@ -64,6 +73,13 @@ _LAZY = {
     "Layout": "derecho_actors._group",
     "QueryResults": "derecho_actors._results",
     "ShardPolicy": "runtime.core.layout",
+    "Persistent": "derecho_actors._persistent",
+    "at_version": "derecho_actors._persistent",
+    "at_time": "derecho_actors._persistent",
+    "current_version": "derecho_actors._persistent",
+    "persisted_version": "derecho_actors._persistent",
+    "format_version": "runtime.core.versions",
+    "version_parts": "runtime.core.versions",
 }
 
 
@@ -86,8 +102,22 @@ __all__ = [
     "Handle",
     "Layout",
     "LayoutError",
+    "LogCorrupted",
+    "LogError",
+    "LogSignatureError",
     "NestedCallError",
+    "NotPersistedYet",
+    "NotPersistent",
     "NotRegistered",
+    "Persistent",
+    "RestartError",
+    "StateTransferError",
+    "at_time",
+    "at_version",
+    "current_version",
+    "format_version",
+    "persisted_version",
+    "version_parts",
     "PayloadTooLarge",
     "QueryResults",
     "RemoteError",

@@ -17,9 +17,11 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+import msgpack
+
 from derecho_actors import _codec
 from derecho_actors._decorators import ORDERED, TypeSpec, method_caller, spec_of
-from derecho_actors._results import QueryResults
+from derecho_actors._results import PERSISTED_QUERY, QueryResults
 from derecho_actors.exceptions import GroupClosed, NotRegistered, PayloadTooLarge
 from runtime.core.layout import ShardId
 from runtime.drivers.tcp import split_address
@@ -93,9 +95,22 @@ class Client:
         if len(data) + 64 > MAX_PAYLOAD:
             raise PayloadTooLarge(f"{spec.name}.{method} arguments encode to {len(data)} bytes; the limit is {MAX_PAYLOAD}")
         serializer = spec.serializer
+        results = self._send(shard, method, data, ordered, target, f"{spec.name}.{method}", lambda b: _codec.decode_result(b, serializer))
+        if ordered and spec.persistent:
+            results._persist_query = lambda version, replica: self._send(
+                shard, PERSISTED_QUERY, msgpack.packb(version), False, replica, f"persistence of {spec.name}.{method}",
+                msgpack.unpackb,
+            )
+        return results
+
+    def _send(
+        self, shard: ShardId, method: str, data: bytes, ordered: bool, target: int, what: str, decode: Callable[[bytes], Any]
+    ) -> QueryResults:
+        if self._closed:
+            raise GroupClosed("the client was closed")
         with self._lock:
             call_id = next(self._ids)
-            results = QueryResults(f"{spec.name}.{method} (client call {call_id})", lambda b: _codec.decode_result(b, serializer))
+            results = QueryResults(f"{what} (client call {call_id})", decode)
             # A client's Call names, in place of a caller, the replica it wants (0: any).
             call = Call(call_id, target, shard, method, ordered, data, self.client_id)
             self._pending[call_id] = (results, call)
@@ -187,7 +202,7 @@ class Client:
         if entry is None:
             return
         results = entry[0]
-        results._take(reply.node, reply.replicas, reply.ok, reply.value)
+        results._take(reply.node, reply.replicas, reply.ok, reply.value, reply.version)
         if results.done():
             with self._lock:
                 self._pending.pop(reply.call_id, None)

@@ -7,6 +7,7 @@ per type, so both ends agree on it by construction.
 
 from __future__ import annotations
 
+import time
 import traceback
 from typing import Any
 
@@ -70,18 +71,23 @@ def decode_error(data: bytes, node: int | None) -> RemoteError:
         return RemoteError("UnknownError", "the replica's error could not be decoded", "", node)
 
 
+OrderedCall = tuple[int, int, str, bytes, int, int]
+"""``(caller, call_id, method, args, origin, timestamp_ns)`` of one delivered ordered call."""
+
+
 def encode_ordered(caller: int, call_id: int, method: str, args: bytes, origin: int = 0) -> bytes:
     """The multicast payload of one ordered call. Replies go to node ``caller`` under
     ``call_id``; a non-zero ``origin`` (an external client) makes ``call_id`` that client's
-    sequence number, which replicas use to apply a retried call only once."""
-    return msgpack.packb([caller, call_id, method, args, origin], use_bin_type=True)  # type: ignore[no-any-return]
+    sequence number, which replicas use to apply a retried call only once. The sender's wall
+    clock goes along, so every replica stamps the call's version with the same time."""
+    return msgpack.packb([caller, call_id, method, args, origin, time.time_ns()], use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def decode_ordered(payload: bytes) -> tuple[int, int, str, bytes, int] | None:
+def decode_ordered(payload: bytes) -> OrderedCall | None:
     try:
-        caller, call_id, method, args, origin = msgpack.unpackb(payload, raw=False)
+        caller, call_id, method, args, origin, ts = msgpack.unpackb(payload, raw=False)
     except Exception:
         return None
-    if not all(type(x) is int for x in (caller, call_id, origin)) or type(method) is not str or type(args) is not bytes:
+    if not all(type(x) is int for x in (caller, call_id, origin, ts)) or type(method) is not str or type(args) is not bytes:
         return None
-    return caller, call_id, method, args, origin
+    return caller, call_id, method, args, origin, ts

@@ -18,6 +18,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 ORDERED = "ordered"
 P2P = "p2p"
 SERIALIZERS = ("msgpack", "cloudpickle")
+ATOMIC = "atomic"
+PERSISTENT = "persistent"
+DELIVERY_MODES = (ATOMIC, PERSISTENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +29,13 @@ class TypeSpec:
     cls: type
     methods: dict[str, str]  # method name -> ORDERED | P2P
     serializer: str
+    delivery: str = ATOMIC  # ATOMIC | PERSISTENT
+    signed: bool = False  # persistent logs signed with the node's key
+    fields: tuple[str, ...] = ()  # names of Persistent fields
+
+    @property
+    def persistent(self) -> bool:
+        return self.delivery == PERSISTENT
 
 
 def ordered(fn: F) -> F:
@@ -40,9 +50,18 @@ def p2p(fn: F) -> F:
     return fn
 
 
-def replicated(cls: type[T] | None = None, *, name: str | None = None, serializer: str = "msgpack") -> Any:
+def replicated(
+    cls: type[T] | None = None, *, name: str | None = None, serializer: str = "msgpack",
+    delivery: str | None = None, signed: bool = False,
+) -> Any:
     """Make a class a replicated type. ``name`` (default: the class name) is how nodes agree
-    on the type, so every node must register it under the same name."""
+    on the type, so every node must register it under the same name.
+
+    ``delivery``: "atomic" (a call is delivered once every replica holds it, state in memory)
+    or "persistent" (each delivered call is also a version in a log on disk; results offer
+    ``persisted()``). The default is persistent for a class with ``Persistent`` fields, else
+    atomic. ``signed=True`` signs every log record with the key in ``persistence.signing_key``.
+    """
 
     def wrap(c: type[T]) -> type[T]:
         if not isinstance(c, type):
@@ -56,7 +75,22 @@ def replicated(cls: type[T] | None = None, *, name: str | None = None, serialize
                 methods[attr] = kind
         if not methods:
             raise ConfigError(f"@replicated class {c.__name__} has no @ordered or @p2p method")
-        c.__derecho__ = TypeSpec(name or c.__name__, c, methods, serializer)  # type: ignore[attr-defined]
+        from derecho_actors._persistent import persistent_fields
+
+        fields = tuple(persistent_fields(c))
+        mode = delivery or (PERSISTENT if fields else ATOMIC)
+        if mode not in DELIVERY_MODES:
+            raise ConfigError(f"@replicated(delivery={delivery!r}): choose one of {', '.join(DELIVERY_MODES)}")
+        if fields and mode != PERSISTENT:
+            raise ConfigError(
+                f"{c.__name__} declares Persistent fields ({', '.join(fields)}) but delivery={mode!r}; "
+                "drop delivery= or use delivery='persistent'"
+            )
+        if signed and mode != PERSISTENT:
+            raise ConfigError(f"@replicated(signed=True) on {c.__name__} needs persistent delivery (signing is of the log)")
+        c.__derecho__ = TypeSpec(  # type: ignore[attr-defined]
+            name or c.__name__, c, methods, serializer, mode, signed, fields
+        )
         return c
 
     return wrap(cls) if cls is not None else wrap

@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
+import os
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import pykka
 
+import msgpack
+
 from derecho_actors import _codec
-from derecho_actors._decorators import ORDERED, TypeSpec, method_caller, spec_of
-from derecho_actors._replica import ReplicaActor, in_handler
-from derecho_actors._results import QueryResults
+from derecho_actors._decorators import ORDERED, P2P, TypeSpec, method_caller, spec_of
+from derecho_actors._persistent import log_path
+from derecho_actors._replica import ReplicaActor, ReplicaEnv, in_handler
+from derecho_actors._results import PERSISTED_QUERY, QueryResults
+from derecho_actors._transfer import Snapshot, TransferOut
 from derecho_actors.exceptions import (
     ConfigError,
     GroupClosed,
@@ -30,6 +37,7 @@ from derecho_actors.exceptions import (
     NotRegistered,
     PayloadTooLarge,
     ReplicaLost,
+    StateTransferError,
     UnknownMethod,
 )
 from runtime.config import NodeConfig, load_config
@@ -38,9 +46,11 @@ from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy
 from runtime.core.view import View
 from runtime.drivers.node import AppHooks, NodeDriver
 from runtime.wire.codec import frame, frames
-from runtime.wire.control import Call, Reply, StatusReply
+from runtime.wire.control import Call, Reply, StateAck, StateChunk, StateRequest, StatusReply
 
 __all__ = ["Group", "Handle", "Layout", "ShardPolicy"]
+
+log = logging.getLogger("derecho.group")
 
 
 class Layout:
@@ -85,11 +95,27 @@ class Group:
         self.config = dataclasses.replace(cfg, layout=layout.policy)
         self.node_id = self.config.node.id
         self._max_payload = self.config.multicast.max_message_size
+        self.data_dir = Path(self.config.node.data_dir)
+        self._signing_key = self._load_signing_key()
+        # Persistence: the frontier per shard (every version up to it is on disk at every
+        # replica), callers waiting for it, and user callbacks.
+        self._frontier: dict[ShardId, int] = {}
+        self._persist_waiters: dict[ShardId, list[tuple[int, int, int, int]]] = {}
+        self._persisted_callbacks: list[Callable[[ShardId, int], None]] = []
+        # State transfer: snapshots this node serves, requests that came before their
+        # snapshot, streams running, and shards whose state this node still waits for.
+        self._snapshots: dict[tuple[ShardId, int], Snapshot] = {}
+        self._early_requests: dict[tuple[ShardId, int], list[tuple[int, StateRequest]]] = {}
+        self._transfers: dict[tuple[ShardId, int, int], TransferOut] = {}
+        self._awaiting: dict[ShardId, tuple[int, int]] = {}
+        self._retired: dict[ShardId, pykka.ActorRef[ReplicaActor]] = {}
+        self.transfer_stats: list[dict[str, Any]] = []
+        self._installed_recently: dict[ShardId, tuple[int, int]] = {}  # to ack the final chunk
         self._driver = NodeDriver(
             self.config,
             AppHooks(
                 on_deliver=self._on_deliver, on_view=self._on_view, on_direct=self._on_direct,
-                on_stop=self._on_stop, on_client=self._on_client,
+                on_stop=self._on_stop, on_client=self._on_client, on_persisted=self._on_persisted,
             ),
         )
         self._replicas: dict[ShardId, pykka.ActorRef[ReplicaActor]] = {}
@@ -139,6 +165,18 @@ class Group:
         keep it short)."""
         self._view_callbacks.append(fn)
 
+    def on_persisted(self, fn: Callable[[ShardId, int], None]) -> None:
+        """Call ``fn(shard, version)`` whenever the persistence frontier of a shard this node
+        holds moves: every version up to ``version`` is on disk at every replica (protocol
+        thread: keep it short)."""
+        self._persisted_callbacks.append(fn)
+
+    def persisted_frontier(self, cls: type, shard: int = 0, subgroup: int = 0) -> int:
+        """The persistence frontier of a shard this node holds (-1: nothing yet)."""
+        spec = spec_of(cls)
+        name = spec.name if spec is not None else getattr(cls, "__name__", str(cls))
+        return self._frontier.get(ShardId(name, subgroup, shard), -1)
+
     def leave(self, timeout: float = 10.0) -> None:
         """Leave the group gracefully (a view change without suspicion), then close."""
         if self._stopped is None:
@@ -181,9 +219,21 @@ class Group:
                 f"{spec.name}.{method} arguments encode to {len(data)} bytes; the limit is "
                 f"{self._max_payload} (multicast.max_message_size)"
             )
-        call_id = next(self._ids)
         serializer = spec.serializer
-        results = QueryResults(f"{spec.name}.{method} (call {call_id})", lambda b: _codec.decode_result(b, serializer))
+        results = self._issue(shard, method, kind, data, node, f"{spec.name}.{method}", lambda b: _codec.decode_result(b, serializer))
+        if spec.persistent and kind == ORDERED:
+            results._persist_query = lambda version, replica: self._issue(
+                shard, PERSISTED_QUERY, P2P, msgpack.packb(version), replica, f"persistence of {spec.name}.{method}",
+                msgpack.unpackb,
+            )
+        return results
+
+    def _issue(
+        self, shard: ShardId, method: str, kind: str, data: bytes, node: int | None, what: str,
+        decode: Callable[[bytes], Any],
+    ) -> QueryResults:
+        call_id = next(self._ids)
+        results = QueryResults(f"{what} (call {call_id})", decode)
         with self._lock:
             self._calls[call_id] = (results, None)
         if not self._driver.in_loop(self._dispatch, call_id, shard, method, kind, data, node):
@@ -218,7 +268,7 @@ class Group:
             return
         results._expect((target,))
         if target == self.node_id:
-            self._replicas[shard].tell(("p2p", view.vid, self.node_id, call_id, method, data, 0))
+            self._p2p_here(shard, view.vid, self.node_id, call_id, method, data, 0)
         else:
             self._driver.send_direct(target, frame(Call(call_id, self.node_id, shard, method, False, data)))
 
@@ -228,17 +278,32 @@ class Group:
         self._view = view
         self._views[view.vid] = view
         self._views.pop(view.vid - 3, None)
+        self._save_view(view)
         mine = set(view.my_shards(self.node_id))
+        # This node sends state to the shard's new members if the view names it as source;
+        # the snapshot is taken by the replica when it reaches this view's boundary.
+        sourcing = {sid for sid, src in view.sources if src == self.node_id}
         for sid in list(self._replicas):
             if sid not in mine:
-                self._replicas.pop(sid).stop(block=False)
+                ref = self._replicas.pop(sid)
+                self._fail_persist_waiters(sid, f"node {self.node_id} no longer holds {sid}")
+                if sid in sourcing:  # moved to another shard but still the best source
+                    ref.tell(("view", view.vid, tuple(view.members), True))
+                    self._retired[sid] = ref
+                else:
+                    ref.stop(block=False)
         for sid in mine:
             if sid not in self._replicas:
                 spec = self._specs.get(sid.type_name)
                 if spec is not None:
-                    self._replicas[sid] = ReplicaActor.start(spec, self.node_id, self._send_replies)
-        for ref in self._replicas.values():
-            ref.tell(("view", view.vid, tuple(view.members)))
+                    src = view.source_of(sid)
+                    awaiting = src is not None and src != self.node_id
+                    if awaiting:
+                        self._awaiting[sid] = (src, view.vid)  # type: ignore[assignment]
+                    self._replicas[sid] = ReplicaActor.start(spec, self._env(sid, spec, view.vid, src), awaiting)
+        for sid, ref in self._replicas.items():
+            ref.tell(("view", view.vid, tuple(view.members), sid in sourcing))
+        self._check_transfers(view)
         if previous is not None:
             gone = set(previous.members) - set(view.members)
             if gone and self._clients:
@@ -261,6 +326,248 @@ class Group:
         self._first_view.set()
         for fn in self._view_callbacks:
             fn(view)
+
+    # ------------------------------------------------------------- persistence
+    def _load_signing_key(self) -> Any:
+        signed = [s.name for s in self._specs.values() if s.signed]
+        if not signed:
+            return None
+        path = self.config.persistence.signing_key
+        if not path:
+            raise ConfigError(
+                f"{', '.join(signed)} sign their logs (signed=True) but persistence.signing_key is not set; "
+                "make a key with `derecho-actors keygen PATH` and set persistence.signing_key = PATH"
+            )
+        from runtime.drivers.log_store import load_signing_key
+
+        return load_signing_key(path)
+
+    def _env(self, sid: ShardId, spec: TypeSpec, vid: int, source: int | None) -> ReplicaEnv:
+        driver = self._driver
+
+        def in_loop(fn: Callable[..., None]) -> Callable[..., None]:
+            return lambda *args: driver.in_loop(fn, *args)
+
+        return ReplicaEnv(
+            node_id=self.node_id,
+            send_replies=self._send_replies,
+            scratch_dir=self.data_dir / "transfer",
+            log_path=log_path(self.data_dir, sid.type_name, sid.subgroup, sid.shard) if spec.persistent else None,
+            signing_key=self._signing_key if spec.signed else None,
+            fsync=self.config.persistence.fsync,
+            report_durable=lambda version: driver.report_persisted(sid, version),
+            request_state=in_loop(lambda have, digest: self._request_state(sid, vid, source, have, digest)),
+            snapshot_ready=in_loop(lambda svid, path, boundary, store: self._snapshot_ready(sid, svid, path, boundary, store)),
+            state_installed=in_loop(lambda version: self._state_installed(sid, version)),
+            chunk_done=in_loop(lambda seq: self._chunk_done(sid, seq)),
+        )
+
+    def _save_view(self, view: View) -> None:
+        """Keep the last installed view on disk: a total restart starts from it."""
+        if not any(s.persistent for s in self._specs.values()):
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "view.msgpack"
+        tmp = path.with_suffix(".tmp")
+        data = msgpack.packb({"cluster": self.config.node.cluster, "node": self.node_id, "view": view.to_wire()})
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            if self.config.persistence.fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _on_persisted(self, sid: ShardId, version: int) -> None:
+        if version <= self._frontier.get(sid, -1):
+            return
+        self._frontier[sid] = version
+        ref = self._replicas.get(sid)
+        if ref is not None:
+            ref.tell(("frontier", version))
+        waiters = self._persist_waiters.get(sid)
+        if waiters:
+            due = [w for w in waiters if w[0] <= version]
+            if due:
+                self._persist_waiters[sid] = [w for w in waiters if w[0] > version]
+                vid = self._view.vid if self._view is not None else 0
+                value = msgpack.packb(version)
+                self._route_replies([
+                    (caller, Reply(call_id, self.node_id, vid, (self.node_id,), True, value, origin))
+                    for _, caller, call_id, origin in due
+                ])
+        for fn in self._persisted_callbacks:
+            try:
+                fn(sid, version)
+            except Exception:
+                log.exception("on_persisted callback raised")
+
+    def _fail_persist_waiters(self, sid: ShardId, why: str) -> None:
+        waiters = self._persist_waiters.pop(sid, [])
+        if waiters:
+            vid = self._view.vid if self._view is not None else 0
+            err = _codec.encode_error(ReplicaLost(why))
+            self._route_replies([
+                (caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))
+                for _, caller, call_id, origin in waiters
+            ])
+
+    def _p2p_here(self, shard: ShardId, vid: int, caller: int, call_id: int, method: str, args: bytes, origin: int) -> None:
+        """Run a P2P call on this node's replica; persistence queries are answered here."""
+        if method == PERSISTED_QUERY:
+            try:
+                version = msgpack.unpackb(args)
+                if type(version) is not int:
+                    raise TypeError(f"bad version {version!r:.40}")
+            except Exception as exc:
+                err = _codec.encode_error(ValueError(f"malformed persistence query: {exc}"))
+                self._route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
+                return
+            if shard not in self._replicas:
+                self._fail_persist_waiters(shard, f"node {self.node_id} holds no replica of {shard}")
+            if version <= self._frontier.get(shard, -1):
+                value = msgpack.packb(self._frontier[shard])
+                self._route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), True, value, origin))])
+            elif shard in self._replicas:
+                self._persist_waiters.setdefault(shard, []).append((version, caller, call_id, origin))
+            else:
+                err = _codec.encode_error(ReplicaLost(f"node {self.node_id} holds no replica of {shard}"))
+                self._route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
+            return
+        ref = self._replicas.get(shard)
+        if ref is None:
+            err = _codec.encode_error(ReplicaLost(f"node {self.node_id} holds no replica of {shard}"))
+            self._route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
+            return
+        ref.tell(("p2p", vid, caller, call_id, method, args, origin))
+
+    # ---------------------------------------------------------- state transfer
+    def _request_state(self, sid: ShardId, vid: int, source: int | None, have: int, digest: int) -> None:
+        if source is None or sid not in self._awaiting:
+            return
+        log.info("node %s asks node %s for the state of %s (view %d, has up to version %d)", self.node_id, source, sid, vid, have)
+        self._driver.send_direct(source, frame(StateRequest(sid, vid, have, digest)))
+
+    def _snapshot_ready(self, sid: ShardId, vid: int, path: Path, boundary: int, store: Any) -> None:
+        snap = Snapshot(sid, vid, path, boundary, store)
+        view = self._views.get(vid)
+        prev = self._views.get(vid - 1)
+        if view is not None:
+            before = set(prev.layout.members_of(sid)) if prev is not None else set()
+            snap.receivers = {m for m in view.layout.members_of(sid) if m not in before and m != self.node_id}
+        self._snapshots[(sid, vid)] = snap
+        for sender, req in self._early_requests.pop((sid, vid), []):
+            self._start_transfer(sender, req)
+        self._retire_unused()
+
+    def _on_state_request(self, sender: int, req: StateRequest) -> None:
+        if (req.shard, req.vid) in self._snapshots:
+            self._start_transfer(sender, req)
+        else:
+            self._early_requests.setdefault((req.shard, req.vid), []).append((sender, req))
+
+    def _start_transfer(self, receiver: int, req: StateRequest) -> None:
+        snap = self._snapshots[(req.shard, req.vid)]
+        key = (req.shard, req.vid, receiver)
+        if key in self._transfers:
+            return
+        cfg = self.config.persistence
+
+        def send(node: int, chunk: StateChunk) -> None:
+            self._driver.send_direct(node, frame(chunk))
+
+        t = TransferOut(snap, receiver, req, send, cfg.transfer_chunk_bytes, cfg.transfer_window)
+        t.started_at = time.monotonic()  # type: ignore[attr-defined]
+        snap.active += 1
+        snap.requests_seen.add(receiver)
+        self._transfers[key] = t
+        log.info("node %s sends the state of %s (view %d, up to version %d) to node %s%s", self.node_id, req.shard,
+                 req.vid, snap.boundary, receiver, " replacing its log" if t.reset else "")
+        try:
+            t.pump()
+        except Exception as exc:
+            log.exception("state transfer of %s to node %s failed", req.shard, receiver)
+            self._end_transfer(key, str(exc))
+
+    def _on_state_ack(self, sender: int, ack: StateAck) -> None:
+        key = (ack.shard, ack.vid, sender)
+        t = self._transfers.get(key)
+        if t is None:
+            return
+        try:
+            finished = t.ack(ack.seq)
+        except Exception as exc:
+            log.exception("state transfer of %s to node %s failed", ack.shard, sender)
+            self._end_transfer(key, str(exc))
+            return
+        if finished:
+            self._end_transfer(key, None)
+
+    def _end_transfer(self, key: tuple[ShardId, int, int], error: str | None) -> None:
+        t = self._transfers.pop(key, None)
+        if t is None:
+            return
+        seconds = time.monotonic() - t.started_at  # type: ignore[attr-defined]
+        stat = {"shard": str(key[0]), "vid": key[1], "to": key[2], "bytes": t.sent_bytes, "seconds": seconds, "error": error}
+        self.transfer_stats.append(stat)
+        if error is None:
+            log.info("state of %s sent to node %s: %.1f MB in %.2f s", key[0], key[2], t.sent_bytes / 1e6, seconds)
+        t.snap.active -= 1
+        self._retire_unused()
+
+    def _retire_unused(self) -> None:
+        """Drop snapshots of finished views nobody is fetching, and retired replicas."""
+        view = self._view
+        for k, snap in list(self._snapshots.items()):
+            if snap.active == 0 and view is not None and (view.vid > snap.vid + 1 or not self._needs_snapshot(snap)):
+                snap.path.unlink(missing_ok=True)
+                del self._snapshots[k]
+                ref = self._retired.pop(snap.shard, None)
+                if ref is not None:
+                    ref.stop(block=False)
+
+    def _needs_snapshot(self, snap: Snapshot) -> bool:
+        """Whether a member may still ask for the snapshot: until every member that was new
+        to the shard in its view has fetched it, or the view after next."""
+        view = self._view
+        if view is None:
+            return False
+        return view.vid <= snap.vid + 1 and not snap.requests_seen.issuperset(snap.receivers)
+
+    def _on_state_chunk(self, sender: int, chunk: StateChunk) -> None:
+        expected = self._awaiting.get(chunk.shard)
+        ref = self._replicas.get(chunk.shard)
+        if expected is None or expected[0] != sender or ref is None:
+            return
+        ref.tell(("state", chunk.seq, chunk.part, chunk.data, chunk.final, {"reset": chunk.reset}))
+
+    def _chunk_done(self, sid: ShardId, seq: int) -> None:
+        entry = self._awaiting.get(sid)
+        if entry is None and sid not in self._installed_recently:
+            return
+        source, vid = entry if entry is not None else self._installed_recently[sid]
+        self._driver.send_direct(source, frame(StateAck(sid, vid, seq)))
+
+    def _state_installed(self, sid: ShardId, version: int) -> None:
+        entry = self._awaiting.pop(sid, None)
+        if entry is not None:
+            self._installed_recently[sid] = entry
+            log.info("node %s installed the state of %s (up to version %d) from node %s", self.node_id, sid, version, entry[0])
+
+    def _check_transfers(self, view: View) -> None:
+        """A new view: streams to members that left stop; a member waiting for state whose
+        source left cannot get it any more and stops (it may join again)."""
+        members = set(view.members)
+        for key in [k for k in self._transfers if k[2] not in members]:
+            self._end_transfer(key, f"node {key[2]} left")
+        for sid, (source, vid) in list(self._awaiting.items()):
+            if source not in members:
+                why = (f"state transfer of {sid} failed: its source node {source} left in view {view.vid} before "
+                       "sending it; restart this node to join again")
+                log.error("%s", why)
+                self._stopped = why
+                self._driver.stop(why)
+                return
+        self._retire_unused()
 
     def _relay_for(self, members: tuple[int, ...]) -> int:
         """One relay per caller and shard, so calls from one caller keep their order."""
@@ -298,16 +605,26 @@ class Group:
             return
         replicas = view.layout.members_of(d.shard)  # type: ignore[arg-type]
         calls = []
-        for _, _, _, payload in d.messages:
-            call = _codec.decode_ordered(payload)
+        decode = _codec.decode_ordered
+        for g, _, _, payload in d.messages:
+            call = decode(payload)
             if call is not None:
-                calls.append(call)
+                calls.append((g, *call))
         if calls:
             ref.tell(("ordered", d.vid, tuple(replicas), calls))
 
     def _on_direct(self, sender: int, msg: Any) -> None:
         if isinstance(msg, Reply):
             self._take_reply(msg)
+            return
+        if isinstance(msg, StateRequest):
+            self._on_state_request(sender, msg)
+            return
+        if isinstance(msg, StateChunk):
+            self._on_state_chunk(sender, msg)
+            return
+        if isinstance(msg, StateAck):
+            self._on_state_ack(sender, msg)
             return
         view = self._view
         ref = self._replicas.get(msg.shard)
@@ -320,7 +637,7 @@ class Group:
         if msg.ordered:
             self._driver.submit(msg.shard, [_codec.encode_ordered(msg.caller, msg.call_id, msg.method, msg.args, msg.origin)])
         else:
-            ref.tell(("p2p", view.vid, msg.caller, msg.call_id, msg.method, msg.args, msg.origin))
+            self._p2p_here(msg.shard, view.vid, msg.caller, msg.call_id, msg.method, msg.args, msg.origin)
 
     def _on_client(self, handle: Any, msg: Any) -> None:
         """A call from an external client on its connection to this node: run or relay it as
@@ -348,7 +665,7 @@ class Group:
             if msg.ordered:
                 self._driver.submit(msg.shard, [_codec.encode_ordered(self.node_id, msg.call_id, msg.method, msg.args, origin)])
             else:
-                self._replicas[msg.shard].tell(("p2p", view.vid, self.node_id, msg.call_id, msg.method, msg.args, origin))
+                self._p2p_here(msg.shard, view.vid, self.node_id, msg.call_id, msg.method, msg.args, origin)
         else:
             call = Call(msg.call_id, self.node_id, msg.shard, msg.method, msg.ordered, msg.args, origin)
             self._driver.send_direct(target, frame(call))
@@ -378,7 +695,7 @@ class Group:
         if entry is None:
             return
         results = entry[0]
-        results._take(reply.node, reply.replicas, reply.ok, reply.value)
+        results._take(reply.node, reply.replicas, reply.ok, reply.value, reply.version)
         if results.done():
             with self._lock:
                 self._calls.pop(reply.call_id, None)

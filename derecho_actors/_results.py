@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable, Iterator
 
-from derecho_actors.exceptions import RemoteError, ReplicaLost, TimeoutError
+from derecho_actors.exceptions import NotPersistent, RemoteError, ReplicaLost, TimeoutError
+
+PERSISTED_QUERY = "__persisted__"
+"""The internal P2P method a replica answers once a version is on disk at every replica."""
 
 
 class QueryResults:
@@ -30,6 +34,9 @@ class QueryResults:
         self._order: list[int] = []
         self._gone: dict[int, str] = {}  # nodes known to have left, and why
         self._done: Future[None] = Future()
+        self._versions: dict[int, int] = {}  # node -> version of the call there (persistent types)
+        # Set by the caller for ordered calls of persistent types: (version, replica) -> query.
+        self._persist_query: Callable[[int, int], QueryResults] | None = None
 
     # ------------------------------------------------------------ fed by the group
     def _expect(self, replicas: tuple[int, ...]) -> None:
@@ -53,10 +60,13 @@ class QueryResults:
             self._order.append(node)
             self._maybe_done()
 
-    def _take(self, node: int, replicas: tuple[int, ...], ok: bool, value: bytes) -> None:
+    def _take(self, node: int, replicas: tuple[int, ...], ok: bool, value: bytes, version: int = -1) -> None:
         """One replica's encoded answer, as it came off the wire."""
         from derecho_actors._codec import decode_error
 
+        if version >= 0:
+            with self._cond:
+                self._versions[node] = version
         self._expect(replicas)
         result: Any
         if ok:
@@ -141,6 +151,50 @@ class QueryResults:
             if isinstance(value, (RemoteError, ReplicaLost)):
                 raise value
         return out
+
+    @property
+    def version(self) -> int | None:
+        """The version this ordered call created in a persistent shard (None until a replica
+        answered, or for atomic types). ``da.format_version`` shows it as ``vid.index``."""
+        with self._cond:
+            return max(self._versions.values()) if self._versions else None
+
+    def persisted(self, timeout: float | None = None) -> int:
+        """Wait until this call's version is on disk at every replica of its shard; returns
+        the version. Raises ``NotPersistent`` for a type in atomic delivery mode and
+        ``TimeoutError`` if it takes longer than ``timeout`` seconds."""
+        if self._persist_query is None:
+            raise NotPersistent(
+                f"{self.description}: only ordered calls of persistent types are persisted; give the class "
+                "Persistent fields or @replicated(delivery='persistent')"
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        with self._cond:
+            ok = self._cond.wait_for(lambda: bool(self._versions) or self._done.done(), left())
+            candidates = [n for n in self._order if n in self._versions]
+            version = max(self._versions.values()) if self._versions else None
+        if not ok or version is None:
+            if self._done.done():
+                self.get(0)  # raises the call's own error
+                raise ReplicaLost(f"{self.description}: no replica reported a version")
+            raise TimeoutError(f"{self.description}: not delivered within {timeout} s", self.pending)
+        last_error: BaseException | None = None
+        for replica in candidates:
+            query = self._persist_query(version, replica)
+            try:
+                query.get(left())
+                return version
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{self.description}: version {version} not on disk at every replica within {timeout} s", ()
+                ) from None
+            except (ReplicaLost, RemoteError) as exc:  # that replica left: ask another
+                last_error = exc
+        raise ReplicaLost(f"{self.description}: every replica that answered left before confirming persistence ({last_error})")
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         seen = 0

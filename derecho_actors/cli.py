@@ -1,4 +1,5 @@
-"""The ``derecho-actors`` command: ``node``, ``status``, ``demo`` and ``sim``.
+"""The ``derecho-actors`` command: ``node``, ``status``, ``demo``, ``sim``, ``verify`` and
+``keygen``.
 
 Errors a user can cause (a bad config, a port in use, an unreachable contact) end with one
 line on standard error and a non-zero exit, never a traceback.
@@ -125,6 +126,35 @@ def run_multicast_demo(args: argparse.Namespace) -> int:
     return demo(nodes=args.nodes, messages=args.messages, base_port=args.port, workdir=args.workdir)
 
 
+def run_verify(args: argparse.Namespace) -> int:
+    from runtime.drivers.log_store import load_public_key, verify, verify_dir
+
+    target = Path(args.path)
+    if not target.exists():
+        raise ConfigError(f"{target} does not exist; give a data_dir or a .log file")
+    key = load_public_key(args.key) if args.key else None
+    reports = verify_dir(target, key) if target.is_dir() else [verify(target, key)]
+    if not reports:
+        print(f"no *.log files under {target}")
+        return 0
+    for report in reports:
+        print(report.describe())
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    from runtime.drivers.log_store import generate_key, public_key_bytes
+
+    try:
+        key = generate_key(args.path)
+    except FileExistsError:
+        raise ConfigError(f"{args.path} already exists; choose another path (keys are never overwritten)") \
+            from None
+    print(f"wrote the private key {args.path} (mode 0600; keep it secret) and the public key {args.path}.pub")
+    print(f"public key: {public_key_bytes(key).hex()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="derecho-actors", description="derecho-actors command line")
@@ -145,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     mm.add_argument("--messages", type=int, default=20000, help="messages each node multicasts")
     mm.add_argument("--port", type=int, default=7100, help="first port (nodes use consecutive ports)")
     mm.add_argument("--workdir", help="where logs go (default: a temporary folder)")
+    vf = sub.add_parser("verify", help="check persistent logs (crc, order, signatures) without changing them")
+    vf.add_argument("path", metavar="DATA_DIR_OR_FILE", help="a data_dir (every *.log under it) or one log file")
+    vf.add_argument(
+        "--key", metavar="KEY",
+        help="require signatures by this key: a PEM public or private key file, or the public key in hex",
+    )
+    kg = sub.add_parser("keygen", help="make an ed25519 key for signed logs (PATH, mode 0600, and PATH.pub)")
+    kg.add_argument("path", metavar="PATH")
     sub.add_parser("sim", help="run seeded simulations of the protocol core and check its invariants", add_help=False)
     if not argv:
         parser.print_help()
@@ -165,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args)
         if args.command == "multicast-demo":
             return run_multicast_demo(args)
+        if args.command == "verify":
+            return run_verify(args)
+        if args.command == "keygen":
+            return run_keygen(args)
     except ConfigError as exc:
         print(f"derecho-actors {args.command}: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

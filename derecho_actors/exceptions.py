@@ -77,3 +77,40 @@ class NestedCallError(DerechoError, RuntimeError):
 
 class GroupClosed(DerechoError, RuntimeError):
     """The group was closed, or this node left it or was removed from it."""
+
+
+class LogError(DerechoError):
+    """A persistent log cannot be used as asked: it is open in another process, closed (also
+    after a failed fsync: reopen it to recover), or of a format this version does not read.
+    The message names the file and what to do."""
+
+
+class LogCorrupted(LogError):
+    """A persistent log's bytes are damaged beyond what opening it repairs (a bad file
+    header, or a record that changed on disk while open). Run ``derecho-actors verify`` on
+    the data_dir, move the file aside and let the node recover the object from the group."""
+
+
+class LogSignatureError(LogError):
+    """A signed log was opened without its signing key or with another key, or a key file
+    cannot be read. Pass the key the log was created with (``derecho-actors keygen PATH``
+    makes a new one, for new logs only)."""
+
+
+class NotPersistedYet(DerechoError):
+    """A read of the past asked for a version not yet on disk at every replica of the shard;
+    wait for the writing call's ``QueryResults.persisted()`` or read an older version."""
+
+
+class NotPersistent(DerechoError):
+    """``persisted()`` or a read of the past was used on a type in atomic delivery mode; give
+    the class ``Persistent`` fields or ``@replicated(delivery="persistent")``."""
+
+
+class StateTransferError(DerechoError):
+    """A joining replica could not receive its shard's state (the sending member failed, or
+    the data was damaged); the node stops and can join again."""
+
+
+class RestartError(DerechoError):
+    """A total restart cannot proceed as asked (for example, the saved view is unreadable)."""

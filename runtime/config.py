@@ -195,6 +195,19 @@ def _bool_text(text: str) -> object:
     raise _Invalid(f"expected true or false, got {_show(text)}")
 
 
+def _bool_check(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _path_or_empty(value: object) -> str:
+    """A path, or "" for none."""
+    if value == "":
+        return ""
+    return _nonempty_str(value)
+
+
 def _nonempty_str(value: object) -> str:
     """A non-blank single-line string (names and paths end up in log lines and messages)."""
     if not isinstance(value, str) or not value.strip():
@@ -308,6 +321,13 @@ _FIELDS: dict[str, dict[str, _Field]] = {
         "null_interval_ms": _Field(_float_text, _float_check),
         "max_frame_bytes": _Field(_int_text(1), _int_check(1)),
     },
+    "persistence": {
+        "fsync": _Field(_bool_text, _bool_check),
+        "signing_key": _Field(_identity, _path_or_empty),
+        "restart_quorum_wait_ms": _Field(_int_text(0), _int_check(0)),
+        "transfer_chunk_bytes": _Field(_int_text(4096), _int_check(4096)),
+        "transfer_window": _Field(_int_text(1), _int_check(1)),
+    },
 }
 _SECTIONS = (*_FIELDS, "layout")
 
@@ -383,6 +403,20 @@ class MulticastSection:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class PersistenceSection:
+    """``[persistence]``: logs of persistent types, state transfer and total restart."""
+
+    fsync: bool = True
+    signing_key: str = ""
+    restart_quorum_wait_ms: int = 500
+    transfer_chunk_bytes: int = 1 << 20
+    transfer_window: int = 8
+
+    def __post_init__(self) -> None:
+        _check_fields("persistence", self)
+
+
 def _default_layout() -> LayoutPolicy:
     """One type with one shard holding every node: what a first experiment wants."""
     return LayoutPolicy.of({DEFAULT_LAYOUT_TYPE: ShardPolicy()})
@@ -396,6 +430,7 @@ class NodeConfig:
     timeouts: TimeoutsSection = field(default_factory=TimeoutsSection)
     multicast: MulticastSection = field(default_factory=MulticastSection)
     layout: LayoutPolicy = field(default_factory=_default_layout)
+    persistence: PersistenceSection = field(default_factory=PersistenceSection)
 
     def __post_init__(self) -> None:
         # The sections validate themselves; this only catches a wrong object in a slot, which
@@ -405,6 +440,7 @@ class NodeConfig:
             ("timeouts", TimeoutsSection),
             ("multicast", MulticastSection),
             ("layout", LayoutPolicy),
+            ("persistence", PersistenceSection),
         )
         for name, cls in expected:
             value = getattr(self, name)
@@ -768,6 +804,7 @@ def load_config(
         timeouts=_build_section("timeouts", TimeoutsSection, layer),
         multicast=_build_section("multicast", MulticastSection, layer),
         layout=_build_layout(layer),
+        persistence=_build_section("persistence", PersistenceSection, layer),
     )
 
 
@@ -792,7 +829,7 @@ def example_config(node_id: int, port: int, contacts: list[str]) -> str:
     The arguments are checked like loaded values, so the text always loads back.
     """
     section = NodeSection(id=node_id, listen=f"127.0.0.1:{port}", contacts=tuple(contacts))
-    timeouts, multicast = TimeoutsSection(), MulticastSection()
+    timeouts, multicast, persistence = TimeoutsSection(), MulticastSection(), PersistenceSection()
     contact_list = "[" + ", ".join(_toml_str(c) for c in section.contacts) + "]"
     return f"""\
 # derecho-actors node configuration (TOML). Every setting is optional; missing ones take the
@@ -821,6 +858,13 @@ max_batch = {multicast.max_batch}  # most messages delivered in one batch
 max_message_size = {multicast.max_message_size}  # largest payload in bytes
 null_interval_ms = {multicast.null_interval_ms}  # idle sender sends a null after this
 max_frame_bytes = {multicast.max_frame_bytes}  # largest wire frame accepted from a peer
+
+[persistence]
+fsync = {str(persistence.fsync).lower()}  # fsync each batch of log records (persistent types)
+signing_key = ""  # ed25519 key file (derecho-actors keygen) for types with signed=True
+restart_quorum_wait_ms = {persistence.restart_quorum_wait_ms}  # total restart: wait for more logs after quorum
+transfer_chunk_bytes = {persistence.transfer_chunk_bytes}  # state transfer chunk size
+transfer_window = {persistence.transfer_window}  # chunks in flight per transfer
 
 # Layout: one [layout.<TypeName>] table per replicated type, in allocation order. With none,
 # one type "{DEFAULT_LAYOUT_TYPE}" has one shard holding every node. For example:

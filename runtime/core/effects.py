@@ -60,7 +60,8 @@ class Ready:
     to the application (a delivery list never mixes views out of order: every delivery of a
     view precedes that view's successor in ``views``); retry sends on the shards in
     ``window_open``; take back ``orphaned`` payloads (trimmed messages of a shard this node no
-    longer belongs to); log ``rejected``; stop if ``excluded``; and feed a ``Tick`` no later
+    longer belongs to); report ``persisted`` frontiers (shard, version on disk at every
+    member); log ``rejected``; stop if ``excluded``; and feed a ``Tick`` no later
     than ``wakeup_at`` (``None``: no timer needed).
     """
 
@@ -71,6 +72,7 @@ class Ready:
     window_open: list[ShardKey] = field(default_factory=list)
     orphaned: list[tuple[ShardKey, list[bytes]]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    persisted: list[tuple[ShardKey, int]] = field(default_factory=list)
     excluded: str | None = None
     wakeup_at: float | None = None
 

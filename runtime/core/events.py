@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.core.messages import Message
+from runtime.core.messages import Message, ShardKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,4 +40,14 @@ class PeerLost:
     node: int
 
 
-Event = Tick | MessageArrived | LeaveRequested | PeerLost
+@dataclass(frozen=True, slots=True)
+class Persisted:
+    """The application's log for ``shard`` now holds every version up to ``version`` on disk
+    (persistent delivery mode). Feeds the shard's ``persisted`` SST column."""
+
+    now: float
+    shard: ShardKey
+    version: int
+
+
+Event = Tick | MessageArrived | LeaveRequested | PeerLost | Persisted

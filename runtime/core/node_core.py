@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from runtime.core.effects import ContactSend, Outgoing, Ready, Rejected
-from runtime.core.events import Event, LeaveRequested, MessageArrived, PeerLost, Tick
+from runtime.core.events import Event, LeaveRequested, MessageArrived, PeerLost, Persisted, Tick
 from runtime.core.layout import LayoutPolicy
 from runtime.core.membership import FrozenCounts, Membership, MembershipConfig
 from runtime.core.messages import (
@@ -76,6 +76,8 @@ class NodeCore:
         self.last_change_duration: float | None = None  # wedge to install, for the logs
         self._contacts: list[str] = [contact] if isinstance(contact, str) else list(contact or ())
         self._attempts = 0
+        # Highest version on disk here, per shard, carried into each view's SST row.
+        self._persisted: dict[ShardKey, int] = {}
         self._next_join_at = now
         if view is not None:
             self._install(view, resend={}, carried=())
@@ -115,6 +117,8 @@ class NodeCore:
         elif isinstance(event, PeerLost):
             if self.membership is not None:
                 self.membership.suspect_node(event.node)
+        elif isinstance(event, Persisted):
+            self._on_persisted(event.shard, event.version)
         else:  # pragma: no cover - the union is closed
             raise TypeError(f"unknown event {event!r}")
         self._evaluate()
@@ -136,6 +140,22 @@ class NodeCore:
         if taken:
             smc.evaluate(self.now)
         return taken
+
+    def set_persisted_floor(self, shard: ShardKey, version: int) -> None:
+        """Versions up to ``version`` were on disk here before this node started (restart or
+        state transfer); used for the ``persisted`` column of the shard's next rows."""
+        self._on_persisted(shard, version)
+
+    def _on_persisted(self, shard: ShardKey, version: int) -> None:
+        # The SST column holds version + 1 ("every version below is on disk"), so that version
+        # 0 is expressible and the column's default 0 means nothing.
+        bound = version + 1
+        if type(version) is not int or bound <= self._persisted.get(shard, 0):
+            return
+        self._persisted[shard] = bound
+        smc = self.shards.get(shard)
+        if smc is not None:
+            smc.set_persisted(bound)
 
     def _on_message(self, sender: int, msg: Message) -> None:
         if isinstance(msg, (ShardPush, GroupPush)):
@@ -304,7 +324,10 @@ class NodeCore:
         self.shards = {}
         self.membership = Membership(view, self.node_id, cfg.membership, self.now, self._freeze, carried)
         for sid in view.my_shards(self.node_id):
-            smc = ShardMulticast(sid, view.layout.members_of(sid), self.node_id, cfg.multicast, now=self.now, vid=view.vid)
+            smc = ShardMulticast(
+                sid, view.layout.members_of(sid), self.node_id, cfg.multicast, now=self.now, vid=view.vid,
+                persisted=self._persisted.get(sid, 0),
+            )
             smc.resend = resend.pop(sid, [])
             self.shards[sid] = smc
             if smc.my_pos is not None:
@@ -346,6 +369,9 @@ class NodeCore:
         if peers:
             self._ready.outgoing.extend(Outgoing(peers, p) for p in pushes)
         self._ready.deliveries.extend(deliveries)
+        frontier = smc.take_persisted()
+        if frontier is not None:
+            self._ready.persisted.append((smc.shard, frontier - 1))
         if opened:
             self._ready.window_open.append(smc.shard)
 

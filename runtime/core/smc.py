@@ -46,6 +46,8 @@ def shard_schema(n_senders: int) -> Schema:
         (
             Column("received_num", width=n_senders),
             Column("delivered_num"),
+            # Every version below this is on this member's disk (persistent delivery mode).
+            Column("persisted"),
         )
     )
 
@@ -67,6 +69,7 @@ class ShardMulticast:
         senders: Sequence[int] | None = None,
         now: float = 0.0,
         vid: int = 0,
+        persisted: int = 0,
     ) -> None:
         if my_node not in members:
             raise ValueError(f"node {my_node} is not a member of shard {shard!r}")
@@ -100,6 +103,13 @@ class ShardMulticast:
         # Messages trimmed from the previous view, sent again here before any new payload.
         self.resend: list[bytes] = []
         self.sst.register("stability", self._stable_beyond_delivered, self._deliver_stable)
+        # Persistence frontier: every member's disk holds all versions up to it. Rows start at
+        # 0 until a member pushes, so the frontier only moves once everyone has reported.
+        self._persisted_reported = 0
+        self._persisted_frontiers: list[int] = []
+        if persisted > 0:
+            self.sst.set("persisted", persisted)
+        self.sst.register("persistence", self._persisted_beyond_reported, self._report_persisted)
 
     # ------------------------------------------------------------------ sending
     @property
@@ -248,6 +258,23 @@ class ShardMulticast:
             self._blocked = False
             self._window_opened = True
 
+    # --------------------------------------------------------------- persistence
+    def set_persisted(self, bound: int) -> None:
+        """This member's log now holds every version below ``bound`` on disk."""
+        if bound > self.sst.mine["persisted"]:  # type: ignore[operator]
+            self.sst.set("persisted", bound)
+
+    def _persisted_beyond_reported(self, sst: SST) -> bool:
+        return sst.column_min("persisted") > self._persisted_reported
+
+    def _report_persisted(self, sst: SST) -> None:
+        self._persisted_reported = sst.column_min("persisted")
+        self._persisted_frontiers.append(self._persisted_reported)
+
+    @property
+    def persisted_frontier(self) -> int:
+        return self._persisted_reported
+
     @property
     def delivered(self) -> int:
         return self._delivered
@@ -283,6 +310,14 @@ class ShardMulticast:
         self._drain_resend(now)
         self.on_tick(now)
         self.sst.evaluate()
+
+    def take_persisted(self) -> int | None:
+        """The persistence frontier if it moved since the last call."""
+        if not self._persisted_frontiers:
+            return None
+        latest = self._persisted_frontiers[-1]
+        self._persisted_frontiers.clear()
+        return latest
 
     def drain(self) -> tuple[list[ShardPush], list[Delivery], bool]:
         """Pushes to send to every other member, deliveries, and whether the window opened."""

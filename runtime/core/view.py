@@ -26,6 +26,9 @@ class View:
     layout: Layout
     joined: tuple[int, ...] = ()
     departed: tuple[int, ...] = ()
+    # Shards that gained members who lack their state, each with the member (a holder of the
+    # shard in the previous view) that transfers it to them at the start of this view.
+    sources: tuple[tuple[ShardId, int], ...] = ()
     _rank: dict[int, int] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -48,6 +51,14 @@ class View:
     def my_shards(self, node_id: int) -> tuple[ShardId, ...]:
         return self.layout.shards_of(node_id) if self.layout.adequate else ()
 
+    def source_of(self, shard: ShardId) -> int | None:
+        """Who sends ``shard``'s state to its new members in this view (None: nobody needs it,
+        or the shard had no surviving holder)."""
+        for sid, node in self.sources:
+            if sid == shard:
+                return node
+        return None
+
     # ----------------------------------------------------------------- wire form
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -59,6 +70,7 @@ class View:
             "adequate": self.layout.adequate,
             "shards": [[s.type_name, s.subgroup, s.shard, list(m)] for s, m in self.layout.shards.items()],
             "shortfall": [[s.type_name, s.subgroup, s.shard, n] for s, n in self.layout.shortfall],
+            "sources": [[s.type_name, s.subgroup, s.shard, n] for s, n in self.sources],
         }
 
     @classmethod
@@ -75,12 +87,16 @@ class View:
                 layout=Layout(d["adequate"], shards, shortfall),
                 joined=tuple(_int(m) for m in d["joined"]),
                 departed=tuple(_int(m) for m in d["departed"]),
+                sources=tuple((ShardId(_str(t), _int(g), _int(s)), _int(n)) for t, g, s, n in d.get("sources", ())),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ViewFormatError(f"malformed view: {exc}") from exc
         for sid, members in view.layout.shards.items():
             if any(view.rank_of(m) is None for m in members):
                 raise ViewFormatError(f"shard {sid} lists a node outside view {view.vid}")
+        for sid, node in view.sources:
+            if view.rank_of(node) is None:
+                raise ViewFormatError(f"shard {sid} names state source {node}, outside view {view.vid}")
         return view
 
 
@@ -126,7 +142,10 @@ class Proposal:
 
     def next_view(self, policy: LayoutPolicy, previous: Layout) -> View:
         layout = compute_layout(policy, self.members, previous if previous.adequate else None)
-        return View(self.vid, self.members, self.addresses, layout, self.joined, self.departed)
+        return View(
+            self.vid, self.members, self.addresses, layout, self.joined, self.departed,
+            state_sources(previous, layout, self.members),
+        )
 
     def to_wire(self) -> list[Any]:
         return [
@@ -155,6 +174,25 @@ class Proposal:
         if len(p.members) != len(p.addresses) or len(set(p.members)) != len(p.members):
             raise ViewFormatError("malformed proposal: members and addresses disagree")
         return p
+
+
+def state_sources(previous: Layout, layout: Layout, members: Sequence[int]) -> tuple[tuple[ShardId, int], ...]:
+    """For each shard of ``layout`` with members that did not hold it in ``previous``: the
+    first previous holder still in the view, preferring one that keeps the shard."""
+    if not layout.adequate or not previous.adequate:
+        return ()
+    alive = set(members)
+    out = []
+    for sid, now in layout.shards.items():
+        before = previous.members_of(sid)
+        if not before or all(m in before for m in now):
+            continue
+        survivors = [m for m in before if m in alive]
+        if not survivors:
+            continue
+        staying = [m for m in survivors if m in now]
+        out.append((sid, (staying or survivors)[0]))
+    return tuple(out)
 
 
 def leader_rank(suspected: Sequence[int]) -> int | None:

@@ -22,18 +22,19 @@ from typing import Any, Callable, Sequence
 from derecho_actors.exceptions import ConfigError
 from runtime.config import NodeConfig
 from runtime.core.effects import Delivery, Ready
-from runtime.core.events import LeaveRequested, MessageArrived, PeerLost, Tick
+from runtime.core.events import LeaveRequested, MessageArrived, PeerLost, Persisted, Tick
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush, ViewAnnouncement
 from runtime.core.node_core import NodeCore
 from runtime.core.view import View
 from runtime.drivers.tcp import TcpTransport
 from runtime.wire.codec import frame
-from runtime.wire.control import Call, Reply, StatusReply, StatusRequest
+from runtime.wire.control import Call, Reply, StateAck, StateChunk, StateRequest, StatusReply, StatusRequest
 
 log = logging.getLogger("derecho.node")
 
 CORE_MESSAGES = (ShardPush, GroupPush, ViewAnnouncement, JoinRequest, JoinReply)
+DIRECT_MESSAGES = (Call, Reply, StateRequest, StateChunk, StateAck)  # member to member, for the app
 
 
 @dataclass(slots=True)
@@ -44,8 +45,9 @@ class AppHooks:
     on_view: Callable[[View], None] | None = None
     on_window_open: Callable[[ShardId], None] | None = None
     on_stop: Callable[[str], None] | None = None
-    on_direct: Callable[[int, Any], None] | None = None  # Call / Reply frames from a member
+    on_direct: Callable[[int, Any], None] | None = None  # Call / Reply / State* frames from a member
     on_client: Callable[[Any, Any], None] | None = None  # a client's Call, with its connection
+    on_persisted: Callable[[ShardId, int], None] | None = None  # shard's persistence frontier moved
 
 
 class NodeDriver:
@@ -163,6 +165,16 @@ class NodeDriver:
         else:
             self.in_loop(self._app_send, shard, list(payloads))
 
+    def report_persisted(self, shard: ShardId, version: int) -> None:
+        """The app's log of ``shard`` holds every version up to ``version`` on disk
+        (thread-safe)."""
+        self.in_loop(self._persisted, shard, version)
+
+    def _persisted(self, shard: ShardId, version: int) -> None:
+        if self.core is not None:
+            self.core.step(Persisted(self.loop.time(), shard, version))  # type: ignore[union-attr]
+            self._schedule_flush()
+
     def send_direct(self, node: int, data: bytes) -> None:
         """Send encoded frames straight to ``node`` (loop thread)."""
         if self.transport is not None:
@@ -233,7 +245,7 @@ class NodeDriver:
                 if isinstance(msg, JoinRequest) and isinstance(msg.address, str):
                     self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
                 core.step(MessageArrived(now, sender, msg))
-            elif isinstance(msg, (Call, Reply)) and self.hooks.on_direct is not None:
+            elif isinstance(msg, DIRECT_MESSAGES) and self.hooks.on_direct is not None:
                 self.hooks.on_direct(sender, msg)
             else:
                 log.warning("node %s sent a %s on a member connection; ignored", sender, type(msg).__name__)
@@ -291,6 +303,9 @@ class NodeDriver:
         if self.hooks.on_deliver is not None:
             for d in deliveries:
                 self.hooks.on_deliver(d)
+        if self.hooks.on_persisted is not None:
+            for sid, version in ready.persisted:
+                self.hooks.on_persisted(sid, version)  # type: ignore[arg-type]
         for r in ready.rejected:
             log.warning("rejected input from node %s: %s", r.sender, r.reason)
         for sid, payloads in ready.orphaned:

@@ -29,9 +29,11 @@ from derecho_actors.exceptions import WireError
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, ShardPush, ViewAnnouncement
 from runtime.core.sst import RowDelta
-from runtime.wire.control import ROLES, Call, Goodbye, Hello, Reply, StatusReply, StatusRequest
+from runtime.wire.control import (
+    ROLES, Call, Goodbye, Hello, Reply, StateAck, StateChunk, StateRequest, StatusReply, StatusRequest,
+)
 
-WireMessage = Message | Hello | StatusRequest | StatusReply | Goodbye | Call | Reply
+WireMessage = Message | Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | StateRequest | StateChunk | StateAck
 """Everything that travels in a frame: core protocol messages and driver control frames."""
 
 DEFAULT_MAX_FRAME: Final[int] = 64 << 20
@@ -52,6 +54,9 @@ TAG_STATUS_REPLY: Final = 18
 TAG_GOODBYE: Final = 19
 TAG_CALL: Final = 20
 TAG_REPLY: Final = 21
+TAG_STATE_REQUEST: Final = 22
+TAG_STATE_CHUNK: Final = 23
+TAG_STATE_ACK: Final = 24
 
 _HEADER: Final = struct.Struct(">I")
 _MAX_PREFIX: Final[int] = 0xFFFFFFFF
@@ -136,10 +141,25 @@ def _enc_call(m: Call) -> list[Any]:
 
 
 def _enc_reply(m: Reply) -> list[Any]:
-    return [TAG_REPLY, m.call_id, m.node, m.vid, list(m.replicas), m.ok, m.value, m.origin]
+    return [TAG_REPLY, m.call_id, m.node, m.vid, list(m.replicas), m.ok, m.value, m.origin, m.version]
+
+
+def _enc_state_request(m: StateRequest) -> list[Any]:
+    return [TAG_STATE_REQUEST, _shard_to_wire(m.shard), m.vid, m.have_version, m.digest]
+
+
+def _enc_state_chunk(m: StateChunk) -> list[Any]:
+    return [TAG_STATE_CHUNK, _shard_to_wire(m.shard), m.vid, m.seq, m.part, m.data, m.final, m.reset]
+
+
+def _enc_state_ack(m: StateAck) -> list[Any]:
+    return [TAG_STATE_ACK, _shard_to_wire(m.shard), m.vid, m.seq]
 
 
 _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
+    StateRequest: _enc_state_request,
+    StateChunk: _enc_state_chunk,
+    StateAck: _enc_state_ack,
     Call: _enc_call,
     Reply: _enc_reply,
     ShardPush: _enc_shard_push,
@@ -364,14 +384,42 @@ def _dec_call(f: list[Any]) -> Call:
 
 
 def _dec_reply(f: list[Any]) -> Reply:
-    _, call_id, node, vid, replicas, ok, value, origin = f
+    _, call_id, node, vid, replicas, ok, value, origin, version = f
     if type(replicas) is not list:
         raise WireError(f"Reply.replicas must be a list, got {_describe(replicas)}")
     return Reply(
         _nat(call_id, "Reply.call_id"), _nat(node, "Reply.node"), _nat(vid, "Reply.vid"),
         tuple(_nat(r, "Reply.replicas[]") for r in replicas), _bool(ok, "Reply.ok"), _bytes(value, "Reply.value"),
-        _nat(origin, "Reply.origin"),
+        _nat(origin, "Reply.origin"), _version(version),
     )
+
+
+def _version(value: object) -> int:
+    if type(value) is not int or value < -1:
+        raise WireError(f"Reply.version must be an int >= -1, got {_describe(value)}")
+    return value
+
+
+def _dec_state_request(f: list[Any]) -> StateRequest:
+    _, shard, vid, have, digest = f
+    if type(have) is not int or have < -1:
+        raise WireError(f"StateRequest.have_version must be an int >= -1, got {_describe(have)}")
+    return StateRequest(_shard_id(shard, "StateRequest.shard"), _nat(vid, "StateRequest.vid"), have, _nat(digest, "StateRequest.digest"))
+
+
+def _dec_state_chunk(f: list[Any]) -> StateChunk:
+    _, shard, vid, seq, part, data, final, reset = f
+    if part not in ("obj", "log"):
+        raise WireError(f"StateChunk.part must be 'obj' or 'log', got {_describe(part)}")
+    return StateChunk(
+        _shard_id(shard, "StateChunk.shard"), _nat(vid, "StateChunk.vid"), _nat(seq, "StateChunk.seq"), part,
+        _bytes(data, "StateChunk.data"), _bool(final, "StateChunk.final"), _bool(reset, "StateChunk.reset"),
+    )
+
+
+def _dec_state_ack(f: list[Any]) -> StateAck:
+    _, shard, vid, seq = f
+    return StateAck(_shard_id(shard, "StateAck.shard"), _nat(vid, "StateAck.vid"), _nat(seq, "StateAck.seq"))
 
 
 # tag -> (name, number of fields after the tag, decoder of the whole list)
@@ -386,7 +434,10 @@ _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]]
     TAG_STATUS_REPLY: ("StatusReply", 1, _dec_status_reply),
     TAG_GOODBYE: ("Goodbye", 1, _dec_goodbye),
     TAG_CALL: ("Call", 7, _dec_call),
-    TAG_REPLY: ("Reply", 7, _dec_reply),
+    TAG_REPLY: ("Reply", 8, _dec_reply),
+    TAG_STATE_REQUEST: ("StateRequest", 4, _dec_state_request),
+    TAG_STATE_CHUNK: ("StateChunk", 7, _dec_state_chunk),
+    TAG_STATE_ACK: ("StateAck", 3, _dec_state_ack),
 }
 
 

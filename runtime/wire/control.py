@@ -78,6 +78,43 @@ class Reply:
     ok: bool
     value: bytes
     origin: int = 0  # the external client the call came from, if any (see Call.origin)
+    version: int = -1  # the ordered call's version in a persistent shard (-1: none)
 
 
-ControlMessage = Hello | StatusRequest | StatusReply | Goodbye | Call | Reply
+@dataclass(frozen=True, slots=True)
+class StateRequest:
+    """A replica new to ``shard`` in view ``vid`` asks the view's state source for the state.
+    ``have_version`` is the last version in its own log (-1: none) and ``digest`` the crc32 of
+    that record's body: the source sends only later records if its own record agrees."""
+
+    shard: Any  # ShardId
+    vid: int
+    have_version: int
+    digest: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateChunk:
+    """One piece of a state transfer: ``part`` is "obj" (bytes of the pickled object state)
+    or "log" (msgpack list of [version, timestamp_ns, body] records); ``final`` ends it;
+    ``reset`` (first chunk only) tells the receiver its log disagrees and must be replaced."""
+
+    shard: Any
+    vid: int
+    seq: int
+    part: str
+    data: bytes
+    final: bool
+    reset: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StateAck:
+    """The receiver has written chunk ``seq``: flow control for the sender's window."""
+
+    shard: Any
+    vid: int
+    seq: int
+
+
+ControlMessage = Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | StateRequest | StateChunk | StateAck

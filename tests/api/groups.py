@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -11,14 +12,21 @@ from derecho_actors._cluster import _free_ports
 
 
 @contextmanager
-def running_groups(count: int, types: Sequence[type], layout: da.Layout, cluster: str, suspicion_ms: int) -> Iterator[list[da.Group]]:
-    """``count`` nodes (ids 1..count, node 1 founds), all in one adequate view; closed after."""
+def running_groups(
+    count: int, types: Sequence[type], layout: da.Layout, cluster: str, suspicion_ms: int,
+    data_root: Path | None = None, extra: dict[str, str] | None = None,
+) -> Iterator[list[da.Group]]:
+    """``count`` nodes (ids 1..count, node 1 founds), all in one adequate view; closed after.
+    Node i keeps its data in ``data_root/node-i`` (a persistent type needs one)."""
     ports = _free_ports(count)
     common = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": str(suspicion_ms), "node.cluster": cluster}
+    common.update(extra or {})
     made: list[da.Group] = []
     try:
         for i, port in enumerate(ports, start=1):
             o = dict(common, **{"node.id": str(i), "node.listen": f"127.0.0.1:{port}"})
+            if data_root is not None:
+                o["node.data_dir"] = str(data_root / f"node-{i}")
             if i > 1:
                 o["node.contacts"] = f"127.0.0.1:{ports[0]}"
             made.append(da.Group(types=types, layout=layout, overrides=o))

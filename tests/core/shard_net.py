@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from runtime.core.effects import DeliveredMessage
-from runtime.core.events import MessageArrived, Tick
+from runtime.core.events import MessageArrived, Persisted, Tick
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layout
 from runtime.core.membership import MembershipConfig
 from runtime.core.messages import Message
@@ -50,6 +50,7 @@ class ShardNet:
         self.rejected: list[object] = []
         self.batches: dict[int, list[int]] = {m: [] for m in self.members}
         self.wakeups: dict[int, float | None] = {m: None for m in self.members}
+        self.persisted: dict[int, list[int]] = {m: [] for m in self.members}
         for m in self.members:
             self.flush(m)
             self.window_opened[m] = 0
@@ -68,6 +69,7 @@ class ShardNet:
             self.delivered[node].extend(d.messages)
             self.batches[node].append(len(d.messages))
         self.window_opened[node] += len(ready.window_open)
+        self.persisted[node].extend(v for _, v in ready.persisted)
         self.rejected.extend(ready.rejected)
         self.wakeups[node] = ready.wakeup_at
 
@@ -81,6 +83,10 @@ class ShardNet:
 
     def in_flight(self) -> list[tuple[int, int]]:
         return [link for link, q in sorted(self.links.items()) if q]
+
+    def persist(self, node: int, version: int) -> None:
+        self.cores[node].step(Persisted(self.now, SHARD, version))
+        self.flush(node)
 
     def tick(self, dt: float = 0.0) -> None:
         self.now += dt

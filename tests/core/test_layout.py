@@ -559,3 +559,32 @@ def test_leave_moves_at_most_one_survivor_per_lost_seat(
         if node != leaver and node not in after.members_of(shard)
     )
     assert lost <= len(before.shards_of(leaver))
+
+
+# ---------------------------------------------------------------- state sources
+from runtime.core.view import View, state_sources  # noqa: E402
+
+_S = ShardId("T", 0, 0)
+
+
+@pytest.mark.parametrize(
+    "before, now, members, expected",
+    [
+        ((1, 2, 3), (1, 2, 3), (1, 2, 3), ()),  # nobody new: no transfer
+        ((1, 2, 3), (1, 2, 4), (1, 2, 4), ((_S, 1),)),  # 3 replaced by 4: first survivor sends
+        ((1, 2, 3), (2, 3, 4), (2, 3, 4), ((_S, 2),)),  # 1 gone: next holder sends
+        ((1, 2), (3, 4), (1, 3, 4), ((_S, 1),)),  # 1 moved elsewhere but alive: it still sends
+        ((1, 2), (3, 4), (3, 4), ()),  # no holder survives: nothing to send from
+        ((), (1, 2), (1, 2), ()),  # shard is new in this view
+    ],
+)
+def test_state_sources(before: tuple, now: tuple, members: tuple, expected: tuple) -> None:
+    prev = Layout(True, {_S: before} if before else {}, ())
+    cur = Layout(True, {_S: now}, ())
+    assert state_sources(prev, cur, members) == expected
+
+
+def test_sources_survive_the_wire() -> None:
+    layout = Layout(True, {_S: (1, 2)}, ())
+    view = View(3, (1, 2), ("a", "b"), layout, (2,), (), ((_S, 1),))
+    assert View.from_wire(view.to_wire()).sources == ((_S, 1),)

@@ -16,6 +16,7 @@ import pytest
 from derecho_actors.exceptions import ConfigError
 from runtime.config import (
     MulticastSection,
+    PersistenceSection,
     NodeConfig,
     NodeSection,
     TimeoutsSection,
@@ -110,10 +111,11 @@ def test_example_config_round_trip(tmp_path: pathlib.Path) -> None:
     )
     # Every key the example writes is one the loader knows, and every known key is written.
     doc = tomllib.loads(text)
-    assert set(doc) == {"node", "timeouts", "multicast"}
+    assert set(doc) == {"node", "timeouts", "multicast", "persistence"}
     assert set(doc["node"]) == {f.name for f in dataclasses.fields(NodeSection)}
     assert set(doc["timeouts"]) == {f.name for f in dataclasses.fields(TimeoutsSection)}
     assert set(doc["multicast"]) == {f.name for f in dataclasses.fields(MulticastSection)}
+    assert set(doc["persistence"]) == {f.name for f in dataclasses.fields(PersistenceSection)}
 
 
 def test_example_config_founding_node(tmp_path: pathlib.Path) -> None:

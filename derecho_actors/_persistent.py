@@ -1,0 +1,494 @@
+"""Persistent fields, their versioned log, and reads of past versions.
+
+A field declared ``Persistent(default)`` on a replicated class is read and written as a plain
+attribute. After each delivered ordered call the replica compares every persistent field with
+its last logged value and appends one record to the shard's log: the call's version (view id
+and global index), a timestamp taken from the message (so every replica records the same one)
+and the fields that changed. Dict-valued fields log only the keys that changed.
+
+Reads of the past go through :func:`at_version` and :func:`at_time`, which give a read-only
+snapshot of *all* persistent fields at one version: one consistent cut rather than one field at
+a time, and plain values stay plain values in user code. Only versions already on disk at
+every replica (at or below the shard's persistence frontier) can be read, so every replica
+answers a past read identically.
+
+Record body (msgpack): ``[origin, call_id, changes]`` where ``changes`` maps a field name to
+``["v", value]`` (the new value, encoded with the type's serializer) or
+``["m", replaced, sets, deletes]`` for dict fields (``replaced``: the dict was assigned anew
+and ``sets`` holds all of it; ``sets``/``deletes`` encoded lists of ``[key, value]`` / keys).
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import msgpack
+
+from derecho_actors import _codec
+from derecho_actors.exceptions import NotPersistedYet
+from runtime.core.versions import format_version
+
+log = logging.getLogger("derecho.persistent")
+
+_DELETED = object()
+
+
+class Persistent:
+    """A field whose every change is logged on disk as a new version.
+
+    ``Persistent(default)``: the starting value (copied for each replica). The value must be
+    encodable by the type's serializer (plain data for msgpack). A dict value logs per-key
+    changes; store new values in it (``d[k] = v``), since changes *inside* a value held by the
+    dict are not seen.
+    """
+
+    def __init__(self, default: Any = None) -> None:
+        self.default = default
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        d = obj.__dict__
+        try:
+            return d[self.name]
+        except KeyError:
+            value = _wrap(copy.deepcopy(self.default), replaced=False)
+            d[self.name] = value
+            return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = _wrap(value, replaced=True)
+
+
+def _wrap(value: Any, replaced: bool) -> Any:
+    if isinstance(value, dict):
+        tracked = TrackedDict(value)
+        tracked._replaced = replaced
+        return tracked
+    return value
+
+
+class TrackedDict(dict):  # type: ignore[type-arg]
+    """A dict that remembers which keys changed since the last record."""
+
+    _replaced = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._changed: dict[Any, Any] = {}
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._changed[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._changed[key] = _DELETED
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        had = key in self
+        value = super().pop(key, *default)
+        if had:
+            self._changed[key] = _DELETED
+        return value
+
+    def popitem(self) -> tuple[Any, Any]:
+        key, value = super().popitem()
+        self._changed[key] = _DELETED
+        return key, value
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __ior__(self, other: Any) -> TrackedDict:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed.clear()
+        self._replaced = True
+
+    def __reduce__(self) -> Any:  # pickles as a plain dict (state transfer, user copies)
+        return (dict, (dict(self),))
+
+
+def persistent_fields(cls: type) -> dict[str, Persistent]:
+    out: dict[str, Persistent] = {}
+    for klass in reversed(cls.__mro__):
+        for name, attr in vars(klass).items():
+            if isinstance(attr, Persistent):
+                out[name] = attr
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedCall:
+    version: int
+    timestamp_ns: int
+    origin: int
+    call_id: int
+
+
+class FieldHistory:
+    """Which versions changed each field (and each key of dict fields): an index into the log
+    that lets a read of the past fetch exactly one record per value."""
+
+    def __init__(self, fields: Mapping[str, Persistent]) -> None:
+        self.values: dict[str, list[int]] = {}
+        self.keys: dict[str, dict[Any, list[int]]] = {}
+        self.replaced: dict[str, list[int]] = {}
+        for name, f in fields.items():
+            if isinstance(f.default, dict):
+                self.keys[name] = {}
+                self.replaced[name] = []
+            else:
+                self.values[name] = []
+
+    def note(self, version: int, changes: Mapping[str, Any], decode: Callable[[bytes], Any]) -> None:
+        for name, change in changes.items():
+            if change[0] == "v":
+                self.values.setdefault(name, []).append(version)
+            else:
+                _, replaced, sets, dels = change
+                keys = self.keys.setdefault(name, {})
+                if replaced:
+                    self.replaced.setdefault(name, []).append(version)
+                for key, _value in decode(sets) if sets else ():
+                    keys.setdefault(_hashable(key), []).append(version)
+                for key in decode(dels) if dels else ():
+                    keys.setdefault(_hashable(key), []).append(version)
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
+
+def _latest(versions: list[int], at: int) -> int | None:
+    i = bisect.bisect_right(versions, at)
+    return versions[i - 1] if i else None
+
+
+class PersistentStore:
+    """One replica's persistent state: its fields' change tracking, its log, the history index
+    for reads of the past, and a writer thread that makes records durable in batches.
+
+    The replica's actor thread calls :meth:`record` after each ordered call and :meth:`submit`
+    once per delivered batch; the writer thread appends, fsyncs once for everything queued,
+    and calls ``on_durable(version)``. Reads of the past come from the actor thread too.
+    """
+
+    def __init__(
+        self,
+        obj: Any,
+        fields: Mapping[str, Persistent],
+        serializer: str,
+        log_: Any,  # runtime.drivers.log_store.VersionedLog
+        on_durable: Callable[[int], None],
+    ) -> None:
+        self.obj = obj
+        self.fields = dict(fields)
+        self.serializer = serializer
+        self.log = log_
+        self.on_durable = on_durable
+        self.history = FieldHistory(self.fields)
+        self.frontier = -1  # persisted at every replica of the shard (set by the group)
+        self.last_version = -1
+        self.last_ts = 0
+        self._baseline: dict[str, bytes] = {}
+        self._lock = threading.Lock()  # the log is used by the writer and by readers
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._durable = threading.Condition()
+        self._durable_version = -1
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        self.write_error: BaseException | None = None
+
+    # ------------------------------------------------------------------ startup
+    def replay(self) -> Iterator[LoggedCall]:
+        """Rebuild the fields (on a fresh object) from the log; yields each logged call so the
+        replica can rebuild its exactly-once table."""
+        decode = self._decode
+        with self._lock:
+            records = list(self.log.iter_from(-1))
+        for version, ts, body in records:
+            origin, call_id, changes = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            self._apply(changes)
+            self.history.note(version, changes, decode)
+            self.last_version, self.last_ts = version, ts
+            yield LoggedCall(version, ts, origin, call_id)
+        self.reset_tracking()
+        self._durable_version = self.last_version
+
+    def reset_tracking(self) -> None:
+        """Take the current field values as the baseline (after construction or replay)."""
+        for name in self.fields:
+            value = getattr(self.obj, name)
+            if isinstance(value, TrackedDict):
+                value._changed.clear()
+                value._replaced = False
+            else:
+                self._baseline[name] = self._encode(value)
+
+    def _apply(self, changes: Mapping[str, Any]) -> None:
+        d = self.obj.__dict__
+        for name, change in changes.items():
+            if name not in self.fields:
+                continue
+            if change[0] == "v":
+                d[name] = _wrap(self._decode(change[1]), replaced=False)
+                continue
+            _, replaced, sets, dels = change
+            current = getattr(self.obj, name)
+            if replaced:
+                dict.clear(current)
+            for key, value in self._decode(sets) if sets else ():
+                dict.__setitem__(current, _hashable(key), value)
+            for key in self._decode(dels) if dels else ():
+                dict.pop(current, _hashable(key), None)
+
+    # ------------------------------------------------------------------ writing
+    def record(self, version: int, ts: int, origin: int, call_id: int) -> tuple[int, int, bytes]:
+        """The log record of the call just applied at ``version``."""
+        changes: dict[str, Any] = {}
+        for name in self.fields:
+            value = getattr(self.obj, name)
+            if isinstance(value, TrackedDict):
+                if value._replaced:
+                    changes[name] = ["m", True, self._encode([[k, v] for k, v in value.items()]), b""]
+                elif value._changed:
+                    sets = [[k, v] for k, v in value._changed.items() if v is not _DELETED]
+                    dels = [k for k, v in value._changed.items() if v is _DELETED]
+                    changes[name] = ["m", False, self._encode(sets) if sets else b"", self._encode(dels) if dels else b""]
+                value._changed.clear()
+                value._replaced = False
+            else:
+                enc = self._encode(value)
+                if enc != self._baseline.get(name):
+                    changes[name] = ["v", enc]
+                    self._baseline[name] = enc
+        ts = max(ts, self.last_ts)
+        self.history.note(version, changes, self._decode)
+        self.last_version, self.last_ts = version, ts
+        return version, ts, msgpack.packb([origin, call_id, changes], use_bin_type=True)
+
+    def submit(self, records: list[tuple[int, int, bytes]]) -> None:
+        """Queue a batch for the writer thread (one fsync covers all that queued meanwhile)."""
+        if not records:
+            return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="derecho-log-writer", daemon=True)
+            self._writer.start()
+        self._queue.put(records)
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            records = list(batch)
+            stop = False
+            while True:  # everything queued meanwhile goes into the same fsync
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                records.extend(more)
+            try:
+                with self._lock:
+                    self.log.append(records)
+                    durable = self.log.flush()
+            except BaseException as exc:  # disk full, I/O error: stop reporting progress
+                log.exception("writing the log %s failed; this replica stops persisting", getattr(self.log, "path", "?"))
+                self.write_error = exc
+                return
+            with self._durable:
+                self._durable_version = durable
+                self._durable.notify_all()
+            self.on_durable(durable)
+            if stop:
+                return
+
+    def wait_durable(self, version: int, timeout: float = 60.0) -> bool:
+        """Block until ``version`` is on this replica's disk (used before a state transfer)."""
+        with self._durable:
+            return self._durable.wait_for(lambda: self._durable_version >= version or self.write_error is not None, timeout)
+
+    @property
+    def durable_version(self) -> int:
+        return self._durable_version
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join(10)
+        with self._lock:
+            self.log.close()
+
+    # ------------------------------------------------------------------ reading
+    def read_record(self, version: int) -> dict[str, Any]:
+        with self._lock:
+            body = self.log.read(version)
+        return msgpack.unpackb(body, raw=False, strict_map_key=False)[2]  # type: ignore[no-any-return]
+
+    def check_readable(self, version: int) -> None:
+        if version > self.frontier:
+            raise NotPersistedYet(
+                f"version {format_version(version)} is not on disk at every replica yet (persisted up to "
+                f"{format_version(self.frontier)}); wait for the call's QueryResults.persisted() or read an older version"
+            )
+
+    def version_at_time(self, timestamp_ns: int) -> int:
+        """The latest persisted version stamped at or before ``timestamp_ns`` (-1: none)."""
+        with self._lock:
+            found = self.log.latest_at_or_before_time(timestamp_ns)
+            if found is not None and found[0] > self.frontier:
+                raise NotPersistedYet(
+                    f"version {format_version(found[0])}, the latest at that time, is not on disk at every replica "
+                    f"yet (persisted up to {format_version(self.frontier)}); ask again shortly"
+                )
+        return found[0] if found is not None else -1
+
+    def value_at(self, name: str, version: int) -> Any:
+        field = self.fields[name]
+        if name in self.history.values:
+            v = _latest(self.history.values[name], version)
+            if v is None:
+                return copy.deepcopy(field.default)
+            return self._decode(self.read_record(v)[name][1])
+        return MapSnapshot(self, name, version)
+
+    def _encode(self, value: Any) -> bytes:
+        if isinstance(value, TrackedDict):
+            value = dict(value)
+        return _codec.encode_result(value, self.serializer)
+
+    def _decode(self, data: bytes) -> Any:
+        return _codec.decode_result(data, self.serializer)
+
+
+class MapSnapshot(Mapping[Any, Any]):
+    """A dict field as it was at one version (read-only; each key costs one record read)."""
+
+    def __init__(self, store: PersistentStore, name: str, version: int) -> None:
+        self._store, self._name, self._version = store, name, version
+        self._default = store.fields[name].default or {}
+
+    def _lookup(self, key: Any) -> Any:
+        store, name, at = self._store, self._name, self._version
+        kv = _latest(store.history.keys.get(name, {}).get(key, []), at)
+        cv = _latest(store.history.replaced.get(name, []), at)
+        if kv is None:
+            if cv is None and key in self._default:
+                return self._default[key]
+            return _DELETED
+        if cv is not None and cv > kv:
+            return _DELETED
+        _, _replaced, sets, _dels = store.read_record(kv)[name]
+        for k, v in store._decode(sets) if sets else ():
+            if _hashable(k) == key:
+                return v
+        return _DELETED
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self._lookup(key)
+        if value is _DELETED:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[Any]:
+        candidates = set(self._store.history.keys.get(self._name, {})) | set(self._default)
+        for key in candidates:
+            if self._lookup(key) is not _DELETED:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"<{self._name} at version {format_version(self._version)}: {dict(self)!r}>"
+
+
+class Snapshot:
+    """The persistent fields of a replicated object at one version (read-only attributes)."""
+
+    def __init__(self, store: PersistentStore, version: int) -> None:
+        self._store = store
+        self.version = version
+
+    def __getattr__(self, name: str) -> Any:
+        store = self.__dict__["_store"]
+        if name not in store.fields:
+            raise AttributeError(f"{name!r} is not a persistent field of {type(store.obj).__name__}")
+        return store.value_at(name, self.__dict__["version"])
+
+    def __repr__(self) -> str:
+        return f"<Snapshot at version {format_version(self.version)}>"
+
+
+STORE_ATTR = "__derecho_store__"
+
+
+def _store_of(obj: Any) -> PersistentStore:
+    store = getattr(obj, STORE_ATTR, None)
+    if store is None:
+        raise TypeError(
+            f"{type(obj).__name__} has no persistent log here: at_version/at_time work inside methods of a "
+            "replicated type with Persistent fields"
+        )
+    return store  # type: ignore[no-any-return]
+
+
+def at_version(obj: Any, version: int) -> Snapshot:
+    """The persistent fields of ``obj`` (a replica, usually ``self`` in a @p2p method) as they
+    were right after ``version``. Raises NotPersistedYet for a version not yet on disk at every
+    replica of the shard."""
+    store = _store_of(obj)
+    if type(version) is not int or version < 0:
+        raise ValueError(f"a version is a non-negative int, got {version!r}")
+    store.check_readable(version)
+    return Snapshot(store, version)
+
+
+def at_time(obj: Any, timestamp_ns: int) -> Snapshot:
+    """The persistent fields of ``obj`` at wall-clock time ``timestamp_ns`` (``time.time_ns()``
+    scale): the latest version stamped at or before it. Before the first version, the fields'
+    defaults."""
+    store = _store_of(obj)
+    return Snapshot(store, store.version_at_time(timestamp_ns))
+
+
+def current_version(obj: Any) -> int:
+    """The version of the last ordered call applied to ``obj`` (inside an ordered method: the
+    running call's own version). -1 before any."""
+    return _store_of(obj).last_version
+
+
+def persisted_version(obj: Any) -> int:
+    """The shard's persistence frontier as this replica knows it: every version up to it is
+    on disk at every replica."""
+    return _store_of(obj).frontier
+
+
+def log_path(data_dir: str | Path, type_name: str, subgroup: int, shard: int) -> Path:
+    return Path(data_dir) / f"{type_name}.{subgroup}.{shard}.log"
