@@ -37,6 +37,7 @@ from derecho_actors.exceptions import (
     NotRegistered,
     PayloadTooLarge,
     ReplicaLost,
+    RestartError,
     StateTransferError,
     UnknownMethod,
 )
@@ -45,6 +46,7 @@ from runtime.core.effects import Delivery
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy
 from runtime.core.view import View
 from runtime.drivers.node import AppHooks, NodeDriver
+from runtime.drivers.restart import SavedState
 from runtime.wire.codec import frame, frames
 from runtime.wire.control import Call, Reply, StateAck, StateChunk, StateRequest, StatusReply
 
@@ -117,6 +119,7 @@ class Group:
                 on_deliver=self._on_deliver, on_view=self._on_view, on_direct=self._on_direct,
                 on_stop=self._on_stop, on_client=self._on_client, on_persisted=self._on_persisted,
             ),
+            saved=self._saved_state(),
         )
         self._replicas: dict[ShardId, pykka.ActorRef[ReplicaActor]] = {}
         self._views: dict[int, View] = {}
@@ -361,6 +364,41 @@ class Group:
             state_installed=in_loop(lambda version: self._state_installed(sid, version)),
             chunk_done=in_loop(lambda seq: self._chunk_done(sid, seq)),
         )
+
+    def _saved_state(self) -> SavedState | None:
+        """The last view and log ends left in the data directory by an earlier run of this
+        node: if there are any, the node restarts from them instead of starting afresh."""
+        path = self.data_dir / "view.msgpack"
+        if not any(s.persistent for s in self._specs.values()) or not path.exists():
+            return None
+        try:
+            saved = msgpack.unpackb(path.read_bytes(), raw=False)
+            view = View.from_wire(saved["view"])
+        except Exception as exc:
+            raise RestartError(f"{path} is unreadable ({exc}); move it aside to start this node as new") from None
+        if saved.get("cluster") != self.config.node.cluster or saved.get("node") != self.node_id:
+            raise RestartError(
+                f"{self.data_dir} holds the state of node {saved.get('node')} of cluster {saved.get('cluster')!r}, not of "
+                f"node {self.node_id} of {self.config.node.cluster!r}; give each node its own node.data_dir"
+            )
+        from runtime.drivers.log_store import VersionedLog
+
+        logs: dict[ShardId, int] = {}
+        for spec in self._specs.values():
+            if not spec.persistent:
+                continue
+            for file in sorted(self.data_dir.glob(f"{spec.name}.*.*.log")):
+                parts = file.name[len(spec.name) + 1 : -len(".log")].split(".")
+                if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                    continue
+                key = self._signing_key if spec.signed else None
+                with VersionedLog.open(file, signing_key=key, fsync=self.config.persistence.fsync, check_signatures=False) as lg:
+                    if lg.recovery is not None:
+                        log.warning("log %s was repaired on open: %s", file, lg.recovery)
+                    logs[ShardId(spec.name, int(parts[0]), int(parts[1]))] = lg.last_version
+        log.info("node %s restarts from %s: last view %d, logs %s", self.node_id, self.data_dir, view.vid,
+                 {str(k): v for k, v in logs.items()})
+        return SavedState(view, logs)
 
     def _save_view(self, view: View) -> None:
         """Keep the last installed view on disk: a total restart starts from it."""

@@ -27,13 +27,18 @@ from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush, ViewAnnouncement
 from runtime.core.node_core import NodeCore
 from runtime.core.view import View
+from runtime.drivers.restart import RestartCoordinator, SavedState
 from runtime.drivers.tcp import TcpTransport
 from runtime.wire.codec import frame
-from runtime.wire.control import Call, Reply, StateAck, StateChunk, StateRequest, StatusReply, StatusRequest
+from runtime.wire.control import (
+    Call, GroupRunning, Reply, RestartDecision, RestartHello, StateAck, StateChunk, StateRequest, StatusReply,
+    StatusRequest,
+)
 
 log = logging.getLogger("derecho.node")
 
 CORE_MESSAGES = (ShardPush, GroupPush, ViewAnnouncement, JoinRequest, JoinReply)
+RESTART_MESSAGES = (RestartHello, RestartDecision, GroupRunning)
 DIRECT_MESSAGES = (Call, Reply, StateRequest, StateChunk, StateAck)  # member to member, for the app
 
 
@@ -51,8 +56,12 @@ class AppHooks:
 
 
 class NodeDriver:
-    def __init__(self, config: NodeConfig, hooks: AppHooks | None = None) -> None:
+    def __init__(self, config: NodeConfig, hooks: AppHooks | None = None, saved: SavedState | None = None) -> None:
+        """``saved``: the last view and logs found in the data directory; the node then
+        restarts (see ``runtime.drivers.restart``) instead of founding or joining."""
         self.config = config
+        self.saved = saved
+        self._restart: RestartCoordinator | None = None
         self.hooks = hooks or AppHooks()
         self.node_id = config.node.id
         self.core: NodeCore | None = None
@@ -86,10 +95,15 @@ class NodeDriver:
         now = self.loop.time()
         address = cfg.node.listen
         contacts = [c for c in cfg.contact_addresses() if c != address]
-        if contacts:
-            log.info("node %s listening on %s, joining via %s", self.node_id, address, ", ".join(contacts))
-            self.core = NodeCore(self.node_id, address, cfg.layout, cfg.core_config(), now, contact=contacts)
-            self.loop.call_later(cfg.timeouts.connect_timeout_ms / 1000, self._check_contact_reached, contacts)
+        if self.saved is not None:
+            log.info("node %s listening on %s, restarting from its data (last view %d)", self.node_id, address, self.saved.view.vid)
+            self._restart = RestartCoordinator(
+                self.node_id, address, self.saved, contacts, cfg.layout,
+                cfg.persistence.restart_quorum_wait_ms / 1000, self._send_to_address, now,
+            )
+            self.loop.call_soon(self._restart_tick)
+        elif contacts:
+            self._start_core(contacts=contacts)
         else:
             log.info("node %s listening on %s, founding cluster %r", self.node_id, address, cfg.node.cluster)
             self.core = NodeCore.found(self.node_id, address, cfg.layout, cfg.core_config(), now)
@@ -98,6 +112,51 @@ class NodeDriver:
         await self._stop_event.wait()
         await self.transport.close()
         return self.stop_reason or "stopped"
+
+    def _start_core(self, contacts: list[str] | None = None, view: View | None = None) -> None:
+        cfg = self.config
+        now = self.loop.time()  # type: ignore[union-attr]
+        address = cfg.node.listen
+        if view is not None:
+            log.info("node %s installs restart view %d", self.node_id, view.vid)
+            self.core = NodeCore(self.node_id, address, cfg.layout, cfg.core_config(), now, view=view)
+        else:
+            assert contacts
+            log.info("node %s listening on %s, joining via %s", self.node_id, address, ", ".join(contacts))
+            self.core = NodeCore(self.node_id, address, cfg.layout, cfg.core_config(), now, contact=contacts)
+            self.loop.call_later(cfg.timeouts.connect_timeout_ms / 1000, self._check_contact_reached, contacts)  # type: ignore[union-attr]
+        self._schedule_flush()
+
+    def _send_to_address(self, address: str, msg: Any) -> None:
+        self.transport.send_to_address(address, frame(msg))  # type: ignore[union-attr]
+
+    def _restart_tick(self) -> None:
+        r = self._restart
+        if r is None or self.core is not None or self._stop_event.is_set():
+            return
+        nxt = r.on_tick(self.loop.time())  # type: ignore[union-attr]
+        if r.outcome is not None:
+            self._restart = None
+            self._start_core(contacts=r.outcome.contacts, view=r.outcome.view)
+            return
+        self.loop.call_at(nxt, self._restart_tick)  # type: ignore[union-attr]
+
+    def _on_restart_message(self, sender: int, msg: Any) -> None:
+        if isinstance(msg, RestartHello):
+            self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
+            if self._restart is not None:
+                self._restart.on_hello(msg)
+                self._restart_tick()
+            elif self.core is not None and self.core.view is not None:
+                # The group is running: the restarting node should simply join.
+                reply = GroupRunning(self.config.node.listen, self.core.view.vid)
+                self.transport.send_to_address(msg.address, frame(reply))  # type: ignore[union-attr]
+        elif self._restart is not None:
+            if isinstance(msg, RestartDecision):
+                self._restart.on_decision(msg)
+            elif isinstance(msg, GroupRunning):
+                self._restart.on_running(msg)
+            self._restart_tick()
 
     def _check_contact_reached(self, contacts: list[str]) -> None:
         if self.core is not None and self.core.joining and not self.transport.contact_reached:  # type: ignore[union-attr]
@@ -238,9 +297,15 @@ class NodeDriver:
     def _on_frames(self, sender: int, frames: list[Any]) -> None:
         core = self.core
         if core is None:
+            for msg in frames:
+                if isinstance(msg, RESTART_MESSAGES):
+                    self._on_restart_message(sender, msg)
             return
         now = self.loop.time()  # type: ignore[union-attr]
         for msg in frames:
+            if isinstance(msg, RESTART_MESSAGES):
+                self._on_restart_message(sender, msg)
+                continue
             if isinstance(msg, CORE_MESSAGES):
                 if isinstance(msg, JoinRequest) and isinstance(msg.address, str):
                     self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
@@ -379,7 +444,8 @@ class NodeDriver:
     def status(self) -> dict[str, Any]:
         """A snapshot for ``derecho-actors status`` (call on the loop thread)."""
         core = self.core
-        assert core is not None
+        if core is None:
+            return {"node": self.node_id, "cluster": self.config.node.cluster, "joining": True, "restarting": True}
         view = core.view
         out: dict[str, Any] = {"node": self.node_id, "cluster": self.config.node.cluster, "joining": core.joining}
         if view is None:

@@ -30,10 +30,14 @@ from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, ShardPush, ViewAnnouncement
 from runtime.core.sst import RowDelta
 from runtime.wire.control import (
-    ROLES, Call, Goodbye, Hello, Reply, StateAck, StateChunk, StateRequest, StatusReply, StatusRequest,
+    ROLES, Call, Goodbye, GroupRunning, Hello, Reply, RestartDecision, RestartHello, StateAck, StateChunk, StateRequest,
+    StatusReply, StatusRequest,
 )
 
-WireMessage = Message | Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | StateRequest | StateChunk | StateAck
+WireMessage = (
+    Message | Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | StateRequest | StateChunk | StateAck
+    | RestartHello | RestartDecision | GroupRunning
+)
 """Everything that travels in a frame: core protocol messages and driver control frames."""
 
 DEFAULT_MAX_FRAME: Final[int] = 64 << 20
@@ -57,6 +61,9 @@ TAG_REPLY: Final = 21
 TAG_STATE_REQUEST: Final = 22
 TAG_STATE_CHUNK: Final = 23
 TAG_STATE_ACK: Final = 24
+TAG_RESTART_HELLO: Final = 25
+TAG_RESTART_DECISION: Final = 26
+TAG_GROUP_RUNNING: Final = 27
 
 _HEADER: Final = struct.Struct(">I")
 _MAX_PREFIX: Final[int] = 0xFFFFFFFF
@@ -156,7 +163,22 @@ def _enc_state_ack(m: StateAck) -> list[Any]:
     return [TAG_STATE_ACK, _shard_to_wire(m.shard), m.vid, m.seq]
 
 
+def _enc_restart_hello(m: RestartHello) -> list[Any]:
+    return [TAG_RESTART_HELLO, m.node, m.address, m.view, [[_shard_to_wire(s), v] for s, v in m.logs]]
+
+
+def _enc_restart_decision(m: RestartDecision) -> list[Any]:
+    return [TAG_RESTART_DECISION, m.leader, m.view]
+
+
+def _enc_group_running(m: GroupRunning) -> list[Any]:
+    return [TAG_GROUP_RUNNING, m.address, m.vid]
+
+
 _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
+    RestartHello: _enc_restart_hello,
+    RestartDecision: _enc_restart_decision,
+    GroupRunning: _enc_group_running,
     StateRequest: _enc_state_request,
     StateChunk: _enc_state_chunk,
     StateAck: _enc_state_ack,
@@ -422,6 +444,32 @@ def _dec_state_ack(f: list[Any]) -> StateAck:
     return StateAck(_shard_id(shard, "StateAck.shard"), _nat(vid, "StateAck.vid"), _nat(seq, "StateAck.seq"))
 
 
+def _dec_restart_hello(f: list[Any]) -> RestartHello:
+    _, node, address, view, logs = f
+    if not isinstance(view, dict) or type(logs) is not list:
+        raise WireError("RestartHello needs a view map and a list of logs")
+    _check_plain(view, "RestartHello.view")
+    out = []
+    for item in logs:
+        if type(item) is not list or len(item) != 2 or type(item[1]) is not int or item[1] < -1:
+            raise WireError(f"RestartHello.logs entries are [shard, version], got {_describe(item)}")
+        out.append((_shard_id(item[0], "RestartHello.logs[].shard"), item[1]))
+    return RestartHello(_nat(node, "RestartHello.node"), _str(address, "RestartHello.address"), view, tuple(out))
+
+
+def _dec_restart_decision(f: list[Any]) -> RestartDecision:
+    _, leader, view = f
+    if not isinstance(view, dict):
+        raise WireError("RestartDecision.view must be a map")
+    _check_plain(view, "RestartDecision.view")
+    return RestartDecision(_nat(leader, "RestartDecision.leader"), view)
+
+
+def _dec_group_running(f: list[Any]) -> GroupRunning:
+    _, address, vid = f
+    return GroupRunning(_str(address, "GroupRunning.address"), _nat(vid, "GroupRunning.vid"))
+
+
 # tag -> (name, number of fields after the tag, decoder of the whole list)
 _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]] = {
     TAG_SHARD_PUSH: ("ShardPush", 6, _dec_shard_push),
@@ -438,6 +486,9 @@ _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]]
     TAG_STATE_REQUEST: ("StateRequest", 4, _dec_state_request),
     TAG_STATE_CHUNK: ("StateChunk", 7, _dec_state_chunk),
     TAG_STATE_ACK: ("StateAck", 3, _dec_state_ack),
+    TAG_RESTART_HELLO: ("RestartHello", 4, _dec_restart_hello),
+    TAG_RESTART_DECISION: ("RestartDecision", 2, _dec_restart_decision),
+    TAG_GROUP_RUNNING: ("GroupRunning", 2, _dec_group_running),
 }
 
 

@@ -117,4 +117,31 @@ class StateAck:
     seq: int
 
 
-ControlMessage = Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | StateRequest | StateChunk | StateAck
+@dataclass(frozen=True, slots=True)
+class RestartHello:
+    """A node restarting from its data directory: its last installed view (wire form) and,
+    per shard it logs, the last version on its disk."""
+
+    node: int
+    address: str
+    view: Any  # View.to_wire() dict
+    logs: tuple[tuple[Any, int], ...]  # (ShardId, last version)
+
+
+@dataclass(frozen=True, slots=True)
+class RestartDecision:
+    """The restart leader's decision: the restart view (wire form) every reporter installs."""
+
+    leader: int
+    view: Any
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRunning:
+    """Answer of a running member to a RestartHello: no total restart is needed; join."""
+
+    address: str
+    vid: int
+
+
+ControlMessage = Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | StateRequest | StateChunk | StateAck | RestartHello | RestartDecision | GroupRunning
