@@ -82,8 +82,9 @@ class LocalCluster:
             "--set", f"node.cluster={self.cluster}", "--set", f"node.data_dir={self.workdir / f'data-{node}'}",
         ]
         others = [self.address(n) for n in self.ports if n != node and (n in self.procs and self.procs[n].poll() is None)]
-        if node != 1 or others:
-            args += ["--set", f"node.contacts={','.join(others or [self.address(1)])}"]
+        others = others or [self.address(n) for n in self.ports if n != node]
+        if node != 1 or node in self.procs:
+            args += ["--set", f"node.contacts={','.join(others)}"]
         for k, v in self._overrides.items():
             args += ["--set", f"{k}={v}"]
         log = open(self.workdir / f"node-{node}.log", "ab")
@@ -109,6 +110,9 @@ class LocalCluster:
 
     def wait_members(self, members: set[int], timeout: float = 20.0) -> None:
         self._wait(lambda: set(self.members()) == members, timeout, f"a view of {sorted(members)}")
+
+    def data_dir(self, node: int) -> Path:
+        return self.workdir / f"data-{node}"
 
     def _wait(self, ok: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -140,6 +144,26 @@ class LocalCluster:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+    def kill_all(self) -> None:
+        """kill -9 every node at once (a total failure)."""
+        for node, proc in self.procs.items():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in self.procs.values():
+            proc.wait(10)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def restart(self, nodes: Sequence[int] | None = None, timeout: float = 60.0) -> None:
+        """Start stopped nodes again from their data directories (all of them by default) and
+        wait until every running node is in one view. After a total failure this is a total
+        restart; with the group running, each restarted node joins it again."""
+        todo = [n for n in (nodes or list(self.ports)) if self.procs[n].poll() is not None]
+        for node in todo:
+            self.start(node)
+        self._wait(lambda: self._all_in_view(), timeout, f"a view with restarted nodes {todo}")
 
     def close(self) -> None:
         if self._client is not None:

@@ -282,7 +282,9 @@ class Group:
         self._views[view.vid] = view
         self._views.pop(view.vid - 3, None)
         self._save_view(view)
-        mine = set(view.my_shards(self.node_id))
+        # In a view too small for the layout, replicas idle but keep their state (the view's
+        # ``holders``), so the shard resumes from it once enough nodes are back.
+        mine = set(view.my_shards(self.node_id)) if view.layout.adequate else set(self._replicas)
         # This node sends state to the shard's new members if the view names it as source;
         # the snapshot is taken by the replica when it reaches this view's boundary.
         sourcing = {sid for sid, src in view.sources if src == self.node_id}

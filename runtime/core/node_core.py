@@ -305,7 +305,7 @@ class NodeCore:
                 self._ready.orphaned.append((sid, payloads))
             self._exclude(why)
             return
-        view = proposal.next_view(self.policy, old_view.layout)
+        view = proposal.next_view(self.policy, old_view)
         carried = tuple(old_view.members[r] for r in range(old_view.n) if m.suspects(r))
         joins = dict(m.pending_joins)
         self._install(view, resend, carried)

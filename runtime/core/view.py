@@ -29,6 +29,9 @@ class View:
     # Shards that gained members who lack their state, each with the member (a holder of the
     # shard in the previous view) that transfers it to them at the start of this view.
     sources: tuple[tuple[ShardId, int], ...] = ()
+    # Who holds each shard's state: the layout's shards in an adequate view; in an inadequate
+    # one (replicas idle, state kept) the previous holders still in the view.
+    holders: tuple[tuple[ShardId, tuple[int, ...]], ...] = ()
     _rank: dict[int, int] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -71,6 +74,7 @@ class View:
             "shards": [[s.type_name, s.subgroup, s.shard, list(m)] for s, m in self.layout.shards.items()],
             "shortfall": [[s.type_name, s.subgroup, s.shard, n] for s, n in self.layout.shortfall],
             "sources": [[s.type_name, s.subgroup, s.shard, n] for s, n in self.sources],
+            "holders": [[s.type_name, s.subgroup, s.shard, list(m)] for s, m in self.holders],
         }
 
     @classmethod
@@ -88,6 +92,9 @@ class View:
                 joined=tuple(_int(m) for m in d["joined"]),
                 departed=tuple(_int(m) for m in d["departed"]),
                 sources=tuple((ShardId(_str(t), _int(g), _int(s)), _int(n)) for t, g, s, n in d.get("sources", ())),
+                holders=tuple(
+                    (ShardId(_str(t), _int(g), _int(s)), tuple(_int(x) for x in m)) for t, g, s, m in d.get("holders", ())
+                ),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ViewFormatError(f"malformed view: {exc}") from exc
@@ -140,11 +147,20 @@ class Proposal:
                 return counts
         return None
 
-    def next_view(self, policy: LayoutPolicy, previous: Layout) -> View:
-        layout = compute_layout(policy, self.members, previous if previous.adequate else None)
+    def next_view(self, policy: LayoutPolicy, previous: View) -> View:
+        prev_layout = previous.layout
+        layout = compute_layout(policy, self.members, prev_layout if prev_layout.adequate else None)
+        before = dict(previous.holders) if previous.holders or not prev_layout.adequate else dict(prev_layout.shards)
+        # A node that left (or came back as a new process) holds nothing any more.
+        gone = set(self.departed) | set(self.joined)
+        before = {sid: tuple(m for m in ms if m not in gone) for sid, ms in before.items()}
+        if layout.adequate:
+            holders = tuple((sid, ms) for sid, ms in layout.shards.items())
+        else:
+            holders = tuple((sid, ms) for sid, ms in before.items() if ms)
         return View(
             self.vid, self.members, self.addresses, layout, self.joined, self.departed,
-            state_sources(previous, layout, self.members),
+            state_sources(before, layout, self.members), holders,
         )
 
     def to_wire(self) -> list[Any]:
@@ -176,15 +192,17 @@ class Proposal:
         return p
 
 
-def state_sources(previous: Layout, layout: Layout, members: Sequence[int]) -> tuple[tuple[ShardId, int], ...]:
-    """For each shard of ``layout`` with members that did not hold it in ``previous``: the
-    first previous holder still in the view, preferring one that keeps the shard."""
-    if not layout.adequate or not previous.adequate:
+def state_sources(
+    holders: dict[ShardId, tuple[int, ...]], layout: Layout, members: Sequence[int]
+) -> tuple[tuple[ShardId, int], ...]:
+    """For each shard of ``layout`` with members that do not hold its state: the first holder
+    still in the view, preferring one that keeps the shard."""
+    if not layout.adequate:
         return ()
     alive = set(members)
     out = []
     for sid, now in layout.shards.items():
-        before = previous.members_of(sid)
+        before = holders.get(sid, ())
         if not before or all(m in before for m in now):
             continue
         survivors = [m for m in before if m in alive]

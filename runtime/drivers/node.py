@@ -62,6 +62,7 @@ class NodeDriver:
         self.config = config
         self.saved = saved
         self._restart: RestartCoordinator | None = None
+        self._restart_vid: int | None = None  # the restart view this node installed, if any
         self.hooks = hooks or AppHooks()
         self.node_id = config.node.id
         self.core: NodeCore | None = None
@@ -119,6 +120,7 @@ class NodeDriver:
         address = cfg.node.listen
         if view is not None:
             log.info("node %s installs restart view %d", self.node_id, view.vid)
+            self._restart_vid = view.vid
             self.core = NodeCore(self.node_id, address, cfg.layout, cfg.core_config(), now, view=view)
         else:
             assert contacts
@@ -148,8 +150,12 @@ class NodeDriver:
                 self._restart.on_hello(msg)
                 self._restart_tick()
             elif self.core is not None and self.core.view is not None:
-                # The group is running: the restarting node should simply join.
-                reply = GroupRunning(self.config.node.listen, self.core.view.vid)
+                view = self.core.view
+                if view.vid == self._restart_vid and view.rank_of(msg.node) is not None:
+                    # Still the restart view, which names the sender: it missed the decision.
+                    reply: Any = RestartDecision(self.node_id, view.to_wire())
+                else:  # the group is running: the restarting node should simply join
+                    reply = GroupRunning(self.config.node.listen, view.vid)
                 self.transport.send_to_address(msg.address, frame(reply))  # type: ignore[union-attr]
         elif self._restart is not None:
             if isinstance(msg, RestartDecision):

@@ -53,3 +53,12 @@ def test_chat_example_same_transcript_everywhere() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "every member holds the same transcript: True" in out.stdout
+
+
+def test_persistent_kv_example_survives_kill_9_of_every_node() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "persistent_kv.py"), "demo", "--writes", "2000"],
+        capture_output=True, text=True, timeout=150,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "0 missing or different" in out.stdout and "restarted all 3" in out.stdout

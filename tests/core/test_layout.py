@@ -579,12 +579,29 @@ _S = ShardId("T", 0, 0)
     ],
 )
 def test_state_sources(before: tuple, now: tuple, members: tuple, expected: tuple) -> None:
-    prev = Layout(True, {_S: before} if before else {}, ())
     cur = Layout(True, {_S: now}, ())
-    assert state_sources(prev, cur, members) == expected
+    assert state_sources({_S: before} if before else {}, cur, members) == expected
+
+
+def _view(vid: int, members: tuple, shards: dict, adequate: bool = True, joined: tuple = (), holders: tuple = ()) -> View:
+    return View(vid, members, tuple(f"n{m}" for m in members), Layout(adequate, shards, ()), joined, (), (), holders)
+
+
+def test_holders_survive_an_inadequate_view_and_rejoiners_hold_nothing() -> None:
+    from runtime.core.view import Proposal
+
+    policy = LayoutPolicy.of({"T": ShardPolicy(min_nodes=3, max_nodes=3)})
+    v1 = _view(1, (1, 2, 3), {_S: (1, 2, 3)})
+    # 3 crashes: the view is too small, replicas idle; 1 and 2 still hold the state.
+    v2 = Proposal(2, (1, 2), ("n1", "n2"), (), (3,), ()).next_view(policy, v1)
+    assert not v2.layout.adequate and v2.holders == ((_S, (1, 2)),) and v2.sources == ()
+    # 3 comes back as a new process: it must fetch the state, from 1.
+    v3 = Proposal(3, (1, 2, 3), ("n1", "n2", "n3"), (3,), (), ()).next_view(policy, v2)
+    assert v3.layout.adequate and v3.sources == ((_S, 1),) and dict(v3.holders)[_S] == (1, 2, 3)
 
 
 def test_sources_survive_the_wire() -> None:
     layout = Layout(True, {_S: (1, 2)}, ())
-    view = View(3, (1, 2), ("a", "b"), layout, (2,), (), ((_S, 1),))
-    assert View.from_wire(view.to_wire()).sources == ((_S, 1),)
+    view = View(3, (1, 2), ("a", "b"), layout, (2,), (), ((_S, 1),), ((_S, (1, 2)),))
+    back = View.from_wire(view.to_wire())
+    assert back.sources == ((_S, 1),) and back.holders == ((_S, (1, 2)),)

@@ -628,7 +628,7 @@ def test_proposal_wire_round_trip(proposal: Proposal) -> None:
 
 def test_proposal_next_view_matches_layout() -> None:
     p = PROPOSALS[0]
-    v = p.next_view(POLICY, compute_layout(POLICY, (0, 1, 2)))
+    v = p.next_view(POLICY, View(0, (0, 1, 2), ('a', 'b', 'c'), compute_layout(POLICY, (0, 1, 2))))
     assert (v.vid, v.members, v.addresses, v.departed) == (1, (0, 1), ("n0", "n1"), (2,))
     assert v.layout == compute_layout(POLICY, (0, 1))
 
