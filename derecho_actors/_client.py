@@ -36,7 +36,11 @@ MAX_PAYLOAD = 1 << 20
 class Client:
     """``Client(contacts=["127.0.0.1:7001", ...])``; then ``client.handle(KV, shard=1)``."""
 
-    def __init__(self, contacts: Sequence[str], cluster: str = "derecho", retry_for: float = 30.0) -> None:
+    def __init__(
+        self, contacts: Sequence[str], cluster: str = "derecho", retry_for: float = 30.0, max_outstanding: int = 4096,
+    ) -> None:
+        """``max_outstanding``: calls in flight at once; a call beyond it waits for room (flow
+        control, so a pipelining caller cannot swamp its contact node)."""
         if not contacts:
             raise GroupClosed("a Client needs at least one contact address")
         for c in contacts:
@@ -48,10 +52,18 @@ class Client:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[QueryResults, Call]] = {}
+        self.max_outstanding = max(1, max_outstanding)
+        self._room = threading.Condition(self._lock)
         self._sock: socket.socket | None = None
         self._closed = False
         self._contact = 0
         self._connected = threading.Event()
+        # Calls go out through one writer thread, many per write: in Python the cost is per
+        # system call, so a pipelining caller gets its calls coalesced.
+        self._outbox: list[bytes] = []
+        self._out_ready = threading.Condition(self._lock)
+        self._writer = threading.Thread(target=self._write_loop, name="derecho-client-writer", daemon=True)
+        self._writer.start()
         self._thread = threading.Thread(target=self._run, name="derecho-client", daemon=True)
         self._thread.start()
         if not self._connected.wait(10):
@@ -65,6 +77,8 @@ class Client:
 
     def close(self) -> None:
         self._closed = True
+        with self._lock:
+            self._out_ready.notify_all()
         sock = self._sock
         if sock is not None:
             try:
@@ -75,6 +89,7 @@ class Client:
         self._thread.join(5)
         with self._lock:
             pending, self._pending = list(self._pending.values()), {}
+            self._room.notify_all()
         for results, _ in pending:
             results._fail_all(GroupClosed("the client was closed"))
 
@@ -109,18 +124,34 @@ class Client:
         if self._closed:
             raise GroupClosed("the client was closed")
         with self._lock:
+            while len(self._pending) >= self.max_outstanding and not self._closed:
+                self._room.wait(0.5)
             call_id = next(self._ids)
             results = QueryResults(f"{what} (client call {call_id})", decode)
             # A client's Call names, in place of a caller, the replica it wants (0: any).
             call = Call(call_id, target, shard, method, ordered, data, self.client_id)
             self._pending[call_id] = (results, call)
-            sock = self._sock
-        if sock is not None:
+            if self._sock is not None:
+                self._outbox.append(frame(call))
+                if len(self._outbox) == 1:
+                    self._out_ready.notify()
+        return results
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._outbox and not self._closed:
+                    self._out_ready.wait()
+                if self._closed:
+                    return
+                batch, self._outbox = self._outbox, []
+                sock = self._sock
+            if sock is None:
+                continue  # a reconnect sends every pending call again
             try:
-                sock.sendall(frame(call))
+                sock.sendall(b"".join(batch))
             except OSError:
                 pass  # the reader notices, reconnects and sends every pending call again
-        return results
 
     # -------------------------------------------------------------- connection
     def _connect(self) -> socket.socket | None:
@@ -137,6 +168,7 @@ class Client:
             sock.settimeout(None)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
+                self._outbox.clear()  # every pending call goes again below, in order
                 resend = [call for _, call in self._pending.values()]
                 for results, _ in self._pending.values():
                     results._restart()
@@ -179,6 +211,7 @@ class Client:
                 pass
         with self._lock:
             pending, self._pending = list(self._pending.values()), {}
+            self._room.notify_all()
         for results, _ in pending:
             results._fail_all(GroupClosed(f"no member of the group reachable among {', '.join(self.contacts)}"))
 
@@ -195,6 +228,7 @@ class Client:
             if results.done():
                 with self._lock:
                     self._pending.pop(call_id, None)
+                    self._room.notify_all()
 
     def _take(self, reply: Reply) -> None:
         with self._lock:
@@ -206,6 +240,7 @@ class Client:
         if results.done():
             with self._lock:
                 self._pending.pop(reply.call_id, None)
+                self._room.notify()
 
 
 class ClientHandle:

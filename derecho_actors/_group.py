@@ -128,6 +128,8 @@ class Group:
         self._calls: dict[int, tuple[QueryResults, int | None]] = {}  # call id -> (results, relay node)
         self._proxies: dict[tuple[int, int], Any] = {}  # (client id, call id) -> client connection
         self._clients: set[Any] = set()  # client connections this node serves
+        self._client_out: dict[Any, list[bytes]] = {}
+        self._outgoing: dict[ShardId, list[bytes]] = {}  # ordered calls to multicast, per loop turn  # frames for clients, flushed once per loop turn
         self._relayed: dict[int, tuple[ShardId, str, bytes]] = {}  # relayed calls, to retry
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -257,7 +259,7 @@ class Group:
             return
         if kind == ORDERED:
             if self.node_id in members:
-                self._driver.submit(shard, [_codec.encode_ordered(self.node_id, call_id, method, data)])
+                self._submit(shard, _codec.encode_ordered(self.node_id, call_id, method, data))
             else:
                 relay = self._relay_for(members)
                 with self._lock:
@@ -630,7 +632,7 @@ class Group:
                 continue
             if self.node_id in members:
                 results._restart()
-                self._driver.submit(shard, [_codec.encode_ordered(self.node_id, call_id, method, data, self._origin)])
+                self._submit(shard, _codec.encode_ordered(self.node_id, call_id, method, data, self._origin))
                 continue
             relay = self._relay_for(members)
             results._restart()
@@ -675,7 +677,7 @@ class Group:
             self._driver.send_direct(msg.caller, frame(reply))
             return
         if msg.ordered:
-            self._driver.submit(msg.shard, [_codec.encode_ordered(msg.caller, msg.call_id, msg.method, msg.args, msg.origin)])
+            self._submit(msg.shard, _codec.encode_ordered(msg.caller, msg.call_id, msg.method, msg.args, msg.origin))
         else:
             self._p2p_here(msg.shard, view.vid, msg.caller, msg.call_id, msg.method, msg.args, msg.origin)
 
@@ -703,12 +705,46 @@ class Group:
             target = members[origin % len(members)]
         if target == self.node_id:
             if msg.ordered:
-                self._driver.submit(msg.shard, [_codec.encode_ordered(self.node_id, msg.call_id, msg.method, msg.args, origin)])
+                self._submit(msg.shard, _codec.encode_ordered(self.node_id, msg.call_id, msg.method, msg.args, origin))
             else:
                 self._p2p_here(msg.shard, view.vid, self.node_id, msg.call_id, msg.method, msg.args, origin)
         else:
             call = Call(msg.call_id, self.node_id, msg.shard, msg.method, msg.ordered, msg.args, origin)
             self._driver.send_direct(target, frame(call))
+
+    def _submit(self, shard: ShardId, payload: bytes) -> None:
+        """Queue an ordered call for multicast (protocol thread); everything queued in one loop
+        turn enters the multicast in one step."""
+        queued = self._outgoing.get(shard)
+        if queued is not None:
+            queued.append(payload)
+            return
+        self._outgoing[shard] = [payload]
+        if len(self._outgoing) == 1 and self._driver.loop is not None:
+            self._driver.loop.call_soon(self._flush_outgoing)
+
+    def _flush_outgoing(self) -> None:
+        out, self._outgoing = self._outgoing, {}
+        for shard, payloads in out.items():
+            self._driver.submit(shard, payloads)
+
+    def _to_client(self, handle: Any, data: bytes) -> None:
+        """Queue a frame for a client connection; all queued in one loop turn go in one write."""
+        queued = self._client_out.get(handle)
+        if queued is not None:
+            queued.append(data)
+            return
+        self._client_out[handle] = [data]
+        if len(self._client_out) == 1 and self._driver.loop is not None:
+            self._driver.loop.call_soon(self._flush_clients)
+
+    def _flush_clients(self) -> None:
+        out, self._client_out = self._client_out, {}
+        transport = self._driver.transport
+        if transport is None:
+            return
+        for handle, chunks in out.items():
+            transport.reply(handle, chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def _send_replies(self, replies: list[tuple[int, Reply]]) -> None:
         """From a replica's thread: one hand-off per batch to the protocol thread."""
@@ -727,8 +763,8 @@ class Group:
     def _take_reply(self, reply: Reply) -> None:
         if reply.origin and reply.origin != self._origin:
             handle = self._proxies.get((reply.origin, reply.call_id))
-            if handle is not None and self._driver.transport is not None:
-                self._driver.transport.reply(handle, frame(reply))
+            if handle is not None:
+                self._to_client(handle, frame(reply))
             return
         with self._lock:
             entry = self._calls.get(reply.call_id)
