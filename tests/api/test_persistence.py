@@ -221,3 +221,28 @@ def test_joiner_receives_state_and_serves_the_same_reads(tmp_path: Path) -> None
     finally:
         for g in groups:
             g.close()
+
+
+def test_reads_of_the_past_across_view_changes(tmp_path: Path) -> None:
+    with running_groups(3, [Bank, Plain], LAYOUT, "persist-views", 400, tmp_path) as groups:
+        bank = groups[0].handle(Bank)
+        marks: list[tuple[int, int, int]] = []  # (version, time after it, balance then)
+        total = 0
+        for round_ in range(3):
+            for i in range(10):
+                total += i + 1
+                v = bank.deposit("x", i + 1).persisted(timeout=10)
+                marks.append((v, time.time_ns(), total))
+            if round_ == 0:
+                groups[2].leave()  # view change: 3 leaves
+                assert _eventually(lambda: groups[0].members == [1, 2])
+            elif round_ == 1:
+                vid = groups[0].view.vid
+                bank.deposit("y", 0).persisted(timeout=10)
+                assert groups[0].view.vid == vid
+        vids = {da.version_parts(v)[0] for v, _, _ in marks}
+        assert len(vids) >= 2, "the writes should span more than one view"
+        for node in (1, 2):
+            for v, t, expected in marks[::3]:
+                assert bank.at_version(v, node=node).get(timeout=10)[node][0] == expected
+                assert bank.at_time(t, node=node).get(timeout=10)[node][0] == expected
