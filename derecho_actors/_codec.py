@@ -74,20 +74,49 @@ def decode_error(data: bytes, node: int | None) -> RemoteError:
 OrderedCall = tuple[int, int, str, bytes, int, int]
 """``(caller, call_id, method, args, origin, timestamp_ns)`` of one delivered ordered call."""
 
+PendingCall = tuple[int, int, str, bytes, int]
+"""``(caller, call_id, method, args, origin)``: an ordered call waiting to be multicast."""
 
-def encode_ordered(caller: int, call_id: int, method: str, args: bytes, origin: int = 0) -> bytes:
-    """The multicast payload of one ordered call. Replies go to node ``caller`` under
-    ``call_id``; a non-zero ``origin`` (an external client) makes ``call_id`` that client's
-    sequence number, which replicas use to apply a retried call only once. The sender's wall
-    clock goes along, so every replica stamps the call's version with the same time."""
-    return msgpack.packb([caller, call_id, method, args, origin, time.time_ns()], use_bin_type=True)  # type: ignore[no-any-return]
+_CALL_OVERHEAD = 48  # msgpack framing per call, generously
 
 
-def decode_ordered(payload: bytes) -> OrderedCall | None:
+def encode_ordered(calls: list[PendingCall], max_size: int) -> list[bytes]:
+    """Multicast payloads carrying ``calls`` in order, as few as ``max_size`` allows: one
+    multicast message (one slot, one stability step, one upcall) carries many calls.
+
+    Replies go to node ``caller`` under ``call_id``; a non-zero ``origin`` (an external client,
+    or a member retrying through a relay) makes ``call_id`` that origin's sequence number, which
+    replicas use to apply a retried call only once. The sender's wall clock goes along, so every
+    replica stamps the calls' versions with the same time."""
+    now = time.time_ns()
+    out: list[bytes] = []
+    batch: list[PendingCall] = []
+    size = 16
+    for call in calls:
+        need = len(call[3]) + len(call[2]) + _CALL_OVERHEAD
+        if batch and size + need > max_size:
+            out.append(msgpack.packb([now, batch], use_bin_type=True))
+            batch, size = [], 16
+        batch.append(call)
+        size += need
+    if batch:
+        out.append(msgpack.packb([now, batch], use_bin_type=True))
+    return out
+
+
+def decode_ordered(payload: bytes) -> list[OrderedCall] | None:
+    """The calls of one multicast payload, or None if it is not one of ours (malformed)."""
     try:
-        caller, call_id, method, args, origin, ts = msgpack.unpackb(payload, raw=False)
+        ts, calls = msgpack.unpackb(payload, raw=False)
+        if type(ts) is not int or type(calls) is not list:
+            return None
+        out = []
+        for caller, call_id, method, args, origin in calls:
+            if type(caller) is not int or type(call_id) is not int or type(origin) is not int:
+                return None
+            if type(method) is not str or type(args) is not bytes:
+                return None
+            out.append((caller, call_id, method, args, origin, ts))
+        return out
     except Exception:
         return None
-    if not all(type(x) is int for x in (caller, call_id, origin, ts)) or type(method) is not str or type(args) is not bytes:
-        return None
-    return caller, call_id, method, args, origin, ts

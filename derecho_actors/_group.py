@@ -129,7 +129,7 @@ class Group:
         self._proxies: dict[tuple[int, int], Any] = {}  # (client id, call id) -> client connection
         self._clients: set[Any] = set()  # client connections this node serves
         self._client_out: dict[Any, list[bytes]] = {}
-        self._outgoing: dict[ShardId, list[bytes]] = {}  # ordered calls to multicast, per loop turn  # frames for clients, flushed once per loop turn
+        self._outgoing: dict[ShardId, list[_codec.PendingCall]] = {}  # ordered calls to multicast, per loop turn  # frames for clients, flushed once per loop turn
         self._relayed: dict[int, tuple[ShardId, str, bytes]] = {}  # relayed calls, to retry
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -259,7 +259,7 @@ class Group:
             return
         if kind == ORDERED:
             if self.node_id in members:
-                self._submit(shard, _codec.encode_ordered(self.node_id, call_id, method, data))
+                self._submit(shard, (self.node_id, call_id, method, data, 0))
             else:
                 relay = self._relay_for(members)
                 with self._lock:
@@ -632,7 +632,7 @@ class Group:
                 continue
             if self.node_id in members:
                 results._restart()
-                self._submit(shard, _codec.encode_ordered(self.node_id, call_id, method, data, self._origin))
+                self._submit(shard, (self.node_id, call_id, method, data, self._origin))
                 continue
             relay = self._relay_for(members)
             results._restart()
@@ -646,12 +646,12 @@ class Group:
         if ref is None or view is None:
             return
         replicas = view.layout.members_of(d.shard)  # type: ignore[arg-type]
-        calls = []
+        calls: list[_codec.OrderedCall] = []
         decode = _codec.decode_ordered
-        for g, _, _, payload in d.messages:
-            call = decode(payload)
-            if call is not None:
-                calls.append((g, *call))
+        for _, _, _, payload in d.messages:
+            batch = decode(payload)
+            if batch is not None:
+                calls.extend(batch)
         if calls:
             ref.tell(("ordered", d.vid, tuple(replicas), calls))
 
@@ -677,7 +677,7 @@ class Group:
             self._driver.send_direct(msg.caller, frame(reply))
             return
         if msg.ordered:
-            self._submit(msg.shard, _codec.encode_ordered(msg.caller, msg.call_id, msg.method, msg.args, msg.origin))
+            self._submit(msg.shard, (msg.caller, msg.call_id, msg.method, msg.args, msg.origin))
         else:
             self._p2p_here(msg.shard, view.vid, msg.caller, msg.call_id, msg.method, msg.args, msg.origin)
 
@@ -705,28 +705,28 @@ class Group:
             target = members[origin % len(members)]
         if target == self.node_id:
             if msg.ordered:
-                self._submit(msg.shard, _codec.encode_ordered(self.node_id, msg.call_id, msg.method, msg.args, origin))
+                self._submit(msg.shard, (self.node_id, msg.call_id, msg.method, msg.args, origin))
             else:
                 self._p2p_here(msg.shard, view.vid, self.node_id, msg.call_id, msg.method, msg.args, origin)
         else:
             call = Call(msg.call_id, self.node_id, msg.shard, msg.method, msg.ordered, msg.args, origin)
             self._driver.send_direct(target, frame(call))
 
-    def _submit(self, shard: ShardId, payload: bytes) -> None:
+    def _submit(self, shard: ShardId, call: _codec.PendingCall) -> None:
         """Queue an ordered call for multicast (protocol thread); everything queued in one loop
-        turn enters the multicast in one step."""
+        turn goes out in as few multicast messages as the size limit allows."""
         queued = self._outgoing.get(shard)
         if queued is not None:
-            queued.append(payload)
+            queued.append(call)
             return
-        self._outgoing[shard] = [payload]
+        self._outgoing[shard] = [call]
         if len(self._outgoing) == 1 and self._driver.loop is not None:
             self._driver.loop.call_soon(self._flush_outgoing)
 
     def _flush_outgoing(self) -> None:
         out, self._outgoing = self._outgoing, {}
-        for shard, payloads in out.items():
-            self._driver.submit(shard, payloads)
+        for shard, calls in out.items():
+            self._driver.submit(shard, _codec.encode_ordered(calls, self._max_payload))
 
     def _to_client(self, handle: Any, data: bytes) -> None:
         """Queue a frame for a client connection; all queued in one loop turn go in one write."""

@@ -3,7 +3,7 @@
 A field declared ``Persistent(default)`` on a replicated class is read and written as a plain
 attribute. After each delivered ordered call the replica compares every persistent field with
 its last logged value and appends one record to the shard's log: the call's version (view id
-and global index), a timestamp taken from the message (so every replica records the same one)
+and the call's position in that view's delivery order), a timestamp taken from the message (so every replica records the same one)
 and the fields that changed. Dict-valued fields log only the keys that changed.
 
 Reads of the past go through :func:`at_version` and :func:`at_time`, which give a read-only

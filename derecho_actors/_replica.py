@@ -44,8 +44,8 @@ def in_handler() -> bool:
 
 
 SendReplies = Callable[[list[tuple[int, Reply]]], None]
-DeliveredCall = tuple[int, int, int, str, bytes, int, int]
-"""``(global index, caller, call_id, method, args, origin, timestamp_ns)``"""
+DeliveredCall = tuple[int, int, str, bytes, int, int]
+"""``(caller, call_id, method, args, origin, timestamp_ns)``"""
 
 
 @dataclass
@@ -86,6 +86,10 @@ class ReplicaActor(pykka.ThreadingActor):
         self._incoming: Any = None  # the object part of a state transfer, as it arrives
         self._incoming_path: Path | None = None
         self.failed: str | None = None
+        # Versions number ordered calls within a view: every replica delivers the same calls
+        # of a view in the same order, so (view, k-th call) is the same version everywhere.
+        self._view_of_count = -1
+        self._count = 0
 
     # ------------------------------------------------------------------ lifecycle
     def on_start(self) -> None:
@@ -172,12 +176,15 @@ class ReplicaActor(pykka.ThreadingActor):
         store = self.store
         out = []
         if store is None:
-            for g, caller, call_id, method, args, origin, _ts in calls:
+            for caller, call_id, method, args, origin, _ts in calls:
                 out.append(self._ordered(caller, call_id, method, args, origin, vid, replicas, -1))
         else:
             records = []
-            for g, caller, call_id, method, args, origin, ts in calls:
-                version = make_version(vid, g)
+            if vid != self._view_of_count:
+                self._view_of_count, self._count = vid, 0
+            for caller, call_id, method, args, origin, ts in calls:
+                version = make_version(vid, self._count)
+                self._count += 1
                 store.last_version = version  # what current_version() shows during the call
                 out.append(self._ordered(caller, call_id, method, args, origin, vid, replicas, version))
                 records.append(store.record(version, ts, origin, call_id))

@@ -1,9 +1,11 @@
-"""Versions of a persistent shard's state: one per delivered message, ordered like delivery.
+"""Versions of a persistent shard's state, ordered like delivery.
 
 Derecho numbers each delivered update of a persistent subgroup with a 64-bit version made of
-the view id and the message's global index in that view. Versions compare in delivery order
-across views (a later view's messages have a larger vid), so the persistence frontier, a
-minimum over members, is one integer. Null messages have no version; gaps are normal.
+the view id and an index within the view. Here the index counts the application's updates
+(ordered calls) delivered in the view, so one multicast message may carry many calls, each
+its own version. Versions compare in delivery order across views (a later view has a larger
+vid), so the persistence frontier, a minimum over members, is one integer; the core only
+compares them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def make_version(vid: int, index: int) -> int:
 
 
 def version_parts(version: int) -> tuple[int, int]:
-    """``(vid, global index)`` of a version."""
+    """``(vid, index within the view)`` of a version."""
     return version >> INDEX_BITS, version & ((1 << INDEX_BITS) - 1)
 
 
