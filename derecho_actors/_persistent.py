@@ -268,24 +268,39 @@ class PersistentStore:
     def record(self, version: int, ts: int, origin: int, call_id: int) -> tuple[int, int, bytes]:
         """The log record of the call just applied at ``version``."""
         changes: dict[str, Any] = {}
+        history = self.history
         for name in self.fields:
             value = getattr(self.obj, name)
             if isinstance(value, TrackedDict):
+                changed = value._changed
                 if value._replaced:
                     changes[name] = ["m", True, self._encode([[k, v] for k, v in value.items()]), b""]
-                elif value._changed:
-                    sets = [[k, v] for k, v in value._changed.items() if v is not _DELETED]
-                    dels = [k for k, v in value._changed.items() if v is _DELETED]
+                    history.replaced.setdefault(name, []).append(version)
+                    keys = history.keys.setdefault(name, {})
+                    for k in value:
+                        keys.setdefault(k, []).append(version)
+                elif changed:
+                    sets = [[k, v] for k, v in changed.items() if v is not _DELETED]
+                    dels = [k for k, v in changed.items() if v is _DELETED]
                     changes[name] = ["m", False, self._encode(sets) if sets else b"", self._encode(dels) if dels else b""]
-                value._changed.clear()
+                    keys = history.keys.setdefault(name, {})
+                    for k in changed:
+                        versions = keys.get(k)
+                        if versions is None:
+                            keys[k] = [version]
+                        else:
+                            versions.append(version)
+                if changed:
+                    changed.clear()
                 value._replaced = False
             else:
                 enc = self._encode(value)
                 if enc != self._baseline.get(name):
                     changes[name] = ["v", enc]
                     self._baseline[name] = enc
-        ts = max(ts, self.last_ts)
-        self.history.note(version, changes, self._decode)
+                    history.values.setdefault(name, []).append(version)
+        if ts < self.last_ts:
+            ts = self.last_ts
         self.last_version, self.last_ts = version, ts
         return version, ts, msgpack.packb([origin, call_id, changes], use_bin_type=True)
 

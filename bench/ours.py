@@ -1,0 +1,307 @@
+"""Experiments on derecho-actors itself: raw multicast (via ``bench.ournode`` processes) and
+the actor API (``Client`` against ``local_cluster`` processes running ``examples/kv_store.py``).
+
+Throughputs are steady-state: the rate between the moments 10% and 90% of the messages (or
+calls) were done, so process start-up, joins and the final drain are left out. For multicast,
+each member measures its own delivery rate and the row shows the slowest member's.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from bench import report
+from bench.ourgroup import messages_for, run_group, size_settings, sizes_label
+from bench.procs import ROOT, Procs
+from bench.registry import Context, Row, experiment
+from bench.stats import percentile, steady_rate
+
+SENDER_MODES = {  # name: (members, senders)
+    "all": (3, 3),
+    "one": (3, 1),
+    "half": (4, 2),
+}
+
+
+def _row_error(row: Row, exc: BaseException, ctx: Context) -> Row:
+    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+    ctx.note(f"{row.get('case', '')}: {row['error']}")
+    return row
+
+
+@experiment(
+    "multicast_size",
+    "Ordered multicast throughput vs message size (slowest member's delivery rate)",
+    columns=[
+        ("case", "senders/members", ""), ("size_label", "size", ""), ("msgs_per_s", "msgs/s", ",.0f"),
+        ("MB_per_s", "MB/s", ",.1f"), ("messages", "msgs delivered", ",d"), ("window", "window", "d"),
+        ("cpu", "CPU/member", ".0%"), ("cpu_max", "busiest", ".0%"),
+    ],
+    plot=report.plot_multicast_size,
+)
+def multicast_size(ctx: Context) -> list[Row]:
+    sizes = ctx.pick(
+        [10, 100, 1_000, 10_000, 100_000, 1_000_000],
+        [10, 32, 100, 316, 1_000, 3_162, 10_000, 31_623, 100_000, 316_228, 1_000_000],
+    )
+    budget, lo, hi = ctx.pick((1_000_000_000, 400, 500_000), (3_000_000_000, 1000, 1_000_000))
+    rows = []
+    for mode, (n, senders) in SENDER_MODES.items():
+        for size in sizes:
+            per_sender = messages_for(size, budget, lo, hi, senders)
+            row: Row = {
+                "mode": mode, "case": f"{mode} ({senders}/{n})", "members": n, "senders": senders, "size": size,
+                "size_label": sizes_label(size), "messages": per_sender * senders,
+            }
+            row["window"] = int(size_settings(size)["multicast.window_size"])
+            try:
+                run = run_group(n, senders, per_sender, size)
+                row.update(run.summary())
+                row.pop("p50_ms"), row.pop("p99_ms")
+                row["run_s"] = run.wall
+            except Exception as exc:
+                _row_error(row, exc, ctx)
+            rows.append(row)
+            ctx.say(f"  multicast {row['case']:>10} {row['size_label']:>7}: " + _fmt(row, "msgs_per_s", "msgs/s") + _fmt(row, "MB_per_s", "MB/s"))
+    return rows
+
+
+def _fmt(row: Row, key: str, unit: str) -> str:
+    if "error" in row:
+        return "failed "
+    v = row.get(key, math.nan)
+    return f"{v:,.1f} {unit} " if isinstance(v, float) and v < 100 else f"{v:,.0f} {unit} "
+
+
+@experiment(
+    "shard_size",
+    "Ordered multicast throughput vs shard size (100 B, every member sends)",
+    columns=[
+        ("members", "members", "d"), ("msgs_per_s", "msgs/s", ",.0f"), ("MB_per_s", "MB/s", ",.1f"),
+        ("messages", "msgs delivered", ",d"), ("cpu", "CPU/member", ".0%"), ("cpu_max", "busiest", ".0%"),
+    ],
+    plot=report.plot_shard_size,
+)
+def shard_size(ctx: Context) -> list[Row]:
+    rows = []
+    size = 100
+    total = ctx.pick(600_000, 1_500_000)
+    for n in ctx.pick([2, 3, 4], [2, 3, 4, 5, 6]):
+        row: Row = {"case": f"{n} members", "members": n, "size": size, "messages": (total // n) * n}
+        try:
+            run = run_group(n, n, total // n, size)
+            row.update(run.summary())
+            row.pop("p50_ms"), row.pop("p99_ms")
+            row["run_s"] = run.wall
+        except Exception as exc:
+            _row_error(row, exc, ctx)
+        rows.append(row)
+        ctx.say(f"  shard of {n}: " + _fmt(row, "msgs_per_s", "msgs/s"))
+    return rows
+
+
+@experiment(
+    "latency",
+    "Multicast latency, send -> delivery at every member (100 B, 3 members)",
+    columns=[
+        ("case", "load", ""), ("offered", "offered msgs/s", ",.0f"), ("msgs_per_s", "delivered msgs/s", ",.0f"),
+        ("p50_ms", "p50 ms", ".2f"), ("p99_ms", "p99 ms", ".2f"), ("samples", "samples", ",d"),
+        ("cpu", "CPU/member", ".0%"), ("cpu_max", "busiest", ".0%"),
+    ],
+    plot=report.plot_latency,
+)
+def latency(ctx: Context) -> list[Row]:
+    size = 100
+    paced = ctx.pick(2000, 6000)  # messages per paced sender (2 s / 6 s at 1 msg/ms)
+    heavy = ctx.pick(100_000, 300_000)  # messages per sender as fast as the window allows
+    cases = [
+        ("light: 1 sender, 1 msg/ms", 1, paced, 1000.0),
+        ("light: 3 senders, 1 msg/ms each", 3, paced, 1000.0),
+        ("heavy: 3 senders, window full", 3, heavy, 0.0),
+    ]
+    rows = []
+    for case, senders, per_sender, rate in cases:
+        row: Row = {"case": case, "members": 3, "senders": senders, "size": size, "rate_per_sender": rate}
+        try:
+            run = run_group(3, senders, per_sender, size, rate=rate, latency=True)
+            row.update(run.summary())
+            row["offered"] = rate * senders if rate else math.nan
+            row["samples"] = len(run.latencies_ms())
+            row["run_s"] = run.wall
+        except Exception as exc:
+            _row_error(row, exc, ctx)
+        rows.append(row)
+        ctx.say(f"  latency {case}: p50 {row.get('p50_ms', math.nan):.2f} ms, p99 {row.get('p99_ms', math.nan):.2f} ms")
+    return rows
+
+
+# ------------------------------------------------------------------------------ actor API
+def load_kv_example() -> ModuleType:
+    """``examples/kv_store.py`` as module ``kv_store``; its classes travel to the node
+    processes by value (cloudpickle), as for a class defined in a script."""
+    import cloudpickle
+
+    if "kv_store" in sys.modules:
+        return sys.modules["kv_store"]
+    spec = importlib.util.spec_from_file_location("kv_store", ROOT / "examples" / "kv_store.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["kv_store"] = mod
+    spec.loader.exec_module(mod)
+    cloudpickle.register_pickle_by_value(mod)
+    return mod
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def pipelined(put: Any, n: int, window: int, value: bytes) -> tuple[float, float]:
+    """``n`` calls with up to ``window`` outstanding; steady calls/s (every replica answered)
+    and the caller's CPU share. Calls from one caller complete in order, so waiting on the
+    oldest is enough."""
+    outstanding: collections.deque[Any] = collections.deque()
+    done: list[float] = []
+    issued = 0
+    cpu0, t0 = _cpu(), time.perf_counter()
+    while issued < n or outstanding:
+        while issued < n and len(outstanding) < window:
+            outstanding.append(put(issued, value))
+            issued += 1
+        outstanding.popleft().get(timeout=60)
+        done.append(time.perf_counter())
+        while outstanding and outstanding[0].done():
+            outstanding.popleft().get(timeout=0)
+            done.append(time.perf_counter())
+    cpu = (_cpu() - cpu0) / max(1e-9, time.perf_counter() - t0)
+    return steady_rate(done, list(range(1, len(done) + 1)), len(done)), cpu
+
+
+def one_at_a_time(put: Any, n: int, value: bytes) -> list[float]:
+    """Latency (ms) of ``n`` calls made one after the other; the first tenth is warm-up."""
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        put(i, value).get(timeout=30)
+        out.append((time.perf_counter() - t) * 1000)
+    return out[n // 10 :]
+
+
+ACTOR_COLUMNS = [
+    ("system", "system", ""), ("case", "case", ""), ("writes_per_s", "writes/s", ",.0f"),
+    ("p50_ms", "p50 ms", ".2f"), ("p99_ms", "p99 ms", ".2f"), ("client_cpu", "client CPU", ".0%"),
+]
+
+VALUE_SIZE = 100
+
+
+def pipeline_windows(ctx: Context) -> list[int]:
+    """Outstanding calls tried in the pipelined runs of every system (each level on a freshly
+    started cluster); each system reports its best. At most a fifth of the calls, so that most
+    of a run is in steady state rather than one burst."""
+    return ctx.pick([1000, 5000], [100, 1000, 5000, 12000])
+
+
+def pipeline_calls(ctx: Context, window: int | None = None) -> int:
+    """Calls in one pipelined run: up to 25k (quick) / 60k (full), fewer for small windows
+    (25 windows' worth, at least 5000), which are slow and reach steady state soon."""
+    most = ctx.pick(25_000, 60_000)
+    return most if window is None else min(most, max(5_000, 25 * window))
+
+
+def single_calls(ctx: Context) -> int:
+    """Calls made one at a time (the first tenth is warm-up, left out of the percentiles)."""
+    return ctx.pick(1000, 3000)
+
+
+def best_of(row: Row, runs: list[Row], unit: str = "outstanding") -> Row:
+    """Fill ``row`` from the fastest of ``runs`` (dicts with ``window`` and ``writes_per_s``);
+    every run stays in ``row["sweep"]``."""
+    ok = [r for r in runs if "error" not in r and isinstance(r.get("writes_per_s"), float) and not math.isnan(r["writes_per_s"])]
+    row["sweep"] = runs
+    if not ok:
+        row["error"] = next((r["error"] for r in runs if "error" in r), "no run completed")
+        return row
+    best = max(ok, key=lambda r: r["writes_per_s"])
+    row.update(writes_per_s=best["writes_per_s"], window=best["window"], client_cpu=best.get("client_cpu"))
+    tried = "/".join(str(r["window"]) for r in runs)
+    row["case"] = f"pipelined, {best['window']} {unit} (best of {tried})" + row.get("case_suffix", "")
+    return row
+
+
+@experiment(
+    "actor",
+    "Actor API: ordered KV.put through derecho_actors.Client (3 replicas answer each call)",
+    columns=ACTOR_COLUMNS,
+    plot=report.plot_comparison,
+)
+def actor(ctx: Context) -> list[Row]:
+    import derecho_actors as da
+
+    kvmod = load_kv_example()
+    KV = kvmod.KV
+    value = b"v" * VALUE_SIZE
+    layouts = [("1 shard x 3", 3, da.Layout({KV: da.ShardPolicy(shards=1, min_nodes=3, max_nodes=3)}), 1)]
+    if not ctx.quick:
+        layouts.append(("2 shards x 3", 6, kvmod.LAYOUT, kvmod.SHARDS))  # the example's own layout
+    rows = []
+    for label, nodes, layout, shards in layouts:
+        base: Row = {"system": "derecho-actors", "layout": label, "nodes": nodes, "value_size": VALUE_SIZE}
+
+        def measure(fn: Any) -> Row:
+            """Run ``fn(put)`` against a freshly started cluster (the same rule as for the peers)."""
+            workdir = tempfile.mkdtemp(prefix="derecho-bench-actor-")
+            try:
+                with Procs(Path(workdir)) as procs, da.local_cluster(
+                    nodes=nodes, types=[KV], layout=layout, workdir=workdir, overrides={"timeouts.suspicion_ms": "3000"},
+                ) as cluster:
+                    for node, proc in cluster.procs.items():  # reaped by the bench's exit hook too
+                        procs.adopt(f"node-{node}", proc)
+                    handles = [cluster.handle(KV, shard=s) for s in range(shards)]
+
+                    def put(i: int, v: bytes) -> Any:
+                        key = f"key-{i}"
+                        return handles[kvmod.shard_of(key) if shards > 1 else 0].put(key, v)
+
+                    for i in range(200):  # warm-up: connections, relays
+                        put(i, value).get(timeout=30)
+                    return fn(put)
+            except Exception as exc:
+                return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]}
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+        def pipelined_run(window: int) -> Any:
+            def fn(put: Any) -> Row:
+                rate, cpu = pipelined(put, pipeline_calls(ctx, window), window, value)
+                return {"writes_per_s": rate, "client_cpu": cpu}
+            return fn
+
+        def single_run(put: Any) -> Row:
+            cpu0, t0 = _cpu(), time.perf_counter()
+            lat = one_at_a_time(put, single_calls(ctx), value)
+            return {"p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "writes_per_s": 1000 / (sum(lat) / len(lat)),
+                    "client_cpu": (_cpu() - cpu0) / (time.perf_counter() - t0), "calls": single_calls(ctx)}
+
+        runs = [{"window": w, "calls": pipeline_calls(ctx, w), **measure(pipelined_run(w))} for w in pipeline_windows(ctx)]
+        pipe = best_of({**base, "case": "pipelined", "case_suffix": f", {label}", "mode": "pipelined"}, runs)
+        if "error" in pipe:
+            ctx.note(f"{pipe['case']}: {pipe['error']}")
+        single = {**base, "case": f"one at a time, {label}", "mode": "single", **measure(single_run)}
+        if "error" in single:
+            ctx.note(f"{single['case']}: {single['error']}")
+        rows += [pipe, single]
+        ctx.say(f"  actor {label}: pipelined {pipe.get('writes_per_s', math.nan):,.0f} calls/s; "
+                f"one at a time p50 {single.get('p50_ms', math.nan):.2f} ms p99 {single.get('p99_ms', math.nan):.2f} ms")
+    return rows
