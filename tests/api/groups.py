@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from contextlib import contextmanager
@@ -18,6 +20,9 @@ def running_groups(
 ) -> Iterator[list[da.Group]]:
     """``count`` nodes (ids 1..count, node 1 founds), all in one adequate view; closed after.
     Node i keeps its data in ``data_root/node-i`` (a persistent type needs one)."""
+    own_root = None
+    if data_root is None:  # never the default ./derecho-data in the working directory
+        own_root = data_root = Path(tempfile.mkdtemp(prefix="derecho-test-groups-"))
     ports = _free_ports(count)
     common = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": str(suspicion_ms), "node.cluster": cluster}
     common.update(extra or {})
@@ -25,8 +30,7 @@ def running_groups(
     try:
         for i, port in enumerate(ports, start=1):
             o = dict(common, **{"node.id": str(i), "node.listen": f"127.0.0.1:{port}"})
-            if data_root is not None:
-                o["node.data_dir"] = str(data_root / f"node-{i}")
+            o["node.data_dir"] = str(data_root / f"node-{i}")
             if i > 1:
                 o["node.contacts"] = f"127.0.0.1:{ports[0]}"
             made.append(da.Group(types=types, layout=layout, overrides=o))
@@ -40,6 +44,8 @@ def running_groups(
     finally:
         for g in made:
             g.close()
+        if own_root is not None:
+            shutil.rmtree(own_root, ignore_errors=True)
 
 
 def address(group: da.Group) -> str:
