@@ -27,13 +27,14 @@ class QueryResults:
     def __init__(self, description: str, decode: Callable[[bytes], Any]) -> None:
         self.description = description
         self._decode = decode
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._expected: set[int] | None = None
         self._values: dict[int, Any] = {}
         self._errors: dict[int, BaseException] = {}
         self._order: list[int] = []
         self._gone: dict[int, str] = {}  # nodes known to have left, and why
-        self._done: Future[None] = Future()
+        self._finished = False
+        self._future: Future[None] | None = None  # made only if someone awaits
         self._versions: dict[int, int] = {}  # node -> version of the call there (persistent types)
         # Set by the caller for ordered calls of persistent types: (version, replica) -> query.
         self._persist_query: Callable[[int, int], QueryResults] | None = None
@@ -92,7 +93,7 @@ class QueryResults:
         """The call is being sent again (a client's failover): forget partial replies, whose
         replica set may not be the one that answers the retry."""
         with self._cond:
-            if not self._done.done():
+            if not self._finished:
                 self._expected = None  # nodes known gone stay gone: a late reply may name them
                 self._values.clear()
                 self._errors.clear()
@@ -109,10 +110,13 @@ class QueryResults:
             self._maybe_done()
 
     def _maybe_done(self) -> None:
+        """Under ``_cond``: wake waiters; mark done once every expected replica answered."""
         self._cond.notify_all()
-        if self._expected is not None and self._expected <= set(self._values) | set(self._errors):
-            if not self._done.done():
-                self._done.set_result(None)
+        if not self._finished and self._expected is not None and len(self._values) + len(self._errors) >= len(self._expected):
+            if self._expected <= self._values.keys() | self._errors.keys():
+                self._finished = True
+                if self._future is not None and not self._future.done():
+                    self._future.set_result(None)
 
     # ------------------------------------------------------------------- users
     @property
@@ -123,14 +127,14 @@ class QueryResults:
             return tuple(sorted(self._expected - set(self._values) - set(self._errors)))
 
     def done(self) -> bool:
-        return self._done.done()
+        return self._finished
 
     def wait_all(self, timeout: float | None = None) -> dict[int, Any]:
         """Wait for every replica; returns ``{node: value or exception}`` without raising
         remote errors. Raises ``TimeoutError`` naming the nodes still pending."""
-        try:
-            self._done.result(timeout)
-        except Exception:
+        with self._cond:
+            finished = self._cond.wait_for(lambda: self._finished, timeout)
+        if not finished:
             raise TimeoutError(
                 f"{self.description}: no reply within {timeout} s from "
                 f"{list(self.pending) if self._expected is not None else 'any replica (not delivered yet)'}",
@@ -174,11 +178,11 @@ class QueryResults:
             return None if deadline is None else max(0.0, deadline - time.monotonic())
 
         with self._cond:
-            ok = self._cond.wait_for(lambda: bool(self._versions) or self._done.done(), left())
+            ok = self._cond.wait_for(lambda: bool(self._versions) or self._finished, left())
             candidates = [n for n in self._order if n in self._versions]
             version = max(self._versions.values()) if self._versions else None
         if not ok or version is None:
-            if self._done.done():
+            if self._finished:
                 self.get(0)  # raises the call's own error
                 raise ReplicaLost(f"{self.description}: no replica reported a version")
             raise TimeoutError(f"{self.description}: not delivered within {timeout} s", self.pending)
@@ -200,21 +204,28 @@ class QueryResults:
         seen = 0
         while True:
             with self._cond:
-                while seen >= len(self._order) and not self._done.done():
+                while seen >= len(self._order) and not self._finished:
                     self._cond.wait(0.1)
                 batch = self._order[seen:]
                 values = {n: self._values.get(n, self._errors.get(n)) for n in batch}
+                finished = self._finished
             for node in batch:
                 yield node, values[node]
             seen += len(batch)
-            if self._done.done() and seen >= len(self._order):
+            if finished and seen >= len(self._order):
                 return
 
     def __await__(self) -> Any:
         return self._await().__await__()
 
     async def _await(self) -> dict[int, Any]:
-        await asyncio.wrap_future(self._done)
+        with self._cond:
+            if self._future is None:
+                self._future = Future()
+                if self._finished:
+                    self._future.set_result(None)
+            fut = self._future
+        await asyncio.wrap_future(fut)
         return self.get(0)
 
     def __repr__(self) -> str:
