@@ -10,6 +10,7 @@ which multicasts it; the replicas answer the caller directly.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
@@ -53,6 +54,8 @@ from runtime.wire.control import Call, Reply, StateAck, StateChunk, StateRequest
 __all__ = ["Group", "Handle", "Layout", "ShardPolicy"]
 
 log = logging.getLogger("derecho.group")
+
+MAX_PROXIED = 200_000  # client calls this node forwards replies for, at most
 
 
 class Layout:
@@ -126,7 +129,8 @@ class Group:
         self._view: View | None = None
         self._view_callbacks: list[Callable[[View], None]] = []
         self._calls: dict[int, tuple[QueryResults, int | None]] = {}  # call id -> (results, relay node)
-        self._proxies: dict[tuple[int, int], Any] = {}  # (client id, call id) -> client connection
+        # (client id, call id) -> [client connection, replies still to forward]; oldest first.
+        self._proxies: collections.OrderedDict[tuple[int, int], list[Any]] = collections.OrderedDict()
         self._clients: set[Any] = set()  # client connections this node serves
         self._client_out: dict[Any, list[bytes]] = {}
         self._outgoing: dict[ShardId, list[_codec.PendingCall]] = {}  # ordered calls to multicast, per loop turn  # frames for clients, flushed once per loop turn
@@ -688,10 +692,10 @@ class Group:
         view = self._view
         if not isinstance(msg, Call) or not origin or view is None:
             return
-        self._proxies[(origin, msg.call_id)] = handle
+        self._proxies[(origin, msg.call_id)] = [handle, -1]
         self._clients.add(handle)
-        while len(self._proxies) > 100_000:
-            self._proxies.pop(next(iter(self._proxies)))
+        if len(self._proxies) > MAX_PROXIED:  # calls whose replies never all came (replicas lost)
+            self._proxies.popitem(last=False)
         members = view.layout.members_of(msg.shard)
         if not members:
             err = _codec.encode_error(ReplicaLost(f"shard {msg.shard} has no members in view {view.vid}"))
@@ -762,9 +766,13 @@ class Group:
 
     def _take_reply(self, reply: Reply) -> None:
         if reply.origin and reply.origin != self._origin:
-            handle = self._proxies.get((reply.origin, reply.call_id))
-            if handle is not None:
-                self._to_client(handle, frame(reply))
+            key = (reply.origin, reply.call_id)
+            entry = self._proxies.get(key)
+            if entry is not None:
+                self._to_client(entry[0], frame(reply))
+                left = entry[1] = (len(reply.replicas) if entry[1] < 0 else entry[1]) - 1
+                if left <= 0:
+                    del self._proxies[key]
             return
         with self._lock:
             entry = self._calls.get(reply.call_id)

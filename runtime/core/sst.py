@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import itemgetter
 from typing import Callable, Iterable, Sequence
 
 Value = int | tuple[int, ...] | bytes | None
+
+_INT_ONLY = frozenset({int})
 
 
 class SSTError(ValueError):
@@ -32,12 +35,18 @@ class Column:
     locally (a write that lowers it is a bug) and when merged (the larger value wins). A
     non-monotonic column (``monotonic=False``) holds an arbitrary msgpack-able value that is
     overwritten on merge; the row's push counter still keeps merges in order.
+
+    A ``lazy`` column's writes do not make a push due by themselves: they ride along with
+    the next push that something else makes due, or with one the owner asks for
+    (``drain_push(lazy=True)``). For columns peers only report (counts for a status view),
+    so that changing them does not cost every peer a frame and a wake-up.
     """
 
     name: str
     width: int = 0
     monotonic: bool = True
     default: Value = 0
+    lazy: bool = False
 
     def initial(self) -> Value | list[int]:
         if self.width:
@@ -101,9 +110,11 @@ class SST:
     my_rank: int
     rows: list[dict[str, Value | list[int]]] = field(init=False)
     _dirty: set[str] = field(init=False, default_factory=set)
+    _urgent: bool = field(init=False, default=False)  # a non-lazy column is in _dirty
     _push_seq: int = field(init=False, default=0)
     _applied_seq: list[int] = field(init=False)
     _predicates: list[_Predicate] = field(init=False, default_factory=list)
+    _active: tuple[_Predicate, ...] = field(init=False, default=())  # snapshot evaluate() walks
     _version: int = field(init=False, default=0)
     _evaluated_version: int = field(init=False, default=-1)
     _columns: dict[str, Column] = field(init=False, default_factory=dict)
@@ -132,6 +143,8 @@ class SST:
         if row[name] != value:
             row[name] = value
             self._dirty.add(name)
+            if not col.lazy:
+                self._urgent = True
             self._version += 1
 
     def set_item(self, name: str, index: int, value: int) -> None:
@@ -145,17 +158,25 @@ class SST:
         if vec[index] != value:  # type: ignore[index]
             vec[index] = value  # type: ignore[index]
             self._dirty.add(name)
+            if not col.lazy:
+                self._urgent = True
             self._version += 1
 
     def has_changes(self) -> bool:
-        return bool(self._dirty)
+        """A push is due: a column that is not lazy changed since the last drain."""
+        return self._urgent
 
-    def drain_push(self, full: bool = False) -> RowDelta | None:
+    def lazy_pending(self) -> bool:
+        """Only lazy columns changed since the last drain (no push is due for them alone)."""
+        return bool(self._dirty) and not self._urgent
+
+    def drain_push(self, full: bool = False, lazy: bool = False) -> RowDelta | None:
         """Everything written since the last drain, as one delta (``None`` if nothing).
 
-        ``full=True`` sends the whole row, as needed when a peer (re)connects.
+        Changes of lazy columns alone give ``None`` unless ``lazy=True``; any delta carries
+        them. ``full=True`` sends the whole row, as needed when a peer (re)connects.
         """
-        if not self._dirty and not full:
+        if not full and not self._urgent and not (lazy and self._dirty):
             return None
         names: Iterable[str] = self._columns if full else self._dirty
         row = self.rows[self.my_rank]
@@ -164,6 +185,7 @@ class SST:
             v = row[name]
             values[name] = tuple(v) if isinstance(v, list) else v
         self._dirty = set()
+        self._urgent = False
         self._push_seq += 1
         return RowDelta(self.my_rank, self._push_seq, values)
 
@@ -193,7 +215,7 @@ class SST:
             if col.width:
                 cur = row[name]
                 if col.monotonic:
-                    row[name] = [a if a > b else b for a, b in zip(cur, value)]  # type: ignore[arg-type]
+                    row[name] = list(map(max, cur, value))  # type: ignore[arg-type]
                 else:
                     row[name] = list(value)  # type: ignore[arg-type]
             elif col.monotonic:
@@ -212,7 +234,7 @@ class SST:
         if col.width:
             if not isinstance(value, (tuple, list)) or len(value) != col.width:
                 raise SSTError(f"column {name!r} needs {col.width} values, got {value!r:.80}")
-            if not all(type(v) is int for v in value):
+            if not _INT_ONLY.issuperset(map(type, value)):
                 raise SSTError(f"column {name!r} holds ints only")
         elif col.monotonic and type(value) is not int:
             raise SSTError(f"column {name!r} holds an int, got {type(value).__name__}")
@@ -220,12 +242,15 @@ class SST:
     # ----------------------------------------------------------------- reads
     def column_min(self, name: str, rows: Sequence[int] | None = None) -> int:
         rs = self.rows if rows is None else [self.rows[r] for r in rows]
-        return min(r[name] for r in rs)  # type: ignore[type-var, return-value]
+        return min(map(itemgetter(name), rs))  # type: ignore[type-var, return-value]
 
     def vector_min(self, name: str, rows: Sequence[int] | None = None) -> list[int]:
         """Entry-wise minimum of a vector column over the given rows (all rows by default)."""
         rs = self.rows if rows is None else [self.rows[r] for r in rows]
-        return [min(col) for col in zip(*(r[name] for r in rs))]  # type: ignore[misc]
+        vectors = list(map(itemgetter(name), rs))
+        if len(vectors) <= 1:
+            return list(vectors[0]) if vectors else []  # type: ignore[arg-type]
+        return list(map(min, *vectors))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ predicates
     def register(
@@ -239,10 +264,12 @@ class SST:
         if any(p.name == name for p in self._predicates):
             raise ValueError(f"predicate {name!r} already registered")
         self._predicates.append(_Predicate(name, test, trigger, kind))
+        self._active = tuple(self._predicates)
         self._version += 1  # the new predicate must see the table at the next evaluation
 
     def unregister(self, name: str) -> None:
         self._predicates = [p for p in self._predicates if p.name != name]
+        self._active = tuple(self._predicates)
 
     def evaluate(self) -> int:
         """Evaluate predicates until the table stops changing; returns triggers fired.
@@ -256,7 +283,7 @@ class SST:
             if self._version == self._evaluated_version:
                 break
             self._evaluated_version = self._version
-            for pred in list(self._predicates):
+            for pred in self._active:  # a snapshot: triggers may (un)register predicates
                 if pred.test(self):
                     fired += 1
                     pred.trigger(self)

@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from typing import Iterator
 
-from runtime.sim.faults import FAULT_MODES
+from runtime.sim.faults import FAULT_MODES, PERSISTENT_MODES
 from runtime.sim.runner import RunResult, replay_command, run_seed
 
 
@@ -26,7 +26,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--messages", type=int, help="messages per run (default: 2000-5000 by the seed)")
     p.add_argument(
         "--faults", choices=FAULT_MODES, default="none",
-        help="faults to inject: crashes, partitions, joins/leaves, or all of them (default: none)",
+        help="faults to inject: crashes, partitions, joins/leaves, crash-and-restart with simulated disks "
+        "(one node, or all nodes then a total restart), or all of them (default: none)",
+    )
+    p.add_argument(
+        "--plain-restart-quorum", action="store_true",
+        help="total restarts go ahead on plan_restart's quorum alone, without waiting for a reporter "
+        "whose log of each shard is complete (shows the persisted versions that can lose)",
     )
     p.add_argument("--verbose", action="store_true", help="print each run's transcript")
     p.add_argument("--keep-going", action="store_true", help="run all seeds even after a failure")
@@ -45,7 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _results(args: argparse.Namespace, seeds: list[int]) -> Iterator[RunResult]:
     """Run seeds, in this process or a pool; either way results come back in seed order."""
-    run = partial(run_seed, members=args.members, messages=args.messages, faults=args.faults, verbose=args.verbose)
+    run = partial(
+        run_seed, members=args.members, messages=args.messages, faults=args.faults, verbose=args.verbose,
+        plain_restart_quorum=args.plain_restart_quorum,
+    )
     if args.jobs == 1 or len(seeds) == 1:
         yield from map(run, seeds)
         return
@@ -62,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     explicit = args.members is not None or args.messages is not None
     started = time.perf_counter()
     runs = failures = delivered = nulls = views = 0
+    node_restarts = total_restarts = checked = transfers = 0
     virtual = longest = 0.0
     results = _results(args, list(seeds))
     for result in results:
@@ -71,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         virtual += result.virtual_time
         views += result.views
         longest = max(longest, result.longest_change)
+        node_restarts += result.node_restarts
+        total_restarts += result.total_restarts
+        checked += result.persisted_checked
+        transfers += result.transfers
         if args.verbose:
             print("\n".join(result.transcript))
         if not result.ok:
@@ -84,10 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     results.close()
     real = time.perf_counter() - started
     status = "ok" if failures == 0 else f"{failures} FAILED"
+    persistence = (
+        f"{node_restarts} node restarts, {total_restarts} total restarts, {transfers} state transfers, "
+        f"{checked} persisted versions checked; "
+        if args.faults in PERSISTENT_MODES else ""
+    )
     print(
         f"sim: {runs} runs {status} (faults: {args.faults}); {delivered} messages delivered "
         f"({nulls} nulls sent); {views} view changes, longest {longest * 1e3:.1f}ms virtual; "
-        f"virtual {virtual:.3f}s, real {real:.2f}s ({runs / real:.1f} runs/s, "
+        f"{persistence}virtual {virtual:.3f}s, real {real:.2f}s ({runs / real:.1f} runs/s, "
         f"{delivered / real:,.0f} deliveries/s)",
         file=sys.stderr,
     )

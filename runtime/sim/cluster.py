@@ -3,8 +3,17 @@
 Each node behaves like the real driver: events that arrive are stepped into its core at once,
 and the core's ``ready()`` is drained after a small, seeded processing delay, so everything
 that arrived meanwhile coalesces into one push per peer, as a busy node's loop would do.
-After every core call the cluster samples the core's receive counts, delivery frontiers and
-accepted proposals into the :class:`Trace` for the checker.
+After every core call the cluster samples the core's receive counts, delivery frontiers,
+persistence frontiers and accepted proposals into the :class:`Trace` for the checker.
+
+In persistent mode each node's app also keeps a log per shard (see ``disk.py``): a delivered
+message is appended to the volatile log, a seeded fsync later moves it to the node's disk and
+steps ``Persisted`` into the core. A node that gains a shard in a view that names a state
+source for it holds its log's fsyncs back until the source's records up to that view have
+arrived (a simulated state transfer), so a ``Persisted`` report always covers a gap-free log.
+A total restart (``restart``) starts every reporting node's core directly in the restart view
+that ``runtime.core.restart.plan_restart`` decided, with its persisted floor set, and the
+members that are not the shard's source copy the missing tail from it the same way.
 """
 
 from __future__ import annotations
@@ -13,13 +22,18 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from runtime.core.events import LeaveRequested, MessageArrived, Tick
+from bisect import bisect_left
+
+from runtime.core.events import LeaveRequested, MessageArrived, Persisted, Tick
 from runtime.core.layout import LayoutPolicy, ShardId, compute_layout
 from runtime.core.membership import Membership
 from runtime.core.messages import Message
 from runtime.core.node_core import CoreConfig, NodeCore
+from runtime.core.restart import RestartPlan
+from runtime.core.versions import format_version, make_version
 from runtime.core.view import Proposal, View, ViewFormatError
-from runtime.sim.invariants import Inc, Trace, ViewRecord
+from runtime.sim.disk import Disk, LogRecord, common_prefix, held_shards
+from runtime.sim.invariants import Inc, RestartRecord, Trace, ViewRecord
 from runtime.sim.network import SimNetwork
 from runtime.sim.scheduler import Scheduler
 
@@ -43,6 +57,15 @@ class SimNode:
     membership: Membership | None = None
     last_ballot: int = 0
     saw_wedge: bool = False
+    # Persistent mode: the app's logs and state transfers (lost with the incarnation).
+    last_pfront: dict[tuple[int, ShardId], int] = field(default_factory=dict)
+    app_view: View | None = None  # the last view the app has been handed
+    volatile: dict[ShardId, list[LogRecord]] = field(default_factory=dict)
+    syncing: dict[ShardId, int] = field(default_factory=dict)  # shard -> last version the fsync in flight covers
+    awaiting: dict[ShardId, int] = field(default_factory=dict)  # shard -> view whose state transfer is owed
+    # shard -> v: the app's log (disk + volatile) holds every version of the shard below view v
+    complete_through: dict[ShardId, int] = field(default_factory=dict)
+    last_in: dict[ShardId, int] = field(default_factory=dict)  # shard -> last view that gave it to us
 
     @property
     def inc(self) -> Inc:
@@ -62,6 +85,9 @@ class SimCluster:
         rng: random.Random,
         proc_delay: tuple[float, float] = (5e-6, 100e-6),
         log: Callable[[str], None] | None = None,
+        persistent: bool = False,
+        disk_rng: random.Random | None = None,
+        fsync: tuple[float, float] = (200e-6, 1e-3),
     ) -> None:
         self.policy = policy
         self.config = config
@@ -75,7 +101,16 @@ class SimCluster:
         self.accepted_payloads: set[bytes] = set()
         self.longest_change = 0.0  # virtual seconds from a node's wedge to its next install
         self.on_wedge: Callable[[], None] | None = None  # fault hook: a view change is under way
+        self.on_install: Callable[[int, int], None] | None = None  # fault hook: (node, vid) taken by the app
+        self.on_transfer: Callable[[int, int], None] | None = None  # fault hook: (node, source) transfer asked
         self.nodes: dict[int, SimNode] = {}
+        self.persistent = persistent
+        self.trace.persistent = persistent
+        self.disk_rng = disk_rng if disk_rng is not None else random.Random(0)
+        self.fsync = fsync  # (base, jitter) of one fsync, in virtual seconds
+        self.disks: dict[int, Disk] = {}
+        self.transfers = 0  # state transfers completed
+        self.truncations = 0  # logs cut back to the group's history by a transfer
         view = View(0, members, tuple(address_of(m) for m in members), compute_layout(policy, members))
         for m in members:
             core = NodeCore(m, address_of(m), policy, config, 0.0, view=view)
@@ -83,6 +118,9 @@ class SimCluster:
 
     def _add(self, node: SimNode) -> None:
         self.nodes[node.node_id] = node
+        if node.node_id not in self.disks:
+            disk = self.disks[node.node_id] = Disk(node.node_id)
+            self.trace.disks[node.node_id] = disk.logs
         self.trace.views.setdefault(node.inc, [])
         self.trace.delivered.setdefault(node.inc, [])
         node.membership = node.core.membership
@@ -176,6 +214,10 @@ class SimCluster:
             if smc.delivered != node.last_frontier.get(key, 0):
                 node.last_frontier[key] = smc.delivered
                 trace.frontier.setdefault((node.inc, vid, tuple(sid)), []).append((smc.delivered, step))  # type: ignore[arg-type]
+            pf = smc.persisted_frontier
+            if pf and pf != node.last_pfront.get(key, 0):
+                node.last_pfront[key] = pf
+                trace.persisted.setdefault((node.inc, vid, tuple(sid)), []).append((pf - 1, step))  # type: ignore[arg-type]
         if node.flush_at is None and node.alive:
             lo, hi = self.proc_delay
             node.flush_at = self.sched.now + lo + self.rng.random() * (hi - lo)
@@ -209,9 +251,13 @@ class SimCluster:
             if target is not None:
                 self.net.send(node_id, dst, self._frame, (dst, target.life, cs.message))
         log = self.trace.delivered[node.inc]
+        persistent = self.persistent
         for d in ready.deliveries:
             sid = tuple(d.shard)  # type: ignore[arg-type]
             log.extend((d.vid, sid, g, s, k, p, d.final) for g, s, k, p in d.messages)
+            if persistent:  # the app logs every delivery; fsyncs start once the views are in
+                base = make_version(d.vid, 0)
+                node.volatile.setdefault(d.shard, []).extend((base + g, p) for g, _, _, p in d.messages)  # type: ignore[arg-type]
             self.say(
                 f"node {node_id} delivers {len(d.messages)} in view {d.vid} shard {sid} "
                 f"through index {d.frontier - 1}{' (final)' if d.final else ''}"
@@ -220,6 +266,13 @@ class SimCluster:
             rec = ViewRecord(v.vid, v.members, tuple((tuple(s), m) for s, m in v.layout.shards.items()))
             self.trace.views[node.inc].append(rec)
             self.say(f"node {node_id} installs view {v.vid} {list(v.members)}{'' if v.layout.adequate else ' (inadequate)'}")
+            if persistent:
+                self._installed(node, v)
+        if persistent:
+            for sid, version in ready.persisted:
+                self.say(f"node {node_id} shard {tuple(sid)} persisted through {format_version(version)}")  # type: ignore[arg-type]
+            for sid in list(node.volatile):
+                self._start_fsync(node, sid)
         for sid, payloads in ready.orphaned:
             node.pending.setdefault(sid, [])[:0] = payloads
         for r in ready.rejected:  # every input in the simulator is honest: a core bug
@@ -233,6 +286,155 @@ class SimCluster:
         if ready.wakeup_at is not None and (node.tick_at is None or ready.wakeup_at < node.tick_at):
             node.tick_at = ready.wakeup_at
             self.sched.at(ready.wakeup_at, self._tick, node_id, node.life)
+
+    # ------------------------------------------------------- persistence (app)
+    def disk(self, node_id: int) -> Disk:
+        return self.disks[node_id]
+
+    def _durable_changed(self, node_id: int, sid: ShardId) -> None:
+        log = self.disks[node_id].logs.get(sid)
+        last = log[-1][0] if log else -1
+        self.trace.durable.setdefault((node_id, tuple(sid)), []).append((last, self.sched.steps))
+
+    def _installed(self, node: SimNode, view: View) -> None:
+        """The app takes a new view: note what its logs now cover, and ask for the state of
+        every shard it gained from the source the view names."""
+        me = node.node_id
+        prev = node.app_view
+        before = held_shards(prev, me) if prev is not None else ()
+        for sid in before:  # every delivery of the previous view is in the log now
+            if sid not in node.awaiting:
+                node.complete_through[sid] = view.vid
+        for sid in held_shards(view, me):
+            node.last_in[sid] = view.vid
+            if sid in before:
+                continue
+            src = view.source_of(sid)
+            if src is not None and src != me:
+                self._await(node, sid, view.vid, src)
+                continue
+            if src is None and view.vid > 0 and prev is not None:
+                self.say(f"node {me} takes shard {tuple(sid)} in view {view.vid} with no state source")
+            node.complete_through[sid] = view.vid
+        node.app_view = view
+        self.disks[me].last_view = view
+        if self.on_install is not None:
+            self.on_install(me, view.vid)
+
+    def _await(self, node: SimNode, sid: ShardId, bound: int, src: int) -> None:
+        node.awaiting[sid] = bound
+        self.disks[node.node_id].incomplete.add(sid)
+        self.say(
+            f"node {node.node_id} awaits shard {tuple(sid)} state before view {bound} from node {src} "
+            f"(has {format_version(self.disks[node.node_id].last_version(sid))})"
+        )
+        self.sched.at(self.sched.now + self._transfer_latency(), self._serve, node.node_id, node.life, sid, bound, src)
+        if self.on_transfer is not None:
+            self.on_transfer(node.node_id, src)
+
+    def _transfer_latency(self) -> float:
+        return 50e-6 + self.disk_rng.random() * 450e-6
+
+    def _serve(self, node_id: int, life: int, sid: ShardId, bound: int, src: int) -> None:
+        """The request for ``sid``'s state reaches ``src``: it answers once its own log holds
+        every version before view ``bound``. A dead source is replaced by a live member of the
+        shard that holds it all."""
+        node = self.nodes.get(node_id)
+        if node is None or not node.alive or node.life != life or node.awaiting.get(sid) != bound:
+            return
+        holder = self.nodes.get(src)
+        now = self.sched.now
+        if holder is not None and holder.alive and holder.complete_through.get(sid, -1) >= bound:
+            cut = make_version(bound, 0)
+            durable = self.disks[src].logs.get(sid, [])
+            records = durable[: bisect_left(durable, (cut,))]
+            last = records[-1][0] if records else -1
+            records += [r for r in holder.volatile.get(sid, ()) if last < r[0] < cut]
+            delay = self._transfer_latency() + 200e-6 + self.disk_rng.random() * 2e-3 + len(records) * 1e-7
+            self.sched.at(now + delay, self._land, node_id, life, sid, bound, records, src)
+            return
+        if holder is None or not holder.alive:
+            view = node.app_view
+            alt = [
+                m for m in (view.members if view is not None else ())
+                if m != node_id and m in self.nodes and self.nodes[m].alive
+                and self.nodes[m].complete_through.get(sid, -1) >= bound
+            ]
+            if alt:
+                src = alt[0]
+                self.say(f"node {node_id} asks node {src} for shard {tuple(sid)} state instead")
+        self.sched.at(now + 1e-3, self._serve, node_id, life, sid, bound, src)
+
+    def _land(self, node_id: int, life: int, sid: ShardId, bound: int, records: list[LogRecord], src: int) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or not node.alive or node.life != life or node.awaiting.get(sid) != bound:
+            return
+        disk = self.disks[node_id]
+        log = disk.logs.setdefault(sid, [])
+        keep = common_prefix(log, records)
+        if keep < len(log):
+            self.truncations += 1
+            self.say(
+                f"node {node_id} drops {len(log) - keep} records of shard {tuple(sid)} after "
+                f"{format_version(log[keep - 1][0]) if keep else 'none'}: not in the history of node {src}"
+            )
+        log[keep:] = records[keep:]
+        last = log[-1][0] if log else -1
+        vol = node.volatile.get(sid)
+        if vol:
+            vol[:] = [r for r in vol if r[0] > last]
+        del node.awaiting[sid]
+        disk.incomplete.discard(sid)
+        view = node.app_view
+        if view is not None and sid in held_shards(view, node_id):
+            node.complete_through[sid] = view.vid
+        else:
+            node.complete_through[sid] = max(bound, node.last_in.get(sid, bound) + 1)
+        self.transfers += 1
+        self.say(
+            f"node {node_id} receives shard {tuple(sid)} state from node {src}: "
+            f"{len(records) - keep} records, log through {format_version(last)}"
+        )
+        self._durable_changed(node_id, sid)
+        if log:
+            node.core.step(Persisted(self.sched.now, sid, last))
+            self._after_step(node)
+        self._start_fsync(node, sid)
+
+    def _start_fsync(self, node: SimNode, sid: ShardId) -> None:
+        """Group commit: one fsync at a time per shard log covers everything appended so far.
+        Nothing reaches the disk while the shard's state transfer is owed."""
+        if sid in node.syncing or sid in node.awaiting or not node.alive:
+            return
+        vol = node.volatile.get(sid)
+        if not vol:
+            return
+        node.syncing[sid] = vol[-1][0]
+        base, jitter = self.fsync
+        delay = base + self.disk_rng.random() * jitter
+        if self.disk_rng.random() < 0.02:
+            delay *= 10  # an occasional slow disk
+        self.sched.at(self.sched.now + delay, self._fsync_done, node.node_id, node.life, sid)
+
+    def _fsync_done(self, node_id: int, life: int, sid: ShardId) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or not node.alive or node.life != life:
+            return  # crashed meanwhile: the volatile tail is gone
+        upto = node.syncing.pop(sid)
+        vol = node.volatile.get(sid, [])
+        n = 0
+        while n < len(vol) and vol[n][0] <= upto:
+            n += 1
+        log = self.disks[node_id].logs.setdefault(sid, [])
+        last = log[-1][0] if log else -1
+        moved = [r for r in vol[:n] if r[0] > last]
+        del vol[:n]
+        if moved:
+            log.extend(moved)
+            self._durable_changed(node_id, sid)
+            node.core.step(Persisted(self.sched.now, sid, log[-1][0]))
+            self._after_step(node)
+        self._start_fsync(node, sid)
 
     def _end(self, node: SimNode, why: str) -> None:
         node.alive = False
@@ -266,6 +468,51 @@ class SimCluster:
         self._add(node)
         self.sched.at(self.sched.now, self._tick, node_id, life)
 
+    def crash_all(self) -> None:
+        """Every node stops at once (power loss): volatile logs are lost, disks remain."""
+        self.say("CRASH ALL nodes")
+        for node in list(self.nodes.values()):
+            if node.alive:
+                self._end(node, "crashed (all)")
+
+    def restart(self, plan: RestartPlan) -> None:
+        """Start every member of ``plan.view`` in it, with its durable logs; the members that
+        are not a shard's source copy the missing tail from it once the view is installed."""
+        view = plan.view
+        now = self.sched.now
+        self.trace.restarts.append(
+            RestartRecord(
+                view.vid, view.members, plan.latest_vid,
+                tuple(sorted((tuple(s), v) for s, v in plan.longest.items())), self.sched.steps,
+            )
+        )
+        sources = ", ".join(f"{tuple(s)}<-{n}" for s, n in view.sources) or "none"
+        self.say(
+            f"RESTART in view {view.vid} {list(view.members)} after view {plan.latest_vid}; sources {sources}; "
+            f"longest logs " + ", ".join(f"{tuple(s)}:{format_version(v)}" for s, v in sorted(plan.longest.items()))
+        )
+        started = []
+        for m in view.members:
+            old = self.nodes.get(m)
+            life = old.life + 1 if old is not None else 0
+            core = NodeCore(m, address_of(m), self.policy, self.config, now, view=view)
+            if m not in self.disks:
+                self.disks[m] = Disk(m)
+                self.trace.disks[m] = self.disks[m].logs
+            disk = self.disks[m]
+            for sid in view.my_shards(m):
+                log = disk.logs.get(sid, [])
+                src = view.source_of(sid)
+                keep = len(log) if src in (None, m) else common_prefix(log, self.disks[src].logs.get(sid, []))
+                if keep:  # what is on disk here and in the shard's history
+                    core.set_persisted_floor(sid, log[keep - 1][0])
+            node = SimNode(m, life, core)
+            self.nodes[m] = node
+            started.append(node)
+        for node in started:
+            self._add(node)
+            self.sched.at(now, self._tick, node.node_id, node.life)
+
     # --------------------------------------------------------------- queries
     def alive(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.alive]
@@ -296,6 +543,8 @@ class SimCluster:
             for sid, q in n.pending.items():
                 if q and sid in n.core.shards:
                     return False
+            if n.awaiting or n.syncing or any(n.volatile.values()):
+                return False
             for smc in n.core.shards.values():
                 if smc.resend or any(smc._buf) or smc.wedged:
                     return False
@@ -308,6 +557,8 @@ class SimCluster:
 
     def describe_state(self) -> dict[str, Any]:
         return {
-            n.node_id: (n.alive, n.core.vid, n.core.excluded, n.core.membership.wedged if n.core.membership else None)
+            n.node_id: (
+                n.alive, n.core.vid, n.core.excluded, n.core.membership.wedged if n.core.membership else None,
+            ) + ((f"awaiting {sorted(tuple(s) for s in n.awaiting)}",) if n.awaiting and n.alive else ())
             for n in self.nodes.values()
         }

@@ -9,6 +9,13 @@ that it catches them.
 
 Nodes are tracked per *incarnation* ``(node_id, life)``: a node that crashed or was excluded
 and joined again is a new incarnation under the same id.
+
+In persistent mode the trace also holds every node's disk (its durable logs at the end of
+the run, per node id: a disk outlives incarnations), when each disk's last durable version
+moved, every persistence frontier a core computed, and the total restarts. The persistence
+checks are: no version inside a persistence frontier is lost or changed (every live member of
+the shard ends with it, same payload), logs of a shard are prefix-consistent everywhere, and
+no frontier ever exceeded what a member of its view had on disk at that moment.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
+
+from runtime.core.versions import format_version, make_version
 
 Inc = tuple[int, int]  # (node id, life)
 ShardRef = tuple[Any, ...]
@@ -36,6 +45,24 @@ class ViewRecord:
         return ()
 
 
+@dataclass(frozen=True, slots=True)
+class RestartRecord:
+    """A total restart: the view the restarting nodes were started in, who they were, the
+    latest view among their reports, and per shard the last version kept (the longest log)."""
+
+    vid: int
+    members: tuple[int, ...]
+    latest_vid: int
+    kept: tuple[tuple[ShardRef, int], ...]
+    step: int
+
+    def kept_of(self, shard: ShardRef) -> int:
+        for sid, v in self.kept:
+            if sid == shard:
+                return v
+        return -1
+
+
 @dataclass(slots=True)
 class Trace:
     sent: dict[int, list[bytes]] = field(default_factory=dict)  # per sender node id, accept order
@@ -51,6 +78,15 @@ class Trace:
     ended: dict[Inc, str] = field(default_factory=dict)  # crashed or excluded, with the reason
     pending_at_end: set[bytes] = field(default_factory=set)  # held by the app, never delivered yet
     expect_complete: bool = True
+    # Persistent mode.
+    persistent: bool = False
+    disks: dict[int, dict[ShardRef, list[tuple[int, bytes]]]] = field(default_factory=dict)  # node -> shard -> log
+    # durable[(node, shard)] = [(last durable version, step), ...]
+    durable: dict[tuple[int, ShardRef], list[tuple[int, int]]] = field(default_factory=dict)
+    # persisted[(inc, vid, shard)] = [(frontier version, step), ...]: every version up to it on disk everywhere
+    persisted: dict[tuple[Inc, int, ShardRef], list[tuple[int, int]]] = field(default_factory=dict)
+    restarts: list[RestartRecord] = field(default_factory=list)
+    persisted_checked: int = 0  # set by the check: (shard, version) pairs inside some frontier
 
     def incarnations(self) -> list[Inc]:
         return sorted(set(self.views) | set(self.delivered))
@@ -93,6 +129,12 @@ def check_trace(trace: Trace) -> list[Violation]:
     out += _check_view_synchrony(trace)
     out += _check_stability(trace)
     out += _check_no_loss(trace)
+    if trace.persistent:
+        delivered = _versions_delivered(trace)
+        out += _check_restarts(trace)
+        out += _check_frontier_durable(trace)
+        out += _check_log_consistency(trace, delivered)
+        out += _check_persisted_kept(trace, delivered)
     return out
 
 
@@ -129,12 +171,15 @@ def _check_views(trace: Trace) -> list[Violation]:
 
 
 def _check_majority(trace: Trace) -> list[Violation]:
-    """Every view v+1 was accepted by a majority of view v's members before anyone installed it."""
+    """Every view v+1 was accepted by a majority of view v's members before anyone installed it
+    (a total restart's view instead needs reports from a majority of view v: see
+    ``_check_restarts``)."""
     out = []
     by_vid = _view_index(trace)
+    restarted = {r.vid for r in trace.restarts}
     for vid, view in sorted(by_vid.items()):
         prev = by_vid.get(vid - 1)
-        if prev is None:
+        if prev is None or vid in restarted:
             continue  # the first view of the run, or no record of its predecessor
         key = (view.vid, view.members)
         voters = {
@@ -348,4 +393,178 @@ def _check_no_loss(trace: Trace) -> list[Violation]:
                             f"delivered {len(mine)} of {len(per_view.get((vid, shard), []))} messages of shard {shard} in final view {vid}",
                         )
                     )
+    return out
+
+
+# -------------------------------------------------------------------- persistence
+def _versions_delivered(trace: Trace) -> dict[ShardRef, dict[int, bytes]]:
+    """Per shard, every version any node delivered, with its payload (the first seen)."""
+    out: dict[ShardRef, dict[int, bytes]] = {}
+    for log in trace.delivered.values():
+        for vid, shard, g, _, _, payload, _ in log:
+            out.setdefault(shard, {}).setdefault(make_version(vid, g), payload)
+    return out
+
+
+def _check_restarts(trace: Trace) -> list[Violation]:
+    """A restart view follows the latest view any node installed, and its members include a
+    majority of that view and a member of each of its shards."""
+    out = []
+    by_vid = _view_index(trace)
+    for r in trace.restarts:
+        prev = by_vid.get(r.vid - 1)
+        if r.latest_vid != r.vid - 1 or prev is None:
+            out.append(Violation("restart-view", None, f"restart view {r.vid} after latest view {r.latest_vid}"))
+            continue
+        back = set(r.members) & set(prev.members)
+        if 2 * len(back) <= len(prev.members):
+            out.append(
+                Violation(
+                    "majority", None,
+                    f"restart view {r.vid} from {sorted(back)} only, of view {prev.vid} {prev.members}",
+                )
+            )
+        for shard, members in prev.shards:
+            if members and not back & set(members):
+                out.append(Violation("restart-quorum", None, f"restart view {r.vid}: no member of shard {shard} of view {prev.vid}"))
+    return out
+
+
+def _at_step(timeline: list[tuple[int, int]], step: int) -> int:
+    """The value of a (value, step) timeline at ``step`` (-1 before its first entry)."""
+    i = bisect_right(timeline, step, key=lambda e: e[1])
+    return timeline[i - 1][0] if i else -1
+
+
+def _check_frontier_durable(trace: Trace) -> list[Violation]:
+    """(c) A frontier a core computed never exceeds what any member of the shard in that view
+    had on disk at that step."""
+    out = []
+    by_vid = _view_index(trace)
+    for (inc, vid, shard), samples in sorted(trace.persisted.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
+        view = by_vid.get(vid)
+        members = view.shard_members(shard) if view is not None else ()
+        bad = None
+        for version, step in samples:
+            for m in members:
+                have = _at_step(trace.durable.get((m, shard), []), step)
+                if have < version:
+                    bad = (version, step, m, have)
+                    break
+            if bad:
+                break
+        if bad:
+            version, step, m, have = bad
+            out.append(
+                Violation(
+                    "persisted-beyond-durable", inc,
+                    f"view {vid} shard {shard}: frontier {format_version(version)} at step {step}, but node {m} "
+                    f"had only {format_version(have)} on disk",
+                )
+            )
+    return out
+
+
+def _check_log_consistency(trace: Trace, delivered: dict[ShardRef, dict[int, bytes]]) -> list[Violation]:
+    """(b) Every disk log strictly increases; a version means the same payload in every log and
+    in every delivery; the live members of a shard in their final view hold prefixes of one log."""
+    out = []
+    for node, logs in sorted(trace.disks.items()):
+        for shard, log in sorted(logs.items(), key=lambda kv: str(kv[0])):
+            shard = tuple(shard)
+            known = delivered.get(shard, {})
+            prev = -1
+            for i, (version, payload) in enumerate(log):
+                if version <= prev:
+                    out.append(
+                        Violation("log-order", node, f"shard {shard} record #{i}: {format_version(version)} after {format_version(prev)}")
+                    )
+                    break
+                prev = version
+                want = known.get(version)
+                if want != payload:
+                    what = "was never delivered" if want is None else f"was delivered as {want!r:.40}"
+                    out.append(
+                        Violation(
+                            "log-conflict", node,
+                            f"shard {shard} record #{i} {format_version(version)} holds {payload!r:.40}, which {what}",
+                        )
+                    )
+                    break
+    live = [inc for inc in trace.incarnations() if inc not in trace.ended and trace.views.get(inc)]
+    holders: dict[ShardRef, list[int]] = {}
+    for inc in live:
+        for shard, members in trace.views[inc][-1].shards:
+            if inc[0] in members:
+                holders.setdefault(shard, []).append(inc[0])
+    for shard, nodes in sorted(holders.items(), key=lambda kv: str(kv[0])):
+        logs = {n: trace.disks.get(n, {}).get(shard, []) for n in sorted(nodes)}
+        ref_node = max(logs, key=lambda n: len(logs[n]))
+        ref = logs[ref_node]
+        for n, log in logs.items():
+            if log != ref[: len(log)]:
+                i = next(j for j, (a, b) in enumerate(zip(log, ref)) if a != b) if len(log) <= len(ref) else len(ref)
+                out.append(
+                    Violation(
+                        "log-divergence", n,
+                        f"shard {shard}: log differs from node {ref_node}'s at record #{i} "
+                        f"({format_version(log[i][0]) if i < len(log) else None} here, "
+                        f"{format_version(ref[i][0]) if i < len(ref) else None} there)",
+                    )
+                )
+    return out
+
+
+def persisted_versions(
+    trace: Trace, delivered: dict[ShardRef, dict[int, bytes]] | None = None
+) -> dict[ShardRef, dict[int, bytes]]:
+    """Per shard, every delivered version that some persistence frontier covered, with its
+    payload. A frontier reported in view v covers the delivered versions up to it, except those
+    a total restart at or before v discarded (delivered before it but on no reporting disk:
+    they were never persisted, or the checks of the earlier frontier report their loss)."""
+    if delivered is None:
+        delivered = _versions_delivered(trace)
+    top: dict[tuple[ShardRef, int], int] = {}  # (shard, vid) -> highest frontier in that view
+    for (_, vid, shard), samples in trace.persisted.items():
+        v = max(version for version, _ in samples)
+        if v > top.get((shard, vid), -1):
+            top[(shard, vid)] = v
+    out: dict[ShardRef, dict[int, bytes]] = {}
+    for (shard, vid), frontier in top.items():
+        gaps = [(r.kept_of(shard), make_version(r.vid, 0)) for r in trace.restarts if r.vid <= vid]
+        into = out.setdefault(shard, {})
+        for version, payload in delivered.get(shard, {}).items():
+            if version <= frontier and not any(lo < version < hi for lo, hi in gaps):
+                into[version] = payload
+    return out
+
+
+def _check_persisted_kept(trace: Trace, delivered: dict[ShardRef, dict[int, bytes]]) -> list[Violation]:
+    """(a) Every version ever inside a persistence frontier is, at the end, on the disk of every
+    live member of its shard, with the payload that was delivered."""
+    required = persisted_versions(trace, delivered)
+    trace.persisted_checked = sum(len(v) for v in required.values())
+    if not trace.expect_complete:
+        return []  # a run cut short may end with state transfers in flight
+    out = []
+    live = [inc for inc in trace.incarnations() if inc not in trace.ended and trace.views.get(inc)]
+    for inc in live:
+        for shard, members in trace.views[inc][-1].shards:
+            if inc[0] not in members:
+                continue
+            need = required.get(shard)
+            if not need:
+                continue
+            have = dict(trace.disks.get(inc[0], {}).get(shard, []))
+            missing = [v for v in sorted(need) if have.get(v) != need[v]]
+            if missing:
+                v = missing[0]
+                what = "missing" if v not in have else f"holds {have[v]!r:.40} instead of {need[v]!r:.40}"
+                out.append(
+                    Violation(
+                        "persisted-lost", inc,
+                        f"shard {shard}: {len(missing)} persisted versions not on disk as delivered; "
+                        f"first {format_version(v)} {what}",
+                    )
+                )
     return out

@@ -15,7 +15,7 @@ from runtime.core.membership import MembershipConfig
 from runtime.core.node_core import CoreConfig
 from runtime.core.smc import MulticastConfig
 from runtime.sim.cluster import SimCluster
-from runtime.sim.faults import FaultInjector
+from runtime.sim.faults import PERSISTENT_MODES, FaultInjector
 from runtime.sim.invariants import Violation, check_trace
 from runtime.sim.network import LinkProfile, SimNetwork
 from runtime.sim.scheduler import Scheduler
@@ -39,6 +39,12 @@ class RunParams:
     config: CoreConfig
     link: LinkProfile
     slow_links: tuple[tuple[int, int], ...]
+    fsync: tuple[float, float] = (200e-6, 1e-3)  # (base, jitter) of one fsync, persistent mode
+    plain_restart_quorum: bool = False  # restart on plan_restart's quorum alone (see faults.py)
+
+    @property
+    def persistent(self) -> bool:
+        return self.faults in PERSISTENT_MODES
 
     @property
     def policy(self) -> LayoutPolicy:
@@ -52,6 +58,8 @@ class RunParams:
             f"null_interval={c.null_interval * 1e3:.2f}ms heartbeat={m.heartbeat_interval * 1e3:.0f}ms "
             f"suspicion={m.suspicion_timeout * 1e3:.0f}ms "
             f"link={self.link.base * 1e6:.0f}+{self.link.jitter * 1e6:.0f}us slow_links={list(self.slow_links)}"
+            + (f" fsync={self.fsync[0] * 1e6:.0f}+{self.fsync[1] * 1e6:.0f}us" if self.persistent else "")
+            + (" plain_restart_quorum" if self.plain_restart_quorum else "")
         )
 
 
@@ -68,13 +76,23 @@ class RunResult:
     virtual_time: float
     steps: int
     transcript: list[str] = field(default_factory=list)
+    node_restarts: int = 0  # one node crashed and came back with its disk
+    total_restarts: int = 0  # every node crashed, then a restart from the disks
+    persisted_checked: int = 0  # (shard, version) pairs inside some persistence frontier, checked at the end
+    transfers: int = 0  # state transfers that landed
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
 
-def choose_params(seed: int, members: int | None = None, messages: int | None = None, faults: str = "none") -> RunParams:
+def choose_params(
+    seed: int,
+    members: int | None = None,
+    messages: int | None = None,
+    faults: str = "none",
+    plain_restart_quorum: bool = False,
+) -> RunParams:
     rng = random.Random(f"params-{seed}")
     n = members if members is not None else rng.randint(3, 7)
     ids = tuple(sorted(rng.sample(range(1, 100), n)))
@@ -101,7 +119,12 @@ def choose_params(seed: int, members: int | None = None, messages: int | None = 
         # A window under 8 costs a full round of pushes per few messages: keep such runs short.
         count = min(count, SMALL_WINDOW_MESSAGES)
     shards = rng.choice((1, 1, 2)) if n >= 2 else 1
-    return RunParams(seed, ids, count, faults, shards, CoreConfig(multicast, membership), link, tuple(slow))
+    # Drawn last, so that adding the disk left every earlier choice of a seed as it was.
+    fsync = (rng.choice((50e-6, 200e-6, 1e-3)), rng.choice((100e-6, 1e-3, 4e-3)))
+    return RunParams(
+        seed, ids, count, faults, shards, CoreConfig(multicast, membership), link, tuple(slow), fsync,
+        plain_restart_quorum,
+    )
 
 
 def run_seed(
@@ -111,12 +134,13 @@ def run_seed(
     faults: str = "none",
     verbose: bool = False,
     corrupt: Callable[[SimCluster], None] | None = None,
+    plain_restart_quorum: bool = False,
 ) -> RunResult:
     """Run one seed until the group is quiescent and check it.
 
     ``corrupt`` lets tests tamper with the trace before the check.
     """
-    params = choose_params(seed, members, messages, faults)
+    params = choose_params(seed, members, messages, faults, plain_restart_quorum)
     rng = random.Random(f"run-{seed}")
     sched = Scheduler()
     net = SimNetwork(sched, rng, params.link)
@@ -124,10 +148,16 @@ def run_seed(
         net.links[(a, b)] = LinkProfile(params.link.base * 20, params.link.jitter * 5 + 1e-3)
     transcript: list[str] = []
     log = transcript.append if verbose else None
-    cluster = SimCluster(params.members, params.policy, params.config, sched, net, rng, log=log)
+    cluster = SimCluster(
+        params.members, params.policy, params.config, sched, net, rng, log=log,
+        persistent=params.persistent, disk_rng=random.Random(f"disk-{seed}"), fsync=params.fsync,
+    )
     plan = make_plan(rng, params.members, params.messages, SEND_SPAN)
     injector = FaultInjector(cluster, rng, params.config.membership.suspicion_timeout)
+    injector.complete_logs = not params.plain_restart_quorum
     cluster.on_wedge = injector.on_wedge
+    cluster.on_install = injector.on_install
+    cluster.on_transfer = injector.on_transfer
     fault_plan = FaultInjector.plan(rng, faults, *FAULT_SPAN)
     if verbose:
         transcript.append(params.describe())
@@ -141,7 +171,7 @@ def run_seed(
     state = {"done": False}
 
     def probe() -> None:
-        if sched.now > quiet_after and not net.cut and cluster.quiescent():
+        if sched.now > quiet_after and not net.cut and injector.idle(sched.now) and cluster.quiescent():
             state["done"] = True
             sched.stop()
             return
@@ -176,18 +206,25 @@ def run_seed(
         )
     for inc, sender, reason in cluster.rejections[:3]:
         violations.append(Violation("rejected-honest-input", inc, f"from node {sender}: {reason}"))
+    checked = cluster.trace.persisted_checked
     delivered = sum(len(v) for v in cluster.trace.delivered.values())
     sent = sum(len(v) for v in cluster.trace.sent.values())
     top = max((v[-1].vid for v in cluster.trace.views.values() if v), default=0)
     result = RunResult(
         params, violations, delivered, sent, cluster.nulls_sent(), net.frames, top,
         cluster.longest_change, sched.now, sched.steps, transcript,
+        injector.node_restarts, injector.total_restarts, checked, cluster.transfers,
     )
     if verbose:
         transcript.append(
             f"result: sent={sent} delivered={delivered} views={top} frames={net.frames} dropped={net.dropped} "
             f"steps={sched.steps} virtual={sched.now:.6f}s longest_change={cluster.longest_change * 1e3:.2f}ms "
-            f"violations={len(violations)}"
+            + (
+                f"restarts={injector.node_restarts} total_restarts={injector.total_restarts} "
+                f"transfers={cluster.transfers} truncations={cluster.truncations} persisted_checked={checked} "
+                if params.persistent else ""
+            )
+            + f"violations={len(violations)}"
         )
     return result
 
@@ -196,4 +233,6 @@ def replay_command(params: RunParams, explicit: bool) -> str:
     cmd = f"python -m runtime.sim --seed {params.seed} --faults {params.faults}"
     if explicit:
         cmd += f" --members {len(params.members)} --messages {params.messages}"
+    if params.plain_restart_quorum:
+        cmd += " --plain-restart-quorum"
     return cmd + " --verbose"

@@ -281,13 +281,24 @@ def _str_key_dict(value: object, what: str) -> dict[str, Any]:
     return value
 
 
+_SHARD_IDS: dict[tuple[str, int, int], ShardId] = {}  # every frame names its shard: reuse the key
+
+
 def _shard_id(value: object, what: str) -> ShardId:
     if type(value) is not list or len(value) != 3:
         raise WireError(f"{what} must be [type_name, subgroup, shard], got {_describe(value)}")
     name, subgroup, shard = value
-    return ShardId(
+    if type(name) is str and type(subgroup) is int and type(shard) is int:  # exact types: a
+        known = _SHARD_IDS.get((name, subgroup, shard))  # bool never hits an int's entry
+        if known is not None:
+            return known
+    sid = ShardId(
         _str(name, f"{what}.type_name"), _nat(subgroup, f"{what}.subgroup"), _nat(shard, f"{what}.shard")
     )
+    if len(_SHARD_IDS) >= 1024:  # a bounded memo, whatever peers send
+        _SHARD_IDS.clear()
+    _SHARD_IDS[(sid.type_name, sid.subgroup, sid.shard)] = sid
+    return sid
 
 
 def _int_vector(value: object, what: str) -> tuple[int, ...]:
@@ -319,12 +330,18 @@ def _row(value: object, what: str) -> RowDelta:
     return RowDelta(_nat(rank, f"{what}.rank"), _nat(seq, f"{what}.seq"), values)
 
 
+_PAYLOAD_TYPES: Final[frozenset[type]] = frozenset({bytes, type(None)})
+
+
 def _payloads(value: object, what: str) -> tuple[bytes | None, ...]:
     if type(value) is not list:
         raise WireError(f"{what} must be a list, got {_describe(value)}")
-    for i, p in enumerate(value):
-        if p is not None and type(p) is not bytes:
-            raise WireError(f"{what}[{i}] must be bytes or nil (null message), got {_describe(p)}")
+    # One C-level pass over the batch (the set of its element types); only a bad batch is
+    # walked in Python, to name the first culprit.
+    if not _PAYLOAD_TYPES.issuperset(map(type, value)):
+        for i, p in enumerate(value):
+            if p is not None and type(p) is not bytes:
+                raise WireError(f"{what}[{i}] must be bytes or nil (null message), got {_describe(p)}")
     return tuple(value)
 
 
@@ -555,9 +572,9 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> list[WireMessage | WireError]:
         """Every frame completed by ``data``, decoded, in stream order.
 
-        Linear in the input: headers are read in place at an offset, each body is copied out
-        once, and the consumed prefix of the buffer is dropped once per call. Bodies are
-        copies, so nothing returned pins the caller's buffer.
+        Linear in the input: headers are read in place at an offset, bodies are decoded in
+        place through a memoryview (msgpack copies what it returns, so nothing returned pins
+        the caller's buffer or ours), and the unconsumed tail is kept with one copy per call.
         """
         if self._broken:
             return []
@@ -573,27 +590,33 @@ class FrameDecoder:
         off = 0
         end = len(src)
         unpack_from = _HEADER.unpack_from
-        while end - off >= 4:
-            (size,) = unpack_from(src, off)
-            if size == 0 or size > self.max_frame:
-                self._broken = True
-                self._buf = bytearray()
-                limits = f"1..{self.max_frame}"
-                out.append(WireError(f"frame length prefix {size} is outside {limits}; stream is corrupt"))
-                return out
-            stop = off + 4 + size
-            if stop > end:
-                break
-            body = src[off + 4 : stop]
-            off = stop
-            try:
-                out.append(decode(body))
-            except WireError as exc:
-                # A fresh error without traceback or cause: it is an event for the driver,
-                # and must not keep this call's frames (and buffers) alive.
-                out.append(WireError(str(exc)))
+        max_frame = self.max_frame
+        with memoryview(src) as view:
+            while end - off >= 4:
+                (size,) = unpack_from(src, off)
+                if size == 0 or size > max_frame:
+                    self._broken = True
+                    self._buf = bytearray()
+                    limits = f"1..{max_frame}"
+                    out.append(WireError(f"frame length prefix {size} is outside {limits}; stream is corrupt"))
+                    return out
+                stop = off + 4 + size
+                if stop > end:
+                    break
+                off += 4
+                try:
+                    out.append(decode(view[off:stop]))
+                except WireError as exc:
+                    # A fresh error without traceback or cause: it is an event for the driver,
+                    # and must not keep this call's frames (and buffers) alive.
+                    out.append(WireError(str(exc)))
+                off = stop
+            rest = bytearray(view[off:]) if src is not self._buf and off < end else None
         if src is self._buf:
-            del self._buf[:off]
-        elif off < end:
-            self._buf = bytearray(src[off:])
+            try:
+                del self._buf[:off]
+            except BufferError:  # a view of it outlived its frame: leave that buffer to it
+                self._buf = bytearray(memoryview(self._buf)[off:])
+        elif rest is not None:
+            self._buf = rest
         return out
