@@ -26,7 +26,7 @@ from derecho_actors.exceptions import GroupClosed, NotRegistered, PayloadTooLarg
 from runtime.core.layout import ShardId
 from runtime.drivers.tcp import split_address
 from runtime.wire.codec import FrameDecoder, frame, frames
-from runtime.wire.control import Call, Goodbye, Hello, Reply, StatusReply
+from runtime.wire.control import Call, Goodbye, Hello, Reply, ReplyBatch, StatusReply
 
 log = logging.getLogger("derecho.client")
 
@@ -54,6 +54,7 @@ class Client:
         self._pending: dict[int, tuple[QueryResults, Call]] = {}
         self.max_outstanding = max(1, max_outstanding)
         self._room = threading.Condition(self._lock)
+        self._blocked = 0  # callers waiting for room
         self._sock: socket.socket | None = None
         self._closed = False
         self._contact = 0
@@ -125,7 +126,11 @@ class Client:
             raise GroupClosed("the client was closed")
         with self._lock:
             while len(self._pending) >= self.max_outstanding and not self._closed:
-                self._room.wait(0.5)
+                self._blocked += 1
+                try:
+                    self._room.wait(0.5)
+                finally:
+                    self._blocked -= 1
             call_id = next(self._ids)
             results = QueryResults(f"{what} (client call {call_id})", decode)
             # A client's Call names, in place of a caller, the replica it wants (0: any).
@@ -197,7 +202,9 @@ class Client:
                 if not data:
                     break
                 for item in decoder.feed(data):
-                    if isinstance(item, Reply):
+                    if isinstance(item, ReplyBatch):
+                        self._take_batch(item)
+                    elif isinstance(item, Reply):
                         self._take(item)
                     elif isinstance(item, StatusReply):
                         self._view_changed(item.status)
@@ -229,6 +236,25 @@ class Client:
                 with self._lock:
                     self._pending.pop(call_id, None)
                     self._room.notify_all()
+
+    def _take_batch(self, batch: ReplyBatch) -> None:
+        node, replicas = batch.node, batch.replicas
+        pending = self._pending
+        finished = []
+        for call_id, ok, value, _origin, version in batch.entries:
+            entry = pending.get(call_id)
+            if entry is None:
+                continue
+            results = entry[0]
+            results._take(node, replicas, ok, value, version)
+            if results.done():
+                finished.append(call_id)
+        if finished:
+            with self._lock:
+                for call_id in finished:
+                    pending.pop(call_id, None)
+                if self._blocked:
+                    self._room.notify(len(finished))
 
     def _take(self, reply: Reply) -> None:
         with self._lock:

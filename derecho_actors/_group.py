@@ -49,7 +49,7 @@ from runtime.core.view import View
 from runtime.drivers.node import AppHooks, NodeDriver
 from runtime.drivers.restart import SavedState
 from runtime.wire.codec import frame, frames
-from runtime.wire.control import Call, Reply, StateAck, StateChunk, StateRequest, StatusReply
+from runtime.wire.control import Call, Reply, ReplyBatch, StateAck, StateChunk, StateRequest, StatusReply
 
 __all__ = ["Group", "Handle", "Layout", "ShardPolicy"]
 
@@ -660,6 +660,9 @@ class Group:
             ref.tell(("ordered", d.vid, tuple(replicas), calls))
 
     def _on_direct(self, sender: int, msg: Any) -> None:
+        if isinstance(msg, ReplyBatch):
+            self._take_batch(msg)
+            return
         if isinstance(msg, Reply):
             self._take_reply(msg)
             return
@@ -755,35 +758,60 @@ class Group:
         self._driver.in_loop(self._route_replies, replies)
 
     def _route_replies(self, replies: list[tuple[int, Reply]]) -> None:
-        by_caller: dict[int, list[Reply]] = {}
-        for caller, reply in replies:
-            if caller == self.node_id:
-                self._take_reply(reply)
+        """A replica's answers (one delivered batch): one ReplyBatch per caller and view."""
+        groups: dict[tuple[int, int, int, tuple[int, ...]], list[tuple[int, bool, bytes, int, int]]] = {}
+        for caller, r in replies:
+            key = (caller, r.node, r.vid, r.replicas)
+            entry = (r.call_id, r.ok, r.value, r.origin, r.version)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [entry]
             else:
-                by_caller.setdefault(caller, []).append(reply)
-        for caller, batch in by_caller.items():
-            self._driver.send_direct(caller, frames(batch))
+                group.append(entry)
+        for (caller, node, vid, replicas), entries in groups.items():
+            batch = ReplyBatch(node, vid, replicas, tuple(entries))
+            if caller == self.node_id:
+                self._take_batch(batch)
+            else:
+                self._driver.send_direct(caller, frame(batch))
 
     def _take_reply(self, reply: Reply) -> None:
-        if reply.origin and reply.origin != self._origin:
-            key = (reply.origin, reply.call_id)
-            entry = self._proxies.get(key)
-            if entry is not None:
-                self._to_client(entry[0], frame(reply))
-                left = entry[1] = (len(reply.replicas) if entry[1] < 0 else entry[1]) - 1
-                if left <= 0:
-                    del self._proxies[key]
-            return
-        with self._lock:
-            entry = self._calls.get(reply.call_id)
-        if entry is None:
-            return
-        results = entry[0]
-        results._take(reply.node, reply.replicas, reply.ok, reply.value, reply.version)
-        if results.done():
+        self._take_batch(ReplyBatch(reply.node, reply.vid, reply.replicas,
+                                    ((reply.call_id, reply.ok, reply.value, reply.origin, reply.version),)))
+
+    def _take_batch(self, batch: ReplyBatch) -> None:
+        """Answers for this node's calls go to their results; answers for clients this node
+        serves go on to them, one ReplyBatch per client."""
+        node, replicas = batch.node, batch.replicas
+        mine = self._origin
+        for_clients: dict[Any, list[tuple[int, bool, bytes, int, int]]] = {}
+        finished = []
+        calls = self._calls
+        for entry in batch.entries:
+            call_id, ok, value, origin, version = entry
+            if origin and origin != mine:
+                key = (origin, call_id)
+                proxy = self._proxies.get(key)
+                if proxy is not None:
+                    for_clients.setdefault(proxy[0], []).append(entry)
+                    left = proxy[1] = (len(replicas) if proxy[1] < 0 else proxy[1]) - 1
+                    if left <= 0:
+                        del self._proxies[key]
+                continue
+            found = calls.get(call_id)
+            if found is None:
+                continue
+            results = found[0]
+            results._take(node, replicas, ok, value, version)
+            if results.done():
+                finished.append(call_id)
+        if finished:
             with self._lock:
-                self._calls.pop(reply.call_id, None)
-                self._relayed.pop(reply.call_id, None)
+                for call_id in finished:
+                    calls.pop(call_id, None)
+                    self._relayed.pop(call_id, None)
+        for handle, entries in for_clients.items():
+            self._to_client(handle, frame(ReplyBatch(node, batch.vid, replicas, tuple(entries))))
 
     def _on_stop(self, reason: str) -> None:
         self._stopped = reason

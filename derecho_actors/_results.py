@@ -27,7 +27,10 @@ class QueryResults:
     def __init__(self, description: str, decode: Callable[[bytes], Any]) -> None:
         self.description = description
         self._decode = decode
-        self._cond = threading.Condition(threading.Lock())
+        # A plain lock guards the state; a Condition on it is made only if someone has to wait
+        # (most calls are answered before anyone looks: no Condition, no notify).
+        self._lock = threading.Lock()
+        self._cond: threading.Condition | None = None
         self._expected: set[int] | None = None
         self._values: dict[int, Any] = {}
         self._errors: dict[int, BaseException] = {}
@@ -41,7 +44,7 @@ class QueryResults:
 
     # ------------------------------------------------------------ fed by the group
     def _expect(self, replicas: tuple[int, ...]) -> None:
-        with self._cond:
+        with self._lock:
             if self._expected is None:
                 self._expected = set(replicas)
                 for node, why in self._gone.items():
@@ -51,7 +54,7 @@ class QueryResults:
                 self._maybe_done()
 
     def _reply(self, node: int, ok: bool, value: Any) -> None:
-        with self._cond:
+        with self._lock:
             if node in self._values or node in self._errors:
                 return
             if ok:
@@ -62,13 +65,7 @@ class QueryResults:
             self._maybe_done()
 
     def _take(self, node: int, replicas: tuple[int, ...], ok: bool, value: bytes, version: int = -1) -> None:
-        """One replica's encoded answer, as it came off the wire."""
-        from derecho_actors._codec import decode_error
-
-        if version >= 0:
-            with self._cond:
-                self._versions[node] = version
-        self._expect(replicas)
+        """One replica's encoded answer, as it came off the wire (the hot path: one lock)."""
         result: Any
         if ok:
             try:
@@ -76,12 +73,30 @@ class QueryResults:
             except Exception as exc:  # a result this side cannot decode is that replica's error
                 ok, result = False, exc
         else:
+            from derecho_actors._codec import decode_error
+
             result = decode_error(value, node)
-        self._reply(node, ok, result)
+        with self._lock:
+            if version >= 0:
+                self._versions[node] = version
+            if self._expected is None:
+                self._expected = set(replicas)
+                for gone, why in self._gone.items():
+                    if gone in self._expected and gone not in self._values and gone not in self._errors:
+                        self._errors[gone] = ReplicaLost(f"node {gone} {why} before answering {self.description}")
+                        self._order.append(gone)
+            if node in self._values or node in self._errors:
+                return
+            if ok:
+                self._values[node] = result
+            else:
+                self._errors[node] = result
+            self._order.append(node)
+            self._maybe_done()
 
     def _lost(self, nodes: set[int], why: str) -> None:
         """These nodes left before answering (called on view changes)."""
-        with self._cond:
+        with self._lock:
             for node in nodes:
                 self._gone.setdefault(node, why)
                 if self._expected is not None and node in self._expected and node not in self._values and node not in self._errors:
@@ -92,7 +107,7 @@ class QueryResults:
     def _restart(self) -> None:
         """The call is being sent again (a client's failover): forget partial replies, whose
         replica set may not be the one that answers the retry."""
-        with self._cond:
+        with self._lock:
             if not self._finished:
                 self._expected = None  # nodes known gone stay gone: a late reply may name them
                 self._values.clear()
@@ -100,7 +115,7 @@ class QueryResults:
                 self._order.clear()
 
     def _fail_all(self, exc: BaseException) -> None:
-        with self._cond:
+        with self._lock:
             if self._expected is None:
                 self._expected = set()
                 self._errors[-1] = exc
@@ -110,18 +125,31 @@ class QueryResults:
             self._maybe_done()
 
     def _maybe_done(self) -> None:
-        """Under ``_cond``: wake waiters; mark done once every expected replica answered."""
-        self._cond.notify_all()
+        """Under ``_lock``: wake waiters; mark done once every expected replica answered."""
+        if self._cond is not None:
+            self._cond.notify_all()
         if not self._finished and self._expected is not None and len(self._values) + len(self._errors) >= len(self._expected):
             if self._expected <= self._values.keys() | self._errors.keys():
                 self._finished = True
                 if self._future is not None and not self._future.done():
                     self._future.set_result(None)
 
+    def _condition(self) -> threading.Condition:
+        """Under ``_lock``: the condition waiters sleep on."""
+        if self._cond is None:
+            self._cond = threading.Condition(self._lock)
+        return self._cond
+
+    def _wait_for(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        with self._lock:
+            if predicate():
+                return True
+            return self._condition().wait_for(predicate, timeout)
+
     # ------------------------------------------------------------------- users
     @property
     def pending(self) -> tuple[int, ...]:
-        with self._cond:
+        with self._lock:
             if self._expected is None:
                 return ()
             return tuple(sorted(self._expected - set(self._values) - set(self._errors)))
@@ -132,15 +160,14 @@ class QueryResults:
     def wait_all(self, timeout: float | None = None) -> dict[int, Any]:
         """Wait for every replica; returns ``{node: value or exception}`` without raising
         remote errors. Raises ``TimeoutError`` naming the nodes still pending."""
-        with self._cond:
-            finished = self._cond.wait_for(lambda: self._finished, timeout)
+        finished = self._wait_for(lambda: self._finished, timeout)
         if not finished:
             raise TimeoutError(
                 f"{self.description}: no reply within {timeout} s from "
                 f"{list(self.pending) if self._expected is not None else 'any replica (not delivered yet)'}",
                 self.pending,
             ) from None
-        with self._cond:
+        with self._lock:
             out: dict[int, Any] = dict(self._values)
             out.update({n: e for n, e in self._errors.items() if n >= 0})
             if -1 in self._errors:
@@ -160,7 +187,7 @@ class QueryResults:
     def version(self) -> int | None:
         """The version this ordered call created in a persistent shard (None until a replica
         answered, or for atomic types). ``da.format_version`` shows it as ``vid.index``."""
-        with self._cond:
+        with self._lock:
             return max(self._versions.values()) if self._versions else None
 
     def persisted(self, timeout: float | None = None) -> int:
@@ -177,8 +204,8 @@ class QueryResults:
         def left() -> float | None:
             return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-        with self._cond:
-            ok = self._cond.wait_for(lambda: bool(self._versions) or self._finished, left())
+        ok = self._wait_for(lambda: bool(self._versions) or self._finished, left())
+        with self._lock:
             candidates = [n for n in self._order if n in self._versions]
             version = max(self._versions.values()) if self._versions else None
         if not ok or version is None:
@@ -203,9 +230,9 @@ class QueryResults:
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         seen = 0
         while True:
-            with self._cond:
+            with self._lock:
                 while seen >= len(self._order) and not self._finished:
-                    self._cond.wait(0.1)
+                    self._condition().wait(0.1)
                 batch = self._order[seen:]
                 values = {n: self._values.get(n, self._errors.get(n)) for n in batch}
                 finished = self._finished
@@ -219,7 +246,7 @@ class QueryResults:
         return self._await().__await__()
 
     async def _await(self) -> dict[int, Any]:
-        with self._cond:
+        with self._lock:
             if self._future is None:
                 self._future = Future()
                 if self._finished:

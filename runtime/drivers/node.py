@@ -31,7 +31,7 @@ from runtime.drivers.restart import RestartCoordinator, SavedState
 from runtime.drivers.tcp import TcpTransport
 from runtime.wire.codec import frame
 from runtime.wire.control import (
-    Call, GroupRunning, Reply, RestartDecision, RestartHello, StateAck, StateChunk, StateRequest, StatusReply,
+    Call, GroupRunning, Reply, ReplyBatch, RestartDecision, RestartHello, StateAck, StateChunk, StateRequest, StatusReply,
     StatusRequest,
 )
 
@@ -39,7 +39,7 @@ log = logging.getLogger("derecho.node")
 
 CORE_MESSAGES = (ShardPush, GroupPush, ViewAnnouncement, JoinRequest, JoinReply)
 RESTART_MESSAGES = (RestartHello, RestartDecision, GroupRunning)
-DIRECT_MESSAGES = (Call, Reply, StateRequest, StateChunk, StateAck)  # member to member, for the app
+DIRECT_MESSAGES = (Call, Reply, ReplyBatch, StateRequest, StateChunk, StateAck)  # member to member, for the app
 
 
 T = TypeVar("T")
@@ -314,6 +314,15 @@ class NodeDriver:
         q = self._app_queue.get(shard)
         if q is None:
             q = self._app_queue[shard] = []
+        core = self.core
+        if not q and core is not None and shard in core.shards:
+            # Nothing queued ahead of these: offer them as they are, queue what is left.
+            taken = core.send(shard, payloads, self.loop.time())  # type: ignore[union-attr]
+            if taken:
+                self._schedule_flush()
+            if taken < len(payloads):
+                q.extend(payloads[taken:] if taken else payloads)
+            return
         q.extend(payloads)
         self._offer(shard)
 

@@ -30,13 +30,13 @@ from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, ShardPush, ViewAnnouncement
 from runtime.core.sst import RowDelta
 from runtime.wire.control import (
-    ROLES, Call, Goodbye, GroupRunning, Hello, Reply, RestartDecision, RestartHello, StateAck, StateChunk, StateRequest,
+    ROLES, Call, Goodbye, GroupRunning, Hello, Reply, ReplyBatch, RestartDecision, RestartHello, StateAck, StateChunk, StateRequest,
     StatusReply, StatusRequest,
 )
 
 WireMessage = (
     Message | Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | StateRequest | StateChunk | StateAck
-    | RestartHello | RestartDecision | GroupRunning
+    | RestartHello | RestartDecision | GroupRunning | ReplyBatch
 )
 """Everything that travels in a frame: core protocol messages and driver control frames."""
 
@@ -64,6 +64,7 @@ TAG_STATE_ACK: Final = 24
 TAG_RESTART_HELLO: Final = 25
 TAG_RESTART_DECISION: Final = 26
 TAG_GROUP_RUNNING: Final = 27
+TAG_REPLY_BATCH: Final = 28
 
 _HEADER: Final = struct.Struct(">I")
 _MAX_PREFIX: Final[int] = 0xFFFFFFFF
@@ -175,7 +176,12 @@ def _enc_group_running(m: GroupRunning) -> list[Any]:
     return [TAG_GROUP_RUNNING, m.address, m.vid]
 
 
+def _enc_reply_batch(m: ReplyBatch) -> list[Any]:
+    return [TAG_REPLY_BATCH, m.node, m.vid, list(m.replicas), [list(e) for e in m.entries]]
+
+
 _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
+    ReplyBatch: _enc_reply_batch,
     RestartHello: _enc_restart_hello,
     RestartDecision: _enc_restart_decision,
     GroupRunning: _enc_group_running,
@@ -482,6 +488,25 @@ def _dec_restart_decision(f: list[Any]) -> RestartDecision:
     return RestartDecision(_nat(leader, "RestartDecision.leader"), view)
 
 
+def _dec_reply_batch(f: list[Any]) -> ReplyBatch:
+    _, node, vid, replicas, entries = f
+    if type(replicas) is not list or type(entries) is not list:
+        raise WireError("ReplyBatch needs lists of replicas and entries")
+    out = []
+    for e in entries:
+        if type(e) is not list or len(e) != 5:
+            raise WireError(f"ReplyBatch entries are [call_id, ok, value, origin, version], got {_describe(e)}")
+        call_id, ok, value, origin, version = e
+        if (type(call_id) is not int or call_id < 0 or type(ok) is not bool or type(value) is not bytes
+                or type(origin) is not int or origin < 0 or type(version) is not int or version < -1):
+            raise WireError(f"malformed ReplyBatch entry {_describe(e)}")
+        out.append((call_id, ok, value, origin, version))
+    return ReplyBatch(
+        _nat(node, "ReplyBatch.node"), _nat(vid, "ReplyBatch.vid"),
+        tuple(_nat(r, "ReplyBatch.replicas[]") for r in replicas), tuple(out),
+    )
+
+
 def _dec_group_running(f: list[Any]) -> GroupRunning:
     _, address, vid = f
     return GroupRunning(_str(address, "GroupRunning.address"), _nat(vid, "GroupRunning.vid"))
@@ -506,6 +531,7 @@ _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]]
     TAG_RESTART_HELLO: ("RestartHello", 4, _dec_restart_hello),
     TAG_RESTART_DECISION: ("RestartDecision", 2, _dec_restart_decision),
     TAG_GROUP_RUNNING: ("GroupRunning", 2, _dec_group_running),
+    TAG_REPLY_BATCH: ("ReplyBatch", 4, _dec_reply_batch),
 }
 
 

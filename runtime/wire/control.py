@@ -82,6 +82,18 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyBatch:
+    """Many answers of one replica in one frame (one delivered batch's worth, for one caller
+    or one client): ``entries`` are ``(call_id, ok, value, origin, version)``, each as in
+    :class:`Reply`. In Python the cost is per object and per frame, not per byte."""
+
+    node: int
+    vid: int
+    replicas: tuple[int, ...]
+    entries: tuple[tuple[int, bool, bytes, int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StateRequest:
     """A replica new to ``shard`` in view ``vid`` asks the view's state source for the state.
     ``have_version`` is the last version in its own log (-1: none) and ``digest`` the crc32 of
@@ -144,4 +156,4 @@ class GroupRunning:
     vid: int
 
 
-ControlMessage = Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | StateRequest | StateChunk | StateAck | RestartHello | RestartDecision | GroupRunning
+ControlMessage = Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | ReplyBatch | StateRequest | StateChunk | StateAck | RestartHello | RestartDecision | GroupRunning
