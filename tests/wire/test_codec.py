@@ -26,7 +26,11 @@ from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush, 
 from runtime.core.sst import RowDelta
 from runtime.wire import codec
 from runtime.wire.codec import FrameDecoder, WireMessage, decode, encode, frame, frames
-from runtime.wire.control import Goodbye, Hello, StatusReply, StatusRequest
+from runtime.wire.control import (
+    Call, Goodbye, GroupRunning, Hello, Reply, ReplyBatch, RestartDecision, RestartHello, StateAck, StateChunk,
+    StateRequest, StatusReply, StatusRequest,
+)
+from runtime.core.layout import ShardId as _Sid
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,6 +88,16 @@ ROUND_TRIPS: dict[str, WireMessage] = {
     "status reply, nested": StatusReply({"view": {"vid": 2, "members": [1, 2]}, 7: [1.5, "s", b"b", False]}),
     "goodbye": Goodbye("wrong cluster name 'x', expected 'y'"),
     "goodbye, empty reason": Goodbye(""),
+    "call": Call(7, 2, _Sid("KV", 0, 1), "put", True, b"args", 99),
+    "reply with version": Reply(7, 2, 3, (1, 2, 3), True, b"v", 99, 2**41 + 5),
+    "reply batch": ReplyBatch(2, 3, (1, 2, 3), ((7, True, b"v", 0, -1), (8, False, b"err", 99, 12))),
+    "reply batch, empty": ReplyBatch(2, 3, (), ()),
+    "state request": StateRequest(_Sid("KV", 0, 1), 4, -1, 0),
+    "state chunk": StateChunk(_Sid("KV", 0, 1), 4, 9, "log", b"x" * 100, True, False),
+    "state ack": StateAck(_Sid("KV", 0, 1), 4, 9),
+    "restart hello": RestartHello(3, "127.0.0.1:7003", {"vid": 5, "members": [1, 2, 3]}, ((_Sid("KV", 0, 0), 12),)),
+    "restart decision": RestartDecision(1, {"vid": 6}),
+    "group running": GroupRunning("127.0.0.1:7001", 8),
 }
 
 
