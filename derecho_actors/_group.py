@@ -49,7 +49,7 @@ from runtime.core.view import View
 from runtime.drivers.node import AppHooks, NodeDriver
 from runtime.drivers.restart import SavedState
 from runtime.wire.codec import frame, frames
-from runtime.wire.control import Call, Reply, ReplyBatch, StateAck, StateChunk, StateRequest, StatusReply
+from runtime.wire.control import Call, Reply, ReplyBatch, SignedMark, StateAck, StateChunk, StateRequest, StatusReply
 
 __all__ = ["Group", "Handle", "Layout", "ShardPolicy"]
 
@@ -107,6 +107,7 @@ class Group:
         self._frontier: dict[ShardId, int] = {}
         self._persist_waiters: dict[ShardId, list[tuple[int, int, int, int]]] = {}
         self._persisted_callbacks: list[Callable[[ShardId, int], None]] = []
+        self._verified: dict[ShardId, dict[int, int]] = {}  # signed logs: peer -> version checked equal
         # State transfer: snapshots this node serves, requests that came before their
         # snapshot, streams running, and shards whose state this node still waits for.
         self._snapshots: dict[tuple[ShardId, int], Snapshot] = {}
@@ -371,6 +372,8 @@ class Group:
             snapshot_ready=in_loop(lambda svid, path, boundary, store: self._snapshot_ready(sid, svid, path, boundary, store)),
             state_installed=in_loop(lambda version: self._state_installed(sid, version)),
             chunk_done=in_loop(lambda seq: self._chunk_done(sid, seq)),
+            report_signed=in_loop(lambda version, sig: self._signed(sid, version, sig)),
+            report_verified=in_loop(lambda node, version: self._verified_by(sid, node, version)),
         )
 
     def _saved_state(self) -> SavedState | None:
@@ -446,6 +449,40 @@ class Group:
                 fn(sid, version)
             except Exception:
                 log.exception("on_persisted callback raised")
+
+    def _signed(self, sid: ShardId, version: int, signature: bytes) -> None:
+        """Our signed log is on disk up to ``version``: tell the shard's other replicas."""
+        view = self._view
+        if view is None:
+            return
+        data = frame(SignedMark(sid, version, signature))
+        for node in view.layout.members_of(sid):
+            if node != self.node_id:
+                self._driver.send_direct(node, data)
+
+    def _on_signed_mark(self, sender: int, mark: SignedMark) -> None:
+        ref = self._replicas.get(mark.shard)
+        if ref is not None:
+            ref.tell(("mark", sender, mark.version, mark.signature))
+
+    def _verified_by(self, sid: ShardId, node: int, version: int) -> None:
+        seen = self._verified.setdefault(sid, {})
+        if version > seen.get(node, -1):
+            seen[node] = version
+
+    def verified_frontier(self, cls: type, shard: int = 0, subgroup: int = 0) -> int:
+        """Signed logs: the highest version up to which every other replica of the shard has
+        shown this node a signature equal to its own (so every log is identical up to there);
+        -1 until each has. Needs one signing key for the group."""
+        spec = spec_of(cls)
+        name = spec.name if spec is not None else getattr(cls, "__name__", str(cls))
+        sid = ShardId(name, subgroup, shard)
+        view = self._view
+        if view is None:
+            return -1
+        seen = self._verified.get(sid, {})
+        others = [n for n in view.layout.members_of(sid) if n != self.node_id]
+        return min((seen.get(n, -1) for n in others), default=self._frontier.get(sid, -1))
 
     def _fail_persist_waiters(self, sid: ShardId, why: str) -> None:
         waiters = self._persist_waiters.pop(sid, [])
@@ -662,6 +699,9 @@ class Group:
     def _on_direct(self, sender: int, msg: Any) -> None:
         if isinstance(msg, ReplyBatch):
             self._take_batch(msg)
+            return
+        if isinstance(msg, SignedMark):
+            self._on_signed_mark(sender, msg)
             return
         if isinstance(msg, Reply):
             self._take_reply(msg)

@@ -202,8 +202,10 @@ class PersistentStore:
         serializer: str,
         log_: Any,  # runtime.drivers.log_store.VersionedLog
         on_durable: Callable[[int], None],
+        on_signed: Callable[[int, bytes], None] | None = None,
     ) -> None:
         self.obj = obj
+        self.on_signed = on_signed if getattr(log_, "signed", False) else None
         self.fields = dict(fields)
         self.serializer = serializer
         self.log = log_
@@ -329,10 +331,13 @@ class PersistentStore:
                     stop = True
                     break
                 records.extend(more)
+            signature = None
             try:
                 with self._lock:
                     self.log.append(records)
                     durable = self.log.flush()
+                    if self.on_signed is not None and durable >= 0:
+                        signature = self.log.signature(durable)
             except BaseException as exc:  # disk full, I/O error: stop reporting progress
                 log.exception("writing the log %s failed; this replica stops persisting", getattr(self.log, "path", "?"))
                 self.write_error = exc
@@ -341,6 +346,8 @@ class PersistentStore:
                 self._durable_version = durable
                 self._durable.notify_all()
             self.on_durable(durable)
+            if signature is not None and self.on_signed is not None:
+                self.on_signed(durable, signature)
             if stop:
                 return
 

@@ -63,6 +63,8 @@ class ReplicaEnv:
     snapshot_ready: Callable[[int, Path, int, Any], None] = lambda vid, path, boundary, store: None
     state_installed: Callable[[int], None] = lambda version: None
     chunk_done: Callable[[int], None] = lambda seq: None
+    report_signed: Callable[[int, bytes], None] = lambda version, signature: None  # signed logs
+    report_verified: Callable[[int, int], None] = lambda node, version: None  # a peer's log matches ours
 
 
 class ReplicaActor(pykka.ThreadingActor):
@@ -90,6 +92,7 @@ class ReplicaActor(pykka.ThreadingActor):
         # of a view in the same order, so (view, k-th call) is the same version everywhere.
         self._view_of_count = -1
         self._count = 0
+        self._marks: dict[int, tuple[int, bytes]] = {}  # peers' latest signed marks, to verify
 
     # ------------------------------------------------------------------ lifecycle
     def on_start(self) -> None:
@@ -117,7 +120,10 @@ class ReplicaActor(pykka.ThreadingActor):
     def _attach_store(self, log_: Any) -> None:
         """Build the object's persistent state from the log (replay), on a fresh object."""
         self.obj = self.spec.cls()
-        store = PersistentStore(self.obj, persistent_fields(self.spec.cls), self.spec.serializer, log_, self.env.report_durable)
+        store = PersistentStore(
+            self.obj, persistent_fields(self.spec.cls), self.spec.serializer, log_, self.env.report_durable,
+            self.env.report_signed,
+        )
         for call in store.replay():
             if call.origin:
                 self.last_by_client[call.origin] = max(call.call_id, self.last_by_client.get(call.origin, 0))
@@ -144,6 +150,12 @@ class ReplicaActor(pykka.ThreadingActor):
         if kind == "frontier":
             if self.store is not None:
                 self.store.frontier = max(self.store.frontier, message[1])
+            self._check_marks()
+            return
+        if kind == "mark":
+            _, node, version, signature = message
+            self._marks[node] = (version, signature)
+            self._check_marks()
             return
         if self.awaiting or self.failed:
             self._held.append(message)
@@ -236,6 +248,29 @@ class ReplicaActor(pykka.ThreadingActor):
         except Exception as exc:  # the user's exception goes back to the caller; we carry on
             ok, value = False, _codec.encode_error(exc)
         return caller, Reply(call_id, self.node_id, vid, replicas, ok, value, origin, version)
+
+    def _check_marks(self) -> None:
+        """Compare peers' signatures with ours at the same version, once ours is on disk."""
+        store = self.store
+        if store is None or not self._marks or self.awaiting:
+            return
+        durable = store.durable_version
+        for node, (version, signature) in list(self._marks.items()):
+            if version > durable:
+                continue
+            del self._marks[node]
+            try:
+                with store._lock:
+                    mine = store.log.signature(version)
+            except (KeyError, Exception):
+                continue
+            if mine == signature:
+                self.env.report_verified(node, version)
+            else:
+                log.error(
+                    "node %s's signed log of %s differs from ours at version %s (or uses another key); "
+                    "its replica cannot be trusted: compare with `derecho-actors verify`", node, self.spec.name, version,
+                )
 
     # ------------------------------------------------------------ state transfer
     def _object_state(self) -> dict[str, Any]:

@@ -671,6 +671,18 @@ class VersionedLog:
             raise KeyError(version)
         return self._record(i)[2]
 
+    def signature(self, version: int) -> bytes:
+        """The signature of exactly ``version`` (signed logs); KeyError if absent. Replicas
+        sharing a key hold equal signatures exactly when their logs are equal up to there."""
+        if not self.signed:
+            raise LogError(f"{self.path} is not signed")
+        i = bisect.bisect_left(self._versions, version)
+        if i == len(self._versions) or self._versions[i] != version:
+            raise KeyError(version)
+        _, _, body = self._record(i)  # checks the crc
+        start = self._offsets[i] + RECORD_HEADER.size + len(body)
+        return bytes(self._read_range(start, SIGNATURE_SIZE))
+
     def latest_at_or_before_version(self, version: int) -> tuple[int, int, bytes] | None:
         """The record with the highest version <= ``version``, or None."""
         i = bisect.bisect_right(self._versions, version)

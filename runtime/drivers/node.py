@@ -31,7 +31,8 @@ from runtime.drivers.restart import RestartCoordinator, SavedState
 from runtime.drivers.tcp import TcpTransport
 from runtime.wire.codec import frame
 from runtime.wire.control import (
-    Call, GroupRunning, Reply, ReplyBatch, RestartDecision, RestartHello, StateAck, StateChunk, StateRequest, StatusReply,
+    Call, GroupRunning, Reply, ReplyBatch, RestartDecision, RestartHello, SignedMark, StateAck, StateChunk, StateRequest,
+    StatusReply,
     StatusRequest,
 )
 
@@ -39,7 +40,7 @@ log = logging.getLogger("derecho.node")
 
 CORE_MESSAGES = (ShardPush, GroupPush, ViewAnnouncement, JoinRequest, JoinReply)
 RESTART_MESSAGES = (RestartHello, RestartDecision, GroupRunning)
-DIRECT_MESSAGES = (Call, Reply, ReplyBatch, StateRequest, StateChunk, StateAck)  # member to member, for the app
+DIRECT_MESSAGES = (Call, Reply, ReplyBatch, SignedMark, StateRequest, StateChunk, StateAck)  # member to member, for the app
 
 
 T = TypeVar("T")

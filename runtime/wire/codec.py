@@ -30,13 +30,13 @@ from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, ShardPush, ViewAnnouncement
 from runtime.core.sst import RowDelta
 from runtime.wire.control import (
-    ROLES, Call, Goodbye, GroupRunning, Hello, Reply, ReplyBatch, RestartDecision, RestartHello, StateAck, StateChunk, StateRequest,
+    ROLES, Call, Goodbye, GroupRunning, Hello, Reply, ReplyBatch, RestartDecision, SignedMark, RestartHello, StateAck, StateChunk, StateRequest,
     StatusReply, StatusRequest,
 )
 
 WireMessage = (
     Message | Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | StateRequest | StateChunk | StateAck
-    | RestartHello | RestartDecision | GroupRunning | ReplyBatch
+    | RestartHello | RestartDecision | GroupRunning | ReplyBatch | SignedMark
 )
 """Everything that travels in a frame: core protocol messages and driver control frames."""
 
@@ -65,6 +65,7 @@ TAG_RESTART_HELLO: Final = 25
 TAG_RESTART_DECISION: Final = 26
 TAG_GROUP_RUNNING: Final = 27
 TAG_REPLY_BATCH: Final = 28
+TAG_SIGNED_MARK: Final = 29
 
 _HEADER: Final = struct.Struct(">I")
 _MAX_PREFIX: Final[int] = 0xFFFFFFFF
@@ -180,7 +181,12 @@ def _enc_reply_batch(m: ReplyBatch) -> list[Any]:
     return [TAG_REPLY_BATCH, m.node, m.vid, list(m.replicas), [list(e) for e in m.entries]]
 
 
+def _enc_signed_mark(m: SignedMark) -> list[Any]:
+    return [TAG_SIGNED_MARK, _shard_to_wire(m.shard), m.version, m.signature]
+
+
 _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
+    SignedMark: _enc_signed_mark,
     ReplyBatch: _enc_reply_batch,
     RestartHello: _enc_restart_hello,
     RestartDecision: _enc_restart_decision,
@@ -507,6 +513,13 @@ def _dec_reply_batch(f: list[Any]) -> ReplyBatch:
     )
 
 
+def _dec_signed_mark(f: list[Any]) -> SignedMark:
+    _, shard, version, signature = f
+    if type(signature) is not bytes or len(signature) != 64:
+        raise WireError(f"SignedMark.signature must be 64 bytes, got {_describe(signature)}")
+    return SignedMark(_shard_id(shard, "SignedMark.shard"), _nat(version, "SignedMark.version"), signature)
+
+
 def _dec_group_running(f: list[Any]) -> GroupRunning:
     _, address, vid = f
     return GroupRunning(_str(address, "GroupRunning.address"), _nat(vid, "GroupRunning.vid"))
@@ -532,6 +545,7 @@ _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]]
     TAG_RESTART_DECISION: ("RestartDecision", 2, _dec_restart_decision),
     TAG_GROUP_RUNNING: ("GroupRunning", 2, _dec_group_running),
     TAG_REPLY_BATCH: ("ReplyBatch", 4, _dec_reply_batch),
+    TAG_SIGNED_MARK: ("SignedMark", 3, _dec_signed_mark),
 }
 
 

@@ -94,6 +94,17 @@ class ReplyBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class SignedMark:
+    """A replica of a signed shard: its log is on disk up to ``version``, whose record has
+    ``signature`` (chained over every earlier record). Peers with the same key compare it
+    with their own: equal signatures mean equal logs up to that version."""
+
+    shard: Any  # ShardId
+    version: int
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class StateRequest:
     """A replica new to ``shard`` in view ``vid`` asks the view's state source for the state.
     ``have_version`` is the last version in its own log (-1: none) and ``digest`` the crc32 of
@@ -156,4 +167,4 @@ class GroupRunning:
     vid: int
 
 
-ControlMessage = Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | ReplyBatch | StateRequest | StateChunk | StateAck | RestartHello | RestartDecision | GroupRunning
+ControlMessage = Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | ReplyBatch | SignedMark | StateRequest | StateChunk | StateAck | RestartHello | RestartDecision | GroupRunning

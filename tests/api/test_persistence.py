@@ -246,3 +246,58 @@ def test_reads_of_the_past_across_view_changes(tmp_path: Path) -> None:
             for v, t, expected in marks[::3]:
                 assert bank.at_version(v, node=node).get(timeout=10)[node][0] == expected
                 assert bank.at_time(t, node=node).get(timeout=10)[node][0] == expected
+
+
+@da.replicated(signed=True)
+class SignedBank:
+    balance = da.Persistent(0)
+
+    @da.ordered
+    def deposit(self, amount: int) -> int:
+        self.balance += amount
+        return self.balance
+
+
+SIGNED = da.Layout({SignedBank: da.ShardPolicy(min_nodes=3, max_nodes=3)})
+
+
+def test_signed_replicas_verify_each_others_logs(tmp_path: Path) -> None:
+    from runtime.drivers.log_store import generate_key
+
+    generate_key(tmp_path / "group.key")
+    extra = {"persistence.signing_key": str(tmp_path / "group.key")}
+    with running_groups(3, [SignedBank], SIGNED, "signed-1", 400, tmp_path / "data", extra) as groups:
+        h = groups[0].handle(SignedBank)
+        last = [h.deposit(i) for i in range(100)][-1]
+        v = last.persisted(timeout=20)
+        assert _eventually(lambda: all(g.verified_frontier(SignedBank) >= v for g in groups), 20), [
+            g.verified_frontier(SignedBank) for g in groups
+        ]
+
+
+def test_a_replica_with_another_key_is_never_verified(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from runtime.drivers.log_store import generate_key
+
+    generate_key(tmp_path / "group.key")
+    generate_key(tmp_path / "rogue.key")
+    ports = _free_ports(3)
+    made: list[da.Group] = []
+    try:
+        for i, key in ((1, "group.key"), (2, "group.key"), (3, "rogue.key")):
+            o = {
+                "node.id": str(i), "node.listen": f"127.0.0.1:{ports[i - 1]}", "node.data_dir": str(tmp_path / f"node-{i}"),
+                "node.cluster": "signed-2", "persistence.signing_key": str(tmp_path / key),
+                "timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "400",
+            }
+            if i > 1:
+                o["node.contacts"] = f"127.0.0.1:{ports[0]}"
+            made.append(da.Group(types=[SignedBank], layout=SIGNED, overrides=o, start_timeout=30))
+        assert _eventually(lambda: all(len(g.members) == 3 and g.view.layout.adequate for g in made), 20)
+        v = made[0].handle(SignedBank).deposit(5).persisted(timeout=20)
+        time.sleep(0.5)
+        assert made[0].persisted_frontier(SignedBank) >= v
+        assert made[0].verified_frontier(SignedBank) < v  # node 3's signatures never match
+        assert any("differs from ours" in r.getMessage() for r in caplog.records)
+    finally:
+        for g in made:
+            g.close()
