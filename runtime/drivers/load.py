@@ -78,12 +78,13 @@ class LoadApp:
         """Keep the driver's queue topped up by one batch beyond what the window takes."""
         if self.driver is None or self.shard is None or self.sent >= self.count or not self.go:
             return
-        queued = self.driver.queued(self.shard)
-        while self.sent < self.count and queued < self.batch * 2:
+        driver, shard = self.driver, self.shard
+        # Re-read the queue after each submit: while the window takes whole batches the queue
+        # stays empty, so the window gets all it can take, not two batches per event.
+        while self.sent < self.count and driver.queued(shard) < self.batch * 2:
             n = min(self.batch, self.count - self.sent)
-            self.driver.submit(self.shard, payloads(self.node_id, self.sent, n, self.size))
+            driver.submit(shard, payloads(self.node_id, self.sent, n, self.size))
             self.sent += n
-            queued += n
 
     def on_deliver(self, d: Delivery) -> None:
         """One line per message, ``<vid> <shard> <global index> <sender> <sender index> <tag>``,
@@ -93,7 +94,8 @@ class LoadApp:
         if self._log is not None:
             line = f"{d.vid} {d.shard} ".encode().replace(b"%", b"%%") + b"%d %d %d %s\n"
             try:  # load payloads, "<node>:<seq>:...": two finds and a slice per message
-                text = b"".join([line % (g, s, k, p[: p.index(b":", p.index(b":") + 1)]) for g, s, k, p in msgs])
+                text = b"".join([line % (g, s, k, p[: p.index(b":", p.index(b":") + 1)])
+                                 for g, s, k, p in msgs])
             except ValueError:  # some other payload in the batch
                 text = b"".join([line % (g, s, k, _tag(p)) for g, s, k, p in msgs])
             if not text.isascii():  # slow path: tags are shown as ASCII, the shard as it is

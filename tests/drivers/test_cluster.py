@@ -130,8 +130,8 @@ def test_kill_9_under_load(cluster: LocalCluster, victim: str) -> None:
 
 def test_node_joins_mid_stream(cluster: LocalCluster) -> None:
     ids = [1, 2, 3]
-    start_group(cluster, ids, 30000)
-    cluster.wait_for(lambda: len(cluster.deliveries(1)) > 5000, 60, "load to flow", 0.05)
+    start_group(cluster, ids, 300000)
+    cluster.wait_for(lambda: cluster.delivered_count(1) > 5000, 60, "load to flow", 0.05)
     cluster.start(4, contact=2)
     view = cluster.wait_view({1, 2, 3, 4}, timeout=20)
     cluster.wait_for(lambda: len(per_view(cluster.deliveries(4)).get(view["vid"], [])) > 1000, 60, "node 4 delivering", 0.1)
