@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from runtime.core.messages import Message, Payload, ShardKey
 from runtime.core.view import View
@@ -38,7 +39,7 @@ class Delivery:
 
     shard: ShardKey
     frontier: int
-    messages: list[DeliveredMessage]
+    messages: Sequence[DeliveredMessage]  # a list, or the SMC's DeliveredBatch (read-only, laid out on first read)
     vid: int = 0
     final: bool = False  # the view's last delivery, bounded by the agreed ragged trim
 
