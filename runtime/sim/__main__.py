@@ -31,8 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--plain-restart-quorum", action="store_true",
-        help="total restarts go ahead on plan_restart's quorum alone, without waiting for a reporter "
-        "whose log of each shard is complete (shows the persisted versions that can lose)",
+        help="a partial total restart goes ahead on plan_restart's quorum alone, without waiting for "
+        "complete logs and for view changes in flight to be known (shows what that can lose)",
     )
     p.add_argument("--verbose", action="store_true", help="print each run's transcript")
     p.add_argument("--keep-going", action="store_true", help="run all seeds even after a failure")

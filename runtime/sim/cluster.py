@@ -233,6 +233,9 @@ class SimCluster:
             except ViewFormatError:
                 return
             self.trace.accepted.setdefault(node.inc, []).append((m.view.vid, (p.vid, p.members)))
+            if self.persistent:  # sampled right after the core step: before the ack is pushed
+                disk = self.disks[node.node_id]
+                disk.accepted_vid = max(disk.accepted_vid, p.vid)
 
     def _flush(self, node_id: int, life: int) -> None:
         node = self.nodes.get(node_id)
@@ -305,6 +308,10 @@ class SimCluster:
         for sid in before:  # every delivery of the previous view is in the log now
             if sid not in node.awaiting:
                 node.complete_through[sid] = view.vid
+        if prev is None:  # a restart view: its sources' logs are the shards' history, held or not
+            for sid, src in view.sources:
+                if src == me:
+                    node.complete_through[sid] = view.vid
         for sid in held_shards(view, me):
             node.last_in[sid] = view.vid
             if sid in before:
@@ -500,6 +507,9 @@ class SimCluster:
                 self.disks[m] = Disk(m)
                 self.trace.disks[m] = self.disks[m].logs
             disk = self.disks[m]
+            # Like accepting a proposal: on disk before the node acts in the view, so that a
+            # later partial restart knows this one happened even if no app installed it yet.
+            disk.accepted_vid = max(disk.accepted_vid, view.vid)
             for sid in view.my_shards(m):
                 log = disk.logs.get(sid, [])
                 src = view.source_of(sid)

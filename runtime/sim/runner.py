@@ -154,7 +154,7 @@ def run_seed(
     )
     plan = make_plan(rng, params.members, params.messages, SEND_SPAN)
     injector = FaultInjector(cluster, rng, params.config.membership.suspicion_timeout)
-    injector.complete_logs = not params.plain_restart_quorum
+    injector.careful = not params.plain_restart_quorum
     cluster.on_wedge = injector.on_wedge
     cluster.on_install = injector.on_install
     cluster.on_transfer = injector.on_transfer

@@ -23,7 +23,7 @@ def test_seed_range_passes_without_faults(first: int) -> None:
         assert result.sent > 0 and result.views == 0
 
 
-@pytest.mark.parametrize("faults", ["crash", "partition", "join", "all"])
+@pytest.mark.parametrize("faults", ["crash", "partition", "join", "restart", "all"])
 def test_seed_range_passes_with_faults(faults: str) -> None:
     changes = 0
     for seed in range(100, 106):

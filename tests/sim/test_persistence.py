@@ -1,0 +1,243 @@
+"""Persistent mode of the simulator: crash-and-restart faults, simulated disks, and the
+persistence checks, each shown to catch a planted violation."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from runtime.core.versions import make_version, version_parts
+from runtime.sim.cluster import SimCluster
+from runtime.sim.invariants import RestartRecord, persisted_versions
+from runtime.sim.runner import run_seed
+
+pytestmark = pytest.mark.timeout(300)
+
+RESTARTS: dict = {}  # the scenario every corruption is planted in (set by the fixture)
+
+
+def _suits(cluster: SimCluster) -> None:
+    """Raises unless the run has what the corruptions need (used as a no-op 'corruption')."""
+    trace = cluster.trace
+    assert trace.restarts, "no total restart"
+    shards = persisted_versions(trace)
+    assert any(len(_live_members(cluster, s)) >= 2 and len(v) > 50 for s, v in shards.items())
+
+
+@pytest.fixture(scope="module")
+def clean_run():
+    """A small run with a node restart (and state transfer) and a total restart: seed 4 when
+    this was written; the search keeps the tests independent of timing changes in the core."""
+    for seed in range(4, 40):
+        run = dict(seed=seed, faults="restart", messages=600)
+        try:
+            result = run_seed(**run, corrupt=_suits)
+        except AssertionError:
+            continue
+        if result.ok and result.node_restarts and result.total_restarts and result.transfers:
+            RESTARTS.update(run)
+            return result
+    pytest.fail("no seed gives the scenario")
+
+
+def test_scenario_covers_restarts_and_persistence(clean_run) -> None:
+    assert clean_run.total_restarts >= 1 and clean_run.node_restarts >= 1
+    assert clean_run.transfers >= 1
+    assert clean_run.persisted_checked > 100
+
+
+def _live_members(cluster: SimCluster, shard: tuple | None = None) -> list[int]:
+    """Live nodes at the end (holding ``shard`` in their last view, if given)."""
+    trace = cluster.trace
+    live = [inc for inc in trace.incarnations() if inc not in trace.ended and trace.views.get(inc)]
+    if shard is not None:
+        live = [inc for inc in live if inc[0] in trace.views[inc][-1].shard_members(shard)]
+    return sorted(inc[0] for inc in live)
+
+
+def _persisted(cluster: SimCluster) -> tuple[tuple, dict[int, bytes]]:
+    """The shard with the most persisted versions, and those versions."""
+    shard, versions = max(persisted_versions(cluster.trace).items(), key=lambda kv: len(kv[1]))
+    return shard, versions
+
+
+def _log(cluster: SimCluster, shard: tuple, which: int) -> list:
+    return cluster.disks[_live_members(cluster, shard)[which]].logs[shard]
+
+
+def drop_persisted_record(cluster: SimCluster) -> None:
+    """A live member's disk loses one record that was inside a persistence frontier."""
+    shard, versions = _persisted(cluster)
+    log = _log(cluster, shard, -1)
+    target = sorted(versions)[len(versions) // 2]
+    log[:] = [r for r in log if r[0] != target]
+
+
+def change_persisted_payload(cluster: SimCluster) -> None:
+    shard, versions = _persisted(cluster)
+    log = _log(cluster, shard, 0)
+    target = sorted(versions)[len(versions) // 3]
+    i = next(i for i, r in enumerate(log) if r[0] == target)
+    log[i] = (target, b"tampered")
+
+
+def lose_persisted_tail_everywhere(cluster: SimCluster) -> None:
+    """Every disk loses the last persisted version (as if fsync had lied)."""
+    shard, versions = _persisted(cluster)
+    last = max(versions)
+    for disk in cluster.disks.values():
+        log = disk.logs.get(shard)
+        if log:
+            log[:] = [r for r in log if r[0] != last]
+
+
+def swap_two_records(cluster: SimCluster) -> None:
+    shard, _ = _persisted(cluster)
+    log = _log(cluster, shard, 0)
+    i = len(log) // 2
+    log[i], log[i + 1] = log[i + 1], log[i]
+
+
+def record_never_delivered(cluster: SimCluster) -> None:
+    """A disk holds a version (beyond anything persisted) that nobody ever delivered."""
+    shard, _ = _persisted(cluster)
+    log = _log(cluster, shard, 0)
+    vid, _ = version_parts(log[-1][0])
+    log.append((make_version(vid + 50, 0), b"from nowhere"))
+
+
+def members_disagree(cluster: SimCluster) -> None:
+    """Two live members of a shard disagree: one lacks a record in the middle of what both
+    hold, so their logs are no longer prefixes of one another."""
+    shard = next(s for s in sorted(persisted_versions(cluster.trace)) if len(_live_members(cluster, s)) >= 2)
+    log = _log(cluster, shard, -1)
+    del log[len(log) // 2]
+
+
+def frontier_ahead_of_disk(cluster: SimCluster) -> None:
+    """A core reports a frontier beyond what a member of its view had on disk then."""
+    trace = cluster.trace
+    key = min(trace.persisted, key=lambda k: (k[1], k[0]))
+    (version, step), *rest = trace.persisted[key]
+    vid, index = version_parts(version)
+    trace.persisted[key] = [(make_version(vid, index + 10_000), step), *rest]
+
+
+def disk_late(cluster: SimCluster) -> None:
+    """A member's disk got its records later than the frontiers that counted on them."""
+    trace = cluster.trace
+    node = _live_members(cluster)[0]
+    for key in [k for k in trace.durable if k[0] == node]:
+        trace.durable[key] = [(v, s + 10**9) for v, s in trace.durable[key]]
+
+
+def restart_without_majority(cluster: SimCluster) -> None:
+    r = cluster.trace.restarts[0]
+    cluster.trace.restarts[0] = RestartRecord(r.vid, r.members[:1], r.latest_vid, r.kept, r.step)
+
+
+def restart_discards_persisted(cluster: SimCluster) -> None:
+    """A total restart that kept only part of what had been persisted before it: every disk
+    loses the persisted versions between a cut and the restart view."""
+    trace = cluster.trace
+    r = trace.restarts[0]
+    shard, versions = _persisted(cluster)
+    before = sorted(v for v in versions if version_parts(v)[0] < r.vid)
+    cut = before[len(before) // 2]
+    for disk in cluster.disks.values():
+        log = disk.logs.get(shard)
+        if log:
+            log[:] = [rec for rec in log if not cut < rec[0] < make_version(r.vid, 0)]
+
+
+@pytest.mark.parametrize(
+    "corrupt, invariant",
+    [
+        (drop_persisted_record, {"persisted-lost"}),
+        (change_persisted_payload, {"persisted-lost", "log-conflict"}),
+        (lose_persisted_tail_everywhere, {"persisted-lost"}),
+        (swap_two_records, {"log-order"}),
+        (record_never_delivered, {"log-conflict"}),
+        (members_disagree, {"log-divergence"}),
+        (frontier_ahead_of_disk, {"persisted-beyond-durable"}),
+        (disk_late, {"persisted-beyond-durable"}),
+        (restart_without_majority, {"majority", "restart-quorum"}),
+        (restart_discards_persisted, {"persisted-lost"}),
+    ],
+    ids=lambda x: getattr(x, "__name__", str(x)),
+)
+def test_checker_catches_persistence_corruption(
+    clean_run, corrupt: Callable[[SimCluster], None], invariant: set[str]
+) -> None:
+    result = run_seed(**RESTARTS, corrupt=corrupt)
+    kinds = {v.invariant for v in result.violations}
+    assert invariant <= kinds, result.violations
+
+
+def test_persisted_loss_names_the_node_and_the_version(clean_run) -> None:
+    result = run_seed(**RESTARTS, corrupt=drop_persisted_record)
+    lost = [v for v in result.violations if v.invariant == "persisted-lost"]
+    assert lost and lost[0].member is not None and "first " in lost[0].detail and "missing" in lost[0].detail
+
+
+@pytest.mark.parametrize("seed", range(20, 26))
+def test_restart_seeds_pass(seed: int) -> None:
+    result = run_seed(seed, faults="restart")
+    assert result.ok, f"seed {seed}: {result.violations[:3]}"
+
+
+def test_restart_replays_identically() -> None:
+    a = run_seed(5, faults="restart", verbose=True)
+    b = run_seed(5, faults="restart", verbose=True)
+    assert a.transcript == b.transcript
+    text = "\n".join(a.transcript)
+    assert "RESTART in view" in text or "restarts with its disk" in text
+
+
+def test_total_restart_transcript_names_plan_and_transfers(clean_run) -> None:
+    result = run_seed(**RESTARTS, verbose=True)
+    text = "\n".join(result.transcript)
+    assert "CRASH ALL nodes" in text and "RESTART in view" in text and "sources" in text
+    assert "awaits shard" in text and "state from node" in text
+
+
+def test_non_persistent_modes_check_no_persistence() -> None:
+    result = run_seed(3, faults="crash", messages=300)
+    assert result.ok and result.persisted_checked == 0 and result.total_restarts == 0
+
+
+def _find(invariant: str, avoid: str | None = None, seeds: range = range(60)) -> list[int]:
+    """Seeds of small restart-race runs whose plain-quorum restart trips ``invariant``."""
+    found = []
+    for seed in seeds:
+        plain = run_seed(seed, members=3, messages=100, faults="restart-race", plain_restart_quorum=True)
+        kinds = {v.invariant for v in plain.violations}
+        if invariant in kinds and (avoid is None or avoid not in kinds):
+            found.append(seed)
+            if len(found) == 2:
+                break
+    return found
+
+
+@pytest.mark.parametrize(
+    "invariant, avoid",
+    [
+        # A newcomer whose state transfer had not landed is the shard's only reporter: the
+        # restart takes its short log as the longest (seed 0 when this was written).
+        ("persisted-lost", "split-brain"),
+        # A node installed view v+1 and did not report; a majority of view v restarted into a
+        # different view v+1 (seed 2 when this was written).
+        ("split-brain", None),
+    ],
+)
+def test_plain_restart_quorum_gaps_are_caught_and_the_careful_restart_avoids_them(invariant: str, avoid: str | None) -> None:
+    """The restart-race mode strikes at the moments runtime/core/restart.py does not cover.
+    On plan_restart's quorum alone the checker reports the damage; the simulator's default
+    (waiting for complete logs and for changes in flight to be known) stays correct. The seed
+    search keeps the test independent of timing changes in the core."""
+    seeds = _find(invariant, avoid)
+    assert seeds, f"no seed showed {invariant}"
+    for seed in seeds:
+        careful = run_seed(seed, members=3, messages=100, faults="restart-race")
+        assert careful.ok, (seed, careful.violations[:2])
