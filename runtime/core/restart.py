@@ -53,8 +53,12 @@ def quorum_problem(reports: Sequence[RestartReport]) -> str | None:
     if not is_majority(have, latest.n):
         return f"{have} of the {latest.n} members of view {latest.vid} are back; need a majority"
     for sid, members in latest.layout.shards.items():
-        if members and not present.intersection(members):
-            return f"no member of shard {sid} of view {latest.vid} ({list(members)}) is back"
+        # A member that joined in that view with a state source named for the shard may have
+        # stopped before its transfer landed: its log does not vouch for the shard.
+        source = latest.source_of(sid)
+        vouching = [m for m in members if source is None or m == source or m not in latest.joined]
+        if members and not present.intersection(vouching):
+            return f"no member of shard {sid} of view {latest.vid} ({vouching}) is back"
     return None
 
 
@@ -77,6 +81,11 @@ def plan_restart(reports: Sequence[RestartReport], policy: LayoutPolicy) -> Rest
     sources = tuple(
         (sid, holder[sid]) for sid in layout.shards if layout.adequate and sid in holder and longest[sid] >= 0
     )
+    # A restart view too small for the layout runs no shard; it records who holds each
+    # shard's complete log, so the first adequate view after it names sources from them.
+    holders = () if layout.adequate else tuple(
+        (sid, tuple(n for n in ranked if by_node[n].logs.get(sid, -1) == longest[sid])) for sid in sorted(longest)
+    )
     view = View(
         latest.vid + 1,
         tuple(ranked),
@@ -85,5 +94,6 @@ def plan_restart(reports: Sequence[RestartReport], policy: LayoutPolicy) -> Rest
         joined=tuple(ranked),
         departed=(),
         sources=sources,
+        holders=holders,
     )
     return RestartPlan(view, latest.vid, longest)

@@ -1,8 +1,7 @@
 """Total restart decisions (runtime/core/restart.py), table-driven.
 
-The last tests are strict xfails: each describes a restart that loses or forks persisted state
-with the current API, and turns into a failure (XPASS) once restart.py covers it. The
-simulator reproduces them end to end (``python -m runtime.sim --faults restart-race``).
+The last tests are cases the simulator found (``python -m runtime.sim --faults restart-race``)
+where a restart lost persisted state; restart.py now covers them.
 """
 
 from __future__ import annotations
@@ -110,8 +109,7 @@ def test_plan_is_independent_of_report_order() -> None:
     assert len({(p.view, tuple(sorted(p.longest.items()))) for p in plans if p is not None}) == 1
 
 
-# ------------------------------------------------------------------- known gaps
-@pytest.mark.xfail(strict=True, reason="quorum counts a shard member whose state transfer may not have landed")
+# ------------------------------------------------------------------- gaps found by the simulator, fixed
 def test_a_newcomer_alone_does_not_make_a_shard_quorum() -> None:
     """View 5 admitted node 7 into shard 1 with node 2 as its state source; node 7 fetches the
     shard's log at the start of the view. If everyone stops before that transfer lands and
@@ -129,7 +127,6 @@ def test_a_newcomer_alone_does_not_make_a_shard_quorum() -> None:
     assert quorum_problem(reports) is not None
 
 
-@pytest.mark.xfail(strict=True, reason="an inadequate restart view records no holders, so no sources follow it")
 def test_an_inadequate_restart_view_keeps_track_of_who_holds_the_state() -> None:
     """Two shards of at least two nodes each; three of five nodes come back, a majority, but
     too few for the layout: the restart view is inadequate. It names no holders, so when a

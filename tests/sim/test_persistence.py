@@ -220,14 +220,19 @@ def _find(invariant: str, avoid: str | None = None, seeds: range = range(60)) ->
     return found
 
 
+def test_a_newcomer_without_its_state_no_longer_makes_a_restart_quorum() -> None:
+    """Found by this mode: a newcomer whose state transfer had not landed was a shard's only
+    reporter, and the restart took its short log as the longest (persisted versions lost).
+    plan_restart's quorum no longer counts such a member, so the plain quorum is safe here."""
+    assert _find("persisted-lost", "split-brain", range(40)) == []
+
+
 @pytest.mark.parametrize(
     "invariant, avoid",
     [
-        # A newcomer whose state transfer had not landed is the shard's only reporter: the
-        # restart takes its short log as the longest (seed 0 when this was written).
-        ("persisted-lost", "split-brain"),
         # A node installed view v+1 and did not report; a majority of view v restarted into a
-        # different view v+1 (seed 2 when this was written).
+        # different view v+1 (seed 2 when this was written). Still open in restart.py: reports
+        # carry installed views, not accepted proposals.
         ("split-brain", None),
     ],
 )
