@@ -7,6 +7,7 @@ The cluster talks to its group through a ``Client``.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +51,8 @@ class LocalCluster:
     ) -> None:
         if nodes < 1:
             raise GroupClosed("a local cluster needs at least one node")
+        # A folder we made ourselves (logs, data directories) goes when the cluster closes.
+        self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="derecho-cluster-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cluster = cluster
@@ -180,11 +183,15 @@ class LocalCluster:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 pass
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None:
+            self._own_workdir = False  # keep the node logs for whoever reads the error
         self.close()
 
 

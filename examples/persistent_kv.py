@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import threading
 import time
 
@@ -54,8 +53,7 @@ LAYOUT = da.Layout({PersistentKV: da.ShardPolicy(min_nodes=3, max_nodes=3)})
 
 
 def demo(writes: int) -> int:
-    workdir = tempfile.mkdtemp(prefix="derecho-pkv-")
-    with da.local_cluster(3, [PersistentKV], LAYOUT, workdir=workdir, overrides={"persistence.restart_quorum_wait_ms": "200"}) as cluster:
+    with da.local_cluster(3, [PersistentKV], LAYOUT, overrides={"persistence.restart_quorum_wait_ms": "200"}) as cluster:
         kv = cluster.handle(PersistentKV)
         started = time.monotonic()
         pending = [kv.put(f"key-{i % 500}", f"value-{i}".encode()) for i in range(writes)]
