@@ -142,7 +142,8 @@ def _start(ids: list[int], ports: dict[int, int], root: Path, cluster: str, cont
     def one(i: int) -> da.Group:
         o = {
             "node.id": str(i), "node.listen": f"127.0.0.1:{ports[i]}", "node.data_dir": str(root / f"node-{i}"),
-            "node.cluster": cluster, "timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "400",
+            # Three nodes share this process's GIL: allow a slow heartbeat while logs replay.
+            "node.cluster": cluster, "timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "1000",
             "persistence.restart_quorum_wait_ms": "200",
         }
         if contact is not None and i != contact:

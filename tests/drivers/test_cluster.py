@@ -66,6 +66,8 @@ def start_group(c: LocalCluster, ids: list[int], send: int, wait_members: int | 
     for n in ids[1:]:
         c.start(n, send=send, contact=ids[0], wait_members=wait_members or len(ids))
     c.wait_view(set(ids), timeout=30)
+    for n in ids:  # every node has installed it itself, not only the one asked first
+        c.wait_view(set(ids), timeout=30, via=n)
 
 
 def installed_views(c: LocalCluster, node: int) -> set[int]:
