@@ -21,7 +21,7 @@ import msgpack
 
 from derecho_actors import _codec
 from derecho_actors._decorators import ORDERED, TypeSpec, method_caller, spec_of
-from derecho_actors._results import PERSISTED_QUERY, QueryResults
+from derecho_actors._results import PERSISTED_QUERY, QueryResults, take_entries
 from derecho_actors.exceptions import GroupClosed, NotRegistered, PayloadTooLarge
 from runtime.core.layout import ShardId
 from runtime.drivers.tcp import split_address
@@ -238,35 +238,17 @@ class Client:
                     self._room.notify_all()
 
     def _take_batch(self, batch: ReplyBatch) -> None:
-        node, replicas = batch.node, batch.replicas
-        pending = self._pending
-        finished = []
-        for call_id, ok, value, _origin, version in batch.entries:
-            entry = pending.get(call_id)
-            if entry is None:
-                continue
-            results = entry[0]
-            results._take(node, replicas, ok, value, version)
-            if results.done():
-                finished.append(call_id)
+        finished = take_entries(self._pending, batch.node, batch.replicas, batch.entries)
         if finished:
             with self._lock:
                 for call_id in finished:
-                    pending.pop(call_id, None)
+                    self._pending.pop(call_id, None)
                 if self._blocked:
                     self._room.notify(len(finished))
 
     def _take(self, reply: Reply) -> None:
-        with self._lock:
-            entry = self._pending.get(reply.call_id)
-        if entry is None:
-            return
-        results = entry[0]
-        results._take(reply.node, reply.replicas, reply.ok, reply.value, reply.version)
-        if results.done():
-            with self._lock:
-                self._pending.pop(reply.call_id, None)
-                self._room.notify()
+        self._take_batch(ReplyBatch(reply.node, reply.vid, reply.replicas,
+                                    ((reply.call_id, reply.ok, reply.value, reply.origin, reply.version),)))
 
 
 class ClientHandle:

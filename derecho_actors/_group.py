@@ -29,7 +29,7 @@ from derecho_actors import _codec
 from derecho_actors._decorators import ORDERED, P2P, TypeSpec, method_caller, spec_of
 from derecho_actors._persistent import log_path
 from derecho_actors._replica import ReplicaActor, ReplicaEnv, in_handler
-from derecho_actors._results import PERSISTED_QUERY, QueryResults
+from derecho_actors._results import PERSISTED_QUERY, QueryResults, ReplyEntry, take_entries
 from derecho_actors._transfer import Snapshot, TransferOut
 from derecho_actors.exceptions import (
     ConfigError,
@@ -116,7 +116,6 @@ class Group:
         self._awaiting: dict[ShardId, tuple[int, int]] = {}
         self._retired: dict[ShardId, pykka.ActorRef[ReplicaActor]] = {}
         self.transfer_stats: list[dict[str, Any]] = []
-        self._installed_recently: dict[ShardId, tuple[int, int]] = {}  # to ack the final chunk
         self._driver = NodeDriver(
             self.config,
             AppHooks(
@@ -371,7 +370,7 @@ class Group:
             request_state=in_loop(lambda have, digest: self._request_state(sid, vid, source, have, digest)),
             snapshot_ready=in_loop(lambda svid, path, boundary, store: self._snapshot_ready(sid, svid, path, boundary, store)),
             state_installed=in_loop(lambda version: self._state_installed(sid, version)),
-            chunk_done=in_loop(lambda seq: self._chunk_done(sid, seq)),
+            chunk_done=in_loop(lambda source, svid, seq: self._chunk_done(sid, source, svid, seq)),
             report_signed=in_loop(lambda version, sig: self._signed(sid, version, sig)),
             report_verified=in_loop(lambda node, version: self._verified_by(sid, node, version)),
         )
@@ -505,8 +504,6 @@ class Group:
                 err = _codec.encode_error(ValueError(f"malformed persistence query: {exc}"))
                 self._route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
                 return
-            if shard not in self._replicas:
-                self._fail_persist_waiters(shard, f"node {self.node_id} holds no replica of {shard}")
             if version <= self._frontier.get(shard, -1):
                 value = msgpack.packb(self._frontier[shard])
                 self._route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), True, value, origin))])
@@ -621,19 +618,16 @@ class Group:
         ref = self._replicas.get(chunk.shard)
         if expected is None or expected[0] != sender or ref is None:
             return
-        ref.tell(("state", chunk.seq, chunk.part, chunk.data, chunk.final, {"reset": chunk.reset}))
+        meta = {"reset": chunk.reset, "source": sender, "vid": chunk.vid}
+        ref.tell(("state", chunk.seq, chunk.part, chunk.data, chunk.final, meta))
 
-    def _chunk_done(self, sid: ShardId, seq: int) -> None:
-        entry = self._awaiting.get(sid)
-        if entry is None and sid not in self._installed_recently:
-            return
-        source, vid = entry if entry is not None else self._installed_recently[sid]
+    def _chunk_done(self, sid: ShardId, source: int, vid: int, seq: int) -> None:
+        """The replica wrote chunk ``seq``: acknowledge it to the chunk's sender."""
         self._driver.send_direct(source, frame(StateAck(sid, vid, seq)))
 
     def _state_installed(self, sid: ShardId, version: int) -> None:
         entry = self._awaiting.pop(sid, None)
         if entry is not None:
-            self._installed_recently[sid] = entry
             log.info("node %s installed the state of %s (up to version %d) from node %s", self.node_id, sid, version, entry[0])
 
     def _check_transfers(self, view: View) -> None:
@@ -824,31 +818,25 @@ class Group:
         serves go on to them, one ReplyBatch per client."""
         node, replicas = batch.node, batch.replicas
         mine = self._origin
-        for_clients: dict[Any, list[tuple[int, bool, bytes, int, int]]] = {}
-        finished = []
-        calls = self._calls
+        for_clients: dict[Any, list[ReplyEntry]] = {}
+        own: list[ReplyEntry] = []
         for entry in batch.entries:
-            call_id, ok, value, origin, version = entry
-            if origin and origin != mine:
-                key = (origin, call_id)
-                proxy = self._proxies.get(key)
-                if proxy is not None:
-                    for_clients.setdefault(proxy[0], []).append(entry)
-                    left = proxy[1] = (len(replicas) if proxy[1] < 0 else proxy[1]) - 1
-                    if left <= 0:
-                        del self._proxies[key]
+            call_id, _ok, _value, origin, _version = entry
+            if not origin or origin == mine:
+                own.append(entry)
                 continue
-            found = calls.get(call_id)
-            if found is None:
-                continue
-            results = found[0]
-            results._take(node, replicas, ok, value, version)
-            if results.done():
-                finished.append(call_id)
+            key = (origin, call_id)
+            proxy = self._proxies.get(key)
+            if proxy is not None:
+                for_clients.setdefault(proxy[0], []).append(entry)
+                left = proxy[1] = (len(replicas) if proxy[1] < 0 else proxy[1]) - 1
+                if left <= 0:
+                    del self._proxies[key]
+        finished = take_entries(self._calls, node, replicas, own) if own else []
         if finished:
             with self._lock:
                 for call_id in finished:
-                    calls.pop(call_id, None)
+                    self._calls.pop(call_id, None)
                     self._relayed.pop(call_id, None)
         for handle, entries in for_clients.items():
             self._to_client(handle, frame(ReplyBatch(node, batch.vid, replicas, tuple(entries))))

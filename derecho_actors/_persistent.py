@@ -27,7 +27,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import msgpack
 
@@ -163,18 +163,32 @@ class FieldHistory:
                 self.values[name] = []
 
     def note(self, version: int, changes: Mapping[str, Any], decode: Callable[[bytes], Any]) -> None:
+        """Index a record read back from the log (replay)."""
         for name, change in changes.items():
             if change[0] == "v":
-                self.values.setdefault(name, []).append(version)
+                self.note_value(name, version)
             else:
                 _, replaced, sets, dels = change
-                keys = self.keys.setdefault(name, {})
-                if replaced:
-                    self.replaced.setdefault(name, []).append(version)
-                for key, _value in decode(sets) if sets else ():
-                    keys.setdefault(_hashable(key), []).append(version)
-                for key in decode(dels) if dels else ():
-                    keys.setdefault(_hashable(key), []).append(version)
+                changed = [_hashable(k) for k, _v in decode(sets)] if sets else []
+                if dels:
+                    changed += [_hashable(k) for k in decode(dels)]
+                self.note_keys(name, version, changed, replaced)
+
+    def note_value(self, name: str, version: int) -> None:
+        self.values.setdefault(name, []).append(version)
+
+    def note_keys(self, name: str, version: int, changed: Iterable[Any], replaced: bool) -> None:
+        """``version`` set or deleted these keys of dict field ``name`` (after clearing it, if
+        ``replaced``)."""
+        if replaced:
+            self.replaced.setdefault(name, []).append(version)
+        keys = self.keys.setdefault(name, {})
+        for k in changed:
+            versions = keys.get(k)
+            if versions is None:
+                keys[k] = [version]
+            else:
+                versions.append(version)
 
 
 def _hashable(key: Any) -> Any:
@@ -277,21 +291,12 @@ class PersistentStore:
                 changed = value._changed
                 if value._replaced:
                     changes[name] = ["m", True, self._encode([[k, v] for k, v in value.items()]), b""]
-                    history.replaced.setdefault(name, []).append(version)
-                    keys = history.keys.setdefault(name, {})
-                    for k in value:
-                        keys.setdefault(k, []).append(version)
+                    history.note_keys(name, version, value, True)
                 elif changed:
                     sets = [[k, v] for k, v in changed.items() if v is not _DELETED]
                     dels = [k for k, v in changed.items() if v is _DELETED]
                     changes[name] = ["m", False, self._encode(sets) if sets else b"", self._encode(dels) if dels else b""]
-                    keys = history.keys.setdefault(name, {})
-                    for k in changed:
-                        versions = keys.get(k)
-                        if versions is None:
-                            keys[k] = [version]
-                        else:
-                            versions.append(version)
+                    history.note_keys(name, version, changed, False)
                 if changed:
                     changed.clear()
                 value._replaced = False
@@ -300,7 +305,7 @@ class PersistentStore:
                 if enc != self._baseline.get(name):
                     changes[name] = ["v", enc]
                     self._baseline[name] = enc
-                    history.values.setdefault(name, []).append(version)
+                    history.note_value(name, version)
         if ts < self.last_ts:
             ts = self.last_ts
         self.last_version, self.last_ts = version, ts

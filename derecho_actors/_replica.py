@@ -62,7 +62,7 @@ class ReplicaEnv:
     request_state: Callable[[int, int], None] = lambda have, digest: None
     snapshot_ready: Callable[[int, Path, int, Any], None] = lambda vid, path, boundary, store: None
     state_installed: Callable[[int], None] = lambda version: None
-    chunk_done: Callable[[int], None] = lambda seq: None
+    chunk_done: Callable[[int, int, int], None] = lambda source, vid, seq: None
     report_signed: Callable[[int, bytes], None] = lambda version, signature: None  # signed logs
     report_verified: Callable[[int, int], None] = lambda node, version: None  # a peer's log matches ours
 
@@ -329,7 +329,7 @@ class ReplicaActor(pykka.ThreadingActor):
         except Exception as exc:
             self._fail(f"state transfer of {self.spec.name} failed: {exc}")
             return
-        self.env.chunk_done(seq)
+        self.env.chunk_done(meta["source"], meta["vid"], seq)
 
     def _install_state(self) -> None:
         if self.store is not None:

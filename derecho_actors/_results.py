@@ -11,7 +11,7 @@ import asyncio
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from derecho_actors.exceptions import NotPersistent, RemoteError, ReplicaLost, TimeoutError
 
@@ -258,3 +258,23 @@ class QueryResults:
     def __repr__(self) -> str:
         return f"<QueryResults {self.description}: {len(self._values)} replies, pending {list(self.pending)}>"
 
+
+ReplyEntry = tuple[int, bool, bytes, int, int]
+"""``(call_id, ok, value, origin, version)``: one answer of a ``ReplyBatch``."""
+
+
+def take_entries(
+    pending: Mapping[int, tuple[QueryResults, Any]], node: int, replicas: tuple[int, ...], entries: Iterable[ReplyEntry]
+) -> list[int]:
+    """Feed one replica's answers to the results they belong to (``pending`` maps a call id to
+    a tuple whose first item is its results); returns the call ids now complete."""
+    finished = []
+    for call_id, ok, value, _origin, version in entries:
+        found = pending.get(call_id)
+        if found is None:
+            continue
+        results = found[0]
+        results._take(node, replicas, ok, value, version)
+        if results.done():
+            finished.append(call_id)
+    return finished
