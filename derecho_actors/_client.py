@@ -22,7 +22,7 @@ import msgpack
 from derecho_actors import _codec
 from derecho_actors._decorators import ORDERED, TypeSpec, method_caller, spec_of
 from derecho_actors._results import PERSISTED_QUERY, QueryResults, take_entries
-from derecho_actors.exceptions import GroupClosed, NotRegistered, PayloadTooLarge
+from runtime.errors import GroupClosed, NotRegistered, PayloadTooLarge
 from runtime.core.layout import ShardId
 from runtime.drivers.tcp import split_address
 from runtime.wire.codec import FrameDecoder, frame, frames

@@ -21,7 +21,7 @@ import cloudpickle
 
 from derecho_actors._client import Client, ClientHandle
 from derecho_actors._group import Layout
-from derecho_actors.exceptions import GroupClosed
+from runtime.errors import GroupClosed
 from runtime.core.layout import ShardPolicy
 from runtime.drivers.status import StatusError, fetch_status
 

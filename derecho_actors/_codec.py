@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 
-from derecho_actors.exceptions import RemoteError, SerializationError
+from runtime.errors import RemoteError, SerializationError
 
 
 def _pack(value: Any, serializer: str, what: str) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from derecho_actors.exceptions import ConfigError
+from runtime.errors import ConfigError
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -99,7 +99,7 @@ def replicated(
 def method_caller(spec: TypeSpec, method: str, invoke: Callable[..., Any]) -> Callable[..., Any]:
     """What ``handle.<method>`` returns, for group and client handles alike:
     ``invoke(method, kind, args, kwargs, node)`` after the checks every handle makes."""
-    from derecho_actors.exceptions import UnknownMethod
+    from runtime.errors import UnknownMethod
 
     kind = spec.methods.get(method)
     if kind is None:

@@ -13,7 +13,7 @@ import zlib
 
 import derecho_actors as da
 from derecho_actors._cluster import LocalCluster
-from derecho_actors.exceptions import DerechoError
+from runtime.errors import DerechoError
 
 
 @da.replicated(name="DemoKV")

@@ -31,7 +31,7 @@ from derecho_actors._persistent import log_path
 from derecho_actors._replica import ReplicaActor, ReplicaEnv, in_handler
 from derecho_actors._results import PERSISTED_QUERY, QueryResults, ReplyEntry, take_entries
 from derecho_actors._transfer import Snapshot, TransferOut
-from derecho_actors.exceptions import (
+from runtime.errors import (
     ConfigError,
     GroupClosed,
     NestedCallError,

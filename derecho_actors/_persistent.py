@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import msgpack
 
 from derecho_actors import _codec
-from derecho_actors.exceptions import NotPersistedYet
+from runtime.errors import NotPersistedYet
 from runtime.core.versions import format_version
 
 log = logging.getLogger("derecho.persistent")

@@ -28,7 +28,7 @@ import pykka
 from derecho_actors import _codec
 from derecho_actors._decorators import ORDERED, P2P, TypeSpec
 from derecho_actors._persistent import STORE_ATTR, PersistentStore, persistent_fields
-from derecho_actors.exceptions import SerializationError, StateTransferError
+from runtime.errors import SerializationError, StateTransferError
 from runtime.core.versions import make_version
 from runtime.wire.control import Reply
 

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from derecho_actors.exceptions import NotPersistent, RemoteError, ReplicaLost, TimeoutError
+from runtime.errors import NotPersistent, RemoteError, ReplicaLost, TimeoutError
 
 PERSISTED_QUERY = "__persisted__"
 """The internal P2P method a replica answers once a version is on disk at every replica."""

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from derecho_actors import __version__
-from derecho_actors.exceptions import ConfigError, DerechoError
+from runtime.errors import ConfigError, DerechoError
 
 EXIT_CONFIG = 2
 EXIT_STOPPED = 3  # the node was removed from the group or lost its majority

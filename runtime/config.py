@@ -37,7 +37,7 @@ Why so strict: a node started with a typo (``hearbeat_ms``) or a value of the wr
 otherwise run with a default nobody chose, and the mistake would show up much later as an odd
 failure detector or an inadequate layout. So an unknown section or key, a value of the wrong
 type or out of range, and settings that contradict each other all raise
-:class:`~derecho_actors.exceptions.ConfigError` at start-up with one line that names the field
+:class:`~runtime.errors.ConfigError` at start-up with one line that names the field
 (``node.id: expected an integer >= 0, got "abc" (from DERECHO_NODE_ID)``), and where the
 value came from when it did not come from the defaults.
 
@@ -64,7 +64,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from derecho_actors.exceptions import ConfigError, LayoutError
+from runtime.errors import ConfigError, LayoutError
 from runtime.core.layout import LayoutPolicy, ShardPolicy
 from runtime.core.membership import MembershipConfig
 from runtime.core.node_core import CoreConfig

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
-from derecho_actors.exceptions import LayoutError
+from runtime.errors import LayoutError
 
 __all__ = ["Layout", "LayoutPolicy", "ShardId", "ShardPolicy", "compute_layout"]
 

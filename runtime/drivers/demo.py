@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from derecho_actors.exceptions import DerechoError
+from runtime.errors import DerechoError
 from runtime.drivers.status import StatusError, fetch_status, render_status
 
 

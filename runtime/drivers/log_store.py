@@ -78,7 +78,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from derecho_actors.exceptions import LogCorrupted, LogError, LogSignatureError
+from runtime.errors import LogCorrupted, LogError, LogSignatureError
 
 log = logging.getLogger("derecho.log")
 

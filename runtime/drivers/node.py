@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
-from derecho_actors.exceptions import ConfigError
+from runtime.errors import ConfigError
 from runtime.config import NodeConfig
 from runtime.core.effects import Delivery, Ready
 from runtime.core.events import LeaveRequested, MessageArrived, PeerLost, Persisted, Tick

@@ -6,7 +6,7 @@ import socket
 import time
 from typing import Any
 
-from derecho_actors.exceptions import DerechoError
+from runtime.errors import DerechoError
 from runtime.drivers.tcp import split_address
 from runtime.wire.codec import FrameDecoder, frames
 from runtime.wire.control import Goodbye, Hello, StatusReply, StatusRequest

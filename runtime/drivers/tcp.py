@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from derecho_actors.exceptions import ConfigError
+from runtime.errors import ConfigError
 from runtime.drivers.transport import ClientHandler, FramesHandler, PeerLostHandler
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.control import Goodbye, Hello

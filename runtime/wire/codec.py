@@ -6,7 +6,7 @@ its fields in dataclass order. Nested values use plain msgpack forms: a ``ShardI
 ``[type_name, subgroup, shard]``, a ``RowDelta`` is ``[rank, seq, {column: value}]``.
 
 Trust. Bytes come from peers, so :func:`decode` checks every field and raises
-:class:`~derecho_actors.exceptions.WireError` with a message naming the field; the core then
+:class:`~runtime.errors.WireError` with a message naming the field; the core then
 only ever sees well-typed messages. :class:`FrameDecoder` goes one step further, in the h11
 style: a malformed body is *returned* as a ``WireError`` object among the decoded messages, so
 one bad frame is an event the driver logs, not an exception that unwinds its read loop. Only
@@ -25,7 +25,7 @@ from typing import Any, Callable, Final, Iterable
 
 import msgpack
 
-from derecho_actors.exceptions import WireError
+from runtime.errors import WireError
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, ShardPush, ViewAnnouncement
 from runtime.core.sst import RowDelta

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from derecho_actors.exceptions import LayoutError
+from runtime.errors import LayoutError
 from runtime.core.layout import Layout, LayoutPolicy, ShardId, ShardPolicy, compute_layout
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from derecho_actors.exceptions import ConfigError
+from runtime.errors import ConfigError
 from runtime.config import (
     MulticastSection,
     PersistenceSection,

@@ -18,7 +18,7 @@ import zlib
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from derecho_actors.exceptions import DerechoError, LogCorrupted, LogError, LogSignatureError
+from runtime.errors import DerechoError, LogCorrupted, LogError, LogSignatureError
 from runtime.drivers import log_store
 from runtime.drivers.log_store import (
     VersionedLog,

@@ -1,0 +1,141 @@
+"""Typed errors a user of derecho-actors can hit.
+
+Every error says what went wrong and what to do about it. They live in the engine, which
+raises most of them and imports nothing from the user-facing package; ``derecho_actors``
+re-exports every one.
+"""
+
+from __future__ import annotations
+
+
+class DerechoError(Exception):
+    """Base class of every error derecho-actors raises on purpose."""
+
+
+class ConfigError(DerechoError, ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+class LayoutError(ConfigError):
+    """A layout policy cannot be satisfied by any view (for example min_nodes > max_nodes)."""
+
+
+class WireError(DerechoError):
+    """Bytes from a peer could not be decoded into a valid frame."""
+
+
+class RemoteError(DerechoError):
+    """A replicated method raised. ``remote_type``, ``remote_message`` and
+    ``remote_traceback`` describe the exception as the replica saw it; the replica itself
+    carries on (ordered methods are deterministic, so every replica raised the same)."""
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str, node: int | None = None) -> None:
+        where = f" on node {node}" if node is not None else ""
+        super().__init__(f"{remote_type}: {remote_message} (raised by the replicated method{where})")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.node = node
+
+
+class TimeoutError(DerechoError, TimeoutError):  # noqa: A001 - the public name is da.TimeoutError
+    """Replies did not all arrive in time; ``pending`` lists the nodes still owing one."""
+
+    def __init__(self, message: str, pending: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.pending = pending
+
+
+class ReplicaLost(DerechoError):
+    """The replica left the view before it answered this call (per-node failure)."""
+
+
+class NotRegistered(DerechoError):
+    """A handle was asked for a class that is not a registered ``@replicated`` type of this
+    group; pass it in ``types=[...]`` and give it a layout policy."""
+
+
+class UnknownMethod(DerechoError, AttributeError):
+    """The method does not exist on the replicated type, or is not marked ``@ordered`` or
+    ``@p2p``; only marked methods can be called through a handle."""
+
+
+class SerializationError(DerechoError, TypeError):
+    """Arguments or a result cannot be encoded with the type's serializer; plain data goes
+    through msgpack, anything else needs ``@replicated(serializer="cloudpickle")``."""
+
+
+class PayloadTooLarge(DerechoError, ValueError):
+    """An encoded call exceeds ``multicast.max_message_size``; send less per call or raise
+    the limit in the node config."""
+
+
+class NestedCallError(DerechoError, RuntimeError):
+    """A replicated method called a handle. The replica runs one call at a time, so waiting
+    for another call from inside a handler could deadlock it; return data instead, or make
+    the call from outside the handler."""
+
+
+class GroupClosed(DerechoError, RuntimeError):
+    """The group was closed, or this node left it or was removed from it."""
+
+
+class LogError(DerechoError):
+    """A persistent log cannot be used as asked: it is open in another process, closed (also
+    after a failed fsync: reopen it to recover), or of a format this version does not read.
+    The message names the file and what to do."""
+
+
+class LogCorrupted(LogError):
+    """A persistent log's bytes are damaged beyond what opening it repairs (a bad file
+    header, or a record that changed on disk while open). Run ``derecho-actors verify`` on
+    the data_dir, move the file aside and let the node recover the object from the group."""
+
+
+class LogSignatureError(LogError):
+    """A signed log was opened without its signing key or with another key, or a key file
+    cannot be read. Pass the key the log was created with (``derecho-actors keygen PATH``
+    makes a new one, for new logs only)."""
+
+
+class NotPersistedYet(DerechoError):
+    """A read of the past asked for a version not yet on disk at every replica of the shard;
+    wait for the writing call's ``QueryResults.persisted()`` or read an older version."""
+
+
+class NotPersistent(DerechoError):
+    """``persisted()`` or a read of the past was used on a type in atomic delivery mode; give
+    the class ``Persistent`` fields or ``@replicated(delivery="persistent")``."""
+
+
+class StateTransferError(DerechoError):
+    """A joining replica could not receive its shard's state (the sending member failed, or
+    the data was damaged); the node stops and can join again."""
+
+
+class RestartError(DerechoError):
+    """A total restart cannot proceed as asked (for example, the saved view is unreadable)."""
+
+
+__all__ = [
+    "DerechoError",
+    "ConfigError",
+    "LayoutError",
+    "WireError",
+    "RemoteError",
+    "TimeoutError",
+    "ReplicaLost",
+    "NotRegistered",
+    "UnknownMethod",
+    "SerializationError",
+    "PayloadTooLarge",
+    "NestedCallError",
+    "GroupClosed",
+    "LogError",
+    "LogCorrupted",
+    "LogSignatureError",
+    "NotPersistedYet",
+    "NotPersistent",
+    "StateTransferError",
+    "RestartError",
+]
