@@ -1,10 +1,16 @@
 """``Client``: call a group's replicated objects from outside the group.
 
 A client is not a member: it holds one connection to one member (any contact), which runs or
-relays its calls and forwards the replicas' answers. If that member fails, the client
-reconnects to another contact and sends its unanswered calls again under the same numbers;
-replicas remember, per client, the last call they applied and its reply, so a retried
-ordered call is never applied twice (exactly once).
+relays its calls and forwards the replicas' answers. The connection is mutual TLS: the client
+presents a client certificate of the cluster's CA and checks that the contact presents a node
+certificate (``insecure=True`` turns this off, loudly). The contact derives the client's
+exactly-once session from that identity, so no other client can act in it.
+
+If the contact fails (its connection closes, or it stops answering pings) the client
+reconnects to another contact, backing off with jitter, and sends its unanswered calls again
+under the same numbers; replicas remember, per session, the calls they applied and their
+replies, so a retried ordered call is never applied twice. A refusal (a wrong certificate,
+another cluster) is final and raised at once with the reason.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import itertools
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import msgpack
@@ -22,25 +30,52 @@ import msgpack
 from derecho_actors import _codec
 from derecho_actors._decorators import ORDERED, TypeSpec, method_caller, spec_of
 from derecho_actors._results import PERSISTED_QUERY, QueryResults, take_entries
-from runtime.errors import GroupClosed, NotRegistered, PayloadTooLarge
 from runtime.core.layout import ShardId
+from runtime.drivers.dial import client_credentials, dial
 from runtime.drivers.tcp import split_address
+from runtime.errors import ConfigError, GroupClosed, NotRegistered, PayloadTooLarge, Refused
+from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials
 from runtime.wire.codec import FrameDecoder, frame, frames
-from runtime.wire.control import Call, Goodbye, Hello, Reply, ReplyBatch, StatusReply
+from runtime.wire.control import Call, Goodbye, Hello, Ping, Pong, Reply, ReplyBatch, StatusReply, Welcome
 
 log = logging.getLogger("derecho.client")
 
-MAX_PAYLOAD = 1 << 20
+DEFAULT_MAX_PAYLOAD = 1 << 20  # until the contact's Welcome says otherwise
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 2.0
+
+
+def _backoff(round_: int) -> float:
+    """Seconds to wait after ``round_`` failed rounds over every contact: exponential, capped,
+    with jitter so many clients do not reconnect in step."""
+    return min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(round_, 16))) * random.uniform(0.5, 1.5)
 
 
 class Client:
-    """``Client(contacts=["127.0.0.1:7001", ...])``; then ``client.handle(KV, shard=1)``."""
+    """``Client(contacts=["10.0.0.1:7001", ...], certs_dir="certs", name="alice")``; then
+    ``client.handle(KV, shard=1)``."""
 
     def __init__(
-        self, contacts: Sequence[str], cluster: str = "derecho", retry_for: float = 30.0, max_outstanding: int = 4096,
+        self,
+        contacts: Sequence[str],
+        cluster: str = "derecho",
+        *,
+        certs_dir: str | Path | None = None,
+        name: str | None = None,
+        credentials: TlsCredentials | LoadedCredentials | None = None,
+        insecure: bool = False,
+        retry_for: float = 30.0,
+        max_outstanding: int = 4096,
+        liveness_timeout: float = 2.0,
+        connect_timeout: float = 10.0,
     ) -> None:
-        """``max_outstanding``: calls in flight at once; a call beyond it waits for room (flow
-        control, so a pipelining caller cannot swamp its contact node)."""
+        """``certs_dir`` and ``name``: the client certificate ``client-<name>.crt`` (with its
+        key and the CA's ``ca.crt``) made by ``derecho-actors certs create-client NAME``; or
+        ``credentials`` naming the three files. ``insecure=True`` connects without TLS, to a
+        group that runs with ``security.insecure``. ``retry_for``: how long to keep trying to
+        reach some contact before failing the calls waiting. ``max_outstanding``: calls in
+        flight at once; a call beyond it waits for room. ``liveness_timeout``: a contact that
+        sends nothing (not even a pong) for this long is given up for another."""
         if not contacts:
             raise GroupClosed("a Client needs at least one contact address")
         for c in contacts:
@@ -48,7 +83,13 @@ class Client:
         self.contacts = list(contacts)
         self.cluster = cluster
         self.retry_for = retry_for
-        self.client_id = random.getrandbits(62) | 1
+        self.liveness_timeout = liveness_timeout
+        self._credentials = self._load_credentials(certs_dir, name, credentials, insecure)
+        # The session: the contact derives the origin of our calls from our identity and
+        # this number; the same on every contact, so retries after failover apply once.
+        self.session = random.getrandbits(62) | 1
+        self.session_ns = time.time_ns()
+        self.max_message_size = DEFAULT_MAX_PAYLOAD
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[QueryResults, Call]] = {}
@@ -57,8 +98,10 @@ class Client:
         self._blocked = 0  # callers waiting for room
         self._sock: socket.socket | None = None
         self._closed = False
+        self._refusal: Refused | None = None
         self._contact = 0
         self._connected = threading.Event()
+        self._pings = itertools.count(1)
         # Calls go out through one writer thread, many per write: in Python the cost is per
         # system call, so a pipelining caller gets its calls coalesced.
         self._outbox: list[bytes] = []
@@ -67,8 +110,34 @@ class Client:
         self._writer.start()
         self._thread = threading.Thread(target=self._run, name="derecho-client", daemon=True)
         self._thread.start()
-        if not self._connected.wait(10):
-            raise GroupClosed(f"no contact reachable among {', '.join(self.contacts)}")
+        if not self._connected.wait(connect_timeout):
+            self.close()
+            raise GroupClosed(f"no contact reachable among {', '.join(self.contacts)} within {connect_timeout} s")
+        if self._refusal is not None:
+            self.close()
+            raise self._refusal
+
+    @staticmethod
+    def _load_credentials(
+        certs_dir: str | Path | None, name: str | None, credentials: TlsCredentials | LoadedCredentials | None,
+        insecure: bool,
+    ) -> LoadedCredentials | None:
+        if insecure:
+            if certs_dir is not None or credentials is not None:
+                raise ConfigError("Client(insecure=True) contradicts the certificates given; pass one or the other")
+            log.warning("client in INSECURE mode: no TLS; the contact is not authenticated and the traffic is readable")
+            return None
+        if isinstance(credentials, LoadedCredentials):
+            return credentials
+        if isinstance(credentials, TlsCredentials):
+            return load_credentials(credentials, "client", name=name)
+        if certs_dir is None:
+            raise ConfigError(
+                "a Client needs a client certificate: Client(contacts, certs_dir=DIR, name=NAME) with a certificate "
+                "made by `derecho-actors certs create-client NAME`; or insecure=True for a group running with "
+                "security.insecure"
+            )
+        return client_credentials(certs_dir, name)
 
     def handle(self, cls: type, shard: int = 0, subgroup: int = 0) -> ClientHandle:
         spec = spec_of(cls)
@@ -80,19 +149,10 @@ class Client:
         self._closed = True
         with self._lock:
             self._out_ready.notify_all()
-        sock = self._sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread's recv
-                sock.close()
-            except OSError:
-                pass
-        self._thread.join(5)
-        with self._lock:
-            pending, self._pending = list(self._pending.values()), {}
-            self._room.notify_all()
-        for results, _ in pending:
-            results._fail_all(GroupClosed("the client was closed"))
+        self._drop_socket()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5)
+        self._fail_pending(GroupClosed("the client was closed"))
 
     def __enter__(self) -> Client:
         return self
@@ -106,10 +166,13 @@ class Client:
         ordered: bool, target: int = 0,
     ) -> QueryResults:
         if self._closed:
-            raise GroupClosed("the client was closed")
+            raise self._refusal or GroupClosed("the client was closed")
         data = _codec.encode_args(args, kwargs, spec.serializer)
-        if len(data) + 64 > MAX_PAYLOAD:
-            raise PayloadTooLarge(f"{spec.name}.{method} arguments encode to {len(data)} bytes; the limit is {MAX_PAYLOAD}")
+        if len(data) + 64 > self.max_message_size:
+            raise PayloadTooLarge(
+                f"{spec.name}.{method} arguments encode to {len(data)} bytes; the group's limit is "
+                f"{self.max_message_size} (multicast.max_message_size): send less per call"
+            )
         serializer = spec.serializer
         results = self._send(shard, method, data, ordered, target, f"{spec.name}.{method}", lambda b: _codec.decode_result(b, serializer))
         if ordered and spec.persistent:
@@ -123,7 +186,7 @@ class Client:
         self, shard: ShardId, method: str, data: bytes, ordered: bool, target: int, what: str, decode: Callable[[bytes], Any]
     ) -> QueryResults:
         if self._closed:
-            raise GroupClosed("the client was closed")
+            raise self._refusal or GroupClosed("the client was closed")
         with self._lock:
             while len(self._pending) >= self.max_outstanding and not self._closed:
                 self._blocked += 1
@@ -133,8 +196,10 @@ class Client:
                     self._blocked -= 1
             call_id = next(self._ids)
             results = QueryResults(f"{what} (client call {call_id})", decode)
-            # A client's Call names, in place of a caller, the replica it wants (0: any).
-            call = Call(call_id, target, shard, method, ordered, data, self.client_id)
+            floor = next(iter(self._pending), call_id)
+            # A client's Call names, in place of a caller, the replica it wants (0: any);
+            # the contact fills in the session (origin) from our authenticated identity.
+            call = Call(call_id, target, shard, method, ordered, data, 0, 0, floor)
             self._pending[call_id] = (results, call)
             if self._sock is not None:
                 self._outbox.append(frame(call))
@@ -158,34 +223,62 @@ class Client:
             except OSError:
                 pass  # the reader notices, reconnects and sends every pending call again
 
+    def _queue(self, data: bytes) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._outbox.append(data)
+                if len(self._outbox) == 1:
+                    self._out_ready.notify()
+
     # -------------------------------------------------------------- connection
     def _connect(self) -> socket.socket | None:
         deadline = time.monotonic() + self.retry_for
+        failures = 0
+        last_error = ""
         while not self._closed and time.monotonic() < deadline:
             address = self.contacts[self._contact % len(self.contacts)]
             self._contact += 1
             host, port = split_address(address)
             try:
-                sock = socket.create_connection((host, port), timeout=2)
-            except OSError:
-                time.sleep(0.05)
+                sock = dial(host, port, 2.0, self._credentials)
+            except Refused as exc:
+                self._refused(exc)
+                return None
+            except OSError as exc:
+                failures += 1
+                last_error = f"{address}: {exc.strerror or exc}"
+                if failures == 1 or failures % 20 == 0:
+                    log.info("client cannot reach %s (%s); trying the next contact", address, exc.strerror or exc)
+                if failures % len(self.contacts) == 0:
+                    time.sleep(_backoff(failures // len(self.contacts)))
                 continue
             sock.settimeout(None)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._outbox.clear()  # every pending call goes again below, in order
                 resend = [call for _, call in self._pending.values()]
                 for results, _ in self._pending.values():
                     results._restart()
                 try:
-                    sock.sendall(frames([Hello(self.client_id, self.cluster, "client"), *resend]))
+                    sock.sendall(frames([Hello(self.session, self.cluster, "client", self.session_ns), *resend]))
                 except OSError:
                     sock.close()
                     continue
                 self._sock = sock
-            log.info("client %x connected to %s (%d calls resent)", self.client_id, address, len(resend))
+            log.info("client connected to %s (%d calls resent)", address, len(resend))
             return sock
+        if last_error:
+            log.warning("client gave up reaching the group after %.0f s (last: %s)", self.retry_for, last_error)
         return None
+
+    def _refused(self, exc: Refused) -> None:
+        """Final: no contact will think better of it. Fail everything with the reason."""
+        log.error("%s", exc)
+        self._refusal = exc
+        self._closed = True
+        self._connected.set()
+        with self._lock:
+            self._out_ready.notify_all()
+        self._fail_pending(exc)
 
     def _run(self) -> None:
         while not self._closed:
@@ -193,34 +286,83 @@ class Client:
             if sock is None:
                 break
             self._connected.set()
-            decoder = FrameDecoder()
-            while not self._closed:
-                try:
-                    data = sock.recv(1 << 16)
-                except OSError:
-                    data = b""
-                if not data:
-                    break
-                for item in decoder.feed(data):
-                    if isinstance(item, ReplyBatch):
-                        self._take_batch(item)
-                    elif isinstance(item, Reply):
-                        self._take(item)
-                    elif isinstance(item, StatusReply):
-                        self._view_changed(item.status)
-                    elif isinstance(item, Goodbye):
-                        log.error("contact refused the client: %s", item.reason)
-            with self._lock:
-                self._sock = None
+            self._serve(sock)
+            self._drop_socket()
+        self._fail_pending(self._refusal or GroupClosed(f"no member of the group reachable among {', '.join(self.contacts)}"))
+
+    def _serve(self, sock: socket.socket) -> None:
+        """Read from one contact until it closes, refuses us or goes silent."""
+        decoder = FrameDecoder()
+        interval = max(0.05, self.liveness_timeout / 4)
+        sock.settimeout(interval)
+        heard = time.monotonic()
+        where = self._peer_name(sock)
+        while not self._closed:
+            try:
+                data = sock.recv(1 << 16)
+            except (socket.timeout, TimeoutError):
+                silent = time.monotonic() - heard
+                if silent > self.liveness_timeout:
+                    log.warning("contact %s sent nothing for %.1f s (frozen or cut off): failing over", where, silent)
+                    return
+                self._queue(frame(Ping(next(self._pings))))
+                continue
+            except ssl.SSLError as exc:
+                self._refused(Refused(f"{where} refused the client: {exc.reason or exc} (check its client certificate)"))
+                return
+            except OSError:
+                return
+            if not data:
+                return
+            heard = time.monotonic()
+            for item in decoder.feed(data):
+                t = type(item)
+                if t is ReplyBatch:
+                    self._take_batch(item)  # type: ignore[arg-type]
+                elif t is Pong:
+                    pass
+                elif t is Reply:
+                    self._take(item)  # type: ignore[arg-type]
+                elif t is Welcome:
+                    self.max_message_size = item.max_message_size  # type: ignore[union-attr]
+                elif t is StatusReply:
+                    self._view_changed(item.status)  # type: ignore[union-attr]
+                elif t is Goodbye:
+                    reason = item.reason  # type: ignore[union-attr]
+                    if reason.startswith("refused"):
+                        self._refused(Refused(f"{where} {reason}"))
+                        return
+                    log.info("contact %s closed the connection: %s", where, reason)
+            if decoder.broken:
+                return
+
+    @staticmethod
+    def _peer_name(sock: socket.socket) -> str:
+        try:
+            host, port = sock.getpeername()[:2]
+            return f"{host}:{port}"
+        except OSError:
+            return "the contact"
+
+    def _drop_socket(self) -> None:
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread's recv
+            except OSError:
+                pass
             try:
                 sock.close()
             except OSError:
                 pass
+
+    def _fail_pending(self, exc: BaseException) -> None:
         with self._lock:
             pending, self._pending = list(self._pending.values()), {}
             self._room.notify_all()
         for results, _ in pending:
-            results._fail_all(GroupClosed(f"no member of the group reachable among {', '.join(self.contacts)}"))
+            results._fail_all(exc)
 
     def _view_changed(self, status: dict[str, Any]) -> None:
         """The member serving us saw nodes leave: replicas among them will not answer."""

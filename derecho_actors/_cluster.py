@@ -23,7 +23,11 @@ from derecho_actors._client import Client, ClientHandle
 from derecho_actors._group import Layout
 from runtime.errors import GroupClosed
 from runtime.core.layout import ShardPolicy
+from runtime.drivers.dial import client_credentials
 from runtime.drivers.status import StatusError, fetch_status
+from runtime.security.certs import ensure_cluster_certs
+
+CLIENT_NAME = "local"  # the client certificate a local cluster makes for its own Client
 
 
 def _free_ports(n: int) -> list[int]:
@@ -48,7 +52,11 @@ class LocalCluster:
         workdir: str | None = None,
         cluster: str = "local",
         start_timeout: float = 30.0,
+        insecure: bool = False,
     ) -> None:
+        """``insecure=True`` runs the nodes without TLS (``security.insecure``); by default
+        the cluster makes a throwaway CA in its work folder, with a certificate per node and
+        one for its client, so TLS is on as in production."""
         if nodes < 1:
             raise GroupClosed("a local cluster needs at least one node")
         # A folder we made ourselves (logs, data directories) goes when the cluster closes.
@@ -57,6 +65,12 @@ class LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cluster = cluster
         self.ports = dict(zip(range(1, nodes + 1), _free_ports(nodes)))
+        self.insecure = insecure
+        self.certs_dir = self.workdir / "certs"
+        self._credentials = None
+        if not insecure:
+            ensure_cluster_certs(self.certs_dir, range(1, nodes + 1), clients=(CLIENT_NAME,), cluster=cluster)
+            self._credentials = client_credentials(self.certs_dir, CLIENT_NAME)
         layout = layout or Layout({t: ShardPolicy() for t in types})
         spec = self.workdir / "cluster.pickle"
         spec.write_bytes(cloudpickle.dumps({"types": list(types), "layout": layout}))
@@ -84,6 +98,11 @@ class LocalCluster:
             "--set", f"node.id={node}", "--set", f"node.listen={self.address(node)}",
             "--set", f"node.cluster={self.cluster}", "--set", f"node.data_dir={self.workdir / f'data-{node}'}",
         ]
+        if self.insecure:
+            args += ["--set", "security.insecure=true"]
+        else:
+            ensure_cluster_certs(self.certs_dir, [node], cluster=self.cluster)
+            args += ["--set", f"security.certs_dir={self.certs_dir}"]
         others = [self.address(n) for n in self.ports if n != node and (n in self.procs and self.procs[n].poll() is None)]
         others = others or [self.address(n) for n in self.ports if n != node]
         if node != 1 or node in self.procs:
@@ -95,7 +114,7 @@ class LocalCluster:
         log.close()
 
     def status(self, node: int) -> dict[str, Any]:
-        return fetch_status(self.address(node), self.cluster, timeout=2)
+        return fetch_status(self.address(node), self.cluster, timeout=2, credentials=self._credentials)
 
     def members(self) -> list[int]:
         for node, proc in self.procs.items():
@@ -135,8 +154,16 @@ class LocalCluster:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client([self.address(n) for n in self.ports], cluster=self.cluster)
+            self._client = self.new_client()
         return self._client
+
+    def new_client(self, **kwargs: Any) -> Client:
+        """A Client of this cluster (with the cluster's client certificate unless insecure);
+        keyword arguments go to ``Client``."""
+        contacts = kwargs.pop("contacts", [self.address(n) for n in self.ports])
+        if self.insecure:
+            return Client(contacts, cluster=self.cluster, insecure=True, **kwargs)
+        return Client(contacts, cluster=self.cluster, credentials=self._credentials, **kwargs)
 
     def handle(self, cls: type, shard: int = 0, subgroup: int = 0) -> ClientHandle:
         return self.client.handle(cls, shard, subgroup)

@@ -58,6 +58,61 @@ def decode_result(data: bytes, serializer: str) -> Any:
     return _unpack(data, serializer)
 
 
+# Object state for state transfer, plain data only unless the type opted into pickle: msgpack
+# with three extension types so tuples, sets and frozensets come back as they went (a tuple
+# used as a dict key must stay hashable). Nothing here can run code on decode.
+_EXT_TUPLE, _EXT_SET, _EXT_FROZENSET = 1, 2, 3
+
+
+def _state_default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return msgpack.ExtType(_EXT_TUPLE, _pack_state(list(value)))
+    if isinstance(value, frozenset):
+        return msgpack.ExtType(_EXT_FROZENSET, _pack_state(list(value)))
+    if isinstance(value, set):
+        return msgpack.ExtType(_EXT_SET, _pack_state(list(value)))
+    raise TypeError(f"{type(value).__name__} is not plain data")
+
+
+def _state_ext(code: int, data: bytes) -> Any:
+    items = _unpack_state(data)
+    if code == _EXT_TUPLE:
+        return tuple(items)
+    if code == _EXT_SET:
+        return set(items)
+    if code == _EXT_FROZENSET:
+        return frozenset(items)
+    raise ValueError(f"unknown extension type {code} in an object state")
+
+
+def _pack_state(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True, strict_types=True, default=_state_default)  # type: ignore[no-any-return]
+
+
+def _unpack_state(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_state_ext)
+
+
+def encode_state(value: Any, serializer: str, what: str) -> bytes:
+    """An object's state for state transfer, with the type's serializer (plain data for
+    msgpack types; pickle only for types that chose ``serializer="cloudpickle"``)."""
+    if serializer == "cloudpickle":
+        return _pack(value, serializer, what)
+    try:
+        return _pack_state(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(
+            f"{what} is not plain data ({exc}); give the class __getstate__/__setstate__ that return and take "
+            'plain data (dicts, lists, tuples, sets, str, bytes, numbers), or use @replicated(serializer="cloudpickle")'
+        ) from None
+
+
+def decode_state(data: bytes, serializer: str) -> Any:
+    if serializer == "cloudpickle":
+        return _unpack(data, serializer)
+    return _unpack_state(data)
+
+
 def encode_error(exc: BaseException) -> bytes:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return msgpack.packb([type(exc).__name__, str(exc), tb], use_bin_type=True)  # type: ignore[no-any-return]
@@ -71,11 +126,16 @@ def decode_error(data: bytes, node: int | None) -> RemoteError:
         return RemoteError("UnknownError", "the replica's error could not be decoded", "", node)
 
 
-OrderedCall = tuple[int, int, str, bytes, int, int]
-"""``(caller, call_id, method, args, origin, timestamp_ns)`` of one delivered ordered call."""
+OrderedCall = tuple[int, int, str, bytes, int, int, int, int]
+"""``(caller, call_id, method, args, origin, session_ns, floor, timestamp_ns)`` of one
+delivered ordered call."""
 
-PendingCall = tuple[int, int, str, bytes, int]
-"""``(caller, call_id, method, args, origin)``: an ordered call waiting to be multicast."""
+PendingCall = tuple[int, int, str, bytes, int, int, int]
+"""``(caller, call_id, method, args, origin, session_ns, floor)``: an ordered call waiting to
+be multicast. A non-zero ``origin`` (a client's session, or a member retrying through a relay)
+makes ``call_id`` that session's call number, ``session_ns`` when the session started and
+``floor`` its oldest call still waiting for an answer (see ``_sessions``); all 0 for a
+member's own calls."""
 
 _CALL_OVERHEAD = 48  # msgpack framing per call, generously
 
@@ -87,7 +147,7 @@ def encode_ordered(calls: list[PendingCall], max_size: int) -> list[bytes]:
     Replies go to node ``caller`` under ``call_id``; a non-zero ``origin`` (an external client,
     or a member retrying through a relay) makes ``call_id`` that origin's sequence number, which
     replicas use to apply a retried call only once. The sender's wall clock goes along, so every
-    replica stamps the calls' versions with the same time."""
+    replica stamps the calls' versions with the same time (and ages sessions by it)."""
     now = time.time_ns()
     out: list[bytes] = []
     batch: list[PendingCall] = []
@@ -111,12 +171,12 @@ def decode_ordered(payload: bytes) -> list[OrderedCall] | None:
         if type(ts) is not int or type(calls) is not list:
             return None
         out = []
-        for caller, call_id, method, args, origin in calls:
+        for caller, call_id, method, args, origin, session, floor in calls:
             if type(caller) is not int or type(call_id) is not int or type(origin) is not int:
                 return None
-            if type(method) is not str or type(args) is not bytes:
+            if type(method) is not str or type(args) is not bytes or type(session) is not int or type(floor) is not int:
                 return None
-            out.append((caller, call_id, method, args, origin, ts))
+            out.append((caller, call_id, method, args, origin, session, floor, ts))
         return out
     except Exception:
         return None

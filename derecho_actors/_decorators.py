@@ -32,6 +32,8 @@ class TypeSpec:
     delivery: str = ATOMIC  # ATOMIC | PERSISTENT
     signed: bool = False  # persistent logs signed with the node's key
     fields: tuple[str, ...] = ()  # names of Persistent fields
+    session_ttl: float = 3600.0  # seconds a caller's exactly-once session lives without calls
+    max_sessions: int = 100_000  # sessions a replica keeps at most (new ones are refused beyond)
 
     @property
     def persistent(self) -> bool:
@@ -52,7 +54,7 @@ def p2p(fn: F) -> F:
 
 def replicated(
     cls: type[T] | None = None, *, name: str | None = None, serializer: str = "msgpack",
-    delivery: str | None = None, signed: bool = False,
+    delivery: str | None = None, signed: bool = False, session_ttl: float = 3600.0, max_sessions: int = 100_000,
 ) -> Any:
     """Make a class a replicated type. ``name`` (default: the class name) is how nodes agree
     on the type, so every node must register it under the same name.
@@ -60,7 +62,13 @@ def replicated(
     ``delivery``: "atomic" (a call is delivered once every replica holds it, state in memory)
     or "persistent" (each delivered call is also a version in a log on disk; results offer
     ``persisted()``). The default is persistent for a class with ``Persistent`` fields, else
-    atomic. ``signed=True`` signs every log record with the key in ``persistence.signing_key``.
+    atomic. ``signed=True`` signs every log record with the node's own key (the key of its
+    certificate) and has replicas check each other's logs with their public keys.
+
+    ``session_ttl`` (seconds) and ``max_sessions`` bound the exactly-once state every replica
+    keeps per caller (see ``_sessions``): a caller silent for ``session_ttl`` is forgotten, and
+    a retry of one of its calls is then refused (``SessionExpired``) rather than applied twice.
+    They are part of the type, not of a node's config, because every replica must decide alike.
     """
 
     def wrap(c: type[T]) -> type[T]:
@@ -86,10 +94,13 @@ def replicated(
                 f"{c.__name__} declares Persistent fields ({', '.join(fields)}) but delivery={mode!r}; "
                 "drop delivery= or use delivery='persistent'"
             )
+        if not (isinstance(session_ttl, (int, float)) and session_ttl > 0) or not (
+                isinstance(max_sessions, int) and max_sessions > 0):
+            raise ConfigError(f"@replicated on {c.__name__}: session_ttl and max_sessions must be > 0")
         if signed and mode != PERSISTENT:
             raise ConfigError(f"@replicated(signed=True) on {c.__name__} needs persistent delivery (signing is of the log)")
         c.__derecho__ = TypeSpec(  # type: ignore[attr-defined]
-            name or c.__name__, c, methods, serializer, mode, signed, fields
+            name or c.__name__, c, methods, serializer, mode, signed, fields, float(session_ttl), max_sessions
         )
         return c
 

@@ -46,7 +46,8 @@ from runtime.config import NodeConfig, load_config
 from runtime.core.effects import Delivery
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy
 from runtime.core.view import View
-from runtime.drivers.node import AppHooks, NodeDriver
+from runtime.drivers.log_store import public_key_bytes
+from runtime.drivers.node import AppHooks, NodeDriver, node_security
 from runtime.drivers.restart import SavedState
 from runtime.wire.codec import frame, frames
 from runtime.wire.control import Call, Reply, ReplyBatch, SignedMark, StateAck, StateChunk, StateRequest, StatusReply
@@ -101,7 +102,11 @@ class Group:
         self.node_id = self.config.node.id
         self._max_payload = self.config.multicast.max_message_size
         self.data_dir = Path(self.config.node.data_dir)
-        self._signing_key = self._load_signing_key()
+        # TLS contexts and this node's certificate (checked before anything starts), whose
+        # key also signs the logs of signed types.
+        self._security = node_security(self.config)
+        self._signing_key = self._load_signing_key(self._security[1])
+        self._public_key = public_key_bytes(self._signing_key) if self._signing_key is not None else b""
         # Persistence: the frontier per shard (every version up to it is on disk at every
         # replica), callers waiting for it, and user callbacks.
         self._frontier: dict[ShardId, int] = {}
@@ -112,6 +117,7 @@ class Group:
         # snapshot, streams running, and shards whose state this node still waits for.
         self._snapshots: dict[tuple[ShardId, int], Snapshot] = {}
         self._early_requests: dict[tuple[ShardId, int], list[tuple[int, StateRequest]]] = {}
+        self._snapshot_errors: dict[tuple[ShardId, int], str] = {}  # snapshots that could not be made
         self._transfers: dict[tuple[ShardId, int, int], TransferOut] = {}
         self._awaiting: dict[ShardId, tuple[int, int]] = {}
         self._retired: dict[ShardId, pykka.ActorRef[ReplicaActor]] = {}
@@ -123,6 +129,7 @@ class Group:
                 on_stop=self._on_stop, on_client=self._on_client, on_persisted=self._on_persisted,
             ),
             saved=self._saved_state(),
+            security=self._security,
         )
         self._replicas: dict[ShardId, pykka.ActorRef[ReplicaActor]] = {}
         self._views: dict[int, View] = {}
@@ -140,6 +147,7 @@ class Group:
         # Calls this node relays through another member carry this id and their number, so a
         # retry through a new relay after a failure is applied once (as for Clients).
         self._origin = random.getrandbits(62) | 1
+        self._session_ns = time.time_ns()
         self._first_view = threading.Event()
         self._stopped: str | None = None
         self._driver.start_in_thread()
@@ -263,13 +271,13 @@ class Group:
             return
         if kind == ORDERED:
             if self.node_id in members:
-                self._submit(shard, (self.node_id, call_id, method, data, 0))
+                self._submit(shard, (self.node_id, call_id, method, data, 0, 0, 0))
             else:
                 relay = self._relay_for(members)
                 with self._lock:
                     self._calls[call_id] = (results, relay)
                     self._relayed[call_id] = (shard, method, data)
-                self._driver.send_direct(relay, frame(Call(call_id, self.node_id, shard, method, True, data, self._origin)))
+                self._driver.send_direct(relay, frame(self._relayed_call(call_id, shard, method, data)))
             return
         target = node if node is not None else (self.node_id if self.node_id in members else members[call_id % len(members)])
         if target not in members:
@@ -339,15 +347,19 @@ class Group:
             fn(view)
 
     # ------------------------------------------------------------- persistence
-    def _load_signing_key(self) -> Any:
+    def _load_signing_key(self, credentials: Any) -> Any:
+        """The key that signs this node's logs of signed types: its certificate's key under
+        TLS (peers check it against the certificate), else ``persistence.signing_key``."""
         signed = [s.name for s in self._specs.values() if s.signed]
         if not signed:
             return None
+        if credentials is not None:
+            return credentials.signing_key()
         path = self.config.persistence.signing_key
         if not path:
             raise ConfigError(
-                f"{', '.join(signed)} sign their logs (signed=True) but persistence.signing_key is not set; "
-                "make a key with `derecho-actors keygen PATH` and set persistence.signing_key = PATH"
+                f"{', '.join(signed)} sign their logs (signed=True): without TLS, set persistence.signing_key to "
+                "this node's own key (make one with `derecho-actors keygen PATH`)"
             )
         from runtime.drivers.log_store import load_signing_key
 
@@ -369,6 +381,8 @@ class Group:
             report_durable=lambda version: driver.report_persisted(sid, version),
             request_state=in_loop(lambda have, digest: self._request_state(sid, vid, source, have, digest)),
             snapshot_ready=in_loop(lambda svid, path, boundary, store: self._snapshot_ready(sid, svid, path, boundary, store)),
+            snapshot_failed=in_loop(lambda svid, why: self._snapshot_failed(sid, svid, why)),
+            transfer_failed=in_loop(lambda why: self._transfer_failed(sid, why)),
             state_installed=in_loop(lambda version: self._state_installed(sid, version)),
             chunk_done=in_loop(lambda source, svid, seq: self._chunk_done(sid, source, svid, seq)),
             report_signed=in_loop(lambda version, sig: self._signed(sid, version, sig)),
@@ -454,15 +468,19 @@ class Group:
         view = self._view
         if view is None:
             return
-        data = frame(SignedMark(sid, version, signature))
+        data = frame(SignedMark(sid, version, signature, self._public_key))
         for node in view.layout.members_of(sid):
             if node != self.node_id:
                 self._driver.send_direct(node, data)
 
     def _on_signed_mark(self, sender: int, mark: SignedMark) -> None:
+        proven = self._driver.peer_public_key(sender)
+        if proven is not None and proven != mark.public_key:
+            log.warning("node %s sent a log signature under a key that is not its certificate's; ignored", sender)
+            return
         ref = self._replicas.get(mark.shard)
         if ref is not None:
-            ref.tell(("mark", sender, mark.version, mark.signature))
+            ref.tell(("mark", sender, mark.version, mark.signature, mark.public_key))
 
     def _verified_by(self, sid: ShardId, node: int, version: int) -> None:
         seen = self._verified.setdefault(sid, {})
@@ -539,7 +557,32 @@ class Group:
             self._start_transfer(sender, req)
         self._retire_unused()
 
+    def _snapshot_failed(self, sid: ShardId, vid: int, why: str) -> None:
+        """The replica could not write its state for new members: tell each who asks (they
+        stop with this reason rather than wait for ever)."""
+        self._snapshot_errors[(sid, vid)] = why
+        if len(self._snapshot_errors) > 64:
+            self._snapshot_errors.pop(next(iter(self._snapshot_errors)))
+        for sender, req in self._early_requests.pop((sid, vid), []):
+            self._refuse_state(sender, req, why)
+
+    def _refuse_state(self, receiver: int, req: StateRequest, why: str) -> None:
+        chunk = StateChunk(req.shard, req.vid, 0, "err", why.encode(), True, False)
+        self._driver.send_direct(receiver, frame(chunk))
+
+    def _transfer_failed(self, sid: ShardId, why: str) -> None:
+        """This node could not receive the state of a shard it now holds: it cannot serve it,
+        so it stops (and may join again) rather than hold a replica that never answers."""
+        self._awaiting.pop(sid, None)
+        log.error("node %s stops: %s", self.node_id, why)
+        self._stopped = why
+        self._driver.stop(why)
+
     def _on_state_request(self, sender: int, req: StateRequest) -> None:
+        why = self._snapshot_errors.get((req.shard, req.vid))
+        if why is not None:
+            self._refuse_state(sender, req, why)
+            return
         if (req.shard, req.vid) in self._snapshots:
             self._start_transfer(sender, req)
         else:
@@ -646,6 +689,17 @@ class Group:
                 return
         self._retire_unused()
 
+    def _relayed_call(self, call_id: int, shard: ShardId, method: str, data: bytes) -> Call:
+        """An ordered call of this node's own, to multicast through a member of ``shard``:
+        numbered in this node's session, so a retry through another relay applies once."""
+        return Call(call_id, self.node_id, shard, method, True, data, self._origin, self._session_ns, self._floor())
+
+    def _floor(self) -> int:
+        """The oldest relayed call still waiting for answers (replicas may drop kept replies
+        below it)."""
+        with self._lock:
+            return min(self._relayed, default=0)
+
     def _relay_for(self, members: tuple[int, ...]) -> int:
         """One relay per caller and shard, so calls from one caller keep their order."""
         return members[self.node_id % len(members)]
@@ -667,13 +721,13 @@ class Group:
                 continue
             if self.node_id in members:
                 results._restart()
-                self._submit(shard, (self.node_id, call_id, method, data, self._origin))
+                self._submit(shard, (self.node_id, call_id, method, data, self._origin, self._session_ns, self._floor()))
                 continue
             relay = self._relay_for(members)
             results._restart()
             with self._lock:
                 self._calls[call_id] = (results, relay)
-            self._driver.send_direct(relay, frame(Call(call_id, self.node_id, shard, method, True, data, self._origin)))
+            self._driver.send_direct(relay, frame(self._relayed_call(call_id, shard, method, data)))
 
     def _on_deliver(self, d: Delivery) -> None:
         ref = self._replicas.get(d.shard)  # type: ignore[arg-type]
@@ -718,14 +772,17 @@ class Group:
             self._driver.send_direct(msg.caller, frame(reply))
             return
         if msg.ordered:
-            self._submit(msg.shard, (msg.caller, msg.call_id, msg.method, msg.args, msg.origin))
+            self._submit(msg.shard, (msg.caller, msg.call_id, msg.method, msg.args, msg.origin, msg.session_ns, msg.floor))
         else:
             self._p2p_here(msg.shard, view.vid, msg.caller, msg.call_id, msg.method, msg.args, msg.origin)
 
     def _on_client(self, handle: Any, msg: Any) -> None:
         """A call from an external client on its connection to this node: run or relay it as
-        our own, with the client's id as origin, and forward the replicas' answers."""
-        origin = getattr(handle, "speaker", None)
+        our own, in the client's session, and forward the replicas' answers. The session's
+        origin is the one the transport derived from the client's authenticated identity
+        (whatever the frame says), so no client can act in another's session."""
+        origin = handle.origin
+        session_ns = handle.incarnation or 0
         view = self._view
         if not isinstance(msg, Call) or not origin or view is None:
             return
@@ -746,11 +803,11 @@ class Group:
             target = members[origin % len(members)]
         if target == self.node_id:
             if msg.ordered:
-                self._submit(msg.shard, (self.node_id, msg.call_id, msg.method, msg.args, origin))
+                self._submit(msg.shard, (self.node_id, msg.call_id, msg.method, msg.args, origin, session_ns, msg.floor))
             else:
                 self._p2p_here(msg.shard, view.vid, self.node_id, msg.call_id, msg.method, msg.args, origin)
         else:
-            call = Call(msg.call_id, self.node_id, msg.shard, msg.method, msg.ordered, msg.args, origin)
+            call = Call(msg.call_id, self.node_id, msg.shard, msg.method, msg.ordered, msg.args, origin, session_ns, msg.floor)
             self._driver.send_direct(target, frame(call))
 
     def _submit(self, shard: ShardId, call: _codec.PendingCall) -> None:

@@ -21,22 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import cloudpickle
 import msgpack
 import pykka
 
 from derecho_actors import _codec
 from derecho_actors._decorators import ORDERED, P2P, TypeSpec
 from derecho_actors._persistent import STORE_ATTR, PersistentStore, persistent_fields
-from runtime.errors import SerializationError, StateTransferError
+from derecho_actors._sessions import DUPLICATE, EXPIRED, FORGOTTEN, FULL, SessionTable
+from runtime.errors import SerializationError, SessionExpired, SessionLimit, StateTransferError
 from runtime.core.versions import make_version
 from runtime.wire.control import Reply
 
 log = logging.getLogger("derecho.replica")
 _in_handler = threading.local()
-
-REPLY_WINDOW = 10_000  # replies kept per client for retries
-
 
 def in_handler() -> bool:
     """True on a replica's thread while it runs a user method (nested calls are refused)."""
@@ -44,8 +41,8 @@ def in_handler() -> bool:
 
 
 SendReplies = Callable[[list[tuple[int, Reply]]], None]
-DeliveredCall = tuple[int, int, str, bytes, int, int]
-"""``(caller, call_id, method, args, origin, timestamp_ns)``"""
+DeliveredCall = tuple[int, int, str, bytes, int, int, int, int]
+"""``(caller, call_id, method, args, origin, session_ns, floor, timestamp_ns)``"""
 
 
 @dataclass
@@ -61,6 +58,8 @@ class ReplicaEnv:
     report_durable: Callable[[int], None] = lambda version: None
     request_state: Callable[[int, int], None] = lambda have, digest: None
     snapshot_ready: Callable[[int, Path, int, Any], None] = lambda vid, path, boundary, store: None
+    snapshot_failed: Callable[[int, str], None] = lambda vid, why: None
+    transfer_failed: Callable[[str], None] = lambda why: None
     state_installed: Callable[[int], None] = lambda version: None
     chunk_done: Callable[[int, int, int], None] = lambda source, vid, seq: None
     report_signed: Callable[[int, bytes], None] = lambda version, signature: None  # signed logs
@@ -77,12 +76,9 @@ class ReplicaActor(pykka.ThreadingActor):
         self.obj = spec.cls()
         self.store: PersistentStore | None = None
         self.applied = 0  # ordered calls applied, for tests and status
-        # Exactly once for external clients: per client, the highest call number applied and the
-        # replies of its last REPLY_WINDOW calls. Derived from the ordered stream alone, so
-        # every replica holds the same table: a retried call that was applied gets its first
-        # reply back and is not run again.
-        self.last_by_client: dict[int, int] = {}
-        self.replies_by_client: dict[int, dict[int, tuple[bool, bytes]]] = {}
+        # Exactly once for callers that retry (clients, relayed calls): derived from the
+        # ordered stream alone, so every replica holds the same table (see _sessions).
+        self.sessions = self._new_sessions()
         self.awaiting = awaiting_state
         self._held: list[Any] = []  # messages that arrived while awaiting state
         self._incoming: Any = None  # the object part of a state transfer, as it arrives
@@ -92,7 +88,10 @@ class ReplicaActor(pykka.ThreadingActor):
         # of a view in the same order, so (view, k-th call) is the same version everywhere.
         self._view_of_count = -1
         self._count = 0
-        self._marks: dict[int, tuple[int, bytes]] = {}  # peers' latest signed marks, to verify
+        self._marks: dict[int, tuple[int, bytes, bytes]] = {}  # peers' latest signed marks, to verify
+
+    def _new_sessions(self) -> SessionTable:
+        return SessionTable(ttl_ns=int(self.spec.session_ttl * 1e9), max_sessions=self.spec.max_sessions)
 
     # ------------------------------------------------------------------ lifecycle
     def on_start(self) -> None:
@@ -126,7 +125,7 @@ class ReplicaActor(pykka.ThreadingActor):
         )
         for call in store.replay():
             if call.origin:
-                self.last_by_client[call.origin] = max(call.call_id, self.last_by_client.get(call.origin, 0))
+                self.sessions.replayed(call.origin, call.call_id, call.timestamp_ns)
             self.applied += 1
         setattr(self.obj, STORE_ATTR, store)
         self.store = store
@@ -153,8 +152,8 @@ class ReplicaActor(pykka.ThreadingActor):
             self._check_marks()
             return
         if kind == "mark":
-            _, node, version, signature = message
-            self._marks[node] = (version, signature)
+            _, node, version, signature, public_key = message
+            self._marks[node] = (version, signature, public_key)
             self._check_marks()
             return
         if self.awaiting or self.failed:
@@ -188,43 +187,53 @@ class ReplicaActor(pykka.ThreadingActor):
         store = self.store
         out = []
         if store is None:
-            for caller, call_id, method, args, origin, _ts in calls:
-                out.append(self._ordered(caller, call_id, method, args, origin, vid, replicas, -1))
+            for caller, call_id, method, args, origin, session, floor, ts in calls:
+                out.append(self._ordered(caller, call_id, method, args, origin, session, floor, ts, vid, replicas, -1))
         else:
             records = []
             if vid != self._view_of_count:
                 self._view_of_count, self._count = vid, 0
-            for caller, call_id, method, args, origin, ts in calls:
+            for caller, call_id, method, args, origin, session, floor, ts in calls:
                 version = make_version(vid, self._count)
                 self._count += 1
                 store.last_version = version  # what current_version() shows during the call
-                out.append(self._ordered(caller, call_id, method, args, origin, vid, replicas, version))
+                out.append(self._ordered(caller, call_id, method, args, origin, session, floor, ts, vid, replicas, version))
                 records.append(store.record(version, ts, origin, call_id))
             store.submit(records)
         self.applied += len(calls)
         self.send_replies(out)
 
     def _ordered(
-        self, caller: int, call_id: int, method: str, args: bytes, origin: int, vid: int, replicas: tuple[int, ...],
-        version: int,
+        self, caller: int, call_id: int, method: str, args: bytes, origin: int, session: int, floor: int, ts: int,
+        vid: int, replicas: tuple[int, ...], version: int,
     ) -> tuple[int, Reply]:
-        if origin:
-            last = self.last_by_client.get(origin, 0)
-            if call_id <= last:
-                kept = self.replies_by_client.get(origin, {}).get(call_id)
-                if kept is not None:
-                    return caller, Reply(call_id, self.node_id, vid, replicas, kept[0], kept[1], origin, version)
-                err = _codec.encode_error(
-                    RuntimeError(f"call {call_id} of client {origin:x} was applied too long ago (or before a restart) "
-                                 "to repeat its reply")
-                )
-                return caller, Reply(call_id, self.node_id, vid, replicas, False, err, origin, version)
+        if not origin:
+            return self._run(caller, call_id, method, args, ORDERED, vid, replicas, origin, version)
+        sessions = self.sessions
+        sessions.tick(ts)
+        verdict = sessions.check(origin, call_id, session)
+        kind = verdict.kind
+        if kind == DUPLICATE:
+            ok, value = verdict.reply  # type: ignore[misc]
+            return caller, Reply(call_id, self.node_id, vid, replicas, ok, value, origin, version)
+        if kind != "new":
+            if kind == FORGOTTEN:
+                exc: Exception = RuntimeError(
+                    f"call {call_id} was applied already and its reply is no longer kept (the caller had "
+                    "acknowledged it, or more than the reply window followed); it was not run again")
+            elif kind == EXPIRED:
+                exc = SessionExpired(
+                    f"call {call_id} was not run: its caller's session expired (no call for "
+                    f"{self.spec.session_ttl:g} s), so it may be the retry of a call applied before; read the state "
+                    "to find out, then call anew")
+            else:
+                assert kind == FULL
+                exc = SessionLimit(
+                    f"call {call_id} was not run: {self.spec.name} replicas already keep {self.spec.max_sessions} "
+                    "caller sessions (max_sessions); retry later")
+            return caller, Reply(call_id, self.node_id, vid, replicas, False, _codec.encode_error(exc), origin, version)
         out = self._run(caller, call_id, method, args, ORDERED, vid, replicas, origin, version)
-        if origin:
-            self.last_by_client[origin] = call_id
-            kept_replies = self.replies_by_client.setdefault(origin, {})
-            kept_replies[call_id] = (out[1].ok, out[1].value)
-            kept_replies.pop(call_id - REPLY_WINDOW, None)
+        sessions.applied(origin, call_id, (out[1].ok, out[1].value), floor)
         return out
 
     def _run(
@@ -255,51 +264,71 @@ class ReplicaActor(pykka.ThreadingActor):
         if store is None or not self._marks or self.awaiting:
             return
         durable = store.durable_version
-        for node, (version, signature) in list(self._marks.items()):
+        for node, (version, signature, public_key) in list(self._marks.items()):
             if version > durable:
                 continue
             del self._marks[node]
-            try:
-                with store._lock:
-                    mine = store.log.signature(version)
-            except (KeyError, Exception):
-                continue
-            if mine == signature:
+            with store._lock:
+                matches = store.log.verify_peer(version, signature, public_key)
+            if matches:
                 self.env.report_verified(node, version)
+            elif version > store.log.last_version or version < store.log.first_version:
+                continue  # not ours to judge (our log was replaced or trimmed meanwhile)
             else:
                 log.error(
-                    "node %s's signed log of %s differs from ours at version %s (or uses another key); "
-                    "its replica cannot be trusted: compare with `derecho-actors verify`", node, self.spec.name, version,
+                    "node %s's signed log of %s differs from ours at version %s (its signature does not match our "
+                    "record chain); its replica cannot be trusted: compare with `derecho-actors verify`",
+                    node, self.spec.name, version,
                 )
 
     # ------------------------------------------------------------ state transfer
     def _object_state(self) -> dict[str, Any]:
-        fields = set(self.spec.fields)
-        attrs = {k: v for k, v in self.obj.__dict__.items() if k not in fields and k != STORE_ATTR}
+        """What a new replica needs besides the log: the object's own (non-persistent)
+        state, as the class's ``__getstate__`` gives it if it defines one, and the session
+        table. Plain data for msgpack types (see ``_codec.encode_state``)."""
+        obj = self.obj
+        if type(obj).__getstate__ is not object.__getstate__:
+            attrs: Any = obj.__getstate__()
+        else:
+            fields = set(self.spec.fields)
+            attrs = {k: v for k, v in obj.__dict__.items() if k not in fields and k != STORE_ATTR}
         return {
             "attrs": attrs,
-            "last_by_client": self.last_by_client,
-            "replies_by_client": self.replies_by_client,
+            "sessions": self.sessions.to_state(),
             "applied": self.applied,
             "version": self.store.last_version if self.store is not None else -1,
         }
 
+    def _restore_object_state(self, state: dict[str, Any]) -> None:
+        obj = self.obj
+        if hasattr(type(obj), "__setstate__"):
+            obj.__setstate__(state["attrs"])
+        else:
+            obj.__dict__.update(state["attrs"])
+        self.sessions = self._new_sessions()
+        self.sessions.load_state(state["sessions"])
+        self.applied = state["applied"]
+
     def _snapshot(self, vid: int) -> None:
         """Write the state at this view boundary to a file, for new members to fetch. The
-        object is pickled straight to disk; the log part is streamed from the log itself."""
-        path = self.env.scratch_dir / f"snapshot-{self.spec.name}-{os.getpid()}-{vid}-{id(self)}.pkl"
+        object's state is encoded with the type's serializer (plain data unless the type
+        chose pickle); the log part is streamed from the log itself."""
+        path = self.env.scratch_dir / f"snapshot-{self.spec.name}-{os.getpid()}-{vid}-{id(self)}.state"
         path.parent.mkdir(parents=True, exist_ok=True)
         boundary = -1
         try:
+            data = _codec.encode_state(self._object_state(), self.spec.serializer, f"the state of {self.spec.name}")
             with open(path, "wb") as f:
-                cloudpickle.dump(self._object_state(), f, protocol=5)
+                f.write(data)
+            del data
             if self.store is not None:
                 boundary = self.store.last_version
                 if boundary >= 0 and not self.store.wait_durable(boundary):
                     raise OSError(f"log did not reach version {boundary} on disk")
-        except Exception:
-            log.exception("snapshot of %s for view %d failed; new members cannot receive state", self.spec.name, vid)
+        except Exception as exc:
+            log.error("snapshot of %s for view %d failed; new members cannot receive its state: %s", self.spec.name, vid, exc)
             path.unlink(missing_ok=True)
+            self.env.snapshot_failed(vid, f"the state source could not write the state of {self.spec.name}: {exc}")
             return
         self.env.snapshot_ready(vid, path, boundary, self.store)
 
@@ -313,9 +342,11 @@ class ReplicaActor(pykka.ThreadingActor):
                 with self.store._lock:
                     self.store.log.truncate_after(-1)
                 self.store.last_version = -1
+            if part == "err":
+                raise StateTransferError(data.decode("utf-8", "replace"))
             if part == "obj":
                 if self._incoming is None:
-                    self._incoming_path = self.env.scratch_dir / f"incoming-{self.spec.name}-{os.getpid()}-{id(self)}.pkl"
+                    self._incoming_path = self.env.scratch_dir / f"incoming-{self.spec.name}-{os.getpid()}-{id(self)}.state"
                     self._incoming_path.parent.mkdir(parents=True, exist_ok=True)
                     self._incoming = open(self._incoming_path, "wb")
                 self._incoming.write(data)
@@ -337,7 +368,7 @@ class ReplicaActor(pykka.ThreadingActor):
             with self.store._lock:
                 log_.flush()
             self.store = None
-            self.last_by_client, self.replies_by_client, self.applied = {}, {}, 0
+            self.sessions, self.applied = self._new_sessions(), 0
             self._attach_store(log_)
         else:
             self.obj = self.spec.cls()
@@ -345,13 +376,9 @@ class ReplicaActor(pykka.ThreadingActor):
             self._incoming.close()
             self._incoming = None
             assert self._incoming_path is not None
-            with open(self._incoming_path, "rb") as f:
-                state = cloudpickle.load(f)
+            state = _codec.decode_state(self._incoming_path.read_bytes(), self.spec.serializer)
             self._incoming_path.unlink(missing_ok=True)
-            self.obj.__dict__.update(state["attrs"])
-            self.last_by_client = state["last_by_client"]
-            self.replies_by_client = state["replies_by_client"]
-            self.applied = state["applied"]
+            self._restore_object_state(state)
             if self.store is not None and state["version"] != self.store.last_version:
                 raise StateTransferError(
                     f"object state is at version {state['version']} but the log ends at {self.store.last_version}"
@@ -369,3 +396,4 @@ class ReplicaActor(pykka.ThreadingActor):
         log.error("%s", why)
         self.failed = why
         self._held.clear()
+        self.env.transfer_failed(why)

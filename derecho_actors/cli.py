@@ -1,5 +1,5 @@
-"""The ``derecho-actors`` command: ``node``, ``status``, ``demo``, ``sim``, ``verify`` and
-``keygen``.
+"""The ``derecho-actors`` command: ``node``, ``status``, ``certs``, ``demo``, ``sim``,
+``verify`` and ``keygen``.
 
 Errors a user can cause (a bad config, a port in use, an unreachable contact) end with one
 line on standard error and a non-zero exit, never a traceback.
@@ -29,6 +29,11 @@ def _node_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id", type=str, help="shorthand for --set node.id=ID")
     p.add_argument("--listen", help="shorthand for --set node.listen=HOST:PORT")
     p.add_argument("--contact", action="append", help="shorthand for node.contacts (repeatable)")
+    p.add_argument("--certs-dir", help="shorthand for --set security.certs_dir=DIR (ca.crt, node-ID.crt, node-ID.key)")
+    p.add_argument(
+        "--insecure", action="store_true",
+        help="run without TLS (security.insecure): anyone who can reach the port can join and forge traffic",
+    )
     p.add_argument("--send", type=int, default=0, metavar="N", help="load generator: multicast N numbered messages")
     p.add_argument("--size", type=int, default=100, help="load generator: payload size in bytes (default 100)")
     p.add_argument("--wait-members", type=int, default=1, metavar="K", help="load generator: start once a view has K members")
@@ -48,6 +53,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
         out["node.listen"] = args.listen
     if args.contact:
         out["node.contacts"] = ",".join(args.contact)
+    if getattr(args, "certs_dir", None):
+        out["security.certs_dir"] = args.certs_dir
+    if getattr(args, "insecure", False):
+        out["security.insecure"] = "true"
     return out
 
 
@@ -102,9 +111,16 @@ def run_node(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from runtime.drivers.dial import client_credentials
     from runtime.drivers.status import fetch_status, render_status
 
-    status = fetch_status(args.contact, args.cluster, timeout=args.timeout)
+    if args.insecure:
+        credentials = None
+    elif args.certs_dir:
+        credentials = client_credentials(args.certs_dir, args.name)
+    else:
+        raise ConfigError("status needs --certs-dir DIR with a client certificate (or --insecure for a group without TLS)")
+    status = fetch_status(args.contact, args.cluster, timeout=args.timeout, credentials=credentials)
     if args.json:
         import json
 
@@ -155,6 +171,47 @@ def run_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_certs(args: argparse.Namespace) -> int:
+    from runtime.security import certs
+
+    folder = Path(args.certs_dir)
+    if args.action == "create-ca":
+        made = certs.create_ca(folder, cluster=args.cluster, days=args.days, force=args.force)
+    elif args.action == "create-node":
+        made = certs.create_node(folder, args.id, hosts=tuple(args.host or ("localhost", "127.0.0.1")), days=args.days,
+                                 force=args.force)
+    elif args.action == "create-client":
+        made = certs.create_client(folder, args.name, days=args.days, force=args.force)
+    else:
+        for line in certs.list_certs(folder):
+            print(line)
+        return 0
+    print(f"wrote {made.cert} and {made.key} (mode 0600: keep it secret) for {made.identity}; "
+          f"valid until {made.not_after:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
+def _certs_parser(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("certs", help="make the cluster's CA and node and client certificates (mutual TLS)")
+    actions = c.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ca = actions.add_parser("create-ca", help="a new CA for one cluster: ca.crt and ca.key")
+    ca.add_argument("--cluster", default="derecho", help="cluster name, recorded in the CA's name")
+    ca.add_argument("--days", type=int, default=3650)
+    node = actions.add_parser("create-node", help="node-ID.crt/.key: a certificate naming node ID")
+    node.add_argument("id", type=int, metavar="ID")
+    node.add_argument("--host", action="append", metavar="NAME_OR_IP",
+                      help="host name or address of the node, for the certificate (repeatable; default localhost, 127.0.0.1)")
+    node.add_argument("--days", type=int, default=825)
+    client = actions.add_parser("create-client", help="client-NAME.crt/.key: a certificate naming client NAME")
+    client.add_argument("name", metavar="NAME")
+    client.add_argument("--days", type=int, default=825)
+    actions.add_parser("list", help="what the certificates in the folder are and when they expire")
+    for p in (ca, node, client):
+        p.add_argument("--force", action="store_true", help="replace existing files")
+    for p in actions.choices.values():
+        p.add_argument("--certs-dir", default="certs", help="the folder (default ./certs); keys are written mode 0600")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="derecho-actors", description="derecho-actors command line")
@@ -166,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--cluster", default="derecho", help="the group's cluster name (default: derecho)")
     st.add_argument("--timeout", type=float, default=3.0)
     st.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    st.add_argument("--certs-dir", help="folder with ca.crt and a client certificate")
+    st.add_argument("--name", help="which client certificate in --certs-dir (default: the only one)")
+    st.add_argument("--insecure", action="store_true", help="no TLS (the group runs with security.insecure)")
+    _certs_parser(sub)
     dm = sub.add_parser("demo", help="a sharded replicated KV store on a local cluster; kill -9 a replica mid-write")
     dm.add_argument("--nodes", type=int, default=6, help="node processes (even, at least 4)")
     dm.add_argument("--writes", type=int, default=4000)
@@ -207,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_verify(args)
         if args.command == "keygen":
             return run_keygen(args)
+        if args.command == "certs":
+            return run_certs(args)
     except ConfigError as exc:
         print(f"derecho-actors {args.command}: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with da.local_cluster(nodes=3, types=[ChatRoom], layout=LAYOUT) as cluster:
         def chatter(user: str) -> None:
-            with da.Client([cluster.address(n) for n in cluster.ports], cluster=cluster.cluster) as client:
+            with cluster.new_client() as client:
                 room = client.handle(ChatRoom)
                 for r in [room.post(user, f"message {i} from {user}") for i in range(100)]:
                     r.get(timeout=30)

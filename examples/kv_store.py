@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("args", nargs="*")
     p.add_argument("--contact", action="append", default=[], help="a member's HOST:PORT (repeatable)")
     p.add_argument("--cluster", default="derecho")
+    p.add_argument("--certs-dir", help="folder with ca.crt and a client certificate (derecho-actors certs create-client)")
+    p.add_argument("--name", help="which client certificate in --certs-dir (default: the only one)")
+    p.add_argument("--insecure", action="store_true", help="no TLS (the group runs with security.insecure)")
     a = p.parse_args(argv)
     if a.command == "demo":
         with da.local_cluster(nodes=6, types=[KV], layout=LAYOUT) as cluster:
@@ -65,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not a.contact:
         p.error("--contact is needed for put and get")
-    with da.Client(a.contact, cluster=a.cluster) as client:
+    if not a.insecure and not a.certs_dir:
+        p.error("--certs-dir is needed (or --insecure for a group without TLS)")
+    creds = {"insecure": True} if a.insecure else {"certs_dir": a.certs_dir, "name": a.name}
+    with da.Client(a.contact, cluster=a.cluster, **creds) as client:
         key = a.args[0]
         kv = client.handle(KV, shard=shard_of(key))
         if a.command == "put":

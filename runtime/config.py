@@ -25,6 +25,9 @@ that founds a one-member group on ``127.0.0.1:7000``. The file looks like::
     max_message_size = 1048576
     null_interval_ms = 1.0
     max_frame_bytes = 67108864
+    [security]
+    certs_dir = "/etc/derecho/certs"  # ca.crt, node-<id>.crt, node-<id>.key
+    allowed_members = [1, 2, 3]       # optional allow-list of member ids
     [layout.KV]                       # zero or more, one per replicated type, in policy order
     subgroups = 1
     shards = 2
@@ -41,9 +44,10 @@ type or out of range, and settings that contradict each other all raise
 (``node.id: expected an integer >= 0, got "abc" (from DERECHO_NODE_ID)``), and where the
 value came from when it did not come from the defaults.
 
-Environment variables exist for the three flat sections only (``DERECHO_NODE_CONTACTS`` takes
-a comma-separated list). A variable that starts like one of them (``DERECHO_NODE_``,
-``DERECHO_TIMEOUTS_``, ``DERECHO_MULTICAST_``) but names no key is an error, to catch typos;
+Environment variables exist for every flat section (all but the layout;
+``DERECHO_NODE_CONTACTS`` and ``DERECHO_SECURITY_ALLOWED_MEMBERS`` take comma-separated lists).
+A variable that starts like one of them (``DERECHO_NODE_``, ``DERECHO_SECURITY_``, ...) but
+names no key is an error, to catch typos;
 other ``DERECHO_*`` variables are left to whoever reads them. Layout types are named by case-
 sensitive class names, which environment variable names do not carry well, so the layout is set
 in the file or with ``--set layout.<Type>.<key>=value``.
@@ -77,6 +81,7 @@ __all__ = [
     "MulticastSection",
     "NodeConfig",
     "NodeSection",
+    "SecuritySection",
     "TimeoutsSection",
     "example_config",
     "load_config",
@@ -87,7 +92,8 @@ ENV_PREFIX = "DERECHO_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_LAYOUT_TYPE = "default"
 _LAYOUT_KEYS = ("subgroups", "shards", "min_nodes", "max_nodes", "reserved", "overlapping")
-_SHOW_LIMIT = 80
+_SHOW_LIMIT = 200  # non-string values (lists, tables) are cut here; strings are shown whole
+_SHOW_STR_LIMIT = 4096  # a path is never cut: its file name is what the user needs to see
 
 
 # --------------------------------------------------------------------------- value checks
@@ -127,8 +133,9 @@ def _show(value: object) -> str:
         text = json.dumps(value, default=str)
     except ValueError:  # circular structures cannot come from TOML, but be safe
         text = repr(value)
-    if len(text) > _SHOW_LIMIT:
-        text = text[: _SHOW_LIMIT - 3] + "..."
+    limit = _SHOW_STR_LIMIT if isinstance(value, str) else _SHOW_LIMIT
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
     return text
 
 
@@ -140,8 +147,16 @@ def _is_int(value: object) -> bool:
 _INT_TEXT = re.compile(r"[+-]?\d+(?:_\d+)*")
 
 
-def _int_check(minimum: int) -> Callable[[object], int]:
-    """Check an int >= ``minimum``; the type message states the bound so one error says all."""
+MAX_NODE_ID = 0xFFFFFFFF
+"""Node ids are unsigned 32-bit numbers (they travel in every frame; a bigger id would fail
+far from the config, in the wire encoder)."""
+
+_MAX_INT = (1 << 63) - 1  # what msgpack and the wire format carry
+
+
+def _int_check(minimum: int, maximum: int = _MAX_INT) -> Callable[[object], int]:
+    """Check an int in ``minimum..maximum``; the type message states the bound so one error
+    says all."""
 
     def check(value: object) -> int:
         if not _is_int(value):
@@ -149,6 +164,8 @@ def _int_check(minimum: int) -> Callable[[object], int]:
         assert isinstance(value, int)
         if value < minimum:
             raise _Invalid(f"must be >= {minimum}, got {value}", colon=False)
+        if value > maximum:
+            raise _Invalid(f"must be <= {maximum}, got {value}", colon=False)
         return value
 
     return check
@@ -286,6 +303,33 @@ def _contacts_text(text: str) -> object:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _ids_check(value: object) -> tuple[int, ...]:
+    """A list of distinct node ids (an allow-list); empty means no restriction."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise _Invalid(f"expected a list of node ids, got {_show(value)}")
+    seen: set[int] = set()
+    check = _int_check(0, MAX_NODE_ID)
+    for index, item in enumerate(value):
+        try:
+            check(item)
+        except _Invalid as bad:
+            bad.subkey = f"[{index}]"
+            raise
+        if item in seen:
+            raise _Invalid(f"lists {item} twice", subkey=f"[{index}]")
+        seen.add(item)  # type: ignore[arg-type]
+    return tuple(value)
+
+
+def _ids_text(text: str) -> object:
+    """Comma-separated node ids, as an environment variable carries them."""
+    out: list[object] = []
+    for part in text.split(","):
+        if part.strip():
+            out.append(_int_text(0)(part))
+    return out
+
+
 def _identity(text: str) -> object:
     """Text fields need no parsing; their check does the rest."""
     return text
@@ -301,7 +345,7 @@ class _Field:
 
 _FIELDS: dict[str, dict[str, _Field]] = {
     "node": {
-        "id": _Field(_int_text(0), _int_check(0)),
+        "id": _Field(_int_text(0), _int_check(0, MAX_NODE_ID)),
         "listen": _Field(str.strip, _listen_check),
         "contacts": _Field(_contacts_text, _contacts_check),
         "data_dir": _Field(_identity, _nonempty_str),
@@ -328,6 +372,18 @@ _FIELDS: dict[str, dict[str, _Field]] = {
         "transfer_chunk_bytes": _Field(_int_text(4096), _int_check(4096)),
         "transfer_window": _Field(_int_text(1), _int_check(1)),
     },
+}
+_FIELDS["security"] = {
+    "insecure": _Field(_bool_text, _bool_check),
+    "certs_dir": _Field(_identity, _path_or_empty),
+    "ca_file": _Field(_identity, _path_or_empty),
+    "cert_file": _Field(_identity, _path_or_empty),
+    "key_file": _Field(_identity, _path_or_empty),
+    "allowed_members": _Field(_ids_text, _ids_check),
+    "handshake_timeout_ms": _Field(_int_text(1), _int_check(1)),
+    "max_unauthenticated": _Field(_int_text(1), _int_check(1)),
+    "receive_budget_bytes": _Field(_int_text(1 << 20), _int_check(1 << 20)),
+    "client_idle_timeout_ms": _Field(_int_text(1), _int_check(1)),
 }
 _SECTIONS = (*_FIELDS, "layout")
 
@@ -417,6 +473,55 @@ class PersistenceSection:
         _check_fields("persistence", self)
 
 
+@dataclass(frozen=True, slots=True)
+class SecuritySection:
+    """``[security]``: mutual TLS, who may be a member, and limits on what anyone who can
+    connect may cost this node.
+
+    Secure by default: a node refuses to start without certificates unless ``insecure`` is
+    true (then anyone who reaches its port can join the group, read and forge its traffic).
+    ``certs_dir`` holds ``ca.crt`` and ``node-<id>.crt``/``.key`` as ``derecho-actors certs``
+    makes them; ``ca_file``, ``cert_file`` and ``key_file`` override single paths.
+    """
+
+    insecure: bool = False
+    certs_dir: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    allowed_members: tuple[int, ...] = ()
+    handshake_timeout_ms: int = 5000
+    max_unauthenticated: int = 64
+    receive_budget_bytes: int = 256 << 20
+    client_idle_timeout_ms: int = 300_000
+
+    def __post_init__(self) -> None:
+        _check_fields("security", self)
+        if self.insecure and (self.certs_dir or self.cert_file or self.key_file or self.ca_file):
+            raise ConfigError(
+                "security.insecure = true contradicts the certificates configured in [security]; "
+                "remove one or the other"
+            )
+
+    @property
+    def tls_configured(self) -> bool:
+        return bool(self.certs_dir or (self.ca_file and self.cert_file and self.key_file))
+
+    def tls_paths(self, node_id: int) -> tuple[str, str, str]:
+        """(CA, certificate, key) paths for node ``node_id``: explicit files win over the
+        conventional names in ``certs_dir``."""
+        base = self.certs_dir
+
+        def pick(explicit: str, name: str) -> str:
+            return explicit or os.path.join(base, name)
+
+        return (
+            pick(self.ca_file, "ca.crt"),
+            pick(self.cert_file, f"node-{node_id}.crt"),
+            pick(self.key_file, f"node-{node_id}.key"),
+        )
+
+
 def _default_layout() -> LayoutPolicy:
     """One type with one shard holding every node: what a first experiment wants."""
     return LayoutPolicy.of({DEFAULT_LAYOUT_TYPE: ShardPolicy()})
@@ -431,6 +536,7 @@ class NodeConfig:
     multicast: MulticastSection = field(default_factory=MulticastSection)
     layout: LayoutPolicy = field(default_factory=_default_layout)
     persistence: PersistenceSection = field(default_factory=PersistenceSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
 
     def __post_init__(self) -> None:
         # The sections validate themselves; this only catches a wrong object in a slot, which
@@ -441,6 +547,7 @@ class NodeConfig:
             ("multicast", MulticastSection),
             ("layout", LayoutPolicy),
             ("persistence", PersistenceSection),
+            ("security", SecuritySection),
         )
         for name, cls in expected:
             value = getattr(self, name)
@@ -805,6 +912,7 @@ def load_config(
         multicast=_build_section("multicast", MulticastSection, layer),
         layout=_build_layout(layer),
         persistence=_build_section("persistence", PersistenceSection, layer),
+        security=_build_section("security", SecuritySection, layer),
     )
 
 
@@ -830,6 +938,7 @@ def example_config(node_id: int, port: int, contacts: list[str]) -> str:
     """
     section = NodeSection(id=node_id, listen=f"127.0.0.1:{port}", contacts=tuple(contacts))
     timeouts, multicast, persistence = TimeoutsSection(), MulticastSection(), PersistenceSection()
+    security = SecuritySection()
     contact_list = "[" + ", ".join(_toml_str(c) for c in section.contacts) + "]"
     return f"""\
 # derecho-actors node configuration (TOML). Every setting is optional; missing ones take the
@@ -865,6 +974,20 @@ signing_key = ""  # ed25519 key file (derecho-actors keygen) for types with sign
 restart_quorum_wait_ms = {persistence.restart_quorum_wait_ms}  # total restart: wait for more logs after quorum
 transfer_chunk_bytes = {persistence.transfer_chunk_bytes}  # state transfer chunk size
 transfer_window = {persistence.transfer_window}  # chunks in flight per transfer
+
+[security]
+# Mutual TLS on every connection. Without certificates a node refuses to start unless
+# insecure = true (then anyone who can reach the port can join and forge traffic).
+insecure = false
+certs_dir = ""  # ca.crt, node-<id>.crt and node-<id>.key, as `derecho-actors certs` makes them
+ca_file = ""  # explicit paths override the names in certs_dir
+cert_file = ""
+key_file = ""
+allowed_members = []  # node ids allowed to be members; [] allows any id with a node certificate
+handshake_timeout_ms = {security.handshake_timeout_ms}  # TLS handshake and hello must end within this
+max_unauthenticated = {security.max_unauthenticated}  # connections still in their handshake, at most
+receive_budget_bytes = {security.receive_budget_bytes}  # partly received frames, all connections together
+client_idle_timeout_ms = {security.client_idle_timeout_ms}  # a client connection silent this long is closed
 
 # Layout: one [layout.<TypeName>] table per replicated type, in allocation order. With none,
 # one type "{DEFAULT_LAYOUT_TYPE}" has one shard holding every node. For example:

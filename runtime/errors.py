@@ -80,6 +80,12 @@ class GroupClosed(DerechoError, RuntimeError):
     """The group was closed, or this node left it or was removed from it."""
 
 
+class Refused(DerechoError):
+    """A member refused this connection, or the TLS handshake with it failed: no or a wrong
+    certificate, one of another cluster's CA, another cluster's name. Retrying cannot help;
+    the message says what the other end objected to."""
+
+
 class LogError(DerechoError):
     """A persistent log cannot be used as asked: it is open in another process, closed (also
     after a failed fsync: reopen it to recover), or of a format this version does not read.
@@ -108,6 +114,17 @@ class NotPersistent(DerechoError):
     the class ``Persistent`` fields or ``@replicated(delivery="persistent")``."""
 
 
+class SessionExpired(DerechoError):
+    """A retried ordered call was refused because its caller's exactly-once session expired
+    (no call for the type's ``session_ttl``): the first attempt may or may not have been
+    applied, so the call was not run again. Read the state to find out, then call anew."""
+
+
+class SessionLimit(DerechoError):
+    """The replicas hold as many caller sessions as the type allows (``max_sessions``); this
+    call was not applied. Retry later, or raise ``max_sessions`` on the type."""
+
+
 class StateTransferError(DerechoError):
     """A joining replica could not receive its shard's state (the sending member failed, or
     the data was damaged); the node stops and can join again."""
@@ -131,11 +148,14 @@ __all__ = [
     "PayloadTooLarge",
     "NestedCallError",
     "GroupClosed",
+    "Refused",
     "LogError",
     "LogCorrupted",
     "LogSignatureError",
     "NotPersistedYet",
     "NotPersistent",
+    "SessionExpired",
+    "SessionLimit",
     "StateTransferError",
     "RestartError",
 ]

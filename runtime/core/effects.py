@@ -47,10 +47,13 @@ class Delivery:
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """Input the core refused (malformed, from a stranger, out of sequence). Log it; the
-    core's state is unchanged by it."""
+    core's state is unchanged by it. ``forged``: the frame claims to come from another member
+    than the one the driver says sent it (its rank or row is another's): the driver should
+    close that sender's connections, since an honest node never does this."""
 
     sender: int
     reason: str
+    forged: bool = False
 
 
 @dataclass(slots=True)

@@ -182,7 +182,8 @@ class NodeCore:
     def _on_group_push(self, sender: int, msg: GroupPush) -> None:
         assert self.view is not None and self.membership is not None
         if self.view.rank_of(sender) != msg.rank or msg.row.rank != msg.rank:
-            self._reject(sender, f"node {sender} sent a group row as rank {msg.rank!r} of view {self.view.vid}")
+            self._reject(sender, f"node {sender} sent a group row as rank {msg.rank!r} of view {self.view.vid}",
+                         forged=self.view.rank_of(sender) is not None)
             return
         problem = self.membership.on_push(msg.row, self.now)
         if problem:
@@ -195,7 +196,7 @@ class NodeCore:
             return
         rank = push.rank
         if not isinstance(rank, int) or not 0 <= rank < len(smc.members) or smc.members[rank] != sender:
-            self._reject(sender, f"node {sender} sent a push as rank {rank!r} of {push.shard!r}")
+            self._reject(sender, f"node {sender} sent a push as rank {rank!r} of {push.shard!r}", forged=sender in smc.members)
             return
         if self.membership is not None and self.membership.suspects(self.view.rank_of(sender)):  # type: ignore[union-attr,arg-type]
             return
@@ -222,7 +223,7 @@ class NodeCore:
             self._ready.outgoing.append(Outgoing((sender,), JoinReply(None, "this node is itself joining; try another contact")))
             return
         if type(req.node_id) is not int or req.node_id != sender or not isinstance(req.address, str):
-            self._reject(sender, f"malformed join request {req!r:.80}")
+            self._reject(sender, f"join request of node {sender} for node {req.node_id!r:.20}", forged=True)
             return
         if self.view.rank_of(req.node_id) is not None:
             self._ready.outgoing.append(
@@ -349,8 +350,8 @@ class NodeCore:
             self._ready.excluded = reason
             self._drain_group()
 
-    def _reject(self, sender: int, reason: str) -> None:
-        self._ready.rejected.append(Rejected(sender, reason))
+    def _reject(self, sender: int, reason: str, forged: bool = False) -> None:
+        self._ready.rejected.append(Rejected(sender, reason, forged))
 
     # ----------------------------------------------------------------- outputs
     def _drain_group(self) -> None:

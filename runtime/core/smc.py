@@ -291,7 +291,7 @@ class ShardMulticast:
                 return Rejected(sender, problem)
         if push.row is not None:
             if push.row.rank != rank:
-                return Rejected(sender, f"push from rank {rank} carries row {push.row.rank}")
+                return Rejected(sender, f"push from rank {rank} carries row {push.row.rank}", forged=True)
             try:
                 self.sst.apply_remote_row(push.row)
             except SSTError as exc:

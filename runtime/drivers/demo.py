@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import DerechoError
+from runtime.drivers.dial import client_credentials
 from runtime.drivers.status import StatusError, fetch_status, render_status
+from runtime.security.certs import ensure_cluster_certs
+
+CLIENT_NAME = "operator"  # the client certificate the cluster's status requests use
 
 
 class DemoError(DerechoError):
@@ -35,6 +39,9 @@ class LocalCluster:
         self.extra = extra or []
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._counted: dict[int, tuple[int, int]] = {}  # node -> (bytes read, lines seen)
+        # A throwaway CA in the work folder: TLS is on, as in production.
+        self.certs_dir = ensure_cluster_certs(workdir / "certs", (), clients=(CLIENT_NAME,), cluster=cluster)
+        self.credentials = client_credentials(self.certs_dir, CLIENT_NAME)
 
     def address(self, node_id: int) -> str:
         return f"127.0.0.1:{self.base_port + node_id}"
@@ -51,6 +58,7 @@ class LocalCluster:
             "--send", str(send), "--size", str(size),
             "--delivery-log", str(self.delivery_log(node_id)),
             "--wait-members", str(wait_members),
+            "--certs-dir", str(ensure_cluster_certs(self.certs_dir, [node_id], cluster=self.cluster)),
             *self.extra, *(extra or []),
         ]
         if contact is not None:
@@ -90,7 +98,7 @@ class LocalCluster:
         return text[: text.rfind("\n") + 1].splitlines()
 
     def status(self, node_id: int, timeout: float = 2.0) -> dict[str, Any]:
-        return fetch_status(self.address(node_id), self.cluster, timeout)
+        return fetch_status(self.address(node_id), self.cluster, timeout, credentials=self.credentials)
 
     def wait_for(self, predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
         deadline = time.monotonic() + timeout

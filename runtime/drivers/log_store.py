@@ -4,21 +4,24 @@ One file per log: a header, then records appended one after the other. Each reco
 version of the object's state (or a delta): its version number, a timestamp in nanoseconds
 and an opaque body. Versions strictly increase along the file and timestamps never decrease,
 so a version or a point in time is found by bisecting a small in-memory index (version,
-timestamp and file offset per record, never the bodies). A log may be signed: each record
-then carries an ed25519 signature chained to the previous record's, so that nobody without
+timestamp and file offset per record, never the bodies). A log may be signed by the node
+that writes it, with that node's own ed25519 key (the key of its TLS certificate): each record
+then carries a signature over a chain digest of the whole log up to it, so that nobody without
 the private key can change, drop or reorder records without ``verify`` noticing (except by
-cutting the tail off, which a torn write can also do).
+cutting the tail off, which a torn write can also do), and so that a peer holding the public
+key can check that its own log equals ours up to a version (:meth:`VersionedLog.verify_peer`).
 
-File format (format version 1). Every integer is little-endian, unsigned.
+File format (format version 2). Every integer is little-endian, unsigned.
 
 File header, 16 bytes, then the public key if the log is signed::
 
     offset size  field
     0      8     magic           b"DRCHLOG\\n"
-    8      2     format_version  1
+    8      2     format_version  2
     10     2     flags           bit 0: signed; every other bit must be 0
     12     4     header_crc      zlib.crc32 of bytes 0..11, then of the public key if signed
-    16     32    public_key      only if signed: the raw ed25519 public key
+    16     32    public_key      only if signed: the raw ed25519 public key of the node
+                                 that writes the log
 
 Records follow at once (at offset 16, or 48 when signed), each laid out as::
 
@@ -29,18 +32,41 @@ Records follow at once (at offset 16, or 48 when signed), each laid out as::
     4     crc32         zlib.crc32 of version (8 bytes) + timestamp_ns (8 bytes) + body
                         + signature (when signed), exactly as they are in the file
     length body
-    64    signature     only if signed: ed25519 signature (RFC 8032) of
-                        version (8 bytes) + timestamp_ns (8 bytes) + body
-                        + signature of the previous record (64 zero bytes before the first)
+    64    signature     only if signed: ed25519 signature (RFC 8032), by the header's key, of
+                        DOMAIN + chain (see below)
+
+Chain digest (signed logs only). Record i has the chain digest::
+
+    chain_i = SHA-256(chain_{i-1} || version (u64) || timestamp_ns (u64) || body)
+
+with chain_{-1} = 32 zero bytes, and its signature signs ``DOMAIN + chain_i`` where
+``DOMAIN = b"derecho-log-v2"``. The prefix keeps a log signature from being taken for
+anything else the node's key signs (TLS handshakes among them) and the other way round. The
+chain does not depend on the key: two logs with the same records, in the same order, have
+the same chain digest at every version, whoever signed them, and (short of a SHA-256
+collision) logs that differ anywhere up to a version have different digests there and at
+every later version. Chain digests are not stored: opening a signed log recomputes them as it
+reads every record and keeps them in memory (32 bytes a record). So a peer's signature at
+version v that verifies, with the peer's public key, over *our* chain digest at v proves that
+the holder of that key signed a log whose records up to v are exactly ours; which node that is
+depends on where the caller got the key (the peer's TLS certificate), which this module does
+not check.
+
+Older formats. Format 1 had the same layout but signed each record with one group-wide key
+over version + timestamp_ns + body + the previous record's signature. An unsigned format-1
+log is read as it is and its header is rewritten to format 2 on open (logged at INFO); a
+signed format-1 log is refused (LogError): check it with the older version, or move it aside
+so the node fetches its state from the group. Other formats are refused too.
 
 There is no end marker and no index on disk: the file ends after the last whole record.
 
 Recovery. Opening a log reads it through once, checking every record: its length fits in
 the file, its crc, its version is above the previous one's, its timestamp is not below it,
-and when signed its signature. The first record that fails ends the valid prefix: the file
-is truncated there and a WARNING is logged on the ``derecho.log`` logger. The reasons, as
-``Recovery.reason`` and :func:`verify` give them: ``torn``, ``bad length``, ``bad crc``,
-``bad signature``, ``version not increasing``, ``timestamp decreasing``.
+and when signed its signature over the recomputed chain digest. The first record that fails
+ends the valid prefix: the file is truncated there and a WARNING is logged on the
+``derecho.log`` logger. The reasons, as ``Recovery.reason`` and :func:`verify` give them:
+``torn``, ``bad length``, ``bad crc``, ``bad signature``, ``version not increasing``,
+``timestamp decreasing``.
 
 A record that runs past the end of the file is the tail of a write that a crash cut short
 (``torn``), as is a tail of zero bytes; it is dropped with the warning only. A record that
@@ -64,6 +90,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -75,6 +102,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cryptography.exceptions import InvalidSignature
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -83,7 +111,8 @@ from runtime.errors import LogCorrupted, LogError, LogSignatureError
 log = logging.getLogger("derecho.log")
 
 MAGIC = b"DRCHLOG\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+OLD_FORMAT_VERSION = 1  # same layout; signed with a group key over the previous signature
 FLAG_SIGNED = 0x0001
 KNOWN_FLAGS = FLAG_SIGNED
 
@@ -92,7 +121,9 @@ RECORD_HEADER = struct.Struct("<IQQI")
 VERSION_TIME = struct.Struct("<QQ")
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
-NO_SIGNATURE = bytes(SIGNATURE_SIZE)
+CHAIN_SIZE = 32  # SHA-256
+NO_CHAIN = bytes(CHAIN_SIZE)  # the chain digest before the first record
+DOMAIN = b"derecho-log-v2"  # prefixed to the chain digest a record's signature signs
 MAX_U32 = 0xFFFFFFFF
 MAX_U64 = 0xFFFFFFFFFFFFFFFF
 
@@ -107,6 +138,8 @@ BAD_TIME = "timestamp decreasing"
 BAD_HEADER = "bad header"
 WRONG_KEY = "wrong key"
 NOT_SIGNED = "not signed"
+OLD_SIGNED = "format 1 signed log (group key), check it with the older version"
+UNSUPPORTED = "unsupported format"
 
 _READ_CHUNK = 1 << 20  # bytes read at a time when scanning or streaming
 _RESYNC_LIMIT = 256 * 1024  # largest torn-looking tail searched for a later valid record
@@ -203,8 +236,9 @@ def generate_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
 
 
 def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    """Read an ed25519 private key: PEM (PKCS#8, unencrypted, as :func:`generate_key`
-    writes) or the 32 raw bytes of the seed. Raises LogSignatureError naming the path."""
+    """Read an ed25519 private key: PEM (PKCS#8, unencrypted, as :func:`generate_key` and
+    the node's TLS key file are written) or the 32 raw bytes of the seed. Raises
+    LogSignatureError naming the path."""
     target = Path(path)
     try:
         data = target.read_bytes()
@@ -231,8 +265,9 @@ def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
 
 
 def load_public_key(source: str | os.PathLike[str]) -> bytes:
-    """The raw public key named by ``source``: a file holding a PEM public or private key,
-    32 raw private-key bytes, or 64 hex digits of the public key; or those 64 hex digits
+    """The raw public key named by ``source``: a file holding a PEM X.509 certificate (a
+    node's TLS certificate, whose key signs its log), a PEM public or private key, 32 raw
+    private-key bytes, or 64 hex digits of the public key; or those 64 hex digits
     themselves. Raises LogSignatureError naming the source."""
     text = os.fspath(source)
     target = Path(text)
@@ -245,6 +280,16 @@ def load_public_key(source: str | os.PathLike[str]) -> bytes:
     stripped = data.strip()
     if re.fullmatch(rb"[0-9a-fA-F]{64}", stripped):
         return bytes.fromhex(stripped.decode())
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        try:
+            cert_key = x509.load_pem_x509_certificate(data).public_key()
+        except ValueError as exc:
+            raise LogSignatureError(f"{target} is not a PEM X.509 certificate: {exc}") from exc
+        if not isinstance(cert_key, Ed25519PublicKey):
+            raise LogSignatureError(
+                f"{target} is a certificate for a {type(cert_key).__name__}, not an ed25519 key"
+            )
+        return public_key_bytes(cert_key)
     if b"PUBLIC KEY" in data:
         try:
             public = serialization.load_pem_public_key(data)
@@ -309,6 +354,7 @@ class _Header:
     signed: bool
     public_key: bytes | None
     size: int  # where the first record starts
+    format: int  # FORMAT_VERSION or OLD_FORMAT_VERSION
 
 
 def _encode_header(public_key: bytes | None) -> bytes:
@@ -320,7 +366,9 @@ def _encode_header(public_key: bytes | None) -> bytes:
 
 
 def _decode_header(data: bytes, path: Path) -> _Header:
-    """Parse the file header from the first bytes of the file; LogCorrupted or LogError."""
+    """Parse the file header from the first bytes of the file; LogCorrupted when it is
+    damaged, LogError when this version cannot read it (see :func:`_refuse_old_signed` for
+    the one readable header it still refuses)."""
     if len(data) < FILE_HEADER.size:
         raise LogCorrupted(
             f"{path}: the file header is cut short ({len(data)} bytes); the file is not a "
@@ -337,14 +385,44 @@ def _decode_header(data: bytes, path: Path) -> _Header:
             f"{path}: the file header fails its crc; the file cannot be trusted: "
             "move it aside and recover the object from another replica"
         )
-    if fmt != FORMAT_VERSION:
+    if fmt not in (OLD_FORMAT_VERSION, FORMAT_VERSION):
         raise LogError(
-            f"{path}: log format version {fmt} is not supported (this is {FORMAT_VERSION}); "
-            "upgrade derecho-actors"
+            f"{path}: log format {fmt}, this version reads {OLD_FORMAT_VERSION} and {FORMAT_VERSION}"
         )
     if flags & ~KNOWN_FLAGS:
         raise LogError(f"{path}: unknown header flags {flags:#06x}; upgrade derecho-actors")
-    return _Header(signed, key, size)
+    return _Header(signed, key, size, fmt)
+
+
+def _refuse_old_signed(path: Path, header: _Header) -> None:
+    """A format-1 signed log chains group-key signatures, which this version cannot check:
+    opening it would drop every record as badly signed, so refuse it whole instead."""
+    if header.format == OLD_FORMAT_VERSION and header.signed:
+        raise LogError(
+            f"{path} was signed with a group key by an older version of derecho-actors (log "
+            f"format {OLD_FORMAT_VERSION}), which this version cannot check: verify it with the "
+            "older version, or move it aside so the node fetches the state from the group"
+        )
+
+
+def _upgrade_header(fd: int, path: Path, header: _Header) -> _Header:
+    """Rewrite an unsigned format-1 header as format 2 (the records are laid out the same),
+    so that the file states the format its new records follow. One 16-byte write."""
+    if header.format != OLD_FORMAT_VERSION or header.signed:
+        return header
+    _write_all(fd, _encode_header(None), 0)
+    os.fsync(fd)
+    log.info("log %s: upgraded from format %d to %d (unsigned, records unchanged)",
+             path, OLD_FORMAT_VERSION, FORMAT_VERSION)
+    return dataclasses.replace(header, format=FORMAT_VERSION)
+
+
+def _chain(prev: bytes | bytearray | memoryview, version_time: bytes, body: bytes | bytearray) -> bytes:
+    """The chain digest of a record: see the module docstring."""
+    digest = hashlib.sha256(prev)
+    digest.update(version_time)
+    digest.update(body)
+    return digest.digest()
 
 
 @dataclasses.dataclass
@@ -352,51 +430,57 @@ class _ScanResult:
     versions: array
     timestamps: array
     offsets: array
+    chains: bytearray | None  # signed logs: CHAIN_SIZE bytes per record, in order
     end: int  # where the valid prefix ends
-    last_signature: bytes
     bad: BadRecord | None
 
 
 def _check_record(
     window: _Window, offset: int, end: int, sig_size: int, last_version: int, last_time: int,
-    verifier: Ed25519PublicKey | None, prev_sig: bytes,
-) -> tuple[int, int, int, bytes, str | None]:
-    """Check the record at ``offset``: return (length, version, timestamp, signature, reason
-    it is bad or None). The version is -1 when the record header itself is cut short."""
+    verifier: Ed25519PublicKey | None, prev_chain: bytes | None,
+) -> tuple[int, int, int, bytes | None, str | None]:
+    """Check the record at ``offset``: return (length, version, timestamp, chain digest, reason
+    it is bad or None). The version is -1 when the record header itself is cut short; the
+    chain digest is computed (from ``prev_chain``) only for signed logs."""
     head = window.get(offset, RECORD_HEADER.size)
     if len(head) < RECORD_HEADER.size:
-        return 0, -1, 0, b"", TORN
+        return 0, -1, 0, None, TORN
     length, version, timestamp, crc = RECORD_HEADER.unpack(head)
     if offset + RECORD_HEADER.size + length + sig_size > end:
-        return length, version, timestamp, b"", TORN
+        return length, version, timestamp, None, TORN
     rest = window.get(offset + RECORD_HEADER.size, length + sig_size)
     if zlib.crc32(rest, zlib.crc32(head[4:20])) != crc:
-        return length, version, timestamp, b"", BAD_CRC
+        return length, version, timestamp, None, BAD_CRC
     if version <= last_version:
-        return length, version, timestamp, b"", BAD_ORDER
+        return length, version, timestamp, None, BAD_ORDER
     if timestamp < last_time:
-        return length, version, timestamp, b"", BAD_TIME
-    signature = rest[length:]
+        return length, version, timestamp, None, BAD_TIME
+    if prev_chain is None:
+        return length, version, timestamp, None, None
+    view = memoryview(rest)
+    chain = _chain(prev_chain, head[4:20], view[:length])
     if verifier is not None:
         try:
-            verifier.verify(signature, head[4:20] + rest[:length] + prev_sig)
+            verifier.verify(bytes(view[length:]), DOMAIN + chain)
         except InvalidSignature:
-            return length, version, timestamp, signature, BAD_SIGNATURE
-    return length, version, timestamp, signature, None
+            return length, version, timestamp, chain, BAD_SIGNATURE
+    return length, version, timestamp, chain, None
 
 
 def _scan(fd: int, header: _Header, end: int, verifier: Ed25519PublicKey | None) -> _ScanResult:
-    """Walk the records from the header to ``end``, indexing them, up to the first bad one."""
+    """Walk the records from the header to ``end``, indexing them (and, when signed,
+    recomputing their chain digests), up to the first bad one."""
     sig_size = SIGNATURE_SIZE if header.signed else 0
     versions, timestamps, offsets = array("Q"), array("Q"), array("Q")
+    chains = bytearray() if header.signed else None
     window = _Window(fd, end)
     offset = header.size
     last_version, last_time = -1, 0
-    prev_sig = NO_SIGNATURE
+    prev_chain = NO_CHAIN if header.signed else None
     bad: BadRecord | None = None
     while offset < end:
-        length, version, timestamp, signature, reason = _check_record(
-            window, offset, end, sig_size, last_version, last_time, verifier, prev_sig
+        length, version, timestamp, chain, reason = _check_record(
+            window, offset, end, sig_size, last_version, last_time, verifier, prev_chain
         )
         if reason is not None:
             if _zero_tail(fd, offset, end):
@@ -408,10 +492,12 @@ def _scan(fd: int, header: _Header, end: int, verifier: Ed25519PublicKey | None)
         versions.append(version)
         timestamps.append(timestamp)
         offsets.append(offset)
+        if chains is not None and chain is not None:
+            chains += chain
+            prev_chain = chain
         last_version, last_time = version, timestamp
-        prev_sig = signature or NO_SIGNATURE
         offset += RECORD_HEADER.size + length + sig_size
-    return _ScanResult(versions, timestamps, offsets, offset, prev_sig, bad)
+    return _ScanResult(versions, timestamps, offsets, chains, offset, bad)
 
 
 def _zero_tail(fd: int, offset: int, end: int) -> bool:
@@ -464,7 +550,7 @@ class VersionedLog:
         self._versions = scan.versions
         self._timestamps = scan.timestamps
         self._offsets = scan.offsets
-        self._last_sig = scan.last_signature
+        self._chains = scan.chains  # signed logs: CHAIN_SIZE bytes per record, in memory only
         self._written = scan.end  # bytes handed to the operating system
         self._buf = bytearray()  # encoded records after self._written
         self._durable_count = len(scan.versions)
@@ -482,8 +568,9 @@ class VersionedLog:
         existing signed log needs the key it was created with (LogSignatureError).
 
         Checking signatures costs about 0.1 ms a record (ten seconds for 100,000 records);
-        ``check_signatures=False`` checks only crcs on open, which catches a damaged disk
-        but not a deliberate edit (``verify`` still catches that)."""
+        ``check_signatures=False`` checks only crcs on open (the chain digests are still
+        recomputed), which catches a damaged disk but not a deliberate edit (``verify`` still
+        catches that). A format-1 log is upgraded or refused: see the module docstring."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         wanted_key = public_key_bytes(signing_key) if signing_key is not None else None
@@ -503,7 +590,9 @@ class VersionedLog:
                 _fsync_dir(target.parent)
                 size = os.fstat(fd).st_size
             header = _decode_header(_read_exact(fd, 0, FILE_HEADER.size + PUBLIC_KEY_SIZE), target)
+            _refuse_old_signed(target, header)
             _check_key(target, header, wanted_key)
+            header = _upgrade_header(fd, target, header)
             verifier = None
             if header.public_key is not None and check_signatures:
                 verifier = Ed25519PublicKey.from_public_bytes(header.public_key)
@@ -532,10 +621,12 @@ class VersionedLog:
         new_versions: list[int] = []
         new_timestamps: list[int] = []
         new_offsets: list[int] = []
+        new_chains = bytearray()
         last_version = self._versions[-1] if self._versions else -1
         last_time = self._timestamps[-1] if self._timestamps else 0
         offset = self._written + mark
-        prev_sig = self._last_sig
+        chains = self._chains
+        prev_chain = bytes(chains[-CHAIN_SIZE:]) if chains else NO_CHAIN
         try:
             for version, timestamp, body in records:
                 if not isinstance(version, int) or version <= last_version or version > MAX_U64:
@@ -558,10 +649,12 @@ class VersionedLog:
                 vt = pack_vt(version, timestamp)
                 crc = crc32(body, crc32(vt))
                 if key is not None:
-                    prev_sig = key.sign(vt + body + prev_sig)
-                    buf += pack_head(length, version, timestamp, crc32(prev_sig, crc))
+                    prev_chain = _chain(prev_chain, vt, body)
+                    signature = key.sign(DOMAIN + prev_chain)
+                    buf += pack_head(length, version, timestamp, crc32(signature, crc))
                     buf += body
-                    buf += prev_sig
+                    buf += signature
+                    new_chains += prev_chain
                 else:
                     buf += pack_head(length, version, timestamp, crc)
                     buf += body
@@ -577,7 +670,8 @@ class VersionedLog:
         self._versions.extend(new_versions)
         self._timestamps.extend(new_timestamps)
         self._offsets.extend(new_offsets)
-        self._last_sig = prev_sig
+        if chains is not None:
+            chains += new_chains
         if len(buf) >= _SPILL_SIZE:
             self._write_out(fd)  # bound the memory; durable only at the next flush
 
@@ -609,14 +703,10 @@ class VersionedLog:
         del self._versions[keep:]
         del self._timestamps[keep:]
         del self._offsets[keep:]
+        if self._chains is not None:
+            del self._chains[keep * CHAIN_SIZE :]
         self._written = cut
         self._generation += 1
-        if keep and self._sig_size:
-            off = self._offsets[keep - 1]
-            length = RECORD_HEADER.unpack(_read_exact(fd, off, RECORD_HEADER.size))[0]
-            self._last_sig = _read_exact(fd, off + RECORD_HEADER.size + length, SIGNATURE_SIZE)
-        else:
-            self._last_sig = NO_SIGNATURE
         self._durable_count = keep  # everything left was just written (and fsynced)
 
     def close(self) -> None:
@@ -672,16 +762,43 @@ class VersionedLog:
         return self._record(i)[2]
 
     def signature(self, version: int) -> bytes:
-        """The signature of exactly ``version`` (signed logs); KeyError if absent. Replicas
-        sharing a key hold equal signatures exactly when their logs are equal up to there."""
-        if not self.signed:
-            raise LogError(f"{self.path} is not signed")
-        i = bisect.bisect_left(self._versions, version)
-        if i == len(self._versions) or self._versions[i] != version:
-            raise KeyError(version)
+        """Our signature of exactly ``version`` (signed logs; LogError otherwise); KeyError if
+        absent. This is what a peer checks against its own log with :meth:`verify_peer` and
+        our public key; with per-node keys, replicas' signatures differ even when their logs
+        are equal, so compare them that way, not by equality."""
+        i = self._signed_index(version)
         _, _, body = self._record(i)  # checks the crc
         start = self._offsets[i] + RECORD_HEADER.size + len(body)
         return bytes(self._read_range(start, SIGNATURE_SIZE))
+
+    def chain_digest(self, version: int) -> bytes:
+        """The chain digest of exactly ``version`` (signed logs; LogError otherwise); KeyError
+        if absent. Equal on every replica whose log equals ours up to ``version``."""
+        i = self._signed_index(version)
+        assert self._chains is not None
+        return bytes(self._chains[i * CHAIN_SIZE : (i + 1) * CHAIN_SIZE])
+
+    def verify_peer(self, version: int, signature: bytes, public_key: bytes) -> bool:
+        """Whether ``signature`` is a valid signature, by ``public_key`` (32 raw bytes), of
+        our own chain digest at ``version``: i.e. whether the holder of that key signed a log
+        whose records up to ``version`` are exactly ours (see the module docstring). False
+        for a bad signature, a version we do not hold (unflushed ones count as held), or a
+        malformed key or signature: these come from peers, so they never raise. The caller
+        must know the key is the peer's (from its TLS certificate). LogError only when this
+        log is not signed."""
+        if not self.signed:
+            raise LogError(f"{self.path} is not signed; it cannot check a peer's signature")
+        try:
+            i = self._signed_index(version)
+            peer = Ed25519PublicKey.from_public_bytes(bytes(public_key))
+            if len(signature) != SIGNATURE_SIZE:
+                return False
+            assert self._chains is not None
+            chain = bytes(self._chains[i * CHAIN_SIZE : (i + 1) * CHAIN_SIZE])
+            peer.verify(bytes(signature), DOMAIN + chain)
+        except (KeyError, InvalidSignature, ValueError, TypeError):
+            return False
+        return True
 
     def latest_at_or_before_version(self, version: int) -> tuple[int, int, bytes] | None:
         """The record with the highest version <= ``version``, or None."""
@@ -716,6 +833,18 @@ class VersionedLog:
             i += 1
 
     # -- internals -----------------------------------------------------------------------
+
+    def _signed_index(self, version: int) -> int:
+        """The index of exactly ``version`` in a signed log; LogError if the log is not
+        signed, KeyError if the version is absent (or not an int)."""
+        if not self.signed:
+            raise LogError(f"{self.path} is not signed")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise KeyError(version)
+        i = bisect.bisect_left(self._versions, version)
+        if i == len(self._versions) or self._versions[i] != version:
+            raise KeyError(version)
+        return i
 
     def _require_open(self) -> int:
         if self._fd is None:
@@ -848,9 +977,11 @@ def _copy_aside(fd: int, path: Path, start: int, end: int) -> Path:
 
 def verify(path: str | os.PathLike[str], public_key: bytes | None = None) -> VerifyReport:
     """Check a log without changing it: the header, then every record's length, crc, version
-    order and (when signed) signature. With ``public_key`` the log must be signed by that
-    key; without, a signed log is checked against the key in its own header (which proves
-    the records are intact and in order, not who wrote them)."""
+    order and (when signed) signature over the recomputed chain digest. With ``public_key``
+    the log must be signed by that key; without, a signed log is checked against the key in
+    its own header (which proves the records are intact and in order, not who wrote them).
+    An unsigned format-1 log is checked as it is (not upgraded); a signed one is reported
+    bad (``OLD_SIGNED``), since its group-key signatures cannot be checked here."""
     target = Path(path)
     try:
         fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -861,8 +992,12 @@ def verify(path: str | os.PathLike[str], public_key: bytes | None = None) -> Ver
         size = os.fstat(fd).st_size
         try:
             header = _decode_header(_read_exact(fd, 0, FILE_HEADER.size + PUBLIC_KEY_SIZE), target)
-        except LogError:
+        except LogCorrupted:
             return VerifyReport(target, False, 0, False, BadRecord(None, 0, None, BAD_HEADER))
+        except LogError:
+            return VerifyReport(target, False, 0, False, BadRecord(None, 0, None, UNSUPPORTED))
+        if header.format == OLD_FORMAT_VERSION and header.signed:
+            return VerifyReport(target, False, 0, True, BadRecord(None, 0, None, OLD_SIGNED))
         if public_key is not None:
             if not header.signed:
                 return VerifyReport(target, False, 0, False, BadRecord(None, 0, None, NOT_SIGNED))

@@ -17,6 +17,7 @@ import os
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
 from runtime.errors import ConfigError
@@ -28,9 +29,13 @@ from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush, 
 from runtime.core.node_core import NodeCore
 from runtime.core.view import View
 from runtime.drivers.restart import RestartCoordinator, SavedState
-from runtime.drivers.tcp import TcpTransport
+from runtime.drivers.tcp import TcpTransport, TransportSecurity
+from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials
+from runtime.wire.claims import claimed_sender
 from runtime.wire.codec import frame
 from runtime.wire.control import (
+    Goodbye,
+    Welcome,
     Call, GroupRunning, Reply, ReplyBatch, RestartDecision, RestartHello, SignedMark, StateAck, StateChunk, StateRequest,
     StatusReply,
     StatusRequest,
@@ -44,6 +49,42 @@ DIRECT_MESSAGES = (Call, Reply, ReplyBatch, SignedMark, StateRequest, StateChunk
 
 
 T = TypeVar("T")
+
+INSECURE_WARNING = (
+    "INSECURE MODE: security.insecure = true, so connections are neither authenticated nor "
+    "encrypted: anyone who can reach %s can join this group, read its traffic, forge members' "
+    "frames and run calls. Use it only on a network you fully control; make certificates with "
+    "`derecho-actors certs` and set security.certs_dir instead."
+)
+
+
+def node_security(config: NodeConfig) -> tuple[TransportSecurity, LoadedCredentials | None]:
+    """The transport's TLS contexts and limits for this node's config, and its loaded
+    credentials (None in insecure mode). Raises ConfigError when no certificates are
+    configured and insecure mode was not asked for explicitly, or when they are unusable."""
+    sec = config.security
+    limits = dict(
+        allowed_members=frozenset(sec.allowed_members),
+        handshake_timeout=sec.handshake_timeout_ms / 1000,
+        max_unauthenticated=sec.max_unauthenticated,
+        receive_budget=sec.receive_budget_bytes,
+        client_idle_timeout=sec.client_idle_timeout_ms / 1000,
+        client_max_frame=config.multicast.max_message_size + (64 << 10),
+    )
+    if sec.insecure:
+        log.warning(INSECURE_WARNING, config.node.listen)
+        return TransportSecurity(**limits), None  # type: ignore[arg-type]
+    if not sec.tls_configured:
+        raise ConfigError(
+            "security: no certificates configured. Make them with `derecho-actors certs create-ca` and "
+            "`derecho-actors certs create-node ID` and set security.certs_dir, or run without authentication "
+            "with security.insecure = true (--insecure): anyone who can reach the port can then join"
+        )
+    ca, cert, key = sec.tls_paths(config.node.id)
+    loaded = load_credentials(TlsCredentials(Path(ca), Path(cert), Path(key)), "node", node_id=config.node.id)
+    return TransportSecurity(
+        server_context=loaded.server_context(), client_context=loaded.client_context(), **limits,  # type: ignore[arg-type]
+    ), loaded
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -85,9 +126,13 @@ class AppHooks:
 
 
 class NodeDriver:
-    def __init__(self, config: NodeConfig, hooks: AppHooks | None = None, saved: SavedState | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, hooks: AppHooks | None = None, saved: SavedState | None = None,
+        security: tuple[TransportSecurity, LoadedCredentials | None] | None = None,
+    ) -> None:
         """``saved``: the last view and logs found in the data directory; the node then
-        restarts (see ``runtime.drivers.restart``) instead of founding or joining."""
+        restarts (see ``runtime.drivers.restart``) instead of founding or joining.
+        ``security``: what :func:`node_security` returns for ``config``, if already loaded."""
         self.config = config
         self.saved = saved
         self._restart: RestartCoordinator | None = None
@@ -105,6 +150,9 @@ class NodeDriver:
         self._started = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_error: BaseException | None = None
+        # TLS contexts and limits, and this node's certificate (None: insecure mode). Loaded
+        # here, not in run(), so a bad certificate fails the constructor with its path.
+        self.security, self.credentials = security if security is not None else node_security(config)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> str:
@@ -120,6 +168,10 @@ class NodeDriver:
             self._on_peer_lost,
             self._on_client,
             max_frame=cfg.multicast.max_frame_bytes,
+            security=self.security,
+            client_welcome=frame(Welcome(
+                cfg.multicast.max_message_size, self.security.client_max_frame, cfg.security.client_idle_timeout_ms,
+            )),
         )
         await self.transport.start()
         now = self.loop.time()
@@ -174,7 +226,8 @@ class NodeDriver:
 
     def _on_restart_message(self, sender: int, msg: Any) -> None:
         if isinstance(msg, RestartHello):
-            self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
+            if not self._is_member(sender):
+                self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
             if self._restart is not None:
                 self._restart.on_hello(msg)
                 self._restart_tick()
@@ -242,6 +295,17 @@ class NodeDriver:
     @property
     def error(self) -> BaseException | None:
         return self._start_error
+
+    def peer_public_key(self, node: int) -> bytes | None:
+        """The public key of ``node``'s certificate, as its connection to us proved it (None
+        without TLS or before it connected). Loop thread."""
+        transport = self.transport
+        if transport is None:
+            return None
+        for conn in transport.incoming.get(node, ()):
+            if conn.identity is not None:
+                return conn.identity.public_key
+        return None
 
     def _on_loop_thread(self) -> bool:
         try:
@@ -338,11 +402,28 @@ class NodeDriver:
             self._schedule_flush()
 
     # ------------------------------------------------------------- net inputs
+    def _forged(self, sender: int, msg: Any) -> bool:
+        """Whether ``msg`` names another node than ``sender`` (the connection's proven
+        speaker) as its sender; if so, ``sender``'s connections are closed."""
+        claimed = claimed_sender(msg)
+        if claimed is None or claimed == sender:
+            return False
+        self.transport.disconnect(  # type: ignore[union-attr]
+            sender, f"it sent a {type(msg).__name__} in the name of node {claimed}"
+        )
+        return True
+
+    def _is_member(self, node: int) -> bool:
+        view = self.core.view if self.core is not None else None
+        return view is not None and view.rank_of(node) is not None
+
     def _on_frames(self, sender: int, frames: list[Any]) -> None:
         core = self.core
         if core is None:
             for msg in frames:
                 if isinstance(msg, RESTART_MESSAGES):
+                    if self._forged(sender, msg):
+                        return
                     self._on_restart_message(sender, msg)
             return
         now = self.loop.time()  # type: ignore[union-attr]
@@ -351,11 +432,15 @@ class NodeDriver:
             if type(msg) is ShardPush:  # the data plane: nearly every frame
                 step(MessageArrived(now, sender, msg))
                 continue
+            if type(msg) is not GroupPush and self._forged(sender, msg):
+                break  # the rest of what it sent is not to be trusted either
             if isinstance(msg, RESTART_MESSAGES):
                 self._on_restart_message(sender, msg)
                 continue
             if isinstance(msg, CORE_MESSAGES):
-                if isinstance(msg, JoinRequest) and isinstance(msg.address, str):
+                if isinstance(msg, JoinRequest) and isinstance(msg.address, str) and not self._is_member(sender):
+                    # A member's address is the one its view says; only a node outside the
+                    # view can tell where it listens (and must then prove its id there).
                     self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
                 step(MessageArrived(now, sender, msg))
             elif isinstance(msg, DIRECT_MESSAGES) and self.hooks.on_direct is not None:
@@ -373,11 +458,20 @@ class NodeDriver:
     def _on_client(self, handle: Any, msg: Any) -> None:
         if isinstance(msg, StatusRequest):
             self.transport.reply(handle, frame(StatusReply(self.status())))  # type: ignore[union-attr]
-        elif isinstance(msg, Call) and self.hooks.on_client is not None:
+        elif isinstance(msg, Call):
+            if self.hooks.on_client is None:
+                self.transport.reply(handle, frame(Goodbye(  # type: ignore[union-attr]
+                    "this node hosts no replicated types; it answers status requests only")))
+                handle.close()
+                return
             self.hooks.on_client(handle, msg)
             self._schedule_flush()
         else:
-            log.warning("client sent %s; only status requests are served", type(msg).__name__)
+            # A client may ask for status and make calls; anything else (a push, a join, a
+            # reply) is a member's frame, which no client connection may carry.
+            self.transport.warn("client-frame", handle.address, "closing %s: it sent a %s, which clients may not send",  # type: ignore[union-attr]
+                                handle._where(), type(msg).__name__)
+            handle.close()
 
     # ---------------------------------------------------------------- effects
     def _schedule_flush(self) -> None:
@@ -420,7 +514,10 @@ class NodeDriver:
             for sid, version in ready.persisted:
                 self.hooks.on_persisted(sid, version)  # type: ignore[arg-type]
         for r in ready.rejected:
-            log.warning("rejected input from node %s: %s", r.sender, r.reason)
+            if r.forged:
+                transport.disconnect(r.sender, r.reason)
+            else:
+                log.warning("rejected input from node %s: %s", r.sender, r.reason)
         for sid, payloads in ready.orphaned:
             log.info("%d trimmed messages of shard %s return to the app queue", len(payloads), sid)
             q = self._app_queue.setdefault(sid, [])

@@ -366,6 +366,16 @@ def run_once(a: argparse.Namespace, run: int) -> list[Member]:
     expect = senders * a.messages
     procs: dict[int, subprocess.Popen[bytes]] = {}
     settings = {**BASE_SETTINGS, "layout.default.min_nodes": str(n), **dict(s.split("=", 1) for s in a.set)}
+    credentials = None
+    if a.insecure:
+        settings["security.insecure"] = "true"
+    else:  # TLS, as in production: a throwaway CA in the work folder
+        from runtime.drivers.dial import client_credentials
+        from runtime.security.certs import ensure_cluster_certs
+
+        certs = ensure_cluster_certs(workdir / "certs", range(1, n + 1), clients=("operator",), cluster=cluster)
+        settings["security.certs_dir"] = str(certs)
+        credentials = client_credentials(certs, "operator")
     env = {**os.environ}
     if a.uvloop:
         env["DERECHO_UVLOOP"] = "1"
@@ -400,7 +410,7 @@ def run_once(a: argparse.Namespace, run: int) -> list[Member]:
         from runtime.drivers.status import fetch_status
 
         start(1)
-        _wait(lambda: "vid" in fetch_status(addr[1], cluster, 1.0), 30, procs, workdir)
+        _wait(lambda: "vid" in fetch_status(addr[1], cluster, 1.0, credentials), 30, procs, workdir)
         spy = None
         if a.spy:
             Path(a.spy).mkdir(parents=True, exist_ok=True)
@@ -665,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spy", default="", metavar="DIR", help="sample node 1 with py-spy (if installed) into DIR")
     p.add_argument("--uvloop", action="store_true", help="run the nodes on uvloop (DERECHO_UVLOOP=1), if installed")
     p.add_argument("--limit", type=float, default=300.0, help="seconds before a run is abandoned")
+    p.add_argument("--insecure", action="store_true", help="nodes without TLS (to measure what TLS costs)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (node logs)")
     return parent_main(p.parse_args(argv))
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from typing import Any
 
-from runtime.errors import DerechoError
+from runtime.drivers.dial import dial
 from runtime.drivers.tcp import split_address
+from runtime.errors import DerechoError, Refused
+from runtime.security.tls import LoadedCredentials
 from runtime.wire.codec import FrameDecoder, frames
 from runtime.wire.control import Goodbye, Hello, StatusReply, StatusRequest
 
@@ -17,12 +20,16 @@ class StatusError(DerechoError):
     node runs."""
 
 
-def fetch_status(contact: str, cluster: str = "derecho", timeout: float = 3.0) -> dict[str, Any]:
+def fetch_status(
+    contact: str, cluster: str = "derecho", timeout: float = 3.0, credentials: LoadedCredentials | None = None,
+) -> dict[str, Any]:
+    """Ask the member at ``contact`` for its status. ``credentials``: a client (or node)
+    certificate of the cluster; None only for a group running in insecure mode."""
     host, port = split_address(contact)
     deadline = time.monotonic() + timeout
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(frames([Hello(0, cluster, "client"), StatusRequest()]))
+        with dial(host, port, timeout, credentials) as sock:
+            sock.sendall(frames([Hello(0, cluster, "client", time.time_ns()), StatusRequest()]))
             decoder = FrameDecoder()
             while time.monotonic() < deadline:
                 sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -34,6 +41,10 @@ def fetch_status(contact: str, cluster: str = "derecho", timeout: float = 3.0) -
                         return item.status
                     if isinstance(item, Goodbye):
                         raise StatusError(f"{contact} refused: {item.reason}")
+    except Refused as exc:
+        raise StatusError(str(exc)) from None
+    except ssl.SSLError as exc:
+        raise StatusError(f"{contact} refused this certificate: {exc.reason or exc}") from None
     except OSError as exc:
         raise StatusError(f"cannot reach {contact}: {exc.strerror or exc}") from None
     raise StatusError(f"{contact} did not answer within {timeout} s")

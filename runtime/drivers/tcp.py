@@ -1,11 +1,31 @@
-"""TCP transport on asyncio: one outgoing connection per peer for what this node sends, the
-peer's own connection for what it receives, so each direction is one FIFO byte stream.
+"""TCP transport on asyncio, with mutual TLS: one outgoing connection per peer for what this
+node sends, the peer's own connection for what it receives, so each direction is one FIFO byte
+stream.
 
-Every connection opens with a ``Hello`` naming the speaker; a member's frames are handed to
-the node driver under that id, a client's (``status``) are answered on the same connection.
+Who is on the other end. With TLS (the default), every connection starts with a TLS 1.3
+handshake in which both sides present a certificate of the cluster's CA: a node certificate
+names exactly one node id, a client certificate one client name (``runtime.security``). The
+dialler then sends a ``Hello``; a member's Hello must name the node id its certificate proves
+(and one on ``allowed_members``, if set), a client's must come with a client (or node)
+certificate. From then on every frame on that connection is handed to the node driver under
+the proven id: a frame cannot claim another sender, and the driver closes a connection whose
+frames try (``disconnect``). Outgoing connections check the other way: the process at a
+member's address must prove that member's id, so a wrong address (from a confused or lying
+peer) leads nowhere. Without TLS (``security.insecure``) the Hello's word is all there is.
+
+Limits against anyone who can connect: the handshake and Hello must finish within
+``handshake_timeout``; at most ``max_unauthenticated`` connections may be in that phase (more
+are dropped at once); a frame before the Hello may be 64 KiB, a client's frame
+``client_max_frame``; bytes held for partly received frames, over all connections, stay under
+``receive_budget`` (a client or unauthenticated connection that would pass it is closed, a
+member's is paused until the others drain); a client connection silent for
+``client_idle_timeout`` is closed with a Goodbye saying so. A refused party gets one Goodbye
+line naming its own problem, never this cluster's name, members or leader. Warnings about
+peers are rate-limited (``runtime.drivers.ratelimit``).
+
 Frames are length-prefixed msgpack (``runtime.wire.codec``); a malformed frame is logged and
-dropped, a stream that cannot be re-synchronised (absurd length prefix) or a speaker that
-never says hello is closed. Nothing a peer sends can raise out of this module.
+dropped, a stream that cannot be re-synchronised (absurd length prefix) is closed. Nothing a
+peer sends can raise out of this module.
 
 Back-pressure: the protocol's windows bound what is in flight, so the kernel buffers and the
 small per-peer queue stay bounded; a peer that stops reading past ``max_backlog`` bytes is
@@ -15,20 +35,26 @@ cut off and reported lost (the core then suspects it), never buffered without li
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.errors import ConfigError
+from runtime.drivers.ratelimit import RateLimitedLog
 from runtime.drivers.transport import ClientHandler, FramesHandler, PeerLostHandler
-from runtime.wire.codec import FrameDecoder, frame
-from runtime.wire.control import Goodbye, Hello
+from runtime.errors import ConfigError
+from runtime.security.identity import Identity, IdentityError
+from runtime.security.tls import peer_identity
+from runtime.errors import WireError
+from runtime.wire.codec import FrameDecoder, decode, frame
+from runtime.wire.control import Goodbye, Hello, Ping, Pong
 
 log = logging.getLogger("derecho.tcp")
 
-HELLO_TIMEOUT = 5.0
+HELLO_MAX_FRAME = 64 << 10  # what an unauthenticated speaker may send in one frame
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -36,6 +62,32 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ConfigError(f'address "{address}" is not "host:port"')
     return host.strip("[]"), int(port)
+
+
+def client_origin(identity: str, session: int) -> int:
+    """The exactly-once origin of a client session: derived from the client's authenticated
+    identity and the session number it chose, so no client can act under (or poison) another
+    client's origin. Never 0 (0 marks a member's own calls)."""
+    digest = hashlib.blake2b(f"{identity}\0{session}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") & ((1 << 62) - 1)) | 1
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSecurity:
+    """TLS contexts (both None: insecure mode) and the limits on what a connection may cost."""
+
+    server_context: ssl.SSLContext | None = None
+    client_context: ssl.SSLContext | None = None
+    allowed_members: frozenset[int] = frozenset()
+    handshake_timeout: float = 5.0
+    max_unauthenticated: int = 64
+    receive_budget: int = 256 << 20
+    client_idle_timeout: float = 300.0
+    client_max_frame: int = (1 << 20) + (64 << 10)
+
+    @property
+    def tls(self) -> bool:
+        return self.server_context is not None
 
 
 @dataclass(slots=True)
@@ -56,102 +108,318 @@ class _Connection(asyncio.Protocol):
         self.peer = peer  # set for outgoing connections to members
         self.contact = contact  # set for outgoing connections to a contact address
         self.transport: asyncio.Transport | None = None
-        self.decoder = FrameDecoder(tcp.max_frame)
-        self.speaker: int | None = None  # node id from the Hello (incoming connections)
+        self.decoder = FrameDecoder(tcp.max_frame)  # lowered for clients once they say hello
+        self.speaker: int | None = None  # node id (member) or session number (client) from the Hello
         self.role: str | None = None
+        self.identity: Identity | None = None  # proven by the TLS handshake
+        self.origin = 0  # a client's exactly-once origin (derived from identity and session)
+        self.address = "?"
         self.closed = False
         self.stale = False  # replaced by a newer process of the same node: close quietly
         self.doomed = False  # its node left the view: this connection belongs to the past
         self.incarnation: int | None = None
+        self.upgrading = False
+        self._early: list[bytes] = []
+        self._early_bytes = 0
+        self._pre = bytearray()  # the first frame, while it arrives
+        self.paused = False
+        self.held = 0  # bytes of partly received frames counted in the transport's budget
+        self.last_heard = 0.0
         self._hello_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def outgoing(self) -> bool:
+        return self.peer is not None or self.contact is not None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.speaker is not None or self.outgoing
 
     # ------------------------------------------------------------ asyncio side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.tcp.all_connections.add(self)
+        tcp = self.tcp
+        peername = transport.get_extra_info("peername")
+        self.address = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        tcp.all_connections.add(self)
+        self.last_heard = time.monotonic()
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        if self.peer is not None or self.contact is not None:
-            self.transport.write(frame(Hello(self.tcp.node_id, self.tcp.cluster, "member", self.tcp.incarnation)))
+        if self.outgoing:
+            if tcp.security.tls and not self._check_server():
+                return
+            self.transport.write(frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation)))
+            return
+        if tcp.unauthenticated >= tcp.security.max_unauthenticated:
+            tcp.warn("busy", self.address, "dropping a connection from %s: %d connections are already in their handshake",
+                     self.address, tcp.unauthenticated)
+            self.closed = True
+            transport.abort()  # type: ignore[attr-defined]
+            tcp.all_connections.discard(self)
+            return
+        tcp.unauthenticated += 1
+        loop = asyncio.get_running_loop()
+        self._hello_timer = loop.call_later(tcp.security.handshake_timeout, self._no_hello)
+        if tcp.security.tls:
+            self.upgrading = True
+            transport.pause_reading()  # type: ignore[attr-defined]  # no raw bytes before start_tls takes over
+            tcp._spawn(self._upgrade())
+
+    async def _upgrade(self) -> None:
+        """The TLS handshake on an accepted connection (the count of unauthenticated
+        connections was checked before it, so a flood of handshakes cannot pile up)."""
+        tcp = self.tcp
+        loop = asyncio.get_running_loop()
+        raw = self.transport
+        try:
+            tls = await loop.start_tls(
+                raw, self, tcp.security.server_context, server_side=True,  # type: ignore[arg-type]
+                ssl_handshake_timeout=tcp.security.handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            tcp.warn("handshake", self.address, "TLS handshake with %s failed: %s", self.address, _reason(exc))
+            self._teardown()
+            return
+        except asyncio.CancelledError:
+            self._teardown()
+            raise
+        if tls is None or self.closed:
+            self._teardown()
+            return
+        self.transport = tls  # type: ignore[assignment]
+        self.upgrading = False
+        try:
+            self.identity = peer_identity(tls.get_extra_info("ssl_object"))
+        except IdentityError as exc:
+            tcp.warn("identity", self.address, "refusing %s: %s", self.address, exc)
+            self._refuse(f"refused: {exc}")
+            return
+        early, self._early, self._early_bytes = self._early, [], 0
+        for data in early:
+            if self.closed:
+                break
+            self.data_received(data)
+
+    def _check_server(self) -> bool:
+        """Outgoing over TLS: the other end must be a node, and the one we meant to reach."""
+        tcp = self.tcp
+        try:
+            identity = peer_identity(self.transport.get_extra_info("ssl_object"))  # type: ignore[union-attr]
+        except IdentityError as exc:
+            problem = str(exc)
         else:
-            loop = asyncio.get_running_loop()
-            self._hello_timer = loop.call_later(HELLO_TIMEOUT, self._no_hello)
+            self.identity = identity
+            if identity.role != "node":
+                problem = f"it presented {identity.describe()}'s certificate, not a node's"
+            elif self.peer is not None and identity.node_id != self.peer.node_id:
+                problem = f"it presented the certificate of {identity.describe()}"
+            else:
+                return True
+        target = f"node {self.peer.node_id} at {self.address}" if self.peer is not None else f"contact {self.contact}"
+        tcp.warn("server", self.address, "not talking to %s: %s", target, problem)
+        tcp.refusals.append(f"{target}: {problem}")
+        self.close()
+        return False
 
     def _no_hello(self) -> None:
         if self.speaker is None and not self.closed:
-            log.warning("closing a connection that never said hello (%s)", self._where())
+            self.tcp.warn("hello", self.address, "closing a connection from %s: no %shello within %.1f s", self.address,
+                          "TLS handshake and " if self.tcp.security.tls else "", self.tcp.security.handshake_timeout)
             self.close()
+            self._teardown()
 
     def data_received(self, data: bytes) -> None:
+        if self.upgrading:
+            # Decrypted bytes can arrive before start_tls() returns the TLS transport and we
+            # know the peer's identity (a member starts sending right after its hello): keep
+            # them until then. Only a peer whose certificate the handshake accepted gets here,
+            # and it may buffer no more than one frame's worth.
+            self._early.append(data)
+            self._early_bytes += len(data)
+            if self._early_bytes > self.tcp.max_frame:
+                self.close()
+            return
+        tcp = self.tcp
+        self.last_heard = time.monotonic()
+        if self.speaker is None and not self.outgoing:
+            data = self._take_hello(data)
+            if not data:
+                return
         try:
             items = self.decoder.feed(data)
         except Exception:  # the decoder must never raise; if it does, drop the stream
             log.exception("frame decoder failed on data from %s", self._where())
             self.close()
             return
+        self._account()
         good = []
         for item in items:
             if isinstance(item, Exception):
-                self.tcp.bad_frames += 1
-                log.warning("dropped a bad frame from %s: %s", self._where(), item)
-                continue
-            if self.speaker is None and self.peer is None and self.contact is None:
-                if not self._hello(item):
-                    return
+                tcp.bad_frames += 1
+                tcp.warn("bad-frame", self.address, "dropped a bad frame from %s: %s", self._where(), item)
                 continue
             good.append(item)
         if self.decoder.broken:
-            log.warning("closing the stream from %s: it cannot be re-synchronised", self._where())
+            tcp.warn("stream", self.address, "closing the stream from %s: it cannot be re-synchronised", self._where())
             self.close()
         if good and not self.closed:
-            if self.peer is not None or self.contact is not None:
+            if self.outgoing:
                 # Peers answer on their own connections; here come only their Hello (which
                 # process we reached) and a Goodbye if they refuse us.
                 for item in good:
                     if isinstance(item, Goodbye):
                         log.error("%s refused us: %s", self._where(), item.reason)
-                        self.tcp.refusals.append(item.reason)
+                        tcp.refusals.append(item.reason)
                     elif isinstance(item, Hello) and self.incarnation is None and item.role == "member":
                         self.incarnation = item.incarnation
                         if self.peer is not None and item.node_id == self.peer.node_id:
-                            self.tcp._met(item.node_id, item.incarnation)
+                            tcp._met(item.node_id, item.incarnation)
                 return
             if self.role == "client":
                 for item in good:
-                    self.tcp.on_client(self, item)
+                    if self.closed:
+                        break
+                    if type(item) is Ping:
+                        self.send(frame(Pong(item.nonce)))
+                    else:
+                        tcp.on_client(self, item)
             else:
-                self.tcp.on_frames(self.speaker, good)  # type: ignore[arg-type]
+                tcp.on_frames(self.speaker, good)  # type: ignore[arg-type]
+
+    def _take_hello(self, data: bytes) -> bytes:
+        """Before the hello: gather the first frame alone (at most ``HELLO_MAX_FRAME`` bytes,
+        whoever is speaking), act on it, and return what followed it (or b"")."""
+        pre = self._pre
+        pre += data
+        if len(pre) < 4:
+            return b""
+        size = int.from_bytes(pre[:4], "big")
+        if not 0 < size <= HELLO_MAX_FRAME:
+            self.tcp.warn("hello", self.address, "closing a connection from %s: its first frame is not a hello", self.address)
+            self._refuse("refused: the first frame must be a hello")
+            return b""
+        if len(pre) < 4 + size:
+            return b""
+        try:
+            msg = decode(bytes(pre[4:4 + size]))
+        except WireError as exc:
+            self.tcp.warn("hello", self.address, "closing a connection from %s: bad hello (%s)", self.address, exc)
+            self._refuse("refused: the first frame must be a hello")
+            return b""
+        rest = bytes(pre[4 + size:])
+        self._pre = bytearray()
+        if not self._hello(msg):
+            return b""
+        return rest
+
+    def _account(self) -> None:
+        """Keep the transport's count of partly received bytes; act if it is over budget."""
+        tcp = self.tcp
+        held = self.decoder.buffered
+        tcp.held_total += held - self.held
+        self.held = held
+        if tcp.held_total <= tcp.security.receive_budget or held == 0:
+            if tcp.held_total <= tcp.security.receive_budget and tcp.paused:
+                tcp._resume_paused()
+            return
+        if self.role == "member" or self.outgoing:
+            if not self.paused and self.transport is not None:
+                self.paused = True
+                self.transport.pause_reading()
+                tcp.paused.add(self)
+                tcp.warn("budget", self.address, "pausing %s: %d bytes of partial frames held, budget %d",
+                         self._where(), tcp.held_total, tcp.security.receive_budget)
+        else:
+            tcp.warn("budget", self.address, "closing %s: its partial frame would pass the receive budget (%d bytes)",
+                     self._where(), tcp.security.receive_budget)
+            self.close()
 
     def _hello(self, item: Any) -> bool:
+        tcp = self.tcp
         if not isinstance(item, Hello) or item.role not in ("member", "client"):
-            log.warning("closing a connection from %s that did not open with hello", self._where())
-            self.close()
+            tcp.warn("hello", self.address, "closing a connection from %s that did not open with hello", self.address)
+            self._refuse("refused: the first frame must be a hello")
             return False
-        if item.cluster != self.tcp.cluster:
-            log.warning("refusing node %s of cluster %r (this is %r)", item.node_id, item.cluster, self.tcp.cluster)
-            self.send(frame(Goodbye(f"this is cluster {self.tcp.cluster!r}, not {item.cluster!r}")))
-            self.close()
+        if item.cluster != tcp.cluster:
+            tcp.warn("cluster", self.address, "refusing %s: it names another cluster", self.address)
+            self._refuse("refused: wrong cluster name")
+            return False
+        problem = self._check_identity(item)
+        if problem is not None:
+            tcp.warn("identity", self.address, "refusing %s: %s", self.address, problem)
+            self._refuse(f"refused: {problem}")
             return False
         if self._hello_timer is not None:
             self._hello_timer.cancel()
+            self._hello_timer = None
+        tcp.unauthenticated -= 1
         self.speaker, self.role = item.node_id, item.role
         if item.role == "member":
+            self.decoder.max_frame = tcp.max_frame
             self.incarnation = item.incarnation
-            self.tcp._met(item.node_id, item.incarnation)
-            self.tcp.incoming.setdefault(item.node_id, set()).add(self)
+            tcp._met(item.node_id, item.incarnation)
+            tcp.incoming.setdefault(item.node_id, set()).add(self)
             # Say who answers, so the dialler can tell this process from a later one.
-            self.send(frame(Hello(self.tcp.node_id, self.tcp.cluster, "member", self.tcp.incarnation)))
+            self.send(frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation)))
+        else:
+            self.decoder.max_frame = tcp.security.client_max_frame
+            who = self.identity.name if self.identity is not None else ""
+            self.origin = client_origin(who, item.node_id)
+            self.incarnation = item.incarnation  # the client's session start (ns)
+            tcp.clients.add(self)
+            if tcp.client_welcome:
+                self.send(tcp.client_welcome)
         return True
+
+    def _check_identity(self, hello: Hello) -> str | None:
+        """Why this Hello may not speak for the identity the handshake proved (None: fine)."""
+        tcp = self.tcp
+        ident = self.identity
+        if hello.role == "member":
+            if tcp.security.tls:
+                if ident is None or ident.role != "node":
+                    return f"a {ident.describe() if ident else 'connection without'} certificate cannot act as a member"
+                if ident.node_id != hello.node_id:
+                    return f"the certificate names node {ident.node_id}, the hello claims node {hello.node_id}"
+            allowed = tcp.security.allowed_members
+            if allowed and hello.node_id not in allowed:
+                return f"node {hello.node_id} is not on this cluster's allowed_members list"
+            return None
+        if tcp.security.tls and ident is None:
+            return "no certificate"
+        return None
+
+    def _refuse(self, reason: str) -> None:
+        self.send(frame(Goodbye(reason)))
+        self.close()
+        self._teardown()
+
+    def _teardown(self) -> None:
+        """Undo this connection's place in the transport's counts (idempotent)."""
+        tcp = self.tcp
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+            if self.speaker is None and not self.outgoing:
+                tcp.unauthenticated -= 1
+        if self.held:
+            tcp.held_total -= self.held
+            self.held = 0
+            if tcp.paused:
+                tcp._resume_paused()
+        tcp.paused.discard(self)
+        tcp.clients.discard(self)
+        tcp.all_connections.discard(self)
+        if self.transport is not None and self.upgrading:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.tcp.all_connections.discard(self)
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
+        self._teardown()
         self.tcp._connection_lost(self)
 
     def pause_writing(self) -> None:
@@ -162,7 +430,7 @@ class _Connection(asyncio.Protocol):
 
     # ----------------------------------------------------------------- ours
     def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.upgrading:
             self.transport.write(data)
 
     def buffered(self) -> int:
@@ -180,12 +448,21 @@ class _Connection(asyncio.Protocol):
 
     def _where(self) -> str:
         if self.peer is not None:
-            return f"node {self.peer.node_id}"
-        if self.speaker is not None:
-            return f"node {self.speaker}"
-        if self.transport is not None:
-            return str(self.transport.get_extra_info("peername"))
-        return "?"
+            return f"node {self.peer.node_id} ({self.address})"
+        if self.role == "member":
+            return f"node {self.speaker} ({self.address})"
+        if self.role == "client":
+            who = f" {self.identity.describe()}" if self.identity is not None else ""
+            return f"client{who} ({self.address})"
+        return self.address
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
 
 
 class TcpTransport:
@@ -201,7 +478,10 @@ class TcpTransport:
         on_client: ClientHandler,
         max_frame: int = 64 << 20,
         max_backlog: int = 256 << 20,
+        security: TransportSecurity | None = None,
+        client_welcome: bytes = b"",
     ) -> None:
+        """``client_welcome``: the frame every accepted client gets first (its limits)."""
         self.node_id = node_id
         self.listen = listen
         self.cluster = cluster
@@ -210,19 +490,27 @@ class TcpTransport:
         self.on_client = on_client
         self.max_frame = max_frame
         self.max_backlog = max_backlog
+        self.security = security or TransportSecurity()
+        self.client_welcome = client_welcome
         self.addresses: dict[int, str] = {}
         self.peers: dict[int, _Peer] = {}
         self.incoming: dict[int, set[_Connection]] = {}
         self.contacts: dict[str, _Connection] = {}
+        self.clients: set[_Connection] = set()
         self.contact_reached = False
         self.refusals: list[str] = []
         self.incarnation = time.time_ns()
         self.incarnations: dict[int, int] = {}
         self.all_connections: set[_Connection] = set()  # clients' too, so close() ends them
         self.bad_frames = 0
+        self.unauthenticated = 0  # accepted connections without a hello yet
+        self.held_total = 0  # bytes of partial frames held, all connections
+        self.paused: set[_Connection] = set()
+        self.warnings = RateLimitedLog(log)
         self._server: asyncio.base_events.Server | None = None
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         host, port = split_address(self.listen)
@@ -231,11 +519,16 @@ class TcpTransport:
             self._server = await loop.create_server(lambda: _Connection(self, None), host, port, reuse_address=True)
         except OSError as exc:
             raise ConfigError(f"node.listen: cannot listen on {self.listen}: {exc.strerror or exc}") from None
+        self._schedule_idle_sweep()
 
     @property
     def bound_port(self) -> int:
         assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
+        return self._server.sockets[0].getsockname()[1]  # type: ignore[no-any-return]
+
+    def warn(self, kind: str, address: str, msg: str, *args: Any) -> None:
+        """A rate-limited warning about a peer (``address`` is host:port; limits go per host)."""
+        self.warnings.warning((kind, address.rpartition(":")[0]), msg, *args)
 
     # ------------------------------------------------------------------ sending
     def learn(self, node_id: int, address: str) -> None:
@@ -281,6 +574,16 @@ class TcpTransport:
             conn.retire()
             conns.discard(conn)
 
+    def disconnect(self, node_id: int, reason: str) -> None:
+        """Close every connection from ``node_id``: it sent frames its identity does not allow
+        (claiming another sender). The loss is reported like any other, so the core suspects
+        the node and the next view leaves it out."""
+        conns = self.incoming.get(node_id, set())
+        if conns:
+            self.warn("forged", f"node {node_id}:0", "closing the connections of node %s: %s", node_id, reason)
+        for conn in list(conns):
+            conn.close()
+
     def _reset_outgoing(self, node_id: int) -> None:
         peer = self.peers.get(node_id)
         if peer is not None and peer.conn is not None:
@@ -313,8 +616,20 @@ class TcpTransport:
             peer.connecting = True
             self._spawn(self._connect(peer))
 
-    async def _connect(self, peer: _Peer) -> None:
+    async def _open(self, factory: Any, address: str) -> _Connection:
+        host, port = split_address(address)
         loop = asyncio.get_running_loop()
+        ctx = self.security.client_context
+        if ctx is None:
+            _, conn = await loop.create_connection(factory, host, port)
+        else:
+            _, conn = await loop.create_connection(
+                factory, host, port, ssl=ctx, server_hostname=host,
+                ssl_handshake_timeout=self.security.handshake_timeout,
+            )
+        return conn  # type: ignore[no-any-return]
+
+    async def _connect(self, peer: _Peer) -> None:
         try:
             while not self._closing and peer.node_id in self.peers:
                 address = self.addresses.get(peer.node_id)
@@ -324,18 +639,21 @@ class TcpTransport:
                     peer.queued_bytes = 0
                     return
                 try:
-                    host, port = split_address(address)
-                    _, conn = await loop.create_connection(lambda: _Connection(self, peer), host, port)
-                except (OSError, ConfigError) as exc:
+                    conn = await self._open(lambda: _Connection(self, peer), address)
+                except (OSError, ConfigError, ssl.SSLError, asyncio.TimeoutError) as exc:
                     peer.failures += 1
                     if peer.failures in (1, 10) or peer.failures % 100 == 0:
-                        log.info("cannot reach node %s at %s (%s); retrying", peer.node_id, address, exc)
+                        log.info("cannot reach node %s at %s (%s); retrying", peer.node_id, address, _reason(exc))
                     await asyncio.sleep(min(0.5, 0.02 * peer.failures))
                     continue
+                if conn.closed:  # the other end is not the node we meant (see _check_server)
+                    peer.failures += 1
+                    await asyncio.sleep(min(1.0, 0.1 * peer.failures))
+                    continue
                 peer.failures = 0
-                peer.conn = conn  # type: ignore[assignment]
+                peer.conn = conn
                 if peer.queued:
-                    conn.send(b"".join(peer.queued))  # type: ignore[attr-defined]
+                    conn.send(b"".join(peer.queued))
                     peer.queued.clear()
                     peer.queued_bytes = 0
                 return
@@ -350,16 +668,16 @@ class TcpTransport:
         self._spawn(self._contact(address, data))
 
     async def _contact(self, address: str, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            host, port = split_address(address)
-            _, conn = await loop.create_connection(lambda: _Connection(self, None, contact=address), host, port)
-        except (OSError, ConfigError) as exc:
-            log.info("contact %s unreachable: %s", address, exc)
+            conn = await self._open(lambda: _Connection(self, None, contact=address), address)
+        except (OSError, ConfigError, ssl.SSLError, asyncio.TimeoutError) as exc:
+            log.info("contact %s unreachable: %s", address, _reason(exc))
+            return
+        if conn.closed:
             return
         self.contact_reached = True
-        self.contacts[address] = conn  # type: ignore[assignment]
-        conn.send(data)  # type: ignore[attr-defined]
+        self.contacts[address] = conn
+        conn.send(data)
 
     def reply(self, handle: Any, data: bytes) -> None:
         if isinstance(handle, _Connection):
@@ -377,6 +695,32 @@ class TcpTransport:
             peer.conn.close()
         for conn in self.incoming.pop(node_id, set()):
             conn.close()
+
+    # ------------------------------------------------------------------ limits
+    def _resume_paused(self) -> None:
+        for conn in list(self.paused):
+            if self.held_total > self.security.receive_budget:
+                return
+            self.paused.discard(conn)
+            conn.paused = False
+            if conn.transport is not None and not conn.closed:
+                conn.transport.resume_reading()
+
+    def _schedule_idle_sweep(self) -> None:
+        if self._closing:
+            return
+        every = max(0.05, min(5.0, self.security.client_idle_timeout / 4))
+        self._idle_timer = asyncio.get_running_loop().call_later(every, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        limit = self.security.client_idle_timeout
+        now = time.monotonic()
+        for conn in list(self.clients):
+            if now - conn.last_heard > limit and not conn.closed:
+                log.info("closing %s: idle for %.0f s", conn._where(), now - conn.last_heard)
+                conn.send(frame(Goodbye(f"idle: no frame for {limit:g} s; reconnect when you have calls")))
+                conn.close()
+        self._schedule_idle_sweep()
 
     # ------------------------------------------------------------------ losses
     def _connection_lost(self, conn: _Connection) -> None:
@@ -408,6 +752,8 @@ class TcpTransport:
 
     async def close(self) -> None:
         self._closing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         if self._server is not None:
             self._server.close()
         for peer in self.peers.values():

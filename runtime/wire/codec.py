@@ -30,13 +30,13 @@ from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, ShardPush, ViewAnnouncement
 from runtime.core.sst import RowDelta
 from runtime.wire.control import (
-    ROLES, Call, Goodbye, GroupRunning, Hello, Reply, ReplyBatch, RestartDecision, SignedMark, RestartHello, StateAck, StateChunk, StateRequest,
+    ROLES, Ping, Pong, Welcome, Call, Goodbye, GroupRunning, Hello, Reply, ReplyBatch, RestartDecision, SignedMark, RestartHello, StateAck, StateChunk, StateRequest,
     StatusReply, StatusRequest,
 )
 
 WireMessage = (
     Message | Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | StateRequest | StateChunk | StateAck
-    | RestartHello | RestartDecision | GroupRunning | ReplyBatch | SignedMark
+    | RestartHello | RestartDecision | GroupRunning | ReplyBatch | SignedMark | Welcome | Ping | Pong
 )
 """Everything that travels in a frame: core protocol messages and driver control frames."""
 
@@ -66,6 +66,9 @@ TAG_RESTART_DECISION: Final = 26
 TAG_GROUP_RUNNING: Final = 27
 TAG_REPLY_BATCH: Final = 28
 TAG_SIGNED_MARK: Final = 29
+TAG_WELCOME: Final = 30
+TAG_PING: Final = 31
+TAG_PONG: Final = 32
 
 _HEADER: Final = struct.Struct(">I")
 _MAX_PREFIX: Final[int] = 0xFFFFFFFF
@@ -146,7 +149,8 @@ def _enc_goodbye(m: Goodbye) -> list[Any]:
 
 
 def _enc_call(m: Call) -> list[Any]:
-    return [TAG_CALL, m.call_id, m.caller, _shard_to_wire(m.shard), m.method, m.ordered, m.args, m.origin]
+    return [TAG_CALL, m.call_id, m.caller, _shard_to_wire(m.shard), m.method, m.ordered, m.args, m.origin,
+            m.session_ns, m.floor]
 
 
 def _enc_reply(m: Reply) -> list[Any]:
@@ -182,10 +186,25 @@ def _enc_reply_batch(m: ReplyBatch) -> list[Any]:
 
 
 def _enc_signed_mark(m: SignedMark) -> list[Any]:
-    return [TAG_SIGNED_MARK, _shard_to_wire(m.shard), m.version, m.signature]
+    return [TAG_SIGNED_MARK, _shard_to_wire(m.shard), m.version, m.signature, m.public_key]
+
+
+def _enc_welcome(m: Welcome) -> list[Any]:
+    return [TAG_WELCOME, m.max_message_size, m.max_frame, m.idle_timeout_ms]
+
+
+def _enc_ping(m: Ping) -> list[Any]:
+    return [TAG_PING, m.nonce]
+
+
+def _enc_pong(m: Pong) -> list[Any]:
+    return [TAG_PONG, m.nonce]
 
 
 _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
+    Welcome: _enc_welcome,
+    Ping: _enc_ping,
+    Pong: _enc_pong,
     SignedMark: _enc_signed_mark,
     ReplyBatch: _enc_reply_batch,
     RestartHello: _enc_restart_hello,
@@ -426,11 +445,11 @@ def _bytes(value: object, what: str) -> bytes:
 
 
 def _dec_call(f: list[Any]) -> Call:
-    _, call_id, caller, shard, method, ordered, args, origin = f
+    _, call_id, caller, shard, method, ordered, args, origin, session_ns, floor = f
     return Call(
         _nat(call_id, "Call.call_id"), _nat(caller, "Call.caller"), _shard_id(shard, "Call.shard"),
         _str(method, "Call.method"), _bool(ordered, "Call.ordered"), _bytes(args, "Call.args"),
-        _nat(origin, "Call.origin"),
+        _nat(origin, "Call.origin"), _nat(session_ns, "Call.session_ns"), _nat(floor, "Call.floor"),
     )
 
 
@@ -460,8 +479,8 @@ def _dec_state_request(f: list[Any]) -> StateRequest:
 
 def _dec_state_chunk(f: list[Any]) -> StateChunk:
     _, shard, vid, seq, part, data, final, reset = f
-    if part not in ("obj", "log"):
-        raise WireError(f"StateChunk.part must be 'obj' or 'log', got {_describe(part)}")
+    if part not in ("obj", "log", "err"):
+        raise WireError(f"StateChunk.part must be 'obj', 'log' or 'err', got {_describe(part)}")
     return StateChunk(
         _shard_id(shard, "StateChunk.shard"), _nat(vid, "StateChunk.vid"), _nat(seq, "StateChunk.seq"), part,
         _bytes(data, "StateChunk.data"), _bool(final, "StateChunk.final"), _bool(reset, "StateChunk.reset"),
@@ -514,15 +533,31 @@ def _dec_reply_batch(f: list[Any]) -> ReplyBatch:
 
 
 def _dec_signed_mark(f: list[Any]) -> SignedMark:
-    _, shard, version, signature = f
+    _, shard, version, signature, public_key = f
     if type(signature) is not bytes or len(signature) != 64:
         raise WireError(f"SignedMark.signature must be 64 bytes, got {_describe(signature)}")
-    return SignedMark(_shard_id(shard, "SignedMark.shard"), _nat(version, "SignedMark.version"), signature)
+    if type(public_key) is not bytes or len(public_key) != 32:
+        raise WireError(f"SignedMark.public_key must be 32 bytes, got {_describe(public_key)}")
+    return SignedMark(_shard_id(shard, "SignedMark.shard"), _nat(version, "SignedMark.version"), signature, public_key)
 
 
 def _dec_group_running(f: list[Any]) -> GroupRunning:
     _, address, vid = f
     return GroupRunning(_str(address, "GroupRunning.address"), _nat(vid, "GroupRunning.vid"))
+
+
+def _dec_welcome(f: list[Any]) -> Welcome:
+    _, size, max_frame, idle = f
+    return Welcome(_nat(size, "Welcome.max_message_size"), _nat(max_frame, "Welcome.max_frame"),
+                   _nat(idle, "Welcome.idle_timeout_ms"))
+
+
+def _dec_ping(f: list[Any]) -> Ping:
+    return Ping(_nat(f[1], "Ping.nonce"))
+
+
+def _dec_pong(f: list[Any]) -> Pong:
+    return Pong(_nat(f[1], "Pong.nonce"))
 
 
 # tag -> (name, number of fields after the tag, decoder of the whole list)
@@ -536,7 +571,7 @@ _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]]
     TAG_STATUS_REQUEST: ("StatusRequest", 0, _dec_status_request),
     TAG_STATUS_REPLY: ("StatusReply", 1, _dec_status_reply),
     TAG_GOODBYE: ("Goodbye", 1, _dec_goodbye),
-    TAG_CALL: ("Call", 7, _dec_call),
+    TAG_CALL: ("Call", 9, _dec_call),
     TAG_REPLY: ("Reply", 8, _dec_reply),
     TAG_STATE_REQUEST: ("StateRequest", 4, _dec_state_request),
     TAG_STATE_CHUNK: ("StateChunk", 7, _dec_state_chunk),
@@ -545,7 +580,10 @@ _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]]
     TAG_RESTART_DECISION: ("RestartDecision", 2, _dec_restart_decision),
     TAG_GROUP_RUNNING: ("GroupRunning", 2, _dec_group_running),
     TAG_REPLY_BATCH: ("ReplyBatch", 4, _dec_reply_batch),
-    TAG_SIGNED_MARK: ("SignedMark", 3, _dec_signed_mark),
+    TAG_SIGNED_MARK: ("SignedMark", 4, _dec_signed_mark),
+    TAG_WELCOME: ("Welcome", 3, _dec_welcome),
+    TAG_PING: ("Ping", 1, _dec_ping),
+    TAG_PONG: ("Pong", 1, _dec_pong),
 }
 
 

@@ -52,6 +52,29 @@ class Goodbye:
 
 
 @dataclass(frozen=True, slots=True)
+class Welcome:
+    """A member's first frame to a client it accepted: the limits the client must respect,
+    so calls that cannot pass are refused at the caller, not dropped on the way."""
+
+    max_message_size: int  # largest encoded call (arguments) a multicast can carry
+    max_frame: int  # largest frame this member accepts from a client
+    idle_timeout_ms: int  # a client silent this long is disconnected: ping more often
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Liveness check of a client: the member answers ``Pong`` with the same ``nonce`` at
+    once, so a client that hears nothing knows its contact is frozen or cut off."""
+
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """A request sent straight to one member: a P2P call to run there, or (``ordered``) a
     call that member must multicast into its shard on the caller's behalf (relaying). Replies
@@ -63,7 +86,9 @@ class Call:
     method: str
     ordered: bool
     args: bytes
-    origin: int = 0  # an external client's id, for exactly-once retries (0: a member's call)
+    origin: int = 0  # the caller's exactly-once session, for retried calls (0: none)
+    session_ns: int = 0  # when that session started (see derecho_actors._sessions)
+    floor: int = 0  # the caller's oldest call still waiting for an answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +120,16 @@ class ReplyBatch:
 
 @dataclass(frozen=True, slots=True)
 class SignedMark:
-    """A replica of a signed shard: its log is on disk up to ``version``, whose record has
-    ``signature`` (chained over every earlier record). Peers with the same key compare it
-    with their own: equal signatures mean equal logs up to that version."""
+    """A replica of a signed shard: its log is on disk up to ``version``, whose record it
+    signed with its own key: ``signature`` covers the record chain digest up to there. A peer
+    checks it against its *own* chain digest with the sender's ``public_key`` (taken from the
+    sender's certificate under TLS; the field must then match it): a valid signature means
+    both logs are identical up to that version."""
 
     shard: Any  # ShardId
     version: int
     signature: bytes
+    public_key: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +146,9 @@ class StateRequest:
 
 @dataclass(frozen=True, slots=True)
 class StateChunk:
-    """One piece of a state transfer: ``part`` is "obj" (bytes of the pickled object state)
-    or "log" (msgpack list of [version, timestamp_ns, body] records); ``final`` ends it;
+    """One piece of a state transfer: ``part`` is "obj" (bytes of the object state, encoded
+    with the type's serializer), "log" (msgpack list of [version, timestamp_ns, body]
+    records) or "err" (the source cannot send the state; ``data`` says why, UTF-8); ``final`` ends it;
     ``reset`` (first chunk only) tells the receiver its log disagrees and must be replaced."""
 
     shard: Any
@@ -167,4 +196,4 @@ class GroupRunning:
     vid: int
 
 
-ControlMessage = Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | ReplyBatch | SignedMark | StateRequest | StateChunk | StateAck | RestartHello | RestartDecision | GroupRunning
+ControlMessage = Welcome | Ping | Pong | Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | ReplyBatch | SignedMark | StateRequest | StateChunk | StateAck | RestartHello | RestartDecision | GroupRunning

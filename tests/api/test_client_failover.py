@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import derecho_actors as da
-from tests.api.groups import address, running_groups
+from tests.api.groups import address, running_groups, client as client_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,7 +32,7 @@ def test_client_fails_over_and_applies_each_call_once() -> None:
     layout = da.Layout({Tally: da.ShardPolicy(min_nodes=2)})
     with running_groups(3, [Tally], layout, "failover", 1500) as groups:
         contacts = [address(g) for g in groups]
-        with da.Client(contacts, cluster="failover") as client:
+        with client_of(groups, contacts) as client:
             tally = client.handle(Tally)
             first = [tally.add(i) for i in range(300)]
             first[50].get(timeout=20)

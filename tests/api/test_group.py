@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 import derecho_actors as da
-from tests.api.groups import address, running_groups
+from tests.api.groups import address, running_groups, client as client_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -171,7 +171,7 @@ class Tally:
 
 def test_client_calls_through_any_member(groups: list[da.Group]) -> None:
     contacts = [address(g) for g in groups]
-    with da.Client([contacts[3]], cluster="api-test") as client:  # node 4 holds no replica: it relays
+    with client_of(groups, [contacts[3]]) as client:  # node 4 holds no replica: it relays
         kv = client.handle(KV)
         assert set(kv.put("c", b"3").get(timeout=10)) == {1, 2, 3}
         assert list(kv.get("c").get(timeout=10).values()) == [b"3"]

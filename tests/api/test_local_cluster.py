@@ -39,7 +39,7 @@ def test_concurrent_callers_and_a_kill_keep_replicas_equal(tmp_path) -> None:
         results: dict[str, list[da.QueryResults]] = {}
 
         def caller(name: str) -> None:
-            with da.Client([cluster.address(n) for n in (3, 4, 1)], cluster=cluster.cluster) as client:
+            with cluster.new_client(contacts=[cluster.address(n) for n in (3, 4, 1)]) as client:
                 ledger = client.handle(Ledger)
                 mine = [ledger.credit(f"{name}-{i % 20}", 1) for i in range(1500)]
                 for r in mine:

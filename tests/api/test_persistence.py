@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import derecho_actors as da
-from tests.api.groups import address, running_groups
+from tests.api.groups import address, running_groups, tls_overrides, client as client_of
 
 
 @da.replicated
@@ -111,7 +111,7 @@ def test_atomic_calls_have_no_persistence(tmp_path: Path) -> None:
 
 def test_client_waits_for_persistence(tmp_path: Path) -> None:
     with running_groups(3, [Bank, Plain], LAYOUT, "persist-3", 400, tmp_path) as groups:
-        with da.Client([address(groups[1])], cluster="persist-3") as client:
+        with client_of(groups, [address(groups[1])]) as client:
             bank = client.handle(Bank)
             pending = [bank.deposit("c", 1) for _ in range(200)]
             versions = [p.persisted(timeout=20) for p in pending]
@@ -145,6 +145,7 @@ def _start(ids: list[int], ports: dict[int, int], root: Path, cluster: str, cont
             # Three nodes share this process's GIL: allow a slow heartbeat while logs replay.
             "node.cluster": cluster, "timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "1000",
             "persistence.restart_quorum_wait_ms": "200",
+            **tls_overrides(root, [i], cluster),
         }
         if contact is not None and i != contact:
             o["node.contacts"] = f"127.0.0.1:{ports[contact]}"
@@ -210,6 +211,7 @@ def test_joiner_receives_state_and_serves_the_same_reads(tmp_path: Path) -> None
                 "node.id": "3", "node.listen": f"127.0.0.1:{ports[3]}", "node.data_dir": str(tmp_path / "node-3"),
                 "node.cluster": "transfer-1", "node.contacts": f"127.0.0.1:{ports[1]}",
                 "timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "400",
+                **tls_overrides(tmp_path, [3], "transfer-1"),
             })
         ]
         _wait_members(groups, 3)
@@ -263,11 +265,8 @@ SIGNED = da.Layout({SignedBank: da.ShardPolicy(min_nodes=3, max_nodes=3)})
 
 
 def test_signed_replicas_verify_each_others_logs(tmp_path: Path) -> None:
-    from runtime.drivers.log_store import generate_key
-
-    generate_key(tmp_path / "group.key")
-    extra = {"persistence.signing_key": str(tmp_path / "group.key")}
-    with running_groups(3, [SignedBank], SIGNED, "signed-1", 400, tmp_path / "data", extra) as groups:
+    # Each node signs with its own certificate's key; peers check with the certificates' keys.
+    with running_groups(3, [SignedBank], SIGNED, "signed-1", 400, tmp_path / "data") as groups:
         h = groups[0].handle(SignedBank)
         last = [h.deposit(i) for i in range(100)][-1]
         v = last.persisted(timeout=20)
@@ -276,29 +275,27 @@ def test_signed_replicas_verify_each_others_logs(tmp_path: Path) -> None:
         ]
 
 
-def test_a_replica_with_another_key_is_never_verified(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from runtime.drivers.log_store import generate_key
+def test_bad_signatures_and_foreign_keys_are_never_verified(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    generate_key(tmp_path / "group.key")
-    generate_key(tmp_path / "rogue.key")
-    ports = _free_ports(3)
-    made: list[da.Group] = []
-    try:
-        for i, key in ((1, "group.key"), (2, "group.key"), (3, "rogue.key")):
-            o = {
-                "node.id": str(i), "node.listen": f"127.0.0.1:{ports[i - 1]}", "node.data_dir": str(tmp_path / f"node-{i}"),
-                "node.cluster": "signed-2", "persistence.signing_key": str(tmp_path / key),
-                "timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "400",
-            }
-            if i > 1:
-                o["node.contacts"] = f"127.0.0.1:{ports[0]}"
-            made.append(da.Group(types=[SignedBank], layout=SIGNED, overrides=o, start_timeout=30))
-        assert _eventually(lambda: all(len(g.members) == 3 and g.view.layout.adequate for g in made), 20)
+    from runtime.drivers.log_store import public_key_bytes
+
+    with running_groups(3, [SignedBank], SIGNED, "signed-2", 400, tmp_path / "data") as made:
+        rogue = made[2]
+        sid = rogue.my_shards()[0]
+        rogue._signed = lambda *args: None  # type: ignore[method-assign]  # node 3's honest marks stop
         v = made[0].handle(SignedBank).deposit(5).persisted(timeout=20)
+        honest_key = rogue._public_key
+        # A signature that matches no log, under node 3's own key...
+        rogue._driver.in_loop(type(rogue)._signed, rogue, sid, v, bytes(64))
+        time.sleep(0.3)
+        # ...and a mark under a key that is not node 3's certificate's.
+        rogue._public_key = public_key_bytes(Ed25519PrivateKey.generate())
+        rogue._driver.in_loop(type(rogue)._signed, rogue, sid, v, bytes(64))
         time.sleep(0.5)
+        rogue._public_key = honest_key
         assert made[0].persisted_frontier(SignedBank) >= v
-        assert made[0].verified_frontier(SignedBank) < v  # node 3's signatures never match
-        assert any("differs from ours" in r.getMessage() for r in caplog.records)
-    finally:
-        for g in made:
-            g.close()
+        assert made[0].verified_frontier(SignedBank) < v and made[1].verified_frontier(SignedBank) < v
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("differs from ours" in m for m in messages)
+        assert any("not its certificate's" in m for m in messages)

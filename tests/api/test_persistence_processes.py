@@ -114,18 +114,15 @@ class Ledger:
 
 
 def test_signed_log_with_one_flipped_byte_fails_verify_at_that_record(tmp_path: Path) -> None:
-    key = tmp_path / "signing.key"
-    out = subprocess.run([sys.executable, "-m", "derecho_actors.cli", "keygen", str(key)], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
     layout = da.Layout({Ledger: da.ShardPolicy(min_nodes=2, max_nodes=2)})
-    overrides = dict(FAST, **{"persistence.signing_key": str(key)})
-    with LocalCluster(2, [Ledger], layout, overrides=overrides, workdir=str(tmp_path / "c")) as cluster:
+    with LocalCluster(2, [Ledger], layout, overrides=FAST, workdir=str(tmp_path / "c")) as cluster:
+        key = cluster.certs_dir / "node-1.crt"  # node 1 signs with its certificate's key
         h = cluster.handle(Ledger)
         calls = [h.add(f"a{i % 5}", i) for i in range(50)]
         [c.persisted(timeout=30) for c in calls]
         cluster.kill_all()
         log_file = cluster.data_dir(1) / "Ledger.0.0.log"
-    verify = [sys.executable, "-m", "derecho_actors.cli", "verify", str(log_file.parent), "--key", str(key) + ".pub"]
+    verify = [sys.executable, "-m", "derecho_actors.cli", "verify", str(log_file.parent), "--key", str(key)]
     good = subprocess.run(verify, capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stdout + good.stderr
     # Flip one byte in the body of record 20: the header is 48 bytes, each record 24 + body + 64.

@@ -165,13 +165,15 @@ def test_status_shows_the_group(cluster: LocalCluster) -> None:
 
     start_group(cluster, [1, 2, 3], 100)
     out = subprocess.run(
-        [sys.executable, "-m", "derecho_actors.cli", "status", "--contact", cluster.address(2), "--cluster", "test"],
+        [sys.executable, "-m", "derecho_actors.cli", "status", "--contact", cluster.address(2), "--cluster", "test",
+         "--certs-dir", str(cluster.certs_dir)],
         capture_output=True, text=True, timeout=30,
     )
     assert out.returncode == 0, out.stderr
     assert "leader node 1" in out.stdout and "127.0.0.1:" in out.stdout and "default/0/0" in out.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "derecho_actors.cli", "status", "--contact", "127.0.0.1:1", "--timeout", "1"],
+        [sys.executable, "-m", "derecho_actors.cli", "status", "--contact", "127.0.0.1:1", "--timeout", "1",
+         "--certs-dir", str(cluster.certs_dir)],
         capture_output=True, text=True, timeout=30,
     )
     assert bad.returncode != 0 and "cannot reach" in bad.stderr and bad.stderr.count("\n") == 1

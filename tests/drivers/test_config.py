@@ -111,7 +111,7 @@ def test_example_config_round_trip(tmp_path: pathlib.Path) -> None:
     )
     # Every key the example writes is one the loader knows, and every known key is written.
     doc = tomllib.loads(text)
-    assert set(doc) == {"node", "timeouts", "multicast", "persistence"}
+    assert set(doc) == {"node", "timeouts", "multicast", "persistence", "security"}
     assert set(doc["node"]) == {f.name for f in dataclasses.fields(NodeSection)}
     assert set(doc["timeouts"]) == {f.name for f in dataclasses.fields(TimeoutsSection)}
     assert set(doc["multicast"]) == {f.name for f in dataclasses.fields(MulticastSection)}

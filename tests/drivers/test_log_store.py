@@ -2,11 +2,15 @@
 
 Offsets into the file are computed here from the format the module docstring documents
 (a 16-byte header, 32 more bytes of public key when signed; records of a 24-byte header,
-the body, and 64 signature bytes when signed), so the tests also pin that format down.
+the body, and 64 signature bytes when signed), so the tests also pin that format down, as
+they do the chain digest (SHA-256 over the previous digest, version, timestamp and body) and
+the domain prefix of what a signature signs.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import logging
 import os
 import pathlib
@@ -16,7 +20,11 @@ import sys
 import zlib
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 
 from runtime.errors import DerechoError, LogCorrupted, LogError, LogSignatureError
 from runtime.drivers import log_store
@@ -38,6 +46,7 @@ KEY = 32
 REC_HEAD = 24
 SIG = 64
 BODY = 40  # body size of the records made by fill()
+DOMAIN = b"derecho-log-v2"
 
 
 def body_of(version: int, size: int = BODY) -> bytes:
@@ -59,6 +68,25 @@ def record_offset(k: int, signed: bool = False, size: int = BODY) -> int:
 def flip(path: pathlib.Path, offset: int, mask: int = 0x01) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def chain_of(records: list[tuple[int, int, bytes]]) -> list[bytes]:
+    """The chain digests of ``records``, computed from the documented definition."""
+    chains, prev = [], bytes(32)
+    for version, ts, body in records:
+        prev = hashlib.sha256(prev + version.to_bytes(8, "little") + ts.to_bytes(8, "little") + body).digest()
+        chains.append(prev)
+    return chains
+
+
+def set_format(path: pathlib.Path, fmt: int) -> None:
+    """Rewrite the header's format field and fix the header crc (over the key too if signed)."""
+    data = bytearray(path.read_bytes())
+    data[8:10] = fmt.to_bytes(2, "little")
+    signed = int.from_bytes(data[10:12], "little") & 1
+    key = bytes(data[HEADER : HEADER + KEY]) if signed else b""
+    data[12:16] = zlib.crc32(key, zlib.crc32(bytes(data[:12]))).to_bytes(4, "little")
     path.write_bytes(bytes(data))
 
 
@@ -94,7 +122,7 @@ def test_file_layout_matches_the_documented_format(tmp_path: pathlib.Path) -> No
         log.append([(5, 77, b"hello")])
     data = path.read_bytes()
     assert data[:8] == b"DRCHLOG\n"
-    assert int.from_bytes(data[8:10], "little") == 1 and int.from_bytes(data[10:12], "little") == 0
+    assert int.from_bytes(data[8:10], "little") == 2 and int.from_bytes(data[10:12], "little") == 0
     assert int.from_bytes(data[12:16], "little") == zlib.crc32(data[:12])
     rec = data[HEADER:]
     assert int.from_bytes(rec[0:4], "little") == 5
@@ -109,16 +137,19 @@ def test_signed_layout_and_signature_chain(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "s.log"
     fill(path, 3, key)
     data = path.read_bytes()
+    assert int.from_bytes(data[8:10], "little") == 2  # the format
     assert int.from_bytes(data[10:12], "little") == 1  # the signed flag
     assert data[HEADER : HEADER + KEY] == public_key_bytes(key)
-    prev = bytes(SIG)
+    prev = bytes(32)
     for k in range(3):
         at = record_offset(k, signed=True)
         rec = data[at : record_offset(k + 1, signed=True)]
         sig = rec[REC_HEAD + BODY :]
-        key.public_key().verify(sig, rec[4:20] + rec[REC_HEAD : REC_HEAD + BODY] + prev)
+        chain = hashlib.sha256(prev + rec[4:20] + rec[REC_HEAD : REC_HEAD + BODY]).digest()
+        key.public_key().verify(sig, DOMAIN + chain)
         assert int.from_bytes(rec[20:24], "little") == zlib.crc32(rec[4:20] + rec[REC_HEAD:])
-        prev = sig
+        prev = chain
+    assert len(data) == record_offset(3, signed=True)  # the chain digests are not on disk
 
 
 @pytest.mark.parametrize(
@@ -410,6 +441,254 @@ def test_signed_log_keeps_its_chain_across_reopen_and_truncate(tmp_path: pathlib
 
 
 # ----------------------------------------------------------------------------------------
+# Per-node keys: chain digests and checking a peer's log
+
+
+RECORDS = [(v, 1000 * v, body_of(v)) for v in range(8)]
+
+
+def _log_of(
+    path: pathlib.Path, records: list[tuple[int, int, bytes]], key: Ed25519PrivateKey
+) -> VersionedLog:
+    log = VersionedLog.open(path, signing_key=key)
+    log.append(records)
+    log.flush()
+    return log
+
+
+def _changed(k: int, what: str) -> list[tuple[int, int, bytes]]:
+    """RECORDS with record k changed in one field (None: unchanged)."""
+    out = list(RECORDS)
+    if what == "body":
+        out[k] = (k, 1000 * k, body_of(k)[:-1] + b"!")
+    elif what == "timestamp":
+        out[k] = (k, 1000 * k + 1, body_of(k))
+    elif what == "empty body":
+        out[k] = (k, 1000 * k, b"")
+    return out
+
+
+# (what differs, at which record: None for identical logs)
+PEERS = [
+    ("nothing", None),
+    ("body", 0),
+    ("body", 3),
+    ("body", 7),
+    ("timestamp", 5),
+    ("empty body", 2),
+]
+
+
+@pytest.mark.parametrize(("what", "k"), PEERS, ids=[f"{w}@{k}" for w, k in PEERS])
+def test_verify_peer_with_different_keys(tmp_path: pathlib.Path, what: str, k: int | None) -> None:
+    key_a, key_b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    a = _log_of(tmp_path / "a.log", RECORDS, key_a)
+    b = _log_of(tmp_path / "b.log", RECORDS if k is None else _changed(k, what), key_b)
+    with a, b:
+        for v in range(len(RECORDS)):
+            same = k is None or v < k
+            assert (a.chain_digest(v) == b.chain_digest(v)) is same
+            if same:
+                assert a.signature(v) != b.signature(v)  # other keys, other signatures
+            assert a.verify_peer(v, b.signature(v), public_key_bytes(key_b)) is same, v
+            assert b.verify_peer(v, a.signature(v), public_key_bytes(key_a)) is same, v
+            assert a.verify_peer(v, a.signature(v), public_key_bytes(key_a))  # ourselves, always
+
+
+def test_chain_digest_matches_the_documented_definition(tmp_path: pathlib.Path) -> None:
+    with _log_of(tmp_path / "a.log", RECORDS, Ed25519PrivateKey.generate()) as log:
+        assert [log.chain_digest(v) for v in range(8)] == chain_of(RECORDS)
+        with pytest.raises(KeyError):
+            log.chain_digest(8)
+    with VersionedLog.open(tmp_path / "plain.log") as plain:
+        plain.append(RECORDS)
+        with pytest.raises(LogError, match="not signed"):
+            plain.chain_digest(0)
+        with pytest.raises(LogError, match="not signed"):
+            plain.verify_peer(0, bytes(SIG), bytes(KEY))
+
+
+def _peer_inputs() -> list[tuple[str, object, object, object]]:
+    """(name, version, signature, key) with placeholders filled in by the test: "sig" is
+    the peer's good signature at 3, "sig2" its signature at 2, "key" its public key."""
+    return [
+        ("good", 3, "sig", "key"),
+        ("good from a third node too", 3, "third", "third-key"),  # same log, its own key: valid
+        ("third key's signature offered as the peer's", 3, "third", "key"),
+        ("peer's signature offered with a third key", 3, "sig", "third-key"),
+        ("signature of another version", 3, "sig2", "key"),
+        ("version we lack", 8, "sig", "key"),
+        ("negative version", -1, "sig", "key"),
+        ("version not an int", "3", "sig", "key"),
+        ("version a bool", True, "sig", "key"),
+        ("signature one byte short", 3, "sig[:-1]", "key"),
+        ("signature one byte long", 3, "sig+", "key"),
+        ("empty signature", 3, b"", "key"),
+        ("signature not bytes", 3, None, "key"),
+        ("zero signature", 3, bytes(SIG), "key"),
+        ("key one byte short", 3, "sig", "key[:-1]"),
+        ("key one byte long", 3, "sig", "key+"),
+        ("empty key", 3, "sig", b""),
+        ("key not bytes", 3, "sig", 12345),
+        ("zero key", 3, "sig", bytes(KEY)),
+    ]
+
+
+PEER_INPUTS = _peer_inputs()
+
+
+@pytest.mark.parametrize(("name", "version", "sig", "key"), PEER_INPUTS, ids=[p[0] for p in PEER_INPUTS])
+def test_verify_peer_rejects_bad_input_without_raising(
+    tmp_path: pathlib.Path, name: str, version: object, sig: object, key: object
+) -> None:
+    peer_key, third = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    mine = _log_of(tmp_path / "a.log", RECORDS, Ed25519PrivateKey.generate())
+    peer = _log_of(tmp_path / "b.log", RECORDS, peer_key)
+    other = _log_of(tmp_path / "c.log", RECORDS, third)
+    with mine, peer, other:
+        good = peer.signature(3)
+        sigs = {"sig": good, "sig2": peer.signature(2), "third": other.signature(3),
+                "sig[:-1]": good[:-1], "sig+": good + b"\0"}
+        pk = public_key_bytes(peer_key)
+        keys = {"key": pk, "third-key": public_key_bytes(third), "key[:-1]": pk[:-1], "key+": pk + b"\0"}
+        signature = sigs.get(sig, sig) if isinstance(sig, str) else sig
+        public = keys.get(key, key) if isinstance(key, str) else key
+        expected = name.startswith("good")
+        assert mine.verify_peer(version, signature, public) is expected  # type: ignore[arg-type]
+
+
+def test_chain_digests_survive_reopen_and_truncate(tmp_path: pathlib.Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "a.log"
+    expected = chain_of(RECORDS)
+    _log_of(path, RECORDS, key).close()
+    for check in (True, False):
+        with VersionedLog.open(path, signing_key=key, check_signatures=check) as log:
+            assert [log.chain_digest(v) for v in range(8)] == expected
+            assert isinstance(log._chains, bytearray) and len(log._chains) == 8 * 32  # compact
+    with VersionedLog.open(path, signing_key=key) as log:
+        log.truncate_after(4)
+        assert [log.chain_digest(v) for v in range(5)] == expected[:5]
+        assert len(log._chains) == 5 * 32  # type: ignore[arg-type]
+        with pytest.raises(KeyError):
+            log.chain_digest(5)
+        log.append([(5, 5000, b"another five"), (9, 9000, b"nine")])
+        assert log.chain_digest(5) != expected[5]
+        peer = _log_of(tmp_path / "b.log", RECORDS[:5] + [(5, 5000, b"another five"), (9, 9000, b"nine")],
+                       Ed25519PrivateKey.generate())
+        with peer:
+            for v in (0, 4, 5, 9):
+                assert log.verify_peer(v, peer.signature(v), peer.public_key)  # type: ignore[arg-type]
+            after = [log.chain_digest(v) for v in (0, 1, 2, 3, 4, 5, 9)]
+    with VersionedLog.open(path, signing_key=key) as log:
+        assert log.recovery is None
+        assert [log.chain_digest(v) for v in (0, 1, 2, 3, 4, 5, 9)] == after
+        log.truncate_after(-1)
+        assert len(log._chains) == 0  # type: ignore[arg-type]
+        log.append([(0, 0, body_of(0))])
+        assert log.chain_digest(0) == expected[0]
+    assert verify(path, public_key_bytes(key)).ok
+
+
+@pytest.mark.parametrize("batches", [[8], [1] * 8, [3, 5], [2, 0, 6], [7, 1]])
+@pytest.mark.parametrize("flush_between", [False, True])
+def test_batches_give_the_same_chain_as_one(
+    tmp_path: pathlib.Path, batches: list[int], flush_between: bool
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    one = tmp_path / "one.log"
+    _log_of(one, RECORDS, key).close()
+    many = tmp_path / "many.log"
+    with VersionedLog.open(many, signing_key=key) as log:
+        start = 0
+        for n in batches:
+            log.append(RECORDS[start : start + n])
+            start += n
+            if flush_between:
+                log.flush()
+        assert [log.chain_digest(v) for v in range(8)] == chain_of(RECORDS)
+    assert many.read_bytes() == one.read_bytes()  # ed25519 is deterministic: same key, same file
+
+
+def test_verify_catches_a_forged_record_at_exactly_its_index(tmp_path: pathlib.Path) -> None:
+    for k in (0, 4, 7):
+        path, key = _signed(tmp_path)
+        data = bytearray(path.read_bytes())
+        at = record_offset(k, signed=True)
+        data[at + REC_HEAD + 5] ^= 0x04  # change the body and fix the crc: only the chain can tell
+        data[at + 20 : at + 24] = zlib.crc32(
+            bytes(data[at + 4 : at + 20]) + bytes(data[at + REC_HEAD : record_offset(k + 1, signed=True)])
+        ).to_bytes(4, "little")
+        path.write_bytes(bytes(data))
+        report = verify(path, public_key_bytes(key))
+        assert report.bad is not None
+        assert (report.bad.index, report.bad.offset, report.bad.reason, report.records) == (
+            k, at, "bad signature", k,
+        )
+        path.unlink()
+
+
+# ----------------------------------------------------------------------------------------
+# Older and newer formats
+
+
+def test_format_1_unsigned_log_opens_and_is_upgraded(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.log"
+    fill(path, 5)
+    set_format(path, 1)
+    before = path.read_bytes()
+    assert verify(path).ok and path.read_bytes() == before  # verify reads it, never upgrades
+    with caplog.at_level(logging.INFO, logger="derecho.log"):
+        log = VersionedLog.open(path)
+    with log:
+        assert log.recovery is None
+        assert list(log.iter_from()) == [(v, 1000 * v, body_of(v)) for v in range(5)]
+        log.append([(5, 5000, body_of(5))])
+    data = path.read_bytes()
+    assert int.from_bytes(data[8:10], "little") == 2
+    assert int.from_bytes(data[12:16], "little") == zlib.crc32(data[:12])
+    assert data[HEADER : record_offset(5)] == before[HEADER:]  # the records are untouched
+    assert any("upgraded" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="derecho.log"), VersionedLog.open(path) as log:
+        assert len(log) == 6
+    assert not any("upgraded" in r.getMessage() for r in caplog.records)
+
+
+def test_format_1_signed_log_is_refused(tmp_path: pathlib.Path) -> None:
+    path, key = _signed(tmp_path)
+    set_format(path, 1)
+    before = path.read_bytes()
+    with pytest.raises(LogError, match="signed with a group key by an older version") as caught:
+        VersionedLog.open(path, signing_key=key)
+    assert str(path) in str(caught.value) and "move it aside" in str(caught.value)
+    assert not isinstance(caught.value, LogCorrupted)
+    with pytest.raises(LogError, match="group key"):
+        VersionedLog.open(path)  # refused before any key check
+    assert path.read_bytes() == before
+    report = verify(path, public_key_bytes(key))
+    assert not report.ok and report.bad is not None and "format 1" in report.bad.reason
+
+
+@pytest.mark.parametrize("fmt", [0, 3, 7, 0xFFFF])
+@pytest.mark.parametrize("signed", [False, True])
+def test_unknown_format_is_refused_in_one_line(tmp_path: pathlib.Path, fmt: int, signed: bool) -> None:
+    path = tmp_path / "x.log"
+    key = Ed25519PrivateKey.generate() if signed else None
+    fill(path, 2, key)
+    set_format(path, fmt)
+    with pytest.raises(LogError) as caught:
+        VersionedLog.open(path, signing_key=key)
+    message = str(caught.value)
+    assert f"format {fmt}, this version reads 1 and 2" in message and "\n" not in message
+    assert not isinstance(caught.value, LogCorrupted)
+    report = verify(path)
+    assert report.bad is not None and report.bad.reason == "unsupported format"
+
+
+# ----------------------------------------------------------------------------------------
 # Reads
 
 
@@ -557,6 +836,49 @@ def test_generate_and_load_keys(tmp_path: pathlib.Path) -> None:
     raw.write_bytes(bytes(range(32)))
     expected = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
     assert public_key_bytes(load_signing_key(raw)) == public_key_bytes(expected)
+
+
+def _self_signed_cert(key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    """A PEM self-signed certificate for ``key``, as a node's TLS certificate would be."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node-1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, None if isinstance(key, Ed25519PrivateKey) else hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_tls_key_and_certificate_sign_and_check_a_log(tmp_path: pathlib.Path) -> None:
+    tls_key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "node.key"
+    key_file.write_bytes(tls_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    cert_file = tmp_path / "node.crt"
+    cert_file.write_bytes(_self_signed_cert(tls_key))
+    assert load_public_key(cert_file) == public_key_bytes(tls_key)
+    signer = load_signing_key(key_file)
+    assert public_key_bytes(signer) == public_key_bytes(tls_key)
+    fill(tmp_path / "x.log", 3, signer)
+    assert verify(tmp_path / "x.log", load_public_key(cert_file)).ok
+    both = tmp_path / "bundle.pem"  # a certificate followed by its key: the certificate wins
+    both.write_bytes(cert_file.read_bytes() + key_file.read_bytes())
+    assert load_public_key(both) == public_key_bytes(tls_key)
+
+
+def test_certificate_of_another_key_type_is_refused(tmp_path: pathlib.Path) -> None:
+    cert_file = tmp_path / "ec.crt"
+    cert_file.write_bytes(_self_signed_cert(ec.generate_private_key(ec.SECP256R1())))
+    with pytest.raises(LogSignatureError, match="not an ed25519 key"):
+        load_public_key(cert_file)
+    broken = tmp_path / "broken.crt"
+    broken.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    with pytest.raises(LogSignatureError, match=str(broken)):
+        load_public_key(broken)
 
 
 BAD_PEM = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"

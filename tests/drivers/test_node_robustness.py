@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -11,6 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from runtime.security.certs import ensure_cluster_certs
+from runtime.security.tls import TlsCredentials, load_credentials
 
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinRequest, ShardPush
@@ -23,10 +27,12 @@ from tests.drivers.test_cluster import FAST, _free_base, start_group
 pytestmark = pytest.mark.timeout(180)
 
 
-def _blast(address: str, chunks: list[bytes]) -> None:
+def _blast(address: str, chunks: list[bytes], tls: ssl.SSLContext | None = None) -> None:
+    """Send ``chunks`` on one connection (TLS with ``tls``'s certificate if given)."""
     host, port = address.rsplit(":", 1)
     try:
-        with socket.create_connection((host, int(port)), timeout=2) as s:
+        with socket.create_connection((host, int(port)), timeout=2) as raw:
+            s = tls.wrap_socket(raw) if tls is not None else raw
             for c in chunks:
                 s.sendall(c)
             s.settimeout(0.2)
@@ -76,8 +82,12 @@ def test_random_and_truncated_frames_do_not_disturb_the_group(tmp_path: Path) ->
         ids = [1, 2, 3]
         start_group(c, ids, 6000)
         rng = random.Random(1234)
-        for chunks in _garbage(rng):
-            _blast(c.address(rng.choice(ids)), chunks)
+        # Half the garbage comes from strangers (stopped by the TLS handshake), half from a
+        # holder of a valid certificate of the cluster (node 99): the frame layer's turn.
+        insider = load_credentials(TlsCredentials.for_node(ensure_cluster_certs(c.certs_dir, [99]), 99), "node", 99)
+        ctx = insider.client_context()
+        for i, chunks in enumerate(_garbage(rng)):
+            _blast(c.address(rng.choice(ids)), chunks, ctx if i % 2 else None)
         total = 3 * 6000
         c.wait_for(lambda: all(len(c.deliveries(n)) >= total for n in ids), 120, f"{total} deliveries", 0.2)
         assert all(c.procs[n].poll() is None for n in ids), "a node died from garbage input"
@@ -86,12 +96,15 @@ def test_random_and_truncated_frames_do_not_disturb_the_group(tmp_path: Path) ->
         view = c.status(1)
         assert view["vid"] >= 1 and {m for m, _ in view["members"]} == set(ids) and not view["suspected"]
         log = (tmp_path / "node-1.log").read_text() + (tmp_path / "node-2.log").read_text()
+        assert "TLS handshake with" in log
         assert "bad frame" in log or "cannot be re-synchronised" in log
 
 
 def _node(args: list[str], cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run ``derecho-actors node`` (node 1, with a certificate from a CA made in ``cwd``)."""
+    certs = ensure_cluster_certs(cwd / "certs", [1])
     return subprocess.run(
-        [sys.executable, "-m", "derecho_actors.cli", "node", *args],
+        [sys.executable, "-m", "derecho_actors.cli", "node", "--certs-dir", str(certs), *args],
         capture_output=True, text=True, timeout=timeout, cwd=cwd,
     )
 

@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from runtime.security.certs import ensure_cluster_certs
+
 pytestmark = [pytest.mark.timeout(180)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,11 +52,13 @@ VIEW_LINE = re.compile(r"view (\d+) installed: members \[([\d, ]*)\]")
 # Runs inside a node namespace: answers each "contact cluster" line with one JSON line.
 STATUS_HELPER = r"""
 import json, sys
+from runtime.drivers.dial import client_credentials
 from runtime.drivers.status import fetch_status
+credentials = client_credentials(sys.argv[1], "operator")
 for line in sys.stdin:
     contact, cluster = line.split()
     try:
-        out = {"ok": True, "status": fetch_status(contact, cluster, 1.0)}
+        out = {"ok": True, "status": fetch_status(contact, cluster, 1.0, credentials)}
     except Exception as exc:
         out = {"ok": False, "error": str(exc)}
     sys.stdout.write(json.dumps(out) + "\n")
@@ -79,6 +83,8 @@ class Lab:
         self.logs: dict[str, Path] = {}
         self.helpers: dict[int, subprocess.Popen[str]] = {}
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        # TLS on, as everywhere: a throwaway CA; node certificates are made as nodes start.
+        self.certs = ensure_cluster_certs(workdir / "certs", (), clients=("operator",), cluster=CLUSTER)
 
     # ------------------------------------------------------------ network
     def ip(self, host: int) -> str:
@@ -149,6 +155,7 @@ class Lab:
             "--id", str(node_id), "--listen", self.addr(host),
             "--set", f"node.cluster={CLUSTER}",
             "--set", f"node.data_dir={self.workdir / f'data-{label}'}",
+            "--certs-dir", str(ensure_cluster_certs(self.certs, [node_id], cluster=CLUSTER)),
             *(extra if extra is not None else FAST),
             "--send", str(send), "--wait-members", str(wait_members),
             "--delivery-log", str(self.delivery_path(label)),
@@ -187,7 +194,7 @@ class Lab:
         helper = self.helpers.get(host)
         if helper is None or helper.poll() is not None:
             helper = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns[host], sys.executable, "-c", STATUS_HELPER],
+                ["ip", "netns", "exec", self.ns[host], sys.executable, "-c", STATUS_HELPER, str(self.certs)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 text=True, cwd=REPO, env=self.env, start_new_session=True,
             )
