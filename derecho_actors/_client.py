@@ -102,6 +102,7 @@ class Client:
         self._contact = 0
         self._connected = threading.Event()
         self._pings = itertools.count(1)
+        self._unavailable = ""  # why the group's shards cannot run, as the contact last said
         # Calls go out through one writer thread, many per write: in Python the cost is per
         # system call, so a pipelining caller gets its calls coalesced.
         self._outbox: list[bytes] = []
@@ -196,6 +197,8 @@ class Client:
                     self._blocked -= 1
             call_id = next(self._ids)
             results = QueryResults(f"{what} (client call {call_id})", decode)
+            results.ordered = ordered and method != PERSISTED_QUERY
+            results._why_waiting = self._why_waiting
             floor = next(iter(self._pending), call_id)
             # A client's Call names, in place of a caller, the replica it wants (0: any);
             # the contact fills in the session (origin) from our authenticated identity.
@@ -364,8 +367,18 @@ class Client:
         for results, _ in pending:
             results._fail_all(exc)
 
+    def _why_waiting(self) -> str | None:
+        if self._refusal is not None:
+            return str(self._refusal)
+        if self._sock is None:
+            return f"no contact connected (trying {', '.join(self.contacts)})"
+        return self._unavailable or None
+
     def _view_changed(self, status: dict[str, Any]) -> None:
         """The member serving us saw nodes leave: replicas among them will not answer."""
+        unavailable = status.get("unavailable")
+        if isinstance(unavailable, str):
+            self._unavailable = unavailable
         departed = status.get("departed")
         if not isinstance(departed, list):
             return

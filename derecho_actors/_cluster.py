@@ -6,6 +6,7 @@ The cluster talks to its group through a ``Client``.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ from runtime.core.layout import ShardPolicy
 from runtime.drivers.dial import client_credentials
 from runtime.drivers.status import StatusError, fetch_status
 from runtime.security.certs import ensure_cluster_certs
+
+_log = logging.getLogger("derecho.cluster")
 
 CLIENT_NAME = "local"  # the client certificate a local cluster makes for its own Client
 
@@ -78,6 +81,9 @@ class LocalCluster:
         self._overrides = dict(overrides or {})
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._client: Client | None = None
+        # Every node holds the read end of this pipe; only this process holds the write end.
+        # If this process dies (even by SIGKILL) the nodes see end-of-file and leave.
+        self._lifeline_r, self._lifeline_w = os.pipe()
         try:
             for node in self.ports:
                 self.start(node)
@@ -110,8 +116,28 @@ class LocalCluster:
         for k, v in self._overrides.items():
             args += ["--set", f"{k}={v}"]
         log = open(self.workdir / f"node-{node}.log", "ab")
-        self.procs[node] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        args[4:4] = ["--parent-fd", str(self._lifeline_r)]
+        self.procs[node] = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(self._lifeline_r,)
+        )
         log.close()
+
+    def stop(self, node: int, timeout: float = 15.0) -> int:
+        """Stop node ``node`` gracefully (SIGTERM: it leaves the group) and return its exit
+        code (``runtime.exitcodes``); SIGKILL if it does not exit within ``timeout``."""
+        proc = self.procs[node]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        return proc.returncode
+
+    def exit_code(self, node: int) -> int | None:
+        """The exit code of node ``node``'s process, None while it runs."""
+        return self.procs[node].poll()
 
     def status(self, node: int) -> dict[str, Any]:
         return fetch_status(self.address(node), self.cluster, timeout=2, credentials=self._credentials)
@@ -199,6 +225,11 @@ class LocalCluster:
         if self._client is not None:
             self._client.close()
             self._client = None
+        for fd in (self._lifeline_w, self._lifeline_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         for proc in self.procs.values():
             if proc.poll() is None:
                 try:
@@ -216,9 +247,13 @@ class LocalCluster:
     def __enter__(self) -> LocalCluster:
         return self
 
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
             self._own_workdir = False  # keep the node logs for whoever reads the error
+            where = f"local_cluster failed; its work folder (node logs, data) is kept at {self.workdir}"
+            _log.error("%s", where)
+            if isinstance(exc, BaseException):
+                exc.add_note(where)
         self.close()
 
 

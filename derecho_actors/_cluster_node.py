@@ -1,44 +1,82 @@
-"""One node of a ``local_cluster``: ``python -m derecho_actors._cluster_node SPEC --set k=v``.
+"""One node of a ``local_cluster``: ``python -m derecho_actors._cluster_node SPEC [--parent-fd N] --set k=v ...``
 
 Runs a ``Group`` with the replicated types and layout from the cloudpickle file SPEC until it
-is killed, stops (removed from the group), or gets SIGTERM (then it leaves gracefully).
+is killed, stops (removed from the group, or fail-stop on a storage failure), or gets SIGTERM
+or SIGINT (then it leaves gracefully). Its exit code says which (``runtime.exitcodes``).
+
+``--parent-fd N``: the read end of a pipe whose write end only the parent process holds. When
+the parent dies, however it dies (SIGKILL included), the pipe reports end-of-file and the node
+leaves and exits: a script killed mid-way leaves no node process behind.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 
 import cloudpickle
 
-from derecho_actors._group import Group
 from runtime.config import parse_override
+from runtime.errors import ConfigError, DerechoError
+from runtime.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+
+log = logging.getLogger("derecho.cluster_node")
+
+
+def _watch_parent(fd: int, done: threading.Event) -> None:
+    try:
+        while os.read(fd, 1):
+            pass
+    except OSError:
+        pass
+    log.warning("the parent process is gone: leaving the group")
+    done.set()
 
 
 def main(argv: list[str]) -> int:
     spec_path, rest = argv[0], argv[1:]
     overrides = {}
-    for i in range(0, len(rest), 2):
-        if rest[i] != "--set":
-            print(f"unexpected argument {rest[i]!r}", file=sys.stderr)
-            return 2
-        key, value = parse_override(rest[i + 1])
-        overrides[key] = value
-    with open(spec_path, "rb") as f:
-        spec = cloudpickle.load(f)
+    parent_fd: int | None = None
+    i = 0
+    while i < len(rest):
+        flag = rest[i]
+        if flag == "--parent-fd" and i + 1 < len(rest):
+            parent_fd = int(rest[i + 1])
+        elif flag == "--set" and i + 1 < len(rest):
+            key, value = parse_override(rest[i + 1])
+            overrides[key] = value
+        else:
+            print(f"unexpected argument {flag!r}", file=sys.stderr)
+            return EXIT_CONFIG
+        i += 2
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s node{overrides.get('node.id')} %(levelname)s %(name)s: %(message)s")
     done = threading.Event()
-    group = Group(types=spec["types"], layout=spec["layout"], overrides=overrides)
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    group.on_view(lambda v: None)
-    while not done.wait(0.2):
-        if group._stopped is not None:
-            return 3
+    if parent_fd is not None:
+        threading.Thread(target=_watch_parent, args=(parent_fd, done), name="parent-watch", daemon=True).start()
+    with open(spec_path, "rb") as f:
+        spec = cloudpickle.load(f)
+    from derecho_actors._group import Group
+
+    try:
+        group = Group(types=spec["types"], layout=spec["layout"], overrides=overrides)
+    except ConfigError as exc:
+        print(f"node config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DerechoError as exc:
+        print(f"node could not start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    while not done.wait(0.1):
+        if group.stopped is not None:
+            log.warning("node stops: %s", group.stopped)
+            group.close()
+            return group.exit_code
     group.leave()
-    return 0
+    return EXIT_OK if group.exit_code == EXIT_OK else group.exit_code
 
 
 if __name__ == "__main__":

@@ -13,7 +13,17 @@ from typing import Any
 
 import msgpack
 
-from runtime.errors import RemoteError, SerializationError
+from runtime.errors import (
+    DerechoError,
+    PayloadTooLarge,
+    RemoteError,
+    ReplicaLost,
+    SerializationError,
+    SessionExpired,
+    SessionLimit,
+    ShardUnavailable,
+    UnknownMethod,
+)
 
 
 def _pack(value: Any, serializer: str, what: str) -> bytes:
@@ -118,12 +128,42 @@ def encode_error(exc: BaseException) -> bytes:
     return msgpack.packb([type(exc).__name__, str(exc), tb], use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def decode_error(data: bytes, node: int | None) -> RemoteError:
+# Errors the group itself answers with (not the user's method): they come back as themselves,
+# so a caller can catch ``da.PayloadTooLarge`` whichever node refused the call.
+_OWN_ERRORS: dict[str, type[DerechoError]] = {
+    cls.__name__: cls
+    for cls in (PayloadTooLarge, ReplicaLost, SessionExpired, SessionLimit, ShardUnavailable, UnknownMethod)
+}
+
+
+def decode_error(data: bytes, node: int | None) -> BaseException:
     try:
         name, message, tb = msgpack.unpackb(data, raw=False)
-        return RemoteError(str(name), str(message), str(tb), node)
     except Exception:
         return RemoteError("UnknownError", "the replica's error could not be decoded", "", node)
+    own = _OWN_ERRORS.get(str(name)) if tb == "" else None
+    if own is not None:
+        if own is ReplicaLost:
+            return ReplicaLost(str(message), applied=False)
+        return own(str(message))
+    return RemoteError(str(name), str(message), str(tb), node)
+
+
+def encode_refusal(exc: DerechoError) -> bytes:
+    """A refusal by the group (no traceback: it is not the user's code that failed)."""
+    return msgpack.packb([type(exc).__name__, str(exc), ""], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+CALL_OVERHEAD = 96
+"""Bytes one call adds to a multicast message besides its method name and arguments: the
+msgpack framing of the batch and of seven integers (nine bytes each at most), generously."""
+
+
+def call_size(method: str, args: bytes) -> int:
+    """What one call takes of a multicast message (an upper bound): the limit every path
+    checks against ``multicast.max_message_size`` before sending, so no call is dropped
+    later for being too large."""
+    return len(args) + len(method.encode()) + CALL_OVERHEAD
 
 
 OrderedCall = tuple[int, int, str, bytes, int, int, int, int]
@@ -137,7 +177,6 @@ makes ``call_id`` that session's call number, ``session_ns`` when the session st
 ``floor`` its oldest call still waiting for an answer (see ``_sessions``); all 0 for a
 member's own calls."""
 
-_CALL_OVERHEAD = 48  # msgpack framing per call, generously
 
 
 def encode_ordered(calls: list[PendingCall], max_size: int) -> list[bytes]:
@@ -153,7 +192,7 @@ def encode_ordered(calls: list[PendingCall], max_size: int) -> list[bytes]:
     batch: list[PendingCall] = []
     size = 16
     for call in calls:
-        need = len(call[3]) + len(call[2]) + _CALL_OVERHEAD
+        need = call_size(call[2], call[3])
         if batch and size + need > max_size:
             out.append(msgpack.packb([now, batch], use_bin_type=True))
             batch, size = [], 16

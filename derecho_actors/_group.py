@@ -39,13 +39,16 @@ from runtime.errors import (
     PayloadTooLarge,
     ReplicaLost,
     RestartError,
+    ShardUnavailable,
     StateTransferError,
     UnknownMethod,
 )
 from runtime.config import NodeConfig, load_config
+from runtime.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_STORAGE
 from runtime.core.effects import Delivery
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy
 from runtime.core.view import View
+from runtime.drivers.data_dir import check_data_dir
 from runtime.drivers.log_store import public_key_bytes
 from runtime.drivers.node import AppHooks, NodeDriver, node_security
 from runtime.drivers.restart import SavedState
@@ -101,7 +104,7 @@ class Group:
         self.config = dataclasses.replace(cfg, layout=layout.policy)
         self.node_id = self.config.node.id
         self._max_payload = self.config.multicast.max_message_size
-        self.data_dir = Path(self.config.node.data_dir)
+        self.data_dir = check_data_dir(self.config.node.data_dir)
         # TLS contexts and this node's certificate (checked before anything starts), whose
         # key also signs the logs of signed types.
         self._security = node_security(self.config)
@@ -150,6 +153,7 @@ class Group:
         self._session_ns = time.time_ns()
         self._first_view = threading.Event()
         self._stopped: str | None = None
+        self.exit_code = EXIT_OK  # what a node process running this group should exit with (runtime.exitcodes)
         self._driver.start_in_thread()
         if not self._first_view.wait(start_timeout):
             self.close()
@@ -201,13 +205,29 @@ class Group:
             self._driver.join_thread(timeout)
         self.close()
 
-    def close(self) -> None:
-        """Stop this node at once (others see it fail) and its replicas."""
+    @property
+    def stopped(self) -> str | None:
+        """Why this node stopped (None while it runs); ``exit_code`` says what kind of end."""
+        return self._stopped
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop this node at once (others see it fail) and its replicas, and wait until they
+        have stopped and closed their logs (so the data directory can be used again at once,
+        by this process too)."""
         self._driver.stop("closed")
-        self._driver.join_thread(10)
-        for ref in list(self._replicas.values()):
-            ref.stop(block=False)
+        self._driver.join_thread(timeout)
+        refs = [*self._replicas.values(), *self._retired.values()]
         self._replicas.clear()
+        self._retired.clear()
+        stops = [ref.stop(block=False) for ref in refs]  # each replies once its on_stop closed the log
+        deadline = time.monotonic() + timeout
+        for ref, stopping in zip(refs, stops):
+            try:
+                stopping.get(timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+            except pykka.Timeout:
+                log.warning("a replica of %s did not stop within %.0f s (busy in a method?)", ref.actor_class, timeout)
+            except pykka.ActorDeadError:
+                pass
         self._fail_pending(GroupClosed(f"node {self.node_id} closed its group"))
 
     def __enter__(self) -> Group:
@@ -231,11 +251,7 @@ class Group:
                 f"{spec.name} has no @ordered or @p2p method {method!r} (known: {', '.join(sorted(spec.methods))})"
             )
         data = _codec.encode_args(args, kwargs, spec.serializer)
-        if len(data) + 64 > self._max_payload:
-            raise PayloadTooLarge(
-                f"{spec.name}.{method} arguments encode to {len(data)} bytes; the limit is "
-                f"{self._max_payload} (multicast.max_message_size)"
-            )
+        self._check_size(f"{spec.name}.{method}", method, data)
         serializer = spec.serializer
         results = self._issue(shard, method, kind, data, node, f"{spec.name}.{method}", lambda b: _codec.decode_result(b, serializer))
         if spec.persistent and kind == ORDERED:
@@ -251,6 +267,8 @@ class Group:
     ) -> QueryResults:
         call_id = next(self._ids)
         results = QueryResults(f"{what} (call {call_id})", decode)
+        results.ordered = kind == ORDERED
+        results._why_waiting = lambda: self._why_waiting(shard)
         with self._lock:
             self._calls[call_id] = (results, None)
         if not self._driver.in_loop(self._dispatch, call_id, shard, method, kind, data, node):
@@ -266,8 +284,9 @@ class Group:
         results = entry[0]
         members = view.layout.members_of(shard)
         if not members:
-            why = "the view is too small for the layout" if not view.layout.adequate else "no such shard"
-            results._fail_all(ReplicaLost(f"shard {shard} has no members in view {view.vid} ({why})"))
+            with self._lock:
+                self._calls.pop(call_id, None)
+            results._fail_all(ShardUnavailable(f"{results.description} was not sent: {self._unavailable(view, shard)}"))
             return
         if kind == ORDERED:
             if self.node_id in members:
@@ -281,13 +300,46 @@ class Group:
             return
         target = node if node is not None else (self.node_id if self.node_id in members else members[call_id % len(members)])
         if target not in members:
-            results._fail_all(ReplicaLost(f"node {target} holds no replica of {shard} in view {view.vid}"))
+            results._fail_all(ReplicaLost(
+                f"node {target} holds no replica of {shard} in view {view.vid} (its replicas: {list(members)}); "
+                "the call was not sent", applied=False))
             return
         results._expect((target,))
         if target == self.node_id:
             self._p2p_here(shard, view.vid, self.node_id, call_id, method, data, 0)
         else:
             self._driver.send_direct(target, frame(Call(call_id, self.node_id, shard, method, False, data)))
+
+    def _check_size(self, what: str, method: str, args: bytes) -> None:
+        size = _codec.call_size(method, args)
+        if size > self._max_payload:
+            raise PayloadTooLarge(
+                f"{what}: the call takes {size} bytes (arguments {len(args)}); the group's limit is "
+                f"{self._max_payload} (multicast.max_message_size): send less per call"
+            )
+
+    @staticmethod
+    def _unavailable(view: View, shard: ShardId) -> str:
+        """Why ``shard`` has no replicas in ``view``, for people."""
+        if not view.layout.adequate:
+            return (f"view {view.vid} has {view.n} members {list(view.members)}, too few for the layout "
+                    f"({view.layout.describe_shortfall()}); no shard runs until nodes join")
+        known = sorted(str(s) for s in view.layout.shards if s.type_name == shard.type_name)
+        return f"the layout of view {view.vid} has no shard {shard} (shards of {shard.type_name}: {', '.join(known) or 'none'})"
+
+    def _why_waiting(self, shard: ShardId) -> str | None:
+        """What is known to hold up calls to ``shard`` right now (for timeout messages)."""
+        if self._stopped is not None:
+            return f"node {self.node_id} stopped: {self._stopped}"
+        view = self._view
+        if view is None:
+            return f"node {self.node_id} is not in a view"
+        if not view.layout.members_of(shard):
+            return self._unavailable(view, shard)
+        awaiting = self._awaiting.get(shard)
+        if awaiting is not None:
+            return f"node {self.node_id} is still receiving the state of {shard} from node {awaiting[0]}"
+        return None
 
     # ----------------------------------------------------- protocol-thread hooks
     def _on_view(self, view: View) -> None:
@@ -325,9 +377,13 @@ class Group:
         self._check_transfers(view)
         if previous is not None:
             gone = set(previous.members) - set(view.members)
-            if gone and self._clients:
-                # Clients cannot see views: tell them who left, so their calls stop waiting.
-                note = frame(StatusReply({"vid": view.vid, "members": list(view.members), "departed": sorted(gone)}))
+            if (gone or not view.layout.adequate or not previous.layout.adequate) and self._clients:
+                # Clients cannot see views: tell them who left, so their calls stop waiting,
+                # and whether shards cannot run, so a call that waits says why.
+                note = frame(StatusReply({
+                    "vid": view.vid, "members": list(view.members), "departed": sorted(gone),
+                    "unavailable": "" if view.layout.adequate else self._unavailable(view, ShardId("", 0, 0)),
+                }))
                 for handle in list(self._clients):
                     if getattr(handle, "closed", False):
                         self._clients.discard(handle)
@@ -387,6 +443,9 @@ class Group:
             chunk_done=in_loop(lambda source, svid, seq: self._chunk_done(sid, source, svid, seq)),
             report_signed=in_loop(lambda version, sig: self._signed(sid, version, sig)),
             report_verified=in_loop(lambda node, version: self._verified_by(sid, node, version)),
+            storage_failed=in_loop(lambda why: self._fail_stop(why, EXIT_STORAGE)),
+            internal_error=in_loop(lambda why: self._fail_stop(why, EXIT_FAILED)),
+            stall_timeout=self.config.persistence.stall_timeout_ms / 1000,
         )
 
     def _saved_state(self) -> SavedState | None:
@@ -505,7 +564,7 @@ class Group:
         waiters = self._persist_waiters.pop(sid, [])
         if waiters:
             vid = self._view.vid if self._view is not None else 0
-            err = _codec.encode_error(ReplicaLost(why))
+            err = _codec.encode_refusal(ReplicaLost(why))
             self._route_replies([
                 (caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))
                 for _, caller, call_id, origin in waiters
@@ -528,12 +587,12 @@ class Group:
             elif shard in self._replicas:
                 self._persist_waiters.setdefault(shard, []).append((version, caller, call_id, origin))
             else:
-                err = _codec.encode_error(ReplicaLost(f"node {self.node_id} holds no replica of {shard}"))
+                err = _codec.encode_refusal(ReplicaLost(f"node {self.node_id} holds no replica of {shard}"))
                 self._route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
             return
         ref = self._replicas.get(shard)
         if ref is None:
-            err = _codec.encode_error(ReplicaLost(f"node {self.node_id} holds no replica of {shard}"))
+            err = _codec.encode_refusal(ReplicaLost(f"node {self.node_id} holds no replica of {shard}"))
             self._route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
             return
         ref.tell(("p2p", vid, caller, call_id, method, args, origin))
@@ -572,11 +631,25 @@ class Group:
 
     def _transfer_failed(self, sid: ShardId, why: str) -> None:
         """This node could not receive the state of a shard it now holds: it cannot serve it,
-        so it stops (and may join again) rather than hold a replica that never answers."""
+        so it leaves (and may join again) rather than hold a replica that never answers."""
         self._awaiting.pop(sid, None)
-        log.error("node %s stops: %s", self.node_id, why)
+        self._fail_stop(why, EXIT_FAILED)
+
+    def _fail_stop(self, why: str, code: int) -> None:
+        """This node can no longer do its part (its disk failed, a replica broke): leave the
+        group with the reason, so the others carry on at once without suspecting anyone and
+        nobody waits for it; callers here get the reason. Protocol thread."""
+        if self._stopped is not None:
+            return
+        log.error("node %s leaves the group: %s", self.node_id, why)
         self._stopped = why
-        self._driver.stop(why)
+        self.exit_code = code
+        self._fail_pending(GroupClosed(f"node {self.node_id} stopped: {why}"))
+        self._driver.leave()
+        # If the leave cannot complete (no majority left to agree to it), stop anyway.
+        grace = self.config.timeouts.suspicion_ms / 1000 * 4
+        if self._driver.loop is not None:
+            self._driver.loop.call_later(grace, self._driver.stop, why)
 
     def _on_state_request(self, sender: int, req: StateRequest) -> None:
         why = self._snapshot_errors.get((req.shard, req.vid))
@@ -766,10 +839,18 @@ class Group:
         view = self._view
         ref = self._replicas.get(msg.shard)
         if view is None or ref is None:
-            err = _codec.encode_error(ReplicaLost(f"node {self.node_id} holds no replica of {msg.shard}"))
+            err = _codec.encode_refusal(ReplicaLost(f"node {self.node_id} holds no replica of {msg.shard}"))
             vid = view.vid if view is not None else 0
             reply = Reply(msg.call_id, self.node_id, vid, (self.node_id,), False, err, msg.origin)
             self._driver.send_direct(msg.caller, frame(reply))
+            return
+        size = _codec.call_size(msg.method, msg.args)
+        if size > self._max_payload:  # a member whose limit differs from ours: refuse, never drop
+            err = _codec.encode_refusal(PayloadTooLarge(
+                f"call {msg.call_id} takes {size} bytes; node {self.node_id}'s limit is {self._max_payload} "
+                "(multicast.max_message_size): members should share one limit"))
+            self._driver.send_direct(msg.caller, frame(Reply(msg.call_id, self.node_id, view.vid, (self.node_id,), False,
+                                                             err, msg.origin)))
             return
         if msg.ordered:
             self._submit(msg.shard, (msg.caller, msg.call_id, msg.method, msg.args, msg.origin, msg.session_ns, msg.floor))
@@ -786,16 +867,28 @@ class Group:
         view = self._view
         if not isinstance(msg, Call) or not origin or view is None:
             return
-        self._proxies[(origin, msg.call_id)] = [handle, -1]
         self._clients.add(handle)
+        members = view.layout.members_of(msg.shard)
+        refusal: Exception | None = None
+        size = _codec.call_size(msg.method, msg.args)
+        if size > self._max_payload:
+            refusal = PayloadTooLarge(
+                f"call {msg.call_id} takes {size} bytes; the group's limit is {self._max_payload} "
+                "(multicast.max_message_size); it was not run")
+        elif not members:
+            refusal = ShardUnavailable(f"call {msg.call_id} was not run: {self._unavailable(view, msg.shard)}")
+        elif not msg.ordered and msg.caller and msg.caller not in members:
+            refusal = ReplicaLost(
+                f"node {msg.caller} holds no replica of {msg.shard} in view {view.vid} (its replicas: {list(members)}); "
+                "the call was not run", applied=False)
+        if refusal is not None:
+            reply = Reply(msg.call_id, self.node_id, view.vid, (self.node_id,), False, _codec.encode_refusal(refusal), origin)
+            self._to_client(handle, frame(reply))
+            return
+        self._proxies[(origin, msg.call_id)] = [handle, -1]
         if len(self._proxies) > MAX_PROXIED:  # calls whose replies never all came (replicas lost)
             self._proxies.popitem(last=False)
-        members = view.layout.members_of(msg.shard)
-        if not members:
-            err = _codec.encode_error(ReplicaLost(f"shard {msg.shard} has no members in view {view.vid}"))
-            self._driver.transport.reply(handle, frame(Reply(msg.call_id, self.node_id, view.vid, (), False, err, origin)))  # type: ignore[union-attr]
-            return
-        if not msg.ordered and msg.caller in members:
+        if not msg.ordered and msg.caller:
             target = msg.caller  # the client asked for this replica (P2P node=)
         elif self.node_id in members:
             target = self.node_id
@@ -899,7 +992,10 @@ class Group:
             self._to_client(handle, frame(ReplyBatch(node, batch.vid, replicas, tuple(entries))))
 
     def _on_stop(self, reason: str) -> None:
-        self._stopped = reason
+        if self._stopped is None:  # a fail-stop keeps its own reason (and exit code)
+            self._stopped = reason
+            if not reason.startswith(("left the group", "closed")):
+                self.exit_code = EXIT_STOPPED
         self._first_view.set()
         self._fail_pending(GroupClosed(f"node {self.node_id} stopped: {reason}"))
 

@@ -25,6 +25,7 @@ import copy
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -217,8 +218,17 @@ class PersistentStore:
         log_: Any,  # runtime.drivers.log_store.VersionedLog
         on_durable: Callable[[int], None],
         on_signed: Callable[[int, bytes], None] | None = None,
+        on_failure: Callable[[str], None] = lambda why: None,
+        max_queued: int = 256,
+        stall_timeout: float = 30.0,
     ) -> None:
+        """``on_failure(why)``: the log could not be written (disk full, I/O error): the
+        replica must stop (fail-stop), since it can no longer persist what it delivers.
+        ``max_queued``: delivered batches waiting for the writer at most; beyond that the
+        replica waits (back-pressure) instead of buffering without bound."""
         self.obj = obj
+        self.on_failure = on_failure
+        self.stall_timeout = stall_timeout
         self.on_signed = on_signed if getattr(log_, "signed", False) else None
         self.fields = dict(fields)
         self.serializer = serializer
@@ -230,7 +240,8 @@ class PersistentStore:
         self.last_ts = 0
         self._baseline: dict[str, bytes] = {}
         self._lock = threading.Lock()  # the log is used by the writer and by readers
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue: queue.Queue[Any] = queue.Queue(max(1, max_queued))
+        self.busy_since: float | None = None  # monotonic time the writer began its current write
         self._durable = threading.Condition()
         self._durable_version = -1
         self._writer: threading.Thread | None = None
@@ -312,13 +323,28 @@ class PersistentStore:
         return version, ts, msgpack.packb([origin, call_id, changes], use_bin_type=True)
 
     def submit(self, records: list[tuple[int, int, bytes]]) -> None:
-        """Queue a batch for the writer thread (one fsync covers all that queued meanwhile)."""
-        if not records:
+        """Queue a batch for the writer thread (one fsync covers all that queued meanwhile).
+        Waits while ``max_queued`` batches are already waiting (a slow disk slows the
+        replica); returns at once once the log has failed (the node is stopping)."""
+        if not records or self.write_error is not None:
             return
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="derecho-log-writer", daemon=True)
             self._writer.start()
-        self._queue.put(records)
+        while self.write_error is None:
+            self._check_stall()
+            try:
+                self._queue.put(records, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _check_stall(self) -> None:
+        """A write or fsync that hangs (a dead NFS server, a failing disk) is a storage
+        failure too: after ``stall_timeout`` the replica stops rather than pile up batches."""
+        since = self.busy_since
+        if since is not None and time.monotonic() - since > self.stall_timeout and self.write_error is None:
+            self._fail(TimeoutError(f"a write or fsync has not returned for {time.monotonic() - since:.0f} s"))
 
     def _write_loop(self) -> None:
         while True:
@@ -337,16 +363,18 @@ class PersistentStore:
                     break
                 records.extend(more)
             signature = None
+            self.busy_since = time.monotonic()
             try:
                 with self._lock:
                     self.log.append(records)
                     durable = self.log.flush()
                     if self.on_signed is not None and durable >= 0:
                         signature = self.log.signature(durable)
-            except BaseException as exc:  # disk full, I/O error: stop reporting progress
-                log.exception("writing the log %s failed; this replica stops persisting", getattr(self.log, "path", "?"))
-                self.write_error = exc
+            except BaseException as exc:  # disk full, I/O error: fail-stop, never carry on silently
+                self._fail(exc)
                 return
+            finally:
+                self.busy_since = None
             with self._durable:
                 self._durable_version = durable
                 self._durable.notify_all()
@@ -355,6 +383,18 @@ class PersistentStore:
                 self.on_signed(durable, signature)
             if stop:
                 return
+
+    def _fail(self, exc: BaseException) -> None:
+        path = getattr(self.log, "path", "?")
+        why = f"storage failure: writing the log {path} failed: {type(exc).__name__}: {exc}"
+        log.error("%s; this replica stops (fail-stop): free space or fix the disk, then restart the node", why)
+        self.write_error = exc
+        with self._durable:
+            self._durable.notify_all()
+        try:
+            self.on_failure(why)
+        except Exception:
+            log.exception("reporting the storage failure of %s failed", path)
 
     def wait_durable(self, version: int, timeout: float = 60.0) -> bool:
         """Block until ``version`` is on this replica's disk (used before a state transfer)."""
@@ -366,8 +406,11 @@ class PersistentStore:
         return self._durable_version
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._queue.put(None)
+        if self._writer is not None and self._writer.is_alive():
+            try:
+                self._queue.put(None, timeout=10)
+            except queue.Full:
+                log.error("the log writer of %s did not drain its queue within 10 s", getattr(self.log, "path", "?"))
             self._writer.join(10)
         with self._lock:
             self.log.close()

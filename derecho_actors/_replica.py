@@ -60,6 +60,9 @@ class ReplicaEnv:
     snapshot_ready: Callable[[int, Path, int, Any], None] = lambda vid, path, boundary, store: None
     snapshot_failed: Callable[[int, str], None] = lambda vid, why: None
     transfer_failed: Callable[[str], None] = lambda why: None
+    storage_failed: Callable[[str], None] = lambda why: None  # the log cannot be written: fail-stop
+    internal_error: Callable[[str], None] = lambda why: None  # the replica itself broke: fail-stop
+    stall_timeout: float = 30.0  # a log write or fsync taking longer is a storage failure
     state_installed: Callable[[int], None] = lambda version: None
     chunk_done: Callable[[int, int, int], None] = lambda source, vid, seq: None
     report_signed: Callable[[int, bytes], None] = lambda version, signature: None  # signed logs
@@ -67,6 +70,9 @@ class ReplicaEnv:
 
 
 class ReplicaActor(pykka.ThreadingActor):
+    # A replica stuck in a user method must not keep the process alive after its node stopped.
+    use_daemon_thread = True
+
     def __init__(self, spec: TypeSpec, env: ReplicaEnv, awaiting_state: bool = False) -> None:
         super().__init__()
         self.spec = spec
@@ -95,11 +101,20 @@ class ReplicaActor(pykka.ThreadingActor):
 
     # ------------------------------------------------------------------ lifecycle
     def on_start(self) -> None:
-        if self.spec.persistent:
-            self._open_store()
-        if self.awaiting:
-            have, digest = self._have()
-            self.env.request_state(have, digest)
+        try:
+            if self.spec.persistent:
+                self._open_store()
+            if self.awaiting:
+                have, digest = self._have()
+                self.env.request_state(have, digest)
+        except Exception as exc:  # the node must not stay a member with no replica here
+            self.env.internal_error(f"the replica of {self.spec.name} could not start: {type(exc).__name__}: {exc}")
+            raise
+
+    def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # Never from a user method (those errors go back to the caller): a bug or a broken
+        # log. A replica that stopped would silently never answer again: fail-stop instead.
+        self.env.internal_error(f"the replica of {self.spec.name} failed: {getattr(exc_type, '__name__', exc_type)}: {exc}")
 
     def on_stop(self) -> None:
         if self.store is not None:
@@ -121,7 +136,7 @@ class ReplicaActor(pykka.ThreadingActor):
         self.obj = self.spec.cls()
         store = PersistentStore(
             self.obj, persistent_fields(self.spec.cls), self.spec.serializer, log_, self.env.report_durable,
-            self.env.report_signed,
+            self.env.report_signed, on_failure=self.env.storage_failed, stall_timeout=self.env.stall_timeout,
         )
         for call in store.replay():
             if call.origin:
@@ -231,7 +246,8 @@ class ReplicaActor(pykka.ThreadingActor):
                 exc = SessionLimit(
                     f"call {call_id} was not run: {self.spec.name} replicas already keep {self.spec.max_sessions} "
                     "caller sessions (max_sessions); retry later")
-            return caller, Reply(call_id, self.node_id, vid, replicas, False, _codec.encode_error(exc), origin, version)
+            err = _codec.encode_error(exc) if kind == FORGOTTEN else _codec.encode_refusal(exc)  # type: ignore[arg-type]
+            return caller, Reply(call_id, self.node_id, vid, replicas, False, err, origin, version)
         out = self._run(caller, call_id, method, args, ORDERED, vid, replicas, origin, version)
         sessions.applied(origin, call_id, (out[1].ok, out[1].value), floor)
         return out

@@ -3,6 +3,12 @@
 Which replicas answer is only known once the call is delivered (a view change may move it to
 the next view, with other members), so the first reply tells the expected set. A replica that
 leaves the view before answering resolves as ``ReplicaLost`` instead of hanging the caller.
+
+What ``get`` reports follows virtual synchrony: an ordered call delivered in a view is applied
+at every replica of that view that survives it, so once any replica answered, the call took
+effect; replicas that left before answering are named in ``lost`` and do not make ``get``
+fail. ``get`` raises only when no replica can answer, saying whether the call may have been
+applied (Jepsen's rule: an unknown outcome is never reported as a failure).
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ class QueryResults:
         self._versions: dict[int, int] = {}  # node -> version of the call there (persistent types)
         # Set by the caller for ordered calls of persistent types: (version, replica) -> query.
         self._persist_query: Callable[[int, int], QueryResults] | None = None
+        # Set by the caller: why the call may be waiting (a shard that cannot run, ...), for
+        # the message of a TimeoutError; None when nothing is known to hold it up.
+        self._why_waiting: Callable[[], str | None] | None = None
+        self.ordered = True  # P2P calls change nothing: losing their replica means "not applied"
 
     # ------------------------------------------------------------ fed by the group
     def _expect(self, replicas: tuple[int, ...]) -> None:
@@ -162,9 +172,16 @@ class QueryResults:
         remote errors. Raises ``TimeoutError`` naming the nodes still pending."""
         finished = self._wait_for(lambda: self._finished, timeout)
         if not finished:
+            why = None
+            if self._why_waiting is not None:
+                try:
+                    why = self._why_waiting()
+                except Exception:  # a hint must never hide the timeout itself
+                    why = None
             raise TimeoutError(
                 f"{self.description}: no reply within {timeout} s from "
-                f"{list(self.pending) if self._expected is not None else 'any replica (not delivered yet)'}",
+                f"{list(self.pending) if self._expected is not None else 'any replica (not delivered yet)'}"
+                + (f"; {why}" if why else ""),
                 self.pending,
             ) from None
         with self._lock:
@@ -175,13 +192,38 @@ class QueryResults:
             return out
 
     def get(self, timeout: float | None = None) -> dict[int, Any]:
-        """``{node id: return value}``, one per replica; raises the first remote error."""
+        """``{node id: return value}`` of every replica that answered; raises the first
+        remote error. Replicas that left before answering are left out and named in
+        :attr:`lost`: the survivors' answers stand, since the call was applied at each of
+        them. Raises ``ReplicaLost`` only if no replica answered at all; its ``applied``
+        says what is known of the call's effect (False: it changed nothing, None: unknown,
+        it may have been applied)."""
         out = self.wait_all(timeout)
+        lost: list[ReplicaLost] = []
         for node in self._order:
             value = out.get(node)
-            if isinstance(value, (RemoteError, ReplicaLost)):
+            if isinstance(value, ReplicaLost):
+                lost.append(value)
+            elif isinstance(value, BaseException):
                 raise value
-        return out
+        if lost and len(lost) == len(out):
+            nodes = sorted(n for n, v in out.items() if isinstance(v, ReplicaLost))
+            if self.ordered:
+                raise ReplicaLost(
+                    f"{self.description}: every replica that was to answer ({nodes}) left first; the call may or "
+                    "may not have been applied: read the state to find out before calling again", applied=None,
+                ) from lost[0]
+            raise ReplicaLost(
+                f"{self.description}: replica {nodes[0]} left before answering; a P2P call changes nothing, so it is "
+                "safe to call again", applied=False,
+            ) from lost[0]
+        return {n: v for n, v in out.items() if not isinstance(v, ReplicaLost)}
+
+    @property
+    def lost(self) -> dict[int, ReplicaLost]:
+        """Replicas that left the group before answering (their error says when)."""
+        with self._lock:
+            return {n: e for n, e in self._errors.items() if n >= 0 and isinstance(e, ReplicaLost)}
 
     @property
     def version(self) -> int | None:

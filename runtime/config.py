@@ -371,6 +371,7 @@ _FIELDS: dict[str, dict[str, _Field]] = {
         "restart_quorum_wait_ms": _Field(_int_text(0), _int_check(0)),
         "transfer_chunk_bytes": _Field(_int_text(4096), _int_check(4096)),
         "transfer_window": _Field(_int_text(1), _int_check(1)),
+        "stall_timeout_ms": _Field(_int_text(1), _int_check(1)),
     },
 }
 _FIELDS["security"] = {
@@ -468,6 +469,7 @@ class PersistenceSection:
     restart_quorum_wait_ms: int = 500
     transfer_chunk_bytes: int = 1 << 20
     transfer_window: int = 8
+    stall_timeout_ms: int = 30_000
 
     def __post_init__(self) -> None:
         _check_fields("persistence", self)
@@ -974,6 +976,7 @@ signing_key = ""  # ed25519 key file (derecho-actors keygen) for types with sign
 restart_quorum_wait_ms = {persistence.restart_quorum_wait_ms}  # total restart: wait for more logs after quorum
 transfer_chunk_bytes = {persistence.transfer_chunk_bytes}  # state transfer chunk size
 transfer_window = {persistence.transfer_window}  # chunks in flight per transfer
+stall_timeout_ms = {persistence.stall_timeout_ms}  # a log write or fsync hanging this long is a storage failure
 
 [security]
 # Mutual TLS on every connection. Without certificates a node refuses to start unless

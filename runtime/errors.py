@@ -47,7 +47,20 @@ class TimeoutError(DerechoError, TimeoutError):  # noqa: A001 - the public name 
 
 
 class ReplicaLost(DerechoError):
-    """The replica left the view before it answered this call (per-node failure)."""
+    """A replica left the view before it answered a call. ``QueryResults.get`` raises it only
+    when no replica answered at all; ``applied`` then says what is known of the call's effect:
+    False (it changed nothing: safe to call again), None (unknown: it may have been applied;
+    read the state before calling again). Per replica, ``QueryResults.lost`` holds one each."""
+
+    def __init__(self, message: str, applied: bool | None = None) -> None:
+        super().__init__(message)
+        self.applied = applied
+
+
+class ShardUnavailable(DerechoError):
+    """The shard cannot run calls now, and this call was not sent (so not applied): the view
+    is too small for the layout, or the group has no view. The message says what the layout
+    needs and what is alive; retry once nodes have joined."""
 
 
 class NotRegistered(DerechoError):
@@ -142,6 +155,7 @@ __all__ = [
     "RemoteError",
     "TimeoutError",
     "ReplicaLost",
+    "ShardUnavailable",
     "NotRegistered",
     "UnknownMethod",
     "SerializationError",

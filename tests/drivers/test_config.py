@@ -328,6 +328,14 @@ BAD: list[tuple[str, str | None, dict[str, str], dict[str, str], tuple[str, ...]
      ('node.id: expected an integer >= 0, got "abc"', "DERECHO_NODE_ID")),
     ("id negative (cli)", None, {}, {"node.id": "-1"}, ("node.id must be >= 0", "--set node.id")),
     ("id float", "[node]\nid = 1.5\n", {}, {}, ("node.id: expected an integer", "node.toml")),
+    ("id beyond 32 bits", None, {}, {"node.id": str(2**70)}, ("node.id must be <= 4294967295", "--set node.id")),
+    ("allow-list not ids", "[security]\nallowed_members = [1, \"two\"]\n", {}, {},
+     ("security.allowed_members[1]: expected an integer",)),
+    ("allow-list repeats (env)", None, {"DERECHO_SECURITY_ALLOWED_MEMBERS": "1,2,1"}, {},
+     ("security.allowed_members[2]", "twice")),
+    ("insecure and certificates", "[security]\ninsecure = true\ncerts_dir = \"/etc/c\"\n", {}, {},
+     ("security.insecure = true contradicts",)),
+    ("receive budget too small", None, {}, {"security.receive_budget_bytes": "10"}, ("security.receive_budget_bytes",)),
     ("id bool", "[node]\nid = true\n", {}, {}, ("node.id: expected an integer", "true")),
     ("id string in file", '[node]\nid = "3"\n', {}, {}, ("node.id",)),
     ("listen no port", '[node]\nlisten = "localhost"\n', {}, {},
@@ -471,3 +479,21 @@ def test_direct_construction_is_validated() -> None:
     assert NodeSection(contacts=["a:1"]).contacts == ("a:1",)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"^timeouts: expected a TimeoutsSection"):
         NodeConfig(timeouts=MulticastSection())  # type: ignore[arg-type]
+
+
+def test_security_section_and_tls_paths() -> None:
+    cfg = load_config(None, {"security.certs_dir": "/etc/derecho/certs", "security.allowed_members": "1,2,3",
+                             "node.id": "2"}, environ={})
+    sec = cfg.security
+    assert sec.allowed_members == (1, 2, 3) and sec.tls_configured and not sec.insecure
+    assert sec.tls_paths(2) == ("/etc/derecho/certs/ca.crt", "/etc/derecho/certs/node-2.crt", "/etc/derecho/certs/node-2.key")
+    explicit = load_config(None, {"security.certs_dir": "/c", "security.cert_file": "/k8s/tls.crt"}, environ={})
+    assert explicit.security.tls_paths(1)[1] == "/k8s/tls.crt"
+    assert not NodeConfig().security.tls_configured  # a node without certificates must opt out explicitly
+
+
+def test_long_paths_are_shown_whole(tmp_path: pathlib.Path) -> None:
+    deep = tmp_path.joinpath(*(["a-rather-long-folder-name"] * 12))
+    with pytest.raises(ConfigError) as info:
+        load_config(str(deep / "the-config-file.toml"), environ={})
+    assert "the-config-file.toml" in str(info.value) and len(str(deep)) > 250

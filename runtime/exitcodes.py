@@ -1,0 +1,26 @@
+"""Exit codes of a node process (``derecho-actors node`` and ``local_cluster`` nodes).
+
+Operators and supervisors (systemd, Kubernetes) act on them, so each names one kind of end:
+
+====  =====================================================================================
+0     stopped as asked (SIGTERM, SIGINT, a graceful leave)
+2     bad configuration or start-up problem (config, certificates, data_dir, port); the message
+      names the field or path
+3     stopped by the group: removed from the view, or in a minority partition; restart it to
+      join again as a new member
+4     storage failure: the log could not be written or fsync failed or stalled; the node left
+      the group (fail-stop). Free space or fix the disk, then restart it: it catches up from
+      the group
+5     total restart refused: the surviving logs lack versions that were reported persisted;
+      bring back the nodes that hold them, or restart with ``--accept-loss``
+6     the node failed in a way it cannot recover from alone (a state transfer it needed
+      failed, or an internal error); it left the group; the log line before says why
+====  =====================================================================================
+"""
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_STOPPED = 3
+EXIT_STORAGE = 4
+EXIT_RESTART_REFUSED = 5
+EXIT_FAILED = 6
