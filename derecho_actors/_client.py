@@ -31,7 +31,7 @@ from derecho_actors import _codec
 from derecho_actors._decorators import ORDERED, TypeSpec, method_caller, spec_of
 from derecho_actors._results import PERSISTED_QUERY, QueryResults, take_entries
 from runtime.core.layout import ShardId
-from runtime.drivers.dial import client_credentials, dial
+from runtime.drivers.dial import client_credentials, dial, is_refusal
 from runtime.drivers.tcp import split_address
 from runtime.errors import ConfigError, GroupClosed, NotRegistered, PayloadTooLarge, Refused
 from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials
@@ -103,6 +103,7 @@ class Client:
         self._connected = threading.Event()
         self._pings = itertools.count(1)
         self._unavailable = ""  # why the group's shards cannot run, as the contact last said
+        self._idle_ping = 10.0  # seconds between pings while no call waits (a third of the contact's idle timeout)
         # Calls go out through one writer thread, many per write: in Python the cost is per
         # system call, so a pipelining caller gets its calls coalesced.
         self._outbox: list[bytes] = []
@@ -267,6 +268,7 @@ class Client:
                     sock.close()
                     continue
                 self._sock = sock
+                self._unavailable = ""
             log.info("client connected to %s (%d calls resent)", address, len(resend))
             return sock
         if last_error:
@@ -298,20 +300,28 @@ class Client:
         decoder = FrameDecoder()
         interval = max(0.05, self.liveness_timeout / 4)
         sock.settimeout(interval)
-        heard = time.monotonic()
+        heard = pinged = time.monotonic()
         where = self._peer_name(sock)
         while not self._closed:
             try:
                 data = sock.recv(1 << 16)
             except (socket.timeout, TimeoutError):
-                silent = time.monotonic() - heard
-                if silent > self.liveness_timeout:
-                    log.warning("contact %s sent nothing for %.1f s (frozen or cut off): failing over", where, silent)
+                # While calls wait, a contact that says nothing (not even a pong) for
+                # liveness_timeout is frozen or cut off: fail over. While idle, ping only to
+                # stay clear of the contact's idle timeout.
+                now = time.monotonic()
+                busy = bool(self._pending)
+                limit = self.liveness_timeout if busy else self.liveness_timeout + 2 * self._idle_ping
+                if now - heard > limit:
+                    log.warning("contact %s sent nothing for %.1f s (frozen or cut off): failing over", where, now - heard)
                     return
-                self._queue(frame(Ping(next(self._pings))))
+                if busy or now - pinged >= self._idle_ping:
+                    pinged = now
+                    self._queue(frame(Ping(next(self._pings))))
                 continue
             except ssl.SSLError as exc:
-                self._refused(Refused(f"{where} refused the client: {exc.reason or exc} (check its client certificate)"))
+                if is_refusal(exc):
+                    self._refused(Refused(f"{where} refused the client: {exc.reason or exc} (check its client certificate)"))
                 return
             except OSError:
                 return
@@ -328,6 +338,7 @@ class Client:
                     self._take(item)  # type: ignore[arg-type]
                 elif t is Welcome:
                     self.max_message_size = item.max_message_size  # type: ignore[union-attr]
+                    self._idle_ping = max(0.05, min(10.0, item.idle_timeout_ms / 3000))  # type: ignore[union-attr]
                 elif t is StatusReply:
                     self._view_changed(item.status)  # type: ignore[union-attr]
                 elif t is Goodbye:

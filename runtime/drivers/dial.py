@@ -17,6 +17,18 @@ from runtime.security.identity import IdentityError
 from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials, peer_identity
 
 
+def is_refusal(exc: ssl.SSLError) -> bool:
+    """Whether a TLS error means the other end (or we) rejected a certificate or the
+    protocol, which no retry can change; an end-of-file or reset during the handshake is
+    not (a node dropping connections beyond its limit, or going down)."""
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)):
+        return False
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True
+    reason = (exc.reason or str(exc)).upper()
+    return any(word in reason for word in ("ALERT", "CERTIFICATE", "UNKNOWN_CA", "VERSION", "NO_SHARED", "HANDSHAKE_FAILURE"))
+
+
 def client_credentials(certs_dir: str | Path, name: str | None = None) -> LoadedCredentials:
     """The client certificate ``client-<name>.crt`` in ``certs_dir``; with no name, the only
     client certificate there. Raises ConfigError naming the files when that is ambiguous."""
@@ -45,6 +57,8 @@ def dial(host: str, port: int, timeout: float, credentials: LoadedCredentials | 
         try:
             tls = ctx.wrap_socket(sock, server_hostname=host)
         except ssl.SSLError as exc:
+            if not is_refusal(exc):  # cut during the handshake (a busy or restarting node): retry
+                raise ConnectionError(f"TLS handshake with {host}:{port} cut short: {exc.reason or exc}") from None
             raise Refused(f"TLS handshake with {host}:{port} failed: {exc.reason or exc}") from None
         try:
             who = peer_identity(tls)

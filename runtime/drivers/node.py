@@ -144,6 +144,7 @@ class NodeDriver:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_reason: str | None = None
         self._flush_scheduled = False
+        self._cut: set[int] = set()  # members that forged frames: dropped until they leave the view
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._app_queue: dict[ShardId, list[bytes]] = {}  # payloads the window has not taken yet
@@ -408,16 +409,34 @@ class NodeDriver:
         claimed = claimed_sender(msg)
         if claimed is None or claimed == sender:
             return False
-        self.transport.disconnect(  # type: ignore[union-attr]
-            sender, f"it sent a {type(msg).__name__} in the name of node {claimed}"
-        )
+        self._cut_off(sender, f"it sent a {type(msg).__name__} in the name of node {claimed}")
         return True
+
+    def _cut_off(self, sender: int, reason: str) -> None:
+        """``sender`` sent frames its identity does not allow: an honest node never does. If
+        it is a member, suspect it at once (its rows freeze, the next view leaves it out) and
+        close its connections a little later, once our suspicion has gone out: closing first
+        would make it suspect us, and its word could then reach the others before ours.
+        Everything it sends meanwhile is dropped."""
+        if sender in self._cut:
+            return
+        if not self._is_member(sender):
+            self.transport.disconnect(sender, reason)  # type: ignore[union-attr]
+            return
+        self._cut.add(sender)
+        log.warning("node %s is cut off: %s", sender, reason)
+        self.core.step(PeerLost(self.loop.time(), sender))  # type: ignore[union-attr]
+        self._schedule_flush()
+        delay = self.config.timeouts.heartbeat_ms / 1000 * 2
+        self.loop.call_later(delay, self.transport.disconnect, sender, reason)  # type: ignore[union-attr]
 
     def _is_member(self, node: int) -> bool:
         view = self.core.view if self.core is not None else None
         return view is not None and view.rank_of(node) is not None
 
     def _on_frames(self, sender: int, frames: list[Any]) -> None:
+        if sender in self._cut:
+            return
         core = self.core
         if core is None:
             for msg in frames:
@@ -515,7 +534,7 @@ class NodeDriver:
                 self.hooks.on_persisted(sid, version)  # type: ignore[arg-type]
         for r in ready.rejected:
             if r.forged:
-                transport.disconnect(r.sender, r.reason)
+                self._cut_off(r.sender, r.reason)
             else:
                 log.warning("rejected input from node %s: %s", r.sender, r.reason)
         for sid, payloads in ready.orphaned:
@@ -549,6 +568,8 @@ class NodeDriver:
         for node, address in zip(view.members, view.addresses):
             if node != self.node_id:
                 transport.learn(node, address)
+        transport.view_members = set(view.members)
+        self._cut &= transport.view_members  # an id that left may come back as a new, honest process
         # Departed nodes may still be reading the frames that tell them so (a leaver learns it
         # left from them): close their connections only after a grace period.
         grace = self.config.timeouts.suspicion_ms / 1000 * 2

@@ -322,21 +322,19 @@ class _Connection(asyncio.Protocol):
         held = self.decoder.buffered
         tcp.held_total += held - self.held
         self.held = held
-        if tcp.held_total <= tcp.security.receive_budget or held == 0:
-            if tcp.held_total <= tcp.security.receive_budget and tcp.paused:
+        if tcp.held_total <= tcp.security.receive_budget:
+            if tcp.paused:
                 tcp._resume_paused()
             return
-        if self.role == "member" or self.outgoing:
-            if not self.paused and self.transport is not None:
-                self.paused = True
-                self.transport.pause_reading()
-                tcp.paused.add(self)
-                tcp.warn("budget", self.address, "pausing %s: %d bytes of partial frames held, budget %d",
-                         self._where(), tcp.held_total, tcp.security.receive_budget)
-        else:
-            tcp.warn("budget", self.address, "closing %s: its partial frame would pass the receive budget (%d bytes)",
-                     self._where(), tcp.security.receive_budget)
-            self.close()
+        if held:
+            tcp._over_budget(self)
+
+    @property
+    def trusted(self) -> bool:
+        """A connection of a member of the current view (or ours to one): paused when over the
+        receive budget, never dropped for it. Anyone else (a client, a node outside the view,
+        a connection still in its hello) is dropped first."""
+        return self.outgoing or (self.role == "member" and self.speaker in self.tcp.view_members)
 
     def _hello(self, item: Any) -> bool:
         tcp = self.tcp
@@ -406,12 +404,8 @@ class _Connection(asyncio.Protocol):
             self._hello_timer = None
             if self.speaker is None and not self.outgoing:
                 tcp.unauthenticated -= 1
-        if self.held:
-            tcp.held_total -= self.held
-            self.held = 0
-            if tcp.paused:
-                tcp._resume_paused()
         tcp.paused.discard(self)
+        self._release()
         tcp.clients.discard(self)
         tcp.all_connections.discard(self)
         if self.transport is not None and self.upgrading:
@@ -439,7 +433,17 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
+            self._release()
             self.transport.close()
+
+    def _release(self) -> None:
+        """What this connection held of a partial frame no longer counts in the budget."""
+        tcp = self.tcp
+        if self.held:
+            tcp.held_total -= self.held
+            self.held = 0
+            if tcp.paused and tcp.held_total <= tcp.security.receive_budget:
+                tcp._resume_paused()
 
     def retire(self) -> None:
         """Close without reporting a loss: the process at the other end is gone for good."""
@@ -506,6 +510,7 @@ class TcpTransport:
         self.unauthenticated = 0  # accepted connections without a hello yet
         self.held_total = 0  # bytes of partial frames held, all connections
         self.paused: set[_Connection] = set()
+        self.view_members: set[int] = set()  # ids of the current view (the node driver keeps it)
         self.warnings = RateLimitedLog(log)
         self._server: asyncio.base_events.Server | None = None
         self._closing = False
@@ -580,7 +585,9 @@ class TcpTransport:
         the node and the next view leaves it out."""
         conns = self.incoming.get(node_id, set())
         if conns:
-            self.warn("forged", f"node {node_id}:0", "closing the connections of node %s: %s", node_id, reason)
+            where = ", ".join(sorted(c.address for c in conns))
+            self.warn("forged", where.split(", ")[0], "closing the connections of node %s (from %s): %s",
+                      node_id, where, reason)
         for conn in list(conns):
             conn.close()
 
@@ -697,6 +704,26 @@ class TcpTransport:
             conn.close()
 
     # ------------------------------------------------------------------ limits
+    def _over_budget(self, conn: _Connection) -> None:
+        """Partial frames held, all connections together, passed the receive budget (because
+        of ``conn``). Drop untrusted holders, largest first, until it fits; if members alone
+        fill it, pause ``conn`` until the others drain (TCP then slows its sender)."""
+        budget = self.security.receive_budget
+        victims = sorted((c for c in self.all_connections if c.held and not c.closed and not c.trusted),
+                         key=lambda c: -c.held)
+        for victim in victims:
+            if self.held_total <= budget:
+                break
+            self.warn("budget", victim.address, "closing %s: its partial frame (%d bytes) would pass the receive "
+                      "budget (%d bytes)", victim._where(), victim.held, budget)
+            victim.close()
+        if self.held_total > budget and conn.trusted and not conn.closed and not conn.paused and conn.transport:
+            conn.paused = True
+            conn.transport.pause_reading()
+            self.paused.add(conn)
+            self.warn("budget", conn.address, "pausing %s: %d bytes of partial frames held, budget %d",
+                      conn._where(), self.held_total, budget)
+
     def _resume_paused(self) -> None:
         for conn in list(self.paused):
             if self.held_total > self.security.receive_budget:
