@@ -55,6 +55,7 @@ from runtime.errors import (
     StateTransferError,
     TimeoutError,
     UnknownMethod,
+    VersionLost,
     WireError,
 )
 
@@ -97,6 +98,7 @@ __all__ = [
     "ShardPolicy",
     "TimeoutError",
     "UnknownMethod",
+    "VersionLost",
     "WireError",
     "__version__",
     "ordered",

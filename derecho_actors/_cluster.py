@@ -97,7 +97,7 @@ class LocalCluster:
     def address(self, node: int) -> str:
         return f"127.0.0.1:{self.ports[node]}"
 
-    def start(self, node: int) -> None:
+    def start(self, node: int, accept_loss: bool = False) -> None:
         """Start (or restart, as a new process joining again) node ``node``."""
         args = [
             sys.executable, "-m", "derecho_actors._cluster_node", str(self._spec),
@@ -116,7 +116,7 @@ class LocalCluster:
         for k, v in self._overrides.items():
             args += ["--set", f"{k}={v}"]
         log = open(self.workdir / f"node-{node}.log", "ab")
-        args[4:4] = ["--parent-fd", str(self._lifeline_r)]
+        args[4:4] = ["--parent-fd", str(self._lifeline_r), *(["--accept-loss"] if accept_loss else [])]
         self.procs[node] = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(self._lifeline_r,)
         )
@@ -212,13 +212,15 @@ class LocalCluster:
             self._client.close()
             self._client = None
 
-    def restart(self, nodes: Sequence[int] | None = None, timeout: float = 60.0) -> None:
+    def restart(self, nodes: Sequence[int] | None = None, timeout: float = 60.0, accept_loss: bool = False) -> None:
         """Start stopped nodes again from their data directories (all of them by default) and
         wait until every running node is in one view. After a total failure this is a total
-        restart; with the group running, each restarted node joins it again."""
+        restart; with the group running, each restarted node joins it again. A total restart
+        whose logs lack persisted versions stops the nodes (exit code 5) unless
+        ``accept_loss`` (the operator's ``--accept-loss``)."""
         todo = [n for n in (nodes or list(self.ports)) if self.procs[n].poll() is not None]
         for node in todo:
-            self.start(node)
+            self.start(node, accept_loss=accept_loss)
         self._wait(lambda: self._all_in_view(), timeout, f"a view with restarted nodes {todo}")
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ import threading
 import cloudpickle
 
 from runtime.config import parse_override
-from runtime.errors import ConfigError, DerechoError
+from runtime.errors import ConfigError, DerechoError, GroupClosed
 from runtime.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 
 log = logging.getLogger("derecho.cluster_node")
@@ -40,9 +40,14 @@ def main(argv: list[str]) -> int:
     spec_path, rest = argv[0], argv[1:]
     overrides = {}
     parent_fd: int | None = None
+    accept_loss = False
     i = 0
     while i < len(rest):
         flag = rest[i]
+        if flag == "--accept-loss":
+            accept_loss = True
+            i += 1
+            continue
         if flag == "--parent-fd" and i + 1 < len(rest):
             parent_fd = int(rest[i + 1])
         elif flag == "--set" and i + 1 < len(rest):
@@ -63,10 +68,13 @@ def main(argv: list[str]) -> int:
     from derecho_actors._group import Group
 
     try:
-        group = Group(types=spec["types"], layout=spec["layout"], overrides=overrides)
+        group = Group(types=spec["types"], layout=spec["layout"], overrides=overrides, accept_loss=accept_loss)
     except ConfigError as exc:
         print(f"node config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except GroupClosed as exc:
+        print(f"node stopped: {exc}", file=sys.stderr)
+        return exc.exit_code if exc.exit_code is not None else EXIT_FAILED
     except DerechoError as exc:
         print(f"node could not start: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -15,6 +15,7 @@ import msgpack
 
 from runtime.errors import (
     DerechoError,
+    NotPersistedYet,
     PayloadTooLarge,
     RemoteError,
     ReplicaLost,
@@ -23,6 +24,7 @@ from runtime.errors import (
     SessionLimit,
     ShardUnavailable,
     UnknownMethod,
+    VersionLost,
 )
 
 
@@ -146,7 +148,17 @@ def decode_error(data: bytes, node: int | None) -> BaseException:
         if own is ReplicaLost:
             return ReplicaLost(str(message), applied=False)
         return own(str(message))
+    read = _READ_ERRORS.get(str(name))
+    if read is not None:  # a read of the past the method did not catch: the caller's to handle
+        exc = read(str(message))
+        exc.remote_traceback = str(tb)  # type: ignore[attr-defined]
+        return exc
     return RemoteError(str(name), str(message), str(tb), node)
+
+
+# Raised inside a replicated method by da.at_version / da.at_time and not caught there: they
+# say what the version is (not yet on disk everywhere, or lost), which is what the caller needs.
+_READ_ERRORS: dict[str, type[DerechoError]] = {cls.__name__: cls for cls in (NotPersistedYet, VersionLost)}
 
 
 def encode_refusal(exc: DerechoError) -> bytes:

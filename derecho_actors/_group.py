@@ -27,6 +27,7 @@ import msgpack
 
 from derecho_actors import _codec
 from derecho_actors._decorators import ORDERED, P2P, TypeSpec, method_caller, spec_of
+from derecho_actors._disk_state import FRONTIER_WRITE_INTERVAL, NodeDiskState
 from derecho_actors._persistent import log_path
 from derecho_actors._replica import ReplicaActor, ReplicaEnv, in_handler
 from derecho_actors._results import PERSISTED_QUERY, QueryResults, ReplyEntry, take_entries
@@ -44,7 +45,7 @@ from runtime.errors import (
     UnknownMethod,
 )
 from runtime.config import NodeConfig, load_config
-from runtime.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_STORAGE
+from runtime.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_RESTART_REFUSED, EXIT_STOPPED, EXIT_STORAGE
 from runtime.core.effects import Delivery
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy
 from runtime.core.view import View
@@ -88,7 +89,11 @@ class Group:
         layout: Layout | None = None,
         overrides: Mapping[str, str] | None = None,
         start_timeout: float = 30.0,
+        accept_loss: bool = False,
     ) -> None:
+        """``accept_loss``: the operator's ``--accept-loss`` for a total restart whose surviving
+        logs lack versions reported persisted: go ahead (logged at ERROR; reads of those
+        versions answer ``VersionLost``) instead of stopping with exit code 5."""
         if layout is None:
             layout = Layout({cls: ShardPolicy() for cls in types})
         self._specs: dict[str, TypeSpec] = {}
@@ -105,6 +110,10 @@ class Group:
         self.node_id = self.config.node.id
         self._max_payload = self.config.multicast.max_message_size
         self.data_dir = check_data_dir(self.config.node.data_dir)
+        self._persistent = any(s.persistent for s in self._specs.values())
+        self._disk = NodeDiskState(self.data_dir, self.config.node.cluster, self.node_id, self.config.persistence.fsync)
+        self._lost: dict[ShardId, tuple[int, int]] = self._disk.lost() if self._persistent else {}
+        self._frontiers_due = False
         # TLS contexts and this node's certificate (checked before anything starts), whose
         # key also signs the logs of signed types.
         self._security = node_security(self.config)
@@ -130,9 +139,11 @@ class Group:
             AppHooks(
                 on_deliver=self._on_deliver, on_view=self._on_view, on_direct=self._on_direct,
                 on_stop=self._on_stop, on_client=self._on_client, on_persisted=self._on_persisted,
+                on_accepted=self._disk.record_accepted if self._persistent else None, on_lost=self._on_lost,
             ),
             saved=self._saved_state(),
             security=self._security,
+            accept_loss=accept_loss,
         )
         self._replicas: dict[ShardId, pykka.ActorRef[ReplicaActor]] = {}
         self._views: dict[int, View] = {}
@@ -159,7 +170,8 @@ class Group:
             self.close()
             raise GroupClosed(f"node {self.node_id} joined no view within {start_timeout} s; check node.contacts")
         if self._stopped is not None:
-            raise GroupClosed(f"node {self.node_id} stopped: {self._stopped}")
+            self.close()
+            raise GroupClosed(f"node {self.node_id} stopped: {self._stopped}", self.exit_code)
 
     # ------------------------------------------------------------------ public
     def handle(self, cls: type, shard: int = 0, subgroup: int = 0) -> Handle:
@@ -446,24 +458,15 @@ class Group:
             storage_failed=in_loop(lambda why: self._fail_stop(why, EXIT_STORAGE)),
             internal_error=in_loop(lambda why: self._fail_stop(why, EXIT_FAILED)),
             stall_timeout=self.config.persistence.stall_timeout_ms / 1000,
+            lost=self._lost.get(sid),
+            report_lost=in_loop(lambda lo, hi: self._on_lost({sid: (lo, hi)})),
         )
 
     def _saved_state(self) -> SavedState | None:
         """The last view and log ends left in the data directory by an earlier run of this
         node: if there are any, the node restarts from them instead of starting afresh."""
-        path = self.data_dir / "view.msgpack"
-        if not any(s.persistent for s in self._specs.values()) or not path.exists():
+        if not self._persistent or not (self.data_dir / "view.msgpack").exists():
             return None
-        try:
-            saved = msgpack.unpackb(path.read_bytes(), raw=False)
-            view = View.from_wire(saved["view"])
-        except Exception as exc:
-            raise RestartError(f"{path} is unreadable ({exc}); move it aside to start this node as new") from None
-        if saved.get("cluster") != self.config.node.cluster or saved.get("node") != self.node_id:
-            raise RestartError(
-                f"{self.data_dir} holds the state of node {saved.get('node')} of cluster {saved.get('cluster')!r}, not of "
-                f"node {self.node_id} of {self.config.node.cluster!r}; give each node its own node.data_dir"
-            )
         from runtime.drivers.log_store import VersionedLog
 
         logs: dict[ShardId, int] = {}
@@ -479,29 +482,57 @@ class Group:
                     if lg.recovery is not None:
                         log.warning("log %s was repaired on open: %s", file, lg.recovery)
                     logs[ShardId(spec.name, int(parts[0]), int(parts[1]))] = lg.last_version
-        log.info("node %s restarts from %s: last view %d, logs %s", self.node_id, self.data_dir, view.vid,
-                 {str(k): v for k, v in logs.items()})
-        return SavedState(view, logs)
+        saved = self._disk.load(logs)
+        if saved is not None:
+            log.info("node %s restarts from %s: last view %d (accepted %d), logs %s, recorded frontiers %s%s",
+                     self.node_id, self.data_dir, saved.view.vid, saved.accepted_vid, {str(k): v for k, v in logs.items()},
+                     {str(k): v for k, v in saved.frontiers.items()},
+                     f", unfinished transfers {sorted(map(str, saved.incomplete))}" if saved.incomplete else "")
+        return saved
 
     def _save_view(self, view: View) -> None:
-        """Keep the last installed view on disk: a total restart starts from it."""
-        if not any(s.persistent for s in self._specs.values()):
+        """Keep the last installed view on disk: a total restart starts from it. Shards this
+        node starts to receive by state transfer are marked unfinished first."""
+        if not self._persistent:
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        path = self.data_dir / "view.msgpack"
-        tmp = path.with_suffix(".tmp")
-        data = msgpack.packb({"cluster": self.config.node.cluster, "node": self.node_id, "view": view.to_wire()})
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if self.config.persistence.fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        awaiting = [sid for sid, src in view.sources if src != self.node_id and self.node_id in view.layout.members_of(sid)]
+        try:
+            self._disk.mark_incomplete(s for s in awaiting if self._specs.get(s.type_name) and self._specs[s.type_name].persistent)
+            self._disk.save_view(view)
+        except OSError as exc:
+            self._fail_stop(f"storage failure: saving view {view.vid} in {self.data_dir} failed: {exc}", EXIT_STORAGE)
+
+    def _on_lost(self, lost: dict[ShardId, tuple[int, int]]) -> None:
+        """The total restart gave these versions up (--accept-loss): remember it for good."""
+        self._disk.record_lost(lost)
+        for sid, rng in lost.items():
+            old = self._lost.get(sid)
+            self._lost[sid] = (min(rng[0], old[0]), max(rng[1], old[1])) if old else rng
+
+    def _write_frontiers(self) -> None:
+        """Record the persistence frontiers (lazily: a lower bound is all a restart needs)."""
+        self._frontiers_due = False
+        loop = self._driver.loop
+        if loop is None or self._stopped is not None:
+            return
+
+        def write() -> None:
+            try:
+                self._disk.write_frontiers()
+            except OSError as exc:
+                self._driver.in_loop(self._fail_stop, f"storage failure: recording frontiers in {self.data_dir}: {exc}",
+                                     EXIT_STORAGE)
+
+        loop.run_in_executor(None, write)
 
     def _on_persisted(self, sid: ShardId, version: int) -> None:
         if version <= self._frontier.get(sid, -1):
             return
         self._frontier[sid] = version
+        if self._persistent and self._disk.note_frontier(sid, version) and not self._frontiers_due:
+            self._frontiers_due = True
+            if self._driver.loop is not None:
+                self._driver.loop.call_later(FRONTIER_WRITE_INTERVAL, self._write_frontiers)
         ref = self._replicas.get(sid)
         if ref is not None:
             ref.tell(("frontier", version))
@@ -742,6 +773,11 @@ class Group:
         self._driver.send_direct(source, frame(StateAck(sid, vid, seq)))
 
     def _state_installed(self, sid: ShardId, version: int) -> None:
+        if self._persistent:
+            try:
+                self._disk.clear_incomplete(sid)
+            except OSError as exc:
+                self._fail_stop(f"storage failure: {self.data_dir}: {exc}", EXIT_STORAGE)
         entry = self._awaiting.pop(sid, None)
         if entry is not None:
             log.info("node %s installed the state of %s (up to version %d) from node %s", self.node_id, sid, version, entry[0])
@@ -994,7 +1030,11 @@ class Group:
     def _on_stop(self, reason: str) -> None:
         if self._stopped is None:  # a fail-stop keeps its own reason (and exit code)
             self._stopped = reason
-            if not reason.startswith(("left the group", "closed")):
+            if reason.startswith("restart refused"):
+                self.exit_code = EXIT_RESTART_REFUSED
+            elif reason.startswith("storage failure"):
+                self.exit_code = EXIT_STORAGE
+            elif not reason.startswith(("left the group", "closed")):
                 self.exit_code = EXIT_STOPPED
         self._first_view.set()
         self._fail_pending(GroupClosed(f"node {self.node_id} stopped: {reason}"))

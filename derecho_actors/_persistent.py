@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import msgpack
 
 from derecho_actors import _codec
-from runtime.errors import NotPersistedYet
+from runtime.errors import NotPersistedYet, VersionLost
 from runtime.core.versions import format_version
 
 log = logging.getLogger("derecho.persistent")
@@ -236,6 +236,7 @@ class PersistentStore:
         self.on_durable = on_durable
         self.history = FieldHistory(self.fields)
         self.frontier = -1  # persisted at every replica of the shard (set by the group)
+        self.lost: tuple[int, int] | None = None  # versions a total restart gave up (--accept-loss)
         self.last_version = -1
         self.last_ts = 0
         self._baseline: dict[str, bytes] = {}
@@ -422,6 +423,13 @@ class PersistentStore:
         return msgpack.unpackb(body, raw=False, strict_map_key=False)[2]  # type: ignore[no-any-return]
 
     def check_readable(self, version: int) -> None:
+        lost = self.lost
+        if lost is not None and lost[0] <= version <= lost[1]:
+            raise VersionLost(
+                f"version {format_version(version)} is gone: a total restart found no log holding versions "
+                f"{format_version(lost[0])} to {format_version(lost[1])} and the operator accepted the loss; "
+                "read a version outside that range"
+            )
         if version > self.frontier:
             raise NotPersistedYet(
                 f"version {format_version(version)} is not on disk at every replica yet (persisted up to "
@@ -432,6 +440,16 @@ class PersistentStore:
         """The latest persisted version stamped at or before ``timestamp_ns`` (-1: none)."""
         with self._lock:
             found = self.log.latest_at_or_before_time(timestamp_ns)
+            lost = self.lost
+            if lost is not None and (found is None or found[0] < lost[0]):
+                # ``found`` is the latest version stamped at or before that time; if the lost
+                # range follows it directly, a lost version may be the true answer.
+                after = next(iter(self.log.iter_from(found[0] if found is not None else -1)), None)
+                if after is None or after[0] > lost[1]:
+                    raise VersionLost(
+                        f"the state at that time may be one of the lost versions {format_version(lost[0])} to "
+                        f"{format_version(lost[1])} (a total restart gave them up); ask for a later time"
+                    )
             if found is not None and found[0] > self.frontier:
                 raise NotPersistedYet(
                     f"version {format_version(found[0])}, the latest at that time, is not on disk at every replica "

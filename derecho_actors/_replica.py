@@ -63,6 +63,8 @@ class ReplicaEnv:
     storage_failed: Callable[[str], None] = lambda why: None  # the log cannot be written: fail-stop
     internal_error: Callable[[str], None] = lambda why: None  # the replica itself broke: fail-stop
     stall_timeout: float = 30.0  # a log write or fsync taking longer is a storage failure
+    lost: tuple[int, int] | None = None  # versions a total restart gave up (they read as VersionLost)
+    report_lost: Callable[[int, int], None] = lambda lo, hi: None  # learnt from a state transfer
     state_installed: Callable[[int], None] = lambda version: None
     chunk_done: Callable[[int, int, int], None] = lambda source, vid, seq: None
     report_signed: Callable[[int, bytes], None] = lambda version, signature: None  # signed logs
@@ -143,6 +145,7 @@ class ReplicaActor(pykka.ThreadingActor):
                 self.sessions.replayed(call.origin, call.call_id, call.timestamp_ns)
             self.applied += 1
         setattr(self.obj, STORE_ATTR, store)
+        store.lost = self.env.lost
         self.store = store
         if store.last_version >= 0 and not self.awaiting:
             self.env.report_durable(store.last_version)
@@ -313,6 +316,7 @@ class ReplicaActor(pykka.ThreadingActor):
             "sessions": self.sessions.to_state(),
             "applied": self.applied,
             "version": self.store.last_version if self.store is not None else -1,
+            "lost": list(self.store.lost) if self.store is not None and self.store.lost is not None else None,
         }
 
     def _restore_object_state(self, state: dict[str, Any]) -> None:
@@ -324,6 +328,11 @@ class ReplicaActor(pykka.ThreadingActor):
         self.sessions = self._new_sessions()
         self.sessions.load_state(state["sessions"])
         self.applied = state["applied"]
+        lost = state.get("lost")
+        if lost and self.store is not None:
+            lo, hi = int(lost[0]), int(lost[1])
+            self.store.lost = (lo, hi)
+            self.env.report_lost(lo, hi)
 
     def _snapshot(self, vid: int) -> None:
         """Write the state at this view boundary to a file, for new members to fetch. The

@@ -18,8 +18,7 @@ from pathlib import Path
 from derecho_actors import __version__
 from runtime.errors import ConfigError, DerechoError
 
-EXIT_CONFIG = 2
-EXIT_STOPPED = 3  # the node was removed from the group or lost its majority
+from runtime.exitcodes import EXIT_CONFIG, EXIT_RESTART_REFUSED, EXIT_STOPPED, EXIT_STORAGE
 
 
 def _node_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +32,10 @@ def _node_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--insecure", action="store_true",
         help="run without TLS (security.insecure): anyone who can reach the port can join and forge traffic",
+    )
+    p.add_argument(
+        "--accept-loss", action="store_true",
+        help="total restart: go ahead even if the surviving logs lack versions reported persisted (logged at ERROR)",
     )
     p.add_argument("--send", type=int, default=0, metavar="N", help="load generator: multicast N numbered messages")
     p.add_argument("--size", type=int, default=100, help="load generator: payload size in bytes (default 100)")
@@ -77,7 +80,7 @@ def run_node(args: argparse.Namespace) -> int:
         config.node.id, args.send, args.size, Path(args.delivery_log) if args.delivery_log else None,
         wait_members=args.wait_members,
     )
-    driver = NodeDriver(config, app.hooks())
+    driver = NodeDriver(config, app.hooks(), accept_loss=args.accept_loss)
     app.driver = driver
 
     async def main() -> str:
@@ -107,6 +110,12 @@ def run_node(args: argparse.Namespace) -> int:
     if reason.startswith(("partitioned", "suspected", "removed", "committed")):
         print(f"derecho-actors node: stopped: {reason}", file=sys.stderr)
         return EXIT_STOPPED
+    if reason.startswith("storage failure"):
+        print(f"derecho-actors node: {reason}", file=sys.stderr)
+        return EXIT_STORAGE
+    if reason.startswith("restart refused"):
+        print(f"derecho-actors node: {reason}", file=sys.stderr)
+        return EXIT_RESTART_REFUSED
     return 0
 
 

@@ -90,7 +90,12 @@ class NestedCallError(DerechoError, RuntimeError):
 
 
 class GroupClosed(DerechoError, RuntimeError):
-    """The group was closed, or this node left it or was removed from it."""
+    """The group was closed, or this node left it or was removed from it. ``exit_code`` (see
+    ``runtime.exitcodes``) says what kind of end, when the node stopped on its own."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Refused(DerechoError):
@@ -120,6 +125,12 @@ class LogSignatureError(LogError):
 class NotPersistedYet(DerechoError):
     """A read of the past asked for a version not yet on disk at every replica of the shard;
     wait for the writing call's ``QueryResults.persisted()`` or read an older version."""
+
+
+class VersionLost(DerechoError):
+    """A read of the past asked for a version that was persisted once but is gone: a total
+    restart found no surviving log holding it and an operator accepted the loss
+    (``--accept-loss``). Read a version outside the lost range (the message gives it)."""
 
 
 class NotPersistent(DerechoError):
@@ -167,6 +178,7 @@ __all__ = [
     "LogCorrupted",
     "LogSignatureError",
     "NotPersistedYet",
+    "VersionLost",
     "NotPersistent",
     "SessionExpired",
     "SessionLimit",

@@ -67,6 +67,15 @@ class Ready:
     longer belongs to); report ``persisted`` frontiers (shard, version on disk at every
     member); log ``rejected``; stop if ``excluded``; and feed a ``Tick`` no later
     than ``wakeup_at`` (``None``: no timer needed).
+
+    ``accepted`` comes first, before anything else of the same Ready (as etcd-raft's
+    ``HardState`` must be on stable storage before its ``Ready``'s messages go out): it is the
+    view id of a proposal this node now accepts, higher than any it handed out before (None:
+    no new one). The driver must make it durable (the highest such id, written and synced)
+    before it sends any of ``outgoing``: one of them carries the acceptance, and a change
+    commits once a majority accepted it, so a total restart from any majority of the old view
+    learns of every change that may have been installed (``RestartReport.accepted_vid``) and
+    plans its view above it. A node that crashes before the write simply never accepted.
     """
 
     outgoing: list[Outgoing] = field(default_factory=list)
@@ -79,6 +88,7 @@ class Ready:
     persisted: list[tuple[ShardKey, int]] = field(default_factory=list)
     excluded: str | None = None
     wakeup_at: float | None = None
+    accepted: int | None = None  # durable before ``outgoing`` is sent (see above)
 
 
 __all__ = ["ContactSend", "DeliveredMessage", "Delivery", "Outgoing", "Payload", "Ready", "Rejected"]

@@ -140,6 +140,23 @@ class Membership:
     def active(self) -> bool:
         return self.excluded is None and self.decided is None
 
+    @property
+    def accepted_vid(self) -> int | None:
+        """The view id of the proposal this member's own row holds (None: none yet).
+
+        A member acknowledges a proposal by writing it, with its ballot, into its own row:
+        the leader in :meth:`_propose` (its own acceptance), a follower in :meth:`_accept`,
+        anyone echoing a committed decision in :meth:`_decide`. The row leaves the node only
+        through ``NodeCore._drain_group``, which hands this id to the driver in
+        ``Ready.accepted`` first: durable before the acknowledgement is sent.
+        """
+        row = self.mine
+        wire = row["proposal"]
+        if not row["ballot"] or wire is None:
+            return None
+        vid = wire[0] if isinstance(wire, (list, tuple)) and wire else None
+        return vid if type(vid) is int else self.view.vid + 1
+
     # ------------------------------------------------------------------ inputs
     def on_push(self, delta: RowDelta, now: float) -> str | None:
         """Merge a peer's group row. Rows of suspected members are frozen: ignored."""
@@ -321,6 +338,7 @@ class Membership:
                 best_ballot, best = rows[r]["ballot"], rows[r]["proposal"]
         proposal = best if best is not None else self._fresh_proposal(live).to_wire()
         self.proposed = True
+        # The leader's own acceptance (see accepted_vid): durable before this row is pushed.
         sst.set("proposal", proposal)
         sst.set("ballot", self.me + 1)
 
@@ -362,6 +380,7 @@ class Membership:
 
     def _accept(self, sst: SST) -> None:
         row = sst.rows[self.leader()]  # type: ignore[index]
+        # The ack the leader counts: durable before this row is pushed (see accepted_vid).
         sst.set("proposal", row["proposal"])
         sst.set("ballot", row["ballot"])
 
@@ -399,7 +418,8 @@ class Membership:
         except ViewFormatError as exc:  # a committed value is malformed: nothing safe to do
             self.excluded = f"committed proposal unreadable: {exc}"
             return
-        # Echo the decision in my own row so members that missed the committer learn it.
+        # Echo the decision in my own row so members that missed the committer learn it (an
+        # acceptance like any other: see accepted_vid).
         if sst.rows[self.me]["ballot"] < row["ballot"]:  # type: ignore[operator]
             sst.set("proposal", wire)
             sst.set("ballot", row["ballot"])

@@ -78,6 +78,7 @@ class NodeCore:
         self._attempts = 0
         # Highest version on disk here, per shard, carried into each view's SST row.
         self._persisted: dict[ShardKey, int] = {}
+        self._accepted = -1  # highest proposal vid handed to the driver in Ready.accepted
         self._next_join_at = now
         if view is not None:
             self._install(view, resend={}, carried=())
@@ -358,6 +359,12 @@ class NodeCore:
         m, view = self.membership, self.view
         if m is None or view is None:
             return
+        # The row may carry this node's acceptance of a proposal: the driver must have it on
+        # disk before the push goes out (see Ready.accepted), so it rides in the same Ready.
+        accepted = m.accepted_vid
+        if accepted is not None and accepted > self._accepted:
+            self._accepted = accepted
+            self._ready.accepted = accepted
         row = m.sst.drain_push()
         if row is not None and view.n > 1:
             to = tuple(node for r, node in enumerate(view.members) if r != m.me and not m.suspects(r))

@@ -123,20 +123,30 @@ class AppHooks:
     on_direct: Callable[[int, Any], None] | None = None  # Call / Reply / State* frames from a member
     on_client: Callable[[Any, Any], None] | None = None  # a client's Call, with its connection
     on_persisted: Callable[[ShardId, int], None] | None = None  # shard's persistence frontier moved
+    # This node is about to accept view change ``vid`` (its ack is in the frames about to be
+    # sent): make it durable now, before they leave. Raising stops the node unsent.
+    on_accepted: Callable[[int], None] | None = None
+    # A total restart accepted to lose these versions (--accept-loss): shard -> (first, last).
+    on_lost: Callable[[dict[ShardId, tuple[int, int]]], None] | None = None
 
 
 class NodeDriver:
     def __init__(
         self, config: NodeConfig, hooks: AppHooks | None = None, saved: SavedState | None = None,
         security: tuple[TransportSecurity, LoadedCredentials | None] | None = None,
+        accept_loss: bool = False,
     ) -> None:
         """``saved``: the last view and logs found in the data directory; the node then
         restarts (see ``runtime.drivers.restart``) instead of founding or joining.
-        ``security``: what :func:`node_security` returns for ``config``, if already loaded."""
+        ``security``: what :func:`node_security` returns for ``config``, if already loaded.
+        ``accept_loss``: the operator's ``--accept-loss``: a total restart whose logs lack
+        versions reported persisted goes ahead (logged at ERROR) instead of stopping."""
         self.config = config
         self.saved = saved
+        self.accept_loss = accept_loss
         self._restart: RestartCoordinator | None = None
         self._restart_vid: int | None = None  # the restart view this node installed, if any
+        self._restart_lost: dict[ShardId, tuple[int, int]] = {}  # versions that restart gave up
         self.hooks = hooks or AppHooks()
         self.node_id = config.node.id
         self.core: NodeCore | None = None
@@ -144,6 +154,7 @@ class NodeDriver:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_reason: str | None = None
         self._flush_scheduled = False
+        self._stop_notified = False
         self._cut: set[int] = set()  # members that forged frames: dropped until they leave the view
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -183,6 +194,7 @@ class NodeDriver:
             self._restart = RestartCoordinator(
                 self.node_id, address, self.saved, contacts, cfg.layout,
                 cfg.persistence.restart_quorum_wait_ms / 1000, self._send_to_address, now,
+                accept_loss=self.accept_loss, on_accept=self.hooks.on_accepted,
             )
             self.loop.call_soon(self._restart_tick)
         elif contacts:
@@ -194,7 +206,16 @@ class NodeDriver:
         self._schedule_flush()
         await self._stop_event.wait()
         await self.transport.close()
+        self._notify_stop(self.stop_reason or "stopped")
         return self.stop_reason or "stopped"
+
+    def _notify_stop(self, reason: str) -> None:
+        """Tell the app once why the node stops (excluded by the group, a refused restart, a
+        storage failure, or asked to)."""
+        if not self._stop_notified:
+            self._stop_notified = True
+            if self.hooks.on_stop is not None:
+                self.hooks.on_stop(reason)
 
     def _start_core(self, contacts: list[str] | None = None, view: View | None = None) -> None:
         cfg = self.config
@@ -218,10 +239,22 @@ class NodeDriver:
         r = self._restart
         if r is None or self.core is not None or self._stop_event.is_set():
             return
-        nxt = r.on_tick(self.loop.time())  # type: ignore[union-attr]
-        if r.outcome is not None:
+        try:
+            nxt = r.on_tick(self.loop.time())  # type: ignore[union-attr]
+        except OSError as exc:  # recording the accepted restart view failed
             self._restart = None
-            self._start_core(contacts=r.outcome.contacts, view=r.outcome.view)
+            self.stop(f"storage failure: recording the restart view failed: {exc}")
+            return
+        outcome = r.outcome
+        if outcome is not None:
+            self._restart = None
+            if outcome.refused is not None:
+                self.stop(f"restart refused: {outcome.refused}")
+                return
+            self._restart_lost = dict(outcome.lost)
+            if outcome.lost and self.hooks.on_lost is not None:
+                self.hooks.on_lost(outcome.lost)
+            self._start_core(contacts=outcome.contacts, view=outcome.view)
             return
         self.loop.call_at(nxt, self._restart_tick)  # type: ignore[union-attr]
 
@@ -236,13 +269,19 @@ class NodeDriver:
                 view = self.core.view
                 if view.vid == self._restart_vid and view.rank_of(msg.node) is not None:
                     # Still the restart view, which names the sender: it missed the decision.
-                    reply: Any = RestartDecision(self.node_id, view.to_wire())
+                    lost = tuple((sid, lo, hi) for sid, (lo, hi) in sorted(self._restart_lost.items()))
+                    reply: Any = RestartDecision(self.node_id, view.to_wire(), lost)
                 else:  # the group is running: the restarting node should simply join
                     reply = GroupRunning(self.config.node.listen, view.vid)
                 self.transport.send_to_address(msg.address, frame(reply))  # type: ignore[union-attr]
         elif self._restart is not None:
             if isinstance(msg, RestartDecision):
-                self._restart.on_decision(msg)
+                try:
+                    self._restart.on_decision(msg)
+                except OSError as exc:
+                    self._restart = None
+                    self.stop(f"storage failure: recording the restart view failed: {exc}")
+                    return
             elif isinstance(msg, GroupRunning):
                 self._restart.on_running(msg)
             self._restart_tick()
@@ -517,6 +556,14 @@ class NodeDriver:
                     self.hooks.on_deliver(d)
             deliveries = [d for d in deliveries if d.vid >= v.vid]
             self._on_view(v)
+        if ready.accepted is not None and self.hooks.on_accepted is not None:
+            # Like raft's HardState: the acceptance must be on disk before the ack leaves, so
+            # a total restart never reuses the id of a view a majority may have installed.
+            try:
+                self.hooks.on_accepted(ready.accepted)
+            except OSError as exc:
+                self.stop(f"storage failure: recording the accepted view {ready.accepted} failed: {exc}")
+                return
         out: dict[int, list[bytes]] = {}
         for o in ready.outgoing:
             data = frame(o.message)
@@ -543,8 +590,7 @@ class NodeDriver:
             q[0:0] = payloads
         if ready.excluded is not None:
             log.warning("node %s stops: %s", self.node_id, ready.excluded)
-            if self.hooks.on_stop is not None:
-                self.hooks.on_stop(ready.excluded)
+            self._notify_stop(ready.excluded)
             self.stop(ready.excluded)
             return
         for sid in ready.window_open:

@@ -1,16 +1,22 @@
 """The driver's side of a total restart: gathering reports and agreeing on the restart view.
 
 A node that starts with a saved view in its data directory does not found or join at once: it
-sends a ``RestartHello`` (its last view and the last version of each of its logs) to every
-address of that view and to its contacts, again every ``RESEND`` seconds. Then:
+sends a ``RestartHello`` (what :class:`SavedState` holds: its last view, the last version of
+each of its logs, the highest view id it accepted, the frontiers it recorded and its
+unfinished state transfers) to every address of that view and to its contacts, again every
+``RESEND`` seconds. Then:
 
 - a running member answers ``GroupRunning``: the group never stopped, so this node simply
   joins it (its replicas then fetch only the log tail they lack by state transfer);
-- otherwise the reporters gather each other's reports. The lowest node id among them leads:
-  once the reports make a quorum (:func:`runtime.core.restart.quorum_problem`) it waits
-  ``quorum_wait`` seconds for stragglers (at once if every member of the last view is back),
-  decides with :func:`runtime.core.restart.plan_restart` and sends the restart view to every
-  reporter, which installs it.
+- otherwise the reporters gather each other's reports into a
+  :class:`runtime.core.restart.RestartPlanner` (the simulator drives the same object). The
+  lowest node id among them leads: when the planner decides, it records the restart view as
+  accepted (``on_accept``), sends it to every reporter, which records it too and installs it.
+- if the planner refuses (the logs back lack versions reported persisted, and the node was not
+  started with ``accept_loss``), the node logs the report at ERROR and ends the restart phase
+  with ``Outcome.refused``: the node process exits with ``EXIT_RESTART_REFUSED``. Every
+  reporter runs the planner, so each refuses on its own (a non-leader after a grace period
+  in which no decision came), and no refusal needs a message of its own.
 
 The decision logic is the core's; this module only keeps the timers and the sends.
 """
@@ -19,32 +25,85 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from runtime.core.layout import LayoutPolicy, ShardId
-from runtime.core.restart import RestartReport, plan_restart, quorum_problem
+from runtime.core.restart import RestartPlan, RestartPlanner, RestartRefused, RestartReport, RestartWaiting
+from runtime.core.versions import format_version
 from runtime.core.view import View, ViewFormatError
 from runtime.wire.control import GroupRunning, RestartDecision, RestartHello
 
 log = logging.getLogger("derecho.restart")
 
 RESEND = 0.2  # seconds between repeats of this node's report
+MIN_DOUBT_WAIT = 5.0  # seconds: the least a doubt may hold a restart for missing members (see RestartPlanner)
+
+
+def default_doubt_wait(quorum_wait: float) -> float:
+    """How long, from the quorum, a doubt (an accepted view nobody back installed, or a log
+    short of a recorded frontier) holds the decision while members of the latest view are
+    still missing: ten quorum waits, and at least ``MIN_DOUBT_WAIT``."""
+    return max(MIN_DOUBT_WAIT, 10 * quorum_wait)
 
 
 @dataclass(frozen=True, slots=True)
 class SavedState:
-    """What a node finds in its data directory: its last view and its logs' last versions."""
+    """What a node finds in its data directory.
+
+    ``accepted_vid``: the highest view id of a proposal or restart decision the node accepted,
+    written durably before its acceptance left the node (``Ready.accepted``). ``frontiers``:
+    per shard, the highest persistence frontier the node recorded (from ``Ready.persisted``;
+    may lag). ``incomplete``: shards whose state transfer had started and not landed.
+    """
 
     view: View
     logs: dict[ShardId, int] = field(default_factory=dict)
+    accepted_vid: int = -1
+    frontiers: dict[ShardId, int] = field(default_factory=dict)
+    incomplete: frozenset[ShardId] = frozenset()
 
 
 @dataclass(slots=True)
 class Outcome:
-    """How the restart phase ended: install ``view``, or join through ``contacts``."""
+    """How the restart phase ended: install ``view`` (forgetting the versions in ``lost``: reads
+    of them answer VersionLost), join through ``contacts``, or stop: ``refused`` is the report
+    of the persisted versions the restart would have lost."""
 
     view: View | None = None
     contacts: list[str] | None = None
+    refused: str | None = None
+    lost: dict[ShardId, tuple[int, int]] = field(default_factory=dict)
+
+
+def report_of(node_id: int, address: str, saved: SavedState) -> RestartReport:
+    return RestartReport(
+        node_id, address, saved.view, dict(saved.logs), saved.accepted_vid, dict(saved.frontiers),
+        frozenset(saved.incomplete),
+    )
+
+
+def make_hello(node_id: int, address: str, saved: SavedState) -> RestartHello:
+    """This node's report on the wire."""
+    return RestartHello(
+        node_id, address, saved.view.to_wire(), tuple(sorted(saved.logs.items())), saved.accepted_vid,
+        tuple(sorted(saved.frontiers.items())), tuple(sorted(saved.incomplete)),
+    )
+
+
+def report_from_hello(msg: RestartHello, view: View) -> RestartReport:
+    """A peer's report from its hello."""
+    return RestartReport(msg.node, msg.address, view, dict(msg.logs), msg.accepted_vid, dict(msg.frontiers),
+                         frozenset(msg.incomplete))
+
+
+def _lost_from_decision(msg: RestartDecision) -> dict[ShardId, tuple[int, int]]:
+    """The lost ranges a decision carries: (shard, first, last) triples."""
+    return {sid: (lo, hi) for sid, lo, hi in msg.lost}
+
+
+def make_decision(leader: int, plan: RestartPlan) -> RestartDecision:
+    lost = tuple((sid, lo, hi) for sid, (lo, hi) in sorted(plan.lost.items()))
+    return RestartDecision(leader, plan.view.to_wire(), lost)
 
 
 class RestartCoordinator:
@@ -58,23 +117,41 @@ class RestartCoordinator:
         quorum_wait: float,
         send_to: Callable[[str, object], None],
         now: float,
+        accept_loss: bool = False,
+        doubt_wait: float | None = None,
+        on_accept: Callable[[int], None] | None = None,
     ) -> None:
+        """``accept_loss``: the operator's ``--accept-loss``: go ahead when logs lack persisted
+        versions (logged at ERROR). ``on_accept(vid)``: make the restart view's id durable as
+        this node's accepted view id; called before this node sends or installs the view."""
         self.node_id = node_id
         self.address = address
         self.saved = saved
         self.policy = policy
         self.quorum_wait = quorum_wait
         self.send_to = send_to
+        self.on_accept = on_accept
         self.targets = [a for a in dict.fromkeys([*saved.view.addresses, *contacts]) if a != address]
-        self.reports: dict[int, RestartReport] = {node_id: RestartReport(node_id, address, saved.view, dict(saved.logs))}
+        self.planner = RestartPlanner(
+            policy, quorum_wait, doubt_wait if doubt_wait is not None else default_doubt_wait(quorum_wait), accept_loss,
+        )
+        self.planner.on_report(report_of(node_id, address, saved))
         self.addresses: dict[int, str] = {node_id: address}
-        self.quorum_since: float | None = None
         self.outcome: Outcome | None = None
         self.next_send = now
         self.last_problem: str | None = None
+        self.refused_since: float | None = None  # a non-leader's planner refused since then
+
+    @property
+    def reports(self) -> dict[int, RestartReport]:
+        return self.planner.reports
+
+    @property
+    def quorum_since(self) -> float | None:
+        return self.planner.quorum_since
 
     def hello(self) -> RestartHello:
-        return RestartHello(self.node_id, self.address, self.saved.view.to_wire(), tuple(self.saved.logs.items()))
+        return make_hello(self.node_id, self.address, self.saved)
 
     # ------------------------------------------------------------------ inputs
     def on_hello(self, msg: RestartHello) -> None:
@@ -83,7 +160,7 @@ class RestartCoordinator:
         except ViewFormatError as exc:
             log.warning("restart report of node %s has a bad view: %s", msg.node, exc)
             return
-        self.reports[msg.node] = RestartReport(msg.node, msg.address, view, dict(msg.logs))
+        self.planner.on_report(report_from_hello(msg, view))
         self.addresses[msg.node] = msg.address
         if msg.address not in self.targets and msg.address != self.address:
             self.targets.append(msg.address)
@@ -100,7 +177,9 @@ class RestartCoordinator:
             log.info("restart view %d of node %s leaves this node out; joining it instead", view.vid, msg.leader)
             self.outcome = Outcome(contacts=list(view.addresses))
             return
-        self.outcome = Outcome(view=view)
+        if self.on_accept is not None:
+            self.on_accept(view.vid)
+        self.outcome = Outcome(view=view, lost=_lost_from_decision(msg))
 
     def on_running(self, msg: GroupRunning) -> None:
         if self.outcome is None:
@@ -109,7 +188,7 @@ class RestartCoordinator:
 
     # ------------------------------------------------------------------- timer
     def on_tick(self, now: float) -> float:
-        """Resend, and decide if this node leads and may; returns when to tick next."""
+        """Resend, decide if this node leads and may; returns when to tick next."""
         if self.outcome is not None:
             return now
         if now >= self.next_send:
@@ -117,34 +196,46 @@ class RestartCoordinator:
             for address in self.targets:
                 self.send_to(address, hello)
             self.next_send = now + RESEND
-        if min(self.reports) == self.node_id:
-            self._lead(now)
-        return min(self.next_send, self.quorum_since + self.quorum_wait if self.quorum_since is not None else self.next_send)
+        decision = self.planner.on_tick(now)
+        leader = min(self.planner.reports) == self.node_id
+        if isinstance(decision, RestartWaiting):
+            self.refused_since = None
+            if decision.reason != self.last_problem:
+                log.info("restart: waiting (%s)", decision.reason)
+                self.last_problem = decision.reason
+            return min(self.next_send, decision.until) if decision.until is not None else self.next_send
+        if isinstance(decision, RestartRefused):
+            # The leader refuses at once; the others give it time to decide first, as their
+            # reports may lag behind its own.
+            if self.refused_since is None:
+                self.refused_since = now
+            grace = max(self.quorum_wait, 2 * RESEND)
+            if leader or now >= self.refused_since + grace:
+                text = decision.describe()
+                log.error("%s", text)
+                self.outcome = Outcome(refused=text)
+                return now
+            return min(self.next_send, self.refused_since + grace)
+        self.refused_since = None
+        if leader:
+            self._lead(decision)
+        return self.next_send
 
-    def _lead(self, now: float) -> None:
-        problem = quorum_problem(list(self.reports.values()))
-        if problem is not None:
-            if problem != self.last_problem:
-                log.info("restart: waiting for more nodes (%s)", problem)
-                self.last_problem = problem
-            self.quorum_since = None
-            return
-        if self.quorum_since is None:
-            self.quorum_since = now
-        latest = max((r.view for r in self.reports.values()), key=lambda v: v.vid)
-        everyone = all(m in self.reports for m in latest.members)
-        if not everyone and now < self.quorum_since + self.quorum_wait:
-            return
-        plan = plan_restart(list(self.reports.values()), self.policy)
-        if plan is None:
-            return
+    def _lead(self, plan: RestartPlan) -> None:
         log.info(
-            "restart: leading with %d nodes; view %d from latest view %d; longest logs %s",
-            len(self.reports), plan.view.vid, plan.latest_vid,
-            {str(s): v for s, v in plan.longest.items()},
+            "restart: leading with %d nodes; view %d from latest view %d%s; longest logs %s",
+            len(self.planner.reports), plan.view.vid, plan.latest_vid,
+            f" (above accepted view {plan.accepted_vid})" if plan.accepted_vid > plan.latest_vid else "",
+            {str(s): format_version(v) for s, v in plan.longest.items()},
         )
-        decision = RestartDecision(self.node_id, plan.view.to_wire())
+        if plan.unresolved is not None:
+            log.warning("restart: going ahead although %s", plan.unresolved)
+        for loss in plan.losses:
+            log.error("restart with --accept-loss: %s; reads of them will answer VersionLost", loss.describe())
+        if self.on_accept is not None:
+            self.on_accept(plan.view.vid)
+        decision = make_decision(self.node_id, plan)
         for node, address in self.addresses.items():
             if node != self.node_id:
                 self.send_to(address, decision)
-        self.outcome = Outcome(view=plan.view)
+        self.outcome = Outcome(view=plan.view, lost=dict(plan.lost))

@@ -31,8 +31,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--plain-restart-quorum", action="store_true",
-        help="a partial total restart goes ahead on plan_restart's quorum alone, without waiting for "
-        "complete logs and for view changes in flight to be known (shows what that can lose)",
+        help="restart reports carry only the last view and log ends, not the accepted view id, recorded "
+        "frontiers and unfinished transfers (shows the view id reuse and losses the planner then allows)",
+    )
+    p.add_argument(
+        "--accept-loss", action="store_true",
+        help="total restarts go ahead when logs lack persisted versions (as the node's --accept-loss)",
     )
     p.add_argument("--verbose", action="store_true", help="print each run's transcript")
     p.add_argument("--keep-going", action="store_true", help="run all seeds even after a failure")
@@ -53,7 +57,7 @@ def _results(args: argparse.Namespace, seeds: list[int]) -> Iterator[RunResult]:
     """Run seeds, in this process or a pool; either way results come back in seed order."""
     run = partial(
         run_seed, members=args.members, messages=args.messages, faults=args.faults, verbose=args.verbose,
-        plain_restart_quorum=args.plain_restart_quorum,
+        plain_restart_quorum=args.plain_restart_quorum, accept_loss=args.accept_loss,
     )
     if args.jobs == 1 or len(seeds) == 1:
         yield from map(run, seeds)
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     explicit = args.members is not None or args.messages is not None
     started = time.perf_counter()
     runs = failures = delivered = nulls = views = 0
-    node_restarts = total_restarts = checked = transfers = 0
+    node_restarts = total_restarts = checked = transfers = disk_errors = 0
     virtual = longest = 0.0
     results = _results(args, list(seeds))
     for result in results:
@@ -85,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         total_restarts += result.total_restarts
         checked += result.persisted_checked
         transfers += result.transfers
+        disk_errors += result.disk_errors
         if args.verbose:
             print("\n".join(result.transcript))
         if not result.ok:
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     real = time.perf_counter() - started
     status = "ok" if failures == 0 else f"{failures} FAILED"
     persistence = (
-        f"{node_restarts} node restarts, {total_restarts} total restarts, {transfers} state transfers, "
+        f"{node_restarts} node restarts, {total_restarts} total restarts, {disk_errors} disk errors, "
+        f"{transfers} state transfers, "
         f"{checked} persisted versions checked; "
         if args.faults in PERSISTENT_MODES else ""
     )

@@ -12,8 +12,14 @@ steps ``Persisted`` into the core. A node that gains a shard in a view that name
 source for it holds its log's fsyncs back until the source's records up to that view have
 arrived (a simulated state transfer), so a ``Persisted`` report always covers a gap-free log.
 A total restart (``restart``) starts every reporting node's core directly in the restart view
-that ``runtime.core.restart.plan_restart`` decided, with its persisted floor set, and the
+that ``runtime.core.restart.RestartPlanner`` decided, with its persisted floor set, and the
 members that are not the shard's source copy the missing tail from it the same way.
+
+The cluster is the driver of each core, so it keeps the driver's duties of ``Ready``: the
+accepted proposal id goes to the disk before the Ready's messages are sent, and a node whose
+disk fails (``fail_disk``) asks to leave and stops at the first write it cannot make (an
+acceptance it cannot record, a view it cannot save): it never reports a version persisted
+that is not on its disk.
 """
 
 from __future__ import annotations
@@ -233,9 +239,6 @@ class SimCluster:
             except ViewFormatError:
                 return
             self.trace.accepted.setdefault(node.inc, []).append((m.view.vid, (p.vid, p.members)))
-            if self.persistent:  # sampled right after the core step: before the ack is pushed
-                disk = self.disks[node.node_id]
-                disk.accepted_vid = max(disk.accepted_vid, p.vid)
 
     def _flush(self, node_id: int, life: int) -> None:
         node = self.nodes.get(node_id)
@@ -243,6 +246,13 @@ class SimCluster:
             return
         node.flush_at = None
         ready = node.core.ready()
+        if ready.accepted is not None and self.persistent:
+            # The driver's first duty: the acceptance is on disk before the ack can leave.
+            disk = self.disks[node_id]
+            if disk.failing:
+                self._disk_stop(node, f"cannot record its acceptance of view {ready.accepted}")
+                return
+            disk.accepted_vid = max(disk.accepted_vid, ready.accepted)
         for out in ready.outgoing:
             for dst in out.to:
                 target = self.nodes.get(dst)
@@ -271,9 +281,14 @@ class SimCluster:
             self.say(f"node {node_id} installs view {v.vid} {list(v.members)}{'' if v.layout.adequate else ' (inadequate)'}")
             if persistent:
                 self._installed(node, v)
+                if not node.alive:
+                    return
         if persistent:
+            disk = self.disks[node_id]
             for sid, version in ready.persisted:
                 self.say(f"node {node_id} shard {tuple(sid)} persisted through {format_version(version)}")  # type: ignore[arg-type]
+                if not disk.failing:  # recorded lazily: a lower bound of the frontier
+                    disk.frontiers[sid] = max(disk.frontiers.get(sid, -1), version)
             for sid in list(node.volatile):
                 self._start_fsync(node, sid)
         for sid, payloads in ready.orphaned:
@@ -303,6 +318,9 @@ class SimCluster:
         """The app takes a new view: note what its logs now cover, and ask for the state of
         every shard it gained from the source the view names."""
         me = node.node_id
+        if self.disks[me].failing:
+            self._disk_stop(node, f"cannot save view {view.vid}")
+            return
         prev = node.app_view
         before = held_shards(prev, me) if prev is not None else ()
         for sid in before:  # every delivery of the previous view is in the log now
@@ -377,6 +395,9 @@ class SimCluster:
         if node is None or not node.alive or node.life != life or node.awaiting.get(sid) != bound:
             return
         disk = self.disks[node_id]
+        if disk.failing:
+            self._disk_error(node, f"cannot write shard {tuple(sid)} state")
+            return
         log = disk.logs.setdefault(sid, [])
         keep = common_prefix(log, records)
         if keep < len(log):
@@ -428,6 +449,9 @@ class SimCluster:
         if node is None or not node.alive or node.life != life:
             return  # crashed meanwhile: the volatile tail is gone
         upto = node.syncing.pop(sid)
+        if self.disks[node_id].failing:  # the write errs: nothing moves, nothing is reported
+            self._disk_error(node, f"fsync of shard {tuple(sid)} failed")
+            return
         vol = node.volatile.get(sid, [])
         n = 0
         while n < len(vol) and vol[n][0] <= upto:
@@ -446,6 +470,36 @@ class SimCluster:
     def _end(self, node: SimNode, why: str) -> None:
         node.alive = False
         self.trace.ended[node.inc] = why
+
+    # ------------------------------------------------------------- disk errors
+    def fail_disk(self, node_id: int) -> None:
+        """From now on every write to the node's disk errs (disk full, I/O error)."""
+        node = self.nodes[node_id]
+        if not node.alive or self.disks[node_id].failing:
+            return
+        self.say(f"fault: disk of node {node_id} starts failing writes")
+        self.disks[node_id].failing = True
+        self.trace.disk_failed[node.inc] = self.sched.steps
+        self._disk_error(node, "disk writes fail")
+
+    def _disk_error(self, node: SimNode, what: str) -> None:
+        """Fail-stop, gracefully where it can: ask to leave (again in every view, as a leave
+        requested during a view change is forgotten by the next view)."""
+        if not node.alive:
+            return
+        if node.core.membership is not None and not node.core.membership.mine["leaving"]:
+            self.say(f"node {node.node_id} fail-stops ({what}): asks to leave")
+            node.core.step(LeaveRequested(self.sched.now))
+            self._after_step(node)
+
+    def _disk_stop(self, node: SimNode, what: str) -> None:
+        """A write the protocol needs before going on failed: the node stops on the spot."""
+        self.say(f"node {node.node_id} stops: disk error ({what})")
+        self._end(node, f"disk error: {what}")
+
+    def repair_disk(self, node_id: int) -> None:
+        """The operator fixed the disk before starting the node again."""
+        self.disks[node_id].failing = False
 
     # ------------------------------------------------------------------ faults
     def crash(self, node_id: int) -> None:
@@ -468,6 +522,8 @@ class SimCluster:
         if old is not None and old.alive:
             return
         life = old.life + 1 if old is not None else 0
+        if node_id in self.disks:
+            self.repair_disk(node_id)
         addrs = [address_of(c) for c in contacts]
         core = NodeCore(node_id, address_of(node_id), self.policy, self.config, self.sched.now, contact=addrs)
         self.say(f"node {node_id} starts to join via node {contacts[0]}")
@@ -491,12 +547,16 @@ class SimCluster:
             RestartRecord(
                 view.vid, view.members, plan.latest_vid,
                 tuple(sorted((tuple(s), v) for s, v in plan.longest.items())), self.sched.steps,
+                tuple(sorted((tuple(s), lo, hi) for s, (lo, hi) in plan.lost.items())),
             )
         )
         sources = ", ".join(f"{tuple(s)}<-{n}" for s, n in view.sources) or "none"
         self.say(
             f"RESTART in view {view.vid} {list(view.members)} after view {plan.latest_vid}; sources {sources}; "
             f"longest logs " + ", ".join(f"{tuple(s)}:{format_version(v)}" for s, v in sorted(plan.longest.items()))
+            + "".join(
+                f"; LOST {tuple(s)} {format_version(lo)}..{format_version(hi)}" for s, (lo, hi) in sorted(plan.lost.items())
+            )
         )
         started = []
         for m in view.members:
@@ -507,6 +567,7 @@ class SimCluster:
                 self.disks[m] = Disk(m)
                 self.trace.disks[m] = self.disks[m].logs
             disk = self.disks[m]
+            disk.failing = False  # a node restarts with a working disk
             # Like accepting a proposal: on disk before the node acts in the view, so that a
             # later partial restart knows this one happened even if no app installed it yet.
             disk.accepted_vid = max(disk.accepted_vid, view.vid)

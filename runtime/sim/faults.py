@@ -12,29 +12,33 @@ restart, which keeps every disk, is the exception. Within those bounds they are 
 the seed makes them. Every decision draws from the run's seeded RNG at the moment the fault
 fires, so the schedule replays exactly.
 
-A total restart crashes every node, waits, then collects restart reports (last view, last
-version per shard log) from the nodes in a seeded order and restarts as soon as
-``plan_restart`` accepts them (or when every node with a disk has reported); the others come
-back later as joiners. A restart with only part of the nodes also waits, as a careful driver
-must with today's ``runtime/core/restart.py``, until
-- every shard of the latest reported view has a reporter whose log of it is complete (a
-  member whose state transfer had not landed holds only a prefix of what was persisted), and
-- no reporter accepted a view change beyond the latest reported view (a node that did not
-  report may have installed it: the restart view would reuse its id, and the versions it
-  persisted there could be lost).
-``--plain-restart-quorum`` drops both waits, to show what ``plan_restart``'s quorum alone
-allows; ``--faults restart-race`` aims total restarts at exactly those moments (right after
-the first node installs a new view, that node reporting last; and while a new shard member's
-state transfer is in flight, its source reporting last).
+A disk error (``disk-error``, in the restart modes) makes one member's disk fail every write
+from a seeded moment: the node must fail-stop (it asks to leave and stops at the first write
+the protocol needs), and comes back later with the disk repaired.
+
+A total restart crashes every node, waits, then delivers the nodes' restart reports (last
+view, log ends, accepted view id, recorded frontiers, unfinished transfers: see ``disk.py``)
+at seeded moments to the planner that ships, ``runtime.core.restart.RestartPlanner``, ticked
+on virtual time exactly as ``runtime/drivers/restart.py`` ticks it, with a seeded quorum wait
+(sometimes none, so that restarts with part of the nodes happen). Nodes whose reports come
+after the decision come back later as joiners. A refused or impossible restart is recorded for
+the checker. ``--plain-restart-quorum`` makes the reports plain (as before accepted ids,
+frontiers and transfer markers existed), to show what the planner allows without them: a
+restart view reusing the id of a view only absent nodes installed (split-brain), and a
+newcomer whose state transfer had not landed taken for a complete log (persisted versions
+lost). ``--faults restart-race`` aims total restarts at exactly those moments (right after the
+first node installs a new view, that node reporting last; and while a new shard member's state
+transfer is in flight, its source reporting last).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Callable
 
 from runtime.core.layout import ShardId
-from runtime.core.restart import RestartPlan, RestartReport, plan_restart
+from runtime.core.restart import RestartPlan, RestartPlanner, RestartRefused, RestartWaiting
 from runtime.sim.cluster import SimCluster, address_of
 from runtime.sim.disk import held_by
 from runtime.sim.network import LinkProfile
@@ -47,10 +51,10 @@ KINDS = {
     "join": ("join", "join", "rejoin", "leave"),
     "restart": (
         "restart-one", "restart-one", "restart-leader", "restart-all", "restart-all-in-change",
-        "restart-all-at-install", "restart-all-in-transfer",
+        "restart-all-at-install", "restart-all-in-transfer", "disk-error",
     ),
-    # Only total restarts aimed at the gaps of runtime/core/restart.py (see the module
-    # docstring), each set going by a node restart; with --plain-restart-quorum most fail.
+    # Only total restarts aimed at what plain reports cannot tell (see the module docstring),
+    # each set going by a node restart; with --plain-restart-quorum many fail.
     "restart-race": ("restart-all-at-install", "restart-all-in-transfer"),
 }
 ALL_MODES = ("crash", "partition", "join", "restart")
@@ -85,10 +89,12 @@ class FaultInjector:
     armed_in_transfer: int = 0  # restart-race: strike when a state transfer starts
     report_last: set[int] = field(default_factory=set)  # nodes whose reports come in last
     installed_vids: set[int] = field(default_factory=set)
-    # A partial total restart waits for complete logs and for no view change in flight (see the
-    # module docstring); ``--plain-restart-quorum`` (False here) restarts on plan_restart's
-    # quorum alone, to show what that can lose.
-    careful: bool = True
+    # ``--plain-restart-quorum``: reports without accepted ids, frontiers and transfer markers.
+    plain_reports: bool = False
+    accept_loss: bool = False  # the operator's --accept-loss for every total restart
+    before_restart: Callable[[SimCluster], None] | None = None  # tests: damage disks after the crash
+    given_up: bool = False  # a total restart was refused or could not happen: nothing more to run
+    disk_errors: int = 0
 
     @staticmethod
     def plan(rng: random.Random, mode: str, start: float, end: float) -> list[FaultEvent]:
@@ -111,7 +117,7 @@ class FaultInjector:
 
     def idle(self, now: float) -> bool:
         """No fault still owes an action (a comeback, a restart, the workload after one)."""
-        return not self.pending and not self.restarting and now > self.busy_until
+        return self.given_up or (not self.pending and not self.restarting and now > self.busy_until)
 
     # ------------------------------------------------------------------ helpers
     def _view_members_alive(self) -> tuple[list[int], int]:
@@ -288,6 +294,29 @@ class FaultInjector:
             self.leavers.add(node)
             self.cluster.leave(node)
 
+    def _disk_error(self) -> None:
+        """A member's disk starts failing writes: it must fail-stop like a leave (so it must be
+        one the group can lose), and it comes back later with the disk repaired."""
+        alive, _ = self._view_members_alive()
+        alive = self._victims(alive)
+        if len(alive) < 2 or not self._can_lose(1) or not self.cluster.persistent:
+            return
+        node = self.rng.choice(alive)
+        self.leavers.add(node)
+        self.disk_errors += 1
+        self.cluster.fail_disk(node)
+        self.pending += 1
+        delay = self.suspicion_timeout * (2 + 2 * self.rng.random())
+        self.cluster.sched.at(self.cluster.sched.now + delay, self._repaired, node)
+
+    def _repaired(self, node_id: int) -> None:
+        node = self.cluster.nodes.get(node_id)
+        if node is not None and node.alive and self.cluster.disks[node_id].failing:
+            # Still stopping (its leave waits for a view change): look again later.
+            self.cluster.sched.at(self.cluster.sched.now + self.suspicion_timeout, self._repaired, node_id)
+            return
+        self._come_back(node_id)
+
     # ------------------------------------------------------- crash and restart
     def _restart_one(self, leader: bool = False) -> None:
         """A node crashes and comes back with its disk, before or after the group noticed."""
@@ -376,49 +405,88 @@ class FaultInjector:
         self.pending += 1
         self.cluster.sched.at(self.cluster.sched.now, self._armed_restart_fires)
 
-    def _safe_partial(self, reports: list[RestartReport]) -> bool:
-        """A restart with only these reports keeps every persisted version and view id: every
-        shard of the latest reported view has a reporter whose log holds all of it, and no
-        reporter accepted a change beyond that view."""
-        latest = max((r.view for r in reports), key=lambda v: v.vid)
-        disks = self.cluster.disks
-        if any(disks[r.node].accepted_vid > latest.vid for r in reports):
-            return False
-        return all(
-            any(r.node in members and disks[r.node].complete_member(sid, latest) for r in reports)
-            for sid, members in held_by(latest).items()
-        )
-
     def _restart_from_disks(self) -> None:
+        """Deliver every disk's restart report to the shipped planner at seeded moments and
+        carry out its decision: a restart, a refusal, or nothing possible at all."""
         cluster = self.cluster
+        if self.before_restart is not None:
+            self.before_restart(cluster)
         with_view = sorted(n for n, d in cluster.disks.items() if d.last_view is not None)
         order = list(with_view)
         self.rng.shuffle(order)
-        everyone = self.rng.random() < 0.4
-        if self.report_last:  # restart-race: these report last, after a partial quorum if any
+        span = self.suspicion_timeout * (0.2 + self.rng.random())
+        # The leader's wait for stragglers once a quorum is back: none (restarts with the first
+        # quorum), part of the reports' spread, or longer than it (everyone is in the restart).
+        quorum_wait = self.rng.choice((0.0, 0.2, 0.6, 2.0)) * span
+        if self.report_last:  # restart-race: these report last, and the planner does not wait
             order = [n for n in order if n not in self.report_last] + [n for n in order if n in self.report_last]
-            everyone = False
+            quorum_wait = 0.0
             self.report_last = set()
-        reports: list[RestartReport] = []
-        plan: RestartPlan | None = None
-        for node in order:
-            reports.append(cluster.disks[node].report(address_of(node)))
-            if everyone and len(reports) < len(order):
-                continue
-            candidate = plan_restart(reports, cluster.policy)
-            if candidate is None:
-                continue
-            if self.careful and len(reports) < len(order) and not self._safe_partial(reports):
-                continue
-            plan = candidate
-            break
-        if plan is None:  # no quorum even with every disk: nothing can restart the group
-            cluster.say(f"fault: no restart quorum from {with_view}; the group stays down")
-            self.restarting = False
+        if not order:
+            self._give_up(_Restart(RestartPlanner(cluster.policy, 0.0, 0.0), 0), "no disk holds a view")
             return
+        now = cluster.sched.now
+        times = sorted(now + self.rng.random() * span for _ in order)
+        # Doubts (an accepted view nobody back installed, a log short of a frontier) hold the
+        # decision longer than every report takes to come in: in the simulator every disk is
+        # back in time, so a doubt always resolves from the reports, never by the timeout.
+        planner = RestartPlanner(cluster.policy, quorum_wait, 2 * span + quorum_wait, self.accept_loss)
+        state = _Restart(planner, len(order))
+        cluster.say(
+            f"restart: reports from {order} over {span * 1e3:.3f}ms; quorum wait {quorum_wait * 1e3:.3f}ms"
+        )
+        for node, at in zip(order, times):
+            cluster.sched.at(at, self._report_arrives, state, node)
+
+    def _report_arrives(self, state: _Restart, node: int) -> None:
+        if state.done:
+            return
+        disk = self.cluster.disks[node]
+        state.planner.on_report(disk.report(address_of(node), plain=self.plain_reports))
+        state.arrived += 1
+        self._decide(state)
+
+    def _restart_tick(self, state: _Restart, at: float) -> None:
+        if state.tick_at == at:
+            state.tick_at = None
+            self._decide(state)
+
+    def _decide(self, state: _Restart) -> None:
+        if state.done:
+            return
+        cluster = self.cluster
+        decision = state.planner.on_tick(cluster.sched.now)
+        if isinstance(decision, RestartWaiting):
+            if decision.reason != state.last_reason:
+                state.last_reason = decision.reason
+                cluster.say(f"restart: waiting ({decision.reason})")
+            if decision.until is not None:
+                if state.tick_at is None or decision.until < state.tick_at:
+                    state.tick_at = decision.until
+                    cluster.sched.at(decision.until, self._restart_tick, state, decision.until)
+            elif state.arrived == state.expected:
+                self._give_up(state, f"no restart quorum from every disk: {decision.reason}")
+            return
+        if isinstance(decision, RestartRefused):
+            self._give_up(state, decision.describe())
+            return
+        self._carry_out(state, decision)
+
+    def _give_up(self, state: _Restart, why: str) -> None:
+        state.done = True
+        self.restarting = False
+        self.given_up = True
+        self.cluster.trace.restart_failures.append(why)
+        self.cluster.say(f"fault: the group stays down: {why}")
+
+    def _carry_out(self, state: _Restart, plan: RestartPlan) -> None:
+        state.done = True
+        cluster = self.cluster
+        if plan.unresolved is not None:
+            cluster.say(f"restart: going ahead although {plan.unresolved}")
         self.restarting = False
         self.total_restarts += 1
-        self.restart_sizes.append((len(plan.view.members), len(with_view)))
+        self.restart_sizes.append((len(plan.view.members), state.expected))
         self.leavers.clear()
         cluster.restart(plan)
         # The rest (disks not used, nodes that never installed a view) rejoin later.
@@ -439,3 +507,15 @@ class FaultInjector:
             cluster.sched.at(at, cluster.app_send, self.rng.choice(members), size, self.rng.random())
             self.busy_until = max(self.busy_until, at)
             sent += size
+
+
+@dataclass(slots=True)
+class _Restart:
+    """One total restart in progress: the planner and the reports still to come."""
+
+    planner: RestartPlanner
+    expected: int  # reports that will arrive
+    arrived: int = 0
+    done: bool = False
+    tick_at: float | None = None
+    last_reason: str | None = None

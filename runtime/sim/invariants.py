@@ -14,8 +14,11 @@ In persistent mode the trace also holds every node's disk (its durable logs at t
 the run, per node id: a disk outlives incarnations), when each disk's last durable version
 moved, every persistence frontier a core computed, and the total restarts. The persistence
 checks are: no version inside a persistence frontier is lost or changed (every live member of
-the shard ends with it, same payload), logs of a shard are prefix-consistent everywhere, and
-no frontier ever exceeded what a member of its view had on disk at that moment.
+the shard ends with it, same payload), logs of a shard are prefix-consistent everywhere, no
+frontier ever exceeded what a member of its view had on disk at that moment, every restart
+view's id is above the view it restarts from, a node whose disk failed stopped (left or
+crashed) instead of going on, and every total restart went ahead (a refused or impossible
+restart is reported: in these runs nothing is lost by fault, so a refusal is a bug).
 """
 
 from __future__ import annotations
@@ -48,13 +51,15 @@ class ViewRecord:
 @dataclass(frozen=True, slots=True)
 class RestartRecord:
     """A total restart: the view the restarting nodes were started in, who they were, the
-    latest view among their reports, and per shard the last version kept (the longest log)."""
+    latest view among their reports, per shard the last version kept (the longest log), and
+    the loss the plan declared (shard, first, last version; only with accept_loss)."""
 
     vid: int
     members: tuple[int, ...]
     latest_vid: int
     kept: tuple[tuple[ShardRef, int], ...]
     step: int
+    lost: tuple[tuple[ShardRef, int, int], ...] = ()
 
     def kept_of(self, shard: ShardRef) -> int:
         for sid, v in self.kept:
@@ -86,6 +91,8 @@ class Trace:
     # persisted[(inc, vid, shard)] = [(frontier version, step), ...]: every version up to it on disk everywhere
     persisted: dict[tuple[Inc, int, ShardRef], list[tuple[int, int]]] = field(default_factory=dict)
     restarts: list[RestartRecord] = field(default_factory=list)
+    disk_failed: dict[Inc, int] = field(default_factory=dict)  # incarnation -> step its disk began to fail
+    restart_failures: list[str] = field(default_factory=list)  # total restarts refused or stuck, why
     persisted_checked: int = 0  # set by the check: (shard, version) pairs inside some frontier
 
     def incarnations(self) -> list[Inc]:
@@ -132,6 +139,7 @@ def check_trace(trace: Trace) -> list[Violation]:
     if trace.persistent:
         delivered = _versions_delivered(trace)
         out += _check_restarts(trace)
+        out += _check_fail_stop(trace)
         out += _check_frontier_durable(trace)
         out += _check_log_consistency(trace, delivered)
         out += _check_persisted_kept(trace, delivered)
@@ -407,13 +415,14 @@ def _versions_delivered(trace: Trace) -> dict[ShardRef, dict[int, bytes]]:
 
 
 def _check_restarts(trace: Trace) -> list[Violation]:
-    """A restart view follows the latest view any node installed, and its members include a
-    majority of that view and a member of each of its shards."""
-    out = []
+    """Every total restart went ahead; a restart view's id is above the latest view any
+    reporter installed, and its members include a majority of that view and a member of each
+    of its shards. (Reusing the id of a view some node installed shows as split-brain.)"""
+    out = [Violation("restart-failed", None, why) for why in trace.restart_failures]
     by_vid = _view_index(trace)
     for r in trace.restarts:
-        prev = by_vid.get(r.vid - 1)
-        if r.latest_vid != r.vid - 1 or prev is None:
+        prev = by_vid.get(r.latest_vid)
+        if r.vid <= r.latest_vid or prev is None:
             out.append(Violation("restart-view", None, f"restart view {r.vid} after latest view {r.latest_vid}"))
             continue
         back = set(r.members) & set(prev.members)
@@ -428,6 +437,18 @@ def _check_restarts(trace: Trace) -> list[Violation]:
             if members and not back & set(members):
                 out.append(Violation("restart-quorum", None, f"restart view {r.vid}: no member of shard {shard} of view {prev.vid}"))
     return out
+
+
+def _check_fail_stop(trace: Trace) -> list[Violation]:
+    """A node whose disk failed must stop (leave, or stop outright) rather than go on: by the
+    end of a complete run it has ended."""
+    if not trace.expect_complete:
+        return []
+    return [
+        Violation("no-fail-stop", inc, f"its disk failed at step {step} and it was still running at the end")
+        for inc, step in sorted(trace.disk_failed.items())
+        if inc not in trace.ended
+    ]
 
 
 def _at_step(timeline: list[tuple[int, int]], step: int) -> int:

@@ -40,7 +40,8 @@ class RunParams:
     link: LinkProfile
     slow_links: tuple[tuple[int, int], ...]
     fsync: tuple[float, float] = (200e-6, 1e-3)  # (base, jitter) of one fsync, persistent mode
-    plain_restart_quorum: bool = False  # restart on plan_restart's quorum alone (see faults.py)
+    plain_restart_quorum: bool = False  # restart reports without accepted ids, frontiers, transfer markers
+    accept_loss: bool = False  # total restarts go ahead past lost persisted versions (the operator's flag)
 
     @property
     def persistent(self) -> bool:
@@ -60,6 +61,7 @@ class RunParams:
             f"link={self.link.base * 1e6:.0f}+{self.link.jitter * 1e6:.0f}us slow_links={list(self.slow_links)}"
             + (f" fsync={self.fsync[0] * 1e6:.0f}+{self.fsync[1] * 1e6:.0f}us" if self.persistent else "")
             + (" plain_restart_quorum" if self.plain_restart_quorum else "")
+            + (" accept_loss" if self.accept_loss else "")
         )
 
 
@@ -80,6 +82,7 @@ class RunResult:
     total_restarts: int = 0  # every node crashed, then a restart from the disks
     persisted_checked: int = 0  # (shard, version) pairs inside some persistence frontier, checked at the end
     transfers: int = 0  # state transfers that landed
+    disk_errors: int = 0  # nodes whose disk failed (they must fail-stop)
 
     @property
     def ok(self) -> bool:
@@ -92,6 +95,7 @@ def choose_params(
     messages: int | None = None,
     faults: str = "none",
     plain_restart_quorum: bool = False,
+    accept_loss: bool = False,
 ) -> RunParams:
     rng = random.Random(f"params-{seed}")
     n = members if members is not None else rng.randint(3, 7)
@@ -123,7 +127,7 @@ def choose_params(
     fsync = (rng.choice((50e-6, 200e-6, 1e-3)), rng.choice((100e-6, 1e-3, 4e-3)))
     return RunParams(
         seed, ids, count, faults, shards, CoreConfig(multicast, membership), link, tuple(slow), fsync,
-        plain_restart_quorum,
+        plain_restart_quorum, accept_loss,
     )
 
 
@@ -135,12 +139,15 @@ def run_seed(
     verbose: bool = False,
     corrupt: Callable[[SimCluster], None] | None = None,
     plain_restart_quorum: bool = False,
+    accept_loss: bool = False,
+    before_restart: Callable[[SimCluster], None] | None = None,
 ) -> RunResult:
     """Run one seed until the group is quiescent and check it.
 
-    ``corrupt`` lets tests tamper with the trace before the check.
+    ``corrupt`` lets tests tamper with the trace before the check; ``before_restart`` with the
+    disks right after a total crash (damage that the restart must notice).
     """
-    params = choose_params(seed, members, messages, faults, plain_restart_quorum)
+    params = choose_params(seed, members, messages, faults, plain_restart_quorum, accept_loss)
     rng = random.Random(f"run-{seed}")
     sched = Scheduler()
     net = SimNetwork(sched, rng, params.link)
@@ -154,7 +161,9 @@ def run_seed(
     )
     plan = make_plan(rng, params.members, params.messages, SEND_SPAN)
     injector = FaultInjector(cluster, rng, params.config.membership.suspicion_timeout)
-    injector.careful = not params.plain_restart_quorum
+    injector.plain_reports = params.plain_restart_quorum
+    injector.accept_loss = params.accept_loss
+    injector.before_restart = before_restart
     cluster.on_wedge = injector.on_wedge
     cluster.on_install = injector.on_install
     cluster.on_transfer = injector.on_transfer
@@ -171,7 +180,7 @@ def run_seed(
     state = {"done": False}
 
     def probe() -> None:
-        if sched.now > quiet_after and not net.cut and injector.idle(sched.now) and cluster.quiescent():
+        if injector.given_up or (sched.now > quiet_after and not net.cut and injector.idle(sched.now) and cluster.quiescent()):
             state["done"] = True
             sched.stop()
             return
@@ -213,7 +222,7 @@ def run_seed(
     result = RunResult(
         params, violations, delivered, sent, cluster.nulls_sent(), net.frames, top,
         cluster.longest_change, sched.now, sched.steps, transcript,
-        injector.node_restarts, injector.total_restarts, checked, cluster.transfers,
+        injector.node_restarts, injector.total_restarts, checked, cluster.transfers, injector.disk_errors,
     )
     if verbose:
         transcript.append(
@@ -221,6 +230,7 @@ def run_seed(
             f"steps={sched.steps} virtual={sched.now:.6f}s longest_change={cluster.longest_change * 1e3:.2f}ms "
             + (
                 f"restarts={injector.node_restarts} total_restarts={injector.total_restarts} "
+                f"disk_errors={injector.disk_errors} "
                 f"transfers={cluster.transfers} truncations={cluster.truncations} persisted_checked={checked} "
                 if params.persistent else ""
             )
@@ -235,4 +245,6 @@ def replay_command(params: RunParams, explicit: bool) -> str:
         cmd += f" --members {len(params.members)} --messages {params.messages}"
     if params.plain_restart_quorum:
         cmd += " --plain-restart-quorum"
+    if params.accept_loss:
+        cmd += " --accept-loss"
     return cmd + " --verbose"

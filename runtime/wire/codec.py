@@ -170,11 +170,14 @@ def _enc_state_ack(m: StateAck) -> list[Any]:
 
 
 def _enc_restart_hello(m: RestartHello) -> list[Any]:
-    return [TAG_RESTART_HELLO, m.node, m.address, m.view, [[_shard_to_wire(s), v] for s, v in m.logs]]
+    return [
+        TAG_RESTART_HELLO, m.node, m.address, m.view, [[_shard_to_wire(s), v] for s, v in m.logs], m.accepted_vid,
+        [[_shard_to_wire(s), v] for s, v in m.frontiers], [_shard_to_wire(s) for s in m.incomplete],
+    ]
 
 
 def _enc_restart_decision(m: RestartDecision) -> list[Any]:
-    return [TAG_RESTART_DECISION, m.leader, m.view]
+    return [TAG_RESTART_DECISION, m.leader, m.view, [[_shard_to_wire(s), lo, hi] for s, lo, hi in m.lost]]
 
 
 def _enc_group_running(m: GroupRunning) -> list[Any]:
@@ -492,25 +495,48 @@ def _dec_state_ack(f: list[Any]) -> StateAck:
     return StateAck(_shard_id(shard, "StateAck.shard"), _nat(vid, "StateAck.vid"), _nat(seq, "StateAck.seq"))
 
 
-def _dec_restart_hello(f: list[Any]) -> RestartHello:
-    _, node, address, view, logs = f
-    if not isinstance(view, dict) or type(logs) is not list:
-        raise WireError("RestartHello needs a view map and a list of logs")
-    _check_plain(view, "RestartHello.view")
+def _shard_versions(value: object, what: str) -> tuple[tuple[ShardId, int], ...]:
+    """``[[shard, version], ...]`` with versions >= -1."""
+    if type(value) is not list:
+        raise WireError(f"{what} must be a list of [shard, version], got {_describe(value)}")
     out = []
-    for item in logs:
+    for item in value:
         if type(item) is not list or len(item) != 2 or type(item[1]) is not int or item[1] < -1:
-            raise WireError(f"RestartHello.logs entries are [shard, version], got {_describe(item)}")
-        out.append((_shard_id(item[0], "RestartHello.logs[].shard"), item[1]))
-    return RestartHello(_nat(node, "RestartHello.node"), _str(address, "RestartHello.address"), view, tuple(out))
+            raise WireError(f"{what} entries are [shard, version], got {_describe(item)}")
+        out.append((_shard_id(item[0], f"{what}[].shard"), item[1]))
+    return tuple(out)
+
+
+def _dec_restart_hello(f: list[Any]) -> RestartHello:
+    _, node, address, view, logs, accepted, frontiers, incomplete = f
+    if not isinstance(view, dict):
+        raise WireError("RestartHello needs a view map")
+    _check_plain(view, "RestartHello.view")
+    if type(accepted) is not int or accepted < -1:
+        raise WireError(f"RestartHello.accepted_vid must be an int >= -1, got {_describe(accepted)}")
+    if type(incomplete) is not list:
+        raise WireError(f"RestartHello.incomplete must be a list of shards, got {_describe(incomplete)}")
+    return RestartHello(
+        _nat(node, "RestartHello.node"), _str(address, "RestartHello.address"), view,
+        _shard_versions(logs, "RestartHello.logs"), accepted, _shard_versions(frontiers, "RestartHello.frontiers"),
+        tuple(_shard_id(s, "RestartHello.incomplete[]") for s in incomplete),
+    )
 
 
 def _dec_restart_decision(f: list[Any]) -> RestartDecision:
-    _, leader, view = f
+    _, leader, view, lost = f
     if not isinstance(view, dict):
         raise WireError("RestartDecision.view must be a map")
     _check_plain(view, "RestartDecision.view")
-    return RestartDecision(_nat(leader, "RestartDecision.leader"), view)
+    if type(lost) is not list:
+        raise WireError(f"RestartDecision.lost must be a list, got {_describe(lost)}")
+    ranges = []
+    for item in lost:
+        if (type(item) is not list or len(item) != 3 or type(item[1]) is not int or type(item[2]) is not int
+                or not 0 <= item[1] <= item[2]):
+            raise WireError(f"RestartDecision.lost entries are [shard, first, last], got {_describe(item)}")
+        ranges.append((_shard_id(item[0], "RestartDecision.lost[].shard"), item[1], item[2]))
+    return RestartDecision(_nat(leader, "RestartDecision.leader"), view, tuple(ranges))
 
 
 def _dec_reply_batch(f: list[Any]) -> ReplyBatch:
@@ -576,8 +602,8 @@ _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]]
     TAG_STATE_REQUEST: ("StateRequest", 4, _dec_state_request),
     TAG_STATE_CHUNK: ("StateChunk", 7, _dec_state_chunk),
     TAG_STATE_ACK: ("StateAck", 3, _dec_state_ack),
-    TAG_RESTART_HELLO: ("RestartHello", 4, _dec_restart_hello),
-    TAG_RESTART_DECISION: ("RestartDecision", 2, _dec_restart_decision),
+    TAG_RESTART_HELLO: ("RestartHello", 7, _dec_restart_hello),
+    TAG_RESTART_DECISION: ("RestartDecision", 3, _dec_restart_decision),
     TAG_GROUP_RUNNING: ("GroupRunning", 2, _dec_group_running),
     TAG_REPLY_BATCH: ("ReplyBatch", 4, _dec_reply_batch),
     TAG_SIGNED_MARK: ("SignedMark", 4, _dec_signed_mark),

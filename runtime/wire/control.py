@@ -171,21 +171,28 @@ class StateAck:
 
 @dataclass(frozen=True, slots=True)
 class RestartHello:
-    """A node restarting from its data directory: its last installed view (wire form) and,
-    per shard it logs, the last version on its disk."""
+    """A node restarting from its data directory: its last installed view (wire form), per
+    shard it logs the last version on its disk, the highest view change it accepted, the
+    highest persistence frontier it recorded per shard, and the shards whose state transfer
+    had not completed (see ``runtime.core.restart``)."""
 
     node: int
     address: str
     view: Any  # View.to_wire() dict
     logs: tuple[tuple[Any, int], ...]  # (ShardId, last version)
+    accepted_vid: int = -1
+    frontiers: tuple[tuple[Any, int], ...] = ()  # (ShardId, version)
+    incomplete: tuple[Any, ...] = ()  # ShardIds
 
 
 @dataclass(frozen=True, slots=True)
 class RestartDecision:
-    """The restart leader's decision: the restart view (wire form) every reporter installs."""
+    """The restart leader's decision: the restart view (wire form) every reporter installs,
+    and the versions an operator accepted to lose (``--accept-loss``) per shard."""
 
     leader: int
     view: Any
+    lost: tuple[tuple[Any, int, int], ...] = ()  # (ShardId, first lost version, last lost version)
 
 
 @dataclass(frozen=True, slots=True)

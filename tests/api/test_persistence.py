@@ -96,7 +96,7 @@ def test_persisted_resolves_and_reads_of_the_past_agree(tmp_path: Path) -> None:
             before = bank.at_time(1, node=node).get(timeout=10)[node]
             assert before[:2] == [0, {}]
         # A version not yet on disk everywhere is refused with a clear error.
-        with pytest.raises(da.RemoteError, match="NotPersistedYet"):
+        with pytest.raises(da.NotPersistedYet, match="not on disk at every replica"):
             bank.at_version(v + 10_000, node=2).get(timeout=10)
 
 

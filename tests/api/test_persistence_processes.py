@@ -184,3 +184,59 @@ def test_a_joiner_receives_100_mb_of_state_and_serves_identical_reads(tmp_path: 
         sent = re.findall(r"state of Archive/0/0 sent to node 3: ([\d.]+) MB in ([\d.]+) s", (tmp_path / "node-1.log").read_text())
         # Node 3 may also have had an empty transfer when the cluster first formed.
         assert sent and max(float(mb) for mb, _ in sent) >= 100, sent
+
+
+def test_restart_never_silently_starts_from_less(tmp_path: Path) -> None:
+    """Every log of the shard lost its last records (a bad disk on each): the restart stops
+    with a report naming the shard and versions (exit 5); only with --accept-loss does it go
+    on, and the versions that are gone then read as VersionLost, never NotPersistedYet."""
+    from runtime.drivers.log_store import VersionedLog
+
+    with LocalCluster(3, [PersistentKV], LAYOUT, overrides=FAST, workdir=str(tmp_path)) as cluster:
+        kv = cluster.handle(PersistentKV)
+        pending = [kv.put(f"key-{i % 100}", f"value-{i}".encode()) for i in range(1500)]
+        confirmed = [(i, p.persisted(timeout=30)) for i, p in enumerate(pending)]
+        last = confirmed[-1][1]
+        frontiers = [cluster.data_dir(n) / "frontiers.msgpack" for n in (1, 2, 3)]
+        deadline = time.monotonic() + 10  # frontiers are recorded lazily (every 0.5 s)
+        while time.monotonic() < deadline and not all(_recorded(f) >= last for f in frontiers):
+            time.sleep(0.1)
+        assert all(_recorded(f) >= last for f in frontiers)
+        cluster.kill_all()
+        ends = []
+        for n in (1, 2, 3):  # every copy loses its last third
+            log_file = cluster.data_dir(n) / "PersistentKV.0.0.log"
+            data = log_file.read_bytes()
+            log_file.write_bytes(data[: len(data) * 2 // 3])
+            with VersionedLog.open(log_file) as lg:  # cuts the torn tail, as the node would
+                ends.append(lg.last_version)
+        end = max(ends)
+        with pytest.raises(da.GroupClosed):
+            cluster.restart(timeout=40)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(cluster.exit_code(n) is None for n in (1, 2, 3)):
+            time.sleep(0.1)
+        assert [cluster.exit_code(n) for n in (1, 2, 3)] == [5, 5, 5]
+        report = (tmp_path / "node-1.log").read_text()
+        assert "PersistentKV/0/0" in report and "accept-loss" in report
+        cluster.restart(accept_loss=True, timeout=60)
+        kv = cluster.handle(PersistentKV)
+        kv.put("after", b"1").persisted(timeout=30)
+        lost = [(i, v) for i, v in confirmed if v > end]
+        kept = [(i, v) for i, v in confirmed if v <= end]
+        assert lost and kept
+        i, v = kept[-1]
+        for node in (1, 2, 3):
+            assert kv.get_at(f"key-{i % 100}", v, node=node).get(timeout=10)[node] == f"value-{i}".encode()
+            with pytest.raises(da.VersionLost, match="gone"):
+                kv.get_at("key-1", lost[len(lost) // 2][1], node=node).get(timeout=10)
+
+
+def _recorded(path: Path) -> int:
+    """The highest persistence frontier a node recorded (-1: none yet)."""
+    import msgpack
+
+    if not path.exists():
+        return -1
+    doc = msgpack.unpackb(path.read_bytes(), raw=False)
+    return max((v for _, v in doc.get("frontiers", [])), default=-1)

@@ -684,3 +684,69 @@ def test_leader_rank(suspected: list[int], expected: int | None) -> None:
 )  # fmt: skip
 def test_is_majority(count: int, n: int, expected: bool) -> None:
     assert is_majority(count, n) is expected
+
+
+# ============================================================ acceptance made durable first
+def _watch_acceptances(net: GroupNet) -> dict[int, list[tuple[str, int]]]:
+    """Wrap every core's ``ready()`` to record, in the order a driver would act on them, each
+    ``Ready.accepted`` ("durable") and each group push that carries an acceptance ("sent")."""
+    log: dict[int, list[tuple[str, int]]] = {n: [] for n in net.cores}
+    for node, core in net.cores.items():
+        inner = core.ready
+
+        def ready(inner: Any = inner, node: int = node) -> Any:
+            r = inner()
+            if r.accepted is not None:
+                log[node].append(("durable", r.accepted))
+            for out in r.outgoing:
+                msg = out.message
+                if isinstance(msg, GroupPush) and msg.row.values.get("proposal") is not None:
+                    if msg.row.values.get("ballot", 1):
+                        log[node].append(("sent", msg.row.values["proposal"][0]))
+            return r
+
+        core.ready = ready  # type: ignore[method-assign]
+    return log
+
+
+def _leave_node(net: GroupNet, node: int) -> None:
+    net.leave(node)
+
+
+def _crash_node(net: GroupNet, node: int) -> None:
+    net.crash(node)
+
+
+@pytest.mark.parametrize(
+    "act, node",
+    [
+        pytest.param(_crash_node, 4, id="follower-crashes"),
+        pytest.param(_crash_node, 0, id="leader-crashes"),
+        pytest.param(_leave_node, 2, id="member-leaves"),
+        pytest.param(_leave_node, 0, id="leader-leaves"),
+    ],
+)
+def test_acceptance_is_handed_to_the_driver_before_the_ack_leaves(act: Any, node: int) -> None:
+    """Ready.accepted names a proposal no later than the Ready whose pushes first carry this
+    node's acceptance of it (a driver that makes it durable first never acks what its disk does
+    not know), only ever grows, and every member that installed a view accepted it."""
+    members = (0, 1, 2, 3, 4)
+    net = GroupNet(members)
+    log = _watch_acceptances(net)
+    warm_up(net, members, 2)
+    act(net, node)
+    survivors = [m for m in members if m != node]
+    assert net.run_until(lambda: all((net.vid(s) or 0) >= 1 for s in survivors), 1.0)
+    net.run_for(0.05)
+    for n, entries in log.items():
+        durable = -1
+        for kind, vid in entries:
+            if kind == "durable":
+                assert vid > durable, f"node {n}: Ready.accepted went from {durable} to {vid}"
+                durable = vid
+            else:
+                assert vid <= durable, f"node {n} sent its acceptance of view {vid} before Ready.accepted named it"
+    for s in survivors:
+        durable = [vid for kind, vid in log[s] if kind == "durable"]
+        assert durable and durable[-1] >= net.vid(s)  # type: ignore[operator]
+    assert any(kind == "sent" for entries in log.values() for kind, _ in entries)

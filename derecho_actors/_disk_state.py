@@ -1,0 +1,175 @@
+"""What a node keeps in its data directory besides the logs, for a total restart.
+
+A total restart (``runtime.core.restart``) needs, from every node that comes back, facts that
+must have been on disk *before* they could matter:
+
+- ``view.msgpack``: the last view the node installed;
+- ``accepted.msgpack``: the highest view change the node accepted, written before its
+  acceptance leaves the node (``Ready.accepted``), so a restart never reuses the id of a view
+  a majority may have installed;
+- ``frontiers.msgpack``: per shard, the highest persistence frontier the node learnt (every
+  version up to it was on disk at every replica); written lazily, so it may lag, never lead;
+  a restart whose logs end below a recorded frontier has lost persisted versions and stops;
+- ``incomplete.msgpack``: shards whose state transfer had started and not landed, written
+  before the view that names the shard is saved: such a log vouches for nothing;
+- ``lost.msgpack``: per shard, the versions an operator accepted to lose in a restart
+  (``--accept-loss``), so reads of them answer ``VersionLost`` rather than ``NotPersistedYet``.
+
+Each file is a msgpack map with ``format``, ``cluster`` and ``node`` besides its data, written
+whole to a temporary file, fsync'd and renamed over the old one (then the folder is fsync'd),
+so a crash leaves the old or the new content, never a torn one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+import msgpack
+
+from runtime.core.layout import ShardId
+from runtime.core.view import View
+from runtime.drivers.restart import SavedState
+from runtime.errors import RestartError
+
+log = logging.getLogger("derecho.disk")
+
+FORMAT = 1
+"""Format of these files; a node refuses a file of another format with one clear line."""
+
+FRONTIER_WRITE_INTERVAL = 0.5  # seconds: frontiers are written at most this often
+
+
+def _sid(value: Any) -> ShardId:
+    name, subgroup, shard = value
+    return ShardId(str(name), int(subgroup), int(shard))
+
+
+class NodeDiskState:
+    def __init__(self, data_dir: Path, cluster: str, node_id: int, fsync: bool = True) -> None:
+        self.data_dir = data_dir
+        self.cluster = cluster
+        self.node_id = node_id
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._frontiers: dict[ShardId, int] = {}
+        self._frontiers_written: dict[ShardId, int] = {}
+        self._incomplete: set[ShardId] = set()
+        self._accepted = -1
+
+    # ------------------------------------------------------------------ files
+    def _path(self, name: str) -> Path:
+        return self.data_dir / f"{name}.msgpack"
+
+    def _write(self, name: str, data: dict[str, Any]) -> None:
+        """Replace file ``name`` atomically (tmp, fsync, rename, fsync the folder)."""
+        path = self._path(name)
+        tmp = path.with_suffix(".tmp")
+        body = msgpack.packb({"format": FORMAT, "cluster": self.cluster, "node": self.node_id, **data}, use_bin_type=True)
+        with self._lock:
+            with open(tmp, "wb") as f:
+                f.write(body)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+            if self.fsync:
+                fd = os.open(self.data_dir, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    def _read(self, name: str) -> dict[str, Any] | None:
+        path = self._path(name)
+        if not path.exists():
+            return None
+        try:
+            data = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+        except Exception as exc:
+            raise RestartError(f"{path} is unreadable ({exc}); move it aside to start this node as new") from None
+        if not isinstance(data, dict):
+            raise RestartError(f"{path} is not a {name} file; move it aside to start this node as new")
+        fmt = data.get("format", 1)
+        if fmt != FORMAT:
+            raise RestartError(f"{path} has format {fmt!r}; this version reads format {FORMAT}")
+        if data.get("cluster") != self.cluster or data.get("node") != self.node_id:
+            raise RestartError(
+                f"{self.data_dir} holds the state of node {data.get('node')} of cluster {data.get('cluster')!r}, not "
+                f"of node {self.node_id} of {self.cluster!r}; give each node its own node.data_dir"
+            )
+        return data
+
+    # ------------------------------------------------------------------ writing
+    def save_view(self, view: View) -> None:
+        """The view just installed (a total restart starts from the last one)."""
+        self._write("view", {"view": view.to_wire()})
+
+    def record_accepted(self, vid: int) -> None:
+        """This node accepts view change ``vid``: durable before the acceptance leaves."""
+        if vid > self._accepted:
+            self._write("accepted", {"vid": vid})
+            self._accepted = vid
+
+    def note_frontier(self, shard: ShardId, version: int) -> bool:
+        """A shard's persistence frontier moved (kept in memory); returns whether it differs
+        from what is on disk (the caller writes with :meth:`write_frontiers`, lazily)."""
+        if version > self._frontiers.get(shard, -1):
+            self._frontiers[shard] = version
+        return self._frontiers != self._frontiers_written
+
+    def write_frontiers(self) -> None:
+        snapshot = dict(self._frontiers)
+        if snapshot != self._frontiers_written:
+            self._write("frontiers", {"frontiers": [[list(s), v] for s, v in sorted(snapshot.items())]})
+            self._frontiers_written = snapshot
+
+    def mark_incomplete(self, shards: Iterable[ShardId]) -> None:
+        """State transfers of these shards start: until they land, this node's logs of them
+        vouch for nothing. Durable before the view naming them is saved."""
+        new = set(shards) - self._incomplete
+        if new:
+            self._incomplete |= new
+            self._write("incomplete", {"shards": [list(s) for s in sorted(self._incomplete)]})
+
+    def clear_incomplete(self, shard: ShardId) -> None:
+        if shard in self._incomplete:
+            self._incomplete.discard(shard)
+            self._write("incomplete", {"shards": [list(s) for s in sorted(self._incomplete)]})
+
+    def record_lost(self, lost: dict[ShardId, tuple[int, int]]) -> None:
+        """Versions a restart gave up (with ``--accept-loss``), merged with earlier ones."""
+        known = self.lost()
+        for sid, (lo, hi) in lost.items():
+            old = known.get(sid)
+            known[sid] = (min(lo, old[0]), max(hi, old[1])) if old else (lo, hi)
+        self._write("lost", {"lost": [[list(s), lo, hi] for s, (lo, hi) in sorted(known.items())]})
+
+    # ------------------------------------------------------------------ reading
+    def lost(self) -> dict[ShardId, tuple[int, int]]:
+        data = self._read("lost")
+        if data is None:
+            return {}
+        return {_sid(s): (int(lo), int(hi)) for s, lo, hi in data.get("lost", [])}
+
+    def load(self, logs: dict[ShardId, int]) -> SavedState | None:
+        """What an earlier run left, or None if this node never installed a view here;
+        ``logs`` are the last versions of the node's logs (the caller reads them)."""
+        data = self._read("view")
+        if data is None:
+            return None
+        try:
+            view = View.from_wire(data["view"])
+        except Exception as exc:
+            raise RestartError(f"{self._path('view')} holds no valid view ({exc}); move it aside to start as new") from None
+        accepted = self._read("accepted")
+        frontiers = self._read("frontiers")
+        incomplete = self._read("incomplete")
+        self._accepted = int(accepted["vid"]) if accepted else -1
+        self._frontiers = {_sid(s): int(v) for s, v in (frontiers or {}).get("frontiers", [])}
+        self._frontiers_written = dict(self._frontiers)
+        self._incomplete = {_sid(s) for s in (incomplete or {}).get("shards", [])}
+        return SavedState(view, logs, self._accepted, dict(self._frontiers), frozenset(self._incomplete))
