@@ -290,8 +290,10 @@ class Client:
             sock = self._connect()
             if sock is None:
                 break
-            self._connected.set()
-            self._serve(sock)
+            try:
+                self._serve(sock)  # sets _connected once the contact's Welcome arrives
+            except OSError:  # the socket was closed under us (close(), or a reset)
+                pass
             self._drop_socket()
         self._fail_pending(self._refusal or GroupClosed(f"no member of the group reachable among {', '.join(self.contacts)}"))
 
@@ -338,6 +340,7 @@ class Client:
                     self._take(item)  # type: ignore[arg-type]
                 elif t is Welcome:
                     self.max_message_size = item.max_message_size  # type: ignore[union-attr]
+                    self._connected.set()  # accepted: not refused for cluster or identity
                     self._idle_ping = max(0.05, min(10.0, item.idle_timeout_ms / 3000))  # type: ignore[union-attr]
                 elif t is StatusReply:
                     self._view_changed(item.status)  # type: ignore[union-attr]

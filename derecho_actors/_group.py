@@ -140,6 +140,7 @@ class Group:
                 on_deliver=self._on_deliver, on_view=self._on_view, on_direct=self._on_direct,
                 on_stop=self._on_stop, on_client=self._on_client, on_persisted=self._on_persisted,
                 on_accepted=self._disk.record_accepted if self._persistent else None, on_lost=self._on_lost,
+                status=self._status,
             ),
             saved=self._saved_state(),
             security=self._security,
@@ -153,6 +154,9 @@ class Group:
         # (client id, call id) -> [client connection, replies still to forward]; oldest first.
         self._proxies: collections.OrderedDict[tuple[int, int], list[Any]] = collections.OrderedDict()
         self._clients: set[Any] = set()  # client connections this node serves
+        # (client origin, call id) -> (member it was relayed to, the Call, client connection),
+        # until the first answer: retried through another member if that one fails.
+        self._client_relays: dict[tuple[int, int], tuple[int, Call, Any]] = {}
         self._client_out: dict[Any, list[bytes]] = {}
         self._outgoing: dict[ShardId, list[_codec.PendingCall]] = {}  # ordered calls to multicast, per loop turn  # frames for clients, flushed once per loop turn
         self._relayed: dict[int, tuple[ShardId, str, bytes]] = {}  # relayed calls, to retry
@@ -339,6 +343,26 @@ class Group:
         known = sorted(str(s) for s in view.layout.shards if s.type_name == shard.type_name)
         return f"the layout of view {view.vid} has no shard {shard} (shards of {shard.type_name}: {', '.join(known) or 'none'})"
 
+    def _status(self) -> dict[str, Any]:
+        """The actor layer's part of ``status`` (protocol thread): per shard this node holds,
+        whether its replica serves or waits, and why."""
+        view = self._view
+        shards: dict[str, str] = {}
+        for sid in self._replicas:
+            awaiting = self._awaiting.get(sid)
+            if awaiting is not None:
+                shards[str(sid)] = f"waiting for its state from node {awaiting[0]}"
+            elif view is not None and not view.layout.adequate:
+                shards[str(sid)] = "holding its state; the view is too small for the layout"
+            else:
+                shards[str(sid)] = "serving"
+        out: dict[str, Any] = {"replicas": shards, "frontiers": {str(s): v for s, v in self._frontier.items()}}
+        if self._stopped is not None:
+            out["stopped"] = self._stopped
+        if self._lost:
+            out["lost"] = {str(s): list(r) for s, r in self._lost.items()}
+        return out
+
     def _why_waiting(self, shard: ShardId) -> str | None:
         """What is known to hold up calls to ``shard`` right now (for timeout messages)."""
         if self._stopped is not None:
@@ -410,6 +434,7 @@ class Group:
                     if relay in gone and not results.done():
                         retry.append(call_id)
                 self._retry_relayed(sorted(retry), view)
+                self._retry_client_relays(gone, view)
         self._first_view.set()
         for fn in self._view_callbacks:
             fn(view)
@@ -937,7 +962,42 @@ class Group:
                 self._p2p_here(msg.shard, view.vid, self.node_id, msg.call_id, msg.method, msg.args, origin)
         else:
             call = Call(msg.call_id, self.node_id, msg.shard, msg.method, msg.ordered, msg.args, origin, session_ns, msg.floor)
+            # Until an answer comes, remember where it went: if that member fails first, the
+            # call goes again through another (ordered: applied once, by the session table)
+            # or, for P2P, the client is told at once.
+            self._client_relays[(origin, msg.call_id)] = (target, call, handle)
+            if len(self._client_relays) > MAX_PROXIED:
+                self._client_relays.pop(next(iter(self._client_relays)))
             self._driver.send_direct(target, frame(call))
+
+    def _retry_client_relays(self, gone: set[int], view: View) -> None:
+        """Clients' calls this node relayed to members that left before answering."""
+        for key, (target, call, handle) in list(self._client_relays.items()):
+            if target not in gone:
+                continue
+            origin = key[0]
+            members = view.layout.members_of(call.shard)
+            refusal: Exception | None = None
+            if not call.ordered:
+                refusal = ReplicaLost(f"node {target} left the group before answering; a P2P call changes nothing, so "
+                                      "it is safe to call again", applied=False)
+            elif not members:
+                refusal = ShardUnavailable(f"call {call.call_id} may or may not have been applied (node {target} left "
+                                           f"while relaying it) and cannot be retried now: {self._unavailable(view, call.shard)}")
+            if refusal is not None:
+                del self._client_relays[key]
+                self._proxies.pop(key, None)
+                reply = Reply(call.call_id, self.node_id, view.vid, (self.node_id,), False, _codec.encode_refusal(refusal), origin)
+                self._to_client(handle, frame(reply))
+                continue
+            if self.node_id in members:
+                del self._client_relays[key]
+                self._submit(call.shard, (self.node_id, call.call_id, call.method, call.args, origin, call.session_ns,
+                                          call.floor))
+                continue
+            relay = members[origin % len(members)]
+            self._client_relays[key] = (relay, call, handle)
+            self._driver.send_direct(relay, frame(call))
 
     def _submit(self, shard: ShardId, call: _codec.PendingCall) -> None:
         """Queue an ordered call for multicast (protocol thread); everything queued in one loop
@@ -1014,6 +1074,7 @@ class Group:
             key = (origin, call_id)
             proxy = self._proxies.get(key)
             if proxy is not None:
+                self._client_relays.pop(key, None)  # answered: delivered, no resend needed
                 for_clients.setdefault(proxy[0], []).append(entry)
                 left = proxy[1] = (len(replicas) if proxy[1] < 0 else proxy[1]) - 1
                 if left <= 0:

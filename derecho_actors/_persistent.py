@@ -414,7 +414,9 @@ class PersistentStore:
                 log.error("the log writer of %s did not drain its queue within 10 s", getattr(self.log, "path", "?"))
             self._writer.join(10)
         with self._lock:
-            self.log.close()
+            # After a failed write the unflushed records cannot be trusted to reach the disk;
+            # trying again would only repeat the error (the node is leaving anyway).
+            self.log.close(flush=self.write_error is None)
 
     # ------------------------------------------------------------------ reading
     def read_record(self, version: int) -> dict[str, Any]:

@@ -203,6 +203,8 @@ class QueryResults:
         for node in self._order:
             value = out.get(node)
             if isinstance(value, ReplicaLost):
+                if node not in self._gone:  # a replica's own answer (it holds no replica, ...)
+                    raise value
                 lost.append(value)
             elif isinstance(value, BaseException):
                 raise value
@@ -223,7 +225,7 @@ class QueryResults:
     def lost(self) -> dict[int, ReplicaLost]:
         """Replicas that left the group before answering (their error says when)."""
         with self._lock:
-            return {n: e for n, e in self._errors.items() if n >= 0 and isinstance(e, ReplicaLost)}
+            return {n: e for n, e in self._errors.items() if n in self._gone and isinstance(e, ReplicaLost)}
 
     @property
     def version(self) -> int | None:
@@ -248,7 +250,10 @@ class QueryResults:
 
         ok = self._wait_for(lambda: bool(self._versions) or self._finished, left())
         with self._lock:
+            # Replicas that answered with a version, in the order they answered (a resent call
+            # may have forgotten the order, not the versions).
             candidates = [n for n in self._order if n in self._versions]
+            candidates += [n for n in self._versions if n not in candidates]
             version = max(self._versions.values()) if self._versions else None
         if not ok or version is None:
             if self._finished:

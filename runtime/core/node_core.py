@@ -16,7 +16,7 @@ finds itself in a minority stops for good (``Ready.excluded``); it may join agai
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from runtime.core.effects import ContactSend, Outgoing, Ready, Rejected
 from runtime.core.events import Event, LeaveRequested, MessageArrived, PeerLost, Persisted, Tick
@@ -32,6 +32,7 @@ from runtime.core.messages import (
     ViewAnnouncement,
 )
 from runtime.core.smc import MulticastConfig, ShardMulticast
+from runtime.core.versions import version_parts
 from runtime.core.view import Proposal, View, ViewFormatError, initial_view
 
 MAX_BUFFERED_FRAMES = 100_000
@@ -80,6 +81,7 @@ class NodeCore:
         self._persisted: dict[ShardKey, int] = {}
         self._accepted = -1  # highest proposal vid handed to the driver in Ready.accepted
         self._next_join_at = now
+        self._leaving = False
         if view is not None:
             self._install(view, resend={}, carried=())
         elif not self._contacts:
@@ -113,6 +115,9 @@ class NodeCore:
         elif isinstance(event, Tick):
             self._on_tick()
         elif isinstance(event, LeaveRequested):
+            # Remembered: a leave asked while the next view was already being agreed on (that
+            # view still names this node) is asked again in it, until the node is out.
+            self._leaving = True
             if self.membership is not None:
                 self.membership.request_leave()
         elif isinstance(event, PeerLost):
@@ -337,6 +342,8 @@ class NodeCore:
         for sid, payloads in resend.items():  # no longer a member of these shards
             self._ready.orphaned.append((sid, payloads))
         self._ready.views.append(view)
+        if self._leaving:
+            self.membership.request_leave()
         # Frames that arrived early for this view replay now, in arrival order.
         held, self._future = self._future, []
         for vid, sender, msg in held:
@@ -406,7 +413,73 @@ class NodeCore:
             times.append(w)
         return min(times) if times else None
 
+    def status(self) -> dict[str, Any]:
+        """What this node knows of the group, for operators (``derecho-actors status``): the
+        view, the leader, each member's health as this node sees it, and per shard it holds,
+        each member's delivery and persistence progress. Plain data (msgpack-able); pure."""
+        out: dict[str, Any] = {"joining": self.joining, "excluded": self.excluded}
+        view, m = self.view, self.membership
+        if view is None or m is None:
+            return out
+        leader = m.leader()
+        rows = m.sst.rows
+        health = []
+        for r, node in enumerate(view.members):
+            if m.suspects(r):
+                state = "suspected"
+            elif rows[r]["leaving"]:
+                state = "leaving"
+            elif r == leader:
+                state = "leader"
+            else:
+                state = "ok"
+            heard = 0.0 if r == m.me else max(0.0, self.now - m.last_heard[r])
+            health.append({"node": node, "state": state, "heard_ms_ago": round(heard * 1000, 1)})
+        out.update(
+            vid=view.vid,
+            members=[[n, a] for n, a in zip(view.members, view.addresses)],
+            leader=view.members[leader] if leader is not None else None,
+            adequate=view.layout.adequate,
+            shortfall=view.layout.describe_shortfall(),
+            wedged=bool(m.wedged),
+            suspected=[view.members[r] for r in range(view.n) if m.suspects(r)],
+            health=health,
+            layout=[[str(s), list(mem)] for s, mem in view.layout.shards.items()],
+            shards=[],
+        )
+        for sid, smc in self.shards.items():
+            srows = smc.sst.rows
+            frontier = smc.persisted_frontier - 1  # the column holds version + 1
+            members = []
+            for r, node in enumerate(smc.members):
+                persisted = int(srows[r]["persisted"]) - 1  # type: ignore[arg-type]
+                members.append({
+                    "node": node,
+                    "delivered": int(srows[r]["delivered_num"]),  # type: ignore[arg-type]
+                    "received": list(srows[r]["received_num"]),  # type: ignore[arg-type]
+                    "persisted": persisted,
+                })
+            top = max((x["persisted"] for x in members), default=-1)
+            for x in members:  # versions behind the most advanced replica, within one view
+                x["persistence_lag"] = _versions_between(x["persisted"], top)
+            out["shards"].append({
+                "shard": str(sid), "delivered": smc.delivered, "persisted_frontier": frontier,
+                "state": "wedged" if m.wedged else "running", "members": members,
+            })
+        return out
+
     def unreported(self) -> int:
         """Deliveries and views decided but not yet handed out by :meth:`ready`."""
         r = self._ready
         return len(r.deliveries) + len(r.views) + sum(smc.pending_deliveries() for smc in self.shards.values())
+
+
+def _versions_between(low: int, high: int) -> int:
+    """How many versions ``low`` is behind ``high`` (-1 when they are of different views, so
+    the count is unknown here); 0 when nothing is persisted."""
+    if high < 0 or low >= high:
+        return 0
+    if low < 0:
+        return version_parts(high)[1] + 1
+    (lv, li), (hv, hi) = version_parts(low), version_parts(high)
+    return hi - li if lv == hv else -1

@@ -709,12 +709,14 @@ class VersionedLog:
         self._generation += 1
         self._durable_count = keep  # everything left was just written (and fsynced)
 
-    def close(self) -> None:
-        """Flush, then close the file. Closing twice is harmless."""
+    def close(self, flush: bool = True) -> None:
+        """Flush (unless ``flush`` is False: after a failed write, nothing more is tried),
+        then close the file. Closing twice is harmless."""
         if self._fd is None:
             return
         try:
-            self.flush()
+            if flush:
+                self.flush()
         finally:
             os.close(self._fd)
             self._fd = None

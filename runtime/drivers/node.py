@@ -128,6 +128,8 @@ class AppHooks:
     on_accepted: Callable[[int], None] | None = None
     # A total restart accepted to lose these versions (--accept-loss): shard -> (first, last).
     on_lost: Callable[[dict[ShardId, tuple[int, int]]], None] | None = None
+    # What the app adds to ``status`` (plain data): why shards wait, replicas' state, ...
+    status: Callable[[], dict[str, Any]] | None = None
 
 
 class NodeDriver:
@@ -655,38 +657,17 @@ class NodeDriver:
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
-        """A snapshot for ``derecho-actors status`` (call on the loop thread)."""
+        """A snapshot for ``derecho-actors status`` (call on the loop thread): the core's view
+        of the group, this node's transport figures, and what the app adds."""
         core = self.core
+        out: dict[str, Any] = {"node": self.node_id, "cluster": self.config.node.cluster}
         if core is None:
-            return {"node": self.node_id, "cluster": self.config.node.cluster, "joining": True, "restarting": True}
-        view = core.view
-        out: dict[str, Any] = {"node": self.node_id, "cluster": self.config.node.cluster, "joining": core.joining}
-        if view is None:
-            return out
-        m = core.membership
-        leader = m.leader() if m is not None else None
-        out.update(
-            vid=view.vid,
-            members=[[n, a] for n, a in zip(view.members, view.addresses)],
-            leader=view.members[leader] if leader is not None else None,
-            adequate=view.layout.adequate,
-            shortfall=view.layout.describe_shortfall(),
-            wedged=bool(m.wedged) if m is not None else False,
-            suspected=[view.members[r] for r in range(view.n) if m is not None and m.suspects(r)],
-            layout=[[str(s), list(mem)] for s, mem in view.layout.shards.items()],
-            shards=[],
-            bad_frames=self.transport.bad_frames if self.transport else 0,
-        )
-        for sid, smc in core.shards.items():
-            rows = smc.sst.rows
-            out["shards"].append(
-                {
-                    "shard": str(sid),
-                    "delivered": smc.delivered,
-                    "members": [
-                        {"node": node, "delivered": int(rows[r]["delivered_num"]), "received": list(rows[r]["received_num"])}  # type: ignore[arg-type]
-                        for r, node in enumerate(smc.members)
-                    ],
-                }
-            )
+            out.update(joining=True, restarting=self._restart is not None)
+        else:
+            out.update(core.status())
+        if self.transport is not None:
+            out["bad_frames"] = self.transport.bad_frames
+            out["clients"] = len(self.transport.clients)
+        if self.hooks.status is not None:
+            out["app"] = self.hooks.status()
         return out

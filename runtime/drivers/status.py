@@ -54,9 +54,12 @@ def render_status(status: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from runtime.core.versions import format_version
+
     console = Console()
     if "vid" not in status:
-        console.print(f"node {status.get('node')} is still joining cluster {status.get('cluster')!r}")
+        what = "restarting from its data" if status.get("restarting") else "still joining"
+        console.print(f"node {status.get('node')} is {what} (cluster {status.get('cluster')!r})")
         return
     title = (
         f"cluster {status['cluster']!r}: view {status['vid']}, leader node {status['leader']}"
@@ -68,22 +71,44 @@ def render_status(status: dict[str, Any]) -> None:
     members.add_column("node", justify="right")
     members.add_column("address")
     members.add_column("shards")
-    members.add_column("state")
+    members.add_column("health")
+    members.add_column("last heard", justify="right")
     shards_of: dict[int, list[str]] = {}
     for shard, nodes in status["layout"]:
         for n in nodes:
             shards_of.setdefault(n, []).append(shard)
+    health = {h["node"]: h for h in status.get("health", [])}
     for rank, (node, address) in enumerate(status["members"]):
-        state = "suspected" if node in status["suspected"] else ("leader" if node == status["leader"] else "ok")
-        members.add_row(str(rank), str(node), address, ", ".join(shards_of.get(node, [])) or "-", state)
+        h = health.get(node, {})
+        heard = "-" if node == status["node"] else f"{h.get('heard_ms_ago', 0):.0f} ms ago"
+        members.add_row(str(rank), str(node), address, ", ".join(shards_of.get(node, [])) or "-", h.get("state", "?"), heard)
     console.print(members)
+    app = status.get("app", {})
+    replicas = app.get("replicas", {})
     for shard in status["shards"]:
-        t = Table(title=f"shard {shard['shard']} (as seen by node {status['node']})")
+        state = replicas.get(shard["shard"], shard.get("state", ""))
+        frontier = shard.get("persisted_frontier", -1)
+        persisted = f", persisted up to {format_version(frontier)}" if frontier >= 0 else ""
+        t = Table(title=f"shard {shard['shard']} (as seen by node {status['node']}): {state}{persisted}")
         t.add_column("node", justify="right")
         t.add_column("delivered", justify="right")
         t.add_column("lag", justify="right")
+        t.add_column("persisted", justify="right")
+        t.add_column("persistence lag", justify="right")
         t.add_column("received per sender")
         top = max(m["delivered"] for m in shard["members"])
         for m in shard["members"]:
-            t.add_row(str(m["node"]), str(m["delivered"]), str(top - m["delivered"]), " ".join(map(str, m["received"])))
+            p = m.get("persisted", -1)
+            t.add_row(
+                str(m["node"]), str(m["delivered"]), str(top - m["delivered"]), format_version(p) if p >= 0 else "-",
+                _lag(m.get("persistence_lag", 0)), " ".join(map(str, m["received"])),
+            )
         console.print(t)
+    if app.get("lost"):
+        console.print(f"[red]versions given up by a total restart (--accept-loss): {app['lost']}[/]")
+    if app.get("stopped"):
+        console.print(f"[red]node {status['node']} stopped: {app['stopped']}[/]")
+
+
+def _lag(versions: int) -> str:
+    return "an older view" if versions < 0 else str(versions)

@@ -285,8 +285,12 @@ class _Connection(asyncio.Protocol):
                         break
                     if type(item) is Ping:
                         self.send(frame(Pong(item.nonce)))
-                    else:
+                        continue
+                    try:
                         tcp.on_client(self, item)
+                    except Exception:  # a bug serving one client must not take the node down
+                        log.exception("serving %s failed; closing its connection", self._where())
+                        self.close()
             else:
                 tcp.on_frames(self.speaker, good)  # type: ignore[arg-type]
 
