@@ -4,6 +4,9 @@ load, collect what every member measured, and stop everything.
 The founder starts first; once it has a view, the others join through it. The layout needs all
 ``n`` members in the one shard (``layout.default.min_nodes = n``), so nobody sends before the
 whole shard is there, and the members start sending when they see it.
+
+TLS is on (a throwaway CA in the run's work folder, see ``bench.security``) unless the run is
+insecure (``run.py --insecure``) or ``tls=False`` is asked for.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import msgpack
 
+from bench import security
 from bench.procs import HOST, BenchError, Procs, free_ports
 from bench.stats import percentile, steady_rate
 from runtime.drivers.status import fetch_status
@@ -70,6 +74,13 @@ class GroupRun:
     expect: int
     members: dict[int, MemberResult]
     wall: float  # seconds from the first start to the last result
+    tls: bool = True
+
+    def cpu_us_per_msg(self) -> float:
+        """CPU microseconds a member spent per message it delivered (sending included), averaged
+        over the members."""
+        per = [m.cpu / m.delivered * 1e6 for m in self.members.values() if m.delivered]
+        return sum(per) / len(per) if per else math.nan
 
     def rates(self) -> list[float]:
         return [m.rate(self.expect) for m in self.members.values()]
@@ -97,22 +108,25 @@ class GroupRun:
             "p99_ms": percentile(lat, 99) if lat else math.nan,
             "cpu": sum(self.cpu_shares()) / self.n,
             "cpu_max": max(self.cpu_shares()),
+            "cpu_us_per_msg": self.cpu_us_per_msg(),
         }
 
 
 def run_group(
     n: int, senders: int, per_sender: int, size: int, *, rate: float = 0.0, latency: bool = False,
-    settings: dict[str, str] | None = None, stall: float = 20.0, limit: float = 300.0,
+    settings: dict[str, str] | None = None, stall: float = 20.0, limit: float = 300.0, tls: bool | None = None,
 ) -> GroupRun:
-    """``n`` members, the first ``senders`` of them sending ``per_sender`` messages each."""
+    """``n`` members, the first ``senders`` of them sending ``per_sender`` messages each.
+    ``tls``: True/False for that mode, None for the run's default (on unless ``--insecure``)."""
     workdir = Path(tempfile.mkdtemp(prefix="derecho-bench-"))
     ports = dict(zip(range(1, n + 1), free_ports(n)))
     cluster = f"bench-{uuid.uuid4().hex[:8]}"
     expect = senders * per_sender
-    conf = {**BASE_SETTINGS, **size_settings(size), "layout.default.min_nodes": str(n), **(settings or {})}
     addr = {i: f"{HOST}:{p}" for i, p in ports.items()}
     t0 = time.monotonic()
     try:
+        sec = security.group_security(workdir, ports, cluster, tls)
+        conf = {**BASE_SETTINGS, **size_settings(size), "layout.default.min_nodes": str(n), **sec.settings, **(settings or {})}
         with Procs(workdir) as procs:
 
             def start(i: int) -> None:
@@ -133,7 +147,7 @@ def run_group(
                 procs.python(f"node-{i}", "bench.ournode", *args)
 
             start(1)
-            procs.wait_until(lambda: "vid" in fetch_status(addr[1], cluster, 1.0), 30, "the founder's view")
+            procs.wait_until(lambda: "vid" in fetch_status(addr[1], cluster, 1.0, sec.credentials), 30, "the founder's view")
             for i in range(2, n + 1):
                 start(i)
             files = [workdir / f"result-{i}.msgpack" for i in ports]
@@ -144,7 +158,7 @@ def run_group(
                 if now - t0 > limit:
                     raise BenchError(f"run of {n} members x {size} B did not finish in {limit:.0f} s")
                 try:
-                    st = fetch_status(addr[1], cluster, 1.0)
+                    st = fetch_status(addr[1], cluster, 1.0, sec.credentials)
                     progress = sum(s.get("delivered", 0) for s in st.get("shards", [])) + len(st.get("members", []))
                 except Exception:
                     progress = last
@@ -157,7 +171,7 @@ def run_group(
             members = {i: _load(f) for i, f in zip(ports, files)}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return GroupRun(n, senders, size, expect, members, wall)
+    return GroupRun(n, senders, size, expect, members, wall, sec.tls)
 
 
 def _load(path: Path) -> MemberResult:

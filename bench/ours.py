@@ -4,6 +4,9 @@ the actor API (``Client`` against ``local_cluster`` processes running ``examples
 Throughputs are steady-state: the rate between the moments 10% and 90% of the messages (or
 calls) were done, so process start-up, joins and the final drain are left out. For multicast,
 each member measures its own delivery rate and the row shows the slowest member's.
+
+Every cluster runs with TLS (a throwaway CA in its work folder) unless the run is insecure
+(``run.py --insecure``, see ``bench.security``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import report
+from bench import report, security
 from bench.ourgroup import messages_for, run_group, size_settings, sizes_label
 from bench.procs import ROOT, Procs
 from bench.registry import Context, Row, experiment
@@ -167,6 +170,25 @@ def _cpu() -> float:
     return t.user + t.system
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far, from /proc (Linux); NaN
+    where that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14 and 15
+    except (OSError, ValueError, IndexError):
+        return math.nan
+
+
+def nodes_cpu(cluster: Any) -> float:
+    """CPU seconds used so far by all the node processes of a ``local_cluster``."""
+    return sum(proc_cpu(p.pid) for p in cluster.procs.values())
+
+
 def pipelined(put: Any, n: int, window: int, value: bytes) -> tuple[float, float]:
     """``n`` calls with up to ``window`` outstanding; steady calls/s (every replica answered)
     and the caller's CPU share. Calls from one caller complete in order, so waiting on the
@@ -240,6 +262,45 @@ def best_of(row: Row, runs: list[Row], unit: str = "outstanding") -> Row:
     return row
 
 
+def system_name() -> str:
+    """How our rows name the system: with "(insecure)" when the run has TLS off."""
+    return "derecho-actors" if security.use_tls() else "derecho-actors (insecure)"
+
+
+def kv_cluster_run(
+    kvmod: ModuleType, nodes: int, layout: Any, shards: int, fn: Any, value: bytes, tls: bool | None = None,
+) -> Row:
+    """Run ``fn(put, cluster)`` against a freshly started ``local_cluster`` of ``nodes`` KV
+    replicas (after 200 warm-up puts), then stop it and remove its folder. ``put(i, value)``
+    calls ``KV.put(f"key-{i}", value)`` on the key's shard and returns the call's future.
+    ``tls``: True/False for that mode, None for the run's default. A failure becomes a row with
+    an ``error``."""
+    import derecho_actors as da
+
+    KV = kvmod.KV
+    workdir = tempfile.mkdtemp(prefix="derecho-bench-actor-")
+    try:
+        with Procs(Path(workdir)) as procs, da.local_cluster(
+            nodes=nodes, types=[KV], layout=layout, workdir=workdir, overrides={"timeouts.suspicion_ms": "3000"},
+            **security.cluster_kwargs(tls),
+        ) as cluster:
+            for node, proc in cluster.procs.items():  # reaped by the bench's exit hook too
+                procs.adopt(f"node-{node}", proc)
+            handles = [cluster.handle(KV, shard=s) for s in range(shards)]
+
+            def put(i: int, v: bytes) -> Any:
+                key = f"key-{i}"
+                return handles[kvmod.shard_of(key) if shards > 1 else 0].put(key, v)
+
+            for i in range(200):  # warm-up: connections, relays
+                put(i, value).get(timeout=30)
+            return fn(put, cluster)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 @experiment(
     "actor",
     "Actor API: ordered KV.put through derecho_actors.Client (3 replicas answer each call)",
@@ -257,30 +318,11 @@ def actor(ctx: Context) -> list[Row]:
         layouts.append(("2 shards x 3", 6, kvmod.LAYOUT, kvmod.SHARDS))  # the example's own layout
     rows = []
     for label, nodes, layout, shards in layouts:
-        base: Row = {"system": "derecho-actors", "layout": label, "nodes": nodes, "value_size": VALUE_SIZE}
+        base: Row = {"system": system_name(), "layout": label, "nodes": nodes, "value_size": VALUE_SIZE, "tls": security.use_tls()}
 
         def measure(fn: Any) -> Row:
             """Run ``fn(put)`` against a freshly started cluster (the same rule as for the peers)."""
-            workdir = tempfile.mkdtemp(prefix="derecho-bench-actor-")
-            try:
-                with Procs(Path(workdir)) as procs, da.local_cluster(
-                    nodes=nodes, types=[KV], layout=layout, workdir=workdir, overrides={"timeouts.suspicion_ms": "3000"},
-                ) as cluster:
-                    for node, proc in cluster.procs.items():  # reaped by the bench's exit hook too
-                        procs.adopt(f"node-{node}", proc)
-                    handles = [cluster.handle(KV, shard=s) for s in range(shards)]
-
-                    def put(i: int, v: bytes) -> Any:
-                        key = f"key-{i}"
-                        return handles[kvmod.shard_of(key) if shards > 1 else 0].put(key, v)
-
-                    for i in range(200):  # warm-up: connections, relays
-                        put(i, value).get(timeout=30)
-                    return fn(put)
-            except Exception as exc:
-                return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]}
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
+            return kv_cluster_run(kvmod, nodes, layout, shards, lambda put, cluster: fn(put), value)
 
         def pipelined_run(window: int) -> Any:
             def fn(put: Any) -> Row:

@@ -26,8 +26,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import report
-from bench.ours import ACTOR_COLUMNS, VALUE_SIZE, _cpu, best_of, load_kv_example, one_at_a_time, pipeline_calls, pipelined, single_calls
+from bench import report, security
+from bench.ours import (
+    ACTOR_COLUMNS, VALUE_SIZE, _cpu, best_of, load_kv_example, one_at_a_time, pipeline_calls, pipelined, single_calls,
+    system_name,
+)
 from bench.procs import ROOT, Procs
 from bench.registry import Context, Row, experiment
 from bench.stats import percentile
@@ -52,8 +55,9 @@ def load_example(name: str) -> ModuleType:
 def _cluster(nodes: int, cls: type, layout: Any, workdir: str, **overrides: str) -> Any:
     import derecho_actors as da
 
+    # TLS with a throwaway CA in ``workdir/certs``, unless the run is insecure (bench.security).
     return da.local_cluster(nodes=nodes, types=[cls], layout=layout, workdir=workdir,
-                            overrides={"timeouts.suspicion_ms": "3000", **overrides})
+                            overrides={"timeouts.suspicion_ms": "3000", **overrides}, **security.cluster_kwargs())
 
 
 def _err(exc: BaseException) -> Row:
@@ -100,7 +104,7 @@ def persistent(ctx: Context) -> list[Row]:
     for label, cls in (("persistent (fsync)", pkv.PersistentKV), ("atomic", kv.KV)):
         layout = da.Layout({cls: da.ShardPolicy(min_nodes=3, max_nodes=3)})
         workdir = tempfile.mkdtemp(prefix="derecho-bench-persist-", dir=str(DISK))
-        base: Row = {"system": "derecho-actors", "mode_label": label, "value_size": VALUE_SIZE}
+        base: Row = {"system": system_name(), "mode_label": label, "value_size": VALUE_SIZE, "tls": security.use_tls()}
         try:
             with Procs(Path(workdir)) as procs, _cluster(3, cls, layout, workdir) as cluster:
                 for node, proc in cluster.procs.items():
@@ -227,6 +231,7 @@ def faults(ctx: Context) -> list[Row]:
                 with Procs(Path(workdir)) as procs, da.local_cluster(
                     nodes=4, types=[kv.KV], layout=layout, workdir=workdir,
                     overrides={"timeouts.heartbeat_ms": "50", "timeouts.suspicion_ms": "500"},
+                    **security.cluster_kwargs(),
                 ) as cluster:
                     for node, proc in cluster.procs.items():
                         procs.adopt(f"node-{node}", proc)
@@ -303,8 +308,18 @@ def recovery(ctx: Context) -> list[Row]:
             cluster.restart([3])
             h.put("after", b"1").persisted(timeout=120)  # node 3's log is in: the frontier moved
             wall = time.perf_counter() - t0
-            sent = re.findall(r"state of \S+ sent to node 3: ([\d.]+) MB in ([\d.]+) s", (Path(workdir) / "node-1.log").read_text())
-            sent += re.findall(r"state of \S+ sent to node 3: ([\d.]+) MB in ([\d.]+) s", (Path(workdir) / "node-2.log").read_text())
+            # The sender logs the transfer when its last chunk is acknowledged, which can come
+            # after the joiner already serves: wait for that line a little.
+            sent: list[tuple[str, str]] = []
+            deadline = time.monotonic() + 15
+            while not sent and time.monotonic() < deadline:
+                for node in (1, 2):
+                    sent += re.findall(r"state of \S+ sent to node 3: ([\d.]+) MB in ([\d.]+) s",
+                                       (Path(workdir) / f"node-{node}.log").read_text())
+                if not sent:
+                    time.sleep(0.1)
+            if not sent:
+                ctx.note("state transfer: no 'state of ... sent to node 3' line in the senders' logs")
             mb, secs = (float(sent[0][0]), float(sent[0][1])) if sent else (math.nan, math.nan)
             rows.append({"case": "joiner state transfer (stream)", "mb": mb, "seconds": secs, "mb_per_s": mb / secs if secs else math.nan})
             rows.append({"case": "joiner: restart to first persisted write", "mb": mb, "seconds": wall})

@@ -4,6 +4,9 @@ Every experiment runs real processes on 127.0.0.1 (ports chosen at run time) and
 whatever happens. The results go to DIR (default ``bench/results/``): ``results.json`` (the
 machine, every row, notes) and PNG plots; a table per experiment is printed at the end.
 
+Our nodes run with mutual TLS (a throwaway CA in each run's work folder); ``--insecure`` runs
+every experiment without it, for comparison. The ``tls`` experiment measures both in one run.
+
 To add an experiment, write a function ``fn(ctx) -> list[dict]`` in a module under ``bench/``,
 decorate it with ``@experiment(name, title, columns=..., plot=...)`` from ``bench.registry``,
 and import that module in ``MODULES`` below. Experiments run in registration order.
@@ -25,12 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python bench/run.py`` puts bench/ on the path, not the repository
     sys.path.insert(0, str(ROOT))
 
-from bench import report  # noqa: E402
+from bench import report, security  # noqa: E402
 from bench.registry import EXPERIMENTS, Context  # noqa: E402
 
 # Modules that register experiments, in running order: ceilings first (the plots draw them),
 # then ours, then the peers (their ratios need ours).
-MODULES = ["bench.ceilings", "bench.ours", "bench.peers.pysyncobj_peer", "bench.peers.etcd_peer", "bench.persistence"]
+MODULES = [
+    "bench.ceilings", "bench.ours", "bench.peers.pysyncobj_peer", "bench.peers.etcd_peer", "bench.persistence",
+    "bench.tlscost",
+]
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -42,10 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     for module in MODULES:
         importlib.import_module(module)
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer sizes and messages (under 5 minutes)")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and messages (about 5-6 minutes)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where results.json and the plots go")
     p.add_argument("--only", default="", metavar="NAME,...", help=f"run only these: {', '.join(EXPERIMENTS)}")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--insecure", action="store_true",
+                   help="run our nodes without TLS (security.insecure) to compare; the default is mutual TLS "
+                        "with a throwaway CA per run (the tls experiment runs both modes either way)")
     a = p.parse_args(argv)
     if a.list:
         for name, exp in EXPERIMENTS.items():
@@ -61,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
 
+    security.set_insecure(a.insecure)
     ctx = Context(quick=a.quick, out=out)
     machine = report.machine_info()
-    ctx.say(f"derecho-actors bench ({'quick' if a.quick else 'full'}): {', '.join(e.name for e in selected)}; "
+    ctx.say(f"derecho-actors bench ({'quick' if a.quick else 'full'}, {security.mode_label()}): "
+            f"{', '.join(e.name for e in selected)}; "
             f"{machine['cores']} cores, Python {machine['python']}; results to {out}")
     errors: dict[str, str] = {}
     timings: dict[str, float] = {}
@@ -99,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "machine": machine,
         "mode": "quick" if a.quick else "full",
+        "tls": security.use_tls(),
         "command": " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
         "wall_seconds": total,
         "interrupted": interrupted,
