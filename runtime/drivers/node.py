@@ -87,14 +87,20 @@ def node_security(config: NodeConfig) -> tuple[TransportSecurity, LoadedCredenti
     ), loaded
 
 
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory(tls: bool = False) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop if ``DERECHO_UVLOOP=1`` and it is installed; ``None``: asyncio's.
 
     Opt-in: measured on loopback (``python -m runtime.drivers.perf``), uvloop neither raised
     throughput nor lowered CPU per message (the loop's own overhead is small next to a
-    batch's), and its millisecond timers make sub-millisecond pacing spin.
+    batch's), and its millisecond timers make sub-millisecond pacing spin. Not with TLS: the
+    transport upgrades accepted connections with ``start_tls`` after counting them (the limit
+    on unauthenticated connections), which uvloop's ``start_tls`` does not support on a
+    paused transport; asyncio is used then, with a warning.
     """
     if os.environ.get("DERECHO_UVLOOP", "") not in ("1", "true", "yes"):
+        return None
+    if tls:
+        log.warning("DERECHO_UVLOOP=1 is ignored with TLS on: running on asyncio's loop")
         return None
     try:
         import uvloop
@@ -103,9 +109,9 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
-def run_loop(main: Coroutine[Any, Any, T]) -> T:
+def run_loop(main: Coroutine[Any, Any, T], tls: bool = False) -> T:
     """``asyncio.run(main)``, on uvloop when asked for (see :func:`loop_factory`)."""
-    factory = loop_factory()
+    factory = loop_factory(tls)
     if factory is None:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=factory) as runner:
@@ -319,7 +325,7 @@ class NodeDriver:
         """Run the node on a thread of its own (the API's way); returns once it listens."""
         def main() -> None:
             try:
-                run_loop(self.run())
+                run_loop(self.run(), tls=self.security.tls)
             except BaseException as exc:  # reported to the starter, then re-raised there
                 self._start_error = exc
                 self._started.set()

@@ -304,7 +304,7 @@ def node_main(args: argparse.Namespace) -> int:
     app.driver = driver
     if app.inner is not None:
         app.inner.driver = driver
-    reason = run_loop(driver.run())
+    reason = run_loop(driver.run(), tls=driver.security.tls)
     print(f"node stopped: {reason}", file=sys.stderr)
     return 3
 
