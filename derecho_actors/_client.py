@@ -91,6 +91,7 @@ class Client:
         self.session_ns = time.time_ns()
         self.max_message_size = DEFAULT_MAX_PAYLOAD
         self._ids = itertools.count(1)
+        self._oldest = 1  # no call below this one waits for an answer
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[QueryResults, Call]] = {}
         self.max_outstanding = max(1, max_outstanding)
@@ -200,7 +201,7 @@ class Client:
             results = QueryResults(f"{what} (client call {call_id})", decode)
             results.ordered = ordered and method != PERSISTED_QUERY
             results._why_waiting = self._why_waiting
-            floor = next(iter(self._pending), call_id)
+            floor = self._floor(call_id)
             # A client's Call names, in place of a caller, the replica it wants (0: any);
             # the contact fills in the session (origin) from our authenticated identity.
             call = Call(call_id, target, shard, method, ordered, data, 0, 0, floor)
@@ -210,6 +211,16 @@ class Client:
                 if len(self._outbox) == 1:
                     self._out_ready.notify()
         return results
+
+    def _floor(self, next_id: int) -> int:
+        """The oldest call still waiting for an answer (under ``_lock``): call numbers only
+        grow, so the hint only moves up, each number passed once."""
+        oldest = self._oldest
+        pending = self._pending
+        while oldest < next_id and oldest not in pending:
+            oldest += 1
+        self._oldest = oldest
+        return oldest
 
     def _write_loop(self) -> None:
         while True:

@@ -160,6 +160,7 @@ class Group:
         self._client_out: dict[Any, list[bytes]] = {}
         self._outgoing: dict[ShardId, list[_codec.PendingCall]] = {}  # ordered calls to multicast, per loop turn  # frames for clients, flushed once per loop turn
         self._relayed: dict[int, tuple[ShardId, str, bytes]] = {}  # relayed calls, to retry
+        self._oldest_relayed = 1
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         # Calls this node relays through another member carry this id and their number, so a
@@ -830,9 +831,16 @@ class Group:
 
     def _floor(self) -> int:
         """The oldest relayed call still waiting for answers (replicas may drop kept replies
-        below it)."""
+        below it). Call numbers only grow: the hint moves up, each number passed once."""
         with self._lock:
-            return min(self._relayed, default=0)
+            relayed = self._relayed
+            if not relayed:
+                return 0
+            oldest = self._oldest_relayed
+            while oldest not in relayed:
+                oldest += 1
+            self._oldest_relayed = oldest
+            return oldest
 
     def _relay_for(self, members: tuple[int, ...]) -> int:
         """One relay per caller and shard, so calls from one caller keep their order."""

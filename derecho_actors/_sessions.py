@@ -40,6 +40,7 @@ class Session:
     last: int  # highest call number applied
     seen_ns: int  # table clock when the session last applied a call
     replies: dict[int, tuple[bool, bytes]] = field(default_factory=dict)
+    low: int = 0  # no kept reply below this call number (pruning walks it up, never down)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +109,14 @@ class SessionTable:
         replies = s.replies
         replies[call_id] = reply
         low = max(floor, call_id - self.window + 1)
-        if len(replies) > self.window or (replies and min(replies) < low):
-            for old in [c for c in replies if c < low]:
-                del replies[old]
+        if s.low < low:  # drop replies below the new low: each call number is passed once
+            if low - s.low > len(replies):
+                for old in [c for c in replies if c < low]:
+                    del replies[old]
+            else:
+                for old in range(s.low, low):
+                    replies.pop(old, None)
+            s.low = low
 
     def replayed(self, origin: int, call_id: int, ts_ns: int) -> None:
         """A call read back from the log at start-up: its number counts, its reply is gone."""
@@ -136,6 +142,7 @@ class SessionTable:
         self.clock_ns = int(state["clock"])
         self._next_sweep_ns = 0
         self.sessions = {
-            int(origin): Session(int(last), int(seen), {int(c): (bool(ok), bytes(v)) for c, ok, v in replies})
+            int(origin): Session(int(last), int(seen), {int(c): (bool(ok), bytes(v)) for c, ok, v in replies},
+                                 min((int(c) for c, _ok, _v in replies), default=0))
             for origin, last, seen, replies in state["sessions"]
         }
