@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import report, security
 from bench.ours import (
-    ACTOR_COLUMNS, VALUE_SIZE, _cpu, best_of, load_kv_example, one_at_a_time, pipeline_calls, pipelined, single_calls,
+    ACTOR_COLUMNS, VALUE_SIZE, _cpu, load_kv_example, one_at_a_time, pipeline_calls, pipelined, single_calls,
     system_name,
 )
 from bench.procs import ROOT, Procs

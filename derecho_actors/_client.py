@@ -35,8 +35,10 @@ from runtime.drivers.dial import client_credentials, dial, is_refusal
 from runtime.drivers.tcp import split_address
 from runtime.errors import ConfigError, GroupClosed, NotRegistered, PayloadTooLarge, Refused
 from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials
-from runtime.wire.codec import FrameDecoder, frame, frames
-from runtime.wire.control import Call, Goodbye, Hello, Ping, Pong, Reply, ReplyBatch, StatusReply, Welcome
+from derecho_actors._messages import Call, CallBatch, Reply, ReplyBatch, ViewNotice, decode, encode
+from runtime.errors import WireError
+from runtime.wire.codec import FrameDecoder, frame
+from runtime.wire.control import AppMessage, Goodbye, Hello, Ping, Pong, Welcome
 
 log = logging.getLogger("derecho.client")
 
@@ -90,6 +92,7 @@ class Client:
         self.session = random.getrandbits(62) | 1
         self.session_ns = time.time_ns()
         self.max_message_size = DEFAULT_MAX_PAYLOAD
+        self.max_frame = DEFAULT_MAX_PAYLOAD  # the contact's limit on a frame from us (its Welcome says)
         self._ids = itertools.count(1)
         self._oldest = 1  # no call below this one waits for an answer
         self._lock = threading.Lock()
@@ -105,9 +108,10 @@ class Client:
         self._pings = itertools.count(1)
         self._unavailable = ""  # why the group's shards cannot run, as the contact last said
         self._idle_ping = 10.0  # seconds between pings while no call waits (a third of the contact's idle timeout)
-        # Calls go out through one writer thread, many per write: in Python the cost is per
-        # system call, so a pipelining caller gets its calls coalesced.
-        self._outbox: list[bytes] = []
+        # Calls go out through one writer thread, many per message and write: in Python the
+        # cost is per call and per system call, so a pipelining caller gets them coalesced.
+        self._outbox: list[Call] = []
+        self._control: list[bytes] = []  # frames of our own (pings) for the writer
         self._out_ready = threading.Condition(self._lock)
         self._writer = threading.Thread(target=self._write_loop, name="derecho-client-writer", daemon=True)
         self._writer.start()
@@ -207,7 +211,7 @@ class Client:
             call = Call(call_id, target, shard, method, ordered, data, 0, 0, floor)
             self._pending[call_id] = (results, call)
             if self._sock is not None:
-                self._outbox.append(frame(call))
+                self._outbox.append(call)
                 if len(self._outbox) == 1:
                     self._out_ready.notify()
         return results
@@ -225,25 +229,28 @@ class Client:
     def _write_loop(self) -> None:
         while True:
             with self._lock:
-                while not self._outbox and not self._closed:
+                while not self._outbox and not self._control and not self._closed:
                     self._out_ready.wait()
                 if self._closed:
                     return
                 batch, self._outbox = self._outbox, []
+                control, self._control = self._control, []
                 sock = self._sock
             if sock is None:
                 continue  # a reconnect sends every pending call again
             try:
-                sock.sendall(b"".join(batch))
+                data = b"".join(control)
+                if batch:
+                    data += _calls_frame(batch, self.max_frame)
+                sock.sendall(data)
             except OSError:
                 pass  # the reader notices, reconnects and sends every pending call again
 
     def _queue(self, data: bytes) -> None:
         with self._lock:
             if self._sock is not None:
-                self._outbox.append(data)
-                if len(self._outbox) == 1:
-                    self._out_ready.notify()
+                self._control.append(data)
+                self._out_ready.notify()
 
     # -------------------------------------------------------------- connection
     def _connect(self) -> socket.socket | None:
@@ -274,7 +281,8 @@ class Client:
                 for results, _ in self._pending.values():
                     results._restart()
                 try:
-                    sock.sendall(frames([Hello(self.session, self.cluster, "client", self.session_ns), *resend]))
+                    hello = frame(Hello(self.session, self.cluster, "client", self.session_ns))
+                    sock.sendall(hello + (_calls_frame(resend, self.max_frame) if resend else b""))
                 except OSError:
                     sock.close()
                     continue
@@ -343,18 +351,15 @@ class Client:
             heard = time.monotonic()
             for item in decoder.feed(data):
                 t = type(item)
-                if t is ReplyBatch:
-                    self._take_batch(item)  # type: ignore[arg-type]
+                if t is AppMessage:
+                    self._on_message(item.data)  # type: ignore[union-attr]
                 elif t is Pong:
                     pass
-                elif t is Reply:
-                    self._take(item)  # type: ignore[arg-type]
                 elif t is Welcome:
                     self.max_message_size = item.max_message_size  # type: ignore[union-attr]
+                    self.max_frame = item.max_frame  # type: ignore[union-attr]
                     self._connected.set()  # accepted: not refused for cluster or identity
                     self._idle_ping = max(0.05, min(10.0, item.idle_timeout_ms / 3000))  # type: ignore[union-attr]
-                elif t is StatusReply:
-                    self._view_changed(item.status)  # type: ignore[union-attr]
                 elif t is Goodbye:
                     reason = item.reason  # type: ignore[union-attr]
                     if reason.startswith("refused"):
@@ -399,19 +404,30 @@ class Client:
             return f"no contact connected (trying {', '.join(self.contacts)})"
         return self._unavailable or None
 
-    def _view_changed(self, status: dict[str, Any]) -> None:
-        """The member serving us saw nodes leave: replicas among them will not answer."""
-        unavailable = status.get("unavailable")
-        if isinstance(unavailable, str):
-            self._unavailable = unavailable
-        departed = status.get("departed")
-        if not isinstance(departed, list):
+    def _on_message(self, data: bytes) -> None:
+        try:
+            msg = decode(data)
+        except WireError as exc:
+            log.warning("dropped a bad message from the contact: %s", exc)
             return
-        gone = {n for n in departed if type(n) is int}
+        t = type(msg)
+        if t is ReplyBatch:
+            self._take_batch(msg)  # type: ignore[arg-type]
+        elif t is Reply:
+            self._take(msg)  # type: ignore[arg-type]
+        elif t is ViewNotice:
+            self._view_changed(msg)  # type: ignore[arg-type]
+
+    def _view_changed(self, notice: ViewNotice) -> None:
+        """The member serving us saw nodes leave: replicas among them will not answer."""
+        self._unavailable = notice.unavailable
+        gone = set(notice.departed)
+        if not gone:
+            return
         with self._lock:
             entries = list(self._pending.items())
         for call_id, (results, _) in entries:
-            results._lost(gone, f"left the group in view {status.get('vid')}")
+            results._lost(gone, f"left the group in view {notice.vid}")
             if results.done():
                 with self._lock:
                     self._pending.pop(call_id, None)
@@ -429,6 +445,30 @@ class Client:
     def _take(self, reply: Reply) -> None:
         self._take_batch(ReplyBatch(reply.node, reply.vid, reply.replicas,
                                     ((reply.call_id, reply.ok, reply.value, reply.origin, reply.version),)))
+
+
+def _calls_frame(calls: list[Call], max_frame: int = DEFAULT_MAX_PAYLOAD) -> bytes:
+    """Frames carrying ``calls``, as few as the contact's frame limit allows (one message
+    each, whatever the number of calls in it)."""
+    out: list[bytes] = []
+    batch: list[Call] = []
+    size = 0
+    budget = max(1, max_frame - 4096)
+    for call in calls:
+        need = _codec.call_size(call.method, call.args) + len(str(call.shard)) + 32
+        if batch and size + need > budget:
+            out.append(_one_frame(batch))
+            batch, size = [], 0
+        batch.append(call)
+        size += need
+    if batch:
+        out.append(_one_frame(batch))
+    return b"".join(out)
+
+
+def _one_frame(calls: list[Call]) -> bytes:
+    msg = calls[0] if len(calls) == 1 else CallBatch(tuple(calls))
+    return frame(AppMessage(encode(msg)))
 
 
 class ClientHandle:

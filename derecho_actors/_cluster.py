@@ -154,7 +154,16 @@ class LocalCluster:
     def _all_in_view(self) -> bool:
         live = {n for n, p in self.procs.items() if p.poll() is None}
         st = self.status(min(live))
-        return "vid" in st and {m for m, _ in st["members"]} == live and st["adequate"] and not st["wedged"]
+        if not ("vid" in st and {m for m, _ in st["members"]} == live and st["adequate"] and not st["wedged"]):
+            return False
+        return all(self._serving(n, st["vid"]) for n in live)
+
+    def _serving(self, node: int, vid: int) -> bool:
+        """Node ``node`` is in view ``vid`` and every replica it holds serves (none waits
+        for its state)."""
+        st = self.status(node)
+        replicas = st.get("app", {}).get("replicas", {})
+        return st.get("vid") == vid and all(r == "serving" for r in replicas.values())
 
     def wait_members(self, members: set[int], timeout: float = 20.0) -> None:
         self._wait(lambda: set(self.members()) == members, timeout, f"a view of {sorted(members)}")

@@ -7,7 +7,6 @@ per type, so both ends agree on it by construction.
 
 from __future__ import annotations
 
-import time
 import traceback
 from typing import Any
 
@@ -191,15 +190,15 @@ member's own calls."""
 
 
 
-def encode_ordered(calls: list[PendingCall], max_size: int) -> list[bytes]:
+def encode_ordered(calls: list[PendingCall], max_size: int, now: int) -> list[bytes]:
     """Multicast payloads carrying ``calls`` in order, as few as ``max_size`` allows: one
     multicast message (one slot, one stability step, one upcall) carries many calls.
 
     Replies go to node ``caller`` under ``call_id``; a non-zero ``origin`` (an external client,
     or a member retrying through a relay) makes ``call_id`` that origin's sequence number, which
     replicas use to apply a retried call only once. The sender's wall clock goes along, so every
-    replica stamps the calls' versions with the same time (and ages sessions by it)."""
-    now = time.time_ns()
+    replica stamps the calls' versions with the same time (and ages sessions by it): ``now``,
+    in ns, from the node's clock (virtual in the simulator)."""
     out: list[bytes] = []
     batch: list[PendingCall] = []
     size = 16

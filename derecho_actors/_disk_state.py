@@ -33,7 +33,7 @@ import msgpack
 from runtime.core.layout import ShardId
 from runtime.core.view import View
 from runtime.drivers.restart import SavedState
-from runtime.errors import RestartError
+from runtime.errors import ConfigError, RestartError
 
 log = logging.getLogger("derecho.disk")
 
@@ -108,6 +108,17 @@ class NodeDiskState:
         """The view just installed (a total restart starts from the last one)."""
         self._write("view", {"view": view.to_wire()})
 
+    def save_installed(self, view: View, persistent_types: set[str]) -> None:
+        """A view was installed: shards of persistent types this node starts to receive by
+        state transfer are marked unfinished first, then the view is saved (OSError: the
+        disk failed)."""
+        me = self.node_id
+        self.mark_incomplete(
+            sid for sid, src in view.sources
+            if src != me and sid.type_name in persistent_types and me in view.layout.members_of(sid)
+        )
+        self.save_view(view)
+
     def record_accepted(self, vid: int) -> None:
         """This node accepts view change ``vid``: durable before the acceptance leaves."""
         if vid > self._accepted:
@@ -173,3 +184,51 @@ class NodeDiskState:
         self._frontiers_written = dict(self._frontiers)
         self._incomplete = {_sid(s) for s in (incomplete or {}).get("shards", [])}
         return SavedState(view, logs, self._accepted, dict(self._frontiers), frozenset(self._incomplete))
+
+
+def group_signing_key(specs: Iterable[Any], key_file: str, credentials: Any) -> Any:
+    """The key that signs this node's logs of signed types (None if no type signs): its
+    certificate's key under TLS (peers check it against the certificate), else the key in
+    ``persistence.signing_key`` (``key_file``)."""
+    signed = [s.name for s in specs if s.signed]
+    if not signed:
+        return None
+    if credentials is not None:
+        return credentials.signing_key()
+    if not key_file:
+        raise ConfigError(
+            f"{', '.join(signed)} sign their logs (signed=True): without TLS, set persistence.signing_key to "
+            "this node's own key (make one with `derecho-actors keygen PATH`)"
+        )
+    from runtime.drivers.log_store import load_signing_key
+
+    return load_signing_key(key_file)
+
+
+def saved_state(disk: NodeDiskState, specs: Iterable[Any], signing_key: Any, fsync: bool) -> SavedState | None:
+    """What an earlier run of this node left in its data directory (its last view and the
+    last version of each log of a persistent type), or None if there is nothing to restart
+    from: the node then founds or joins afresh."""
+    persistent = [s for s in specs if s.persistent]
+    if not persistent or not disk._path("view").exists():
+        return None
+    from runtime.drivers.log_store import VersionedLog
+
+    logs: dict[ShardId, int] = {}
+    for spec in persistent:
+        for file in sorted(disk.data_dir.glob(f"{spec.name}.*.*.log")):
+            parts = file.name[len(spec.name) + 1 : -len(".log")].split(".")
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                continue
+            key = signing_key if spec.signed else None
+            with VersionedLog.open(file, signing_key=key, fsync=fsync, check_signatures=False) as lg:
+                if lg.recovery is not None:
+                    log.warning("log %s was repaired on open: %s", file, lg.recovery)
+                logs[ShardId(spec.name, int(parts[0]), int(parts[1]))] = lg.last_version
+    saved = disk.load(logs)
+    if saved is not None:
+        log.info("node %s restarts from %s: last view %d (accepted %d), logs %s, recorded frontiers %s%s",
+                 disk.node_id, disk.data_dir, saved.view.vid, saved.accepted_vid, {str(k): v for k, v in logs.items()},
+                 {str(k): v for k, v in saved.frontiers.items()},
+                 f", unfinished transfers {sorted(map(str, saved.incomplete))}" if saved.incomplete else "")
+    return saved

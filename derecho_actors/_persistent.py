@@ -221,12 +221,16 @@ class PersistentStore:
         on_failure: Callable[[str], None] = lambda why: None,
         max_queued: int = 256,
         stall_timeout: float = 30.0,
+        inline: bool = False,
     ) -> None:
         """``on_failure(why)``: the log could not be written (disk full, I/O error): the
         replica must stop (fail-stop), since it can no longer persist what it delivers.
         ``max_queued``: delivered batches waiting for the writer at most; beyond that the
-        replica waits (back-pressure) instead of buffering without bound."""
+        replica waits (back-pressure) instead of buffering without bound. ``inline``: no
+        writer thread; each batch is written and made durable within :meth:`submit` (the
+        simulator's way: one thread, deterministic)."""
         self.obj = obj
+        self.inline = inline
         self.on_failure = on_failure
         self.stall_timeout = stall_timeout
         self.on_signed = on_signed if getattr(log_, "signed", False) else None
@@ -329,6 +333,9 @@ class PersistentStore:
         replica); returns at once once the log has failed (the node is stopping)."""
         if not records or self.write_error is not None:
             return
+        if self.inline:
+            self._write([records])
+            return
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="derecho-log-writer", daemon=True)
             self._writer.start()
@@ -352,7 +359,7 @@ class PersistentStore:
             batch = self._queue.get()
             if batch is None:
                 return
-            records = list(batch)
+            batches = [batch]
             stop = False
             while True:  # everything queued meanwhile goes into the same fsync
                 try:
@@ -362,28 +369,33 @@ class PersistentStore:
                 if more is None:
                     stop = True
                     break
-                records.extend(more)
-            signature = None
-            self.busy_since = time.monotonic()
-            try:
-                with self._lock:
-                    self.log.append(records)
-                    durable = self.log.flush()
-                    if self.on_signed is not None and durable >= 0:
-                        signature = self.log.signature(durable)
-            except BaseException as exc:  # disk full, I/O error: fail-stop, never carry on silently
-                self._fail(exc)
+                batches.append(more)
+            if not self._write(batches) or stop:
                 return
-            finally:
-                self.busy_since = None
-            with self._durable:
-                self._durable_version = durable
-                self._durable.notify_all()
-            self.on_durable(durable)
-            if signature is not None and self.on_signed is not None:
-                self.on_signed(durable, signature)
-            if stop:
-                return
+
+    def _write(self, batches: list[list[tuple[int, int, bytes]]]) -> bool:
+        """Append and make durable (one fsync), then report; False once the log failed."""
+        records = [r for batch in batches for r in batch]
+        signature = None
+        self.busy_since = time.monotonic()
+        try:
+            with self._lock:
+                self.log.append(records)
+                durable = self.log.flush()
+                if self.on_signed is not None and durable >= 0:
+                    signature = self.log.signature(durable)
+        except BaseException as exc:  # disk full, I/O error: fail-stop, never carry on silently
+            self._fail(exc)
+            return False
+        finally:
+            self.busy_since = None
+        with self._durable:
+            self._durable_version = durable
+            self._durable.notify_all()
+        self.on_durable(durable)
+        if signature is not None and self.on_signed is not None:
+            self.on_signed(durable, signature)
+        return True
 
     def _fail(self, exc: BaseException) -> None:
         path = getattr(self.log, "path", "?")

@@ -1,9 +1,10 @@
-"""The pykka actor that hosts one replica of a replicated object on this node.
+"""One replica of a replicated object on this node, and the pykka actor that runs it.
 
-The protocol thread hands it whole delivered batches (one message per batch, not per call);
-the actor runs the ordered calls one at a time in delivery order and P2P calls between them,
-on its own thread, never on the protocol thread. Replies go back through ``send_replies``
-in one hand-off per batch.
+The node's loop hands the replica whole delivered batches (one message per batch, not per
+call); it runs the ordered calls one at a time in delivery order and P2P calls between them.
+:class:`Replica` is the logic, driven by typed messages; :class:`ReplicaActor` runs it on a
+thread of its own (never the node's loop), and the simulator runs it inline, in virtual time
+(``_hosting``). Replies go back through ``send_replies`` in one hand-off per batch.
 
 A replica of a persistent type also owns the shard's log here: each ordered call becomes a
 record, and a batch's records go to the log's writer thread in one piece. A replica that is
@@ -28,9 +29,9 @@ from derecho_actors import _codec
 from derecho_actors._decorators import ORDERED, P2P, TypeSpec
 from derecho_actors._persistent import STORE_ATTR, PersistentStore, persistent_fields
 from derecho_actors._sessions import DUPLICATE, EXPIRED, FORGOTTEN, FULL, SessionTable
-from runtime.errors import SerializationError, SessionExpired, SessionLimit, StateTransferError
+from derecho_actors._messages import Reply
 from runtime.core.versions import make_version
-from runtime.wire.control import Reply
+from runtime.errors import SerializationError, SessionExpired, SessionLimit, StateTransferError
 
 log = logging.getLogger("derecho.replica")
 _in_handler = threading.local()
@@ -43,6 +44,65 @@ def in_handler() -> bool:
 SendReplies = Callable[[list[tuple[int, Reply]]], None]
 DeliveredCall = tuple[int, int, str, bytes, int, int, int, int]
 """``(caller, call_id, method, args, origin, session_ns, floor, timestamp_ns)``"""
+
+
+# ------------------------------------------------------------------ what a replica is told
+@dataclass(frozen=True, slots=True)
+class OrderedBatch:
+    """Calls delivered in view ``vid``, in order; ``replicas`` will each answer them."""
+
+    vid: int
+    replicas: tuple[int, ...]
+    calls: list[DeliveredCall]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewBoundary:
+    """Between the last delivery of view ``vid - 1`` and the first of ``vid``, at every replica:
+    run ``on_view``; ``snapshot``: write the state for the view's new members."""
+
+    vid: int
+    members: tuple[int, ...]
+    snapshot: bool
+
+
+@dataclass(frozen=True, slots=True)
+class P2PRequest:
+    vid: int
+    caller: int
+    call_id: int
+    method: str
+    args: bytes
+    origin: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatePart:
+    """One chunk of a state transfer to this replica, from node ``source`` for view ``vid``."""
+
+    seq: int
+    part: str
+    data: bytes
+    final: bool
+    reset: bool
+    source: int
+    vid: int
+
+
+@dataclass(frozen=True, slots=True)
+class FrontierMoved:
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMark:
+    node: int
+    version: int
+    signature: bytes
+    public_key: bytes
+
+
+ReplicaMessage = OrderedBatch | ViewBoundary | P2PRequest | StatePart | FrontierMoved | PeerMark
 
 
 @dataclass
@@ -69,14 +129,15 @@ class ReplicaEnv:
     chunk_done: Callable[[int, int, int], None] = lambda source, vid, seq: None
     report_signed: Callable[[int, bytes], None] = lambda version, signature: None  # signed logs
     report_verified: Callable[[int, int], None] = lambda node, version: None  # a peer's log matches ours
+    # How the log reaches the disk: None, a writer thread (real nodes); the simulator gives
+    # a function that writes at once, so everything happens in its one thread.
+    inline_writes: bool = False
 
 
-class ReplicaActor(pykka.ThreadingActor):
-    # A replica stuck in a user method must not keep the process alive after its node stopped.
-    use_daemon_thread = True
+class Replica:
+    """The replica's logic; not thread-safe: one runner feeds it one message at a time."""
 
     def __init__(self, spec: TypeSpec, env: ReplicaEnv, awaiting_state: bool = False) -> None:
-        super().__init__()
         self.spec = spec
         self.env = env
         self.node_id = env.node_id
@@ -102,7 +163,7 @@ class ReplicaActor(pykka.ThreadingActor):
         return SessionTable(ttl_ns=int(self.spec.session_ttl * 1e9), max_sessions=self.spec.max_sessions)
 
     # ------------------------------------------------------------------ lifecycle
-    def on_start(self) -> None:
+    def start(self) -> None:
         try:
             if self.spec.persistent:
                 self._open_store()
@@ -113,12 +174,12 @@ class ReplicaActor(pykka.ThreadingActor):
             self.env.internal_error(f"the replica of {self.spec.name} could not start: {type(exc).__name__}: {exc}")
             raise
 
-    def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def failed_with(self, exc: BaseException) -> None:
         # Never from a user method (those errors go back to the caller): a bug or a broken
         # log. A replica that stopped would silently never answer again: fail-stop instead.
-        self.env.internal_error(f"the replica of {self.spec.name} failed: {getattr(exc_type, '__name__', exc_type)}: {exc}")
+        self.env.internal_error(f"the replica of {self.spec.name} failed: {type(exc).__name__}: {exc}")
 
-    def on_stop(self) -> None:
+    def stop(self) -> None:
         if self.store is not None:
             self.store.close()
         if self._incoming is not None:
@@ -139,6 +200,7 @@ class ReplicaActor(pykka.ThreadingActor):
         store = PersistentStore(
             self.obj, persistent_fields(self.spec.cls), self.spec.serializer, log_, self.env.report_durable,
             self.env.report_signed, on_failure=self.env.storage_failed, stall_timeout=self.env.stall_timeout,
+            inline=self.env.inline_writes,
         )
         for call in store.replay():
             if call.origin:
@@ -159,19 +221,19 @@ class ReplicaActor(pykka.ThreadingActor):
         return store.last_version, zlib.crc32(store.log.read(store.last_version))
 
     # ------------------------------------------------------------------ messages
-    def on_receive(self, message: Any) -> None:
-        kind = message[0]
-        if kind == "state":
-            self._take_state(*message[1:])
+    def receive(self, message: ReplicaMessage) -> None:
+        t = type(message)
+        if t is StatePart:
+            self._take_state(message)  # type: ignore[arg-type]
             return
-        if kind == "frontier":
+        if t is FrontierMoved:
             if self.store is not None:
-                self.store.frontier = max(self.store.frontier, message[1])
+                self.store.frontier = max(self.store.frontier, message.version)  # type: ignore[union-attr]
             self._check_marks()
             return
-        if kind == "mark":
-            _, node, version, signature, public_key = message
-            self._marks[node] = (version, signature, public_key)
+        if t is PeerMark:
+            m: PeerMark = message  # type: ignore[assignment]
+            self._marks[m.node] = (m.version, m.signature, m.public_key)
             self._check_marks()
             return
         if self.awaiting or self.failed:
@@ -179,27 +241,27 @@ class ReplicaActor(pykka.ThreadingActor):
             return
         self._handle(message)
 
-    def _handle(self, message: Any) -> None:
-        kind = message[0]
-        if kind == "ordered":
-            _, vid, replicas, calls = message
-            self._ordered_batch(vid, replicas, calls)
-        elif kind == "view":
+    def _handle(self, message: ReplicaMessage) -> None:
+        t = type(message)
+        if t is OrderedBatch:
+            b: OrderedBatch = message  # type: ignore[assignment]
+            self._ordered_batch(b.vid, b.replicas, b.calls)
+        elif t is ViewBoundary:
             # Between the last delivery of one view and the first of the next, as at every
             # replica: a deterministic point for view-dependent state (leases, for example),
             # and the point at which a state snapshot for new members is taken.
-            _, vid, members, snapshot = message
+            v: ViewBoundary = message  # type: ignore[assignment]
             hook = getattr(self.obj, "on_view", None)
             if callable(hook):
                 try:
-                    hook(vid, list(members))
+                    hook(v.vid, list(v.members))
                 except Exception:
                     log.exception("on_view of %s raised", self.spec.name)
-            if snapshot:
-                self._snapshot(vid)
-        elif kind == "p2p":
-            _, vid, caller, call_id, method, args, origin = message
-            self.send_replies([self._run(caller, call_id, method, args, P2P, vid, (self.node_id,), origin)])
+            if v.snapshot:
+                self._snapshot(v.vid)
+        elif t is P2PRequest:
+            p: P2PRequest = message  # type: ignore[assignment]
+            self.send_replies([self._run(p.caller, p.call_id, p.method, p.args, P2P, p.vid, (self.node_id,), p.origin)])
 
     def _ordered_batch(self, vid: int, replicas: tuple[int, ...], calls: list[DeliveredCall]) -> None:
         store = self.store
@@ -357,12 +419,13 @@ class ReplicaActor(pykka.ThreadingActor):
             return
         self.env.snapshot_ready(vid, path, boundary, self.store)
 
-    def _take_state(self, seq: int, part: str, data: Any, final: bool, meta: dict[str, Any]) -> None:
+    def _take_state(self, chunk: StatePart) -> None:
         """One chunk of a transfer for this (awaiting) replica."""
         if not self.awaiting:
             return
+        part, data, final = chunk.part, chunk.data, chunk.final
         try:
-            if meta.get("reset") and self.store is not None and self.store.last_version >= 0:
+            if chunk.reset and self.store is not None and self.store.last_version >= 0:
                 log.warning("local log of %s disagrees with the group's; replacing it", self.spec.name)
                 with self.store._lock:
                     self.store.log.truncate_after(-1)
@@ -385,7 +448,7 @@ class ReplicaActor(pykka.ThreadingActor):
         except Exception as exc:
             self._fail(f"state transfer of {self.spec.name} failed: {exc}")
             return
-        self.env.chunk_done(meta["source"], meta["vid"], seq)
+        self.env.chunk_done(chunk.source, chunk.vid, chunk.seq)
 
     def _install_state(self) -> None:
         if self.store is not None:
@@ -422,3 +485,26 @@ class ReplicaActor(pykka.ThreadingActor):
         self.failed = why
         self._held.clear()
         self.env.transfer_failed(why)
+
+
+class ReplicaActor(pykka.ThreadingActor):
+    """Runs a :class:`Replica` on a thread of its own (one message at a time, in order)."""
+
+    # A replica stuck in a user method must not keep the process alive after its node stopped.
+    use_daemon_thread = True
+
+    def __init__(self, replica: Replica) -> None:
+        super().__init__()
+        self.replica = replica
+
+    def on_start(self) -> None:
+        self.replica.start()
+
+    def on_receive(self, message: Any) -> None:
+        self.replica.receive(message)
+
+    def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.replica.failed_with(exc)
+
+    def on_stop(self) -> None:
+        self.replica.stop()

@@ -15,14 +15,14 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
 from runtime.errors import ConfigError
 from runtime.config import NodeConfig
-from runtime.core.effects import Delivery, Ready
+from runtime.core.effects import Ready
 from runtime.core.events import LeaveRequested, MessageArrived, PeerLost, Persisted, Tick
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush, ViewAnnouncement
@@ -33,19 +33,22 @@ from runtime.drivers.tcp import TcpTransport, TransportSecurity
 from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials
 from runtime.wire.claims import claimed_sender
 from runtime.wire.codec import frame
+from runtime.node_api import AppHooks
 from runtime.wire.control import (
+    AppMessage,
     Goodbye,
-    Welcome,
-    Call, GroupRunning, Reply, ReplyBatch, RestartDecision, RestartHello, SignedMark, StateAck, StateChunk, StateRequest,
+    GroupRunning,
+    RestartDecision,
+    RestartHello,
     StatusReply,
     StatusRequest,
+    Welcome,
 )
 
 log = logging.getLogger("derecho.node")
 
 CORE_MESSAGES = (ShardPush, GroupPush, ViewAnnouncement, JoinRequest, JoinReply)
 RESTART_MESSAGES = (RestartHello, RestartDecision, GroupRunning)
-DIRECT_MESSAGES = (Call, Reply, ReplyBatch, SignedMark, StateRequest, StateChunk, StateAck)  # member to member, for the app
 
 
 T = TypeVar("T")
@@ -118,26 +121,6 @@ def run_loop(main: Coroutine[Any, Any, T], tls: bool = False) -> T:
         return runner.run(main)
 
 
-@dataclass(slots=True)
-class AppHooks:
-    """What the application hears from the node (all called on the loop thread)."""
-
-    on_deliver: Callable[[Delivery], None] | None = None
-    on_view: Callable[[View], None] | None = None
-    on_window_open: Callable[[ShardId], None] | None = None
-    on_stop: Callable[[str], None] | None = None
-    on_direct: Callable[[int, Any], None] | None = None  # Call / Reply / State* frames from a member
-    on_client: Callable[[Any, Any], None] | None = None  # a client's Call, with its connection
-    on_persisted: Callable[[ShardId, int], None] | None = None  # shard's persistence frontier moved
-    # This node is about to accept view change ``vid`` (its ack is in the frames about to be
-    # sent): make it durable now, before they leave. Raising stops the node unsent.
-    on_accepted: Callable[[int], None] | None = None
-    # A total restart accepted to lose these versions (--accept-loss): shard -> (first, last).
-    on_lost: Callable[[dict[ShardId, tuple[int, int]]], None] | None = None
-    # What the app adds to ``status`` (plain data): why shards wait, replicas' state, ...
-    status: Callable[[], dict[str, Any]] | None = None
-
-
 class NodeDriver:
     def __init__(
         self, config: NodeConfig, hooks: AppHooks | None = None, saved: SavedState | None = None,
@@ -162,6 +145,7 @@ class NodeDriver:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_reason: str | None = None
         self._flush_scheduled = False
+        self._incarnation = time.time_ns()  # this start of the node (its transport says it in hellos)
         self._stop_notified = False
         self._cut: set[int] = set()  # members that forged frames: dropped until they leave the view
         self._timer: asyncio.TimerHandle | None = None
@@ -189,6 +173,7 @@ class NodeDriver:
             self._on_client,
             max_frame=cfg.multicast.max_frame_bytes,
             security=self.security,
+            incarnation=self._incarnation,
             client_welcome=frame(Welcome(
                 cfg.multicast.max_message_size, self.security.client_max_frame, cfg.security.client_idle_timeout_ms,
             )),
@@ -343,6 +328,48 @@ class NodeDriver:
     @property
     def error(self) -> BaseException | None:
         return self._start_error
+
+    # ------------------------------------------------------- runtime.node_api.NodeHandle
+    def start(self, timeout: float = 10.0) -> None:
+        self.start_in_thread(timeout)
+
+    def wait_stopped(self, timeout: float | None = None) -> None:
+        self.join_thread(timeout)
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> bool:
+        return self.in_loop(fn, *args)
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        if self.loop is not None:
+            self.loop.call_later(delay, fn, *args)
+
+    def run_blocking(self, fn: Callable[[], Any]) -> None:
+        if self.loop is not None:
+            self.loop.run_in_executor(None, fn)
+
+    def on_loop(self) -> bool:
+        return self._on_loop_thread()
+
+    def send_ordered(self, shard: ShardId, payloads: Sequence[bytes]) -> None:
+        self.submit(shard, payloads)
+
+    def send_app(self, node: int, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.send(node, frame(AppMessage(data)))
+
+    def reply_client(self, conn: Any, *messages: bytes) -> None:
+        if self.transport is not None:
+            self.transport.reply(conn, b"".join(frame(AppMessage(m)) for m in messages))
+
+    def wall_ns(self) -> int:
+        return time.time_ns()
+
+    @property
+    def incarnation(self) -> int:
+        return self._incarnation
+
+    def cut_off(self, node: int, reason: str) -> None:
+        self._cut_off(node, reason)
 
     def peer_public_key(self, node: int) -> bytes | None:
         """The public key of ``node``'s certificate, as its connection to us proved it (None
@@ -509,8 +536,9 @@ class NodeDriver:
                     # view can tell where it listens (and must then prove its id there).
                     self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
                 step(MessageArrived(now, sender, msg))
-            elif isinstance(msg, DIRECT_MESSAGES) and self.hooks.on_direct is not None:
-                self.hooks.on_direct(sender, msg)
+            elif type(msg) is AppMessage:
+                if self.hooks.on_app is not None:
+                    self.hooks.on_app(sender, msg.data)
             else:
                 log.warning("node %s sent a %s on a member connection; ignored", sender, type(msg).__name__)
         self._schedule_flush()
@@ -522,19 +550,19 @@ class NodeDriver:
             self._schedule_flush()
 
     def _on_client(self, handle: Any, msg: Any) -> None:
-        if isinstance(msg, StatusRequest):
-            self.transport.reply(handle, frame(StatusReply(self.status())))  # type: ignore[union-attr]
-        elif isinstance(msg, Call):
-            if self.hooks.on_client is None:
+        if type(msg) is AppMessage:
+            if self.hooks.on_client_app is None:
                 self.transport.reply(handle, frame(Goodbye(  # type: ignore[union-attr]
                     "this node hosts no replicated types; it answers status requests only")))
                 handle.close()
                 return
-            self.hooks.on_client(handle, msg)
+            self.hooks.on_client_app(handle, msg.data)
             self._schedule_flush()
+        elif isinstance(msg, StatusRequest):
+            self.transport.reply(handle, frame(StatusReply(self.status())))  # type: ignore[union-attr]
         else:
-            # A client may ask for status and make calls; anything else (a push, a join, a
-            # reply) is a member's frame, which no client connection may carry.
+            # A client may ask for status and send application messages; anything else (a
+            # push, a join) is a member's frame, which no client connection may carry.
             self.transport.warn("client-frame", handle.address, "closing %s: it sent a %s, which clients may not send",  # type: ignore[union-attr]
                                 handle._where(), type(msg).__name__)
             handle.close()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from runtime.core.layout import LayoutPolicy, ShardId
 from runtime.core.restart import RestartPlan, RestartPlanner, RestartRefused, RestartReport, RestartWaiting

@@ -35,7 +35,6 @@ cut off and reported lost (the core then suspects it), never buffered without li
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import socket
 import ssl
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.drivers.ratelimit import RateLimitedLog
+from runtime.node_api import session_origin
 from runtime.drivers.transport import ClientHandler, FramesHandler, PeerLostHandler
 from runtime.errors import ConfigError
 from runtime.security.identity import Identity, IdentityError
@@ -62,14 +62,6 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ConfigError(f'address "{address}" is not "host:port"')
     return host.strip("[]"), int(port)
-
-
-def client_origin(identity: str, session: int) -> int:
-    """The exactly-once origin of a client session: derived from the client's authenticated
-    identity and the session number it chose, so no client can act under (or poison) another
-    client's origin. Never 0 (0 marks a member's own calls)."""
-    digest = hashlib.blake2b(f"{identity}\0{session}".encode(), digest_size=8).digest()
-    return (int.from_bytes(digest, "big") & ((1 << 62) - 1)) | 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +362,7 @@ class _Connection(asyncio.Protocol):
         else:
             self.decoder.max_frame = tcp.security.client_max_frame
             who = self.identity.name if self.identity is not None else ""
-            self.origin = client_origin(who, item.node_id)
+            self.origin = session_origin(who, item.node_id)
             self.incarnation = item.incarnation  # the client's session start (ns)
             tcp.clients.add(self)
             if tcp.client_welcome:
@@ -488,6 +480,7 @@ class TcpTransport:
         max_backlog: int = 256 << 20,
         security: TransportSecurity | None = None,
         client_welcome: bytes = b"",
+        incarnation: int | None = None,
     ) -> None:
         """``client_welcome``: the frame every accepted client gets first (its limits)."""
         self.node_id = node_id
@@ -507,7 +500,7 @@ class TcpTransport:
         self.clients: set[_Connection] = set()
         self.contact_reached = False
         self.refusals: list[str] = []
-        self.incarnation = time.time_ns()
+        self.incarnation = incarnation if incarnation is not None else time.time_ns()
         self.incarnations: dict[int, int] = {}
         self.all_connections: set[_Connection] = set()  # clients' too, so close() ends them
         self.bad_frames = 0

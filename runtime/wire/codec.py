@@ -19,7 +19,6 @@ which is a bug in the sender, not a peer fault, hence not a ``WireError``.
 
 from __future__ import annotations
 
-import reprlib
 import struct
 from typing import Any, Callable, Final, Iterable
 
@@ -27,16 +26,28 @@ import msgpack
 
 from runtime.errors import WireError
 from runtime.core.layout import ShardId
+from runtime.wire.checks import (
+    PLAIN_SCALARS as _PLAIN_SCALARS,
+    check_plain as _check_plain,
+    decode_tagged,
+    describe as _describe,
+    nat as _nat,
+    shard_id as _shard_id,
+    shard_to_wire as _shard_to_wire,
+    str_key_dict as _str_key_dict,
+    text as _str,
+    int_vector as _int_vector,
+)
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, ShardPush, ViewAnnouncement
 from runtime.core.sst import RowDelta
 from runtime.wire.control import (
-    ROLES, Ping, Pong, Welcome, Call, Goodbye, GroupRunning, Hello, Reply, ReplyBatch, RestartDecision, SignedMark, RestartHello, StateAck, StateChunk, StateRequest,
-    StatusReply, StatusRequest,
+    ROLES, AppMessage, Goodbye, GroupRunning, Hello, Ping, Pong, RestartDecision, RestartHello, StatusReply,
+    StatusRequest, Welcome,
 )
 
 WireMessage = (
-    Message | Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | StateRequest | StateChunk | StateAck
-    | RestartHello | RestartDecision | GroupRunning | ReplyBatch | SignedMark | Welcome | Ping | Pong
+    Message | Hello | StatusRequest | StatusReply | Goodbye | RestartHello | RestartDecision | GroupRunning
+    | Welcome | Ping | Pong | AppMessage
 )
 """Everything that travels in a frame: core protocol messages and driver control frames."""
 
@@ -56,57 +67,20 @@ TAG_HELLO: Final = 16
 TAG_STATUS_REQUEST: Final = 17
 TAG_STATUS_REPLY: Final = 18
 TAG_GOODBYE: Final = 19
-TAG_CALL: Final = 20
-TAG_REPLY: Final = 21
-TAG_STATE_REQUEST: Final = 22
-TAG_STATE_CHUNK: Final = 23
-TAG_STATE_ACK: Final = 24
+# 20-24, 28, 29: the actor layer's frames before they became opaque AppMessages (retired;
+# never reuse them).
 TAG_RESTART_HELLO: Final = 25
 TAG_RESTART_DECISION: Final = 26
 TAG_GROUP_RUNNING: Final = 27
-TAG_REPLY_BATCH: Final = 28
-TAG_SIGNED_MARK: Final = 29
 TAG_WELCOME: Final = 30
 TAG_PING: Final = 31
 TAG_PONG: Final = 32
+TAG_APP: Final = 33
 
 _HEADER: Final = struct.Struct(">I")
 _MAX_PREFIX: Final[int] = 0xFFFFFFFF
 
-# What msgpack returns for untrusted bytes, besides the containers walked below. Anything else
-# (``msgpack.Timestamp``; ext types are refused by ``_refuse_ext``) is never sent by us.
-_PLAIN_SCALARS: Final[frozenset[type]] = frozenset({int, float, str, bytes, bool, type(None)})
-
-# Every exception ``msgpack.unpackb`` is known to raise on garbage: truncated input
-# (OutOfData), trailing bytes (ExtraData), bad type bytes (FormatError), deep nesting
-# (StackError), lengths beyond the buffer (ValueError), unhashable map keys (TypeError),
-# bad UTF-8 (UnicodeDecodeError), huge ints (OverflowError).
-_UNPACK_ERRORS: Final = (
-    msgpack.UnpackException,
-    ValueError,
-    TypeError,
-    OverflowError,
-    RecursionError,
-)
-
-_short = reprlib.Repr()
-_short.maxstring = 40
-_short.maxother = 40
-_short.maxlist = 4
-_short.maxdict = 4
-_short.maxlevel = 2
-
-
 # --------------------------------------------------------------------------- encoding
-def _shard_to_wire(shard: object) -> tuple[Any, ...]:
-    """A shard key as ``[type_name, subgroup, shard]``; only ``ShardId``-shaped keys travel."""
-    if not (isinstance(shard, tuple) and len(shard) == 3):
-        raise TypeError(
-            f"only ShardId(type_name, subgroup, shard) keys can be sent, got {_short.repr(shard)}"
-        )
-    return shard
-
-
 def _row_to_wire(row: RowDelta) -> list[Any]:
     return [row.rank, row.seq, row.values]
 
@@ -148,27 +122,6 @@ def _enc_goodbye(m: Goodbye) -> list[Any]:
     return [TAG_GOODBYE, m.reason]
 
 
-def _enc_call(m: Call) -> list[Any]:
-    return [TAG_CALL, m.call_id, m.caller, _shard_to_wire(m.shard), m.method, m.ordered, m.args, m.origin,
-            m.session_ns, m.floor]
-
-
-def _enc_reply(m: Reply) -> list[Any]:
-    return [TAG_REPLY, m.call_id, m.node, m.vid, list(m.replicas), m.ok, m.value, m.origin, m.version]
-
-
-def _enc_state_request(m: StateRequest) -> list[Any]:
-    return [TAG_STATE_REQUEST, _shard_to_wire(m.shard), m.vid, m.have_version, m.digest]
-
-
-def _enc_state_chunk(m: StateChunk) -> list[Any]:
-    return [TAG_STATE_CHUNK, _shard_to_wire(m.shard), m.vid, m.seq, m.part, m.data, m.final, m.reset]
-
-
-def _enc_state_ack(m: StateAck) -> list[Any]:
-    return [TAG_STATE_ACK, _shard_to_wire(m.shard), m.vid, m.seq]
-
-
 def _enc_restart_hello(m: RestartHello) -> list[Any]:
     return [
         TAG_RESTART_HELLO, m.node, m.address, m.view, [[_shard_to_wire(s), v] for s, v in m.logs], m.accepted_vid,
@@ -184,12 +137,8 @@ def _enc_group_running(m: GroupRunning) -> list[Any]:
     return [TAG_GROUP_RUNNING, m.address, m.vid]
 
 
-def _enc_reply_batch(m: ReplyBatch) -> list[Any]:
-    return [TAG_REPLY_BATCH, m.node, m.vid, list(m.replicas), [list(e) for e in m.entries]]
-
-
-def _enc_signed_mark(m: SignedMark) -> list[Any]:
-    return [TAG_SIGNED_MARK, _shard_to_wire(m.shard), m.version, m.signature, m.public_key]
+def _enc_app(m: AppMessage) -> list[Any]:
+    return [TAG_APP, m.data]
 
 
 def _enc_welcome(m: Welcome) -> list[Any]:
@@ -205,19 +154,13 @@ def _enc_pong(m: Pong) -> list[Any]:
 
 
 _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
+    AppMessage: _enc_app,
     Welcome: _enc_welcome,
     Ping: _enc_ping,
     Pong: _enc_pong,
-    SignedMark: _enc_signed_mark,
-    ReplyBatch: _enc_reply_batch,
     RestartHello: _enc_restart_hello,
     RestartDecision: _enc_restart_decision,
     GroupRunning: _enc_group_running,
-    StateRequest: _enc_state_request,
-    StateChunk: _enc_state_chunk,
-    StateAck: _enc_state_ack,
-    Call: _enc_call,
-    Reply: _enc_reply,
     ShardPush: _enc_shard_push,
     GroupPush: _enc_group_push,
     ViewAnnouncement: _enc_view_announcement,
@@ -268,82 +211,6 @@ def frames(msgs: Iterable[WireMessage]) -> bytes:
 
 
 # --------------------------------------------------------------------------- decoding
-def _describe(value: object) -> str:
-    """Type and a short repr: enough to debug a peer, never a megabyte of payload in a log."""
-    return f"{type(value).__name__} {_short.repr(value)}"
-
-
-def _nat(value: object, what: str) -> int:
-    """A non-negative int; bools are ints to Python but never a valid id or counter."""
-    if type(value) is not int or value < 0:
-        raise WireError(f"{what} must be a non-negative int, got {_describe(value)}")
-    return value
-
-
-def _str(value: object, what: str) -> str:
-    if type(value) is not str:
-        raise WireError(f"{what} must be a str, got {_describe(value)}")
-    return value
-
-
-def _check_plain(value: object, what: str) -> None:
-    """Reject anything inside ``value`` that msgpack can produce but we never send.
-
-    Iterative, so depth is bounded by msgpack's own nesting limit, not Python's recursion.
-    """
-    stack: list[object] = [value]
-    while stack:
-        v = stack.pop()
-        t = type(v)
-        if t is list:
-            stack.extend(v)  # type: ignore[arg-type]
-        elif t is dict:
-            stack.extend(v.keys())  # type: ignore[attr-defined]
-            stack.extend(v.values())  # type: ignore[attr-defined]
-        elif t not in _PLAIN_SCALARS:
-            raise WireError(f"{what} holds a {t.__name__}, which is not part of the wire format")
-
-
-def _str_key_dict(value: object, what: str) -> dict[str, Any]:
-    """A dict with str keys at the top level; nested values are plain msgpack data."""
-    if type(value) is not dict:
-        raise WireError(f"{what} must be a map, got {_describe(value)}")
-    for key in value:
-        if type(key) is not str:
-            raise WireError(f"{what} keys must be str, got {_describe(key)}")
-    _check_plain(value, what)
-    return value
-
-
-_SHARD_IDS: dict[tuple[str, int, int], ShardId] = {}  # every frame names its shard: reuse the key
-
-
-def _shard_id(value: object, what: str) -> ShardId:
-    if type(value) is not list or len(value) != 3:
-        raise WireError(f"{what} must be [type_name, subgroup, shard], got {_describe(value)}")
-    name, subgroup, shard = value
-    if type(name) is str and type(subgroup) is int and type(shard) is int:  # exact types: a
-        known = _SHARD_IDS.get((name, subgroup, shard))  # bool never hits an int's entry
-        if known is not None:
-            return known
-    sid = ShardId(
-        _str(name, f"{what}.type_name"), _nat(subgroup, f"{what}.subgroup"), _nat(shard, f"{what}.shard")
-    )
-    if len(_SHARD_IDS) >= 1024:  # a bounded memo, whatever peers send
-        _SHARD_IDS.clear()
-    _SHARD_IDS[(sid.type_name, sid.subgroup, sid.shard)] = sid
-    return sid
-
-
-def _int_vector(value: object, what: str) -> tuple[int, ...]:
-    if type(value) is not list:
-        raise WireError(f"{what} must be a list of ints, got {_describe(value)}")
-    for item in value:
-        if type(item) is not int:
-            raise WireError(f"{what} must hold ints only, got {_describe(item)}")
-    return tuple(value)
-
-
 def _row(value: object, what: str) -> RowDelta:
     """``[rank, seq, {column: value}]``; vector columns become tuples, the rest pass through."""
     if type(value) is not list or len(value) != 3:
@@ -435,66 +302,6 @@ def _dec_goodbye(f: list[Any]) -> Goodbye:
     return Goodbye(_str(f[1], "Goodbye.reason"))
 
 
-def _bool(value: object, what: str) -> bool:
-    if type(value) is not bool:
-        raise WireError(f"{what} must be a bool, got {_describe(value)}")
-    return value
-
-
-def _bytes(value: object, what: str) -> bytes:
-    if type(value) is not bytes:
-        raise WireError(f"{what} must be bytes, got {_describe(value)}")
-    return value
-
-
-def _dec_call(f: list[Any]) -> Call:
-    _, call_id, caller, shard, method, ordered, args, origin, session_ns, floor = f
-    return Call(
-        _nat(call_id, "Call.call_id"), _nat(caller, "Call.caller"), _shard_id(shard, "Call.shard"),
-        _str(method, "Call.method"), _bool(ordered, "Call.ordered"), _bytes(args, "Call.args"),
-        _nat(origin, "Call.origin"), _nat(session_ns, "Call.session_ns"), _nat(floor, "Call.floor"),
-    )
-
-
-def _dec_reply(f: list[Any]) -> Reply:
-    _, call_id, node, vid, replicas, ok, value, origin, version = f
-    if type(replicas) is not list:
-        raise WireError(f"Reply.replicas must be a list, got {_describe(replicas)}")
-    return Reply(
-        _nat(call_id, "Reply.call_id"), _nat(node, "Reply.node"), _nat(vid, "Reply.vid"),
-        tuple(_nat(r, "Reply.replicas[]") for r in replicas), _bool(ok, "Reply.ok"), _bytes(value, "Reply.value"),
-        _nat(origin, "Reply.origin"), _version(version),
-    )
-
-
-def _version(value: object) -> int:
-    if type(value) is not int or value < -1:
-        raise WireError(f"Reply.version must be an int >= -1, got {_describe(value)}")
-    return value
-
-
-def _dec_state_request(f: list[Any]) -> StateRequest:
-    _, shard, vid, have, digest = f
-    if type(have) is not int or have < -1:
-        raise WireError(f"StateRequest.have_version must be an int >= -1, got {_describe(have)}")
-    return StateRequest(_shard_id(shard, "StateRequest.shard"), _nat(vid, "StateRequest.vid"), have, _nat(digest, "StateRequest.digest"))
-
-
-def _dec_state_chunk(f: list[Any]) -> StateChunk:
-    _, shard, vid, seq, part, data, final, reset = f
-    if part not in ("obj", "log", "err"):
-        raise WireError(f"StateChunk.part must be 'obj', 'log' or 'err', got {_describe(part)}")
-    return StateChunk(
-        _shard_id(shard, "StateChunk.shard"), _nat(vid, "StateChunk.vid"), _nat(seq, "StateChunk.seq"), part,
-        _bytes(data, "StateChunk.data"), _bool(final, "StateChunk.final"), _bool(reset, "StateChunk.reset"),
-    )
-
-
-def _dec_state_ack(f: list[Any]) -> StateAck:
-    _, shard, vid, seq = f
-    return StateAck(_shard_id(shard, "StateAck.shard"), _nat(vid, "StateAck.vid"), _nat(seq, "StateAck.seq"))
-
-
 def _shard_versions(value: object, what: str) -> tuple[tuple[ShardId, int], ...]:
     """``[[shard, version], ...]`` with versions >= -1."""
     if type(value) is not list:
@@ -539,37 +346,16 @@ def _dec_restart_decision(f: list[Any]) -> RestartDecision:
     return RestartDecision(_nat(leader, "RestartDecision.leader"), view, tuple(ranges))
 
 
-def _dec_reply_batch(f: list[Any]) -> ReplyBatch:
-    _, node, vid, replicas, entries = f
-    if type(replicas) is not list or type(entries) is not list:
-        raise WireError("ReplyBatch needs lists of replicas and entries")
-    out = []
-    for e in entries:
-        if type(e) is not list or len(e) != 5:
-            raise WireError(f"ReplyBatch entries are [call_id, ok, value, origin, version], got {_describe(e)}")
-        call_id, ok, value, origin, version = e
-        if (type(call_id) is not int or call_id < 0 or type(ok) is not bool or type(value) is not bytes
-                or type(origin) is not int or origin < 0 or type(version) is not int or version < -1):
-            raise WireError(f"malformed ReplyBatch entry {_describe(e)}")
-        out.append((call_id, ok, value, origin, version))
-    return ReplyBatch(
-        _nat(node, "ReplyBatch.node"), _nat(vid, "ReplyBatch.vid"),
-        tuple(_nat(r, "ReplyBatch.replicas[]") for r in replicas), tuple(out),
-    )
-
-
-def _dec_signed_mark(f: list[Any]) -> SignedMark:
-    _, shard, version, signature, public_key = f
-    if type(signature) is not bytes or len(signature) != 64:
-        raise WireError(f"SignedMark.signature must be 64 bytes, got {_describe(signature)}")
-    if type(public_key) is not bytes or len(public_key) != 32:
-        raise WireError(f"SignedMark.public_key must be 32 bytes, got {_describe(public_key)}")
-    return SignedMark(_shard_id(shard, "SignedMark.shard"), _nat(version, "SignedMark.version"), signature, public_key)
-
-
 def _dec_group_running(f: list[Any]) -> GroupRunning:
     _, address, vid = f
     return GroupRunning(_str(address, "GroupRunning.address"), _nat(vid, "GroupRunning.vid"))
+
+
+def _dec_app(f: list[Any]) -> AppMessage:
+    data = f[1]
+    if type(data) is not bytes:
+        raise WireError(f"AppMessage.data must be bytes, got {_describe(data)}")
+    return AppMessage(data)
 
 
 def _dec_welcome(f: list[Any]) -> Welcome:
@@ -597,25 +383,14 @@ _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]]
     TAG_STATUS_REQUEST: ("StatusRequest", 0, _dec_status_request),
     TAG_STATUS_REPLY: ("StatusReply", 1, _dec_status_reply),
     TAG_GOODBYE: ("Goodbye", 1, _dec_goodbye),
-    TAG_CALL: ("Call", 9, _dec_call),
-    TAG_REPLY: ("Reply", 8, _dec_reply),
-    TAG_STATE_REQUEST: ("StateRequest", 4, _dec_state_request),
-    TAG_STATE_CHUNK: ("StateChunk", 7, _dec_state_chunk),
-    TAG_STATE_ACK: ("StateAck", 3, _dec_state_ack),
     TAG_RESTART_HELLO: ("RestartHello", 7, _dec_restart_hello),
     TAG_RESTART_DECISION: ("RestartDecision", 3, _dec_restart_decision),
     TAG_GROUP_RUNNING: ("GroupRunning", 2, _dec_group_running),
-    TAG_REPLY_BATCH: ("ReplyBatch", 4, _dec_reply_batch),
-    TAG_SIGNED_MARK: ("SignedMark", 4, _dec_signed_mark),
     TAG_WELCOME: ("Welcome", 3, _dec_welcome),
     TAG_PING: ("Ping", 1, _dec_ping),
     TAG_PONG: ("Pong", 1, _dec_pong),
+    TAG_APP: ("AppMessage", 1, _dec_app),
 }
-
-
-def _refuse_ext(code: int, data: bytes) -> object:
-    """msgpack ext types are never sent; refusing them keeps odd objects out of the core."""
-    raise ValueError(f"msgpack ext type {code} is not part of the wire format")
 
 
 def decode(body: bytes | bytearray | memoryview) -> WireMessage:
@@ -625,22 +400,7 @@ def decode(body: bytes | bytearray | memoryview) -> WireMessage:
     fields, or which field has the wrong type or range) for any body :func:`encode` could not
     have produced from a valid message.
     """
-    try:
-        obj = msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
-    except _UNPACK_ERRORS as exc:
-        raise WireError(f"frame body is not valid msgpack ({type(exc).__name__}: {exc})") from exc
-    if type(obj) is not list or not obj:
-        raise WireError(f"frame body must be a non-empty array [tag, fields...], got {_describe(obj)}")
-    tag = obj[0]
-    if type(tag) is not int:
-        raise WireError(f"frame type tag must be an int, got {_describe(tag)}")
-    spec = _DECODERS.get(tag)
-    if spec is None:
-        raise WireError(f"unknown frame type tag {tag} (known: {sorted(_DECODERS)})")
-    name, arity, dec = spec
-    if len(obj) - 1 != arity:
-        raise WireError(f"{name} frame needs {arity} fields after the tag, got {len(obj) - 1}")
-    return dec(obj)
+    return decode_tagged(body, _DECODERS)  # type: ignore[no-any-return]
 
 
 class FrameDecoder:

@@ -75,98 +75,13 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
-class Call:
-    """A request sent straight to one member: a P2P call to run there, or (``ordered``) a
-    call that member must multicast into its shard on the caller's behalf (relaying). Replies
-    go to ``caller``, whichever path the call took."""
+class AppMessage:
+    """The actor layer's own messages (calls, replies, state transfer, signed marks), opaque to
+    the engine: member to member, and between a client and its contact. The engine carries
+    them under the sender's proven identity; their encoding and checks are the actor layer's
+    (``derecho_actors._messages``)."""
 
-    call_id: int
-    caller: int
-    shard: Any  # ShardId
-    method: str
-    ordered: bool
-    args: bytes
-    origin: int = 0  # the caller's exactly-once session, for retried calls (0: none)
-    session_ns: int = 0  # when that session started (see derecho_actors._sessions)
-    floor: int = 0  # the caller's oldest call still waiting for an answer
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One replica's answer to a call. ``vid`` and ``replicas`` say which view delivered the
-    call and which members will each answer it, so the caller knows when it has them all."""
-
-    call_id: int
-    node: int
-    vid: int
-    replicas: tuple[int, ...]
-    ok: bool
-    value: bytes
-    origin: int = 0  # the external client the call came from, if any (see Call.origin)
-    version: int = -1  # the ordered call's version in a persistent shard (-1: none)
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyBatch:
-    """Many answers of one replica in one frame (one delivered batch's worth, for one caller
-    or one client): ``entries`` are ``(call_id, ok, value, origin, version)``, each as in
-    :class:`Reply`. In Python the cost is per object and per frame, not per byte."""
-
-    node: int
-    vid: int
-    replicas: tuple[int, ...]
-    entries: tuple[tuple[int, bool, bytes, int, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SignedMark:
-    """A replica of a signed shard: its log is on disk up to ``version``, whose record it
-    signed with its own key: ``signature`` covers the record chain digest up to there. A peer
-    checks it against its *own* chain digest with the sender's ``public_key`` (taken from the
-    sender's certificate under TLS; the field must then match it): a valid signature means
-    both logs are identical up to that version."""
-
-    shard: Any  # ShardId
-    version: int
-    signature: bytes
-    public_key: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class StateRequest:
-    """A replica new to ``shard`` in view ``vid`` asks the view's state source for the state.
-    ``have_version`` is the last version in its own log (-1: none) and ``digest`` the crc32 of
-    that record's body: the source sends only later records if its own record agrees."""
-
-    shard: Any  # ShardId
-    vid: int
-    have_version: int
-    digest: int
-
-
-@dataclass(frozen=True, slots=True)
-class StateChunk:
-    """One piece of a state transfer: ``part`` is "obj" (bytes of the object state, encoded
-    with the type's serializer), "log" (msgpack list of [version, timestamp_ns, body]
-    records) or "err" (the source cannot send the state; ``data`` says why, UTF-8); ``final`` ends it;
-    ``reset`` (first chunk only) tells the receiver its log disagrees and must be replaced."""
-
-    shard: Any
-    vid: int
-    seq: int
-    part: str
     data: bytes
-    final: bool
-    reset: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StateAck:
-    """The receiver has written chunk ``seq``: flow control for the sender's window."""
-
-    shard: Any
-    vid: int
-    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,4 +118,7 @@ class GroupRunning:
     vid: int
 
 
-ControlMessage = Welcome | Ping | Pong | Hello | StatusRequest | StatusReply | Goodbye | Call | Reply | ReplyBatch | SignedMark | StateRequest | StateChunk | StateAck | RestartHello | RestartDecision | GroupRunning
+ControlMessage = (
+    Welcome | Ping | Pong | Hello | StatusRequest | StatusReply | Goodbye | AppMessage | RestartHello | RestartDecision
+    | GroupRunning
+)

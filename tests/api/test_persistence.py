@@ -281,19 +281,20 @@ def test_bad_signatures_and_foreign_keys_are_never_verified(tmp_path: Path, capl
     from runtime.drivers.log_store import public_key_bytes
 
     with running_groups(3, [SignedBank], SIGNED, "signed-2", 400, tmp_path / "data") as made:
-        rogue = made[2]
-        sid = rogue.my_shards()[0]
-        rogue._signed = lambda *args: None  # type: ignore[method-assign]  # node 3's honest marks stop
+        rogue = made[2]._tracker
+        sid = made[2].my_shards()[0]
+        honest_signed = rogue.signed
+        rogue.signed = lambda *args: None  # type: ignore[method-assign]  # node 3's honest marks stop
         v = made[0].handle(SignedBank).deposit(5).persisted(timeout=20)
-        honest_key = rogue._public_key
+        honest_key = rogue.public_key
         # A signature that matches no log, under node 3's own key...
-        rogue._driver.in_loop(type(rogue)._signed, rogue, sid, v, bytes(64))
+        made[2]._node.call_soon(honest_signed, sid, v, bytes(64))
         time.sleep(0.3)
         # ...and a mark under a key that is not node 3's certificate's.
-        rogue._public_key = public_key_bytes(Ed25519PrivateKey.generate())
-        rogue._driver.in_loop(type(rogue)._signed, rogue, sid, v, bytes(64))
+        rogue.public_key = public_key_bytes(Ed25519PrivateKey.generate())
+        made[2]._node.call_soon(honest_signed, sid, v, bytes(64))
         time.sleep(0.5)
-        rogue._public_key = honest_key
+        rogue.public_key = honest_key
         assert made[0].persisted_frontier(SignedBank) >= v
         assert made[0].verified_frontier(SignedBank) < v and made[1].verified_frontier(SignedBank) < v
         messages = [r.getMessage() for r in caplog.records]

@@ -9,7 +9,6 @@ the plan itself, and the planner's timeline. The last tests are cases the simula
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest

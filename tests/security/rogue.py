@@ -19,8 +19,22 @@ from runtime.drivers.status import StatusError, fetch_status
 from runtime.drivers.tcp import split_address
 from runtime.security.certs import ensure_cluster_certs
 from runtime.security.tls import TlsCredentials, load_credentials
-from runtime.wire.codec import FrameDecoder, frame, frames
-from runtime.wire.control import Goodbye, Hello
+from derecho_actors import _messages
+from runtime.wire.codec import FrameDecoder
+from runtime.wire.codec import frame as _engine_frame
+from runtime.wire.control import AppMessage, Goodbye, Hello
+
+
+def frame(msg: Any) -> bytes:
+    """One frame of ``msg``: the actor layer's messages (calls, replies, state chunks) travel
+    inside an ``AppMessage``, as a node would send them; the engine's own frames as they are."""
+    if type(msg) in _messages._ENCODERS:
+        return _engine_frame(AppMessage(_messages.encode(msg)))
+    return _engine_frame(msg)
+
+
+def frames(msgs: Iterable[Any]) -> bytes:
+    return b"".join(frame(m) for m in msgs)
 
 __all__ = [
     "Conn", "Listener", "Blaster", "bare_context", "client_context", "node_context", "foreign_ca",
@@ -126,7 +140,13 @@ class Conn:
             if not data:
                 self.closed = True
                 break
-            self.received.extend(self.decoder.feed(data))
+            for item in self.decoder.feed(data):  # the actor layer's messages come unwrapped
+                if type(item) is AppMessage:
+                    try:
+                        item = _messages.decode(item.data)
+                    except Exception:
+                        pass
+                self.received.append(item)
         return self.received
 
     def wait_closed(self, timeout: float) -> bool:
@@ -262,7 +282,7 @@ def ordered_payload(method: str, args: tuple[Any, ...], caller: int = 0, call_id
                     serializer: str = "msgpack") -> bytes:
     """One multicast message carrying an ordered call, as a member's app layer makes it."""
     data = _codec.encode_args(args, {}, serializer)
-    return _codec.encode_ordered([(caller, call_id, method, data, 0, 0, 0)], 1 << 20)[0]
+    return _codec.encode_ordered([(caller, call_id, method, data, 0, 0, 0)], 1 << 20, time.time_ns())[0]
 
 
 # ------------------------------------------------------------------------------ watching

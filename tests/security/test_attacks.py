@@ -43,12 +43,13 @@ from derecho_actors._cluster import LocalCluster
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush
 from runtime.core.sst import RowDelta
-from runtime.drivers.tcp import client_origin
+from runtime.node_api import session_origin as client_origin
 from runtime.exitcodes import EXIT_FAILED, EXIT_STOPPED
 from runtime.security.certs import ensure_cluster_certs
-from runtime.wire.codec import frame
-from runtime.wire.control import Call, Hello, ReplyBatch, StateChunk
+from derecho_actors._messages import Call, ReplyBatch, StateChunk
+from runtime.wire.control import Hello
 from tests.security.rogue import (
+    frame,
     Blaster, Conn, Listener, bare_context, client_context, foreign_ca, framed, free_port, incarnation_of, log_of,
     marks,
     members, node_context, ordered_payload, pickle_bomb, ranks, wait_until, warnings_of,
@@ -700,7 +701,7 @@ def insecure_forgery(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
             as2.send(GroupPush(st["vid"], rk[2], suspicion_row(st, rk[2], {1})))
             as3.send(GroupPush(st["vid"], rk[3], suspicion_row(st, rk[3], {2})))
             as1.send(GroupPush(st["vid"], rk[1], suspicion_row(st, rk[1], {3})))
-            wait_until(lambda: all(c.procs[n].poll() is not None for n in (1, 2, 3)), 10, "the group to stop")
+            wait_until(lambda: all(c.procs[n].poll() is not None for n in (1, 2, 3)), 40, "the group to stop")
         out["exit"] = {n: c.procs[n].returncode for n in (1, 2, 3)}
         out["stops"] = {n: first_line(wd, n, "stops:") for n in (1, 2, 3)}
     return out
@@ -732,7 +733,7 @@ def insecure_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
         with Conn(c.address(3)) as as1:
             as1.hello_member(1, "open", inc1)
             as1.send(GroupPush(st["vid"], rk[1], proposal_row(st, c, 3, rk[1])))
-            wait_until(lambda: all(c.procs[n].poll() is not None for n in (1, 2, 3)), 10, "the group to stop")
+            wait_until(lambda: all(c.procs[n].poll() is not None for n in (1, 2, 3)), 40, "the group to stop")
         return {n: view_lines(wd, n) for n in (1, 2, 3)} | {"exit": {n: c.procs[n].returncode for n in (1, 2, 3)},
                                                            "stops": {n: first_line(wd, n, "stops:") for n in (1, 2, 3)}}
 

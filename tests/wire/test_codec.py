@@ -27,8 +27,8 @@ from runtime.core.sst import RowDelta
 from runtime.wire import codec
 from runtime.wire.codec import FrameDecoder, WireMessage, decode, encode, frame, frames
 from runtime.wire.control import (
-    Call, Goodbye, GroupRunning, Hello, Reply, ReplyBatch, RestartDecision, RestartHello, StateAck, StateChunk,
-    StateRequest, StatusReply, StatusRequest,
+    AppMessage, Goodbye, GroupRunning, Hello, Ping, Pong, RestartDecision, RestartHello, StatusReply, StatusRequest,
+    Welcome,
 )
 from runtime.core.layout import ShardId as _Sid
 
@@ -88,15 +88,14 @@ ROUND_TRIPS: dict[str, WireMessage] = {
     "status reply, nested": StatusReply({"view": {"vid": 2, "members": [1, 2]}, 7: [1.5, "s", b"b", False]}),
     "goodbye": Goodbye("wrong cluster name 'x', expected 'y'"),
     "goodbye, empty reason": Goodbye(""),
-    "call": Call(7, 2, _Sid("KV", 0, 1), "put", True, b"args", 99),
-    "reply with version": Reply(7, 2, 3, (1, 2, 3), True, b"v", 99, 2**41 + 5),
-    "reply batch": ReplyBatch(2, 3, (1, 2, 3), ((7, True, b"v", 0, -1), (8, False, b"err", 99, 12))),
-    "reply batch, empty": ReplyBatch(2, 3, (), ()),
-    "state request": StateRequest(_Sid("KV", 0, 1), 4, -1, 0),
-    "state chunk": StateChunk(_Sid("KV", 0, 1), 4, 9, "log", b"x" * 100, True, False),
-    "state ack": StateAck(_Sid("KV", 0, 1), 4, 9),
-    "restart hello": RestartHello(3, "127.0.0.1:7003", {"vid": 5, "members": [1, 2, 3]}, ((_Sid("KV", 0, 0), 12),)),
-    "restart decision": RestartDecision(1, {"vid": 6}),
+    "app message": AppMessage(b"\x93\x01\x02\x03"),
+    "app message, empty": AppMessage(b""),
+    "welcome": Welcome(1 << 20, (1 << 20) + 65536, 300_000),
+    "ping": Ping(7),
+    "pong": Pong(7),
+    "restart hello": RestartHello(3, "127.0.0.1:7003", {"vid": 5, "members": [1, 2, 3]}, ((_Sid("KV", 0, 0), 12),),
+                                  4, ((_Sid("KV", 0, 0), 11),), (_Sid("KV", 0, 1),)),
+    "restart decision": RestartDecision(1, {"vid": 6}, ((_Sid("KV", 0, 0), 3, 9),)),
     "group running": GroupRunning("127.0.0.1:7001", 8),
 }
 
@@ -232,6 +231,8 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "join reply reason": (p([codec.TAG_JOIN_REPLY, None, None]), "JoinReply.reason must be a str"),
     "status not a map": (p([codec.TAG_STATUS_REPLY, "ok"]), "StatusReply.status must be a map"),
     "goodbye reason": (p([codec.TAG_GOODBYE, None]), "Goodbye.reason must be a str"),
+    "app data not bytes": (p([codec.TAG_APP, "text"]), "AppMessage.data must be bytes"),
+    "retired call tag": (p([20, 1, 2]), "unknown frame type tag 20"),
 }
 
 

@@ -1,0 +1,53 @@
+"""``Layout`` (which replicated types a group runs, in how many shards) and ``Handle`` (the
+object whose attribute calls become ordered multicasts or P2P requests of one shard)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Protocol
+
+from derecho_actors._decorators import TypeSpec, method_caller, spec_of
+from derecho_actors._results import QueryResults
+from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy
+from runtime.errors import ConfigError, NotRegistered
+
+__all__ = ["Handle", "Layout"]
+
+
+class Layout:
+    """Which replicated types the group runs and how each is split into shards."""
+
+    def __init__(self, policies: Mapping[type, ShardPolicy]) -> None:
+        specs = {}
+        for cls, policy in policies.items():
+            spec = spec_of(cls)
+            if spec is None:
+                raise NotRegistered(f"{getattr(cls, '__name__', cls)!r} is not a @replicated class")
+            if not isinstance(policy, ShardPolicy):
+                raise ConfigError(f"the layout of {spec.name} must be a ShardPolicy, got {policy!r}")
+            specs[spec.name] = policy
+        self.policy = LayoutPolicy.of(specs)
+        self.types = [cls for cls in policies]
+
+
+class Caller(Protocol):
+    """What a handle calls through (the group's router)."""
+
+    def call(self, spec: TypeSpec, shard: ShardId, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+             node: int | None) -> QueryResults: ...
+
+
+class Handle:
+    """Calls the methods of one shard's replicas: ``handle.put(k, v)`` returns QueryResults.
+    P2P methods take an optional ``node=`` keyword choosing the replica."""
+
+    def __init__(self, caller: Caller, spec: TypeSpec, shard: ShardId) -> None:
+        self._caller = caller
+        self._spec = spec
+        self.shard = shard
+
+    def __getattr__(self, method: str) -> Callable[..., QueryResults]:
+        spec, caller, shard = self._spec, self._caller, self.shard
+        return method_caller(spec, method, lambda m, kind, a, kw, node: caller.call(spec, shard, m, a, kw, node))
+
+    def __repr__(self) -> str:
+        return f"<Handle {self.shard}>"
