@@ -65,7 +65,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
 
 def run_node(args: argparse.Namespace) -> int:
     from runtime.config import load_config
-    from runtime.drivers.load import LoadApp
+    from derecho_actors._load_app import LoadApp
     from runtime.drivers.node import NodeDriver
 
     config = load_config(args.config, _overrides(args), os.environ)
@@ -146,7 +146,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_multicast_demo(args: argparse.Namespace) -> int:
-    from runtime.drivers.demo import demo
+    from derecho_actors._multicast_demo import demo
 
     return demo(nodes=args.nodes, messages=args.messages, base_port=args.port, workdir=args.workdir)
 

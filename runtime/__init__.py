@@ -1,1 +1,1 @@
-"""The derecho-actors engine. Users import ``derecho_actors``, never this package."""
+"""The derecho-actors engine. Users import the user-facing package, never this one."""

@@ -1,7 +1,7 @@
 """Typed errors a user of derecho-actors can hit.
 
 Every error says what went wrong and what to do about it. They live in the engine, which
-raises most of them and imports nothing from the user-facing package; ``derecho_actors``
+raises most of them and imports nothing from the user-facing package, which
 re-exports every one.
 """
 

@@ -93,7 +93,7 @@ def node_security(config: NodeConfig) -> tuple[TransportSecurity, LoadedCredenti
 def loop_factory(tls: bool = False) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop if ``DERECHO_UVLOOP=1`` and it is installed; ``None``: asyncio's.
 
-    Opt-in: measured on loopback (``python -m runtime.drivers.perf``), uvloop neither raised
+    Opt-in: measured on loopback (``python -m bench.multicast``), uvloop neither raised
     throughput nor lowered CPU per message (the loop's own overhead is small next to a
     batch's), and its millisecond timers make sub-millisecond pacing spin. Not with TLS: the
     transport upgrades accepted connections with ``start_tls`` after counting them (the limit

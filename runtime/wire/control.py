@@ -78,8 +78,7 @@ class Pong:
 class AppMessage:
     """The actor layer's own messages (calls, replies, state transfer, signed marks), opaque to
     the engine: member to member, and between a client and its contact. The engine carries
-    them under the sender's proven identity; their encoding and checks are the actor layer's
-    (``derecho_actors._messages``)."""
+    them under the sender's proven identity; their encoding and checks are the actor layer's."""
 
     data: bytes
 

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from runtime.drivers.demo import LocalCluster
+from derecho_actors._multicast_demo import MulticastCluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,8 +45,8 @@ def _free_base(n: int) -> int:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path, _free_base(12), cluster="test", extra=FAST)
+def cluster(tmp_path: Path) -> Iterator[MulticastCluster]:
+    c = MulticastCluster(tmp_path, _free_base(12), cluster="test", extra=FAST)
     try:
         yield c
     finally:
@@ -60,7 +60,7 @@ def per_view(lines: list[str]) -> dict[int, list[str]]:
     return out
 
 
-def start_group(c: LocalCluster, ids: list[int], send: int, wait_members: int | None = None) -> None:
+def start_group(c: MulticastCluster, ids: list[int], send: int, wait_members: int | None = None) -> None:
     c.start(ids[0], send=send, wait_members=wait_members or len(ids))
     c.wait_for(lambda: "vid" in c.status(ids[0]), 15, "the founder")
     for n in ids[1:]:
@@ -70,12 +70,12 @@ def start_group(c: LocalCluster, ids: list[int], send: int, wait_members: int | 
         c.wait_view(set(ids), timeout=30, via=n)
 
 
-def installed_views(c: LocalCluster, node: int) -> set[int]:
+def installed_views(c: MulticastCluster, node: int) -> set[int]:
     text = (c.workdir / f"node-{node}.log").read_text()
     return {int(m) for m in re.findall(r"view (\d+) installed", text)}
 
 
-def assert_virtually_synchronous(c: LocalCluster, nodes: list[int]) -> None:
+def assert_virtually_synchronous(c: MulticastCluster, nodes: list[int]) -> None:
     """Per view: the nodes that went on to the next view delivered exactly the same messages
     in it; every other node (killed, or still in it when stopped) delivered a prefix of that."""
     logs = {n: per_view(c.deliveries(n)) for n in nodes}
@@ -91,7 +91,7 @@ def assert_virtually_synchronous(c: LocalCluster, nodes: list[int]) -> None:
 
 
 @pytest.mark.parametrize("nodes, per_node", [(3, 5000), (5, 2000)])
-def test_all_nodes_deliver_the_same_sequence(cluster: LocalCluster, nodes: int, per_node: int) -> None:
+def test_all_nodes_deliver_the_same_sequence(cluster: MulticastCluster, nodes: int, per_node: int) -> None:
     ids = list(range(1, nodes + 1))
     start_group(cluster, ids, per_node)
     total = nodes * per_node
@@ -107,7 +107,7 @@ def test_all_nodes_deliver_the_same_sequence(cluster: LocalCluster, nodes: int, 
 
 
 @pytest.mark.parametrize("victim", ["member", "leader"])
-def test_kill_9_under_load(cluster: LocalCluster, victim: str) -> None:
+def test_kill_9_under_load(cluster: MulticastCluster, victim: str) -> None:
     ids = [1, 2, 3, 4]
     start_group(cluster, ids, 20000)
     cluster.wait_for(lambda: len(cluster.deliveries(1)) > 5000, 60, "load to flow", 0.05)
@@ -130,7 +130,7 @@ def test_kill_9_under_load(cluster: LocalCluster, victim: str) -> None:
     assert all(view["vid"] in installed_views(cluster, n) for n in survivors)
 
 
-def test_node_joins_mid_stream(cluster: LocalCluster) -> None:
+def test_node_joins_mid_stream(cluster: MulticastCluster) -> None:
     ids = [1, 2, 3]
     start_group(cluster, ids, 300000)
     cluster.wait_for(lambda: cluster.delivered_count(1) > 5000, 60, "load to flow", 0.05)
@@ -149,7 +149,7 @@ def test_node_joins_mid_stream(cluster: LocalCluster) -> None:
     assert len(logs[4][view["vid"]]) > 1000
 
 
-def test_graceful_leave_on_sigterm(cluster: LocalCluster) -> None:
+def test_graceful_leave_on_sigterm(cluster: MulticastCluster) -> None:
     ids = [1, 2, 3]
     start_group(cluster, ids, 0)
     cluster.kill(2, signal.SIGTERM)
@@ -159,7 +159,7 @@ def test_graceful_leave_on_sigterm(cluster: LocalCluster) -> None:
     assert "left the group" in log
 
 
-def test_status_shows_the_group(cluster: LocalCluster) -> None:
+def test_status_shows_the_group(cluster: MulticastCluster) -> None:
     import subprocess
     import sys
 

@@ -19,7 +19,7 @@ from runtime.security.tls import TlsCredentials, load_credentials
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinRequest, ShardPush
 from runtime.core.sst import RowDelta
-from runtime.drivers.demo import LocalCluster
+from derecho_actors._multicast_demo import MulticastCluster
 from runtime.wire.codec import encode, frame
 from runtime.wire.control import Hello
 from tests.drivers.test_cluster import FAST, _free_base, start_group
@@ -78,7 +78,7 @@ def _garbage(rng: random.Random) -> list[list[bytes]]:
 
 
 def test_random_and_truncated_frames_do_not_disturb_the_group(tmp_path: Path) -> None:
-    with LocalCluster(tmp_path, _free_base(6), cluster="test", extra=FAST) as c:
+    with MulticastCluster(tmp_path, _free_base(6), cluster="test", extra=FAST) as c:
         ids = [1, 2, 3]
         start_group(c, ids, 6000)
         rng = random.Random(1234)

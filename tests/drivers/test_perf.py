@@ -1,4 +1,4 @@
-"""The multicast measurement (``python -m runtime.drivers.perf``) and the load app's fast
+"""The multicast measurement (``python -m bench.multicast``) and the load app's fast
 paths: rates and percentiles, the in-process core run, one real run on loopback, and the
 delivery log format."""
 
@@ -12,8 +12,8 @@ import pytest
 
 from runtime.core.effects import Delivery
 from runtime.core.layout import ShardId
-from runtime.drivers.load import LoadApp, payload, payloads
-from runtime.drivers.perf import main, percentile, steady_rate
+from derecho_actors._load_app import LoadApp, payload, payloads
+from bench.multicast import main, percentile, steady_rate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def test_in_process_core_run(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.timeout(120)
 def test_three_processes_on_loopback() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "runtime.drivers.perf", "--messages", "3000", "--latency"],
+        [sys.executable, "-m", "bench.multicast", "--messages", "3000", "--latency"],
         cwd=ROOT, capture_output=True, text=True, timeout=110,
     )
     assert out.returncode == 0, out.stderr[-2000:]

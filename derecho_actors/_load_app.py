@@ -1,9 +1,10 @@
 """A built-in application for nodes run from the command line: a load generator that
 multicasts numbered messages, and a delivery log.
 
-Until the actor API sits on top of the node, this is what ``derecho-actors node --send N``
-runs, and what the multi-process tests and the demo use to check that every node delivers
-the same sequence: each delivered message becomes one line of the delivery log.
+It is what ``derecho-actors node --send N`` runs: the protocol alone, without replicated
+types. The multicast demo, the node driver's multi-process tests and ``bench.multicast`` use
+it to check that every node delivers the same sequence: each delivered message becomes one
+line of the delivery log.
 """
 
 from __future__ import annotations

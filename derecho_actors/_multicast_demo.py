@@ -1,4 +1,5 @@
-"""``derecho-actors demo``: a local cluster of real node processes on loopback.
+"""``derecho-actors multicast-demo``: the protocol alone (no actors), on a local cluster of
+real node processes on loopback.
 
 It starts the nodes (the first founds the group, the others join through it), waits for the
 view, has every node multicast numbered messages, checks that every node delivered the same
@@ -29,8 +30,10 @@ class DemoError(DerechoError):
     """The demo cluster did not behave; the node logs in the work folder say why."""
 
 
-class LocalCluster:
-    """Node processes on 127.0.0.1, each with its own config, log and delivery log."""
+class MulticastCluster:
+    """Raw protocol nodes (``derecho-actors node``, running ``_load_app``) on 127.0.0.1, each
+    with its own config, log and delivery log: the multicast demo and the tests of the node
+    driver use it. (A cluster hosting replicated types is ``derecho_actors.LocalCluster``.)"""
 
     def __init__(self, workdir: Path, base_port: int, cluster: str = "demo", extra: list[str] | None = None) -> None:
         self.workdir = workdir
@@ -146,7 +149,7 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 pass
 
-    def __enter__(self) -> LocalCluster:
+    def __enter__(self) -> MulticastCluster:
         # SIGTERM (from timeout, CI, a test) must still reap the node processes.
         self._old_term = signal.signal(signal.SIGTERM, _raise_exit) if _main_thread() else None
         return self
@@ -178,7 +181,7 @@ def demo(nodes: int = 3, messages: int = 20000, base_port: int = 7100, workdir: 
     say(f"derecho-actors demo: {nodes} node processes on 127.0.0.1:{base_port + 1}..{base_port + nodes}; logs in {folder}")
     # The layout needs every node in the one shard, so nobody sends until all have joined.
     layout = ["--set", f"layout.default.min_nodes={nodes}"]
-    with LocalCluster(folder, base_port, extra=layout) as cluster:
+    with MulticastCluster(folder, base_port, extra=layout) as cluster:
         cluster.start(first, send=messages)
         cluster.wait_for(lambda: "vid" in cluster.status(first), 10, "the first node")
         started = time.monotonic()

@@ -1,6 +1,6 @@
 """A repeatable measurement of ordered multicast between real node processes on loopback.
 
-``python -m runtime.drivers.perf`` starts a shard of ``--nodes`` processes (the first founds
+``python -m bench.multicast`` starts a shard of ``--nodes`` processes (the first founds
 the group, the others join through it; the layout needs all of them, so nobody sends before
 the whole shard is there), every one of them (or the first ``--senders``) multicasting
 ``--messages`` payloads of ``--size`` bytes, either as fast as the window allows or at
@@ -23,10 +23,10 @@ functions (thread CPU time, a few wrapped calls per batch, and the garbage colle
 delivery (``DIR/node-<id>.prof``; ``--profile-top N`` prints node 1's top entries);
 ``--spy DIR`` samples node 1 with py-spy if it is installed.
 
-``python -m runtime.drivers.perf core`` measures the protocol alone: the cores of a shard
+``python -m bench.multicast core`` measures the protocol alone: the cores of a shard
 in one process, every frame through the wire codec, no sockets or event loop.
 
-Each node is ``python -m runtime.drivers.perf node ...`` (the real node driver with the
+Each node is ``python -m bench.multicast node ...`` (the real node driver with the
 measuring application); it writes its results when done and keeps serving the group until
 the parent stops it.
 """
@@ -94,7 +94,7 @@ class PerfApp:
         self.breakdown: Breakdown | None = None
         self.inner: Any = None  # --app load: the built-in LoadApp sends and logs; this one measures
         if args.app == "load":
-            from runtime.drivers.load import LoadApp
+            from derecho_actors._load_app import LoadApp
 
             self.inner = LoadApp(self.node_id, self.count, self.size, self.out.with_suffix(".log"),
                                  wait_members=self.wait_members)
@@ -385,7 +385,7 @@ def run_once(a: argparse.Namespace, run: int) -> list[Member]:
                 "node.data_dir": str(workdir / f"data-{i}")}
         if i != 1:
             sets["node.contacts"] = addr[1]
-        cmd = [sys.executable, "-m", "runtime.drivers.perf", "node", "--id", str(i), "--nodes", str(n),
+        cmd = [sys.executable, "-m", "bench.multicast", "node", "--id", str(i), "--nodes", str(n),
                "--send", str(a.messages if i <= senders else 0), "--size", str(a.size), "--rate", str(a.rate),
                "--batch", str(a.batch), "--expect", str(expect),
                "--out", str(workdir / f"result-{i}.msgpack")]
@@ -626,7 +626,7 @@ def spy_summary(path: Path, top: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "core":
-        p = argparse.ArgumentParser(prog="runtime.drivers.perf core", description=core_main.__doc__)
+        p = argparse.ArgumentParser(prog="bench.multicast core", description=core_main.__doc__)
         p.add_argument("--nodes", type=int, default=3)
         p.add_argument("--senders", type=int, default=0)
         p.add_argument("--messages", type=int, default=100_000)
@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--profile-top", type=int, default=25)
         return core_main(p.parse_args(argv[1:]))
     if argv and argv[0] == "node":
-        p = argparse.ArgumentParser(prog="runtime.drivers.perf node")
+        p = argparse.ArgumentParser(prog="bench.multicast node")
         p.add_argument("--id", type=int, required=True)
         p.add_argument("--nodes", type=int, required=True)
         p.add_argument("--send", type=int, default=0)
@@ -655,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--app", default="perf")
         p.add_argument("--set", action="append", default=[])
         return node_main(p.parse_args(argv[1:]))
-    p = argparse.ArgumentParser(prog="python -m runtime.drivers.perf", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.multicast", description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--senders", type=int, default=0, help="how many members send (default: all)")
     p.add_argument("--messages", type=int, default=200_000, help="messages per sender")
