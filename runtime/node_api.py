@@ -52,6 +52,9 @@ class AppHooks:
     on_app: Callable[[int, bytes], None] | None = None  # an application message from a member (proven id)
     on_client_app: Callable[[Any, bytes], None] | None = None  # an application message from a client connection
     on_persisted: Callable[[ShardId, int], None] | None = None  # shard's persistence frontier moved
+    # ``(shard, vid, n)``: every member of the shard has delivered the view-``vid`` messages of
+    # global index below ``n`` (trails deliveries by at most a lazy push, ~20 ms).
+    on_stable: Callable[[ShardId, int, int], None] | None = None
     # This node is about to accept view change ``vid`` (its ack is in the frames about to be
     # sent): make it durable now, before they leave. Raising OSError stops the node unsent.
     on_accepted: Callable[[int], None] | None = None

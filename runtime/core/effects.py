@@ -65,7 +65,7 @@ class Ready:
     view precedes that view's successor in ``views``); retry sends on the shards in
     ``window_open``; take back ``orphaned`` payloads (trimmed messages of a shard this node no
     longer belongs to); report ``persisted`` frontiers (shard, version on disk at every
-    member); log ``rejected``; stop if ``excluded``; and feed a ``Tick`` no later
+    member) and ``delivered_everywhere`` frontiers; log ``rejected``; stop if ``excluded``; and feed a ``Tick`` no later
     than ``wakeup_at`` (``None``: no timer needed).
 
     ``accepted`` comes first, before anything else of the same Ready (as etcd-raft's
@@ -86,6 +86,9 @@ class Ready:
     orphaned: list[tuple[ShardKey, list[bytes]]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     persisted: list[tuple[ShardKey, int]] = field(default_factory=list)
+    # (shard, view id, n): every member of the shard has delivered the view's global indices
+    # below n (trails ``deliveries`` by at most a lazy push).
+    delivered_everywhere: list[tuple[ShardKey, int, int]] = field(default_factory=list)
     excluded: str | None = None
     wakeup_at: float | None = None
     accepted: int | None = None  # durable before ``outgoing`` is sent (see above)

@@ -387,6 +387,9 @@ class NodeCore:
         frontier = smc.take_persisted()
         if frontier is not None:
             self._ready.persisted.append((smc.shard, frontier - 1))
+        everywhere = smc.take_delivered_everywhere()
+        if everywhere is not None:
+            self._ready.delivered_everywhere.append((smc.shard, smc.vid, everywhere))
         if opened:
             self._ready.window_open.append(smc.shard)
 

@@ -207,6 +207,12 @@ class ShardMulticast:
         if persisted > 0:
             self.sst.set("persisted", persisted)
         self.sst.register("persistence", self._persisted_beyond_reported, self._report_persisted)
+        # Delivered everywhere: every member has delivered every global index below it (for
+        # reads that must not show what some replica has not applied yet). ``delivered_num``
+        # is lazy, so this trails the deliveries by at most a lazy push (LAZY_PUSH_DELAY).
+        self._stable_reported = 0
+        self._stable_moved = False
+        self.sst.register("delivered everywhere", self._stable_beyond_reported, self._report_stable)
 
     # ------------------------------------------------------------------ sending
     @property
@@ -389,6 +395,21 @@ class ShardMulticast:
     def _report_persisted(self, sst: SST) -> None:
         self._persisted_reported = sst.column_min("persisted")
         self._persisted_frontiers.append(self._persisted_reported)
+
+    def _stable_beyond_reported(self, sst: SST) -> bool:
+        return sst.column_min("delivered_num") > self._stable_reported
+
+    def _report_stable(self, sst: SST) -> None:
+        self._stable_reported = sst.column_min("delivered_num")
+        self._stable_moved = True
+
+    def take_delivered_everywhere(self) -> int | None:
+        """How many global indices every member has delivered, if that moved since the last
+        call."""
+        if not self._stable_moved:
+            return None
+        self._stable_moved = False
+        return self._stable_reported
 
     @property
     def persisted_frontier(self) -> int:

@@ -615,6 +615,9 @@ class NodeDriver:
         if self.hooks.on_persisted is not None:
             for sid, version in ready.persisted:
                 self.hooks.on_persisted(sid, version)  # type: ignore[arg-type]
+        if self.hooks.on_stable is not None:
+            for sid, vid, index in ready.delivered_everywhere:
+                self.hooks.on_stable(sid, vid, index)  # type: ignore[arg-type]
         for r in ready.rejected:
             if r.forged:
                 self._cut_off(r.sender, r.reason)

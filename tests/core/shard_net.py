@@ -51,6 +51,7 @@ class ShardNet:
         self.batches: dict[int, list[int]] = {m: [] for m in self.members}
         self.wakeups: dict[int, float | None] = {m: None for m in self.members}
         self.persisted: dict[int, list[int]] = {m: [] for m in self.members}
+        self.everywhere: dict[int, list[int]] = {m: [] for m in self.members}
         for m in self.members:
             self.flush(m)
             self.window_opened[m] = 0
@@ -70,6 +71,7 @@ class ShardNet:
             self.batches[node].append(len(d.messages))
         self.window_opened[node] += len(ready.window_open)
         self.persisted[node].extend(v for _, v in ready.persisted)
+        self.everywhere[node].extend(n for _, _, n in ready.delivered_everywhere)
         self.rejected.extend(ready.rejected)
         self.wakeups[node] = ready.wakeup_at
 

@@ -50,3 +50,23 @@ def test_versions_round_trip_and_order_by_view_first(vid: int, index: int) -> No
 def test_bad_versions_refused(vid: int, index: int) -> None:
     with pytest.raises(ValueError):
         make_version(vid, index)
+
+
+def test_delivered_everywhere_follows_the_slowest_member_and_never_leads_it() -> None:
+    """The frontier reads depend on: every member has delivered below it; it only moves up,
+    never beyond what the slowest member delivered, and reaches the end once the lazy column
+    has been pushed."""
+    net = ShardNet((1, 2, 3))
+    for i in range(30):
+        net.send(1 + i % 3, b"m%d" % i)
+    for _ in range(40):  # deliver a little at a time and check the bound at every step
+        for src, dst in net.in_flight():
+            net.deliver_one(src, dst)
+            slowest = min(len(net.delivered[m]) for m in net.members)
+            for m in net.members:
+                assert all(n <= slowest for n in net.everywhere[m])
+    net.settle()
+    for m in net.members:
+        seen = net.everywhere[m]
+        assert seen == sorted(seen) and len(set(seen)) == len(seen)
+        assert seen[-1] == len(net.delivered[m]) == 30
