@@ -142,13 +142,30 @@ def ceilings(ctx: Context) -> list[Row]:
     try:
         doc = _pair(workdir, "tcp", "tcp-recv", [str(ctx.pick(1.5, 4.0))])
         bps = steady_rate(doc["times"], doc["counts"], doc["counts"][-1])
-        rows.append({"kind": "tcp", "case": "TCP stream, 1 connection, 1 MB writes", "value": bps / 1e9,
-                     "unit": "GB/s", "shown": f"{bps / 1e9:.2f}", "MB_per_s": bps / 1e6})
+        rows.append(
+            {
+                "kind": "tcp",
+                "case": "TCP stream, 1 connection, 1 MB writes",
+                "value": bps / 1e9,
+                "unit": "GB/s",
+                "shown": f"{bps / 1e9:.2f}",
+                "MB_per_s": bps / 1e6,
+            }
+        )
         ctx.say(f"  TCP stream: {bps / 1e9:.2f} GB/s")
         doc = _pair(workdir, "msgpack", "msgpack-recv", [str(ctx.pick(6000, 15000))])
         rate = steady_rate(doc["times"], doc["counts"], doc["counts"][-1])
-        rows.append({"kind": "msgpack", "case": f"msgpack batches of {BATCH} x {MSG_SIZE} B, unpack + call per message",
-                     "value": rate, "unit": "msgs/s", "shown": f"{rate:,.0f}", "msgs_per_s": rate, "MB_per_s": rate * MSG_SIZE / 1e6})
+        rows.append(
+            {
+                "kind": "msgpack",
+                "case": f"msgpack batches of {BATCH} x {MSG_SIZE} B, unpack + call per message",
+                "value": rate,
+                "unit": "msgs/s",
+                "shown": f"{rate:,.0f}",
+                "msgs_per_s": rate,
+                "MB_per_s": rate * MSG_SIZE / 1e6,
+            }
+        )
         ctx.say(f"  msgpack one hop: {rate:,.0f} msgs/s")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -169,7 +186,6 @@ def main(argv: list[str]) -> int:
         print(f"unknown role {role!r}", file=sys.stderr)
         return 2
     return 0
-
 
 
 if __name__ == "__main__":

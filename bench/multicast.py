@@ -96,8 +96,9 @@ class PerfApp:
         if args.app == "load":
             from derecho_actors._load_app import LoadApp
 
-            self.inner = LoadApp(self.node_id, self.count, self.size, self.out.with_suffix(".log"),
-                                 wait_members=self.wait_members)
+            self.inner = LoadApp(
+                self.node_id, self.count, self.size, self.out.with_suffix(".log"), wait_members=self.wait_members
+            )
             self.count = 0
 
     def hooks(self) -> Any:
@@ -198,9 +199,17 @@ class PerfApp:
             self.breakdown.active = False
             self.out.with_suffix(".breakdown").write_bytes(msgpack.packb(self.breakdown.report(cpu)))
         doc = {
-            "node": self.node_id, "sent": self.sent, "delivered": self.delivered, "t_go": self.t_go,
-            "t_done": t_done, "cpu": cpu, "sys": sys_cpu, "sched_run": run, "sched_wait": wait,
-            "timeline_t": self.timeline_t.tobytes(), "timeline_n": self.timeline_n.tobytes(),
+            "node": self.node_id,
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "t_go": self.t_go,
+            "t_done": t_done,
+            "cpu": cpu,
+            "sys": sys_cpu,
+            "sched_run": run,
+            "sched_wait": wait,
+            "timeline_t": self.timeline_t.tobytes(),
+            "timeline_n": self.timeline_n.tobytes(),
             "lat": self.lat.tobytes(),
         }
         tmp = self.out.with_suffix(".tmp")
@@ -294,8 +303,11 @@ def node_main(args: argparse.Namespace) -> int:
 
     overrides = dict(parse_override(text) for text in args.set)
     config = load_config(None, overrides, environ={})
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format=f"%(asctime)s node{config.node.id} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format=f"%(asctime)s node{config.node.id} %(levelname)s %(name)s: %(message)s",
+    )
     app = PerfApp(args)
     if args.breakdown:
         app.breakdown = Breakdown()
@@ -381,14 +393,37 @@ def run_once(a: argparse.Namespace, run: int) -> list[Member]:
         env["DERECHO_UVLOOP"] = "1"
 
     def start(i: int) -> None:
-        sets = {**settings, "node.id": str(i), "node.listen": addr[i], "node.cluster": cluster,
-                "node.data_dir": str(workdir / f"data-{i}")}
+        sets = {
+            **settings,
+            "node.id": str(i),
+            "node.listen": addr[i],
+            "node.cluster": cluster,
+            "node.data_dir": str(workdir / f"data-{i}"),
+        }
         if i != 1:
             sets["node.contacts"] = addr[1]
-        cmd = [sys.executable, "-m", "bench.multicast", "node", "--id", str(i), "--nodes", str(n),
-               "--send", str(a.messages if i <= senders else 0), "--size", str(a.size), "--rate", str(a.rate),
-               "--batch", str(a.batch), "--expect", str(expect),
-               "--out", str(workdir / f"result-{i}.msgpack")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.multicast",
+            "node",
+            "--id",
+            str(i),
+            "--nodes",
+            str(n),
+            "--send",
+            str(a.messages if i <= senders else 0),
+            "--size",
+            str(a.size),
+            "--rate",
+            str(a.rate),
+            "--batch",
+            str(a.batch),
+            "--expect",
+            str(expect),
+            "--out",
+            str(workdir / f"result-{i}.msgpack"),
+        ]
         cmd += [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
         cmd += ["--app", a.app]
         if a.latency:
@@ -401,9 +436,7 @@ def run_once(a: argparse.Namespace, run: int) -> list[Member]:
             Path(a.profile).mkdir(parents=True, exist_ok=True)
             cmd += ["--profile", str(Path(a.profile) / f"node-{i}.prof")]
         log = open(workdir / f"node-{i}.log", "ab")
-        procs[i] = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
 
     try:
@@ -415,9 +448,21 @@ def run_once(a: argparse.Namespace, run: int) -> list[Member]:
         if a.spy:
             Path(a.spy).mkdir(parents=True, exist_ok=True)
             spy = subprocess.Popen(
-                ["py-spy", "record", "--pid", str(procs[1].pid), "--format", "raw", "--rate", "250",
-                 "--output", str(Path(a.spy) / "node-1.txt"), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(procs[1].pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "250",
+                    "--output",
+                    str(Path(a.spy) / "node-1.txt"),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
         for i in range(2, n + 1):
             start(i)
@@ -439,12 +484,13 @@ def run_once(a: argparse.Namespace, run: int) -> list[Member]:
             bd = f.with_suffix(".breakdown")
             if bd.exists():
                 rep = msgpack.unpackb(bd.read_bytes())
-                print(f"  node {i}: {rep['cpu']:.2f} CPU s for {expect} deliveries; "
-                      "inclusive thread CPU per function:")
+                print(f"  node {i}: {rep['cpu']:.2f} CPU s for {expect} deliveries; inclusive thread CPU per function:")
                 for label, t in rep["spent"].items():
                     c = rep["calls"][label]
-                    print(f"    {label:<34} {t:6.3f} s {100 * t / rep['cpu']:5.1f}%  {c:>7} calls"
-                          f"  {1e9 * t / expect:6.0f} ns/delivery")
+                    print(
+                        f"    {label:<34} {t:6.3f} s {100 * t / rep['cpu']:5.1f}%  {c:>7} calls"
+                        f"  {1e9 * t / expect:6.0f} ns/delivery"
+                    )
             waiting = doc["sched_wait"] / span
             idle = max(0.0, 1 - (doc["sched_run"] + doc["sched_wait"]) / span)
             cpu_s = max(1e-9, doc["cpu"])
@@ -492,20 +538,29 @@ def parent_main(a: argparse.Namespace) -> int:
         members = run_once(a, run)
         rates = [m.rate for m in members]
         lat = [x for m in members for x in m.lat_ms]
-        line = (f"run {run + 1}: min {min(rates):>10,.0f} msgs/s  per member "
-                + " ".join(f"{r:,.0f}" for r in rates)
-                + "  cpu " + " ".join(f"{m.cpu:.2f}" for m in members)
-                + "  per cpu-s " + " ".join(f"{m.per_cpu / 1000:,.0f}k" for m in members)
-                + "  sys " + " ".join(f"{m.sys_share:.0%}" for m in members)
-                + "  no-cpu " + " ".join(f"{m.waiting:.0%}" for m in members)
-                + "  idle " + " ".join(f"{m.idle:.0%}" for m in members))
+        line = (
+            f"run {run + 1}: min {min(rates):>10,.0f} msgs/s  per member "
+            + " ".join(f"{r:,.0f}" for r in rates)
+            + "  cpu "
+            + " ".join(f"{m.cpu:.2f}" for m in members)
+            + "  per cpu-s "
+            + " ".join(f"{m.per_cpu / 1000:,.0f}k" for m in members)
+            + "  sys "
+            + " ".join(f"{m.sys_share:.0%}" for m in members)
+            + "  no-cpu "
+            + " ".join(f"{m.waiting:.0%}" for m in members)
+            + "  idle "
+            + " ".join(f"{m.idle:.0%}" for m in members)
+        )
         if lat:
             line += f"  p50 {percentile(lat, 50):.2f} ms  p99 {percentile(lat, 99):.2f} ms"
         print(line, flush=True)
         mins.append(min(rates))
     if len(mins) > 1:
-        print(f"min-over-members rate: median {statistics.median(mins):,.0f}  best {max(mins):,.0f}  "
-              f"worst {min(mins):,.0f} msgs/s")
+        print(
+            f"min-over-members rate: median {statistics.median(mins):,.0f}  best {max(mins):,.0f}  "
+            f"worst {min(mins):,.0f} msgs/s"
+        )
     if a.spy:
         spy_summary(Path(a.spy) / "node-1.txt", a.profile_top or 30)
     if a.profile and a.profile_top:
@@ -579,15 +634,18 @@ def core_main(a: argparse.Namespace) -> int:
                     for d in o.to:
                         wires[i, d].append(data)
                 for dl in ready.deliveries:
-                    for _, s, _, p in dl.messages:  # what an app does at the least: look at each
+                    for _, _s, _, p in dl.messages:  # what an app does at the least: look at each
                         nbytes += len(p)
                     delivered[i] += len(dl.messages)
         cpu = time.process_time() - c0
         wall = time.perf_counter() - t0
         per = expect / cpu * n  # every member's deliveries, per CPU second of one member
         best = max(best, per)
-        print(f"run {run + 1}: {n} cores, {senders} senders x {a.messages}: {cpu:.2f} CPU s, {wall:.2f} s, "
-              f"{turns} turns; {per:,.0f} deliveries per CPU s per member", flush=True)
+        print(
+            f"run {run + 1}: {n} cores, {senders} senders x {a.messages}: {cpu:.2f} CPU s, {wall:.2f} s, "
+            f"{turns} turns; {per:,.0f} deliveries per CPU s per member",
+            flush=True,
+        )
     if a.profile:
         import cProfile
         import pstats
@@ -668,10 +726,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="", metavar="DIR", help="run nodes under cProfile, dump to DIR")
     p.add_argument("--profile-top", type=int, default=0, metavar="N")
     p.add_argument("--breakdown", action="store_true", help="print where each node's CPU time goes")
-    p.add_argument("--app", choices=["perf", "load"], default="perf",
-                   help="load: the nodes run the built-in LoadApp (numbered payloads, a delivery log line per message)")
-    p.add_argument("--no-callback", action="store_true", help="the app only counts deliveries (by default it "
-                   "makes one Python call per delivered message, as any real application does at least)")
+    p.add_argument(
+        "--app",
+        choices=["perf", "load"],
+        default="perf",
+        help="load: the nodes run the built-in LoadApp (numbered payloads, a delivery log line per message)",
+    )
+    p.add_argument(
+        "--no-callback",
+        action="store_true",
+        help="the app only counts deliveries (by default it "
+        "makes one Python call per delivered message, as any real application does at least)",
+    )
     p.add_argument("--spy", default="", metavar="DIR", help="sample node 1 with py-spy (if installed) into DIR")
     p.add_argument("--uvloop", action="store_true", help="run the nodes on uvloop (DERECHO_UVLOOP=1), if installed")
     p.add_argument("--limit", type=float, default=300.0, help="seconds before a run is abandoned")

@@ -20,7 +20,6 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 import msgpack
 
 from bench import security
@@ -113,8 +112,17 @@ class GroupRun:
 
 
 def run_group(
-    n: int, senders: int, per_sender: int, size: int, *, rate: float = 0.0, latency: bool = False,
-    settings: dict[str, str] | None = None, stall: float = 20.0, limit: float = 300.0, tls: bool | None = None,
+    n: int,
+    senders: int,
+    per_sender: int,
+    size: int,
+    *,
+    rate: float = 0.0,
+    latency: bool = False,
+    settings: dict[str, str] | None = None,
+    stall: float = 20.0,
+    limit: float = 300.0,
+    tls: bool | None = None,
 ) -> GroupRun:
     """``n`` members, the first ``senders`` of them sending ``per_sender`` messages each.
     ``tls``: True/False for that mode, None for the run's default (on unless ``--insecure``)."""
@@ -126,28 +134,50 @@ def run_group(
     t0 = time.monotonic()
     try:
         sec = security.group_security(workdir, ports, cluster, tls)
-        conf = {**BASE_SETTINGS, **size_settings(size), "layout.default.min_nodes": str(n), **sec.settings, **(settings or {})}
+        conf = {
+            **BASE_SETTINGS,
+            **size_settings(size),
+            "layout.default.min_nodes": str(n),
+            **sec.settings,
+            **(settings or {}),
+        }
         with Procs(workdir) as procs:
 
             def start(i: int) -> None:
                 sets = {
-                    **conf, "node.id": str(i), "node.listen": addr[i], "node.cluster": cluster,
+                    **conf,
+                    "node.id": str(i),
+                    "node.listen": addr[i],
+                    "node.cluster": cluster,
                     "node.data_dir": str(workdir / f"data-{i}"),
                 }
                 if i != 1:
                     sets["node.contacts"] = addr[1]
                 args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
                 args += [
-                    "--send", str(per_sender if i <= senders else 0), "--size", str(size), "--rate", str(rate),
-                    "--batch", str(submit_batch(size)), "--wait-members", str(n), "--expect", str(expect),
-                    "--out", str(workdir / f"result-{i}.msgpack"),
+                    "--send",
+                    str(per_sender if i <= senders else 0),
+                    "--size",
+                    str(size),
+                    "--rate",
+                    str(rate),
+                    "--batch",
+                    str(submit_batch(size)),
+                    "--wait-members",
+                    str(n),
+                    "--expect",
+                    str(expect),
+                    "--out",
+                    str(workdir / f"result-{i}.msgpack"),
                 ]
                 if latency:
                     args.append("--latency")
                 procs.python(f"node-{i}", "bench.ournode", *args)
 
             start(1)
-            procs.wait_until(lambda: "vid" in fetch_status(addr[1], cluster, 1.0, sec.credentials), 30, "the founder's view")
+            procs.wait_until(
+                lambda: "vid" in fetch_status(addr[1], cluster, 1.0, sec.credentials), 30, "the founder's view"
+            )
             for i in range(2, n + 1):
                 start(i)
             files = [workdir / f"result-{i}.msgpack" for i in ports]
@@ -181,9 +211,16 @@ def _load(path: Path) -> MemberResult:
     tn.frombytes(doc["timeline_n"])
     lat.frombytes(doc["lat"])
     return MemberResult(
-        node=doc["node"], sent=doc["sent"], delivered=doc["delivered"], t_go=doc["t_go"] / 1e9,
-        t_first_send=doc["t_first_send"] / 1e9, t_done=doc["t_done"] / 1e9, cpu=doc["cpu"],
-        times=[t / 1e9 for t in tt], counts=list(tn), lat_ns=lat,
+        node=doc["node"],
+        sent=doc["sent"],
+        delivered=doc["delivered"],
+        t_go=doc["t_go"] / 1e9,
+        t_first_send=doc["t_first_send"] / 1e9,
+        t_done=doc["t_done"] / 1e9,
+        cpu=doc["cpu"],
+        times=[t / 1e9 for t in tt],
+        counts=list(tn),
+        lat_ns=lat,
     )
 
 
@@ -199,5 +236,3 @@ def sizes_label(size: int) -> str:
             v = size / k
             return f"{v:.0f} {unit}" if v == int(v) else f"{v:.3g} {unit}"
     return f"{size} B"
-
-

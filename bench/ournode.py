@@ -44,8 +44,16 @@ def _cpu() -> float:
 
 class BenchApp:
     def __init__(
-        self, node_id: int, count: int, size: int, rate: float, wait_members: int, expect: int,
-        out: Path, latency: bool, batch: int,
+        self,
+        node_id: int,
+        count: int,
+        size: int,
+        rate: float,
+        wait_members: int,
+        expect: int,
+        out: Path,
+        latency: bool,
+        batch: int,
     ) -> None:
         self.node_id = node_id
         self.count = count
@@ -174,12 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     overrides = dict(parse_override(text) for text in a.set)
     config = load_config(None, overrides, environ={})
     logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr,
+        level=logging.WARNING,
+        stream=sys.stderr,
         format=f"%(asctime)s node{config.node.id} %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("derecho.node").setLevel(logging.INFO)  # view installs, for the logs
     app = BenchApp(
-        config.node.id, a.send, a.size, a.rate, a.wait_members, a.expect, Path(a.out), a.latency, a.batch,
+        config.node.id,
+        a.send,
+        a.size,
+        a.rate,
+        a.wait_members,
+        a.expect,
+        Path(a.out),
+        a.latency,
+        a.batch,
     )
     driver = NodeDriver(config, app.hooks())
     app.driver = driver

@@ -46,9 +46,14 @@ def _row_error(row: Row, exc: BaseException, ctx: Context) -> Row:
     "multicast_size",
     "Ordered multicast throughput vs message size (slowest member's delivery rate)",
     columns=[
-        ("case", "senders/members", ""), ("size_label", "size", ""), ("msgs_per_s", "msgs/s", ",.0f"),
-        ("MB_per_s", "MB/s", ",.1f"), ("messages", "msgs delivered", ",d"), ("window", "window", "d"),
-        ("cpu", "CPU/member", ".0%"), ("cpu_max", "busiest", ".0%"),
+        ("case", "senders/members", ""),
+        ("size_label", "size", ""),
+        ("msgs_per_s", "msgs/s", ",.0f"),
+        ("MB_per_s", "MB/s", ",.1f"),
+        ("messages", "msgs delivered", ",d"),
+        ("window", "window", "d"),
+        ("cpu", "CPU/member", ".0%"),
+        ("cpu_max", "busiest", ".0%"),
     ],
     plot=report.plot_multicast_size,
 )
@@ -63,8 +68,13 @@ def multicast_size(ctx: Context) -> list[Row]:
         for size in sizes:
             per_sender = messages_for(size, budget, lo, hi, senders)
             row: Row = {
-                "mode": mode, "case": f"{mode} ({senders}/{n})", "members": n, "senders": senders, "size": size,
-                "size_label": sizes_label(size), "messages": per_sender * senders,
+                "mode": mode,
+                "case": f"{mode} ({senders}/{n})",
+                "members": n,
+                "senders": senders,
+                "size": size,
+                "size_label": sizes_label(size),
+                "messages": per_sender * senders,
             }
             row["window"] = int(size_settings(size)["multicast.window_size"])
             try:
@@ -75,7 +85,11 @@ def multicast_size(ctx: Context) -> list[Row]:
             except Exception as exc:
                 _row_error(row, exc, ctx)
             rows.append(row)
-            ctx.say(f"  multicast {row['case']:>10} {row['size_label']:>7}: " + _fmt(row, "msgs_per_s", "msgs/s") + _fmt(row, "MB_per_s", "MB/s"))
+            ctx.say(
+                f"  multicast {row['case']:>10} {row['size_label']:>7}: "
+                + _fmt(row, "msgs_per_s", "msgs/s")
+                + _fmt(row, "MB_per_s", "MB/s")
+            )
     return rows
 
 
@@ -90,8 +104,12 @@ def _fmt(row: Row, key: str, unit: str) -> str:
     "shard_size",
     "Ordered multicast throughput vs shard size (100 B, every member sends)",
     columns=[
-        ("members", "members", "d"), ("msgs_per_s", "msgs/s", ",.0f"), ("MB_per_s", "MB/s", ",.1f"),
-        ("messages", "msgs delivered", ",d"), ("cpu", "CPU/member", ".0%"), ("cpu_max", "busiest", ".0%"),
+        ("members", "members", "d"),
+        ("msgs_per_s", "msgs/s", ",.0f"),
+        ("MB_per_s", "MB/s", ",.1f"),
+        ("messages", "msgs delivered", ",d"),
+        ("cpu", "CPU/member", ".0%"),
+        ("cpu_max", "busiest", ".0%"),
     ],
     plot=report.plot_shard_size,
 )
@@ -117,9 +135,14 @@ def shard_size(ctx: Context) -> list[Row]:
     "latency",
     "Multicast latency, send -> delivery at every member (100 B, 3 members)",
     columns=[
-        ("case", "load", ""), ("offered", "offered msgs/s", ",.0f"), ("msgs_per_s", "delivered msgs/s", ",.0f"),
-        ("p50_ms", "p50 ms", ".2f"), ("p99_ms", "p99 ms", ".2f"), ("samples", "samples", ",d"),
-        ("cpu", "CPU/member", ".0%"), ("cpu_max", "busiest", ".0%"),
+        ("case", "load", ""),
+        ("offered", "offered msgs/s", ",.0f"),
+        ("msgs_per_s", "delivered msgs/s", ",.0f"),
+        ("p50_ms", "p50 ms", ".2f"),
+        ("p99_ms", "p99 ms", ".2f"),
+        ("samples", "samples", ",d"),
+        ("cpu", "CPU/member", ".0%"),
+        ("cpu_max", "busiest", ".0%"),
     ],
     plot=report.plot_latency,
 )
@@ -221,8 +244,12 @@ def one_at_a_time(put: Any, n: int, value: bytes) -> list[float]:
 
 
 ACTOR_COLUMNS = [
-    ("system", "system", ""), ("case", "case", ""), ("writes_per_s", "writes/s", ",.0f"),
-    ("p50_ms", "p50 ms", ".2f"), ("p99_ms", "p99 ms", ".2f"), ("client_cpu", "client CPU", ".0%"),
+    ("system", "system", ""),
+    ("case", "case", ""),
+    ("writes_per_s", "writes/s", ",.0f"),
+    ("p50_ms", "p50 ms", ".2f"),
+    ("p99_ms", "p99 ms", ".2f"),
+    ("client_cpu", "client CPU", ".0%"),
 ]
 
 VALUE_SIZE = 100
@@ -250,7 +277,11 @@ def single_calls(ctx: Context) -> int:
 def best_of(row: Row, runs: list[Row], unit: str = "outstanding") -> Row:
     """Fill ``row`` from the fastest of ``runs`` (dicts with ``window`` and ``writes_per_s``);
     every run stays in ``row["sweep"]``."""
-    ok = [r for r in runs if "error" not in r and isinstance(r.get("writes_per_s"), float) and not math.isnan(r["writes_per_s"])]
+    ok = [
+        r
+        for r in runs
+        if "error" not in r and isinstance(r.get("writes_per_s"), float) and not math.isnan(r["writes_per_s"])
+    ]
     row["sweep"] = runs
     if not ok:
         row["error"] = next((r["error"] for r in runs if "error" in r), "no run completed")
@@ -268,7 +299,13 @@ def system_name() -> str:
 
 
 def kv_cluster_run(
-    kvmod: ModuleType, nodes: int, layout: Any, shards: int, fn: Any, value: bytes, tls: bool | None = None,
+    kvmod: ModuleType,
+    nodes: int,
+    layout: Any,
+    shards: int,
+    fn: Any,
+    value: bytes,
+    tls: bool | None = None,
 ) -> Row:
     """Run ``fn(put, cluster)`` against a freshly started ``local_cluster`` of ``nodes`` KV
     replicas (after 200 warm-up puts), then stop it and remove its folder. ``put(i, value)``
@@ -280,10 +317,17 @@ def kv_cluster_run(
     KV = kvmod.KV
     workdir = tempfile.mkdtemp(prefix="derecho-bench-actor-")
     try:
-        with Procs(Path(workdir)) as procs, da.local_cluster(
-            nodes=nodes, types=[KV], layout=layout, workdir=workdir, overrides={"timeouts.suspicion_ms": "3000"},
-            **security.cluster_kwargs(tls),
-        ) as cluster:
+        with (
+            Procs(Path(workdir)) as procs,
+            da.local_cluster(
+                nodes=nodes,
+                types=[KV],
+                layout=layout,
+                workdir=workdir,
+                overrides={"timeouts.suspicion_ms": "3000"},
+                **security.cluster_kwargs(tls),
+            ) as cluster,
+        ):
             for node, proc in cluster.procs.items():  # reaped by the bench's exit hook too
                 procs.adopt(f"node-{node}", proc)
             handles = [cluster.handle(KV, shard=s) for s in range(shards)]
@@ -318,7 +362,13 @@ def actor(ctx: Context) -> list[Row]:
         layouts.append(("2 shards x 3", 6, kvmod.LAYOUT, kvmod.SHARDS))  # the example's own layout
     rows = []
     for label, nodes, layout, shards in layouts:
-        base: Row = {"system": system_name(), "layout": label, "nodes": nodes, "value_size": VALUE_SIZE, "tls": security.use_tls()}
+        base: Row = {
+            "system": system_name(),
+            "layout": label,
+            "nodes": nodes,
+            "value_size": VALUE_SIZE,
+            "tls": security.use_tls(),
+        }
 
         def measure(fn: Any) -> Row:
             """Run ``fn(put)`` against a freshly started cluster (the same rule as for the peers)."""
@@ -328,15 +378,23 @@ def actor(ctx: Context) -> list[Row]:
             def fn(put: Any) -> Row:
                 rate, cpu = pipelined(put, pipeline_calls(ctx, window), window, value)
                 return {"writes_per_s": rate, "client_cpu": cpu}
+
             return fn
 
         def single_run(put: Any) -> Row:
             cpu0, t0 = _cpu(), time.perf_counter()
             lat = one_at_a_time(put, single_calls(ctx), value)
-            return {"p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "writes_per_s": 1000 / (sum(lat) / len(lat)),
-                    "client_cpu": (_cpu() - cpu0) / (time.perf_counter() - t0), "calls": single_calls(ctx)}
+            return {
+                "p50_ms": percentile(lat, 50),
+                "p99_ms": percentile(lat, 99),
+                "writes_per_s": 1000 / (sum(lat) / len(lat)),
+                "client_cpu": (_cpu() - cpu0) / (time.perf_counter() - t0),
+                "calls": single_calls(ctx),
+            }
 
-        runs = [{"window": w, "calls": pipeline_calls(ctx, w), **measure(pipelined_run(w))} for w in pipeline_windows(ctx)]
+        runs = [
+            {"window": w, "calls": pipeline_calls(ctx, w), **measure(pipelined_run(w))} for w in pipeline_windows(ctx)
+        ]
         pipe = best_of({**base, "case": "pipelined", "case_suffix": f", {label}", "mode": "pipelined"}, runs)
         if "error" in pipe:
             ctx.note(f"{pipe['case']}: {pipe['error']}")
@@ -344,6 +402,8 @@ def actor(ctx: Context) -> list[Row]:
         if "error" in single:
             ctx.note(f"{single['case']}: {single['error']}")
         rows += [pipe, single]
-        ctx.say(f"  actor {label}: pipelined {pipe.get('writes_per_s', math.nan):,.0f} calls/s; "
-                f"one at a time p50 {single.get('p50_ms', math.nan):.2f} ms p99 {single.get('p99_ms', math.nan):.2f} ms")
+        ctx.say(
+            f"  actor {label}: pipelined {pipe.get('writes_per_s', math.nan):,.0f} calls/s; "
+            f"one at a time p50 {single.get('p50_ms', math.nan):.2f} ms p99 {single.get('p99_ms', math.nan):.2f} ms"
+        )
     return rows

@@ -28,7 +28,14 @@ from typing import Any
 
 from bench import report, security
 from bench.ours import (
-    ACTOR_COLUMNS, VALUE_SIZE, _cpu, load_kv_example, one_at_a_time, pipeline_calls, pipelined, single_calls,
+    ACTOR_COLUMNS,
+    VALUE_SIZE,
+    _cpu,
+    load_kv_example,
+    one_at_a_time,
+    pipeline_calls,
+    pipelined,
+    single_calls,
     system_name,
 )
 from bench.procs import ROOT, Procs
@@ -56,8 +63,14 @@ def _cluster(nodes: int, cls: type, layout: Any, workdir: str, **overrides: str)
     import derecho_actors as da
 
     # TLS with a throwaway CA in ``workdir/certs``, unless the run is insecure (bench.security).
-    return da.local_cluster(nodes=nodes, types=[cls], layout=layout, workdir=workdir,
-                            overrides={"timeouts.suspicion_ms": "3000", **overrides}, **security.cluster_kwargs())
+    return da.local_cluster(
+        nodes=nodes,
+        types=[cls],
+        layout=layout,
+        workdir=workdir,
+        overrides={"timeouts.suspicion_ms": "3000", **overrides},
+        **security.cluster_kwargs(),
+    )
 
 
 def _err(exc: BaseException) -> Row:
@@ -77,7 +90,11 @@ def plot_persistent(results: dict[str, list[Row]], out: Path) -> list[Path]:
     report._bars(axes[0], [name(r) for r in pipe], {"writes/s": [r["writes_per_s"] for r in pipe]})
     axes[0].set_title("pipelined puts/s, 3 replicas (100 B)")
     if single:
-        report._bars(axes[1], [name(r) for r in single], {"p50": [r["p50_ms"] for r in single], "p99": [r["p99_ms"] for r in single]})
+        report._bars(
+            axes[1],
+            [name(r) for r in single],
+            {"p50": [r["p50_ms"] for r in single], "p99": [r["p99_ms"] for r in single]},
+        )
         axes[1].legend(fontsize=8)
     axes[1].set_title("one put at a time: latency (ms)")
     fig.tight_layout()
@@ -131,11 +148,23 @@ def persistent(ctx: Context) -> list[Row]:
                     t = time.perf_counter()
                     last[0].persisted(timeout=60)
                     tail = (time.perf_counter() - t) * 1000
-                pipe = {**base, "case": f"pipelined, {window} outstanding, {label}", "mode": "pipelined",
-                        "writes_per_s": rate, "client_cpu": cpu, "window": window, "last_persisted_after_ms": tail}
+                pipe = {
+                    **base,
+                    "case": f"pipelined, {window} outstanding, {label}",
+                    "mode": "pipelined",
+                    "writes_per_s": rate,
+                    "client_cpu": cpu,
+                    "window": window,
+                    "last_persisted_after_ms": tail,
+                }
                 lat = one_at_a_time(put, single_calls(ctx), value)
-                single = {**base, "case": f"one at a time, {label}", "mode": "single",
-                          "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
+                single = {
+                    **base,
+                    "case": f"one at a time, {label}",
+                    "mode": "single",
+                    "p50_ms": percentile(lat, 50),
+                    "p99_ms": percentile(lat, 99),
+                }
                 if label.startswith("persistent"):
                     plat = []
                     for i in range(single_calls(ctx) // 2):
@@ -145,19 +174,32 @@ def persistent(ctx: Context) -> list[Row]:
                     single["persisted_p50_ms"] = percentile(plat, 50)
                     single["persisted_p99_ms"] = percentile(plat, 99)
                 rows += [pipe, single]
-                ctx.say(f"  {label}: {rate:,.0f} puts/s pipelined; one at a time p50 {single['p50_ms']:.2f} ms"
-                        + (f", until persisted p50 {single['persisted_p50_ms']:.2f} ms" if "persisted_p50_ms" in single else ""))
+                ctx.say(
+                    f"  {label}: {rate:,.0f} puts/s pipelined; one at a time p50 {single['p50_ms']:.2f} ms"
+                    + (
+                        f", until persisted p50 {single['persisted_p50_ms']:.2f} ms"
+                        if "persisted_p50_ms" in single
+                        else ""
+                    )
+                )
         except Exception as exc:
             rows.append({**base, "case": label, **_err(exc)})
             ctx.note(f"{label}: {rows[-1]['error']}")
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     rows += _etcd_on_disk(ctx)
-    ours = next((r for r in rows if r.get("mode") == "pipelined" and str(r.get("mode_label", "")).startswith("persistent")), None)
-    theirs = next((r for r in rows if str(r.get("system", "")).startswith("etcd") and r.get("mode") == "pipelined"), None)
+    ours = next(
+        (r for r in rows if r.get("mode") == "pipelined" and str(r.get("mode_label", "")).startswith("persistent")),
+        None,
+    )
+    theirs = next(
+        (r for r in rows if str(r.get("system", "")).startswith("etcd") and r.get("mode") == "pipelined"), None
+    )
     if ours and theirs and "writes_per_s" in ours and "writes_per_s" in theirs:
-        ctx.note(f"persistent puts/s: ours {ours['writes_per_s']:,.0f} vs etcd on disk {theirs['writes_per_s']:,.0f} "
-                 f"(ours / etcd = {ours['writes_per_s'] / theirs['writes_per_s']:.2f})")
+        ctx.note(
+            f"persistent puts/s: ours {ours['writes_per_s']:,.0f} vs etcd on disk {theirs['writes_per_s']:,.0f} "
+            f"(ours / etcd = {ours['writes_per_s'] / theirs['writes_per_s']:.2f})"
+        )
     return rows
 
 
@@ -181,14 +223,27 @@ def _etcd_on_disk(ctx: Context) -> list[Row]:
             done, errors = asyncio.run(etcd_peer._pipelined(cluster.client_ports, n, conns, value_b64))
             from bench.stats import steady_rate
 
-            pipe = {"system": system, "case": f"pipelined, {conns} connections, disk (fsync)", "mode": "pipelined",
-                    "writes_per_s": steady_rate(done, list(range(1, len(done) + 1)), n),
-                    "client_cpu": (_cpu() - cpu0) / (time.perf_counter() - t0), "errors": errors}
+            pipe = {
+                "system": system,
+                "case": f"pipelined, {conns} connections, disk (fsync)",
+                "mode": "pipelined",
+                "writes_per_s": steady_rate(done, list(range(1, len(done) + 1)), n),
+                "client_cpu": (_cpu() - cpu0) / (time.perf_counter() - t0),
+                "errors": errors,
+            }
             lat = asyncio.run(etcd_peer._single(cluster.leader_port(), single_calls(ctx), value_b64))
             pipe["mode_label"] = "disk (fsync)"
-            single = {"system": system, "case": "one at a time, disk (fsync)", "mode": "single", "mode_label": "disk (fsync)",
-                      "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
-            ctx.say(f"  etcd on disk: {pipe['writes_per_s']:,.0f} puts/s pipelined; one at a time p50 {single['p50_ms']:.2f} ms")
+            single = {
+                "system": system,
+                "case": "one at a time, disk (fsync)",
+                "mode": "single",
+                "mode_label": "disk (fsync)",
+                "p50_ms": percentile(lat, 50),
+                "p99_ms": percentile(lat, 99),
+            }
+            ctx.say(
+                f"  etcd on disk: {pipe['writes_per_s']:,.0f} puts/s pipelined; one at a time p50 {single['p50_ms']:.2f} ms"
+            )
             return [pipe, single]
     except Exception as exc:
         ctx.note(f"etcd on disk: {_err(exc)['error']}")
@@ -198,7 +253,9 @@ def _etcd_on_disk(ctx: Context) -> list[Row]:
 
 
 # ------------------------------------------------------------------------------ faults
-_VIEW_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) node(\d+) INFO derecho\.node: view (\d+) installed: members \[([\d, ]*)\]")
+_VIEW_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) node(\d+) INFO derecho\.node: view (\d+) installed: members \[([\d, ]*)\]"
+)
 
 
 def _view_times(workdir: Path, node: int) -> list[tuple[float, int, list[int]]]:
@@ -214,8 +271,12 @@ def _view_times(workdir: Path, node: int) -> list[tuple[float, int, list[int]]]:
 @experiment(
     "faults",
     "kill -9 under a write load: time to the new view and to the first acknowledged write",
-    columns=[("case", "case", ""), ("to_view_ms", "to new view ms", ".0f"), ("to_write_ms", "to next write ms", ".0f"),
-             ("repeats", "runs", "")],
+    columns=[
+        ("case", "case", ""),
+        ("to_view_ms", "to new view ms", ".0f"),
+        ("to_write_ms", "to next write ms", ".0f"),
+        ("repeats", "runs", ""),
+    ],
 )
 def faults(ctx: Context) -> list[Row]:
     import derecho_actors as da
@@ -228,11 +289,17 @@ def faults(ctx: Context) -> list[Row]:
         for _ in range(ctx.pick(2, 5)):
             workdir = tempfile.mkdtemp(prefix="derecho-bench-faults-")
             try:
-                with Procs(Path(workdir)) as procs, da.local_cluster(
-                    nodes=4, types=[kv.KV], layout=layout, workdir=workdir,
-                    overrides={"timeouts.heartbeat_ms": "50", "timeouts.suspicion_ms": "500"},
-                    **security.cluster_kwargs(),
-                ) as cluster:
+                with (
+                    Procs(Path(workdir)) as procs,
+                    da.local_cluster(
+                        nodes=4,
+                        types=[kv.KV],
+                        layout=layout,
+                        workdir=workdir,
+                        overrides={"timeouts.heartbeat_ms": "50", "timeouts.suspicion_ms": "500"},
+                        **security.cluster_kwargs(),
+                    ) as cluster,
+                ):
                     for node, proc in cluster.procs.items():
                         procs.adopt(f"node-{node}", proc)
                     h = cluster.handle(kv.KV)
@@ -258,7 +325,11 @@ def faults(ctx: Context) -> list[Row]:
                     stop.set()
                     t.join(15)
                     survivor = 2
-                    after = [vt for vt, vid, members in _view_times(Path(workdir), survivor) if vt >= killed_at - 0.002 and victim not in members]
+                    after = [
+                        vt
+                        for vt, vid, members in _view_times(Path(workdir), survivor)
+                        if vt >= killed_at - 0.002 and victim not in members
+                    ]
                     if after:
                         views.append((after[0] - killed_at) * 1000)
                     nxt = [a for a in acked if a > killed_at]
@@ -268,12 +339,18 @@ def faults(ctx: Context) -> list[Row]:
                 ctx.note(f"{case}: {_err(exc)['error']}")
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-        row = {"case": case, "repeats": len(views),
-               "to_view_ms": percentile(views, 50) if views else math.nan,
-               "to_write_ms": percentile(writes, 50) if writes else math.nan,
-               "to_view_all_ms": views, "to_write_all_ms": writes}
+        row = {
+            "case": case,
+            "repeats": len(views),
+            "to_view_ms": percentile(views, 50) if views else math.nan,
+            "to_write_ms": percentile(writes, 50) if writes else math.nan,
+            "to_view_all_ms": views,
+            "to_write_all_ms": writes,
+        }
         rows.append(row)
-        ctx.say(f"  kill -9 {case}: new view after {row['to_view_ms']:.0f} ms, next write after {row['to_write_ms']:.0f} ms (median)")
+        ctx.say(
+            f"  kill -9 {case}: new view after {row['to_view_ms']:.0f} ms, next write after {row['to_write_ms']:.0f} ms (median)"
+        )
     return rows
 
 
@@ -281,8 +358,13 @@ def faults(ctx: Context) -> list[Row]:
 @experiment(
     "recovery",
     "State transfer to a joiner and total restart from logs",
-    columns=[("case", "case", ""), ("mb", "MB", ",.1f"), ("seconds", "s", ".2f"), ("mb_per_s", "MB/s", ",.0f"),
-             ("versions", "versions", ",")],
+    columns=[
+        ("case", "case", ""),
+        ("mb", "MB", ",.1f"),
+        ("seconds", "s", ".2f"),
+        ("mb_per_s", "MB/s", ",.0f"),
+        ("versions", "versions", ","),
+    ],
 )
 def recovery(ctx: Context) -> list[Row]:
     import derecho_actors as da
@@ -317,17 +399,28 @@ def recovery(ctx: Context) -> list[Row]:
             while not big and time.monotonic() < deadline:
                 sent = []
                 for node in (1, 2):
-                    sent += re.findall(r"state of \S+ sent to node 3: ([\d.]+) MB in ([\d.]+) s",
-                                       (Path(workdir) / f"node-{node}.log").read_text())
+                    sent += re.findall(
+                        r"state of \S+ sent to node 3: ([\d.]+) MB in ([\d.]+) s",
+                        (Path(workdir) / f"node-{node}.log").read_text(),
+                    )
                 big = [(float(m), float(s)) for m, s in sent if float(m) >= size_mb / 2]
                 if not big:
                     time.sleep(0.1)
             if not big:
                 ctx.note("state transfer: no 'state of ... sent to node 3' line for the big state in the senders' logs")
             mb, secs = max(big) if big else (math.nan, math.nan)
-            rows.append({"case": "joiner state transfer (stream)", "mb": mb, "seconds": secs, "mb_per_s": mb / secs if secs else math.nan})
+            rows.append(
+                {
+                    "case": "joiner state transfer (stream)",
+                    "mb": mb,
+                    "seconds": secs,
+                    "mb_per_s": mb / secs if secs else math.nan,
+                }
+            )
             rows.append({"case": "joiner: restart to first persisted write", "mb": mb, "seconds": wall})
-            ctx.say(f"  state transfer: {mb:.1f} MB in {secs:.2f} s ({mb / secs if secs else math.nan:,.0f} MB/s); joiner serving after {wall:.2f} s")
+            ctx.say(
+                f"  state transfer: {mb:.1f} MB in {secs:.2f} s ({mb / secs if secs else math.nan:,.0f} MB/s); joiner serving after {wall:.2f} s"
+            )
     except Exception as exc:
         rows.append({"case": "state transfer", **_err(exc)})
         ctx.note(f"state transfer: {rows[-1]['error']}")
@@ -338,7 +431,10 @@ def recovery(ctx: Context) -> list[Row]:
     workdir = tempfile.mkdtemp(prefix="derecho-bench-restart-", dir=str(DISK))
     try:
         layout = da.Layout({pkv.PersistentKV: da.ShardPolicy(min_nodes=3, max_nodes=3)})
-        with Procs(Path(workdir)) as procs, _cluster(3, pkv.PersistentKV, layout, workdir, **{"persistence.restart_quorum_wait_ms": "100"}) as cluster:
+        with (
+            Procs(Path(workdir)) as procs,
+            _cluster(3, pkv.PersistentKV, layout, workdir, **{"persistence.restart_quorum_wait_ms": "100"}) as cluster,
+        ):
             for node, proc in cluster.procs.items():
                 procs.adopt(f"node-{node}", proc)
             h = cluster.handle(pkv.PersistentKV)
@@ -359,9 +455,17 @@ def recovery(ctx: Context) -> list[Row]:
             to_write = time.perf_counter() - t0
             ok = h.get_at(f"k{(versions - 1) % 1000}", v, node=2).get(timeout=30)[2] == b"v" * VALUE_SIZE
             rows.append({"case": "total restart: to the restart view", "seconds": to_view, "versions": versions})
-            rows.append({"case": "total restart: to the first persisted write", "seconds": to_write, "versions": versions,
-                         "last_version_readable": ok})
-            ctx.say(f"  total restart with {versions:,} versions: view after {to_view:.2f} s, first persisted write after {to_write:.2f} s")
+            rows.append(
+                {
+                    "case": "total restart: to the first persisted write",
+                    "seconds": to_write,
+                    "versions": versions,
+                    "last_version_readable": ok,
+                }
+            )
+            ctx.say(
+                f"  total restart with {versions:,} versions: view after {to_view:.2f} s, first persisted write after {to_write:.2f} s"
+            )
     except Exception as exc:
         rows.append({"case": "total restart", **_err(exc)})
         ctx.note(f"total restart: {rows[-1]['error']}")

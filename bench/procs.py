@@ -88,13 +88,22 @@ class Procs:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def spawn(
-        self, name: str, cmd: Sequence[str], env: dict[str, str] | None = None, stdout: Any = None,
+        self,
+        name: str,
+        cmd: Sequence[str],
+        env: dict[str, str] | None = None,
+        stdout: Any = None,
     ) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")
         try:
             proc = subprocess.Popen(
-                list(cmd), stdout=stdout if stdout is not None else log, stderr=log, stdin=subprocess.DEVNULL,
-                env=env if env is not None else child_env(), cwd=str(ROOT), start_new_session=True,
+                list(cmd),
+                stdout=stdout if stdout is not None else log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env=env if env is not None else child_env(),
+                cwd=str(ROOT),
+                start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         finally:

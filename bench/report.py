@@ -45,8 +45,13 @@ def machine_info() -> dict[str, Any]:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
         if commit.returncode == 0:
             info["git_commit"] = commit.stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                   capture_output=True, text=True, timeout=5)
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
             info["git_dirty"] = bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
@@ -64,7 +69,13 @@ def add_peer_ratios(results: Results) -> list[Row]:
             ref = ours.get(row.get("mode"))
             for key, ratio in (("writes_per_s", "ratio_writes"), ("p50_ms", "ratio_p50"), ("p99_ms", "ratio_p99")):
                 a, b = row.get(key), ref.get(key) if ref else None
-                if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b and not math.isnan(a) and not math.isnan(b):
+                if (
+                    isinstance(a, (int, float))
+                    and isinstance(b, (int, float))
+                    and b
+                    and not math.isnan(a)
+                    and not math.isnan(b)
+                ):
                     row[ratio] = a / b
             out.append(row)
     return out
@@ -83,7 +94,9 @@ def _cell(row: Row, key: str, fmt: str) -> str:
         return str(v)
 
 
-def print_tables(experiments: Iterable[Any], results: Results, notes: dict[str, list[str]], errors: dict[str, str]) -> None:
+def print_tables(
+    experiments: Iterable[Any], results: Results, notes: dict[str, list[str]], errors: dict[str, str]
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -111,14 +124,23 @@ def print_tables(experiments: Iterable[Any], results: Results, notes: dict[str, 
             console.print(f"  note: {n}")
     peers = add_peer_ratios(results)
     if peers:
-        table = Table(title="Peers vs derecho-actors actor API, 3 nodes, 100 B values: x ours = peer / ours "
-                            "(writes/s above 1: peer faster; latency below 1: peer faster)", title_justify="left")
+        table = Table(
+            title="Peers vs derecho-actors actor API, 3 nodes, 100 B values: x ours = peer / ours "
+            "(writes/s above 1: peer faster; latency below 1: peer faster)",
+            title_justify="left",
+        )
         for header in ("system", "case", "writes/s", "x ours", "p50 ms", "x ours", "p99 ms", "x ours"):
             table.add_column(header, justify="left" if header in ("system", "case") else "right")
         for r in peers:
             table.add_row(
-                str(r.get("system")), str(r.get("case")), _cell(r, "writes_per_s", ",.0f"), _cell(r, "ratio_writes", ".2f"),
-                _cell(r, "p50_ms", ".2f"), _cell(r, "ratio_p50", ".2f"), _cell(r, "p99_ms", ".2f"), _cell(r, "ratio_p99", ".2f"),
+                str(r.get("system")),
+                str(r.get("case")),
+                _cell(r, "writes_per_s", ",.0f"),
+                _cell(r, "ratio_writes", ".2f"),
+                _cell(r, "p50_ms", ".2f"),
+                _cell(r, "ratio_p50", ".2f"),
+                _cell(r, "p99_ms", ".2f"),
+                _cell(r, "ratio_p99", ".2f"),
             )
         console.print(table)
 
@@ -158,8 +180,7 @@ def ceiling(results: Results, kind: str, key: str) -> float | None:
 def _hline(ax: Any, y: float | None, label: str) -> None:
     if y:
         ax.axhline(y, color="grey", linestyle="--", linewidth=1)
-        ax.annotate(label, xy=(0.01, y), xycoords=("axes fraction", "data"), fontsize=8, color="dimgrey",
-                    va="bottom")
+        ax.annotate(label, xy=(0.01, y), xycoords=("axes fraction", "data"), fontsize=8, color="dimgrey", va="bottom")
 
 
 def _ok(rows: list[Row], key: str) -> list[Row]:
@@ -239,8 +260,13 @@ def _bars(ax: Any, labels: list[str], series: dict[str, list[float]], log: bool 
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, [v if v == v else 0 for v in values], width, label=name)
         for b, v in zip(bars, values):
             if v == v:
-                ax.annotate(f"{v:,.2f}" if v < 10 else f"{v:,.0f}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                            ha="center", va="bottom", fontsize=7)
+                ax.annotate(
+                    f"{v:,.2f}" if v < 10 else f"{v:,.0f}",
+                    (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8)
     if log:
@@ -255,8 +281,12 @@ def plot_latency(results: Results, out: Path) -> list[Path]:
         return []
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    _bars(ax, [r["case"].replace(": ", ":\n") for r in rows],
-          {"p50": [r["p50_ms"] for r in rows], "p99": [r["p99_ms"] for r in rows]}, log=True)
+    _bars(
+        ax,
+        [r["case"].replace(": ", ":\n") for r in rows],
+        {"p50": [r["p50_ms"] for r in rows], "p99": [r["p99_ms"] for r in rows]},
+        log=True,
+    )
     ax.set_ylabel("send -> delivery at every member (ms)")
     ax.set_title("multicast latency, 3 members, 100 B")
     ax.legend(fontsize=8)
@@ -281,7 +311,11 @@ def plot_comparison(results: Results, out: Path) -> list[Path]:
     axes[0].set_title("pipelined replicated writes/s (100 B values)")
     axes[0].set_ylabel("writes/s")
     if single:
-        _bars(axes[1], [label(r) for r in single], {"p50": [r["p50_ms"] for r in single], "p99": [r["p99_ms"] for r in single]})
+        _bars(
+            axes[1],
+            [label(r) for r in single],
+            {"p50": [r["p50_ms"] for r in single], "p99": [r["p99_ms"] for r in single]},
+        )
         axes[1].legend(fontsize=8)
     axes[1].set_title("one write at a time: latency (ms)")
     axes[1].set_ylabel("ms")

@@ -34,8 +34,13 @@ from bench.registry import EXPERIMENTS, Context  # noqa: E402
 # Modules that register experiments, in running order: ceilings first (the plots draw them),
 # then ours, then the peers (their ratios need ours).
 MODULES = [
-    "bench.ceilings", "bench.ours", "bench.peers.pysyncobj_peer", "bench.peers.etcd_peer", "bench.persistence",
+    "bench.ceilings",
+    "bench.ours",
+    "bench.peers.pysyncobj_peer",
+    "bench.peers.etcd_peer",
+    "bench.persistence",
     "bench.tlscost",
+    "bench.readlevels",
 ]
 
 
@@ -47,14 +52,19 @@ def _on_signal(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     for module in MODULES:
         importlib.import_module(module)
-    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="fewer sizes and messages (about 5-6 minutes)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where results.json and the plots go")
     p.add_argument("--only", default="", metavar="NAME,...", help=f"run only these: {', '.join(EXPERIMENTS)}")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
-    p.add_argument("--insecure", action="store_true",
-                   help="run our nodes without TLS (security.insecure) to compare; the default is mutual TLS "
-                        "with a throwaway CA per run (the tls experiment runs both modes either way)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run our nodes without TLS (security.insecure) to compare; the default is mutual TLS "
+        "with a throwaway CA per run (the tls experiment runs both modes either way)",
+    )
     a = p.parse_args(argv)
     if a.list:
         for name, exp in EXPERIMENTS.items():
@@ -73,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     security.set_insecure(a.insecure)
     ctx = Context(quick=a.quick, out=out)
     machine = report.machine_info()
-    ctx.say(f"derecho-actors bench ({'quick' if a.quick else 'full'}, {security.mode_label()}): "
-            f"{', '.join(e.name for e in selected)}; "
-            f"{machine['cores']} cores, Python {machine['python']}; results to {out}")
+    ctx.say(
+        f"derecho-actors bench ({'quick' if a.quick else 'full'}, {security.mode_label()}): "
+        f"{', '.join(e.name for e in selected)}; "
+        f"{machine['cores']} cores, Python {machine['python']}; results to {out}"
+    )
     errors: dict[str, str] = {}
     timings: dict[str, float] = {}
     loads: dict[str, list[float]] = {}
@@ -123,15 +135,18 @@ def main(argv: list[str] | None = None) -> int:
                 "notes": ctx.notes.get(exp.name, []),
                 **({"error": errors[exp.name]} if exp.name in errors else {}),
             }
-            for exp in selected if exp.name in ctx.results or exp.name in errors
+            for exp in selected
+            if exp.name in ctx.results or exp.name in errors
         },
         "plots": [p.name for p in plots],
     }
     report.write_json(out / "results.json", doc)
     print()
     report.print_tables(selected, ctx.results, ctx.notes, errors)
-    print(f"\nresults: {out / 'results.json'}; plots: {', '.join(p.name for p in plots) or 'none'}; "
-          f"wall time {total:.0f} s")
+    print(
+        f"\nresults: {out / 'results.json'}; plots: {', '.join(p.name for p in plots) or 'none'}; "
+        f"wall time {total:.0f} s"
+    )
     if interrupted:
         return 130
     return 1 if errors or any("error" in r for rows in ctx.results.values() for r in rows) else 0

@@ -37,7 +37,9 @@ def steady_rate(times: Sequence[float], counts: Sequence[int], total: int, lo: f
     return (b[1] - a[1]) / (b[0] - a[0])
 
 
-def steady_window(times: Sequence[float], counts: Sequence[int], total: int, lo: float = 0.1, hi: float = 0.9) -> tuple[float, float]:
+def steady_window(
+    times: Sequence[float], counts: Sequence[int], total: int, lo: float = 0.1, hi: float = 0.9
+) -> tuple[float, float]:
     """The times at which ``lo`` and ``hi`` of ``total`` events were done."""
     a = b = math.nan
     for t, c in zip(times, counts):

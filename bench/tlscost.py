@@ -52,10 +52,16 @@ def _multicast(size: int, per_sender: int, unit: str) -> Callable[[bool], Row]:
         g = run_group(3, 3, per_sender, size, tls=tls)
         s = g.summary()
         return {
-            "value": s["MB_per_s"] if unit == "MB/s" else s["msgs_per_s"], "msgs_per_s": s["msgs_per_s"],
-            "MB_per_s": s["MB_per_s"], "cpu": s["cpu"], "cpu_max": s["cpu_max"],
-            "cpu_us_per_msg": s["cpu_us_per_msg"], "messages": 3 * per_sender, "run_s": g.wall,
+            "value": s["MB_per_s"] if unit == "MB/s" else s["msgs_per_s"],
+            "msgs_per_s": s["msgs_per_s"],
+            "MB_per_s": s["MB_per_s"],
+            "cpu": s["cpu"],
+            "cpu_max": s["cpu_max"],
+            "cpu_us_per_msg": s["cpu_us_per_msg"],
+            "messages": 3 * per_sender,
+            "run_s": g.wall,
         }
+
     return run
 
 
@@ -73,9 +79,15 @@ def _actor(calls: int, window: int) -> Callable[[bool], Row]:
         node_cpu = nodes_cpu(cluster) - cpu0
         n = len(cluster.procs)
         return {
-            "value": rate, "writes_per_s": rate, "cpu": node_cpu / wall / n, "cpu_us_per_msg": node_cpu / n / calls * 1e6,
-            "client_cpu": client_cpu, "client_us_per_call": client_cpu * wall / calls * 1e6, "messages": calls,
-            "window": window, "run_s": wall,
+            "value": rate,
+            "writes_per_s": rate,
+            "cpu": node_cpu / wall / n,
+            "cpu_us_per_msg": node_cpu / n / calls * 1e6,
+            "client_cpu": client_cpu,
+            "client_us_per_call": client_cpu * wall / calls * 1e6,
+            "messages": calls,
+            "window": window,
+            "run_s": wall,
         }
 
     def run(tls: bool) -> Row:
@@ -83,6 +95,7 @@ def _actor(calls: int, window: int) -> Callable[[bool], Row]:
         if "error" in row:
             raise RuntimeError(row["error"])
         return row
+
     return run
 
 
@@ -91,7 +104,9 @@ def _fmt(v: float) -> str:
 
 
 def plot_tls(results: dict[str, list[Row]], out: Path) -> list[Path]:
-    rows = [r for r in results.get("tls", []) if isinstance(r.get("value"), (int, float)) and not math.isnan(r["value"])]
+    rows = [
+        r for r in results.get("tls", []) if isinstance(r.get("value"), (int, float)) and not math.isnan(r["value"])
+    ]
     keys = list(dict.fromkeys(r["workload"] for r in rows))
     pairs = {k: {r["tls"]: r for r in rows if r["workload"] == k} for k in keys}
     keys = [k for k in keys if True in pairs[k] and False in pairs[k]]
@@ -108,8 +123,14 @@ def plot_tls(results: dict[str, list[Row]], out: Path) -> list[Path]:
     bars = ax.bar(range(len(keys)), [r * 100 for r in ratios], color=colors, width=0.6)
     for b, r, t in zip(bars, ratios, targeted):
         y = b.get_height() if abs(b.get_height() - TARGET * 100) > 6 else max(b.get_height(), TARGET * 100) + 1.5
-        ax.annotate(f"{r:.0%}" + ("" if t else "\n(no target)"), (b.get_x() + b.get_width() / 2, y),
-                    ha="center", va="bottom", fontsize=9, fontweight="bold")
+        ax.annotate(
+            f"{r:.0%}" + ("" if t else "\n(no target)"),
+            (b.get_x() + b.get_width() / 2, y),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            fontweight="bold",
+        )
     ax.axhline(TARGET * 100, color="tab:red", linestyle="--", linewidth=1.2, label=f"target: {TARGET:.0%} of plaintext")
     ax.axhline(100, color="grey", linestyle=":", linewidth=1)
     ax.set_ylim(0, max(115, max(ratios) * 100 * 1.2))
@@ -142,9 +163,14 @@ def plot_tls(results: dict[str, list[Row]], out: Path) -> list[Path]:
     "tls",
     "TLS on vs off, same run (100 B multicast, actor puts, 1 MB multicast; 3 members)",
     columns=[
-        ("case", "workload", ""), ("tls_label", "TLS", ""), ("shown", "throughput (median)", ""),
-        ("runs_shown", "runs", ""), ("ratio", "on/off", ".0%"), ("target_met", f"≥{TARGET:.0%}", ""),
-        ("cpu", "CPU/member", ".0%"), ("cpu_us_per_msg", "CPU µs/msg", ",.1f"),
+        ("case", "workload", ""),
+        ("tls_label", "TLS", ""),
+        ("shown", "throughput (median)", ""),
+        ("runs_shown", "runs", ""),
+        ("ratio", "on/off", ".0%"),
+        ("target_met", f"≥{TARGET:.0%}", ""),
+        ("cpu", "CPU/member", ".0%"),
+        ("cpu_us_per_msg", "CPU µs/msg", ",.1f"),
     ],
     plot=plot_tls,
 )
@@ -152,12 +178,21 @@ def tls(ctx: Context) -> list[Row]:
     reps = ctx.pick(1, 3)
     calls = ctx.pick(25_000, 60_000)
     workloads = [
-        Workload("multicast_100B", "100 B multicast, 3/3 send", "msgs/s", True,
-                 _multicast(100, ctx.pick(100_000, 250_000), "msgs/s")),
-        Workload("actor_put", f"KV.put, {ACTOR_WINDOW} outstanding", "calls/s", True,
-                 _actor(calls, ACTOR_WINDOW)),
-        Workload("multicast_1MB", "1 MB multicast, 3/3 send", "MB/s", False,
-                 _multicast(1_000_000, ctx.pick(100, 300), "MB/s")),
+        Workload(
+            "multicast_100B",
+            "100 B multicast, 3/3 send",
+            "msgs/s",
+            True,
+            _multicast(100, ctx.pick(100_000, 250_000), "msgs/s"),
+        ),
+        Workload("actor_put", f"KV.put, {ACTOR_WINDOW} outstanding", "calls/s", True, _actor(calls, ACTOR_WINDOW)),
+        Workload(
+            "multicast_1MB",
+            "1 MB multicast, 3/3 send",
+            "MB/s",
+            False,
+            _multicast(1_000_000, ctx.pick(100, 300), "MB/s"),
+        ),
     ]
     # on, off, off, on, on, off, ...: a linear drift of the machine's load cancels out in pairs.
     order = [m for i in range(reps) for m in ((True, False) if i % 2 == 0 else (False, True))]
@@ -170,17 +205,36 @@ def tls(ctx: Context) -> list[Row]:
             except Exception as exc:
                 r = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]}
             runs[mode].append(r)
-            ctx.say(f"  {w.key} TLS {'on ' if mode else 'off'}: "
-                    + (f"failed: {r['error']}" if "error" in r else f"{_fmt(r['value'])} {w.unit}"))
+            ctx.say(
+                f"  {w.key} TLS {'on ' if mode else 'off'}: "
+                + (f"failed: {r['error']}" if "error" in r else f"{_fmt(r['value'])} {w.unit}")
+            )
         pair: dict[bool, Row] = {}
         for mode in (True, False):
             ok = [r for r in runs[mode] if "error" not in r and not math.isnan(r.get("value", math.nan))]
-            row: Row = {"workload": w.key, "case": w.label, "tls": mode, "tls_label": "on" if mode else "off",
-                        "unit": w.unit, "target": w.target, "runs": [r.get("value") for r in ok],
-                        "runs_shown": " / ".join(_fmt(r["value"]) for r in ok), "run_details": runs[mode]}
+            row: Row = {
+                "workload": w.key,
+                "case": w.label,
+                "tls": mode,
+                "tls_label": "on" if mode else "off",
+                "unit": w.unit,
+                "target": w.target,
+                "runs": [r.get("value") for r in ok],
+                "runs_shown": " / ".join(_fmt(r["value"]) for r in ok),
+                "run_details": runs[mode],
+            }
             if ok:
-                for key in ("value", "msgs_per_s", "MB_per_s", "writes_per_s", "cpu", "cpu_max", "cpu_us_per_msg",
-                            "client_cpu", "client_us_per_call"):
+                for key in (
+                    "value",
+                    "msgs_per_s",
+                    "MB_per_s",
+                    "writes_per_s",
+                    "cpu",
+                    "cpu_max",
+                    "cpu_us_per_msg",
+                    "client_cpu",
+                    "client_us_per_call",
+                ):
                     vals = [r[key] for r in ok if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
                     if vals:
                         row[key] = statistics.median(vals)
@@ -198,8 +252,10 @@ def tls(ctx: Context) -> list[Row]:
                 on["cpu_ratio"] = on["cpu_us_per_msg"] / off["cpu_us_per_msg"]
             met = ratio >= TARGET
             on["target_met"] = ("yes" if met else "NO") if w.target else "(none)"
-            ctx.note(f"{w.label}: TLS on {_fmt(on['value'])} vs off {_fmt(off['value'])} {w.unit} = {ratio:.0%}"
-                     + (f" ({'meets' if met else 'misses'} the {TARGET:.0%} target)" if w.target else "")
-                     + (f"; CPU per message x{on['cpu_ratio']:.2f}" if "cpu_ratio" in on else ""))
+            ctx.note(
+                f"{w.label}: TLS on {_fmt(on['value'])} vs off {_fmt(off['value'])} {w.unit} = {ratio:.0%}"
+                + (f" ({'meets' if met else 'misses'} the {TARGET:.0%} target)" if w.target else "")
+                + (f"; CPU per message x{on['cpu_ratio']:.2f}" if "cpu_ratio" in on else "")
+            )
         rows += [on, off]
     return rows

@@ -29,11 +29,13 @@ from derecho_actors._decorators import ordered, p2p, replicated
 from derecho_actors._group import Group, Handle, Layout
 from derecho_actors._persistent import Persistent, at_time, at_version, current_version, persisted_version
 from derecho_actors._results import QueryResults
+from derecho_actors._sim_api import SimCall, sim_workload, simulate
 from runtime.core.layout import ShardPolicy
 from runtime.core.versions import format_version, version_parts
 from runtime.errors import (
     ConfigError,
     DerechoError,
+    DivergenceError,
     GroupClosed,
     LayoutError,
     LogCorrupted,
@@ -43,15 +45,17 @@ from runtime.errors import (
     NotPersistedYet,
     NotPersistent,
     NotRegistered,
+    P2PMutationError,
     PayloadTooLarge,
-    RemoteError,
+    ReadOptionError,
     Refused,
+    RemoteError,
     ReplicaLost,
     RestartError,
+    SerializationError,
     SessionExpired,
     SessionLimit,
     ShardUnavailable,
-    SerializationError,
     StateTransferError,
     TimeoutError,
     UnknownMethod,
@@ -65,6 +69,7 @@ __all__ = [
     "Client",
     "ConfigError",
     "DerechoError",
+    "DivergenceError",
     "Group",
     "GroupClosed",
     "Handle",
@@ -77,6 +82,7 @@ __all__ = [
     "NotPersistedYet",
     "NotPersistent",
     "NotRegistered",
+    "P2PMutationError",
     "Persistent",
     "RestartError",
     "StateTransferError",
@@ -89,6 +95,7 @@ __all__ = [
     "PayloadTooLarge",
     "QueryResults",
     "RemoteError",
+    "ReadOptionError",
     "Refused",
     "ReplicaLost",
     "SessionExpired",
@@ -96,6 +103,7 @@ __all__ = [
     "ShardUnavailable",
     "SerializationError",
     "ShardPolicy",
+    "SimCall",
     "TimeoutError",
     "UnknownMethod",
     "VersionLost",
@@ -105,4 +113,6 @@ __all__ = [
     "local_cluster",
     "p2p",
     "replicated",
+    "sim_workload",
+    "simulate",
 ]

@@ -28,15 +28,16 @@ from typing import Any, Callable, Sequence
 import msgpack
 
 from derecho_actors import _codec
+from derecho_actors._consistency import ReadOptions, encode_read
 from derecho_actors._decorators import ORDERED, TypeSpec, method_caller, spec_of
+from derecho_actors._messages import Call, CallBatch, Reply, ReplyBatch, ViewNotice, decode, encode
+from derecho_actors._replica import in_handler
 from derecho_actors._results import PERSISTED_QUERY, QueryResults, take_entries
 from runtime.core.layout import ShardId
 from runtime.drivers.dial import client_credentials, dial, is_refusal
 from runtime.drivers.tcp import split_address
-from runtime.errors import ConfigError, GroupClosed, NotRegistered, PayloadTooLarge, Refused
+from runtime.errors import ConfigError, GroupClosed, NestedCallError, NotRegistered, PayloadTooLarge, Refused, WireError
 from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials
-from derecho_actors._messages import Call, CallBatch, Reply, ReplyBatch, ViewNotice, decode, encode
-from runtime.errors import WireError
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.control import AppMessage, Goodbye, Hello, Ping, Pong, Welcome
 
@@ -126,7 +127,9 @@ class Client:
 
     @staticmethod
     def _load_credentials(
-        certs_dir: str | Path | None, name: str | None, credentials: TlsCredentials | LoadedCredentials | None,
+        certs_dir: str | Path | None,
+        name: str | None,
+        credentials: TlsCredentials | LoadedCredentials | None,
         insecure: bool,
     ) -> LoadedCredentials | None:
         if insecure:
@@ -169,28 +172,59 @@ class Client:
 
     # ---------------------------------------------------------------- calling
     def _call(
-        self, spec: TypeSpec, shard: ShardId, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-        ordered: bool, target: int = 0,
+        self,
+        spec: TypeSpec,
+        shard: ShardId,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ordered: bool,
+        target: int = 0,
+        read: ReadOptions | None = None,
     ) -> QueryResults:
+        if in_handler():
+            raise NestedCallError(
+                f"{spec.name}.{method} was called through a Client from inside a replicated method; the replica runs "
+                "one call at a time and would wait for itself (or for a call ordered after the one it is running). "
+                "Do the call from outside the method (for example after its result arrives)"
+            )
         if self._closed:
             raise self._refusal or GroupClosed("the client was closed")
         data = _codec.encode_args(args, kwargs, spec.serializer)
+        if read is not None:
+            data = encode_read(read, data)
         if len(data) + 64 > self.max_message_size:
             raise PayloadTooLarge(
                 f"{spec.name}.{method} arguments encode to {len(data)} bytes; the group's limit is "
                 f"{self.max_message_size} (multicast.max_message_size): send less per call"
             )
         serializer = spec.serializer
-        results = self._send(shard, method, data, ordered, target, f"{spec.name}.{method}", lambda b: _codec.decode_result(b, serializer))
+        results = self._send(
+            shard, method, data, ordered, target, f"{spec.name}.{method}", lambda b: _codec.decode_result(b, serializer)
+        )
+        if ordered:
+            results._compare = spec.on_divergence
         if ordered and spec.persistent:
             results._persist_query = lambda version, replica: self._send(
-                shard, PERSISTED_QUERY, msgpack.packb(version), False, replica, f"persistence of {spec.name}.{method}",
+                shard,
+                PERSISTED_QUERY,
+                msgpack.packb(version),
+                False,
+                replica,
+                f"persistence of {spec.name}.{method}",
                 msgpack.unpackb,
             )
         return results
 
     def _send(
-        self, shard: ShardId, method: str, data: bytes, ordered: bool, target: int, what: str, decode: Callable[[bytes], Any]
+        self,
+        shard: ShardId,
+        method: str,
+        data: bytes,
+        ordered: bool,
+        target: int,
+        what: str,
+        decode: Callable[[bytes], Any],
     ) -> QueryResults:
         if self._closed:
             raise self._refusal or GroupClosed("the client was closed")
@@ -314,7 +348,9 @@ class Client:
             except OSError:  # the socket was closed under us (close(), or a reset)
                 pass
             self._drop_socket()
-        self._fail_pending(self._refusal or GroupClosed(f"no member of the group reachable among {', '.join(self.contacts)}"))
+        self._fail_pending(
+            self._refusal or GroupClosed(f"no member of the group reachable among {', '.join(self.contacts)}")
+        )
 
     def _serve(self, sock: socket.socket) -> None:
         """Read from one contact until it closes, refuses us or goes silent."""
@@ -334,7 +370,9 @@ class Client:
                 busy = bool(self._pending)
                 limit = self.liveness_timeout if busy else self.liveness_timeout + 2 * self._idle_ping
                 if now - heard > limit:
-                    log.warning("contact %s sent nothing for %.1f s (frozen or cut off): failing over", where, now - heard)
+                    log.warning(
+                        "contact %s sent nothing for %.1f s (frozen or cut off): failing over", where, now - heard
+                    )
                     return
                 if busy or now - pinged >= self._idle_ping:
                     pinged = now
@@ -342,7 +380,9 @@ class Client:
                 continue
             except ssl.SSLError as exc:
                 if is_refusal(exc):
-                    self._refused(Refused(f"{where} refused the client: {exc.reason or exc} (check its client certificate)"))
+                    self._refused(
+                        Refused(f"{where} refused the client: {exc.reason or exc} (check its client certificate)")
+                    )
                 return
             except OSError:
                 return
@@ -443,8 +483,14 @@ class Client:
                     self._room.notify(len(finished))
 
     def _take(self, reply: Reply) -> None:
-        self._take_batch(ReplyBatch(reply.node, reply.vid, reply.replicas,
-                                    ((reply.call_id, reply.ok, reply.value, reply.origin, reply.version),)))
+        self._take_batch(
+            ReplyBatch(
+                reply.node,
+                reply.vid,
+                reply.replicas,
+                ((reply.call_id, reply.ok, reply.value, reply.origin, reply.version),),
+            )
+        )
 
 
 def _calls_frame(calls: list[Call], max_frame: int = DEFAULT_MAX_PAYLOAD) -> bytes:
@@ -480,5 +526,9 @@ class ClientHandle:
     def __getattr__(self, method: str) -> Callable[..., QueryResults]:
         spec, client = self._spec, self._client
         return method_caller(
-            spec, method, lambda m, kind, a, kw, node: client._call(spec, self.shard, m, a, kw, kind == ORDERED, node or 0)
+            spec,
+            method,
+            lambda m, kind, a, kw, node, read: client._call(
+                spec, self.shard, m, a, kw, kind == ORDERED, node or 0, read
+            ),
         )

@@ -22,10 +22,10 @@ import cloudpickle
 
 from derecho_actors._client import Client, ClientHandle
 from derecho_actors._group import Layout
-from runtime.errors import GroupClosed
 from runtime.core.layout import ShardPolicy
 from runtime.drivers.dial import client_credentials
 from runtime.drivers.status import StatusError, fetch_status
+from runtime.errors import GroupClosed
 from runtime.security.certs import ensure_cluster_certs
 
 _log = logging.getLogger("derecho.cluster")
@@ -100,16 +100,27 @@ class LocalCluster:
     def start(self, node: int, accept_loss: bool = False) -> None:
         """Start (or restart, as a new process joining again) node ``node``."""
         args = [
-            sys.executable, "-m", "derecho_actors._cluster_node", str(self._spec),
-            "--set", f"node.id={node}", "--set", f"node.listen={self.address(node)}",
-            "--set", f"node.cluster={self.cluster}", "--set", f"node.data_dir={self.workdir / f'data-{node}'}",
+            sys.executable,
+            "-m",
+            "derecho_actors._cluster_node",
+            str(self._spec),
+            "--set",
+            f"node.id={node}",
+            "--set",
+            f"node.listen={self.address(node)}",
+            "--set",
+            f"node.cluster={self.cluster}",
+            "--set",
+            f"node.data_dir={self.workdir / f'data-{node}'}",
         ]
         if self.insecure:
             args += ["--set", "security.insecure=true"]
         else:
             ensure_cluster_certs(self.certs_dir, [node], cluster=self.cluster)
             args += ["--set", f"security.certs_dir={self.certs_dir}"]
-        others = [self.address(n) for n in self.ports if n != node and (n in self.procs and self.procs[n].poll() is None)]
+        others = [
+            self.address(n) for n in self.ports if n != node and (n in self.procs and self.procs[n].poll() is None)
+        ]
         others = others or [self.address(n) for n in self.ports if n != node]
         if node != 1 or node in self.procs:
             args += ["--set", f"node.contacts={','.join(others)}"]
@@ -212,7 +223,7 @@ class LocalCluster:
 
     def kill_all(self) -> None:
         """kill -9 every node at once (a total failure)."""
-        for node, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
         for proc in self.procs.values():
@@ -268,8 +279,6 @@ class LocalCluster:
         self.close()
 
 
-def local_cluster(
-    nodes: int, types: Sequence[type], layout: Layout | None = None, **kwargs: Any
-) -> LocalCluster:
+def local_cluster(nodes: int, types: Sequence[type], layout: Layout | None = None, **kwargs: Any) -> LocalCluster:
     """``with da.local_cluster(nodes=3, types=[KV], layout=layout) as cluster: ...``"""
     return LocalCluster(nodes, types, layout, **kwargs)

@@ -57,7 +57,9 @@ def main(argv: list[str]) -> int:
             print(f"unexpected argument {flag!r}", file=sys.stderr)
             return EXIT_CONFIG
         i += 2
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s node{overrides.get('node.id')} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s node{overrides.get('node.id')} %(levelname)s %(name)s: %(message)s"
+    )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

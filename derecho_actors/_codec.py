@@ -15,6 +15,8 @@ import msgpack
 from runtime.errors import (
     DerechoError,
     NotPersistedYet,
+    NotPersistent,
+    P2PMutationError,
     PayloadTooLarge,
     RemoteError,
     ReplicaLost,
@@ -22,6 +24,7 @@ from runtime.errors import (
     SessionExpired,
     SessionLimit,
     ShardUnavailable,
+    TimeoutError,
     UnknownMethod,
     VersionLost,
 )
@@ -36,7 +39,7 @@ def _pack(value: Any, serializer: str, what: str) -> bytes:
         except Exception as exc:
             raise SerializationError(f"cannot pickle {what}: {exc}") from None
     try:
-        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+        return msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(
             f"{what} is not plain data msgpack can encode ({exc}); pass plain values or use "
@@ -97,7 +100,7 @@ def _state_ext(code: int, data: bytes) -> Any:
 
 
 def _pack_state(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True, strict_types=True, default=_state_default)  # type: ignore[no-any-return]
+    return msgpack.packb(value, use_bin_type=True, strict_types=True, default=_state_default)
 
 
 def _unpack_state(data: bytes) -> Any:
@@ -126,14 +129,23 @@ def decode_state(data: bytes, serializer: str) -> Any:
 
 def encode_error(exc: BaseException) -> bytes:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return msgpack.packb([type(exc).__name__, str(exc), tb], use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb([type(exc).__name__, str(exc), tb], use_bin_type=True)
 
 
 # Errors the group itself answers with (not the user's method): they come back as themselves,
 # so a caller can catch ``da.PayloadTooLarge`` whichever node refused the call.
 _OWN_ERRORS: dict[str, type[DerechoError]] = {
     cls.__name__: cls
-    for cls in (PayloadTooLarge, ReplicaLost, SessionExpired, SessionLimit, ShardUnavailable, UnknownMethod)
+    for cls in (
+        PayloadTooLarge,
+        ReplicaLost,
+        SessionExpired,
+        SessionLimit,
+        ShardUnavailable,
+        UnknownMethod,
+        P2PMutationError,
+        TimeoutError,
+    )
 }
 
 
@@ -155,14 +167,17 @@ def decode_error(data: bytes, node: int | None) -> BaseException:
     return RemoteError(str(name), str(message), str(tb), node)
 
 
-# Raised inside a replicated method by da.at_version / da.at_time and not caught there: they
-# say what the version is (not yet on disk everywhere, or lost), which is what the caller needs.
-_READ_ERRORS: dict[str, type[DerechoError]] = {cls.__name__: cls for cls in (NotPersistedYet, VersionLost)}
+# Raised inside a replicated method by da.at_version / da.at_time (or by a call's at_version= /
+# at_time=) and not caught there: they say what the version is (not yet on disk everywhere, or
+# lost, or the type keeps no versions), which is what the caller needs.
+_READ_ERRORS: dict[str, type[DerechoError]] = {
+    cls.__name__: cls for cls in (NotPersistedYet, VersionLost, NotPersistent)
+}
 
 
 def encode_refusal(exc: DerechoError) -> bytes:
     """A refusal by the group (no traceback: it is not the user's code that failed)."""
-    return msgpack.packb([type(exc).__name__, str(exc), ""], use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb([type(exc).__name__, str(exc), ""], use_bin_type=True)
 
 
 CALL_OVERHEAD = 96
@@ -189,7 +204,6 @@ makes ``call_id`` that session's call number, ``session_ns`` when the session st
 member's own calls."""
 
 
-
 def encode_ordered(calls: list[PendingCall], max_size: int, now: int) -> list[bytes]:
     """Multicast payloads carrying ``calls`` in order, as few as ``max_size`` allows: one
     multicast message (one slot, one stability step, one upcall) carries many calls.
@@ -212,6 +226,12 @@ def encode_ordered(calls: list[PendingCall], max_size: int, now: int) -> list[by
     if batch:
         out.append(msgpack.packb([now, batch], use_bin_type=True))
     return out
+
+
+def empty_ordered(now: int) -> bytes:
+    """A multicast payload with no calls: every replica delivers it and runs nothing. It moves
+    every member's delivered count, which a stable read may wait for (``_consistency``)."""
+    return msgpack.packb([now, []], use_bin_type=True)
 
 
 def decode_ordered(payload: bytes) -> list[OrderedCall] | None:

@@ -53,7 +53,9 @@ def run_demo(nodes: int = 6, writes: int = 4000, workdir: str | None = None) -> 
 
     console = Console()
     # One spare replica per shard: the layout stays adequate after the kill.
-    layout = da.Layout({DemoKV: da.ShardPolicy(shards=SHARDS, min_nodes=max(1, nodes // SHARDS - 1), max_nodes=nodes // SHARDS)})
+    layout = da.Layout(
+        {DemoKV: da.ShardPolicy(shards=SHARDS, min_nodes=max(1, nodes // SHARDS - 1), max_nodes=nodes // SHARDS)}
+    )
     fast = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "500"}
     console.print(f"[bold]derecho-actors demo[/]: {nodes} node processes, a key-value store in {SHARDS} shards")
     started = time.monotonic()
@@ -87,7 +89,11 @@ def run_demo(nodes: int = 6, writes: int = 4000, workdir: str | None = None) -> 
         survivors = {n for n in cluster.ports if n != victim}
         cluster.wait_members(survivors)
         after = cluster.status(min(survivors))
-        lost = [k for k, v in acked.items() if list(cluster.handle(DemoKV, shard=shard_of(k)).get(k).get(timeout=10).values())[0] != v]
+        lost = [
+            k
+            for k, v in acked.items()
+            if list(cluster.handle(DemoKV, shard=shard_of(k)).get(k).get(timeout=10).values())[0] != v
+        ]
         summary = Table(title="summary")
         summary.add_column("what")
         summary.add_column("value", justify="right")

@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import msgpack
 
@@ -34,6 +34,10 @@ from runtime.core.layout import ShardId
 from runtime.core.view import View
 from runtime.drivers.restart import SavedState
 from runtime.errors import ConfigError, RestartError
+from runtime.exitcodes import EXIT_STORAGE
+
+FailStop = Callable[[str, int], None]
+"""``fail(why, exit code)``: the node leaves the group (``_stopping.NodeStop.fail_stop``)."""
 
 log = logging.getLogger("derecho.disk")
 
@@ -68,7 +72,9 @@ class NodeDiskState:
         """Replace file ``name`` atomically (tmp, fsync, rename, fsync the folder)."""
         path = self._path(name)
         tmp = path.with_suffix(".tmp")
-        body = msgpack.packb({"format": FORMAT, "cluster": self.cluster, "node": self.node_id, **data}, use_bin_type=True)
+        body = msgpack.packb(
+            {"format": FORMAT, "cluster": self.cluster, "node": self.node_id, **data}, use_bin_type=True
+        )
         with self._lock:
             with open(tmp, "wb") as f:
                 f.write(body)
@@ -114,10 +120,28 @@ class NodeDiskState:
         disk failed)."""
         me = self.node_id
         self.mark_incomplete(
-            sid for sid, src in view.sources
+            sid
+            for sid, src in view.sources
             if src != me and sid.type_name in persistent_types and me in view.layout.members_of(sid)
         )
         self.save_view(view)
+
+    def save_installed_or(self, view: View, persistent_types: set[str], fail: FailStop) -> None:
+        """:meth:`save_installed` if the node has persistent types; a disk that fails it
+        fail-stops the node (``fail(why, exit code)``)."""
+        if persistent_types:
+            try:
+                self.save_installed(view, persistent_types)
+            except OSError as exc:
+                fail(f"storage failure: saving view {view.vid} in {self.data_dir} failed: {exc}", EXIT_STORAGE)
+
+    def clear_incomplete_or(self, shard: ShardId, persistent_types: set[str], fail: FailStop) -> None:
+        """A state transfer of ``shard`` landed: :meth:`clear_incomplete`, or fail-stop."""
+        if persistent_types:
+            try:
+                self.clear_incomplete(shard)
+            except OSError as exc:
+                fail(f"storage failure: {self.data_dir}: {exc}", EXIT_STORAGE)
 
     def record_accepted(self, vid: int) -> None:
         """This node accepts view change ``vid``: durable before the acceptance leaves."""
@@ -175,7 +199,9 @@ class NodeDiskState:
         try:
             view = View.from_wire(data["view"])
         except Exception as exc:
-            raise RestartError(f"{self._path('view')} holds no valid view ({exc}); move it aside to start as new") from None
+            raise RestartError(
+                f"{self._path('view')} holds no valid view ({exc}); move it aside to start as new"
+            ) from None
         accepted = self._read("accepted")
         frontiers = self._read("frontiers")
         incomplete = self._read("incomplete")
@@ -227,8 +253,14 @@ def saved_state(disk: NodeDiskState, specs: Iterable[Any], signing_key: Any, fsy
                 logs[ShardId(spec.name, int(parts[0]), int(parts[1]))] = lg.last_version
     saved = disk.load(logs)
     if saved is not None:
-        log.info("node %s restarts from %s: last view %d (accepted %d), logs %s, recorded frontiers %s%s",
-                 disk.node_id, disk.data_dir, saved.view.vid, saved.accepted_vid, {str(k): v for k, v in logs.items()},
-                 {str(k): v for k, v in saved.frontiers.items()},
-                 f", unfinished transfers {sorted(map(str, saved.incomplete))}" if saved.incomplete else "")
+        log.info(
+            "node %s restarts from %s: last view %d (accepted %d), logs %s, recorded frontiers %s%s",
+            disk.node_id,
+            disk.data_dir,
+            saved.view.vid,
+            saved.accepted_vid,
+            {str(k): v for k, v in logs.items()},
+            {str(k): v for k, v in saved.frontiers.items()},
+            f", unfinished transfers {sorted(map(str, saved.incomplete))}" if saved.incomplete else "",
+        )
     return saved

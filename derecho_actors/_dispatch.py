@@ -2,8 +2,8 @@
 
 Every message is decoded and checked first (``_messages``); one from a member that claims to
 come from another member cuts that member off; the rest go to the part of the group they are
-for: calls and replies to the router, signed marks to the persistence tracker, state transfer
-messages to the transfer service. A client may only send calls.
+for: calls and replies to the router, signed marks and state digests to the persistence
+tracker, state transfer messages to the transfer service. A client may only send calls.
 """
 
 from __future__ import annotations
@@ -13,7 +13,17 @@ from typing import Any
 
 from derecho_actors._frontiers import PersistenceTracker
 from derecho_actors._messages import (
-    Call, CallBatch, Reply, ReplyBatch, SignedMark, StateAck, StateChunk, StateRequest, claimed_sender, decode,
+    Call,
+    CallBatch,
+    Reply,
+    ReplyBatch,
+    SignedMark,
+    StateAck,
+    StateChunk,
+    StateDigest,
+    StateRequest,
+    claimed_sender,
+    decode,
 )
 from derecho_actors._routing import CallRouter
 from derecho_actors._transfer import TransferService
@@ -24,13 +34,16 @@ log = logging.getLogger("derecho.group")
 
 
 class MessageDispatch:
-    def __init__(self, node: NodeHandle, router: CallRouter, tracker: PersistenceTracker, transfer: TransferService) -> None:
+    def __init__(
+        self, node: NodeHandle, router: CallRouter, tracker: PersistenceTracker, transfer: TransferService
+    ) -> None:
         self.node = node
         self._by_type: dict[type, Any] = {
             ReplyBatch: lambda sender, msg: router.take_batch(msg),
             Call: router.on_member_call,
             Reply: lambda sender, msg: router.take_reply(msg),
             SignedMark: tracker.on_mark,
+            StateDigest: tracker.on_digest,
             StateRequest: transfer.on_request,
             StateChunk: transfer.on_chunk,
             StateAck: transfer.on_ack,

@@ -4,8 +4,8 @@ The core reports each shard's *persistence frontier* (every version up to it is 
 every replica); this module passes it to the replica (reads of the past check it), answers
 the callers of ``persisted()`` once their version is under it, calls ``on_persisted``
 callbacks, records it on disk now and then (a restart needs a lower bound), and exchanges the
-signed marks of signed logs with the shard's other replicas. Everything runs on the node's
-loop.
+signed marks of signed logs, and the state digests of types with ``digest_every`` (``_digest``),
+with the shard's other replicas. Everything runs on the node's loop.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any, Callable
 import msgpack
 
 from derecho_actors import _codec
+from derecho_actors._digest import DigestBook
 from derecho_actors._disk_state import FRONTIER_WRITE_INTERVAL, NodeDiskState
 from derecho_actors._hosting import ReplicaHost
-from derecho_actors._messages import Reply, SignedMark, encode
+from derecho_actors._messages import Reply, SignedMark, StateDigest, encode
 from derecho_actors._replica import FrontierMoved, PeerMark
 from runtime.core.layout import ShardId
 from runtime.core.view import View
@@ -33,8 +34,14 @@ RouteReplies = Callable[[list[tuple[int, Reply]]], None]
 
 class PersistenceTracker:
     def __init__(
-        self, node: NodeHandle, host: ReplicaHost, disk: NodeDiskState | None, public_key: bytes,
-        route_replies: RouteReplies, view: Callable[[], View | None], fail_stop: Callable[[str, int], None],
+        self,
+        node: NodeHandle,
+        host: ReplicaHost,
+        disk: NodeDiskState | None,
+        public_key: bytes,
+        route_replies: RouteReplies,
+        view: Callable[[], View | None],
+        fail_stop: Callable[[str, int], None],
     ) -> None:
         """``disk``: where frontiers and lost ranges are kept (None: no persistent types)."""
         self.node = node
@@ -51,6 +58,7 @@ class PersistenceTracker:
         self.verified: dict[ShardId, dict[int, int]] = {}  # signed logs: peer -> version checked equal
         self.lost: dict[ShardId, tuple[int, int]] = disk.lost() if disk is not None else {}
         self._frontiers_due = False
+        self.digests = DigestBook(self.node_id, node.send_app, view)
 
     # ------------------------------------------------------------------ frontier
     def on_persisted(self, sid: ShardId, version: int) -> None:
@@ -68,10 +76,12 @@ class PersistenceTracker:
                 self.waiters[sid] = [w for w in waiters if w[0] > version]
                 value = msgpack.packb(version)
                 vid = self._vid()
-                self.route_replies([
-                    (caller, Reply(call_id, self.node_id, vid, (self.node_id,), True, value, origin))
-                    for _, caller, call_id, origin in due
-                ])
+                self.route_replies(
+                    [
+                        (caller, Reply(call_id, self.node_id, vid, (self.node_id,), True, value, origin))
+                        for _, caller, call_id, origin in due
+                    ]
+                )
         for fn in self.callbacks:
             try:
                 fn(sid, version)
@@ -94,8 +104,9 @@ class PersistenceTracker:
             try:
                 disk.write_frontiers()
             except OSError as exc:
-                self.node.call_soon(self.fail_stop, f"storage failure: recording frontiers in {disk.data_dir}: {exc}",
-                                    EXIT_STORAGE)
+                self.node.call_soon(
+                    self.fail_stop, f"storage failure: recording frontiers in {disk.data_dir}: {exc}", EXIT_STORAGE
+                )
 
         self.node.run_blocking(write)
 
@@ -119,14 +130,18 @@ class PersistenceTracker:
             self.route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
 
     def fail_waiters(self, sid: ShardId, why: str) -> None:
+        """This node no longer holds ``sid``: answer its ``persisted()`` waiters with ``why``."""
+        self.digests.forget(sid)
         waiters = self.waiters.pop(sid, [])
         if waiters:
             err = _codec.encode_refusal(ReplicaLost(why, applied=False))
             vid = self._vid()
-            self.route_replies([
-                (caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))
-                for _, caller, call_id, origin in waiters
-            ])
+            self.route_replies(
+                [
+                    (caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))
+                    for _, caller, call_id, origin in waiters
+                ]
+            )
 
     # ------------------------------------------------------------------ lost versions
     def record_lost(self, lost: dict[ShardId, tuple[int, int]]) -> None:
@@ -168,8 +183,20 @@ class PersistenceTracker:
         others = [n for n in view.layout.members_of(sid) if n != self.node_id]
         return min((seen.get(n, -1) for n in others), default=self.frontier.get(sid, -1))
 
+    # ------------------------------------------------------------------ state digests
+    def digested(self, sid: ShardId, version: int, digest: bytes) -> None:
+        """Our replica of ``sid`` digested its state at ``version`` (``digest_every``): compare
+        it with the peers' and send it to them. (``ReplicaEnv.report_digest``, on the loop.)"""
+        self.digests.digested(sid, version, digest)
+
+    def on_digest(self, sender: int, msg: StateDigest) -> None:
+        self.digests.on_digest(sender, msg.shard, msg.version, msg.digest)
+
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"frontiers": {str(s): v for s, v in self.frontier.items()}}
         if self.lost:
             out["lost"] = {str(s): list(r) for s, r in self.lost.items()}
+        digests = self.digests.status()
+        if digests:
+            out["digests"] = digests
         return out

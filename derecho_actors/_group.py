@@ -3,9 +3,9 @@
 A ``Group`` is a thin composition over one node (``runtime.node_api.NodeHandle``: the real TCP
 driver, or the simulator's): call routing (``_routing``), replica hosting (``_hosting``), state
 transfer (``_transfer``), persistence tracking (``_frontiers``) and what the node keeps on
-disk for a restart (``_disk_state``); messages reach them through ``_dispatch``. It wires them to the node's hooks and offers the user's
-API: handles that turn method calls into ordered multicasts or P2P requests returning
-``QueryResults`` at once.
+disk for a restart (``_disk_state``); messages reach them through ``_dispatch``. It wires
+them to the node's hooks and offers the user's API: handles that turn method calls into
+ordered multicasts or P2P requests returning ``QueryResults`` at once.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from derecho_actors._decorators import TypeSpec, spec_of
+from derecho_actors._decorators import spec_of
 from derecho_actors._disk_state import NodeDiskState, group_signing_key, saved_state
 from derecho_actors._dispatch import MessageDispatch
 from derecho_actors._frontiers import PersistenceTracker
-from derecho_actors._handles import Handle, Layout
+from derecho_actors._handles import Handle, Layout, registered_specs, shard_id_of
 from derecho_actors._hosting import ReplicaHost, Runner, ThreadRunner
 from derecho_actors._replica_env import ReplicaEnvFactory
 from derecho_actors._routing import CallRouter
+from derecho_actors._stopping import NodeStop
 from derecho_actors._transfer import TransferService
 from runtime.config import NodeConfig, load_config
 from runtime.core.effects import Delivery
@@ -31,8 +32,7 @@ from runtime.core.layout import ShardId, ShardPolicy
 from runtime.core.view import View
 from runtime.drivers.data_dir import check_data_dir
 from runtime.drivers.log_store import public_key_bytes
-from runtime.errors import ConfigError, GroupClosed, NotRegistered
-from runtime.exitcodes import EXIT_OK, EXIT_RESTART_REFUSED, EXIT_STOPPED, EXIT_STORAGE
+from runtime.errors import GroupClosed, NotRegistered
 from runtime.node_api import AppHooks, NodeHandle
 
 __all__ = ["Group", "Handle", "Layout", "ShardPolicy"]
@@ -42,12 +42,6 @@ log = logging.getLogger("derecho.group")
 
 NodeFactory = Callable[[NodeConfig, AppHooks, Any, bool], NodeHandle]
 """``(config, hooks, saved state, accept_loss) -> node``: how a Group gets its node."""
-
-
-def _tcp_node(config: NodeConfig, hooks: AppHooks, saved: Any, accept_loss: bool, security: Any = None) -> NodeHandle:
-    from runtime.drivers.node import NodeDriver
-
-    return NodeDriver(config, hooks, saved=saved, security=security, accept_loss=accept_loss)
 
 
 class Group:
@@ -70,16 +64,12 @@ class Group:
         versions answer ``VersionLost``) instead of stopping with exit code 5. (``_node`` and
         ``_runner`` let the simulator host the same group on its own node and inline.)"""
         layout = layout or Layout({cls: ShardPolicy() for cls in types})
-        self._specs: dict[str, TypeSpec] = {}
-        for cls in list(types) + layout.types:
-            spec = spec_of(cls)
-            if spec is None:
-                raise NotRegistered(f"{getattr(cls, '__name__', cls)!r} is not a @replicated class")
-            self._specs[spec.name] = spec
-        missing = [n for n in self._specs if n not in dict(layout.policy.types)]
-        if missing:
-            raise ConfigError(f"no layout policy for replicated type(s) {', '.join(missing)}")
-        cfg = config if isinstance(config, NodeConfig) else load_config(str(config) if config else None, dict(overrides or {}))
+        self._specs = registered_specs(types, layout)
+        cfg = (
+            config
+            if isinstance(config, NodeConfig)
+            else load_config(str(config) if config else None, dict(overrides or {}))
+        )
         self.config = dataclasses.replace(cfg, layout=layout.policy)
         self.node_id = self.config.node.id
         self.data_dir = check_data_dir(self.config.node.data_dir)
@@ -92,54 +82,89 @@ class Group:
 
             security = node_security(self.config)
         self._signing_key = group_signing_key(
-            self._specs.values(), self.config.persistence.signing_key, security[1] if security else None)
-        self._stopped: str | None = None
-        self.exit_code = EXIT_OK  # what a node process running this group should exit with (runtime.exitcodes)
+            self._specs.values(), self.config.persistence.signing_key, security[1] if security else None
+        )
         self._first_view = threading.Event()
+        grace = self.config.timeouts.suspicion_ms / 1000 * 4
+        self._stop = NodeStop(self.node_id, lambda exc: self._router.fail_pending(exc), grace, self._first_view)
         self._views: dict[int, View] = {}
         self._view: View | None = None
         self._view_callbacks: list[Callable[[View], None]] = []
         hooks = AppHooks(
-            on_deliver=self._on_deliver, on_view=self._on_view, on_app=lambda s, d: self._dispatch.from_member(s, d),
+            on_deliver=self._on_deliver,
+            on_view=self._on_view,
+            on_app=lambda s, d: self._dispatch.from_member(s, d),
             on_client_app=lambda c, d: self._dispatch.from_client(c, d),
-            on_stop=self._on_stop, on_persisted=lambda sid, v: self._tracker.on_persisted(sid, v),
+            on_stop=self._stop.on_stop,
+            on_persisted=lambda sid, v: self._tracker.on_persisted(sid, v),
             on_accepted=self._disk.record_accepted if persistent else None,
-            on_lost=lambda lost: self._tracker.record_lost(lost), status=self._status,
+            on_lost=lambda lost: self._tracker.record_lost(lost),
+            status=self._status,
+            on_stable=lambda sid, vid, index: self._router.on_stable(sid, vid, index),
         )
         saved = saved_state(self._disk, self._specs.values(), self._signing_key, self.config.persistence.fsync)
+        self._node: NodeHandle
         if _node is None:
-            self._node = _tcp_node(self.config, hooks, saved, accept_loss, security)
+            from runtime.drivers.node import NodeDriver
+
+            self._node = NodeDriver(self.config, hooks, saved=saved, security=security, accept_loss=accept_loss)
         else:
             self._node = _node(self.config, hooks, saved, accept_loss)
-        node = self._node
+        node = self._stop.node = self._node
         runner = _runner or ThreadRunner()
         self._host = ReplicaHost(self.node_id, self._specs, runner, lambda *a: self._make_env(*a))
         public_key = public_key_bytes(self._signing_key) if self._signing_key is not None else b""
         self._tracker = PersistenceTracker(
-            node, self._host, self._disk if persistent else None, public_key, lambda replies: self._router.route_replies(replies),
-            lambda: self._view, self._fail_stop,
+            node,
+            self._host,
+            self._disk if persistent else None,
+            public_key,
+            lambda replies: self._router.route_replies(replies),
+            lambda: self._view,
+            self._stop.fail_stop,
         )
         self._transfer = TransferService(
-            node, self._host, self.config.persistence.transfer_chunk_bytes, self.config.persistence.transfer_window,
-            self._views.get, lambda: self._view, self._fail_stop, self._transfer_landed,
+            node,
+            self._host,
+            self.config.persistence.transfer_chunk_bytes,
+            self.config.persistence.transfer_window,
+            self._views.get,
+            lambda: self._view,
+            self._stop.fail_stop,
+            lambda sid: self._disk.clear_incomplete_or(sid, self._persistent_types, self._stop.fail_stop),
         )
         self._router = CallRouter(
-            node, self.config.multicast.max_message_size, lambda: self._view, lambda: self._stopped, self._host,
-            self._tracker, self._transfer.why_waiting,
+            node,
+            self.config.multicast.max_message_size,
+            lambda: self._view,
+            lambda: self._stop.reason,
+            self._host,
+            self._tracker,
+            self._transfer.why_waiting,
         )
         self._dispatch = MessageDispatch(node, self._router, self._tracker, self._transfer)
         p = self.config.persistence
         self._make_env = ReplicaEnvFactory(
-            self.node_id, node, self.data_dir, self._router.send_replies, self._transfer, self._tracker, self._fail_stop,
-            self._signing_key, p.fsync, p.stall_timeout_ms / 1000, getattr(runner, "inline", False),
+            self.node_id,
+            node,
+            self.data_dir,
+            self._router.send_replies,
+            self._transfer,
+            self._tracker,
+            self._stop.fail_stop,
+            self._signing_key,
+            p,
+            getattr(runner, "inline", False),
         )
         node.start()
+        if _node is not None:
+            return  # a simulated node: the simulator drives time, nothing to wait for here
         if not self._first_view.wait(start_timeout):
             self.close()
             raise GroupClosed(f"node {self.node_id} joined no view within {start_timeout} s; check node.contacts")
-        if self._stopped is not None:
+        if self._stop.reason is not None:
             self.close()
-            raise GroupClosed(f"node {self.node_id} stopped: {self._stopped}", self.exit_code)
+            raise GroupClosed(f"node {self.node_id} stopped: {self._stop.reason}", self.exit_code)
 
     # ------------------------------------------------------------------ public
     def handle(self, cls: type, shard: int = 0, subgroup: int = 0) -> Handle:
@@ -174,27 +199,47 @@ class Group:
 
     def persisted_frontier(self, cls: type, shard: int = 0, subgroup: int = 0) -> int:
         """The persistence frontier of a shard this node holds (-1: nothing yet)."""
-        return self._tracker.frontier.get(self._shard(cls, shard, subgroup), -1)
+        return self._tracker.frontier.get(shard_id_of(cls, shard, subgroup), -1)
 
     def verified_frontier(self, cls: type, shard: int = 0, subgroup: int = 0) -> int:
         """Signed logs: the highest version up to which every other replica of the shard has
         shown this node a valid signature over its own record chain (so every log is
         identical up to there); -1 until each has."""
-        return self._tracker.verified_frontier(self._shard(cls, shard, subgroup))
+        return self._tracker.verified_frontier(shard_id_of(cls, shard, subgroup))
 
     @property
     def transfer_stats(self) -> list[dict[str, Any]]:
         """State transfers this node sent (shard, view, receiver, bytes, seconds, error)."""
         return self._transfer.stats
 
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        """What ``derecho-actors status`` shows of this node (plain data): the view, each
+        shard's frontiers, the replicas here under ``"app"`` (with state digest comparisons)."""
+        done: list[dict[str, Any]] = []
+        ready = threading.Event()
+
+        def take() -> None:
+            done.append(self._node.status())
+            ready.set()
+
+        self._node.call_soon(take)
+        if not ready.wait(timeout):
+            raise GroupClosed(f"node {self.node_id} did not answer a status request within {timeout} s (stopped?)")
+        return done[0]
+
     @property
     def stopped(self) -> str | None:
         """Why this node stopped (None while it runs); ``exit_code`` says what kind of end."""
-        return self._stopped
+        return self._stop.reason
+
+    @property
+    def exit_code(self) -> int:
+        """What a node process running this group should exit with (``runtime.exitcodes``)."""
+        return self._stop.exit_code
 
     def leave(self, timeout: float = 10.0) -> None:
         """Leave the group gracefully (a view change without suspicion), then close."""
-        if self._stopped is None:
+        if self._stop.reason is None:
             self._node.leave()
             self._node.wait_stopped(timeout)
         self.close()
@@ -214,19 +259,16 @@ class Group:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _shard(self, cls: type, shard: int, subgroup: int) -> ShardId:
-        spec = spec_of(cls)
-        return ShardId(spec.name if spec is not None else getattr(cls, "__name__", str(cls)), subgroup, shard)
-
     # ------------------------------------------------------------------ node's hooks (loop)
     def _on_view(self, view: View) -> None:
         previous = self._view
         self._view = view
         self._views[view.vid] = view
         self._views.pop(view.vid - 3, None)
-        self._save_view(view)
-        awaiting = self._host.update(view, lambda sid: self._tracker.fail_waiters(
-            sid, f"node {self.node_id} no longer holds {sid}"))
+        self._disk.save_installed_or(view, self._persistent_types, self._stop.fail_stop)
+        awaiting = self._host.update(
+            view, lambda sid: self._tracker.fail_waiters(sid, f"node {self.node_id} no longer holds {sid}")
+        )
         for sid, source in awaiting:
             self._transfer.await_state(sid, source, view.vid)
         self._transfer.on_view(view)
@@ -240,64 +282,13 @@ class Group:
         if view is not None:
             self._host.deliver(d, view)
 
-    def _on_stop(self, reason: str) -> None:
-        if self._stopped is None:  # a fail-stop keeps its own reason (and exit code)
-            self._stopped = reason
-            if reason.startswith("restart refused"):
-                self.exit_code = EXIT_RESTART_REFUSED
-            elif reason.startswith("storage failure"):
-                self.exit_code = EXIT_STORAGE
-            elif not reason.startswith(("left the group", "closed")):
-                self.exit_code = EXIT_STOPPED
-        self._first_view.set()
-        self._router.fail_pending(GroupClosed(f"node {self.node_id} stopped: {reason}"))
-
-    def _fail_stop(self, why: str, code: int) -> None:
-        """This node can no longer do its part (its disk failed, a replica broke): leave the
-        group with the reason, so the others carry on at once without suspecting anyone and
-        nobody waits for it; callers here get the reason."""
-        if self._stopped is not None:
-            return
-        log.error("node %s leaves the group: %s", self.node_id, why)
-        self._stopped = why
-        self.exit_code = code
-        self._router.fail_pending(GroupClosed(f"node {self.node_id} stopped: {why}"))
-        self._node.leave()
-        # If the leave cannot complete (no majority left to agree to it), stop anyway.
-        self._node.call_later(self.config.timeouts.suspicion_ms / 1000 * 4, self._node.stop, why)
-
     def _status(self) -> dict[str, Any]:
-        """The actor layer's part of ``status``: per shard this node holds, whether its
-        replica serves or waits, and why."""
-        view = self._view
-        shards: dict[str, str] = {}
-        for sid in self._host.replicas:
-            waiting = self._transfer.why_waiting(sid)
-            if waiting is not None:
-                shards[str(sid)] = f"waiting for its state ({waiting})"
-            elif view is not None and not view.layout.adequate:
-                shards[str(sid)] = "holding its state; the view is too small for the layout"
-            else:
-                shards[str(sid)] = "serving"
-        out: dict[str, Any] = {"replicas": shards, **self._tracker.status()}
-        if self._stopped is not None:
-            out["stopped"] = self._stopped
+        """The actor layer's part of ``status``: each replica here (serving or why not), the
+        persistence frontiers and state digests."""
+        out: dict[str, Any] = {
+            "replicas": self._host.status(self._view, self._transfer.why_waiting),
+            **self._tracker.status(),
+        }
+        if self._stop.reason is not None:
+            out["stopped"] = self._stop.reason
         return out
-
-    # ------------------------------------------------------------------ disk
-    def _save_view(self, view: View) -> None:
-        """Keep the last installed view on disk: a total restart starts from it."""
-        if self._persistent_types:
-            try:
-                self._disk.save_installed(view, self._persistent_types)
-            except OSError as exc:
-                self._fail_stop(f"storage failure: saving view {view.vid} in {self.data_dir} failed: {exc}", EXIT_STORAGE)
-
-    def _transfer_landed(self, sid: ShardId) -> None:
-        if self._persistent_types:
-            try:
-                self._disk.clear_incomplete(sid)
-            except OSError as exc:
-                self._fail_stop(f"storage failure: {self.data_dir}: {exc}", EXIT_STORAGE)
-
-

@@ -36,7 +36,7 @@ class ReplicaRef(Protocol):
 
 
 class Runner(Protocol):
-    def start(self, replica: Replica) -> ReplicaRef: ...
+    def start(self, replica: Replica, shard: ShardId) -> ReplicaRef: ...
 
 
 class _ActorRef:
@@ -54,7 +54,7 @@ class _ActorRef:
 
         def wait(timeout: float) -> bool:
             try:
-                stopping.get(timeout=timeout)  # type: ignore[union-attr]
+                stopping.get(timeout=timeout)
                 return True
             except pykka.Timeout:
                 return False
@@ -67,7 +67,7 @@ class _ActorRef:
 class ThreadRunner:
     """Each replica on its own thread (pykka), one message at a time, in order."""
 
-    def start(self, replica: Replica) -> ReplicaRef:
+    def start(self, replica: Replica, shard: ShardId) -> ReplicaRef:
         return _ActorRef(ReplicaActor.start(replica))
 
 
@@ -97,7 +97,7 @@ class InlineRunner:
 
     inline = True  # replicas write their logs in place too (no writer thread)
 
-    def start(self, replica: Replica) -> ReplicaRef:
+    def start(self, replica: Replica, shard: ShardId) -> ReplicaRef:
         ref = _InlineRef(replica)
         try:
             replica.start()
@@ -149,14 +149,14 @@ class ReplicaHost:
             waits = src is not None and src != self.node_id
             if waits:
                 awaiting.append((sid, src))  # type: ignore[arg-type]
-            self.replicas[sid] = self.runner.start(Replica(spec, self.make_env(sid, spec, view.vid, src), waits))
+            self.replicas[sid] = self.runner.start(Replica(spec, self.make_env(sid, spec, view.vid, src), waits), sid)
         for sid, ref in self.replicas.items():
             ref.tell(ViewBoundary(*boundary, sid in sourcing))
         return awaiting
 
     def deliver(self, d: Delivery, view: View) -> None:
         """One delivered batch of ordered calls to the shard's replica here (one message)."""
-        ref = self.replicas.get(d.shard)  # type: ignore[arg-type]
+        ref = self.replicas.get(d.shard)
         if ref is None:
             return
         calls: list[_codec.OrderedCall] = []
@@ -166,7 +166,20 @@ class ReplicaHost:
             if batch is not None:
                 calls.extend(batch)
         if calls:
-            ref.tell(OrderedBatch(d.vid, tuple(view.layout.members_of(d.shard)), calls))  # type: ignore[arg-type]
+            ref.tell(OrderedBatch(d.vid, tuple(view.layout.members_of(d.shard)), calls, d.frontier))
+
+    def status(self, view: View | None, why_waiting: Callable[[ShardId], str | None]) -> dict[str, str]:
+        """Per shard held here: whether its replica serves, and if not, why."""
+        shards: dict[str, str] = {}
+        for sid in self.replicas:
+            waiting = why_waiting(sid)
+            if waiting is not None:
+                shards[str(sid)] = f"waiting for its state ({waiting})"
+            elif view is not None and not view.layout.adequate:
+                shards[str(sid)] = "holding its state; the view is too small for the layout"
+            else:
+                shards[str(sid)] = "serving"
+        return shards
 
     def tell(self, shard: ShardId, message: ReplicaMessage) -> bool:
         ref = self.replicas.get(shard)

@@ -95,8 +95,7 @@ class LoadApp:
         if self._log is not None:
             line = f"{d.vid} {d.shard} ".encode().replace(b"%", b"%%") + b"%d %d %d %s\n"
             try:  # load payloads, "<node>:<seq>:...": two finds and a slice per message
-                text = b"".join([line % (g, s, k, p[: p.index(b":", p.index(b":") + 1)])
-                                 for g, s, k, p in msgs])
+                text = b"".join([line % (g, s, k, p[: p.index(b":", p.index(b":") + 1)]) for g, s, k, p in msgs])
             except ValueError:  # some other payload in the batch
                 text = b"".join([line % (g, s, k, _tag(p)) for g, s, k, p in msgs])
             if not text.isascii():  # slow path: tags are shown as ASCII, the shard as it is

@@ -1,4 +1,4 @@
-"""The actor layer's messages: calls, replies, state transfer and signed log marks.
+"""The actor layer's messages: calls, replies, state transfer, signed log marks and state digests.
 
 They travel inside the engine's opaque ``AppMessage`` frames (member to member, and between a
 client and its contact), under the sender's proven identity. Each is one msgpack array
@@ -90,6 +90,18 @@ class SignedMark:
 
 
 @dataclass(frozen=True, slots=True)
+class StateDigest:
+    """A replica's digest of its state right after ``version`` (``@replicated(digest_every=N)``,
+    see ``_digest``): the shard's other replicas compare it with their own at that version.
+    It names no sender: it is the connection's proven speaker, so no member can send one in
+    another's name."""
+
+    shard: Any  # ShardId
+    version: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class StateRequest:
     """A replica new to ``shard`` in view ``vid`` asks the view's state source for the state.
     ``have_version`` is the last version in its own log (-1: none) and ``digest`` the crc32 of
@@ -144,7 +156,9 @@ class ViewNotice:
     unavailable: str = ""
 
 
-AppFrame = Call | CallBatch | Reply | ReplyBatch | SignedMark | StateRequest | StateChunk | StateAck | ViewNotice
+AppFrame = (
+    Call | CallBatch | Reply | ReplyBatch | SignedMark | StateRequest | StateChunk | StateAck | ViewNotice | StateDigest
+)
 
 TAG_CALL: Final = 1
 TAG_CALL_BATCH: Final = 2
@@ -155,6 +169,8 @@ TAG_STATE_REQUEST: Final = 6
 TAG_STATE_CHUNK: Final = 7
 TAG_STATE_ACK: Final = 8
 TAG_VIEW_NOTICE: Final = 9
+TAG_STATE_DIGEST: Final = 10
+MAX_DIGEST = 64
 
 
 # ------------------------------------------------------------------------------- encoding
@@ -172,6 +188,7 @@ _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
     StateChunk: lambda m: [TAG_STATE_CHUNK, shard_to_wire(m.shard), m.vid, m.seq, m.part, m.data, m.final, m.reset],
     StateAck: lambda m: [TAG_STATE_ACK, shard_to_wire(m.shard), m.vid, m.seq],
     ViewNotice: lambda m: [TAG_VIEW_NOTICE, m.vid, list(m.members), list(m.departed), m.unavailable],
+    StateDigest: lambda m: [TAG_STATE_DIGEST, shard_to_wire(m.shard), m.version, m.digest],
 }
 
 
@@ -180,7 +197,7 @@ def encode(msg: AppFrame) -> bytes:
     enc = _ENCODERS.get(type(msg))
     if enc is None:
         raise TypeError(f"cannot encode {type(msg).__name__}: not an actor-layer message")
-    return msgpack.packb(enc(msg), use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb(enc(msg), use_bin_type=True)
 
 
 # ------------------------------------------------------------------------------- decoding
@@ -189,9 +206,15 @@ def _call(f: list[Any], what: str) -> Call:
         raise WireError(f"{what} needs 9 fields, got {describe(f)}")
     call_id, caller, shard, method, ordered, args, origin, session_ns, floor = f
     return Call(
-        nat(call_id, f"{what}.call_id"), nat(caller, f"{what}.caller"), shard_id(shard, f"{what}.shard"),
-        text(method, f"{what}.method"), flag(ordered, f"{what}.ordered"), blob(args, f"{what}.args"),
-        nat(origin, f"{what}.origin"), nat(session_ns, f"{what}.session_ns"), nat(floor, f"{what}.floor"),
+        nat(call_id, f"{what}.call_id"),
+        nat(caller, f"{what}.caller"),
+        shard_id(shard, f"{what}.shard"),
+        text(method, f"{what}.method"),
+        flag(ordered, f"{what}.ordered"),
+        blob(args, f"{what}.args"),
+        nat(origin, f"{what}.origin"),
+        nat(session_ns, f"{what}.session_ns"),
+        nat(floor, f"{what}.floor"),
     )
 
 
@@ -215,8 +238,14 @@ def _replicas(value: object, what: str) -> tuple[int, ...]:
 def _dec_reply(f: list[Any]) -> Reply:
     _, call_id, node, vid, replicas, ok, value, origin, version = f
     return Reply(
-        nat(call_id, "Reply.call_id"), nat(node, "Reply.node"), nat(vid, "Reply.vid"), _replicas(replicas, "Reply.replicas"),
-        flag(ok, "Reply.ok"), blob(value, "Reply.value"), nat(origin, "Reply.origin"), version_int(version, "Reply.version"),
+        nat(call_id, "Reply.call_id"),
+        nat(node, "Reply.node"),
+        nat(vid, "Reply.vid"),
+        _replicas(replicas, "Reply.replicas"),
+        flag(ok, "Reply.ok"),
+        blob(value, "Reply.value"),
+        nat(origin, "Reply.origin"),
+        version_int(version, "Reply.version"),
     )
 
 
@@ -229,12 +258,21 @@ def _dec_reply_batch(f: list[Any]) -> ReplyBatch:
         if type(e) is not list or len(e) != 5:
             raise WireError(f"ReplyBatch entries are [call_id, ok, value, origin, version], got {describe(e)}")
         call_id, ok, value, origin, version = e
-        if (type(call_id) is not int or call_id < 0 or type(ok) is not bool or type(value) is not bytes
-                or type(origin) is not int or origin < 0 or type(version) is not int or version < -1):
+        if (
+            type(call_id) is not int
+            or call_id < 0
+            or type(ok) is not bool
+            or type(value) is not bytes
+            or type(origin) is not int
+            or origin < 0
+            or type(version) is not int
+            or version < -1
+        ):
             raise WireError(f"malformed ReplyBatch entry {describe(e)}")
         out.append((call_id, ok, value, origin, version))
-    return ReplyBatch(nat(node, "ReplyBatch.node"), nat(vid, "ReplyBatch.vid"), _replicas(replicas, "ReplyBatch.replicas"),
-                      tuple(out))
+    return ReplyBatch(
+        nat(node, "ReplyBatch.node"), nat(vid, "ReplyBatch.vid"), _replicas(replicas, "ReplyBatch.replicas"), tuple(out)
+    )
 
 
 def _dec_signed_mark(f: list[Any]) -> SignedMark:
@@ -248,8 +286,12 @@ def _dec_signed_mark(f: list[Any]) -> SignedMark:
 
 def _dec_state_request(f: list[Any]) -> StateRequest:
     _, shard, vid, have, digest = f
-    return StateRequest(shard_id(shard, "StateRequest.shard"), nat(vid, "StateRequest.vid"),
-                        version_int(have, "StateRequest.have_version"), nat(digest, "StateRequest.digest"))
+    return StateRequest(
+        shard_id(shard, "StateRequest.shard"),
+        nat(vid, "StateRequest.vid"),
+        version_int(have, "StateRequest.have_version"),
+        nat(digest, "StateRequest.digest"),
+    )
 
 
 def _dec_state_chunk(f: list[Any]) -> StateChunk:
@@ -257,8 +299,13 @@ def _dec_state_chunk(f: list[Any]) -> StateChunk:
     if part not in ("obj", "log", "err"):
         raise WireError(f"StateChunk.part must be 'obj', 'log' or 'err', got {describe(part)}")
     return StateChunk(
-        shard_id(shard, "StateChunk.shard"), nat(vid, "StateChunk.vid"), nat(seq, "StateChunk.seq"), part,
-        blob(data, "StateChunk.data"), flag(final, "StateChunk.final"), flag(reset, "StateChunk.reset"),
+        shard_id(shard, "StateChunk.shard"),
+        nat(vid, "StateChunk.vid"),
+        nat(seq, "StateChunk.seq"),
+        part,
+        blob(data, "StateChunk.data"),
+        flag(final, "StateChunk.final"),
+        flag(reset, "StateChunk.reset"),
     )
 
 
@@ -269,8 +316,19 @@ def _dec_state_ack(f: list[Any]) -> StateAck:
 
 def _dec_view_notice(f: list[Any]) -> ViewNotice:
     _, vid, members, departed, unavailable = f
-    return ViewNotice(nat(vid, "ViewNotice.vid"), _replicas(members, "ViewNotice.members"),
-                      _replicas(departed, "ViewNotice.departed"), text(unavailable, "ViewNotice.unavailable"))
+    return ViewNotice(
+        nat(vid, "ViewNotice.vid"),
+        _replicas(members, "ViewNotice.members"),
+        _replicas(departed, "ViewNotice.departed"),
+        text(unavailable, "ViewNotice.unavailable"),
+    )
+
+
+def _dec_state_digest(f: list[Any]) -> StateDigest:
+    _, shard, version, digest = f
+    if type(digest) is not bytes or not 0 < len(digest) <= MAX_DIGEST:
+        raise WireError(f"StateDigest.digest must be 1 to {MAX_DIGEST} bytes, got {describe(digest)}")
+    return StateDigest(shard_id(shard, "StateDigest.shard"), nat(version, "StateDigest.version"), digest)
 
 
 _DECODERS: Final[Decoders] = {
@@ -283,12 +341,13 @@ _DECODERS: Final[Decoders] = {
     TAG_STATE_CHUNK: ("StateChunk", 7, _dec_state_chunk),
     TAG_STATE_ACK: ("StateAck", 3, _dec_state_ack),
     TAG_VIEW_NOTICE: ("ViewNotice", 4, _dec_view_notice),
+    TAG_STATE_DIGEST: ("StateDigest", 3, _dec_state_digest),
 }
 
 
 def decode(data: bytes) -> AppFrame:
     """The message in an ``AppMessage``'s data; ``WireError`` naming the problem otherwise."""
-    return decode_tagged(data, _DECODERS, "message")  # type: ignore[no-any-return]
+    return decode_tagged(data, _DECODERS, "message")
 
 
 def claimed_sender(msg: AppFrame) -> int | None:

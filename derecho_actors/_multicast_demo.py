@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import DerechoError
 from runtime.drivers.dial import client_credentials
 from runtime.drivers.status import StatusError, fetch_status, render_status
+from runtime.errors import DerechoError
 from runtime.security.certs import ensure_cluster_certs
 
 CLIENT_NAME = "operator"  # the client certificate the cluster's status requests use
@@ -50,19 +50,40 @@ class MulticastCluster:
         return f"127.0.0.1:{self.base_port + node_id}"
 
     def start(
-        self, node_id: int, send: int = 0, size: int = 100, contact: int | None = None,
-        env: dict[str, str] | None = None, wait_members: int = 1, extra: list[str] | None = None,
+        self,
+        node_id: int,
+        send: int = 0,
+        size: int = 100,
+        contact: int | None = None,
+        env: dict[str, str] | None = None,
+        wait_members: int = 1,
+        extra: list[str] | None = None,
     ) -> None:
         cmd = [
-            sys.executable, "-m", "derecho_actors.cli", "node",
-            "--id", str(node_id), "--listen", self.address(node_id),
-            "--set", f"node.cluster={self.cluster}",
-            "--set", f"node.data_dir={self.workdir / f'data-{node_id}'}",
-            "--send", str(send), "--size", str(size),
-            "--delivery-log", str(self.delivery_log(node_id)),
-            "--wait-members", str(wait_members),
-            "--certs-dir", str(ensure_cluster_certs(self.certs_dir, [node_id], cluster=self.cluster)),
-            *self.extra, *(extra or []),
+            sys.executable,
+            "-m",
+            "derecho_actors.cli",
+            "node",
+            "--id",
+            str(node_id),
+            "--listen",
+            self.address(node_id),
+            "--set",
+            f"node.cluster={self.cluster}",
+            "--set",
+            f"node.data_dir={self.workdir / f'data-{node_id}'}",
+            "--send",
+            str(send),
+            "--size",
+            str(size),
+            "--delivery-log",
+            str(self.delivery_log(node_id)),
+            "--wait-members",
+            str(wait_members),
+            "--certs-dir",
+            str(ensure_cluster_certs(self.certs_dir, [node_id], cluster=self.cluster)),
+            *self.extra,
+            *(extra or []),
         ]
         if contact is not None:
             cmd += ["--contact", self.address(contact)]
@@ -178,7 +199,9 @@ def demo(nodes: int = 3, messages: int = 20000, base_port: int = 7100, workdir: 
     ids = list(range(1, nodes + 1))
     first, victim = ids[0], ids[-1]
     say = lambda text: print(text, flush=True)  # noqa: E731 - the demo narrates as it goes
-    say(f"derecho-actors demo: {nodes} node processes on 127.0.0.1:{base_port + 1}..{base_port + nodes}; logs in {folder}")
+    say(
+        f"derecho-actors demo: {nodes} node processes on 127.0.0.1:{base_port + 1}..{base_port + nodes}; logs in {folder}"
+    )
     # The layout needs every node in the one shard, so nobody sends until all have joined.
     layout = ["--set", f"layout.default.min_nodes={nodes}"]
     with MulticastCluster(folder, base_port, extra=layout) as cluster:
@@ -188,23 +211,30 @@ def demo(nodes: int = 3, messages: int = 20000, base_port: int = 7100, workdir: 
         for n in ids[1:]:
             cluster.start(n, send=messages, contact=first)
         view = cluster.wait_view(set(ids))
-        say(f"view {view['vid']} installed: members {ids}, leader node {view['leader']}; "
-            f"each node multicasts {messages} messages of 100 bytes")
+        say(
+            f"view {view['vid']} installed: members {ids}, leader node {view['leader']}; "
+            f"each node multicasts {messages} messages of 100 bytes"
+        )
         total = messages * nodes
-        cluster.wait_for(lambda: all(cluster.delivered_count(n) >= total for n in ids), 300,
-                         f"{total} deliveries at every node", 0.2)
+        cluster.wait_for(
+            lambda: all(cluster.delivered_count(n) >= total for n in ids), 300, f"{total} deliveries at every node", 0.2
+        )
         took = time.monotonic() - started
         logs = [cluster.deliveries(n) for n in ids]
         if any(log != logs[0] for log in logs):
             raise DemoError("nodes delivered different sequences")
-        say(f"every node delivered the same {total} messages in the same order "
-            f"({total / took:,.0f} messages/s per node, including start-up)")
+        say(
+            f"every node delivered the same {total} messages in the same order "
+            f"({total / took:,.0f} messages/s per node, including start-up)"
+        )
         say(f"kill -9 node {victim} ...")
         t0 = time.monotonic()
         cluster.kill(victim)
         view = cluster.wait_view(set(ids[:-1]), timeout=20)
-        say(f"view {view['vid']} without node {victim} installed {time.monotonic() - t0:.3f} s later "
-            f"(too small for the layout: {view['shortfall']})")
+        say(
+            f"view {view['vid']} without node {victim} installed {time.monotonic() - t0:.3f} s later "
+            f"(too small for the layout: {view['shortfall']})"
+        )
         say(f"node {victim} restarts and joins again ...")
         cluster.start(victim, contact=first)
         view = cluster.wait_view(set(ids), timeout=20)

@@ -33,8 +33,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import msgpack
 
 from derecho_actors import _codec
-from runtime.errors import NotPersistedYet, VersionLost
 from runtime.core.versions import format_version
+from runtime.errors import NotPersistedYet, VersionLost
 
 log = logging.getLogger("derecho.persistent")
 
@@ -80,7 +80,7 @@ def _wrap(value: Any, replaced: bool) -> Any:
     return value
 
 
-class TrackedDict(dict):  # type: ignore[type-arg]
+class TrackedDict(dict):
     """A dict that remembers which keys changed since the last record."""
 
     _replaced = False
@@ -114,11 +114,11 @@ class TrackedDict(dict):  # type: ignore[type-arg]
             self[key] = default
         return self[key]
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
-    def __ior__(self, other: Any) -> TrackedDict:  # type: ignore[override,misc]
+    def __ior__(self, other: Any) -> TrackedDict:  # type: ignore[misc]
         self.update(other)
         return self
 
@@ -311,7 +311,12 @@ class PersistentStore:
                 elif changed:
                     sets = [[k, v] for k, v in changed.items() if v is not _DELETED]
                     dels = [k for k, v in changed.items() if v is _DELETED]
-                    changes[name] = ["m", False, self._encode(sets) if sets else b"", self._encode(dels) if dels else b""]
+                    changes[name] = [
+                        "m",
+                        False,
+                        self._encode(sets) if sets else b"",
+                        self._encode(dels) if dels else b"",
+                    ]
                     history.note_keys(name, version, changed, False)
                 if changed:
                     changed.clear()
@@ -412,7 +417,9 @@ class PersistentStore:
     def wait_durable(self, version: int, timeout: float = 60.0) -> bool:
         """Block until ``version`` is on this replica's disk (used before a state transfer)."""
         with self._durable:
-            return self._durable.wait_for(lambda: self._durable_version >= version or self.write_error is not None, timeout)
+            return self._durable.wait_for(
+                lambda: self._durable_version >= version or self.write_error is not None, timeout
+            )
 
     @property
     def durable_version(self) -> int:
@@ -434,7 +441,7 @@ class PersistentStore:
     def read_record(self, version: int) -> dict[str, Any]:
         with self._lock:
             body = self.log.read(version)
-        return msgpack.unpackb(body, raw=False, strict_map_key=False)[2]  # type: ignore[no-any-return]
+        return msgpack.unpackb(body, raw=False, strict_map_key=False)[2]
 
     def check_readable(self, version: int) -> None:
         lost = self.lost
@@ -558,7 +565,7 @@ def _store_of(obj: Any) -> PersistentStore:
             f"{type(obj).__name__} has no persistent log here: at_version/at_time work inside methods of a "
             "replicated type with Persistent fields"
         )
-    return store  # type: ignore[no-any-return]
+    return store
 
 
 def at_version(obj: Any, version: int) -> Snapshot:

@@ -26,15 +26,26 @@ import msgpack
 import pykka
 
 from derecho_actors import _codec
+from derecho_actors._consistency import LINEARIZABLE, STABLE, PastView, ReadOptions, StableGate
 from derecho_actors._decorators import ORDERED, P2P, TypeSpec
+from derecho_actors._digest import object_attrs, state_digest
+from derecho_actors._messages import Reply
 from derecho_actors._persistent import STORE_ATTR, PersistentStore, persistent_fields
 from derecho_actors._sessions import DUPLICATE, EXPIRED, FORGOTTEN, FULL, SessionTable
-from derecho_actors._messages import Reply
 from runtime.core.versions import make_version
-from runtime.errors import SerializationError, SessionExpired, SessionLimit, StateTransferError
+from runtime.errors import (
+    NotPersistent,
+    P2PMutationError,
+    SerializationError,
+    SessionExpired,
+    SessionLimit,
+    StateTransferError,
+    TimeoutError,
+)
 
 log = logging.getLogger("derecho.replica")
 _in_handler = threading.local()
+
 
 def in_handler() -> bool:
     """True on a replica's thread while it runs a user method (nested calls are refused)."""
@@ -49,11 +60,15 @@ DeliveredCall = tuple[int, int, str, bytes, int, int, int, int]
 # ------------------------------------------------------------------ what a replica is told
 @dataclass(frozen=True, slots=True)
 class OrderedBatch:
-    """Calls delivered in view ``vid``, in order; ``replicas`` will each answer them."""
+    """Calls delivered in view ``vid``, in order; ``replicas`` will each answer them.
+    ``frontier``: the shard's delivered count in the view after this batch
+    (``Delivery.frontier``), which stable reads compare with what every member delivered;
+    -1 if the host does not say."""
 
     vid: int
     replicas: tuple[int, ...]
     calls: list[DeliveredCall]
+    frontier: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +83,30 @@ class ViewBoundary:
 
 @dataclass(frozen=True, slots=True)
 class P2PRequest:
+    """A P2P call to run here. With ``read`` options (``_consistency``): a stable read carries
+    the node's latest ``mark`` (what every member delivered), its number ``seq`` and the
+    shard's ``StableReads`` to tell when it stops waiting."""
+
     vid: int
     caller: int
     call_id: int
     method: str
     args: bytes
     origin: int
+    read: ReadOptions | None = None
+    mark: tuple[int, int] = (-1, 0)
+    seq: int = 0
+    stable: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class StableMark:
+    """Every member of the shard has delivered view ``vid``'s messages below ``index``;
+    stable reads numbered up to ``expire_upto`` that still wait have waited too long."""
+
+    vid: int
+    index: int
+    expire_upto: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +135,7 @@ class PeerMark:
     public_key: bytes
 
 
-ReplicaMessage = OrderedBatch | ViewBoundary | P2PRequest | StatePart | FrontierMoved | PeerMark
+ReplicaMessage = OrderedBatch | ViewBoundary | P2PRequest | StatePart | FrontierMoved | PeerMark | StableMark
 
 
 @dataclass
@@ -129,6 +162,8 @@ class ReplicaEnv:
     chunk_done: Callable[[int, int, int], None] = lambda source, vid, seq: None
     report_signed: Callable[[int, bytes], None] = lambda version, signature: None  # signed logs
     report_verified: Callable[[int, int], None] = lambda node, version: None  # a peer's log matches ours
+    # digest_every: our state's digest at a version, for the shard's other replicas to compare
+    report_digest: Callable[[int, bytes], None] | None = None
     # How the log reaches the disk: None, a writer thread (real nodes); the simulator gives
     # a function that writes at once, so everything happens in its one thread.
     inline_writes: bool = False
@@ -158,6 +193,15 @@ class Replica:
         self._view_of_count = -1
         self._count = 0
         self._marks: dict[int, tuple[int, bytes, bytes]] = {}  # peers' latest signed marks, to verify
+        self._gate = StableGate()  # stable reads waiting, and how far this replica's state goes
+        self._digest_every = spec.digest_every
+        self._no_digest_warned = False
+
+    @property
+    def behind(self) -> bool:
+        """Messages told to this replica that it has not applied yet: it awaits its state, or
+        holds ordered calls behind a stable read."""
+        return bool(self.awaiting or self._held or self._gate.held)
 
     def _new_sessions(self) -> SessionTable:
         return SessionTable(ttl_ns=int(self.spec.session_ttl * 1e9), max_sessions=self.spec.max_sessions)
@@ -198,8 +242,14 @@ class Replica:
         """Build the object's persistent state from the log (replay), on a fresh object."""
         self.obj = self.spec.cls()
         store = PersistentStore(
-            self.obj, persistent_fields(self.spec.cls), self.spec.serializer, log_, self.env.report_durable,
-            self.env.report_signed, on_failure=self.env.storage_failed, stall_timeout=self.env.stall_timeout,
+            self.obj,
+            persistent_fields(self.spec.cls),
+            self.spec.serializer,
+            log_,
+            self.env.report_durable,
+            self.env.report_signed,
+            on_failure=self.env.storage_failed,
+            stall_timeout=self.env.stall_timeout,
             inline=self.env.inline_writes,
         )
         for call in store.replay():
@@ -236,6 +286,9 @@ class Replica:
             self._marks[m.node] = (m.version, m.signature, m.public_key)
             self._check_marks()
             return
+        if t is StableMark:
+            self._stable_mark(message)  # type: ignore[arg-type]
+            return
         if self.awaiting or self.failed:
             self._held.append(message)
             return
@@ -243,9 +296,14 @@ class Replica:
 
     def _handle(self, message: ReplicaMessage) -> None:
         t = type(message)
+        gate = self._gate
+        if gate.waiting and (t is OrderedBatch or t is ViewBoundary):
+            gate.held.append(message)  # a stable read waits for the others to catch up with us
+            return
         if t is OrderedBatch:
             b: OrderedBatch = message  # type: ignore[assignment]
             self._ordered_batch(b.vid, b.replicas, b.calls)
+            gate.applied = (b.vid, b.frontier)
         elif t is ViewBoundary:
             # Between the last delivery of one view and the first of the next, as at every
             # replica: a deterministic point for view-dependent state (leases, for example),
@@ -261,31 +319,198 @@ class Replica:
                 self._snapshot(v.vid)
         elif t is P2PRequest:
             p: P2PRequest = message  # type: ignore[assignment]
-            self.send_replies([self._run(p.caller, p.call_id, p.method, p.args, P2P, p.vid, (self.node_id,), p.origin)])
+            if p.read is None:
+                self.send_replies([self._p2p(p.caller, p.call_id, p.method, p.args, p.vid, p.origin)])
+            else:
+                self._read(p)
 
     def _ordered_batch(self, vid: int, replicas: tuple[int, ...], calls: list[DeliveredCall]) -> None:
+        """Run a delivered batch. A call whose ``session`` is ``READ_IN_ORDER`` (-1) is a
+        linearizable read: only the replica its ``floor`` names runs it, as a P2P call; it is
+        no version, changes nothing and is not counted."""
         store = self.store
+        every = self._digest_every
+        me = self.node_id
         out = []
-        if store is None:
+        reads = 0
+        if store is None and not every:
             for caller, call_id, method, args, origin, session, floor, ts in calls:
+                if session < 0:
+                    reads += 1
+                    if floor == me:
+                        out.append(self._p2p(caller, call_id, method, args, vid, origin))
+                    continue
                 out.append(self._ordered(caller, call_id, method, args, origin, session, floor, ts, vid, replicas, -1))
         else:
             records = []
             if vid != self._view_of_count:
                 self._view_of_count, self._count = vid, 0
             for caller, call_id, method, args, origin, session, floor, ts in calls:
+                if session < 0:
+                    reads += 1
+                    if floor == me:
+                        out.append(self._p2p(caller, call_id, method, args, vid, origin))
+                    continue
                 version = make_version(vid, self._count)
                 self._count += 1
-                store.last_version = version  # what current_version() shows during the call
-                out.append(self._ordered(caller, call_id, method, args, origin, session, floor, ts, vid, replicas, version))
-                records.append(store.record(version, ts, origin, call_id))
-            store.submit(records)
-        self.applied += len(calls)
-        self.send_replies(out)
+                if store is not None:
+                    store.last_version = version  # what current_version() shows during the call
+                out.append(
+                    self._ordered(
+                        caller,
+                        call_id,
+                        method,
+                        args,
+                        origin,
+                        session,
+                        floor,
+                        ts,
+                        vid,
+                        replicas,
+                        version if store is not None else -1,
+                    )
+                )
+                if store is not None:
+                    records.append(store.record(version, ts, origin, call_id))
+                if every and self._count % every == 0:
+                    self._digest(version)
+            if store is not None:
+                store.submit(records)
+        self.applied += len(calls) - reads
+        if out:
+            self.send_replies(out)
+
+    def _digest(self, version: int) -> None:
+        """``digest_every``: this replica's state digest after the call at ``version``, for the
+        shard's other replicas to compare with theirs."""
+        report = self.env.report_digest
+        if report is None:
+            if not self._no_digest_warned:
+                self._no_digest_warned = True
+                log.warning(
+                    "%s has digest_every=%d but this node passes no digests on (ReplicaEnv.report_digest "
+                    "is not set): replicas' states are not compared",
+                    self.spec.name,
+                    self._digest_every,
+                )
+            return
+        report(version, state_digest(self, self.spec))
+
+    # ------------------------------------------------------------------ P2P calls and reads
+    def _p2p(
+        self,
+        caller: int,
+        call_id: int,
+        method: str,
+        args: bytes,
+        vid: int,
+        origin: int,
+        past: ReadOptions | None = None,
+    ) -> tuple[int, Reply]:
+        """Run a P2P call here. With ``check_p2p`` the state is digested before and after: a
+        method that changed it is reported to its caller and logged, since this replica now
+        differs from the others."""
+        spec = self.spec
+        if not spec.check_p2p:
+            return self._run(caller, call_id, method, args, P2P, vid, (self.node_id,), origin, past=past)
+        before = state_digest(self, spec)
+        out = self._run(caller, call_id, method, args, P2P, vid, (self.node_id,), origin, past=past)
+        if state_digest(self, spec) == before:
+            return out
+        why = (
+            f"{spec.name}.{method} changed the replica's state at node {self.node_id}: a @p2p method runs at one "
+            f"replica, so node {self.node_id}'s replica now differs from the others (restart it: it gets the "
+            f"state again by transfer); make {method} @ordered if it must change state"
+        )
+        log.error("%s", why)
+        err = _codec.encode_refusal(P2PMutationError(why))
+        return caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin)
+
+    def _read(self, p: P2PRequest) -> None:
+        """A P2P call with read options: a read of the past runs against the persistent fields
+        as of that version; a stable read waits until every member has delivered what this
+        replica applied (holding further ordered calls meanwhile)."""
+        read = p.read
+        assert read is not None
+        if read.level == STABLE:
+            gate = self._gate
+            gate.note(p.mark)
+            if gate.applied[0] >= 0 and gate.applied[1] < 0:
+                if p.stable is not None:
+                    p.stable.finished(1)
+                self._refuse_read(
+                    p,
+                    RuntimeError(
+                        f"node {self.node_id} cannot serve stable reads: its replica host does not say how far each "
+                        "delivered batch goes (OrderedBatch.frontier); read with consistency='local' or 'linearizable'"
+                    ),
+                )
+                return
+            gate.waiting.append(p)
+            self._stable_due(0)
+            return
+        if read.level == LINEARIZABLE:  # the node sends these through the order, never here
+            self._refuse_read(p, RuntimeError(f"node {self.node_id} got a linearizable read outside the order"))
+            return
+        if read.past and self.store is None:
+            self._refuse_read(
+                p,
+                NotPersistent(
+                    f"{self.spec.name} is not persistent here: at_version=/at_time= read "
+                    "the past of persistent types only"
+                ),
+            )
+            return
+        self.send_replies(
+            [self._p2p(p.caller, p.call_id, p.method, p.args, p.vid, p.origin, read if read.past else None)]
+        )
+
+    def _refuse_read(self, p: P2PRequest, exc: Exception) -> None:
+        err = _codec.encode_error(exc)
+        self.send_replies([(p.caller, Reply(p.call_id, self.node_id, p.vid, (self.node_id,), False, err, p.origin))])
+
+    def _stable_mark(self, m: StableMark) -> None:
+        self._gate.note((m.vid, m.index))
+        self._stable_due(m.expire_upto)
+
+    def _stable_due(self, expire_upto: int) -> None:
+        """Answer the stable reads the mark now covers (or fail those that waited too long),
+        then run the ordered messages held behind them."""
+        gate = self._gate
+        due, late = gate.take_due(expire_upto)
+        if due or late:
+            out = [self._p2p(p.caller, p.call_id, p.method, p.args, p.vid, p.origin) for p in due]
+            for p in late:
+                err = _codec.encode_refusal(
+                    TimeoutError(
+                        f"a stable read of {self.spec.name}.{p.method} at node {self.node_id} waited "
+                        f"{p.stable.GIVE_UP_TICKS * p.stable.SYNC_AFTER:.0f} s for every replica of the shard to deliver what "
+                        "this one applied, in vain (a member is stuck?); nothing was changed: retry, or read with "
+                        "consistency='local' or 'linearizable'"
+                    )
+                )
+                out.append((p.caller, Reply(p.call_id, self.node_id, p.vid, (self.node_id,), False, err, p.origin)))
+            for p in (*due, *late):
+                if p.stable is not None:
+                    p.stable.finished(1)
+            self.send_replies(out)
+        held = gate.held
+        while held and not gate.waiting:
+            self._handle(held.popleft())
 
     def _ordered(
-        self, caller: int, call_id: int, method: str, args: bytes, origin: int, session: int, floor: int, ts: int,
-        vid: int, replicas: tuple[int, ...], version: int,
+        self,
+        caller: int,
+        call_id: int,
+        method: str,
+        args: bytes,
+        origin: int,
+        session: int,
+        floor: int,
+        ts: int,
+        vid: int,
+        replicas: tuple[int, ...],
+        version: int,
     ) -> tuple[int, Reply]:
         if not origin:
             return self._run(caller, call_id, method, args, ORDERED, vid, replicas, origin, version)
@@ -300,17 +525,20 @@ class Replica:
             if kind == FORGOTTEN:
                 exc: Exception = RuntimeError(
                     f"call {call_id} was applied already and its reply is no longer kept (the caller had "
-                    "acknowledged it, or more than the reply window followed); it was not run again")
+                    "acknowledged it, or more than the reply window followed); it was not run again"
+                )
             elif kind == EXPIRED:
                 exc = SessionExpired(
                     f"call {call_id} was not run: its caller's session expired (no call for "
                     f"{self.spec.session_ttl:g} s), so it may be the retry of a call applied before; read the state "
-                    "to find out, then call anew")
+                    "to find out, then call anew"
+                )
             else:
                 assert kind == FULL
                 exc = SessionLimit(
                     f"call {call_id} was not run: {self.spec.name} replicas already keep {self.spec.max_sessions} "
-                    "caller sessions (max_sessions); retry later")
+                    "caller sessions (max_sessions); retry later"
+                )
             err = _codec.encode_error(exc) if kind == FORGOTTEN else _codec.encode_refusal(exc)  # type: ignore[arg-type]
             return caller, Reply(call_id, self.node_id, vid, replicas, False, err, origin, version)
         out = self._run(caller, call_id, method, args, ORDERED, vid, replicas, origin, version)
@@ -318,18 +546,29 @@ class Replica:
         return out
 
     def _run(
-        self, caller: int, call_id: int, method: str, args: bytes, want: str, vid: int, replicas: tuple[int, ...],
-        origin: int = 0, version: int = -1,
+        self,
+        caller: int,
+        call_id: int,
+        method: str,
+        args: bytes,
+        want: str,
+        vid: int,
+        replicas: tuple[int, ...],
+        origin: int = 0,
+        version: int = -1,
+        past: ReadOptions | None = None,
     ) -> tuple[int, Reply]:
+        """Run one call; ``past``: against the persistent fields as of that version."""
         spec = self.spec
         ok, value = True, b""
         try:
             if spec.methods.get(method) != want:
                 raise AttributeError(f"{spec.name}.{method} is not a {want} method")
             a, kw = _codec.decode_args(args, spec.serializer)
+            target = self.obj if past is None else PastView(self.obj, past)
             _in_handler.active = True
             try:
-                result = getattr(self.obj, method)(*a, **kw)
+                result = getattr(target, method)(*a, **kw)
             finally:
                 _in_handler.active = False
             value = _codec.encode_result(result, spec.serializer)
@@ -359,7 +598,9 @@ class Replica:
                 log.error(
                     "node %s's signed log of %s differs from ours at version %s (its signature does not match our "
                     "record chain); its replica cannot be trusted: compare with `derecho-actors verify`",
-                    node, self.spec.name, version,
+                    node,
+                    self.spec.name,
+                    version,
                 )
 
     # ------------------------------------------------------------ state transfer
@@ -367,14 +608,8 @@ class Replica:
         """What a new replica needs besides the log: the object's own (non-persistent)
         state, as the class's ``__getstate__`` gives it if it defines one, and the session
         table. Plain data for msgpack types (see ``_codec.encode_state``)."""
-        obj = self.obj
-        if type(obj).__getstate__ is not object.__getstate__:
-            attrs: Any = obj.__getstate__()
-        else:
-            fields = set(self.spec.fields)
-            attrs = {k: v for k, v in obj.__dict__.items() if k not in fields and k != STORE_ATTR}
         return {
-            "attrs": attrs,
+            "attrs": object_attrs(self.obj, self.spec.fields),
             "sessions": self.sessions.to_state(),
             "applied": self.applied,
             "version": self.store.last_version if self.store is not None else -1,
@@ -413,7 +648,9 @@ class Replica:
                 if boundary >= 0 and not self.store.wait_durable(boundary):
                     raise OSError(f"log did not reach version {boundary} on disk")
         except Exception as exc:
-            log.error("snapshot of %s for view %d failed; new members cannot receive its state: %s", self.spec.name, vid, exc)
+            log.error(
+                "snapshot of %s for view %d failed; new members cannot receive its state: %s", self.spec.name, vid, exc
+            )
             path.unlink(missing_ok=True)
             self.env.snapshot_failed(vid, f"the state source could not write the state of {self.spec.name}: {exc}")
             return
@@ -434,7 +671,9 @@ class Replica:
                 raise StateTransferError(data.decode("utf-8", "replace"))
             if part == "obj":
                 if self._incoming is None:
-                    self._incoming_path = self.env.scratch_dir / f"incoming-{self.spec.name}-{os.getpid()}-{id(self)}.state"
+                    self._incoming_path = (
+                        self.env.scratch_dir / f"incoming-{self.spec.name}-{os.getpid()}-{id(self)}.state"
+                    )
                     self._incoming_path.parent.mkdir(parents=True, exist_ok=True)
                     self._incoming = open(self._incoming_path, "wb")
                 self._incoming.write(data)

@@ -9,17 +9,26 @@ at every replica of that view that survives it, so once any replica answered, th
 effect; replicas that left before answering are named in ``lost`` and do not make ``get``
 fail. ``get`` raises only when no replica can answer, saying whether the call may have been
 applied (Jepsen's rule: an unknown outcome is never reported as a failure).
+
+Every replica runs an ordered call, so their answers must agree: ``get`` compares them and
+raises ``DivergenceError`` (or, for a type with ``on_divergence="warn"``, logs it) when they
+do not. The comparison costs one bytes comparison per reply (the encoded values, which come
+from one deterministic serializer); only when bytes differ are the decoded values compared
+(``_digest.canonical``: a dict's key order or a set's iteration order is no divergence).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from runtime.errors import NotPersistent, RemoteError, ReplicaLost, TimeoutError
+from runtime.errors import DivergenceError, NotPersistent, RemoteError, ReplicaLost, TimeoutError
+
+log = logging.getLogger("derecho.results")
 
 PERSISTED_QUERY = "__persisted__"
 """The internal P2P method a replica answers once a version is on disk at every replica."""
@@ -51,6 +60,11 @@ class QueryResults:
         # the message of a TimeoutError; None when nothing is known to hold it up.
         self._why_waiting: Callable[[], str | None] | None = None
         self.ordered = True  # P2P calls change nothing: losing their replica means "not applied"
+        # Set by the caller for ordered calls: "raise" or "warn" when replicas' answers differ.
+        self._compare: str | None = None
+        self._first: tuple[bool, bytes] | None = None  # the first answer, as encoded
+        self._differ = False  # some answer's bytes differ from the first's (decoded values may still agree)
+        self._warned = False
 
     # ------------------------------------------------------------ fed by the group
     def _expect(self, replicas: tuple[int, ...]) -> None:
@@ -77,6 +91,7 @@ class QueryResults:
     def _take(self, node: int, replicas: tuple[int, ...], ok: bool, value: bytes, version: int = -1) -> None:
         """One replica's encoded answer, as it came off the wire (the hot path: one lock)."""
         result: Any
+        wire_ok = ok
         if ok:
             try:
                 result = self._decode(value)
@@ -101,6 +116,12 @@ class QueryResults:
                 self._values[node] = result
             else:
                 self._errors[node] = result
+            if self._compare is not None:
+                first = self._first
+                if first is None:
+                    self._first = (wire_ok, value)
+                elif first[1] != value or first[0] != wire_ok:
+                    self._differ = True
             self._order.append(node)
             self._maybe_done()
 
@@ -109,7 +130,12 @@ class QueryResults:
         with self._lock:
             for node in nodes:
                 self._gone.setdefault(node, why)
-                if self._expected is not None and node in self._expected and node not in self._values and node not in self._errors:
+                if (
+                    self._expected is not None
+                    and node in self._expected
+                    and node not in self._values
+                    and node not in self._errors
+                ):
                     self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
                     self._order.append(node)
             self._maybe_done()
@@ -123,6 +149,7 @@ class QueryResults:
                 self._values.clear()
                 self._errors.clear()
                 self._order.clear()
+                self._first, self._differ = None, False
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
@@ -138,7 +165,11 @@ class QueryResults:
         """Under ``_lock``: wake waiters; mark done once every expected replica answered."""
         if self._cond is not None:
             self._cond.notify_all()
-        if not self._finished and self._expected is not None and len(self._values) + len(self._errors) >= len(self._expected):
+        if (
+            not self._finished
+            and self._expected is not None
+            and len(self._values) + len(self._errors) >= len(self._expected)
+        ):
             if self._expected <= self._values.keys() | self._errors.keys():
                 self._finished = True
                 if self._future is not None and not self._future.done():
@@ -197,8 +228,13 @@ class QueryResults:
         :attr:`lost`: the survivors' answers stand, since the call was applied at each of
         them. Raises ``ReplicaLost`` only if no replica answered at all; its ``applied``
         says what is known of the call's effect (False: it changed nothing, None: unknown,
-        it may have been applied)."""
+        it may have been applied).
+
+        Raises ``DivergenceError`` if the replicas' answers to an ordered call differ (unless
+        the type has ``on_divergence="warn"``: then it logs that once and goes on)."""
         out = self.wait_all(timeout)
+        if self._differ:
+            self._check_divergence(out)
         lost: list[ReplicaLost] = []
         for node in self._order:
             value = out.get(node)
@@ -213,13 +249,62 @@ class QueryResults:
             if self.ordered:
                 raise ReplicaLost(
                     f"{self.description}: every replica that was to answer ({nodes}) left first; the call may or "
-                    "may not have been applied: read the state to find out before calling again", applied=None,
+                    "may not have been applied: read the state to find out before calling again",
+                    applied=None,
                 ) from lost[0]
             raise ReplicaLost(
                 f"{self.description}: replica {nodes[0]} left before answering; a P2P call changes nothing, so it is "
-                "safe to call again", applied=False,
+                "safe to call again",
+                applied=False,
             ) from lost[0]
         return {n: v for n, v in out.items() if not isinstance(v, ReplicaLost)}
+
+    def _check_divergence(self, out: dict[int, Any]) -> None:
+        """Group the answers by value (errors by type; lost replicas left out); more than one
+        group is divergence."""
+        from derecho_actors._digest import canonical
+
+        groups: dict[bytes, list[int]] = {}
+        shown: dict[bytes, Any] = {}
+        for node in sorted(out):
+            value = out[node]
+            if isinstance(value, ReplicaLost):
+                continue
+            if isinstance(value, BaseException):
+                key = b"E" + _error_name(value).encode()
+            else:
+                try:
+                    key = b"V" + canonical(value)
+                except Exception:  # an object that cannot be taken apart: by its repr
+                    key = b"R" + repr(value).encode()
+            groups.setdefault(key, []).append(node)
+            shown.setdefault(key, value)
+        if len(groups) < 2:
+            return
+        ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[1]))
+        parts = []
+        for key, nodes in ranked:
+            who = f"node {nodes[0]}" if len(nodes) == 1 else f"nodes {', '.join(map(str, nodes))}"
+            value = shown[key]
+            did = (
+                f"raised {_error_name(value)}: {_short(_error_text(value))}"
+                if isinstance(value, BaseException)
+                else f"returned {_short(repr(value))}"
+            )
+            parts.append(f"{who} {did}")
+        message = (
+            f"{self.description}: the replicas answered differently: {'; '.join(parts)}. An ordered call runs at "
+            "every replica and must give the same result everywhere, so either the method is not deterministic (it "
+            "reads a clock, random numbers, the process id, threads or I/O: pass such values in as arguments) or the "
+            "replicas' states already differ (restart the replicas in the minority: they get the state again by "
+            "transfer). The call was applied at every replica that answered. @replicated(on_divergence='warn') only "
+            "logs this."
+        )
+        if self._compare == "raise":
+            raise DivergenceError(message, tuple((tuple(nodes), shown[key]) for key, nodes in ranked))
+        if not self._warned:
+            self._warned = True
+            log.warning("%s", message)
 
     @property
     def lost(self) -> dict[int, ReplicaLost]:
@@ -272,7 +357,9 @@ class QueryResults:
                 ) from None
             except (ReplicaLost, RemoteError) as exc:  # that replica left: ask another
                 last_error = exc
-        raise ReplicaLost(f"{self.description}: every replica that answered left before confirming persistence ({last_error})")
+        raise ReplicaLost(
+            f"{self.description}: every replica that answered left before confirming persistence ({last_error})"
+        )
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         seen = 0
@@ -304,6 +391,18 @@ class QueryResults:
 
     def __repr__(self) -> str:
         return f"<QueryResults {self.description}: {len(self._values)} replies, pending {list(self.pending)}>"
+
+
+def _error_name(exc: BaseException) -> str:
+    return exc.remote_type if isinstance(exc, RemoteError) else type(exc).__name__
+
+
+def _error_text(exc: BaseException) -> str:
+    return exc.remote_message if isinstance(exc, RemoteError) else str(exc)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 ReplyEntry = tuple[int, bool, bytes, int, int]

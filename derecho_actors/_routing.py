@@ -10,6 +10,10 @@ answers for this node's calls feed their ``QueryResults``.
 Calls that may be sent twice (relayed calls, clients' calls) are numbered in a session
 (``_sessions``): when a relay fails, the call goes again through another and is applied once.
 
+P2P calls with read options (``_consistency``) are handled where they run: a linearizable
+read is multicast by the replica that will answer it, a stable read waits at the replica for
+the marks the engine reports through :meth:`CallRouter.on_stable`.
+
 Everything runs on the node's loop except :meth:`CallRouter.call` (any thread).
 """
 
@@ -24,13 +28,24 @@ from typing import Any, Callable
 import msgpack
 
 from derecho_actors import _codec
+from derecho_actors._consistency import (
+    LINEARIZABLE,
+    LOCAL,
+    OPTIONS_MARK,
+    READ_IN_ORDER,
+    STABLE,
+    ReadOptions,
+    StableReads,
+    encode_read,
+    split_read,
+)
 from derecho_actors._decorators import ORDERED, P2P, TypeSpec
 from derecho_actors._messages import Call, Reply, ReplyBatch, ViewNotice, encode
-from derecho_actors._replica import P2PRequest, in_handler
+from derecho_actors._replica import P2PRequest, StableMark, in_handler
 from derecho_actors._results import PERSISTED_QUERY, QueryResults, ReplyEntry, take_entries
 from runtime.core.layout import ShardId
 from runtime.core.view import View
-from runtime.errors import GroupClosed, NestedCallError, PayloadTooLarge, ReplicaLost, ShardUnavailable
+from runtime.errors import GroupClosed, NestedCallError, PayloadTooLarge, ReplicaLost, ShardUnavailable, WireError
 from runtime.node_api import NodeHandle, session_origin
 
 log = logging.getLogger("derecho.routing")
@@ -41,16 +56,24 @@ MAX_PROXIED = 200_000  # client calls a node forwards replies for (or relays), a
 def unavailable(view: View, shard: ShardId) -> str:
     """Why ``shard`` has no replicas in ``view``, for people."""
     if not view.layout.adequate:
-        return (f"view {view.vid} has {view.n} members {list(view.members)}, too few for the layout "
-                f"({view.layout.describe_shortfall()}); no shard runs until nodes join")
+        return (
+            f"view {view.vid} has {view.n} members {list(view.members)}, too few for the layout "
+            f"({view.layout.describe_shortfall()}); no shard runs until nodes join"
+        )
     known = sorted(str(s) for s in view.layout.shards if s.type_name == shard.type_name)
     return f"the layout of view {view.vid} has no shard {shard} (shards of {shard.type_name}: {', '.join(known) or 'none'})"
 
 
 class CallRouter:
     def __init__(
-        self, node: NodeHandle, max_payload: int, view: Callable[[], View | None], stopped: Callable[[], str | None],
-        host: Any, tracker: Any, why_waiting: Callable[[ShardId], str | None],
+        self,
+        node: NodeHandle,
+        max_payload: int,
+        view: Callable[[], View | None],
+        stopped: Callable[[], str | None],
+        host: Any,
+        tracker: Any,
+        why_waiting: Callable[[ShardId], str | None],
     ) -> None:
         """``host``: the replica host (``holds``, ``tell``); ``tracker``: persistence (its
         ``query`` answers ``persisted()``); ``why_waiting(shard)``: what else may hold a
@@ -80,10 +103,19 @@ class CallRouter:
         # through a new relay after a failure is applied once (as for Clients).
         self.session_ns = node.wall_ns()
         self.origin = session_origin(f"node:{self.node_id}", node.incarnation)
+        self._stable: dict[ShardId, StableReads] = {}  # per shard: marks heard, stable reads waiting
 
     # ------------------------------------------------------------------ issuing (any thread)
-    def call(self, spec: TypeSpec, shard: ShardId, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-             node: int | None) -> QueryResults:
+    def call(
+        self,
+        spec: TypeSpec,
+        shard: ShardId,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        node: int | None,
+        read: ReadOptions | None = None,
+    ) -> QueryResults:
         if in_handler():
             raise NestedCallError(
                 f"{spec.name}.{method} was called from inside a replicated method; the replica runs one "
@@ -94,13 +126,28 @@ class CallRouter:
             raise GroupClosed(f"node {self.node_id} stopped: {stopped}")
         kind = spec.methods[method]
         data = _codec.encode_args(args, kwargs, spec.serializer)
+        if read is not None:
+            data = encode_read(read, data)
         self.check_size(f"{spec.name}.{method}", method, data)
         serializer = spec.serializer
-        results = self._issue(shard, method, kind, data, node, f"{spec.name}.{method}",
-                              lambda b: _codec.decode_result(b, serializer))
+        results = self._issue(
+            shard,
+            method,
+            kind,
+            data,
+            node,
+            f"{spec.name}.{method}",
+            lambda b: _codec.decode_result(b, serializer),
+            spec.on_divergence if kind == ORDERED else None,
+        )
         if spec.persistent and kind == ORDERED:
             results._persist_query = lambda version, replica: self._issue(
-                shard, PERSISTED_QUERY, P2P, msgpack.packb(version), replica, f"persistence of {spec.name}.{method}",
+                shard,
+                PERSISTED_QUERY,
+                P2P,
+                msgpack.packb(version),
+                replica,
+                f"persistence of {spec.name}.{method}",
                 msgpack.unpackb,
             )
         return results
@@ -113,11 +160,21 @@ class CallRouter:
                 f"{self.max_payload} (multicast.max_message_size): send less per call"
             )
 
-    def _issue(self, shard: ShardId, method: str, kind: str, data: bytes, node: int | None, what: str,
-               decode: Callable[[bytes], Any]) -> QueryResults:
+    def _issue(
+        self,
+        shard: ShardId,
+        method: str,
+        kind: str,
+        data: bytes,
+        node: int | None,
+        what: str,
+        decode: Callable[[bytes], Any],
+        compare: str | None = None,
+    ) -> QueryResults:
         call_id = next(self._ids)
         results = QueryResults(f"{what} (call {call_id})", decode)
         results.ordered = kind == ORDERED
+        results._compare = compare
         results._why_waiting = lambda: self.why_waiting(shard)
         with self.lock:
             self.calls[call_id] = (results, None)
@@ -160,11 +217,17 @@ class CallRouter:
                     self.relayed[call_id] = (shard, method, data)
                 self.node.send_app(relay, encode(self._relayed_call(call_id, shard, method, data)))
             return
-        target = node if node is not None else (self.node_id if self.node_id in members else members[call_id % len(members)])
+        target = (
+            node if node is not None else (self.node_id if self.node_id in members else members[call_id % len(members)])
+        )
         if target not in members:
-            results._fail_all(ReplicaLost(
-                f"node {target} holds no replica of {shard} in view {view.vid} (its replicas: {list(members)}); "
-                "the call was not sent", applied=False))
+            results._fail_all(
+                ReplicaLost(
+                    f"node {target} holds no replica of {shard} in view {view.vid} (its replicas: {list(members)}); "
+                    "the call was not sent",
+                    applied=False,
+                )
+            )
             return
         results._expect((target,))
         if target == self.node_id:
@@ -194,14 +257,90 @@ class CallRouter:
         """One relay per caller and shard, so calls from one caller keep their order."""
         return members[self.node_id % len(members)]
 
-    def p2p_here(self, shard: ShardId, vid: int, caller: int, call_id: int, method: str, args: bytes, origin: int) -> None:
-        """Run a P2P call on this node's replica; persistence queries are answered here."""
+    def p2p_here(
+        self, shard: ShardId, vid: int, caller: int, call_id: int, method: str, args: bytes, origin: int
+    ) -> None:
+        """Run a P2P call on this node's replica; persistence queries are answered here. A read
+        with options goes its own way (see ``_consistency``)."""
         if method == PERSISTED_QUERY:
             self.tracker.query(shard, vid, caller, call_id, args, origin)
             return
-        if not self.host.tell(shard, P2PRequest(vid, caller, call_id, method, args, origin)):
-            err = _codec.encode_refusal(ReplicaLost(f"node {self.node_id} holds no replica of {shard}", applied=False))
-            self.route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
+        read = None
+        if args and args[0] == OPTIONS_MARK:
+            try:
+                read, args = split_read(args)
+            except WireError as exc:
+                err = _codec.encode_error(exc)
+                self.route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
+                return
+        if read is not None and read.level != LOCAL:
+            self._read_here(shard, vid, caller, call_id, method, args, origin, read)
+            return
+        if not self.host.tell(shard, P2PRequest(vid, caller, call_id, method, args, origin, read)):
+            self._no_replica(shard, vid, caller, call_id, origin)
+
+    def _no_replica(self, shard: ShardId, vid: int, caller: int, call_id: int, origin: int) -> None:
+        err = _codec.encode_refusal(ReplicaLost(f"node {self.node_id} holds no replica of {shard}", applied=False))
+        self.route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
+
+    # ------------------------------------------------------------------ reads (loop)
+    def _read_here(
+        self,
+        shard: ShardId,
+        vid: int,
+        caller: int,
+        call_id: int,
+        method: str,
+        args: bytes,
+        origin: int,
+        read: ReadOptions,
+    ) -> None:
+        """A linearizable read goes into the order, multicast by this node, which alone runs
+        it when it is delivered; a stable read goes to the replica with the latest mark."""
+        if not self.host.holds(shard):
+            self._no_replica(shard, vid, caller, call_id, origin)
+            return
+        if read.level == LINEARIZABLE:
+            self.submit(shard, (caller, call_id, method, args, origin, READ_IN_ORDER, self.node_id))
+            return
+        assert read.level == STABLE
+        stable = self._stable.get(shard)
+        if stable is None:
+            stable = self._stable[shard] = StableReads()
+        seq = stable.issue()
+        if not self.host.tell(
+            shard, P2PRequest(vid, caller, call_id, method, args, origin, read, stable.mark, seq, stable)
+        ):
+            stable.finished(1)
+            self._no_replica(shard, vid, caller, call_id, origin)
+            return
+        if not stable.timer:
+            stable.timer = True
+            self.node.call_later(StableReads.SYNC_AFTER, self._stable_tick, shard)
+
+    def on_stable(self, shard: ShardId, vid: int, index: int) -> None:
+        """The engine's ``AppHooks.on_stable``: every member of ``shard`` has delivered view
+        ``vid``'s messages of global index below ``index``. Passed on to the replica only while
+        stable reads wait there."""
+        stable = self._stable.get(shard)
+        if stable is None:
+            stable = self._stable[shard] = StableReads()
+        if stable.moved(vid, index) and stable.waiting > 0:
+            self.host.tell(shard, StableMark(vid, index))
+
+    def _stable_tick(self, shard: ShardId) -> None:
+        """While stable reads wait: an empty multicast, so every member's delivered count moves
+        past what the replica applied even if no call comes; reads waiting too long fail."""
+        stable = self._stable.get(shard)
+        if stable is None:
+            return
+        expire = stable.tick()
+        if stable.waiting <= 0 or not self.host.holds(shard):
+            stable.timer = False
+            return
+        self.node.send_ordered(shard, [_codec.empty_ordered(self.node.wall_ns())])
+        self.host.tell(shard, StableMark(*stable.mark, expire))
+        self.node.call_later(StableReads.SYNC_AFTER, self._stable_tick, shard)
 
     def submit(self, shard: ShardId, call: _codec.PendingCall) -> None:
         """Queue an ordered call for multicast; everything queued in one loop turn goes out in
@@ -230,11 +369,15 @@ class CallRouter:
         if view is None or not self.host.holds(msg.shard):
             refusal = ReplicaLost(f"node {self.node_id} holds no replica of {msg.shard}", applied=False)
         elif size > self.max_payload:  # a member whose limit differs from ours: refuse, never drop
-            refusal = PayloadTooLarge(f"call {msg.call_id} takes {size} bytes; node {self.node_id}'s limit is "
-                                      f"{self.max_payload} (multicast.max_message_size): members should share one limit")
+            refusal = PayloadTooLarge(
+                f"call {msg.call_id} takes {size} bytes; node {self.node_id}'s limit is "
+                f"{self.max_payload} (multicast.max_message_size): members should share one limit"
+            )
         if refusal is not None:
             err = _codec.encode_refusal(refusal)  # type: ignore[arg-type]
-            self.node.send_app(sender, encode(Reply(msg.call_id, self.node_id, vid, (self.node_id,), False, err, msg.origin)))
+            self.node.send_app(
+                sender, encode(Reply(msg.call_id, self.node_id, vid, (self.node_id,), False, err, msg.origin))
+            )
             return
         if msg.ordered:
             self.submit(msg.shard, (sender, msg.call_id, msg.method, msg.args, msg.origin, msg.session_ns, msg.floor))
@@ -257,14 +400,18 @@ class CallRouter:
         refusal: Exception | None = None
         size = _codec.call_size(msg.method, msg.args)
         if size > self.max_payload:
-            refusal = PayloadTooLarge(f"call {msg.call_id} takes {size} bytes; the group's limit is {self.max_payload} "
-                                      "(multicast.max_message_size); it was not run")
+            refusal = PayloadTooLarge(
+                f"call {msg.call_id} takes {size} bytes; the group's limit is {self.max_payload} "
+                "(multicast.max_message_size); it was not run"
+            )
         elif not members:
             refusal = ShardUnavailable(f"call {msg.call_id} was not run: {unavailable(view, msg.shard)}")
         elif not msg.ordered and msg.caller and msg.caller not in members:
             refusal = ReplicaLost(
                 f"node {msg.caller} holds no replica of {msg.shard} in view {view.vid} (its replicas: {list(members)}); "
-                "the call was not run", applied=False)
+                "the call was not run",
+                applied=False,
+            )
         if refusal is not None:
             self._refuse_client(conn, msg.call_id, origin, view.vid, refusal)
             return
@@ -283,7 +430,9 @@ class CallRouter:
             else:
                 self.p2p_here(msg.shard, view.vid, self.node_id, msg.call_id, msg.method, msg.args, origin)
             return
-        call = Call(msg.call_id, self.node_id, msg.shard, msg.method, msg.ordered, msg.args, origin, session_ns, msg.floor)
+        call = Call(
+            msg.call_id, self.node_id, msg.shard, msg.method, msg.ordered, msg.args, origin, session_ns, msg.floor
+        )
         # Until an answer comes, remember where it went: if that member fails first, the call
         # goes again through another (ordered: applied once, by the session table) or, for
         # P2P, the client is told at once.
@@ -335,8 +484,14 @@ class CallRouter:
                 self.node.send_app(caller, encode(batch))
 
     def take_reply(self, reply: Reply) -> None:
-        self.take_batch(ReplyBatch(reply.node, reply.vid, reply.replicas,
-                                   ((reply.call_id, reply.ok, reply.value, reply.origin, reply.version),)))
+        self.take_batch(
+            ReplyBatch(
+                reply.node,
+                reply.vid,
+                reply.replicas,
+                ((reply.call_id, reply.ok, reply.value, reply.origin, reply.version),),
+            )
+        )
 
     def take_batch(self, batch: ReplyBatch) -> None:
         """Answers for this node's calls go to their results; answers for clients this node
@@ -375,8 +530,14 @@ class CallRouter:
         if (gone or not view.layout.adequate or not previous.layout.adequate) and self.clients:
             # Clients cannot see views: tell them who left, so their calls stop waiting, and
             # whether shards cannot run, so a call that waits says why.
-            note = encode(ViewNotice(view.vid, view.members, tuple(sorted(gone)),
-                                     "" if view.layout.adequate else unavailable(view, ShardId("", 0, 0))))
+            note = encode(
+                ViewNotice(
+                    view.vid,
+                    view.members,
+                    tuple(sorted(gone)),
+                    "" if view.layout.adequate else unavailable(view, ShardId("", 0, 0)),
+                )
+            )
             for conn in list(self.clients):
                 if getattr(conn, "closed", False):
                     self.clients.discard(conn)
@@ -427,11 +588,16 @@ class CallRouter:
             members = view.layout.members_of(call.shard)
             refusal: Exception | None = None
             if not call.ordered:
-                refusal = ReplicaLost(f"node {target} left the group before answering; a P2P call changes nothing, so "
-                                      "it is safe to call again", applied=False)
+                refusal = ReplicaLost(
+                    f"node {target} left the group before answering; a P2P call changes nothing, so "
+                    "it is safe to call again",
+                    applied=False,
+                )
             elif not members:
-                refusal = ShardUnavailable(f"call {call.call_id} may or may not have been applied (node {target} left "
-                                           f"while relaying it) and cannot be retried now: {unavailable(view, call.shard)}")
+                refusal = ShardUnavailable(
+                    f"call {call.call_id} may or may not have been applied (node {target} left "
+                    f"while relaying it) and cannot be retried now: {unavailable(view, call.shard)}"
+                )
             if refusal is not None:
                 del self.client_relays[key]
                 self.proxies.pop(key, None)
@@ -439,8 +605,10 @@ class CallRouter:
                 continue
             if self.node_id in members:
                 del self.client_relays[key]
-                self.submit(call.shard, (self.node_id, call.call_id, call.method, call.args, origin, call.session_ns,
-                                         call.floor))
+                self.submit(
+                    call.shard,
+                    (self.node_id, call.call_id, call.method, call.args, origin, call.session_ns, call.floor),
+                )
                 continue
             relay = members[origin % len(members)]
             self.client_relays[key] = (relay, call, conn)

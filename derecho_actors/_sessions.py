@@ -51,7 +51,10 @@ class Verdict:
 
 class SessionTable:
     def __init__(
-        self, ttl_ns: int = DEFAULT_TTL_NS, max_sessions: int = DEFAULT_MAX_SESSIONS, window: int = DEFAULT_WINDOW,
+        self,
+        ttl_ns: int = DEFAULT_TTL_NS,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         self.ttl_ns = ttl_ns
         self.max_sessions = max_sessions
@@ -142,7 +145,11 @@ class SessionTable:
         self.clock_ns = int(state["clock"])
         self._next_sweep_ns = 0
         self.sessions = {
-            int(origin): Session(int(last), int(seen), {int(c): (bool(ok), bytes(v)) for c, ok, v in replies},
-                                 min((int(c) for c, _ok, _v in replies), default=0))
+            int(origin): Session(
+                int(last),
+                int(seen),
+                {int(c): (bool(ok), bytes(v)) for c, ok, v in replies},
+                min((int(c) for c, _ok, _v in replies), default=0),
+            )
             for origin, last, seen, replies in state["sessions"]
         }

@@ -138,7 +138,9 @@ class TransferOut:
             part, data = self._look if self._look is not None else ("obj", b"")
             self._look = next(self._items, None)
             final = self._look is None
-            chunk = StateChunk(self.snap.shard, self.snap.vid, self.seq, part, data, final, self.reset and self.seq == 0)
+            chunk = StateChunk(
+                self.snap.shard, self.snap.vid, self.seq, part, data, final, self.reset and self.seq == 0
+            )
             self.send(self.receiver, chunk)
             self.sent_bytes += len(data)
             self.seq += 1
@@ -159,8 +161,14 @@ class TransferService:
     receives for shards it is new to."""
 
     def __init__(
-        self, node: NodeHandle, host: Any, chunk_bytes: int, window: int, views: Callable[[int], View | None],
-        view: Callable[[], View | None], fail_stop: Callable[[str, int], None],
+        self,
+        node: NodeHandle,
+        host: Any,
+        chunk_bytes: int,
+        window: int,
+        views: Callable[[int], View | None],
+        view: Callable[[], View | None],
+        fail_stop: Callable[[str, int], None],
         installed: Callable[[ShardId], None] = lambda sid: None,
     ) -> None:
         """``host``: the replica host (its ``tell`` and ``retire``); ``views(vid)``: a recent
@@ -188,8 +196,14 @@ class TransferService:
     def request(self, sid: ShardId, vid: int, source: int | None, have: int, digest: int) -> None:
         if source is None or sid not in self.awaiting:
             return
-        log.info("node %s asks node %s for the state of %s (view %d, has up to version %d)", self.node_id, source, sid,
-                 vid, have)
+        log.info(
+            "node %s asks node %s for the state of %s (view %d, has up to version %d)",
+            self.node_id,
+            source,
+            sid,
+            vid,
+            have,
+        )
         self.node.send_app(source, encode(StateRequest(sid, vid, have, digest)))
 
     def on_chunk(self, sender: int, chunk: StateChunk) -> None:
@@ -198,7 +212,9 @@ class TransferService:
         expected = self.awaiting.get(chunk.shard)
         if expected is None or expected[0] != sender:
             return  # only the source the view named may send it
-        self.host.tell(chunk.shard, StatePart(chunk.seq, chunk.part, chunk.data, chunk.final, chunk.reset, sender, chunk.vid))
+        self.host.tell(
+            chunk.shard, StatePart(chunk.seq, chunk.part, chunk.data, chunk.final, chunk.reset, sender, chunk.vid)
+        )
 
     def chunk_done(self, sid: ShardId, source: int, vid: int, seq: int) -> None:
         """The replica wrote chunk ``seq``: acknowledge it to the chunk's sender."""
@@ -208,8 +224,13 @@ class TransferService:
         self.installed(sid)
         entry = self.awaiting.pop(sid, None)
         if entry is not None:
-            log.info("node %s installed the state of %s (up to version %d) from node %s", self.node_id, sid, version,
-                     entry[0])
+            log.info(
+                "node %s installed the state of %s (up to version %d) from node %s",
+                self.node_id,
+                sid,
+                version,
+                entry[0],
+            )
 
     def failed(self, sid: ShardId, why: str) -> None:
         """This node could not receive the state of a shard it now holds: it cannot serve it,
@@ -219,7 +240,9 @@ class TransferService:
 
     def why_waiting(self, sid: ShardId) -> str | None:
         entry = self.awaiting.get(sid)
-        return None if entry is None else f"node {self.node_id} is still receiving the state of {sid} from node {entry[0]}"
+        return (
+            None if entry is None else f"node {self.node_id} is still receiving the state of {sid} from node {entry[0]}"
+        )
 
     # ------------------------------------------------------------------ serving
     def snapshot_ready(self, sid: ShardId, vid: int, path: Path, boundary: int, store: Any) -> None:
@@ -267,8 +290,15 @@ class TransferService:
         snap.active += 1
         snap.requests_seen.add(receiver)
         self.streams[key] = t
-        log.info("node %s sends the state of %s (view %d, up to version %d) to node %s%s", self.node_id, req.shard,
-                 req.vid, snap.boundary, receiver, " replacing its log" if t.reset else "")
+        log.info(
+            "node %s sends the state of %s (view %d, up to version %d) to node %s%s",
+            self.node_id,
+            req.shard,
+            req.vid,
+            snap.boundary,
+            receiver,
+            " replacing its log" if t.reset else "",
+        )
         try:
             t.pump()
         except Exception as exc:
@@ -294,8 +324,16 @@ class TransferService:
         if t is None:
             return
         seconds = time.monotonic() - t.started_at
-        self.stats.append({"shard": str(key[0]), "vid": key[1], "to": key[2], "bytes": t.sent_bytes, "seconds": seconds,
-                           "error": error})
+        self.stats.append(
+            {
+                "shard": str(key[0]),
+                "vid": key[1],
+                "to": key[2],
+                "bytes": t.sent_bytes,
+                "seconds": seconds,
+                "error": error,
+            }
+        )
         if error is None:
             log.info("state of %s sent to node %s: %.1f MB in %.2f s", key[0], key[2], t.sent_bytes / 1e6, seconds)
         t.snap.active -= 1
@@ -324,7 +362,10 @@ class TransferService:
             self._end(key, f"node {key[2]} left")
         for sid, (source, _vid) in list(self.awaiting.items()):
             if source not in members:
-                self.failed(sid, f"state transfer of {sid} failed: its source node {source} left in view {view.vid} "
-                            "before sending it; restart this node to join again")
+                self.failed(
+                    sid,
+                    f"state transfer of {sid} failed: its source node {source} left in view {view.vid} "
+                    "before sending it; restart this node to join again",
+                )
                 return
         self.retire_unused()

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from derecho_actors import __version__
 from runtime.errors import ConfigError, DerechoError
-
 from runtime.exitcodes import EXIT_CONFIG, EXIT_RESTART_REFUSED, EXIT_STOPPED, EXIT_STORAGE
 
 
@@ -30,16 +29,20 @@ def _node_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contact", action="append", help="shorthand for node.contacts (repeatable)")
     p.add_argument("--certs-dir", help="shorthand for --set security.certs_dir=DIR (ca.crt, node-ID.crt, node-ID.key)")
     p.add_argument(
-        "--insecure", action="store_true",
+        "--insecure",
+        action="store_true",
         help="run without TLS (security.insecure): anyone who can reach the port can join and forge traffic",
     )
     p.add_argument(
-        "--accept-loss", action="store_true",
+        "--accept-loss",
+        action="store_true",
         help="total restart: go ahead even if the surviving logs lack versions reported persisted (logged at ERROR)",
     )
     p.add_argument("--send", type=int, default=0, metavar="N", help="load generator: multicast N numbered messages")
     p.add_argument("--size", type=int, default=100, help="load generator: payload size in bytes (default 100)")
-    p.add_argument("--wait-members", type=int, default=1, metavar="K", help="load generator: start once a view has K members")
+    p.add_argument(
+        "--wait-members", type=int, default=1, metavar="K", help="load generator: start once a view has K members"
+    )
     p.add_argument("--delivery-log", metavar="PATH", help="append one line per delivered message to PATH")
 
 
@@ -64,8 +67,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    from runtime.config import load_config
     from derecho_actors._load_app import LoadApp
+    from runtime.config import load_config
     from runtime.drivers.node import NodeDriver
 
     config = load_config(args.config, _overrides(args), os.environ)
@@ -77,7 +80,10 @@ def run_node(args: argparse.Namespace) -> int:
     if args.send < 0 or args.size < 1:
         raise ConfigError("--send must be >= 0 and --size >= 1")
     app = LoadApp(
-        config.node.id, args.send, args.size, Path(args.delivery_log) if args.delivery_log else None,
+        config.node.id,
+        args.send,
+        args.size,
+        Path(args.delivery_log) if args.delivery_log else None,
         wait_members=args.wait_members,
     )
     driver = NodeDriver(config, app.hooks(), accept_loss=args.accept_loss)
@@ -128,7 +134,9 @@ def run_status(args: argparse.Namespace) -> int:
     elif args.certs_dir:
         credentials = client_credentials(args.certs_dir, args.name)
     else:
-        raise ConfigError("status needs --certs-dir DIR with a client certificate (or --insecure for a group without TLS)")
+        raise ConfigError(
+            "status needs --certs-dir DIR with a client certificate (or --insecure for a group without TLS)"
+        )
     status = fetch_status(args.contact, args.cluster, timeout=args.timeout, credentials=credentials)
     if args.json:
         import json
@@ -173,8 +181,7 @@ def run_keygen(args: argparse.Namespace) -> int:
     try:
         key = generate_key(args.path)
     except FileExistsError:
-        raise ConfigError(f"{args.path} already exists; choose another path (keys are never overwritten)") \
-            from None
+        raise ConfigError(f"{args.path} already exists; choose another path (keys are never overwritten)") from None
     print(f"wrote the private key {args.path} (mode 0600; keep it secret) and the public key {args.path}.pub")
     print(f"public key: {public_key_bytes(key).hex()}")
     return 0
@@ -187,16 +194,19 @@ def run_certs(args: argparse.Namespace) -> int:
     if args.action == "create-ca":
         made = certs.create_ca(folder, cluster=args.cluster, days=args.days, force=args.force)
     elif args.action == "create-node":
-        made = certs.create_node(folder, args.id, hosts=tuple(args.host or ("localhost", "127.0.0.1")), days=args.days,
-                                 force=args.force)
+        made = certs.create_node(
+            folder, args.id, hosts=tuple(args.host or ("localhost", "127.0.0.1")), days=args.days, force=args.force
+        )
     elif args.action == "create-client":
         made = certs.create_client(folder, args.name, days=args.days, force=args.force)
     else:
         for line in certs.list_certs(folder):
             print(line)
         return 0
-    print(f"wrote {made.cert} and {made.key} (mode 0600: keep it secret) for {made.identity}; "
-          f"valid until {made.not_after:%Y-%m-%d %H:%M} UTC")
+    print(
+        f"wrote {made.cert} and {made.key} (mode 0600: keep it secret) for {made.identity}; "
+        f"valid until {made.not_after:%Y-%m-%d %H:%M} UTC"
+    )
     return 0
 
 
@@ -208,8 +218,12 @@ def _certs_parser(sub: argparse._SubParsersAction) -> None:
     ca.add_argument("--days", type=int, default=3650)
     node = actions.add_parser("create-node", help="node-ID.crt/.key: a certificate naming node ID")
     node.add_argument("id", type=int, metavar="ID")
-    node.add_argument("--host", action="append", metavar="NAME_OR_IP",
-                      help="host name or address of the node, for the certificate (repeatable; default localhost, 127.0.0.1)")
+    node.add_argument(
+        "--host",
+        action="append",
+        metavar="NAME_OR_IP",
+        help="host name or address of the node, for the certificate (repeatable; default localhost, 127.0.0.1)",
+    )
     node.add_argument("--days", type=int, default=825)
     client = actions.add_parser("create-client", help="client-NAME.crt/.key: a certificate naming client NAME")
     client.add_argument("name", metavar="NAME")
@@ -248,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     vf = sub.add_parser("verify", help="check persistent logs (crc, order, signatures) without changing them")
     vf.add_argument("path", metavar="DATA_DIR_OR_FILE", help="a data_dir (every *.log under it) or one log file")
     vf.add_argument(
-        "--key", metavar="KEY",
+        "--key",
+        metavar="KEY",
         help="require signatures by this key: a PEM public or private key file, or the public key in hex",
     )
     kg = sub.add_parser("keygen", help="make an ed25519 key for signed logs (PATH, mode 0600, and PATH.pub)")

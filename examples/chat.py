@@ -1,6 +1,6 @@
 """A pub/sub chat room: every member sees the messages in the same order.
 
-    python examples/chat.py demo
+python examples/chat.py demo
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 2
     with da.local_cluster(nodes=3, types=[ChatRoom], layout=LAYOUT) as cluster:
+
         def chatter(user: str) -> None:
             with cluster.new_client() as client:
                 room = client.handle(ChatRoom)
@@ -53,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             t.join(60)
         digests = cluster.handle(ChatRoom).transcript_digest().get(timeout=10)
-        print(f"300 messages posted by 3 users; every member holds the same transcript: {len(set(digests.values())) == 1}")
+        print(
+            f"300 messages posted by 3 users; every member holds the same transcript: {len(set(digests.values())) == 1}"
+        )
         print("last three:", cluster.handle(ChatRoom).history(297).get(timeout=10).popitem()[1])
     return 0
 

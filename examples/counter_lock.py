@@ -10,6 +10,7 @@ state: it runs at the same place in the call order at every replica.
 
 from __future__ import annotations
 
+import random
 import sys
 
 import derecho_actors as da
@@ -65,17 +66,42 @@ class Locks:
 LAYOUT = da.Layout({Counter: da.ShardPolicy(min_nodes=2), Locks: da.ShardPolicy(min_nodes=2, overlapping=True)})
 
 
+@da.sim_workload(Counter, model="counter")
+def counter_sim_calls(rng: random.Random) -> da.SimCall:
+    """Simulated clients (``python -m runtime.sim --app examples.counter_lock:Counter,Locks``):
+    adds (each returns the new total) and linearizable reads, checked as a counter."""
+    if rng.random() < 0.6:
+        k = rng.randint(1, 9)
+        return da.SimCall("add", (k,), kind="add", key="value", value=k)
+    return da.SimCall("read", kwargs={"consistency": "linearizable"}, kind="read", key="value")
+
+
+@da.sim_workload(Locks)
+def locks_sim_calls(rng: random.Random) -> da.SimCall:
+    """Acquires and releases by a few owners; no history model, so the simulator checks that
+    every replica agrees (replies, state digests, leases ended by views alike)."""
+    name, owner = f"lock-{rng.randrange(3)}", rng.randrange(1, 5)
+    method = rng.choice(("acquire", "acquire", "release"))
+    return da.SimCall(method, (name, owner))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv != ["demo"]:
         print(__doc__)
         return 2
-    with da.local_cluster(nodes=3, types=[Counter, Locks], layout=LAYOUT,
-                          overrides={"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "500"}) as cluster:
+    with da.local_cluster(
+        nodes=3,
+        types=[Counter, Locks],
+        layout=LAYOUT,
+        overrides={"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "500"},
+    ) as cluster:
         counter = cluster.handle(Counter)
         results = [counter.add() for _ in range(500)]
         finals = [max(r.get(timeout=30).values()) for r in results]
-        print(f"counter reached {finals[-1]} after 500 increments; replicas agree: {len(set(results[-1].get(timeout=5).values())) == 1}")
+        print(
+            f"counter reached {finals[-1]} after 500 increments; replicas agree: {len(set(results[-1].get(timeout=5).values())) == 1}"
+        )
         locks = cluster.handle(Locks)
         print("node 3 takes lock 'printer':", set(locks.acquire("printer", 3).get(timeout=10).values()))
         print("node 1 tries it:", set(locks.acquire("printer", 1).get(timeout=10).values()))

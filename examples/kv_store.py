@@ -10,6 +10,7 @@ Keys go to a shard by a stable hash, so every client finds the same replicas.
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import zlib
 
@@ -48,13 +49,26 @@ def shard_of(key: str) -> int:
     return zlib.crc32(key.encode()) % SHARDS
 
 
+@da.sim_workload(KV, model="register", shards=SHARDS)
+def kv_sim_calls(rng: random.Random) -> da.SimCall:
+    """What clients do in the simulator (``python -m runtime.sim --app examples.kv_store:KV``):
+    writes and linearizable reads of a few keys, checked as registers."""
+    key = f"key-{rng.randrange(6)}"
+    if rng.random() < 0.5:
+        value = b"%d" % rng.randrange(10**9)
+        return da.SimCall("put", (key, value), shard=shard_of(key), kind="write", key=key, value=value)
+    return da.SimCall("get", (key,), {"consistency": "linearizable"}, shard=shard_of(key), kind="read", key=key)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["demo", "put", "get"])
     p.add_argument("args", nargs="*")
     p.add_argument("--contact", action="append", default=[], help="a member's HOST:PORT (repeatable)")
     p.add_argument("--cluster", default="derecho")
-    p.add_argument("--certs-dir", help="folder with ca.crt and a client certificate (derecho-actors certs create-client)")
+    p.add_argument(
+        "--certs-dir", help="folder with ca.crt and a client certificate (derecho-actors certs create-client)"
+    )
     p.add_argument("--name", help="which client certificate in --certs-dir (default: the only one)")
     p.add_argument("--insecure", action="store_true", help="no TLS (the group runs with security.insecure)")
     a = p.parse_args(argv)

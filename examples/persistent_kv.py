@@ -10,6 +10,7 @@ nodes restart from their data directories with every persisted write.
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import threading
 import time
@@ -52,8 +53,22 @@ class PersistentKV:
 LAYOUT = da.Layout({PersistentKV: da.ShardPolicy(min_nodes=3, max_nodes=3)})
 
 
+@da.sim_workload(PersistentKV, model="register")
+def persistent_kv_sim_calls(rng: random.Random) -> da.SimCall:
+    """Simulated clients (``python -m runtime.sim --app examples.persistent_kv:PersistentKV``):
+    writes and linearizable reads of a few keys, through crashes and total restarts from the
+    logs; checked as registers."""
+    key = f"key-{rng.randrange(5)}"
+    if rng.random() < 0.55:
+        value = b"%d" % rng.randrange(10**9)
+        return da.SimCall("put", (key, value), kind="write", key=key, value=value)
+    return da.SimCall("get", (key,), {"consistency": "linearizable"}, kind="read", key=key)
+
+
 def demo(writes: int) -> int:
-    with da.local_cluster(3, [PersistentKV], LAYOUT, overrides={"persistence.restart_quorum_wait_ms": "200"}) as cluster:
+    with da.local_cluster(
+        3, [PersistentKV], LAYOUT, overrides={"persistence.restart_quorum_wait_ms": "200"}
+    ) as cluster:
         kv = cluster.handle(PersistentKV)
         started = time.monotonic()
         pending = [kv.put(f"key-{i % 500}", f"value-{i}".encode()) for i in range(writes)]
@@ -72,8 +87,10 @@ def demo(writes: int) -> int:
             time.sleep(0.01)
         cluster.kill_all()  # kill -9 every node while writes are still in flight
         waiter.join()
-        print(f"{len(confirmed)} of {writes} writes reported persisted before kill -9 of all 3 nodes "
-              f"({time.monotonic() - started:.1f} s)")
+        print(
+            f"{len(confirmed)} of {writes} writes reported persisted before kill -9 of all 3 nodes "
+            f"({time.monotonic() - started:.1f} s)"
+        )
         t0 = time.monotonic()
         cluster.restart()
         print(f"restarted all 3 from their logs in {time.monotonic() - t0:.2f} s")

@@ -68,11 +68,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.errors import ConfigError, LayoutError
 from runtime.core.layout import LayoutPolicy, ShardPolicy
 from runtime.core.membership import MembershipConfig
 from runtime.core.node_core import CoreConfig
 from runtime.core.smc import MulticastConfig
+from runtime.errors import ConfigError, LayoutError
 
 __all__ = [
     "DEFAULT_LAYOUT_TYPE",
@@ -317,7 +317,7 @@ def _ids_check(value: object) -> tuple[int, ...]:
             raise
         if item in seen:
             raise _Invalid(f"lists {item} twice", subkey=f"[{index}]")
-        seen.add(item)  # type: ignore[arg-type]
+        seen.add(item)
     return tuple(value)
 
 
@@ -434,8 +434,7 @@ class TimeoutsSection:
             # A peer must be allowed to miss at least one heartbeat, or every node suspects
             # every other one between two heartbeats.
             raise ConfigError(
-                f"timeouts.suspicion_ms ({self.suspicion_ms}) must exceed "
-                f"timeouts.heartbeat_ms ({self.heartbeat_ms})"
+                f"timeouts.suspicion_ms ({self.suspicion_ms}) must exceed timeouts.heartbeat_ms ({self.heartbeat_ms})"
             )
 
 
@@ -610,9 +609,7 @@ def _unknown_key(key: str, known: Sequence[str], source: str) -> ConfigError:
     leaf = key.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(leaf, known, n=1)
     hint = f'; did you mean "{key.rsplit(".", 1)[0]}.{close[0]}"?' if close else ""
-    return ConfigError(
-        _one_line(f"unknown key {_show(key)} (known: {', '.join(known)}){hint} ({source})")
-    )
+    return ConfigError(_one_line(f"unknown key {_show(key)} (known: {', '.join(known)}){hint} ({source})"))
 
 
 def _unknown_section(section: str, source: str) -> ConfigError:
@@ -671,14 +668,11 @@ def _file_layer(doc: Mapping[str, Any], path: str, layer: _Layer) -> None:
                 raise _unknown_section(section, source)
             raise ConfigError(
                 _one_line(
-                    f"unknown top-level key {_show(section)}; settings belong in a section "
-                    f"such as [node] ({source})"
+                    f"unknown top-level key {_show(section)}; settings belong in a section such as [node] ({source})"
                 )
             )
         if not isinstance(table, dict):
-            raise ConfigError(
-                _one_line(f"{section}: expected a table [{section}], got {_show(table)} ({source})")
-            )
+            raise ConfigError(_one_line(f"{section}: expected a table [{section}], got {_show(table)} ({source})"))
         if section == "layout":
             for type_name, policy in table.items():
                 if not isinstance(policy, dict):
@@ -717,11 +711,7 @@ def _env_layer(environ: Mapping[str, str], layer: _Layer) -> None:
                 siblings = [name for name in known_vars if name.startswith(prefix)]
                 close = difflib.get_close_matches(var.upper(), siblings, n=1)
                 hint = f"; did you mean {close[0]}?" if close else ""
-                raise ConfigError(
-                    _one_line(
-                        f"unknown environment variable {var} (known: {', '.join(siblings)}){hint}"
-                    )
-                )
+                raise ConfigError(_one_line(f"unknown environment variable {var} (known: {', '.join(siblings)}){hint}"))
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -735,9 +725,7 @@ def parse_override(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(
-            _one_line(f"--set expects section.key=value (e.g. node.id=3), got {_show(text)}")
-        )
+        raise ConfigError(_one_line(f"--set expects section.key=value (e.g. node.id=3), got {_show(text)}"))
     parts = key.split(".")
     if len(parts) < 2 or not all(parts) or any(ch.isspace() for ch in key):
         raise ConfigError(
@@ -754,9 +742,7 @@ def _cli_layer(overrides: Mapping[str, str], layer: _Layer) -> None:
     for key, value in overrides.items():
         source = f"from --set {key}"
         if not isinstance(value, str):
-            raise ConfigError(
-                _one_line(f"{key}: override values are strings, got {_show(value)} ({source})")
-            )
+            raise ConfigError(_one_line(f"{key}: override values are strings, got {_show(value)} ({source})"))
         section, _, rest = key.partition(".")
         if section not in _SECTIONS:
             raise _unknown_section(section, source)
@@ -764,10 +750,7 @@ def _cli_layer(overrides: Mapping[str, str], layer: _Layer) -> None:
             type_name, _, leaf = rest.rpartition(".")
             if not type_name:
                 raise ConfigError(
-                    _one_line(
-                        f"{key}: layout settings are layout.<Type>.<key>, e.g. layout.KV.shards "
-                        f"({source})"
-                    )
+                    _one_line(f"{key}: layout settings are layout.<Type>.<key>, e.g. layout.KV.shards ({source})")
                 )
             if leaf not in _LAYOUT_KEYS:
                 raise _unknown_key(key, _LAYOUT_KEYS, source)
@@ -814,8 +797,7 @@ def _layout_text(key: str, text: str) -> object:
             return tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             raise _Invalid(
-                f"expected a TOML array with one list of node ids per shard, e.g. "
-                f"[[1, 2], [3]], got {_show(text)}"
+                f"expected a TOML array with one list of node ids per shard, e.g. [[1, 2], [3]], got {_show(text)}"
             ) from None
     return _int_text(1)(text)
 
@@ -842,13 +824,10 @@ def _build_policy(type_name: str, settings: Mapping[str, _Setting]) -> ShardPoli
         try:
             value = _layout_text(key, str(setting.value)) if setting.text else setting.value
             if key == "reserved" and value is not None:
-                ok = isinstance(value, (list, tuple)) and all(
-                    isinstance(inner, (list, tuple)) for inner in value
-                )
+                ok = isinstance(value, (list, tuple)) and all(isinstance(inner, (list, tuple)) for inner in value)
                 if not ok:
                     raise _Invalid(
-                        f"expected a list with one list of node ids per shard, e.g. "
-                        f"[[1, 2], [3]], got {_show(value)}"
+                        f"expected a list with one list of node ids per shard, e.g. [[1, 2], [3]], got {_show(value)}"
                     )
         except _Invalid as bad:
             raise ConfigError(bad.message(f"{prefix}.{key}", setting.source)) from None
@@ -859,8 +838,8 @@ def _build_policy(type_name: str, settings: Mapping[str, _Setting]) -> ShardPoli
     except LayoutError as err:
         text = str(err).removeprefix(f"layout of type {type_name!r}: ")
         name = _layout_error_field(text)
-        setting = settings.get(name)
-        source = f" ({setting.source})" if setting else ""
+        found = settings.get(name)
+        source = f" ({found.source})" if found else ""
         key = f"{prefix}.{name}" if name else prefix
         raise ConfigError(_one_line(f"{key}: {text}{source}")) from None
     return policy
@@ -874,8 +853,7 @@ def _build_layout(layer: _Layer) -> LayoutPolicy:
     for type_name, settings in layer.layout.items():
         if not type_name.strip() or not type_name.isprintable():
             raise ConfigError(
-                f"layout.{_show(type_name)}: a type name must be a non-empty printable name, "
-                f"e.g. [layout.KV]"
+                f"layout.{_show(type_name)}: a type name must be a non-empty printable name, e.g. [layout.KV]"
             )
         pairs.append((type_name, _build_policy(type_name, settings)))
         try:
@@ -1003,4 +981,3 @@ client_idle_timeout_ms = {security.client_idle_timeout_ms}  # a client connectio
 # reserved = [[1, 2], [3]] # optional: node ids that always go to each shard
 # overlapping = false      # true: this type's shards may share nodes with other types
 """
-

@@ -7,6 +7,8 @@ re-exports every one.
 
 from __future__ import annotations
 
+import builtins  # the built-in TimeoutError, which ours extends under the same name
+
 
 class DerechoError(Exception):
     """Base class of every error derecho-actors raises on purpose."""
@@ -38,7 +40,7 @@ class RemoteError(DerechoError):
         self.node = node
 
 
-class TimeoutError(DerechoError, TimeoutError):  # noqa: A001 - the public name is da.TimeoutError
+class TimeoutError(DerechoError, builtins.TimeoutError):  # noqa: A001 - the public name is da.TimeoutError
     """Replies did not all arrive in time; ``pending`` lists the nodes still owing one."""
 
     def __init__(self, message: str, pending: tuple[int, ...] = ()) -> None:
@@ -158,6 +160,30 @@ class RestartError(DerechoError):
     """A total restart cannot proceed as asked (for example, the saved view is unreadable)."""
 
 
+class DivergenceError(DerechoError):
+    """The replicas of a shard answered one ordered call differently (different values, or
+    a value at some and an error at others). Ordered methods must be deterministic, so either
+    the method is not (it read a clock, random numbers, the process id, threads or I/O) or the
+    replicas' states already differ. ``groups`` lists ``(nodes, value or exception)`` per group
+    of agreeing replicas. The call was applied at every replica that answered."""
+
+    def __init__(self, message: str, groups: tuple[tuple[tuple[int, ...], object], ...] = ()) -> None:
+        super().__init__(message)
+        self.groups = groups
+
+
+class P2PMutationError(DerechoError):
+    """A ``@p2p`` method changed its replica's state (found by ``@replicated(check_p2p=True)``
+    or ``DERECHO_CHECK_P2P=1``). The change stays at that one replica, which now differs from
+    the others: restart it (it gets the state again by transfer) and make the method ``@ordered``."""
+
+
+class ReadOptionError(DerechoError, ValueError):
+    """A call's read options cannot be used as given: an unknown ``consistency`` level, read
+    options on an ``@ordered`` method, ``at_version`` with ``at_time``, or either of them with a
+    ``consistency`` other than "local". The message says which."""
+
+
 __all__ = [
     "DerechoError",
     "ConfigError",
@@ -184,4 +210,7 @@ __all__ = [
     "SessionLimit",
     "StateTransferError",
     "RestartError",
+    "DivergenceError",
+    "P2PMutationError",
+    "ReadOptionError",
 ]

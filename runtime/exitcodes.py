@@ -24,3 +24,14 @@ EXIT_STOPPED = 3
 EXIT_STORAGE = 4
 EXIT_RESTART_REFUSED = 5
 EXIT_FAILED = 6
+
+
+def exit_code_for_stop(reason: str) -> int:
+    """The exit code of a node the engine stopped with ``reason`` (its ``on_stop`` hook)."""
+    if reason.startswith("restart refused"):
+        return EXIT_RESTART_REFUSED
+    if reason.startswith("storage failure"):
+        return EXIT_STORAGE
+    if reason.startswith(("left the group", "closed")):
+        return EXIT_OK
+    return EXIT_STOPPED

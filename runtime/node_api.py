@@ -70,7 +70,10 @@ class NodeHandle(Protocol):
     node_id: int
     config: NodeConfig
     hooks: AppHooks
-    incarnation: int  # differs for every start of this node (real: the start time in ns)
+
+    @property
+    def incarnation(self) -> int:
+        """Differs for every start of this node (real: the start time in ns)."""
 
     def wall_ns(self) -> int:
         """The wall clock in ns (the simulator's is virtual): calls are stamped with it."""

@@ -44,7 +44,6 @@ from bench.registry import Context, Row, experiment
 from bench.stats import percentile, steady_rate
 
 
-
 def connection_levels(ctx: Context) -> list[int]:
     """Outstanding requests (one per connection) tried in the pipelined run."""
     return ctx.pick([256, 1000], [64, 256, 1000])
@@ -80,15 +79,41 @@ class EtcdCluster:
         token = f"bench-{uuid.uuid4().hex[:8]}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
         for name, cport, pport in zip(names, self.client_ports, peer_ports):
-            procs.spawn(f"etcd-{name}", [
-                binary, "--name", name, "--data-dir", str(datadir / name),
-                "--listen-client-urls", f"http://{HOST}:{cport}", "--advertise-client-urls", f"http://{HOST}:{cport}",
-                "--listen-peer-urls", f"http://{HOST}:{pport}", "--initial-advertise-peer-urls", f"http://{HOST}:{pport}",
-                "--initial-cluster", initial, "--initial-cluster-state", "new", "--initial-cluster-token", token,
-                "--logger", "zap", "--log-level", "warn",
-            ], env=env)
-        procs.wait_until(lambda: all(_get(p, "/health").get("health") == "true" for p in self.client_ports),
-                         60, "etcd's three members to be healthy", interval=0.2)
+            procs.spawn(
+                f"etcd-{name}",
+                [
+                    binary,
+                    "--name",
+                    name,
+                    "--data-dir",
+                    str(datadir / name),
+                    "--listen-client-urls",
+                    f"http://{HOST}:{cport}",
+                    "--advertise-client-urls",
+                    f"http://{HOST}:{cport}",
+                    "--listen-peer-urls",
+                    f"http://{HOST}:{pport}",
+                    "--initial-advertise-peer-urls",
+                    f"http://{HOST}:{pport}",
+                    "--initial-cluster",
+                    initial,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    token,
+                    "--logger",
+                    "zap",
+                    "--log-level",
+                    "warn",
+                ],
+                env=env,
+            )
+        procs.wait_until(
+            lambda: all(_get(p, "/health").get("health") == "true" for p in self.client_ports),
+            60,
+            "etcd's three members to be healthy",
+            interval=0.2,
+        )
 
     def leader_port(self) -> int:
         for p in self.client_ports:
@@ -166,7 +191,9 @@ async def _single(port: int, n: int, value_b64: str) -> list[float]:
 
 
 def etcd_binary() -> str | None:
-    return shutil.which("etcd") or next((p for p in ("/usr/bin/etcd", "/usr/local/bin/etcd") if os.access(p, os.X_OK)), None)
+    return shutil.which("etcd") or next(
+        (p for p in ("/usr/bin/etcd", "/usr/local/bin/etcd") if os.access(p, os.X_OK)), None
+    )
 
 
 def etcd_version(binary: str) -> str:
@@ -197,7 +224,11 @@ def etcd(ctx: Context) -> list[Row]:
     def measure(fn: Any) -> Row:
         """Run ``fn(cluster)`` on a freshly started 3-member cluster, then remove it."""
         shm = Path("/dev/shm")
-        base = Path(tempfile.mkdtemp(prefix="derecho-bench-etcd-", dir=str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None))
+        base = Path(
+            tempfile.mkdtemp(
+                prefix="derecho-bench-etcd-", dir=str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+            )
+        )
         try:
             with Procs(base) as procs:
                 cluster = EtcdCluster(binary, procs, base)
@@ -216,23 +247,49 @@ def etcd(ctx: Context) -> list[Row]:
             done, errors = asyncio.run(_pipelined(cluster.client_ports, n_pipe, conns, value_b64))
             if errors:
                 ctx.note(f"etcd answered {errors} puts with an error status ({conns} connections)")
-            return {"errors": errors, "writes_per_s": steady_rate(done, list(range(1, len(done) + 1)), n_pipe),
-                    "client_cpu": (_cpu() - cpu0) / (time.perf_counter() - t0)}
+            return {
+                "errors": errors,
+                "writes_per_s": steady_rate(done, list(range(1, len(done) + 1)), n_pipe),
+                "client_cpu": (_cpu() - cpu0) / (time.perf_counter() - t0),
+            }
+
         return fn
 
     def single_run(cluster: EtcdCluster) -> Row:
         cpu0, t0 = _cpu(), time.perf_counter()
         lat = asyncio.run(_single(cluster.leader_port(), n_single, value_b64))
-        return {"p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "writes_per_s": 1000 / (sum(lat) / len(lat)),
-                "client_cpu": (_cpu() - cpu0) / (time.perf_counter() - t0), "calls": n_single}
+        return {
+            "p50_ms": percentile(lat, 50),
+            "p99_ms": percentile(lat, 99),
+            "writes_per_s": 1000 / (sum(lat) / len(lat)),
+            "client_cpu": (_cpu() - cpu0) / (time.perf_counter() - t0),
+            "calls": n_single,
+        }
 
     runs = [{"window": c, "calls": pipeline_calls(ctx, c), **measure(pipelined_run(c))} for c in connection_levels(ctx)]
-    pipe = best_of({"system": system, "case": "pipelined", "case_suffix": ", 3 members", "mode": "pipelined",
-                    "value_size": VALUE_SIZE}, runs, "connections")
-    single = {"system": system, "case": "one at a time, 3 members", "mode": "single", "value_size": VALUE_SIZE, **measure(single_run)}
+    pipe = best_of(
+        {
+            "system": system,
+            "case": "pipelined",
+            "case_suffix": ", 3 members",
+            "mode": "pipelined",
+            "value_size": VALUE_SIZE,
+        },
+        runs,
+        "connections",
+    )
+    single = {
+        "system": system,
+        "case": "one at a time, 3 members",
+        "mode": "single",
+        "value_size": VALUE_SIZE,
+        **measure(single_run),
+    }
     for r in (pipe, single):
         if "error" in r:
             ctx.note(f"{r['case']}: {r['error']}")
-    ctx.say(f"  etcd {pipe['case']}: {pipe.get('writes_per_s', float('nan')):,.0f} writes/s; one at a time "
-            f"p50 {single.get('p50_ms', float('nan')):.2f} ms p99 {single.get('p99_ms', float('nan')):.2f} ms")
+    ctx.say(
+        f"  etcd {pipe['case']}: {pipe.get('writes_per_s', float('nan')):,.0f} writes/s; one at a time "
+        f"p50 {single.get('p50_ms', float('nan')):.2f} ms p99 {single.get('p99_ms', float('nan')):.2f} ms"
+    )
     return [pipe, single]

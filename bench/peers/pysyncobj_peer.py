@@ -47,7 +47,8 @@ def node_main(self_addr: str, partners: list[str], out: Path, mode: str, n: int,
     class Store(SyncObj):
         def __init__(self) -> None:
             conf = SyncObjConf(
-                appendEntriesUseBatch=(mode == "pipelined"), dynamicMembershipChange=False,
+                appendEntriesUseBatch=(mode == "pipelined"),
+                dynamicMembershipChange=False,
                 commandsQueueSize=max(100_000, 2 * max(windows)),
                 connectionRetryTime=0.5,  # start-up only: peers started a moment later are found sooner
             )
@@ -75,7 +76,7 @@ def node_main(self_addr: str, partners: list[str], out: Path, mode: str, n: int,
         warm = threading.Semaphore(0)
         for i in range(1000):
             obj.set(f"warm-{i}", value, callback=lambda res, err: warm.release())
-        for i in range(1000):
+        for _ in range(1000):
             warm.acquire(timeout=30)
     else:
         for i in range(100):
@@ -103,8 +104,11 @@ def node_main(self_addr: str, partners: list[str], out: Path, mode: str, n: int,
             run = {"window": window, "calls": n}
             if not finished.wait(120):
                 run["error"] = f"only {len(done)} of {n} calls completed"
-            run.update(writes_per_s=steady_rate(done, list(range(1, len(done) + 1)), n), errors=errors[0],
-                       client_cpu=(_cpu() - cpu0) / (time.perf_counter() - t0))
+            run.update(
+                writes_per_s=steady_rate(done, list(range(1, len(done) + 1)), n),
+                errors=errors[0],
+                client_cpu=(_cpu() - cpu0) / (time.perf_counter() - t0),
+            )
             result["runs"].append(run)
     else:
         cpu0, t0 = _cpu(), time.perf_counter()
@@ -114,8 +118,13 @@ def node_main(self_addr: str, partners: list[str], out: Path, mode: str, n: int,
             obj.set(f"key-{i}", value, sync=True, timeout=30)
             lat.append((time.perf_counter() - t) * 1000)
         lat = lat[n // 10 :]
-        result.update(p50_ms=percentile(lat, 50), p99_ms=percentile(lat, 99), writes_per_s=1000 / (sum(lat) / len(lat)),
-                      calls=n, client_cpu=(_cpu() - cpu0) / (time.perf_counter() - t0))
+        result.update(
+            p50_ms=percentile(lat, 50),
+            p99_ms=percentile(lat, 99),
+            writes_per_s=1000 / (sum(lat) / len(lat)),
+            calls=n,
+            client_cpu=(_cpu() - cpu0) / (time.perf_counter() - t0),
+        )
     # The load runs in the leader, so "client CPU" is the replica's and the caller's together.
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
@@ -134,8 +143,18 @@ def run_cluster(mode: str, n: int, windows: list[int], size: int, limit: float =
                 out = workdir / f"result-{i}.json"
                 outs.append(out)
                 partners = ",".join(a for a in addrs if a != me)
-                procs.python(f"pysyncobj-{i}", "bench.peers.pysyncobj_peer", "node", me, partners, str(out), mode,
-                             str(n), ",".join(map(str, windows)), str(size))
+                procs.python(
+                    f"pysyncobj-{i}",
+                    "bench.peers.pysyncobj_peer",
+                    "node",
+                    me,
+                    partners,
+                    str(out),
+                    mode,
+                    str(n),
+                    ",".join(map(str, windows)),
+                    str(size),
+                )
             procs.wait_until(lambda: any(o.exists() for o in outs), limit, f"PySyncObj {mode} run", interval=0.1)
             return json.loads(next(o for o in outs if o.exists()).read_text())
     finally:
@@ -158,13 +177,24 @@ def pysyncobj(ctx: Context) -> list[Row]:
         return []
     system = f"PySyncObj {ver}"
     rows = []
-    pipe: Row = {"system": system, "case": "pipelined", "case_suffix": ", 3 nodes", "mode": "pipelined", "value_size": VALUE_SIZE}
+    pipe: Row = {
+        "system": system,
+        "case": "pipelined",
+        "case_suffix": ", 3 nodes",
+        "mode": "pipelined",
+        "value_size": VALUE_SIZE,
+    }
     runs: list[Row] = []
     for window in pipeline_windows(ctx):  # a fresh cluster for each level (its log grows)
         try:
             runs += run_cluster("pipelined", pipeline_calls(ctx, window), [window], VALUE_SIZE)["runs"]
         except Exception as exc:
-            runs.append({"window": window, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]})
+            runs.append(
+                {
+                    "window": window,
+                    "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200],
+                }
+            )
     best_of(pipe, runs)
     if "error" in pipe:
         ctx.note(f"pipelined: {pipe['error']}")
@@ -178,15 +208,26 @@ def pysyncobj(ctx: Context) -> list[Row]:
         single["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
         ctx.note(f"one at a time: {single['error']}")
     rows.append(single)
-    ctx.say(f"  PySyncObj one at a time: p50 {single.get('p50_ms', float('nan')):.2f} ms, "
-            f"p99 {single.get('p99_ms', float('nan')):.2f} ms")
+    ctx.say(
+        f"  PySyncObj one at a time: p50 {single.get('p50_ms', float('nan')):.2f} ms, "
+        f"p99 {single.get('p99_ms', float('nan')):.2f} ms"
+    )
     return rows
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "node":
         a = sys.argv[2:]
-        sys.exit(node_main(a[0], [p for p in a[1].split(",") if p], Path(a[2]), a[3], int(a[4]),
-                           [int(w) for w in a[5].split(",")], int(a[6])))
+        sys.exit(
+            node_main(
+                a[0],
+                [p for p in a[1].split(",") if p],
+                Path(a[2]),
+                a[3],
+                int(a[4]),
+                [int(w) for w in a[5].split(",")],
+                int(a[6]),
+            )
+        )
     print("usage: python -m bench.peers.pysyncobj_peer node SELF PARTNERS OUT MODE N WINDOWS SIZE", file=sys.stderr)
     sys.exit(2)

@@ -110,13 +110,10 @@ class ShardPolicy:
             value = getattr(self, name)
             if not _is_int(value):
                 raise LayoutError(
-                    f"{where}: {name} must be an int, got {value!r} ({type(value).__name__}); "
-                    f"write {name}=1 or more"
+                    f"{where}: {name} must be an int, got {value!r} ({type(value).__name__}); write {name}=1 or more"
                 )
             if value < 1:
-                raise LayoutError(
-                    f"{where}: {name} must be at least 1, got {value}; set {name}=1 or more"
-                )
+                raise LayoutError(f"{where}: {name} must be at least 1, got {value}; set {name}=1 or more")
         if self.max_nodes is not None:
             if not _is_int(self.max_nodes):
                 raise LayoutError(
@@ -129,9 +126,7 @@ class ShardPolicy:
                     f"raise max_nodes or lower min_nodes"
                 )
         if not isinstance(self.overlapping, bool):
-            raise LayoutError(
-                f"{where}: overlapping must be True or False, got {self.overlapping!r}"
-            )
+            raise LayoutError(f"{where}: overlapping must be True or False, got {self.overlapping!r}")
         if self.reserved is not None:
             self._validate_reserved(where)
 
@@ -159,8 +154,7 @@ class ShardPolicy:
             for node in ids:
                 if not _is_int(node):
                     raise LayoutError(
-                        f"{where}: reserved[{index}] holds {node!r} ({type(node).__name__}); "
-                        f"node ids must be ints"
+                        f"{where}: reserved[{index}] holds {node!r} ({type(node).__name__}); node ids must be ints"
                     )
                 if node in owner:
                     first = owner[node]
@@ -170,8 +164,7 @@ class ShardPolicy:
                         else f"in reserved[{first}] and reserved[{index}]"
                     )
                     raise LayoutError(
-                        f"{where}: node {node} is listed {detail}; "
-                        f"a node can be reserved for one shard of a type only"
+                        f"{where}: node {node} is listed {detail}; a node can be reserved for one shard of a type only"
                     )
                 owner[node] = index
             if self.max_nodes is not None and len(ids) > self.max_nodes:
@@ -206,19 +199,15 @@ class LayoutPolicy:
         for entry in types:
             if not (isinstance(entry, tuple) and len(entry) == 2):
                 raise LayoutError(
-                    f"layout policy: each entry of types must be a (name, ShardPolicy) pair, "
-                    f"got {entry!r}"
+                    f"layout policy: each entry of types must be a (name, ShardPolicy) pair, got {entry!r}"
                 )
             name, policy = entry
             if not isinstance(name, str) or not name.strip():
                 raise LayoutError(
-                    f"layout policy: type name {name!r} is not a non-empty string; "
-                    f"name each type, e.g. its class name"
+                    f"layout policy: type name {name!r} is not a non-empty string; name each type, e.g. its class name"
                 )
             if name in seen:
-                raise LayoutError(
-                    f"layout policy: type {name!r} appears twice; give each type one ShardPolicy"
-                )
+                raise LayoutError(f"layout policy: type {name!r} appears twice; give each type one ShardPolicy")
             seen.add(name)
             if not isinstance(policy, ShardPolicy):
                 raise LayoutError(
@@ -274,9 +263,7 @@ class Layout:
         for sid, members in shards.items():
             for node in members:
                 by_node.setdefault(node, []).append(sid)
-        object.__setattr__(
-            self, "_by_node", MappingProxyType({n: tuple(s) for n, s in by_node.items()})
-        )
+        object.__setattr__(self, "_by_node", MappingProxyType({n: tuple(s) for n, s in by_node.items()}))
 
     def __hash__(self) -> int:
         return hash((self.adequate, tuple(self.shards.items()), self.shortfall))
@@ -294,10 +281,7 @@ class Layout:
 
         Empty when the layout is adequate.
         """
-        parts = [
-            f"{sid} needs {count} more node{'' if count == 1 else 's'}"
-            for sid, count in self.shortfall
-        ]
+        parts = [f"{sid} needs {count} more node{'' if count == 1 else 's'}" for sid, count in self.shortfall]
         if not parts:
             return ""
         if len(parts) == 1:
@@ -348,9 +332,7 @@ def _check_members(members: Sequence[int]) -> dict[int, int]:
     rank: dict[int, int] = {}
     for position, node in enumerate(members):
         if not _is_int(node):
-            raise LayoutError(
-                f"view member {node!r} ({type(node).__name__}) is not a node id; node ids are ints"
-            )
+            raise LayoutError(f"view member {node!r} ({type(node).__name__}) is not a node id; node ids are ints")
         if node in rank:
             raise LayoutError(
                 f"node {node} appears twice in the view (ranks {rank[node]} and {position}); "
@@ -365,9 +347,7 @@ def _take_reserved(specs: list[_Spec], rank: Mapping[int, int]) -> dict[ShardId,
     return {spec.sid: [node for node in spec.reserved if node in rank] for spec in specs}
 
 
-def _fill_minimums(
-    specs: list[_Spec], held: dict[ShardId, list[int]], free: list[int]
-) -> list[int]:
+def _fill_minimums(specs: list[_Spec], held: dict[ShardId, list[int]], free: list[int]) -> list[int]:
     """Step 3: top every shard up to min_nodes from ``free`` (rank order); return the rest."""
     cursor = 0
     for spec in specs:
@@ -386,11 +366,7 @@ def _shortfall(specs: list[_Spec], rank: Mapping[int, int]) -> list[tuple[ShardI
     held = _take_reserved(specs, rank)
     taken = {node for nodes in held.values() for node in nodes}
     _fill_minimums(specs, held, [node for node in rank if node not in taken])
-    return [
-        (spec.sid, spec.min_nodes - len(held[spec.sid]))
-        for spec in specs
-        if len(held[spec.sid]) < spec.min_nodes
-    ]
+    return [(spec.sid, spec.min_nodes - len(held[spec.sid])) for spec in specs if len(held[spec.sid]) < spec.min_nodes]
 
 
 def _keep_sticky(
@@ -412,9 +388,7 @@ def _keep_sticky(
     for spec in specs:
         # A node listed by two shards of this pool in ``previous`` (a different policy, or a
         # hand-made layout) stays with the first in policy order, so the pool stays disjoint.
-        mine = sorted(
-            (n for n in previous.members_of(spec.sid) if n in available), key=rank.__getitem__
-        )
+        mine = sorted((n for n in previous.members_of(spec.sid) if n in available), key=rank.__getitem__)
         available.difference_update(mine)
         room = spec.room(len(held[spec.sid]))
         candidates[spec.sid] = mine if room is None else mine[:room]
@@ -456,9 +430,7 @@ def _deal_round_robin(specs: list[_Spec], held: dict[ShardId, list[int]], free: 
             position += 1
 
 
-def _allocate(
-    specs: list[_Spec], rank: Mapping[int, int], previous: Layout | None
-) -> dict[ShardId, list[int]] | None:
+def _allocate(specs: list[_Spec], rank: Mapping[int, int], previous: Layout | None) -> dict[ShardId, list[int]] | None:
     """Steps 1-4 for one pool; None when the pool cannot meet every minimum."""
     held = _take_reserved(specs, rank)
     taken = {node for nodes in held.values() for node in nodes}
@@ -474,9 +446,7 @@ def _allocate(
     return held
 
 
-def compute_layout(
-    policy: LayoutPolicy, members: Sequence[int], previous: Layout | None = None
-) -> Layout:
+def compute_layout(policy: LayoutPolicy, members: Sequence[int], previous: Layout | None = None) -> Layout:
     """Assign the view's ``members`` (node ids in rank order) to every shard of ``policy``.
 
     ``previous`` is the layout of the prior view; its members keep their shards where that

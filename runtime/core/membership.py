@@ -334,8 +334,9 @@ class Membership:
         live = self.live_ranks()
         best_ballot, best = 0, None
         for r in live:
-            if rows[r]["ballot"] > best_ballot and rows[r]["proposal"] is not None:  # type: ignore[operator]
-                best_ballot, best = rows[r]["ballot"], rows[r]["proposal"]
+            ballot, proposed = rows[r]["ballot"], rows[r]["proposal"]
+            if isinstance(ballot, int) and ballot > best_ballot and proposed is not None:
+                best_ballot, best = ballot, proposed
         proposal = best if best is not None else self._fresh_proposal(live).to_wire()
         self.proposed = True
         # The leader's own acceptance (see accepted_vid): durable before this row is pushed.
@@ -360,7 +361,7 @@ class Membership:
         """Per shard, per sender: the minimum frozen receive count over surviving members."""
         mins: dict[ShardId, list[int]] = {}
         for r in live:
-            for t, g, s, counts in self.sst.rows[r]["frozen"] or ():  # type: ignore[union-attr]
+            for t, g, s, counts in self.sst.rows[r]["frozen"] or ():  # type: ignore[union-attr, misc]
                 sid = ShardId(t, g, s)
                 cur = mins.get(sid)
                 mins[sid] = list(counts) if cur is None else [min(a, b) for a, b in zip(cur, counts)]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any
 
+from runtime.core.layout import ShardId
 from runtime.core.sst import RowDelta
 
-ShardKey = Hashable
-"""Names a shard. The layout uses ``ShardId(type_name, subgroup, shard)``; any hashable works."""
+ShardKey = ShardId
+"""Names a shard: ``ShardId(type_name, subgroup, shard)`` as the layout gives it."""
 
 Payload = bytes | None
 """A multicast body; ``None`` is a null message (it only advances the round-robin order)."""

@@ -188,8 +188,11 @@ class NodeCore:
     def _on_group_push(self, sender: int, msg: GroupPush) -> None:
         assert self.view is not None and self.membership is not None
         if self.view.rank_of(sender) != msg.rank or msg.row.rank != msg.rank:
-            self._reject(sender, f"node {sender} sent a group row as rank {msg.rank!r} of view {self.view.vid}",
-                         forged=self.view.rank_of(sender) is not None)
+            self._reject(
+                sender,
+                f"node {sender} sent a group row as rank {msg.rank!r} of view {self.view.vid}",
+                forged=self.view.rank_of(sender) is not None,
+            )
             return
         problem = self.membership.on_push(msg.row, self.now)
         if problem:
@@ -202,7 +205,9 @@ class NodeCore:
             return
         rank = push.rank
         if not isinstance(rank, int) or not 0 <= rank < len(smc.members) or smc.members[rank] != sender:
-            self._reject(sender, f"node {sender} sent a push as rank {rank!r} of {push.shard!r}", forged=sender in smc.members)
+            self._reject(
+                sender, f"node {sender} sent a push as rank {rank!r} of {push.shard!r}", forged=sender in smc.members
+            )
             return
         if self.membership is not None and self.membership.suspects(self.view.rank_of(sender)):  # type: ignore[union-attr,arg-type]
             return
@@ -226,15 +231,23 @@ class NodeCore:
     # ------------------------------------------------------------------- joins
     def _on_join_request(self, sender: int, req: JoinRequest) -> None:
         if self.view is None or self.membership is None:
-            self._ready.outgoing.append(Outgoing((sender,), JoinReply(None, "this node is itself joining; try another contact")))
+            self._ready.outgoing.append(
+                Outgoing((sender,), JoinReply(None, "this node is itself joining; try another contact"))
+            )
             return
         if type(req.node_id) is not int or req.node_id != sender or not isinstance(req.address, str):
             self._reject(sender, f"join request of node {sender} for node {req.node_id!r:.20}", forged=True)
             return
         if self.view.rank_of(req.node_id) is not None:
             self._ready.outgoing.append(
-                Outgoing((sender,), JoinReply(None, f"node id {req.node_id} is a member of view {self.view.vid}; "
-                                              "wait until it has been removed or use another id"))
+                Outgoing(
+                    (sender,),
+                    JoinReply(
+                        None,
+                        f"node id {req.node_id} is a member of view {self.view.vid}; "
+                        "wait until it has been removed or use another id",
+                    ),
+                )
             )
             return
         lead = self.membership.leader()
@@ -332,7 +345,12 @@ class NodeCore:
         self.membership = Membership(view, self.node_id, cfg.membership, self.now, self._freeze, carried)
         for sid in view.my_shards(self.node_id):
             smc = ShardMulticast(
-                sid, view.layout.members_of(sid), self.node_id, cfg.multicast, now=self.now, vid=view.vid,
+                sid,
+                view.layout.members_of(sid),
+                self.node_id,
+                cfg.multicast,
+                now=self.now,
+                vid=view.vid,
                 persisted=self._persisted.get(sid, 0),
             )
             smc.resend = resend.pop(sid, [])
@@ -453,22 +471,29 @@ class NodeCore:
         for sid, smc in self.shards.items():
             srows = smc.sst.rows
             frontier = smc.persisted_frontier - 1  # the column holds version + 1
-            members = []
+            members: list[dict[str, Any]] = []
             for r, node in enumerate(smc.members):
                 persisted = int(srows[r]["persisted"]) - 1  # type: ignore[arg-type]
-                members.append({
-                    "node": node,
-                    "delivered": int(srows[r]["delivered_num"]),  # type: ignore[arg-type]
-                    "received": list(srows[r]["received_num"]),  # type: ignore[arg-type]
-                    "persisted": persisted,
-                })
+                members.append(
+                    {
+                        "node": node,
+                        "delivered": int(srows[r]["delivered_num"]),  # type: ignore[arg-type]
+                        "received": list(srows[r]["received_num"]),  # type: ignore[arg-type]
+                        "persisted": persisted,
+                    }
+                )
             top = max((x["persisted"] for x in members), default=-1)
             for x in members:  # versions behind the most advanced replica, within one view
                 x["persistence_lag"] = _versions_between(x["persisted"], top)
-            out["shards"].append({
-                "shard": str(sid), "delivered": smc.delivered, "persisted_frontier": frontier,
-                "state": "wedged" if m.wedged else "running", "members": members,
-            })
+            out["shards"].append(
+                {
+                    "shard": str(sid),
+                    "delivered": smc.delivered,
+                    "persisted_frontier": frontier,
+                    "state": "wedged" if m.wedged else "running",
+                    "members": members,
+                }
+            )
         return out
 
     def unreported(self) -> int:

@@ -176,9 +176,7 @@ def quorum_problem(reports: Sequence[RestartReport]) -> str | None:
         return None  # nobody else can hold a version every member of the latest view lacks
     for sid, members in view_holders(latest).items():
         if members and not any(vouches(r, sid, latest) for r in reports):
-            return (
-                f"no member of shard {sid} of view {latest.vid} ({list(members)}) with its whole log is back"
-            )
+            return f"no member of shard {sid} of view {latest.vid} ({list(members)}) with its whole log is back"
     return None
 
 
@@ -216,8 +214,11 @@ def find_losses(reports: Sequence[RestartReport]) -> tuple[ShardLoss, ...]:
             continue
         out.append(
             ShardLoss(
-                sid, frontier, tuple(r.node for r in ordered if r.frontiers.get(sid, -1) == frontier),
-                longest, tuple(r.node for r in ordered if sid in r.logs and r.logs[sid] == longest),
+                sid,
+                frontier,
+                tuple(r.node for r in ordered if r.frontiers.get(sid, -1) == frontier),
+                longest,
+                tuple(r.node for r in ordered if sid in r.logs and r.logs[sid] == longest),
             )
         )
     return tuple(out)
@@ -251,8 +252,12 @@ def plan_restart(
     )
     # A restart view too small for the layout runs no shard; it records who holds each
     # shard's complete log, so the first adequate view after it names sources from them.
-    holders = () if layout.adequate else tuple(
-        (sid, tuple(n for n in ranked if by_node[n].logs.get(sid, -1) == longest[sid])) for sid in sorted(longest)
+    holders = (
+        ()
+        if layout.adequate
+        else tuple(
+            (sid, tuple(n for n in ranked if by_node[n].logs.get(sid, -1) == longest[sid])) for sid in sorted(longest)
+        )
     )
     accepted = max(r.accepted_vid for r in reports)
     view = View(

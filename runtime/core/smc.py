@@ -327,7 +327,7 @@ class ShardMulticast:
             sizes = map(len, filter(None, fresh) if nulls else fresh)  # type: ignore[arg-type]
             limit = self.config.max_message_size
             if sum(sizes) > limit:  # cheaper than max(); only then is each message measured
-                longest = max(map(len, filter(None, fresh)))  # type: ignore[arg-type]
+                longest = max(map(len, filter(None, fresh)))
                 if longest > limit:
                     return f"bad payload from sender {pos}: bytes of size {longest}"
         self._buf[pos].extend(fresh)
@@ -378,7 +378,7 @@ class ShardMulticast:
         self._delivered = target
         sst.set("delivered_num", target)
         if len(out):  # a stretch of nulls moves the frontier but gives the app nothing to do
-            self._deliveries.append(Delivery(self.shard, target, out, self.vid))  # type: ignore[arg-type]
+            self._deliveries.append(Delivery(self.shard, target, out, self.vid))
         if self._blocked and self.send_capacity() > 0:
             self._blocked = False
             self._window_opened = True
@@ -524,7 +524,7 @@ class ShardMulticast:
             raise ValueError(f"trim {trim} does not match {n} senders")
         have = self.sst.mine["received_num"]
         if any(t > h for t, h in zip(trim, have)):  # type: ignore[arg-type]
-            raise ValueError(f"trim {trim} exceeds what this member holds {have}")
+            raise ValueError(f"trim {trim} exceeds what this member holds {have!r}")
         end = max(((c - 1) * n + s + 1 for s, c in enumerate(trim) if c), default=0)
         out: list[DeliveredMessage] = []
         buf, base, members, ranks = self._buf, self._buf_base, self.members, self.sender_ranks
@@ -538,7 +538,7 @@ class ShardMulticast:
         if self.my_pos is not None:
             pos = self.my_pos
             start = max(trim[pos], base[pos])
-            beyond = [p for p in buf[pos][start - base[pos]:] if p is not None]
+            beyond = [p for p in buf[pos][start - base[pos] :] if p is not None]
         beyond.extend(self.resend)  # never sent in this view: still owed
         self.resend = []
         self._delivered = max(self._delivered, end)

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from operator import itemgetter
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-Value = int | tuple[int, ...] | bytes | None
+Value = int | tuple[int, ...] | bytes | list[Any] | None
 
 _INT_ONLY = frozenset({int})
 
@@ -139,7 +139,7 @@ class SST:
         if col.width:
             raise SSTError(f"column {name!r} is a vector; use set_item")
         if col.monotonic and value < row[name]:  # type: ignore[operator]
-            raise SSTError(f"column {name!r} is monotonic: {row[name]} -> {value}")
+            raise SSTError(f"column {name!r} is monotonic: {row[name]!r} -> {value!r}")
         if row[name] != value:
             row[name] = value
             self._dirty.add(name)
@@ -242,15 +242,15 @@ class SST:
     # ----------------------------------------------------------------- reads
     def column_min(self, name: str, rows: Sequence[int] | None = None) -> int:
         rs = self.rows if rows is None else [self.rows[r] for r in rows]
-        return min(map(itemgetter(name), rs))  # type: ignore[type-var, return-value]
+        return min(map(itemgetter(name), rs))
 
     def vector_min(self, name: str, rows: Sequence[int] | None = None) -> list[int]:
         """Entry-wise minimum of a vector column over the given rows (all rows by default)."""
         rs = self.rows if rows is None else [self.rows[r] for r in rows]
         vectors = list(map(itemgetter(name), rs))
         if len(vectors) <= 1:
-            return list(vectors[0]) if vectors else []  # type: ignore[arg-type]
-        return list(map(min, *vectors))  # type: ignore[arg-type]
+            return list(vectors[0]) if vectors else []
+        return list(map(min, *vectors))
 
     # ------------------------------------------------------------ predicates
     def register(

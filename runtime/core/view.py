@@ -93,7 +93,8 @@ class View:
                 departed=tuple(_int(m) for m in d["departed"]),
                 sources=tuple((ShardId(_str(t), _int(g), _int(s)), _int(n)) for t, g, s, n in d.get("sources", ())),
                 holders=tuple(
-                    (ShardId(_str(t), _int(g), _int(s)), tuple(_int(x) for x in m)) for t, g, s, m in d.get("holders", ())
+                    (ShardId(_str(t), _int(g), _int(s)), tuple(_int(x) for x in m))
+                    for t, g, s, m in d.get("holders", ())
                 ),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
@@ -159,8 +160,14 @@ class Proposal:
         else:
             holders = tuple((sid, ms) for sid, ms in before.items() if ms)
         return View(
-            self.vid, self.members, self.addresses, layout, self.joined, self.departed,
-            state_sources(before, layout, self.members), holders,
+            self.vid,
+            self.members,
+            self.addresses,
+            layout,
+            self.joined,
+            self.departed,
+            state_sources(before, layout, self.members),
+            holders,
         )
 
     def to_wire(self) -> list[Any]:

@@ -26,7 +26,9 @@ def is_refusal(exc: ssl.SSLError) -> bool:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return True
     reason = (exc.reason or str(exc)).upper()
-    return any(word in reason for word in ("ALERT", "CERTIFICATE", "UNKNOWN_CA", "VERSION", "NO_SHARED", "HANDSHAKE_FAILURE"))
+    return any(
+        word in reason for word in ("ALERT", "CERTIFICATE", "UNKNOWN_CA", "VERSION", "NO_SHARED", "HANDSHAKE_FAILURE")
+    )
 
 
 def client_credentials(certs_dir: str | Path, name: str | None = None) -> LoadedCredentials:
@@ -34,7 +36,7 @@ def client_credentials(certs_dir: str | Path, name: str | None = None) -> Loaded
     client certificate there. Raises ConfigError naming the files when that is ambiguous."""
     folder = Path(certs_dir)
     if name is None:
-        found = sorted(p.name[len("client-"):-len(".crt")] for p in folder.glob("client-*.crt"))
+        found = sorted(p.name[len("client-") : -len(".crt")] for p in folder.glob("client-*.crt"))
         if len(found) != 1:
             what = f"client certificates for {', '.join(found)}" if found else "no client certificate"
             raise ConfigError(

@@ -101,8 +101,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-from cryptography.exceptions import InvalidSignature
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -218,9 +218,7 @@ def generate_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)
@@ -244,8 +242,7 @@ def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
         data = target.read_bytes()
     except OSError as exc:
         raise LogSignatureError(
-            f"cannot read the signing key {target}: {exc.strerror or exc}; "
-            "create one with `derecho-actors keygen PATH`"
+            f"cannot read the signing key {target}: {exc.strerror or exc}; create one with `derecho-actors keygen PATH`"
         ) from exc
     if len(data) == PUBLIC_KEY_SIZE:
         return Ed25519PrivateKey.from_private_bytes(data)
@@ -258,8 +255,7 @@ def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
         ) from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise LogSignatureError(
-            f"{target} holds a {type(key).__name__}, not an ed25519 key; "
-            "create one with `derecho-actors keygen PATH`"
+            f"{target} holds a {type(key).__name__}, not an ed25519 key; create one with `derecho-actors keygen PATH`"
         )
     return key
 
@@ -286,9 +282,7 @@ def load_public_key(source: str | os.PathLike[str]) -> bytes:
         except ValueError as exc:
             raise LogSignatureError(f"{target} is not a PEM X.509 certificate: {exc}") from exc
         if not isinstance(cert_key, Ed25519PublicKey):
-            raise LogSignatureError(
-                f"{target} is a certificate for a {type(cert_key).__name__}, not an ed25519 key"
-            )
+            raise LogSignatureError(f"{target} is a certificate for a {type(cert_key).__name__}, not an ed25519 key")
         return public_key_bytes(cert_key)
     if b"PUBLIC KEY" in data:
         try:
@@ -386,9 +380,7 @@ def _decode_header(data: bytes, path: Path) -> _Header:
             "move it aside and recover the object from another replica"
         )
     if fmt not in (OLD_FORMAT_VERSION, FORMAT_VERSION):
-        raise LogError(
-            f"{path}: log format {fmt}, this version reads {OLD_FORMAT_VERSION} and {FORMAT_VERSION}"
-        )
+        raise LogError(f"{path}: log format {fmt}, this version reads {OLD_FORMAT_VERSION} and {FORMAT_VERSION}")
     if flags & ~KNOWN_FLAGS:
         raise LogError(f"{path}: unknown header flags {flags:#06x}; upgrade derecho-actors")
     return _Header(signed, key, size, fmt)
@@ -412,12 +404,13 @@ def _upgrade_header(fd: int, path: Path, header: _Header) -> _Header:
         return header
     _write_all(fd, _encode_header(None), 0)
     os.fsync(fd)
-    log.info("log %s: upgraded from format %d to %d (unsigned, records unchanged)",
-             path, OLD_FORMAT_VERSION, FORMAT_VERSION)
+    log.info(
+        "log %s: upgraded from format %d to %d (unsigned, records unchanged)", path, OLD_FORMAT_VERSION, FORMAT_VERSION
+    )
     return dataclasses.replace(header, format=FORMAT_VERSION)
 
 
-def _chain(prev: bytes | bytearray | memoryview, version_time: bytes, body: bytes | bytearray) -> bytes:
+def _chain(prev: bytes | bytearray | memoryview, version_time: bytes, body: bytes | bytearray | memoryview) -> bytes:
     """The chain digest of a record: see the module docstring."""
     digest = hashlib.sha256(prev)
     digest.update(version_time)
@@ -436,8 +429,14 @@ class _ScanResult:
 
 
 def _check_record(
-    window: _Window, offset: int, end: int, sig_size: int, last_version: int, last_time: int,
-    verifier: Ed25519PublicKey | None, prev_chain: bytes | None,
+    window: _Window,
+    offset: int,
+    end: int,
+    sig_size: int,
+    last_version: int,
+    last_time: int,
+    verifier: Ed25519PublicKey | None,
+    prev_chain: bytes | None,
 ) -> tuple[int, int, int, bytes | None, str | None]:
     """Check the record at ``offset``: return (length, version, timestamp, chain digest, reason
     it is bad or None). The version is -1 when the record header itself is cut short; the
@@ -536,8 +535,14 @@ class VersionedLog:
     docstring for the format. Use :meth:`open`; ``with`` closes it."""
 
     def __init__(
-        self, path: Path, fd: int, header: _Header, scan: _ScanResult,
-        signing_key: Ed25519PrivateKey | None, fsync: bool, recovery: Recovery | None,
+        self,
+        path: Path,
+        fd: int,
+        header: _Header,
+        scan: _ScanResult,
+        signing_key: Ed25519PrivateKey | None,
+        fsync: bool,
+        recovery: Recovery | None,
     ) -> None:
         self.path = path
         self.signed = header.signed
@@ -560,8 +565,12 @@ class VersionedLog:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, signing_key: Ed25519PrivateKey | None = None,
-        fsync: bool = True, check_signatures: bool = True,
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        signing_key: Ed25519PrivateKey | None = None,
+        fsync: bool = True,
+        check_signatures: bool = True,
     ) -> VersionedLog:
         """Open the log at ``path``, creating it (and its folder) if absent, and recover it:
         see the module docstring. A new log is signed when ``signing_key`` is given; an
@@ -943,7 +952,11 @@ def _recover(fd: int, path: Path, scan: _ScanResult, size: int) -> Recovery:
     versions = f"versions {scan.versions[0]}..{scan.versions[-1]}" if kept else "no versions"
     log.warning(
         "log %s: dropped %d bytes from %s: kept %d records (%s)%s",
-        path, dropped, bad.describe(), kept, versions,
+        path,
+        dropped,
+        bad.describe(),
+        kept,
+        versions,
         f"; the dropped bytes are saved in {copy}" if copy else " (the tail of an interrupted write)",
     )
     return Recovery(kept, dropped, kept, bad.offset, bad.version, bad.reason, copy)

@@ -20,7 +20,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
-from runtime.errors import ConfigError
 from runtime.config import NodeConfig
 from runtime.core.effects import Ready
 from runtime.core.events import LeaveRequested, MessageArrived, PeerLost, Persisted, Tick
@@ -30,10 +29,11 @@ from runtime.core.node_core import NodeCore
 from runtime.core.view import View
 from runtime.drivers.restart import RestartCoordinator, SavedState
 from runtime.drivers.tcp import TcpTransport, TransportSecurity
+from runtime.errors import ConfigError
+from runtime.node_api import AppHooks
 from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials
 from runtime.wire.claims import claimed_sender
 from runtime.wire.codec import frame
-from runtime.node_api import AppHooks
 from runtime.wire.control import (
     AppMessage,
     Goodbye,
@@ -86,7 +86,9 @@ def node_security(config: NodeConfig) -> tuple[TransportSecurity, LoadedCredenti
     ca, cert, key = sec.tls_paths(config.node.id)
     loaded = load_credentials(TlsCredentials(Path(ca), Path(cert), Path(key)), "node", node_id=config.node.id)
     return TransportSecurity(
-        server_context=loaded.server_context(), client_context=loaded.client_context(), **limits,  # type: ignore[arg-type]
+        server_context=loaded.server_context(),
+        client_context=loaded.client_context(),
+        **limits,  # type: ignore[arg-type]
     ), loaded
 
 
@@ -109,7 +111,7 @@ def loop_factory(tls: bool = False) -> Callable[[], asyncio.AbstractEventLoop] |
         import uvloop
     except ImportError:
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 def run_loop(main: Coroutine[Any, Any, T], tls: bool = False) -> T:
@@ -123,7 +125,10 @@ def run_loop(main: Coroutine[Any, Any, T], tls: bool = False) -> T:
 
 class NodeDriver:
     def __init__(
-        self, config: NodeConfig, hooks: AppHooks | None = None, saved: SavedState | None = None,
+        self,
+        config: NodeConfig,
+        hooks: AppHooks | None = None,
+        saved: SavedState | None = None,
         security: tuple[TransportSecurity, LoadedCredentials | None] | None = None,
         accept_loss: bool = False,
     ) -> None:
@@ -174,20 +179,36 @@ class NodeDriver:
             max_frame=cfg.multicast.max_frame_bytes,
             security=self.security,
             incarnation=self._incarnation,
-            client_welcome=frame(Welcome(
-                cfg.multicast.max_message_size, self.security.client_max_frame, cfg.security.client_idle_timeout_ms,
-            )),
+            client_welcome=frame(
+                Welcome(
+                    cfg.multicast.max_message_size,
+                    self.security.client_max_frame,
+                    cfg.security.client_idle_timeout_ms,
+                )
+            ),
         )
         await self.transport.start()
         now = self.loop.time()
         address = cfg.node.listen
         contacts = [c for c in cfg.contact_addresses() if c != address]
         if self.saved is not None:
-            log.info("node %s listening on %s, restarting from its data (last view %d)", self.node_id, address, self.saved.view.vid)
+            log.info(
+                "node %s listening on %s, restarting from its data (last view %d)",
+                self.node_id,
+                address,
+                self.saved.view.vid,
+            )
             self._restart = RestartCoordinator(
-                self.node_id, address, self.saved, contacts, cfg.layout,
-                cfg.persistence.restart_quorum_wait_ms / 1000, self._send_to_address, now,
-                accept_loss=self.accept_loss, on_accept=self.hooks.on_accepted,
+                self.node_id,
+                address,
+                self.saved,
+                contacts,
+                cfg.layout,
+                cfg.persistence.restart_quorum_wait_ms / 1000,
+                self._send_to_address,
+                now,
+                accept_loss=self.accept_loss,
+                on_accept=self.hooks.on_accepted,
             )
             self.loop.call_soon(self._restart_tick)
         elif contacts:
@@ -297,10 +318,12 @@ class NodeDriver:
         """Stop the loop (thread-safe); the node leaves without a goodbye (use ``leave``)."""
         if self.loop is None:
             return
+
         def _stop() -> None:
             if self.stop_reason is None:
                 self.stop_reason = reason
             self._stop_event.set()
+
         if self._on_loop_thread():
             _stop()
         else:
@@ -308,12 +331,14 @@ class NodeDriver:
 
     def start_in_thread(self, timeout: float = 10.0) -> None:
         """Run the node on a thread of its own (the API's way); returns once it listens."""
+
         def main() -> None:
             try:
                 run_loop(self.run(), tls=self.security.tls)
             except BaseException as exc:  # reported to the starter, then re-raised there
                 self._start_error = exc
                 self._started.set()
+
         self._thread = threading.Thread(target=main, name=f"derecho-node-{self.node_id}", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout):
@@ -436,11 +461,13 @@ class NodeDriver:
     def call(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run ``fn`` on the loop thread (to read core state safely)."""
         fut: Future[Any] = Future()
+
         def run() -> None:
             try:
                 fut.set_result(fn())
             except BaseException as exc:
                 fut.set_exception(exc)
+
         if not self.in_loop(run):
             fut.set_exception(RuntimeError(f"node {self.node_id} has stopped"))
         return fut
@@ -552,8 +579,10 @@ class NodeDriver:
     def _on_client(self, handle: Any, msg: Any) -> None:
         if type(msg) is AppMessage:
             if self.hooks.on_client_app is None:
-                self.transport.reply(handle, frame(Goodbye(  # type: ignore[union-attr]
-                    "this node hosts no replicated types; it answers status requests only")))
+                self.transport.reply(  # type: ignore[union-attr]
+                    handle,
+                    frame(Goodbye("this node hosts no replicated types; it answers status requests only")),
+                )
                 handle.close()
                 return
             self.hooks.on_client_app(handle, msg.data)
@@ -563,8 +592,13 @@ class NodeDriver:
         else:
             # A client may ask for status and send application messages; anything else (a
             # push, a join) is a member's frame, which no client connection may carry.
-            self.transport.warn("client-frame", handle.address, "closing %s: it sent a %s, which clients may not send",  # type: ignore[union-attr]
-                                handle._where(), type(msg).__name__)
+            self.transport.warn(  # type: ignore[union-attr]
+                "client-frame",
+                handle.address,
+                "closing %s: it sent a %s, which clients may not send",
+                handle._where(),
+                type(msg).__name__,
+            )
             handle.close()
 
     # ---------------------------------------------------------------- effects
@@ -614,10 +648,10 @@ class NodeDriver:
                 self.hooks.on_deliver(d)
         if self.hooks.on_persisted is not None:
             for sid, version in ready.persisted:
-                self.hooks.on_persisted(sid, version)  # type: ignore[arg-type]
+                self.hooks.on_persisted(sid, version)
         if self.hooks.on_stable is not None:
             for sid, vid, index in ready.delivered_everywhere:
-                self.hooks.on_stable(sid, vid, index)  # type: ignore[arg-type]
+                self.hooks.on_stable(sid, vid, index)
         for r in ready.rejected:
             if r.forged:
                 self._cut_off(r.sender, r.reason)
@@ -663,9 +697,16 @@ class NodeDriver:
         shards = ", ".join(str(s) for s in view.my_shards(self.node_id)) or "none"
         log.info(
             "view %d installed: members %s (joined %s, departed %s), leader %s, my shards %s%s%s",
-            view.vid, list(view.members), list(view.joined), list(view.departed), view.members[0], shards,
+            view.vid,
+            list(view.members),
+            list(view.joined),
+            list(view.departed),
+            view.members[0],
+            shards,
             "" if view.layout.adequate else f", inadequate: {view.layout.describe_shortfall()}",
-            f", view change took {self.core.last_change_duration * 1000:.1f} ms" if self.core.last_change_duration is not None else "",
+            f", view change took {self.core.last_change_duration * 1000:.1f} ms"
+            if self.core.last_change_duration is not None
+            else "",
         )
         if self.hooks.on_view is not None:
             self.hooks.on_view(view)

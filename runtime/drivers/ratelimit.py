@@ -15,8 +15,12 @@ from typing import Any, Callable
 
 class RateLimitedLog:
     def __init__(
-        self, logger: logging.Logger, interval: float = 10.0, burst: int = 3,
-        clock: Callable[[], float] = time.monotonic, max_keys: int = 4096,
+        self,
+        logger: logging.Logger,
+        interval: float = 10.0,
+        burst: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 4096,
     ) -> None:
         self.logger = logger
         self.interval = interval

@@ -77,7 +77,12 @@ class Outcome:
 
 def report_of(node_id: int, address: str, saved: SavedState) -> RestartReport:
     return RestartReport(
-        node_id, address, saved.view, dict(saved.logs), saved.accepted_vid, dict(saved.frontiers),
+        node_id,
+        address,
+        saved.view,
+        dict(saved.logs),
+        saved.accepted_vid,
+        dict(saved.frontiers),
         frozenset(saved.incomplete),
     )
 
@@ -85,15 +90,21 @@ def report_of(node_id: int, address: str, saved: SavedState) -> RestartReport:
 def make_hello(node_id: int, address: str, saved: SavedState) -> RestartHello:
     """This node's report on the wire."""
     return RestartHello(
-        node_id, address, saved.view.to_wire(), tuple(sorted(saved.logs.items())), saved.accepted_vid,
-        tuple(sorted(saved.frontiers.items())), tuple(sorted(saved.incomplete)),
+        node_id,
+        address,
+        saved.view.to_wire(),
+        tuple(sorted(saved.logs.items())),
+        saved.accepted_vid,
+        tuple(sorted(saved.frontiers.items())),
+        tuple(sorted(saved.incomplete)),
     )
 
 
 def report_from_hello(msg: RestartHello, view: View) -> RestartReport:
     """A peer's report from its hello."""
-    return RestartReport(msg.node, msg.address, view, dict(msg.logs), msg.accepted_vid, dict(msg.frontiers),
-                         frozenset(msg.incomplete))
+    return RestartReport(
+        msg.node, msg.address, view, dict(msg.logs), msg.accepted_vid, dict(msg.frontiers), frozenset(msg.incomplete)
+    )
 
 
 def _lost_from_decision(msg: RestartDecision) -> dict[ShardId, tuple[int, int]]:
@@ -133,7 +144,10 @@ class RestartCoordinator:
         self.on_accept = on_accept
         self.targets = [a for a in dict.fromkeys([*saved.view.addresses, *contacts]) if a != address]
         self.planner = RestartPlanner(
-            policy, quorum_wait, doubt_wait if doubt_wait is not None else default_doubt_wait(quorum_wait), accept_loss,
+            policy,
+            quorum_wait,
+            doubt_wait if doubt_wait is not None else default_doubt_wait(quorum_wait),
+            accept_loss,
         )
         self.planner.on_report(report_of(node_id, address, saved))
         self.addresses: dict[int, str] = {node_id: address}
@@ -224,7 +238,9 @@ class RestartCoordinator:
     def _lead(self, plan: RestartPlan) -> None:
         log.info(
             "restart: leading with %d nodes; view %d from latest view %d%s; longest logs %s",
-            len(self.planner.reports), plan.view.vid, plan.latest_vid,
+            len(self.planner.reports),
+            plan.view.vid,
+            plan.latest_vid,
             f" (above accepted view {plan.accepted_vid})" if plan.accepted_vid > plan.latest_vid else "",
             {str(s): format_version(v) for s, v in plan.longest.items()},
         )

@@ -20,7 +20,10 @@ class StatusError(DerechoError):
 
 
 def fetch_status(
-    contact: str, cluster: str = "derecho", timeout: float = 3.0, credentials: LoadedCredentials | None = None,
+    contact: str,
+    cluster: str = "derecho",
+    timeout: float = 3.0,
+    credentials: LoadedCredentials | None = None,
 ) -> dict[str, Any]:
     """Ask the member at ``contact`` for its status. ``credentials``: a client (or node)
     certificate of the cluster; None only for a group running in insecure mode."""
@@ -80,7 +83,9 @@ def render_status(status: dict[str, Any]) -> None:
     for rank, (node, address) in enumerate(status["members"]):
         h = health.get(node, {})
         heard = "-" if node == status["node"] else f"{h.get('heard_ms_ago', 0):.0f} ms ago"
-        members.add_row(str(rank), str(node), address, ", ".join(shards_of.get(node, [])) or "-", h.get("state", "?"), heard)
+        members.add_row(
+            str(rank), str(node), address, ", ".join(shards_of.get(node, [])) or "-", h.get("state", "?"), heard
+        )
     console.print(members)
     app = status.get("app", {})
     replicas = app.get("replicas", {})
@@ -99,8 +104,12 @@ def render_status(status: dict[str, Any]) -> None:
         for m in shard["members"]:
             p = m.get("persisted", -1)
             t.add_row(
-                str(m["node"]), str(m["delivered"]), str(top - m["delivered"]), format_version(p) if p >= 0 else "-",
-                _lag(m.get("persistence_lag", 0)), " ".join(map(str, m["received"])),
+                str(m["node"]),
+                str(m["delivered"]),
+                str(top - m["delivered"]),
+                format_version(p) if p >= 0 else "-",
+                _lag(m.get("persistence_lag", 0)),
+                " ".join(map(str, m["received"])),
             )
         console.print(t)
     if app.get("lost"):

@@ -43,12 +43,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.drivers.ratelimit import RateLimitedLog
-from runtime.node_api import session_origin
 from runtime.drivers.transport import ClientHandler, FramesHandler, PeerLostHandler
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, WireError
+from runtime.node_api import session_origin
 from runtime.security.identity import Identity, IdentityError
 from runtime.security.tls import peer_identity
-from runtime.errors import WireError
 from runtime.wire.codec import FrameDecoder, decode, frame
 from runtime.wire.control import Goodbye, Hello, Ping, Pong
 
@@ -144,11 +143,17 @@ class _Connection(asyncio.Protocol):
         if self.outgoing:
             if tcp.security.tls and not self._check_server():
                 return
-            self.transport.write(frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation)))
+            if self.transport is not None:
+                self.transport.write(frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation)))
             return
         if tcp.unauthenticated >= tcp.security.max_unauthenticated:
-            tcp.warn("busy", self.address, "dropping a connection from %s: %d connections are already in their handshake",
-                     self.address, tcp.unauthenticated)
+            tcp.warn(
+                "busy",
+                self.address,
+                "dropping a connection from %s: %d connections are already in their handshake",
+                self.address,
+                tcp.unauthenticated,
+            )
             self.closed = True
             transport.abort()  # type: ignore[attr-defined]
             tcp.all_connections.discard(self)
@@ -169,7 +174,10 @@ class _Connection(asyncio.Protocol):
         raw = self.transport
         try:
             tls = await loop.start_tls(
-                raw, self, tcp.security.server_context, server_side=True,  # type: ignore[arg-type]
+                raw,  # type: ignore[arg-type]
+                self,
+                tcp.security.server_context,  # type: ignore[arg-type]
+                server_side=True,
                 ssl_handshake_timeout=tcp.security.handshake_timeout,
             )
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
@@ -182,7 +190,7 @@ class _Connection(asyncio.Protocol):
         if tls is None or self.closed:
             self._teardown()
             return
-        self.transport = tls  # type: ignore[assignment]
+        self.transport = tls
         self.upgrading = False
         try:
             self.identity = peer_identity(tls.get_extra_info("ssl_object"))
@@ -219,8 +227,14 @@ class _Connection(asyncio.Protocol):
 
     def _no_hello(self) -> None:
         if self.speaker is None and not self.closed:
-            self.tcp.warn("hello", self.address, "closing a connection from %s: no %shello within %.1f s", self.address,
-                          "TLS handshake and " if self.tcp.security.tls else "", self.tcp.security.handshake_timeout)
+            self.tcp.warn(
+                "hello",
+                self.address,
+                "closing a connection from %s: no %shello within %.1f s",
+                self.address,
+                "TLS handshake and " if self.tcp.security.tls else "",
+                self.tcp.security.handshake_timeout,
+            )
             self.close()
             self._teardown()
 
@@ -295,18 +309,20 @@ class _Connection(asyncio.Protocol):
             return b""
         size = int.from_bytes(pre[:4], "big")
         if not 0 < size <= HELLO_MAX_FRAME:
-            self.tcp.warn("hello", self.address, "closing a connection from %s: its first frame is not a hello", self.address)
+            self.tcp.warn(
+                "hello", self.address, "closing a connection from %s: its first frame is not a hello", self.address
+            )
             self._refuse("refused: the first frame must be a hello")
             return b""
         if len(pre) < 4 + size:
             return b""
         try:
-            msg = decode(bytes(pre[4:4 + size]))
+            msg = decode(bytes(pre[4 : 4 + size]))
         except WireError as exc:
             self.tcp.warn("hello", self.address, "closing a connection from %s: bad hello (%s)", self.address, exc)
             self._refuse("refused: the first frame must be a hello")
             return b""
-        rest = bytes(pre[4 + size:])
+        rest = bytes(pre[4 + size :])
         self._pre = bytearray()
         if not self._hello(msg):
             return b""
@@ -526,7 +542,7 @@ class TcpTransport:
     @property
     def bound_port(self) -> int:
         assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]  # type: ignore[no-any-return]
+        return self._server.sockets[0].getsockname()[1]
 
     def warn(self, kind: str, address: str, msg: str, *args: Any) -> None:
         """A rate-limited warning about a peer (``address`` is host:port; limits go per host)."""
@@ -583,8 +599,14 @@ class TcpTransport:
         conns = self.incoming.get(node_id, set())
         if conns:
             where = ", ".join(sorted(c.address for c in conns))
-            self.warn("forged", where.split(", ")[0], "closing the connections of node %s (from %s): %s",
-                      node_id, where, reason)
+            self.warn(
+                "forged",
+                where.split(", ")[0],
+                "closing the connections of node %s (from %s): %s",
+                node_id,
+                where,
+                reason,
+            )
         for conn in list(conns):
             conn.close()
 
@@ -628,10 +650,14 @@ class TcpTransport:
             _, conn = await loop.create_connection(factory, host, port)
         else:
             _, conn = await loop.create_connection(
-                factory, host, port, ssl=ctx, server_hostname=host,
+                factory,
+                host,
+                port,
+                ssl=ctx,
+                server_hostname=host,
                 ssl_handshake_timeout=self.security.handshake_timeout,
             )
-        return conn  # type: ignore[no-any-return]
+        return conn
 
     async def _connect(self, peer: _Peer) -> None:
         try:
@@ -706,20 +732,33 @@ class TcpTransport:
         of ``conn``). Drop untrusted holders, largest first, until it fits; if members alone
         fill it, pause ``conn`` until the others drain (TCP then slows its sender)."""
         budget = self.security.receive_budget
-        victims = sorted((c for c in self.all_connections if c.held and not c.closed and not c.trusted),
-                         key=lambda c: -c.held)
+        victims = sorted(
+            (c for c in self.all_connections if c.held and not c.closed and not c.trusted), key=lambda c: -c.held
+        )
         for victim in victims:
             if self.held_total <= budget:
                 break
-            self.warn("budget", victim.address, "closing %s: its partial frame (%d bytes) would pass the receive "
-                      "budget (%d bytes)", victim._where(), victim.held, budget)
+            self.warn(
+                "budget",
+                victim.address,
+                "closing %s: its partial frame (%d bytes) would pass the receive budget (%d bytes)",
+                victim._where(),
+                victim.held,
+                budget,
+            )
             victim.close()
         if self.held_total > budget and conn.trusted and not conn.closed and not conn.paused and conn.transport:
             conn.paused = True
             conn.transport.pause_reading()
             self.paused.add(conn)
-            self.warn("budget", conn.address, "pausing %s: %d bytes of partial frames held, budget %d",
-                      conn._where(), self.held_total, budget)
+            self.warn(
+                "budget",
+                conn.address,
+                "pausing %s: %d bytes of partial frames held, budget %d",
+                conn._where(),
+                self.held_total,
+                budget,
+            )
 
     def _resume_paused(self) -> None:
         for conn in list(self.paused):

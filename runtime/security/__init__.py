@@ -16,10 +16,10 @@ from runtime.security.certs import (
     CertFiles,
     CertsError,
     create_ca,
-    ensure_cluster_certs,
     create_client,
     create_node,
     describe_cert,
+    ensure_cluster_certs,
     list_certs,
 )
 from runtime.security.identity import (

@@ -86,14 +86,10 @@ def create_ca(
         .sign(key, algorithm=None)
     )
     if force and cert_path.exists():
-        logger.warning(
-            "replacing the CA in %s: certificates it issued will no longer verify", shown(certs_dir)
-        )
+        logger.warning("replacing the CA in %s: certificates it issued will no longer verify", shown(certs_dir))
     _write_pair(cert_path, key_path, cert, key, force)
     identity = f"CA {_cn(cert)!r}"
-    logger.info(
-        "created %s in %s, valid until %s", identity, shown(cert_path), _when(cert.not_valid_after_utc)
-    )
+    logger.info("created %s in %s, valid until %s", identity, shown(cert_path), _when(cert.not_valid_after_utc))
     return CertFiles(cert_path, key_path, cert.not_valid_after_utc, identity)
 
 
@@ -117,17 +113,21 @@ def create_node(
     return _issue(Path(certs_dir), cert_path, key_path, f"derecho node {node_id}", san, usages, days, force)
 
 
-def create_client(
-    certs_dir: str | os.PathLike[str], name: str, days: int = 825, force: bool = False
-) -> CertFiles:
+def create_client(certs_dir: str | os.PathLike[str], name: str, days: int = 825, force: bool = False) -> CertFiles:
     """Issue ``client-<name>.crt``/``.key`` from the CA in ``certs_dir``; clientAuth only, so
     the certificate cannot serve as a node."""
     uri = client_uri(name)
     _check_days(days)
     cert_path, key_path = client_files(certs_dir, name)
     return _issue(
-        Path(certs_dir), cert_path, key_path, f"derecho client {name}", [x509.UniformResourceIdentifier(uri)],
-        [ExtendedKeyUsageOID.CLIENT_AUTH], days, force,
+        Path(certs_dir),
+        cert_path,
+        key_path,
+        f"derecho client {name}",
+        [x509.UniformResourceIdentifier(uri)],
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        days,
+        force,
     )
 
 
@@ -173,8 +173,14 @@ def list_certs(certs_dir: str | os.PathLike[str]) -> list[str]:
 
 
 def _issue(
-    certs_dir: Path, cert_path: Path, key_path: Path, common_name: str, san: list[x509.GeneralName],
-    usages: list[x509.ObjectIdentifier], days: int, force: bool,
+    certs_dir: Path,
+    cert_path: Path,
+    key_path: Path,
+    common_name: str,
+    san: list[x509.GeneralName],
+    usages: list[x509.ObjectIdentifier],
+    days: int,
+    force: bool,
 ) -> CertFiles:
     """Sign a leaf certificate for a fresh key with the CA in ``certs_dir`` and write both."""
     ca_cert, ca_key = _load_ca(certs_dir)
@@ -221,15 +227,12 @@ def _load_ca(certs_dir: Path) -> tuple[x509.Certificate, Ed25519PrivateKey]:
     ours = key.public_key().public_bytes_raw()
     if not isinstance(public, Ed25519PublicKey) or public.public_bytes_raw() != ours:
         raise CertsError(
-            f"{shown(key_path)}: this key does not belong to {shown(cert_path)}; put the CA's own key "
-            "next to it"
+            f"{shown(key_path)}: this key does not belong to {shown(cert_path)}; put the CA's own key next to it"
         )
     try:
         cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
     except x509.ExtensionNotFound:
-        raise CertsError(
-            f"{shown(cert_path)}: the CA has no SubjectKeyIdentifier; recreate the cluster CA"
-        ) from None
+        raise CertsError(f"{shown(cert_path)}: the CA has no SubjectKeyIdentifier; recreate the cluster CA") from None
     if cert.not_valid_after_utc <= _now():
         raise CertsError(
             f"{shown(cert_path)}: the CA expired on {_when(cert.not_valid_after_utc)}; create a new CA "
@@ -250,9 +253,7 @@ def _prepare(certs_dir: Path, targets: tuple[Path, ...], force: bool) -> None:
                 raise CertsError(_exists_message(target))
 
 
-def _write_pair(
-    cert_path: Path, key_path: Path, cert: x509.Certificate, key: Ed25519PrivateKey, force: bool
-) -> None:
+def _write_pair(cert_path: Path, key_path: Path, cert: x509.Certificate, key: Ed25519PrivateKey, force: bool) -> None:
     """Write the key (0600) and then its certificate (0644)."""
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -304,8 +305,7 @@ def _host_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
             labels = host.rstrip(".").split(".")
             if not host or len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
                 raise ConfigError(
-                    f"hosts: {host!r} is neither an IP address nor a host name (ASCII letters, digits, "
-                    "'-' and '.')"
+                    f"hosts: {host!r} is neither an IP address nor a host name (ASCII letters, digits, '-' and '.')"
                 ) from None
             name = x509.DNSName(host)
         if name not in names:
@@ -321,9 +321,15 @@ def _check_days(days: int) -> None:
 def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
     """keyCertSign + cRLSign for the CA, digitalSignature for a leaf."""
     return x509.KeyUsage(
-        digital_signature=not cert_sign, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign, crl_sign=cert_sign,
-        encipher_only=False, decipher_only=False,
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
@@ -369,7 +375,13 @@ def _when(moment: datetime) -> str:
 
 
 __all__ = [
-    "CertFiles", "CertsError", "create_ca", "create_client", "create_node", "describe_cert", "list_certs",
+    "CertFiles",
+    "CertsError",
+    "create_ca",
+    "create_client",
+    "create_node",
+    "describe_cert",
+    "list_certs",
 ]
 
 

@@ -68,9 +68,7 @@ def check_node_id(node_id: int) -> int:
 def check_client_name(name: str) -> str:
     """Return ``name`` if it is a valid client name (1-64 of ``A-Z a-z 0-9 . _ -``)."""
     if not isinstance(name, str) or not _CLIENT_NAME.fullmatch(name):
-        raise ConfigError(
-            f"client name: expected 1-64 characters from A-Z, a-z, 0-9, '.', '_', '-', got {name!r}"
-        )
+        raise ConfigError(f"client name: expected 1-64 characters from A-Z, a-z, 0-9, '.', '_', '-', got {name!r}")
     return name
 
 
@@ -87,12 +85,12 @@ def client_uri(name: str) -> str:
 def parse_uri(uri: str) -> tuple[Role, int | None, str]:
     """``(role, node_id, name)`` from a derecho URI; IdentityError if it is malformed."""
     if uri.startswith(NODE_URI_PREFIX):
-        text = uri[len(NODE_URI_PREFIX):]
+        text = uri[len(NODE_URI_PREFIX) :]
         if _NODE_ID_TEXT.fullmatch(text) and int(text) <= MAX_NODE_ID:
             node_id = int(text)
             return "node", node_id, f"node-{node_id}"
     elif uri.startswith(CLIENT_URI_PREFIX):
-        text = uri[len(CLIENT_URI_PREFIX):]
+        text = uri[len(CLIENT_URI_PREFIX) :]
         if _CLIENT_NAME.fullmatch(text):
             return "client", None, text
     raise IdentityError(

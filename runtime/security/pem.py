@@ -73,8 +73,7 @@ def load_private_key(path: Path, what: str, hint: str, error: type[DerechoError]
         ) from None
     except (ValueError, UnsupportedAlgorithm):
         raise error(
-            f"{shown(path)}: the {what} is not a PEM private key; give the .key file written "
-            "next to the certificate"
+            f"{shown(path)}: the {what} is not a PEM private key; give the .key file written next to the certificate"
         ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise error(

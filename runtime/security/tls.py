@@ -124,16 +124,14 @@ def load_credentials(
     if name is not None:
         check_client_name(name)
 
-    ca = load_certificate(
-        creds.ca, "CA certificate", "copy the cluster's ca.crt there, or fix the path", ConfigError
-    )
+    ca = load_certificate(creds.ca, "CA certificate", "copy the cluster's ca.crt there, or fix the path", ConfigError)
     cert = load_certificate(
         creds.cert, f"{role} certificate", "issue one from the cluster CA, or fix the path", ConfigError
     )
     key = load_private_key(
-        creds.key, f"{role} key",
-        "it was written next to the certificate when that was issued; fix the path or issue a new "
-        "certificate and key",
+        creds.key,
+        f"{role} key",
+        "it was written next to the certificate when that was issued; fix the path or issue a new certificate and key",
         ConfigError,
     )
     ca_public = _check_ca(creds.ca, ca)
@@ -163,7 +161,9 @@ def load_credentials(
     if not_after - now < EXPIRY_WARNING:
         logger.warning(
             "%s: the certificate of %s expires on %s (in %d days); issue a new one from the cluster CA",
-            shown(creds.cert), identity.describe(), not_after.strftime("%Y-%m-%d %H:%M UTC"),
+            shown(creds.cert),
+            identity.describe(),
+            not_after.strftime("%Y-%m-%d %H:%M UTC"),
             (not_after - now).days,
         )
     _warn_if_key_readable_by_others(creds.key)
@@ -220,9 +220,7 @@ def _check_validity(path: Path, cert: x509.Certificate, now: datetime, what: str
         )
 
 
-def _check_identity(
-    path: Path, identity: Identity, role: str, node_id: int | None, name: str | None
-) -> None:
+def _check_identity(path: Path, identity: Identity, role: str, node_id: int | None, name: str | None) -> None:
     if identity.role != role:
         raise ConfigError(
             f"{shown(path)}: the certificate names {identity.describe()}, but a {role} certificate is needed "
@@ -249,7 +247,8 @@ def _warn_if_key_readable_by_others(path: Path) -> None:
     if mode & 0o077:
         logger.warning(
             "%s: the private key is readable by other users (mode %o); chmod 600 it",
-            shown(path), mode & 0o777,
+            shown(path),
+            mode & 0o777,
         )
 
 

@@ -20,15 +20,23 @@ accepted proposal id goes to the disk before the Ready's messages are sent, and 
 disk fails (``fail_disk``) asks to leave and stops at the first write it cannot make (an
 acceptance it cannot record, a view it cannot save): it never reports a version persisted
 that is not on its disk.
+
+In *app mode* (``app_start`` given) the application is real code written against the node
+interface (``runtime.node_api``), such as the actor layer hosting a user's replicated class:
+each incarnation of a node gets a ``SimNodeHandle`` (``app_node.py``) through which the app
+multicasts, sends direct messages over the simulated network and schedules its callbacks, and
+the flush hands it deliveries, views, frontiers and its stop through its hooks, as the real
+driver does. The app keeps its own logs then (``persistent`` stays off here); a total restart
+takes the nodes' restart reports from ``app_report`` and leaves the persistence floors to the
+app, which reports what its logs hold as the real node does.
 """
 
 from __future__ import annotations
 
 import random
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any, Callable
-
-from bisect import bisect_left
 
 from runtime.core.events import LeaveRequested, MessageArrived, Persisted, Tick
 from runtime.core.layout import LayoutPolicy, ShardId, compute_layout
@@ -117,6 +125,14 @@ class SimCluster:
         self.disks: dict[int, Disk] = {}
         self.transfers = 0  # state transfers completed
         self.truncations = 0  # logs cut back to the group's history by a transfer
+        # App mode: (node id, life) -> start that incarnation's app (it registers its handle);
+        # node id -> the app is gone with its incarnation (crash or stop); restart reports.
+        self.app_start: Callable[[int, int], None] | None = None
+        self.app_end: Callable[[int], None] | None = None
+        self.app_report: Callable[[int], Any] | None = None  # node id -> RestartReport or None
+        self.app_holds: Callable[[int, ShardId], bool] | None = None  # node's replica holds the shard's state
+        self.apps: dict[int, Any] = {}  # node id -> SimNodeHandle of its live incarnation
+        self.app_faults: list[str] = []  # what an app did that only a bug explains (a cut-off)
         view = View(0, members, tuple(address_of(m) for m in members), compute_layout(policy, members))
         for m in members:
             core = NodeCore(m, address_of(m), policy, config, 0.0, view=view)
@@ -166,6 +182,98 @@ class SimCluster:
             del queue[:taken]
         self._after_step(node)
 
+    # ------------------------------------------------------------- app mode
+    @property
+    def app_mode(self) -> bool:
+        return self.app_start is not None
+
+    def register_app(self, handle: Any) -> None:
+        """The app of a node's current incarnation is ready for its hooks."""
+        self.apps[handle.node_id] = handle
+
+    def _hooks(self, node: SimNode) -> Any:
+        app = self.apps.get(node.node_id)
+        return app.hooks if app is not None and app.life == node.life else None
+
+    def app_multicast(self, node_id: int, shard: ShardId, payloads: list[bytes]) -> None:
+        node = self.nodes[node_id]
+        node.pending.setdefault(shard, []).extend(payloads)
+        self._offer(node)
+
+    def app_direct(self, src: int, dst: int, data: bytes) -> None:
+        """A direct application message, over the simulated network (FIFO per link)."""
+        target = self.nodes.get(dst)
+        if target is not None and target.alive:
+            self.net.send(src, dst, self._app_frame, (dst, target.life, data))
+
+    def _app_frame(self, src: int, item: tuple[int, int, bytes]) -> None:
+        dst, life, data = item
+        node = self.nodes.get(dst)
+        if node is None or not node.alive or node.life != life:
+            return
+        hooks = self._hooks(node)
+        if hooks is not None and hooks.on_app is not None:
+            hooks.on_app(src, data)
+
+    def after_app_step(self, node_id: int) -> None:
+        """The app stepped the node's core: sample it and make sure a flush is coming."""
+        self._after_step(self.nodes[node_id])
+
+    def stop_node(self, node_id: int, reason: str) -> None:
+        """The app stopped its node (a fail-stop, or closed): it ends at once, like a process
+        that exits, and its app hears why."""
+        node = self.nodes[node_id]
+        if node.alive:
+            self.say(f"node {node_id} stops: {reason}")
+            hooks = self._hooks(node)
+            self._end(node, f"stopped: {reason}")
+            if hooks is not None and hooks.on_stop is not None:
+                hooks.on_stop(reason)
+
+    def start_apps(self) -> None:
+        """App mode: start the app of every node the cluster was made with."""
+        for node in list(self.nodes.values()):
+            if node.alive:
+                self._start_app(node)
+
+    def _start_app(self, node: SimNode) -> None:
+        if self.app_start is not None:
+            self.app_start(node.node_id, node.life)
+
+    def _app_ready(self, node: SimNode, ready: Any) -> bool:
+        """Hand a Ready's application part to the node's app; False if the node stopped."""
+        hooks = self._hooks(node)
+        if hooks is None:
+            return True
+        deliveries = ready.deliveries
+        for v in ready.views:  # each view's deliveries reach the app before the next view does
+            if hooks.on_deliver is not None:
+                for d in deliveries:
+                    if d.vid < v.vid:
+                        hooks.on_deliver(d)
+            deliveries = [d for d in deliveries if d.vid >= v.vid]
+            if hooks.on_view is not None:
+                hooks.on_view(v)
+            if self.on_install is not None:
+                self.on_install(node.node_id, v.vid)
+            if not node.alive:
+                return False
+        if hooks.on_deliver is not None:
+            for d in deliveries:
+                hooks.on_deliver(d)
+        if not node.alive:
+            return False
+        if hooks.on_persisted is not None:
+            for sid, version in ready.persisted:
+                hooks.on_persisted(sid, version)
+        if hooks.on_stable is not None:
+            for sid, vid, index in ready.delivered_everywhere:
+                hooks.on_stable(sid, vid, index)
+        if hooks.on_window_open is not None:
+            for sid in ready.window_open:
+                hooks.on_window_open(sid)
+        return node.alive
+
     def pending_app_messages(self) -> int:
         return sum(len(q) for n in self.nodes.values() if n.alive for q in n.pending.values())
 
@@ -204,7 +312,7 @@ class SimCluster:
                 node.saw_wedge = True
                 if self.on_wedge is not None:
                     self.on_wedge()
-        vid = core.vid
+        vid = core.vid if core.vid is not None else -1  # no view: no shards either
         trace = self.trace
         for sid, smc in core.shards.items():
             key = (vid, sid)
@@ -216,14 +324,14 @@ class SimCluster:
                 if count != last[pos]:
                     last[pos] = count
                     sender = smc.members[smc.sender_ranks[pos]]
-                    trace.received.setdefault((node.inc, vid, tuple(sid), sender), []).append((count, step))  # type: ignore[arg-type]
+                    trace.received.setdefault((node.inc, vid, tuple(sid), sender), []).append((count, step))
             if smc.delivered != node.last_frontier.get(key, 0):
                 node.last_frontier[key] = smc.delivered
-                trace.frontier.setdefault((node.inc, vid, tuple(sid)), []).append((smc.delivered, step))  # type: ignore[arg-type]
+                trace.frontier.setdefault((node.inc, vid, tuple(sid)), []).append((smc.delivered, step))
             pf = smc.persisted_frontier
             if pf and pf != node.last_pfront.get(key, 0):
                 node.last_pfront[key] = pf
-                trace.persisted.setdefault((node.inc, vid, tuple(sid)), []).append((pf - 1, step))  # type: ignore[arg-type]
+                trace.persisted.setdefault((node.inc, vid, tuple(sid)), []).append((pf - 1, step))
         if node.flush_at is None and node.alive:
             lo, hi = self.proc_delay
             node.flush_at = self.sched.now + lo + self.rng.random() * (hi - lo)
@@ -253,6 +361,16 @@ class SimCluster:
                 self._disk_stop(node, f"cannot record its acceptance of view {ready.accepted}")
                 return
             disk.accepted_vid = max(disk.accepted_vid, ready.accepted)
+        if ready.accepted is not None and self.app_mode:
+            hooks = self._hooks(node)
+            if hooks is not None and hooks.on_accepted is not None:
+                try:  # durable before the acceptance leaves, as the real driver does
+                    hooks.on_accepted(ready.accepted)
+                except OSError as exc:
+                    self.stop_node(
+                        node_id, f"storage failure: recording the accepted view {ready.accepted} failed: {exc}"
+                    )
+                    return
         for out in ready.outgoing:
             for dst in out.to:
                 target = self.nodes.get(dst)
@@ -266,11 +384,11 @@ class SimCluster:
         log = self.trace.delivered[node.inc]
         persistent = self.persistent
         for d in ready.deliveries:
-            sid = tuple(d.shard)  # type: ignore[arg-type]
+            sid = tuple(d.shard)
             log.extend((d.vid, sid, g, s, k, p, d.final) for g, s, k, p in d.messages)
             if persistent:  # the app logs every delivery; fsyncs start once the views are in
                 base = make_version(d.vid, 0)
-                node.volatile.setdefault(d.shard, []).extend((base + g, p) for g, _, _, p in d.messages)  # type: ignore[arg-type]
+                node.volatile.setdefault(d.shard, []).extend((base + g, p) for g, _, _, p in d.messages)
             self.say(
                 f"node {node_id} delivers {len(d.messages)} in view {d.vid} shard {sid} "
                 f"through index {d.frontier - 1}{' (final)' if d.final else ''}"
@@ -278,7 +396,9 @@ class SimCluster:
         for v in ready.views:
             rec = ViewRecord(v.vid, v.members, tuple((tuple(s), m) for s, m in v.layout.shards.items()))
             self.trace.views[node.inc].append(rec)
-            self.say(f"node {node_id} installs view {v.vid} {list(v.members)}{'' if v.layout.adequate else ' (inadequate)'}")
+            self.say(
+                f"node {node_id} installs view {v.vid} {list(v.members)}{'' if v.layout.adequate else ' (inadequate)'}"
+            )
             if persistent:
                 self._installed(node, v)
                 if not node.alive:
@@ -286,18 +406,23 @@ class SimCluster:
         if persistent:
             disk = self.disks[node_id]
             for sid, version in ready.persisted:
-                self.say(f"node {node_id} shard {tuple(sid)} persisted through {format_version(version)}")  # type: ignore[arg-type]
+                self.say(f"node {node_id} shard {tuple(sid)} persisted through {format_version(version)}")
                 if not disk.failing:  # recorded lazily: a lower bound of the frontier
                     disk.frontiers[sid] = max(disk.frontiers.get(sid, -1), version)
             for sid in list(node.volatile):
                 self._start_fsync(node, sid)
+        if self.app_mode and not self._app_ready(node, ready):
+            return
         for sid, payloads in ready.orphaned:
             node.pending.setdefault(sid, [])[:0] = payloads
         for r in ready.rejected:  # every input in the simulator is honest: a core bug
             self.rejections.append((node.inc, r.sender, r.reason))
         if ready.excluded is not None:
             self.say(f"node {node_id} stops: {ready.excluded}")
+            hooks = self._hooks(node) if self.app_mode else None
             self._end(node, f"excluded: {ready.excluded}")
+            if hooks is not None and hooks.on_stop is not None:
+                hooks.on_stop(ready.excluded)
             return
         if ready.window_open or ready.views:
             self._offer(node)
@@ -334,11 +459,11 @@ class SimCluster:
             node.last_in[sid] = view.vid
             if sid in before:
                 continue
-            src = view.source_of(sid)
-            if src is not None and src != me:
-                self._await(node, sid, view.vid, src)
+            source = view.source_of(sid)
+            if source is not None and source != me:
+                self._await(node, sid, view.vid, source)
                 continue
-            if src is None and view.vid > 0 and prev is not None:
+            if source is None and view.vid > 0 and prev is not None:
                 self.say(f"node {me} takes shard {tuple(sid)} in view {view.vid} with no state source")
             node.complete_through[sid] = view.vid
         node.app_view = view
@@ -381,8 +506,11 @@ class SimCluster:
         if holder is None or not holder.alive:
             view = node.app_view
             alt = [
-                m for m in (view.members if view is not None else ())
-                if m != node_id and m in self.nodes and self.nodes[m].alive
+                m
+                for m in (view.members if view is not None else ())
+                if m != node_id
+                and m in self.nodes
+                and self.nodes[m].alive
                 and self.nodes[m].complete_through.get(sid, -1) >= bound
             ]
             if alt:
@@ -470,6 +598,8 @@ class SimCluster:
     def _end(self, node: SimNode, why: str) -> None:
         node.alive = False
         self.trace.ended[node.inc] = why
+        if self.app_end is not None and self.apps.get(node.node_id) is not None:
+            self.app_end(node.node_id)
 
     # ------------------------------------------------------------- disk errors
     def fail_disk(self, node_id: int) -> None:
@@ -529,6 +659,7 @@ class SimCluster:
         self.say(f"node {node_id} starts to join via node {contacts[0]}")
         node = SimNode(node_id, life, core)
         self._add(node)
+        self._start_app(node)
         self.sched.at(self.sched.now, self._tick, node_id, life)
 
     def crash_all(self) -> None:
@@ -545,17 +676,22 @@ class SimCluster:
         now = self.sched.now
         self.trace.restarts.append(
             RestartRecord(
-                view.vid, view.members, plan.latest_vid,
-                tuple(sorted((tuple(s), v) for s, v in plan.longest.items())), self.sched.steps,
+                view.vid,
+                view.members,
+                plan.latest_vid,
+                tuple(sorted((tuple(s), v) for s, v in plan.longest.items())),
+                self.sched.steps,
                 tuple(sorted((tuple(s), lo, hi) for s, (lo, hi) in plan.lost.items())),
             )
         )
         sources = ", ".join(f"{tuple(s)}<-{n}" for s, n in view.sources) or "none"
         self.say(
             f"RESTART in view {view.vid} {list(view.members)} after view {plan.latest_vid}; sources {sources}; "
-            f"longest logs " + ", ".join(f"{tuple(s)}:{format_version(v)}" for s, v in sorted(plan.longest.items()))
+            f"longest logs "
+            + ", ".join(f"{tuple(s)}:{format_version(v)}" for s, v in sorted(plan.longest.items()))
             + "".join(
-                f"; LOST {tuple(s)} {format_version(lo)}..{format_version(hi)}" for s, (lo, hi) in sorted(plan.lost.items())
+                f"; LOST {tuple(s)} {format_version(lo)}..{format_version(hi)}"
+                for s, (lo, hi) in sorted(plan.lost.items())
             )
         )
         started = []
@@ -571,7 +707,7 @@ class SimCluster:
             # Like accepting a proposal: on disk before the node acts in the view, so that a
             # later partial restart knows this one happened even if no app installed it yet.
             disk.accepted_vid = max(disk.accepted_vid, view.vid)
-            for sid in view.my_shards(m):
+            for sid in view.my_shards(m) if not self.app_mode else ():  # an app reports its own logs
                 log = disk.logs.get(sid, [])
                 src = view.source_of(sid)
                 keep = len(log) if src in (None, m) else common_prefix(log, self.disks[src].logs.get(sid, []))
@@ -582,6 +718,10 @@ class SimCluster:
             started.append(node)
         for node in started:
             self._add(node)
+            self._start_app(node)
+            hooks = self._hooks(node)
+            if plan.lost and hooks is not None and hooks.on_lost is not None:
+                hooks.on_lost(dict(plan.lost))
             self.sched.at(now, self._tick, node.node_id, node.life)
 
     # --------------------------------------------------------------- queries
@@ -626,10 +766,14 @@ class SimCluster:
     def nulls_sent(self) -> int:
         return sum(smc.nulls_sent for n in self.nodes.values() for smc in n.core.shards.values())
 
-    def describe_state(self) -> dict[str, Any]:
+    def describe_state(self) -> dict[int, Any]:
         return {
             n.node_id: (
-                n.alive, n.core.vid, n.core.excluded, n.core.membership.wedged if n.core.membership else None,
-            ) + ((f"awaiting {sorted(tuple(s) for s in n.awaiting)}",) if n.awaiting and n.alive else ())
+                n.alive,
+                n.core.vid,
+                n.core.excluded,
+                n.core.membership.wedged if n.core.membership else None,
+            )
+            + ((f"awaiting {sorted(tuple(s) for s in n.awaiting)}",) if n.awaiting and n.alive else ())
             for n in self.nodes.values()
         }

@@ -60,8 +60,13 @@ class Disk:
         if plain:
             return RestartReport(self.node_id, address, self.last_view, logs)
         return RestartReport(
-            self.node_id, address, self.last_view, logs, self.accepted_vid,
-            {sid: v for sid, v in sorted(self.frontiers.items())}, frozenset(self.incomplete),
+            self.node_id,
+            address,
+            self.last_view,
+            logs,
+            self.accepted_vid,
+            {sid: v for sid, v in sorted(self.frontiers.items())},
+            frozenset(self.incomplete),
         )
 
     def drop_after(self, shard: ShardId, version: int) -> int:

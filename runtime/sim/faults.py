@@ -50,8 +50,14 @@ KINDS = {
     "partition": ("partition", "partition", "slow-link"),
     "join": ("join", "join", "rejoin", "leave"),
     "restart": (
-        "restart-one", "restart-one", "restart-leader", "restart-all", "restart-all-in-change",
-        "restart-all-at-install", "restart-all-in-transfer", "disk-error",
+        "restart-one",
+        "restart-one",
+        "restart-leader",
+        "restart-all",
+        "restart-all-in-change",
+        "restart-all-at-install",
+        "restart-all-in-transfer",
+        "disk-error",
     ),
     # Only total restarts aimed at what plain reports cannot tell (see the module docstring),
     # each set going by a node restart; with --plain-restart-quorum many fail.
@@ -128,7 +134,8 @@ class FaultInjector:
         # member that crashed and is back only as a joiner (a new incarnation outside the view).
         nodes = self.cluster.nodes
         alive = [
-            m for m in view.members
+            m
+            for m in view.members
             if m in nodes and nodes[m].alive and not nodes[m].core.joining and m not in self.leavers
         ]
         return alive, view.n
@@ -149,8 +156,20 @@ class FaultInjector:
         cluster = self.cluster
         cut = {a for a, _ in cluster.net.cut}
         out: set[int] = set()
+        if cluster.app_holds is not None:  # app mode: the app knows which of its replicas hold the state
+            return {
+                m
+                for m in members
+                if m in cluster.nodes
+                and cluster.nodes[m].alive
+                and not cluster.nodes[m].core.joining
+                and m not in cut
+                and m not in self.leavers
+                and cluster.app_holds(m, sid)
+            }
         bounds = [
-            cluster.nodes[m].awaiting[sid] for m in members
+            cluster.nodes[m].awaiting[sid]
+            for m in members
             if m in cluster.nodes and cluster.nodes[m].alive and sid in cluster.nodes[m].awaiting
         ]  # (a joining incarnation awaits nothing yet)
         need = min(bounds, default=None)
@@ -165,7 +184,7 @@ class FaultInjector:
 
     def _keeps_logs(self, gone: set[int]) -> bool:
         """False if losing ``gone`` would leave some shard with no holder of its whole log."""
-        if not self.cluster.persistent:
+        if not (self.cluster.persistent or self.cluster.app_holds is not None):
             return True
         view = self.cluster.current_view()
         if view is None:
@@ -240,7 +259,11 @@ class FaultInjector:
         base = net.default
         net.links[(a, b)] = LinkProfile(base.base * 10, base.jitter * 10 + 2e-3)
         self.cluster.say(f"fault: link {a}->{b} slowed")
-        self.cluster.sched.at(self.cluster.sched.now + self.suspicion_timeout * 2, net.links.pop, (a, b), None)
+
+        def heal() -> None:
+            net.links.pop((a, b), None)
+
+        self.cluster.sched.at(self.cluster.sched.now + self.suspicion_timeout * 2, heal)
 
     def _partition(self) -> None:
         alive, n = self._view_members_alive()
@@ -411,7 +434,10 @@ class FaultInjector:
         cluster = self.cluster
         if self.before_restart is not None:
             self.before_restart(cluster)
-        with_view = sorted(n for n, d in cluster.disks.items() if d.last_view is not None)
+        if cluster.app_report is not None:  # app mode: the reports come from the apps' data
+            with_view = sorted(n for n in cluster.nodes if cluster.app_report(n) is not None)
+        else:
+            with_view = sorted(n for n, d in cluster.disks.items() if d.last_view is not None)
         order = list(with_view)
         self.rng.shuffle(order)
         span = self.suspicion_timeout * (0.2 + self.rng.random())
@@ -432,17 +458,18 @@ class FaultInjector:
         # back in time, so a doubt always resolves from the reports, never by the timeout.
         planner = RestartPlanner(cluster.policy, quorum_wait, 2 * span + quorum_wait, self.accept_loss)
         state = _Restart(planner, len(order))
-        cluster.say(
-            f"restart: reports from {order} over {span * 1e3:.3f}ms; quorum wait {quorum_wait * 1e3:.3f}ms"
-        )
+        cluster.say(f"restart: reports from {order} over {span * 1e3:.3f}ms; quorum wait {quorum_wait * 1e3:.3f}ms")
         for node, at in zip(order, times):
             cluster.sched.at(at, self._report_arrives, state, node)
 
     def _report_arrives(self, state: _Restart, node: int) -> None:
         if state.done:
             return
-        disk = self.cluster.disks[node]
-        state.planner.on_report(disk.report(address_of(node), plain=self.plain_reports))
+        if self.cluster.app_report is not None:
+            state.planner.on_report(self.cluster.app_report(node))
+        else:
+            disk = self.cluster.disks[node]
+            state.planner.on_report(disk.report(address_of(node), plain=self.plain_reports))
         state.arrived += 1
         self._decide(state)
 
@@ -495,6 +522,8 @@ class FaultInjector:
             self.pending += 1
             when = cluster.sched.now + self.suspicion_timeout * (0.5 + 2 * self.rng.random())
             cluster.sched.at(when, self._come_back, node)
+        if cluster.app_mode:
+            return  # the app's own workload goes on
         # The workload goes on: new messages from the restarted nodes.
         members = list(plan.view.members)
         total = self.rng.randint(*POST_RESTART_MESSAGES)

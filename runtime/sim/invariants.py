@@ -85,7 +85,7 @@ class Trace:
     expect_complete: bool = True
     # Persistent mode.
     persistent: bool = False
-    disks: dict[int, dict[ShardRef, list[tuple[int, bytes]]]] = field(default_factory=dict)  # node -> shard -> log
+    disks: dict[int, dict[Any, list[tuple[int, bytes]]]] = field(default_factory=dict)  # node -> shard -> log
     # durable[(node, shard)] = [(last durable version, step), ...]
     durable: dict[tuple[int, ShardRef], list[tuple[int, int]]] = field(default_factory=dict)
     # persisted[(inc, vid, shard)] = [(frontier version, step), ...]: every version up to it on disk everywhere
@@ -170,7 +170,8 @@ def _check_views(trace: Trace) -> list[Violation]:
             if seen[1] != v:
                 out.append(
                     Violation(
-                        "split-brain", inc,
+                        "split-brain",
+                        inc,
                         f"view {v.vid} here is {v.members} with layout {v.shards}; "
                         f"node {seen[0]} installed {seen[1].members} with layout {seen[1].shards}",
                     )
@@ -198,7 +199,8 @@ def _check_majority(trace: Trace) -> list[Violation]:
         if 2 * len(voters) <= len(prev.members):
             out.append(
                 Violation(
-                    "majority", None,
+                    "majority",
+                    None,
                     f"view {vid} {view.members} installed with acceptance from {sorted(voters)} only, "
                     f"of view {vid - 1} {prev.members}",
                 )
@@ -215,7 +217,7 @@ def _check_member_logs(trace: Trace) -> list[Violation]:
         last: dict[tuple[int, ShardRef], int] = {}
         next_app: dict[tuple[int, ShardRef], int] = {}
         views = {v.vid: v for v in trace.views.get(inc, [])}
-        for i, (vid, shard, g, sender, k, payload, final) in enumerate(log):
+        for i, (vid, shard, g, sender, k, payload, _final) in enumerate(log):
             where = f"delivery #{i} (view {vid}, shard {shard}, index {g})"
             if payload in seen:
                 out.append(Violation("duplicate", inc, f"{where} repeats payload {payload!r:.40}"))
@@ -239,12 +241,16 @@ def _check_member_logs(trace: Trace) -> list[Violation]:
                 break
             app_k = sent_index.get(sender, {}).get(payload)
             if app_k is None or trace.shard_of.get(payload) != shard:
-                out.append(Violation("phantom", inc, f"{where}: payload {payload!r:.40} never sent by {sender} to {shard}"))
+                out.append(
+                    Violation("phantom", inc, f"{where}: payload {payload!r:.40} never sent by {sender} to {shard}")
+                )
                 break
             key = (sender, shard)
             expected = next_app.get(key)
             if expected is not None and app_k <= expected:
-                out.append(Violation("sender-order", inc, f"{where} is message {app_k} of node {sender} after its {expected}"))
+                out.append(
+                    Violation("sender-order", inc, f"{where} is message {app_k} of node {sender} after its {expected}")
+                )
                 break
             next_app[key] = app_k
     return out
@@ -268,15 +274,19 @@ def _check_view_synchrony(trace: Trace) -> list[Violation]:
         members = [inc for inc in installed.get(vid, ()) if inc[0] in view.shard_members(shard)]
         survivors = sorted(inc for inc in members if inc in installed.get(vid + 1, ()))
         seqs = {inc: [r[2:6] for r in per_inc.get(inc, [])] for inc in members}
+        ref_inc: Inc | None
         if survivors:
             ref_inc = survivors[0]
             ref = seqs[ref_inc]
             for inc in survivors[1:]:
                 if seqs[inc] != ref:
-                    i = next((j for j, (a, b) in enumerate(zip(seqs[inc], ref)) if a != b), min(len(ref), len(seqs[inc])))
+                    i = next(
+                        (j for j, (a, b) in enumerate(zip(seqs[inc], ref)) if a != b), min(len(ref), len(seqs[inc]))
+                    )
                     out.append(
                         Violation(
-                            "virtual-synchrony", inc,
+                            "virtual-synchrony",
+                            inc,
                             f"view {vid} shard {shard}: delivered {len(seqs[inc])} messages, node {ref_inc} "
                             f"{len(ref)}; first difference at #{i}",
                         )
@@ -290,7 +300,8 @@ def _check_view_synchrony(trace: Trace) -> list[Violation]:
                 i = next(j for j, (a, b) in enumerate(zip(s, ref)) if a != b) if len(s) <= len(ref) else len(ref)
                 out.append(
                     Violation(
-                        "prefix-agreement", inc,
+                        "prefix-agreement",
+                        inc,
                         f"view {vid} shard {shard}: first divergence at delivery #{i}: "
                         f"{s[i][:3] if i < len(s) else None} here, {ref[i][:3] if i < len(ref) else None} at node {ref_inc}",
                     )
@@ -316,7 +327,7 @@ def _check_stability(trace: Trace) -> list[Violation]:
         return c
 
     for inc, log in sorted(trace.delivered.items()):
-        for i, (vid, shard, g, sender, k, payload, final) in enumerate(log):
+        for i, (vid, shard, g, sender, k, _payload, final) in enumerate(log):
             view = by_vid[vid]
             members = view.shard_members(shard)
             holders = [installed[vid][m] for m in members if m in installed.get(vid, {})]
@@ -325,20 +336,21 @@ def _check_stability(trace: Trace) -> list[Violation]:
                 holders = [h for h in holders if nxt.get(h[0]) == h]
                 reached = None  # held at the freeze: any time before the end of the run
             else:
-                reached = counter((inc, vid, shard), trace.frontier).step_reaching(g + 1)  # type: ignore[arg-type]
+                reached = counter((inc, vid, shard), trace.frontier).step_reaching(g + 1)
                 if reached is None:
                     out.append(Violation("frontier", inc, f"delivery #{i} (view {vid}, index {g}) beyond its frontier"))
                     break
             bad = None
             for h in holders:
-                got = counter((h, vid, shard, sender), trace.received).step_reaching(k + 1)  # type: ignore[arg-type]
+                got = counter((h, vid, shard, sender), trace.received).step_reaching(k + 1)
                 if got is None or (reached is not None and got > reached):
                     bad = (h, got)
                     break
             if bad is not None:
                 out.append(
                     Violation(
-                        "unstable-delivery", inc,
+                        "unstable-delivery",
+                        inc,
                         f"delivered message {k} of node {sender} (view {vid}, shard {shard}, index {g}"
                         f"{', final' if final else ''}) at step {reached} but node {bad[0]} "
                         f"received it {'never' if bad[1] is None else f'at step {bad[1]}'}",
@@ -363,7 +375,7 @@ def _check_no_loss(trace: Trace) -> list[Violation]:
         for key, seq in seqs.items():
             if len(seq) > len(per_view.get(key, [])):
                 per_view[key] = seq
-    for (vid, shard), seq in sorted(per_view.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+    for (_vid, shard), seq in sorted(per_view.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
         history.setdefault(shard, []).extend(seq)
     for shard, seq in history.items():
         if len(set(seq)) != len(seq):
@@ -375,12 +387,15 @@ def _check_no_loss(trace: Trace) -> list[Violation]:
     live_set = set(live)
     for sender, msgs in sorted(trace.sent.items()):
         lost = [
-            p for p in msgs
+            p
+            for p in msgs
             if trace.origin.get(p) in live_set and p not in delivered_anywhere and p not in trace.pending_at_end
         ]
         if lost:
             out.append(
-                Violation("lost", None, f"{len(lost)} messages of live node {sender} never delivered, first {lost[0]!r:.40}")
+                Violation(
+                    "lost", None, f"{len(lost)} messages of live node {sender} never delivered, first {lost[0]!r:.40}"
+                )
             )
     # Every live node ends in the same view and has delivered all of it.
     finals = {trace.views[inc][-1].vid for inc in live if trace.views.get(inc)}
@@ -397,7 +412,8 @@ def _check_no_loss(trace: Trace) -> list[Violation]:
                 if mine != per_view.get((vid, shard), []):
                     out.append(
                         Violation(
-                            "liveness", inc,
+                            "liveness",
+                            inc,
                             f"delivered {len(mine)} of {len(per_view.get((vid, shard), []))} messages of shard {shard} in final view {vid}",
                         )
                     )
@@ -429,13 +445,18 @@ def _check_restarts(trace: Trace) -> list[Violation]:
         if 2 * len(back) <= len(prev.members):
             out.append(
                 Violation(
-                    "majority", None,
+                    "majority",
+                    None,
                     f"restart view {r.vid} from {sorted(back)} only, of view {prev.vid} {prev.members}",
                 )
             )
         for shard, members in prev.shards:
             if members and not back & set(members):
-                out.append(Violation("restart-quorum", None, f"restart view {r.vid}: no member of shard {shard} of view {prev.vid}"))
+                out.append(
+                    Violation(
+                        "restart-quorum", None, f"restart view {r.vid}: no member of shard {shard} of view {prev.vid}"
+                    )
+                )
     return out
 
 
@@ -462,7 +483,9 @@ def _check_frontier_durable(trace: Trace) -> list[Violation]:
     had on disk at that step."""
     out = []
     by_vid = _view_index(trace)
-    for (inc, vid, shard), samples in sorted(trace.persisted.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
+    for (inc, vid, shard), samples in sorted(
+        trace.persisted.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))
+    ):
         view = by_vid.get(vid)
         members = view.shard_members(shard) if view is not None else ()
         bad = None
@@ -478,7 +501,8 @@ def _check_frontier_durable(trace: Trace) -> list[Violation]:
             version, step, m, have = bad
             out.append(
                 Violation(
-                    "persisted-beyond-durable", inc,
+                    "persisted-beyond-durable",
+                    inc,
                     f"view {vid} shard {shard}: frontier {format_version(version)} at step {step}, but node {m} "
                     f"had only {format_version(have)} on disk",
                 )
@@ -498,7 +522,11 @@ def _check_log_consistency(trace: Trace, delivered: dict[ShardRef, dict[int, byt
             for i, (version, payload) in enumerate(log):
                 if version <= prev:
                     out.append(
-                        Violation("log-order", node, f"shard {shard} record #{i}: {format_version(version)} after {format_version(prev)}")
+                        Violation(
+                            "log-order",
+                            node,
+                            f"shard {shard} record #{i}: {format_version(version)} after {format_version(prev)}",
+                        )
                     )
                     break
                 prev = version
@@ -507,7 +535,8 @@ def _check_log_consistency(trace: Trace, delivered: dict[ShardRef, dict[int, byt
                     what = "was never delivered" if want is None else f"was delivered as {want!r:.40}"
                     out.append(
                         Violation(
-                            "log-conflict", node,
+                            "log-conflict",
+                            node,
                             f"shard {shard} record #{i} {format_version(version)} holds {payload!r:.40}, which {what}",
                         )
                     )
@@ -527,7 +556,8 @@ def _check_log_consistency(trace: Trace, delivered: dict[ShardRef, dict[int, byt
                 i = next(j for j, (a, b) in enumerate(zip(log, ref)) if a != b) if len(log) <= len(ref) else len(ref)
                 out.append(
                     Violation(
-                        "log-divergence", n,
+                        "log-divergence",
+                        n,
                         f"shard {shard}: log differs from node {ref_node}'s at record #{i} "
                         f"({format_version(log[i][0]) if i < len(log) else None} here, "
                         f"{format_version(ref[i][0]) if i < len(ref) else None} there)",
@@ -583,7 +613,8 @@ def _check_persisted_kept(trace: Trace, delivered: dict[ShardRef, dict[int, byte
                 what = "missing" if v not in have else f"holds {have[v]!r:.40} instead of {need[v]!r:.40}"
                 out.append(
                     Violation(
-                        "persisted-lost", inc,
+                        "persisted-lost",
+                        inc,
                         f"shard {shard}: {len(missing)} persisted versions not on disk as delivered; "
                         f"first {format_version(v)} {what}",
                     )

@@ -126,8 +126,17 @@ def choose_params(
     # Drawn last, so that adding the disk left every earlier choice of a seed as it was.
     fsync = (rng.choice((50e-6, 200e-6, 1e-3)), rng.choice((100e-6, 1e-3, 4e-3)))
     return RunParams(
-        seed, ids, count, faults, shards, CoreConfig(multicast, membership), link, tuple(slow), fsync,
-        plain_restart_quorum, accept_loss,
+        seed,
+        ids,
+        count,
+        faults,
+        shards,
+        CoreConfig(multicast, membership),
+        link,
+        tuple(slow),
+        fsync,
+        plain_restart_quorum,
+        accept_loss,
     )
 
 
@@ -156,8 +165,16 @@ def run_seed(
     transcript: list[str] = []
     log = transcript.append if verbose else None
     cluster = SimCluster(
-        params.members, params.policy, params.config, sched, net, rng, log=log,
-        persistent=params.persistent, disk_rng=random.Random(f"disk-{seed}"), fsync=params.fsync,
+        params.members,
+        params.policy,
+        params.config,
+        sched,
+        net,
+        rng,
+        log=log,
+        persistent=params.persistent,
+        disk_rng=random.Random(f"disk-{seed}"),
+        fsync=params.fsync,
     )
     plan = make_plan(rng, params.members, params.messages, SEND_SPAN)
     injector = FaultInjector(cluster, rng, params.config.membership.suspicion_timeout)
@@ -180,7 +197,9 @@ def run_seed(
     state = {"done": False}
 
     def probe() -> None:
-        if injector.given_up or (sched.now > quiet_after and not net.cut and injector.idle(sched.now) and cluster.quiescent()):
+        if injector.given_up or (
+            sched.now > quiet_after and not net.cut and injector.idle(sched.now) and cluster.quiescent()
+        ):
             state["done"] = True
             sched.stop()
             return
@@ -208,7 +227,8 @@ def run_seed(
     elif not state["done"]:
         violations.append(
             Violation(
-                "liveness", None,
+                "liveness",
+                None,
                 f"not quiescent at virtual {sched.now:.3f}s after {sched.steps} steps; "
                 f"nodes (alive, view, excluded, wedged): {cluster.describe_state()}",
             )
@@ -220,9 +240,22 @@ def run_seed(
     sent = sum(len(v) for v in cluster.trace.sent.values())
     top = max((v[-1].vid for v in cluster.trace.views.values() if v), default=0)
     result = RunResult(
-        params, violations, delivered, sent, cluster.nulls_sent(), net.frames, top,
-        cluster.longest_change, sched.now, sched.steps, transcript,
-        injector.node_restarts, injector.total_restarts, checked, cluster.transfers, injector.disk_errors,
+        params,
+        violations,
+        delivered,
+        sent,
+        cluster.nulls_sent(),
+        net.frames,
+        top,
+        cluster.longest_change,
+        sched.now,
+        sched.steps,
+        transcript,
+        injector.node_restarts,
+        injector.total_restarts,
+        checked,
+        cluster.transfers,
+        injector.disk_errors,
     )
     if verbose:
         transcript.append(
@@ -232,7 +265,8 @@ def run_seed(
                 f"restarts={injector.node_restarts} total_restarts={injector.total_restarts} "
                 f"disk_errors={injector.disk_errors} "
                 f"transfers={cluster.transfers} truncations={cluster.truncations} persisted_checked={checked} "
-                if params.persistent else ""
+                if params.persistent
+                else ""
             )
             + f"violations={len(violations)}"
         )

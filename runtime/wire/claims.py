@@ -18,9 +18,9 @@ def claimed_sender(msg: object) -> int | None:
     """The node id ``msg`` names as its sender, or None if it names none."""
     t = type(msg)
     if t is JoinRequest:
-        return msg.node_id  # type: ignore[attr-defined,no-any-return]
+        return msg.node_id  # type: ignore[attr-defined]
     if t is RestartHello:
-        return msg.node  # type: ignore[attr-defined,no-any-return]
+        return msg.node  # type: ignore[attr-defined]
     if t is RestartDecision:
-        return msg.leader  # type: ignore[attr-defined,no-any-return]
+        return msg.leader  # type: ignore[attr-defined]
     return None

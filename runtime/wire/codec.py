@@ -24,30 +24,68 @@ from typing import Any, Callable, Final, Iterable
 
 import msgpack
 
-from runtime.errors import WireError
 from runtime.core.layout import ShardId
-from runtime.wire.checks import (
-    PLAIN_SCALARS as _PLAIN_SCALARS,
-    check_plain as _check_plain,
-    decode_tagged,
-    describe as _describe,
-    nat as _nat,
-    shard_id as _shard_id,
-    shard_to_wire as _shard_to_wire,
-    str_key_dict as _str_key_dict,
-    text as _str,
-    int_vector as _int_vector,
-)
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, ShardPush, ViewAnnouncement
 from runtime.core.sst import RowDelta
+from runtime.errors import WireError
+from runtime.wire.checks import (
+    PLAIN_SCALARS as _PLAIN_SCALARS,
+)
+from runtime.wire.checks import (
+    check_plain as _check_plain,
+)
+from runtime.wire.checks import (
+    decode_tagged,
+)
+from runtime.wire.checks import (
+    describe as _describe,
+)
+from runtime.wire.checks import (
+    int_vector as _int_vector,
+)
+from runtime.wire.checks import (
+    nat as _nat,
+)
+from runtime.wire.checks import (
+    shard_id as _shard_id,
+)
+from runtime.wire.checks import (
+    shard_to_wire as _shard_to_wire,
+)
+from runtime.wire.checks import (
+    str_key_dict as _str_key_dict,
+)
+from runtime.wire.checks import (
+    text as _str,
+)
 from runtime.wire.control import (
-    ROLES, AppMessage, Goodbye, GroupRunning, Hello, Ping, Pong, RestartDecision, RestartHello, StatusReply,
-    StatusRequest, Welcome,
+    ROLES,
+    AppMessage,
+    Goodbye,
+    GroupRunning,
+    Hello,
+    Ping,
+    Pong,
+    RestartDecision,
+    RestartHello,
+    StatusReply,
+    StatusRequest,
+    Welcome,
 )
 
 WireMessage = (
-    Message | Hello | StatusRequest | StatusReply | Goodbye | RestartHello | RestartDecision | GroupRunning
-    | Welcome | Ping | Pong | AppMessage
+    Message
+    | Hello
+    | StatusRequest
+    | StatusReply
+    | Goodbye
+    | RestartHello
+    | RestartDecision
+    | GroupRunning
+    | Welcome
+    | Ping
+    | Pong
+    | AppMessage
 )
 """Everything that travels in a frame: core protocol messages and driver control frames."""
 
@@ -79,6 +117,7 @@ TAG_APP: Final = 33
 
 _HEADER: Final = struct.Struct(">I")
 _MAX_PREFIX: Final[int] = 0xFFFFFFFF
+
 
 # --------------------------------------------------------------------------- encoding
 def _row_to_wire(row: RowDelta) -> list[Any]:
@@ -124,8 +163,14 @@ def _enc_goodbye(m: Goodbye) -> list[Any]:
 
 def _enc_restart_hello(m: RestartHello) -> list[Any]:
     return [
-        TAG_RESTART_HELLO, m.node, m.address, m.view, [[_shard_to_wire(s), v] for s, v in m.logs], m.accepted_vid,
-        [[_shard_to_wire(s), v] for s, v in m.frontiers], [_shard_to_wire(s) for s in m.incomplete],
+        TAG_RESTART_HELLO,
+        m.node,
+        m.address,
+        m.view,
+        [[_shard_to_wire(s), v] for s, v in m.logs],
+        m.accepted_vid,
+        [[_shard_to_wire(s), v] for s, v in m.frontiers],
+        [_shard_to_wire(s) for s in m.incomplete],
     ]
 
 
@@ -183,7 +228,7 @@ def encode(msg: WireMessage) -> bytes:
     if enc is None:
         raise TypeError(f"cannot encode {type(msg).__name__}: not a wire message")
     try:
-        return msgpack.packb(enc(msg), use_bin_type=True)  # type: ignore[no-any-return]
+        return msgpack.packb(enc(msg), use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"cannot encode {type(msg).__name__}: {exc}") from exc
 
@@ -324,8 +369,12 @@ def _dec_restart_hello(f: list[Any]) -> RestartHello:
     if type(incomplete) is not list:
         raise WireError(f"RestartHello.incomplete must be a list of shards, got {_describe(incomplete)}")
     return RestartHello(
-        _nat(node, "RestartHello.node"), _str(address, "RestartHello.address"), view,
-        _shard_versions(logs, "RestartHello.logs"), accepted, _shard_versions(frontiers, "RestartHello.frontiers"),
+        _nat(node, "RestartHello.node"),
+        _str(address, "RestartHello.address"),
+        view,
+        _shard_versions(logs, "RestartHello.logs"),
+        accepted,
+        _shard_versions(frontiers, "RestartHello.frontiers"),
         tuple(_shard_id(s, "RestartHello.incomplete[]") for s in incomplete),
     )
 
@@ -339,8 +388,13 @@ def _dec_restart_decision(f: list[Any]) -> RestartDecision:
         raise WireError(f"RestartDecision.lost must be a list, got {_describe(lost)}")
     ranges = []
     for item in lost:
-        if (type(item) is not list or len(item) != 3 or type(item[1]) is not int or type(item[2]) is not int
-                or not 0 <= item[1] <= item[2]):
+        if (
+            type(item) is not list
+            or len(item) != 3
+            or type(item[1]) is not int
+            or type(item[2]) is not int
+            or not 0 <= item[1] <= item[2]
+        ):
             raise WireError(f"RestartDecision.lost entries are [shard, first, last], got {_describe(item)}")
         ranges.append((_shard_id(item[0], "RestartDecision.lost[].shard"), item[1], item[2]))
     return RestartDecision(_nat(leader, "RestartDecision.leader"), view, tuple(ranges))
@@ -360,8 +414,11 @@ def _dec_app(f: list[Any]) -> AppMessage:
 
 def _dec_welcome(f: list[Any]) -> Welcome:
     _, size, max_frame, idle = f
-    return Welcome(_nat(size, "Welcome.max_message_size"), _nat(max_frame, "Welcome.max_frame"),
-                   _nat(idle, "Welcome.idle_timeout_ms"))
+    return Welcome(
+        _nat(size, "Welcome.max_message_size"),
+        _nat(max_frame, "Welcome.max_frame"),
+        _nat(idle, "Welcome.idle_timeout_ms"),
+    )
 
 
 def _dec_ping(f: list[Any]) -> Ping:
@@ -400,7 +457,7 @@ def decode(body: bytes | bytearray | memoryview) -> WireMessage:
     fields, or which field has the wrong type or range) for any body :func:`encode` could not
     have produced from a valid message.
     """
-    return decode_tagged(body, _DECODERS)  # type: ignore[no-any-return]
+    return decode_tagged(body, _DECODERS)
 
 
 class FrameDecoder:

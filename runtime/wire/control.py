@@ -118,6 +118,15 @@ class GroupRunning:
 
 
 ControlMessage = (
-    Welcome | Ping | Pong | Hello | StatusRequest | StatusReply | Goodbye | AppMessage | RestartHello | RestartDecision
+    Welcome
+    | Ping
+    | Pong
+    | Hello
+    | StatusRequest
+    | StatusReply
+    | Goodbye
+    | AppMessage
+    | RestartHello
+    | RestartDecision
     | GroupRunning
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import derecho_actors as da
@@ -25,8 +25,14 @@ def tls_overrides(root: Path, ids: Iterable[int], cluster: str) -> dict[str, str
 
 @contextmanager
 def running_groups(
-    count: int, types: Sequence[type], layout: da.Layout, cluster: str, suspicion_ms: int,
-    data_root: Path | None = None, extra: dict[str, str] | None = None, insecure: bool = False,
+    count: int,
+    types: Sequence[type],
+    layout: da.Layout,
+    cluster: str,
+    suspicion_ms: int,
+    data_root: Path | None = None,
+    extra: dict[str, str] | None = None,
+    insecure: bool = False,
 ) -> Iterator[list[da.Group]]:
     """``count`` nodes (ids 1..count, node 1 founds), all in one adequate view; closed after.
     Node i keeps its data in ``data_root/node-i`` (a persistent type needs one). TLS is on

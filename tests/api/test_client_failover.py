@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 import derecho_actors as da
-from tests.api.groups import address, running_groups, client as client_of
+from tests.api.groups import address, running_groups
+from tests.api.groups import client as client_of
 
 pytestmark = pytest.mark.timeout(120)
 

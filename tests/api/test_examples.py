@@ -23,8 +23,21 @@ def test_kv_store_example_demo() -> None:
 
 def test_kv_demo_command_reports_no_lost_write(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "derecho_actors.cli", "demo", "--nodes", "4", "--writes", "600", "--workdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=150,
+        [
+            sys.executable,
+            "-m",
+            "derecho_actors.cli",
+            "demo",
+            "--nodes",
+            "4",
+            "--writes",
+            "600",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "every acknowledged write survived the failure" in out.stdout
@@ -33,13 +46,18 @@ def test_kv_demo_command_reports_no_lost_write(tmp_path: Path) -> None:
 
 
 def test_demo_refuses_an_odd_node_count() -> None:
-    out = subprocess.run([sys.executable, "-m", "derecho_actors.cli", "demo", "--nodes", "3"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "derecho_actors.cli", "demo", "--nodes", "3"], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 2 and "--nodes" in out.stderr
 
 
 def test_counter_and_lock_example_releases_a_failed_holders_lock() -> None:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "counter_lock.py"), "demo"], capture_output=True, text=True, timeout=150
+        [sys.executable, str(ROOT / "examples" / "counter_lock.py"), "demo"],
+        capture_output=True,
+        text=True,
+        timeout=150,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "counter reached 500" in out.stdout and "replicas agree: True" in out.stdout
@@ -58,7 +76,9 @@ def test_chat_example_same_transcript_everywhere() -> None:
 def test_persistent_kv_example_survives_kill_9_of_every_node() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "persistent_kv.py"), "demo", "--writes", "2000"],
-        capture_output=True, text=True, timeout=150,
+        capture_output=True,
+        text=True,
+        timeout=150,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "0 missing or different" in out.stdout and "restarted all 3" in out.stdout

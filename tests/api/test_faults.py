@@ -76,7 +76,9 @@ def tmpfs(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``path`` (read-only if asked) for the block; unmounted
     after, whatever happens. Skips the test if this machine cannot mount one."""
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs at {path} (needs root): {done.stderr.strip()}")
     try:
@@ -172,11 +174,16 @@ def test_disk_full_node_fail_stops_and_no_persisted_write_is_lost(disk_full: dic
     assert disk_full["wrong"] == {1: [], 2: []}, "survivors lost writes whose persisted() returned"
     assert disk_full["more_s"] < 10, "the persistence frontier did not move without node 3"
     # Node 3 says what happened, naming its log, in a line or two (not a flood).
-    errors = [ln for ln in disk_full["log"].splitlines()
-              if " ERROR " in ln and "storage failure" in ln and str(disk_full["log_file"]) in ln]
+    errors = [
+        ln
+        for ln in disk_full["log"].splitlines()
+        if " ERROR " in ln and "storage failure" in ln and str(disk_full["log_file"]) in ln
+    ]
     assert 1 <= len(errors) <= 3, disk_full["log"][-3000:]
-    print(f"disk full: {len(versions)} writes persisted, node 3 exited 4 after {disk_full['fail_s']:.1f} s; "
-          f"persisted() asked again for {disk_full['hung']} (ReplicaLost first: {disk_full['failed'][:2]})")
+    print(
+        f"disk full: {len(versions)} writes persisted, node 3 exited 4 after {disk_full['fail_s']:.1f} s; "
+        f"persisted() asked again for {disk_full['hung']} (ReplicaLost first: {disk_full['failed'][:2]})"
+    )
 
 
 def test_disk_full_node_log_has_no_traceback(disk_full: dict[str, Any]) -> None:
@@ -224,7 +231,10 @@ def test_script_killed_leaves_no_node_process(tmp_path: Path, sig: signal.Signal
     hold one node for the 10 s leave timeout)."""
     workdir = tmp_path / "cluster"
     script = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-c", SCRIPT, str(workdir)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
@@ -294,8 +304,12 @@ def test_node_removed_by_the_group_exits_by_itself_with_exit_3(tmp_path: Path) -
 def test_group_closed_and_reopened_at_once_on_one_data_dir_20_times(tmp_path: Path) -> None:
     layout = da.Layout({Journal: da.ShardPolicy()})
     overrides = {
-        **FAST, **tls_overrides(tmp_path, [1], "reopen"), "node.cluster": "reopen", "node.id": "1",
-        "node.listen": f"127.0.0.1:{free_port()}", "node.data_dir": str(tmp_path / "data"),
+        **FAST,
+        **tls_overrides(tmp_path, [1], "reopen"),
+        "node.cluster": "reopen",
+        "node.id": "1",
+        "node.listen": f"127.0.0.1:{free_port()}",
+        "node.data_dir": str(tmp_path / "data"),
         "persistence.restart_quorum_wait_ms": "100",
     }
     t0 = time.monotonic()
@@ -326,7 +340,9 @@ def test_failing_with_block_keeps_the_work_folder_and_names_it() -> None:
 
 
 # ---------------------------------------------------------------- 4. a frozen contact
-def test_frozen_contact_client_fails_over_and_applies_each_call_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_frozen_contact_client_fails_over_and_applies_each_call_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="derecho.client")
     layout = da.Layout({Counter: da.ShardPolicy(min_nodes=2)})
     with LocalCluster(3, [Counter], layout, overrides=FAST, workdir=str(tmp_path)) as cluster:
@@ -357,7 +373,9 @@ def test_frozen_contact_client_fails_over_and_applies_each_call_once(tmp_path: P
 @pytest.fixture(scope="module")
 def calm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Three nodes the tests below only talk to (no node is stopped)."""
-    with LocalCluster(3, [Counter], SURVIVES_ONE, overrides=FAST, workdir=str(tmp_path_factory.mktemp("calm"))) as cluster:
+    with LocalCluster(
+        3, [Counter], SURVIVES_ONE, overrides=FAST, workdir=str(tmp_path_factory.mktemp("calm"))
+    ) as cluster:
         yield cluster
 
 
@@ -366,7 +384,9 @@ def refused_clients(cluster: LocalCluster, tmp: Path) -> dict[str, dict[str, Any
     other_ca = ensure_cluster_certs(tmp / "other-ca", [], clients=(CLIENT_NAME,), cluster=cluster.cluster)
     return {
         "another cluster's name": dict(cluster="someone-else", credentials=good),
-        "another CA's certificate": dict(cluster=cluster.cluster, credentials=client_credentials(other_ca, CLIENT_NAME)),
+        "another CA's certificate": dict(
+            cluster=cluster.cluster, credentials=client_credentials(other_ca, CLIENT_NAME)
+        ),
     }
 
 
@@ -448,8 +468,11 @@ def test_replica_killed_mid_stream_survivors_answer_exactly_once(tmp_path: Path)
             # in flight when it dies: the survivors hold them, undelivered without its ack.
             os.kill(cluster.procs[3].pid, signal.SIGSTOP)
             frozen_at, frozen_t = len(calls), time.monotonic()
-            wait_for(lambda: len(calls) > frozen_at + 100 and time.monotonic() - frozen_t > 0.2, 5,
-                     "calls to go out while node 3 is frozen")
+            wait_for(
+                lambda: len(calls) > frozen_at + 100 and time.monotonic() - frozen_t > 0.2,
+                5,
+                "calls to go out while node 3 is frozen",
+            )
             cluster.kill(3)
             killed_at = len(calls)
             wait_for(lambda: len(calls) > killed_at + 400 and calls[-300].done(), 30, "calls to flow after the kill")
@@ -485,8 +508,12 @@ def test_too_large_calls_non_member_p2p_and_huge_node_id_are_refused(tmp_path: P
         # An in-process member of the same cluster (node 4) refuses at the call too.
         ensure_cluster_certs(cluster.certs_dir, [4], cluster=cluster.cluster)
         member = {
-            **overrides, "node.id": "4", "node.listen": f"127.0.0.1:{free_port()}", "node.cluster": cluster.cluster,
-            "node.contacts": ",".join(cluster.address(n) for n in (1, 2, 3)), "node.data_dir": str(tmp_path / "data-4"),
+            **overrides,
+            "node.id": "4",
+            "node.listen": f"127.0.0.1:{free_port()}",
+            "node.cluster": cluster.cluster,
+            "node.contacts": ",".join(cluster.address(n) for n in (1, 2, 3)),
+            "node.data_dir": str(tmp_path / "data-4"),
             "security.certs_dir": str(cluster.certs_dir),
         }
         with da.Group(types=[Counter], layout=SURVIVES_ONE, overrides=member) as group:
@@ -504,10 +531,24 @@ def test_too_large_calls_non_member_p2p_and_huge_node_id_are_refused(tmp_path: P
             assert info.value.applied is False
         # A node id beyond 32 bits is refused at start, with the bound.
         huge = subprocess.run(
-            [sys.executable, "-m", "derecho_actors._cluster_node", str(cluster.workdir / "cluster.pickle"),
-             "--set", f"node.id={2**70}", "--set", f"node.listen=127.0.0.1:{free_port()}", "--set", "security.insecure=true",
-             "--set", f"node.data_dir={tmp_path / 'data-huge'}"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "derecho_actors._cluster_node",
+                str(cluster.workdir / "cluster.pickle"),
+                "--set",
+                f"node.id={2**70}",
+                "--set",
+                f"node.listen=127.0.0.1:{free_port()}",
+                "--set",
+                "security.insecure=true",
+                "--set",
+                f"node.data_dir={tmp_path / 'data-huge'}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert huge.returncode == EXIT_CONFIG, huge.stderr
         assert "node.id must be <= 4294967295" in huge.stderr
@@ -567,8 +608,10 @@ def test_calls_relayed_through_a_dying_member_are_not_dropped(tmp_path: Path) ->
         finally:
             for cl in clients:
                 cl.close()
-        assert stuck == [], f"{len(stuck)} of {len(calls)} calls still unanswered 10 s after node 2 died " \
-                            f"(count {count}, {len(calls) + len(handles)} calls made): {stuck[0]}"
+        assert stuck == [], (
+            f"{len(stuck)} of {len(calls)} calls still unanswered 10 s after node 2 died "
+            f"(count {count}, {len(calls) + len(handles)} calls made): {stuck[0]}"
+        )
         assert list(count.values()) == [len(calls) + len(handles)]
 
 

@@ -9,7 +9,8 @@ from typing import Iterator
 import pytest
 
 import derecho_actors as da
-from tests.api.groups import address, running_groups, client as client_of
+from tests.api.groups import address, running_groups
+from tests.api.groups import client as client_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,7 +64,9 @@ GROUPS: list[da.Group] = []
 @pytest.fixture(scope="module")
 def groups() -> Iterator[list[da.Group]]:
     """Nodes 1-3 hold the KV shard and the Bag shard; node 4 holds neither (it relays)."""
-    layout = da.Layout({KV: da.ShardPolicy(min_nodes=3, max_nodes=3), Bag: da.ShardPolicy(min_nodes=3, max_nodes=3, overlapping=True)})
+    layout = da.Layout(
+        {KV: da.ShardPolicy(min_nodes=3, max_nodes=3), Bag: da.ShardPolicy(min_nodes=3, max_nodes=3, overlapping=True)}
+    )
     with running_groups(4, [KV, Bag], layout, "api-test", 1000) as made:
         GROUPS[:] = made
         yield made

@@ -6,8 +6,18 @@ import msgpack
 import pytest
 
 from derecho_actors._messages import (
-    Call, CallBatch, Reply, ReplyBatch, SignedMark, StateAck, StateChunk, StateRequest, ViewNotice, claimed_sender,
-    decode, encode,
+    Call,
+    CallBatch,
+    Reply,
+    ReplyBatch,
+    SignedMark,
+    StateAck,
+    StateChunk,
+    StateRequest,
+    ViewNotice,
+    claimed_sender,
+    decode,
+    encode,
 )
 from runtime.core.layout import ShardId
 from runtime.errors import WireError

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 import derecho_actors as da
-from tests.api.groups import address, running_groups, tls_overrides, client as client_of
+from tests.api.groups import address, running_groups, tls_overrides
+from tests.api.groups import client as client_of
 
 
 @da.replicated
@@ -62,10 +63,12 @@ class Plain:
         return self.items
 
 
-LAYOUT = da.Layout({
-    Bank: da.ShardPolicy(min_nodes=1, max_nodes=3, overlapping=True),
-    Plain: da.ShardPolicy(min_nodes=1, max_nodes=3, overlapping=True),
-})
+LAYOUT = da.Layout(
+    {
+        Bank: da.ShardPolicy(min_nodes=1, max_nodes=3, overlapping=True),
+        Plain: da.ShardPolicy(min_nodes=1, max_nodes=3, overlapping=True),
+    }
+)
 
 
 def test_persisted_resolves_and_reads_of_the_past_agree(tmp_path: Path) -> None:
@@ -141,9 +144,13 @@ BANK_ONLY = da.Layout({Bank: da.ShardPolicy(min_nodes=2, max_nodes=3)})
 def _start(ids: list[int], ports: dict[int, int], root: Path, cluster: str, contact: int | None) -> list[da.Group]:
     def one(i: int) -> da.Group:
         o = {
-            "node.id": str(i), "node.listen": f"127.0.0.1:{ports[i]}", "node.data_dir": str(root / f"node-{i}"),
+            "node.id": str(i),
+            "node.listen": f"127.0.0.1:{ports[i]}",
+            "node.data_dir": str(root / f"node-{i}"),
             # Three nodes share this process's GIL: allow a slow heartbeat while logs replay.
-            "node.cluster": cluster, "timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "1000",
+            "node.cluster": cluster,
+            "timeouts.heartbeat_ms": "20",
+            "timeouts.suspicion_ms": "1000",
             "persistence.restart_quorum_wait_ms": "200",
             **tls_overrides(root, [i], cluster),
         }
@@ -206,21 +213,36 @@ def test_joiner_receives_state_and_serves_the_same_reads(tmp_path: Path) -> None
         for i in range(200):
             last = bank.deposit(f"k{i % 11}", i)
         v = last.persisted(timeout=20)
-        groups += _start([3], ports, tmp_path, "transfer-1", contact=None) if False else [
-            da.Group(types=[Bank], layout=BANK_ONLY, start_timeout=30, overrides={
-                "node.id": "3", "node.listen": f"127.0.0.1:{ports[3]}", "node.data_dir": str(tmp_path / "node-3"),
-                "node.cluster": "transfer-1", "node.contacts": f"127.0.0.1:{ports[1]}",
-                "timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "400",
-                **tls_overrides(tmp_path, [3], "transfer-1"),
-            })
-        ]
+        groups += (
+            _start([3], ports, tmp_path, "transfer-1", contact=None)
+            if False
+            else [
+                da.Group(
+                    types=[Bank],
+                    layout=BANK_ONLY,
+                    start_timeout=30,
+                    overrides={
+                        "node.id": "3",
+                        "node.listen": f"127.0.0.1:{ports[3]}",
+                        "node.data_dir": str(tmp_path / "node-3"),
+                        "node.cluster": "transfer-1",
+                        "node.contacts": f"127.0.0.1:{ports[1]}",
+                        "timeouts.heartbeat_ms": "20",
+                        "timeouts.suspicion_ms": "400",
+                        **tls_overrides(tmp_path, [3], "transfer-1"),
+                    },
+                )
+            ]
+        )
         _wait_members(groups, 3)
         reads = {n: bank.read(node=n).get(timeout=20)[n] for n in (1, 2, 3)}
         assert reads[3] == reads[1] == reads[2]  # the non-persistent counter came along too
         assert bank.at_version(v, node=3).get(timeout=10)[3] == bank.at_version(v, node=1).get(timeout=10)[1]
         w = bank.deposit("new", 1)
         assert len(w.get(timeout=10)) == 3 and w.persisted(timeout=10) > v
-        assert groups[2].transfer_stats == [] and any(s["to"] == 3 and s["error"] is None for s in groups[0].transfer_stats)
+        assert groups[2].transfer_stats == [] and any(
+            s["to"] == 3 and s["error"] is None for s in groups[0].transfer_stats
+        )
     finally:
         for g in groups:
             g.close()

@@ -181,7 +181,9 @@ def test_a_joiner_receives_100_mb_of_state_and_serves_identical_reads(tmp_path: 
         assert digests[3] == digests[1] == digests[2] == digests[4]
         assert digests[3][1] >= 100 * 1000 * 1000 and digests[3][2] == 20
         assert h.store("after", 10, seed=1).persisted(timeout=30) > last
-        sent = re.findall(r"state of Archive/0/0 sent to node 3: ([\d.]+) MB in ([\d.]+) s", (tmp_path / "node-1.log").read_text())
+        sent = re.findall(
+            r"state of Archive/0/0 sent to node 3: ([\d.]+) MB in ([\d.]+) s", (tmp_path / "node-1.log").read_text()
+        )
         # Node 3 may also have had an empty transfer when the cluster first formed.
         assert sent and max(float(mb) for mb, _ in sent) >= 100, sent
 

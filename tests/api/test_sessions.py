@@ -31,16 +31,23 @@ CASES = [
     ("numbers may skip (P2P calls share them)", [(7, 1, 1000), (7, 5, 1001), (7, 5, 1002)], [NEW, NEW, DUPLICATE]),
     ("below the floor the reply is gone", [(7, 1, 1000), (7, 2, 1001, 2), (7, 1, 1002)], [NEW, NEW, FORGOTTEN]),
     ("the window drops old replies", [(7, i, 1000 + i) for i in range(1, 7)] + [(7, 1, 1010)], [NEW] * 6 + [FORGOTTEN]),
-    ("a silent session expires; its retry is refused",
-     [(7, 1, 1000), (8, 1, 1200, 0, 1200), (7, 1, 1201)], [NEW, NEW, EXPIRED]),
-    ("a fresh session after expiry is welcome",
-     [(7, 1, 1000), (7, 9, 1300, 0, 1300)], [NEW, NEW]),
-    ("table full: a new session is refused, not applied",
-     [(1, 1, 1000), (2, 1, 1000), (3, 1, 1000), (4, 1, 1001)], [NEW, NEW, NEW, FULL]),
-    ("a full table makes room once sessions expire",
-     [(1, 1, 1000), (2, 1, 1000), (3, 1, 1000), (4, 1, 1150, 0, 1150)], [NEW, NEW, NEW, NEW]),
-    ("a session started long ago but unknown here is refused",
-     [(7, 1, 1500, 0, 1000)], [EXPIRED]),
+    (
+        "a silent session expires; its retry is refused",
+        [(7, 1, 1000), (8, 1, 1200, 0, 1200), (7, 1, 1201)],
+        [NEW, NEW, EXPIRED],
+    ),
+    ("a fresh session after expiry is welcome", [(7, 1, 1000), (7, 9, 1300, 0, 1300)], [NEW, NEW]),
+    (
+        "table full: a new session is refused, not applied",
+        [(1, 1, 1000), (2, 1, 1000), (3, 1, 1000), (4, 1, 1001)],
+        [NEW, NEW, NEW, FULL],
+    ),
+    (
+        "a full table makes room once sessions expire",
+        [(1, 1, 1000), (2, 1, 1000), (3, 1, 1000), (4, 1, 1150, 0, 1150)],
+        [NEW, NEW, NEW, NEW],
+    ),
+    ("a session started long ago but unknown here is refused", [(7, 1, 1500, 0, 1000)], [EXPIRED]),
 ]
 
 

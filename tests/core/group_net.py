@@ -92,8 +92,15 @@ class GroupNet:
             raise ValueError(f"node {node} already exists in this net")
         self.cores[node] = core
         self.address_map[core.address] = node
-        for rec in (self.views, self.deliveries, self.window_open, self.orphaned, self.rejected,
-                    self.memberships, self.accepted):
+        for rec in (
+            self.views,
+            self.deliveries,
+            self.window_open,
+            self.orphaned,
+            self.rejected,
+            self.memberships,
+            self.accepted,
+        ):
             rec[node] = []  # type: ignore[index]
         self.excluded[node] = None
         self.outbox[node] = {}
@@ -310,9 +317,7 @@ class GroupNet:
                 nxt = w
         return nxt
 
-    def run_until(
-        self, predicate: Callable[[], bool], max_time: float = 1.0, max_steps: int = 500_000
-    ) -> bool:
+    def run_until(self, predicate: Callable[[], bool], max_time: float = 1.0, max_steps: int = 500_000) -> bool:
         """Deliver frames and move virtual time in small steps (never past a requested wakeup),
         checking ``predicate`` after every single frame or tick. True once it holds; False if
         ``max_time`` of virtual time passes first."""

@@ -27,11 +27,11 @@ def one_shard_policy(n: int) -> LayoutPolicy:
     return LayoutPolicy.of({"T": ShardPolicy(min_nodes=n, max_nodes=n)})
 
 
-def fixed_core(node: int, members: tuple[int, ...], mc: MulticastConfig = MulticastConfig()) -> NodeCore:
+def fixed_core(node: int, members: tuple[int, ...], mc: MulticastConfig | None = None) -> NodeCore:
     """A core in view 0 of ``members``, all in ``SHARD``, with failure detection off."""
     policy = one_shard_policy(len(members))
     view = View(0, members, tuple(f"n{m}" for m in members), compute_layout(policy, members))
-    return NodeCore(node, f"n{node}", policy, CoreConfig(mc, QUIET), view=view)
+    return NodeCore(node, f"n{node}", policy, CoreConfig(mc or MulticastConfig(), QUIET), view=view)
 
 
 @dataclass

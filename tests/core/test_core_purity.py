@@ -189,7 +189,11 @@ def test_importing_the_core_loads_no_io_or_driver_modules() -> None:
     assert "runtime.core.sst" in added and "runtime.core.node_core" in added, added
     bad = [m for m in added if loaded_forbidden(m)]
     assert not bad, f"importing runtime.core loaded: {bad}"
-    outside = [m for m in added if _within(m, "runtime") and not _within(m, "runtime.core") and m not in ("runtime", "runtime.errors")]
+    outside = [
+        m
+        for m in added
+        if _within(m, "runtime") and not _within(m, "runtime.core") and m not in ("runtime", "runtime.errors")
+    ]
     assert not outside, f"importing runtime.core loaded other runtime packages: {outside}"
     # Never needed by anything the core may import, so they must be absent even at start-up.
     assert "socket" not in loaded["all"] and "asyncio" not in loaded["all"], "socket/asyncio loaded"

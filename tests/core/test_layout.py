@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.errors import LayoutError
 from runtime.core.layout import Layout, LayoutPolicy, ShardId, ShardPolicy, compute_layout
+from runtime.errors import LayoutError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -437,9 +437,7 @@ any_policy = st.one_of(layout_policies(), layout_policies(reserved_ids=True))
 
 def needed(layout_policy: LayoutPolicy) -> int:
     """Members a view needs for a policy without reserved ids, by the documented rule."""
-    disjoint = sum(
-        p.subgroups * p.shards * p.min_nodes for _, p in layout_policy.types if not p.overlapping
-    )
+    disjoint = sum(p.subgroups * p.shards * p.min_nodes for _, p in layout_policy.types if not p.overlapping)
     overlapping = [p.shards * p.min_nodes for _, p in layout_policy.types if p.overlapping]
     return max([disjoint, *overlapping])
 
@@ -470,10 +468,7 @@ def check_invariants(layout_policy: LayoutPolicy, members: list[int], layout: La
                     assert not disjoint_seen & set(shard_members)
                     disjoint_seen |= set(shard_members)
     expected_ids = {
-        ShardId(name, g, s)
-        for name, p in layout_policy.types
-        for g in range(p.subgroups)
-        for s in range(p.shards)
+        ShardId(name, g, s) for name, p in layout_policy.types for g in range(p.subgroups) for s in range(p.shards)
     }
     assert set(layout.shards) == expected_ids
 
@@ -483,9 +478,7 @@ FAST = settings(max_examples=100, deadline=None)
 
 @FAST
 @given(any_policy, views, views)
-def test_invariants_and_determinism(
-    layout_policy: LayoutPolicy, members: list[int], before: list[int]
-) -> None:
+def test_invariants_and_determinism(layout_policy: LayoutPolicy, members: list[int], before: list[int]) -> None:
     previous = compute_layout(layout_policy, before)
     layout = compute_layout(layout_policy, members, previous)
     check_invariants(layout_policy, members, layout)
@@ -502,9 +495,7 @@ def test_invariants_and_determinism(
 
 @FAST
 @given(any_policy, views, st.data())
-def test_invariants_after_churn(
-    layout_policy: LayoutPolicy, before: list[int], data: st.DataObject
-) -> None:
+def test_invariants_after_churn(layout_policy: LayoutPolicy, before: list[int], data: st.DataObject) -> None:
     """Views that share most members with the previous one, where stickiness has most say."""
     survivors = [n for n in before if data.draw(st.booleans())]
     joiners = data.draw(st.lists(st.integers(50, 60), unique=True, max_size=4))
@@ -516,9 +507,7 @@ def test_invariants_after_churn(
 
 @FAST
 @given(layout_policies(), views, views)
-def test_adequacy_depends_only_on_count(
-    layout_policy: LayoutPolicy, members: list[int], before: list[int]
-) -> None:
+def test_adequacy_depends_only_on_count(layout_policy: LayoutPolicy, members: list[int], before: list[int]) -> None:
     previous = compute_layout(layout_policy, before)
     fresh = compute_layout(layout_policy, members)
     sticky = compute_layout(layout_policy, members, previous)
@@ -529,9 +518,7 @@ def test_adequacy_depends_only_on_count(
 
 @FAST
 @given(layout_policies(), views, st.integers(100, 120))
-def test_join_keeps_every_assignment(
-    layout_policy: LayoutPolicy, members: list[int], joiner: int
-) -> None:
+def test_join_keeps_every_assignment(layout_policy: LayoutPolicy, members: list[int], joiner: int) -> None:
     before = compute_layout(layout_policy, members)
     after = compute_layout(layout_policy, [*members, joiner], before)
     if before.adequate:
@@ -583,7 +570,9 @@ def test_state_sources(before: tuple, now: tuple, members: tuple, expected: tupl
     assert state_sources({_S: before} if before else {}, cur, members) == expected
 
 
-def _view(vid: int, members: tuple, shards: dict, adequate: bool = True, joined: tuple = (), holders: tuple = ()) -> View:
+def _view(
+    vid: int, members: tuple, shards: dict, adequate: bool = True, joined: tuple = (), holders: tuple = ()
+) -> View:
     return View(vid, members, tuple(f"n{m}" for m in members), Layout(adequate, shards, ()), joined, (), (), holders)
 
 

@@ -71,9 +71,7 @@ CRASH_CASES = [
 
 
 @pytest.mark.parametrize("members, victim, reach", CRASH_CASES)
-def test_crash_survivors_agree_on_view_and_on_messages(
-    members: tuple[int, ...], victim: int, reach: int
-) -> None:
+def test_crash_survivors_agree_on_view_and_on_messages(members: tuple[int, ...], victim: int, reach: int) -> None:
     net = GroupNet(members)
     survivors = [m for m in members if m != victim]
     pre = warm_up(net, members)
@@ -181,23 +179,33 @@ def _ballot(net: GroupNet, node: int) -> int:
 # accepted: the survivors holding the leader's proposal when it dies.
 LEADER_DIES_CASES = [
     pytest.param(
-        {1, 2, 3}, lambda net: _ballot(net, 0) == 1, set(),
+        {1, 2, 3},
+        lambda net: _ballot(net, 0) == 1,
+        set(),
         id="proposal-reached-nobody",
     ),
     pytest.param(
-        {1, 2}, lambda net: _ballot(net, 3) == 1, {3},
+        {1, 2},
+        lambda net: _ballot(net, 3) == 1,
+        {3},
         id="only-last-follower-accepted",
     ),
     pytest.param(
-        {2, 3}, lambda net: _ballot(net, 1) == 1, {1},
+        {2, 3},
+        lambda net: _ballot(net, 1) == 1,
+        {1},
         id="only-next-leader-accepted",
     ),
     pytest.param(
-        set(), lambda net: int(net.row(0, 0)["commit"]) > 0, {1, 2, 3},
+        set(),
+        lambda net: int(net.row(0, 0)["commit"]) > 0,
+        {1, 2, 3},
         id="all-accepted-commit-lost",
     ),
     pytest.param(
-        set(), lambda net: any((net.vid(n) or 0) >= 1 for n in (1, 2, 3)), {1, 2, 3},
+        set(),
+        lambda net: any((net.vid(n) or 0) >= 1 for n in (1, 2, 3)),
+        {1, 2, 3},
         id="commit-seen-by-one-follower",
     ),
 ]
@@ -319,6 +327,7 @@ def test_join(members: tuple[int, ...], joiners: list[tuple[int, list[Any]]]) ->
         net.add_joiner(node, contacts)
     ids = [j for j, _ in joiners]
     everyone = list(members) + ids
+
     def joined_everywhere() -> bool:
         views = [net.last_view(n) for n in everyone]
         return all(v is not None and set(ids) <= set(v.members) for v in views)
@@ -334,8 +343,11 @@ def test_join(members: tuple[int, ...], joiners: list[tuple[int, list[Any]]]) ->
     assert set(final.layout.members_of(ShardId("T", 0, 0))) == set(everyone)
     for node, contacts in joiners:
         # The joiner learnt its view from a ViewAnnouncement that lists it as joined.
-        announced = [View.from_wire(msg.view) for (_t, _s, dst, msg) in net.frames
-                     if dst == node and isinstance(msg, ViewAnnouncement)]
+        announced = [
+            View.from_wire(msg.view)
+            for (_t, _s, dst, msg) in net.frames
+            if dst == node and isinstance(msg, ViewAnnouncement)
+        ]
         assert announced and all(node in v.members and node in v.joined for v in announced)
         assert net.views[node][0] == announced[0]
         first = contacts[0]
@@ -343,8 +355,7 @@ def test_join(members: tuple[int, ...], joiners: list[tuple[int, list[Any]]]) ->
             continue
         # A non-leader contact redirects the joiner to the leader's address.
         replies = [
-            msg for (_t, src, dst, msg) in net.frames
-            if src == first and dst == node and isinstance(msg, JoinReply)
+            msg for (_t, src, dst, msg) in net.frames if src == first and dst == node and isinstance(msg, JoinReply)
         ]
         assert replies and replies[0].redirect_to == address_of(members[0])
     # The joiners take part in multicast in their first view.
@@ -368,9 +379,7 @@ def test_joins_make_an_inadequate_group_adequate() -> None:
     net.add_joiner(2, [1])
     assert net.run_until(lambda: all(net.vid(n) == 2 for n in (0, 1, 2)), 1.0)
     for vid, by_node in net.views_by_vid().items():
-        shapes = {
-            (v.members, v.joined, v.layout.adequate, tuple(v.layout.shards.items())) for v in by_node.values()
-        }
+        shapes = {(v.members, v.joined, v.layout.adequate, tuple(v.layout.shards.items())) for v in by_node.values()}
         assert len(shapes) == 1, f"view {vid} differs across nodes"
     assert net.last_view(2).layout.members_of(ShardId("T", 0, 0)) == (0, 1, 2)
     for n in (0, 1, 2):
@@ -385,10 +394,7 @@ def test_join_with_a_members_id_is_refused(contact: int) -> None:
     net.run_for(0.02)
     rejected = net.inject(contact, 1, JoinRequest(1, "elsewhere"))
     assert rejected == []
-    replies = [
-        msg for (_t, src, dst, msg) in net.frames
-        if src == contact and dst == 1 and isinstance(msg, JoinReply)
-    ]
+    replies = [msg for (_t, src, dst, msg) in net.frames if src == contact and dst == 1 and isinstance(msg, JoinReply)]
     assert len(replies) == 1 and replies[0].redirect_to is None
     assert "member" in replies[0].reason
     net.run_for(0.2)
@@ -408,6 +414,7 @@ def test_graceful_leave(members: tuple[int, ...], leaver: int) -> None:
     for m in members:
         net.send(m, f"last-{m}".encode())
     net.leave(leaver)
+
     # No suspicion needed: the change completes well within one suspicion timeout.
     def done() -> bool:
         return net.excluded[leaver] is not None and all_in_view(net, stay, 1)
@@ -441,8 +448,16 @@ def test_graceful_leave(members: tuple[int, ...], leaver: int) -> None:
 def _snapshot(net: GroupNet, node: int) -> Any:
     core = net.core(node)
     m = core.membership
-    return (core.vid, core.excluded, repr(m.sst.rows), list(m.sst._applied_seq), dict(m.pending_joins),
-            m.decided, m.excluded, list(m.last_heard))
+    return (
+        core.vid,
+        core.excluded,
+        repr(m.sst.rows),
+        list(m.sst._applied_seq),
+        dict(m.pending_joins),
+        m.decided,
+        m.excluded,
+        list(m.last_heard),
+    )
 
 
 BIG = 10**6  # a push counter newer than anything sent, so a delta is not dropped as stale
@@ -551,9 +566,7 @@ def test_view_announcement_not_naming_the_joiner_is_ignored() -> None:
 
 
 # ===================================================================== 6. wire forms, tables
-TWO_TYPES = LayoutPolicy.of(
-    {"A": ShardPolicy(shards=2, min_nodes=1), "B": ShardPolicy(min_nodes=2, max_nodes=2)}
-)
+TWO_TYPES = LayoutPolicy.of({"A": ShardPolicy(shards=2, min_nodes=1), "B": ShardPolicy(min_nodes=2, max_nodes=2)})
 NEEDS_FOUR = LayoutPolicy.of({"T": ShardPolicy(min_nodes=4)})
 
 
@@ -628,7 +641,7 @@ def test_proposal_wire_round_trip(proposal: Proposal) -> None:
 
 def test_proposal_next_view_matches_layout() -> None:
     p = PROPOSALS[0]
-    v = p.next_view(POLICY, View(0, (0, 1, 2), ('a', 'b', 'c'), compute_layout(POLICY, (0, 1, 2))))
+    v = p.next_view(POLICY, View(0, (0, 1, 2), ("a", "b", "c"), compute_layout(POLICY, (0, 1, 2))))
     assert (v.vid, v.members, v.addresses, v.departed) == (1, (0, 1), ("n0", "n1"), (2,))
     assert v.layout == compute_layout(POLICY, (0, 1))
 

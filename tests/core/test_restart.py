@@ -45,9 +45,7 @@ V4 = view(4, (1, 2, 3, 4))
 V5 = view(5, (1, 2, 3, 4, 5))  # shard 0 is (1, 3, 5), shard 1 is (2, 4)
 
 
-def rep(
-    node: int, v: View, accepted: int = -1, incomplete: tuple[ShardId, ...] = (), **kw: int
-) -> RestartReport:
+def rep(node: int, v: View, accepted: int = -1, incomplete: tuple[ShardId, ...] = (), **kw: int) -> RestartReport:
     """A report; ``s0=``/``s1=`` give log ends, ``f0=``/``f1=`` recorded frontiers."""
     logs = {ShardId("T", 0, int(k[1:])): x for k, x in kw.items() if k.startswith("s")}
     frontiers = {ShardId("T", 0, int(k[1:])): x for k, x in kw.items() if k.startswith("f")}
@@ -93,16 +91,20 @@ def test_quorum(reports: list[RestartReport], problem: str | None) -> None:
 @pytest.mark.parametrize(
     "reports, problem",
     [
-        pytest.param([rep(1, V4), rep(3, V4), rep(2, V4, incomplete=(S1,))], NO_S1_IN_4, id="only-holder-is-incomplete"),
+        pytest.param(
+            [rep(1, V4), rep(3, V4), rep(2, V4, incomplete=(S1,))], NO_S1_IN_4, id="only-holder-is-incomplete"
+        ),
         pytest.param([rep(1, V4), rep(3, V4, incomplete=(S0,)), rep(2, V4)], None, id="another-holder-is-complete"),
         pytest.param(
-            [rep(1, V4, incomplete=(S0,)), rep(3, V4, incomplete=(S0,)), rep(2, V4)], NO_S0_IN_4,
+            [rep(1, V4, incomplete=(S0,)), rep(3, V4, incomplete=(S0,)), rep(2, V4)],
+            NO_S0_IN_4,
             id="every-holder-back-is-incomplete",
         ),
         pytest.param([rep(1, V4), rep(3, V4), rep(2, V4, incomplete=(S0,))], None, id="a-marker-for-another-shard"),
         # Once every member of the latest view is back nobody else can hold more than they do.
         pytest.param(
-            [rep(1, V4), rep(3, V4), rep(2, V4, incomplete=(S1,)), rep(4, V4, incomplete=(S1,))], None,
+            [rep(1, V4), rep(3, V4), rep(2, V4, incomplete=(S1,)), rep(4, V4, incomplete=(S1,))],
+            None,
             id="everyone-back-waives-the-rule",
         ),
     ],
@@ -157,7 +159,8 @@ def test_restart_view_id_is_above_every_installed_and_accepted_view(accepted: di
         pytest.param([rep(1, V4), rep(2, V4), rep(3, V4)], None, id="nothing-accepted-beyond"),
         pytest.param([rep(1, V4), rep(2, V4, accepted=5), rep(3, V4)], "nodes [2] accepted view 5", id="one-accepted"),
         pytest.param(
-            [rep(1, V4, accepted=5), rep(2, V4, accepted=5), rep(3, V4)], "members [4] of view 4 may have",
+            [rep(1, V4, accepted=5), rep(2, V4, accepted=5), rep(3, V4)],
+            "members [4] of view 4 may have",
             id="names-the-missing",
         ),
         # Every member of view 4 is back and none installed view 5: the first node to install
@@ -166,7 +169,9 @@ def test_restart_view_id_is_above_every_installed_and_accepted_view(accepted: di
         # Three of five never accepted view 6: no majority of view 5 can have, so it never
         # committed.
         pytest.param(
-            [rep(1, V5), rep(2, V5), rep(3, V5), rep(4, V5, accepted=6)], None, id="a-majority-never-accepted",
+            [rep(1, V5), rep(2, V5), rep(3, V5), rep(4, V5, accepted=6)],
+            None,
+            id="a-majority-never-accepted",
         ),
         pytest.param([rep(1, V5), rep(2, V5), rep(4, V5, accepted=6)], "accepted view 6", id="no-majority-declined"),
     ],
@@ -189,7 +194,8 @@ def test_a_plan_past_an_unresolved_change_says_so() -> None:
 LOSS_CASES = [
     # reports, expected losses as (shard, frontier, recorded_by, longest, held_by)
     pytest.param(
-        [rep(1, V4, s0=ver(4, 9), f0=ver(4, 9)), rep(2, V4), rep(3, V4, s0=ver(4, 9), f0=ver(4, 5))], [],
+        [rep(1, V4, s0=ver(4, 9), f0=ver(4, 9)), rep(2, V4), rep(3, V4, s0=ver(4, 9), f0=ver(4, 5))],
+        [],
         id="longest-log-reaches-the-frontier",
     ),
     pytest.param(
@@ -199,7 +205,8 @@ LOSS_CASES = [
     ),
     pytest.param(
         [
-            rep(1, V4, s0=ver(4, 8), f0=ver(4, 10)), rep(2, V4, s1=ver(4, 2), f1=ver(4, 7)),
+            rep(1, V4, s0=ver(4, 8), f0=ver(4, 10)),
+            rep(2, V4, s1=ver(4, 2), f1=ver(4, 7)),
             rep(3, V4, s0=ver(4, 8), f0=ver(4, 10)),
         ],
         [(S0, ver(4, 10), (1, 3), ver(4, 8), (1, 3)), (S1, ver(4, 7), (2,), ver(4, 2), (2,))],
@@ -212,7 +219,8 @@ LOSS_CASES = [
         id="frontier-from-an-older-view",
     ),
     pytest.param(
-        [rep(1, V4, f0=ver(2, 0)), rep(2, V4), rep(3, V4)], [(S0, ver(2, 0), (1,), -1, ())],
+        [rep(1, V4, f0=ver(2, 0)), rep(2, V4), rep(3, V4)],
+        [(S0, ver(2, 0), (1,), -1, ())],
         id="no-log-left-at-all",
     ),
 ]
@@ -244,9 +252,7 @@ def test_a_loss_is_refused_unless_accepted(reports: list[RestartReport], losses:
 
 
 def test_refusal_report_names_shards_versions_and_nodes() -> None:
-    refused = plan_restart(
-        [rep(1, V4, s0=ver(4, 8), f0=ver(4, 10)), rep(2, V4), rep(3, V4, s0=ver(4, 9))], POLICY
-    )
+    refused = plan_restart([rep(1, V4, s0=ver(4, 8), f0=ver(4, 10)), rep(2, V4), rep(3, V4, s0=ver(4, 9))], POLICY)
     assert isinstance(refused, RestartRefused)
     text = refused.describe()
     assert "shard T/0/0: versions 4.10 to 4.10 lost" in text
@@ -263,25 +269,33 @@ def test_refusal_report_names_shards_versions_and_nodes() -> None:
         # Every reporter is back: the latest view's rank order, one source per shard.
         (
             [rep(1, V4, s0=ver(4, 9)), rep(2, V4, s1=ver(4, 3)), rep(3, V4, s0=ver(4, 12)), rep(4, V4, s1=ver(4, 3))],
-            (1, 2, 3, 4), {S0: 3, S1: 2}, {S0: ver(4, 12), S1: ver(4, 3)},
+            (1, 2, 3, 4),
+            {S0: 3, S1: 2},
+            {S0: ver(4, 12), S1: ver(4, 3)},
         ),
         # Ties go to the earliest rank in the latest view; a log from an older view can still
         # be the longest.
         (
             [rep(1, V4, s0=ver(4, 1)), rep(3, V4, s0=ver(4, 1)), rep(4, V4, s1=ver(3, 8)), rep(2, V3, s1=ver(3, 8))],
-            (1, 2, 3, 4), {S0: 1, S1: 2}, {S0: ver(4, 1), S1: ver(3, 8)},
+            (1, 2, 3, 4),
+            {S0: 1, S1: 2},
+            {S0: ver(4, 1), S1: ver(3, 8)},
         ),
         # Nodes outside the latest view rank after its members, by id.
         (
             [rep(9, view(2, (1, 3, 9))), rep(4, V4, s1=ver(4, 0)), rep(1, V4, s0=ver(2, 5)), rep(3, V4, s0=ver(4, 2))],
-            (1, 3, 4, 9), {S0: 3, S1: 4}, {S0: ver(4, 2), S1: ver(4, 0)},
+            (1, 3, 4, 9),
+            {S0: 3, S1: 4},
+            {S0: ver(4, 2), S1: ver(4, 0)},
         ),
         # A shard nobody logged has no source (nothing to copy).
         ([rep(1, V4, s0=-1), rep(2, V4), rep(3, V4)], (1, 2, 3), {}, {}),
         # A log of a shard the reporter no longer holds still counts: it is a prefix like any other.
         (
             [rep(1, V4, s0=ver(4, 2), s1=ver(4, 7)), rep(2, V4, s1=ver(4, 5)), rep(3, V4, s0=ver(4, 2))],
-            (1, 2, 3), {S0: 1, S1: 1}, {S0: ver(4, 2), S1: ver(4, 7)},
+            (1, 2, 3),
+            {S0: 1, S1: 1},
+            {S0: ver(4, 2), S1: ver(4, 7)},
         ),
     ],
 )
@@ -307,10 +321,14 @@ def test_plan_keeps_the_latest_layout_where_it_can() -> None:
 
 def test_plan_is_independent_of_report_order() -> None:
     reports = [
-        rep(1, V4, s0=ver(4, 2), f0=ver(4, 2)), rep(3, V4, s0=ver(4, 2), accepted=5),
-        rep(2, V4, s1=ver(4, 1)), rep(4, V3, s1=ver(3, 0), f1=ver(4, 3)),
+        rep(1, V4, s0=ver(4, 2), f0=ver(4, 2)),
+        rep(3, V4, s0=ver(4, 2), accepted=5),
+        rep(2, V4, s1=ver(4, 1)),
+        rep(4, V3, s1=ver(3, 0), f1=ver(4, 3)),
     ]
-    plans = [plan_restart(order, POLICY, accept_loss=True) for order in (reports, reports[::-1], reports[1:] + reports[:1])]
+    plans = [
+        plan_restart(order, POLICY, accept_loss=True) for order in (reports, reports[::-1], reports[1:] + reports[:1])
+    ]
     assert all(isinstance(p, RestartPlan) for p in plans)
     shapes = {
         (p.view, tuple(sorted(p.longest.items())), tuple(sorted(p.lost.items())), p.losses)  # type: ignore[union-attr]
@@ -352,12 +370,14 @@ LOSSY = rep(1, V3, s0=ver(3, 2), f0=ver(3, 5))
     "accept_loss, events, shapes",
     [
         pytest.param(
-            False, [("report", rep(1, V3)), ("tick", 0.0), ("report", rep(2, V3)), ("tick", 0.1), ("tick", 1.1)],
+            False,
+            [("report", rep(1, V3)), ("tick", 0.0), ("report", rep(2, V3)), ("tick", 0.1), ("tick", 1.1)],
             [("wait", None), ("wait", 1.1), ("plan", 4, (1, 2), ())],
             id="quorum-then-wait-for-stragglers",
         ),
         pytest.param(
-            False, [("report", rep(1, V3)), ("report", rep(2, V3)), ("tick", 0.0), ("report", rep(3, V3)), ("tick", 0.5)],
+            False,
+            [("report", rep(1, V3)), ("report", rep(2, V3)), ("tick", 0.0), ("report", rep(3, V3)), ("tick", 0.5)],
             [("wait", 1.0), ("plan", 4, (1, 2, 3), ())],
             id="everyone-back-ends-the-wait",
         ),
@@ -365,8 +385,15 @@ LOSSY = rep(1, V3, s0=ver(3, 2), f0=ver(3, 5))
         # decision until node 3 is back...
         pytest.param(
             False,
-            [("report", rep(1, V3, accepted=4)), ("report", rep(2, V3, accepted=4)), ("tick", 0.0), ("tick", 1.0),
-             ("tick", 4.0), ("report", rep(3, V4_3)), ("tick", 4.5)],
+            [
+                ("report", rep(1, V3, accepted=4)),
+                ("report", rep(2, V3, accepted=4)),
+                ("tick", 0.0),
+                ("tick", 1.0),
+                ("tick", 4.0),
+                ("report", rep(3, V4_3)),
+                ("tick", 4.5),
+            ],
             [("wait", 1.0), ("wait", 5.0), ("wait", 5.0), ("plan", 5, (1, 2, 3), ())],
             id="accepted-view-waits-for-its-installer",
         ),
@@ -378,22 +405,26 @@ LOSSY = rep(1, V3, s0=ver(3, 2), f0=ver(3, 5))
             id="accepted-view-does-not-hold-the-restart-forever",
         ),
         pytest.param(
-            False, [("report", LOSSY), ("report", rep(2, V3)), ("tick", 0.0), ("tick", 1.0), ("tick", 5.0)],
+            False,
+            [("report", LOSSY), ("report", rep(2, V3)), ("tick", 0.0), ("tick", 1.0), ("tick", 5.0)],
             [("wait", 1.0), ("wait", 5.0), ("refused", (S0,))],
             id="loss-waits-for-missing-members-then-refuses",
         ),
         pytest.param(
-            True, [("report", LOSSY), ("report", rep(2, V3)), ("tick", 0.0), ("tick", 5.0)],
+            True,
+            [("report", LOSSY), ("report", rep(2, V3)), ("tick", 0.0), ("tick", 5.0)],
             [("wait", 1.0), ("plan", 4, (1, 2), (S0,))],
             id="loss-accepted",
         ),
         pytest.param(
-            False, [("report", LOSSY), ("report", rep(2, V3)), ("report", rep(3, V3, s0=ver(3, 5))), ("tick", 0.0)],
+            False,
+            [("report", LOSSY), ("report", rep(2, V3)), ("report", rep(3, V3, s0=ver(3, 5))), ("tick", 0.0)],
             [("plan", 4, (1, 2, 3), ())],
             id="a-straggler-holds-the-rest",
         ),
         pytest.param(
-            False, [("report", LOSSY), ("report", rep(2, V3)), ("report", rep(3, V3)), ("tick", 0.0)],
+            False,
+            [("report", LOSSY), ("report", rep(2, V3)), ("report", rep(3, V3)), ("tick", 0.0)],
             [("refused", (S0,))],
             id="everyone-back-and-still-short",
         ),
@@ -408,10 +439,18 @@ def test_planner_counts_the_quorum_wait_from_the_latest_view() -> None:
     """A report of a newer view restarts the wait: the quorum is now that view's."""
     planner = RestartPlanner(POLICY, quorum_wait=1.0, doubt_wait=5.0)
     v4 = view(4, (1, 2, 3, 5))
-    decisions = _run(planner, [
-        ("report", rep(1, V3)), ("report", rep(2, V3)), ("tick", 0.0),
-        ("report", rep(5, v4)), ("tick", 0.5), ("tick", 1.2), ("tick", 1.5),
-    ])
+    decisions = _run(
+        planner,
+        [
+            ("report", rep(1, V3)),
+            ("report", rep(2, V3)),
+            ("tick", 0.0),
+            ("report", rep(5, v4)),
+            ("tick", 0.5),
+            ("tick", 1.2),
+            ("tick", 1.5),
+        ],
+    )
     assert [_shape(d) for d in decisions] == [("wait", 1.0), ("wait", 1.5), ("wait", 1.5), ("plan", 5, (1, 2, 5), ())]
 
 
@@ -492,12 +531,22 @@ def _coordinators(
     accepted: dict[int, list[int]] = {n: [] for n in saved}
     coords = {}
     for n, state in saved.items():
+
         def send(address: str, msg: Any, n: int = n) -> None:
             sends.append((type(msg).__name__, int(address[1:]), msg))
 
         coords[n] = RestartCoordinator(
-            n, f"n{n}", state, [], POLICY, quorum_wait=0.5, send_to=send, now=0.0, accept_loss=accept_loss,
-            doubt_wait=2.0, on_accept=accepted[n].append,
+            n,
+            f"n{n}",
+            state,
+            [],
+            POLICY,
+            quorum_wait=0.5,
+            send_to=send,
+            now=0.0,
+            accept_loss=accept_loss,
+            doubt_wait=2.0,
+            on_accept=accepted[n].append,
         )
     return coords, sends, accepted
 

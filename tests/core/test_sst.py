@@ -166,7 +166,9 @@ class DrainCase:
 
 DRAIN_CASES = [
     DrainCase("nothing written", (((), None),)),
-    DrainCase("scalar rewritten: one delta, last value", (((Set("num", 1), Set("num", 2), Set("num", 5)), {"num": 5}),)),
+    DrainCase(
+        "scalar rewritten: one delta, last value", (((Set("num", 1), Set("num", 2), Set("num", 5)), {"num": 5}),)
+    ),
     DrainCase(
         "vector entries coalesce into one snapshot",
         (((Item("recv", 0, 1), Item("recv", 2, 4), Item("recv", 0, 3)), {"recv": (3, 0, 4)}),),
@@ -322,8 +324,18 @@ class MergeCase:
 
 
 MERGE_CASES = [
-    MergeCase("monotonic scalar grows", (RowDelta(2, 1, {"num": 5}), RowDelta(2, 2, {"num": 9})), (True, True), {2: {"num": 9}}),
-    MergeCase("monotonic scalar keeps the max", (RowDelta(2, 1, {"num": 5}), RowDelta(2, 2, {"num": 3})), (True, True), {2: {"num": 5}}),
+    MergeCase(
+        "monotonic scalar grows",
+        (RowDelta(2, 1, {"num": 5}), RowDelta(2, 2, {"num": 9})),
+        (True, True),
+        {2: {"num": 9}},
+    ),
+    MergeCase(
+        "monotonic scalar keeps the max",
+        (RowDelta(2, 1, {"num": 5}), RowDelta(2, 2, {"num": 3})),
+        (True, True),
+        {2: {"num": 5}},
+    ),
     MergeCase(
         "monotonic vector takes the entry-wise max",
         (RowDelta(2, 1, {"recv": (1, 5, 0)}), RowDelta(2, 2, {"recv": (3, 2, 0)})),
@@ -348,7 +360,12 @@ MERGE_CASES = [
         (True,),
         {3: {"recv": [0, 2, 1]}},
     ),
-    MergeCase("repeated delta dropped", (RowDelta(2, 1, {"num": 5}), RowDelta(2, 1, {"num": 7})), (True, False), {2: {"num": 5}}),
+    MergeCase(
+        "repeated delta dropped",
+        (RowDelta(2, 1, {"num": 5}), RowDelta(2, 1, {"num": 7})),
+        (True, False),
+        {2: {"num": 5}},
+    ),
     MergeCase("seq zero never applies", (RowDelta(2, 0, {"num": 4}),), (False,), {}),
     MergeCase(
         "stale delta dropped after a gap",

@@ -85,9 +85,13 @@ def assert_virtually_synchronous(c: MulticastCluster, nodes: list[int]) -> None:
         seqs = {n: logs[n].get(vid, []) for n in nodes}
         ref = seqs[movers[0]] if movers else max(seqs.values(), key=len)
         for n in movers:
-            assert seqs[n] == ref, f"node {n} delivered {len(seqs[n])} messages in view {vid}, node {movers[0]} {len(ref)}"
+            assert seqs[n] == ref, (
+                f"node {n} delivered {len(seqs[n])} messages in view {vid}, node {movers[0]} {len(ref)}"
+            )
         for n in nodes:
-            assert seqs[n] == ref[: len(seqs[n])], f"node {n}'s deliveries in view {vid} are not a prefix of the others'"
+            assert seqs[n] == ref[: len(seqs[n])], (
+                f"node {n}'s deliveries in view {vid} are not a prefix of the others'"
+            )
 
 
 @pytest.mark.parametrize("nodes, per_node", [(3, 5000), (5, 2000)])
@@ -121,7 +125,10 @@ def test_kill_9_under_load(cluster: MulticastCluster, victim: str) -> None:
     assert view["leader"] == view["members"][0][0] != dead
     # The survivors keep delivering in the new view.
     cluster.wait_for(
-        lambda: all(view["vid"] in per_view(cluster.deliveries(n)) for n in survivors), 30, "deliveries in the new view", 0.1
+        lambda: all(view["vid"] in per_view(cluster.deliveries(n)) for n in survivors),
+        30,
+        "deliveries in the new view",
+        0.1,
     )
     for n in survivors:
         cluster.kill(n, signal.SIGKILL)
@@ -136,7 +143,9 @@ def test_node_joins_mid_stream(cluster: MulticastCluster) -> None:
     cluster.wait_for(lambda: cluster.delivered_count(1) > 5000, 60, "load to flow", 0.05)
     cluster.start(4, contact=2)
     view = cluster.wait_view({1, 2, 3, 4}, timeout=20)
-    cluster.wait_for(lambda: len(per_view(cluster.deliveries(4)).get(view["vid"], [])) > 1000, 60, "node 4 delivering", 0.1)
+    cluster.wait_for(
+        lambda: len(per_view(cluster.deliveries(4)).get(view["vid"], [])) > 1000, 60, "node 4 delivering", 0.1
+    )
     for n in [1, 2, 3, 4]:
         cluster.kill(n, signal.SIGKILL)
     logs = {n: per_view(cluster.deliveries(n)) for n in [1, 2, 3, 4]}
@@ -165,15 +174,39 @@ def test_status_shows_the_group(cluster: MulticastCluster) -> None:
 
     start_group(cluster, [1, 2, 3], 100)
     out = subprocess.run(
-        [sys.executable, "-m", "derecho_actors.cli", "status", "--contact", cluster.address(2), "--cluster", "test",
-         "--certs-dir", str(cluster.certs_dir)],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "derecho_actors.cli",
+            "status",
+            "--contact",
+            cluster.address(2),
+            "--cluster",
+            "test",
+            "--certs-dir",
+            str(cluster.certs_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     assert "leader node 1" in out.stdout and "127.0.0.1:" in out.stdout and "default/0/0" in out.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "derecho_actors.cli", "status", "--contact", "127.0.0.1:1", "--timeout", "1",
-         "--certs-dir", str(cluster.certs_dir)],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "derecho_actors.cli",
+            "status",
+            "--contact",
+            "127.0.0.1:1",
+            "--timeout",
+            "1",
+            "--certs-dir",
+            str(cluster.certs_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert bad.returncode != 0 and "cannot reach" in bad.stderr and bad.stderr.count("\n") == 1

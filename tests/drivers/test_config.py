@@ -13,12 +13,11 @@ from collections.abc import Mapping
 
 import pytest
 
-from runtime.errors import ConfigError
 from runtime.config import (
     MulticastSection,
-    PersistenceSection,
     NodeConfig,
     NodeSection,
+    PersistenceSection,
     TimeoutsSection,
     example_config,
     load_config,
@@ -28,6 +27,7 @@ from runtime.core.layout import LayoutPolicy, ShardPolicy
 from runtime.core.membership import MembershipConfig
 from runtime.core.node_core import CoreConfig
 from runtime.core.smc import MulticastConfig
+from runtime.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -106,9 +106,7 @@ def test_example_config_round_trip(tmp_path: pathlib.Path) -> None:
     text = example_config(4, 7004, contacts)
     assert "#" in text  # documented
     cfg = load(tmp_path, text)
-    assert cfg == NodeConfig(
-        node=NodeSection(id=4, listen="127.0.0.1:7004", contacts=tuple(contacts))
-    )
+    assert cfg == NodeConfig(node=NodeSection(id=4, listen="127.0.0.1:7004", contacts=tuple(contacts)))
     # Every key the example writes is one the loader knows, and every known key is written.
     doc = tomllib.loads(text)
     assert set(doc) == {"node", "timeouts", "multicast", "persistence", "security"}
@@ -131,9 +129,7 @@ def test_example_layout_comment_is_valid_when_uncommented(tmp_path: pathlib.Path
     start = lines.index("# [layout.KV]")
     uncommented = "\n".join(line[2:] for line in lines[start:] if line.startswith("# "))
     cfg = load(tmp_path, text + uncommented + "\n")
-    assert cfg.layout == LayoutPolicy.of(
-        {"KV": ShardPolicy(shards=2, max_nodes=3, reserved=((1, 2), (3,)))}
-    )
+    assert cfg.layout == LayoutPolicy.of({"KV": ShardPolicy(shards=2, max_nodes=3, reserved=((1, 2), (3,)))})
 
 
 @pytest.mark.parametrize(
@@ -309,12 +305,8 @@ null_interval_ms = 2.5
 """
     core = load(tmp_path, text).core_config()
     assert isinstance(core, CoreConfig)
-    assert core.membership == MembershipConfig(
-        heartbeat_interval=0.02, suspicion_timeout=0.25, join_retry=0.75
-    )
-    assert core.multicast == MulticastConfig(
-        window_size=64, null_interval=0.0025, max_batch=16, max_message_size=4096
-    )
+    assert core.membership == MembershipConfig(heartbeat_interval=0.02, suspicion_timeout=0.25, join_retry=0.75)
+    assert core.multicast == MulticastConfig(window_size=64, null_interval=0.0025, max_batch=16, max_message_size=4096)
 
 
 def test_default_core_config_matches_core_defaults() -> None:
@@ -457,7 +449,7 @@ def test_toml_error_at_end_of_file_names_a_line(tmp_path: pathlib.Path) -> None:
 
 def test_invalid_utf8_names_file_and_line(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "bytes.toml"
-    path.write_bytes(b"[node]\ncluster = \"\xff\"\n")
+    path.write_bytes(b'[node]\ncluster = "\xff"\n')
     with pytest.raises(ConfigError) as info:
         load_config(str(path), environ={})
     assert "bytes.toml" in str(info.value) and "line 2" in str(info.value)
@@ -482,11 +474,18 @@ def test_direct_construction_is_validated() -> None:
 
 
 def test_security_section_and_tls_paths() -> None:
-    cfg = load_config(None, {"security.certs_dir": "/etc/derecho/certs", "security.allowed_members": "1,2,3",
-                             "node.id": "2"}, environ={})
+    cfg = load_config(
+        None,
+        {"security.certs_dir": "/etc/derecho/certs", "security.allowed_members": "1,2,3", "node.id": "2"},
+        environ={},
+    )
     sec = cfg.security
     assert sec.allowed_members == (1, 2, 3) and sec.tls_configured and not sec.insecure
-    assert sec.tls_paths(2) == ("/etc/derecho/certs/ca.crt", "/etc/derecho/certs/node-2.crt", "/etc/derecho/certs/node-2.key")
+    assert sec.tls_paths(2) == (
+        "/etc/derecho/certs/ca.crt",
+        "/etc/derecho/certs/node-2.crt",
+        "/etc/derecho/certs/node-2.key",
+    )
     explicit = load_config(None, {"security.certs_dir": "/c", "security.cert_file": "/k8s/tls.crt"}, environ={})
     assert explicit.security.tls_paths(1)[1] == "/k8s/tls.crt"
     assert not NodeConfig().security.tls_configured  # a node without certificates must opt out explicitly

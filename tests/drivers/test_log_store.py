@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from runtime.errors import DerechoError, LogCorrupted, LogError, LogSignatureError
 from runtime.drivers import log_store
 from runtime.drivers.log_store import (
     VersionedLog,
@@ -37,6 +36,7 @@ from runtime.drivers.log_store import (
     verify,
     verify_dir,
 )
+from runtime.errors import DerechoError, LogCorrupted, LogError, LogSignatureError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -291,7 +291,10 @@ def test_flipped_body_byte_in_middle_record_is_caught_and_kept_aside(
         rec = log.recovery
         assert rec is not None
         assert (rec.records_kept, rec.first_bad_index, rec.first_bad_offset, rec.reason) == (
-            4, 4, record_offset(4), "bad crc",
+            4,
+            4,
+            record_offset(4),
+            "bad crc",
         )
         assert rec.bytes_dropped == len(damaged)
         assert rec.damaged_copy == pathlib.Path(f"{path}.damaged-1")
@@ -327,7 +330,9 @@ def test_recovery_drops_a_record_whose_version_does_not_increase(tmp_path: pathl
     with VersionedLog.open(path) as log:
         assert log.recovery is not None
         assert (log.recovery.reason, log.recovery.first_bad_index, log.recovery.first_bad_version) == (
-            "version not increasing", 3, 1,
+            "version not increasing",
+            3,
+            1,
         )
         assert log.last_version == 2
 
@@ -447,9 +452,7 @@ def test_signed_log_keeps_its_chain_across_reopen_and_truncate(tmp_path: pathlib
 RECORDS = [(v, 1000 * v, body_of(v)) for v in range(8)]
 
 
-def _log_of(
-    path: pathlib.Path, records: list[tuple[int, int, bytes]], key: Ed25519PrivateKey
-) -> VersionedLog:
+def _log_of(path: pathlib.Path, records: list[tuple[int, int, bytes]], key: Ed25519PrivateKey) -> VersionedLog:
     log = VersionedLog.open(path, signing_key=key)
     log.append(records)
     log.flush()
@@ -547,8 +550,13 @@ def test_verify_peer_rejects_bad_input_without_raising(
     other = _log_of(tmp_path / "c.log", RECORDS, third)
     with mine, peer, other:
         good = peer.signature(3)
-        sigs = {"sig": good, "sig2": peer.signature(2), "third": other.signature(3),
-                "sig[:-1]": good[:-1], "sig+": good + b"\0"}
+        sigs = {
+            "sig": good,
+            "sig2": peer.signature(2),
+            "third": other.signature(3),
+            "sig[:-1]": good[:-1],
+            "sig+": good + b"\0",
+        }
         pk = public_key_bytes(peer_key)
         keys = {"key": pk, "third-key": public_key_bytes(third), "key[:-1]": pk[:-1], "key+": pk + b"\0"}
         signature = sigs.get(sig, sig) if isinstance(sig, str) else sig
@@ -574,8 +582,11 @@ def test_chain_digests_survive_reopen_and_truncate(tmp_path: pathlib.Path) -> No
             log.chain_digest(5)
         log.append([(5, 5000, b"another five"), (9, 9000, b"nine")])
         assert log.chain_digest(5) != expected[5]
-        peer = _log_of(tmp_path / "b.log", RECORDS[:5] + [(5, 5000, b"another five"), (9, 9000, b"nine")],
-                       Ed25519PrivateKey.generate())
+        peer = _log_of(
+            tmp_path / "b.log",
+            RECORDS[:5] + [(5, 5000, b"another five"), (9, 9000, b"nine")],
+            Ed25519PrivateKey.generate(),
+        )
         with peer:
             for v in (0, 4, 5, 9):
                 assert log.verify_peer(v, peer.signature(v), peer.public_key)  # type: ignore[arg-type]
@@ -592,9 +603,7 @@ def test_chain_digests_survive_reopen_and_truncate(tmp_path: pathlib.Path) -> No
 
 @pytest.mark.parametrize("batches", [[8], [1] * 8, [3, 5], [2, 0, 6], [7, 1]])
 @pytest.mark.parametrize("flush_between", [False, True])
-def test_batches_give_the_same_chain_as_one(
-    tmp_path: pathlib.Path, batches: list[int], flush_between: bool
-) -> None:
+def test_batches_give_the_same_chain_as_one(tmp_path: pathlib.Path, batches: list[int], flush_between: bool) -> None:
     key = Ed25519PrivateKey.generate()
     one = tmp_path / "one.log"
     _log_of(one, RECORDS, key).close()
@@ -623,7 +632,10 @@ def test_verify_catches_a_forged_record_at_exactly_its_index(tmp_path: pathlib.P
         report = verify(path, public_key_bytes(key))
         assert report.bad is not None
         assert (report.bad.index, report.bad.offset, report.bad.reason, report.records) == (
-            k, at, "bad signature", k,
+            k,
+            at,
+            "bad signature",
+            k,
         )
         path.unlink()
 
@@ -632,9 +644,7 @@ def test_verify_catches_a_forged_record_at_exactly_its_index(tmp_path: pathlib.P
 # Older and newer formats
 
 
-def test_format_1_unsigned_log_opens_and_is_upgraded(
-    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_format_1_unsigned_log_opens_and_is_upgraded(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "old.log"
     fill(path, 5)
     set_format(path, 1)
@@ -779,9 +789,7 @@ def test_iterating_across_truncate_stops(sparse: VersionedLog) -> None:
         next(it)
 
 
-def test_spilled_buffer_reads_from_file_and_buffer(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_spilled_buffer_reads_from_file_and_buffer(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(log_store, "_SPILL_SIZE", 1000)  # write (without fsync) past 1000 bytes
     path = tmp_path / "x.log"
     with VersionedLog.open(path) as log:
@@ -844,9 +852,12 @@ def _self_signed_cert(key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> by
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
         .sign(key, None if isinstance(key, Ed25519PrivateKey) else hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
@@ -855,9 +866,11 @@ def _self_signed_cert(key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> by
 def test_tls_key_and_certificate_sign_and_check_a_log(tmp_path: pathlib.Path) -> None:
     tls_key = Ed25519PrivateKey.generate()
     key_file = tmp_path / "node.key"
-    key_file.write_bytes(tls_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
+    key_file.write_bytes(
+        tls_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     cert_file = tmp_path / "node.crt"
     cert_file.write_bytes(_self_signed_cert(tls_key))
     assert load_public_key(cert_file) == public_key_bytes(tls_key)
@@ -900,7 +913,10 @@ def test_bad_key_file_names_the_path(tmp_path: pathlib.Path, content: bytes | No
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "derecho_actors.cli", *args],
-        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
     )
 
 
@@ -912,7 +928,8 @@ def test_verify_dir_and_cli(tmp_path: pathlib.Path) -> None:
     (data / "notes.txt").write_text("ignored")
     reports = verify_dir(data)
     assert [(r.path.name, r.ok, r.records, r.signed) for r in reports] == [
-        ("a.log", True, 5, False), ("b.log", True, 6, True),
+        ("a.log", True, 5, False),
+        ("b.log", True, 6, True),
     ]
 
     good = cli("verify", str(data))

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from runtime.security.certs import ensure_cluster_certs
-from runtime.security.tls import TlsCredentials, load_credentials
-
+from derecho_actors._multicast_demo import MulticastCluster
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinRequest, ShardPush
 from runtime.core.sst import RowDelta
-from derecho_actors._multicast_demo import MulticastCluster
+from runtime.security.certs import ensure_cluster_certs
+from runtime.security.tls import TlsCredentials, load_credentials
 from runtime.wire.codec import encode, frame
 from runtime.wire.control import Hello
 from tests.drivers.test_cluster import FAST, _free_base, start_group
@@ -105,14 +104,17 @@ def _node(args: list[str], cwd: Path, timeout: float = 30) -> subprocess.Complet
     certs = ensure_cluster_certs(cwd / "certs", [1])
     return subprocess.run(
         [sys.executable, "-m", "derecho_actors.cli", "node", "--certs-dir", str(certs), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
     )
 
 
 BAD_CONFIGS = [
     ("[node]\nid = -3\n", "node.id"),
-    ("[node]\nid = \"one\"\n", "node.id"),
-    ("[node]\nlisten = \"localhost\"\n", "node.listen"),
+    ('[node]\nid = "one"\n', "node.id"),
+    ('[node]\nlisten = "localhost"\n', "node.listen"),
     ("[nodes]\nid = 1\n", "nodes"),
     ("[timeouts]\nhearbeat_ms = 5\n", "hearbeat_ms"),
     ("[timeouts]\nheartbeat_ms = 500\nsuspicion_ms = 100\n", "suspicion_ms"),

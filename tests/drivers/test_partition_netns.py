@@ -82,7 +82,10 @@ class Lab:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
         self.helpers: dict[int, subprocess.Popen[str]] = {}
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
         # TLS on, as everywhere: a throwaway CA; node certificates are made as nodes start.
         self.certs = ensure_cluster_certs(workdir / "certs", (), clients=("operator",), cluster=CLUSTER)
 
@@ -134,8 +137,11 @@ class Lab:
         procs = []
         for h in {p[0] for p in pairs}:
             script = "".join(f"route add blackhole {self.ip(t)}/32\n" for s, t in pairs if s == h)
-            procs.append(subprocess.Popen(["ip", "-n", self.ns[h], "-batch", "-"], stdin=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
+            procs.append(
+                subprocess.Popen(
+                    ["ip", "-n", self.ns[h], "-batch", "-"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
+            )
             procs[-1].stdin.write(script)  # type: ignore[union-attr]
             procs[-1].stdin.close()  # type: ignore[union-attr]
         self.blackholes += pairs
@@ -148,17 +154,42 @@ class Lab:
         self.blackholes = []
 
     # ------------------------------------------------------------ processes
-    def start(self, label: str, node_id: int, host: int, contact: int | None, send: int = SEND,
-              wait_members: int = 5, extra: list[str] | None = None) -> None:
+    def start(
+        self,
+        label: str,
+        node_id: int,
+        host: int,
+        contact: int | None,
+        send: int = SEND,
+        wait_members: int = 5,
+        extra: list[str] | None = None,
+    ) -> None:
         cmd = [
-            "ip", "netns", "exec", self.ns[host], sys.executable, "-m", "derecho_actors.cli", "node",
-            "--id", str(node_id), "--listen", self.addr(host),
-            "--set", f"node.cluster={CLUSTER}",
-            "--set", f"node.data_dir={self.workdir / f'data-{label}'}",
-            "--certs-dir", str(ensure_cluster_certs(self.certs, [node_id], cluster=CLUSTER)),
+            "ip",
+            "netns",
+            "exec",
+            self.ns[host],
+            sys.executable,
+            "-m",
+            "derecho_actors.cli",
+            "node",
+            "--id",
+            str(node_id),
+            "--listen",
+            self.addr(host),
+            "--set",
+            f"node.cluster={CLUSTER}",
+            "--set",
+            f"node.data_dir={self.workdir / f'data-{label}'}",
+            "--certs-dir",
+            str(ensure_cluster_certs(self.certs, [node_id], cluster=CLUSTER)),
             *(extra if extra is not None else FAST),
-            "--send", str(send), "--wait-members", str(wait_members),
-            "--delivery-log", str(self.delivery_path(label)),
+            "--send",
+            str(send),
+            "--wait-members",
+            str(wait_members),
+            "--delivery-log",
+            str(self.delivery_path(label)),
         ]
         if contact is not None:
             cmd += ["--contact", self.addr(contact)]
@@ -166,8 +197,13 @@ class Lab:
         self.logs[label] = path
         with open(path, "ab") as log:
             self.procs[label] = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=REPO, env=self.env, start_new_session=True,
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
+                env=self.env,
+                start_new_session=True,
             )
 
     def delivery_path(self, label: str) -> Path:
@@ -195,8 +231,13 @@ class Lab:
         if helper is None or helper.poll() is not None:
             helper = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns[host], sys.executable, "-c", STATUS_HELPER, str(self.certs)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                text=True, cwd=REPO, env=self.env, start_new_session=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                cwd=REPO,
+                env=self.env,
+                start_new_session=True,
             )
             self.helpers[host] = helper
         assert helper.stdin is not None and helper.stdout is not None
@@ -215,12 +256,17 @@ class Lab:
         for label in labels:
             if self.procs[label].poll() is not None:
                 raise AssertionError(
-                    f"node {label} exited with {self.procs[label].returncode} {what}:\n"
-                    f"{self.log_text(label)[-3000:]}"
+                    f"node {label} exited with {self.procs[label].returncode} {what}:\n{self.log_text(label)[-3000:]}"
                 )
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str,
-                 interval: float = 0.05, alive: list[str] | None = None) -> None:
+    def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float,
+        what: str,
+        interval: float = 0.05,
+        alive: list[str] | None = None,
+    ) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if predicate():
@@ -230,8 +276,9 @@ class Lab:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.tails()}")
             time.sleep(interval)
 
-    def wait_view(self, members: set[int], host: int, timeout: float, alive: list[str],
-                  interval: float = 0.05) -> dict[str, Any]:
+    def wait_view(
+        self, members: set[int], host: int, timeout: float, alive: list[str], interval: float = 0.05
+    ) -> dict[str, Any]:
         found: dict[str, Any] = {}
 
         def ok() -> bool:
@@ -247,7 +294,8 @@ class Lab:
     def tails(self) -> str:
         return "\n".join(
             f"--- node {label} (rc {self.procs[label].poll()}):\n{path.read_text(errors='replace')[-1500:]}"
-            for label, path in self.logs.items() if path.exists()
+            for label, path in self.logs.items()
+            if path.exists()
         )
 
     def close(self) -> None:
@@ -334,8 +382,11 @@ def test_minority_stops_majority_continues_and_rejoin(lab: Lab) -> None:
 
     # The majority keeps delivering, in the new view.
     lab.wait_for(
-        lambda: all(new_vid in per_view(lab.deliveries(str(i))) for i in MAJORITY), 60,
-        f"majority deliveries in view {new_vid}", 0.05, majority,
+        lambda: all(new_vid in per_view(lab.deliveries(str(i))) for i in MAJORITY),
+        60,
+        f"majority deliveries in view {new_vid}",
+        0.05,
+        majority,
     )
     for i in MAJORITY:
         assert len(lab.deliveries(str(i))) > at_partition[i], f"node {i} delivered nothing after the partition"
@@ -366,7 +417,9 @@ def test_minority_stops_majority_continues_and_rejoin(lab: Lab) -> None:
         assert holders, f"view {vid} has deliveries but no majority member"
         ref = logs[holders[0]].get(vid, [])
         for i in holders[1:]:
-            assert logs[i].get(vid, []) == ref, f"nodes {holders[0]} and {i} delivered different sequences in view {vid}"
+            assert logs[i].get(vid, []) == ref, (
+                f"nodes {holders[0]} and {i} delivered different sequences in view {vid}"
+            )
         for i in IDS:
             seq = logs[i].get(vid, [])
             assert seq == ref[: len(seq)], (
@@ -390,8 +443,11 @@ def test_minority_stops_majority_continues_and_rejoin(lab: Lab) -> None:
         assert lab.wait_view(set(IDS), i, timeout=15, alive=alive)["vid"] == final_vid
     # The new members take part: everyone delivers the restarted nodes' messages...
     lab.wait_for(
-        lambda: all(len(per_view(lab.deliveries(n)).get(final_vid, [])) >= 400 for n in alive), 60,
-        f"the restarted nodes' 400 messages delivered in view {final_vid}", 0.1, alive,
+        lambda: all(len(per_view(lab.deliveries(n)).get(final_vid, [])) >= 400 for n in alive),
+        60,
+        f"the restarted nodes' 400 messages delivered in view {final_vid}",
+        0.1,
+        alive,
     )
     # ... and the view holds (no spurious suspicion of the restarted nodes).
     time.sleep(10 * SUSPICION_MS / 1000)

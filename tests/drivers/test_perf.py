@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.multicast import main, percentile, steady_rate
+from derecho_actors._load_app import LoadApp, payload, payloads
 from runtime.core.effects import Delivery
 from runtime.core.layout import ShardId
-from derecho_actors._load_app import LoadApp, payload, payloads
-from bench.multicast import main, percentile, steady_rate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,10 @@ def test_in_process_core_run(capsys: pytest.CaptureFixture[str]) -> None:
 def test_three_processes_on_loopback() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "bench.multicast", "--messages", "3000", "--latency"],
-        cwd=ROOT, capture_output=True, text=True, timeout=110,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     line = [x for x in out.stdout.splitlines() if x.startswith("run 1:")][0]

@@ -68,9 +68,7 @@ def der(cert: x509.Certificate) -> bytes:
 def write_pair(cert: x509.Certificate, key: PrivateKey, cert_path: Path, key_path: Path) -> None:
     """Write a certificate and its key as PEM, replacing what is there."""
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     key_path.write_bytes(pem)
     key_path.chmod(0o600)
 

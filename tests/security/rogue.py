@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from derecho_actors import _codec
+from derecho_actors import _codec, _messages
 from runtime.drivers.status import StatusError, fetch_status
 from runtime.drivers.tcp import split_address
 from runtime.security.certs import ensure_cluster_certs
 from runtime.security.tls import TlsCredentials, load_credentials
-from derecho_actors import _messages
 from runtime.wire.codec import FrameDecoder
 from runtime.wire.codec import frame as _engine_frame
 from runtime.wire.control import AppMessage, Goodbye, Hello
@@ -36,10 +35,28 @@ def frame(msg: Any) -> bytes:
 def frames(msgs: Iterable[Any]) -> bytes:
     return b"".join(frame(m) for m in msgs)
 
+
 __all__ = [
-    "Conn", "Listener", "Blaster", "bare_context", "client_context", "node_context", "foreign_ca",
-    "incarnation_of", "pickle_bomb", "marks", "ordered_payload", "status", "members", "ranks",
-    "wait_until", "rss_bytes", "log_of", "warnings_of", "framed", "free_port",
+    "Conn",
+    "Listener",
+    "Blaster",
+    "bare_context",
+    "client_context",
+    "node_context",
+    "foreign_ca",
+    "incarnation_of",
+    "pickle_bomb",
+    "marks",
+    "ordered_payload",
+    "status",
+    "members",
+    "ranks",
+    "wait_until",
+    "rss_bytes",
+    "log_of",
+    "warnings_of",
+    "framed",
+    "free_port",
 ]
 
 
@@ -208,8 +225,9 @@ class Blaster:
     waiting for its state) without knowing exactly when it opens. ``sent_at`` records when
     each batch left (time.time(), to compare with node log timestamps)."""
 
-    def __init__(self, address: str, hello: bytes, payload: bytes, ctx: ssl.SSLContext | None = None,
-                 pause: float = 0.002) -> None:
+    def __init__(
+        self, address: str, hello: bytes, payload: bytes, ctx: ssl.SSLContext | None = None, pause: float = 0.002
+    ) -> None:
         self.address, self.hello, self.payload, self.ctx, self.pause = address, hello, payload, ctx, pause
         self.sent_at: list[float] = []
         self.connections = 0
@@ -278,8 +296,9 @@ def marks(path: Path) -> list[Path]:
     return sorted(path.parent.glob(path.name + ".*"))
 
 
-def ordered_payload(method: str, args: tuple[Any, ...], caller: int = 0, call_id: int = 1,
-                    serializer: str = "msgpack") -> bytes:
+def ordered_payload(
+    method: str, args: tuple[Any, ...], caller: int = 0, call_id: int = 1, serializer: str = "msgpack"
+) -> bytes:
     """One multicast message carrying an ordered call, as a member's app layer makes it."""
     data = _codec.encode_args(args, {}, serializer)
     return _codec.encode_ordered([(caller, call_id, method, data, 0, 0, 0)], 1 << 20, time.time_ns())[0]
@@ -312,7 +331,9 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: flo
         except (StatusError, OSError) as exc:
             last_exc = exc
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last: {last_exc})" if last_exc else ""))
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what}" + (f" (last: {last_exc})" if last_exc else "")
+            )
         time.sleep(interval)
 
 

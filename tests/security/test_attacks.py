@@ -40,27 +40,45 @@ import pytest
 import derecho_actors as da
 from derecho_actors import _codec
 from derecho_actors._cluster import LocalCluster
+from derecho_actors._messages import Call, ReplyBatch, StateChunk
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush
 from runtime.core.sst import RowDelta
-from runtime.node_api import session_origin as client_origin
 from runtime.exitcodes import EXIT_FAILED, EXIT_STOPPED
+from runtime.node_api import session_origin as client_origin
 from runtime.security.certs import ensure_cluster_certs
-from derecho_actors._messages import Call, ReplyBatch, StateChunk
 from runtime.wire.control import Hello
 from tests.security.rogue import (
+    Blaster,
+    Conn,
+    Listener,
+    bare_context,
+    client_context,
+    foreign_ca,
     frame,
-    Blaster, Conn, Listener, bare_context, client_context, foreign_ca, framed, free_port, incarnation_of, log_of,
+    framed,
+    free_port,
+    incarnation_of,
+    log_of,
     marks,
-    members, node_context, ordered_payload, pickle_bomb, ranks, wait_until, warnings_of,
+    members,
+    node_context,
+    ordered_payload,
+    pickle_bomb,
+    ranks,
+    wait_until,
+    warnings_of,
 )
 
 pytestmark = pytest.mark.timeout(120)
 
 FAST = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "400"}
 # Joiners fetch state in small steps (a window worth racing); nodes tolerate a busy machine meanwhile.
-SLOW_TRANSFER = {"persistence.transfer_chunk_bytes": "16384", "persistence.transfer_window": "1",
-                 "timeouts.suspicion_ms": "1500"}
+SLOW_TRANSFER = {
+    "persistence.transfer_chunk_bytes": "16384",
+    "persistence.transfer_window": "1",
+    "timeouts.suspicion_ms": "1500",
+}
 BIG = 100_000  # entries of the state a joiner must fetch: its snapshot takes a while to make
 
 
@@ -132,6 +150,7 @@ def live_status(c: LocalCluster) -> dict[str, Any]:
 def settled(c: LocalCluster, expected: set[int] | None = None) -> dict[str, Any]:
     """Wait until every running node reports one view (the same members, not wedged), equal
     to ``expected`` if given; returns the status of the lowest running node."""
+
     def ok() -> dict[str, Any] | None:
         running = [n for n in sorted(c.procs) if c.procs[n].poll() is None]
         sts = [c.status(n) for n in running]
@@ -142,6 +161,7 @@ def settled(c: LocalCluster, expected: set[int] | None = None) -> dict[str, Any]
         if (expected is not None and got != expected) or not got <= set(running):
             return None
         return sts[0]
+
     return wait_until(ok, 20, f"a settled view of {sorted(expected) if expected else 'the running nodes'}")
 
 
@@ -331,8 +351,11 @@ def test_tls_node_certificate_cannot_claim_another_id(tls: LocalCluster) -> None
         r.send(JoinRequest(2, "127.0.0.1:1"))
         assert r.wait_closed(5)
         assert any("the certificate names node 5, the hello claims node 2" in g for g in r.goodbyes()), r.received
-    stays(lambda: members(c.status(1)) == members(st) and c.status(1)["vid"] == st["vid"], 0.8,
-          "the impostor's connection changed the view")
+    stays(
+        lambda: members(c.status(1)) == members(st) and c.status(1)["vid"] == st["vid"],
+        0.8,
+        "the impostor's connection changed the view",
+    )
     serving_and_equal(c, {1, 2, 3})
 
 
@@ -365,7 +388,11 @@ def test_tls_non_member_pushes_in_members_names_change_nothing(tls: LocalCluster
         r1.send(shard_push_as(c.status(1), 2))
         r1.send(GroupPush(st["vid"], rk[2], suspicion_row(st, rk[2], {1, 3})))
         r1.read(0.5)
-        stays(lambda: c.status(3)["vid"] == st["vid"] and c.status(1)["vid"] == st["vid"], 0.8, "a forged row moved a view")
+        stays(
+            lambda: c.status(3)["vid"] == st["vid"] and c.status(1)["vid"] == st["vid"],
+            0.8,
+            "a forged row moved a view",
+        )
     assert not views_with(c.workdir, (1, 2, 3), {66, 67})
     serving_and_equal(c, {1, 2, 3})
     assert any("rejected input from node 5" in w for w in warnings_of(c.workdir, [1, 3]))
@@ -384,7 +411,11 @@ def test_tls_client_cannot_act_in_another_clients_session(tls: LocalCluster) -> 
             with Conn(c.address(node), client_context(c.certs_dir, "mallory")) as r:
                 r.hello_client(victim.session, "sec", victim.session_ns)
                 huge = 2**62 + node
-                r.send(Call(huge, 0, KV_SHARD, "put", True, kv_args("poison", node), victim_origin, victim.session_ns, huge))
+                r.send(
+                    Call(
+                        huge, 0, KV_SHARD, "put", True, kv_args("poison", node), victim_origin, victim.session_ns, huge
+                    )
+                )
                 r.read(10, until=lambda got: any(isinstance(m, ReplyBatch) for m in got))
                 batches = [m for m in r.received if isinstance(m, ReplyBatch)]
                 assert batches, f"mallory's own call got no answer: {r.received}"
@@ -449,10 +480,16 @@ def quiet(c: LocalCluster, seconds: float = 0.8, timeout: float = 20.0) -> dict[
 # What node 3's certificate, in an attacker's hands, sends one member in another's name.
 FORGERIES: list[tuple[str, int, Callable[[dict[str, Any], LocalCluster, Listener], Any]]] = [
     ("ShardPush: a put as node 2", 1, lambda st, c, lis: shard_push_as(c.status(1), 2)),
-    ("GroupPush: proposal+commit of [2, 66, 67] as node 1", 2,
-     lambda st, c, lis: GroupPush(st["vid"], ranks(st)[1], proposal_row(st, c, 2, ranks(st)[1]))),
-    ("GroupPush: node 1's row suspecting node 2", 2,
-     lambda st, c, lis: GroupPush(st["vid"], ranks(st)[1], suspicion_row(st, ranks(st)[1], {2}))),
+    (
+        "GroupPush: proposal+commit of [2, 66, 67] as node 1",
+        2,
+        lambda st, c, lis: GroupPush(st["vid"], ranks(st)[1], proposal_row(st, c, 2, ranks(st)[1])),
+    ),
+    (
+        "GroupPush: node 1's row suspecting node 2",
+        2,
+        lambda st, c, lis: GroupPush(st["vid"], ranks(st)[1], suspicion_row(st, ranks(st)[1], {2})),
+    ),
     ("JoinRequest: node 2 at the attacker's address", 1, lambda st, c, lis: JoinRequest(2, lis.address)),
 ]
 
@@ -496,7 +533,9 @@ def compromised(trio: LocalCluster) -> list[dict[str, Any]]:
     return records
 
 
-def test_tls_compromised_member_forging_others_is_cut_off(trio: LocalCluster, compromised: list[dict[str, Any]]) -> None:
+def test_tls_compromised_member_forging_others_is_cut_off(
+    trio: LocalCluster, compromised: list[dict[str, Any]]
+) -> None:
     for rec in compromised:
         assert rec.get("closed") is True, rec
         assert rec.get("accepted") == 0, rec
@@ -549,11 +588,16 @@ def tls_transfer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         before = len(log_of(wd, 3))
         with Blaster(c.address(3), hello, chunks, ctx=node_context(c.certs_dir, 5), pause=0.005) as blaster:
             c.start(3)
-            wait_until(lambda: "installed the state of PKV" in log_of(wd, 3)[before:], 30, "node 3 to install the state")
+            wait_until(
+                lambda: "installed the state of PKV" in log_of(wd, 3)[before:], 30, "node 3 to install the state"
+            )
         settled(c, {1, 2, 3})
         digests = {n: h.digest(node=n).get(timeout=30)[n] for n in (1, 2, 3)}
         return {
-            "marks": marks(marker), "digests": digests, "sent_at": blaster.sent_at, "connections": blaster.connections,
+            "marks": marks(marker),
+            "digests": digests,
+            "sent_at": blaster.sent_at,
+            "connections": blaster.connections,
             "asked": first_line(wd, 3, r"asks node \d+ for the state of PKV", before),
             "installed": first_line(wd, 3, r"installed the state of PKV", before),
             "failed": first_line(wd, 3, r"state transfer .* failed", before),
@@ -611,8 +655,19 @@ def test_insecure_blocked_call_origin_field_is_ignored(insecure: LocalCluster) -
         with Conn(c.address(1)) as r:
             r.hello_client(random.getrandbits(60) | 1, "open")  # a session of its own
             huge = 2**62
-            r.send(Call(huge, 0, KV_SHARD, "put", True, kv_args("p", 1), client_origin("", victim.session),
-                        victim.session_ns, huge))
+            r.send(
+                Call(
+                    huge,
+                    0,
+                    KV_SHARD,
+                    "put",
+                    True,
+                    kv_args("p", 1),
+                    client_origin("", victim.session),
+                    victim.session_ns,
+                    huge,
+                )
+            )
             r.read(10, until=lambda got: any(isinstance(m, ReplyBatch) for m in got))
         for i in range(1, 4):
             replies = vh.put(f"v{i}", b"x").get(timeout=20)
@@ -654,8 +709,9 @@ def insecure_hijack(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 out["accepted"] = listener.accepted
                 out["status_during"] = c.status(1)
             # The attacker's connection (in node 2's name) closes here.
-            out["after"] = wait_until(lambda: (lambda s: s if 2 not in members(s) else None)(c.status(1)), 5,
-                                      "node 2 to be evicted")
+            out["after"] = wait_until(
+                lambda: (lambda s: s if 2 not in members(s) else None)(c.status(1)), 5, "node 2 to be evicted"
+            )
         out["vid"] = st["vid"]
         out["address2"] = c.address(2)
         return out
@@ -692,8 +748,12 @@ def insecure_forgery(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
             as1.hello_member(1, "open", inc[1])
             # 1. A put in node 2's name, to node 1 only.
             as2.send(shard_push_as(c.status(1), 2))
+            out["diverged"] = []
             for i in range(5):
-                h.put(f"after{i}", b"1").get(timeout=20)
+                try:
+                    h.put(f"after{i}", b"1").get(timeout=20)
+                except da.DivergenceError as err:  # node 1 holds one key more: its put replies differ
+                    out["diverged"].append(err.groups)
             out["evil"] = {n: h.get("evil", node=n).get(timeout=20)[n] for n in (1, 2, 3)}
             out["digests"] = {n: h.digest(node=n).get(timeout=20)[n] for n in (1, 2, 3)}
             # 2. Three rows, each suspecting its receiver.
@@ -711,13 +771,17 @@ def test_insecure_open_forged_shard_push_diverges_one_replica(insecure_forgery: 
     f = insecure_forgery
     assert f["evil"][1] == b"x" and f["evil"][2] is None and f["evil"][3] is None, f["evil"]
     assert f["digests"][1] != f["digests"][2] == f["digests"][3]
+    # The callers saw it at once: every later put's replies differ, node 1 against nodes 2 and 3.
+    assert f["diverged"] and all(groups[-1][0] == (1,) and groups[0][0] == (2, 3) for groups in f["diverged"])
 
 
 def test_insecure_open_forged_suspicions_stop_the_group(insecure_forgery: dict[str, Any]) -> None:
     f = insecure_forgery
     assert f["exit"] == {1: EXIT_STOPPED, 2: EXIT_STOPPED, 3: EXIT_STOPPED}, f
     # Each stops as suspected by a peer, or (when the others' rows arrive first) as partitioned.
-    assert all(("suspected by node" in (line or "") or "partitioned" in (line or "")) for line in f["stops"].values()), f["stops"]
+    assert all(
+        ("suspected by node" in (line or "") or "partitioned" in (line or "")) for line in f["stops"].values()
+    ), f["stops"]
 
 
 @pytest.fixture(scope="module")
@@ -734,8 +798,10 @@ def insecure_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
             as1.hello_member(1, "open", inc1)
             as1.send(GroupPush(st["vid"], rk[1], proposal_row(st, c, 3, rk[1])))
             wait_until(lambda: all(c.procs[n].poll() is not None for n in (1, 2, 3)), 40, "the group to stop")
-        return {n: view_lines(wd, n) for n in (1, 2, 3)} | {"exit": {n: c.procs[n].returncode for n in (1, 2, 3)},
-                                                           "stops": {n: first_line(wd, n, "stops:") for n in (1, 2, 3)}}
+        return {n: view_lines(wd, n) for n in (1, 2, 3)} | {
+            "exit": {n: c.procs[n].returncode for n in (1, 2, 3)},
+            "stops": {n: first_line(wd, n, "stops:") for n in (1, 2, 3)},
+        }
 
 
 def test_insecure_open_forged_proposal_installs_a_phantom_view(insecure_phantom: dict[str, Any]) -> None:
@@ -756,7 +822,9 @@ def insecure_transfer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
     wd = tmp_path_factory.mktemp("itransfer")
     overrides = {**FAST, **SLOW_TRANSFER}
     out: dict[str, Any] = {}
-    with LocalCluster(3, [KV, PKV], LAYOUT_BOTH, overrides=overrides, workdir=str(wd), cluster="open", insecure=True) as c:
+    with LocalCluster(
+        3, [KV, PKV], LAYOUT_BOTH, overrides=overrides, workdir=str(wd), cluster="open", insecure=True
+    ) as c:
         c.handle(KV).fill("s", BIG).get(timeout=30)
         c.handle(PKV).fill("s", BIG).get(timeout=30)
         inc = {n: incarnation_of(c.address(n), "open", as_id=60000 + n) for n in (1, 2)}
@@ -764,21 +832,27 @@ def insecure_transfer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
             marker = wd / f"pwned-{name}"
             c.kill(3)
             settled(c, {1, 2})
-            chunks = framed(*[StateChunk(shard, vid, 0, "obj", pickle_bomb(marker), True, False) for vid in range(2, 12)])
+            chunks = framed(
+                *[StateChunk(shard, vid, 0, "obj", pickle_bomb(marker), True, False) for vid in range(2, 12)]
+            )
             blasters = [Blaster(c.address(3), frame(Hello(n, "open", "member", inc[n])), chunks) for n in (1, 2)]
             log_before = len(log_of(wd, 3))
             for b in blasters:
                 b.__enter__()
             try:
                 c.start(3)
-                wait_until(lambda: c.procs[3].poll() is not None or "installed the state of" in log_of(wd, 3)[log_before:],
-                           30, "node 3 to take a state or stop")
+                wait_until(
+                    lambda lb=log_before: (
+                        c.procs[3].poll() is not None or "installed the state of" in log_of(wd, 3)[lb:]
+                    ),
+                    30,
+                    "node 3 to take a state or stop",
+                )
                 wait_until(lambda: c.procs[3].poll() is not None, 10, "node 3 to stop")
             finally:
                 for b in blasters:
                     b.stop()
-            out[name] = {"marks": marks(marker), "exit": c.procs[3].returncode,
-                         "log": log_of(wd, 3)[log_before:]}
+            out[name] = {"marks": marks(marker), "exit": c.procs[3].returncode, "log": log_of(wd, 3)[log_before:]}
             settled(c, {1, 2})
     return out
 
@@ -791,7 +865,7 @@ def test_insecure_blocked_state_chunks_never_unpickled_for_msgpack_types(insecur
 
 
 def test_insecure_open_state_chunks_claiming_the_source_run_code_for_cloudpickle_types(
-    insecure_transfer: dict[str, Any]
+    insecure_transfer: dict[str, Any],
 ) -> None:
     t = insecure_transfer["cloudpickle"]
     assert len(t["marks"]) == 1, "the forged pickle did not run at the joiner"

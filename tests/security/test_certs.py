@@ -278,7 +278,9 @@ def test_list_certs_describes_every_certificate_in_order(certs_dir: Path) -> Non
     create_node(certs_dir, 10)
     now = datetime.now(timezone.utc)
     expired, key = make_cert(
-        load_ca(certs_dir), uris=["derecho://node/3"], not_before=now - timedelta(days=9),
+        load_ca(certs_dir),
+        uris=["derecho://node/3"],
+        not_before=now - timedelta(days=9),
         not_after=now - timedelta(days=2),
     )
     write_pair(expired, key, certs_dir / "node-3.crt", certs_dir / "node-3.key")
@@ -287,8 +289,14 @@ def test_list_certs_describes_every_certificate_in_order(certs_dir: Path) -> Non
     (certs_dir / "junk.crt").write_text("not a certificate")
     lines = list_certs(certs_dir)
     assert [line.split(":")[0] for line in lines] == [
-        "ca.crt", "node-1.crt", "node-2.crt", "node-3.crt", "node-10.crt", "client-alice.crt",
-        "junk.crt", "web.crt",
+        "ca.crt",
+        "node-1.crt",
+        "node-2.crt",
+        "node-3.crt",
+        "node-10.crt",
+        "client-alice.crt",
+        "junk.crt",
+        "web.crt",
     ]
     assert lines[0].startswith("ca.crt: CA 'derecho CA test', issued by 'derecho CA test', valid until ")
     assert lines[1].startswith("node-1.crt: node 1, issued by 'derecho CA test', valid until ")

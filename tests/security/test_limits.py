@@ -180,8 +180,11 @@ def test_half_open_flood_is_cut_at_max_unauthenticated(node: LocalCluster) -> No
     c = node
     flood = half_open(c, MAX_UNAUTH + 12)
     try:
-        cut = wait_until(lambda: (lambda d: d if len(d) >= 12 else None)(dropped(flood)), HANDSHAKE_S * 0.5,
-                         "the connections beyond max_unauthenticated to be dropped")
+        cut = wait_until(
+            lambda: (lambda d: d if len(d) >= 12 else None)(dropped(flood)),
+            HANDSHAKE_S * 0.5,
+            "the connections beyond max_unauthenticated to be dropped",
+        )
         assert len(cut) == 12, f"{len(cut)} of {len(flood)} dropped at once, {MAX_UNAUTH} may wait"
         # The ones that got a place are closed when their handshake time is up.
         wait_until(lambda: len(dropped(flood)) == len(flood), HANDSHAKE_S + 3, "the half-open connections to time out")
@@ -248,8 +251,9 @@ def test_tls_client_partial_frames_stay_within_the_budget(node: LocalCluster) ->
 @pytest.fixture(scope="module")
 def open_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     wd = tmp_path_factory.mktemp("limits-open")
-    with LocalCluster(1, [Box], LAYOUT, overrides={**FAST, **LIMITS}, workdir=str(wd), cluster="limo",
-                      insecure=True) as c:
+    with LocalCluster(
+        1, [Box], LAYOUT, overrides={**FAST, **LIMITS}, workdir=str(wd), cluster="limo", insecure=True
+    ) as c:
         assert serves(c, 2)
         yield c
 

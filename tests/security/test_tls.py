@@ -78,10 +78,9 @@ def _copy(src: str, dst: str) -> Callable[[Path, Path], None]:
 def _dated(start: timedelta, end: timedelta) -> Callable[[Path, Path], None]:
     def breaks(d: Path, o: Path) -> None:
         now = datetime.now(timezone.utc)
-        cert, key = make_cert(
-            load_ca(d), uris=["derecho://node/2"], not_before=now + start, not_after=now + end
-        )
+        cert, key = make_cert(load_ca(d), uris=["derecho://node/2"], not_before=now + start, not_after=now + end)
         write_pair(cert, key, d / "node-2.crt", d / "node-2.key")
+
     return breaks
 
 
@@ -116,22 +115,28 @@ FAILURES = {
     "not yet valid": Failure(_dated(timedelta(days=1), timedelta(days=30)), "node-2.crt", "not valid until"),
     "no derecho URI": Failure(
         lambda d, o: write_pair(*make_cert(load_ca(d), uris=[]), d / "node-2.crt", d / "node-2.key"),
-        "node-2.crt", "no derecho:// URI",
+        "node-2.crt",
+        "no derecho:// URI",
     ),
     "other node id": Failure(
         lambda d, o: (_copy("node-1.crt", "node-2.crt")(d, o), _copy("node-1.key", "node-2.key")(d, o)),
-        "node-2.crt", "names node 1, but this node is node 2",
+        "node-2.crt",
+        "names node 1, but this node is node 2",
     ),
     "client cert as node": Failure(
-        lambda d, o: (
-            _copy("client-alice.crt", "node-2.crt")(d, o), _copy("client-alice.key", "node-2.key")(d, o)
-        ),
-        "node-2.crt", "names client 'alice', but a node certificate is needed",
+        lambda d, o: (_copy("client-alice.crt", "node-2.crt")(d, o), _copy("client-alice.key", "node-2.key")(d, o)),
+        "node-2.crt",
+        "names client 'alice', but a node certificate is needed",
     ),
     "other client name": Failure(
-        lambda d, o: (create_client(d, "bob"), _copy("client-bob.crt", "client-alice.crt")(d, o),
-                      _copy("client-bob.key", "client-alice.key")(d, o)),
-        "client-alice.crt", "names client 'bob', but this client is 'alice'", role="client",
+        lambda d, o: (
+            create_client(d, "bob"),
+            _copy("client-bob.crt", "client-alice.crt")(d, o),
+            _copy("client-bob.key", "client-alice.key")(d, o),
+        ),
+        "client-alice.crt",
+        "names client 'bob', but this client is 'alice'",
+        role="client",
     ),
 }
 
@@ -147,9 +152,7 @@ def deep_certs_dir(certs_dir: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", FAILURES)
-def test_load_credentials_failures_name_the_whole_path(
-    deep_certs_dir: Path, other_certs_dir: Path, case: str
-) -> None:
+def test_load_credentials_failures_name_the_whole_path(deep_certs_dir: Path, other_certs_dir: Path, case: str) -> None:
     failure = FAILURES[case]
     failure.breaks(deep_certs_dir, other_certs_dir)
     with pytest.raises(ConfigError) as info:
@@ -170,9 +173,7 @@ def test_role_mismatch_without_an_id(certs_dir: Path) -> None:
         )
 
 
-def test_warns_when_expiry_is_near_or_the_key_is_readable(
-    certs_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_warns_when_expiry_is_near_or_the_key_is_readable(certs_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     now = datetime.now(timezone.utc)
     cert, key = make_cert(load_ca(certs_dir), uris=["derecho://node/2"], not_after=now + timedelta(days=10))
     write_pair(cert, key, certs_dir / "node-2.crt", certs_dir / "node-2.key")
@@ -315,9 +316,7 @@ def test_a_client_certificate_cannot_serve_as_a_node(certs_dir: Path) -> None:
 
 @pytest.mark.timeout(10)
 def test_tls12_is_refused(certs_dir: Path) -> None:
-    client_ctx = _bare_client_context(
-        certs_dir / "ca.crt", certs_dir / "node-2.crt", certs_dir / "node-2.key"
-    )
+    client_ctx = _bare_client_context(certs_dir / "ca.crt", certs_dir / "node-2.crt", certs_dir / "node-2.key")
     client_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     outcome = _handshake(_node(certs_dir, 1).server_context(), client_ctx)

@@ -293,7 +293,12 @@ def _damaged(accept_loss: bool) -> tuple[RunResult, dict, list[RestartRecord]]:
     for seed in range(40):
         DAMAGE.clear()
         result = run_seed(
-            seed, faults="restart", messages=600, accept_loss=accept_loss, before_restart=lying_fsync, corrupt=keep,
+            seed,
+            faults="restart",
+            messages=600,
+            accept_loss=accept_loss,
+            before_restart=lying_fsync,
+            corrupt=keep,
         )
         if DAMAGE.get("done"):
             return result, dict(DAMAGE), restarts

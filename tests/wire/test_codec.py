@@ -20,17 +20,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.errors import WireError
 from runtime.core.layout import ShardId
+from runtime.core.layout import ShardId as _Sid
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush, ViewAnnouncement
 from runtime.core.sst import RowDelta
+from runtime.errors import WireError
 from runtime.wire import codec
 from runtime.wire.codec import FrameDecoder, WireMessage, decode, encode, frame, frames
 from runtime.wire.control import (
-    AppMessage, Goodbye, GroupRunning, Hello, Ping, Pong, RestartDecision, RestartHello, StatusReply, StatusRequest,
+    AppMessage,
+    Goodbye,
+    GroupRunning,
+    Hello,
+    Ping,
+    Pong,
+    RestartDecision,
+    RestartHello,
+    StatusReply,
+    StatusRequest,
     Welcome,
 )
-from runtime.core.layout import ShardId as _Sid
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -93,8 +102,15 @@ ROUND_TRIPS: dict[str, WireMessage] = {
     "welcome": Welcome(1 << 20, (1 << 20) + 65536, 300_000),
     "ping": Ping(7),
     "pong": Pong(7),
-    "restart hello": RestartHello(3, "127.0.0.1:7003", {"vid": 5, "members": [1, 2, 3]}, ((_Sid("KV", 0, 0), 12),),
-                                  4, ((_Sid("KV", 0, 0), 11),), (_Sid("KV", 0, 1),)),
+    "restart hello": RestartHello(
+        3,
+        "127.0.0.1:7003",
+        {"vid": 5, "members": [1, 2, 3]},
+        ((_Sid("KV", 0, 0), 12),),
+        4,
+        ((_Sid("KV", 0, 0), 11),),
+        (_Sid("KV", 0, 1),),
+    ),
     "restart decision": RestartDecision(1, {"vid": 6}, ((_Sid("KV", 0, 0), 3, 9),)),
     "group running": GroupRunning("127.0.0.1:7001", 8),
 }
@@ -415,9 +431,7 @@ def test_frame_decoder_random_bytes_never_raises(data: bytes, cuts: list[int]) -
     st.lists(st.sampled_from(list(ROUND_TRIPS.values())[:4] + SAMPLE), min_size=1, max_size=4),
     st.data(),
 )
-def test_corrupted_or_truncated_valid_stream_never_raises(
-    msgs: list[WireMessage], data: st.DataObject
-) -> None:
+def test_corrupted_or_truncated_valid_stream_never_raises(msgs: list[WireMessage], data: st.DataObject) -> None:
     stream = bytearray(frames(msgs))
     for _ in range(data.draw(st.integers(0, 4), label="flips")):
         i = data.draw(st.integers(0, len(stream) - 1), label="at")
@@ -484,10 +498,7 @@ def forbidden_imports(source: str, filename: str) -> list[str]:
 
 
 def test_scanner_sees_imports() -> None:
-    snippet = (
-        "import os.path\ndef f():\n    from time import monotonic\n    import msgpack\n"
-        "__import__('socket')\n"
-    )
+    snippet = "import os.path\ndef f():\n    from time import monotonic\n    import msgpack\n__import__('socket')\n"
     assert forbidden_imports(snippet, "x.py") == ["x.py:1: os.path", "x.py:3: time", "x.py:5: __import__"]
 
 
