@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import msgpack
 
 from derecho_actors import _codec
+from derecho_actors._aio import AsyncHandle, AsyncLifecycle
 from derecho_actors._consistency import ReadOptions, encode_read
 from derecho_actors._decorators import ORDERED, TypeSpec, method_caller, spec_of
 from derecho_actors._messages import Call, CallBatch, Reply, ReplyBatch, ViewNotice, decode, encode
@@ -54,7 +55,7 @@ def _backoff(round_: int) -> float:
     return min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(round_, 16))) * random.uniform(0.5, 1.5)
 
 
-class Client:
+class Client(AsyncLifecycle):
     """``Client(contacts=["10.0.0.1:7001", ...], certs_dir="certs", name="alice")``; then
     ``client.handle(KV, shard=1)``."""
 
@@ -170,6 +171,14 @@ class Client:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    # ---------------------------------------------------------------- asyncio
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """Block until fewer than ``max_outstanding`` calls are in flight (True) or
+        ``timeout`` passes (False). Thread-safe."""
+        with self._lock:
+            return self._room.wait_for(lambda: len(self._pending) < self.max_outstanding or self._closed, timeout)
+
     # ---------------------------------------------------------------- calling
     def _call(
         self,
@@ -181,7 +190,10 @@ class Client:
         ordered: bool,
         target: int = 0,
         read: ReadOptions | None = None,
-    ) -> QueryResults:
+        block: bool = True,
+    ) -> QueryResults | None:
+        """Issue one call. ``block=False``: None instead of waiting when ``max_outstanding``
+        calls are already in flight (the asyncio side then awaits room elsewhere)."""
         if in_handler():
             raise NestedCallError(
                 f"{spec.name}.{method} was called through a Client from inside a replicated method; the replica runs "
@@ -200,20 +212,35 @@ class Client:
             )
         serializer = spec.serializer
         results = self._send(
-            shard, method, data, ordered, target, f"{spec.name}.{method}", lambda b: _codec.decode_result(b, serializer)
+            shard,
+            method,
+            data,
+            ordered,
+            target,
+            f"{spec.name}.{method}",
+            lambda b: _codec.decode_result(b, serializer),
+            block,
         )
+        if results is None:
+            return None
         if ordered:
             results._compare = spec.on_divergence
         if ordered and spec.persistent:
-            results._persist_query = lambda version, replica: self._send(
-                shard,
-                PERSISTED_QUERY,
-                msgpack.packb(version),
-                False,
-                replica,
-                f"persistence of {spec.name}.{method}",
-                msgpack.unpackb,
-            )
+
+            def persist_query(version: int, replica: int) -> QueryResults:
+                query = self._send(
+                    shard,
+                    PERSISTED_QUERY,
+                    msgpack.packb(version),
+                    False,
+                    replica,
+                    f"persistence of {spec.name}.{method}",
+                    msgpack.unpackb,
+                )
+                assert query is not None  # a blocking send always sends
+                return query
+
+            results._persist_query = persist_query
         return results
 
     def _send(
@@ -225,10 +252,13 @@ class Client:
         target: int,
         what: str,
         decode: Callable[[bytes], Any],
-    ) -> QueryResults:
+        block: bool = True,
+    ) -> QueryResults | None:
         if self._closed:
             raise self._refusal or GroupClosed("the client was closed")
         with self._lock:
+            if not block and len(self._pending) >= self.max_outstanding:
+                return None
             while len(self._pending) >= self.max_outstanding and not self._closed:
                 self._blocked += 1
                 try:
@@ -240,9 +270,9 @@ class Client:
             results.ordered = ordered and method != PERSISTED_QUERY
             results._why_waiting = self._why_waiting
             floor = self._floor(call_id)
-            # A client's Call names, in place of a caller, the replica it wants (0: any);
-            # the contact fills in the session (origin) from our authenticated identity.
-            call = Call(call_id, target, shard, method, ordered, data, 0, 0, floor)
+            # The contact fills in the session (origin) from our authenticated identity, and
+            # answers on our connection (no caller id: a client is not a member).
+            call = Call(call_id, 0, shard, method, ordered, data, 0, 0, floor, target)
             self._pending[call_id] = (results, call)
             if self._sock is not None:
                 self._outbox.append(call)
@@ -522,6 +552,23 @@ class ClientHandle:
         self._client = client
         self._spec = spec
         self.shard = shard
+
+    @property
+    def aio(self) -> AsyncHandle:
+        """The same calls for asyncio code: ``await h.aio.put(k, v)``; waiting for room in
+        the client's window (``max_outstanding``) is an ``await``, never a blocked loop."""
+        spec, client = self._spec, self._client
+
+        def try_call(method: str) -> Callable[..., QueryResults | None]:
+            return method_caller(
+                spec,
+                method,
+                lambda m, kind, a, kw, node, read: client._call(
+                    spec, self.shard, m, a, kw, kind == ORDERED, node or 0, read, block=False
+                ),
+            )
+
+        return AsyncHandle(try_call, client.wait_for_room)
 
     def __getattr__(self, method: str) -> Callable[..., QueryResults]:
         spec, client = self._spec, self._client

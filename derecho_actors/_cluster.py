@@ -6,6 +6,7 @@ The cluster talks to its group through a ``Client``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -279,6 +280,33 @@ class LocalCluster:
         self.close()
 
 
-def local_cluster(nodes: int, types: Sequence[type], layout: Layout | None = None, **kwargs: Any) -> LocalCluster:
-    """``with da.local_cluster(nodes=3, types=[KV], layout=layout) as cluster: ...``"""
-    return LocalCluster(nodes, types, layout, **kwargs)
+class ClusterStart:
+    """What :func:`local_cluster` returns: ``with`` starts the cluster in this thread, ``async
+    with`` on a worker thread (so the event loop keeps running while nodes start and stop);
+    either gives the running :class:`LocalCluster`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._args, self._kwargs = args, kwargs
+        self._cluster: LocalCluster | None = None
+
+    def __enter__(self) -> LocalCluster:
+        self._cluster = LocalCluster(*self._args, **self._kwargs)
+        return self._cluster
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._cluster is not None:
+            self._cluster.__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> LocalCluster:
+        self._cluster = await asyncio.to_thread(LocalCluster, *self._args, **self._kwargs)
+        return self._cluster
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._cluster is not None:
+            await asyncio.to_thread(self._cluster.__exit__, exc_type, exc, tb)
+
+
+def local_cluster(nodes: int, types: Sequence[type], layout: Layout | None = None, **kwargs: Any) -> ClusterStart:
+    """``with da.local_cluster(nodes=3, types=[KV], layout=layout) as cluster: ...`` (or
+    ``async with``): real node processes on loopback, TLS on, stopped at the end."""
+    return ClusterStart(nodes, types, layout, **kwargs)

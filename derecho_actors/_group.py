@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from derecho_actors._aio import AsyncLifecycle
 from derecho_actors._decorators import spec_of
 from derecho_actors._disk_state import NodeDiskState, group_signing_key, saved_state
 from derecho_actors._dispatch import MessageDispatch
@@ -44,7 +45,7 @@ NodeFactory = Callable[[NodeConfig, AppHooks, Any, bool], NodeHandle]
 """``(config, hooks, saved state, accept_loss) -> node``: how a Group gets its node."""
 
 
-class Group:
+class Group(AsyncLifecycle):
     """Start (or join) a group and host this node's replicas. Use as a context manager."""
 
     def __init__(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+from derecho_actors._aio import AsyncHandle
 from derecho_actors._consistency import ReadOptions
 from derecho_actors._decorators import TypeSpec, method_caller, spec_of
 from derecho_actors._results import QueryResults
@@ -53,6 +54,18 @@ class Handle:
         self._caller = caller
         self._spec = spec
         self.shard = shard
+
+    @property
+    def aio(self) -> AsyncHandle:
+        """The same calls for asyncio code: ``await h.aio.put(k, v)`` (a member's calls never
+        wait for room: the node queues them for the next multicast)."""
+        return AsyncHandle(self._method, None)
+
+    def _method(self, method: str) -> Callable[..., QueryResults]:
+        spec, caller, shard = self._spec, self._caller, self.shard
+        return method_caller(
+            spec, method, lambda m, kind, a, kw, node, read: caller.call(spec, shard, m, a, kw, node, read)
+        )
 
     def __getattr__(self, method: str) -> Callable[..., QueryResults]:
         spec, caller, shard = self._spec, self._caller, self.shard

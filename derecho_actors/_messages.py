@@ -35,7 +35,9 @@ from runtime.wire.checks import (
 class Call:
     """A request sent straight to one member: a P2P call to run there, or (``ordered``) a
     call that member must multicast into its shard on the caller's behalf (relaying). Replies
-    go to ``caller``, whichever path the call took."""
+    go to ``caller``, whichever path the call took. A client's call names no caller (0: its
+    contact answers it on the client's connection); ``target`` is the replica a client's P2P
+    call asks for (``node=``; 0: any)."""
 
     call_id: int
     caller: int
@@ -46,6 +48,7 @@ class Call:
     origin: int = 0  # the caller's exactly-once session, for retried calls (0: none)
     session_ns: int = 0  # when that session started (see derecho_actors._sessions)
     floor: int = 0  # the caller's oldest call still waiting for an answer
+    target: int = 0  # a client's P2P call: the replica it asks for (0: any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +178,18 @@ MAX_DIGEST = 64
 
 # ------------------------------------------------------------------------------- encoding
 def _call_fields(m: Call) -> list[Any]:
-    return [m.call_id, m.caller, shard_to_wire(m.shard), m.method, m.ordered, m.args, m.origin, m.session_ns, m.floor]
+    return [
+        m.call_id,
+        m.caller,
+        shard_to_wire(m.shard),
+        m.method,
+        m.ordered,
+        m.args,
+        m.origin,
+        m.session_ns,
+        m.floor,
+        m.target,
+    ]
 
 
 _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
@@ -202,9 +216,9 @@ def encode(msg: AppFrame) -> bytes:
 
 # ------------------------------------------------------------------------------- decoding
 def _call(f: list[Any], what: str) -> Call:
-    if type(f) is not list or len(f) != 9:
-        raise WireError(f"{what} needs 9 fields, got {describe(f)}")
-    call_id, caller, shard, method, ordered, args, origin, session_ns, floor = f
+    if type(f) is not list or len(f) != 10:
+        raise WireError(f"{what} needs 10 fields, got {describe(f)}")
+    call_id, caller, shard, method, ordered, args, origin, session_ns, floor, target = f
     return Call(
         nat(call_id, f"{what}.call_id"),
         nat(caller, f"{what}.caller"),
@@ -215,6 +229,7 @@ def _call(f: list[Any], what: str) -> Call:
         nat(origin, f"{what}.origin"),
         nat(session_ns, f"{what}.session_ns"),
         nat(floor, f"{what}.floor"),
+        nat(target, f"{what}.target"),
     )
 
 
@@ -332,7 +347,7 @@ def _dec_state_digest(f: list[Any]) -> StateDigest:
 
 
 _DECODERS: Final[Decoders] = {
-    TAG_CALL: ("Call", 9, _dec_call),
+    TAG_CALL: ("Call", 10, _dec_call),
     TAG_CALL_BATCH: ("CallBatch", 1, _dec_call_batch),
     TAG_REPLY: ("Reply", 8, _dec_reply),
     TAG_REPLY_BATCH: ("ReplyBatch", 4, _dec_reply_batch),

@@ -376,7 +376,14 @@ class QueryResults:
             if finished and seen >= len(self._order):
                 return
 
+    async def persisted_async(self, timeout: float | None = None) -> int:
+        """:meth:`persisted` for asyncio code: the wait runs on a worker thread, so the event
+        loop goes on meanwhile."""
+        return await asyncio.to_thread(self.persisted, timeout)
+
     def __await__(self) -> Any:
+        """``await results``: every replica's answer, as :meth:`get` gives it (the loop goes
+        on while they come)."""
         return self._await().__await__()
 
     async def _await(self) -> dict[int, Any]:

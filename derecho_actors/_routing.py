@@ -406,9 +406,9 @@ class CallRouter:
             )
         elif not members:
             refusal = ShardUnavailable(f"call {msg.call_id} was not run: {unavailable(view, msg.shard)}")
-        elif not msg.ordered and msg.caller and msg.caller not in members:
+        elif not msg.ordered and msg.target and msg.target not in members:
             refusal = ReplicaLost(
-                f"node {msg.caller} holds no replica of {msg.shard} in view {view.vid} (its replicas: {list(members)}); "
+                f"node {msg.target} holds no replica of {msg.shard} in view {view.vid} (its replicas: {list(members)}); "
                 "the call was not run",
                 applied=False,
             )
@@ -418,8 +418,8 @@ class CallRouter:
         self.proxies[(origin, msg.call_id)] = [conn, -1]
         if len(self.proxies) > MAX_PROXIED:  # calls whose replies never all came (replicas lost)
             self.proxies.popitem(last=False)
-        if not msg.ordered and msg.caller:
-            target = msg.caller  # the client asked for this replica (P2P node=)
+        if not msg.ordered and msg.target:
+            target = msg.target  # the client asked for this replica (P2P node=)
         elif self.node_id in members:
             target = self.node_id
         else:

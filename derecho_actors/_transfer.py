@@ -34,7 +34,7 @@ log = logging.getLogger("derecho.transfer")
 
 
 @dataclass
-class Snapshot:
+class BoundaryState:
     """A replica's state at one view boundary, ready to be sent."""
 
     shard: ShardId
@@ -88,7 +88,7 @@ class TransferOut:
 
     def __init__(
         self,
-        snap: Snapshot,
+        snap: BoundaryState,
         receiver: int,
         request: StateRequest,
         send: Callable[[int, StateChunk], None],
@@ -182,7 +182,7 @@ class TransferService:
         self.view = view
         self.fail_stop = fail_stop
         self.installed = installed
-        self.snapshots: dict[tuple[ShardId, int], Snapshot] = {}
+        self.snapshots: dict[tuple[ShardId, int], BoundaryState] = {}
         self.early: dict[tuple[ShardId, int], list[tuple[int, StateRequest]]] = {}  # requests before their snapshot
         self.snapshot_errors: dict[tuple[ShardId, int], str] = {}  # snapshots that could not be made
         self.streams: dict[tuple[ShardId, int, int], TransferOut] = {}
@@ -246,7 +246,7 @@ class TransferService:
 
     # ------------------------------------------------------------------ serving
     def snapshot_ready(self, sid: ShardId, vid: int, path: Path, boundary: int, store: Any) -> None:
-        snap = Snapshot(sid, vid, path, boundary, store)
+        snap = BoundaryState(sid, vid, path, boundary, store)
         view, prev = self.views(vid), self.views(vid - 1)
         if view is not None:
             before = set(prev.layout.members_of(sid)) if prev is not None else set()
@@ -349,7 +349,7 @@ class TransferService:
                 self.host.retire(snap.shard)
 
     @staticmethod
-    def _needed(snap: Snapshot, view: View) -> bool:
+    def _needed(snap: BoundaryState, view: View) -> bool:
         """Whether a member may still ask for the snapshot: until every member that was new
         to the shard in its view has fetched it, or the view after next."""
         return view.vid <= snap.vid + 1 and not snap.requests_seen.issuperset(snap.receivers)

@@ -29,6 +29,7 @@ from runtime.core.node_core import NodeCore
 from runtime.core.view import View
 from runtime.drivers.restart import RestartCoordinator, SavedState
 from runtime.drivers.tcp import TcpTransport, TransportSecurity
+from runtime.drivers.transport import Transport
 from runtime.errors import ConfigError
 from runtime.node_api import AppHooks
 from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials
@@ -146,7 +147,7 @@ class NodeDriver:
         self.hooks = hooks or AppHooks()
         self.node_id = config.node.id
         self.core: NodeCore | None = None
-        self.transport: TcpTransport | None = None
+        self.transport: Transport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_reason: str | None = None
         self._flush_scheduled = False
@@ -400,12 +401,7 @@ class NodeDriver:
         """The public key of ``node``'s certificate, as its connection to us proved it (None
         without TLS or before it connected). Loop thread."""
         transport = self.transport
-        if transport is None:
-            return None
-        for conn in transport.incoming.get(node, ()):
-            if conn.identity is not None:
-                return conn.identity.public_key
-        return None
+        return transport.peer_public_key(node) if transport is not None else None
 
     def _on_loop_thread(self) -> bool:
         try:
@@ -745,7 +741,7 @@ class NodeDriver:
             out.update(core.status())
         if self.transport is not None:
             out["bad_frames"] = self.transport.bad_frames
-            out["clients"] = len(self.transport.clients)
+            out["clients"] = self.transport.client_count()
         if self.hooks.status is not None:
             out["app"] = self.hooks.status()
         return out

@@ -592,6 +592,15 @@ class TcpTransport:
             conn.retire()
             conns.discard(conn)
 
+    def peer_public_key(self, node_id: int) -> bytes | None:
+        for conn in self.incoming.get(node_id, ()):
+            if conn.identity is not None:
+                return conn.identity.public_key
+        return None
+
+    def client_count(self) -> int:
+        return len(self.clients)
+
     def disconnect(self, node_id: int, reason: str) -> None:
         """Close every connection from ``node_id``: it sent frames its identity does not allow
         (claiming another sender). The loss is reported like any other, so the core suspects

@@ -26,6 +26,14 @@ ClientHandler = Callable[[Any, WireMessage], None]
 
 
 class Transport(Protocol):
+    """What the node driver uses of a network, and all it uses (``NodeDriver.transport`` is
+    typed as this, so mypy holds the driver to it)."""
+
+    contact_reached: bool  # a join contact answered (so a failed join is not "nobody there")
+    refusals: list[str]  # why contacts refused this node, latest last
+    bad_frames: int  # frames dropped as malformed, for status
+    view_members: set[int]  # ids of the current view (the driver keeps it up to date)
+
     async def start(self) -> None:
         """Begin listening; raise ``ConfigError`` if the address cannot be bound."""
 
@@ -43,6 +51,25 @@ class Transport(Protocol):
 
     def forget(self, node_id: int) -> None:
         """``node_id`` left the view: close its connections and drop what is queued for it."""
+
+    def doom(self, node_id: int) -> None:
+        """``node_id`` left the view: the end of its connections is not news from now on."""
+
+    def welcome(self, node_id: int) -> None:
+        """``node_id`` joined the view: drop what is left of a previous process with its id."""
+
+    def disconnect(self, node_id: int, reason: str) -> None:
+        """Close every connection from ``node_id`` (it lied about who sent a frame); reported
+        as a lost peer like any other."""
+
+    def warn(self, kind: str, address: str, msg: str, *args: Any) -> None:
+        """Log a warning about a peer, rate-limited per ``kind``."""
+
+    def peer_public_key(self, node_id: int) -> bytes | None:
+        """The public key ``node_id`` proved on its connection to us (None: none yet, or no TLS)."""
+
+    def client_count(self) -> int:
+        """Clients connected now."""
 
     def backlog(self, node_id: int) -> int:
         """Bytes queued for ``node_id`` and not yet taken by the kernel."""

@@ -168,7 +168,10 @@ class Archive:
 
 def test_a_joiner_receives_100_mb_of_state_and_serves_identical_reads(tmp_path: Path) -> None:
     layout = da.Layout({Archive: da.ShardPolicy(min_nodes=3, max_nodes=4)})
-    with LocalCluster(4, [Archive], layout, workdir=str(tmp_path)) as cluster:
+    # A 100 MB transfer keeps two of the four processes busy on two shared cores: a suspicion
+    # timeout of 3 s keeps a starved heartbeat from passing for a failure (seen under CI load).
+    slow = {"timeouts.suspicion_ms": "3000"}
+    with LocalCluster(4, [Archive], layout, workdir=str(tmp_path), overrides=slow) as cluster:
         cluster.kill(3)
         cluster.wait_members({1, 2, 4})
         shutil.rmtree(cluster.data_dir(3), ignore_errors=True)  # node 3 comes back with nothing
