@@ -26,6 +26,7 @@ import logging
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -252,6 +253,13 @@ class PersistentStore:
         self._writer: threading.Thread | None = None
         self._closed = False
         self.write_error: BaseException | None = None
+
+    @contextmanager
+    def log_held(self) -> Iterator[Any]:
+        """The log, held for the block against the writer thread and other readers (a state
+        transfer appending to it, a signature check reading it)."""
+        with self._lock:
+            yield self.log
 
     # ------------------------------------------------------------------ startup
     def replay(self) -> Iterator[LoggedCall]:

@@ -588,8 +588,8 @@ class Replica:
             if version > durable:
                 continue
             del self._marks[node]
-            with store._lock:
-                matches = store.log.verify_peer(version, signature, public_key)
+            with store.log_held() as log_:
+                matches = log_.verify_peer(version, signature, public_key)
             if matches:
                 self.env.report_verified(node, version)
             elif version > store.log.last_version or version < store.log.first_version:
@@ -664,8 +664,8 @@ class Replica:
         try:
             if chunk.reset and self.store is not None and self.store.last_version >= 0:
                 log.warning("local log of %s disagrees with the group's; replacing it", self.spec.name)
-                with self.store._lock:
-                    self.store.log.truncate_after(-1)
+                with self.store.log_held() as log_:
+                    log_.truncate_after(-1)
                 self.store.last_version = -1
             if part == "err":
                 raise StateTransferError(data.decode("utf-8", "replace"))
@@ -680,8 +680,8 @@ class Replica:
             elif part == "log":
                 assert self.store is not None, "log records sent to a replica without a log"
                 records = msgpack.unpackb(data, raw=False)
-                with self.store._lock:
-                    self.store.log.append([tuple(r) for r in records])
+                with self.store.log_held() as log_:
+                    log_.append([tuple(r) for r in records])
             if final:
                 self._install_state()
         except Exception as exc:
@@ -691,8 +691,7 @@ class Replica:
 
     def _install_state(self) -> None:
         if self.store is not None:
-            log_ = self.store.log
-            with self.store._lock:
+            with self.store.log_held() as log_:
                 log_.flush()
             self.store = None
             self.sessions, self.applied = self._new_sessions(), 0

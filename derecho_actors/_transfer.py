@@ -53,8 +53,8 @@ def log_records(store: Any, after: int, upto: int, max_bytes: int) -> tuple[list
     out: list[list[Any]] = []
     size = 0
     last = after
-    with store._lock:
-        for version, ts, body in store.log.iter_from(after):
+    with store.log_held() as log_:
+        for version, ts, body in log_.iter_from(after):
             if version > upto:
                 break
             out.append([version, ts, body])
@@ -73,9 +73,9 @@ def agreed_start(store: Any, request: StateRequest, boundary: int) -> tuple[int,
         return -1, False
     if have > boundary:
         return -1, True
-    with store._lock:
+    with store.log_held() as log_:
         try:
-            body = store.log.read(have)
+            body = log_.read(have)
         except KeyError:
             return -1, True
     if zlib.crc32(body) != request.digest:
