@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from derecho_actors._aio import AsyncLifecycle
+from derecho_actors._app_host import hosted_layout
 from derecho_actors._decorators import spec_of
 from derecho_actors._disk_state import NodeDiskState, group_signing_key, saved_state
 from derecho_actors._dispatch import MessageDispatch
@@ -65,12 +66,15 @@ class Group(AsyncLifecycle):
         versions answer ``VersionLost``) instead of stopping with exit code 5. (``_node`` and
         ``_runner`` let the simulator host the same group on its own node and inline.)"""
         layout = layout or Layout({cls: ShardPolicy() for cls in types})
-        self._specs = registered_specs(types, layout)
+        registered_specs(types, layout)  # every type replicated and in the layout
         cfg = (
             config
             if isinstance(config, NodeConfig)
             else load_config(str(config) if config else None, dict(overrides or {}))
         )
+        # The configuration's [layout.<Type>] tables win over the code's policies.
+        layout = hosted_layout(list(dict.fromkeys([*types, *layout.types])), cfg.layout, layout)
+        self._specs = registered_specs(types, layout)
         self.config = dataclasses.replace(cfg, layout=layout.policy)
         self.node_id = self.config.node.id
         self.data_dir = check_data_dir(self.config.node.data_dir)

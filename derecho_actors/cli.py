@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from derecho_actors import __version__
 from runtime.errors import ConfigError, DerechoError
@@ -38,6 +39,13 @@ def _node_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="total restart: go ahead even if the surviving logs lack versions reported persisted (logged at ERROR)",
     )
+    p.add_argument(
+        "--app",
+        action="append",
+        metavar="MODULE:CLASS[,CLASS]",
+        help="host these replicated classes (repeatable; also node.app in the config): the module is imported "
+        "from the working directory or the installed packages, as uvicorn imports apps",
+    )
     p.add_argument("--send", type=int, default=0, metavar="N", help="load generator: multicast N numbered messages")
     p.add_argument("--size", type=int, default=100, help="load generator: payload size in bytes (default 100)")
     p.add_argument(
@@ -59,6 +67,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
         out["node.listen"] = args.listen
     if args.contact:
         out["node.contacts"] = ",".join(args.contact)
+    if getattr(args, "app", None):
+        out["node.app"] = ",".join(args.app)
     if getattr(args, "certs_dir", None):
         out["security.certs_dir"] = args.certs_dir
     if getattr(args, "insecure", False):
@@ -79,6 +89,13 @@ def run_node(args: argparse.Namespace) -> int:
     )
     if args.send < 0 or args.size < 1:
         raise ConfigError("--send must be >= 0 and --size >= 1")
+    if config.node.app:
+        if args.send or args.delivery_log:
+            raise ConfigError(
+                "--send and --delivery-log run the raw multicast load; a node hosting --app classes "
+                "takes calls from clients instead"
+            )
+        return run_app_node(config, args.accept_loss)
     app = LoadApp(
         config.node.id,
         args.send,
@@ -122,7 +139,42 @@ def run_node(args: argparse.Namespace) -> int:
     if reason.startswith("restart refused"):
         print(f"derecho-actors node: {reason}", file=sys.stderr)
         return EXIT_RESTART_REFUSED
+    if reason.startswith("join refused"):
+        print(f"derecho-actors node: {reason}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
+
+
+def run_app_node(config: Any, accept_loss: bool) -> int:
+    """A node hosting replicated classes (``node.app``) until SIGTERM or SIGINT (then it leaves
+    the group gracefully) or until the group stops it; its exit code says which."""
+    import threading
+
+    from derecho_actors._app_host import hosted_layout, load_apps
+    from derecho_actors._group import Group
+    from runtime.errors import GroupClosed
+
+    classes = load_apps(config.node.app)
+    layout = hosted_layout(classes, config.layout, scan_modules=True)
+    log = logging.getLogger("derecho.node")
+    log.info("hosting %s; layout: %s", ", ".join(config.node.app), layout.policy.describe())
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    start_timeout = config.timeouts.connect_timeout_ms / 1000 + 60
+    try:
+        group = Group(config=config, types=classes, layout=layout, accept_loss=accept_loss, start_timeout=start_timeout)
+    except GroupClosed as exc:
+        print(f"derecho-actors node: {exc}", file=sys.stderr)
+        return exc.exit_code if exc.exit_code is not None else EXIT_STOPPED
+    while not done.wait(0.2):
+        if group.stopped is not None:
+            print(f"derecho-actors node: stopped: {group.stopped}", file=sys.stderr)
+            group.close()
+            return group.exit_code
+    log.info("leaving the group (signal)")
+    group.leave()
+    return group.exit_code
 
 
 def run_status(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ that founds a one-member group on ``127.0.0.1:7000``. The file looks like::
     id = 1
     listen = "127.0.0.1:7000"
     contacts = ["127.0.0.1:7001"]     # empty: found a new group
+    app = ["examples.kv_store:KV"]    # replicated classes to host (derecho-actors node --app)
     data_dir = "./derecho-data"
     log_level = "INFO"
     cluster = "derecho"
@@ -303,6 +304,40 @@ def _contacts_text(text: str) -> object:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+_APP_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def _apps_check(value: object) -> tuple[str, ...]:
+    """Replicated classes to host, each ``module:Class`` (imported as uvicorn imports apps)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise _Invalid(f'expected a list of "module:Class" strings, got {_show(value)}')
+    seen: set[str] = set()
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not _APP_SPEC.fullmatch(item):
+            raise _Invalid(
+                f'expected "module:Class" (e.g. "examples.kv_store:KV"), got {_show(item)}', subkey=f"[{index}]"
+            )
+        if item in seen:
+            raise _Invalid(f"lists {_show(item)} twice", subkey=f"[{index}]")
+        seen.add(item)
+    return tuple(value)
+
+
+def _apps_text(text: str) -> object:
+    """Comma-separated ``module:Class`` entries; ``module:A,B`` names two classes of one module."""
+    out: list[str] = []
+    module = ""
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if ":" in part:
+            module = part.split(":", 1)[0]
+            out.append(part)
+        else:
+            out.append(f"{module}:{part}" if module else part)
+    return out
+
+
 def _ids_check(value: object) -> tuple[int, ...]:
     """A list of distinct node ids (an allow-list); empty means no restriction."""
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
@@ -348,6 +383,7 @@ _FIELDS: dict[str, dict[str, _Field]] = {
         "id": _Field(_int_text(0), _int_check(0, MAX_NODE_ID)),
         "listen": _Field(str.strip, _listen_check),
         "contacts": _Field(_contacts_text, _contacts_check),
+        "app": _Field(_apps_text, _apps_check),
         "data_dir": _Field(_identity, _nonempty_str),
         "log_level": _Field(_identity, _log_level),
         "cluster": _Field(_identity, _nonempty_str),
@@ -411,6 +447,7 @@ class NodeSection:
     id: int = 1
     listen: str = "127.0.0.1:7000"
     contacts: tuple[str, ...] = ()
+    app: tuple[str, ...] = ()  # replicated classes this node hosts, "module:Class" (``node --app``)
     data_dir: str = "./derecho-data"
     log_level: str = "INFO"
     cluster: str = "derecho"
@@ -931,6 +968,9 @@ id = {section.id}  # this node's id, unique within the group (integer >= 0)
 listen = {_toml_str(section.listen)}  # host:port to bind; port 0 lets the OS pick one
 # members to join through ("host:port"), tried in order; [] founds a new group
 contacts = {contact_list}
+# replicated classes to host, "module:Class" (imported from the working directory or the
+# installed packages); [] hosts none (a raw multicast node)
+app = []
 data_dir = {_toml_str(section.data_dir)}  # where this node keeps its state; created on start
 log_level = {_toml_str(section.log_level)}  # DEBUG, INFO, WARNING or ERROR
 cluster = {_toml_str(section.cluster)}  # group name; a node of another cluster is refused

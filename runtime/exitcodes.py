@@ -4,8 +4,8 @@ Operators and supervisors (systemd, Kubernetes) act on them, so each names one k
 
 ====  =====================================================================================
 0     stopped as asked (SIGTERM, SIGINT, a graceful leave)
-2     bad configuration or start-up problem (config, certificates, data_dir, port); the message
-      names the field or path
+2     bad configuration or start-up problem (config, certificates, data_dir, port, a layout that
+      differs from the group's); the message names the field or path
 3     stopped by the group: removed from the view, or in a minority partition; restart it to
       join again as a new member
 4     storage failure: the log could not be written or fsync failed or stalled; the node left
@@ -30,6 +30,8 @@ def exit_code_for_stop(reason: str) -> int:
     """The exit code of a node the engine stopped with ``reason`` (its ``on_stop`` hook)."""
     if reason.startswith("restart refused"):
         return EXIT_RESTART_REFUSED
+    if reason.startswith("join refused"):
+        return EXIT_CONFIG
     if reason.startswith("storage failure"):
         return EXIT_STORAGE
     if reason.startswith(("left the group", "closed")):

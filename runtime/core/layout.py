@@ -217,6 +217,16 @@ class LayoutPolicy:
             policy.validate(name)
         self._check_reserved_across_disjoint_types()
 
+    def describe(self) -> str:
+        """The policy as one line of text, equal for equal policies (a joiner's must be the
+        group's): ``KV(subgroups=1, shards=2, min_nodes=1, max_nodes=3, reserved=None,
+        overlapping=False); Locks(...)``."""
+        return "; ".join(
+            f"{name}(subgroups={p.subgroups}, shards={p.shards}, min_nodes={p.min_nodes}, max_nodes={p.max_nodes}, "
+            f"reserved={p.reserved}, overlapping={p.overlapping})"
+            for name, p in self.types
+        )
+
     def _check_reserved_across_disjoint_types(self) -> None:
         """Disjoint types share one pool, so one node cannot be reserved by two of them."""
         owner: dict[int, str] = {}

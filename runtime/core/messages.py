@@ -51,18 +51,23 @@ class ViewAnnouncement:
 
 @dataclass(frozen=True, slots=True)
 class JoinRequest:
-    """A node asks to join; ``address`` is where members can reach it."""
+    """A node asks to join; ``address`` is where members can reach it; ``layout`` is its
+    layout policy as ``LayoutPolicy.describe`` writes it (empty: not stated), which must be
+    the group's: members computing different layouts would disagree on every shard."""
 
     node_id: int
     address: str
+    layout: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class JoinReply:
-    """Answer to a JoinRequest that is not a view: try the leader, or give up (refused)."""
+    """Answer to a JoinRequest that is not a view: try the leader, or wait and retry; with
+    ``final``, give up (the joiner can never be admitted as it is configured)."""
 
     redirect_to: str | None
     reason: str
+    final: bool = False
 
 
 Message = ShardPush | GroupPush | ViewAnnouncement | JoinRequest | JoinReply

@@ -66,6 +66,7 @@ class NodeCore:
         self.node_id = node_id
         self.address = address
         self.policy = policy
+        self._layout_text = policy.describe()
         self.config = config
         self.now = now
         self.view: View | None = None
@@ -220,7 +221,9 @@ class NodeCore:
             if self._contacts and self.now >= self._next_join_at:
                 contact = self._contacts[self._attempts % len(self._contacts)]
                 self._attempts += 1
-                self._ready.contact_sends.append(ContactSend(contact, JoinRequest(self.node_id, self.address)))
+                self._ready.contact_sends.append(
+                    ContactSend(contact, JoinRequest(self.node_id, self.address, self._layout_text))
+                )
                 self._next_join_at = self.now + self.config.membership.join_retry
             return
         assert self.membership is not None
@@ -237,6 +240,19 @@ class NodeCore:
             return
         if type(req.node_id) is not int or req.node_id != sender or not isinstance(req.address, str):
             self._reject(sender, f"join request of node {sender} for node {req.node_id!r:.20}", forged=True)
+            return
+        if req.layout and req.layout != self._layout_text:
+            self._ready.outgoing.append(
+                Outgoing(
+                    (sender,),
+                    JoinReply(
+                        None,
+                        f"node {req.node_id}'s layout differs from the group's: the group runs {self._layout_text}; "
+                        f"node {req.node_id} has {req.layout:.400}. Give every node the same [layout.<Type>] tables",
+                        final=True,
+                    ),
+                )
+            )
             return
         if self.view.rank_of(req.node_id) is not None:
             self._ready.outgoing.append(
@@ -260,10 +276,15 @@ class NodeCore:
     def _on_join_reply(self, reply: JoinReply) -> None:
         if self.view is not None:
             return
+        if reply.final is True:
+            self._exclude(f"join refused: {reply.reason}")
+            return
         if isinstance(reply.redirect_to, str) and reply.redirect_to:
             # Ask the leader now; retries go to the configured contact again, which knows the
             # current leader even if this one dies before admitting us.
-            self._ready.contact_sends.append(ContactSend(reply.redirect_to, JoinRequest(self.node_id, self.address)))
+            self._ready.contact_sends.append(
+                ContactSend(reply.redirect_to, JoinRequest(self.node_id, self.address, self._layout_text))
+            )
             self._next_join_at = self.now + self.config.membership.join_retry
 
     def _on_announcement(self, sender: int, msg: ViewAnnouncement) -> None:

@@ -138,11 +138,11 @@ def _enc_view_announcement(m: ViewAnnouncement) -> list[Any]:
 
 
 def _enc_join_request(m: JoinRequest) -> list[Any]:
-    return [TAG_JOIN_REQUEST, m.node_id, m.address]
+    return [TAG_JOIN_REQUEST, m.node_id, m.address, m.layout]
 
 
 def _enc_join_reply(m: JoinReply) -> list[Any]:
-    return [TAG_JOIN_REPLY, m.redirect_to, m.reason]
+    return [TAG_JOIN_REPLY, m.redirect_to, m.reason, m.final]
 
 
 def _enc_hello(m: Hello) -> list[Any]:
@@ -313,14 +313,18 @@ def _dec_view_announcement(f: list[Any]) -> ViewAnnouncement:
 
 
 def _dec_join_request(f: list[Any]) -> JoinRequest:
-    _, node_id, address = f
-    return JoinRequest(_nat(node_id, "JoinRequest.node_id"), _str(address, "JoinRequest.address"))
+    _, node_id, address, layout = f
+    return JoinRequest(
+        _nat(node_id, "JoinRequest.node_id"), _str(address, "JoinRequest.address"), _str(layout, "JoinRequest.layout")
+    )
 
 
 def _dec_join_reply(f: list[Any]) -> JoinReply:
-    _, redirect_to, reason = f
+    _, redirect_to, reason, final = f
     redirect = None if redirect_to is None else _str(redirect_to, "JoinReply.redirect_to")
-    return JoinReply(redirect, _str(reason, "JoinReply.reason"))
+    if type(final) is not bool:
+        raise WireError(f"JoinReply.final must be a bool, got {_describe(final)}")
+    return JoinReply(redirect, _str(reason, "JoinReply.reason"), final)
 
 
 def _dec_hello(f: list[Any]) -> Hello:
@@ -434,8 +438,8 @@ _DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]]
     TAG_SHARD_PUSH: ("ShardPush", 6, _dec_shard_push),
     TAG_GROUP_PUSH: ("GroupPush", 3, _dec_group_push),
     TAG_VIEW_ANNOUNCEMENT: ("ViewAnnouncement", 1, _dec_view_announcement),
-    TAG_JOIN_REQUEST: ("JoinRequest", 2, _dec_join_request),
-    TAG_JOIN_REPLY: ("JoinReply", 2, _dec_join_reply),
+    TAG_JOIN_REQUEST: ("JoinRequest", 3, _dec_join_request),
+    TAG_JOIN_REPLY: ("JoinReply", 3, _dec_join_reply),
     TAG_HELLO: ("Hello", 4, _dec_hello),
     TAG_STATUS_REQUEST: ("StatusRequest", 0, _dec_status_request),
     TAG_STATUS_REPLY: ("StatusReply", 1, _dec_status_reply),

@@ -1,0 +1,206 @@
+"""Nodes started from the command line host replicated classes (``derecho-actors node --app
+module:Class``, or ``app = [...]`` in the TOML file), with the layout from the configuration's
+``[layout.<Type>]`` tables; a node whose layout differs from the group's is refused at join.
+Real processes on loopback, TLS on; the example's own CLI client talks to them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import derecho_actors as da
+from derecho_actors._app_host import hosted_layout, load_apps
+from derecho_actors._cluster import _free_ports
+from examples.counter_lock import Counter, Locks
+from examples.kv_store import KV
+from runtime.config import load_config
+from runtime.core.layout import LayoutPolicy, ShardPolicy
+from runtime.drivers.dial import client_credentials
+from runtime.drivers.status import fetch_status
+from runtime.errors import ConfigError
+from runtime.exitcodes import EXIT_CONFIG, EXIT_OK
+from runtime.security.certs import ensure_cluster_certs
+
+pytestmark = pytest.mark.timeout(120)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class CliNodes:
+    """``derecho-actors node`` processes started as an operator would, killed at the end."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.certs = workdir / "certs"
+        ensure_cluster_certs(self.certs, range(1, 6), clients=("operator",), cluster="derecho")
+        self.ports = dict(zip(range(1, 6), _free_ports(5)))
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def address(self, node: int) -> str:
+        return f"127.0.0.1:{self.ports[node]}"
+
+    def start(self, node: int, *args: str) -> subprocess.Popen[bytes]:
+        cmd = [
+            sys.executable, "-m", "derecho_actors.cli", "node", "--id", str(node), "--listen", self.address(node),
+            "--certs-dir", str(self.certs), "--set", f"node.data_dir={self.workdir / f'data-{node}'}", *args,
+        ]  # fmt: skip
+        if node != 1:
+            cmd += ["--contact", self.address(1)]
+        log = open(self.workdir / f"node-{node}.log", "ab")
+        self.procs[node] = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self.procs[node]
+
+    def log(self, node: int) -> str:
+        return (self.workdir / f"node-{node}.log").read_text()
+
+    def status(self, node: int) -> dict:
+        creds = client_credentials(self.certs, "operator")
+        return fetch_status(self.address(node), "derecho", timeout=2.0, credentials=creds)
+
+    def wait_members(self, members: set[int], timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                st = self.status(1)
+                if {m for m, _ in st.get("members", [])} == members and all(
+                    r == "serving" for r in st.get("app", {}).get("replicas", {}).values()
+                ):
+                    return st
+            except Exception:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"no view of {sorted(members)} within {timeout} s:\n{self.log(1)[-2000:]}")
+
+    def client(self, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "examples/kv_store.py", *args, "--contact", self.address(1), "--contact",
+               self.address(2), "--certs-dir", str(self.certs)]  # fmt: skip
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs.values():
+            proc.wait(10)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[CliNodes]:
+    made = CliNodes(tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def test_three_cli_nodes_host_the_kv_example_and_its_client_reaches_them(nodes: CliNodes) -> None:
+    app = ["--app", "examples.kv_store:KV", "--set", "layout.KV.shards=2"]
+    for n in (1, 2, 3):
+        nodes.start(n, *app)
+        if n == 1:
+            nodes.wait_members({1})
+    st = nodes.wait_members({1, 2, 3})
+    assert {shard for shard, _ in st["layout"]} == {"KV/0/0", "KV/0/1"}  # the file's two shards
+    put = nodes.client("put", "colour", "teal")
+    assert put.returncode == 0 and "stored at" in put.stdout, put.stderr
+    got = nodes.client("get", "colour")
+    assert got.returncode == 0 and got.stdout.strip() == "b'teal'", got.stdout + got.stderr
+    # SIGTERM: each node leaves the group gracefully and exits 0.
+    for n in (3, 2, 1):
+        nodes.procs[n].send_signal(signal.SIGTERM)
+        assert nodes.procs[n].wait(30) == EXIT_OK, nodes.log(n)[-1500:]
+
+
+def test_a_node_whose_layout_differs_is_refused_at_join(nodes: CliNodes) -> None:
+    nodes.start(1, "--app", "examples.kv_store:KV", "--set", "layout.KV.shards=2")
+    nodes.wait_members({1})
+    odd = nodes.start(2, "--app", "examples.kv_store:KV", "--set", "layout.KV.shards=3")
+    assert odd.wait(60) == EXIT_CONFIG
+    log = nodes.log(2)
+    assert "join refused" in log and "layout differs from the group's" in log and "shards=3" in log, log[-1500:]
+    assert {m for m, _ in nodes.status(1)["members"]} == {1}  # the group goes on, without it
+
+
+def test_the_toml_file_names_the_apps_and_the_layout(nodes: CliNodes, tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[node]\napp = ["examples.counter_lock:Counter", "examples.counter_lock:Locks"]\n'
+        "[layout.Counter]\nmin_nodes = 1\n[layout.Locks]\nmin_nodes = 1\noverlapping = true\n"
+    )
+    nodes.start(1, "--config", str(config))
+    st = nodes.wait_members({1})
+    assert {shard for shard, _ in st["layout"]} == {"Counter/0/0", "Locks/0/0"}
+    creds = {"certs_dir": nodes.certs, "name": "operator"}
+    with da.Client([nodes.address(1)], cluster="derecho", **creds) as client:  # type: ignore[arg-type]
+        assert list(client.handle(Counter).add(5).get(timeout=10).values()) == [5]
+
+
+def test_bad_apps_end_with_one_line_and_exit_2(nodes: CliNodes) -> None:
+    for app, needle in (
+        ("examples.nope:KV", "cannot import module 'examples.nope'"),
+        ("examples.kv_store:Nope", "has no attribute 'Nope'"),
+        ("examples.kv_store:shard_of", "is not a @replicated class"),
+        ("not-a-spec", 'expected "module:Class"'),
+    ):
+        proc = nodes.start(1, "--app", app)
+        assert proc.wait(30) == EXIT_CONFIG
+        log = nodes.log(1)
+        assert needle in log and "Traceback" not in log, log[-800:]
+        (nodes.workdir / "node-1.log").unlink()
+
+
+# ------------------------------------------------------------------------------ layouts (pure)
+def policy(**kw: object) -> LayoutPolicy:
+    return LayoutPolicy.of({name: ShardPolicy(**p) for name, p in kw.items()})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "configured, code, scan, expected",
+    [
+        # the file's table wins over the code's policy
+        (
+            policy(KV={"shards": 3}),
+            da.Layout({KV: ShardPolicy(shards=2, min_nodes=3)}),
+            False,
+            {"KV": ShardPolicy(shards=3)},
+        ),
+        # no table: the code's policy
+        (policy(default={}), da.Layout({KV: ShardPolicy(shards=2)}), False, {"KV": ShardPolicy(shards=2)}),
+        # no table, no code: the module's LAYOUT when scanning (the CLI), else one shard of all
+        (policy(default={}), None, True, {"KV": ShardPolicy(shards=2, min_nodes=3, max_nodes=3)}),
+        (policy(default={}), None, False, {"KV": ShardPolicy()}),
+    ],
+)
+def test_hosted_layout(configured: LayoutPolicy, code: da.Layout | None, scan: bool, expected: dict) -> None:
+    assert dict(hosted_layout([KV], configured, code, scan_modules=scan).policy.types) == expected
+
+
+def test_hosted_layout_refuses_tables_of_types_not_hosted() -> None:
+    with pytest.raises(ConfigError, match=r"\[layout.Lock\]"):
+        hosted_layout([Counter, Locks], policy(Lock={}))
+
+
+def test_a_group_takes_its_layout_from_the_config_file(tmp_path: Path) -> None:
+    """``[layout.KV]`` in the configuration wins over the layout given in code."""
+    from tests.api.groups import running_groups
+
+    code = da.Layout({KV: da.ShardPolicy(shards=1)})
+    with running_groups(2, [KV], code, "layout-test", 1000, data_root=tmp_path,
+                        extra={"layout.KV.shards": "2"}) as groups:  # fmt: skip
+        assert {str(s) for s in groups[0].view.layout.shards} == {"KV/0/0", "KV/0/1"}
+
+
+def test_app_specs_parse_like_a_shell_list() -> None:
+    cfg = load_config(None, {"node.app": "examples.counter_lock:Counter,Locks"})
+    assert cfg.node.app == ("examples.counter_lock:Counter", "examples.counter_lock:Locks")
+    assert load_apps(cfg.node.app) == [Counter, Locks]
+    env = load_config(None, {}, {"DERECHO_NODE_APP": "examples.kv_store:KV"})
+    assert env.node.app == ("examples.kv_store:KV",)
+    assert os.getcwd() in sys.path
