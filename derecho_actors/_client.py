@@ -40,7 +40,7 @@ from runtime.drivers.tcp import split_address
 from runtime.errors import ConfigError, GroupClosed, NestedCallError, NotRegistered, PayloadTooLarge, Refused, WireError
 from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials
 from runtime.wire.codec import FrameDecoder, frame
-from runtime.wire.control import AppMessage, Goodbye, Hello, Ping, Pong, Welcome
+from runtime.wire.control import PROTOCOL_VERSION, AppMessage, Goodbye, Hello, Ping, Pong, Welcome
 
 log = logging.getLogger("derecho.client")
 
@@ -345,7 +345,7 @@ class Client(AsyncLifecycle):
                 for results, _ in self._pending.values():
                     results._restart()
                 try:
-                    hello = frame(Hello(self.session, self.cluster, "client", self.session_ns))
+                    hello = frame(Hello(self.session, self.cluster, "client", self.session_ns, PROTOCOL_VERSION))
                     sock.sendall(hello + (_calls_frame(resend, self.max_frame) if resend else b""))
                 except OSError:
                     sock.close()

@@ -101,7 +101,10 @@ class NodeDiskState:
             raise RestartError(f"{path} is not a {name} file; move it aside to start this node as new")
         fmt = data.get("format", 1)
         if fmt != FORMAT:
-            raise RestartError(f"{path} has format {fmt!r}; this version reads format {FORMAT}")
+            raise RestartError(
+                f"{path} has format {fmt!r}; this release reads format {FORMAT}: start this node with the release "
+                "that wrote it, or move the file aside to start the node as new (it then fetches its state)"
+            )
         if data.get("cluster") != self.cluster or data.get("node") != self.node_id:
             raise RestartError(
                 f"{self.data_dir} holds the state of node {data.get('node')} of cluster {data.get('cluster')!r}, not "

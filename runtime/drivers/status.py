@@ -11,7 +11,7 @@ from runtime.drivers.tcp import split_address
 from runtime.errors import DerechoError, Refused
 from runtime.security.tls import LoadedCredentials
 from runtime.wire.codec import FrameDecoder, frames
-from runtime.wire.control import Goodbye, Hello, StatusReply, StatusRequest
+from runtime.wire.control import PROTOCOL_VERSION, Goodbye, Hello, StatusReply, StatusRequest
 
 
 class StatusError(DerechoError):
@@ -31,7 +31,7 @@ def fetch_status(
     deadline = time.monotonic() + timeout
     try:
         with dial(host, port, timeout, credentials) as sock:
-            sock.sendall(frames([Hello(0, cluster, "client", time.time_ns()), StatusRequest()]))
+            sock.sendall(frames([Hello(0, cluster, "client", time.time_ns(), PROTOCOL_VERSION), StatusRequest()]))
             decoder = FrameDecoder()
             while time.monotonic() < deadline:
                 sock.settimeout(max(0.01, deadline - time.monotonic()))

@@ -49,7 +49,7 @@ from runtime.node_api import session_origin
 from runtime.security.identity import Identity, IdentityError
 from runtime.security.tls import peer_identity
 from runtime.wire.codec import FrameDecoder, decode, frame
-from runtime.wire.control import Goodbye, Hello, Ping, Pong
+from runtime.wire.control import COMPATIBLE_PROTOCOLS, PROTOCOL_VERSION, Goodbye, Hello, Ping, Pong
 
 log = logging.getLogger("derecho.tcp")
 
@@ -144,7 +144,9 @@ class _Connection(asyncio.Protocol):
             if tcp.security.tls and not self._check_server():
                 return
             if self.transport is not None:
-                self.transport.write(frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation)))
+                self.transport.write(
+                    frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation, PROTOCOL_VERSION))
+                )
             return
         if tcp.unauthenticated >= tcp.security.max_unauthenticated:
             tcp.warn(
@@ -358,6 +360,14 @@ class _Connection(asyncio.Protocol):
             tcp.warn("cluster", self.address, "refusing %s: it names another cluster", self.address)
             self._refuse("refused: wrong cluster name")
             return False
+        if item.protocol not in COMPATIBLE_PROTOCOLS:
+            why = (
+                f"it speaks wire protocol {item.protocol}, this node speaks {PROTOCOL_VERSION} (accepts "
+                f"{', '.join(map(str, sorted(COMPATIBLE_PROTOCOLS)))}): run compatible releases (see Versions and upgrades)"
+            )
+            tcp.warn("protocol", self.address, "refusing %s (%s %s): %s", self.address, item.role, item.node_id, why)
+            self._refuse(f"refused: wire protocol {item.protocol} is not compatible with {PROTOCOL_VERSION}")
+            return False
         problem = self._check_identity(item)
         if problem is not None:
             tcp.warn("identity", self.address, "refusing %s: %s", self.address, problem)
@@ -374,7 +384,7 @@ class _Connection(asyncio.Protocol):
             tcp._met(item.node_id, item.incarnation)
             tcp.incoming.setdefault(item.node_id, set()).add(self)
             # Say who answers, so the dialler can tell this process from a later one.
-            self.send(frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation)))
+            self.send(frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation, PROTOCOL_VERSION)))
         else:
             self.decoder.max_frame = tcp.security.client_max_frame
             who = self.identity.name if self.identity is not None else ""

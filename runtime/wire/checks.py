@@ -150,7 +150,7 @@ def refuse_ext(code: int, data: bytes) -> object:
     raise ValueError(f"msgpack ext type {code} is not part of the wire format")
 
 
-Decoders = Mapping[int, tuple[str, int, Callable[[list[Any]], Any]]]
+Decoders = Mapping[int, tuple[str, int | tuple[int, ...], Callable[[list[Any]], Any]]]
 """tag -> (name, number of fields after the tag, decoder of the whole list)"""
 
 
@@ -173,6 +173,7 @@ def decode_tagged(body: bytes | bytearray | memoryview, decoders: Decoders, kind
     if spec is None:
         raise WireError(f"unknown {kind} type tag {tag} (known: {sorted(decoders)})")
     name, arity, dec = spec
-    if len(obj) - 1 != arity:
-        raise WireError(f"{name} {kind} needs {arity} fields after the tag, got {len(obj) - 1}")
+    if len(obj) - 1 != arity and not (isinstance(arity, tuple) and len(obj) - 1 in arity):
+        shown = " or ".join(map(str, arity)) if isinstance(arity, tuple) else arity
+        raise WireError(f"{name} {kind} needs {shown} fields after the tag, got {len(obj) - 1}")
     return dec(obj)

@@ -146,7 +146,7 @@ def _enc_join_reply(m: JoinReply) -> list[Any]:
 
 
 def _enc_hello(m: Hello) -> list[Any]:
-    return [TAG_HELLO, m.node_id, m.cluster, m.role, m.incarnation]
+    return [TAG_HELLO, m.node_id, m.cluster, m.role, m.incarnation, m.protocol]
 
 
 def _enc_status_request(m: StatusRequest) -> list[Any]:
@@ -328,11 +328,12 @@ def _dec_join_reply(f: list[Any]) -> JoinReply:
 
 
 def _dec_hello(f: list[Any]) -> Hello:
-    _, node_id, cluster, role, incarnation = f
+    _, node_id, cluster, role, incarnation, *rest = f  # protocol 0 peers send no protocol
     if type(role) is not str or role not in ROLES:
         raise WireError(f"Hello.role must be one of {sorted(ROLES)}, got {_describe(role)}")
     node = _nat(node_id, "Hello.node_id")
-    return Hello(node, _str(cluster, "Hello.cluster"), role, _nat(incarnation, "Hello.incarnation"))  # type: ignore[arg-type]
+    protocol = _nat(rest[0], "Hello.protocol") if rest else 0
+    return Hello(node, _str(cluster, "Hello.cluster"), role, _nat(incarnation, "Hello.incarnation"), protocol)  # type: ignore[arg-type]
 
 
 def _dec_status_request(f: list[Any]) -> StatusRequest:
@@ -434,13 +435,13 @@ def _dec_pong(f: list[Any]) -> Pong:
 
 
 # tag -> (name, number of fields after the tag, decoder of the whole list)
-_DECODERS: Final[dict[int, tuple[str, int, Callable[[list[Any]], WireMessage]]]] = {
+_DECODERS: Final[dict[int, tuple[str, int | tuple[int, ...], Callable[[list[Any]], WireMessage]]]] = {
     TAG_SHARD_PUSH: ("ShardPush", 6, _dec_shard_push),
     TAG_GROUP_PUSH: ("GroupPush", 3, _dec_group_push),
     TAG_VIEW_ANNOUNCEMENT: ("ViewAnnouncement", 1, _dec_view_announcement),
     TAG_JOIN_REQUEST: ("JoinRequest", 3, _dec_join_request),
     TAG_JOIN_REPLY: ("JoinReply", 3, _dec_join_reply),
-    TAG_HELLO: ("Hello", 4, _dec_hello),
+    TAG_HELLO: ("Hello", (4, 5), _dec_hello),
     TAG_STATUS_REQUEST: ("StatusRequest", 0, _dec_status_request),
     TAG_STATUS_REPLY: ("StatusReply", 1, _dec_status_reply),
     TAG_GOODBYE: ("Goodbye", 1, _dec_goodbye),

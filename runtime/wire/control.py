@@ -17,19 +17,33 @@ Role = Literal["member", "client"]
 ROLES: Final[frozenset[str]] = frozenset({"member", "client"})
 
 
+PROTOCOL_VERSION: Final = 1
+"""The wire protocol this code speaks: frames, their fields and what they mean. Any change a
+peer of the previous release could not read bumps it."""
+
+COMPATIBLE_PROTOCOLS: Final = frozenset({PROTOCOL_VERSION})
+"""Protocols this code accepts from peers. The promise (README "Versions and upgrades"): a
+release also accepts the protocol of the release before it whenever the change allows, so a
+rolling upgrade between adjacent releases works; where it cannot, the release notes say so
+and the group must be stopped and restarted from its logs."""
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
     """First frame on every TCP connection, sent by the side that connected.
 
     A listener cannot tell from an address alone which node dialled in (ports are ephemeral),
     so the dialler names itself, the cluster it believes it joins (two clusters sharing hosts
-    must not cross-talk) and its role.
+    must not cross-talk), its role, and the wire protocol it speaks (a peer whose protocol is
+    not one this node speaks is refused with one line saying both; a hello without the field
+    is protocol 0, from before versions existed).
     """
 
     node_id: int
     cluster: str
     role: Role
     incarnation: int = 0  # differs for every process start: tells a restarted node from its past
+    protocol: int = PROTOCOL_VERSION  # a decoded hello without one says 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,7 +207,7 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "bool tag": (p([True]), "tag must be an int"),
     "unknown tag": (p([99]), "unknown frame type tag 99"),
     "negative tag": (p([-1]), "unknown frame type tag -1"),
-    "too few fields": (p([codec.TAG_HELLO, 1, "c"]), "Hello frame needs 4 fields"),
+    "too few fields": (p([codec.TAG_HELLO, 1, "c"]), "Hello frame needs 4 or 5 fields"),
     "too many fields": (p([codec.TAG_STATUS_REQUEST, 1]), "StatusRequest frame needs 0 fields"),
     "hello negative node": (p([codec.TAG_HELLO, -1, "c", "member", 7]), "Hello.node_id must be a non-negative"),
     "hello bool node": (p([codec.TAG_HELLO, True, "c", "member", 7]), "Hello.node_id must be a non-negative"),
