@@ -288,12 +288,10 @@ class Group(AsyncLifecycle):
             self._host.deliver(d, view)
 
     def _status(self) -> dict[str, Any]:
-        """The actor layer's part of ``status``: each replica here (serving or why not), the
-        persistence frontiers and state digests."""
-        out: dict[str, Any] = {
-            "replicas": self._host.status(self._view, self._transfer.why_waiting),
-            **self._tracker.status(),
-        }
-        if self._stop.reason is not None:
-            out["stopped"] = self._stop.reason
+        """The actor layer's part of ``status``: each replica here (serving or why not), clients'
+        calls, transfers sent, persistence frontiers and state digests."""
+        host, router, transfer = self._host, self._router, self._transfer
+        replicas, calls = host.status(self._view, transfer.why_waiting), router.call_stats.status()
+        out = {"replicas": replicas, "client_calls": calls, "transfers_sent": len(transfer.stats)}
+        out.update(self._tracker.status(), **({"stopped": self._stop.reason} if self._stop.reason else {}))
         return out

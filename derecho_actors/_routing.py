@@ -28,6 +28,7 @@ from typing import Any, Callable
 import msgpack
 
 from derecho_actors import _codec
+from derecho_actors._call_stats import CallStats
 from derecho_actors._consistency import (
     LINEARIZABLE,
     LOCAL,
@@ -104,6 +105,7 @@ class CallRouter:
         self.session_ns = node.wall_ns()
         self.origin = session_origin(f"node:{self.node_id}", node.incarnation)
         self._stable: dict[ShardId, StableReads] = {}  # per shard: marks heard, stable reads waiting
+        self.call_stats = CallStats()  # clients' calls through this node (status, metrics)
 
     # ------------------------------------------------------------------ issuing (any thread)
     def call(
@@ -413,9 +415,10 @@ class CallRouter:
                 applied=False,
             )
         if refusal is not None:
+            self.call_stats.done(msg.method, "refused", None)
             self._refuse_client(conn, msg.call_id, origin, view.vid, refusal)
             return
-        self.proxies[(origin, msg.call_id)] = [conn, -1]
+        self.proxies[(origin, msg.call_id)] = [conn, -1, msg.method, self.node.wall_ns()]
         if len(self.proxies) > MAX_PROXIED:  # calls whose replies never all came (replicas lost)
             self.proxies.popitem(last=False)
         if not msg.ordered and msg.target:
@@ -510,6 +513,9 @@ class CallRouter:
             if proxy is not None:
                 self.client_relays.pop(key, None)  # answered: delivered, no resend needed
                 for_clients.setdefault(proxy[0], []).append(entry)
+                if proxy[1] < 0:  # the first answer: the call's outcome and latency
+                    ms = (self.node.wall_ns() - proxy[3]) / 1e6
+                    self.call_stats.done(proxy[2], "ok" if _ok else "error", ms)
                 left = proxy[1] = (len(replicas) if proxy[1] < 0 else proxy[1]) - 1
                 if left <= 0:
                     del self.proxies[key]

@@ -12,6 +12,7 @@ that founds a one-member group on ``127.0.0.1:7000``. The file looks like::
     listen = "127.0.0.1:7000"
     contacts = ["127.0.0.1:7001"]     # empty: found a new group
     app = ["examples.kv_store:KV"]    # replicated classes to host (derecho-actors node --app)
+    metrics = "127.0.0.1:9100"        # Prometheus /metrics and /health/...; empty: none
     data_dir = "./derecho-data"
     log_level = "INFO"
     cluster = "derecho"
@@ -282,6 +283,13 @@ def _listen_check(value: object) -> str:
     return _address_check(value, 0)
 
 
+def _metrics_check(value: object) -> str:
+    """Where the metrics endpoint listens ("host:port", port 0: any free one), or "" for none."""
+    if value == "":
+        return ""
+    return _address_check(value, 0)
+
+
 def _contacts_check(value: object) -> tuple[str, ...]:
     """Addresses of members to join through; port 0 cannot be connected to, so 1..65535."""
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
@@ -384,6 +392,7 @@ _FIELDS: dict[str, dict[str, _Field]] = {
         "listen": _Field(str.strip, _listen_check),
         "contacts": _Field(_contacts_text, _contacts_check),
         "app": _Field(_apps_text, _apps_check),
+        "metrics": _Field(str.strip, _metrics_check),
         "data_dir": _Field(_identity, _nonempty_str),
         "log_level": _Field(_identity, _log_level),
         "cluster": _Field(_identity, _nonempty_str),
@@ -448,6 +457,7 @@ class NodeSection:
     listen: str = "127.0.0.1:7000"
     contacts: tuple[str, ...] = ()
     app: tuple[str, ...] = ()  # replicated classes this node hosts, "module:Class" (``node --app``)
+    metrics: str = ""  # host:port of the Prometheus /metrics and /health endpoint; empty: none
     data_dir: str = "./derecho-data"
     log_level: str = "INFO"
     cluster: str = "derecho"
@@ -971,6 +981,7 @@ contacts = {contact_list}
 # replicated classes to host, "module:Class" (imported from the working directory or the
 # installed packages); [] hosts none (a raw multicast node)
 app = []
+metrics = ""  # host:port for Prometheus /metrics and /health/live, /health/ready; "" for none
 data_dir = {_toml_str(section.data_dir)}  # where this node keeps its state; created on start
 log_level = {_toml_str(section.log_level)}  # DEBUG, INFO, WARNING or ERROR
 cluster = {_toml_str(section.cluster)}  # group name; a node of another cluster is refused

@@ -148,6 +148,7 @@ class NodeDriver:
         self.node_id = config.node.id
         self.core: NodeCore | None = None
         self.transport: Transport | None = None
+        self.views_installed = 0  # views this node installed since it started (metrics)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_reason: str | None = None
         self._flush_scheduled = False
@@ -189,6 +190,16 @@ class NodeDriver:
             ),
         )
         await self.transport.start()
+        metrics = None
+        if cfg.node.metrics:
+            from runtime.drivers.metrics import MetricsServer
+
+            try:
+                metrics = MetricsServer(cfg.node.metrics, self._status_snapshot)
+            except OSError as exc:
+                await self.transport.close()
+                raise ConfigError(f"node.metrics: cannot listen on {cfg.node.metrics}: {exc}") from None
+            metrics.start()
         now = self.loop.time()
         address = cfg.node.listen
         contacts = [c for c in cfg.contact_addresses() if c != address]
@@ -220,6 +231,8 @@ class NodeDriver:
         self._started.set()
         self._schedule_flush()
         await self._stop_event.wait()
+        if metrics is not None:
+            await asyncio.to_thread(metrics.stop)
         await self.transport.close()
         self._notify_stop(self.stop_reason or "stopped")
         return self.stop_reason or "stopped"
@@ -673,7 +686,29 @@ class NodeDriver:
         if core.unreported():
             self._schedule_flush()
 
+    def _status_snapshot(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """``status()`` taken on the loop, from another thread (the metrics server's); None
+        if the loop does not answer within ``timeout``."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return None
+        box: list[dict[str, Any]] = []
+        done = threading.Event()
+
+        def take() -> None:
+            try:
+                box.append(self.status())
+            finally:
+                done.set()
+
+        try:
+            loop.call_soon_threadsafe(take)
+        except RuntimeError:  # the loop closed meanwhile
+            return None
+        return box[0] if done.wait(timeout) and box else None
+
     def _on_view(self, view: View) -> None:
+        self.views_installed += 1
         transport = self.transport
         assert transport is not None and self.core is not None
         for node in view.departed:
@@ -742,6 +777,7 @@ class NodeDriver:
         if self.transport is not None:
             out["bad_frames"] = self.transport.bad_frames
             out["clients"] = self.transport.client_count()
+        out["views_installed"] = self.views_installed
         if self.hooks.status is not None:
             out["app"] = self.hooks.status()
         return out

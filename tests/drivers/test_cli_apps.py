@@ -204,3 +204,77 @@ def test_app_specs_parse_like_a_shell_list() -> None:
     env = load_config(None, {}, {"DERECHO_NODE_APP": "examples.kv_store:KV"})
     assert env.node.app == ("examples.kv_store:KV",)
     assert os.getcwd() in sys.path
+
+
+# ------------------------------------------------------------------------------ metrics
+def _get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus' text format (the first whose labels include these)."""
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {"):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name} {labels} in:\n{text[:3000]}")
+
+
+def test_metrics_and_health_endpoints_answer_while_a_load_runs(nodes: CliNodes) -> None:
+    ports = _free_ports(3)
+    app = ["--app", "examples.kv_store:KV", "--set", "layout.KV.shards=2", "--set", "layout.KV.min_nodes=1"]
+    for n, port in zip((1, 2, 3), ports):
+        nodes.start(n, *app, "--set", f"node.metrics=127.0.0.1:{port}")
+        if n == 1:
+            nodes.wait_members({1})
+            # Node 1 alone holds both shards at once (min_nodes=1): ready.
+    nodes.wait_members({1, 2, 3})
+    base = f"http://127.0.0.1:{ports[0]}"
+    assert _get(base + "/health/live")[0] == 200
+    creds = {"certs_dir": nodes.certs, "name": "operator"}
+    with da.Client([nodes.address(1)], cluster="derecho", **creds) as client:  # type: ignore[arg-type]
+        results = [client.handle(KV, shard=i % 2).put(f"k{i}", b"v") for i in range(300)]
+        code, text = _get(base + "/metrics")  # scraped while the puts are in flight
+        for r in results:
+            r.get(timeout=30)
+        client.handle(KV).get("k0", node=1).get(timeout=10)
+    code, text = _get(base + "/metrics")
+    assert code == 200
+    assert _value(text, "derecho_up") == 1 and _value(text, "derecho_ready") == 1
+    assert _value(text, "derecho_view_id") >= 1 and _value(text, "derecho_members") == 3
+    assert _value(text, "derecho_views_installed_total") >= 2  # the founding view and the one of three
+    assert _value(text, "derecho_client_calls_total", method="put", outcome="ok") == 300
+    assert _value(text, "derecho_client_calls_total", method="get", outcome="ok") == 1
+    assert _value(text, "derecho_client_call_seconds_count", method="put") == 300
+    assert _value(text, "derecho_client_call_seconds_bucket", method="put", le="+Inf") == 300
+    assert _value(text, "derecho_shard_delivered", shard="KV/0/0") > 0
+    assert _value(text, "derecho_replica_serving", shard="KV/0/0") in (0.0, 1.0)
+    assert "derecho_member_persistence_lag" in text and "derecho_suspected_members 0.0" in text
+    code, body = _get(base + "/health/ready")
+    assert code == 200 and '"ok": true' in body
+    assert _get(base + "/nowhere")[0] == 404
+
+
+def test_readiness_says_why_a_node_is_not_ready(nodes: CliNodes) -> None:
+    (port,) = _free_ports(1)
+    nodes.start(1, "--app", "examples.kv_store:KV", "--set", "layout.KV.min_nodes=3",
+                "--set", f"node.metrics=127.0.0.1:{port}")  # fmt: skip
+    deadline = time.monotonic() + 30
+    code, body = 0, ""
+    while time.monotonic() < deadline:
+        try:
+            code, body = _get(f"http://127.0.0.1:{port}/health/ready")
+            if code == 503 and "too small" in body:
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    assert code == 503 and "too small for the layout" in body and "KV/0/0 needs 2 more nodes" in body, body
+    assert _get(f"http://127.0.0.1:{port}/health/live")[0] == 200

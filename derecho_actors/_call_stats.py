@@ -1,0 +1,50 @@
+"""Counts of the calls clients make through this node, by method and outcome, with a latency
+histogram: what ``status`` shows and the metrics endpoint exports.
+
+A contact node sees a client's call arrive and its first answer leave, so the latency is the
+group's part of the call (client and network excluded). Outcomes: ``ok`` (the first answer is
+a result), ``error`` (it is an error the method raised, or a refusal on the way), ``refused``
+(this node refused it at once: too large, shard unavailable, no such replica).
+Kept on the node's loop; plain data out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0)
+"""Upper bounds of the latency buckets (ms); a last bucket counts everything above."""
+
+OUTCOMES = ("ok", "error", "refused")
+
+
+class CallStats:
+    def __init__(self) -> None:
+        self.calls: dict[tuple[str, str], int] = {}  # (method, outcome) -> calls
+        self.buckets: dict[str, list[int]] = {}  # method -> counts per bucket (+ overflow)
+        self.sum_ms: dict[str, float] = {}
+
+    def done(self, method: str, outcome: str, ms: float | None) -> None:
+        key = (method, outcome)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        if ms is None:
+            return
+        counts = self.buckets.get(method)
+        if counts is None:
+            counts = self.buckets[method] = [0] * (len(BUCKETS_MS) + 1)
+        i = 0
+        while i < len(BUCKETS_MS) and ms > BUCKETS_MS[i]:
+            i += 1
+        counts[i] += 1
+        self.sum_ms[method] = self.sum_ms.get(method, 0.0) + ms
+
+    def status(self) -> dict[str, Any]:
+        """``{"calls": [[method, outcome, n], ...], "latency_ms": {method: {"buckets": [...],
+        "sum": s}}, "bounds_ms": [...]}``."""
+        return {
+            "calls": [[m, o, n] for (m, o), n in sorted(self.calls.items())],
+            "latency_ms": {
+                m: {"buckets": list(c), "sum": round(self.sum_ms.get(m, 0.0), 3)} for m, c in self.buckets.items()
+            },
+            "bounds_ms": list(BUCKETS_MS),
+        }
