@@ -46,6 +46,16 @@ def _node_parser(sub: argparse._SubParsersAction) -> None:
         help="host these replicated classes (repeatable; also node.app in the config): the module is imported "
         "from the working directory or the installed packages, as uvicorn imports apps",
     )
+    p.add_argument(
+        "--no-leave",
+        action="store_true",
+        help="on SIGTERM/SIGINT stop without leaving the group (a restart, not a departure: Kubernetes pods)",
+    )
+    p.add_argument(
+        "--id-from-ordinal",
+        action="store_true",
+        help="node.id = the StatefulSet ordinal in $HOSTNAME (name-N) + 1, kept in data_dir/node-id",
+    )
     p.add_argument("--send", type=int, default=0, metavar="N", help="load generator: multicast N numbered messages")
     p.add_argument("--size", type=int, default=100, help="load generator: payload size in bytes (default 100)")
     p.add_argument(
@@ -82,6 +92,11 @@ def run_node(args: argparse.Namespace) -> int:
     from runtime.drivers.node import NodeDriver
 
     config = load_config(args.config, _overrides(args), os.environ)
+    if args.id_from_ordinal:
+        import dataclasses
+
+        node_id = id_from_ordinal(os.environ.get("HOSTNAME", ""), Path(config.node.data_dir))
+        config = dataclasses.replace(config, node=dataclasses.replace(config.node, id=node_id))
     logging.basicConfig(
         level=getattr(logging, config.node.log_level),
         format=f"%(asctime)s node{config.node.id} %(levelname)s %(name)s: %(message)s",
@@ -95,7 +110,7 @@ def run_node(args: argparse.Namespace) -> int:
                 "--send and --delivery-log run the raw multicast load; a node hosting --app classes "
                 "takes calls from clients instead"
             )
-        return run_app_node(config, args.accept_loss)
+        return run_app_node(config, args.accept_loss, leave=not args.no_leave)
     app = LoadApp(
         config.node.id,
         args.send,
@@ -145,9 +160,32 @@ def run_node(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_app_node(config: Any, accept_loss: bool) -> int:
+def id_from_ordinal(hostname: str, data_dir: Path) -> int:
+    """A StatefulSet pod's node id: its ordinal (``name-N`` in its hostname) + 1, written to
+    ``data_dir/node-id`` the first time and checked against it after (a volume moved to
+    another pod would otherwise give one node two ids)."""
+    head, _, tail = hostname.rpartition("-")
+    if not head or not tail.isdigit():
+        raise ConfigError(f"--id-from-ordinal: the hostname {hostname!r} does not end in -N (a StatefulSet pod's does)")
+    node_id = int(tail) + 1
+    kept = data_dir / "node-id"
+    if kept.exists():
+        text = kept.read_text().strip()
+        if text != str(node_id):
+            raise ConfigError(
+                f"--id-from-ordinal: {kept} says this data belongs to node {text}, but the hostname {hostname!r} "
+                f"gives node {node_id}; give each pod its own volume"
+            )
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        kept.write_text(f"{node_id}\n")
+    return node_id
+
+
+def run_app_node(config: Any, accept_loss: bool, leave: bool = True) -> int:
     """A node hosting replicated classes (``node.app``) until SIGTERM or SIGINT (then it leaves
-    the group gracefully) or until the group stops it; its exit code says which."""
+    the group gracefully, or with ``leave=False`` just stops: a restart, not a departure) or
+    until the group stops it; its exit code says which."""
     import threading
 
     from derecho_actors._app_host import hosted_layout, load_apps
@@ -172,6 +210,10 @@ def run_app_node(config: Any, accept_loss: bool) -> int:
             print(f"derecho-actors node: stopped: {group.stopped}", file=sys.stderr)
             group.close()
             return group.exit_code
+    if not leave:
+        log.info("stopping without leaving the group (signal; --no-leave): the others see this node fail")
+        group.close()
+        return 0
     log.info("leaving the group (signal)")
     group.leave()
     return group.exit_code

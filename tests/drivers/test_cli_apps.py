@@ -278,3 +278,40 @@ def test_readiness_says_why_a_node_is_not_ready(nodes: CliNodes) -> None:
         time.sleep(0.1)
     assert code == 503 and "too small for the layout" in body and "KV/0/0 needs 2 more nodes" in body, body
     assert _get(f"http://127.0.0.1:{port}/health/live")[0] == 200
+
+
+# ------------------------------------------------------------------------------ pods
+@pytest.mark.parametrize(
+    "hostname, expected",
+    [("derecho-0", 1), ("derecho-12", 13), ("kv-store-2", 3)],
+)
+def test_id_from_the_statefulset_ordinal_is_kept_on_the_volume(tmp_path: Path, hostname: str, expected: int) -> None:
+    from derecho_actors.cli import id_from_ordinal
+
+    assert id_from_ordinal(hostname, tmp_path / "data") == expected
+    assert (tmp_path / "data" / "node-id").read_text().strip() == str(expected)
+    assert id_from_ordinal(hostname, tmp_path / "data") == expected  # the same pod again
+
+
+def test_id_from_ordinal_refuses_a_foreign_volume_or_hostname(tmp_path: Path) -> None:
+    from derecho_actors.cli import id_from_ordinal
+
+    id_from_ordinal("derecho-0", tmp_path)
+    with pytest.raises(ConfigError, match="belongs to node 1"):
+        id_from_ordinal("derecho-1", tmp_path)
+    with pytest.raises(ConfigError, match="does not end in -N"):
+        id_from_ordinal("laptop", tmp_path / "other")
+
+
+def test_no_leave_stops_without_leaving_and_the_others_see_a_failure(nodes: CliNodes) -> None:
+    app = ["--app", "examples.kv_store:KV", "--set", "layout.KV.min_nodes=1"]
+    nodes.start(1, *app)
+    nodes.wait_members({1})
+    nodes.start(2, *app)
+    nodes.start(3, *app, "--no-leave")
+    nodes.wait_members({1, 2, 3})
+    nodes.procs[3].send_signal(signal.SIGTERM)
+    assert nodes.procs[3].wait(30) == EXIT_OK
+    nodes.wait_members({1, 2})
+    assert "stopping without leaving the group" in nodes.log(3)
+    assert "leaving the group (signal)" not in nodes.log(3)
