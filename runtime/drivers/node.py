@@ -49,6 +49,7 @@ from runtime.wire.control import (
 log = logging.getLogger("derecho.node")
 
 CORE_MESSAGES = (ShardPush, GroupPush, ViewAnnouncement, JoinRequest, JoinReply)
+MAX_EARLY_FRAMES = 10_000  # frames kept for a core not created yet (a restarting node)
 RESTART_MESSAGES = (RestartHello, RestartDecision, GroupRunning)
 
 
@@ -149,6 +150,7 @@ class NodeDriver:
         self.core: NodeCore | None = None
         self.transport: Transport | None = None
         self.views_installed = 0  # views this node installed since it started (metrics)
+        self._early: list[tuple[int, Any]] = []  # frames that came before the core (a restart)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_reason: str | None = None
         self._flush_scheduled = False
@@ -258,6 +260,9 @@ class NodeDriver:
             log.info("node %s listening on %s, joining via %s", self.node_id, address, ", ".join(contacts))
             self.core = NodeCore(self.node_id, address, cfg.layout, cfg.core_config(), now, contact=contacts)
             self.loop.call_later(cfg.timeouts.connect_timeout_ms / 1000, self._check_contact_reached, contacts)  # type: ignore[union-attr]
+        early, self._early = self._early, []
+        for sender, msg in early:  # what peers sent before the core existed, in order
+            self._on_frames(sender, [msg])
         self._schedule_flush()
 
     def _send_to_address(self, address: str, msg: Any) -> None:
@@ -554,6 +559,11 @@ class NodeDriver:
                     if self._forged(sender, msg):
                         return
                     self._on_restart_message(sender, msg)
+                elif len(self._early) < MAX_EARLY_FRAMES:
+                    # A restarting node's peers may install the restart view, and push their rows
+                    # (which they send only when they change), before this node has its core: kept
+                    # for the core, or an idle shard would never hear of them.
+                    self._early.append((sender, msg))
             return
         now = self.loop.time()  # type: ignore[union-attr]
         step = core.step
