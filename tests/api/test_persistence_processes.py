@@ -18,6 +18,7 @@ import pytest
 import derecho_actors as da
 from derecho_actors._cluster import LocalCluster
 from examples.persistent_kv import LAYOUT, PersistentKV
+from runtime.core.versions import format_version
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -56,8 +57,13 @@ def check_all(cluster: LocalCluster, confirmed: list[tuple[int, int]], nodes: tu
     assert versions == sorted(versions) and len(set(versions)) == len(versions)
     for node in nodes:
         calls = [(i, kv.get_at(f"key-{i % 300}", v, node=node)) for i, v in confirmed]
-        wrong = [i for i, c in calls if c.get(timeout=30)[node] != f"value-{i}".encode()]
-        assert wrong == [], f"node {node}: persisted writes {wrong[:10]} missing or changed"
+        answers = {i: c.get(timeout=30)[node] for i, c in calls}
+        wrong = [i for i in answers if answers[i] != f"value-{i}".encode()]
+        shown = [(i, format_version(dict(confirmed)[i]), answers[i]) for i in wrong[:5]]
+        assert wrong == [], (  # seen once under CI after a rejoin: say what the node answered
+            f"node {node}: persisted writes {wrong[:10]} missing or changed ({len(wrong)} in all); "
+            f"(write, version, answer): {shown}; status: {cluster.status(node).get('shards')}"
+        )
         last = {f"key-{i % 300}": f"value-{i}".encode() for i, _ in confirmed}
         for key in list(last)[:20]:
             now = kv.get(key, node=node).get(timeout=10)[node]
