@@ -26,16 +26,19 @@ deterministic. P2P methods run on one replica and must not change state.
 from derecho_actors._client import Client
 from derecho_actors._cluster import local_cluster
 from derecho_actors._decorators import ordered, p2p, replicated
+from derecho_actors._events import WatchEvent, emit
 from derecho_actors._group import Group, Handle, Layout
 from derecho_actors._persistent import Persistent, at_time, at_version, current_version, persisted_version
 from derecho_actors._results import QueryResults
 from derecho_actors._sim_api import SimCall, sim_workload, simulate
+from derecho_actors._watch import Watch
 from runtime.core.layout import ShardPolicy
 from runtime.core.versions import format_version, version_parts
 from runtime.errors import (
     ConfigError,
     DerechoError,
     DivergenceError,
+    EmitError,
     GroupClosed,
     LayoutError,
     LogCorrupted,
@@ -60,6 +63,7 @@ from runtime.errors import (
     TimeoutError,
     UnknownMethod,
     VersionLost,
+    WatchHistoryLost,
     WireError,
 )
 
@@ -70,6 +74,7 @@ __all__ = [
     "ConfigError",
     "DerechoError",
     "DivergenceError",
+    "EmitError",
     "Group",
     "GroupClosed",
     "Handle",
@@ -107,8 +112,12 @@ __all__ = [
     "TimeoutError",
     "UnknownMethod",
     "VersionLost",
+    "Watch",
+    "WatchEvent",
+    "WatchHistoryLost",
     "WireError",
     "__version__",
+    "emit",
     "ordered",
     "local_cluster",
     "p2p",

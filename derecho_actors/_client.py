@@ -31,9 +31,11 @@ from derecho_actors import _codec
 from derecho_actors._aio import AsyncHandle, AsyncLifecycle
 from derecho_actors._consistency import ReadOptions, encode_read
 from derecho_actors._decorators import ORDERED, TypeSpec, method_caller, spec_of
+from derecho_actors._events import WATCH_POLL, PollArgs, WatchEvent, decode_answer, encode_poll
 from derecho_actors._messages import Call, CallBatch, Reply, ReplyBatch, ViewNotice, decode, encode
 from derecho_actors._replica import in_handler
 from derecho_actors._results import PERSISTED_QUERY, QueryResults, take_entries
+from derecho_actors._watch import Watch, start_position
 from runtime.core.layout import ShardId
 from runtime.drivers.dial import client_credentials, dial, is_refusal
 from runtime.drivers.tcp import split_address
@@ -106,6 +108,8 @@ class Client(AsyncLifecycle):
         self._closed = False
         self._refusal: Refused | None = None
         self._contact = 0
+        self.connected_to: str | None = None  # the contact of the current (or last) connection
+        self.connections = 0  # connections made so far (more than one: the client failed over)
         self._connected = threading.Event()
         self._pings = itertools.count(1)
         self._unavailable = ""  # why the group's shards cannot run, as the contact last said
@@ -155,6 +159,31 @@ class Client(AsyncLifecycle):
         if spec is None:
             raise NotRegistered(f"{getattr(cls, '__name__', cls)!r} is not a @replicated class")
         return ClientHandle(self, spec, ShardId(spec.name, subgroup, shard))
+
+    def watch(
+        self,
+        cls: type,
+        shard: int = 0,
+        subgroup: int = 0,
+        *,
+        since: int | tuple[int, int] | WatchEvent | None = None,
+        hold: float = 5.0,
+    ) -> Watch:
+        """The change events (``da.emit``) of a shard after ``since`` (a version, a position or
+        an event; None: from now on), in order; iterate it, or ``async for``. It survives the
+        loss of a contact or replica: it asks again from where it stood."""
+        spec = spec_of(cls)
+        if spec is None:
+            raise NotRegistered(f"{getattr(cls, '__name__', cls)!r} is not a @replicated class")
+        sid = ShardId(spec.name, subgroup, shard)
+        what = f"watch of {sid}"
+
+        def send(poll: PollArgs) -> QueryResults:
+            results = self._send(sid, WATCH_POLL, encode_poll(poll), False, 0, what, decode_answer)
+            assert results is not None  # a blocking send always sends
+            return results
+
+        return Watch(send, spec.serializer, what, start_position(since), hold=hold)
 
     def close(self) -> None:
         self._closed = True
@@ -352,6 +381,8 @@ class Client(AsyncLifecycle):
                     continue
                 self._sock = sock
                 self._unavailable = ""
+                self.connected_to = address
+                self.connections += 1
             log.info("client connected to %s (%d calls resent)", address, len(resend))
             return sock
         if last_error:

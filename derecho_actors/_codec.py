@@ -14,6 +14,7 @@ import msgpack
 
 from runtime.errors import (
     DerechoError,
+    EmitError,
     NotPersistedYet,
     NotPersistent,
     P2PMutationError,
@@ -27,6 +28,7 @@ from runtime.errors import (
     TimeoutError,
     UnknownMethod,
     VersionLost,
+    WatchHistoryLost,
 )
 
 
@@ -145,6 +147,7 @@ _OWN_ERRORS: dict[str, type[DerechoError]] = {
         UnknownMethod,
         P2PMutationError,
         TimeoutError,
+        WatchHistoryLost,
     )
 }
 
@@ -169,9 +172,10 @@ def decode_error(data: bytes, node: int | None) -> BaseException:
 
 # Raised inside a replicated method by da.at_version / da.at_time (or by a call's at_version= /
 # at_time=) and not caught there: they say what the version is (not yet on disk everywhere, or
-# lost, or the type keeps no versions), which is what the caller needs.
+# lost, or the type keeps no versions), which is what the caller needs. Likewise EmitError
+# (da.emit outside an ordered method): the method must change, not the call.
 _READ_ERRORS: dict[str, type[DerechoError]] = {
-    cls.__name__: cls for cls in (NotPersistedYet, VersionLost, NotPersistent)
+    cls.__name__: cls for cls in (NotPersistedYet, VersionLost, NotPersistent, EmitError)
 }
 
 

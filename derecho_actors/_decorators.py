@@ -43,6 +43,7 @@ class TypeSpec:
     on_divergence: str = "raise"  # replies of an ordered call that differ: "raise" or "warn"
     digest_every: int = 0  # >0: replicas compare state digests every this many ordered calls
     check_p2p: bool = False  # digest the state around every P2P call: a change is an error
+    watch_history: int = 10_000  # events (da.emit) each replica keeps for watches to resume from
 
     @property
     def persistent(self) -> bool:
@@ -73,6 +74,7 @@ def replicated(
     on_divergence: str = "raise",
     digest_every: int = 0,
     check_p2p: bool | None = None,
+    watch_history: int = 10_000,
 ) -> Any:
     """Make a class a replicated type. ``name`` (default: the class name) is how nodes agree
     on the type, so every node must register it under the same name.
@@ -101,6 +103,10 @@ def replicated(
       changed it is reported to its caller (``P2PMutationError``) and logged. A debugging aid
       (two encodings of the whole state per P2P call). Default: on if the environment
       variable ``DERECHO_CHECK_P2P`` is ``1`` when the class is decorated.
+
+    ``watch_history``: how many change events (``da.emit`` in ordered methods) each replica
+    keeps in memory, so a watch that reconnects resumes where it stopped; one that fell
+    further behind is told (``WatchHistoryLost``) rather than skipping events.
     """
 
     def wrap(c: type[T]) -> type[T]:
@@ -144,6 +150,10 @@ def replicated(
                 f"@replicated(digest_every={digest_every!r}) on {c.__name__}: give a number of ordered "
                 "calls (> 0), or 0 for no digests"
             )
+        if type(watch_history) is not int or watch_history < 1:
+            raise ConfigError(
+                f"@replicated(watch_history={watch_history!r}) on {c.__name__}: give a number of events (>= 1)"
+            )
         check = os.environ.get(CHECK_P2P_ENV, "") == "1" if check_p2p is None else bool(check_p2p)
         for attr in methods:
             _check_parameters(c.__name__, attr, getattr(c, attr))
@@ -160,6 +170,7 @@ def replicated(
             on_divergence,
             digest_every,
             check,
+            watch_history,
         )
         return c
 

@@ -21,6 +21,7 @@ from derecho_actors._app_host import hosted_layout
 from derecho_actors._decorators import spec_of
 from derecho_actors._disk_state import NodeDiskState, group_signing_key, saved_state
 from derecho_actors._dispatch import MessageDispatch
+from derecho_actors._events import WatchEvent
 from derecho_actors._frontiers import PersistenceTracker
 from derecho_actors._handles import Handle, Layout, registered_specs, shard_id_of
 from derecho_actors._hosting import ReplicaHost, Runner, ThreadRunner
@@ -28,6 +29,7 @@ from derecho_actors._replica_env import ReplicaEnvFactory
 from derecho_actors._routing import CallRouter
 from derecho_actors._stopping import NodeStop
 from derecho_actors._transfer import TransferService
+from derecho_actors._watch import Watch, start_position
 from runtime.config import NodeConfig, load_config
 from runtime.core.effects import Delivery
 from runtime.core.layout import ShardId, ShardPolicy
@@ -177,6 +179,32 @@ class Group(AsyncLifecycle):
         if spec is None or spec.name not in self._specs:
             raise NotRegistered(f"{getattr(cls, '__name__', cls)!r} is not a replicated type of this group")
         return Handle(self._router, spec, ShardId(spec.name, subgroup, shard))
+
+    def watch(
+        self,
+        cls: type,
+        shard: int = 0,
+        subgroup: int = 0,
+        *,
+        since: int | tuple[int, int] | WatchEvent | None = None,
+        node: int | None = None,
+        hold: float = 5.0,
+    ) -> Watch:
+        """The change events (``da.emit``) of a shard after ``since`` (a version, a position or
+        an event; None: from now on), in order; iterate it, or ``async for``. ``node``: poll
+        this replica (default: ours if we hold one, else any); a failed poll goes again."""
+        spec = spec_of(cls)
+        if spec is None or spec.name not in self._specs:
+            raise NotRegistered(f"{getattr(cls, '__name__', cls)!r} is not a replicated type of this group")
+        sid = ShardId(spec.name, subgroup, shard)
+        what = f"watch of {sid}"
+        return Watch(
+            lambda poll: self._router.watch_poll(sid, what, poll, node),
+            spec.serializer,
+            what,
+            start_position(since),
+            hold=hold,
+        )
 
     @property
     def members(self) -> list[int]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from derecho_actors import _codec
 from derecho_actors._consistency import LINEARIZABLE, STABLE, PastView, ReadOptions, StableGate
 from derecho_actors._decorators import ORDERED, P2P, TypeSpec
 from derecho_actors._digest import object_attrs, state_digest
+from derecho_actors._events import EventLog, EventSink, WatchBoard, WatchExpire, WatchPoll, handler_context
 from derecho_actors._messages import Reply
 from derecho_actors._persistent import STORE_ATTR, PersistentStore, persistent_fields
 from derecho_actors._sessions import DUPLICATE, EXPIRED, FORGOTTEN, FULL, SessionTable
@@ -41,10 +41,11 @@ from runtime.errors import (
     SessionLimit,
     StateTransferError,
     TimeoutError,
+    WatchHistoryLost,
 )
 
 log = logging.getLogger("derecho.replica")
-_in_handler = threading.local()
+_in_handler = handler_context
 
 
 def in_handler() -> bool:
@@ -135,7 +136,17 @@ class PeerMark:
     public_key: bytes
 
 
-ReplicaMessage = OrderedBatch | ViewBoundary | P2PRequest | StatePart | FrontierMoved | PeerMark | StableMark
+ReplicaMessage = (
+    OrderedBatch
+    | ViewBoundary
+    | P2PRequest
+    | StatePart
+    | FrontierMoved
+    | PeerMark
+    | StableMark
+    | WatchPoll
+    | WatchExpire
+)
 
 
 @dataclass
@@ -196,6 +207,11 @@ class Replica:
         self._gate = StableGate()  # stable reads waiting, and how far this replica's state goes
         self._digest_every = spec.digest_every
         self._no_digest_warned = False
+        # Change events (da.emit) for watches, and the version of the last ordered call run.
+        self.events = EventLog(spec.watch_history)
+        self._sink = EventSink(self.events, spec.serializer)
+        self.watchers = WatchBoard(self.events)
+        self.applied_version = -1
 
     @property
     def behind(self) -> bool:
@@ -256,6 +272,9 @@ class Replica:
             if call.origin:
                 self.sessions.replayed(call.origin, call.call_id, call.timestamp_ns)
             self.applied += 1
+        if store.last_version >= 0:
+            self.events.restarted_at(store.last_version)  # events are not logged: none before here
+            self.applied_version = store.last_version
         setattr(self.obj, STORE_ATTR, store)
         store.lost = self.env.lost
         self.store = store
@@ -279,6 +298,8 @@ class Replica:
         if t is FrontierMoved:
             if self.store is not None:
                 self.store.frontier = max(self.store.frontier, message.version)  # type: ignore[union-attr]
+                if self.watchers.parked and not self.awaiting:
+                    self._answer_watches(self.watchers.release(self._watch_bound()))
             self._check_marks()
             return
         if t is PeerMark:
@@ -323,62 +344,81 @@ class Replica:
                 self.send_replies([self._p2p(p.caller, p.call_id, p.method, p.args, p.vid, p.origin)])
             else:
                 self._read(p)
+        elif t is WatchPoll:
+            w: WatchPoll = message  # type: ignore[assignment]
+            try:
+                answers = self.watchers.poll(w, self._watch_bound())
+            except WatchHistoryLost as exc:
+                err = _codec.encode_refusal(exc)
+                self.send_replies(
+                    [(w.caller, Reply(w.call_id, self.node_id, w.vid, (self.node_id,), False, err, w.origin))]
+                )
+                return
+            self._answer_watches(answers)
+        elif t is WatchExpire:
+            self._answer_watches(self.watchers.expire(message, self._watch_bound()))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ watches
+    def _watch_bound(self) -> int:
+        """The last version whose events watchers may have: applied here, and for a
+        persistent type also persisted at every replica (no total restart can undo it)."""
+        store = self.store
+        if store is None:
+            return self.applied_version
+        return min(self.applied_version, store.frontier)
+
+    def _answer_watches(self, answers: list[tuple[WatchPoll, bytes]]) -> None:
+        if answers:
+            me = self.node_id
+            self.send_replies(
+                [(w.caller, Reply(w.call_id, me, w.vid, (me,), True, payload, w.origin)) for w, payload in answers]
+            )
 
     def _ordered_batch(self, vid: int, replicas: tuple[int, ...], calls: list[DeliveredCall]) -> None:
         """Run a delivered batch. A call whose ``session`` is ``READ_IN_ORDER`` (-1) is a
         linearizable read: only the replica its ``floor`` names runs it, as a P2P call; it is
-        no version, changes nothing and is not counted."""
+        no version, changes nothing and is not counted. Every other call is the version
+        (view, k-th call of the view), the same at every replica: of the log record for a
+        persistent type, of the state digest, and of the events the call emits."""
         store = self.store
         every = self._digest_every
         me = self.node_id
+        sink = self._sink
+        emitted = sink.added
         out = []
+        records = []
         reads = 0
-        if store is None and not every:
-            for caller, call_id, method, args, origin, session, floor, ts in calls:
-                if session < 0:
-                    reads += 1
-                    if floor == me:
-                        out.append(self._p2p(caller, call_id, method, args, vid, origin))
-                    continue
+        if vid != self._view_of_count:
+            self._view_of_count, self._count = vid, 0
+        version = -1
+        for caller, call_id, method, args, origin, session, floor, ts in calls:
+            if session < 0:
+                reads += 1
+                if floor == me:
+                    out.append(self._p2p(caller, call_id, method, args, vid, origin))
+                continue
+            version = make_version(vid, self._count)
+            self._count += 1
+            sink.version = version
+            if store is None:
                 out.append(self._ordered(caller, call_id, method, args, origin, session, floor, ts, vid, replicas, -1))
-        else:
-            records = []
-            if vid != self._view_of_count:
-                self._view_of_count, self._count = vid, 0
-            for caller, call_id, method, args, origin, session, floor, ts in calls:
-                if session < 0:
-                    reads += 1
-                    if floor == me:
-                        out.append(self._p2p(caller, call_id, method, args, vid, origin))
-                    continue
-                version = make_version(vid, self._count)
-                self._count += 1
-                if store is not None:
-                    store.last_version = version  # what current_version() shows during the call
+            else:
+                store.last_version = version  # what current_version() shows during the call
                 out.append(
-                    self._ordered(
-                        caller,
-                        call_id,
-                        method,
-                        args,
-                        origin,
-                        session,
-                        floor,
-                        ts,
-                        vid,
-                        replicas,
-                        version if store is not None else -1,
-                    )
+                    self._ordered(caller, call_id, method, args, origin, session, floor, ts, vid, replicas, version)
                 )
-                if store is not None:
-                    records.append(store.record(version, ts, origin, call_id))
-                if every and self._count % every == 0:
-                    self._digest(version)
-            if store is not None:
-                store.submit(records)
+                records.append(store.record(version, ts, origin, call_id))
+            if every and self._count % every == 0:
+                self._digest(version)
+        if version >= 0:
+            self.applied_version = version
+        if store is not None:
+            store.submit(records)
         self.applied += len(calls) - reads
         if out:
             self.send_replies(out)
+        if sink.added != emitted and self.watchers.parked:
+            self._answer_watches(self.watchers.release(self._watch_bound()))
 
     def _digest(self, version: int) -> None:
         """``digest_every``: this replica's state digest after the call at ``version``, for the
@@ -567,10 +607,13 @@ class Replica:
             a, kw = _codec.decode_args(args, spec.serializer)
             target = self.obj if past is None else PastView(self.obj, past)
             _in_handler.active = True
+            if want == ORDERED:
+                _in_handler.sink = self._sink
             try:
                 result = getattr(target, method)(*a, **kw)
             finally:
                 _in_handler.active = False
+                _in_handler.sink = None
             value = _codec.encode_result(result, spec.serializer)
         except SerializationError as exc:
             ok, value = False, _codec.encode_error(exc)
@@ -614,6 +657,8 @@ class Replica:
             "applied": self.applied,
             "version": self.store.last_version if self.store is not None else -1,
             "lost": list(self.store.lost) if self.store is not None and self.store.lost is not None else None,
+            "events": self.events.to_state(),
+            "watch_head": self.applied_version,
         }
 
     def _restore_object_state(self, state: dict[str, Any]) -> None:
@@ -625,6 +670,8 @@ class Replica:
         self.sessions = self._new_sessions()
         self.sessions.load_state(state["sessions"])
         self.applied = state["applied"]
+        self.events.load_state(state.get("events"))
+        self.applied_version = max(self.applied_version, int(state.get("watch_head", -1)))
         lost = state.get("lost")
         if lost and self.store is not None:
             lo, hi = int(lost[0]), int(lost[1])

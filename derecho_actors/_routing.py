@@ -41,6 +41,7 @@ from derecho_actors._consistency import (
     split_read,
 )
 from derecho_actors._decorators import ORDERED, P2P, TypeSpec
+from derecho_actors._events import WATCH_POLL, PollArgs, WatchExpire, WatchPoll, decode_answer, decode_poll, encode_poll
 from derecho_actors._messages import Call, Reply, ReplyBatch, ViewNotice, encode
 from derecho_actors._replica import P2PRequest, StableMark, in_handler
 from derecho_actors._results import PERSISTED_QUERY, QueryResults, ReplyEntry, take_entries
@@ -267,6 +268,9 @@ class CallRouter:
         if method == PERSISTED_QUERY:
             self.tracker.query(shard, vid, caller, call_id, args, origin)
             return
+        if method == WATCH_POLL:
+            self._watch_here(shard, vid, caller, call_id, args, origin)
+            return
         read = None
         if args and args[0] == OPTIONS_MARK:
             try:
@@ -280,6 +284,25 @@ class CallRouter:
             return
         if not self.host.tell(shard, P2PRequest(vid, caller, call_id, method, args, origin, read)):
             self._no_replica(shard, vid, caller, call_id, origin)
+
+    def _watch_here(self, shard: ShardId, vid: int, caller: int, call_id: int, args: bytes, origin: int) -> None:
+        """A watch's poll: the replica answers at once if it has events after the watch's
+        position, else holds the poll; after the hold time it answers with none."""
+        try:
+            poll = decode_poll(args)
+        except WireError as exc:
+            err = _codec.encode_error(exc)
+            self.route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
+            return
+        if not self.host.tell(shard, WatchPoll(vid, caller, call_id, origin, poll)):
+            self._no_replica(shard, vid, caller, call_id, origin)
+            return
+        if poll.hold > 0:
+            self.node.call_later(poll.hold, self.host.tell, shard, WatchExpire(caller, call_id, origin))
+
+    def watch_poll(self, shard: ShardId, what: str, poll: PollArgs, node: int | None) -> QueryResults:
+        """Send one poll of a watch (``_watch.Watch``) from this node."""
+        return self._issue(shard, WATCH_POLL, P2P, encode_poll(poll), node, what, decode_answer)
 
     def _no_replica(self, shard: ShardId, vid: int, caller: int, call_id: int, origin: int) -> None:
         err = _codec.encode_refusal(ReplicaLost(f"node {self.node_id} holds no replica of {shard}", applied=False))
@@ -513,7 +536,7 @@ class CallRouter:
             if proxy is not None:
                 self.client_relays.pop(key, None)  # answered: delivered, no resend needed
                 for_clients.setdefault(proxy[0], []).append(entry)
-                if proxy[1] < 0:  # the first answer: the call's outcome and latency
+                if proxy[1] < 0 and not proxy[2].startswith("__"):  # the first answer: outcome and latency
                     ms = (self.node.wall_ns() - proxy[3]) / 1e6
                     self.call_stats.done(proxy[2], "ok" if _ok else "error", ms)
                 left = proxy[1] = (len(replicas) if proxy[1] < 0 else proxy[1]) - 1

@@ -28,6 +28,18 @@ def _node_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id", type=str, help="shorthand for --set node.id=ID")
     p.add_argument("--listen", help="shorthand for --set node.listen=HOST:PORT")
     p.add_argument("--contact", action="append", help="shorthand for node.contacts (repeatable)")
+    p.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="shorthand for node.advertise: where peers reach this node if not at --listen (a pod's DNS name)",
+    )
+    p.add_argument(
+        "--bootstrap-expect",
+        type=int,
+        metavar="N",
+        help="shorthand for node.bootstrap_expect: with an empty data dir, found only once N nodes with empty data "
+        "dirs are up and no group runs (the lowest id founds); for nodes sharing one command line",
+    )
     p.add_argument("--certs-dir", help="shorthand for --set security.certs_dir=DIR (ca.crt, node-ID.crt, node-ID.key)")
     p.add_argument(
         "--insecure",
@@ -77,6 +89,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
         out["node.listen"] = args.listen
     if args.contact:
         out["node.contacts"] = ",".join(args.contact)
+    if getattr(args, "advertise", None):
+        out["node.advertise"] = args.advertise
+    if getattr(args, "bootstrap_expect", None) is not None:
+        out["node.bootstrap_expect"] = str(args.bootstrap_expect)
     if getattr(args, "app", None):
         out["node.app"] = ",".join(args.app)
     if getattr(args, "certs_dir", None):

@@ -3,6 +3,7 @@
     python examples/kv_store.py demo                  # a local 6-process cluster, some writes
     python examples/kv_store.py put KEY VALUE --contact 127.0.0.1:7001
     python examples/kv_store.py get KEY --contact 127.0.0.1:7001
+    python examples/kv_store.py watch SHARD --contact 127.0.0.1:7001   # every change, as it comes
 
 Keys go to a shard by a stable hash, so every client finds the same replicas.
 """
@@ -27,11 +28,15 @@ class KV:
     @da.ordered
     def put(self, key: str, value: bytes) -> int:
         self.data[key] = value
+        da.emit(("put", key, value))  # watchers (client.watch) see every change, in order
         return len(self.data)
 
     @da.ordered
     def delete(self, key: str) -> bool:
-        return self.data.pop(key, None) is not None
+        found = self.data.pop(key, None) is not None
+        if found:
+            da.emit(("delete", key, None))
+        return found
 
     @da.p2p
     def get(self, key: str) -> bytes | None:
@@ -62,7 +67,7 @@ def kv_sim_calls(rng: random.Random) -> da.SimCall:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["demo", "put", "get"])
+    p.add_argument("command", choices=["demo", "put", "get", "watch"])
     p.add_argument("args", nargs="*")
     p.add_argument("--contact", action="append", default=[], help="a member's HOST:PORT (repeatable)")
     p.add_argument("--cluster", default="derecho")
@@ -71,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--name", help="which client certificate in --certs-dir (default: the only one)")
     p.add_argument("--insecure", action="store_true", help="no TLS (the group runs with security.insecure)")
+    p.add_argument("--since", type=int, default=None, help="watch: changes after this version (default: from now)")
+    p.add_argument("--count", type=int, default=0, help="watch: stop after this many changes (default: never)")
     a = p.parse_args(argv)
     if a.command == "demo":
         with da.local_cluster(nodes=6, types=[KV], layout=LAYOUT) as cluster:
@@ -81,11 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"100 keys written; keys per shard: {[list(s.values())[0] for s in sizes]}")
         return 0
     if not a.contact:
-        p.error("--contact is needed for put and get")
+        p.error("--contact is needed for put, get and watch")
     if not a.insecure and not a.certs_dir:
         p.error("--certs-dir is needed (or --insecure for a group without TLS)")
     creds = {"insecure": True} if a.insecure else {"certs_dir": a.certs_dir, "name": a.name}
     with da.Client(a.contact, cluster=a.cluster, **creds) as client:
+        if a.command == "watch":
+            return watch(client, int(a.args[0]) if a.args else 0, a.since, a.count)
         key = a.args[0]
         kv = client.handle(KV, shard=shard_of(key))
         if a.command == "put":
@@ -93,6 +102,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stored at {len(replies)} replicas")
         else:
             print(list(kv.get(key).get(timeout=10).values())[0])
+    return 0
+
+
+def watch(client: da.Client, shard: int, since: int | None, count: int) -> int:
+    """Print every change of one shard as ``VERSION OP KEY VALUE``, in order, following the
+    group through failures of the contact."""
+    seen = 0
+    for ev in client.watch(KV, shard=shard, since=since):
+        op, key, value = ev.value
+        print(f"{da.format_version(ev.version)} {op} {key} {value!r}", flush=True)
+        seen += 1
+        if seen == count:
+            break
     return 0
 
 

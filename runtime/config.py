@@ -290,6 +290,13 @@ def _metrics_check(value: object) -> str:
     return _address_check(value, 0)
 
 
+def _advertise_check(value: object) -> str:
+    """The address peers reach this node at, if not ``listen`` (a DNS name in a pod)."""
+    if value == "":
+        return ""
+    return _address_check(value, 1)
+
+
 def _contacts_check(value: object) -> tuple[str, ...]:
     """Addresses of members to join through; port 0 cannot be connected to, so 1..65535."""
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
@@ -390,6 +397,8 @@ _FIELDS: dict[str, dict[str, _Field]] = {
     "node": {
         "id": _Field(_int_text(0), _int_check(0, MAX_NODE_ID)),
         "listen": _Field(str.strip, _listen_check),
+        "advertise": _Field(str.strip, _advertise_check),
+        "bootstrap_expect": _Field(_int_text(0), _int_check(0, 1000)),
         "contacts": _Field(_contacts_text, _contacts_check),
         "app": _Field(_apps_text, _apps_check),
         "metrics": _Field(str.strip, _metrics_check),
@@ -455,7 +464,15 @@ class NodeSection:
 
     id: int = 1
     listen: str = "127.0.0.1:7000"
+    # Where peers reach this node, if not at ``listen`` (which may be 0.0.0.0): its address in
+    # views. In a pod, its stable DNS name.
+    advertise: str = ""
     contacts: tuple[str, ...] = ()
+    # >0: a node with an empty data_dir founds a group only once this many nodes (itself
+    # included) are up, all with empty data dirs and no group running; the lowest id founds,
+    # the others join it. For a StatefulSet, whose pods share one command line (see
+    # runtime/drivers/bootstrap.py). 0: a node without contacts founds, one with contacts joins.
+    bootstrap_expect: int = 0
     app: tuple[str, ...] = ()  # replicated classes this node hosts, "module:Class" (``node --app``)
     metrics: str = ""  # host:port of the Prometheus /metrics and /health endpoint; empty: none
     data_dir: str = "./derecho-data"
@@ -464,6 +481,13 @@ class NodeSection:
 
     def __post_init__(self) -> None:
         _check_fields("node", self)
+        others = [c for c in self.contacts if c not in (self.listen, self.advertise)]
+        if self.bootstrap_expect > 1 and len(others) < self.bootstrap_expect - 1:
+            raise ConfigError(
+                f"node.bootstrap_expect = {self.bootstrap_expect} needs node.contacts to list the other "
+                f"{self.bootstrap_expect - 1} nodes (it lists {len(others)} besides this node); list every node's "
+                "address in contacts"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,6 +648,11 @@ class NodeConfig:
         parts = _split_host_port(self.node.listen)
         assert parts is not None  # checked on construction
         return parts
+
+    @property
+    def address(self) -> str:
+        """This node's address in views: ``node.advertise``, else ``node.listen``."""
+        return self.node.advertise or self.node.listen
 
     def contact_addresses(self) -> list[str]:
         """The contacts in the order to try them; empty means this node founds a group."""

@@ -184,7 +184,20 @@ class ReadOptionError(DerechoError, ValueError):
     ``consistency`` other than "local". The message says which."""
 
 
+class EmitError(DerechoError, RuntimeError):
+    """``da.emit`` was called outside an ``@ordered`` method while it runs. Events record
+    changes of replicated state, which only ordered methods make (at every replica alike)."""
+
+
+class WatchHistoryLost(DerechoError):
+    """A watch asked for events from a position its replica no longer keeps (more than the
+    type's ``watch_history`` events came since, or the shard restarted from its logs). Some
+    events in between cannot be delivered: read the state again and watch from its version."""
+
+
 __all__ = [
+    "EmitError",
+    "WatchHistoryLost",
     "DerechoError",
     "ConfigError",
     "LayoutError",

@@ -27,6 +27,7 @@ from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush, ViewAnnouncement
 from runtime.core.node_core import NodeCore
 from runtime.core.view import View
+from runtime.drivers.bootstrap import BootstrapCoordinator
 from runtime.drivers.restart import RestartCoordinator, SavedState
 from runtime.drivers.tcp import TcpTransport, TransportSecurity
 from runtime.drivers.transport import Transport
@@ -37,6 +38,7 @@ from runtime.wire.claims import claimed_sender
 from runtime.wire.codec import frame
 from runtime.wire.control import (
     AppMessage,
+    BootstrapHello,
     Goodbye,
     GroupRunning,
     RestartDecision,
@@ -50,7 +52,7 @@ log = logging.getLogger("derecho.node")
 
 CORE_MESSAGES = (ShardPush, GroupPush, ViewAnnouncement, JoinRequest, JoinReply)
 MAX_EARLY_FRAMES = 10_000  # frames kept for a core not created yet (a restarting node)
-RESTART_MESSAGES = (RestartHello, RestartDecision, GroupRunning)
+RESTART_MESSAGES = (RestartHello, RestartDecision, GroupRunning, BootstrapHello)
 
 
 T = TypeVar("T")
@@ -143,6 +145,7 @@ class NodeDriver:
         self.saved = saved
         self.accept_loss = accept_loss
         self._restart: RestartCoordinator | None = None
+        self._bootstrap: BootstrapCoordinator | None = None  # node.bootstrap_expect, empty data dir
         self._restart_vid: int | None = None  # the restart view this node installed, if any
         self._restart_lost: dict[ShardId, tuple[int, int]] = {}  # versions that restart gave up
         self.hooks = hooks or AppHooks()
@@ -203,7 +206,7 @@ class NodeDriver:
                 raise ConfigError(f"node.metrics: cannot listen on {cfg.node.metrics}: {exc}") from None
             metrics.start()
         now = self.loop.time()
-        address = cfg.node.listen
+        address = cfg.address
         contacts = [c for c in cfg.contact_addresses() if c != address]
         if self.saved is not None:
             log.info(
@@ -225,6 +228,19 @@ class NodeDriver:
                 on_accept=self.hooks.on_accepted,
             )
             self.loop.call_soon(self._restart_tick)
+        elif cfg.node.bootstrap_expect > 1:
+            log.info(
+                "node %s listening on %s with an empty data dir: looking for its group, or for %d nodes as new "
+                "as itself, via %s",
+                self.node_id,
+                address,
+                cfg.node.bootstrap_expect,
+                ", ".join(contacts),
+            )
+            self._bootstrap = BootstrapCoordinator(
+                self.node_id, address, contacts, cfg.node.bootstrap_expect, self._send_to_address, now
+            )
+            self.loop.call_soon(self._bootstrap_tick)
         elif contacts:
             self._start_core(contacts=contacts)
         else:
@@ -250,7 +266,7 @@ class NodeDriver:
     def _start_core(self, contacts: list[str] | None = None, view: View | None = None) -> None:
         cfg = self.config
         now = self.loop.time()  # type: ignore[union-attr]
-        address = cfg.node.listen
+        address = cfg.address
         if view is not None:
             log.info("node %s installs restart view %d", self.node_id, view.vid)
             self._restart_vid = view.vid
@@ -291,7 +307,45 @@ class NodeDriver:
             return
         self.loop.call_at(nxt, self._restart_tick)  # type: ignore[union-attr]
 
+    def _bootstrap_tick(self) -> None:
+        b = self._bootstrap
+        if b is None or self.core is not None or self._stop_event.is_set():
+            return
+        nxt = b.on_tick(self.loop.time())  # type: ignore[union-attr]
+        outcome = b.outcome
+        if outcome is None:
+            self.loop.call_at(nxt, self._bootstrap_tick)  # type: ignore[union-attr]
+            return
+        self._bootstrap = None
+        if outcome.found:
+            cfg = self.config
+            self.core = NodeCore.found(self.node_id, cfg.address, cfg.layout, cfg.core_config(), self.loop.time())  # type: ignore[union-attr]
+            self._schedule_flush()
+        else:
+            self._start_core(contacts=list(outcome.contacts))
+
     def _on_restart_message(self, sender: int, msg: Any) -> None:
+        if isinstance(msg, BootstrapHello):
+            if not self._is_member(sender):
+                self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
+            if self._bootstrap is not None:
+                self._bootstrap.on_hello(msg)
+                self._bootstrap_tick()
+            elif self._restart is not None:  # we hold data of a group: it must not found another
+                self.transport.send_to_address(msg.address, frame(self._restart.hello()))  # type: ignore[union-attr]
+            elif self.core is not None and self.core.view is not None:
+                running = GroupRunning(self.config.address, self.core.view.vid)
+                self.transport.send_to_address(msg.address, frame(running))  # type: ignore[union-attr]
+            return
+        if isinstance(msg, RestartHello) and self._bootstrap is not None:
+            if not self._is_member(sender):
+                self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
+            self._bootstrap.on_has_data(msg.node)
+            return
+        if isinstance(msg, GroupRunning) and self._bootstrap is not None:
+            self._bootstrap.on_running(msg)
+            self._bootstrap_tick()
+            return
         if isinstance(msg, RestartHello):
             if not self._is_member(sender):
                 self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
@@ -305,7 +359,7 @@ class NodeDriver:
                     lost = tuple((sid, lo, hi) for sid, (lo, hi) in sorted(self._restart_lost.items()))
                     reply: Any = RestartDecision(self.node_id, view.to_wire(), lost)
                 else:  # the group is running: the restarting node should simply join
-                    reply = GroupRunning(self.config.node.listen, view.vid)
+                    reply = GroupRunning(self.config.address, view.vid)
                 self.transport.send_to_address(msg.address, frame(reply))  # type: ignore[union-attr]
         elif self._restart is not None:
             if isinstance(msg, RestartDecision):
@@ -782,6 +836,8 @@ class NodeDriver:
         out: dict[str, Any] = {"node": self.node_id, "cluster": self.config.node.cluster}
         if core is None:
             out.update(joining=True, restarting=self._restart is not None)
+            if self._bootstrap is not None:
+                out["bootstrapping"] = self._bootstrap.why_waiting()
         else:
             out.update(core.status())
         if self.transport is not None:

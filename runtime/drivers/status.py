@@ -61,6 +61,8 @@ def render_status(status: dict[str, Any]) -> None:
     console = Console()
     if "vid" not in status:
         what = "restarting from its data" if status.get("restarting") else "still joining"
+        if status.get("bootstrapping"):
+            what = f"bootstrapping: {status['bootstrapping']}"
         console.print(f"node {status.get('node')} is {what} (cluster {status.get('cluster')!r})")
         return
     title = (

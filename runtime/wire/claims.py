@@ -11,7 +11,7 @@ node id directly.
 from __future__ import annotations
 
 from runtime.core.messages import JoinRequest
-from runtime.wire.control import RestartDecision, RestartHello
+from runtime.wire.control import BootstrapHello, RestartDecision, RestartHello
 
 
 def claimed_sender(msg: object) -> int | None:
@@ -19,7 +19,7 @@ def claimed_sender(msg: object) -> int | None:
     t = type(msg)
     if t is JoinRequest:
         return msg.node_id  # type: ignore[attr-defined]
-    if t is RestartHello:
+    if t is RestartHello or t is BootstrapHello:
         return msg.node  # type: ignore[attr-defined]
     if t is RestartDecision:
         return msg.leader  # type: ignore[attr-defined]

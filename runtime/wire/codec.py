@@ -61,6 +61,7 @@ from runtime.wire.checks import (
 from runtime.wire.control import (
     ROLES,
     AppMessage,
+    BootstrapHello,
     Goodbye,
     GroupRunning,
     Hello,
@@ -82,6 +83,7 @@ WireMessage = (
     | RestartHello
     | RestartDecision
     | GroupRunning
+    | BootstrapHello
     | Welcome
     | Ping
     | Pong
@@ -114,6 +116,7 @@ TAG_WELCOME: Final = 30
 TAG_PING: Final = 31
 TAG_PONG: Final = 32
 TAG_APP: Final = 33
+TAG_BOOTSTRAP_HELLO: Final = 34
 
 _HEADER: Final = struct.Struct(">I")
 _MAX_PREFIX: Final[int] = 0xFFFFFFFF
@@ -182,6 +185,10 @@ def _enc_group_running(m: GroupRunning) -> list[Any]:
     return [TAG_GROUP_RUNNING, m.address, m.vid]
 
 
+def _enc_bootstrap_hello(m: BootstrapHello) -> list[Any]:
+    return [TAG_BOOTSTRAP_HELLO, m.node, m.address, m.expect]
+
+
 def _enc_app(m: AppMessage) -> list[Any]:
     return [TAG_APP, m.data]
 
@@ -206,6 +213,7 @@ _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
     RestartHello: _enc_restart_hello,
     RestartDecision: _enc_restart_decision,
     GroupRunning: _enc_group_running,
+    BootstrapHello: _enc_bootstrap_hello,
     ShardPush: _enc_shard_push,
     GroupPush: _enc_group_push,
     ViewAnnouncement: _enc_view_announcement,
@@ -410,6 +418,15 @@ def _dec_group_running(f: list[Any]) -> GroupRunning:
     return GroupRunning(_str(address, "GroupRunning.address"), _nat(vid, "GroupRunning.vid"))
 
 
+def _dec_bootstrap_hello(f: list[Any]) -> BootstrapHello:
+    _, node, address, expect = f
+    return BootstrapHello(
+        _nat(node, "BootstrapHello.node"),
+        _str(address, "BootstrapHello.address"),
+        _nat(expect, "BootstrapHello.expect"),
+    )
+
+
 def _dec_app(f: list[Any]) -> AppMessage:
     data = f[1]
     if type(data) is not bytes:
@@ -452,6 +469,7 @@ _DECODERS: Final[dict[int, tuple[str, int | tuple[int, ...], Callable[[list[Any]
     TAG_PING: ("Ping", 1, _dec_ping),
     TAG_PONG: ("Pong", 1, _dec_pong),
     TAG_APP: ("AppMessage", 1, _dec_app),
+    TAG_BOOTSTRAP_HELLO: ("BootstrapHello", 3, _dec_bootstrap_hello),
 }
 
 

@@ -131,6 +131,18 @@ class GroupRunning:
     vid: int
 
 
+@dataclass(frozen=True, slots=True)
+class BootstrapHello:
+    """A node with an empty data directory and ``node.bootstrap_expect`` set, looking for its
+    group or for peers as new as itself (see ``runtime.drivers.bootstrap``). A running member
+    answers ``GroupRunning``; a bootstrapping one counts it; a restarting one is heard from
+    through its own ``RestartHello``."""
+
+    node: int
+    address: str
+    expect: int
+
+
 ControlMessage = (
     Welcome
     | Ping
@@ -143,4 +155,5 @@ ControlMessage = (
     | RestartHello
     | RestartDecision
     | GroupRunning
+    | BootstrapHello
 )

@@ -315,3 +315,46 @@ def test_no_leave_stops_without_leaving_and_the_others_see_a_failure(nodes: CliN
     nodes.wait_members({1, 2})
     assert "stopping without leaving the group" in nodes.log(3)
     assert "leaving the group (signal)" not in nodes.log(3)
+
+
+def test_a_watch_follows_every_change_in_order_when_its_contact_is_killed(nodes: CliNodes) -> None:
+    """The example's ``watch`` command, connected to node 1 first, keeps printing every change
+    in order after node 1 is killed (kill -9) mid-stream: no change skipped or repeated."""
+    app = ["--app", "examples.kv_store:KV", "--set", "layout.KV.shards=1", "--set", "layout.KV.min_nodes=2"]
+    for n in (1, 2, 3):
+        nodes.start(n, *app)
+        if n == 1:
+            nodes.wait_members({1})
+    nodes.wait_members({1, 2, 3})
+    total = 400
+    cmd = [sys.executable, "examples/kv_store.py", "watch", "0", "--since", "-1", "--count", str(total),
+           "--certs-dir", str(nodes.certs)]  # fmt: skip
+    for n in (1, 2, 3):
+        cmd += ["--contact", nodes.address(n)]
+    out = open(nodes.workdir / "watch.out", "w+")
+    watcher = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True)
+    try:
+        creds = {"certs_dir": nodes.certs, "name": "operator"}
+        with da.Client([nodes.address(2), nodes.address(3)], **creds) as writer:  # type: ignore[arg-type]
+            kv = writer.handle(KV)
+            first = [kv.put(f"k{i}", b"v%d" % i) for i in range(total // 2)]
+            first[-1].get(timeout=30)
+            deadline = time.monotonic() + 30
+            while len((nodes.workdir / "watch.out").read_text().splitlines()) < 50 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            nodes.procs[1].kill()  # the watcher's contact, and the replica it polled
+            rest = [kv.put(f"k{i}", b"v%d" % i) for i in range(total // 2, total)]
+            for r in first + rest:
+                r.get(timeout=60)
+        _, err = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait(10)
+    lines = (nodes.workdir / "watch.out").read_text().splitlines()
+    assert watcher.returncode == 0, err[-2000:]
+    keys = [line.split()[2] for line in lines]
+    assert keys == [f"k{i}" for i in range(total)], f"{len(keys)} changes; watcher said: {err[-1500:]}"
+    versions = [tuple(int(x) for x in line.split()[0].split(".")) for line in lines]
+    assert versions == sorted(versions) and len(set(versions)) == total, "versions out of order or repeated"
+    assert versions[-1][0] > versions[0][0], "no view change between the first and last change: nothing failed over"

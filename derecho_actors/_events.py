@@ -1,0 +1,287 @@
+"""Change events of a shard: what ``da.emit`` records and what watches read.
+
+An ordered method may call ``da.emit(value)``. Ordered calls run at every replica in one
+order, so every replica records the same events at the same positions: an event's position is
+``(version, index)``, the version of the call that emitted it (``runtime.core.versions``) and
+its rank among that call's events. A watcher therefore reads the same stream from whichever
+replica answers, and resumes after a failover from the last position it saw, neither skipping
+nor repeating an event.
+
+Each replica keeps the last ``watch_history`` events in memory (:class:`EventLog`), carried to
+new replicas with the rest of the object's state. Everything after the log's ``floor`` is
+there; a watcher asking from before it is told so (``WatchHistoryLost``), as etcd answers a
+watch from a compacted revision, instead of being handed a stream with a hole. Events are not
+written to the persistent log: after a total restart a shard's history starts at the version
+it restarted from.
+
+What a replica may hand out (``bound``): an atomic type's events once the call is applied
+(delivery already waited for every replica to hold it); a persistent type's only once the
+version is persisted at every replica, so no watcher sees a change a total restart could undo.
+
+A poll that finds nothing new is parked at the replica (:class:`WatchBoard`) until events come
+or its hold time ends (the node sends ``WatchExpire``): a long poll, so an idle watch costs one
+request per hold time and a change reaches its watchers within one batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from derecho_actors import _codec
+from runtime.errors import EmitError, WatchHistoryLost, WireError
+
+WATCH_POLL = "__watch__"
+"""The internal P2P method a replica answers with the events after a position."""
+
+LAST = (1 << 31) - 1
+"""An index past every event of a version: ``(v, LAST)`` is "after everything of version v"."""
+
+REPLY_BYTES = 256 * 1024  # events per reply stop at about this many bytes (at least one goes)
+MAX_PARKED = 10_000  # polls one replica holds at once; beyond, the oldest is answered empty
+
+Position = tuple[int, int]
+BEGINNING: Position = (-1, LAST)
+
+handler_context = threading.local()
+"""Per thread: ``active`` while a replica runs a user method, and ``sink`` (an
+:class:`EventSink`) while that method is an ordered one."""
+
+
+def emit(value: Any) -> None:
+    """Record a change event from inside an ``@ordered`` method: watchers of the shard
+    (``client.watch``, ``group.watch``) receive ``value`` with the call's version, in order.
+    ``value`` is encoded with the type's serializer at once (later changes to it do not count).
+
+    Call it only from ordered methods: they run at every replica in the same order, so every
+    replica records the same events. From anywhere else it raises ``EmitError``."""
+    sink = getattr(handler_context, "sink", None)
+    if sink is None:
+        raise EmitError(
+            "da.emit() records a change of replicated state, so it may only be called from inside an @ordered "
+            "method while it runs (a @p2p method runs at one replica and changes nothing); move the call there"
+        )
+    sink.emit(value)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One event: ``value`` as emitted by the call at ``version`` (its ``index``-th event)."""
+
+    version: int
+    index: int
+    value: Any
+
+    @property
+    def position(self) -> Position:
+        return (self.version, self.index)
+
+
+class EventLog:
+    """The last ``limit`` events of one replica, in order, and the position after which
+    the log is complete (``floor``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.events: deque[tuple[int, int, bytes]] = deque()
+        self.floor: Position = BEGINNING
+
+    def append(self, version: int, payload: bytes) -> None:
+        events = self.events
+        index = events[-1][1] + 1 if events and events[-1][0] == version else 0
+        events.append((version, index, payload))
+        if len(events) > self.limit:
+            v, i, _ = events.popleft()
+            self.floor = (v, i)
+
+    def restarted_at(self, version: int) -> None:
+        """This replica rebuilt its state from its own log up to ``version``: events up to
+        there are unknown here."""
+        self.events.clear()
+        self.floor = max(self.floor, (version, LAST))
+
+    def after(self, cursor: Position, bound: int, max_events: int) -> list[tuple[int, int, bytes]]:
+        """Events after ``cursor`` whose version is at most ``bound``, oldest first."""
+        events = self.events
+        if not events or (events[-1][0], events[-1][1]) <= cursor:
+            return []
+        # Watchers are usually near the end: search back from it.
+        start = len(events)
+        while start > 0 and (events[start - 1][0], events[start - 1][1]) > cursor:
+            start -= 1
+        out: list[tuple[int, int, bytes]] = []
+        size = 0
+        for k in range(start, len(events)):
+            e = events[k]
+            if e[0] > bound or len(out) >= max_events or (out and size + len(e[2]) > REPLY_BYTES):
+                break
+            out.append(e)
+            size += len(e[2])
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        return {"floor": list(self.floor), "events": [list(e) for e in self.events]}
+
+    def load_state(self, state: dict[str, Any] | None) -> None:
+        self.events.clear()
+        if state is None:  # a sender from before watches: nothing known before now
+            self.floor = (1 << 62, LAST)
+            return
+        self.floor = (int(state["floor"][0]), int(state["floor"][1]))
+        for v, i, payload in state["events"][-self.limit :]:
+            self.events.append((int(v), int(i), bytes(payload)))
+
+
+class EventSink:
+    """What ``emit`` writes to while one replica runs an ordered call."""
+
+    __slots__ = ("log", "serializer", "version", "added")
+
+    def __init__(self, log: EventLog, serializer: str) -> None:
+        self.log = log
+        self.serializer = serializer
+        self.version = -1
+        self.added = 0
+
+    def emit(self, value: Any) -> None:
+        self.log.append(self.version, _codec.encode_result(value, self.serializer))
+        self.added += 1
+
+
+# ------------------------------------------------------------------ polls
+@dataclass(frozen=True, slots=True)
+class PollArgs:
+    """A watch's request: events after ``cursor`` (None: from now on), at most
+    ``max_events``, waiting up to ``hold`` seconds for some to come."""
+
+    watch_id: int
+    cursor: Position | None
+    max_events: int
+    hold: float
+
+
+def encode_poll(p: PollArgs) -> bytes:
+    cursor = None if p.cursor is None else list(p.cursor)
+    return msgpack.packb([p.watch_id, cursor, p.max_events, p.hold])
+
+
+def decode_poll(data: bytes) -> PollArgs:
+    try:
+        watch_id, cursor, max_events, hold = msgpack.unpackb(data, raw=False)
+        pos = None if cursor is None else (int(cursor[0]), int(cursor[1]))
+        return PollArgs(int(watch_id), pos, max(1, min(int(max_events), 100_000)), max(0.0, min(float(hold), 60.0)))
+    except Exception as exc:
+        raise WireError(f"a malformed watch request ({type(exc).__name__}: {exc})") from None
+
+
+def encode_answer(cursor: Position, events: list[tuple[int, int, bytes]]) -> bytes:
+    """The reply: the position to ask from next, and the events."""
+    return msgpack.packb([list(cursor), [list(e) for e in events]], use_bin_type=True)
+
+
+def decode_answer(data: bytes) -> tuple[Position, list[tuple[int, int, bytes]]]:
+    cursor, events = msgpack.unpackb(data, raw=False)
+    return (int(cursor[0]), int(cursor[1])), [(int(v), int(i), bytes(p)) for v, i, p in events]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchPoll:
+    """A poll for this replica, from ``caller``'s call ``call_id`` (a P2P call)."""
+
+    vid: int
+    caller: int
+    call_id: int
+    origin: int
+    args: PollArgs
+
+
+@dataclass(frozen=True, slots=True)
+class WatchExpire:
+    """The hold time of call ``call_id`` of ``caller`` has passed: answer it if still parked."""
+
+    caller: int
+    call_id: int
+    origin: int
+
+
+class WatchBoard:
+    """Polls parked at one replica. ``answer`` returns ``(poll, payload)`` pairs to reply."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.parked: dict[tuple[int, int, int], tuple[WatchPoll, Position]] = {}
+
+    def poll(self, p: WatchPoll, bound: int) -> list[tuple[WatchPoll, bytes]]:
+        log = self.log
+        cursor = p.args.cursor if p.args.cursor is not None else (bound, LAST)
+        if cursor < log.floor:
+            raise WatchHistoryLost(
+                f"the events after version {_show(cursor)} are no longer kept (this replica keeps those after "
+                f"{_show(log.floor)}: the type's watch_history is {log.limit} events, and a shard restarted from "
+                "its logs keeps none from before); read the state again and watch from its version"
+            )
+        events = log.after(cursor, bound, p.args.max_events)
+        if events or p.args.hold <= 0:
+            return [(p, encode_answer(self._next(cursor, events, bound), events))]
+        out = []
+        key = (p.caller, p.origin, p.args.watch_id)
+        old = self.parked.pop(key, None)
+        if old is not None:  # the watch asked again (its earlier poll timed out on its side)
+            out.append((old[0], encode_answer(old[1], [])))
+        if len(self.parked) >= MAX_PARKED:
+            oldest = next(iter(self.parked))
+            q, c = self.parked.pop(oldest)
+            out.append((q, encode_answer(c, [])))
+        self.parked[key] = (p, cursor)
+        return out
+
+    def release(self, bound: int) -> list[tuple[WatchPoll, bytes]]:
+        """Events up to ``bound`` may go out: answer the parked polls they concern."""
+        if not self.parked or not self.log.events:
+            return []
+        last = self.log.events[-1]
+        if last[0] > bound:
+            last = max((e for e in self.log.events if e[0] <= bound), default=None, key=lambda e: (e[0], e[1]))  # type: ignore[assignment]
+            if last is None:
+                return []
+        head = (last[0], last[1])
+        out = []
+        for key, (p, cursor) in list(self.parked.items()):
+            if cursor < head:
+                del self.parked[key]
+                events = self.log.after(cursor, bound, p.args.max_events)
+                out.append((p, encode_answer(self._next(cursor, events, bound), events)))
+        return out
+
+    def expire(self, e: WatchExpire, bound: int) -> list[tuple[WatchPoll, bytes]]:
+        for key, (p, cursor) in self.parked.items():
+            if p.caller == e.caller and p.call_id == e.call_id and p.origin == e.origin:
+                del self.parked[key]
+                return [(p, encode_answer(self._next(cursor, [], bound), []))]
+        return []
+
+    def clear(self) -> list[tuple[WatchPoll, bytes]]:
+        """Answer every parked poll empty (the replica stops)."""
+        out = [(p, encode_answer(c, [])) for p, c in self.parked.values()]
+        self.parked.clear()
+        return out
+
+    @staticmethod
+    def _next(cursor: Position, events: list[tuple[int, int, bytes]], bound: int) -> Position:
+        """Where the watch asks from next: after the last event sent; with none sent, after
+        everything up to ``bound`` (nothing there was missed: none exist)."""
+        if events:
+            return (events[-1][0], events[-1][1])
+        return max(cursor, (bound, LAST))
+
+
+def _show(pos: Position) -> str:
+    from runtime.core.versions import format_version
+
+    if pos[0] < 0:
+        return "none (the beginning)"
+    return format_version(pos[0]) if pos[1] == LAST else f"{format_version(pos[0])} (event {pos[1]})"
