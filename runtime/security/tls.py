@@ -239,12 +239,15 @@ def _check_identity(path: Path, identity: Identity, role: str, node_id: int | No
 
 
 def _warn_if_key_readable_by_others(path: Path) -> None:
-    """The key is unencrypted, so anyone who can read the file can act as us."""
+    """The key is unencrypted, so anyone who can read the file can act as us. A group that
+    this process is in does not count (a Kubernetes Secret mounted for the pod's fsGroup)."""
     try:
-        mode = path.stat().st_mode
+        st = path.stat()
     except OSError:
         return
-    if mode & 0o077:
+    mode = st.st_mode
+    own_groups = {os.getgid(), *os.getgroups()}
+    if mode & 0o007 or (mode & 0o070 and st.st_gid not in own_groups):
         logger.warning(
             "%s: the private key is readable by other users (mode %o); chmod 600 it",
             shown(path),

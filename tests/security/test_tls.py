@@ -187,6 +187,11 @@ def test_warns_when_expiry_is_near_or_the_key_is_readable(certs_dir: Path, caplo
     with caplog.at_level(logging.WARNING, logger="runtime.security.tls"):
         _node(certs_dir, 1)
     assert not caplog.records
+    # Readable by a group this process is in (a Kubernetes Secret mounted for the pod's fsGroup): fine.
+    (certs_dir / "node-1.key").chmod(0o640)
+    with caplog.at_level(logging.WARNING, logger="runtime.security.tls"):
+        _node(certs_dir, 1)
+    assert not caplog.records
 
 
 # --- handshakes --------------------------------------------------------------------------------
