@@ -320,6 +320,6 @@ class Group(AsyncLifecycle):
         calls, transfers sent, persistence frontiers and state digests."""
         host, router, transfer = self._host, self._router, self._transfer
         replicas, calls = host.status(self._view, transfer.why_waiting), router.call_stats.status()
-        out = {"replicas": replicas, "client_calls": calls, "transfers_sent": len(transfer.stats)}
+        out = {"replicas": replicas, "client_calls": calls, **transfer.status()}
         out.update(self._tracker.status(), **({"stopped": self._stop.reason} if self._stop.reason else {}))
         return out

@@ -189,6 +189,14 @@ class TransferService:
         self.awaiting: dict[ShardId, tuple[int, int]] = {}  # shard -> (source, vid)
         self.stats: list[dict[str, Any]] = []
 
+    def status(self) -> dict[str, Any]:
+        """Transfers sent (finished), their bytes, and those under way: ``[shard, to, bytes so far]``."""
+        return {
+            "transfers_sent": len(self.stats),
+            "transfer_bytes_sent": sum(s["bytes"] for s in self.stats),
+            "transfers_active": [[str(sid), to, t.sent_bytes] for (sid, _vid, to), t in self.streams.items()],
+        }
+
     # ------------------------------------------------------------------ receiving
     def await_state(self, sid: ShardId, source: int, vid: int) -> None:
         self.awaiting[sid] = (source, vid)

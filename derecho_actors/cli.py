@@ -236,17 +236,9 @@ def run_app_node(config: Any, accept_loss: bool, leave: bool = True) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from runtime.drivers.dial import client_credentials
     from runtime.drivers.status import fetch_status, render_status
 
-    if args.insecure:
-        credentials = None
-    elif args.certs_dir:
-        credentials = client_credentials(args.certs_dir, args.name)
-    else:
-        raise ConfigError(
-            "status needs --certs-dir DIR with a client certificate (or --insecure for a group without TLS)"
-        )
+    credentials = _operator_credentials(args, "status")
     status = fetch_status(args.contact, args.cluster, timeout=args.timeout, credentials=credentials)
     if args.json:
         import json
@@ -254,6 +246,36 @@ def run_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
     else:
         render_status(status)
+    return 0
+
+
+def _operator_credentials(args: argparse.Namespace, command: str) -> Any:
+    from runtime.drivers.dial import client_credentials
+
+    if args.insecure:
+        return None
+    if args.certs_dir:
+        return client_credentials(args.certs_dir, args.name)
+    raise ConfigError(
+        f"{command} needs --certs-dir DIR with a client certificate (or --insecure for a group without TLS)"
+    )
+
+
+def run_top_command(args: argparse.Namespace) -> int:
+    from runtime.drivers.status import fetch_status
+    from runtime.drivers.top import run_top
+
+    credentials = _operator_credentials(args, "top")
+    if args.interval <= 0 or (args.rounds is not None and args.rounds < 1):
+        raise ConfigError("--interval must be > 0 and --rounds >= 1")
+
+    def fetch(address: str) -> dict[str, Any] | None:
+        try:
+            return fetch_status(address, args.cluster, timeout=1.0, credentials=credentials)
+        except (OSError, DerechoError):
+            return None
+
+    run_top(args.contact, fetch, args.interval, args.rounds)
     return 0
 
 
@@ -359,6 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--certs-dir", help="folder with ca.crt and a client certificate")
     st.add_argument("--name", help="which client certificate in --certs-dir (default: the only one)")
     st.add_argument("--insecure", action="store_true", help="no TLS (the group runs with security.insecure)")
+    tp = sub.add_parser("top", help="a live view of every member: rates, windows, lags, traffic (^C ends)")
+    tp.add_argument("--contact", action="append", required=True, metavar="HOST:PORT", help="a member (repeatable)")
+    tp.add_argument("--cluster", default="derecho", help="the group's cluster name (default: derecho)")
+    tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    tp.add_argument("--rounds", type=int, help="print once after this many rounds (at least 2) instead of live")
+    tp.add_argument("--certs-dir", help="folder with ca.crt and a client certificate")
+    tp.add_argument("--name", help="which client certificate in --certs-dir (default: the only one)")
+    tp.add_argument("--insecure", action="store_true", help="no TLS (the group runs with security.insecure)")
     _certs_parser(sub)
     dm = sub.add_parser("demo", help="a sharded replicated KV store on a local cluster; kill -9 a replica mid-write")
     dm.add_argument("--nodes", type=int, default=6, help="node processes (even, at least 4)")
@@ -392,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_node(args)
         if args.command == "status":
             return run_status(args)
+        if args.command == "top":
+            return run_top_command(args)
         if args.command == "demo":
             if args.nodes < 4 or args.nodes % 2:
                 raise ConfigError("--nodes must be even and at least 4 (two shards of two or more)")

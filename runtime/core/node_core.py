@@ -511,6 +511,8 @@ class NodeCore:
                     "shard": str(sid),
                     "delivered": smc.delivered,
                     "persisted_frontier": frontier,
+                    "window_size": smc.config.window_size,
+                    "window_free": smc.send_capacity() if smc.my_pos is not None else None,
                     "state": "wedged" if m.wedged else "running",
                     "members": members,
                 }

@@ -83,20 +83,44 @@ class StatusCollector:
             "messages a member delivered fewer than this node",
             labels=["shard", "member"],
         )
+        window = GaugeMetricFamily(
+            "derecho_shard_window_used", "messages of this node's send window in flight", labels=["shard"]
+        )
+        window_size = GaugeMetricFamily("derecho_shard_window_size", "send window size (messages)", labels=["shard"])
         for shard in st.get("shards", []):
             sid = shard["shard"]
             delivered.add_metric([sid], shard.get("delivered", 0))
+            if shard.get("window_free") is not None:
+                window.add_metric([sid], shard["window_size"] - shard["window_free"])
+                window_size.add_metric([sid], shard["window_size"])
             frontier.add_metric([sid], shard.get("persisted_frontier", -1))
             for m in shard.get("members", []):
                 lag.add_metric([sid, str(m["node"])], m.get("persistence_lag", 0))
                 behind.add_metric([sid, str(m["node"])], max(0, shard.get("delivered", 0) - m.get("delivered", 0)))
-        yield from (delivered, frontier, lag, behind)
+        yield from (delivered, frontier, lag, behind, window, window_size)
+        sent = CounterMetricFamily("derecho_peer_sent_bytes", "bytes of frames sent to a peer node", labels=["peer"])
+        received = CounterMetricFamily(
+            "derecho_peer_received_bytes", "bytes received from a peer node", labels=["peer"]
+        )
+        for peer, out_bytes, in_bytes in st.get("traffic", []):
+            sent.add_metric([str(peer)], out_bytes)
+            received.add_metric([str(peer)], in_bytes)
+        yield from (sent, received)
         app = st.get("app", {})
         serving = GaugeMetricFamily("derecho_replica_serving", "1 if the replica serves", labels=["shard"])
         for sid, state in app.get("replicas", {}).items():
             serving.add_metric([sid], state == "serving")
         yield serving
         yield _counter("derecho_state_transfers_sent", "state transfers this node sent", app.get("transfers_sent", 0))
+        yield _counter(
+            "derecho_state_transfer_sent_bytes", "bytes of finished state transfers", app.get("transfer_bytes_sent", 0)
+        )
+        active = GaugeMetricFamily(
+            "derecho_state_transfer_progress_bytes", "bytes sent so far by a transfer under way", labels=["shard", "to"]
+        )
+        for sid, to, sent_bytes in app.get("transfers_active", []):
+            active.add_metric([sid, str(to)], sent_bytes)
+        yield active
         digests = CounterMetricFamily("derecho_digest_mismatches", "state digests that differed", labels=["shard"])
         for sid, entry in app.get("digests", {}).items():
             digests.add_metric([sid], entry.get("mismatches", 0))

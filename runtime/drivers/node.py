@@ -843,6 +843,7 @@ class NodeDriver:
         if self.transport is not None:
             out["bad_frames"] = self.transport.bad_frames
             out["clients"] = self.transport.client_count()
+            out["traffic"] = [[n, sent, received] for n, (sent, received) in sorted(self.transport.traffic().items())]
         out["views_installed"] = self.views_installed
         if self.hooks.status is not None:
             out["app"] = self.hooks.status()

@@ -253,6 +253,8 @@ class _Connection(asyncio.Protocol):
             return
         tcp = self.tcp
         self.last_heard = time.monotonic()
+        if self.role == "member" and self.speaker is not None:
+            tcp.bytes_in[self.speaker] = tcp.bytes_in.get(self.speaker, 0) + len(data)
         if self.speaker is None and not self.outgoing:
             data = self._take_hello(data)
             if not data:
@@ -530,6 +532,8 @@ class TcpTransport:
         self.incarnations: dict[int, int] = {}
         self.all_connections: set[_Connection] = set()  # clients' too, so close() ends them
         self.bad_frames = 0
+        self.bytes_out: dict[int, int] = {}  # per peer node: bytes of frames sent (before TLS)
+        self.bytes_in: dict[int, int] = {}  # per peer node: bytes received on its connections
         self.unauthenticated = 0  # accepted connections without a hello yet
         self.held_total = 0  # bytes of partial frames held, all connections
         self.paused: set[_Connection] = set()
@@ -611,6 +615,10 @@ class TcpTransport:
     def client_count(self) -> int:
         return len(self.clients)
 
+    def traffic(self) -> dict[int, tuple[int, int]]:
+        """Per peer node: (bytes sent, bytes received) since this node started."""
+        return {n: (self.bytes_out.get(n, 0), self.bytes_in.get(n, 0)) for n in {*self.bytes_out, *self.bytes_in}}
+
     def disconnect(self, node_id: int, reason: str) -> None:
         """Close every connection from ``node_id``: it sent frames its identity does not allow
         (claiming another sender). The loss is reported like any other, so the core suspects
@@ -641,6 +649,7 @@ class TcpTransport:
         peer = self.peers.get(node_id)
         if peer is None:
             peer = self.peers[node_id] = _Peer(node_id)
+        self.bytes_out[node_id] = self.bytes_out.get(node_id, 0) + len(data)
         if peer.conn is not None and not peer.conn.closed:
             if peer.conn.buffered() > self.max_backlog:
                 log.warning("node %s stopped reading (%d bytes waiting): cutting it off", node_id, peer.conn.buffered())

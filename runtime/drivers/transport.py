@@ -71,6 +71,9 @@ class Transport(Protocol):
     def client_count(self) -> int:
         """Clients connected now."""
 
+    def traffic(self) -> dict[int, tuple[int, int]]:
+        """Per peer node: (bytes sent, bytes received) since this node started."""
+
     def backlog(self, node_id: int) -> int:
         """Bytes queued for ``node_id`` and not yet taken by the kernel."""
 

@@ -6,6 +6,7 @@ Real processes on loopback, TLS on; the example's own CLI client talks to them."
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,9 +258,27 @@ def test_metrics_and_health_endpoints_answer_while_a_load_runs(nodes: CliNodes) 
     assert _value(text, "derecho_shard_delivered", shard="KV/0/0") > 0
     assert _value(text, "derecho_replica_serving", shard="KV/0/0") in (0.0, 1.0)
     assert "derecho_member_persistence_lag" in text and "derecho_suspected_members 0.0" in text
+    held = [sid for sid in ("KV/0/0", "KV/0/1") if f'derecho_shard_window_size{{shard="{sid}"}}' in text]
+    assert held and all(0 <= _value(text, "derecho_shard_window_used", shard=sid) <=
+                        _value(text, "derecho_shard_window_size", shard=sid) for sid in held)  # fmt: skip
+    for peer in ("2", "3"):
+        assert _value(text, "derecho_peer_sent_bytes_total", peer=peer) > 0
+        assert _value(text, "derecho_peer_received_bytes_total", peer=peer) > 0
+    assert _value(text, "derecho_state_transfers_sent_total") >= 0 and "derecho_state_transfer_sent_bytes_total" in text
     code, body = _get(base + "/health/ready")
     assert code == 200 and '"ok": true' in body
     assert _get(base + "/nowhere")[0] == 404
+    # derecho-actors top: every member's row and the shards, from one contact.
+    top = subprocess.run(
+        [sys.executable, "-m", "derecho_actors.cli", "top", "--rounds", "2", "--interval", "0.3",
+         "--contact", nodes.address(2), "--certs-dir", str(nodes.certs), "--name", "operator"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+    assert top.returncode == 0, top.stderr
+    lines = top.stdout.splitlines()
+    for n in (1, 2, 3):
+        assert any(re.match(rf"│\s+{n} │ 127\.0\.0\.1:\d+ │ (leader|ok) ", line) for line in lines), top.stdout
+    assert "delivered/s" in top.stdout and "KV/0/0" in top.stdout and "KV/0/1" in top.stdout, top.stdout
 
 
 def test_readiness_says_why_a_node_is_not_ready(nodes: CliNodes) -> None:
