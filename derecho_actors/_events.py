@@ -33,6 +33,7 @@ from typing import Any
 import msgpack
 
 from derecho_actors import _codec
+from runtime.core.versions import make_version
 from runtime.errors import EmitError, WatchHistoryLost, WireError
 
 WATCH_POLL = "__watch__"
@@ -89,6 +90,9 @@ class EventLog:
         self.limit = limit
         self.events: deque[tuple[int, int, bytes]] = deque()
         self.floor: Position = BEGINNING
+        # Where the shard's state (and so its history) began: a shard new in a view, or an
+        # atomic type after a total restart (which keeps no state), begins anew there.
+        self.started: Position = BEGINNING
 
     def append(self, version: int, payload: bytes) -> None:
         events = self.events
@@ -97,6 +101,12 @@ class EventLog:
         if len(events) > self.limit:
             v, i, _ = events.popleft()
             self.floor = (v, i)
+
+    def began_at(self, vid: int) -> None:
+        """The shard's state starts empty in view ``vid``: positions before it belong to no
+        state this replica continues."""
+        if vid > 0:
+            self.started = (make_version(vid, 0) - 1, LAST)
 
     def restarted_at(self, version: int) -> None:
         """This replica rebuilt its state from its own log up to ``version``: events up to
@@ -124,7 +134,7 @@ class EventLog:
         return out
 
     def to_state(self) -> dict[str, Any]:
-        return {"floor": list(self.floor), "events": [list(e) for e in self.events]}
+        return {"floor": list(self.floor), "started": list(self.started), "events": [list(e) for e in self.events]}
 
     def load_state(self, state: dict[str, Any] | None) -> None:
         self.events.clear()
@@ -132,6 +142,8 @@ class EventLog:
             self.floor = (1 << 62, LAST)
             return
         self.floor = (int(state["floor"][0]), int(state["floor"][1]))
+        started = state.get("started", list(BEGINNING))
+        self.started = (int(started[0]), int(started[1]))
         for v, i, payload in state["events"][-self.limit :]:
             self.events.append((int(v), int(i), bytes(payload)))
 
@@ -223,6 +235,12 @@ class WatchBoard:
                 f"the events after version {_show(cursor)} are no longer kept (this replica keeps those after "
                 f"{_show(log.floor)}: the type's watch_history is {log.limit} events, and a shard restarted from "
                 "its logs keeps none from before); read the state again and watch from its version"
+            )
+        if cursor != BEGINNING and cursor < log.started:
+            raise WatchHistoryLost(
+                f"the shard's state began anew after version {_show(cursor)} (a total restart of a type that keeps "
+                "no state on disk, or a shard new in a later view): the changes you were following are gone with "
+                "that state; read the state again and watch from now (since=None)"
             )
         events = log.after(cursor, bound, p.args.max_events)
         if events or p.args.hold <= 0:

@@ -149,7 +149,9 @@ class ReplicaHost:
             waits = src is not None and src != self.node_id
             if waits:
                 awaiting.append((sid, src))  # type: ignore[arg-type]
-            self.replicas[sid] = self.runner.start(Replica(spec, self.make_env(sid, spec, view.vid, src), waits), sid)
+            env = self.make_env(sid, spec, view.vid, src)
+            fresh_at = view.vid if src is None else None
+            self.replicas[sid] = self.runner.start(Replica(spec, env, waits, fresh_at), sid)
         for sid, ref in self.replicas.items():
             ref.tell(ViewBoundary(*boundary, sid in sourcing))
         return awaiting

@@ -183,7 +183,11 @@ class ReplicaEnv:
 class Replica:
     """The replica's logic; not thread-safe: one runner feeds it one message at a time."""
 
-    def __init__(self, spec: TypeSpec, env: ReplicaEnv, awaiting_state: bool = False) -> None:
+    def __init__(
+        self, spec: TypeSpec, env: ReplicaEnv, awaiting_state: bool = False, fresh_at: int | None = None
+    ) -> None:
+        """``fresh_at``: the view in which this replica starts the shard's state from nothing
+        (no member had it to send), for watches to tell that history apart."""
         self.spec = spec
         self.env = env
         self.node_id = env.node_id
@@ -212,6 +216,7 @@ class Replica:
         self._sink = EventSink(self.events, spec.serializer)
         self.watchers = WatchBoard(self.events)
         self.applied_version = -1
+        self._fresh_at = fresh_at
 
     @property
     def behind(self) -> bool:
@@ -227,6 +232,8 @@ class Replica:
         try:
             if self.spec.persistent:
                 self._open_store()
+            if self._fresh_at is not None and (self.store is None or self.store.last_version < 0):
+                self.events.began_at(self._fresh_at)
             if self.awaiting:
                 have, digest = self._have()
                 self.env.request_state(have, digest)

@@ -1005,8 +1005,12 @@ def example_config(node_id: int, port: int, contacts: list[str]) -> str:
 [node]
 id = {section.id}  # this node's id, unique within the group (integer >= 0)
 listen = {_toml_str(section.listen)}  # host:port to bind; port 0 lets the OS pick one
+advertise = ""  # host:port peers reach this node at, if not listen (e.g. its DNS name); "" for listen
 # members to join through ("host:port"), tried in order; [] founds a new group
 contacts = {contact_list}
+# > 0: with an empty data_dir, found only once this many nodes (listed in contacts, all with
+# empty data dirs) are up and no group runs; the lowest id founds. 0: contacts or found.
+bootstrap_expect = 0
 # replicated classes to host, "module:Class" (imported from the working directory or the
 # installed packages); [] hosts none (a raw multicast node)
 app = []

@@ -17,6 +17,7 @@ from derecho_actors._events import (
     decode_poll,
     encode_poll,
 )
+from runtime.core.versions import make_version
 from runtime.errors import WatchHistoryLost, WireError
 
 pytestmark = pytest.mark.timeout(10)
@@ -95,6 +96,9 @@ def test_a_watch_asking_again_replaces_its_parked_poll_and_the_board_is_bounded(
 @pytest.mark.parametrize(
     ("setup", "cursor", "lost"),
     [
+        ("began anew", (make_version(2, 7), 0), True),  # a position of a state that is gone
+        ("began anew", BEGINNING, False),  # from the beginning: of this state
+        ("began anew", (make_version(3, 0), 0), False),
         ("trimmed", BEGINNING, True),
         ("trimmed", (2, 0), True),
         ("trimmed", (3, 0), False),  # the last one dropped is the cursor itself: nothing missing
@@ -104,7 +108,11 @@ def test_a_watch_asking_again_replaces_its_parked_poll_and_the_board_is_bounded(
     ],
 )
 def test_history_lost_is_an_error_not_a_gap(setup: str, cursor: tuple[int, int] | None, lost: bool) -> None:
-    if setup == "trimmed":
+    if setup == "began anew":
+        log = EventLog(100)
+        log.began_at(3)  # an atomic type's total restart, or a shard new in view 3
+        log.append(make_version(3, 0), b"x")
+    elif setup == "trimmed":
         log = log_of((1, 1), (2, 1), (3, 1), (4, 1), (5, 1), limit=2)  # keeps 4 and 5; dropped up to 3
     else:
         log = log_of((1, 1))
@@ -120,9 +128,11 @@ def test_history_lost_is_an_error_not_a_gap(setup: str, cursor: tuple[int, int] 
 
 def test_state_round_trip_and_polls_on_the_wire() -> None:
     log = log_of((1, 2), (2, 1), limit=2)
+    log.began_at(1)
     copy = EventLog(2)
     copy.load_state(log.to_state())
     assert list(copy.events) == list(log.events) and copy.floor == log.floor == (1, 0)
+    assert copy.started == log.started == (make_version(1, 0) - 1, LAST)
     p = PollArgs(5, (3, 2), 10, 2.5)
     assert decode_poll(encode_poll(p)) == p
     assert decode_poll(encode_poll(PollArgs(5, None, 10**9, 1e9))) == PollArgs(5, None, 100_000, 60.0)
