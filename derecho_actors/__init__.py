@@ -33,7 +33,7 @@ from derecho_actors._results import QueryResults
 from derecho_actors._sim_api import SimCall, sim_workload, simulate
 from derecho_actors._watch import Watch
 from runtime.core.layout import ShardPolicy
-from runtime.core.versions import format_version, version_parts
+from runtime.core.versions import format_version, parse_version, version_parts
 from runtime.errors import (
     ConfigError,
     DerechoError,
@@ -95,6 +95,7 @@ __all__ = [
     "at_version",
     "current_version",
     "format_version",
+    "parse_version",
     "persisted_version",
     "version_parts",
     "PayloadTooLarge",

@@ -1,15 +1,23 @@
 """A pub/sub chat room: every member sees the messages in the same order.
 
 python examples/chat.py demo
+python examples/chat.py post USER TEXT --contact HOST:PORT --certs-dir certs
+python examples/chat.py history [SINCE] --contact HOST:PORT --certs-dir certs
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import sys
 import threading
+from pathlib import Path
 
 import derecho_actors as da
+
+if not __package__:  # run as `python examples/chat.py`: make `examples` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from examples.client_cli import add_client_args, connect, need  # noqa: E402
 
 
 @da.replicated
@@ -36,10 +44,22 @@ LAYOUT = da.Layout({ChatRoom: da.ShardPolicy(min_nodes=3)})
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv != ["demo"]:
-        print(__doc__)
-        return 2
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["demo", "post", "history"])
+    p.add_argument("args", nargs="*")
+    add_client_args(p)
+    a = p.parse_args(argv)
+    if a.command != "demo":
+        with connect(p, a) as client:
+            room = client.handle(ChatRoom)
+            if a.command == "post":
+                user, text = need(p, a, 2, "USER TEXT")
+                print(f"message {max(room.post(user, text).get(timeout=10).values())}")
+            else:
+                since = int(a.args[0]) if a.args else 0
+                for user, text in list(room.history(since).get(timeout=10).values())[0]:
+                    print(f"{user}: {text}")
+        return 0
     with da.local_cluster(nodes=3, types=[ChatRoom], layout=LAYOUT) as cluster:
 
         def chatter(user: str) -> None:

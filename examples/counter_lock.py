@@ -1,6 +1,8 @@
 """A replicated counter and a lock service whose locks are leased by view.
 
     python examples/counter_lock.py demo
+    python examples/counter_lock.py add [K] | read --contact HOST:PORT --certs-dir certs
+    python examples/counter_lock.py acquire NAME OWNER | release NAME OWNER | holder NAME --contact ...
 
 A lock is held by a member node; when that node leaves the group (fails or leaves), the next
 view releases its locks at every replica at the same point of the order, so no lock outlives
@@ -10,10 +12,16 @@ state: it runs at the same place in the call order at every replica.
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
+from pathlib import Path
 
 import derecho_actors as da
+
+if not __package__:  # run as `python examples/counter_lock.py`: make `examples` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from examples.client_cli import add_client_args, connect, need  # noqa: E402
 
 
 @da.replicated
@@ -86,10 +94,27 @@ def locks_sim_calls(rng: random.Random) -> da.SimCall:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv != ["demo"]:
-        print(__doc__)
-        return 2
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["demo", "add", "read", "acquire", "release", "holder"])
+    p.add_argument("args", nargs="*")
+    add_client_args(p)
+    a = p.parse_args(argv)
+    if a.command != "demo":
+        with connect(p, a) as client:
+            counter, locks = client.handle(Counter), client.handle(Locks)
+            if a.command == "add":
+                k = int(a.args[0]) if a.args else 1
+                print(max(counter.add(k).get(timeout=10).values()))
+            elif a.command == "read":
+                print(list(counter.read().get(timeout=10).values())[0])
+            elif a.command == "holder":
+                (name,) = need(p, a, 1, "NAME")
+                print(list(locks.holder(name).get(timeout=10).values())[0])
+            else:
+                name, owner = need(p, a, 2, "NAME OWNER (a member's node id)")
+                call = locks.acquire if a.command == "acquire" else locks.release
+                print(set(call(name, int(owner)).get(timeout=10).values()).pop())
+        return 0
     with da.local_cluster(
         nodes=3,
         types=[Counter, Locks],

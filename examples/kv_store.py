@@ -14,8 +14,13 @@ import argparse
 import random
 import sys
 import zlib
+from pathlib import Path
 
 import derecho_actors as da
+
+if not __package__:  # run as `python examples/kv_store.py`: make `examples` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from examples.client_cli import add_client_args, connect  # noqa: E402
 
 SHARDS = 2
 
@@ -69,13 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["demo", "put", "get", "watch"])
     p.add_argument("args", nargs="*")
-    p.add_argument("--contact", action="append", default=[], help="a member's HOST:PORT (repeatable)")
-    p.add_argument("--cluster", default="derecho")
-    p.add_argument(
-        "--certs-dir", help="folder with ca.crt and a client certificate (derecho-actors certs create-client)"
-    )
-    p.add_argument("--name", help="which client certificate in --certs-dir (default: the only one)")
-    p.add_argument("--insecure", action="store_true", help="no TLS (the group runs with security.insecure)")
+    add_client_args(p)
     p.add_argument("--since", type=int, default=None, help="watch: changes after this version (default: from now)")
     p.add_argument("--count", type=int, default=0, help="watch: stop after this many changes (default: never)")
     a = p.parse_args(argv)
@@ -87,12 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes = [cluster.handle(KV, shard=s).size().get(timeout=10) for s in range(SHARDS)]
             print(f"100 keys written; keys per shard: {[list(s.values())[0] for s in sizes]}")
         return 0
-    if not a.contact:
-        p.error("--contact is needed for put, get and watch")
-    if not a.insecure and not a.certs_dir:
-        p.error("--certs-dir is needed (or --insecure for a group without TLS)")
-    creds = {"insecure": True} if a.insecure else {"certs_dir": a.certs_dir, "name": a.name}
-    with da.Client(a.contact, cluster=a.cluster, **creds) as client:
+    with connect(p, a) as client:
         if a.command == "watch":
             return watch(client, int(a.args[0]) if a.args else 0, a.since, a.count)
         key = a.args[0]

@@ -1,6 +1,8 @@
 """A persistent, versioned key-value store that survives losing every machine.
 
     python examples/persistent_kv.py demo     # 3 processes; writes; kill -9 all; restart; check
+    python examples/persistent_kv.py put KEY VALUE --contact HOST:PORT --certs-dir certs
+    python examples/persistent_kv.py get KEY [--at VERSION] --contact HOST:PORT --certs-dir certs
 
 Each put is a version on disk at every replica (``persisted()`` says when); reads of the past
 (``get_at``, ``get_at_time``) answer the same at every replica; after a total failure the
@@ -14,8 +16,13 @@ import random
 import sys
 import threading
 import time
+from pathlib import Path
 
 import derecho_actors as da
+
+if not __package__:  # run as `python examples/persistent_kv.py`: make `examples` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from examples.client_cli import add_client_args, connect, need  # noqa: E402
 
 
 @da.replicated
@@ -108,10 +115,33 @@ def demo(writes: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["demo"])
-    p.add_argument("--writes", type=int, default=4000)
+    p.add_argument("command", choices=["demo", "put", "get"])
+    p.add_argument("args", nargs="*")
+    p.add_argument("--writes", type=int, default=4000, help="demo: how many writes")
+    p.add_argument("--at", help="get: the value as of this version (VID.INDEX, as put prints it)")
+    add_client_args(p)
     a = p.parse_args(argv)
-    return demo(a.writes)
+    if a.command == "demo":
+        return demo(a.writes)
+    with connect(p, a) as client:
+        kv = client.handle(PersistentKV)
+        if a.command == "put":
+            key, value = need(p, a, 2, "KEY VALUE")
+            results = kv.put(key, value.encode())
+            results.get(timeout=10)
+            version = results.persisted(timeout=30)
+            print(f"stored as version {da.format_version(version)}, persisted at every replica")
+        elif a.at is None:
+            (key,) = need(p, a, 1, "KEY")
+            print(list(kv.get(key).get(timeout=10).values())[0])
+        else:
+            (key,) = need(p, a, 1, "KEY --at VERSION")
+            try:
+                version = da.parse_version(a.at)
+            except ValueError as exc:
+                p.error(str(exc))
+            print(list(kv.get_at(key, version).get(timeout=10).values())[0])
+    return 0
 
 
 if __name__ == "__main__":

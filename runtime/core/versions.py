@@ -32,3 +32,18 @@ def format_version(version: int) -> str:
         return "none"
     vid, index = version_parts(version)
     return f"{vid}.{index}"
+
+
+def parse_version(text: str) -> int:
+    """The version ``format_version`` wrote as ``"vid.index"`` (a plain integer is taken as it
+    is); ValueError says what was wrong."""
+    vid, dot, index = text.strip().partition(".")
+    try:
+        if not dot:
+            version = int(vid)
+            if version < 0:
+                raise ValueError
+            return version
+        return make_version(int(vid), int(index))
+    except ValueError:
+        raise ValueError(f"not a version: {text!r} (write it as VID.INDEX, e.g. 3.17)") from None

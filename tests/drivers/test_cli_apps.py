@@ -377,3 +377,66 @@ def test_a_watch_follows_every_change_in_order_when_its_contact_is_killed(nodes:
     versions = [tuple(int(x) for x in line.split()[0].split(".")) for line in lines]
     assert versions == sorted(versions) and len(set(versions)) == total, "versions out of order or repeated"
     assert versions[-1][0] > versions[0][0], "no view change between the first and last change: nothing failed over"
+
+
+@pytest.mark.parametrize(
+    ("app", "layout", "steps"),
+    [
+        (
+            "examples.persistent_kv:PersistentKV",
+            ["layout.PersistentKV.min_nodes=3"],
+            [
+                (["put", "colour", "teal"], r"stored as version (\d+\.\d+), persisted at every replica"),
+                (["put", "colour", "plum"], r"stored as version \d+\.\d+"),
+                (["get", "colour"], r"^b'plum'$"),
+                (["get", "colour", "--at", "{0}"], r"^b'teal'$"),  # {0}: the first put's version
+            ],
+        ),
+        (
+            "examples.counter_lock:Counter,Locks",
+            ["layout.Counter.min_nodes=2", "layout.Locks.min_nodes=2", "layout.Locks.overlapping=true"],
+            [
+                (["add", "5"], r"^5$"),
+                (["add"], r"^6$"),
+                (["read"], r"^6$"),
+                (["acquire", "printer", "2"], r"^True$"),
+                (["acquire", "printer", "3"], r"^False$"),
+                (["holder", "printer"], r"^2$"),
+                (["release", "printer", "2"], r"^True$"),
+            ],
+        ),
+        (
+            "examples.chat:ChatRoom",
+            ["layout.ChatRoom.min_nodes=3"],
+            [
+                (["post", "ann", "hello"], r"^message 1$"),
+                (["post", "bob", "hi ann"], r"^message 2$"),
+                (["history"], r"^ann: hello\nbob: hi ann$"),
+                (["history", "1"], r"^bob: hi ann$"),
+            ],
+        ),
+    ],
+    ids=["persistent_kv", "counter_lock", "chat"],
+)
+def test_every_example_is_served_by_cli_nodes_and_reached_by_its_own_client(
+    nodes: CliNodes, app: str, layout: list[str], steps: list[tuple[list[str], str]]
+) -> None:
+    args = ["--app", app]
+    for setting in layout:
+        args += ["--set", setting]
+    for n in (1, 2, 3):
+        nodes.start(n, *args)
+        if n == 1:
+            nodes.wait_members({1})
+    nodes.wait_members({1, 2, 3})
+    script = "examples/" + app.split(":")[0].split(".")[1] + ".py"
+    found: list[str] = []
+    for command, expected in steps:
+        command = [c.format(*found) for c in command]
+        cmd = [sys.executable, script, *command, "--contact", nodes.address(2), "--contact", nodes.address(3),
+               "--certs-dir", str(nodes.certs)]  # fmt: skip
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{command}: {done.stderr[-2000:]}"
+        m = re.search(expected, done.stdout.strip(), re.M)
+        assert m, f"{command} printed {done.stdout!r}, expected {expected!r}"
+        found += m.groups()
