@@ -153,8 +153,9 @@ def test_alike_nodes_found_one_group_and_a_lost_volume_never_founds_a_second(pod
     for n in (3, 2, 1):  # in any order: nobody founds before all three are up
         pods.start(n)
         if n != 1:
-            time.sleep(1.0)
-            assert pods.status(n).get("bootstrapping"), pods.log(n)[-1000:]
+            pods.wait(lambda n=n: pods.status(n).get("bootstrapping"), f"node {n} answering, bootstrapping")
+            time.sleep(0.5)
+            assert "vid" not in pods.status(n), pods.log(n)[-1000:]
     pods.wait(lambda: all(pods.members(n) == {1, 2, 3} for n in (1, 2, 3)), "no common view of 1, 2, 3")
     assert "node 1 founds the group" in pods.log(1)
     creds = {"certs_dir": pods.certs, "name": "operator", "cluster": "boot"}
@@ -168,7 +169,8 @@ def test_alike_nodes_found_one_group_and_a_lost_volume_never_founds_a_second(pod
 
     shutil.rmtree(pods.workdir / "data-1")
     pods.start(1)
-    time.sleep(3.0)
+    pods.wait(lambda: pods.status(1).get("bootstrapping"), "node 1 answering, bootstrapping")
+    time.sleep(2.0)  # what it would do alone: wait, never found
     st = pods.status(1)
     assert "vid" not in st and st.get("bootstrapping"), f"node 1 did not wait: {st}\n{pods.log(1)[-1500:]}"
     pods.start(2)
