@@ -98,6 +98,14 @@ class StatusCollector:
                 lag.add_metric([sid, str(m["node"])], m.get("persistence_lag", 0))
                 behind.add_metric([sid, str(m["node"])], max(0, shard.get("delivered", 0) - m.get("delivered", 0)))
         yield from (delivered, frontier, lag, behind, window, window_size)
+        total = CounterMetricFamily(
+            "derecho_shard_delivered_messages",
+            "messages delivered since the node started (rate() of it: delivered/s)",
+            labels=["shard"],
+        )
+        for sid, n in st.get("delivered_total", []):
+            total.add_metric([sid], n)
+        yield total
         sent = CounterMetricFamily("derecho_peer_sent_bytes", "bytes of frames sent to a peer node", labels=["peer"])
         received = CounterMetricFamily(
             "derecho_peer_received_bytes", "bytes received from a peer node", labels=["peer"]

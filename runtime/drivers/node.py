@@ -146,6 +146,7 @@ class NodeDriver:
         self.accept_loss = accept_loss
         self._restart: RestartCoordinator | None = None
         self._bootstrap: BootstrapCoordinator | None = None  # node.bootstrap_expect, empty data dir
+        self.delivered_total: dict[Any, int] = {}  # per shard: messages delivered since this node started
         self._restart_vid: int | None = None  # the restart view this node installed, if any
         self._restart_lost: dict[ShardId, tuple[int, int]] = {}  # versions that restart gave up
         self.hooks = hooks or AppHooks()
@@ -693,6 +694,9 @@ class NodeDriver:
         assert core is not None and transport is not None
         # Each view's deliveries reach the app before the next view does.
         deliveries = ready.deliveries
+        counts = self.delivered_total
+        for d in deliveries:  # one add per batch (len is known without laying the batch out)
+            counts[d.shard] = counts.get(d.shard, 0) + len(d.messages)
         for v in ready.views:
             if self.hooks.on_deliver is not None:
                 for d in [d for d in deliveries if d.vid < v.vid]:
@@ -845,6 +849,7 @@ class NodeDriver:
             out["clients"] = self.transport.client_count()
             out["traffic"] = [[n, sent, received] for n, (sent, received) in sorted(self.transport.traffic().items())]
         out["views_installed"] = self.views_installed
+        out["delivered_total"] = [[str(sid), n] for sid, n in sorted(self.delivered_total.items(), key=str)]
         if self.hooks.status is not None:
             out["app"] = self.hooks.status()
         return out

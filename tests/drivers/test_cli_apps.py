@@ -256,6 +256,9 @@ def test_metrics_and_health_endpoints_answer_while_a_load_runs(nodes: CliNodes) 
     assert _value(text, "derecho_client_call_seconds_count", method="put") == 300
     assert _value(text, "derecho_client_call_seconds_bucket", method="put", le="+Inf") == 300
     assert _value(text, "derecho_shard_delivered", shard="KV/0/0") > 0
+    assert (
+        _value(text, "derecho_shard_delivered_messages_total", shard="KV/0/0") > 0
+    )  # a counter: rate() is delivered/s
     assert _value(text, "derecho_replica_serving", shard="KV/0/0") in (0.0, 1.0)
     assert "derecho_member_persistence_lag" in text and "derecho_suspected_members 0.0" in text
     held = [sid for sid in ("KV/0/0", "KV/0/1") if f'derecho_shard_window_size{{shard="{sid}"}}' in text]
