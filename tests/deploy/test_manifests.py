@@ -5,7 +5,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,8 @@ import yaml
 
 from derecho_actors._app_host import hosted_layout, load_apps
 from runtime.config import load_config
+from runtime.drivers.dial import client_credentials
+from runtime.security.tls import TlsCredentials, load_credentials
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,3 +146,26 @@ def test_the_image_holds_the_packages_and_the_examples_and_runs_unprivileged() -
     assert re.search(r"^USER 10001$", text, re.M) and 'ENTRYPOINT ["derecho-actors"]' in text
     sts = one("StatefulSet")
     assert sts["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
+
+
+def test_the_compose_certs_service_makes_what_the_nodes_and_a_client_need(tmp_path: Path) -> None:
+    """The one-shot ``certs`` service's script, run here with its volume at a temporary folder
+    (and without the chown to the image's user): a CA, nodes 1-3, the client "operator"; run
+    again, it changes nothing."""
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    script = compose["services"]["certs"]["command"][0]
+    script = script.replace("$$", "$").replace("/certs", str(tmp_path / "certs"))
+    script = script.replace(f"&& chown -R 10001 {tmp_path / 'certs'}", "")
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "")])}
+    subprocess.run(["sh", "-c", script], check=True, env=env, cwd=tmp_path, timeout=120, capture_output=True)
+    made = sorted(p.name for p in (tmp_path / "certs").iterdir())
+    for name in ("ca.crt", "ca.key", "client-operator.crt", "client-operator.key"):
+        assert name in made
+    assert {f"node-{i}.{ext}" for i in (1, 2, 3) for ext in ("crt", "key")} <= set(made)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "certs").iterdir()}
+    subprocess.run(["sh", "-c", script], check=True, env=env, cwd=tmp_path, timeout=120, capture_output=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "certs").iterdir()} == before
+    for i in (1, 2, 3):
+        assert load_credentials(TlsCredentials.for_node(tmp_path / "certs", i), "node", i).identity.node_id == i
+    assert client_credentials(tmp_path / "certs", "operator").identity.name == "operator"
