@@ -588,25 +588,19 @@ class ClientHandle:
     def aio(self) -> AsyncHandle:
         """The same calls for asyncio code: ``await h.aio.put(k, v)``; waiting for room in
         the client's window (``max_outstanding``) is an ``await``, never a blocked loop."""
-        spec, client = self._spec, self._client
-
-        def try_call(method: str) -> Callable[..., QueryResults | None]:
-            return method_caller(
-                spec,
-                method,
-                lambda m, kind, a, kw, node, read: client._call(
-                    spec, self.shard, m, a, kw, kind == ORDERED, node or 0, read, block=False
-                ),
-            )
-
-        return AsyncHandle(try_call, client.wait_for_room)
+        return AsyncHandle(lambda method: self._method(method, block=False), self._client.wait_for_room)
 
     def __getattr__(self, method: str) -> Callable[..., QueryResults]:
-        spec, client = self._spec, self._client
+        return self._method(method, block=True)
+
+    def _method(self, method: str, block: bool) -> Callable[..., Any]:
+        """``handle.<method>``: with ``block=False`` a call returns None instead of waiting
+        when the client's window is full (the asyncio side awaits room elsewhere)."""
+        spec, client, shard = self._spec, self._client, self.shard
         return method_caller(
             spec,
             method,
             lambda m, kind, a, kw, node, read: client._call(
-                spec, self.shard, m, a, kw, kind == ORDERED, node or 0, read
+                spec, shard, m, a, kw, kind == ORDERED, node or 0, read, block=block
             ),
         )
