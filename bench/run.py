@@ -41,6 +41,7 @@ MODULES = [
     "bench.persistence",
     "bench.tlscost",
     "bench.readlevels",
+    "bench.watches",
 ]
 
 
