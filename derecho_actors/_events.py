@@ -259,20 +259,21 @@ class WatchBoard:
 
     def release(self, bound: int) -> list[tuple[WatchPoll, bytes]]:
         """Events up to ``bound`` may go out: answer the parked polls they concern."""
-        if not self.parked or not self.log.events:
+        events = self.log.events
+        if not self.parked or not events:
             return []
-        last = self.log.events[-1]
-        if last[0] > bound:
-            last = max((e for e in self.log.events if e[0] <= bound), default=None, key=lambda e: (e[0], e[1]))  # type: ignore[assignment]
-            if last is None:
-                return []
-        head = (last[0], last[1])
+        k = len(events) - 1
+        while k >= 0 and events[k][0] > bound:  # events above the bound are the newest few
+            k -= 1
+        if k < 0:
+            return []
+        head = (events[k][0], events[k][1])
         out = []
         for key, (p, cursor) in list(self.parked.items()):
             if cursor < head:
                 del self.parked[key]
-                events = self.log.after(cursor, bound, p.args.max_events)
-                out.append((p, encode_answer(self._next(cursor, events, bound), events)))
+                found = self.log.after(cursor, bound, p.args.max_events)
+                out.append((p, encode_answer(self._next(cursor, found, bound), found)))
         return out
 
     def expire(self, e: WatchExpire, bound: int) -> list[tuple[WatchPoll, bytes]]:

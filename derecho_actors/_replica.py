@@ -32,7 +32,7 @@ from derecho_actors._events import EventLog, EventSink, WatchBoard, WatchExpire,
 from derecho_actors._messages import Reply
 from derecho_actors._persistent import STORE_ATTR, PersistentStore, persistent_fields
 from derecho_actors._sessions import DUPLICATE, EXPIRED, FORGOTTEN, FULL, SessionTable
-from runtime.core.versions import make_version
+from runtime.core.versions import INDEX_BITS, make_version
 from runtime.errors import (
     NotPersistent,
     P2PMutationError,
@@ -45,6 +45,7 @@ from runtime.errors import (
 )
 
 log = logging.getLogger("derecho.replica")
+INDEX_LIMIT = 1 << INDEX_BITS
 _in_handler = handler_context
 
 
@@ -397,6 +398,7 @@ class Replica:
         reads = 0
         if vid != self._view_of_count:
             self._view_of_count, self._count = vid, 0
+        first = make_version(vid, 0)  # the view's versions: first + k, for k below 2**INDEX_BITS
         version = -1
         for caller, call_id, method, args, origin, session, floor, ts in calls:
             if session < 0:
@@ -404,7 +406,9 @@ class Replica:
                 if floor == me:
                     out.append(self._p2p(caller, call_id, method, args, vid, origin))
                 continue
-            version = make_version(vid, self._count)
+            if self._count >= INDEX_LIMIT:
+                make_version(vid, self._count)  # raises: the view has no versions left
+            version = first + self._count
             self._count += 1
             sink.version = version
             if store is None:

@@ -245,8 +245,7 @@ class NodeDriver:
         elif contacts:
             self._start_core(contacts=contacts)
         else:
-            log.info("node %s listening on %s, founding cluster %r", self.node_id, address, cfg.node.cluster)
-            self.core = NodeCore.found(self.node_id, address, cfg.layout, cfg.core_config(), now)
+            self._found()
         self._started.set()
         self._schedule_flush()
         await self._stop_event.wait()
@@ -319,16 +318,20 @@ class NodeDriver:
             return
         self._bootstrap = None
         if outcome.found:
-            cfg = self.config
-            self.core = NodeCore.found(self.node_id, cfg.address, cfg.layout, cfg.core_config(), self.loop.time())  # type: ignore[union-attr]
+            self._found()
             self._schedule_flush()
         else:
             self._start_core(contacts=list(outcome.contacts))
 
+    def _found(self) -> None:
+        cfg = self.config
+        log.info("node %s listening on %s, founding cluster %r", self.node_id, cfg.address, cfg.node.cluster)
+        self.core = NodeCore.found(self.node_id, cfg.address, cfg.layout, cfg.core_config(), self.loop.time())  # type: ignore[union-attr]
+
     def _on_restart_message(self, sender: int, msg: Any) -> None:
+        if isinstance(msg, (BootstrapHello, RestartHello)) and not self._is_member(sender):
+            self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
         if isinstance(msg, BootstrapHello):
-            if not self._is_member(sender):
-                self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
             if self._bootstrap is not None:
                 self._bootstrap.on_hello(msg)
                 self._bootstrap_tick()
@@ -339,8 +342,6 @@ class NodeDriver:
                 self.transport.send_to_address(msg.address, frame(running))  # type: ignore[union-attr]
             return
         if isinstance(msg, RestartHello) and self._bootstrap is not None:
-            if not self._is_member(sender):
-                self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
             self._bootstrap.on_has_data(msg.node)
             return
         if isinstance(msg, GroupRunning) and self._bootstrap is not None:
@@ -348,8 +349,6 @@ class NodeDriver:
             self._bootstrap_tick()
             return
         if isinstance(msg, RestartHello):
-            if not self._is_member(sender):
-                self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
             if self._restart is not None:
                 self._restart.on_hello(msg)
                 self._restart_tick()
