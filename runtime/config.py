@@ -80,6 +80,7 @@ __all__ = [
     "DEFAULT_LAYOUT_TYPE",
     "ENV_PREFIX",
     "LOG_LEVELS",
+    "LimitsSection",
     "MulticastSection",
     "NodeConfig",
     "NodeSection",
@@ -439,6 +440,19 @@ _FIELDS["security"] = {
     "max_unauthenticated": _Field(_int_text(1), _int_check(1)),
     "receive_budget_bytes": _Field(_int_text(1 << 20), _int_check(1 << 20)),
     "client_idle_timeout_ms": _Field(_int_text(1), _int_check(1)),
+    "max_unauthenticated_per_address": _Field(_int_text(1), _int_check(1)),
+    "revocation_file": _Field(_identity, _path_or_empty),
+    "metrics_tls": _Field(_bool_text, _bool_check),
+}
+_FIELDS["limits"] = {
+    "frames_per_turn": _Field(_int_text(1), _int_check(1)),
+    "client_max_backlog_bytes": _Field(_int_text(1 << 16), _int_check(1 << 16)),
+    "client_max_in_flight": _Field(_int_text(1), _int_check(1)),
+    "status_per_second": _Field(_float_text, _float_check),
+    "status_cache_ms": _Field(_int_text(0), _int_check(0)),
+    "max_watch_polls_per_client": _Field(_int_text(1), _int_check(1)),
+    "metrics_max_connections": _Field(_int_text(1), _int_check(1)),
+    "metrics_timeout_ms": _Field(_int_text(1), _int_check(1)),
 }
 _SECTIONS = (*_FIELDS, "layout")
 
@@ -566,6 +580,14 @@ class SecuritySection:
     max_unauthenticated: int = 64
     receive_budget_bytes: int = 256 << 20
     client_idle_timeout_ms: int = 300_000
+    # Connections from one host still in their handshake, at most; past it the oldest of that
+    # host's half-open connections is dropped first (one address cannot fill the global pool).
+    max_unauthenticated_per_address: int = 8
+    # Revoked certificates, one "node-<id>" / "client-<name>" identity or serial per line,
+    # checked at every handshake; "" means <certs_dir>/revoked.txt when that file exists.
+    revocation_file: str = ""
+    # Serve /metrics and /health over TLS, requiring a client certificate of the cluster's CA.
+    metrics_tls: bool = False
 
     def __post_init__(self) -> None:
         _check_fields("security", self)
@@ -594,6 +616,26 @@ class SecuritySection:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class LimitsSection:
+    """``[limits]``: what one client (one identity, one connection) may cost a node, so that no
+    client can starve peer traffic or grow the node without bound."""
+
+    frames_per_turn: int = 64  # frames of one connection handled before the loop turns
+    client_max_backlog_bytes: int = 8 << 20  # replies queued to a client that does not read
+    client_max_in_flight: int = 4096  # calls one client connection may have unanswered
+    status_per_second: float = 5.0  # status requests per second per identity (burst: 2x)
+    status_cache_ms: int = 200  # a status snapshot is shared by requests this close together
+    max_watch_polls_per_client: int = 64  # parked watch polls per client identity
+    metrics_max_connections: int = 32  # open connections to the metrics endpoint
+    metrics_timeout_ms: int = 5000  # a metrics request must arrive whole within this
+
+    def __post_init__(self) -> None:
+        _check_fields("limits", self)
+        if self.status_per_second <= 0:
+            raise ConfigError(f"limits.status_per_second: expected a number > 0, got {self.status_per_second}")
+
+
 def _default_layout() -> LayoutPolicy:
     """One type with one shard holding every node: what a first experiment wants."""
     return LayoutPolicy.of({DEFAULT_LAYOUT_TYPE: ShardPolicy()})
@@ -609,6 +651,7 @@ class NodeConfig:
     layout: LayoutPolicy = field(default_factory=_default_layout)
     persistence: PersistenceSection = field(default_factory=PersistenceSection)
     security: SecuritySection = field(default_factory=SecuritySection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
 
     def __post_init__(self) -> None:
         # The sections validate themselves; this only catches a wrong object in a slot, which
@@ -620,6 +663,7 @@ class NodeConfig:
             ("layout", LayoutPolicy),
             ("persistence", PersistenceSection),
             ("security", SecuritySection),
+            ("limits", LimitsSection),
         )
         for name, cls in expected:
             value = getattr(self, name)
@@ -969,6 +1013,7 @@ def load_config(
         layout=_build_layout(layer),
         persistence=_build_section("persistence", PersistenceSection, layer),
         security=_build_section("security", SecuritySection, layer),
+        limits=_build_section("limits", LimitsSection, layer),
     )
 
 
@@ -994,7 +1039,7 @@ def example_config(node_id: int, port: int, contacts: list[str]) -> str:
     """
     section = NodeSection(id=node_id, listen=f"127.0.0.1:{port}", contacts=tuple(contacts))
     timeouts, multicast, persistence = TimeoutsSection(), MulticastSection(), PersistenceSection()
-    security = SecuritySection()
+    security, limits = SecuritySection(), LimitsSection()
     contact_list = "[" + ", ".join(_toml_str(c) for c in section.contacts) + "]"
     return f"""\
 # derecho-actors node configuration (TOML). Every setting is optional; missing ones take the
@@ -1053,6 +1098,19 @@ handshake_timeout_ms = {security.handshake_timeout_ms}  # TLS handshake and hell
 max_unauthenticated = {security.max_unauthenticated}  # connections still in their handshake, at most
 receive_budget_bytes = {security.receive_budget_bytes}  # partly received frames, all connections together
 client_idle_timeout_ms = {security.client_idle_timeout_ms}  # a client connection silent this long is closed
+max_unauthenticated_per_address = {security.max_unauthenticated_per_address}  # half-open connections per host
+revocation_file = ""  # revoked identities/serials (certs revoke); "" uses certs_dir/revoked.txt if present
+metrics_tls = false  # true: the metrics endpoint speaks TLS and requires a certificate of the CA
+
+[limits]
+frames_per_turn = {limits.frames_per_turn}  # frames of one connection handled before the loop turns
+client_max_backlog_bytes = {limits.client_max_backlog_bytes}  # replies queued to a client that does not read
+client_max_in_flight = {limits.client_max_in_flight}  # unanswered calls per client connection
+status_per_second = {limits.status_per_second}  # status requests per second per identity
+status_cache_ms = {limits.status_cache_ms}  # requests this close together share one status snapshot
+max_watch_polls_per_client = {limits.max_watch_polls_per_client}  # parked watch polls per client identity
+metrics_max_connections = {limits.metrics_max_connections}  # open connections to the metrics endpoint
+metrics_timeout_ms = {limits.metrics_timeout_ms}  # a metrics request must arrive whole within this
 
 # Layout: one [layout.<TypeName>] table per replicated type, in allocation order. With none,
 # one type "{DEFAULT_LAYOUT_TYPE}" has one shard holding every node. For example:

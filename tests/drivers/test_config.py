@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import pytest
 
 from runtime.config import (
+    LimitsSection,
     MulticastSection,
     NodeConfig,
     NodeSection,
@@ -109,7 +110,8 @@ def test_example_config_round_trip(tmp_path: pathlib.Path) -> None:
     assert cfg == NodeConfig(node=NodeSection(id=4, listen="127.0.0.1:7004", contacts=tuple(contacts)))
     # Every key the example writes is one the loader knows, and every known key is written.
     doc = tomllib.loads(text)
-    assert set(doc) == {"node", "timeouts", "multicast", "persistence", "security"}
+    assert set(doc) == {"node", "timeouts", "multicast", "persistence", "security", "limits"}
+    assert set(doc["limits"]) == {f.name for f in dataclasses.fields(LimitsSection)}
     assert set(doc["node"]) == {f.name for f in dataclasses.fields(NodeSection)}
     assert set(doc["timeouts"]) == {f.name for f in dataclasses.fields(TimeoutsSection)}
     assert set(doc["multicast"]) == {f.name for f in dataclasses.fields(MulticastSection)}
