@@ -51,6 +51,8 @@ class AppHooks:
     on_stop: Callable[[str], None] | None = None
     on_app: Callable[[int, bytes], None] | None = None  # an application message from a member (proven id)
     on_client_app: Callable[[Any, bytes], None] | None = None  # an application message from a client connection
+    # A client connection closed (either side): forget everything kept for it.
+    on_client_closed: Callable[[Any], None] | None = None
     on_persisted: Callable[[ShardId, int], None] | None = None  # shard's persistence frontier moved
     # ``(shard, vid, n)``: every member of the shard has delivered the view-``vid`` messages of
     # global index below ``n`` (trails deliveries by at most a lazy push, ~20 ms).

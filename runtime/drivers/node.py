@@ -187,6 +187,7 @@ class NodeDriver:
             max_frame=cfg.multicast.max_frame_bytes,
             security=self.security,
             incarnation=self._incarnation,
+            on_client_closed=self._on_client_closed,
             client_welcome=frame(
                 Welcome(
                     cfg.multicast.max_message_size,
@@ -673,6 +674,10 @@ class NodeDriver:
                 type(msg).__name__,
             )
             handle.close()
+
+    def _on_client_closed(self, handle: Any) -> None:
+        if self.hooks.on_client_closed is not None:
+            self.hooks.on_client_closed(handle)
 
     # ---------------------------------------------------------------- effects
     def _schedule_flush(self) -> None:

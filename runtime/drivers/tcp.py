@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.drivers.ratelimit import RateLimitedLog
-from runtime.drivers.transport import ClientHandler, FramesHandler, PeerLostHandler
+from runtime.drivers.transport import ClientClosedHandler, ClientHandler, FramesHandler, PeerLostHandler
 from runtime.errors import ConfigError, WireError
 from runtime.node_api import session_origin
 from runtime.security.identity import Identity, IdentityError
@@ -509,14 +509,17 @@ class TcpTransport:
         security: TransportSecurity | None = None,
         client_welcome: bytes = b"",
         incarnation: int | None = None,
+        on_client_closed: ClientClosedHandler | None = None,
     ) -> None:
-        """``client_welcome``: the frame every accepted client gets first (its limits)."""
+        """``client_welcome``: the frame every accepted client gets first (its limits);
+        ``on_client_closed``: told once when a client connection ends."""
         self.node_id = node_id
         self.listen = listen
         self.cluster = cluster
         self.on_frames = on_frames
         self.on_peer_lost = on_peer_lost
         self.on_client = on_client
+        self.on_client_closed = on_client_closed
         self.max_frame = max_frame
         self.max_backlog = max_backlog
         self.security = security or TransportSecurity()
@@ -815,6 +818,11 @@ class TcpTransport:
 
     # ------------------------------------------------------------------ losses
     def _connection_lost(self, conn: _Connection) -> None:
+        if conn.role == "client" and self.on_client_closed is not None:
+            try:
+                self.on_client_closed(conn)
+            except Exception:  # forgetting a client must not take the node down
+                log.exception("forgetting %s failed", conn._where())
         if self._closing or conn.stale or conn.doomed:
             if conn.peer is not None and conn.peer.conn is conn:
                 conn.peer.conn = None

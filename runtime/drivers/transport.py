@@ -24,6 +24,9 @@ PeerLostHandler = Callable[[int], None]
 ClientHandler = Callable[[Any, WireMessage], None]
 """A frame from a client (not a member) with the handle to answer it on."""
 
+ClientClosedHandler = Callable[[Any], None]
+"""A client connection (the handle ``ClientHandler`` was given) closed, by either side."""
+
 
 class Transport(Protocol):
     """What the node driver uses of a network, and all it uses (``NodeDriver.transport`` is
