@@ -32,9 +32,11 @@ from derecho_actors._persistent import Persistent, at_time, at_version, current_
 from derecho_actors._results import QueryResults
 from derecho_actors._sim_api import SimCall, sim_workload, simulate
 from derecho_actors._watch import Watch
+from derecho_actors.exceptions import ShardStateLost
 from runtime.core.layout import ShardPolicy
 from runtime.core.versions import format_version, parse_version, version_parts
 from runtime.errors import (
+    ClientLimit,
     ConfigError,
     DerechoError,
     DivergenceError,
@@ -71,6 +73,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "ClientLimit",
     "ConfigError",
     "DerechoError",
     "DivergenceError",
@@ -109,6 +112,7 @@ __all__ = [
     "ShardUnavailable",
     "SerializationError",
     "ShardPolicy",
+    "ShardStateLost",
     "SimCall",
     "TimeoutError",
     "UnknownMethod",

@@ -3,11 +3,14 @@
 the layout they run under.
 
 Classes are imported as uvicorn imports applications: the working directory is put first on
-``sys.path``, then the module is imported by name. The layout comes from the configuration's
-``[layout.<Type>]`` tables where they exist (a whole table replaces the code's policy for that
-type: the operator's file wins); otherwise from a ``da.Layout`` the class's module defines at
-top level; otherwise one shard holding every node. Every member must end up with the same
-layout: a joiner whose layout differs is refused at join (``JoinRequest.layout``).
+``sys.path``, then the module is imported by name. A type's layout starts from the code's
+policy (a ``da.Layout`` given to the group, or one the class's module defines at top level;
+otherwise one shard holding every node); the keys a configuration's ``[layout.<Type>]`` table
+sets override that policy's, and keys it leaves out keep the code's values (the operator's
+file wins where it speaks, and ``shards = 2`` alone does not drop the code's ``min_nodes``).
+Every member must end up with the same layout: a joiner whose layout differs is refused at join
+(``JoinRequest.layout``). A layout that leaves a shard one replica is warned about by the node
+that holds it (``_hosting``).
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from typing import Sequence
 from derecho_actors._decorators import spec_of
 from derecho_actors._handles import Layout
 from runtime.config import DEFAULT_LAYOUT_TYPE
-from runtime.core.layout import LayoutPolicy, ShardPolicy
-from runtime.errors import ConfigError
+from runtime.core.layout import POLICY_FIELDS, LayoutPolicy, ShardPolicy, merge_over
+from runtime.errors import ConfigError, LayoutError
 
 log = logging.getLogger("derecho.app")
 
@@ -68,10 +71,11 @@ def code_layout(classes: Sequence[type]) -> dict[type, ShardPolicy]:
 def hosted_layout(
     classes: Sequence[type], configured: LayoutPolicy, code: Layout | None = None, scan_modules: bool = False
 ) -> Layout:
-    """The layout of ``classes``: per type, the configuration's table if it has one, else the
-    code's policy (``code``; with ``scan_modules``, a ``da.Layout`` of the class's module),
-    else one shard of every node. Tables of types this node does not host are an error (a
-    typo would otherwise go unnoticed)."""
+    """The layout of ``classes``: per type, the code's policy (``code``; with
+    ``scan_modules``, a ``da.Layout`` of the class's module; else one shard of every node) with
+    the keys the configuration's table sets merged over it. Tables of types this node does not
+    host are an error (a typo would otherwise go unnoticed), and so is a merge no view can
+    satisfy (it names which values came from the code)."""
     tables = dict(configured.types)
     given = {cls: dict(code.policy.types)[spec_of(cls).name] for cls in code.types} if code is not None else {}  # type: ignore[union-attr]
     modules = code_layout([c for c in classes if c not in given]) if scan_modules else {}
@@ -81,7 +85,9 @@ def hosted_layout(
         spec = spec_of(cls)
         assert spec is not None
         names.add(spec.name)
-        policies[cls] = tables.get(spec.name) or given.get(cls) or modules.get(cls) or ShardPolicy()
+        base = given.get(cls) or modules.get(cls) or ShardPolicy()
+        table = tables.get(spec.name)
+        policies[cls] = base if table is None else _merged(spec.name, base, table, configured.fields_set(spec.name))
     unknown = [n for n in tables if n not in names and n != DEFAULT_LAYOUT_TYPE]
     if unknown:
         raise ConfigError(
@@ -89,3 +95,29 @@ def hosted_layout(
             f"(it hosts {', '.join(sorted(names)) or 'none'}); check the names, which are the classes' names"
         )
     return Layout(policies)
+
+
+def _merged(name: str, base: ShardPolicy, table: ShardPolicy, keys: frozenset[str]) -> ShardPolicy:
+    """``table``'s keys over the code's ``base``, validated: a clash between what the operator
+    wrote and what the code kept is a ConfigError naming both sides."""
+    policy = merge_over(base, table, keys)
+    try:
+        policy.validate(name)
+    except LayoutError as err:
+        kept = sorted(POLICY_FIELDS - keys)
+        text = str(err).removeprefix(f"layout of type {name!r}: ")
+        raise ConfigError(
+            f"layout.{name}: {text} (the [layout.{name}] table sets {', '.join(sorted(keys)) or 'nothing'}; "
+            f"{', '.join(f'{k}={getattr(base, k)!r}' for k in kept)} come from the code's policy: "
+            "set them in the table too)"
+        ) from None
+    if policy != base:
+        log.info("layout of %s: the code's policy with %s from the configuration", name, _changed(base, policy))
+    return policy
+
+
+def _changed(base: ShardPolicy, policy: ShardPolicy) -> str:
+    """``shards=2, min_nodes=2``: the fields the configuration changed, for the log."""
+    return ", ".join(
+        f"{k}={getattr(policy, k)!r}" for k in sorted(POLICY_FIELDS) if getattr(base, k) != getattr(policy, k)
+    )

@@ -4,7 +4,12 @@ histogram: what ``status`` shows and the metrics endpoint exports.
 A contact node sees a client's call arrive and its first answer leave, so the latency is the
 group's part of the call (client and network excluded). Outcomes: ``ok`` (the first answer is
 a result), ``error`` (it is an error the method raised, or a refusal on the way), ``refused``
-(this node refused it at once: too large, shard unavailable, no such replica).
+(this node refused it at once: too large, shard unavailable, no such replica, a client limit).
+
+Bounded by what the code defines, never by what clients send: the contact counts a call under
+its method's name only if the type defines that method (or it is one of the group's own
+internal calls); every other name, refused or not, counts under :data:`UNKNOWN`. So a client
+sending 400,000 distinct names adds one entry, not 400,000 (to the node and to ``/metrics``).
 Kept on the node's loop; plain data out.
 """
 
@@ -17,6 +22,9 @@ BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
 
 OUTCOMES = ("ok", "error", "refused")
 
+UNKNOWN = "<unknown>"
+"""The label of every call to a method its type does not define."""
+
 
 class CallStats:
     def __init__(self) -> None:
@@ -24,9 +32,10 @@ class CallStats:
         self.buckets: dict[str, list[int]] = {}  # method -> counts per bucket (+ overflow)
         self.sum_ms: dict[str, float] = {}
 
-    def done(self, method: str, outcome: str, ms: float | None) -> None:
+    def done(self, method: str, outcome: str, ms: float | None, n: int = 1) -> None:
+        """``n`` calls of ``method`` ended with ``outcome``, the first answer after ``ms``."""
         key = (method, outcome)
-        self.calls[key] = self.calls.get(key, 0) + 1
+        self.calls[key] = self.calls.get(key, 0) + n
         if ms is None:
             return
         counts = self.buckets.get(method)

@@ -347,7 +347,8 @@ class Client(AsyncLifecycle):
 
     # -------------------------------------------------------------- connection
     def _connect(self) -> socket.socket | None:
-        deadline = time.monotonic() + self.retry_for
+        started = time.monotonic()
+        deadline = started + self.retry_for
         failures = 0
         last_error = ""
         while not self._closed and time.monotonic() < deadline:
@@ -386,7 +387,13 @@ class Client(AsyncLifecycle):
             log.info("client connected to %s (%d calls resent)", address, len(resend))
             return sock
         if last_error:
-            log.warning("client gave up reaching the group after %.0f s (last: %s)", self.retry_for, last_error)
+            # The time it really tried: a client closed early (its connect_timeout passed)
+            # stops before retry_for, and a log line must not claim more.
+            tried = time.monotonic() - started
+            if self._closed:
+                log.info("client stopped trying to reach the group after %.1f s: closed (last: %s)", tried, last_error)
+            else:
+                log.warning("client gave up reaching the group after %.1f s (last: %s)", tried, last_error)
         return None
 
     def _refused(self, exc: Refused) -> None:

@@ -2,6 +2,12 @@
 things out. Each node is ``python -m derecho_actors._cluster_node``, given the replicated types
 and layout through a cloudpickle file (so classes defined in a script or a test work too).
 The cluster talks to its group through a ``Client``.
+
+Before any process starts, the layout (the code's policy with any ``layout.*`` overrides merged
+over it, as every node will compute it) is checked against the node count: a layout those nodes
+cannot run fails at once with ``LayoutError`` saying how many more nodes it needs, instead of a
+wait that can only time out. When starting fails anyway, the work folder (node logs, data) is
+kept and the error names it, with the lines of the nodes' logs that say why.
 """
 
 from __future__ import annotations
@@ -21,17 +27,47 @@ from typing import Any, Mapping, Sequence
 
 import cloudpickle
 
+from derecho_actors._app_host import hosted_layout
 from derecho_actors._client import Client, ClientHandle
 from derecho_actors._group import Layout
-from runtime.core.layout import ShardPolicy
+from runtime.config import load_config
+from runtime.core.layout import ShardPolicy, compute_layout, nodes_needed, single_replica_shards
 from runtime.drivers.dial import client_credentials
 from runtime.drivers.status import StatusError, fetch_status
-from runtime.errors import GroupClosed
+from runtime.errors import GroupClosed, LayoutError
 from runtime.security.certs import ensure_cluster_certs
 
 _log = logging.getLogger("derecho.cluster")
 
 CLIENT_NAME = "local"  # the client certificate a local cluster makes for its own Client
+
+
+def check_layout(nodes: int, types: Sequence[type], layout: Layout, overrides: Mapping[str, str]) -> None:
+    """Refuse, before starting anything, a layout ``nodes`` nodes cannot run (``LayoutError``
+    saying how many more it needs); warn of shards it would leave on one replica."""
+    layout_keys = {k: v for k, v in overrides.items() if k.startswith("layout.")}
+    configured = load_config(None, layout_keys, environ={}).layout
+    policy = hosted_layout(list(dict.fromkeys([*types, *layout.types])), configured, layout).policy
+    ids = tuple(range(1, nodes + 1))
+    planned = compute_layout(policy, ids)
+    if not planned.adequate:
+        needed = nodes_needed(policy, nodes)
+        total = f"{needed} nodes" if needed is not None else "more nodes than a local cluster can start"
+        more = f"needs {needed - nodes} more node{'s' if needed - nodes != 1 else ''}" if needed else "cannot run"
+        which = "node 1" if nodes == 1 else f"nodes 1-{nodes}"
+        raise LayoutError(
+            f"local_cluster(nodes={nodes}): the layout {more} ({planned.describe_shortfall()} with {which}; "
+            f"{policy.describe()} takes {total}); pass nodes={needed or '...'}, or lower min_nodes or shards"
+        )
+    for sid, node in single_replica_shards(planned):
+        _log.warning(
+            "local_cluster(nodes=%d): shard %s has one replica (node %d): one failure loses this shard's state; "
+            "raise min_nodes of %s to 2 or more",
+            nodes,
+            sid,
+            node,
+            sid.type_name,
+        )
 
 
 def _free_ports(n: int) -> list[int]:
@@ -63,6 +99,8 @@ class LocalCluster:
         one for its client, so TLS is on as in production."""
         if nodes < 1:
             raise GroupClosed("a local cluster needs at least one node")
+        layout = layout or Layout({t: ShardPolicy() for t in types})
+        check_layout(nodes, types, layout, overrides or {})
         # A folder we made ourselves (logs, data directories) goes when the cluster closes.
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="derecho-cluster-"))
@@ -75,7 +113,6 @@ class LocalCluster:
         if not insecure:
             ensure_cluster_certs(self.certs_dir, range(1, nodes + 1), clients=(CLIENT_NAME,), cluster=cluster)
             self._credentials = client_credentials(self.certs_dir, CLIENT_NAME)
-        layout = layout or Layout({t: ShardPolicy() for t in types})
         spec = self.workdir / "cluster.pickle"
         spec.write_bytes(cloudpickle.dumps({"types": list(types), "layout": layout}))
         self._spec = spec
@@ -91,8 +128,10 @@ class LocalCluster:
                 if node == 1:
                     self._wait(lambda: "vid" in self.status(1), start_timeout, "node 1")
             self._wait(lambda: self._all_in_view(), start_timeout, f"a view of all {nodes} nodes")
-        except BaseException:
+        except BaseException as exc:
+            self._own_workdir = False  # the node logs are the evidence: keep them, and say where
             self.close()
+            exc.add_note(f"local_cluster did not start; its work folder (node logs, data) is kept at {self.workdir}")
             raise
 
     def address(self, node: int) -> str:
@@ -165,15 +204,16 @@ class LocalCluster:
 
     def _all_in_view(self) -> bool:
         live = {n for n, p in self.procs.items() if p.poll() is None}
-        st = self.status(min(live))
+        first = min(live)
+        st = self.status(first)
         if not ("vid" in st and {m for m, _ in st["members"]} == live and st["adequate"] and not st["wedged"]):
             return False
-        return all(self._serving(n, st["vid"]) for n in live)
+        return all(self._serving(n, st["vid"], st if n == first else None) for n in live)
 
-    def _serving(self, node: int, vid: int) -> bool:
+    def _serving(self, node: int, vid: int, st: dict[str, Any] | None = None) -> bool:
         """Node ``node`` is in view ``vid`` and every replica it holds serves (none waits
         for its state)."""
-        st = self.status(node)
+        st = st if st is not None else self.status(node)
         replicas = st.get("app", {}).get("replicas", {})
         return st.get("vid") == vid and all(r == "serving" for r in replicas.values())
 
@@ -195,8 +235,29 @@ class LocalCluster:
                 if proc.poll() not in (None, -signal.SIGKILL, 0):
                     tail = (self.workdir / f"node-{node}.log").read_text()[-1500:]
                     raise GroupClosed(f"node {node} exited with {proc.returncode} while waiting for {what}:\n{tail}")
-            time.sleep(0.05)
-        raise GroupClosed(f"timed out after {timeout} s waiting for {what} (logs in {self.workdir})")
+            time.sleep(0.2)  # nodes answer a client's status requests at a bounded rate (limits.status_per_second)
+        why = self.reasons_from_logs()
+        raise GroupClosed(
+            f"timed out after {timeout:g} s waiting for {what}"
+            + (f"; the nodes' logs say: {why}" if why else "")
+            + f" (logs in {self.workdir})"
+        )
+
+    def reasons_from_logs(self, per_node: int = 1) -> str:
+        """The latest lines of each node's log that say why it is not serving (an ERROR, a
+        WARNING, or a view too small for the layout), for an error message."""
+        found: list[str] = []
+        for node in self.procs:
+            path = self.workdir / f"node-{node}.log"
+            try:
+                lines = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            telling = [ln for ln in lines if " ERROR " in ln or " WARNING " in ln or "inadequate:" in ln]
+            for line in telling[-per_node:]:
+                text = line.split(": ", 1)[1] if ": " in line else line
+                found.append(f"node {node}: {text.strip()[:300]}")
+        return "; ".join(found)
 
     @property
     def client(self) -> Client:
@@ -308,5 +369,7 @@ class ClusterStart:
 
 def local_cluster(nodes: int, types: Sequence[type], layout: Layout | None = None, **kwargs: Any) -> ClusterStart:
     """``with da.local_cluster(nodes=3, types=[KV], layout=layout) as cluster: ...`` (or
-    ``async with``): real node processes on loopback, TLS on, stopped at the end."""
+    ``async with``): real node processes on loopback, TLS on, stopped at the end. A layout the
+    nodes cannot run raises ``LayoutError`` before any starts ("needs 3 more nodes"); a start
+    that fails keeps the work folder and names it."""
     return ClusterStart(nodes, types, layout, **kwargs)

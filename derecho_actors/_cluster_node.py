@@ -1,8 +1,10 @@
 """One node of a ``local_cluster``: ``python -m derecho_actors._cluster_node SPEC [--parent-fd N] --set k=v ...``
 
 Runs a ``Group`` with the replicated types and layout from the cloudpickle file SPEC until it
-is killed, stops (removed from the group, or fail-stop on a storage failure), or gets SIGTERM
-or SIGINT (then it leaves gracefully). Its exit code says which (``runtime.exitcodes``).
+is killed, stops (fail-stop on a storage failure; removed from the group with
+``node.on_partition = "exit"``), or gets SIGTERM or SIGINT (then it leaves gracefully). Its exit
+code says which (``runtime.exitcodes``). Removed from the group with the default
+``node.on_partition = "rejoin"``, it joins again as a new member (``derecho_actors._rejoin``).
 
 ``--parent-fd N``: the read end of a pipe whose write end only the parent process holds. When
 the parent dies, however it dies (SIGKILL included), the pipe reports end-of-file and the node
@@ -19,6 +21,7 @@ import threading
 
 import cloudpickle
 
+from derecho_actors._rejoin import Rejoiner
 from runtime.config import parse_override
 from runtime.errors import ConfigError, DerechoError, GroupClosed
 from runtime.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
@@ -80,13 +83,21 @@ def main(argv: list[str]) -> int:
     except DerechoError as exc:
         print(f"node could not start: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    while not done.wait(0.1):
-        if group.stopped is not None:
-            log.warning("node stops: %s", group.stopped)
-            group.close()
-            return group.exit_code
-    group.leave()
-    return EXIT_OK if group.exit_code == EXIT_OK else group.exit_code
+    config = group.config
+
+    def rejoin(contacts: list[str]) -> Group:
+        again = {**overrides, "node.contacts": ",".join(contacts), "node.bootstrap_expect": "0"}
+        timeout = config.timeouts.connect_timeout_ms / 1000 + 10
+        return Group(
+            types=spec["types"], layout=spec["layout"], overrides=again, accept_loss=accept_loss, start_timeout=timeout
+        )
+
+    rejoiner = Rejoiner(config.node.id, config.node.on_partition, config.contact_addresses(), rejoin, done)
+    running, code = rejoiner.run(group)
+    if running is None:
+        return code
+    running.leave()
+    return EXIT_OK if running.exit_code == EXIT_OK else running.exit_code
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ per type, so both ends agree on it by construction.
 from __future__ import annotations
 
 import traceback
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
+from derecho_actors.exceptions import ShardStateLost
 from runtime.errors import (
+    ClientLimit,
     DerechoError,
     EmitError,
     NotPersistedYet,
@@ -139,6 +141,8 @@ def encode_error(exc: BaseException) -> bytes:
 _OWN_ERRORS: dict[str, type[DerechoError]] = {
     cls.__name__: cls
     for cls in (
+        ShardStateLost,
+        ClientLimit,
         PayloadTooLarge,
         ReplicaLost,
         SessionExpired,
@@ -196,16 +200,28 @@ def call_size(method: str, args: bytes) -> int:
     return len(args) + len(method.encode()) + CALL_OVERHEAD
 
 
-OrderedCall = tuple[int, int, str, bytes, int, int, int, int]
-"""``(caller, call_id, method, args, origin, session_ns, floor, timestamp_ns)`` of one
-delivered ordered call."""
+OrderedCall = tuple[int, int, str, bytes, int, int, int, int, int]
+"""``(caller, call_id, method, args, origin, session_ns, floor, owner, timestamp_ns)`` of one
+delivered ordered call (fields as in :class:`PendingCall`)."""
 
-PendingCall = tuple[int, int, str, bytes, int, int, int]
-"""``(caller, call_id, method, args, origin, session_ns, floor)``: an ordered call waiting to
-be multicast. A non-zero ``origin`` (a client's session, or a member retrying through a relay)
-makes ``call_id`` that session's call number, ``session_ns`` when the session started and
-``floor`` its oldest call still waiting for an answer (see ``_sessions``); all 0 for a
-member's own calls."""
+
+class PendingCall(NamedTuple):
+    """An ordered call waiting to be multicast (it goes on the wire as an array, in this
+    order). A non-zero ``origin`` (a client's session, or a member retrying through a relay)
+    makes ``call_id`` that session's call number, ``session_ns`` when the session started and
+    ``floor`` its oldest call still waiting for an answer (see ``_sessions``); all 0 for a
+    member's own calls. ``owner``: the client identity that owns the session
+    (``_sessions.owner_of``), stamped by the contact from the certificate it checked, so every
+    replica bounds sessions per identity alike (0: none)."""
+
+    caller: int
+    call_id: int
+    method: str
+    args: bytes
+    origin: int = 0
+    session_ns: int = 0
+    floor: int = 0
+    owner: int = 0
 
 
 def encode_ordered(calls: list[PendingCall], max_size: int, now: int) -> list[bytes]:
@@ -245,12 +261,19 @@ def decode_ordered(payload: bytes) -> list[OrderedCall] | None:
         if type(ts) is not int or type(calls) is not list:
             return None
         out = []
-        for caller, call_id, method, args, origin, session, floor in calls:
+        for call in calls:
+            if len(call) == 8:
+                caller, call_id, method, args, origin, session, floor, owner = call
+            else:  # the release before stamped no owner
+                caller, call_id, method, args, origin, session, floor = call
+                owner = 0
             if type(caller) is not int or type(call_id) is not int or type(origin) is not int:
                 return None
             if type(method) is not str or type(args) is not bytes or type(session) is not int or type(floor) is not int:
                 return None
-            out.append((caller, call_id, method, args, origin, session, floor, ts))
+            if type(owner) is not int:
+                return None
+            out.append((caller, call_id, method, args, origin, session, floor, owner, ts))
         return out
     except Exception:
         return None

@@ -44,6 +44,8 @@ class TypeSpec:
     digest_every: int = 0  # >0: replicas compare state digests every this many ordered calls
     check_p2p: bool = False  # digest the state around every P2P call: a change is an error
     watch_history: int = 10_000  # events (da.emit) each replica keeps for watches to resume from
+    # live sessions one client identity may hold (its calls beyond are refused: SessionLimit)
+    max_sessions_per_caller: int = 64
 
     @property
     def persistent(self) -> bool:
@@ -75,6 +77,7 @@ def replicated(
     digest_every: int = 0,
     check_p2p: bool | None = None,
     watch_history: int = 10_000,
+    max_sessions_per_caller: int = 64,
 ) -> Any:
     """Make a class a replicated type. ``name`` (default: the class name) is how nodes agree
     on the type, so every node must register it under the same name.
@@ -88,6 +91,12 @@ def replicated(
     ``session_ttl`` (seconds) and ``max_sessions`` bound the exactly-once state every replica
     keeps per caller (see ``_sessions``): a caller silent for ``session_ttl`` is forgotten, and
     a retry of one of its calls is then refused (``SessionExpired``) rather than applied twice.
+    ``max_sessions_per_caller`` bounds the live sessions of one client identity (the name in
+    its certificate, stamped on its calls by the node it calls through), so that one
+    certificate opening sessions in a loop is refused (``SessionLimit``) while other callers
+    still get sessions from the ``max_sessions`` pool. Each ``Client`` holds one session; a
+    session ends ``session_ttl`` after its last call. Without TLS there are no identities and
+    only ``max_sessions`` applies.
     They are part of the type, not of a node's config, because every replica must decide alike.
 
     Divergence checks (part of the type too: every node must check alike):
@@ -136,6 +145,11 @@ def replicated(
             isinstance(max_sessions, int) and max_sessions > 0
         ):
             raise ConfigError(f"@replicated on {c.__name__}: session_ttl and max_sessions must be > 0")
+        if type(max_sessions_per_caller) is not int or max_sessions_per_caller < 1:
+            raise ConfigError(
+                f"@replicated(max_sessions_per_caller={max_sessions_per_caller!r}) on {c.__name__}: give a number "
+                "of sessions (>= 1)"
+            )
         if signed and mode != PERSISTENT:
             raise ConfigError(
                 f"@replicated(signed=True) on {c.__name__} needs persistent delivery (signing is of the log)"
@@ -171,6 +185,7 @@ def replicated(
             digest_every,
             check,
             watch_history,
+            max_sessions_per_caller,
         )
         return c
 

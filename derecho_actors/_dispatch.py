@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from derecho_actors._client_table import describe
 from derecho_actors._frontiers import PersistenceTracker
 from derecho_actors._messages import (
     Call,
     CallBatch,
+    OverfullBatch,
     Reply,
     ReplyBatch,
     SignedMark,
@@ -24,6 +26,7 @@ from derecho_actors._messages import (
     StateRequest,
     claimed_sender,
     decode,
+    decode_from_client,
 )
 from derecho_actors._routing import CallRouter
 from derecho_actors._transfer import TransferService
@@ -67,18 +70,25 @@ class MessageDispatch:
         handler(sender, msg)
 
     def from_client(self, conn: Any, data: bytes) -> None:
-        """Only calls (the contact derives the caller's session itself)."""
+        """Only calls (the contact derives the caller's session itself); of one frame, calls
+        beyond ``limits.client_max_in_flight`` are refused undecoded."""
         try:
-            msg = decode(data)
+            msg = decode_from_client(data, self.router.clients.max_in_flight)
         except WireError as exc:
-            log.warning("closing a client connection that sent a bad message: %s", exc)
+            log.warning("closing the connection of %s: it sent a bad message: %s", describe(conn)[0], exc)
             conn.close()
             return
         if type(msg) is Call:
-            self.router.on_client_call(conn, msg)
+            self.router.on_client_calls(conn, (msg,))
         elif type(msg) is CallBatch:
-            for call in msg.calls:
-                self.router.on_client_call(conn, call)
+            self.router.on_client_calls(conn, msg.calls)
+        elif type(msg) is OverfullBatch:
+            self.router.on_client_calls(conn, msg.calls)
+            self.router.refuse_overflow(conn, msg.overflow)
         else:
-            log.warning("closing a client connection that sent a %s, which clients may not send", type(msg).__name__)
+            log.warning(
+                "closing the connection of %s: it sent a %s, which clients may not send",
+                describe(conn)[0],
+                type(msg).__name__,
+            )
             conn.close()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -211,13 +211,22 @@ class WatchPoll:
     args: PollArgs
 
 
-@dataclass(frozen=True, slots=True)
-class WatchExpire:
-    """The hold time of call ``call_id`` of ``caller`` has passed: answer it if still parked."""
+class PollCall(NamedTuple):
+    """Which call a parked poll answers: ``call_id`` of ``caller`` (for a client's poll,
+    ``origin`` is its session)."""
 
     caller: int
     call_id: int
     origin: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchExpire:
+    """The hold time of these polls has passed (or their client went away): answer those
+    still parked, empty. One message for every poll due at once (the node's timer heap
+    collects them), each found without a scan."""
+
+    calls: tuple[PollCall, ...]
 
 
 class WatchBoard:
@@ -225,7 +234,14 @@ class WatchBoard:
 
     def __init__(self, log: EventLog) -> None:
         self.log = log
+        # (caller, origin, watch id) -> the poll and its cursor; oldest first.
         self.parked: dict[tuple[int, int, int], tuple[WatchPoll, Position]] = {}
+        self._by_call: dict[PollCall, tuple[int, int, int]] = {}  # the same polls, by call
+
+    def _unpark(self, key: tuple[int, int, int]) -> tuple[WatchPoll, Position]:
+        p, cursor = self.parked.pop(key)
+        self._by_call.pop(PollCall(p.caller, p.call_id, p.origin), None)
+        return p, cursor
 
     def poll(self, p: WatchPoll, bound: int) -> list[tuple[WatchPoll, bytes]]:
         log = self.log
@@ -247,14 +263,14 @@ class WatchBoard:
             return [(p, encode_answer(self._next(cursor, events, bound), events))]
         out = []
         key = (p.caller, p.origin, p.args.watch_id)
-        old = self.parked.pop(key, None)
-        if old is not None:  # the watch asked again (its earlier poll timed out on its side)
-            out.append((old[0], encode_answer(old[1], [])))
+        if key in self.parked:  # the watch asked again (its earlier poll timed out on its side)
+            old, old_cursor = self._unpark(key)
+            out.append((old, encode_answer(old_cursor, [])))
         if len(self.parked) >= MAX_PARKED:
-            oldest = next(iter(self.parked))
-            q, c = self.parked.pop(oldest)
+            q, c = self._unpark(next(iter(self.parked)))
             out.append((q, encode_answer(c, [])))
         self.parked[key] = (p, cursor)
+        self._by_call[PollCall(p.caller, p.call_id, p.origin)] = key
         return out
 
     def release(self, bound: int) -> list[tuple[WatchPoll, bytes]]:
@@ -271,22 +287,26 @@ class WatchBoard:
         out = []
         for key, (p, cursor) in list(self.parked.items()):
             if cursor < head:
-                del self.parked[key]
+                self._unpark(key)
                 found = self.log.after(cursor, bound, p.args.max_events)
                 out.append((p, encode_answer(self._next(cursor, found, bound), found)))
         return out
 
     def expire(self, e: WatchExpire, bound: int) -> list[tuple[WatchPoll, bytes]]:
-        for key, (p, cursor) in self.parked.items():
-            if p.caller == e.caller and p.call_id == e.call_id and p.origin == e.origin:
-                del self.parked[key]
-                return [(p, encode_answer(self._next(cursor, [], bound), []))]
-        return []
+        """Answer the polls ``e`` names that are still parked (others were answered already)."""
+        out = []
+        for call in e.calls:
+            key = self._by_call.get(call)
+            if key is not None:
+                p, cursor = self._unpark(key)
+                out.append((p, encode_answer(self._next(cursor, [], bound), [])))
+        return out
 
     def clear(self) -> list[tuple[WatchPoll, bytes]]:
         """Answer every parked poll empty (the replica stops)."""
         out = [(p, encode_answer(c, [])) for p, c in self.parked.values()]
         self.parked.clear()
+        self._by_call.clear()
         return out
 
     @staticmethod

@@ -102,6 +102,7 @@ class Group(AsyncLifecycle):
             on_view=self._on_view,
             on_app=lambda s, d: self._dispatch.from_member(s, d),
             on_client_app=lambda c, d: self._dispatch.from_client(c, d),
+            on_client_closed=lambda c: self._router.on_client_closed(c),
             on_stop=self._stop.on_stop,
             on_persisted=lambda sid, v: self._tracker.on_persisted(sid, v),
             on_accepted=self._disk.record_accepted if persistent else None,
@@ -148,6 +149,8 @@ class Group(AsyncLifecycle):
             self._host,
             self._tracker,
             self._transfer.why_waiting,
+            self._specs,
+            self.config.limits,
         )
         self._dispatch = MessageDispatch(node, self._router, self._tracker, self._transfer)
         p = self.config.persistence
@@ -320,6 +323,7 @@ class Group(AsyncLifecycle):
         calls, transfers sent, persistence frontiers and state digests."""
         host, router, transfer = self._host, self._router, self._transfer
         replicas, calls = host.status(self._view, transfer.why_waiting), router.call_stats.status()
-        out = {"replicas": replicas, "client_calls": calls, **transfer.status()}
+        out = {"replicas": replicas, "client_calls": calls, "client_table": router.clients.status()}
+        out.update(transfer.status(), **host.loss_status())
         out.update(self._tracker.status(), **({"stopped": self._stop.reason} if self._stop.reason else {}))
         return out

@@ -7,21 +7,49 @@ replica its view boundary in view order. A *runner* decides how a replica execut
 :class:`ThreadRunner` gives each its own pykka actor thread (real nodes: user code never runs
 on the node's loop), :class:`InlineRunner` runs it in the caller's thread at once (the
 simulator: one thread, deterministic).
+
+A shard whose every holder is gone (all its replicas failed, or left, before a new member got
+its state) has no source: the view gives its new members nothing to receive, and their
+replicas start from ``__init__`` (a persistent type: from whatever log the node has). That
+restart is never silent: each node that starts such a shard logs an ERROR naming it, its last
+holders and the versions lost, counts it in its status (``shards_restarted_empty``), and tells
+callers: until the shard applies a write again, every read is answered with
+``ShardStateLost`` instead of the empty state, and the first delivered message with writes is refused with it
+too (not applied: calling again writes to the new, empty state). The host knows a shard "had a
+state" from the views it installed (holders per shard); a node that joined in the very view of
+the loss (or since the last holders) has no such history, so then the writes are refused by no
+replica (replicas must agree), and only the reads of those that know tell.
+
+A layout that gives a shard a single replica is warned about by that replica's node, once each
+time it happens: one failure of that node loses the shard's state.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 import pykka
 
 from derecho_actors import _codec
 from derecho_actors._decorators import TypeSpec
-from derecho_actors._replica import OrderedBatch, Replica, ReplicaActor, ReplicaEnv, ReplicaMessage, ViewBoundary
+from derecho_actors._messages import Reply
+from derecho_actors._replica import (
+    OrderedBatch,
+    P2PRequest,
+    Replica,
+    ReplicaActor,
+    ReplicaEnv,
+    ReplicaMessage,
+    SendReplies,
+    ViewBoundary,
+)
+from derecho_actors.exceptions import ShardStateLost
 from runtime.core.effects import Delivery
-from runtime.core.layout import ShardId
+from runtime.core.layout import ShardId, single_replica_shards
+from runtime.core.versions import format_version, make_version
 from runtime.core.view import View
 
 log = logging.getLogger("derecho.hosting")
@@ -109,6 +137,59 @@ class InlineRunner:
 MakeEnv = Callable[[ShardId, TypeSpec, int, "int | None"], ReplicaEnv]
 
 
+def _nodes(ids: tuple[int, ...]) -> str:
+    """``node 2`` or ``nodes 2, 3``, for log lines and errors."""
+    return f"node{'s' if len(ids) != 1 else ''} {', '.join(map(str, ids))}"
+
+
+@dataclass
+class _Held:
+    """The last holders of a shard's state this node saw, in view ``vid``, and the members
+    present in every view since (none of them a new process): the nodes that saw those holders
+    too, so each of them decides a loss exactly as this node does."""
+
+    holders: tuple[int, ...]
+    vid: int
+    continuous: set[int]
+
+
+@dataclass
+class ShardLoss:
+    """A shard this node started anew because no holder of its state was left.
+
+    ``vid``: the view it restarted in; ``last_holders`` held it last, in view ``last_vid``, so
+    every version below ``vid.0`` is gone (the exact last one was known only to them).
+    Reads are answered with ``ShardStateLost`` while the notice lasts: until a batch of writes
+    is applied. ``refuse_writes``: the first message with writes is refused too (only when every
+    replica of the shard in ``vid`` knows of the loss, so all of them refuse the same calls)."""
+
+    shard: ShardId
+    vid: int
+    last_holders: tuple[int, ...]
+    last_vid: int
+    persistent: bool
+    refuse_writes: bool = True
+
+    def error(self) -> ShardStateLost:
+        """What callers get, saying what happened and what to do."""
+        start = "from its own log, if any" if self.persistent else f"from {self.shard.type_name}.__init__"
+        return ShardStateLost(
+            f"shard {self.shard} lost every replica ({_nodes(self.last_holders)} held it last, "
+            f"in view {self.last_vid}) and started anew {start} in view {self.vid}: its updates before version "
+            f"{self.vid}.0 are gone. This call was not run; call again to use the new state, and write back what "
+            "you need from your own records"
+        )
+
+    def as_status(self) -> dict[str, Any]:
+        return {
+            "shard": str(self.shard),
+            "view": self.vid,
+            "last_holders": list(self.last_holders),
+            "last_view": self.last_vid,
+            "lost_before": format_version(make_version(self.vid, 0)),
+        }
+
+
 class ReplicaHost:
     def __init__(self, node_id: int, specs: dict[str, TypeSpec], runner: Runner, make_env: MakeEnv) -> None:
         self.node_id = node_id
@@ -117,6 +198,13 @@ class ReplicaHost:
         self.make_env = make_env
         self.replicas: dict[ShardId, ReplicaRef] = {}
         self.retired: dict[ShardId, ReplicaRef] = {}  # no longer held, still a state source
+        # Who last held each shard's state, and in which view (from every view installed
+        # here): a shard that had holders and gets a new member with no source was lost.
+        self._held_by: dict[ShardId, _Held] = {}
+        self.losses: list[ShardLoss] = []  # every shard this node restarted empty (a counter)
+        self._notices: dict[ShardId, ShardLoss] = {}  # losses callers are still being told of
+        self._send: dict[ShardId, SendReplies] = {}  # each replica's way to answer callers
+        self._single: set[ShardId] = set()  # shards warned about as having one replica (here)
 
     def holds(self, shard: ShardId) -> bool:
         return shard in self.replicas
@@ -131,9 +219,14 @@ class ReplicaHost:
         # the snapshot is taken by the replica when it reaches this view's boundary.
         sourcing = {sid for sid, src in view.sources if src == self.node_id}
         boundary = (view.vid, tuple(view.members))
+        present = set(view.members) - set(view.joined)
+        for held in self._held_by.values():
+            held.continuous &= present
         for sid in list(self.replicas):
             if sid not in mine:
                 ref = self.replicas.pop(sid)
+                self._notices.pop(sid, None)
+                self._send.pop(sid, None)
                 dropped(sid)
                 if sid in sourcing:  # moved to another shard but still the best source
                     ref.tell(ViewBoundary(*boundary, True))
@@ -151,10 +244,91 @@ class ReplicaHost:
                 awaiting.append((sid, src))  # type: ignore[arg-type]
             env = self.make_env(sid, spec, view.vid, src)
             fresh_at = view.vid if src is None else None
+            if src is None and sid in self._held_by:
+                self._lost(sid, spec, view)
+            self._send[sid] = env.send_replies
             self.replicas[sid] = self.runner.start(Replica(spec, env, waits, fresh_at), sid)
         for sid, ref in self.replicas.items():
             ref.tell(ViewBoundary(*boundary, sid in sourcing))
+        self._note_holders(view)
+        self._warn_single(view)
         return awaiting
+
+    def _note_holders(self, view: View) -> None:
+        """Remember who holds each shard's state in ``view`` (the layout's members in an
+        adequate view, the previous holders still present in an inadequate one)."""
+        holding = view.layout.shards if view.layout.adequate else dict(view.holders)
+        for sid, members in holding.items():
+            if members:
+                self._held_by[sid] = _Held(tuple(members), view.vid, set(view.members))
+
+    def _lost(self, sid: ShardId, spec: TypeSpec, view: View) -> None:
+        """``sid`` had holders and none is left: it starts anew here. Say so loudly, count it,
+        and tell callers (see the module docstring)."""
+        held = self._held_by[sid]
+        holders, last_vid = held.holders, held.vid
+        # A member that has not been here since the last holders (it joined later, or is a new
+        # process) knows nothing of the loss and will apply the first writes: refusing them
+        # elsewhere would make the replicas differ. Every member that does know computes this
+        # same set from the same views.
+        everyone_knows = set(view.layout.members_of(sid)) <= held.continuous
+        loss = ShardLoss(sid, view.vid, holders, last_vid, spec.persistent, refuse_writes=everyone_knows)
+        self.losses.append(loss)
+        self._notices[sid] = loss
+        if spec.persistent:
+            log.error(
+                "shard %s lost every replica (%s held it last, in view %d): node %s starts it in view %d from "
+                "its own log of it, if any; versions after that log's end and before %d.0 are gone. Restart a node "
+                "that held it to recover them (waiting for one is not implemented yet)",
+                sid,
+                _nodes(holders),
+                last_vid,
+                self.node_id,
+                view.vid,
+                view.vid,
+            )
+        else:
+            log.error(
+                "shard %s lost every replica (%s held it last, in view %d): node %s starts it anew from "
+                "%s.__init__ in view %d; every update before version %d.0 is lost. Callers are told with "
+                "ShardStateLost until its first write; a layout with min_nodes of 2 or more and more nodes "
+                "makes this less likely",
+                sid,
+                _nodes(holders),
+                last_vid,
+                self.node_id,
+                sid.type_name,
+                view.vid,
+                view.vid,
+            )
+
+    def _warn_single(self, view: View) -> None:
+        """Warn once, each time a layout leaves a shard held here on this one replica."""
+        single = {sid for sid, node in single_replica_shards(view.layout) if node == self.node_id}
+        for sid in sorted(single - self._single):
+            log.warning(
+                "shard %s has one replica (node %s) in view %d: one failure loses this shard's state; give %s a "
+                "layout with min_nodes=2 or more (layout.%s.min_nodes) and the nodes it needs",
+                sid,
+                self.node_id,
+                view.vid,
+                sid.type_name,
+                sid.type_name,
+            )
+        if view.layout.adequate:
+            self._single = single
+
+    def _refuse(self, sid: ShardId, replies: list[tuple[int, Reply]]) -> None:
+        send = self._send.get(sid)
+        if send is not None and replies:
+            send(replies)
+
+    def loss_status(self) -> dict[str, Any]:
+        """For ``status`` and metrics: how many shards this node restarted empty, and which."""
+        return {
+            "shards_restarted_empty": len(self.losses),
+            "restarted_empty": [loss.as_status() for loss in self.losses[-16:]],
+        }
 
     def deliver(self, d: Delivery, view: View) -> None:
         """One delivered batch of ordered calls to the shard's replica here (one message)."""
@@ -163,12 +337,41 @@ class ReplicaHost:
             return
         calls: list[_codec.OrderedCall] = []
         decode = _codec.decode_ordered
+        replicas = tuple(view.layout.members_of(d.shard))
+        notices = self._notices
         for _, _, _, payload in d.messages:
             batch = decode(payload)
             if batch is not None:
+                if d.shard in notices:
+                    # Per message, never per delivered batch: how messages are grouped into
+                    # deliveries differs between replicas, the messages do not.
+                    batch = self._notify_ordered(notices[d.shard], d.vid, replicas, batch)
                 calls.extend(batch)
         if calls:
-            ref.tell(OrderedBatch(d.vid, tuple(view.layout.members_of(d.shard)), calls, d.frontier))
+            ref.tell(OrderedBatch(d.vid, replicas, calls, d.frontier))
+
+    def _notify_ordered(
+        self, loss: ShardLoss, vid: int, replicas: tuple[int, ...], calls: list[_codec.OrderedCall]
+    ) -> list[_codec.OrderedCall]:
+        """The calls of one delivered message of a shard that restarted empty, before its first
+        write: answer them with ``ShardStateLost`` instead of running them (linearizable reads,
+        and the first message with writes when every replica refuses it alike); return the
+        calls still to run."""
+        writes = any(call[5] >= 0 for call in calls)  # session < 0: a linearizable read
+        if writes:
+            if not (loss.refuse_writes and vid == loss.vid):
+                del self._notices[loss.shard]  # writes applied: the shard has a new history from here
+                return calls
+            loss.refuse_writes = False  # this message is refused; the next one is applied
+        err = _codec.encode_refusal(loss.error())
+        me = self.node_id
+        out: list[tuple[int, Reply]] = []
+        for call in calls:
+            caller, call_id, origin, session, floor = call[0], call[1], call[4], call[5], call[6]
+            if session >= 0 or floor == me:  # a read is answered by the one replica it names
+                out.append((caller, Reply(call_id, me, vid, replicas if session >= 0 else (me,), False, err, origin)))
+        self._refuse(loss.shard, out)
+        return []
 
     def status(self, view: View | None, why_waiting: Callable[[ShardId], str | None]) -> dict[str, str]:
         """Per shard held here: whether its replica serves, and if not, why."""
@@ -187,6 +390,14 @@ class ReplicaHost:
         ref = self.replicas.get(shard)
         if ref is None:
             return False
+        loss = self._notices.get(shard)
+        if loss is not None and type(message) is P2PRequest:
+            p = message
+            err = _codec.encode_refusal(loss.error())
+            self._refuse(
+                shard, [(p.caller, Reply(p.call_id, self.node_id, p.vid, (self.node_id,), False, err, p.origin))]
+            )
+            return True
         ref.tell(message)
         return True
 

@@ -31,7 +31,7 @@ from derecho_actors._digest import object_attrs, state_digest
 from derecho_actors._events import EventLog, EventSink, WatchBoard, WatchExpire, WatchPoll, handler_context
 from derecho_actors._messages import Reply
 from derecho_actors._persistent import STORE_ATTR, PersistentStore, persistent_fields
-from derecho_actors._sessions import DUPLICATE, EXPIRED, FORGOTTEN, FULL, SessionTable
+from derecho_actors._sessions import DUPLICATE, EVICTED, EXPIRED, FORGOTTEN, NEW, SessionTable
 from runtime.core.versions import INDEX_BITS, make_version
 from runtime.errors import (
     NotPersistent,
@@ -55,8 +55,9 @@ def in_handler() -> bool:
 
 
 SendReplies = Callable[[list[tuple[int, Reply]]], None]
-DeliveredCall = tuple[int, int, str, bytes, int, int, int, int]
-"""``(caller, call_id, method, args, origin, session_ns, floor, timestamp_ns)``"""
+DeliveredCall = tuple[int, int, str, bytes, int, int, int, int, int]
+"""``(caller, call_id, method, args, origin, session_ns, floor, owner, timestamp_ns)``
+(``_codec.OrderedCall``)"""
 
 
 # ------------------------------------------------------------------ what a replica is told
@@ -226,7 +227,12 @@ class Replica:
         return bool(self.awaiting or self._held or self._gate.held)
 
     def _new_sessions(self) -> SessionTable:
-        return SessionTable(ttl_ns=int(self.spec.session_ttl * 1e9), max_sessions=self.spec.max_sessions)
+        spec = self.spec
+        return SessionTable(
+            ttl_ns=int(spec.session_ttl * 1e9),
+            max_sessions=spec.max_sessions,
+            max_per_owner=spec.max_sessions_per_caller,
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -400,7 +406,7 @@ class Replica:
             self._view_of_count, self._count = vid, 0
         first = make_version(vid, 0)  # the view's versions: first + k, for k below 2**INDEX_BITS
         version = -1
-        for caller, call_id, method, args, origin, session, floor, ts in calls:
+        for caller, call_id, method, args, origin, session, floor, owner, ts in calls:
             if session < 0:
                 reads += 1
                 if floor == me:
@@ -412,11 +418,15 @@ class Replica:
             self._count += 1
             sink.version = version
             if store is None:
-                out.append(self._ordered(caller, call_id, method, args, origin, session, floor, ts, vid, replicas, -1))
+                out.append(
+                    self._ordered(caller, call_id, method, args, origin, session, floor, owner, ts, vid, replicas, -1)
+                )
             else:
                 store.last_version = version  # what current_version() shows during the call
                 out.append(
-                    self._ordered(caller, call_id, method, args, origin, session, floor, ts, vid, replicas, version)
+                    self._ordered(
+                        caller, call_id, method, args, origin, session, floor, owner, ts, vid, replicas, version
+                    )
                 )
                 records.append(store.record(version, ts, origin, call_id))
             if every and self._count % every == 0:
@@ -558,6 +568,7 @@ class Replica:
         origin: int,
         session: int,
         floor: int,
+        owner: int,
         ts: int,
         vid: int,
         replicas: tuple[int, ...],
@@ -567,12 +578,12 @@ class Replica:
             return self._run(caller, call_id, method, args, ORDERED, vid, replicas, origin, version)
         sessions = self.sessions
         sessions.tick(ts)
-        verdict = sessions.check(origin, call_id, session)
+        verdict = sessions.check(origin, call_id, session, owner)
         kind = verdict.kind
         if kind == DUPLICATE:
             ok, value = verdict.reply  # type: ignore[misc]
             return caller, Reply(call_id, self.node_id, vid, replicas, ok, value, origin, version)
-        if kind != "new":
+        if kind != NEW:
             if kind == FORGOTTEN:
                 exc: Exception = RuntimeError(
                     f"call {call_id} was applied already and its reply is no longer kept (the caller had "
@@ -584,8 +595,14 @@ class Replica:
                     f"{self.spec.session_ttl:g} s), so it may be the retry of a call applied before; read the state "
                     "to find out, then call anew"
                 )
+            elif kind == EVICTED:
+                exc = SessionExpired(
+                    f"call {call_id} was not run: its caller's identity opened more than "
+                    f"{self.spec.max_sessions_per_caller} sessions of {self.spec.name} since this session started "
+                    "(max_sessions_per_caller; each Client is one session), so it was ended and the call may be the "
+                    "retry of one applied before; read the state to find out, then call anew from a new Client"
+                )
             else:
-                assert kind == FULL
                 exc = SessionLimit(
                     f"call {call_id} was not run: {self.spec.name} replicas already keep {self.spec.max_sessions} "
                     "caller sessions (max_sessions); retry later"
@@ -593,7 +610,7 @@ class Replica:
             err = _codec.encode_error(exc) if kind == FORGOTTEN else _codec.encode_refusal(exc)  # type: ignore[arg-type]
             return caller, Reply(call_id, self.node_id, vid, replicas, False, err, origin, version)
         out = self._run(caller, call_id, method, args, ORDERED, vid, replicas, origin, version)
-        sessions.applied(origin, call_id, (out[1].ok, out[1].value), floor)
+        sessions.applied(origin, call_id, (out[1].ok, out[1].value), floor, owner, session)
         return out
 
     def _run(

@@ -9,43 +9,90 @@ retried call that was applied gets its first reply back instead of running twice
 
 The table is part of the replicated state: it changes only with delivered calls, and its
 clock is the timestamps those calls carry (the sender's wall clock, made monotonic here), so
-every replica holds the same table and gives the same verdicts. It is bounded three ways:
+every replica holds the same table and gives the same verdicts. For the same reason the
+*owner* of a session (a digest of the client identity that opened it, see :func:`owner_of`)
+travels in the ordered call, stamped by the contact from the certificate it checked: no
+replica consults its own view of who is connected. It is bounded four ways:
 
 - replies kept per session: only calls at or above the caller's *floor* (its oldest call still
-  waiting for an answer, sent with every call) and at most ``window`` of them;
+  waiting for an answer, sent with every call), at most ``window`` of them and at most
+  ``REPLY_BYTES`` bytes of them (the newest is always kept): a retry of a call whose reply was
+  dropped is answered "applied, reply no longer kept", never applied again;
 - sessions idle longer than ``ttl`` expire. A call of an unknown origin whose session started
   more than ``ttl`` ago may be the retry of a call applied before its session expired, so it
   is refused (``SessionExpired``: outcome unknown), never applied a second time;
-- at most ``max_sessions`` sessions; a new session beyond that is refused (not applied, safe
-  to retry later) rather than evicting a live one, which could make a retry apply twice.
+- at most ``max_per_owner`` live sessions per owner: a new session beyond that ends the
+  owner's least recently used session, so one identity opening sessions in a loop churns only
+  its own sessions while every other caller still gets sessions, and honest short-lived
+  clients (one CLI run, one session) never lock their certificate out. The owner's *eviction
+  floor* (the latest start among its ended sessions) then refuses any unknown session of that
+  owner started at or before it (``EVICTED``: it may be the retry of a call applied in an ended
+  session, so its outcome is unknown), exactly as ``ttl`` does for expired ones;
+- at most ``max_sessions`` sessions in all; a new session beyond that is refused (not applied,
+  safe to retry later) rather than evicting a live one, which could make a retry apply twice.
+
+Owner 0 means "no identity" (calls without TLS, a member's own calls, sessions replayed from
+a log, which does not record owners): such sessions count against ``max_sessions`` only.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
-NEW, DUPLICATE, FORGOTTEN, EXPIRED, FULL = "new", "duplicate", "forgotten", "expired", "full"
-"""Verdicts on one call: run it; answer with the kept reply; applied but its reply is no
-longer kept; refused (its session expired: outcome unknown); refused (table full: not
-applied)."""
+
+class Kind(str, Enum):
+    """Verdicts on one call."""
+
+    NEW = "new"  # run it
+    DUPLICATE = "duplicate"  # answer with the kept reply
+    FORGOTTEN = "forgotten"  # applied already, but its reply is no longer kept
+    EXPIRED = "expired"  # refused: its session expired, outcome unknown
+    FULL = "full"  # refused: the table holds max_sessions sessions (not applied)
+    EVICTED = "evicted"  # refused: its session was ended for a newer one of its owner, outcome unknown
+
+
+NEW, DUPLICATE, FORGOTTEN, EXPIRED, FULL, EVICTED = (
+    Kind.NEW,
+    Kind.DUPLICATE,
+    Kind.FORGOTTEN,
+    Kind.EXPIRED,
+    Kind.FULL,
+    Kind.EVICTED,
+)
 
 DEFAULT_TTL_NS = 3600 * 10**9
 DEFAULT_MAX_SESSIONS = 100_000
+DEFAULT_MAX_PER_OWNER = 64
 DEFAULT_WINDOW = 4096
+REPLY_BYTES = 256 * 1024
+"""Bytes of replies one session keeps at most (besides its newest reply). Part of the
+algorithm, not of a node's config: every replica must drop the same replies."""
+
+
+def owner_of(identity: str) -> int:
+    """The owner number of sessions opened by the client ``identity`` (its certificate's
+    name): what the contact stamps on the client's ordered calls. Never 0 (0: no identity)."""
+    digest = hashlib.blake2b(f"owner\0{identity}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") & ((1 << 62) - 1)) | 1
 
 
 @dataclass(slots=True)
 class Session:
     last: int  # highest call number applied
     seen_ns: int  # table clock when the session last applied a call
+    # Kept replies by call number, in increasing order (calls are applied in increasing order).
     replies: dict[int, tuple[bool, bytes]] = field(default_factory=dict)
-    low: int = 0  # no kept reply below this call number (pruning walks it up, never down)
+    owner: int = 0  # the identity that opened it (owner_of), 0: none known
+    reply_bytes: int = 0  # bytes of the kept replies' values
+    start_ns: int = 0  # when the caller started the session (its clock); 0: not known
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    kind: str
+    kind: Kind
     reply: tuple[bool, bytes] | None = None
 
 
@@ -55,13 +102,21 @@ class SessionTable:
         ttl_ns: int = DEFAULT_TTL_NS,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         window: int = DEFAULT_WINDOW,
+        max_per_owner: int = DEFAULT_MAX_PER_OWNER,
+        reply_bytes: int = REPLY_BYTES,
     ) -> None:
         self.ttl_ns = ttl_ns
         self.max_sessions = max_sessions
         self.window = window
+        self.max_per_owner = max_per_owner
+        self.reply_bytes = reply_bytes
         self.sessions: dict[int, Session] = {}
+        self.owned: dict[int, set[int]] = {}  # owner -> origins of its sessions (owner != 0)
+        # owner -> latest start of its sessions ended to make room (see the module docstring)
+        self.evicted_floor: dict[int, int] = {}
         self.clock_ns = 0
         self._next_sweep_ns = 0
+        self._swept_at = -1  # clock of the last full sweep (nothing expired since if unchanged)
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -77,13 +132,29 @@ class SessionTable:
             self._sweep()
 
     def _sweep(self) -> None:
+        self._swept_at = self.clock_ns
         horizon = self.clock_ns - self.ttl_ns
         for origin in [o for o, s in self.sessions.items() if s.seen_ns < horizon]:
-            del self.sessions[origin]
+            self._remove(origin)
+        for owner in [o for o, floor in self.evicted_floor.items() if floor < horizon]:
+            del self.evicted_floor[owner]  # the ttl refuses sessions that old anyway
 
-    def check(self, origin: int, call_id: int, session_ns: int) -> Verdict:
+    def _remove(self, origin: int) -> None:
+        s = self.sessions.pop(origin)
+        if s.owner:
+            mine = self.owned.get(s.owner)
+            if mine is not None:
+                mine.discard(origin)
+                if not mine:
+                    del self.owned[s.owner]
+
+    def _own(self, s: Session, origin: int, owner: int) -> None:
+        s.owner = owner
+        self.owned.setdefault(owner, set()).add(origin)
+
+    def check(self, origin: int, call_id: int, session_ns: int, owner: int = 0) -> Verdict:
         """What to do with call ``call_id`` of ``origin``, whose session started at
-        ``session_ns`` (the caller's clock)."""
+        ``session_ns`` (the caller's clock), opened by ``owner`` (0: no identity)."""
         horizon = self.clock_ns - self.ttl_ns
         s = self.sessions.get(origin)
         if s is not None:
@@ -92,34 +163,73 @@ class SessionTable:
                     return Verdict(NEW)
                 kept = s.replies.get(call_id)
                 return Verdict(DUPLICATE, kept) if kept is not None else Verdict(FORGOTTEN)
-            del self.sessions[origin]  # expired
+            self._remove(origin)  # expired
         if min(session_ns, self.clock_ns) < horizon:
             return Verdict(EXPIRED)
-        if len(self.sessions) >= self.max_sessions:
-            self._sweep()  # count only live sessions, the same at every replica
+        if owner and session_ns <= self.evicted_floor.get(owner, -1):
+            return Verdict(EVICTED)
+        evict = self._to_evict(owner, horizon) if owner else None
+        if evict is None and len(self.sessions) >= self.max_sessions:
+            if self._swept_at != self.clock_ns:  # else nothing expired since the last sweep
+                self._sweep()  # count only live sessions, the same at every replica
             if len(self.sessions) >= self.max_sessions:
                 return Verdict(FULL)
+        if evict is not None:
+            # Only now that the call will run: end the owner's least recently used session and
+            # refuse unknown sessions started before it from now on (a session whose start is
+            # not known, replayed from an old state, raises the floor to the table's clock).
+            start = self.sessions[evict].start_ns or self.clock_ns
+            self._remove(evict)
+            self.evicted_floor[owner] = max(self.evicted_floor.get(owner, -1), start)
         return Verdict(NEW)
 
-    def applied(self, origin: int, call_id: int, reply: tuple[bool, bytes], floor: int) -> None:
-        """Call ``call_id`` of ``origin`` ran and answered ``reply``; the caller still waits
-        for nothing below ``floor``."""
+    def _to_evict(self, owner: int, horizon: int) -> int | None:
+        """The session of ``owner`` to end for a new one, or None if it has room. Counts only
+        the owner's live sessions (the same at every replica), looking at its own few sessions,
+        never the whole table; ties by origin, so every replica picks the same one."""
+        mine = self.owned.get(owner)
+        if mine is None or len(mine) < self.max_per_owner:
+            return None
+        for o in [o for o in mine if self.sessions[o].seen_ns < horizon]:
+            self._remove(o)
+        mine = self.owned.get(owner)
+        if mine is None or len(mine) < self.max_per_owner:
+            return None
+        return min(mine, key=lambda o: (self.sessions[o].seen_ns, o))
+
+    def applied(
+        self,
+        origin: int,
+        call_id: int,
+        reply: tuple[bool, bytes],
+        floor: int,
+        owner: int = 0,
+        session_ns: int = 0,
+    ) -> None:
+        """Call ``call_id`` of ``origin`` (whose session started at ``session_ns``) ran and
+        answered ``reply``; the caller still waits for nothing below ``floor``."""
         s = self.sessions.get(origin)
         if s is None:
-            s = self.sessions[origin] = Session(call_id, self.clock_ns)
+            s = self.sessions[origin] = Session(call_id, self.clock_ns, start_ns=session_ns)
+            if owner:
+                self._own(s, origin, owner)
+        elif owner and not s.owner:  # a session replayed from the log: its owner shows now
+            self._own(s, origin, owner)
+        if not s.start_ns:
+            s.start_ns = session_ns
         s.last = max(s.last, call_id)
         s.seen_ns = self.clock_ns
         replies = s.replies
         replies[call_id] = reply
+        s.reply_bytes += len(reply[1])
         low = max(floor, call_id - self.window + 1)
-        if s.low < low:  # drop replies below the new low: each call number is passed once
-            if low - s.low > len(replies):
-                for old in [c for c in replies if c < low]:
-                    del replies[old]
-            else:
-                for old in range(s.low, low):
-                    replies.pop(old, None)
-            s.low = low
+        # Drop from the oldest: below the floor or the window, or while over the byte bound
+        # (the newest reply stays). Each reply is dropped once: the work is what was added.
+        while replies:
+            oldest = next(iter(replies))
+            if oldest >= low and (s.reply_bytes <= self.reply_bytes or oldest == call_id):
+                break
+            s.reply_bytes -= len(replies.pop(oldest)[1])
 
     def replayed(self, origin: int, call_id: int, ts_ns: int) -> None:
         """A call read back from the log at start-up: its number counts, its reply is gone."""
@@ -133,23 +243,36 @@ class SessionTable:
 
     # ------------------------------------------------------------ state transfer
     def to_state(self) -> dict[str, Any]:
+        """Plain data for a new replica. Owners go under their own key, so a replica of the
+        release before (which knows none) still reads the rest."""
         return {
             "clock": self.clock_ns,
             "sessions": [
                 [origin, s.last, s.seen_ns, [[c, ok, v] for c, (ok, v) in s.replies.items()]]
                 for origin, s in self.sessions.items()
             ],
+            "owners": [[origin, s.owner] for origin, s in self.sessions.items() if s.owner],
+            "starts": [[origin, s.start_ns] for origin, s in self.sessions.items() if s.start_ns],
+            "evicted_floor": [[owner, floor] for owner, floor in self.evicted_floor.items()],
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.clock_ns = int(state["clock"])
         self._next_sweep_ns = 0
-        self.sessions = {
-            int(origin): Session(
-                int(last),
-                int(seen),
-                {int(c): (bool(ok), bytes(v)) for c, ok, v in replies},
-                min((int(c) for c, _ok, _v in replies), default=0),
+        self._swept_at = -1
+        self.sessions = {}
+        self.owned = {}
+        self.evicted_floor = {int(owner): int(floor) for owner, floor in state.get("evicted_floor", ())}
+        for origin, last, seen, replies in state["sessions"]:
+            kept = dict(sorted((int(c), (bool(ok), bytes(v))) for c, ok, v in replies))
+            self.sessions[int(origin)] = Session(
+                int(last), int(seen), kept, reply_bytes=sum(len(v) for _ok, v in kept.values())
             )
-            for origin, last, seen, replies in state["sessions"]
-        }
+        for origin, owner in state.get("owners", ()):
+            s = self.sessions.get(int(origin))
+            if s is not None and int(owner):
+                self._own(s, int(origin), int(owner))
+        for origin, start in state.get("starts", ()):
+            s = self.sessions.get(int(origin))
+            if s is not None:
+                s.start_ns = int(start)

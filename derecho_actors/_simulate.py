@@ -32,6 +32,7 @@ wall clock of the replicas is virtual.
 from __future__ import annotations
 
 import importlib
+import logging
 import random
 import shutil
 import tempfile
@@ -104,10 +105,70 @@ def choose_app_params(
     return AppParams(seed, base.members, faults, shards, clients, total, base)
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayTarget:
+    """How to run the same classes again from a shell: ``--app module:A,B`` (one module that
+    binds every class and registers, on import, the workloads this run used), the folder to run
+    it from, and the arguments the seed alone does not fix (``--members``, ``--calls``). With no
+    such module (a class defined inside a function, or in ``__main__``), ``target`` is empty and
+    ``why`` says so; the replay is then a ``da.simulate`` call to run where the classes are."""
+
+    target: str
+    root: str = ""  # the folder the module imports from, when it is not the working folder
+    why: str = ""
+    names: str = ""  # the classes' names, for the da.simulate form
+    members: int | None = None
+    calls: int | None = None
+
+
+def replay_target(
+    classes: list[type], workloads: list[SimWorkload], members: int | None, calls: int | None
+) -> ReplayTarget:
+    """Find a module from which ``python -m runtime.sim --app`` replays this run exactly.
+
+    The module must bind every class (by any name) and, when a class's workload was registered
+    somewhere else than its class (a test module registering one for ``examples.kv_store.KV``),
+    be the module that registers it: importing the class's own module would run its default
+    workload, another run altogether. Candidates: the workloads' modules, then the classes'."""
+    import os
+    import sys
+
+    names = ", ".join(c.__name__ for c in classes)
+    generic = SimWorkload.__module__  # generic workloads are made there, registered ones by users
+    registered = [w.ops.__module__ for w in workloads if w.ops.__module__ != generic]
+    candidates = list(dict.fromkeys([*registered, *(c.__module__ for c in classes)]))
+    why = f"{names} is defined inside a function or in __main__"
+    for module_name in candidates:
+        module = sys.modules.get(module_name)
+        if module is None or module_name == "__main__" or getattr(module, "__spec__", None) is None:
+            continue
+        if any(w.ops.__module__ != module_name for w in workloads if w.ops.__module__ in registered):
+            continue  # a workload registered elsewhere would not be loaded by this module
+        bound: list[str] = []
+        for cls in classes:
+            name = cls.__qualname__ if getattr(module, cls.__qualname__, None) is cls else None
+            name = name or next((k for k, v in vars(module).items() if v is cls and not k.startswith("_")), None)
+            if name is None:
+                break
+            bound.append(name)
+        if len(bound) != len(classes):
+            continue
+        root = ""
+        origin = getattr(module.__spec__, "origin", None)
+        if origin:
+            depth = module_name.count(".") + (2 if os.path.basename(origin) == "__init__.py" else 1)
+            folder = os.path.abspath(origin)
+            for _ in range(depth):
+                folder = os.path.dirname(folder)
+            root = "" if folder == os.getcwd() else folder
+        return ReplayTarget(f"{module_name}:{','.join(bound)}", root, "", names, members, calls)
+    return ReplayTarget("", "", why, names, members, calls)
+
+
 @dataclass(slots=True)
 class AppRunResult:
     params: AppParams
-    target: str
+    target: str | ReplayTarget
     violations: list[Violation]
     calls: int = 0
     answered: int = 0
@@ -126,7 +187,24 @@ class AppRunResult:
         return not self.violations
 
     def replay(self) -> str:
-        return f"python -m runtime.sim --app {self.target} --seed {self.params.seed} --faults {self.params.faults} --verbose"
+        """A command that runs this very run again (same seed, faults, members and calls, and
+        the same workload), or, when no module can be imported to give the classes, the
+        ``da.simulate`` call that does, with the reason."""
+        t = self.target if isinstance(self.target, ReplayTarget) else ReplayTarget(self.target)
+        p = self.params
+        extra = (f" --members {t.members}" if t.members is not None else "") + (
+            f" --calls {t.calls}" if t.calls is not None else ""
+        )
+        if t.target:
+            cd = f"cd {t.root} && " if t.root else ""
+            return f"{cd}python -m runtime.sim --app {t.target} --seed {p.seed} --faults {p.faults}{extra} --verbose"
+        kwargs = (f", members={t.members}" if t.members is not None else "") + (
+            f", calls={t.calls}" if t.calls is not None else ""
+        )
+        return (
+            f"da.simulate({t.names}, seeds=[{p.seed}], faults={p.faults!r}{kwargs}, verbose=True)  "
+            f"(run it where {t.names} is defined: {t.why}, so python -m runtime.sim cannot import it)"
+        )
 
 
 # ---------------------------------------------------------------------- replicas watched
@@ -214,7 +292,11 @@ class AppRun:
                 raise ConfigError(f"{spec.name} signs its logs: signed types do not run in the simulator yet")
             self.specs[spec.name] = spec
         self.persistent = any(s.persistent for s in self.specs.values())
-        self.target = target or ",".join(f"{c.__module__}:{c.__qualname__}" for c in classes)
+        self.target: str | ReplayTarget = (
+            ReplayTarget(target, members=members, calls=calls)
+            if target
+            else replay_target(classes, self.workloads, members, calls)
+        )
         self.params = choose_app_params(seed, self.workloads, faults, members, calls)
         self.verbose = verbose
         self.transcript: list[str] = []
@@ -423,9 +505,15 @@ class AppRun:
     def run(self) -> AppRunResult:
         started = time.perf_counter()
         self.folder = Path(tempfile.mkdtemp(prefix="derecho-appsim-"))
+        # Seeds pick small layouts (min_nodes=1) on purpose; a real node warns of a shard on one
+        # replica, which here would only bury the report. Errors (a shard lost) still show.
+        hosting = logging.getLogger("derecho.hosting")
+        level = hosting.level
+        hosting.setLevel(max(level, logging.ERROR))
         try:
             return self._run(started)
         finally:
+            hosting.setLevel(level)
             for node in list(self.groups):
                 self._end_app(node)
             shutil.rmtree(self.folder, ignore_errors=True)

@@ -8,6 +8,14 @@ chunks, then the log records the receiver lacks (read from its log file a chunk 
 with at most ``window`` chunks unacknowledged: memory stays bounded by the window however
 large the state, and a slow receiver slows the sender instead of piling up buffers.
 
+Who may ask. A snapshot is the whole state of a shard, so a ``StateRequest`` is served only to
+a member that the requested view (or, for a view this node no longer keeps, its current view)
+assigns to that shard: any other holder of a node certificate is refused with a rate-limited
+WARNING. A request for a view this node has not installed yet is kept until the view's
+snapshot is ready (the joiner may be faster than its source), checked again then, and bounded:
+``MAX_EARLY_PER_REQUESTER`` per requester and ``MAX_EARLY_TOTAL`` in all, the oldest dropped
+with a WARNING; kept requests of views two behind the current one are dropped.
+
 Everything here runs on the node's loop; file reads are one chunk at a time.
 :class:`TransferService` is the node's side of it all: snapshots it serves, streams it runs,
 and the shards whose state it still waits for.
@@ -15,9 +23,11 @@ and the shards whose state it still waits for.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
@@ -27,10 +37,22 @@ import msgpack
 from derecho_actors._messages import StateAck, StateChunk, StateRequest, encode
 from runtime.core.layout import ShardId
 from runtime.core.view import View
+from runtime.drivers.ratelimit import RateLimitedLog
 from runtime.exitcodes import EXIT_FAILED
 from runtime.node_api import NodeHandle
 
 log = logging.getLogger("derecho.transfer")
+
+MAX_EARLY_PER_REQUESTER = 8  # requests kept per requester for snapshots not made yet
+MAX_EARLY_TOTAL = 256  # and in all
+
+
+class RequestCheck(enum.Enum):
+    """Whether a StateRequest's sender may have the snapshot it asks for."""
+
+    ALLOWED = "allowed"  # the view assigns it to the shard
+    REFUSED = "refused"  # the view does not
+    UNKNOWN = "unknown"  # the requested view is not installed here yet: ask again at its snapshot
 
 
 @dataclass
@@ -183,15 +205,27 @@ class TransferService:
         self.fail_stop = fail_stop
         self.installed = installed
         self.snapshots: dict[tuple[ShardId, int], BoundaryState] = {}
-        self.early: dict[tuple[ShardId, int], list[tuple[int, StateRequest]]] = {}  # requests before their snapshot
+        # Requests before their snapshot: (shard, vid) -> requester -> request; with their
+        # order overall and per requester, so the oldest goes in O(1) whatever a peer sends.
+        self.early: dict[tuple[ShardId, int], dict[int, StateRequest]] = {}
+        self._early_order: OrderedDict[tuple[int, tuple[ShardId, int]], None] = OrderedDict()
+        self._early_of: dict[int, OrderedDict[tuple[ShardId, int], None]] = {}
+        self._warn = RateLimitedLog(log, interval=10.0, burst=2)
         self.snapshot_errors: dict[tuple[ShardId, int], str] = {}  # snapshots that could not be made
         self.streams: dict[tuple[ShardId, int, int], TransferOut] = {}
         self.awaiting: dict[ShardId, tuple[int, int]] = {}  # shard -> (source, vid)
         self.stats: list[dict[str, Any]] = []
 
+    @property
+    def early_count(self) -> int:
+        """Requests kept for snapshots not made yet (at most MAX_EARLY_TOTAL)."""
+        return len(self._early_order)
+
     def status(self) -> dict[str, Any]:
-        """Transfers sent (finished), their bytes, and those under way: ``[shard, to, bytes so far]``."""
+        """Transfers sent (finished), their bytes, those under way (``[shard, to, bytes so
+        far]``) and requests waiting for a snapshot not made yet."""
         return {
+            "state_requests_waiting": self.early_count,
             "transfers_sent": len(self.stats),
             "transfer_bytes_sent": sum(s["bytes"] for s in self.stats),
             "transfers_active": [[str(sid), to, t.sent_bytes] for (sid, _vid, to), t in self.streams.items()],
@@ -260,8 +294,11 @@ class TransferService:
             before = set(prev.layout.members_of(sid)) if prev is not None else set()
             snap.receivers = {m for m in view.layout.members_of(sid) if m not in before and m != self.node_id}
         self.snapshots[(sid, vid)] = snap
-        for sender, req in self.early.pop((sid, vid), []):
-            self._start(sender, req)
+        for sender, req in self._take_early((sid, vid)):
+            if self._check(sender, req) is RequestCheck.ALLOWED:
+                self._start(sender, req)
+            else:
+                self._refused(sender, req)
         self.retire_unused()
 
     def snapshot_failed(self, sid: ShardId, vid: int, why: str) -> None:
@@ -270,20 +307,96 @@ class TransferService:
         self.snapshot_errors[(sid, vid)] = why
         if len(self.snapshot_errors) > 64:
             self.snapshot_errors.pop(next(iter(self.snapshot_errors)))
-        for sender, req in self.early.pop((sid, vid), []):
-            self._refuse(sender, req, why)
+        for sender, req in self._take_early((sid, vid)):
+            if self._check(sender, req) is RequestCheck.ALLOWED:
+                self._refuse(sender, req, why)
+            else:
+                self._refused(sender, req)
 
     def _refuse(self, receiver: int, req: StateRequest, why: str) -> None:
         self.node.send_app(receiver, encode(StateChunk(req.shard, req.vid, 0, "err", why.encode(), True, False)))
 
     def on_request(self, sender: int, req: StateRequest) -> None:
+        check = self._check(sender, req)
+        if check is RequestCheck.REFUSED:
+            self._refused(sender, req)
+            return
         why = self.snapshot_errors.get((req.shard, req.vid))
-        if why is not None:
+        if why is not None and check is RequestCheck.ALLOWED:
             self._refuse(sender, req, why)
-        elif (req.shard, req.vid) in self.snapshots:
+        elif (req.shard, req.vid) in self.snapshots and check is RequestCheck.ALLOWED:
             self._start(sender, req)
         else:
-            self.early.setdefault((req.shard, req.vid), []).append((sender, req))
+            self._keep_early(sender, req)
+
+    def _check(self, sender: int, req: StateRequest) -> RequestCheck:
+        """Whether the requested view (or the current one, for a view no longer kept here)
+        assigns ``sender`` to the shard it asks the state of."""
+        view = self.views(req.vid)
+        if view is None:
+            current = self.view()
+            if current is None or req.vid > current.vid:
+                return RequestCheck.UNKNOWN
+            view = current
+        return RequestCheck.ALLOWED if sender in view.layout.members_of(req.shard) else RequestCheck.REFUSED
+
+    def _refused(self, sender: int, req: StateRequest) -> None:
+        self._warn.warning(
+            ("state-request", str(sender)),
+            "refused a state request of node %s for %s (view %d): that view does not assign node %s to the shard",
+            sender,
+            req.shard,
+            req.vid,
+            sender,
+        )
+
+    def _keep_early(self, sender: int, req: StateRequest) -> None:
+        """Keep a request until its snapshot exists (one per requester and pair: a repeat
+        replaces it), within MAX_EARLY_PER_REQUESTER per requester and MAX_EARLY_TOTAL in
+        all, the oldest dropped (with a rate-limited WARNING)."""
+        key = (req.shard, req.vid)
+        kept = self.early.get(key)
+        if kept is not None and sender in kept:
+            kept[sender] = req
+            return
+        mine = self._early_of.get(sender)
+        if mine is not None and len(mine) >= MAX_EARLY_PER_REQUESTER:
+            self._drop_early(sender, next(iter(mine)), f"node {sender} has {len(mine)} requests waiting")
+        elif len(self._early_order) >= MAX_EARLY_TOTAL:
+            oldest_sender, oldest_key = next(iter(self._early_order))
+            self._drop_early(oldest_sender, oldest_key, f"{len(self._early_order)} requests are waiting")
+        self.early.setdefault(key, {})[sender] = req
+        self._early_order[(sender, key)] = None
+        self._early_of.setdefault(sender, OrderedDict())[key] = None
+
+    def _forget_early(self, sender: int, key: tuple[ShardId, int]) -> None:
+        self._early_order.pop((sender, key), None)
+        mine = self._early_of.get(sender)
+        if mine is not None:
+            mine.pop(key, None)
+            if not mine:
+                del self._early_of[sender]
+
+    def _drop_early(self, sender: int, key: tuple[ShardId, int], why: str) -> None:
+        kept = self.early[key]
+        req = kept.pop(sender)
+        if not kept:
+            del self.early[key]
+        self._forget_early(sender, key)
+        self._warn.warning(
+            ("state-request-dropped", str(sender)),
+            "dropped a waiting state request of node %s for %s (view %d): %s",
+            sender,
+            req.shard,
+            req.vid,
+            why,
+        )
+
+    def _take_early(self, key: tuple[ShardId, int]) -> list[tuple[int, StateRequest]]:
+        kept = self.early.pop(key, {})
+        for sender in kept:
+            self._forget_early(sender, key)
+        return list(kept.items())
 
     def _start(self, receiver: int, req: StateRequest) -> None:
         snap = self.snapshots[(req.shard, req.vid)]
@@ -366,6 +479,8 @@ class TransferService:
         """A new view: streams to members that left stop; a member waiting for state whose
         source left cannot get it any more and leaves (it may join again)."""
         members = set(view.members)
+        for old in [k for k in self.early if k[1] < view.vid - 1]:
+            self._take_early(old)  # their snapshots are retired (or never come) by now
         for key in [k for k in self.streams if k[2] not in members]:
             self._end(key, f"node {key[2]} left")
         for sid, (source, _vid) in list(self.awaiting.items()):

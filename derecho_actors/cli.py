@@ -201,7 +201,9 @@ def id_from_ordinal(hostname: str, data_dir: Path) -> int:
 def run_app_node(config: Any, accept_loss: bool, leave: bool = True) -> int:
     """A node hosting replicated classes (``node.app``) until SIGTERM or SIGINT (then it leaves
     the group gracefully, or with ``leave=False`` just stops: a restart, not a departure) or
-    until the group stops it; its exit code says which."""
+    until the group stops it; its exit code says which. Removed from the group (a stall, a
+    partition) it joins again as a new member, per ``node.on_partition``."""
+    import dataclasses
     import threading
 
     from derecho_actors._app_host import hosted_layout, load_apps
@@ -221,11 +223,23 @@ def run_app_node(config: Any, accept_loss: bool, leave: bool = True) -> int:
     except GroupClosed as exc:
         print(f"derecho-actors node: {exc}", file=sys.stderr)
         return exc.exit_code if exc.exit_code is not None else EXIT_STOPPED
-    while not done.wait(0.2):
-        if group.stopped is not None:
-            print(f"derecho-actors node: stopped: {group.stopped}", file=sys.stderr)
-            group.close()
-            return group.exit_code
+    from derecho_actors._rejoin import Rejoiner
+
+    def rejoin(contacts: list[str]) -> Group:
+        node = dataclasses.replace(config.node, contacts=tuple(contacts), bootstrap_expect=0)
+        again = dataclasses.replace(config, node=node)
+        timeout = config.timeouts.connect_timeout_ms / 1000 + 10
+        return Group(config=again, types=classes, layout=layout, accept_loss=accept_loss, start_timeout=timeout)
+
+    # Removed by the group (a stall, a partition): join again as a new member, unless
+    # node.on_partition = "exit" (then exit 3 for a supervisor to act on).
+    rejoiner = Rejoiner(config.node.id, config.node.on_partition, config.contact_addresses(), rejoin, done)
+    running, code = rejoiner.run(group, poll=0.2)
+    if running is None:
+        if rejoiner.reason is not None:
+            print(f"derecho-actors node: stopped: {rejoiner.reason}", file=sys.stderr)
+        return code
+    group = running
     if not leave:
         log.info("stopping without leaving the group (signal; --no-leave): the others see this node fail")
         group.close()
@@ -331,6 +345,17 @@ def run_certs(args: argparse.Namespace) -> int:
         )
     elif args.action == "create-client":
         made = certs.create_client(folder, args.name, days=args.days, force=args.force)
+    elif args.action == "revoke":
+        from runtime.security.revocation import revoke
+
+        try:
+            serial = int(args.serial.replace(":", ""), 16) if args.serial else None
+        except ValueError:
+            raise ConfigError(f"--serial {args.serial}: expected a hexadecimal serial number") from None
+        path, line = revoke(folder, args.who, args.all, serial, args.file)
+        print(f"revoked: {line.strip()}")
+        print(f"appended to {path}; copy it to every node's certs folder (nodes re-read it at their next handshake)")
+        return 0
     else:
         for line in certs.list_certs(folder):
             print(line)
@@ -361,6 +386,15 @@ def _certs_parser(sub: argparse._SubParsersAction) -> None:
     client.add_argument("name", metavar="NAME")
     client.add_argument("--days", type=int, default=825)
     actions.add_parser("list", help="what the certificates in the folder are and when they expire")
+    rv = actions.add_parser(
+        "revoke", help="add a node's or client's certificate to the revocation list (revoked.txt) nodes check"
+    )
+    rv.add_argument(
+        "who", metavar="NODE_ID|CLIENT", help="a node id (3, node-3) or a client name (alice, client-alice)"
+    )
+    rv.add_argument("--serial", metavar="HEX", help="revoke this certificate of it (default: the one in --certs-dir)")
+    rv.add_argument("--all", action="store_true", help="revoke every certificate naming it, including later ones")
+    rv.add_argument("--file", help="the revocation list (default CERTS_DIR/revoked.txt; security.revocation_file)")
     for p in (ca, node, client):
         p.add_argument("--force", action="store_true", help="replace existing files")
     for p in actions.choices.values():

@@ -1,8 +1,22 @@
 """The typed errors a user of derecho-actors can hit, re-exported from the engine.
 
 They are defined in ``runtime.errors`` because the engine raises them too and must not import
-the user-facing package; users import them from here or from ``derecho_actors``.
+the user-facing package; users import them from here or from ``derecho_actors``. Errors only
+the actor layer raises are defined here.
 """
 
 from runtime.errors import *  # noqa: F401,F403
-from runtime.errors import __all__  # noqa: F401
+from runtime.errors import DerechoError
+from runtime.errors import __all__ as _engine_errors
+
+
+class ShardStateLost(DerechoError):
+    """Every replica of a shard was gone, so the shard started anew (an atomic type from
+    ``__init__``) and what it held is lost; the ERROR in the nodes' logs and their status
+    (``shards_restarted_empty``) name the shard and the versions lost. Callers get it instead
+    of a silently empty answer: reads until the shard's first write since, and that first batch
+    of writes. The call was not run: call again to use the new state, and write back what you
+    need from your own records. A layout with ``min_nodes`` of 2 or more makes it less likely."""
+
+
+__all__ = [*_engine_errors, "ShardStateLost"]

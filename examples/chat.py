@@ -17,7 +17,7 @@ import derecho_actors as da
 
 if not __package__:  # run as `python examples/chat.py`: make `examples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from examples.client_cli import add_client_args, connect, need  # noqa: E402
+from examples.client_cli import add_client_args, connect, need, run  # noqa: E402
 
 
 @da.replicated
@@ -82,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -20,7 +20,7 @@ import derecho_actors as da
 
 if not __package__:  # run as `python examples/kv_store.py`: make `examples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from examples.client_cli import add_client_args, connect  # noqa: E402
+from examples.client_cli import add_client_args, connect, run  # noqa: E402
 
 SHARDS = 2
 
@@ -113,4 +113,4 @@ def watch(client: da.Client, shard: int, since: int | None, count: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

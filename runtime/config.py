@@ -93,6 +93,8 @@ __all__ = [
 
 ENV_PREFIX = "DERECHO_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# What a node removed from the group, or cut off from its majority, does (node.on_partition).
+ON_PARTITION = ("rejoin", "exit")
 DEFAULT_LAYOUT_TYPE = "default"
 _LAYOUT_KEYS = ("subgroups", "shards", "min_nodes", "max_nodes", "reserved", "overlapping")
 _SHOW_LIMIT = 200  # non-string values (lists, tables) are cut here; strings are shown whole
@@ -242,6 +244,13 @@ def _log_level(value: object) -> str:
     if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
         return value.strip().upper()
     raise _Invalid(f"expected one of {', '.join(LOG_LEVELS)}, got {_show(value)}")
+
+
+def _on_partition(value: object) -> str:
+    """One of ON_PARTITION, any case."""
+    if isinstance(value, str) and value.strip().lower() in ON_PARTITION:
+        return value.strip().lower()
+    raise _Invalid(f"expected one of {', '.join(ON_PARTITION)}, got {_show(value)}")
 
 
 def _split_host_port(text: str) -> tuple[str, int] | None:
@@ -405,6 +414,7 @@ _FIELDS: dict[str, dict[str, _Field]] = {
         "metrics": _Field(str.strip, _metrics_check),
         "data_dir": _Field(_identity, _nonempty_str),
         "log_level": _Field(_identity, _log_level),
+        "on_partition": _Field(_identity, _on_partition),
         "cluster": _Field(_identity, _nonempty_str),
     },
     "timeouts": {
@@ -492,6 +502,10 @@ class NodeSection:
     data_dir: str = "./derecho-data"
     log_level: str = "INFO"
     cluster: str = "derecho"
+    # Removed by the group (it stalled, or was cut off from the majority): "rejoin" keeps the
+    # process and joins again as a new member through the last view's members, with backoff
+    # (never founding a group); "exit" stops with exit code 3 for a supervisor to act on.
+    on_partition: str = "rejoin"
 
     def __post_init__(self) -> None:
         _check_fields("node", self)
@@ -966,7 +980,8 @@ def _build_policy(type_name: str, settings: Mapping[str, _Setting]) -> ShardPoli
 
 
 def _build_layout(layer: _Layer) -> LayoutPolicy:
-    """All layout tables in order, or the one-shard default when none is given."""
+    """All layout tables in order, or the one-shard default when none is given. Keys a table
+    leaves out hold ShardPolicy's defaults here, and the policy records which keys were set."""
     if not layer.layout:
         return _default_layout()
     pairs: list[tuple[str, ShardPolicy]] = []
@@ -985,7 +1000,10 @@ def _build_layout(layer: _Layer) -> LayoutPolicy:
             setting = settings.get("reserved")
             source = f" ({setting.source})" if setting else ""
             raise ConfigError(_one_line(f"layout.{type_name}.reserved: {text}{source}")) from None
-    return LayoutPolicy(tuple(pairs))
+    # Remember which keys each table wrote: a host merges only those over the policy its code
+    # gives (``runtime.core.layout.merge_over``); the rest keep the code's values.
+    explicit = tuple((name, frozenset(settings)) for name, settings in layer.layout.items())
+    return LayoutPolicy(tuple(pairs), explicit)
 
 
 def load_config(
@@ -1063,6 +1081,9 @@ metrics = ""  # host:port for Prometheus /metrics and /health/live, /health/read
 data_dir = {_toml_str(section.data_dir)}  # where this node keeps its state; created on start
 log_level = {_toml_str(section.log_level)}  # DEBUG, INFO, WARNING or ERROR
 cluster = {_toml_str(section.cluster)}  # group name; a node of another cluster is refused
+# removed by the group (a stall, a partition): "rejoin" as a new member (state transfer) through
+# the last view's members, retrying with backoff; "exit" with code 3
+on_partition = {_toml_str(section.on_partition)}
 
 [timeouts]
 heartbeat_ms = {timeouts.heartbeat_ms}  # how often a node tells the group it is alive
@@ -1113,7 +1134,8 @@ metrics_max_connections = {limits.metrics_max_connections}  # open connections t
 metrics_timeout_ms = {limits.metrics_timeout_ms}  # a metrics request must arrive whole within this
 
 # Layout: one [layout.<TypeName>] table per replicated type, in allocation order. With none,
-# one type "{DEFAULT_LAYOUT_TYPE}" has one shard holding every node. For example:
+# one type "{DEFAULT_LAYOUT_TYPE}" has one shard holding every node. A table's keys override the
+# policy the application's code gives; keys left out keep the code's values. For example:
 #
 # [layout.KV]
 # subgroups = 1            # independent copies of the type

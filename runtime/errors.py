@@ -151,6 +151,13 @@ class SessionLimit(DerechoError):
     call was not applied. Retry later, or raise ``max_sessions`` on the type."""
 
 
+class ClientLimit(DerechoError):
+    """This client reached a per-client limit of the node it calls through (calls unanswered
+    on its connection, ``limits.client_max_in_flight``; parked watch polls of its identity,
+    ``limits.max_watch_polls_per_client``): the call was not run. Wait for answers, then
+    retry; the message names the limit."""
+
+
 class StateTransferError(DerechoError):
     """A joining replica could not receive its shard's state (the sending member failed, or
     the data was damaged); the node stops and can join again."""
@@ -221,6 +228,7 @@ __all__ = [
     "NotPersistent",
     "SessionExpired",
     "SessionLimit",
+    "ClientLimit",
     "StateTransferError",
     "RestartError",
     "DivergenceError",

@@ -80,6 +80,10 @@ class NodeHandle(Protocol):
     def wall_ns(self) -> int:
         """The wall clock in ns (the simulator's is virtual): calls are stamped with it."""
 
+    def monotonic(self) -> float:
+        """The clock (s) on which ``call_later`` counts its delays: deadlines of timers are
+        taken on it, so a step of the wall clock moves none (the simulator's is virtual)."""
+
     def start(self, timeout: float = 10.0) -> None:
         """Start the node (founds, joins or restarts per its config); returns once it runs."""
 

@@ -92,6 +92,9 @@ class Ready:
     excluded: str | None = None
     wakeup_at: float | None = None
     accepted: int | None = None  # durable before ``outgoing`` is sent (see above)
+    # Seconds this node did not run (the longest such gap since the last Ready), when long
+    # enough to matter: peers were given that time back instead of being suspected. Log it.
+    stalled: float | None = None
 
 
 __all__ = ["ContactSend", "DeliveredMessage", "Delivery", "Outgoing", "Payload", "Ready", "Rejected"]

@@ -39,13 +39,23 @@ as is one node reserved by two disjoint types.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import NamedTuple
 
 from runtime.errors import LayoutError
 
-__all__ = ["Layout", "LayoutPolicy", "ShardId", "ShardPolicy", "compute_layout"]
+__all__ = [
+    "POLICY_FIELDS",
+    "Layout",
+    "LayoutPolicy",
+    "ShardId",
+    "ShardPolicy",
+    "compute_layout",
+    "merge_over",
+    "nodes_needed",
+    "single_replica_shards",
+]
 
 
 class ShardId(NamedTuple):
@@ -184,6 +194,9 @@ class LayoutPolicy:
     """
 
     types: tuple[tuple[str, ShardPolicy], ...]
+    # Which fields of each type's policy someone wrote (a configuration table): only those
+    # override a policy given in code (``merge_over``). None: every field was written.
+    explicit: tuple[tuple[str, frozenset[str]], ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         types = self.types
@@ -247,6 +260,45 @@ class LayoutPolicy:
     def of(cls, mapping: Mapping[str, ShardPolicy]) -> LayoutPolicy:
         """Build from a mapping; its iteration order (insertion order for a dict) is kept."""
         return cls(tuple(mapping.items()))
+
+    def fields_set(self, type_name: str) -> frozenset[str]:
+        """The fields of ``type_name``'s policy that were written (all of them when the policy
+        does not say), so a partial table overrides only what it names."""
+        if self.explicit is not None:
+            for name, keys in self.explicit:
+                if name == type_name:
+                    return keys
+        return POLICY_FIELDS
+
+
+POLICY_FIELDS = frozenset(("subgroups", "shards", "min_nodes", "max_nodes", "reserved", "overlapping"))
+"""Every field of a ShardPolicy, by name."""
+
+
+def merge_over(base: ShardPolicy, table: ShardPolicy, keys: frozenset[str]) -> ShardPolicy:
+    """``base`` with the fields ``keys`` taken from ``table``: an operator who writes one key of
+    a type's layout (``shards = 2``) changes that key only. Replacing the whole policy instead
+    silently dropped the code's ``min_nodes`` to 1, leaving shards on one replica, where one
+    failure loses their state. Not validated here: the caller names the sources in its error."""
+    return replace(base, **{key: getattr(table, key) for key in sorted(keys & POLICY_FIELDS)})
+
+
+def single_replica_shards(layout: Layout) -> tuple[tuple[ShardId, int], ...]:
+    """Shards an adequate layout gives exactly one member, with that member: their state lives
+    on one node, so one failure loses it."""
+    if not layout.adequate:
+        return ()
+    return tuple((sid, members[0]) for sid, members in layout.shards.items() if len(members) == 1)
+
+
+def nodes_needed(policy: LayoutPolicy, have: int, limit: int = 4096) -> int | None:
+    """The fewest nodes (ids 1..n) with which ``policy`` is adequate, starting from ``have``;
+    None if none up to ``limit`` (reserved ids beyond it). Lets a launcher that knows how many
+    nodes it will start refuse a layout those nodes cannot run, before starting any."""
+    for n in range(max(1, have), limit + 1):
+        if compute_layout(policy, tuple(range(1, n + 1))).adequate:
+            return n
+    return None
 
 
 @dataclass(frozen=True, slots=True)

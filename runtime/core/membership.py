@@ -24,6 +24,9 @@ shaped so that its safety argument is Paxos's:
 * Majority rule: a member that suspects half of its view or more stops itself (it can never
   again gather a majority), and a member suspected by a live peer stops itself: a minority
   side never installs a view.
+* Silence is counted only while this member runs: time it was stopped (a SIGSTOP, a VM pause,
+  a blocked loop) is credited to every peer's clock (:meth:`Membership.credit_stall`), so a
+  stall of the whole group is not taken for a partition of everyone from everyone.
 
 Protocol decisions that differ from Derecho C++ are listed in the README.
 """
@@ -103,6 +106,9 @@ class Membership:
         self.excluded: str | None = None
         self.proposed = False
         self.wedge_started_at: float | None = None
+        # After a long stall, peers' rows read from the sockets may carry suspicions made while
+        # this member was stopped; they are adopted only from this time on (see credit_stall).
+        self.adopt_after = -math.inf
         self._now = now  # time of the evaluation in progress, for the triggers
         for node in carried_suspects:
             r = view.rank_of(node)
@@ -226,6 +232,34 @@ class Membership:
             if r != self.me and not self.suspects(r) and now - self.last_heard[r] > limit:
                 self.sst.set_item("suspected", r, 1)
 
+    def credit_stall(self, credit: float, now: float, long: bool = False) -> None:
+        """This node did not run for ``credit`` seconds (its process or loop was stopped): that
+        time does not count as any peer's silence.
+
+        Whatever peers sent meanwhile is still queued in this node's sockets, unread; judging
+        their silence by the wall clock would suspect members that were fine (and when every
+        member stalls together, each would find itself alone and stop: a VM pause taken for a
+        partition). Suspicions already set stay (they are permanent within a view).
+
+        ``long``: the stall was long enough for peers to have suspected others meanwhile. Then
+        suspicions in peers' rows are adopted only after two suspicion timeouts: when most of
+        the group stalls and one member runs on alone, that member rightly suspects the stalled
+        ones before it stops itself, and its last rows wait in their sockets. Adopted at once,
+        they would make the resumed majority suspect each other and stop too (the whole group
+        gone, though a majority is alive). Deferred, the resumed members first suspect the lone
+        member themselves (its connection closed, or its silence), and a suspected member's row
+        is never read again. A deferral is a message delayed, which the protocol tolerates; a
+        peer's suspicion still counts within two timeouts, and this member's own detection
+        runs meanwhile.
+        """
+        if credit <= 0 or not self.active:
+            return
+        for r in range(self.n):
+            if r != self.me and not self.suspects(r):
+                self.last_heard[r] = min(now, self.last_heard[r] + credit)
+        if long:
+            self.adopt_after = max(self.adopt_after, now + 2 * self.config.suspicion_timeout)
+
     def suspect_node(self, node_id: int) -> None:
         """Suspect a member on the transport's word (its connection broke)."""
         r = self.view.rank_of(node_id)
@@ -257,7 +291,7 @@ class Membership:
 
     # --------------------------------------------------------- suspicion spread
     def _new_suspicion_in_peer_rows(self, sst: SST) -> bool:
-        if not self.active:
+        if not self.active or self._now < self.adopt_after:
             return False
         mine = sst.rows[self.me]["suspected"]
         for r in range(self.n):

@@ -11,6 +11,10 @@ in each view it runs the membership protocol and one :class:`ShardMulticast` per
 layout gives it; a decided view change delivers every shard up to its agreed trim, re-queues
 this node's trimmed messages, and installs the next view. A node that is removed, leaves, or
 finds itself in a minority stops for good (``Ready.excluded``); it may join again as new.
+
+A stall of this node (its process stopped, its loop blocked) is not its peers' silence: time
+between two events beyond the heartbeat interval is credited to every peer's suspicion clock
+(see ``_advance``), so members that all stall together resume in the same view.
 """
 
 from __future__ import annotations
@@ -83,6 +87,9 @@ class NodeCore:
         self._accepted = -1  # highest proposal vid handed to the driver in Ready.accepted
         self._next_join_at = now
         self._leaving = False
+        # Stalls: gaps between events long enough to bring peers near suspicion (see _advance).
+        self.stalls = 0
+        self.longest_stall = 0.0
         if view is not None:
             self._install(view, resend={}, carried=())
         elif not self._contacts:
@@ -107,8 +114,7 @@ class NodeCore:
     # ------------------------------------------------------------------ inputs
     def step(self, event: Event) -> None:
         """Apply one event; effects accumulate until :meth:`ready`."""
-        if event.now > self.now:
-            self.now = event.now
+        self._advance(event.now)
         if self.excluded is not None:
             return
         if isinstance(event, MessageArrived):
@@ -136,8 +142,7 @@ class NodeCore:
         During a view change (wedged) or in an inadequate view nothing is taken; the caller
         keeps the rest and retries on ``Ready.window_open``.
         """
-        if now > self.now:
-            self.now = now
+        self._advance(now)
         smc = self.shards.get(shard)
         if smc is None:
             raise UnknownShard(f"node {self.node_id} is not a member of shard {shard!r} in view {self.vid}")
@@ -147,6 +152,36 @@ class NodeCore:
         if taken:
             smc.evaluate(self.now)
         return taken
+
+    def _advance(self, now: float) -> None:
+        """Move this node's clock to ``now``, first crediting any time it did not run.
+
+        Stall detection. The driver feeds an event at least every heartbeat interval while the
+        node is in a view (``ready().wakeup_at`` is never later than the next heartbeat), so a
+        longer gap between two events means this node itself did not run: its process was
+        stopped (SIGSTOP, a VM pause) or its loop was blocked. Peers' frames of that time sit
+        unread in the sockets, so the gap beyond one heartbeat interval is credited to every
+        peer's suspicion clock before anything else of this event happens. Whatever event
+        comes first after the stall (a late timer or queued data), no peer is suspected for
+        silence this node could not have heard; members that all stall together resume in the
+        same view. Only lateness is credited, so a loop that runs late all the time still
+        suspects a silent peer, just later.
+        """
+        gap = now - self.now
+        if gap <= 0:
+            return
+        self.now = now
+        m = self.membership
+        if m is None or self.excluded is not None:
+            return
+        interval = self.config.membership.heartbeat_interval
+        if gap > 2 * interval:
+            long = gap > self.config.membership.suspicion_timeout / 2
+            m.credit_stall(gap - interval, now, long)
+            if long:
+                self.stalls += 1
+                self.longest_stall = max(self.longest_stall, gap)
+                self._ready.stalled = max(self._ready.stalled or 0.0, gap)
 
     def set_persisted_floor(self, shard: ShardKey, version: int) -> None:
         """Versions up to ``version`` were on disk here before this node started (restart or
@@ -460,6 +495,8 @@ class NodeCore:
         view, the leader, each member's health as this node sees it, and per shard it holds,
         each member's delivery and persistence progress. Plain data (msgpack-able); pure."""
         out: dict[str, Any] = {"joining": self.joining, "excluded": self.excluded}
+        if self.stalls:
+            out["stalls"] = {"count": self.stalls, "longest_ms": round(self.longest_stall * 1000, 1)}
         view, m = self.view, self.membership
         if view is None or m is None:
             return out

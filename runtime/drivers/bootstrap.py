@@ -19,6 +19,10 @@ its contacts, and
   empty data directory) and from no node with data, the lowest id among them founds and the
   others join it.
 
+A ``GroupRunning`` counts only from the node at one of the configured contacts (the node
+driver checks it: ``runtime.drivers.leader_word``), not from addresses peers merely name: any
+holder of a node certificate could otherwise point this node at a group of its own.
+
 Like etcd's ``initial-cluster-state`` and Consul's ``bootstrap_expect``. A node that has a
 saved view never comes here: it restarts (``runtime.drivers.restart``).
 """

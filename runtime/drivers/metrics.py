@@ -5,21 +5,48 @@ node's loop answers (200) or not (503); ``GET /health/ready`` whether the node i
 whose layout is adequate and every replica it holds serves (200) or not (503, with why), for
 readiness probes. Every scrape takes one snapshot of the node's ``status`` on its loop (the
 same data as ``derecho-actors status``), so the figures are consistent with each other and
-the endpoint costs nothing between scrapes. The server runs on its own thread.
+the endpoint costs nothing between scrapes.
+
+What it exposes: the view (id, members, leader, suspicions), per-shard delivery and
+persistence progress, traffic per peer, state transfers, digest mismatches and clients'
+call counts and latencies per method. No keys, values or arguments, but enough to map the
+group and watch its load, so it is not for everyone: bind it to loopback, or restrict it
+(firewall, NetworkPolicy), or set ``security.metrics_tls`` (TLS 1.3, a client certificate of
+the cluster's CA required, revoked certificates refused). A non-loopback address without TLS
+is warned about at start.
+
+What it may cost, whoever connects: the server runs one asyncio loop on its own thread (no
+thread per connection) and a pool of two threads that take snapshots. At most
+``limits.metrics_max_connections`` connections are open at once; beyond that a new one is
+closed at once (a rate-limited WARNING says so). Each connection has
+``limits.metrics_timeout_ms`` for everything, TLS handshake, request and answer (one request
+per connection, ``Connection: close``); a request head may be 8 KiB. So half-sent requests
+hold at most that many file descriptors for that long, and the member port, which shares the
+process's descriptors, keeps accepting.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import logging
+import socket
+import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from runtime.drivers.ratelimit import RateLimitedLog
 from runtime.drivers.tcp import split_address
+from runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from runtime.config import NodeConfig
+    from runtime.drivers.tcp import TransportSecurity
 
 log = logging.getLogger("derecho.metrics")
 
@@ -121,6 +148,11 @@ class StatusCollector:
         yield serving
         yield _counter("derecho_state_transfers_sent", "state transfers this node sent", app.get("transfers_sent", 0))
         yield _counter(
+            "derecho_shards_restarted_empty",
+            "shards this node started anew because every replica holding their state was gone",
+            app.get("shards_restarted_empty", 0),
+        )
+        yield _counter(
             "derecho_state_transfer_sent_bytes", "bytes of finished state transfers", app.get("transfer_bytes_sent", 0)
         )
         active = GaugeMetricFamily(
@@ -170,55 +202,225 @@ def _client_calls(calls: dict[str, Any]) -> Iterator[Metric]:
     yield hist
 
 
-class MetricsServer:
-    """HTTP server for ``/metrics`` and ``/health/...`` on its own thread."""
+HEAD_LIMIT = 8 << 10  # bytes of a request line and headers, at most
+SNAPSHOT_THREADS = 2  # threads that wait for the node loop's status snapshots
 
-    def __init__(self, address: str, snapshot: Snapshot) -> None:
+NON_LOOPBACK_WARNING = (
+    "metrics and health on %s without TLS: anyone who can reach this address reads the group's "
+    "view, members, per-peer traffic and per-method call counts; bind it to 127.0.0.1, restrict "
+    "it (firewall, NetworkPolicy), or set security.metrics_tls = true"
+)
+
+
+class MetricsServer:
+    """HTTP(S) server for ``/metrics`` and ``/health/...`` on its own thread, with a
+    connection cap and a deadline per connection (see the module's docstring).
+
+    The socket is bound in the constructor, so a busy port fails at start-up as an OSError;
+    ``start`` runs the loop thread, ``stop`` closes everything and waits for the thread."""
+
+    def __init__(
+        self,
+        address: str,
+        snapshot: Snapshot,
+        *,
+        max_connections: int = 32,
+        timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+        refusal: Callable[[ssl.SSLObject | None], str | None] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatusCollector(snapshot))
         self.snapshot = snapshot
+        self.max_connections = max_connections
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self.refusal = refusal  # why a TLS peer may not scrape (revoked), None: it may
         host, port = split_address(address)
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server name
-                server._answer(self)
-
-            def log_message(self, fmt: str, *args: Any) -> None:
-                log.debug("metrics %s: " + fmt, self.address_string(), *args)
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        bound_host, bound_port = self.httpd.server_address[:2]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.create_server((host, port), family=family, backlog=128, reuse_port=False)
+        self._sock.setblocking(False)
+        bound_host, bound_port = self._sock.getsockname()[:2]
+        self.host = host
         self.address = f"{bound_host!s}:{bound_port}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="derecho-metrics", daemon=True)
+        self.scheme = "https" if ssl_context is not None else "http"
+        # Counters for tests and logs: connections open now, refused at the cap, cut at the deadline.
+        self.active = 0
+        self.refused = 0
+        self.timed_out = 0
+        self.served = 0
+        self._warnings = RateLimitedLog(log, interval=30.0, burst=1)
+        self._loop = asyncio.new_event_loop()
+        self._pool = ThreadPoolExecutor(SNAPSHOT_THREADS, thread_name_prefix="derecho-metrics-snapshot")
+        self._server: asyncio.base_events.Server | None = None
+        self._thread = threading.Thread(target=self._run, name="derecho-metrics", daemon=True)
+        self._ready = threading.Event()
+
+    @classmethod
+    def for_node(cls, config: NodeConfig, snapshot: Snapshot, security: TransportSecurity) -> MetricsServer:
+        """The endpoint ``config`` asks for: its limits, and with ``security.metrics_tls`` the
+        node's own server TLS context (a client certificate of the cluster CA required) and
+        its revocation list. Raises ConfigError when TLS is asked for without certificates,
+        OSError when the address cannot be bound."""
+        context = None
+        refusal = None
+        if config.security.metrics_tls:
+            if security.server_context is None:
+                raise ConfigError(
+                    "security.metrics_tls = true needs the node's certificates (security.certs_dir), "
+                    "but it runs with security.insecure"
+                )
+            context = security.server_context
+            refusal = security.revocation.refusal if security.revocation is not None else None
+        return cls(
+            config.node.metrics,
+            snapshot,
+            max_connections=config.limits.metrics_max_connections,
+            timeout=config.limits.metrics_timeout_ms / 1000,
+            ssl_context=context,
+            refusal=refusal,
+        )
 
     def start(self) -> None:
         self._thread.start()
-        log.info("metrics and health on http://%s (/metrics, /health/live, /health/ready)", self.address)
+        self._ready.wait(10)
+        log.info(
+            "metrics and health on %s://%s (/metrics, /health/live, /health/ready; at most %d connections, "
+            "%.1f s each)",
+            self.scheme,
+            self.address,
+            self.max_connections,
+            self.timeout,
+        )
+        if self.ssl_context is None and not _loopback(self.host):
+            log.warning(NON_LOOPBACK_WARNING, self.address)
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        if not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
+        self._sock.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _answer(self, req: BaseHTTPRequestHandler) -> None:
-        path = req.path.split("?", 1)[0]
+    # ------------------------------------------------------------------ the loop thread
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._serve, sock=self._sock, limit=HEAD_LIMIT)
+            )
+        finally:
+            self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            if self._server is not None:
+                self._server.close()
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            self._loop.run_until_complete(asyncio.sleep(0))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        who = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+        if self.active >= self.max_connections:
+            self.refused += 1
+            writer.transport.abort()
+            self._warnings.warning(
+                ("cap", who.rpartition(":")[0]),
+                "metrics endpoint: %d connections open (limits.metrics_max_connections), closing new ones "
+                "at once; the latest from %s",
+                self.active,
+                who,
+            )
+            return
+        self.active += 1
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self.ssl_context is not None:
+                    await writer.start_tls(self.ssl_context)
+                    why = self.refusal(writer.get_extra_info("ssl_object")) if self.refusal is not None else None
+                    if why is not None:
+                        self._warnings.warning(("revoked", who), "metrics endpoint: refusing %s: %s", who, why)
+                        return
+                head = await reader.readuntil(b"\r\n\r\n")
+                try:
+                    code, body, kind = await self._respond(head)
+                except Exception:  # a bug in a collector must cost one answer, not the endpoint
+                    log.exception("metrics endpoint: answering %s failed", who)
+                    code, body, kind = 500, b"internal error; see the node's log\n", "text/plain"
+                writer.write(_response(code, body, kind))
+                await writer.drain()
+                self.served += 1
+        except TimeoutError:
+            self.timed_out += 1
+            self._warnings.warning(
+                ("timeout", who.rpartition(":")[0]),
+                "metrics endpoint: closing %s, no whole request and answer within %.1f s (limits.metrics_timeout_ms)",
+                who,
+                self.timeout,
+            )
+        except asyncio.LimitOverrunError:
+            try:
+                writer.write(_response(431, b"request head too large\n", "text/plain"))
+            except (OSError, RuntimeError):
+                pass
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ConnectionError, RuntimeError) as exc:
+            log.debug("metrics endpoint: %s: %s", who, exc)
+        finally:
+            self.active -= 1
+            writer.transport.abort()
+
+    async def _respond(self, head: bytes) -> tuple[int, bytes, str]:
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return 400, b"bad request\n", "text/plain"
+        method, target = parts[0], parts[1]
+        if method != "GET":
+            return 405, b"only GET\n", "text/plain"
+        path = target.split("?", 1)[0]
+        return await self._loop.run_in_executor(self._pool, self._answer, path)
+
+    def _answer(self, path: str) -> tuple[int, bytes, str]:
+        """Runs on a snapshot thread: the snapshot waits for the node's loop."""
         if path == "/metrics":
-            self._send(req, 200, generate_latest(self.registry), "text/plain; version=0.0.4; charset=utf-8")
-        elif path in ("/health/live", "/health/ready"):
+            return 200, generate_latest(self.registry), "text/plain; version=0.0.4; charset=utf-8"
+        if path in ("/health/live", "/health/ready"):
             st = self.snapshot()
             ok, why = (st is not None, "live" if st is not None else "the node's loop does not answer")
             if path == "/health/ready":
                 ok, why = readiness(st)
             body = json.dumps({"ok": ok, "why": why, "node": (st or {}).get("node"), "vid": (st or {}).get("vid")})
-            self._send(req, 200 if ok else 503, body.encode(), "application/json")
-        else:
-            self._send(req, 404, b"not found: try /metrics, /health/live or /health/ready\n", "text/plain")
+            return 200 if ok else 503, body.encode(), "application/json"
+        return 404, b"not found: try /metrics, /health/live or /health/ready\n", "text/plain"
 
-    @staticmethod
-    def _send(req: BaseHTTPRequestHandler, code: int, body: bytes, kind: str) -> None:
-        req.send_response(code)
-        req.send_header("Content-Type", kind)
-        req.send_header("Content-Length", str(len(body)))
-        req.end_headers()
-        req.wfile.write(body)
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    431: "Too Large",
+    503: "Unavailable",
+}
+
+
+def _response(code: int, body: bytes, kind: str) -> bytes:
+    head = (
+        f"HTTP/1.1 {code} {_REASONS.get(code, 'Status')}\r\nContent-Type: {kind}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (as configured) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
@@ -26,13 +27,17 @@ from runtime.core.events import LeaveRequested, MessageArrived, PeerLost, Persis
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush, ViewAnnouncement
 from runtime.core.node_core import NodeCore
-from runtime.core.view import View
+from runtime.core.view import View, ViewFormatError
 from runtime.drivers.bootstrap import BootstrapCoordinator
+from runtime.drivers.leader_word import LeaderWord
 from runtime.drivers.restart import RestartCoordinator, SavedState
+from runtime.drivers.status import StatusLimiter, StatusVerdict
 from runtime.drivers.tcp import TcpTransport, TransportSecurity
 from runtime.drivers.transport import Transport
 from runtime.errors import ConfigError
+from runtime.exitcodes import START_FAILED
 from runtime.node_api import AppHooks
+from runtime.security.revocation import RevocationList, revocation_path
 from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials
 from runtime.wire.claims import claimed_sender
 from runtime.wire.codec import frame
@@ -41,6 +46,7 @@ from runtime.wire.control import (
     BootstrapHello,
     Goodbye,
     GroupRunning,
+    RateLimited,
     RestartDecision,
     RestartHello,
     StatusReply,
@@ -51,11 +57,34 @@ from runtime.wire.control import (
 log = logging.getLogger("derecho.node")
 
 CORE_MESSAGES = (ShardPush, GroupPush, ViewAnnouncement, JoinRequest, JoinReply)
+BUSY_CONTACT_WAIT = 30.0  # seconds a joiner keeps trying contacts that are up but let no handshake finish
+MAX_CONTACT_BACKOFF = 5.0  # seconds between its checks (and reports) then, at most
+BUSY_REPORT_EVERY = 10.0  # seconds between reports of busy contacts while restarting or bootstrapping
 MAX_EARLY_FRAMES = 10_000  # frames kept for a core not created yet (a restarting node)
 RESTART_MESSAGES = (RestartHello, RestartDecision, GroupRunning, BootstrapHello)
 
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _StatusCache:
+    """A StatusReply frame as built at ``built_at`` (monotonic), after ``views_installed`` views."""
+
+    data: bytes
+    built_at: float
+    views_installed: int
+
+
+def client_key(handle: Any) -> str:
+    """Whom a client connection's limits count against: the identity its certificate proved
+    (every connection of one certificate shares them), or without TLS its host."""
+    identity = getattr(handle, "identity", None)
+    if identity is not None:
+        return str(identity.describe())
+    address = str(getattr(handle, "address", "?"))
+    return f"host {address.rpartition(':')[0] or address}"
+
 
 INSECURE_WARNING = (
     "INSECURE MODE: security.insecure = true, so connections are neither authenticated nor "
@@ -77,6 +106,9 @@ def node_security(config: NodeConfig) -> tuple[TransportSecurity, LoadedCredenti
         receive_budget=sec.receive_budget_bytes,
         client_idle_timeout=sec.client_idle_timeout_ms / 1000,
         client_max_frame=config.multicast.max_message_size + (64 << 10),
+        max_unauthenticated_per_address=sec.max_unauthenticated_per_address,
+        frames_per_turn=config.limits.frames_per_turn,
+        client_max_backlog=config.limits.client_max_backlog_bytes,
     )
     if sec.insecure:
         log.warning(INSECURE_WARNING, config.node.listen)
@@ -89,9 +121,11 @@ def node_security(config: NodeConfig) -> tuple[TransportSecurity, LoadedCredenti
         )
     ca, cert, key = sec.tls_paths(config.node.id)
     loaded = load_credentials(TlsCredentials(Path(ca), Path(cert), Path(key)), "node", node_id=config.node.id)
+    revoked = revocation_path(sec.certs_dir, sec.revocation_file)
     return TransportSecurity(
         server_context=loaded.server_context(),
         client_context=loaded.client_context(),
+        revocation=RevocationList(revoked) if revoked is not None else None,
         **limits,  # type: ignore[arg-type]
     ), loaded
 
@@ -170,6 +204,18 @@ class NodeDriver:
         # TLS contexts and limits, and this node's certificate (None: insecure mode). Loaded
         # here, not in run(), so a bad certificate fails the constructor with its path.
         self.security, self.credentials = security if security is not None else node_security(config)
+        # Status requests from clients: rate-limited per identity, one snapshot shared for a
+        # short while (see runtime.drivers.status.StatusLimiter for why).
+        self.busy_contact_wait = BUSY_CONTACT_WAIT  # the join timeout for contacts that answer but are busy
+        self._busy_report_at = 0.0  # loop time of the next report of busy contacts (restart, bootstrap)
+        self._status_limiter = StatusLimiter(config.limits.status_per_second)
+        self._status_cache: _StatusCache | None = None
+        # Before it is a member, the leader's frames are taken only from nodes this node asked
+        # or members of the last view it knows (see runtime.drivers.leader_word).
+        self._leader_word = LeaderWord(self._contact_node, enforce=self.security.tls)
+        self._leader_word.ask(config.contact_addresses())
+        if saved is not None:
+            self._leader_word.know_view(saved.view)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> str:
@@ -202,7 +248,7 @@ class NodeDriver:
             from runtime.drivers.metrics import MetricsServer
 
             try:
-                metrics = MetricsServer(cfg.node.metrics, self._status_snapshot)
+                metrics = MetricsServer.for_node(cfg, self._status_snapshot, self.security)
             except OSError as exc:
                 await self.transport.close()
                 raise ConfigError(f"node.metrics: cannot listen on {cfg.node.metrics}: {exc}") from None
@@ -306,6 +352,7 @@ class NodeDriver:
                 self.hooks.on_lost(outcome.lost)
             self._start_core(contacts=outcome.contacts, view=outcome.view)
             return
+        self._report_busy_contacts("restarting", r.targets)
         self.loop.call_at(nxt, self._restart_tick)  # type: ignore[union-attr]
 
     def _bootstrap_tick(self) -> None:
@@ -315,6 +362,7 @@ class NodeDriver:
         nxt = b.on_tick(self.loop.time())  # type: ignore[union-attr]
         outcome = b.outcome
         if outcome is None:
+            self._report_busy_contacts("bootstrapping", b.contacts)
             self.loop.call_at(nxt, self._bootstrap_tick)  # type: ignore[union-attr]
             return
         self._bootstrap = None
@@ -324,14 +372,82 @@ class NodeDriver:
         else:
             self._start_core(contacts=list(outcome.contacts))
 
+    def _report_busy_contacts(self, phase: str, addresses: Sequence[str]) -> None:
+        """While restarting or bootstrapping (which retry their contacts until they hear
+        enough), say every ``BUSY_REPORT_EVERY`` s which contacts are up but let no handshake
+        finish: the reason this node may be waiting longer than it should."""
+        transport, loop = self.transport, self.loop
+        if transport is None or loop is None or loop.time() < self._busy_report_at:
+            return
+        busy = [(a, p) for a in addresses if (p := transport.contact_problems.get(a)) is not None and p.answered]
+        if busy:
+            self._busy_report_at = loop.time() + BUSY_REPORT_EVERY
+            log.warning(
+                "node %s, %s: %s %s up but let no handshake finish (%s); busy (its limit of connections in their "
+                "handshake reached?) or overloaded: still trying",
+                self.node_id,
+                phase,
+                ", ".join(a for a, _ in busy),
+                "is" if len(busy) == 1 else "are",
+                "; ".join(f"{a}: {p.reason}" for a, p in busy),
+            )
+
     def _found(self) -> None:
         cfg = self.config
         log.info("node %s listening on %s, founding cluster %r", self.node_id, cfg.address, cfg.node.cluster)
         self.core = NodeCore.found(self.node_id, cfg.address, cfg.layout, cfg.core_config(), self.loop.time())  # type: ignore[union-attr]
 
+    def _contact_node(self, address: str) -> int | None:
+        return self.transport.contact_node(address) if self.transport is not None else None
+
+    def _leader_frame_allowed(self, sender: int, msg: Any) -> bool:
+        """Whether ``msg``, one of the frames only the leader (or the node asked) may send a
+        node that is not a member yet, may be taken from ``sender``; if not, a rate-limited
+        WARNING names the sender and the frame is dropped."""
+        word = self._leader_word
+        if word.allows(sender):
+            return True
+        if isinstance(msg, ViewAnnouncement) and isinstance(msg.view, dict):
+            named = msg.view.get("members", ())
+            if isinstance(named, list) and sender in named and word.asked_nodes() & set(named):
+                # Every member of the view that admits a joiner announces it; the joiner takes
+                # the word of the one it asked. Another member's copy (it names itself and the
+                # node asked) is no news: dropped without a warning.
+                log.debug("a copy of view %s from node %s; taken from the nodes asked", msg.view.get("vid"), sender)
+                return False
+        self.transport.warn(  # type: ignore[union-attr]
+            "leader-word",
+            str(sender),
+            "refused a %s from node %s: a node that is not a member yet takes it %s",
+            type(msg).__name__,
+            sender,
+            word.describe(),
+        )
+        return False
+
     def _on_restart_message(self, sender: int, msg: Any) -> None:
         if isinstance(msg, (BootstrapHello, RestartHello)) and not self._is_member(sender):
             self.transport.learn(sender, msg.address)  # type: ignore[union-attr]
+        if isinstance(msg, (GroupRunning, RestartDecision)) and (
+            self._restart is not None or self._bootstrap is not None
+        ):
+            if not self._leader_frame_allowed(sender, msg):
+                return
+            if isinstance(msg, GroupRunning):
+                self._leader_word.ask([msg.address])  # where a trusted member says the group runs
+        if (
+            isinstance(msg, RestartHello)
+            and self._restart is not None
+            and isinstance(msg.view, dict)
+            and isinstance(msg.view.get("vid"), int)
+            and msg.view["vid"] > self._leader_word.last_vid
+            and self._leader_word.allows(sender)
+        ):
+            # A member of the last view we know reports a later one: its members may lead the restart.
+            try:
+                self._leader_word.know_view(View.from_wire(msg.view))
+            except ViewFormatError:
+                pass  # the coordinator logs a bad report
         if isinstance(msg, BootstrapHello):
             if self._bootstrap is not None:
                 self._bootstrap.on_hello(msg)
@@ -374,19 +490,53 @@ class NodeDriver:
                 self._restart.on_running(msg)
             self._restart_tick()
 
-    def _check_contact_reached(self, contacts: list[str]) -> None:
-        if self.core is not None and self.core.joining and not self.transport.contact_reached:  # type: ignore[union-attr]
-            refused = f" ({self.transport.refusals[-1]})" if self.transport.refusals else ""  # type: ignore[union-attr]
-            self._fatal(
-                ConfigError(
-                    f"node.contacts: no contact reachable ({', '.join(contacts)}) within "
-                    f"{self.config.timeouts.connect_timeout_ms} ms{refused}"
-                )
+    def _check_contact_reached(self, contacts: list[str], started: float | None = None, wait: float = 0.0) -> None:
+        """``connect_timeout_ms`` after a join began, and again with backoff: if no contact
+        was reached, give up at once when nothing listens at any of them (a wrong address:
+        exit 2); while some contact answers but lets no handshake finish (busy: its pool of
+        unauthenticated connections full, or overloaded), keep trying, saying why, until
+        ``busy_contact_wait`` (``BUSY_CONTACT_WAIT``, at least the connect timeout)."""
+        transport = self.transport
+        if self.core is None or not self.core.joining or transport is None or transport.contact_reached:
+            return
+        loop = self.loop
+        assert loop is not None
+        now = loop.time()
+        connect_timeout = self.config.timeouts.connect_timeout_ms / 1000
+        if started is None:
+            started = now - connect_timeout
+        problems = {a: transport.contact_problems[a] for a in contacts if a in transport.contact_problems}
+        busy = {a: p for a, p in problems.items() if p.answered}
+        limit = max(connect_timeout, self.busy_contact_wait)
+        if busy and not transport.refusals and now - started < limit:
+            wait = min(MAX_CONTACT_BACKOFF, max(connect_timeout, wait * 2), limit - (now - started) + 0.01)
+            log.warning(
+                "node %s: no contact reached yet after %.1f s: %s answer%s but let no handshake finish (%s); "
+                "busy (its limit of connections in their handshake reached?) or overloaded: trying again, "
+                "giving up after %.0f s",
+                self.node_id,
+                now - started,
+                ", ".join(busy),
+                "s" if len(busy) == 1 else "",
+                "; ".join(f"{a}: {p.reason}" for a, p in busy.items()),
+                limit,
             )
+            loop.call_later(wait, self._check_contact_reached, contacts, started, wait)
+            return
+        refused = f" ({transport.refusals[-1]})" if transport.refusals else ""
+        why = "; ".join(f"{a}: {p.reason}" for a, p in problems.items())
+        self._fatal(
+            ConfigError(
+                f"node.contacts: no contact reachable ({', '.join(contacts)}) within {(now - started) * 1000:.0f} ms"
+                f"{refused}{f' ({why})' if why and not refused else ''}"
+            )
+        )
 
     def _fatal(self, exc: BaseException) -> None:
+        """Stop because the node cannot start (a config or start-up problem): exit code 2 in
+        every mode (``runtime.exitcodes.START_FAILED``)."""
         self._start_error = exc
-        self.stop(str(exc))
+        self.stop(f"{START_FAILED}: {exc}")
 
     def stop(self, reason: str = "stopped") -> None:
         """Stop the loop (thread-safe); the node leaves without a goodbye (use ``leave``)."""
@@ -462,6 +612,10 @@ class NodeDriver:
 
     def wall_ns(self) -> int:
         return time.time_ns()
+
+    def monotonic(self) -> float:
+        loop = self.loop
+        return loop.time() if loop is not None else time.monotonic()
 
     @property
     def incarnation(self) -> int:
@@ -632,6 +786,11 @@ class NodeDriver:
                 self._on_restart_message(sender, msg)
                 continue
             if isinstance(msg, CORE_MESSAGES):
+                if isinstance(msg, (ViewAnnouncement, JoinReply)) and core.joining:
+                    if not self._leader_frame_allowed(sender, msg):
+                        continue
+                    if isinstance(msg, JoinReply) and isinstance(msg.redirect_to, str) and msg.redirect_to:
+                        self._leader_word.ask([msg.redirect_to])  # the leader, as the node asked says
                 if isinstance(msg, JoinRequest) and isinstance(msg.address, str) and not self._is_member(sender):
                     # A member's address is the one its view says; only a node outside the
                     # view can tell where it listens (and must then prove its id there).
@@ -662,7 +821,7 @@ class NodeDriver:
             self.hooks.on_client_app(handle, msg.data)
             self._schedule_flush()
         elif isinstance(msg, StatusRequest):
-            self.transport.reply(handle, frame(StatusReply(self.status())))  # type: ignore[union-attr]
+            self._on_status_request(handle)
         else:
             # A client may ask for status and send application messages; anything else (a
             # push, a join) is a member's frame, which no client connection may carry.
@@ -676,8 +835,42 @@ class NodeDriver:
             handle.close()
 
     def _on_client_closed(self, handle: Any) -> None:
+        self._status_limiter.closed(handle, client_key(handle))
         if self.hooks.on_client_closed is not None:
             self.hooks.on_client_closed(handle)
+
+    def _on_status_request(self, handle: Any) -> None:
+        """Answer a client's StatusRequest within its identity's rate, from a snapshot
+        shared for ``limits.status_cache_ms`` (a new view makes a new one at once)."""
+        transport = self.transport
+        assert transport is not None
+        decision = self._status_limiter.check(handle, client_key(handle))
+        verdict = decision.verdict
+        if verdict is StatusVerdict.SERVE:
+            transport.reply(handle, self._status_frame())
+        elif verdict is StatusVerdict.REFUSE:
+            retry_ms = max(1, int(decision.retry_after * 1000 + 0.999))
+            transport.reply(handle, frame(RateLimited(retry_ms, decision.reason)))
+        elif verdict is StatusVerdict.CUT:
+            transport.warn(
+                "status-rate",
+                handle.address,
+                "closing %s: %s",
+                handle._where(),
+                decision.reason,
+            )
+            transport.reply(handle, frame(Goodbye(f"status requests over the limit: {decision.reason}")))
+            handle.close()
+
+    def _status_frame(self) -> bytes:
+        """The encoded StatusReply, rebuilt when older than ``limits.status_cache_ms`` or
+        when a view was installed since."""
+        now = time.monotonic()
+        cache = self._status_cache
+        max_age = self.config.limits.status_cache_ms / 1000
+        if cache is None or now - cache.built_at >= max_age or cache.views_installed != self.views_installed:
+            cache = self._status_cache = _StatusCache(frame(StatusReply(self.status())), now, self.views_installed)
+        return cache.data
 
     # ---------------------------------------------------------------- effects
     def _schedule_flush(self) -> None:
@@ -742,6 +935,13 @@ class NodeDriver:
             log.info("%d trimmed messages of shard %s return to the app queue", len(payloads), sid)
             q = self._app_queue.setdefault(sid, [])
             q[0:0] = payloads
+        if ready.stalled is not None:
+            log.warning(
+                "node %s did not run for %.2f s (process stopped or loop blocked): its peers' silence in that time "
+                "is not held against them",
+                self.node_id,
+                ready.stalled,
+            )
         if ready.excluded is not None:
             log.warning("node %s stops: %s", self.node_id, ready.excluded)
             self._notify_stop(ready.excluded)
@@ -853,6 +1053,7 @@ class NodeDriver:
             out["clients"] = self.transport.client_count()
             out["traffic"] = [[n, sent, received] for n, (sent, received) in sorted(self.transport.traffic().items())]
         out["views_installed"] = self.views_installed
+        out["status_rate_limited"] = self._status_limiter.refused  # status requests refused over the rate
         out["delivered_total"] = [[str(sid), n] for sid, n in sorted(self.delivered_total.items(), key=str)]
         if self.hooks.status is not None:
             out["app"] = self.hooks.status()

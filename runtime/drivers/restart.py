@@ -18,6 +18,11 @@ unfinished state transfers) to every address of that view and to its contacts, a
   reporter runs the planner, so each refuses on its own (a non-leader after a grace period
   in which no decision came), and no refusal needs a message of its own.
 
+Whose word counts: the node driver takes a ``RestartDecision`` or ``GroupRunning`` only from a
+member of the last view this node knows (its saved view, or a later one such a member
+reports) or from the node at an address it asked (``runtime.drivers.leader_word``); any other
+holder of a node certificate is refused before this coordinator sees the frame.
+
 The decision logic is the core's; this module only keeps the timers and the sends.
 """
 

@@ -14,11 +14,15 @@ member's address must prove that member's id, so a wrong address (from a confuse
 peer) leads nowhere. Without TLS (``security.insecure``) the Hello's word is all there is.
 
 Limits against anyone who can connect: the handshake and Hello must finish within
-``handshake_timeout``; at most ``max_unauthenticated`` connections may be in that phase (more
-are dropped at once); a frame before the Hello may be 64 KiB, a client's frame
-``client_max_frame``; bytes held for partly received frames, over all connections, stay under
-``receive_budget`` (a client or unauthenticated connection that would pass it is closed, a
-member's is paused until the others drain); a client connection silent for
+``handshake_timeout``; at most ``max_unauthenticated`` connections may be in that phase, at
+most ``max_unauthenticated_per_address`` of them from one host. A newcomer is never refused for
+a full pool: the oldest half-open connection of its own host gives way if that host is at its
+cap, else the oldest of the host holding the most (so a few addresses reopening sockets that
+never start TLS cannot lock out a new client, or a member restarting with this node as its
+contact). A frame before the Hello may be 64 KiB, a client's frame ``client_max_frame``;
+bytes held for partly received frames (and clients' frames waiting for their turn), over all
+connections, stay under ``receive_budget`` (a client or unauthenticated connection that would
+pass it is closed, a member's is paused until the others drain); a client connection silent for
 ``client_idle_timeout`` is closed with a Goodbye saying so. A refused party gets one Goodbye
 line naming its own problem, never this cluster's name, members or leader. Warnings about
 peers are rate-limited (``runtime.drivers.ratelimit``).
@@ -30,30 +34,63 @@ peer sends can raise out of this module.
 Back-pressure: the protocol's windows bound what is in flight, so the kernel buffers and the
 small per-peer queue stay bounded; a peer that stops reading past ``max_backlog`` bytes is
 cut off and reported lost (the core then suspects it), never buffered without limit.
+
+Members first, fairness among clients. Members' frames are handled as they arrive: heartbeats,
+SST rows and views never wait behind client work. A client's bytes are kept undecoded on its
+connection and handled at most ``frames_per_turn`` frames per loop turn; what is left waits
+there (one read's worth at most, as its reading is paused meanwhile) and is handled on later
+turns, round-robin among the clients with work waiting, while all client work in one turn is
+held to about ``CLIENT_WORK_PER_TURN`` seconds. So 20,000 status requests in one write cost the
+loop a few milliseconds per turn, not seconds. A client whose replies pass the transport's
+high-water mark (it does not read them) has its reading paused until they drain, so it can
+queue no more work; one whose unread replies pass ``client_max_backlog`` is cut off with a
+warning naming it. A closing connection that does not drain within ``CLOSE_GRACE`` seconds is
+aborted, so a peer that never reads cannot keep a closed connection (and its buffers) alive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
+import struct
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.drivers.ratelimit import RateLimitedLog
-from runtime.drivers.transport import ClientClosedHandler, ClientHandler, FramesHandler, PeerLostHandler
+from runtime.drivers.transport import ClientClosedHandler, ClientHandler, ContactProblem, FramesHandler, PeerLostHandler
 from runtime.errors import ConfigError, WireError
 from runtime.node_api import session_origin
 from runtime.security.identity import Identity, IdentityError
+from runtime.security.revocation import RevocationList
 from runtime.security.tls import peer_identity
 from runtime.wire.codec import FrameDecoder, decode, frame
 from runtime.wire.control import COMPATIBLE_PROTOCOLS, PROTOCOL_VERSION, Goodbye, Hello, Ping, Pong
 
 log = logging.getLogger("derecho.tcp")
 
+MAX_CONTACTS_KEPT = 256  # contact addresses whose proven node id is remembered
 HELLO_MAX_FRAME = 64 << 10  # what an unauthenticated speaker may send in one frame
+# Seconds of client work (frames of all clients together) per loop turn; past it, clients'
+# frames wait for the next turn. Keeps the loop turning for members' heartbeats whatever the
+# clients send; one connection's batch (``frames_per_turn``) may run over it.
+CLIENT_WORK_PER_TURN = 0.01
+CLOSE_GRACE = 2.0  # seconds a closed connection may take to drain before it is aborted
+# A client still holding frames after this many turns of ``frames_per_turn`` sent far more in
+# one go than any honest client batches (calls travel in one frame per turn): say who it is.
+SLOW_WARN_TURNS = 16
+# A client's replies go to its TLS transport in pieces of at most this many bytes. asyncio's
+# TLS layer hands all it holds to the socket's own transport whenever that one is not paused,
+# and counts (and pauses its protocol for) only what it still holds itself: one large write
+# (a loop turn's replies, say 600 x 32 KiB) would sit there unseen, so the client would be
+# neither paused nor cut off for it. In pieces, the socket's transport pauses the TLS layer
+# after the first one or two, and the rest waits where it is counted.
+WRITE_PIECE = 64 << 10
+_HEADER = struct.Struct(">I")  # a frame's length prefix
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -75,6 +112,10 @@ class TransportSecurity:
     receive_budget: int = 256 << 20
     client_idle_timeout: float = 300.0
     client_max_frame: int = (1 << 20) + (64 << 10)
+    max_unauthenticated_per_address: int = 8  # half-open connections from one host
+    frames_per_turn: int = 64  # frames of one client connection handled per loop turn
+    client_max_backlog: int = 8 << 20  # unread replies to one client before it is cut off
+    revocation: RevocationList | None = None  # revoked certificates, checked at every Hello
 
     @property
     def tls(self) -> bool:
@@ -99,6 +140,7 @@ class _Connection(asyncio.Protocol):
         self.peer = peer  # set for outgoing connections to members
         self.contact = contact  # set for outgoing connections to a contact address
         self.transport: asyncio.Transport | None = None
+        self.raw: asyncio.Transport | None = None  # the accepted socket's own transport (under TLS)
         self.decoder = FrameDecoder(tcp.max_frame)  # lowered for clients once they say hello
         self.speaker: int | None = None  # node id (member) or session number (client) from the Hello
         self.role: str | None = None
@@ -117,6 +159,19 @@ class _Connection(asyncio.Protocol):
         self.held = 0  # bytes of partly received frames counted in the transport's budget
         self.last_heard = 0.0
         self._hello_timer: asyncio.TimerHandle | None = None
+        self.host = "?"  # the address without the port: what per-address limits count
+        self.accepted_at = 0.0
+        self.pending_auth = False  # counted among the unauthenticated (half-open) connections
+        # A client's bytes not handled yet (whole frames waiting for a later turn, then a
+        # partial one); at most one read's worth, as its reading is paused while frames wait.
+        self.inbox: bytes | bytearray = b""
+        self.inbox_pos = 0
+        self.queued = False  # waiting in the transport's round of clients with frames to handle
+        self.turns_queued = 0  # loop turns it has waited in that round, this time
+        self.warned_slow = False  # its "slowing" warning is logged once per connection
+        self.write_blocked = False  # its unread replies passed the high-water mark
+        self.reading_paused = False  # what we last told the transport
+        self._linger: asyncio.TimerHandle | None = None
 
     @property
     def outgoing(self) -> bool:
@@ -129,11 +184,14 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if not self.outgoing:
+            self.raw = transport  # type: ignore[assignment]
         tcp = self.tcp
         peername = transport.get_extra_info("peername")
         self.address = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        self.host = str(peername[0]) if isinstance(peername, tuple) else self.address
         tcp.all_connections.add(self)
-        self.last_heard = time.monotonic()
+        self.last_heard = self.accepted_at = time.monotonic()
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -148,19 +206,7 @@ class _Connection(asyncio.Protocol):
                     frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation, PROTOCOL_VERSION))
                 )
             return
-        if tcp.unauthenticated >= tcp.security.max_unauthenticated:
-            tcp.warn(
-                "busy",
-                self.address,
-                "dropping a connection from %s: %d connections are already in their handshake",
-                self.address,
-                tcp.unauthenticated,
-            )
-            self.closed = True
-            transport.abort()  # type: ignore[attr-defined]
-            tcp.all_connections.discard(self)
-            return
-        tcp.unauthenticated += 1
+        tcp._admit(self)
         loop = asyncio.get_running_loop()
         self._hello_timer = loop.call_later(tcp.security.handshake_timeout, self._no_hello)
         if tcp.security.tls:
@@ -172,6 +218,9 @@ class _Connection(asyncio.Protocol):
         """The TLS handshake on an accepted connection (the count of unauthenticated
         connections was checked before it, so a flood of handshakes cannot pile up)."""
         tcp = self.tcp
+        if self.closed:  # dropped (pool full) before the handshake began
+            self._teardown()
+            return
         loop = asyncio.get_running_loop()
         raw = self.transport
         try:
@@ -183,7 +232,8 @@ class _Connection(asyncio.Protocol):
                 ssl_handshake_timeout=tcp.security.handshake_timeout,
             )
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
-            tcp.warn("handshake", self.address, "TLS handshake with %s failed: %s", self.address, _reason(exc))
+            if not self.closed:  # not dropped by us (that was reported already)
+                tcp.warn("handshake", self.address, "TLS handshake with %s failed: %s", self.address, _reason(exc))
             self._teardown()
             return
         except asyncio.CancelledError:
@@ -220,7 +270,15 @@ class _Connection(asyncio.Protocol):
             elif self.peer is not None and identity.node_id != self.peer.node_id:
                 problem = f"it presented the certificate of {identity.describe()}"
             else:
-                return True
+                revocation = tcp.security.revocation
+                revoked = None
+                if revocation is not None:
+                    revoked = revocation.refusal(self.transport.get_extra_info("ssl_object"))  # type: ignore[union-attr]
+                if revoked is None:
+                    if self.contact is not None and identity.node_id is not None:
+                        tcp.remember_contact(self.contact, identity.node_id)
+                    return True
+                problem = revoked  # a retired node still listening, or one at a contact address
         target = f"node {self.peer.node_id} at {self.address}" if self.peer is not None else f"contact {self.contact}"
         tcp.warn("server", self.address, "not talking to %s: %s", target, problem)
         tcp.refusals.append(f"{target}: {problem}")
@@ -259,6 +317,9 @@ class _Connection(asyncio.Protocol):
             data = self._take_hello(data)
             if not data:
                 return
+        if self.role == "client" and not self.outgoing:
+            self._client_data(data)
+            return
         try:
             items = self.decoder.feed(data)
         except Exception:  # the decoder must never raise; if it does, drop the stream
@@ -289,20 +350,111 @@ class _Connection(asyncio.Protocol):
                         if self.peer is not None and item.node_id == self.peer.node_id:
                             tcp._met(item.node_id, item.incarnation)
                 return
-            if self.role == "client":
-                for item in good:
-                    if self.closed:
-                        break
-                    if type(item) is Ping:
-                        self.send(frame(Pong(item.nonce)))
-                        continue
-                    try:
-                        tcp.on_client(self, item)
-                    except Exception:  # a bug serving one client must not take the node down
-                        log.exception("serving %s failed; closing its connection", self._where())
-                        self.close()
-            else:
-                tcp.on_frames(self.speaker, good)  # type: ignore[arg-type]
+            tcp.on_frames(self.speaker, good)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------ a client's frames
+    def _client_data(self, data: bytes) -> None:
+        """Bytes from a client: kept undecoded in the inbox, then at most ``frames_per_turn``
+        frames handled now (if this turn's client budget allows) and the rest on later turns,
+        with reading paused meanwhile. Decoding lazily keeps a waiting read at its wire size
+        (6 bytes per status request) instead of ~90 bytes per decoded frame object."""
+        if self.closed:  # closing: what it still sends is not worth handling
+            return
+        tcp = self.tcp
+        if self.inbox_pos >= len(self.inbox):
+            self.inbox, self.inbox_pos = data, 0
+        else:
+            if isinstance(self.inbox, bytes) or self.inbox_pos:
+                self.inbox = bytearray(memoryview(self.inbox)[self.inbox_pos :])
+                self.inbox_pos = 0
+            self.inbox += data
+        if not self.queued and tcp._client_budget_left():
+            self._serve(tcp.security.frames_per_turn)
+        if not self.closed and not self.queued and self._has_frame():
+            tcp._enqueue(self)
+        self._account()
+
+    def _has_frame(self) -> bool:
+        """Whether the inbox holds a whole frame (or a bad length prefix: also work to do,
+        which ends with the connection closed)."""
+        avail = len(self.inbox) - self.inbox_pos
+        if avail < 4:
+            return False
+        (size,) = _HEADER.unpack_from(self.inbox, self.inbox_pos)
+        return size == 0 or size > self.decoder.max_frame or avail >= 4 + size
+
+    def _serve(self, budget: int) -> None:
+        """Decode and handle up to ``budget`` whole frames from the inbox, in order; the time
+        taken counts against this loop turn's client budget."""
+        buf, pos = self.inbox, self.inbox_pos
+        end, off, n = len(buf), pos, 0
+        max_frame = self.decoder.max_frame
+        while n < budget and end - off >= 4:
+            (size,) = _HEADER.unpack_from(buf, off)
+            if size == 0 or size > max_frame:
+                off = end  # the decoder sees the bad prefix too, turns broken, and we close
+                break
+            if off + 4 + size > end:
+                break
+            off += 4 + size
+            n += 1
+        if off == pos:
+            return
+        chunk = buf[pos:off]  # the whole read itself when it is served at once (no copy)
+        if off == end:
+            self.inbox, self.inbox_pos = b"", 0
+        elif isinstance(buf, bytearray) and off > (1 << 16) and 2 * off > end:
+            del buf[:off]  # compact now and then, not at every turn
+            self.inbox_pos = 0
+        else:
+            self.inbox_pos = off
+        started = time.perf_counter()
+        try:
+            items = self.decoder.feed(chunk)
+        except Exception:  # the decoder must never raise; if it does, drop the stream
+            log.exception("frame decoder failed on data from %s", self._where())
+            self.close()
+            return
+        try:
+            self._handle_client(items)
+        finally:
+            self.tcp._spend(time.perf_counter() - started)
+
+    def _handle_client(self, items: list[Any]) -> None:
+        tcp = self.tcp
+        good = []
+        for item in items:
+            if isinstance(item, Exception):
+                tcp.bad_frames += 1
+                tcp.warn("bad-frame", self.address, "dropped a bad frame from %s: %s", self._where(), item)
+                continue
+            good.append(item)
+        if self.decoder.broken:
+            tcp.warn("stream", self.address, "closing the stream from %s: it cannot be re-synchronised", self._where())
+            self.close()
+        for item in good:
+            if self.closed:
+                break
+            if type(item) is Ping:
+                self.send(frame(Pong(item.nonce)))
+                continue
+            try:
+                tcp.on_client(self, item)
+            except Exception:  # a bug serving one client must not take the node down
+                log.exception("serving %s failed; closing its connection", self._where())
+                self.close()
+
+    def _update_reading(self) -> None:
+        """Pause reading while any reason holds (the receive budget, frames waiting for a
+        later turn, unread replies past the high-water mark); resume when none does."""
+        want = self.paused or self.queued or self.write_blocked
+        if want == self.reading_paused or self.closed or self.upgrading or self.transport is None:
+            return
+        self.reading_paused = want
+        if want:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     def _take_hello(self, data: bytes) -> bytes:
         """Before the hello: gather the first frame alone (at most ``HELLO_MAX_FRAME`` bytes,
@@ -333,9 +485,12 @@ class _Connection(asyncio.Protocol):
         return rest
 
     def _account(self) -> None:
-        """Keep the transport's count of partly received bytes; act if it is over budget."""
+        """Keep the transport's count of received bytes not handled yet (partial frames, and a
+        client's frames waiting for a later turn); act if it is over budget."""
+        if self.closed:
+            return
         tcp = self.tcp
-        held = self.decoder.buffered
+        held = self.decoder.buffered + len(self.inbox) - self.inbox_pos
         tcp.held_total += held - self.held
         self.held = held
         if tcp.held_total <= tcp.security.receive_budget:
@@ -378,7 +533,7 @@ class _Connection(asyncio.Protocol):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
-        tcp.unauthenticated -= 1
+        self._leave_half_open()
         self.speaker, self.role = item.node_id, item.role
         if item.role == "member":
             self.decoder.max_frame = tcp.max_frame
@@ -401,6 +556,10 @@ class _Connection(asyncio.Protocol):
         """Why this Hello may not speak for the identity the handshake proved (None: fine)."""
         tcp = self.tcp
         ident = self.identity
+        if tcp.security.revocation is not None and self.transport is not None:
+            revoked = tcp.security.revocation.refusal(self.transport.get_extra_info("ssl_object"))
+            if revoked is not None:
+                return revoked
         if hello.role == "member":
             if tcp.security.tls:
                 if ident is None or ident.role != "node":
@@ -426,39 +585,151 @@ class _Connection(asyncio.Protocol):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
-            if self.speaker is None and not self.outgoing:
-                tcp.unauthenticated -= 1
+        self._leave_half_open()
         tcp.paused.discard(self)
+        tcp._unqueue(self)
         self._release()
         tcp.clients.discard(self)
         tcp.all_connections.discard(self)
         if self.transport is not None and self.upgrading:
             self.transport.abort()
 
+    def _leave_half_open(self) -> None:
+        """No longer counted among the unauthenticated connections (it said hello, or it
+        ended); idempotent."""
+        if not self.pending_auth:
+            return
+        self.pending_auth = False
+        tcp = self.tcp
+        tcp.unauthenticated -= 1
+        mine = tcp.half_open.get(self.host)
+        if mine is not None:
+            mine.pop(self, None)
+            if not mine:
+                del tcp.half_open[self.host]
+
+    def drop(self) -> None:
+        """End a half-open connection at once, to make room for a newer one (reported by the
+        caller): no Goodbye, no handshake warning, nothing kept."""
+        self.closed = True
+        self._leave_half_open()
+        if self.transport is not None:
+            self.transport.abort()
+        self._teardown()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        self.inbox, self.inbox_pos = b"", 0
         self._teardown()
         self.tcp._connection_lost(self)
 
+    def eof_received(self) -> bool | None:
+        """The other end finished sending (or TLS's close_notify came): the transport closes
+        itself now. A client's frames still waiting in the inbox are not handled, and nothing
+        more is written to it (asyncio's TLS transport would only drop it, warning about each
+        write). Members' connections are left to ``connection_lost``, as before."""
+        if self.role != "client" or self.outgoing:
+            return None
+        self.closed = True
+        self._release()
+        self.inbox, self.inbox_pos = b"", 0
+        self.tcp._unqueue(self)
+        return None
+
     def pause_writing(self) -> None:
-        pass  # the peer's backlog check below decides; the protocol's windows bound the rest
+        """The transport's buffer passed its high-water mark. A client's reading is paused
+        until it drains (it can queue no more work meanwhile); a member's traffic is bounded
+        by the protocol's windows and the ``max_backlog`` check in ``TcpTransport.send``."""
+        if self.role == "client" and not self.outgoing:
+            self.write_blocked = True
+            self._update_reading()
 
     def resume_writing(self) -> None:
-        pass
+        if self.write_blocked:
+            self.write_blocked = False
+            self._update_reading()
 
     # ----------------------------------------------------------------- ours
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self.closed and not self.upgrading:
-            self.transport.write(data)
+            if self.write_blocked and self._over_backlog(len(data)):
+                return  # cut off rather than buffer it: a client that is behind gets no more
+            if len(data) > WRITE_PIECE and self.role == "client" and not self.outgoing:
+                self._write_in_pieces(data)
+            else:
+                self.transport.write(data)
+            if self.write_blocked:
+                self._over_backlog(0)
+
+    def _write_in_pieces(self, data: bytes) -> None:
+        """Write ``data`` so that what the client has not taken stays where it is counted
+        (see ``WRITE_PIECE``): piece by piece while the transport holds nothing (all went on
+        to the socket's transport or the kernel), the rest at once when it does."""
+        transport = self.transport
+        assert transport is not None
+        raw = self.raw if self.raw is not None else transport
+        view = memoryview(data)
+        off, end = 0, len(data)
+        while off < end and transport.get_write_buffer_size() == 0 and not raw.is_closing():
+            transport.write(view[off : off + WRITE_PIECE])
+            off += WRITE_PIECE
+        if off < end and not raw.is_closing():
+            transport.write(view[off:])
+
+    def _over_backlog(self, more: int) -> bool:
+        """A client whose unread replies (with ``more`` about to be added) pass
+        ``client_max_backlog`` is cut off: it does not read them, and keeping them would let
+        it grow the node without bound. Returns whether it was."""
+        assert self.transport is not None
+        size = self.buffered() + more
+        limit = self.tcp.security.client_max_backlog
+        if size <= limit:
+            return False
+        self.tcp.cut_off += 1
+        self.tcp.warn(
+            "backlog",
+            self.address,
+            "cutting off %s: %d bytes of replies would wait unread (client_max_backlog_bytes %d)",
+            self._where(),
+            size,
+            limit,
+        )
+        self.transport.write(frame(Goodbye(f"cut off: {size} bytes of replies unread (limit {limit}); read replies")))
+        self.close()  # aborted after CLOSE_GRACE if it still does not read
+        return True
 
     def buffered(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+        """Bytes written and not taken by the kernel yet: the transport's, and under TLS also
+        those its TLS layer handed on to the socket's transport."""
+        if self.transport is None:
+            return 0
+        size = self.transport.get_write_buffer_size()
+        if self.raw is not None and self.raw is not self.transport:
+            size += self.raw.get_write_buffer_size()
+        return size
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
             self._release()
+            self.inbox, self.inbox_pos = b"", 0
+            self.tcp._unqueue(self)
             self.transport.close()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on the loop (shutting down): nothing to wait for
+                return
+            self._linger = loop.call_later(CLOSE_GRACE, self._abort_lingering)
+
+    def _abort_lingering(self) -> None:
+        """Closed ``CLOSE_GRACE`` s ago and still not gone: the other end does not read what
+        was left to send (or does not answer TLS's close). Its buffers are not worth keeping."""
+        self._linger = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def _release(self) -> None:
         """What this connection held of a partial frame no longer counts in the budget."""
@@ -491,6 +762,15 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+def _answered(exc: BaseException) -> bool:
+    """Whether a failed connection attempt reached a listening process (it accepted the TCP
+    connection, then the handshake failed or was cut: the node is up but busy or refusing)
+    rather than nothing listening there or no route to it."""
+    if isinstance(exc, (ssl.SSLError, asyncio.TimeoutError, ConnectionResetError, ConnectionAbortedError, EOFError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
 class TcpTransport:
@@ -528,6 +808,8 @@ class TcpTransport:
         self.peers: dict[int, _Peer] = {}
         self.incoming: dict[int, set[_Connection]] = {}
         self.contacts: dict[str, _Connection] = {}
+        self.contact_nodes: dict[str, int] = {}  # contact address -> node id its certificate proved
+        self.contact_problems: dict[str, ContactProblem] = {}  # why the last try of a contact failed
         self.clients: set[_Connection] = set()
         self.contact_reached = False
         self.refusals: list[str] = []
@@ -538,6 +820,13 @@ class TcpTransport:
         self.bytes_out: dict[int, int] = {}  # per peer node: bytes of frames sent (before TLS)
         self.bytes_in: dict[int, int] = {}  # per peer node: bytes received on its connections
         self.unauthenticated = 0  # accepted connections without a hello yet
+        self.half_open: dict[str, dict[_Connection, None]] = {}  # by host: those, oldest first
+        self.dropped_half_open = 0  # half-open connections dropped to make room for newer ones
+        self.cut_off = 0  # clients cut off for not reading their replies
+        self._ring: deque[_Connection] = deque()  # clients with frames waiting for a later turn
+        self._drain_handle: asyncio.Handle | None = None
+        self._turn_spent = 0.0  # seconds of client work in this loop turn
+        self._turn_handle: asyncio.Handle | None = None
         self.held_total = 0  # bytes of partial frames held, all connections
         self.paused: set[_Connection] = set()
         self.view_members: set[int] = set()  # ids of the current view (the node driver keeps it)
@@ -733,12 +1022,31 @@ class TcpTransport:
             conn = await self._open(lambda: _Connection(self, None, contact=address), address)
         except (OSError, ConfigError, ssl.SSLError, asyncio.TimeoutError) as exc:
             log.info("contact %s unreachable: %s", address, _reason(exc))
+            if len(self.contact_problems) < 256 or address in self.contact_problems:
+                self.contact_problems[address] = ContactProblem(_answered(exc), _reason(exc))
             return
         if conn.closed:
             return
+        self.contact_problems.pop(address, None)
         self.contact_reached = True
         self.contacts[address] = conn
         conn.send(data)
+
+    def contact_node(self, address: str) -> int | None:
+        """The node id whose certificate our connection to contact ``address`` proved (None:
+        not reached yet, or no TLS). How a node that is not a member yet tells the node it
+        asked from any other holder of a node certificate (``runtime.drivers.leader_word``)."""
+        return self.contact_nodes.get(address)
+
+    def remember_contact(self, address: str, node_id: int) -> None:
+        """Contact ``address`` proved ``node_id``: kept past the connection's end (a contact's
+        connection may close before its answer arrives on another), the oldest of
+        ``MAX_CONTACTS_KEPT`` forgotten first."""
+        nodes = self.contact_nodes
+        nodes.pop(address, None)
+        nodes[address] = node_id
+        while len(nodes) > MAX_CONTACTS_KEPT:
+            del nodes[next(iter(nodes))]
 
     def reply(self, handle: Any, data: bytes) -> None:
         if isinstance(handle, _Connection):
@@ -772,7 +1080,7 @@ class TcpTransport:
             self.warn(
                 "budget",
                 victim.address,
-                "closing %s: its partial frame (%d bytes) would pass the receive budget (%d bytes)",
+                "closing %s: what it sent and was not handled yet (%d bytes) would pass the receive budget (%d bytes)",
                 victim._where(),
                 victim.held,
                 budget,
@@ -780,7 +1088,7 @@ class TcpTransport:
             victim.close()
         if self.held_total > budget and conn.trusted and not conn.closed and not conn.paused and conn.transport:
             conn.paused = True
-            conn.transport.pause_reading()
+            conn._update_reading()
             self.paused.add(conn)
             self.warn(
                 "budget",
@@ -797,8 +1105,117 @@ class TcpTransport:
                 return
             self.paused.discard(conn)
             conn.paused = False
-            if conn.transport is not None and not conn.closed:
-                conn.transport.resume_reading()
+            conn._update_reading()
+
+    def _admit(self, conn: _Connection) -> None:
+        """Count an accepted connection among the unauthenticated ones. A newcomer is never
+        refused: if its host is at ``max_unauthenticated_per_address``, that host's oldest
+        half-open connection gives way; if the pool is at ``max_unauthenticated``, the oldest
+        of the host holding the most does. A host reopening sockets that never start TLS then
+        only churns its own places, and a new client from elsewhere always gets its handshake."""
+        sec = self.security
+        mine = self.half_open.get(conn.host)
+        if mine is not None and len(mine) >= sec.max_unauthenticated_per_address:
+            self._drop_oldest(conn.host, "per-address")
+        elif self.unauthenticated >= sec.max_unauthenticated and self.half_open:
+            crowded = max(
+                self.half_open, key=lambda h: (len(self.half_open[h]), -next(iter(self.half_open[h])).accepted_at)
+            )
+            self._drop_oldest(crowded, "pool")
+        conn.pending_auth = True
+        self.unauthenticated += 1
+        self.half_open.setdefault(conn.host, {})[conn] = None
+
+    def _drop_oldest(self, host: str, why: str) -> None:
+        conns = self.half_open[host]
+        victim = next(iter(conns))
+        self.dropped_half_open += 1
+        self.warn(
+            "busy",
+            victim.address,
+            "dropping the oldest half-open connection from %s (%s limit): %d connections are already in their "
+            "handshake, %d of them from %s (at most %d per address, %d in all)",
+            host,
+            why,
+            self.unauthenticated,
+            len(conns),
+            host,
+            self.security.max_unauthenticated_per_address,
+            self.security.max_unauthenticated,
+        )
+        victim.drop()
+
+    # ------------------------------------------------------------ clients' turns
+    def _client_budget_left(self) -> bool:
+        return self._turn_spent < CLIENT_WORK_PER_TURN
+
+    def _spend(self, seconds: float) -> None:
+        """Count client work in this loop turn; the count starts again next turn (a callback
+        scheduled now runs at the start of the next one, before its I/O callbacks)."""
+        self._turn_spent += seconds
+        if self._turn_handle is None:
+            self._turn_handle = asyncio.get_running_loop().call_soon(self._new_turn)
+
+    def _new_turn(self) -> None:
+        self._turn_spent = 0.0
+        self._turn_handle = None
+
+    def _enqueue(self, conn: _Connection) -> None:
+        """``conn`` has frames left for later turns: pause its reading and put it in the round."""
+        conn.queued = True
+        conn.turns_queued = 0
+        self._ring.append(conn)
+        conn._update_reading()
+        if self._drain_handle is None:
+            self._drain_handle = asyncio.get_running_loop().call_soon(self._drain)
+
+    def _unqueue(self, conn: _Connection) -> None:
+        if conn.queued:
+            conn.queued = False
+            try:
+                self._ring.remove(conn)
+            except ValueError:  # being served by _drain right now
+                pass
+
+    def _drain(self) -> None:
+        """One loop turn of waiting client work: each queued connection in turn handles up to
+        ``frames_per_turn`` frames, until this turn's client budget is spent (at least one is
+        served, so the round always moves); those with frames left go to the back of the
+        round. A connection whose inbox is drained resumes reading."""
+        self._drain_handle = None
+        ring = self._ring
+        per_turn = self.security.frames_per_turn
+        served = 0
+        for _ in range(len(ring)):
+            if served and not self._client_budget_left():
+                break
+            conn = ring.popleft()
+            served += 1
+            if not conn.closed:
+                conn._serve(per_turn)
+            if conn.closed:
+                conn.queued = False
+                continue
+            if conn._has_frame():
+                ring.append(conn)
+                conn.turns_queued += 1
+                if conn.turns_queued >= SLOW_WARN_TURNS and not conn.warned_slow:
+                    conn.warned_slow = True
+                    self.warn(
+                        "slow",
+                        conn.address,
+                        "slowing %s: it sent more than %d frames at once; handling %d per loop turn, "
+                        "its reading paused until they are done",
+                        conn._where(),
+                        SLOW_WARN_TURNS * per_turn,
+                        per_turn,
+                    )
+            else:
+                conn.queued = False
+                conn._update_reading()
+            conn._account()
+        if ring and self._drain_handle is None:
+            self._drain_handle = asyncio.get_running_loop().call_soon(self._drain)
 
     def _schedule_idle_sweep(self) -> None:
         if self._closing:
@@ -853,6 +1270,9 @@ class TcpTransport:
         self._closing = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        for handle in (self._drain_handle, self._turn_handle):
+            if handle is not None:
+                handle.cancel()
         if self._server is not None:
             self._server.close()
         for peer in self.peers.values():

@@ -11,6 +11,7 @@ Every callback runs on the event loop thread that owns the node's core.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from runtime.wire.codec import WireMessage
@@ -28,12 +29,24 @@ ClientClosedHandler = Callable[[Any], None]
 """A client connection (the handle ``ClientHandler`` was given) closed, by either side."""
 
 
+@dataclass(frozen=True, slots=True)
+class ContactProblem:
+    """Why the last attempt to reach a contact address failed. ``answered``: a process
+    accepted the connection and then the handshake failed or was cut (up, but busy or
+    refusing us); False: nothing listens there, or no route. A joiner waits for the first
+    (with backoff, until its join timeout) and gives up on the second."""
+
+    answered: bool
+    reason: str
+
+
 class Transport(Protocol):
     """What the node driver uses of a network, and all it uses (``NodeDriver.transport`` is
     typed as this, so mypy holds the driver to it)."""
 
     contact_reached: bool  # a join contact answered (so a failed join is not "nobody there")
     refusals: list[str]  # why contacts refused this node, latest last
+    contact_problems: dict[str, ContactProblem]  # per contact address: why its last try failed
     bad_frames: int  # frames dropped as malformed, for status
     view_members: set[int]  # ids of the current view (the driver keeps it up to date)
 
@@ -48,6 +61,10 @@ class Transport(Protocol):
 
     def send_to_address(self, address: str, data: bytes) -> None:
         """Queue encoded frames for whoever listens at ``address`` (joining a group)."""
+
+    def contact_node(self, address: str) -> int | None:
+        """The node id proven at contact ``address`` by our connection to it (None: not
+        reached yet, or no authentication)."""
 
     def reply(self, handle: Any, data: bytes) -> None:
         """Answer a client on the connection its request came from."""

@@ -31,6 +31,7 @@ from runtime.errors import ConfigError, DerechoError
 from runtime.security.identity import IdentityError, client_uri, identity_of_cert, node_uri
 from runtime.security.paths import CA_CERT, ca_files, client_files, node_files
 from runtime.security.pem import load_certificate, load_private_key, one_line, shown
+from runtime.security.revocation import REVOKED_FILE, RevocationList, Revocations
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,9 @@ def create_client(certs_dir: str | os.PathLike[str], name: str, days: int = 825,
     )
 
 
-def describe_cert(path: str | os.PathLike[str]) -> str:
-    """One line about a certificate file: whom it names, who issued it, until when it is valid.
+def describe_cert(path: str | os.PathLike[str], revoked: Revocations | None = None) -> str:
+    """One line about a certificate file: whom it names, who issued it, until when it is valid,
+    its serial (what ``certs revoke`` records) and whether ``revoked`` names it.
 
     A certificate that names no valid derecho identity is described, not refused, so that a
     listing shows what is wrong with it."""
@@ -143,9 +145,14 @@ def describe_cert(path: str | os.PathLike[str]) -> str:
         who = f"CA {_cn(cert)!r}"
     else:
         try:
-            who = identity_of_cert(cert).describe()
+            identity = identity_of_cert(cert)
         except IdentityError as exc:
             who = f"not a valid derecho certificate ({exc})"
+        else:
+            who = identity.describe()
+            why = revoked.refusal(identity, cert.serial_number) if revoked is not None else None
+            if why is not None:
+                who += " REVOKED"
     issuer = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     issuer_cn = str(issuer[0].value) if issuer else cert.issuer.rfc4514_string()
     not_after, now = cert.not_valid_after_utc, _now()
@@ -153,20 +160,25 @@ def describe_cert(path: str | os.PathLike[str]) -> str:
         status = f"{(not_after - now).days} days left"
     else:
         status = f"EXPIRED {(now - not_after).days} days ago"
-    return f"{cert_path.name}: {who}, issued by {issuer_cn!r}, valid until {_when(not_after)} ({status})"
+    return (
+        f"{cert_path.name}: {who}, issued by {issuer_cn!r}, valid until {_when(not_after)}, "
+        f"serial {cert.serial_number:x} ({status})"
+    )
 
 
 def list_certs(certs_dir: str | os.PathLike[str]) -> list[str]:
-    """``describe_cert`` of every ``.crt`` in ``certs_dir``: the CA, nodes by id, clients, others.
+    """``describe_cert`` of every ``.crt`` in ``certs_dir``: the CA, nodes by id, clients, others,
+    each marked REVOKED when ``revoked.txt`` there names it.
 
     A file that cannot be read gets a line saying why instead of stopping the listing."""
     base = Path(certs_dir)
     if not base.is_dir():
         raise CertsError(f"{shown(base)}: no such certs directory; create the CA there first")
+    revoked = RevocationList(base / REVOKED_FILE).current if (base / REVOKED_FILE).exists() else None
     lines = []
     for path in sorted(base.glob("*.crt"), key=_listing_order):
         try:
-            lines.append(describe_cert(path))
+            lines.append(describe_cert(path, revoked))
         except CertsError as exc:
             lines.append(f"{path.name}: unusable ({exc})")
     return lines

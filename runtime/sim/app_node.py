@@ -48,6 +48,9 @@ class SimNodeHandle:
     def wall_ns(self) -> int:
         return WALL_CLOCK_START_NS + int(self.cluster.sched.now * 1e9)
 
+    def monotonic(self) -> float:
+        return float(self.cluster.sched.now)
+
     def start(self, timeout: float = 10.0) -> None:
         """The cluster started this incarnation's core already; nothing to wait for."""
 
@@ -87,7 +90,7 @@ class SimNodeHandle:
         return True
 
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        if self.alive:
+        if self.alive and not self.cluster.held(self.node_id, self._run, (fn, args)):
             fn(*args)
 
     # ------------------------------------------------------------------ sending

@@ -80,6 +80,10 @@ class SimNode:
     # shard -> v: the app's log (disk + volatile) holds every version of the shard below view v
     complete_through: dict[ShardId, int] = field(default_factory=dict)
     last_in: dict[ShardId, int] = field(default_factory=dict)  # shard -> last view that gave it to us
+    # Stalled (a SIGSTOPped process): what would have run meanwhile waits here, in order, each
+    # entry (is a timer, action, args), and runs when the node resumes.
+    paused: bool = False
+    held: list[tuple[bool, Callable[..., None], tuple[Any, ...]]] = field(default_factory=list)
 
     @property
     def inc(self) -> Inc:
@@ -158,6 +162,8 @@ class SimCluster:
         node = self.nodes.get(node_id)
         if node is None or not node.alive or not node.core.shards:
             return
+        if self.held(node_id, self.app_send, (node_id, count, pick)):
+            return
         shards = sorted(node.core.shards)
         sid = shards[int(pick * len(shards)) % len(shards)]
         queue = node.pending.setdefault(sid, [])
@@ -209,7 +215,7 @@ class SimCluster:
     def _app_frame(self, src: int, item: tuple[int, int, bytes]) -> None:
         dst, life, data = item
         node = self.nodes.get(dst)
-        if node is None or not node.alive or node.life != life:
+        if node is None or not node.alive or node.life != life or self.held(dst, self._app_frame, (src, item)):
             return
         hooks = self._hooks(node)
         if hooks is not None and hooks.on_app is not None:
@@ -281,14 +287,14 @@ class SimCluster:
     def _frame(self, src: int, item: tuple[int, int, Message]) -> None:
         dst, life, msg = item
         node = self.nodes.get(dst)
-        if node is None or not node.alive or node.life != life:
+        if node is None or not node.alive or node.life != life or self.held(dst, self._frame, (src, item)):
             return
         node.core.step(MessageArrived(self.sched.now, src, msg))
         self._after_step(node)
 
     def _tick(self, node_id: int, life: int) -> None:
         node = self.nodes.get(node_id)
-        if node is None or not node.alive or node.life != life:
+        if node is None or not node.alive or node.life != life or self.held(node_id, self._tick, (node_id, life), True):
             return
         node.tick_at = None
         node.core.step(Tick(self.sched.now))
@@ -350,7 +356,7 @@ class SimCluster:
 
     def _flush(self, node_id: int, life: int) -> None:
         node = self.nodes.get(node_id)
-        if node is None or not node.alive or node.life != life:
+        if node is None or not node.alive or node.life != life or self.held(node_id, self._flush, (node_id, life)):
             return
         node.flush_at = None
         ready = node.core.ready()
@@ -492,6 +498,9 @@ class SimCluster:
         node = self.nodes.get(node_id)
         if node is None or not node.alive or node.life != life or node.awaiting.get(sid) != bound:
             return
+        args = (node_id, life, sid, bound, src)
+        if self.held(node_id, self._serve, args) or self.held(src, self._serve, args):
+            return
         holder = self.nodes.get(src)
         now = self.sched.now
         if holder is not None and holder.alive and holder.complete_through.get(sid, -1) >= bound:
@@ -521,6 +530,8 @@ class SimCluster:
     def _land(self, node_id: int, life: int, sid: ShardId, bound: int, records: list[LogRecord], src: int) -> None:
         node = self.nodes.get(node_id)
         if node is None or not node.alive or node.life != life or node.awaiting.get(sid) != bound:
+            return
+        if self.held(node_id, self._land, (node_id, life, sid, bound, records, src)):
             return
         disk = self.disks[node_id]
         if disk.failing:
@@ -576,6 +587,8 @@ class SimCluster:
         node = self.nodes.get(node_id)
         if node is None or not node.alive or node.life != life:
             return  # crashed meanwhile: the volatile tail is gone
+        if self.held(node_id, self._fsync_done, (node_id, life, sid)):
+            return
         upto = node.syncing.pop(sid)
         if self.disks[node_id].failing:  # the write errs: nothing moves, nothing is reported
             self._disk_error(node, f"fsync of shard {tuple(sid)} failed")
@@ -630,6 +643,40 @@ class SimCluster:
     def repair_disk(self, node_id: int) -> None:
         """The operator fixed the disk before starting the node again."""
         self.disks[node_id].failing = False
+
+    # ------------------------------------------------------------------ stalls
+    def held(self, node_id: int, action: Callable[..., None], args: tuple[Any, ...], timer: bool = False) -> bool:
+        """If ``node_id`` is stalled, keep ``action(*args)`` for when it resumes and return
+        True: a stopped process reads no socket and runs no timer, but loses nothing."""
+        node = self.nodes.get(node_id)
+        if node is None or not node.paused:
+            return False
+        node.held.append((timer, action, args))
+        return True
+
+    def pause(self, node_id: int) -> None:
+        """Stall the node (SIGSTOP, a VM pause): its time goes on, it does nothing."""
+        node = self.nodes[node_id]
+        if node.alive and not node.paused:
+            self.say(f"STALL node {node_id}")
+            node.paused = True
+
+    def resume(self, node_id: int, life: int, timers_first: bool) -> None:
+        """The stalled node runs again (SIGCONT): what it missed runs now, in order, with its
+        overdue timers before or after the queued frames (``timers_first``: the order of a
+        loop's turn is not something the core may rely on)."""
+        node = self.nodes.get(node_id)
+        if node is None or node.life != life or not node.paused:
+            return
+        node.paused = False
+        held, node.held = node.held, []
+        self.say(f"RESUME node {node_id} ({len(held)} actions waited, timers {'first' if timers_first else 'last'})")
+        if not node.alive:
+            return
+        timers = [(a, args) for t, a, args in held if t]
+        others = [(a, args) for t, a, args in held if not t]
+        for action, args in timers + others if timers_first else others + timers:
+            self.sched.at(self.sched.now, action, *args)
 
     # ------------------------------------------------------------------ faults
     def crash(self, node_id: int) -> None:

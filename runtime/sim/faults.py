@@ -12,6 +12,17 @@ restart, which keeps every disk, is the exception. Within those bounds they are 
 the seed makes them. Every decision draws from the run's seeded RNG at the moment the fault
 fires, so the schedule replays exactly.
 
+Stalls (``stall``, also in ``all``): every node stops together (a VM pause, an overloaded host:
+SIGSTOP, then SIGCONT a little apart), or one node stops while the others go on, or a majority
+stops while a minority runs on (and rightly suspects it, then stops itself). A stalled node
+does nothing and loses nothing: frames, timers and app work wait for it and run when it
+resumes, timers before or after the frames as the seed says. The group must come back whole
+from a stall of all; a node stalled alone is removed by the others, must never install a view
+or deliver on its own, stops once it learns it is out, and rejoins as a new member (the
+``node.on_partition = "rejoin"`` of a real node); a majority that stalled while a minority ran
+on goes on without the minority (its suspicions, waiting in the sockets, must not make the
+majority suspect itself), and the minority rejoins.
+
 A disk error (``disk-error``, in the restart modes) makes one member's disk fail every write
 from a seeded moment: the node must fail-stop (it asks to leave and stops at the first write
 the protocol needs), and comes back later with the disk repaired.
@@ -43,12 +54,13 @@ from runtime.sim.cluster import SimCluster, address_of
 from runtime.sim.disk import held_by
 from runtime.sim.network import LinkProfile
 
-FAULT_MODES = ("none", "crash", "partition", "join", "restart", "all", "restart-race")
+FAULT_MODES = ("none", "crash", "partition", "join", "restart", "stall", "all", "restart-race")
 
 KINDS = {
     "crash": ("crash", "crash-leader", "crash-many", "crash-in-change", "slow-link"),
     "partition": ("partition", "partition", "slow-link"),
     "join": ("join", "join", "rejoin", "leave"),
+    "stall": ("stall-all", "stall-one", "stall-majority"),
     "restart": (
         "restart-one",
         "restart-one",
@@ -63,7 +75,7 @@ KINDS = {
     # each set going by a node restart; with --plain-restart-quorum many fail.
     "restart-race": ("restart-all-at-install", "restart-all-in-transfer"),
 }
-ALL_MODES = ("crash", "partition", "join", "restart")
+ALL_MODES = ("crash", "partition", "join", "restart", "stall")
 PERSISTENT_MODES = ("restart", "all", "restart-race")  # modes whose nodes keep logs on simulated disks
 
 POST_RESTART_MESSAGES = (100, 400)  # the workload sends this many more after a total restart
@@ -136,7 +148,11 @@ class FaultInjector:
         alive = [
             m
             for m in view.members
-            if m in nodes and nodes[m].alive and not nodes[m].core.joining and m not in self.leavers
+            if m in nodes
+            and nodes[m].alive
+            and not nodes[m].paused
+            and not nodes[m].core.joining
+            and m not in self.leavers
         ]
         return alive, view.n
 
@@ -162,6 +178,7 @@ class FaultInjector:
                 for m in members
                 if m in cluster.nodes
                 and cluster.nodes[m].alive
+                and not cluster.nodes[m].paused
                 and not cluster.nodes[m].core.joining
                 and m not in cut
                 and m not in self.leavers
@@ -174,7 +191,13 @@ class FaultInjector:
         ]  # (a joining incarnation awaits nothing yet)
         need = min(bounds, default=None)
         for node in cluster.nodes.values():
-            if not node.alive or node.core.joining or node.node_id in cut or node.node_id in self.leavers:
+            if (
+                not node.alive
+                or node.paused
+                or node.core.joining
+                or node.node_id in cut
+                or node.node_id in self.leavers
+            ):
                 continue  # a joining incarnation holds nothing yet, whatever its id held before
             if node.node_id in members and sid not in node.awaiting:
                 out.add(node.node_id)
@@ -316,6 +339,92 @@ class FaultInjector:
             node = self.rng.choice(alive)
             self.leavers.add(node)
             self.cluster.leave(node)
+
+    # ------------------------------------------------------------------ stalls
+    def _stall_all(self) -> None:
+        """Every live node stops together for 1.5 to 4 suspicion timeouts; they resume up to a
+        fifth of a timeout apart (SIGCONTs sent one after another)."""
+        cluster = self.cluster
+        nodes = [n for n in cluster.alive() if not n.paused]
+        if not nodes or self.restarting:
+            return
+        span = self.suspicion_timeout * (1.5 + 2.5 * self.rng.random())
+        cluster.say(f"fault: every node stalls for {span * 1e3:.3f}ms")
+        now = cluster.sched.now
+        for node in nodes:
+            cluster.pause(node.node_id)
+        for node in nodes:
+            self.pending += 1
+            at = now + span + self.rng.random() * self.suspicion_timeout * 0.2
+            cluster.sched.at(at, self._resume, node.node_id, node.life)
+
+    def _stall_one(self) -> None:
+        """One member stops for 1.5 to 4 suspicion timeouts while the others go on."""
+        alive, _ = self._view_members_alive()
+        victims = self._victims(alive)
+        if not victims or not self._can_lose(1):
+            return
+        node = self.cluster.nodes[self.rng.choice(victims)]
+        span = self.suspicion_timeout * (1.5 + 2.5 * self.rng.random())
+        self.cluster.say(f"fault: node {node.node_id} stalls alone for {span * 1e3:.3f}ms")
+        self.cluster.pause(node.node_id)
+        self.pending += 1
+        self.cluster.sched.at(self.cluster.sched.now + span, self._resume, node.node_id, node.life, True)
+
+    def _stall_majority(self) -> None:
+        """Every member but a minority stops for 1.5 to 4 suspicion timeouts. The minority runs
+        on, suspects the stalled ones (their last rows wait in its peers' sockets), finds itself
+        without a majority and stops; the resumed majority must not be talked into suspecting
+        each other by those rows: it goes on without the minority, which rejoins."""
+        alive, n = self._view_members_alive()
+        if n < 3 or len(alive) < n or self.cluster.net.cut:
+            return
+        for _ in range(4):
+            minority = self.rng.sample(alive, self.rng.randint(1, (n - 1) // 2))
+            if self._keeps_logs(set(minority)):
+                break
+        else:
+            return
+        span = self.suspicion_timeout * (1.5 + 2.5 * self.rng.random())
+        self.cluster.say(f"fault: all but {sorted(minority)} stall for {span * 1e3:.3f}ms")
+        now = self.cluster.sched.now
+        for m in alive:
+            if m not in minority:
+                node = self.cluster.nodes[m]
+                self.cluster.pause(m)
+                self.pending += 1
+                at = now + span + self.rng.random() * self.suspicion_timeout * 0.2
+                self.cluster.sched.at(at, self._resume, m, node.life)
+        for m in minority:
+            node = self.cluster.nodes[m]
+            self.pending += 1
+            self.cluster.sched.at(now + span, self._rejoin_if_out, m, node.life)
+
+    def _resume(self, node_id: int, life: int, alone: bool = False) -> None:
+        self.pending -= 1
+        self.cluster.resume(node_id, life, timers_first=self.rng.random() < 0.5)
+        if alone:
+            self.pending += 1
+            self.cluster.sched.at(self.cluster.sched.now + self.suspicion_timeout, self._rejoin_if_out, node_id, life)
+
+    def _rejoin_if_out(self, node_id: int, life: int) -> None:
+        """A node back from a stall alone: if it found itself out of the group and stopped, it
+        joins again as a new member; while it still runs in its old view, look again later."""
+        node = self.cluster.nodes.get(node_id)
+        if node is None or node.life != life:
+            self.pending -= 1  # crashed and restarted meanwhile: that fault brings it back
+            return
+        if node.alive:
+            if node.core.view is not None and node.core.view == self.cluster.current_view():
+                self.pending -= 1  # never removed: it simply goes on
+                return
+            self.cluster.sched.at(self.cluster.sched.now + self.suspicion_timeout, self._rejoin_if_out, node_id, life)
+            return
+        self.pending -= 1
+        why = node.core.excluded or ""
+        if why.startswith(("partitioned", "suspected", "removed")):
+            self.cluster.say(f"node {node_id} rejoins after its stall ({why})")
+            self._start_join(node_id)
 
     def _disk_error(self) -> None:
         """A member's disk starts failing writes: it must fail-stop like a leave (so it must be

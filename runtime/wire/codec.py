@@ -67,6 +67,7 @@ from runtime.wire.control import (
     Hello,
     Ping,
     Pong,
+    RateLimited,
     RestartDecision,
     RestartHello,
     StatusReply,
@@ -79,6 +80,7 @@ WireMessage = (
     | Hello
     | StatusRequest
     | StatusReply
+    | RateLimited
     | Goodbye
     | RestartHello
     | RestartDecision
@@ -117,6 +119,7 @@ TAG_PING: Final = 31
 TAG_PONG: Final = 32
 TAG_APP: Final = 33
 TAG_BOOTSTRAP_HELLO: Final = 34
+TAG_RATE_LIMITED: Final = 35
 
 _HEADER: Final = struct.Struct(">I")
 _MAX_PREFIX: Final[int] = 0xFFFFFFFF
@@ -158,6 +161,10 @@ def _enc_status_request(m: StatusRequest) -> list[Any]:
 
 def _enc_status_reply(m: StatusReply) -> list[Any]:
     return [TAG_STATUS_REPLY, m.status]
+
+
+def _enc_rate_limited(m: RateLimited) -> list[Any]:
+    return [TAG_RATE_LIMITED, m.retry_after_ms, m.reason]
 
 
 def _enc_goodbye(m: Goodbye) -> list[Any]:
@@ -222,6 +229,7 @@ _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
     Hello: _enc_hello,
     StatusRequest: _enc_status_request,
     StatusReply: _enc_status_reply,
+    RateLimited: _enc_rate_limited,
     Goodbye: _enc_goodbye,
 }
 
@@ -356,6 +364,11 @@ def _dec_status_reply(f: list[Any]) -> StatusReply:
     return StatusReply(status)
 
 
+def _dec_rate_limited(f: list[Any]) -> RateLimited:
+    _, retry_after_ms, reason = f
+    return RateLimited(_nat(retry_after_ms, "RateLimited.retry_after_ms"), _str(reason, "RateLimited.reason"))
+
+
 def _dec_goodbye(f: list[Any]) -> Goodbye:
     return Goodbye(_str(f[1], "Goodbye.reason"))
 
@@ -470,6 +483,7 @@ _DECODERS: Final[dict[int, tuple[str, int | tuple[int, ...], Callable[[list[Any]
     TAG_PONG: ("Pong", 1, _dec_pong),
     TAG_APP: ("AppMessage", 1, _dec_app),
     TAG_BOOTSTRAP_HELLO: ("BootstrapHello", 3, _dec_bootstrap_hello),
+    TAG_RATE_LIMITED: ("RateLimited", 2, _dec_rate_limited),
 }
 
 

@@ -17,7 +17,7 @@ Role = Literal["member", "client"]
 ROLES: Final[frozenset[str]] = frozenset({"member", "client"})
 
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 """The wire protocol this code speaks: frames, their fields and what they mean. Any change a
 peer of the previous release could not read bumps it."""
 
@@ -56,6 +56,18 @@ class StatusReply:
     """Answer to :class:`StatusRequest`; ``status`` is a msgpack-able dict."""
 
     status: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimited:
+    """A member's answer, in place of the one asked for, to a request over its sender's rate
+    (today: ``StatusRequest``, ``limits.status_per_second`` per client identity). It says when
+    asking again will be served, so a client waits instead of timing out, and the connection
+    stays open. Requests sent before that time are dropped unanswered: one refusal per wait.
+    A client of a release before this frame sees a bad frame here and times out."""
+
+    retry_after_ms: int  # ask again after this many milliseconds
+    reason: str  # which limit, for the client's error message
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +162,7 @@ ControlMessage = (
     | Hello
     | StatusRequest
     | StatusReply
+    | RateLimited
     | Goodbye
     | AppMessage
     | RestartHello

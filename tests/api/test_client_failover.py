@@ -63,3 +63,26 @@ def test_member_outside_the_shard_retries_through_a_new_relay_exactly_once() -> 
         survivor = next(m for m in members if m != relay)
         state = outsider.handle(Tally).state(node=survivor).get(timeout=10)[survivor]
         assert state == list(range(300)), "a relayed call was lost, repeated or reordered"
+
+
+def test_the_client_logs_how_long_it_really_tried(caplog: pytest.LogCaptureFixture) -> None:
+    """A client closed after its 1 s connect_timeout, with retry_for=30: the log line says
+    about one second, not thirty."""
+    import logging
+    import re
+    import time
+
+    from derecho_actors._cluster import _free_ports
+
+    (port,) = _free_ports(1)  # nobody listens there
+    with caplog.at_level(logging.INFO, logger="derecho.client"):
+        with pytest.raises(da.GroupClosed, match="within 1.0 s"):
+            da.Client([f"127.0.0.1:{port}"], insecure=True, retry_for=30.0, connect_timeout=1.0)
+        deadline = time.monotonic() + 10  # the client's thread logs once it sees it was closed
+        while not [r for r in caplog.records if "reach the group after" in r.getMessage()]:
+            assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+            time.sleep(0.05)
+    line = next(r.getMessage() for r in caplog.records if "reach the group after" in r.getMessage())
+    seconds = float(re.search(r"after ([0-9.]+) s", line).group(1))  # type: ignore[union-attr]
+    assert 0.5 <= seconds < 5, line
+    assert "closed" in line, line

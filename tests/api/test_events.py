@@ -10,6 +10,7 @@ from derecho_actors._events import (
     LAST,
     EventLog,
     PollArgs,
+    PollCall,
     WatchBoard,
     WatchExpire,
     WatchPoll,
@@ -74,9 +75,9 @@ def test_parked_poll_is_answered_when_events_pass_the_bound_and_the_empty_answer
     assert board.parked == {}
     # Expired with nothing new: the cursor moves up to the bound (nothing was missed there).
     assert board.poll(poll((4, 0)), bound=6) == []
-    ((_, payload),) = board.expire(WatchExpire(7, 100, 9), bound=6)
+    ((_, payload),) = board.expire(WatchExpire((PollCall(7, 100, 9),)), bound=6)
     assert decode_answer(payload) == ((6, LAST), [])
-    assert board.expire(WatchExpire(7, 100, 9), bound=6) == []  # once
+    assert board.expire(WatchExpire((PollCall(7, 100, 9),)), bound=6) == []  # once
 
 
 def test_a_watch_asking_again_replaces_its_parked_poll_and_the_board_is_bounded(

@@ -82,3 +82,31 @@ def test_persistent_kv_example_survives_kill_9_of_every_node() -> None:
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "0 missing or different" in out.stdout and "restarted all 3" in out.stdout
+
+
+def test_example_clients_fail_in_one_line_that_says_what_to_check(tmp_path: Path) -> None:
+    """A wrong CA or a port nobody listens on: one line naming the problem and what to check,
+    exit code 1, no traceback."""
+    import derecho_actors as da
+    from derecho_actors._cluster import _free_ports
+    from examples.kv_store import KV
+    from runtime.security.certs import ensure_cluster_certs
+
+    other = tmp_path / "other-ca"
+    ensure_cluster_certs(other, [], clients=("operator",), cluster="derecho")
+
+    def kv(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, str(ROOT / "examples" / "kv_store.py"), *args, "--certs-dir", str(other)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    (closed,) = _free_ports(1)
+    out = kv("get", "animal", "--contact", f"127.0.0.1:{closed}")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1, out.stderr
+    assert lines[0].startswith("kv_store.py: error: no contact reachable") and "check --contact" in lines[0]
+    layout = da.Layout({KV: da.ShardPolicy(shards=2)})
+    with da.local_cluster(nodes=2, types=[KV], layout=layout, cluster="derecho", workdir=str(tmp_path / "w")) as c:
+        out = kv("put", "animal", "otter", "--contact", c.address(1))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "check --certs-dir" in lines[0], lines[0]

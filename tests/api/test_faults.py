@@ -287,7 +287,9 @@ def test_sigterm_stops_a_node_promptly_with_exit_0(tmp_path: Path) -> None:
 
 
 def test_node_removed_by_the_group_exits_by_itself_with_exit_3(tmp_path: Path) -> None:
-    with LocalCluster(3, [Counter], SURVIVES_ONE, overrides=FAST, workdir=str(tmp_path)) as cluster:
+    # node.on_partition = "exit": the default, "rejoin", brings it back instead (tests/api/test_stall.py).
+    overrides = {**FAST, "node.on_partition": "exit"}
+    with LocalCluster(3, [Counter], SURVIVES_ONE, overrides=overrides, workdir=str(tmp_path)) as cluster:
         pid = cluster.procs[3].pid
         os.kill(pid, signal.SIGSTOP)  # cut off for longer than the suspicion timeout
         try:

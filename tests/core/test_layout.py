@@ -594,3 +594,27 @@ def test_sources_survive_the_wire() -> None:
     view = View(3, (1, 2), ("a", "b"), layout, (2,), (), ((_S, 1),), ((_S, (1, 2)),))
     back = View.from_wire(view.to_wire())
     assert back.sources == ((_S, 1),) and back.holders == ((_S, (1, 2)),)
+
+
+# --------------------------------------------------------------- helpers for hosts and launchers
+def test_merge_over_takes_only_the_named_keys() -> None:
+    from runtime.core.layout import merge_over
+
+    code = ShardPolicy(shards=2, min_nodes=3, max_nodes=3)
+    table = ShardPolicy(shards=4)  # what a table with `shards = 4` alone builds (defaults elsewhere)
+    assert merge_over(code, table, frozenset({"shards"})) == ShardPolicy(shards=4, min_nodes=3, max_nodes=3)
+    assert merge_over(code, table, frozenset()) == code
+    assert merge_over(code, table, frozenset({"shards", "min_nodes", "max_nodes"})) == table
+
+
+def test_single_replica_shards_and_nodes_needed() -> None:
+    from runtime.core.layout import nodes_needed, single_replica_shards
+
+    policy = LayoutPolicy.of({"KV": ShardPolicy(shards=2, min_nodes=1)})
+    layout = compute_layout(policy, (1, 2, 3))
+    assert single_replica_shards(layout) == ((ShardId("KV", 0, 1), 2),)
+    assert single_replica_shards(compute_layout(policy, (1, 2, 3, 4))) == ()
+    six = LayoutPolicy.of({"KV": ShardPolicy(shards=2, min_nodes=3, max_nodes=3)})
+    assert single_replica_shards(compute_layout(six, (1, 2, 3))) == ()  # inadequate: nothing runs
+    assert nodes_needed(six, 3) == 6 and nodes_needed(six, 7) == 7
+    assert nodes_needed(LayoutPolicy.of({"KV": ShardPolicy(min_nodes=20)}), 1, limit=10) is None

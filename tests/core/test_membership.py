@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from runtime.core.effects import Rejected
+from runtime.core.events import PeerLost, Tick
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layout
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ViewAnnouncement
 from runtime.core.sst import RowDelta
@@ -763,3 +764,165 @@ def test_acceptance_is_handed_to_the_driver_before_the_ack_leaves(act: Any, node
         durable = [vid for kind, vid in log[s] if kind == "durable"]
         assert durable and durable[-1] >= net.vid(s)  # type: ignore[operator]
     assert any(kind == "sent" for entries in log.values() for kind, _ in entries)
+
+
+# ===================================================================== 7. stalls
+class PausingNet(GroupNet):
+    """A GroupNet whose nodes can be paused as a SIGSTOP pauses a process: a paused node is
+    neither ticked nor handed frames (they stay queued for it), and it sends nothing."""
+
+    def __init__(self, members: tuple[int, ...], **kwargs: Any) -> None:
+        self.paused: set[int] = set()
+        super().__init__(members, **kwargs)
+
+    def alive(self, node: int) -> bool:
+        return node not in self.paused and super().alive(node)
+
+    def pause(self, *nodes: int) -> None:
+        for node in nodes:
+            self.paused.add(node)
+            for src in self.cores:
+                self.hold(src, node)
+
+    def resume(self, node: int, first: str) -> None:
+        """Run ``node`` again; its first event is a (stale) timer tick or the frames that were
+        queued for it, as ``first`` says (asyncio serves sockets before timers, but a read
+        budget or TLS buffering may leave data for the next turn)."""
+        self.paused.discard(node)
+        self.held = {link for link in self.held if link[1] != node}
+        if first == "tick":
+            self.cores[node].step(Tick(self.now))
+            self.flush(node)
+        for src in sorted(self.cores):
+            while self.deliver_one(src, node):
+                pass
+
+
+def suspicions(net: GroupNet, node: int) -> list[int]:
+    m = net.cores[node].membership
+    assert m is not None
+    return [m.view.members[r] for r in range(m.n) if m.suspects(r)]
+
+
+STALL_CASES = [
+    # gap (in suspicion timeouts), what each node meets first on resume
+    pytest.param(4.0, {0: "tick", 1: "tick", 2: "tick"}, id="4x-timers-first"),
+    pytest.param(4.0, {0: "frames", 1: "frames", 2: "frames"}, id="4x-frames-first"),
+    pytest.param(4.0, {0: "tick", 1: "frames", 2: "tick"}, id="4x-mixed"),
+    pytest.param(40.0, {0: "frames", 1: "tick", 2: "frames"}, id="40x-mixed"),
+    pytest.param(1.2, {0: "tick", 1: "tick", 2: "tick"}, id="just-over-timeout"),
+    pytest.param(0.8, {0: "tick", 1: "tick", 2: "tick"}, id="under-timeout"),
+]
+
+
+@pytest.mark.parametrize("gap, first", STALL_CASES)
+def test_all_members_stalled_together_resume_in_the_same_view(gap: float, first: dict[int, str]) -> None:
+    members = (0, 1, 2)
+    net = PausingNet(members)
+    pre = warm_up(net, members)
+    during = [f"during-{m}".encode() for m in members]
+    for m, payload in zip(members, during):
+        net.send(m, payload)  # pushes queued, unread, when every process stops
+    net.pause(*members)
+    net.now += gap * SUSPICION
+    for node in members:  # resumed one after another, as SIGCONTs are
+        net.resume(node, first[node])
+    for node in members:
+        net.cores[node].step(Tick(net.now + FAST.heartbeat_interval))  # a second tick, before any peer ran again
+        net.flush(node)
+    after = [f"after-{m}".encode() for m in members]
+    for m, payload in zip(members, after):
+        net.send(m, payload)
+    assert net.run_until(lambda: all(len(net.payloads(m)) == len(pre) + 6 for m in members), 1.0)
+    for node in members:
+        assert suspicions(net, node) == [], f"node {node} suspected peers that only stalled with it"
+        assert net.excluded[node] is None and net.vid(node) == 0
+        assert set(net.payloads(node)) == set(pre + during + after)
+        stalled = net.cores[node].status().get("stalls")
+        if gap > 0.5:
+            assert stalled is not None and stalled["count"] == 1, stalled
+            assert stalled["longest_ms"] >= gap * SUSPICION * 1000 - 1e-6
+    net.run_for(5 * SUSPICION)
+    assert all(net.vid(n) == 0 and not suspicions(net, n) for n in members)
+
+
+@pytest.mark.parametrize("first", ["tick", "frames"])
+def test_a_member_that_stays_stopped_is_still_suspected_after_the_grace(first: str) -> None:
+    members = (0, 1, 2)
+    net = PausingNet(members)
+    warm_up(net, members)
+    net.pause(*members)
+    net.now += 4 * SUSPICION
+    net.resume(0, first)
+    net.resume(1, first)
+    t0 = net.now
+    assert net.run_until(lambda: all(net.vid(n) == 1 for n in (0, 1)), 1.0)
+    took = net.now - t0
+    assert 0.5 * SUSPICION < took < 3 * SUSPICION, f"view 1 after {took / SUSPICION:.2f} suspicion timeouts"
+    assert net.last_view(0).members == (0, 1)  # type: ignore[union-attr]
+
+
+def test_a_loop_that_always_runs_late_still_suspects_a_crashed_peer() -> None:
+    """Only lateness is credited: ticks 3 heartbeat intervals apart still suspect a silent peer."""
+    members = (0, 1, 2)
+    net = GroupNet(members)
+    warm_up(net, members)
+    net.crash(2)
+    t0 = net.now
+    late = 3 * FAST.heartbeat_interval
+    for _ in range(200):
+        net.now += late
+        for node in (0, 1):
+            net.cores[node].step(Tick(net.now))
+            net.flush(node)
+        net.deliver_all()
+        if all(net.vid(n) == 1 for n in (0, 1)):
+            break
+    assert all(net.vid(n) == 1 for n in (0, 1)), "a crashed peer was never suspected"
+    assert net.now - t0 < 6 * SUSPICION
+
+
+def test_one_member_stalled_while_the_others_go_on_never_installs_a_view() -> None:
+    members = (0, 1, 2)
+    net = PausingNet(members)
+    pre = warm_up(net, members)
+    net.pause(2)
+    assert net.run_until(lambda: all(net.vid(n) == 1 for n in (0, 1)), 1.0)
+    net.send(0, b"without-2")
+    assert net.run_until(lambda: b"without-2" in net.payloads(1), 0.5)
+    net.resume(2, "frames")
+    net.run_for(4 * SUSPICION)
+    assert [v.vid for v in net.views[2]] == [0] and net.vid(2) == 0, "the stalled member installed a view on its own"
+    assert net.excluded[2] is not None and net.excluded[2].startswith(("partitioned", "suspected"))
+    assert set(net.payloads(2)) <= set(pre), "the stalled member delivered what the others never did"
+    assert_one_view_per_vid(net)
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["connection-closed", "silence-only"])
+@pytest.mark.parametrize("first", ["tick", "frames"])
+def test_a_majority_stalled_while_one_member_ran_on_survives_its_suspicions(closed: bool, first: str) -> None:
+    """Nodes 0 and 1 stall (node 1 a little later) while node 2 runs on: node 2 suspects 0,
+    tells 1 (the row waits in 1's socket), then suspects 1 and stops itself. On resume, 0 and
+    1 must not take node 2's word and suspect each other: they form view [0, 1]."""
+    members = (0, 1, 2)
+    net = PausingNet(members)
+    warm_up(net, members)
+    net.pause(0)
+    net.run_for(3 * FAST.heartbeat_interval)
+    net.pause(1)
+    assert net.run_until(lambda: net.excluded[2] is not None, 1.0)
+    assert net.excluded[2].startswith("partitioned")  # type: ignore[union-attr]
+    told = [m for _, src, dst, m in net.frames if src == 2 and dst == 1 and isinstance(m, GroupPush)]
+    assert any(m.row.values.get("suspected", [0])[0] for m in told), "node 2 never told node 1 it suspects node 0"
+    net.now += 2 * SUSPICION
+    for node in (0, 1):
+        if closed:  # its process ended: the transport reports the closed connection at once
+            net.cores[node].step(PeerLost(net.now, 2))
+            net.flush(node)
+        net.resume(node, first)
+    assert net.run_until(lambda: all(net.vid(n) == 1 for n in (0, 1)), 1.0), {
+        n: (net.excluded[n], suspicions(net, n)) for n in (0, 1)
+    }
+    assert net.last_view(0).members == (0, 1)  # type: ignore[union-attr]
+    assert net.excluded[0] is None and net.excluded[1] is None
+    assert_one_view_per_vid(net)

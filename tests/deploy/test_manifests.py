@@ -169,3 +169,29 @@ def test_the_compose_certs_service_makes_what_the_nodes_and_a_client_need(tmp_pa
     for i in (1, 2, 3):
         assert load_credentials(TlsCredentials.for_node(tmp_path / "certs", i), "node", i).identity.node_id == i
     assert client_credentials(tmp_path / "certs", "operator").identity.name == "operator"
+
+
+def test_the_metrics_port_is_open_only_to_probes_and_labelled_scrapers() -> None:
+    """/metrics maps the group and its load and is plain HTTP in the shipped config (the kubelet's
+    probes need that): a NetworkPolicy must limit who reaches it, and compose must publish it on
+    the host's loopback only, unless the config turns metrics_tls on."""
+    config = load_config(str(ROOT / "deploy" / "node.toml"), {}, {})
+    if config.security.metrics_tls:
+        return
+    policy = one("NetworkPolicy")
+    sts = one("StatefulSet")
+    assert policy["spec"]["podSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = policy["spec"]["ingress"]
+    metrics_rules = [r for r in rules if any(p["port"] in ("metrics", 9100) for p in r.get("ports", []))]
+    assert metrics_rules and all(r.get("from") for r in metrics_rules), "the metrics port is open to every pod"
+    for rule in metrics_rules:
+        for peer in rule["from"]:
+            assert peer.get("podSelector", {}).get("matchLabels"), f"a rule lets unlabelled pods scrape: {peer}"
+    assert not any(not r.get("ports") for r in rules), "a rule opens every port"
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    for name, service in compose["services"].items():
+        for mapping in service.get("ports", []):
+            if mapping.endswith(":9100"):
+                assert mapping.startswith("127.0.0.1:"), f"{name} publishes metrics on every interface: {mapping}"
+    assert config.limits.metrics_max_connections <= 64 and config.limits.metrics_timeout_ms <= 10_000

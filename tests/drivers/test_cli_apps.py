@@ -102,13 +102,20 @@ def nodes(tmp_path: Path) -> Iterator[CliNodes]:
 
 
 def test_three_cli_nodes_host_the_kv_example_and_its_client_reaches_them(nodes: CliNodes) -> None:
-    app = ["--app", "examples.kv_store:KV", "--set", "layout.KV.shards=2"]
+    # The table's key merges over the example's LAYOUT (2 shards of 3): min_nodes=1 lets three
+    # nodes run both shards (one of them on a single replica, which its node warns about).
+    app = ["--app", "examples.kv_store:KV", "--set", "layout.KV.min_nodes=1"]
     for n in (1, 2, 3):
         nodes.start(n, *app)
         if n == 1:
             nodes.wait_members({1})
     st = nodes.wait_members({1, 2, 3})
-    assert {shard for shard, _ in st["layout"]} == {"KV/0/0", "KV/0/1"}  # the file's two shards
+    assert {shard for shard, _ in st["layout"]} == {"KV/0/0", "KV/0/1"}  # the code's two shards
+    lone = next(members[0] for _, members in st["layout"] if len(members) == 1)
+    deadline = time.monotonic() + 10  # its node logs it as it installs the view
+    while "one failure loses this shard's state" not in nodes.log(lone) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "one failure loses this shard's state" in nodes.log(lone)
     put = nodes.client("put", "colour", "teal")
     assert put.returncode == 0 and "stored at" in put.stdout, put.stderr
     got = nodes.client("get", "colour")
@@ -155,6 +162,34 @@ def test_bad_apps_end_with_one_line_and_exit_2(nodes: CliNodes) -> None:
         log = nodes.log(1)
         assert needle in log and "Traceback" not in log, log[-800:]
         (nodes.workdir / "node-1.log").unlink()
+
+
+def test_the_readme_cluster_by_hand_keeps_an_acknowledged_write_through_a_kill(nodes: CliNodes) -> None:
+    """README "A cluster by hand": five nodes, ``--set layout.KV.min_nodes=2`` merged over the
+    example's 2 shards of up to 3. ``kill -9`` of a replica never makes ``get`` print None."""
+    from examples.kv_store import shard_of
+
+    app = ["--app", "examples.kv_store:KV", "--set", "layout.KV.min_nodes=2"]
+    for n in (1, 2, 3, 4, 5):
+        nodes.start(n, *app)
+        if n == 1:
+            nodes.wait_members({1})
+    st = nodes.wait_members({1, 2, 3, 4, 5})
+    layout = {shard: members for shard, members in st["layout"]}
+    assert sorted(len(m) for m in layout.values()) == [2, 3], layout
+    # A key of a shard with two replicas, one of them not a contact of the client: kill that one.
+    shard, members = next((s, m) for s, m in layout.items() if len(m) == 2 and set(m) - {1, 2})
+    victim = max(set(members) - {1, 2})
+    key = next(f"animal-{i}" for i in range(100) if f"KV/0/{shard_of(f'animal-{i}')}" == shard)
+    put = nodes.client("put", key, "otter")
+    assert put.returncode == 0 and "stored at 2 replicas" in put.stdout, put.stdout + put.stderr
+    nodes.procs[victim].kill()
+    nodes.procs[victim].wait(10)
+    nodes.wait_members({1, 2, 3, 4, 5} - {victim})
+    got = nodes.client("get", key)
+    assert got.returncode == 0 and got.stdout.strip() == "b'otter'", got.stdout + got.stderr
+    logs = "".join(nodes.log(n) for n in (1, 2, 3, 4, 5))
+    assert "lost every replica" not in logs and "one failure loses this shard's state" not in logs
 
 
 # ------------------------------------------------------------------------------ layouts (pure)

@@ -292,6 +292,61 @@ def test_layout_from_cli_replaces_default(tmp_path: pathlib.Path) -> None:
     assert cfg.layout == LayoutPolicy.of({"KV": ShardPolicy(min_nodes=2)})
 
 
+# --------------------------------------------------------------------------- layout merge
+# A table (file or --set) overrides only the keys it names; the others keep the code's policy.
+# Replacing the whole policy dropped the KV example's min_nodes=3 to 1 for `shards=2` alone, and
+# a shard on one replica lost its state to one kill -9 (issue 19).
+CODE = ShardPolicy(shards=2, min_nodes=3, max_nodes=3)
+
+
+def _hosted(cfg: NodeConfig, code: ShardPolicy = CODE) -> ShardPolicy:
+    import derecho_actors as da
+    from derecho_actors._app_host import hosted_layout
+    from examples.kv_store import KV
+
+    return dict(hosted_layout([KV], cfg.layout, da.Layout({KV: code})).policy.types)["KV"]
+
+
+def test_layout_tables_record_the_keys_they_set(tmp_path: pathlib.Path) -> None:
+    cfg = load(tmp_path, "[layout.KV]\nshards = 4\n", cli={"layout.KV.min_nodes": "2", "layout.Log.overlapping": "1"})
+    assert cfg.layout.fields_set("KV") == {"shards", "min_nodes"}
+    assert cfg.layout.fields_set("Log") == {"overlapping"}
+    assert LayoutPolicy.of({"KV": ShardPolicy()}).fields_set("KV") == {  # built in code: every key is set
+        "subgroups", "shards", "min_nodes", "max_nodes", "reserved", "overlapping"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "cli", "expected"),
+    [
+        (None, {"layout.KV.shards": "2"}, CODE),  # the README's old --set: min_nodes stays 3
+        (None, {"layout.KV.min_nodes": "2"}, ShardPolicy(shards=2, min_nodes=2, max_nodes=3)),
+        ("[layout.KV]\nshards = 3\n", {}, ShardPolicy(shards=3, min_nodes=3, max_nodes=3)),
+        ("[layout.KV]\nmax_nodes = 5\n", {"layout.KV.shards": "1"}, ShardPolicy(shards=1, min_nodes=3, max_nodes=5)),
+        ("[layout.KV]\n", {}, CODE),  # an empty table changes nothing
+        (
+            "[layout.KV]\nsubgroups = 1\nshards = 1\nmin_nodes = 1\nmax_nodes = 2\nreserved = [[1]]\noverlapping = true\n",
+            {},
+            ShardPolicy(shards=1, min_nodes=1, max_nodes=2, reserved=((1,),), overlapping=True),  # every key: replaced
+        ),
+    ],
+)
+def test_a_layout_table_merges_over_the_code_policy(
+    tmp_path: pathlib.Path, text: str | None, cli: dict[str, str], expected: ShardPolicy
+) -> None:
+    assert _hosted(load(tmp_path, text, cli=cli)) == expected
+
+
+def test_a_merge_no_view_can_run_says_which_values_came_from_the_code(tmp_path: pathlib.Path) -> None:
+    cfg = load(tmp_path, cli={"layout.KV.max_nodes": "2"})
+    with pytest.raises(ConfigError) as caught:
+        _hosted(cfg)
+    text = str(caught.value)
+    assert "\n" not in text
+    assert text.startswith("layout.KV: max_nodes (2) is below min_nodes (3)"), text
+    assert "min_nodes=3" in text and "come from the code's policy" in text and "set them in the table too" in text
+
+
 # --------------------------------------------------------------------------- core config
 def test_core_config_converts_ms_to_seconds(tmp_path: pathlib.Path) -> None:
     text = """
@@ -342,6 +397,7 @@ BAD: list[tuple[str, str | None, dict[str, str], dict[str, str], tuple[str, ...]
     ("contact twice", '[node]\ncontacts = ["a:1", "a:1"]\n', {}, {}, ("node.contacts[1]", "twice")),
     ("contacts a string", '[node]\ncontacts = "a:1"\n', {}, {}, ("node.contacts: expected a list",)),
     ("log level", None, {}, {"node.log_level": "LOUD"}, ("node.log_level", "DEBUG, INFO")),
+    ("on_partition", None, {}, {"node.on_partition": "wait"}, ("node.on_partition", "rejoin, exit")),
     ("empty cluster", '[node]\ncluster = ""\n', {}, {}, ("node.cluster",)),
     ("newline data_dir", '[node]\ndata_dir = "a\\nb"\n', {}, {}, ("node.data_dir",)),
     ("unknown key", "[timeouts]\nhearbeat_ms = 5\n", {}, {},

@@ -41,7 +41,7 @@ CLUSTER = "netns"
 IDS = [1, 2, 3, 4, 5]
 MAJORITY = [1, 2, 3]
 MINORITY = [4, 5]
-SEND = 4000
+SEND = 12000
 HEARTBEAT_MS, SUSPICION_MS = 20, 300
 FAST = ["--set", f"timeouts.heartbeat_ms={HEARTBEAT_MS}", "--set", f"timeouts.suspicion_ms={SUSPICION_MS}"]
 # The node driver closes a departed node's connections 2 * suspicion_ms after the view change

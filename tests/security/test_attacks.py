@@ -73,7 +73,8 @@ from tests.security.rogue import (
 
 pytestmark = pytest.mark.timeout(120)
 
-FAST = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "400"}
+# A member the group removes exits (code 3) as these tests expect, instead of rejoining.
+FAST = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "400", "node.on_partition": "exit"}
 # Joiners fetch state in small steps (a window worth racing); nodes tolerate a busy machine meanwhile.
 SLOW_TRANSFER = {
     "persistence.transfer_chunk_bytes": "16384",

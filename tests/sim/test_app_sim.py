@@ -4,6 +4,7 @@ for them, a seed replays exactly."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,76 @@ def test_cli_refuses_an_unknown_app_clearly() -> None:
     out = _cli("--app", "examples.kv_store:Nope", "--seeds", "1")
     assert out.returncode != 0
     assert "Nope" in out.stdout + out.stderr and "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------ replay lines that replay
+@da.replicated
+class SelfCountingTally:
+    """A planted bug with its workload registered here, in a test module: ``read`` (a @p2p
+    method) changes the state."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    @da.ordered
+    def add(self, k: int) -> int:
+        self.n += k
+        return self.n
+
+    @da.p2p
+    def read(self) -> int:
+        self.n += 1  # the planted bug
+        return self.n
+
+
+@da.sim_workload(SelfCountingTally)
+def self_counting_calls(rng: random.Random) -> da.SimCall:
+    return da.SimCall("add", (1,)) if rng.random() < 0.6 else da.SimCall("read")
+
+
+def test_the_replay_line_of_a_workload_registered_in_a_test_module_replays_the_run() -> None:
+    """Members and calls given to ``simulate`` are part of the run: a replay line without them
+    runs another group (the seed then picks them) and may pass."""
+    failure = da.simulate(SelfCountingTally, seeds=[2], faults="none", members=4, calls=60).failures[0]
+    line = failure.replay()
+    assert "--app tests.sim.test_app_sim:SelfCountingTally" in line and "--members 4 --calls 60" in line, line
+    cwd, _, command = line.rpartition(" && ")
+    args = command.split()
+    assert args[:3] == ["python", "-m", "runtime.sim"], line
+    out = subprocess.run(
+        [sys.executable, *args[1:]],
+        cwd=cwd.removeprefix("cd ") or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode != 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"FAIL {failure.params.describe()}" in out.stdout, out.stdout[-2000:]
+    for violation in failure.violations[:5]:
+        assert str(violation) in out.stdout, (str(violation), out.stdout[-3000:])
+
+
+def test_a_class_no_module_can_import_gets_a_simulate_call_that_replays() -> None:
+    @da.replicated
+    class Leaky:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        @da.ordered
+        def put(self, key: str) -> int:
+            self.seen.append(key)
+            return len(self.seen)
+
+        @da.p2p
+        def peek(self, key: str) -> int:
+            self.seen.append(key)  # the planted bug: a @p2p method that changes state
+            return len(self.seen)
+
+    failure = da.simulate(Leaky, seeds=1, faults="none", members=3).failures[0]
+    line = failure.replay()
+    call, _, why = line.partition("  (")
+    assert call == "da.simulate(Leaky, seeds=[0], faults='none', members=3, verbose=True)", line
+    assert "defined inside a function" in why
+    again = eval(call, {"da": da, "Leaky": Leaky}).failures[0]  # noqa: S307 - our own line
+    assert again.params.describe() == failure.params.describe()
+    assert [str(v) for v in again.violations] == [str(v) for v in failure.violations]
