@@ -113,11 +113,12 @@ def test_all_nodes_deliver_the_same_sequence(cluster: MulticastCluster, nodes: i
 @pytest.mark.parametrize("victim", ["member", "leader"])
 def test_kill_9_under_load(cluster: MulticastCluster, victim: str) -> None:
     ids = [1, 2, 3, 4]
-    start_group(cluster, ids, 20000)
+    start_group(cluster, ids, 300000)  # far more than is delivered before the kill (the survivors are killed)
     cluster.wait_for(lambda: len(cluster.deliveries(1)) > 5000, 60, "load to flow", 0.05)
     dead = 1 if victim == "leader" else 3
     t0 = time.monotonic()
     cluster.kill(dead)
+    assert len(cluster.deliveries(2)) < 4 * 300000, "the load finished before the kill"
     survivors = [n for n in ids if n != dead]
     view = cluster.wait_view(set(survivors), timeout=20, via=survivors[0])
     took = time.monotonic() - t0
