@@ -51,6 +51,15 @@ BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
 
 
+def _shutdown(sock: socket.socket) -> None:
+    """Wake the threads blocked on ``sock`` (the descriptor stays open: no other connection
+    can take its number while they still use it)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def _backoff(round_: int) -> float:
     """Seconds to wait after ``round_`` failed rounds over every contact: exponential, capped,
     with jitter so many clients do not reconnect in step."""
@@ -119,6 +128,14 @@ class Client(AsyncLifecycle):
         self._outbox: list[Call] = []
         self._control: list[bytes] = []  # frames of our own (pings) for the writer
         self._out_ready = threading.Condition(self._lock)
+        # The socket the writer is sending on, outside the lock. Only the reader thread closes
+        # a socket, and only once the writer is done with it: a descriptor closed under a
+        # thread still in SSL_read/SSL_write (which use the descriptor number, not the Python
+        # object) is reused at once by the next connection or file of this process, and the
+        # stale call then reads or writes that one's bytes (a handshake seeing
+        # WRONG_VERSION_NUMBER, a node DECRYPTION_FAILED_OR_BAD_RECORD_MAC).
+        self._writing: socket.socket | None = None
+        self._written = threading.Condition(self._lock)
         self._writer = threading.Thread(target=self._write_loop, name="derecho-client-writer", daemon=True)
         self._writer.start()
         self._thread = threading.Thread(target=self._run, name="derecho-client", daemon=True)
@@ -189,7 +206,9 @@ class Client(AsyncLifecycle):
         self._closed = True
         with self._lock:
             self._out_ready.notify_all()
-        self._drop_socket()
+            sock = self._sock
+        if sock is not None:
+            _shutdown(sock)  # wakes the reader thread, which closes it (see _writing)
         if threading.current_thread() is not self._thread:
             self._thread.join(5)
         self._fail_pending(GroupClosed("the client was closed"))
@@ -329,8 +348,9 @@ class Client(AsyncLifecycle):
                 batch, self._outbox = self._outbox, []
                 control, self._control = self._control, []
                 sock = self._sock
-            if sock is None:
-                continue  # a reconnect sends every pending call again
+                if sock is None:
+                    continue  # a reconnect sends every pending call again
+                self._writing = sock  # _drop_socket does not close it until we are done
             try:
                 data = b"".join(control)
                 if batch:
@@ -338,6 +358,10 @@ class Client(AsyncLifecycle):
                 sock.sendall(data)
             except OSError:
                 pass  # the reader notices, reconnects and sends every pending call again
+            finally:
+                with self._lock:
+                    self._writing = None
+                    self._written.notify_all()
 
     def _queue(self, data: bytes) -> None:
         with self._lock:
@@ -448,9 +472,11 @@ class Client(AsyncLifecycle):
                 continue
             except ssl.SSLError as exc:
                 if is_refusal(exc):
-                    self._refused(
-                        Refused(f"{where} refused the client: {exc.reason or exc} (check its client certificate)")
-                    )
+                    reason = exc.reason or str(exc)
+                    hint = " (check its client certificate)" if "CERTIFICATE" in reason.upper() else ""
+                    self._refused(Refused(f"{where} refused the client: {reason}{hint}"))
+                else:  # garbled or cut: fail over like any broken connection
+                    log.info("connection to %s broke: %s; failing over", where, exc.reason or exc)
                 return
             except OSError:
                 return
@@ -486,13 +512,14 @@ class Client(AsyncLifecycle):
             return "the contact"
 
     def _drop_socket(self) -> None:
+        """On the reader thread (the only one that closes sockets): close the connection once
+        the writer is no longer sending on it."""
         with self._lock:
             sock, self._sock = self._sock, None
         if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread's recv
-            except OSError:
-                pass
+            _shutdown(sock)  # ends a send in progress
+            with self._lock:
+                self._written.wait_for(lambda: self._writing is not sock)
             try:
                 sock.close()
             except OSError:

@@ -16,6 +16,10 @@ from runtime.errors import ConfigError, Refused
 from runtime.security.identity import IdentityError
 from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials, peer_identity
 
+# Records that are not TLS at all, or fail their MAC: bytes garbled or cut on the way (or a
+# plain-TCP listener), not a decision about our certificate; the caller retries or fails over.
+_GARBLED = ("WRONG_VERSION_NUMBER", "BAD_RECORD_MAC", "DECRYPTION_FAILED", "RECORD_LAYER_FAILURE", "PACKET_LENGTH")
+
 
 def is_refusal(exc: ssl.SSLError) -> bool:
     """Whether a TLS error means the other end (or we) rejected a certificate or the
@@ -26,6 +30,8 @@ def is_refusal(exc: ssl.SSLError) -> bool:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return True
     reason = (exc.reason or str(exc)).upper()
+    if any(word in reason for word in _GARBLED):
+        return False
     return any(
         word in reason for word in ("ALERT", "CERTIFICATE", "UNKNOWN_CA", "VERSION", "NO_SHARED", "HANDSHAKE_FAILURE")
     )
@@ -59,8 +65,10 @@ def dial(host: str, port: int, timeout: float, credentials: LoadedCredentials | 
         try:
             tls = ctx.wrap_socket(sock, server_hostname=host)
         except ssl.SSLError as exc:
-            if not is_refusal(exc):  # cut during the handshake (a busy or restarting node): retry
-                raise ConnectionError(f"TLS handshake with {host}:{port} cut short: {exc.reason or exc}") from None
+            if not is_refusal(exc):  # cut or garbled during the handshake (a busy or restarting node): retry
+                raise ConnectionError(
+                    f"TLS handshake with {host}:{port} did not complete: {exc.reason or exc}"
+                ) from None
             raise Refused(f"TLS handshake with {host}:{port} failed: {exc.reason or exc}") from None
         try:
             who = peer_identity(tls)

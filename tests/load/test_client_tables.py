@@ -252,8 +252,7 @@ def test_closed_clients_leave_nothing_at_their_contact(group: LocalCluster) -> N
         finally:
             cl.close()
 
-    # One after another: Clients opened concurrently in one process sometimes fail their TLS
-    # handshake (WRONG_VERSION_NUMBER), a transport matter of its own.
+    # One after another, as separate CLI runs would come.
     with Honest(c) as honest:
         base = 2  # the cluster's own client (if node 1 is its contact) and the honest one
         for i in range(60):  # warm-up: allocator pools, TLS contexts, code paths
