@@ -327,16 +327,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._account()
-        good = []
-        for item in items:
-            if isinstance(item, Exception):
-                tcp.bad_frames += 1
-                tcp.warn("bad-frame", self.address, "dropped a bad frame from %s: %s", self._where(), item)
-                continue
-            good.append(item)
-        if self.decoder.broken:
-            tcp.warn("stream", self.address, "closing the stream from %s: it cannot be re-synchronised", self._where())
-            self.close()
+        good = self._good_frames(items)
         if good and not self.closed:
             if self.outgoing:
                 # Peers answer on their own connections; here come only their Hello (which
@@ -420,7 +411,9 @@ class _Connection(asyncio.Protocol):
         finally:
             self.tcp._spend(time.perf_counter() - started)
 
-    def _handle_client(self, items: list[Any]) -> None:
+    def _good_frames(self, items: list[Any]) -> list[Any]:
+        """The decoded frames of ``items``; bad ones are counted and warned about, and a
+        stream that cannot be re-synchronised is closed."""
         tcp = self.tcp
         good = []
         for item in items:
@@ -432,6 +425,11 @@ class _Connection(asyncio.Protocol):
         if self.decoder.broken:
             tcp.warn("stream", self.address, "closing the stream from %s: it cannot be re-synchronised", self._where())
             self.close()
+        return good
+
+    def _handle_client(self, items: list[Any]) -> None:
+        tcp = self.tcp
+        good = self._good_frames(items)
         for item in good:
             if self.closed:
                 break
