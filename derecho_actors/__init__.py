@@ -32,7 +32,7 @@ from derecho_actors._persistent import Persistent, at_time, at_version, current_
 from derecho_actors._results import QueryResults
 from derecho_actors._sim_api import SimCall, sim_workload, simulate
 from derecho_actors._watch import Watch
-from derecho_actors.exceptions import ShardStateLost
+from derecho_actors.exceptions import ShardAwaitingLog, ShardStateLost
 from runtime.core.layout import ShardPolicy
 from runtime.core.versions import format_version, parse_version, version_parts
 from runtime.errors import (
@@ -112,6 +112,7 @@ __all__ = [
     "ShardUnavailable",
     "SerializationError",
     "ShardPolicy",
+    "ShardAwaitingLog",
     "ShardStateLost",
     "SimCall",
     "TimeoutError",

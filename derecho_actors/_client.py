@@ -122,6 +122,9 @@ class Client(AsyncLifecycle):
         self._connected = threading.Event()
         self._pings = itertools.count(1)
         self._unavailable = ""  # why the group's shards cannot run, as the contact last said
+        self._answered = False  # the current contact sent an answer (not only a goodbye)
+        self._goodbye = ""  # why the current contact closed the connection, if it said
+        self._turned_away_for = ""  # the last goodbye when every contact turned the client away
         self._idle_ping = 10.0  # seconds between pings while no call waits (a third of the contact's idle timeout)
         # Calls go out through one writer thread, many per message and write: in Python the
         # cost is per call and per system call, so a pipelining caller gets them coalesced.
@@ -431,17 +434,31 @@ class Client(AsyncLifecycle):
         self._fail_pending(exc)
 
     def _run(self) -> None:
+        turned_away = 0  # contacts in a row that said goodbye before any answer (not in a view)
         while not self._closed:
             sock = self._connect()
             if sock is None:
                 break
+            self._answered = False
+            self._goodbye = ""
             try:
                 self._serve(sock)  # sets _connected once the contact's Welcome arrives
             except OSError:  # the socket was closed under us (close(), or a reset)
                 pass
             self._drop_socket()
+            if self._goodbye and not self._answered:
+                turned_away += 1
+                if turned_away % len(self.contacts) == 0:  # every contact turned us away: wait a little
+                    self._turned_away_for = self._goodbye
+                    deadline = time.monotonic() + _backoff(turned_away // len(self.contacts))
+                    while not self._closed and time.monotonic() < deadline:
+                        time.sleep(0.05)
+            else:
+                turned_away = 0
+                self._turned_away_for = ""
+        last = f" (last: {self._turned_away_for})" if self._turned_away_for else ""
         self._fail_pending(
-            self._refusal or GroupClosed(f"no member of the group reachable among {', '.join(self.contacts)}")
+            self._refusal or GroupClosed(f"no member of the group reachable among {', '.join(self.contacts)}{last}")
         )
 
     def _serve(self, sock: socket.socket) -> None:
@@ -486,6 +503,7 @@ class Client(AsyncLifecycle):
             for item in decoder.feed(data):
                 t = type(item)
                 if t is AppMessage:
+                    self._answered = True
                     self._on_message(item.data)  # type: ignore[union-attr]
                 elif t is Pong:
                     pass
@@ -499,6 +517,7 @@ class Client(AsyncLifecycle):
                     if reason.startswith("refused"):
                         self._refused(Refused(f"{where} {reason}"))
                         return
+                    self._goodbye = reason
                     log.info("contact %s closed the connection: %s", where, reason)
             if decoder.broken:
                 return
@@ -535,9 +554,10 @@ class Client(AsyncLifecycle):
     def _why_waiting(self) -> str | None:
         if self._refusal is not None:
             return str(self._refusal)
+        turned = f"; the last contact said: {self._turned_away_for}" if self._turned_away_for else ""
         if self._sock is None:
-            return f"no contact connected (trying {', '.join(self.contacts)})"
-        return self._unavailable or None
+            return f"no contact connected (trying {', '.join(self.contacts)}){turned}"
+        return self._unavailable or turned[2:] or None
 
     def _on_message(self, data: bytes) -> None:
         try:

@@ -14,6 +14,7 @@ leaves and exits: a script killed mid-way leaves no node process behind.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -86,10 +87,16 @@ def main(argv: list[str]) -> int:
     config = group.config
 
     def rejoin(contacts: list[str]) -> Group:
+        # Out of the group: one listener, trying until back (see cli.run_app_node).
         again = {**overrides, "node.contacts": ",".join(contacts), "node.bootstrap_expect": "0"}
-        timeout = config.timeouts.connect_timeout_ms / 1000 + 10
         return Group(
-            types=spec["types"], layout=spec["layout"], overrides=again, accept_loss=accept_loss, start_timeout=timeout
+            types=spec["types"],
+            layout=spec["layout"],
+            overrides=again,
+            accept_loss=accept_loss,
+            start_timeout=math.inf,
+            rejoin_reason=rejoiner.out_reason or "removed from the group",
+            cancel=done,
         )
 
     rejoiner = Rejoiner(config.node.id, config.node.on_partition, config.contact_addresses(), rejoin, done)

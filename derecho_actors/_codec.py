@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from derecho_actors.exceptions import ShardStateLost
+from derecho_actors.exceptions import ShardAwaitingLog, ShardStateLost
 from runtime.errors import (
     ClientLimit,
     DerechoError,
@@ -141,6 +141,7 @@ def encode_error(exc: BaseException) -> bytes:
 _OWN_ERRORS: dict[str, type[DerechoError]] = {
     cls.__name__: cls
     for cls in (
+        ShardAwaitingLog,
         ShardStateLost,
         ClientLimit,
         PayloadTooLarge,

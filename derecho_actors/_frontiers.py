@@ -126,7 +126,10 @@ class PersistenceTracker:
         elif self.host.holds(shard):
             self.waiters.setdefault(shard, []).append((version, caller, call_id, origin))
         else:
-            err = _codec.encode_refusal(ReplicaLost(f"node {self.node_id} holds no replica of {shard}", applied=False))
+            why = self.host.refusal(shard) or ReplicaLost(
+                f"node {self.node_id} holds no replica of {shard}", applied=False
+            )
+            err = _codec.encode_refusal(why)
             self.route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
 
     def fail_waiters(self, sid: ShardId, why: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -60,13 +61,19 @@ class Group(AsyncLifecycle):
         start_timeout: float = 30.0,
         accept_loss: bool = False,
         *,
+        rejoin_reason: str | None = None,
+        cancel: threading.Event | None = None,
         _node: NodeFactory | None = None,
         _runner: Runner | None = None,
     ) -> None:
         """``accept_loss``: the operator's ``--accept-loss`` for a total restart whose surviving
         logs lack versions reported persisted: go ahead (logged at ERROR; reads of those
-        versions answer ``VersionLost``) instead of stopping with exit code 5. (``_node`` and
-        ``_runner`` let the simulator host the same group on its own node and inline.)"""
+        versions answer ``VersionLost``) instead of stopping with exit code 5.
+        ``rejoin_reason``: why the group removed this node, when this group joins it again
+        (``node.on_partition = "rejoin"``): the node keeps trying unreachable contacts and tells
+        clients why it cannot serve them; ``cancel`` ends the wait for the first view (raising
+        ``GroupClosed``). (``_node`` and ``_runner`` let the simulator host the same group on its
+        own node and inline.)"""
         layout = layout or Layout({cls: ShardPolicy() for cls in types})
         registered_specs(types, layout)  # every type replicated and in the layout
         cfg = (
@@ -115,7 +122,9 @@ class Group(AsyncLifecycle):
         if _node is None:
             from runtime.drivers.node import NodeDriver
 
-            self._node = NodeDriver(self.config, hooks, saved=saved, security=security, accept_loss=accept_loss)
+            self._node = NodeDriver(
+                self.config, hooks, saved=saved, security=security, accept_loss=accept_loss, rejoin_reason=rejoin_reason
+            )
         else:
             self._node = _node(self.config, hooks, saved, accept_loss)
         node = self._stop.node = self._node
@@ -169,12 +178,25 @@ class Group(AsyncLifecycle):
         node.start()
         if _node is not None:
             return  # a simulated node: the simulator drives time, nothing to wait for here
-        if not self._first_view.wait(start_timeout):
+        if not self._wait_first_view(start_timeout, cancel):
             self.close()
+            if cancel is not None and cancel.is_set():
+                raise GroupClosed(f"node {self.node_id}: stopped while joining")
             raise GroupClosed(f"node {self.node_id} joined no view within {start_timeout} s; check node.contacts")
         if self._stop.reason is not None:
             self.close()
             raise GroupClosed(f"node {self.node_id} stopped: {self._stop.reason}", self.exit_code)
+
+    def _wait_first_view(self, timeout: float, cancel: threading.Event | None) -> bool:
+        """Wait for the first view (or a stop) up to ``timeout`` s (may be ``math.inf``), or
+        until ``cancel`` is set; True if the wait ended with a view or a stop."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or (cancel is not None and cancel.is_set()):
+                return self._first_view.is_set()
+            if self._first_view.wait(min(left, 0.2)):
+                return True
 
     # ------------------------------------------------------------------ public
     def handle(self, cls: type, shard: int = 0, subgroup: int = 0) -> Handle:

@@ -20,6 +20,7 @@ class Layout:
 
     def __init__(self, policies: Mapping[type, ShardPolicy]) -> None:
         specs = {}
+        durable = set()
         for cls, policy in policies.items():
             spec = spec_of(cls)
             if spec is None:
@@ -27,7 +28,9 @@ class Layout:
             if not isinstance(policy, ShardPolicy):
                 raise ConfigError(f"the layout of {spec.name} must be a ShardPolicy, got {policy!r}")
             specs[spec.name] = policy
-        self.policy = LayoutPolicy.of(specs)
+            if spec.persistent:
+                durable.add(spec.name)
+        self.policy = LayoutPolicy.of(specs, frozenset(durable))
         self.types = [cls for cls in policies]
 
 

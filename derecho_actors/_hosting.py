@@ -9,16 +9,20 @@ on the node's loop), :class:`InlineRunner` runs it in the caller's thread at onc
 simulator: one thread, deterministic).
 
 A shard whose every holder is gone (all its replicas failed, or left, before a new member got
-its state) has no source: the view gives its new members nothing to receive, and their
-replicas start from ``__init__`` (a persistent type: from whatever log the node has). That
-restart is never silent: each node that starts such a shard logs an ERROR naming it, its last
-holders and the versions lost, counts it in its status (``shards_restarted_empty``), and tells
-callers: until the shard applies a write again, every read is answered with
-``ShardStateLost`` instead of the empty state, and the first delivered message with writes is refused with it
-too (not applied: calling again writes to the new, empty state). The host knows a shard "had a
-state" from the views it installed (holders per shard); a node that joined in the very view of
-the loss (or since the last holders) has no such history, so then the writes are refused by no
-replica (replicas must agree), and only the reads of those that know tell.
+its state) has no source. The view says what follows, so every member of the shard acts alike
+(``View.lost``, ``View.restarted``, computed by the core):
+
+- A persistent type's shard *waits*: its members run no replica, and every call is answered
+  with ``ShardAwaitingLog`` naming the nodes that held it last, until one of them comes back
+  with its data folder (the view then names it the source, and it serves its log even if the
+  layout gives it other shards) or a node joins with ``--accept-loss``.
+- Any other shard (and an accepted loss) *starts anew*: from ``__init__``, a persistent type
+  from whatever log the node has. Never in silence: each member logs an ERROR naming the
+  shard, its last holders and the versions lost, counts it in its status
+  (``shards_restarted_empty``), and tells callers: until the shard applies a write again,
+  every read is answered with ``ShardStateLost`` instead of the empty state, and the first
+  delivered message with writes is refused with it too (not applied: calling again writes to
+  the new, empty state). Every member refuses the same message: the view names the loss.
 
 A layout that gives a shard a single replica is warned about by that replica's node, once each
 time it happens: one failure of that node loses the shard's state.
@@ -46,11 +50,11 @@ from derecho_actors._replica import (
     SendReplies,
     ViewBoundary,
 )
-from derecho_actors.exceptions import ShardStateLost
+from derecho_actors.exceptions import ShardAwaitingLog, ShardStateLost
 from runtime.core.effects import Delivery
 from runtime.core.layout import ShardId, single_replica_shards
 from runtime.core.versions import format_version, make_version
-from runtime.core.view import View
+from runtime.core.view import ShardOrphan, View
 
 log = logging.getLogger("derecho.hosting")
 
@@ -143,25 +147,14 @@ def _nodes(ids: tuple[int, ...]) -> str:
 
 
 @dataclass
-class _Held:
-    """The last holders of a shard's state this node saw, in view ``vid``, and the members
-    present in every view since (none of them a new process): the nodes that saw those holders
-    too, so each of them decides a loss exactly as this node does."""
-
-    holders: tuple[int, ...]
-    vid: int
-    continuous: set[int]
-
-
-@dataclass
 class ShardLoss:
     """A shard this node started anew because no holder of its state was left.
 
     ``vid``: the view it restarted in; ``last_holders`` held it last, in view ``last_vid``, so
     every version below ``vid.0`` is gone (the exact last one was known only to them).
     Reads are answered with ``ShardStateLost`` while the notice lasts: until a batch of writes
-    is applied. ``refuse_writes``: the first message with writes is refused too (only when every
-    replica of the shard in ``vid`` knows of the loss, so all of them refuse the same calls)."""
+    is applied. ``refuse_writes``: the first message with writes is refused too (every replica
+    of the shard in ``vid`` reads the loss from the view, so all of them refuse the same one)."""
 
     shard: ShardId
     vid: int
@@ -169,6 +162,10 @@ class ShardLoss:
     last_vid: int
     persistent: bool
     refuse_writes: bool = True
+
+    @classmethod
+    def of(cls, orphan: ShardOrphan, vid: int, persistent: bool) -> ShardLoss:
+        return cls(orphan.shard, vid, orphan.last_holders, orphan.last_vid, persistent)
 
     def error(self) -> ShardStateLost:
         """What callers get, saying what happened and what to do."""
@@ -198,9 +195,10 @@ class ReplicaHost:
         self.make_env = make_env
         self.replicas: dict[ShardId, ReplicaRef] = {}
         self.retired: dict[ShardId, ReplicaRef] = {}  # no longer held, still a state source
-        # Who last held each shard's state, and in which view (from every view installed
-        # here): a shard that had holders and gets a new member with no source was lost.
-        self._held_by: dict[ShardId, _Held] = {}
+        # Shards of this node's layout waiting on their lost holders (``View.lost``): no
+        # replica runs; calls are answered with ShardAwaitingLog through ``_waiting_send``.
+        self.waiting: dict[ShardId, ShardOrphan] = {}
+        self._waiting_send: dict[ShardId, SendReplies] = {}
         self.losses: list[ShardLoss] = []  # every shard this node restarted empty (a counter)
         self._notices: dict[ShardId, ShardLoss] = {}  # losses callers are still being told of
         self._send: dict[ShardId, SendReplies] = {}  # each replica's way to answer callers
@@ -219,9 +217,8 @@ class ReplicaHost:
         # the snapshot is taken by the replica when it reaches this view's boundary.
         sourcing = {sid for sid, src in view.sources if src == self.node_id}
         boundary = (view.vid, tuple(view.members))
-        present = set(view.members) - set(view.joined)
-        for held in self._held_by.values():
-            held.continuous &= present
+        self._follow_waiting(view, mine)
+        mine -= set(self.waiting)
         for sid in list(self.replicas):
             if sid not in mine:
                 ref = self.replicas.pop(sid)
@@ -244,48 +241,88 @@ class ReplicaHost:
                 awaiting.append((sid, src))  # type: ignore[arg-type]
             env = self.make_env(sid, spec, view.vid, src)
             fresh_at = view.vid if src is None else None
-            if src is None and sid in self._held_by:
-                self._lost(sid, spec, view)
+            orphan = view.restarted_shard(sid) if src is None else None
+            if orphan is not None:
+                self._lost(ShardLoss.of(orphan, view.vid, spec.persistent))
             self._send[sid] = env.send_replies
             self.replicas[sid] = self.runner.start(Replica(spec, env, waits, fresh_at), sid)
+        for sid in sorted(sourcing - mine - set(self.replicas) - set(self.retired)):
+            self._serve_log(sid, view)
         for sid, ref in self.replicas.items():
             ref.tell(ViewBoundary(*boundary, sid in sourcing))
-        self._note_holders(view)
         self._warn_single(view)
         return awaiting
 
-    def _note_holders(self, view: View) -> None:
-        """Remember who holds each shard's state in ``view`` (the layout's members in an
-        adequate view, the previous holders still present in an inadequate one)."""
-        holding = view.layout.shards if view.layout.adequate else dict(view.holders)
-        for sid, members in holding.items():
-            if members:
-                self._held_by[sid] = _Held(tuple(members), view.vid, set(view.members))
+    def _follow_waiting(self, view: View, mine: set[ShardId]) -> None:
+        """Keep ``waiting`` to the shards of this node's layout that ``view`` says wait on
+        their lost holders; say so at ERROR when one starts waiting here."""
+        now: dict[ShardId, ShardOrphan] = {}
+        for sid in sorted(mine):
+            orphan = view.lost_shard(sid)
+            spec = self.specs.get(sid.type_name)
+            if orphan is None or spec is None:
+                continue
+            now[sid] = orphan
+            if self.waiting.get(sid) != orphan:
+                env = self.make_env(sid, spec, view.vid, None)
+                self._waiting_send[sid] = env.send_replies
+                log.error(
+                    "shard %s lost every replica (%s held it last, in view %d): it waits, its calls refused, until "
+                    "one of them is started again with its data folder (its log holds every version reported "
+                    "persisted). To give those versions up instead, start any node with --accept-loss",
+                    sid,
+                    _nodes(orphan.last_holders),
+                    orphan.last_vid,
+                )
+        for sid in set(self.waiting) - set(now):
+            self._waiting_send.pop(sid, None)
+            log.info("shard %s no longer waits on its lost holders here (view %d)", sid, view.vid)
+        self.waiting = now
 
-    def _lost(self, sid: ShardId, spec: TypeSpec, view: View) -> None:
-        """``sid`` had holders and none is left: it starts anew here. Say so loudly, count it,
-        and tell callers (see the module docstring)."""
-        held = self._held_by[sid]
-        holders, last_vid = held.holders, held.vid
-        # A member that has not been here since the last holders (it joined later, or is a new
-        # process) knows nothing of the loss and will apply the first writes: refusing them
-        # elsewhere would make the replicas differ. Every member that does know computes this
-        # same set from the same views.
-        everyone_knows = set(view.layout.members_of(sid)) <= held.continuous
-        loss = ShardLoss(sid, view.vid, holders, last_vid, spec.persistent, refuse_writes=everyone_knows)
+    def _serve_log(self, sid: ShardId, view: View) -> None:
+        """The view names this node the source of ``sid`` without giving it the shard: it held
+        the shard last and came back with its log. Run a replica from that log only to send
+        its state to the shard's members (retired once they have it)."""
+        spec = self.specs.get(sid.type_name)
+        if spec is None:
+            return
+        log.info(
+            "node %s serves shard %s from its own log to the shard's members (view %d)", self.node_id, sid, view.vid
+        )
+        env = self.make_env(sid, spec, view.vid, self.node_id)
+        ref = self.runner.start(Replica(spec, env, False, None), sid)
+        ref.tell(ViewBoundary(view.vid, tuple(view.members), True))
+        self.retired[sid] = ref
+
+    def awaiting_log(self, sid: ShardId) -> ShardAwaitingLog | None:
+        """What callers of ``sid`` get while it waits on its lost holders (None: it does not)."""
+        orphan = self.waiting.get(sid)
+        if orphan is None:
+            return None
+        return ShardAwaitingLog(
+            f"shard {sid} lost every replica ({_nodes(orphan.last_holders)} held it last, in view "
+            f"{orphan.last_vid}) and waits for one of them to come back with its data folder; this call was not "
+            "run. Restart one of those nodes, then call again (or start any node with --accept-loss to give the "
+            "lost versions up)"
+        )
+
+    def _lost(self, loss: ShardLoss) -> None:
+        """``loss.shard`` had holders and none is left: it starts anew here. Say so loudly,
+        count it, and tell callers (see the module docstring)."""
+        sid, holders, last_vid = loss.shard, loss.last_holders, loss.last_vid
         self.losses.append(loss)
         self._notices[sid] = loss
-        if spec.persistent:
+        if loss.persistent:
             log.error(
-                "shard %s lost every replica (%s held it last, in view %d): node %s starts it in view %d from "
-                "its own log of it, if any; versions after that log's end and before %d.0 are gone. Restart a node "
-                "that held it to recover them (waiting for one is not implemented yet)",
+                "shard %s lost every replica (%s held it last, in view %d) and the loss was accepted "
+                "(--accept-loss): node %s starts it in view %d from its own log of it, if any; versions after that "
+                "log's end and before %d.0 are gone",
                 sid,
                 _nodes(holders),
                 last_vid,
                 self.node_id,
-                view.vid,
-                view.vid,
+                loss.vid,
+                loss.vid,
             )
         else:
             log.error(
@@ -298,8 +335,8 @@ class ReplicaHost:
                 last_vid,
                 self.node_id,
                 sid.type_name,
-                view.vid,
-                view.vid,
+                loss.vid,
+                loss.vid,
             )
 
     def _warn_single(self, view: View) -> None:
@@ -328,12 +365,19 @@ class ReplicaHost:
         return {
             "shards_restarted_empty": len(self.losses),
             "restarted_empty": [loss.as_status() for loss in self.losses[-16:]],
+            "shards_awaiting_log": len(self.waiting),
+            "awaiting_log": [
+                {"shard": str(o.shard), "last_holders": list(o.last_holders), "last_view": o.last_vid}
+                for o in self.waiting.values()
+            ],
         }
 
     def deliver(self, d: Delivery, view: View) -> None:
         """One delivered batch of ordered calls to the shard's replica here (one message)."""
         ref = self.replicas.get(d.shard)
         if ref is None:
+            if d.shard in self.waiting:
+                self._refuse_waiting(d, view)
             return
         calls: list[_codec.OrderedCall] = []
         decode = _codec.decode_ordered
@@ -373,9 +417,35 @@ class ReplicaHost:
         self._refuse(loss.shard, out)
         return []
 
+    def _refuse_waiting(self, d: Delivery, view: View) -> None:
+        """Ordered calls to a shard waiting on its lost holders: each member answers the writes
+        and the one named answers a read, with ShardAwaitingLog (nothing runs)."""
+        send = self._waiting_send.get(d.shard)
+        exc = self.awaiting_log(d.shard)
+        if send is None or exc is None:
+            return
+        err = _codec.encode_refusal(exc)
+        me = self.node_id
+        replicas = tuple(view.layout.members_of(d.shard))
+        out: list[tuple[int, Reply]] = []
+        for _, _, _, payload in d.messages:
+            for call in _codec.decode_ordered(payload) or ():
+                caller, call_id, origin, session, floor = call[0], call[1], call[4], call[5], call[6]
+                if session >= 0 or floor == me:
+                    out.append(
+                        (caller, Reply(call_id, me, d.vid, replicas if session >= 0 else (me,), False, err, origin))
+                    )
+        if out:
+            send(out)
+
     def status(self, view: View | None, why_waiting: Callable[[ShardId], str | None]) -> dict[str, str]:
         """Per shard held here: whether its replica serves, and if not, why."""
         shards: dict[str, str] = {}
+        for sid, orphan in self.waiting.items():
+            shards[str(sid)] = (
+                f"waiting for a node that held it last ({_nodes(orphan.last_holders)}, view {orphan.last_vid}) to "
+                "come back with its log; start one of them, or any node with --accept-loss"
+            )
         for sid in self.replicas:
             waiting = why_waiting(sid)
             if waiting is not None:
@@ -389,7 +459,7 @@ class ReplicaHost:
     def tell(self, shard: ShardId, message: ReplicaMessage) -> bool:
         ref = self.replicas.get(shard)
         if ref is None:
-            return False
+            return False  # the caller answers with ``refusal``
         loss = self._notices.get(shard)
         if loss is not None and type(message) is P2PRequest:
             p = message
@@ -400,6 +470,10 @@ class ReplicaHost:
             return True
         ref.tell(message)
         return True
+
+    def refusal(self, shard: ShardId) -> ShardAwaitingLog | None:
+        """Why this node answers no call of ``shard`` beyond "no replica here" (None: no reason)."""
+        return self.awaiting_log(shard)
 
     def retire(self, shard: ShardId) -> None:
         """The retired replica of ``shard`` is no longer needed as a state source."""

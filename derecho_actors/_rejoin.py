@@ -67,7 +67,9 @@ class Rejoiner:
         max_delay: float = 30.0,
     ) -> None:
         """``start(contacts)`` builds and starts a Group that joins through ``contacts``
-        (raising ``GroupClosed`` if it cannot); ``done`` is set on SIGTERM or SIGINT."""
+        (raising ``GroupClosed`` if it cannot; it may read ``out_reason`` to tell clients why
+        the node is out, and should give up its wait when ``done`` is set); ``done`` is set on
+        SIGTERM or SIGINT."""
         self.node_id = node_id
         self.on_partition = on_partition
         self.configured = list(configured_contacts)
@@ -77,6 +79,7 @@ class Rejoiner:
         self.max_delay = max_delay
         self.rejoins = 0
         self.reason: str | None = None  # why the node ended, once it has
+        self.out_reason: str | None = None  # why the group removed this node, while it rejoins
 
     def run(self, group: Group, poll: float = 0.1) -> tuple[Group | None, int]:
         """Watch ``group`` until ``done`` (returns the running group, for the caller to leave or
@@ -91,6 +94,7 @@ class Rejoiner:
                 group.close()
                 return None, group.exit_code
             contacts = rejoin_contacts(group.view, self.node_id, self.configured)
+            self.out_reason = reason
             group.close()
             log.warning(
                 "node %s is out of the group (%s); it joins again as a new member via %s "
@@ -117,6 +121,8 @@ class Rejoiner:
                 log.error("node %s cannot rejoin: %s", self.node_id, exc)
                 return None, EXIT_CONFIG
             except GroupClosed as exc:
+                if self.done.is_set():
+                    return None, EXIT_OK  # signalled while joining: stop quietly
                 text = str(exc)
                 if not any(mark in text for mark in RETRYABLE):
                     self.reason = f"cannot rejoin: {text}"

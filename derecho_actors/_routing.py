@@ -405,7 +405,8 @@ class CallRouter:
         return self._issue(shard, WATCH_POLL, P2P, encode_poll(poll), node, what, decode_answer)
 
     def _no_replica(self, shard: ShardId, vid: int, caller: int, call_id: int, origin: int) -> None:
-        err = _codec.encode_refusal(ReplicaLost(f"node {self.node_id} holds no replica of {shard}", applied=False))
+        why = self.host.refusal(shard) or ReplicaLost(f"node {self.node_id} holds no replica of {shard}", applied=False)
+        err = _codec.encode_refusal(why)
         self.route_replies([(caller, Reply(call_id, self.node_id, vid, (self.node_id,), False, err, origin))])
 
     # ------------------------------------------------------------------ reads (loop)
@@ -492,7 +493,9 @@ class CallRouter:
         refusal: Exception | None = None
         size = _codec.call_size(msg.method, msg.args)
         if view is None or not self.host.holds(msg.shard):
-            refusal = ReplicaLost(f"node {self.node_id} holds no replica of {msg.shard}", applied=False)
+            refusal = self.host.refusal(msg.shard) or ReplicaLost(
+                f"node {self.node_id} holds no replica of {msg.shard}", applied=False
+            )
         elif size > self.max_payload:  # a member whose limit differs from ours: refuse, never drop
             refusal = PayloadTooLarge(
                 f"call {msg.call_id} takes {size} bytes; node {self.node_id}'s limit is "

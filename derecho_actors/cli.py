@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -226,10 +227,19 @@ def run_app_node(config: Any, accept_loss: bool, leave: bool = True) -> int:
     from derecho_actors._rejoin import Rejoiner
 
     def rejoin(contacts: list[str]) -> Group:
+        # Out of the group, the node keeps one listener and keeps trying (clients are told
+        # why it cannot serve them), until it is back, refused for good, or signalled.
         node = dataclasses.replace(config.node, contacts=tuple(contacts), bootstrap_expect=0)
         again = dataclasses.replace(config, node=node)
-        timeout = config.timeouts.connect_timeout_ms / 1000 + 10
-        return Group(config=again, types=classes, layout=layout, accept_loss=accept_loss, start_timeout=timeout)
+        return Group(
+            config=again,
+            types=classes,
+            layout=layout,
+            accept_loss=accept_loss,
+            start_timeout=math.inf,
+            rejoin_reason=rejoiner.out_reason or "removed from the group",
+            cancel=done,
+        )
 
     # Removed by the group (a stall, a partition): join again as a new member, unless
     # node.on_partition = "exit" (then exit 3 for a supervisor to act on).

@@ -19,4 +19,13 @@ class ShardStateLost(DerechoError):
     need from your own records. A layout with ``min_nodes`` of 2 or more makes it less likely."""
 
 
-__all__ = [*_engine_errors, "ShardStateLost"]
+class ShardAwaitingLog(DerechoError):
+    """Every replica of a shard of a persistent type was gone: the shard waits, its replicas
+    not running, until a node that held it last comes back with its data folder (its log holds
+    every version reported persisted); the message names those nodes. Retrying helps once one
+    of them is back. To give up the lost versions instead, start any node with
+    ``--accept-loss``: the shard then starts anew from its own logs, if any
+    (``ShardStateLost`` for its first calls)."""
+
+
+__all__ = [*_engine_errors, "ShardAwaitingLog", "ShardStateLost"]

@@ -197,6 +197,10 @@ class LayoutPolicy:
     # Which fields of each type's policy someone wrote (a configuration table): only those
     # override a policy given in code (``merge_over``). None: every field was written.
     explicit: tuple[tuple[str, frozenset[str]], ...] | None = field(default=None, compare=False)
+    # Types whose state outlives their replicas (persistent types: logs on disk). A shard of
+    # one whose every holder is gone waits for one to come back (``View.lost``) instead of
+    # starting anew. Set by the actor layer from the types, never by configuration.
+    durable: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         types = self.types
@@ -257,9 +261,13 @@ class LayoutPolicy:
                     owner[node] = name
 
     @classmethod
-    def of(cls, mapping: Mapping[str, ShardPolicy]) -> LayoutPolicy:
+    def of(cls, mapping: Mapping[str, ShardPolicy], durable: frozenset[str] = frozenset()) -> LayoutPolicy:
         """Build from a mapping; its iteration order (insertion order for a dict) is kept."""
-        return cls(tuple(mapping.items()))
+        return cls(tuple(mapping.items()), durable=durable)
+
+    def is_durable(self, type_name: str) -> bool:
+        """True if ``type_name``'s shards wait for a holder's log when every holder is gone."""
+        return type_name in self.durable
 
     def fields_set(self, type_name: str) -> frozenset[str]:
         """The fields of ``type_name``'s policy that were written (all of them when the policy

@@ -39,9 +39,18 @@ from typing import Any, Callable
 
 from runtime.core.layout import ShardId
 from runtime.core.sst import SST, Column, PredicateKind, RowDelta, Schema, SSTError
-from runtime.core.view import Proposal, View, ViewFormatError, is_majority, leader_rank
+from runtime.core.view import Proposal, ReturningLog, View, ViewFormatError, is_majority, leader_rank
 
 FrozenCounts = list[list[Any]]  # [[type_name, subgroup, shard, [counts...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JoinClaim:
+    """What a joiner says it brings: per shard the last version of its log (from its data
+    folder), and the operator's ``--accept-loss``."""
+
+    logs: tuple[tuple[ShardId, int], ...] = ()
+    accept_loss: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +111,9 @@ class Membership:
         self.last_heard = [now] * self.n
         self.next_heartbeat = now
         self.pending_joins: dict[int, str] = {}
+        # What each pending joiner brings for shards waiting on lost holders (its logs and the
+        # operator's --accept-loss), put into the proposal that admits it.
+        self.join_claims: dict[int, JoinClaim] = {}
         self.decided: Proposal | None = None
         self.excluded: str | None = None
         self.proposed = False
@@ -270,10 +282,12 @@ class Membership:
         if self.active:
             self.sst.set("leaving", 1)
 
-    def add_join(self, node_id: int, address: str) -> None:
+    def add_join(self, node_id: int, address: str, claim: JoinClaim | None = None) -> None:
         """The leader queues a joiner for the next view (until it proposes)."""
         if len(self.pending_joins) < self.config.max_pending_joins:
             self.pending_joins.setdefault(node_id, address)
+            if claim is not None and (claim.logs or claim.accept_loss):
+                self.join_claims[node_id] = claim
 
     def evaluate(self, now: float) -> None:
         self._now = now
@@ -389,7 +403,34 @@ class Membership:
                 addresses.append(addr)
                 joined.append(node)
         departed = tuple(m for m in view.members if m not in members)
-        return Proposal(view.vid + 1, tuple(members), tuple(addresses), tuple(joined), departed, self._trims(live))
+        returning, accept_loss = self._claims(joined)
+        return Proposal(
+            view.vid + 1,
+            tuple(members),
+            tuple(addresses),
+            tuple(joined),
+            departed,
+            self._trims(live),
+            returning,
+            accept_loss,
+        )
+
+    def _claims(self, joined: list[int]) -> tuple[tuple[ReturningLog, ...], bool]:
+        """From the joiners' claims: the logs of shards they held in this view (or held last,
+        for a shard waiting on its lost holders), and whether one brings --accept-loss. Only
+        those: a proposal rides in every member's row."""
+        held = self.view.state_holders()
+        returning: list[ReturningLog] = []
+        accept_loss = False
+        for node in joined:
+            claim = self.join_claims.get(node)
+            if claim is None:
+                continue
+            accept_loss = accept_loss or claim.accept_loss
+            for sid, last in claim.logs:
+                if node in held.get(sid, ()):
+                    returning.append(ReturningLog(node, sid, last))
+        return tuple(returning), accept_loss
 
     def _trims(self, live: list[int]) -> tuple[tuple[ShardId, tuple[int, ...]], ...]:
         """Per shard, per sender: the minimum frozen receive count over surviving members."""

@@ -58,6 +58,13 @@ class JoinRequest:
     node_id: int
     address: str
     layout: str = ""
+    # Per shard, the last version of this node's log of it, from an earlier run in its data
+    # folder (transfers that had not landed left out): a shard waiting on its lost holders
+    # takes its state from one of them that comes back (see ``ShardOrphan``).
+    logs: tuple[tuple[ShardId, int], ...] = ()
+    # The operator started this node with ``--accept-loss``: shards that wait on lost holders
+    # start anew instead.
+    accept_loss: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from runtime.core.effects import ContactSend, Outgoing, Ready, Rejected
 from runtime.core.events import Event, LeaveRequested, MessageArrived, PeerLost, Persisted, Tick
 from runtime.core.layout import LayoutPolicy
-from runtime.core.membership import FrozenCounts, Membership, MembershipConfig
+from runtime.core.membership import FrozenCounts, JoinClaim, Membership, MembershipConfig
 from runtime.core.messages import (
     GroupPush,
     JoinReply,
@@ -40,6 +40,7 @@ from runtime.core.versions import version_parts
 from runtime.core.view import Proposal, View, ViewFormatError, initial_view
 
 MAX_BUFFERED_FRAMES = 100_000
+MAX_CLAIMED_LOGS = 4096  # shard logs a join request may list; a longer list is ignored
 
 
 class UnknownShard(KeyError):
@@ -64,9 +65,11 @@ class NodeCore:
         now: float = 0.0,
         view: View | None = None,
         contact: str | Sequence[str] | None = None,
+        claim: JoinClaim | None = None,
     ) -> None:
         """Start as a member of ``view``, or (``view=None``) as a joiner via ``contact``
-        (one address, or several tried in turn)."""
+        (one address, or several tried in turn); ``claim``: what a joiner brings from an
+        earlier run (its logs, the operator's --accept-loss), said in its join requests."""
         self.node_id = node_id
         self.address = address
         self.policy = policy
@@ -82,6 +85,7 @@ class NodeCore:
         self.last_change_duration: float | None = None  # wedge to install, for the logs
         self._contacts: list[str] = [contact] if isinstance(contact, str) else list(contact or ())
         self._attempts = 0
+        self._claim = claim or JoinClaim()
         # Highest version on disk here, per shard, carried into each view's SST row.
         self._persisted: dict[ShardKey, int] = {}
         self._accepted = -1  # highest proposal vid handed to the driver in Ready.accepted
@@ -256,9 +260,7 @@ class NodeCore:
             if self._contacts and self.now >= self._next_join_at:
                 contact = self._contacts[self._attempts % len(self._contacts)]
                 self._attempts += 1
-                self._ready.contact_sends.append(
-                    ContactSend(contact, JoinRequest(self.node_id, self.address, self._layout_text))
-                )
+                self._ready.contact_sends.append(ContactSend(contact, self._join_request()))
                 self._next_join_at = self.now + self.config.membership.join_retry
             return
         assert self.membership is not None
@@ -267,6 +269,10 @@ class NodeCore:
             smc.on_tick(self.now)
 
     # ------------------------------------------------------------------- joins
+    def _join_request(self) -> JoinRequest:
+        c = self._claim
+        return JoinRequest(self.node_id, self.address, self._layout_text, c.logs, c.accept_loss)
+
     def _on_join_request(self, sender: int, req: JoinRequest) -> None:
         if self.view is None or self.membership is None:
             self._ready.outgoing.append(
@@ -306,7 +312,8 @@ class NodeCore:
             addr = self.view.addresses[lead] if lead is not None else None
             self._ready.outgoing.append(Outgoing((sender,), JoinReply(addr, "not the leader")))
             return
-        self.membership.add_join(req.node_id, req.address)
+        logs = req.logs if len(req.logs) <= MAX_CLAIMED_LOGS else ()
+        self.membership.add_join(req.node_id, req.address, JoinClaim(logs, req.accept_loss is True))
 
     def _on_join_reply(self, reply: JoinReply) -> None:
         if self.view is not None:
@@ -317,9 +324,7 @@ class NodeCore:
         if isinstance(reply.redirect_to, str) and reply.redirect_to:
             # Ask the leader now; retries go to the configured contact again, which knows the
             # current leader even if this one dies before admitting us.
-            self._ready.contact_sends.append(
-                ContactSend(reply.redirect_to, JoinRequest(self.node_id, self.address, self._layout_text))
-            )
+            self._ready.contact_sends.append(ContactSend(reply.redirect_to, self._join_request()))
             self._next_join_at = self.now + self.config.membership.join_retry
 
     def _on_announcement(self, sender: int, msg: ViewAnnouncement) -> None:
@@ -384,6 +389,7 @@ class NodeCore:
         view = proposal.next_view(self.policy, old_view)
         carried = tuple(old_view.members[r] for r in range(old_view.n) if m.suspects(r))
         joins = dict(m.pending_joins)
+        claims = dict(m.join_claims)
         self._install(view, resend, carried)
         if proposal.joined:
             self._ready.outgoing.append(Outgoing(proposal.joined, ViewAnnouncement(view.to_wire())))
@@ -392,7 +398,7 @@ class NodeCore:
         if new_m.leader() == new_m.me:
             for node, addr in joins.items():
                 if view.rank_of(node) is None:
-                    new_m.add_join(node, addr)
+                    new_m.add_join(node, addr, claims.get(node))
 
     def _install(self, view: View, resend: dict[ShardKey, list[bytes]], carried: tuple[int, ...]) -> None:
         cfg = self.config

@@ -144,10 +144,9 @@ Decision = RestartWaiting | RestartPlan | RestartRefused
 # ------------------------------------------------------------------------ the rules
 def view_holders(view: View) -> dict[ShardId, tuple[int, ...]]:
     """Who holds each shard's state in ``view``: the layout's members in an adequate view; in
-    an inadequate one (no shard runs) the previous holders still in it."""
-    if view.layout.adequate:
-        return dict(view.layout.shards)
-    return dict(view.holders)
+    an inadequate one (no shard runs) the previous holders still in it; for a shard waiting on
+    its lost holders (``View.lost``), those holders."""
+    return view.state_holders()
 
 
 def latest_view(reports: Iterable[RestartReport]) -> View:
@@ -163,8 +162,9 @@ def vouches(report: RestartReport, shard: ShardId, latest: View) -> bool:
     )
 
 
-def quorum_problem(reports: Sequence[RestartReport]) -> str | None:
-    """Why these reports do not allow a restart yet (None: they do)."""
+def quorum_problem(reports: Sequence[RestartReport], accept_loss: bool = False) -> str | None:
+    """Why these reports do not allow a restart yet (None: they do). A shard that waited on
+    lost holders needs one of them back too, unless the operator accepts the loss."""
     if not reports:
         return "no reports"
     latest = latest_view(reports)
@@ -172,9 +172,12 @@ def quorum_problem(reports: Sequence[RestartReport]) -> str | None:
     have = sum(1 for m in latest.members if m in present)
     if not is_majority(have, latest.n):
         return f"{have} of the {latest.n} members of view {latest.vid} are back; need a majority"
-    if have == latest.n:
+    waived = {o.shard for o in latest.lost} if accept_loss else set()
+    if have == latest.n and not (set(o.shard for o in latest.lost) - waived):
         return None  # nobody else can hold a version every member of the latest view lacks
     for sid, members in view_holders(latest).items():
+        if sid in waived:
+            continue
         if members and not any(vouches(r, sid, latest) for r in reports):
             return f"no member of shard {sid} of view {latest.vid} ({list(members)}) with its whole log is back"
     return None
@@ -230,7 +233,7 @@ def plan_restart(
     """The restart decision from these reports as they are now: None while they make no
     quorum; :class:`RestartRefused` if persisted versions would be lost (unless
     ``accept_loss``); else the plan. Waiting for stragglers is :class:`RestartPlanner`'s job."""
-    if quorum_problem(reports) is not None:
+    if quorum_problem(reports, accept_loss) is not None:
         return None
     by_node = {r.node: r for r in reports}
     latest = latest_view(reports)
@@ -310,7 +313,7 @@ class RestartPlanner:
 
     def on_tick(self, now: float) -> Decision:
         reports = [self.reports[n] for n in sorted(self.reports)]
-        problem = quorum_problem(reports)
+        problem = quorum_problem(reports, self.accept_loss)
         if problem is not None:
             self.quorum_since = None
             return RestartWaiting(problem)

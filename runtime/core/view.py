@@ -19,6 +19,48 @@ class ViewFormatError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class ShardOrphan:
+    """A shard whose every holder is gone: ``last_holders`` held its state last, in view
+    ``last_vid``. Their logs (a persistent type's) hold every version ever reported persisted,
+    so a durable shard waits for one of them to come back; any other shard starts anew."""
+
+    shard: ShardId
+    last_holders: tuple[int, ...]
+    last_vid: int
+
+    def to_wire(self) -> list[Any]:
+        s = self.shard
+        return [s.type_name, s.subgroup, s.shard, list(self.last_holders), self.last_vid]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> ShardOrphan:
+        t, g, s, holders, last_vid = w
+        return cls(ShardId(_str(t), _int(g), _int(s)), tuple(_int(x) for x in holders), _int(last_vid))
+
+
+@dataclass(frozen=True, slots=True)
+class ReturningLog:
+    """A joiner that held an orphaned shard last, and the last version in its log of it: the
+    leader lists these in a proposal, and the next view takes the longest as the shard's
+    source."""
+
+    node: int
+    shard: ShardId
+    last_version: int
+
+    def to_wire(self) -> list[Any]:
+        s = self.shard
+        return [self.node, s.type_name, s.subgroup, s.shard, self.last_version]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> ReturningLog:
+        node, t, g, s, version = w
+        if type(version) is not int or version < -1:
+            raise ViewFormatError(f"a returning log's version must be an int >= -1, got {version!r:.40}")
+        return cls(_int(node), ShardId(_str(t), _int(g), _int(s)), version)
+
+
+@dataclass(frozen=True, slots=True)
 class View:
     vid: int
     members: tuple[int, ...]
@@ -32,6 +74,13 @@ class View:
     # Who holds each shard's state: the layout's shards in an adequate view; in an inadequate
     # one (replicas idle, state kept) the previous holders still in the view.
     holders: tuple[tuple[ShardId, tuple[int, ...]], ...] = ()
+    # Shards whose every holder is gone and that have not started again: a durable shard (a
+    # persistent type) waits here, its replicas not running and calls refused with the reason,
+    # until one of its last holders comes back with its log or an operator accepts the loss.
+    lost: tuple[ShardOrphan, ...] = ()
+    # Shards that start anew from nothing in this view (their state is gone): every replica
+    # of each says so, and they all refuse the same first calls (see the actor layer's host).
+    restarted: tuple[ShardOrphan, ...] = ()
     _rank: dict[int, int] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +111,32 @@ class View:
                 return node
         return None
 
+    def lost_shard(self, shard: ShardId) -> ShardOrphan | None:
+        """The loss ``shard`` waits on in this view (None: it is not waiting)."""
+        for orphan in self.lost:
+            if orphan.shard == shard:
+                return orphan
+        return None
+
+    def restarted_shard(self, shard: ShardId) -> ShardOrphan | None:
+        """The loss after which ``shard`` starts anew in this view (None: it does not)."""
+        for orphan in self.restarted:
+            if orphan.shard == shard:
+                return orphan
+        return None
+
+    def state_holders(self) -> dict[ShardId, tuple[int, ...]]:
+        """Who holds each shard's state: the layout's members in an adequate view, the
+        previous holders still in it in an inadequate one; for a shard waiting on its lost
+        holders, those holders (their logs are the only ones that vouch for it)."""
+        if self.holders or self.lost or not self.layout.adequate:
+            held = dict(self.holders)
+        else:
+            held = dict(self.layout.shards)
+        for orphan in self.lost:
+            held[orphan.shard] = orphan.last_holders
+        return held
+
     # ----------------------------------------------------------------- wire form
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -75,6 +150,8 @@ class View:
             "shortfall": [[s.type_name, s.subgroup, s.shard, n] for s, n in self.layout.shortfall],
             "sources": [[s.type_name, s.subgroup, s.shard, n] for s, n in self.sources],
             "holders": [[s.type_name, s.subgroup, s.shard, list(m)] for s, m in self.holders],
+            "lost": [o.to_wire() for o in self.lost],
+            "restarted": [o.to_wire() for o in self.restarted],
         }
 
     @classmethod
@@ -96,6 +173,8 @@ class View:
                     (ShardId(_str(t), _int(g), _int(s)), tuple(_int(x) for x in m))
                     for t, g, s, m in d.get("holders", ())
                 ),
+                lost=tuple(ShardOrphan.from_wire(w) for w in d.get("lost", ())),
+                restarted=tuple(ShardOrphan.from_wire(w) for w in d.get("restarted", ())),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ViewFormatError(f"malformed view: {exc}") from exc
@@ -141,6 +220,11 @@ class Proposal:
     joined: tuple[int, ...]
     departed: tuple[int, ...]
     trims: tuple[tuple[ShardId, tuple[int, ...]], ...]
+    # Joiners bringing the log of a shard that waits on its lost holders (see ShardOrphan).
+    returning: tuple[ReturningLog, ...] = ()
+    # An operator accepted losing what waiting shards lost (a joiner started with
+    # ``--accept-loss``): they start anew in the next view instead of waiting.
+    accept_loss: bool = False
 
     def trim_of(self, shard: ShardId) -> tuple[int, ...] | None:
         for sid, counts in self.trims:
@@ -151,12 +235,38 @@ class Proposal:
     def next_view(self, policy: LayoutPolicy, previous: View) -> View:
         prev_layout = previous.layout
         layout = compute_layout(policy, self.members, prev_layout if prev_layout.adequate else None)
-        before = dict(previous.holders) if previous.holders or not prev_layout.adequate else dict(prev_layout.shards)
+        held = previous.state_holders()
         # A node that left (or came back as a new process) holds nothing any more.
         gone = set(self.departed) | set(self.joined)
-        before = {sid: tuple(m for m in ms if m not in gone) for sid, ms in before.items()}
+        before = {sid: tuple(m for m in ms if m not in gone) for sid, ms in held.items()}
+        waiting = {o.shard: o for o in previous.lost}
+        for sid, ms in held.items():
+            if ms and sid not in waiting and not before[sid]:
+                waiting[sid] = ShardOrphan(sid, ms, previous.vid)  # its last holders all went now
+        for sid in waiting:
+            before.pop(sid, None)
+        sources = list(state_sources(before, layout, self.members))
+        lost: list[ShardOrphan] = []
+        restarted: list[ShardOrphan] = []
+        resumed: set[ShardId] = set()
+        for sid, orphan in sorted(waiting.items()):
+            if not layout.adequate:
+                lost.append(orphan)  # nothing runs: decide when the layout is whole again
+                continue
+            back = [
+                r for r in self.returning if r.shard == sid and r.node in orphan.last_holders and r.node in self.members
+            ]
+            if back:
+                best = max(back, key=lambda r: (r.last_version, -r.node))
+                sources.append((sid, best.node))
+                resumed.add(sid)
+            elif policy.is_durable(sid.type_name) and not self.accept_loss:
+                lost.append(orphan)
+            elif sid in layout.shards:
+                restarted.append(orphan)
         if layout.adequate:
-            holders = tuple((sid, ms) for sid, ms in layout.shards.items())
+            waits = {o.shard for o in lost}
+            holders = tuple((sid, ms) for sid, ms in layout.shards.items() if sid not in waits)
         else:
             holders = tuple((sid, ms) for sid, ms in before.items() if ms)
         return View(
@@ -166,8 +276,10 @@ class Proposal:
             layout,
             self.joined,
             self.departed,
-            state_sources(before, layout, self.members),
+            tuple(sources),
             holders,
+            tuple(lost),
+            tuple(restarted),
         )
 
     def to_wire(self) -> list[Any]:
@@ -178,12 +290,16 @@ class Proposal:
             list(self.joined),
             list(self.departed),
             [[s.type_name, s.subgroup, s.shard, list(c)] for s, c in self.trims],
+            [r.to_wire() for r in self.returning],
+            self.accept_loss,
         ]
 
     @classmethod
     def from_wire(cls, w: Any) -> Proposal:
         try:
-            vid, members, addresses, joined, departed, trims = w
+            vid, members, addresses, joined, departed, trims, returning, accept_loss = w
+            if type(accept_loss) is not bool:
+                raise ValueError("accept_loss must be a bool")
             p = cls(
                 _int(vid),
                 tuple(_int(m) for m in members),
@@ -191,6 +307,8 @@ class Proposal:
                 tuple(_int(m) for m in joined),
                 tuple(_int(m) for m in departed),
                 tuple((ShardId(_str(t), _int(g), _int(s)), tuple(_int(x) for x in c)) for t, g, s, c in trims),
+                tuple(ReturningLog.from_wire(r) for r in returning),
+                accept_loss,
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise ViewFormatError(f"malformed proposal: {exc}") from exc

@@ -152,6 +152,11 @@ class StatusCollector:
             "shards this node started anew because every replica holding their state was gone",
             app.get("shards_restarted_empty", 0),
         )
+        yield _gauge(
+            "derecho_shards_awaiting_log",
+            "shards of this node's layout waiting for a node that held them last to come back with its log",
+            app.get("shards_awaiting_log", 0),
+        )
         yield _counter(
             "derecho_state_transfer_sent_bytes", "bytes of finished state transfers", app.get("transfer_bytes_sent", 0)
         )

@@ -25,6 +25,7 @@ from runtime.config import NodeConfig
 from runtime.core.effects import Ready
 from runtime.core.events import LeaveRequested, MessageArrived, PeerLost, Persisted, Tick
 from runtime.core.layout import ShardId
+from runtime.core.membership import JoinClaim
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush, ViewAnnouncement
 from runtime.core.node_core import NodeCore
 from runtime.core.view import View, ViewFormatError
@@ -169,6 +170,7 @@ class NodeDriver:
         saved: SavedState | None = None,
         security: tuple[TransportSecurity, LoadedCredentials | None] | None = None,
         accept_loss: bool = False,
+        rejoin_reason: str | None = None,
     ) -> None:
         """``saved``: the last view and logs found in the data directory; the node then
         restarts (see ``runtime.drivers.restart``) instead of founding or joining.
@@ -178,6 +180,10 @@ class NodeDriver:
         self.config = config
         self.saved = saved
         self.accept_loss = accept_loss
+        # Why the group removed this node, when it is joining again (``node.on_partition =
+        # "rejoin"``): it then keeps trying unreachable contacts instead of giving up, and tells
+        # clients that connect meanwhile why it cannot serve them.
+        self.rejoin_reason = rejoin_reason
         self._restart: RestartCoordinator | None = None
         self._bootstrap: BootstrapCoordinator | None = None  # node.bootstrap_expect, empty data dir
         self.delivered_total: dict[Any, int] = {}  # per shard: messages delivered since this node started
@@ -310,6 +316,16 @@ class NodeDriver:
             if self.hooks.on_stop is not None:
                 self.hooks.on_stop(reason)
 
+    def _join_claim(self) -> JoinClaim:
+        """What this node brings to the group it joins: the logs its data folder holds (a shard
+        waiting on its lost holders takes the longest one back from them; logs of transfers that
+        had not landed vouch for nothing) and the operator's --accept-loss."""
+        saved = self.saved
+        logs: tuple[tuple[ShardId, int], ...] = ()
+        if saved is not None:
+            logs = tuple(sorted((sid, v) for sid, v in saved.logs.items() if sid not in saved.incomplete))
+        return JoinClaim(logs, self.accept_loss)
+
     def _start_core(self, contacts: list[str] | None = None, view: View | None = None) -> None:
         cfg = self.config
         now = self.loop.time()  # type: ignore[union-attr]
@@ -321,7 +337,9 @@ class NodeDriver:
         else:
             assert contacts
             log.info("node %s listening on %s, joining via %s", self.node_id, address, ", ".join(contacts))
-            self.core = NodeCore(self.node_id, address, cfg.layout, cfg.core_config(), now, contact=contacts)
+            self.core = NodeCore(
+                self.node_id, address, cfg.layout, cfg.core_config(), now, contact=contacts, claim=self._join_claim()
+            )
             self.loop.call_later(cfg.timeouts.connect_timeout_ms / 1000, self._check_contact_reached, contacts)  # type: ignore[union-attr]
         early, self._early = self._early, []
         for sender, msg in early:  # what peers sent before the core existed, in order
@@ -520,6 +538,19 @@ class NodeDriver:
                 "s" if len(busy) == 1 else "",
                 "; ".join(f"{a}: {p.reason}" for a, p in busy.items()),
                 limit,
+            )
+            loop.call_later(wait, self._check_contact_reached, contacts, started, wait)
+            return
+        if self.rejoin_reason is not None and not transport.refusals:
+            # Cut off from the majority: never give up (it may come back at any time), never found.
+            wait = min(MAX_CONTACT_BACKOFF, max(connect_timeout, wait * 2))
+            log.warning(
+                "node %s is out of the group (%s) and reaches none of its members after %.0f s (%s); it keeps "
+                "trying, and tells clients to call another member meanwhile",
+                self.node_id,
+                self.rejoin_reason,
+                now - started,
+                "; ".join(f"{a}: {p.reason}" for a, p in problems.items()) or ", ".join(contacts),
             )
             loop.call_later(wait, self._check_contact_reached, contacts, started, wait)
             return
@@ -803,6 +834,15 @@ class NodeDriver:
                 log.warning("node %s sent a %s on a member connection; ignored", sender, type(msg).__name__)
         self._schedule_flush()
 
+    def _not_serving(self) -> str:
+        """Why a node outside any view answers no call (a client's Goodbye)."""
+        me = self.node_id
+        if self.rejoin_reason is not None:
+            return f"node {me} is out of the group ({self.rejoin_reason}) and joining it again; call another member"
+        if self._restart is not None:
+            return f"node {me} is restarting from its data folder and not in the group yet; call another member"
+        return f"node {me} is joining the group and not in a view yet; call another member"
+
     def _on_peer_lost(self, node_id: int) -> None:
         if self.core is not None and self.core.view is not None and self.core.view.rank_of(node_id) is not None:
             log.info("connection to node %s lost", node_id)
@@ -811,6 +851,13 @@ class NodeDriver:
 
     def _on_client(self, handle: Any, msg: Any) -> None:
         if type(msg) is AppMessage:
+            if self.core is None or self.core.view is None:
+                # Not a member of any view (restarting, joining, or joining again after the
+                # group removed it): no call can run here. Say why and close; the client fails
+                # over to another contact with its calls, in the same session.
+                self.transport.reply(handle, frame(Goodbye(self._not_serving())))  # type: ignore[union-attr]
+                handle.close()
+                return
             if self.hooks.on_client_app is None:
                 self.transport.reply(  # type: ignore[union-attr]
                     handle,

@@ -263,6 +263,22 @@ def render_status(status: dict[str, Any]) -> None:
                 " ".join(map(str, m["received"])),
             )
         console.print(t)
+    for waiting in app.get("awaiting_log", []):
+        console.print(
+            f"[red]shard {waiting['shard']} waits for a node that held it last ({waiting['last_holders']}, view "
+            f"{waiting['last_view']}) to come back with its data folder (or a node started with --accept-loss)[/]"
+        )
+    for lost in app.get("restarted_empty", []):
+        console.print(
+            f"[red]shard {lost['shard']} started anew in view {lost['view']}: its updates before {lost['lost_before']} "
+            f"are gone (held last by {lost['last_holders']})[/]"
+        )
+    stalls = status.get("stalls")
+    if stalls:
+        console.print(
+            f"[yellow]node {status['node']} stalled {stalls['count']} time(s) (its loop did not run for longer than a "
+            f"heartbeat; longest {stalls['longest_ms']} ms)[/]"
+        )
     if app.get("lost"):
         console.print(f"[red]versions given up by a total restart (--accept-loss): {app['lost']}[/]")
     if app.get("stopped"):

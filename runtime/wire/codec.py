@@ -144,7 +144,14 @@ def _enc_view_announcement(m: ViewAnnouncement) -> list[Any]:
 
 
 def _enc_join_request(m: JoinRequest) -> list[Any]:
-    return [TAG_JOIN_REQUEST, m.node_id, m.address, m.layout]
+    return [
+        TAG_JOIN_REQUEST,
+        m.node_id,
+        m.address,
+        m.layout,
+        [[_shard_to_wire(s), v] for s, v in m.logs],
+        m.accept_loss,
+    ]
 
 
 def _enc_join_reply(m: JoinReply) -> list[Any]:
@@ -329,9 +336,15 @@ def _dec_view_announcement(f: list[Any]) -> ViewAnnouncement:
 
 
 def _dec_join_request(f: list[Any]) -> JoinRequest:
-    _, node_id, address, layout = f
+    _, node_id, address, layout, logs, accept_loss = f
+    if type(accept_loss) is not bool:
+        raise WireError(f"JoinRequest.accept_loss must be a bool, got {_describe(accept_loss)}")
     return JoinRequest(
-        _nat(node_id, "JoinRequest.node_id"), _str(address, "JoinRequest.address"), _str(layout, "JoinRequest.layout")
+        _nat(node_id, "JoinRequest.node_id"),
+        _str(address, "JoinRequest.address"),
+        _str(layout, "JoinRequest.layout"),
+        _shard_versions(logs, "JoinRequest.logs"),
+        accept_loss,
     )
 
 
@@ -469,7 +482,7 @@ _DECODERS: Final[dict[int, tuple[str, int | tuple[int, ...], Callable[[list[Any]
     TAG_SHARD_PUSH: ("ShardPush", 6, _dec_shard_push),
     TAG_GROUP_PUSH: ("GroupPush", 3, _dec_group_push),
     TAG_VIEW_ANNOUNCEMENT: ("ViewAnnouncement", 1, _dec_view_announcement),
-    TAG_JOIN_REQUEST: ("JoinRequest", 3, _dec_join_request),
+    TAG_JOIN_REQUEST: ("JoinRequest", 5, _dec_join_request),
     TAG_JOIN_REPLY: ("JoinReply", 3, _dec_join_reply),
     TAG_HELLO: ("Hello", (4, 5), _dec_hello),
     TAG_STATUS_REQUEST: ("StatusRequest", 0, _dec_status_request),

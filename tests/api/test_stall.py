@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -288,7 +289,18 @@ def test_a_member_left_alone_waits_for_its_majority_and_never_founds_a_group(tmp
             acked += 1
         with stopped(cluster, [1, 2]):
             wait_for(lambda: "is out of the group" in log_text(cluster, 3), 20, "node 3 to find itself alone")
-            time.sleep(2 * STALL)  # it keeps trying meanwhile, in the same process
+            # Meanwhile it keeps its port and tells a client why it cannot serve it (the client,
+            # whose only contact it is, fails over to it again and again and reports the reason).
+            with cluster.new_client(contacts=[cluster.address(3)]) as lone:
+                t0 = time.monotonic()
+                with pytest.raises(da.DerechoError) as refused:
+                    lone.handle(Counter).add(1).get(timeout=3)
+                assert time.monotonic() - t0 < 10
+                assert "node 3 is out of the group (partitioned" in str(refused.value), refused.value
+                assert "call another member" in str(refused.value)
+            for _ in range(int(2 * STALL / 0.2)):  # it keeps trying, in the same process, port open
+                socket.create_connection(("127.0.0.1", cluster.ports[3]), timeout=2).close()
+                time.sleep(0.2)
             assert cluster.exit_code(3) is None, log_text(cluster, 3)[-2000:]
         wait_for(lambda: set(cluster.members()) == {1, 2, 3} and cluster._all_in_view(), 90, "node 3 back")
         text = log_text(cluster, 3)

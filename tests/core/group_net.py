@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Sequence
 from runtime.core.effects import Delivery, Rejected
 from runtime.core.events import LeaveRequested, MessageArrived, Tick
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layout
-from runtime.core.membership import Membership, MembershipConfig
+from runtime.core.membership import JoinClaim, Membership, MembershipConfig
 from runtime.core.messages import Message, ShardKey
 from runtime.core.node_core import CoreConfig, NodeCore
 from runtime.core.smc import MulticastConfig
@@ -109,10 +109,15 @@ class GroupNet:
         self.flush(node)
         return core
 
-    def add_joiner(self, node: int, contacts: Iterable[int | str]) -> NodeCore:
-        """Start a node that joins through ``contacts`` (node ids or addresses), tried in turn."""
+    def add_joiner(self, node: int, contacts: Iterable[int | str], claim: JoinClaim | None = None) -> NodeCore:
+        """Start a node that joins through ``contacts`` (node ids or addresses), tried in turn;
+        a crashed node's id may come back this way (a new process, with what ``claim`` says
+        its data folder holds)."""
+        if node in self.crashed:
+            self.crashed.discard(node)
+            del self.cores[node]
         addrs = [c if isinstance(c, str) else address_of(c) for c in contacts]
-        core = NodeCore(node, address_of(node), self.policy, self.config, self.now, contact=addrs)
+        core = NodeCore(node, address_of(node), self.policy, self.config, self.now, contact=addrs, claim=claim)
         return self._add(node, core)
 
     def core(self, node: int) -> NodeCore:

@@ -44,6 +44,7 @@ from derecho_actors._messages import Call, ReplyBatch, StateChunk
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush
 from runtime.core.sst import RowDelta
+from runtime.core.view import Proposal
 from runtime.drivers.status import StatusError
 from runtime.exitcodes import EXIT_FAILED, EXIT_STOPPED
 from runtime.node_api import session_origin as client_origin
@@ -224,7 +225,8 @@ def proposal_row(st: dict[str, Any], c: LocalCluster, victim: int, as_rank: int)
     ``[victim, 66, 67]`` (all that a member needs to decide it)."""
     vid = st["vid"]
     others = [m for m in members(st) if m != victim]
-    proposal = [vid + 1, [victim, 66, 67], [c.address(victim), "127.0.0.1:1", "127.0.0.1:2"], [66, 67], others, []]
+    addresses = (c.address(victim), "127.0.0.1:1", "127.0.0.1:2")
+    proposal = Proposal(vid + 1, (victim, 66, 67), addresses, (66, 67), tuple(others), ()).to_wire()
     return RowDelta(as_rank, 10**12, {"ballot": 1, "commit": 1, "proposal": proposal})
 
 

@@ -1,8 +1,10 @@
 """How a node's replica host treats a shard whose every holder is gone, driven inline with real
-views (``Proposal.next_view``) and real replicas, as the simulator hosts them: it starts the
-shard anew with an ERROR, counts it, answers reads with ``ShardStateLost`` until a write is
-applied, refuses the first batch of writes only when every replica of the shard knows of the
-loss (a joiner does not), and leaves shards that kept a holder alone."""
+views (``Proposal.next_view``) and real replicas, as the simulator hosts them: an in-memory
+shard starts anew with an ERROR, is counted, answers reads with ``ShardStateLost`` until a
+write is applied and refuses the first message of writes at every replica alike (a joiner
+too: the view names the loss); shards that kept a holder are left alone. A persistent shard
+waits instead (``ShardAwaitingLog``) until a last holder is back with its log: see
+``tests/sim/test_awaiting_log.py``."""
 
 from __future__ import annotations
 
@@ -102,20 +104,23 @@ def test_a_lost_shard_tells_readers_until_a_write_is_applied(tmp_path: Path, cap
     assert read.ok and _codec.decode_result(read.value, SERIALIZER) == b"heron"
 
 
-def test_writes_are_not_refused_when_a_member_of_the_shard_just_joined(tmp_path: Path) -> None:
-    # The joiner (node 6) has no history of the shard and will apply the first writes: node 5
-    # must apply them too, or the replicas would differ. Reads are still told.
+def test_a_member_that_joins_in_the_view_of_the_loss_refuses_the_same_first_write(tmp_path: Path) -> None:
+    # The loss is in the view itself: the joiner (node 6, no history of the shard) knows of it
+    # as node 5 does, so both refuse the first write and apply the next alike.
     one = view_one()
-    node = Node(5, tmp_path)
-    node.update(one)
+    old, new = Node(5, tmp_path / "5"), Node(6, tmp_path / "6")
+    old.update(one)
     two = next_view(one, (1, 2, 5, 6), (6,), (3, 4, 7))
     assert two.layout.members_of(LOST) == (5, 6)
-    node.update(two)
-    assert isinstance(error_of(node.read(two, "animal")), da.ShardStateLost)
-    first = node.write(two, "animal", b"heron")
-    assert first.ok, error_of(first)
-    read = node.read(two, "animal")
-    assert read.ok and _codec.decode_result(read.value, SERIALIZER) == b"heron"
+    assert [o.shard for o in two.restarted] == [LOST]
+    for node in (old, new):
+        node.update(two)
+        assert isinstance(error_of(node.read(two, "animal")), da.ShardStateLost)
+        assert isinstance(error_of(node.write(two, "animal", b"heron")), da.ShardStateLost)
+        applied = node.write(two, "animal", b"heron")
+        assert applied.ok, error_of(applied)
+        read = node.read(two, "animal")
+        assert read.ok and _codec.decode_result(read.value, SERIALIZER) == b"heron"
 
 
 def test_a_shard_that_kept_a_holder_and_a_first_layout_are_no_loss(tmp_path: Path) -> None:
