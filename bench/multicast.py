@@ -94,7 +94,7 @@ class PerfApp:
         self.breakdown: Breakdown | None = None
         self.inner: Any = None  # --app load: the built-in LoadApp sends and logs; this one measures
         if args.app == "load":
-            from derecho_actors._load_app import LoadApp
+            from derecho_actors.tools.load_app import LoadApp
 
             self.inner = LoadApp(
                 self.node_id, self.count, self.size, self.out.with_suffix(".log"), wait_members=self.wait_members
@@ -144,7 +144,7 @@ class PerfApp:
         self._pump()
 
     def _submit(self, n: int) -> None:
-        self.driver.submit(self.shard, self._payloads(n))
+        self.driver.send_ordered(self.shard, self._payloads(n))
         self.sent += n
 
     def _pump(self) -> None:
@@ -275,6 +275,7 @@ class Breakdown:
 
         from runtime.core import node_core, smc
         from runtime.drivers import node, tcp
+        from runtime.drivers.node_phases import member
         from runtime.wire import codec
 
         gc.callbacks.append(self._gc)
@@ -286,9 +287,9 @@ class Breakdown:
         self.wrap(smc.ShardMulticast, "_deliver_stable", "      smc._deliver_stable")
         self.wrap(node.NodeDriver, "_flush", "node._flush (all output)")
         self.wrap(node_core.NodeCore, "ready", "  NodeCore.ready")
-        self.wrap(node, "frame", "  codec frame (encode)")
+        self.wrap(member, "frame", "  codec frame (encode)")
         self.wrap(tcp.TcpTransport, "send", "  tcp send")
-        self.wrap(node.NodeDriver, "_offer", "  node._offer")
+        self.wrap(member.MemberPhase, "offer", "  MemberPhase.offer")
         self.wrap(node_core.NodeCore, "send", "    NodeCore.send")
         self.wrap(node.NodeDriver, "_tick", "node._tick")
         self.wrap(PerfApp, "on_deliver", "app on_deliver")

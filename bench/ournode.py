@@ -110,7 +110,7 @@ class BenchApp:
         assert self.driver is not None and self.shard is not None
         if not self.t_first_send:
             self.t_first_send = time.time_ns()
-        self.driver.submit(self.shard, self._payloads(n))
+        self.driver.send_ordered(self.shard, self._payloads(n))
         self.sent += n
 
     def _pump(self) -> None:

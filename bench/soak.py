@@ -181,7 +181,7 @@ def metrics_address(workdir: Path, node: int, timeout: float = 30.0) -> str:
 # ----------------------------------------------------------------------------- the run
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import derecho_actors as da
-    from derecho_actors._cluster import CLIENT_NAME
+    from derecho_actors.tools.cluster import CLIENT_NAME
     from runtime.drivers.dial import client_credentials
 
     kv = load_example("kv_store").KV

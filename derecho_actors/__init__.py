@@ -23,19 +23,24 @@ Ordered methods run on every replica of a shard in one total order, so they must
 deterministic. P2P methods run on one replica and must not change state.
 """
 
-from derecho_actors._client import Client
-from derecho_actors._cluster import local_cluster
-from derecho_actors._decorators import ordered, p2p, replicated
-from derecho_actors._events import WatchEvent, emit
-from derecho_actors._group import Group, Handle, Layout
-from derecho_actors._persistent import Persistent, at_time, at_version, current_version, persisted_version
-from derecho_actors._results import QueryResults
-from derecho_actors._sim_api import SimCall, sim_workload, simulate
-from derecho_actors._watch import Watch
+from derecho_actors.caller.client import Client
+from derecho_actors.caller.handles import Handle
+from derecho_actors.caller.results import QueryResults
+from derecho_actors.caller.watch import Watch
 from derecho_actors.exceptions import ShardAwaitingLog, ShardStateLost
+from derecho_actors.model.context import emit
+from derecho_actors.model.decorators import ordered, p2p, replicated
+from derecho_actors.model.fields import Persistent, at_time, at_version, current_version, persisted_version
+from derecho_actors.model.layout import Layout
+from derecho_actors.node.group import Group
+from derecho_actors.sim.api import SimCall, sim_workload
+from derecho_actors.sim.simulate import simulate
+from derecho_actors.tools.cluster import local_cluster
+from derecho_actors.wire.events import WatchEvent
 from runtime.core.layout import ShardPolicy
 from runtime.core.versions import format_version, parse_version, version_parts
 from runtime.errors import (
+    CallTimeout,
     ClientLimit,
     ConfigError,
     DerechoError,
@@ -52,6 +57,8 @@ from runtime.errors import (
     NotRegistered,
     P2PMutationError,
     PayloadTooLarge,
+    PersistenceError,
+    ProtocolError,
     ReadOptionError,
     Refused,
     RemoteError,
@@ -63,7 +70,9 @@ from runtime.errors import (
     ShardUnavailable,
     StateTransferError,
     TimeoutError,
+    Unavailable,
     UnknownMethod,
+    UsageError,
     VersionLost,
     WatchHistoryLost,
     WireError,
@@ -116,6 +125,11 @@ __all__ = [
     "ShardStateLost",
     "SimCall",
     "TimeoutError",
+    "CallTimeout",
+    "Unavailable",
+    "UsageError",
+    "PersistenceError",
+    "ProtocolError",
     "UnknownMethod",
     "VersionLost",
     "Watch",

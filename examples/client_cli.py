@@ -25,7 +25,7 @@ CONNECT_TIMEOUT = 5.0  # seconds to reach some contact
 
 _HINTS: tuple[tuple[type[BaseException], str], ...] = (
     (da.Refused, "check --certs-dir: its ca.crt must be the group's CA, with a client certificate it signed"),
-    (da.TimeoutError, "the group did not answer in time; `derecho-actors status --contact ...` says why"),
+    (da.CallTimeout, "the group did not answer in time; `derecho-actors status --contact ...` says why"),
     (da.ShardUnavailable, "start the nodes the layout needs, then try again"),
     (da.GroupClosed, "check --contact: a node must listen there (`derecho-actors status --contact HOST:PORT`)"),
 )

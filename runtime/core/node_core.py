@@ -20,7 +20,7 @@ between two events beyond the heartbeat interval is credited to every peer's sus
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 from runtime.core.effects import ContactSend, Outgoing, Ready, Rejected
 from runtime.core.events import Event, LeaveRequested, MessageArrived, PeerLost, Persisted, Tick
@@ -36,6 +36,7 @@ from runtime.core.messages import (
     ViewAnnouncement,
 )
 from runtime.core.smc import MulticastConfig, ShardMulticast
+from runtime.core.status import CoreStatus, MemberHealth, ShardMemberProgress, ShardProgress, Stalls
 from runtime.core.versions import version_parts
 from runtime.core.view import Proposal, View, ViewFormatError, initial_view
 
@@ -496,16 +497,14 @@ class NodeCore:
             times.append(w)
         return min(times) if times else None
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> CoreStatus:
         """What this node knows of the group, for operators (``derecho-actors status``): the
         view, the leader, each member's health as this node sees it, and per shard it holds,
-        each member's delivery and persistence progress. Plain data (msgpack-able); pure."""
-        out: dict[str, Any] = {"joining": self.joining, "excluded": self.excluded}
-        if self.stalls:
-            out["stalls"] = {"count": self.stalls, "longest_ms": round(self.longest_stall * 1000, 1)}
+        each member's delivery and persistence progress. Pure."""
+        stalls = Stalls(self.stalls, round(self.longest_stall * 1000, 1)) if self.stalls else None
         view, m = self.view, self.membership
         if view is None or m is None:
-            return out
+            return CoreStatus(joining=self.joining, excluded=self.excluded, stalls=stalls)
         leader = m.leader()
         rows = m.sst.rows
         health = []
@@ -519,48 +518,50 @@ class NodeCore:
             else:
                 state = "ok"
             heard = 0.0 if r == m.me else max(0.0, self.now - m.last_heard[r])
-            health.append({"node": node, "state": state, "heard_ms_ago": round(heard * 1000, 1)})
-        out.update(
+            health.append(MemberHealth(node, state, round(heard * 1000, 1)))
+        shards = []
+        for sid, smc in self.shards.items():
+            srows = smc.sst.rows
+            progress = []
+            for r, node in enumerate(smc.members):
+                progress.append(
+                    (
+                        node,
+                        int(srows[r]["delivered_num"]),  # type: ignore[arg-type]
+                        tuple(srows[r]["received_num"]),  # type: ignore[arg-type]
+                        int(srows[r]["persisted"]) - 1,  # type: ignore[arg-type]  # the column holds version + 1
+                    )
+                )
+            top = max((p[3] for p in progress), default=-1)
+            shards.append(
+                ShardProgress(
+                    shard=str(sid),
+                    delivered=smc.delivered,
+                    persisted_frontier=smc.persisted_frontier - 1,
+                    window_size=smc.config.window_size,
+                    window_free=smc.send_capacity() if smc.my_pos is not None else None,
+                    state="wedged" if m.wedged else "running",
+                    # persistence_lag: versions behind the most advanced replica, within one view
+                    members=tuple(
+                        ShardMemberProgress(n, d, rc, p, _versions_between(p, top)) for n, d, rc, p in progress
+                    ),
+                )
+            )
+        return CoreStatus(
+            joining=self.joining,
+            excluded=self.excluded,
+            stalls=stalls,
             vid=view.vid,
-            members=[[n, a] for n, a in zip(view.members, view.addresses)],
+            members=tuple(zip(view.members, view.addresses)),
             leader=view.members[leader] if leader is not None else None,
             adequate=view.layout.adequate,
             shortfall=view.layout.describe_shortfall(),
             wedged=bool(m.wedged),
-            suspected=[view.members[r] for r in range(view.n) if m.suspects(r)],
-            health=health,
-            layout=[[str(s), list(mem)] for s, mem in view.layout.shards.items()],
-            shards=[],
+            suspected=tuple(view.members[r] for r in range(view.n) if m.suspects(r)),
+            health=tuple(health),
+            layout=tuple((str(s), tuple(mem)) for s, mem in view.layout.shards.items()),
+            shards=tuple(shards),
         )
-        for sid, smc in self.shards.items():
-            srows = smc.sst.rows
-            frontier = smc.persisted_frontier - 1  # the column holds version + 1
-            members: list[dict[str, Any]] = []
-            for r, node in enumerate(smc.members):
-                persisted = int(srows[r]["persisted"]) - 1  # type: ignore[arg-type]
-                members.append(
-                    {
-                        "node": node,
-                        "delivered": int(srows[r]["delivered_num"]),  # type: ignore[arg-type]
-                        "received": list(srows[r]["received_num"]),  # type: ignore[arg-type]
-                        "persisted": persisted,
-                    }
-                )
-            top = max((x["persisted"] for x in members), default=-1)
-            for x in members:  # versions behind the most advanced replica, within one view
-                x["persistence_lag"] = _versions_between(x["persisted"], top)
-            out["shards"].append(
-                {
-                    "shard": str(sid),
-                    "delivered": smc.delivered,
-                    "persisted_frontier": frontier,
-                    "window_size": smc.config.window_size,
-                    "window_free": smc.send_capacity() if smc.my_pos is not None else None,
-                    "state": "wedged" if m.wedged else "running",
-                    "members": members,
-                }
-            )
-        return out
 
     def unreported(self) -> int:
         """Deliveries and views decided but not yet handed out by :meth:`ready`."""

@@ -35,11 +35,12 @@ import socket
 import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from runtime.core.status import AppStatus, CoreStatus, NodeStatus
 from runtime.drivers.ratelimit import RateLimitedLog
 from runtime.drivers.tcp import split_address
 from runtime.errors import ConfigError
@@ -54,20 +55,22 @@ Snapshot = Callable[[], dict[str, Any] | None]
 """The node's status taken on its loop, or None if the loop did not answer in time."""
 
 
-def readiness(status: dict[str, Any] | None) -> tuple[bool, str]:
+def readiness(status: dict[str, Any] | NodeStatus | None) -> tuple[bool, str]:
     """Whether a node with this status is ready to serve, and why not."""
     if status is None:
         return False, "the node's loop does not answer"
-    if status.get("joining") or "vid" not in status:
+    st = status if isinstance(status, NodeStatus) else NodeStatus.from_wire(status)
+    core = st.core
+    if core.joining or core.vid is None:
         return False, "not in a view yet"
-    if status.get("excluded"):
-        return False, f"stopped: {status['excluded']}"
-    if not status.get("adequate", False):
-        return False, f"the view is too small for the layout: {status.get('shortfall', '')}"
-    app = status.get("app", {})
-    if app.get("stopped"):
-        return False, f"stopped: {app['stopped']}"
-    waiting = {s: r for s, r in app.get("replicas", {}).items() if r != "serving"}
+    if core.excluded:
+        return False, f"stopped: {core.excluded}"
+    if not core.adequate:
+        return False, f"the view is too small for the layout: {core.shortfall}"
+    app = st.app or AppStatus()
+    if app.stopped:
+        return False, f"stopped: {app.stopped}"
+    waiting = {s: r for s, r in app.replicas.items() if r != "serving"}
     if waiting:
         return False, "; ".join(f"{s}: {r}" for s, r in sorted(waiting.items()))
     return True, "ready"
@@ -80,97 +83,102 @@ class StatusCollector:
         self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        st = self.snapshot()
+        raw = self.snapshot()
         up = GaugeMetricFamily("derecho_up", "1 if the node's loop answered this scrape")
-        up.add_metric([], 0 if st is None else 1)
+        up.add_metric([], 0 if raw is None else 1)
         yield up
-        if st is None:
+        if raw is None:
             return
+        st = NodeStatus.from_wire(raw)
+        core = st.core
         ready, _ = readiness(st)
         yield _gauge("derecho_ready", "1 if in an adequate view with every replica serving", ready)
-        if "vid" in st:
-            yield _gauge("derecho_view_id", "id of the installed view", st["vid"])
-            yield _gauge("derecho_members", "members of the installed view", len(st.get("members", [])))
-            yield _gauge("derecho_leader", "1 if this node leads the view", st.get("leader") == st.get("node"))
-            yield _gauge("derecho_suspected_members", "members this node suspects", len(st.get("suspected", [])))
-        yield _counter(
-            "derecho_views_installed", "views this node installed since it started", st.get("views_installed", 0)
-        )
-        yield _counter("derecho_bad_frames", "frames dropped as malformed", st.get("bad_frames", 0))
-        yield _gauge("derecho_clients", "client connections", st.get("clients", 0))
-        delivered = GaugeMetricFamily("derecho_shard_delivered", "messages delivered in this view", labels=["shard"])
-        frontier = GaugeMetricFamily("derecho_shard_persisted_frontier", "persistence frontier", labels=["shard"])
-        lag = GaugeMetricFamily(
-            "derecho_member_persistence_lag",
-            "versions a member is behind the most advanced",
-            labels=["shard", "member"],
-        )
-        behind = GaugeMetricFamily(
-            "derecho_member_delivery_lag",
-            "messages a member delivered fewer than this node",
-            labels=["shard", "member"],
-        )
-        window = GaugeMetricFamily(
-            "derecho_shard_window_used", "messages of this node's send window in flight", labels=["shard"]
-        )
-        window_size = GaugeMetricFamily("derecho_shard_window_size", "send window size (messages)", labels=["shard"])
-        for shard in st.get("shards", []):
-            sid = shard["shard"]
-            delivered.add_metric([sid], shard.get("delivered", 0))
-            if shard.get("window_free") is not None:
-                window.add_metric([sid], shard["window_size"] - shard["window_free"])
-                window_size.add_metric([sid], shard["window_size"])
-            frontier.add_metric([sid], shard.get("persisted_frontier", -1))
-            for m in shard.get("members", []):
-                lag.add_metric([sid, str(m["node"])], m.get("persistence_lag", 0))
-                behind.add_metric([sid, str(m["node"])], max(0, shard.get("delivered", 0) - m.get("delivered", 0)))
-        yield from (delivered, frontier, lag, behind, window, window_size)
+        if core.vid is not None:
+            yield _gauge("derecho_view_id", "id of the installed view", core.vid)
+            yield _gauge("derecho_members", "members of the installed view", len(core.members))
+            yield _gauge("derecho_leader", "1 if this node leads the view", core.leader == st.node)
+            yield _gauge("derecho_suspected_members", "members this node suspects", len(core.suspected))
+        yield _counter("derecho_views_installed", "views this node installed since it started", st.views_installed)
+        yield _counter("derecho_bad_frames", "frames dropped as malformed", st.bad_frames)
+        yield _gauge("derecho_clients", "client connections", st.clients)
+        yield from _shard_metrics(core)
         total = CounterMetricFamily(
             "derecho_shard_delivered_messages",
             "messages delivered since the node started (rate() of it: delivered/s)",
             labels=["shard"],
         )
-        for sid, n in st.get("delivered_total", []):
+        for sid, n in st.delivered_total:
             total.add_metric([sid], n)
         yield total
         sent = CounterMetricFamily("derecho_peer_sent_bytes", "bytes of frames sent to a peer node", labels=["peer"])
         received = CounterMetricFamily(
             "derecho_peer_received_bytes", "bytes received from a peer node", labels=["peer"]
         )
-        for peer, out_bytes, in_bytes in st.get("traffic", []):
+        for peer, out_bytes, in_bytes in st.traffic:
             sent.add_metric([str(peer)], out_bytes)
             received.add_metric([str(peer)], in_bytes)
         yield from (sent, received)
-        app = st.get("app", {})
-        serving = GaugeMetricFamily("derecho_replica_serving", "1 if the replica serves", labels=["shard"])
-        for sid, state in app.get("replicas", {}).items():
-            serving.add_metric([sid], state == "serving")
-        yield serving
-        yield _counter("derecho_state_transfers_sent", "state transfers this node sent", app.get("transfers_sent", 0))
-        yield _counter(
-            "derecho_shards_restarted_empty",
-            "shards this node started anew because every replica holding their state was gone",
-            app.get("shards_restarted_empty", 0),
-        )
-        yield _gauge(
-            "derecho_shards_awaiting_log",
-            "shards of this node's layout waiting for a node that held them last to come back with its log",
-            app.get("shards_awaiting_log", 0),
-        )
-        yield _counter(
-            "derecho_state_transfer_sent_bytes", "bytes of finished state transfers", app.get("transfer_bytes_sent", 0)
-        )
-        active = GaugeMetricFamily(
-            "derecho_state_transfer_progress_bytes", "bytes sent so far by a transfer under way", labels=["shard", "to"]
-        )
-        for sid, to, sent_bytes in app.get("transfers_active", []):
-            active.add_metric([sid, str(to)], sent_bytes)
-        yield active
-        digests = CounterMetricFamily("derecho_digest_mismatches", "state digests that differed", labels=["shard"])
-        for sid, entry in app.get("digests", {}).items():
-            digests.add_metric([sid], entry.get("mismatches", 0))
-        yield digests
-        yield from _client_calls(app.get("client_calls", {}))
+        yield from _app_metrics(st.app or AppStatus())
+
+
+def _shard_metrics(core: CoreStatus) -> Iterator[Metric]:
+    delivered = GaugeMetricFamily("derecho_shard_delivered", "messages delivered in this view", labels=["shard"])
+    frontier = GaugeMetricFamily("derecho_shard_persisted_frontier", "persistence frontier", labels=["shard"])
+    lag = GaugeMetricFamily(
+        "derecho_member_persistence_lag",
+        "versions a member is behind the most advanced",
+        labels=["shard", "member"],
+    )
+    behind = GaugeMetricFamily(
+        "derecho_member_delivery_lag",
+        "messages a member delivered fewer than this node",
+        labels=["shard", "member"],
+    )
+    window = GaugeMetricFamily(
+        "derecho_shard_window_used", "messages of this node's send window in flight", labels=["shard"]
+    )
+    window_size = GaugeMetricFamily("derecho_shard_window_size", "send window size (messages)", labels=["shard"])
+    for shard in core.shards:
+        sid = shard.shard
+        delivered.add_metric([sid], shard.delivered)
+        if shard.window_free is not None:
+            window.add_metric([sid], shard.window_size - shard.window_free)
+            window_size.add_metric([sid], shard.window_size)
+        frontier.add_metric([sid], shard.persisted_frontier)
+        for m in shard.members:
+            lag.add_metric([sid, str(m.node)], m.persistence_lag)
+            behind.add_metric([sid, str(m.node)], max(0, shard.delivered - m.delivered))
+    yield from (delivered, frontier, lag, behind, window, window_size)
+
+
+def _app_metrics(app: AppStatus) -> Iterator[Metric]:
+    serving = GaugeMetricFamily("derecho_replica_serving", "1 if the replica serves", labels=["shard"])
+    for sid, state in app.replicas.items():
+        serving.add_metric([sid], state == "serving")
+    yield serving
+    yield _counter("derecho_state_transfers_sent", "state transfers this node sent", app.transfers_sent)
+    yield _counter(
+        "derecho_shards_restarted_empty",
+        "shards this node started anew because every replica holding their state was gone",
+        app.shards_restarted_empty,
+    )
+    yield _gauge(
+        "derecho_shards_awaiting_log",
+        "shards of this node's layout waiting for a node that held them last to come back with its log",
+        app.shards_awaiting_log,
+    )
+    yield _counter("derecho_state_transfer_sent_bytes", "bytes of finished state transfers", app.transfer_bytes_sent)
+    active = GaugeMetricFamily(
+        "derecho_state_transfer_progress_bytes", "bytes sent so far by a transfer under way", labels=["shard", "to"]
+    )
+    for sid, to, sent_bytes in app.transfers_active:
+        active.add_metric([sid, str(to)], sent_bytes)
+    yield active
+    digests = CounterMetricFamily("derecho_digest_mismatches", "state digests that differed", labels=["shard"])
+    for sid, entry in app.digests.items():
+        digests.add_metric([sid], entry.get("mismatches", 0))
+    yield digests
+    yield from _client_calls(app.client_calls)
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
@@ -185,7 +193,7 @@ def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
     return c
 
 
-def _client_calls(calls: dict[str, Any]) -> Iterator[Metric]:
+def _client_calls(calls: Mapping[str, Any]) -> Iterator[Metric]:
     counts = CounterMetricFamily(
         "derecho_client_calls", "clients' calls through this node", labels=["method", "outcome"]
     )

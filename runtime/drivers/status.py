@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from runtime.core.status import AppStatus, NodeStatus
 from runtime.drivers.dial import dial
 from runtime.drivers.ratelimit import RateLimitedLog
 from runtime.drivers.tcp import split_address
@@ -202,22 +203,25 @@ class StatusLimiter:
 
 
 def render_status(status: dict[str, Any]) -> None:
+    """Print a status reply for an operator (``derecho-actors status``)."""
     from rich.console import Console
     from rich.table import Table
 
     from runtime.core.versions import format_version
 
+    st = NodeStatus.from_wire(status)
+    core = st.core
     console = Console()
-    if "vid" not in status:
-        what = "restarting from its data" if status.get("restarting") else "still joining"
-        if status.get("bootstrapping"):
-            what = f"bootstrapping: {status['bootstrapping']}"
-        console.print(f"node {status.get('node')} is {what} (cluster {status.get('cluster')!r})")
+    if core.vid is None:
+        what = "restarting from its data" if st.restarting else "still joining"
+        if st.bootstrapping:
+            what = f"bootstrapping: {st.bootstrapping}"
+        console.print(f"node {st.node} is {what} (cluster {st.cluster!r})")
         return
     title = (
-        f"cluster {status['cluster']!r}: view {status['vid']}, leader node {status['leader']}"
-        f"{'' if status['adequate'] else ' (inadequate: ' + status['shortfall'] + ')'}"
-        f"{', view change under way' if status['wedged'] else ''}"
+        f"cluster {st.cluster!r}: view {core.vid}, leader node {core.leader}"
+        f"{'' if core.adequate else ' (inadequate: ' + core.shortfall + ')'}"
+        f"{', view change under way' if core.wedged else ''}"
     )
     members = Table(title=title)
     members.add_column("rank", justify="right")
@@ -227,62 +231,59 @@ def render_status(status: dict[str, Any]) -> None:
     members.add_column("health")
     members.add_column("last heard", justify="right")
     shards_of: dict[int, list[str]] = {}
-    for shard, nodes in status["layout"]:
+    for sid, nodes in core.layout:
         for n in nodes:
-            shards_of.setdefault(n, []).append(shard)
-    health = {h["node"]: h for h in status.get("health", [])}
-    for rank, (node, address) in enumerate(status["members"]):
-        h = health.get(node, {})
-        heard = "-" if node == status["node"] else f"{h.get('heard_ms_ago', 0):.0f} ms ago"
+            shards_of.setdefault(n, []).append(sid)
+    health = {h.node: h for h in core.health}
+    for rank, (node, address) in enumerate(core.members):
+        h = health.get(node)
+        heard = "-" if node == st.node or h is None else f"{h.heard_ms_ago:.0f} ms ago"
         members.add_row(
-            str(rank), str(node), address, ", ".join(shards_of.get(node, [])) or "-", h.get("state", "?"), heard
+            str(rank), str(node), address, ", ".join(shards_of.get(node, [])) or "-", h.state if h else "?", heard
         )
     console.print(members)
-    app = status.get("app", {})
-    replicas = app.get("replicas", {})
-    for shard in status["shards"]:
-        state = replicas.get(shard["shard"], shard.get("state", ""))
-        frontier = shard.get("persisted_frontier", -1)
+    app = st.app or AppStatus()
+    for shard in core.shards:
+        state = app.replicas.get(shard.shard, shard.state)
+        frontier = shard.persisted_frontier
         persisted = f", persisted up to {format_version(frontier)}" if frontier >= 0 else ""
-        t = Table(title=f"shard {shard['shard']} (as seen by node {status['node']}): {state}{persisted}")
+        t = Table(title=f"shard {shard.shard} (as seen by node {st.node}): {state}{persisted}")
         t.add_column("node", justify="right")
         t.add_column("delivered", justify="right")
         t.add_column("lag", justify="right")
         t.add_column("persisted", justify="right")
         t.add_column("persistence lag", justify="right")
         t.add_column("received per sender")
-        top = max(m["delivered"] for m in shard["members"])
-        for m in shard["members"]:
-            p = m.get("persisted", -1)
+        top = max((m.delivered for m in shard.members), default=0)
+        for m in shard.members:
             t.add_row(
-                str(m["node"]),
-                str(m["delivered"]),
-                str(top - m["delivered"]),
-                format_version(p) if p >= 0 else "-",
-                _lag(m.get("persistence_lag", 0)),
-                " ".join(map(str, m["received"])),
+                str(m.node),
+                str(m.delivered),
+                str(top - m.delivered),
+                format_version(m.persisted) if m.persisted >= 0 else "-",
+                _lag(m.persistence_lag),
+                " ".join(map(str, m.received)),
             )
         console.print(t)
-    for waiting in app.get("awaiting_log", []):
+    for waiting in app.awaiting_log:
         console.print(
             f"[red]shard {waiting['shard']} waits for a node that held it last ({waiting['last_holders']}, view "
             f"{waiting['last_view']}) to come back with its data folder (or a node started with --accept-loss)[/]"
         )
-    for lost in app.get("restarted_empty", []):
+    for lost in app.restarted_empty:
         console.print(
             f"[red]shard {lost['shard']} started anew in view {lost['view']}: its updates before {lost['lost_before']} "
             f"are gone (held last by {lost['last_holders']})[/]"
         )
-    stalls = status.get("stalls")
-    if stalls:
+    if core.stalls is not None:
         console.print(
-            f"[yellow]node {status['node']} stalled {stalls['count']} time(s) (its loop did not run for longer than a "
-            f"heartbeat; longest {stalls['longest_ms']} ms)[/]"
+            f"[yellow]node {st.node} stalled {core.stalls.count} time(s) (its loop did not run for longer than a "
+            f"heartbeat; longest {core.stalls.longest_ms} ms)[/]"
         )
-    if app.get("lost"):
-        console.print(f"[red]versions given up by a total restart (--accept-loss): {app['lost']}[/]")
-    if app.get("stopped"):
-        console.print(f"[red]node {status['node']} stopped: {app['stopped']}[/]")
+    if app.lost:
+        console.print(f"[red]versions given up by a total restart (--accept-loss): {app.lost}[/]")
+    if app.stopped:
+        console.print(f"[red]node {st.node} stopped: {app.stopped}[/]")
 
 
 def _lag(versions: int) -> str:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from runtime.core.status import AppStatus, NodeStatus
 from runtime.core.versions import format_version
 
 Fetch = Callable[[str], dict[str, Any] | None]
@@ -52,74 +53,69 @@ class ShardRow:
 class TopModel:
     """Two rounds of status snapshots in, rows with rates out."""
 
-    previous: dict[int, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    previous: dict[int, tuple[float, NodeStatus]] = field(default_factory=dict)
 
     def update(
         self, members: list[tuple[int, str]], statuses: dict[int, dict[str, Any] | None], now: float
     ) -> tuple[list[NodeRow], list[ShardRow]]:
+        typed = {n: NodeStatus.from_wire(d) if d is not None else None for n, d in statuses.items()}
         nodes: list[NodeRow] = []
         shards: dict[str, ShardRow] = {}
         health: dict[int, str] = {}
-        for st in statuses.values():
-            for h in (st or {}).get("health", []):
-                if h["state"] != "ok" or h["node"] not in health:
-                    health[h["node"]] = h["state"]
+        for st in typed.values():
+            for h in st.core.health if st is not None else ():
+                if h.state != "ok" or h.node not in health:
+                    health[h.node] = h.state
         for node, address in members:
-            st = statuses.get(node)
+            st = typed.get(node)
             if st is None:
                 nodes.append(NodeRow(node, address, "no answer"))
                 continue
-            if "vid" not in st:
-                nodes.append(NodeRow(node, address, "bootstrapping" if st.get("bootstrapping") else "joining"))
+            core = st.core
+            if core.vid is None:
+                nodes.append(NodeRow(node, address, "bootstrapping" if st.bootstrapping else "joining"))
                 continue
-            row = NodeRow(node, address, health.get(node, "ok"), st["vid"], clients=st.get("clients", 0))
+            row = NodeRow(node, address, health.get(node, "ok"), core.vid, clients=st.clients)
             before = self.previous.get(node)
             dt = now - before[0] if before is not None else 0.0
-            prev = before[1] if before is not None else {}
+            prev = before[1] if before is not None else None
+            same_view = prev is not None and core.vid == prev.core.vid
             used = size = 0
-            for sh in st.get("shards", []):
-                if sh.get("window_free") is not None:
-                    used += sh["window_size"] - sh["window_free"]
-                    size += sh["window_size"]
-                row.persistence_lag = max(
-                    [row.persistence_lag, *(m.get("persistence_lag", 0) for m in sh.get("members", []))]
-                )
+            for sh in core.shards:
+                if sh.window_free is not None:
+                    used += sh.window_size - sh.window_free
+                    size += sh.window_size
+                row.persistence_lag = max([row.persistence_lag, *(m.persistence_lag for m in sh.members)])
             if size:
                 row.window = f"{used}/{size}"
-            if dt > 0:
-                row.delivered_per_s = _rate(_delivered(st) - _delivered(prev), dt, st["vid"] == prev.get("vid"))
+            if dt > 0 and prev is not None:
+                row.delivered_per_s = _rate(_delivered(st) - _delivered(prev), dt, same_view)
                 row.calls_per_s = _rate(_calls(st) - _calls(prev), dt)
                 out_now, in_now = _traffic(st)
                 out_before, in_before = _traffic(prev)
                 row.out_per_s = _rate(out_now - out_before, dt)
                 row.in_per_s = _rate(in_now - in_before, dt)
-            app = st.get("app", {})
-            active = app.get("transfers_active", [])
-            row.transfers = f"{len(active)} active" if active else str(app.get("transfers_sent", 0))
-            replicas = app.get("replicas", {})
-            if replicas:
-                row.replicas = ", ".join(f"{s}: {r}" for s, r in sorted(replicas.items()))
+            app = st.app or AppStatus()
+            active = app.transfers_active
+            row.transfers = f"{len(active)} active" if active else str(app.transfers_sent)
+            if app.replicas:
+                row.replicas = ", ".join(f"{s}: {r}" for s, r in sorted(app.replicas.items()))
             nodes.append(row)
-            for sh in st.get("shards", []):
-                sid = sh["shard"]
-                if sid in shards:
+            for sh in core.shards:
+                if sh.shard in shards:
                     continue
-                ms = sh.get("members", [])
-                top = max((m["delivered"] for m in ms), default=0)
-                prev_sh = next((p for p in prev.get("shards", []) if p["shard"] == sid), None)
-                rate = (
-                    _rate(sh["delivered"] - prev_sh["delivered"], dt, st["vid"] == prev.get("vid"))
-                    if prev_sh is not None and dt > 0
-                    else 0.0
-                )
-                shards[sid] = ShardRow(
-                    sid,
-                    [m["node"] for m in ms],
-                    sh["delivered"],
+                ms = sh.members
+                top = max((m.delivered for m in ms), default=0)
+                prev_sh = next((p for p in prev.core.shards if p.shard == sh.shard), None) if prev is not None else None
+                rate = _rate(sh.delivered - prev_sh.delivered, dt, same_view) if prev_sh is not None and dt > 0 else 0.0
+                shards[sh.shard] = ShardRow(
+                    sh.shard,
+                    [m.node for m in ms],
+                    sh.delivered,
                     rate,
-                    sh.get("persisted_frontier", -1),
-                    max((top - m["delivered"] for m in ms), default=0),
-                    max((m.get("persistence_lag", 0) for m in ms), default=0),
+                    sh.persisted_frontier,
+                    max((top - m.delivered for m in ms), default=0),
+                    max((m.persistence_lag for m in ms), default=0),
                 )
             self.previous[node] = (now, st)
         return nodes, [shards[s] for s in sorted(shards)]
@@ -130,17 +126,17 @@ def _rate(delta: float, dt: float, comparable: bool = True) -> float:
     return delta / dt if comparable and delta >= 0 else 0.0
 
 
-def _delivered(st: dict[str, Any]) -> int:
-    return sum(sh.get("delivered", 0) for sh in st.get("shards", []))
+def _delivered(st: NodeStatus) -> int:
+    return sum(sh.delivered for sh in st.core.shards)
 
 
-def _calls(st: dict[str, Any]) -> int:
-    return sum(n for _m, _o, n in st.get("app", {}).get("client_calls", {}).get("calls", []))
+def _calls(st: NodeStatus) -> int:
+    calls = (st.app or AppStatus()).client_calls.get("calls", [])
+    return sum(n for _m, _o, n in calls)
 
 
-def _traffic(st: dict[str, Any]) -> tuple[int, int]:
-    t = st.get("traffic", [])
-    return sum(x[1] for x in t), sum(x[2] for x in t)
+def _traffic(st: NodeStatus) -> tuple[int, int]:
+    return sum(x[1] for x in st.traffic), sum(x[2] for x in st.traffic)
 
 
 # ------------------------------------------------------------------ fetching and drawing

@@ -103,9 +103,9 @@ class SimNodeHandle:
             self.cluster.app_direct(self.node_id, node, data)
 
     def reply_client(self, conn: Any, *messages: bytes) -> None:
-        """Never called: the simulator's callers are members' handles, never client
-        connections, so no ``conn`` exists to answer."""
-        raise RuntimeError(f"node {self.node_id}: the simulator has no client connections to answer")
+        """To a simulated client's connection (``client_net``), over the simulated network."""
+        if self.alive:
+            self.cluster.client_net.reply(conn, messages)
 
     def report_persisted(self, shard: ShardId, version: int) -> None:
         if self.alive:
@@ -125,7 +125,7 @@ class SimNodeHandle:
 
     def status(self) -> dict[str, Any]:
         node = self.cluster.nodes[self.node_id]
-        out = node.core.status()
+        out = node.core.status().to_wire()
         if self.hooks.status is not None:
             out["app"] = self.hooks.status()
         return out

@@ -26,7 +26,8 @@ interface (``runtime.node_api``), such as the actor layer hosting a user's repli
 each incarnation of a node gets a ``SimNodeHandle`` (``app_node.py``) through which the app
 multicasts, sends direct messages over the simulated network and schedules its callbacks, and
 the flush hands it deliveries, views, frontiers and its stop through its hooks, as the real
-driver does. The app keeps its own logs then (``persistent`` stays off here); a total restart
+driver does; clients reach the app through ``client_net`` (their connections, served as the
+driver serves them). The app keeps its own logs then (``persistent`` stays off here); a total restart
 takes the nodes' restart reports from ``app_report`` and leaves the persistence floors to the
 app, which reports what its logs hold as the real node does.
 """
@@ -46,6 +47,7 @@ from runtime.core.node_core import CoreConfig, NodeCore
 from runtime.core.restart import RestartPlan
 from runtime.core.versions import format_version, make_version
 from runtime.core.view import Proposal, View, ViewFormatError
+from runtime.sim.client_net import SimClientNet
 from runtime.sim.disk import Disk, LogRecord, common_prefix, held_shards
 from runtime.sim.invariants import Inc, RestartRecord, Trace, ViewRecord
 from runtime.sim.network import SimNetwork
@@ -137,6 +139,7 @@ class SimCluster:
         self.app_holds: Callable[[int, ShardId], bool] | None = None  # node's replica holds the shard's state
         self.apps: dict[int, Any] = {}  # node id -> SimNodeHandle of its live incarnation
         self.app_faults: list[str] = []  # what an app did that only a bug explains (a cut-off)
+        self.client_net = SimClientNet(self)  # app mode: clients' connections to the nodes
         view = View(0, members, tuple(address_of(m) for m in members), compute_layout(policy, members))
         for m in members:
             core = NodeCore(m, address_of(m), policy, config, 0.0, view=view)
@@ -611,6 +614,7 @@ class SimCluster:
     def _end(self, node: SimNode, why: str) -> None:
         node.alive = False
         self.trace.ended[node.inc] = why
+        self.client_net.node_ended(node.node_id)
         if self.app_end is not None and self.apps.get(node.node_id) is not None:
             self.app_end(node.node_id)
 

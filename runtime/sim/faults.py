@@ -50,6 +50,7 @@ from typing import Callable
 
 from runtime.core.layout import ShardId
 from runtime.core.restart import RestartPlan, RestartPlanner, RestartRefused, RestartWaiting
+from runtime.sim.client_net import CLIENT_HOST
 from runtime.sim.cluster import SimCluster, address_of
 from runtime.sim.disk import held_by
 from runtime.sim.network import LinkProfile
@@ -301,9 +302,10 @@ class FaultInjector:
                 break
         else:
             return
-        rest = {m for m in self.cluster.nodes if m not in minority}
+        # The clients' host stays with the majority: a client of a minority node must fail over.
+        rest = {m for m in self.cluster.nodes if m not in minority} | {CLIENT_HOST}
         self.cluster.net.partition(minority, rest)
-        self.cluster.say(f"fault: partition {sorted(minority)} | {sorted(rest)}")
+        self.cluster.say(f"fault: partition {sorted(minority)} | {sorted(rest - {CLIENT_HOST})}")
         duration = self.suspicion_timeout * (1.5 + 2.5 * self.rng.random())
         self.cluster.sched.at(self.cluster.sched.now + duration, self._heal)
 

@@ -34,10 +34,20 @@ class SimNetwork:
     frames: int = 0
     dropped: int = 0
 
-    def send(self, src: int, dst: int, deliver: Callable[[int, Any], None], item: Any) -> None:
-        """Schedule ``deliver(src, item)`` at ``dst`` after the link's delay, in link order."""
+    def send(
+        self,
+        src: int,
+        dst: int,
+        deliver: Callable[[int, Any], None],
+        item: Any,
+        lost: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Schedule ``deliver(src, item)`` at ``dst`` after the link's delay, in link order;
+        ``lost(item)`` if a cut drops it (a client's connection breaks with its first lost frame)."""
         if (src, dst) in self.cut:
             self.dropped += 1
+            if lost is not None:
+                lost(item)
             return
         prof = self.links.get((src, dst), self.default)
         delay = (prof.base + self.rng.random() * prof.jitter) * prof.slowdown
@@ -47,11 +57,15 @@ class SimNetwork:
             when = last  # FIFO: never overtake an earlier frame on the same link
         self._last_arrival[(src, dst)] = when
         self.frames += 1
-        self.scheduler.at(when, self._arrive, src, dst, deliver, item)
+        self.scheduler.at(when, self._arrive, src, dst, deliver, item, lost)
 
-    def _arrive(self, src: int, dst: int, deliver: Callable[[int, Any], None], item: Any) -> None:
+    def _arrive(
+        self, src: int, dst: int, deliver: Callable[[int, Any], None], item: Any, lost: Callable[[Any], None] | None
+    ) -> None:
         if (src, dst) in self.cut:  # cut while in flight: lost with the connection
             self.dropped += 1
+            if lost is not None:
+                lost(item)
             return
         deliver(src, item)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import derecho_actors as da
-from derecho_actors._cluster import _free_ports
+from derecho_actors.tools.cluster import _free_ports
 from runtime.security.certs import ensure_cluster_certs
 
 CLIENT = "tester"  # the client certificate every test group's CA issues

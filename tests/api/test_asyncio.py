@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import derecho_actors as da
-from derecho_actors._cluster import CLIENT_NAME
+from derecho_actors.tools.cluster import CLIENT_NAME
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -34,6 +34,7 @@ def test_client_fails_over_and_applies_each_call_once() -> None:
         contacts = [address(g) for g in groups]
         with client_of(groups, contacts) as client:
             tally = client.handle(Tally)
+            assert isinstance(tally, da.Handle), "clients and members share one Handle"
             first = [tally.add(i) for i in range(300)]
             first[50].get(timeout=20)
             groups[0].close()  # the client's member (and the leader) dies mid-stream
@@ -72,7 +73,7 @@ def test_the_client_logs_how_long_it_really_tried(caplog: pytest.LogCaptureFixtu
     import re
     import time
 
-    from derecho_actors._cluster import _free_ports
+    from derecho_actors.tools.cluster import _free_ports
 
     (port,) = _free_ports(1)  # nobody listens there
     with caplog.at_level(logging.INFO, logger="derecho.client"):

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 import derecho_actors as da
-from derecho_actors._digest import canonical, state_digest
+from derecho_actors.wire.digest import canonical, state_digest
 from tests.api.groups import client as client_of
 from tests.api.groups import running_groups
 

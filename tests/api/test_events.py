@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from derecho_actors import _events
-from derecho_actors._events import (
-    BEGINNING,
-    LAST,
-    EventLog,
-    PollArgs,
-    PollCall,
-    WatchBoard,
-    WatchExpire,
-    WatchPoll,
-    decode_answer,
-    decode_poll,
-    encode_poll,
-)
+from derecho_actors.replica import events as _events
+from derecho_actors.replica.events import EventLog, PollCall, WatchBoard, WatchExpire, WatchPoll
+from derecho_actors.wire.events import BEGINNING, LAST, PollArgs, decode_answer, decode_poll, encode_poll
 from runtime.core.versions import make_version
 from runtime.errors import WatchHistoryLost, WireError
 

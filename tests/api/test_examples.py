@@ -26,7 +26,7 @@ def test_kv_demo_command_reports_no_lost_write(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "derecho_actors.cli",
+            "derecho_actors.tools.cli",
             "demo",
             "--nodes",
             "4",
@@ -47,7 +47,10 @@ def test_kv_demo_command_reports_no_lost_write(tmp_path: Path) -> None:
 
 def test_demo_refuses_an_odd_node_count() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "derecho_actors.cli", "demo", "--nodes", "3"], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "derecho_actors.tools.cli", "demo", "--nodes", "3"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 2 and "--nodes" in out.stderr
 
@@ -88,7 +91,7 @@ def test_example_clients_fail_in_one_line_that_says_what_to_check(tmp_path: Path
     """A wrong CA or a port nobody listens on: one line naming the problem and what to check,
     exit code 1, no traceback."""
     import derecho_actors as da
-    from derecho_actors._cluster import _free_ports
+    from derecho_actors.tools.cluster import _free_ports
     from examples.kv_store import KV
     from runtime.security.certs import ensure_cluster_certs
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import derecho_actors as da
-from derecho_actors._cluster import CLIENT_NAME, LocalCluster
+from derecho_actors.tools.cluster import CLIENT_NAME, LocalCluster
 from runtime.drivers.dial import client_credentials
 from runtime.exitcodes import EXIT_CONFIG, EXIT_OK, EXIT_STOPPED, EXIT_STORAGE
 from runtime.security.certs import ensure_cluster_certs
@@ -54,9 +54,9 @@ def wait_for(ok: Callable[[], Any], timeout: float, what: str) -> float:
 
 
 def node_pids(workdir: Path) -> list[int]:
-    """Node processes (``derecho_actors._cluster_node``) of the cluster in ``workdir``, by
+    """Node processes (``derecho_actors.tools.cluster_node``) of the cluster in ``workdir``, by
     ``pgrep -f`` on the node module and the workdir in their command lines."""
-    found = subprocess.run(["pgrep", "-a", "-f", "derecho_actors._cluster_node"], capture_output=True, text=True)
+    found = subprocess.run(["pgrep", "-a", "-f", "derecho_actors.tools.cluster_node"], capture_output=True, text=True)
     pids = []
     for line in found.stdout.splitlines():
         pid, _, cmd = line.partition(" ")
@@ -536,7 +536,7 @@ def test_too_large_calls_non_member_p2p_and_huge_node_id_are_refused(tmp_path: P
             [
                 sys.executable,
                 "-m",
-                "derecho_actors._cluster_node",
+                "derecho_actors.tools.cluster_node",
                 str(cluster.workdir / "cluster.pickle"),
                 "--set",
                 f"node.id={2**70}",

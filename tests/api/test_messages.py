@@ -1,15 +1,21 @@
-"""The actor layer's messages: round trips, and every malformed field named on decode."""
+"""The actor layer's messages: round trips, every malformed field named on decode, kinds as
+enums on the wire (calls, state chunks), the legacy names of the group's own requests read as
+their kinds, and the replies a ``ReplyTo`` builds."""
 
 from __future__ import annotations
 
 import msgpack
 import pytest
 
-from derecho_actors._messages import (
+from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.messages import (
     Call,
     CallBatch,
+    CallKind,
+    ChunkKind,
     Reply,
     ReplyBatch,
+    ReplyTo,
     SignedMark,
     StateAck,
     StateChunk,
@@ -20,7 +26,7 @@ from derecho_actors._messages import (
     encode,
 )
 from runtime.core.layout import ShardId
-from runtime.errors import WireError
+from runtime.errors import ClientLimit, ReplicaLost, SessionLimit, WireError
 
 KV = ShardId("KV", 0, 1)
 CALL = Call(7, 2, KV, "put", True, b"args", 99, 123, 5)
@@ -30,12 +36,18 @@ ROUND_TRIPS = {
     "call batch": CallBatch((CALL, Call(8, 2, KV, "get", False, b"", 0, 0, 0))),
     "client call with a target": Call(9, 0, KV, "get", False, b"", 0, 0, 3, 2),
     "relayed call with its owner": Call(9, 1, KV, "put", True, b"", 77, 5, 3, 0, owner=12345),
+    "watch poll": Call(9, 0, KV, "", False, b"poll", 0, 0, 3, 2, kind=CallKind.WATCH_POLL),
+    "relayed persistence query with an owner": Call(
+        9, 1, KV, "", False, b"\x05", 77, 5, 3, 0, owner=12, kind=CallKind.PERSISTED_QUERY
+    ),
     "call batch, empty": CallBatch(()),
     "reply with version": Reply(7, 2, 3, (1, 2, 3), True, b"v", 99, 2**41 + 5),
     "reply batch": ReplyBatch(2, 3, (1, 2, 3), ((7, True, b"v", 0, -1), (8, False, b"err", 99, 12))),
     "signed mark": SignedMark(KV, 12, bytes(64), bytes(32)),
     "state request": StateRequest(KV, 4, -1, 0),
-    "state chunk": StateChunk(KV, 4, 9, "log", b"x" * 100, True, False),
+    "state chunk, log": StateChunk(KV, 4, 9, ChunkKind.LOG, b"x" * 100, True, False),
+    "state chunk, object": StateChunk(KV, 4, 0, ChunkKind.OBJECT, b"o", False, True),
+    "state chunk, error": StateChunk(KV, 4, 0, ChunkKind.ERROR, "no state".encode(), True, False),
     "state ack": StateAck(KV, 4, 9),
     "view notice": ViewNotice(5, (1, 2), (3,), "view 5 has 2 members"),
 }
@@ -54,14 +66,24 @@ MALFORMED = {
     "not msgpack": (b"\xc1", "not valid msgpack"),
     "not an array": (p({"a": 1}), "non-empty array"),
     "unknown tag": (p([99]), "unknown message type tag 99"),
-    "wrong arity": (p([1, 2]), "Call message needs 10 or 11 fields"),
+    "wrong arity": (p([1, 2]), "Call message needs 10 or 11 or 12 fields"),
     "call owner negative": (p([1, 1, 2, ["KV", 0, 1], "put", True, b"", 0, 0, 0, 0, -1]), "Call.owner"),
     "call id negative": (p([1, -1, 2, ["KV", 0, 1], "put", True, b"", 0, 0, 0, 0]), "Call.call_id"),
     "call shard": (p([1, 1, 2, ["KV", 0], "put", True, b"", 0, 0, 0, 0]), "Call.shard"),
     "call ordered not bool": (p([1, 1, 2, ["KV", 0, 1], "put", 1, b"", 0, 0, 0, 0]), "Call.ordered must be a bool"),
     "call target negative": (p([1, 1, 0, ["KV", 0, 1], "get", False, b"", 0, 0, 0, -3]), "Call.target"),
     "batch not a list": (p([2, 5]), "CallBatch.calls must be a list"),
-    "batch item short": (p([2, [[1, 2]]]), "needs 10 or 11 fields, got list"),
+    "batch item short": (p([2, [[1, 2]]]), "needs 10 to 12 fields, got list"),
+    "call kind unknown": (p([1, 1, 2, ["KV", 0, 1], "", False, b"", 0, 0, 0, 0, 0, 9]), "Call.kind must be one of"),
+    "call kind not an int": (p([1, 1, 2, ["KV", 0, 1], "", False, b"", 0, 0, 0, 0, 0, "watch"]), "Call.kind"),
+    "ordered call of a P2P kind": (
+        p([1, 1, 2, ["KV", 0, 1], "", True, b"", 0, 0, 0, 0, 0, 1]),
+        "but the call is ordered",
+    ),
+    "kind in a batch, bad": (
+        p([2, [[1, 0, ["KV", 0, 1], "", False, b"", 0, 0, 0, 0, 0, -1]]]),
+        r"CallBatch\.calls\[\]\.kind",
+    ),
     "reply version": (p([3, 1, 2, 3, [1], True, b"", 0, -2]), "Reply.version"),
     "batch entry": (p([4, 2, 3, [1], [[1, True, "s", 0, -1]]]), "malformed ReplyBatch entry"),
     "mark signature": (p([5, ["KV", 0, 1], 1, b"short", bytes(32)]), "SignedMark.signature must be 64 bytes"),
@@ -76,6 +98,79 @@ def test_malformed_message_raises_wire_error(body: bytes, needle: str) -> None:
         decode(body)
 
 
+LEGACY = {
+    # (method, ordered, fields on the wire) -> (kind, method) as decoded
+    "a watch poll of the release before": (("__watch__", False, 10), (CallKind.WATCH_POLL, "")),
+    "a persistence query with a target": (("__persisted__", False, 10), (CallKind.PERSISTED_QUERY, "")),
+    "a relayed legacy poll with an owner": (("__watch__", False, 11), (CallKind.WATCH_POLL, "")),
+    "an ordered call so named is a method": (("__watch__", True, 10), (CallKind.METHOD, "__watch__")),
+    "another dunder name is a method": (("__init__", False, 10), (CallKind.METHOD, "__init__")),
+    "a user's method": (("get", False, 10), (CallKind.METHOD, "get")),
+}
+
+
+@pytest.mark.parametrize("sent, decoded", LEGACY.values(), ids=LEGACY.keys())
+def test_the_group_s_own_requests_of_the_release_before_are_read_as_their_kinds(
+    sent: tuple[str, bool, int], decoded: tuple[CallKind, str]
+) -> None:
+    method, ordered, n = sent
+    fields = [7, 0, ["KV", 0, 1], method, ordered, b"a", 0, 0, 0, 0, 5][:n]
+    for body in (p([1, *fields]), p([2, [fields]])):
+        msg = decode(body)
+        call = msg if isinstance(msg, Call) else msg.calls[0]  # type: ignore[union-attr]
+        assert (call.kind, call.method) == decoded
+
+
+def test_a_call_s_kind_is_on_the_wire_only_for_the_group_s_own_requests() -> None:
+    """A method call is encoded as before (10 fields, 11 with an owner), so a node of the
+    release before reads it; a request of the group's own carries its kind as a 12th field."""
+    assert len(msgpack.unpackb(encode(Call(1, 0, KV, "get", False, b"")))) == 11  # tag + 10
+    assert len(msgpack.unpackb(encode(Call(1, 0, KV, "put", True, b"", owner=3)))) == 12
+    poll = msgpack.unpackb(encode(Call(1, 0, KV, "", False, b"", kind=CallKind.WATCH_POLL)))
+    assert len(poll) == 13 and poll[-2:] == [0, 1]  # owner 0, then the kind's number
+
+
+def test_chunk_kinds_keep_their_wire_strings() -> None:
+    """The strings the release before sent, so either end may be the older."""
+    assert {k: k.value for k in ChunkKind} == {ChunkKind.OBJECT: "obj", ChunkKind.LOG: "log", ChunkKind.ERROR: "err"}
+    body = encode(StateChunk(KV, 4, 0, ChunkKind.LOG, b"", True, False))
+    assert msgpack.unpackb(body)[4] == "log"
+    assert decode(p([7, ["KV", 0, 1], 4, 0, "err", b"why", True, False])).part is ChunkKind.ERROR  # type: ignore[union-attr]
+
+
+TO = ReplyTo(caller=2, call_id=7, vid=5, origin=99)
+BUILT = {
+    # name: (reply, expected Reply fields but the value, what the caller decodes it as)
+    "refused alone": (TO.refused(3, ClientLimit("busy")), (7, 3, 5, (3,), False, 99, -1), ClientLimit),
+    "refused by every replica, with a version": (
+        TO.refused(3, SessionLimit("full"), (1, 3), 12),
+        (7, 3, 5, (1, 3), False, 99, 12),
+        SessionLimit,
+    ),
+    "failed: a malformed request": (TO.failed(3, ValueError("bad")), (7, 3, 5, (3,), False, 99, -1), None),
+    "answered": (TO.answered(3, b"\x05"), (7, 3, 5, (3,), True, 99, -1), None),
+}
+
+
+@pytest.mark.parametrize("reply, fields, error", BUILT.values(), ids=BUILT.keys())
+def test_reply_to_builds_the_replies(reply: Reply, fields: tuple[object, ...], error: type | None) -> None:
+    r = reply
+    assert (r.call_id, r.node, r.vid, r.replicas, r.ok, r.origin, r.version) == fields
+    if not r.ok:
+        got = _codec.decode_error(r.value, r.node)
+        assert type(got) is error if error is not None else type(got).__name__ == "RemoteError"
+        if error is None:
+            assert got.remote_type == "ValueError" and got.remote_traceback  # type: ignore[attr-defined]
+
+
+def test_a_refusal_carries_no_traceback_and_is_encoded_once() -> None:
+    a = TO.refused(1, ReplicaLost("gone", applied=False))
+    b = ReplyTo(9, 1, 1).refused(4, ReplicaLost("gone", applied=False))
+    assert msgpack.unpackb(a.value) == ["ReplicaLost", "gone", ""]
+    assert a.value is b.value  # a refusal repeated word for word: one encoding
+    assert TO.in_view(8) == ReplyTo(2, 7, 8, 99)
+
+
 def test_claimed_senders() -> None:
     assert claimed_sender(CALL) == 2
     assert claimed_sender(ROUND_TRIPS["reply batch"]) == 2  # type: ignore[arg-type]
@@ -84,7 +179,7 @@ def test_claimed_senders() -> None:
 
 def test_a_client_batch_beyond_its_limit_is_refused_undecoded() -> None:
     """Calls of a client's frame beyond what it may have unanswered come back as numbers only."""
-    from derecho_actors._messages import OverfullBatch, decode_from_client
+    from derecho_actors.wire.messages import OverfullBatch, decode_from_client
 
     calls = tuple(Call(i, 0, KV, "put", True, b"", 0, 0, 0) for i in range(1, 11))
     got = decode_from_client(encode(CallBatch(calls)), 4)

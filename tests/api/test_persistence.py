@@ -136,7 +136,7 @@ def _eventually(pred: Any, timeout: float = 5.0) -> bool:
 # ------------------------------------------------------------------ total restart, state transfer
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from derecho_actors._cluster import _free_ports  # noqa: E402
+from derecho_actors.tools.cluster import _free_ports  # noqa: E402
 
 BANK_ONLY = da.Layout({Bank: da.ShardPolicy(min_nodes=2, max_nodes=3)})
 

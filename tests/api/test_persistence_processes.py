@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import derecho_actors as da
-from derecho_actors._cluster import LocalCluster
+from derecho_actors.tools.cluster import LocalCluster
 from examples.persistent_kv import LAYOUT, PersistentKV
 from runtime.core.versions import format_version
 
@@ -128,7 +128,7 @@ def test_signed_log_with_one_flipped_byte_fails_verify_at_that_record(tmp_path: 
         [c.persisted(timeout=30) for c in calls]
         cluster.kill_all()
         log_file = cluster.data_dir(1) / "Ledger.0.0.log"
-    verify = [sys.executable, "-m", "derecho_actors.cli", "verify", str(log_file.parent), "--key", str(key)]
+    verify = [sys.executable, "-m", "derecho_actors.tools.cli", "verify", str(log_file.parent), "--key", str(key)]
     good = subprocess.run(verify, capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stdout + good.stderr
     # Flip one byte in the body of record 20: the header is 48 bytes, each record 24 + body + 64.

@@ -200,7 +200,8 @@ def test_bad_read_options_fail_at_the_call(groups: list[da.Group], call, error) 
 
 
 def test_read_options_on_the_wire_round_trip_and_reject_garbage() -> None:
-    from derecho_actors._consistency import OPTIONS_MARK, ReadOptions, encode_read, split_read
+    from derecho_actors.model.reads import ReadOptions
+    from derecho_actors.wire.read_options import OPTIONS_MARK, encode_read, split_read
     from runtime.errors import WireError
 
     for read in (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from derecho_actors._sessions import DUPLICATE, EVICTED, EXPIRED, FORGOTTEN, FULL, NEW, SessionTable, owner_of
+from derecho_actors.replica.sessions import DUPLICATE, EVICTED, EXPIRED, FORGOTTEN, FULL, NEW, SessionTable, owner_of
 
 S = 10**9  # one second in ns
 

@@ -65,8 +65,12 @@ def _lose_the_lone_shard(cluster: Any, tmp_path: Any) -> tuple[str, int, int, di
     index = int(lone_shard.rsplit("/", 1)[1])
     kv = cluster.handle(PersistentKV, shard=index)
     acked = {f"k{i}": f"v{i}".encode() for i in range(20)}
+    last = None
     for key, value in acked.items():
-        assert len(kv.put(key, value).get(timeout=20)) == 1  # acknowledged by its one replica
+        last = kv.put(key, value)
+        assert len(last.get(timeout=20)) == 1  # acknowledged by its one replica
+    assert last is not None
+    last.persisted(timeout=20)  # on disk: what the shard must never lose (an ack alone is not a promise of disk)
     cluster.kill(lone)
     survivors = {1, 2, 3} - {lone}
     cluster.wait_members(survivors, timeout=30)

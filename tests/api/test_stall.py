@@ -19,8 +19,8 @@ from typing import Any, Callable
 import pytest
 
 import derecho_actors as da
-from derecho_actors._cluster import LocalCluster
-from derecho_actors._rejoin import Rejoiner, out_of_group, rejoin_contacts
+from derecho_actors.node.rejoin import Rejoiner, out_of_group, rejoin_contacts
+from derecho_actors.tools.cluster import LocalCluster
 from runtime.core.layout import LayoutPolicy, ShardPolicy, compute_layout
 from runtime.core.view import View
 from runtime.errors import GroupClosed

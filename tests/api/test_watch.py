@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import derecho_actors as da
-from derecho_actors._cluster import _free_ports
+from derecho_actors.tools.cluster import _free_ports
 from tests.api.groups import address, running_groups, tls_overrides
 from tests.api.groups import client as client_of
 

@@ -106,7 +106,7 @@ SNIPPETS: list[tuple[str, str, list[str]]] = [
     ("sim package by name", "from runtime import sim\n", ["runtime.sim"]),
     ("public package", "import derecho_actors\n", ["derecho_actors"]),
     ("public API name", "from derecho_actors import LayoutError\n", ["derecho_actors.LayoutError"]),
-    ("other public module", "from derecho_actors.cli import main\n", ["derecho_actors.cli.main"]),
+    ("other public module", "from derecho_actors.tools.cli import main\n", ["derecho_actors.tools.cli.main"]),
     ("allowed: exceptions module", "from runtime.errors import LayoutError\n", []),
     ("allowed: errors by from-import", "from runtime import errors\n", []),
     ("the public errors module", "from derecho_actors import exceptions\n", ["derecho_actors.exceptions"]),

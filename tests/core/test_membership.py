@@ -838,10 +838,10 @@ def test_all_members_stalled_together_resume_in_the_same_view(gap: float, first:
         assert suspicions(net, node) == [], f"node {node} suspected peers that only stalled with it"
         assert net.excluded[node] is None and net.vid(node) == 0
         assert set(net.payloads(node)) == set(pre + during + after)
-        stalled = net.cores[node].status().get("stalls")
+        stalled = net.cores[node].status().stalls
         if gap > 0.5:
-            assert stalled is not None and stalled["count"] == 1, stalled
-            assert stalled["longest_ms"] >= gap * SUSPICION * 1000 - 1e-6
+            assert stalled is not None and stalled.count == 1, stalled
+            assert stalled.longest_ms >= gap * SUSPICION * 1000 - 1e-6
     net.run_for(5 * SUSPICION)
     assert all(net.vid(n) == 0 and not suspicions(net, n) for n in members)
 

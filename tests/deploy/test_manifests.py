@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from derecho_actors._app_host import hosted_layout, load_apps
+from derecho_actors.node.app_host import hosted_layout, load_apps
 from runtime.config import load_config
 from runtime.drivers.dial import client_credentials
 from runtime.security.tls import TlsCredentials, load_credentials

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from derecho_actors._cluster import _free_ports
+from derecho_actors.tools.cluster import _free_ports
 from runtime.config import NodeSection
 from runtime.drivers.bootstrap import BootstrapCoordinator, BootstrapOutcome
 from runtime.drivers.dial import client_credentials
@@ -99,7 +99,7 @@ class SameCommandNodes:
         return f"127.0.0.1:{self.ports[n]}"
 
     def start(self, n: int) -> None:
-        cmd = [sys.executable, "-m", "derecho_actors.cli", "node", "--id", str(n), "--listen", self.address(n),
+        cmd = [sys.executable, "-m", "derecho_actors.tools.cli", "node", "--id", str(n), "--listen", self.address(n),
                "--bootstrap-expect", "3", "--no-leave", "--app", "examples.persistent_kv:PersistentKV",
                "--certs-dir", str(self.certs), "--set", "node.cluster=boot",
                "--set", f"node.data_dir={self.workdir / f'data-{n}'}"]  # fmt: skip

@@ -17,8 +17,8 @@ from typing import Iterator
 import pytest
 
 import derecho_actors as da
-from derecho_actors._app_host import hosted_layout, load_apps
-from derecho_actors._cluster import _free_ports
+from derecho_actors.node.app_host import hosted_layout, load_apps
+from derecho_actors.tools.cluster import _free_ports
 from examples.counter_lock import Counter, Locks
 from examples.kv_store import KV
 from runtime.config import load_config
@@ -48,7 +48,7 @@ class CliNodes:
 
     def start(self, node: int, *args: str) -> subprocess.Popen[bytes]:
         cmd = [
-            sys.executable, "-m", "derecho_actors.cli", "node", "--id", str(node), "--listen", self.address(node),
+            sys.executable, "-m", "derecho_actors.tools.cli", "node", "--id", str(node), "--listen", self.address(node),
             "--certs-dir", str(self.certs), "--set", f"node.data_dir={self.workdir / f'data-{node}'}", *args,
         ]  # fmt: skip
         if node != 1:
@@ -308,7 +308,7 @@ def test_metrics_and_health_endpoints_answer_while_a_load_runs(nodes: CliNodes) 
     assert _get(base + "/nowhere")[0] == 404
     # derecho-actors top: every member's row and the shards, from one contact.
     top = subprocess.run(
-        [sys.executable, "-m", "derecho_actors.cli", "top", "--rounds", "2", "--interval", "0.3",
+        [sys.executable, "-m", "derecho_actors.tools.cli", "top", "--rounds", "2", "--interval", "0.3",
          "--contact", nodes.address(2), "--certs-dir", str(nodes.certs), "--name", "operator"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "250"},
     )  # fmt: skip
@@ -343,7 +343,7 @@ def test_readiness_says_why_a_node_is_not_ready(nodes: CliNodes) -> None:
     [("derecho-0", 1), ("derecho-12", 13), ("kv-store-2", 3)],
 )
 def test_id_from_the_statefulset_ordinal_is_kept_on_the_volume(tmp_path: Path, hostname: str, expected: int) -> None:
-    from derecho_actors.cli import id_from_ordinal
+    from derecho_actors.tools.node_command import id_from_ordinal
 
     assert id_from_ordinal(hostname, tmp_path / "data") == expected
     assert (tmp_path / "data" / "node-id").read_text().strip() == str(expected)
@@ -351,7 +351,7 @@ def test_id_from_the_statefulset_ordinal_is_kept_on_the_volume(tmp_path: Path, h
 
 
 def test_id_from_ordinal_refuses_a_foreign_volume_or_hostname(tmp_path: Path) -> None:
-    from derecho_actors.cli import id_from_ordinal
+    from derecho_actors.tools.node_command import id_from_ordinal
 
     id_from_ordinal("derecho-0", tmp_path)
     with pytest.raises(ConfigError, match="belongs to node 1"):

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from derecho_actors._multicast_demo import MulticastCluster
+from derecho_actors.tools.multicast_demo import MulticastCluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -178,7 +178,7 @@ def test_status_shows_the_group(cluster: MulticastCluster) -> None:
         [
             sys.executable,
             "-m",
-            "derecho_actors.cli",
+            "derecho_actors.tools.cli",
             "status",
             "--contact",
             cluster.address(2),
@@ -197,7 +197,7 @@ def test_status_shows_the_group(cluster: MulticastCluster) -> None:
         [
             sys.executable,
             "-m",
-            "derecho_actors.cli",
+            "derecho_actors.tools.cli",
             "status",
             "--contact",
             "127.0.0.1:1",

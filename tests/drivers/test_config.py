@@ -301,7 +301,7 @@ CODE = ShardPolicy(shards=2, min_nodes=3, max_nodes=3)
 
 def _hosted(cfg: NodeConfig, code: ShardPolicy = CODE) -> ShardPolicy:
     import derecho_actors as da
-    from derecho_actors._app_host import hosted_layout
+    from derecho_actors.node.app_host import hosted_layout
     from examples.kv_store import KV
 
     return dict(hosted_layout([KV], cfg.layout, da.Layout({KV: code})).policy.types)["KV"]

@@ -912,7 +912,7 @@ def test_bad_key_file_names_the_path(tmp_path: pathlib.Path, content: bytes | No
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "derecho_actors.cli", *args],
+        [sys.executable, "-m", "derecho_actors.tools.cli", *args],
         capture_output=True,
         text=True,
         timeout=30,

@@ -15,16 +15,18 @@ from typing import Any, Iterator
 
 import pytest
 
-from derecho_actors import _transfer
-from derecho_actors._messages import StateRequest, decode
-from derecho_actors._transfer import TransferService
+from derecho_actors.node import transfer as _transfer
+from derecho_actors.node.transfer import TransferService
+from derecho_actors.wire.messages import StateRequest, decode
 from runtime.config import LimitsSection, NodeConfig, NodeSection
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layout
 from runtime.core.messages import JoinReply, ViewAnnouncement
-from runtime.core.node_core import NodeCore
 from runtime.core.view import View
 from runtime.drivers.leader_word import LeaderWord
 from runtime.drivers.node import NodeDriver
+from runtime.drivers.node_io import NodeIO
+from runtime.drivers.node_phases import BootstrapPhase, MemberPhase, RestartPhase
+from runtime.drivers.node_phases.first import enter_first_phase
 from runtime.drivers.restart import SavedState
 from runtime.drivers.status import StatusError, StatusLimiter, StatusVerdict, fetch_status
 from runtime.drivers.tcp import TransportSecurity
@@ -232,15 +234,31 @@ def driver(
     saved: SavedState | None = None,
     contacts: tuple[str, ...] = (ADDR[1],),
     limits: LimitsSection | None = None,
+    bootstrap_expect: int = 0,
+    begin: bool = False,
 ) -> NodeDriver:
+    """A driver on ``loop`` and ``transport`` as ``run()`` sets it up, waiting for its core;
+    with ``begin``, in the first phase its config gives (restart, bootstrap, join)."""
     cfg = NodeConfig(
-        node=NodeSection(id=5, listen=ADDR[5], contacts=contacts), layout=POLICY, limits=limits or LimitsSection()
+        node=NodeSection(id=5, listen=ADDR[5], contacts=contacts, bootstrap_expect=bootstrap_expect),
+        layout=POLICY,
+        limits=limits or LimitsSection(),
     )
     d = NodeDriver(cfg, saved=saved, security=(TLS_FLAG, None))
-    d.loop = loop
-    d.transport = transport  # type: ignore[assignment]
-    d._stop_event = asyncio.Event()
+    ctx = d._attach(NodeIO(loop, transport, d._flush, d._tick))  # type: ignore[arg-type]
+    if begin:
+        enter_first_phase(ctx)
     return d
+
+
+def member(d: NodeDriver) -> MemberPhase:
+    assert isinstance(d._phase, MemberPhase), d._phase
+    return d._phase
+
+
+def restart_phase(d: NodeDriver) -> RestartPhase:
+    assert isinstance(d._phase, RestartPhase), d._phase
+    return d._phase
 
 
 def test_twenty_thousand_status_requests_build_one_status_and_answer_eleven(loop: asyncio.AbstractEventLoop) -> None:
@@ -288,8 +306,8 @@ def test_leader_word_takes_asked_nodes_and_last_view_members_only() -> None:
 
 
 def joining(loop: asyncio.AbstractEventLoop, t: FakeTransport) -> NodeDriver:
-    d = driver(loop, t)
-    d.core = NodeCore(5, ADDR[5], POLICY, d.config.core_config(), loop.time(), contact=[ADDR[1]])
+    d = driver(loop, t, begin=True)  # joins through its one contact
+    assert d.core is not None and d.core.joining
     return d
 
 
@@ -318,11 +336,9 @@ def test_final_join_reply_from_the_node_asked_stops_the_joiner(loop: asyncio.Abs
 
 
 def restarting(loop: asyncio.AbstractEventLoop, t: FakeTransport) -> NodeDriver:
-    from runtime.drivers.restart import RestartCoordinator
-
     saved = SavedState(view(4, (1, 2, 5)), {SID: 10})
-    d = driver(loop, t, saved=saved)
-    d._restart = RestartCoordinator(5, ADDR[5], saved, [ADDR[1]], POLICY, 1.0, lambda a, m: None, loop.time())
+    d = driver(loop, t, saved=saved, begin=True)
+    restart_phase(d)
     return d
 
 
@@ -332,11 +348,11 @@ def test_restart_decision_and_group_running_only_from_the_last_views_members(loo
     rogue_view = view(9, (5, 9))
     d._on_frames(9, [RestartDecision(9, rogue_view.to_wire(), ((SID, 0, 10),))])
     d._on_frames(9, [GroupRunning(ADDR[9], 12)])
-    assert d._restart is not None and d._restart.outcome is None and d.core is None
+    assert restart_phase(d).coordinator.outcome is None and d.core is None
     assert sum("refused a RestartDecision from node 9" in w for w in t.warnings) == 1
     assert sum("refused a GroupRunning from node 9" in w for w in t.warnings) == 1
     d._on_frames(2, [GroupRunning(ADDR[2], 7)])  # a member of its last view
-    assert d._restart is None and d.core is not None and d.core.joining
+    assert isinstance(d._phase, MemberPhase) and d.core is not None and d.core.joining
 
 
 def test_restart_decision_from_a_member_of_the_last_view_is_installed(loop: asyncio.AbstractEventLoop) -> None:
@@ -360,15 +376,13 @@ def test_a_later_view_reported_by_a_member_extends_whose_decision_counts(loop: a
 
 
 def test_bootstrap_takes_group_running_only_from_its_contacts(loop: asyncio.AbstractEventLoop) -> None:
-    from runtime.drivers.bootstrap import BootstrapCoordinator
-
     t = FakeTransport({ADDR[1]: 1})
-    d = driver(loop, t, contacts=(ADDR[1], ADDR[2]))
-    d._bootstrap = BootstrapCoordinator(5, ADDR[5], [ADDR[1], ADDR[2]], 3, lambda a, m: None, loop.time())
+    d = driver(loop, t, contacts=(ADDR[1], ADDR[2]), bootstrap_expect=3, begin=True)
+    assert isinstance(d._phase, BootstrapPhase)
     d._on_frames(9, [GroupRunning(ADDR[9], 3)])
-    assert d._bootstrap is not None and d._bootstrap.outcome is None
+    assert isinstance(d._phase, BootstrapPhase) and d._phase.coordinator.outcome is None
     d._on_frames(1, [GroupRunning(ADDR[1], 3)])
-    assert d._bootstrap is None and d.core is not None and d.core.joining
+    assert isinstance(d._phase, MemberPhase) and d.core is not None and d.core.joining
 
 
 # --------------------------------------------------------------------- exit code and wait
@@ -380,18 +394,22 @@ def test_a_busy_contact_is_waited_for_and_a_dead_one_is_not(loop: asyncio.Abstra
     t = FakeTransport()
     d = joining(loop, t)
     t.contact_problems[ADDR[1]] = ContactProblem(True, "Connection reset by peer")
+    watch = member(d).join_watch
+    assert watch is not None
     with caplog.at_level(logging.WARNING, "derecho.node"):
-        d._check_contact_reached([ADDR[1]])
+        watch.check()
     assert d.stop_reason is None and "answers but let no handshake finish" in caplog.text
     assert "giving up after 30 s" in caplog.text
-    d._check_contact_reached([ADDR[1]], started=loop.time() - 31, wait=5.0)  # past the join timeout
+    watch.check(started=loop.time() - 31, wait=5.0)  # past the join timeout
     loop.run_until_complete(asyncio.sleep(0.01))  # stop() takes effect on the loop
     assert d.stop_reason is not None and d.stop_reason.startswith(START_FAILED)
     assert isinstance(d.error, ConfigError) and "no contact reachable" in str(d.error)
     t2 = FakeTransport()
     d2 = joining(loop, t2)
     t2.contact_problems[ADDR[1]] = ContactProblem(False, "Connection refused")
-    d2._check_contact_reached([ADDR[1]])
+    watch2 = member(d2).join_watch
+    assert watch2 is not None
+    watch2.check()
     loop.run_until_complete(asyncio.sleep(0.01))
     assert d2.stop_reason is not None and "Connection refused" in d2.stop_reason
 
@@ -476,13 +494,13 @@ def test_waiting_state_requests_are_bounded_per_requester_and_in_all(caplog: Any
 
 def test_a_restarting_node_says_which_contacts_are_busy(loop: asyncio.AbstractEventLoop, caplog: Any) -> None:
     t = FakeTransport()
-    d = restarting(loop, t)
+    phase = restart_phase(restarting(loop, t))
     with caplog.at_level(logging.WARNING, "derecho.node"):
-        d._restart_tick()
+        phase.advance()
         assert "let no handshake finish" not in caplog.text  # nothing failed: nothing to say
         t.contact_problems[ADDR[1]] = ContactProblem(True, "Connection reset by peer")
         t.contact_problems[ADDR[2]] = ContactProblem(False, "Connection refused")
-        d._restart_tick()
-        d._restart_tick()  # once per BUSY_REPORT_EVERY, not per tick
+        phase.advance()
+        phase.advance()  # once per BUSY_REPORT_EVERY, not per tick
     lines = [r.getMessage() for r in caplog.records if "let no handshake finish" in r.getMessage()]
     assert len(lines) == 1 and f"restarting: {ADDR[1]} is up" in lines[0] and ADDR[2] not in lines[0]

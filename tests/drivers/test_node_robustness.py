@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from derecho_actors._multicast_demo import MulticastCluster
+from derecho_actors.tools.multicast_demo import MulticastCluster
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinRequest, ShardPush
 from runtime.core.sst import RowDelta
@@ -103,7 +103,7 @@ def _node(args: list[str], cwd: Path, timeout: float = 30) -> subprocess.Complet
     """Run ``derecho-actors node`` (node 1, with a certificate from a CA made in ``cwd``)."""
     certs = ensure_cluster_certs(cwd / "certs", [1])
     return subprocess.run(
-        [sys.executable, "-m", "derecho_actors.cli", "node", "--certs-dir", str(certs), *args],
+        [sys.executable, "-m", "derecho_actors.tools.cli", "node", "--certs-dir", str(certs), *args],
         capture_output=True,
         text=True,
         timeout=timeout,

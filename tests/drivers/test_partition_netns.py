@@ -45,7 +45,7 @@ SEND = 12000
 HEARTBEAT_MS, SUSPICION_MS = 20, 300
 FAST = ["--set", f"timeouts.heartbeat_ms={HEARTBEAT_MS}", "--set", f"timeouts.suspicion_ms={SUSPICION_MS}"]
 # The node driver closes a departed node's connections 2 * suspicion_ms after the view change
-# (runtime/drivers/node.py, _forget_if_gone), and not at all if the id is back in the view.
+# (runtime/drivers/node_phases/member.py, _forget_if_gone), and not at all if the id is back in the view.
 FORGET_GRACE_S = 2 * SUSPICION_MS / 1000
 VIEW_LINE = re.compile(r"view (\d+) installed: members \[([\d, ]*)\]")
 
@@ -171,7 +171,7 @@ class Lab:
             self.ns[host],
             sys.executable,
             "-m",
-            "derecho_actors.cli",
+            "derecho_actors.tools.cli",
             "node",
             "--id",
             str(node_id),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.multicast import main, percentile, steady_rate
-from derecho_actors._load_app import LoadApp, payload, payloads
+from derecho_actors.tools.load_app import LoadApp, payload, payloads
 from runtime.core.effects import Delivery
 from runtime.core.layout import ShardId
 

@@ -27,10 +27,12 @@ import msgpack
 import pytest
 
 import derecho_actors as da
-from derecho_actors import _codec, _events
-from derecho_actors._cluster import LocalCluster
-from derecho_actors._events import EventLog, PollArgs, PollCall, WatchBoard, WatchExpire, WatchPoll, encode_poll
-from derecho_actors._messages import Call, CallBatch, Reply, ReplyBatch, decode
+from derecho_actors.replica import events as _events
+from derecho_actors.replica.events import EventLog, PollCall, WatchBoard, WatchExpire, WatchPoll
+from derecho_actors.tools.cluster import LocalCluster
+from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.events import PollArgs, encode_poll
+from derecho_actors.wire.messages import Call, CallBatch, Reply, ReplyBatch, decode
 from runtime.core.layout import ShardId
 from runtime.security.certs import ensure_cluster_certs
 from runtime.wire.codec import FrameDecoder
@@ -500,7 +502,8 @@ def test_client_table_bounds_and_forgets(caplog: pytest.LogCaptureFixture) -> No
     """In-process: in-flight per connection, polls per identity across its connections,
     answers by replica (a departed member's owed answers do not hold the budget), nothing
     left after a close, and one WARNING per identity."""
-    from derecho_actors._client_table import ClientTable, Limit, Proxied
+    from derecho_actors.node.client_table import ClientTable, Limit, Proxied
+    from derecho_actors.wire.messages import CallKind
 
     t = ClientTable(max_in_flight=3, max_polls=2, wall_ns=time.monotonic_ns)
     a1, a2, b = _Conn("alice"), _Conn("alice"), _Conn("bob")
@@ -512,8 +515,8 @@ def test_client_table_bounds_and_forgets(caplog: pytest.LogCaptureFixture) -> No
     refused = t.admit(s1, poll=False)
     assert refused is not None and refused[0] is Limit.IN_FLIGHT
     assert t.admit(sb, poll=False) is None  # another connection is not held up
-    t.add(s2, (2, 1), Proxied(s2, "__watch__", 0, poll=True))
-    t.add(s2, (2, 2), Proxied(s2, "__watch__", 0, poll=True))
+    t.add(s2, (2, 1), Proxied(s2, "__watch__", 0, kind=CallKind.WATCH_POLL))
+    t.add(s2, (2, 2), Proxied(s2, "__watch__", 0, kind=CallKind.WATCH_POLL))
     refused = t.admit(t.state(_Conn("alice", "127.0.0.1:3")), poll=True)
     assert refused is not None and refused[0] is Limit.WATCH_POLLS  # alice's polls, whichever connection
     assert t.admit(sb, poll=True) is None

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import pytest
 
 import derecho_actors as da
-from derecho_actors._cluster import CLIENT_NAME, LocalCluster
+from derecho_actors.tools.cluster import CLIENT_NAME, LocalCluster
 from runtime.drivers import metrics
 from runtime.drivers.metrics import MetricsServer
 from tests.security.rogue import bare_context, client_context, log_of, wait_until

@@ -32,9 +32,9 @@ from typing import Any, Iterator
 import pytest
 
 import derecho_actors as da
-from derecho_actors._cluster import LocalCluster
-from derecho_actors._messages import StateChunk, StateRequest
-from derecho_actors._transfer import MAX_EARLY_PER_REQUESTER
+from derecho_actors.node.transfer import MAX_EARLY_PER_REQUESTER
+from derecho_actors.tools.cluster import LocalCluster
+from derecho_actors.wire.messages import StateChunk, StateRequest
 from runtime.config import NodeConfig
 from runtime.core.layout import ShardId, compute_layout
 from runtime.core.messages import JoinReply, ViewAnnouncement
@@ -100,7 +100,7 @@ class RawNode:
         self.workdir, self.node = workdir, node
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "derecho_actors.cli", "node", "--id", str(node), "--listen", self.address,
+        cmd = [sys.executable, "-m", "derecho_actors.tools.cli", "node", "--id", str(node), "--listen", self.address,
                "--certs-dir", str(certs), "--set", f"node.cluster={cluster}",
                "--set", f"node.data_dir={workdir / f'data-{node}'}", *args]  # fmt: skip
         with open(workdir / f"node-{node}.log", "ab") as out:
@@ -345,7 +345,7 @@ def test_a_joiner_waits_for_a_busy_contact_and_joins_once_it_frees(tmp_path: Pat
 def test_no_contact_listening_exits_2_in_every_mode(tmp_path: Path, app: bool) -> None:
     certs = ensure_cluster_certs(tmp_path / "certs", [1], cluster="derecho")
     dead = free_port()
-    cmd = [sys.executable, "-m", "derecho_actors.cli", "node", "--id", "1", "--listen", f"127.0.0.1:{free_port()}",
+    cmd = [sys.executable, "-m", "derecho_actors.tools.cli", "node", "--id", "1", "--listen", f"127.0.0.1:{free_port()}",
            "--contact", f"127.0.0.1:{dead}", "--certs-dir", str(certs), "--set", "timeouts.connect_timeout_ms=500",
            "--set", f"node.data_dir={tmp_path / 'data'}"]  # fmt: skip
     if app:

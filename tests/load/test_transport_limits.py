@@ -32,9 +32,9 @@ from typing import Any, cast
 import pytest
 
 import derecho_actors as da
-from derecho_actors import _codec
-from derecho_actors._cluster import LocalCluster
-from derecho_actors._messages import Call
+from derecho_actors.tools.cluster import LocalCluster
+from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.messages import Call
 from runtime.core.layout import ShardId
 from runtime.drivers.dial import client_credentials
 from runtime.drivers.status import fetch_status

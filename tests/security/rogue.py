@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from derecho_actors import _codec, _messages
+from derecho_actors.wire import codec as _codec
+from derecho_actors.wire import messages as _messages
 from runtime.drivers.status import StatusError, fetch_status
 from runtime.drivers.tcp import split_address
 from runtime.security.certs import ensure_cluster_certs

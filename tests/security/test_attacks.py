@@ -38,9 +38,9 @@ from typing import Any, Callable, Iterable, Iterator
 import pytest
 
 import derecho_actors as da
-from derecho_actors import _codec
-from derecho_actors._cluster import LocalCluster
-from derecho_actors._messages import Call, ReplyBatch, StateChunk
+from derecho_actors.tools.cluster import LocalCluster
+from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.messages import Call, ReplyBatch, StateChunk
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush
 from runtime.core.sst import RowDelta

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pytest
 
 import derecho_actors as da
-from derecho_actors._cluster import LocalCluster
+from derecho_actors.tools.cluster import LocalCluster
 from runtime.security.certs import ensure_cluster_certs
 from runtime.wire.control import Hello, Ping, Pong, Welcome
 from tests.security.rogue import Conn, client_context, rss_bytes, wait_until, warnings_of

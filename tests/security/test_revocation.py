@@ -19,8 +19,8 @@ from typing import Iterator
 import pytest
 
 import derecho_actors as da
-from derecho_actors._cluster import LocalCluster
-from derecho_actors.cli import main
+from derecho_actors.tools.cli import main
+from derecho_actors.tools.cluster import LocalCluster
 from runtime.drivers.dial import client_credentials
 from runtime.drivers.status import StatusError, fetch_status
 from runtime.drivers.tcp import TcpTransport, TransportSecurity

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 import derecho_actors as da
-from derecho_actors._cluster import LocalCluster
+from derecho_actors.tools.cluster import LocalCluster
 from runtime.security.certs import ensure_cluster_certs
 from runtime.wire import codec
 from runtime.wire.codec import frame
@@ -79,7 +79,7 @@ def test_hello_round_trips_and_older_hellos_decode_as_protocol_0() -> None:
 
 
 def test_a_data_dir_from_another_format_is_refused_with_what_to_do(tmp_path: Path) -> None:
-    from derecho_actors._disk_state import NodeDiskState
+    from derecho_actors.node.disk_state import NodeDiskState
     from runtime.core.layout import ShardId
     from runtime.errors import RestartError
 

@@ -7,6 +7,7 @@ import itertools
 import random
 
 import derecho_actors as da
+from derecho_actors.caller.session import ClientSession
 
 _TICKS = itertools.count()  # shared by every replica in the simulator's one process
 
@@ -153,3 +154,42 @@ def local_counter_calls(rng: random.Random) -> da.SimCall:
         n = rng.randint(1, 9)
         return da.SimCall("add", (n,), kind="add", key="total", value=n)
     return da.SimCall("read", kind="read", key="total")
+
+
+class ResendOutsideSession(ClientSession):
+    """A client bug: after a failover it sends its unanswered calls again in a new session (a
+    new session number), outside the session the replicas know them by. A call the lost
+    contact had already multicast is applied a second time."""
+
+    def connected(self, now: float, address: str, peer: str = "") -> bytes:
+        if self.connections:
+            self.session = self.rng.getrandbits(62) | 1
+        return super().connected(now, address, peer)
+
+
+@da.replicated
+class Journal:
+    """A correct list per key; its simulated clients run ``ResendOutsideSession``, so an
+    append resent after a failover can appear twice: the history check (append model) says so."""
+
+    def __init__(self) -> None:
+        self.lists: dict[str, list[int]] = {}
+
+    @da.ordered
+    def append(self, key: str, item: int) -> int:
+        items = self.lists.setdefault(key, [])
+        items.append(item)
+        return len(items)
+
+    @da.p2p
+    def read(self, key: str) -> tuple[int, ...]:
+        return tuple(self.lists.get(key, ()))
+
+
+@da.sim_workload(Journal, model="append", session=ResendOutsideSession)
+def journal_calls(rng: random.Random) -> da.SimCall:
+    key = f"k{rng.randrange(2)}"
+    if rng.random() < 0.6:
+        item = rng.getrandbits(40)
+        return da.SimCall("append", (key, item), kind="append", key=key, value=item)
+    return da.SimCall("read", (key,), {"consistency": "linearizable"}, kind="read", key=key)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import derecho_actors as da
-from derecho_actors._simulate import SimReport
+from derecho_actors.sim.simulate import SimReport
 from examples.counter_lock import Counter, Locks
 from examples.kv_store import KV
 from examples.persistent_kv import PersistentKV
@@ -52,6 +52,34 @@ def test_planted_bugs_are_caught(cls: type, expected: set[str]) -> None:
     found = kinds(report)
     assert found & expected, f"{cls.__name__}: caught as {found}, expected one of {expected}"
     assert f"--app tests.sim.planted_bugs:{cls.__name__}" in report.failures[0].replay()
+
+
+def test_the_simulated_clients_are_client_sessions_that_fail_over_in_their_session() -> None:
+    """Most simulated clients run the shipped ClientSession over the simulated network: their
+    contacts crash under them, they fail over and send their unanswered calls again in the
+    same session, and every check (the history's above all: a call applied twice is not
+    linearizable) still passes."""
+    report = da.simulate(KV, seeds=12, faults="crash", stop_at_first=False)
+    assert report.ok, report.describe()
+    assert sum(r.failovers for r in report.results) > 0 and sum(r.resent for r in report.results) > 0, report.describe()
+
+
+def test_a_client_that_resends_outside_its_session_is_caught() -> None:
+    """The planted client bug (``ResendOutsideSession``): after a failover the unanswered calls
+    go again under a new session number, so replicas cannot tell a resent append from a new
+    one, and one the lost contact had already multicast is applied twice."""
+    report = da.simulate(bugs.Journal, seeds=12, faults="crash")
+    assert not report.ok, f"the planted client bug went unnoticed: {report.describe()}"
+    assert "not-linearizable" in kinds(report), report.describe()
+    assert "--app tests.sim.planted_bugs:Journal" in report.failures[0].replay()
+    seed = report.failures[0].params.seed
+    fixed = da.simulate(CorrectJournal, seeds=[seed], faults="crash")  # the same calls, the shipped session
+    assert fixed.ok and fixed.results[0].resent > 0, fixed.describe()
+
+
+def test_a_workload_session_must_be_a_client_session() -> None:
+    with pytest.raises(da.ConfigError, match="subclass of ClientSession"):
+        da.sim_workload(KV, session=object)  # type: ignore[arg-type]
 
 
 def test_history_check_names_the_stale_read() -> None:
@@ -132,6 +160,14 @@ def test_cli_refuses_an_unknown_app_clearly() -> None:
     out = _cli("--app", "examples.kv_store:Nope", "--seeds", "1")
     assert out.returncode != 0
     assert "Nope" in out.stdout + out.stderr and "Traceback" not in out.stderr
+
+
+@da.replicated
+class CorrectJournal(bugs.Journal):
+    """``planted_bugs.Journal`` and its calls, with the shipped ClientSession."""
+
+
+da.sim_workload(CorrectJournal, model="append")(bugs.journal_calls)
 
 
 # ------------------------------------------------------------------ replay lines that replay

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 import derecho_actors as da
-from derecho_actors import _codec
-from derecho_actors._decorators import spec_of
-from derecho_actors._hosting import InlineRunner, ReplicaHost
-from derecho_actors._messages import Reply
-from derecho_actors._replica import P2PRequest, ReplicaEnv
+from derecho_actors.model.decorators import spec_of
+from derecho_actors.node.hosting import InlineRunner, ReplicaHost
+from derecho_actors.replica.replica import P2PRequest, ReplicaEnv
+from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.messages import Reply
 from examples.kv_store import KV
 from runtime.core.effects import Delivery
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layout

@@ -1,0 +1,407 @@
+"""``QueryResults``: the replies to one call, one per replica, arriving as they come.
+
+Which replicas answer is only known once the call is delivered (a view change may move it to
+the next view, with other members), so the first reply tells the expected set. A replica that
+leaves the view before answering resolves as ``ReplicaLost`` instead of hanging the caller.
+
+What ``get`` reports follows virtual synchrony: an ordered call delivered in a view is applied
+at every replica of that view that survives it, so once any replica answered, the call took
+effect; replicas that left before answering are named in ``lost`` and do not make ``get``
+fail. ``get`` raises only when no replica can answer, saying whether the call may have been
+applied (Jepsen's rule: an unknown outcome is never reported as a failure).
+
+Every replica runs an ordered call, so their answers must agree: ``get`` compares them (one
+bytes comparison per reply; the decoded values only when bytes differ, ``caller.divergence``)
+and raises ``DivergenceError`` (or, with ``on_divergence="warn"``, logs it) when they do not.
+
+The caller implementation (a client's ``ClientSession``, a member's router) feeds the answers
+in through the producer's side: ``expect``, ``add_reply``, ``mark_left``, ``sending_again``,
+``fail`` (and ``take_entries`` for a batch of answers to many calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from derecho_actors.caller.divergence import divergence
+from derecho_actors.wire.codec import decode_error
+from derecho_actors.wire.messages import Reply
+from runtime.errors import CallTimeout, DivergenceError, NotPersistent, RemoteError, ReplicaLost
+
+log = logging.getLogger("derecho.results")
+
+
+class QueryResults:
+    """Replies of one call. ``get`` returns ``{node id: value}`` (raising the first remote
+    error), ``wait_all`` waits without raising, iteration yields ``(node, value or error)``
+    as replies arrive, and ``await results`` works in asyncio."""
+
+    def __init__(
+        self,
+        description: str,
+        decode: Callable[[bytes], Any],
+        *,
+        ordered: bool = True,
+        compare: str | None = None,
+        why_waiting: Callable[[], str | None] | None = None,
+        persist_query: Callable[[int, int], QueryResults] | None = None,
+    ) -> None:
+        """Made by the caller implementation: ``decode`` turns one encoded answer into a value;
+        ``ordered`` False for a P2P call (it changes nothing: losing its replica means "not
+        applied"); ``compare``: "raise" or "warn" when an ordered call's answers differ (None:
+        no comparison); ``why_waiting()``: what may hold the call up, for a CallTimeout's
+        message; ``persist_query(version, replica)``: the query ``persisted`` sends."""
+        self.description = description
+        self._decode = decode
+        # A plain lock guards the state; a Condition on it is made only if someone has to wait
+        # (most calls are answered before anyone looks: no Condition, no notify).
+        self._lock = threading.Lock()
+        self._cond: threading.Condition | None = None
+        self._expected: set[int] | None = None
+        self._values: dict[int, Any] = {}
+        self._errors: dict[int, BaseException] = {}
+        self._order: list[int] = []
+        self._gone: dict[int, tuple[str, int | None]] = {}  # nodes known to have left: why, and in which view
+        self._finished = False
+        self._future: Future[None] | None = None  # made only if someone awaits
+        self._versions: dict[int, int] = {}  # node -> version of the call there (persistent types)
+        # The producer's settings (see above).
+        self._persist_query = persist_query
+        self._why_waiting = why_waiting
+        self.ordered = ordered
+        self._compare = compare
+        self._first: tuple[bool, bytes] | None = None  # the first answer, as encoded
+        self._differ = False  # some answer's bytes differ from the first's (decoded values may still agree)
+        self._warned = False
+
+    def set_persist_query(self, query: Callable[[int, int], QueryResults]) -> None:
+        """The query ``persisted`` sends (for a producer that can make it only once the call exists)."""
+        self._persist_query = query
+
+    # ------------------------------------------------------------ the producer's side
+    # The caller implementation (a client's session, a member's router) feeds the replies in
+    # through these methods, from any thread; users never need them.
+    def expect(self, replicas: tuple[int, ...]) -> None:
+        """The replicas that will answer (known once the call is delivered; the first word counts)."""
+        with self._lock:
+            if self._expected is None:
+                self._set_expected(replicas)
+                self._maybe_done()
+
+    def _set_expected(self, replicas: tuple[int, ...], vid: int | None = None) -> None:
+        """Under ``_lock``: the replicas that answer the delivery in view ``vid``; those known
+        to have left since will not. (A node that left in an earlier view and answers in this
+        one is back, under the same id: a node restarted, the call sent again after a failover.)"""
+        expected = self._expected = set(replicas)
+        for node, (why, left_in) in self._gone.items():
+            if node in expected and node not in self._values and node not in self._errors:
+                if vid is None or left_in is None or vid < left_in:
+                    self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
+                    self._order.append(node)
+
+    def add_reply(
+        self, node: int, replicas: tuple[int, ...], ok: bool, value: bytes, version: int = -1, vid: int | None = None
+    ) -> None:
+        """One replica's encoded answer, as it came off the wire (the hot path: one lock):
+        ``replicas`` are those that answer the call (delivered in view ``vid``, if known),
+        ``version`` its version there (-1: none). An answer counts once per replica."""
+        result: Any
+        wire_ok = ok
+        if ok:
+            try:
+                result = self._decode(value)
+            except Exception as exc:  # a result this side cannot decode is that replica's error
+                ok, result = False, exc
+        else:
+            result = decode_error(value, node)
+        with self._lock:
+            if version >= 0:
+                self._versions[node] = version
+            if node not in self._values and node not in self._errors:  # its answer, even if it left since
+                if ok:
+                    self._values[node] = result
+                else:
+                    self._errors[node] = result
+                if self._compare is not None:
+                    first = self._first
+                    if first is None:
+                        self._first = (wire_ok, value)
+                    elif first[1] != value or first[0] != wire_ok:
+                        self._differ = True
+                self._order.append(node)
+            if self._expected is None:
+                self._set_expected(replicas, vid)
+            self._maybe_done()
+
+    def mark_left(self, nodes: set[int], why: str, vid: int | None = None) -> None:
+        """These nodes left the group (in view ``vid``, if known): those that did not answer
+        never will, unless they come back (the same id in a later view)."""
+        with self._lock:
+            for node in nodes:
+                self._gone[node] = (why, vid)
+                if node in (self._expected or ()) and node not in self._values and node not in self._errors:
+                    self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
+                    self._order.append(node)
+            self._maybe_done()
+
+    def sending_again(self) -> None:
+        """The call is being sent again (a failover): forget partial replies, whose replica
+        set may not be the one that answers the retry."""
+        with self._lock:
+            if not self._finished:
+                self._expected = None  # nodes known gone stay gone: a late reply may name them
+                self._values.clear()
+                self._errors.clear()
+                self._order.clear()
+                self._first, self._differ = None, False
+
+    def fail(self, exc: BaseException) -> None:
+        """No (further) answer will come: ``exc`` stands for every replica still to answer
+        (for the whole call if none is known yet)."""
+        with self._lock:
+            if self._expected is None:
+                self._expected = set()
+                self._errors[-1] = exc
+            for node in self._expected - set(self._values) - set(self._errors):
+                self._errors[node] = exc
+                self._order.append(node)
+            self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        """Under ``_lock``: wake waiters; mark done once every expected replica answered."""
+        if self._cond is not None:
+            self._cond.notify_all()
+        if (
+            not self._finished
+            and self._expected is not None
+            and len(self._values) + len(self._errors) >= len(self._expected)
+        ):
+            if self._expected <= self._values.keys() | self._errors.keys():
+                self._finished = True
+                if self._future is not None and not self._future.done():
+                    self._future.set_result(None)
+
+    def _condition(self) -> threading.Condition:
+        """Under ``_lock``: the condition waiters sleep on."""
+        if self._cond is None:
+            self._cond = threading.Condition(self._lock)
+        return self._cond
+
+    def _wait_for(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        with self._lock:
+            if predicate():
+                return True
+            return self._condition().wait_for(predicate, timeout)
+
+    # ------------------------------------------------------------------- users
+    @property
+    def pending(self) -> tuple[int, ...]:
+        with self._lock:
+            if self._expected is None:
+                return ()
+            return tuple(sorted(self._expected - set(self._values) - set(self._errors)))
+
+    def done(self) -> bool:
+        return self._finished
+
+    def wait_all(self, timeout: float | None = None) -> dict[int, Any]:
+        """Wait for every replica; returns ``{node: value or exception}`` without raising
+        remote errors. Raises ``CallTimeout`` naming the nodes still pending."""
+        finished = self._wait_for(lambda: self._finished, timeout)
+        if not finished:
+            why = None
+            if self._why_waiting is not None:
+                try:
+                    why = self._why_waiting()
+                except Exception:  # a hint must never hide the timeout itself
+                    why = None
+            raise CallTimeout(
+                f"{self.description}: no reply within {timeout} s from "
+                f"{list(self.pending) if self._expected is not None else 'any replica (not delivered yet)'}"
+                + (f"; {why}" if why else ""),
+                self.pending,
+            ) from None
+        with self._lock:
+            out: dict[int, Any] = dict(self._values)
+            out.update({n: e for n, e in self._errors.items() if n >= 0})
+            if -1 in self._errors:
+                raise self._errors[-1]
+            return out
+
+    def get(self, timeout: float | None = None) -> dict[int, Any]:
+        """``{node id: return value}`` of every replica that answered; raises the first
+        remote error. Replicas that left before answering are left out and named in
+        :attr:`lost`: the survivors' answers stand, since the call was applied at each of
+        them. Raises ``ReplicaLost`` only if no replica answered at all; its ``applied``
+        says what is known of the call's effect (False: it changed nothing, None: unknown,
+        it may have been applied).
+
+        Raises ``DivergenceError`` if the replicas' answers to an ordered call differ (unless
+        the type has ``on_divergence="warn"``: then it logs that once and goes on)."""
+        out = self.wait_all(timeout)
+        if self._differ:
+            self._check_divergence(out)
+        lost: list[ReplicaLost] = []
+        for node in self._order:
+            value = out.get(node)
+            if isinstance(value, ReplicaLost):
+                if node not in self._gone:  # a replica's own answer (it holds no replica, ...)
+                    raise value
+                lost.append(value)
+            elif isinstance(value, BaseException):
+                raise value
+        if lost and len(lost) == len(out):
+            nodes = sorted(n for n, v in out.items() if isinstance(v, ReplicaLost))
+            if self.ordered:
+                raise ReplicaLost(
+                    f"{self.description}: every replica that was to answer ({nodes}) left first; the call may or "
+                    "may not have been applied: read the state to find out before calling again",
+                    applied=None,
+                ) from lost[0]
+            raise ReplicaLost(
+                f"{self.description}: replica {nodes[0]} left before answering; a P2P call changes nothing, so it is "
+                "safe to call again",
+                applied=False,
+            ) from lost[0]
+        return {n: v for n, v in out.items() if not isinstance(v, ReplicaLost)}
+
+    def _check_divergence(self, out: dict[int, Any]) -> None:
+        """Raise (or, with ``on_divergence="warn"``, log once) if the answers differ."""
+        message = divergence(self.description, out)
+        if message is None:
+            return
+        if self._compare == "raise":
+            raise DivergenceError(*message)
+        if not self._warned:
+            self._warned = True
+            log.warning("%s", message[0])
+
+    @property
+    def lost(self) -> dict[int, ReplicaLost]:
+        """Replicas that left the group before answering (their error says when)."""
+        with self._lock:
+            return {n: e for n, e in self._errors.items() if n in self._gone and isinstance(e, ReplicaLost)}
+
+    @property
+    def version(self) -> int | None:
+        """The version this ordered call created in a persistent shard (None until a replica
+        answered, or for atomic types). ``da.format_version`` shows it as ``vid.index``."""
+        with self._lock:
+            return max(self._versions.values()) if self._versions else None
+
+    def persisted(self, timeout: float | None = None) -> int:
+        """Wait until this call's version is on disk at every replica of its shard; returns
+        the version. Raises ``NotPersistent`` for a type in atomic delivery mode and
+        ``CallTimeout`` if it takes longer than ``timeout`` seconds."""
+        if self._persist_query is None:
+            raise NotPersistent(
+                f"{self.description}: only ordered calls of persistent types are persisted; give the class "
+                "Persistent fields or @replicated(delivery='persistent')"
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        ok = self._wait_for(lambda: bool(self._versions) or self._finished, left())
+        with self._lock:
+            # Replicas that answered with a version, in the order they answered (a resent call
+            # may have forgotten the order, not the versions).
+            candidates = [n for n in self._order if n in self._versions]
+            candidates += [n for n in self._versions if n not in candidates]
+            version = max(self._versions.values()) if self._versions else None
+        if not ok or version is None:
+            if self._finished:
+                self.get(0)  # raises the call's own error
+                raise ReplicaLost(f"{self.description}: no replica reported a version")
+            raise CallTimeout(f"{self.description}: not delivered within {timeout} s", self.pending)
+        last_error: BaseException | None = None
+        for replica in candidates:
+            query = self._persist_query(version, replica)
+            try:
+                query.get(left())
+                return version
+            except CallTimeout:
+                raise CallTimeout(
+                    f"{self.description}: version {version} not on disk at every replica within {timeout} s", ()
+                ) from None
+            except (ReplicaLost, RemoteError) as exc:  # that replica left: ask another
+                last_error = exc
+        raise ReplicaLost(
+            f"{self.description}: every replica that answered left before confirming persistence ({last_error})"
+        )
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        seen = 0
+        while True:
+            with self._lock:
+                while seen >= len(self._order) and not self._finished:
+                    self._condition().wait(0.1)
+                batch = self._order[seen:]
+                values = {n: self._values.get(n, self._errors.get(n)) for n in batch}
+                finished = self._finished
+            for node in batch:
+                yield node, values[node]
+            seen += len(batch)
+            if finished and seen >= len(self._order):
+                return
+
+    async def persisted_async(self, timeout: float | None = None) -> int:
+        """:meth:`persisted` for asyncio code: the wait runs on a worker thread, so the event
+        loop goes on meanwhile."""
+        return await asyncio.to_thread(self.persisted, timeout)
+
+    def __await__(self) -> Any:
+        """``await results``: every replica's answer, as :meth:`get` gives it (the loop goes
+        on while they come)."""
+        return self._await().__await__()
+
+    async def _await(self) -> dict[int, Any]:
+        with self._lock:
+            if self._future is None:
+                self._future = Future()
+                if self._finished:
+                    self._future.set_result(None)
+            fut = self._future
+        await asyncio.wrap_future(fut)
+        return self.get(0)
+
+    def __repr__(self) -> str:
+        return f"<QueryResults {self.description}: {len(self._values)} replies, pending {list(self.pending)}>"
+
+
+ReplyEntry = tuple[int, bool, bytes, int, int]
+"""``(call_id, ok, value, origin, version)``: one answer of a ``ReplyBatch``."""
+
+
+def take_entries(
+    pending: Mapping[int, tuple[QueryResults, Any]],
+    node: int,
+    replicas: tuple[int, ...],
+    entries: Iterable[ReplyEntry],
+    vid: int | None = None,
+) -> list[int]:
+    """Feed one replica's answers (of a batch delivered in view ``vid``) to the results they
+    belong to (``pending`` maps a call id to a tuple whose first item is its results);
+    returns the call ids now complete."""
+    finished = []
+    for call_id, ok, value, _origin, version in entries:
+        found = pending.get(call_id)
+        if found is None:
+            continue
+        results = found[0]
+        results.add_reply(node, replicas, ok, value, version, vid)
+        if results.done():
+            finished.append(call_id)
+    return finished
+
+
+def take_reply(pending: Mapping[int, tuple[QueryResults, Any]], reply: Reply) -> list[int]:
+    """:func:`take_entries` for one ``Reply`` (a refusal, or an answer sent alone)."""
+    entry = (reply.call_id, reply.ok, reply.value, reply.origin, reply.version)
+    return take_entries(pending, reply.node, reply.replicas, (entry,), reply.vid)

@@ -1,0 +1,374 @@
+"""``ClientSession``: a client's protocol as a state machine that owns no socket, no thread and
+no clock (h11's manner).
+
+Its driver feeds in what happened, each with the time it happened (``now``, in seconds of any
+monotonic clock): calls issued (``call``), a dial's outcome (``connected``, ``dial_failed``,
+``refuse``), bytes read (``receive_data``), a connection lost (``connection_lost``), the clock
+(``tick``). It reads back what to do: bytes to write (``data_to_send``, or ``output`` to encode
+outside a lock), answers to feed to their results (``answers``, then ``answered``), when to
+tick next (``next_timer``), a connection to end (a ``Disconnect`` returned), and between
+connections the next step (``next_step``): the contact to ``Dial``, how long to ``Wait``
+(backing off with jitter, after a round of unreachable contacts or of contacts that turned the
+client away), or ``Stop`` (refused, closed, or no contact reachable for ``retry_for``).
+
+It keeps what outlives a connection: the calls waiting for answers and their ``QueryResults``,
+the call numbers and the exactly-once session (the same on every contact: after a failover
+the unanswered calls go again, in order, under the same numbers, and replicas apply each
+once), the contact's limits. ``Client`` drives it from one socket thread; the simulator drives
+the very same class over its simulated network, under its faults. Not thread-safe: the driver
+serialises every call to it (``Client`` holds one lock).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from typing import Any, Sequence
+
+from derecho_actors.caller.answers import Answers
+from derecho_actors.caller.calls import DEFAULT_MAX_PAYLOAD, Floor, Request, calls_frame, encode_output
+from derecho_actors.caller.results import QueryResults
+from derecho_actors.caller.session_events import Dial, Disconnect, Phase, Step, Stop, Wait
+from derecho_actors.wire.messages import Call, Reply, ReplyBatch, ViewNotice, decode
+from runtime.errors import GroupClosed, Refused, WireError
+from runtime.wire.codec import FrameDecoder, frame
+from runtime.wire.control import PROTOCOL_VERSION, AppMessage, Goodbye, Hello, Ping, Welcome
+
+log = logging.getLogger("derecho.client")
+
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 2.0
+IDLE_PING = 10.0  # seconds between pings while no call waits, until a Welcome says otherwise
+
+
+def backoff(round_: int, rng: random.Random) -> float:
+    """Seconds to wait after ``round_`` failed rounds over every contact: exponential, capped,
+    with jitter so many clients do not reconnect in step."""
+    return min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(round_, 16))) * rng.uniform(0.5, 1.5)
+
+
+class ClientSession:
+    """One client's calls and its connections to the group's contacts, as a state machine."""
+
+    def __init__(
+        self,
+        contacts: Sequence[str],
+        cluster: str = "derecho",
+        *,
+        session_ns: int,
+        retry_for: float = 30.0,
+        liveness_timeout: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``session_ns``: when the session starts (wall clock, ns: replicas order a client's
+        sessions by it); ``retry_for``: how long a round of dials may try before the session
+        gives up; ``liveness_timeout``: a contact that sends nothing (not even a pong) for this
+        long while calls wait is given up for another; ``rng``: the jitter's (and the session
+        number's) source, seeded in the simulator."""
+        if not contacts:
+            raise GroupClosed("a client needs at least one contact address")
+        self.contacts = list(contacts)
+        self.cluster = cluster
+        self.retry_for = retry_for
+        self.liveness_timeout = liveness_timeout
+        self.rng = rng or random.Random()
+        # The contact derives the origin of our calls from our identity and this number; the
+        # same on every contact, so a call resent after failover applies once.
+        self.session = self.rng.getrandbits(62) | 1
+        self.session_ns = session_ns
+        self.phase = Phase.DISCONNECTED
+        self.error: Exception | None = None  # why the session is closed
+        self.refusal: Refused | None = None
+        self.pending: dict[int, tuple[QueryResults, Call]] = {}  # in call order
+        self._ids = itertools.count(1)
+        self._floor = Floor()
+        self._outbox: list[Call] = []
+        self._answers: list[tuple[Any, ...]] = []  # answers and departures received, for ``answers``
+        self._control: list[bytes] = []  # frames of our own (pings)
+        self._pings = itertools.count(1)
+        self.max_message_size = DEFAULT_MAX_PAYLOAD  # the group's limit on a call's arguments
+        self.max_frame = DEFAULT_MAX_PAYLOAD  # the contact's limit on a frame from us
+        self._idle_ping = IDLE_PING  # a third of the contact's idle timeout, once it says
+        self.connected_to: str | None = None  # the contact of the current (or last) connection
+        self.connections = 0  # connections made so far (more than one: the client failed over)
+        self.resent = 0  # calls sent again after a failover
+        self.welcomed = False  # the current contact accepted us (not refused for cluster or identity)
+        # The current connection.
+        self._decoder = FrameDecoder()
+        self._peer = ""
+        self._heard = self._ticked = self._pinged = 0.0
+        self._answered = False  # the contact sent an answer (not only a goodbye)
+        self._goodbye = ""  # why the contact closed the connection, if it said
+        self._unavailable = ""  # why the group's shards cannot run, as the contact last said
+        # Between connections: the round of dials, backing off.
+        self._contact = 0
+        self._round_started: float | None = None
+        self._failures = 0
+        self._last_error = ""
+        self._wait_until = 0.0
+        self._turned_away = 0  # contacts in a row that said goodbye before any answer (not in a view)
+        self._turned_away_for = ""  # the last goodbye when every contact turned the client away
+
+    # ------------------------------------------------------------------ calls
+    def call(self, request: Request) -> QueryResults:
+        """Number a call, keep it until answered, and send it if connected (else with every
+        other waiting call once connected). Raises the session's error once it is closed."""
+        if self.error is not None:
+            raise self.error
+        call_id = next(self._ids)
+        results = QueryResults(
+            f"{request.what} (client call {call_id})",
+            request.decode,
+            ordered=request.ordered,
+            compare=request.compare,
+            why_waiting=self.why_waiting,
+        )
+        # The contact fills in the session (origin) from our authenticated identity, and
+        # answers on our connection (no caller id: a client is not a member).
+        floor = self._floor.advance(self.pending, call_id)
+        c = request
+        call = Call(call_id, 0, c.shard, c.method, c.ordered, c.args, 0, 0, floor, c.target, 0, c.kind)
+        self.pending[call_id] = (results, call)
+        if self.phase is Phase.CONNECTED:
+            self._outbox.append(call)
+        return results
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    def has_output(self) -> bool:
+        return bool(self._outbox or self._control)
+
+    def data_to_send(self) -> bytes:
+        """Frames to write now: our pings, then the calls queued since the last time, as few
+        frames as the contact's limit allows (one per loop turn of the driver, however many
+        calls: in Python the cost is per call and per system call)."""
+        return encode_output(self.output())
+
+    def output(self) -> tuple[list[bytes], list[Call], int]:
+        """``data_to_send`` still to encode (``encode_output``, on any thread: a driver with a
+        lock encodes the calls outside it)."""
+        out = (self._control, self._outbox, self.max_frame)
+        self._control, self._outbox = [], []
+        return out
+
+    def why_waiting(self) -> str | None:
+        """What is known to hold calls up, for the message of a ``CallTimeout``."""
+        if self.refusal is not None:
+            return str(self.refusal)
+        turned = f"; the last contact said: {self._turned_away_for}" if self._turned_away_for else ""
+        if self.phase is not Phase.CONNECTED:
+            return f"no contact connected (trying {', '.join(self.contacts)}){turned}"
+        return self._unavailable or turned[2:] or None
+
+    # ------------------------------------------------------------ between connections
+    def next_step(self, now: float) -> Step:
+        """What to do while not connected: dial the next contact, wait, or stop."""
+        if self.error is not None:
+            return Stop(self.error)
+        if now < self._wait_until:
+            return Wait(self._wait_until)
+        if self._round_started is None:
+            self._round_started, self._failures, self._last_error = now, 0, ""
+        elif now >= self._round_started + self.retry_for:
+            return Stop(self._give_up(now))
+        address = self.contacts[self._contact % len(self.contacts)]
+        self._contact += 1
+        self.phase = Phase.DIALING
+        return Dial(address)
+
+    def dial_failed(self, now: float, address: str, why: str) -> None:
+        """The contact could not be reached; after each round over every contact, back off."""
+        if self.phase is Phase.CLOSED:
+            return
+        self.phase = Phase.DISCONNECTED
+        self._failures += 1
+        self._last_error = f"{address}: {why}"
+        if self._failures == 1 or self._failures % 20 == 0:
+            log.info("client cannot reach %s (%s); trying the next contact", address, why)
+        rounds, rest = divmod(self._failures, len(self.contacts))
+        if rest == 0:
+            self._wait_until = now + backoff(rounds, self.rng)
+
+    def connected(self, now: float, address: str, peer: str = "") -> bytes:
+        """A connection to ``address`` is up (``peer``: how to name it in messages): the bytes
+        to write first, our Hello and every call still waiting, in order, under the numbers they
+        had (replicas remember, per session, what they applied and their replies)."""
+        self.phase = Phase.CONNECTED
+        self.connected_to, self._peer = address, peer or address
+        self.connections += 1
+        self._decoder = FrameDecoder()
+        self._heard = self._ticked = self._pinged = now
+        self._answered, self._goodbye, self._unavailable, self.welcomed = False, "", "", False
+        self._round_started = None
+        self._outbox, self._control = [], []
+        resend = [call for _, call in self.pending.values()]
+        for results, _ in self.pending.values():
+            results.sending_again()
+        if self.connections > 1:
+            self.resent += len(resend)
+        log.info("client connected to %s (%d calls resent)", address, len(resend))
+        hello = frame(Hello(self.session, self.cluster, "client", self.session_ns, PROTOCOL_VERSION))
+        return hello + (calls_frame(resend, self.max_frame) if resend else b"")
+
+    def connection_lost(self, now: float, why: str = "") -> None:
+        """The connection ended (closed, reset, broken; or ended by the session itself). A
+        contact that said goodbye before answering turned us away (it is not in a view): once
+        every contact did, back off before the next round."""
+        if self.phase is not Phase.CONNECTED:
+            return
+        self.phase = Phase.DISCONNECTED
+        self._outbox, self._control = [], []
+        if why:
+            log.info("connection to %s ended: %s", self._peer, why)
+        if self._goodbye and not self._answered:
+            self._turned_away += 1
+            rounds, rest = divmod(self._turned_away, len(self.contacts))
+            if rest == 0:
+                self._turned_away_for = self._goodbye
+                self._wait_until = now + backoff(rounds, self.rng)
+        else:
+            self._turned_away, self._turned_away_for = 0, ""
+
+    def refuse(self, refusal: Refused) -> None:
+        """Final: the contact refused us (a certificate, another cluster): every call fails."""
+        log.error("%s", refusal)
+        self.refusal = refusal
+        self._close(refusal)
+
+    def close(self, now: float) -> None:
+        """The user closed the client: every waiting call fails."""
+        if self.error is not None:  # closed already
+            return
+        if self._round_started is not None and self._last_error:
+            log.info(
+                "client stopped trying to reach the group after %.1f s: closed (last: %s)",
+                now - self._round_started,
+                self._last_error,
+            )
+        self._close(GroupClosed("the client was closed"))
+
+    def _give_up(self, now: float) -> Exception:
+        assert self._round_started is not None
+        if self._last_error:
+            log.warning(
+                "client gave up reaching the group after %.1f s (last: %s)", now - self._round_started, self._last_error
+            )
+        last = f" (last: {self._turned_away_for})" if self._turned_away_for else ""
+        error = GroupClosed(f"no member of the group reachable among {', '.join(self.contacts)}{last}")
+        self._close(error)
+        return error
+
+    def _close(self, error: Exception) -> None:
+        self.phase, self.error = Phase.CLOSED, error
+        self._outbox, self._control = [], []
+        pending, self.pending = self.pending, {}
+        for results, _ in pending.values():
+            results.fail(error)
+
+    # ------------------------------------------------------------------ a connection
+    def next_timer(self) -> float | None:
+        """When ``tick`` is due (None: not connected)."""
+        if self.phase is not Phase.CONNECTED:
+            return None
+        return max(self._heard, self._ticked) + self._interval
+
+    @property
+    def _interval(self) -> float:
+        return max(0.05, self.liveness_timeout / 4)
+
+    def tick(self, now: float) -> Disconnect | None:
+        """While calls wait, a contact that says nothing (not even a pong) for
+        ``liveness_timeout`` is frozen or cut off: fail over. While idle, ping only to stay
+        clear of the contact's idle timeout."""
+        due = self.next_timer()
+        if due is None or now < due:
+            return None
+        self._ticked = now
+        busy = bool(self.pending)
+        limit = self.liveness_timeout if busy else self.liveness_timeout + 2 * self._idle_ping
+        if now - self._heard > limit:
+            log.warning(
+                "contact %s sent nothing for %.1f s (frozen or cut off): failing over", self._peer, now - self._heard
+            )
+            self.connection_lost(now)
+            return Disconnect("the contact went silent")
+        if busy or now - self._pinged >= self._idle_ping:
+            self._pinged = now
+            self._control.append(frame(Ping(next(self._pings))))
+        return None
+
+    def receive_data(self, now: float, data: bytes) -> Disconnect | None:
+        """Bytes read from the contact: answers go to their calls' results."""
+        if self.phase is not Phase.CONNECTED:
+            return None
+        self._heard = now
+        for item in self._decoder.feed(data):
+            t = type(item)
+            if t is AppMessage:
+                self._answered = True
+                self._on_message(item.data)  # type: ignore[union-attr]
+            elif t is Welcome:
+                self.max_message_size = item.max_message_size  # type: ignore[union-attr]
+                self.max_frame = item.max_frame  # type: ignore[union-attr]
+                self._idle_ping = max(0.05, min(IDLE_PING, item.idle_timeout_ms / 3000))  # type: ignore[union-attr]
+                self.welcomed = True
+            elif t is Goodbye:
+                reason: str = item.reason  # type: ignore[union-attr]
+                if reason.startswith("refused"):
+                    self.refuse(Refused(f"{self._peer} {reason}"))
+                    return Disconnect(reason)
+                self._goodbye = reason
+                log.info("contact %s closed the connection: %s", self._peer, reason)
+                self.connection_lost(now)
+                return Disconnect(reason)
+        if self._decoder.broken:
+            self.connection_lost(now, "its stream broke")
+            return Disconnect("the contact's stream broke")
+        return None
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            msg = decode(data)
+        except WireError as exc:
+            log.warning("dropped a bad message from the contact: %s", exc)
+            return
+        t = type(msg)
+        if t is ReplyBatch:
+            batch: ReplyBatch = msg  # type: ignore[assignment]
+            self._match(batch.node, batch.replicas, batch.vid, batch.entries)
+        elif t is Reply:
+            r: Reply = msg  # type: ignore[assignment]
+            self._match(r.node, r.replicas, r.vid, ((r.call_id, r.ok, r.value, r.origin, r.version),))
+        elif t is ViewNotice:
+            notice: ViewNotice = msg  # type: ignore[assignment]
+            self._unavailable = notice.unavailable
+            if notice.departed:  # replicas among them will not answer
+                calls = [(call_id, results) for call_id, (results, _) in self.pending.items()]
+                why = f"left the group in view {notice.vid}"
+                self._answers.append((None, set(notice.departed), why, notice.vid, calls))
+
+    def _match(self, node: int, replicas: tuple[int, ...], vid: int, entries: Any) -> None:
+        """One replica's answers (a refusal is one too: an error in its call's place), matched
+        to the calls waiting for them; answers to calls not waiting (answered already) go."""
+        pending = self.pending
+        matched = [(e[0], pending[e[0]][0], e[1], e[2], e[4]) for e in entries if e[0] in pending]
+        if matched:
+            self._answers.append((node, replicas, vid, matched))
+
+    def answers(self) -> Answers | None:
+        """What the contact answered since the last time, matched to the results it feeds:
+        ``deliver`` it (any thread, no lock needed), then pass what that returns to
+        ``answered``."""
+        if not self._answers:
+            return None
+        items, self._answers = self._answers, []
+        return Answers(items)
+
+    def answered(self, call_ids: list[int]) -> None:
+        """These calls have every answer they wait for: forget them."""
+        pending = self.pending
+        for call_id in call_ids:
+            pending.pop(call_id, None)

@@ -1,0 +1,322 @@
+"""The client proxy: a client's calls, taken by its contact (this node) as its own.
+
+A call from an external client is run or relayed by its contact in the client's session and
+the replicas' answers are forwarded to the client. The session's origin is the one the node
+derived from the client's authenticated identity (whatever the message says), so no client
+can act in another's session; so is the owner its ordered calls carry, which replicas bound
+sessions by. A call this node cannot take (too large, a shard that cannot run, a method its
+type does not define, a limit reached) is refused at once, with the reason.
+
+What is kept per client is bounded (``client_table``); statistics count the methods the types
+define and every other name under one label (``call_stats``). Clients cannot see views: on a
+view change they are told who left, and calls relayed to a member that left go again through
+another (ordered: applied once) or, for P2P, are answered at once. Runs on the node's loop.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import msgpack
+
+from derecho_actors.caller.results import ReplyEntry
+from derecho_actors.model.decorators import TypeSpec
+from derecho_actors.model.kinds import ORDERED
+from derecho_actors.node.call_stats import UNKNOWN, CallStats
+from derecho_actors.node.client_outbox import ClientOutbox
+from derecho_actors.node.client_table import ClientState, ClientTable, Limit, Proxied, Relay
+from derecho_actors.node.hosting import ReplicaHost
+from derecho_actors.node.inbound_calls import InboundCalls
+from derecho_actors.node.outbox import Outbox
+from derecho_actors.node.unavailable import unavailable
+from derecho_actors.replica.events import PollCall, WatchExpire
+from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.messages import Call, CallKind, ReplyBatch, ReplyTo, ViewNotice, encode
+from runtime.config import LimitsSection
+from runtime.core.layout import ShardId
+from runtime.core.view import View
+from runtime.errors import ClientLimit, DerechoError, PayloadTooLarge, ReplicaLost, ShardUnavailable, UnknownMethod
+from runtime.node_api import ClientConn, NodeHandle
+
+
+class ClientProxy:
+    def __init__(
+        self,
+        node: NodeHandle,
+        view: Callable[[], View | None],
+        specs: Mapping[str, TypeSpec],
+        limits: LimitsSection,
+        host: ReplicaHost,
+        outbox: Outbox,
+        inbound: InboundCalls,
+        out: ClientOutbox,
+    ) -> None:
+        """``specs``: the group's types by name (a call to a method its type does not define
+        is refused here); ``limits``: the node's per-client limits (``[limits]``); ``out``:
+        where messages to clients go."""
+        self.node = node
+        self.node_id = node.node_id
+        self.view = view
+        self.specs = specs
+        self.host = host
+        self.outbox = outbox
+        self.inbound = inbound
+        self.out = out
+        # Clients this node serves: their calls whose answers it forwards, and those it relayed
+        # (retried through another member if that one fails before answering).
+        self.table = ClientTable(limits.client_max_in_flight, limits.max_watch_polls_per_client, node.wall_ns)
+        self.stats = CallStats()  # clients' calls through this node (status, metrics)
+
+    # ------------------------------------------------------------------ calls
+    def take_call(self, conn: ClientConn, msg: Call) -> None:
+        """A call from a client on its connection to this node: run or relay it as our own, in
+        the client's session, and forward the replicas' answers."""
+        origin = conn.origin
+        session_ns = conn.incarnation or 0
+        view = self.view()
+        if not origin or view is None:
+            return
+        table = self.table
+        client = table.state(conn)
+        label = self._label(msg)
+        members = view.layout.members_of(msg.shard)
+        refusal: DerechoError | None = None
+        if (size := self.outbox.too_large(msg.method, msg.args)) is not None:
+            refusal = PayloadTooLarge(
+                f"call {msg.call_id} takes {size} bytes; the group's limit is {self.outbox.max_payload} "
+                "(multicast.max_message_size); it was not run"
+            )
+        elif not members:
+            refusal = ShardUnavailable(f"call {msg.call_id} was not run: {unavailable(view, msg.shard)}")
+        elif label == UNKNOWN:
+            refusal = self._unknown_method(client, msg)
+        elif not msg.ordered and msg.target and msg.target not in members:
+            refusal = ReplicaLost(
+                f"node {msg.target} holds no replica of {msg.shard} in view {view.vid} (its replicas: {list(members)}); "
+                "the call was not run",
+                applied=False,
+            )
+        else:
+            limit = table.admit(client, msg.kind is CallKind.WATCH_POLL)
+            if limit is not None:
+                table.warn(client, limit[0], limit[1])
+                refusal = ClientLimit(f"refused by node {self.node_id}: {limit[1]}")
+        to = ReplyTo(self.node_id, msg.call_id, view.vid, origin)
+        if refusal is not None:
+            self.stats.done(label, "refused", None)
+            self.out.refuse(conn, to, refusal)
+            return
+        key = (origin, msg.call_id)
+        proxy = Proxied(client, label, self.node.wall_ns(), kind=msg.kind)
+        table.add(client, key, proxy)
+        if not msg.ordered and msg.target:
+            target = msg.target  # the client asked for this replica (P2P node=)
+        elif self.node_id in members:
+            target = self.node_id
+        else:
+            target = members[origin % len(members)]
+        owner = client.owner
+        if target == self.node_id:
+            if msg.ordered:
+                self.outbox.submit(
+                    msg.shard,
+                    _codec.PendingCall(
+                        self.node_id, msg.call_id, msg.method, msg.args, origin, session_ns, msg.floor, owner
+                    ),
+                )
+            else:
+                if proxy.poll:
+                    proxy.local = msg.shard  # freed here at once if the client goes away
+                self.inbound.run_p2p(msg.shard, to, msg.kind, msg.method, msg.args)
+            return
+        call = Call(
+            msg.call_id,
+            self.node_id,
+            msg.shard,
+            msg.method,
+            msg.ordered,
+            msg.args,
+            origin,
+            session_ns,
+            msg.floor,
+            owner=owner,
+            kind=msg.kind,
+        )
+        # Until an answer comes, remember where it went: if that member fails first, the call
+        # goes again through another (ordered: applied once, by the session table) or, for
+        # P2P, the client is told at once.
+        table.relay(key, Relay(target, call, client))
+        self.node.send_app(target, encode(call))
+
+    def refuse_overflow(self, conn: ClientConn, call_ids: tuple[int, ...]) -> None:
+        """Calls of one frame beyond what a client may have unanswered: refused unread."""
+        view = self.view()
+        origin = conn.origin
+        if not origin or view is None or not call_ids or getattr(conn, "closed", False):
+            return
+        client = self.table.state(conn)
+        most = self.table.max_in_flight
+        detail = (
+            f"it sent {most + len(call_ids)} calls in one frame, more than it may have "
+            f"unanswered ({Limit.IN_FLIGHT.value} = {most}); the calls beyond were not run"
+        )
+        self.table.warn(client, Limit.IN_FLIGHT, detail)
+        refusal = ClientLimit(
+            f"refused by node {self.node_id}: more calls in one frame than a client may have unanswered "
+            f"({Limit.IN_FLIGHT.value} = {most}); not run: wait for answers, then retry"
+        )
+        for call_id in call_ids:
+            self.out.refuse(conn, ReplyTo(self.node_id, call_id, view.vid, origin), refusal)
+        self.stats.done(UNKNOWN, "refused", None, len(call_ids))
+
+    def _label(self, msg: Call) -> str:
+        """The call as statistics count it: its method's name if its type defines it with this
+        kind, the request's label for the group's own, else :data:`UNKNOWN`, so what clients
+        send cannot grow the statistics."""
+        spec = self.specs.get(msg.shard.type_name)
+        if spec is None:
+            return UNKNOWN
+        if msg.kind is not CallKind.METHOD:
+            return msg.kind.label
+        kind = spec.methods.get(msg.method)
+        if kind is None:
+            return UNKNOWN
+        return msg.method if (kind == ORDERED) == msg.ordered else UNKNOWN
+
+    def _unknown_method(self, client: ClientState, msg: Call) -> DerechoError:
+        """A call to a method its type does not define (a client built against another
+        version of the type, or one probing): refused here, before it costs an ordered slot."""
+        spec = self.specs.get(msg.shard.type_name)
+        shown = msg.method if len(msg.method) <= 64 else msg.method[:64] + "..."
+        kind = spec.methods.get(msg.method) if spec is not None else None
+        if spec is None:
+            why = f"this node hosts no type {msg.shard.type_name!r}"
+        elif kind is None:
+            why = f"{spec.name} has no @ordered or @p2p method {shown!r}"
+        else:
+            why = f"{spec.name}.{shown} is {kind}, but it was sent as {'ordered' if msg.ordered else 'p2p'}"
+        self.table.warn(client, Limit.UNKNOWN_METHOD, f"it called methods its types do not define (first: {why})")
+        return UnknownMethod(f"not run: {why}")
+
+    # ------------------------------------------------------------------ answers
+    def forward(self, batch: ReplyBatch, entries: list[ReplyEntry]) -> None:
+        """Answers in ``batch`` for clients' calls: on to each client, one ReplyBatch per
+        client; answers for calls no longer kept (a client gone) go nowhere."""
+        node, replicas = batch.node, batch.replicas
+        table = self.table
+        proxies, relays = table.proxies, table.relays
+        by_client: dict[ClientConn, list[ReplyEntry]] = {}
+        for entry in entries:
+            call_id, ok, value, origin, _version = entry
+            key = (origin, call_id)
+            proxy = proxies.get(key)
+            if proxy is None:
+                continue
+            relay = relays.get(key)
+            if relay is not None and relay.client is proxy.client:
+                del relays[key]  # answered: delivered, no resend needed
+            by_client.setdefault(proxy.client.conn, []).append(entry)
+            if proxy.left < 0:  # the first answer: outcome and latency
+                if proxy.kind is CallKind.METHOD:
+                    ms = (self.node.wall_ns() - proxy.started_ns) / 1e6
+                    self.stats.done(proxy.label, "ok" if ok else "error", ms)
+                if not ok:
+                    self._check_refusal(proxy.client, value)
+            table.answer(key, proxy, node, replicas)
+        for conn, mine in by_client.items():
+            self.out.send(conn, encode(ReplyBatch(node, batch.vid, replicas, tuple(mine))))
+
+    def _check_refusal(self, client: ClientState, value: bytes) -> None:
+        """The replicas refused a client's call for its identity's session bound: name the
+        client in a WARNING here, where its identity is known (replicas know only a digest)."""
+        try:
+            name = msgpack.unpackb(value, raw=False)[0]
+        except Exception:
+            return
+        if name == "SessionLimit":
+            self.table.warn(client, Limit.SESSIONS, "the replicas refused a new session of it (SessionLimit)")
+
+    # ------------------------------------------------------------------ clients going away
+    def on_closed(self, conn: ClientConn) -> None:
+        """``AppHooks.on_client_closed``: forget everything kept for the connection (its
+        calls' proxies and relays, its watch polls, its queued replies), so nothing of it
+        stays; its polls parked at replicas here are answered at once, freeing them too.
+        Answers that still come for its calls find no proxy and go nowhere."""
+        self.out.forget(conn)
+        parked = self.table.forget(conn)
+        by_shard: dict[ShardId, list[PollCall]] = {}
+        for shard, (origin, call_id) in parked:
+            by_shard.setdefault(shard, []).append(PollCall(self.node_id, call_id, origin))
+        for shard, calls in by_shard.items():
+            self.host.tell(shard, WatchExpire(tuple(calls)))
+
+    # ------------------------------------------------------------------ views
+    def notify_view(self, previous: View, view: View, gone: set[int]) -> None:
+        """Clients cannot see views: tell them who left, so their calls stop waiting, and
+        whether shards cannot run, so a call that waits says why."""
+        if not (gone or not view.layout.adequate or not previous.layout.adequate) or not self.table.clients:
+            return
+        note = encode(
+            ViewNotice(
+                view.vid,
+                view.members,
+                tuple(sorted(gone)),
+                "" if view.layout.adequate else unavailable(view, ShardId("", 0, 0)),
+            )
+        )
+        for conn in list(self.table.clients):
+            if getattr(conn, "closed", False):
+                self.on_closed(conn)
+            else:
+                self.node.reply_client(conn, note)
+
+    def on_departed(self, gone: set[int], view: View) -> None:
+        """Members left in ``view``: clients' calls relayed to them go again through another
+        member or are answered, and calls waiting only for their answers are done."""
+        self._retry_relays(gone, view)
+        self.table.depart(gone)
+
+    def _retry_relays(self, gone: set[int], view: View) -> None:
+        """Clients' calls this node relayed to members that left before answering."""
+        relays = self.table.relays
+        for key, relay in list(relays.items()):
+            target, call, client = relay.target, relay.call, relay.client
+            if target not in gone:
+                continue
+            origin = key[0]
+            members = view.layout.members_of(call.shard)
+            refusal: DerechoError | None = None
+            if not call.ordered:
+                refusal = ReplicaLost(
+                    f"node {target} left the group before answering; a P2P call changes nothing, so "
+                    "it is safe to call again",
+                    applied=False,
+                )
+            elif not members:
+                refusal = ShardUnavailable(
+                    f"call {call.call_id} may or may not have been applied (node {target} left "
+                    f"while relaying it) and cannot be retried now: {unavailable(view, call.shard)}"
+                )
+            if refusal is not None:
+                self.table.drop(key)
+                relays.pop(key, None)
+                self.out.refuse(client.conn, ReplyTo(self.node_id, call.call_id, view.vid, origin), refusal)
+                continue
+            if self.node_id in members:
+                del relays[key]
+                self.outbox.submit(
+                    call.shard,
+                    _codec.PendingCall(
+                        self.node_id,
+                        call.call_id,
+                        call.method,
+                        call.args,
+                        origin,
+                        call.session_ns,
+                        call.floor,
+                        call.owner,
+                    ),
+                )
+                continue
+            relay.target = members[origin % len(members)]
+            self.node.send_app(relay.target, encode(call))

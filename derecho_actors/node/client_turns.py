@@ -1,0 +1,126 @@
+"""Clients' calls take turns on the node's loop: at most ``CALLS_PER_TURN`` per loop turn, all
+clients together, round-robin beyond, so a frame packed with thousands of calls cannot hold the
+loop (and members' heartbeats) up, and no client starves another.
+
+A client's calls are taken at once while this turn's budget lasts and none of its calls wait,
+else queued in order and taken on later turns, up to 64 per client per round. A client with
+more than twice ``limits.client_max_in_flight`` calls waiting sends faster than any honest
+client could be served: it is cut off, with a WARNING naming it. Runs on the node's loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Callable
+
+from derecho_actors.node.client_table import ClientState, ClientTable, Limit
+from derecho_actors.wire.messages import Call
+from runtime.node_api import ClientConn, NodeHandle
+
+log = logging.getLogger("derecho.routing")
+
+CALLS_PER_TURN = 1024
+"""Clients' calls this node takes per loop turn, all clients together (round-robin beyond)."""
+
+PER_CLIENT_ROUND = 64
+"""Calls one waiting client may have taken per round of the waiting clients."""
+
+
+class ClientTurns:
+    def __init__(
+        self,
+        node: NodeHandle,
+        table: ClientTable,
+        take: Callable[[ClientConn, Call], None],
+        closed: Callable[[ClientConn], None],
+    ) -> None:
+        """``take(conn, call)``: take one client's call; ``closed(conn)``: forget a client
+        whose connection this closes."""
+        self.node = node
+        self.table = table
+        self.take = take
+        self.closed = closed
+        self.taken = 0  # clients' calls taken this loop turn
+        self._scheduled = False
+        self.waiting: collections.deque[ClientState] = collections.deque()  # clients with calls waiting
+
+    def on_calls(self, conn: ClientConn, calls: tuple[Call, ...]) -> None:
+        """A client's calls as they arrive (one frame's worth), in order."""
+        if getattr(conn, "closed", False):  # frames read before it closed: nobody to answer
+            return
+        client = self.table.state(conn)
+        if not client.inbox and self.taken < CALLS_PER_TURN:
+            room = CALLS_PER_TURN - self.taken
+            self._spend(min(room, len(calls)))
+            for call in calls[:room]:
+                self.take(conn, call)
+            calls = calls[room:]
+            if not calls or client.closed:
+                return
+        client.inbox.extend(calls)
+        waiting = len(client.inbox)
+        if waiting > 2 * self.table.max_in_flight:
+            self.table.warn(
+                client,
+                Limit.WAITING,
+                f"it sent calls faster than they are taken ({waiting} waiting); its connection is cut off",
+                cut_off=True,
+            )
+            conn.close()
+            self.closed(conn)
+            return
+        if not client.waiting:
+            client.waiting = True
+            self.waiting.append(client)
+        self._spend(0)
+
+    def _spend(self, calls: int) -> None:
+        self.taken += calls
+        if not self._scheduled:
+            self._scheduled = True
+            self.node.call_later(0, self.next_turn)
+
+    def next_turn(self) -> None:
+        """A new loop turn: the budget is whole again; clients with calls waiting take turns."""
+        self._scheduled = False
+        self.taken = 0
+        waiting = self.waiting
+        budget = CALLS_PER_TURN
+        while waiting and budget > 0:
+            client = waiting.popleft()
+            if client.closed:
+                continue
+            inbox = client.inbox
+            n = min(len(inbox), PER_CLIENT_ROUND, budget)
+            budget -= n
+            try:
+                for _ in range(n):
+                    self.take(client.conn, inbox.popleft())
+                    if client.closed:
+                        break
+            except Exception:  # a bug: this client is cut off, the others keep their turn
+                log.exception(
+                    "node %d: taking a call of %s failed; its connection is closed", self.node.node_id, client.who
+                )
+                client.waiting = False
+                self._close(client.conn)
+                continue
+            if inbox and not client.closed:
+                waiting.append(client)
+            else:
+                client.waiting = False
+        self.taken = CALLS_PER_TURN - budget
+        if waiting:
+            self._spend(0)
+
+    def _close(self, conn: ClientConn) -> None:
+        """Close a client's connection and forget what is kept for it (a failure is logged)."""
+        try:
+            conn.close()
+        except Exception:
+            log.exception("node %d: closing the connection of a failed client failed", self.node.node_id)
+        try:
+            self.closed(conn)
+        except Exception:
+            log.exception("node %d: forgetting a failed client failed", self.node.node_id)

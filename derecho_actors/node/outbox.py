@@ -1,0 +1,58 @@
+"""The multicast outbox: ordered calls this node multicasts, queued per shard during a loop turn
+and sent at its end in as few multicast messages as the size limit allows (one message is one
+slot, one stability step and one upcall at every replica, however many calls it carries).
+
+Every ordered call leaves through here: this node's own, those it relays for members and
+clients, and linearizable reads. A call is checked against the size limit before it is queued,
+so none is dropped later for being too large. Runs on the node's loop.
+"""
+
+from __future__ import annotations
+
+from derecho_actors.wire import codec as _codec
+from runtime.core.layout import ShardId
+from runtime.errors import PayloadTooLarge
+from runtime.node_api import NodeHandle
+
+
+class Outbox:
+    def __init__(self, node: NodeHandle, max_payload: int) -> None:
+        """``max_payload``: the group's ``multicast.max_message_size``."""
+        self.node = node
+        self.max_payload = max_payload
+        self._queued: dict[ShardId, list[_codec.PendingCall]] = {}
+
+    def too_large(self, method: str, args: bytes) -> int | None:
+        """The size of a call too large for one multicast message (None: it fits)."""
+        size = _codec.call_size(method, args)
+        return size if size > self.max_payload else None
+
+    def check_size(self, what: str, method: str, args: bytes) -> None:
+        """Raise ``PayloadTooLarge`` (to the caller's thread) for a call that cannot be sent."""
+        size = self.too_large(method, args)
+        if size is not None:
+            raise PayloadTooLarge(
+                f"{what}: the call takes {size} bytes (arguments {len(args)}); the group's limit is "
+                f"{self.max_payload} (multicast.max_message_size): send less per call"
+            )
+
+    def submit(self, shard: ShardId, call: _codec.PendingCall) -> None:
+        """Queue an ordered call; everything queued in one loop turn goes out together."""
+        queued = self._queued.get(shard)
+        if queued is not None:
+            queued.append(call)
+            return
+        self._queued[shard] = [call]
+        if len(self._queued) == 1:
+            self.node.call_later(0, self._flush)
+
+    def send_empty(self, shard: ShardId) -> None:
+        """An empty multicast now: every replica delivers it and runs nothing, so every
+        member's delivered count moves (what a stable read may wait for)."""
+        self.node.send_ordered(shard, [_codec.empty_ordered(self.node.wall_ns())])
+
+    def _flush(self) -> None:
+        out, self._queued = self._queued, {}
+        now = self.node.wall_ns()
+        for shard, calls in out.items():
+            self.node.send_ordered(shard, _codec.encode_ordered(calls, self.max_payload, now))

@@ -1,0 +1,71 @@
+"""Where answers go: from the replicas here to their callers, and from the wire to this node's
+calls and its clients.
+
+A replica answers the calls of one delivered batch in one hand-off to the node's loop; they
+leave as one ``ReplyBatch`` per caller and view (in Python the cost is per object and per
+frame, not per byte). Answers for this node come back through :meth:`ReplyRoutes.take_batch`:
+those for its own calls (no session, or this node's) feed their results, the others are the
+answers to the clients it serves, forwarded to them. Runs on the node's loop, except
+:meth:`ReplyRoutes.send` (a replica's thread).
+"""
+
+from __future__ import annotations
+
+from derecho_actors.caller.results import ReplyEntry
+from derecho_actors.node.client_proxy import ClientProxy
+from derecho_actors.node.member_caller import MemberCaller
+from derecho_actors.wire.messages import Reply, ReplyBatch, encode
+from runtime.node_api import NodeHandle
+
+
+class ReplyRoutes:
+    def __init__(self, node: NodeHandle, member: MemberCaller, clients: ClientProxy) -> None:
+        self.node = node
+        self.node_id = node.node_id
+        self.member = member
+        self.clients = clients
+
+    def send(self, replies: list[tuple[int, Reply]]) -> None:
+        """From a replica's thread: one hand-off per batch to the node's loop."""
+        self.node.call_soon(self.route, replies)
+
+    def route(self, replies: list[tuple[int, Reply]]) -> None:
+        """Answers made here (one delivered batch's, or this node's own): one ReplyBatch per
+        caller and view; this node's go straight to :meth:`take_batch`."""
+        groups: dict[tuple[int, int, int, tuple[int, ...]], list[ReplyEntry]] = {}
+        for caller, r in replies:
+            key = (caller, r.node, r.vid, r.replicas)
+            entry = (r.call_id, r.ok, r.value, r.origin, r.version)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [entry]
+            else:
+                group.append(entry)
+        for (caller, node, vid, replicas), entries in groups.items():
+            batch = ReplyBatch(node, vid, replicas, tuple(entries))
+            if caller == self.node_id:
+                self.take_batch(batch)
+            else:
+                self.node.send_app(caller, encode(batch))
+
+    def take_reply(self, reply: Reply) -> None:
+        """One answer alone (a member's refusal of a call it could not take)."""
+        entry = (reply.call_id, reply.ok, reply.value, reply.origin, reply.version)
+        self.take_batch(ReplyBatch(reply.node, reply.vid, reply.replicas, (entry,)))
+
+    def take_batch(self, batch: ReplyBatch) -> None:
+        """Answers for this node: those for its own calls to their results, the others on to
+        the clients they belong to."""
+        mine = self.member.origin
+        own: list[ReplyEntry] = []
+        theirs: list[ReplyEntry] = []
+        for entry in batch.entries:
+            origin = entry[3]
+            if not origin or origin == mine:
+                own.append(entry)
+            else:
+                theirs.append(entry)
+        if theirs:
+            self.clients.forward(batch, theirs)
+        if own:
+            self.member.take(batch.node, batch.replicas, own, batch.vid)

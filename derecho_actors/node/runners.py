@@ -1,0 +1,95 @@
+"""How a replica executes: a *runner* starts each replica the host runs and gives back a
+reference to tell it messages and stop it.
+
+:class:`ThreadRunner` gives each replica its own pykka actor thread (real nodes: user code never
+runs on the node's loop); :class:`InlineRunner` runs it in the caller's thread at once (the
+simulator: one thread, deterministic).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import pykka
+
+from derecho_actors.replica.replica import Replica, ReplicaActor, ReplicaMessage
+from runtime.core.layout import ShardId
+
+
+class ReplicaRef(Protocol):
+    def tell(self, message: ReplicaMessage) -> None: ...
+
+    def stop(self) -> Callable[[float], bool]:
+        """Ask the replica to stop; returns a function that waits up to a timeout (seconds)
+        for it to have stopped (its log closed); True if it has."""
+
+
+class Runner(Protocol):
+    def start(self, replica: Replica, shard: ShardId) -> ReplicaRef: ...
+
+
+class _ActorRef:
+    def __init__(self, ref: pykka.ActorRef[ReplicaActor]) -> None:
+        self._ref = ref
+
+    def tell(self, message: ReplicaMessage) -> None:
+        try:
+            self._ref.tell(message)
+        except pykka.ActorDeadError:
+            pass  # it failed (and reported why) or was stopped
+
+    def stop(self) -> Callable[[float], bool]:
+        stopping = self._ref.stop(block=False)
+
+        def wait(timeout: float) -> bool:
+            try:
+                stopping.get(timeout=timeout)
+                return True
+            except pykka.Timeout:
+                return False
+            except pykka.ActorDeadError:
+                return True
+
+        return wait
+
+
+class ThreadRunner:
+    """Each replica on its own thread (pykka), one message at a time, in order."""
+
+    def start(self, replica: Replica, shard: ShardId) -> ReplicaRef:
+        return _ActorRef(ReplicaActor.start(replica))
+
+
+class _InlineRef:
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.alive = True
+
+    def tell(self, message: ReplicaMessage) -> None:
+        if not self.alive:
+            return
+        try:
+            self.replica.receive(message)
+        except Exception as exc:
+            self.alive = False
+            self.replica.failed_with(exc)
+
+    def stop(self) -> Callable[[float], bool]:
+        if self.alive:
+            self.alive = False
+            self.replica.stop()
+        return lambda timeout: True
+
+
+class InlineRunner:
+    """Each replica runs in the caller's thread, at once (the simulator's way)."""
+
+    inline = True  # replicas write their logs in place too (no writer thread)
+
+    def start(self, replica: Replica, shard: ShardId) -> ReplicaRef:
+        ref = _InlineRef(replica)
+        try:
+            replica.start()
+        except Exception:
+            ref.alive = False  # start() reported why (internal_error)
+        return ref

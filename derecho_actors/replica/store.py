@@ -1,0 +1,359 @@
+"""Persistent fields, their versioned log, and reads of past versions.
+
+A field declared ``Persistent(default)`` on a replicated class is read and written as a plain
+attribute. After each delivered ordered call the replica compares every persistent field with
+its last logged value and appends one record to the shard's log: the call's version (view id
+and the call's position in that view's delivery order), a timestamp taken from the message (so every replica records the same one)
+and the fields that changed. Dict-valued fields log only the keys that changed.
+
+Reads of the past go through :func:`at_version` and :func:`at_time`, which give a read-only
+snapshot of *all* persistent fields at one version: one consistent cut rather than one field at
+a time, and plain values stay plain values in user code. Only versions already on disk at
+every replica (at or below the shard's persistence frontier) can be read, so every replica
+answers a past read identically.
+
+Record body (msgpack): ``[origin, call_id, changes]`` where ``changes`` maps a field name to
+``["v", value]`` (the new value, encoded with the type's serializer) or
+``["m", replaced, sets, deletes]`` for dict fields (``replaced``: the dict was assigned anew
+and ``sets`` holds all of it; ``sets``/``deletes`` encoded lists of ``[key, value]`` / keys).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import msgpack
+
+from derecho_actors.model.fields import DELETED, Persistent, TrackedDict, _wrap
+from derecho_actors.replica.history import FieldHistory, MapSnapshot, Snapshot, hashable_key, latest_at
+from derecho_actors.wire import codec as _codec
+from runtime.core.versions import format_version
+from runtime.errors import NotPersistedYet, VersionLost
+
+log = logging.getLogger("derecho.persistent")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedCall:
+    version: int
+    timestamp_ns: int
+    origin: int
+    call_id: int
+
+
+class PersistentStore:
+    """One replica's persistent state: its fields' change tracking, its log, the history index
+    for reads of the past, and a writer thread that makes records durable in batches.
+
+    The replica's actor thread calls :meth:`record` after each ordered call and :meth:`submit`
+    once per delivered batch; the writer thread appends, fsyncs once for everything queued,
+    and calls ``on_durable(version)``. Reads of the past come from the actor thread too.
+    """
+
+    def __init__(
+        self,
+        obj: Any,
+        fields: Mapping[str, Persistent],
+        serializer: str,
+        log_: Any,  # runtime.drivers.log_store.VersionedLog
+        on_durable: Callable[[int], None],
+        on_signed: Callable[[int, bytes], None] | None = None,
+        on_failure: Callable[[str], None] = lambda why: None,
+        max_queued: int = 256,
+        stall_timeout: float = 30.0,
+        inline: bool = False,
+    ) -> None:
+        """``on_failure(why)``: the log could not be written (disk full, I/O error): the
+        replica must stop (fail-stop), since it can no longer persist what it delivers.
+        ``max_queued``: delivered batches waiting for the writer at most; beyond that the
+        replica waits (back-pressure) instead of buffering without bound. ``inline``: no
+        writer thread; each batch is written and made durable within :meth:`submit` (the
+        simulator's way: one thread, deterministic)."""
+        self.obj = obj
+        self.inline = inline
+        self.on_failure = on_failure
+        self.stall_timeout = stall_timeout
+        self.on_signed = on_signed if getattr(log_, "signed", False) else None
+        self.fields = dict(fields)
+        self.serializer = serializer
+        self.log = log_
+        self.on_durable = on_durable
+        self.history = FieldHistory(self.fields)
+        self.frontier = -1  # persisted at every replica of the shard (set by the group)
+        self.lost: tuple[int, int] | None = None  # versions a total restart gave up (--accept-loss)
+        self.last_version = -1
+        self.last_ts = 0
+        self._baseline: dict[str, bytes] = {}
+        self._lock = threading.Lock()  # the log is used by the writer and by readers
+        self._queue: queue.Queue[Any] = queue.Queue(max(1, max_queued))
+        self.busy_since: float | None = None  # monotonic time the writer began its current write
+        self._durable = threading.Condition()
+        self._durable_version = -1
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        self.write_error: BaseException | None = None
+
+    @contextmanager
+    def log_held(self) -> Iterator[Any]:
+        """The log, held for the block against the writer thread and other readers (a state
+        transfer appending to it, a signature check reading it)."""
+        with self._lock:
+            yield self.log
+
+    # ------------------------------------------------------------------ startup
+    def replay(self) -> Iterator[LoggedCall]:
+        """Rebuild the fields (on a fresh object) from the log; yields each logged call so the
+        replica can rebuild its exactly-once table."""
+        decode = self._decode
+        with self._lock:
+            records = list(self.log.iter_from(-1))
+        for version, ts, body in records:
+            origin, call_id, changes = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            self._apply(changes)
+            self.history.note(version, changes, decode)
+            self.last_version, self.last_ts = version, ts
+            yield LoggedCall(version, ts, origin, call_id)
+        self.reset_tracking()
+        self._durable_version = self.last_version
+
+    def reset_tracking(self) -> None:
+        """Take the current field values as the baseline (after construction or replay)."""
+        for name in self.fields:
+            value = getattr(self.obj, name)
+            if isinstance(value, TrackedDict):
+                value._changed.clear()
+                value._replaced = False
+            else:
+                self._baseline[name] = self._encode(value)
+
+    def _apply(self, changes: Mapping[str, Any]) -> None:
+        d = self.obj.__dict__
+        for name, change in changes.items():
+            if name not in self.fields:
+                continue
+            if change[0] == "v":
+                d[name] = _wrap(self._decode(change[1]), replaced=False)
+                continue
+            _, replaced, sets, dels = change
+            current = getattr(self.obj, name)
+            if replaced:
+                dict.clear(current)
+            for key, value in self._decode(sets) if sets else ():
+                dict.__setitem__(current, hashable_key(key), value)
+            for key in self._decode(dels) if dels else ():
+                dict.pop(current, hashable_key(key), None)
+
+    # ------------------------------------------------------------------ writing
+    def record(self, version: int, ts: int, origin: int, call_id: int) -> tuple[int, int, bytes]:
+        """The log record of the call just applied at ``version``."""
+        changes: dict[str, Any] = {}
+        history = self.history
+        for name in self.fields:
+            value = getattr(self.obj, name)
+            if isinstance(value, TrackedDict):
+                changed = value._changed
+                if value._replaced:
+                    changes[name] = ["m", True, self._encode([[k, v] for k, v in value.items()]), b""]
+                    history.note_keys(name, version, value, True)
+                elif changed:
+                    sets = [[k, v] for k, v in changed.items() if v is not DELETED]
+                    dels = [k for k, v in changed.items() if v is DELETED]
+                    changes[name] = [
+                        "m",
+                        False,
+                        self._encode(sets) if sets else b"",
+                        self._encode(dels) if dels else b"",
+                    ]
+                    history.note_keys(name, version, changed, False)
+                if changed:
+                    changed.clear()
+                value._replaced = False
+            else:
+                enc = self._encode(value)
+                if enc != self._baseline.get(name):
+                    changes[name] = ["v", enc]
+                    self._baseline[name] = enc
+                    history.note_value(name, version)
+        if ts < self.last_ts:
+            ts = self.last_ts
+        self.last_version, self.last_ts = version, ts
+        return version, ts, msgpack.packb([origin, call_id, changes], use_bin_type=True)
+
+    def submit(self, records: list[tuple[int, int, bytes]]) -> None:
+        """Queue a batch for the writer thread (one fsync covers all that queued meanwhile).
+        Waits while ``max_queued`` batches are already waiting (a slow disk slows the
+        replica); returns at once once the log has failed (the node is stopping)."""
+        if not records or self.write_error is not None:
+            return
+        if self.inline:
+            self._write([records])
+            return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="derecho-log-writer", daemon=True)
+            self._writer.start()
+        while self.write_error is None:
+            self._check_stall()
+            try:
+                self._queue.put(records, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _check_stall(self) -> None:
+        """A write or fsync that hangs (a dead NFS server, a failing disk) is a storage
+        failure too: after ``stall_timeout`` the replica stops rather than pile up batches."""
+        since = self.busy_since
+        if since is not None and time.monotonic() - since > self.stall_timeout and self.write_error is None:
+            self._fail(TimeoutError(f"a write or fsync has not returned for {time.monotonic() - since:.0f} s"))
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            batches = [batch]
+            stop = False
+            while True:  # everything queued meanwhile goes into the same fsync
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batches.append(more)
+            if not self._write(batches) or stop:
+                return
+
+    def _write(self, batches: list[list[tuple[int, int, bytes]]]) -> bool:
+        """Append and make durable (one fsync), then report; False once the log failed."""
+        records = [r for batch in batches for r in batch]
+        signature = None
+        self.busy_since = time.monotonic()
+        try:
+            with self._lock:
+                self.log.append(records)
+                durable = self.log.flush()
+                if self.on_signed is not None and durable >= 0:
+                    signature = self.log.signature(durable)
+        except BaseException as exc:  # disk full, I/O error: fail-stop, never carry on silently
+            self._fail(exc)
+            return False
+        finally:
+            self.busy_since = None
+        with self._durable:
+            self._durable_version = durable
+            self._durable.notify_all()
+        self.on_durable(durable)
+        if signature is not None and self.on_signed is not None:
+            self.on_signed(durable, signature)
+        return True
+
+    def _fail(self, exc: BaseException) -> None:
+        path = getattr(self.log, "path", "?")
+        why = f"storage failure: writing the log {path} failed: {type(exc).__name__}: {exc}"
+        log.error("%s; this replica stops (fail-stop): free space or fix the disk, then restart the node", why)
+        self.write_error = exc
+        with self._durable:
+            self._durable.notify_all()
+        try:
+            self.on_failure(why)
+        except Exception:
+            log.exception("reporting the storage failure of %s failed", path)
+
+    def wait_durable(self, version: int, timeout: float = 60.0) -> bool:
+        """Block until ``version`` is on this replica's disk (used before a state transfer)."""
+        with self._durable:
+            return self._durable.wait_for(
+                lambda: self._durable_version >= version or self.write_error is not None, timeout
+            )
+
+    @property
+    def durable_version(self) -> int:
+        return self._durable_version
+
+    def close(self) -> None:
+        if self._writer is not None and self._writer.is_alive():
+            try:
+                self._queue.put(None, timeout=10)
+            except queue.Full:
+                log.error("the log writer of %s did not drain its queue within 10 s", getattr(self.log, "path", "?"))
+            self._writer.join(10)
+        with self._lock:
+            # After a failed write the unflushed records cannot be trusted to reach the disk;
+            # trying again would only repeat the error (the node is leaving anyway).
+            self.log.close(flush=self.write_error is None)
+
+    # ------------------------------------------------------------------ reading
+    def read_record(self, version: int) -> dict[str, Any]:
+        with self._lock:
+            body = self.log.read(version)
+        return msgpack.unpackb(body, raw=False, strict_map_key=False)[2]
+
+    def check_readable(self, version: int) -> None:
+        lost = self.lost
+        if lost is not None and lost[0] <= version <= lost[1]:
+            raise VersionLost(
+                f"version {format_version(version)} is gone: a total restart found no log holding versions "
+                f"{format_version(lost[0])} to {format_version(lost[1])} and the operator accepted the loss; "
+                "read a version outside that range"
+            )
+        if version > self.frontier:
+            raise NotPersistedYet(
+                f"version {format_version(version)} is not on disk at every replica yet (persisted up to "
+                f"{format_version(self.frontier)}); wait for the call's QueryResults.persisted() or read an older version"
+            )
+
+    def version_at_time(self, timestamp_ns: int) -> int:
+        """The latest persisted version stamped at or before ``timestamp_ns`` (-1: none)."""
+        with self._lock:
+            found = self.log.latest_at_or_before_time(timestamp_ns)
+            lost = self.lost
+            if lost is not None and (found is None or found[0] < lost[0]):
+                # ``found`` is the latest version stamped at or before that time; if the lost
+                # range follows it directly, a lost version may be the true answer.
+                after = next(iter(self.log.iter_from(found[0] if found is not None else -1)), None)
+                if after is None or after[0] > lost[1]:
+                    raise VersionLost(
+                        f"the state at that time may be one of the lost versions {format_version(lost[0])} to "
+                        f"{format_version(lost[1])} (a total restart gave them up); ask for a later time"
+                    )
+            if found is not None and found[0] > self.frontier:
+                raise NotPersistedYet(
+                    f"version {format_version(found[0])}, the latest at that time, is not on disk at every replica "
+                    f"yet (persisted up to {format_version(self.frontier)}); ask again shortly"
+                )
+        return found[0] if found is not None else -1
+
+    def value_at(self, name: str, version: int) -> Any:
+        field = self.fields[name]
+        if name in self.history.values:
+            v = latest_at(self.history.values[name], version)
+            if v is None:
+                return copy.deepcopy(field.default)
+            return self._decode(self.read_record(v)[name][1])
+        return MapSnapshot(self, name, version)
+
+    def _encode(self, value: Any) -> bytes:
+        if isinstance(value, TrackedDict):
+            value = dict(value)
+        return _codec.encode_result(value, self.serializer)
+
+    def snapshot(self, version: int) -> Snapshot:
+        """The persistent fields as they were right after ``version`` (``da.at_version``)."""
+        return Snapshot(self, version)
+
+    def _decode(self, data: bytes) -> Any:
+        return _codec.decode_result(data, self.serializer)
+
+
+def log_path(data_dir: str | Path, type_name: str, subgroup: int, shard: int) -> Path:
+    return Path(data_dir) / f"{type_name}.{subgroup}.{shard}.log"

@@ -1,0 +1,133 @@
+"""The event loop and the transport of a running node, in one object made when its loop runs.
+
+Before ``NodeDriver.run`` there is neither; from then on both exist for as long as the node
+does. So the phases of a node (``runtime.drivers.node_phases``) are given a ``NodeIO`` and never
+ask whether the loop or the transport is there yet. It also keeps what the driver schedules
+on that loop for the core: one flush of its output per loop turn (so frames to a peer leave in
+one write), and its next timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Callable, TypeVar
+
+from runtime.config import NodeConfig
+from runtime.drivers.tcp import TcpTransport, TransportSecurity
+from runtime.drivers.transport import (
+    ClientClosedHandler,
+    ClientHandler,
+    FramesHandler,
+    PeerLostHandler,
+    Transport,
+)
+from runtime.wire.codec import frame
+from runtime.wire.control import Welcome
+
+T = TypeVar("T")
+
+
+def tcp_transport(
+    config: NodeConfig,
+    security: TransportSecurity,
+    incarnation: int,
+    on_frames: FramesHandler,
+    on_peer_lost: PeerLostHandler,
+    on_client: ClientHandler,
+    on_client_closed: ClientClosedHandler,
+) -> TcpTransport:
+    """The TCP transport ``config`` asks for (not listening yet: ``await start()``), which hands
+    what arrives to the given handlers; every client that connects is told its limits first."""
+    return TcpTransport(
+        config.node.id,
+        config.node.listen,
+        config.node.cluster,
+        on_frames,
+        on_peer_lost,
+        on_client,
+        max_frame=config.multicast.max_frame_bytes,
+        security=security,
+        incarnation=incarnation,
+        on_client_closed=on_client_closed,
+        client_welcome=frame(
+            Welcome(
+                config.multicast.max_message_size,
+                security.client_max_frame,
+                config.security.client_idle_timeout_ms,
+            )
+        ),
+    )
+
+
+class NodeIO:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: Transport,
+        on_flush: Callable[[], None],
+        on_tick: Callable[[], None],
+    ) -> None:
+        """``on_flush``: carry out what the core has ready; ``on_tick``: the core's timer fired."""
+        self.loop = loop
+        self.transport = transport
+        self.stopped = asyncio.Event()  # set when the node is to stop: run() then closes everything
+        self._on_flush = on_flush
+        self._on_tick = on_tick
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    def send_to_address(self, address: str, msg: Any) -> None:
+        """``msg`` encoded, to whoever listens at ``address`` (a node not in a view with us)."""
+        self.transport.send_to_address(address, frame(msg))
+
+    def schedule_flush(self) -> None:
+        """Flush once the callbacks of this loop turn have run (at most one flush is pending)."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_scheduled = False
+        self._on_flush()
+
+    def wake_at(self, at: float | None) -> None:
+        """Fire ``on_tick`` at loop time ``at`` (None: no change); the earliest time asked wins."""
+        if at is None:
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_at(at, self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._on_tick()
+
+    def answer(self, fn: Callable[[], T], timeout: float) -> T | None:
+        """``fn()`` run on the loop, asked from another thread (the metrics server's); None if
+        the loop does not answer within ``timeout``, or has closed."""
+        loop = self.loop
+        if loop.is_closed():
+            return None
+        box: list[T] = []
+        done = threading.Event()
+
+        def take() -> None:
+            try:
+                box.append(fn())
+            finally:
+                done.set()
+
+        try:
+            loop.call_soon_threadsafe(take)
+        except RuntimeError:  # the loop closed meanwhile
+            return None
+        return box[0] if done.wait(timeout) and box else None
