@@ -69,7 +69,7 @@ from runtime.errors import (
     SessionLimit,
     ShardUnavailable,
     StateTransferError,
-    TimeoutError,
+    TimeoutError,  # noqa: F401 - the old name of CallTimeout: da.TimeoutError, kept out of __all__
     Unavailable,
     UnknownMethod,
     UsageError,
@@ -124,7 +124,6 @@ __all__ = [
     "ShardAwaitingLog",
     "ShardStateLost",
     "SimCall",
-    "TimeoutError",
     "CallTimeout",
     "Unavailable",
     "UsageError",

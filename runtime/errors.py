@@ -298,7 +298,6 @@ __all__ = [
     "WireError",
     "RemoteError",
     "CallTimeout",
-    "TimeoutError",
     "ReplicaLost",
     "ShardUnavailable",
     "NotRegistered",

@@ -295,6 +295,10 @@ class Client(AsyncLifecycle):
                     loop.sleep(step.until - time.monotonic())
                 elif isinstance(step, Dial):
                     loop.connect(step.address)
+        except BaseException as exc:  # a bug: fail every call with it, never leave them waiting
+            log.exception("the client's socket thread failed; its calls fail with the reason")
+            with self._lock:
+                session.broken(GroupClosed(f"the client's socket thread failed: {type(exc).__name__}: {exc}"))
         finally:
             with self._lock:
                 self._room.notify_all()

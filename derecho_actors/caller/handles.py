@@ -19,7 +19,7 @@ __all__ = ["Caller", "Handle", "WindowedCaller"]
 
 
 class Caller(Protocol):
-    """What handles and watches call through: a member's router (``node.routing``) or a
+    """What handles and watches call through: a member's router (``node.member_caller.MemberCaller``) or a
     ``Client``. Both return the same ``QueryResults``, fed through its producer side."""
 
     def call(

@@ -250,6 +250,12 @@ class ClientSession:
             )
         self._close(GroupClosed("the client was closed"))
 
+    def broken(self, error: Exception) -> None:
+        """The driver cannot go on (its thread failed): every waiting call fails with
+        ``error``, and so does every later one, rather than wait for nothing."""
+        if self.error is None:
+            self._close(error)
+
     def _give_up(self, now: float) -> Exception:
         assert self._round_started is not None
         if self._last_error:

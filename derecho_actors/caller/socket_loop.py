@@ -109,6 +109,9 @@ class SocketLoop:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._read_wants_write = False  # TLS must write (a key update) before it can read on
+        # TLS must read (a renegotiation) before it can write on: wait for readable, not
+        # writable, or the loop would spin on a socket that is always writable.
+        self._write_wants_read = False
 
     # ------------------------------------------------------------------ any thread
     def wake_locked(self) -> None:
@@ -182,7 +185,7 @@ class SocketLoop:
             if session.phase is not Phase.DIALING:  # closed while dialing
                 return ""
             out.add(session.connected(time.monotonic(), address, peer))
-        self._read_wants_write = False
+        self._read_wants_write = self._write_wants_read = False
         mask = selectors.EVENT_READ
         selector.register(sock, mask)
         try:
@@ -201,14 +204,17 @@ class SocketLoop:
                     if why is not None:
                         return why
                 if out.pending:
+                    self._write_wants_read = False
                     try:
                         out.flush(sock)
-                    except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                    except (BlockingIOError, ssl.SSLWantWriteError):
                         pass  # the rest when the socket takes it
+                    except ssl.SSLWantReadError:
+                        self._write_wants_read = True  # the rest once the peer has sent something
                     except OSError as exc:
                         return f"writing failed: {exc.strerror or exc}"
                 want = selectors.EVENT_READ
-                if out.pending or self._read_wants_write:
+                if (out.pending and not self._write_wants_read) or self._read_wants_write:
                     want |= selectors.EVENT_WRITE
                 if want != mask:
                     selector.modify(sock, want)

@@ -2,7 +2,7 @@
 
 ``for ev in client.watch(KV, shard=0, since=version)`` (or ``async for``) yields
 :class:`~derecho_actors.replica.events.WatchEvent` objects. Underneath, the watch long-polls one
-replica of the shard with the position of the last event it yielded (see ``_events``). When a
+replica of the shard with the position of the last event it yielded (see ``replica.events``). When a
 poll fails because its replica or contact went away, or it got no answer in time, the watch
 asks again, from the same position, of whichever replica answers now: every replica has the
 same events at the same positions, so nothing is skipped or repeated. Errors that retrying

@@ -90,7 +90,7 @@ def replicated(
     certificate) and has replicas check each other's logs with their public keys.
 
     ``session_ttl`` (seconds) and ``max_sessions`` bound the exactly-once state every replica
-    keeps per caller (see ``_sessions``): a caller silent for ``session_ttl`` is forgotten, and
+    keeps per caller (see ``replica.sessions``): a caller silent for ``session_ttl`` is forgotten, and
     a retry of one of its calls is then refused (``SessionExpired``) rather than applied twice.
     ``max_sessions_per_caller`` bounds the live sessions of one client identity (the name in
     its certificate, stamped on its calls by the node it calls through), so that one
@@ -106,7 +106,7 @@ def replicated(
       differ: "raise" (``QueryResults.get`` raises ``DivergenceError``) or "warn" (logged at
       WARNING once per call; ``get`` returns as usual).
     - ``digest_every=N``: after every N-th ordered call of a view, each replica digests its
-      state (``_digest.state_digest``) and sends it to the shard's other replicas, which
+      state (``wire.digest.state_digest``) and sends it to the shard's other replicas, which
       compare it with theirs at the same version; a mismatch is logged at ERROR and counted
       in ``status``. Costs one encoding of the whole state per N calls.
     - ``check_p2p``: digest the state before and after every ``@p2p`` call; a method that

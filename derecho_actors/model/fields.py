@@ -2,7 +2,7 @@
 methods (``da.at_version``, ``da.at_time``, ``da.current_version``, ``da.persisted_version``).
 
 The field is a descriptor over the object's ``__dict__``; a dict value is a :class:`TrackedDict`
-that remembers which keys changed, so the replica's store (``_persistent``) logs only those.
+that remembers which keys changed, so the replica's store (``replica.store``) logs only those.
 The reads go to that store through the object's ``STORE_ATTR`` attribute: nothing here imports
 the store, so this module is part of what users write.
 """

@@ -1,5 +1,5 @@
-"""Read consistency of P2P calls: the options a caller gives (``_read_wire`` carries them,
-``_consistency`` and ``_stable_reads`` serve them).
+"""Read consistency of P2P calls: the options a caller gives (``wire.read_options`` carries them,
+``replica.reads`` and ``node.stable_reads`` serve them).
 
 A P2P call reads one replica. Its keyword options (``kv.get(k, consistency="stable")``) say
 what the answer may reflect:

@@ -10,7 +10,7 @@ sets override that policy's, and keys it leaves out keep the code's values (the 
 file wins where it speaks, and ``shards = 2`` alone does not drop the code's ``min_nodes``).
 Every member must end up with the same layout: a joiner whose layout differs is refused at join
 (``JoinRequest.layout``). A layout that leaves a shard one replica is warned about by the node
-that holds it (``_hosting``).
+that holds it (``node.hosting``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The core reports each shard's *persistence frontier* (every version up to it is 
 every replica); this module passes it to the replica (reads of the past check it), answers
 the callers of ``persisted()`` once their version is under it, calls ``on_persisted``
 callbacks, records it on disk now and then (a restart needs a lower bound), and exchanges the
-signed marks of signed logs, and the state digests of types with ``digest_every`` (``_digest``),
+signed marks of signed logs, and the state digests of types with ``digest_every`` (``wire.digest``),
 with the shard's other replicas. Everything runs on the node's loop.
 """
 

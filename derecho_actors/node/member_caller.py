@@ -155,6 +155,8 @@ class MemberCaller:
         with self.lock:
             self.calls[call_id] = OwnCall(results)
         if not self.node.call_soon(self._dispatch, call_id, out):
+            with self.lock:
+                self.calls.pop(call_id, None)
             results.fail(GroupClosed(f"node {self.node_id} has stopped"))
         return results
 
@@ -207,6 +209,8 @@ class MemberCaller:
         if target is None:
             target = self.node_id if self.node_id in members else members[call_id % len(members)]
         if target not in members:
+            with self.lock:
+                self.calls.pop(call_id, None)
             results.fail(
                 ReplicaLost(
                     f"node {target} holds no replica of {shard} in view {view.vid} (its replicas: {list(members)}); "

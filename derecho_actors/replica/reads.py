@@ -1,6 +1,6 @@
 """Reads at the replica: a method run against the past (:class:`PastView`, ``at_version`` /
 ``at_time``) and the gate that holds stable reads until every member has delivered what the
-replica applied (:class:`StableGate`; ``_stable_reads`` is the node's side)."""
+replica applied (:class:`StableGate`; ``node.stable_reads`` is the node's side)."""
 
 from __future__ import annotations
 

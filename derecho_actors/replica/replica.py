@@ -4,7 +4,7 @@ The node's loop hands the replica whole delivered batches (one message per batch
 call); it runs the ordered calls one at a time in delivery order and P2P calls between them.
 :class:`Replica` is the logic, driven by typed messages; :class:`ReplicaActor` runs it on a
 thread of its own (never the node's loop), and the simulator runs it inline, in virtual time
-(``_hosting``). Replies go back through ``send_replies`` in one hand-off per batch.
+(``node.hosting``). Replies go back through ``send_replies`` in one hand-off per batch.
 
 A replica of a persistent type also owns the shard's log here: each ordered call becomes a
 record, and a batch's records go to the log's writer thread in one piece. A replica that is
@@ -53,7 +53,7 @@ INDEX_LIMIT = 1 << INDEX_BITS
 SendReplies = Callable[[list[tuple[int, Reply]]], None]
 DeliveredCall = tuple[int, int, str, bytes, int, int, int, int, int]
 """``(caller, call_id, method, args, origin, session_ns, floor, owner, timestamp_ns)``
-(``_codec.OrderedCall``)"""
+(``wire.codec.OrderedCall``)"""
 
 
 # ------------------------------------------------------------------ what a replica is told
@@ -82,7 +82,7 @@ class ViewBoundary:
 
 @dataclass(frozen=True, slots=True)
 class P2PRequest:
-    """A P2P call to run here. With ``read`` options (``_consistency``): a stable read carries
+    """A P2P call to run here. With ``read`` options (``replica.reads``): a stable read carries
     the node's latest ``mark`` (what every member delivered), its number ``seq`` and the
     shard's ``StableReads`` to tell when it stops waiting."""
 

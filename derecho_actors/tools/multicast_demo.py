@@ -31,7 +31,7 @@ class DemoError(DerechoError):
 
 
 class MulticastCluster:
-    """Raw protocol nodes (``derecho-actors node``, running ``_load_app``) on 127.0.0.1, each
+    """Raw protocol nodes (``derecho-actors node``, running ``tools.load_app``) on 127.0.0.1, each
     with its own config, log and delivery log: the multicast demo and the tests of the node
     driver use it. (A cluster hosting replicated types is ``derecho_actors.LocalCluster``.)"""
 

@@ -62,7 +62,7 @@ class Call:
     floor: int = 0  # the caller's oldest call still waiting for an answer
     target: int = 0  # a client's P2P call: the replica it asks for (0: any)
     # A client's ordered call relayed by its contact: the identity owning its session
-    # (``_sessions.owner_of``), stamped by the contact. On the wire only when set, so a
+    # (``replica.sessions.owner_of``), stamped by the contact. On the wire only when set, so a
     # client's frames are as before; a contact ignores what a client puts here.
     owner: int = 0
     kind: CallKind = CallKind.METHOD  # on the wire only for the group's own requests
@@ -84,14 +84,20 @@ class OverfullBatch:
     overflow: tuple[int, ...]
 
 
+_LEGACY_NAMES: Final = {kind: name for name, kind in LEGACY_KINDS.items()}
+
+
 def call_fields(m: Call) -> list[Any]:
-    """A call as its array of fields: the owner only when set, the kind only for the group's
-    own requests, so a method call is as the release before sent it."""
+    """A call as its array of fields: the owner only when set. The group's own requests still
+    travel under their legacy method names, with no kind field: a node of the release before
+    reads nothing else (11 fields at most), and a rolling upgrade mixes both. The decoder
+    reads either form; the kind field is sent from the next protocol version on."""
+    method = _LEGACY_NAMES[m.kind] if m.kind is not CallKind.METHOD else m.method
     fields = [
         m.call_id,
         m.caller,
         shard_to_wire(m.shard),
-        m.method,
+        method,
         m.ordered,
         m.args,
         m.origin,
@@ -99,9 +105,7 @@ def call_fields(m: Call) -> list[Any]:
         m.floor,
         m.target,
     ]
-    if m.kind is not CallKind.METHOD:
-        fields += (m.owner, int(m.kind))
-    elif m.owner:
+    if m.owner:
         fields.append(m.owner)
     return fields
 

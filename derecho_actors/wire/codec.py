@@ -223,9 +223,9 @@ class PendingCall(NamedTuple):
     """An ordered call waiting to be multicast (it goes on the wire as an array, in this
     order). A non-zero ``origin`` (a client's session, or a member retrying through a relay)
     makes ``call_id`` that session's call number, ``session_ns`` when the session started and
-    ``floor`` its oldest call still waiting for an answer (see ``_sessions``); all 0 for a
+    ``floor`` its oldest call still waiting for an answer (see ``replica.sessions``); all 0 for a
     member's own calls. ``owner``: the client identity that owns the session
-    (``_sessions.owner_of``), stamped by the contact from the certificate it checked, so every
+    (``replica.sessions.owner_of``), stamped by the contact from the certificate it checked, so every
     replica bounds sessions per identity alike (0: none)."""
 
     caller: int
@@ -264,7 +264,7 @@ def encode_ordered(calls: list[PendingCall], max_size: int, now: int) -> list[by
 
 def empty_ordered(now: int) -> bytes:
     """A multicast payload with no calls: every replica delivers it and runs nothing. It moves
-    every member's delivered count, which a stable read may wait for (``_consistency``)."""
+    every member's delivered count, which a stable read may wait for (``replica.reads``)."""
     return msgpack.packb([now, []], use_bin_type=True)
 
 
@@ -363,13 +363,17 @@ def _salvage(payload: bytes) -> tuple[IdentifiedCall, ...]:
 
 def _identified(fields: list[object]) -> IdentifiedCall | None:
     """A call's first fields (as many as could be read) as an :class:`IdentifiedCall`, if they
-    name a caller and a call number."""
+    name a caller, a call number and whose call it is (origin and session; the floor is only a
+    hint): without the origin, the answer would go to the caller node's own call of that number, which is another
+    call (its clients' calls are numbered apart), so such a call counts as unidentified."""
 
     def number(i: int) -> int | None:
         value = fields[i] if i < len(fields) else None
         return value if type(value) is int else None
 
-    caller, call_id = number(0), number(1)
+    caller, call_id, origin, session, floor = (number(i) for i in (0, 1, 4, 5, 6))
     if caller is None or call_id is None or caller < 0 or call_id < 0:
         return None
-    return IdentifiedCall(caller, call_id, number(4) or 0, number(5) or 0, number(6) or 0)
+    if origin is None or session is None:
+        return None
+    return IdentifiedCall(caller, call_id, origin, session, floor or 0)

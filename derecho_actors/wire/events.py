@@ -1,5 +1,5 @@
 """Change events on the wire: positions, the events themselves, and a watch's poll and its
-answer, as callers and replicas exchange them (see ``_events`` for the replica's side).
+answer, as callers and replicas exchange them (see ``replica.events`` for the replica's side).
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class SignedMark:
 @dataclass(frozen=True, slots=True)
 class StateDigest:
     """A replica's digest of its state right after ``version`` (``@replicated(digest_every=N)``,
-    see ``_digest``): the shard's other replicas compare it with their own at that version.
+    see ``wire.digest``): the shard's other replicas compare it with their own at that version.
     It names no sender: it is the connection's proven speaker, so no member can send one in
     another's name."""
 

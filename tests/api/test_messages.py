@@ -121,13 +121,19 @@ def test_the_group_s_own_requests_of_the_release_before_are_read_as_their_kinds(
         assert (call.kind, call.method) == decoded
 
 
-def test_a_call_s_kind_is_on_the_wire_only_for_the_group_s_own_requests() -> None:
-    """A method call is encoded as before (10 fields, 11 with an owner), so a node of the
-    release before reads it; a request of the group's own carries its kind as a 12th field."""
+def test_every_call_goes_in_the_form_the_release_before_reads() -> None:
+    """A node of the release before reads 10 or 11 fields only, and a rolling upgrade mixes
+    both: the group's own requests travel under their legacy names, with no kind field, and
+    read back as their kind; a 12th field (the kind) is still read, for the next version."""
     assert len(msgpack.unpackb(encode(Call(1, 0, KV, "get", False, b"")))) == 11  # tag + 10
     assert len(msgpack.unpackb(encode(Call(1, 0, KV, "put", True, b"", owner=3)))) == 12
-    poll = msgpack.unpackb(encode(Call(1, 0, KV, "", False, b"", kind=CallKind.WATCH_POLL)))
-    assert len(poll) == 13 and poll[-2:] == [0, 1]  # owner 0, then the kind's number
+    for kind, name in ((CallKind.WATCH_POLL, "__watch__"), (CallKind.PERSISTED_QUERY, "__persisted__")):
+        wire = msgpack.unpackb(encode(Call(1, 0, KV, "", False, b"", kind=kind)))
+        assert len(wire) == 11 and wire[4] == name
+        back = decode(encode(Call(1, 0, KV, "", False, b"", kind=kind)))
+        assert (back.kind, back.method) == (kind, "")  # type: ignore[union-attr]
+    with_kind = decode(p([1, 1, 0, ["KV", 0, 1], "", False, b"", 0, 0, 0, 0, 0, int(CallKind.WATCH_POLL)]))
+    assert with_kind.kind is CallKind.WATCH_POLL  # type: ignore[union-attr]
 
 
 def test_chunk_kinds_keep_their_wire_strings() -> None:

@@ -48,22 +48,28 @@ UNDECODABLE = {
     "a time that is not an int": (p(["now", [call(1, 2)]]), "not [time, calls] but [str, list]", ()),
     "a call that is not an array": (p([TS, [5]]), "call 0 is not an array of 7 or 8 fields", ()),
     "a call of 6 fields": (p([TS, [call(1, 2)[:6]]]), "call 0 is not an array", (IdentifiedCall(1, 2, 77),)),
+    "a call cut before its origin is not answered (it would reach another call)": (
+        p([TS, [call(1, 2)[:4]]]),
+        "call 0 is not an array",
+        (),
+    ),
     "a method that is not a str: every call named": (
         p([TS, [call(1, 2), call(3, 4, method=5, session=-1, floor=3)]]),
         "call 1 has a field of the wrong type",
         (IdentifiedCall(1, 2, 77), IdentifiedCall(3, 4, 77, -1, 3)),
     ),
     "cut short: the calls up to the cut": (
-        GOOD[:-3],  # the second call's last three fields are cut off: it is still named
+        GOOD[:-3],  # the second call's origin and session are cut off: whose call it is is unknown
         "not a [time, calls] msgpack array",
-        (IdentifiedCall(1, 5, 9, 3, 2), IdentifiedCall(2, 6)),
+        (IdentifiedCall(1, 5, 9, 3, 2),),
     ),
     "cut in a call's number: the calls before it": (
         p([TS, [call(1, 2), [3, 2**40]]])[:-2],
         "incomplete input",
         (IdentifiedCall(1, 2, 77),),
     ),
-    "a method that is not UTF-8: its caller still read": (BAD_UTF8, "UnicodeDecodeError", (IdentifiedCall(4, 8),)),
+    # The fields after the bad one are not read, so whose call it is stays unknown: not answered.
+    "a method that is not UTF-8: not answered": (BAD_UTF8, "UnicodeDecodeError", ()),
     "a caller that is not a node": (p([TS, [call(-1, 2, method=5)]]), "call 0 has a field", ()),
     "a call number that is not an int": (p([TS, [[1, "x", "put", b"", 0, 0, 0]]]), "wrong type", ()),
 }
