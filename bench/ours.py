@@ -212,6 +212,45 @@ def nodes_cpu(cluster: Any) -> float:
     return sum(proc_cpu(p.pid) for p in cluster.procs.values())
 
 
+CpuSnapshot = tuple[float, dict[int, float]]  # this process's CPU seconds, each node's
+
+
+def cpu_snapshot(cluster: Any) -> CpuSnapshot:
+    """CPU seconds used so far by this process (the client: every thread, ns resolution) and by
+    each node process of a ``local_cluster`` (from /proc, clock ticks)."""
+    return time.process_time(), {node: proc_cpu(p.pid) for node, p in cluster.procs.items()}
+
+
+def contact_node(cluster: Any) -> int | None:
+    """The node the cluster's ``Client`` is connected to (its contact: the node that receives
+    the calls, relays them into the shard and gathers the answers), None if unknown."""
+    try:
+        address = cluster.client.connected_to
+        return next((n for n in cluster.ports if cluster.address(n) == address), None)
+    except Exception:
+        return None
+
+
+def cpu_per_call(before: CpuSnapshot, after: CpuSnapshot, calls: int, contact: int | None) -> Row:
+    """CPU µs per call between two snapshots: ``cpu_us_client`` (this process),
+    ``cpu_us_contact`` (the contact node), ``cpu_us_replicas`` (every other node, in node
+    order) with its mean and max, and ``cpu_us_nodes`` (every node by id)."""
+    (c0, n0), (c1, n1) = before, after
+    per = {n: (n1[n] - n0[n]) / calls * 1e6 for n in n0 if n in n1}
+    others = [v for n, v in sorted(per.items()) if n != contact]
+    row: Row = {
+        "cpu_us_client": (c1 - c0) / calls * 1e6,
+        "contact_node": contact,
+        "cpu_us_nodes": {str(n): v for n, v in sorted(per.items())},
+        "cpu_us_replicas": others,
+        "cpu_us_replicas_mean": sum(others) / len(others) if others else math.nan,
+        "cpu_us_replicas_max": max(others) if others else math.nan,
+    }
+    if contact in per:
+        row["cpu_us_contact"] = per[contact]
+    return row
+
+
 def pipelined(put: Any, n: int, window: int, value: bytes) -> tuple[float, float]:
     """``n`` calls with up to ``window`` outstanding; steady calls/s (every replica answered)
     and the caller's CPU share. Calls from one caller complete in order, so waiting on the
@@ -252,6 +291,13 @@ ACTOR_COLUMNS = [
     ("client_cpu", "client CPU", ".0%"),
 ]
 
+CPU_FIELDS = ("cpu_us_client", "cpu_us_contact", "cpu_us_replicas", "cpu_us_replicas_mean", "cpu_us_replicas_max")
+CPU_COLUMNS = [  # CPU µs per call (timed part only); other replicas: each node but the contact, in node order
+    ("cpu_us_client", "CPU µs client", ",.0f"),
+    ("cpu_us_contact", "contact", ",.0f"),
+    ("cpu_us_replicas", "others", ",.0f"),
+]
+
 VALUE_SIZE = 100
 
 
@@ -288,6 +334,7 @@ def best_of(row: Row, runs: list[Row], unit: str = "outstanding") -> Row:
         return row
     best = max(ok, key=lambda r: r["writes_per_s"])
     row.update(writes_per_s=best["writes_per_s"], window=best["window"], client_cpu=best.get("client_cpu"))
+    row.update({k: v for k, v in best.items() if k.startswith("cpu_us") or k == "contact_node"})
     tried = "/".join(str(r["window"]) for r in runs)
     row["case"] = f"pipelined, {best['window']} {unit} (best of {tried})" + row.get("case_suffix", "")
     return row
@@ -348,7 +395,7 @@ def kv_cluster_run(
 @experiment(
     "actor",
     "Actor API: ordered KV.put through derecho_actors.Client (3 replicas answer each call)",
-    columns=ACTOR_COLUMNS,
+    columns=ACTOR_COLUMNS + CPU_COLUMNS,
     plot=report.plot_comparison,
 )
 def actor(ctx: Context) -> list[Row]:
@@ -370,9 +417,17 @@ def actor(ctx: Context) -> list[Row]:
             "tls": security.use_tls(),
         }
 
-        def measure(fn: Any) -> Row:
-            """Run ``fn(put)`` against a freshly started cluster (the same rule as for the peers)."""
-            return kv_cluster_run(kvmod, nodes, layout, shards, lambda put, cluster: fn(put), value)
+        def measure(fn: Any, calls: int) -> Row:
+            """Run ``fn(put)`` (``calls`` calls) against a freshly started cluster (the same rule
+            as for the peers), with the CPU µs per call of the client, the contact and the other
+            nodes over ``fn`` only (not the start-up or the warm-up)."""
+
+            def timed(put: Any, cluster: Any) -> Row:
+                before = cpu_snapshot(cluster)
+                row = fn(put)
+                return {**row, **cpu_per_call(before, cpu_snapshot(cluster), calls, contact_node(cluster))}
+
+            return kv_cluster_run(kvmod, nodes, layout, shards, timed, value)
 
         def pipelined_run(window: int) -> Any:
             def fn(put: Any) -> Row:
@@ -393,12 +448,18 @@ def actor(ctx: Context) -> list[Row]:
             }
 
         runs = [
-            {"window": w, "calls": pipeline_calls(ctx, w), **measure(pipelined_run(w))} for w in pipeline_windows(ctx)
+            {"window": w, "calls": pipeline_calls(ctx, w), **measure(pipelined_run(w), pipeline_calls(ctx, w))}
+            for w in pipeline_windows(ctx)
         ]
         pipe = best_of({**base, "case": "pipelined", "case_suffix": f", {label}", "mode": "pipelined"}, runs)
         if "error" in pipe:
             ctx.note(f"{pipe['case']}: {pipe['error']}")
-        single = {**base, "case": f"one at a time, {label}", "mode": "single", **measure(single_run)}
+        single = {
+            **base,
+            "case": f"one at a time, {label}",
+            "mode": "single",
+            **measure(single_run, single_calls(ctx)),
+        }
         if "error" in single:
             ctx.note(f"{single['case']}: {single['error']}")
         rows += [pipe, single]
@@ -406,4 +467,17 @@ def actor(ctx: Context) -> list[Row]:
             f"  actor {label}: pipelined {pipe.get('writes_per_s', math.nan):,.0f} calls/s; "
             f"one at a time p50 {single.get('p50_ms', math.nan):.2f} ms p99 {single.get('p99_ms', math.nan):.2f} ms"
         )
+        for r in (pipe, single):
+            if "cpu_us_client" in r:
+                ctx.say(f"    {r['mode']}: CPU µs/call {cpu_label(r)}")
     return rows
+
+
+def cpu_label(row: Row) -> str:
+    """``client 61, contact (node 1) 120, others 45 / 47`` for a row with ``cpu_per_call`` fields."""
+    others = " / ".join(f"{v:,.0f}" for v in row.get("cpu_us_replicas", []))
+    contact = row.get("cpu_us_contact", math.nan)
+    return (
+        f"client {row.get('cpu_us_client', math.nan):,.0f}, "
+        f"contact (node {row.get('contact_node')}) {contact:,.0f}, others {others or '-'}"
+    )

@@ -81,11 +81,48 @@ def add_peer_ratios(results: Results) -> list[Row]:
     return out
 
 
+def _ratio(a: Any, b: Any) -> float | None:
+    ok = lambda v: isinstance(v, (int, float)) and not math.isnan(v)  # noqa: E731
+    return a / b if ok(a) and ok(b) and b else None
+
+
+def cpu_us_total(row: Row) -> float | None:
+    """CPU µs per call of every process: the client plus every node (None if not measured)."""
+    nodes = row.get("cpu_us_nodes")
+    if not isinstance(nodes, dict) or not isinstance(row.get("cpu_us_client"), (int, float)):
+        return None
+    return float(row["cpu_us_client"]) + sum(v for v in nodes.values() if isinstance(v, (int, float)))
+
+
+def add_baseline_ratios(results: Results) -> list[Row]:
+    """Each actor row with a baseline row of the same layout and mode (``actor_baseline``) gets
+    ``baseline_writes_per_s`` ... and ``x_baseline_writes`` / ``x_baseline_p50`` /
+    ``x_baseline_p99`` / ``x_baseline_cpu_us``: ours / baseline. Returns those rows."""
+    base = {(r.get("layout"), r.get("mode")): r for r in results.get("actor_baseline", []) if "error" not in r}
+    out = []
+    for row in results.get("actor", []):
+        ref = base.get((row.get("layout"), row.get("mode")))
+        if ref is None or "error" in row:
+            continue
+        row["baseline_system"] = ref.get("system")
+        for key, name in (("writes_per_s", "writes"), ("p50_ms", "p50"), ("p99_ms", "p99")):
+            row[f"baseline_{key}"] = ref.get(key)
+            if (x := _ratio(row.get(key), ref.get(key))) is not None:
+                row[f"x_baseline_{name}"] = x
+        row["cpu_us_total"], row["baseline_cpu_us_total"] = cpu_us_total(row), cpu_us_total(ref)
+        if (x := _ratio(row["cpu_us_total"], row["baseline_cpu_us_total"])) is not None:
+            row["x_baseline_cpu_us"] = x
+        out.append(row)
+    return out
+
+
 # ------------------------------------------------------------------------------ tables
 def _cell(row: Row, key: str, fmt: str) -> str:
     v = row.get(key)
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
+    if isinstance(v, (list, tuple)) and fmt:  # e.g. one figure per node: "41 / 39"
+        return " / ".join(_cell({"v": x}, "v", fmt) for x in v) or "–"
     if fmt.endswith("%") and isinstance(v, (int, float)):
         return format(v, fmt)
     try:
@@ -142,6 +179,33 @@ def print_tables(
                 _cell(r, "p99_ms", ".2f"),
                 _cell(r, "ratio_p99", ".2f"),
             )
+        console.print(table)
+    against = add_baseline_ratios(results)
+    if against:
+        table = Table(
+            title=f"derecho-actors now vs before: {against[0].get('baseline_system')}, same run; x = now / before "
+            "(writes/s above 1: now faster; latency and CPU below 1: now better; "
+            "CPU µs/call: the client plus every node)",
+            title_justify="left",
+        )
+        table.add_column("case", no_wrap=True)
+        cols = [
+            ("writes_per_s", "writes/s", ",.0f"),
+            ("baseline_writes_per_s", "before", ",.0f"),
+            ("x_baseline_writes", "x", ".2f"),
+            ("p50_ms", "p50 ms", ".2f"),
+            ("baseline_p50_ms", "before", ".2f"),
+            ("x_baseline_p50", "x", ".2f"),
+            ("x_baseline_p99", "p99 x", ".2f"),
+            ("cpu_us_total", "CPU µs/call", ",.0f"),
+            ("baseline_cpu_us_total", "before", ",.0f"),
+            ("x_baseline_cpu_us", "x", ".2f"),
+        ]
+        for _, header, _ in cols:
+            table.add_column(header, justify="right")
+        for r in against:
+            mode = "pipelined" if r.get("mode") == "pipelined" else "one at a time"
+            table.add_row(f"{mode}, {r.get('layout')}", *(_cell(r, k, f) for k, _, f in cols))
         console.print(table)
 
 
@@ -298,7 +362,8 @@ def plot_latency(results: Results, out: Path) -> list[Path]:
 
 
 def plot_comparison(results: Results, out: Path) -> list[Path]:
-    rows = [r for name in ("actor", "pysyncobj", "etcd") for r in results.get(name, []) if "error" not in r]
+    names = ("actor", "actor_baseline", "pysyncobj", "etcd")
+    rows = [r for name in names for r in results.get(name, []) if "error" not in r]
     pipe = _ok([r for r in rows if r.get("mode") == "pipelined"], "writes_per_s")
     single = _ok([r for r in rows if r.get("mode") == "single"], "p50_ms")
     if not pipe and not single:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python bench/run.py`` puts bench/ on the path, not the repository
     sys.path.insert(0, str(ROOT))
 
-from bench import report, security  # noqa: E402
+from bench import baseline, report, security  # noqa: E402
 from bench.registry import EXPERIMENTS, Context  # noqa: E402
 
 # Modules that register experiments, in running order: ceilings first (the plots draw them),
@@ -36,6 +36,7 @@ from bench.registry import EXPERIMENTS, Context  # noqa: E402
 MODULES = [
     "bench.ceilings",
     "bench.ours",
+    "bench.baseline",
     "bench.peers.pysyncobj_peer",
     "bench.peers.etcd_peer",
     "bench.persistence",
@@ -66,7 +67,22 @@ def main(argv: list[str] | None = None) -> int:
         help="run our nodes without TLS (security.insecure) to compare; the default is mutual TLS "
         "with a throwaway CA per run (the tls experiment runs both modes either way)",
     )
+    p.add_argument(
+        "--baseline-rev",
+        default=os.environ.get("BENCH_BASELINE_REV") or baseline.ISSUE_START,
+        metavar="REV",
+        help="the commit actor_baseline measures in a temporary git worktree (env BENCH_BASELINE_REV; "
+        f"default {baseline.ISSUE_START}, where the throughput issue started)",
+    )
+    p.add_argument(
+        "--baseline-bench",
+        choices=baseline.BENCH_MODES,
+        default="current",
+        help="actor_baseline: measure the old commit with this checkout's bench/ (current, the default: "
+        "same code, CPU columns; falls back to own if it fails) or with the old tree's own bench/",
+    )
     a = p.parse_args(argv)
+    baseline.configure(rev=a.baseline_rev, bench=a.baseline_bench)
     if a.list:
         for name, exp in EXPERIMENTS.items():
             print(f"{name:16} {exp.title}")
@@ -117,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.monotonic() - t_start
 
     report.add_peer_ratios(ctx.results)
+    report.add_baseline_ratios(ctx.results)
     plots, problems = report.make_plots(selected, ctx.results, out)
     for prob in problems:
         ctx.say(f"  {prob}")

@@ -3,12 +3,53 @@
 ``ClientSession`` matches the answers to the calls waiting for them (its pending table, under
 its driver's lock); feeding them to their ``QueryResults`` (decoding every value, comparing the
 replicas' answers) is most of a client's work per call, and needs no lock, so the driver does
-it outside, while callers go on issuing.
+it outside, while callers go on issuing. Three kinds of news come from a contact, each a
+dataclass below: one replica's answers, the answers all replicas agreed on (merged by the
+contact), and members that left.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    from derecho_actors.caller.results import QueryResults
+
+
+@dataclass(slots=True)
+class ReplicaAnswers:
+    """Replica ``node``'s answers to calls delivered in view ``vid`` (answered by ``replicas``):
+    ``(call id, results, ok, value, version)`` each."""
+
+    node: int
+    replicas: tuple[int, ...]
+    vid: int
+    matched: list[tuple[int, QueryResults, bool, bytes, int]]
+
+
+@dataclass(slots=True)
+class MergedAnswers:
+    """Answers every replica in ``answered`` gave alike (``()``: all of ``replicas``):
+    ``(call id, results, ok, value, version, answered)`` each."""
+
+    replicas: tuple[int, ...]
+    vid: int
+    matched: list[tuple[int, QueryResults, bool, bytes, int, tuple[int, ...]]]
+
+
+@dataclass(slots=True)
+class Departed:
+    """Members that left the group in view ``vid``: the calls ``(call id, results)`` waiting
+    for their answers will not get them."""
+
+    nodes: set[int]
+    why: str
+    vid: int
+    calls: list[tuple[int, QueryResults]]
+
+
+Answer = Union[ReplicaAnswers, MergedAnswers, Departed]
 
 
 class Answers:
@@ -18,23 +59,31 @@ class Answers:
 
     __slots__ = ("_items",)
 
-    def __init__(self, items: list[tuple[Any, ...]]) -> None:
+    def __init__(self, items: list[Answer]) -> None:
         self._items = items
 
     def deliver(self) -> list[int]:
         """Feed every answer to its results; the calls now complete."""
         done = []
         for item in self._items:
-            if item[0] is None:  # nodes left: (None, nodes, why, vid, [(call id, results)])
-                _, gone, why, vid, calls = item
-                for call_id, results in calls:
-                    results.mark_left(gone, why, vid)
+            t = type(item)
+            if t is MergedAnswers:
+                merged: MergedAnswers = item  # type: ignore[assignment]
+                replicas, vid = merged.replicas, merged.vid
+                for call_id, results, ok, value, version, answered in merged.matched:
+                    if results.add_agreed(answered or replicas, replicas, ok, value, version, vid):
+                        done.append(call_id)
+            elif t is ReplicaAnswers:
+                one: ReplicaAnswers = item  # type: ignore[assignment]
+                node, replicas, vid = one.node, one.replicas, one.vid
+                for call_id, results, ok, value, version in one.matched:
+                    results.add_reply(node, replicas, ok, value, version, vid)
                     if results.done():
                         done.append(call_id)
-                continue
-            node, replicas, vid, entries = item  # (node, replicas, vid, [(call id, results, ok, value, version)])
-            for call_id, results, ok, value, version in entries:
-                results.add_reply(node, replicas, ok, value, version, vid)
-                if results.done():
-                    done.append(call_id)
+            else:
+                left: Departed = item  # type: ignore[assignment]
+                for call_id, results in left.calls:
+                    results.mark_left(left.nodes, left.why, left.vid)
+                    if results.done():
+                        done.append(call_id)
         return done

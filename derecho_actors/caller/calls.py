@@ -80,7 +80,6 @@ def method_request(
             f"{max_message_size} (multicast.max_message_size): send less per call"
         )
     ordered = spec.methods.get(method) == ORDERED
-    serializer = spec.serializer
     return Request(
         shard,
         CallKind.METHOD,
@@ -89,7 +88,7 @@ def method_request(
         ordered,
         node or 0,
         f"{spec.name}.{method}",
-        lambda b: _codec.decode_result(b, serializer),
+        _codec.result_decoder(spec.serializer),
         spec.on_divergence if ordered else None,
     )
 
@@ -139,7 +138,7 @@ def calls_frame(calls: list[Call], max_frame: int = DEFAULT_MAX_PAYLOAD) -> byte
     size = 0
     budget = max(1, max_frame - 4096)
     for call in calls:
-        need = _codec.call_size(call.method, call.args) + len(str(call.shard)) + 32
+        need = _codec.call_size(call.method, call.args) + len(call.shard.type_name) + 48  # + its shard's numbers
         if batch and size + need > budget:
             out.append(_one_frame(batch))
             batch, size = [], 0

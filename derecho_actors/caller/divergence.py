@@ -1,4 +1,5 @@
-"""Whether the replicas' answers to one ordered call differ, and how to say so.
+"""What a call's answers come to: whether the replicas' answers to one ordered call differ,
+and how to say so; and which answers ``QueryResults.get`` returns or raises.
 
 Every replica runs an ordered call, so their answers must agree. ``QueryResults`` compares the
 encoded answers as they arrive (one bytes comparison each); only when some bytes differ does it
@@ -8,10 +9,10 @@ or a set's iteration order is no divergence) and grouped for the message.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Container, Sequence
 
 from derecho_actors.wire.digest import canonical
-from runtime.errors import RemoteError, ReplicaLost
+from runtime.errors import DivergenceError, RemoteError, ReplicaLost
 
 
 def divergence(description: str, out: dict[int, Any]) -> tuple[str, tuple[tuple[tuple[int, ...], Any], ...]] | None:
@@ -67,3 +68,46 @@ def _error_text(exc: BaseException) -> str:
 
 def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def answers_or_raise(
+    description: str, ordered: bool, order: Sequence[int], out: dict[int, Any], gone: Container[int]
+) -> dict[int, Any]:
+    """``get``'s answer from ``out`` (node -> value or error, ``order`` the order they came):
+    the first remote error raised; replicas that left before answering (``gone``) left out,
+    unless none answered at all: then ``ReplicaLost`` saying whether the call may have been
+    applied (an ordered call: unknown; a P2P call: no)."""
+    lost: list[ReplicaLost] = []
+    for node in order:
+        value = out.get(node)
+        if isinstance(value, ReplicaLost):
+            if node not in gone:  # a replica's own answer (it holds no replica, ...)
+                raise value
+            lost.append(value)
+        elif isinstance(value, BaseException):
+            raise value
+    if lost and len(lost) == len(out):
+        nodes = sorted(n for n, v in out.items() if isinstance(v, ReplicaLost))
+        if ordered:
+            raise ReplicaLost(
+                f"{description}: every replica that was to answer ({nodes}) left first; the call may or "
+                "may not have been applied: read the state to find out before calling again",
+                applied=None,
+            ) from lost[0]
+        raise ReplicaLost(
+            f"{description}: replica {nodes[0]} left before answering; a P2P call changes nothing, so it is "
+            "safe to call again",
+            applied=False,
+        ) from lost[0]
+    return {n: v for n, v in out.items() if not isinstance(v, ReplicaLost)}
+
+
+def check_divergence(description: str, out: dict[int, Any], compare: str | None) -> str | None:
+    """Raise ``DivergenceError`` if the answers in ``out`` differ and ``compare`` is "raise";
+    the message to log if they differ and it is "warn"; None if they agree."""
+    message = divergence(description, out)
+    if message is None:
+        return None
+    if compare == "raise":
+        raise DivergenceError(*message)
+    return message[0]

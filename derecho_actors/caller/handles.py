@@ -85,7 +85,13 @@ class Handle:
         return AsyncHandle(self._method, None)
 
     def __getattr__(self, method: str) -> Callable[..., QueryResults]:
-        return self._method(method)
+        # Only for a name the handle does not have yet: made once, then kept as an attribute
+        # (``handle.put`` costs a dict lookup from the second call on, not a new closure).
+        if method.startswith("__"):  # copy, pickle and friends probe for dunders: not methods
+            raise AttributeError(method)
+        fn = self._method(method)
+        self.__dict__[method] = fn
+        return fn
 
     def _method(self, method: str, issue: Callable[..., QueryResults | None] | None = None) -> Callable[..., Any]:
         """``handle.<method>``, issued through ``issue`` (default: the caller's ``call``)."""

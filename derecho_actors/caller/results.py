@@ -15,8 +15,9 @@ bytes comparison per reply; the decoded values only when bytes differ, ``caller.
 and raises ``DivergenceError`` (or, with ``on_divergence="warn"``, logs it) when they do not.
 
 The caller implementation (a client's ``ClientSession``, a member's router) feeds the answers
-in through the producer's side: ``expect``, ``add_reply``, ``mark_left``, ``sending_again``,
-``fail`` (and ``take_entries`` for a batch of answers to many calls).
+in through the producer's side: ``expect``, ``add_reply`` (one replica's answer),
+``add_agreed`` (the same answer from several, merged by a client's contact), ``mark_left``,
+``sending_again``, ``fail``.
 """
 
 from __future__ import annotations
@@ -24,22 +25,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
-from derecho_actors.caller.divergence import divergence
+from derecho_actors.caller.divergence import answers_or_raise, check_divergence
+from derecho_actors.caller.persisted import wait_persisted
 from derecho_actors.wire.codec import decode_error
-from derecho_actors.wire.messages import Reply
-from runtime.errors import CallTimeout, DivergenceError, NotPersistent, RemoteError, ReplicaLost
+from runtime.errors import CallTimeout, NotPersistent, ReplicaLost
 
 log = logging.getLogger("derecho.results")
+
+SHAREABLE = frozenset({int, float, bool, str, bytes, type(None), complex})
+"""Types of a decoded answer that replicas agreeing on it may share as one object (nothing in
+them can change); any other is decoded once per replica, as if each had sent its own."""
 
 
 class QueryResults:
     """Replies of one call. ``get`` returns ``{node id: value}`` (raising the first remote
     error), ``wait_all`` waits without raising, iteration yields ``(node, value or error)``
     as replies arrive, and ``await results`` works in asyncio."""
+
+    # Slots: thousands may be in flight at once, one per call.
+    __slots__ = tuple(
+        "_what _call_id _call_word _decode _lock _cond _expected _values _errors _order _gone _finished"
+        " _future _versions _persist_query _why_waiting ordered _compare _first _differ _warned".split()
+    )
 
     def __init__(
         self,
@@ -50,13 +60,19 @@ class QueryResults:
         compare: str | None = None,
         why_waiting: Callable[[], str | None] | None = None,
         persist_query: Callable[[int, int], QueryResults] | None = None,
+        call_id: int | None = None,
+        call_word: str = "call",
     ) -> None:
         """Made by the caller implementation: ``decode`` turns one encoded answer into a value;
         ``ordered`` False for a P2P call (it changes nothing: losing its replica means "not
         applied"); ``compare``: "raise" or "warn" when an ordered call's answers differ (None:
         no comparison); ``why_waiting()``: what may hold the call up, for a CallTimeout's
-        message; ``persist_query(version, replica)``: the query ``persisted`` sends."""
-        self.description = description
+        message; ``persist_query(version, replica)``: the query ``persisted`` sends;
+        ``call_id``: the caller's number for it, named in messages after ``description`` as
+        ``call_word`` (a client's "client call 12", a member's "call 12")."""
+        self._what = description
+        self._call_id = call_id
+        self._call_word = call_word
         self._decode = decode
         # A plain lock guards the state; a Condition on it is made only if someone has to wait
         # (most calls are answered before anyone looks: no Condition, no notify).
@@ -78,6 +94,11 @@ class QueryResults:
         self._first: tuple[bool, bytes] | None = None  # the first answer, as encoded
         self._differ = False  # some answer's bytes differ from the first's (decoded values may still agree)
         self._warned = False
+
+    @property
+    def description(self) -> str:
+        """The call, for messages: "KV.put (client call 12)" (made when a message needs it)."""
+        return self._what if self._call_id is None else f"{self._what} ({self._call_word} {self._call_id})"
 
     def set_persist_query(self, query: Callable[[int, int], QueryResults]) -> None:
         """The query ``persisted`` sends (for a producer that can make it only once the call exists)."""
@@ -137,6 +158,53 @@ class QueryResults:
             if self._expected is None:
                 self._set_expected(replicas, vid)
             self._maybe_done()
+
+    def add_agreed(
+        self,
+        nodes: tuple[int, ...],
+        replicas: tuple[int, ...],
+        ok: bool,
+        value: bytes,
+        version: int = -1,
+        vid: int | None = None,
+    ) -> bool:
+        """The same encoded answer from every replica in ``nodes`` (their contact compared the
+        bytes and merged them): decoded once, not once per replica. True once the call has
+        every answer it waits for."""
+        results: list[tuple[bool, Any]]
+        if ok:
+            try:
+                first = self._decode(value)
+                if type(first) in SHAREABLE:
+                    results = [(True, first)] * len(nodes)
+                else:
+                    results = [(True, first)] + [(True, self._decode(value)) for _ in nodes[1:]]
+            except Exception as exc:  # a result this side cannot decode is each replica's error
+                results = [(False, exc)] * len(nodes)
+        else:
+            results = [(False, decode_error(value, node)) for node in nodes]
+        with self._lock:
+            values, errors = self._values, self._errors
+            for node, (good, result) in zip(nodes, results):
+                if version >= 0:
+                    self._versions[node] = version
+                if node in values or node in errors:
+                    continue
+                if good:
+                    values[node] = result
+                else:
+                    errors[node] = result
+                if self._compare is not None:
+                    held = self._first
+                    if held is None:
+                        self._first = (ok, value)
+                    elif held[1] != value or held[0] != ok:
+                        self._differ = True
+                self._order.append(node)
+            if self._expected is None:
+                self._set_expected(replicas, vid)
+            self._maybe_done()
+            return self._finished
 
     def mark_left(self, nodes: set[int], why: str, vid: int | None = None) -> None:
         """These nodes left the group (in view ``vid``, if known): those that did not answer
@@ -212,7 +280,7 @@ class QueryResults:
     def wait_all(self, timeout: float | None = None) -> dict[int, Any]:
         """Wait for every replica; returns ``{node: value or exception}`` without raising
         remote errors. Raises ``CallTimeout`` naming the nodes still pending."""
-        finished = self._wait_for(lambda: self._finished, timeout)
+        finished = self._finished or self._wait_for(lambda: self._finished, timeout)
         if not finished:
             why = None
             if self._why_waiting is not None:
@@ -243,43 +311,17 @@ class QueryResults:
 
         Raises ``DivergenceError`` if the replicas' answers to an ordered call differ (unless
         the type has ``on_divergence="warn"``: then it logs that once and goes on)."""
+        if self._finished and not self._differ:
+            with self._lock:
+                if not self._errors:  # the common case: every replica answered alike
+                    return dict(self._values)
         out = self.wait_all(timeout)
         if self._differ:
-            self._check_divergence(out)
-        lost: list[ReplicaLost] = []
-        for node in self._order:
-            value = out.get(node)
-            if isinstance(value, ReplicaLost):
-                if node not in self._gone:  # a replica's own answer (it holds no replica, ...)
-                    raise value
-                lost.append(value)
-            elif isinstance(value, BaseException):
-                raise value
-        if lost and len(lost) == len(out):
-            nodes = sorted(n for n, v in out.items() if isinstance(v, ReplicaLost))
-            if self.ordered:
-                raise ReplicaLost(
-                    f"{self.description}: every replica that was to answer ({nodes}) left first; the call may or "
-                    "may not have been applied: read the state to find out before calling again",
-                    applied=None,
-                ) from lost[0]
-            raise ReplicaLost(
-                f"{self.description}: replica {nodes[0]} left before answering; a P2P call changes nothing, so it is "
-                "safe to call again",
-                applied=False,
-            ) from lost[0]
-        return {n: v for n, v in out.items() if not isinstance(v, ReplicaLost)}
-
-    def _check_divergence(self, out: dict[int, Any]) -> None:
-        """Raise (or, with ``on_divergence="warn"``, log once) if the answers differ."""
-        message = divergence(self.description, out)
-        if message is None:
-            return
-        if self._compare == "raise":
-            raise DivergenceError(*message)
-        if not self._warned:
-            self._warned = True
-            log.warning("%s", message[0])
+            warning = check_divergence(self.description, out, self._compare)
+            if warning is not None and not self._warned:  # on_divergence="warn": said once
+                self._warned = True
+                log.warning("%s", warning)
+        return answers_or_raise(self.description, self.ordered, self._order, out, self._gone)
 
     @property
     def lost(self) -> dict[int, ReplicaLost]:
@@ -303,38 +345,18 @@ class QueryResults:
                 f"{self.description}: only ordered calls of persistent types are persisted; give the class "
                 "Persistent fields or @replicated(delivery='persistent')"
             )
-        deadline = None if timeout is None else time.monotonic() + timeout
+        return wait_persisted(self, self._persist_query, timeout)
 
-        def left() -> float | None:
-            return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-        ok = self._wait_for(lambda: bool(self._versions) or self._finished, left())
+    def versioned(self, timeout: float | None) -> tuple[list[int], int | None]:
+        """Wait until a replica reported this call's version (or every answer came): the
+        replicas that reported one, in the order they answered, and the version (None: none
+        reported within ``timeout``)."""
+        self._wait_for(lambda: bool(self._versions) or self._finished, timeout)
         with self._lock:
-            # Replicas that answered with a version, in the order they answered (a resent call
-            # may have forgotten the order, not the versions).
-            candidates = [n for n in self._order if n in self._versions]
-            candidates += [n for n in self._versions if n not in candidates]
-            version = max(self._versions.values()) if self._versions else None
-        if not ok or version is None:
-            if self._finished:
-                self.get(0)  # raises the call's own error
-                raise ReplicaLost(f"{self.description}: no replica reported a version")
-            raise CallTimeout(f"{self.description}: not delivered within {timeout} s", self.pending)
-        last_error: BaseException | None = None
-        for replica in candidates:
-            query = self._persist_query(version, replica)
-            try:
-                query.get(left())
-                return version
-            except CallTimeout:
-                raise CallTimeout(
-                    f"{self.description}: version {version} not on disk at every replica within {timeout} s", ()
-                ) from None
-            except (ReplicaLost, RemoteError) as exc:  # that replica left: ask another
-                last_error = exc
-        raise ReplicaLost(
-            f"{self.description}: every replica that answered left before confirming persistence ({last_error})"
-        )
+            # In the order they answered (a resent call may have forgotten the order, not the versions).
+            holders = [n for n in self._order if n in self._versions]
+            holders += [n for n in self._versions if n not in holders]
+            return holders, max(self._versions.values()) if self._versions else None
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         seen = 0
@@ -373,35 +395,3 @@ class QueryResults:
 
     def __repr__(self) -> str:
         return f"<QueryResults {self.description}: {len(self._values)} replies, pending {list(self.pending)}>"
-
-
-ReplyEntry = tuple[int, bool, bytes, int, int]
-"""``(call_id, ok, value, origin, version)``: one answer of a ``ReplyBatch``."""
-
-
-def take_entries(
-    pending: Mapping[int, tuple[QueryResults, Any]],
-    node: int,
-    replicas: tuple[int, ...],
-    entries: Iterable[ReplyEntry],
-    vid: int | None = None,
-) -> list[int]:
-    """Feed one replica's answers (of a batch delivered in view ``vid``) to the results they
-    belong to (``pending`` maps a call id to a tuple whose first item is its results);
-    returns the call ids now complete."""
-    finished = []
-    for call_id, ok, value, _origin, version in entries:
-        found = pending.get(call_id)
-        if found is None:
-            continue
-        results = found[0]
-        results.add_reply(node, replicas, ok, value, version, vid)
-        if results.done():
-            finished.append(call_id)
-    return finished
-
-
-def take_reply(pending: Mapping[int, tuple[QueryResults, Any]], reply: Reply) -> list[int]:
-    """:func:`take_entries` for one ``Reply`` (a refusal, or an answer sent alone)."""
-    entry = (reply.call_id, reply.ok, reply.value, reply.origin, reply.version)
-    return take_entries(pending, reply.node, reply.replicas, (entry,), reply.vid)

@@ -26,11 +26,11 @@ import logging
 import random
 from typing import Any, Sequence
 
-from derecho_actors.caller.answers import Answers
+from derecho_actors.caller.answers import Answer, Answers, Departed, MergedAnswers, ReplicaAnswers
 from derecho_actors.caller.calls import DEFAULT_MAX_PAYLOAD, Floor, Request, calls_frame, encode_output
 from derecho_actors.caller.results import QueryResults
 from derecho_actors.caller.session_events import Dial, Disconnect, Phase, Step, Stop, Wait
-from derecho_actors.wire.messages import Call, Reply, ReplyBatch, ViewNotice, decode
+from derecho_actors.wire.messages import AnswerBatch, Call, Features, Reply, ReplyBatch, ViewNotice, decode, encode
 from runtime.errors import GroupClosed, Refused, WireError
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.control import PROTOCOL_VERSION, AppMessage, Goodbye, Hello, Ping, Welcome
@@ -84,7 +84,7 @@ class ClientSession:
         self._ids = itertools.count(1)
         self._floor = Floor()
         self._outbox: list[Call] = []
-        self._answers: list[tuple[Any, ...]] = []  # answers and departures received, for ``answers``
+        self._answers: list[Answer] = []  # answers and departures received, for ``answers``
         self._control: list[bytes] = []  # frames of our own (pings)
         self._pings = itertools.count(1)
         self.max_message_size = DEFAULT_MAX_PAYLOAD  # the group's limit on a call's arguments
@@ -118,8 +118,10 @@ class ClientSession:
             raise self.error
         call_id = next(self._ids)
         results = QueryResults(
-            f"{request.what} (client call {call_id})",
+            request.what,
             request.decode,
+            call_id=call_id,
+            call_word="client call",
             ordered=request.ordered,
             compare=request.compare,
             why_waiting=self.why_waiting,
@@ -342,9 +344,18 @@ class ClientSession:
             log.warning("dropped a bad message from the contact: %s", exc)
             return
         t = type(msg)
-        if t is ReplyBatch:
+        if t is AnswerBatch:
+            merged: AnswerBatch = msg  # type: ignore[assignment]
+            pending = self.pending
+            agreed = [(e[0], pending[e[0]][0], e[1], e[2], e[3], e[4]) for e in merged.entries if e[0] in pending]
+            if agreed:
+                self._answers.append(MergedAnswers(merged.replicas, merged.vid, agreed))
+        elif t is ReplyBatch:
             batch: ReplyBatch = msg  # type: ignore[assignment]
             self._match(batch.node, batch.replicas, batch.vid, batch.entries)
+        elif t is Features:
+            if msg.merged_answers:  # type: ignore[union-attr]
+                self._control.append(frame(AppMessage(encode(Features(merged_answers=True)))))
         elif t is Reply:
             r: Reply = msg  # type: ignore[assignment]
             self._match(r.node, r.replicas, r.vid, ((r.call_id, r.ok, r.value, r.origin, r.version),))
@@ -354,7 +365,7 @@ class ClientSession:
             if notice.departed:  # replicas among them will not answer
                 calls = [(call_id, results) for call_id, (results, _) in self.pending.items()]
                 why = f"left the group in view {notice.vid}"
-                self._answers.append((None, set(notice.departed), why, notice.vid, calls))
+                self._answers.append(Departed(set(notice.departed), why, notice.vid, calls))
 
     def _match(self, node: int, replicas: tuple[int, ...], vid: int, entries: Any) -> None:
         """One replica's answers (a refusal is one too: an error in its call's place), matched
@@ -362,7 +373,7 @@ class ClientSession:
         pending = self.pending
         matched = [(e[0], pending[e[0]][0], e[1], e[2], e[4]) for e in entries if e[0] in pending]
         if matched:
-            self._answers.append((node, replicas, vid, matched))
+            self._answers.append(ReplicaAnswers(node, replicas, vid, matched))
 
     def answers(self) -> Answers | None:
         """What the contact answered since the last time, matched to the results it feeds:

@@ -15,6 +15,7 @@ Kept on the node's loop; plain data out.
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0)
@@ -41,10 +42,7 @@ class CallStats:
         counts = self.buckets.get(method)
         if counts is None:
             counts = self.buckets[method] = [0] * (len(BUCKETS_MS) + 1)
-        i = 0
-        while i < len(BUCKETS_MS) and ms > BUCKETS_MS[i]:
-            i += 1
-        counts[i] += 1
+        counts[bisect.bisect_left(BUCKETS_MS, ms)] += 1  # the first bucket whose bound is >= ms
         self.sum_ms[method] = self.sum_ms.get(method, 0.0) + ms
 
     def status(self) -> dict[str, Any]:

@@ -9,8 +9,7 @@ refused calls costs the loop little more per call than reading it. Runs on the n
 
 from __future__ import annotations
 
-from derecho_actors.caller.results import ReplyEntry
-from derecho_actors.wire.messages import ReplyBatch, ReplyTo, encode
+from derecho_actors.wire.messages import ReplyBatch, ReplyEntry, ReplyTo, encode
 from runtime.errors import DerechoError
 from runtime.node_api import ClientConn, NodeHandle
 

@@ -19,7 +19,6 @@ from typing import Callable, Mapping
 
 import msgpack
 
-from derecho_actors.caller.results import ReplyEntry
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.model.kinds import ORDERED
 from derecho_actors.node.call_stats import UNKNOWN, CallStats
@@ -31,7 +30,18 @@ from derecho_actors.node.outbox import Outbox
 from derecho_actors.node.unavailable import unavailable
 from derecho_actors.replica.events import PollCall, WatchExpire
 from derecho_actors.wire import codec as _codec
-from derecho_actors.wire.messages import Call, CallKind, ReplyBatch, ReplyTo, ViewNotice, encode
+from derecho_actors.wire.messages import (
+    AnswerBatch,
+    Call,
+    CallKind,
+    Features,
+    MergedEntry,
+    ReplyBatch,
+    ReplyEntry,
+    ReplyTo,
+    ViewNotice,
+    encode,
+)
 from runtime.config import LimitsSection
 from runtime.core.layout import ShardId
 from runtime.core.view import View
@@ -78,6 +88,9 @@ class ClientProxy:
             return
         table = self.table
         client = table.state(conn)
+        if not client.offered:  # a client of this release reads merged answers: offer them
+            client.offered = True
+            self.out.send(conn, encode(Features(merged_answers=True)))
         label = self._label(msg)
         members = view.layout.members_of(msg.shard)
         refusal: DerechoError | None = None
@@ -101,10 +114,9 @@ class ClientProxy:
             if limit is not None:
                 table.warn(client, limit[0], limit[1])
                 refusal = ClientLimit(f"refused by node {self.node_id}: {limit[1]}")
-        to = ReplyTo(self.node_id, msg.call_id, view.vid, origin)
         if refusal is not None:
             self.stats.done(label, "refused", None)
-            self.out.refuse(conn, to, refusal)
+            self.out.refuse(conn, ReplyTo(self.node_id, msg.call_id, view.vid, origin), refusal)
             return
         key = (origin, msg.call_id)
         proxy = Proxied(client, label, self.node.wall_ns(), kind=msg.kind)
@@ -127,6 +139,7 @@ class ClientProxy:
             else:
                 if proxy.poll:
                     proxy.local = msg.shard  # freed here at once if the client goes away
+                to = ReplyTo(self.node_id, msg.call_id, view.vid, origin)
                 self.inbound.run_p2p(msg.shard, to, msg.kind, msg.method, msg.args)
             return
         call = Call(
@@ -199,32 +212,76 @@ class ClientProxy:
         return UnknownMethod(f"not run: {why}")
 
     # ------------------------------------------------------------------ answers
+    def accept_features(self, conn: ClientConn, features: Features) -> None:
+        """The client says what it reads (after our offer): merged answers, from now on."""
+        self.table.state(conn).merged = features.merged_answers
+
     def forward(self, batch: ReplyBatch, entries: list[ReplyEntry]) -> None:
-        """Answers in ``batch`` for clients' calls: on to each client, one ReplyBatch per
-        client; answers for calls no longer kept (a client gone) go nowhere."""
-        node, replicas = batch.node, batch.replicas
+        """Answers in ``batch`` for clients' calls: on to each client in one frame. To a client
+        that reads merged answers, a call's answer goes once every replica gave it, as one
+        value (an ``AnswerBatch``) when their bytes agree; answers that differ go on as each
+        replica gave them, so the client's divergence check sees them all. Answers for calls no
+        longer kept (a client gone) go nowhere."""
+        node, replicas, vid = batch.node, batch.replicas, batch.vid
+        view = self.view()
+        # Answers from a view since changed: replicas that left since will not answer, and the
+        # departure that said so may have come before these answers did.
+        members = view.members if view is not None and view.vid != vid else None
         table = self.table
         proxies, relays = table.proxies, table.relays
-        by_client: dict[ClientConn, list[ReplyEntry]] = {}
+        singles: dict[ClientConn, list[ReplyEntry]] = {}
+        agreed: dict[ClientConn, list[MergedEntry]] = {}
         for entry in entries:
-            call_id, ok, value, origin, _version = entry
+            call_id, ok, value, origin, version = entry
             key = (origin, call_id)
             proxy = proxies.get(key)
             if proxy is None:
                 continue
+            client = proxy.client
             relay = relays.get(key)
-            if relay is not None and relay.client is proxy.client:
+            if relay is not None and relay.client is client:
                 del relays[key]  # answered: delivered, no resend needed
-            by_client.setdefault(proxy.client.conn, []).append(entry)
             if proxy.left < 0:  # the first answer: outcome and latency
                 if proxy.kind is CallKind.METHOD:
                     ms = (self.node.wall_ns() - proxy.started_ns) / 1e6
                     self.stats.done(proxy.label, "ok" if ok else "error", ms)
                 if not ok:
-                    self._check_refusal(proxy.client, value)
-            table.answer(key, proxy, node, replicas)
-        for conn, mine in by_client.items():
-            self.out.send(conn, encode(ReplyBatch(node, batch.vid, replicas, tuple(mine))))
+                    self._check_refusal(client, value)
+            if not client.merged or proxy.split:
+                singles.setdefault(client.conn, []).append(entry)
+            elif proxy.value is None:
+                proxy.ok, proxy.value, proxy.version, proxy.vid = ok, value, version, vid
+            elif proxy.value == value and proxy.ok == ok:
+                if version > proxy.version:
+                    proxy.version = version
+            else:  # the replicas disagree: what was held goes as each replica gave it, then this
+                self._split(proxy, call_id, origin)
+                singles.setdefault(client.conn, []).append(entry)
+            done = table.answer(key, proxy, node, replicas)
+            if proxy.value is None:
+                continue
+            if done or (members is not None and table.only_departed_missing(key, proxy, members)):
+                agreed.setdefault(client.conn, []).append(self._merged(proxy, call_id))
+        for conn, mine in singles.items():
+            self.out.send(conn, encode(ReplyBatch(node, vid, replicas, tuple(mine))))
+        for conn, merged in agreed.items():
+            self.out.send(conn, encode(AnswerBatch(vid, replicas, tuple(merged))))
+
+    @staticmethod
+    def _merged(proxy: Proxied, call_id: int) -> MergedEntry:
+        """The answer every replica that answered ``proxy``'s call gave alike."""
+        assert proxy.value is not None
+        by = proxy.agreed_by()
+        return (call_id, proxy.ok, proxy.value, proxy.version, () if by is proxy.replicas else by)
+
+    def _split(self, proxy: Proxied, call_id: int, origin: int) -> None:
+        """A call's replicas gave different answers: the one held goes on as each replica that
+        gave it sent it, and the call's later answers go on as they come."""
+        assert proxy.value is not None
+        entry = (call_id, proxy.ok, proxy.value, origin, proxy.version)
+        for n in proxy.agreed_by():
+            self.out.send(proxy.client.conn, encode(ReplyBatch(n, proxy.vid, proxy.replicas, (entry,))))
+        proxy.value, proxy.split = None, True
 
     def _check_refusal(self, client: ClientState, value: bytes) -> None:
         """The replicas refused a client's call for its identity's session bound: name the
@@ -274,7 +331,12 @@ class ClientProxy:
         """Members left in ``view``: clients' calls relayed to them go again through another
         member or are answered, and calls waiting only for their answers are done."""
         self._retry_relays(gone, view)
-        self.table.depart(gone)
+        held: dict[tuple[ClientConn, int, tuple[int, ...]], list[MergedEntry]] = {}
+        for (_origin, call_id), proxy in self.table.depart(gone):
+            if proxy.value is not None:  # answers held until every replica gave them: what came goes
+                held.setdefault((proxy.client.conn, proxy.vid, proxy.replicas), []).append(self._merged(proxy, call_id))
+        for (conn, vid, replicas), merged in held.items():
+            self.out.send(conn, encode(AnswerBatch(vid, replicas, tuple(merged))))
 
     def _retry_relays(self, gone: set[int], view: View) -> None:
         """Clients' calls this node relayed to members that left before answering."""

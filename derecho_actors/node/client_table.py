@@ -68,6 +68,8 @@ class ClientState:
     inbox: deque[Call] = field(default_factory=deque)  # calls received, waiting for a loop turn
     waiting: bool = False  # in the round of clients with calls waiting
     closed: bool = False  # forgotten: its waiting calls are dropped
+    offered: bool = False  # this node offered it merged answers (``Features``)
+    merged: bool = False  # it reads merged answers: the replicas' identical answers go as one
 
 
 @dataclass(slots=True, eq=False)
@@ -82,6 +84,19 @@ class Proxied:
     answered: int = 0  # bit i: replicas[i] has answered
     kind: CallKind = CallKind.METHOD  # a watch poll counts against the identity's polls
     local: ShardId | None = None  # a watch poll parked at this node's replica of this shard
+    # For a client that reads merged answers: the answer held until every replica gave it.
+    ok: bool = True
+    value: bytes | None = None  # None: none held (no answer yet, or the answers differ)
+    version: int = -1
+    vid: int = 0  # the view that delivered the call (of its first answer)
+    split: bool = False  # the replicas' answers differ: each goes on as it came
+
+    def agreed_by(self) -> tuple[int, ...]:
+        """The replicas that answered so far, in ``replicas`` order."""
+        bits, replicas = self.answered, self.replicas
+        if bits == (1 << len(replicas)) - 1:  # the common case: all of them
+            return replicas
+        return tuple(r for i, r in enumerate(replicas) if (bits >> i) & 1)
 
     @property
     def poll(self) -> bool:
@@ -199,15 +214,29 @@ class ClientTable:
             return True
         return False
 
-    def depart(self, gone: set[int]) -> None:
+    def only_departed_missing(self, key: CallKey, proxy: Proxied, members: tuple[int, ...]) -> bool:
+        """True (and the call is dropped) if every replica still to answer call ``key`` is
+        no member of the view now: it left, and its answer will not come."""
+        bits = proxy.answered
+        missing = [r for i, r in enumerate(proxy.replicas) if not (bits >> i) & 1]
+        if not missing or any(r in members for r in missing):
+            return False
+        self.drop(key)
+        return True
+
+    def depart(self, gone: set[int]) -> list[tuple[CallKey, Proxied]]:
         """Members left the group: answers they owe will not come, so calls waiting only for
-        theirs are done (else they would hold their client's budget for good)."""
+        theirs are done (else they would hold their client's budget for good). Returns those
+        calls, whose held answers (merged answers) must now go out."""
+        done = []
         for key, proxy in list(self.proxies.items()):
             missing = sum(1 for i, r in enumerate(proxy.replicas) if r in gone and not (proxy.answered >> i) & 1)
             if missing:
                 proxy.left -= missing
                 if proxy.left <= 0:
                     self.drop(key)
+                    done.append((key, proxy))
+        return done
 
     def forget(self, conn: ClientConn) -> list[tuple[ShardId, CallKey]]:
         """The connection closed: drop all kept for it. Returns its watch polls parked at this

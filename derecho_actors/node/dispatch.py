@@ -19,6 +19,7 @@ from derecho_actors.node.transfer import TransferService
 from derecho_actors.wire.messages import (
     Call,
     CallBatch,
+    Features,
     OverfullBatch,
     Reply,
     ReplyBatch,
@@ -88,6 +89,8 @@ class MessageDispatch:
         elif type(msg) is OverfullBatch:
             turns.on_calls(conn, msg.calls)
             self.calls.clients.refuse_overflow(conn, msg.overflow)
+        elif type(msg) is Features:
+            self.calls.clients.accept_features(conn, msg)
         else:
             log.warning(
                 "closing the connection of %s: it sent a %s, which clients may not send",

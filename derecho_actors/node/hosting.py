@@ -36,7 +36,6 @@ from typing import Any, Callable
 from derecho_actors.exceptions import ShardAwaitingLog
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.node.refused_batches import UndecodableBatches, refusals
-from derecho_actors.node.runners import InlineRunner as InlineRunner  # (the simulator's import)
 from derecho_actors.node.runners import ReplicaRef, Runner
 from derecho_actors.node.shard_loss import ShardLoss, awaiting_log, nodes
 from derecho_actors.replica.replica import (

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 import msgpack
 
 from derecho_actors.caller.calls import refuse_nested
-from derecho_actors.caller.results import QueryResults, ReplyEntry, take_entries
+from derecho_actors.caller.results import QueryResults
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.model.kinds import ORDERED
 from derecho_actors.model.reads import ReadOptions
@@ -31,7 +31,7 @@ from derecho_actors.node.outbox import Outbox
 from derecho_actors.node.unavailable import unavailable
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.events import PollArgs, decode_answer, encode_poll
-from derecho_actors.wire.messages import Call, CallKind, ReplyTo, encode
+from derecho_actors.wire.messages import Call, CallKind, ReplyEntry, ReplyTo, encode
 from derecho_actors.wire.read_options import encode_read
 from runtime.core.layout import ShardId
 from runtime.core.view import View
@@ -40,8 +40,8 @@ from runtime.node_api import NodeHandle, session_origin
 
 
 class OwnCall(NamedTuple):
-    """A call of this node's waiting for answers (first its results, as ``take_entries`` reads
-    it) and the member relaying it (None: not relayed)."""
+    """A call of this node's waiting for answers: its results and the member relaying it
+    (None: not relayed)."""
 
     results: QueryResults
     relay: int | None = None
@@ -146,8 +146,9 @@ class MemberCaller:
         call_id = next(self._ids)
         shard = out.shard
         results = QueryResults(
-            f"{what} (call {call_id})",
+            what,
             decode,
+            call_id=call_id,
             ordered=out.ordered,
             compare=compare,
             why_waiting=lambda: self.why_waiting(shard),
@@ -252,7 +253,16 @@ class MemberCaller:
     def take(self, node: int, replicas: tuple[int, ...], entries: Iterable[ReplyEntry], vid: int | None = None) -> None:
         """One replica's answers (of a batch of view ``vid``) to this node's calls: to their
         results; finished calls go."""
-        finished = take_entries(self.calls, node, replicas, entries, vid)
+        calls = self.calls
+        finished = []
+        for call_id, ok, value, _origin, version in entries:
+            found = calls.get(call_id)
+            if found is None:
+                continue
+            results = found.results
+            results.add_reply(node, replicas, ok, value, version, vid)
+            if results.done():
+                finished.append(call_id)
         if finished:
             with self.lock:
                 for call_id in finished:

@@ -11,10 +11,9 @@ answers to the clients it serves, forwarded to them. Runs on the node's loop, ex
 
 from __future__ import annotations
 
-from derecho_actors.caller.results import ReplyEntry
 from derecho_actors.node.client_proxy import ClientProxy
 from derecho_actors.node.member_caller import MemberCaller
-from derecho_actors.wire.messages import Reply, ReplyBatch, encode
+from derecho_actors.wire.messages import Reply, ReplyBatch, ReplyEntry, encode
 from runtime.node_api import NodeHandle
 
 

@@ -2,180 +2,80 @@
 
 The node's loop hands the replica whole delivered batches (one message per batch, not per
 call); it runs the ordered calls one at a time in delivery order and P2P calls between them.
-:class:`Replica` is the logic, driven by typed messages; :class:`ReplicaActor` runs it on a
-thread of its own (never the node's loop), and the simulator runs it inline, in virtual time
-(``node.hosting``). Replies go back through ``send_replies`` in one hand-off per batch.
+:class:`Replica` is the logic, driven by typed messages (``replica.messages``);
+:class:`ReplicaActor` runs it on a thread of its own (never the node's loop), and the
+simulator runs it inline, in virtual time (``node.hosting``). Replies go back through
+``send_replies`` in one hand-off per batch.
 
 A replica of a persistent type also owns the shard's log here: each ordered call becomes a
 record, and a batch's records go to the log's writer thread in one piece. A replica that is
 new to its shard starts *awaiting state*: it holds every message until the shard's state has
 arrived by transfer, then applies what it held in order.
+
+This module keeps the ordered path and the replica's lifecycle; the rest has a module of its
+own: running one call (``calls``), P2P calls and reads (``p2p``), the state from a log or a
+transfer (``state``), signed-log checks (``marks``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import zlib
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import msgpack
 import pykka
 
-from derecho_actors.model.context import handler_context
 from derecho_actors.model.decorators import TypeSpec
-from derecho_actors.model.fields import STORE_ATTR, persistent_fields
-from derecho_actors.model.kinds import ORDERED, P2P
-from derecho_actors.model.reads import LINEARIZABLE, STABLE, ReadOptions
+from derecho_actors.model.kinds import ORDERED
+from derecho_actors.replica.calls import CallRunner, session_refusal
+from derecho_actors.replica.env import ReplicaEnv, SendReplies
 from derecho_actors.replica.events import EventLog, EventSink, WatchBoard, WatchExpire, WatchPoll
-from derecho_actors.replica.reads import PastView, StableGate
-from derecho_actors.replica.sessions import DUPLICATE, EVICTED, EXPIRED, FORGOTTEN, NEW, SessionTable
-from derecho_actors.replica.store import PersistentStore
-from derecho_actors.wire import codec as _codec
-from derecho_actors.wire.digest import object_attrs, state_digest
-from derecho_actors.wire.messages import ChunkKind, Reply, ReplyTo
-from runtime.core.versions import INDEX_BITS, make_version
-from runtime.errors import (
-    CallTimeout,
-    NotPersistent,
-    P2PMutationError,
-    SerializationError,
-    SessionExpired,
-    SessionLimit,
-    StateTransferError,
-    WatchHistoryLost,
+from derecho_actors.replica.marks import PeerMarks
+from derecho_actors.replica.messages import (
+    DeliveredCall,
+    FrontierMoved,
+    OrderedBatch,
+    P2PRequest,
+    PeerMark,
+    ReplicaMessage,
+    StableMark,
+    StatePart,
+    ViewBoundary,
 )
+from derecho_actors.replica.p2p import P2PServer
+from derecho_actors.replica.reads import StableGate
+from derecho_actors.replica.sessions import DUPLICATE, NEW, SessionTable, table_for
+from derecho_actors.replica.state import (
+    IncomingState,
+    attach_store,
+    have,
+    open_store,
+    restore_object_state,
+    write_snapshot,
+)
+from derecho_actors.replica.store import PersistentStore
+from derecho_actors.wire.digest import state_digest
+from derecho_actors.wire.messages import Reply, ReplyTo
+from runtime.core.versions import INDEX_BITS, make_version
+from runtime.errors import StateTransferError, WatchHistoryLost
+
+__all__ = [  # the node and the simulator import the messages and the env from here too
+    "DeliveredCall",
+    "FrontierMoved",
+    "OrderedBatch",
+    "P2PRequest",
+    "PeerMark",
+    "Replica",
+    "ReplicaActor",
+    "ReplicaEnv",
+    "ReplicaMessage",
+    "SendReplies",
+    "StableMark",
+    "StatePart",
+    "ViewBoundary",
+]
 
 log = logging.getLogger("derecho.replica")
 INDEX_LIMIT = 1 << INDEX_BITS
-SendReplies = Callable[[list[tuple[int, Reply]]], None]
-DeliveredCall = tuple[int, int, str, bytes, int, int, int, int, int]
-"""``(caller, call_id, method, args, origin, session_ns, floor, owner, timestamp_ns)``
-(``wire.codec.OrderedCall``)"""
-
-
-# ------------------------------------------------------------------ what a replica is told
-@dataclass(frozen=True, slots=True)
-class OrderedBatch:
-    """Calls delivered in view ``vid``, in order; ``replicas`` will each answer them.
-    ``frontier``: the shard's delivered count in the view after this batch
-    (``Delivery.frontier``), which stable reads compare with what every member delivered;
-    -1 if the host does not say."""
-
-    vid: int
-    replicas: tuple[int, ...]
-    calls: list[DeliveredCall]
-    frontier: int = -1
-
-
-@dataclass(frozen=True, slots=True)
-class ViewBoundary:
-    """Between the last delivery of view ``vid - 1`` and the first of ``vid``, at every replica:
-    run ``on_view``; ``snapshot``: write the state for the view's new members."""
-
-    vid: int
-    members: tuple[int, ...]
-    snapshot: bool
-
-
-@dataclass(frozen=True, slots=True)
-class P2PRequest:
-    """A P2P call to run here. With ``read`` options (``replica.reads``): a stable read carries
-    the node's latest ``mark`` (what every member delivered), its number ``seq`` and the
-    shard's ``StableReads`` to tell when it stops waiting."""
-
-    vid: int
-    caller: int
-    call_id: int
-    method: str
-    args: bytes
-    origin: int
-    read: ReadOptions | None = None
-    mark: tuple[int, int] = (-1, 0)
-    seq: int = 0
-    stable: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class StableMark:
-    """Every member of the shard has delivered view ``vid``'s messages below ``index``;
-    stable reads numbered up to ``expire_upto`` that still wait have waited too long."""
-
-    vid: int
-    index: int
-    expire_upto: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class StatePart:
-    """One chunk of a state transfer to this replica, from node ``source`` for view ``vid``."""
-
-    seq: int
-    part: ChunkKind
-    data: bytes
-    final: bool
-    reset: bool
-    source: int
-    vid: int
-
-
-@dataclass(frozen=True, slots=True)
-class FrontierMoved:
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class PeerMark:
-    node: int
-    version: int
-    signature: bytes
-    public_key: bytes
-
-
-ReplicaMessage = (
-    OrderedBatch
-    | ViewBoundary
-    | P2PRequest
-    | StatePart
-    | FrontierMoved
-    | PeerMark
-    | StableMark
-    | WatchPoll
-    | WatchExpire
-)
-
-
-@dataclass
-class ReplicaEnv:
-    """What a replica needs from its group: where replies, progress and state go."""
-
-    node_id: int
-    send_replies: SendReplies
-    scratch_dir: Path  # snapshots for state transfer are written here
-    log_path: Path | None = None  # persistent types: the shard's log
-    signing_key: Any = None
-    fsync: bool = True
-    report_durable: Callable[[int], None] = lambda version: None
-    request_state: Callable[[int, int], None] = lambda have, digest: None
-    snapshot_ready: Callable[[int, Path, int, Any], None] = lambda vid, path, boundary, store: None
-    snapshot_failed: Callable[[int, str], None] = lambda vid, why: None
-    transfer_failed: Callable[[str], None] = lambda why: None
-    storage_failed: Callable[[str], None] = lambda why: None  # the log cannot be written: fail-stop
-    internal_error: Callable[[str], None] = lambda why: None  # the replica itself broke: fail-stop
-    stall_timeout: float = 30.0  # a log write or fsync taking longer is a storage failure
-    lost: tuple[int, int] | None = None  # versions a total restart gave up (they read as VersionLost)
-    report_lost: Callable[[int, int], None] = lambda lo, hi: None  # learnt from a state transfer
-    state_installed: Callable[[int], None] = lambda version: None
-    chunk_done: Callable[[int, int, int], None] = lambda source, vid, seq: None
-    report_signed: Callable[[int, bytes], None] = lambda version, signature: None  # signed logs
-    report_verified: Callable[[int, int], None] = lambda node, version: None  # a peer's log matches ours
-    # digest_every: our state's digest at a version, for the shard's other replicas to compare
-    report_digest: Callable[[int, bytes], None] | None = None
-    # How the log reaches the disk: None, a writer thread (real nodes); the simulator gives
-    # a function that writes at once, so everything happens in its one thread.
-    inline_writes: bool = False
 
 
 class Replica:
@@ -194,18 +94,17 @@ class Replica:
         self.store: PersistentStore | None = None
         self.applied = 0  # ordered calls applied, for tests and status
         # Exactly once for callers that retry (clients, relayed calls): derived from the
-        # ordered stream alone, so every replica holds the same table (see _sessions).
-        self.sessions = self._new_sessions()
+        # ordered stream alone, so every replica holds the same table (see ``replica.sessions``).
+        self.sessions: SessionTable = table_for(spec)
         self.awaiting = awaiting_state
         self._held: list[Any] = []  # messages that arrived while awaiting state
-        self._incoming: Any = None  # the object part of a state transfer, as it arrives
-        self._incoming_path: Path | None = None
+        self._incoming = IncomingState(env.scratch_dir, spec.name, spec.serializer)
         self.failed: str | None = None
         # Versions number ordered calls within a view: every replica delivers the same calls
         # of a view in the same order, so (view, k-th call) is the same version everywhere.
         self._view_of_count = -1
         self._count = 0
-        self._marks: dict[int, tuple[int, bytes, bytes]] = {}  # peers' latest signed marks, to verify
+        self._marks = PeerMarks(spec.name, env.report_verified)
         self._gate = StableGate()  # stable reads waiting, and how far this replica's state goes
         self._digest_every = spec.digest_every
         self._no_digest_warned = False
@@ -215,6 +114,8 @@ class Replica:
         self.watchers = WatchBoard(self.events)
         self.applied_version = -1
         self._fresh_at = fresh_at
+        self._runner = CallRunner(spec, self._sink)
+        self._p2p = P2PServer(self, spec, env.node_id, env.send_replies, self._runner, self._gate)
 
     @property
     def behind(self) -> bool:
@@ -222,24 +123,15 @@ class Replica:
         holds ordered calls behind a stable read."""
         return bool(self.awaiting or self._held or self._gate.held)
 
-    def _new_sessions(self) -> SessionTable:
-        spec = self.spec
-        return SessionTable(
-            ttl_ns=int(spec.session_ttl * 1e9),
-            max_sessions=spec.max_sessions,
-            max_per_owner=spec.max_sessions_per_caller,
-        )
-
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         try:
             if self.spec.persistent:
-                self._open_store()
+                open_store(self)
             if self._fresh_at is not None and (self.store is None or self.store.last_version < 0):
                 self.events.began_at(self._fresh_at)
             if self.awaiting:
-                have, digest = self._have()
-                self.env.request_state(have, digest)
+                self.env.request_state(*have(self.store))
         except Exception as exc:  # the node must not stay a member with no replica here
             self.env.internal_error(f"the replica of {self.spec.name} could not start: {type(exc).__name__}: {exc}")
             raise
@@ -252,52 +144,7 @@ class Replica:
     def stop(self) -> None:
         if self.store is not None:
             self.store.close()
-        if self._incoming is not None:
-            self._incoming.close()
-
-    def _open_store(self) -> None:
-        from runtime.drivers.log_store import VersionedLog
-
-        assert self.env.log_path is not None
-        log_ = VersionedLog.open(self.env.log_path, signing_key=self.env.signing_key, fsync=self.env.fsync)
-        if log_.recovery is not None:
-            log.warning("log %s was repaired on open: %s", self.env.log_path, log_.recovery)
-        self._attach_store(log_)
-
-    def _attach_store(self, log_: Any) -> None:
-        """Build the object's persistent state from the log (replay), on a fresh object."""
-        self.obj = self.spec.cls()
-        store = PersistentStore(
-            self.obj,
-            persistent_fields(self.spec.cls),
-            self.spec.serializer,
-            log_,
-            self.env.report_durable,
-            self.env.report_signed,
-            on_failure=self.env.storage_failed,
-            stall_timeout=self.env.stall_timeout,
-            inline=self.env.inline_writes,
-        )
-        for call in store.replay():
-            if call.origin:
-                self.sessions.replayed(call.origin, call.call_id, call.timestamp_ns)
-            self.applied += 1
-        if store.last_version >= 0:
-            self.events.restarted_at(store.last_version)  # events are not logged: none before here
-            self.applied_version = store.last_version
-        setattr(self.obj, STORE_ATTR, store)
-        store.lost = self.env.lost
-        self.store = store
-        if store.last_version >= 0 and not self.awaiting:
-            self.env.report_durable(store.last_version)
-
-    def _have(self) -> tuple[int, int]:
-        """The last version in the local log and a digest of its record (for a transfer to
-        send only what is missing, after checking that our log agrees with the sender's)."""
-        store = self.store
-        if store is None or store.last_version < 0:
-            return -1, 0
-        return store.last_version, zlib.crc32(store.log.read(store.last_version))
+        self._incoming.close()
 
     # ------------------------------------------------------------------ messages
     def receive(self, message: ReplicaMessage) -> None:
@@ -313,12 +160,12 @@ class Replica:
             self._check_marks()
             return
         if t is PeerMark:
-            m: PeerMark = message  # type: ignore[assignment]
-            self._marks[m.node] = (m.version, m.signature, m.public_key)
+            self._marks.note(message)  # type: ignore[arg-type]
             self._check_marks()
             return
         if t is StableMark:
-            self._stable_mark(message)  # type: ignore[arg-type]
+            self._p2p.stable_mark(message)  # type: ignore[arg-type]
+            self._release_held()
             return
         if self.awaiting or self.failed:
             self._held.append(message)
@@ -347,13 +194,10 @@ class Replica:
                 except Exception:
                     log.exception("on_view of %s raised", self.spec.name)
             if v.snapshot:
-                self._snapshot(v.vid)
+                write_snapshot(self, v.vid)
         elif t is P2PRequest:
-            p: P2PRequest = message  # type: ignore[assignment]
-            if p.read is None:
-                self.send_replies([self._p2p(p.caller, p.call_id, p.method, p.args, p.vid, p.origin)])
-            else:
-                self._read(p)
+            self._p2p.serve(message)  # type: ignore[arg-type]
+            self._release_held()
         elif t is WatchPoll:
             w: WatchPoll = message  # type: ignore[assignment]
             try:
@@ -366,6 +210,17 @@ class Replica:
             self._answer_watches(answers)
         elif t is WatchExpire:
             self._answer_watches(self.watchers.expire(message, self._watch_bound()))  # type: ignore[arg-type]
+
+    def _release_held(self) -> None:
+        """Run the ordered messages held behind stable reads, once none waits any more."""
+        gate = self._gate
+        held = gate.held
+        while held and not gate.waiting:
+            self._handle(held.popleft())
+
+    def _check_marks(self) -> None:
+        if self.store is not None and not self.awaiting:
+            self._marks.check(self.store)
 
     # ------------------------------------------------------------------ watches
     def _watch_bound(self) -> int:
@@ -383,18 +238,22 @@ class Replica:
                 [(w.caller, Reply(w.call_id, me, w.vid, (me,), True, payload, w.origin)) for w, payload in answers]
             )
 
+    # ------------------------------------------------------------------ the ordered path
     def _ordered_batch(self, vid: int, replicas: tuple[int, ...], calls: list[DeliveredCall]) -> None:
         """Run a delivered batch. A call whose ``session`` is ``READ_IN_ORDER`` (-1) is a
         linearizable read: only the replica its ``floor`` names runs it, as a P2P call; it is
         no version, changes nothing and is not counted. Every other call is the version
         (view, k-th call of the view), the same at every replica: of the log record for a
-        persistent type, of the state digest, and of the events the call emits."""
-        store = self.store
+        persistent type, of the state digest, and of the events the call emits. A call with
+        an ``origin`` runs only if its session has not run it (``replica.sessions``)."""
+        # Everything the loop reads, looked up once per batch: no call can change them.
+        store, sessions, obj, spec = self.store, self.sessions, self.obj, self.spec
+        run = self._runner.run
         every = self._digest_every
         me = self.node_id
         sink = self._sink
         emitted = sink.added
-        out = []
+        out: list[tuple[int, Reply]] = []
         records = []
         reads = 0
         if vid != self._view_of_count:
@@ -405,24 +264,32 @@ class Replica:
             if session < 0:
                 reads += 1
                 if floor == me:
-                    out.append(self._p2p(caller, call_id, method, args, vid, origin))
+                    out.append(self._p2p.run(caller, call_id, method, args, vid, origin))
                 continue
             if self._count >= INDEX_LIMIT:
                 make_version(vid, self._count)  # raises: the view has no versions left
             version = first + self._count
             self._count += 1
             sink.version = version
-            if store is None:
-                out.append(
-                    self._ordered(caller, call_id, method, args, origin, session, floor, owner, ts, vid, replicas, -1)
-                )
-            else:
+            if store is not None:
                 store.last_version = version  # what current_version() shows during the call
-                out.append(
-                    self._ordered(
-                        caller, call_id, method, args, origin, session, floor, owner, ts, vid, replicas, version
-                    )
-                )
+            if not origin:
+                ok, value = run(obj, method, args, ORDERED)
+            else:
+                sessions.tick(ts)
+                verdict = sessions.check(origin, call_id, session, owner)
+                kind = verdict.kind
+                if kind == NEW:
+                    ok, value = answer = run(obj, method, args, ORDERED)
+                    sessions.applied(origin, call_id, answer, floor, owner, session)
+                elif kind == DUPLICATE:
+                    ok, value = verdict.reply  # type: ignore[misc]
+                else:
+                    ok, value = False, session_refusal(kind, spec, call_id)
+            if store is None:
+                out.append((caller, Reply(call_id, me, vid, replicas, ok, value, origin)))
+            else:
+                out.append((caller, Reply(call_id, me, vid, replicas, ok, value, origin, version)))
                 records.append(store.record(version, ts, origin, call_id))
             if every and self._count % every == 0:
                 self._digest(version)
@@ -452,305 +319,13 @@ class Replica:
             return
         report(version, state_digest(self, self.spec))
 
-    # ------------------------------------------------------------------ P2P calls and reads
-    def _p2p(
-        self,
-        caller: int,
-        call_id: int,
-        method: str,
-        args: bytes,
-        vid: int,
-        origin: int,
-        past: ReadOptions | None = None,
-    ) -> tuple[int, Reply]:
-        """Run a P2P call here. With ``check_p2p`` the state is digested before and after: a
-        method that changed it is reported to its caller and logged, since this replica now
-        differs from the others."""
-        spec = self.spec
-        if not spec.check_p2p:
-            return self._run(caller, call_id, method, args, P2P, vid, (self.node_id,), origin, past=past)
-        before = state_digest(self, spec)
-        out = self._run(caller, call_id, method, args, P2P, vid, (self.node_id,), origin, past=past)
-        if state_digest(self, spec) == before:
-            return out
-        why = (
-            f"{spec.name}.{method} changed the replica's state at node {self.node_id}: a @p2p method runs at one "
-            f"replica, so node {self.node_id}'s replica now differs from the others (restart it: it gets the "
-            f"state again by transfer); make {method} @ordered if it must change state"
-        )
-        log.error("%s", why)
-        return caller, ReplyTo(caller, call_id, vid, origin).refused(self.node_id, P2PMutationError(why))
-
-    def _read(self, p: P2PRequest) -> None:
-        """A P2P call with read options: a read of the past runs against the persistent fields
-        as of that version; a stable read waits until every member has delivered what this
-        replica applied (holding further ordered calls meanwhile)."""
-        read = p.read
-        assert read is not None
-        if read.level == STABLE:
-            gate = self._gate
-            gate.note(p.mark)
-            if gate.applied[0] >= 0 and gate.applied[1] < 0:
-                if p.stable is not None:
-                    p.stable.finished(1)
-                self._refuse_read(
-                    p,
-                    RuntimeError(
-                        f"node {self.node_id} cannot serve stable reads: its replica host does not say how far each "
-                        "delivered batch goes (OrderedBatch.frontier); read with consistency='local' or 'linearizable'"
-                    ),
-                )
-                return
-            gate.waiting.append(p)
-            self._stable_due(0)
-            return
-        if read.level == LINEARIZABLE:  # the node sends these through the order, never here
-            self._refuse_read(p, RuntimeError(f"node {self.node_id} got a linearizable read outside the order"))
-            return
-        if read.past and self.store is None:
-            self._refuse_read(
-                p,
-                NotPersistent(
-                    f"{self.spec.name} is not persistent here: at_version=/at_time= read "
-                    "the past of persistent types only"
-                ),
-            )
-            return
-        self.send_replies(
-            [self._p2p(p.caller, p.call_id, p.method, p.args, p.vid, p.origin, read if read.past else None)]
-        )
-
-    def _refuse_read(self, p: P2PRequest, exc: Exception) -> None:
-        self.send_replies([(p.caller, ReplyTo(p.caller, p.call_id, p.vid, p.origin).failed(self.node_id, exc))])
-
-    def _stable_mark(self, m: StableMark) -> None:
-        self._gate.note((m.vid, m.index))
-        self._stable_due(m.expire_upto)
-
-    def _stable_due(self, expire_upto: int) -> None:
-        """Answer the stable reads the mark now covers (or fail those that waited too long),
-        then run the ordered messages held behind them."""
-        gate = self._gate
-        due, late = gate.take_due(expire_upto)
-        if due or late:
-            out = [self._p2p(p.caller, p.call_id, p.method, p.args, p.vid, p.origin) for p in due]
-            for p in late:
-                why = CallTimeout(
-                    f"a stable read of {self.spec.name}.{p.method} at node {self.node_id} waited "
-                    f"{p.stable.GIVE_UP_TICKS * p.stable.SYNC_AFTER:.0f} s for every replica of the shard to deliver what "
-                    "this one applied, in vain (a member is stuck?); nothing was changed: retry, or read with "
-                    "consistency='local' or 'linearizable'"
-                )
-                out.append((p.caller, ReplyTo(p.caller, p.call_id, p.vid, p.origin).refused(self.node_id, why)))
-            for p in (*due, *late):
-                if p.stable is not None:
-                    p.stable.finished(1)
-            self.send_replies(out)
-        held = gate.held
-        while held and not gate.waiting:
-            self._handle(held.popleft())
-
-    def _ordered(
-        self,
-        caller: int,
-        call_id: int,
-        method: str,
-        args: bytes,
-        origin: int,
-        session: int,
-        floor: int,
-        owner: int,
-        ts: int,
-        vid: int,
-        replicas: tuple[int, ...],
-        version: int,
-    ) -> tuple[int, Reply]:
-        if not origin:
-            return self._run(caller, call_id, method, args, ORDERED, vid, replicas, origin, version)
-        sessions = self.sessions
-        sessions.tick(ts)
-        verdict = sessions.check(origin, call_id, session, owner)
-        kind = verdict.kind
-        if kind == DUPLICATE:
-            ok, value = verdict.reply  # type: ignore[misc]
-            return caller, Reply(call_id, self.node_id, vid, replicas, ok, value, origin, version)
-        if kind != NEW:
-            to = ReplyTo(caller, call_id, vid, origin)
-            if kind == FORGOTTEN:
-                forgotten = RuntimeError(
-                    f"call {call_id} was applied already and its reply is no longer kept (the caller had "
-                    "acknowledged it, or more than the reply window followed); it was not run again"
-                )
-                return caller, to.failed(self.node_id, forgotten, replicas, version)
-            exc: SessionExpired | SessionLimit
-            if kind == EXPIRED:
-                exc = SessionExpired(
-                    f"call {call_id} was not run: its caller's session expired (no call for "
-                    f"{self.spec.session_ttl:g} s), so it may be the retry of a call applied before; read the state "
-                    "to find out, then call anew"
-                )
-            elif kind == EVICTED:
-                exc = SessionExpired(
-                    f"call {call_id} was not run: its caller's identity opened more than "
-                    f"{self.spec.max_sessions_per_caller} sessions of {self.spec.name} since this session started "
-                    "(max_sessions_per_caller; each Client is one session), so it was ended and the call may be the "
-                    "retry of one applied before; read the state to find out, then call anew from a new Client"
-                )
-            else:
-                exc = SessionLimit(
-                    f"call {call_id} was not run: {self.spec.name} replicas already keep {self.spec.max_sessions} "
-                    "caller sessions (max_sessions); retry later"
-                )
-            return caller, to.refused(self.node_id, exc, replicas, version)
-        out = self._run(caller, call_id, method, args, ORDERED, vid, replicas, origin, version)
-        sessions.applied(origin, call_id, (out[1].ok, out[1].value), floor, owner, session)
-        return out
-
-    def _run(
-        self,
-        caller: int,
-        call_id: int,
-        method: str,
-        args: bytes,
-        want: str,
-        vid: int,
-        replicas: tuple[int, ...],
-        origin: int = 0,
-        version: int = -1,
-        past: ReadOptions | None = None,
-    ) -> tuple[int, Reply]:
-        """Run one call; ``past``: against the persistent fields as of that version."""
-        spec = self.spec
-        ok, value = True, b""
-        try:
-            if spec.methods.get(method) != want:
-                raise AttributeError(f"{spec.name}.{method} is not a {want} method")
-            a, kw = _codec.decode_args(args, spec.serializer)
-            target = self.obj if past is None else PastView(self.obj, past)
-            handler_context.active = True
-            if want == ORDERED:
-                handler_context.sink = self._sink
-            try:
-                result = getattr(target, method)(*a, **kw)
-            finally:
-                handler_context.active = False
-                handler_context.sink = None
-            value = _codec.encode_result(result, spec.serializer)
-        except SerializationError as exc:
-            ok, value = False, _codec.encode_error(exc)
-        except Exception as exc:  # the user's exception goes back to the caller; we carry on
-            ok, value = False, _codec.encode_error(exc)
-        return caller, Reply(call_id, self.node_id, vid, replicas, ok, value, origin, version)
-
-    def _check_marks(self) -> None:
-        """Compare peers' signatures with ours at the same version, once ours is on disk."""
-        store = self.store
-        if store is None or not self._marks or self.awaiting:
-            return
-        durable = store.durable_version
-        for node, (version, signature, public_key) in list(self._marks.items()):
-            if version > durable:
-                continue
-            del self._marks[node]
-            with store.log_held() as log_:
-                matches = log_.verify_peer(version, signature, public_key)
-            if matches:
-                self.env.report_verified(node, version)
-            elif version > store.log.last_version or version < store.log.first_version:
-                continue  # not ours to judge (our log was replaced or trimmed meanwhile)
-            else:
-                log.error(
-                    "node %s's signed log of %s differs from ours at version %s (its signature does not match our "
-                    "record chain); its replica cannot be trusted: compare with `derecho-actors verify`",
-                    node,
-                    self.spec.name,
-                    version,
-                )
-
     # ------------------------------------------------------------ state transfer
-    def _object_state(self) -> dict[str, Any]:
-        """What a new replica needs besides the log: the object's own (non-persistent)
-        state, as the class's ``__getstate__`` gives it if it defines one, and the session
-        table. Plain data for msgpack types (see ``_codec.encode_state``)."""
-        return {
-            "attrs": object_attrs(self.obj, self.spec.fields),
-            "sessions": self.sessions.to_state(),
-            "applied": self.applied,
-            "version": self.store.last_version if self.store is not None else -1,
-            "lost": list(self.store.lost) if self.store is not None and self.store.lost is not None else None,
-            "events": self.events.to_state(),
-            "watch_head": self.applied_version,
-        }
-
-    def _restore_object_state(self, state: dict[str, Any]) -> None:
-        obj = self.obj
-        if hasattr(type(obj), "__setstate__"):
-            obj.__setstate__(state["attrs"])
-        else:
-            obj.__dict__.update(state["attrs"])
-        self.sessions = self._new_sessions()
-        self.sessions.load_state(state["sessions"])
-        self.applied = state["applied"]
-        self.events.load_state(state.get("events"))
-        self.applied_version = max(self.applied_version, int(state.get("watch_head", -1)))
-        lost = state.get("lost")
-        if lost and self.store is not None:
-            lo, hi = int(lost[0]), int(lost[1])
-            self.store.lost = (lo, hi)
-            self.env.report_lost(lo, hi)
-
-    def _snapshot(self, vid: int) -> None:
-        """Write the state at this view boundary to a file, for new members to fetch. The
-        object's state is encoded with the type's serializer (plain data unless the type
-        chose pickle); the log part is streamed from the log itself."""
-        path = self.env.scratch_dir / f"snapshot-{self.spec.name}-{os.getpid()}-{vid}-{id(self)}.state"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        boundary = -1
-        try:
-            data = _codec.encode_state(self._object_state(), self.spec.serializer, f"the state of {self.spec.name}")
-            with open(path, "wb") as f:
-                f.write(data)
-            del data
-            if self.store is not None:
-                boundary = self.store.last_version
-                if boundary >= 0 and not self.store.wait_durable(boundary):
-                    raise OSError(f"log did not reach version {boundary} on disk")
-        except Exception as exc:
-            log.error(
-                "snapshot of %s for view %d failed; new members cannot receive its state: %s", self.spec.name, vid, exc
-            )
-            path.unlink(missing_ok=True)
-            self.env.snapshot_failed(vid, f"the state source could not write the state of {self.spec.name}: {exc}")
-            return
-        self.env.snapshot_ready(vid, path, boundary, self.store)
-
     def _take_state(self, chunk: StatePart) -> None:
         """One chunk of a transfer for this (awaiting) replica."""
         if not self.awaiting:
             return
-        part, data, final = chunk.part, chunk.data, chunk.final
         try:
-            if chunk.reset and self.store is not None and self.store.last_version >= 0:
-                log.warning("local log of %s disagrees with the group's; replacing it", self.spec.name)
-                with self.store.log_held() as log_:
-                    log_.truncate_after(-1)
-                self.store.last_version = -1
-            if part is ChunkKind.ERROR:
-                raise StateTransferError(data.decode("utf-8", "replace"))
-            if part is ChunkKind.OBJECT:
-                if self._incoming is None:
-                    self._incoming_path = (
-                        self.env.scratch_dir / f"incoming-{self.spec.name}-{os.getpid()}-{id(self)}.state"
-                    )
-                    self._incoming_path.parent.mkdir(parents=True, exist_ok=True)
-                    self._incoming = open(self._incoming_path, "wb")
-                self._incoming.write(data)
-            elif part is ChunkKind.LOG:
-                assert self.store is not None, "log records sent to a replica without a log"
-                records = msgpack.unpackb(data, raw=False)
-                with self.store.log_held() as log_:
-                    log_.append([tuple(r) for r in records])
-            if final:
+            if self._incoming.take(chunk, self.store):
                 self._install_state()
         except Exception as exc:
             self._fail(f"state transfer of {self.spec.name} failed: {exc}")
@@ -758,21 +333,19 @@ class Replica:
         self.env.chunk_done(chunk.source, chunk.vid, chunk.seq)
 
     def _install_state(self) -> None:
+        """The transfer is complete: rebuild the object from the log and the object part,
+        then apply what arrived meanwhile."""
         if self.store is not None:
             with self.store.log_held() as log_:
                 log_.flush()
             self.store = None
-            self.sessions, self.applied = self._new_sessions(), 0
-            self._attach_store(log_)
+            self.sessions, self.applied = table_for(self.spec), 0
+            attach_store(self, log_)
         else:
             self.obj = self.spec.cls()
-        if self._incoming is not None:
-            self._incoming.close()
-            self._incoming = None
-            assert self._incoming_path is not None
-            state = _codec.decode_state(self._incoming_path.read_bytes(), self.spec.serializer)
-            self._incoming_path.unlink(missing_ok=True)
-            self._restore_object_state(state)
+        if self._incoming.has_object:
+            state = self._incoming.object_state()
+            restore_object_state(self, state)
             if self.store is not None and state["version"] != self.store.last_version:
                 raise StateTransferError(
                     f"object state is at version {state['version']} but the log ends at {self.store.last_version}"

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from derecho_actors.model.decorators import TypeSpec
+
 
 class Kind(str, Enum):
     """Verdicts on one call."""
@@ -79,6 +81,15 @@ def owner_of(identity: str) -> int:
     return (int.from_bytes(digest, "big") & ((1 << 62) - 1)) | 1
 
 
+def table_for(spec: TypeSpec) -> SessionTable:
+    """An empty table for a replica of ``spec``, bounded as the type says."""
+    return SessionTable(
+        ttl_ns=int(spec.session_ttl * 1e9),
+        max_sessions=spec.max_sessions,
+        max_per_owner=spec.max_sessions_per_caller,
+    )
+
+
 @dataclass(slots=True)
 class Session:
     last: int  # highest call number applied
@@ -94,6 +105,10 @@ class Session:
 class Verdict:
     kind: Kind
     reply: tuple[bool, bytes] | None = None
+
+
+# Verdicts without a reply, made once: ``check`` runs for every ordered call of a session.
+RUN, _FORGOTTEN, _EXPIRED, _EVICTED, _FULL = (Verdict(k) for k in (NEW, FORGOTTEN, EXPIRED, EVICTED, FULL))
 
 
 class SessionTable:
@@ -160,20 +175,20 @@ class SessionTable:
         if s is not None:
             if s.seen_ns >= horizon:
                 if call_id > s.last:
-                    return Verdict(NEW)
+                    return RUN
                 kept = s.replies.get(call_id)
-                return Verdict(DUPLICATE, kept) if kept is not None else Verdict(FORGOTTEN)
+                return Verdict(DUPLICATE, kept) if kept is not None else _FORGOTTEN
             self._remove(origin)  # expired
         if min(session_ns, self.clock_ns) < horizon:
-            return Verdict(EXPIRED)
+            return _EXPIRED
         if owner and session_ns <= self.evicted_floor.get(owner, -1):
-            return Verdict(EVICTED)
+            return _EVICTED
         evict = self._to_evict(owner, horizon) if owner else None
         if evict is None and len(self.sessions) >= self.max_sessions:
             if self._swept_at != self.clock_ns:  # else nothing expired since the last sweep
                 self._sweep()  # count only live sessions, the same at every replica
             if len(self.sessions) >= self.max_sessions:
-                return Verdict(FULL)
+                return _FULL
         if evict is not None:
             # Only now that the call will run: end the owner's least recently used session and
             # refuse unknown sessions started before it from now on (a session whose start is
@@ -181,7 +196,7 @@ class SessionTable:
             start = self.sessions[evict].start_ns or self.clock_ns
             self._remove(evict)
             self.evicted_floor[owner] = max(self.evicted_floor.get(owner, -1), start)
-        return Verdict(NEW)
+        return RUN
 
     def _to_evict(self, owner: int, horizon: int) -> int | None:
         """The session of ``owner`` to end for a new one, or None if it has room. Counts only
@@ -217,19 +232,24 @@ class SessionTable:
             self._own(s, origin, owner)
         if not s.start_ns:
             s.start_ns = session_ns
-        s.last = max(s.last, call_id)
+        if call_id > s.last:
+            s.last = call_id
         s.seen_ns = self.clock_ns
         replies = s.replies
         replies[call_id] = reply
-        s.reply_bytes += len(reply[1])
-        low = max(floor, call_id - self.window + 1)
+        kept = s.reply_bytes + len(reply[1])
+        limit = self.reply_bytes
+        low = call_id - self.window + 1
+        if floor > low:
+            low = floor
         # Drop from the oldest: below the floor or the window, or while over the byte bound
         # (the newest reply stays). Each reply is dropped once: the work is what was added.
         while replies:
             oldest = next(iter(replies))
-            if oldest >= low and (s.reply_bytes <= self.reply_bytes or oldest == call_id):
+            if oldest >= low and (kept <= limit or oldest == call_id):
                 break
-            s.reply_bytes -= len(replies.pop(oldest)[1])
+            kept -= len(replies.pop(oldest)[1])
+        s.reply_bytes = kept
 
     def replayed(self, origin: int, call_id: int, ts_ns: int) -> None:
         """A call read back from the log at start-up: its number counts, its reply is gone."""

@@ -35,6 +35,7 @@ import msgpack
 from derecho_actors.model.fields import DELETED, Persistent, TrackedDict, _wrap
 from derecho_actors.replica.history import FieldHistory, MapSnapshot, Snapshot, hashable_key, latest_at
 from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.packing import packb
 from runtime.core.versions import format_version
 from runtime.errors import NotPersistedYet, VersionLost
 
@@ -185,7 +186,7 @@ class PersistentStore:
         if ts < self.last_ts:
             ts = self.last_ts
         self.last_version, self.last_ts = version, ts
-        return version, ts, msgpack.packb([origin, call_id, changes], use_bin_type=True)
+        return version, ts, packb([origin, call_id, changes])
 
     def submit(self, records: list[tuple[int, int, bytes]]) -> None:
         """Queue a batch for the writer thread (one fsync covers all that queued meanwhile).

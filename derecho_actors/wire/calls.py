@@ -42,14 +42,17 @@ names, with no kind on the wire. The decoder reads them as their kind (an old cl
 working); nothing else looks at a method's name."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """A request sent straight to one member: a P2P call to run there, or (``ordered``) a
     call that member must multicast into its shard on the caller's behalf (relaying). Replies
     go to ``caller``, whichever path the call took. A client's call names no caller (0: its
     contact answers it on the client's connection); ``target`` is the replica a client's P2P
     call asks for (``node=``; 0: any). ``kind``: a user's method (``method``), or one of the
-    group's own P2P requests (``method`` is then empty)."""
+    group's own P2P requests (``method`` is then empty).
+
+    Not frozen: one is made per call at the client and again at its contact, and a frozen
+    dataclass of twelve fields costs six times as much to build. Nothing changes one once made."""
 
     call_id: int
     caller: int

@@ -10,11 +10,12 @@ from __future__ import annotations
 import functools
 import traceback
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import msgpack
 
 from derecho_actors.exceptions import ShardAwaitingLog, ShardStateLost
+from derecho_actors.wire.packing import packb
 from runtime.errors import (
     CallTimeout,
     ClientLimit,
@@ -46,7 +47,7 @@ def _pack(value: Any, serializer: str, what: str) -> bytes:
         except Exception as exc:
             raise SerializationError(f"cannot pickle {what}: {exc}") from None
     try:
-        return msgpack.packb(value, use_bin_type=True)
+        return packb(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(
             f"{what} is not plain data msgpack can encode ({exc}); pass plain values or use "
@@ -66,9 +67,10 @@ def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], serializer: str) 
     return _pack([list(args), kwargs], serializer, "the call's arguments")
 
 
-def decode_args(data: bytes, serializer: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def decode_args(data: bytes, serializer: str) -> tuple[Sequence[Any], Mapping[str, Any]]:
+    """A call's positional and keyword arguments, as decoded (a list and a dict: no copies)."""
     args, kwargs = _unpack(data, serializer)
-    return tuple(args), dict(kwargs)
+    return args, kwargs
 
 
 def encode_result(value: Any, serializer: str) -> bytes:
@@ -77,6 +79,22 @@ def encode_result(value: Any, serializer: str) -> bytes:
 
 def decode_result(data: bytes, serializer: str) -> Any:
     return _unpack(data, serializer)
+
+
+def _unpack_msgpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def _unpack_pickle(data: bytes) -> Any:
+    import cloudpickle
+
+    return cloudpickle.loads(data)
+
+
+def result_decoder(serializer: str) -> Callable[[bytes], Any]:
+    """``decode_result`` for one serializer, as one function made once (a caller keeps one
+    per call: no closure per call)."""
+    return _unpack_pickle if serializer == "cloudpickle" else _unpack_msgpack
 
 
 # Object state for state transfer, plain data only unless the type opted into pickle: msgpack
@@ -253,12 +271,12 @@ def encode_ordered(calls: list[PendingCall], max_size: int, now: int) -> list[by
     for call in calls:
         need = call_size(call[2], call[3])
         if batch and size + need > max_size:
-            out.append(msgpack.packb([now, batch], use_bin_type=True))
+            out.append(packb([now, batch]))
             batch, size = [], 16
         batch.append(call)
         size += need
     if batch:
-        out.append(msgpack.packb([now, batch], use_bin_type=True))
+        out.append(packb([now, batch]))
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgpack
 
+from derecho_actors.wire.packing import packb
 from runtime.errors import WireError
 
 WATCH_POLL = "__watch__"
@@ -62,7 +63,7 @@ def decode_poll(data: bytes) -> PollArgs:
 
 def encode_answer(cursor: Position, events: list[tuple[int, int, bytes]]) -> bytes:
     """The reply: the position to ask from next, and the events."""
-    return msgpack.packb([list(cursor), [list(e) for e in events]], use_bin_type=True)
+    return packb([list(cursor), [list(e) for e in events]])
 
 
 def decode_answer(data: bytes) -> tuple[Position, list[tuple[int, int, bytes]]]:

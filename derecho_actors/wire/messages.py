@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Final
 
-import msgpack
-
 from derecho_actors.wire.calls import (
     LEGACY_KINDS,
     Call,
@@ -35,7 +33,21 @@ from derecho_actors.wire.calls import (
     decode_calls,
     decode_client_calls,
 )
-from derecho_actors.wire.replies import Reply, ReplyBatch, ReplyTo
+from derecho_actors.wire.packing import packb
+from derecho_actors.wire.replies import (
+    AnswerBatch,
+    Features,
+    MergedEntry,
+    Reply,
+    ReplyBatch,
+    ReplyEntry,
+    ReplyTo,
+    ViewNotice,
+    answer_batch_fields,
+    decode_answer_batch,
+    decode_features,
+    decode_view_notice,
+)
 from runtime.errors import WireError
 from runtime.wire.checks import (
     Decoders,
@@ -46,20 +58,23 @@ from runtime.wire.checks import (
     nat,
     shard_id,
     shard_to_wire,
-    text,
     version_int,
 )
 
 __all__ = [
     "LEGACY_KINDS",
+    "AnswerBatch",
     "AppFrame",
     "Call",
     "CallBatch",
     "CallKind",
     "ChunkKind",
+    "Features",
+    "MergedEntry",
     "OverfullBatch",
     "Reply",
     "ReplyBatch",
+    "ReplyEntry",
     "ReplyTo",
     "SignedMark",
     "StateAck",
@@ -150,19 +165,19 @@ class StateAck:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class ViewNotice:
-    """A contact tells its clients of a view change: who left (their replicas will not answer)
-    and, when no shard can run, why."""
-
-    vid: int
-    members: tuple[int, ...]
-    departed: tuple[int, ...]
-    unavailable: str = ""
-
-
 AppFrame = (
-    Call | CallBatch | Reply | ReplyBatch | SignedMark | StateRequest | StateChunk | StateAck | ViewNotice | StateDigest
+    Call
+    | CallBatch
+    | Reply
+    | ReplyBatch
+    | SignedMark
+    | StateRequest
+    | StateChunk
+    | StateAck
+    | ViewNotice
+    | StateDigest
+    | AnswerBatch
+    | Features
 )
 
 TAG_CALL: Final = 1
@@ -175,6 +190,8 @@ TAG_STATE_CHUNK: Final = 7
 TAG_STATE_ACK: Final = 8
 TAG_VIEW_NOTICE: Final = 9
 TAG_STATE_DIGEST: Final = 10
+TAG_ANSWER_BATCH: Final = 11
+TAG_FEATURES: Final = 12
 MAX_DIGEST = 64
 
 
@@ -199,6 +216,8 @@ _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
     StateAck: lambda m: [TAG_STATE_ACK, shard_to_wire(m.shard), m.vid, m.seq],
     ViewNotice: lambda m: [TAG_VIEW_NOTICE, m.vid, list(m.members), list(m.departed), m.unavailable],
     StateDigest: lambda m: [TAG_STATE_DIGEST, shard_to_wire(m.shard), m.version, m.digest],
+    AnswerBatch: lambda m: [TAG_ANSWER_BATCH, *answer_batch_fields(m)],
+    Features: lambda m: [TAG_FEATURES, m.merged_answers],
 }
 
 
@@ -207,7 +226,7 @@ def encode(msg: AppFrame) -> bytes:
     enc = _ENCODERS.get(type(msg))
     if enc is None:
         raise TypeError(f"cannot encode {type(msg).__name__}: not an actor-layer message")
-    return msgpack.packb(enc(msg), use_bin_type=True)
+    return packb(enc(msg))
 
 
 # ------------------------------------------------------------------------------- decoding
@@ -305,16 +324,6 @@ def _dec_state_ack(f: list[Any]) -> StateAck:
     return StateAck(shard_id(shard, "StateAck.shard"), nat(vid, "StateAck.vid"), nat(seq, "StateAck.seq"))
 
 
-def _dec_view_notice(f: list[Any]) -> ViewNotice:
-    _, vid, members, departed, unavailable = f
-    return ViewNotice(
-        nat(vid, "ViewNotice.vid"),
-        _replicas(members, "ViewNotice.members"),
-        _replicas(departed, "ViewNotice.departed"),
-        text(unavailable, "ViewNotice.unavailable"),
-    )
-
-
 def _dec_state_digest(f: list[Any]) -> StateDigest:
     _, shard, version, digest = f
     if type(digest) is not bytes or not 0 < len(digest) <= MAX_DIGEST:
@@ -331,8 +340,14 @@ _DECODERS: Final[Decoders] = {
     TAG_STATE_REQUEST: ("StateRequest", 4, _dec_state_request),
     TAG_STATE_CHUNK: ("StateChunk", 7, _dec_state_chunk),
     TAG_STATE_ACK: ("StateAck", 3, _dec_state_ack),
-    TAG_VIEW_NOTICE: ("ViewNotice", 4, _dec_view_notice),
+    TAG_VIEW_NOTICE: ("ViewNotice", 4, lambda f: decode_view_notice(f[1], f[2], f[3], f[4])),
     TAG_STATE_DIGEST: ("StateDigest", 3, _dec_state_digest),
+    TAG_ANSWER_BATCH: (
+        "AnswerBatch",
+        3,
+        lambda f: decode_answer_batch(f[1], _replicas(f[2], "AnswerBatch.replicas"), f[3]),
+    ),
+    TAG_FEATURES: ("Features", 1, lambda f: decode_features(f[1])),
 }
 
 

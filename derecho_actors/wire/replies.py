@@ -1,19 +1,25 @@
 """Answers on the wire: one replica's answer to a call (:class:`Reply`), many in one frame
-(:class:`ReplyBatch`), and who gets the answer to a call (:class:`ReplyTo`), which builds every
-answer the group itself makes, a refusal above all, in one place."""
+(:class:`ReplyBatch`), a contact's answers to its client with the replicas' identical answers
+merged (:class:`AnswerBatch`, once the client said it reads them: :class:`Features`), and who
+gets the answer to a call (:class:`ReplyTo`), which builds every answer the group itself makes,
+a refusal above all, in one place."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from derecho_actors.wire.codec import encode_error, encode_refusal
-from runtime.errors import DerechoError
+from runtime.errors import DerechoError, WireError
+from runtime.wire.checks import describe, flag, nat, text
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     """One replica's answer to a call. ``vid`` and ``replicas`` say which view delivered the
-    call and which members will each answer it, so the caller knows when it has them all."""
+    call and which members will each answer it, so the caller knows when it has them all.
+    Not frozen (one is made per call: a frozen dataclass costs several times as much to
+    build); nothing changes one once made."""
 
     call_id: int
     node: int
@@ -79,6 +85,10 @@ class ReplyTo:
         return Reply(self.call_id, node, self.vid, (node,), True, value, self.origin)
 
 
+ReplyEntry = tuple[int, bool, bytes, int, int]
+"""``(call_id, ok, value, origin, version)``: one answer of a ``ReplyBatch``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReplyBatch:
     """Many answers of one replica in one frame (one delivered batch's worth, for one caller
@@ -88,4 +98,90 @@ class ReplyBatch:
     node: int
     vid: int
     replicas: tuple[int, ...]
-    entries: tuple[tuple[int, bool, bytes, int, int], ...]
+    entries: tuple[ReplyEntry, ...]
+
+
+MergedEntry = tuple[int, bool, bytes, int, tuple[int, ...]]
+"""``(call_id, ok, value, version, answered)``: the answer every replica in ``answered`` gave
+to one call (``answered`` empty: all of the batch's ``replicas``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerBatch:
+    """A contact's answers to its client's calls, one value per call: every replica of the call
+    answered the same bytes (the contact compared them), so the client decodes one value, not
+    one per replica. Answers that differ are never merged: they go as each replica's
+    :class:`ReplyBatch`, so the client's divergence check sees them all. Calls delivered in view
+    ``vid``, answered by (or waiting for) ``replicas``."""
+
+    vid: int
+    replicas: tuple[int, ...]
+    entries: tuple[MergedEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What one side of a client connection can do beyond the wire protocol both speak: a
+    contact offers it (after the client's first call), a client that reads
+    :class:`AnswerBatch` says so back. A contact of the release before never sends it; a client
+    of the release before logs it as a bad message once per connection and goes on; so a
+    rolling upgrade works in both orders."""
+
+    merged_answers: bool
+
+
+def answer_batch_fields(m: AnswerBatch) -> list[Any]:
+    return [m.vid, list(m.replicas), [[c, ok, v, ver, list(a)] for c, ok, v, ver, a in m.entries]]
+
+
+def decode_answer_batch(vid: object, replicas: tuple[int, ...], entries: object) -> AnswerBatch:
+    """An ``AnswerBatch`` from its wire fields, every entry checked (``WireError`` otherwise)."""
+    if type(entries) is not list:
+        raise WireError(f"AnswerBatch.entries must be a list, got {describe(entries)}")
+    out: list[MergedEntry] = []
+    for e in entries:
+        if type(e) is not list or len(e) != 5:
+            raise WireError(f"AnswerBatch entries are [call_id, ok, value, version, answered], got {describe(e)}")
+        call_id, ok, value, version, answered = e
+        if (
+            type(call_id) is not int
+            or call_id < 0
+            or type(ok) is not bool
+            or type(value) is not bytes
+            or type(version) is not int
+            or version < -1
+            or type(answered) is not list
+        ):
+            raise WireError(f"malformed AnswerBatch entry {describe(e)}")
+        out.append((call_id, ok, value, version, tuple(nat(n, "AnswerBatch.answered[]") for n in answered)))
+    return AnswerBatch(nat(vid, "AnswerBatch.vid"), replicas, tuple(out))
+
+
+def decode_features(merged_answers: object) -> Features:
+    return Features(flag(merged_answers, "Features.merged_answers"))
+
+
+@dataclass(frozen=True, slots=True)
+class ViewNotice:
+    """A contact tells its clients of a view change: who left (their replicas will not answer)
+    and, when no shard can run, why."""
+
+    vid: int
+    members: tuple[int, ...]
+    departed: tuple[int, ...]
+    unavailable: str = ""
+
+
+def decode_view_notice(vid: object, members: object, departed: object, unavailable: object) -> ViewNotice:
+    return ViewNotice(
+        nat(vid, "ViewNotice.vid"),
+        _nodes(members, "ViewNotice.members"),
+        _nodes(departed, "ViewNotice.departed"),
+        text(unavailable, "ViewNotice.unavailable"),
+    )
+
+
+def _nodes(value: object, what: str) -> tuple[int, ...]:
+    if type(value) is not list:
+        raise WireError(f"{what} must be a list, got {describe(value)}")
+    return tuple(nat(r, f"{what}[]") for r in value)

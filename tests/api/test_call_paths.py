@@ -26,7 +26,16 @@ from derecho_actors.replica.events import PollCall, WatchExpire, WatchPoll
 from derecho_actors.replica.replica import P2PRequest
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.events import PollArgs, encode_poll
-from derecho_actors.wire.messages import Call, CallKind, Reply, ReplyBatch, ReplyTo, decode
+from derecho_actors.wire.messages import (
+    AnswerBatch,
+    Call,
+    CallKind,
+    Features,
+    Reply,
+    ReplyBatch,
+    ReplyTo,
+    decode,
+)
 from derecho_actors.wire.read_options import READ_IN_ORDER, encode_read
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layout
 from runtime.core.view import View
@@ -372,9 +381,11 @@ def test_answers_split_between_this_nodes_calls_and_its_clients() -> None:
     c.replies.take_batch(ReplyBatch(2, 1, (2,), ((own.call_id, True, answer, 0, -1), (3, True, b"\xc0", 99, -1))))
     node.run_all()
     assert results.get(timeout=0) == {2: ((5, 0), [])}
-    ((to, (data,)),) = node.to_clients
+    assert {to for to, _ in node.to_clients} == {conn}
+    offer, data = [m for _, messages in node.to_clients for m in messages]  # the offer at the first call
     forwarded = decode(data)
-    assert to is conn and isinstance(forwarded, ReplyBatch) and forwarded.entries == ((3, True, b"\xc0", 99, -1),)
+    assert decode(offer) == Features(merged_answers=True)
+    assert isinstance(forwarded, ReplyBatch) and forwarded.entries == ((3, True, b"\xc0", 99, -1),)
     assert c.clients.table.status()["calls"] == 0 and not c.member.calls
 
 
@@ -453,3 +464,77 @@ def test_a_clients_refusals_of_one_turn_go_in_one_batch_per_view() -> None:
     batches = [decode(m) for m in messages[1:]]
     assert [(b.vid, [e[0] for e in b.entries]) for b in batches] == [(3, [1, 2]), (4, [3])]  # type: ignore[union-attr]
     assert batches[0].entries[0][2] is batches[1].entries[0][2] or batches[0].entries[0][2] == batches[1].entries[0][2]  # type: ignore[union-attr]
+
+
+A, B = b"\x01", b"\x02"
+
+
+@pytest.mark.parametrize(
+    "merged, answers, departs, expected",
+    [
+        # Every replica answers alike: one value for the call, from all of them.
+        (True, [(1, A), (2, A), (3, A)], None, [AnswerBatch(1, (1, 2, 3), ((7, True, A, -1, ()),))]),
+        # The last differs: what was held goes as each replica gave it, then the last one.
+        (
+            True,
+            [(1, A), (2, A), (3, B)],
+            None,
+            [ReplyBatch(n, 1, (1, 2, 3), ((7, True, v, 99, -1),)) for n, v in [(1, A), (2, A), (3, B)]],
+        ),
+        # The second differs: from there on every answer goes as it came.
+        (
+            True,
+            [(1, A), (2, B), (3, B)],
+            None,
+            [ReplyBatch(n, 1, (1, 2, 3), ((7, True, v, 99, -1),)) for n, v in [(1, A), (2, B), (3, B)]],
+        ),
+        # A replica leaves before answering: the others' agreed answer goes, naming who gave it.
+        (True, [(1, A), (2, A)], 3, [AnswerBatch(1, (1, 2, 3), ((7, True, A, -1, (1, 2)),))]),
+        # A client that did not say it reads merged answers gets each replica's as it came.
+        (
+            False,
+            [(1, A), (2, A), (3, A)],
+            None,
+            [ReplyBatch(n, 1, (1, 2, 3), ((7, True, A, 99, -1),)) for n in (1, 2, 3)],
+        ),
+    ],
+)
+def test_a_contact_merges_its_clients_answers_when_the_replicas_agree(
+    merged: bool, answers: list[tuple[int, bytes]], departs: int | None, expected: list[Any]
+) -> None:
+    node = FakeNode()
+    c = paths(node, FakeHost(), view=one_view(1, 2, 3), specs={"Feed": OrderedSpec()})
+    conn = FakeConn("10.0.0.3:3")
+    c.clients.take_call(conn, Call(7, 0, SHARD, "post", True, b"\x90"))
+    if merged:
+        c.clients.accept_features(conn, Features(merged_answers=True))
+    for n, value in answers:
+        c.replies.take_batch(ReplyBatch(n, 1, (1, 2, 3), ((7, True, value, 99, -1),)))
+    if departs is not None:
+        c.clients.on_departed({departs}, one_view(*(m for m in (1, 2, 3) if m != departs)))
+    node.run_all()
+    sent = [decode(m) for to, messages in node.to_clients for m in messages if to is conn]
+    assert sent[0] == Features(merged_answers=True)  # offered at the client's first call
+    assert sent[1:] == expected
+    assert c.clients.table.status()["calls"] == 0
+
+
+def test_a_merged_answer_goes_when_the_replica_missing_left_before_the_others_answered() -> None:
+    """The departure reached the contact first, the survivors' answers (of the view before)
+    after: they go at once, not held for a replica that will never answer."""
+    node = FakeNode()
+    current = [one_view(1, 2, 3)]
+    c = paths(node, FakeHost(), specs={"Feed": OrderedSpec()})
+    c.clients.view = lambda: current[0]
+    conn = FakeConn("10.0.0.3:3")
+    c.clients.take_call(conn, Call(7, 0, SHARD, "post", True, b"\x90"))
+    c.clients.accept_features(conn, Features(merged_answers=True))
+    after = one_view(1, 2)
+    current[0] = View(2, after.members, after.addresses, after.layout)
+    c.clients.on_departed({3}, current[0])
+    for n in (1, 2):
+        c.replies.take_batch(ReplyBatch(n, 1, (1, 2, 3), ((7, True, A, 99, -1),)))
+    node.run_all()
+    sent = [decode(m) for _, messages in node.to_clients for m in messages]
+    assert sent[1:] == [AnswerBatch(1, (1, 2, 3), ((7, True, A, -1, (1, 2)),))]
+    assert c.clients.table.status()["calls"] == 0

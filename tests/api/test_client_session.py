@@ -15,7 +15,17 @@ from derecho_actors.caller.handles import WindowedCaller, spec_checked
 from derecho_actors.caller.results import QueryResults
 from derecho_actors.caller.session import ClientSession, Dial, Disconnect, Phase, Stop, Wait
 from derecho_actors.wire import codec as _codec
-from derecho_actors.wire.messages import Call, CallBatch, CallKind, ReplyBatch, ViewNotice, decode, encode
+from derecho_actors.wire.messages import (
+    AnswerBatch,
+    Call,
+    CallBatch,
+    CallKind,
+    Features,
+    ReplyBatch,
+    ViewNotice,
+    decode,
+    encode,
+)
 from runtime.core.layout import ShardId
 from runtime.errors import GroupClosed, Refused, ReplicaLost, ShardUnavailable
 from runtime.wire.codec import FrameDecoder, frame
@@ -345,3 +355,37 @@ def test_handles_and_watches_work_over_any_caller() -> None:
     watch = da.Watch.over(caller, spec, ShardId("Box", 0, 0), since=-1)
     event = watch.next(timeout=1)
     assert event is not None and (event.version, event.value) == (7, "hello")
+
+
+def merged(replicas: tuple[int, ...], *entries: tuple[int, bool, bytes, tuple[int, ...]], vid: int = 1) -> bytes:
+    batch = AnswerBatch(vid, replicas, tuple((cid, ok_, value, -1, by) for cid, ok_, value, by in entries))
+    return frame(AppMessage(encode(batch)))
+
+
+def test_the_session_reads_merged_answers_once_the_contact_offers_them() -> None:
+    s = session()
+    connect(s)
+    feed(s, 0.1, frame(AppMessage(encode(Features(merged_answers=True)))))
+    assert Features(merged_answers=True) in written(s.data_to_send())  # it says it reads them
+    r1, r2, r3 = call(s, 1), call(s, 2), call(s, 3)
+    feed(s, 0.2, merged((1, 2, 3), (1, True, msgpack.packb("a"), ()), (2, True, msgpack.packb([1]), ())))
+    assert r1.get(0) == {1: "a", 2: "a", 3: "a"}
+    lists = r2.get(0)
+    assert lists == {1: [1], 2: [1], 3: [1]}
+    lists[1].append(2)  # a mutable answer is each replica's own, as if each had sent it
+    assert lists[2] == [1]
+    # Some replicas agreed, one left before answering: the call is done once the notice says so.
+    feed(s, 0.3, merged((1, 2, 3), (3, True, msgpack.packb("c"), (1, 2))))
+    assert not r3.done()
+    feed(s, 0.4, notice(2, (3,)))
+    assert r3.get(0) == {1: "c", 2: "c"} and set(r3.lost) == {3} and s.in_flight == 0
+
+
+def test_answers_that_differ_reach_the_divergence_check_even_after_merged_ones() -> None:
+    s = session()
+    connect(s)
+    r = s.call(Request(SHARD, CallKind.METHOD, "put", b"", True, 0, "KV.put", msgpack.unpackb, "raise"))
+    feed(s, 0.1, answer(1, (1, 2), ok(1, "a")))
+    feed(s, 0.2, merged((1, 2), (1, True, msgpack.packb("b"), (2,))))
+    with pytest.raises(Exception, match="differ|diverge"):
+        r.get(0)

@@ -423,9 +423,12 @@ def test_watch_polls_are_bounded_per_identity(group: LocalCluster) -> None:
     grown = rss_bytes(pid) - before
     log.warning("contact RSS growth %.1f MB over 100,000 watch polls", grown / MB)
     assert grown < 40 * MB
-    for i in range(20):  # one line each, though each also sent more calls in a frame than allowed
-        assert len(warnings_naming(c, f"peeper{i}", "max_watch_polls_per_client")) == 1
-        assert len(warnings_naming(c, f"peeper{i}", "")) == 1
+    for i in range(20):
+        # One line each, naming the first limit it reached: its polls beyond the limit, or (when
+        # other identities' frames had used the loop turn's budget, so its calls waited for the
+        # next turn) the calls of its frame beyond what it may have unanswered.
+        (line,) = warnings_naming(c, f"peeper{i}", "")
+        assert "max_watch_polls_per_client" in line or "client_max_in_flight" in line, line
     all_members(c)
 
 

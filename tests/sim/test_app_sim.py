@@ -68,7 +68,8 @@ def test_a_client_that_resends_outside_its_session_is_caught() -> None:
     """The planted client bug (``ResendOutsideSession``): after a failover the unanswered calls
     go again under a new session number, so replicas cannot tell a resent append from a new
     one, and one the lost contact had already multicast is applied twice."""
-    report = da.simulate(bugs.Journal, seeds=12, faults="crash")
+    # Which seeds catch it moves whenever the wire's messages change; 40 leave room.
+    report = da.simulate(bugs.Journal, seeds=40, faults="crash")
     assert not report.ok, f"the planted client bug went unnoticed: {report.describe()}"
     assert "not-linearizable" in kinds(report), report.describe()
     assert "--app tests.sim.planted_bugs:Journal" in report.failures[0].replay()
@@ -91,7 +92,7 @@ def test_history_check_names_the_stale_read() -> None:
 def test_local_reads_under_partitions_are_not_linearizable() -> None:
     """A correct class read with consistency="local": some seed partitions the group while a
     cut-off replica answers reads, and the history check says so."""
-    report = da.simulate(bugs.LocalReadCounter, seeds=range(40), faults="partition", members=3)
+    report = da.simulate(bugs.LocalReadCounter, seeds=range(120), faults="partition", members=3)
     assert "not-linearizable" in kinds(report), report.describe()
 
 

@@ -16,7 +16,8 @@ import pytest
 
 import derecho_actors as da
 from derecho_actors.model.decorators import spec_of
-from derecho_actors.node.hosting import InlineRunner, ReplicaHost
+from derecho_actors.node.hosting import ReplicaHost
+from derecho_actors.node.runners import InlineRunner
 from derecho_actors.replica.replica import P2PRequest, ReplicaEnv
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.messages import Reply

@@ -14,8 +14,9 @@ import msgpack
 import pytest
 
 from derecho_actors.model.decorators import spec_of
-from derecho_actors.node.hosting import InlineRunner, ReplicaHost
+from derecho_actors.node.hosting import ReplicaHost
 from derecho_actors.node.refused_batches import UndecodableBatches, refusals
+from derecho_actors.node.runners import InlineRunner
 from derecho_actors.replica.replica import ReplicaEnv
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.codec import IdentifiedCall, UndecodableBatch

@@ -1,0 +1,49 @@
+"""What one seed makes of a simulated run of users' classes: the group's size, each type's
+shards, the number of clients and calls, and the protocol simulator's timings and links.
+
+Kept apart from the run so the same seed gives the same group wherever it is asked (a run, a
+replay line, a test), and so the choice is readable without the machinery that runs it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from derecho_actors.model.decorators import spec_of
+from derecho_actors.sim.api import SimWorkload
+from runtime.sim.runner import RunParams, choose_params
+
+APP_FAULT_MODES = ("none", "crash", "partition", "join", "restart", "all")
+
+
+@dataclass(frozen=True, slots=True)
+class AppParams:
+    seed: int
+    members: tuple[int, ...]
+    faults: str
+    shards: dict[str, int]
+    clients: int
+    calls: int
+    base: RunParams  # the protocol simulator's parameters for the same seed (timings, links)
+
+    def describe(self) -> str:
+        c, m = self.base.config.multicast, self.base.config.membership
+        return (
+            f"seed={self.seed} members={len(self.members)} faults={self.faults} shards={self.shards} "
+            f"clients={self.clients} calls={self.calls} window={c.window_size} batch={c.max_batch} "
+            f"suspicion={m.suspicion_timeout * 1e3:.0f}ms link={self.base.link.base * 1e6:.0f}+"
+            f"{self.base.link.jitter * 1e6:.0f}us"
+        )
+
+
+def choose_app_params(
+    seed: int, workloads: list[SimWorkload], faults: str, members: int | None, calls: int | None
+) -> AppParams:
+    rng = random.Random(f"app-params-{seed}")
+    n = members if members is not None else rng.randint(3, 5)
+    base = choose_params(seed, members=n, messages=0, faults="none")
+    shards = {spec_of(w.cls).name: (w.shards or rng.choice((1, 1, 2))) for w in workloads}  # type: ignore[union-attr]
+    clients = rng.randint(2, 6)
+    total = calls if calls is not None else rng.randint(80, 240)
+    return AppParams(seed, base.members, faults, shards, clients, total, base)
