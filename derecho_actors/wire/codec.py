@@ -322,7 +322,7 @@ def decode_ordered(payload: bytes) -> list[OrderedCall] | UndecodableBatch:
         return UndecodableBatch(f"not a [time, calls] msgpack array ({type(exc).__name__}: {exc})", _salvage(payload))
     if type(ts) is not int or type(calls) is not list:
         return UndecodableBatch(f"not [time, calls] but [{type(ts).__name__}, {type(calls).__name__}]")
-    out = []
+    out: list[OrderedCall] = []
     append = out.append
     for call in calls:
         if type(call) is list and len(call) == 8:
