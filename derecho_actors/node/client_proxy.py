@@ -74,7 +74,12 @@ class ClientProxy:
         self.out = out
         # Clients this node serves: their calls whose answers it forwards, and those it relayed
         # (retried through another member if that one fails before answering).
-        self.table = ClientTable(limits.client_max_in_flight, limits.max_watch_polls_per_client, node.wall_ns)
+        self.table = ClientTable(
+            limits.client_max_in_flight,
+            limits.max_watch_polls_per_client,
+            node.wall_ns,
+            max_held_bytes=limits.client_max_backlog_bytes,
+        )
         self.stats = CallStats()  # clients' calls through this node (status, metrics)
 
     # ------------------------------------------------------------------ calls
@@ -250,7 +255,9 @@ class ClientProxy:
             if not client.merged or proxy.split:
                 singles.setdefault(client.conn, []).append(entry)
             elif proxy.value is None:
-                proxy.ok, proxy.value, proxy.version, proxy.vid = ok, value, version, vid
+                if not table.hold(proxy, ok, value, version, vid):  # over its budget: as they come
+                    proxy.split = True
+                    singles.setdefault(client.conn, []).append(entry)
             elif proxy.value == value and proxy.ok == ok:
                 if version > proxy.version:
                     proxy.version = version
@@ -281,7 +288,8 @@ class ClientProxy:
         entry = (call_id, proxy.ok, proxy.value, origin, proxy.version)
         for n in proxy.agreed_by():
             self.out.send(proxy.client.conn, encode(ReplyBatch(n, proxy.vid, proxy.replicas, (entry,))))
-        proxy.value, proxy.split = None, True
+        self.table.unhold(proxy)
+        proxy.split = True
 
     def _check_refusal(self, client: ClientState, value: bytes) -> None:
         """The replicas refused a client's call for its identity's session bound: name the

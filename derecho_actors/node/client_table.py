@@ -70,6 +70,7 @@ class ClientState:
     closed: bool = False  # forgotten: its waiting calls are dropped
     offered: bool = False  # this node offered it merged answers (``Features``)
     merged: bool = False  # it reads merged answers: the replicas' identical answers go as one
+    held: int = 0  # bytes of answers held until every replica gave them (``ClientTable.hold``)
 
 
 @dataclass(slots=True, eq=False)
@@ -124,12 +125,20 @@ def describe(conn: ClientConn) -> tuple[str, str]:
 
 class ClientTable:
     def __init__(
-        self, max_in_flight: int, max_polls: int, wall_ns: Callable[[], int], max_proxied: int = MAX_PROXIED
+        self,
+        max_in_flight: int,
+        max_polls: int,
+        wall_ns: Callable[[], int],
+        max_proxied: int = MAX_PROXIED,
+        max_held_bytes: int = 8 << 20,
     ) -> None:
-        """``wall_ns()``: the node's clock (for rate-limiting warnings only)."""
+        """``wall_ns()``: the node's clock (for rate-limiting warnings only);
+        ``max_held_bytes``: answers a connection may have held for merging at once (beyond,
+        its calls' answers go on as each replica gives them)."""
         self.max_in_flight = max_in_flight
         self.max_polls = max_polls
         self.max_proxied = max_proxied
+        self.max_held_bytes = max_held_bytes
         self.wall_ns = wall_ns
         self.clients: dict[ClientConn, ClientState] = {}
         self.proxies: collections.OrderedDict[CallKey, Proxied] = collections.OrderedDict()
@@ -193,6 +202,8 @@ class ClientTable:
             return None
         state = proxy.client
         state.calls.discard(key)
+        if proxy.value is not None:  # its held answer no longer counts (it goes out now, or never)
+            state.held -= len(proxy.value)
         if proxy.poll:
             k = self._poll_key(state)
             left = self.polls.get(k, 0) - 1
@@ -201,6 +212,22 @@ class ClientTable:
             else:
                 self.polls.pop(k, None)
         return proxy
+
+    def hold(self, proxy: Proxied, ok: bool, value: bytes, version: int, vid: int) -> bool:
+        """Hold the first answer to ``proxy``'s call until every replica gave it, if its
+        client's held answers stay within ``max_held_bytes`` (False: they would not)."""
+        state = proxy.client
+        if state.held + len(value) > self.max_held_bytes:
+            return False
+        state.held += len(value)
+        proxy.ok, proxy.value, proxy.version, proxy.vid = ok, value, version, vid
+        return True
+
+    def unhold(self, proxy: Proxied) -> None:
+        """The held answer goes on as it came (the replicas disagree)."""
+        if proxy.value is not None:
+            proxy.client.held -= len(proxy.value)
+            proxy.value = None
 
     def answer(self, key: CallKey, proxy: Proxied, node: int, replicas: tuple[int, ...]) -> bool:
         """Member ``node`` answered call ``key``; True once every replica has (it is dropped)."""

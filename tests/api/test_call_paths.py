@@ -538,3 +538,28 @@ def test_a_merged_answer_goes_when_the_replica_missing_left_before_the_others_an
     sent = [decode(m) for _, messages in node.to_clients for m in messages]
     assert sent[1:] == [AnswerBatch(1, (1, 2, 3), ((7, True, A, -1, (1, 2)),))]
     assert c.clients.table.status()["calls"] == 0
+
+
+@pytest.mark.parametrize("budget, merged", [(8 << 20, True), (len(A), True), (len(A) - 1, False)])
+def test_answers_held_for_merging_are_bounded_per_connection(budget: int, merged: bool) -> None:
+    """A connection's answers held until every replica gave them stay within its budget
+    (``limits.client_max_backlog_bytes``); beyond, they go on as each replica gives them. The
+    count falls back to nothing once the answers went."""
+    node = FakeNode()
+    c = paths(node, FakeHost(), view=one_view(1, 2, 3), specs={"Feed": OrderedSpec()})
+    c.clients.table.max_held_bytes = budget
+    conn = FakeConn("10.0.0.3:3")
+    c.clients.take_call(conn, Call(7, 0, SHARD, "post", True, b"\x90"))
+    c.clients.accept_features(conn, Features(merged_answers=True))
+    client = c.clients.table.state(conn)
+    c.replies.take_batch(ReplyBatch(1, 1, (1, 2, 3), ((7, True, A, 99, -1),)))
+    assert client.held == (len(A) if merged else 0)
+    for n in (2, 3):
+        c.replies.take_batch(ReplyBatch(n, 1, (1, 2, 3), ((7, True, A, 99, -1),)))
+    node.run_all()
+    sent = [decode(m) for _, messages in node.to_clients for m in messages][1:]
+    if merged:
+        assert sent == [AnswerBatch(1, (1, 2, 3), ((7, True, A, -1, ()),))]
+    else:
+        assert sent == [ReplyBatch(n, 1, (1, 2, 3), ((7, True, A, 99, -1),)) for n in (1, 2, 3)]
+    assert client.held == 0 and c.clients.table.status()["calls"] == 0
