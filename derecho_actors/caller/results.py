@@ -26,7 +26,7 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from derecho_actors.caller.divergence import answers_or_raise, check_divergence
 from derecho_actors.caller.persisted import wait_persisted
@@ -132,32 +132,15 @@ class QueryResults:
         ``replicas`` are those that answer the call (delivered in view ``vid``, if known),
         ``version`` its version there (-1: none). An answer counts once per replica."""
         result: Any
-        wire_ok = ok
+        good = ok
         if ok:
             try:
                 result = self._decode(value)
             except Exception as exc:  # a result this side cannot decode is that replica's error
-                ok, result = False, exc
+                good, result = False, exc
         else:
             result = decode_error(value, node)
-        with self._lock:
-            if version >= 0:
-                self._versions[node] = version
-            if node not in self._values and node not in self._errors:  # its answer, even if it left since
-                if ok:
-                    self._values[node] = result
-                else:
-                    self._errors[node] = result
-                if self._compare is not None:
-                    first = self._first
-                    if first is None:
-                        self._first = (wire_ok, value)
-                    elif first[1] != value or first[0] != wire_ok:
-                        self._differ = True
-                self._order.append(node)
-            if self._expected is None:
-                self._set_expected(replicas, vid)
-            self._maybe_done()
+        self._record((node,), ((good, result),), replicas, ok, value, version, vid)
 
     def add_agreed(
         self,
@@ -183,6 +166,22 @@ class QueryResults:
                 results = [(False, exc)] * len(nodes)
         else:
             results = [(False, decode_error(value, node)) for node in nodes]
+        return self._record(nodes, results, replicas, ok, value, version, vid)
+
+    def _record(
+        self,
+        nodes: tuple[int, ...],
+        results: Iterable[tuple[bool, Any]],
+        replicas: tuple[int, ...],
+        ok: bool,
+        value: bytes,
+        version: int,
+        vid: int | None,
+    ) -> bool:
+        """Under one lock: each of ``nodes`` answered with its ``(good, value or error)`` of
+        ``results``, decoded from ``(ok, value)`` as it came off the wire (compared with the
+        first answer's bytes). An answer counts once per replica, even if it left since.
+        True once the call has every answer it waits for."""
         with self._lock:
             values, errors = self._values, self._errors
             for node, (good, result) in zip(nodes, results):

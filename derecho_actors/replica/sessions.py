@@ -108,7 +108,7 @@ class Verdict:
 
 
 # Verdicts without a reply, made once: ``check`` runs for every ordered call of a session.
-RUN, _FORGOTTEN, _EXPIRED, _EVICTED, _FULL = (Verdict(k) for k in (NEW, FORGOTTEN, EXPIRED, EVICTED, FULL))
+_RUN, _FORGOTTEN, _EXPIRED, _EVICTED, _FULL = (Verdict(k) for k in (NEW, FORGOTTEN, EXPIRED, EVICTED, FULL))
 
 
 class SessionTable:
@@ -175,7 +175,7 @@ class SessionTable:
         if s is not None:
             if s.seen_ns >= horizon:
                 if call_id > s.last:
-                    return RUN
+                    return _RUN
                 kept = s.replies.get(call_id)
                 return Verdict(DUPLICATE, kept) if kept is not None else _FORGOTTEN
             self._remove(origin)  # expired
@@ -196,7 +196,7 @@ class SessionTable:
             start = self.sessions[evict].start_ns or self.clock_ns
             self._remove(evict)
             self.evicted_floor[owner] = max(self.evicted_floor.get(owner, -1), start)
-        return RUN
+        return _RUN
 
     def _to_evict(self, owner: int, horizon: int) -> int | None:
         """The session of ``owner`` to end for a new one, or None if it has room. Counts only

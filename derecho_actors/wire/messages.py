@@ -47,6 +47,7 @@ from derecho_actors.wire.replies import (
     decode_answer_batch,
     decode_features,
     decode_view_notice,
+    node_ids,
 )
 from runtime.errors import WireError
 from runtime.wire.checks import (
@@ -238,19 +239,13 @@ def _dec_call_batch(f: list[Any]) -> CallBatch:
     return decode_calls(f[1])
 
 
-def _replicas(value: object, what: str) -> tuple[int, ...]:
-    if type(value) is not list:
-        raise WireError(f"{what} must be a list, got {describe(value)}")
-    return tuple(nat(r, f"{what}[]") for r in value)
-
-
 def _dec_reply(f: list[Any]) -> Reply:
     _, call_id, node, vid, replicas, ok, value, origin, version = f
     return Reply(
         nat(call_id, "Reply.call_id"),
         nat(node, "Reply.node"),
         nat(vid, "Reply.vid"),
-        _replicas(replicas, "Reply.replicas"),
+        node_ids(replicas, "Reply.replicas"),
         flag(ok, "Reply.ok"),
         blob(value, "Reply.value"),
         nat(origin, "Reply.origin"),
@@ -280,7 +275,7 @@ def _dec_reply_batch(f: list[Any]) -> ReplyBatch:
             raise WireError(f"malformed ReplyBatch entry {describe(e)}")
         out.append((call_id, ok, value, origin, version))
     return ReplyBatch(
-        nat(node, "ReplyBatch.node"), nat(vid, "ReplyBatch.vid"), _replicas(replicas, "ReplyBatch.replicas"), tuple(out)
+        nat(node, "ReplyBatch.node"), nat(vid, "ReplyBatch.vid"), node_ids(replicas, "ReplyBatch.replicas"), tuple(out)
     )
 
 
@@ -345,7 +340,7 @@ _DECODERS: Final[Decoders] = {
     TAG_ANSWER_BATCH: (
         "AnswerBatch",
         3,
-        lambda f: decode_answer_batch(f[1], _replicas(f[2], "AnswerBatch.replicas"), f[3]),
+        lambda f: decode_answer_batch(f[1], node_ids(f[2], "AnswerBatch.replicas"), f[3]),
     ),
     TAG_FEATURES: ("Features", 1, lambda f: decode_features(f[1])),
 }

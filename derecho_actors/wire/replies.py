@@ -175,13 +175,14 @@ class ViewNotice:
 def decode_view_notice(vid: object, members: object, departed: object, unavailable: object) -> ViewNotice:
     return ViewNotice(
         nat(vid, "ViewNotice.vid"),
-        _nodes(members, "ViewNotice.members"),
-        _nodes(departed, "ViewNotice.departed"),
+        node_ids(members, "ViewNotice.members"),
+        node_ids(departed, "ViewNotice.departed"),
         text(unavailable, "ViewNotice.unavailable"),
     )
 
 
-def _nodes(value: object, what: str) -> tuple[int, ...]:
+def node_ids(value: object, what: str) -> tuple[int, ...]:
+    """A list of node ids on the wire (a reply's replicas, a view's members)."""
     if type(value) is not list:
         raise WireError(f"{what} must be a list, got {describe(value)}")
     return tuple(nat(r, f"{what}[]") for r in value)
