@@ -17,6 +17,8 @@ one WARNING. The per-identity expiry of parked polls is also checked at scale in
 from __future__ import annotations
 
 import logging
+import select
+import ssl
 import statistics
 import threading
 import time
@@ -135,7 +137,11 @@ class Honest:
 
 class Drain:
     """Reads what the node sends an attacker's connection on a thread, so the node's replies
-    never back up; decodes the first ``sample`` messages (replies' error names counted)."""
+    never back up; decodes the first ``sample`` messages (replies' error names counted).
+
+    Send through :meth:`send` once a drain reads: an OpenSSL connection must not be read on one
+    thread while another writes to it, so the two take turns under one lock (the reader waits
+    for bytes in ``select`` outside it)."""
 
     def __init__(self, conn: Conn, sample: int = 10_000) -> None:
         self.conn = conn
@@ -145,6 +151,7 @@ class Drain:
         self.bytes = 0
         self.failure: BaseException | None = None
         self._decoder = FrameDecoder(64 * MB)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -163,16 +170,26 @@ class Drain:
             self.failure = exc
             raise
 
+    def send(self, *msgs: Any) -> bool:
+        """``Conn.send``, taking turns with the reader."""
+        with self._lock:
+            self.conn.sock.settimeout(30.0)
+            return self.conn.send(*msgs)
+
     def _read(self) -> None:
         sock = self.conn.sock
-        sock.settimeout(0.2)
+        pending = sock.pending if isinstance(sock, ssl.SSLSocket) else (lambda: 0)
         while not self._stop.is_set():
-            try:
-                data = sock.recv(1 << 18)
-            except (TimeoutError, OSError) as exc:
-                if isinstance(exc, TimeoutError) or "timed out" in str(exc):
-                    continue
-                return
+            if not pending() and not select.select([sock], [], [], 0.2)[0]:
+                continue
+            with self._lock:
+                sock.settimeout(0.0)
+                try:
+                    data = sock.recv(1 << 18)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    continue  # a record not whole yet
+                except OSError:
+                    return
             if not data:
                 return
             self.bytes += len(data)
@@ -205,6 +222,10 @@ def attacker(c: LocalCluster, name: str, session: int = 1) -> Conn:
     conn = Conn(c.address(1), client_context(c.certs_dir, name))
     assert conn.hello_client(session, CLUSTER)
     return conn
+
+
+def warnings_of(c: LocalCluster) -> list[str]:
+    return [line for line in log_of(c.workdir, 1).splitlines() if " WARNING " in line or " ERROR " in line][-20:]
 
 
 def warnings_naming(c: LocalCluster, name: str, what: str) -> list[str]:
@@ -293,7 +314,7 @@ def test_distinct_method_names_count_under_one_label(group: LocalCluster) -> Non
         try:
             for start in range(0, total, per_frame):
                 batch = tuple(call(i + 1, f"m{i}", i % 2 == 0, args) for i in range(start, start + per_frame))
-                assert conn.send(CallBatch(batch)), f"the node closed the prober's connection: {conn.error}"
+                assert drain.send(CallBatch(batch)), f"the node closed the prober's connection: {conn.error}"
                 # At most two frames unanswered: a client that sends far faster than the node
                 # takes its calls is cut off (see the in-flight test), and this one is to last.
                 wait_until(lambda: drain.answered() >= start, 30, f"the prober's frames answered ({drain})")  # noqa: B023
@@ -368,7 +389,7 @@ def test_watch_polls_are_bounded_per_identity(group: LocalCluster) -> None:
             conn = attacker(c, "peeper0")
             conns.append(Drain(conn))
             t0 = time.monotonic()
-            assert conn.send(poll_batch(1, 5_000, 60.0))
+            assert conns[-1].send(poll_batch(1, 5_000, 60.0))
             wait_until(lambda: conns[0].answered() >= 5_000 - limit, 30, "the refusals of 4,936 polls")
             log.warning("5,000 polls in one frame answered in %.2f s", time.monotonic() - t0)
             assert conns[0].errors == {"ClientLimit": 5_000 - limit}, conns[0].errors
@@ -377,10 +398,15 @@ def test_watch_polls_are_bounded_per_identity(group: LocalCluster) -> None:
             for i in range(1, 20):
                 conn = attacker(c, f"peeper{i}")
                 conns.append(Drain(conn))
-                assert conn.send(poll_batch(1, 5_000, 60.0))
-            wait_until(
-                lambda: all(d.answered() >= 5_000 - limit for d in conns), 60, "the refusals of every identity's polls"
-            )
+                assert conns[-1].send(poll_batch(1, 5_000, 60.0))
+            try:
+                wait_until(
+                    lambda: all(d.answered() >= 5_000 - limit for d in conns),
+                    60,
+                    "the refusals of every identity's polls",
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {conns}; node 1's warnings: {warnings_of(c)}") from None
             # The honest watch still sees the honest client's changes.
             ev = watch.next(timeout=30)
             assert ev is not None
@@ -408,7 +434,7 @@ def test_watch_polls_are_bounded_per_identity(group: LocalCluster) -> None:
             )
         )
         t2 = time.monotonic()
-        assert expirer.conn.send(batch)
+        assert expirer.send(batch)
         wait_until(lambda: expirer.ok >= 1, 10, f"the first hold to end ({expirer})")
         first = time.monotonic() - t2
         wait_until(lambda: expirer.ok == len(holds), 10, f"every hold to end ({expirer})")
@@ -461,7 +487,7 @@ def test_calls_in_flight_per_connection_are_bounded(group: LocalCluster) -> None
         drain = Drain(conn, sample=4 * n)
         args = _codec.encode_args(("flood", b"x" * 16), {}, "msgpack")
         try:
-            assert conn.send(CallBatch(tuple(call(i + 1, "put", True, args) for i in range(n))))
+            assert drain.send(CallBatch(tuple(call(i + 1, "put", True, args) for i in range(n))))
             # Each admitted put is answered by 3 replicas (in ReplyBatches); each refusal once.
             wait_until(lambda: drain.errors.get("ClientLimit", 0) >= n - limit, 60, "the refusals beyond the limit")
             wait_until(lambda: drain.ok >= 3 * limit, 60, "the admitted puts answered by the 3 replicas")
