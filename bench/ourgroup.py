@@ -25,6 +25,7 @@ import msgpack
 from bench import security
 from bench.procs import HOST, BenchError, Procs, free_ports
 from bench.stats import percentile, steady_rate
+from runtime.config import MulticastSection
 from runtime.drivers.status import fetch_status
 
 # Every run gets these node settings. Failure detection stays as it is (heartbeats, broken
@@ -32,20 +33,27 @@ from runtime.drivers.status import fetch_status
 # starve a heartbeat for more than the default 0.5 s, and a false suspicion would end the run.
 BASE_SETTINGS = {"timeouts.suspicion_ms": "3000", "node.log_level": "WARNING"}
 
-WINDOW_BYTES = 32 << 20  # a sender's window holds at most ~32 MB of payload
 FRAME_BYTES = 8 << 20  # one push carries at most ~8 MB of payload (max_frame_bytes is 64 MB)
+SUBMIT_BYTES = 1 << 20  # what the app hands the node per submit (at most 1000 messages)
 
 
 def size_settings(size: int) -> dict[str, str]:
-    """Window and batch bounds for a message size: the defaults (1000, 1000) for small messages,
-    fewer for large ones, so a window or one push stays within a few MB."""
-    window = max(8, min(1000, WINDOW_BYTES // max(1, size)))
-    batch = max(1, min(1000, FRAME_BYTES // max(1, size)))
-    return {"multicast.window_size": str(window), "multicast.max_batch": str(batch)}
+    """The batch bound for a message size: the default (1000) for small messages, fewer for
+    large ones, so one push stays within a few MB. The window is the node's default: messages
+    and bytes (``multicast.window_size``, ``multicast.window_bytes``) bound it together."""
+    return {"multicast.max_batch": str(max(1, min(1000, FRAME_BYTES // max(1, size))))}
+
+
+def window_for(size: int) -> int:
+    """Messages of ``size`` bytes the default window holds."""
+    m = MulticastSection()
+    return max(1, min(m.window_size, m.window_bytes // max(1, size)))
 
 
 def submit_batch(size: int) -> int:
-    return max(1, min(100, (1 << 20) // max(1, size)))
+    """Messages per submit: enough that a single sender keeps its window fed (a window of
+    10,000 small messages drains several times per loop turn of 100-message submits)."""
+    return max(1, min(1000, SUBMIT_BYTES // max(1, size)))
 
 
 @dataclass

@@ -37,6 +37,9 @@ from runtime.drivers.node import AppHooks, NodeDriver
 STAMP = struct.Struct("<q")
 
 
+PACE_TICK = 0.0005  # seconds between paced submits, at least
+
+
 def _cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -82,10 +85,12 @@ class BenchApp:
     def hooks(self) -> AppHooks:
         return AppHooks(on_deliver=self.on_deliver, on_view=self.on_view, on_window_open=self.on_window_open)
 
-    def _payloads(self, n: int) -> list[bytes]:
+    def _payloads(self, n: int, stamp_ns: int | None = None) -> list[bytes]:
+        """``n`` payloads stamped ``stamp_ns`` (default: now): one stamp per submit, since they
+        enter together."""
         if self.size < STAMP.size:
             return [b"\x00" * self.size] * n
-        p = STAMP.pack(time.time_ns()) + self.pad  # one stamp per submit: they enter together
+        p = STAMP.pack(time.time_ns() if stamp_ns is None else stamp_ns) + self.pad
         return [p] * n
 
     def on_view(self, view: View) -> None:
@@ -106,11 +111,11 @@ class BenchApp:
     def on_window_open(self, shard: ShardId) -> None:
         self._pump()
 
-    def _submit(self, n: int) -> None:
+    def _submit(self, n: int, stamp_ns: int | None = None) -> None:
         assert self.driver is not None and self.shard is not None
         if not self.t_first_send:
             self.t_first_send = time.time_ns()
-        self.driver.send_ordered(self.shard, self._payloads(n))
+        self.driver.send_ordered(self.shard, self._payloads(n, stamp_ns))
         self.sent += n
 
     def _pump(self) -> None:
@@ -127,13 +132,19 @@ class BenchApp:
         """``rate`` messages per second, on schedule (late ticks catch up)."""
         if self.driver is None or self.shard is None or self.sent >= self.count:
             return
-        due = min(self.count, int((time.monotonic() - self._t0) * self.rate) + 1) - self.sent
+        now = time.monotonic()
+        due = min(self.count, int((now - self._t0) * self.rate) + 1) - self.sent
         if due > 0:
-            self._submit(due)
+            # Stamped when the first of them fell due, not now: the wait for the tick counts.
+            first_due = self._t0 + self.sent / self.rate
+            self._submit(due, time.time_ns() - int(max(0.0, now - first_due) * 1e9))
         if self.sent < self.count:
+            # At most one tick per PACE_TICK: at high rates what fell due meanwhile goes in one
+            # submit, as an application's batching would (a timer per message would cost more
+            # than the messages and measure the timer).
             next_at = self._t0 + self.sent / self.rate
             assert self.driver.loop is not None
-            self.driver.loop.call_later(max(0.0, next_at - time.monotonic()), self._pace)
+            self.driver.loop.call_later(max(PACE_TICK, next_at - time.monotonic()), self._pace)
 
     def on_deliver(self, d: Delivery) -> None:
         now = time.time_ns()

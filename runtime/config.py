@@ -22,7 +22,8 @@ that founds a one-member group on ``127.0.0.1:7000``. The file looks like::
     join_retry_ms = 500
     connect_timeout_ms = 2000
     [multicast]
-    window_size = 1000
+    window_size = 10000
+    window_bytes = 33554432
     max_batch = 1000
     max_message_size = 1048576
     null_interval_ms = 1.0
@@ -425,6 +426,7 @@ _FIELDS: dict[str, dict[str, _Field]] = {
     },
     "multicast": {
         "window_size": _Field(_int_text(1), _int_check(1)),
+        "window_bytes": _Field(_int_text(1), _int_check(1)),
         "max_batch": _Field(_int_text(1), _int_check(1)),
         "max_message_size": _Field(_int_text(1), _int_check(1)),
         "null_interval_ms": _Field(_float_text, _float_check),
@@ -541,11 +543,12 @@ class TimeoutsSection:
 class MulticastSection:
     """``[multicast]``: flow control and size limits of the small-message multicast."""
 
-    window_size: int = 1000
+    window_size: int = 10_000
     max_batch: int = 1000
     max_message_size: int = 1 << 20
     null_interval_ms: float = 1.0
     max_frame_bytes: int = 64 << 20
+    window_bytes: int = 32 << 20  # with window_size: payload bytes a sender may have in flight
 
     def __post_init__(self) -> None:
         _check_fields("multicast", self)
@@ -690,6 +693,7 @@ class NodeConfig:
         return CoreConfig(
             multicast=MulticastConfig(
                 window_size=m.window_size,
+                window_bytes=m.window_bytes,
                 null_interval=m.null_interval_ms / 1000.0,
                 max_batch=m.max_batch,
                 max_message_size=m.max_message_size,
@@ -1093,6 +1097,7 @@ connect_timeout_ms = {timeouts.connect_timeout_ms}  # then give up on an unreach
 
 [multicast]
 window_size = {multicast.window_size}  # messages a sender may have in flight per shard
+window_bytes = {multicast.window_bytes}  # payload bytes a sender may have in flight per shard
 max_batch = {multicast.max_batch}  # most messages delivered in one batch
 max_message_size = {multicast.max_message_size}  # largest payload in bytes
 null_interval_ms = {multicast.null_interval_ms}  # idle sender sends a null after this

@@ -9,13 +9,18 @@ take them in sender order, raise ``received_num`` and push back. The stability p
 Flow control follows the brief's measured design note: a sender may run ahead of the slowest
 receiver by at most ``window_size`` messages, *and* may have at most ``window_size`` of its own
 messages undelivered locally. The second bound stops a fast sender from piling up messages
-that all wait on a slow sender's next slot.
+that all wait on a slow sender's next slot. The same stretch of messages is also bounded in
+bytes (``window_bytes``), so the message window can be large for small messages (a single
+sender is bound by its window: it needs a round trip per window) while what a receiver
+buffers for a sender stays a few MB whatever the message size.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections import deque
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import accumulate, compress, repeat
 from operator import is_not
 from typing import Any, Iterator, Sequence, overload
 
@@ -112,14 +117,19 @@ class DeliveredBatch(Sequence[DeliveredMessage]):
 class MulticastConfig:
     """Tuning of one shard's multicast. Times are in the driver's clock units (seconds)."""
 
-    window_size: int = 1000
+    window_size: int = 10_000
     null_interval: float = 0.001
     max_batch: int = 1000
     max_message_size: int = 1 << 20
+    # Payload bytes of the same stretch of messages ``window_size`` counts. One message is
+    # always admitted when none is outstanding, so a message above it still goes (alone).
+    window_bytes: int = 32 << 20
 
     def __post_init__(self) -> None:
         if self.window_size < 1:
             raise ValueError("window_size must be at least 1")
+        if self.window_bytes < 1:
+            raise ValueError("window_bytes must be at least 1")
         if self.max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if self.null_interval < 0:
@@ -190,6 +200,12 @@ class ShardMulticast:
         self._target = 0  # frontier computed by the stability predicate for its trigger
         self._unpushed_from = 0  # my sender index of the first message not yet pushed
         self._last_send_at = now
+        # The byte window: payload bytes this member sent (nulls weigh nothing), and per send
+        # ``(sender index after it, bytes sent after it)``; a send's bytes are released once
+        # all of it is below the window's base (conservative: never more than the truth).
+        self._own_bytes = 0
+        self._released_bytes = 0
+        self._own_marks: deque[tuple[int, int]] = deque()
         self._blocked = False
         self._deliveries: list[Delivery] = []
         self._window_opened = False
@@ -222,15 +238,40 @@ class ShardMulticast:
             return 0
         return self.sst.mine["received_num"][self.my_pos]  # type: ignore[index]
 
+    def _window_base(self, pos: int) -> int:
+        """The first of this member's messages still in its window: not yet held by every
+        member, or not yet delivered here."""
+        slowest = min(row["received_num"][pos] for row in self.sst.rows)  # type: ignore[index]
+        return min(slowest, ordering.count_before(self._delivered, pos, self.n_senders))
+
     def send_capacity(self) -> int:
-        """How many more messages the window admits right now."""
+        """How many more messages the window admits right now, by count: null messages
+        weigh nothing, so only payloads (``send``) also keep to ``window_bytes``."""
         if self.my_pos is None or self.wedged:
             return 0
-        pos = self.my_pos
-        slowest = min(row["received_num"][pos] for row in self.sst.rows)  # type: ignore[index]
-        own_delivered = ordering.count_before(self._delivered, pos, self.n_senders)
-        limit = min(slowest, own_delivered) + self.config.window_size
-        return max(0, limit - self.sent)
+        return max(0, self._window_base(self.my_pos) + self.config.window_size - self.sent)
+
+    def window_bytes_free(self, base: int | None = None) -> int:
+        """Payload bytes the window admits right now."""
+        if self.my_pos is None:
+            return 0
+        if base is None:
+            base = self._window_base(self.my_pos)
+        marks = self._own_marks
+        while marks and marks[0][0] <= base:
+            self._released_bytes = marks.popleft()[1]
+        return self.config.window_bytes - (self._own_bytes - self._released_bytes)
+
+    def _fit_bytes(self, payloads: Sequence[bytes], take: int) -> int:
+        """How many of the first ``take`` payloads fit the byte window (at least one when
+        nothing is outstanding, so a message above ``window_bytes`` still goes alone)."""
+        free = self.window_bytes_free()
+        if take == 0 or sum(map(len, payloads[:take] if take < len(payloads) else payloads)) <= free:
+            return take
+        fit = bisect_right(list(accumulate(map(len, payloads[:take]))), free)
+        if fit == 0 and self._own_bytes == self._released_bytes:
+            return 1
+        return fit
 
     def send(self, payloads: Sequence[bytes], now: float) -> int:
         """Append as many payloads as the window admits; returns how many were taken.
@@ -250,7 +291,7 @@ class ShardMulticast:
             self._blocked = True
             return 0
         room = self.send_capacity()
-        take = min(room, len(payloads))
+        take = self._fit_bytes(payloads, min(room, len(payloads)))
         if take < len(payloads):
             self._blocked = True
         if take:
@@ -261,7 +302,7 @@ class ShardMulticast:
     def _drain_resend(self, now: float) -> None:
         if not self.resend:
             return
-        room = self.send_capacity()
+        room = self._fit_bytes(self.resend, self.send_capacity())
         if room <= 0:
             return
         batch = self.resend[:room]
@@ -277,7 +318,11 @@ class ShardMulticast:
         assert pos is not None
         self._buf[pos].extend(msgs)
         self._buf_nulls[pos] += nulls
-        self.sst.set_item("received_num", pos, self.sent + len(msgs))
+        end = self.sent + len(msgs)
+        if nulls < len(msgs):
+            self._own_bytes += sum(map(len, filter(None, msgs) if nulls else msgs))  # type: ignore[arg-type]
+            self._own_marks.append((end, self._own_bytes))
+        self.sst.set_item("received_num", pos, end)
 
     # ---------------------------------------------------------------- receiving
     def on_push(self, push: ShardPush) -> Rejected | None:
@@ -324,12 +369,15 @@ class ShardMulticast:
             return f"bad payload from sender {pos}: {type(bad).__name__} of size ?"
         nulls = fresh.count(None) if _NULL_TYPE in types else 0
         if nulls < len(fresh):
-            sizes = map(len, filter(None, fresh) if nulls else fresh)  # type: ignore[arg-type]
+            total = sum(map(len, filter(None, fresh) if nulls else fresh))  # type: ignore[arg-type]
             limit = self.config.max_message_size
-            if sum(sizes) > limit:  # cheaper than max(); only then is each message measured
+            if total > limit:  # cheaper than max(); only then is each message measured
                 longest = max(map(len, filter(None, fresh)))
                 if longest > limit:
                     return f"bad payload from sender {pos}: bytes of size {longest}"
+                # Within its byte window, or one message alone (it may exceed the window).
+                if total > self.config.window_bytes and len(fresh) - nulls > 1:
+                    return f"sender {pos} overran its byte window ({total} new bytes)"
         self._buf[pos].extend(fresh)
         self._buf_nulls[pos] += nulls
         self.sst.set_item("received_num", pos, have + len(fresh))
@@ -379,7 +427,7 @@ class ShardMulticast:
         sst.set("delivered_num", target)
         if len(out):  # a stretch of nulls moves the frontier but gives the app nothing to do
             self._deliveries.append(Delivery(self.shard, target, out, self.vid))
-        if self._blocked and self.send_capacity() > 0:
+        if self._blocked and self.send_capacity() > 0 and self.window_bytes_free() > 0:
             self._blocked = False
             self._window_opened = True
 

@@ -21,6 +21,7 @@ from runtime.sim.network import LinkProfile, SimNetwork
 from runtime.sim.scheduler import Scheduler
 from runtime.sim.workload import make_plan
 
+DEFAULT_WINDOW_BYTES = MulticastConfig().window_bytes
 SEND_SPAN = 0.25  # virtual seconds over which the workload issues its sends
 FAULT_SPAN = (0.02, 0.35)  # virtual seconds within which faults strike
 SMALL_WINDOW_MESSAGES = 800  # message cap of runs whose seed picked a window under 8
@@ -56,7 +57,8 @@ class RunParams:
         return (
             f"seed={self.seed} members={len(self.members)} messages~{self.messages} faults={self.faults} "
             f"shards={self.shards} window={c.window_size} batch={c.max_batch} "
-            f"null_interval={c.null_interval * 1e3:.2f}ms heartbeat={m.heartbeat_interval * 1e3:.0f}ms "
+            + (f"window_bytes={c.window_bytes} " if c.window_bytes != DEFAULT_WINDOW_BYTES else "")
+            + f"null_interval={c.null_interval * 1e3:.2f}ms heartbeat={m.heartbeat_interval * 1e3:.0f}ms "
             f"suspicion={m.suspicion_timeout * 1e3:.0f}ms "
             f"link={self.link.base * 1e6:.0f}+{self.link.jitter * 1e6:.0f}us slow_links={list(self.slow_links)}"
             + (f" fsync={self.fsync[0] * 1e6:.0f}+{self.fsync[1] * 1e6:.0f}us" if self.persistent else "")
@@ -107,6 +109,8 @@ def choose_params(
         window_size=window,
         null_interval=rng.choice((0.0, 0.0002, 0.001, 0.003)),
         max_batch=rng.choice((7, 100, 100, 1000, 1000)),
+        # A byte window from its own stream, so each seed's other draws stay what they were.
+        window_bytes=random.Random(f"window-bytes-{seed}").choice((DEFAULT_WINDOW_BYTES,) * 2 + (64, 4096)),
     )
     membership = MembershipConfig(
         heartbeat_interval=rng.choice((0.002, 0.005)),

@@ -94,6 +94,54 @@ def test_window_counts_own_undelivered_messages_not_only_receipt() -> None:
     assert smc.send_capacity() == 1  # 1 own message delivered + window 3 - 3 sent
 
 
+@pytest.mark.parametrize(
+    "window_bytes, sizes, taken",
+    [
+        (100, [40, 40, 40], 2),  # the third would make 120 bytes outstanding
+        (100, [50, 50, 1], 2),  # exactly full
+        (100, [101], 1),  # above the byte window, alone and nothing outstanding: it goes
+        (100, [101, 1], 1),  # ... but alone
+        (100, [10, 101], 1),  # something outstanding: the large one waits
+        (1 << 20, [10] * 50, 20),  # the message window (20) binds first
+    ],
+)
+def test_byte_window_bounds_what_a_sender_has_in_flight(window_bytes: int, sizes: list[int], taken: int) -> None:
+    net = ShardNet((1, 2, 3), MulticastConfig(window_size=20, window_bytes=window_bytes, null_interval=0.0))
+    assert net.send(1, *(bytes(n) for n in sizes)) == taken
+
+
+def test_byte_window_reopens_as_messages_are_delivered() -> None:
+    net = ShardNet((1, 2, 3), MulticastConfig(window_size=1000, window_bytes=100, null_interval=0.0))
+    payloads = [bytes([i]) * 30 for i in range(10)]
+    sent = net.send(1, *payloads)
+    assert sent == 3
+    while sent < len(payloads):
+        net.settle()
+        assert net.window_opened[1] >= 1
+        took = net.send(1, *payloads[sent:])
+        assert 1 <= took <= 3
+        sent += took
+    net.settle()
+    assert net.payloads(2) == net.payloads(3) == payloads
+    assert net.cores[1].shards[SHARD].window_bytes_free() == 100
+
+
+def test_nulls_are_not_held_back_by_the_byte_window() -> None:
+    """Null messages weigh nothing: a sender whose byte window is full still sends the nulls
+    others' messages wait on."""
+    net = ShardNet((1, 2), MulticastConfig(window_size=100, window_bytes=10, null_interval=0.0))
+    assert net.send(2, b"0123456789") == 1
+    assert net.send(2, b"x") == 0  # node 2's byte window is full: its message is nowhere else yet
+    assert net.send(1, b"a", b"b", b"c") == 3
+    while net.deliver_one(1, 2):  # node 1's messages reach node 2, nothing goes back yet
+        pass
+    smc = net.cores[2].shards[SHARD]
+    # n1's third message waits on n2's second slot: a null, sent at once (null_interval 0).
+    assert smc.window_bytes_free() == 0 and smc.nulls_sent == 1 and smc.nulls_owed() == 0
+    net.settle()
+    assert net.payloads(1) == net.payloads(2) == [b"a", b"0123456789", b"b", b"c"]
+
+
 def test_many_sends_between_drains_coalesce_into_one_push() -> None:
     core = fixed_core(1, (1, 2, 3), MulticastConfig(max_batch=1000))
     for i in range(50):
@@ -164,6 +212,7 @@ def _push(rank: int, first: int = 0, messages: tuple = (), row: RowDelta | None 
         (2, _push(1, 0, (b"x",) * 11), "overran"),
         (2, _push(1, 0, ("text",)), "bad payload"),
         (2, _push(1, 0, (b"x" * 65,)), "bad payload"),
+        (2, _push(1, 0, (b"x" * 60,) * 3), "overran its byte window"),
         (2, _push(1, 0, (), RowDelta(0, 1, {"received_num": (1, 1, 1)})), "carries row 0"),
         (2, _push(1, 0, (), RowDelta(1, 1, {"nonsense": 1})), "unknown SST column"),
         (2, _push(1, 0, (), RowDelta(1, 1, {"received_num": (1, 1)})), "needs 3 values"),
@@ -173,7 +222,7 @@ def _push(rank: int, first: int = 0, messages: tuple = (), row: RowDelta | None 
     ],
 )
 def test_bad_pushes_are_rejected_and_change_nothing(sender: int, push: ShardPush, reason: str) -> None:
-    core = fixed_core(1, (1, 2, 3), MulticastConfig(window_size=10, max_message_size=64))
+    core = fixed_core(1, (1, 2, 3), MulticastConfig(window_size=10, max_message_size=64, window_bytes=128))
     smc = core.shards[SHARD]
     before = [dict(r, received_num=list(r["received_num"])) for r in smc.sst.rows]
     core.step(MessageArrived(0.0, sender, push))

@@ -64,7 +64,7 @@ def test_defaults_work_on_one_machine(tmp_path: pathlib.Path) -> None:
         cluster="derecho",
     )
     assert cfg.timeouts == TimeoutsSection(50, 500, 500, 2000)
-    assert cfg.multicast == MulticastSection(1000, 1000, 1048576, 1.0, 67108864)
+    assert cfg.multicast == MulticastSection(10_000, 1000, 1048576, 1.0, 67108864, 32 << 20)
     assert cfg.layout == LayoutPolicy.of({"default": ShardPolicy()})
     assert cfg.listen_host_port() == ("127.0.0.1", 7000)
     assert cfg.contact_addresses() == []
@@ -356,6 +356,7 @@ suspicion_ms = 250
 join_retry_ms = 750
 [multicast]
 window_size = 64
+window_bytes = 5000
 max_batch = 16
 max_message_size = 4096
 null_interval_ms = 2.5
@@ -363,7 +364,9 @@ null_interval_ms = 2.5
     core = load(tmp_path, text).core_config()
     assert isinstance(core, CoreConfig)
     assert core.membership == MembershipConfig(heartbeat_interval=0.02, suspicion_timeout=0.25, join_retry=0.75)
-    assert core.multicast == MulticastConfig(window_size=64, null_interval=0.0025, max_batch=16, max_message_size=4096)
+    assert core.multicast == MulticastConfig(
+        window_size=64, window_bytes=5000, null_interval=0.0025, max_batch=16, max_message_size=4096
+    )
 
 
 def test_default_core_config_matches_core_defaults() -> None:
@@ -418,6 +421,7 @@ BAD: list[tuple[str, str | None, dict[str, str], dict[str, str], tuple[str, ...]
     ("connect timeout", None, {"DERECHO_TIMEOUTS_CONNECT_TIMEOUT_MS": "1.5"}, {},
      ("timeouts.connect_timeout_ms",)),
     ("window zero", "[multicast]\nwindow_size = 0\n", {}, {}, ("multicast.window_size must be >= 1",)),
+    ("byte window zero", "[multicast]\nwindow_bytes = 0\n", {}, {}, ("multicast.window_bytes must be >= 1",)),
     ("batch zero", None, {}, {"multicast.max_batch": "0"}, ("multicast.max_batch must be >= 1",)),
     ("null interval negative", "[multicast]\nnull_interval_ms = -1.0\n", {}, {},
      ("multicast.null_interval_ms must be >= 0",)),
