@@ -54,6 +54,7 @@ def _row_error(row: Row, exc: BaseException, ctx: Context) -> Row:
         ("window", "window", "d"),
         ("cpu", "CPU/member", ".0%"),
         ("cpu_max", "busiest", ".0%"),
+        ("cpu_us_per_msg", "CPU µs/msg", ",.2f"),
     ],
     plot=report.plot_multicast_size,
 )
@@ -110,6 +111,7 @@ def _fmt(row: Row, key: str, unit: str) -> str:
         ("messages", "msgs delivered", ",d"),
         ("cpu", "CPU/member", ".0%"),
         ("cpu_max", "busiest", ".0%"),
+        ("cpu_us_per_msg", "CPU µs/msg", ",.2f"),
     ],
     plot=report.plot_shard_size,
 )
@@ -143,6 +145,7 @@ def shard_size(ctx: Context) -> list[Row]:
         ("samples", "samples", ",d"),
         ("cpu", "CPU/member", ".0%"),
         ("cpu_max", "busiest", ".0%"),
+        ("cpu_us_per_msg", "CPU µs/msg", ",.2f"),
     ],
     plot=report.plot_latency,
 )
