@@ -477,6 +477,11 @@ def actor(ctx: Context) -> list[Row]:
         if "error" in single:
             ctx.note(f"{single['case']}: {single['error']}")
         rows += [pipe, single]
+        if shards == 1:  # the group's capacity beyond what one Python client process issues
+            rows.append({**base, **many_clients(ctx, kvmod, nodes, layout, value), "mode": "pipelined_clients"})
+            ctx.say(
+                f"  actor {label}: {rows[-1].get('writes_per_s', math.nan):,.0f} calls/s from {CLIENT_PROCESSES} clients"
+            )
         ctx.say(
             f"  actor {label}: pipelined {pipe.get('writes_per_s', math.nan):,.0f} calls/s; "
             f"one at a time p50 {single.get('p50_ms', math.nan):.2f} ms p99 {single.get('p99_ms', math.nan):.2f} ms"
@@ -485,6 +490,32 @@ def actor(ctx: Context) -> list[Row]:
             if "cpu_us_client" in r:
                 ctx.say(f"    {r['mode']}: CPU µs/call {cpu_label(r)}")
     return rows
+
+
+CLIENT_PROCESSES = 2  # client processes of the many-clients rows
+CLIENT_WINDOW = 1000  # calls outstanding per client process
+
+
+def many_clients(ctx: Context, kvmod: ModuleType, nodes: int, layout: Any, value: bytes) -> Row:
+    """``CLIENT_PROCESSES`` client processes putting at once (``bench.actor_clients``), each
+    with ``CLIENT_WINDOW`` calls outstanding and its own contact."""
+    from bench.actor_clients import run_clients
+
+    calls = pipeline_calls(ctx, CLIENT_WINDOW)
+    case = f"pipelined, {CLIENT_PROCESSES} client processes x {CLIENT_WINDOW} outstanding"
+
+    def fn(put: Any, cluster: Any) -> Row:
+        workdir = Path(cluster.workdir)
+        with Procs(workdir) as procs:
+            return run_clients(
+                procs, cluster, "kv_store", "KV", CLIENT_PROCESSES, calls // CLIENT_PROCESSES, CLIENT_WINDOW,
+                len(value), workdir,
+            )  # fmt: skip
+
+    try:
+        return {"case": case, **kv_cluster_run(kvmod, nodes, layout, 1, fn, value)}
+    except Exception as exc:
+        return _row_error({"case": case}, exc, ctx)
 
 
 def cpu_label(row: Row) -> str:

@@ -63,6 +63,9 @@ class NodeDiskState:
         self._frontiers_written: dict[ShardId, int] = {}
         self._incomplete: set[ShardId] = set()
         self._accepted = -1
+        # Logs :func:`saved_state` opened and checked, kept open for the replica that opens
+        # them next (one read of a long log at restart, not two): path -> VersionedLog.
+        self._kept: dict[Path, Any] = {}
 
     # ------------------------------------------------------------------ files
     def _path(self, name: str) -> Path:
@@ -186,6 +189,28 @@ class NodeDiskState:
             known[sid] = (min(lo, old[0]), max(hi, old[1])) if old else (lo, hi)
         self._write("lost", {"lost": [[list(s), lo, hi] for s, (lo, hi) in sorted(known.items())]})
 
+    # ------------------------------------------------------------------ kept logs
+    def keep_log(self, path: Path, log_: Any) -> None:
+        with self._lock:
+            old = self._kept.pop(path, None)
+            self._kept[path] = log_
+        if old is not None:
+            old.close()
+
+    def take_log(self, path: Path) -> Any:
+        """The log at ``path`` as :func:`saved_state` opened and checked it, handed over once
+        (its index is current: nobody else writes the file while this process holds its
+        lock); None if none is kept: open it."""
+        with self._lock:
+            return self._kept.pop(Path(path), None)
+
+    def close_kept(self) -> None:
+        """Close the logs no replica took (the node closes; a shard it never held here)."""
+        with self._lock:
+            kept, self._kept = list(self._kept.values()), {}
+        for log_ in kept:
+            log_.close()
+
     # ------------------------------------------------------------------ reading
     def lost(self) -> dict[ShardId, tuple[int, int]]:
         data = self._read("lost")
@@ -234,13 +259,31 @@ def group_signing_key(specs: Iterable[Any], key_file: str, credentials: Any) -> 
     return load_signing_key(key_file)
 
 
-def saved_state(disk: NodeDiskState, specs: Iterable[Any], signing_key: Any, fsync: bool) -> SavedState | None:
+def saved_state(
+    disk: NodeDiskState, specs: Iterable[Any], signing_key: Any, fsync: bool, keep: bool = False
+) -> SavedState | None:
     """What an earlier run of this node left in its data directory (its last view and the
     last version of each log of a persistent type), or None if there is nothing to restart
-    from: the node then founds or joins afresh."""
+    from: the node then founds or joins afresh. ``keep``: leave each unsigned log open in
+    ``disk`` for its replica (:meth:`NodeDiskState.take_log`), which then need not read it
+    again; a signed log is closed, as its replica opens it checking every signature, which
+    this read skips."""
     persistent = [s for s in specs if s.persistent]
     if not persistent or not disk._path("view").exists():
         return None
+    try:
+        saved = _read_saved(disk, persistent, signing_key, fsync, keep)
+    except BaseException:
+        disk.close_kept()
+        raise
+    if saved is None:
+        disk.close_kept()
+    return saved
+
+
+def _read_saved(
+    disk: NodeDiskState, persistent: list[Any], signing_key: Any, fsync: bool, keep: bool
+) -> SavedState | None:
     from runtime.drivers.log_store import VersionedLog
 
     logs: dict[ShardId, int] = {}
@@ -250,10 +293,14 @@ def saved_state(disk: NodeDiskState, specs: Iterable[Any], signing_key: Any, fsy
             if len(parts) != 2 or not all(p.isdigit() for p in parts):
                 continue
             key = signing_key if spec.signed else None
-            with VersionedLog.open(file, signing_key=key, fsync=fsync, check_signatures=False) as lg:
-                if lg.recovery is not None:
-                    log.warning("log %s was repaired on open: %s", file, lg.recovery)
-                logs[ShardId(spec.name, int(parts[0]), int(parts[1]))] = lg.last_version
+            lg = VersionedLog.open(file, signing_key=key, fsync=fsync, check_signatures=False)
+            if lg.recovery is not None:
+                log.warning("log %s was repaired on open: %s", file, lg.recovery)
+            logs[ShardId(spec.name, int(parts[0]), int(parts[1]))] = lg.last_version
+            if keep and not spec.signed:
+                disk.keep_log(file, lg)
+            else:
+                lg.close()
     saved = disk.load(logs)
     if saved is not None:
         log.info(

@@ -119,7 +119,9 @@ class Group(AsyncLifecycle):
             status=self._status,
             on_stable=lambda sid, vid, index: self._calls.stable.on_stable(sid, vid, index),
         )
-        saved = saved_state(self._disk, self._specs.values(), self._signing_key, self.config.persistence.fsync)
+        saved = saved_state(
+            self._disk, self._specs.values(), self._signing_key, self.config.persistence.fsync, keep=_node is None
+        )
         self._node: NodeHandle
         if _node is None:
             from runtime.drivers.node import NodeDriver
@@ -176,6 +178,7 @@ class Group(AsyncLifecycle):
             self._signing_key,
             p,
             getattr(runner, "inline", False),
+            self._disk.take_log,
         )
         node.start()
         if _node is not None:
@@ -303,6 +306,7 @@ class Group(AsyncLifecycle):
         self._node.stop("closed")
         self._node.wait_stopped(timeout)
         self._host.stop_all(timeout)
+        self._disk.close_kept()
         self._calls.member.fail_pending(GroupClosed(f"node {self.node_id} closed its group"))
 
     def __enter__(self) -> Group:

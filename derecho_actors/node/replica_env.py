@@ -31,6 +31,7 @@ class ReplicaEnvFactory:
     signing_key: Any
     persistence: PersistenceSection
     inline_writes: bool
+    take_log: Callable[[Path], Any] = lambda path: None  # logs the node opened at start (restart)
 
     def __call__(self, sid: ShardId, spec: TypeSpec, vid: int, source: int | None) -> ReplicaEnv:
         node, transfer, tracker, fail_stop = self.node, self.transfer, self.tracker, self.fail_stop
@@ -41,11 +42,14 @@ class ReplicaEnvFactory:
 
             return later
 
+        path = log_path(self.data_dir, sid.type_name, sid.subgroup, sid.shard) if spec.persistent else None
+        take_log = self.take_log
         return ReplicaEnv(
             node_id=self.node_id,
             send_replies=self.send_replies,
             scratch_dir=self.data_dir / "transfer",
-            log_path=log_path(self.data_dir, sid.type_name, sid.subgroup, sid.shard) if spec.persistent else None,
+            log_path=path,
+            take_log=(lambda: take_log(path)) if path is not None else (lambda: None),
             signing_key=self.signing_key if spec.signed else None,
             fsync=self.persistence.fsync,
             report_durable=lambda version: node.report_persisted(sid, version),

@@ -28,6 +28,9 @@ class ReplicaEnv:
     scratch_dir: Path  # snapshots for state transfer are written here
     log_path: Path | None = None  # persistent types: the shard's log
     signing_key: Any = None
+    # The log as the node already opened and checked it at start (restart), handed over
+    # once; None: open it (``replica.state.open_store``).
+    take_log: Callable[[], Any] = lambda: None
     fsync: bool = True
     report_durable: Callable[[int], None] = lambda version: None
     request_state: Callable[[int, int], None] = lambda have, digest: None

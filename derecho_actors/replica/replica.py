@@ -47,6 +47,7 @@ from derecho_actors.replica.sessions import DUPLICATE, NEW, SessionTable, table_
 from derecho_actors.replica.state import (
     IncomingState,
     attach_store,
+    catch_up,
     have,
     open_store,
     restore_object_state,
@@ -335,7 +336,9 @@ class Replica:
     def _install_state(self) -> None:
         """The transfer is complete: rebuild the object from the log and the object part,
         then apply what arrived meanwhile."""
-        if self.store is not None:
+        if self.store is not None and not self._incoming.replaced_log:
+            catch_up(self)  # our log was a prefix of the sender's: replay only its tail
+        elif self.store is not None:
             with self.store.log_held() as log_:
                 log_.flush()
             self.store = None

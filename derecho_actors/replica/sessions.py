@@ -261,6 +261,14 @@ class SessionTable:
             s.last = max(s.last, call_id)
             s.seen_ns = self.clock_ns
 
+    def replayed_batch(self, calls: list[tuple[int, int, int]]) -> None:
+        """:meth:`replayed` for a batch of ``(origin, call_id, timestamp_ns)`` read back
+        together (calls without an origin are not in the table)."""
+        replayed = self.replayed
+        for origin, call_id, ts_ns in calls:
+            if origin:
+                replayed(origin, call_id, ts_ns)
+
     # ------------------------------------------------------------ state transfer
     def to_state(self) -> dict[str, Any]:
         """Plain data for a new replica. Owners go under their own key, so a replica of the

@@ -49,14 +49,17 @@ class Transferable(Protocol):
 
 
 def open_store(r: Transferable) -> None:
-    """Open the shard's log for a persistent type and rebuild the object from it."""
+    """Open the shard's log for a persistent type (or take it as the node opened it at a
+    restart) and rebuild the object from it."""
     from runtime.drivers.log_store import VersionedLog
 
     env = r.env
     assert env.log_path is not None
-    log_ = VersionedLog.open(env.log_path, signing_key=env.signing_key, fsync=env.fsync)
-    if log_.recovery is not None:
-        log.warning("log %s was repaired on open: %s", env.log_path, log_.recovery)
+    log_ = env.take_log()  # read and checked by the node at start already
+    if log_ is None:
+        log_ = VersionedLog.open(env.log_path, signing_key=env.signing_key, fsync=env.fsync)
+        if log_.recovery is not None:
+            log.warning("log %s was repaired on open: %s", env.log_path, log_.recovery)
     attach_store(r, log_)
 
 
@@ -75,18 +78,36 @@ def attach_store(r: Transferable, log_: Any) -> None:
         stall_timeout=env.stall_timeout,
         inline=env.inline_writes,
     )
-    for call in store.replay():
-        if call.origin:
-            r.sessions.replayed(call.origin, call.call_id, call.timestamp_ns)
-        r.applied += 1
-    if store.last_version >= 0:
-        r.events.restarted_at(store.last_version)  # events are not logged: none before here
-        r.applied_version = store.last_version
     setattr(r.obj, STORE_ATTR, store)
     store.lost = env.lost
     r.store = store
+    replay(r, store)
     if store.last_version >= 0 and not r.awaiting:
         env.report_durable(store.last_version)
+
+
+def replay(r: Transferable, store: PersistentStore) -> None:
+    """Run the log's records after the store's ``last_version`` into the object, the session
+    table and the counters: the whole log on a fresh object, or (:func:`catch_up`) the tail a
+    state transfer appended."""
+    for calls in store.replay():
+        r.sessions.replayed_batch(calls)
+        r.applied += len(calls)
+    if store.last_version >= 0:
+        r.events.restarted_at(store.last_version)  # events are not logged: none before here
+        r.applied_version = store.last_version
+
+
+def catch_up(r: Transferable) -> None:
+    """A state transfer appended records to the log this replica had replayed at start (and
+    did not replace it): replay only those. The object then equals what a fresh replay of
+    the whole log gives, since the replica ran nothing while it awaited its state; a
+    transfer of nothing new costs no replay at all."""
+    store = r.store
+    assert store is not None
+    with store.log_held() as log_:
+        log_.flush()
+    replay(r, store)
 
 
 def object_state(r: Transferable) -> dict[str, Any]:
@@ -166,6 +187,7 @@ class IncomingState:
         self.type_name = type_name
         self.serializer = serializer
         self._file: IO[bytes] | None = None
+        self.replaced_log = False  # the sender's first chunk dropped our log (it disagreed)
 
     def take(self, chunk: StatePart, store: PersistentStore | None) -> bool:
         """Keep one chunk; True once it was the last. Raises on a sender's error or a log
@@ -175,6 +197,7 @@ class IncomingState:
             with store.log_held() as log_:
                 log_.truncate_after(-1)
             store.last_version = -1
+            self.replaced_log = True
         part, data = chunk.part, chunk.data
         if part is ChunkKind.ERROR:
             raise StateTransferError(data.decode("utf-8", "replace"))

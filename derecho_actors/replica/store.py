@@ -26,7 +26,6 @@ import queue
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -40,14 +39,6 @@ from runtime.core.versions import format_version
 from runtime.errors import NotPersistedYet, VersionLost
 
 log = logging.getLogger("derecho.persistent")
-
-
-@dataclass(frozen=True, slots=True)
-class LoggedCall:
-    version: int
-    timestamp_ns: int
-    origin: int
-    call_id: int
 
 
 class PersistentStore:
@@ -110,18 +101,53 @@ class PersistentStore:
             yield self.log
 
     # ------------------------------------------------------------------ startup
-    def replay(self) -> Iterator[LoggedCall]:
-        """Rebuild the fields (on a fresh object) from the log; yields each logged call so the
-        replica can rebuild its exactly-once table."""
-        decode = self._decode
-        with self._lock:
-            records = list(self.log.iter_from(-1))
-        for version, ts, body in records:
-            origin, call_id, changes = msgpack.unpackb(body, raw=False, strict_map_key=False)
-            self._apply(changes)
-            self.history.note(version, changes, decode)
+    def replay(self) -> Iterator[list[tuple[int, int, int]]]:
+        """Bring the fields up to the end of the log, from the records after ``last_version``
+        on: all of them on a fresh object at start, or only those a state transfer appended
+        to a log this store had replayed already (replay is deterministic and in order, so
+        the object ends as a full replay would leave it). Yields, per batch of records read
+        together, each logged call's ``(origin, call_id, timestamp_ns)``, so the replica can
+        rebuild its exactly-once table a batch at a time.
+
+        Each record is decoded once, applied and indexed in the same pass (a replay of a long
+        log is what a restarted replica waits for before it can serve)."""
+        unpack = msgpack.unpackb
+        decode = _codec.result_decoder(self.serializer)
+        fields, history, obj = self.fields, self.history, self.obj
+        d = obj.__dict__
+        batches = self.log.iter_batches(self.last_version)
+        while True:
+            with self._lock:  # per batch: a reader (a transfer, a check) may take turns
+                records = next(batches, None)
+            if records is None:
+                break
+            calls: list[tuple[int, int, int]] = []
+            for version, ts, body in records:
+                origin, call_id, changes = unpack(body, raw=False, strict_map_key=False)
+                for name, change in changes.items():
+                    if name not in fields:  # a field the class no longer has: indexed only
+                        history.note(version, {name: change}, decode)
+                    elif change[0] == "v":
+                        d[name] = _wrap(decode(change[1]), replaced=False)
+                        history.note_value(name, version)
+                    else:
+                        _, replaced, sets, dels = change
+                        current = getattr(obj, name)
+                        if replaced:
+                            dict.clear(current)
+                        changed = []
+                        for key, value in decode(sets) if sets else ():
+                            key = hashable_key(key)
+                            dict.__setitem__(current, key, value)
+                            changed.append(key)
+                        for key in decode(dels) if dels else ():
+                            key = hashable_key(key)
+                            dict.pop(current, key, None)
+                            changed.append(key)
+                        history.note_keys(name, version, changed, replaced)
+                calls.append((origin, call_id, ts))
             self.last_version, self.last_ts = version, ts
-            yield LoggedCall(version, ts, origin, call_id)
+            yield calls
         self.reset_tracking()
         self._durable_version = self.last_version
 
@@ -134,23 +160,6 @@ class PersistentStore:
                 value._replaced = False
             else:
                 self._baseline[name] = self._encode(value)
-
-    def _apply(self, changes: Mapping[str, Any]) -> None:
-        d = self.obj.__dict__
-        for name, change in changes.items():
-            if name not in self.fields:
-                continue
-            if change[0] == "v":
-                d[name] = _wrap(self._decode(change[1]), replaced=False)
-                continue
-            _, replaced, sets, dels = change
-            current = getattr(self.obj, name)
-            if replaced:
-                dict.clear(current)
-            for key, value in self._decode(sets) if sets else ():
-                dict.__setitem__(current, hashable_key(key), value)
-            for key in self._decode(dels) if dels else ():
-                dict.pop(current, hashable_key(key), None)
 
     # ------------------------------------------------------------------ writing
     def record(self, version: int, ts: int, origin: int, call_id: int) -> tuple[int, int, bytes]:

@@ -843,6 +843,59 @@ class VersionedLog:
                 yield self._decode_at(i, window.get(offset, RECORD_HEADER.size), window.get)
             i += 1
 
+    def iter_batches(
+        self, after_version: int = -1, max_bytes: int = _READ_CHUNK
+    ) -> Iterator[list[tuple[int, int, bytes]]]:
+        """Like :meth:`iter_from`, a list of records at a time: each list holds the records of
+        about ``max_bytes`` of the file (at least one), read with one ``pread`` and checked as
+        :meth:`iter_from` checks them (the index, the crc). Replaying a long log this way
+        costs a tight loop per record rather than a generator step and two window reads."""
+        self._require_open()
+        i = bisect.bisect_right(self._versions, after_version)
+        generation = self._generation
+        versions, offsets = self._versions, self._offsets
+        sig = self._sig_size
+        unpack_from = RECORD_HEADER.unpack_from
+        head_size = RECORD_HEADER.size
+        crc32 = zlib.crc32
+        while i < len(versions):
+            if generation != self._generation:
+                raise LogError(f"{self.path} was truncated while being iterated; start again")
+            fd = self._require_open()
+            start = offsets[i]
+            if start >= self._written:  # not handed to the file yet: from the buffer
+                yield [self._record(i)]
+                i += 1
+                continue
+            # Records wholly before ``_written`` are in the file (the buffer is written whole).
+            j = max(i + 1, bisect.bisect_left(offsets, min(start + max_bytes, self._written), i + 1))
+            end = offsets[j] if j < len(versions) else self._written
+            data = _read_exact(fd, start, end - start)
+            if len(data) != end - start:
+                raise LogCorrupted(
+                    f"{self.path}: records {i} to {j - 1} at offset {start} are cut short on disk since the "
+                    "log was opened; stop the node and run `derecho-actors verify`"
+                )
+            out: list[tuple[int, int, bytes]] = []
+            pos = 0
+            for k in range(i, j):
+                length, version, timestamp, crc = unpack_from(data, pos)
+                body_at = pos + head_size
+                pos = body_at + length + sig
+                rest = data[body_at:pos]
+                if (
+                    version != versions[k]
+                    or len(rest) != length + sig
+                    or crc32(rest, crc32(data[body_at - 20 : body_at - 4])) != crc
+                ):
+                    raise LogCorrupted(
+                        f"{self.path}: record {k} (version {versions[k]}) at offset {offsets[k]} changed "
+                        "on disk since the log was opened; stop the node and run `derecho-actors verify`"
+                    )
+                out.append((version, timestamp, rest[:length] if sig else rest))
+            i = j
+            yield out
+
     # -- internals -----------------------------------------------------------------------
 
     def _signed_index(self, version: int) -> int:
