@@ -69,7 +69,7 @@ class CallPaths:
         inbound = InboundCalls(node, view, host, tracker, outbox, holds, stable, lambda r: replies.route(r))
         member = MemberCaller(node, view, stopped, why_waiting, outbox, inbound)
         clients = ClientProxy(node, view, specs, limits or LimitsSection(), host, outbox, inbound, ClientOutbox(node))
-        turns = ClientTurns(node, clients.table, clients.take_call, clients.on_closed)
+        turns = ClientTurns(node, clients.table, clients.take_call, clients.on_closed, outbox.flush)
         replies = ReplyRoutes(node, member, clients)
         return cls(outbox, member, inbound, clients, turns, replies, stable, holds)
 

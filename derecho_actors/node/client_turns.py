@@ -1,6 +1,10 @@
 """Clients' calls take turns on the node's loop: at most ``CALLS_PER_TURN`` per loop turn, all
 clients together, round-robin beyond, so a frame packed with thousands of calls cannot hold the
-loop (and members' heartbeats) up, and no client starves another.
+loop (and members' heartbeats) up, and no client starves another. What a turn took leaves at
+its end (``flush``), before the next turn takes more: a frame of a thousand calls goes on as a
+few multicast messages the replicas start on while this node takes the rest, rather than as
+one that every stage handles whole while the others wait (a convoy: the stages of a
+pipelined client's calls would run one after the other, not side by side).
 
 A client's calls are taken at once while this turn's budget lasts and none of its calls wait,
 else queued in order and taken on later turns, up to 64 per client per round. A client with
@@ -20,7 +24,7 @@ from runtime.node_api import ClientConn, NodeHandle
 
 log = logging.getLogger("derecho.routing")
 
-CALLS_PER_TURN = 1024
+CALLS_PER_TURN = 256
 """Clients' calls this node takes per loop turn, all clients together (round-robin beyond)."""
 
 PER_CLIENT_ROUND = 64
@@ -34,13 +38,15 @@ class ClientTurns:
         table: ClientTable,
         take: Callable[[ClientConn, Call], None],
         closed: Callable[[ClientConn], None],
+        flush: Callable[[], None] = lambda: None,
     ) -> None:
         """``take(conn, call)``: take one client's call; ``closed(conn)``: forget a client
-        whose connection this closes."""
+        whose connection this closes; ``flush()``: send what the calls taken so far made."""
         self.node = node
         self.table = table
         self.take = take
         self.closed = closed
+        self.flush = flush
         self.taken = 0  # clients' calls taken this loop turn
         self._scheduled = False
         self.waiting: collections.deque[ClientState] = collections.deque()  # clients with calls waiting
@@ -58,6 +64,7 @@ class ClientTurns:
             calls = calls[room:]
             if not calls or client.closed:
                 return
+            self.flush()
         client.inbox.extend(calls)
         waiting = len(client.inbox)
         if waiting > 2 * self.table.max_in_flight:
@@ -112,6 +119,7 @@ class ClientTurns:
                 client.waiting = False
         self.taken = CALLS_PER_TURN - budget
         if waiting:
+            self.flush()
             self._spend(0)
 
     def _close(self, conn: ClientConn) -> None:

@@ -51,6 +51,12 @@ class Outbox:
         member's delivered count moves (what a stable read may wait for)."""
         self.node.send_ordered(shard, [_codec.empty_ordered(self.node.wall_ns())])
 
+    def flush(self) -> None:
+        """Send what is queued now (a caller that took a chunk of calls, so the next stage
+        starts on them while it takes the next chunk); the turn's own flush then finds less."""
+        if self._queued:
+            self._flush()
+
     def _flush(self) -> None:
         out, self._queued = self._queued, {}
         now = self.node.wall_ns()

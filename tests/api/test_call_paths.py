@@ -403,6 +403,42 @@ def test_the_outbox_sends_one_turns_ordered_calls_together_and_refuses_what_cann
         c.outbox.check_size("Feed.post", "post", bytes(1 << 20))
 
 
+def test_a_frame_beyond_one_turns_budget_goes_on_in_chunks_as_it_is_taken() -> None:
+    """A client's frame of more calls than a turn takes: each turn's calls leave as a multicast
+    message at its end, before the next turn takes more (the replicas start on the first
+    chunk meanwhile), all in order."""
+    node = FakeNode()
+    c = paths(node, FakeHost(), view=one_view(1, 2), specs={"Feed": OrderedSpec()})
+    conn = FakeConn("10.0.0.3:3")
+    n = 2 * CALLS_PER_TURN + 5
+    c.turns.on_calls(conn, tuple(Call(i, 0, SHARD, "post", True, b"\x91\x01") for i in range(1, n + 1)))  # type: ignore[arg-type]
+    assert len(node.multicast) == 1  # the first turn's calls went at once
+    node.run_all()
+    sizes = [len(_codec.decode_ordered(p)) for _, payloads in node.multicast for p in payloads]  # type: ignore[arg-type]
+    assert sizes == [CALLS_PER_TURN, CALLS_PER_TURN, 5]
+    ids = [call[1] for _, payloads in node.multicast for p in payloads for call in _codec.decode_ordered(p)]  # type: ignore[union-attr]
+    assert ids == list(range(1, n + 1))
+
+
+def test_answers_handed_over_before_the_loop_runs_go_on_together_in_order() -> None:
+    """A replica's thread hands answers over; those that come before the loop runs join the
+    one hand-off pending (P2P calls are answered one by one: a wake-up each would cost more
+    than the answer)."""
+    node = FakeNode()
+    c = paths(node, FakeHost())
+    for i in range(5):
+        c.replies.send([(2, Reply(i, 1, 1, (1,), True, b"\xc0", 0))])
+    assert len(node.timers) == 1  # one hand-off pending, however many answers
+    node.run_all()
+    ((to, data),) = node.sent
+    batch = decode(data)
+    assert to == 2 and isinstance(batch, ReplyBatch) and [e[0] for e in batch.entries] == [0, 1, 2, 3, 4]
+    c.replies.send([(2, Reply(9, 1, 1, (1,), True, b"\xc0", 0))])
+    assert len(node.timers) == 1  # a new hand-off once the last one ran
+    node.run_all()
+    assert [e[0] for e in decode(node.sent[-1][1]).entries] == [9]  # type: ignore[union-attr]
+
+
 class OrderedSpec:
     name = "Feed"
     methods = {"post": "ordered"}
