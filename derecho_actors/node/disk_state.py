@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 
 import msgpack
 
+from derecho_actors.replica.store import log_path
 from runtime.core.layout import ShardId
 from runtime.core.view import View
 from runtime.drivers.restart import SavedState
@@ -204,12 +205,21 @@ class NodeDiskState:
         with self._lock:
             return self._kept.pop(Path(path), None)
 
-    def close_kept(self) -> None:
-        """Close the logs no replica took (the node closes; a shard it never held here)."""
+    def close_kept(self, but: Iterable[Path] = ()) -> None:
+        """Close the logs no replica took, except those at ``but`` (the node closes)."""
+        spare = set(but)
         with self._lock:
-            kept, self._kept = list(self._kept.values()), {}
+            kept = [self._kept.pop(p) for p in list(self._kept) if p not in spare]
         for log_ in kept:
             log_.close()
+
+    def release_unheld(self, view: View) -> None:
+        """A view was installed (its replicas made): close the kept logs of shards it does
+        not give this node, whose index would only hold memory (a later replica of such a
+        shard opens its log itself). An inadequate view runs no shard: keep them."""
+        if self._kept and view.layout.adequate:
+            mine = view.my_shards(self.node_id)
+            self.close_kept(but=[log_path(self.data_dir, s.type_name, s.subgroup, s.shard) for s in mine])
 
     # ------------------------------------------------------------------ reading
     def lost(self) -> dict[ShardId, tuple[int, int]]:

@@ -327,6 +327,7 @@ class Group(AsyncLifecycle):
         )
         for sid, source in awaiting:
             self._transfer.await_state(sid, source, view.vid)
+        self._disk.release_unheld(view)
         self._transfer.on_view(view)
         self._calls.on_view(previous, view)
         self._first_view.set()

@@ -264,10 +264,19 @@ class SessionTable:
     def replayed_batch(self, calls: list[tuple[int, int, int]]) -> None:
         """:meth:`replayed` for a batch of ``(origin, call_id, timestamp_ns)`` read back
         together (calls without an origin are not in the table)."""
-        replayed = self.replayed
-        for origin, call_id, ts_ns in calls:
-            if origin:
-                replayed(origin, call_id, ts_ns)
+        sessions = self.sessions
+        for origin, call_id, ts_ns in calls:  # replayed(), inlined: a log may hold millions
+            if not origin:
+                continue
+            if ts_ns > self.clock_ns or self.clock_ns >= self._next_sweep_ns:
+                self.tick(ts_ns)
+            s = sessions.get(origin)
+            if s is None:
+                sessions[origin] = Session(call_id, self.clock_ns)
+            else:
+                if call_id > s.last:
+                    s.last = call_id
+                s.seen_ns = self.clock_ns
 
     # ------------------------------------------------------------ state transfer
     def to_state(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import zlib
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -78,24 +79,47 @@ def attach_store(r: Transferable, log_: Any) -> None:
         stall_timeout=env.stall_timeout,
         inline=env.inline_writes,
     )
-    setattr(r.obj, STORE_ATTR, store)
-    store.lost = env.lost
-    r.store = store
-    replay(r, store)
-    if store.last_version >= 0 and not r.awaiting:
-        env.report_durable(store.last_version)
-
-
-def replay(r: Transferable, store: PersistentStore) -> None:
-    """Run the log's records after the store's ``last_version`` into the object, the session
-    table and the counters: the whole log on a fresh object, or (:func:`catch_up`) the tail a
-    state transfer appended."""
+    started = time.perf_counter()
     for calls in store.replay():
         r.sessions.replayed_batch(calls)
         r.applied += len(calls)
+    if r.applied:
+        log.info("%s rebuilt from its log: %d versions in %.2f s", spec.name, r.applied, time.perf_counter() - started)
+    _attached(r, store)
+
+
+def _attached(r: Transferable, store: PersistentStore) -> None:
+    """The store holds the log replayed into ``r.obj``: the replica takes it."""
+    setattr(r.obj, STORE_ATTR, store)
+    store.lost = r.env.lost
+    r.store = store
+    _replayed_up_to(r, store)
+    if store.last_version >= 0 and not r.awaiting:
+        r.env.report_durable(store.last_version)
+
+
+def _replayed_up_to(r: Transferable, store: PersistentStore) -> None:
     if store.last_version >= 0:
         r.events.restarted_at(store.last_version)  # events are not logged: none before here
         r.applied_version = store.last_version
+
+
+def rebuild_after_transfer(r: Transferable, replaced_log: bool) -> None:
+    """A transfer landed; before its object part is restored, bring the rest up to it: a log
+    that was a prefix of the sender's replays only the tail received (:func:`catch_up`), one
+    the sender replaced is replayed whole on a fresh object, and a type without a log starts
+    from a fresh object."""
+    store = r.store
+    if store is None:
+        r.obj = r.spec.cls()
+    elif not replaced_log:
+        catch_up(r)
+    else:
+        with store.log_held() as log_:
+            log_.flush()
+        r.store = None
+        r.sessions, r.applied = table_for(r.spec), 0
+        attach_store(r, log_)
 
 
 def catch_up(r: Transferable) -> None:
@@ -107,7 +131,10 @@ def catch_up(r: Transferable) -> None:
     assert store is not None
     with store.log_held() as log_:
         log_.flush()
-    replay(r, store)
+    for calls in store.replay():
+        r.sessions.replayed_batch(calls)
+        r.applied += len(calls)
+    _replayed_up_to(r, store)
 
 
 def object_state(r: Transferable) -> dict[str, Any]:

@@ -101,7 +101,7 @@ class PersistentStore:
             yield self.log
 
     # ------------------------------------------------------------------ startup
-    def replay(self) -> Iterator[list[tuple[int, int, int]]]:
+    def replay(self, batch_bytes: int = 1 << 20) -> Iterator[list[tuple[int, int, int]]]:
         """Bring the fields up to the end of the log, from the records after ``last_version``
         on: all of them on a fresh object at start, or only those a state transfer appended
         to a log this store had replayed already (replay is deterministic and in order, so
@@ -115,7 +115,7 @@ class PersistentStore:
         decode = _codec.result_decoder(self.serializer)
         fields, history, obj = self.fields, self.history, self.obj
         d = obj.__dict__
-        batches = self.log.iter_batches(self.last_version)
+        batches = self.log.iter_batches(self.last_version, batch_bytes)
         while True:
             with self._lock:  # per batch: a reader (a transfer, a check) may take turns
                 records = next(batches, None)
@@ -135,16 +135,23 @@ class PersistentStore:
                         current = getattr(obj, name)
                         if replaced:
                             dict.clear(current)
-                        changed = []
+                            history.note_keys(name, version, (), True)
+                        index = history.keys.get(name)
+                        if index is None:
+                            index = history.keys.setdefault(name, {})
                         for key, value in decode(sets) if sets else ():
-                            key = hashable_key(key)
+                            if isinstance(key, list):
+                                key = hashable_key(key)
                             dict.__setitem__(current, key, value)
-                            changed.append(key)
+                            seen = index.get(key)  # history.note_keys, inlined
+                            if seen is None:
+                                index[key] = [version]
+                            else:
+                                seen.append(version)
                         for key in decode(dels) if dels else ():
                             key = hashable_key(key)
                             dict.pop(current, key, None)
-                            changed.append(key)
-                        history.note_keys(name, version, changed, replaced)
+                            history.note_keys(name, version, (key,), False)
                 calls.append((origin, call_id, ts))
             self.last_version, self.last_ts = version, ts
             yield calls

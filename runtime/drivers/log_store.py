@@ -478,6 +478,12 @@ def _scan(fd: int, header: _Header, end: int, verifier: Ed25519PublicKey | None)
     prev_chain = NO_CHAIN if header.signed else None
     bad: BadRecord | None = None
     while offset < end:
+        if prev_chain is None:  # unsigned: the good records a chunk at a time
+            offset, last_version, last_time = _scan_good(
+                fd, offset, end, last_version, last_time, versions, timestamps, offsets
+            )
+            if offset >= end:
+                break
         length, version, timestamp, chain, reason = _check_record(
             window, offset, end, sig_size, last_version, last_time, verifier, prev_chain
         )
@@ -497,6 +503,52 @@ def _scan(fd: int, header: _Header, end: int, verifier: Ed25519PublicKey | None)
         last_version, last_time = version, timestamp
         offset += RECORD_HEADER.size + length + sig_size
     return _ScanResult(versions, timestamps, offsets, chains, offset, bad)
+
+
+def _scan_good(
+    fd: int,
+    offset: int,
+    end: int,
+    last_version: int,
+    last_time: int,
+    versions: array,
+    timestamps: array,
+    offsets: array,
+) -> tuple[int, int, int]:
+    """Index the unsigned records from ``offset`` on, a chunk of the file at a time, while
+    each passes every check of :func:`_check_record` (whole, crc, version order, time
+    order); stop at the first that does not or that a chunk cannot hold whole (a record
+    larger than ``_READ_CHUNK``, or the end of the file), for :func:`_check_record` to judge
+    it. Returns where it stopped and the last good version and timestamp."""
+    unpack_from = RECORD_HEADER.unpack_from
+    head_size = RECORD_HEADER.size
+    crc32 = zlib.crc32
+    while offset < end:
+        data = _read_exact(fd, offset, min(_READ_CHUNK, end - offset))
+        n = len(data)
+        pos = 0
+        failed = False
+        while pos + head_size <= n:
+            length, version, timestamp, crc = unpack_from(data, pos)
+            stop = pos + head_size + length
+            if stop > n:
+                break  # runs past the chunk: read on from it (or judge it, if it starts the chunk)
+            if (
+                version <= last_version
+                or timestamp < last_time
+                or crc32(data[pos + head_size : stop], crc32(data[pos + 4 : pos + 20])) != crc
+            ):
+                failed = True
+                break
+            versions.append(version)
+            timestamps.append(timestamp)
+            offsets.append(offset + pos)
+            last_version, last_time = version, timestamp
+            pos = stop
+        offset += pos
+        if failed or pos == 0:
+            break
+    return offset, last_version, last_time
 
 
 def _zero_tail(fd: int, offset: int, end: int) -> bool:

@@ -4,7 +4,7 @@ A node that starts with a saved view in its data directory does not found or joi
 sends a ``RestartHello`` (what :class:`SavedState` holds: its last view, the last version of
 each of its logs, the highest view id it accepted, the frontiers it recorded and its
 unfinished state transfers) to every address of that view and to its contacts, again every
-``RESEND`` seconds. Then:
+``RESEND`` seconds, and at once to a reporter it hears from for the first time. Then:
 
 - a running member answers ``GroupRunning``: the group never stopped, so this node simply
   joins it (its replicas then fetch only the log tail they lack by state transfer);
@@ -179,10 +179,16 @@ class RestartCoordinator:
         except ViewFormatError as exc:
             log.warning("restart report of node %s has a bad view: %s", msg.node, exc)
             return
+        new = msg.node not in self.planner.reports
         self.planner.on_report(report_from_hello(msg, view))
         self.addresses[msg.node] = msg.address
         if msg.address not in self.targets and msg.address != self.address:
             self.targets.append(msg.address)
+        if new and self.outcome is None and msg.address != self.address:
+            # Answer a first report at once rather than at the next resend: a node that
+            # started after our last send (its port was closed then) learns of us within a
+            # round trip, well inside its quorum wait, instead of deciding without us.
+            self.send_to(msg.address, self.hello())
 
     def on_decision(self, msg: RestartDecision) -> None:
         if self.outcome is not None:

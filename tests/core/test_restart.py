@@ -608,3 +608,25 @@ def test_coordinator_refuses_a_loss_unless_told_to_accept_it(
         assert all(c.outcome is not None and c.outcome.refused for c in coords.values())
         assert accepted == {1: [], 2: [], 3: []}
         assert errors and all("total restart refused" in r.getMessage() for r in errors)
+
+
+def test_a_first_report_is_answered_at_once(full_hello: None) -> None:
+    """A node that came up after another's last send (that hello was lost) hears from it
+    within a round trip of its own hello, not at the next resend: it must not decide without
+    the lower node id (two leaders would each send a restart view of the same id)."""
+    from runtime.drivers.restart import SavedState
+
+    saved = {n: SavedState(V3, {S0: ver(3, 4)} if n != 2 else {S1: ver(3, 2)}) for n in (1, 2, 3)}
+    coords, sends, _ = _coordinators(saved)
+    coords[1].on_tick(0.0)
+    sends.clear()  # node 1's hellos went out before the others listened: lost
+    coords[2].on_tick(0.01)
+    coords[3].on_tick(0.01)
+    for kind, to, msg in [s for s in sends if s[1] == 1]:
+        sends.remove((kind, to, msg))
+        coords[1].on_hello(msg)
+    answers = [(to, msg.node) for kind, to, msg in sends if kind == "RestartHello"]
+    assert (2, 1) in answers and (3, 1) in answers  # before any resend is due
+    repeat = len(sends)
+    coords[1].on_hello(coords[2].hello())  # a repeat report is not answered again
+    assert len(sends) == repeat

@@ -781,6 +781,120 @@ def test_iter_from_streams_in_bounded_reads(tmp_path: pathlib.Path, monkeypatch:
     assert max(reads) <= 9000 + 64 and sum(reads) < 3 * path.stat().st_size
 
 
+@pytest.mark.parametrize("max_bytes", [1, 100, 4096, 1 << 20])
+@pytest.mark.parametrize("after", [-1, 0, 99, 350, 599])
+@pytest.mark.parametrize("signed", [False, True])
+def test_iter_batches_gives_what_iter_from_gives(
+    tmp_path: pathlib.Path, max_bytes: int, after: int, signed: bool
+) -> None:
+    """A batch at a time, from the file and the unflushed buffer alike, in order."""
+    path = tmp_path / "b.log"
+    sizes = [(v * 7919) % 9000 for v in range(600)]  # up to 9 kB: some records larger than a batch
+    key = Ed25519PrivateKey.generate() if signed else None
+    with VersionedLog.open(path, signing_key=key, fsync=False) as log:
+        log.append((v, v, bytes([v % 251]) * sizes[v]) for v in range(500))
+        log.flush()
+        log.append((v, v, bytes([v % 251]) * sizes[v]) for v in range(500, 600))  # buffered
+        batches = list(log.iter_batches(after, max_bytes))
+        assert all(batches) and [r for b in batches for r in b] == list(log.iter_from(after))
+        if max_bytes >= 4096 and after < 400:
+            assert len(batches) < 600 - after  # several records a read
+
+
+def test_iter_batches_catches_a_record_changed_on_disk(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "c.log"
+    fill(path, 10)
+    with VersionedLog.open(path) as log:
+        flip(path, record_offset(6) + REC_HEAD + 3)
+        with pytest.raises(LogCorrupted, match="record 6"):
+            list(log.iter_batches())
+        os.truncate(path, record_offset(8))
+        with pytest.raises(LogCorrupted, match="cut short"):
+            list(log.iter_batches(7))
+
+
+def _scan_record_by_record(path: pathlib.Path) -> tuple[list[int], list[int], list[int], int, object]:
+    """The open-time scan without its chunked fast path: every record through
+    ``_check_record`` (the reference the fast path must agree with)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        header = log_store._decode_header(os.pread(fd, HEADER + KEY, 0), path)
+        window = log_store._Window(fd, size)
+        versions, times, offsets = [], [], []
+        offset, last_v, last_t = header.size, -1, 0
+        bad = None
+        while offset < size:
+            length, v, t, _c, reason = log_store._check_record(window, offset, size, 0, last_v, last_t, None, None)
+            if reason is not None:
+                if log_store._zero_tail(fd, offset, size):
+                    reason = log_store.TORN
+                elif reason == log_store.TORN:
+                    reason = log_store._classify_torn(fd, offset, size, 0, last_v)
+                bad = log_store.BadRecord(len(versions), offset, v if v >= 0 else None, reason)
+                break
+            versions.append(v)
+            times.append(t)
+            offsets.append(offset)
+            last_v, last_t = v, t
+            offset += REC_HEAD + length
+        return versions, times, offsets, offset, bad
+    finally:
+        os.close(fd)
+
+
+def _bigger_than_a_chunk(path: pathlib.Path) -> None:
+    with VersionedLog.open(path) as log:
+        log.append([(0, 0, b"a" * 50), (1, 1, b"b" * 5000), (2, 2, b"c" * 50), (3, 3, b"d" * 3000), (4, 4, b"e")])
+
+
+def _raw_record(version: int, ts: int, body: bytes, length: int | None = None) -> bytes:
+    """A record as the format lays it out, its crc right (``length``: a damaged length field)."""
+    vt = version.to_bytes(8, "little") + ts.to_bytes(8, "little")
+    crc = zlib.crc32(body, zlib.crc32(vt))
+    return (len(body) if length is None else length).to_bytes(4, "little") + vt + crc.to_bytes(4, "little") + body
+
+
+def _append_raw(path: pathlib.Path, *records: bytes) -> None:
+    path.write_bytes(path.read_bytes() + b"".join(records))
+
+
+DAMAGE = [
+    ("clean", lambda p: None),
+    ("version repeated", lambda p: _append_raw(p, _raw_record(99, 99_000, b"x" * 40), _raw_record(100, 10**6, b"y"))),
+    ("time decreasing", lambda p: _append_raw(p, _raw_record(100, 5, b"x" * 40))),
+    ("bad length", lambda p: _append_raw(p, _raw_record(100, 10**6, b"x", 10**6), _raw_record(101, 10**6, b"y"))),
+    ("torn tail", lambda p: os.truncate(p, p.stat().st_size - 7)),
+    ("body crc", lambda p: flip(p, record_offset(30) + REC_HEAD + 1)),
+    ("crc across a chunk", lambda p: flip(p, record_offset(61) + REC_HEAD + 30)),
+    ("version field", lambda p: flip(p, record_offset(44) + 4 + 7, 0x80)),
+    ("length field", lambda p: flip(p, record_offset(70) + 1)),
+    ("zero tail", lambda p: p.write_bytes(p.read_bytes() + bytes(100))),
+    ("big records", _bigger_than_a_chunk),
+    ("big record torn", lambda p: (_bigger_than_a_chunk(p), os.truncate(p, record_offset(1) + 4000))),
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_the_chunked_scan_agrees_with_checking_record_by_record(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, damage: tuple[str, object]
+) -> None:
+    monkeypatch.setattr(log_store, "_READ_CHUNK", 1000)  # many chunk edges, records across them
+    path = tmp_path / "s.log"
+    fill(path, 100)
+    if damage[0].startswith("big"):
+        path.unlink()
+    damage[1](path)  # type: ignore[operator]
+    want = _scan_record_by_record(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        header = log_store._decode_header(os.pread(fd, HEADER + KEY, 0), path)
+        got = log_store._scan(fd, header, os.fstat(fd).st_size, None)
+    finally:
+        os.close(fd)
+    assert (list(got.versions), list(got.timestamps), list(got.offsets), got.end, got.bad) == want
+
+
 def test_iterating_across_truncate_stops(sparse: VersionedLog) -> None:
     it = sparse.iter_from()
     next(it)

@@ -43,7 +43,17 @@ MAJORITY = [1, 2, 3]
 MINORITY = [4, 5]
 SEND = 12000
 HEARTBEAT_MS, SUSPICION_MS = 20, 300
-FAST = ["--set", f"timeouts.heartbeat_ms={HEARTBEAT_MS}", "--set", f"timeouts.suspicion_ms={SUSPICION_MS}"]
+FAST = [
+    "--set",
+    f"timeouts.heartbeat_ms={HEARTBEAT_MS}",
+    "--set",
+    f"timeouts.suspicion_ms={SUSPICION_MS}",
+    # A window of 1,000 keeps each sender's load (SEND messages) running across the partition,
+    # so the majority has messages of its own left to deliver in the view after it: with the
+    # default (10,000) the senders would be done, or nearly, before the partition.
+    "--set",
+    "multicast.window_size=1000",
+]
 # The node driver closes a departed node's connections 2 * suspicion_ms after the view change
 # (runtime/drivers/node_phases/member.py, _forget_if_gone), and not at all if the id is back in the view.
 FORGET_GRACE_S = 2 * SUSPICION_MS / 1000
