@@ -74,9 +74,9 @@ def run_clients(
             *(["--insecure"] if cluster.insecure else []),
         )
     ready = [out.with_suffix(".ready") for out in outs]
-    procs.wait_until(lambda: all(r.exists() for r in ready), 120, "the clients warmed up")
+    _wait_files(procs, clients, ready, 120, "the clients warmed up")
     go.touch()
-    procs.wait_until(lambda: all(o.exists() for o in outs), timeout, "the clients' calls")
+    _wait_files(procs, clients, outs, timeout, "the clients' calls")
     res = [json.loads(o.read_text()) for o in outs]
     if any("error" in r for r in res):
         raise BenchError("; ".join(str(r["error"]) for r in res if "error" in r))
@@ -90,6 +90,22 @@ def run_clients(
         "calls": total,
         "window": window,
     }
+
+
+def _wait_files(procs: Procs, clients: int, files: list[Path], timeout: float, what: str) -> None:
+    """Wait until every one of ``files`` exists; a client that exits is fine once its file is
+    there (it wrote its results and ended), an error otherwise."""
+    deadline = time.monotonic() + timeout
+    while not all(f.exists() for f in files):
+        for k in range(clients):
+            proc = procs.procs[f"client-{k}"]
+            if proc.poll() is not None and not files[k].exists():
+                raise BenchError(
+                    f"client-{k} exited with {proc.returncode} before {what}:\n{procs.log_tail(f'client-{k}')}"
+                )
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.01)
 
 
 def child_main(a: argparse.Namespace) -> int:
