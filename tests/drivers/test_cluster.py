@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Iterator
 
 import pytest
 
+from derecho_actors.tools.cluster import free_ports
 from derecho_actors.tools.multicast_demo import MulticastCluster
 
 pytestmark = pytest.mark.timeout(180)
@@ -24,24 +24,9 @@ FAST = ["--set", "timeouts.heartbeat_ms=20", "--set", "timeouts.suspicion_ms=400
 
 
 def _free_base(n: int) -> int:
-    """A base port such that base+1 .. base+n are free on loopback right now."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65000:
-            continue
-        ok = True
-        for i in range(1, n + 1):
-            with socket.socket() as t:
-                try:
-                    t.bind(("127.0.0.1", base + i))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port range")
+    """A base port such that base+1 .. base+n are free on loopback right now, below the
+    ephemeral range (a port from it may go to a node's outgoing connection first)."""
+    return free_ports(n + 1, consecutive=True)[0]
 
 
 @pytest.fixture
