@@ -15,8 +15,8 @@ from typing import Iterator
 
 import pytest
 
-from derecho_actors.tools.cluster import free_ports
 from derecho_actors.tools.multicast_demo import MulticastCluster
+from derecho_actors.tools.ports import free_ports
 
 pytestmark = pytest.mark.timeout(180)
 
