@@ -230,8 +230,10 @@ class ClientProxy:
         node, replicas, vid = batch.node, batch.replicas, batch.vid
         view = self.view()
         # Answers from a view since changed: replicas that left since will not answer, and the
-        # departure that said so may have come before these answers did.
-        members = view.members if view is not None and view.vid != vid else None
+        # departure that said so may have come before these answers did. Answers from a view
+        # this node has not installed yet say nothing of the kind: a replica missing from our
+        # view may be one that joins in theirs (it will answer), not one that left.
+        members = view.members if view is not None and view.vid > vid else None
         table = self.table
         proxies, relays = table.proxies, table.relays
         singles: dict[ClientConn, list[ReplyEntry]] = {}

@@ -557,6 +557,28 @@ def test_a_merged_answer_goes_when_the_replica_missing_left_before_the_others_an
     assert c.clients.table.status()["calls"] == 0
 
 
+def test_a_replica_joining_in_a_view_the_contact_has_not_installed_is_waited_for() -> None:
+    """Answers from view 2 reach a contact still in view 1, which lacks node 3 (it joins in view
+    2, after a restart): node 3 has not left, so the answer waits for it (the simulator found a
+    call that never completed when node 3's answer then found no call kept for it)."""
+    node = FakeNode()
+    before = one_view(1, 2)
+    c = paths(node, FakeHost(), specs={"Feed": OrderedSpec()})
+    c.clients.view = lambda: before
+    conn = FakeConn("10.0.0.3:3")
+    c.clients.take_call(conn, Call(7, 0, SHARD, "post", True, b"\x90"))
+    c.clients.accept_features(conn, Features(merged_answers=True))
+    for n in (1, 2):
+        c.replies.take_batch(ReplyBatch(n, 2, (1, 2, 3), ((7, True, A, 99, -1),)))
+    node.run_all()
+    assert [type(decode(m)) for _, messages in node.to_clients for m in messages] == [Features]  # held
+    c.replies.take_batch(ReplyBatch(3, 2, (1, 2, 3), ((7, True, A, 99, -1),)))
+    node.run_all()
+    sent = [decode(m) for _, messages in node.to_clients for m in messages]
+    assert sent[1:] == [AnswerBatch(2, (1, 2, 3), ((7, True, A, -1, ()),))]
+    assert c.clients.table.status()["calls"] == 0
+
+
 @pytest.mark.parametrize("budget, merged", [(8 << 20, True), (len(A), True), (len(A) - 1, False)])
 def test_answers_held_for_merging_are_bounded_per_connection(budget: int, merged: bool) -> None:
     """A connection's answers held until every replica gave them stay within its budget
