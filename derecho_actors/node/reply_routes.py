@@ -1,15 +1,19 @@
 """Where answers go: from the replicas here to their callers, and from the wire to this node's
 calls and its clients.
 
-A replica answers the calls of one delivered batch in one hand-off to the node's loop; they
-leave as one ``ReplyBatch`` per caller and view (in Python the cost is per object and per
-frame, not per byte). Answers for this node come back through :meth:`ReplyRoutes.take_batch`:
+A replica answers the calls of one delivered batch in one hand-off to the node's loop, and
+hand-offs that come while the loop has not run yet join the one already pending (P2P calls
+are answered one by one: a wake-up of the loop per answer would cost more than the answer).
+They leave as one ``ReplyBatch`` per caller and view (in Python the cost is per object and
+per frame, not per byte). Answers for this node come back through :meth:`ReplyRoutes.take_batch`:
 those for its own calls (no session, or this node's) feed their results, the others are the
 answers to the clients it serves, forwarded to them. Runs on the node's loop, except
 :meth:`ReplyRoutes.send` (a replica's thread).
 """
 
 from __future__ import annotations
+
+import threading
 
 from derecho_actors.node.client_proxy import ClientProxy
 from derecho_actors.node.member_caller import MemberCaller
@@ -23,10 +27,27 @@ class ReplyRoutes:
         self.node_id = node.node_id
         self.member = member
         self.clients = clients
+        self._lock = threading.Lock()  # replicas' threads hand answers over under it
+        self._pending: list[tuple[int, Reply]] = []
+        self._scheduled = False
 
     def send(self, replies: list[tuple[int, Reply]]) -> None:
-        """From a replica's thread: one hand-off per batch to the node's loop."""
-        self.node.call_soon(self.route, replies)
+        """From a replica's thread: at most one hand-off pending to the node's loop; answers
+        sent meanwhile join it, in the order they came."""
+        with self._lock:
+            self._pending += replies
+            if self._scheduled:
+                return
+            self._scheduled = True
+        if not self.node.call_soon(self._take_pending):
+            with self._lock:  # the node stopped: nothing will route them
+                self._pending, self._scheduled = [], False
+
+    def _take_pending(self) -> None:
+        with self._lock:
+            replies, self._pending = self._pending, []
+            self._scheduled = False
+        self.route(replies)
 
     def route(self, replies: list[tuple[int, Reply]]) -> None:
         """Answers made here (one delivered batch's, or this node's own): one ReplyBatch per

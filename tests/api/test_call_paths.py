@@ -420,6 +420,25 @@ def test_a_frame_beyond_one_turns_budget_goes_on_in_chunks_as_it_is_taken() -> N
     assert ids == list(range(1, n + 1))
 
 
+def test_answers_handed_over_before_the_loop_runs_go_on_together_in_order() -> None:
+    """A replica's thread hands answers over; those that come before the loop runs join the
+    one hand-off pending (P2P calls are answered one by one: a wake-up each would cost more
+    than the answer)."""
+    node = FakeNode()
+    c = paths(node, FakeHost())
+    for i in range(5):
+        c.replies.send([(2, Reply(i, 1, 1, (1,), True, b"\xc0", 0))])
+    assert len(node.timers) == 1  # one hand-off pending, however many answers
+    node.run_all()
+    ((to, data),) = node.sent
+    batch = decode(data)
+    assert to == 2 and isinstance(batch, ReplyBatch) and [e[0] for e in batch.entries] == [0, 1, 2, 3, 4]
+    c.replies.send([(2, Reply(9, 1, 1, (1,), True, b"\xc0", 0))])
+    assert len(node.timers) == 1  # a new hand-off once the last one ran
+    node.run_all()
+    assert [e[0] for e in decode(node.sent[-1][1]).entries] == [9]  # type: ignore[union-attr]
+
+
 class OrderedSpec:
     name = "Feed"
     methods = {"post": "ordered"}
