@@ -270,9 +270,13 @@ class Client(AsyncLifecycle):
                 finally:
                     self._blocked -= 1
             idle = not session.has_output()
+            quiet = idle and not session.in_flight  # nothing on its way either: a call made alone
             results = session.call(request)
-            if idle and session.has_output():
+            now = quiet and session.has_output()
+            if idle and not now and session.has_output():
                 self._loop.wake_locked()  # the first call of the socket thread's next turn
+        if now:  # written from this thread, sparing the socket thread's wake-up (socket_loop)
+            self._loop.send_now()
         return results
 
     # ---------------------------------------------------------------- the socket thread

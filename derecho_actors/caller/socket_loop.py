@@ -14,6 +14,16 @@ read on: with both sides' buffers full, a deadlock. The poll loop reads and writ
 becomes possible. Closing is plain too: the thread that uses a socket closes it after its last
 call, so its descriptor can never be closed (and reused by the next connection or file of the
 process) under an ``SSL_read`` or ``SSL_write`` in progress.
+
+One exception, for latency: a call made while the client has nothing in flight (calls made
+one at a time) is written by the caller's thread itself (``send_now``), sparing the wake-up of
+the socket thread and the hand-over of the GIL to it (tens to hundreds of microseconds on a
+busy machine, per call). Every SSL call on the socket, from either thread, is made under one
+I/O lock (``_io``), held only for non-blocking calls, never while waiting: so two threads
+never use the ``SSL`` object at once, and neither waits for bytes holding it. Whoever writes
+takes the session's output and queues it under that lock, so frames go out in the order the
+session made them. A pipelined caller (calls in flight) never writes itself: its calls go in
+the socket thread's frames, many per frame.
 """
 
 from __future__ import annotations
@@ -105,6 +115,9 @@ class SocketLoop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._woken = False  # a wake byte is in the pair (under the lock)
+        self._io = threading.Lock()  # every SSL call on the socket, and the queue of bytes to it
+        self._sock: socket.socket | None = None  # the connection being served (under _io)
+        self._out: Outgoing | None = None
         self._shut = False
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
@@ -126,6 +139,26 @@ class SocketLoop:
     def wake(self) -> None:
         with self._lock:
             self.wake_locked()
+
+    def send_now(self) -> None:
+        """From a caller's thread, not holding the session's lock: write what the session has
+        to send now (see the module's docstring). What the socket does not take at once, or
+        anything amiss, is left to the socket thread, woken for it."""
+        with self._io:
+            sock, out = self._sock, self._out
+            if sock is None or out is None:
+                self.wake()
+                return
+            with self._lock:
+                output = self._session.output()
+            out.add(encode_output(output))
+            try:
+                out.flush(sock)
+            except (OSError, ssl.SSLError):  # would block, TLS wants to read first, or broken
+                pass
+            if not out.pending:
+                return
+        self.wake()
 
     # ------------------------------------------------------------------ the socket thread
     def sleep(self, seconds: float) -> None:
@@ -177,42 +210,47 @@ class SocketLoop:
 
     def _serve(self, sock: socket.socket, address: str) -> str:
         """Until the connection ends: why it ended ("" when the session ended it)."""
-        session, lock, selector = self._session, self._lock, self._selector
+        session, lock, selector, io = self._session, self._lock, self._selector, self._io
         peer = _peer_name(sock)
         sock.setblocking(False)
         out = Outgoing()
-        with lock:
+        with self._io, lock:
             if session.phase is not Phase.DIALING:  # closed while dialing
                 return ""
             out.add(session.connected(time.monotonic(), address, peer))
+            self._sock, self._out = sock, out
         self._read_wants_write = self._write_wants_read = False
         mask = selectors.EVENT_READ
         selector.register(sock, mask)
         try:
             wake = readable = False
             while True:
+                io.acquire()
                 with lock:
                     if wake:
                         self._drain_locked()
                     if session.phase is not Phase.CONNECTED or session.tick(time.monotonic()) is not None:
+                        io.release()
                         return ""
                     output = session.output()
                     timer = session.next_timer()
-                out.add(encode_output(output))  # outside the lock: callers go on issuing
+                out.add(encode_output(output))  # outside the session's lock: callers go on issuing
+                io.release()
                 if readable:
                     why = self._read(sock, peer)
                     if why is not None:
                         return why
                 if out.pending:
                     self._write_wants_read = False
-                    try:
-                        out.flush(sock)
-                    except (BlockingIOError, ssl.SSLWantWriteError):
-                        pass  # the rest when the socket takes it
-                    except ssl.SSLWantReadError:
-                        self._write_wants_read = True  # the rest once the peer has sent something
-                    except OSError as exc:
-                        return f"writing failed: {exc.strerror or exc}"
+                    with io:
+                        try:
+                            out.flush(sock)
+                        except (BlockingIOError, ssl.SSLWantWriteError):
+                            pass  # the rest when the socket takes it
+                        except ssl.SSLWantReadError:
+                            self._write_wants_read = True  # the rest once the peer has sent something
+                        except OSError as exc:
+                            return f"writing failed: {exc.strerror or exc}"
                 want = selectors.EVENT_READ
                 if (out.pending and not self._write_wants_read) or self._read_wants_write:
                     want |= selectors.EVENT_WRITE
@@ -227,6 +265,8 @@ class SocketLoop:
                     elif events & selectors.EVENT_READ or self._read_wants_write:
                         readable = True
         finally:
+            with io:
+                self._sock = self._out = None
             selector.unregister(sock)
 
     def _read(self, sock: socket.socket, peer: str) -> str | None:
@@ -235,7 +275,8 @@ class SocketLoop:
         self._read_wants_write = False
         for _ in range(READS_PER_TURN):
             try:
-                data = sock.recv(RECV_SIZE)
+                with self._io:
+                    data = sock.recv(RECV_SIZE)
             except (BlockingIOError, ssl.SSLWantReadError):
                 return None
             except ssl.SSLWantWriteError:

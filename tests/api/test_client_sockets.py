@@ -1,9 +1,11 @@
-"""A client's TLS socket is used by one thread only, from the handshake to the close: OpenSSL
-does not make one SSL object safe for two threads at once (the client had a reader and a
-writer thread on it), and a descriptor closed under a thread still inside SSL_read/SSL_write
-is reused at once by another connection (or file) of the process, whose bytes the stale call
-then reads or writes (a handshake failing with WRONG_VERSION_NUMBER, a node seeing a bad
-record MAC)."""
+"""A client's TLS socket is never used by two threads at once, and is closed by the socket
+thread after its last call: OpenSSL does not make one SSL object safe for two threads at once
+(the client had a reader and a writer thread on it), and a descriptor closed under a thread
+still inside SSL_read/SSL_write is reused at once by another connection (or file) of the
+process, whose bytes the stale call then reads or writes (a handshake failing with
+WRONG_VERSION_NUMBER, a node seeing a bad record MAC). A call made alone is written by its
+caller's thread (no wake-up of the socket thread); pipelined calls go in the socket thread's
+frames."""
 
 from __future__ import annotations
 
@@ -34,10 +36,14 @@ class Echo:
 
 
 class Recorder:
-    """A socket that notes which thread makes each call on it."""
+    """A socket that notes which thread makes each call on it, and calls made while another
+    thread's call on it had not returned (``overlaps``)."""
 
     def __init__(self, sock: Any, calls: list[tuple[str, threading.Thread]]) -> None:
         self._sock, self._calls = sock, calls
+        self._inside: set[threading.Thread] = set()
+        self._guard = threading.Lock()
+        self.overlaps: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._sock, name)
@@ -45,21 +51,34 @@ class Recorder:
             return attr
 
         def recorded(*args: Any, **kwargs: Any) -> Any:
-            self._calls.append((name, threading.current_thread()))
-            return attr(*args, **kwargs)
+            me = threading.current_thread()
+            with self._guard:
+                if self._inside:
+                    self.overlaps.append(f"{name} on {me.name} while {[t.name for t in self._inside]} inside")
+                self._inside.add(me)
+                self._calls.append((name, me))
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                with self._guard:
+                    self._inside.discard(me)
 
         return recorded
 
 
-def test_one_thread_makes_every_call_on_the_tls_socket_and_closes_it_last(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_two_threads_use_the_tls_socket_at_once_and_the_socket_thread_closes_it_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     calls: list[tuple[str, threading.Thread]] = []
+    sockets: list[Recorder] = []
     real_dial = socket_loop.dial
 
     def dial(*args: Any) -> Any:
         sock = real_dial(*args)
         assert isinstance(sock, ssl.SSLSocket), "the test group runs TLS"
         calls.append(("dial", threading.current_thread()))
-        return Recorder(sock, calls)
+        sockets.append(Recorder(sock, calls))
+        return sockets[-1]
 
     monkeypatch.setattr(socket_loop, "dial", dial)
     layout = da.Layout({Echo: da.ShardPolicy(min_nodes=1)})
@@ -67,7 +86,9 @@ def test_one_thread_makes_every_call_on_the_tls_socket_and_closes_it_last(monkey
         client = client_of(groups)
         try:
             echo = client.handle(Echo)
-            answers = [echo.add() for _ in range(2000)]  # callers' threads queue, the socket thread writes
+            for _ in range(20):  # one at a time: the caller's thread writes each
+                echo.add().get(timeout=20)
+            answers = [echo.add() for _ in range(2000)]  # pipelined: the socket thread writes
             threads = [
                 threading.Thread(target=lambda: [echo.add().get(timeout=20) for _ in range(50)]) for _ in range(4)
             ]
@@ -80,8 +101,11 @@ def test_one_thread_makes_every_call_on_the_tls_socket_and_closes_it_last(monkey
             client.close()
     names = [name for name, _ in calls]
     assert {"recv", "send"} <= set(names), names[:20]
-    assert {t for _, t in calls} == {client._thread}, "a thread other than the socket thread used the SSL socket"
-    assert names[-1] == "close", names[-5:]
+    assert [o for s in sockets for o in s.overlaps] == []
+    me = threading.current_thread()
+    assert ("send", me) in calls, "a call made alone was not written by its caller's thread"
+    assert {t for name, t in calls if name == "recv"} == {client._thread}, "only the socket thread reads"
+    assert names[-1] == "close" and calls[-1][1] is client._thread, names[-5:]
 
 
 def _tls_error(reason: str) -> ssl.SSLError:
