@@ -33,7 +33,7 @@ from derecho_actors.caller.session_events import Dial, Disconnect, Phase, Step, 
 from derecho_actors.wire.messages import AnswerBatch, Call, Features, Reply, ReplyBatch, ViewNotice, decode, encode
 from runtime.errors import GroupClosed, Refused, WireError
 from runtime.wire.codec import FrameDecoder, frame
-from runtime.wire.control import PROTOCOL_VERSION, AppMessage, Goodbye, Hello, Ping, Welcome
+from runtime.wire.control import PROTOCOL_VERSION, AppMessage, Goodbye, GoodbyeKind, Hello, Ping, Welcome
 
 log = logging.getLogger("derecho.client")
 
@@ -325,7 +325,9 @@ class ClientSession:
                 self.welcomed = True
             elif t is Goodbye:
                 reason: str = item.reason  # type: ignore[union-attr]
-                if reason.startswith("refused"):
+                # Final when its kind says so; a refusal sent without one (a node from before kinds, and
+                # the handshake's refusals in runtime/drivers/tcp.py for now) says it in words only.
+                if item.kind is GoodbyeKind.REFUSED or reason.startswith("refused"):  # type: ignore[union-attr]
                     self.refuse(Refused(f"{self._peer} {reason}"))
                     return Disconnect(reason)
                 self._goodbye = reason

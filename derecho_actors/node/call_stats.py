@@ -10,13 +10,15 @@ Bounded by what the code defines, never by what clients send: the contact counts
 its method's name only if the type defines that method (or it is one of the group's own
 internal calls); every other name, refused or not, counts under :data:`UNKNOWN`. So a client
 sending 400,000 distinct names adds one entry, not 400,000 (to the node and to ``/metrics``).
-Kept on the node's loop; plain data out.
+Kept on the node's loop; :class:`~runtime.core.status.ClientCalls` out (the type the metrics
+endpoint, ``top`` and ``status`` read back).
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Any
+
+from runtime.core.status import CallCount, CallLatency, ClientCalls
 
 BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0)
 """Upper bounds of the latency buckets (ms); a last bucket counts everything above."""
@@ -45,13 +47,11 @@ class CallStats:
         counts[bisect.bisect_left(BUCKETS_MS, ms)] += 1  # the first bucket whose bound is >= ms
         self.sum_ms[method] = self.sum_ms.get(method, 0.0) + ms
 
-    def status(self) -> dict[str, Any]:
-        """``{"calls": [[method, outcome, n], ...], "latency_ms": {method: {"buckets": [...],
-        "sum": s}}, "bounds_ms": [...]}``."""
-        return {
-            "calls": [[m, o, n] for (m, o), n in sorted(self.calls.items())],
-            "latency_ms": {
-                m: {"buckets": list(c), "sum": round(self.sum_ms.get(m, 0.0), 3)} for m, c in self.buckets.items()
-            },
-            "bounds_ms": list(BUCKETS_MS),
-        }
+    def status(self) -> ClientCalls:
+        """The counts by method and outcome (sorted) and each method's latency histogram over
+        :data:`BUCKETS_MS`."""
+        return ClientCalls(
+            calls=tuple(CallCount(m, o, n) for (m, o), n in sorted(self.calls.items())),
+            latency=tuple(CallLatency(m, tuple(c), round(self.sum_ms.get(m, 0.0), 3)) for m, c in self.buckets.items()),
+            bounds_ms=BUCKETS_MS,
+        )

@@ -73,6 +73,25 @@ class ClientState:
     held: int = 0  # bytes of answers held until every replica gave them (``ClientTable.hold``)
 
 
+@dataclass(frozen=True, slots=True)
+class ClientTableStatus:
+    """What a contact keeps for its clients now (``status`` ``client_table``): it should fall
+    back when they go, so a rising figure with no clients left is a leak."""
+
+    connections: int  # client connections open
+    calls: int  # calls whose answers it forwards
+    relays: int  # calls it sent to another member, kept until their first answer
+    watch_polls: int  # watch polls in flight, all identities
+
+    def to_wire(self) -> dict[str, int]:
+        return {
+            "connections": self.connections,
+            "calls": self.calls,
+            "relays": self.relays,
+            "watch_polls": self.watch_polls,
+        }
+
+
 @dataclass(slots=True, eq=False)
 class Proxied:
     """A client's call whose answers this node forwards."""
@@ -284,14 +303,9 @@ class ClientTable:
                 parked.append((proxy.local, key))
         return parked
 
-    def status(self) -> dict[str, int]:
+    def status(self) -> ClientTableStatus:
         """What is kept for clients now (for ``status``: it should fall back when they go)."""
-        return {
-            "connections": len(self.clients),
-            "calls": len(self.proxies),
-            "relays": len(self.relays),
-            "watch_polls": sum(self.polls.values()),
-        }
+        return ClientTableStatus(len(self.clients), len(self.proxies), len(self.relays), sum(self.polls.values()))
 
     def warn(self, state: ClientState, limit: Limit, detail: str, cut_off: bool = False) -> None:
         """One WARNING naming the client that reached ``limit`` (at most one a minute per

@@ -11,6 +11,7 @@ with the shard's other replicas. Everything runs on the node's loop.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 import msgpack
@@ -21,6 +22,7 @@ from derecho_actors.replica.replica import FrontierMoved, PeerMark
 from derecho_actors.wire.digest import DigestBook
 from derecho_actors.wire.messages import Reply, ReplyTo, SignedMark, StateDigest, encode
 from runtime.core.layout import ShardId
+from runtime.core.status import LostRange, ShardDigests
 from runtime.core.view import View
 from runtime.errors import ReplicaLost
 from runtime.exitcodes import EXIT_STORAGE
@@ -29,6 +31,25 @@ from runtime.node_api import NodeHandle
 log = logging.getLogger("derecho.persistence")
 
 RouteReplies = Callable[[list[tuple[int, Reply]]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PersistenceStatus:
+    """This node's part of ``status`` on persistence: each shard's persistence frontier here,
+    versions a total restart gave up, and the state digests compared."""
+
+    frontiers: tuple[tuple[str, int], ...]  # (shard, frontier)
+    lost: tuple[LostRange, ...]
+    digests: tuple[ShardDigests, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        """``frontiers`` always; ``lost`` and ``digests`` only when there are some."""
+        out: dict[str, Any] = {"frontiers": dict(self.frontiers)}
+        if self.lost:
+            out["lost"] = {r.shard: [r.first, r.last] for r in self.lost}
+        if self.digests:
+            out["digests"] = {d.shard: d.to_wire() for d in self.digests}
+        return out
 
 
 class Waiter(NamedTuple):
@@ -187,11 +208,9 @@ class PersistenceTracker:
     def on_digest(self, sender: int, msg: StateDigest) -> None:
         self.digests.on_digest(sender, msg.shard, msg.version, msg.digest)
 
-    def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"frontiers": {str(s): v for s, v in self.frontier.items()}}
-        if self.lost:
-            out["lost"] = {str(s): list(r) for s, r in self.lost.items()}
-        digests = self.digests.status()
-        if digests:
-            out["digests"] = digests
-        return out
+    def status(self) -> PersistenceStatus:
+        return PersistenceStatus(
+            frontiers=tuple((str(s), v) for s, v in self.frontier.items()),
+            lost=tuple(LostRange(str(s), lo, hi) for s, (lo, hi) in self.lost.items()),
+            digests=self.digests.status(),
+        )

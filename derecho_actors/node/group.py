@@ -340,11 +340,14 @@ class Group(AsyncLifecycle):
             self._host.deliver(d, view)
 
     def _status(self) -> dict[str, Any]:
-        """The actor layer's part of ``status``: each replica here (serving or why not), clients'
-        calls, transfers sent, persistence frontiers and state digests."""
+        """The actor layer's part of ``status``, in its wire form (the engine reads it back as
+        ``AppStatus``): each replica here (serving or why not), clients' calls, transfers sent,
+        lost shards, persistence frontiers and state digests."""
         host, clients, transfer = self._host, self._calls.clients, self._transfer
-        replicas, calls = host.status(self._view, transfer.why_waiting), clients.stats.status()
-        out = {"replicas": replicas, "client_calls": calls, "client_table": clients.table.status()}
-        out.update(transfer.status(), **host.loss_status())
-        out.update(self._tracker.status(), **({"stopped": self._stop.reason} if self._stop.reason else {}))
-        return out
+        out = {
+            "replicas": host.status(self._view, transfer.why_waiting),
+            "client_calls": clients.stats.status().to_wire(),
+            "client_table": clients.table.status().to_wire(),
+        }
+        out.update(transfer.status(), **host.loss_status().to_wire(), **self._tracker.status().to_wire())
+        return out | ({"stopped": self._stop.reason} if self._stop.reason else {})

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from derecho_actors.exceptions import ShardAwaitingLog
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.node.refused_batches import UndecodableBatches, refusals
 from derecho_actors.node.runners import ReplicaRef, Runner
-from derecho_actors.node.shard_loss import ShardLoss, awaiting_log, nodes
+from derecho_actors.node.shard_loss import LossStatus, ShardLoss, awaiting_log, nodes
 from derecho_actors.replica.replica import (
     OrderedBatch,
     P2PRequest,
@@ -52,6 +52,7 @@ from derecho_actors.wire.codec import IdentifiedCall, UndecodableBatch
 from derecho_actors.wire.messages import Reply, ReplyTo
 from runtime.core.effects import Delivery
 from runtime.core.layout import ShardId, single_replica_shards
+from runtime.core.status import AwaitingLog
 from runtime.core.view import ShardOrphan, View
 
 log = logging.getLogger("derecho.hosting")
@@ -227,17 +228,14 @@ class ReplicaHost:
         if send is not None and replies:
             send(replies)
 
-    def loss_status(self) -> dict[str, Any]:
-        """For ``status`` and metrics: how many shards this node restarted empty, and which."""
-        return {
-            "shards_restarted_empty": len(self.losses),
-            "restarted_empty": [loss.as_status() for loss in self.losses[-16:]],
-            "shards_awaiting_log": len(self.waiting),
-            "awaiting_log": [
-                {"shard": str(o.shard), "last_holders": list(o.last_holders), "last_view": o.last_vid}
-                for o in self.waiting.values()
-            ],
-        }
+    def loss_status(self) -> LossStatus:
+        """For ``status`` and metrics: how many shards this node restarted empty, and which;
+        which wait for a node that held them last."""
+        return LossStatus(
+            len(self.losses),
+            tuple(loss.as_status() for loss in self.losses[-16:]),
+            tuple(AwaitingLog(str(o.shard), o.last_holders, o.last_vid) for o in self.waiting.values()),
+        )
 
     def deliver(self, d: Delivery, view: View) -> None:
         """One delivered batch of ordered calls to the shard's replica here (one message)."""

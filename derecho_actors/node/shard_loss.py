@@ -9,7 +9,7 @@ from typing import Any
 
 from derecho_actors.exceptions import ShardAwaitingLog, ShardStateLost
 from runtime.core.layout import ShardId
-from runtime.core.versions import format_version, make_version
+from runtime.core.status import AwaitingLog, RestartedEmpty
 from runtime.core.view import ShardOrphan
 
 
@@ -49,13 +49,25 @@ class ShardLoss:
             "you need from your own records"
         )
 
-    def as_status(self) -> dict[str, Any]:
+    def as_status(self) -> RestartedEmpty:
+        return RestartedEmpty(str(self.shard), self.vid, self.last_holders, self.last_vid)
+
+
+@dataclass(frozen=True, slots=True)
+class LossStatus:
+    """This node's part of ``status`` on shards that lost every replica: how many it started
+    anew (the last 16 named) and which wait for a node that held them last."""
+
+    shards_restarted_empty: int
+    restarted_empty: tuple[RestartedEmpty, ...]
+    awaiting_log: tuple[AwaitingLog, ...]
+
+    def to_wire(self) -> dict[str, Any]:
         return {
-            "shard": str(self.shard),
-            "view": self.vid,
-            "last_holders": list(self.last_holders),
-            "last_view": self.last_vid,
-            "lost_before": format_version(make_version(self.vid, 0)),
+            "shards_restarted_empty": self.shards_restarted_empty,
+            "restarted_empty": [r.to_wire() for r in self.restarted_empty],
+            "shards_awaiting_log": len(self.awaiting_log),
+            "awaiting_log": [a.to_wire() for a in self.awaiting_log],
         }
 
 

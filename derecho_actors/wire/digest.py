@@ -31,6 +31,7 @@ import msgpack
 
 from derecho_actors.model.fields import STORE_ATTR
 from runtime.core.layout import ShardId
+from runtime.core.status import DigestMismatch, ShardDigests
 from runtime.core.versions import format_version
 from runtime.core.view import View
 
@@ -142,7 +143,7 @@ class DigestBook:
         self.theirs: dict[ShardId, dict[int, dict[int, bytes]]] = {}  # shard -> peer -> version -> digest
         self.checked: dict[ShardId, int] = {}
         self.agreed: dict[ShardId, dict[int, int]] = {}  # shard -> peer -> last version found equal
-        self.mismatches: dict[ShardId, list[dict[str, Any]]] = {}
+        self.mismatches: dict[ShardId, list[DigestMismatch]] = {}  # the last few per shard
         self.counts: dict[ShardId, int] = {}
 
     def digested(self, sid: ShardId, version: int, digest: bytes) -> None:
@@ -188,9 +189,8 @@ class DigestBook:
             agreed[peer] = max(agreed.get(peer, -1), version)
             return
         self.counts[sid] = self.counts.get(sid, 0) + 1
-        found = {"version": format_version(version), "nodes": {str(self.node_id): mine.hex(), str(peer): theirs.hex()}}
         kept = self.mismatches.setdefault(sid, [])
-        kept.append(found)
+        kept.append(DigestMismatch(version, ((self.node_id, mine.hex()), (peer, theirs.hex()))))
         del kept[:-8]
         log.error(
             "replicas of %s diverge: at version %s node %s's state digest is %s and node %s's is %s (they applied the "
@@ -210,18 +210,19 @@ class DigestBook:
         self.mine.pop(sid, None)
         self.theirs.pop(sid, None)
 
-    def status(self) -> dict[str, Any]:
-        """Per shard: digests compared, mismatches (the last few, with both digests and nodes),
-        and the last version each peer was found equal at."""
-        out: dict[str, Any] = {}
-        for sid in set(self.checked) | set(self.counts):
-            entry: dict[str, Any] = {"compared": self.checked.get(sid, 0), "mismatches": self.counts.get(sid, 0)}
-            if sid in self.mismatches:
-                entry["last_mismatches"] = list(self.mismatches[sid])
-            if sid in self.agreed:
-                entry["agreed"] = {str(p): format_version(v) for p, v in self.agreed[sid].items()}
-            out[str(sid)] = entry
-        return out
+    def status(self) -> tuple[ShardDigests, ...]:
+        """Per shard compared here: digests compared, mismatches (the last few, with both
+        digests and nodes), and the last version each peer was found equal at."""
+        return tuple(
+            ShardDigests(
+                shard=str(sid),
+                compared=self.checked.get(sid, 0),
+                mismatches=self.counts.get(sid, 0),
+                last_mismatches=tuple(self.mismatches.get(sid, ())),
+                agreed=tuple(self.agreed.get(sid, {}).items()),
+            )
+            for sid in sorted(set(self.checked) | set(self.counts), key=str)
+        )
 
 
 def _trim(versions: dict[int, Any]) -> None:

@@ -5,8 +5,10 @@ nested dicts.
 The wire form (``to_wire``, a msgpack-able dict in a ``StatusReply``) is unchanged, so older
 readers, ``--json`` and scripts keep working; ``from_wire`` checks nothing it does not need and
 fills what a node of another phase leaves out with defaults (a joining node has no view). The
-actor layer's part (``app``) stays a plain mapping here: the engine does not know the actor
-layer's types; readers take the keys they show from it through :class:`AppStatus`.
+actor layer's part (``app``) travels as the mapping the layer made; :class:`AppStatus` reads
+the parts the engine's readers show (clients' calls, state digests, lost shards and versions)
+into the types below, which the actor layer also builds them from (it imports the engine, never
+the reverse), so producer and readers share one definition instead of string keys.
 """
 
 from __future__ import annotations
@@ -14,11 +16,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from runtime.core.versions import format_version, make_version, parse_version
+
 __all__ = [
     "AppStatus",
+    "AwaitingLog",
+    "CallCount",
+    "CallLatency",
+    "ClientCalls",
     "CoreStatus",
+    "DigestMismatch",
+    "LostRange",
     "MemberHealth",
     "NodeStatus",
+    "RestartedEmpty",
+    "ShardDigests",
     "ShardMemberProgress",
     "ShardProgress",
     "Stalls",
@@ -173,6 +185,164 @@ def _shard_from_wire(d: Mapping[str, Any]) -> ShardProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class CallCount:
+    """Clients' calls of one method through this contact that ended one way (``ok``,
+    ``error``, ``refused``)."""
+
+    method: str
+    outcome: str
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallLatency:
+    """One method's time from a client's call to its first answer at the contact: calls per
+    bucket of :attr:`ClientCalls.bounds_ms` (one more bucket: above the last bound), and the
+    sum of their times."""
+
+    method: str
+    buckets: tuple[int, ...]
+    sum_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCalls:
+    """Clients' calls through this node as its contact (``status`` ``client_calls``, the
+    metrics' call counters and latency histograms)."""
+
+    calls: tuple[CallCount, ...] = ()
+    latency: tuple[CallLatency, ...] = ()
+    bounds_ms: tuple[float, ...] = ()
+
+    @property
+    def total(self) -> int:
+        """Every call counted, whatever its method and outcome (``top``'s calls/s)."""
+        return sum(c.calls for c in self.calls)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "calls": [[c.method, c.outcome, c.calls] for c in self.calls],
+            "latency_ms": {m.method: {"buckets": list(m.buckets), "sum": m.sum_ms} for m in self.latency},
+            "bounds_ms": list(self.bounds_ms),
+        }
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> ClientCalls:
+        return cls(
+            calls=tuple(CallCount(str(m), str(o), int(n)) for m, o, n in d.get("calls", ())),
+            latency=tuple(
+                CallLatency(str(m), tuple(int(n) for n in e.get("buckets", ())), float(e.get("sum", 0.0)))
+                for m, e in d.get("latency_ms", {}).items()
+            ),
+            bounds_ms=tuple(float(b) for b in d.get("bounds_ms", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DigestMismatch:
+    """Two replicas whose state digests differed at ``version``: ``(node, digest in hex)``,
+    this node's first."""
+
+    version: int
+    digests: tuple[tuple[int, str], ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"version": format_version(self.version), "nodes": {str(n): h for n, h in self.digests}}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> DigestMismatch:
+        return cls(parse_version(str(d["version"])), tuple((int(n), str(h)) for n, h in d.get("nodes", {}).items()))
+
+
+@dataclass(frozen=True, slots=True)
+class ShardDigests:
+    """The state digests of one shard's replicas compared here (types with ``digest_every``):
+    how many comparisons, how many differed (the last few kept), and the last version each
+    peer was found equal at."""
+
+    shard: str
+    compared: int
+    mismatches: int
+    last_mismatches: tuple[DigestMismatch, ...] = ()
+    agreed: tuple[tuple[int, int], ...] = ()  # (peer, version)
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"compared": self.compared, "mismatches": self.mismatches}
+        if self.last_mismatches:
+            out["last_mismatches"] = [m.to_wire() for m in self.last_mismatches]
+        if self.agreed:
+            out["agreed"] = {str(p): format_version(v) for p, v in self.agreed}
+        return out
+
+    @classmethod
+    def from_wire(cls, shard: str, d: Mapping[str, Any]) -> ShardDigests:
+        return cls(
+            shard=shard,
+            compared=int(d.get("compared", 0)),
+            mismatches=int(d.get("mismatches", 0)),
+            last_mismatches=tuple(DigestMismatch.from_wire(m) for m in d.get("last_mismatches", ())),
+            agreed=tuple((int(p), parse_version(str(v))) for p, v in d.get("agreed", {}).items()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RestartedEmpty:
+    """A shard this node started anew in view ``view`` because every replica holding its state
+    was gone; ``last_holders`` held it last, in ``last_view``."""
+
+    shard: str
+    view: int
+    last_holders: tuple[int, ...]
+    last_view: int
+
+    @property
+    def lost_before(self) -> int:
+        """Every version below this one is gone (the first of the view it restarted in)."""
+        return make_version(self.view, 0)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "shard": self.shard,
+            "view": self.view,
+            "last_holders": list(self.last_holders),
+            "last_view": self.last_view,
+            "lost_before": format_version(self.lost_before),
+        }
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> RestartedEmpty:
+        return cls(
+            str(d["shard"]), int(d["view"]), tuple(int(n) for n in d.get("last_holders", ())), int(d["last_view"])
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingLog:
+    """A shard waiting for a node that held it last (``last_holders``, in ``last_view``) to
+    come back with its log."""
+
+    shard: str
+    last_holders: tuple[int, ...]
+    last_view: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"shard": self.shard, "last_holders": list(self.last_holders), "last_view": self.last_view}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> AwaitingLog:
+        return cls(str(d["shard"]), tuple(int(n) for n in d.get("last_holders", ())), int(d["last_view"]))
+
+
+@dataclass(frozen=True, slots=True)
+class LostRange:
+    """Versions ``first`` to ``last`` of a shard, given up by a total restart (--accept-loss)."""
+
+    shard: str
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
 class AppStatus:
     """The actor layer's part, as far as the engine's readers show it: each replica here and
     whether it serves, state transfers, clients' calls, state digests, shards restarted empty
@@ -183,13 +353,13 @@ class AppStatus:
     transfers_sent: int = 0
     transfers_active: tuple[tuple[str, int, int], ...] = ()  # (shard, to node, bytes sent so far)
     transfer_bytes_sent: int = 0
-    client_calls: Mapping[str, Any] = field(default_factory=dict)
-    digests: Mapping[str, Any] = field(default_factory=dict)
+    client_calls: ClientCalls = ClientCalls()
+    digests: tuple[ShardDigests, ...] = ()
     shards_restarted_empty: int = 0
-    restarted_empty: tuple[Mapping[str, Any], ...] = ()
+    restarted_empty: tuple[RestartedEmpty, ...] = ()
     shards_awaiting_log: int = 0
-    awaiting_log: tuple[Mapping[str, Any], ...] = ()
-    lost: Any = None
+    awaiting_log: tuple[AwaitingLog, ...] = ()
+    lost: tuple[LostRange, ...] = ()
     stopped: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
 
@@ -201,13 +371,13 @@ class AppStatus:
             transfers_sent=int(d.get("transfers_sent", 0)),
             transfers_active=tuple((str(s), int(t), int(b)) for s, t, b in d.get("transfers_active", ())),
             transfer_bytes_sent=int(d.get("transfer_bytes_sent", 0)),
-            client_calls=dict(d.get("client_calls", {})),
-            digests=dict(d.get("digests", {})),
+            client_calls=ClientCalls.from_wire(d.get("client_calls", {})),
+            digests=tuple(ShardDigests.from_wire(str(s), e) for s, e in d.get("digests", {}).items()),
             shards_restarted_empty=int(d.get("shards_restarted_empty", 0)),
-            restarted_empty=tuple(d.get("restarted_empty", ())),
+            restarted_empty=tuple(RestartedEmpty.from_wire(r) for r in d.get("restarted_empty", ())),
             shards_awaiting_log=int(d.get("shards_awaiting_log", 0)),
-            awaiting_log=tuple(d.get("awaiting_log", ())),
-            lost=d.get("lost"),
+            awaiting_log=tuple(AwaitingLog.from_wire(a) for a in d.get("awaiting_log", ())),
+            lost=tuple(LostRange(str(s), int(lo), int(hi)) for s, (lo, hi) in d.get("lost", {}).items()),
             stopped=d.get("stopped"),
             raw=dict(d),
         )

@@ -14,7 +14,7 @@ from runtime.drivers.status import StatusLimiter, StatusVerdict
 from runtime.drivers.transport import Transport
 from runtime.node_api import AppHooks
 from runtime.wire.codec import frame
-from runtime.wire.control import AppMessage, Goodbye, RateLimited, StatusReply, StatusRequest
+from runtime.wire.control import AppMessage, Goodbye, GoodbyeKind, RateLimited, StatusReply, StatusRequest
 
 log = logging.getLogger("derecho.node")
 
@@ -78,8 +78,9 @@ class ClientDoor:
             if refusal is not None:
                 # Not a member of any view (restarting, joining, or joining again after the
                 # group removed it): no call can run here. Say why and close; the client fails
-                # over to another contact with its calls, in the same session.
-                self.transport.reply(handle, frame(Goodbye(refusal)))
+                # over to another contact with its calls, in the same session (so CLOSED: a
+                # REFUSED goodbye would make it give up).
+                self.transport.reply(handle, frame(Goodbye(refusal, GoodbyeKind.CLOSED)))
                 handle.close()
                 return
             if self.hooks.on_client_app is None:

@@ -35,12 +35,12 @@ import socket
 import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from runtime.core.status import AppStatus, CoreStatus, NodeStatus
+from runtime.core.status import AppStatus, ClientCalls, CoreStatus, NodeStatus
 from runtime.drivers.ratelimit import RateLimitedLog
 from runtime.drivers.tcp import split_address
 from runtime.errors import ConfigError
@@ -175,8 +175,8 @@ def _app_metrics(app: AppStatus) -> Iterator[Metric]:
         active.add_metric([sid, str(to)], sent_bytes)
     yield active
     digests = CounterMetricFamily("derecho_digest_mismatches", "state digests that differed", labels=["shard"])
-    for sid, entry in app.digests.items():
-        digests.add_metric([sid], entry.get("mismatches", 0))
+    for shard in app.digests:
+        digests.add_metric([shard.shard], shard.mismatches)
     yield digests
     yield from _client_calls(app.client_calls)
 
@@ -193,25 +193,25 @@ def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
     return c
 
 
-def _client_calls(calls: Mapping[str, Any]) -> Iterator[Metric]:
+def _client_calls(calls: ClientCalls) -> Iterator[Metric]:
     counts = CounterMetricFamily(
         "derecho_client_calls", "clients' calls through this node", labels=["method", "outcome"]
     )
-    for method, outcome, n in calls.get("calls", []):
-        counts.add_metric([method, outcome], n)
+    for c in calls.calls:
+        counts.add_metric([c.method, c.outcome], c.calls)
     yield counts
     hist = HistogramMetricFamily(
         "derecho_client_call_seconds",
         "time from a client's call to its first answer, at its contact",
         labels=["method"],
     )
-    bounds = calls.get("bounds_ms", [])
-    for method, entry in calls.get("latency_ms", {}).items():
+    bounds = [*calls.bounds_ms, float("inf")]
+    for m in calls.latency:
         running, buckets = 0, []
-        for bound, n in zip([*bounds, float("inf")], entry["buckets"]):
+        for bound, n in zip(bounds, m.buckets):
             running += n
             buckets.append((str(bound / 1000) if bound != float("inf") else "+Inf", running))
-        hist.add_metric([method], buckets, entry["sum"] / 1000)
+        hist.add_metric([m.method], buckets, m.sum_ms / 1000)
     yield hist
 
 

@@ -267,13 +267,13 @@ def render_status(status: dict[str, Any]) -> None:
         console.print(t)
     for waiting in app.awaiting_log:
         console.print(
-            f"[red]shard {waiting['shard']} waits for a node that held it last ({waiting['last_holders']}, view "
-            f"{waiting['last_view']}) to come back with its data folder (or a node started with --accept-loss)[/]"
+            f"[red]shard {waiting.shard} waits for a node that held it last ({list(waiting.last_holders)}, view "
+            f"{waiting.last_view}) to come back with its data folder (or a node started with --accept-loss)[/]"
         )
     for lost in app.restarted_empty:
         console.print(
-            f"[red]shard {lost['shard']} started anew in view {lost['view']}: its updates before {lost['lost_before']} "
-            f"are gone (held last by {lost['last_holders']})[/]"
+            f"[red]shard {lost.shard} started anew in view {lost.view}: its updates before "
+            f"{format_version(lost.lost_before)} are gone (held last by {list(lost.last_holders)})[/]"
         )
     if core.stalls is not None:
         console.print(
@@ -281,7 +281,8 @@ def render_status(status: dict[str, Any]) -> None:
             f"heartbeat; longest {core.stalls.longest_ms} ms)[/]"
         )
     if app.lost:
-        console.print(f"[red]versions given up by a total restart (--accept-loss): {app.lost}[/]")
+        given_up = {r.shard: [r.first, r.last] for r in app.lost}  # printed as the wire has it
+        console.print(f"[red]versions given up by a total restart (--accept-loss): {given_up}[/]")
     if app.stopped:
         console.print(f"[red]node {st.node} stopped: {app.stopped}[/]")
 

@@ -131,8 +131,7 @@ def _delivered(st: NodeStatus) -> int:
 
 
 def _calls(st: NodeStatus) -> int:
-    calls = (st.app or AppStatus()).client_calls.get("calls", [])
-    return sum(n for _m, _o, n in calls)
+    return (st.app or AppStatus()).client_calls.total
 
 
 def _traffic(st: NodeStatus) -> tuple[int, int]:

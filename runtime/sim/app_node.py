@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from runtime.config import NodeConfig
 from runtime.core.events import LeaveRequested, Persisted
 from runtime.core.layout import ShardId
+from runtime.core.status import AppStatus, NodeStatus
 from runtime.node_api import AppHooks
 
 if TYPE_CHECKING:
@@ -124,8 +125,12 @@ class SimNodeHandle:
         return None
 
     def status(self) -> dict[str, Any]:
-        node = self.cluster.nodes[self.node_id]
-        out = node.core.status().to_wire()
-        if self.hooks.status is not None:
-            out["app"] = self.hooks.status()
-        return out
+        """The wire form of :meth:`typed_status`, as a real node answers ``status``."""
+        return self.typed_status().to_wire()
+
+    def typed_status(self) -> NodeStatus:
+        """The core's view of the group and what the app adds, as ``NodeDriver.typed_status``
+        has them (a simulated node has no transport figures)."""
+        core = self.cluster.nodes[self.node_id].core
+        app = AppStatus.from_wire(self.hooks.status()) if self.hooks.status is not None else None
+        return NodeStatus(node=self.node_id, cluster=self.config.node.cluster, core=core.status(), app=app)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from runtime.node_api import session_origin
 from runtime.wire.codec import FrameDecoder, frame
-from runtime.wire.control import AppMessage, Goodbye, Hello, Ping, Pong, Welcome
+from runtime.wire.control import AppMessage, Goodbye, GoodbyeKind, Hello, Ping, Pong, Welcome
 
 if TYPE_CHECKING:
     from runtime.sim.cluster import SimCluster
@@ -209,7 +209,7 @@ class SimClientNet:
             why = f"node {link.node} is joining the group and not in a view yet; call another member"
             if hooks is not None and hooks.on_client_app is None:
                 why = "this node hosts no replicated types; it answers status requests only"
-            self._write(link, frame(Goodbye(why)))
+            self._write(link, frame(Goodbye(why, GoodbyeKind.CLOSED)))  # not final: the client fails over
             self.node_closes(link)
             return
         hooks.on_client_app(link.conn, data)

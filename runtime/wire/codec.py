@@ -63,6 +63,7 @@ from runtime.wire.control import (
     AppMessage,
     BootstrapHello,
     Goodbye,
+    GoodbyeKind,
     GroupRunning,
     Hello,
     Ping,
@@ -175,7 +176,7 @@ def _enc_rate_limited(m: RateLimited) -> list[Any]:
 
 
 def _enc_goodbye(m: Goodbye) -> list[Any]:
-    return [TAG_GOODBYE, m.reason]
+    return [TAG_GOODBYE, m.reason, m.kind.value]
 
 
 def _enc_restart_hello(m: RestartHello) -> list[Any]:
@@ -382,8 +383,17 @@ def _dec_rate_limited(f: list[Any]) -> RateLimited:
     return RateLimited(_nat(retry_after_ms, "RateLimited.retry_after_ms"), _str(reason, "RateLimited.reason"))
 
 
+_GOODBYE_KINDS: Final[dict[str, GoodbyeKind]] = {k.value: k for k in GoodbyeKind}
+
+
 def _dec_goodbye(f: list[Any]) -> Goodbye:
-    return Goodbye(_str(f[1], "Goodbye.reason"))
+    reason = _str(f[1], "Goodbye.reason")
+    if len(f) == 2:
+        return Goodbye(reason)  # a peer from before kinds sends the reason alone: CLOSED
+    kind = _GOODBYE_KINDS.get(f[2]) if type(f[2]) is str else None
+    if kind is None:
+        raise WireError(f"Goodbye.kind must be one of {sorted(_GOODBYE_KINDS)}, got {_describe(f[2])}")
+    return Goodbye(reason, kind)
 
 
 def _shard_versions(value: object, what: str) -> tuple[tuple[ShardId, int], ...]:
@@ -487,7 +497,7 @@ _DECODERS: Final[dict[int, tuple[str, int | tuple[int, ...], Callable[[list[Any]
     TAG_HELLO: ("Hello", (4, 5), _dec_hello),
     TAG_STATUS_REQUEST: ("StatusRequest", 0, _dec_status_request),
     TAG_STATUS_REPLY: ("StatusReply", 1, _dec_status_reply),
-    TAG_GOODBYE: ("Goodbye", 1, _dec_goodbye),
+    TAG_GOODBYE: ("Goodbye", (1, 2), _dec_goodbye),
     TAG_RESTART_HELLO: ("RestartHello", 7, _dec_restart_hello),
     TAG_RESTART_DECISION: ("RestartDecision", 3, _dec_restart_decision),
     TAG_GROUP_RUNNING: ("GroupRunning", 2, _dec_group_running),

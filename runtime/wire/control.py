@@ -8,6 +8,7 @@ say why (``Goodbye``) so the peer logs a reason instead of guessing from a reset
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -70,11 +71,22 @@ class RateLimited:
     reason: str  # which limit, for the client's error message
 
 
+class GoodbyeKind(enum.Enum):
+    """What a :class:`Goodbye` means for the peer, so it acts on a value, never on the
+    reason's words."""
+
+    CLOSED = "closed"  # this connection ends (idle, cut off, not serving now): another member, or later, may serve
+    REFUSED = "refused"  # final: this peer is never accepted as it is (certificate, cluster name, protocol)
+
+
 @dataclass(frozen=True, slots=True)
 class Goodbye:
-    """A node is closing this connection on purpose; ``reason`` is for the peer's log."""
+    """A node is closing this connection on purpose; ``reason`` is for the peer's log, ``kind``
+    for its code (a client gives up on ``REFUSED`` and fails over on ``CLOSED``). A Goodbye
+    from a peer that sends no kind reads as ``CLOSED``."""
 
     reason: str
+    kind: GoodbyeKind = GoodbyeKind.CLOSED
 
 
 @dataclass(frozen=True, slots=True)

@@ -360,10 +360,10 @@ def test_a_clients_watch_poll_counts_against_its_polls_and_is_parked_here() -> N
     c.clients.take_call(conn, Call(3, 0, SHARD, "", False, POLL, kind=CallKind.WATCH_POLL))  # type: ignore[arg-type]
     ((_, msg),) = host.told
     assert isinstance(msg, WatchPoll) and (msg.caller, msg.call_id, msg.origin) == (1, 3, 99)
-    assert c.clients.table.status()["watch_polls"] == 1
+    assert c.clients.table.status().watch_polls == 1
     c.clients.on_closed(conn)  # type: ignore[arg-type]
     assert host.told[-1] == (SHARD, WatchExpire((PollCall(1, 3, 99),)))
-    assert c.clients.table.status()["watch_polls"] == 0
+    assert c.clients.table.status().watch_polls == 0
 
 
 # ------------------------------------------------------------------ answers and own calls
@@ -386,7 +386,7 @@ def test_answers_split_between_this_nodes_calls_and_its_clients() -> None:
     forwarded = decode(data)
     assert decode(offer) == Features(merged_answers=True)
     assert isinstance(forwarded, ReplyBatch) and forwarded.entries == ((3, True, b"\xc0", 99, -1),)
-    assert c.clients.table.status()["calls"] == 0 and not c.member.calls
+    assert c.clients.table.status().calls == 0 and not c.member.calls
 
 
 def test_the_outbox_sends_one_turns_ordered_calls_together_and_refuses_what_cannot_fit() -> None:
@@ -552,7 +552,7 @@ def test_a_contact_merges_its_clients_answers_when_the_replicas_agree(
     sent = [decode(m) for to, messages in node.to_clients for m in messages if to is conn]
     assert sent[0] == Features(merged_answers=True)  # offered at the client's first call
     assert sent[1:] == expected
-    assert c.clients.table.status()["calls"] == 0
+    assert c.clients.table.status().calls == 0
 
 
 def test_a_merged_answer_goes_when_the_replica_missing_left_before_the_others_answered() -> None:
@@ -573,7 +573,7 @@ def test_a_merged_answer_goes_when_the_replica_missing_left_before_the_others_an
     node.run_all()
     sent = [decode(m) for _, messages in node.to_clients for m in messages]
     assert sent[1:] == [AnswerBatch(1, (1, 2, 3), ((7, True, A, -1, (1, 2)),))]
-    assert c.clients.table.status()["calls"] == 0
+    assert c.clients.table.status().calls == 0
 
 
 def test_a_replica_joining_in_a_view_the_contact_has_not_installed_is_waited_for() -> None:
@@ -595,7 +595,7 @@ def test_a_replica_joining_in_a_view_the_contact_has_not_installed_is_waited_for
     node.run_all()
     sent = [decode(m) for _, messages in node.to_clients for m in messages]
     assert sent[1:] == [AnswerBatch(2, (1, 2, 3), ((7, True, A, -1, ()),))]
-    assert c.clients.table.status()["calls"] == 0
+    assert c.clients.table.status().calls == 0
 
 
 @pytest.mark.parametrize("budget, merged", [(8 << 20, True), (len(A), True), (len(A) - 1, False)])
@@ -620,4 +620,4 @@ def test_answers_held_for_merging_are_bounded_per_connection(budget: int, merged
         assert sent == [AnswerBatch(1, (1, 2, 3), ((7, True, A, -1, ()),))]
     else:
         assert sent == [ReplyBatch(n, 1, (1, 2, 3), ((7, True, A, 99, -1),)) for n in (1, 2, 3)]
-    assert client.held == 0 and c.clients.table.status()["calls"] == 0
+    assert client.held == 0 and c.clients.table.status().calls == 0

@@ -29,7 +29,7 @@ from derecho_actors.wire.messages import (
 from runtime.core.layout import ShardId
 from runtime.errors import GroupClosed, Refused, ReplicaLost, ShardUnavailable
 from runtime.wire.codec import FrameDecoder, frame
-from runtime.wire.control import AppMessage, Goodbye, Hello, Ping, Pong, Welcome
+from runtime.wire.control import AppMessage, Goodbye, GoodbyeKind, Hello, Ping, Pong, Welcome
 
 SHARD = ShardId("KV", 0, 0)
 CONTACTS = ["a:1", "b:2", "c:3"]
@@ -234,11 +234,18 @@ def test_a_goodbye_before_any_answer_backs_off_once_every_contact_said_one(
     assert not r.done(), "turned away is not refused: the call waits for a contact that serves"
 
 
-def test_a_refusing_goodbye_is_final() -> None:
+REFUSING_GOODBYES = {
+    "kind refused": Goodbye("wrong cluster name", GoodbyeKind.REFUSED),  # the kind says it, not the words
+    "a node sending no kind says it in words": Goodbye("refused: wrong cluster name"),
+}
+
+
+@pytest.mark.parametrize("goodbye", REFUSING_GOODBYES.values(), ids=REFUSING_GOODBYES.keys())
+def test_a_refusing_goodbye_is_final(goodbye: Goodbye) -> None:
     s = session()
     connect(s)
     r = call(s, 1)
-    ended = feed(s, 0.1, frame(Goodbye("refused: wrong cluster name")))
+    ended = feed(s, 0.1, frame(goodbye))
     assert isinstance(ended, Disconnect)
     step = s.next_step(0.2)
     assert isinstance(step, Stop) and isinstance(step.error, Refused) and "wrong cluster name" in str(step.error)

@@ -8,7 +8,21 @@ from typing import Any
 
 import pytest
 
-from runtime.core.status import AppStatus, CoreStatus, NodeStatus, Stalls
+from runtime.core.status import (
+    AppStatus,
+    AwaitingLog,
+    CallCount,
+    CallLatency,
+    ClientCalls,
+    CoreStatus,
+    DigestMismatch,
+    LostRange,
+    NodeStatus,
+    RestartedEmpty,
+    ShardDigests,
+    Stalls,
+)
+from runtime.core.versions import make_version
 
 from .group_net import GroupNet
 
@@ -80,5 +94,70 @@ def test_the_apps_part_reads_the_figures_operators_see() -> None:
         }
     )
     assert app.transfers_active == (("KV/0/0", 3, 4096),)
-    assert app.shards_awaiting_log == 1 and app.awaiting_log[0]["last_holders"] == [3]
+    assert app.shards_awaiting_log == 1 and app.awaiting_log == (AwaitingLog("P/0/1", (3,), 2),)
     assert app.stopped == "left" and app.replicas == {"KV/0/0": "serving"}
+    assert app.client_calls == ClientCalls() and app.digests == () and app.lost == ()  # what it left out
+
+
+# The actor layer's parts: each written by its producer's to_wire reads back whole, and the
+# wire forms keep the keys `status --json`, scripts and older readers use.
+APP_PARTS: list[tuple[str, Any, dict[str, Any]]] = [
+    (
+        "client calls",
+        ClientCalls(
+            (CallCount("get", "ok", 7), CallCount("put", "refused", 1)),
+            (CallLatency("get", (5, 2, 0), 1.25),),
+            (0.5, 1.0),
+        ),
+        {
+            "calls": [["get", "ok", 7], ["put", "refused", 1]],
+            "latency_ms": {"get": {"buckets": [5, 2, 0], "sum": 1.25}},
+            "bounds_ms": [0.5, 1.0],
+        },
+    ),
+    (
+        "digests, a mismatch",
+        ShardDigests(
+            "KV/0/0",
+            4,
+            1,
+            (DigestMismatch(make_version(2, 8), ((1, "aa"), (3, "bb"))),),
+            ((2, make_version(2, 8)), (3, make_version(2, 4))),
+        ),
+        {
+            "compared": 4,
+            "mismatches": 1,
+            "last_mismatches": [{"version": "2.8", "nodes": {"1": "aa", "3": "bb"}}],
+            "agreed": {"2": "2.8", "3": "2.4"},
+        },
+    ),
+    ("digests, all equal so far", ShardDigests("KV/0/0", 2, 0), {"compared": 2, "mismatches": 0}),
+    (
+        "restarted empty",
+        RestartedEmpty("KV/0/1", 5, (3, 4), 4),
+        {"shard": "KV/0/1", "view": 5, "last_holders": [3, 4], "last_view": 4, "lost_before": "5.0"},
+    ),
+    ("awaiting log", AwaitingLog("P/0/1", (3,), 2), {"shard": "P/0/1", "last_holders": [3], "last_view": 2}),
+]
+
+
+@pytest.mark.parametrize("part, wire", [(p, w) for _, p, w in APP_PARTS], ids=[n for n, _, _ in APP_PARTS])
+def test_the_apps_parts_keep_their_wire_form_and_read_back(part: Any, wire: dict[str, Any]) -> None:
+    assert part.to_wire() == wire
+    back = ShardDigests.from_wire(part.shard, wire) if isinstance(part, ShardDigests) else type(part).from_wire(wire)
+    assert back == part
+
+
+def test_the_apps_part_reads_its_typed_parts_from_the_wire() -> None:
+    app = AppStatus.from_wire(
+        {
+            "client_calls": {"calls": [["put", "ok", 3], ["get", "error", 2]]},  # a lean writer: no latency
+            "digests": {"KV/0/0": {"compared": 2, "mismatches": 1}},
+            "lost": {"P/0/0": [4, 9]},
+            "restarted_empty": [{"shard": "KV/0/1", "view": 5, "last_holders": [3], "last_view": 4}],
+        }
+    )
+    assert app.client_calls.total == 5 and app.client_calls.latency == ()
+    assert app.digests == (ShardDigests("KV/0/0", 2, 1),)
+    assert app.lost == (LostRange("P/0/0", 4, 9),)
+    assert app.restarted_empty[0].lost_before == make_version(5, 0)

@@ -531,7 +531,7 @@ def test_client_table_bounds_and_forgets(caplog: pytest.LogCaptureFixture) -> No
     """In-process: in-flight per connection, polls per identity across its connections,
     answers by replica (a departed member's owed answers do not hold the budget), nothing
     left after a close, and one WARNING per identity."""
-    from derecho_actors.node.client_table import ClientTable, Limit, Proxied
+    from derecho_actors.node.client_table import ClientTable, ClientTableStatus, Limit, Proxied
     from derecho_actors.wire.messages import CallKind
 
     t = ClientTable(max_in_flight=3, max_polls=2, wall_ns=time.monotonic_ns)
@@ -558,7 +558,7 @@ def test_client_table_bounds_and_forgets(caplog: pytest.LogCaptureFixture) -> No
     t.forget(a2)
     assert t.polls == {} and len(t.proxies) == 2 and a2 not in t.clients
     t.forget(a1)
-    assert not t.proxies and t.status() == {"connections": 2, "calls": 0, "relays": 0, "watch_polls": 0}
+    assert not t.proxies and t.status() == ClientTableStatus(connections=2, calls=0, relays=0, watch_polls=0)
     with caplog.at_level(logging.WARNING, logger="derecho.clients"):
         for _ in range(5):
             t.warn(sb, Limit.IN_FLIGHT, "x")

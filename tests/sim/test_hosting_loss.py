@@ -24,6 +24,7 @@ from derecho_actors.wire.messages import Reply
 from examples.kv_store import KV
 from runtime.core.effects import Delivery
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layout
+from runtime.core.status import RestartedEmpty
 from runtime.core.view import Proposal, View
 
 pytestmark = pytest.mark.timeout(60)
@@ -91,8 +92,9 @@ def test_a_lost_shard_tells_readers_until_a_write_is_applied(tmp_path: Path, cap
     assert "shard KV/0/1 lost every replica (nodes 3, 4 held it last, in view 1)" in error
     assert "KV.__init__ in view 2" in error and "before version 2.0" in error
     status = node.host.loss_status()
-    assert status["shards_restarted_empty"] == 1
-    assert status["restarted_empty"] == [
+    assert status.shards_restarted_empty == 1 and status.awaiting_log == ()
+    assert status.restarted_empty == (RestartedEmpty("KV/0/1", view=2, last_holders=(3, 4), last_view=1),)
+    assert status.to_wire()["restarted_empty"] == [  # what `status` sends, as before
         {"shard": "KV/0/1", "view": 2, "last_holders": [3, 4], "last_view": 1, "lost_before": "2.0"}
     ]
 
@@ -132,7 +134,7 @@ def test_a_shard_that_kept_a_holder_and_a_first_layout_are_no_loss(tmp_path: Pat
     two = next_view(one, (1, 2, 4, 5, 7), (), (3,))  # node 4 still holds KV/0/1
     assert two.layout.members_of(LOST) == (4, 5)
     assert node.update(two) == [(LOST, 4)]  # node 5 gets the state from node 4: nothing lost
-    assert node.host.loss_status()["shards_restarted_empty"] == 0
+    assert node.host.loss_status().shards_restarted_empty == 0
 
 
 def _writes(node: Node, first: int, n: int) -> list[bytes]:

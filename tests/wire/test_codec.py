@@ -30,6 +30,7 @@ from runtime.wire.codec import FrameDecoder, WireMessage, decode, encode, frame,
 from runtime.wire.control import (
     AppMessage,
     Goodbye,
+    GoodbyeKind,
     GroupRunning,
     Hello,
     Ping,
@@ -102,6 +103,7 @@ ROUND_TRIPS: dict[str, WireMessage] = {
     "status reply, nested": StatusReply({"view": {"vid": 2, "members": [1, 2]}, 7: [1.5, "s", b"b", False]}),
     "goodbye": Goodbye("wrong cluster name 'x', expected 'y'"),
     "goodbye, empty reason": Goodbye(""),
+    "goodbye, refused": Goodbye("refused: wrong cluster name", GoodbyeKind.REFUSED),
     "app message": AppMessage(b"\x93\x01\x02\x03"),
     "app message, empty": AppMessage(b""),
     "welcome": Welcome(1 << 20, (1 << 20) + 65536, 300_000),
@@ -272,6 +274,47 @@ def test_error_messages_stay_short_for_huge_values() -> None:
     with pytest.raises(WireError) as info:
         decode(body)
     assert len(str(info.value)) < 300
+
+
+# ------------------------------------------------------------------- Goodbye kinds
+# A Goodbye says what it means as a kind (a client gives up on REFUSED, fails over otherwise).
+# Each row: the body's fields after the tag, and the Goodbye it reads as, or the WireError.
+GOODBYES: dict[str, tuple[list[Any], Goodbye | str]] = {
+    "closed": (["idle: no frame for 30 s", "closed"], Goodbye("idle: no frame for 30 s")),
+    "refused": (["refused: no certificate", "refused"], Goodbye("refused: no certificate", GoodbyeKind.REFUSED)),
+    "old form: the reason alone reads as closed": (["not in a view"], Goodbye("not in a view")),
+    "old form refusal: closed, words kept": (["refused: bad cluster"], Goodbye("refused: bad cluster")),
+    "unknown kind": (["x", "rude"], r"Goodbye.kind must be one of \['closed', 'refused'\], got str 'rude'"),
+    "kind by its enum name": (["x", "REFUSED"], "Goodbye.kind must be one of"),
+    "kind as an int": (["x", 1], "Goodbye.kind must be one of .*got int 1"),
+    "kind nil": (["x", None], "Goodbye.kind must be one of"),
+    "kind as bytes": (["x", b"closed"], "Goodbye.kind must be one of"),
+    "reason nil, with a kind": ([None, "closed"], "Goodbye.reason must be a str"),
+    "a third field": (["x", "closed", 0], "Goodbye frame needs 1 or 2 fields after the tag, got 3"),
+    "no field": ([], "Goodbye frame needs 1 or 2 fields after the tag, got 0"),
+}
+
+
+@pytest.mark.parametrize("fields, expected", GOODBYES.values(), ids=GOODBYES.keys())
+def test_goodbye_kinds_decode_or_are_refused(fields: list[Any], expected: Goodbye | str) -> None:
+    body = p([codec.TAG_GOODBYE, *fields])
+    if isinstance(expected, str):
+        with pytest.raises(WireError, match=expected):
+            decode(body)
+        assert isinstance(FrameDecoder().feed(frame_of(body))[0], WireError)  # an event, not an exception
+    else:
+        out = decode(body)
+        assert isinstance(out, Goodbye) and out == expected and type(out.kind) is GoodbyeKind
+
+
+@pytest.mark.parametrize("kind", list(GoodbyeKind), ids=[k.name for k in GoodbyeKind])
+def test_a_goodbye_carries_its_kind_by_value(kind: GoodbyeKind) -> None:
+    assert msgpack.unpackb(encode(Goodbye("why", kind))) == [codec.TAG_GOODBYE, "why", kind.value]
+    assert decode(encode(Goodbye("why", kind))) == Goodbye("why", kind)
+
+
+def frame_of(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + body
 
 
 # ------------------------------------------------------------------- FrameDecoder
@@ -473,7 +516,7 @@ def msg_strategy() -> st.SearchStrategy[WireMessage]:
         st.builds(Hello, nat, text, st.sampled_from(["member", "client"])),
         st.just(StatusRequest()),
         st.builds(StatusReply, st.dictionaries(text | WIDE_INT, other, max_size=3)),
-        st.builds(Goodbye, text),
+        st.builds(Goodbye, text, st.sampled_from(GoodbyeKind)),
     )
 
 
