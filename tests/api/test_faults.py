@@ -53,6 +53,32 @@ def wait_for(ok: Callable[[], Any], timeout: float, what: str) -> float:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def freeze(pid: int, timeout: float = 10.0) -> float:
+    """SIGSTOP process ``pid`` and return once every one of its threads has stopped (the
+    seconds that took). ``os.kill`` returns as soon as the signal is queued: the kernel wakes
+    one thread to take it (the main thread, asleep in a node), and the group stop begins only
+    when that thread gets a CPU. Until then the process's other threads run on: a node's loop
+    and replica threads still take calls and answer them, for milliseconds on a busy machine
+    (a P2P call made right after ``os.kill`` was answered by the "frozen" node; see
+    tests/api/test_p2p_target.py). Where ``/proc`` is missing, waits a moment instead."""
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    tasks = Path(f"/proc/{pid}/task")
+    if not Path("/proc/self/task").is_dir():
+        time.sleep(0.2)
+        return time.monotonic() - t0
+    while True:
+        states = []
+        for tid in os.listdir(tasks):  # FileNotFoundError: the process is gone
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
+                states.append((tasks / tid / "stat").read_text().rsplit(") ", 1)[1][:1])
+        if states and all(s in ("T", "t") for s in states):
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"process {pid} did not stop within {timeout} s of SIGSTOP (its threads: {states})")
+        time.sleep(0.0005)
+
+
 def node_pids(workdir: Path) -> list[int]:
     """Node processes (``derecho_actors.tools.cluster_node``) of the cluster in ``workdir``, by
     ``pgrep -f`` on the node module and the workdir in their command lines."""
@@ -572,7 +598,9 @@ def test_client_p2p_call_to_a_replica_that_dies_fails_at_once(tmp_path: Path) ->
     with LocalCluster(3, [Counter], SURVIVES_ONE, overrides=FAST, workdir=str(tmp_path)) as cluster:
         c = cluster.handle(Counter)
         c.add(1).get(timeout=10)
-        os.kill(cluster.procs[3].pid, signal.SIGSTOP)  # it gets the call but never answers
+        # Stopped for good before the call, so it gets the call but never answers (right after
+        # os.kill its threads may still run and answer it: see freeze).
+        freeze(cluster.procs[3].pid)
         r = c.value(node=3)
         time.sleep(0.1)
         cluster.kill(3)
@@ -583,8 +611,11 @@ def test_client_p2p_call_to_a_replica_that_dies_fails_at_once(tmp_path: Path) ->
         except da.ReplicaLost as exc:
             assert exc.applied is False and time.monotonic() - t0 < 3
         else:  # which node answered says which path let it through
+            client = cluster.client
             pytest.fail(
-                f"a P2P call to node 3, frozen then killed, was answered: {got!r}; {cluster.reasons_from_logs(5)}"
+                f"a P2P call to node 3, frozen then killed, was answered: {got!r} (the client's contact: "
+                f"{client.connected_to}, after {client.connections} connections; node 3 at "
+                f"{cluster.address(3)}); {cluster.reasons_from_logs(5)}"
             )
 
 
