@@ -75,6 +75,21 @@ def _cluster(nodes: int, cls: type, layout: Any, workdir: str, **overrides: str)
     )
 
 
+def compiled_like_an_install() -> str:
+    """Byte-compile the package (and the examples) in place, as ``pip install`` does when it
+    installs a release (whatever PYTHONDONTWRITEBYTECODE says), so that node processes import
+    from ``.pyc`` files as an installed node does. A checkout run with
+    PYTHONDONTWRITEBYTECODE=1 (this repository's container and Dockerfile set it) compiles
+    every module at every start instead: about 0.2 s of CPU per node process, which a total
+    restart of three nodes on two cores pays before anything else. The ``__pycache__``
+    folders are ignored by git; a module edited later is recompiled from its source (the
+    ``.pyc`` records the source's size and time). Returns what the rows say about it."""
+    import compileall
+
+    ok = all(compileall.compile_dir(ROOT / name, quiet=1) for name in ("derecho_actors", "runtime", "examples"))
+    return "from .pyc, as installed" if ok else "compiled at start (byte-compiling failed)"
+
+
 def _err(exc: BaseException) -> Row:
     return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]}
 
@@ -388,6 +403,7 @@ def faults(ctx: Context) -> list[Row]:
         ("seconds", "s", ".2f"),
         ("mb_per_s", "MB/s", ",.0f"),
         ("versions", "versions", ","),
+        ("bytecode", "node modules", ""),
     ],
 )
 def recovery(ctx: Context) -> list[Row]:
@@ -450,7 +466,9 @@ def recovery(ctx: Context) -> list[Row]:
         ctx.note(f"state transfer: {rows[-1]['error']}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    # 2. Total restart of 3 nodes from logs with many versions.
+    # 2. Total restart of 3 nodes from logs with many versions, the nodes importing the
+    # package from bytecode as an installed release does (see compiled_like_an_install).
+    bytecode = compiled_like_an_install()
     versions = ctx.pick(20_000, 100_000)
     workdir = tempfile.mkdtemp(prefix="derecho-bench-restart-", dir=str(DISK))
     try:
@@ -478,17 +496,26 @@ def recovery(ctx: Context) -> list[Row]:
             h.put("marker", b"1").persisted(timeout=120)
             to_write = time.perf_counter() - t0
             ok = h.get_at(f"k{(versions - 1) % 1000}", v, node=2).get(timeout=30)[2] == b"v" * VALUE_SIZE
-            rows.append({"case": "total restart: to the restart view", "seconds": to_view, "versions": versions})
+            rows.append(
+                {
+                    "case": "total restart: to the restart view",
+                    "seconds": to_view,
+                    "versions": versions,
+                    "bytecode": bytecode,
+                }
+            )
             rows.append(
                 {
                     "case": "total restart: to the first persisted write",
                     "seconds": to_write,
                     "versions": versions,
                     "last_version_readable": ok,
+                    "bytecode": bytecode,
                 }
             )
             ctx.say(
-                f"  total restart with {versions:,} versions: view after {to_view:.2f} s, first persisted write after {to_write:.2f} s"
+                f"  total restart with {versions:,} versions: view after {to_view:.2f} s, first persisted write after "
+                f"{to_write:.2f} s (node modules {bytecode})"
             )
     except Exception as exc:
         rows.append({"case": "total restart", **_err(exc)})

@@ -26,13 +26,16 @@ from derecho_actors.replica.env import ReplicaEnv
 from derecho_actors.replica.events import EventLog
 from derecho_actors.replica.messages import StatePart
 from derecho_actors.replica.sessions import SessionTable, table_for
-from derecho_actors.replica.store import PersistentStore
+from derecho_actors.replica.store import CHECKPOINT_EVERY, PersistentStore
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.digest import object_attrs
 from derecho_actors.wire.messages import ChunkKind
+from runtime.core.versions import format_version
 from runtime.errors import StateTransferError
 
 log = logging.getLogger("derecho.replica")
+
+SIM_CHECKPOINT_EVERY = 16  # records between checkpoints in the simulator (inline writes)
 
 
 class Transferable(Protocol):
@@ -65,7 +68,9 @@ def open_store(r: Transferable) -> None:
 
 
 def attach_store(r: Transferable, log_: Any) -> None:
-    """Build the object's persistent state from the log (replay), on a fresh object."""
+    """Build the object's persistent state from the log on a fresh object: from the log's
+    checkpoint if it has a valid one, then replaying the records after it (all of them
+    without one)."""
     spec, env = r.spec, r.env
     r.obj = spec.cls()
     store = PersistentStore(
@@ -78,13 +83,31 @@ def attach_store(r: Transferable, log_: Any) -> None:
         on_failure=env.storage_failed,
         stall_timeout=env.stall_timeout,
         inline=env.inline_writes,
+        replayed=table_for(spec),
+        # The simulator's logs are short: it checkpoints often, so its crashes and total
+        # restarts run through checkpoints as much as through full replays.
+        checkpoint_every=SIM_CHECKPOINT_EVERY if env.inline_writes else CHECKPOINT_EVERY,
     )
     started = time.perf_counter()
+    restored = store.restore_checkpoint()
+    if restored is not None:
+        r.sessions.load_state(restored.sessions)
+        r.applied = restored.count
+    replayed = 0
     for calls in store.replay():
         r.sessions.replayed_batch(calls)
-        r.applied += len(calls)
+        replayed += len(calls)
+    r.applied += replayed
     if r.applied:
-        log.info("%s rebuilt from its log: %d versions in %.2f s", spec.name, r.applied, time.perf_counter() - started)
+        log.info(
+            "%s rebuilt from its log: %d versions in %.2f s%s",
+            spec.name,
+            r.applied,
+            time.perf_counter() - started,
+            f" (a checkpoint at version {format_version(restored.version)}, then {replayed} replayed)"
+            if restored is not None
+            else "",
+        )
     _attached(r, store)
 
 

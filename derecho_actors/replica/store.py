@@ -20,28 +20,41 @@ and ``sets`` holds all of it; ``sets``/``deletes`` encoded lists of ``[key, valu
 
 from __future__ import annotations
 
-import copy
 import logging
 import queue
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import msgpack
 
 from derecho_actors.model.fields import DELETED, Persistent, TrackedDict, _wrap
-from derecho_actors.replica.history import FieldHistory, MapSnapshot, Snapshot, hashable_key, latest_at
+from derecho_actors.replica import checkpoint as _checkpoint
+from derecho_actors.replica.history import FieldHistory, hashable_key
+from derecho_actors.replica.past import PastReads
+from derecho_actors.replica.sessions import SessionTable
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.packing import packb
-from runtime.core.versions import format_version
-from runtime.errors import NotPersistedYet, VersionLost
 
 log = logging.getLogger("derecho.persistent")
 
+CHECKPOINT_EVERY = 10_000
+"""Records between log checkpoints at least, and at least an eighth of the log: rewriting one
+(its index and history grow with the log) then costs about what the log's writes cost."""
 
-class PersistentStore:
+
+@dataclass(frozen=True, slots=True)
+class _CheckpointJob:
+    """A checkpoint for the writer thread to write once the records before it are durable."""
+
+    version: int
+    payload: bytes
+
+
+class PersistentStore(PastReads):
     """One replica's persistent state: its fields' change tracking, its log, the history index
     for reads of the past, and a writer thread that makes records durable in batches.
 
@@ -62,13 +75,17 @@ class PersistentStore:
         max_queued: int = 256,
         stall_timeout: float = 30.0,
         inline: bool = False,
+        replayed: SessionTable | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
     ) -> None:
         """``on_failure(why)``: the log could not be written (disk full, I/O error): the
         replica must stop (fail-stop), since it can no longer persist what it delivers.
         ``max_queued``: delivered batches waiting for the writer at most; beyond that the
         replica waits (back-pressure) instead of buffering without bound. ``inline``: no
         writer thread; each batch is written and made durable within :meth:`submit` (the
-        simulator's way: one thread, deterministic)."""
+        simulator's way: one thread, deterministic). ``replayed``: an empty session table
+        of the type, kept as a replay of the log would build it, for log checkpoints
+        (None: no checkpoints); one is written every ``checkpoint_every`` records or more."""
         self.obj = obj
         self.inline = inline
         self.on_failure = on_failure
@@ -92,6 +109,10 @@ class PersistentStore:
         self._writer: threading.Thread | None = None
         self._closed = False
         self.write_error: BaseException | None = None
+        self.replayed = replayed
+        self.checkpoint_every = checkpoint_every
+        self._calls: list[tuple[int, int, int]] = []  # recorded, not yet in ``replayed``
+        self._since_checkpoint = 0  # records since the last checkpoint (or the start)
 
     @contextmanager
     def log_held(self) -> Iterator[Any]:
@@ -101,6 +122,25 @@ class PersistentStore:
             yield self.log
 
     # ------------------------------------------------------------------ startup
+    def restore_checkpoint(self) -> _checkpoint.Restored | None:
+        """On a fresh object, before :meth:`replay`: put back the state of the log's
+        checkpoint, if it has one that still matches the log, so that :meth:`replay` applies
+        only the records after it. Returns what was restored (None: replay everything)."""
+        if self.replayed is None or self.last_version >= 0:
+            return None
+        with self._lock:
+            found = self.log.take_checkpoint()
+        if found is None:
+            return None
+        sessions = _checkpoint.restore(
+            found.payload, self.obj, self.fields, self.serializer, self.history, self._decode
+        )
+        if sessions is None:
+            return None
+        self.replayed.load_state(sessions)
+        self.last_version, self.last_ts = found.version, found.timestamp_ns
+        return _checkpoint.Restored(found.version, found.timestamp_ns, found.count, sessions)
+
     def replay(self, batch_bytes: int = 1 << 20) -> Iterator[list[tuple[int, int, int]]]:
         """Bring the fields up to the end of the log, from the records after ``last_version``
         on: all of them on a fresh object at start, or only those a state transfer appended
@@ -154,6 +194,8 @@ class PersistentStore:
                             history.note_keys(name, version, (key,), False)
                 calls.append((origin, call_id, ts))
             self.last_version, self.last_ts = version, ts
+            if self.replayed is not None:
+                self.replayed.replayed_batch(calls)
             yield calls
         self.reset_tracking()
         self._durable_version = self.last_version
@@ -202,6 +244,8 @@ class PersistentStore:
         if ts < self.last_ts:
             ts = self.last_ts
         self.last_version, self.last_ts = version, ts
+        if origin and self.replayed is not None:
+            self._calls.append((origin, call_id, ts))
         return version, ts, packb([origin, call_id, changes])
 
     def submit(self, records: list[tuple[int, int, bytes]]) -> None:
@@ -210,8 +254,10 @@ class PersistentStore:
         replica); returns at once once the log has failed (the node is stopping)."""
         if not records or self.write_error is not None:
             return
+        job = self._checkpoint_due(records)
+        batch: list[Any] = records if job is None else [*records, job]
         if self.inline:
-            self._write([records])
+            self._write([batch])
             return
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="derecho-log-writer", daemon=True)
@@ -219,7 +265,7 @@ class PersistentStore:
         while self.write_error is None:
             self._check_stall()
             try:
-                self._queue.put(records, timeout=0.5)
+                self._queue.put(batch, timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -250,9 +296,33 @@ class PersistentStore:
             if not self._write(batches) or stop:
                 return
 
-    def _write(self, batches: list[list[tuple[int, int, bytes]]]) -> bool:
-        """Append and make durable (one fsync), then report; False once the log failed."""
-        records = [r for batch in batches for r in batch]
+    def _checkpoint_due(self, records: list[tuple[int, int, bytes]]) -> _CheckpointJob | None:
+        """After ``records`` (the last call applied is the last of them): a checkpoint of
+        the state now, if one is due."""
+        if self.replayed is None:
+            return None
+        self.replayed.replayed_batch(self._calls)
+        self._calls = []
+        self._since_checkpoint += len(records)
+        if self._since_checkpoint < max(self.checkpoint_every, len(self.log) // 8):
+            return None
+        self._since_checkpoint = 0
+        data = _checkpoint.payload(
+            self.obj,
+            self.fields,
+            self.serializer,
+            self.history,
+            self._baseline,
+            self.replayed.to_state(),
+            self._encode,
+        )
+        return _CheckpointJob(records[-1][0], data) if data is not None else None
+
+    def _write(self, batches: list[list[Any]]) -> bool:
+        """Append and make durable (one fsync), write a checkpoint that came with them,
+        then report; False once the log failed."""
+        records = [r for batch in batches for r in batch if type(r) is not _CheckpointJob]
+        jobs = [r for batch in batches for r in batch if type(r) is _CheckpointJob]
         signature = None
         self.busy_since = time.monotonic()
         try:
@@ -266,6 +336,8 @@ class PersistentStore:
             return False
         finally:
             self.busy_since = None
+        if jobs:
+            self._write_checkpoint(jobs[-1])
         with self._durable:
             self._durable_version = durable
             self._durable.notify_all()
@@ -273,6 +345,14 @@ class PersistentStore:
         if signature is not None and self.on_signed is not None:
             self.on_signed(durable, signature)
         return True
+
+    def _write_checkpoint(self, job: _CheckpointJob) -> None:
+        """A checkpoint only saves restart time: a failure is logged and the node goes on."""
+        try:
+            with self._lock:
+                self.log.write_checkpoint(job.version, job.payload)
+        except Exception as exc:
+            log.warning("writing a checkpoint of %s failed: %s", getattr(self.log, "path", "?"), exc)
 
     def _fail(self, exc: BaseException) -> None:
         path = getattr(self.log, "path", "?")
@@ -309,67 +389,10 @@ class PersistentStore:
             # trying again would only repeat the error (the node is leaving anyway).
             self.log.close(flush=self.write_error is None)
 
-    # ------------------------------------------------------------------ reading
-    def read_record(self, version: int) -> dict[str, Any]:
-        with self._lock:
-            body = self.log.read(version)
-        return msgpack.unpackb(body, raw=False, strict_map_key=False)[2]
-
-    def check_readable(self, version: int) -> None:
-        lost = self.lost
-        if lost is not None and lost[0] <= version <= lost[1]:
-            raise VersionLost(
-                f"version {format_version(version)} is gone: a total restart found no log holding versions "
-                f"{format_version(lost[0])} to {format_version(lost[1])} and the operator accepted the loss; "
-                "read a version outside that range"
-            )
-        if version > self.frontier:
-            raise NotPersistedYet(
-                f"version {format_version(version)} is not on disk at every replica yet (persisted up to "
-                f"{format_version(self.frontier)}); wait for the call's QueryResults.persisted() or read an older version"
-            )
-
-    def version_at_time(self, timestamp_ns: int) -> int:
-        """The latest persisted version stamped at or before ``timestamp_ns`` (-1: none)."""
-        with self._lock:
-            found = self.log.latest_at_or_before_time(timestamp_ns)
-            lost = self.lost
-            if lost is not None and (found is None or found[0] < lost[0]):
-                # ``found`` is the latest version stamped at or before that time; if the lost
-                # range follows it directly, a lost version may be the true answer.
-                after = next(iter(self.log.iter_from(found[0] if found is not None else -1)), None)
-                if after is None or after[0] > lost[1]:
-                    raise VersionLost(
-                        f"the state at that time may be one of the lost versions {format_version(lost[0])} to "
-                        f"{format_version(lost[1])} (a total restart gave them up); ask for a later time"
-                    )
-            if found is not None and found[0] > self.frontier:
-                raise NotPersistedYet(
-                    f"version {format_version(found[0])}, the latest at that time, is not on disk at every replica "
-                    f"yet (persisted up to {format_version(self.frontier)}); ask again shortly"
-                )
-        return found[0] if found is not None else -1
-
-    def value_at(self, name: str, version: int) -> Any:
-        field = self.fields[name]
-        if name in self.history.values:
-            v = latest_at(self.history.values[name], version)
-            if v is None:
-                return copy.deepcopy(field.default)
-            return self._decode(self.read_record(v)[name][1])
-        return MapSnapshot(self, name, version)
-
     def _encode(self, value: Any) -> bytes:
         if isinstance(value, TrackedDict):
             value = dict(value)
         return _codec.encode_result(value, self.serializer)
-
-    def snapshot(self, version: int) -> Snapshot:
-        """The persistent fields as they were right after ``version`` (``da.at_version``)."""
-        return Snapshot(self, version)
-
-    def _decode(self, data: bytes) -> Any:
-        return _codec.decode_result(data, self.serializer)
 
 
 def log_path(data_dir: str | Path, type_name: str, subgroup: int, shard: int) -> Path:

@@ -58,7 +58,11 @@ log is read as it is and its header is rewritten to format 2 on open (logged at 
 signed format-1 log is refused (LogError): check it with the older version, or move it aside
 so the node fetches its state from the group. Other formats are refused too.
 
-There is no end marker and no index on disk: the file ends after the last whole record.
+There is no end marker: the file ends after the last whole record. The only index on disk is
+the optional checkpoint next to the log (``<log>.ckpt``, ``runtime.drivers.log_checkpoint``):
+the index of the records up to one version and its owner's state there, used on open only if
+the crc32 of the log's bytes up to that version still matches (one pass of ``zlib.crc32``
+instead of a check per record; the records after it are checked one by one as below).
 
 Recovery. Opening a log reads it through once, checking every record: its length fits in
 the file, its crc, its version is above the previous one's, its timestamp is not below it,
@@ -106,6 +110,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from runtime.drivers import log_checkpoint
+from runtime.drivers.log_checkpoint import CheckpointFile, LogCheckpoint
 from runtime.errors import LogCorrupted, LogError, LogSignatureError
 
 log = logging.getLogger("derecho.log")
@@ -466,16 +472,27 @@ def _check_record(
     return length, version, timestamp, chain, None
 
 
-def _scan(fd: int, header: _Header, end: int, verifier: Ed25519PublicKey | None) -> _ScanResult:
+def _scan(
+    fd: int, header: _Header, end: int, verifier: Ed25519PublicKey | None, resume: CheckpointFile | None = None
+) -> _ScanResult:
     """Walk the records from the header to ``end``, indexing them (and, when signed,
-    recomputing their chain digests), up to the first bad one."""
+    recomputing their chain digests), up to the first bad one. ``resume``: a checkpoint
+    whose records the caller proved unchanged (its prefix crc): its index stands for them
+    and the walk starts after them."""
     sig_size = SIGNATURE_SIZE if header.signed else 0
     versions, timestamps, offsets = array("Q"), array("Q"), array("Q")
     chains = bytearray() if header.signed else None
-    window = _Window(fd, end)
     offset = header.size
     last_version, last_time = -1, 0
     prev_chain = NO_CHAIN if header.signed else None
+    if resume is not None:
+        versions, timestamps, offsets = resume.versions, resume.timestamps, resume.offsets
+        offset, last_version, last_time = resume.end, resume.version, resume.timestamps[resume.count - 1]
+        if header.signed:
+            assert resume.chains is not None
+            chains = resume.chains
+            prev_chain = bytes(chains[-CHAIN_SIZE:])
+    window = _Window(fd, end)
     bad: BadRecord | None = None
     while offset < end:
         if prev_chain is None:  # unsigned: the good records a chunk at a time
@@ -612,6 +629,16 @@ class VersionedLog:
         self._buf = bytearray()  # encoded records after self._written
         self._durable_count = len(scan.versions)
         self._generation = 0  # bumped by truncate_after, to stop iterators that span it
+        self._header_size = header.size
+        # Checkpoints (runtime.drivers.log_checkpoint): the one found on open, for the owner
+        # to take once; the version of the one on disk (-1: none); and the crc32 of the
+        # log's bytes from the first record up to ``_crc_end``, kept so that each new
+        # checkpoint reads only what was written since the last one.
+        self.checkpoint: LogCheckpoint | None = None
+        self._ckpt_path = log_checkpoint.checkpoint_path(path)
+        self._ckpt_version = -1
+        self._crc_end = header.size
+        self._crc = 0
 
     # -- opening -------------------------------------------------------------------------
 
@@ -657,9 +684,17 @@ class VersionedLog:
             verifier = None
             if header.public_key is not None and check_signatures:
                 verifier = Ed25519PublicKey.from_public_bytes(header.public_key)
-            scan = _scan(fd, header, size, verifier)
+            found = _usable_checkpoint(fd, target, header, size)
+            scan = _scan(fd, header, size, verifier, found if verifier is None else None)
+            if found is not None and not _indexes(scan, found):
+                found = None  # (a full scan that stopped before the checkpoint's last record)
             recovery = _recover(fd, target, scan, size) if scan.bad is not None else None
-            return cls(target, fd, header, scan, signing_key, fsync, recovery)
+            opened = cls(target, fd, header, scan, signing_key, fsync, recovery)
+            if found is not None:
+                opened.checkpoint = found.checkpoint()
+                opened._ckpt_version = found.version
+                opened._crc_end, opened._crc = found.end, found.prefix_crc
+            return opened
         except BaseException:
             os.close(fd)
             raise
@@ -766,9 +801,54 @@ class VersionedLog:
         del self._offsets[keep:]
         if self._chains is not None:
             del self._chains[keep * CHAIN_SIZE :]
+        if self._ckpt_version > version:  # it holds records cut now: never to be used
+            log_checkpoint.remove(self._ckpt_path)
+            self._ckpt_version = -1
+        if self.checkpoint is not None and self.checkpoint.version > version:
+            self.checkpoint = None
+        if self._crc_end > cut:
+            self._crc_end, self._crc = self._header_size, 0
         self._written = cut
         self._generation += 1
         self._durable_count = keep  # everything left was just written (and fsynced)
+
+    def take_checkpoint(self) -> LogCheckpoint | None:
+        """The checkpoint found valid on open (see ``runtime.drivers.log_checkpoint``), handed
+        over once: its payload is the owner's state after its version, and the log still
+        holds exactly the records it was made from. None if there was none, it did not match
+        the log, or the log was cut below it since."""
+        found, self.checkpoint = self.checkpoint, None
+        return found
+
+    def write_checkpoint(self, version: int, payload: bytes) -> None:
+        """Write a checkpoint at ``version`` (a version in the log, already written to the
+        file: call after :meth:`flush`) with ``payload``, the owner's state after exactly the
+        records up to it. Replaces the previous checkpoint; not fsync'd (see
+        ``runtime.drivers.log_checkpoint``). KeyError if ``version`` is not in the log."""
+        fd = self._require_open()
+        i = bisect.bisect_left(self._versions, version)
+        if i == len(self._versions) or self._versions[i] != version:
+            raise KeyError(version)
+        count = i + 1
+        if count < len(self._versions):
+            end = self._offsets[count]
+        else:
+            length = RECORD_HEADER.unpack(self._read_range(self._offsets[i], RECORD_HEADER.size))[0]
+            end = self._offsets[i] + RECORD_HEADER.size + length + self._sig_size
+        if end > self._written:
+            raise LogError(f"{self.path}: a checkpoint at version {version} needs its records written first")
+        if self._crc_end > end:
+            self._crc_end, self._crc = self._header_size, 0
+        crc = log_checkpoint.crc_range(fd, self._crc_end, end, self._crc)
+        if crc is None:
+            raise LogCorrupted(f"{self.path} ends before offset {end}: it was cut while open")
+        self._crc_end, self._crc = end, crc
+        chains = self._chains[: count * CHAIN_SIZE] if self._chains is not None else None
+        data = log_checkpoint.encode(
+            version, end, crc, self._versions[:count], self._timestamps[:count], self._offsets[:count], chains, payload
+        )
+        log_checkpoint.write(self._ckpt_path, data)
+        self._ckpt_version = version
 
     def close(self, flush: bool = True) -> None:
         """Flush (unless ``flush`` is False: after a failed write, nothing more is tried),
@@ -1041,6 +1121,36 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def _usable_checkpoint(fd: int, path: Path, header: _Header, size: int) -> CheckpointFile | None:
+    """The log's checkpoint if the log still holds exactly the records it was made from
+    (its prefix crc over the file matches); otherwise None, and an unusable checkpoint file
+    is removed (the next one replaces it anyway)."""
+    ckpt = log_checkpoint.checkpoint_path(path)
+    found = log_checkpoint.read(ckpt)
+    if found is None:
+        return None
+    why = found if isinstance(found, str) else None
+    if isinstance(found, CheckpointFile):
+        if found.signed != header.signed:
+            why = "signed differently from the log"
+        elif found.end > size or log_checkpoint.crc_range(fd, header.size, found.end) != found.prefix_crc:
+            why = f"the log no longer holds the records up to version {found.version} it was made from"
+    if why is None:
+        assert isinstance(found, CheckpointFile)
+        return found
+    log.info("log %s: checkpoint not used (%s); every record is read", path, why)
+    log_checkpoint.remove(ckpt)
+    return None
+
+
+def _indexes(scan: _ScanResult, found: CheckpointFile) -> bool:
+    """Whether a scan indexed the checkpoint's records as the checkpoint does."""
+    n = found.count
+    if len(scan.versions) < n or scan.versions[n - 1] != found.version:
+        return False
+    return (scan.offsets[n] if len(scan.offsets) > n else scan.end) == found.end
 
 
 def _recover(fd: int, path: Path, scan: _ScanResult, size: int) -> Recovery:

@@ -12,6 +12,10 @@ unfinished state transfers) to every address of that view and to its contacts, a
   :class:`runtime.core.restart.RestartPlanner` (the simulator drives the same object). The
   lowest node id among them leads: when the planner decides, it records the restart view as
   accepted (``on_accept``), sends it to every reporter, which records it too and installs it.
+  A leader that has not heard from members of the latest view with lower ids gives them
+  ``LEADER_GRACE`` more (their report or decision may be on a slow connection): the decision
+  is one phase, so two nodes that each think they are the lowest would each send a restart
+  view of the same id.
 - if the planner refuses (the logs back lack versions reported persisted, and the node was not
   started with ``accept_loss``), the node logs the report at ERROR and ends the restart phase
   with ``Outcome.refused``: the node process exits with ``EXIT_RESTART_REFUSED``. Every
@@ -33,7 +37,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from runtime.core.layout import LayoutPolicy, ShardId
-from runtime.core.restart import RestartPlan, RestartPlanner, RestartRefused, RestartReport, RestartWaiting
+from runtime.core.restart import (
+    RestartPlan,
+    RestartPlanner,
+    RestartRefused,
+    RestartReport,
+    RestartWaiting,
+    latest_view,
+)
 from runtime.core.versions import format_version
 from runtime.core.view import View, ViewFormatError
 from runtime.wire.control import GroupRunning, RestartDecision, RestartHello
@@ -42,6 +53,9 @@ log = logging.getLogger("derecho.restart")
 
 RESEND = 0.2  # seconds between repeats of this node's report
 MIN_DOUBT_WAIT = 5.0  # seconds: the least a doubt may hold a restart for missing members (see RestartPlanner)
+LEADER_GRACE = 2 * RESEND
+"""Seconds past the quorum wait that a node gives the members of the latest view with lower
+ids, before it leads without them (see :meth:`RestartCoordinator.on_tick`)."""
 
 
 def default_doubt_wait(quorum_wait: float) -> float:
@@ -160,6 +174,7 @@ class RestartCoordinator:
         self.next_send = now
         self.last_problem: str | None = None
         self.refused_since: float | None = None  # a non-leader's planner refused since then
+        self.led: RestartPlan | None = None  # the plan this node sent as the restart leader
 
     @property
     def reports(self) -> dict[int, RestartReport]:
@@ -243,8 +258,36 @@ class RestartCoordinator:
             return min(self.next_send, self.refused_since + grace)
         self.refused_since = None
         if leader:
+            hold = self._lower_ids_grace(now)
+            if hold is not None:
+                return min(self.next_send, hold)
             self._lead(decision)
         return self.next_send
+
+    def _lower_ids_grace(self, now: float) -> float | None:
+        """Until when this node, about to lead, still waits for members of the latest view
+        with lower ids that it has not heard from (None: it leads now).
+
+        The lowest id among the reports leads; a node that has not heard from a lower id
+        would lead too, while that node, holding this node's report, leads with it: two
+        restart views of one id (seen when a node's answer to a first report crossed a
+        connection starved of CPU for longer than the quorum wait). Lower ids that are back
+        answer a report at once and resend theirs every ``RESEND``; ``LEADER_GRACE`` (two
+        resends) past the quorum wait lets their report or their decision arrive first. A
+        lower id that is down for good costs the restart that much time, no more."""
+        reports = self.planner.reports
+        since = self.planner.quorum_since
+        latest = latest_view(reports.values())
+        if since is None or not any(m < self.node_id and m not in reports for m in latest.members):
+            return None
+        until = since + self.quorum_wait + LEADER_GRACE
+        if now >= until:
+            return None
+        reason = f"members {sorted(m for m in latest.members if m < self.node_id and m not in reports)} not heard"
+        if reason != self.last_problem:
+            log.info("restart: would lead, but waits %.1f s more for lower node ids (%s)", until - now, reason)
+            self.last_problem = reason
+        return until
 
     def _lead(self, plan: RestartPlan) -> None:
         log.info(
@@ -265,4 +308,5 @@ class RestartCoordinator:
         for node, address in self.addresses.items():
             if node != self.node_id:
                 self.send_to(address, decision)
+        self.led = plan
         self.outcome = Outcome(view=plan.view, lost=dict(plan.lost))
