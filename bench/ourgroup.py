@@ -131,9 +131,12 @@ def run_group(
     stall: float = 20.0,
     limit: float = 300.0,
     tls: bool | None = None,
+    trace_dir: Path | None = None,
 ) -> GroupRun:
     """``n`` members, the first ``senders`` of them sending ``per_sender`` messages each.
-    ``tls``: True/False for that mode, None for the run's default (on unless ``--insecure``)."""
+    ``tls``: True/False for that mode, None for the run's default (on unless ``--insecure``).
+    ``trace_dir``: each member records where its messages' time goes there
+    (``bench.latency_trace``; ``trace-<id>.msgpack``)."""
     workdir = Path(tempfile.mkdtemp(prefix="derecho-bench-"))
     ports = dict(zip(range(1, n + 1), free_ports(n)))
     cluster = f"bench-{uuid.uuid4().hex[:8]}"
@@ -180,6 +183,8 @@ def run_group(
                 ]
                 if latency:
                     args.append("--latency")
+                if trace_dir is not None:
+                    args += ["--trace", str(Path(trace_dir) / f"trace-{i}.msgpack")]
                 procs.python(f"node-{i}", "bench.ournode", *args)
 
             start(1)
@@ -212,12 +217,28 @@ def run_group(
     return GroupRun(n, senders, size, expect, members, wall, sec.tls)
 
 
+def latencies(stamps_raw: bytes, ends_raw: bytes, at_raw: bytes) -> array:
+    """Send->delivery nanoseconds of every message a member delivered, in delivery order,
+    from its messages' stamps and, per delivery batch, where the batch ends in them and
+    when it was delivered."""
+    stamps, ends, at = array("q"), array("q"), array("q")
+    stamps.frombytes(stamps_raw)
+    ends.frombytes(ends_raw)
+    at.frombytes(at_raw)
+    lat = array("q")
+    start = 0
+    for end, t in zip(ends, at):
+        lat.extend(map(t.__sub__, stamps[start:end]))
+        start = end
+    return lat
+
+
 def _load(path: Path) -> MemberResult:
     doc = msgpack.unpackb(path.read_bytes())
-    tt, tn, lat = array("q"), array("q"), array("q")
+    tt, tn = array("q"), array("q")
     tt.frombytes(doc["timeline_t"])
     tn.frombytes(doc["timeline_n"])
-    lat.frombytes(doc["lat"])
+    lat = latencies(doc["stamps"], doc["stamp_ends"], doc["stamp_at"])
     return MemberResult(
         node=doc["node"],
         sent=doc["sent"],

@@ -27,6 +27,7 @@ that founds a one-member group on ``127.0.0.1:7000``. The file looks like::
     max_batch = 1000
     max_message_size = 1048576
     null_interval_ms = 1.0
+    immediate_nulls = true
     max_frame_bytes = 67108864
     [security]
     certs_dir = "/etc/derecho/certs"  # ca.crt, node-<id>.crt, node-<id>.key
@@ -430,6 +431,7 @@ _FIELDS: dict[str, dict[str, _Field]] = {
         "max_batch": _Field(_int_text(1), _int_check(1)),
         "max_message_size": _Field(_int_text(1), _int_check(1)),
         "null_interval_ms": _Field(_float_text, _float_check),
+        "immediate_nulls": _Field(_bool_text, _bool_check),
         "max_frame_bytes": _Field(_int_text(1), _int_check(1)),
     },
     "persistence": {
@@ -549,6 +551,10 @@ class MulticastSection:
     null_interval_ms: float = 1.0
     max_frame_bytes: int = 64 << 20
     window_bytes: int = 32 << 20  # with window_size: payload bytes a sender may have in flight
+    # A sender with nothing of its own waiting sends the null messages it owes at once, with
+    # the push it makes anyway (at most once per half null_interval_ms); null_interval_ms is
+    # then how long they wait while its own messages wait.
+    immediate_nulls: bool = True
 
     def __post_init__(self) -> None:
         _check_fields("multicast", self)
@@ -695,6 +701,7 @@ class NodeConfig:
                 window_size=m.window_size,
                 window_bytes=m.window_bytes,
                 null_interval=m.null_interval_ms / 1000.0,
+                immediate_nulls=m.immediate_nulls,
                 max_batch=m.max_batch,
                 max_message_size=m.max_message_size,
             ),
@@ -1100,7 +1107,8 @@ window_size = {multicast.window_size}  # messages a sender may have in flight pe
 window_bytes = {multicast.window_bytes}  # payload bytes a sender may have in flight per shard
 max_batch = {multicast.max_batch}  # most messages delivered in one batch
 max_message_size = {multicast.max_message_size}  # largest payload in bytes
-null_interval_ms = {multicast.null_interval_ms}  # idle sender sends a null after this
+null_interval_ms = {multicast.null_interval_ms}  # a sender whose own messages wait sends owed nulls after this
+immediate_nulls = {str(multicast.immediate_nulls).lower()}  # one with nothing waiting: at once (at most every half interval)
 max_frame_bytes = {multicast.max_frame_bytes}  # largest wire frame accepted from a peer
 
 [persistence]

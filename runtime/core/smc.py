@@ -17,6 +17,7 @@ buffers for a sender stays a few MB whatever the message size.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
@@ -80,6 +81,20 @@ class DeliveredBatch(Sequence[DeliveredMessage]):
             self._parts = []
         return cols  # type: ignore[return-value]
 
+    def payloads(self) -> Sequence[bytes]:
+        """The payloads alone, in delivery order. A consumer that needs nothing else (a
+        counter, a measurement) gets them with a slice assignment per sender run instead of
+        the four columns iteration lays out."""
+        if self._cols is not None:
+            return self._cols[3]
+        start, stop, n = self._start, self._stop, self._n
+        payloads: list[Payload] = [None] * (stop - start)
+        for pos, _node, k0, seg in self._parts:
+            payloads[k0 * n + pos - start :: n] = seg
+        if self._len < stop - start:
+            return list(compress(payloads, map(is_not, payloads, repeat(None))))  # type: ignore[arg-type]
+        return payloads  # type: ignore[return-value]
+
     def __len__(self) -> int:
         return self._len
 
@@ -124,6 +139,12 @@ class MulticastConfig:
     # Payload bytes of the same stretch of messages ``window_size`` counts. One message is
     # always admitted when none is outstanding, so a message above it still goes (alone).
     window_bytes: int = 32 << 20
+    # Null messages a sender owes (others' messages wait on its turn in the round-robin
+    # order) go at once, with the push it makes anyway, when it has nothing of its own
+    # waiting to be sent (Derecho's auto-null), at most once per half ``null_interval``.
+    # ``null_interval`` is then how long they wait while its own messages wait (or always,
+    # with this off).
+    immediate_nulls: bool = True
 
     def __post_init__(self) -> None:
         if self.window_size < 1:
@@ -207,6 +228,10 @@ class ShardMulticast:
         self._released_bytes = 0
         self._own_marks: deque[tuple[int, int]] = deque()
         self._blocked = False
+        # The last send left some of what it was offered with the caller (its queue is not
+        # empty): owed nulls then wait null_interval (see _null_due_at).
+        self._app_waiting = False
+        self._last_null_at = -math.inf  # when this member last sent null messages
         self._deliveries: list[Delivery] = []
         self._window_opened = False
         self.nulls_sent = 0
@@ -277,26 +302,34 @@ class ShardMulticast:
         """Append as many payloads as the window admits; returns how many were taken.
 
         The rest stay the caller's: it retries after a ``window_open`` notice. Nothing is
-        dropped. Raises ValueError if this member is not a sender or a payload is too large.
+        dropped. Raises ValueError if this member is not a sender or a payload the window
+        would take now is too large (nothing is taken then).
         """
         if self.my_pos is None:
             raise ValueError(f"node at rank {self.my_rank} is not a sender in shard {self.shard!r}")
-        limit = self.config.max_message_size
-        if payloads and sum(map(len, payloads)) > limit:  # only then measure each one
-            longest = max(map(len, payloads))
-            if longest > limit:
-                raise ValueError(f"payload of {longest} bytes exceeds max_message_size {limit}")
         self._drain_resend(now)
         if self.resend:  # trimmed messages of the last view go first, in their order
             self._blocked = True
+            self._app_waiting = bool(payloads)
             return 0
-        room = self.send_capacity()
-        take = self._fit_bytes(payloads, min(room, len(payloads)))
+        take = min(self.send_capacity(), len(payloads))
+        if take:
+            # Only what the window admits now is measured: the caller offers its whole queue
+            # each time the window opens, and a pass over a long backlog per offer would make
+            # a node that falls behind fall further behind (the rest is checked when it goes).
+            head = payloads[:take] if take < len(payloads) else payloads
+            limit = self.config.max_message_size
+            if sum(map(len, head)) > limit:  # only then measure each one
+                longest = max(map(len, head))
+                if longest > limit:
+                    raise ValueError(f"payload of {longest} bytes exceeds max_message_size {limit}")
+            take = self._fit_bytes(head, take)
+            if take:
+                self._append_own(head if take == len(head) else head[:take])
+                self._last_send_at = now
         if take < len(payloads):
             self._blocked = True
-        if take:
-            self._append_own(payloads[:take] if take < len(payloads) else payloads)
-            self._last_send_at = now
+        self._app_waiting = take < len(payloads)
         return take
 
     def _drain_resend(self, now: float) -> None:
@@ -411,11 +444,18 @@ class ShardMulticast:
             if k1 <= k0:
                 continue
             seg = buf[pos]
-            if k1 - k0 < len(seg):
-                buf[pos] = seg[k1 - k0 :]
-                del seg[k1 - k0 :]
-            else:
+            cut = k1 - k0
+            if cut >= len(seg):
                 buf[pos] = []
+            elif len(seg) - cut <= cut:
+                buf[pos] = seg[cut:]
+                del seg[cut:]
+            else:
+                # More stays than goes (a backlog: the window is full, or stability lags):
+                # copy the delivered run out instead, so a delivery costs what it delivers,
+                # not what is still buffered (the rest only moves down, untouched).
+                seg, rest = seg[:cut], seg
+                del rest[:cut]
             parts.append((pos, members[ranks[pos]], k0, seg))
             base[pos] = k1
             if nulls[pos]:
@@ -480,13 +520,13 @@ class ShardMulticast:
         if self._lazy_at is not None and now >= self._lazy_at:
             self._lazy_due = True
         # Same expression as wakeup_at(), so a tick at the requested time always acts.
-        if self.my_pos is None or self.wedged or now < self._last_send_at + self.config.null_interval:
+        if self.my_pos is None or self.wedged or now < self._null_due_at():
             return
         owed = min(self.nulls_owed(), self.send_capacity())
         if owed > 0:
             self._append_own([None] * owed, nulls=owed)
             self.nulls_sent += owed
-            self._last_send_at = now
+            self._last_send_at = self._last_null_at = now
 
     def wakeup_at(self) -> float | None:
         """When this shard next needs a tick (to send nulls), if at all.
@@ -498,8 +538,23 @@ class ShardMulticast:
         lazy = self._lazy_at if not self._lazy_due else None
         if self.my_pos is None or self.wedged or self.nulls_owed() == 0 or self.send_capacity() <= 0:
             return lazy
-        at = self._last_send_at + self.config.null_interval
+        at = self._null_due_at()
         return at if lazy is None or at < lazy else lazy
+
+    def _null_due_at(self) -> float:
+        """When owed null messages may go. At once when this member has nothing of its own
+        waiting to be sent (and sent no nulls in the last half ``null_interval``): its next
+        message may be a while off, and meanwhile every later message of the others would
+        wait for its turn (at 1 msg/ms from one sender, up to 1 ms per message; between the
+        ticks of paced senders, a tick). Otherwise only once it has sent nothing for
+        ``null_interval``: while its own messages wait for the window, nulls would take
+        their places."""
+        if self.config.immediate_nulls and not self._app_waiting and not self.resend:
+            # At most one null push per half interval: with one busy sender, each of its
+            # pushes would otherwise draw a push of nulls from every idle member and an ack
+            # of those from every other member (a third more frames and wake-ups per push).
+            return max(self._last_send_at, self._last_null_at + self.config.null_interval / 2)
+        return self._last_send_at + self.config.null_interval
 
     # --------------------------------------------------------------------- drain
     def evaluate(self, now: float) -> None:

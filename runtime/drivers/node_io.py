@@ -4,7 +4,8 @@ Before ``NodeDriver.run`` there is neither; from then on both exist for as long 
 does. So the phases of a node (``runtime.drivers.node_phases``) are given a ``NodeIO`` and never
 ask whether the loop or the transport is there yet. It also keeps what the driver schedules
 on that loop for the core: one flush of its output per loop turn (so frames to a peer leave in
-one write), and its next timer.
+one write; under load it lets the frames read in its turn go first, see ``FLUSH_DEFERRALS``),
+and its next timer.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from runtime.wire.codec import frame
 from runtime.wire.control import Welcome
 
 T = TypeVar("T")
+
+# How many times a flush lets callbacks that became ready in its loop turn run first (frames
+# read from other peers in the same select, a timer). Their effects then leave in the same
+# writes: under load, one ack per peer per turn instead of one per frame read, and fewer
+# wake-ups of the peers. Bounded, so input arriving without pause cannot hold output back.
+FLUSH_DEFERRALS = 1
 
 
 def tcp_transport(
@@ -75,6 +82,7 @@ class NodeIO:
         self._on_flush = on_flush
         self._on_tick = on_tick
         self._flush_scheduled = False
+        self._deferred = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -89,9 +97,22 @@ class NodeIO:
         """Flush once the callbacks of this loop turn have run (at most one flush is pending)."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.loop.call_soon(self.flush_now)
+            self.loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        if not self._flush_scheduled:
+            return  # flush_now ran meanwhile (a timer): nothing is left for this one
+        # asyncio's loop keeps the callbacks of the current turn in ``_ready`` (other loops,
+        # uvloop's, do not expose it: they flush at once).
+        ready = getattr(self.loop, "_ready", None)
+        if ready and self._deferred < FLUSH_DEFERRALS:
+            self._deferred += 1
+            self.loop.call_soon(self._scheduled_flush)
+            return
+        self.flush_now()
 
     def flush_now(self) -> None:
+        self._deferred = 0
         self._flush_scheduled = False
         self._on_flush()
 

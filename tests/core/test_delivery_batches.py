@@ -76,7 +76,7 @@ def test_large_interleaved_batches_match_the_round_robin_order(senders: int) -> 
     ],
 )
 def test_payloads_are_checked_per_batch(messages: tuple, needle: str | None) -> None:
-    core = fixed_core(1, (1, 2, 3), MulticastConfig(max_message_size=64))
+    core = fixed_core(1, (1, 2, 3), MulticastConfig(max_message_size=64, immediate_nulls=False))
     core.ready()
     push = ShardPush(0, SHARD, 1, RowDelta(1, 1, {"received_num": (0, len(messages), 0)}), 0, messages)
     core.step(MessageArrived(0.0, 2, push))

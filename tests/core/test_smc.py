@@ -50,7 +50,7 @@ def test_round_robin_order_with_nulls(sends: list[tuple], expected: list[tuple[i
 
 
 def test_idle_sender_waits_null_interval_before_sending_nulls() -> None:
-    net = ShardNet((1, 2), MulticastConfig(null_interval=0.5))
+    net = ShardNet((1, 2), MulticastConfig(null_interval=0.5, immediate_nulls=False))
     net.send(2, b"x")  # global index 1: needs node 1's slot 0
     for link in net.in_flight():
         while net.deliver_one(*link):
@@ -82,7 +82,7 @@ def test_window_full_refuses_then_reopens() -> None:
 
 def test_window_counts_own_undelivered_messages_not_only_receipt() -> None:
     """Messages received everywhere but stuck behind an idle sender still hold the window."""
-    net = ShardNet((1, 2), MulticastConfig(window_size=3, null_interval=1e9))
+    net = ShardNet((1, 2), MulticastConfig(window_size=3, null_interval=1e9, immediate_nulls=False))
     assert net.send(1, b"a", b"b", b"c") == 3
     for _ in range(4):  # let every row settle without ticks (so node 2 sends no nulls)
         for link in net.in_flight():
@@ -234,7 +234,7 @@ def test_bad_pushes_are_rejected_and_change_nothing(sender: int, push: ShardPush
 
 
 def test_repeated_push_is_ignored_quietly() -> None:
-    net = ShardNet((1, 2))
+    net = ShardNet((1, 2), MulticastConfig(immediate_nulls=False))  # node 2 owes no null here
     net.send(1, b"a", b"b")
     push = net.links[(1, 2)][0]
     net.deliver_one(1, 2)

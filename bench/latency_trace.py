@@ -1,0 +1,263 @@
+"""Where a multicast message's time goes, between its submit and its delivery at each member.
+
+``bench.ournode --trace PATH`` installs a :class:`Tracer` in the node process once the shard
+is complete. It wraps a few of the driver's and core's calls (the bench's own process only;
+nothing of the node changes) and records, with the machine's wall clock (``time.time_ns``,
+the same in every process, as the latency stamps are):
+
+- ``submit``: each submit of the app: (its first message's stamp, the time of the submit,
+  count);
+- ``sent``: each push with messages leaving this node, stamped after the flush that wrote it
+  went to the transport: (time, first sender index, count, the sender index of its first
+  real message, that message's latency stamp). These messages are the samples;
+- ``recv``: each push with messages arriving here: (time, sender node, first index, count);
+- ``stable``: after each arriving push, how many of each sender's messages every member
+  holds, as this member knows it (the stability predicate's input);
+- ``deliv``: each delivery batch: (time, frontier after it);
+- ``turn``: each turn of the event loop: (start, busy ns, ns waiting in select, handles run);
+- ``flush``: each flush of the core's effects: (start, ns taken).
+
+:func:`analyse` joins the files of all members: for sampled messages, the time from submit to
+the push leaving the sender, to its arrival at each member, to stability known there, to its
+delivery there; plus loop-turn statistics. ``python -m bench.latency_trace DIR`` prints it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from array import array
+from bisect import bisect_right
+from pathlib import Path
+from typing import Any, Callable
+
+import msgpack
+
+from bench.ournode import STAMP
+from runtime.core.events import MessageArrived
+from runtime.core.messages import ShardPush
+
+
+class Tracer:
+    """Records what the module docstring lists, for one node process."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.submit = array("q")
+        self.sent = array("q")
+        self.recv = array("q")
+        self.stable = array("q")
+        self.deliv = array("q")
+        self.turn = array("q")
+        self.flush = array("q")
+        self.late = array("q")  # per submit: how long after its stamp it was made
+        self.members: list[int] = []
+        self.senders: list[int] = []
+        self.my_pos = -1
+        self._pending_sent: list[tuple[int, int]] = []
+        self._handles = 0
+
+    def install(self, driver: Any, shard: Any) -> None:
+        core = driver.core
+        smc = core.shards[shard]
+        self.members = list(smc.members)
+        self.senders = [smc.members[r] for r in smc.sender_ranks]
+        self.my_pos = -1 if smc.my_pos is None else smc.my_pos
+        ns = time.time_ns
+        step0, ready0 = core.step, core.ready
+        stable, recv = self.stable, self.recv
+
+        def step(event: Any) -> None:
+            step0(event)
+            if type(event) is MessageArrived and type(event.message) is ShardPush:
+                push = event.message
+                t = ns()
+                if push.messages:
+                    recv.extend((t, event.sender, push.first, len(push.messages)))
+                s = core.shards.get(shard)
+                if s is not None:
+                    stable.append(t)
+                    stable.extend(s.sst.vector_min("received_num"))
+
+        def ready() -> Any:
+            out = ready0()
+            for o in out.outgoing:
+                m = o.message
+                if type(m) is ShardPush and m.messages:
+                    # The first real message of the push is its sample: its index and stamp.
+                    for i, p in enumerate(m.messages):
+                        if p is not None:
+                            stamp = STAMP.unpack_from(p)[0] if len(p) >= 8 else 0
+                            self._pending_sent.append((m.first, len(m.messages), m.first + i, stamp))
+                            break
+            return out
+
+        core.step, core.ready = step, ready
+        io = driver._io
+        flush0: Callable[[], None] = io._on_flush
+        flush_rec, sent = self.flush, self.sent
+
+        def flush() -> None:
+            t0 = ns()
+            flush0()
+            t1 = ns()
+            flush_rec.extend((t0, t1 - t0))
+            for rec in self._pending_sent:
+                sent.extend((t1, *rec))
+            self._pending_sent.clear()
+
+        io._on_flush = flush
+        loop = io.loop
+        run_once0 = loop._run_once
+        selector = loop._selector
+        select0 = selector.select
+        wait = [0]
+
+        def select(timeout: Any = None) -> Any:
+            t0 = ns()
+            r = select0(timeout)
+            wait[0] += ns() - t0
+            return r
+
+        turn = self.turn
+
+        def run_once() -> None:
+            wait[0] = 0
+            n = len(loop._ready)
+            t0 = ns()
+            run_once0()
+            t1 = ns()
+            turn.extend((t0, t1 - t0 - wait[0], wait[0], n))
+
+        selector.select = select
+        loop._run_once = run_once
+
+    def on_submit(self, stamp_ns: int, first: int, n: int) -> None:
+        """A submit of ``n`` messages stamped ``stamp_ns`` (their due time when paced)."""
+        now = time.time_ns()
+        self.submit.extend((stamp_ns, now, n))
+        self.late.append(now - stamp_ns)
+
+    def on_deliver(self, frontier: int) -> None:
+        self.deliv.extend((time.time_ns(), frontier))
+
+    def write(self, path: Path) -> None:
+        doc = {
+            "node": self.node_id,
+            "members": self.members,
+            "senders": self.senders,
+            "my_pos": self.my_pos,
+            **{
+                k: getattr(self, k).tobytes()
+                for k in ("submit", "sent", "recv", "stable", "deliv", "turn", "flush", "late")
+            },
+        }
+        path.write_bytes(msgpack.packb(doc))
+
+
+def _rows(raw: bytes, width: int) -> list[tuple[int, ...]]:
+    a = array("q")
+    a.frombytes(raw)
+    return [tuple(a[i : i + width]) for i in range(0, len(a), width)]
+
+
+def _first_cover(rows: list[tuple[int, ...]], k: int, first_col: int, n_col: int) -> int | None:
+    """Time of the first row whose [first, first + n) covers k (rows in time order)."""
+    for r in rows:
+        if r[first_col] <= k < r[first_col] + r[n_col]:
+            return r[0]
+    return None
+
+
+def analyse(folder: Path, sample: int = 400) -> dict[str, Any]:
+    docs = {d["node"]: d for d in (msgpack.unpackb(p.read_bytes()) for p in sorted(folder.glob("trace-*.msgpack")))}
+    any_doc = next(iter(docs.values()))
+    senders: list[int] = any_doc["senders"]
+    n = len(senders)
+    per = {}
+    for node, d in docs.items():
+        per[node] = {
+            "submit": _rows(d["submit"], 3),
+            "sent": _rows(d["sent"], 5),
+            "recv": _rows(d["recv"], 4),
+            "stable": _rows(d["stable"], 1 + n),
+            "deliv": _rows(d["deliv"], 2),
+            "turn": _rows(d["turn"], 4),
+            "flush": _rows(d["flush"], 2),
+            "late": _rows(d["late"], 1),
+        }
+    stages: dict[str, list[float]] = {}
+
+    def add(name: str, a: int | None, b: int | None) -> None:
+        if a is not None and b is not None:
+            stages.setdefault(name, []).append((b - a) / 1e6)
+
+    for pos, snode in enumerate(senders):
+        sent = per[snode]["sent"]
+        if not sent:
+            continue
+        lo, hi = len(sent) // 10, len(sent) * 9 // 10
+        submits = per[snode]["submit"]
+        starts = [x[0] for x in submits]
+        for t_sent, _first, _n, k, stamp in sent[lo : hi : max(1, (hi - lo) // sample)]:
+            add("stamp->sent (sender)", stamp, t_sent)
+            i = bisect_right(starts, stamp) - 1
+            if i >= 0:
+                add("stamp->submit (app's tick)", stamp, submits[i][1])
+                add("submit->sent (sender)", submits[i][1], t_sent)
+            g = k * n + pos
+            for rnode, r in per.items():
+                if rnode == snode:
+                    t_recv = t_sent
+                else:
+                    t_recv = next((x[0] for x in r["recv"] if x[1] == snode and x[2] <= k < x[2] + x[3]), None)
+                    add("sent->recv (wire+loop)", t_sent, t_recv)
+                t_stab = next((x[0] for x in r["stable"] if x[1 + pos] > k), None)
+                t_del = next((x[0] for x in r["deliv"] if x[1] > g), None)
+                if rnode != snode:
+                    add("recv->stable", t_recv, t_stab)
+                else:
+                    add("sent->stable (sender)", t_sent, t_stab)
+                add("stable->delivered (order wait)", t_stab, t_del)
+                add("stamp->delivered", stamp, t_del)
+    turns: dict[str, Any] = {}
+    for node, r in per.items():
+        busy = [t[1] / 1e3 for t in r["turn"]]
+        waits = [t[2] / 1e3 for t in r["turn"]]
+        fl = [f[1] / 1e3 for f in r["flush"]]
+        if busy:
+            span = (r["turn"][-1][0] - r["turn"][0][0]) / 1e9
+            turns[node] = {
+                "turns_per_s": len(busy) / max(span, 1e-9),
+                "busy_us_p50": statistics.median(busy),
+                "busy_us_p99": sorted(busy)[int(0.99 * (len(busy) - 1))],
+                "busy_share": sum(busy) / 1e6 / max(span, 1e-9),
+                "select_us_p50": statistics.median(waits),
+                "flush_us_p50": statistics.median(fl) if fl else 0,
+                "flushes_per_s": len(fl) / max(span, 1e-9),
+                "pushes_sent_per_s": len(r["sent"]) / max(span, 1e-9),
+                "msgs_per_push": statistics.mean([s[2] for s in r["sent"]]) if r["sent"] else 0,
+                "submit_late_us_p50": statistics.median([x[0] / 1e3 for x in r["late"]]) if r["late"] else 0,
+            }
+    summary = {
+        name: {
+            "n": len(v),
+            "p50": statistics.median(v),
+            "p90": sorted(v)[int(0.9 * (len(v) - 1))],
+            "p99": sorted(v)[int(0.99 * (len(v) - 1))],
+        }
+        for name, v in stages.items()
+    }
+    return {"stages_ms": summary, "turns": turns}
+
+
+def main(argv: list[str]) -> int:
+    import json
+
+    print(json.dumps(analyse(Path(argv[0])), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,101 @@
+"""When null messages go, and what a delivery costs with a backlog (issue 21: latency at load).
+
+A sender with nothing of its own waiting sends the nulls it owes at once, on the push of the
+event that made them owed, so the others' messages do not wait ``null_interval`` for its turn
+in the round-robin order; one whose own messages wait for the window keeps to
+``null_interval`` (nulls would take their places).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.core.smc import DeliveredBatch, MulticastConfig
+from tests.core.shard_net import SHARD, ShardNet
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def drain_links(net: ShardNet) -> None:
+    """Deliver every frame in flight (and those they cause) without advancing time or ticking."""
+    while net.in_flight():
+        for link in net.in_flight():
+            while net.deliver_one(*link):
+                pass
+
+
+def test_sender_with_nothing_waiting_sends_owed_nulls_at_once() -> None:
+    net = ShardNet((1, 2, 3), MulticastConfig(null_interval=10.0))  # a tick would never come
+    net.send(3, b"c0", b"c1")  # global indices 2 and 5: after nodes 1's and 2's slots
+    drain_links(net)
+    for m in (1, 2, 3):  # no time passed: nodes 1 and 2 filled their slots on receipt
+        assert [p for _, _, _, p in net.delivered[m]] == [b"c0", b"c1"]
+    assert net.cores[1].shards[SHARD].nulls_sent == net.cores[2].shards[SHARD].nulls_sent == 2
+
+
+def test_nulls_wait_the_interval_with_immediate_nulls_off() -> None:
+    net = ShardNet((1, 2, 3), MulticastConfig(null_interval=10.0, immediate_nulls=False))
+    net.send(3, b"c0")
+    drain_links(net)
+    assert all(not net.delivered[m] for m in (1, 2, 3))
+    net.settle()  # ticks at the wakeups asked for, 10 s on
+    assert net.now >= 10.0
+    assert all(net.payloads(m) == [b"c0"] for m in (1, 2, 3))
+
+
+def test_sender_whose_messages_wait_for_the_window_keeps_to_the_interval() -> None:
+    net = ShardNet((1, 2), MulticastConfig(window_size=1, null_interval=10.0))
+    assert net.send(2, b"b0", b"b1") == 1  # b1 waits for node 2's window
+    assert net.send(1, b"a0", b"a1") == 1  # a1 waits too
+    drain_links(net)
+    # Node 2's b0 (index 1) follows a0 (index 0): delivered. Node 1 owes nothing; node 2's
+    # window reopened, but its caller has b1 queued: no null takes b1's place.
+    smc2 = net.cores[2].shards[SHARD]
+    assert smc2.nulls_sent == 0
+    assert net.payloads(1) == net.payloads(2) == [b"a0", b"b0"]
+
+
+def test_one_sender_of_three_is_never_held_by_idle_members() -> None:
+    """1 msg/ms from one sender (null_interval 1 ms): each message is delivered everywhere
+    as soon as the frames it causes are, with no tick."""
+    net = ShardNet((1, 2, 3), MulticastConfig(null_interval=0.001))
+    for i in range(20):
+        net.now += 0.001
+        net.send(3, b"m%d" % i)  # the last in the round-robin order: every slot before it waits
+        drain_links(net)
+        assert all(len(net.delivered[m]) == i + 1 for m in (1, 2, 3))
+
+
+def test_idle_members_send_nulls_at_most_once_per_half_interval() -> None:
+    """A busy sender's every push would otherwise draw a null push from each idle member."""
+    net = ShardNet((1, 2, 3), MulticastConfig(null_interval=0.001))
+    net.send(3, b"c0")
+    drain_links(net)
+    assert net.cores[1].shards[SHARD].nulls_sent == 1
+    net.now += 0.0002  # less than half an interval later
+    net.send(3, b"c1")
+    drain_links(net)
+    assert net.cores[1].shards[SHARD].nulls_sent == 1  # not yet: c1 waits
+    assert all(net.payloads(m) == [b"c0"] for m in (1, 2, 3))
+    assert net.cores[1].shards[SHARD].wakeup_at() == pytest.approx(0.0005)  # a tick when it may go
+    net.settle()
+    assert all(net.payloads(m) == [b"c0", b"c1"] for m in (1, 2, 3))
+
+
+@pytest.mark.parametrize("backlog", [0, 5, 500])
+def test_delivery_with_a_backlog_keeps_order_and_buffers(backlog: int) -> None:
+    """A delivery that leaves more buffered than it takes (the other way round of the usual
+    case) hands over the same messages and keeps the rest for later."""
+    net = ShardNet((1, 2), MulticastConfig(window_size=10_000, null_interval=0.0, immediate_nulls=False))
+    net.send(1, *[b"a%d" % i for i in range(10)])
+    net.send(2, *[b"b%d" % i for i in range(10 + backlog)])
+    net.settle()
+    want = [p for pair in zip([b"a%d" % i for i in range(10)], [b"b%d" % i for i in range(10)]) for p in pair]
+    want += [b"b%d" % i for i in range(10, 10 + backlog)]
+    assert net.payloads(1) == net.payloads(2) == want
+
+
+def test_payloads_of_a_batch_skip_nulls_and_keep_empty_payloads() -> None:
+    batch = DeliveredBatch(3, 9, 3, [(0, 1, 1, [b"a", None]), (1, 2, 1, [b"", b"e"]), (2, 3, 1, [None, b"f"])], nulls=2)
+    assert list(batch.payloads()) == [m[3] for m in batch] == [b"a", b"", b"e", b"f"]
+    assert list(batch.payloads()) == [b"a", b"", b"e", b"f"]  # also once laid out
