@@ -325,9 +325,7 @@ class ClientSession:
                 self.welcomed = True
             elif t is Goodbye:
                 reason: str = item.reason  # type: ignore[union-attr]
-                # Final when its kind says so; a refusal sent without one (a node from before kinds, and
-                # the handshake's refusals in runtime/drivers/tcp.py for now) says it in words only.
-                if item.kind is GoodbyeKind.REFUSED or reason.startswith("refused"):  # type: ignore[union-attr]
+                if item.kind is GoodbyeKind.REFUSED:  # type: ignore[union-attr]  # final: no other contact will do
                     self.refuse(Refused(f"{self._peer} {reason}"))
                     return Disconnect(reason)
                 self._goodbye = reason

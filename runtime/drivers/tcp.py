@@ -69,7 +69,7 @@ from runtime.security.identity import Identity, IdentityError
 from runtime.security.revocation import RevocationList
 from runtime.security.tls import peer_identity
 from runtime.wire.codec import FrameDecoder, decode, frame
-from runtime.wire.control import COMPATIBLE_PROTOCOLS, PROTOCOL_VERSION, Goodbye, Hello, Ping, Pong
+from runtime.wire.control import COMPATIBLE_PROTOCOLS, PROTOCOL_VERSION, Goodbye, GoodbyeKind, Hello, Ping, Pong
 
 log = logging.getLogger("derecho.tcp")
 
@@ -573,7 +573,9 @@ class _Connection(asyncio.Protocol):
         return None
 
     def _refuse(self, reason: str) -> None:
-        self.send(frame(Goodbye(reason)))
+        """Final: this peer is not accepted as it is (its certificate, cluster, protocol); the
+        kind tells a client to stop rather than fail over and try again."""
+        self.send(frame(Goodbye(reason, GoodbyeKind.REFUSED)))
         self.close()
         self._teardown()
 

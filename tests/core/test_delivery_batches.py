@@ -118,18 +118,19 @@ def _shard_frames(net: ShardNet) -> list[tuple[int, int]]:
 def test_delivered_count_alone_is_pushed_once_after_the_lazy_delay() -> None:
     net = ShardNet((1, 2), MulticastConfig(null_interval=0.0))
     net.send(1, b"a")
-    net.deliver_one(1, 2)  # node 2 holds it (and knows node 1 does): delivers, acks
-    net.deliver_one(2, 1)  # node 1 learns it is stable and delivers index 0
+    net.deliver_one(1, 2)  # node 2 holds it (and knows node 1 does): delivers, acks with its null of round 0
+    net.deliver_one(2, 1)  # node 1 learns it is stable and delivers index 0; acks the null
     assert net.delivered[1] == [(0, 1, 0, b"a")]
+    net.deliver_one(1, 2)  # node 2 learns the null is stable: its delivered count moves, nothing else
     assert _shard_frames(net) == []  # the delivered count alone makes no frame...
-    smc = net.cores[1].shards[SHARD]
+    smc = net.cores[2].shards[SHARD]
     assert smc.wakeup_at() == pytest.approx(LAZY_PUSH_DELAY)  # ...until the lazy delay is up
     net.tick(LAZY_PUSH_DELAY / 2)
     assert _shard_frames(net) == []
     net.tick(LAZY_PUSH_DELAY / 2)
-    assert _shard_frames(net) == [(1, 2)]  # node 2's count rode along with its ack
+    assert _shard_frames(net) == [(2, 1)]  # node 2's count goes in a push of its own
     net.settle()
-    assert net.cores[2].shards[SHARD].sst.rows[0]["delivered_num"] == 1
+    assert net.cores[1].shards[SHARD].sst.rows[1]["delivered_num"] == 2
 
 
 def test_no_tick_is_asked_for_while_the_window_is_full() -> None:
@@ -142,7 +143,7 @@ def test_no_tick_is_asked_for_while_the_window_is_full() -> None:
         push = ShardPush(0, SHARD, 0, row, first, (b"a", b"a"))
         assert smc.on_push(push) is None
     smc.evaluate(now=0.01)
-    assert smc.send_capacity() == 0 and smc.nulls_owed() == 1  # global 7 < 9: owes one null
+    assert smc.send_capacity() == 0 and smc.nulls_owed() == 2  # global 7 < 9, and 10 ahead: owes two nulls
     assert smc.wakeup_at() is None
     smc.on_tick(now=1.0)
     assert smc.nulls_sent == 0  # a tick could not have sent it either

@@ -62,9 +62,59 @@ def test_idle_sender_waits_null_interval_before_sending_nulls() -> None:
     ready_wakeup = net.cores[1].ready().wakeup_at
     assert ready_wakeup == pytest.approx(0.5)  # asks for a tick when the interval is up
     net.tick(0.4)  # now = 0.5
-    assert net.cores[1].shards[SHARD].nulls_sent == 1
+    assert net.cores[1].shards[SHARD].nulls_sent == 2  # slot 0, and slot 1 ahead of node 2's next
     net.settle()
     assert net.payloads(1) == net.payloads(2) == [b"x"]
+
+
+def hops_to_deliver(net: ShardNet, node: int, payload: bytes) -> dict[int, int]:
+    """Send ``payload`` from ``node`` after an idle spell, then move the network one hop at a
+    time (every frame in flight arrives, then each member acts): at which hop each member
+    delivered it."""
+    net.tick(0.01)
+    seen = {m: len(net.delivered[m]) for m in net.members}
+    net.send(node, payload)
+    got: dict[int, int] = {}
+    for hop in range(1, 8):
+        for (src, dst), n in [(link, len(q)) for link, q in net.links.items() if q]:
+            for _ in range(n):
+                net.deliver_one(src, dst)
+        net.tick(0.0)
+        for m in net.members:
+            if m not in got and any(p[3] == payload for p in net.delivered[m][seen[m] :]):
+                got[m] = hop
+    net.settle()
+    return got
+
+
+@pytest.mark.parametrize("sender", [1, 2, 3])
+def test_one_senders_message_is_delivered_after_two_hops_when_the_others_are_idle(sender: int) -> None:
+    """The message goes out (hop 1) and every member's receipt comes back (hop 2): idle
+    members fill their slots up to the next message of the latest real message's sender, one
+    message ahead of what catching up needs, so that next message does not wait a third hop
+    for their nulls (it did: 3 hops for every message)."""
+    net = ShardNet((1, 2, 3))
+    first = 2 if sender == 1 else 3  # nobody foresaw it: the slots before it in its round wait on nulls
+    assert hops_to_deliver(net, sender, b"m0") == {1: first, 2: first, 3: first}
+    for i in range(1, 5):
+        assert hops_to_deliver(net, sender, b"m%d" % i) == {1: 2, 2: 2, 3: 2}
+    logs = [net.payloads(m) for m in (1, 2, 3)]
+    assert logs[0] == logs[1] == logs[2] == [b"m%d" % i for i in range(5)]
+
+
+def test_nulls_ahead_stop_when_the_real_messages_stop() -> None:
+    """Nulls answer real messages only: nulls never call for more nulls, so an idle group
+    falls silent (no null ping-pong)."""
+    net = ShardNet((1, 2, 3))
+    net.send(2, b"x")
+    net.settle()
+    sent = {m: net.cores[m].shards[SHARD].nulls_sent for m in (1, 2, 3)}
+    assert sent == {1: 2, 2: 0, 3: 1}  # the slots before node 2's next message, and nothing more
+    for _ in range(3):
+        net.tick(0.01)
+        net.settle()
+    assert {m: net.cores[m].shards[SHARD].nulls_sent for m in (1, 2, 3)} == sent
+    assert all(not q for q in net.links.values())
 
 
 def test_window_full_refuses_then_reopens() -> None:
@@ -136,8 +186,9 @@ def test_nulls_are_not_held_back_by_the_byte_window() -> None:
     while net.deliver_one(1, 2):  # node 1's messages reach node 2, nothing goes back yet
         pass
     smc = net.cores[2].shards[SHARD]
-    # n1's third message waits on n2's second slot: a null, sent at once (null_interval 0).
-    assert smc.window_bytes_free() == 0 and smc.nulls_sent == 1 and smc.nulls_owed() == 0
+    # n1's third message waits on n2's second slot, its next one would on the third: nulls,
+    # sent at once (null_interval 0).
+    assert smc.window_bytes_free() == 0 and smc.nulls_sent == 2 and smc.nulls_owed() == 0
     net.settle()
     assert net.payloads(1) == net.payloads(2) == [b"a", b"0123456789", b"b", b"c"]
 
