@@ -30,7 +30,8 @@ def test_sender_with_nothing_waiting_sends_owed_nulls_at_once() -> None:
     drain_links(net)
     for m in (1, 2, 3):  # no time passed: nodes 1 and 2 filled their slots on receipt
         assert [p for _, _, _, p in net.delivered[m]] == [b"c0", b"c1"]
-    assert net.cores[1].shards[SHARD].nulls_sent == net.cores[2].shards[SHARD].nulls_sent == 2
+    # Rounds 0 and 1, and round 2 ahead of node 3's next message (global 8).
+    assert net.cores[1].shards[SHARD].nulls_sent == net.cores[2].shards[SHARD].nulls_sent == 3
 
 
 def test_nulls_wait_the_interval_with_immediate_nulls_off() -> None:
@@ -71,15 +72,19 @@ def test_idle_members_send_nulls_at_most_once_per_half_interval() -> None:
     net = ShardNet((1, 2, 3), MulticastConfig(null_interval=0.001))
     net.send(3, b"c0")
     drain_links(net)
-    assert net.cores[1].shards[SHARD].nulls_sent == 1
+    assert net.cores[1].shards[SHARD].nulls_sent == 2  # round 0, and round 1 ahead of node 3's next
     net.now += 0.0002  # less than half an interval later
     net.send(3, b"c1")
     drain_links(net)
-    assert net.cores[1].shards[SHARD].nulls_sent == 1  # not yet: c1 waits
-    assert all(net.payloads(m) == [b"c0"] for m in (1, 2, 3))
+    assert all(net.payloads(m) == [b"c0", b"c1"] for m in (1, 2, 3))  # its slots were filled ahead
+    assert net.cores[1].shards[SHARD].nulls_sent == 2  # round 2's null (ahead again) waits
+    net.now += 0.0001
+    net.send(3, b"c2")
+    drain_links(net)
+    assert all(net.payloads(m) == [b"c0", b"c1"] for m in (1, 2, 3))  # c2 waits on it
     assert net.cores[1].shards[SHARD].wakeup_at() == pytest.approx(0.0005)  # a tick when it may go
     net.settle()
-    assert all(net.payloads(m) == [b"c0", b"c1"] for m in (1, 2, 3))
+    assert all(net.payloads(m) == [b"c0", b"c1", b"c2"] for m in (1, 2, 3))
 
 
 @pytest.mark.parametrize("backlog", [0, 5, 500])
