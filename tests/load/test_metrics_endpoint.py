@@ -94,6 +94,19 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def fd_kinds(pid: int) -> dict[str, int]:
+    """What a process's descriptors are (sockets, pipes, files...), for a failure's message."""
+    kinds: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        kind = target.split(":", 1)[0] if ":" in target else target.rsplit("/", 1)[-1]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
 def threads(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Threads:"):
@@ -303,9 +316,16 @@ def test_1000_half_sent_requests_leave_the_member_port_and_the_group_serving(
         # The member port accepts a new client, which puts through node 1.
         with c.new_client(contacts=[c.address(1)]) as fresh:
             assert fresh.handle(Reg).put("fresh", 1).get(timeout=20)
-        fds_during, threads_during = fds(pid), threads(pid)
-        # The node holds at most CAP of them: the others were closed at once.
-        assert fds_during <= fds_before + CAP + 16, (fds_before, fds_during)
+        # The node holds at most CAP of them: the others were closed at once. "At once" is the
+        # endpoint thread's next turns: on a busy 2-core machine (CI) it may still be accepting
+        # and closing the tail of the 960 when we look, so the count may take a moment to
+        # settle; what must never happen is that it stays above the cap.
+        bound = fds_before + CAP + 16
+        settle = time.monotonic() + 5
+        while (fds_during := fds(pid)) > bound and time.monotonic() < settle:
+            time.sleep(0.05)
+        threads_during = threads(pid)
+        assert fds_during <= bound, (fds_before, fds_during, fd_kinds(pid))
         assert threads_during <= threads_before + 3, (threads_before, threads_during)
         closed = sum(closed_by_peer(h, 0.001) for h in held[-200:])
         assert closed >= 200 - CAP, f"only {closed} of the last 200 connections were closed at once"
