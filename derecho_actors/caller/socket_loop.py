@@ -225,17 +225,15 @@ class SocketLoop:
         try:
             wake = readable = False
             while True:
-                io.acquire()
-                with lock:
-                    if wake:
-                        self._drain_locked()
-                    if session.phase is not Phase.CONNECTED or session.tick(time.monotonic()) is not None:
-                        io.release()
-                        return ""
-                    output = session.output()
-                    timer = session.next_timer()
-                out.add(encode_output(output))  # outside the session's lock: callers go on issuing
-                io.release()
+                with io:
+                    with lock:
+                        if wake:
+                            self._drain_locked()
+                        if session.phase is not Phase.CONNECTED or session.tick(time.monotonic()) is not None:
+                            return ""
+                        output = session.output()
+                        timer = session.next_timer()
+                    out.add(encode_output(output))  # outside the session's lock: callers go on issuing
                 if readable:
                     why = self._read(sock, peer)
                     if why is not None:

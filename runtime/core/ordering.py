@@ -53,7 +53,13 @@ def catch_up_count(sender_pos: int, sent: int, received: Sequence[int], n_sender
             g = (c - 1) * n_senders + s
             if g > highest:
                 highest = g
-    if highest < sender_pos:
+    return nulls_to_pass(sender_pos, sent, highest, n_senders)
+
+
+def nulls_to_pass(sender_pos: int, sent: int, g: int, n_senders: int) -> int:
+    """Null messages the sender at ``sender_pos``, having sent ``sent``, owes so that its own
+    next global index passes ``g`` (none if it already does, or ``g`` comes before its first)."""
+    if g < sender_pos:
         return 0
-    needed = (highest - sender_pos) // n_senders + 1
+    needed = (g - sender_pos) // n_senders + 1
     return needed - sent if needed > sent else 0

@@ -527,10 +527,7 @@ class ShardMulticast:
             return 0
         received = self.sst.mine["received_num"]
         owed = ordering.catch_up_count(self.my_pos, self.sent, received, self.n_senders)  # type: ignore[arg-type]
-        ahead = self._next_real - self.my_pos
-        if ahead <= 0:
-            return owed
-        ahead = ahead // self.n_senders + 1 - self.sent
+        ahead = ordering.nulls_to_pass(self.my_pos, self.sent, self._next_real, self.n_senders)
         return ahead if ahead > owed else owed
 
     def on_tick(self, now: float) -> None:

@@ -13,7 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.core.ordering import catch_up_count, count_before, delivery_frontier, global_index, position
+from runtime.core.ordering import (
+    catch_up_count,
+    count_before,
+    delivery_frontier,
+    global_index,
+    nulls_to_pass,
+    position,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -187,6 +194,23 @@ CATCH_UP_CASES: list[tuple[str, int, int, list[int], int, int]] = [
 def test_catch_up_count(pos: int, sent: int, received: list[int], n: int, nulls: int) -> None:
     assert catch_up_count(pos, sent, received, n) == nulls
     assert nulls_by_trying(pos, sent, received, n) == nulls  # the table itself is right
+
+
+@pytest.mark.parametrize(
+    ("pos", "sent", "g", "n", "nulls"),
+    [
+        (1, 0, -1, 3, 0),  # nothing to pass
+        (1, 0, 0, 3, 0),  # global 0 comes before our first slot (1): nothing waits on us
+        (0, 0, 5, 3, 2),  # pass global 5 (round 1, sender 2): rounds 0 and 1
+        (2, 1, 5, 3, 1),  # own slot 2 sent; slot 5 is ours in round 1
+        (2, 3, 5, 3, 0),  # already past it
+        (0, 0, 0, 1, 1),  # a single sender passes its own index too
+    ],
+)
+def test_nulls_to_pass(pos: int, sent: int, g: int, n: int, nulls: int) -> None:
+    assert nulls_to_pass(pos, sent, g, n) == nulls
+    if nulls:  # the least that passes g: our next index after them does, one fewer does not
+        assert global_index(sent + nulls, pos, n) > g >= global_index(sent + nulls - 1, pos, n)
 
 
 @st.composite
