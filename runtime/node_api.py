@@ -116,9 +116,10 @@ class NodeHandle(Protocol):
     def send_app(self, node: int, data: bytes) -> None:
         """An application message to member ``node`` (it arrives through ``on_app``)."""
 
-    def reply_client(self, conn: Any, *messages: bytes) -> None:
+    def reply_client(self, conn: Any, *messages: bytes) -> bool:
         """Application messages to a client connection (``on_client_app``'s ``conn``), in one
-        write."""
+        write. Returns whether the connection still takes writes (False: it closed, or this
+        write cut it off for not reading): more for it would be made for nothing."""
 
     def report_persisted(self, shard: ShardId, version: int) -> None:
         """The app's log of ``shard`` holds every version up to ``version``. Thread-safe."""

@@ -272,9 +272,9 @@ class ClientProxy:
             if done or (members is not None and table.only_departed_missing(key, proxy, members)):
                 agreed.setdefault(client.conn, []).append(self._merged(proxy, call_id))
         for conn, mine in singles.items():
-            self.out.send(conn, encode(ReplyBatch(node, vid, replicas, tuple(mine))))
+            self.out.send(conn, ReplyBatch(node, vid, replicas, tuple(mine)))
         for conn, merged in agreed.items():
-            self.out.send(conn, encode(AnswerBatch(vid, replicas, tuple(merged))))
+            self.out.send(conn, AnswerBatch(vid, replicas, tuple(merged)))
 
     @staticmethod
     def _merged(proxy: Proxied, call_id: int) -> MergedEntry:
@@ -289,7 +289,7 @@ class ClientProxy:
         assert proxy.value is not None
         entry = (call_id, proxy.ok, proxy.value, origin, proxy.version)
         for n in proxy.agreed_by():
-            self.out.send(proxy.client.conn, encode(ReplyBatch(n, proxy.vid, proxy.replicas, (entry,))))
+            self.out.send(proxy.client.conn, ReplyBatch(n, proxy.vid, proxy.replicas, (entry,)))
         self.table.unhold(proxy)
         proxy.split = True
 
@@ -346,7 +346,7 @@ class ClientProxy:
             if proxy.value is not None:  # answers held until every replica gave them: what came goes
                 held.setdefault((proxy.client.conn, proxy.vid, proxy.replicas), []).append(self._merged(proxy, call_id))
         for (conn, vid, replicas), merged in held.items():
-            self.out.send(conn, encode(AnswerBatch(vid, replicas, tuple(merged))))
+            self.out.send(conn, AnswerBatch(vid, replicas, tuple(merged)))
 
     def _retry_relays(self, gone: set[int], view: View) -> None:
         """Clients' calls this node relayed to members that left before answering."""

@@ -268,9 +268,10 @@ class NodeDriver:
         if self._io is not None:
             self._io.transport.send(node, frame(AppMessage(data)))
 
-    def reply_client(self, conn: Any, *messages: bytes) -> None:
-        if self._io is not None:
-            self._io.transport.reply(conn, b"".join(frame(AppMessage(m)) for m in messages))
+    def reply_client(self, conn: Any, *messages: bytes) -> bool:
+        if self._io is None:
+            return False
+        return self._io.transport.reply(conn, b"".join(frame(AppMessage(m)) for m in messages))
 
     def wall_ns(self) -> int:
         return time.time_ns()

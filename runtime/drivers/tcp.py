@@ -1048,9 +1048,11 @@ class TcpTransport:
         while len(nodes) > MAX_CONTACTS_KEPT:
             del nodes[next(iter(nodes))]
 
-    def reply(self, handle: Any, data: bytes) -> None:
+    def reply(self, handle: Any, data: bytes) -> bool:
         if isinstance(handle, _Connection):
             handle.send(data)
+            return not handle.closed
+        return False
 
     def backlog(self, node_id: int) -> int:
         peer = self.peers.get(node_id)

@@ -66,8 +66,10 @@ class Transport(Protocol):
         """The node id proven at contact ``address`` by our connection to it (None: not
         reached yet, or no authentication)."""
 
-    def reply(self, handle: Any, data: bytes) -> None:
-        """Answer a client on the connection its request came from."""
+    def reply(self, handle: Any, data: bytes) -> bool:
+        """Answer a client on the connection its request came from. Returns whether the
+        connection still takes writes (False: closed, or cut off by this write), so that a
+        caller with more for it can stop making it."""
 
     def forget(self, node_id: int) -> None:
         """``node_id`` left the view: close its connections and drop what is queued for it."""

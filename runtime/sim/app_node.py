@@ -103,10 +103,9 @@ class SimNodeHandle:
         if self.alive:
             self.cluster.app_direct(self.node_id, node, data)
 
-    def reply_client(self, conn: Any, *messages: bytes) -> None:
+    def reply_client(self, conn: Any, *messages: bytes) -> bool:
         """To a simulated client's connection (``client_net``), over the simulated network."""
-        if self.alive:
-            self.cluster.client_net.reply(conn, messages)
+        return self.alive and self.cluster.client_net.reply(conn, messages)
 
     def report_persisted(self, shard: ShardId, version: int) -> None:
         if self.alive:

@@ -221,11 +221,14 @@ class SimClientNet:
         idle = config.security.client_idle_timeout_ms if config is not None else 30_000
         return Welcome(size, size + CLIENT_FRAME_SLACK, idle)
 
-    def reply(self, conn: NodeConn, messages: tuple[bytes, ...]) -> None:
-        """The app's messages to a client (``NodeHandle.reply_client``), in one write."""
+    def reply(self, conn: NodeConn, messages: tuple[bytes, ...]) -> bool:
+        """The app's messages to a client (``NodeHandle.reply_client``), in one write; whether
+        the connection still takes writes."""
         link = conn.link
-        if self._alive(link):
-            self._write(link, b"".join(frame(AppMessage(m)) for m in messages))
+        if not self._alive(link):
+            return False
+        self._write(link, b"".join(frame(AppMessage(m)) for m in messages))
+        return True
 
     def _write(self, link: Link, data: bytes) -> None:
         self.frames += 1

@@ -78,8 +78,9 @@ class FakeNode:
     def send_ordered(self, shard: ShardId, payloads: list[bytes]) -> None:
         self.multicast.append((shard, list(payloads)))
 
-    def reply_client(self, conn: Any, *messages: bytes) -> None:
+    def reply_client(self, conn: Any, *messages: bytes) -> bool:
         self.to_clients.append((conn, messages))
+        return True
 
     def expiry_timers(self) -> list[tuple[float, Callable[..., Any], tuple[Any, ...]]]:
         return [t for t in self.timers if getattr(t[1], "__name__", "") == "_expire_due"]

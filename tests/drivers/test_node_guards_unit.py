@@ -196,8 +196,9 @@ class FakeTransport:
         self.bad_frames = 0
         self.sent: list[tuple[str, bytes]] = []
 
-    def reply(self, handle: Any, data: bytes) -> None:
+    def reply(self, handle: Any, data: bytes) -> bool:
         self.replies.append((handle, data))
+        return True
 
     def warn(self, kind: str, address: str, msg: str, *args: Any) -> None:
         self.warnings.append(msg % args)

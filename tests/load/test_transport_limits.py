@@ -671,10 +671,12 @@ def test_a_client_that_floods_and_never_reads_is_cut_off(
     report(record_property, f"3 x {calls} calls for {size >> 10} KiB replies, never read", during, {1: peak.grew})
     log.info("node 1 RSS after each round (MB): %s", [round(r / MB) for r in after])
     # Unbounded, 3 x 18.75 MB of replies would stay buffered until the idle timeout (300 s).
-    # The replicas still make a client's replies before its cut (the calls were accepted, and
-    # one loop turn's replies to a client go out as one batch): that is the peak; the
-    # transport holds at most the limit per client, and nothing once it is cut.
-    assert peak.grew < 96 * MB, f"node 1's RSS grew by {peak.grew / MB:.0f} MB"
+    # The replicas still make a client's replies before its cut (the calls were accepted): one
+    # copy of 18.75 MB is the peak. The outbox encodes and writes them in pieces and stops at
+    # the cut (before, the turn's answers were encoded whole: four or five copies, 96-105 MB
+    # measured); the transport holds at most the limit per client, and nothing once it is cut.
+    # Measured with pieces: 12-24 MB.
+    assert peak.grew < 48 * MB, f"node 1's RSS grew by {peak.grew / MB:.0f} MB"
     for local, _ in rounds:
         cut = naming(c, marks, [1], "cutting off", f"client '{ATTACKER}' ({local})")
         assert len(cut) == 1 and f"client_max_backlog_bytes {BACKLOG})" in cut[0], f"{local}: {cut}"

@@ -1,0 +1,128 @@
+"""The client outbox (``derecho_actors.node.client_outbox``): answers encoded in pieces when
+written, and none encoded once the connection stops taking writes (a client cut off for not
+reading its replies). Deterministic, no loop: the flush is run by hand."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+from derecho_actors.node.client_outbox import ENTRY_BYTES, ClientOutbox, pieces
+from derecho_actors.wire.messages import AnswerBatch, ReplyBatch, decode
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Node:
+    """What the outbox uses of a ``NodeHandle``: writes recorded; the connection stops taking
+    writes once ``cap`` bytes were written to it (as the transport's cut-off does)."""
+
+    node_id = 1
+
+    def __init__(self, cap: int | None = None) -> None:
+        self.cap = cap
+        self.writes: list[tuple[Any, tuple[bytes, ...]]] = []
+        self.timers: list[Callable[[], None]] = []
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        self.timers.append(fn)
+
+    def reply_client(self, conn: Any, *messages: bytes) -> bool:
+        self.writes.append((conn, messages))
+        return self.cap is None or self.written(conn) < self.cap
+
+    def written(self, conn: Any) -> int:
+        return sum(len(m) for c, ms in self.writes if c == conn for m in ms)
+
+    def flush(self) -> None:
+        timers, self.timers = self.timers, []
+        for fn in timers:
+            fn()
+
+
+def answers(n: int, size: int, vid: int = 3) -> AnswerBatch:
+    return AnswerBatch(vid, (1, 2, 3), tuple((i, True, bytes([i % 256]) * size, 7, ()) for i in range(n)))
+
+
+def replies(n: int, size: int) -> ReplyBatch:
+    return ReplyBatch(2, 3, (1, 2, 3), tuple((i, True, b"v" * size, 11, 0) for i in range(n)))
+
+
+@pytest.mark.parametrize(
+    "batch, most, sizes",
+    [
+        (answers(0, 10), 100, []),
+        (answers(3, 10), 1000, [3]),  # small: the batch itself, one piece
+        (answers(4, 76), 100, [1, 1, 1, 1]),  # each answer reaches the bound alone
+        (answers(5, 26), 100, [2, 2, 1]),  # two answers of 50 bytes reach 100
+        (answers(2, 5000), 100, [1, 1]),  # larger than a piece: a piece of its own
+        (replies(7, 10), 3 * (10 + ENTRY_BYTES), [3, 3, 1]),
+    ],
+)
+def test_pieces_keep_every_answer_in_order_within_the_bound(batch: Any, most: int, sizes: list[int]) -> None:
+    got = list(pieces(batch, most))
+    assert [len(p.entries) for p in got] == sizes
+    assert [e for p in got for e in p.entries] == list(batch.entries)
+    assert all(type(p) is type(batch) and p.vid == batch.vid and p.replicas == batch.replicas for p in got)
+    if sizes == [len(batch.entries)]:
+        assert got[0] is batch  # nothing copied when it fits
+
+
+def test_a_turn_of_small_messages_is_one_write() -> None:
+    node = Node()
+    out = ClientOutbox(node)  # type: ignore[arg-type]
+    out.send("c", b"offer")
+    out.send("c", answers(10, 100))
+    out.send("c", replies(5, 100))
+    node.flush()
+    assert len(node.writes) == 1
+    conn, messages = node.writes[0]
+    assert conn == "c" and messages[0] == b"offer"
+    assert [len(decode(m).entries) for m in messages[1:]] == [10, 5]  # type: ignore[union-attr]
+
+
+def test_a_large_turn_goes_in_pieces_and_every_answer_arrives() -> None:
+    node = Node()
+    out = ClientOutbox(node, piece_bytes=64 << 10)  # type: ignore[arg-type]
+    out.send("c", answers(100, 8 << 10))  # 800 KiB of values
+    node.flush()
+    assert 10 <= len(node.writes) <= 14
+    assert all(sum(len(m) for m in ms) < 2 * (64 << 10) for _, ms in node.writes)
+    got = [e[0] for _, ms in node.writes for m in ms for e in decode(m).entries]  # type: ignore[union-attr]
+    assert got == list(range(100)) and out.unsent == 0
+
+
+@pytest.mark.parametrize("cap_pieces", [1, 3])
+def test_nothing_more_is_encoded_once_the_connection_takes_no_more(cap_pieces: int) -> None:
+    """A client cut off (its write went past its backlog limit): the rest of the turn's answers
+    for it are counted as unsent and never encoded; other clients get all of theirs."""
+    node = Node(cap=cap_pieces * (64 << 10))
+    out = ClientOutbox(node, piece_bytes=64 << 10)  # type: ignore[arg-type]
+    out.send("flooder", answers(600, 32 << 10))  # 18.75 MB of values
+    out.send("flooder", replies(10, 100))
+    out.send("honest", answers(3, 100))
+    node.cap = cap_pieces * (64 << 10)
+    node.flush()
+    to_flooder = [ms for c, ms in node.writes if c == "flooder"]
+    assert len(to_flooder) == cap_pieces  # one write past the cap, then none
+    assert node.written("flooder") < (cap_pieces + 1) * (64 << 10)
+    sent = sum(len(decode(m).entries) for ms in to_flooder for m in ms)  # type: ignore[union-attr]
+    assert out.unsent == 610 - sent
+    assert [len(decode(m).entries) for c, ms in node.writes if c == "honest" for m in ms] == [3]  # type: ignore[union-attr]
+
+
+def test_refusals_of_a_turn_go_in_one_batch_after_what_was_queued() -> None:
+    from derecho_actors.wire.messages import ReplyTo
+    from runtime.errors import ClientLimit
+
+    node = Node()
+    out = ClientOutbox(node)  # type: ignore[arg-type]
+    out.send("c", answers(2, 10))
+    for call_id in (5, 6, 7):
+        out.refuse("c", ReplyTo(1, call_id, 3, 99), ClientLimit("refused: a limit"))
+    node.flush()
+    ((_, messages),) = node.writes
+    first, refused = (decode(m) for m in messages)
+    assert isinstance(first, AnswerBatch) and isinstance(refused, ReplyBatch)
+    assert [e[0] for e in refused.entries] == [5, 6, 7] and not any(e[1] for e in refused.entries)
