@@ -116,6 +116,10 @@ class NodeHandle(Protocol):
     def send_app(self, node: int, data: bytes) -> None:
         """An application message to member ``node`` (it arrives through ``on_app``)."""
 
+    def link_backlog(self, node: int) -> int:
+        """Bytes written to member ``node`` that its connection has not handed to the kernel
+        yet (0 where there is no such queue): what a heartbeat sent now would wait behind."""
+
     def reply_client(self, conn: Any, *messages: bytes) -> bool:
         """Application messages to a client connection (``on_client_app``'s ``conn``), in one
         write. Returns whether the connection still takes writes (False: it closed, or this

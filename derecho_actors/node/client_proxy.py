@@ -335,7 +335,7 @@ class ClientProxy:
             if getattr(conn, "closed", False):
                 self.on_closed(conn)
             else:
-                self.node.reply_client(conn, note)
+                self.out.send(conn, note)  # behind the answers queued for it
 
     def on_departed(self, gone: set[int], view: View) -> None:
         """Members left in ``view``: clients' calls relayed to them go again through another

@@ -268,6 +268,9 @@ class NodeDriver:
         if self._io is not None:
             self._io.transport.send(node, frame(AppMessage(data)))
 
+    def link_backlog(self, node: int) -> int:
+        return self._io.transport.backlog(node) if self._io is not None else 0
+
     def reply_client(self, conn: Any, *messages: bytes) -> bool:
         if self._io is None:
             return False

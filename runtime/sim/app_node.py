@@ -103,6 +103,10 @@ class SimNodeHandle:
         if self.alive:
             self.cluster.app_direct(self.node_id, node, data)
 
+    def link_backlog(self, node: int) -> int:
+        """The simulated network delays frames but queues none at the sender."""
+        return 0
+
     def reply_client(self, conn: Any, *messages: bytes) -> bool:
         """To a simulated client's connection (``client_net``), over the simulated network."""
         return self.alive and self.cluster.client_net.reply(conn, messages)

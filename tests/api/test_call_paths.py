@@ -78,6 +78,9 @@ class FakeNode:
     def send_ordered(self, shard: ShardId, payloads: list[bytes]) -> None:
         self.multicast.append((shard, list(payloads)))
 
+    def link_backlog(self, node: int) -> int:
+        return 0
+
     def reply_client(self, conn: Any, *messages: bytes) -> bool:
         self.to_clients.append((conn, messages))
         return True

@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 import pytest
 
-from derecho_actors.node.client_outbox import ENTRY_BYTES, ClientOutbox, pieces
+from derecho_actors.node.answer_queue import ENTRY_BYTES, pieces
+from derecho_actors.node.client_outbox import ClientOutbox
 from derecho_actors.wire.messages import AnswerBatch, ReplyBatch, decode
 
 pytestmark = pytest.mark.timeout(30)
@@ -36,9 +37,18 @@ class Node:
         return sum(len(m) for c, ms in self.writes if c == conn for m in ms)
 
     def flush(self) -> None:
+        """One loop turn: the timers due now."""
         timers, self.timers = self.timers, []
         for fn in timers:
             fn()
+
+    def drain(self) -> int:
+        """Loop turns until nothing is scheduled; how many."""
+        turns = 0
+        while self.timers:
+            self.flush()
+            turns += 1
+        return turns
 
 
 def answers(n: int, size: int, vid: int = 3) -> AnswerBatch:
@@ -86,7 +96,7 @@ def test_a_large_turn_goes_in_pieces_and_every_answer_arrives() -> None:
     node = Node()
     out = ClientOutbox(node, piece_bytes=64 << 10)  # type: ignore[arg-type]
     out.send("c", answers(100, 8 << 10))  # 800 KiB of values
-    node.flush()
+    assert node.drain() == 1
     assert 10 <= len(node.writes) <= 14
     assert all(sum(len(m) for m in ms) < 2 * (64 << 10) for _, ms in node.writes)
     got = [e[0] for _, ms in node.writes for m in ms for e in decode(m).entries]  # type: ignore[union-attr]
@@ -103,7 +113,7 @@ def test_nothing_more_is_encoded_once_the_connection_takes_no_more(cap_pieces: i
     out.send("flooder", replies(10, 100))
     out.send("honest", answers(3, 100))
     node.cap = cap_pieces * (64 << 10)
-    node.flush()
+    node.drain()
     to_flooder = [ms for c, ms in node.writes if c == "flooder"]
     assert len(to_flooder) == cap_pieces  # one write past the cap, then none
     assert node.written("flooder") < (cap_pieces + 1) * (64 << 10)
@@ -126,3 +136,37 @@ def test_refusals_of_a_turn_go_in_one_batch_after_what_was_queued() -> None:
     first, refused = (decode(m) for m in messages)
     assert isinstance(first, AnswerBatch) and isinstance(refused, ReplyBatch)
     assert [e[0] for e in refused.entries] == [5, 6, 7] and not any(e[1] for e in refused.entries)
+
+
+def test_a_turn_writes_at_most_its_budget_round_robin_and_everything_arrives_in_order() -> None:
+    """Work per loop turn is bounded: 400 answers of 64 KiB (25 MiB) to one client and 3 small
+    answers to another; each turn writes about ``turn_bytes``, the small client is served in
+    the first turn, not after the large one, and every answer arrives once, in order."""
+    node = Node()
+    out = ClientOutbox(node, piece_bytes=256 << 10, turn_bytes=2 << 20)  # type: ignore[arg-type]
+    out.send("big", answers(400, 64 << 10))
+    out.send("big", b"a view notice")
+    out.send("small", answers(3, 100))
+    per_turn: list[int] = []
+    while node.timers:
+        before = len(node.writes)
+        node.flush()
+        per_turn.append(sum(len(m) for _, ms in node.writes[before:] for m in ms))
+    assert len(per_turn) >= 12 and max(per_turn) < (2 << 20) + (320 << 10), per_turn
+    assert [c for c, _ in node.writes].index("small") < 10  # in the first turn's writes
+    messages = [m for c, ms in node.writes if c == "big" for m in ms]
+    assert messages[-1] == b"a view notice"
+    got = [e[0] for m in messages[:-1] for e in decode(m).entries]  # type: ignore[union-attr]
+    assert got == list(range(400)) and out.waiting() == 0
+
+
+def test_answers_queued_while_a_large_turn_waits_go_behind_it() -> None:
+    node = Node()
+    out = ClientOutbox(node, piece_bytes=64 << 10, turn_bytes=256 << 10)  # type: ignore[arg-type]
+    out.send("c", answers(40, 32 << 10))
+    node.flush()
+    out.send("c", replies(2, 10))  # queued while 40 answers are still waiting
+    node.drain()
+    kinds = [type(decode(m)).__name__ for _, ms in node.writes for m in ms]
+    assert kinds[-1] == "ReplyBatch" and set(kinds[:-1]) == {"AnswerBatch"}
+    assert sum(len(decode(m).entries) for _, ms in node.writes for m in ms) == 42  # type: ignore[union-attr]
