@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from derecho_actors.model.decorators import TypeSpec
+from derecho_actors.node.answer_queue import member_queue
 from derecho_actors.node.client_outbox import ClientOutbox
 from derecho_actors.node.client_proxy import ClientProxy
 from derecho_actors.node.client_turns import ClientTurns
@@ -68,9 +69,11 @@ class CallPaths:
         # built last: they deliver to the caller and the clients, which take calls inbound.
         inbound = InboundCalls(node, view, host, tracker, outbox, holds, stable, lambda r: replies.route(r))
         member = MemberCaller(node, view, stopped, why_waiting, outbox, inbound)
-        clients = ClientProxy(node, view, specs, limits or LimitsSection(), host, outbox, inbound, ClientOutbox(node))
+        to_members = member_queue(node)  # answers and relayed calls, paced by the members' links
+        limits = limits or LimitsSection()
+        clients = ClientProxy(node, view, specs, limits, host, outbox, inbound, ClientOutbox(node), to_members)
         turns = ClientTurns(node, clients.table, clients.take_call, clients.on_closed, outbox.flush)
-        replies = ReplyRoutes(node, member, clients)
+        replies = ReplyRoutes(node, member, clients, to_members)
         return cls(outbox, member, inbound, clients, turns, replies, stable, holds)
 
     def on_view(self, previous: View | None, view: View) -> None:

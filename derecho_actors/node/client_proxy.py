@@ -21,6 +21,7 @@ import msgpack
 
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.model.kinds import ORDERED
+from derecho_actors.node.answer_queue import AnswerQueue, member_queue
 from derecho_actors.node.call_stats import UNKNOWN, CallStats
 from derecho_actors.node.client_outbox import ClientOutbox
 from derecho_actors.node.client_table import ClientState, ClientTable, Limit, Proxied, Relay
@@ -60,10 +61,12 @@ class ClientProxy:
         outbox: Outbox,
         inbound: InboundCalls,
         out: ClientOutbox,
+        to_members: AnswerQueue[int] | None = None,
     ) -> None:
         """``specs``: the group's types by name (a call to a method its type does not define
         is refused here); ``limits``: the node's per-client limits (``[limits]``); ``out``:
-        where messages to clients go."""
+        where messages to clients go; ``to_members``: calls relayed to members, paced by their
+        links (``member_queue``; in order per member)."""
         self.node = node
         self.node_id = node.node_id
         self.view = view
@@ -72,6 +75,7 @@ class ClientProxy:
         self.outbox = outbox
         self.inbound = inbound
         self.out = out
+        self.to_members = to_members if to_members is not None else member_queue(node)
         # Clients this node serves: their calls whose answers it forwards, and those it relayed
         # (retried through another member if that one fails before answering).
         self.table = ClientTable(
@@ -164,7 +168,7 @@ class ClientProxy:
         # goes again through another (ordered: applied once, by the session table) or, for
         # P2P, the client is told at once.
         table.relay(key, Relay(target, call, client))
-        self.node.send_app(target, encode(call))
+        self.to_members.offer(target, encode(call))
 
     def refuse_overflow(self, conn: ClientConn, call_ids: tuple[int, ...]) -> None:
         """Calls of one frame beyond what a client may have unanswered: refused unread."""
@@ -340,6 +344,8 @@ class ClientProxy:
     def on_departed(self, gone: set[int], view: View) -> None:
         """Members left in ``view``: clients' calls relayed to them go again through another
         member or are answered, and calls waiting only for their answers are done."""
+        for node in gone:
+            self.to_members.forget(node)  # what still waited for it would go nowhere
         self._retry_relays(gone, view)
         held: dict[tuple[ClientConn, int, tuple[int, ...]], list[MergedEntry]] = {}
         for (_origin, call_id), proxy in self.table.depart(gone):
@@ -391,4 +397,4 @@ class ClientProxy:
                 )
                 continue
             relay.target = members[origin % len(members)]
-            self.node.send_app(relay.target, encode(call))
+            self.to_members.offer(relay.target, encode(call))

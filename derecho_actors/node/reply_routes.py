@@ -7,7 +7,7 @@ are answered one by one: a wake-up of the loop per answer would cost more than t
 They leave as one ``ReplyBatch`` per caller and view (in Python the cost is per object and
 per frame, not per byte), at once when small and the caller's link is not backed up, else
 through an ``AnswerQueue``: in pieces, a bounded amount per loop turn, and only while the link
-holds less than ``LINK_READY_BYTES``, so a burst of large answers (a client's 2,000 P2P calls
+holds less than ``answer_queue.LINK_READY_BYTES``, so a burst of large answers (a client's 2,000 P2P calls
 for 200 KB relayed here) neither holds the loop nor queues ahead of the heartbeats and SST rows
 on that link (it did: 400 MB in one frame, and the peers removed this node). Answers for this node come back through :meth:`ReplyRoutes.take_batch`:
 those for its own calls (no session, or this node's) feed their results, the others are the
@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import threading
 
-from derecho_actors.node.answer_queue import ENTRY_BYTES, PIECE_BYTES, AnswerQueue
+from derecho_actors.node.answer_queue import AnswerQueue, member_queue
 from derecho_actors.node.client_proxy import ClientProxy
 from derecho_actors.node.member_caller import MemberCaller
-from derecho_actors.wire.messages import Reply, ReplyBatch, ReplyEntry, encode
+from derecho_actors.wire.messages import Reply, ReplyBatch, ReplyEntry
 from runtime.node_api import NodeHandle
-
-LINK_READY_BYTES = 1 << 20
-"""Answers for a member wait while its link holds this much unsent: at loopback TLS speed a
-heartbeat then waits a few milliseconds behind them at most, not seconds."""
 
 
 class ReplyRoutes:
-    def __init__(self, node: NodeHandle, member: MemberCaller, clients: ClientProxy) -> None:
+    def __init__(
+        self, node: NodeHandle, member: MemberCaller, clients: ClientProxy, to_members: AnswerQueue[int] | None = None
+    ) -> None:
+        """``to_members``: messages to members, paced by their links (``member_queue``)."""
         self.node = node
         self.node_id = node.node_id
         self.member = member
@@ -39,7 +38,7 @@ class ReplyRoutes:
         self._lock = threading.Lock()  # replicas' threads hand answers over under it
         self._pending: list[tuple[int, Reply]] = []
         self._scheduled = False
-        self.to_members: AnswerQueue[int] = AnswerQueue(node, self._write, self._link_ready)
+        self.to_members = to_members if to_members is not None else member_queue(node)
 
     def send(self, replies: list[tuple[int, Reply]]) -> None:
         """From a replica's thread: at most one hand-off pending to the node's loop; answers
@@ -71,33 +70,12 @@ class ReplyRoutes:
                 groups[key] = [entry]
             else:
                 group.append(entry)
-        queue = self.to_members
         for (caller, node, vid, replicas), entries in groups.items():
             batch = ReplyBatch(node, vid, replicas, tuple(entries))
             if caller == self.node_id:
                 self.take_batch(batch)
-            elif caller in queue.queued or not self._small(entries) or not self._link_ready(caller):
-                queue.send(caller, batch)  # behind what waits for it, in pieces and turns
             else:
-                self.node.send_app(caller, encode(batch))
-
-    @staticmethod
-    def _small(entries: list[ReplyEntry]) -> bool:
-        """Answers that make one piece: written at once, as they always were."""
-        size = 0
-        for entry in entries:
-            size += len(entry[2]) + ENTRY_BYTES
-            if size >= PIECE_BYTES:
-                return False
-        return True
-
-    def _link_ready(self, node: int) -> bool:
-        return self.node.link_backlog(node) < LINK_READY_BYTES
-
-    def _write(self, node: int, messages: list[bytes]) -> bool:
-        for message in messages:
-            self.node.send_app(node, message)
-        return True  # a member that left: the transport drops what is sent to it
+                self.to_members.offer(caller, batch)
 
     def take_reply(self, reply: Reply) -> None:
         """One answer alone (a member's refusal of a call it could not take)."""

@@ -170,3 +170,60 @@ def test_answers_queued_while_a_large_turn_waits_go_behind_it() -> None:
     kinds = [type(decode(m)).__name__ for _, ms in node.writes for m in ms]
     assert kinds[-1] == "ReplyBatch" and set(kinds[:-1]) == {"AnswerBatch"}
     assert sum(len(decode(m).entries) for _, ms in node.writes for m in ms) == 42  # type: ignore[union-attr]
+
+
+class Members(Node):
+    """A node whose member links hold ``backlog[member]`` bytes unsent; ``send_app`` records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backlog: dict[int, int] = {}
+        self.sent: list[tuple[int, bytes]] = []
+        self.delays: list[float] = []
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        self.delays.append(delay)
+        super().call_later(delay, fn)
+
+    def link_backlog(self, node: int) -> int:
+        return self.backlog.get(node, 0)
+
+    def send_app(self, node: int, data: bytes) -> None:
+        self.sent.append((node, data))
+
+
+def test_messages_to_a_backed_up_member_wait_in_order_and_small_ones_go_at_once() -> None:
+    """``member_queue``: a small message to a member whose link is clear goes at once (no turn
+    of latency); while a link holds ``LINK_READY_BYTES`` or more, messages for it wait (looked
+    at again ``RETRY_S`` later, not every turn) and others' do not; what waits goes in order,
+    and a message offered while others wait goes behind them."""
+    from derecho_actors.node.answer_queue import LINK_READY_BYTES, RETRY_S, member_queue
+
+    node = Members()
+    queue = member_queue(node)  # type: ignore[arg-type]
+    queue.offer(2, b"call-1")
+    assert node.sent == [(2, b"call-1")] and not node.timers
+    node.backlog[2] = LINK_READY_BYTES
+    queue.offer(2, b"call-2")
+    queue.offer(3, answers(2, 10))
+    assert node.sent == [(2, b"call-1"), (3, node.sent[1][1])] and decode(node.sent[1][1]).entries
+    node.flush()
+    assert [n for n, _ in node.sent] == [2, 3] and node.delays[-1] == RETRY_S  # still backed up
+    node.backlog[2] = 0
+    queue.offer(2, b"call-3")  # behind call-2, which waits
+    node.drain()
+    assert [d for n, d in node.sent if n == 2] == [b"call-1", b"call-2", b"call-3"]
+    assert queue.waiting() == 0
+
+
+def test_a_large_answer_to_a_member_goes_in_pieces_over_turns() -> None:
+    from derecho_actors.node.answer_queue import PIECE_BYTES, TURN_BYTES, member_queue
+
+    node = Members()
+    queue = member_queue(node)  # type: ignore[arg-type]
+    queue.offer(2, answers(100, 100_000))  # 10 MB of values for one caller
+    assert not node.sent  # too large to go at once
+    turns = node.drain()
+    assert turns >= 10 // (TURN_BYTES >> 20)
+    assert max(len(d) for _, d in node.sent) < 2 * PIECE_BYTES
+    assert [e[0] for _, d in node.sent for e in decode(d).entries] == list(range(100))  # type: ignore[union-attr]
