@@ -80,7 +80,9 @@ def _results(args: argparse.Namespace, seeds: list[int]) -> Generator[RunResult,
         return
     pool = ProcessPoolExecutor(max_workers=args.jobs)
     try:
-        yield from pool.map(run, seeds, chunksize=4)
+        # One seed per task: seeds differ in cost by ten times and more, and with several per task
+        # the last tasks kept one worker busy long after the others had run out of work.
+        yield from pool.map(run, seeds, chunksize=1)
     finally:  # a failure stops the range: drop the seeds not started yet
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -290,7 +290,12 @@ class SimCluster:
     def _frame(self, src: int, item: tuple[int, int, Message]) -> None:
         dst, life, msg = item
         node = self.nodes.get(dst)
-        if node is None or not node.alive or node.life != life or self.held(dst, self._frame, (src, item)):
+        if (
+            node is None
+            or not node.alive
+            or node.life != life
+            or (node.paused and self.held(dst, self._frame, (src, item)))
+        ):
             return
         node.core.step(MessageArrived(self.sched.now, src, msg))
         self._after_step(node)
@@ -304,43 +309,54 @@ class SimCluster:
         self._after_step(node)
 
     def _after_step(self, node: SimNode) -> None:
-        """Sample the core's state for the checker, then make sure a flush is coming."""
+        """Sample the core's state for the checker, then make sure a flush is coming.
+
+        This runs after every core call, so the common case (nothing sampled moved) is kept to
+        a few comparisons: a shard's receive counts are compared whole before position by
+        position, and a ballot is decoded only when it changed."""
         step = self.sched.steps
         core = node.core
-        if node.membership is not None and node.membership is not core.membership:
+        membership = core.membership
+        if node.membership is not None and node.membership is not membership:
             self._sample_ballot(node, node.membership, step)
             node.last_ballot = 0
             node.saw_wedge = False
             started = node.membership.wedge_started_at
             if started is not None and core.excluded is None:
                 self.longest_change = max(self.longest_change, self.sched.now - started)
-        node.membership = core.membership
-        if core.membership is not None:
-            self._sample_ballot(node, core.membership, step)
-            if core.membership.wedged and not node.saw_wedge and node.alive:
+        node.membership = membership
+        if membership is not None:
+            if membership.mine["ballot"] != node.last_ballot:
+                self._sample_ballot(node, membership, step)
+            if not node.saw_wedge and membership.wedged and node.alive:
                 node.saw_wedge = True
                 if self.on_wedge is not None:
                     self.on_wedge()
-        vid = core.vid if core.vid is not None else -1  # no view: no shards either
-        trace = self.trace
-        for sid, smc in core.shards.items():
-            key = (vid, sid)
-            recv = smc.sst.mine["received_num"]
-            last = node.last_recv.get(key)
-            if last is None:
-                last = node.last_recv[key] = [0] * len(recv)  # type: ignore[arg-type]
-            for pos, count in enumerate(recv):  # type: ignore[arg-type]
-                if count != last[pos]:
-                    last[pos] = count
-                    sender = smc.members[smc.sender_ranks[pos]]
-                    trace.received.setdefault((node.inc, vid, tuple(sid), sender), []).append((count, step))
-            if smc.delivered != node.last_frontier.get(key, 0):
-                node.last_frontier[key] = smc.delivered
-                trace.frontier.setdefault((node.inc, vid, tuple(sid)), []).append((smc.delivered, step))
-            pf = smc.persisted_frontier
-            if pf and pf != node.last_pfront.get(key, 0):
-                node.last_pfront[key] = pf
-                trace.persisted.setdefault((node.inc, vid, tuple(sid)), []).append((pf - 1, step))
+        if core.shards:
+            view = core.view
+            vid = view.vid if view is not None else -1  # no view: no shards either
+            trace = self.trace
+            last_recv = node.last_recv
+            for sid, smc in core.shards.items():
+                key = (vid, sid)
+                recv = smc.sst.mine["received_num"]
+                last = last_recv.get(key)
+                if last is None:
+                    last = last_recv[key] = [0] * len(recv)  # type: ignore[arg-type]
+                if recv != last:
+                    for pos, count in enumerate(recv):  # type: ignore[arg-type]
+                        if count != last[pos]:
+                            last[pos] = count
+                            sender = smc.members[smc.sender_ranks[pos]]
+                            trace.received.setdefault((node.inc, vid, tuple(sid), sender), []).append((count, step))
+                delivered = smc.delivered
+                if delivered != node.last_frontier.get(key, 0):
+                    node.last_frontier[key] = delivered
+                    trace.frontier.setdefault((node.inc, vid, tuple(sid)), []).append((delivered, step))
+                pf = smc.persisted_frontier
+                if pf and pf != node.last_pfront.get(key, 0):
+                    node.last_pfront[key] = pf
+                    trace.persisted.setdefault((node.inc, vid, tuple(sid)), []).append((pf - 1, step))
         if node.flush_at is None and node.alive:
             lo, hi = self.proc_delay
             node.flush_at = self.sched.now + lo + self.rng.random() * (hi - lo)
@@ -359,7 +375,12 @@ class SimCluster:
 
     def _flush(self, node_id: int, life: int) -> None:
         node = self.nodes.get(node_id)
-        if node is None or not node.alive or node.life != life or self.held(node_id, self._flush, (node_id, life)):
+        if (
+            node is None
+            or not node.alive
+            or node.life != life
+            or (node.paused and self.held(node_id, self._flush, (node_id, life)))
+        ):
             return
         node.flush_at = None
         ready = node.core.ready()
@@ -380,11 +401,12 @@ class SimCluster:
                         node_id, f"storage failure: recording the accepted view {ready.accepted} failed: {exc}"
                     )
                     return
+        send, nodes, frame = self.net.send, self.nodes, self._frame
         for out in ready.outgoing:
             for dst in out.to:
-                target = self.nodes.get(dst)
+                target = nodes.get(dst)
                 if target is not None:
-                    self.net.send(node_id, dst, self._frame, (dst, target.life, out.message))
+                    send(node_id, dst, frame, (dst, target.life, out.message))
         for cs in ready.contact_sends:
             dst = int(cs.address.split(":", 1)[1])
             target = self.nodes.get(dst)
@@ -398,10 +420,11 @@ class SimCluster:
             if persistent:  # the app logs every delivery; fsyncs start once the views are in
                 base = make_version(d.vid, 0)
                 node.volatile.setdefault(d.shard, []).extend((base + g, p) for g, _, _, p in d.messages)
-            self.say(
-                f"node {node_id} delivers {len(d.messages)} in view {d.vid} shard {sid} "
-                f"through index {d.frontier - 1}{' (final)' if d.final else ''}"
-            )
+            if self.log is not None:  # (say's text is costly to format for every delivery)
+                self.say(
+                    f"node {node_id} delivers {len(d.messages)} in view {d.vid} shard {sid} "
+                    f"through index {d.frontier - 1}{' (final)' if d.final else ''}"
+                )
         for v in ready.views:
             rec = ViewRecord(v.vid, v.members, tuple((tuple(s), m) for s, m in v.layout.shards.items()))
             self.trace.views[node.inc].append(rec)
@@ -415,7 +438,8 @@ class SimCluster:
         if persistent:
             disk = self.disks[node_id]
             for sid, version in ready.persisted:
-                self.say(f"node {node_id} shard {tuple(sid)} persisted through {format_version(version)}")
+                if self.log is not None:
+                    self.say(f"node {node_id} shard {tuple(sid)} persisted through {format_version(version)}")
                 if not disk.failing:  # recorded lazily: a lower bound of the frontier
                     disk.frontiers[sid] = max(disk.frontiers.get(sid, -1), version)
             for sid in list(node.volatile):

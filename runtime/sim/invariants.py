@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.core.versions import format_version, make_version
+from runtime.sim.scheduler import gc_paused
 
 Inc = tuple[int, int]  # (node id, life)
 ShardRef = tuple[Any, ...]
@@ -129,6 +130,11 @@ class _Counter:
 
 def check_trace(trace: Trace) -> list[Violation]:
     """All invariant violations in ``trace`` (an empty list means the run was correct)."""
+    with gc_paused():  # as during the run (see gc_paused)
+        return _check_all(trace)
+
+
+def _check_all(trace: Trace) -> list[Violation]:
     out: list[Violation] = []
     out += _check_views(trace)
     out += _check_majority(trace)
@@ -209,47 +215,77 @@ def _check_majority(trace: Trace) -> list[Violation]:
 
 
 # ------------------------------------------------------------ per-node delivery logs
+def _where(i: int, vid: int, shard: ShardRef, g: int) -> str:
+    """A delivery, as a violation names it (formatted only then: for every delivery of a run
+    it cost more than the checks themselves)."""
+    return f"delivery #{i} (view {vid}, shard {shard}, index {g})"
+
+
 def _check_member_logs(trace: Trace) -> list[Violation]:
     out = []
     sent_index = {s: {p: k for k, p in enumerate(msgs)} for s, msgs in trace.sent.items()}
+    no_index: dict[bytes, int] = {}
+    shard_of = trace.shard_of
     for inc, log in sorted(trace.delivered.items()):
         seen: set[bytes] = set()
         last: dict[tuple[int, ShardRef], int] = {}
         next_app: dict[tuple[int, ShardRef], int] = {}
         views = {v.vid: v for v in trace.views.get(inc, [])}
+        # (vid, shard) -> the shard's members in that view, and each one's position among them
+        ranks: dict[tuple[int, ShardRef], tuple[tuple[int, ...], dict[int, int]]] = {}
+
         for i, (vid, shard, g, sender, k, payload, _final) in enumerate(log):
-            where = f"delivery #{i} (view {vid}, shard {shard}, index {g})"
             if payload in seen:
-                out.append(Violation("duplicate", inc, f"{where} repeats payload {payload!r:.40}"))
+                out.append(Violation("duplicate", inc, f"{_where(i, vid, shard, g)} repeats payload {payload!r:.40}"))
                 break
             seen.add(payload)
-            view = views.get(vid)
-            if view is None:
-                out.append(Violation("delivery-outside-view", inc, f"{where} in a view it never installed"))
-                break
-            senders = view.shard_members(shard)
-            if sender not in senders:
-                out.append(Violation("phantom", inc, f"{where} claims sender {sender}, not in the shard"))
-                break
-            if g <= last.get((vid, shard), -1):
-                out.append(Violation("order", inc, f"{where} comes after index {last[(vid, shard)]}"))
-                break
-            last[(vid, shard)] = g
-            pos = senders.index(sender)
-            if g != k * len(senders) + pos:
-                out.append(Violation("round-robin", inc, f"{where}: not {k}*{len(senders)}+{pos}"))
-                break
-            app_k = sent_index.get(sender, {}).get(payload)
-            if app_k is None or trace.shard_of.get(payload) != shard:
+            vs = (vid, shard)
+            known = ranks.get(vs)
+            if known is None:
+                view = views.get(vid)
+                if view is None:
+                    out.append(
+                        Violation(
+                            "delivery-outside-view", inc, f"{_where(i, vid, shard, g)} in a view it never installed"
+                        )
+                    )
+                    break
+                senders = view.shard_members(shard)
+                # senders.index(): the first position of a member, as the check has always used
+                known = ranks[vs] = (senders, {m: senders.index(m) for m in senders})
+            senders, pos_of = known
+            pos = pos_of.get(sender)
+            if pos is None:
                 out.append(
-                    Violation("phantom", inc, f"{where}: payload {payload!r:.40} never sent by {sender} to {shard}")
+                    Violation("phantom", inc, f"{_where(i, vid, shard, g)} claims sender {sender}, not in the shard")
+                )
+                break
+            if g <= last.get(vs, -1):
+                out.append(Violation("order", inc, f"{_where(i, vid, shard, g)} comes after index {last[vs]}"))
+                break
+            last[vs] = g
+            if g != k * len(senders) + pos:
+                out.append(Violation("round-robin", inc, f"{_where(i, vid, shard, g)}: not {k}*{len(senders)}+{pos}"))
+                break
+            app_k = sent_index.get(sender, no_index).get(payload)
+            if app_k is None or shard_of.get(payload) != shard:
+                out.append(
+                    Violation(
+                        "phantom",
+                        inc,
+                        f"{_where(i, vid, shard, g)}: payload {payload!r:.40} never sent by {sender} to {shard}",
+                    )
                 )
                 break
             key = (sender, shard)
             expected = next_app.get(key)
             if expected is not None and app_k <= expected:
                 out.append(
-                    Violation("sender-order", inc, f"{where} is message {app_k} of node {sender} after its {expected}")
+                    Violation(
+                        "sender-order",
+                        inc,
+                        f"{_where(i, vid, shard, g)} is message {app_k} of node {sender} after its {expected}",
+                    )
                 )
                 break
             next_app[key] = app_k
@@ -311,7 +347,10 @@ def _check_view_synchrony(trace: Trace) -> list[Violation]:
 
 def _check_stability(trace: Trace) -> list[Violation]:
     """A normal delivery needs every shard member of the view to hold the message; a final
-    (trimmed) delivery needs every survivor to hold it."""
+    (trimmed) delivery needs every survivor to hold it.
+
+    Every member delivers the same messages, so when each holder received a message is looked
+    up once per message (``arrivals``), not once per delivery of it."""
     out = []
     installed: dict[int, dict[int, Inc]] = {}
     for inc, views in trace.views.items():
@@ -326,23 +365,55 @@ def _check_stability(trace: Trace) -> list[Violation]:
             c = counters[(id(table), key)] = _Counter(table.get(key, []))
         return c
 
-    for inc, log in sorted(trace.delivered.items()):
-        for i, (vid, shard, g, sender, k, _payload, final) in enumerate(log):
+    holders_of: dict[tuple[int, ShardRef, bool], list[Inc]] = {}
+
+    def holders(vid: int, shard: ShardRef, final: bool) -> list[Inc]:
+        """The incarnations that must hold a (final) delivery of view ``vid``'s ``shard``."""
+        hs = holders_of.get((vid, shard, final))
+        if hs is None:
             view = by_vid[vid]
             members = view.shard_members(shard)
-            holders = [installed[vid][m] for m in members if m in installed.get(vid, {})]
+            hs = [installed[vid][m] for m in members if m in installed.get(vid, {})]
             if final:
                 nxt = installed.get(vid + 1, {})
-                holders = [h for h in holders if nxt.get(h[0]) == h]
+                hs = [h for h in hs if nxt.get(h[0]) == h]
+            holders_of[(vid, shard, final)] = hs
+        return hs
+
+    # (vid, shard, sender, k, final) -> (the latest step at which a holder received message k
+    # of sender, or None if some holder never did; each holder and its step, in holder order)
+    arrivals: dict[tuple[int, ShardRef, int, int, bool], tuple[int | None, list[tuple[Inc, int | None]]]] = {}
+
+    def arrival(
+        vid: int, shard: ShardRef, sender: int, k: int, final: bool
+    ) -> tuple[int | None, list[tuple[Inc, int | None]]]:
+        key = (vid, shard, sender, k, final)
+        got = arrivals.get(key)
+        if got is None:
+            steps = [
+                (h, counter((h, vid, shard, sender), trace.received).step_reaching(k + 1))
+                for h in holders(vid, shard, final)
+            ]
+            known = [step for _, step in steps if step is not None]
+            latest = max(known, default=-1) if len(known) == len(steps) else None
+            got = arrivals[key] = (latest, steps)
+        return got
+
+    for inc, log in sorted(trace.delivered.items()):
+        for i, (vid, shard, g, sender, k, _payload, final) in enumerate(log):
+            holders(vid, shard, final)  # the view must be known (KeyError otherwise, as it always was)
+            if final:
                 reached = None  # held at the freeze: any time before the end of the run
             else:
                 reached = counter((inc, vid, shard), trace.frontier).step_reaching(g + 1)
                 if reached is None:
                     out.append(Violation("frontier", inc, f"delivery #{i} (view {vid}, index {g}) beyond its frontier"))
                     break
+            latest, steps = arrival(vid, shard, sender, k, final)
+            if latest is not None and (reached is None or latest <= reached):
+                continue  # every holder had it by then
             bad = None
-            for h in holders:
-                got = counter((h, vid, shard, sender), trace.received).step_reaching(k + 1)
+            for h, got in steps:
                 if got is None or (reached is not None and got > reached):
                     bad = (h, got)
                     break

@@ -44,25 +44,26 @@ class SimNetwork:
     ) -> None:
         """Schedule ``deliver(src, item)`` at ``dst`` after the link's delay, in link order;
         ``lost(item)`` if a cut drops it (a client's connection breaks with its first lost frame)."""
-        if (src, dst) in self.cut:
+        link = (src, dst)
+        if link in self.cut:
             self.dropped += 1
             if lost is not None:
                 lost(item)
             return
-        prof = self.links.get((src, dst), self.default)
+        prof = self.links.get(link, self.default)
         delay = (prof.base + self.rng.random() * prof.jitter) * prof.slowdown
         when = self.scheduler.now + delay
-        last = self._last_arrival.get((src, dst), 0.0)
+        last = self._last_arrival.get(link, 0.0)
         if when < last:
             when = last  # FIFO: never overtake an earlier frame on the same link
-        self._last_arrival[(src, dst)] = when
+        self._last_arrival[link] = when
         self.frames += 1
         self.scheduler.at(when, self._arrive, src, dst, deliver, item, lost)
 
     def _arrive(
         self, src: int, dst: int, deliver: Callable[[int, Any], None], item: Any, lost: Callable[[Any], None] | None
     ) -> None:
-        if (src, dst) in self.cut:  # cut while in flight: lost with the connection
+        if self.cut and (src, dst) in self.cut:  # cut while in flight: lost with the connection
             self.dropped += 1
             if lost is not None:
                 lost(item)

@@ -3,6 +3,7 @@ persistence checks, each shown to catch a planted violation."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Callable
 
 import pytest
@@ -11,10 +12,19 @@ from runtime.core.versions import format_version, make_version, version_parts
 from runtime.sim.cluster import SimCluster
 from runtime.sim.invariants import RestartRecord, persisted_versions
 from runtime.sim.runner import RunResult, run_seed
+from tests.sim import pool
 
 pytestmark = pytest.mark.timeout(300)
 
 RESTARTS: dict = {}  # the scenario every corruption is planted in (set by the fixture)
+RESTART_SEEDS = range(20, 26)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restart_runs() -> dict[int, Future[RunResult]]:
+    """The restart seeds, started on the workers as the module begins: one of them is long,
+    and the module's other runs go on meanwhile."""
+    return {seed: pool.submit(seed, faults="restart") for seed in RESTART_SEEDS}
 
 
 def _suits(cluster: SimCluster) -> None:
@@ -39,6 +49,17 @@ def clean_run():
             RESTARTS.update(run)
             return result
     pytest.fail("no seed gives the scenario")
+
+
+@pytest.fixture(scope="module")
+def planted(clean_run) -> dict[Callable[[SimCluster], None] | None, Future[RunResult]]:
+    """The scenario with each corruption planted (and once as it ran, for its transcript),
+    all started at once on the workers."""
+    runs: dict[Callable[[SimCluster], None] | None, Future[RunResult]] = {
+        corrupt: pool.submit(**RESTARTS, corrupt=corrupt) for corrupt, _ in CORRUPTIONS
+    }
+    runs[None] = pool.submit(**RESTARTS, verbose=True)
+    return runs
 
 
 def test_scenario_covers_restarts_and_persistence(clean_run) -> None:
@@ -160,54 +181,52 @@ def restart_discards_persisted(cluster: SimCluster) -> None:
             log[:] = [rec for rec in log if not cut < rec[0] < make_version(r.vid, 0)]
 
 
-@pytest.mark.parametrize(
-    "corrupt, invariant",
-    [
-        (drop_persisted_record, {"persisted-lost"}),
-        (change_persisted_payload, {"persisted-lost", "log-conflict"}),
-        (lose_persisted_tail_everywhere, {"persisted-lost"}),
-        (swap_two_records, {"log-order"}),
-        (record_never_delivered, {"log-conflict"}),
-        (members_disagree, {"log-divergence"}),
-        (frontier_ahead_of_disk, {"persisted-beyond-durable"}),
-        (disk_late, {"persisted-beyond-durable"}),
-        (restart_without_majority, {"majority", "restart-quorum"}),
-        (restart_reuses_latest_view, {"restart-view"}),
-        (restart_refused, {"restart-failed"}),
-        (restart_discards_persisted, {"persisted-lost"}),
-    ],
-    ids=lambda x: getattr(x, "__name__", str(x)),
-)
+CORRUPTIONS = [
+    (drop_persisted_record, {"persisted-lost"}),
+    (change_persisted_payload, {"persisted-lost", "log-conflict"}),
+    (lose_persisted_tail_everywhere, {"persisted-lost"}),
+    (swap_two_records, {"log-order"}),
+    (record_never_delivered, {"log-conflict"}),
+    (members_disagree, {"log-divergence"}),
+    (frontier_ahead_of_disk, {"persisted-beyond-durable"}),
+    (disk_late, {"persisted-beyond-durable"}),
+    (restart_without_majority, {"majority", "restart-quorum"}),
+    (restart_reuses_latest_view, {"restart-view"}),
+    (restart_refused, {"restart-failed"}),
+    (restart_discards_persisted, {"persisted-lost"}),
+]
+
+
+@pytest.mark.parametrize("corrupt, invariant", CORRUPTIONS, ids=lambda x: getattr(x, "__name__", str(x)))
 def test_checker_catches_persistence_corruption(
-    clean_run, corrupt: Callable[[SimCluster], None], invariant: set[str]
+    planted, corrupt: Callable[[SimCluster], None], invariant: set[str]
 ) -> None:
-    result = run_seed(**RESTARTS, corrupt=corrupt)
+    result = planted[corrupt].result()
     kinds = {v.invariant for v in result.violations}
     assert invariant <= kinds, result.violations
 
 
-def test_persisted_loss_names_the_node_and_the_version(clean_run) -> None:
-    result = run_seed(**RESTARTS, corrupt=drop_persisted_record)
+def test_persisted_loss_names_the_node_and_the_version(planted) -> None:
+    result = planted[drop_persisted_record].result()
     lost = [v for v in result.violations if v.invariant == "persisted-lost"]
     assert lost and lost[0].member is not None and "first " in lost[0].detail and "missing" in lost[0].detail
 
 
-@pytest.mark.parametrize("seed", range(20, 26))
-def test_restart_seeds_pass(seed: int) -> None:
-    result = run_seed(seed, faults="restart")
+@pytest.mark.parametrize("seed", RESTART_SEEDS)
+def test_restart_seeds_pass(seed: int, restart_runs: dict[int, Future[RunResult]]) -> None:
+    result = restart_runs[seed].result()
     assert result.ok, f"seed {seed}: {result.violations[:3]}"
 
 
 def test_restart_replays_identically() -> None:
-    a = run_seed(5, faults="restart", verbose=True)
-    b = run_seed(5, faults="restart", verbose=True)
-    assert a.transcript == b.transcript
-    text = "\n".join(a.transcript)
+    a, b = (pool.submit(5, faults="restart", verbose=True) for _ in range(2))
+    assert a.result().transcript == b.result().transcript
+    text = "\n".join(a.result().transcript)
     assert "RESTART in view" in text or "restarts with its disk" in text
 
 
-def test_total_restart_transcript_names_plan_and_transfers(clean_run) -> None:
-    result = run_seed(**RESTARTS, verbose=True)
+def test_total_restart_transcript_names_plan_and_transfers(planted) -> None:
+    result = planted[None].result()
     text = "\n".join(result.transcript)
     assert "CRASH ALL nodes" in text and "RESTART in view" in text and "sources" in text
     assert "awaits shard" in text and "state from node" in text
