@@ -25,7 +25,7 @@ from typing import Any, Callable, Final, Iterable
 import msgpack
 
 from runtime.core.layout import ShardId
-from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, ShardPush, ViewAnnouncement
+from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, Payload, ShardPush, ViewAnnouncement
 from runtime.core.sst import RowDelta
 from runtime.errors import WireError
 from runtime.wire.checks import (
@@ -75,6 +75,7 @@ from runtime.wire.control import (
     StatusRequest,
     Welcome,
 )
+from runtime.wire.descriptors import descriptor_from_wire, pack_default
 
 WireMessage = (
     Message
@@ -252,7 +253,7 @@ def encode(msg: WireMessage) -> bytes:
     if enc is None:
         raise TypeError(f"cannot encode {type(msg).__name__}: not a wire message")
     try:
-        return msgpack.packb(enc(msg), use_bin_type=True)
+        return msgpack.packb(enc(msg), use_bin_type=True, default=pack_default)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"cannot encode {type(msg).__name__}: {exc}") from exc
 
@@ -303,15 +304,23 @@ def _row(value: object, what: str) -> RowDelta:
 _PAYLOAD_TYPES: Final[frozenset[type]] = frozenset({bytes, type(None)})
 
 
-def _payloads(value: object, what: str) -> tuple[bytes | None, ...]:
+def _payloads(value: object, what: str) -> tuple[Payload, ...]:
     if type(value) is not list:
         raise WireError(f"{what} must be a list, got {_describe(value)}")
-    # One C-level pass over the batch (the set of its element types); only a bad batch is
-    # walked in Python, to name the first culprit.
+    # One C-level pass over the batch (the set of its element types); only a batch with a
+    # large object's descriptor (an array) or a bad one is walked in Python.
     if not _PAYLOAD_TYPES.issuperset(map(type, value)):
+        out: list[Payload] = []
         for i, p in enumerate(value):
-            if p is not None and type(p) is not bytes:
-                raise WireError(f"{what}[{i}] must be bytes or nil (null message), got {_describe(p)}")
+            if type(p) is list:
+                out.append(descriptor_from_wire(p, f"{what}[{i}]"))
+            elif p is not None and type(p) is not bytes:
+                raise WireError(
+                    f"{what}[{i}] must be bytes, nil (null message) or an object descriptor, got {_describe(p)}"
+                )
+            else:
+                out.append(p)
+        return tuple(out)
     return tuple(value)
 
 
