@@ -19,6 +19,7 @@ from runtime.config import (
     NodeConfig,
     NodeSection,
     PersistenceSection,
+    RdmcSection,
     TimeoutsSection,
     example_config,
     load_config,
@@ -110,7 +111,8 @@ def test_example_config_round_trip(tmp_path: pathlib.Path) -> None:
     assert cfg == NodeConfig(node=NodeSection(id=4, listen="127.0.0.1:7004", contacts=tuple(contacts)))
     # Every key the example writes is one the loader knows, and every known key is written.
     doc = tomllib.loads(text)
-    assert set(doc) == {"node", "timeouts", "multicast", "persistence", "security", "limits"}
+    assert set(doc) == {"node", "timeouts", "multicast", "rdmc", "persistence", "security", "limits"}
+    assert set(doc["rdmc"]) == {f.name for f in dataclasses.fields(RdmcSection)}
     assert set(doc["limits"]) == {f.name for f in dataclasses.fields(LimitsSection)}
     assert set(doc["node"]) == {f.name for f in dataclasses.fields(NodeSection)}
     assert set(doc["timeouts"]) == {f.name for f in dataclasses.fields(TimeoutsSection)}
@@ -558,3 +560,30 @@ def test_long_paths_are_shown_whole(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(deep / "the-config-file.toml"), environ={})
     assert "the-config-file.toml" in str(info.value) and len(str(deep)) > 250
+
+
+RDMC_REFUSALS = [
+    ({"rdmc.schedule": "ring"}, "rdmc.schedule: expected one of sequential, chain, binomial"),
+    ({"rdmc.block_size": "100"}, "rdmc.block_size"),
+    ({"rdmc.window_blocks": "0"}, "rdmc.window_blocks"),
+    ({"rdmc.max_object_size": str(2 << 30), "rdmc.max_bytes_in_flight": str(1 << 30)}, "max_bytes_in_flight"),
+    ({"rdmc.enabled": "true", "rdmc.threshold_bytes": str(2 << 20)}, "must not exceed multicast.max_message_size"),
+    (
+        {"rdmc.enabled": "true", "rdmc.block_size": str(64 << 20)},
+        "rdmc.block_size .* must fit multicast.max_frame_bytes",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "why"), RDMC_REFUSALS)
+def test_rdmc_settings_are_checked(overrides: dict[str, str], why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        load_config(None, environ={}, overrides=overrides)
+
+
+def test_rdmc_settings_reach_the_core() -> None:
+    cfg = load_config(None, environ={}, overrides={"rdmc.enabled": "true", "rdmc.schedule": "CHAIN"})
+    policy = cfg.core_config().multicast.objects
+    assert policy is not None and policy.kind.value == "chain" and policy.threshold == cfg.rdmc.threshold_bytes
+    off = load_config(None, environ={}, overrides={"rdmc.enabled": "false"})
+    assert off.core_config().multicast.objects is None
