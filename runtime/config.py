@@ -479,6 +479,7 @@ _FIELDS["limits"] = {
     "max_watch_polls_per_client": _Field(_int_text(1), _int_check(1)),
     "metrics_max_connections": _Field(_int_text(1), _int_check(1)),
     "metrics_timeout_ms": _Field(_int_text(1), _int_check(1)),
+    "client_max_call_bytes": _Field(_int_text(1), _int_check(1)),
 }
 _FIELDS["rdmc"] = {
     "enabled": _Field(_bool_text, _bool_check),
@@ -674,6 +675,9 @@ class LimitsSection:
     max_watch_polls_per_client: int = 64  # parked watch polls per client identity
     metrics_max_connections: int = 32  # open connections to the metrics endpoint
     metrics_timeout_ms: int = 5000  # a metrics request must arrive whole within this
+    # Largest call a client may send with large objects on (the contact holds it whole in one
+    # frame, within security.receive_budget_bytes); without them, multicast.max_message_size.
+    client_max_call_bytes: int = 48 << 20
 
     def __post_init__(self) -> None:
         _check_fields("limits", self)
@@ -688,8 +692,8 @@ class RdmcSection:
     move among the shard's members in blocks by an RDMC schedule; it is delivered in its place
     once every member holds all of it."""
 
-    enabled: bool = False
-    threshold_bytes: int = 100 << 10
+    enabled: bool = True
+    threshold_bytes: int = 100 << 10  # above multicast.max_message_size it acts as that
     block_size: int = 1 << 20
     max_object_size: int = 4 << 30  # larger payloads are refused at the caller (ObjectTooLarge)
     max_objects_in_flight: int = 8  # objects at one node in any role; a sender gets its share
@@ -705,12 +709,13 @@ class RdmcSection:
                 f"({self.max_object_size}), or an object of the largest size could never start"
             )
 
-    def policy(self) -> ObjectPolicy | None:
-        """The core's large-object policy, None when large objects are off."""
+    def policy(self, max_message_size: int) -> ObjectPolicy | None:
+        """The core's large-object policy, None when large objects are off. A payload above
+        ``max_message_size`` cannot go as a message, so the threshold is at most that."""
         if not self.enabled:
             return None
         return ObjectPolicy(
-            threshold=self.threshold_bytes,
+            threshold=min(self.threshold_bytes, max_message_size),
             block_size=self.block_size,
             kind=ScheduleKind(self.schedule),
             max_object_size=self.max_object_size,
@@ -756,16 +761,21 @@ class NodeConfig:
             if not isinstance(value, cls):
                 raise ConfigError(f"{name}: expected a {cls.__name__}, got {type(value).__name__}")
         r, m = self.rdmc, self.multicast
-        if r.enabled and r.threshold_bytes > m.max_message_size:
-            raise ConfigError(
-                f"rdmc.threshold_bytes ({r.threshold_bytes}) must not exceed multicast.max_message_size "
-                f"({m.max_message_size}): payloads between them could go neither way"
-            )
         if r.enabled and r.block_size + 64 > m.max_frame_bytes:
             raise ConfigError(
                 f"rdmc.block_size ({r.block_size}) plus a block frame's header must fit "
                 f"multicast.max_frame_bytes ({m.max_frame_bytes})"
             )
+
+    def client_call_limit(self) -> int:
+        """The largest call a client may send (its arguments, encoded), told to it on connect:
+        with large objects on, ``limits.client_max_call_bytes`` within what one frame to a relay
+        and one object carry; else ``multicast.max_message_size``."""
+        m, r = self.multicast, self.rdmc
+        if not r.enabled:
+            return m.max_message_size
+        frame_room = max(m.max_message_size, m.max_frame_bytes - (64 << 10))
+        return max(m.max_message_size, min(self.limits.client_max_call_bytes, r.max_object_size, frame_room))
 
     def core_config(self) -> CoreConfig:
         """The protocol core's tuning; the core counts time in seconds, the file in ms."""
@@ -778,7 +788,7 @@ class NodeConfig:
                 immediate_nulls=m.immediate_nulls,
                 max_batch=m.max_batch,
                 max_message_size=m.max_message_size,
-                objects=self.rdmc.policy(),
+                objects=self.rdmc.policy(m.max_message_size),
             ),
             membership=MembershipConfig(
                 heartbeat_interval=t.heartbeat_ms / 1000.0,
@@ -1191,7 +1201,7 @@ max_frame_bytes = {multicast.max_frame_bytes}  # largest wire frame accepted fro
 # Large objects: a payload above threshold_bytes (an ordered call with large arguments) goes as
 # a descriptor in the total order, its bytes in blocks among the shard's members (RDMC).
 enabled = {str(rdmc.enabled).lower()}
-threshold_bytes = {rdmc.threshold_bytes}  # payloads above this go as objects; <= multicast.max_message_size
+threshold_bytes = {rdmc.threshold_bytes}  # payloads above this go as objects (at most multicast.max_message_size)
 block_size = {rdmc.block_size}  # bytes per block
 max_object_size = {rdmc.max_object_size}  # larger payloads are refused at the caller (ObjectTooLarge)
 max_objects_in_flight = {rdmc.max_objects_in_flight}  # per node; each sender of a shard keeps its share undelivered
@@ -1233,6 +1243,7 @@ status_cache_ms = {limits.status_cache_ms}  # requests this close together share
 max_watch_polls_per_client = {limits.max_watch_polls_per_client}  # parked watch polls per client identity
 metrics_max_connections = {limits.metrics_max_connections}  # open connections to the metrics endpoint
 metrics_timeout_ms = {limits.metrics_timeout_ms}  # a metrics request must arrive whole within this
+client_max_call_bytes = {limits.client_max_call_bytes}  # largest call from a client with [rdmc] on (one frame)
 
 # Layout: one [layout.<TypeName>] table per replicated type, in allocation order. With none,
 # one type "{DEFAULT_LAYOUT_TYPE}" has one shard holding every node. A table's keys override the

@@ -33,7 +33,7 @@ class ObjectPolicy:
     kind: ScheduleKind = ScheduleKind.BINOMIAL
     max_object_size: int = 4 << 30
     max_objects: int = 8
-    max_bytes: int = 16 << 30
+    max_bytes: int = 8 << 30
     window: int = 4
 
     def __post_init__(self) -> None:

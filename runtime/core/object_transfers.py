@@ -38,7 +38,7 @@ from runtime.core.rdmc_events import (
 )
 from runtime.core.rdmc_transfer import TransferEngine
 
-__all__ = ["HOSTILE", "NodeObjects", "Sorted", "TransferInput", "TransferOutput"]
+__all__ = ["HOSTILE", "STALE", "NodeObjects", "Sorted", "TransferInput", "TransferOutput"]
 
 TransferInput = BlockArrived | BlockWritten | CreditGranted
 """What a peer's block or credit frame becomes (``sender``: the node the transport vouches for)."""
@@ -58,6 +58,10 @@ HOSTILE = frozenset(
 )
 """Refusals an honest peer never earns: its connections are closed (it is removed in the next
 view, as for any frame that lies about its sender)."""
+
+STALE = frozenset({Refusal.EPOCH_ENDED, Refusal.OBJECT_OVER})
+"""Refusals an honest peer earns in a view change or after an object failed here: its block or
+credit was on the way when the transfer ended. Dropped without a word (nothing was stored)."""
 
 
 @dataclass(slots=True)
@@ -144,7 +148,8 @@ class NodeObjects:
                     if reason is FailureReason.DIGEST_MISMATCH:
                         out.corrupt.append(e)
                 case BlockRefused() | CreditRefused():
-                    out.refused.append(e)
+                    if e.reason not in STALE:
+                        out.refused.append(e)
 
     def destination(self, oid: ObjectId, sender: int, block: int, length: int) -> memoryview | Refusal:
         """Where the driver may read a block straight from the transport (zero copy)."""

@@ -28,6 +28,7 @@ from runtime.config import (
 from runtime.core.layout import LayoutPolicy, ShardPolicy
 from runtime.core.membership import MembershipConfig
 from runtime.core.node_core import CoreConfig
+from runtime.core.object_policy import ObjectPolicy
 from runtime.core.smc import MulticastConfig
 from runtime.errors import ConfigError
 
@@ -367,12 +368,18 @@ null_interval_ms = 2.5
     assert isinstance(core, CoreConfig)
     assert core.membership == MembershipConfig(heartbeat_interval=0.02, suspicion_timeout=0.25, join_retry=0.75)
     assert core.multicast == MulticastConfig(
-        window_size=64, window_bytes=5000, null_interval=0.0025, max_batch=16, max_message_size=4096
+        window_size=64,
+        window_bytes=5000,
+        null_interval=0.0025,
+        max_batch=16,
+        max_message_size=4096,
+        objects=ObjectPolicy(threshold=4096),  # large objects on; the threshold never above the message limit
     )
 
 
 def test_default_core_config_matches_core_defaults() -> None:
-    assert NodeConfig().core_config() == CoreConfig()
+    """The core's defaults are the file's, large objects aside: on in a node, off in a bare core."""
+    assert NodeConfig().core_config() == CoreConfig(multicast=MulticastConfig(objects=ObjectPolicy()))
 
 
 # --------------------------------------------------------------------------- bad configs
@@ -567,7 +574,6 @@ RDMC_REFUSALS = [
     ({"rdmc.block_size": "100"}, "rdmc.block_size"),
     ({"rdmc.window_blocks": "0"}, "rdmc.window_blocks"),
     ({"rdmc.max_object_size": str(2 << 30), "rdmc.max_bytes_in_flight": str(1 << 30)}, "max_bytes_in_flight"),
-    ({"rdmc.enabled": "true", "rdmc.threshold_bytes": str(2 << 20)}, "must not exceed multicast.max_message_size"),
     (
         {"rdmc.enabled": "true", "rdmc.block_size": str(64 << 20)},
         "rdmc.block_size .* must fit multicast.max_frame_bytes",
@@ -585,5 +591,7 @@ def test_rdmc_settings_reach_the_core() -> None:
     cfg = load_config(None, environ={}, overrides={"rdmc.enabled": "true", "rdmc.schedule": "CHAIN"})
     policy = cfg.core_config().multicast.objects
     assert policy is not None and policy.kind.value == "chain" and policy.threshold == cfg.rdmc.threshold_bytes
+    small = load_config(None, environ={}, overrides={"multicast.max_message_size": "65536"})
+    assert small.core_config().multicast.objects.threshold == 65536  # type: ignore[union-attr]  # never above
     off = load_config(None, environ={}, overrides={"rdmc.enabled": "false"})
     assert off.core_config().multicast.objects is None
