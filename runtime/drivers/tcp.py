@@ -76,7 +76,16 @@ from runtime.security.identity import Identity, IdentityError
 from runtime.security.revocation import RevocationList
 from runtime.security.tls import peer_identity
 from runtime.wire.codec import FrameDecoder, decode, frame
-from runtime.wire.control import COMPATIBLE_PROTOCOLS, PROTOCOL_VERSION, Goodbye, GoodbyeKind, Hello, Ping, Pong
+from runtime.wire.control import (
+    COMPATIBLE_PROTOCOLS,
+    MEMBER_PROTOCOLS,
+    PROTOCOL_VERSION,
+    Goodbye,
+    GoodbyeKind,
+    Hello,
+    Ping,
+    Pong,
+)
 
 log = logging.getLogger("derecho.tcp")
 
@@ -529,10 +538,12 @@ class _Connection(asyncio.Protocol):
             tcp.warn("cluster", self.address, "refusing %s: it names another cluster", self.address)
             self._refuse("refused: wrong cluster name")
             return False
-        if item.protocol not in COMPATIBLE_PROTOCOLS:
+        accepted = MEMBER_PROTOCOLS if item.role == "member" else COMPATIBLE_PROTOCOLS
+        if item.protocol not in accepted:
             why = (
                 f"it speaks wire protocol {item.protocol}, this node speaks {PROTOCOL_VERSION} (accepts "
-                f"{', '.join(map(str, sorted(COMPATIBLE_PROTOCOLS)))}): run compatible releases (see Versions and upgrades)"
+                f"{', '.join(map(str, sorted(accepted)))} from a {item.role}): run compatible releases "
+                "(see Versions and upgrades)"
             )
             tcp.warn("protocol", self.address, "refusing %s (%s %s): %s", self.address, item.role, item.node_id, why)
             self._refuse(f"refused: wire protocol {item.protocol} is not compatible with {PROTOCOL_VERSION}")
