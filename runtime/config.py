@@ -75,6 +75,8 @@ from typing import Any
 from runtime.core.layout import LayoutPolicy, ShardPolicy
 from runtime.core.membership import MembershipConfig
 from runtime.core.node_core import CoreConfig
+from runtime.core.object_policy import ObjectPolicy
+from runtime.core.rdmc_schedule import ScheduleKind
 from runtime.core.smc import MulticastConfig
 from runtime.errors import ConfigError, LayoutError
 
@@ -253,6 +255,16 @@ def _on_partition(value: object) -> str:
     if isinstance(value, str) and value.strip().lower() in ON_PARTITION:
         return value.strip().lower()
     raise _Invalid(f"expected one of {', '.join(ON_PARTITION)}, got {_show(value)}")
+
+
+SCHEDULES = tuple(kind.value for kind in ScheduleKind)
+
+
+def _schedule(value: object) -> str:
+    """One of SCHEDULES, any case."""
+    if isinstance(value, str) and value.strip().lower() in SCHEDULES:
+        return value.strip().lower()
+    raise _Invalid(f"expected one of {', '.join(SCHEDULES)}, got {_show(value)}")
 
 
 def _split_host_port(text: str) -> tuple[str, int] | None:
@@ -467,6 +479,17 @@ _FIELDS["limits"] = {
     "max_watch_polls_per_client": _Field(_int_text(1), _int_check(1)),
     "metrics_max_connections": _Field(_int_text(1), _int_check(1)),
     "metrics_timeout_ms": _Field(_int_text(1), _int_check(1)),
+    "client_max_call_bytes": _Field(_int_text(1), _int_check(1)),
+}
+_FIELDS["rdmc"] = {
+    "enabled": _Field(_bool_text, _bool_check),
+    "threshold_bytes": _Field(_int_text(1), _int_check(1)),
+    "block_size": _Field(_int_text(4096), _int_check(4096)),
+    "max_object_size": _Field(_int_text(1), _int_check(1)),
+    "max_objects_in_flight": _Field(_int_text(1), _int_check(1)),
+    "max_bytes_in_flight": _Field(_int_text(1), _int_check(1)),
+    "window_blocks": _Field(_int_text(1), _int_check(1)),
+    "schedule": _Field(_identity, _schedule),
 }
 _SECTIONS = (*_FIELDS, "layout")
 
@@ -652,11 +675,54 @@ class LimitsSection:
     max_watch_polls_per_client: int = 64  # parked watch polls per client identity
     metrics_max_connections: int = 32  # open connections to the metrics endpoint
     metrics_timeout_ms: int = 5000  # a metrics request must arrive whole within this
+    # Largest call a client may send with large objects on (the contact holds it whole in one
+    # frame, within security.receive_budget_bytes); without them, multicast.max_message_size.
+    client_max_call_bytes: int = 48 << 20
 
     def __post_init__(self) -> None:
         _check_fields("limits", self)
         if self.status_per_second <= 0:
             raise ConfigError(f"limits.status_per_second: expected a number > 0, got {self.status_per_second}")
+
+
+@dataclass(frozen=True, slots=True)
+class RdmcSection:
+    """``[rdmc]``: large objects. A multicast payload above ``threshold_bytes`` (an ordered
+    call with large arguments) goes as a small descriptor in the total order while its bytes
+    move among the shard's members in blocks by an RDMC schedule; it is delivered in its place
+    once every member holds all of it."""
+
+    enabled: bool = True
+    threshold_bytes: int = 100 << 10  # above multicast.max_message_size it acts as that
+    block_size: int = 1 << 20
+    max_object_size: int = 4 << 30  # larger payloads are refused at the caller (ObjectTooLarge)
+    max_objects_in_flight: int = 8  # objects at one node in any role; a sender gets its share
+    max_bytes_in_flight: int = 8 << 30  # their sizes together
+    window_blocks: int = 4  # blocks of one object in flight per link
+    schedule: str = "binomial"
+
+    def __post_init__(self) -> None:
+        _check_fields("rdmc", self)
+        if self.max_bytes_in_flight < self.max_object_size:
+            raise ConfigError(
+                f"rdmc.max_bytes_in_flight ({self.max_bytes_in_flight}) must be at least rdmc.max_object_size "
+                f"({self.max_object_size}), or an object of the largest size could never start"
+            )
+
+    def policy(self, max_message_size: int) -> ObjectPolicy | None:
+        """The core's large-object policy, None when large objects are off. A payload above
+        ``max_message_size`` cannot go as a message, so the threshold is at most that."""
+        if not self.enabled:
+            return None
+        return ObjectPolicy(
+            threshold=min(self.threshold_bytes, max_message_size),
+            block_size=self.block_size,
+            kind=ScheduleKind(self.schedule),
+            max_object_size=self.max_object_size,
+            max_objects=self.max_objects_in_flight,
+            max_bytes=self.max_bytes_in_flight,
+            window=self.window_blocks,
+        )
 
 
 def _default_layout() -> LayoutPolicy:
@@ -675,6 +741,7 @@ class NodeConfig:
     persistence: PersistenceSection = field(default_factory=PersistenceSection)
     security: SecuritySection = field(default_factory=SecuritySection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    rdmc: RdmcSection = field(default_factory=RdmcSection)
 
     def __post_init__(self) -> None:
         # The sections validate themselves; this only catches a wrong object in a slot, which
@@ -687,11 +754,28 @@ class NodeConfig:
             ("persistence", PersistenceSection),
             ("security", SecuritySection),
             ("limits", LimitsSection),
+            ("rdmc", RdmcSection),
         )
         for name, cls in expected:
             value = getattr(self, name)
             if not isinstance(value, cls):
                 raise ConfigError(f"{name}: expected a {cls.__name__}, got {type(value).__name__}")
+        r, m = self.rdmc, self.multicast
+        if r.enabled and r.block_size + 64 > m.max_frame_bytes:
+            raise ConfigError(
+                f"rdmc.block_size ({r.block_size}) plus a block frame's header must fit "
+                f"multicast.max_frame_bytes ({m.max_frame_bytes})"
+            )
+
+    def client_call_limit(self) -> int:
+        """The largest call a client may send (its arguments, encoded), told to it on connect:
+        with large objects on, ``limits.client_max_call_bytes`` within what one frame to a relay
+        and one object carry; else ``multicast.max_message_size``."""
+        m, r = self.multicast, self.rdmc
+        if not r.enabled:
+            return m.max_message_size
+        frame_room = max(m.max_message_size, m.max_frame_bytes - (64 << 10))
+        return max(m.max_message_size, min(self.limits.client_max_call_bytes, r.max_object_size, frame_room))
 
     def core_config(self) -> CoreConfig:
         """The protocol core's tuning; the core counts time in seconds, the file in ms."""
@@ -704,6 +788,7 @@ class NodeConfig:
                 immediate_nulls=m.immediate_nulls,
                 max_batch=m.max_batch,
                 max_message_size=m.max_message_size,
+                objects=self.rdmc.policy(m.max_message_size),
             ),
             membership=MembershipConfig(
                 heartbeat_interval=t.heartbeat_ms / 1000.0,
@@ -1043,6 +1128,7 @@ def load_config(
         persistence=_build_section("persistence", PersistenceSection, layer),
         security=_build_section("security", SecuritySection, layer),
         limits=_build_section("limits", LimitsSection, layer),
+        rdmc=_build_section("rdmc", RdmcSection, layer),
     )
 
 
@@ -1068,7 +1154,7 @@ def example_config(node_id: int, port: int, contacts: list[str]) -> str:
     """
     section = NodeSection(id=node_id, listen=f"127.0.0.1:{port}", contacts=tuple(contacts))
     timeouts, multicast, persistence = TimeoutsSection(), MulticastSection(), PersistenceSection()
-    security, limits = SecuritySection(), LimitsSection()
+    security, limits, rdmc = SecuritySection(), LimitsSection(), RdmcSection()
     contact_list = "[" + ", ".join(_toml_str(c) for c in section.contacts) + "]"
     return f"""\
 # derecho-actors node configuration (TOML). Every setting is optional; missing ones take the
@@ -1111,6 +1197,18 @@ null_interval_ms = {multicast.null_interval_ms}  # a sender whose own messages w
 immediate_nulls = {str(multicast.immediate_nulls).lower()}  # one with nothing waiting: at once (at most every half interval)
 max_frame_bytes = {multicast.max_frame_bytes}  # largest wire frame accepted from a peer
 
+[rdmc]
+# Large objects: a payload above threshold_bytes (an ordered call with large arguments) goes as
+# a descriptor in the total order, its bytes in blocks among the shard's members (RDMC).
+enabled = {str(rdmc.enabled).lower()}
+threshold_bytes = {rdmc.threshold_bytes}  # payloads above this go as objects (at most multicast.max_message_size)
+block_size = {rdmc.block_size}  # bytes per block
+max_object_size = {rdmc.max_object_size}  # larger payloads are refused at the caller (ObjectTooLarge)
+max_objects_in_flight = {rdmc.max_objects_in_flight}  # per node; each sender of a shard keeps its share undelivered
+max_bytes_in_flight = {rdmc.max_bytes_in_flight}  # their sizes together, per node
+window_blocks = {rdmc.window_blocks}  # blocks of one object in flight per link
+schedule = {_toml_str(rdmc.schedule)}  # binomial (RDMC's pipeline), chain or sequential
+
 [persistence]
 fsync = {str(persistence.fsync).lower()}  # fsync each batch of log records (persistent types)
 signing_key = ""  # ed25519 key file (derecho-actors keygen) for types with signed=True
@@ -1145,6 +1243,7 @@ status_cache_ms = {limits.status_cache_ms}  # requests this close together share
 max_watch_polls_per_client = {limits.max_watch_polls_per_client}  # parked watch polls per client identity
 metrics_max_connections = {limits.metrics_max_connections}  # open connections to the metrics endpoint
 metrics_timeout_ms = {limits.metrics_timeout_ms}  # a metrics request must arrive whole within this
+client_max_call_bytes = {limits.client_max_call_bytes}  # largest call from a client with [rdmc] on (one frame)
 
 # Layout: one [layout.<TypeName>] table per replicated type, in allocation order. With none,
 # one type "{DEFAULT_LAYOUT_TYPE}" has one shard holding every node. A table's keys override the

@@ -76,8 +76,9 @@ def method_request(
     data = encode_call(spec, args, kwargs, read)
     if len(data) + 64 > max_message_size:
         raise PayloadTooLarge(
-            f"{spec.name}.{method} arguments encode to {len(data)} bytes; the group's limit is "
-            f"{max_message_size} (multicast.max_message_size): send less per call"
+            f"{spec.name}.{method} arguments encode to {len(data)} bytes; the group's limit for a client's call "
+            f"is {max_message_size} (limits.client_max_call_bytes with large objects on, else "
+            "multicast.max_message_size): send less per call, or call from a member of the group"
         )
     ordered = spec.methods.get(method) == ORDERED
     return Request(

@@ -324,7 +324,7 @@ class ClientSession:
                 self._idle_ping = max(0.05, min(IDLE_PING, item.idle_timeout_ms / 3000))  # type: ignore[union-attr]
                 self.welcomed = True
             elif t is Goodbye:
-                reason: str = item.reason  # type: ignore[union-attr]
+                reason: str = item.reason  # type: ignore[union-attr,assignment]
                 if item.kind is GoodbyeKind.REFUSED:  # type: ignore[union-attr]  # final: no other contact will do
                     self.refuse(Refused(f"{self._peer} {reason}"))
                     return Disconnect(reason)

@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.node.answer_queue import member_queue
+from derecho_actors.node.call_limits import CallLimits
 from derecho_actors.node.client_outbox import ClientOutbox
 from derecho_actors.node.client_proxy import ClientProxy
 from derecho_actors.node.client_turns import ClientTurns
@@ -47,7 +48,7 @@ class CallPaths:
     def build(
         cls,
         node: NodeHandle,
-        max_payload: int,
+        call_limits: CallLimits,
         view: Callable[[], View | None],
         stopped: Callable[[], str | None],
         host: ReplicaHost,
@@ -57,12 +58,12 @@ class CallPaths:
         limits: LimitsSection | None = None,
         clock: Callable[[], float] | None = None,
     ) -> CallPaths:
-        """``max_payload``: ``multicast.max_message_size``; ``stopped()``: why the node
+        """``call_limits``: how large a call may be (``CallLimits.of(config)``); ``stopped()``: why the node
         stopped (None while it runs); ``why_waiting(shard)``: what else may hold a call up (a
         state transfer); ``specs``: the group's types by name; ``limits``: the node's
         per-client limits; ``clock``: the clock ``node.call_later`` runs on, in seconds
         (``node.monotonic`` if not given)."""
-        outbox = Outbox(node, max_payload)
+        outbox = Outbox(node, call_limits)
         holds = WatchHolds(node, host, clock)
         stable = StableReadBook(node, host, outbox)
         # The answers this node makes itself go out (or back in) through the reply routes,

@@ -46,7 +46,7 @@ from derecho_actors.wire.messages import (
 from runtime.config import LimitsSection
 from runtime.core.layout import ShardId
 from runtime.core.view import View
-from runtime.errors import ClientLimit, DerechoError, PayloadTooLarge, ReplicaLost, ShardUnavailable, UnknownMethod
+from runtime.errors import ClientLimit, DerechoError, ReplicaLost, ShardUnavailable, UnknownMethod
 from runtime.node_api import ClientConn, NodeHandle
 
 
@@ -104,10 +104,7 @@ class ClientProxy:
         members = view.layout.members_of(msg.shard)
         refusal: DerechoError | None = None
         if (size := self.outbox.too_large(msg.method, msg.args)) is not None:
-            refusal = PayloadTooLarge(
-                f"call {msg.call_id} takes {size} bytes; the group's limit is {self.outbox.max_payload} "
-                "(multicast.max_message_size); it was not run"
-            )
+            refusal = self.outbox.refusal(f"call {msg.call_id} (not run)", size, len(msg.args))
         elif not members:
             refusal = ShardUnavailable(f"call {msg.call_id} was not run: {unavailable(view, msg.shard)}")
         elif label == UNKNOWN:

@@ -23,6 +23,7 @@ from derecho_actors.caller.watch import Watch
 from derecho_actors.model.decorators import spec_of
 from derecho_actors.model.layout import Layout
 from derecho_actors.node.app_host import hosted_layout
+from derecho_actors.node.call_limits import CallLimits
 from derecho_actors.node.call_paths import CallPaths
 from derecho_actors.node.disk_state import NodeDiskState, group_signing_key, saved_state
 from derecho_actors.node.dispatch import MessageDispatch
@@ -156,7 +157,7 @@ class Group(AsyncLifecycle):
         )
         self._calls = CallPaths.build(
             node,
-            self.config.multicast.max_message_size,
+            CallLimits.of(self.config),
             lambda: self._view,
             lambda: self._stop.reason,
             self._host,

@@ -30,7 +30,7 @@ from derecho_actors.wire.messages import Call, CallKind, Reply, ReplyTo, encode
 from derecho_actors.wire.read_options import OPTIONS_MARK, READ_IN_ORDER, split_read
 from runtime.core.layout import ShardId
 from runtime.core.view import View
-from runtime.errors import DerechoError, PayloadTooLarge, ReplicaLost, WireError
+from runtime.errors import DerechoError, ReplicaLost, WireError
 from runtime.node_api import NodeHandle
 
 
@@ -129,9 +129,10 @@ class InboundCalls:
             refusal = self._why_none(msg.shard)
         elif (size := self.outbox.too_large(msg.method, msg.args)) is not None:
             # A member whose limit differs from ours: refuse, never drop.
-            refusal = PayloadTooLarge(
-                f"call {msg.call_id} takes {size} bytes; node {self.node_id}'s limit is "
-                f"{self.outbox.max_payload} (multicast.max_message_size): members should share one limit"
+            refusal = self.outbox.refusal(
+                f"call {msg.call_id} relayed to node {self.node_id} (members should share one limit)",
+                size,
+                len(msg.args),
             )
         if refusal is not None:
             self.node.send_app(sender, encode(to.refused(self.node_id, refusal)))

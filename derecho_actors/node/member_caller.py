@@ -116,7 +116,11 @@ class MemberCaller:
         data = _codec.encode_args(args, kwargs, spec.serializer)
         if read is not None:
             data = encode_read(read, data)
-        self.outbox.check_size(f"{spec.name}.{method}", method, data)
+        # A call of a shard member is multicast from here; any other goes in one frame to a
+        # member that relays it (the view may change before it goes: _dispatch checks again).
+        view = self.view()
+        framed = view is None or self.node_id not in view.layout.members_of(shard)
+        self.outbox.check_size(f"{spec.name}.{method}", method, data, framed=ordered and framed)
         serializer = spec.serializer
         results = self._issue(
             Outgoing(shard, method, ordered, CallKind.METHOD, data, node),
@@ -200,6 +204,12 @@ class MemberCaller:
             if self.node_id in members:
                 self.outbox.submit(shard, _codec.PendingCall(self.node_id, call_id, out.method, out.args))
             else:
+                size = self.outbox.too_large(out.method, out.args, framed=True)
+                if size is not None:
+                    with self.lock:
+                        self.calls.pop(call_id, None)
+                    results.fail(self.outbox.refusal(results.description, size, len(out.args), framed=True))
+                    return
                 relay = self._relay_for(members)
                 with self.lock:
                     self.calls[call_id] = OwnCall(results, relay)

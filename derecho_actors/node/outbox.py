@@ -9,6 +9,7 @@ so none is dropped later for being too large. Runs on the node's loop.
 
 from __future__ import annotations
 
+from derecho_actors.node.call_limits import CallLimits
 from derecho_actors.wire import codec as _codec
 from runtime.core.layout import ShardId
 from runtime.errors import PayloadTooLarge
@@ -16,25 +17,33 @@ from runtime.node_api import NodeHandle
 
 
 class Outbox:
-    def __init__(self, node: NodeHandle, max_payload: int) -> None:
-        """``max_payload``: the group's ``multicast.max_message_size``."""
+    def __init__(self, node: NodeHandle, limits: CallLimits) -> None:
+        """``limits``: how large a call may be, by the way it travels."""
         self.node = node
-        self.max_payload = max_payload
+        self.limits = limits
         self._queued: dict[ShardId, list[_codec.PendingCall]] = {}
 
-    def too_large(self, method: str, args: bytes) -> int | None:
-        """The size of a call too large for one multicast message (None: it fits)."""
+    def too_large(self, method: str, args: bytes, framed: bool = False) -> int | None:
+        """The size of a call too large to multicast (``framed``: to send in one frame to
+        another node first), None if it fits."""
         size = _codec.call_size(method, args)
-        return size if size > self.max_payload else None
+        limit = self.limits.framed if framed else self.limits.ordered
+        return size if size > limit else None
 
-    def check_size(self, what: str, method: str, args: bytes) -> None:
+    def refusal(self, what: str, size: int, args: int, framed: bool = False) -> PayloadTooLarge:
+        """The error for a call of ``size`` bytes (``args`` of them arguments) over its limit."""
+        limits = self.limits
+        limit, key = (limits.framed, limits.framed_key) if framed else (limits.ordered, limits.ordered_key)
+        return PayloadTooLarge(
+            f"{what}: the call takes {size} bytes (arguments {args}); the group's limit is {limit} ({key}): "
+            f"{limits.advice(key)}"
+        )
+
+    def check_size(self, what: str, method: str, args: bytes, framed: bool = False) -> None:
         """Raise ``PayloadTooLarge`` (to the caller's thread) for a call that cannot be sent."""
-        size = self.too_large(method, args)
+        size = self.too_large(method, args, framed)
         if size is not None:
-            raise PayloadTooLarge(
-                f"{what}: the call takes {size} bytes (arguments {len(args)}); the group's limit is "
-                f"{self.max_payload} (multicast.max_message_size): send less per call"
-            )
+            raise self.refusal(what, size, len(args), framed)
 
     def submit(self, shard: ShardId, call: _codec.PendingCall) -> None:
         """Queue an ordered call; everything queued in one loop turn goes out together."""
@@ -61,4 +70,4 @@ class Outbox:
         out, self._queued = self._queued, {}
         now = self.node.wall_ns()
         for shard, calls in out.items():
-            self.node.send_ordered(shard, _codec.encode_ordered(calls, self.max_payload, now))
+            self.node.send_ordered(shard, _codec.encode_ordered(calls, self.limits.batch, now))

@@ -114,9 +114,19 @@ class AppRun:
     def _config(self, node: int) -> NodeConfig:
         m = self.params.base.config.membership
         suspicion = max(2, round(m.suspicion_timeout * 1000))
+        objects = self.params.base.config.multicast.objects  # the cores' (the seed's) large objects
+        rdmc = {"rdmc.enabled": "false"}
+        if objects is not None:
+            rdmc = {
+                "rdmc.enabled": "true",
+                "rdmc.threshold_bytes": str(objects.threshold),
+                "rdmc.max_object_size": str(objects.max_object_size),
+                "rdmc.max_bytes_in_flight": str(objects.max_bytes),
+            }
         return load_config(
             None,
             {
+                **rdmc,
                 "node.id": str(node),
                 "node.cluster": "sim",
                 "node.listen": f"127.0.0.1:{10000 + node}",

@@ -8,7 +8,7 @@ replay line, a test), and so the choice is readable without the machinery that r
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from derecho_actors.model.decorators import spec_of
 from derecho_actors.sim.api import SimWorkload
@@ -34,6 +34,7 @@ class AppParams:
             f"clients={self.clients} calls={self.calls} window={c.window_size} batch={c.max_batch} "
             f"suspicion={m.suspicion_timeout * 1e3:.0f}ms link={self.base.link.base * 1e6:.0f}+"
             f"{self.base.link.jitter * 1e6:.0f}us"
+            + (f" objects above {c.objects.threshold} bytes" if c.objects is not None else "")
         )
 
 
@@ -43,6 +44,13 @@ def choose_app_params(
     rng = random.Random(f"app-params-{seed}")
     n = members if members is not None else rng.randint(3, 5)
     base = choose_params(seed, members=n, messages=0, faults="none")
+    objects = base.config.multicast.objects
+    if objects is not None:
+        # Users' calls are small: a low threshold sends many of their batches as objects, so the
+        # block pipeline runs under the calls, replies, digests and histories checked here.
+        threshold = random.Random(f"app-objects-{seed}").choice((24, 32, 48))
+        multicast = replace(base.config.multicast, objects=replace(objects, threshold=threshold))
+        base = replace(base, config=replace(base.config, multicast=multicast))
     shards = {spec_of(w.cls).name: (w.shards or rng.choice((1, 1, 2))) for w in workloads}  # type: ignore[union-attr]
     clients = rng.randint(2, 6)
     total = calls if calls is not None else rng.randint(80, 240)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from runtime.core.messages import Message, Payload, ShardKey
+from runtime.core.object_transfers import TransferOutput
 from runtime.core.view import View
 
 DeliveredMessage = tuple[int, int, int, bytes]
@@ -92,6 +93,9 @@ class Ready:
     excluded: str | None = None
     wakeup_at: float | None = None
     accepted: int | None = None  # durable before ``outgoing`` is sent (see above)
+    # Blocks and credits of large objects to send, in order (per peer, order matters: a
+    # credit is cumulative, blocks go in schedule order per link).
+    transfers: list[TransferOutput] = field(default_factory=list)
     # Seconds this node did not run (the longest such gap since the last Ready), when long
     # enough to matter: peers were given that time back instead of being suspected. Log it.
     stalled: float | None = None

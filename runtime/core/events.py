@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime.core.messages import Message, ShardKey
+from runtime.core.object_transfers import TransferInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,4 +51,13 @@ class Persisted:
     version: int
 
 
-Event = Tick | MessageArrived | LeaveRequested | PeerLost | Persisted
+@dataclass(frozen=True, slots=True)
+class TransferArrived:
+    """A peer's block or credit of a large object reached this node. Its ``sender`` is the
+    node id the transport vouches for (the connection's proven identity), never a frame field."""
+
+    now: float
+    transfer: TransferInput
+
+
+Event = Tick | MessageArrived | LeaveRequested | PeerLost | Persisted | TransferArrived

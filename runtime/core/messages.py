@@ -6,13 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.core.layout import ShardId
+from runtime.core.rdmc_descriptor import ObjectDescriptor
 from runtime.core.sst import RowDelta
 
 ShardKey = ShardId
 """Names a shard: ``ShardId(type_name, subgroup, shard)`` as the layout gives it."""
 
-Payload = bytes | None
-"""A multicast body; ``None`` is a null message (it only advances the round-robin order)."""
+Payload = bytes | ObjectDescriptor | None
+"""A multicast message slot: a body; ``None``, a null message (it only advances the round-robin
+order); or the descriptor of a large object whose bytes move by the block pipeline (its slot is
+delivered as the object's bytes, once every member holds them)."""
 
 
 @dataclass(frozen=True, slots=True)

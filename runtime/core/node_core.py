@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from runtime.core.effects import ContactSend, Outgoing, Ready, Rejected
-from runtime.core.events import Event, LeaveRequested, MessageArrived, PeerLost, Persisted, Tick
+from runtime.core.events import Event, LeaveRequested, MessageArrived, PeerLost, Persisted, Tick, TransferArrived
 from runtime.core.layout import LayoutPolicy
 from runtime.core.membership import FrozenCounts, JoinClaim, Membership, MembershipConfig
 from runtime.core.messages import (
@@ -35,6 +35,9 @@ from runtime.core.messages import (
     ShardPush,
     ViewAnnouncement,
 )
+from runtime.core.object_transfers import HOSTILE, NodeObjects, Sorted
+from runtime.core.rdmc_descriptor import ObjectId
+from runtime.core.rdmc_events import BlockRefused, Refusal
 from runtime.core.smc import MulticastConfig, ShardMulticast
 from runtime.core.status import CoreStatus, MemberHealth, ShardMemberProgress, ShardProgress, Stalls
 from runtime.core.versions import version_parts
@@ -80,6 +83,11 @@ class NodeCore:
         self.view: View | None = None
         self.membership: Membership | None = None
         self.shards: dict[ShardKey, ShardMulticast] = {}
+        # Large objects (config.multicast.objects): the node's transfer engine, and its shards
+        # by stream (the shard's index among the view's shards, which names its objects).
+        policy_objects = config.multicast.objects
+        self.objects = NodeObjects(node_id, policy_objects) if policy_objects is not None else None
+        self._streams: dict[int, ShardMulticast] = {}
         self.excluded: str | None = None
         self._ready = Ready()
         self._future: list[tuple[int, int, Message]] = []  # (vid, sender, message) held for later views
@@ -137,9 +145,12 @@ class NodeCore:
                 self.membership.suspect_node(event.node)
         elif isinstance(event, Persisted):
             self._on_persisted(event.shard, event.version)
+        elif isinstance(event, TransferArrived):
+            self._on_transfer(event)
         else:  # pragma: no cover - the union is closed
             raise TypeError(f"unknown event {event!r}")
         self._evaluate()
+        self._pump_objects()
 
     def send(self, shard: ShardKey, payloads: Sequence[bytes], now: float) -> int:
         """Multicast payloads in ``shard``; returns how many the window took.
@@ -156,7 +167,70 @@ class NodeCore:
         taken = smc.send(payloads, self.now)
         if taken:
             smc.evaluate(self.now)
+            self._pump_objects()
         return taken
+
+    # ------------------------------------------------------------ large objects
+    def block_destination(self, oid: ObjectId, sender: int, block: int, length: int) -> memoryview | Refusal:
+        """Where the driver may read a block of ``length`` bytes from ``sender`` straight into
+        the object's buffer (then it steps a ``BlockWritten``); a :class:`Refusal` if the block
+        may not be taken (the driver then discards its bytes and logs the refusal)."""
+        if self.objects is None:
+            return Refusal.UNKNOWN_OBJECT
+        return self.objects.destination(oid, sender, block, length)
+
+    def _on_transfer(self, event: TransferArrived) -> None:
+        if self.objects is None:
+            self._reject(event.transfer.sender, "a block transfer frame, but large objects are off here")
+            return
+        out = Sorted()
+        self.objects.arrived(event.transfer, out)
+        self._apply_transfers(out)
+
+    def _pump_objects(self) -> None:
+        """Hand the shards' new objects and descriptors to the engine."""
+        objects = self.objects
+        if objects is None or self.excluded is not None:
+            return
+        out = Sorted()
+        for smc in self.shards.values():
+            starts, announced = smc.take_object_work()
+            for start in starts:
+                objects.start(start, out)
+            for d in announced:
+                objects.announce(d, out)
+        self._apply_transfers(out)
+
+    def _apply_transfers(self, out: Sorted) -> None:
+        objects = self.objects
+        assert objects is not None
+        freed = out.freed
+        while out.freed and objects.waiting:  # room again: open what waited for it
+            out.freed = False
+            objects.retry(out)
+        self._ready.transfers.extend(out.sends)
+        for done in out.complete:
+            oid = done.descriptor.oid
+            smc = self._streams.get(oid.stream)
+            if smc is not None and smc.vid == oid.vid:
+                pos = smc.sender_pos_of(oid.sender)
+                if pos is not None:
+                    smc.object_complete(pos, oid.seq, done.data)
+        for r in out.refused:
+            what = f"block {r.block}" if isinstance(r, BlockRefused) else f"credit up to {r.upto}"
+            self._reject(r.sender, f"{what} of object {r.oid} refused: {r.reason.value}", forged=r.reason in HOSTILE)
+        for failed in out.corrupt:
+            # The bytes do not match the digest the sender put in the order: whoever broke
+            # them, the object cannot be delivered from this transfer. Its sender is removed
+            # (the object is trimmed and its call fails over like any of a lost member), so the
+            # shard does not wait on it forever.
+            sender = failed.oid.sender
+            self._reject(sender, f"object {failed.oid} does not match its digest: suspecting its sender")
+            if self.membership is not None and self.view is not None and sender != self.node_id:
+                self.membership.suspect_node(sender)
+        if freed:  # senders held back by the engine's limits may retry
+            for smc in self.shards.values():
+                smc.reopen()
 
     def _advance(self, now: float) -> None:
         """Move this node's clock to ``now``, first crediting any time it did not run.
@@ -381,6 +455,7 @@ class NodeCore:
                 self._ready.deliveries.append(delivery)
             if beyond:
                 resend[sid] = beyond
+        self._end_objects(old_view.vid)
         if self.node_id not in proposal.members:
             why = "left the group" if m.mine["leaving"] else f"removed from the group in view {proposal.vid}"
             for sid, payloads in resend.items():
@@ -401,11 +476,28 @@ class NodeCore:
                 if view.rank_of(node) is None:
                     new_m.add_join(node, addr, claims.get(node))
 
+    def _end_objects(self, vid: int) -> None:
+        """Views up to ``vid`` are over: their block transfers end (what was delivered was
+        whole everywhere; the rest is trimmed, and a survivor's own objects are resent)."""
+        objects = self.objects
+        if objects is None:
+            return
+        for smc in self.shards.values():
+            smc.take_object_work()  # of the old view: never to start
+        self._ready.transfers = [t for t in self._ready.transfers if t.oid.vid > vid]
+        out = Sorted()
+        objects.end_epoch(vid, out)
+        out.sends = [t for t in out.sends if t.oid.vid > vid]
+        out.complete = []
+        self._apply_transfers(out)
+
     def _install(self, view: View, resend: dict[ShardKey, list[bytes]], carried: tuple[int, ...]) -> None:
         cfg = self.config
         self.view = view
         self.shards = {}
+        self._streams = {}
         self.membership = Membership(view, self.node_id, cfg.membership, self.now, self._freeze, carried)
+        streams = {sid: i for i, sid in enumerate(view.layout.shards)}
         for sid in view.my_shards(self.node_id):
             smc = ShardMulticast(
                 sid,
@@ -415,9 +507,12 @@ class NodeCore:
                 now=self.now,
                 vid=view.vid,
                 persisted=self._persisted.get(sid, 0),
+                stream=streams[sid],
+                object_room=self.objects.room if self.objects is not None else None,
             )
             smc.resend = resend.pop(sid, [])
             self.shards[sid] = smc
+            self._streams[streams[sid]] = smc
             if smc.my_pos is not None:
                 self._ready.window_open.append(sid)
         for sid, payloads in resend.items():  # no longer a member of these shards
@@ -480,6 +575,8 @@ class NodeCore:
             self._drain_group()
             for smc in self.shards.values():
                 self._drain_shard(smc)
+        else:
+            self._ready.transfers = []  # a stopped node moves no more blocks
         out = self._ready
         self._ready = Ready()
         out.wakeup_at = self._wakeup()

@@ -64,16 +64,20 @@ class ObjectTooLarge(UsageError, ValueError):
 @dataclass(frozen=True, slots=True, order=True)
 class ObjectId:
     """Names one object transfer: the sending node, its sequence number among that node's
-    objects of the epoch, and the epoch (view id). The epoch is part of the name because a view
-    change ends every transfer of the old view (a resent object is a new transfer), and stale
-    credits or blocks of an ended epoch must never be taken for the new one's."""
+    objects of the epoch in one stream, the epoch (view id), and the stream. The epoch is part
+    of the name because a view change ends every transfer of the old view (a resent object is a
+    new transfer), and stale credits or blocks of an ended epoch must never be taken for the new
+    one's. A stream is one ordered channel of the sender (the ordered multicast of one shard):
+    a sender's objects are announced in ``seq`` order within a stream, but a member of two
+    shards learns the two shards' descriptors in no fixed order relative to each other."""
 
     sender: int
     seq: int
     vid: int
+    stream: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("sender", "seq", "vid"):
+        for name in ("sender", "seq", "vid", "stream"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise TransferUsageError(f"ObjectId.{name} must be an int >= 0, got {value!r}")

@@ -31,7 +31,7 @@ blocks the schedule sends on that link), so at most ``window`` blocks of an obje
 flight per link; a block beyond the credit is refused. Credits that arrive before this node
 knows the object (its downstream learned the descriptor first) are kept, at most
 ``max_objects`` objects' worth per granting node, until the object is announced here. A
-sender's objects of one epoch are opened in ``seq`` order at every node (the ordered multicast
+sender's objects of one epoch and stream are opened in ``seq`` order at every node (the ordered multicast
 delivers a sender's descriptors in order), so a credit for a lower ``seq`` that is not in flight
 is a stale copy for an object already over here, dropped without storing it.
 
@@ -121,9 +121,9 @@ class TransferEngine:
         self._objects: dict[ObjectId, ObjectTransfer] = {}
         self._early: dict[int, dict[ObjectId, int]] = {}  # granting node -> object -> upto
         self._ended = -1  # epochs up to this one are over
-        # (sender, epoch) -> the highest seq of that sender's objects opened here: objects of a
-        # sender are opened in seq order, so a lower or equal seq not in the table is over.
-        self._opened: dict[tuple[int, int], int] = {}
+        # (sender, epoch, stream) -> the highest seq of that sender's objects of the stream opened
+        # here: they are opened in seq order, so a lower or equal seq not in the table is over.
+        self._opened: dict[tuple[int, int, int], int] = {}
         self._bytes = 0
 
     # ----------------------------------------------------------------------------------------
@@ -212,10 +212,10 @@ class TransferEngine:
         oid = descriptor.oid
         if oid.vid <= self._ended:
             raise TransferUsageError(f"object {oid} belongs to an ended epoch (<= {self._ended})")
-        if oid.seq <= self._opened.get((oid.sender, oid.vid), -1):
+        if oid.seq <= self._opened.get((oid.sender, oid.vid, oid.stream), -1):
             raise TransferUsageError(
-                f"object {oid} opened out of order: seq {self._opened[oid.sender, oid.vid]} of its sender and "
-                "epoch was opened here already (a sender's objects are opened in seq order, as the ordered "
+                f"object {oid} opened out of order: seq {self._opened[oid.sender, oid.vid, oid.stream]} of its "
+                "sender, epoch and stream was opened here already (a sender's objects are opened in seq order, as the ordered "
                 "multicast delivers its descriptors)"
             )
         rank = descriptor.rank_of(self.node)
@@ -247,7 +247,7 @@ class TransferEngine:
             buffer = bytearray(descriptor.size)  # the object's one allocation at this node
             t = ObjectTransfer(descriptor, plan, memoryview(buffer), buffer, cfg.window)
         self._objects[oid] = t
-        self._opened[oid.sender, oid.vid] = oid.seq
+        self._opened[oid.sender, oid.vid, oid.stream] = oid.seq
         self._bytes += descriptor.size
         return t
 
@@ -261,7 +261,7 @@ class TransferEngine:
         """The object in flight here, and why a peer's input for it is refused if it is not."""
         if oid.vid <= self._ended:
             why = Refusal.EPOCH_ENDED
-        elif oid.seq <= self._opened.get((oid.sender, oid.vid), -1):
+        elif oid.seq <= self._opened.get((oid.sender, oid.vid, oid.stream), -1):
             why = Refusal.OBJECT_OVER
         else:
             why = Refusal.UNKNOWN_OBJECT

@@ -23,15 +23,20 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate, compress, repeat
 from operator import is_not
-from typing import Any, Iterator, Sequence, overload
+from typing import Any, Callable, Iterator, Sequence, overload
 
 from runtime.core import ordering
 from runtime.core.effects import DeliveredMessage, Delivery, Rejected
 from runtime.core.messages import Payload, ShardKey, ShardPush
+from runtime.core.object_policy import ObjectPolicy
+from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectTooLarge
+from runtime.core.rdmc_events import StartSending
+from runtime.core.smc_objects import ShardObjects
 from runtime.core.sst import SST, Column, Schema, SSTError
 
 _NULL_TYPE = type(None)
 _PAYLOAD_TYPES = frozenset({bytes, _NULL_TYPE})
+_OBJECT_PAYLOAD_TYPES = frozenset({bytes, _NULL_TYPE, ObjectDescriptor})
 
 
 class DeliveredBatch(Sequence[DeliveredMessage]):
@@ -145,8 +150,16 @@ class MulticastConfig:
     # ``null_interval`` is then how long they wait while its own messages wait (or always,
     # with this off).
     immediate_nulls: bool = True
+    # Large objects (None: off): payloads above ``objects.threshold`` go as a descriptor in
+    # the order and their bytes by the block pipeline; receivers then take descriptors.
+    objects: ObjectPolicy | None = None
 
     def __post_init__(self) -> None:
+        if self.objects is not None and self.objects.threshold > self.max_message_size:
+            raise ValueError(
+                f"objects.threshold ({self.objects.threshold}) must not exceed max_message_size "
+                f"({self.max_message_size}): payloads between them could go neither way"
+            )
         if self.window_size < 1:
             raise ValueError("window_size must be at least 1")
         if self.window_bytes < 1:
@@ -193,7 +206,12 @@ class ShardMulticast:
         now: float = 0.0,
         vid: int = 0,
         persisted: int = 0,
+        stream: int = 0,
+        object_room: Callable[[int], bool] | None = None,
     ) -> None:
+        """``stream``: this shard's index among the view's shards (names its objects);
+        ``object_room(size)``: whether this node can start an object of that size now (its
+        transfer engine's limits); both matter only with ``config.objects``."""
         if my_node not in members:
             raise ValueError(f"node {my_node} is not a member of shard {shard!r}")
         if len(set(members)) != len(members):
@@ -211,6 +229,12 @@ class ShardMulticast:
         self._pos_of_rank = {r: i for i, r in enumerate(sender_ranks)}
         self.my_pos: int | None = self._pos_of_rank.get(self.my_rank)
         self.sst = SST(shard_schema(self.n_senders), len(members), self.my_rank)
+        self.objects: ShardObjects | None = None
+        if config.objects is not None:
+            self.objects = ShardObjects(
+                config.objects, self.members, [self.members[r] for r in sender_ranks], vid, stream
+            )
+        self._object_room = object_room
         # Undelivered messages per sender position, the sender index of each list's head, and
         # how many of each list are nulls (so a batch without nulls is delivered without a
         # look at each message).
@@ -318,36 +342,92 @@ class ShardMulticast:
             self._blocked = True
             self._app_waiting = bool(payloads)
             return 0
-        take = min(self.send_capacity(), len(payloads))
-        if take:
-            # Only what the window admits now is measured: the caller offers its whole queue
-            # each time the window opens, and a pass over a long backlog per offer would make
-            # a node that falls behind fall further behind (the rest is checked when it goes).
-            head = payloads[:take] if take < len(payloads) else payloads
-            limit = self.config.max_message_size
-            if sum(map(len, head)) > limit:  # only then measure each one
-                longest = max(map(len, head))
-                if longest > limit:
-                    raise ValueError(f"payload of {longest} bytes exceeds max_message_size {limit}")
-            take = self._fit_bytes(head, take)
-            if take:
-                self._append_own(head if take == len(head) else head[:take])
-                self._last_send_at = now
+        take = self._take_own(payloads, now)
         if take < len(payloads):
             self._blocked = True
         self._app_waiting = take < len(payloads)
         return take
 
+    def _take_own(self, payloads: Sequence[bytes], now: float) -> int:
+        """Append as many of ``payloads`` as the windows (and, for large objects, the object
+        limits) admit now; how many. Raises ValueError (nothing of the offending payload is
+        taken) for a payload too large for any path."""
+        take = self._take_some(payloads, now)
+        if take == 0 or take == len(payloads):
+            return take
+        total = take  # a large object split the run: go on past it (rare, so slices are fine)
+        while total < len(payloads):
+            more = self._take_some(payloads[total:], now)
+            if more == 0:
+                break
+            total += more
+        return total
+
+    def _take_some(self, payloads: Sequence[bytes], now: float) -> int:
+        take = min(self.send_capacity(), len(payloads))
+        if not take:
+            return 0
+        # Only what the window admits now is measured: the caller offers its whole queue
+        # each time the window opens, and a pass over a long backlog per offer would make
+        # a node that falls behind fall further behind (the rest is checked when it goes).
+        head = payloads[:take] if take < len(payloads) else payloads
+        limit = self.config.max_message_size
+        objects = self.objects
+        small = limit if objects is None else objects.policy.threshold
+        if sum(map(len, head)) > small:  # only then measure each one
+            big = next((i for i, p in enumerate(head) if len(p) > small), None)
+            if big == 0:
+                return self._take_object(head[0], now)
+            if big is not None:
+                head, take = head[:big], big
+        take = self._fit_bytes(head, take)
+        if take:
+            self._append_own(head if take == len(head) else head[:take])
+            self._last_send_at = now
+        return take
+
+    def _take_object(self, data: bytes, now: float) -> int:
+        """Send ``data`` as a large object if the limits admit it now (1), else 0."""
+        objects, pos = self.objects, self.my_pos
+        if objects is None:
+            raise ValueError(f"payload of {len(data)} bytes exceeds max_message_size {self.config.max_message_size}")
+        assert pos is not None
+        policy = objects.policy
+        if len(data) > policy.max_object_size:
+            raise ObjectTooLarge(
+                f"payload of {len(data)} bytes exceeds the largest object this group moves "
+                f"(objects.max_object_size {policy.max_object_size}): send it in parts, or raise the limit"
+            )
+        if objects.own_undelivered(pos) >= objects.quota:
+            return 0
+        if self._object_room is not None and not self._object_room(len(data)):
+            return 0
+        d = objects.start(pos, self.sent, data)
+        self._buf[pos].append(d)
+        self.sst.set_item("received_num", pos, self.sent + 1)
+        self._last_send_at = now
+        return 1
+
+    def sender_pos_of(self, node: int) -> int | None:
+        """The sender position of ``node`` in this shard, None if it is not a sender here."""
+        try:
+            return self._pos_of_rank.get(self.members.index(node))
+        except ValueError:
+            return None
+
+    def reopen(self) -> None:
+        """The node's object limits have room again: a sender held back by them may retry."""
+        if self._blocked and self.send_capacity() > 0:
+            self._blocked = False
+            self._window_opened = True
+
     def _drain_resend(self, now: float) -> None:
         if not self.resend:
             return
-        room = self._fit_bytes(self.resend, self.send_capacity())
-        if room <= 0:
+        taken = self._take_own(self.resend, now)
+        if taken <= 0:
             return
-        batch = self.resend[:room]
-        del self.resend[: len(batch)]
-        self._append_own(list(batch))
-        self._last_send_at = now
+        del self.resend[:taken]
         if not self.resend and self._blocked:
             self._window_opened = True
 
@@ -389,7 +469,8 @@ class ShardMulticast:
         return None
 
     def _take_messages(self, pos: int, first: int, msgs: Sequence[Payload]) -> str | None:
-        have = self.sst.mine["received_num"][pos]  # type: ignore[index]
+        # Held here: may run ahead of received_num, which stops at an object not whole here.
+        have = self._buf_base[pos] + len(self._buf[pos])
         if not isinstance(first, int) or first < 0:
             return f"bad first index {first!r}"
         if first > have:
@@ -403,21 +484,38 @@ class ShardMulticast:
             return f"sender {pos} overran its window ({len(fresh)} new messages)"
         # Checked per batch with C-level passes; only a bad batch is walked to name the culprit.
         types = set(map(type, fresh))
+        objects: list[tuple[int, ObjectDescriptor]] = []
         if not types <= _PAYLOAD_TYPES:
-            bad = next(m for m in fresh if type(m) not in _PAYLOAD_TYPES)
-            return f"bad payload from sender {pos}: {type(bad).__name__} of size ?"
+            allowed = _PAYLOAD_TYPES if self.objects is None else _OBJECT_PAYLOAD_TYPES
+            bad = next((m for m in fresh if type(m) not in allowed), None)
+            if bad is not None:
+                return f"bad payload from sender {pos}: {type(bad).__name__} of size ?"
+            problem = self._check_objects(pos, have, fresh, objects)
+            if problem:
+                return problem
         nulls = fresh.count(None) if _NULL_TYPE in types else 0
-        if nulls < len(fresh):
-            total = sum(map(len, filter(None, fresh) if nulls else fresh))  # type: ignore[arg-type]
+        weightless = nulls + len(objects)
+        if weightless < len(fresh):
+            if objects:
+                total = sum(len(m) for m in fresh if type(m) is bytes)
+            else:
+                total = sum(map(len, filter(None, fresh) if nulls else fresh))  # type: ignore[arg-type]
             limit = self.config.max_message_size
             if total > limit:  # cheaper than max(); only then is each message measured
-                longest = max(map(len, filter(None, fresh)))
+                longest = max(len(m) for m in fresh if type(m) is bytes)
                 if longest > limit:
                     return f"bad payload from sender {pos}: bytes of size {longest}"
                 # Within its byte window, or one message alone (it may exceed the window).
-                if total > self.config.window_bytes and len(fresh) - nulls > 1:
+                if total > self.config.window_bytes and len(fresh) - weightless > 1:
                     return f"sender {pos} overran its byte window ({total} new bytes)"
         self._buf[pos].extend(fresh)
+        received = have + len(fresh)
+        if objects:
+            assert self.objects is not None
+            for k, d in objects:
+                self.objects.take(pos, k, d)
+        if self.objects is not None:
+            received = self.objects.received_bound(pos, received)
         self._buf_nulls[pos] += nulls
         if nulls < len(fresh):  # where the next message of this sender will go
             last = len(fresh) - 1
@@ -427,8 +525,45 @@ class ShardMulticast:
             following = (have + last + 1) * self.n_senders + pos
             if following > self._next_real:
                 self._next_real = following
-        self.sst.set_item("received_num", pos, have + len(fresh))
+        if received > self.sst.mine["received_num"][pos]:  # type: ignore[index]
+            self.sst.set_item("received_num", pos, received)
         return None
+
+    def _check_objects(
+        self, pos: int, k0: int, fresh: Sequence[Payload], out: list[tuple[int, ObjectDescriptor]]
+    ) -> str | None:
+        """Collect the descriptors among ``fresh`` (messages ``k0 ..`` of sender ``pos``) into
+        ``out``, or say why the push is refused (then nothing of it is taken)."""
+        assert self.objects is not None
+        for i, m in enumerate(fresh):
+            if type(m) is ObjectDescriptor:
+                problem = self.objects.check(pos, k0 + i, m)
+                if problem:
+                    return f"bad object from sender {pos}: {problem}"
+                out.append((k0 + i, m))
+        return None
+
+    def object_complete(self, pos: int, k: int, data: bytes | bytearray) -> None:
+        """The object in sender ``pos``'s slot ``k`` is whole and checked here: its slot now
+        counts as received (and with it what this member holds after it, up to the next
+        object not whole here). Frozen counts stay frozen: after the wedge, it is beyond the trim."""
+        objects = self.objects
+        if objects is None or self.wedged or not objects.complete(pos, k, data):
+            return
+        held = self._buf_base[pos] + len(self._buf[pos])
+        received = objects.received_bound(pos, held)
+        if received > self.sst.mine["received_num"][pos]:  # type: ignore[index]
+            self.sst.set_item("received_num", pos, received)
+
+    def take_object_work(self) -> tuple[list[StartSending], list[ObjectDescriptor]]:
+        """Objects to start and descriptors to announce to the node's transfer engine, in the
+        order they arose (a sender's objects in their order)."""
+        objects = self.objects
+        if objects is None or not (objects.to_start or objects.to_announce):
+            return [], []
+        starts, objects.to_start = objects.to_start, []
+        announced, objects.to_announce = objects.to_announce, []
+        return starts, announced
 
     # ---------------------------------------------------------------- stability
     def _frontier(self) -> int:
@@ -470,6 +605,8 @@ class ShardMulticast:
                 # not what is still buffered (the rest only moves down, untouched).
                 seg, rest = seg[:cut], seg
                 del rest[:cut]
+            if self.objects is not None:
+                self.objects.fill(pos, k0, seg)
             parts.append((pos, members[ranks[pos]], k0, seg))
             base[pos] = k1
             if nulls[pos]:
@@ -651,13 +788,21 @@ class ShardMulticast:
             k, pos = divmod(g, n)
             if k < trim[pos]:
                 payload = buf[pos][k - base[pos]]
-                if payload is not None:
+                if isinstance(payload, ObjectDescriptor):
+                    assert self.objects is not None
+                    out.append((g, members[ranks[pos]], k, self.objects.data_of(pos, k)))
+                elif payload is not None:
                     out.append((g, members[ranks[pos]], k, payload))
         beyond: list[bytes] = []
         if self.my_pos is not None:
             pos = self.my_pos
             start = max(trim[pos], base[pos])
-            beyond = [p for p in buf[pos][start - base[pos] :] if p is not None]
+            for i, p in enumerate(buf[pos][start - base[pos] :], start):
+                if isinstance(p, ObjectDescriptor):
+                    assert self.objects is not None
+                    beyond.append(self.objects.data_of(pos, i))  # resent as a new object
+                elif p is not None:
+                    beyond.append(p)
         beyond.extend(self.resend)  # never sent in this view: still owed
         self.resend = []
         self._delivered = max(self._delivered, end)

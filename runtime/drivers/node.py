@@ -24,6 +24,8 @@ from typing import Any, Callable, Sequence
 from runtime.config import NodeConfig
 from runtime.core.layout import ShardId
 from runtime.core.node_core import NodeCore
+from runtime.core.rdmc_descriptor import ObjectId
+from runtime.core.rdmc_events import Refusal
 from runtime.core.status import AppStatus, NodeStatus
 from runtime.drivers.app_queue import AppQueue
 from runtime.drivers.client_door import ClientDoor, client_key
@@ -135,6 +137,7 @@ class NodeDriver:
             self._on_client,
             self._on_client_closed,
         )
+        transport.block_sink = self._block_destination
         io = NodeIO(asyncio.get_running_loop(), transport, self._flush, self._tick)
         ctx = self._attach(io)
         await io.transport.start()
@@ -363,6 +366,13 @@ class NodeDriver:
     # ------------------------------------------------------------ loop and transport inputs
     def _on_frames(self, sender: int, frames: list[Any]) -> None:
         self._phase.on_frames(sender, frames)
+
+    def _block_destination(self, sender: int, oid: ObjectId, block: int, length: int) -> memoryview | Refusal:
+        """Where a member's block goes: straight into its object's buffer, if the core takes it."""
+        core = self._phase.core
+        if core is None:
+            return Refusal.UNKNOWN_OBJECT
+        return core.block_destination(oid, sender, block, length)
 
     def _on_peer_lost(self, node_id: int) -> None:
         self._phase.on_peer_lost(node_id)

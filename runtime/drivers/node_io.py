@@ -59,7 +59,7 @@ def tcp_transport(
         on_client_closed=on_client_closed,
         client_welcome=frame(
             Welcome(
-                config.multicast.max_message_size,
+                config.client_call_limit(),
                 security.client_max_frame,
                 config.security.client_idle_timeout_ms,
             )

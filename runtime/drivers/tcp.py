@@ -62,14 +62,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.drivers.ratelimit import RateLimitedLog
-from runtime.drivers.transport import ClientClosedHandler, ClientHandler, ContactProblem, FramesHandler, PeerLostHandler
+from runtime.drivers.transport import (
+    BlockDestination,
+    ClientClosedHandler,
+    ClientHandler,
+    ContactProblem,
+    FramesHandler,
+    PeerLostHandler,
+)
 from runtime.errors import ConfigError, WireError
 from runtime.node_api import session_origin
 from runtime.security.identity import Identity, IdentityError
 from runtime.security.revocation import RevocationList
 from runtime.security.tls import peer_identity
 from runtime.wire.codec import FrameDecoder, decode, frame
-from runtime.wire.control import COMPATIBLE_PROTOCOLS, PROTOCOL_VERSION, Goodbye, GoodbyeKind, Hello, Ping, Pong
+from runtime.wire.control import (
+    COMPATIBLE_PROTOCOLS,
+    MEMBER_PROTOCOLS,
+    PROTOCOL_VERSION,
+    Goodbye,
+    GoodbyeKind,
+    Hello,
+    Ping,
+    Pong,
+)
 
 log = logging.getLogger("derecho.tcp")
 
@@ -90,6 +106,11 @@ SLOW_WARN_TURNS = 16
 # neither paused nor cut off for it. In pieces, the socket's transport pauses the TLS layer
 # after the first one or two, and the rest waits where it is counted.
 WRITE_PIECE = 64 << 10
+# Bytes of large-object blocks a member connection may hold unsent before more blocks wait in
+# the driver's queue (written as the connection drains, on resume_writing): a heartbeat or an
+# SST push written meanwhile waits behind at most this much and one block, never behind every
+# block of every object in flight.
+BLOCK_WRITE_LIMIT = 1 << 20
 _HEADER = struct.Struct(">I")  # a frame's length prefix
 
 
@@ -132,6 +153,8 @@ class _Peer:
     queued_bytes: int = 0
     connecting: bool = False
     failures: int = 0
+    # Blocks of large objects waiting for room on the connection (prefix and header, bytes).
+    blocks: deque[tuple[bytes, memoryview]] = field(default_factory=deque)
 
 
 class _Connection(asyncio.Protocol):
@@ -515,10 +538,12 @@ class _Connection(asyncio.Protocol):
             tcp.warn("cluster", self.address, "refusing %s: it names another cluster", self.address)
             self._refuse("refused: wrong cluster name")
             return False
-        if item.protocol not in COMPATIBLE_PROTOCOLS:
+        accepted = MEMBER_PROTOCOLS if item.role == "member" else COMPATIBLE_PROTOCOLS
+        if item.protocol not in accepted:
             why = (
                 f"it speaks wire protocol {item.protocol}, this node speaks {PROTOCOL_VERSION} (accepts "
-                f"{', '.join(map(str, sorted(COMPATIBLE_PROTOCOLS)))}): run compatible releases (see Versions and upgrades)"
+                f"{', '.join(map(str, sorted(accepted)))} from a {item.role}): run compatible releases "
+                "(see Versions and upgrades)"
             )
             tcp.warn("protocol", self.address, "refusing %s (%s %s): %s", self.address, item.role, item.node_id, why)
             self._refuse(f"refused: wire protocol {item.protocol} is not compatible with {PROTOCOL_VERSION}")
@@ -535,6 +560,10 @@ class _Connection(asyncio.Protocol):
         self.speaker, self.role = item.node_id, item.role
         if item.role == "member":
             self.decoder.max_frame = tcp.max_frame
+            sink = tcp.block_sink
+            if sink is not None:  # this member's blocks are read straight into their objects
+                node = item.node_id
+                self.decoder.sink = lambda oid, block, length: sink(node, oid, block, length)
             self.incarnation = item.incarnation
             tcp._met(item.node_id, item.incarnation)
             tcp.incoming.setdefault(item.node_id, set()).add(self)
@@ -651,6 +680,8 @@ class _Connection(asyncio.Protocol):
         if self.write_blocked:
             self.write_blocked = False
             self._update_reading()
+        if self.peer is not None and self.peer.blocks:
+            self.tcp._pump_blocks(self.peer)
 
     # ----------------------------------------------------------------- ours
     def send(self, data: bytes) -> None:
@@ -835,6 +866,9 @@ class TcpTransport:
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle_timer: asyncio.TimerHandle | None = None
+        # (sender node, object, block, length) -> where a member's block goes (set by the
+        # node driver; None: members' block frames are refused as bad frames).
+        self.block_sink: BlockDestination | None = None
 
     async def start(self) -> None:
         host, port = split_address(self.listen)
@@ -962,6 +996,31 @@ class TcpTransport:
             peer.connecting = True
             self._spawn(self._connect(peer))
 
+    def send_block(self, node_id: int, head: bytes, data: memoryview) -> None:
+        """Queue one block frame (``head``: prefix and header; ``data``: the block, a view of
+        the object, never copied here) for ``node_id``; written with ``writelines`` while the
+        connection holds less than ``BLOCK_WRITE_LIMIT`` unsent."""
+        if self._closing:
+            return
+        peer = self.peers.get(node_id)
+        if peer is None:
+            peer = self.peers[node_id] = _Peer(node_id)
+        self.bytes_out[node_id] = self.bytes_out.get(node_id, 0) + len(head) + len(data)
+        peer.blocks.append((head, data))
+        if peer.conn is None and not peer.connecting:
+            peer.connecting = True
+            self._spawn(self._connect(peer))
+        self._pump_blocks(peer)
+
+    def _pump_blocks(self, peer: _Peer) -> None:
+        conn = peer.conn
+        if conn is None or conn.closed or conn.upgrading or conn.transport is None:
+            return  # they wait for the connection (_connect pumps them once it is up)
+        transport, blocks = conn.transport, peer.blocks
+        while blocks and conn.buffered() <= BLOCK_WRITE_LIMIT:
+            head, data = blocks.popleft()
+            transport.writelines((head, data))
+
     async def _open(self, factory: Any, address: str) -> _Connection:
         host, port = split_address(address)
         loop = asyncio.get_running_loop()
@@ -1002,10 +1061,13 @@ class TcpTransport:
                     continue
                 peer.failures = 0
                 peer.conn = conn
+                if conn.transport is not None:  # resume_writing once blocks drain below the limit
+                    conn.transport.set_write_buffer_limits(high=BLOCK_WRITE_LIMIT, low=BLOCK_WRITE_LIMIT // 4)
                 if peer.queued:
                     conn.send(b"".join(peer.queued))
                     peer.queued.clear()
                     peer.queued_bytes = 0
+                self._pump_blocks(peer)
                 return
         finally:
             peer.connecting = False
@@ -1062,6 +1124,8 @@ class TcpTransport:
 
     def forget(self, node_id: int) -> None:
         peer = self.peers.pop(node_id, None)
+        if peer is not None:
+            peer.blocks.clear()
         if peer is not None and peer.conn is not None:
             peer.conn.close()
         for conn in self.incoming.pop(node_id, set()):

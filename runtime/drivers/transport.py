@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from runtime.core.rdmc_descriptor import ObjectId
+from runtime.core.rdmc_events import Refusal
 from runtime.wire.codec import WireMessage
 
 FramesHandler = Callable[[int, list[WireMessage]], None]
@@ -27,6 +29,10 @@ ClientHandler = Callable[[Any, WireMessage], None]
 
 ClientClosedHandler = Callable[[Any], None]
 """A client connection (the handle ``ClientHandler`` was given) closed, by either side."""
+
+BlockDestination = Callable[[int, ObjectId, int, int], "memoryview | Refusal"]
+"""``(sender node, object, block, length)`` -> where a member's block frame's bytes go (read
+straight into the object's buffer), or why they are refused (read and discarded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,7 @@ class Transport(Protocol):
     contact_problems: dict[str, ContactProblem]  # per contact address: why its last try failed
     bad_frames: int  # frames dropped as malformed, for status
     view_members: set[int]  # ids of the current view (the driver keeps it up to date)
+    block_sink: BlockDestination | None  # where members' blocks go (the node driver sets it)
 
     async def start(self) -> None:
         """Begin listening; raise ``ConfigError`` if the address cannot be bound."""
@@ -58,6 +65,12 @@ class Transport(Protocol):
 
     def send(self, node_id: int, data: bytes) -> None:
         """Queue encoded frames for ``node_id``; connect first if needed. Never blocks."""
+
+    def send_block(self, node_id: int, head: bytes, data: memoryview) -> None:
+        """Queue a block frame for ``node_id`` (``head``: its prefix and header; ``data``: the
+        block's bytes, a view that must stay valid until written). Never blocks; blocks wait
+        in the driver while the connection holds a bounded amount unsent, so that control
+        frames sent meanwhile are not stuck behind them."""
 
     def send_to_address(self, address: str, data: bytes) -> None:
         """Queue encoded frames for whoever listens at ``address`` (joining a group)."""

@@ -39,11 +39,13 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from runtime.core.events import LeaveRequested, MessageArrived, Persisted, Tick
+from runtime.core.events import LeaveRequested, MessageArrived, Persisted, Tick, TransferArrived
 from runtime.core.layout import LayoutPolicy, ShardId, compute_layout
 from runtime.core.membership import Membership
 from runtime.core.messages import Message
 from runtime.core.node_core import CoreConfig, NodeCore
+from runtime.core.object_transfers import TransferInput
+from runtime.core.rdmc_events import BlockArrived, CreditGranted, SendBlock
 from runtime.core.restart import RestartPlan
 from runtime.core.versions import format_version, make_version
 from runtime.core.view import Proposal, View, ViewFormatError
@@ -51,6 +53,7 @@ from runtime.sim.client_net import SimClientNet
 from runtime.sim.disk import Disk, LogRecord, common_prefix, held_shards
 from runtime.sim.invariants import Inc, RestartRecord, Trace, ViewRecord
 from runtime.sim.network import SimNetwork
+from runtime.sim.objects import ObjectLoad
 from runtime.sim.scheduler import Scheduler
 
 
@@ -108,8 +111,12 @@ class SimCluster:
         persistent: bool = False,
         disk_rng: random.Random | None = None,
         fsync: tuple[float, float] = (200e-6, 1e-3),
+        objects: ObjectLoad | None = None,
     ) -> None:
+        """``objects``: which payloads the workload makes large (the cores' config says
+        whether they go as objects)."""
         self.policy = policy
+        self.objects = objects
         self.config = config
         self.sched = scheduler
         self.net = network
@@ -170,8 +177,10 @@ class SimCluster:
         shards = sorted(node.core.shards)
         sid = shards[int(pick * len(shards)) % len(shards)]
         queue = node.pending.setdefault(sid, [])
+        load = self.objects
         for _ in range(count):
-            queue.append(f"{node_id}.{node.life}.{node.made}".encode())
+            tag = f"{node_id}.{node.life}.{node.made}".encode()
+            queue.append(tag if load is None else load.payload(tag, node.made))
             node.made += 1
         self._offer(node)
 
@@ -300,6 +309,14 @@ class SimCluster:
         node.core.step(MessageArrived(self.sched.now, src, msg))
         self._after_step(node)
 
+    def _transfer(self, src: int, item: tuple[int, int, TransferInput]) -> None:
+        dst, life, event = item
+        node = self.nodes.get(dst)
+        if node is None or not node.alive or node.life != life or self.held(dst, self._transfer, (src, item)):
+            return
+        node.core.step(TransferArrived(self.sched.now, event))
+        self._after_step(node)
+
     def _tick(self, node_id: int, life: int) -> None:
         node = self.nodes.get(node_id)
         if node is None or not node.alive or node.life != life or self.held(node_id, self._tick, (node_id, life), True):
@@ -407,6 +424,15 @@ class SimCluster:
                 target = nodes.get(dst)
                 if target is not None:
                     send(node_id, dst, frame, (dst, target.life, out.message))
+        for t in ready.transfers:  # blocks and credits: simulated messages like any other
+            target = self.nodes.get(t.to)
+            if target is not None:
+                item: TransferInput
+                if isinstance(t, SendBlock):
+                    item = BlockArrived(t.oid, node_id, t.block, bytes(t.data))
+                else:
+                    item = CreditGranted(t.oid, node_id, t.upto)
+                self.net.send(node_id, t.to, self._transfer, (t.to, target.life, item))
         for cs in ready.contact_sends:
             dst = int(cs.address.split(":", 1)[1])
             target = self.nodes.get(dst)

@@ -7,17 +7,19 @@ run: the replay command printed with a violation reproduces it exactly.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from runtime.core.layout import LayoutPolicy, ShardPolicy
 from runtime.core.membership import MembershipConfig
 from runtime.core.node_core import CoreConfig
+from runtime.core.object_policy import ObjectPolicy
 from runtime.core.smc import MulticastConfig
 from runtime.sim.cluster import SimCluster
 from runtime.sim.faults import PERSISTENT_MODES, FaultInjector
 from runtime.sim.invariants import Violation, check_trace
 from runtime.sim.network import LinkProfile, SimNetwork
+from runtime.sim.objects import ObjectLoad, choose_objects
 from runtime.sim.scheduler import Scheduler
 from runtime.sim.workload import make_plan
 
@@ -43,6 +45,7 @@ class RunParams:
     fsync: tuple[float, float] = (200e-6, 1e-3)  # (base, jitter) of one fsync, persistent mode
     plain_restart_quorum: bool = False  # restart reports without accepted ids, frontiers, transfer markers
     accept_loss: bool = False  # total restarts go ahead past lost persisted versions (the operator's flag)
+    objects: ObjectLoad | None = None  # large payloads the workload makes (config.multicast.objects set)
 
     @property
     def persistent(self) -> bool:
@@ -62,6 +65,7 @@ class RunParams:
             f"suspicion={m.suspicion_timeout * 1e3:.0f}ms "
             f"link={self.link.base * 1e6:.0f}+{self.link.jitter * 1e6:.0f}us slow_links={list(self.slow_links)}"
             + (f" fsync={self.fsync[0] * 1e6:.0f}+{self.fsync[1] * 1e6:.0f}us" if self.persistent else "")
+            + (f" {self.objects.describe()} ({_policy_text(c.objects)})" if self.objects and c.objects else "")
             + (" plain_restart_quorum" if self.plain_restart_quorum else "")
             + (" accept_loss" if self.accept_loss else "")
         )
@@ -129,6 +133,9 @@ def choose_params(
     shards = rng.choice((1, 1, 2)) if n >= 2 else 1
     # Drawn last, so that adding the disk left every earlier choice of a seed as it was.
     fsync = (rng.choice((50e-6, 200e-6, 1e-3)), rng.choice((100e-6, 1e-3, 4e-3)))
+    policy, load = choose_objects(seed)  # a stream of its own, as the byte window
+    if policy is not None:
+        multicast = replace(multicast, objects=policy)
     return RunParams(
         seed,
         ids,
@@ -141,7 +148,12 @@ def choose_params(
         fsync,
         plain_restart_quorum,
         accept_loss,
+        load,
     )
+
+
+def _policy_text(p: ObjectPolicy) -> str:
+    return f"threshold={p.threshold} block={p.block_size} {p.kind.value} max_objects={p.max_objects} window={p.window}"
 
 
 def run_seed(
@@ -179,6 +191,7 @@ def run_seed(
         persistent=params.persistent,
         disk_rng=random.Random(f"disk-{seed}"),
         fsync=params.fsync,
+        objects=params.objects,
     )
     plan = make_plan(rng, params.members, params.messages, SEND_SPAN)
     injector = FaultInjector(cluster, rng, params.config.membership.suspicion_timeout)

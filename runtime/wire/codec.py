@@ -25,7 +25,7 @@ from typing import Any, Callable, Final, Iterable
 import msgpack
 
 from runtime.core.layout import ShardId
-from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, ShardPush, ViewAnnouncement
+from runtime.core.messages import GroupPush, JoinReply, JoinRequest, Message, Payload, ShardPush, ViewAnnouncement
 from runtime.core.sst import RowDelta
 from runtime.errors import WireError
 from runtime.wire.checks import (
@@ -75,6 +75,20 @@ from runtime.wire.control import (
     StatusRequest,
     Welcome,
 )
+from runtime.wire.descriptors import descriptor_from_wire, pack_default
+from runtime.wire.transfers import (
+    BLOCK_HEADER_SIZE,
+    KIND_BLOCK,
+    KIND_CREDIT,
+    TRANSFER_MAGIC,
+    BlockDropped,
+    BlockLanded,
+    BlockSink,
+    CreditFrame,
+    parse_block_header,
+    parse_credit,
+    transfer_kind,
+)
 
 WireMessage = (
     Message
@@ -91,8 +105,12 @@ WireMessage = (
     | Ping
     | Pong
     | AppMessage
+    | CreditFrame
+    | BlockLanded
+    | BlockDropped
 )
-"""Everything that travels in a frame: core protocol messages and driver control frames."""
+"""Everything that travels in a frame: core protocol messages and driver control frames, and
+what a transfer frame comes out of the decoder as (:mod:`runtime.wire.transfers`)."""
 
 DEFAULT_MAX_FRAME: Final[int] = 64 << 20
 """Largest body :class:`FrameDecoder` accepts by default; bigger prefixes mean corruption."""
@@ -252,7 +270,7 @@ def encode(msg: WireMessage) -> bytes:
     if enc is None:
         raise TypeError(f"cannot encode {type(msg).__name__}: not a wire message")
     try:
-        return msgpack.packb(enc(msg), use_bin_type=True)
+        return msgpack.packb(enc(msg), use_bin_type=True, default=pack_default)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"cannot encode {type(msg).__name__}: {exc}") from exc
 
@@ -303,15 +321,23 @@ def _row(value: object, what: str) -> RowDelta:
 _PAYLOAD_TYPES: Final[frozenset[type]] = frozenset({bytes, type(None)})
 
 
-def _payloads(value: object, what: str) -> tuple[bytes | None, ...]:
+def _payloads(value: object, what: str) -> tuple[Payload, ...]:
     if type(value) is not list:
         raise WireError(f"{what} must be a list, got {_describe(value)}")
-    # One C-level pass over the batch (the set of its element types); only a bad batch is
-    # walked in Python, to name the first culprit.
+    # One C-level pass over the batch (the set of its element types); only a batch with a
+    # large object's descriptor (an array) or a bad one is walked in Python.
     if not _PAYLOAD_TYPES.issuperset(map(type, value)):
+        out: list[Payload] = []
         for i, p in enumerate(value):
-            if p is not None and type(p) is not bytes:
-                raise WireError(f"{what}[{i}] must be bytes or nil (null message), got {_describe(p)}")
+            if type(p) is list:
+                out.append(descriptor_from_wire(p, f"{what}[{i}]"))
+            elif p is not None and type(p) is not bytes:
+                raise WireError(
+                    f"{what}[{i}] must be bytes, nil (null message) or an object descriptor, got {_describe(p)}"
+                )
+            else:
+                out.append(p)
+        return tuple(out)
     return tuple(value)
 
 
@@ -515,9 +541,47 @@ def decode(body: bytes | bytearray | memoryview) -> WireMessage:
 
     Raises :class:`WireError` naming the problem (bad msgpack, unknown tag, wrong number of
     fields, or which field has the wrong type or range) for any body :func:`encode` could not
-    have produced from a valid message.
+    have produced from a valid message. A credit frame (not msgpack) decodes here too; a block
+    frame only through a :class:`FrameDecoder` with a sink (which puts its bytes in place).
     """
+    if body and body[0] == TRANSFER_MAGIC:
+        kind = transfer_kind(body)
+        if kind == KIND_CREDIT:
+            return parse_credit(body)
+        if kind == KIND_BLOCK:
+            raise WireError("a block frame on a connection that takes none (only members' connections do)")
+        raise WireError(f"unknown transfer frame kind {kind}")
     return decode_tagged(body, _DECODERS)
+
+
+class _IncomingBlock:
+    """A block frame whose bytes are arriving: where they go (None: discarded) and how many
+    are in place."""
+
+    __slots__ = ("oid", "block", "dest", "reason", "filled", "length")
+
+    def __init__(self, oid: Any, block: int, dest: memoryview | None, reason: Any, length: int) -> None:
+        self.oid = oid
+        self.block = block
+        self.dest = dest
+        self.reason = reason
+        self.filled = 0
+        self.length = length
+
+    def take(self, chunk: memoryview) -> None:
+        n = len(chunk)
+        if self.dest is not None and n:
+            self.dest[self.filled : self.filled + n] = chunk
+        self.filled += n
+
+    @property
+    def done(self) -> bool:
+        return self.filled >= self.length
+
+    def result(self) -> BlockLanded | BlockDropped:
+        if self.dest is not None:
+            return BlockLanded(self.oid, self.block)
+        return BlockDropped(self.oid, self.block, self.reason)
 
 
 class FrameDecoder:
@@ -531,14 +595,18 @@ class FrameDecoder:
     the driver must close the connection.
     """
 
-    __slots__ = ("max_frame", "_buf", "_broken")
+    __slots__ = ("max_frame", "sink", "_buf", "_broken", "_block")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, sink: BlockSink | None = None) -> None:
+        """``sink``: where block frames' bytes go (a member's connection); without one, a
+        block frame comes out as a ``WireError``."""
         if type(max_frame) is not int or not 0 < max_frame <= _MAX_PREFIX:
             raise ValueError(f"max_frame must be an int in 1..{_MAX_PREFIX}, got {max_frame!r}")
         self.max_frame = max_frame
+        self.sink = sink
         self._buf = bytearray()
         self._broken = False
+        self._block: _IncomingBlock | None = None  # a block frame whose bytes are arriving
 
     @property
     def broken(self) -> bool:
@@ -559,15 +627,25 @@ class FrameDecoder:
         """
         if self._broken:
             return []
-        src: bytes | bytearray
+        out: list[WireMessage | WireError] = []
+        block = self._block
+        if block is not None:  # the rest of a block's bytes: straight to their place
+            with memoryview(data) as whole:
+                n = min(block.length - block.filled, len(whole))
+                block.take(whole[:n])
+                if not block.done:
+                    return out
+                self._block = None
+                out.append(block.result())
+                if n == len(whole):
+                    return out
+                data = whole[n:].tobytes() if self._buf else whole[n:]
+        src: bytes | bytearray | memoryview
         if self._buf:
             self._buf += data
             src = self._buf
-        elif isinstance(data, (bytes, bytearray)):
-            src = data
         else:
-            src = bytes(data)
-        out: list[WireMessage | WireError] = []
+            src = data
         off = 0
         end = len(src)
         unpack_from = _HEADER.unpack_from
@@ -582,6 +660,26 @@ class FrameDecoder:
                     out.append(WireError(f"frame length prefix {size} is outside {limits}; stream is corrupt"))
                     return out
                 stop = off + 4 + size
+                if (
+                    self.sink is not None
+                    and size > BLOCK_HEADER_SIZE - 1
+                    and end - off > 5
+                    and src[off + 4] == TRANSFER_MAGIC
+                    and src[off + 5] == KIND_BLOCK
+                ):
+                    if end - off - 4 < BLOCK_HEADER_SIZE:
+                        break  # the rest of the header comes in the next read
+                    block = self._start_block(src, off + 4, size)
+                    start = off + 4 + BLOCK_HEADER_SIZE
+                    n = min(end, stop) - start
+                    block.take(view[start : start + n])
+                    if not block.done:
+                        self._block = block
+                        off = end
+                        break
+                    out.append(block.result())
+                    off = stop
+                    continue
                 if stop > end:
                     break
                 off += 4
@@ -601,3 +699,13 @@ class FrameDecoder:
         elif rest is not None:
             self._buf = rest
         return out
+
+    def _start_block(self, src: bytes | bytearray | memoryview, body: int, size: int) -> _IncomingBlock:
+        """A block frame begins at ``body``: ask the sink where its bytes go."""
+        assert self.sink is not None
+        oid, block = parse_block_header(src, body)
+        length = size - BLOCK_HEADER_SIZE
+        dest = self.sink(oid, block, length)
+        if isinstance(dest, memoryview):
+            return _IncomingBlock(oid, block, dest, None, length)
+        return _IncomingBlock(oid, block, None, dest, length)

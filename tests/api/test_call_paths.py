@@ -19,6 +19,7 @@ import msgpack
 import pytest
 
 from derecho_actors.model.reads import LINEARIZABLE, STABLE, ReadOptions
+from derecho_actors.node.call_limits import CallLimits
 from derecho_actors.node.call_paths import CallPaths
 from derecho_actors.node.client_turns import CALLS_PER_TURN
 from derecho_actors.node.watch_holds import HOLD_SLACK
@@ -136,7 +137,7 @@ def paths(
 ) -> CallPaths:
     return CallPaths.build(
         node,  # type: ignore[arg-type]
-        1 << 20,
+        CallLimits.plain(1 << 20),
         lambda: view,
         lambda: None,
         host,  # type: ignore[arg-type]

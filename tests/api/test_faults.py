@@ -524,8 +524,8 @@ def test_replica_killed_mid_stream_survivors_answer_exactly_once(tmp_path: Path)
 
 # ---------------------------------------------------------------- 7. silent drops
 def test_too_large_calls_non_member_p2p_and_huge_node_id_are_refused(tmp_path: Path) -> None:
-    limit = 65536
-    overrides = {**FAST, "multicast.max_message_size": str(limit)}
+    limit = 65536  # without large objects, every call must fit one multicast message
+    overrides = {**FAST, "multicast.max_message_size": str(limit), "rdmc.enabled": "false"}
     with LocalCluster(3, [Counter], SURVIVES_ONE, overrides=overrides, workdir=str(tmp_path)) as cluster:
         client = cluster.client
         wait_for(lambda: client.max_message_size == limit, 10, "the Welcome to carry the limit")

@@ -123,8 +123,9 @@ def test_errors_at_the_call(groups: list[da.Group]) -> None:
         groups[0].handle(Point)
     with pytest.raises(da.SerializationError, match="cloudpickle"):
         kv.put("p", Point(1))
-    with pytest.raises(da.PayloadTooLarge):
-        kv.put("big", b"x" * (2 << 20))
+    # Above multicast.max_message_size a member's call goes by the block pipeline ([rdmc] is on
+    # by default); beyond rdmc.max_object_size it is refused (tests/api/test_large_calls.py).
+    assert set(kv.put("big", b"x" * (2 << 20)).get(timeout=30)) == {1, 2, 3}
 
 
 def test_cloudpickle_opt_in_carries_objects(groups: list[da.Group]) -> None:

@@ -24,11 +24,13 @@ from collections import deque
 from typing import Callable, Iterable, Sequence
 
 from runtime.core.effects import Delivery, Rejected
-from runtime.core.events import LeaveRequested, MessageArrived, Tick
+from runtime.core.events import LeaveRequested, MessageArrived, Tick, TransferArrived
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layout
 from runtime.core.membership import JoinClaim, Membership, MembershipConfig
 from runtime.core.messages import Message, ShardKey
 from runtime.core.node_core import CoreConfig, NodeCore
+from runtime.core.object_transfers import TransferInput
+from runtime.core.rdmc_events import BlockArrived, BlockWritten, CreditGranted, SendBlock
 from runtime.core.smc import MulticastConfig
 from runtime.core.view import View
 
@@ -59,7 +61,8 @@ class GroupNet:
         self.now = 0.0
         self.cores: dict[int, NodeCore] = {}
         self.address_map: dict[str, int] = {}
-        self.links: dict[tuple[int, int], deque[Message]] = {}
+        # Frames, and blocks and credits of large objects, on one FIFO link per pair.
+        self.links: dict[tuple[int, int], deque[Message | TransferInput]] = {}
         self.crashed: set[int] = set()
         self.cuts: set[frozenset[int]] = set()
         self.held: set[tuple[int, int]] = set()
@@ -74,8 +77,8 @@ class GroupNet:
         self.memberships: dict[int, list[Membership]] = {}  # every view's Membership, in order
         self.accepted: dict[int, list[bytes]] = {}  # payloads the core took from the app
         self.outbox: dict[int, dict[ShardKey, list[bytes]]] = {}  # payloads the app still holds
-        self.frames: list[tuple[float, int, int, Message]] = []  # every frame queued (src, dst)
-        self.dropped: list[tuple[int, int | str, Message]] = []  # frames lost to cuts, crashes
+        self.frames: list[tuple[float, int, int, Message | TransferInput]] = []  # every frame queued
+        self.dropped: list[tuple[int, int | str, Message | TransferInput]] = []  # lost to cuts, crashes
         self._fresh_tick: dict[int, bool] = {}  # ticked, and nothing arrived since
         self._to_tick: deque[int] = deque()
         self._cursor: tuple[int, int] = (-1, -1)
@@ -207,7 +210,7 @@ class GroupNet:
         self._after_step(dst, ticked=False)
         return self.rejected[dst][before:]
 
-    def _enqueue(self, src: int, dst: int, msg: Message) -> None:
+    def _enqueue(self, src: int, dst: int, msg: Message | TransferInput) -> None:
         if dst in self.crashed or src in self.crashed or self.is_cut(src, dst) or dst not in self.cores:
             self.dropped.append((src, dst, msg))
             return
@@ -230,6 +233,13 @@ class GroupNet:
                     self.dropped.append((node, cs.address, cs.message))
                 else:
                     self._enqueue(node, dst, cs.message)
+            for t in ready.transfers:
+                item: TransferInput
+                if isinstance(t, SendBlock):
+                    item = BlockArrived(t.oid, node, t.block, bytes(t.data))
+                else:
+                    item = CreditGranted(t.oid, node, t.upto)
+                self._enqueue(node, t.to, item)
             self.deliveries[node].extend(ready.deliveries)
             self.views[node].extend(ready.views)
             self.window_open[node].extend(ready.window_open)
@@ -255,7 +265,10 @@ class GroupNet:
             return False
         msg = q.popleft()
         self.steps += 1
-        self.cores[dst].step(MessageArrived(self.now, src, msg))
+        if isinstance(msg, (BlockArrived, BlockWritten, CreditGranted)):
+            self.cores[dst].step(TransferArrived(self.now, msg))
+        else:
+            self.cores[dst].step(MessageArrived(self.now, src, msg))
         self._after_step(dst, ticked=False)
         return True
 

@@ -163,6 +163,17 @@ def test_objects_open_once_and_in_seq_order() -> None:
         engine.step("hello")  # type: ignore[arg-type]
 
 
+def test_seq_order_is_per_stream() -> None:
+    """A member of two shards learns their descriptors in no fixed order: a lower seq of
+    another stream of the same sender still opens, and the stream's own order still holds."""
+    engine = opened()
+    other = describe(replace(D.oid, seq=0, stream=1), MEMBERS, DATA, 4)
+    engine.step(ObjectAnnounced(other))
+    assert other.oid in engine.in_flight()
+    with pytest.raises(TransferUsageError, match="out of order"):
+        engine.step(ObjectAnnounced(describe(replace(D.oid, seq=0, stream=1), MEMBERS, DATA, 4)))
+
+
 BAD_DESCRIPTORS = [
     ("no members", dict(members=())),
     ("members repeated", dict(members=(5, 6, 6))),

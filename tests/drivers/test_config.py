@@ -19,6 +19,7 @@ from runtime.config import (
     NodeConfig,
     NodeSection,
     PersistenceSection,
+    RdmcSection,
     TimeoutsSection,
     example_config,
     load_config,
@@ -27,6 +28,7 @@ from runtime.config import (
 from runtime.core.layout import LayoutPolicy, ShardPolicy
 from runtime.core.membership import MembershipConfig
 from runtime.core.node_core import CoreConfig
+from runtime.core.object_policy import ObjectPolicy
 from runtime.core.smc import MulticastConfig
 from runtime.errors import ConfigError
 
@@ -110,7 +112,8 @@ def test_example_config_round_trip(tmp_path: pathlib.Path) -> None:
     assert cfg == NodeConfig(node=NodeSection(id=4, listen="127.0.0.1:7004", contacts=tuple(contacts)))
     # Every key the example writes is one the loader knows, and every known key is written.
     doc = tomllib.loads(text)
-    assert set(doc) == {"node", "timeouts", "multicast", "persistence", "security", "limits"}
+    assert set(doc) == {"node", "timeouts", "multicast", "rdmc", "persistence", "security", "limits"}
+    assert set(doc["rdmc"]) == {f.name for f in dataclasses.fields(RdmcSection)}
     assert set(doc["limits"]) == {f.name for f in dataclasses.fields(LimitsSection)}
     assert set(doc["node"]) == {f.name for f in dataclasses.fields(NodeSection)}
     assert set(doc["timeouts"]) == {f.name for f in dataclasses.fields(TimeoutsSection)}
@@ -365,12 +368,18 @@ null_interval_ms = 2.5
     assert isinstance(core, CoreConfig)
     assert core.membership == MembershipConfig(heartbeat_interval=0.02, suspicion_timeout=0.25, join_retry=0.75)
     assert core.multicast == MulticastConfig(
-        window_size=64, window_bytes=5000, null_interval=0.0025, max_batch=16, max_message_size=4096
+        window_size=64,
+        window_bytes=5000,
+        null_interval=0.0025,
+        max_batch=16,
+        max_message_size=4096,
+        objects=ObjectPolicy(threshold=4096),  # large objects on; the threshold never above the message limit
     )
 
 
 def test_default_core_config_matches_core_defaults() -> None:
-    assert NodeConfig().core_config() == CoreConfig()
+    """The core's defaults are the file's, large objects aside: on in a node, off in a bare core."""
+    assert NodeConfig().core_config() == CoreConfig(multicast=MulticastConfig(objects=ObjectPolicy()))
 
 
 # --------------------------------------------------------------------------- bad configs
@@ -558,3 +567,31 @@ def test_long_paths_are_shown_whole(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(deep / "the-config-file.toml"), environ={})
     assert "the-config-file.toml" in str(info.value) and len(str(deep)) > 250
+
+
+RDMC_REFUSALS = [
+    ({"rdmc.schedule": "ring"}, "rdmc.schedule: expected one of sequential, chain, binomial"),
+    ({"rdmc.block_size": "100"}, "rdmc.block_size"),
+    ({"rdmc.window_blocks": "0"}, "rdmc.window_blocks"),
+    ({"rdmc.max_object_size": str(2 << 30), "rdmc.max_bytes_in_flight": str(1 << 30)}, "max_bytes_in_flight"),
+    (
+        {"rdmc.enabled": "true", "rdmc.block_size": str(64 << 20)},
+        "rdmc.block_size .* must fit multicast.max_frame_bytes",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "why"), RDMC_REFUSALS)
+def test_rdmc_settings_are_checked(overrides: dict[str, str], why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        load_config(None, environ={}, overrides=overrides)
+
+
+def test_rdmc_settings_reach_the_core() -> None:
+    cfg = load_config(None, environ={}, overrides={"rdmc.enabled": "true", "rdmc.schedule": "CHAIN"})
+    policy = cfg.core_config().multicast.objects
+    assert policy is not None and policy.kind.value == "chain" and policy.threshold == cfg.rdmc.threshold_bytes
+    small = load_config(None, environ={}, overrides={"multicast.max_message_size": "65536"})
+    assert small.core_config().multicast.objects.threshold == 65536  # type: ignore[union-attr]  # never above
+    off = load_config(None, environ={}, overrides={"rdmc.enabled": "false"})
+    assert off.core_config().multicast.objects is None

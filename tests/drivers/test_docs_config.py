@@ -50,7 +50,7 @@ def test_the_docs_sample_loads(tmp_path: Path) -> None:
     assert "KV" in {name for name, _ in cfg.layout.types}
 
 
-@pytest.mark.parametrize("section", ["node", "timeouts", "multicast", "persistence", "security", "limits"])
+@pytest.mark.parametrize("section", ["node", "timeouts", "multicast", "rdmc", "persistence", "security", "limits"])
 def test_the_docs_sample_shows_the_defaults(section: str) -> None:
     sample = _sample()
     assert section in sample, f"the docs' sample has no [{section}] section"

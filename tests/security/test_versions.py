@@ -16,7 +16,7 @@ from derecho_actors.tools.cluster import LocalCluster
 from runtime.security.certs import ensure_cluster_certs
 from runtime.wire import codec
 from runtime.wire.codec import frame
-from runtime.wire.control import COMPATIBLE_PROTOCOLS, PROTOCOL_VERSION, Hello
+from runtime.wire.control import COMPATIBLE_PROTOCOLS, MEMBER_PROTOCOLS, PROTOCOL_VERSION, Hello
 from tests.security.rogue import Conn, client_context, node_context, warnings_of
 
 pytestmark = pytest.mark.timeout(120)
@@ -91,3 +91,15 @@ def test_a_data_dir_from_another_format_is_refused_with_what_to_do(tmp_path: Pat
     path.write_bytes(msgpack.packb(data))
     with pytest.raises(RestartError, match="format 99; this release reads format .* move the file aside"):
         NodeDiskState(tmp_path, "c", 1, fsync=False).lost()
+
+
+def test_protocol_2_is_refused_from_a_member_and_served_for_a_client(trio: LocalCluster) -> None:
+    """Members of protocol 2 cannot read large objects' descriptors and blocks; a client's
+    frames did not change, so a client of the previous release is still served."""
+    c = trio
+    assert MEMBER_PROTOCOLS == {PROTOCOL_VERSION} and {2, PROTOCOL_VERSION} <= COMPATIBLE_PROTOCOLS
+    goodbyes = _refused(c, node_context(c.certs_dir, 9), frame(Hello(9, "ver", "member", 1, 2)))
+    assert goodbyes == [f"refused: wire protocol 2 is not compatible with {PROTOCOL_VERSION}"]
+    with Conn(c.address(1), client_context(c.certs_dir, "old-client")) as conn:
+        conn.send_raw(frame(Hello(78, "ver", "client", time.time_ns(), 2)))
+        assert not conn.wait_closed(1), "a protocol-2 client was refused"

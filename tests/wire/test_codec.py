@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from runtime.core.layout import ShardId
 from runtime.core.layout import ShardId as _Sid
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush, ViewAnnouncement
+from runtime.core.rdmc_descriptor import ObjectId, describe
+from runtime.core.rdmc_schedule import ScheduleKind
 from runtime.core.sst import RowDelta
 from runtime.errors import WireError
 from runtime.wire import codec
@@ -48,6 +50,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 WIRE = ROOT / "runtime" / "wire"
 KV = ShardId("KV", 0, 1)
 BIG = bytes(range(256)) * (4 * 4096)  # 4 MiB: above every msgpack small-length form
+OBJ = describe(ObjectId(2, 1, 7, 3), (2, 0, 1), BIG, 1 << 20, ScheduleKind.CHAIN)
+OBJ_WIRE = [2, 1, 7, 3, [2, 0, 1], len(BIG), 1 << 20, "chain", OBJ.digest]
 
 
 # ------------------------------------------------------------------------ round trips
@@ -64,6 +68,7 @@ ROUND_TRIPS: dict[str, WireMessage] = {
     "shard push, empty": ShardPush(0, ShardId("", 0, 0), 0, None, 0, ()),
     "shard push, null messages only": ShardPush(9, KV, 2, None, 12, (None, None, None)),
     "shard push, big payload": ShardPush(1, KV, 0, None, 0, (BIG, b"small", BIG[:70000])),
+    "shard push, object descriptor": ShardPush(7, KV, 2, None, 0, (b"a", OBJ, None, OBJ)),
     "shard push, empty vector": ShardPush(1, KV, 0, RowDelta(0, 1, {"received_num": ()}), 0, ()),
     "group push, every value kind": GroupPush(
         vid=2,
@@ -197,7 +202,7 @@ def group_push_row(row: Any) -> bytes:
 
 MALFORMED: dict[str, tuple[bytes, str]] = {
     "empty body": (b"", "not valid msgpack"),
-    "reserved msgpack byte": (b"\xc1", "not valid msgpack"),
+    "transfer magic alone (0xc1, the byte msgpack never uses)": (b"\xc1", "transfer frame body too short"),
     "trailing bytes": (p([codec.TAG_STATUS_REQUEST]) + b"\x00", "not valid msgpack"),
     "truncated": (p([codec.TAG_GOODBYE, "bye"])[:-1], "not valid msgpack"),
     "bad utf-8": (b"\x92\x13\xa1\xff", "not valid msgpack"),
@@ -230,8 +235,14 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "shard push shard subgroup": (shard_push(shard=["KV", -1, 0]), "ShardPush.shard.subgroup"),
     "shard push shard index": (shard_push(shard=["KV", 0, None]), "ShardPush.shard.shard"),
     "shard push messages map": (shard_push(messages={}), "ShardPush.messages must be a list"),
-    "shard push str message": (shard_push(messages=[b"ok", "x"]), r"messages\[1\] must be bytes or nil"),
+    "shard push str message": (shard_push(messages=[b"ok", "x"]), r"messages\[1\] must be bytes, nil"),
     "shard push int message": (shard_push(messages=[3]), r"ShardPush.messages\[0\]"),
+    "descriptor short": (shard_push(messages=[OBJ_WIRE[:8]]), r"messages\[0\] must be a 9-field object descriptor"),
+    "descriptor kind": (shard_push(messages=[[*OBJ_WIRE[:7], "ring", OBJ.digest]]), r"messages\[0\].kind must be one"),
+    "descriptor digest": (shard_push(messages=[[*OBJ_WIRE[:8], b"x"]]), r"messages\[0\]: digest must be 32 bytes"),
+    "descriptor size": (shard_push(messages=[[*OBJ_WIRE[:5], -1, *OBJ_WIRE[6:]]]), r"messages\[0\].size"),
+    "descriptor members": (shard_push(messages=[[*OBJ_WIRE[:4], [0, 2], *OBJ_WIRE[5:]]]), "sender 2 must be members"),
+    "descriptor members str": (shard_push(messages=[[*OBJ_WIRE[:4], "012", *OBJ_WIRE[5:]]]), r"members must be a list"),
     "shard push row short": (shard_push(row=[0, 1]), r"ShardPush.row must be \[rank, seq, values\]"),
     "shard push row rank": (shard_push(row=[-1, 1, {}]), "ShardPush.row.rank"),
     "group push str rank": (p([codec.TAG_GROUP_PUSH, 0, "0", ROW]), "GroupPush.rank"),
@@ -372,10 +383,14 @@ def test_bad_frame_between_good_ones_is_an_error_object() -> None:
 
 
 def test_garbage_body_between_good_ones() -> None:
-    stream = frame(Goodbye("a")) + b"\x00\x00\x00\x03\xc1\xc1\xc1" + frame(Goodbye("b"))
+    stream = frame(Goodbye("a")) + b"\x00\x00\x00\x03\xc0\xc0\xc0" + frame(Goodbye("b"))
     out = FrameDecoder().feed(stream)
     assert out[0] == Goodbye("a") and out[2] == Goodbye("b")
     assert isinstance(out[1], WireError) and "not valid msgpack" in str(out[1])
+    # 0xc1 (which msgpack never uses) starts a transfer frame: this one's kind is unknown.
+    out = FrameDecoder().feed(frame(Goodbye("a")) + b"\x00\x00\x00\x03\xc1\xc1\xc1" + frame(Goodbye("b")))
+    assert out[0] == Goodbye("a") and out[2] == Goodbye("b")
+    assert isinstance(out[1], WireError) and "unknown transfer frame kind 193" in str(out[1])
 
 
 @pytest.mark.parametrize("size", [0, 1025, 0xFFFFFFFF])

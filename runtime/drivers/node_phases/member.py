@@ -12,11 +12,13 @@ import logging
 from typing import Any, Sequence
 
 from runtime.core.effects import Ready
-from runtime.core.events import LeaveRequested, MessageArrived, PeerLost, Persisted, Tick
+from runtime.core.events import LeaveRequested, MessageArrived, PeerLost, Persisted, Tick, TransferArrived
 from runtime.core.layout import ShardId
 from runtime.core.membership import JoinClaim
 from runtime.core.messages import GroupPush, JoinReply, JoinRequest, ShardPush, ViewAnnouncement
 from runtime.core.node_core import NodeCore
+from runtime.core.object_transfers import HOSTILE
+from runtime.core.rdmc_events import BlockWritten, CreditGranted, SendBlock
 from runtime.core.view import View
 from runtime.drivers.client_door import not_serving
 from runtime.drivers.node_phases.context import NodeContext
@@ -25,6 +27,7 @@ from runtime.drivers.node_phases.phase import RESTART_MESSAGES, PhaseStatus
 from runtime.drivers.node_phases.trust import forgery, leader_frame_allowed
 from runtime.wire.codec import frame
 from runtime.wire.control import AppMessage, BootstrapHello, GroupRunning, RestartDecision, RestartHello
+from runtime.wire.transfers import BlockDropped, BlockLanded, CreditFrame, block_frame_head, credit_frame
 
 log = logging.getLogger("derecho.node")
 
@@ -112,8 +115,21 @@ class MemberPhase:
         now = ctx.io.loop.time()
         step = core.step
         for msg in frames:
-            if type(msg) is ShardPush:  # the data plane: nearly every frame
+            t = type(msg)
+            if t is ShardPush:  # the data plane: nearly every frame
                 step(MessageArrived(now, sender, msg))
+                continue
+            if t is BlockLanded:  # a block's bytes are in its object's buffer already
+                step(TransferArrived(now, BlockWritten(msg.oid, sender, msg.block)))
+                continue
+            if t is CreditFrame:
+                step(TransferArrived(now, CreditGranted(msg.oid, sender, msg.upto)))
+                continue
+            if t is BlockDropped:
+                if msg.reason in HOSTILE:
+                    self.cut_off(sender, f"block {msg.block} of object {msg.oid} refused: {msg.reason.value}")
+                    break
+                log.info("block %s of object %s from node %s dropped: %s", msg.block, msg.oid, sender, msg.reason.value)
                 continue
             if type(msg) is not GroupPush:
                 why = forgery(sender, msg)
@@ -240,6 +256,11 @@ class MemberPhase:
                 ctx.stop(f"storage failure: recording the accepted view {ready.accepted} failed: {exc}")
                 return
         out: dict[int, list[bytes]] = {}
+        for tr in ready.transfers:
+            if isinstance(tr, SendBlock):
+                transport.send_block(tr.to, block_frame_head(tr.oid, tr.block, len(tr.data)), tr.data)
+            else:
+                out.setdefault(tr.to, []).append(credit_frame(tr.oid, tr.upto))
         for o in ready.outgoing:
             data = frame(o.message)
             for dst in o.to:

@@ -1,0 +1,68 @@
+"""How a node carries large objects in the ordered multicast: the tuning every member shares.
+
+A payload above ``threshold`` bytes is not pushed through the shard's SST messages: its
+descriptor takes its slot in the total order and its bytes move among the shard's members by
+the block pipeline (:mod:`runtime.core.rdmc_transfer`). The rest of these settings bound one
+object and the objects in flight, at a sender (back-pressure: its ``send`` takes no more) and
+so at every receiver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.core.rdmc_descriptor import TransferUsageError
+from runtime.core.rdmc_schedule import ScheduleKind
+from runtime.core.rdmc_transfer import TransferConfig
+
+__all__ = ["ObjectPolicy"]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectPolicy:
+    """``threshold``: payloads above it go as objects (at most the shard's
+    ``max_message_size``). ``block_size``, ``kind``: how each object is cut and scheduled.
+    ``max_object_size``: larger payloads are refused at the sender (``ObjectTooLarge``).
+    ``max_objects``, ``max_bytes``: objects in flight at one node in any role; each sender of a
+    shard of ``n`` senders keeps at most ``max(1, max_objects // n)`` of its own objects
+    undelivered, so a shard's senders together stay within every member's limit.
+    ``window``: blocks of one object in flight per link (credits)."""
+
+    threshold: int = 100 << 10
+    block_size: int = 1 << 20
+    kind: ScheduleKind = ScheduleKind.BINOMIAL
+    max_object_size: int = 4 << 30
+    max_objects: int = 8
+    max_bytes: int = 8 << 30
+    window: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "block_size", "max_object_size", "max_objects", "max_bytes", "window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise TransferUsageError(f"ObjectPolicy.{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.kind, ScheduleKind):
+            raise TransferUsageError(f"ObjectPolicy.kind must be a ScheduleKind, got {self.kind!r}")
+        if self.max_bytes < self.max_object_size:
+            raise TransferUsageError(
+                f"ObjectPolicy.max_bytes ({self.max_bytes}) must be at least max_object_size "
+                f"({self.max_object_size}), or an object of the largest size could never start"
+            )
+
+    @property
+    def max_blocks(self) -> int:
+        """Blocks of the largest object: what a receiver accepts in a descriptor."""
+        return max(1, -(-self.max_object_size // self.block_size))
+
+    def quota(self, senders: int) -> int:
+        """Objects one sender of a shard of ``senders`` senders may have undelivered."""
+        return max(1, self.max_objects // max(1, senders))
+
+    def transfer_config(self) -> TransferConfig:
+        return TransferConfig(
+            window=self.window,
+            max_objects=self.max_objects,
+            max_bytes=self.max_bytes,
+            max_object_size=self.max_object_size,
+            max_blocks=self.max_blocks,
+        )

@@ -1,0 +1,125 @@
+"""One shard's large objects in one view: which slots are descriptors, and which are held here.
+
+Derecho gates SMC delivery on RDMC completion; so does this: a member's ``received_num`` for a
+sender does not pass a descriptor's slot until the object is whole (and checked) here. Stability
+is the minimum of ``received_num`` over the shard, so a descriptor becomes stable, and is
+delivered in its place in the total order, only once every member holds the object; a view
+change trims at the same counts, so an object is delivered at every survivor or at none.
+
+This module keeps the per-sender state that takes: the slots of descriptors not complete here
+(``pending``), the bytes of objects held here until they are delivered (``held``: the sender's
+own data from the start, a receiver's buffer from completion), the descriptors to announce to
+the node's transfer engine and the objects to start. :class:`runtime.core.smc.ShardMulticast`
+owns one and asks it; the node core moves the queues to and from the engine.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+from runtime.core.object_policy import ObjectPolicy
+from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectId, describe
+from runtime.core.rdmc_events import StartSending
+
+__all__ = ["ShardObjects"]
+
+
+class ShardObjects:
+    """Large-object state of one member for one shard in one view.
+
+    ``members`` are the shard's node ids in rank order, ``sender_nodes`` the node of each
+    sender position; ``stream`` names the shard among the view's shards (the transfer engine
+    orders a sender's objects per stream)."""
+
+    def __init__(
+        self, policy: ObjectPolicy, members: Sequence[int], sender_nodes: Sequence[int], vid: int, stream: int
+    ) -> None:
+        self.policy = policy
+        self.vid = vid
+        self.stream = stream
+        self._members = tuple(members)
+        self._sender_nodes = tuple(sender_nodes)
+        self.quota = policy.quota(len(sender_nodes))
+        n = len(sender_nodes)
+        self.pending: list[deque[int]] = [deque() for _ in range(n)]  # sender indices, ascending
+        self.held: list[dict[int, bytes | bytearray]] = [{} for _ in range(n)]
+        self.to_start: list[StartSending] = []
+        self.to_announce: list[ObjectDescriptor] = []
+
+    def transfer_members(self, pos: int) -> tuple[int, ...]:
+        """The transfer's member list for objects of sender ``pos``: the sender first, then the
+        other shard members in rank order (every member derives the same list)."""
+        sender = self._sender_nodes[pos]
+        return (sender, *(m for m in self._members if m != sender))
+
+    # ------------------------------------------------------------------ sender
+    def own_undelivered(self, pos: int) -> int:
+        return len(self.held[pos])
+
+    def start(self, pos: int, k: int, data: bytes) -> ObjectDescriptor:
+        """This member's message ``k`` is the object ``data``: its descriptor, to go in the slot
+        (the data is kept for delivery here and for a resend if the view ends first)."""
+        oid = ObjectId(self._sender_nodes[pos], k, self.vid, self.stream)
+        d = describe(oid, self.transfer_members(pos), data, self.policy.block_size, self.policy.kind)
+        self.held[pos][k] = data
+        self.to_start.append(StartSending(d, data))
+        return d
+
+    # ---------------------------------------------------------------- receiver
+    def check(self, pos: int, k: int, d: ObjectDescriptor) -> str | None:
+        """Why sender ``pos``'s message ``k`` cannot be the object ``d``, or None."""
+        want = ObjectId(self._sender_nodes[pos], k, self.vid, self.stream)
+        if d.oid != want:
+            return f"object descriptor names {d.oid}, its slot is {want}"
+        if d.members != self.transfer_members(pos):
+            return f"object {d.oid} lists members {d.members}, the shard's are {self.transfer_members(pos)}"
+        if d.size > self.policy.max_object_size or d.blocks > self.policy.max_blocks:
+            return (
+                f"object {d.oid} of {d.size} bytes in {d.blocks} blocks exceeds this node's "
+                f"max_object_size {self.policy.max_object_size} or {self.policy.max_blocks} blocks"
+            )
+        return None
+
+    def take(self, pos: int, k: int, d: ObjectDescriptor) -> None:
+        """A checked descriptor arrived in sender ``pos``'s slot ``k``."""
+        self.pending[pos].append(k)
+        self.to_announce.append(d)
+
+    def received_bound(self, pos: int, held: int) -> int:
+        """What ``received_num`` of sender ``pos`` may say when ``held`` of its messages are
+        here: not past its first object that is not whole here."""
+        pending = self.pending[pos]
+        return pending[0] if pending and pending[0] < held else held
+
+    def complete(self, pos: int, k: int, data: bytes | bytearray) -> bool:
+        """The object in sender ``pos``'s slot ``k`` is whole here; False if it is not pending
+        (a completion of another view, or twice: nothing changes)."""
+        pending = self.pending[pos]
+        if k not in pending:
+            return False
+        pending.remove(k)
+        self.held[pos][k] = data
+        return True
+
+    # ---------------------------------------------------------------- delivery
+    def fill(self, pos: int, k0: int, seg: list[bytes | ObjectDescriptor | None]) -> None:
+        """Put the objects' bytes in place of their descriptors in sender ``pos``'s run
+        ``seg`` of messages ``k0 ..``, as it is delivered (they are no longer held here)."""
+        held = self.held[pos]
+        if not held:
+            return
+        k1 = k0 + len(seg)
+        for k in [k for k in held if k0 <= k < k1]:
+            seg[k - k0] = _as_bytes(held.pop(k))
+
+    def data_of(self, pos: int, k: int) -> bytes:
+        """The bytes of the object in a slot within the trim (whole here, since the trim never
+        passes this member's ``received_num``)."""
+        return _as_bytes(self.held[pos].pop(k))
+
+
+def _as_bytes(data: bytes | bytearray) -> bytes:
+    """Applications get ``bytes``, as for every payload (one copy of a receiver's buffer,
+    made only when the object is delivered)."""
+    return data if type(data) is bytes else bytes(data)
