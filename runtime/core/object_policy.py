@@ -28,12 +28,12 @@ class ObjectPolicy:
     undelivered, so a shard's senders together stay within every member's limit.
     ``window``: blocks of one object in flight per link (credits)."""
 
-    threshold: int = 100 << 10
+    threshold: int = 1 << 20
     block_size: int = 1 << 20
     kind: ScheduleKind = ScheduleKind.BINOMIAL
-    max_object_size: int = 4 << 30
+    max_object_size: int = 64 << 20
     max_objects: int = 8
-    max_bytes: int = 8 << 30
+    max_bytes: int = 512 << 20
     window: int = 4
 
     def __post_init__(self) -> None:
