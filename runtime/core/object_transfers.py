@@ -38,13 +38,23 @@ from runtime.core.rdmc_events import (
 )
 from runtime.core.rdmc_transfer import TransferEngine
 
-__all__ = ["HOSTILE", "STALE", "NodeObjects", "Sorted", "TransferInput", "TransferOutput"]
+__all__ = ["HOSTILE", "STALE", "NodeObjects", "Sorted", "TransferInput", "TransferOutput", "as_received"]
 
 TransferInput = BlockArrived | BlockWritten | CreditGranted
 """What a peer's block or credit frame becomes (``sender``: the node the transport vouches for)."""
 
 TransferOutput = SendBlock | GrantCredit
 """What the driver must send to a peer."""
+
+
+def as_received(out: TransferOutput, sender: int) -> BlockArrived | CreditGranted:
+    """``out``, sent by ``sender``, as its receiver's engine takes it: what a network that
+    carries effects as they are (the simulator, the core's tests) delivers. The block's bytes
+    are copied, as a transport would, so the sender's buffer is not shared."""
+    if isinstance(out, SendBlock):
+        return BlockArrived(out.oid, sender, out.block, bytes(out.data))
+    return CreditGranted(out.oid, sender, out.upto)
+
 
 HOSTILE = frozenset(
     {

@@ -44,8 +44,7 @@ from runtime.core.layout import LayoutPolicy, ShardId, compute_layout
 from runtime.core.membership import Membership
 from runtime.core.messages import Message
 from runtime.core.node_core import CoreConfig, NodeCore
-from runtime.core.object_transfers import TransferInput
-from runtime.core.rdmc_events import BlockArrived, CreditGranted, SendBlock
+from runtime.core.object_transfers import TransferInput, as_received
 from runtime.core.restart import RestartPlan
 from runtime.core.versions import format_version, make_version
 from runtime.core.view import Proposal, View, ViewFormatError
@@ -427,12 +426,7 @@ class SimCluster:
         for t in ready.transfers:  # blocks and credits: simulated messages like any other
             target = self.nodes.get(t.to)
             if target is not None:
-                item: TransferInput
-                if isinstance(t, SendBlock):
-                    item = BlockArrived(t.oid, node_id, t.block, bytes(t.data))
-                else:
-                    item = CreditGranted(t.oid, node_id, t.upto)
-                self.net.send(node_id, t.to, self._transfer, (t.to, target.life, item))
+                self.net.send(node_id, t.to, self._transfer, (t.to, target.life, as_received(t, node_id)))
         for cs in ready.contact_sends:
             dst = int(cs.address.split(":", 1)[1])
             target = self.nodes.get(dst)

@@ -29,8 +29,8 @@ from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layo
 from runtime.core.membership import JoinClaim, Membership, MembershipConfig
 from runtime.core.messages import Message, ShardKey
 from runtime.core.node_core import CoreConfig, NodeCore
-from runtime.core.object_transfers import TransferInput
-from runtime.core.rdmc_events import BlockArrived, BlockWritten, CreditGranted, SendBlock
+from runtime.core.object_transfers import TransferInput, as_received
+from runtime.core.rdmc_events import BlockArrived, BlockWritten, CreditGranted
 from runtime.core.smc import MulticastConfig
 from runtime.core.view import View
 
@@ -234,12 +234,7 @@ class GroupNet:
                 else:
                     self._enqueue(node, dst, cs.message)
             for t in ready.transfers:
-                item: TransferInput
-                if isinstance(t, SendBlock):
-                    item = BlockArrived(t.oid, node, t.block, bytes(t.data))
-                else:
-                    item = CreditGranted(t.oid, node, t.upto)
-                self._enqueue(node, t.to, item)
+                self._enqueue(node, t.to, as_received(t, node))
             self.deliveries[node].extend(ready.deliveries)
             self.views[node].extend(ready.views)
             self.window_open[node].extend(ready.window_open)

@@ -16,8 +16,7 @@ from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layo
 from runtime.core.membership import MembershipConfig
 from runtime.core.messages import Message
 from runtime.core.node_core import CoreConfig, NodeCore
-from runtime.core.object_transfers import TransferInput
-from runtime.core.rdmc_events import BlockArrived, CreditGranted, SendBlock
+from runtime.core.object_transfers import TransferInput, as_received
 from runtime.core.smc import MulticastConfig
 from runtime.core.view import View
 
@@ -78,12 +77,7 @@ class ShardNet:
         self.everywhere[node].extend(n for _, _, n in ready.delivered_everywhere)
         self.rejected.extend(ready.rejected)
         for t in ready.transfers:
-            item: TransferInput
-            if isinstance(t, SendBlock):
-                item = BlockArrived(t.oid, node, t.block, bytes(t.data))
-            else:
-                item = CreditGranted(t.oid, node, t.upto)
-            self.transfer_links.setdefault((node, t.to), deque()).append(item)
+            self.transfer_links.setdefault((node, t.to), deque()).append(as_received(t, node))
         self.wakeups[node] = ready.wakeup_at
 
     def deliver_one(self, src: int, dst: int) -> bool:
