@@ -113,17 +113,19 @@ class MemberPhase:
         ctx = self.ctx
         core = self.core
         now = ctx.io.loop.time()
-        step = core.step
+        step, take = core.step, core.take
         for msg in frames:
             t = type(msg)
-            if t is ShardPush:  # the data plane: nearly every frame
-                step(MessageArrived(now, sender, msg))
+            # The data plane (nearly every frame): taken without evaluating; the flush this
+            # turn ends with evaluates once for every frame of the turn, from every peer.
+            if t is ShardPush:
+                take(MessageArrived(now, sender, msg))
                 continue
             if t is BlockLanded:  # a block's bytes are in its object's buffer already
-                step(TransferArrived(now, BlockWritten(msg.oid, sender, msg.block)))
+                take(TransferArrived(now, BlockWritten(msg.oid, sender, msg.block)))
                 continue
             if t is CreditFrame:
-                step(TransferArrived(now, CreditGranted(msg.oid, sender, msg.upto)))
+                take(TransferArrived(now, CreditGranted(msg.oid, sender, msg.upto)))
                 continue
             if t is BlockDropped:
                 if msg.reason in HOSTILE:
