@@ -41,6 +41,9 @@ def machine_info() -> dict[str, Any]:
         info["load_avg_at_start"] = os.getloadavg()
     except OSError:
         pass
+    from runtime import build_info
+
+    info["core_build"] = build_info.describe()  # compiled (mypyc) or pure Python
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
         if commit.returncode == 0:

@@ -20,19 +20,20 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import deque
-from dataclasses import dataclass
 from itertools import accumulate, compress, repeat
-from operator import is_not
+from operator import attrgetter, is_not
 from typing import Any, Callable, Iterator, Sequence, overload
 
 from runtime.core import ordering
 from runtime.core.effects import DeliveredMessage, Delivery, Rejected
 from runtime.core.messages import Payload, ShardKey, ShardPush
-from runtime.core.object_policy import ObjectPolicy
+from runtime.core.multicast_config import MulticastConfig
 from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectTooLarge
 from runtime.core.rdmc_events import StartSending
 from runtime.core.smc_objects import ShardObjects
 from runtime.core.sst import SST, Column, Schema, SSTError
+
+__all__ = ["DeliveredBatch", "LAZY_PUSH_DELAY", "MulticastConfig", "ShardMulticast", "shard_schema"]
 
 _NULL_TYPE = type(None)
 _PAYLOAD_TYPES = frozenset({bytes, _NULL_TYPE})
@@ -133,42 +134,9 @@ class DeliveredBatch(Sequence[DeliveredMessage]):
         return repr(list(self))
 
 
-@dataclass(frozen=True, slots=True)
-class MulticastConfig:
-    """Tuning of one shard's multicast. Times are in the driver's clock units (seconds)."""
-
-    window_size: int = 10_000
-    null_interval: float = 0.001
-    max_batch: int = 1000
-    max_message_size: int = 1 << 20
-    # Payload bytes of the same stretch of messages ``window_size`` counts. One message is
-    # always admitted when none is outstanding, so a message above it still goes (alone).
-    window_bytes: int = 32 << 20
-    # Null messages a sender owes (others' messages wait on its turn in the round-robin
-    # order) go at once, with the push it makes anyway, when it has nothing of its own
-    # waiting to be sent (Derecho's auto-null), at most once per half ``null_interval``.
-    # ``null_interval`` is then how long they wait while its own messages wait (or always,
-    # with this off).
-    immediate_nulls: bool = True
-    # Large objects (None: off): payloads above ``objects.threshold`` go as a descriptor in
-    # the order and their bytes by the block pipeline; receivers then take descriptors.
-    objects: ObjectPolicy | None = None
-
-    def __post_init__(self) -> None:
-        if self.objects is not None and self.objects.threshold > self.max_message_size:
-            raise ValueError(
-                f"objects.threshold ({self.objects.threshold}) must not exceed max_message_size "
-                f"({self.max_message_size}): payloads between them could go neither way"
-            )
-        if self.window_size < 1:
-            raise ValueError("window_size must be at least 1")
-        if self.window_bytes < 1:
-            raise ValueError("window_bytes must be at least 1")
-        if self.max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
-        if self.null_interval < 0:
-            raise ValueError("null_interval must not be negative")
-
+# A push's header fields read untyped (what a peer sent, checked by on_push: a compiled build
+# would otherwise check them against the annotations first, raising TypeError).
+_PUSH_FIELDS = attrgetter("rank", "first")
 
 # How long a change of a lazy column (``delivered_num``) may wait for a push to ride on
 # before the member pushes it on its own. Under load every push carries it; idle, peers'
@@ -446,8 +414,8 @@ class ShardMulticast:
     # ---------------------------------------------------------------- receiving
     def on_push(self, push: ShardPush) -> Rejected | None:
         """Take a peer's push: its new messages first, then its row."""
-        rank = push.rank
-        if not isinstance(rank, int) or not 0 <= rank < len(self.members) or rank == self.my_rank:
+        rank, first = _PUSH_FIELDS(push)  # as the peer sent them, untyped: checked here
+        if type(rank) is not int or not 0 <= rank < len(self.members) or rank == self.my_rank:
             return Rejected(-1, f"push for shard {self.shard!r} names bad rank {rank!r}")
         if self.wedged:
             return None  # counts are frozen: what arrives now is beyond the trim or resent
@@ -456,7 +424,7 @@ class ShardMulticast:
             pos = self._pos_of_rank.get(rank)
             if pos is None:
                 return Rejected(sender, f"rank {rank} is not a sender in shard {self.shard!r}")
-            problem = self._take_messages(pos, push.first, push.messages)
+            problem = self._take_messages(pos, first, push.messages)
             if problem:
                 return Rejected(sender, problem)
         if push.row is not None:
@@ -468,10 +436,10 @@ class ShardMulticast:
                 return Rejected(sender, f"bad row in shard {self.shard!r}: {exc}")
         return None
 
-    def _take_messages(self, pos: int, first: int, msgs: Sequence[Payload]) -> str | None:
+    def _take_messages(self, pos: int, first: object, msgs: Sequence[Payload]) -> str | None:
         # Held here: may run ahead of received_num, which stops at an object not whole here.
         have = self._buf_base[pos] + len(self._buf[pos])
-        if not isinstance(first, int) or first < 0:
+        if type(first) is not int or first < 0:
             return f"bad first index {first!r}"
         if first > have:
             return f"gap from sender {pos}: holds {have}, push starts at {first}"

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from operator import itemgetter
-from typing import Any, Callable, Iterable, Sequence
+from operator import attrgetter, itemgetter
+from typing import Callable, Iterable, Sequence
 
-Value = int | tuple[int, ...] | bytes | list[Any] | None
+from runtime.core.sst_rows import RowDelta, Value
+
+__all__ = ["SST", "Column", "PredicateKind", "RowDelta", "Schema", "SSTError", "Value"]
 
 _INT_ONLY = frozenset({int})
+_DELTA_FIELDS = attrgetter("rank", "seq", "values")
 
 
 class SSTError(ValueError):
@@ -73,15 +76,6 @@ class Schema:
 
     def extended(self, extra: Iterable[Column]) -> Schema:
         return Schema(self.columns + tuple(extra))
-
-
-@dataclass(frozen=True, slots=True)
-class RowDelta:
-    """What one push carries: the owner's rank, its push counter and the changed columns."""
-
-    rank: int
-    seq: int
-    values: dict[str, Value]
 
 
 class PredicateKind(Enum):
@@ -196,39 +190,42 @@ class SST:
         Returns False for a stale or repeated delta (its push counter is not newer), which is
         dropped. Raises :class:`SSTError` if the delta is malformed; nothing is changed then.
         """
-        rank = delta.rank
-        if not isinstance(rank, int) or not 0 <= rank < self.n_rows:
+        # Read untyped: the fields hold what a peer sent until checked here (a compiled build
+        # would otherwise check them against the annotations first, raising TypeError
+        # instead of this module's SSTError).
+        rank, seq, values = _DELTA_FIELDS(delta)
+        if type(rank) is not int or not 0 <= rank < self.n_rows:
             raise SSTError(f"delta for row {rank!r} outside a table of {self.n_rows} rows")
         if rank == self.my_rank:
             raise SSTError("a peer may not write this member's own row")
-        if type(delta.seq) is not int:
-            raise SSTError(f"delta push counter must be an int, got {delta.seq!r:.40}")
-        if not isinstance(delta.values, dict):
-            raise SSTError(f"delta values must be a mapping, got {type(delta.values).__name__}")
-        if delta.seq <= self._applied_seq[rank]:
+        if type(seq) is not int:
+            raise SSTError(f"delta push counter must be an int, got {seq!r:.40}")
+        if not isinstance(values, dict):
+            raise SSTError(f"delta values must be a mapping, got {type(values).__name__}")
+        if seq <= self._applied_seq[rank]:
             return False
-        for name, value in delta.values.items():
+        for name, value in values.items():
             self._check(name, value)
         row = self.rows[rank]
-        for name, value in delta.values.items():
+        for name, value in values.items():
             col = self._columns[name]
             if col.width:
                 cur = row[name]
                 if col.monotonic:
                     row[name] = list(map(max, cur, value))  # type: ignore[arg-type]
                 else:
-                    row[name] = list(value)  # type: ignore[arg-type]
+                    row[name] = list(value)
             elif col.monotonic:
-                if value > row[name]:  # type: ignore[operator]
+                if value > row[name]:
                     row[name] = value
             else:
                 row[name] = value
-        self._applied_seq[rank] = delta.seq
+        self._applied_seq[rank] = seq
         self._version += 1
         return True
 
-    def _check(self, name: str, value: object) -> None:
-        col = self._columns.get(name)
+    def _check(self, name: object, value: object) -> None:
+        col = self._columns.get(name) if type(name) is str else None
         if col is None:
             raise SSTError(f"unknown SST column {name!r}")
         if col.width:
