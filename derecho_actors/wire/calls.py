@@ -216,6 +216,8 @@ def _batch_calls(calls: list[Any]) -> tuple[Call, ...]:
     out: list[Call] = []
     append = out.append
     legacy = LEGACY_KINDS
+    last: object = None  # the shard field of the call before, as sent, and its key
+    sid: Any = None
     for f in calls:
         if type(f) is list and len(f) == 10:
             call_id, caller, shard, method, ordered, args, origin, session_ns, floor, target = f
@@ -237,11 +239,15 @@ def _batch_calls(calls: list[Any]) -> tuple[Call, ...]:
                 and target >= 0
                 and (ordered or method not in legacy)
             ):
+                # A frame's calls mostly name one shard: equal to the last one checked (``==``
+                # takes False for 0: the ints' exact types are checked again) is the same key.
+                if shard != last or type(shard[1]) is not int or type(shard[2]) is not int:
+                    sid, last = shard_id(shard, "CallBatch.calls[].shard"), shard
                 append(
                     Call(
                         call_id,
                         caller,
-                        shard_id(shard, "CallBatch.calls[].shard"),
+                        sid,
                         method,
                         ordered,
                         args,
