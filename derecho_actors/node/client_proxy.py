@@ -3,9 +3,10 @@
 A call from an external client is run or relayed by its contact in the client's session and
 the replicas' answers are forwarded to the client (``client_answers``). The session's origin
 is the one the node derived from the client's authenticated identity (whatever the message
-says), so no client can act in another's session; so is the owner its ordered calls carry, which replicas bound
-sessions by. A call this node cannot take (too large, a shard that cannot run, a method its
-type does not define, a limit reached) is refused at once, with the reason.
+says), so no client can act in another's session; so is the owner its ordered calls carry,
+which replicas bound sessions by. A call this node cannot take (too large, a shard that
+cannot run, a method its type does not define, a limit reached) is refused at once, with
+the reason.
 
 What is kept per client is bounded (``client_table``); statistics count the methods the types
 define and every other name under one label (``call_stats``). Clients cannot see views: on a
