@@ -2,8 +2,8 @@
 
 Each part has one job (see its module): :class:`MemberCaller` (this node's own calls),
 :class:`InboundCalls` (P2P calls, the group's own requests and members' ordered calls taken on
-here), :class:`ClientProxy` with :class:`ClientTurns` and :class:`ClientOutbox` (clients'
-calls), :class:`Outbox` (what this node multicasts), :class:`ReplyRoutes` (answers),
+here), :class:`ClientProxy` with :class:`ClientTurns`, ``ClientAnswers`` and
+:class:`ClientOutbox` (clients' calls and their answers), :class:`Outbox` (what this node multicasts), :class:`ReplyRoutes` (answers),
 :class:`WatchHolds` and :class:`StableReadBook` (polls and reads that wait). This module only
 builds them and passes the node's hooks on; it decides nothing.
 """
@@ -73,7 +73,7 @@ class CallPaths:
         to_members = member_queue(node)  # answers and relayed calls, paced by the members' links
         limits = limits or LimitsSection()
         clients = ClientProxy(node, view, specs, limits, host, outbox, inbound, ClientOutbox(node), to_members)
-        turns = ClientTurns(node, clients.table, clients.take_call, clients.on_closed, outbox.flush)
+        turns = ClientTurns(node, clients.table, clients.take_calls, clients.on_closed, outbox.flush)
         replies = ReplyRoutes(node, member, clients, to_members)
         return cls(outbox, member, inbound, clients, turns, replies, stable, holds)
 

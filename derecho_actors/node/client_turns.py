@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Callable
+from typing import Callable, Sequence
 
 from derecho_actors.node.client_table import ClientState, ClientTable, Limit
 from derecho_actors.wire.messages import Call
@@ -36,12 +36,14 @@ class ClientTurns:
         self,
         node: NodeHandle,
         table: ClientTable,
-        take: Callable[[ClientConn, Call], None],
+        take: Callable[[ClientConn, Sequence[Call]], None],
         closed: Callable[[ClientConn], None],
         flush: Callable[[], None] = lambda: None,
     ) -> None:
-        """``take(conn, call)``: take one client's call; ``closed(conn)``: forget a client
-        whose connection this closes; ``flush()``: send what the calls taken so far made."""
+        """``take(conn, calls)``: take calls of one client, in order, stopping if it is
+        forgotten meanwhile (one step for a frame's calls, not one per call: per-frame work is
+        done once); ``closed(conn)``: forget a client whose connection this closes;
+        ``flush()``: send what the calls taken so far made."""
         self.node = node
         self.table = table
         self.take = take
@@ -59,8 +61,7 @@ class ClientTurns:
         if not client.inbox and self.taken < CALLS_PER_TURN:
             room = CALLS_PER_TURN - self.taken
             self._spend(min(room, len(calls)))
-            for call in calls[:room]:
-                self.take(conn, call)
+            self.take(conn, calls[:room])
             calls = calls[room:]
             if not calls or client.closed:
                 return
@@ -102,10 +103,7 @@ class ClientTurns:
             n = min(len(inbox), PER_CLIENT_ROUND, budget)
             budget -= n
             try:
-                for _ in range(n):
-                    self.take(client.conn, inbox.popleft())
-                    if client.closed:
-                        break
+                self.take(client.conn, [inbox.popleft() for _ in range(n)])
             except Exception:  # a bug: this client is cut off, the others keep their turn
                 log.exception(
                     "node %d: taking a call of %s failed; its connection is closed", self.node.node_id, client.who

@@ -30,6 +30,12 @@ class Outbox:
         limit = self.limits.framed if framed else self.limits.ordered
         return size if size > limit else None
 
+    def max_args(self, method: str) -> int:
+        """The most bytes of arguments a call of ``method`` may have to be multicast (as
+        :meth:`too_large` decides: larger is too large), for a caller checking many calls of
+        one method against the limit with one comparison each."""
+        return self.limits.ordered - _codec.call_size(method, b"")
+
     def refusal(self, what: str, size: int, args: int, framed: bool = False) -> PayloadTooLarge:
         """The error for a call of ``size`` bytes (``args`` of them arguments) over its limit."""
         limits = self.limits
@@ -52,6 +58,19 @@ class Outbox:
             queued.append(call)
             return
         self._queued[shard] = [call]
+        if len(self._queued) == 1:
+            self.node.call_later(0, self._flush)
+
+    def submit_all(self, shard: ShardId, calls: list[_codec.PendingCall]) -> None:
+        """Queue ordered calls in order, as many :meth:`submit` would (a client's frame of
+        calls in one step)."""
+        if not calls:
+            return
+        queued = self._queued.get(shard)
+        if queued is not None:
+            queued += calls
+            return
+        self._queued[shard] = list(calls)
         if len(self._queued) == 1:
             self.node.call_later(0, self._flush)
 

@@ -84,17 +84,13 @@ class ReplyRoutes:
 
     def take_batch(self, batch: ReplyBatch) -> None:
         """Answers for this node: those for its own calls to their results, the others on to
-        the clients they belong to."""
+        the clients they belong to. Split by two comprehensions, the second only when some
+        are this node's own: a contact's batches are mostly its clients' alone."""
         mine = self.member.origin
-        own: list[ReplyEntry] = []
-        theirs: list[ReplyEntry] = []
-        for entry in batch.entries:
-            origin = entry[3]
-            if not origin or origin == mine:
-                own.append(entry)
-            else:
-                theirs.append(entry)
+        entries = batch.entries
+        theirs = [e for e in entries if e[3] and e[3] != mine]
         if theirs:
             self.clients.forward(batch, theirs)
-        if own:
+        if len(theirs) < len(entries):
+            own = [e for e in entries if not e[3] or e[3] == mine]
             self.member.take(batch.node, batch.replicas, own, batch.vid)

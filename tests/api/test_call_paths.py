@@ -241,10 +241,10 @@ def test_a_failing_call_in_a_deferred_turn_closes_only_its_client(caplog: pytest
     bad, good = FakeConn("10.0.0.1:1"), FakeConn("10.0.0.2:2")
     taken: list[int] = []
 
-    def take(conn: Any, msg: Call) -> None:
+    def take(conn: Any, calls: list[Call]) -> None:
         if conn is bad:
             raise RuntimeError("boom")
-        taken.append(msg.call_id)
+        taken.extend(msg.call_id for msg in calls)
 
     turns = c.turns
     turns.take = take

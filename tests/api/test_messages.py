@@ -84,6 +84,44 @@ MALFORMED = {
         p([2, [[1, 0, ["KV", 0, 1], "", False, b"", 0, 0, 0, 0, 0, -1]]]),
         r"CallBatch\.calls\[\]\.kind",
     ),
+    # A client's batch: each call after a good one is still checked field by field (the
+    # decoder takes the common call in one test and reuses the shard key of the call before).
+    "batch shard subgroup a bool": (
+        p(
+            [
+                2,
+                [
+                    [1, 0, ["KV", 0, 1], "put", True, b"", 0, 0, 0, 0],
+                    [2, 0, ["KV", False, 1], "put", True, b"", 0, 0, 0, 0],
+                ],
+            ]
+        ),
+        r"CallBatch\.calls\[\]\.shard\.subgroup",
+    ),
+    "batch call id a bool": (
+        p(
+            [
+                2,
+                [
+                    [1, 0, ["KV", 0, 1], "put", True, b"", 0, 0, 0, 0],
+                    [True, 0, ["KV", 0, 1], "put", True, b"", 0, 0, 0, 0],
+                ],
+            ]
+        ),
+        r"CallBatch\.calls\[\]\.call_id",
+    ),
+    "batch floor negative": (
+        p(
+            [
+                2,
+                [
+                    [1, 0, ["KV", 0, 1], "put", True, b"", 0, 0, 0, 0],
+                    [2, 0, ["KV", 0, 1], "put", True, b"", 0, 0, -1, 0],
+                ],
+            ]
+        ),
+        r"CallBatch\.calls\[\]\.floor",
+    ),
     "reply version": (p([3, 1, 2, 3, [1], True, b"", 0, -2]), "Reply.version"),
     "batch entry": (p([4, 2, 3, [1], [[1, True, "s", 0, -1]]]), "malformed ReplyBatch entry"),
     "mark signature": (p([5, ["KV", 0, 1], 1, b"short", bytes(32)]), "SignedMark.signature must be 64 bytes"),
