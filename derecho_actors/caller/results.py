@@ -158,12 +158,34 @@ class QueryResults:
         if ok:
             try:
                 first = self._decode(value)
+            except Exception as exc:  # a result this side cannot decode is each replica's error
+                results = [(False, exc)] * len(nodes)
+            else:
                 if type(first) in SHAREABLE:
+                    if nodes == replicas:
+                        # The common case, a client's every call: the first news of the call is
+                        # one answer from every replica. Recorded wholesale (a dict, a list and
+                        # a set made from the tuple) rather than node by node: ~3x cheaper.
+                        with self._lock:
+                            if self._expected is None and not self._order and not self._gone:
+                                values = dict.fromkeys(nodes, first)
+                                if len(values) == len(nodes):  # no node named twice
+                                    self._values = values
+                                    self._order = list(nodes)
+                                    self._expected = set(nodes)
+                                    if version >= 0:
+                                        self._versions.update(values.fromkeys(nodes, version))
+                                    if self._compare is not None:
+                                        self._first = (True, value)
+                                    self._finished = True
+                                    if self._cond is not None:
+                                        self._cond.notify_all()
+                                    if self._future is not None and not self._future.done():
+                                        self._future.set_result(None)
+                                    return True
                     results = [(True, first)] * len(nodes)
                 else:
                     results = [(True, first)] + [(True, self._decode(value)) for _ in nodes[1:]]
-            except Exception as exc:  # a result this side cannot decode is each replica's error
-                results = [(False, exc)] * len(nodes)
         else:
             results = [(False, decode_error(value, node)) for node in nodes]
         return self._record(nodes, results, replicas, ok, value, version, vid)
