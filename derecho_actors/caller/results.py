@@ -28,10 +28,10 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator
 
-from derecho_actors.caller.divergence import answers_or_raise, check_divergence
+from derecho_actors.caller.divergence import answers_or_raise, call_timeout, check_divergence
 from derecho_actors.caller.persisted import wait_persisted
 from derecho_actors.wire.codec import decode_error
-from runtime.errors import CallTimeout, NotPersistent, ReplicaLost
+from runtime.errors import NotPersistent, ReplicaLost
 
 log = logging.getLogger("derecho.results")
 
@@ -161,34 +161,29 @@ class QueryResults:
             except Exception as exc:  # a result this side cannot decode is each replica's error
                 results = [(False, exc)] * len(nodes)
             else:
-                if type(first) in SHAREABLE:
-                    if nodes == replicas:
-                        # The common case, a client's every call: the first news of the call is
-                        # one answer from every replica. Recorded wholesale (a dict, a list and
-                        # a set made from the tuple) rather than node by node: ~3x cheaper.
-                        with self._lock:
-                            if self._expected is None and not self._order and not self._gone:
-                                values = dict.fromkeys(nodes, first)
-                                if len(values) == len(nodes):  # no node named twice
-                                    self._values = values
-                                    self._order = list(nodes)
-                                    self._expected = set(nodes)
-                                    if version >= 0:
-                                        self._versions.update(values.fromkeys(nodes, version))
-                                    if self._compare is not None:
-                                        self._first = (True, value)
-                                    self._finished = True
-                                    if self._cond is not None:
-                                        self._cond.notify_all()
-                                    if self._future is not None and not self._future.done():
-                                        self._future.set_result(None)
-                                    return True
-                    results = [(True, first)] * len(nodes)
-                else:
+                if type(first) not in SHAREABLE:
                     results = [(True, first)] + [(True, self._decode(value)) for _ in nodes[1:]]
+                elif nodes == replicas and self._all_answered(nodes, first, value, version):
+                    return True
+                else:
+                    results = [(True, first)] * len(nodes)
         else:
             results = [(False, decode_error(value, node)) for node in nodes]
         return self._record(nodes, results, replicas, ok, value, version, vid)
+
+    def _all_answered(self, nodes: tuple[int, ...], value: Any, raw: bytes, version: int) -> bool:
+        """``add_agreed``'s common case, a client's every call: the first news of the call is one
+        answer from every replica, recorded wholesale (~3x cheaper than node by node); False,
+        recording nothing, if answers came before, a node is known gone, or one is named twice."""
+        with self._lock:
+            values = dict.fromkeys(nodes, value)
+            if self._expected is not None or self._order or self._gone or len(values) != len(nodes):
+                return False
+            self._values, self._order, self._expected = values, list(nodes), set(nodes)
+            self._versions.update(values.fromkeys(nodes, version) if version >= 0 else ())
+            self._first = (True, raw) if self._compare is not None else None
+            self._maybe_done()
+            return True
 
     def _record(
         self,
@@ -265,12 +260,9 @@ class QueryResults:
         """Under ``_lock``: wake waiters; mark done once every expected replica answered."""
         if self._cond is not None:
             self._cond.notify_all()
-        if (
-            not self._finished
-            and self._expected is not None
-            and len(self._values) + len(self._errors) >= len(self._expected)
-        ):
-            if self._expected <= self._values.keys() | self._errors.keys():
+        expected = self._expected
+        if not self._finished and expected is not None and len(self._values) + len(self._errors) >= len(expected):
+            if expected <= self._values.keys() | self._errors.keys():
                 self._finished = True
                 if self._future is not None and not self._future.done():
                     self._future.set_result(None)
@@ -303,18 +295,8 @@ class QueryResults:
         remote errors. Raises ``CallTimeout`` naming the nodes still pending."""
         finished = self._finished or self._wait_for(lambda: self._finished, timeout)
         if not finished:
-            why = None
-            if self._why_waiting is not None:
-                try:
-                    why = self._why_waiting()
-                except Exception:  # a hint must never hide the timeout itself
-                    why = None
-            raise CallTimeout(
-                f"{self.description}: no reply within {timeout} s from "
-                f"{list(self.pending) if self._expected is not None else 'any replica (not delivered yet)'}"
-                + (f"; {why}" if why else ""),
-                self.pending,
-            ) from None
+            pending = self.pending if self._expected is not None else None
+            raise call_timeout(self.description, timeout, pending, self._why_waiting) from None
         with self._lock:
             out: dict[int, Any] = dict(self._values)
             out.update({n: e for n, e in self._errors.items() if n >= 0})

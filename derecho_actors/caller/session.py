@@ -27,10 +27,18 @@ import random
 from typing import Any, Sequence
 
 from derecho_actors.caller.answers import Answer, Answers, Departed, MergedAnswers, ReplicaAnswers
-from derecho_actors.caller.calls import DEFAULT_MAX_PAYLOAD, Floor, Request, calls_frame, encode_output
+from derecho_actors.caller.calls import (
+    DEFAULT_MAX_PAYLOAD,
+    Floor,
+    Outbound,
+    Request,
+    calls_frame,
+    encode_output,
+    outbound,
+)
 from derecho_actors.caller.results import QueryResults
 from derecho_actors.caller.session_events import Dial, Disconnect, Phase, Step, Stop, Wait
-from derecho_actors.wire.messages import AnswerBatch, Call, Features, Reply, ReplyBatch, ViewNotice, decode, encode
+from derecho_actors.wire.messages import AnswerBatch, Features, Reply, ReplyBatch, ViewNotice, decode, encode
 from runtime.errors import GroupClosed, Refused, WireError
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.control import PROTOCOL_VERSION, AppMessage, Goodbye, GoodbyeKind, Hello, Ping, Welcome
@@ -80,10 +88,10 @@ class ClientSession:
         self.phase = Phase.DISCONNECTED
         self.error: Exception | None = None  # why the session is closed
         self.refusal: Refused | None = None
-        self.pending: dict[int, tuple[QueryResults, Call]] = {}  # in call order
+        self.pending: dict[int, tuple[QueryResults, Outbound]] = {}  # in call order
         self._ids = itertools.count(1)
         self._floor = Floor()
-        self._outbox: list[Call] = []
+        self._outbox: list[Outbound] = []
         self._answers: list[Answer] = []  # answers and departures received, for ``answers``
         self._control: list[bytes] = []  # frames of our own (pings)
         self._pings = itertools.count(1)
@@ -127,10 +135,9 @@ class ClientSession:
             why_waiting=self.why_waiting,
         )
         # The contact fills in the session (origin) from our authenticated identity, and
-        # answers on our connection (no caller id: a client is not a member).
-        floor = self._floor.advance(self.pending, call_id)
-        c = request
-        call = Call(call_id, 0, c.shard, c.method, c.ordered, c.args, 0, 0, floor, c.target, 0, c.kind)
+        # answers on our connection (no caller id: a client is not a member). Its wire fields
+        # are made once, here: a failover sends them again as they are.
+        call = outbound(request, call_id, self._floor.advance(self.pending, call_id))
         self.pending[call_id] = (results, call)
         if self.phase is Phase.CONNECTED:
             self._outbox.append(call)
@@ -149,7 +156,7 @@ class ClientSession:
         calls: in Python the cost is per call and per system call)."""
         return encode_output(self.output())
 
-    def output(self) -> tuple[list[bytes], list[Call], int]:
+    def output(self) -> tuple[list[bytes], list[Outbound], int]:
         """``data_to_send`` still to encode (``encode_output``, on any thread: a driver with a
         lock encodes the calls outside it)."""
         out = (self._control, self._outbox, self.max_frame)
