@@ -15,7 +15,7 @@ from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.model.kinds import ORDERED
 from derecho_actors.model.reads import ReadOptions
 from derecho_actors.wire import codec as _codec
-from derecho_actors.wire.calls import call_fields
+from derecho_actors.wire.calls import LEGACY_KINDS, call_fields
 from derecho_actors.wire.events import PollArgs, decode_answer, encode_poll
 from derecho_actors.wire.messages import TAG_CALL, TAG_CALL_BATCH, Call, CallKind
 from derecho_actors.wire.packing import packb
@@ -184,10 +184,9 @@ class Floor:
         return oldest
 
 
-Outbound = tuple[list[Any], int]
+Outbound = list[Any]
 """A numbered call as it goes on the wire: its fields (``wire.calls.call_fields``), made once
-when the call is issued and sent as they are again after a failover, and what it takes of a
-frame (``call_overhead`` + its arguments)."""
+when the call is issued and sent as they are again after a failover."""
 
 
 def outbound(request: Request, call_id: int, floor: int) -> Outbound:
@@ -196,45 +195,61 @@ def outbound(request: Request, call_id: int, floor: int) -> Outbound:
     ``Call`` (no caller, no session: the contact fills those in; no owner; no kind), built
     here without the ``Call``: one list per call instead of an object and a list."""
     c = request
-    overhead = c.overhead if c.overhead >= 0 else call_overhead(c.shard, c.method)
     if c.kind is CallKind.METHOD:
-        fields = [call_id, 0, shard_to_wire(c.shard), c.method, c.ordered, c.args, 0, 0, floor, c.target]
-    else:
-        fields = call_fields(Call(call_id, 0, c.shard, c.method, c.ordered, c.args, 0, 0, floor, c.target, 0, c.kind))
-    return fields, overhead + len(c.args)
+        return [call_id, 0, shard_to_wire(c.shard), c.method, c.ordered, c.args, 0, 0, floor, c.target]
+    return call_fields(Call(call_id, 0, c.shard, c.method, c.ordered, c.args, 0, 0, floor, c.target, 0, c.kind))
 
 
-def calls_frame(calls: list[Outbound], max_frame: int = DEFAULT_MAX_PAYLOAD) -> bytes:
+def request_size(request: Request) -> int:
+    """What a call takes of a frame (an upper bound: ``call_overhead`` and its arguments)."""
+    overhead = request.overhead
+    return len(request.args) + (overhead if overhead >= 0 else call_overhead(request.shard, request.method))
+
+
+def _size(call: Outbound) -> int:
+    """``request_size`` of a call from its fields alone (the group's own requests travel under
+    a legacy name, P2P, but count as nameless)."""
+    method = "" if not call[4] and call[3] in LEGACY_KINDS else call[3]
+    return _codec.call_size(method, call[5]) + len(call[2][0]) + 48
+
+
+def calls_frame(calls: list[Outbound], max_frame: int = DEFAULT_MAX_PAYLOAD, size: int = -1) -> bytes:
     """Frames carrying ``calls``, as few as the contact's frame limit allows (one message
     each, whatever the number of calls in it): the bytes ``wire.messages.encode`` makes of a
-    ``Call`` (alone) or a ``CallBatch``."""
+    ``Call`` (alone) or a ``CallBatch``. ``size``: the calls' ``request_size`` summed, if known
+    (then, in the common case of one frame, no call is sized again)."""
     budget = max(1, max_frame - 4096)
-    total = 0
-    for _, need in calls:
-        total += need
-    if total <= budget:  # the common case: one frame
-        return _one_frame([fields for fields, _ in calls])
+    if size < 0:
+        size = sum(map(_size, calls))
+    if size <= budget:  # the common case: one frame
+        return _one_frame(calls)
     out: list[bytes] = []
-    batch: list[list[Any]] = []
+    batch: list[Outbound] = []
     size = 0
-    for fields, need in calls:
+    for call in calls:
+        need = _size(call)
         if batch and size + need > budget:
             out.append(_one_frame(batch))
             batch, size = [], 0
-        batch.append(fields)
+        batch.append(call)
         size += need
     if batch:
         out.append(_one_frame(batch))
     return b"".join(out)
 
 
-def _one_frame(calls: list[list[Any]]) -> bytes:
+def _one_frame(calls: list[Outbound]) -> bytes:
     body = [TAG_CALL, *calls[0]] if len(calls) == 1 else [TAG_CALL_BATCH, calls]
     return frame(AppMessage(packb(body)))
 
 
-def encode_output(output: tuple[list[bytes], list[Outbound], int]) -> bytes:
+Output = tuple[list[bytes], list[Outbound], int, int]
+"""What ``ClientSession.output`` hands its driver to encode: frames of its own, calls, the
+contact's frame limit and the calls' size (``calls_frame``)."""
+
+
+def encode_output(output: Output) -> bytes:
     """The bytes of ``ClientSession.output``: its frames of its own, then its calls'."""
-    control, calls, max_frame = output
+    control, calls, max_frame, size = output
     data = b"".join(control) if control else b""
-    return data + calls_frame(calls, max_frame) if calls else data
+    return data + calls_frame(calls, max_frame, size) if calls else data

@@ -26,18 +26,15 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator
+from typing import AbstractSet, Any, Callable, Iterable, Iterator
 
 from derecho_actors.caller.divergence import answers_or_raise, call_timeout, check_divergence
 from derecho_actors.caller.persisted import wait_persisted
+from derecho_actors.caller.sharing import SHAREABLE, replica_set
 from derecho_actors.wire.codec import decode_error
 from runtime.errors import NotPersistent, ReplicaLost
 
 log = logging.getLogger("derecho.results")
-
-SHAREABLE = frozenset({int, float, bool, str, bytes, type(None), complex})
-"""Types of a decoded answer that replicas agreeing on it may share as one object (nothing in
-them can change); any other is decoded once per replica, as if each had sent its own."""
 
 
 class QueryResults:
@@ -62,6 +59,7 @@ class QueryResults:
         persist_query: Callable[[int, int], QueryResults] | None = None,
         call_id: int | None = None,
         call_word: str = "call",
+        lock: threading.Lock | None = None,
     ) -> None:
         """Made by the caller implementation: ``decode`` turns one encoded answer into a value;
         ``ordered`` False for a P2P call (it changes nothing: losing its replica means "not
@@ -69,19 +67,20 @@ class QueryResults:
         no comparison); ``why_waiting()``: what may hold the call up, for a CallTimeout's
         message; ``persist_query(version, replica)``: the query ``persisted`` sends;
         ``call_id``: the caller's number for it, named in messages after ``description`` as
-        ``call_word`` (a client's "client call 12", a member's "call 12")."""
+        ``call_word`` (a client's "client call 12", a member's "call 12"); ``lock``: shared with
+        the caller's other results (no method holds it calling another's): one object less per call."""
         self._what = description
         self._call_id = call_id
         self._call_word = call_word
         self._decode = decode
         # A plain lock guards the state; a Condition on it is made only if someone has to wait
         # (most calls are answered before anyone looks: no Condition, no notify).
-        self._lock = threading.Lock()
+        self._lock = lock or threading.Lock()
         self._cond: threading.Condition | None = None
-        self._expected: set[int] | None = None
+        self._expected: AbstractSet[int] | None = None
         self._values: dict[int, Any] = {}
         self._errors: dict[int, BaseException] = {}
-        self._order: list[int] = []
+        self._order: tuple[int, ...] = ()  # who answered, in order (a tuple: nothing made per call)
         self._gone: dict[int, tuple[str, int | None]] = {}  # nodes known to have left: why, and in which view
         self._finished = False
         self._future: Future[None] | None = None  # made only if someone awaits
@@ -123,7 +122,7 @@ class QueryResults:
             if node in expected and node not in self._values and node not in self._errors:
                 if vid is None or left_in is None or vid < left_in:
                     self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
-                    self._order.append(node)
+                    self._order += (node,)
 
     def add_reply(
         self, node: int, replicas: tuple[int, ...], ok: bool, value: bytes, version: int = -1, vid: int | None = None
@@ -179,7 +178,8 @@ class QueryResults:
             values = dict.fromkeys(nodes, value)
             if self._expected is not None or self._order or self._gone or len(values) != len(nodes):
                 return False
-            self._values, self._order, self._expected = values, list(nodes), set(nodes)
+            self._values, self._expected = values, replica_set(nodes)
+            self._order = nodes
             self._versions.update(values.fromkeys(nodes, version) if version >= 0 else ())
             self._first = (True, raw) if self._compare is not None else None
             self._maybe_done()
@@ -216,7 +216,7 @@ class QueryResults:
                         self._first = (ok, value)
                     elif held[1] != value or held[0] != ok:
                         self._differ = True
-                self._order.append(node)
+                self._order += (node,)
             if self._expected is None:
                 self._set_expected(replicas, vid)
             self._maybe_done()
@@ -230,7 +230,7 @@ class QueryResults:
                 self._gone[node] = (why, vid)
                 if node in (self._expected or ()) and node not in self._values and node not in self._errors:
                     self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
-                    self._order.append(node)
+                    self._order += (node,)
             self._maybe_done()
 
     def sending_again(self) -> None:
@@ -241,7 +241,7 @@ class QueryResults:
                 self._expected = None  # nodes known gone stay gone: a late reply may name them
                 self._values.clear()
                 self._errors.clear()
-                self._order.clear()
+                self._order = ()
                 self._first, self._differ = None, False
 
     def fail(self, exc: BaseException) -> None:
@@ -253,7 +253,7 @@ class QueryResults:
                 self._errors[-1] = exc
             for node in self._expected - set(self._values) - set(self._errors):
                 self._errors[node] = exc
-                self._order.append(node)
+                self._order += (node,)
             self._maybe_done()
 
     def _maybe_done(self) -> None:

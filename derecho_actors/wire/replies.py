@@ -153,7 +153,8 @@ def decode_answer_batch(vid: object, replicas: tuple[int, ...], entries: object)
             or type(answered) is not list
         ):
             raise WireError(f"malformed AnswerBatch entry {describe(e)}")
-        out.append((call_id, ok, value, version, tuple(nat(n, "AnswerBatch.answered[]") for n in answered)))
+        # Most name no one (every replica answered alike): no generator and tuple each.
+        out.append((call_id, ok, value, version, node_ids(answered, "AnswerBatch.answered") if answered else ()))
     return AnswerBatch(nat(vid, "AnswerBatch.vid"), replicas, tuple(out))
 
 

@@ -18,6 +18,7 @@ from derecho_actors.caller.calls import (
     outbound,
     persist_request,
     poll_request,
+    request_size,
 )
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.wire import codec as _codec
@@ -74,9 +75,10 @@ def test_call_frames_are_the_encoders_bytes(max_frame: int) -> None:
     reqs = requests() * 3
     calls = [as_call(r, i + 1, 1 + i // 2) for i, r in enumerate(reqs)]
     mine = [outbound(r, i + 1, 1 + i // 2) for i, r in enumerate(reqs)]
-    assert calls_frame(mine, max_frame) == encoded(calls, max_frame)
-    for one, call in zip(mine, calls):  # each alone: a Call, not a batch of one
-        assert calls_frame([one], max_frame) == encoded([call], max_frame)
+    size = sum(request_size(r) for r in reqs)  # as the session sums them
+    assert calls_frame(mine, max_frame, size) == calls_frame(mine, max_frame) == encoded(calls, max_frame)
+    for one, call, r in zip(mine, calls, reqs):  # each alone: a Call, not a batch of one
+        assert calls_frame([one], max_frame, request_size(r)) == encoded([call], max_frame)
 
 
 def test_prepared_requests_match_method_request() -> None:
@@ -84,6 +86,7 @@ def test_prepared_requests_match_method_request() -> None:
     plain = method_request(SPEC, SHARD, "put", ("k", b"v"), {"n": 2}, None, None, 1 << 20)
     assert prepared[:7] == plain[:7] and prepared.compare == plain.compare == "raise"
     assert outbound(prepared, 5, 1) == outbound(plain, 5, 1)
+    assert request_size(prepared) == request_size(plain)
 
 
 def test_args_encoder_is_encode_args() -> None:
