@@ -11,11 +11,10 @@ contact), and members that left.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     from derecho_actors.caller.results import QueryResults
-    from derecho_actors.wire.replies import MergedEntry
 
 
 @dataclass(slots=True)
@@ -32,14 +31,14 @@ class ReplicaAnswers:
 @dataclass(slots=True)
 class MergedAnswers:
     """Answers every replica in ``answered`` gave alike (``()``: all of ``replicas``), as the
-    contact's ``AnswerBatch`` had them, ``(call id, ok, value, version, answered)`` each, and
-    the results each feeds (None: a call not waiting, answered already). Two lists side by side,
-    no tuple per answer: hundreds come per frame, and every object made counts towards the
-    garbage collector's next pass."""
+    contact's ``AnswerBatch`` had them, ``[call id, ok, value, version, answered]`` each
+    (``wire.replies.answer_rows``), and the results each feeds (None: a call not waiting,
+    answered already). Two lists side by side, no tuple per answer: hundreds come per frame,
+    and every object made counts towards the garbage collector's next pass."""
 
     replicas: tuple[int, ...]
     vid: int
-    entries: tuple[MergedEntry, ...]
+    entries: list[list[Any]]
     results: list[QueryResults | None]
 
 

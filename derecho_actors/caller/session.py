@@ -42,6 +42,7 @@ from derecho_actors.caller.calls import (
 from derecho_actors.caller.results import QueryResults
 from derecho_actors.caller.session_events import Dial, Disconnect, Phase, Step, Stop, Wait, backoff
 from derecho_actors.wire.messages import AnswerBatch, Features, Reply, ReplyBatch, ViewNotice, decode, encode
+from derecho_actors.wire.replies import client_answers
 from runtime.errors import GroupClosed, Refused, WireError
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.control import PROTOCOL_VERSION, AppMessage, Goodbye, GoodbyeKind, Hello, Ping, Welcome
@@ -348,16 +349,17 @@ class ClientSession:
 
     def _on_message(self, data: bytes) -> None:
         try:
-            msg = decode(data)
+            rows = client_answers(data)  # most of what comes, read apart: no tuple per answer
+            msg = decode(data) if rows is None else None
         except WireError as exc:
             log.warning("dropped a bad message from the contact: %s", exc)
             return
         t = type(msg)
-        if t is AnswerBatch:
-            merged: AnswerBatch = msg  # type: ignore[assignment]
-            pending = self.pending
-            found = [pending.get(e[0]) for e in merged.entries]
-            self._answers.append(MergedAnswers(merged.replicas, merged.vid, merged.entries, found))
+        if t is AnswerBatch:  # not read apart (an encoder other than the contact's own)
+            rows = (msg.vid, msg.replicas, [list(e) for e in msg.entries])  # type: ignore[union-attr]
+        if rows is not None:
+            pending, entries = self.pending, rows[2]
+            self._answers.append(MergedAnswers(rows[1], rows[0], entries, [pending.get(e[0]) for e in entries]))
         elif t is ReplyBatch:
             batch: ReplyBatch = msg  # type: ignore[assignment]
             self._match(batch.node, batch.replicas, batch.vid, batch.entries)
@@ -371,8 +373,7 @@ class ClientSession:
             notice: ViewNotice = msg  # type: ignore[assignment]
             self._unavailable = notice.unavailable
             if notice.departed:  # replicas among them will not answer
-                calls = list(self.pending.items())
-                why = f"left the group in view {notice.vid}"
+                why, calls = f"left the group in view {notice.vid}", list(self.pending.items())
                 self._answers.append(Departed(set(notice.departed), why, notice.vid, calls))
 
     def _match(self, node: int, replicas: tuple[int, ...], vid: int, entries: Any) -> None:
@@ -385,8 +386,7 @@ class ClientSession:
 
     def answers(self) -> Answers | None:
         """What the contact answered since the last time, matched to the results it feeds:
-        ``deliver`` it (any thread, no lock needed), then pass what that returns to
-        ``answered``."""
+        ``deliver`` it (any thread, no lock needed), then pass what that returns to ``answered``."""
         if not self._answers:
             return None
         items, self._answers = self._answers, []

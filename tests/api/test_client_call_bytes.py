@@ -1,7 +1,8 @@
 """A client's calls leave in the very bytes the wire messages' own encoder makes of them
 (``wire.messages.encode`` of a ``Call`` or ``CallBatch``): the client builds their fields once
 per call, on a path of its own (``caller.calls.outbound``), and a contact of the same release
-decodes them. Checked here against the encoder, frame by frame."""
+decodes them. Checked here against the encoder, frame by frame. Likewise the answers it reads
+on a path of its own (``wire.replies.client_answers``): what the messages' decoder reads."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from derecho_actors.caller.calls import (
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.events import PollArgs
-from derecho_actors.wire.messages import Call, CallBatch, encode
+from derecho_actors.wire.messages import AnswerBatch, Call, CallBatch, Features, decode, encode
+from derecho_actors.wire.replies import client_answers
 from runtime.core.layout import ShardId
-from runtime.errors import SerializationError
+from runtime.errors import SerializationError, WireError
 from runtime.wire.codec import frame
 from runtime.wire.control import AppMessage
 
@@ -99,3 +101,18 @@ def test_args_encoder_is_encode_args() -> None:
     assert encode_args((1,), {}) == _codec.encode_args((1,), {}, "msgpack")  # the packer recovered
     pickled = args_encoder("cloudpickle")
     assert pickled((1,), {}) == _codec.encode_args((1,), {}, "cloudpickle")
+
+
+def test_answers_read_apart_are_what_the_decoder_reads() -> None:
+    batch = AnswerBatch(4, (1, 2, 3), ((7, True, b"\x01", -1, ()), (8, False, b"e", 12, (1, 3))))
+    data = encode(batch)
+    rows = client_answers(data)
+    assert rows is not None and decode(data) == batch
+    vid, replicas, entries = rows
+    assert AnswerBatch(vid, replicas, tuple(map(tuple, entries))) == batch  # type: ignore[arg-type]
+    assert client_answers(encode(Features(merged_answers=True))) is None  # any other message: decode it
+    bad = encode(AnswerBatch(4, (1, 2, 3), ((7, True, b"", -1, ()),))).replace(b"\xc3", b"\x01")  # ok: 1
+    with pytest.raises(WireError) as decoded:
+        decode(bad)
+    with pytest.raises(WireError, match=str(decoded.value).replace("[", r"\[")):
+        client_answers(bad)
