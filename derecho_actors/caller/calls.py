@@ -5,6 +5,7 @@ again (``Floor``)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Container, NamedTuple
 
@@ -184,20 +185,30 @@ class Floor:
         return oldest
 
 
-Outbound = list[Any]
+Outbound = tuple[Any, ...]
 """A numbered call as it goes on the wire: its fields (``wire.calls.call_fields``), made once
-when the call is issued and sent as they are again after a failover."""
+when the call is issued and sent as they are again after a failover. A tuple, packed as the
+array a list is: holding nothing the garbage collector tracks, it is untracked at its first
+collection, not walked again and again while the call waits."""
 
 
 def outbound(request: Request, call_id: int, floor: int) -> Outbound:
     """Call ``call_id`` of a client's session (its oldest unanswered call ``floor``), made of
     ``request``. A user's method call is the ten fields ``call_fields`` gives a client's
     ``Call`` (no caller, no session: the contact fills those in; no owner; no kind), built
-    here without the ``Call``: one list per call instead of an object and a list."""
+    here without the ``Call``: one tuple per call instead of an object and a list."""
     c = request
     if c.kind is CallKind.METHOD:
-        return [call_id, 0, shard_to_wire(c.shard), c.method, c.ordered, c.args, 0, 0, floor, c.target]
-    return call_fields(Call(call_id, 0, c.shard, c.method, c.ordered, c.args, 0, 0, floor, c.target, 0, c.kind))
+        return (call_id, 0, _wire_shard(c.shard), c.method, c.ordered, c.args, 0, 0, floor, c.target)
+    return tuple(call_fields(Call(call_id, 0, c.shard, c.method, c.ordered, c.args, 0, 0, floor, c.target, 0, c.kind)))
+
+
+@functools.lru_cache(maxsize=256)
+def _wire_shard(shard: ShardId) -> tuple[Any, ...]:
+    """A shard as it goes in a call's fields: a plain tuple (packed as the ``ShardId`` is), one
+    per shard. The garbage collector stops tracking a plain tuple of plain values, never a
+    named tuple, nor so a call's fields holding one."""
+    return tuple(shard_to_wire(shard))
 
 
 def request_size(request: Request) -> int:
