@@ -257,7 +257,10 @@ class Client(AsyncLifecycle):
         if error is not None:
             raise error
         request = method_request(spec, shard, method, args, kwargs, node, read, self._session.max_message_size)
-        return self._dispatch(request, block, spec.persistent)
+        results = self._try_send(request, block)
+        if spec.persistent and results is not None and request.ordered:
+            self._persisted(request, results)
+        return results
 
     def prepare_method(
         self, spec: TypeSpec, shard: ShardId, method: str, block: bool = True
@@ -267,7 +270,7 @@ class Client(AsyncLifecycle):
         used, and a call then costs only what differs per call."""
         session = self._session
         make = method_requests(spec, shard, method)
-        dispatch = self._dispatch
+        send = self._try_send
         persistent = spec.persistent
 
         def issue(
@@ -278,17 +281,18 @@ class Client(AsyncLifecycle):
             error = session.error
             if error is not None:
                 raise error
-            return dispatch(make(args, kwargs, node, read, session.max_message_size), block, persistent)
+            request = make(args, kwargs, node, read, session.max_message_size)
+            results = send(request, block)
+            if persistent and results is not None and request.ordered:
+                self._persisted(request, results)
+            return results
 
         return issue
 
-    def _dispatch(self, request: Request, block: bool, persistent: bool) -> QueryResults | None:
-        """Send a call of the user's; an ordered call of a persistent type can then be asked
-        whether it is on disk (``QueryResults.persisted``)."""
-        results = self._try_send(request, block)
-        if results is not None and persistent and request.ordered:
-            results.set_persist_query(lambda version, replica: self._send(persist_request(request, version, replica)))
-        return results
+    def _persisted(self, request: Request, results: QueryResults) -> None:
+        """An ordered call of a persistent type can be asked whether it is on disk
+        (``QueryResults.persisted``)."""
+        results.set_persist_query(lambda version, replica: self._send(persist_request(request, version, replica)))
 
     def _send(self, request: Request) -> QueryResults:
         results = self._try_send(request, True)
