@@ -11,7 +11,7 @@ contact), and members that left.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     from derecho_actors.caller.results import QueryResults
@@ -30,12 +30,16 @@ class ReplicaAnswers:
 
 @dataclass(slots=True)
 class MergedAnswers:
-    """Answers every replica in ``answered`` gave alike (``()``: all of ``replicas``):
-    ``(call id, results, ok, value, version, answered)`` each."""
+    """Answers every replica in ``answered`` gave alike (``()``: all of ``replicas``), as the
+    contact's ``AnswerBatch`` had them, ``[call id, ok, value, version, answered]`` each
+    (``wire.replies.answer_rows``), and the results each feeds (None: a call not waiting,
+    answered already). Two lists side by side, no tuple per answer: hundreds come per frame,
+    and every object made counts towards the garbage collector's next pass."""
 
     replicas: tuple[int, ...]
     vid: int
-    matched: list[tuple[int, QueryResults, bool, bytes, int, tuple[int, ...]]]
+    entries: list[list[Any]]
+    results: list[QueryResults | None]
 
 
 @dataclass(slots=True)
@@ -70,8 +74,10 @@ class Answers:
             if t is MergedAnswers:
                 merged: MergedAnswers = item  # type: ignore[assignment]
                 replicas, vid = merged.replicas, merged.vid
-                for call_id, results, ok, value, version, answered in merged.matched:
-                    if results.add_agreed(answered or replicas, replicas, ok, value, version, vid):
+                for (call_id, ok, value, version, answered), results in zip(merged.entries, merged.results):
+                    if results is not None and results.add_agreed(
+                        answered or replicas, replicas, ok, value, version, vid
+                    ):
                         done.append(call_id)
             elif t is ReplicaAnswers:
                 one: ReplicaAnswers = item  # type: ignore[assignment]

@@ -22,15 +22,23 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from derecho_actors.caller.aio import AsyncLifecycle
-from derecho_actors.caller.calls import Request, method_request, persist_request, poll_request, refuse_nested
+from derecho_actors.caller.calls import (
+    Request,
+    method_request,
+    method_requests,
+    persist_request,
+    poll_request,
+    refuse_nested,
+)
 from derecho_actors.caller.handles import Handle, spec_checked
 from derecho_actors.caller.results import QueryResults
 from derecho_actors.caller.session import ClientSession, Dial, Stop, Wait
 from derecho_actors.caller.socket_loop import SocketLoop
 from derecho_actors.caller.watch import Watch
+from derecho_actors.model.context import in_handler
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.model.reads import ReadOptions
 from derecho_actors.wire.events import PollArgs, WatchEvent
@@ -243,15 +251,48 @@ class Client(AsyncLifecycle):
         read: ReadOptions | None,
         block: bool,
     ) -> QueryResults | None:
-        refuse_nested(spec, method, "through a Client")
+        if in_handler():
+            refuse_nested(spec, method, "through a Client")
         error = self._session.error
         if error is not None:
             raise error
         request = method_request(spec, shard, method, args, kwargs, node, read, self._session.max_message_size)
         results = self._try_send(request, block)
-        if results is not None and request.ordered and spec.persistent:
-            results.set_persist_query(lambda version, replica: self._send(persist_request(request, version, replica)))
+        if spec.persistent and results is not None and request.ordered:
+            self._persisted(request, results)
         return results
+
+    def prepare_method(
+        self, spec: TypeSpec, shard: ShardId, method: str, block: bool = True
+    ) -> Callable[[tuple[Any, ...], dict[str, Any], int | None, ReadOptions | None], QueryResults | None]:
+        """``call`` (``try_call`` if not ``block``) of one method of one shard, with what is
+        the same for every call worked out once: a handle prepares its method when first
+        used, and a call then costs only what differs per call."""
+        session = self._session
+        make = method_requests(spec, shard, method)
+        send = self._try_send
+        persistent = spec.persistent
+
+        def issue(
+            args: tuple[Any, ...], kwargs: dict[str, Any], node: int | None, read: ReadOptions | None
+        ) -> QueryResults | None:
+            if in_handler():
+                refuse_nested(spec, method, "through a Client")
+            error = session.error
+            if error is not None:
+                raise error
+            request = make(args, kwargs, node, read, session.max_message_size)
+            results = send(request, block)
+            if persistent and results is not None and request.ordered:
+                self._persisted(request, results)
+            return results
+
+        return issue
+
+    def _persisted(self, request: Request, results: QueryResults) -> None:
+        """An ordered call of a persistent type can be asked whether it is on disk
+        (``QueryResults.persisted``)."""
+        results.set_persist_query(lambda version, replica: self._send(persist_request(request, version, replica)))
 
     def _send(self, request: Request) -> QueryResults:
         results = self._try_send(request, True)
@@ -261,22 +302,27 @@ class Client(AsyncLifecycle):
     def _try_send(self, request: Request, block: bool) -> QueryResults | None:
         session = self._session
         with self._lock:
-            if not block and session.in_flight >= self.max_outstanding:
-                return None
-            while session.in_flight >= self.max_outstanding and session.error is None:
-                self._blocked += 1
-                try:
-                    self._room.wait(0.5)
-                finally:
-                    self._blocked -= 1
-            idle = not session.has_output()
-            quiet = idle and not session.in_flight  # nothing on its way either: a call made alone
+            if len(session.pending) >= self.max_outstanding:
+                if not block:
+                    return None
+                while session.in_flight >= self.max_outstanding and session.error is None:
+                    self._blocked += 1
+                    try:
+                        self._room.wait(0.5)
+                    finally:
+                        self._blocked -= 1
+            if session.has_output():  # the socket thread was woken for what is queued: it takes this too
+                return session.call(request)
+            quiet = not session.pending  # nothing on its way either: a call made alone
             results = session.call(request)
-            now = quiet and session.has_output()
-            if idle and not now and session.has_output():
+            if not session.has_output():  # not connected: sent once connected
+                return results
+            if not quiet:
                 self._loop.wake_locked()  # the first call of the socket thread's next turn
-        if now:  # written from this thread, sparing the socket thread's wake-up (socket_loop)
-            self._loop.send_now()
+                return results
+        # A call made alone is written from this thread, sparing the socket thread's wake-up
+        # (socket_loop).
+        self._loop.send_now()
         return results
 
     # ---------------------------------------------------------------- the socket thread

@@ -1,5 +1,6 @@
 """What a call's answers come to: whether the replicas' answers to one ordered call differ,
-and how to say so; and which answers ``QueryResults.get`` returns or raises.
+and how to say so; which answers ``QueryResults.get`` returns or raises; and the timeout of
+a call still waiting for some.
 
 Every replica runs an ordered call, so their answers must agree. ``QueryResults`` compares the
 encoded answers as they arrive (one bytes comparison each); only when some bytes differ does it
@@ -9,10 +10,10 @@ or a set's iteration order is no divergence) and grouped for the message.
 
 from __future__ import annotations
 
-from typing import Any, Container, Sequence
+from typing import Any, Callable, Container, Sequence
 
 from derecho_actors.wire.digest import canonical
-from runtime.errors import DivergenceError, RemoteError, ReplicaLost
+from runtime.errors import CallTimeout, DivergenceError, RemoteError, ReplicaLost
 
 
 def divergence(description: str, out: dict[int, Any]) -> tuple[str, tuple[tuple[tuple[int, ...], Any], ...]] | None:
@@ -111,3 +112,24 @@ def check_divergence(description: str, out: dict[int, Any], compare: str | None)
     if compare == "raise":
         raise DivergenceError(*message)
     return message[0]
+
+
+def call_timeout(
+    description: str,
+    timeout: float | None,
+    pending: tuple[int, ...] | None,
+    why_waiting: Callable[[], str | None] | None,
+) -> CallTimeout:
+    """The error of a call still waiting after ``timeout`` seconds for the replicas
+    ``pending`` (None: not delivered yet, the replicas are not known), with what is known to
+    hold it up (``why_waiting()``, a hint: it never hides the timeout itself)."""
+    why = None
+    if why_waiting is not None:
+        try:
+            why = why_waiting()
+        except Exception:
+            why = None
+    waiting = list(pending) if pending is not None else "any replica (not delivered yet)"
+    return CallTimeout(
+        f"{description}: no reply within {timeout} s from {waiting}" + (f"; {why}" if why else ""), pending or ()
+    )

@@ -81,7 +81,7 @@ class Handle:
         client's window (``max_outstanding``) is an ``await``, never a blocked loop."""
         caller = self._caller
         if isinstance(caller, WindowedCaller):
-            return AsyncHandle(lambda method: self._method(method, caller.try_call), caller.wait_for_room)
+            return AsyncHandle(lambda method: self._method(method, block=False), caller.wait_for_room)
         return AsyncHandle(self._method, None)
 
     def __getattr__(self, method: str) -> Callable[..., QueryResults]:
@@ -93,11 +93,19 @@ class Handle:
         self.__dict__[method] = fn
         return fn
 
-    def _method(self, method: str, issue: Callable[..., QueryResults | None] | None = None) -> Callable[..., Any]:
-        """``handle.<method>``, issued through ``issue`` (default: the caller's ``call``)."""
-        spec, shard = self._spec, self.shard
-        send = issue if issue is not None else self._caller.call
-        return method_caller(spec, method, lambda m, kind, a, kw, node, read: send(spec, shard, m, a, kw, node, read))
+    def _method(self, method: str, block: bool = True) -> Callable[..., Any]:
+        """``handle.<method>``, issued through the caller's ``call`` (``try_call`` if not
+        ``block``: only a ``WindowedCaller`` is asked). A caller with a ``prepare_method``
+        (a ``Client``) works out once what is the same for every call of the method."""
+        spec, shard, caller = self._spec, self.shard, self._caller
+        invoke: Callable[[tuple[Any, ...], dict[str, Any], int | None, ReadOptions | None], Any]
+        prepare = getattr(caller, "prepare_method", None)
+        if prepare is not None:
+            invoke = prepare(spec, shard, method, block)
+        else:
+            send = caller.call if block else caller.try_call  # type: ignore[attr-defined]
+            invoke = lambda a, kw, node, read: send(spec, shard, method, a, kw, node, read)  # noqa: E731
+        return method_caller(spec, method, invoke)
 
     def __repr__(self) -> str:
         return f"<Handle {self.shard}>"

@@ -26,18 +26,15 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator
+from typing import AbstractSet, Any, Callable, Iterable, Iterator
 
-from derecho_actors.caller.divergence import answers_or_raise, check_divergence
+from derecho_actors.caller.divergence import answers_or_raise, call_timeout, check_divergence
 from derecho_actors.caller.persisted import wait_persisted
+from derecho_actors.caller.sharing import SHAREABLE, replica_set
 from derecho_actors.wire.codec import decode_error
-from runtime.errors import CallTimeout, NotPersistent, ReplicaLost
+from runtime.errors import NotPersistent, ReplicaLost
 
 log = logging.getLogger("derecho.results")
-
-SHAREABLE = frozenset({int, float, bool, str, bytes, type(None), complex})
-"""Types of a decoded answer that replicas agreeing on it may share as one object (nothing in
-them can change); any other is decoded once per replica, as if each had sent its own."""
 
 
 class QueryResults:
@@ -62,6 +59,7 @@ class QueryResults:
         persist_query: Callable[[int, int], QueryResults] | None = None,
         call_id: int | None = None,
         call_word: str = "call",
+        lock: threading.Lock | None = None,
     ) -> None:
         """Made by the caller implementation: ``decode`` turns one encoded answer into a value;
         ``ordered`` False for a P2P call (it changes nothing: losing its replica means "not
@@ -69,19 +67,20 @@ class QueryResults:
         no comparison); ``why_waiting()``: what may hold the call up, for a CallTimeout's
         message; ``persist_query(version, replica)``: the query ``persisted`` sends;
         ``call_id``: the caller's number for it, named in messages after ``description`` as
-        ``call_word`` (a client's "client call 12", a member's "call 12")."""
+        ``call_word`` (a client's "client call 12", a member's "call 12"); ``lock``: shared with
+        the caller's other results (no method holds it calling another's): one object less per call."""
         self._what = description
         self._call_id = call_id
         self._call_word = call_word
         self._decode = decode
         # A plain lock guards the state; a Condition on it is made only if someone has to wait
         # (most calls are answered before anyone looks: no Condition, no notify).
-        self._lock = threading.Lock()
+        self._lock = lock or threading.Lock()
         self._cond: threading.Condition | None = None
-        self._expected: set[int] | None = None
+        self._expected: AbstractSet[int] | None = None
         self._values: dict[int, Any] = {}
         self._errors: dict[int, BaseException] = {}
-        self._order: list[int] = []
+        self._order: tuple[int, ...] = ()  # who answered, in order (a tuple: nothing made per call)
         self._gone: dict[int, tuple[str, int | None]] = {}  # nodes known to have left: why, and in which view
         self._finished = False
         self._future: Future[None] | None = None  # made only if someone awaits
@@ -123,7 +122,7 @@ class QueryResults:
             if node in expected and node not in self._values and node not in self._errors:
                 if vid is None or left_in is None or vid < left_in:
                     self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
-                    self._order.append(node)
+                    self._order += (node,)
 
     def add_reply(
         self, node: int, replicas: tuple[int, ...], ok: bool, value: bytes, version: int = -1, vid: int | None = None
@@ -158,15 +157,33 @@ class QueryResults:
         if ok:
             try:
                 first = self._decode(value)
-                if type(first) in SHAREABLE:
-                    results = [(True, first)] * len(nodes)
-                else:
-                    results = [(True, first)] + [(True, self._decode(value)) for _ in nodes[1:]]
             except Exception as exc:  # a result this side cannot decode is each replica's error
                 results = [(False, exc)] * len(nodes)
+            else:
+                if type(first) not in SHAREABLE:
+                    results = [(True, first)] + [(True, self._decode(value)) for _ in nodes[1:]]
+                elif nodes == replicas and self._all_answered(nodes, first, value, version):
+                    return True
+                else:
+                    results = [(True, first)] * len(nodes)
         else:
             results = [(False, decode_error(value, node)) for node in nodes]
         return self._record(nodes, results, replicas, ok, value, version, vid)
+
+    def _all_answered(self, nodes: tuple[int, ...], value: Any, raw: bytes, version: int) -> bool:
+        """``add_agreed``'s common case, a client's every call: the first news of the call is one
+        answer from every replica, recorded wholesale (~3x cheaper than node by node); False,
+        recording nothing, if answers came before, a node is known gone, or one is named twice."""
+        with self._lock:
+            values = dict.fromkeys(nodes, value)
+            if self._expected is not None or self._order or self._gone or len(values) != len(nodes):
+                return False
+            self._values, self._expected = values, replica_set(nodes)
+            self._order = nodes
+            self._versions.update(values.fromkeys(nodes, version) if version >= 0 else ())
+            self._first = (True, raw) if self._compare is not None else None
+            self._maybe_done()
+            return True
 
     def _record(
         self,
@@ -199,7 +216,7 @@ class QueryResults:
                         self._first = (ok, value)
                     elif held[1] != value or held[0] != ok:
                         self._differ = True
-                self._order.append(node)
+                self._order += (node,)
             if self._expected is None:
                 self._set_expected(replicas, vid)
             self._maybe_done()
@@ -213,7 +230,7 @@ class QueryResults:
                 self._gone[node] = (why, vid)
                 if node in (self._expected or ()) and node not in self._values and node not in self._errors:
                     self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
-                    self._order.append(node)
+                    self._order += (node,)
             self._maybe_done()
 
     def sending_again(self) -> None:
@@ -224,7 +241,7 @@ class QueryResults:
                 self._expected = None  # nodes known gone stay gone: a late reply may name them
                 self._values.clear()
                 self._errors.clear()
-                self._order.clear()
+                self._order = ()
                 self._first, self._differ = None, False
 
     def fail(self, exc: BaseException) -> None:
@@ -236,19 +253,16 @@ class QueryResults:
                 self._errors[-1] = exc
             for node in self._expected - set(self._values) - set(self._errors):
                 self._errors[node] = exc
-                self._order.append(node)
+                self._order += (node,)
             self._maybe_done()
 
     def _maybe_done(self) -> None:
         """Under ``_lock``: wake waiters; mark done once every expected replica answered."""
         if self._cond is not None:
             self._cond.notify_all()
-        if (
-            not self._finished
-            and self._expected is not None
-            and len(self._values) + len(self._errors) >= len(self._expected)
-        ):
-            if self._expected <= self._values.keys() | self._errors.keys():
+        expected = self._expected
+        if not self._finished and expected is not None and len(self._values) + len(self._errors) >= len(expected):
+            if expected <= self._values.keys() | self._errors.keys():
                 self._finished = True
                 if self._future is not None and not self._future.done():
                     self._future.set_result(None)
@@ -281,18 +295,8 @@ class QueryResults:
         remote errors. Raises ``CallTimeout`` naming the nodes still pending."""
         finished = self._finished or self._wait_for(lambda: self._finished, timeout)
         if not finished:
-            why = None
-            if self._why_waiting is not None:
-                try:
-                    why = self._why_waiting()
-                except Exception:  # a hint must never hide the timeout itself
-                    why = None
-            raise CallTimeout(
-                f"{self.description}: no reply within {timeout} s from "
-                f"{list(self.pending) if self._expected is not None else 'any replica (not delivered yet)'}"
-                + (f"; {why}" if why else ""),
-                self.pending,
-            ) from None
+            pending = self.pending if self._expected is not None else None
+            raise call_timeout(self.description, timeout, pending, self._why_waiting) from None
         with self._lock:
             out: dict[int, Any] = dict(self._values)
             out.update({n: e for n, e in self._errors.items() if n >= 0})

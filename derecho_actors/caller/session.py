@@ -24,28 +24,32 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import threading
 from typing import Any, Sequence
 
 from derecho_actors.caller.answers import Answer, Answers, Departed, MergedAnswers, ReplicaAnswers
-from derecho_actors.caller.calls import DEFAULT_MAX_PAYLOAD, Floor, Request, calls_frame, encode_output
+from derecho_actors.caller.calls import (
+    DEFAULT_MAX_PAYLOAD,
+    Floor,
+    Outbound,
+    Output,
+    Request,
+    calls_frame,
+    encode_output,
+    outbound,
+    request_size,
+)
 from derecho_actors.caller.results import QueryResults
-from derecho_actors.caller.session_events import Dial, Disconnect, Phase, Step, Stop, Wait
-from derecho_actors.wire.messages import AnswerBatch, Call, Features, Reply, ReplyBatch, ViewNotice, decode, encode
+from derecho_actors.caller.session_events import Dial, Disconnect, Phase, Step, Stop, Wait, backoff
+from derecho_actors.wire.messages import AnswerBatch, Features, Reply, ReplyBatch, ViewNotice, decode, encode
+from derecho_actors.wire.replies import client_answers
 from runtime.errors import GroupClosed, Refused, WireError
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.control import PROTOCOL_VERSION, AppMessage, Goodbye, GoodbyeKind, Hello, Ping, Welcome
 
 log = logging.getLogger("derecho.client")
 
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 2.0
 IDLE_PING = 10.0  # seconds between pings while no call waits, until a Welcome says otherwise
-
-
-def backoff(round_: int, rng: random.Random) -> float:
-    """Seconds to wait after ``round_`` failed rounds over every contact: exponential, capped,
-    with jitter so many clients do not reconnect in step."""
-    return min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(round_, 16))) * rng.uniform(0.5, 1.5)
 
 
 class ClientSession:
@@ -80,10 +84,15 @@ class ClientSession:
         self.phase = Phase.DISCONNECTED
         self.error: Exception | None = None  # why the session is closed
         self.refusal: Refused | None = None
-        self.pending: dict[int, tuple[QueryResults, Call]] = {}  # in call order
+        # Calls waiting for answers, in call order: results, and apart (no tuple each) wire fields.
+        self.pending: dict[int, QueryResults] = {}
+        self._wire: dict[int, Outbound] = {}
+        self._why_waiting = self.why_waiting  # one bound method and lock for every call, not one each
+        self._results_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._floor = Floor()
-        self._outbox: list[Call] = []
+        self._outbox: list[Outbound] = []
+        self._outbox_size = 0  # what the calls in the outbox take of a frame (calls_frame)
         self._answers: list[Answer] = []  # answers and departures received, for ``answers``
         self._control: list[bytes] = []  # frames of our own (pings)
         self._pings = itertools.count(1)
@@ -124,16 +133,17 @@ class ClientSession:
             call_word="client call",
             ordered=request.ordered,
             compare=request.compare,
-            why_waiting=self.why_waiting,
+            why_waiting=self._why_waiting,
+            lock=self._results_lock,
         )
         # The contact fills in the session (origin) from our authenticated identity, and
-        # answers on our connection (no caller id: a client is not a member).
-        floor = self._floor.advance(self.pending, call_id)
-        c = request
-        call = Call(call_id, 0, c.shard, c.method, c.ordered, c.args, 0, 0, floor, c.target, 0, c.kind)
-        self.pending[call_id] = (results, call)
+        # answers on our connection (no caller id: a client is not a member). Its wire fields
+        # are made once, here: a failover sends them again as they are.
+        call = self._wire[call_id] = outbound(request, call_id, self._floor.advance(self.pending, call_id))
+        self.pending[call_id] = results
         if self.phase is Phase.CONNECTED:
             self._outbox.append(call)
+            self._outbox_size += request_size(request)
         return results
 
     @property
@@ -149,11 +159,11 @@ class ClientSession:
         calls: in Python the cost is per call and per system call)."""
         return encode_output(self.output())
 
-    def output(self) -> tuple[list[bytes], list[Call], int]:
+    def output(self) -> Output:
         """``data_to_send`` still to encode (``encode_output``, on any thread: a driver with a
         lock encodes the calls outside it)."""
-        out = (self._control, self._outbox, self.max_frame)
-        self._control, self._outbox = [], []
+        out = (self._control, self._outbox, self.max_frame, self._outbox_size)
+        self._control, self._outbox, self._outbox_size = [], [], 0
         return out
 
     def why_waiting(self) -> str | None:
@@ -205,9 +215,9 @@ class ClientSession:
         self._heard = self._ticked = self._pinged = now
         self._answered, self._goodbye, self._unavailable, self.welcomed = False, "", "", False
         self._round_started = None
-        self._outbox, self._control = [], []
-        resend = [call for _, call in self.pending.values()]
-        for results, _ in self.pending.values():
+        self._outbox, self._control, self._outbox_size = [], [], 0
+        resend = list(self._wire.values())
+        for results in self.pending.values():
             results.sending_again()
         if self.connections > 1:
             self.resent += len(resend)
@@ -222,7 +232,7 @@ class ClientSession:
         if self.phase is not Phase.CONNECTED:
             return
         self.phase = Phase.DISCONNECTED
-        self._outbox, self._control = [], []
+        self._outbox, self._control, self._outbox_size = [], [], 0
         if why:
             log.info("connection to %s ended: %s", self._peer, why)
         if self._goodbye and not self._answered:
@@ -271,9 +281,9 @@ class ClientSession:
 
     def _close(self, error: Exception) -> None:
         self.phase, self.error = Phase.CLOSED, error
-        self._outbox, self._control = [], []
-        pending, self.pending = self.pending, {}
-        for results, _ in pending.values():
+        self._outbox, self._control, self._outbox_size = [], [], 0
+        pending, self.pending, self._wire = self.pending, {}, {}
+        for results in pending.values():
             results.fail(error)
 
     # ------------------------------------------------------------------ a connection
@@ -339,17 +349,17 @@ class ClientSession:
 
     def _on_message(self, data: bytes) -> None:
         try:
-            msg = decode(data)
+            rows = client_answers(data)  # most of what comes, read apart: no tuple per answer
+            msg = decode(data) if rows is None else None
         except WireError as exc:
             log.warning("dropped a bad message from the contact: %s", exc)
             return
         t = type(msg)
-        if t is AnswerBatch:
-            merged: AnswerBatch = msg  # type: ignore[assignment]
-            pending = self.pending
-            agreed = [(e[0], pending[e[0]][0], e[1], e[2], e[3], e[4]) for e in merged.entries if e[0] in pending]
-            if agreed:
-                self._answers.append(MergedAnswers(merged.replicas, merged.vid, agreed))
+        if t is AnswerBatch:  # not read apart (an encoder other than the contact's own)
+            rows = (msg.vid, msg.replicas, [list(e) for e in msg.entries])  # type: ignore[union-attr]
+        if rows is not None:
+            pending, entries = self.pending, rows[2]
+            self._answers.append(MergedAnswers(rows[1], rows[0], entries, [pending.get(e[0]) for e in entries]))
         elif t is ReplyBatch:
             batch: ReplyBatch = msg  # type: ignore[assignment]
             self._match(batch.node, batch.replicas, batch.vid, batch.entries)
@@ -363,22 +373,20 @@ class ClientSession:
             notice: ViewNotice = msg  # type: ignore[assignment]
             self._unavailable = notice.unavailable
             if notice.departed:  # replicas among them will not answer
-                calls = [(call_id, results) for call_id, (results, _) in self.pending.items()]
-                why = f"left the group in view {notice.vid}"
+                why, calls = f"left the group in view {notice.vid}", list(self.pending.items())
                 self._answers.append(Departed(set(notice.departed), why, notice.vid, calls))
 
     def _match(self, node: int, replicas: tuple[int, ...], vid: int, entries: Any) -> None:
         """One replica's answers (a refusal is one too: an error in its call's place), matched
         to the calls waiting for them; answers to calls not waiting (answered already) go."""
         pending = self.pending
-        matched = [(e[0], pending[e[0]][0], e[1], e[2], e[4]) for e in entries if e[0] in pending]
+        matched = [(e[0], pending[e[0]], e[1], e[2], e[4]) for e in entries if e[0] in pending]
         if matched:
             self._answers.append(ReplicaAnswers(node, replicas, vid, matched))
 
     def answers(self) -> Answers | None:
         """What the contact answered since the last time, matched to the results it feeds:
-        ``deliver`` it (any thread, no lock needed), then pass what that returns to
-        ``answered``."""
+        ``deliver`` it (any thread, no lock needed), then pass what that returns to ``answered``."""
         if not self._answers:
             return None
         items, self._answers = self._answers, []
@@ -386,6 +394,7 @@ class ClientSession:
 
     def answered(self, call_ids: list[int]) -> None:
         """These calls have every answer they wait for: forget them."""
-        pending = self.pending
+        pending, wire = self.pending, self._wire
         for call_id in call_ids:
             pending.pop(call_id, None)
+            wire.pop(call_id, None)

@@ -34,5 +34,9 @@ def emit(value: Any) -> None:
 
 
 def in_handler() -> bool:
-    """True on a replica's thread while it runs a user method (nested calls are refused)."""
-    return getattr(handler_context, "active", False)
+    """True on a replica's thread while it runs a user method (nested calls are refused).
+
+    Read through the thread's own ``__dict__``: ``getattr(handler_context, "active", False)``
+    raises and catches an ``AttributeError`` inside on every thread that never ran a method (a
+    client's, every call): ~0.45 µs against ~0.06 µs."""
+    return handler_context.__dict__.get("active", False)

@@ -209,8 +209,9 @@ def _check_parameters(cls_name: str, method: str, fn: Any) -> None:
 
 def method_caller(spec: TypeSpec, method: str, invoke: Callable[..., Any]) -> Callable[..., Any]:
     """What ``handle.<method>`` returns, for group and client handles alike:
-    ``invoke(method, kind, args, kwargs, node, read)`` after the checks every handle makes;
-    ``read`` is the call's ``ReadOptions`` (None for a plain call: nothing else to carry)."""
+    ``invoke(args, kwargs, node, read)`` after the checks every handle makes; ``read`` is the
+    call's ``ReadOptions`` (None for a plain call: nothing else to carry). ``invoke`` is made
+    for this one method (its name and kind are its own, not passed per call)."""
     from runtime.errors import UnknownMethod
 
     kind = spec.methods.get(method)
@@ -229,10 +230,9 @@ def method_caller(spec: TypeSpec, method: str, invoke: Callable[..., Any]) -> Ca
     ) -> Any:
         if node is not None and kind == ORDERED:
             raise UnknownMethod(f"{spec.name}.{method} is ordered: it runs on every replica, node= does not apply")
-        read = None
-        if consistency is not None or at_version is not None or at_time is not None:
-            read = read_options(spec, method, kind, consistency, at_version, at_time)
-        return invoke(method, kind, args, kwargs, node, read)
+        if consistency is None and at_version is None and at_time is None:
+            return invoke(args, kwargs, node, None)
+        return invoke(args, kwargs, node, read_options(spec, method, kind, consistency, at_version, at_time))
 
     call.__name__ = method
     return call

@@ -11,7 +11,7 @@ from typing import Any
 
 from derecho_actors.wire.codec import encode_error, encode_refusal
 from runtime.errors import DerechoError, WireError
-from runtime.wire.checks import describe, flag, nat, text
+from runtime.wire.checks import Decoders, decode_tagged, describe, flag, nat, text
 
 
 @dataclass(slots=True)
@@ -136,9 +136,16 @@ def answer_batch_fields(m: AnswerBatch) -> list[Any]:
 
 def decode_answer_batch(vid: object, replicas: tuple[int, ...], entries: object) -> AnswerBatch:
     """An ``AnswerBatch`` from its wire fields, every entry checked (``WireError`` otherwise)."""
+    rows = answer_rows(entries)
+    return AnswerBatch(nat(vid, "AnswerBatch.vid"), replicas, tuple(map(tuple, rows)))
+
+
+def answer_rows(entries: object) -> list[list[Any]]:
+    """``AnswerBatch.entries`` as they came off the wire, every entry checked (``WireError``
+    otherwise) and kept as the list msgpack made, ``[call_id, ok, value, version, answered]``,
+    ``answered`` made a tuple of node ids in place."""
     if type(entries) is not list:
         raise WireError(f"AnswerBatch.entries must be a list, got {describe(entries)}")
-    out: list[MergedEntry] = []
     for e in entries:
         if type(e) is not list or len(e) != 5:
             raise WireError(f"AnswerBatch entries are [call_id, ok, value, version, answered], got {describe(e)}")
@@ -153,8 +160,36 @@ def decode_answer_batch(vid: object, replicas: tuple[int, ...], entries: object)
             or type(answered) is not list
         ):
             raise WireError(f"malformed AnswerBatch entry {describe(e)}")
-        out.append((call_id, ok, value, version, tuple(nat(n, "AnswerBatch.answered[]") for n in answered)))
-    return AnswerBatch(nat(vid, "AnswerBatch.vid"), replicas, tuple(out))
+        # Most name no one (every replica answered alike): no generator and tuple each.
+        e[4] = node_ids(answered, "AnswerBatch.answered") if answered else ()
+    return entries
+
+
+AnswerRows = tuple[int, tuple[int, ...], list[list[Any]]]
+"""An ``AnswerBatch`` as its client reads it: ``vid``, ``replicas`` and ``answer_rows``."""
+
+_ANSWER_BATCH_HEAD = bytes((0x94, 11))  # msgpack's [11, vid, replicas, entries]: wire.messages.TAG_ANSWER_BATCH
+
+
+def _answer_fields(f: list[Any]) -> AnswerRows:
+    replicas = node_ids(f[2], "AnswerBatch.replicas")  # checked in the order decode_answer_batch checks
+    rows = answer_rows(f[3])
+    return nat(f[1], "AnswerBatch.vid"), replicas, rows
+
+
+_CLIENT_ANSWERS: Decoders = {11: ("AnswerBatch", 3, _answer_fields)}
+
+
+def client_answers(data: bytes) -> AnswerRows | None:
+    """An ``AnswerBatch`` as its client reads it, checked as ``wire.messages.decode`` checks
+    it (``WireError`` otherwise), or None for any other message (for ``decode``). Most of what
+    a client reads comes so, hundreds of answers a frame: as ``answer_rows``, not a tuple made
+    of each, which costs the making and, while the frame is read, as many objects more for the
+    garbage collector to count (its next pass comes sooner, and walks them)."""
+    if data[:2] != _ANSWER_BATCH_HEAD:
+        return None
+    rows: AnswerRows = decode_tagged(data, _CLIENT_ANSWERS, "message")
+    return rows
 
 
 def decode_features(merged_answers: object) -> Features:
