@@ -232,6 +232,29 @@ class SessionTable:
             self._own(s, origin, owner)
         if not s.start_ns:
             s.start_ns = session_ns
+        self.kept(s, call_id, reply, floor)
+
+    def live(self, origin: int, call_id: int, owner: int) -> Session | None:
+        """The common case, in one step: ``origin``'s session is here and live, ``call_id`` is
+        new to it and the session has nothing to learn from the call (it knows its owner, if the
+        call names one, and its start). Then :meth:`check` would say ``NEW`` and change nothing,
+        and :meth:`kept` is all :meth:`applied` would do: this returns the session for it.
+        None: anything else (call :meth:`check`, then :meth:`applied`)."""
+        s = self.sessions.get(origin)
+        if (
+            s is not None
+            and call_id > s.last
+            and s.seen_ns >= self.clock_ns - self.ttl_ns
+            and s.start_ns
+            and (s.owner or not owner)
+        ):
+            return s
+        return None
+
+    def kept(self, s: Session, call_id: int, reply: tuple[bool, bytes], floor: int) -> None:
+        """Call ``call_id`` of session ``s`` (in the table) ran and answered ``reply``; its
+        caller waits for nothing below ``floor`` (the part of :meth:`applied` past finding the
+        session)."""
         if call_id > s.last:
             s.last = call_id
         s.seen_ns = self.clock_ns

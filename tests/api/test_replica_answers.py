@@ -17,6 +17,7 @@ from derecho_actors.model.decorators import spec_of
 from derecho_actors.replica.messages import OrderedBatch
 from derecho_actors.replica.replica import REPLY_CHUNK, Replica, ReplicaEnv
 from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.messages import Reply, ReplyBatch, ReplyEntry
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,6 +43,18 @@ class Ledger:
         return self.total
 
 
+def entries(handed: list[tuple[int, Any]]) -> list[ReplyEntry]:
+    """The answers of one hand-off, in order (ordered calls' answers come as a batch per caller)."""
+    out: list[ReplyEntry] = []
+    for _, item in handed:
+        if isinstance(item, ReplyBatch):
+            out += item.entries
+        else:
+            assert isinstance(item, Reply)
+            out.append((item.call_id, item.ok, item.value, item.origin, item.version))
+    return out
+
+
 def run_batch(replica: Replica, calls: int) -> None:
     args = _codec.encode_args((1,), {}, "msgpack")
     batch = [(2, i, "add", args, 0, 0, 0, 0, 0) for i in range(calls)]
@@ -62,10 +75,10 @@ def test_a_long_delivered_batch_is_answered_in_chunks_in_order(tmp_path: Path, c
     replica = Replica(spec_of(Tally), ReplicaEnv(1, sent.append, tmp_path / "scratch"))
     replica.start()
     run_batch(replica, calls)
-    assert [len(s) for s in sent] == chunks
-    answers = [reply for s in sent for _, reply in s]
-    assert [r.call_id for r in answers] == list(range(calls))
-    assert [msgpack.unpackb(r.value) for r in answers] == list(range(1, calls + 1))
+    assert [len(entries(s)) for s in sent] == chunks
+    answers = [entry for s in sent for entry in entries(s)]
+    assert [call_id for call_id, *_ in answers] == list(range(calls))
+    assert [msgpack.unpackb(value) for _, _, value, _, _ in answers] == list(range(1, calls + 1))
 
 
 def test_a_persistent_chunks_records_are_queued_before_its_answers_leave(tmp_path: Path) -> None:
@@ -75,7 +88,7 @@ def test_a_persistent_chunks_records_are_queued_before_its_answers_leave(tmp_pat
     def send(replies: list[tuple[int, Any]]) -> None:
         assert replica is not None and replica.store is not None
         queued.append(replica.store.last_version)
-        assert max(r.version for _, r in replies) <= logged[-1], "answers left before their log records were queued"
+        assert max(e[4] for e in entries(replies)) <= logged[-1], "answers left before their log records were queued"
 
     env = ReplicaEnv(1, send, tmp_path / "scratch", log_path=tmp_path / "ledger.log", fsync=False, inline_writes=True)
     replica = Replica(spec_of(Ledger), env)
