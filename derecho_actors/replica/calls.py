@@ -77,7 +77,10 @@ class CallRunner:
             finally:
                 context.active = False
                 context.sink = None
-            return True, self._pack_result(result)
+            try:
+                return True, self._pack_result(result)
+            except (TypeError, ValueError, OverflowError):  # not plain data: encode_result raises why
+                return True, _codec.encode_result(result, self._serializer)
         except Exception as exc:  # the user's exception (or a SerializationError) goes back to the caller
             return False, _codec.encode_error(exc)
 

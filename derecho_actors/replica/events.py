@@ -117,7 +117,11 @@ class EventSink:
         self._pack = _codec.result_encoder(serializer)  # encode_result, chosen once
 
     def emit(self, value: Any) -> None:
-        self.log.append(self.version, self._pack(value))
+        try:
+            payload = self._pack(value)
+        except (TypeError, ValueError, OverflowError):  # not plain data: encode_result raises why
+            payload = _codec.encode_result(value, self.serializer)
+        self.log.append(self.version, payload)
         self.added += 1
 
 

@@ -91,16 +91,15 @@ def result_decoder(serializer: str) -> Callable[[bytes], Any]:
     return _unpack_pickle if serializer == "cloudpickle" else _unpack_msgpack
 
 
-def _pack_result_msgpack(value: Any) -> bytes:
-    try:
-        return packb(value)
-    except (TypeError, ValueError, OverflowError):
-        return encode_result(value, "msgpack")  # raises encode_result's SerializationError
-
-
 def result_encoder(serializer: str) -> Callable[[Any], bytes]:
-    """``encode_result`` for one serializer, made once: a replica runs it for every result and event."""
-    return _pack_result_msgpack if serializer != "cloudpickle" else lambda v: encode_result(v, serializer)
+    """``encode_result`` for one serializer, made once, for one thread at a time (a replica's):
+    for msgpack a ``Packer`` of its own, one C call per value. A value it cannot encode raises
+    msgpack's own error, not ``SerializationError``: call ``encode_result`` then (it raises that)."""
+    return (
+        msgpack.Packer(use_bin_type=True).pack
+        if serializer != "cloudpickle"
+        else lambda v: encode_result(v, serializer)
+    )
 
 
 # Object state for state transfer, plain data only unless the type opted into pickle: msgpack
