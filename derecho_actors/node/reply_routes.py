@@ -18,6 +18,7 @@ answers to the clients it serves, forwarded to them. Runs on the node's loop, ex
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from derecho_actors.node.answer_queue import AnswerQueue, member_queue
 from derecho_actors.node.client_proxy import ClientProxy
@@ -36,11 +37,11 @@ class ReplyRoutes:
         self.member = member
         self.clients = clients
         self._lock = threading.Lock()  # replicas' threads hand answers over under it
-        self._pending: list[tuple[int, Reply]] = []
+        self._pending: list[tuple[int, Reply | ReplyBatch]] = []
         self._scheduled = False
         self.to_members = to_members if to_members is not None else member_queue(node)
 
-    def send(self, replies: list[tuple[int, Reply]]) -> None:
+    def send(self, replies: Sequence[tuple[int, Reply | ReplyBatch]]) -> None:
         """From a replica's thread: at most one hand-off pending to the node's loop; answers
         sent meanwhile join it, in the order they came."""
         with self._lock:
@@ -58,24 +59,36 @@ class ReplyRoutes:
             self._scheduled = False
         self.route(replies)
 
-    def route(self, replies: list[tuple[int, Reply]]) -> None:
+    def route(self, replies: Sequence[tuple[int, Reply | ReplyBatch]]) -> None:
         """Answers made here (one delivered batch's, or this node's own): one ReplyBatch per
-        caller and view; this node's go straight to :meth:`take_batch`."""
-        groups: dict[tuple[int, int, int, tuple[int, ...]], list[ReplyEntry]] = {}
+        caller and view, its answers in the order they came; this node's go straight to
+        :meth:`take_batch`. A replica's ordered answers come as a batch per caller already: one
+        that is the whole of its group goes as it is (no answer handled one by one here)."""
+        groups: dict[tuple[int, int, int, tuple[int, ...]], ReplyBatch | list[ReplyEntry]] = {}
         for caller, r in replies:
             key = (caller, r.node, r.vid, r.replicas)
-            entry = (r.call_id, r.ok, r.value, r.origin, r.version)
             group = groups.get(key)
-            if group is None:
-                groups[key] = [entry]
+            if type(r) is ReplyBatch:
+                if group is None:
+                    groups[key] = r
+                elif type(group) is list:
+                    group += r.entries
+                else:
+                    groups[key] = [*group.entries, *r.entries]  # type: ignore[union-attr]
             else:
-                group.append(entry)
-        for (caller, node, vid, replicas), entries in groups.items():
-            batch = ReplyBatch(node, vid, replicas, tuple(entries))
+                entry = (r.call_id, r.ok, r.value, r.origin, r.version)  # type: ignore[union-attr]
+                if group is None:
+                    groups[key] = [entry]
+                elif type(group) is list:
+                    group.append(entry)
+                else:
+                    groups[key] = [*group.entries, entry]  # type: ignore[union-attr]
+        for (caller, node, vid, replicas), group in groups.items():
+            batch = ReplyBatch(node, vid, replicas, tuple(group)) if type(group) is list else group
             if caller == self.node_id:
-                self.take_batch(batch)
+                self.take_batch(batch)  # type: ignore[arg-type]
             else:
-                self.to_members.offer(caller, batch)
+                self.to_members.offer(caller, batch)  # type: ignore[arg-type]
 
     def take_reply(self, reply: Reply) -> None:
         """One answer alone (a member's refusal of a call it could not take)."""

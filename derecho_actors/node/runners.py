@@ -8,12 +8,35 @@ simulator: one thread, deterministic).
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import pykka
 
-from derecho_actors.replica.replica import Replica, ReplicaActor, ReplicaMessage
+from derecho_actors.replica.replica import Replica, ReplicaMessage
 from runtime.core.layout import ShardId
+
+
+class ReplicaActor(pykka.ThreadingActor):
+    """Runs a :class:`Replica` on a thread of its own (one message at a time, in order)."""
+
+    # A replica stuck in a user method must not keep the process alive after its node stopped.
+    use_daemon_thread = True
+
+    def __init__(self, replica: Replica) -> None:
+        super().__init__()
+        self.replica = replica
+
+    def on_start(self) -> None:
+        self.replica.start()
+
+    def on_receive(self, message: Any) -> None:
+        self.replica.receive(message)
+
+    def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.replica.failed_with(exc)
+
+    def on_stop(self) -> None:
+        self.replica.stop()
 
 
 class ReplicaRef(Protocol):

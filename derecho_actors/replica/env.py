@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from derecho_actors.wire.messages import Reply
+from derecho_actors.wire.messages import Reply, ReplyBatch
 
-SendReplies = Callable[[list[tuple[int, Reply]]], None]
-"""Hands a batch's ``(caller, reply)`` pairs to the node in one piece."""
+SendReplies = Callable[[Sequence[tuple[int, Reply | ReplyBatch]]], None]
+"""Hands a batch's answers to the node in one piece: ``(caller, reply)`` pairs, and for the
+ordered path ``(caller, batch)``: the answers of many calls to one caller, made in their wire
+shape (the node sends answers as batches per caller and view anyway)."""
 
 
 @dataclass

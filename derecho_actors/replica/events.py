@@ -107,16 +107,21 @@ class EventLog:
 class EventSink:
     """What ``emit`` writes to while one replica runs an ordered call."""
 
-    __slots__ = ("log", "serializer", "version", "added")
+    __slots__ = ("log", "serializer", "version", "added", "_pack")
 
     def __init__(self, log: EventLog, serializer: str) -> None:
         self.log = log
         self.serializer = serializer
         self.version = -1
         self.added = 0
+        self._pack = _codec.result_encoder(serializer)  # encode_result, chosen once
 
     def emit(self, value: Any) -> None:
-        self.log.append(self.version, _codec.encode_result(value, self.serializer))
+        try:
+            payload = self._pack(value)
+        except (TypeError, ValueError, OverflowError):  # not plain data: encode_result raises why
+            payload = _codec.encode_result(value, self.serializer)
+        self.log.append(self.version, payload)
         self.added += 1
 
 

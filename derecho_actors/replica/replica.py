@@ -1,11 +1,10 @@
-"""One replica of a replicated object on this node, and the pykka actor that runs it.
+"""One replica of a replicated object on this node.
 
 The node's loop hands the replica whole delivered batches (one message per batch, not per
 call); it runs the ordered calls one at a time in delivery order and P2P calls between them.
-:class:`Replica` is the logic, driven by typed messages (``replica.messages``);
-:class:`ReplicaActor` runs it on a thread of its own (never the node's loop), and the
-simulator runs it inline, in virtual time (``node.hosting``). Replies go back through
-``send_replies`` in one hand-off per batch.
+:class:`Replica` is the logic, driven by typed messages (``replica.messages``); a runner
+(``node.runners``) runs it on a thread of its own (never the node's loop), or inline in the
+simulator. Replies go back through ``send_replies`` in one hand-off per batch.
 
 A replica of a persistent type also owns the shard's log here: each ordered call becomes a
 record, and a batch's records go to the log's writer thread in one piece. A replica that is
@@ -22,10 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pykka
-
 from derecho_actors.model.decorators import TypeSpec
-from derecho_actors.model.kinds import ORDERED
 from derecho_actors.replica.calls import CallRunner, session_refusal
 from derecho_actors.replica.env import ReplicaEnv, SendReplies
 from derecho_actors.replica.events import EventLog, EventSink, WatchBoard, WatchExpire, WatchPoll
@@ -54,7 +50,7 @@ from derecho_actors.replica.state import (
 )
 from derecho_actors.replica.store import PersistentStore
 from derecho_actors.wire.digest import state_digest
-from derecho_actors.wire.messages import Reply, ReplyTo
+from derecho_actors.wire.messages import Reply, ReplyBatch, ReplyEntry, ReplyTo
 from runtime.core.versions import INDEX_BITS, make_version
 from runtime.errors import StateTransferError, WatchHistoryLost
 
@@ -65,7 +61,6 @@ __all__ = [  # the node and the simulator import the messages and the env from h
     "P2PRequest",
     "PeerMark",
     "Replica",
-    "ReplicaActor",
     "ReplicaEnv",
     "ReplicaMessage",
     "SendReplies",
@@ -243,6 +238,8 @@ class Replica:
     # A long delivered batch answers in chunks of REPLY_CHUNK calls: the answers of the first
     # travel (and the callers' next calls come) while this replica runs the rest, rather than
     # every stage of a pipelined caller's calls waiting for the stage before to finish whole.
+    # Answers are made in their wire shape, a ReplyBatch per caller (as the node sends them),
+    # not a Reply per call regrouped on the node's loop (measured: ~1 us a call more).
     def _ordered_batch(self, vid: int, replicas: tuple[int, ...], calls: list[DeliveredCall]) -> None:
         """Run a delivered batch. A call whose ``session`` is ``READ_IN_ORDER`` (-1) is a
         linearizable read: only the replica its ``floor`` names runs it, as a P2P call; it is
@@ -252,66 +249,94 @@ class Replica:
         an ``origin`` runs only if its session has not run it (``replica.sessions``)."""
         # Everything the loop reads, looked up once per batch: no call can change them.
         store, sessions, obj, spec = self.store, self.sessions, self.obj, self.spec
-        run = self._runner.run
+        ordered = self._runner.ordered
+        live, kept, tick = sessions.live, sessions.kept, sessions.tick
         every = self._digest_every
         me = self.node_id
         sink = self._sink
         emitted = sink.added
-        out: list[tuple[int, Reply]] = []
-        records = []
-        reads = 0
+        # The chunk's answers in order: (caller, its entries in ``groups``), (caller, a read's Reply).
+        out: list[tuple[int, Any]] = []
+        groups: dict[int, list[ReplyEntry]] = {}
+        records, reads, answered = [], 0, 0  # answered: in this chunk
+        ticked = None  # the timestamp the session table was last ticked to in this batch
         if vid != self._view_of_count:
             self._view_of_count, self._count = vid, 0
         first = make_version(vid, 0)  # the view's versions: first + k, for k below 2**INDEX_BITS
         version = -1
+        pending_caller = -1  # the caller of the previous answer, and its entries
+        entries: list[ReplyEntry] = []
         for caller, call_id, method, args, origin, session, floor, owner, ts in calls:
             if session < 0:
                 reads += 1
-                if floor == me:
+                if floor == me:  # the node merges same-key answers in order: new groups after it
                     out.append(self._p2p.run(caller, call_id, method, args, vid, origin))
+                    groups, pending_caller = {}, -1
+                    answered += 1  # a chunk ends after an ordered call only, as it always did
                 continue
-            if self._count >= INDEX_LIMIT:
-                make_version(vid, self._count)  # raises: the view has no versions left
-            version = first + self._count
-            self._count += 1
+            count = self._count
+            if count >= INDEX_LIMIT:
+                make_version(vid, count)  # raises: the view has no versions left
+            version = first + count
+            self._count = count = count + 1
             sink.version = version
             if store is not None:
                 store.last_version = version  # what current_version() shows during the call
             if not origin:
-                ok, value = run(obj, method, args, ORDERED)
+                ok, value = ordered(obj, method, args)
             else:
-                sessions.tick(ts)
-                verdict = sessions.check(origin, call_id, session, owner)
-                kind = verdict.kind
-                if kind == NEW:
-                    ok, value = answer = run(obj, method, args, ORDERED)
-                    sessions.applied(origin, call_id, answer, floor, owner, session)
-                elif kind == DUPLICATE:
-                    ok, value = verdict.reply  # type: ignore[misc]
+                if ts != ticked:  # the table's clock moves only with a new timestamp
+                    tick(ts)
+                    ticked = ts
+                s = live(origin, call_id, owner)
+                if s is not None:  # a live session's next call: the common case
+                    ok, value = answer = ordered(obj, method, args)
+                    kept(s, call_id, answer, floor)
                 else:
-                    ok, value = False, session_refusal(kind, spec, call_id)
+                    verdict = sessions.check(origin, call_id, session, owner)
+                    kind = verdict.kind
+                    if kind == NEW:
+                        ok, value = answer = ordered(obj, method, args)
+                        sessions.applied(origin, call_id, answer, floor, owner, session)
+                    elif kind == DUPLICATE:
+                        ok, value = verdict.reply  # type: ignore[misc]
+                    else:
+                        ok, value = False, session_refusal(kind, spec, call_id)
+            if caller != pending_caller:
+                group = groups.get(caller)
+                if group is None:
+                    group = groups[caller] = []
+                    out.append((caller, group))
+                pending_caller, entries = caller, group
             if store is None:
-                out.append((caller, Reply(call_id, me, vid, replicas, ok, value, origin)))
+                entries.append((call_id, ok, value, origin, -1))
             else:
-                out.append((caller, Reply(call_id, me, vid, replicas, ok, value, origin, version)))
+                entries.append((call_id, ok, value, origin, version))
                 records.append(store.record(version, ts, origin, call_id))
-            if every and self._count % every == 0:
+            if every and count % every == 0:
                 self._digest(version)
-            if len(out) >= REPLY_CHUNK:  # answers go as they are made, a chunk at a time
-                if records:
-                    store.submit(records)  # type: ignore[union-attr]
-                    records = []
-                self.send_replies(out)
-                out = []
+            answered += 1
+            if answered >= REPLY_CHUNK:  # answers go as they are made, a chunk at a time
+                self._send_chunk(out, records, vid, replicas)
+                out, groups, records, answered, pending_caller = [], {}, [], 0, -1
         if version >= 0:
             self.applied_version = version
         if store is not None:
             store.submit(records)
         self.applied += len(calls) - reads
         if out:
-            self.send_replies(out)
+            self._send_chunk(out, [], vid, replicas)
         if sink.added != emitted and self.watchers.parked:
             self._answer_watches(self.watchers.release(self._watch_bound()))
+
+    def _send_chunk(self, out: list[tuple[int, Any]], records: list[Any], vid: int, replicas: tuple[int, ...]) -> None:
+        """Hand a chunk's answers to the node, one ``ReplyBatch`` per caller; a persistent
+        type's log records of the chunk are queued first (never an answer before its record)."""
+        if records:
+            self.store.submit(records)  # type: ignore[union-attr]
+        me = self.node_id
+        batch = ReplyBatch
+        self.send_replies([(c, batch(me, vid, replicas, tuple(x)) if type(x) is list else x) for c, x in out])
 
     def _digest(self, version: int) -> None:
         """``digest_every``: this replica's state digest after the call at ``version``, for the
@@ -367,26 +392,3 @@ class Replica:
         self.failed = why
         self._held.clear()
         self.env.transfer_failed(why)
-
-
-class ReplicaActor(pykka.ThreadingActor):
-    """Runs a :class:`Replica` on a thread of its own (one message at a time, in order)."""
-
-    # A replica stuck in a user method must not keep the process alive after its node stopped.
-    use_daemon_thread = True
-
-    def __init__(self, replica: Replica) -> None:
-        super().__init__()
-        self.replica = replica
-
-    def on_start(self) -> None:
-        self.replica.start()
-
-    def on_receive(self, message: Any) -> None:
-        self.replica.receive(message)
-
-    def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.replica.failed_with(exc)
-
-    def on_stop(self) -> None:
-        self.replica.stop()

@@ -99,6 +99,9 @@ class Session:
     owner: int = 0  # the identity that opened it (owner_of), 0: none known
     reply_bytes: int = 0  # bytes of the kept replies' values
     start_ns: int = 0  # when the caller started the session (its clock); 0: not known
+    # Every kept reply's call number is at least this: where dropping the old ones starts
+    # looking (a hint, not state: 0 is always right, and no replica compares it).
+    low: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,21 +235,62 @@ class SessionTable:
             self._own(s, origin, owner)
         if not s.start_ns:
             s.start_ns = session_ns
+        self.kept(s, call_id, reply, floor)
+
+    def live(self, origin: int, call_id: int, owner: int) -> Session | None:
+        """The common case, in one step: ``origin``'s session is here and live, ``call_id`` is
+        new to it and the session has nothing to learn from the call (it knows its owner, if the
+        call names one, and its start). Then :meth:`check` would say ``NEW`` and change nothing,
+        and :meth:`kept` is all :meth:`applied` would do: this returns the session for it.
+        None: anything else (call :meth:`check`, then :meth:`applied`)."""
+        s = self.sessions.get(origin)
+        if (
+            s is not None
+            and call_id > s.last
+            and s.seen_ns >= self.clock_ns - self.ttl_ns
+            and s.start_ns
+            and (s.owner or not owner)
+        ):
+            return s
+        return None
+
+    def kept(self, s: Session, call_id: int, reply: tuple[bool, bytes], floor: int) -> None:
+        """Call ``call_id`` of session ``s`` (in the table) ran and answered ``reply``; its
+        caller waits for nothing below ``floor`` (the part of :meth:`applied` past finding the
+        session)."""
         if call_id > s.last:
             s.last = call_id
         s.seen_ns = self.clock_ns
         replies = s.replies
         replies[call_id] = reply
         kept = s.reply_bytes + len(reply[1])
-        limit = self.reply_bytes
         low = call_id - self.window + 1
         if floor > low:
             low = floor
-        # Drop from the oldest: below the floor or the window, or while over the byte bound
-        # (the newest reply stays). Each reply is dropped once: the work is what was added.
-        while replies:
+        # Drop from the oldest: every reply below the floor or the window, then the oldest while
+        # over the byte bound (the newest stays). Each reply is dropped once: the work is what
+        # was added. Those below ``low`` are looked up by number when few numbers can hold
+        # them: finding the oldest by iterating the dict passes the slots of every reply
+        # dropped since it was last resized (measured: ~800 instructions a call).
+        start = s.low if s.low < call_id else call_id
+        if low > start:
+            if low - start <= len(replies):
+                for number in range(start, low):
+                    dropped = replies.pop(number, None)
+                    if dropped is not None:
+                        kept -= len(dropped[1])
+            else:
+                while replies:
+                    oldest = next(iter(replies))
+                    if oldest >= low:
+                        break
+                    kept -= len(replies.pop(oldest)[1])
+            start = low
+        s.low = start
+        limit = self.reply_bytes
+        while kept > limit and replies:
             oldest = next(iter(replies))
-            if oldest >= low and (kept <= limit or oldest == call_id):
+            if oldest == call_id:
                 break
             kept -= len(replies.pop(oldest)[1])
         s.reply_bytes = kept

@@ -37,6 +37,14 @@ from runtime.errors import (
     WireError,
 )
 
+_unpack_msgpack: Callable[[bytes], Any] = functools.partial(msgpack.unpackb, raw=False, strict_map_key=False)
+
+
+def _unpack_pickle(data: bytes) -> Any:
+    import cloudpickle
+
+    return cloudpickle.loads(data)
+
 
 def _pack(value: Any, serializer: str, what: str) -> bytes:
     if serializer == "cloudpickle":
@@ -56,11 +64,7 @@ def _pack(value: Any, serializer: str, what: str) -> bytes:
 
 
 def _unpack(data: bytes, serializer: str) -> Any:
-    if serializer == "cloudpickle":
-        import cloudpickle
-
-        return cloudpickle.loads(data)
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return _unpack_pickle(data) if serializer == "cloudpickle" else _unpack_msgpack(data)
 
 
 def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], serializer: str) -> bytes:
@@ -81,20 +85,21 @@ def decode_result(data: bytes, serializer: str) -> Any:
     return _unpack(data, serializer)
 
 
-def _unpack_msgpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
-def _unpack_pickle(data: bytes) -> Any:
-    import cloudpickle
-
-    return cloudpickle.loads(data)
-
-
 def result_decoder(serializer: str) -> Callable[[bytes], Any]:
     """``decode_result`` for one serializer, as one function made once (a caller keeps one
-    per call: no closure per call)."""
+    per call: no closure per call). Also what ``decode_args`` decodes before it splits the pair."""
     return _unpack_pickle if serializer == "cloudpickle" else _unpack_msgpack
+
+
+def result_encoder(serializer: str) -> Callable[[Any], bytes]:
+    """``encode_result`` for one serializer, made once, for one thread at a time (a replica's):
+    for msgpack a ``Packer`` of its own, one C call per value. A value it cannot encode raises
+    msgpack's own error, not ``SerializationError``: call ``encode_result`` then (it raises that)."""
+    return (
+        msgpack.Packer(use_bin_type=True).pack
+        if serializer != "cloudpickle"
+        else lambda v: encode_result(v, serializer)
+    )
 
 
 # Object state for state transfer, plain data only unless the type opted into pickle: msgpack

@@ -201,7 +201,8 @@ _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
     Call: lambda m: [TAG_CALL, *call_fields(m)],
     CallBatch: lambda m: [TAG_CALL_BATCH, [call_fields(c) for c in m.calls]],
     Reply: lambda m: [TAG_REPLY, m.call_id, m.node, m.vid, list(m.replicas), m.ok, m.value, m.origin, m.version],
-    ReplyBatch: lambda m: [TAG_REPLY_BATCH, m.node, m.vid, list(m.replicas), [list(e) for e in m.entries]],
+    # msgpack packs a tuple as the array a list makes: the same bytes, no copy per answer.
+    ReplyBatch: lambda m: [TAG_REPLY_BATCH, m.node, m.vid, m.replicas, m.entries],
     SignedMark: lambda m: [TAG_SIGNED_MARK, shard_to_wire(m.shard), m.version, m.signature, m.public_key],
     StateRequest: lambda m: [TAG_STATE_REQUEST, shard_to_wire(m.shard), m.vid, m.have_version, m.digest],
     StateChunk: lambda m: [

@@ -26,6 +26,7 @@ from runtime.core.effects import Delivery
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layout
 from runtime.core.status import RestartedEmpty
 from runtime.core.view import Proposal, View
+from tests.handed import one_by_one
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,7 +55,11 @@ class Node:
         self.replies: list[tuple[int, Reply]] = []
 
         def env(sid: ShardId, spec: Any, vid: int, source: int | None) -> ReplicaEnv:
-            return ReplicaEnv(node_id=node_id, send_replies=self.replies.extend, scratch_dir=tmp / f"n{node_id}")
+            return ReplicaEnv(
+                node_id=node_id,
+                send_replies=lambda handed: self.replies.extend(one_by_one(handed)),
+                scratch_dir=tmp / f"n{node_id}",
+            )
 
         self.host = ReplicaHost(node_id, {"KV": spec_of(KV)}, InlineRunner(), env)  # type: ignore[dict-item]
         self.calls = 0

@@ -26,6 +26,7 @@ from runtime.core.effects import Delivery
 from runtime.core.layout import LayoutPolicy, ShardId, ShardPolicy, compute_layout
 from runtime.core.view import View
 from runtime.errors import ClientLimit, WireError
+from tests.handed import one_by_one
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,7 +48,9 @@ class Node:
         self.replies: list[tuple[int, Reply]] = []
 
         def env(sid: ShardId, spec: Any, vid: int, source: int | None) -> ReplicaEnv:
-            return ReplicaEnv(node_id=2, send_replies=self.replies.extend, scratch_dir=tmp)
+            return ReplicaEnv(
+                node_id=2, send_replies=lambda handed: self.replies.extend(one_by_one(handed)), scratch_dir=tmp
+            )
 
         self.host = ReplicaHost(2, {"KV": spec_of(KV)}, InlineRunner(), env)  # type: ignore[dict-item]
         self.view = view()
