@@ -131,7 +131,9 @@ class Features:
 
 
 def answer_batch_fields(m: AnswerBatch) -> list[Any]:
-    return [m.vid, list(m.replicas), [[c, ok, v, ver, list(a)] for c, ok, v, ver, a in m.entries]]
+    """The entries go as the tuples they are: msgpack writes a tuple as the array a list
+    would be (the same bytes), without a list built per entry."""
+    return [m.vid, m.replicas, m.entries]
 
 
 def decode_answer_batch(vid: object, replicas: tuple[int, ...], entries: object) -> AnswerBatch:
