@@ -162,6 +162,10 @@ class NodeCore:
             self._on_transfer(event)
         else:  # pragma: no cover - the union is closed
             raise TypeError(f"unknown event {event!r}")
+        # Object descriptors that arrived go to the transfer engine now, not at the next
+        # evaluation: a block of the object may come before it, and the driver asks the engine
+        # where to put it (``block_destination``) as it arrives.
+        self._pump_objects()
 
     def _settle(self) -> None:
         """Evaluate what the events taken since the last evaluation changed."""
