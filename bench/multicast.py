@@ -626,7 +626,7 @@ def core_main(a: argparse.Namespace) -> int:
                         data = b"".join(wires[s, i])
                         wires[s, i].clear()
                         for msg in decoders[s, i].feed(data):
-                            core.take(MessageArrived(now, s, msg))
+                            core.step(MessageArrived(now, s, msg))
                 ready = core.ready()
                 if ready.wakeup_at is not None and ready.wakeup_at <= now:
                     core.step(Tick(now))

@@ -90,7 +90,6 @@ class NodeCore:
         self._streams: dict[int, ShardMulticast] = {}
         self.excluded: str | None = None
         self._ready = Ready()
-        self._dirty = False  # events taken (``take``) since the last evaluation
         self._future: list[tuple[int, int, Message]] = []  # (vid, sender, message) held for later views
         self.last_change_duration: float | None = None  # wedge to install, for the logs
         self._contacts: list[str] = [contact] if isinstance(contact, str) else list(contact or ())
@@ -127,22 +126,10 @@ class NodeCore:
 
     # ------------------------------------------------------------------ inputs
     def step(self, event: Event) -> None:
-        """Apply one event and evaluate the protocol's predicates at once; effects accumulate
-        until :meth:`ready`."""
-        self.take(event)
-        self._settle()
-
-    def take(self, event: Event) -> None:
-        """Apply one event, leaving the predicates (stability, delivery, membership) to be
-        evaluated once at the next :meth:`ready` or :meth:`step`. A driver takes every frame
-        of a loop turn this way: one evaluation then covers them all, where evaluating after
-        each frame cost as much again per frame (a node that is merely slow to react, which
-        the protocol allows, behaves the same). Until then the state read from outside (the
-        view, deliveries) is as of the last evaluation."""
+        """Apply one event; effects accumulate until :meth:`ready`."""
         self._advance(event.now)
         if self.excluded is not None:
             return
-        self._dirty = True
         if isinstance(event, MessageArrived):
             self._on_message(event.sender, event.message)
         elif isinstance(event, Tick):
@@ -162,17 +149,8 @@ class NodeCore:
             self._on_transfer(event)
         else:  # pragma: no cover - the union is closed
             raise TypeError(f"unknown event {event!r}")
-        # Object descriptors that arrived go to the transfer engine now, not at the next
-        # evaluation: a block of the object may come before it, and the driver asks the engine
-        # where to put it (``block_destination``) as it arrives.
+        self._evaluate()
         self._pump_objects()
-
-    def _settle(self) -> None:
-        """Evaluate what the events taken since the last evaluation changed."""
-        if self._dirty:
-            self._dirty = False
-            self._evaluate()
-            self._pump_objects()
 
     def send(self, shard: ShardKey, payloads: Sequence[bytes], now: float) -> int:
         """Multicast payloads in ``shard``; returns how many the window took.
@@ -592,9 +570,7 @@ class NodeCore:
             self._ready.window_open.append(smc.shard)
 
     def ready(self) -> Ready:
-        """Evaluate what was taken since the last evaluation, then hand over accumulated
-        effects and start collecting afresh."""
-        self._settle()
+        """Hand over accumulated effects and start collecting afresh."""
         if self.excluded is None:
             self._drain_group()
             for smc in self.shards.values():

@@ -42,7 +42,7 @@ from typing import Any, Callable
 from runtime.core.events import LeaveRequested, MessageArrived, Persisted, Tick, TransferArrived
 from runtime.core.layout import LayoutPolicy, ShardId, compute_layout
 from runtime.core.membership import Membership
-from runtime.core.messages import Message, ShardPush
+from runtime.core.messages import Message
 from runtime.core.node_core import CoreConfig, NodeCore
 from runtime.core.object_transfers import TransferInput, as_received
 from runtime.core.restart import RestartPlan
@@ -305,10 +305,7 @@ class SimCluster:
             or (node.paused and self.held(dst, self._frame, (src, item)))
         ):
             return
-        if type(msg) is ShardPush:  # as the node driver takes the data plane: evaluated at the flush
-            node.core.take(MessageArrived(self.sched.now, src, msg))
-        else:
-            node.core.step(MessageArrived(self.sched.now, src, msg))
+        node.core.step(MessageArrived(self.sched.now, src, msg))
         self._after_step(node)
 
     def _transfer(self, src: int, item: tuple[int, int, TransferInput]) -> None:
@@ -316,7 +313,7 @@ class SimCluster:
         node = self.nodes.get(dst)
         if node is None or not node.alive or node.life != life or self.held(dst, self._transfer, (src, item)):
             return
-        node.core.take(TransferArrived(self.sched.now, event))
+        node.core.step(TransferArrived(self.sched.now, event))
         self._after_step(node)
 
     def _tick(self, node_id: int, life: int) -> None:
@@ -328,20 +325,11 @@ class SimCluster:
         self._after_step(node)
 
     def _after_step(self, node: SimNode) -> None:
-        """Sample the core's state for the checker, then make sure a flush is coming."""
-        self._sample(node)
-        if node.flush_at is None and node.alive:
-            lo, hi = self.proc_delay
-            node.flush_at = self.sched.now + lo + self.rng.random() * (hi - lo)
-            self.sched.at(node.flush_at, self._flush, node.node_id, node.life)
+        """Sample the core's state for the checker, then make sure a flush is coming.
 
-    def _sample(self, node: SimNode) -> None:
-        """Sample the core's state for the checker: after every core call, and after each
-        flush (what the core evaluates only then, for the frames it took, shows there).
-
-        The common case (nothing sampled moved) is kept to a few comparisons: a shard's
-        receive counts are compared whole before position by position, and a ballot is
-        decoded only when it changed."""
+        This runs after every core call, so the common case (nothing sampled moved) is kept to
+        a few comparisons: a shard's receive counts are compared whole before position by
+        position, and a ballot is decoded only when it changed."""
         step = self.sched.steps
         core = node.core
         membership = core.membership
@@ -385,6 +373,10 @@ class SimCluster:
                 if pf and pf != node.last_pfront.get(key, 0):
                     node.last_pfront[key] = pf
                     trace.persisted.setdefault((node.inc, vid, tuple(sid)), []).append((pf - 1, step))
+        if node.flush_at is None and node.alive:
+            lo, hi = self.proc_delay
+            node.flush_at = self.sched.now + lo + self.rng.random() * (hi - lo)
+            self.sched.at(node.flush_at, self._flush, node.node_id, node.life)
 
     def _sample_ballot(self, node: SimNode, m: Membership, step: int) -> None:
         ballot = m.mine["ballot"]
@@ -408,7 +400,6 @@ class SimCluster:
             return
         node.flush_at = None
         ready = node.core.ready()
-        self._sample(node)
         if ready.accepted is not None and self.persistent:
             # The driver's first duty: the acceptance is on disk before the ack can leave.
             disk = self.disks[node_id]

@@ -1,4 +1,9 @@
-"""Simulator seeds that once failed, kept as tests of what broke them."""
+"""Simulator seeds that once failed, kept as tests of what broke them.
+
+Both stalled (a liveness violation) under a change that evaluated the core's predicates once
+per flush instead of once per frame, with large objects limited to 2 in flight per node: the
+order stopped behind objects that never completed. That change was withdrawn; these seeds
+guard the next attempt."""
 
 from __future__ import annotations
 
@@ -9,10 +14,7 @@ from runtime.sim.runner import run_seed
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_seed_298_taken_descriptors_reach_the_transfer_engine_at_once() -> None:
-    """No faults; large objects with at most 2 in flight per node. When a taken push handed
-    its object descriptors to the transfer engine only at the next evaluation, a peer's input
-    for such an object could come first and be refused, and the objects (and the order behind
-    them) stalled for good: a liveness violation. ``NodeCore.take`` now hands them over at once."""
-    result = run_seed(298)
+@pytest.mark.parametrize("seed, faults", [(298, "none"), (161, "all")])
+def test_seed_that_stalled_with_evaluation_per_flush(seed: int, faults: str) -> None:
+    result = run_seed(seed, faults=faults)
     assert result.ok, result.violations

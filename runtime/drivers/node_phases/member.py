@@ -113,19 +113,17 @@ class MemberPhase:
         ctx = self.ctx
         core = self.core
         now = ctx.io.loop.time()
-        step, take = core.step, core.take
+        step = core.step
         for msg in frames:
             t = type(msg)
-            # The data plane (nearly every frame): taken without evaluating; the flush this
-            # turn ends with evaluates once for every frame of the turn, from every peer.
-            if t is ShardPush:
-                take(MessageArrived(now, sender, msg))
+            if t is ShardPush:  # the data plane: nearly every frame
+                step(MessageArrived(now, sender, msg))
                 continue
             if t is BlockLanded:  # a block's bytes are in its object's buffer already
-                take(TransferArrived(now, BlockWritten(msg.oid, sender, msg.block)))
+                step(TransferArrived(now, BlockWritten(msg.oid, sender, msg.block)))
                 continue
             if t is CreditFrame:
-                take(TransferArrived(now, CreditGranted(msg.oid, sender, msg.upto)))
+                step(TransferArrived(now, CreditGranted(msg.oid, sender, msg.upto)))
                 continue
             if t is BlockDropped:
                 if msg.reason in HOSTILE:
