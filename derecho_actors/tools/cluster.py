@@ -8,6 +8,10 @@ over it, as every node will compute it) is checked against the node count: a lay
 cannot run fails at once with ``LayoutError`` saying how many more nodes it needs, instead of a
 wait that can only time out. When starting fails anyway, the work folder (node logs, data) is
 kept and the error names it, with the lines of the nodes' logs that say why.
+
+``DERECHO_TRANSPORT`` (``tcp``, ``auto``, ``shm``) in the environment sets ``node.transport``
+of every node that the overrides leave it to (the default, ``auto``, uses shared memory
+between these processes).
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ from runtime.security.certs import ensure_cluster_certs
 _log = logging.getLogger("derecho.cluster")
 
 CLIENT_NAME = "local"  # the client certificate a local cluster makes for its own Client
+# Sets node.transport for every node of a local cluster that does not override it ("tcp",
+# "auto", "shm"): how CI runs the real-process suite once per transport.
+TRANSPORT_ENV = "DERECHO_TRANSPORT"
 
 
 def check_layout(nodes: int, types: Sequence[type], layout: Layout, overrides: Mapping[str, str]) -> None:
@@ -156,6 +163,9 @@ class LocalCluster:
         others = others or [self.address(n) for n in self.ports if n != node]
         if node != 1 or node in self.procs:
             args += ["--set", f"node.contacts={','.join(others)}"]
+        transport = os.environ.get(TRANSPORT_ENV, "")
+        if transport and "node.transport" not in self._overrides:
+            args += ["--set", f"node.transport={transport}"]
         for k, v in self._overrides.items():
             args += ["--set", f"{k}={v}"]
         log = open(self.workdir / f"node-{node}.log", "ab")

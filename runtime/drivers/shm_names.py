@@ -7,7 +7,10 @@ named per group and node, so a start of node ``n`` finds what a previous process
 behind (kill -9 runs no cleanup) and removes it; with the owner's pid, so two clusters of the
 same name on one host (parallel test runs) never remove each other's live rings; with 64
 random bits, so nobody can create the name before the owner does (``O_EXCL`` would then fail
-the setup, not hand the peer an impostor's file). A peer only opens and maps; it never
+the setup, not hand the peer an impostor's file). The names live only through setup: once the
+peer has opened all three, the owner unlinks them (the mappings and open FIFOs live on until
+both close), so a killed process leaves nothing behind unless it died mid-setup, and then its
+next start removes what it left. A peer only opens and maps; it never
 removes a file (CPython's ``multiprocessing.shared_memory`` before 3.13 lets the resource
 tracker of any process that attached unlink the segment at exit, which is why it is not used).
 """
