@@ -92,10 +92,12 @@ class LocalCluster:
         cluster: str = "local",
         start_timeout: float = 30.0,
         insecure: bool = False,
+        node_overrides: Mapping[int, Mapping[str, str]] | None = None,
     ) -> None:
         """``insecure=True`` runs the nodes without TLS (``security.insecure``); by default
         the cluster makes a throwaway CA in its work folder, with a certificate per node and
-        one for its client, so TLS is on as in production."""
+        one for its client, so TLS is on as in production. ``node_overrides``: per node id,
+        settings over ``overrides`` (one node on another transport, say)."""
         if nodes < 1:
             raise GroupClosed("a local cluster needs at least one node")
         layout = layout or Layout({t: ShardPolicy() for t in types})
@@ -116,6 +118,7 @@ class LocalCluster:
         spec.write_bytes(cloudpickle.dumps({"types": list(types), "layout": layout}))
         self._spec = spec
         self._overrides = dict(overrides or {})
+        self.node_overrides = {n: dict(o) for n, o in (node_overrides or {}).items()}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._client: Client | None = None
         # Every node holds the read end of this pipe; only this process holds the write end.
@@ -163,10 +166,11 @@ class LocalCluster:
         others = others or [self.address(n) for n in self.ports if n != node]
         if node != 1 or node in self.procs:
             args += ["--set", f"node.contacts={','.join(others)}"]
+        settings = {**self._overrides, **self.node_overrides.get(node, {})}
         transport = os.environ.get(TRANSPORT_ENV, "")
-        if transport and "node.transport" not in self._overrides:
+        if transport and "node.transport" not in settings:
             args += ["--set", f"node.transport={transport}"]
-        for k, v in self._overrides.items():
+        for k, v in settings.items():
             args += ["--set", f"{k}={v}"]
         log = open(self.workdir / f"node-{node}.log", "ab")
         args[4:4] = ["--parent-fd", str(self._lifeline_r), *(["--accept-loss"] if accept_loss else [])]

@@ -122,8 +122,11 @@ def remove_stale(cluster: str, owner: int, directory: str = SHM_DIR) -> int:
 
 
 def host_key() -> str:
-    """What identifies this host and boot: two processes with the same key can share /dev/shm
-    (a container with its own /dev/shm is caught later: the peer cannot open the segment)."""
+    """What two processes must share to use a ring: the machine and its boot, the mount
+    namespace (the same /dev/shm) and the network namespace. The last one because a peer in
+    another network namespace is, to the operator, on another host: its traffic goes through
+    routes and firewalls that can cut it off (the partition test does exactly that), and a
+    ring would silently bridge them."""
     parts = []
     for path in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
         try:
@@ -131,4 +134,9 @@ def host_key() -> str:
                 parts.append(f.read().strip())
         except OSError:
             parts.append("?")
-    return ":".join(parts)
+    for ns in ("mnt", "net"):
+        try:
+            parts.append(os.readlink(f"/proc/self/ns/{ns}"))
+        except OSError:
+            parts.append("?")
+    return "|".join(parts)

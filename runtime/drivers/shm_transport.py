@@ -268,7 +268,13 @@ class ShmTransport:
         held, pair.held = pair.held, []
         for data in held:
             self.tcp.send(node_id, data)
-        if pair.probed and not held and pair.writer is None and pair.reader is None:
+        if (
+            pair.probed
+            and not held
+            and not (self.refusal or pair.why_not)
+            and pair.writer is None
+            and pair.reader is None
+        ):
             self.tcp.send(node_id, frame(ShmProbe(self.host, self.uid)))  # the first was dropped
 
     def _send_setup(self, node_id: int, msg: Any) -> None:
@@ -404,11 +410,13 @@ class ShmTransport:
         """The peer asks for a ring for our frames to it."""
         why = self.refusal
         if not why and probe.host != self.host:
-            why = "it runs on another host"
+            why = "it runs on another host (or in another network or mount namespace)"
         if not why and probe.uid != self.uid:
             why = f"it runs as uid {probe.uid}, this node as uid {self.uid}"
         if why:
             self._stay_on_tcp(sender, why)
+            if sender not in self.pairs:  # where the answer waits for the prober's address
+                self.pairs[sender] = _Pair(sender, None, probed=True, why_not=why)
             self._send_setup(sender, ShmAnswer("", False, f"node {self.node_id}: {why}"))
             return
         pair = self.pairs.get(sender)
