@@ -88,7 +88,8 @@ class _Pair:
     incarnation: int | None  # the peer's process these rings belong to (TCP's hello)
     probed: bool = False
     writer: RingWriter | None = None
-    switched: bool = False
+    accepted: bool = False  # the peer opened our ring
+    switched: bool = False  # ... and our frames go through it
     reader: RingReader | None = None
     why_not: str = ""
     held: list[bytes] = field(default_factory=list)  # setup frames waiting for its address
@@ -374,6 +375,8 @@ class ShmTransport:
     def _sweep(self) -> None:
         """Catch a missed wake-up (see shm_ring): read rings with bytes waiting, write what waits."""
         for pair in list(self.pairs.values()):
+            if pair.accepted and not pair.switched:
+                self._try_switch(pair)
             reader, writer = pair.reader, pair.writer
             if reader is not None and reader.started and not reader.closed and reader.ring.readable():
                 reader.read()
@@ -508,13 +511,23 @@ class ShmTransport:
                     pair.writer = None
             self._stay_on_tcp(sender, answer.reason)
             return
-        if pair is None or pair.writer is None or pair.switched or answer.base != pair.writer.names.base:
+        if pair is None or pair.writer is None or pair.accepted or answer.base != pair.writer.names.base:
             log.warning("node %s accepted a ring this node did not offer it (%s): ignored", sender, answer.base)
             return
-        self._send_setup(sender, ShmSwitch(answer.base))  # our last frame to it on TCP
-        pair.switched = True
+        pair.accepted = True
         pair.writer.names.remove()  # both sides hold it open: the names have done their job
-        log.info("node %s: frames to it go through shared memory (%s)", sender, answer.base)
+        self._try_switch(pair)
+
+    def _try_switch(self, pair: _Pair) -> None:
+        """Send the switch (our last frame to the peer on TCP) and write to the ring from now on;
+        unless TCP still holds blocks of large objects for the peer, which it would write after
+        the switch, behind later blocks in the ring: then the sweep tries again."""
+        tcp_peer = self.tcp.peers.get(pair.peer)
+        if pair.writer is None or pair.switched or (tcp_peer is not None and tcp_peer.blocks):
+            return
+        self._send_setup(pair.peer, ShmSwitch(pair.writer.names.base))
+        pair.switched = True
+        log.info("node %s: frames to it go through shared memory (%s)", pair.peer, pair.writer.names.base)
 
     def _stuck(self, node_id: int) -> None:
         """Our ring to ``node_id`` is full and frames past the backlog limit wait: it stopped

@@ -16,6 +16,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -53,6 +54,7 @@ class FakeTcp:
     block_sink: Any = None
     sent: list[Any] = field(default_factory=list)
     bad_frames: int = 0
+    peers: dict[int, Any] = field(default_factory=dict)  # what TCP still holds per peer (blocks)
 
     def send(self, node_id: int, data: bytes) -> None:
         msgs = FrameDecoder().feed(data)
@@ -193,5 +195,34 @@ def test_a_node_set_to_tcp_answers_probes_with_why(shm_dir: str) -> None:
         assert [(x.accepted, x.reason) for x in answers] == [(False, 'node 2: node.transport = "tcp"')]
         assert not [m for m in b.tcp.sent if isinstance(m, ShmProbe)]  # it never asks
         assert a.shm.peer_transports() == {} and os.listdir(shm_dir) == []
+
+    asyncio.run(main())
+
+
+def test_the_switch_waits_until_tcp_has_written_its_blocks(shm_dir: str) -> None:
+    async def main() -> None:
+        a, b = await pair(shm_dir)
+        a.tcp.peers[2] = SimpleNamespace(blocks=[("a block TCP has not written yet",)])
+        a.shm.send(2, frame(AppMessage(b"1")))
+        await turns()
+        await asyncio.sleep(0.05)  # accepted, sweeps ran: still no switch
+        assert a.shm.pairs[2].accepted and not a.shm.pairs[2].switched
+        a.shm.send(2, frame(AppMessage(b"2")))  # so this goes on TCP, behind the block
+        assert AppMessage(b"2") in a.tcp.sent
+        a.tcp.peers[2].blocks.clear()
+        for _ in range(100):
+            if a.shm.pairs[2].switched:
+                break
+            await asyncio.sleep(0.005)
+        assert a.shm.pairs[2].switched
+        a.shm.send(2, frame(AppMessage(b"3")))
+        for _ in range(100):
+            if len(b.got) == 3:
+                break
+            await asyncio.sleep(0.005)
+        assert b.got == [AppMessage(b"1"), AppMessage(b"2"), AppMessage(b"3")]
+        assert AppMessage(b"3") not in a.tcp.sent
+        await a.shm.close()
+        await b.shm.close()
 
     asyncio.run(main())
