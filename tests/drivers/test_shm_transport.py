@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from runtime.drivers.shm_doorbell import Doorbell
 from runtime.drivers.shm_transport import PeerTransport, ShmTransport, TransportMode
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.control import AppMessage
@@ -222,6 +223,38 @@ def test_the_switch_waits_until_tcp_has_written_its_blocks(shm_dir: str) -> None
             await asyncio.sleep(0.005)
         assert b.got == [AppMessage(b"1"), AppMessage(b"2"), AppMessage(b"3")]
         assert AppMessage(b"3") not in a.tcp.sent
+        await a.shm.close()
+        await b.shm.close()
+
+    asyncio.run(main())
+
+
+class MuteBell(Doorbell):
+    __slots__ = ()
+
+    def ring(self) -> None:
+        pass
+
+
+def test_a_lost_wake_up_delays_frames_never_loses_them(shm_dir: str) -> None:
+    async def main() -> None:
+        a, b = await pair(shm_dir)
+        a.shm.send(2, frame(AppMessage(b"1")))
+        for _ in range(100):
+            if a.shm.pairs.get(2) is not None and a.shm.pairs[2].switched and b.got:
+                break
+            await asyncio.sleep(0.005)
+        writer = a.shm.pairs[2].writer
+        assert writer is not None
+        writer.data_bell = MuteBell(writer.data_bell.path, writer.data_bell.fd)  # the wake-up goes missing
+        a.shm.send(2, frame(AppMessage(b"2")))
+        await turns()
+        assert b.got == [AppMessage(b"1")]  # nobody woke the reader ...
+        for _ in range(100):
+            if len(b.got) == 2:
+                break
+            await asyncio.sleep(0.005)
+        assert b.got == [AppMessage(b"1"), AppMessage(b"2")]  # ... the sweep found the frame
         await a.shm.close()
         await b.shm.close()
 
