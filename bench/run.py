@@ -68,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         "with a throwaway CA per run (the tls experiment runs both modes either way)",
     )
     p.add_argument(
+        "--transport",
+        choices=("tcp", "shm", "auto"),
+        default="",
+        help="node.transport of every group (default: the nodes' own default, auto: shared memory "
+        "between processes on this host); run once with tcp and once with shm to compare",
+    )
+    p.add_argument(
         "--baseline-rev",
         default=os.environ.get("BENCH_BASELINE_REV") or baseline.ISSUE_START,
         metavar="REV",
@@ -98,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _on_signal)
 
     security.set_insecure(a.insecure)
+    security.set_transport(a.transport)
+    if a.transport:
+        os.environ["DERECHO_TRANSPORT"] = a.transport  # local_cluster's nodes too
     ctx = Context(quick=a.quick, out=out)
     machine = report.machine_info()
     ctx.say(
@@ -141,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "mode": "quick" if a.quick else "full",
         "tls": security.use_tls(),
+        "transport": security.transport() or "default",
         "command": " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
         "wall_seconds": total,
         "interrupted": interrupted,

@@ -9,6 +9,9 @@ Insecure mode is an internal option, for comparison: ``python bench/run.py --ins
 calls :func:`set_insecure`) runs every experiment with ``security.insecure = true``. A
 function can also ask for one mode explicitly (``tls=True`` / ``tls=False``), whatever the
 default: the ``tls`` experiment does, to measure both modes in the same run.
+
+``--transport tcp|shm|auto`` (:func:`set_transport`) sets ``node.transport`` in every group,
+so two runs compare TCP and shared memory between the bench's processes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,18 @@ from typing import Any, Iterable
 CLIENT_NAME = "bench"  # the client certificate made in every run's certs folder
 
 _insecure = False
+_transport = ""  # node.transport of every group started (run.py --transport); "": the default
+
+
+def set_transport(kind: str) -> None:
+    """Make ``node.transport = kind`` ("tcp", "shm", "auto") the setting of every group started
+    from now on ("" leaves the nodes' default), so one run compares transports."""
+    global _transport
+    _transport = kind
+
+
+def transport() -> str:
+    return _transport
 
 
 def set_insecure(flag: bool) -> None:
@@ -51,13 +66,14 @@ def group_security(workdir: Path, node_ids: Iterable[int], cluster: str, tls: bo
     """Node settings and client credentials for a group whose work folder is ``workdir``: with
     TLS, a throwaway CA and certificates in ``workdir/certs`` (made here); without,
     ``security.insecure = true``."""
+    chosen = {"node.transport": _transport} if _transport else {}
     if not use_tls(tls):
-        return GroupSecurity(False, {"security.insecure": "true"}, None)
+        return GroupSecurity(False, {"security.insecure": "true", **chosen}, None)
     from runtime.drivers.dial import client_credentials
     from runtime.security.certs import ensure_cluster_certs
 
     certs = ensure_cluster_certs(Path(workdir) / "certs", node_ids, clients=(CLIENT_NAME,), cluster=cluster)
-    return GroupSecurity(True, {"security.certs_dir": str(certs)}, client_credentials(certs, CLIENT_NAME))
+    return GroupSecurity(True, {"security.certs_dir": str(certs), **chosen}, client_credentials(certs, CLIENT_NAME))
 
 
 def cluster_kwargs(tls: bool | None = None) -> dict[str, Any]:
@@ -67,4 +83,5 @@ def cluster_kwargs(tls: bool | None = None) -> dict[str, Any]:
 
 
 def mode_label(tls: bool | None = None) -> str:
-    return "TLS on" if use_tls(tls) else "TLS off"
+    label = "TLS on" if use_tls(tls) else "TLS off"
+    return f"{label}, transport {_transport}" if _transport else label

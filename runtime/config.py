@@ -99,6 +99,8 @@ ENV_PREFIX = "DERECHO_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # What a node removed from the group, or cut off from its majority, does (node.on_partition).
 ON_PARTITION = ("rejoin", "exit")
+# How a node reaches its peers (node.transport); see runtime.drivers.shm_transport.
+TRANSPORTS = ("auto", "tcp", "shm", "rdma")
 DEFAULT_LAYOUT_TYPE = "default"
 _LAYOUT_KEYS = ("subgroups", "shards", "min_nodes", "max_nodes", "reserved", "overlapping")
 _SHOW_LIMIT = 200  # non-string values (lists, tables) are cut here; strings are shown whole
@@ -255,6 +257,18 @@ def _on_partition(value: object) -> str:
     if isinstance(value, str) and value.strip().lower() in ON_PARTITION:
         return value.strip().lower()
     raise _Invalid(f"expected one of {', '.join(ON_PARTITION)}, got {_show(value)}")
+
+
+def _transport(value: object) -> str:
+    """One of TRANSPORTS, any case; "rdma" is refused until it is built (issue 23, part 2)."""
+    if isinstance(value, str) and value.strip().lower() in TRANSPORTS:
+        kind = value.strip().lower()
+        if kind == "rdma":
+            raise _Invalid(
+                '"rdma" is not built yet (the pyverbs transport is the second part of issue 23); use "auto", "tcp" or "shm"'
+            )
+        return kind
+    raise _Invalid(f"expected one of {', '.join(TRANSPORTS)}, got {_show(value)}")
 
 
 SCHEDULES = tuple(kind.value for kind in ScheduleKind)
@@ -429,6 +443,7 @@ _FIELDS: dict[str, dict[str, _Field]] = {
         "data_dir": _Field(_identity, _nonempty_str),
         "log_level": _Field(_identity, _log_level),
         "on_partition": _Field(_identity, _on_partition),
+        "transport": _Field(_identity, _transport),
         "cluster": _Field(_identity, _nonempty_str),
     },
     "timeouts": {
@@ -533,6 +548,11 @@ class NodeSection:
     # process and joins again as a new member through the last view's members, with backoff
     # (never founding a group); "exit" stops with exit code 3 for a supervisor to act on.
     on_partition: str = "rejoin"
+    # How frames reach peers: "tcp" always TCP (TLS); "auto" shared memory for peers on this
+    # host (same machine and boot, same user; x86-64, TLS on), TCP otherwise; "shm" the same,
+    # but a peer that cannot use it is a warning, and it is an error without TLS or on another
+    # CPU. TCP stays the control and liveness connection either way.
+    transport: str = "auto"
 
     def __post_init__(self) -> None:
         _check_fields("node", self)
@@ -764,6 +784,11 @@ class NodeConfig:
             value = getattr(self, name)
             if not isinstance(value, cls):
                 raise ConfigError(f"{name}: expected a {cls.__name__}, got {type(value).__name__}")
+        if self.node.transport == "shm" and self.security.insecure:
+            raise ConfigError(
+                'node.transport = "shm" needs TLS: shared memory is set up only over a connection whose '
+                'certificate proved the peer\'s node id (use "auto" or "tcp" with security.insecure)'
+            )
         r, m = self.rdmc, self.multicast
         if r.enabled and r.block_size + 64 > m.max_frame_bytes:
             raise ConfigError(
@@ -1185,6 +1210,9 @@ cluster = {_toml_str(section.cluster)}  # group name; a node of another cluster 
 # removed by the group (a stall, a partition): "rejoin" as a new member (state transfer) through
 # the last view's members, retrying with backoff; "exit" with code 3
 on_partition = {_toml_str(section.on_partition)}
+# "auto": shared memory for peers on this host (same user, TLS on), TCP to others; "tcp": TCP
+# only; "shm": as auto, warning about peers that cannot use it ("rdma": not built yet)
+transport = {_toml_str(section.transport)}
 
 [timeouts]
 heartbeat_ms = {timeouts.heartbeat_ms}  # how often a node tells the group it is alive

@@ -8,6 +8,10 @@ over it, as every node will compute it) is checked against the node count: a lay
 cannot run fails at once with ``LayoutError`` saying how many more nodes it needs, instead of a
 wait that can only time out. When starting fails anyway, the work folder (node logs, data) is
 kept and the error names it, with the lines of the nodes' logs that say why.
+
+``DERECHO_TRANSPORT`` (``tcp``, ``auto``, ``shm``) in the environment sets ``node.transport``
+of every node that the overrides leave it to (the default, ``auto``, uses shared memory
+between these processes).
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ from runtime.security.certs import ensure_cluster_certs
 _log = logging.getLogger("derecho.cluster")
 
 CLIENT_NAME = "local"  # the client certificate a local cluster makes for its own Client
+# Sets node.transport for every node of a local cluster that does not override it ("tcp",
+# "auto", "shm"): how CI runs the real-process suite once per transport.
+TRANSPORT_ENV = "DERECHO_TRANSPORT"
 
 
 def check_layout(nodes: int, types: Sequence[type], layout: Layout, overrides: Mapping[str, str]) -> None:
@@ -85,10 +92,12 @@ class LocalCluster:
         cluster: str = "local",
         start_timeout: float = 30.0,
         insecure: bool = False,
+        node_overrides: Mapping[int, Mapping[str, str]] | None = None,
     ) -> None:
         """``insecure=True`` runs the nodes without TLS (``security.insecure``); by default
         the cluster makes a throwaway CA in its work folder, with a certificate per node and
-        one for its client, so TLS is on as in production."""
+        one for its client, so TLS is on as in production. ``node_overrides``: per node id,
+        settings over ``overrides`` (one node on another transport, say)."""
         if nodes < 1:
             raise GroupClosed("a local cluster needs at least one node")
         layout = layout or Layout({t: ShardPolicy() for t in types})
@@ -109,6 +118,7 @@ class LocalCluster:
         spec.write_bytes(cloudpickle.dumps({"types": list(types), "layout": layout}))
         self._spec = spec
         self._overrides = dict(overrides or {})
+        self.node_overrides = {n: dict(o) for n, o in (node_overrides or {}).items()}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._client: Client | None = None
         # Every node holds the read end of this pipe; only this process holds the write end.
@@ -156,7 +166,11 @@ class LocalCluster:
         others = others or [self.address(n) for n in self.ports if n != node]
         if node != 1 or node in self.procs:
             args += ["--set", f"node.contacts={','.join(others)}"]
-        for k, v in self._overrides.items():
+        settings = {**self._overrides, **self.node_overrides.get(node, {})}
+        transport = os.environ.get(TRANSPORT_ENV, "")
+        if transport and "node.transport" not in settings:
+            args += ["--set", f"node.transport={transport}"]
+        for k, v in settings.items():
             args += ["--set", f"{k}={v}"]
         log = open(self.workdir / f"node-{node}.log", "ab")
         args[4:4] = ["--parent-fd", str(self._lifeline_r), *(["--accept-loss"] if accept_loss else [])]

@@ -396,6 +396,7 @@ class NodeStatus:
     bad_frames: int = 0
     clients: int = 0
     traffic: tuple[tuple[int, int, int], ...] = ()  # (peer, bytes sent, bytes received)
+    transports: tuple[tuple[int, str], ...] = ()  # (peer, what carries its frames: "tcp", "shm", ...)
     views_installed: int = 0
     status_rate_limited: int = 0
     delivered_total: tuple[tuple[str, int], ...] = ()
@@ -411,6 +412,7 @@ class NodeStatus:
             bad_frames=self.bad_frames,
             clients=self.clients,
             traffic=[list(t) for t in self.traffic],
+            transports=[list(t) for t in self.transports],
             views_installed=self.views_installed,
             status_rate_limited=self.status_rate_limited,
             delivered_total=[list(t) for t in self.delivered_total],
@@ -431,6 +433,7 @@ class NodeStatus:
             bad_frames=int(d.get("bad_frames", 0)),
             clients=int(d.get("clients", 0)),
             traffic=tuple((int(p), int(s), int(r)) for p, s, r in d.get("traffic", ())),
+            transports=tuple((int(p), str(k)) for p, k in d.get("transports", ())),
             views_installed=int(d.get("views_installed", 0)),
             status_rate_limited=int(d.get("status_rate_limited", 0)),
             delivered_total=tuple((str(s), int(n)) for s, n in d.get("delivered_total", ())),

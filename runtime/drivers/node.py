@@ -31,7 +31,7 @@ from runtime.drivers.app_queue import AppQueue
 from runtime.drivers.client_door import ClientDoor, client_key
 from runtime.drivers.event_loop import run_loop
 from runtime.drivers.leader_word import LeaderWord
-from runtime.drivers.node_io import NodeIO, tcp_transport
+from runtime.drivers.node_io import NodeIO
 from runtime.drivers.node_phases import NodeContext, NodeCounters, NodePhase, NotStarted, WaitingPhase
 from runtime.drivers.node_phases.first import enter_first_phase
 from runtime.drivers.node_phases.join_watch import BUSY_CONTACT_WAIT
@@ -40,6 +40,7 @@ from runtime.drivers.restart import SavedState
 from runtime.drivers.status import StatusLimiter
 from runtime.drivers.tcp import TransportSecurity
 from runtime.drivers.transport import Transport
+from runtime.drivers.transport_choice import node_transport, peer_transports
 from runtime.errors import ConfigError
 from runtime.exitcodes import START_FAILED
 from runtime.node_api import AppHooks
@@ -128,7 +129,7 @@ class NodeDriver:
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> str:
         """Run until the node stops (excluded, left, or asked to stop); returns the reason."""
-        transport = tcp_transport(
+        transport = node_transport(
             self.config,
             self.security,
             self._incarnation,
@@ -416,6 +417,7 @@ class NodeDriver:
             traffic=tuple((n, sent, got) for n, (sent, got) in sorted(io.transport.traffic().items()))
             if io is not None
             else (),
+            transports=peer_transports(io.transport) if io is not None else (),
             views_installed=self.views_installed,
             status_rate_limited=self._status_limiter.refused,  # status requests refused over the rate
             delivered_total=tuple((str(sid), n) for sid, n in sorted(self.delivered_total.items(), key=str)),

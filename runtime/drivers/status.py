@@ -230,6 +230,8 @@ def render_status(status: dict[str, Any]) -> None:
     members.add_column("shards")
     members.add_column("health")
     members.add_column("last heard", justify="right")
+    members.add_column("transport")  # what carries this node's frames to and from it
+    transports = dict(st.transports)
     shards_of: dict[int, list[str]] = {}
     for sid, nodes in core.layout:
         for n in nodes:
@@ -239,7 +241,13 @@ def render_status(status: dict[str, Any]) -> None:
         h = health.get(node)
         heard = "-" if node == st.node or h is None else f"{h.heard_ms_ago:.0f} ms ago"
         members.add_row(
-            str(rank), str(node), address, ", ".join(shards_of.get(node, [])) or "-", h.state if h else "?", heard
+            str(rank),
+            str(node),
+            address,
+            ", ".join(shards_of.get(node, [])) or "-",
+            h.state if h else "?",
+            heard,
+            "-" if node == st.node else transports.get(node, "tcp"),
         )
     console.print(members)
     app = st.app or AppStatus()

@@ -76,6 +76,7 @@ from runtime.wire.control import (
     Welcome,
 )
 from runtime.wire.descriptors import descriptor_from_wire, pack_default
+from runtime.wire.shm_setup import TAG_SHM_SETUP, ShmAnswer, ShmOffer, ShmProbe, ShmSwitch, decode_shm, encode_shm
 from runtime.wire.transfers import (
     BLOCK_HEADER_SIZE,
     KIND_BLOCK,
@@ -108,6 +109,10 @@ WireMessage = (
     | CreditFrame
     | BlockLanded
     | BlockDropped
+    | ShmProbe
+    | ShmOffer
+    | ShmAnswer
+    | ShmSwitch
 )
 """Everything that travels in a frame: core protocol messages and driver control frames, and
 what a transfer frame comes out of the decoder as (:mod:`runtime.wire.transfers`)."""
@@ -257,6 +262,10 @@ _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
     StatusReply: _enc_status_reply,
     RateLimited: _enc_rate_limited,
     Goodbye: _enc_goodbye,
+    ShmProbe: encode_shm,
+    ShmOffer: encode_shm,
+    ShmAnswer: encode_shm,
+    ShmSwitch: encode_shm,
 }
 
 
@@ -533,6 +542,7 @@ _DECODERS: Final[dict[int, tuple[str, int | tuple[int, ...], Callable[[list[Any]
     TAG_APP: ("AppMessage", 1, _dec_app),
     TAG_BOOTSTRAP_HELLO: ("BootstrapHello", 3, _dec_bootstrap_hello),
     TAG_RATE_LIMITED: ("RateLimited", 2, _dec_rate_limited),
+    TAG_SHM_SETUP: ("ShmSetup", (2, 3, 4), decode_shm),  # 36 (runtime.wire.shm_setup)
 }
 
 

@@ -1,0 +1,285 @@
+"""The two ends of one ring on the event loop: the owner writes (``RingWriter``), the peer
+reads (``RingReader``), each woken by a doorbell only when the other side said it may sleep.
+
+Wake-ups. The reader, finding the ring empty, stores a fresh *sleep epoch* in the header,
+fences, and looks once more (a write that raced with it is then seen); only then does it rely
+on its doorbell. The writer, after publishing bytes, fences and reads that word: a nonzero
+epoch it has not rung for yet means "ring once". So a busy stream pays no system call per
+frame (the reader is awake and says so with epoch 0), and an idle reader costs one ``write``
+and one ``read`` per wake-up. The same dance runs the other way when the ring is full: the
+writer stores a *wait epoch*, the reader rings the room doorbell after freeing bytes.
+
+Back-pressure: what does not fit waits in the writer, in order, frames before blocks of large
+objects (a block already begun is finished first: the ring is one byte stream), so heartbeats
+and SST pushes wait behind at most one block, as on TCP. Frames waiting past ``max_backlog``
+bytes mean the reader stopped reading: the writer reports it (``on_stuck``) and the transport
+cuts the peer off as TCP does; nothing is dropped silently.
+
+Reading: at most ``READ_BUDGET`` bytes per loop callback, then the rest on the next turn, so
+one busy peer cannot hold the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Callable
+
+from runtime.drivers.shm_doorbell import Doorbell
+from runtime.drivers.shm_names import RingNames
+from runtime.drivers.shm_ring import ShmRing, full_fence
+from runtime.wire.codec import FrameDecoder
+
+log = logging.getLogger("derecho.shm")
+
+READ_BUDGET = 1 << 20  # bytes read from one ring per loop callback
+
+
+class RingWriter:
+    """The owner's end: ``send``/``send_block`` never block; what does not fit waits here."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        names: RingNames,
+        ring: ShmRing,
+        data_bell: Doorbell,
+        room_bell: Doorbell,
+        max_backlog: int,
+        on_stuck: Callable[[], None],
+    ) -> None:
+        self.loop = loop
+        self.names = names
+        self.ring = ring
+        self.data_bell = data_bell  # we ring it: data arrived
+        self.room_bell = room_bell  # we wait on it: room freed
+        self.max_backlog = max_backlog
+        self.on_stuck = on_stuck
+        self.frames: deque[memoryview] = deque()
+        self.blocks: deque[tuple[bytes, memoryview]] = deque()
+        self.unit: deque[memoryview] = deque()  # what is left of the item being written
+        self.queued = 0  # bytes of frames waiting (blocks are bounded by the driver's windows)
+        self.sent = 0
+        self.wakeups = 0  # doorbell rings, for tests and status
+        self._rung_for = 0  # the reader's sleep epoch last rung for
+        self._wait_epoch = 0
+        self.closed = False
+        loop.add_reader(room_bell.fd, self._on_room)
+
+    @classmethod
+    def create(
+        cls,
+        loop: asyncio.AbstractEventLoop,
+        names: RingNames,
+        capacity: int,
+        token: bytes,
+        max_backlog: int,
+        on_stuck: Callable[[], None],
+    ) -> RingWriter:
+        """Make the ring's three files (mode 0600) and open them; on failure nothing is left."""
+        made: list[Any] = []
+        try:
+            ring = ShmRing.create(names.ring, capacity, token)
+            made.append(ring)
+            data_bell = Doorbell.create(names.data)
+            made.append(data_bell)
+            room_bell = Doorbell.create(names.room)
+        except BaseException:
+            for thing in made:
+                thing.close()
+            names.remove()
+            raise
+        return cls(loop, names, ring, data_bell, room_bell, max_backlog, on_stuck)
+
+    def send(self, data: bytes | memoryview) -> None:
+        if self.closed:
+            return
+        self.sent += len(data)
+        if not self.unit and not self.frames and not self.blocks:
+            n = self.ring.write(data)
+            if n == len(data):
+                self._wake_reader()
+                return
+            self.unit.append(memoryview(data)[n:])
+            self._wake_reader()
+            self._wait_for_room()
+            return
+        self.frames.append(memoryview(data))
+        self.queued += len(data)
+        if self.queued > self.max_backlog:
+            self.on_stuck()
+            return
+        self.pump()
+
+    def send_block(self, head: bytes, data: memoryview) -> None:
+        if self.closed:
+            return
+        self.sent += len(head) + len(data)
+        self.blocks.append((head, data))
+        self.pump()
+
+    def backlog(self) -> int:
+        """Bytes waiting here or in the ring, not yet read by the peer."""
+        return self.queued + sum(len(p) for p in self.unit) + (self.ring.capacity - self.ring.free())
+
+    def pump(self) -> None:
+        """Write what waits, in order, until it is all in or the ring is full."""
+        if self.closed:
+            return
+        ring, unit = self.ring, self.unit
+        wrote = False
+        while True:
+            if not unit:
+                if self.frames:
+                    piece = self.frames.popleft()
+                    self.queued -= len(piece)
+                    unit.append(piece)
+                elif self.blocks:
+                    head, data = self.blocks.popleft()
+                    unit.append(memoryview(head))
+                    unit.append(data)
+                else:
+                    break
+            piece = unit[0]
+            n = ring.write(piece)
+            wrote = wrote or n > 0
+            if n < len(piece):
+                unit[0] = piece[n:]
+                break
+            unit.popleft()
+        if wrote:
+            self._wake_reader()
+        if unit or self.frames or self.blocks:
+            self._wait_for_room()
+
+    def _wake_reader(self) -> None:
+        full_fence()  # our head store before the load of the reader's epoch
+        epoch = self.ring.consumer_sleeps()
+        if epoch and epoch != self._rung_for:
+            self._rung_for = epoch
+            self.wakeups += 1
+            self.data_bell.ring()
+
+    def _wait_for_room(self) -> None:
+        self._wait_epoch += 1
+        self.ring.set_producer_waits(self._wait_epoch)
+        full_fence()
+        if self.ring.free() > 0:  # the reader freed room meanwhile: go on now, not at its bell
+            self.ring.set_producer_waits(0)
+            self.loop.call_soon(self.pump)
+
+    def _on_room(self) -> None:
+        self.room_bell.drain()
+        self.ring.set_producer_waits(0)
+        self.pump()
+
+    def close(self) -> None:
+        """Stop writing, unmap, and remove the ring's files (we own them)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.room_bell.fd)
+        self.frames.clear()
+        self.blocks.clear()
+        self.unit.clear()
+        self.data_bell.close()
+        self.room_bell.close()
+        self.ring.close()
+        self.names.remove()
+
+
+class RingReader:
+    """The peer's end: decodes what arrives and hands the frames on, once ``start`` is called
+    (at the owner's switch frame on TCP, so nothing overtakes what came before on TCP)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ring: ShmRing,
+        data_bell: Doorbell,
+        room_bell: Doorbell,
+        decoder: FrameDecoder,
+        on_items: Callable[[list[Any]], None],
+    ) -> None:
+        self.loop = loop
+        self.ring = ring
+        self.data_bell = data_bell  # we wait on it
+        self.room_bell = room_bell  # we ring it
+        self.decoder = decoder
+        self.on_items = on_items
+        self.received = 0
+        self.wakeups = 0
+        self.started = False
+        self.closed = False
+        self._epoch = 1
+        self._rung_for = 0
+        self._again: asyncio.Handle | None = None
+        ring.set_consumer_sleeps(self._epoch)  # asleep until started: the owner may ring
+        loop.add_reader(data_bell.fd, self._on_data)
+
+    def start(self) -> None:
+        self.started = True
+        self.read()
+
+    def _on_data(self) -> None:
+        self.data_bell.drain()
+        self.wakeups += 1
+        if self.started:
+            self.read()
+
+    def read(self) -> None:
+        """Read up to ``READ_BUDGET`` bytes; then sleep, or come back next turn if more wait."""
+        self._again = None
+        if self.closed or not self.started:
+            return
+        ring = self.ring
+        ring.set_consumer_sleeps(0)
+        budget = READ_BUDGET
+        while True:
+            pieces = ring.pieces(budget)
+            if not pieces:
+                # Empty: say we may sleep, then look once more (see the module docstring).
+                self._epoch += 1
+                ring.set_consumer_sleeps(self._epoch)
+                full_fence()
+                if ring.readable() == 0:
+                    return
+                ring.set_consumer_sleeps(0)
+                continue
+            items: list[Any] = []
+            n = 0
+            for piece in pieces:
+                items.extend(self.decoder.feed(piece))
+                n += len(piece)
+                piece.release()
+            ring.consume(n)
+            self.received += n
+            budget -= n
+            self._wake_writer()
+            if items:
+                self.on_items(items)
+                if self.closed:
+                    return
+            if budget <= 0:
+                self._again = self.loop.call_soon(self.read)
+                return
+
+    def _wake_writer(self) -> None:
+        full_fence()  # our tail store before the load of the writer's epoch
+        epoch = self.ring.producer_waits()
+        if epoch and epoch != self._rung_for:
+            self._rung_for = epoch
+            self.room_bell.ring()
+
+    def close(self) -> None:
+        """Stop reading and unmap; the files are the owner's to remove."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._again is not None:
+            self._again.cancel()
+        self.loop.remove_reader(self.data_bell.fd)
+        self.data_bell.close()
+        self.room_bell.close()
+        self.ring.close()

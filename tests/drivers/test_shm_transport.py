@@ -1,0 +1,261 @@
+"""The shared-memory transport's setup and switch-over (runtime.drivers.shm_transport), two
+nodes in one process over a stand-in for their authenticated TCP connection.
+
+What the stand-in does is what TCP does for the transport: deliver each side's frames in
+order under the sender's (proven) id, one read at a time on the loop. On top of it: a pair on
+one host and user agrees on rings and every frame arrives once and in order across the switch
+from TCP to the ring; a peer on another host or of another user stays on TCP and says why; an
+offer naming a file that is not that peer's ring for us is refused; the rings go with the TCP
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from runtime.drivers.shm_doorbell import Doorbell
+from runtime.drivers.shm_transport import PeerTransport, ShmTransport, TransportMode
+from runtime.wire.codec import FrameDecoder, frame
+from runtime.wire.control import AppMessage
+from runtime.wire.shm_setup import ShmAnswer, ShmOffer, ShmProbe
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host"),
+]
+
+
+@dataclass
+class _Security:
+    tls: bool = True
+
+
+@dataclass
+class FakeTcp:
+    """What ShmTransport uses of a TcpTransport; frames go to ``other`` on the next loop turn."""
+
+    node_id: int
+    cluster: str = "t"
+    other: FakeTcp | None = None
+    on_frames: Any = None
+    on_peer_lost: Any = None
+    security: _Security = field(default_factory=_Security)
+    incarnations: dict[int, int] = field(default_factory=dict)
+    addresses: dict[int, str] = field(default_factory=dict)
+    max_backlog: int = 1 << 30
+    max_frame: int = 1 << 20
+    block_sink: Any = None
+    sent: list[Any] = field(default_factory=list)
+    bad_frames: int = 0
+    peers: dict[int, Any] = field(default_factory=dict)  # what TCP still holds per peer (blocks)
+
+    def send(self, node_id: int, data: bytes) -> None:
+        msgs = FrameDecoder().feed(data)
+        self.sent.extend(msgs)
+        other = self.other
+        if other is None:  # cut off: what is sent is only recorded
+            return
+        assert node_id == other.node_id
+        asyncio.get_running_loop().call_soon(other.on_frames, self.node_id, msgs)
+
+    def learn(self, node_id: int, address: str) -> None:
+        self.addresses[node_id] = address
+
+    def traffic(self) -> dict[int, tuple[int, int]]:
+        return {}
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="derecho-test-") as d:
+        yield d
+
+
+class Node:
+    def __init__(self, node_id: int, shm_dir: str, mode: TransportMode = TransportMode.AUTO) -> None:
+        self.got: list[Any] = []
+        self.lost: list[int] = []
+        self.tcp = FakeTcp(node_id, on_frames=self._frames, on_peer_lost=self.lost.append)
+        self.tcp.addresses = {1: "a", 2: "b"}
+        self.shm = ShmTransport(self.tcp, mode, ring_capacity=8192, shm_dir=shm_dir)  # type: ignore[arg-type]
+
+    def _frames(self, sender: int, frames: list[Any]) -> None:
+        self.got.extend(frames)
+
+
+async def pair(shm_dir: str, mode2: TransportMode = TransportMode.AUTO) -> tuple[Node, Node]:
+    a, b = Node(1, shm_dir), Node(2, shm_dir, mode2)
+    a.tcp.other, b.tcp.other = b.tcp, a.tcp
+    await a.shm.start()
+    await b.shm.start()
+    return a, b
+
+
+async def turns(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_frames_arrive_once_and_in_order_across_the_switch(shm_dir: str) -> None:
+    async def main() -> None:
+        a, b = await pair(shm_dir)
+        msgs = [AppMessage(i.to_bytes(4, "big") * 300) for i in range(300)]  # 1.2 KB each, ring 8 KiB
+        for i, m in enumerate(msgs):  # the first ones on TCP, the rest through the ring
+            a.shm.send(2, frame(m))
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+        b.shm.send(1, frame(AppMessage(b"hi")))
+        for _ in range(200):
+            if len(b.got) == len(msgs) and a.got:
+                break
+            await asyncio.sleep(0.005)
+        assert b.got == msgs
+        assert a.got == [AppMessage(b"hi")]
+        assert a.shm.peer_transports() == {2: PeerTransport.SHM}
+        assert b.shm.peer_transports() == {1: PeerTransport.SHM}
+        on_tcp = [m for m in a.tcp.sent if isinstance(m, AppMessage)]
+        assert 0 < len(on_tcp) < len(msgs)  # both paths carried some
+        assert os.listdir(shm_dir) == []  # the names went once both sides held the rings
+        a.shm.lost_on_tcp(2)  # the TCP connection broke: the rings go with it
+        assert a.lost == [2] and a.shm.peer_transports() == {}
+        await a.shm.close()
+        await b.shm.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "probe, why",
+    [
+        (ShmProbe("another-host", os.getuid()), "it runs on another host"),
+        (ShmProbe("", os.getuid() + 1), f"it runs as uid {os.getuid() + 1}"),
+    ],
+)
+def test_a_peer_on_another_host_or_uid_stays_on_tcp(
+    shm_dir: str, probe: ShmProbe, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        a, b = await pair(shm_dir)
+        if not probe.host:
+            probe_ = ShmProbe(a.shm.host, probe.uid)
+        else:
+            probe_ = probe
+        a.shm.frames_from_tcp(2, [probe_])
+        answers = [m for m in a.tcp.sent if isinstance(m, ShmAnswer)]
+        assert len(answers) == 1 and not answers[0].accepted and why in answers[0].reason
+        assert not [m for m in a.tcp.sent if isinstance(m, ShmOffer)]
+        assert os.listdir(shm_dir) == []
+        await a.shm.close()
+        await b.shm.close()
+
+    caplog.set_level("INFO", logger="derecho.shm")
+    asyncio.run(main())
+    assert any(why in r.getMessage() for r in caplog.records)
+
+
+def test_an_offer_of_another_file_is_refused(shm_dir: str) -> None:
+    async def main() -> None:
+        a, b = await pair(shm_dir)
+        a.shm.send(2, frame(AppMessage(b"x")))  # a asked b for a ring
+        a.tcp.other = b.tcp.other = None  # and nothing more passes between them
+        await turns()
+        a.tcp.sent.clear()
+        target = os.path.join(shm_dir, "victim")
+        open(target, "w").close()
+        for base in (target, f"{shm_dir}/derecho-t-n3-to1-p1-0123456789abcdef", "/etc/passwd"):
+            a.shm.frames_from_tcp(2, [ShmOffer(base, 8192, b"0" * 16)])
+        refusals = [m for m in a.tcp.sent if isinstance(m, ShmAnswer)]
+        assert len(refusals) == 3 and not any(r.accepted for r in refusals)
+        assert all("is not one node 2 may offer" in r.reason for r in refusals)
+        assert os.path.exists(target)  # untouched
+
+    asyncio.run(main())
+
+
+def test_a_node_set_to_tcp_answers_probes_with_why(shm_dir: str) -> None:
+    async def main() -> None:
+        a, b = await pair(shm_dir, TransportMode.TCP)
+        a.shm.send(2, frame(AppMessage(b"x")))
+        await turns()
+        assert b.got == [AppMessage(b"x")]
+        answers = [m for m in b.tcp.sent if isinstance(m, ShmAnswer)]
+        assert [(x.accepted, x.reason) for x in answers] == [(False, 'node 2: node.transport = "tcp"')]
+        assert not [m for m in b.tcp.sent if isinstance(m, ShmProbe)]  # it never asks
+        assert a.shm.peer_transports() == {} and os.listdir(shm_dir) == []
+
+    asyncio.run(main())
+
+
+def test_the_switch_waits_until_tcp_has_written_its_blocks(shm_dir: str) -> None:
+    async def main() -> None:
+        a, b = await pair(shm_dir)
+        a.tcp.peers[2] = SimpleNamespace(blocks=[("a block TCP has not written yet",)])
+        a.shm.send(2, frame(AppMessage(b"1")))
+        await turns()
+        await asyncio.sleep(0.05)  # accepted, sweeps ran: still no switch
+        assert a.shm.pairs[2].accepted and not a.shm.pairs[2].switched
+        a.shm.send(2, frame(AppMessage(b"2")))  # so this goes on TCP, behind the block
+        assert AppMessage(b"2") in a.tcp.sent
+        a.tcp.peers[2].blocks.clear()
+        for _ in range(100):
+            if a.shm.pairs[2].switched:
+                break
+            await asyncio.sleep(0.005)
+        assert a.shm.pairs[2].switched
+        a.shm.send(2, frame(AppMessage(b"3")))
+        for _ in range(100):
+            if len(b.got) == 3:
+                break
+            await asyncio.sleep(0.005)
+        assert b.got == [AppMessage(b"1"), AppMessage(b"2"), AppMessage(b"3")]
+        assert AppMessage(b"3") not in a.tcp.sent
+        await a.shm.close()
+        await b.shm.close()
+
+    asyncio.run(main())
+
+
+class MuteBell(Doorbell):
+    __slots__ = ()
+
+    def ring(self) -> None:
+        pass
+
+
+def test_a_lost_wake_up_delays_frames_never_loses_them(shm_dir: str) -> None:
+    async def main() -> None:
+        a, b = await pair(shm_dir)
+        a.shm.send(2, frame(AppMessage(b"1")))
+        for _ in range(100):
+            if a.shm.pairs.get(2) is not None and a.shm.pairs[2].switched and b.got:
+                break
+            await asyncio.sleep(0.005)
+        writer = a.shm.pairs[2].writer
+        assert writer is not None
+        writer.data_bell = MuteBell(writer.data_bell.path, writer.data_bell.fd)  # the wake-up goes missing
+        a.shm.send(2, frame(AppMessage(b"2")))
+        await turns()
+        assert b.got == [AppMessage(b"1")]  # nobody woke the reader ...
+        for _ in range(100):
+            if len(b.got) == 2:
+                break
+            await asyncio.sleep(0.005)
+        assert b.got == [AppMessage(b"1"), AppMessage(b"2")]  # ... the sweep found the frame
+        await a.shm.close()
+        await b.shm.close()
+
+    asyncio.run(main())
