@@ -32,14 +32,14 @@ def payloads(node_id: int, first: int, n: int, size: int) -> list[bytes]:
     return [(head % seq).ljust(size, b".") for seq in range(first, first + n)]
 
 
-def _tag(p: bytes) -> bytes:
+def _tag(p: bytes | bytearray) -> bytes:
     """What a log line shows of a payload: ``<node>:<seq>`` of a load payload, else its
     first 32 bytes in hex."""
     first = p.find(b":")
     second = p.find(b":", first + 1) if first >= 0 else -1
     if second < 0:
         return p[:32].hex().encode()
-    return p[:second]
+    return bytes(p[:second])
 
 
 class LoadApp:
