@@ -10,10 +10,10 @@ from runtime.core.object_transfers import TransferOutput
 from runtime.core.rdmc_descriptor import OwnPayload
 from runtime.core.view import View
 
-DeliveredMessage = tuple[int, int, int, bytes | bytearray]
+DeliveredMessage = tuple[int, int, int, bytes | memoryview]
 """``(global_index, sender_node, sender_index, payload)``; null messages are never delivered.
-A large object's payload at a receiver is its receive buffer (a ``bytearray``, handed over
-without a copy: treat it as read-only), elsewhere ``bytes``."""
+A large object's payload at a receiver is a read-only ``memoryview`` of its receive buffer
+(handed over without a copy), elsewhere ``bytes``."""
 
 
 @dataclass(frozen=True, slots=True)

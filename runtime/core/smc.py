@@ -513,7 +513,7 @@ class ShardMulticast:
                 out.append((k0 + i, m))
         return None
 
-    def object_complete(self, pos: int, k: int, data: bytes | bytearray) -> None:
+    def object_complete(self, pos: int, k: int, data: memoryview) -> None:
         """The object in sender ``pos``'s slot ``k`` is whole and checked here: its slot now
         counts as received (and with it what this member holds after it, up to the next
         object not whole here). Frozen counts stay frozen: after the wedge, it is beyond the trim."""

@@ -46,7 +46,7 @@ class ShardObjects:
         self.pending: list[deque[int]] = [deque() for _ in range(n)]  # sender indices, ascending
         # This member's own objects (Digested: a resend in the next view needs no new pass) and
         # the receive buffers of others' objects that are whole here.
-        self.held: list[dict[int, Digested | bytes | bytearray]] = [{} for _ in range(n)]
+        self.held: list[dict[int, Digested | memoryview]] = [{} for _ in range(n)]
         self.to_start: list[StartSending] = []
         self.to_announce: list[ObjectDescriptor] = []
 
@@ -98,7 +98,7 @@ class ShardObjects:
         pending = self.pending[pos]
         return pending[0] if pending and pending[0] < held else held
 
-    def complete(self, pos: int, k: int, data: bytes | bytearray) -> bool:
+    def complete(self, pos: int, k: int, data: memoryview) -> bool:
         """The object in sender ``pos``'s slot ``k`` is whole here; False if it is not pending
         (a completion of another view, or twice: nothing changes)."""
         pending = self.pending[pos]
@@ -119,7 +119,7 @@ class ShardObjects:
         for k in [k for k in held if k0 <= k < k1]:
             seg[k - k0] = _payload(held.pop(k))
 
-    def data_of(self, pos: int, k: int) -> bytes | bytearray:
+    def data_of(self, pos: int, k: int) -> bytes | memoryview:
         """The bytes of the object in a slot within the trim (whole here, since the trim never
         passes this member's ``received_num``)."""
         return _payload(self.held[pos].pop(k))
@@ -132,9 +132,13 @@ class ShardObjects:
         return held
 
 
-def _payload(held: Digested | bytes | bytearray) -> bytes | bytearray:
+def _payload(held: Digested | memoryview) -> bytes | memoryview:
     """What the application gets for a delivered object, without a copy: the sender's own
-    bytes, or a receiver's buffer itself (a ``bytearray``: copying a GiB to ``bytes`` on the
-    node's loop would stall it for about a second). The buffer is the application's from
-    here: the engine released it when the object completed and never writes to it again."""
-    return held.data if isinstance(held, Digested) else held
+    bytes, or a read-only ``memoryview`` of a receiver's buffer (copying a GiB to ``bytes`` on
+    the node's loop would stall it for about a second). Read-only: a relay of it may still sit
+    in a transport's queue (no member needs it any more, but its bytes must stay the object's).
+    A read-only view is hashable and compares by content, as ``bytes`` do."""
+    if isinstance(held, Digested):
+        data = held.data
+        return data if type(data) is bytes else memoryview(data).toreadonly()
+    return held.toreadonly()
