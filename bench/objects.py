@@ -104,6 +104,8 @@ class ObjectApp:
         self.digests: list[tuple[int, int, str]] = []
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="bench-digest") if args.digest else None
         self._pending: list[Any] = []
+        self.profile_path = args.profile
+        self.profiler: Any = None
 
     def hooks(self) -> Any:
         from runtime.drivers.node import AppHooks
@@ -119,6 +121,11 @@ class ObjectApp:
             self.rss_go = _rss_kib()
             self._due = time.monotonic() + TICK
             self.driver.loop.call_later(TICK, self._probe)
+            if self.profile_path:  # the loop thread only, from the group's start to the last delivery
+                import cProfile
+
+                self.profiler = cProfile.Profile()
+                self.profiler.enable()
         self._pump()
 
     def _probe(self) -> None:
@@ -150,6 +157,9 @@ class ObjectApp:
         self.delivered += len(d.messages)
         if self.delivered >= self.expect and not self.written:
             self.written = True
+            if self.profiler is not None:
+                self.profiler.disable()
+                self.profiler.dump_stats(self.profile_path)
             doc = {
                 "node": self.node_id,
                 "sent": self.sent,
@@ -245,6 +255,7 @@ def run_objects(
     settings: dict[str, str] | None = None,
     limit: float = 300.0,
     keep: bool = False,
+    profile: str = "",
 ) -> Run:
     """One fresh cluster of ``nodes`` processes moving ``count`` payloads of ``size`` bytes
     from each of the first ``senders``; stops every process whatever happens."""
@@ -282,6 +293,9 @@ def run_objects(
         cmd += [x for k, v in mine.items() for x in ("--set", f"{k}={v}")]
         if digest:
             cmd.append("--digest")
+        if profile:
+            Path(profile).mkdir(parents=True, exist_ok=True)
+            cmd += ["--profile", str(Path(profile) / f"node-{i}.prof")]
         log = open(workdir / f"node-{i}.log", "ab")
         procs[i] = subprocess.Popen(
             cmd,
@@ -473,6 +487,7 @@ def plot_objects(results: dict[str, list[Row]], out: Path) -> list[Path]:
     report._hline(axes[0], tcp, f"ceiling: 1 TCP stream ({tcp / 1000:.1f} GB/s)" if tcp else "")
     axes[0].set_ylabel("delivered MB/s per receiver (slowest)")
     axes[1].set_ylabel("peak RSS growth per node / object size")
+    axes[1].set_title("runs of several objects hold several at once (and the app's digests)", fontsize=8)
     axes[1].axhline(2.5, color="firebrick", linestyle=":", linewidth=1)
     for ax in axes:
         ax.set_xscale("log")
@@ -499,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--expect", type=int, required=True)
         p.add_argument("--out", required=True)
         p.add_argument("--digest", action="store_true")
+        p.add_argument("--profile", default="")
         p.add_argument("--set", action="append", default=[])
         return node_main(p.parse_args(argv[1:]))
     p = argparse.ArgumentParser(prog="python -m bench.objects", description=__doc__.split("\n\n")[0])
@@ -512,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--limit", type=float, default=300.0)
     p.add_argument("--keep", action="store_true", help="keep the work folder (node logs)")
+    p.add_argument("--profile", default="", metavar="DIR", help="cProfile each node's loop into DIR/node-<id>.prof")
     a = p.parse_args(argv)
     run = run_objects(
         a.size,
@@ -524,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         dict(s.split("=", 1) for s in a.set),
         a.limit,
         a.keep,
+        a.profile,
     )
     print(describe(run))
     if a.digest:
