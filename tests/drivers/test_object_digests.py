@@ -113,3 +113,27 @@ def test_a_trimmed_object_comes_back_with_its_digest() -> None:
     queue.put_back(SHARD, [back, b"s"])
     assert queue.offer(SHARD, core, 0.0) and core.taken == [back, b"s"]
     assert digests.digested == 0  # no second pass
+
+
+def test_the_loop_thread_keeps_turning_while_a_large_object_is_digested() -> None:
+    """hashlib drops the GIL on large buffers: while the worker digests 256 MiB, the thread
+    that handed it over (the node's loop) keeps running at its own pace."""
+    core, posted = FakeCore(), Posted()
+    digests = ObjectDigests(ABOVE, posted, lambda shard: None)
+    queue = AppQueue(digests)
+    big = bytes(range(256)) * (1 << 20)  # 256 MiB
+    gaps: list[float] = []
+    try:
+        t0 = last = time.perf_counter()
+        queue.send(SHARD, [big, b"after"], core, 0.0)  # type: ignore[arg-type]
+        while digests.digested == 0:
+            time.sleep(0.002)  # a loop turn
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        took = time.perf_counter() - t0
+    finally:
+        digests.close()
+    assert core.taken == []  # the small one waited behind the object
+    assert took > 0.1 and len(gaps) > 10, (took, len(gaps))  # the digest took a while (~0.5 s here)...
+    assert max(gaps) < min(0.15, took / 3), (max(gaps), took)  # ...and no turn waited for it
