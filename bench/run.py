@@ -41,6 +41,7 @@ MODULES = [
     "bench.peers.etcd_peer",
     "bench.persistence",
     "bench.tlscost",
+    "bench.objects",
     "bench.readlevels",
     "bench.watches",
 ]

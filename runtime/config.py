@@ -717,11 +717,18 @@ class RdmcSection:
     # and 433 MB/s as messages, so by default only what cannot go as a message goes as an object.
     threshold_bytes: int = 1 << 20  # above multicast.max_message_size it acts as that
     block_size: int = 1 << 20
-    # The sender's digest and the copies at the ends still run on the node's loop (~0.1-0.2 s
-    # per 40 MB here): far larger objects would stall it past timeouts.suspicion_ms.
-    max_object_size: int = 64 << 20  # larger payloads are refused at the caller (ObjectTooLarge)
+    # No whole-object pass runs on the node's loop (the sender's digest is taken on a worker
+    # thread, a receive buffer is mapped page by page as blocks land and is delivered as it
+    # is), so the size is bounded by memory alone. Memory: an object costs one copy of itself
+    # per node, the receive buffer (which the application is handed) or the sender's own
+    # bytes; a node's objects in flight, in any role, hold at most max_bytes_in_flight
+    # together (a sender's own objects count too, though they are the application's bytes).
+    # So a node commits at most 4 GiB to transfers by default, one object of the largest size
+    # or several smaller ones (measured: a 1 GiB object raises a receiver's peak RSS by about
+    # 1.0x its size; bench/objects.py). Lower both on small machines.
+    max_object_size: int = 4 << 30  # larger payloads are refused at the caller (ObjectTooLarge)
     max_objects_in_flight: int = 8  # objects at one node in any role; a sender gets its share
-    max_bytes_in_flight: int = 512 << 20  # their sizes together
+    max_bytes_in_flight: int = 4 << 30  # their sizes together
     window_blocks: int = 4  # blocks of one object in flight per link
     schedule: str = "binomial"
 

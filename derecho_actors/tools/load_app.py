@@ -32,9 +32,11 @@ def payloads(node_id: int, first: int, n: int, size: int) -> list[bytes]:
     return [(head % seq).ljust(size, b".") for seq in range(first, first + n)]
 
 
-def _tag(p: bytes) -> bytes:
+def _tag(p: bytes | memoryview) -> bytes:
     """What a log line shows of a payload: ``<node>:<seq>`` of a load payload, else its
-    first 32 bytes in hex."""
+    first 32 bytes in hex. (A large object arrives as a memoryview: its head is read.)"""
+    if type(p) is not bytes:
+        p = bytes(p[:64])
     first = p.find(b":")
     second = p.find(b":", first + 1) if first >= 0 else -1
     if second < 0:
@@ -95,8 +97,9 @@ class LoadApp:
         if self._log is not None:
             line = f"{d.vid} {d.shard} ".encode().replace(b"%", b"%%") + b"%d %d %d %s\n"
             try:  # load payloads, "<node>:<seq>:...": two finds and a slice per message
-                text = b"".join([line % (g, s, k, p[: p.index(b":", p.index(b":") + 1)]) for g, s, k, p in msgs])
-            except ValueError:  # some other payload in the batch
+                # (a large object arrives as a memoryview, which has no index(): the slow path)
+                text = b"".join([line % (g, s, k, p[: p.index(b":", p.index(b":") + 1)]) for g, s, k, p in msgs])  # type: ignore[misc]
+            except (ValueError, AttributeError):  # some other payload in the batch
                 text = b"".join([line % (g, s, k, _tag(p)) for g, s, k, p in msgs])
             if not text.isascii():  # slow path: tags are shown as ASCII, the shard as it is
                 head = f"{d.vid} {d.shard} "

@@ -251,7 +251,7 @@ class UndecodableBatch:
     calls: tuple[IdentifiedCall, ...] = ()
 
 
-def decode_ordered(payload: bytes) -> list[OrderedCall] | UndecodableBatch:
+def decode_ordered(payload: bytes | memoryview) -> list[OrderedCall] | UndecodableBatch:
     """The calls of one multicast payload; an :class:`UndecodableBatch` saying why and naming
     the calls it could read if it is not one of ours. Every replica decodes the same payload
     alike, so none of its calls runs anywhere."""
@@ -282,11 +282,11 @@ def decode_ordered(payload: bytes) -> list[OrderedCall] | UndecodableBatch:
     return out
 
 
-def _bad(payload: bytes, reason: str) -> UndecodableBatch:
+def _bad(payload: bytes | memoryview, reason: str) -> UndecodableBatch:
     return UndecodableBatch(reason, _salvage(payload))
 
 
-def _salvage(payload: bytes) -> tuple[IdentifiedCall, ...]:
+def _salvage(payload: bytes | memoryview) -> tuple[IdentifiedCall, ...]:
     """The calls of a payload that failed to decode whose caller and number can be read: read
     field by field (msgpack is a stream), up to the first byte that makes no sense, so a call
     cut short still counts if its first two fields were read."""

@@ -7,10 +7,13 @@ from typing import Sequence
 
 from runtime.core.messages import Message, Payload, ShardKey
 from runtime.core.object_transfers import TransferOutput
+from runtime.core.rdmc_descriptor import OwnPayload
 from runtime.core.view import View
 
-DeliveredMessage = tuple[int, int, int, bytes]
-"""``(global_index, sender_node, sender_index, payload)``; null messages are never delivered."""
+DeliveredMessage = tuple[int, int, int, bytes | memoryview]
+"""``(global_index, sender_node, sender_index, payload)``; null messages are never delivered.
+A large object's payload at a receiver is a read-only ``memoryview`` of its receive buffer
+(handed over without a copy), elsewhere ``bytes``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +87,7 @@ class Ready:
     deliveries: list[Delivery] = field(default_factory=list)
     views: list[View] = field(default_factory=list)
     window_open: list[ShardKey] = field(default_factory=list)
-    orphaned: list[tuple[ShardKey, list[bytes]]] = field(default_factory=list)
+    orphaned: list[tuple[ShardKey, list[OwnPayload]]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     persisted: list[tuple[ShardKey, int]] = field(default_factory=list)
     # (shard, view id, n): every member of the shard has delivered the view's global indices

@@ -12,10 +12,11 @@ from runtime.core.sst import RowDelta
 ShardKey = ShardId
 """Names a shard: ``ShardId(type_name, subgroup, shard)`` as the layout gives it."""
 
-Payload = bytes | ObjectDescriptor | None
+Payload = bytes | memoryview | ObjectDescriptor | None
 """A multicast message slot: a body; ``None``, a null message (it only advances the round-robin
 order); or the descriptor of a large object whose bytes move by the block pipeline (its slot is
-delivered as the object's bytes, once every member holds them)."""
+delivered as the object's bytes, once every member holds them: at a receiver, its receive
+buffer, as a read-only ``memoryview``, not copied to ``bytes``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from runtime.core.messages import (
     ViewAnnouncement,
 )
 from runtime.core.object_transfers import HOSTILE, NodeObjects, Sorted
-from runtime.core.rdmc_descriptor import ObjectId
+from runtime.core.rdmc_descriptor import ObjectId, OwnPayload
 from runtime.core.rdmc_events import BlockRefused, Refusal
 from runtime.core.smc import MulticastConfig, ShardMulticast
 from runtime.core.status import CoreStatus, MemberHealth, ShardMemberProgress, ShardProgress, Stalls
@@ -152,7 +152,7 @@ class NodeCore:
         self._evaluate()
         self._pump_objects()
 
-    def send(self, shard: ShardKey, payloads: Sequence[bytes], now: float) -> int:
+    def send(self, shard: ShardKey, payloads: Sequence[OwnPayload], now: float) -> int:
         """Multicast payloads in ``shard``; returns how many the window took.
 
         During a view change (wedged) or in an inadequate view nothing is taken; the caller
@@ -444,7 +444,7 @@ class NodeCore:
         started = m.wedge_started_at
         self.last_change_duration = self.now - started if started is not None else None
         self._drain_group()  # the echo of the decision goes out in the old view first
-        resend: dict[ShardKey, list[bytes]] = {}
+        resend: dict[ShardKey, list[OwnPayload]] = {}
         for sid, smc in self.shards.items():
             trim = proposal.trim_of(sid)
             if trim is None:
@@ -491,7 +491,7 @@ class NodeCore:
         out.complete = []
         self._apply_transfers(out)
 
-    def _install(self, view: View, resend: dict[ShardKey, list[bytes]], carried: tuple[int, ...]) -> None:
+    def _install(self, view: View, resend: dict[ShardKey, list[OwnPayload]], carried: tuple[int, ...]) -> None:
         cfg = self.config
         self.view = view
         self.shards = {}

@@ -31,9 +31,9 @@ class ObjectPolicy:
     threshold: int = 1 << 20
     block_size: int = 1 << 20
     kind: ScheduleKind = ScheduleKind.BINOMIAL
-    max_object_size: int = 64 << 20
+    max_object_size: int = 4 << 30
     max_objects: int = 8
-    max_bytes: int = 512 << 20
+    max_bytes: int = 4 << 30
     window: int = 4
 
     def __post_init__(self) -> None:

@@ -26,6 +26,8 @@ from runtime.errors import Unavailable, UsageError
 
 __all__ = [
     "DIGEST_SIZE",
+    "Digested",
+    "OwnPayload",
     "ObjectDescriptor",
     "ObjectId",
     "ObjectTooLarge",
@@ -142,6 +144,40 @@ class ObjectDescriptor:
             return None
 
 
+@dataclass(frozen=True, slots=True)
+class Digested:
+    """A large payload whose object digest was already computed, off the node's loop.
+
+    Digesting is the one whole-object pass a sender makes (~0.1-0.2 s per 40 MB here): on the
+    node's event loop, a GiB object would stall heartbeats past ``timeouts.suspicion_ms``. So
+    the real driver digests each large payload in a worker thread (``hashlib`` releases the GIL
+    on large buffers) and hands the core this, in the payload's place in its submit order; the
+    core then never reads the bytes but to slice blocks. A plain ``bytes`` payload above the
+    threshold is digested inline (the simulator's choice: deterministic, and its objects are
+    small). ``len()`` is the payload's, so the core's size checks treat both alike."""
+
+    data: bytes | bytearray
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, (bytes, bytearray)):
+            raise TransferUsageError(f"Digested.data must be bytes or bytearray, got {type(self.data).__name__}")
+        if not isinstance(self.digest, bytes) or len(self.digest) != DIGEST_SIZE:
+            raise TransferUsageError(f"Digested.digest must be {DIGEST_SIZE} bytes, got {self.digest!r}")
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @classmethod
+    def of(cls, data: bytes | bytearray) -> Digested:
+        """``data`` with its digest (one pass: call it where a pass over the bytes may block)."""
+        return cls(data, object_digest(data))
+
+
+OwnPayload = bytes | Digested
+"""What a member multicasts: bytes, or a large payload with its digest computed already."""
+
+
 def byte_view(data: bytes | bytearray | memoryview) -> memoryview:
     """A flat unsigned-byte view of ``data`` without copying it (NumPy arrays and typed
     memoryviews included, if C-contiguous), so blocks can be sliced out of it by byte offset."""
@@ -162,7 +198,11 @@ def describe(
     data: bytes | bytearray | memoryview,
     block_size: int,
     kind: ScheduleKind = ScheduleKind.BINOMIAL,
+    digest: bytes | None = None,
 ) -> ObjectDescriptor:
-    """The descriptor of ``data`` sent by ``oid.sender`` to ``members`` (one pass to digest it)."""
+    """The descriptor of ``data`` sent by ``oid.sender`` to ``members``: one pass to digest
+    it, unless its ``digest`` was computed already (elsewhere, off the loop)."""
     view = byte_view(data)
-    return ObjectDescriptor(oid, members, view.nbytes, block_size, kind, object_digest(view))
+    return ObjectDescriptor(
+        oid, members, view.nbytes, block_size, kind, object_digest(view) if digest is None else digest
+    )

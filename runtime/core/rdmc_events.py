@@ -175,7 +175,7 @@ class ObjectComplete:
     business (it waits until every member holds every block); this node may still relay."""
 
     descriptor: ObjectDescriptor
-    data: bytearray
+    data: memoryview  # the buffer, writable (the transfer config's ``allocate`` made it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,7 @@ class ObjectTransfer:
     )  # fmt: skip
 
     def __init__(
-        self, descriptor: ObjectDescriptor, plan: NodePlan, view: memoryview, buffer: bytearray | None, window: int
+        self, descriptor: ObjectDescriptor, plan: NodePlan, view: memoryview, buffer: memoryview | None, window: int
     ) -> None:
         self.descriptor = descriptor
         self.plan = plan

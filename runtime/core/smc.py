@@ -22,13 +22,13 @@ from bisect import bisect_right
 from collections import deque
 from itertools import accumulate, compress, repeat
 from operator import attrgetter, is_not
-from typing import Any, Callable, Iterator, Sequence, overload
+from typing import Any, Callable, Iterator, Sequence, cast, overload
 
 from runtime.core import ordering
 from runtime.core.effects import DeliveredMessage, Delivery, Rejected
 from runtime.core.messages import Payload, ShardKey, ShardPush
 from runtime.core.multicast_config import MulticastConfig
-from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectTooLarge
+from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectTooLarge, OwnPayload
 from runtime.core.rdmc_events import StartSending
 from runtime.core.smc_objects import ShardObjects
 from runtime.core.sst import SST, Column, Schema, SSTError
@@ -237,7 +237,7 @@ class ShardMulticast:
         self._lazy_at: float | None = None  # when lazy row changes get a push of their own
         self._lazy_due = False
         # Messages trimmed from the previous view, sent again here before any new payload.
-        self.resend: list[bytes] = []
+        self.resend: list[OwnPayload] = []
         self.sst.register("stability", self._stable_beyond_delivered, self._deliver_stable)
         # Persistence frontier: every member's disk holds all versions up to it. Rows start at
         # 0 until a member pushes, so the frontier only moves once everyone has reported.
@@ -285,7 +285,7 @@ class ShardMulticast:
             self._released_bytes = marks.popleft()[1]
         return self.config.window_bytes - (self._own_bytes - self._released_bytes)
 
-    def _fit_bytes(self, payloads: Sequence[bytes], take: int) -> int:
+    def _fit_bytes(self, payloads: Sequence[OwnPayload], take: int) -> int:
         """How many of the first ``take`` payloads fit the byte window (at least one when
         nothing is outstanding, so a message above ``window_bytes`` still goes alone)."""
         free = self.window_bytes_free()
@@ -296,7 +296,7 @@ class ShardMulticast:
             return 1
         return fit
 
-    def send(self, payloads: Sequence[bytes], now: float) -> int:
+    def send(self, payloads: Sequence[OwnPayload], now: float) -> int:
         """Append as many payloads as the window admits; returns how many were taken.
 
         The rest stay the caller's: it retries after a ``window_open`` notice. Nothing is
@@ -316,7 +316,7 @@ class ShardMulticast:
         self._app_waiting = take < len(payloads)
         return take
 
-    def _take_own(self, payloads: Sequence[bytes], now: float) -> int:
+    def _take_own(self, payloads: Sequence[OwnPayload], now: float) -> int:
         """Append as many of ``payloads`` as the windows (and, for large objects, the object
         limits) admit now; how many. Raises ValueError (nothing of the offending payload is
         taken) for a payload too large for any path."""
@@ -331,7 +331,7 @@ class ShardMulticast:
             total += more
         return total
 
-    def _take_some(self, payloads: Sequence[bytes], now: float) -> int:
+    def _take_some(self, payloads: Sequence[OwnPayload], now: float) -> int:
         take = min(self.send_capacity(), len(payloads))
         if not take:
             return 0
@@ -350,11 +350,13 @@ class ShardMulticast:
                 head, take = head[:big], big
         take = self._fit_bytes(head, take)
         if take:
-            self._append_own(head if take == len(head) else head[:take])
+            # Only payloads above the threshold come Digested (the driver wraps no others): the
+            # run taken here is of bytes.
+            self._append_own(cast(Sequence[bytes], head if take == len(head) else head[:take]))
             self._last_send_at = now
         return take
 
-    def _take_object(self, data: bytes, now: float) -> int:
+    def _take_object(self, data: OwnPayload, now: float) -> int:
         """Send ``data`` as a large object if the limits admit it now (1), else 0."""
         objects, pos = self.objects, self.my_pos
         if objects is None:
@@ -511,7 +513,7 @@ class ShardMulticast:
                 out.append((k0 + i, m))
         return None
 
-    def object_complete(self, pos: int, k: int, data: bytes | bytearray) -> None:
+    def object_complete(self, pos: int, k: int, data: memoryview) -> None:
         """The object in sender ``pos``'s slot ``k`` is whole and checked here: its slot now
         counts as received (and with it what this member holds after it, up to the next
         object not whole here). Frozen counts stay frozen: after the wedge, it is beyond the trim."""
@@ -736,7 +738,7 @@ class ShardMulticast:
         self._blocked = False
         return tuple(self.sst.mine["received_num"])  # type: ignore[arg-type]
 
-    def deliver_to_trim(self, trim: tuple[int, ...]) -> tuple[Delivery | None, list[bytes]]:
+    def deliver_to_trim(self, trim: tuple[int, ...]) -> tuple[Delivery | None, list[OwnPayload]]:
         """Deliver exactly the messages within ``trim`` that are not delivered yet.
 
         Returns the final delivery (global order, skipping each sender's messages beyond its
@@ -761,15 +763,16 @@ class ShardMulticast:
                     out.append((g, members[ranks[pos]], k, self.objects.data_of(pos, k)))
                 elif payload is not None:
                     out.append((g, members[ranks[pos]], k, payload))
-        beyond: list[bytes] = []
+        beyond: list[OwnPayload] = []
         if self.my_pos is not None:
             pos = self.my_pos
             start = max(trim[pos], base[pos])
             for i, p in enumerate(buf[pos][start - base[pos] :], start):
                 if isinstance(p, ObjectDescriptor):
                     assert self.objects is not None
-                    beyond.append(self.objects.data_of(pos, i))  # resent as a new object
+                    beyond.append(self.objects.resend_of(pos, i))  # resent as a new object
                 elif p is not None:
+                    assert isinstance(p, bytes)  # own small payloads: as sent
                     beyond.append(p)
         beyond.extend(self.resend)  # never sent in this view: still owed
         self.resend = []

@@ -8,7 +8,7 @@ change trims at the same counts, so an object is delivered at every survivor or 
 
 This module keeps the per-sender state that takes: the slots of descriptors not complete here
 (``pending``), the bytes of objects held here until they are delivered (``held``: the sender's
-own data from the start, a receiver's buffer from completion), the descriptors to announce to
+own data (with its digest) from the start, a receiver's buffer from completion), the descriptors to announce to
 the node's transfer engine and the objects to start. :class:`runtime.core.smc.ShardMulticast`
 owns one and asks it; the node core moves the queues to and from the engine.
 """
@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
+from runtime.core.messages import Payload
 from runtime.core.object_policy import ObjectPolicy
-from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectId, describe
+from runtime.core.rdmc_descriptor import Digested, ObjectDescriptor, ObjectId, describe
 from runtime.core.rdmc_events import StartSending
 
 __all__ = ["ShardObjects"]
@@ -43,7 +44,9 @@ class ShardObjects:
         self.quota = policy.quota(len(sender_nodes))
         n = len(sender_nodes)
         self.pending: list[deque[int]] = [deque() for _ in range(n)]  # sender indices, ascending
-        self.held: list[dict[int, bytes | bytearray]] = [{} for _ in range(n)]
+        # This member's own objects (Digested: a resend in the next view needs no new pass) and
+        # the receive buffers of others' objects that are whole here.
+        self.held: list[dict[int, Digested | memoryview]] = [{} for _ in range(n)]
         self.to_start: list[StartSending] = []
         self.to_announce: list[ObjectDescriptor] = []
 
@@ -57,12 +60,15 @@ class ShardObjects:
     def own_undelivered(self, pos: int) -> int:
         return len(self.held[pos])
 
-    def start(self, pos: int, k: int, data: bytes) -> ObjectDescriptor:
-        """This member's message ``k`` is the object ``data``: its descriptor, to go in the slot
-        (the data is kept for delivery here and for a resend if the view ends first)."""
+    def start(self, pos: int, k: int, payload: bytes | Digested) -> ObjectDescriptor:
+        """This member's message ``k`` is the object ``payload``: its descriptor, to go in the
+        slot (the data is kept for delivery here and for a resend if the view ends first). A
+        :class:`Digested` payload brings its digest (computed off the loop by the driver); plain
+        bytes are digested here, in one pass."""
         oid = ObjectId(self._sender_nodes[pos], k, self.vid, self.stream)
-        d = describe(oid, self.transfer_members(pos), data, self.policy.block_size, self.policy.kind)
-        self.held[pos][k] = data
+        data, digest = (payload.data, payload.digest) if isinstance(payload, Digested) else (payload, None)
+        d = describe(oid, self.transfer_members(pos), data, self.policy.block_size, self.policy.kind, digest)
+        self.held[pos][k] = payload if isinstance(payload, Digested) else Digested(data, d.digest)
         self.to_start.append(StartSending(d, data))
         return d
 
@@ -92,7 +98,7 @@ class ShardObjects:
         pending = self.pending[pos]
         return pending[0] if pending and pending[0] < held else held
 
-    def complete(self, pos: int, k: int, data: bytes | bytearray) -> bool:
+    def complete(self, pos: int, k: int, data: memoryview) -> bool:
         """The object in sender ``pos``'s slot ``k`` is whole here; False if it is not pending
         (a completion of another view, or twice: nothing changes)."""
         pending = self.pending[pos]
@@ -103,7 +109,7 @@ class ShardObjects:
         return True
 
     # ---------------------------------------------------------------- delivery
-    def fill(self, pos: int, k0: int, seg: list[bytes | ObjectDescriptor | None]) -> None:
+    def fill(self, pos: int, k0: int, seg: list[Payload]) -> None:
         """Put the objects' bytes in place of their descriptors in sender ``pos``'s run
         ``seg`` of messages ``k0 ..``, as it is delivered (they are no longer held here)."""
         held = self.held[pos]
@@ -111,15 +117,28 @@ class ShardObjects:
             return
         k1 = k0 + len(seg)
         for k in [k for k in held if k0 <= k < k1]:
-            seg[k - k0] = _as_bytes(held.pop(k))
+            seg[k - k0] = _payload(held.pop(k))
 
-    def data_of(self, pos: int, k: int) -> bytes:
+    def data_of(self, pos: int, k: int) -> bytes | memoryview:
         """The bytes of the object in a slot within the trim (whole here, since the trim never
         passes this member's ``received_num``)."""
-        return _as_bytes(self.held[pos].pop(k))
+        return _payload(self.held[pos].pop(k))
+
+    def resend_of(self, pos: int, k: int) -> Digested:
+        """This member's own object in slot ``k``, trimmed by a view change: to send again in
+        the next view as a new object (with the digest it had, so no new pass over it)."""
+        held = self.held[pos].pop(k)
+        assert isinstance(held, Digested), "only a member's own objects are resent"
+        return held
 
 
-def _as_bytes(data: bytes | bytearray) -> bytes:
-    """Applications get ``bytes``, as for every payload (one copy of a receiver's buffer,
-    made only when the object is delivered)."""
-    return data if type(data) is bytes else bytes(data)
+def _payload(held: Digested | memoryview) -> bytes | memoryview:
+    """What the application gets for a delivered object, without a copy: the sender's own
+    bytes, or a read-only ``memoryview`` of a receiver's buffer (copying a GiB to ``bytes`` on
+    the node's loop would stall it for about a second). Read-only: a relay of it may still sit
+    in a transport's queue (no member needs it any more, but its bytes must stay the object's).
+    A read-only view is hashable and compares by content, as ``bytes`` do."""
+    if isinstance(held, Digested):
+        data = held.data
+        return data if type(data) is bytes else memoryview(data).toreadonly()
+    return held.toreadonly()

@@ -36,6 +36,7 @@ from runtime.drivers.node_phases import NodeContext, NodeCounters, NodePhase, No
 from runtime.drivers.node_phases.first import enter_first_phase
 from runtime.drivers.node_phases.join_watch import BUSY_CONTACT_WAIT
 from runtime.drivers.node_security import node_security
+from runtime.drivers.object_digests import ObjectDigests
 from runtime.drivers.restart import SavedState
 from runtime.drivers.status import StatusLimiter
 from runtime.drivers.tcp import TransportSecurity
@@ -81,7 +82,10 @@ class NodeDriver:
         self.stop_reason: str | None = None
         self._io: NodeIO | None = None  # the loop and the transport, once run() has made them
         self._phase: NodePhase = NotStarted()
-        self._queue = AppQueue()  # payloads the window has not taken yet
+        # Payloads the window has not taken yet; large ones are digested off the loop first.
+        objects = config.rdmc.policy(config.multicast.max_message_size)
+        digests = ObjectDigests(objects.threshold, self.call_soon, self._digested) if objects is not None else None
+        self._queue = AppQueue(digests)
         self._counters = NodeCounters()
         self._incarnation = time.time_ns()  # this start of the node (its transport says it in hellos)
         self._stop_notified = False
@@ -157,6 +161,8 @@ class NodeDriver:
         self._started.set()
         io.schedule_flush()
         await io.stopped.wait()
+        if self._queue.digests is not None:
+            self._queue.digests.close()
         if metrics is not None:
             await asyncio.to_thread(metrics.stop)
         await io.transport.close()
@@ -357,6 +363,10 @@ class NodeDriver:
     # The calls the loop runs for the app: each goes to the phase current when it runs.
     def _app_send(self, shard: ShardId, payloads: Sequence[bytes]) -> None:
         self._phase.send(shard, payloads)
+
+    def _digested(self, shard: ShardId) -> None:
+        """A large payload of ``shard`` was digested off the loop: the queue may go on."""
+        self._phase.offer(shard)
 
     def _persisted(self, shard: ShardId, version: int) -> None:
         self._phase.persisted(shard, version)

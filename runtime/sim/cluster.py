@@ -45,6 +45,7 @@ from runtime.core.membership import Membership
 from runtime.core.messages import Message
 from runtime.core.node_core import CoreConfig, NodeCore
 from runtime.core.object_transfers import TransferInput, as_received
+from runtime.core.rdmc_descriptor import Digested
 from runtime.core.restart import RestartPlan
 from runtime.core.versions import format_version, make_version
 from runtime.core.view import Proposal, View, ViewFormatError
@@ -436,10 +437,11 @@ class SimCluster:
         persistent = self.persistent
         for d in ready.deliveries:
             sid = tuple(d.shard)
-            log.extend((d.vid, sid, g, s, k, p, d.final) for g, s, k, p in d.messages)
+            # (objects arrive as bytearrays: the trace keeps bytes, which it can hash)
+            log.extend((d.vid, sid, g, s, k, bytes(p), d.final) for g, s, k, p in d.messages)
             if persistent:  # the app logs every delivery; fsyncs start once the views are in
                 base = make_version(d.vid, 0)
-                node.volatile.setdefault(d.shard, []).extend((base + g, p) for g, _, _, p in d.messages)
+                node.volatile.setdefault(d.shard, []).extend((base + g, bytes(p)) for g, _, _, p in d.messages)
             if self.log is not None:  # (say's text is costly to format for every delivery)
                 self.say(
                     f"node {node_id} delivers {len(d.messages)} in view {d.vid} shard {sid} "
@@ -466,8 +468,9 @@ class SimCluster:
                 self._start_fsync(node, sid)
         if self.app_mode and not self._app_ready(node, ready):
             return
-        for sid, payloads in ready.orphaned:
-            node.pending.setdefault(sid, [])[:0] = payloads
+        for sid, payloads in ready.orphaned:  # (own objects come back with their digests: the
+            # workload's queue keeps the bytes it made, so the trace knows them)
+            node.pending.setdefault(sid, [])[:0] = [bytes(p.data) if isinstance(p, Digested) else p for p in payloads]
         for r in ready.rejected:  # every input in the simulator is honest: a core bug
             self.rejections.append((node.inc, r.sender, r.reason))
         if ready.excluded is not None:

@@ -400,4 +400,4 @@ class GroupNet:
         ]
 
     def payloads(self, node: int, vid: int | None = None) -> list[bytes]:
-        return [item[4] for item in self.delivered(node, vid)]
+        return [bytes(item[4]) for item in self.delivered(node, vid)]  # (objects arrive as bytearrays)

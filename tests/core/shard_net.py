@@ -142,4 +142,4 @@ class ShardNet:
         raise AssertionError("network did not settle")
 
     def payloads(self, node: int) -> list[bytes]:
-        return [m[3] for m in self.delivered[node]]
+        return [bytes(m[3]) for m in self.delivered[node]]  # (objects arrive as bytearrays)

@@ -13,7 +13,7 @@ from runtime.core.effects import Rejected
 from runtime.core.events import MessageArrived, TransferArrived
 from runtime.core.messages import ShardPush
 from runtime.core.object_policy import ObjectPolicy
-from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectId, ObjectTooLarge, describe
+from runtime.core.rdmc_descriptor import Digested, ObjectDescriptor, ObjectId, ObjectTooLarge, describe
 from runtime.core.rdmc_events import BlockArrived
 from runtime.core.rdmc_schedule import ScheduleKind
 from runtime.core.smc import MulticastConfig
@@ -224,3 +224,34 @@ def forged_reason() -> str:
     from runtime.core.rdmc_events import Refusal
 
     return Refusal.WRONG_SENDER.value
+
+
+def test_a_digest_computed_off_the_loop_is_taken_as_given_and_receivers_get_their_buffer() -> None:
+    """The driver digests large payloads in a worker thread and hands the core a Digested: the
+    descriptor carries that digest (the core makes no pass of its own), and each receiver is
+    handed its receive buffer itself, not a copy made on the loop."""
+    net = ShardNet((1, 2, 3), CONFIG)
+    big = blob(5000, 7)
+    given = Digested.of(big)
+    assert net.send(1, b"a", given, b"b") == 3  # type: ignore[arg-type]
+    assert [d.digest for d in pushed_descriptors(net, 1, 2)] == [given.digest]
+    net.settle()
+    for m in (1, 2, 3):
+        assert net.payloads(m) == [b"a", big, b"b"]
+    assert net.delivered[1][1][3] is big  # the sender's own bytes
+    for m in (2, 3):
+        got = net.delivered[m][1][3]
+        assert type(got) is memoryview and got.readonly and got == big
+
+
+def test_a_wrong_digest_given_by_the_driver_fails_the_object_at_the_receivers() -> None:
+    """Whoever computed it, the digest is checked at each receiver: a bad one is never
+    delivered (so a driver bug cannot hand on corrupted bytes)."""
+    net = ShardNet((1, 2, 3), CONFIG)
+    big = blob(5000, 8)
+    assert net.send(1, Digested(big, bytes(32))) == 1  # type: ignore[arg-type]
+    net.settle_messages()
+    for _ in range(50):
+        net.tick(0.01)
+    for m in (2, 3):
+        assert net.payloads(m) == []

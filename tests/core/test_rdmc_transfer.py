@@ -403,7 +403,7 @@ def test_a_chain_of_three_step_by_step() -> None:
                 case GrantCredit(_, to, upto):
                     out.append(f"credit {upto} to {to}")
                 case ObjectComplete(_, data):
-                    out.append(f"complete {data.decode()}")
+                    out.append(f"complete {bytes(data).decode()}")
                 case ObjectReleased():
                     out.append("released")
                 case _:

@@ -223,7 +223,7 @@ def test_relays_send_views_of_the_one_receive_buffer(kind: ScheduleKind, in_plac
     data = net.objects[d.oid][1]
     assert net.relay_views or kind is ScheduleKind.SEQUENTIAL
     for node, send in net.relay_views:
-        assert send.data.obj is net.complete[d.oid, node].data  # the bytearray itself
+        assert send.data.obj is net.complete[d.oid, node].data.obj  # the one buffer itself
     buffers = {id(c.data) for c in net.complete.values()}
     assert len(buffers) == len(d.members) - 1  # one buffer per receiver, nothing else
     engine = TransferEngine(1)

@@ -49,8 +49,8 @@ def test_an_object_delivered_with_other_bytes_is_caught(monkeypatch: pytest.Monk
     payload is then one nobody sent, and replicas disagree with its sender."""
     original = ShardObjects.complete
 
-    def broken(self: ShardObjects, pos: int, k: int, data: bytes | bytearray) -> bool:
-        return original(self, pos, k, bytes(len(data)))
+    def broken(self: ShardObjects, pos: int, k: int, data: memoryview) -> bool:
+        return original(self, pos, k, memoryview(bytearray(len(data))))
 
     monkeypatch.setattr(ShardObjects, "complete", broken)
     result = runner.run_seed(SEEDS_WITH_OBJECTS[0], faults="none", messages=400)
