@@ -12,7 +12,7 @@ import hashlib
 from collections import deque
 from enum import Enum
 
-from runtime.core.rdmc_descriptor import DIGEST_SIZE, ObjectDescriptor
+from runtime.core.rdmc_descriptor import ObjectDescriptor
 from runtime.core.rdmc_events import Effect, GrantCredit, Refusal, SendBlock
 from runtime.core.rdmc_plan import NodePlan
 
@@ -72,7 +72,7 @@ class ObjectTransfer:
         blocks = descriptor.blocks
         self.state = bytearray([_HELD if buffer is None else _MISSING]) * blocks
         self.held = blocks if buffer is None else 0
-        self.hasher = hashlib.blake2b(digest_size=DIGEST_SIZE)
+        self.hasher = hashlib.sha256()
         self.hashed = 0  # blocks hashed so far: a prefix, so hashing keeps pace with arrival
         self.complete = buffer is None  # holds every block, digest checked (a sender trusts itself)
         self.links = {q: _Link(bs) for q, bs in plan.sends.items()}

@@ -18,17 +18,19 @@ Role = Literal["member", "client"]
 ROLES: Final[frozenset[str]] = frozenset({"member", "client"})
 
 
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 """The wire protocol this code speaks: frames, their fields and what they mean. Any change a
 peer of the previous release could not read bumps it. 3: large objects (descriptors among a
-shard push's messages, block and credit frames between members)."""
+shard push's messages, block and credit frames between members). 4: shared-memory setup frames
+between members; an object's digest is sha256 (was blake2b-256, the same size)."""
 
 MEMBER_PROTOCOLS: Final = frozenset({PROTOCOL_VERSION})
-"""Protocols this code accepts from members: a node of protocol 2 cannot read the descriptors
-and block frames of large objects, so a group cannot mix them (stop, upgrade, restart)."""
+"""Protocols this code accepts from members: a node of protocol 3 cannot read the
+shared-memory setup frames and checks objects against another digest, so a group cannot mix
+them (stop, upgrade, restart)."""
 
-COMPATIBLE_PROTOCOLS: Final = frozenset({2, PROTOCOL_VERSION})
-"""Protocols this code accepts from clients (a client's frames did not change in 3). The promise (README "Versions and upgrades"): a
+COMPATIBLE_PROTOCOLS: Final = frozenset({2, 3, PROTOCOL_VERSION})
+"""Protocols this code accepts from clients (a client's frames did not change in 3 or 4). The promise (README "Versions and upgrades"): a
 release also accepts the protocol of the release before it whenever the change allows, so a
 rolling upgrade between adjacent releases works; where it cannot, the release notes say so
 and the group must be stopped and restarted from its logs."""

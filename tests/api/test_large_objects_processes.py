@@ -28,7 +28,7 @@ class Blobs:
 
     @da.ordered
     def put(self, data: bytes) -> str:
-        digest = hashlib.blake2b(data).hexdigest()
+        digest = hashlib.sha256(data).hexdigest()
         self.applied.append(digest)
         return digest
 
@@ -52,7 +52,7 @@ def test_a_large_argument_through_a_client_arrives_identical_at_every_replica(tm
             replies = blobs.put(data).wait_all(timeout=120)
             took = time.perf_counter() - started
             assert set(replies) == {1, 2, 3}
-            assert set(replies.values()) == {hashlib.blake2b(data).hexdigest()}
+            assert set(replies.values()) == {hashlib.sha256(data).hexdigest()}
             print(
                 f"a {size >> 20} MiB call through a client to 3 replicas, TLS on: {took:.2f} s, {size / took / 1e6:.0f} MB/s"
             )
@@ -80,8 +80,8 @@ def test_kill_9_of_a_relay_mid_object_loses_nothing_acknowledged(tmp_path: Path)
                     except da.DerechoError as exc:  # an outcome the client could not learn
                         errors.append(exc)
                         continue
-                    assert set(replies.values()) == {hashlib.blake2b(data).hexdigest()}
-                    acked.append(hashlib.blake2b(data).hexdigest())
+                    assert set(replies.values()) == {hashlib.sha256(data).hexdigest()}
+                    acked.append(hashlib.sha256(data).hexdigest())
 
         t = threading.Thread(target=stream)
         t.start()
@@ -150,7 +150,7 @@ def test_a_forged_block_is_refused_and_never_delivered(tmp_path: Path) -> None:
                     time.sleep(0.005)
             replies = pending.wait_all(timeout=120)
         assert set(replies) == {1, 2, 3}
-        assert set(replies.values()) == {hashlib.blake2b(data).hexdigest()}
+        assert set(replies.values()) == {hashlib.sha256(data).hexdigest()}
         assert sent > 0
         log = (Path(cluster.workdir) / "node-2.log").read_text()
         refused = re.findall(
