@@ -65,6 +65,7 @@ class ClientAnswers:
         agreed: dict[ClientConn, list[MergedEntry]] = {}
         last_conn: ClientConn | None = None  # the client of the last merged answer, and its list
         last_merged: list[MergedEntry] = []
+        owners: dict[ClientConn, ClientState] = {}  # the clients of ``agreed``
         for entry in entries:
             call_id, ok, value, origin, version = entry
             key = (origin, call_id)
@@ -116,6 +117,7 @@ class ClientAnswers:
                 conn = client.conn
                 if conn is not last_conn:
                     last_conn, last_merged = conn, agreed.setdefault(conn, [])
+                    owners[conn] = client
                 if proxy.answered == (1 << len(theirs)) - 1:  # all replicas gave it: the common case
                     last_merged.append((call_id, proxy.ok, proxy.value, proxy.version, ()))
                 else:
@@ -126,8 +128,12 @@ class ClientAnswers:
                 stats.done_all(label, "ok" if ok else "error", [(now - ns) / 1e6 for ns in started])
         for conn, mine in singles.items():
             self.out.send(conn, ReplyBatch(node, vid, replicas, tuple(mine)))
+        out = self.out
         for conn, merged in agreed.items():
-            self.out.send(conn, AnswerBatch(vid, replicas, tuple(merged)))
+            if owners[conn].calls:  # more answers to come: what this turn makes goes as one frame
+                out.send(conn, AnswerBatch(vid, replicas, tuple(merged)))
+            else:  # its last call here is answered: nothing to batch with, so no turn to wait
+                out.offer(conn, AnswerBatch(vid, replicas, tuple(merged)))
 
     def _split(self, proxy: Proxied, call_id: int, origin: int) -> None:
         """A call's replicas gave different answers: the one held goes on as each replica that
