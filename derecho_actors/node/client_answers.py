@@ -57,7 +57,7 @@ class ClientAnswers:
         # view may be one that joins in theirs (it will answer), not one that left.
         members = view.members if view is not None and view.vid > vid else None
         table = self.table
-        proxies, relays = table.proxies, table.relays
+        proxies, relays, max_held = table.proxies, table.relays, table.max_held_bytes
         bit = 1 << replicas.index(node) if node in replicas else 0  # this replica among ``replicas``
         method = CallKind.METHOD
         firsts: dict[tuple[str, bool], list[int]] = {}  # first answers' (label, ok) -> started_ns
@@ -92,10 +92,14 @@ class ClientAnswers:
             held = proxy.value
             if not client.merged or proxy.split:
                 singles.setdefault(client.conn, []).append(entry)
-            elif held is None:
-                if not table.hold(proxy, ok, value, version, vid):  # over its budget: as they come
+            elif held is None:  # the first answer: held (``ClientTable.hold``, inlined)
+                size = len(value)
+                if client.held + size > max_held:  # over its budget: as they come
                     proxy.split = True
                     singles.setdefault(client.conn, []).append(entry)
+                else:
+                    client.held += size
+                    proxy.ok, proxy.value, proxy.version, proxy.vid = ok, value, version, vid
             elif held == value and proxy.ok == ok:
                 if version > proxy.version:
                     proxy.version = version
@@ -110,7 +114,14 @@ class ClientAnswers:
                 proxy.answered |= 1 << theirs.index(node)
             proxy.left = left = left - 1
             if left <= 0:
-                table.drop(key)
+                if relays or proxy.kind is not method:
+                    table.drop(key)
+                else:  # ``ClientTable.drop`` of an answered method call, inlined: no relay, no poll
+                    gone = proxies.pop(key, None)  # None: its client was cut off meanwhile
+                    if gone is not None:
+                        gone.client.calls.discard(key)
+                        if gone.value is not None:
+                            gone.client.held -= len(gone.value)
             if proxy.value is None:
                 continue
             if left <= 0 or (members is not None and table.only_departed_missing(key, proxy, members)):
