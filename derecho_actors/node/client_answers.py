@@ -57,7 +57,7 @@ class ClientAnswers:
         # view may be one that joins in theirs (it will answer), not one that left.
         members = view.members if view is not None and view.vid > vid else None
         table = self.table
-        proxies, relays = table.proxies, table.relays
+        proxies, relays, max_held = table.proxies, table.relays, table.max_held_bytes
         bit = 1 << replicas.index(node) if node in replicas else 0  # this replica among ``replicas``
         method = CallKind.METHOD
         firsts: dict[tuple[str, bool], list[int]] = {}  # first answers' (label, ok) -> started_ns
@@ -65,6 +65,7 @@ class ClientAnswers:
         agreed: dict[ClientConn, list[MergedEntry]] = {}
         last_conn: ClientConn | None = None  # the client of the last merged answer, and its list
         last_merged: list[MergedEntry] = []
+        owners: dict[ClientConn, ClientState] = {}  # the clients of ``agreed``
         for entry in entries:
             call_id, ok, value, origin, version = entry
             key = (origin, call_id)
@@ -91,10 +92,14 @@ class ClientAnswers:
             held = proxy.value
             if not client.merged or proxy.split:
                 singles.setdefault(client.conn, []).append(entry)
-            elif held is None:
-                if not table.hold(proxy, ok, value, version, vid):  # over its budget: as they come
+            elif held is None:  # the first answer: held (``ClientTable.hold``, inlined)
+                size = len(value)
+                if client.held + size > max_held:  # over its budget: as they come
                     proxy.split = True
                     singles.setdefault(client.conn, []).append(entry)
+                else:
+                    client.held += size
+                    proxy.ok, proxy.value, proxy.version, proxy.vid = ok, value, version, vid
             elif held == value and proxy.ok == ok:
                 if version > proxy.version:
                     proxy.version = version
@@ -109,13 +114,21 @@ class ClientAnswers:
                 proxy.answered |= 1 << theirs.index(node)
             proxy.left = left = left - 1
             if left <= 0:
-                table.drop(key)
+                if relays or proxy.kind is not method:
+                    table.drop(key)
+                else:  # ``ClientTable.drop`` of an answered method call, inlined: no relay, no poll
+                    gone = proxies.pop(key, None)  # None: its client was cut off meanwhile
+                    if gone is not None:
+                        gone.client.calls.discard(key)
+                        if gone.value is not None:
+                            gone.client.held -= len(gone.value)
             if proxy.value is None:
                 continue
             if left <= 0 or (members is not None and table.only_departed_missing(key, proxy, members)):
                 conn = client.conn
                 if conn is not last_conn:
                     last_conn, last_merged = conn, agreed.setdefault(conn, [])
+                    owners[conn] = client
                 if proxy.answered == (1 << len(theirs)) - 1:  # all replicas gave it: the common case
                     last_merged.append((call_id, proxy.ok, proxy.value, proxy.version, ()))
                 else:
@@ -126,8 +139,12 @@ class ClientAnswers:
                 stats.done_all(label, "ok" if ok else "error", [(now - ns) / 1e6 for ns in started])
         for conn, mine in singles.items():
             self.out.send(conn, ReplyBatch(node, vid, replicas, tuple(mine)))
+        out = self.out
         for conn, merged in agreed.items():
-            self.out.send(conn, AnswerBatch(vid, replicas, tuple(merged)))
+            if owners[conn].calls:  # more answers to come: what this turn makes goes as one frame
+                out.send(conn, AnswerBatch(vid, replicas, tuple(merged)))
+            else:  # its last call here is answered: nothing to batch with, so no turn to wait
+                out.offer(conn, AnswerBatch(vid, replicas, tuple(merged)))
 
     def _split(self, proxy: Proxied, call_id: int, origin: int) -> None:
         """A call's replicas gave different answers: the one held goes on as each replica that

