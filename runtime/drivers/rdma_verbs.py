@@ -131,7 +131,7 @@ def probe() -> str:
     if not devices:
         raise RdmaUnavailable(
             Missing.NO_DEVICE,
-            "pyverbs imports, get_device_list() found none; no HCA and no soft-RoCE (modprobe rdma_rxe)",
+            "pyverbs imports, get_device_list() found none: no HCA, and no soft-RoCE (modprobe rdma_rxe)",
         )
     return devices[0]
 
