@@ -41,7 +41,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from runtime.drivers.rdma_ring import MirroredRing, PolledBell, Publish, ring_buffer
-from runtime.drivers.rdma_verbs import Endpoint, RdmaUnavailable, RegionKey, VerbsDevice, VerbsError, VerbsPair, probe
+from runtime.drivers.rdma_verbs import (
+    Device,
+    Endpoint,
+    QueuePair,
+    RdmaUnavailable,
+    RegionKey,
+    VerbsDevice,
+    VerbsError,
+    probe,
+)
 from runtime.drivers.shm_link import RingReader, RingWriter
 from runtime.drivers.shm_names import RingNames
 from runtime.drivers.shm_ring import HEADER
@@ -79,7 +88,7 @@ class NoFiles(RingNames):
 class _RdmaPair(_Pair):
     """ShmTransport's pair plus its verbs objects and ring copies."""
 
-    verbs: VerbsPair | None = None
+    verbs: QueuePair | None = None
     buffers: list[mmap.mmap] = field(default_factory=list)
     connected: bool = False  # our QP is connected to the peer's (we answered its offer)
 
@@ -103,10 +112,10 @@ class RdmaTransport(ShmTransport):
         self,
         tcp: TcpTransport,
         ring_capacity: int = RING_CAPACITY,
-        open_device: Callable[[], VerbsDevice] | None = None,
+        open_device: Callable[[], Device] | None = None,
     ) -> None:
         super().__init__(tcp, TransportMode.SHM, ring_capacity)
-        self.device: VerbsDevice | None = None
+        self.device: Device | None = None
         self._open_device = open_device or (lambda: VerbsDevice(probe()))
 
     def _local_refusal(self) -> str:
@@ -168,6 +177,9 @@ class RdmaTransport(ShmTransport):
             self._send_setup(sender, ShmAnswer(msg.base, False, f'node {self.node_id}: node.transport = "rdma"'))
 
     # ------------------------------------------------------------ setup
+    def _stay_on_tcp(self, sender: int, why: str) -> None:
+        log.warning("node %s: no RDMA with it, TCP: %s", sender, why)
+
     def _probe(self, node_id: int) -> None:
         """ShmTransport calls this on the first frame to a peer: create the pair, offer it."""
         pair = self.pairs[node_id] = _RdmaPair(node_id, self.tcp.incarnations.get(node_id), probed=True)
@@ -179,7 +191,7 @@ class RdmaTransport(ShmTransport):
             return
         try:
             pair.buffers = [ring_buffer(self.ring_capacity), ring_buffer(self.ring_capacity)]
-            pair.verbs = VerbsPair(device, pair.peer, pair.buffers)
+            pair.verbs = device.pair(pair.peer, pair.buffers)
         except Exception as exc:  # VerbsError or pyverbs' own: this pair stays on TCP
             pair.why_not = f"cannot create its queue pair: {exc}"
             self._stay_on_tcp(pair.peer, pair.why_not)
@@ -209,6 +221,7 @@ class RdmaTransport(ShmTransport):
             why = why or "no queue pair"
             pair.why_not = why
             self._stay_on_tcp(sender, why)
+            self._release(pair)
             self._send_setup(sender, RdmaAnswer(False, f"node {self.node_id}: {why}"))
             return
         self._send_setup(sender, RdmaAnswer(True))
@@ -221,6 +234,7 @@ class RdmaTransport(ShmTransport):
         if not answer.accepted:
             pair.why_not = answer.reason
             self._stay_on_tcp(sender, answer.reason)
+            self._release(pair)
             return
         if not pair.connected or pair.verbs is None or pair.writer is not None:
             log.warning("node %s accepted an RDMA pair this node is not ready for: ignored", sender)
@@ -229,7 +243,7 @@ class RdmaTransport(ShmTransport):
         pair.accepted = True
         self._try_switch(pair)
 
-    def _build_ends(self, pair: _RdmaPair, verbs: VerbsPair) -> None:
+    def _build_ends(self, pair: _RdmaPair, verbs: QueuePair) -> None:
         """Both QPs can send now: our writer on our copy of our ring, our reader on our copy of
         the peer's (each store published to the peer's mirror)."""
         loop = asyncio.get_running_loop()
@@ -257,7 +271,7 @@ class RdmaTransport(ShmTransport):
             lambda items: self._ring_items(pair.peer, items),
         )
 
-    def _publisher(self, verbs: VerbsPair, region: int, remote_region: int) -> Publish:
+    def _publisher(self, verbs: QueuePair, region: int, remote_region: int) -> Publish:
         def publish(offset: int, length: int) -> None:
             try:
                 verbs.write(region, offset, length, remote_region)

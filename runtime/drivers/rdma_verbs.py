@@ -35,7 +35,7 @@ import os
 import secrets
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("derecho.rdma")
 
@@ -157,6 +157,34 @@ class Endpoint:
     regions: tuple[RegionKey, ...]  # in the order the transport registered them
 
 
+class QueuePair(Protocol):
+    """What the transport uses of one pair's verbs objects (:class:`VerbsPair`; tests put an
+    in-process fabric here, so the code above the verbs calls is the production code)."""
+
+    peer: int
+
+    def endpoint(self) -> Endpoint: ...
+
+    def connect(self, remote: Endpoint) -> None: ...
+
+    def write(self, region: int, offset: int, length: int, remote_region: int, signaled: bool = False) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Device(Protocol):
+    """What the transport uses of an opened device (:class:`VerbsDevice`)."""
+
+    name: str
+    failures: list[str]
+
+    def pair(self, peer: int, buffers: list[mmap.mmap]) -> QueuePair: ...
+
+    def poll(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
 class VerbsError(Exception):
     """A verbs call failed, or a work request completed with an error status."""
 
@@ -189,6 +217,10 @@ class VerbsDevice:
         self.port: Any = self.ctx.query_port(IB_PORT)
         self.gid = _gid_bytes(self.ctx.query_gid(IB_PORT, GID_INDEX).gid)
         self.failures: list[str] = []
+
+    def pair(self, peer: int, buffers: list[mmap.mmap]) -> VerbsPair:
+        """A queue pair to ``peer`` with ``buffers`` registered for remote write."""
+        return VerbsPair(self, peer, buffers)
 
     def poll(self) -> int:
         """Reap send completions; return how many. A failed one is recorded (the pair it
