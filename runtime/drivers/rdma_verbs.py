@@ -34,6 +34,8 @@ import mmap
 import os
 import secrets
 import sys
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,8 +47,11 @@ SYSTEM_PYVERBS = "/usr/lib/python3/dist-packages/pyverbs"
 INSTALL_HINT = "apt-get install python3-pyverbs rdma-core (Debian's; PyPI's pyverbs does not load here)"
 
 IB_PORT = 1
-GID_INDEX = 0
-SEND_QUEUE = 1024  # work requests in flight per QP: the poller reaps completions long before
+GID_INDEX = int(os.environ.get("DERECHO_RDMA_GID_INDEX", "0"))  # RoCE v2 often needs another
+SEND_QUEUE = 1024  # work requests in flight per QP
+SIGNAL_EVERY = 64  # one write in this many asks for a completion
+COMPLETION_QUEUE = 4096  # completions of all pairs: SEND_QUEUE // SIGNAL_EVERY per pair at most
+FULL_QUEUE_WAIT = 1.0  # seconds a write waits for send-queue room before the peer is cut off
 PSN_MASK = 0xFFFFFF  # packet sequence numbers are 24 bits
 
 
@@ -210,21 +215,29 @@ class VerbsDevice:
         pd = importlib.import_module("pyverbs.pd")
         cq = importlib.import_module("pyverbs.cq")
         self.e: Any = importlib.import_module("pyverbs.enums")
+        self.qp_mod: Any = importlib.import_module("pyverbs.qp")
+        self.mr_mod: Any = importlib.import_module("pyverbs.mr")
+        self.wr_mod: Any = importlib.import_module("pyverbs.wr")
+        self.addr_mod: Any = importlib.import_module("pyverbs.addr")
         self.name = name
         self.ctx: Any = device.Context(name=name)
         self.pd: Any = pd.PD(self.ctx)
-        self.cq: Any = cq.CQ(self.ctx, SEND_QUEUE * 4, None, None, 0)
+        self.cq: Any = cq.CQ(self.ctx, COMPLETION_QUEUE, None, None, 0)
         self.port: Any = self.ctx.query_port(IB_PORT)
         self.gid = _gid_bytes(self.ctx.query_gid(IB_PORT, GID_INDEX).gid)
         self.failures: list[str] = []
+        self.pairs: dict[int, VerbsPair] = {}
 
     def pair(self, peer: int, buffers: list[mmap.mmap]) -> VerbsPair:
         """A queue pair to ``peer`` with ``buffers`` registered for remote write."""
-        return VerbsPair(self, peer, buffers)
+        made = VerbsPair(self, peer, buffers)
+        self.pairs[peer] = made
+        return made
 
     def poll(self) -> int:
-        """Reap send completions; return how many. A failed one is recorded (the pair it
-        belongs to is named by its ``wr_id``, the peer's node id) for the transport to act on."""
+        """Reap send completions; return how many. Each success frees its batch of send-queue
+        slots in its pair; a failure is recorded as ``"peer:status"`` (``wr_id`` is the peer's
+        node id) for the transport to cut that peer off."""
         done = 0
         while True:
             n, wcs = self.cq.poll(64)
@@ -232,21 +245,56 @@ class VerbsDevice:
                 return done
             done += n
             for wc in wcs[:n]:
+                pair = self.pairs.get(wc.wr_id)
                 if wc.status != self.e.IBV_WC_SUCCESS:
                     self.failures.append(f"{wc.wr_id}:{wc.status}")
+                elif pair is not None:
+                    pair.completed()
 
     def close(self) -> None:
         for thing in (self.cq, self.pd, self.ctx):
             thing.close()
 
 
+def rts_attributes(device: Any, remote: Endpoint, psn: int) -> Any:
+    """The ``QPAttr`` that takes an RC QP to RTS towards ``remote`` (values as ibv_rc_pingpong
+    and rdma-core's ``RCResources``); ``device`` gives the pyverbs modules, port and enums."""
+    e, addr_mod = device.e, device.addr_mod
+    attr = device.qp_mod.QPAttr(port_num=IB_PORT)
+    attr.qp_access_flags = e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE
+    attr.path_mtu = device.port.active_mtu
+    attr.dest_qp_num = remote.qp_num
+    attr.rq_psn = remote.psn
+    attr.sq_psn = psn
+    attr.max_dest_rd_atomic = 1
+    attr.max_rd_atomic = 1
+    attr.min_rnr_timer = 12
+    attr.timeout = 14
+    attr.retry_cnt = 7
+    attr.rnr_retry = 7
+    gr = addr_mod.GlobalRoute(dgid=addr_mod.GID(_gid_text(remote.gid)), sgid_index=GID_INDEX)
+    attr.ah_attr = addr_mod.AHAttr(port_num=IB_PORT, is_global=1, gr=gr, dlid=remote.lid)
+    return attr
+
+
+def write_request(device: Any, peer: int, sge: Any, signaled: bool, rkey: int, remote_addr: int) -> Any:
+    """One ``IBV_WR_RDMA_WRITE`` work request (``wr_id``: the peer, for its completion)."""
+    e = device.e
+    flags = e.IBV_SEND_SIGNALED if signaled else 0
+    wr = device.wr_mod.SendWR(wr_id=peer, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1, sg=[sge], send_flags=flags)
+    wr.set_wr_rdma(rkey, remote_addr)
+    return wr
+
+
 class VerbsPair:
     """One RC queue pair to one peer and our memory regions for it (each region registered with
-    remote write, over a buffer the ring code reads and writes directly)."""
+    remote write, over a buffer the ring code reads and writes directly).
+
+    Send-queue accounting: one write in ``SIGNAL_EVERY`` is signaled, and its completion frees
+    the slots of the writes before it (an RC QP completes in order); a write that would find
+    the queue full first reaps completions, briefly, rather than fail."""
 
     def __init__(self, device: VerbsDevice, peer: int, buffers: list[mmap.mmap]) -> None:
-        qp_mod = importlib.import_module("pyverbs.qp")
-        mr_mod = importlib.import_module("pyverbs.mr")
         e = device.e
         self.device = device
         self.peer = peer
@@ -256,8 +304,9 @@ class VerbsPair:
         self.addrs: list[int] = []
         for buf in buffers:
             addr = _address_of(buf)
-            self.mrs.append(mr_mod.MR(device.pd, len(buf), access, address=addr))
+            self.mrs.append(device.mr_mod.MR(device.pd, len(buf), access, address=addr))
             self.addrs.append(addr)
+        qp_mod = device.qp_mod
         cap = qp_mod.QPCap(max_send_wr=SEND_QUEUE, max_recv_wr=1, max_send_sge=1, max_recv_sge=1)
         init = qp_mod.QPInitAttr(qp_type=e.IBV_QPT_RC, scq=device.cq, rcq=device.cq, cap=cap, sq_sig_all=0)
         attr = qp_mod.QPAttr(port_num=IB_PORT)
@@ -265,57 +314,59 @@ class VerbsPair:
         self.qp: Any = qp_mod.QP(device.pd, init, attr)  # RC with a qp_attr: left in INIT
         self.remote: tuple[RegionKey, ...] = ()
         self.posted = 0
+        self.in_flight = 0  # posted, not known complete
+        self.unsignaled = 0  # posted since the last signaled write
+        self.batches: deque[int] = deque()  # per signaled write in flight: the writes it frees
 
     def endpoint(self) -> Endpoint:
         regions = tuple(RegionKey(addr, mr.rkey, mr.length) for addr, mr in zip(self.addrs, self.mrs))
         return Endpoint(self.qp.qp_num, self.psn, self.device.port.lid, self.device.gid, regions)
 
     def connect(self, remote: Endpoint) -> None:
-        """INIT -> RTR -> RTS towards the peer's QP (as ibv_rc_pingpong and rdma-core's tests)."""
-        qp_mod = importlib.import_module("pyverbs.qp")
-        addr_mod = importlib.import_module("pyverbs.addr")
-        e = self.device.e
-        attr = qp_mod.QPAttr(port_num=IB_PORT)
-        attr.qp_access_flags = e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE
-        attr.path_mtu = self.device.port.active_mtu
-        attr.dest_qp_num = remote.qp_num
-        attr.rq_psn = remote.psn
-        attr.sq_psn = self.psn
-        attr.max_dest_rd_atomic = 1
-        attr.max_rd_atomic = 1
-        attr.min_rnr_timer = 12
-        attr.timeout = 14
-        attr.retry_cnt = 7
-        attr.rnr_retry = 7
-        gr = addr_mod.GlobalRoute(dgid=addr_mod.GID(_gid_text(remote.gid)), sgid_index=GID_INDEX)
-        attr.ah_attr = addr_mod.AHAttr(port_num=IB_PORT, is_global=1, gr=gr, dlid=remote.lid)
-        self.qp.to_rts(attr)
+        """INIT -> RTR -> RTS towards the peer's QP."""
+        self.qp.to_rts(rts_attributes(self.device, remote, self.psn))
         self.remote = remote.regions
 
     def write(self, region: int, offset: int, length: int, remote_region: int, signaled: bool = False) -> None:
         """One-sided write of ``length`` bytes at ``offset`` of our region ``region`` to the
         same offset of the peer's region ``remote_region``. Writes on one RC QP are placed in
         the order posted, which is what the ring's "data, then head" publication relies on."""
-        wr_mod = importlib.import_module("pyverbs.wr")
-        e = self.device.e
         mr = self.mrs[region]
         target = self.remote[remote_region]
         if offset + length > min(mr.length, target.length):
             raise VerbsError(f"write of {length} at {offset} is past a region's end")
-        sge = wr_mod.SGE(self.addrs[region] + offset, length, mr.lkey)
-        # Unsignaled writes free their send-queue slots only when a later signaled one completes.
-        signaled = signaled or self.posted % (SEND_QUEUE // 2) == 0
-        flags = e.IBV_SEND_SIGNALED if signaled else 0
-        wr = wr_mod.SendWR(wr_id=self.peer, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1, sg=[sge], send_flags=flags)
-        wr.set_wr_rdma(target.rkey, target.addr + offset)
+        if self.in_flight >= SEND_QUEUE - 1:
+            self._make_room()
+        sge = self.device.wr_mod.SGE(self.addrs[region] + offset, length, mr.lkey)
+        signaled = signaled or self.unsignaled + 1 >= SIGNAL_EVERY or self.in_flight + 1 >= SEND_QUEUE - 1
+        wr = write_request(self.device, self.peer, sge, signaled, target.rkey, target.addr + offset)
         try:
             self.qp.post_send(wr)
-        except Exception as exc:  # PyverbsRDMAError: the send queue is full or the QP broke
+        except Exception as exc:  # PyverbsRDMAError: the QP broke
             raise VerbsError(f"post_send to node {self.peer}: {exc}") from None
         self.posted += 1
+        self.in_flight += 1
+        self.unsignaled += 1
+        if signaled:
+            self.batches.append(self.unsignaled)
+            self.unsignaled = 0
+
+    def completed(self) -> None:
+        """A signaled write completed: it and the unsignaled ones before it left the queue."""
+        if self.batches:
+            self.in_flight -= self.batches.popleft()
+
+    def _make_room(self) -> None:
+        deadline = time.monotonic() + FULL_QUEUE_WAIT
+        while self.in_flight >= SEND_QUEUE - 1:
+            self.device.poll()
+            if self.device.failures or time.monotonic() > deadline:
+                raise VerbsError(f"the send queue to node {self.peer} does not drain")
 
     def close(self) -> None:
         """Destroy the QP, then deregister (before the ring buffers are unmapped)."""
+        if self.device.pairs.get(self.peer) is self:
+            del self.device.pairs[self.peer]
         self.qp.close()
         for mr in self.mrs:
             mr.close()

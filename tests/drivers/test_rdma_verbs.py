@@ -17,13 +17,25 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from derecho_actors.tools.cluster import _free_ports
 from runtime.drivers.rdma_ring import ring_buffer
-from runtime.drivers.rdma_verbs import SYSTEM_PYVERBS, Missing, RdmaUnavailable, VerbsDevice, probe
+from runtime.drivers.rdma_verbs import (
+    SYSTEM_PYVERBS,
+    Endpoint,
+    Missing,
+    RdmaUnavailable,
+    VerbsDevice,
+    _address_of,
+    load_pyverbs,
+    probe,
+    rts_attributes,
+    write_request,
+)
 from runtime.exitcodes import EXIT_UNAVAILABLE
 from runtime.security.certs import ensure_cluster_certs
 
@@ -118,6 +130,43 @@ def test_a_node_asked_for_rdma_without_a_device_refuses_at_start_in_one_line(tmp
     assert 'node.transport = "rdma"' in lines[0] and expected in lines[0], lines[0]
 
 
+def _modules() -> SimpleNamespace:
+    """What the verbs layer takes from a device, minus the device: pyverbs' own modules."""
+    load_pyverbs()
+    mods = {
+        n: importlib.import_module(f"pyverbs.{m}")
+        for n, m in (("e", "enums"), ("qp_mod", "qp"), ("addr_mod", "addr"), ("wr_mod", "wr"))
+    }
+    return SimpleNamespace(port=SimpleNamespace(active_mtu=mods["e"].IBV_MTU_1024), **mods)
+
+
+@needs_pyverbs
+def test_the_rts_attributes_name_the_peers_queue_pair_and_gid() -> None:
+    """Built from pyverbs' real classes (no device needed for these), as the QP takes them."""
+    dev = _modules()
+    gid = bytes(range(16))
+    attr = rts_attributes(dev, Endpoint(0x2A, 0x654321, 7, gid, ()), psn=0x123)
+    assert (attr.dest_qp_num, attr.rq_psn, attr.sq_psn, attr.path_mtu) == (0x2A, 0x654321, 0x123, dev.e.IBV_MTU_1024)
+    assert attr.qp_access_flags == dev.e.IBV_ACCESS_LOCAL_WRITE | dev.e.IBV_ACCESS_REMOTE_WRITE
+    assert attr.ah_attr.dlid == 7 and attr.ah_attr.is_global == 1
+    assert attr.ah_attr.dgid == "0001:0203:0405:0607:0809:0a0b:0c0d:0e0f"
+
+
+@needs_pyverbs
+def test_a_write_request_is_an_rdma_write_to_the_peers_address() -> None:
+    dev = _modules()
+    sge = dev.wr_mod.SGE(0x1000, 64, 5)
+    wr = write_request(dev, 3, sge, True, rkey=0x77, remote_addr=0x9000)
+    assert (wr.wr_id, wr.opcode, wr.send_flags) == (3, dev.e.IBV_WR_RDMA_WRITE, dev.e.IBV_SEND_SIGNALED)
+    assert write_request(dev, 3, sge, False, 0x77, 0x9000).send_flags == 0
+
+
+def test_a_ring_buffers_address_does_not_pin_it() -> None:
+    buf = ring_buffer(4096)
+    assert _address_of(buf) > 0
+    buf.close()  # no export left behind: the mapping can go once the MR is deregistered
+
+
 # ---------------------------------------------------------------- with a device only
 @needs_device
 def test_a_one_sided_write_lands_in_the_peers_region() -> None:
@@ -170,3 +219,57 @@ def test_two_transports_carry_frames_through_the_device() -> None:
         await b.close()
 
     asyncio.run(main())
+
+
+class _QueueOnly:
+    """A device whose queue pair records posts and whose poll completes every signaled write:
+    enough to run VerbsPair's send-queue accounting without hardware (the MR and QP classes
+    are stand-ins; the work requests are pyverbs' own)."""
+
+    def __init__(self) -> None:
+        mods = _modules()
+        self.e, self.wr_mod, self.addr_mod = mods.e, mods.wr_mod, mods.addr_mod
+        self.posts: list[Any] = []
+        qp = SimpleNamespace(post_send=self.posts.append, qp_num=9, close=lambda: None)
+        self.qp_mod = SimpleNamespace(
+            QPCap=lambda **kw: kw, QPInitAttr=lambda **kw: kw, QPAttr=lambda **kw: SimpleNamespace(), QP=lambda *a: qp
+        )
+        self.mr_mod = SimpleNamespace(
+            MR=lambda pd, length, access, address: SimpleNamespace(length=length, lkey=1, rkey=2, close=lambda: None)
+        )
+        self.pd = self.cq = None
+        self.port = SimpleNamespace(lid=1, active_mtu=3)
+        self.gid = bytes(16)
+        self.failures: list[str] = []
+        self.pairs: dict[int, Any] = {}
+        self.reaped = 0
+
+    def poll(self) -> int:
+        pair = self.pairs[4]
+        n = sum(1 for wr in self.posts[self.reaped :] if wr.send_flags)
+        self.reaped = len(self.posts)
+        for _ in range(n):
+            pair.completed()
+        return n
+
+
+@needs_pyverbs
+def test_the_send_queue_never_overflows_and_every_batch_is_freed() -> None:
+    from runtime.drivers.rdma_verbs import SEND_QUEUE, SIGNAL_EVERY, RegionKey, VerbsError, VerbsPair
+
+    dev = _QueueOnly()
+    buf = ring_buffer(4096)
+    pair = VerbsPair(dev, 4, [buf])  # type: ignore[arg-type]
+    dev.pairs[4] = pair
+    pair.remote = (RegionKey(0x10000, 2, len(buf)),)
+    for i in range(3 * SEND_QUEUE):  # no poll between: the pair reaps when the queue is full
+        pair.write(0, i % 4096, 8, 0)
+        assert pair.in_flight <= SEND_QUEUE - 1
+    signaled = [i for i, wr in enumerate(dev.posts) if wr.send_flags]
+    assert signaled[0] == SIGNAL_EVERY - 1 and len(dev.posts) == 3 * SEND_QUEUE
+    dev.poll()
+    assert pair.in_flight == pair.unsignaled < SIGNAL_EVERY  # all but the unsignaled tail freed
+    with pytest.raises(VerbsError, match="past a region's end"):
+        pair.write(0, len(buf) - 4, 8, 0)
+    pair.close()
+    buf.close()
