@@ -132,6 +132,8 @@ class RdmaTransport(ShmTransport):
             self.device = self._open_device()
         except RdmaUnavailable as exc:
             raise TransportUnavailable(f'node.transport = "rdma": {exc}') from None
+        except Exception as exc:  # pyverbs' own: the device is there but cannot be opened
+            raise TransportUnavailable(f'node.transport = "rdma": cannot open the RDMA device: {exc}') from None
         log.info("RDMA device %s opened; peers' frames go through it once set up", self.device.name)
         await self.tcp.start()
         self._sweeper = asyncio.get_running_loop().call_later(POLL_INTERVAL, self._sweep)
@@ -293,6 +295,13 @@ class RdmaTransport(ShmTransport):
     def _sweep(self) -> None:
         """Reap send completions (a failed write cuts its peer off), then ShmTransport's sweep
         work: read rings with bytes waiting, write what waits, switch pairs that can."""
+        try:
+            self._poll_once()
+        finally:  # whatever went wrong with one peer, the others' rings are still polled
+            if not self._closing:
+                self._sweeper = asyncio.get_running_loop().call_later(POLL_INTERVAL, self._sweep)
+
+    def _poll_once(self) -> None:
         device = self.device
         if device is not None:
             device.poll()
@@ -309,8 +318,6 @@ class RdmaTransport(ShmTransport):
                 reader.read()
             if writer is not None and not writer.closed and (writer.unit or writer.frames or writer.blocks):
                 writer.pump()
-        if not self._closing:
-            self._sweeper = asyncio.get_running_loop().call_later(POLL_INTERVAL, self._sweep)
 
     def _drop_pair(self, node_id: int) -> None:
         pair = self.pairs.pop(node_id, None)

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 from runtime.drivers.rdma_ring import HEAD_AT, TAIL_AT, MirroredRing, ring_buffer, written_ranges
-from runtime.drivers.rdma_transport import RdmaTransport, check_offer
-from runtime.drivers.rdma_verbs import Endpoint, RegionKey
+from runtime.drivers.rdma_transport import RdmaTransport, TransportUnavailable, check_offer
+from runtime.drivers.rdma_verbs import Endpoint, Missing, RdmaUnavailable, RegionKey
 from runtime.drivers.shm_ring import HEADER
 from runtime.errors import WireError
+from runtime.exitcodes import EXIT_UNAVAILABLE
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.control import AppMessage
 from runtime.wire.rdma_setup import RdmaAnswer, RdmaOffer, RdmaRegion, RdmaSwitch, decode_rdma, encode_rdma
@@ -284,5 +285,28 @@ def test_a_shared_memory_probe_is_answered_no() -> None:
         assert [(x.accepted, x.reason) for x in answers] == [(False, 'node 1: node.transport = "rdma"')]
         await a.rdma.close()
         await b.rdma.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "problem, says",
+    [
+        (RdmaUnavailable(Missing.NO_DEVICE, "none listed"), "no RDMA device on this host (none listed)"),
+        (RdmaUnavailable(Missing.NO_PYVERBS, "x"), "install it with: apt-get install python3-pyverbs rdma-core"),
+        (OSError("Permission denied: /dev/infiniband/uverbs0"), "cannot open the RDMA device: Permission denied"),
+    ],
+)
+def test_a_node_that_cannot_have_rdma_does_not_start(problem: Exception, says: str) -> None:
+    def no_device() -> Any:
+        raise problem
+
+    async def main() -> None:
+        tcp = FakeTcp(1)
+        rdma = RdmaTransport(tcp, ring_capacity=CAP, open_device=no_device)  # type: ignore[arg-type]
+        with pytest.raises(TransportUnavailable) as caught:
+            await rdma.start()
+        assert caught.value.exit_code == EXIT_UNAVAILABLE == 7
+        assert str(caught.value).startswith('node.transport = "rdma": ') and says in str(caught.value)
 
     asyncio.run(main())
