@@ -11,11 +11,13 @@ still has one writer, so the two copies agree on every word's latest published v
 code above (``shm_link``'s writer and reader: framing, back-pressure, the sleep/wait epochs) is
 the code the shared-memory transport runs in every test.
 
-Ordering: the data is published before ``head`` on the same RC queue pair, whose RDMA writes
-are placed in the peer's memory in the order posted (what Derecho's SST relies on too), so a
-consumer that sees the new ``head`` sees the data. An aligned 8-byte word written by the NIC
-is read whole by x86 (PCIe writes of an aligned quadword are not torn). The consumer frees
-room with its ``tail`` only after reading, as on shared memory.
+Ordering assumptions (the ones Derecho's SST makes): RDMA writes posted on one RC queue pair
+land in the peer's memory in the order posted, message after message, while the bytes within
+one write may land in any order; so the data goes in its own write(s) and ``head`` in a later
+one, and a consumer that sees the new ``head`` sees the data. An aligned 8-byte word written
+by one write is assumed to be seen whole by the peer's CPU (true of x86 and PCIe in practice,
+not promised by the verbs specification). The consumer frees room with its ``tail`` only
+after reading, as on shared memory.
 
 The publication is a function ``(offset, length)``: "copy these bytes of my copy to the same
 offset of the peer's". The RDMA transport passes one that posts an ``RDMA_WRITE``
