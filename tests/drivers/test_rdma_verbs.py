@@ -41,7 +41,7 @@ from runtime.security.certs import ensure_cluster_certs
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parents[2]
-INSTALLED = os.path.isfile(os.path.join(SYSTEM_PYVERBS, "__init__.py"))
+INSTALLED = os.path.isfile(os.path.join(os.environ.get("DERECHO_PYVERBS_DIR", SYSTEM_PYVERBS), "__init__.py"))
 IN_ENV = importlib.util.find_spec("pyverbs") is not None
 
 
