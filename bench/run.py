@@ -70,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--transport",
-        choices=("tcp", "shm", "auto"),
+        choices=("tcp", "shm", "auto", "rdma"),
         default="",
         help="node.transport of every group (default: the nodes' own default, auto: shared memory "
-        "between processes on this host); run once with tcp and once with shm to compare",
+        "between processes on this host); run once with tcp and once with shm to compare "
+        "(rdma: on a host with an RDMA device and python3-pyverbs only)",
     )
     p.add_argument(
         "--baseline-rev",

@@ -260,14 +260,10 @@ def _on_partition(value: object) -> str:
 
 
 def _transport(value: object) -> str:
-    """One of TRANSPORTS, any case; "rdma" is refused until it is built (issue 23, part 2)."""
+    """One of TRANSPORTS, any case. Whether "rdma" can run here (pyverbs, a device) is found at
+    start, where the node refuses with exit code 7 if not (runtime.drivers.rdma_transport)."""
     if isinstance(value, str) and value.strip().lower() in TRANSPORTS:
-        kind = value.strip().lower()
-        if kind == "rdma":
-            raise _Invalid(
-                '"rdma" is not built yet (the pyverbs transport is the second part of issue 23); use "auto", "tcp" or "shm"'
-            )
-        return kind
+        return value.strip().lower()
     raise _Invalid(f"expected one of {', '.join(TRANSPORTS)}, got {_show(value)}")
 
 
@@ -796,6 +792,11 @@ class NodeConfig:
                 'node.transport = "shm" needs TLS: shared memory is set up only over a connection whose '
                 'certificate proved the peer\'s node id (use "auto" or "tcp" with security.insecure)'
             )
+        if self.node.transport == "rdma" and self.security.insecure:
+            raise ConfigError(
+                'node.transport = "rdma" needs TLS: queue pairs and rkeys are exchanged only over a connection '
+                'whose certificate proved the peer\'s node id (use "tcp" with security.insecure)'
+            )
         r, m = self.rdmc, self.multicast
         if r.enabled and r.block_size + 64 > m.max_frame_bytes:
             raise ConfigError(
@@ -1218,7 +1219,8 @@ cluster = {_toml_str(section.cluster)}  # group name; a node of another cluster 
 # the last view's members, retrying with backoff; "exit" with code 3
 on_partition = {_toml_str(section.on_partition)}
 # "auto": shared memory for peers on this host (same user, TLS on), TCP to others; "tcp": TCP
-# only; "shm": as auto, warning about peers that cannot use it ("rdma": not built yet)
+# only; "shm": as auto, warning about peers that cannot use it; "rdma": every peer through an RDMA
+# device (pyverbs), refused at start (exit 7) where there is none; "auto" never picks it
 transport = {_toml_str(section.transport)}
 
 [timeouts]

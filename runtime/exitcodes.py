@@ -17,6 +17,8 @@ Operators and supervisors (systemd, Kubernetes) act on them, so each names one k
       bring back the nodes that hold them, or restart with ``--accept-loss``
 6     the node failed in a way it cannot recover from alone (a state transfer it needed
       failed, or an internal error); it left the group; the log line before says why
+7     the transport ``node.transport`` asks for cannot run on this host (``"rdma"`` without
+      pyverbs, or without an RDMA device); the one line printed says which and what to install
 ====  =====================================================================================
 """
 
@@ -30,6 +32,7 @@ EXIT_STOPPED = 3
 EXIT_STORAGE = 4
 EXIT_RESTART_REFUSED = 5
 EXIT_FAILED = 6
+EXIT_UNAVAILABLE = 7
 
 
 def exit_code_for_stop(reason: str) -> int:

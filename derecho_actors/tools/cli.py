@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_certs(args)
     except ConfigError as exc:
         print(f"derecho-actors {args.command}: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return int(getattr(exc, "exit_code", EXIT_CONFIG))  # 7: the transport cannot run here
     except DerechoError as exc:
         print(f"derecho-actors {args.command}: {exc}", file=sys.stderr)
         return 1

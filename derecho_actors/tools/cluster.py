@@ -46,7 +46,7 @@ _log = logging.getLogger("derecho.cluster")
 
 CLIENT_NAME = "local"  # the client certificate a local cluster makes for its own Client
 # Sets node.transport for every node of a local cluster that does not override it ("tcp",
-# "auto", "shm"): how CI runs the real-process suite once per transport.
+# "auto", "shm", "rdma"): how CI runs the real-process suite once per transport.
 TRANSPORT_ENV = "DERECHO_TRANSPORT"
 
 

@@ -76,6 +76,7 @@ from runtime.wire.control import (
     Welcome,
 )
 from runtime.wire.descriptors import descriptor_from_wire, pack_default
+from runtime.wire.rdma_setup import TAG_RDMA_SETUP, RdmaAnswer, RdmaOffer, RdmaSwitch, decode_rdma, encode_rdma
 from runtime.wire.shm_setup import TAG_SHM_SETUP, ShmAnswer, ShmOffer, ShmProbe, ShmSwitch, decode_shm, encode_shm
 from runtime.wire.transfers import (
     BLOCK_HEADER_SIZE,
@@ -113,6 +114,9 @@ WireMessage = (
     | ShmOffer
     | ShmAnswer
     | ShmSwitch
+    | RdmaOffer
+    | RdmaAnswer
+    | RdmaSwitch
 )
 """Everything that travels in a frame: core protocol messages and driver control frames, and
 what a transfer frame comes out of the decoder as (:mod:`runtime.wire.transfers`)."""
@@ -266,6 +270,9 @@ _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
     ShmOffer: encode_shm,
     ShmAnswer: encode_shm,
     ShmSwitch: encode_shm,
+    RdmaOffer: encode_rdma,
+    RdmaAnswer: encode_rdma,
+    RdmaSwitch: encode_rdma,
 }
 
 
@@ -543,6 +550,7 @@ _DECODERS: Final[dict[int, tuple[str, int | tuple[int, ...], Callable[[list[Any]
     TAG_BOOTSTRAP_HELLO: ("BootstrapHello", 3, _dec_bootstrap_hello),
     TAG_RATE_LIMITED: ("RateLimited", 2, _dec_rate_limited),
     TAG_SHM_SETUP: ("ShmSetup", (2, 3, 4), decode_shm),  # 36 (runtime.wire.shm_setup)
+    TAG_RDMA_SETUP: ("RdmaSetup", (1, 3, 7), decode_rdma),  # 37 (runtime.wire.rdma_setup)
 }
 
 

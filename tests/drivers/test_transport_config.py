@@ -10,7 +10,7 @@ from runtime.errors import ConfigError
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.mark.parametrize("given, stored", [("auto", "auto"), ("TCP", "tcp"), (" shm ", "shm")])
+@pytest.mark.parametrize("given, stored", [("auto", "auto"), ("TCP", "tcp"), (" shm ", "shm"), ("RDMA", "rdma")])
 def test_the_transports_there_are(given: str, stored: str) -> None:
     assert NodeSection(transport=given).transport == stored
 
@@ -19,9 +19,11 @@ def test_the_default_is_auto() -> None:
     assert NodeSection().transport == "auto"
 
 
-def test_rdma_is_refused_as_not_built_yet() -> None:
-    with pytest.raises(ConfigError, match=r'node.transport: "rdma" is not built yet .*issue 23'):
-        NodeSection(transport="rdma")
+def test_rdma_needs_tls() -> None:
+    """Whether pyverbs and a device are here is found at start (tests/drivers/test_rdma_verbs.py)."""
+    with pytest.raises(ConfigError, match='node.transport = "rdma" needs TLS'):
+        NodeConfig(node=NodeSection(transport="rdma"), security=SecuritySection(insecure=True))
+    assert NodeConfig(node=NodeSection(transport="rdma")).node.transport == "rdma"
 
 
 def test_an_unknown_transport_names_the_choices() -> None:
