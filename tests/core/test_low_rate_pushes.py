@@ -16,8 +16,7 @@ import pytest
 
 from runtime.core.events import MessageArrived
 from runtime.core.messages import ShardPush
-from runtime.core.smc import LAZY_PUSH_DELAY, MulticastConfig, ShardMulticast
-from runtime.core.sst import RowDelta
+from runtime.core.smc import LAZY_PUSH_DELAY, MulticastConfig
 from tests.core.shard_net import SHARD, ShardNet
 
 pytestmark = pytest.mark.timeout(60)
@@ -133,17 +132,3 @@ def test_small_windows_defer_nothing() -> None:
     made = run_paced(net, (3,), 20)
     assert all(net.payloads(m) == [b"m%d" % i for i in range(20)] for m in (1, 2, 3))
     assert made[3] == 3 * 20  # the sender acknowledges each idle member's nulls, as before
-
-
-def test_a_null_receipt_before_an_own_message_is_acknowledged_at_once() -> None:
-    """This member's own message after the null waits for its receipt too, even when a real
-    message of another sender, earlier in the order, arrived in between."""
-    smc = ShardMulticast(SHARD, (1, 2, 3), 3, MulticastConfig())
-    assert smc.send([b"c0", b"c1", b"c2"], now=0.0) == 3  # global 2, 5, 8
-    smc.drain()
-    a0 = ShardPush(0, SHARD, 0, RowDelta(0, 1, {"received_num": (1, 0, 0)}), 0, (b"a0",))  # global 0
-    assert smc.on_push(a0) is None
-    smc.drain()
-    b_nulls = ShardPush(0, SHARD, 1, RowDelta(1, 1, {"received_num": (1, 1, 0)}), 0, (None,))  # global 1
-    assert smc.on_push(b_nulls) is None
-    assert smc.sst.has_changes()  # a push is due: c0..c2 wait for this receipt
