@@ -15,7 +15,13 @@ the same in every process, as the latency stamps are):
   holds, as this member knows it (the stability predicate's input);
 - ``deliv``: each delivery batch: (time, frontier after it);
 - ``turn``: each turn of the event loop: (start, busy ns, ns waiting in select, handles run);
-- ``flush``: each flush of the core's effects: (start, ns taken).
+- ``flush``: each flush of the core's effects: (start, ns taken);
+- ``counts``: events per node, to set against the messages it delivered (``delivered``):
+  pushes sent (``push_msgs`` with real messages, ``push_nulls`` with nulls only,
+  ``push_row`` with a row alone; each goes to every peer), group rows sent
+  (``group_push``), frames the core took (``frames_in``), transport writes
+  (``writes``, ``write_bytes``), timer firings (``ticks``), flushes and loop turns, and
+  the process's CPU seconds from install to write (``cpu_s``).
 
 :func:`analyse` joins the files of all members: for sampled messages, the time from submit to
 the push leaving the sender, to its arrival at each member, to stability known there, to its
@@ -36,7 +42,7 @@ import msgpack
 
 from bench.ournode import STAMP
 from runtime.core.events import MessageArrived
-from runtime.core.messages import ShardPush
+from runtime.core.messages import GroupPush, ShardPush
 
 
 class Tracer:
@@ -57,6 +63,12 @@ class Tracer:
         self.my_pos = -1
         self._pending_sent: list[tuple[int, int]] = []
         self._handles = 0
+        self.counts: dict[str, float] = dict.fromkeys(
+            ("push_msgs", "push_nulls", "push_row", "group_push", "frames_in", "writes", "write_bytes", "ticks"), 0
+        )
+        self._cpu0 = 0.0
+        self._delivered0 = -1
+        self._delivered = 0
 
     def install(self, driver: Any, shard: Any) -> None:
         core = driver.core
@@ -68,8 +80,12 @@ class Tracer:
         step0, ready0 = core.step, core.ready
         stable, recv = self.stable, self.recv
 
+        counts = self.counts
+
         def step(event: Any) -> None:
             step0(event)
+            if type(event) is MessageArrived:
+                counts["frames_in"] += 1
             if type(event) is MessageArrived and type(event.message) is ShardPush:
                 push = event.message
                 t = ns()
@@ -84,6 +100,17 @@ class Tracer:
             out = ready0()
             for o in out.outgoing:
                 m = o.message
+                if type(m) is ShardPush:
+                    kind = (
+                        "push_row"
+                        if not m.messages
+                        else "push_nulls"
+                        if m.messages.count(None) == len(m.messages)
+                        else "push_msgs"
+                    )
+                    counts[kind] += 1
+                elif type(m) is GroupPush:
+                    counts["group_push"] += 1
                 if type(m) is ShardPush and m.messages:
                     # The first real message of the push is its sample: its index and stamp.
                     for i, p in enumerate(m.messages):
@@ -108,6 +135,23 @@ class Tracer:
             self._pending_sent.clear()
 
         io._on_flush = flush
+        tick0: Callable[[], None] = io._on_tick
+
+        def tick() -> None:
+            counts["ticks"] += 1
+            tick0()
+
+        io._on_tick = tick
+        transport = io.transport
+        send0 = transport.send
+
+        def send(node: int, data: Any) -> Any:
+            counts["writes"] += 1
+            counts["write_bytes"] += len(data)
+            return send0(node, data)
+
+        transport.send = send
+        self._cpu0 = time.process_time()
         loop = io.loop
         run_once0 = loop._run_once
         selector = loop._selector
@@ -139,8 +183,10 @@ class Tracer:
         self.submit.extend((stamp_ns, now, n))
         self.late.append(now - stamp_ns)
 
-    def on_deliver(self, frontier: int) -> None:
+    def on_deliver(self, frontier: int, messages: int) -> None:
+        """A delivery batch of ``messages`` app messages, up to global index ``frontier``."""
         self.deliv.extend((time.time_ns(), frontier))
+        self._delivered += messages
 
     def write(self, path: Path) -> None:
         doc = {
@@ -148,6 +194,13 @@ class Tracer:
             "members": self.members,
             "senders": self.senders,
             "my_pos": self.my_pos,
+            "counts": {
+                **self.counts,
+                "delivered": self._delivered,
+                "flushes": len(self.flush) // 2,
+                "turns": len(self.turn) // 4,
+                "cpu_s": time.process_time() - self._cpu0,
+            },
             **{
                 k: getattr(self, k).tobytes()
                 for k in ("submit", "sent", "recv", "stable", "deliv", "turn", "flush", "late")
@@ -249,7 +302,15 @@ def analyse(folder: Path, sample: int = 400) -> dict[str, Any]:
         }
         for name, v in stages.items()
     }
-    return {"stages_ms": summary, "turns": turns}
+    per_message = {}
+    for node, d in docs.items():
+        c = d.get("counts")
+        if c and c.get("delivered"):
+            dn = c["delivered"]
+            per_message[node] = {k: round(v / dn, 3) for k, v in c.items() if k != "delivered"}
+            per_message[node]["cpu_us"] = round(c["cpu_s"] / dn * 1e6, 1)
+            per_message[node]["delivered"] = dn
+    return {"stages_ms": summary, "turns": turns, "per_delivered_message": per_message}
 
 
 def main(argv: list[str]) -> int:

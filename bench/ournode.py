@@ -211,7 +211,7 @@ class BenchApp:
             self.stamp_at.append(now)
         self.delivered += len(msgs)
         if self.tracer is not None:
-            self.tracer.on_deliver(d.frontier)
+            self.tracer.on_deliver(d.frontier, len(d.messages))
         self.timeline_t.append(now)
         self.timeline_n.append(self.delivered)
         if self.delivered >= self.expect and not self.written:

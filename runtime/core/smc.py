@@ -233,6 +233,14 @@ class ShardMulticast:
         # this member's null (3 hops to delivery instead of 2). Nulls never move it: no
         # null ping-pong, and an idle group falls silent.
         self._next_real = -1
+        # The highest global index of a real message held here (received, or this member's
+        # own), and how many null messages received since the last push of this member's row
+        # were not acknowledged at once. A receipt of nulls alone makes no push due when no
+        # real message held here comes after them (see _nulls_wait): the acknowledgement
+        # rides with the next push, and at low rate each null push of an idle member no
+        # longer draws an acknowledgement push from every other member (issue 21).
+        self._real_top = -1
+        self._deferred_nulls = 0
         self.wedged = False
         self._lazy_at: float | None = None  # when lazy row changes get a push of their own
         self._lazy_due = False
@@ -374,6 +382,7 @@ class ShardMulticast:
             return 0
         d = objects.start(pos, self.sent, data)
         self._buf[pos].append(d)
+        self._real_top = max(self._real_top, self.sent * self.n_senders + pos)
         self.sst.set_item("received_num", pos, self.sent + 1)
         self._last_send_at = now
         return 1
@@ -411,6 +420,11 @@ class ShardMulticast:
         if nulls < len(msgs):
             self._own_bytes += sum(map(len, filter(None, msgs) if nulls else msgs))  # type: ignore[arg-type]
             self._own_marks.append((end, self._own_bytes))
+            last = len(msgs) - 1
+            if nulls:
+                while msgs[last] is None:
+                    last -= 1
+            self._real_top = max(self._real_top, (end - len(msgs) + last) * self.n_senders + pos)
         self.sst.set_item("received_num", pos, end)
 
     # ---------------------------------------------------------------- receiving
@@ -495,9 +509,31 @@ class ShardMulticast:
             following = (have + last + 1) * self.n_senders + pos
             if following > self._next_real:
                 self._next_real = following
+                self._real_top = following - self.n_senders
         if received > self.sst.mine["received_num"][pos]:  # type: ignore[index]
-            self.sst.set_item("received_num", pos, received)
+            if nulls == len(fresh) and self._nulls_wait(have * self.n_senders + pos, nulls):
+                self._deferred_nulls += nulls
+                self.sst.set_item("received_num", pos, received, urgent=False)
+            else:
+                self.sst.set_item("received_num", pos, received)
         return None
+
+    def _nulls_wait(self, first: int, count: int) -> bool:
+        """Whether the receipt of ``count`` null messages, the first at global index
+        ``first``, may wait for a push that goes anyway instead of making one due.
+
+        Nobody waits for it: a null is never delivered, so its stability matters only to
+        the real messages after it in the order, and to its sender's window. A real message
+        after it that this member holds already (``_real_top``) waits for this receipt:
+        acknowledge now. One that arrives later is acknowledged at once when it does (it is
+        real), with this receipt in the same row; one this member sends carries its row.
+        The window: its sender may have at most ``window_size`` messages unacknowledged by
+        some member, so at most a quarter of it waits here; the lazy push
+        (``LAZY_PUSH_DELAY``) bounds the wait in time. A window under 4 defers nothing.
+        """
+        if first < self._real_top:
+            return False
+        return self._deferred_nulls + count < self.config.window_size // 4
 
     def _check_objects(
         self, pos: int, k0: int, fresh: Sequence[Payload], out: list[tuple[int, ObjectDescriptor]]
@@ -718,9 +754,11 @@ class ShardMulticast:
             row = self.sst.drain_push(lazy=self._lazy_due)
             if row is not None:
                 pushes.append(ShardPush(self.vid, self.shard, self.my_rank, row, self.sent, ()))
-        if self._lazy_at is not None and not self.sst.lazy_pending():  # it rode along
-            self._lazy_at = None
-            self._lazy_due = False
+        if not self.sst.lazy_pending():  # nothing waits for a ride (any more)
+            self._deferred_nulls = 0
+            if self._lazy_at is not None:  # it rode along
+                self._lazy_at = None
+                self._lazy_due = False
         deliveries, self._deliveries = self._deliveries, []
         opened, self._window_opened = self._window_opened, False
         return pushes, deliveries, opened

@@ -141,8 +141,12 @@ class SST:
                 self._urgent = True
             self._version += 1
 
-    def set_item(self, name: str, index: int, value: int) -> None:
-        """Write one entry of a vector column of this member's row."""
+    def set_item(self, name: str, index: int, value: int, urgent: bool = True) -> None:
+        """Write one entry of a vector column of this member's row.
+
+        ``urgent=False``: this write alone does not make a push due (as if the column were
+        lazy): the owner knows no peer waits for it now. It rides along with the next push,
+        or with one the owner asks for (``drain_push(lazy=True)``)."""
         col = self._columns[name]
         vec = self.rows[self.my_rank][name]
         if not col.width:
@@ -152,7 +156,7 @@ class SST:
         if vec[index] != value:  # type: ignore[index]
             vec[index] = value  # type: ignore[index]
             self._dirty.add(name)
-            if not col.lazy:
+            if urgent and not col.lazy:
                 self._urgent = True
             self._version += 1
 

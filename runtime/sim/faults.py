@@ -332,7 +332,24 @@ class FaultInjector:
         if alive:
             self.leavers.discard(node_id)
             first = self.rng.choice(alive)
-            self.cluster.start_joiner(node_id, [first] + [m for m in alive if m != first])
+            # Members stalled now are contacts too, tried last (as an operator lists every
+            # member): they answer once they resume. Without them a joiner started while
+            # all but a minority stall has only that minority, which stops for want of a
+            # majority, and it could never join (seed 196 with all faults).
+            stalled = self._view_members_stalled()
+            self.cluster.start_joiner(node_id, [first] + [m for m in alive if m != first] + stalled)
+
+    def _view_members_stalled(self) -> list[int]:
+        """Members of the newest view that are paused (a stall fault), in view order."""
+        view = self.cluster.current_view()
+        if view is None:
+            return []
+        nodes = self.cluster.nodes
+        return [
+            m
+            for m in view.members
+            if m in nodes and nodes[m].alive and nodes[m].paused and not nodes[m].core.joining and m not in self.leavers
+        ]
 
     def _leave(self) -> None:
         alive, n = self._view_members_alive()

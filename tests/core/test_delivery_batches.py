@@ -119,12 +119,22 @@ def test_delivered_count_alone_is_pushed_once_after_the_lazy_delay() -> None:
     net = ShardNet((1, 2), MulticastConfig(null_interval=0.0))
     net.send(1, b"a")
     net.deliver_one(1, 2)  # node 2 holds it (and knows node 1 does): delivers, acks with its null of round 0
-    net.deliver_one(2, 1)  # node 1 learns it is stable and delivers index 0; acks the null
+    net.deliver_one(2, 1)  # node 1 learns it is stable and delivers index 0
     assert net.delivered[1] == [(0, 1, 0, b"a")]
-    net.deliver_one(1, 2)  # node 2 learns the null is stable: its delivered count moves, nothing else
+    # Node 1's receipt of the null (no real message after it) and its delivered count make
+    # no frame...
+    assert _shard_frames(net) == []
+    assert net.cores[1].shards[SHARD].wakeup_at() == pytest.approx(LAZY_PUSH_DELAY)  # ...until the lazy delay is up
+    net.tick(LAZY_PUSH_DELAY / 2)
+    assert _shard_frames(net) == []
+    net.tick(LAZY_PUSH_DELAY / 2)
+    assert _shard_frames(net) == [(1, 2)]
+    while net.deliver_one(1, 2):  # a heartbeat, then the push: node 2 learns the null is stable
+        pass
+    # Node 2's delivered count moves, nothing else.
     assert _shard_frames(net) == []  # the delivered count alone makes no frame...
     smc = net.cores[2].shards[SHARD]
-    assert smc.wakeup_at() == pytest.approx(LAZY_PUSH_DELAY)  # ...until the lazy delay is up
+    assert smc.wakeup_at() == pytest.approx(net.now + LAZY_PUSH_DELAY)  # ...until the lazy delay is up
     net.tick(LAZY_PUSH_DELAY / 2)
     assert _shard_frames(net) == []
     net.tick(LAZY_PUSH_DELAY / 2)

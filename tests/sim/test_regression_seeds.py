@@ -18,3 +18,13 @@ pytestmark = pytest.mark.timeout(120)
 def test_seed_that_stalled_with_evaluation_per_flush(seed: int, faults: str) -> None:
     result = run_seed(seed, faults=faults)
     assert result.ok, result.violations
+
+
+def test_joiner_started_during_a_majority_stall_gets_in() -> None:
+    """Seed 196, every fault: a node joins while all but the leader stall; the leader, left
+    alone, takes the join request and then stops (no majority). The joiner's contacts were
+    the members not stalled (the leader alone), so it never got in: the stalled members are
+    now its later contacts (``runtime.sim.faults``). The run reached that state once the
+    deferral of null receipts changed the logs the stall's minority is chosen by."""
+    result = run_seed(196, faults="all")
+    assert result.ok, result.violations
