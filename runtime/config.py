@@ -717,11 +717,12 @@ class RdmcSection:
     # thread, a receive buffer is mapped page by page as blocks land and is delivered as it
     # is), so the size is bounded by memory alone. Memory: an object costs one copy of itself
     # per node, the receive buffer (which the application is handed) or the sender's own
-    # bytes; a node's objects in flight, in any role, hold at most max_bytes_in_flight
-    # together (a sender's own objects count too, though they are the application's bytes).
-    # So a node commits at most 4 GiB to transfers by default, one object of the largest size
-    # or several smaller ones (measured: a 1 GiB object raises a receiver's peak RSS by about
-    # 1.0x its size; bench/objects.py). Lower both on small machines.
+    # bytes. A node starts an object of its own only while its objects in flight, in any
+    # role, stay within max_bytes_in_flight together; objects it receives are bounded by
+    # max_objects_in_flight (each sender of a shard keeps its share undelivered) times
+    # max_object_size, not held to the bytes, since a receiver waiting for byte room could wait
+    # on a sender that waits for it (measured: a 1 GiB object raises a receiver's peak RSS by
+    # about 1.0x its size; bench/objects.py). Lower the limits on small machines.
     max_object_size: int = 4 << 30  # larger payloads are refused at the caller (ObjectTooLarge)
     max_objects_in_flight: int = 8  # objects at one node in any role; a sender gets its share
     max_bytes_in_flight: int = 4 << 30  # their sizes together
@@ -1246,7 +1247,7 @@ threshold_bytes = {rdmc.threshold_bytes}  # payloads above this go as objects (a
 block_size = {rdmc.block_size}  # bytes per block
 max_object_size = {rdmc.max_object_size}  # larger payloads are refused at the caller (ObjectTooLarge)
 max_objects_in_flight = {rdmc.max_objects_in_flight}  # per node; each sender of a shard keeps its share undelivered
-max_bytes_in_flight = {rdmc.max_bytes_in_flight}  # their sizes together, per node
+max_bytes_in_flight = {rdmc.max_bytes_in_flight}  # per node: it starts its own objects only within this, with all it holds
 window_blocks = {rdmc.window_blocks}  # blocks of one object in flight per link
 schedule = {_toml_str(rdmc.schedule)}  # binomial (RDMC's pipeline), chain or sequential
 

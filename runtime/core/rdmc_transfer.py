@@ -35,8 +35,12 @@ sender's objects of one epoch and stream are opened in ``seq`` order at every no
 delivers a sender's descriptors in order), so a credit for a lower ``seq`` that is not in flight
 is a stale copy for an object already over here, dropped without storing it.
 
-**Memory.** A node holds at most ``max_objects`` objects (``max_bytes`` of their sizes) in
-flight in any role, and refuses more with :class:`TooManyObjects` before allocating anything.
+**Memory.** A node holds at most ``max_objects`` objects in flight in any role, starts its own
+only while the sizes of all it holds stay within ``max_bytes``, and refuses more with
+:class:`TooManyObjects` before allocating anything. Received objects are not held to
+``max_bytes``: a receiver waiting for byte room could wait on a sender that waits for it
+(each sender's object fits its own node, all of them do not: a cycle); it holds at most
+``max_objects`` of at most ``max_object_size`` each.
 At a sender that is back-pressure (start later). At a receiver it is a guard: an object it
 refuses stalls (its upstream never gets credit) until the view change, so the integration keeps
 the objects a shard has in flight within every member's limit, as the SMC window bounds
@@ -98,8 +102,10 @@ __all__ = ["TransferConfig", "TransferEngine"]
 @dataclass(frozen=True, slots=True)
 class TransferConfig:
     """Limits of one node's engine. ``window``: blocks of one object in flight per link;
-    ``max_objects``/``max_bytes``: objects (and their sizes together) in flight at this node;
-    ``max_object_size`` and ``max_blocks`` bound one object."""
+    ``max_objects``: objects in flight at this node in any role; ``max_bytes``: their sizes
+    together, checked when this node starts one of its own (received objects are bounded by
+    the count, see the module's "Memory"); ``max_object_size`` and ``max_blocks`` bound one
+    object."""
 
     window: int = 4
     max_objects: int = 8
@@ -257,7 +263,13 @@ class TransferEngine:
                 f"object {oid}: {descriptor.size} bytes in {descriptor.blocks} blocks exceeds "
                 f"max_object_size={cfg.max_object_size} or max_blocks={cfg.max_blocks}"
             )
-        if len(self._objects) >= cfg.max_objects or self._bytes + descriptor.size > cfg.max_bytes:
+        # Bytes bound what this node starts, not what it receives: a receiver that waited for
+        # byte room could wait on an object whose own sender waits for this node's (three
+        # senders' objects that fit each its own node but not all three at once: a cycle, no
+        # delivery). A receiver's bytes stay bounded by the count (the senders' quotas keep it
+        # under max_objects) times max_object_size, and each sender's by its own max_bytes.
+        over_bytes = data is not None and self._bytes + descriptor.size > cfg.max_bytes
+        if len(self._objects) >= cfg.max_objects or over_bytes:
             raise TooManyObjects(
                 f"node {self.node} holds {len(self._objects)} objects ({self._bytes} bytes) in flight; "
                 f"object {oid} of {descriptor.size} bytes would exceed max_objects={cfg.max_objects} "

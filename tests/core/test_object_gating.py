@@ -255,3 +255,19 @@ def test_a_wrong_digest_given_by_the_driver_fails_the_object_at_the_receivers() 
         net.tick(0.01)
     for m in (2, 3):
         assert net.payloads(m) == []
+
+
+def test_objects_of_every_sender_beyond_max_bytes_together_are_delivered_not_stalled() -> None:
+    """Three senders each start an object of 2,000 bytes at once, with max_bytes 3,000: each
+    sender's own object fits its node, but no node could hold all three. Were a receiver to
+    wait for byte room, every node would hold its own object and wait for another's, whose
+    sender waits for it: a cycle, no delivery ever. Receivers admit by count only (bounded by
+    the senders' quotas and max_object_size); the byte bound holds each node's own objects."""
+    policy = replace(POLICY, max_object_size=3000, max_bytes=3000, max_objects=8)
+    net = ShardNet((1, 2, 3), replace(CONFIG, objects=policy))
+    mine = {n: blob(2000, seed=n) for n in (1, 2, 3)}
+    for n in (1, 2, 3):
+        assert net.send(n, mine[n]) == 1
+    net.settle()
+    for m in (1, 2, 3):
+        assert sorted(net.payloads(m)) == sorted(mine.values())
