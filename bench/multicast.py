@@ -53,6 +53,8 @@ from typing import Any
 
 import msgpack
 
+from bench.procs import wait_for_nodes
+
 STAMP = struct.Struct("<q")
 BASE_SETTINGS = {"timeouts.suspicion_ms": "3000", "node.log_level": "WARNING"}
 
@@ -444,7 +446,7 @@ def run_once(a: argparse.Namespace, run: int) -> list[Member]:
         from runtime.drivers.status import fetch_status
 
         start(1)
-        _wait(lambda: "vid" in fetch_status(addr[1], cluster, 1.0, credentials), 30, procs, workdir)
+        wait_for_nodes(lambda: "vid" in fetch_status(addr[1], cluster, 1.0, credentials), 30, procs, workdir)
         spy = None
         if a.spy:
             Path(a.spy).mkdir(parents=True, exist_ok=True)
@@ -468,7 +470,7 @@ def run_once(a: argparse.Namespace, run: int) -> list[Member]:
         for i in range(2, n + 1):
             start(i)
         files = {i: workdir / f"result-{i}.msgpack" for i in ports}
-        _wait(lambda: all(f.exists() for f in files.values()), a.limit, procs, workdir)
+        wait_for_nodes(lambda: all(f.exists() for f in files.values()), a.limit, procs, workdir)
         if spy is not None:
             os.killpg(procs[1].pid, signal.SIGKILL)
             spy.wait(30)
@@ -512,22 +514,6 @@ def run_once(a: argparse.Namespace, run: int) -> list[Member]:
             print(f"  logs in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _wait(pred: Any, timeout: float, procs: dict[int, subprocess.Popen[bytes]], workdir: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except Exception:
-            pass
-        for i, p in procs.items():
-            if p.poll() is not None:
-                tail = (workdir / f"node-{i}.log").read_text()[-2000:]
-                raise RuntimeError(f"node {i} exited with {p.returncode}:\n{tail}")
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout} s (logs in {workdir})")
 
 
 def parent_main(a: argparse.Namespace) -> int:

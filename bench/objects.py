@@ -45,7 +45,7 @@ from typing import Any
 
 import msgpack
 
-from bench.procs import _die_with_parent, child_env, free_ports
+from bench.procs import _die_with_parent, child_env, free_ports, wait_for_nodes
 from bench.registry import Context, Row, experiment
 
 MB = 1_000_000
@@ -312,11 +312,11 @@ def run_objects(
         from runtime.drivers.status import fetch_status
 
         start(1)
-        _wait(lambda: "vid" in fetch_status(addr[1], cluster, 1.0, credentials), 60, procs, workdir)
+        wait_for_nodes(lambda: "vid" in fetch_status(addr[1], cluster, 1.0, credentials), 60, procs, workdir)
         for i in range(2, nodes + 1):
             start(i)
         files = {i: workdir / f"result-{i}.msgpack" for i in ports}
-        _wait(lambda: all(f.exists() for f in files.values()), limit, procs, workdir)
+        wait_for_nodes(lambda: all(f.exists() for f in files.values()), limit, procs, workdir)
         for i, f in files.items():
             run.nodes[i] = msgpack.unpackb(f.read_bytes(), strict_map_key=False)
         return run
@@ -333,22 +333,6 @@ def run_objects(
             print(f"  logs in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _wait(pred: Any, timeout: float, procs: dict[int, subprocess.Popen[bytes]], workdir: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except Exception:
-            pass
-        for i, p in procs.items():
-            if p.poll() is not None:
-                tail = (workdir / f"node-{i}.log").read_text()[-2000:]
-                raise RuntimeError(f"node {i} exited with {p.returncode}:\n{tail}")
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout} s (logs in {workdir})")
 
 
 def describe(run: Run) -> str:

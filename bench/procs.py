@@ -51,6 +51,24 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def wait_for_nodes(pred: Any, timeout: float, procs: dict[int, subprocess.Popen[bytes]], workdir: Path) -> None:
+    """Until ``pred()`` holds (an exception counts as not yet); a node process that exits
+    meanwhile ends the wait with its log's tail (``workdir/node-<id>.log``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except Exception:
+            pass
+        for i, p in procs.items():
+            if p.poll() is not None:
+                tail = (workdir / f"node-{i}.log").read_text()[-2000:]
+                raise RuntimeError(f"node {i} exited with {p.returncode}:\n{tail}")
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout} s (logs in {workdir})")
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGKILL if the bench dies (even by SIGKILL), Linux only."""
     try:

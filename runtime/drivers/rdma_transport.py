@@ -66,7 +66,7 @@ log = logging.getLogger("derecho.rdma")
 
 POLL_INTERVAL = 0.001  # seconds between polls of the rings and the completion queue
 OUT, IN = 0, 1  # region indices: our ring to the peer, the peer's ring to us (its are swapped)
-_SETUP = (RdmaOffer, RdmaAnswer, RdmaSwitch, ShmProbe, ShmOffer, ShmAnswer, ShmSwitch)
+_SETUP: frozenset[type] = frozenset({RdmaOffer, RdmaAnswer, RdmaSwitch, ShmProbe, ShmOffer, ShmAnswer, ShmSwitch})
 
 
 class TransportUnavailable(ConfigError):
@@ -107,6 +107,8 @@ def check_offer(offer: RdmaOffer, capacity: int) -> str:
 
 class RdmaTransport(ShmTransport):
     """See the module docstring. Wraps a ``TcpTransport``; create it on the loop thread."""
+
+    setup_kinds = _SETUP  # its own setup frames, and shm's probes (answered with a no)
 
     def __init__(
         self,
@@ -150,17 +152,6 @@ class RdmaTransport(ShmTransport):
         return {n: names[kind.value] for n, kind in self.peer_transports().items()}
 
     # ------------------------------------------------------------ receiving setup frames
-    def frames_from_tcp(self, sender: int, frames: list[Any]) -> None:
-        if not any(type(f) in _SETUP for f in frames):
-            self.on_frames(sender, frames)
-            return
-        others = [f for f in frames if type(f) not in _SETUP]
-        if others:
-            self.on_frames(sender, others)
-        for item in frames:
-            if type(item) in _SETUP:
-                self._setup(sender, item)
-
     def _setup(self, sender: int, msg: Any) -> None:
         if type(msg) is RdmaOffer:
             self._on_offer_rdma(sender, msg)

@@ -59,7 +59,7 @@ log = logging.getLogger("derecho.shm")
 RING_CAPACITY = 4 << 20  # bytes per direction per pair
 MAX_OFFERED_CAPACITY = 1 << 30  # a peer's ring we map at most (it is memory it may make us map)
 SWEEP_INTERVAL = 0.02  # seconds between checks for a missed wake-up (see shm_ring)
-_SETUP = (ShmProbe, ShmOffer, ShmAnswer, ShmSwitch)
+_SETUP: frozenset[type] = frozenset({ShmProbe, ShmOffer, ShmAnswer, ShmSwitch})
 
 
 class TransportMode(enum.Enum):
@@ -97,6 +97,8 @@ class _Pair:
 
 class ShmTransport:
     """See the module docstring. Wraps a ``TcpTransport``; create it on the loop thread."""
+
+    setup_kinds: frozenset[type] = _SETUP  # frames of ours on TCP (a subclass adds its own)
 
     def __init__(
         self,
@@ -347,14 +349,15 @@ class ShmTransport:
         Ours are handled after the driver had the others of the same read: a join reply that
         came with a probe tells the driver the prober's address, which the answer needs; and a
         switch is the sender's last frame on TCP, so nothing of the read comes after it."""
-        if not any(type(f) in _SETUP for f in frames):
+        setup = self.setup_kinds
+        if not any(type(f) in setup for f in frames):
             self.on_frames(sender, frames)
             return
-        others = [f for f in frames if type(f) not in _SETUP]
+        others = [f for f in frames if type(f) not in setup]
         if others:
             self.on_frames(sender, others)
         for item in frames:
-            if type(item) in _SETUP:
+            if type(item) in setup:
                 self._setup(sender, item)
 
     def _ring_items(self, sender: int, items: list[Any]) -> None:
