@@ -317,9 +317,15 @@ class PoolFiller:
 
 def test_a_joiner_waits_for_a_busy_contact_and_joins_once_it_frees(tmp_path: Path, raw_nodes: list[RawNode]) -> None:
     certs = ensure_cluster_certs(tmp_path / "certs", [1, 2], clients=("operator",), cluster="busy")
+    # TCP between the two: with shared memory (the default on one host) this test failed in
+    # about 1 run in 4 under load (the joiner got in mid-flood, its member dial was dropped by
+    # the full pool and both nodes stopped as partitioned); a known problem of the rings'
+    # setup under a handshake flood, open in issue 23's closing note. What this test checks
+    # is the handshake pool's, on TCP.
     founder = RawNode(
         tmp_path, certs, 1, "busy",
         "--set", "security.max_unauthenticated=4", "--set", "security.handshake_timeout_ms=1500",
+        "--set", "node.transport=tcp",
     )  # fmt: skip
     raw_nodes.append(founder)
     operator = load_credentials(TlsCredentials.for_client(certs, "operator"), "client", name="operator")
@@ -327,8 +333,9 @@ def test_a_joiner_waits_for_a_busy_contact_and_joins_once_it_frees(tmp_path: Pat
     with PoolFiller(founder.address) as filler:
         wait_until(lambda: filler.opened >= 8, 10, "the pool filled")
         joiner = RawNode(
-            tmp_path, certs, 2, "busy", "--contact", founder.address, "--set", "timeouts.connect_timeout_ms=1000"
-        )
+            tmp_path, certs, 2, "busy", "--contact", founder.address,
+            "--set", "timeouts.connect_timeout_ms=1000", "--set", "node.transport=tcp",
+        )  # fmt: skip
         raw_nodes.append(joiner)
         wait_until(lambda: "listening on" in joiner.log(), 30, "the joiner to listen")
         time.sleep(4.0)  # four connect timeouts
