@@ -42,6 +42,7 @@ MODULES = [
     "bench.persistence",
     "bench.tlscost",
     "bench.objects",
+    "bench.transports",
     "bench.readlevels",
     "bench.watches",
 ]
