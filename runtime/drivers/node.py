@@ -390,6 +390,8 @@ class NodeDriver:
 
     def _on_client(self, handle: Any, msg: Any) -> None:
         self._phase.on_client(handle, msg)
+        if self._io is not None:
+            self._io.flush_if_idle()  # a lone call goes out in this turn (``node_io.IDLE_S``)
 
     def _on_client_closed(self, handle: Any) -> None:
         self._status_limiter.closed(handle, client_key(handle))
