@@ -90,6 +90,7 @@ class NodeIO:
         self._flush_scheduled = False
         self._deferred = 0
         self._flushed_at = 0.0  # loop time at the end of the last flush
+        self.idle_s = IDLE_S
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -112,7 +113,7 @@ class NodeIO:
         # asyncio's loop keeps the callbacks of the current turn in ``_ready`` (other loops,
         # uvloop's, do not expose it: they flush at once).
         ready = getattr(self.loop, "_ready", None)
-        if ready and self._deferred < FLUSH_DEFERRALS and self.loop.time() - self._flushed_at < IDLE_S:
+        if ready and self._deferred < FLUSH_DEFERRALS and self.loop.time() - self._flushed_at < self.idle_s:
             self._deferred += 1
             self.loop.call_soon(self._scheduled_flush)
             return
@@ -126,7 +127,7 @@ class NodeIO:
 
     def flush_if_idle(self) -> None:
         """Flush now if a flush is scheduled and the loop was idle (see ``IDLE_S``)."""
-        if self._flush_scheduled and self.loop.time() - self._flushed_at >= IDLE_S:
+        if self._flush_scheduled and self.loop.time() - self._flushed_at >= self.idle_s:
             self.flush_now()
 
     def wake_at(self, at: float | None) -> None:

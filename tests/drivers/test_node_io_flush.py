@@ -16,9 +16,13 @@ from runtime.drivers.node_io import NodeIO
 pytestmark = pytest.mark.timeout(30)
 
 
-def make_io(log: list[str]) -> NodeIO:
+def make_io(log: list[str], busy: bool = True) -> NodeIO:
+    """``busy``: every flush counts as recent (the loop never idle); else the loop is always
+    idle (``node_io.IDLE_S``), so the tests do not depend on the machine's speed."""
     loop = asyncio.get_running_loop()
-    return NodeIO(loop, transport=None, on_flush=lambda: log.append("flush"), on_tick=lambda: None)  # type: ignore[arg-type]
+    io = NodeIO(loop, transport=None, on_flush=lambda: log.append("flush"), on_tick=lambda: None)  # type: ignore[arg-type]
+    io.idle_s = 3600.0 if busy else 0.0
+    return io
 
 
 async def settle() -> None:
@@ -30,6 +34,7 @@ def test_flush_waits_for_the_callbacks_ready_in_its_turn() -> None:
     async def main() -> list[str]:
         log: list[str] = []
         io = make_io(log)
+        io.flush_now()  # the loop is busy: it flushed a moment ago
         loop = asyncio.get_running_loop()
 
         def frames(name: str) -> None:
@@ -42,7 +47,44 @@ def test_flush_waits_for_the_callbacks_ready_in_its_turn() -> None:
         await settle()
         return log
 
-    assert asyncio.run(main()) == ["peer 2", "peer 3", "flush"]
+    assert asyncio.run(main()) == ["flush", "peer 2", "peer 3", "flush"]
+
+
+def test_an_idle_loop_flushes_in_the_next_turn_without_deferring() -> None:
+    async def main() -> list[str]:
+        log: list[str] = []
+        io = make_io(log, busy=False)
+        loop = asyncio.get_running_loop()
+
+        def frames(name: str) -> None:
+            log.append(name)
+            io.schedule_flush()
+
+        loop.call_soon(frames, "client")
+        await asyncio.sleep(0)
+        loop.call_soon(frames, "peer 3")  # ready behind the flush: it goes in a flush of its own
+        await settle()
+        return log
+
+    assert asyncio.run(main()) == ["client", "flush", "peer 3", "flush"]
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_flush_if_idle_flushes_at_once_only_when_idle(busy: bool) -> None:
+    async def main() -> tuple[list[str], list[str]]:
+        log: list[str] = []
+        io = make_io(log, busy)
+        io.flush_now()
+        io.flush_if_idle()  # nothing scheduled: nothing to do
+        io.schedule_flush()
+        io.flush_if_idle()
+        at_once = list(log)
+        await settle()  # the scheduled flush: nothing left when it ran at once, else it runs
+        return at_once, log
+
+    at_once, log = asyncio.run(main())
+    assert at_once == (["flush"] if busy else ["flush", "flush"])
+    assert log == ["flush", "flush"]
 
 
 def test_flush_runs_once_per_request_and_never_is_lost() -> None:
