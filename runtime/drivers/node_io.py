@@ -35,9 +35,9 @@ T = TypeVar("T")
 FLUSH_DEFERRALS = 1
 
 # A loop whose last flush is older than this is idle (under load flushes follow each other
-# turn after turn): what a client's frame made then goes out at once (``flush_if_idle``), and
-# a scheduled flush is not deferred, as there is nothing to gather it with. Calls made one at
-# a time are multicast in the turn that read them, not two turns later.
+# turn after turn): a client's lone call then goes out at once (``flush_if_idle``), as there
+# is nothing to gather it with: calls made one at a time are multicast in the turn that read
+# them, not two turns later.
 IDLE_S = 0.0002
 
 
@@ -113,7 +113,7 @@ class NodeIO:
         # asyncio's loop keeps the callbacks of the current turn in ``_ready`` (other loops,
         # uvloop's, do not expose it: they flush at once).
         ready = getattr(self.loop, "_ready", None)
-        if ready and self._deferred < FLUSH_DEFERRALS and self.loop.time() - self._flushed_at < self.idle_s:
+        if ready and self._deferred < FLUSH_DEFERRALS:
             self._deferred += 1
             self.loop.call_soon(self._scheduled_flush)
             return

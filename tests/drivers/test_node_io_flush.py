@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(30)
 
 def make_io(log: list[str], busy: bool = True) -> NodeIO:
     """``busy``: every flush counts as recent (the loop never idle); else the loop is always
-    idle (``node_io.IDLE_S``), so the tests do not depend on the machine's speed."""
+    idle (``node_io.IDLE_S``, for ``flush_if_idle``), so the tests do not depend on the
+    machine's speed."""
     loop = asyncio.get_running_loop()
     io = NodeIO(loop, transport=None, on_flush=lambda: log.append("flush"), on_tick=lambda: None)  # type: ignore[arg-type]
     io.idle_s = 3600.0 if busy else 0.0
@@ -33,8 +34,7 @@ async def settle() -> None:
 def test_flush_waits_for_the_callbacks_ready_in_its_turn() -> None:
     async def main() -> list[str]:
         log: list[str] = []
-        io = make_io(log)
-        io.flush_now()  # the loop is busy: it flushed a moment ago
+        io = make_io(log, busy=False)  # even an idle loop: the turn's input goes first
         loop = asyncio.get_running_loop()
 
         def frames(name: str) -> None:
@@ -47,26 +47,7 @@ def test_flush_waits_for_the_callbacks_ready_in_its_turn() -> None:
         await settle()
         return log
 
-    assert asyncio.run(main()) == ["flush", "peer 2", "peer 3", "flush"]
-
-
-def test_an_idle_loop_flushes_in_the_next_turn_without_deferring() -> None:
-    async def main() -> list[str]:
-        log: list[str] = []
-        io = make_io(log, busy=False)
-        loop = asyncio.get_running_loop()
-
-        def frames(name: str) -> None:
-            log.append(name)
-            io.schedule_flush()
-
-        loop.call_soon(frames, "client")
-        await asyncio.sleep(0)
-        loop.call_soon(frames, "peer 3")  # ready behind the flush: it goes in a flush of its own
-        await settle()
-        return log
-
-    assert asyncio.run(main()) == ["client", "flush", "peer 3", "flush"]
+    assert asyncio.run(main()) == ["peer 2", "peer 3", "flush"]
 
 
 @pytest.mark.parametrize("busy", [False, True])
