@@ -30,6 +30,11 @@ CALLS_PER_TURN = 256
 PER_CLIENT_ROUND = 64
 """Calls one waiting client may have taken per round of the waiting clients."""
 
+LONE_CALLS = 8
+"""A frame of at most this many calls, the first taken in its loop turn, is sent on at once
+(``flush``) rather than at the turn's end: a client calling one at a time then has its call
+multicast in the turn that read it (the node's driver flushes at once when it was idle)."""
+
 
 class ClientTurns:
     def __init__(
@@ -59,10 +64,13 @@ class ClientTurns:
             return
         client = self.table.state(conn)
         if not client.inbox and self.taken < CALLS_PER_TURN:
+            lone = not self.taken and len(calls) <= LONE_CALLS
             room = CALLS_PER_TURN - self.taken
             self._spend(min(room, len(calls)))
             self.take(conn, calls[:room])
             calls = calls[room:]
+            if lone and not client.closed:
+                self.flush()
             if not calls or client.closed:
                 return
             self.flush()

@@ -167,6 +167,7 @@ class Group(AsyncLifecycle):
             self.config.limits,
         )
         self._dispatch = MessageDispatch(node, self._calls, self._tracker, self._transfer)
+        self._host.held_answers = self._calls.replies
         p = self.config.persistence
         self._make_env = ReplicaEnvFactory(
             self.node_id,

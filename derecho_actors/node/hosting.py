@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 from derecho_actors.exceptions import ShardAwaitingLog
 from derecho_actors.model.decorators import TypeSpec
@@ -60,6 +60,18 @@ log = logging.getLogger("derecho.hosting")
 
 MakeEnv = Callable[[ShardId, TypeSpec, int, "int | None"], ReplicaEnv]
 
+WAIT_CALLS = 32  # a delivered batch of at most this many calls: the loop waits for its answers
+WAIT_S = 0.001  # at most this long (user methods are expected to be quick)
+NO_WAIT_S = 0.5  # after a wait ran out, this long without waiting for that shard
+
+
+class HeldAnswers(Protocol):
+    """Where the answers of a batch the loop waits for are kept until it takes them."""
+
+    def hold(self) -> None: ...
+
+    def take_held(self) -> None: ...
+
 
 class ReplicaHost:
     def __init__(self, node_id: int, specs: dict[str, TypeSpec], runner: Runner, make_env: MakeEnv) -> None:
@@ -78,6 +90,8 @@ class ReplicaHost:
         self._send: dict[ShardId, SendReplies] = {}  # each replica's way to answer callers
         self._single: set[ShardId] = set()  # shards warned about as having one replica (here)
         self._undecodable = UndecodableBatches(node_id)
+        self.held_answers: HeldAnswers | None = None  # set by the group: small batches are waited for
+        self._no_wait_until: dict[ShardId, float] = {}
 
     def holds(self, shard: ShardId) -> bool:
         return shard in self.replicas
@@ -259,7 +273,25 @@ class ReplicaHost:
                 batch = self._notify_ordered(notices[d.shard], d.vid, replicas, batch)
             calls.extend(batch)
         if calls:
-            ref.tell(OrderedBatch(d.vid, replicas, calls, d.frontier))
+            self._tell(d.shard, ref, OrderedBatch(d.vid, replicas, calls, d.frontier))
+
+    def _tell(self, sid: ShardId, ref: ReplicaRef, batch: OrderedBatch) -> None:
+        """Tell the replica ``batch``; a small one, to a replica idle on its own thread, is
+        waited for (``WAIT_S`` at most) so its answers leave in this loop turn."""
+        held, wait = self.held_answers, getattr(ref, "tell_and_wait", None)
+        if held is None or wait is None or len(batch.calls) > WAIT_CALLS:
+            ref.tell(batch)
+            return
+        now = time.monotonic()
+        if self._no_wait_until.get(sid, 0.0) > now:
+            ref.tell(batch)
+            return
+        held.hold()
+        try:
+            if not wait(batch, WAIT_S) and time.monotonic() - now >= WAIT_S:  # it ran out: a slow method
+                self._no_wait_until[sid] = now + NO_WAIT_S
+        finally:
+            held.take_held()
 
     def _notify_ordered(
         self, loss: ShardLoss, vid: int, replicas: tuple[int, ...], calls: list[_codec.OrderedCall]

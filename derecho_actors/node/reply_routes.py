@@ -53,6 +53,17 @@ class ReplyRoutes:
             with self._lock:  # the node stopped: nothing will route them
                 self._pending, self._scheduled = [], False
 
+    def hold(self) -> None:
+        """On the loop, before it waits for a replica (``ReplicaHost.deliver``): answers
+        handed over meanwhile are kept for :meth:`take_held`, no loop wake-up scheduled."""
+        with self._lock:
+            self._scheduled = True
+
+    def take_held(self) -> None:
+        """On the loop, after the wait: route what was handed over; later answers are
+        scheduled as usual (a hand-off scheduled before the hold finds nothing left)."""
+        self._take_pending()
+
     def _take_pending(self) -> None:
         with self._lock:
             replies, self._pending = self._pending, []

@@ -9,12 +9,22 @@ simulator: one thread, deterministic).
 from __future__ import annotations
 
 import queue
+import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import pykka
 
 from derecho_actors.replica.replica import Replica, ReplicaMessage
 from runtime.core.layout import ShardId
+
+
+@dataclass(slots=True)
+class _Waited:
+    """A message whose sender waits (bounded) for it to be handled: ``done`` is released then."""
+
+    message: ReplicaMessage
+    done: threading.Lock
 
 
 class ReplicaActor(pykka.ThreadingActor):
@@ -40,6 +50,12 @@ class ReplicaActor(pykka.ThreadingActor):
         self.replica.start()
 
     def on_receive(self, message: Any) -> None:
+        if type(message) is _Waited:
+            try:
+                self.replica.receive(message.message)
+            finally:
+                message.done.release()
+            return
         self.replica.receive(message)
 
     def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -70,6 +86,25 @@ class _ActorRef:
             self._ref.tell(message)
         except pykka.ActorDeadError:
             pass  # it failed (and reported why) or was stopped
+
+    def tell_and_wait(self, message: ReplicaMessage, timeout: float) -> bool:
+        """Tell ``message`` and, if the replica had nothing else to do, wait up to ``timeout``
+        seconds for it to be handled; True if it was (or the replica is gone). Why: the node's
+        loop would otherwise go to sleep and be woken again by the answers (a self-pipe write,
+        a wake-up and a loop turn, per call when calls come one at a time); waiting, it sends
+        them on in the same turn. False at once when messages wait ahead of it (under load the
+        loop goes on as before)."""
+        ref = self._ref
+        if not ref.actor_inbox.empty():
+            self.tell(message)
+            return False
+        done = threading.Lock()
+        done.acquire()
+        try:
+            ref.tell(_Waited(message, done))
+        except pykka.ActorDeadError:
+            return True
+        return done.acquire(timeout=timeout)
 
     def stop(self) -> Callable[[float], bool]:
         stopping = self._ref.stop(block=False)

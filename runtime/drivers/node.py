@@ -81,6 +81,7 @@ class NodeDriver:
         self.node_id = config.node.id
         self.stop_reason: str | None = None
         self._io: NodeIO | None = None  # the loop and the transport, once run() has made them
+        self._app_sends = 0  # app multicasts taken on the loop (a client frame that made one: flush_if_idle)
         self._phase: NodePhase = NotStarted()
         # Payloads the window has not taken yet; large ones are digested off the loop first.
         objects = config.rdmc.policy(config.multicast.max_message_size)
@@ -362,6 +363,7 @@ class NodeDriver:
 
     # The calls the loop runs for the app: each goes to the phase current when it runs.
     def _app_send(self, shard: ShardId, payloads: Sequence[bytes]) -> None:
+        self._app_sends += 1
         self._phase.send(shard, payloads)
 
     def _digested(self, shard: ShardId) -> None:
@@ -389,7 +391,12 @@ class NodeDriver:
         self._phase.on_peer_lost(node_id)
 
     def _on_client(self, handle: Any, msg: Any) -> None:
+        sends = self._app_sends
         self._phase.on_client(handle, msg)
+        if self._app_sends != sends and self._io is not None:
+            # The app multicast at once what the frame brought (a lone call, see
+            # ``client_turns.LONE_CALLS``): out in this turn if the loop was idle.
+            self._io.flush_if_idle()
 
     def _on_client_closed(self, handle: Any) -> None:
         self._status_limiter.closed(handle, client_key(handle))

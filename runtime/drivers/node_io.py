@@ -34,6 +34,12 @@ T = TypeVar("T")
 # wake-ups of the peers. Bounded, so input arriving without pause cannot hold output back.
 FLUSH_DEFERRALS = 1
 
+# A loop whose last flush is older than this is idle (under load flushes follow each other
+# turn after turn): a client's lone call then goes out at once (``flush_if_idle``), as there
+# is nothing to gather it with: calls made one at a time are multicast in the turn that read
+# them, not two turns later.
+IDLE_S = 0.0002
+
 
 def tcp_transport(
     config: NodeConfig,
@@ -83,6 +89,8 @@ class NodeIO:
         self._on_tick = on_tick
         self._flush_scheduled = False
         self._deferred = 0
+        self._flushed_at = 0.0  # loop time at the end of the last flush
+        self.idle_s = IDLE_S
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -115,6 +123,12 @@ class NodeIO:
         self._deferred = 0
         self._flush_scheduled = False
         self._on_flush()
+        self._flushed_at = self.loop.time()
+
+    def flush_if_idle(self) -> None:
+        """Flush now if a flush is scheduled and the loop was idle (see ``IDLE_S``)."""
+        if self._flush_scheduled and self.loop.time() - self._flushed_at >= self.idle_s:
+            self.flush_now()
 
     def wake_at(self, at: float | None) -> None:
         """Fire ``on_tick`` at loop time ``at`` (None: no change); the earliest time asked wins."""

@@ -21,7 +21,7 @@ import pytest
 from derecho_actors.model.reads import LINEARIZABLE, STABLE, ReadOptions
 from derecho_actors.node.call_limits import CallLimits
 from derecho_actors.node.call_paths import CallPaths
-from derecho_actors.node.client_turns import CALLS_PER_TURN
+from derecho_actors.node.client_turns import CALLS_PER_TURN, LONE_CALLS
 from derecho_actors.node.watch_holds import HOLD_SLACK
 from derecho_actors.replica.events import PollCall, WatchExpire, WatchPoll
 from derecho_actors.replica.replica import P2PRequest
@@ -626,3 +626,38 @@ def test_answers_held_for_merging_are_bounded_per_connection(budget: int, merged
     else:
         assert sent == [ReplyBatch(n, 1, (1, 2, 3), ((7, True, A, 99, -1),)) for n in (1, 2, 3)]
     assert client.held == 0 and c.clients.table.status().calls == 0
+
+
+def test_a_lone_clients_call_is_multicast_at_once_and_a_turns_other_frames_at_its_end() -> None:
+    """Calls made one at a time leave in the turn that read them (``client_turns.LONE_CALLS``);
+    a larger frame, or another frame in the same turn, goes at the turn's end as before."""
+    node = FakeNode()
+    c = paths(node, FakeHost(), view=one_view(1, 2), specs={"Feed": OrderedSpec()})
+    conn = FakeConn("10.0.0.3:3")
+    c.turns.on_calls(conn, (Call(1, 0, SHARD, "post", True, b"\x91\x01"),))  # type: ignore[arg-type]
+    assert len(node.multicast) == 1  # at once
+    c.turns.on_calls(conn, (Call(2, 0, SHARD, "post", True, b"\x91\x01"),))  # type: ignore[arg-type]
+    assert len(node.multicast) == 1  # the turn's second frame waits for its end
+    node.run_all()
+    assert len(node.multicast) == 2
+    big = tuple(Call(i, 0, SHARD, "post", True, b"\x91\x01") for i in range(3, 3 + LONE_CALLS + 1))
+    c.turns.on_calls(conn, big)  # type: ignore[arg-type]
+    assert len(node.multicast) == 2  # not lone: at the turn's end
+    node.run_all()
+    ids = [call[1] for _, payloads in node.multicast for p in payloads for call in _codec.decode_ordered(p)]  # type: ignore[union-attr]
+    assert ids == list(range(1, 3 + LONE_CALLS + 1))
+
+
+def test_answers_held_while_the_loop_waits_go_when_it_takes_them_not_through_a_wake_up() -> None:
+    node = FakeNode()
+    c = paths(node, FakeHost())
+    c.replies.hold()
+    c.replies.send([(2, Reply(1, 1, 1, (1,), True, b"\xc0", 0))])  # from the replica's thread
+    assert node.timers == [] and node.sent == []
+    c.replies.take_held()
+    ((to, data),) = node.sent
+    assert to == 2 and [e[0] for e in decode(data).entries] == [1]  # type: ignore[union-attr]
+    c.replies.send([(2, Reply(2, 1, 1, (1,), True, b"\xc0", 0))])  # after the take: a hand-off as before
+    assert len(node.timers) == 1
+    node.run_all()
+    assert [e[0] for e in decode(node.sent[-1][1]).entries] == [2]  # type: ignore[union-attr]

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any
 
 import pytest
 
+from derecho_actors.node.hosting import WAIT_CALLS, WAIT_S, ReplicaHost
 from derecho_actors.node.runners import ReplicaActor, ThreadRunner
+from derecho_actors.replica.replica import OrderedBatch
+from runtime.core.layout import ShardId
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -51,3 +55,91 @@ def test_messages_run_in_order_on_one_thread_and_all_before_the_stop() -> None:
     assert len(replica.threads) == 1 and threading.get_ident() not in replica.threads
     ref.tell(-1)  # type: ignore[arg-type]  # stopped: ignored, no error
     assert replica.got[-1] == 1999
+
+
+class GatedReplica(FakeReplica):
+    """Handles a message only once ``gate`` is set (a slow user method)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def receive(self, message: Any) -> None:
+        assert self.gate.wait(10.0)
+        super().receive(message)
+
+
+def test_tell_and_wait_returns_once_an_idle_replica_handled_the_message() -> None:
+    replica = FakeReplica()
+    ref = ThreadRunner().start(replica, (0, 0))  # type: ignore[arg-type]
+    try:
+        for i in range(50):
+            assert ref.tell_and_wait(i, 5.0)  # type: ignore[attr-defined]
+            assert replica.got[-1] == i  # handled before the wait returned
+    finally:
+        assert ref.stop()(10.0)
+    assert replica.got == list(range(50))
+
+
+def test_tell_and_wait_does_not_wait_behind_queued_messages_and_gives_up_at_its_timeout() -> None:
+    replica = GatedReplica()
+    ref = ThreadRunner().start(replica, (0, 0))  # type: ignore[arg-type]
+    try:
+        assert not ref.tell_and_wait("slow", 0.05)  # type: ignore[attr-defined]  # the method runs on
+        ref.tell("queued")  # type: ignore[arg-type]
+        assert not ref.tell_and_wait("behind", 5.0)  # type: ignore[attr-defined]  # at once: one waits ahead
+        replica.gate.set()
+    finally:
+        assert ref.stop()(10.0)
+    assert replica.got == ["slow", "queued", "behind"]  # all handled, in order
+
+
+class WaitingRef:
+    """A replica reference whose waits take ``takes`` seconds and say whether it handled."""
+
+    def __init__(self, takes: float = 0.0, handled: bool = True) -> None:
+        self.takes, self.handled = takes, handled
+        self.told: list[tuple[str, Any]] = []
+
+    def tell(self, message: Any) -> None:
+        self.told.append(("tell", message))
+
+    def tell_and_wait(self, message: Any, timeout: float) -> bool:
+        self.told.append(("wait", message))
+        time.sleep(self.takes)
+        return self.handled
+
+
+class Held:
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    def hold(self) -> None:
+        self.log.append("hold")
+
+    def take_held(self) -> None:
+        self.log.append("take")
+
+
+def batch(calls: int) -> OrderedBatch:
+    return OrderedBatch(1, (1, 2), [None] * calls, -1)  # type: ignore[list-item]
+
+
+def test_the_host_waits_for_small_batches_only_and_not_for_a_while_after_a_wait_ran_out() -> None:
+    host = ReplicaHost(1, {}, ThreadRunner(), None)  # type: ignore[arg-type]
+    held = Held()
+    host.held_answers = held
+    sid = ShardId("KV", 0, 0)
+    quick = WaitingRef()
+    host._tell(sid, quick, batch(1))  # type: ignore[arg-type]
+    host._tell(sid, quick, batch(WAIT_CALLS + 1))  # type: ignore[arg-type]
+    assert [k for k, _ in quick.told] == ["wait", "tell"]
+    assert held.log == ["hold", "take"]  # what the replica answered meanwhile is taken at once
+    slow = WaitingRef(takes=WAIT_S * 2, handled=False)
+    host._tell(sid, slow, batch(1))  # type: ignore[arg-type]  # ran out: a slow method
+    host._tell(sid, slow, batch(1))  # type: ignore[arg-type]
+    assert [k for k, _ in slow.told] == ["wait", "tell"]  # no wait for NO_WAIT_S
+    assert held.log == ["hold", "take"] * 2
+    host.held_answers = None  # the simulator's inline replicas: never waited for
+    host._tell(ShardId("KV", 0, 1), quick, batch(1))  # type: ignore[arg-type]
+    assert quick.told[-1][0] == "tell"

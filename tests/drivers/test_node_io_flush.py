@@ -16,9 +16,14 @@ from runtime.drivers.node_io import NodeIO
 pytestmark = pytest.mark.timeout(30)
 
 
-def make_io(log: list[str]) -> NodeIO:
+def make_io(log: list[str], busy: bool = True) -> NodeIO:
+    """``busy``: every flush counts as recent (the loop never idle); else the loop is always
+    idle (``node_io.IDLE_S``, for ``flush_if_idle``), so the tests do not depend on the
+    machine's speed."""
     loop = asyncio.get_running_loop()
-    return NodeIO(loop, transport=None, on_flush=lambda: log.append("flush"), on_tick=lambda: None)  # type: ignore[arg-type]
+    io = NodeIO(loop, transport=None, on_flush=lambda: log.append("flush"), on_tick=lambda: None)  # type: ignore[arg-type]
+    io.idle_s = 3600.0 if busy else 0.0
+    return io
 
 
 async def settle() -> None:
@@ -29,7 +34,7 @@ async def settle() -> None:
 def test_flush_waits_for_the_callbacks_ready_in_its_turn() -> None:
     async def main() -> list[str]:
         log: list[str] = []
-        io = make_io(log)
+        io = make_io(log, busy=False)  # even an idle loop: the turn's input goes first
         loop = asyncio.get_running_loop()
 
         def frames(name: str) -> None:
@@ -43,6 +48,24 @@ def test_flush_waits_for_the_callbacks_ready_in_its_turn() -> None:
         return log
 
     assert asyncio.run(main()) == ["peer 2", "peer 3", "flush"]
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_flush_if_idle_flushes_at_once_only_when_idle(busy: bool) -> None:
+    async def main() -> tuple[list[str], list[str]]:
+        log: list[str] = []
+        io = make_io(log, busy)
+        io.flush_now()
+        io.flush_if_idle()  # nothing scheduled: nothing to do
+        io.schedule_flush()
+        io.flush_if_idle()
+        at_once = list(log)
+        await settle()  # the scheduled flush: nothing left when it ran at once, else it runs
+        return at_once, log
+
+    at_once, log = asyncio.run(main())
+    assert at_once == (["flush"] if busy else ["flush", "flush"])
+    assert log == ["flush", "flush"]
 
 
 def test_flush_runs_once_per_request_and_never_is_lost() -> None:
