@@ -195,6 +195,8 @@ class _Connection(asyncio.Protocol):
         self.write_blocked = False  # its unread replies passed the high-water mark
         self.reading_paused = False  # what we last told the transport
         self._linger: asyncio.TimerHandle | None = None
+        # Ours to a member, from our Hello until the peer's: what we wrote on it (see _connection_lost).
+        self.unanswered: list[bytes] | None = None
 
     @property
     def outgoing(self) -> bool:
@@ -228,6 +230,7 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(
                     frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation, PROTOCOL_VERSION))
                 )
+                self.unanswered = [] if self.peer is not None else None
             return
         tcp._admit(self)
         loop = asyncio.get_running_loop()
@@ -359,10 +362,13 @@ class _Connection(asyncio.Protocol):
                     if isinstance(item, Goodbye):
                         log.error("%s refused us: %s", self._where(), item.reason)
                         tcp.refusals.append(item.reason)
+                        self.unanswered = None  # refused: its end is a loss, not a dial to retry
                     elif isinstance(item, Hello) and self.incarnation is None and item.role == "member":
                         self.incarnation = item.incarnation
+                        self.unanswered = None
                         if self.peer is not None and item.node_id == self.peer.node_id:
                             tcp._met(item.node_id, item.incarnation)
+                            tcp._pump_blocks(self.peer)
                 return
             tcp.on_frames(self.speaker, good)  # type: ignore[arg-type]
 
@@ -982,6 +988,8 @@ class TcpTransport:
                 peer.conn.close()
                 return
             peer.conn.send(data)
+            if peer.conn.unanswered is not None:
+                peer.conn.unanswered.append(data)
             return
         peer.queued.append(data)
         peer.queued_bytes += len(data)
@@ -1014,8 +1022,8 @@ class TcpTransport:
 
     def _pump_blocks(self, peer: _Peer) -> None:
         conn = peer.conn
-        if conn is None or conn.closed or conn.upgrading or conn.transport is None:
-            return  # they wait for the connection (_connect pumps them once it is up)
+        if conn is None or conn.closed or conn.upgrading or conn.transport is None or conn.unanswered is not None:
+            return  # they wait for the connection and its peer's Hello (which pumps them)
         transport, blocks = conn.transport, peer.blocks
         while blocks and conn.buffered() <= BLOCK_WRITE_LIMIT:
             head, data = blocks.popleft()
@@ -1064,7 +1072,10 @@ class TcpTransport:
                 if conn.transport is not None:  # resume_writing once blocks drain below the limit
                     conn.transport.set_write_buffer_limits(high=BLOCK_WRITE_LIMIT, low=BLOCK_WRITE_LIMIT // 4)
                 if peer.queued:
-                    conn.send(b"".join(peer.queued))
+                    data = b"".join(peer.queued)
+                    conn.send(data)
+                    if conn.unanswered is not None:
+                        conn.unanswered.append(data)
                     peer.queued.clear()
                     peer.queued_bytes = 0
                 self._pump_blocks(peer)
@@ -1314,6 +1325,16 @@ class TcpTransport:
             peer = conn.peer
             if peer.conn is conn:
                 peer.conn = None
+            if conn.unanswered is not None and self.peers.get(peer.node_id) is peer:
+                # It ended before the peer answered our Hello: a dial its full handshake pool
+                # dropped, not a lost peer (which took none of these frames: a node answers a
+                # Hello before it handles what follows). They go first on the next connection.
+                peer.queued[:0] = conn.unanswered
+                peer.queued_bytes += sum(map(len, conn.unanswered))
+                if not peer.connecting:
+                    peer.connecting = True
+                    self._spawn(self._connect(peer))
+                return
             current = self.incarnations.get(peer.node_id)
             if self.peers.get(peer.node_id) is peer and conn.incarnation in (None, current):
                 self.on_peer_lost(peer.node_id)
