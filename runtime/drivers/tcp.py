@@ -17,9 +17,9 @@ Limits against anyone who can connect: the handshake and Hello must finish withi
 ``handshake_timeout``; at most ``max_unauthenticated`` connections may be in that phase, at
 most ``max_unauthenticated_per_address`` of them from one host. A newcomer is never refused for
 a full pool: the oldest half-open connection of its own host gives way if that host is at its
-cap, else the oldest of the host holding the most (so a few addresses reopening sockets that
-never start TLS cannot lock out a new client, or a member restarting with this node as its
-contact). A frame before the Hello may be 64 KiB, a client's frame ``client_max_frame``;
+cap, else the oldest of the host holding the most, hosts of the view's other members last (so a
+few addresses reopening sockets that never start TLS cannot lock out a new client, a member
+restarting with this node as its contact, or a member's dial). A frame before the Hello may be 64 KiB, a client's frame ``client_max_frame``;
 bytes held for partly received frames (and clients' frames waiting for their turn), over all
 connections, stay under ``receive_budget`` (a client or unauthenticated connection that would
 pass it is closed, a member's is paused until the others drain); a client connection silent for
@@ -1195,9 +1195,12 @@ class TcpTransport:
         if mine is not None and len(mine) >= sec.max_unauthenticated_per_address:
             self._drop_oldest(conn.host, "per-address")
         elif self.unauthenticated >= sec.max_unauthenticated and self.half_open:
-            crowded = max(
-                self.half_open, key=lambda h: (len(self.half_open[h]), -next(iter(self.half_open[h])).accepted_at)
-            )
+            # Hosts of the view's other members give way last: a member's dial in its handshake
+            # must not be starved past its suspicion timeout by handshakes from elsewhere.
+            others = self.view_members - {self.node_id}
+            members = {a.rpartition(":")[0].strip("[]") for n, a in self.addresses.items() if n in others}
+            hosts = [h for h in self.half_open if h not in members] or list(self.half_open)
+            crowded = max(hosts, key=lambda h: (len(self.half_open[h]), -next(iter(self.half_open[h])).accepted_at))
             self._drop_oldest(crowded, "pool")
         conn.pending_auth = True
         self.unauthenticated += 1
