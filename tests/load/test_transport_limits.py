@@ -466,6 +466,8 @@ KV_SHARD = ShardId("KV", 0, 0)
 GROUP = "load"
 ATTACKER = "mallory"  # the attacker's client certificate; the honest client's is "local"
 OBSERVER = "observer"  # the test's own status polls
+# How a write ends that the node cut off mid-way (repr of the exception, as Conn keeps it).
+CLOSED_BY_PEER = ("SSLEOFError", "SSLZeroReturnError", "ConnectionResetError", "BrokenPipeError")
 # The shipped heartbeat and a suspicion timeout with room for a busy 2-core test machine; the
 # issue's floods stalled a node's loop for seconds, far past it.
 TIMEOUTS = {"timeouts.heartbeat_ms": "50", "timeouts.suspicion_ms": "1000"}
@@ -621,7 +623,14 @@ def test_20000_status_requests_in_one_write_to_every_node(
             attackers = [stack.enter_context(Conn(c.address(n), ctx)) for n in (1, 2, 3)]
             attack_started = time.monotonic()
             for a in attackers:  # each node gets the whole flood in one write
-                assert a.send_raw(flood), a.error
+                if not a.send_raw(flood):
+                    # The node may close the connection before it has read all of the write:
+                    # by design, a client that goes on asking after being told to wait is cut
+                    # off (StatusLimiter.CUT_AFTER requests later), and the rest of the write
+                    # then meets a closed connection (with TLS: SSLEOFError; or a reset). That
+                    # is an answer, as long as the node stays up and serves others (below). A
+                    # write that timed out (a node that stopped reading) is not.
+                    assert a.error is not None and a.error.startswith(CLOSED_BY_PEER), a.error
             # The attacker reads what comes (it is not cut off for its backlog here).
             readers = [threading.Thread(target=a.read, args=(4.0,), daemon=True) for a in attackers]
             for r in readers:
