@@ -17,9 +17,9 @@ Limits against anyone who can connect: the handshake and Hello must finish withi
 ``handshake_timeout``; at most ``max_unauthenticated`` connections may be in that phase, at
 most ``max_unauthenticated_per_address`` of them from one host. A newcomer is never refused for
 a full pool: the oldest half-open connection of its own host gives way if that host is at its
-cap, else the oldest of the host holding the most (so a few addresses reopening sockets that
-never start TLS cannot lock out a new client, or a member restarting with this node as its
-contact). A frame before the Hello may be 64 KiB, a client's frame ``client_max_frame``;
+cap, else the oldest of the host holding the most, hosts of the view's other members last (so a
+few addresses reopening sockets that never start TLS cannot lock out a new client, a member
+restarting with this node as its contact, or a member's dial). A frame before the Hello may be 64 KiB, a client's frame ``client_max_frame``;
 bytes held for partly received frames (and clients' frames waiting for their turn), over all
 connections, stay under ``receive_budget`` (a client or unauthenticated connection that would
 pass it is closed, a member's is paused until the others drain); a client connection silent for
@@ -195,6 +195,8 @@ class _Connection(asyncio.Protocol):
         self.write_blocked = False  # its unread replies passed the high-water mark
         self.reading_paused = False  # what we last told the transport
         self._linger: asyncio.TimerHandle | None = None
+        # Ours to a member, from our Hello until the peer's: what we wrote on it (see _connection_lost).
+        self.unanswered: list[bytes] | None = None
 
     @property
     def outgoing(self) -> bool:
@@ -228,6 +230,7 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(
                     frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation, PROTOCOL_VERSION))
                 )
+                self.unanswered = [] if self.peer is not None else None
             return
         tcp._admit(self)
         loop = asyncio.get_running_loop()
@@ -359,10 +362,13 @@ class _Connection(asyncio.Protocol):
                     if isinstance(item, Goodbye):
                         log.error("%s refused us: %s", self._where(), item.reason)
                         tcp.refusals.append(item.reason)
+                        self.unanswered = None  # refused: its end is a loss, not a dial to retry
                     elif isinstance(item, Hello) and self.incarnation is None and item.role == "member":
                         self.incarnation = item.incarnation
+                        self.unanswered = None
                         if self.peer is not None and item.node_id == self.peer.node_id:
                             tcp._met(item.node_id, item.incarnation)
+                            tcp._pump_blocks(self.peer)
                 return
             tcp.on_frames(self.speaker, good)  # type: ignore[arg-type]
 
@@ -982,6 +988,8 @@ class TcpTransport:
                 peer.conn.close()
                 return
             peer.conn.send(data)
+            if peer.conn.unanswered is not None:
+                peer.conn.unanswered.append(data)
             return
         peer.queued.append(data)
         peer.queued_bytes += len(data)
@@ -1014,8 +1022,8 @@ class TcpTransport:
 
     def _pump_blocks(self, peer: _Peer) -> None:
         conn = peer.conn
-        if conn is None or conn.closed or conn.upgrading or conn.transport is None:
-            return  # they wait for the connection (_connect pumps them once it is up)
+        if conn is None or conn.closed or conn.upgrading or conn.transport is None or conn.unanswered is not None:
+            return  # they wait for the connection and its peer's Hello (which pumps them)
         transport, blocks = conn.transport, peer.blocks
         while blocks and conn.buffered() <= BLOCK_WRITE_LIMIT:
             head, data = blocks.popleft()
@@ -1064,7 +1072,10 @@ class TcpTransport:
                 if conn.transport is not None:  # resume_writing once blocks drain below the limit
                     conn.transport.set_write_buffer_limits(high=BLOCK_WRITE_LIMIT, low=BLOCK_WRITE_LIMIT // 4)
                 if peer.queued:
-                    conn.send(b"".join(peer.queued))
+                    data = b"".join(peer.queued)
+                    conn.send(data)
+                    if conn.unanswered is not None:
+                        conn.unanswered.append(data)
                     peer.queued.clear()
                     peer.queued_bytes = 0
                 self._pump_blocks(peer)
@@ -1184,9 +1195,12 @@ class TcpTransport:
         if mine is not None and len(mine) >= sec.max_unauthenticated_per_address:
             self._drop_oldest(conn.host, "per-address")
         elif self.unauthenticated >= sec.max_unauthenticated and self.half_open:
-            crowded = max(
-                self.half_open, key=lambda h: (len(self.half_open[h]), -next(iter(self.half_open[h])).accepted_at)
-            )
+            # Hosts of the view's other members give way last: a member's dial in its handshake
+            # must not be starved past its suspicion timeout by handshakes from elsewhere.
+            others = self.view_members - {self.node_id}
+            members = {a.rpartition(":")[0].strip("[]") for n, a in self.addresses.items() if n in others}
+            hosts = [h for h in self.half_open if h not in members] or list(self.half_open)
+            crowded = max(hosts, key=lambda h: (len(self.half_open[h]), -next(iter(self.half_open[h])).accepted_at))
             self._drop_oldest(crowded, "pool")
         conn.pending_auth = True
         self.unauthenticated += 1
@@ -1314,6 +1328,16 @@ class TcpTransport:
             peer = conn.peer
             if peer.conn is conn:
                 peer.conn = None
+            if conn.unanswered is not None and self.peers.get(peer.node_id) is peer:
+                # It ended before the peer answered our Hello: a dial its full handshake pool
+                # dropped, not a lost peer (which took none of these frames: a node answers a
+                # Hello before it handles what follows). They go first on the next connection.
+                peer.queued[:0] = conn.unanswered
+                peer.queued_bytes += sum(map(len, conn.unanswered))
+                if not peer.connecting:
+                    peer.connecting = True
+                    self._spawn(self._connect(peer))
+                return
             current = self.incarnations.get(peer.node_id)
             if self.peers.get(peer.node_id) is peer and conn.incarnation in (None, current):
                 self.on_peer_lost(peer.node_id)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,6 +25,9 @@ import pytest
 
 from runtime.drivers.shm_doorbell import Doorbell
 from runtime.drivers.shm_transport import PeerTransport, ShmTransport, TransportMode
+from runtime.drivers.tcp import TcpTransport, TransportSecurity
+from runtime.security.certs import ensure_cluster_certs
+from runtime.security.tls import TlsCredentials, load_credentials
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.control import AppMessage
 from runtime.wire.shm_setup import ShmAnswer, ShmOffer, ShmProbe
@@ -259,3 +264,110 @@ def test_a_lost_wake_up_delays_frames_never_loses_them(shm_dir: str) -> None:
         await b.shm.close()
 
     asyncio.run(main())
+
+
+# ============================================ a dial dropped mid-setup, over real TLS connections
+class Gate:
+    """A front for node 1's port. Its first ``drops`` connections get node 1's side of the TLS
+    handshake and are then aborted unread, once the dialler has written: what node 1's full
+    handshake pool does to a dial whose handshake the dialler had already finished (TLS 1.3: the
+    client is done before the server has checked the client's certificate). Later connections
+    are piped to node 1 unchanged (TLS runs end to end through the pipe)."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, drops: int) -> None:
+        self.port, self.context, self.drops = port, context, drops
+        self.dropped = 0
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        if self.dropped < self.drops:
+            await writer.start_tls(self.context)
+            await reader.read(1)  # the dialler's Hello (and frames) are here: it is past its handshake
+            self.dropped += 1
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writers.append(up_writer)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(1 << 16):
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.writers:
+            w.transport.abort()
+
+
+class TlsNode:
+    """A ``ShmTransport`` around a real ``TcpTransport`` with TLS (node ``node_id``'s certificate)."""
+
+    def __init__(self, node_id: int, certs: Path, mode: TransportMode, shm_dir: str) -> None:
+        self.got: list[Any] = []
+        self.lost: list[int] = []
+        self.creds = load_credentials(TlsCredentials.for_node(certs, node_id), "node", node_id=node_id)
+        security = TransportSecurity(self.creds.server_context(), self.creds.client_context())
+        self.tcp = TcpTransport(
+            node_id, "127.0.0.1:0", "t", self._frames, self.lost.append, lambda h, m: None, security=security
+        )
+        self.shm = ShmTransport(self.tcp, mode, ring_capacity=8192, shm_dir=shm_dir)
+
+    def _frames(self, sender: int, frames: list[Any]) -> None:
+        self.got.extend(frames)
+
+
+@pytest.mark.parametrize("mode", [TransportMode.AUTO, TransportMode.TCP])
+def test_a_dial_dropped_after_its_handshake_is_redialled_and_loses_nothing(
+    tmp_path: Path, shm_dir: str, mode: TransportMode
+) -> None:
+    """Node 2's connections to node 1 (its probe, offer and first frames on them) are dropped
+    twice after node 2's handshake, before node 1 read its Hello. Node 1 never took them, so it
+    is a failed dial, not a lost peer: nobody is reported lost (which stopped a fresh 2-node
+    group as partitioned), every frame arrives once and in order, and with shared memory allowed
+    the pair ends on it both ways."""
+    certs = ensure_cluster_certs(tmp_path / "certs", [1, 2], cluster="t")
+
+    async def main() -> None:
+        a, b = TlsNode(1, certs, mode, shm_dir), TlsNode(2, certs, mode, shm_dir)
+        await a.shm.start()
+        await b.shm.start()
+        gate = Gate(a.tcp.bound_port, a.creds.server_context(), drops=2)
+        a.shm.learn(2, f"127.0.0.1:{b.tcp.bound_port}")
+        b.shm.learn(1, f"127.0.0.1:{await gate.start()}")
+        try:
+            n = 60
+            for i in range(n):
+                a.shm.send(2, frame(AppMessage(b"a%d" % i)))
+                b.shm.send(1, frame(AppMessage(b"b%d" % i)))
+                await asyncio.sleep(0.005)
+            for _ in range(1000):
+                if len(a.got) >= n and len(b.got) >= n:
+                    break
+                await asyncio.sleep(0.01)
+            assert gate.dropped == 2
+            assert a.lost == [] and b.lost == []
+            assert a.got == [AppMessage(b"b%d" % i) for i in range(n)]
+            assert b.got == [AppMessage(b"a%d" % i) for i in range(n)]
+            want = {PeerTransport.SHM if mode is TransportMode.AUTO else PeerTransport.TCP}
+            for _ in range(200):
+                if {*a.shm.peer_transports().values(), *b.shm.peer_transports().values()} == want:
+                    break
+                await asyncio.sleep(0.01)
+            assert a.shm.peer_transports() == {2: want.pop()} == {2: b.shm.peer_transports()[1]}
+        finally:
+            await gate.close()
+            await a.shm.close()
+            await b.shm.close()
+
+    asyncio.run(asyncio.wait_for(main(), 40))
