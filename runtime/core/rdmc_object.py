@@ -9,6 +9,8 @@ into the buffer), then HELD; only HELD blocks are hashed, relayed or counted tow
 from __future__ import annotations
 
 import hashlib
+import mmap
+import sys
 from collections import deque
 from enum import Enum
 
@@ -19,6 +21,29 @@ from runtime.core.rdmc_plan import NodePlan
 __all__ = ["ObjectTransfer", "Outcome"]
 
 _MISSING, _RESERVED, _HELD = 0, 1, 2  # per block, in a bytearray: one byte per block
+
+# Linux's MADV_POPULATE_WRITE (5.14+; CPython's mmap module names it only from 3.12 on).
+_POPULATE_WRITE: int | None = getattr(mmap, "MADV_POPULATE_WRITE", 23 if sys.platform == "linux" else None)
+
+
+def prefault(buffer: memoryview, offset: int, size: int) -> None:
+    """Map the pages of ``buffer[offset:offset + size]`` before a block is written there, if
+    the buffer is an anonymous mapping (``object_buffer``): one call that zero-fills the
+    block's pages in the kernel instead of a page fault per 4 KiB as the copy touches them.
+    Measured on the bench machine (100 MB in 1 MiB blocks, copy and sha256 of each, median of
+    7): 1.29 ms/MB of CPU against 1.41; a receiver of 100 MB objects over shared memory, 1.49
+    against 1.64 ms/MB (bench/objects.py, A/B interleaved). Huge pages (MADV_HUGEPAGE) were
+    tried too: bimodal here (1.0 or 4.3 ms/MB by run) and worse end to end, so not used.
+    Without the advice (older kernels) nothing changes."""
+    global _POPULATE_WRITE
+    mm = buffer.obj
+    if _POPULATE_WRITE is None or size <= 0 or not isinstance(mm, mmap.mmap):
+        return
+    start = offset - offset % mmap.PAGESIZE
+    try:
+        mm.madvise(_POPULATE_WRITE, start, offset + size - start)
+    except (OSError, ValueError):  # the kernel does not know it: fault page by page, as before
+        _POPULATE_WRITE = None
 
 
 class Outcome(Enum):
@@ -118,7 +143,10 @@ class ObjectTransfer:
         """Mark a checked block as being written in place; the view to write it into."""
         self.state[block] = _RESERVED
         self.upstream[sender].got += 1
-        return self._span(block)
+        offset, size = self.descriptor.block_span(block)
+        if self.buffer is not None:
+            prefault(self.buffer, offset, size)
+        return self.view[offset : offset + size]
 
     def write(self, sender: int, block: int, data: memoryview) -> None:
         """Copy a checked block into the buffer (the one copy a framed transport needs)."""

@@ -106,6 +106,8 @@ SLOW_WARN_TURNS = 16
 # neither paused nor cut off for it. In pieces, the socket's transport pauses the TLS layer
 # after the first one or two, and the rest waits where it is counted.
 WRITE_PIECE = 64 << 10
+READ_SCRATCH = 256 * 1024  # bytes per read into the scratch buffer (asyncio's own read size)
+
 # Bytes of large-object blocks a member connection may hold unsent before more blocks wait in
 # the driver's queue (written as the connection drains, on resume_writing): a heartbeat or an
 # SST push written meanwhile waits behind at most this much and one block, never behind every
@@ -157,7 +159,7 @@ class _Peer:
     blocks: deque[tuple[bytes, memoryview]] = field(default_factory=deque)
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     def __init__(self, tcp: TcpTransport, peer: _Peer | None, contact: str | None = None) -> None:
         self.tcp = tcp
         self.peer = peer  # set for outgoing connections to members
@@ -197,6 +199,7 @@ class _Connection(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         # Ours to a member, from our Hello until the peer's: what we wrote on it (see _connection_lost).
         self.unanswered: list[bytes] | None = None
+        self._into_block = False  # the last buffer given to asyncio was a block's place
 
     @property
     def outgoing(self) -> bool:
@@ -324,13 +327,44 @@ class _Connection(asyncio.Protocol):
             self.close()
             self._teardown()
 
-    def data_received(self, data: bytes) -> None:
+    # ------------------------------------------------------------ reading into buffers
+    # asyncio reads a BufferedProtocol with ``recv_into`` (plain TCP) or a TLS read into a
+    # buffer (``SSLObject.read(n, buffer)``). While a member's block body arrives, the buffer we
+    # give is the rest of that block's place in its object: the kernel or the TLS layer writes
+    # the bytes there, with no bytes object per read, no join of TLS records and no copy by the
+    # decoder (measured: ~2 copies of every block byte fewer). Everything else is read into
+    # the transport's one scratch buffer and handled before the call returns.
+    def get_buffer(self, sizehint: int) -> memoryview:
+        room = None if self.upgrading or self.closed else self.decoder.block_room()
+        if room is not None:
+            self._into_block = True
+            return room
+        self._into_block = False
+        return self.tcp.scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._into_block:
+            self._into_block = False
+            if self.closed:
+                return
+            self.last_heard = time.monotonic()
+            if self.speaker is not None:
+                self.tcp.bytes_in[self.speaker] = self.tcp.bytes_in.get(self.speaker, 0) + nbytes
+            self._frames_in(self.decoder.block_filled(nbytes))
+            return
+        view = self.tcp.scratch[:nbytes]
+        if self.role == "member" and not self.upgrading:
+            self.data_received(view)  # the decoder copies what it keeps of the scratch
+        else:
+            self.data_received(bytes(view))  # hellos, clients and TLS upgrades keep their bytes
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.upgrading:
             # Decrypted bytes can arrive before start_tls() returns the TLS transport and we
             # know the peer's identity (a member starts sending right after its hello): keep
             # them until then. Only a peer whose certificate the handshake accepted gets here,
             # and it may buffer no more than one frame's worth.
-            self._early.append(data)
+            self._early.append(bytes(data))
             self._early_bytes += len(data)
             if self._early_bytes > self.tcp.max_frame:
                 self.close()
@@ -340,11 +374,11 @@ class _Connection(asyncio.Protocol):
         if self.role == "member" and self.speaker is not None:
             tcp.bytes_in[self.speaker] = tcp.bytes_in.get(self.speaker, 0) + len(data)
         if self.speaker is None and not self.outgoing:
-            data = self._take_hello(data)
+            data = self._take_hello(bytes(data))
             if not data:
                 return
         if self.role == "client" and not self.outgoing:
-            self._client_data(data)
+            self._client_data(bytes(data))
             return
         try:
             items = self.decoder.feed(data)
@@ -352,6 +386,11 @@ class _Connection(asyncio.Protocol):
             log.exception("frame decoder failed on data from %s", self._where())
             self.close()
             return
+        self._frames_in(items)
+
+    def _frames_in(self, items: list[Any]) -> None:
+        """What the decoder made of a member's (or our dialled peer's) bytes: act on it."""
+        tcp = self.tcp
         self._account()
         good = self._good_frames(items)
         if good and not self.closed:
@@ -875,6 +914,10 @@ class TcpTransport:
         # (sender node, object, block, length) -> where a member's block goes (set by the
         # node driver; None: members' block frames are refused as bad frames).
         self.block_sink: BlockDestination | None = None
+        # Where every connection's reads land unless a block's place takes them (see
+        # _Connection.get_buffer): one buffer, as asyncio reads one connection at a time and
+        # each read is handled (what is kept, copied) before the next.
+        self.scratch = memoryview(bytearray(READ_SCRATCH))
 
     async def start(self) -> None:
         host, port = split_address(self.listen)

@@ -636,6 +636,28 @@ class FrameDecoder:
         """Bytes held for a frame that has not fully arrived yet."""
         return len(self._buf)
 
+    def block_room(self) -> memoryview | None:
+        """Where the next bytes of the stream go when a block's body is arriving and has a
+        place: the unfilled rest of that place (None otherwise). A reader that can read into
+        a buffer (``recv_into``, a TLS read into a buffer) puts them there itself and reports
+        how many with :meth:`block_filled`: the block lands in its object with no copy here."""
+        block = self._block
+        if block is None or block.dest is None or self._broken:
+            return None
+        return block.dest[block.filled : block.length]
+
+    def block_filled(self, n: int) -> list[WireMessage | WireError]:
+        """``n`` bytes were read into :meth:`block_room`'s view: the block's result once it is
+        whole (as :meth:`feed` would have returned it), else nothing."""
+        block = self._block
+        if block is None or not 0 < n <= block.length - block.filled:
+            raise ValueError(f"block_filled({n}) without that much room in a block being read")
+        block.filled += n
+        if not block.done:
+            return []
+        self._block = None
+        return [block.result()]
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[WireMessage | WireError]:
         """Every frame completed by ``data``, decoded, in stream order.
 

@@ -257,3 +257,26 @@ def test_expected_senders_cover_every_block_but_the_senders() -> None:
     for rank in range(len(MEMBERS)):
         plan = node_plan(D, rank)
         assert (NO_SENDER in plan.expected_from) == (rank == 0)
+
+
+def test_prefaulting_a_block_keeps_what_the_buffer_holds() -> None:
+    """The receive buffer's pages are mapped ahead of each block (MADV_POPULATE_WRITE): that
+    must never change a byte already written, nor the zeros of the rest, and a buffer that is
+    not a mapping (a small object's bytearray) is left alone."""
+    import mmap
+
+    from runtime.core.rdmc_object import prefault
+    from runtime.core.rdmc_transfer import LAZY_BUFFER_BYTES, object_buffer
+
+    size = 3 * LAZY_BUFFER_BYTES + 1234
+    buf = object_buffer(size)
+    assert isinstance(buf.obj, mmap.mmap)
+    buf[5000:5010] = b"0123456789"
+    prefault(buf, 4096 + 7, LAZY_BUFFER_BYTES)  # an unaligned block start: rounded down to its page
+    prefault(buf, size - 1234, 1234)  # the short last block
+    assert bytes(buf[5000:5010]) == b"0123456789"
+    assert buf[:5000].tobytes().count(0) == 5000 and buf[5010:].tobytes().count(0) == size - 5010
+    small = object_buffer(100)
+    small[:3] = b"abc"
+    prefault(small, 0, 100)
+    assert bytes(small[:4]) == b"abc\0"

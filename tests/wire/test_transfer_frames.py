@@ -70,6 +70,58 @@ def test_blocks_land_in_place_whatever_the_pieces(seed: int) -> None:
     assert {b: bytes(buf) for b, buf in sink.buffers.items()} == BLOCKS
 
 
+def read_into_buffers(decoder: FrameDecoder, data: bytes, seed: int) -> tuple[list[object], int]:
+    """Read ``data`` as a BufferedProtocol reader does: into the block's place while the
+    decoder offers one (``block_room``), else into a reused scratch buffer fed to ``feed``;
+    pieces of random sizes. Returns the decoded items and how many bytes went straight in."""
+    rng = random.Random(seed)
+    scratch = bytearray(64 * 1024)
+    out: list[object] = []
+    off = direct = 0
+    while off < len(data):
+        want = rng.choice([1, 3, 30, 1000, 4096, 70_000])
+        room = decoder.block_room()
+        if room is not None:
+            n = min(want, len(room), len(data) - off)
+            room[:n] = data[off : off + n]
+            out += decoder.block_filled(n)
+            direct += n
+        else:
+            n = min(want, len(scratch), len(data) - off)
+            scratch[:n] = data[off : off + n]
+            out += decoder.feed(memoryview(scratch)[:n])
+            scratch[:n] = b"\xee" * n  # the reader reuses its buffer: nothing may point into it
+        off += n
+    return out, direct
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_blocks_read_straight_into_their_place_and_the_scratch_is_reusable(seed: int) -> None:
+    sink = Sink(refuse=frozenset({1}))
+    out, direct = read_into_buffers(FrameDecoder(sink=sink), stream(BLOCKS), seed)
+    expected: list[object] = [PUSH]
+    for b in BLOCKS:
+        landed = BlockDropped(OID, b, Refusal.DUPLICATE) if b == 1 else BlockLanded(OID, b)
+        expected += [landed, CreditFrame(OID, b + 1), PUSH]
+    assert out == expected
+    assert {b: bytes(buf) for b, buf in sink.buffers.items()} == {b: d for b, d in BLOCKS.items() if b != 1}
+    assert direct > 0  # the big blocks' later bytes never passed through the scratch
+
+
+def test_block_filled_refuses_more_than_the_room() -> None:
+    decoder = FrameDecoder(sink=Sink())
+    assert decoder.block_room() is None
+    with pytest.raises(ValueError):
+        decoder.block_filled(1)
+    whole = block_bytes(0, BLOCKS[0])
+    cut = len(block_frame_head(OID, 0, len(BLOCKS[0]))) + 10  # the header and 10 body bytes
+    assert decoder.feed(whole[:cut]) == []
+    room = decoder.block_room()
+    assert room is not None and len(room) == len(BLOCKS[0]) - 10
+    with pytest.raises(ValueError):
+        decoder.block_filled(len(room) + 1)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_a_refused_block_is_skipped_and_the_stream_goes_on(seed: int) -> None:
     sink = Sink(refuse=frozenset({0, 3}))
