@@ -15,7 +15,6 @@ from pathlib import Path
 from runtime.config import NodeConfig
 from runtime.drivers.tcp import TransportSecurity
 from runtime.errors import ConfigError
-from runtime.security.kernel_tls import kernel_tls
 from runtime.security.revocation import RevocationList, revocation_path
 from runtime.security.tls import LoadedCredentials, TlsCredentials, load_credentials
 
@@ -56,7 +55,6 @@ def node_security(config: NodeConfig) -> tuple[TransportSecurity, LoadedCredenti
         )
     ca, cert, key = sec.tls_paths(config.node.id)
     loaded = load_credentials(TlsCredentials(Path(ca), Path(cert), Path(key)), "node", node_id=config.node.id)
-    log.info("node %s: %s", config.node.id, kernel_tls().describe())  # issue 22: said when absent
     revoked = revocation_path(sec.certs_dir, sec.revocation_file)
     return dataclasses.replace(
         limits,

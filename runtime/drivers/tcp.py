@@ -73,6 +73,7 @@ from runtime.drivers.transport import (
 from runtime.errors import ConfigError, WireError
 from runtime.node_api import session_origin
 from runtime.security.identity import Identity, IdentityError
+from runtime.security.kernel_tls import kernel_tls
 from runtime.security.revocation import RevocationList
 from runtime.security.tls import peer_identity
 from runtime.wire.codec import FrameDecoder, decode, frame
@@ -926,6 +927,8 @@ class TcpTransport:
             self._server = await loop.create_server(lambda: _Connection(self, None), host, port, reuse_address=True)
         except OSError as exc:
             raise ConfigError(f"node.listen: cannot listen on {self.listen}: {exc.strerror or exc}") from None
+        if self.security.tls:  # issue 22: kernel TLS is said absent, with why, once the node is up
+            log.info("node %s: %s", self.node_id, kernel_tls().describe())
         self._schedule_idle_sweep()
 
     @property
