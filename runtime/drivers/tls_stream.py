@@ -36,6 +36,7 @@ from typing import Any
 
 READ_BUFFER = 256 << 10  # what one socket read may bring (the kernel's usual burst)
 _PLAIN_ROOM = READ_BUFFER + (64 << 10)  # decrypted bytes of one read; records shrink, never grow
+JOIN_LIMIT = 64 << 10  # writes of one turn joined before encryption while they total at most this
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
@@ -181,6 +182,7 @@ class TlsStream(asyncio.BufferedProtocol):
     def _read_records(self) -> None:
         """Decrypt every whole record the incoming BIO holds; hand them on as one ``bytes``."""
         sslobj, incoming, plain, view = self.ssl_object, self._incoming, self._plain, self._plain_view
+        read: Any = sslobj.read  # with a buffer it returns the count (typeshed says bytes)
         got = 0
         eof = False
         error: BaseException | None = None
@@ -192,7 +194,7 @@ class TlsStream(asyncio.BufferedProtocol):
                 if self._closing:
                     return
             try:
-                n = sslobj.read(room - got, view[got:])
+                n = read(room - got, view[got:])
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # close_notify
@@ -233,12 +235,21 @@ class TlsStream(asyncio.BufferedProtocol):
             self._raw.write(self._outgoing.read())
 
     def _flush(self) -> None:
+        """Encrypt what was written, then hand the ciphertext to the socket in one write.
+        Small pieces are joined first (one record, one ``SSLObject.write``); a large one (a
+        block of an object) is encrypted where it is, not copied into a join."""
         held, self._held = self._held, []
         if self._closing:
             return
-        data = held[0] if len(held) == 1 else b"".join(held)
+        write = self.ssl_object.write
         try:
-            self.ssl_object.write(data)
+            if len(held) == 1:
+                write(held[0])
+            elif sum(len(part) for part in held) <= JOIN_LIMIT:
+                write(b"".join(held))
+            else:
+                for part in held:
+                    write(part)
         except (ssl.SSLError, OSError) as exc:
             self._fatal(exc)
             return
@@ -255,8 +266,11 @@ class TlsStream(asyncio.BufferedProtocol):
             self._flush()
 
     def writelines(self, parts: Any) -> None:
-        for part in parts:
-            self.write(part)
+        if self._closing or self._lost:
+            return
+        self._held.extend(part for part in parts if part)
+        if not self._in_read and self._ready and self._held:
+            self._flush()
 
     def can_write_eof(self) -> bool:
         return False
