@@ -655,9 +655,10 @@ class _Connection(asyncio.Protocol):
         """The transport's buffer passed its high-water mark. A client's reading is paused
         until it drains (it can queue no more work meanwhile); a member's traffic is bounded
         by the protocol's windows and the ``max_backlog`` check in ``TcpTransport.send``."""
-        if self.role == "client" and not self.outgoing:
+        if self.role == "client" and not self.outgoing and not self.closed:
             self.write_blocked = True
             self._update_reading()
+            self._over_backlog(0)  # one large write (a turn's replies) may pass the limit at once
 
     def resume_writing(self) -> None:
         if self.write_blocked:
@@ -680,6 +681,8 @@ class _Connection(asyncio.Protocol):
         ``client_max_backlog`` is cut off: it does not read them, and keeping them would let
         it grow the node without bound. Returns whether it was."""
         assert self.transport is not None
+        if self.closed:  # cut off (or closing) already: nothing more is written to it
+            return True
         size = self.buffered() + more
         limit = self.tcp.security.client_max_backlog
         if size <= limit:

@@ -32,11 +32,26 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 from typing import Any
 
 READ_BUFFER = 256 << 10  # what one socket read may bring (the kernel's usual burst)
 _PLAIN_ROOM = READ_BUFFER + (64 << 10)  # decrypted bytes of one read; records shrink, never grow
 JOIN_LIMIT = 64 << 10  # writes of one turn joined before encryption while they total at most this
+
+
+class _Buffers(threading.local):
+    """The read buffer and the decrypted-bytes buffer, one pair per thread (per event loop)
+    and shared by all its streams: a read is handled to its end before the next begins,
+    and what is handed on is a copy. Per stream they would cost ~600 KiB each, which a
+    flood of half-open connections would multiply."""
+
+    def __init__(self) -> None:
+        self.raw = memoryview(bytearray(READ_BUFFER))
+        self.plain = memoryview(bytearray(_PLAIN_ROOM))
+
+
+_buffers = _Buffers()
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
@@ -70,10 +85,8 @@ class TlsStream(asyncio.BufferedProtocol):
         self.ssl_object: ssl.SSLObject = context.wrap_bio(
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
-        self._buf = bytearray(READ_BUFFER)
-        self._view = memoryview(self._buf)
-        self._plain = bytearray(_PLAIN_ROOM)
-        self._plain_view = memoryview(self._plain)
+        self._view = _buffers.raw
+        self._plain_view = _buffers.plain
         self._raw: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._ready = False  # handshake done
@@ -181,12 +194,12 @@ class TlsStream(asyncio.BufferedProtocol):
 
     def _read_records(self) -> None:
         """Decrypt every whole record the incoming BIO holds; hand them on as one ``bytes``."""
-        sslobj, incoming, plain, view = self.ssl_object, self._incoming, self._plain, self._plain_view
+        sslobj, incoming, view = self.ssl_object, self._incoming, self._plain_view
         read: Any = sslobj.read  # with a buffer it returns the count (typeshed says bytes)
         got = 0
         eof = False
         error: BaseException | None = None
-        room = len(plain)
+        room = len(view)
         while True:
             if got > room - (17 << 10):  # not enough room for one more record: hand on what we have
                 self._deliver(bytes(view[:got]))
