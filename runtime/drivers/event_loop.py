@@ -17,10 +17,9 @@ def loop_factory(tls: bool = False) -> Callable[[], asyncio.AbstractEventLoop] |
 
     Opt-in: measured on loopback (``python -m bench.multicast``), uvloop neither raised
     throughput nor lowered CPU per message (the loop's own overhead is small next to a
-    batch's), and its millisecond timers make sub-millisecond pacing spin. Not with TLS: the
-    transport upgrades accepted connections with ``start_tls`` after counting them (the limit
-    on unauthenticated connections), which uvloop's ``start_tls`` does not support on a
-    paused transport; asyncio is used then, with a warning.
+    batch's), and its millisecond timers make sub-millisecond pacing spin. Not with TLS:
+    TLS connections run on ``runtime.drivers.tls_stream`` (a ``BufferedProtocol``), which has
+    been measured and tested on asyncio's loop only; asyncio is used then, with a warning.
     """
     if os.environ.get("DERECHO_UVLOOP", "") not in ("1", "true", "yes"):
         return None

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.drivers.ratelimit import RateLimitedLog
+from runtime.drivers.tls_stream import TlsStream
 from runtime.drivers.transport import (
     BlockDestination,
     ClientClosedHandler,
@@ -100,13 +101,6 @@ CLOSE_GRACE = 2.0  # seconds a closed connection may take to drain before it is 
 # A client still holding frames after this many turns of ``frames_per_turn`` sent far more in
 # one go than any honest client batches (calls travel in one frame per turn): say who it is.
 SLOW_WARN_TURNS = 16
-# A client's replies go to its TLS transport in pieces of at most this many bytes. asyncio's
-# TLS layer hands all it holds to the socket's own transport whenever that one is not paused,
-# and counts (and pauses its protocol for) only what it still holds itself: one large write
-# (a loop turn's replies, say 600 x 32 KiB) would sit there unseen, so the client would be
-# neither paused nor cut off for it. In pieces, the socket's transport pauses the TLS layer
-# after the first one or two, and the rest waits where it is counted.
-WRITE_PIECE = 64 << 10
 READ_SCRATCH = 256 * 1024  # bytes per read into the scratch buffer (asyncio's own read size)
 
 # Bytes of large-object blocks a member connection may hold unsent before more blocks wait in
@@ -166,7 +160,6 @@ class _Connection(asyncio.BufferedProtocol):
         self.peer = peer  # set for outgoing connections to members
         self.contact = contact  # set for outgoing connections to a contact address
         self.transport: asyncio.Transport | None = None
-        self.raw: asyncio.Transport | None = None  # the accepted socket's own transport (under TLS)
         self.decoder = FrameDecoder(tcp.max_frame)  # lowered for clients once they say hello
         self.speaker: int | None = None  # node id (member) or session number (client) from the Hello
         self.role: str | None = None
@@ -213,8 +206,6 @@ class _Connection(asyncio.BufferedProtocol):
     # ------------------------------------------------------------ asyncio side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if not self.outgoing:
-            self.raw = transport  # type: ignore[assignment]
         tcp = self.tcp
         peername = transport.get_extra_info("peername")
         self.address = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
@@ -228,51 +219,43 @@ class _Connection(asyncio.BufferedProtocol):
             except OSError:
                 pass
         if self.outgoing:
-            if tcp.security.tls and not self._check_server():
-                return
-            if self.transport is not None:
-                self.transport.write(
-                    frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation, PROTOCOL_VERSION))
-                )
-                self.unanswered = [] if self.peer is not None else None
+            if not isinstance(transport, TlsStream):  # plain TCP; over TLS, _open calls it after the handshake
+                self.outgoing_ready()
             return
         tcp._admit(self)
         loop = asyncio.get_running_loop()
         self._hello_timer = loop.call_later(tcp.security.handshake_timeout, self._no_hello)
-        if tcp.security.tls:
+        if isinstance(transport, TlsStream):
             self.upgrading = True
-            transport.pause_reading()  # type: ignore[attr-defined]  # no raw bytes before start_tls takes over
-            tcp._spawn(self._upgrade())
+            tcp._spawn(self._upgrade(transport))
 
-    async def _upgrade(self) -> None:
-        """The TLS handshake on an accepted connection (the count of unauthenticated
-        connections was checked before it, so a flood of handshakes cannot pile up)."""
+    def outgoing_ready(self) -> None:
+        """Our connection to a member or contact is up (over TLS: its handshake is done):
+        check whom it reached, then say hello."""
         tcp = self.tcp
-        if self.closed:  # dropped (pool full) before the handshake began
-            self._teardown()
+        if tcp.security.tls and not self._check_server():
             return
-        loop = asyncio.get_running_loop()
-        raw = self.transport
+        if self.transport is not None:
+            self.transport.write(frame(Hello(tcp.node_id, tcp.cluster, "member", tcp.incarnation, PROTOCOL_VERSION)))
+            self.unanswered = [] if self.peer is not None else None  # kept until the peer's Hello
+
+    async def _upgrade(self, tls: TlsStream) -> None:
+        """The TLS handshake on an accepted connection (the count of unauthenticated
+        connections was checked before it began, so a flood of handshakes cannot pile up)."""
+        tcp = self.tcp
         try:
-            tls = await loop.start_tls(
-                raw,  # type: ignore[arg-type]
-                self,
-                tcp.security.server_context,  # type: ignore[arg-type]
-                server_side=True,
-                ssl_handshake_timeout=tcp.security.handshake_timeout,
-            )
+            await tls.handshake
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
-            if not self.closed:  # not dropped by us (that was reported already)
+            if not self.closed:  # not dropped or timed out by us (that was reported already)
                 tcp.warn("handshake", self.address, "TLS handshake with %s failed: %s", self.address, _reason(exc))
             self._teardown()
             return
         except asyncio.CancelledError:
             self._teardown()
             raise
-        if tls is None or self.closed:
+        if self.closed:
             self._teardown()
             return
-        self.transport = tls
         self.upgrading = False
         try:
             self.identity = peer_identity(tls.get_extra_info("ssl_object"))
@@ -361,7 +344,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes | memoryview) -> None:
         if self.upgrading:
-            # Decrypted bytes can arrive before start_tls() returns the TLS transport and we
+            # Decrypted bytes can arrive before _upgrade() has run on the handshake's end and we
             # know the peer's identity (a member starts sending right after its hello): keep
             # them until then. Only a peer whose certificate the handshake accepted gets here,
             # and it may buffer no more than one frame's worth.
@@ -718,9 +701,10 @@ class _Connection(asyncio.BufferedProtocol):
         """The transport's buffer passed its high-water mark. A client's reading is paused
         until it drains (it can queue no more work meanwhile); a member's traffic is bounded
         by the protocol's windows and the ``max_backlog`` check in ``TcpTransport.send``."""
-        if self.role == "client" and not self.outgoing:
+        if self.role == "client" and not self.outgoing and not self.closed:
             self.write_blocked = True
             self._update_reading()
+            self._over_backlog(0)  # one large write (a turn's replies) may pass the limit at once
 
     def resume_writing(self) -> None:
         if self.write_blocked:
@@ -734,33 +718,17 @@ class _Connection(asyncio.BufferedProtocol):
         if self.transport is not None and not self.closed and not self.upgrading:
             if self.write_blocked and self._over_backlog(len(data)):
                 return  # cut off rather than buffer it: a client that is behind gets no more
-            if len(data) > WRITE_PIECE and self.role == "client" and not self.outgoing:
-                self._write_in_pieces(data)
-            else:
-                self.transport.write(data)
+            self.transport.write(data)
             if self.write_blocked:
                 self._over_backlog(0)
-
-    def _write_in_pieces(self, data: bytes) -> None:
-        """Write ``data`` so that what the client has not taken stays where it is counted
-        (see ``WRITE_PIECE``): piece by piece while the transport holds nothing (all went on
-        to the socket's transport or the kernel), the rest at once when it does."""
-        transport = self.transport
-        assert transport is not None
-        raw = self.raw if self.raw is not None else transport
-        view = memoryview(data)
-        off, end = 0, len(data)
-        while off < end and transport.get_write_buffer_size() == 0 and not raw.is_closing():
-            transport.write(view[off : off + WRITE_PIECE])
-            off += WRITE_PIECE
-        if off < end and not raw.is_closing():
-            transport.write(view[off:])
 
     def _over_backlog(self, more: int) -> bool:
         """A client whose unread replies (with ``more`` about to be added) pass
         ``client_max_backlog`` is cut off: it does not read them, and keeping them would let
         it grow the node without bound. Returns whether it was."""
         assert self.transport is not None
+        if self.closed:  # cut off (or closing) already: nothing more is written to it
+            return True
         size = self.buffered() + more
         limit = self.tcp.security.client_max_backlog
         if size <= limit:
@@ -779,14 +747,9 @@ class _Connection(asyncio.BufferedProtocol):
         return True
 
     def buffered(self) -> int:
-        """Bytes written and not taken by the kernel yet: the transport's, and under TLS also
-        those its TLS layer handed on to the socket's transport."""
-        if self.transport is None:
-            return 0
-        size = self.transport.get_write_buffer_size()
-        if self.raw is not None and self.raw is not self.transport:
-            size += self.raw.get_write_buffer_size()
-        return size
+        """Bytes written and not taken by the kernel yet (under TLS: all of them, as
+        ``TlsStream`` encrypts at once into the socket's transport, which counts them)."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
@@ -924,12 +887,23 @@ class TcpTransport:
         host, port = split_address(self.listen)
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(lambda: _Connection(self, None), host, port, reuse_address=True)
+            self._server = await loop.create_server(self._accepted, host, port, reuse_address=True)
         except OSError as exc:
             raise ConfigError(f"node.listen: cannot listen on {self.listen}: {exc.strerror or exc}") from None
         if self.security.tls:  # issue 22: kernel TLS is said absent, with why, once the node is up
             log.info("node %s: %s", self.node_id, kernel_tls().describe())
         self._schedule_idle_sweep()
+
+    def _accepted(self) -> asyncio.BaseProtocol:
+        """The protocol of an accepted socket: the connection, under TLS inside a ``TlsStream``
+        whose handshake starts at once (the connection is counted among the unauthenticated
+        ones first, in its ``connection_made``). The stream's own timeout is a backstop:
+        ``_no_hello`` ends a connection without a Hello at ``handshake_timeout``."""
+        conn = _Connection(self, None)
+        ctx = self.security.server_context
+        if ctx is None:
+            return conn
+        return TlsStream(conn, ctx, server_side=True, handshake_timeout=2 * self.security.handshake_timeout)
 
     @property
     def bound_port(self) -> int:
@@ -1076,20 +1050,28 @@ class TcpTransport:
             transport.writelines((head, data))
 
     async def _open(self, factory: Any, address: str) -> _Connection:
+        """A connection to ``address``, its TLS handshake done (raises if it failed) and its
+        Hello sent, unless the other end is not whom we meant (then it is closed)."""
         host, port = split_address(address)
         loop = asyncio.get_running_loop()
         ctx = self.security.client_context
         if ctx is None:
-            _, conn = await loop.create_connection(factory, host, port)
-        else:
-            _, conn = await loop.create_connection(
-                factory,
-                host,
-                port,
-                ssl=ctx,
-                server_hostname=host,
-                ssl_handshake_timeout=self.security.handshake_timeout,
-            )
+            _, plain = await loop.create_connection(factory, host, port)
+            return plain
+        timeout = self.security.handshake_timeout
+        _, stream = await loop.create_connection(
+            lambda: TlsStream(factory(), ctx, server_side=False, server_hostname=host, handshake_timeout=timeout),
+            host,
+            port,
+        )
+        conn: _Connection = stream.app
+        try:
+            await stream.handshake
+        except BaseException:
+            stream.abort()
+            conn._teardown()
+            raise
+        conn.outgoing_ready()
         return conn
 
     async def _connect(self, peer: _Peer) -> None:
