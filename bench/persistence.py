@@ -30,8 +30,13 @@ from bench import report, security
 from bench.actor_clients import run_clients
 from bench.ours import (
     ACTOR_COLUMNS,
+    CPU_COLUMNS,
     VALUE_SIZE,
     _cpu,
+    contact_node,
+    cpu_label,
+    cpu_per_call,
+    cpu_snapshot,
     load_kv_example,
     one_at_a_time,
     pipeline_calls,
@@ -124,7 +129,7 @@ def plot_persistent(results: dict[str, list[Row]], out: Path) -> list[Path]:
 @experiment(
     "persistent",
     "Persistent vs atomic puts (3 replicas, fsync on, same disk as etcd)",
-    columns=ACTOR_COLUMNS + [("persisted_p50_ms", "persisted p50 ms", ".2f")],
+    columns=ACTOR_COLUMNS + CPU_COLUMNS + [("persisted_p50_ms", "persisted p50 ms", ".2f")],
     plot=plot_persistent,
 )
 def persistent(ctx: Context) -> list[Row]:
@@ -162,12 +167,14 @@ def persistent(ctx: Context) -> list[Row]:
                         last.append(r)
                     return r
 
+                before = cpu_snapshot(cluster)
                 rate, cpu = pipelined(put_keep, n, window, value)
                 tail = None
                 if label.startswith("persistent") and last:
                     t = time.perf_counter()
-                    last[0].persisted(timeout=60)
+                    last[0].persisted(timeout=60)  # the CPU figures include making all n durable
                     tail = (time.perf_counter() - t) * 1000
+                per_put = cpu_per_call(before, cpu_snapshot(cluster), n, contact_node(cluster))
                 pipe = {
                     **base,
                     "case": f"pipelined, {window} outstanding, {label}",
@@ -176,6 +183,7 @@ def persistent(ctx: Context) -> list[Row]:
                     "client_cpu": cpu,
                     "window": window,
                     "last_persisted_after_ms": tail,
+                    **per_put,
                 }
                 # As etcd's row uses many connections: several client processes at once.
                 clients = CLIENT_PROCESSES
@@ -213,7 +221,8 @@ def persistent(ctx: Context) -> list[Row]:
                     single["persisted_p99_ms"] = percentile(plat, 99)
                 rows += [pipe, single]
                 ctx.say(
-                    f"  {label}: {rate:,.0f} puts/s pipelined; one at a time p50 {single['p50_ms']:.2f} ms"
+                    f"  {label}: {rate:,.0f} puts/s pipelined (CPU µs per put: {cpu_label(per_put)}); "
+                    f"one at a time p50 {single['p50_ms']:.2f} ms"
                     + (
                         f", until persisted p50 {single['persisted_p50_ms']:.2f} ms"
                         if "persisted_p50_ms" in single

@@ -7,7 +7,9 @@ from __future__ import annotations
 import bisect
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
-from derecho_actors.model.fields import DELETED, Persistent
+import msgpack
+
+from derecho_actors.model.fields import DELETED, Persistent, _wrap
 from runtime.core.versions import format_version
 
 
@@ -72,6 +74,54 @@ class FieldHistory:
                 keys[k] = [version]
             else:
                 versions.append(version)
+
+
+def apply_records(
+    records: list[tuple[int, int, bytes]],
+    obj: Any,
+    fields: Mapping[str, Persistent],
+    history: FieldHistory,
+    decode: Callable[[bytes], Any],
+) -> list[tuple[int, int, int]]:
+    """Replay log records (the store's record bodies, see ``store.py``) into ``obj``'s
+    fields and index them in ``history``; return each call's ``(origin, call_id,
+    timestamp_ns)``. Each record is decoded once, applied and indexed in the same pass (a
+    replay of a long log is what a restarted replica waits for before it can serve)."""
+    unpack = msgpack.unpackb
+    d = obj.__dict__
+    calls: list[tuple[int, int, int]] = []
+    for version, ts, body in records:
+        origin, call_id, changes = unpack(body, raw=False, strict_map_key=False)
+        for name, change in changes.items():
+            if name not in fields:  # a field the class no longer has: indexed only
+                history.note(version, {name: change}, decode)
+            elif change[0] == "v":
+                d[name] = _wrap(decode(change[1]), replaced=False)
+                history.note_value(name, version)
+            else:
+                _, replaced, sets, dels = change
+                current = getattr(obj, name)
+                if replaced:
+                    dict.clear(current)
+                    history.note_keys(name, version, (), True)
+                index = history.keys.get(name)
+                if index is None:
+                    index = history.keys.setdefault(name, {})
+                for key, value in decode(sets) if sets else ():
+                    if isinstance(key, list):
+                        key = hashable_key(key)
+                    dict.__setitem__(current, key, value)
+                    seen = index.get(key)  # history.note_keys, inlined
+                    if seen is None:
+                        index[key] = [version]
+                    else:
+                        seen.append(version)
+                for key in decode(dels) if dels else ():
+                    key = hashable_key(key)
+                    dict.pop(current, key, None)
+                    history.note_keys(name, version, (key,), False)
+        calls.append((origin, call_id, ts))
+    return calls
 
 
 def hashable_key(key: Any) -> Any:

@@ -31,13 +31,12 @@ from typing import Any, Callable, Iterator, Mapping
 
 import msgpack
 
-from derecho_actors.model.fields import DELETED, Persistent, TrackedDict, _wrap
+from derecho_actors.model.fields import DELETED, Persistent, TrackedDict
 from derecho_actors.replica import checkpoint as _checkpoint
-from derecho_actors.replica.history import FieldHistory, hashable_key
+from derecho_actors.replica.history import FieldHistory, apply_records
 from derecho_actors.replica.past import PastReads
 from derecho_actors.replica.sessions import SessionTable
 from derecho_actors.wire import codec as _codec
-from derecho_actors.wire.packing import packb
 
 log = logging.getLogger("derecho.persistent")
 
@@ -102,7 +101,14 @@ class PersistentStore(PastReads):
         self.last_ts = 0
         self._baseline: dict[str, bytes] = {}
         self._lock = threading.Lock()  # the log is used by the writer and by readers
-        self._queue: queue.Queue[Any] = queue.Queue(max(1, max_queued))
+        # The hand-off to the writer thread: a C queue (no Python-level lock or condition per
+        # batch on the actor thread), bounded by counting: batches put (by the actor thread
+        # only) less batches taken (by the writer only). The writer notifies ``_durable``
+        # after every write, which is what a full queue waits for.
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._max_queued = max(1, max_queued)
+        self._put = 0
+        self._taken = 0
         self.busy_since: float | None = None  # monotonic time the writer began its current write
         self._durable = threading.Condition()
         self._durable_version = -1
@@ -112,6 +118,12 @@ class PersistentStore(PastReads):
         self.replayed = replayed
         self.checkpoint_every = checkpoint_every
         self._calls: list[tuple[int, int, int]] = []  # recorded, not yet in ``replayed``
+        # What :meth:`record` needs per call, looked up once: the fields in their order, each
+        # with whether it holds a dict (its changed keys are logged), and encoders for this
+        # thread alone (a ``Packer`` each for msgpack).
+        self._field_kinds = [(n, isinstance(f.default, dict)) for n, f in self.fields.items()]
+        self._encoder = _codec.result_encoder(serializer)
+        self._pack_record = msgpack.Packer(use_bin_type=True).pack
         self._since_checkpoint = 0  # records since the last checkpoint (or the start)
 
     @contextmanager
@@ -149,51 +161,18 @@ class PersistentStore(PastReads):
         together, each logged call's ``(origin, call_id, timestamp_ns)``, so the replica can
         rebuild its exactly-once table a batch at a time.
 
-        Each record is decoded once, applied and indexed in the same pass (a replay of a long
-        log is what a restarted replica waits for before it can serve)."""
-        unpack = msgpack.unpackb
+        The records are applied by :func:`~derecho_actors.replica.history.apply_records`."""
         decode = _codec.result_decoder(self.serializer)
-        fields, history, obj = self.fields, self.history, self.obj
-        d = obj.__dict__
         batches = self.log.iter_batches(self.last_version, batch_bytes)
         while True:
             with self._lock:  # per batch: a reader (a transfer, a check) may take turns
                 records = next(batches, None)
             if records is None:
                 break
-            calls: list[tuple[int, int, int]] = []
-            for version, ts, body in records:
-                origin, call_id, changes = unpack(body, raw=False, strict_map_key=False)
-                for name, change in changes.items():
-                    if name not in fields:  # a field the class no longer has: indexed only
-                        history.note(version, {name: change}, decode)
-                    elif change[0] == "v":
-                        d[name] = _wrap(decode(change[1]), replaced=False)
-                        history.note_value(name, version)
-                    else:
-                        _, replaced, sets, dels = change
-                        current = getattr(obj, name)
-                        if replaced:
-                            dict.clear(current)
-                            history.note_keys(name, version, (), True)
-                        index = history.keys.get(name)
-                        if index is None:
-                            index = history.keys.setdefault(name, {})
-                        for key, value in decode(sets) if sets else ():
-                            if isinstance(key, list):
-                                key = hashable_key(key)
-                            dict.__setitem__(current, key, value)
-                            seen = index.get(key)  # history.note_keys, inlined
-                            if seen is None:
-                                index[key] = [version]
-                            else:
-                                seen.append(version)
-                        for key in decode(dels) if dels else ():
-                            key = hashable_key(key)
-                            dict.pop(current, key, None)
-                            history.note_keys(name, version, (key,), False)
-                calls.append((origin, call_id, ts))
-            self.last_version, self.last_ts = version, ts
+            if not records:
+                continue
+            calls = apply_records(records, self.obj, self.fields, self.history, decode)
+            self.last_version, self.last_ts = records[-1][0], records[-1][1]
             if self.replayed is not None:
                 self.replayed.replayed_batch(calls)
             yield calls
@@ -212,41 +191,58 @@ class PersistentStore(PastReads):
 
     # ------------------------------------------------------------------ writing
     def record(self, version: int, ts: int, origin: int, call_id: int) -> tuple[int, int, bytes]:
-        """The log record of the call just applied at ``version``."""
+        """The log record of the call just applied at ``version``. Runs once per ordered call
+        (the persistent mode's main per-version cost), so what it needs is looked up once in
+        ``__init__`` and a dict field is read from the object's ``__dict__``."""
         changes: dict[str, Any] = {}
-        history = self.history
-        for name in self.fields:
-            value = getattr(self.obj, name)
-            if isinstance(value, TrackedDict):
-                changed = value._changed
-                if value._replaced:
-                    changes[name] = ["m", True, self._encode([[k, v] for k, v in value.items()]), b""]
-                    history.note_keys(name, version, value, True)
-                elif changed:
-                    sets = [[k, v] for k, v in changed.items() if v is not DELETED]
-                    dels = [k for k, v in changed.items() if v is DELETED]
-                    changes[name] = [
-                        "m",
-                        False,
-                        self._encode(sets) if sets else b"",
-                        self._encode(dels) if dels else b"",
-                    ]
-                    history.note_keys(name, version, changed, False)
-                if changed:
-                    changed.clear()
+        encode, keys, obj = self._fast_encode, self.history.keys, self.obj
+        d = obj.__dict__
+        for name, is_dict in self._field_kinds:
+            value = d.get(name) if is_dict else None
+            if type(value) is not TrackedDict:
+                value = getattr(obj, name)
+                if not isinstance(value, TrackedDict):
+                    enc = self._encode(value)
+                    if enc != self._baseline.get(name):
+                        changes[name] = ["v", enc]
+                        self._baseline[name] = enc
+                        self.history.note_value(name, version)
+                    continue
+            changed = value._changed
+            if value._replaced:
+                changes[name] = ["m", True, encode([[k, v] for k, v in value.items()]), b""]
+                self.history.note_keys(name, version, value, True)
                 value._replaced = False
+            elif not changed:
+                continue
             else:
-                enc = self._encode(value)
-                if enc != self._baseline.get(name):
-                    changes[name] = ["v", enc]
-                    self._baseline[name] = enc
-                    history.note_value(name, version)
+                sets = [[k, v] for k, v in changed.items() if v is not DELETED]
+                dels = [k for k, v in changed.items() if v is DELETED] if len(sets) < len(changed) else None
+                changes[name] = ["m", False, encode(sets) if sets else b"", encode(dels) if dels else b""]
+                index = keys.get(name)
+                if index is None:
+                    index = keys.setdefault(name, {})
+                for k in changed:  # FieldHistory.note_keys, inlined
+                    seen = index.get(k)
+                    if seen is None:
+                        index[k] = [version]
+                    else:
+                        seen.append(version)
+            changed.clear()
         if ts < self.last_ts:
             ts = self.last_ts
         self.last_version, self.last_ts = version, ts
         if origin and self.replayed is not None:
             self._calls.append((origin, call_id, ts))
-        return version, ts, packb([origin, call_id, changes])
+        return version, ts, self._pack_record([origin, call_id, changes])
+
+    def _fast_encode(self, value: Any) -> bytes:
+        """``_encode`` of a list, through the replica thread's own encoder (one C call for
+        msgpack); a value it cannot encode goes through ``_encode`` for its error."""
+        try:
+            return self._encoder(value)
+        except Exception:
+            return self._encode(value)
 
     def submit(self, records: list[tuple[int, int, bytes]]) -> None:
         """Queue a batch for the writer thread (one fsync covers all that queued meanwhile).
@@ -262,13 +258,15 @@ class PersistentStore(PastReads):
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="derecho-log-writer", daemon=True)
             self._writer.start()
-        while self.write_error is None:
-            self._check_stall()
-            try:
-                self._queue.put(batch, timeout=0.5)
+        if self._put - self._taken >= self._max_queued:
+            with self._durable:
+                while self._put - self._taken >= self._max_queued and self.write_error is None:
+                    self._check_stall()
+                    self._durable.wait(0.5)
+            if self.write_error is not None:
                 return
-            except queue.Full:
-                continue
+        self._put += 1
+        self._inbox.put(batch)
 
     def _check_stall(self) -> None:
         """A write or fsync that hangs (a dead NFS server, a failing disk) is a storage
@@ -278,21 +276,23 @@ class PersistentStore(PastReads):
             self._fail(TimeoutError(f"a write or fsync has not returned for {time.monotonic() - since:.0f} s"))
 
     def _write_loop(self) -> None:
+        inbox = self._inbox
         while True:
-            batch = self._queue.get()
+            batch = inbox.get()
             if batch is None:
                 return
             batches = [batch]
             stop = False
             while True:  # everything queued meanwhile goes into the same fsync
                 try:
-                    more = self._queue.get_nowait()
+                    more = inbox.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
                     stop = True
                     break
                 batches.append(more)
+            self._taken += len(batches)
             if not self._write(batches) or stop:
                 return
 
@@ -321,8 +321,8 @@ class PersistentStore(PastReads):
     def _write(self, batches: list[list[Any]]) -> bool:
         """Append and make durable (one fsync), write a checkpoint that came with them,
         then report; False once the log failed."""
-        records = [r for batch in batches for r in batch if type(r) is not _CheckpointJob]
-        jobs = [r for batch in batches for r in batch if type(r) is _CheckpointJob]
+        jobs = [batch.pop() for batch in batches if type(batch[-1]) is _CheckpointJob]
+        records = batches[0] if len(batches) == 1 else [r for batch in batches for r in batch]
         signature = None
         self.busy_since = time.monotonic()
         try:
@@ -379,11 +379,10 @@ class PersistentStore(PastReads):
 
     def close(self) -> None:
         if self._writer is not None and self._writer.is_alive():
-            try:
-                self._queue.put(None, timeout=10)
-            except queue.Full:
-                log.error("the log writer of %s did not drain its queue within 10 s", getattr(self.log, "path", "?"))
+            self._inbox.put(None)
             self._writer.join(10)
+            if self._writer.is_alive():
+                log.error("the log writer of %s did not drain its queue within 10 s", getattr(self.log, "path", "?"))
         with self._lock:
             # After a failed write the unflushed records cannot be trusted to reach the disk;
             # trying again would only repeat the error (the node is leaving anyway).

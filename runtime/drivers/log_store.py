@@ -595,6 +595,30 @@ def _classify_torn(fd: int, offset: int, end: int, sig_size: int, last_version: 
     return TORN
 
 
+def _checked_record(version: object, timestamp: object, body: object, last_version: int, last_time: int) -> bytes:
+    """A record :meth:`VersionedLog.append` could not take at a glance: its body as bytes
+    (a bytearray or a memoryview, copied), or the error that says what is wrong with it."""
+    if not isinstance(version, int) or version <= last_version or version > MAX_U64:
+        raise ValueError(
+            f"version {version!r} must be an int above the log's last version "
+            f"{last_version} (versions strictly increase)"
+        )
+    if not isinstance(timestamp, int) or timestamp < last_time or timestamp > MAX_U64:
+        raise ValueError(
+            f"timestamp {timestamp!r} of version {version} must be an int >= {last_time} "
+            "(the previous record's; timestamps never decrease)"
+        )
+    if isinstance(body, memoryview):
+        body = body.tobytes()
+    elif isinstance(body, bytearray):
+        body = bytes(body)
+    elif not isinstance(body, bytes):
+        raise TypeError(f"the body of version {version} must be bytes, not {type(body).__name__}")
+    if len(body) > MAX_U32:
+        raise ValueError(f"the body of version {version} is {len(body)} bytes (limit {MAX_U32})")
+    return body
+
+
 # ----------------------------------------------------------------------------------------
 # The log
 
@@ -704,7 +728,11 @@ class VersionedLog:
     def append(self, records: Iterable[tuple[int, int, bytes]]) -> None:
         """Buffer ``(version, timestamp_ns, body)`` records; nothing reaches the file until
         :meth:`flush`. Versions must strictly increase and timestamps must not decrease,
-        across calls too (ValueError, and then none of this call's records is kept)."""
+        across calls too (ValueError, and then none of this call's records is kept).
+
+        A persistent replica appends one record per ordered call, so this loop is kept short:
+        a record that passes every check in one comparison (the common case) goes straight
+        into the buffer and the in-memory index, which are cut back if a later one fails."""
         fd = self._require_open()
         key = self._key
         if self.signed and key is None:  # pragma: no cover - open() refuses this
@@ -713,35 +741,29 @@ class VersionedLog:
         pack_head = RECORD_HEADER.pack
         crc32 = zlib.crc32
         buf = self._buf
-        mark = len(buf)  # on a bad record, the buffer is cut back here
-        new_versions: list[int] = []
-        new_timestamps: list[int] = []
-        new_offsets: list[int] = []
+        mark = len(buf)  # on a bad record, the buffer and the index are cut back here
+        versions, timestamps, offsets = self._versions, self._timestamps, self._offsets
+        count = len(versions)
+        add_version, add_time, add_offset = versions.append, timestamps.append, offsets.append
         new_chains = bytearray()
-        last_version = self._versions[-1] if self._versions else -1
-        last_time = self._timestamps[-1] if self._timestamps else 0
+        last_version = versions[-1] if count else -1
+        last_time = timestamps[-1] if count else 0
         offset = self._written + mark
+        step = RECORD_HEADER.size + self._sig_size
         chains = self._chains
         prev_chain = bytes(chains[-CHAIN_SIZE:]) if chains else NO_CHAIN
         try:
             for version, timestamp, body in records:
-                if not isinstance(version, int) or version <= last_version or version > MAX_U64:
-                    raise ValueError(
-                        f"version {version!r} must be an int above the log's last version "
-                        f"{last_version} (versions strictly increase)"
-                    )
-                if not isinstance(timestamp, int) or timestamp < last_time or timestamp > MAX_U64:
-                    raise ValueError(
-                        f"timestamp {timestamp!r} of version {version} must be an int >= {last_time} "
-                        "(the previous record's; timestamps never decrease)"
-                    )
-                if isinstance(body, memoryview):
-                    body = body.tobytes()
-                elif not isinstance(body, (bytes, bytearray)):
-                    raise TypeError(f"the body of version {version} must be bytes, not {type(body).__name__}")
+                if not (
+                    type(version) is int
+                    and last_version < version <= MAX_U64
+                    and type(timestamp) is int
+                    and last_time <= timestamp <= MAX_U64
+                    and type(body) is bytes
+                    and len(body) <= MAX_U32
+                ):
+                    body = _checked_record(version, timestamp, body, last_version, last_time)
                 length = len(body)
-                if length > MAX_U32:
-                    raise ValueError(f"the body of version {version} is {length} bytes (limit {MAX_U32})")
                 vt = pack_vt(version, timestamp)
                 crc = crc32(body, crc32(vt))
                 if key is not None:
@@ -754,18 +776,18 @@ class VersionedLog:
                 else:
                     buf += pack_head(length, version, timestamp, crc)
                     buf += body
-                new_versions.append(version)
-                new_timestamps.append(timestamp)
-                new_offsets.append(offset)
-                offset += RECORD_HEADER.size + length + self._sig_size
+                add_version(version)
+                add_time(timestamp)
+                add_offset(offset)
+                offset += step + length
                 last_version = version
                 last_time = timestamp
         except BaseException:
             del buf[mark:]
+            del versions[count:]
+            del timestamps[count:]
+            del offsets[count:]
             raise
-        self._versions.extend(new_versions)
-        self._timestamps.extend(new_timestamps)
-        self._offsets.extend(new_offsets)
         if chains is not None:
             chains += new_chains
         if len(buf) >= _SPILL_SIZE:

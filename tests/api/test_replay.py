@@ -117,6 +117,47 @@ def test_replay_gives_the_fields_index_and_calls_the_calls_gave(tmp_path: Path) 
     store.close()
 
 
+def _body(origin: int, call_id: int, changes: dict[str, Any]) -> bytes:
+    return msgpack.packb([origin, call_id, changes], use_bin_type=True)
+
+
+def _enc(value: Any) -> bytes:
+    return _codec.encode_result(value, "msgpack")
+
+
+def test_record_bodies_are_the_documented_format(tmp_path: Path) -> None:
+    """Each record's body, byte for byte, as ``store.py``'s docstring lays it out (the fast
+    path of ``record`` must not change what replicas, signatures and replays read)."""
+    store = _write_log(tmp_path / "Doc.0.0.log", STEPS)
+    with store.log_held() as lg:
+        bodies = [body for _v, _t, body in lg.iter_from(-1)]
+    store.close()
+    m = lambda sets, dels=b"", replaced=False: ["m", replaced, sets, dels]  # noqa: E731
+    changes: list[dict[str, Any]] = [
+        {"m": m(_enc([["a", 1]]))},
+        {"m": m(_enc([[["t", 1], b"x"]]))},
+        {"n": ["v", _enc(5)]},
+        {"m": m(_enc([["a", 2]]))},
+        {"m": m(b"", _enc(["a"]))},
+        {"tags": m(_enc([["more", 2]]))},
+        {"m": m(_enc([["fresh", 1], ["b", [1, 2]]]), replaced=True)},
+        {"m": m(_enc([["b", None]]))},
+        {"n": ["v", _enc(6)]},
+        {"m": m(b"", _enc(["fresh"]))},
+    ]
+    assert bodies == [_body(ORIGINS[i], 100 + i, c) for i, c in enumerate(changes)]
+
+
+def test_a_call_that_changes_nothing_logs_no_field(tmp_path: Path) -> None:
+    """A call that leaves every field as it was (or sets a value to what it was) still gets
+    its version, with no change in it."""
+    store = _write_log(tmp_path / "Doc.0.0.log", [_n(3), _n(3), lambda o: None])
+    with store.log_held() as lg:
+        bodies = [msgpack.unpackb(body, raw=False) for _v, _t, body in lg.iter_from(-1)]
+    store.close()
+    assert [b[2] for b in bodies] == [{"n": ["v", _enc(3)]}, {}, {}]
+
+
 @pytest.mark.parametrize("prefix", [0, 1, 4, 6, len(STEPS)])
 def test_resuming_after_a_prefix_equals_a_full_replay(tmp_path: Path, prefix: int) -> None:
     """A store that replayed ``prefix`` records, then found the rest appended (a state
