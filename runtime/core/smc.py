@@ -514,7 +514,10 @@ class ShardMulticast:
             following = (have + last + 1) * self.n_senders + pos
             if following > self._next_real:
                 self._next_real = following
-                self._real_top = following - self.n_senders
+                # Never lower: this member's own last message may be later in the order, and
+                # the nulls between the two are what it waits for (see _nulls_wait).
+                if following - self.n_senders > self._real_top:
+                    self._real_top = following - self.n_senders
         if received > self.sst.mine["received_num"][pos]:  # type: ignore[index]
             if nulls == len(fresh) and self._nulls_wait(have * self.n_senders + pos, nulls):
                 self._deferred_nulls += nulls
