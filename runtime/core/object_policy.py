@@ -25,9 +25,10 @@ class ObjectPolicy:
     ``max_object_size``: larger payloads are refused at the sender (``ObjectTooLarge``).
     ``max_objects``: objects in flight at one node in any role, shared among the node's shards
     (``shard_capacity``); each sender of a shard of ``n`` senders keeps at most
-    ``max(1, max_objects // n)`` of its own objects undelivered (``quota``). ``max_bytes``: the
-    sizes of the objects a node starts, together (received ones are bounded by the count times
-    ``max_object_size``). ``window``: blocks of one object in flight per link (credits).
+    ``max(1, max_objects // n)`` of its own objects undelivered (``quota``). ``max_bytes``: a node
+    takes a slot for an object of its own only while all it holds in flight (and its own
+    objects waiting for their turn) stay within it with that object (received objects are
+    bounded by the count times ``max_object_size``). ``window``: blocks of one object in flight per link (credits).
     Every member of a group runs with the same policy: a node's admission relies on the other
     senders' quotas (see :mod:`runtime.core.object_transfers`)."""
 
@@ -79,7 +80,8 @@ class ObjectPolicy:
     def transfer_config(self, shards: int = 1) -> TransferConfig:
         """The engine's limits for a node in ``shards`` shards: its guards, never reached when
         admission (:class:`runtime.core.object_transfers.NodeObjects`) keeps each shard within
-        ``shard_capacity`` and the node's own objects within ``max_bytes``."""
+        ``shard_capacity`` (bytes are checked before an own object's slot is taken, never
+        after: see there)."""
         room = max(self.max_objects, shards)  # shard_capacity summed over the shards
         return TransferConfig(
             window=self.window,

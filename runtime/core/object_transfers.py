@@ -13,8 +13,8 @@ by objects that wait for room at another node. Each shard gets its own room at a
 
 - When the senders' quotas together fit the node's room for the shard (the default limits, one
   shard: 3 senders x 2 objects within 8), no object of the shard ever waits for room there:
-  each is admitted as it arrives, and a sender starts its own only when there is room now
-  (back-pressure before its slot is taken, as before).
+  each is admitted as it arrives, and a sender takes a slot for its own only when there is
+  room now (back-pressure before its slot is taken, as before).
 - Otherwise (fewer ``max_objects`` than senders, each sender's quota being at least one
   object; or a node in several shards) objects are admitted **in the shard's total order**:
   the node admits the object in global slot ``g``, its own or another's, only once it holds
@@ -28,10 +28,12 @@ by objects that wait for room at another node. Each shard gets its own room at a
   little in latency: a receiver waits for them to deliver the object anyway, and the sender's
   first block waits for a receiver's credit, which comes no earlier.
 
-Bytes hold only what a node starts: its own objects' sizes stay within ``max_bytes``, counted
-here, apart from the objects it receives (bounded by the count times ``max_object_size``). A
-start that waited on received bytes could wait on another shard's objects, which could wait
-on it. The engine's own limits are guards this admission never reaches.
+Bytes are back-pressure on a node's own objects only, before their slots are taken: a sender
+takes a slot for an object only while what its node holds in flight, with its own objects
+waiting for their turn, stays within ``max_bytes`` together with it. Once its slot is taken an
+object waits for count room alone: a start that waited on bytes there could wait on received
+objects of another shard that wait on it. The engine's limits are guards admission never
+reaches (``ObjectPolicy.transfer_config``).
 """
 
 from __future__ import annotations
@@ -144,8 +146,8 @@ class NodeObjects:
         self.policy = policy
         self.engine = TransferEngine(node, policy.transfer_config())
         self._rooms: dict[ShardStream, _ShardRoom] = {}
-        self._admitted: dict[ObjectId, int] = {}  # in flight here -> bytes it counts as own
-        self._own_bytes = 0
+        self._admitted: set[ObjectId] = set()
+        self._queued_own = 0  # bytes of this node's objects waiting for their turn
 
     def open_view(self, vid: int, senders: Mapping[int, int]) -> dict[int, bool]:
         """The shards of view ``vid`` this node is in, by stream, with their senders: give
@@ -162,12 +164,14 @@ class NodeObjects:
         return ordered
 
     def room(self, key: ShardStream, size: int) -> bool:
-        """Whether this node can start an object of ``size`` bytes in shard ``key`` now (a
-        shard admitting on arrival; objects waiting for room come first)."""
+        """Whether this node may take a slot in shard ``key`` for an object of its own of
+        ``size`` bytes now: what it holds and its own objects waiting, with this one, stay
+        within ``max_bytes``; in a shard admitting on arrival, the shard has room now too
+        (objects waiting for it come first)."""
         r = self._rooms.get(key)
-        return (
-            r is not None and not r.waiting and r.held < r.capacity and self._own_bytes + size <= self.policy.max_bytes
-        )
+        if r is None or self.engine.bytes_in_flight + self._queued_own + size > self.policy.max_bytes:
+            return False
+        return r.ordered or (not r.waiting and r.held < r.capacity)
 
     @property
     def waiting(self) -> int:
@@ -175,29 +179,30 @@ class NodeObjects:
 
     def admit(self, item: Admission, out: Sorted) -> None:
         """Start one of this node's objects or open another's (its shard releases them in
-        the order they must be admitted): now, or once there is room."""
+        the order they must be admitted): now, or once the shard has room."""
         oid = item.descriptor.oid if isinstance(item, StartSending) else item.oid
         r = self._rooms.get((oid.vid, oid.stream))
         if r is None:
             return  # a shard of a view this node has left: nothing of it moves any more
+        if isinstance(item, StartSending):
+            self._queued_own += item.descriptor.size
         r.waiting.append(item)
         self._drain(r, out)
 
     def _drain(self, r: _ShardRoom, out: Sorted) -> None:
         while r.waiting and r.held < r.capacity:
             item = r.waiting[0]
-            own = item.descriptor.size if isinstance(item, StartSending) else 0
-            if own and self._own_bytes + own > self.policy.max_bytes:
-                return
-            d = item.descriptor if isinstance(item, StartSending) else item
+            start = isinstance(item, StartSending)
             try:
                 effects = self.engine.step(item if isinstance(item, StartSending) else ObjectAnnounced(item))
             except TooManyObjects:
                 return  # the engine's guard: admission keeps within it, so only a bug meets it
             r.waiting.popleft()
             r.held += 1
-            self._admitted[d.oid] = own
-            self._own_bytes += own
+            d = item.descriptor if isinstance(item, StartSending) else item
+            if start:
+                self._queued_own -= d.size
+            self._admitted.add(d.oid)
             self._sort(effects, out)
 
     def arrived(self, event: TransferInput, out: Sorted) -> None:
@@ -206,7 +211,9 @@ class NodeObjects:
     def end_epoch(self, vid: int, out: Sorted) -> None:
         """Views up to ``vid`` are over: their transfers end, objects of them waiting for
         room are dropped."""
-        self._rooms = {key: r for key, r in self._rooms.items() if key[0] > vid}
+        for key in [key for key in self._rooms if key[0] <= vid]:
+            r = self._rooms.pop(key)
+            self._queued_own -= sum(i.descriptor.size for i in r.waiting if isinstance(i, StartSending))
         self._sort(self.engine.step(EpochEnded(vid)), out)
 
     def retry(self, out: Sorted) -> None:
@@ -215,11 +222,10 @@ class NodeObjects:
             self._drain(r, out)
 
     def _left(self, oid: ObjectId) -> None:
-        """``oid`` left the engine: its room (and its bytes, if it is this node's) are free."""
-        own = self._admitted.pop(oid, None)
-        if own is None:
+        """``oid`` left the engine: its shard's room is free."""
+        if oid not in self._admitted:
             return
-        self._own_bytes -= own
+        self._admitted.discard(oid)
         r = self._rooms.get((oid.vid, oid.stream))
         if r is not None:
             r.held -= 1

@@ -183,7 +183,7 @@ class ShardMulticast:
         transfer engine's limits); ``object_order``: the node admits this shard's objects in
         its total order (see :mod:`runtime.core.object_transfers`): each is handed over once
         every message before its slot is held here, and a sender's own waits there for room
-        rather than before its slot is taken. All three matter only with ``config.objects``."""
+        after its slot is taken. All three matter only with ``config.objects``."""
         if my_node not in members:
             raise ValueError(f"node {my_node} is not a member of shard {shard!r}")
         if len(set(members)) != len(members):
@@ -383,7 +383,7 @@ class ShardMulticast:
             )
         if objects.own_undelivered(pos) >= objects.quota:
             return 0
-        if not objects.ordered and self._object_room is not None and not self._object_room(len(data)):
+        if self._object_room is not None and not self._object_room(len(data)):
             return 0
         d = objects.start(pos, self.sent, data)
         self._buf[pos].append(d)

@@ -151,16 +151,21 @@ def test_the_engine_guard_covers_every_shards_room_and_bytes(shards: int) -> Non
     assert guard.max_bytes >= policy.max_bytes
 
 
-def test_a_node_start_waits_for_its_own_bytes_not_for_received_ones() -> None:
-    """max_bytes holds the objects a node starts: node 1 receives node 2's object of 2,500
-    bytes (max_bytes 3,000) and may still start its own of 2,500 at once."""
-    policy = replace(POLICY, max_object_size=3000, max_bytes=3000, max_objects=8)
+@pytest.mark.parametrize("max_objects", [1, 8])
+def test_bytes_hold_a_sender_back_before_its_slot_never_after(max_objects: int) -> None:
+    """max_bytes 3,000: node 1 holds node 2's object of 2,500 bytes, so its own of 2,500 is
+    not taken (no slot, nothing waits on it) until that one is released; then it goes. With
+    room for one object (admitted in total order) as with room for eight."""
+    policy = replace(POLICY, max_object_size=3000, max_bytes=3000, max_objects=max_objects)
     net = ShardNet((1, 2), replace(CONFIG, objects=policy))
-    assert net.send(2, blob(2500, 2)) == 1
+    theirs, mine = blob(2500, 2), blob(2500, 1)
+    assert net.send(2, theirs) == 1
     net.settle_messages()
     objects = net.cores[1].objects
     assert objects is not None and len(objects.engine.in_flight()) == 1
-    assert net.send(1, blob(2500, 1)) == 1
-    assert len(objects.engine.in_flight()) == 2
+    assert net.send(1, mine) == 0
     net.settle()
-    assert sorted(net.payloads(1)) == sorted(net.payloads(2)) and len(net.payloads(1)) == 2
+    assert objects.engine.in_flight() == ()
+    assert net.send(1, mine) == 1
+    net.settle()
+    assert net.payloads(1) == net.payloads(2) == [theirs, mine]
