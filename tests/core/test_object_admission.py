@@ -12,11 +12,14 @@ then lets everything run.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 
 import pytest
 
 from runtime.core.object_policy import ObjectPolicy
+from runtime.core.object_transfers import NodeObjects, Sorted
+from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectId, describe
 from runtime.core.rdmc_transfer import TransferConfig
 from tests.core.shard_net import ShardNet
 from tests.core.test_object_gating import CONFIG, POLICY, blob
@@ -169,3 +172,34 @@ def test_bytes_hold_a_sender_back_before_its_slot_never_after(max_objects: int) 
     assert net.send(1, mine) == 1
     net.settle()
     assert net.payloads(1) == net.payloads(2) == [theirs, mine]
+
+
+def announced(stream: int, sender: int, members: tuple[int, ...] = (2, 1, 3)) -> ObjectDescriptor:
+    members = (sender, *(m for m in members if m != sender))
+    return describe(ObjectId(sender, 0, 0, stream), members, blob(600, sender), POLICY.block_size, POLICY.kind)
+
+
+# (max_objects, the node's shards (stream -> senders), announcements in arrival order as
+# (stream, sender)) -> how many are admitted now, per stream
+SHARD_ROOMS = [
+    (2, {0: 3, 1: 3}, [(0, 2), (0, 3), (1, 3)], {0: 1, 1: 1}),
+    (2, {0: 3, 1: 3, 2: 3}, [(0, 2), (1, 2), (2, 2), (2, 3)], {0: 1, 1: 1, 2: 1}),
+    (4, {0: 3, 1: 3}, [(0, 2), (0, 3), (1, 2), (1, 3)], {0: 2, 1: 2}),
+    (8, {0: 3}, [(0, 2), (0, 3)], {0: 2}),
+]
+
+
+@pytest.mark.parametrize(("max_objects", "shards", "arrivals", "admitted"), SHARD_ROOMS)
+def test_each_shard_has_its_own_room_at_a_node(
+    max_objects: int, shards: dict[int, int], arrivals: list[tuple[int, int]], admitted: dict[int, int]
+) -> None:
+    """A node's shards do not take each other's room (their orders are unrelated, so a wait
+    across two of them could close a cycle neither order breaks); each has at least one."""
+    node = NodeObjects(1, replace(POLICY, max_objects=max_objects))
+    node.open_view(0, shards)
+    out = Sorted()
+    for stream, sender in arrivals:
+        node.admit(announced(stream, sender), out)
+    held = Counter(oid.stream for oid in node.engine.in_flight())
+    assert dict(held) == admitted
+    assert node.waiting == len(arrivals) - sum(admitted.values())
