@@ -20,6 +20,7 @@ between two events beyond the heartbeat interval is credited to every peer's sus
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Sequence
 
 from runtime.core.effects import ContactSend, Outgoing, Ready, Rejected
@@ -194,11 +195,8 @@ class NodeCore:
             return
         out = Sorted()
         for smc in self.shards.values():
-            starts, announced = smc.take_object_work()
-            for start in starts:
-                objects.start(start, out)
-            for d in announced:
-                objects.announce(d, out)
+            for item in smc.take_object_work():
+                objects.admit(item, out)
         self._apply_transfers(out)
 
     def _apply_transfers(self, out: Sorted) -> None:
@@ -498,7 +496,11 @@ class NodeCore:
         self._streams = {}
         self.membership = Membership(view, self.node_id, cfg.membership, self.now, self._freeze, carried)
         streams = {sid: i for i, sid in enumerate(view.layout.shards)}
-        for sid in view.my_shards(self.node_id):
+        mine = view.my_shards(self.node_id)
+        order: dict[int, bool] = {}
+        if self.objects is not None:
+            order = self.objects.open_view(view.vid, {streams[s]: len(view.layout.members_of(s)) for s in mine})
+        for sid in mine:
             smc = ShardMulticast(
                 sid,
                 view.layout.members_of(sid),
@@ -508,7 +510,8 @@ class NodeCore:
                 vid=view.vid,
                 persisted=self._persisted.get(sid, 0),
                 stream=streams[sid],
-                object_room=self.objects.room if self.objects is not None else None,
+                object_room=partial(self.objects.room, (view.vid, streams[sid])) if self.objects is not None else None,
+                object_order=order.get(streams[sid], False),
             )
             smc.resend = resend.pop(sid, [])
             self.shards[sid] = smc

@@ -23,10 +23,14 @@ class ObjectPolicy:
     """``threshold``: payloads above it go as objects (at most the shard's
     ``max_message_size``). ``block_size``, ``kind``: how each object is cut and scheduled.
     ``max_object_size``: larger payloads are refused at the sender (``ObjectTooLarge``).
-    ``max_objects``, ``max_bytes``: objects in flight at one node in any role; each sender of a
-    shard of ``n`` senders keeps at most ``max(1, max_objects // n)`` of its own objects
-    undelivered, so a shard's senders together stay within every member's limit.
-    ``window``: blocks of one object in flight per link (credits)."""
+    ``max_objects``: objects in flight at one node in any role, shared among the node's shards
+    (``shard_capacity``); each sender of a shard of ``n`` senders keeps at most
+    ``max(1, max_objects // n)`` of its own objects undelivered (``quota``). ``max_bytes``: a node
+    takes a slot for an object of its own only while all it holds in flight (and its own
+    objects waiting for their turn) stay within it with that object (received objects are
+    bounded by the count times ``max_object_size``). ``window``: blocks of one object in flight per link (credits).
+    Every member of a group runs with the same policy: a node's admission relies on the other
+    senders' quotas (see :mod:`runtime.core.object_transfers`)."""
 
     threshold: int = 1 << 20
     block_size: int = 1 << 20
@@ -58,11 +62,31 @@ class ObjectPolicy:
         """Objects one sender of a shard of ``senders`` senders may have undelivered."""
         return max(1, self.max_objects // max(1, senders))
 
-    def transfer_config(self) -> TransferConfig:
+    def shard_capacity(self, shards: int) -> int:
+        """Objects of one shard a node in ``shards`` shards admits at once: its share of
+        ``max_objects``, and at least one (or a shard could never move an object). Shards do
+        not borrow each other's room: one shard's objects then never wait on another's, so no
+        wait crosses shards (their orders are unrelated, a cycle through two could not be
+        broken by either)."""
+        return max(1, self.max_objects // max(1, shards))
+
+    def admits_on_arrival(self, senders: int, shards: int) -> bool:
+        """Whether a node in ``shards`` shards can admit each object of a shard of ``senders``
+        senders as it arrives: the senders' quotas together fit its room for the shard, so no
+        object of the shard ever waits for room there. Else it admits them in the shard's total
+        order (see :class:`runtime.core.object_transfers.NodeObjects`)."""
+        return senders * self.quota(senders) <= self.shard_capacity(shards)
+
+    def transfer_config(self, shards: int = 1) -> TransferConfig:
+        """The engine's limits for a node in ``shards`` shards: its guards, never reached when
+        admission (:class:`runtime.core.object_transfers.NodeObjects`) keeps each shard within
+        ``shard_capacity`` (bytes are checked before an own object's slot is taken, never
+        after: see there)."""
+        room = max(self.max_objects, shards)  # shard_capacity summed over the shards
         return TransferConfig(
             window=self.window,
-            max_objects=self.max_objects,
-            max_bytes=self.max_bytes,
+            max_objects=room,
+            max_bytes=max(self.max_bytes, room * self.max_object_size),
             max_object_size=self.max_object_size,
             max_blocks=self.max_blocks,
         )

@@ -176,10 +176,14 @@ class ShardMulticast:
         persisted: int = 0,
         stream: int = 0,
         object_room: Callable[[int], bool] | None = None,
+        object_order: bool = False,
     ) -> None:
         """``stream``: this shard's index among the view's shards (names its objects);
         ``object_room(size)``: whether this node can start an object of that size now (its
-        transfer engine's limits); both matter only with ``config.objects``."""
+        transfer engine's limits); ``object_order``: the node admits this shard's objects in
+        its total order (see :mod:`runtime.core.object_transfers`): each is handed over once
+        every message before its slot is held here, and a sender's own waits there for room
+        after its slot is taken. All three matter only with ``config.objects``."""
         if my_node not in members:
             raise ValueError(f"node {my_node} is not a member of shard {shard!r}")
         if len(set(members)) != len(members):
@@ -202,6 +206,7 @@ class ShardMulticast:
             self.objects = ShardObjects(
                 config.objects, self.members, [self.members[r] for r in sender_ranks], vid, stream
             )
+            self.objects.ordered = object_order
         self._object_room = object_room
         # Undelivered messages per sender position, the sender index of each list's head, and
         # how many of each list are nulls (so a batch without nulls is delivered without a
@@ -509,7 +514,10 @@ class ShardMulticast:
             following = (have + last + 1) * self.n_senders + pos
             if following > self._next_real:
                 self._next_real = following
-                self._real_top = following - self.n_senders
+                # Never lower: this member's own last message may be later in the order, and
+                # the nulls between the two are what it waits for (see _nulls_wait).
+                if following - self.n_senders > self._real_top:
+                    self._real_top = following - self.n_senders
         if received > self.sst.mine["received_num"][pos]:  # type: ignore[index]
             if nulls == len(fresh) and self._nulls_wait(have * self.n_senders + pos, nulls):
                 self._deferred_nulls += nulls
@@ -561,15 +569,19 @@ class ShardMulticast:
         if received > self.sst.mine["received_num"][pos]:  # type: ignore[index]
             self.sst.set_item("received_num", pos, received)
 
-    def take_object_work(self) -> tuple[list[StartSending], list[ObjectDescriptor]]:
-        """Objects to start and descriptors to announce to the node's transfer engine, in the
-        order they arose (a sender's objects in their order)."""
+    def take_object_work(self) -> list[StartSending | ObjectDescriptor]:
+        """Objects due for the node's transfer engine, in the order they must be admitted:
+        this member's own to start, others' descriptors to announce."""
         objects = self.objects
-        if objects is None or not (objects.to_start or objects.to_announce):
-            return [], []
-        starts, objects.to_start = objects.to_start, []
-        announced, objects.to_announce = objects.to_announce, []
-        return starts, announced
+        if objects is None:
+            return []
+        if objects.not_due:
+            buf, base = self._buf, self._buf_base
+            objects.release(ordering.delivery_frontier([base[p] + len(buf[p]) for p in range(self.n_senders)]))
+        if not objects.due:
+            return []
+        due, objects.due = objects.due, []
+        return due
 
     # ---------------------------------------------------------------- stability
     def _frontier(self) -> int:

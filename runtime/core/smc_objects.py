@@ -8,13 +8,17 @@ change trims at the same counts, so an object is delivered at every survivor or 
 
 This module keeps the per-sender state that takes: the slots of descriptors not complete here
 (``pending``), the bytes of objects held here until they are delivered (``held``: the sender's
-own data (with its digest) from the start, a receiver's buffer from completion), the descriptors to announce to
-the node's transfer engine and the objects to start. :class:`runtime.core.smc.ShardMulticast`
-owns one and asks it; the node core moves the queues to and from the engine.
+own data (with its digest) from the start, a receiver's buffer from completion), and the objects
+to admit to the node's transfer engine (this member's own to start, others' descriptors to
+announce). :class:`runtime.core.smc.ShardMulticast` owns one and asks it; the node core moves
+what is due to the engine. In a shard admitted in its total order (``ordered``, see
+:mod:`runtime.core.object_transfers`), an object is due only once this member holds every
+message before its slot, and objects are due in slot order.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Sequence
 
@@ -47,8 +51,13 @@ class ShardObjects:
         # This member's own objects (Digested: a resend in the next view needs no new pass) and
         # the receive buffers of others' objects that are whole here.
         self.held: list[dict[int, Digested | memoryview]] = [{} for _ in range(n)]
-        self.to_start: list[StartSending] = []
-        self.to_announce: list[ObjectDescriptor] = []
+        self.n_senders = n
+        # Objects to admit, in the order they are due: as they arise, or (``ordered``) in slot
+        # order once every message before the slot is held here, via the heap of those not due
+        # yet (global slot index first: unique, so the items are never compared).
+        self.ordered = False
+        self.due: list[StartSending | ObjectDescriptor] = []
+        self._later: list[tuple[int, StartSending | ObjectDescriptor]] = []
 
     def transfer_members(self, pos: int) -> tuple[int, ...]:
         """The transfer's member list for objects of sender ``pos``: the sender first, then the
@@ -69,7 +78,7 @@ class ShardObjects:
         data, digest = (payload.data, payload.digest) if isinstance(payload, Digested) else (payload, None)
         d = describe(oid, self.transfer_members(pos), data, self.policy.block_size, self.policy.kind, digest)
         self.held[pos][k] = payload if isinstance(payload, Digested) else Digested(data, d.digest)
-        self.to_start.append(StartSending(d, data))
+        self._arose(pos, k, StartSending(d, data))
         return d
 
     # ---------------------------------------------------------------- receiver
@@ -90,7 +99,25 @@ class ShardObjects:
     def take(self, pos: int, k: int, d: ObjectDescriptor) -> None:
         """A checked descriptor arrived in sender ``pos``'s slot ``k``."""
         self.pending[pos].append(k)
-        self.to_announce.append(d)
+        self._arose(pos, k, d)
+
+    def _arose(self, pos: int, k: int, item: StartSending | ObjectDescriptor) -> None:
+        if self.ordered:
+            heapq.heappush(self._later, (k * self.n_senders + pos, item))
+        else:
+            self.due.append(item)
+
+    @property
+    def not_due(self) -> int:
+        """Objects waiting for the messages before their slots (``ordered`` only)."""
+        return len(self._later)
+
+    def release(self, frontier: int) -> None:
+        """This member holds every message before global index ``frontier``: the objects in
+        slots below it are due, in slot order."""
+        later = self._later
+        while later and later[0][0] < frontier:
+            self.due.append(heapq.heappop(later)[1])
 
     def received_bound(self, pos: int, held: int) -> int:
         """What ``received_num`` of sender ``pos`` may say when ``held`` of its messages are
