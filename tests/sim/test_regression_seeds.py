@@ -28,3 +28,12 @@ def test_joiner_started_during_a_majority_stall_gets_in() -> None:
     deferral of null receipts changed the logs the stall's minority is chosen by."""
     result = run_seed(196, faults="all")
     assert result.ok, result.violations
+
+
+def test_three_senders_objects_with_room_for_two_at_a_node() -> None:
+    """Seed 161 without faults draws ``max_objects`` 2 for 3 senders: admitted on arrival,
+    nodes that opened different pairs of objects waited on each other for ever (with
+    ``_real_top`` never lowered, the run stopped at virtual 30 s). Objects are now admitted
+    in the shard's total order when the senders' quotas exceed a node's room."""
+    result = run_seed(161, faults="none")
+    assert result.ok, result.violations
