@@ -438,13 +438,13 @@ def objects(ctx: Context) -> list[Row]:
         if one_mb.get(row["tls"]):
             row["vs_1mb"] = row["MB_per_s"] / one_mb[row["tls"]]
         rows.append(row)
-    for tls in ("off", "on"):
-        hit = [r for r in rows if r.get("tls") == tls and r.get("size") == 100 * MB and r.get("senders") == 1]
+    for mode in ("off", "on"):
+        hit = [r for r in rows if r.get("tls") == mode and r.get("size") == 100 * MB and r.get("senders") == 1]
         hit = [r for r in hit if r.get("schedule") == "binomial"]
         if hit and tcp:
             r = hit[0]
             ctx.note(
-                f"100 MB objects, 1/3 send, TLS {tls}: {r['MB_per_s']:,.0f} MB/s per receiver = "
+                f"100 MB objects, 1/3 send, TLS {mode}: {r['MB_per_s']:,.0f} MB/s per receiver = "
                 f"{r['MB_per_s'] / tcp:.0%} of one loopback TCP stream ({tcp:,.0f} MB/s)"
                 + (f", {r['vs_1mb']:.1f}x the 1 MB-message rate" if "vs_1mb" in r else "")
             )
