@@ -9,8 +9,9 @@ copy through user space. Three things must hold, and the node says at start whic
   ``tls`` loaded, a kernel built with ``CONFIG_TLS``);
 - Python's ``ssl`` module can ask OpenSSL for it (``ssl.OP_ENABLE_KTLS``, Python 3.12+);
 - the connection's TLS runs on a socket BIO. This one fails everywhere today: the node's
-  connections are asyncio transports, whose TLS runs OpenSSL over memory BIOs
-  (``ssl.MemoryBIO``), and kernel TLS can only take over a socket OpenSSL writes itself.
+  connections run OpenSSL over memory BIOs (``ssl.MemoryBIO``, in
+  ``runtime/drivers/tls_stream.py``, so that TLS fits the event loop), and kernel TLS can
+  only take over a socket OpenSSL writes itself.
 
 So the node never uses kernel TLS yet, and reports each missing piece, so an operator knows
 what a kernel, a Python or a driver change would buy.
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 ULP_PATH = "/proc/sys/net/ipv4/tcp_available_ulp"
-MEMORY_BIO = "the node's TLS runs over asyncio's memory BIOs, which kernel TLS cannot take over"
+MEMORY_BIO = "the node's TLS runs OpenSSL over memory BIOs on its event loop, which kernel TLS cannot take over"
 
 __all__ = ["KernelTls", "kernel_tls"]
 
