@@ -194,60 +194,27 @@ class TlsStream(asyncio.BufferedProtocol):
             self._raw.abort()
 
     def _read_records(self) -> None:
-        """Decrypt every whole record the incoming BIO holds; hand them on as one ``bytes``
-        (or, to an application that is a ``BufferedProtocol``, into its own buffers)."""
-        if self._into_app:
-            self._read_into_app()
-            return
-        sslobj, incoming, view = self.ssl_object, self._incoming, self._plain_view
+        """Decrypt every whole record the incoming BIO holds. An application that is a
+        ``BufferedProtocol`` gets them in its own buffers (``get_buffer``), as asyncio's TLS
+        layer does it: the node's connections give the place of a large object's block while
+        its body arrives, so those bytes are decrypted where they belong. Any other gets them
+        as one ``bytes`` (several, if they overflow the shared buffer)."""
+        sslobj, incoming, app, view = self.ssl_object, self._incoming, self.app, self._plain_view
         read: Any = sslobj.read  # with a buffer it returns the count (typeshed says bytes)
-        got = 0
-        eof = False
-        error: BaseException | None = None
-        room = len(view)
-        while True:
-            if got > room - (17 << 10):  # not enough room for one more record: hand on what we have
-                self._deliver(bytes(view[:got]))
-                got = 0
-                if self._closing:
-                    return
-            try:
-                n = read(room - got, view[got:])
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:  # close_notify
-                eof = True
-                break
-            except (ssl.SSLError, OSError) as exc:
-                error = exc
-                break
-            if not n:  # close_notify (the ssl module reports it as a read of nothing)
-                eof = True
-                break
-            got += n
-            if not incoming.pending and not sslobj.pending():
-                break
-        if got:
-            self._deliver(bytes(view[:got]))
-        if self._outgoing.pending:  # a key update or a ticket answered while reading
-            self._send_outgoing()
-        if error is not None:
-            self._fatal(error)
-        elif eof and not self._closing:
-            self.app.eof_received()
-            self.close()
-
-    def _read_into_app(self) -> None:
-        """Decrypt straight into the buffers the application gives (``get_buffer``), as
-        asyncio's TLS layer does for a ``BufferedProtocol``: the node's connections give the
-        place of a large object's block while its body arrives, so those bytes are decrypted
-        where they belong, with no copy on the way."""
-        sslobj, incoming, app = self.ssl_object, self._incoming, self.app
-        read: Any = sslobj.read
+        into_app = self._into_app
+        got = 0  # decrypted bytes held in ``view`` (not into_app)
         eof = False
         error: BaseException | None = None
         while not self._closing:
-            buf = app.get_buffer(-1)
+            if into_app:
+                buf = app.get_buffer(-1)
+            else:
+                if got > len(view) - (17 << 10):  # no room for one more record: hand on what we have
+                    self._deliver(bytes(view[:got]))
+                    got = 0
+                    if self._closing:
+                        return
+                buf = view[got:]
             try:
                 n = read(len(buf), buf)
             except ssl.SSLWantReadError:
@@ -261,9 +228,14 @@ class TlsStream(asyncio.BufferedProtocol):
             if not n:  # close_notify (the ssl module reports it as a read of nothing)
                 eof = True
                 break
-            app.buffer_updated(n)
+            if into_app:
+                app.buffer_updated(n)
+            else:
+                got += n
             if not incoming.pending and not sslobj.pending():
                 break
+        if got:
+            self._deliver(bytes(view[:got]))
         if self._outgoing.pending:  # a key update or a ticket answered while reading
             self._send_outgoing()
         if error is not None:
