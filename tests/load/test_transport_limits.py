@@ -573,7 +573,11 @@ def observe(c: LocalCluster, node: int) -> dict[str, Any]:
 
 
 def view_of(c: LocalCluster, node: int) -> tuple[int, list[int]]:
+    """Node ``node``'s view (id, members); ``(-1, [])`` while it has none yet (a restarted
+    node answers status before it installs the view the others already hold: CI saw it)."""
     st = observe(c, node)
+    if "vid" not in st:
+        return -1, []
     return st["vid"], [m for m, _ in st["members"]]
 
 
