@@ -113,7 +113,20 @@ def minority_accepted(cluster: SimCluster) -> None:
         (CHANGING, survivor_misses_last_message, {"virtual-synchrony"}),
         (CHANGING, minority_accepted, {"majority"}),
     ],
-    ids=lambda x: getattr(x, "__name__", None) or ("changing" if x is CHANGING else "clean" if x is CLEAN else str(x)),
+    # sets named sorted: test ids must not depend on the hash seed (pytest-xdist's workers
+    # compare their collections)
+    ids=lambda x: (
+        getattr(x, "__name__", None)
+        or (
+            "changing"
+            if x is CHANGING
+            else "clean"
+            if x is CLEAN
+            else "+".join(sorted(x))
+            if isinstance(x, set)
+            else str(x)
+        )
+    ),
 )
 def test_checker_catches_corruption(run: dict, corrupt: Callable[[SimCluster], None], invariant: set[str]) -> None:
     clean = run_seed(**run)
