@@ -55,7 +55,8 @@ def payload(size: int, node: int, stamp: int) -> bytearray:
 
 
 class _App:
-    """Sends ``count`` objects once the shard has every node, logs every delivery."""
+    """Sends ``--send`` objects once the view has every node and the test's go file exists;
+    logs every delivery."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -63,6 +64,7 @@ class _App:
         self.shard: Any = None
         self.sent = 0
         self.go = False
+        self.waiting = False  # the go file is being watched for
         self.base = pattern(args.size, args.id) if args.send else bytearray()  # built before the loop runs
         self.log = open(args.out, "a", encoding="ascii")  # noqa: SIM115 (open for the process's life)
         self.pool = ThreadPoolExecutor(1)  # hashes and logs deliveries in order, off the loop
@@ -75,7 +77,8 @@ class _App:
     def on_view(self, view: Any) -> None:
         mine = view.my_shards(self.args.id)
         self.shard = mine[0] if mine else None
-        if self.args.send and not self.go and view.n >= self.args.nodes:
+        if self.args.send and not (self.go or self.waiting) and view.n >= self.args.nodes:
+            self.waiting = True
             self._wait_for_go()
         self._pump()
 
