@@ -5,53 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import select
-import selectors
 from typing import Any, Callable, Coroutine, TypeVar
 
 log = logging.getLogger("derecho.node")
 
 T = TypeVar("T")
-
-# Waits shorter than this are timed to the microsecond (see :func:`sharpen_timers`); longer
-# ones keep epoll's millisecond (at most 1 ms late on 20 ms and more: 5%).
-FINE_WAIT_BELOW = 0.02
-
-# select()'s descriptor limit (FD_SETSIZE): an epoll descriptor above it cannot be waited on so.
-_SELECT_FD_LIMIT = 1024
-
-
-def sharpen_timers(loop: asyncio.AbstractEventLoop) -> bool:
-    """Make ``loop``'s timers fire on time, not up to a millisecond late; True if it did.
-
-    asyncio sleeps in ``epoll_wait``, whose timeout is in whole milliseconds, rounded up: a
-    timer due in 0.3 ms (a paced app's next tick, the core's next null message or lazy push)
-    fires after 1 ms, on average half a millisecond late, which at low rate is a third of a
-    message's latency. For waits under ``FINE_WAIT_BELOW`` the loop's epoll descriptor
-    itself is waited on with ``select()`` (microseconds), and epoll is read without waiting
-    only when it has events. A wait that ends on an event costs one system call more; under
-    load the loop rarely sleeps at all. Only asyncio's own epoll loop is changed (uvloop and
-    others keep theirs).
-    """
-    sel = getattr(loop, "_selector", None)
-    if type(sel) is not selectors.EpollSelector:
-        return False
-    epfd = sel.fileno()
-    if not 0 <= epfd < _SELECT_FD_LIMIT:
-        return False
-    coarse = sel.select
-    wait = select.select
-    watch = [epfd]
-
-    def fine(timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is not None and 0 < timeout < FINE_WAIT_BELOW:
-            if not wait(watch, (), (), timeout)[0]:
-                return []
-            timeout = 0
-        return coarse(timeout)
-
-    sel.select = fine  # type: ignore[method-assign]
-    return True
 
 
 def loop_factory(tls: bool = False) -> Callable[[], asyncio.AbstractEventLoop] | None:

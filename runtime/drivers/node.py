@@ -29,7 +29,7 @@ from runtime.core.rdmc_events import Refusal
 from runtime.core.status import AppStatus, NodeStatus
 from runtime.drivers.app_queue import AppQueue
 from runtime.drivers.client_door import ClientDoor, client_key
-from runtime.drivers.event_loop import run_loop, sharpen_timers
+from runtime.drivers.event_loop import run_loop
 from runtime.drivers.leader_word import LeaderWord
 from runtime.drivers.node_io import NodeIO
 from runtime.drivers.node_phases import NodeContext, NodeCounters, NodePhase, NotStarted, WaitingPhase
@@ -144,9 +144,7 @@ class NodeDriver:
             self._on_client_closed,
         )
         transport.block_sink = self._block_destination
-        loop = asyncio.get_running_loop()
-        sharpen_timers(loop)  # the core's timers and the app's, on time (not up to 1 ms late)
-        io = NodeIO(loop, transport, self._flush, self._tick)
+        io = NodeIO(asyncio.get_running_loop(), transport, self._flush, self._tick)
         ctx = self._attach(io)
         await io.transport.start()
         metrics = None
