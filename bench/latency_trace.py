@@ -26,6 +26,9 @@ the same in every process, as the latency stamps are):
 :func:`analyse` joins the files of all members: for sampled messages, the time from submit to
 the push leaving the sender, to its arrival at each member, to stability known there, to its
 delivery there; plus loop-turn statistics. ``python -m bench.latency_trace DIR`` prints it.
+
+:func:`virtual_latency` (``python -m bench.latency_trace --virtual``) measures the core's own
+waits in hops, with no processes: what the protocol adds, apart from the machine.
 """
 
 from __future__ import annotations
@@ -313,9 +316,101 @@ def analyse(folder: Path, sample: int = 400) -> dict[str, Any]:
     return {"stages_ms": summary, "turns": turns, "per_delivered_message": per_message}
 
 
+def virtual_latency(
+    senders: int,
+    hop: float,
+    period: float = 0.001,
+    batch: int = 1,
+    rounds: int = 400,
+    members: int = 3,
+    config: Any = None,
+) -> dict[str, float]:
+    """The protocol's own waits, without a machine's: ``members`` cores of one shard in one
+    process, the first ``senders`` of them sending ``batch`` messages every ``period`` seconds
+    (their phases spread evenly over it, as unsynchronised apps' ticks are), every frame
+    arriving ``hop`` seconds after it left, processing free, timers firing exactly.
+
+    Latency is in hops (submit to delivery, every member): 2 is the floor of all-to-all
+    stability (the push, then the acknowledgements). ``config``: the shard's
+    ``MulticastConfig`` (default: the node's). Also pushes per message (each to every
+    peer, counted once) and timer firings. Deterministic, so it shows what a change of the
+    core's null or push rules does to latency on a machine too loaded to measure it.
+    """
+    import heapq
+    import itertools
+    import math
+    import struct
+
+    from runtime.core.events import Tick
+    from runtime.core.layout import LayoutPolicy, ShardPolicy, compute_layout
+    from runtime.core.membership import MembershipConfig
+    from runtime.core.node_core import CoreConfig, NodeCore
+    from runtime.core.smc import MulticastConfig
+    from runtime.core.view import View
+
+    ids = tuple(range(1, members + 1))
+    policy = LayoutPolicy.of({"T": ShardPolicy(min_nodes=members, max_nodes=members)})
+    view = View(0, ids, tuple(f"n{m}" for m in ids), compute_layout(policy, ids))
+    quiet = MembershipConfig(heartbeat_interval=math.inf, suspicion_timeout=math.inf, join_retry=1.0)
+    cores = {m: NodeCore(m, f"n{m}", policy, CoreConfig(config or MulticastConfig(), quiet), view=view) for m in ids}
+    shard = view.my_shards(1)[0]
+    seq = itertools.count()
+    events: list[tuple[float, int, str, int, Any]] = []
+    for pos in range(senders):
+        for k in range(rounds):
+            events.append((0.01 + k * period + period * pos / senders, next(seq), "send", ids[pos], None))
+    heapq.heapify(events)
+    timers: dict[int, float] = {}
+    lat: list[float] = []
+    counts = {"pushes": 0, "ticks": 0}
+    end = 0.01 + rounds * period + 0.2
+    while events:
+        t, _, kind, node, data = heapq.heappop(events)
+        if t > end:
+            break
+        core = cores[node]
+        if kind == "send":
+            core.send(shard, [struct.pack("d", t) + b"x" * 92] * batch, t)
+        elif kind == "frame":
+            core.step(MessageArrived(t, data[0], data[1]))
+        else:
+            if timers.get(node) != data:
+                continue  # superseded by a later request
+            del timers[node]
+            counts["ticks"] += 1
+            core.step(Tick(t))
+        ready = core.ready()
+        for o in ready.outgoing:
+            if type(o.message) is ShardPush:
+                counts["pushes"] += 1
+            for dst in o.to:
+                heapq.heappush(events, (t + hop, next(seq), "frame", dst, (node, o.message)))
+        for d in ready.deliveries:
+            lat.extend(t - struct.unpack_from("d", p)[0] for p in d.messages.payloads())
+        w = ready.wakeup_at
+        if w is not None and timers.get(node) != w:
+            timers[node] = w
+            heapq.heappush(events, (max(w, t), next(seq), "tick", node, w))
+    lat.sort()
+    sent = senders * rounds * batch
+    return {
+        "p50_hops": round(lat[len(lat) // 2] / hop, 2),
+        "mean_hops": round(statistics.mean(lat) / hop, 2),
+        "p90_hops": round(lat[9 * len(lat) // 10] / hop, 2),
+        "delivered": len(lat),
+        "pushes_per_msg": round(counts["pushes"] / sent, 3),
+        "ticks_per_msg": round(counts["ticks"] / sent, 3),
+    }
+
+
 def main(argv: list[str]) -> int:
     import json
 
+    if argv and argv[0] == "--virtual":
+        for senders in (1, 3):
+            for hop in (0.0001, 0.0003):
+                print(f"{senders} sender(s), hop {hop * 1e6:.0f} us:", json.dumps(virtual_latency(senders, hop)))
+        return 0
     print(json.dumps(analyse(Path(argv[0])), indent=1))
     return 0
 
