@@ -36,7 +36,8 @@ class Blobs:
 
 
 FAST = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "1000"}
-EVERYONE = da.Layout({Blobs: da.ShardPolicy(min_nodes=3)})
+EVERYONE = da.Layout({Blobs: da.ShardPolicy(min_nodes=3, max_nodes=4)})
+NODES = {1, 2, 3, 4}  # every node a replica (the last test kills node 4: three stay)
 
 
 def _streams(cluster: da.LocalCluster, node: int) -> dict[str, int]:
@@ -66,7 +67,7 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[da.LocalCluster]:
     overrides = {**FAST, "limits.client_stream_bytes": str(160 << 20)}
     workdir = str(tmp_path_factory.mktemp("streams"))
-    with da.local_cluster(nodes=3, types=[Blobs], layout=EVERYONE, overrides=overrides, workdir=workdir) as c:
+    with da.local_cluster(nodes=4, types=[Blobs], layout=EVERYONE, overrides=overrides, workdir=workdir) as c:
         yield c
 
 
@@ -80,9 +81,9 @@ def test_100_mb_through_a_client_arrives_identical_at_every_replica(cluster: da.
         started = time.perf_counter()
         replies = blobs.put(data).wait_all(timeout=180)
         took = time.perf_counter() - started
-        assert set(replies) == {1, 2, 3}
+        assert set(replies) == NODES
         assert set(replies.values()) == {expected}
-        print(f"100 MB through a client to 3 replicas, TLS on: {took:.2f} s, {len(data) / took / 1e6:.0f} MB/s")
+        print(f"100 MB through a client to 4 replicas, TLS on: {took:.2f} s, {len(data) / took / 1e6:.0f} MB/s")
         logs = blobs.log().wait_all(timeout=30)
         assert all(v.count(expected) == 1 for v in logs.values()), "applied once at every replica"
     _wait(lambda: _streams(cluster, 2).get("held_bytes") == 0, 10, "the contact to free what it held")
@@ -112,7 +113,7 @@ def test_a_corrupted_block_is_refused_and_never_delivered(
         assert set(blobs.put(good).wait_all(timeout=60).values()) == {hashlib.sha256(good).hexdigest()}
         logs = blobs.log().wait_all(timeout=30)
         bad_digest = hashlib.sha256(data).hexdigest()
-        assert set(logs) == {1, 2, 3}
+        assert set(logs) == NODES
         assert all(bad_digest not in v for v in logs.values())
     assert _streams(cluster, 1)["refused"] >= 1
 
@@ -150,3 +151,34 @@ def test_a_client_gone_mid_stream_frees_its_buffer_at_the_contact(
         pending.get(timeout=5)
     _wait(lambda: _streams(cluster, 2) == {**_streams(cluster, 2), "streams": 0, "held_bytes": 0}, 10, "freed")
     _wait(lambda: _rss(cluster, 2) < base + (64 << 20), 10, "the contact's memory to fall back")
+
+
+def test_a_contact_lost_mid_stream_has_the_whole_call_sent_again_to_the_next(
+    cluster: da.LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Last in this module: it kills node 4 (kill -9) while a call streams to it; the client
+    sends the whole call again to its next contact, under the same number, and it is applied
+    once at every survivor."""
+    real = large_calls.block_frame
+    client = cluster.new_client(contacts=[cluster.address(4), cluster.address(1)])
+
+    def slow_at_first(call_id: int, offset: int, block: memoryview) -> tuple[bytes, memoryview]:
+        if client.connections == 1 and offset >= 4 << 20:
+            time.sleep(0.05)  # the first contact is killed while this crawls
+        return real(call_id, offset, block)
+
+    monkeypatch.setattr(large_calls, "block_frame", slow_at_first)
+    data = os.urandom(60 << 20)
+    expected = hashlib.sha256(data).hexdigest()
+    with client:
+        blobs = client.handle(Blobs)
+        pending = blobs.put(data)
+        _wait(lambda: _streams(cluster, 4).get("streams") == 1, 30, "the stream to start at node 4")
+        cluster.kill(4)
+        replies = pending.get(timeout=120)
+        assert client.connections >= 2 and client.connected_to == cluster.address(1)
+        assert set(replies.values()) == {expected}
+        assert {1, 2, 3} <= set(replies)
+        logs = blobs.log().get(timeout=30)
+        assert {1, 2, 3} <= set(logs)
+        assert all(v.count(expected) == 1 for n, v in logs.items() if n != 4), "applied once at every survivor"
