@@ -24,7 +24,7 @@ from derecho_actors.node.answer_queue import AnswerQueue, member_queue
 from derecho_actors.node.call_stats import UNKNOWN, CallStats
 from derecho_actors.node.client_answers import ClientAnswers, merged_entry
 from derecho_actors.node.client_outbox import ClientOutbox
-from derecho_actors.node.client_streams import ClientStreams
+from derecho_actors.node.client_stream_calls import proxy_streams
 from derecho_actors.node.client_table import ClientState, ClientTable, Limit, Proxied, Relay
 from derecho_actors.node.hosting import ReplicaHost
 from derecho_actors.node.inbound_calls import InboundCalls
@@ -95,7 +95,7 @@ class ClientProxy:
         self.stats = CallStats()  # clients' calls through this node (status, metrics)
         # The view as this proxy sees it (``self.view`` may be replaced: tests, the simulator).
         self.answers = ClientAnswers(node, lambda: self.view(), self.table, self.stats, out)
-        self.streams = ClientStreams.of(self, limits)  # calls too large for a frame, streamed in
+        self.streams = proxy_streams(self, limits)  # calls too large for a frame, streamed in
 
     # ------------------------------------------------------------------ calls
     def take_call(self, conn: ClientConn, msg: Call) -> None:
