@@ -162,7 +162,7 @@ class ClientStreams:
             )
         identity = describe(conn)[1]
         budget = identity or conn
-        self._expire(budget)
+        self._expire()
         mine = sum(1 for s in self.streams.values() if s.budget == budget)
         if mine >= limits.client_max_streams:
             return ClientLimit(
@@ -266,11 +266,12 @@ class ClientStreams:
             self.held.pop(budget, None)
         self.total -= size
 
-    def _expire(self, budget: Any) -> None:
-        """Delivered calls of ``budget`` never answered within ``ANSWER_WAIT``: taken as gone."""
+    def _expire(self) -> None:
+        """Delivered calls never answered within ``ANSWER_WAIT`` (a shard lost meanwhile): taken
+        as gone, so their bytes count against no one for ever (few: one per call delivered)."""
         now = self.node.monotonic()
         for key, (b, size, when) in list(self.sent.items()):
-            if b == budget and now - when > ANSWER_WAIT:
+            if now - when > ANSWER_WAIT:
                 del self.sent[key]
                 self._release(b, size)
 

@@ -244,3 +244,15 @@ def test_a_p2p_call_too_large_for_a_frame_is_refused_at_the_caller() -> None:
     streams.limit(1 << 20)
     with pytest.raises(PayloadTooLarge, match="make the method @ordered"):
         streams.wants(_request(2 << 20, ordered=False))
+
+
+def test_a_delivered_call_never_answered_stops_counting_after_a_while() -> None:
+    h = Harness(client_streams_total_bytes=12_000)
+    data = os.urandom(10_000)
+    h.send(Conn(1), 1, data)
+    assert h.streams.total == 10_000 and len(h.delivered) == 1
+    h.streams.on_data(Conn(2), start_frame(1, ("Blobs", 0, 0), "put", 1, 5000, bytes(32))[11:])
+    assert "client_streams_total_bytes" in str(h.refused[-1][1])  # the first still counts
+    h.node.now += 121  # no answer ever came (its shard lost): taken as gone
+    h.streams.on_data(Conn(2), start_frame(2, ("Blobs", 0, 0), "put", 1, 5000, bytes(32))[11:])
+    assert len(h.refused) == 1 and h.streams.total == 5000 and not h.streams.sent
