@@ -490,7 +490,10 @@ _FIELDS["limits"] = {
     "max_watch_polls_per_client": _Field(_int_text(1), _int_check(1)),
     "metrics_max_connections": _Field(_int_text(1), _int_check(1)),
     "metrics_timeout_ms": _Field(_int_text(1), _int_check(1)),
-    "client_max_call_bytes": _Field(_int_text(1), _int_check(1)),
+    "client_stream_bytes": _Field(_int_text(1), _int_check(1)),
+    "client_max_streams": _Field(_int_text(1), _int_check(1)),
+    "client_streams_total_bytes": _Field(_int_text(1), _int_check(1)),
+    "client_stream_stall_ms": _Field(_int_text(1), _int_check(1)),
 }
 _FIELDS["rdmc"] = {
     "enabled": _Field(_bool_text, _bool_check),
@@ -691,9 +694,15 @@ class LimitsSection:
     max_watch_polls_per_client: int = 64  # parked watch polls per client identity
     metrics_max_connections: int = 32  # open connections to the metrics endpoint
     metrics_timeout_ms: int = 5000  # a metrics request must arrive whole within this
-    # Largest call a client may send with large objects on (the contact holds it whole in one
-    # frame, within security.receive_budget_bytes); without them, multicast.max_message_size.
-    client_max_call_bytes: int = 48 << 20
+    # A client's call too large for one frame (above multicast.max_message_size) is streamed to
+    # its contact in blocks, with large objects on, up to rdmc.max_object_size; the contact
+    # holds the bytes of a streamed call until its last block. Bounded per identity (all its
+    # connections together): bytes held and calls streaming at once; node-wide: bytes held for
+    # every client. A stream that sends nothing for client_stream_stall_ms is dropped.
+    client_stream_bytes: int = 512 << 20
+    client_max_streams: int = 4
+    client_streams_total_bytes: int = 2 << 30
+    client_stream_stall_ms: int = 10_000
 
     def __post_init__(self) -> None:
         _check_fields("limits", self)
@@ -807,13 +816,18 @@ class NodeConfig:
 
     def client_call_limit(self) -> int:
         """The largest call a client may send (its arguments, encoded), told to it on connect:
-        with large objects on, ``limits.client_max_call_bytes`` within what one frame to a relay
-        and one object carry; else ``multicast.max_message_size``."""
+        with large objects on, ``rdmc.max_object_size`` (a call too large for one frame is
+        streamed to the contact in blocks); else ``multicast.max_message_size``."""
         m, r = self.multicast, self.rdmc
         if not r.enabled:
             return m.max_message_size
-        frame_room = max(m.max_message_size, m.max_frame_bytes - (64 << 10))
-        return max(m.max_message_size, min(self.limits.client_max_call_bytes, r.max_object_size, frame_room))
+        return max(m.max_message_size, r.max_object_size)
+
+    def client_frame_limit(self) -> int:
+        """The largest frame a client may send: one call of ``multicast.max_message_size``
+        with room for its envelope. Larger calls come in blocks (of at most this), so a
+        contact never holds a client's frame larger than this whole."""
+        return self.multicast.max_message_size + (64 << 10)
 
     def core_config(self) -> CoreConfig:
         """The protocol core's tuning; the core counts time in seconds, the file in ms."""
@@ -1285,7 +1299,10 @@ status_cache_ms = {limits.status_cache_ms}  # requests this close together share
 max_watch_polls_per_client = {limits.max_watch_polls_per_client}  # parked watch polls per client identity
 metrics_max_connections = {limits.metrics_max_connections}  # open connections to the metrics endpoint
 metrics_timeout_ms = {limits.metrics_timeout_ms}  # a metrics request must arrive whole within this
-client_max_call_bytes = {limits.client_max_call_bytes}  # largest call from a client with [rdmc] on (one frame)
+client_stream_bytes = {limits.client_stream_bytes}  # bytes of a client identity's calls partly streamed in, held here
+client_max_streams = {limits.client_max_streams}  # calls one client identity may stream in at once
+client_streams_total_bytes = {limits.client_streams_total_bytes}  # bytes of partly streamed calls, every client
+client_stream_stall_ms = {limits.client_stream_stall_ms}  # a streamed call silent this long is dropped
 
 # Layout: one [layout.<TypeName>] table per replicated type, in allocation order. With none,
 # one type "{DEFAULT_LAYOUT_TYPE}" has one shard holding every node. A table's keys override the

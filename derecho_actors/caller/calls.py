@@ -92,8 +92,8 @@ def method_request(
 def _too_large(spec: TypeSpec, method: str, size: int, limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"{spec.name}.{method} arguments encode to {size} bytes; the group's limit for a client's call "
-        f"is {limit} (limits.client_max_call_bytes with large objects on, else "
-        "multicast.max_message_size): send less per call, or call from a member of the group"
+        f"is {limit} (rdmc.max_object_size with large objects on, else multicast.max_message_size): "
+        "send less per call, split the argument over several calls, or pass a reference (a path, a URL)"
     )
 
 

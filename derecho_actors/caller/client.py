@@ -34,8 +34,9 @@ from derecho_actors.caller.calls import (
     refuse_nested,
 )
 from derecho_actors.caller.handles import Handle, spec_checked
+from derecho_actors.caller.large_calls import StreamingSession
 from derecho_actors.caller.results import QueryResults
-from derecho_actors.caller.session import ClientSession, Dial, Stop, Wait
+from derecho_actors.caller.session import Dial, Stop, Wait
 from derecho_actors.caller.socket_loop import SocketLoop
 from derecho_actors.caller.watch import Watch
 from derecho_actors.model.context import in_handler
@@ -86,7 +87,7 @@ class Client(AsyncLifecycle):
         self.liveness_timeout = liveness_timeout
         self.max_outstanding = max(1, max_outstanding)
         credentials = self._load_credentials(certs_dir, name, credentials, insecure)
-        self._session = ClientSession(
+        self._session = StreamingSession(  # calls too large for a frame stream in blocks (large_calls)
             self.contacts, cluster, session_ns=time.time_ns(), retry_for=retry_for, liveness_timeout=liveness_timeout
         )
         # One lock over the session; callers wait on _room for the window, and the socket

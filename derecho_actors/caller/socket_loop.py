@@ -36,7 +36,8 @@ import time
 from collections import deque
 from typing import Callable
 
-from derecho_actors.caller.session import ClientSession, Phase, encode_output
+from derecho_actors.caller.large_calls import StreamingSession
+from derecho_actors.caller.session import Phase, encode_output
 from runtime.drivers.dial import dial, is_refusal
 from runtime.drivers.tcp import split_address
 from runtime.errors import Refused
@@ -61,10 +62,11 @@ class Outgoing:
     __slots__ = ("_queue", "_chunk")
 
     def __init__(self) -> None:
-        self._queue: deque[bytes] = deque()
-        self._chunk = b""
+        # A streamed call's blocks are memoryviews of the caller's bytes: written, never copied.
+        self._queue: deque[bytes | memoryview] = deque()
+        self._chunk: bytes | memoryview = b""
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes | memoryview) -> None:
         if data:
             self._queue.append(data)
 
@@ -84,7 +86,7 @@ class Outgoing:
             sent = sock.send(self._chunk)
             self._chunk = self._chunk[sent:]
 
-    def _next(self) -> bytes:
+    def _next(self) -> bytes | memoryview:
         queue = self._queue
         parts = [queue.popleft()]
         size = len(parts[0])
@@ -102,7 +104,7 @@ class SocketLoop:
 
     def __init__(
         self,
-        session: ClientSession,
+        session: StreamingSession,
         lock: threading.Lock,
         credentials: LoadedCredentials | None,
         on_progress: Callable[[bool], None],
@@ -151,12 +153,15 @@ class SocketLoop:
                 return
             with self._lock:
                 output = self._session.output()
+                parts = self._session.stream_output() if not out.pending else []
             out.add(encode_output(output))
+            for part in parts:
+                out.add(part)
             try:
                 out.flush(sock)
             except (OSError, ssl.SSLError):  # would block, TLS wants to read first, or broken
                 pass
-            if not out.pending:
+            if not out.pending and not parts:  # (after a stream's window, the socket thread goes on)
                 return
         self.wake()
 
@@ -232,8 +237,14 @@ class SocketLoop:
                         if session.phase is not Phase.CONNECTED or session.tick(time.monotonic()) is not None:
                             return ""
                         output = session.output()
+                        # A streamed call's next window once the last is written; more: a turn
+                        # as soon as the socket takes it, for the window after.
+                        parts = session.stream_output() if not out.pending else []
+                        more = session.has_output()
                         timer = session.next_timer()
                     out.add(encode_output(output))  # outside the session's lock: callers go on issuing
+                    for part in parts:
+                        out.add(part)
                 if readable:
                     why = self._read(sock, peer)
                     if why is not None:
@@ -250,7 +261,7 @@ class SocketLoop:
                         except OSError as exc:
                             return f"writing failed: {exc.strerror or exc}"
                 want = selectors.EVENT_READ
-                if (out.pending and not self._write_wants_read) or self._read_wants_write:
+                if ((out.pending or more) and not self._write_wants_read) or self._read_wants_write:
                     want |= selectors.EVENT_WRITE
                 if want != mask:
                     selector.modify(sock, want)

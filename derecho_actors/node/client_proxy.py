@@ -24,6 +24,7 @@ from derecho_actors.node.answer_queue import AnswerQueue, member_queue
 from derecho_actors.node.call_stats import UNKNOWN, CallStats
 from derecho_actors.node.client_answers import ClientAnswers, merged_entry
 from derecho_actors.node.client_outbox import ClientOutbox
+from derecho_actors.node.client_stream_calls import proxy_streams
 from derecho_actors.node.client_table import ClientState, ClientTable, Limit, Proxied, Relay
 from derecho_actors.node.hosting import ReplicaHost
 from derecho_actors.node.inbound_calls import InboundCalls
@@ -71,10 +72,9 @@ class ClientProxy:
         out: ClientOutbox,
         to_members: AnswerQueue[int] | None = None,
     ) -> None:
-        """``specs``: the group's types by name (a call to a method its type does not define
-        is refused here); ``limits``: the node's per-client limits (``[limits]``); ``out``:
-        where messages to clients go; ``to_members``: calls relayed to members, paced by their
-        links (``member_queue``; in order per member)."""
+        """``specs``: the group's types by name (a call to a method its type does not define is
+        refused here); ``limits``: the node's per-client limits (``[limits]``); ``out``: where
+        messages to clients go; ``to_members``: calls relayed to members (in order per member)."""
         self.node = node
         self.node_id = node.node_id
         self.view = view
@@ -95,6 +95,7 @@ class ClientProxy:
         self.stats = CallStats()  # clients' calls through this node (status, metrics)
         # The view as this proxy sees it (``self.view`` may be replaced: tests, the simulator).
         self.answers = ClientAnswers(node, lambda: self.view(), self.table, self.stats, out)
+        self.streams = proxy_streams(self, limits)  # calls too large for a frame, streamed in
 
     # ------------------------------------------------------------------ calls
     def take_call(self, conn: ClientConn, msg: Call) -> None:
@@ -110,26 +111,7 @@ class ClientProxy:
         if not client.offered:  # a client of this release reads merged answers: offer them
             client.offered = True
             self.out.send(conn, encode(Features(merged_answers=True)))
-        label = self._label(msg)
-        members = view.layout.members_of(msg.shard)
-        refusal: DerechoError | None = None
-        if (size := self.outbox.too_large(msg.method, msg.args)) is not None:
-            refusal = self.outbox.refusal(f"call {msg.call_id} (not run)", size, len(msg.args))
-        elif not members:
-            refusal = ShardUnavailable(f"call {msg.call_id} was not run: {unavailable(view, msg.shard)}")
-        elif label == UNKNOWN:
-            refusal = self._unknown_method(client, msg)
-        elif not msg.ordered and msg.target and msg.target not in members:
-            refusal = ReplicaLost(
-                f"node {msg.target} holds no replica of {msg.shard} in view {view.vid} (its replicas: {list(members)}); "
-                "the call was not run",
-                applied=False,
-            )
-        else:
-            limit = table.admit(client, msg.kind is _WATCH_POLL)
-            if limit is not None:
-                table.warn(client, limit[0], limit[1])
-                refusal = ClientLimit(f"refused by node {self.node_id}: {limit[1]}")
+        label, members, refusal = self.check(client, msg, view)
         if refusal is not None:
             self.stats.done(label, "refused", None)
             self.out.refuse(conn, ReplyTo(self.node_id, msg.call_id, view.vid, origin), refusal)
@@ -176,6 +158,31 @@ class ClientProxy:
         # P2P, the client is told at once.
         table.relay(key, Relay(target, call, client))
         self.to_members.offer(target, encode(call))
+
+    def check(self, client: ClientState, msg: Call, view: View) -> tuple[str, Sequence[int], DerechoError | None]:
+        """A client's call's statistics label, its shard's members, and why it may not be taken
+        (None: it may): too large, shard down, unknown method, replica not of the shard, limits."""
+        label = self._label(msg)
+        members = view.layout.members_of(msg.shard)
+        refusal: DerechoError | None = None
+        if (size := self.outbox.too_large(msg.method, msg.args)) is not None:
+            refusal = self.outbox.refusal(f"call {msg.call_id} (not run)", size, len(msg.args))
+        elif not members:
+            refusal = ShardUnavailable(f"call {msg.call_id} was not run: {unavailable(view, msg.shard)}")
+        elif label == UNKNOWN:
+            refusal = self._unknown_method(client, msg)
+        elif not msg.ordered and msg.target and msg.target not in members:
+            refusal = ReplicaLost(
+                f"node {msg.target} holds no replica of {msg.shard} in view {view.vid} (its replicas: {list(members)}); "
+                "the call was not run",
+                applied=False,
+            )
+        else:
+            limit = self.table.admit(client, msg.kind is _WATCH_POLL)
+            if limit is not None:
+                self.table.warn(client, limit[0], limit[1])
+                refusal = ClientLimit(f"refused by node {self.node_id}: {limit[1]}")
+        return label, members, refusal
 
     def take_calls(self, conn: ClientConn, calls: Sequence[Call]) -> None:
         """A client's calls in the order they came (a frame's, or its share of a loop turn),
@@ -296,6 +303,7 @@ class ClientProxy:
 
     def forward(self, batch: ReplyBatch, entries: list[ReplyEntry]) -> None:
         """Answers in ``batch`` for clients' calls: on to each client (``ClientAnswers``)."""
+        self.streams.replied(entries)
         self.answers.forward(batch, entries)
 
     # ------------------------------------------------------------------ clients going away
@@ -305,6 +313,7 @@ class ClientProxy:
         stays; its polls parked at replicas here are answered at once, freeing them too.
         Answers that still come for its calls find no proxy and go nowhere."""
         self.out.forget(conn)
+        self.streams.forget(conn)
         parked = self.table.forget(conn)
         by_shard: dict[ShardId, list[PollCall]] = {}
         for shard, (origin, call_id) in parked:

@@ -32,10 +32,12 @@ from derecho_actors.wire.messages import (
     decode,
     decode_from_client,
 )
+from derecho_actors.wire.streams import STREAM_MARK
 from runtime.errors import WireError
 from runtime.node_api import ClientConn, NodeHandle
 
 log = logging.getLogger("derecho.group")
+STREAM_BYTE = bytes((STREAM_MARK,))
 
 
 class MessageDispatch:
@@ -76,6 +78,9 @@ class MessageDispatch:
         """Only calls (the contact derives the caller's session itself); of one frame, calls
         beyond ``limits.client_max_in_flight`` are refused undecoded."""
         turns = self.calls.turns
+        if data[:1] == STREAM_BYTE:  # a call too large for a frame, streamed in (client_streams)
+            self.calls.clients.streams.on_data(conn, data)
+            return
         try:
             msg = decode_from_client(data, self.calls.clients.table.max_in_flight)
         except WireError as exc:

@@ -350,6 +350,7 @@ class Group(AsyncLifecycle):
             "replicas": host.status(self._view, transfer.why_waiting),
             "client_calls": clients.stats.status().to_wire(),
             "client_table": clients.table.status().to_wire(),
+            "client_streams": clients.streams.status(),
         }
         out.update(transfer.status(), **host.loss_status().to_wire(), **self._tracker.status().to_wire())
         return out | ({"stopped": self._stop.reason} if self._stop.reason else {})

@@ -39,7 +39,7 @@ def node_security(config: NodeConfig) -> tuple[TransportSecurity, LoadedCredenti
         max_unauthenticated=sec.max_unauthenticated,
         receive_budget=sec.receive_budget_bytes,
         client_idle_timeout=sec.client_idle_timeout_ms / 1000,
-        client_max_frame=config.client_call_limit() + (64 << 10),
+        client_max_frame=config.client_frame_limit(),
         max_unauthenticated_per_address=sec.max_unauthenticated_per_address,
         frames_per_turn=config.limits.frames_per_turn,
         client_max_backlog=config.limits.client_max_backlog_bytes,

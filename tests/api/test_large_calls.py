@@ -109,6 +109,24 @@ def test_a_clients_large_call_returns_every_replicas_reply(groups: list[da.Group
 def test_a_clients_call_beyond_its_limit_is_refused_at_the_client(groups: list[da.Group]) -> None:
     with client(groups) as c:
         limit = groups[0].config.client_call_limit()
-        assert c.max_message_size == limit  # one frame to a relay: below max_frame_bytes (16 MiB)
-        with pytest.raises(da.PayloadTooLarge, match="limits.client_max_call_bytes"):
+        assert c.max_message_size == limit == 24 << 20  # rdmc.max_object_size: larger calls stream
+        with pytest.raises(da.PayloadTooLarge, match=r"rdmc.max_object_size with large objects on"):
             c.handle(Store).put(b"x" * limit)
+
+
+def test_a_clients_streamed_call_beyond_one_relay_frame_is_refused_by_a_contact_outside_the_shard(
+    groups: list[da.Group],
+) -> None:
+    """A contact outside the shard relays a call to a member in one frame: a streamed call
+    larger than that is refused, naming the members to use as contacts; through a member the
+    same call goes."""
+    members = store_members(groups)
+    outsider = next(g for g in groups if g.node_id not in members)
+    data = os.urandom(20 << 20)  # above multicast.max_frame_bytes (16 MiB), within max_object_size
+    with client(groups, contacts=[address(outsider)]) as c:
+        with pytest.raises(da.PayloadTooLarge, match=r"give the client a contact among them"):
+            c.handle(Store).put(data).get(timeout=60)
+    with client(groups, contacts=[address(groups[members[0] - 1])]) as c:
+        replies = c.handle(Store).put(data).get(timeout=60)
+        assert set(replies) == set(members)
+        assert set(replies.values()) == {hashlib.sha256(data).hexdigest()}

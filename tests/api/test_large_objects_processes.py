@@ -42,7 +42,7 @@ EVERYONE = da.Layout({Blobs: da.ShardPolicy(min_nodes=3)})
 
 
 def test_a_large_argument_through_a_client_arrives_identical_at_every_replica(tmp_path: Path) -> None:
-    size = 40 << 20  # 40 MiB: within limits.client_max_call_bytes (48 MiB)
+    size = 40 << 20  # 40 MiB: too large for one frame, streamed to the contact in blocks
     data = os.urandom(size)
     with da.local_cluster(nodes=3, types=[Blobs], layout=EVERYONE, overrides=FAST, workdir=str(tmp_path)) as cluster:
         with cluster.new_client(contacts=[cluster.address(2)]) as client:

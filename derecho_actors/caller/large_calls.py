@@ -1,0 +1,197 @@
+"""A client's calls too large for one frame, streamed to its contact in blocks.
+
+An ordered call whose arguments do not fit the contact's frame limit (its ``Welcome``) is not
+put in a frame of calls: ``ClientSession`` hands it here. It goes as a start frame (its fields,
+size and SHA-256) and then blocks of its arguments, each a small header and a ``memoryview`` of
+the caller's own bytes, so nothing is copied on this side (``wire.streams``). The contact
+writes the blocks into one buffer, checks the digest and multicasts the call as one object
+(``node.client_streams``); its replies come back as any call's.
+
+Streams go one after the other, in call order, a window of blocks at a time (``parts``): the
+socket asks for more once it has written what it took, so pings and small calls never wait
+behind more than a window. After a failover every unanswered stream starts again from its
+first byte on the new contact, under the same call number (replicas apply it once, as any
+resent call). A P2P call too large for one frame cannot be streamed (it runs at one replica,
+not through the order): it is refused at the caller. Not thread-safe: the session's driver
+serialises calls to it (under the ``Client``'s lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from derecho_actors.caller.calls import Outbound, Request, outbound
+from derecho_actors.caller.results import QueryResults
+from derecho_actors.caller.session import ClientSession
+from derecho_actors.caller.session_events import Disconnect
+from derecho_actors.wire.streams import block_frame, start_frame
+from runtime.errors import PayloadTooLarge
+
+__all__ = ["BLOCK_SIZE", "FRAME_SLACK", "CallStreams", "StreamingSession", "WINDOW"]
+
+BLOCK_SIZE = 1 << 20
+"""Bytes of arguments per block (at most the contact's frame limit less ``FRAME_SLACK``)."""
+FRAME_SLACK = 8 << 10
+"""Room a frame keeps beyond a call's arguments (its envelope, a block's header)."""
+WINDOW = 4 << 20
+"""Bytes of blocks handed to the socket at a time: what a ping may wait behind."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    call_id: int
+    args: bytes
+    start: bytes  # the start frame (made once: a failover sends it again as it is)
+    sent: int = -1  # bytes of arguments handed to the socket on this connection (-1: not started)
+
+
+@dataclass(slots=True)
+class CallStreams:
+    """The streamed calls of one session waiting for answers, in call order."""
+
+    above: int = 1 << 62  # an ordered call's arguments above this stream (set by the Welcome)
+    block: int = BLOCK_SIZE
+    calls: dict[int, _Stream] = field(default_factory=dict)
+    connected: bool = False
+
+    def limit(self, max_frame: int) -> None:
+        """The contact's frame limit (its ``Welcome``): larger calls stream."""
+        self.above = max(1, max_frame - FRAME_SLACK - 1024)
+        self.block = max(1, min(BLOCK_SIZE, max_frame - FRAME_SLACK))
+
+    def wants(self, request: Request) -> bool:
+        """Whether ``request`` streams (``PayloadTooLarge`` for a P2P call too large for a
+        frame, which cannot)."""
+        if len(request.args) <= self.above:
+            return False
+        if not request.ordered:
+            raise PayloadTooLarge(
+                f"{request.what} arguments encode to {len(request.args)} bytes; a P2P call travels in one frame, "
+                f"at most {self.above} bytes here (multicast.max_message_size): send less per call, or make the "
+                "method @ordered (large ordered calls stream in blocks)"
+            )
+        return True
+
+    def add(self, request: Request, call: Outbound) -> None:
+        """Stream call ``call`` (its wire fields) of ``request``; its digest is taken here."""
+        call_id, wire_shard, method, floor = call[0], call[2], call[3], call[8]
+        digest = hashlib.sha256(request.args).digest()
+        start = start_frame(call_id, wire_shard, method, floor, len(request.args), digest)
+        self.calls[call_id] = _Stream(call_id, request.args, start, -1)
+
+    def drop(self, call_ids: list[int]) -> None:
+        """These calls are answered (or refused): stop streaming them."""
+        for call_id in call_ids:
+            self.calls.pop(call_id, None)
+
+    def connect(self) -> int:
+        """A new connection: every stream starts again from its first byte (how many)."""
+        self.connected = True
+        for s in self.calls.values():
+            s.sent = -1
+        return len(self.calls)
+
+    def clear(self) -> None:
+        self.calls.clear()
+        self.connected = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether some stream has bytes still to hand to the socket on this connection."""
+        if not self.connected:
+            return False
+        return any(s.sent < len(s.args) for s in self.calls.values())
+
+    def parts(self) -> list[bytes | memoryview]:
+        """The next window of frames to write, in order (start frames and blocks' parts)."""
+        out: list[bytes | memoryview] = []
+        if not self.connected:
+            return out
+        budget = WINDOW
+        for s in self.calls.values():
+            size = len(s.args)
+            if s.sent >= size:
+                continue
+            if s.sent < 0:
+                out.append(s.start)
+                s.sent = 0
+            view = memoryview(s.args)
+            while s.sent < size and budget > 0:
+                n = min(self.block, size - s.sent)
+                out.extend(block_frame(s.call_id, s.sent, view[s.sent : s.sent + n]))
+                s.sent += n
+                budget -= n
+            if budget <= 0:
+                break
+        return out
+
+
+class StreamingSession(ClientSession):
+    """A ``ClientSession`` that streams calls too large for one frame (``CallStreams``): what
+    ``Client`` drives. A subclass, not more code in the session: the session's hot path (small
+    calls) stays as it is but for one comparison of sizes here; the simulator, whose contacts
+    take no stream, drives the plain session."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.streams = CallStreams()
+        self._limited = 0  # the frame limit ``streams`` was told
+
+    def call(self, request: Request) -> QueryResults:
+        streams = self.streams
+        if len(request.args) <= streams.above or not streams.wants(request):
+            return super().call(request)
+        if self.error is not None:
+            raise self.error
+        call_id = next(self._ids)
+        results = QueryResults(
+            request.what,
+            request.decode,
+            call_id=call_id,
+            call_word="client call",
+            ordered=True,
+            compare=request.compare,
+            why_waiting=self._why_waiting,
+            lock=self._results_lock,
+        )
+        call = outbound(request, call_id, self._floor.advance(self.pending, call_id))
+        self.pending[call_id] = results  # answered, failed and resent (as a stream) like any call
+        streams.add(request, call)
+        return results
+
+    def has_output(self) -> bool:
+        return super().has_output() or (bool(self.streams.calls) and self.streams.ready)
+
+    def stream_output(self) -> list[bytes | memoryview]:
+        """The next window of streamed calls' frames, to write after ``output``'s; the driver
+        asks again once it has written them (while ``has_output``)."""
+        return self.streams.parts() if self.streams.calls else []
+
+    def connected(self, now: float, address: str, peer: str = "") -> bytes:
+        data = super().connected(now, address, peer)
+        restarted = self.streams.connect()
+        if self.connections > 1:
+            self.resent += restarted
+        return data
+
+    def connection_lost(self, now: float, why: str = "") -> None:
+        super().connection_lost(now, why)
+        self.streams.connected = False
+
+    def _close(self, error: Exception) -> None:
+        super()._close(error)
+        self.streams.clear()
+
+    def receive_data(self, now: float, data: bytes) -> Disconnect | None:
+        ended = super().receive_data(now, data)
+        if self.max_frame != self._limited:  # a Welcome: the contact's frame limit
+            self._limited = self.max_frame
+            self.streams.limit(self.max_frame)
+        return ended
+
+    def answered(self, call_ids: list[int]) -> None:
+        super().answered(call_ids)
+        if self.streams.calls:
+            self.streams.drop(call_ids)

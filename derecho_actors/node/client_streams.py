@@ -1,0 +1,310 @@
+"""Clients' streamed calls at their contact: blocks written into one buffer, checked, then
+multicast as one object.
+
+A client's ordered call too large for one frame arrives as a start (fields, size, SHA-256)
+and blocks in order (``wire.streams``, sent by ``caller.large_calls``). At the start the call
+is checked as any call (``admit``) and against the bounds below; then one buffer is allocated,
+already laid out as the multicast payload of that one call (``payload_layout``), so the blocks
+land where the replicas will read them and the whole call is never copied on this node. Each
+block extends a running SHA-256; at the last the digest must match the start's, or the call is
+refused (a ``WireError``) and never delivered. A whole call goes on (``deliver``) as the
+node's own large calls go: one payload above the object threshold in the shard's order.
+
+Bounds, per client identity (all its connections; without TLS, per connection), each refused at
+the start with a ``ClientLimit`` that says what to do: bytes held for its streamed calls
+(``limits.client_stream_bytes``: from the start until a replica answers, since the payload is
+held here until it is delivered) and calls streaming at once (``limits.client_max_streams``);
+node-wide, bytes held for every client (``limits.client_streams_total_bytes``). A stream that
+sends nothing for ``limits.client_stream_stall_ms`` is dropped and refused; one whose
+connection closes is dropped at once: either frees its buffer. Runs on the node's loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+
+from derecho_actors.node.client_table import describe
+from derecho_actors.wire.replies import ReplyEntry
+from derecho_actors.wire.streams import StreamBlock, StreamStart, parse_stream
+from runtime.config import LimitsSection
+from runtime.errors import ClientLimit, DerechoError, PayloadTooLarge, WireError
+from runtime.node_api import ClientConn, NodeHandle
+
+log = logging.getLogger("derecho.clients")
+
+__all__ = ["ClientStreams", "payload_layout"]
+
+NOW_AT = 2
+"""Where the sender's clock goes in the payload: after ``[`` (0x92) and uint64's 0xCF."""
+MAX_ARGS = (1 << 32) - 1  # bin32
+ANSWER_WAIT = 120.0
+"""Seconds a delivered call's bytes count against its identity at most while no answer comes
+(a shard lost meanwhile): then they are taken as gone."""
+
+Admit = Callable[[ClientConn, StreamStart], DerechoError | None]
+Deliver = Callable[[ClientConn, StreamStart, bytearray, int], None]
+Refuse = Callable[[ClientConn, int, DerechoError], None]
+
+
+def payload_layout(
+    caller: int, call_id: int, method: str, size: int, tail: tuple[int, int, int, int]
+) -> tuple[bytearray, int]:
+    """A buffer that is the multicast payload ``wire.codec.encode_ordered`` makes of one call,
+    ``[now, [[caller, call_id, method, args, origin, session_ns, floor, owner]]]``, with room
+    for ``size`` bytes of arguments, and where they start. ``now`` is written at ``NOW_AT`` as
+    a full uint64 (msgpack readers take any width) once the call goes."""
+    head = b"\x92\xcf" + bytes(8) + b"\x91\x98" + msgpack.packb(caller) + msgpack.packb(call_id)
+    head += msgpack.packb(method) + b"\xc6" + size.to_bytes(4, "big")
+    suffix = b"".join(msgpack.packb(v) for v in tail)
+    buffer = bytearray(len(head) + size + len(suffix))
+    buffer[: len(head)] = head
+    buffer[len(head) + size :] = suffix
+    return buffer, len(head)
+
+
+def stamp(payload: bytearray, now_ns: int) -> None:
+    """Write the sender's clock into a payload made by ``payload_layout``."""
+    struct.pack_into(">Q", payload, NOW_AT, now_ns)
+
+
+@dataclass(slots=True, eq=False)
+class _Stream:
+    conn: ClientConn
+    who: str
+    budget: Any  # whose bytes it uses (the identity, or the connection without TLS)
+    start: StreamStart
+    buffer: bytearray
+    base: int  # where the arguments start in ``buffer``
+    received: int
+    hasher: Any
+    heard: float
+
+
+class ClientStreams:
+    def __init__(
+        self,
+        node: NodeHandle,
+        limits: LimitsSection,
+        admit: Admit,
+        deliver: Deliver,
+        refuse: Refuse,
+        tail: Callable[[ClientConn], tuple[int, int, int]],
+    ) -> None:
+        """``admit(conn, start)``: why the call may not be taken (as any call; None: it may);
+        ``deliver(conn, start, payload, base)``: the whole, checked call, to multicast (or
+        relay); ``refuse(conn, call_id, error)``: tell the client; ``tail(conn)``: the
+        session's ``(origin, session_ns, owner)`` its calls carry."""
+        self.node = node
+        self.limits = limits
+        self.admit = admit
+        self.deliver = deliver
+        self.refuse = refuse
+        self.tail = tail
+        self.streams: dict[tuple[ClientConn, int], _Stream] = {}
+        # Bytes held per budget: streams in progress, and calls delivered whose answer is to come.
+        self.held: dict[Any, int] = {}
+        self.total = 0
+        self.sent: dict[tuple[int, int], tuple[Any, int, float]] = {}  # (origin, call id) -> (budget, bytes, when)
+        self.refused = 0  # streamed calls refused (status, tests)
+        self.dropped_blocks = 0  # blocks of no stream in progress (one refused or abandoned)
+        self._sweeping = False
+
+    # ------------------------------------------------------------------ from the client
+    def on_data(self, conn: ClientConn, data: bytes) -> None:
+        """A stream message from a client's connection (``wire.streams.is_stream``)."""
+        if getattr(conn, "closed", False):
+            return
+        try:
+            msg = parse_stream(data)
+        except WireError as exc:
+            log.warning("closing the connection of %s: it sent a bad stream message: %s", describe(conn)[0], exc)
+            conn.close()
+            return
+        if type(msg) is StreamBlock:
+            self._block(conn, msg)
+        else:
+            self._start(conn, msg)  # type: ignore[arg-type]
+
+    def _start(self, conn: ClientConn, start: StreamStart) -> None:
+        key = (conn, start.call_id)
+        if key in self.streams:  # the same call started again: the one before is dropped
+            self._drop(self.streams.pop(key))
+        refusal = self._bound(conn, start) or self.admit(conn, start)
+        if refusal is not None:
+            self.refused += 1
+            self.refuse(conn, start.call_id, refusal)
+            return
+        who, identity = describe(conn)
+        budget = identity or conn
+        origin, session_ns, owner = self.tail(conn)
+        buffer, base = payload_layout(
+            self.node.node_id, start.call_id, start.method, start.size, (origin, session_ns, start.floor, owner)
+        )
+        now = self.node.monotonic()
+        self.streams[key] = _Stream(conn, who, budget, start, buffer, base, 0, hashlib.sha256(), now)
+        self._hold(budget, start.size)
+        if not self._sweeping:
+            self._sweeping = True
+            self.node.call_later(self._stall / 4, self._sweep)
+
+    def _bound(self, conn: ClientConn, start: StreamStart) -> DerechoError | None:
+        """Why this identity (or the node) may not stream this call now."""
+        limits, size = self.limits, start.size
+        if size > MAX_ARGS:
+            return PayloadTooLarge(
+                f"call {start.call_id}: {size} bytes of arguments; one call takes at most {MAX_ARGS}"
+            )
+        identity = describe(conn)[1]
+        budget = identity or conn
+        self._expire()
+        mine = sum(1 for s in self.streams.values() if s.budget == budget)
+        if mine >= limits.client_max_streams:
+            return ClientLimit(
+                f"refused by node {self.node.node_id}: this client streams {mine} large calls at once, the limit "
+                f"(limits.client_max_streams); the call was not run: wait for a large call's answer before the next"
+            )
+        held = self.held.get(budget, 0)
+        if held + size > limits.client_stream_bytes:
+            return ClientLimit(
+                f"refused by node {self.node.node_id}: this client's large calls hold {held} bytes here and this one "
+                f"needs {size}, over the limit of {limits.client_stream_bytes} (limits.client_stream_bytes); the call "
+                "was not run: wait for earlier large calls' answers, send less per call, or raise the limit"
+            )
+        if self.total + size > limits.client_streams_total_bytes:
+            return ClientLimit(
+                f"refused by node {self.node.node_id}: large calls of all clients hold {self.total} bytes here, and "
+                f"this one needs {size} more than limits.client_streams_total_bytes "
+                f"({limits.client_streams_total_bytes}) allows; the call was not run: retry later"
+            )
+        return None
+
+    def _block(self, conn: ClientConn, block: StreamBlock) -> None:
+        stream = self.streams.get((conn, block.call_id))
+        if stream is None:  # refused or dropped: its blocks still on the way go nowhere
+            self.dropped_blocks += 1
+            return
+        n, start = len(block.data), stream.start
+        if block.offset != stream.received or stream.received + n > start.size:
+            self._fail(
+                stream,
+                WireError(
+                    f"call {start.call_id}: a block at byte {block.offset} ({n} bytes) where byte {stream.received} "
+                    f"of {start.size} was due; the call was not run"
+                ),
+            )
+            return
+        at = stream.base + stream.received
+        stream.buffer[at : at + n] = block.data
+        stream.hasher.update(block.data)
+        stream.received += n
+        stream.heard = self.node.monotonic()
+        if stream.received < start.size:
+            return
+        del self.streams[(conn, start.call_id)]
+        if stream.hasher.digest() != start.digest:
+            log.warning("%s: streamed call %d refused: its bytes do not match their digest", stream.who, start.call_id)
+            self._fail(
+                stream,
+                WireError(
+                    f"call {start.call_id}: the {start.size} bytes received do not match the SHA-256 the client "
+                    "sent (corrupted on the way); the call was not run: send it again"
+                ),
+            )
+            return
+        # Held until a replica answers (the payload is this node's until it is delivered).
+        key2 = (self.tail(conn)[0], start.call_id)
+        if (before := self.sent.pop(key2, None)) is not None:  # sent before (a failover back here)
+            self._release(before[0], before[1])
+        self.sent[key2] = (stream.budget, start.size, self.node.monotonic())
+        self.deliver(conn, start, stream.buffer, stream.base)
+
+    # ------------------------------------------------------------------ ends
+    def replied(self, entries: list[ReplyEntry]) -> None:
+        """Answers came (``ClientProxy.forward``): delivered calls' bytes are free."""
+        sent = self.sent
+        for e in entries:
+            held = sent.pop((e[3], e[0]), None)
+            if held is not None:
+                self._release(held[0], held[1])
+
+    def not_sent(self, conn: ClientConn, call_id: int) -> None:
+        """A whole call ``deliver`` did not send (refused there): its bytes are free."""
+        held = self.sent.pop((self.tail(conn)[0], call_id), None)
+        if held is not None:
+            self._release(held[0], held[1])
+
+    def forget(self, conn: ClientConn) -> None:
+        """The connection closed: its streams in progress are dropped, their buffers freed."""
+        for key in [k for k in self.streams if k[0] is conn]:
+            self._drop(self.streams.pop(key))
+
+    def _fail(self, stream: _Stream, error: DerechoError) -> None:
+        self.streams.pop((stream.conn, stream.start.call_id), None)
+        self._drop(stream)
+        self.refused += 1
+        self.refuse(stream.conn, stream.start.call_id, error)
+
+    def _drop(self, stream: _Stream) -> None:
+        self._release(stream.budget, stream.start.size)
+        stream.buffer = bytearray()
+
+    def _hold(self, budget: Any, size: int) -> None:
+        self.held[budget] = self.held.get(budget, 0) + size
+        self.total += size
+
+    def _release(self, budget: Any, size: int) -> None:
+        left = self.held.get(budget, 0) - size
+        if left > 0:
+            self.held[budget] = left
+        else:
+            self.held.pop(budget, None)
+        self.total -= size
+
+    def _expire(self) -> None:
+        """Delivered calls never answered within ``ANSWER_WAIT`` (a shard lost meanwhile): taken
+        as gone, so their bytes count against no one for ever (few: one per call delivered)."""
+        now = self.node.monotonic()
+        for key, (b, size, when) in list(self.sent.items()):
+            if now - when > ANSWER_WAIT:
+                del self.sent[key]
+                self._release(b, size)
+
+    @property
+    def _stall(self) -> float:
+        return self.limits.client_stream_stall_ms / 1000
+
+    def _sweep(self) -> None:
+        """Streams silent for ``limits.client_stream_stall_ms`` are dropped (and refused)."""
+        now, stall = self.node.monotonic(), self._stall
+        for stream in [s for s in self.streams.values() if now - s.heard > stall]:
+            log.warning(
+                "%s: streamed call %d sent nothing for %.1f s; dropped (limits.client_stream_stall_ms)",
+                stream.who,
+                stream.start.call_id,
+                now - stream.heard,
+            )
+            self._fail(
+                stream,
+                ClientLimit(
+                    f"refused by node {self.node.node_id}: call {stream.start.call_id} streamed nothing for "
+                    f"{stall:.1f} s (limits.client_stream_stall_ms); it was dropped, not run: send it again"
+                ),
+            )
+        self._sweeping = bool(self.streams)
+        if self._sweeping:
+            self.node.call_later(stall / 4, self._sweep)
+
+    def status(self) -> dict[str, int]:
+        """What is held for streamed calls now (it falls back to 0 when they end)."""
+        return {
+            "streams": len(self.streams),
+            "held_bytes": self.total,
+            "waiting_answers": len(self.sent),
+            "refused": self.refused,
+        }

@@ -1,0 +1,122 @@
+"""Streamed calls: how a client's call too large for one frame travels to its contact.
+
+A call whose encoded arguments do not fit one frame goes as a *start* (the call's identity and
+fields, the size of its arguments and their SHA-256) and then *blocks*, the arguments' bytes in
+order. Both ride in application messages like every other client frame, but their data is not a
+msgpack value: it starts with :data:`STREAM_MARK` (0xC1, which msgpack never uses), so a
+contact tells them apart from calls with one byte and a block's bytes never pass through
+msgpack. A block's frame is built as a header plus the caller's own bytes (a ``memoryview``):
+:func:`block_frame` returns the two parts for the socket to write one after the other, so the
+sender copies nothing. Pure: encoding and parsing only.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from runtime.core.layout import ShardId
+from runtime.errors import WireError
+from runtime.wire.checks import shard_id
+from runtime.wire.codec import TAG_APP
+
+__all__ = [
+    "DIGEST_SIZE",
+    "STREAM_MARK",
+    "StreamBlock",
+    "StreamStart",
+    "block_frame",
+    "is_stream",
+    "parse_stream",
+    "start_frame",
+]
+
+STREAM_MARK: Final = 0xC1
+"""First byte of a stream message's data: never the first byte of a msgpack value."""
+KIND_START: Final = 1
+KIND_BLOCK: Final = 2
+DIGEST_SIZE: Final = 32  # SHA-256
+
+_BLOCK = struct.Struct(">BBQQ")  # mark, kind, call id, offset of the block in the arguments
+_FRAME = struct.Struct(">IBBBI")  # length prefix; msgpack [TAG_APP, bin32 of the data]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """A streamed call begins: its fields (as a client's ``Call`` has them, less the
+    arguments), how many bytes of arguments follow and their SHA-256."""
+
+    call_id: int
+    shard: ShardId
+    method: str
+    floor: int
+    size: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBlock:
+    """Bytes ``offset`` to ``offset + len(data)`` of call ``call_id``'s arguments."""
+
+    call_id: int
+    offset: int
+    data: memoryview
+
+
+def is_stream(data: bytes) -> bool:
+    """Whether an application message from a client is part of a streamed call."""
+    return bool(data) and data[0] == STREAM_MARK
+
+
+def _app_frame(data_len: int) -> bytes:
+    """The bytes of an ``AppMessage`` frame before its data: the length prefix and the
+    msgpack array ``[TAG_APP, data]`` up to the data (``data`` as bin32, whatever its size:
+    a decoder takes any width)."""
+    return _FRAME.pack(1 + 1 + 5 + data_len, 0x92, TAG_APP, 0xC6, data_len)
+
+
+def start_frame(call_id: int, wire_shard: Any, method: str, floor: int, size: int, digest: bytes) -> bytes:
+    """The whole frame that starts a streamed call (``wire_shard``: the shard as a call's
+    fields carry it)."""
+    body = bytes((STREAM_MARK, KIND_START)) + msgpack.packb(
+        [call_id, list(wire_shard), method, floor, size, digest], use_bin_type=True
+    )
+    return _app_frame(len(body)) + body
+
+
+def block_frame(call_id: int, offset: int, block: memoryview) -> tuple[bytes, memoryview]:
+    """A block's frame as two parts to write in order: its header, then the block itself."""
+    head = _BLOCK.pack(STREAM_MARK, KIND_BLOCK, call_id, offset)
+    return _app_frame(len(head) + len(block)) + head, block
+
+
+def parse_stream(data: bytes) -> StreamStart | StreamBlock:
+    """A stream message's data (``is_stream``) read; ``WireError`` if it is not one."""
+    if len(data) < 2 or data[0] != STREAM_MARK:
+        raise WireError("not a stream message")
+    kind = data[1]
+    if kind == KIND_BLOCK:
+        if len(data) < _BLOCK.size:
+            raise WireError(f"a stream block of {len(data)} bytes is shorter than its header")
+        _, _, call_id, offset = _BLOCK.unpack_from(data, 0)
+        return StreamBlock(call_id, offset, memoryview(data)[_BLOCK.size :])
+    if kind != KIND_START:
+        raise WireError(f"unknown stream message kind {kind}")
+    try:
+        fields = msgpack.unpackb(memoryview(data)[2:], raw=False)
+    except Exception as exc:
+        raise WireError(f"a stream start that is not msgpack ({type(exc).__name__})") from None
+    if type(fields) is not list or len(fields) != 6:
+        raise WireError("a stream start must be [call_id, shard, method, floor, size, digest]")
+    call_id, shard, method, floor, size, digest = fields
+    ints = (call_id, floor, size)
+    if any(type(v) is not int or v < 0 for v in ints) or call_id == 0:
+        raise WireError("a stream start's call id, floor and size must be integers >= 0 (call id > 0)")
+    if type(method) is not str or not method:
+        raise WireError("a stream start must name its method")
+    if type(digest) is not bytes or len(digest) != DIGEST_SIZE:
+        raise WireError(f"a stream start's digest must be {DIGEST_SIZE} bytes")
+    return StreamStart(call_id, shard_id(shard, "stream start.shard"), method, floor, size, digest)

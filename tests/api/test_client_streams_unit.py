@@ -1,0 +1,258 @@
+"""Streamed calls in one process, without sockets: the client's windows of blocks, the
+contact's buffer laid out as the multicast payload, its digest check and its bounds (per
+identity, per node, stalls, closed connections)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+
+from derecho_actors.caller import large_calls
+from derecho_actors.caller.calls import Request, outbound
+from derecho_actors.node.client_streams import ClientStreams, payload_layout, stamp
+from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.messages import CallKind
+from derecho_actors.wire.streams import StreamStart, block_frame, parse_stream, start_frame
+from runtime.config import LimitsSection
+from runtime.core.layout import ShardId
+from runtime.errors import ClientLimit, DerechoError, PayloadTooLarge, WireError
+from runtime.wire.codec import FrameDecoder
+from runtime.wire.control import AppMessage
+
+pytestmark = pytest.mark.timeout(30)
+
+SHARD = ShardId("Blobs", 0, 0)
+
+
+@dataclass
+class Ident:
+    name: str
+
+    def describe(self) -> str:
+        return f"client {self.name!r}"
+
+
+@dataclass(eq=False)
+class Conn:
+    origin: int
+    identity: Ident | None = None
+    incarnation: int | None = 7
+    closed: bool = False
+    address: str = "127.0.0.1:5000"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Node:
+    node_id = 1
+
+    def __init__(self) -> None:
+        self.now = 10.0
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        self.timers.append((self.now + delay, fn))
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [t for t in self.timers if t[0] <= self.now]
+        self.timers = [t for t in self.timers if t[0] > self.now]
+        for _, fn in due:
+            fn()
+
+
+class Harness:
+    def __init__(self, **limits: Any) -> None:
+        self.node = Node()
+        self.admitted: DerechoError | None = None  # what admit answers
+        self.delivered: list[tuple[StreamStart, bytes]] = []
+        self.refused: list[tuple[int, DerechoError]] = []
+        self.streams = ClientStreams(
+            self.node,  # type: ignore[arg-type]
+            LimitsSection(**limits),
+            lambda conn, start: self.admitted,
+            self._deliver,
+            lambda conn, call_id, error: self.refused.append((call_id, error)),
+            lambda conn: (conn.origin, 5, 9),
+        )
+
+    def _deliver(self, conn: Any, start: StreamStart, payload: bytearray, base: int) -> None:
+        self.delivered.append((start, bytes(payload[base : base + start.size])))
+
+    def send(self, conn: Conn, call_id: int, data: bytes, block: int = 1000, corrupt: int = -1) -> None:
+        """The frames a client sends for one call, through a frame decoder as a contact reads."""
+        wire = bytearray(start_frame(call_id, ("Blobs", 0, 0), "put", 1, len(data), hashlib.sha256(data).digest()))
+        for off in range(0, len(data), block):
+            chunk = bytearray(data[off : off + block])
+            if off == corrupt:
+                chunk[0] ^= 1
+            head, view = block_frame(call_id, off, memoryview(bytes(chunk)))
+            wire += head + view
+        for item in FrameDecoder(1 << 20).feed(bytes(wire)):
+            assert isinstance(item, AppMessage)
+            self.streams.on_data(conn, item.data)  # type: ignore[arg-type]
+
+
+def test_the_buffer_is_the_payload_the_ordered_path_would_make() -> None:
+    args = os.urandom(70_000)
+    buffer, base = payload_layout(3, 42, "put", len(args), (11, 12, 13, 14))
+    buffer[base : base + len(args)] = args
+    stamp(buffer, 1_800_000_000_123)
+    ours = _codec.decode_ordered(bytes(buffer))
+    theirs = _codec.decode_ordered(
+        _codec.encode_ordered([_codec.PendingCall(3, 42, "put", args, 11, 12, 13, 14)], 1 << 30, 1_800_000_000_123)[0]
+    )
+    assert ours == theirs
+
+
+def test_a_whole_call_is_delivered_once_with_its_bytes() -> None:
+    h = Harness()
+    data = os.urandom(10_500)
+    h.send(Conn(77), 4, data)
+    assert [(s.call_id, d) for s, d in h.delivered] == [(4, data)] and not h.refused
+    assert h.streams.status()["streams"] == 0
+    assert h.streams.total == len(data)  # held until a replica answers
+    h.streams.replied([(4, True, b"", 77, 1)])
+    assert h.streams.total == 0 and not h.streams.held
+
+
+def test_a_corrupted_block_is_refused_and_not_delivered() -> None:
+    h = Harness()
+    h.send(Conn(77), 4, os.urandom(5000), corrupt=2000)
+    assert not h.delivered
+    assert [(c, type(e)) for c, e in h.refused] == [(4, WireError)]
+    assert "do not match the SHA-256" in str(h.refused[0][1])
+    assert h.streams.total == 0 and not h.streams.streams
+
+
+def test_a_block_out_of_order_is_refused() -> None:
+    h = Harness()
+    conn = Conn(77)
+    data = os.urandom(3000)
+    start = start_frame(4, ("Blobs", 0, 0), "put", 1, len(data), hashlib.sha256(data).digest())
+    h.streams.on_data(conn, start[11:])  # the frame's data: past prefix, array, tag and bin32 header
+    head, view = block_frame(4, 1000, memoryview(data)[1000:2000])
+    h.streams.on_data(conn, head[11:] + bytes(view))
+    assert [type(e) for _, e in h.refused] == [WireError] and "where byte 0" in str(h.refused[0][1])
+    assert h.streams.total == 0
+
+
+def test_an_identity_is_bounded_over_all_its_connections() -> None:
+    h = Harness(client_stream_bytes=10_000, client_max_streams=2)
+    alice = [Conn(1, Ident("alice")), Conn(2, Ident("alice"))]
+    data = os.urandom(6000)
+    start = start_frame(1, ("Blobs", 0, 0), "put", 1, len(data), hashlib.sha256(data).digest())[11:]
+    h.streams.on_data(alice[0], start)
+    h.streams.on_data(alice[1], start)  # 12,000 bytes held by alice: over her 10,000
+    assert [type(e) for _, e in h.refused] == [ClientLimit]
+    assert "limits.client_stream_bytes" in str(h.refused[0][1]) and "wait for earlier" in str(h.refused[0][1])
+    h.streams.on_data(Conn(3, Ident("bob")), start)  # another identity has its own budget
+    assert len(h.refused) == 1 and len(h.streams.streams) == 2
+
+
+def test_an_identity_streams_at_most_so_many_calls_at_once() -> None:
+    h = Harness(client_max_streams=1)
+    conn = Conn(1, Ident("alice"))
+    for call_id in (1, 2):
+        h.streams.on_data(conn, start_frame(call_id, ("Blobs", 0, 0), "put", 1, 100, bytes(32))[11:])
+    assert len(h.refused) == 1 and "limits.client_max_streams" in str(h.refused[0][1])
+
+
+def test_the_node_bounds_every_clients_streams_together() -> None:
+    h = Harness(client_streams_total_bytes=1000)
+    h.streams.on_data(Conn(1), start_frame(1, ("Blobs", 0, 0), "put", 1, 800, bytes(32))[11:])
+    h.streams.on_data(Conn(2), start_frame(1, ("Blobs", 0, 0), "put", 1, 800, bytes(32))[11:])
+    assert len(h.refused) == 1 and "limits.client_streams_total_bytes" in str(h.refused[0][1])
+
+
+def test_a_stalled_stream_is_dropped_and_refused() -> None:
+    h = Harness(client_stream_stall_ms=1000)
+    h.streams.on_data(Conn(1), start_frame(1, ("Blobs", 0, 0), "put", 1, 800, bytes(32))[11:])
+    h.node.advance(0.5)
+    assert not h.refused and h.streams.total == 800
+    for _ in range(4):
+        h.node.advance(0.3)
+    assert [type(e) for _, e in h.refused] == [ClientLimit] and "client_stream_stall_ms" in str(h.refused[0][1])
+    assert h.streams.total == 0 and not h.streams.streams and not h.node.timers
+
+
+def test_a_closed_connection_frees_its_streams() -> None:
+    h = Harness()
+    conn = Conn(1)
+    h.streams.on_data(conn, start_frame(1, ("Blobs", 0, 0), "put", 1, 5000, bytes(32))[11:])
+    h.streams.on_data(conn, start_frame(2, ("Blobs", 0, 0), "put", 1, 5000, bytes(32))[11:])
+    assert h.streams.total == 10_000
+    h.streams.forget(conn)
+    assert h.streams.total == 0 and not h.streams.streams and not h.streams.held
+
+
+def test_a_refused_start_is_refused_and_its_blocks_dropped() -> None:
+    h = Harness()
+    h.admitted = ClientLimit("no")
+    h.send(Conn(1), 3, os.urandom(2500))
+    assert [c for c, _ in h.refused] == [3] and not h.delivered
+    assert h.streams.dropped_blocks == 3 and h.streams.total == 0
+
+
+def test_garbage_closes_the_connection() -> None:
+    h = Harness()
+    conn = Conn(1)
+    h.streams.on_data(conn, b"\xc1\x07junk")
+    assert conn.closed
+    with pytest.raises(WireError):
+        parse_stream(b"\xc1\x01" + b"\x93\x01\x02\x03")
+
+
+def _request(size: int, ordered: bool = True) -> Request:
+    return Request(SHARD, CallKind.METHOD, "put", os.urandom(size), ordered, 0, "Blobs.put", lambda b: b)
+
+
+def test_the_client_streams_a_window_at_a_time_and_again_after_a_failover(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(large_calls, "WINDOW", 3000)
+    streams = large_calls.CallStreams()
+    streams.limit((8 << 10) + 4000)
+    assert (streams.above, streams.block) == (2976, 4000)  # calls above ~3 KB stream, in blocks of 4000 bytes
+    streams.block = 1000
+    r = _request(5500)
+    assert streams.wants(r) and not streams.wants(_request(100))
+    streams.add(r, outbound(r, 9, 1))
+    assert streams.parts() == []  # not connected
+    assert streams.connect() == 1
+    first = streams.parts()
+    assert len(first) == 1 + 2 * 3  # the start, then three blocks of two parts each
+    rest = streams.parts()
+    assert len(rest) == 2 * 3 and streams.parts() == [] and not streams.ready
+    data = b"".join(bytes(p) for p in first + rest)
+    got = b"".join(bytes(m.data[18:]) for m in FrameDecoder(1 << 20).feed(data)[1:])  # type: ignore[union-attr]
+    assert got == r.args
+    streams.connect()  # a new contact: from the first byte again
+    assert streams.ready and bytes(streams.parts()[0]) == bytes(first[0])
+    streams.drop([9])
+    assert not streams.ready and not streams.calls
+
+
+def test_a_p2p_call_too_large_for_a_frame_is_refused_at_the_caller() -> None:
+    streams = large_calls.CallStreams()
+    streams.limit(1 << 20)
+    with pytest.raises(PayloadTooLarge, match="make the method @ordered"):
+        streams.wants(_request(2 << 20, ordered=False))
+
+
+def test_a_delivered_call_never_answered_stops_counting_after_a_while() -> None:
+    h = Harness(client_streams_total_bytes=12_000)
+    data = os.urandom(10_000)
+    h.send(Conn(1), 1, data)
+    assert h.streams.total == 10_000 and len(h.delivered) == 1
+    h.streams.on_data(Conn(2), start_frame(1, ("Blobs", 0, 0), "put", 1, 5000, bytes(32))[11:])
+    assert "client_streams_total_bytes" in str(h.refused[-1][1])  # the first still counts
+    h.node.now += 121  # no answer ever came (its shard lost): taken as gone
+    h.streams.on_data(Conn(2), start_frame(2, ("Blobs", 0, 0), "put", 1, 5000, bytes(32))[11:])
+    assert len(h.refused) == 1 and h.streams.total == 5000 and not h.streams.sent
