@@ -8,8 +8,13 @@ writes the blocks into one buffer, checks the digest and multicasts the call as 
 (``node.client_streams``); its replies come back as any call's.
 
 Streams go one after the other, in call order, a window of blocks at a time (``parts``): the
-socket asks for more once it has written what it took, so pings and small calls never wait
-behind more than a window. After a failover every unanswered stream starts again from its
+socket asks for more once it has written what it took, so pings never wait behind more than a
+window. Calls keep their order (the guide's promise: calls from one caller keep it): a call
+made while a stream before it is still being written is held here (``StreamingSession``) and
+written after that stream's last block, and a stream does not start before the calls made
+ahead of it are written; the contact multicasts a streamed call when its last block arrives,
+before it reads the next frame, so the order the contact takes calls in is the order they were
+made. After a failover the same fence applies to the calls sent again. After a failover every unanswered stream starts again from its
 first byte on the new contact, under the same call number (replicas apply it once, as any
 resent call). A P2P call too large for one frame cannot be streamed (it runs at one replica,
 not through the order): it is refused at the caller. Not thread-safe: the session's driver
@@ -22,10 +27,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from derecho_actors.caller.calls import Outbound, Request, outbound
+from derecho_actors.caller.calls import Outbound, Request, outbound, request_size
+from derecho_actors.caller.calls import _size as _calls_size
 from derecho_actors.caller.results import QueryResults
 from derecho_actors.caller.session import ClientSession
-from derecho_actors.caller.session_events import Disconnect
+from derecho_actors.caller.session_events import Disconnect, Phase
 from derecho_actors.wire.streams import block_frame, start_frame
 from runtime.errors import PayloadTooLarge
 
@@ -97,6 +103,14 @@ class CallStreams:
         self.calls.clear()
         self.connected = False
 
+    def first_unfinished(self) -> int | None:
+        """The first call (in call order) whose stream still has bytes to hand to the socket on
+        a connection (or has not started): calls made after it wait for it."""
+        for s in self.calls.values():
+            if s.sent < len(s.args):
+                return s.call_id
+        return None
+
     @property
     def ready(self) -> bool:
         """Whether some stream has bytes still to hand to the socket on this connection."""
@@ -104,8 +118,9 @@ class CallStreams:
             return False
         return any(s.sent < len(s.args) for s in self.calls.values())
 
-    def parts(self) -> list[bytes | memoryview]:
-        """The next window of frames to write, in order (start frames and blocks' parts)."""
+    def parts(self, barrier: int | None = None) -> list[bytes | memoryview]:
+        """The next window of frames to write, in order (start frames and blocks' parts); no
+        stream of a call made after call ``barrier`` starts (that call is written first)."""
         out: list[bytes | memoryview] = []
         if not self.connected:
             return out
@@ -115,6 +130,8 @@ class CallStreams:
             if s.sent >= size:
                 continue
             if s.sent < 0:
+                if barrier is not None and s.call_id > barrier:
+                    break
                 out.append(s.start)
                 s.sent = 0
             view = memoryview(s.args)
@@ -138,11 +155,35 @@ class StreamingSession(ClientSession):
         super().__init__(*args, **kwargs)
         self.streams = CallStreams()
         self._limited = 0  # the frame limit ``streams`` was told
+        # Calls made after a stream still being written, held back until it is (call order, with
+        # what each takes of a frame): written before them they could be ordered before it.
+        self._held: list[tuple[Outbound, int]] = []
+
+    def _release(self) -> None:
+        """Move the held calls made before the first unfinished stream (all when none is left)
+        to the session's outbox, in order: they are written next."""
+        if not self._held:
+            return
+        first = self.streams.first_unfinished()
+        n = 0
+        for call, size in self._held:
+            if first is not None and call[0] > first:
+                break
+            self._outbox.append(call)
+            self._outbox_size += size
+            n += 1
+        del self._held[:n]
 
     def call(self, request: Request) -> QueryResults:
         streams = self.streams
         if len(request.args) <= streams.above or not streams.wants(request):
-            return super().call(request)
+            results = super().call(request)
+            if self.phase is Phase.CONNECTED and (self._held or streams.first_unfinished() is not None):
+                call = self._outbox.pop()  # made after a stream still being written: after its last block
+                size = request_size(request)
+                self._outbox_size -= size
+                self._held.append((call, size))
+            return results
         if self.error is not None:
             raise self.error
         call_id = next(self._ids)
@@ -167,22 +208,39 @@ class StreamingSession(ClientSession):
     def stream_output(self) -> list[bytes | memoryview]:
         """The next window of streamed calls' frames, to write after ``output``'s; the driver
         asks again once it has written them (while ``has_output``)."""
-        return self.streams.parts() if self.streams.calls else []
+        if not self.streams.calls:
+            self._release()
+            return []
+        parts = self.streams.parts(self._held[0][0][0] if self._held else None)
+        self._release()
+        return parts
 
     def connected(self, now: float, address: str, peer: str = "") -> bytes:
+        # Every stream starts again; the calls made after the first of them are sent again only
+        # once it is written (held), not with the Hello ahead of it.
+        later: dict[int, Outbound] = {}
+        if self.streams.calls:
+            first = next(iter(self.streams.calls))
+            later = {call_id: w for call_id, w in self._wire.items() if call_id > first}
+            for call_id in later:
+                del self._wire[call_id]
         data = super().connected(now, address, peer)
+        self._wire.update(later)
+        self._held = [(w, _frame_size(w)) for _, w in sorted(later.items())]
         restarted = self.streams.connect()
         if self.connections > 1:
-            self.resent += restarted
+            self.resent += restarted + len(later)
         return data
 
     def connection_lost(self, now: float, why: str = "") -> None:
         super().connection_lost(now, why)
         self.streams.connected = False
+        self._held = []  # pending still: sent again on the next connection
 
     def _close(self, error: Exception) -> None:
         super()._close(error)
         self.streams.clear()
+        self._held = []
 
     def receive_data(self, now: float, data: bytes) -> Disconnect | None:
         ended = super().receive_data(now, data)
@@ -195,3 +253,9 @@ class StreamingSession(ClientSession):
         super().answered(call_ids)
         if self.streams.calls:
             self.streams.drop(call_ids)
+            self._release()  # a stream refused or answered early no longer holds the calls after it
+
+
+def _frame_size(call: Outbound) -> int:
+    """What a call sent again takes of a frame (``request_size`` from its wire fields)."""
+    return _calls_size(call)

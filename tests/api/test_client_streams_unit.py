@@ -13,6 +13,7 @@ import pytest
 
 from derecho_actors.caller import large_calls
 from derecho_actors.caller.calls import Request, outbound
+from derecho_actors.caller.session import encode_output
 from derecho_actors.node.client_streams import ClientStreams, payload_layout, stamp
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.messages import CallKind
@@ -256,3 +257,45 @@ def test_a_delivered_call_never_answered_stops_counting_after_a_while() -> None:
     h.node.now += 121  # no answer ever came (its shard lost): taken as gone
     h.streams.on_data(Conn(2), start_frame(2, ("Blobs", 0, 0), "put", 1, 5000, bytes(32))[11:])
     assert len(h.refused) == 1 and h.streams.total == 5000 and not h.streams.sent
+
+
+def _written(session: large_calls.StreamingSession) -> bytes:
+    """What the socket loop would write, in its order: each turn the session's output, then a
+    window of its streams, until nothing is left."""
+    out = b""
+    for _ in range(1000):
+        if not session.has_output():
+            return out
+        out += encode_output(session.output())
+        out += b"".join(bytes(p) for p in session.stream_output())
+    raise AssertionError("the session never ran out of output")
+
+
+def test_calls_made_after_a_stream_are_written_after_its_last_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guide's promise, calls from one caller keep their order: the contact multicasts a
+    streamed call when its last block arrives, so a call made after it must not be written
+    before that block (nor a later stream start before a call made ahead of it), on the first
+    connection and after a failover."""
+    monkeypatch.setattr(large_calls, "WINDOW", 3000)
+    session = large_calls.StreamingSession(["127.0.0.1:1", "127.0.0.1:2"], session_ns=1)
+    session.streams.limit((8 << 10) + 4000)
+    session.streams.block = 1000
+    session.connected(1.0, "127.0.0.1:1")
+    big, small, big2, small2 = _request(5500), _request(100), _request(4200), _request(120)
+    for r in (big, small, big2, small2):
+        session.call(r)
+
+    def check(data: bytes) -> None:
+        at = [data.find(r.args[-100:]) for r in (big, small, big2, small2)]
+        assert all(a >= 0 for a in at), at
+        assert at == sorted(at), f"written out of call order: {at}"
+        assert data.find(big2.args[:100]) > at[1]  # the second stream starts after the call before it
+
+    check(_written(session))
+    session.connection_lost(2.0, "reset")
+    hello = session.connected(2.0, "127.0.0.1:2")
+    assert hello.find(small.args) < 0 and hello.find(small2.args) < 0  # held for the streams ahead
+    check(hello + _written(session))
+    assert session.resent == 4
+    session.answered([1])  # the first stream answered: nothing waits for it any more
+    assert not session.streams.ready or session.streams.first_unfinished() == 3
