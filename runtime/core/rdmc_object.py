@@ -82,11 +82,17 @@ class ObjectTransfer:
 
     __slots__ = (
         "descriptor", "plan", "view", "buffer", "window", "state", "held", "hasher", "hashed", "complete", "links",
-        "upstream",
+        "upstream", "mapped",
     )  # fmt: skip
 
     def __init__(
-        self, descriptor: ObjectDescriptor, plan: NodePlan, view: memoryview, buffer: memoryview | None, window: int
+        self,
+        descriptor: ObjectDescriptor,
+        plan: NodePlan,
+        view: memoryview,
+        buffer: memoryview | None,
+        window: int,
+        mapped: bool = False,
     ) -> None:
         self.descriptor = descriptor
         self.plan = plan
@@ -101,6 +107,7 @@ class ObjectTransfer:
         self.complete = buffer is None  # holds every block, digest checked (a sender trusts itself)
         self.links = {q: _Link(bs) for q, bs in plan.sends.items()}
         self.upstream = {p: _Upstream(c) for p, c in plan.expected_counts().items()}
+        self.mapped = mapped  # the buffer's pages are mapped already (a reused one): no pre-faulting
 
     @property
     def finished(self) -> bool:
@@ -143,7 +150,7 @@ class ObjectTransfer:
         self.state[block] = _RESERVED
         self.upstream[sender].got += 1
         offset, size = self.descriptor.block_span(block)
-        if self.buffer is not None:
+        if self.buffer is not None and not self.mapped:
             prefault(self.buffer, offset, size)
         return self.view[offset : offset + size]
 
