@@ -119,7 +119,7 @@ class TransferConfig:
     # ``keep_idle_bytes`` of them kept idle; a transport with memory of its own (shared
     # mappings, registered RDMA regions) passes its own.
     allocate: Callable[[int], memoryview] | None = field(default=None, compare=False)
-    keep_idle_bytes: int = 256 << 20
+    keep_idle_bytes: int = 128 << 20
 
     def __post_init__(self) -> None:
         for name in ("window", "max_objects", "max_bytes", "max_object_size", "max_blocks"):
