@@ -8,13 +8,12 @@ into the buffer), then HELD; only HELD blocks are hashed, relayed or counted tow
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import sys
 from collections import deque
 from enum import Enum
 
-from runtime.core.rdmc_descriptor import ObjectDescriptor
+from runtime.core.rdmc_descriptor import ObjectDescriptor, object_hasher
 from runtime.core.rdmc_events import Effect, GrantCredit, Refusal, SendBlock
 from runtime.core.rdmc_plan import NodePlan
 
@@ -30,7 +29,7 @@ def prefault(buffer: memoryview, offset: int, size: int) -> None:
     """Map the pages of ``buffer[offset:offset + size]`` before a block is written there, if
     the buffer is an anonymous mapping (``object_buffer``): one call that zero-fills the
     block's pages in the kernel instead of a page fault per 4 KiB as the copy touches them.
-    Measured on the bench machine (100 MB in 1 MiB blocks, copy and sha256 of each, median of
+    Measured on the bench machine (100 MB in 1 MiB blocks, copy and sha256 of each (the digest then), median of
     7): 1.29 ms/MB of CPU against 1.41; a receiver of 100 MB objects over shared memory, 1.49
     against 1.64 ms/MB (bench/objects.py, A/B interleaved). Huge pages (MADV_HUGEPAGE) were
     tried too: bimodal here (1.0 or 4.3 ms/MB by run) and worse end to end, so not used.
@@ -83,11 +82,17 @@ class ObjectTransfer:
 
     __slots__ = (
         "descriptor", "plan", "view", "buffer", "window", "state", "held", "hasher", "hashed", "complete", "links",
-        "upstream",
+        "upstream", "mapped",
     )  # fmt: skip
 
     def __init__(
-        self, descriptor: ObjectDescriptor, plan: NodePlan, view: memoryview, buffer: memoryview | None, window: int
+        self,
+        descriptor: ObjectDescriptor,
+        plan: NodePlan,
+        view: memoryview,
+        buffer: memoryview | None,
+        window: int,
+        mapped: bool = False,
     ) -> None:
         self.descriptor = descriptor
         self.plan = plan
@@ -97,11 +102,12 @@ class ObjectTransfer:
         blocks = descriptor.blocks
         self.state = bytearray([_HELD if buffer is None else _MISSING]) * blocks
         self.held = blocks if buffer is None else 0
-        self.hasher = hashlib.sha256()
+        self.hasher = object_hasher()
         self.hashed = 0  # blocks hashed so far: a prefix, so hashing keeps pace with arrival
         self.complete = buffer is None  # holds every block, digest checked (a sender trusts itself)
         self.links = {q: _Link(bs) for q, bs in plan.sends.items()}
         self.upstream = {p: _Upstream(c) for p, c in plan.expected_counts().items()}
+        self.mapped = mapped  # the buffer's pages are mapped already (a reused one): no pre-faulting
 
     @property
     def finished(self) -> bool:
@@ -144,7 +150,7 @@ class ObjectTransfer:
         self.state[block] = _RESERVED
         self.upstream[sender].got += 1
         offset, size = self.descriptor.block_span(block)
-        if self.buffer is not None:
+        if self.buffer is not None and not self.mapped:
             prefault(self.buffer, offset, size)
         return self.view[offset : offset + size]
 

@@ -46,7 +46,9 @@ refuses stalls (its upstream never gets credit) until the view change, so the in
 the objects a shard has in flight within every member's limit, as the SMC window bounds
 messages, and a correct run never meets it there. A receiver's buffer is its only copy of the
 object: blocks are written into it (or read straight into it via
-:meth:`TransferEngine.destination`), relayed as slices of it and delivered as it.
+:meth:`TransferEngine.destination`), relayed as slices of it and delivered as it. Once nothing
+refers to it any more, the next object of its size is written into it (its pages are mapped
+already; :mod:`runtime.core.rdmc_buffers`), with at most ``keep_idle_bytes`` kept idle.
 
 **Failures.** A block is refused (``BlockRefused``, nothing stored) when its object is unknown,
 over or of an ended epoch, its index is out of range, the schedule does not name its sender for
@@ -63,10 +65,10 @@ copy is complete (``ObjectFailed.complete_here``) may keep it for that.
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass, field
 from typing import Callable
 
+from runtime.core.rdmc_buffers import LAZY_BUFFER_BYTES, BufferPool, object_buffer
 from runtime.core.rdmc_descriptor import (
     ObjectDescriptor,
     ObjectId,
@@ -96,7 +98,7 @@ from runtime.core.rdmc_events import (
 from runtime.core.rdmc_object import ObjectTransfer, Outcome
 from runtime.core.rdmc_plan import node_plan
 
-__all__ = ["TransferConfig", "TransferEngine"]
+__all__ = ["LAZY_BUFFER_BYTES", "TransferConfig", "TransferEngine", "object_buffer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,33 +114,21 @@ class TransferConfig:
     max_bytes: int = 8 << 30
     max_object_size: int = 16 << 30
     max_blocks: int = 1 << 20
-    # A receiver's buffer of ``size`` bytes (writable, flat): ``object_buffer`` by default; a
-    # transport with memory of its own (shared mappings, registered RDMA regions) passes its own.
-    allocate: Callable[[int], memoryview] = field(default=lambda size: object_buffer(size), compare=False)
+    # A receiver's buffer of ``size`` bytes (writable, flat). None: the engine's own pool of
+    # anonymous mappings, reused once idle (``runtime.core.rdmc_buffers``), at most
+    # ``keep_idle_bytes`` of them kept idle; a transport with memory of its own (shared
+    # mappings, registered RDMA regions) passes its own.
+    allocate: Callable[[int], memoryview] | None = field(default=None, compare=False)
+    keep_idle_bytes: int = 128 << 20
 
     def __post_init__(self) -> None:
         for name in ("window", "max_objects", "max_bytes", "max_object_size", "max_blocks"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TransferUsageError(f"TransferConfig.{name} must be an int >= 1, got {value!r}")
-
-
-LAZY_BUFFER_BYTES = 1 << 20
-"""From this size on, a receive buffer is an anonymous memory mapping, not a ``bytearray``."""
-
-
-def object_buffer(size: int) -> memoryview:
-    """A zero-filled writable buffer of ``size`` bytes whose allocation costs no pass over it.
-
-    ``bytearray(size)`` writes every byte at once: every page faulted in and zeroed on the
-    node's loop, ~1.3 s per GiB on the bench machine, which would stall heartbeats as a
-    whole-object digest would. An anonymous private mapping (memory only, no file, nothing
-    shared) is zero-filled by the kernel page by page as blocks are written into it, so that
-    cost is spread over the blocks, and the memory is returned when the last view of it goes.
-    Small objects take a ``bytearray`` (a mapping's page granularity would waste memory)."""
-    if size < LAZY_BUFFER_BYTES:
-        return memoryview(bytearray(size))
-    return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+        keep = self.keep_idle_bytes
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0:
+            raise TransferUsageError(f"TransferConfig.keep_idle_bytes must be an int >= 0, got {keep!r}")
 
 
 class TransferEngine:
@@ -147,6 +137,7 @@ class TransferEngine:
     def __init__(self, node: int, config: TransferConfig | None = None) -> None:
         self.node = node
         self.config = config or TransferConfig()
+        self.buffers = BufferPool(self.config.keep_idle_bytes)
         self._objects: dict[ObjectId, ObjectTransfer] = {}
         self._early: dict[int, dict[ObjectId, int]] = {}  # granting node -> object -> upto
         self._ended = -1  # epochs up to this one are over
@@ -279,8 +270,12 @@ class TransferEngine:
         if data is not None:
             t = ObjectTransfer(descriptor, plan, data, None, cfg.window)
         else:
-            buffer = cfg.allocate(descriptor.size)  # the object's one allocation at this node
-            t = ObjectTransfer(descriptor, plan, buffer, buffer, cfg.window)
+            # The object's one allocation at this node (a reused mapping's pages are mapped already).
+            if cfg.allocate is None:
+                buffer, mapped = self.buffers.take(descriptor.size)
+            else:
+                buffer, mapped = cfg.allocate(descriptor.size), False
+            t = ObjectTransfer(descriptor, plan, buffer, buffer, cfg.window, mapped)
         self._objects[oid] = t
         self._opened[oid.sender, oid.vid, oid.stream] = oid.seq
         self._bytes += descriptor.size

@@ -103,11 +103,15 @@ CLOSE_GRACE = 2.0  # seconds a closed connection may take to drain before it is 
 SLOW_WARN_TURNS = 16
 READ_SCRATCH = 256 * 1024  # bytes per read into the scratch buffer (asyncio's own read size)
 
-# Bytes of large-object blocks a member connection may hold unsent before more blocks wait in
-# the driver's queue (written as the connection drains, on resume_writing): a heartbeat or an
-# SST push written meanwhile waits behind at most this much and one block, never behind every
-# block of every object in flight.
-BLOCK_WRITE_LIMIT = 1 << 20
+# Bytes a member connection may hold unsent (in asyncio's buffer, not yet taken by the kernel)
+# for the next large-object block to be written; more blocks wait in the driver's queue and are
+# written as the connection drains (resume_writing). 0: a block is written only onto an empty
+# buffer, so the kernel takes it straight from the object (``send`` of a view of it) and only
+# what its socket buffer cannot take at once is copied into asyncio's; with blocks written while
+# up to 1 MiB waited, nearly every block was copied there whole first (measured: see
+# _pump_blocks). A heartbeat or an SST push written meanwhile waits behind at most one block
+# and the kernel's buffer, never behind every block of every object in flight.
+BLOCK_WRITE_LIMIT = 0
 _HEADER = struct.Struct(">I")  # a frame's length prefix
 
 
@@ -1045,9 +1049,14 @@ class TcpTransport:
         if conn is None or conn.closed or conn.upgrading or conn.transport is None or conn.unanswered is not None:
             return  # they wait for the connection and its peer's Hello (which pumps them)
         transport, blocks = conn.transport, peer.blocks
+        plain = not isinstance(transport, TlsStream)
         while blocks and conn.buffered() <= BLOCK_WRITE_LIMIT:
             head, data = blocks.popleft()
-            transport.writelines((head, data))
+            if plain:  # asyncio's writelines joins its parts (a copy of the block) before sending
+                transport.write(head)
+                transport.write(data)
+            else:  # TlsStream encrypts each part where it is
+                transport.writelines((head, data))
 
     async def _open(self, factory: Any, address: str) -> _Connection:
         """A connection to ``address``, its TLS handshake done (raises if it failed) and its
@@ -1098,7 +1107,7 @@ class TcpTransport:
                 peer.failures = 0
                 peer.conn = conn
                 if conn.transport is not None:  # resume_writing once blocks drain below the limit
-                    conn.transport.set_write_buffer_limits(high=BLOCK_WRITE_LIMIT, low=BLOCK_WRITE_LIMIT // 4)
+                    conn.transport.set_write_buffer_limits(high=BLOCK_WRITE_LIMIT, low=BLOCK_WRITE_LIMIT)
                 if peer.queued:
                     data = b"".join(peer.queued)
                     conn.send(data)

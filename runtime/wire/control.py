@@ -22,7 +22,7 @@ PROTOCOL_VERSION: Final = 4
 """The wire protocol this code speaks: frames, their fields and what they mean. Any change a
 peer of the previous release could not read bumps it. 3: large objects (descriptors among a
 shard push's messages, block and credit frames between members). 4: shared-memory and RDMA setup
-frames between members; an object's digest is sha256 (was blake2b-256, the same size)."""
+frames between members; an object's digest is BLAKE3 (was blake2b-256, the same size)."""
 
 MEMBER_PROTOCOLS: Final = frozenset({PROTOCOL_VERSION})
 """Protocols this code accepts from members: a node of protocol 3 cannot read the
