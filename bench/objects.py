@@ -49,6 +49,7 @@ from typing import Any
 import msgpack
 from blake3 import blake3
 
+from bench import security as _security
 from bench.procs import _die_with_parent, child_env, free_ports, wait_for_nodes
 from bench.registry import Context, Row, experiment
 
@@ -302,7 +303,18 @@ def run_objects(
     ports = dict(zip(range(1, nodes + 1), free_ports(nodes)))
     addr = {i: f"127.0.0.1:{p}" for i, p in ports.items()}
     cluster = f"obj-{uuid.uuid4().hex[:8]}"
-    sets = {**BASE_SETTINGS, "layout.default.min_nodes": str(nodes), "rdmc.schedule": schedule, **(settings or {})}
+    # TCP unless the run says otherwise (run.py --transport, or settings): this experiment is
+    # the TCP data path with TLS on and off; members on one host would otherwise pick shared
+    # memory whenever TLS is on (auto), and "TLS on" would measure the rings, not TLS. The
+    # transports experiment compares shared memory.
+    transport = {"node.transport": _security.transport() or "tcp"}
+    sets = {
+        **BASE_SETTINGS,
+        **transport,
+        "layout.default.min_nodes": str(nodes),
+        "rdmc.schedule": schedule,
+        **(settings or {}),
+    }
     credentials = None
     if not tls:
         sets["security.insecure"] = "true"
