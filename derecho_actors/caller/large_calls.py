@@ -2,7 +2,7 @@
 
 An ordered call whose arguments do not fit the contact's frame limit (its ``Welcome``) is not
 put in a frame of calls: ``ClientSession`` hands it here. It goes as a start frame (its fields,
-size and SHA-256) and then blocks of its arguments, each a small header and a ``memoryview`` of
+size and BLAKE3 digest, as objects' blocks are checked) and then blocks of its arguments, each a small header and a ``memoryview`` of
 the caller's own bytes, so nothing is copied on this side (``wire.streams``). The contact
 writes the blocks into one buffer, checks the digest and multicasts the call as one object
 (``node.client_streams``); its replies come back as any call's.
@@ -23,9 +23,10 @@ serialises calls to it (under the ``Client``'s lock).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from blake3 import blake3
 
 from derecho_actors.caller.calls import Outbound, Request, outbound, request_size
 from derecho_actors.caller.calls import _size as _calls_size
@@ -83,7 +84,7 @@ class CallStreams:
     def add(self, request: Request, call: Outbound) -> None:
         """Stream call ``call`` (its wire fields) of ``request``; its digest is taken here."""
         call_id, wire_shard, method, floor = call[0], call[2], call[3], call[8]
-        digest = hashlib.sha256(request.args).digest()
+        digest = blake3(request.args).digest()
         start = start_frame(call_id, wire_shard, method, floor, len(request.args), digest)
         self.calls[call_id] = _Stream(call_id, request.args, start, -1)
 

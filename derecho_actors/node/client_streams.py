@@ -1,12 +1,12 @@
 """Clients' streamed calls at their contact: blocks written into one buffer, checked, then
 multicast as one object.
 
-A client's ordered call too large for one frame arrives as a start (fields, size, SHA-256)
+A client's ordered call too large for one frame arrives as a start (fields, size, BLAKE3 digest)
 and blocks in order (``wire.streams``, sent by ``caller.large_calls``). At the start the call
 is checked as any call (``admit``) and against the bounds below; then one buffer is allocated,
 already laid out as the multicast payload of that one call (``payload_layout``), so the blocks
 land where the replicas will read them and the whole call is never copied on this node. Each
-block extends a running SHA-256; at the last the digest must match the start's, or the call is
+block extends a running BLAKE3 hash; at the last the digest must match the start's, or the call is
 refused (a ``WireError``) and never delivered. A whole call goes on (``deliver``) as the
 node's own large calls go: one payload above the object threshold in the shard's order.
 
@@ -21,13 +21,13 @@ connection closes is dropped at once: either frees its buffer. Runs on the node'
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import msgpack
+from blake3 import blake3
 
 from derecho_actors.node.client_table import describe
 from derecho_actors.wire.replies import ReplyEntry
@@ -147,7 +147,7 @@ class ClientStreams:
             self.node.node_id, start.call_id, start.method, start.size, (origin, session_ns, start.floor, owner)
         )
         now = self.node.monotonic()
-        self.streams[key] = _Stream(conn, who, budget, start, buffer, base, 0, hashlib.sha256(), now)
+        self.streams[key] = _Stream(conn, who, budget, start, buffer, base, 0, blake3(), now)
         self._hold(budget, start.size)
         if not self._sweeping:
             self._sweeping = True
@@ -212,7 +212,7 @@ class ClientStreams:
             self._fail(
                 stream,
                 WireError(
-                    f"call {start.call_id}: the {start.size} bytes received do not match the SHA-256 the client "
+                    f"call {start.call_id}: the {start.size} bytes received do not match the digest the client "
                     "sent (corrupted on the way); the call was not run: send it again"
                 ),
             )

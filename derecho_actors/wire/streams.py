@@ -1,7 +1,7 @@
 """Streamed calls: how a client's call too large for one frame travels to its contact.
 
 A call whose encoded arguments do not fit one frame goes as a *start* (the call's identity and
-fields, the size of its arguments and their SHA-256) and then *blocks*, the arguments' bytes in
+fields, the size of its arguments and their BLAKE3 digest) and then *blocks*, the arguments' bytes in
 order. Both ride in application messages like every other client frame, but their data is not a
 msgpack value: it starts with :data:`STREAM_MARK` (0xC1, which msgpack never uses), so a
 contact tells them apart from calls with one byte and a block's bytes never pass through
@@ -38,7 +38,7 @@ STREAM_MARK: Final = 0xC1
 """First byte of a stream message's data: never the first byte of a msgpack value."""
 KIND_START: Final = 1
 KIND_BLOCK: Final = 2
-DIGEST_SIZE: Final = 32  # SHA-256
+DIGEST_SIZE: Final = 32  # BLAKE3 (its default length)
 
 _BLOCK = struct.Struct(">BBQQ")  # mark, kind, call id, offset of the block in the arguments
 _FRAME = struct.Struct(">IBBBI")  # length prefix; msgpack [TAG_APP, bin32 of the data]
@@ -47,7 +47,7 @@ _FRAME = struct.Struct(">IBBBI")  # length prefix; msgpack [TAG_APP, bin32 of th
 @dataclass(frozen=True, slots=True)
 class StreamStart:
     """A streamed call begins: its fields (as a client's ``Call`` has them, less the
-    arguments), how many bytes of arguments follow and their SHA-256."""
+    arguments), how many bytes of arguments follow and their BLAKE3 digest."""
 
     call_id: int
     shard: ShardId
