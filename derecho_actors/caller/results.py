@@ -69,10 +69,7 @@ class QueryResults:
         ``call_id``: the caller's number for it, named in messages after ``description`` as
         ``call_word`` (a client's "client call 12", a member's "call 12"); ``lock``: shared with
         the caller's other results (no method holds it calling another's): one object less per call."""
-        self._what = description
-        self._call_id = call_id
-        self._call_word = call_word
-        self._decode = decode
+        self._what, self._call_id, self._call_word, self._decode = description, call_id, call_word, decode
         # A plain lock guards the state; a Condition on it is made only if someone has to wait
         # (most calls are answered before anyone looks: no Condition, no notify).
         self._lock = lock or threading.Lock()
@@ -85,11 +82,8 @@ class QueryResults:
         self._finished = False
         self._future: Future[None] | None = None  # made only if someone awaits
         self._versions: dict[int, int] = {}  # node -> version of the call there (persistent types)
-        # The producer's settings (see above).
-        self._persist_query = persist_query
-        self._why_waiting = why_waiting
-        self.ordered = ordered
-        self._compare = compare
+        self._persist_query, self._why_waiting = persist_query, why_waiting  # the producer's settings (see above)
+        self.ordered, self._compare = ordered, compare
         self._first: tuple[bool, bytes] | None = None  # the first answer, as encoded
         self._differ = False  # some answer's bytes differ from the first's (decoded values may still agree)
         self._warned = False
@@ -175,14 +169,17 @@ class QueryResults:
         answer from every replica, recorded wholesale (~3x cheaper than node by node); False,
         recording nothing, if answers came before, a node is known gone, or one is named twice."""
         with self._lock:
-            values = dict.fromkeys(nodes, value)
-            if self._expected is not None or self._order or self._gone or len(values) != len(nodes):
+            if self._expected is not None or self._order or self._gone:
                 return False
-            self._values, self._expected = values, replica_set(nodes)
-            self._order = nodes
-            self._versions.update(values.fromkeys(nodes, version) if version >= 0 else ())
+            values = dict.fromkeys(nodes, value)
+            if len(values) != len(nodes):
+                return False
+            self._values, self._expected, self._order = values, replica_set(nodes), nodes
+            if version >= 0:
+                self._versions.update(values.fromkeys(nodes, version))
             self._first = (True, raw) if self._compare is not None else None
-            self._maybe_done()
+            self._finished = True  # every replica answered: ``_maybe_done`` without its set arithmetic
+            self._wake()
             return True
 
     def _record(
@@ -257,15 +254,17 @@ class QueryResults:
             self._maybe_done()
 
     def _maybe_done(self) -> None:
-        """Under ``_lock``: wake waiters; mark done once every expected replica answered."""
-        if self._cond is not None:
-            self._cond.notify_all()
+        """Under ``_lock``: mark done once every expected replica answered; wake waiters."""
         expected = self._expected
         if not self._finished and expected is not None and len(self._values) + len(self._errors) >= len(expected):
-            if expected <= self._values.keys() | self._errors.keys():
-                self._finished = True
-                if self._future is not None and not self._future.done():
-                    self._future.set_result(None)
+            self._finished = expected <= self._values.keys() | self._errors.keys()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._cond is not None:
+            self._cond.notify_all()
+        if self._finished and self._future is not None and not self._future.done():
+            self._future.set_result(None)
 
     def _condition(self) -> threading.Condition:
         """Under ``_lock``: the condition waiters sleep on."""

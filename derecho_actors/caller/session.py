@@ -136,14 +136,16 @@ class ClientSession:
             why_waiting=self._why_waiting,
             lock=self._results_lock,
         )
-        # The contact fills in the session (origin) from our authenticated identity, and
-        # answers on our connection (no caller id: a client is not a member). Its wire fields
-        # are made once, here: a failover sends them again as they are.
-        call = self._wire[call_id] = outbound(request, call_id, self._floor.advance(self.pending, call_id))
-        self.pending[call_id] = results
+        # The contact fills in the session (origin) from our identity and answers on our connection
+        # (a client is no member: no caller id). Wire fields made once: a failover resends them as they are.
+        pending, floor = self.pending, self._floor.oldest  # it moves only once its call is answered
+        floor = floor if floor in pending else self._floor.advance(pending, call_id)
+        call = self._wire[call_id] = outbound(request, call_id, floor)
+        pending[call_id] = results
         if self.phase is Phase.CONNECTED:
             self._outbox.append(call)
-            self._outbox_size += request_size(request)
+            overhead = request.overhead  # ``request_size``, inlined
+            self._outbox_size += len(request.args) + overhead if overhead >= 0 else request_size(request)
         return results
 
     @property
@@ -154,14 +156,12 @@ class ClientSession:
         return bool(self._outbox or self._control)
 
     def data_to_send(self) -> bytes:
-        """Frames to write now: our pings, then the calls queued since the last time, as few
-        frames as the contact's limit allows (one per loop turn of the driver, however many
-        calls: in Python the cost is per call and per system call)."""
+        """Frames to write now: our pings, then the calls queued since, in as few frames as the contact
+        allows (one per driver's loop turn, however many calls: the cost is per call and system call)."""
         return encode_output(self.output())
 
     def output(self) -> Output:
-        """``data_to_send`` still to encode (``encode_output``, on any thread: a driver with a
-        lock encodes the calls outside it)."""
+        """``data_to_send`` to encode (``encode_output``, any thread: a driver encodes outside its lock)."""
         out = (self._control, self._outbox, self.max_frame, self._outbox_size)
         self._control, self._outbox, self._outbox_size = [], [], 0
         return out

@@ -71,6 +71,7 @@ def main(argv: list[str]) -> int:
         threading.Thread(target=_watch_parent, args=(parent_fd, done), name="parent-watch", daemon=True).start()
     with open(spec_path, "rb") as f:
         spec = cloudpickle.load(f)
+    from derecho_actors.node.gc_tuning import tune_node_gc
     from derecho_actors.node.group import Group
 
     try:
@@ -85,6 +86,7 @@ def main(argv: list[str]) -> int:
         print(f"node could not start: {exc}", file=sys.stderr)
         return EXIT_FAILED
     config = group.config
+    tune_node_gc()  # this process is the node's own (derecho_actors.node.gc_tuning)
 
     def rejoin(contacts: list[str]) -> Group:
         # Out of the group: one listener, trying until back (see node_command.run_app_node).

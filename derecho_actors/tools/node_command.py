@@ -223,7 +223,10 @@ def run_app_node(config: Any, accept_loss: bool, leave: bool = True) -> int:
     except GroupClosed as exc:
         print(f"derecho-actors node: {exc}", file=sys.stderr)
         return exc.exit_code if exc.exit_code is not None else EXIT_STOPPED
+    from derecho_actors.node.gc_tuning import tune_node_gc
     from derecho_actors.node.rejoin import Rejoiner
+
+    tune_node_gc()  # this process is the node's own (derecho_actors.node.gc_tuning)
 
     def rejoin(contacts: list[str]) -> Group:
         # Out of the group, the node keeps one listener and keeps trying (clients are told
