@@ -47,6 +47,8 @@ class ClientProxy(Protocol):
 
     def take_call(self, conn: ClientConn, msg: Call) -> None: ...
 
+    def take_calls(self, conn: ClientConn, calls: Sequence[Call]) -> None: ...
+
 
 class _ProxyGlue:
     """What a streamed call needs of the client proxy: checked at its start as any call of
@@ -84,6 +86,15 @@ class _ProxyGlue:
 
     def deliver(self, conn: ClientConn, start: StreamStart, payload: bytearray, base: int) -> None:
         proxy = self.proxy
+        # Calls this client sent before the stream's last block and still waiting for a loop
+        # turn (``ClientTurns``) go first: replicas apply a session's calls in call order and
+        # take an earlier call arriving after a later one as applied already, so it would be
+        # lost. (At most twice limits.client_max_in_flight calls: beyond, the client is cut off.)
+        client = proxy.table.state(conn)
+        if client.inbox and not client.closed:
+            queued = list(client.inbox)
+            client.inbox.clear()
+            proxy.take_calls(conn, queued)
         view = proxy.view()
         refusal = self.admit(conn, start)  # again: the view or the client's calls moved meanwhile
         if refusal is not None or view is None:

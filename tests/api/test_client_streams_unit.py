@@ -14,7 +14,7 @@ from blake3 import blake3
 from derecho_actors.caller import large_calls
 from derecho_actors.caller.calls import Request, outbound
 from derecho_actors.caller.session import encode_output
-from derecho_actors.node.client_streams import ClientStreams, payload_layout, stamp
+from derecho_actors.node.client_streams import MIN_STREAM_RATE, ClientStreams, payload_layout, stamp
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.messages import CallKind
 from derecho_actors.wire.streams import StreamStart, block_frame, parse_stream, start_frame
@@ -299,3 +299,54 @@ def test_calls_made_after_a_stream_are_written_after_its_last_block(monkeypatch:
     assert session.resent == 4
     session.answered([1])  # the first stream answered: nothing waits for it any more
     assert not session.streams.ready or session.streams.first_unfinished() == 3
+
+
+def _start(call_id: int, size: int) -> bytes:
+    return start_frame(call_id, ("Blobs", 0, 0), "put", 1, size, bytes(32))[11:]
+
+
+def test_a_start_costs_its_own_bytes_not_the_size_it_declares() -> None:
+    """A 68-byte start declaring 512 MiB made the contact zero-fill 512 MiB on its loop (~0.23 s),
+    as often as a client sent one: the buffer now grows with the blocks that arrive."""
+    h = Harness()
+    h.streams.on_data(Conn(1, Ident("alice")), _start(1, 512 << 20))
+    (stream,) = h.streams.streams.values()
+    assert len(stream.buffer) < 200 and h.streams.total == 512 << 20  # counted against the bound all the same
+
+
+def test_a_start_again_on_the_same_connection_closes_it() -> None:
+    h = Harness()
+    conn, other = Conn(1, Ident("alice")), Conn(2, Ident("alice"))
+    h.streams.on_data(other, _start(1, 5000))
+    h.streams.on_data(conn, _start(1, 5000))
+    h.streams.on_data(conn, _start(1, 5000))  # a client starts a call again only on a new connection
+    assert conn.closed and not other.closed
+    assert list(h.streams.streams) == [(other, 1)] and h.streams.total == 5000
+
+
+def test_a_trickling_stream_is_dropped_once_under_the_least_rate() -> None:
+    """One byte every few seconds kept a stream (and its share of the node's bound) for ever."""
+    h = Harness(client_stream_stall_ms=10_000)
+    conn = Conn(1)
+    data = os.urandom(4 << 20)
+    h.streams.on_data(conn, start_frame(1, ("Blobs", 0, 0), "put", 1, len(data), blake3(data).digest())[11:])
+    allowed = 10.0 + len(data) / MIN_STREAM_RATE  # 14 s
+    sent = 0
+    while h.node.now + 5.0 - 10.0 < allowed:  # a byte every 5 s: never silent for 10 s
+        head, view = block_frame(1, sent, memoryview(data)[sent : sent + 1])
+        h.streams.on_data(conn, head[11:] + bytes(view))
+        sent += 1
+        h.node.advance(5.0)
+    assert not h.refused
+    h.node.advance(5.0)
+    assert [type(e) for _, e in h.refused] == [ClientLimit] and "bytes/s" in str(h.refused[0][1])
+    assert h.streams.total == 0 and not h.streams.streams
+
+
+def test_without_tls_a_host_is_one_budget_over_all_its_connections() -> None:
+    h = Harness(client_stream_bytes=10_000)
+    h.streams.on_data(Conn(1, address="127.0.0.5:4000"), _start(1, 6000))
+    h.streams.on_data(Conn(2, address="127.0.0.5:4001"), _start(1, 6000))  # same host, another port
+    assert [type(e) for _, e in h.refused] == [ClientLimit] and "client_stream_bytes" in str(h.refused[0][1])
+    h.streams.on_data(Conn(3, address="127.0.0.6:4000"), _start(1, 6000))  # another host
+    assert len(h.refused) == 1 and h.streams.total == 12_000
