@@ -53,31 +53,32 @@ class _Lent:
         return bytearray, (pickle.PickleBuffer(self.data),)
 
 
-def _lend(value: Any, lent: dict[int, _Lent], depth: int = 2) -> Any:
-    """``value`` with its large ``bytearray``s swapped for :class:`_Lent`, looked for in lists,
-    tuples and dicts down to ``depth`` (a call's ``[args, kwargs]``: the arguments themselves;
-    a ``bytearray`` inside an argument stays in-band, so a call costs a look per argument,
-    not per item of its lists). The same ``bytearray`` twice is one ``_Lent`` (the pickle's memo keeps
-    them one object). Containers are rebuilt only where something was swapped."""
-    kind = type(value)
-    if kind is bytearray:
-        if len(value) < MIN_OOB_BYTES:
-            return value
-        got = lent.get(id(value))
-        if got is None:
-            got = lent[id(value)] = _Lent(value)
-        return got
-    if depth == 0:
+def _lend(value: Any) -> Any:
+    """A call's ``[args, kwargs]`` with its large ``bytearray`` arguments swapped for
+    :class:`_Lent` (the arguments themselves: one inside an argument stays in-band, so a call
+    costs a look per argument, made in C, not a walk of its lists); anything else as it is.
+    The same ``bytearray`` twice is one ``_Lent`` (the pickle's memo keeps them one object)."""
+    if type(value) is not list or len(value) != 2:
         return value
-    if kind is list or kind is tuple:
-        items = [_lend(v, lent, depth - 1) for v in value]
-        if all(a is b for a, b in zip(items, value)):
-            return value
-        return items if kind is list else tuple(items)
-    if kind is dict:
-        swapped = {k: _lend(v, lent, depth - 1) for k, v in value.items()}
-        return value if all(swapped[k] is v for k, v in value.items()) else swapped
-    return value
+    args, kwargs = value
+    if type(args) is not list or type(kwargs) is not dict:
+        return value
+    if bytearray not in map(type, args) and bytearray not in map(type, kwargs.values()):
+        return value  # the common case: no bytearray argument at all
+    lent: dict[int, _Lent] = {}
+
+    def swap(v: Any) -> Any:
+        if type(v) is not bytearray or len(v) < MIN_OOB_BYTES:
+            return v
+        got = lent.get(id(v))
+        if got is None:
+            got = lent[id(v)] = _Lent(v)
+        return got
+
+    return [[swap(v) for v in args], {k: swap(v) for k, v in kwargs.items()}]
+
+
+_cloudpickle_dumps: Any = None
 
 
 def dump_parts(value: Any) -> list[Part]:
@@ -97,9 +98,12 @@ def dump_parts(value: Any) -> list[Part]:
         buffers.append(raw)
         return False
 
-    import cloudpickle
+    global _cloudpickle_dumps
+    if _cloudpickle_dumps is None:  # imported on first use: a process that never pickles skips it
+        import cloudpickle
 
-    stream = cloudpickle.dumps(_lend(value, {}), protocol=5, buffer_callback=keep)
+        _cloudpickle_dumps = cloudpickle.dumps
+    stream = _cloudpickle_dumps(_lend(value), protocol=5, buffer_callback=keep)
     if not buffers:
         return [stream]
     if len(buffers) > MAX_BUFFERS:
@@ -151,7 +155,7 @@ def loads(data: bytes | memoryview) -> Any:
     """A value ``dumps`` (or plain cloudpickle) encoded. Out-of-band buffers are handed to the
     unpickler as read-only views of ``data``: whatever they rebuild refers to ``data``'s memory
     and keeps it alive (for a received object, its buffer is not reused while so held)."""
-    if bytes(data[:4]) != MAGIC:
+    if not data[:4] == MAGIC:  # a plain pickle (bytes or a view: == compares the bytes)
         return pickle.loads(data)
     stream, buffers = split(data)
     try:
