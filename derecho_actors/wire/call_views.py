@@ -13,6 +13,10 @@ msgpack and pickle alike, so a msgpack type's ``bytes`` argument is still ``byte
 Lifetime: a view holds the payload's buffer; for a received object that is the receive
 buffer, which :class:`runtime.core.rdmc_buffers.BufferPool` reuses only once nothing refers
 to it, so a replica holding an argument (or a NumPy array built on it) keeps it from reuse.
+Whoever decodes the arguments lets go of the view at once (:func:`let_go`): the delivered
+batch that carried it may live on (the actor thread's loop keeps its last message until the
+next one comes), and holding the buffer until then made every receiver map a second buffer
+for the next object instead of reusing the first.
 """
 
 from __future__ import annotations
@@ -109,3 +113,14 @@ def ordered_views(payload: bytes | memoryview) -> list[tuple[Any, ...]] | None:
         return out if at == len(v) else None
     except (_Off, IndexError, struct.error, UnicodeDecodeError):
         return None
+
+
+def let_go(args: object) -> None:
+    """Release ``args`` if it is a view (what it decoded into keeps its own references to the
+    buffer, if it needs them), so the received buffer may be reused as soon as nothing
+    decoded from it is held. A view something still exports from directly is left as it is."""
+    if type(args) is memoryview:
+        try:
+            args.release()
+        except BufferError:
+            pass

@@ -184,3 +184,39 @@ def test_the_same_bytearray_twice_is_one_buffer_and_one_object() -> None:
     data, ((x, y), kw) = _roundtrip([[ba, ba], {"again": ba}])  # type: ignore[misc]
     assert len(oob.split(data)[1]) == 1
     assert x is y is kw["again"] and x == ba
+
+
+def test_a_run_call_lets_go_of_its_view_so_a_held_batch_does_not_hold_the_buffer() -> None:
+    """The actor thread's loop keeps its last batch until the next one arrives: a call's view
+    of its received object is released once its arguments are decoded, so the buffer is free
+    for the next object unless what was decoded from it is kept."""
+    import derecho_actors as da
+    from derecho_actors.model.decorators import spec_of
+    from derecho_actors.replica.calls import CallRunner
+
+    @da.replicated(serializer="cloudpickle")
+    class T:
+        @da.ordered
+        def size(self, data: object) -> int:
+            return len(data)  # type: ignore[arg-type]
+
+        @da.ordered
+        def keep(self, data: Held) -> int:
+            self.kept = data
+            return len(data.data)  # type: ignore[arg-type]
+
+    runner = CallRunner(spec_of(T), sink=None)  # type: ignore[arg-type]
+    obj = T()
+    pool = BufferPool(keep_bytes=1 << 30)
+    for method, value, idle in (("size", bytearray(2 << 20), True), ("keep", Held(os.urandom(2 << 20)), False)):
+        (payload,) = encode_ordered([PendingCall(1, 1, method, oob.dumps([[value], {}]))], 1 << 40, 1)
+        buf, _ = pool.take(len(payload))
+        buf[:] = payload
+        batch = decode_ordered(buf.toreadonly())
+        del buf
+        assert isinstance(batch, list)
+        assert pool.idle_bytes == 0
+        ok, _ = runner.ordered(obj, method, batch[0][3])
+        assert ok
+        assert (pool.idle_bytes > 0) is idle, method  # the batch is still held here
+    assert bytes(obj.kept.data) == bytes(value.data)  # type: ignore[attr-defined]
