@@ -13,7 +13,10 @@ msgpack and pickle alike, so a msgpack type's ``bytes`` argument is still ``byte
 Lifetime: a view holds the payload's buffer; for a received object that is the receive
 buffer, which :class:`runtime.core.rdmc_buffers.BufferPool` reuses only once nothing refers
 to it, so a replica holding an argument (or a NumPy array built on it) keeps it from reuse.
-Whoever decodes the arguments lets go of the view at once (:func:`let_go`): the delivered
+This holds because a delivered payload is ``bytes`` or such a receive buffer
+(``runtime.core.effects.DeliveredMessage``): a transport that delivered views of memory it
+reuses by another rule (a ring slot, an arena) would have to copy before delivery, or views
+made here could change under a call. Whoever decodes the arguments lets go of the view at once (:func:`let_go`): the delivered
 batch that carried it may live on (the actor thread's loop keeps its last message until the
 next one comes), and holding the buffer until then made every receiver map a second buffer
 for the next object instead of reusing the first.
