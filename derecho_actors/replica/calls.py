@@ -21,6 +21,7 @@ from derecho_actors.replica.events import EventSink
 from derecho_actors.replica.reads import PastView
 from derecho_actors.replica.sessions import EVICTED, EXPIRED, FORGOTTEN, Kind
 from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.call_views import let_go
 from runtime.errors import SessionExpired, SessionLimit
 
 
@@ -47,6 +48,8 @@ class CallRunner:
             if self._methods.get(method) != want:
                 raise AttributeError(f"{self.spec.name}.{method} is not a {want} method")
             a, kw = _codec.decode_args(args, serializer)
+            if type(args) is memoryview:  # a large call's view of its received object
+                let_go(args)  # what it decoded holds what it needs: the buffer may be reused after
             target = obj if past is None else PastView(obj, past)
             context = handler_context
             context.active = True
@@ -69,6 +72,8 @@ class CallRunner:
             if self._methods.get(method) != ORDERED:
                 raise AttributeError(f"{self.spec.name}.{method} is not a {ORDERED} method")
             a, kw = self._unpack_args(args)
+            if type(args) is memoryview:  # a large call's view of its received object
+                let_go(args)  # what it decoded holds what it needs: the buffer may be reused after
             context = handler_context
             context.active = True
             context.sink = self.sink

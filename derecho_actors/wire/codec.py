@@ -16,8 +16,10 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import msgpack
 
 from derecho_actors.exceptions import ShardAwaitingLog, ShardStateLost
+from derecho_actors.wire.call_views import MIN_VIEW_BYTES, ordered_views
 from derecho_actors.wire.packing import packb
 from derecho_actors.wire.serializers import pack as _pack
+from derecho_actors.wire.serializers import pack_args as _pack_args
 from derecho_actors.wire.serializers import unpack as _unpack
 from derecho_actors.wire.serializers import unpack_msgpack as _unpack_msgpack
 from derecho_actors.wire.serializers import unpack_pickle as _unpack_pickle
@@ -45,7 +47,7 @@ from runtime.errors import (
 
 
 def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], serializer: str) -> bytes:
-    return _pack([list(args), kwargs], serializer, "the call's arguments")
+    return _pack_args([list(args), kwargs], serializer, "the call's arguments")
 
 
 def decode_args(data: bytes, serializer: str) -> tuple[Sequence[Any], Mapping[str, Any]]:
@@ -254,7 +256,10 @@ class UndecodableBatch:
 def decode_ordered(payload: bytes | memoryview) -> list[OrderedCall] | UndecodableBatch:
     """The calls of one multicast payload; an :class:`UndecodableBatch` saying why and naming
     the calls it could read if it is not one of ours. Every replica decodes the same payload
-    alike, so none of its calls runs anywhere."""
+    alike, so none of its calls runs anywhere. A large payload's calls carry their arguments
+    as views of it, not copies (``call_views``)."""
+    if len(payload) >= MIN_VIEW_BYTES and (views := ordered_views(payload)) is not None:
+        return views
     try:
         ts, calls = msgpack.unpackb(payload, raw=False)
     except Exception as exc:
