@@ -9,7 +9,10 @@ Three workloads, each measured like the experiment it comes from:
 * ``multicast_1MB``: ordered multicast of 1 MB messages, 3 members all sending; the slowest
   member's delivered MB/s (each receiver gets every message).
 
-Every run starts a fresh cluster (TLS on: a throwaway CA in its work folder). The runs of a
+Every run starts a fresh cluster (TLS on: a throwaway CA in its work folder), on TCP unless the
+run names a transport (``run.py --transport``): with TLS on, members on one host would
+otherwise pick shared memory (``node.transport = auto`` needs the authenticated control
+connection), and "on vs off" would compare the rings with TCP, not TLS with plaintext. The runs of a
 workload alternate between the modes in the order on, off, off, on, on, off, ... so that a slow
 drift of the shared machine's load falls on both alike; each mode reports the median of its
 runs (1 each with ``--quick``, 3 each in the full run). ``ratio`` is TLS on / TLS off. The
@@ -29,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import report
+from bench import report, security
 from bench.ourgroup import run_group
 from bench.ours import VALUE_SIZE, kv_cluster_run, load_kv_example, nodes_cpu, pipelined
 from bench.registry import Context, Row, experiment
+from bench.transports import forced_transport
 
 TARGET = 0.80  # TLS on >= 80% of the plaintext throughput (100 B multicast, actor puts)
 ACTOR_WINDOW = 1000  # outstanding calls in the actor runs (one level, the same for both modes)
@@ -201,7 +205,8 @@ def tls(ctx: Context) -> list[Row]:
         runs: dict[bool, list[Row]] = {True: [], False: []}
         for mode in order:
             try:
-                r = w.run(mode)
+                with forced_transport(security.transport() or "tcp"):
+                    r = w.run(mode)
             except Exception as exc:
                 r = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]}
             runs[mode].append(r)
