@@ -111,8 +111,15 @@ def _objects(senders: int) -> Callable[[Context], Row]:
         # CPU per MB moved, summed over the members: on 2 cores shared by 3 nodes (and, on a
         # busy machine, by whatever else runs) it is what bounds the rate, and it holds still
         # when the rate does not.
-        cpu_us = sum(done.cpu_ms_per_mb().values()) * 1000
-        return {"value": min(done.mb_per_s(n) for n in done.receivers()), "cpu_us": cpu_us}
+        per_node = done.cpu_ms_per_mb()
+        cpu_us = sum(per_node.values()) * 1000
+        # Per node too (sender first): where the CPU goes decides which side a change must cut.
+        nodes = [round(per_node[n], 3) for n in sorted(per_node)]
+        return {
+            "value": min(done.mb_per_s(n) for n in done.receivers()),
+            "cpu_us": cpu_us,
+            "cpu_ms_per_mb_nodes": nodes,
+        }
 
     return run
 
@@ -156,7 +163,11 @@ def transports(ctx: Context) -> list[Row]:
                 ctx.say(f"  {case} over {kind}: failed: {exc}")
                 continue
             row[kind], row[f"cpu_us_{kind}"] = got["value"], got["cpu_us"]
-            ctx.say(f"  {case} over {kind}: {got['value']:,.2f} {unit} ({time.monotonic() - t0:.0f} s)")
+            nodes = got.get("cpu_ms_per_mb_nodes")
+            if nodes is not None:
+                row[f"cpu_ms_per_mb_nodes_{kind}"] = nodes
+            per_node = f"; CPU ms/MB per node {' '.join(f'{v:.2f}' for v in nodes)}" if nodes else ""
+            ctx.say(f"  {case} over {kind}: {got['value']:,.2f} {unit} ({time.monotonic() - t0:.0f} s){per_node}")
         if all(isinstance(row.get(k), float) and row[k] > 0 for k in TRANSPORTS):
             row["gain"] = row["shm"] / row["tcp"] if higher else row["tcp"] / row["shm"]
         rows.append(row)
