@@ -1,0 +1,115 @@
+"""One ``Client`` calling ``KV.put`` one call at a time: latency and CPU per call per process.
+
+Why a tool of its own: the serial call's cost is per loop turn and per wake-up, not per call
+of work, and finding it needs the same cluster measured several times and profiled
+(``--spy`` runs py-spy on every node process during the timed calls). Run it against another
+checkout for an A/B in the same minute by putting that checkout first on ``PYTHONPATH`` (the
+node processes inherit it)::
+
+    python -m bench.actor_serial --calls 2000 --rounds 3
+    PYTHONPATH=/tmp/old python -m bench.actor_serial --calls 2000 --rounds 3
+
+Prints one JSON line per round: p50/p99 ms and CPU µs per call of the client, the contact and
+each other node (TLS on, 3 nodes on loopback, the bench's defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import security
+from bench.ours import contact_node, cpu_per_call, cpu_snapshot, load_kv_example, one_at_a_time
+from bench.stats import percentile
+
+
+def run(calls: int, spy: Path | None, value: bytes, strace: str = "") -> dict[str, Any]:
+    """Start a 3-node cluster, warm it up, make ``calls`` serial puts and return the round's
+    figures; with ``spy``, py-spy records every node process into ``spy/node-N.txt``."""
+    import derecho_actors as da
+
+    kvmod = load_kv_example()
+    layout = da.Layout({kvmod.KV: da.ShardPolicy(shards=1, min_nodes=3, max_nodes=3)})
+    workdir = tempfile.mkdtemp(prefix="derecho-serial-")
+    spies: list[subprocess.Popen[bytes]] = []
+    try:
+        with da.local_cluster(
+            nodes=3,
+            types=[kvmod.KV],
+            layout=layout,
+            workdir=workdir,
+            overrides={"timeouts.suspicion_ms": "3000"},
+            **security.cluster_kwargs(None),
+        ) as cluster:
+            handle = cluster.handle(kvmod.KV, shard=0)
+
+            def put(i: int, v: bytes) -> Any:
+                return handle.put(f"key-{i}", v)
+
+            for i in range(200):
+                put(i, value).get(timeout=30)
+            if spy is not None:
+                spy.mkdir(parents=True, exist_ok=True)
+                for node, proc in cluster.procs.items():
+                    if strace:  # system calls counted per thread group (loop turns, writes, futexes)
+                        args = [
+                            "strace",
+                            "-c" if strace != "full" else "-tt",
+                            "-f",
+                            "-o",
+                            str(spy / f"strace-{node}.txt"),
+                            "-p",
+                            str(proc.pid),
+                        ]
+                    else:
+                        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+                        args = [exe, "record", "-r", "1000", "-f", "raw", "--gil", "-p", str(proc.pid)]
+                        args += ["-o", str(spy / f"node-{node}.txt"), "--nonblocking"]
+                    spies.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                time.sleep(1.0)
+            before = cpu_snapshot(cluster)
+            lat = one_at_a_time(put, calls, value)
+            after = cpu_snapshot(cluster)
+            contact = contact_node(cluster)
+            for p in spies:
+                p.send_signal(2)
+            for p in spies:
+                p.wait(30)
+            return {
+                "p50_ms": round(percentile(lat, 50), 3),
+                "p99_ms": round(percentile(lat, 99), 3),
+                **{k: v for k, v in cpu_per_call(before, after, calls, contact).items() if k != "cpu_us_replicas_max"},
+            }
+    finally:
+        for p in spies:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--spy", type=Path, default=None, help="py-spy raw profiles of the nodes into this folder")
+    ap.add_argument(
+        "--strace",
+        default="",
+        choices=["", "count", "full"],
+        help="with --spy: strace the nodes (counts, or every call with times) instead of py-spy",
+    )
+    a = ap.parse_args()
+    for _ in range(a.rounds):
+        print(json.dumps(run(a.calls, a.spy, b"v" * 100, a.strace)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
