@@ -36,7 +36,7 @@ from typing import Callable, Protocol
 from derecho_actors.exceptions import ShardAwaitingLog
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.node.refused_batches import UndecodableBatches, refusals
-from derecho_actors.node.runners import ReplicaRef, Runner
+from derecho_actors.node.runners import ReplicaRef, Runner, Wait
 from derecho_actors.node.shard_loss import LossStatus, ShardLoss, awaiting_log, nodes
 from derecho_actors.replica.replica import (
     OrderedBatch,
@@ -62,7 +62,10 @@ MakeEnv = Callable[[ShardId, TypeSpec, int, "int | None"], ReplicaEnv]
 
 WAIT_CALLS = 32  # a delivered batch of at most this many calls: the loop waits for its answers
 WAIT_S = 0.001  # at most this long (user methods are expected to be quick)
-NO_WAIT_S = 0.5  # after a wait ran out, this long without waiting for that shard
+NO_WAIT_S = 0.5  # after waits ran out in a slow method, this long without waiting for that shard
+SLOW_WAITS = 2  # waits in a row that ran out with the method running: a slow method, not a
+# thread preempted once by another process (a single one happened a few times a minute on a
+# busy 2-core machine and stopped the waits for ``NO_WAIT_S`` each time)
 
 
 class HeldAnswers(Protocol):
@@ -92,6 +95,7 @@ class ReplicaHost:
         self._undecodable = UndecodableBatches(node_id)
         self.held_answers: HeldAnswers | None = None  # set by the group: small batches are waited for
         self._no_wait_until: dict[ShardId, float] = {}
+        self._ran_out: dict[ShardId, int] = {}  # waits in a row that ran out in the method
 
     def holds(self, shard: ShardId) -> bool:
         return shard in self.replicas
@@ -288,8 +292,20 @@ class ReplicaHost:
             return
         held.hold()
         try:
-            if not wait(batch, WAIT_S) and time.monotonic() - now >= WAIT_S:  # it ran out: a slow method
-                self._no_wait_until[sid] = now + NO_WAIT_S
+            # Only methods still running when the waits ran out (``SLOW_WAITS`` in a row) stop
+            # the waits: a thread not yet scheduled (other processes on the cores) says nothing
+            # of the method. Counting every run-out stopped the waits for half a second at a
+            # time on a busy machine, and then most serial calls' answers came a loop turn
+            # later through the self-pipe. A replica still in a slow method is not waited for
+            # anyway (``Wait.QUEUED``).
+            ended = wait(batch, WAIT_S)
+            if ended is Wait.RUNNING:
+                n = self._ran_out[sid] = self._ran_out.get(sid, 0) + 1
+                if n >= SLOW_WAITS:
+                    self._no_wait_until[sid] = now + NO_WAIT_S
+                    self._ran_out[sid] = 0
+            elif ended is Wait.HANDLED:
+                self._ran_out[sid] = 0
         finally:
             held.take_held()
 
