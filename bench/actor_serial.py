@@ -30,7 +30,22 @@ from bench.ours import contact_node, cpu_per_call, cpu_snapshot, load_kv_example
 from bench.stats import percentile
 
 
-def run(calls: int, spy: Path | None, value: bytes, strace: str = "") -> dict[str, Any]:
+def switches(pid: int) -> int:
+    """Context switches (voluntary and not) of every thread of process ``pid`` so far: a
+    figure the machine's load does not inflate, unlike CPU time (each is a wake-up or a
+    hand-off between threads)."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def run(calls: int, spy: Path | None, value: bytes, strace: str = "", idle: float = 2.0) -> dict[str, Any]:
     """Start a 3-node cluster, warm it up, make ``calls`` serial puts and return the round's
     figures; with ``spy``, py-spy records every node process into ``spy/node-N.txt``."""
     import derecho_actors as da
@@ -74,9 +89,14 @@ def run(calls: int, spy: Path | None, value: bytes, strace: str = "") -> dict[st
                         args += ["-o", str(spy / f"node-{node}.txt"), "--nonblocking"]
                     spies.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 time.sleep(1.0)
+            idle0 = cpu_snapshot(cluster)
+            time.sleep(idle)
+            idle1 = cpu_snapshot(cluster)
             before = cpu_snapshot(cluster)
+            sw0 = {node: switches(proc.pid) for node, proc in cluster.procs.items()}
             lat = one_at_a_time(put, calls, value)
             after = cpu_snapshot(cluster)
+            sw = {str(n): round((switches(p.pid) - sw0[n]) / calls, 2) for n, p in cluster.procs.items()}
             contact = contact_node(cluster)
             for p in spies:
                 p.send_signal(2)
@@ -85,6 +105,9 @@ def run(calls: int, spy: Path | None, value: bytes, strace: str = "") -> dict[st
             return {
                 "p50_ms": round(percentile(lat, 50), 3),
                 "p99_ms": round(percentile(lat, 99), 3),
+                "switches_per_call": sw,
+                # each node's CPU while no call ran (heartbeats, timers): part of every figure per call
+                "idle_cpu_ms_per_s": {str(n): round((idle1[1][n] - idle0[1][n]) / idle * 1e3, 1) for n in idle0[1]},
                 **{k: v for k, v in cpu_per_call(before, after, calls, contact).items() if k != "cpu_us_replicas_max"},
             }
     finally:

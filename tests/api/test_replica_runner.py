@@ -135,23 +135,30 @@ def test_the_host_waits_for_small_batches_only_and_not_for_a_while_after_a_wait_
     host._tell(sid, quick, batch(WAIT_CALLS + 1))  # type: ignore[arg-type]
     assert [k for k, _ in quick.told] == ["wait", "tell"]
     assert held.log == ["hold", "take"]  # what the replica answered meanwhile is taken at once
-    late = WaitingRef(takes=WAIT_S * 2, ends=Wait.NOT_STARTED)  # its thread was not scheduled in time
+    late = WaitingRef(takes=WAIT_S * 2, ends=Wait.NOT_STARTED)  # its thread was scheduled late once
     host._tell(sid, late, batch(1))  # type: ignore[arg-type]
+    host._tell(sid, quick, batch(1))  # type: ignore[arg-type]
     host._tell(sid, late, batch(1))  # type: ignore[arg-type]
-    assert [k for k, _ in late.told] == ["wait", "wait"]  # says nothing of the method: waits go on
-    assert held.log == ["hold", "take"] * 3
+    assert [k for k, _ in late.told] == ["wait", "wait"]  # one run-out at a time: waits go on
+    host._tell(sid, quick, batch(1))  # type: ignore[arg-type]
+    assert held.log == ["hold", "take"] * 5
     once = WaitingRef(takes=WAIT_S * 2, ends=Wait.RUNNING)  # one run-out (preempted once)...
     host._tell(sid, once, batch(1))  # type: ignore[arg-type]
     host._tell(sid, quick, batch(1))  # type: ignore[arg-type]  # ...then a quick one: the count starts again
     host._tell(sid, once, batch(1))  # type: ignore[arg-type]
     host._tell(sid, quick, batch(1))  # type: ignore[arg-type]
     assert [k for k, _ in once.told] == ["wait", "wait"] and quick.told[-1][0] == "wait"
-    assert held.log == ["hold", "take"] * 7
+    assert held.log == ["hold", "take"] * 9
     slow = WaitingRef(takes=WAIT_S * 2, ends=Wait.RUNNING)
     for _ in range(SLOW_WAITS + 1):
         host._tell(sid, slow, batch(1))  # type: ignore[arg-type]
     assert [k for k, _ in slow.told] == ["wait"] * SLOW_WAITS + ["tell"]  # no wait for NO_WAIT_S
-    assert held.log == ["hold", "take"] * (7 + SLOW_WAITS)
+    assert held.log == ["hold", "take"] * (9 + SLOW_WAITS)
+    busy = WaitingRef(takes=WAIT_S * 2, ends=Wait.NOT_STARTED)  # a machine too busy, turn after turn
+    other = ShardId("KV", 0, 2)
+    for _ in range(SLOW_WAITS + 1):
+        host._tell(other, busy, batch(1))  # type: ignore[arg-type]
+    assert [k for k, _ in busy.told] == ["wait"] * SLOW_WAITS + ["tell"]
     host.held_answers = None  # the simulator's inline replicas: never waited for
     host._tell(ShardId("KV", 0, 1), quick, batch(1))  # type: ignore[arg-type]
     assert quick.told[-1][0] == "tell"
