@@ -36,7 +36,7 @@ from typing import Callable, Protocol
 from derecho_actors.exceptions import ShardAwaitingLog
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.node.refused_batches import UndecodableBatches, refusals
-from derecho_actors.node.runners import ReplicaRef, Runner
+from derecho_actors.node.runners import ReplicaRef, Runner, Wait
 from derecho_actors.node.shard_loss import LossStatus, ShardLoss, awaiting_log, nodes
 from derecho_actors.replica.replica import (
     OrderedBatch,
@@ -62,7 +62,10 @@ MakeEnv = Callable[[ShardId, TypeSpec, int, "int | None"], ReplicaEnv]
 
 WAIT_CALLS = 32  # a delivered batch of at most this many calls: the loop waits for its answers
 WAIT_S = 0.001  # at most this long (user methods are expected to be quick)
-NO_WAIT_S = 0.5  # after a wait ran out, this long without waiting for that shard
+NO_WAIT_S = 0.5  # after waits ran out in a slow method, this long without waiting for that shard
+SLOW_WAITS = 2  # waits in a row that ran out: a slow method (or a machine too busy to run the
+# replica's thread in time), not a thread preempted or scheduled late once by another process
+# (that happened a few times a minute on a busy 2-core machine and stopped the waits each time)
 
 
 class HeldAnswers(Protocol):
@@ -92,6 +95,7 @@ class ReplicaHost:
         self._undecodable = UndecodableBatches(node_id)
         self.held_answers: HeldAnswers | None = None  # set by the group: small batches are waited for
         self._no_wait_until: dict[ShardId, float] = {}
+        self._ran_out: dict[ShardId, int] = {}  # waits in a row that ran out
 
     def holds(self, shard: ShardId) -> bool:
         return shard in self.replicas
@@ -288,8 +292,20 @@ class ReplicaHost:
             return
         held.hold()
         try:
-            if not wait(batch, WAIT_S) and time.monotonic() - now >= WAIT_S:  # it ran out: a slow method
-                self._no_wait_until[sid] = now + NO_WAIT_S
+            # Waits stop (for ``NO_WAIT_S``) only after ``SLOW_WAITS`` run-outs in a row: a
+            # slow method, or a machine so busy that the replica's thread is not scheduled in
+            # time, turn after turn. A single run-out (the thread preempted or scheduled late
+            # once by another process) stopped them for half a second on a busy 2-core machine,
+            # and then most serial calls' answers came a loop turn later through the self-pipe.
+            # A replica still in a message is not waited for anyway (``Wait.QUEUED``).
+            ended = wait(batch, WAIT_S)
+            if ended is Wait.HANDLED:
+                self._ran_out[sid] = 0
+            elif ended is not Wait.QUEUED:
+                n = self._ran_out[sid] = self._ran_out.get(sid, 0) + 1
+                if n >= SLOW_WAITS:
+                    self._no_wait_until[sid] = now + NO_WAIT_S
+                    self._ran_out[sid] = 0
         finally:
             held.take_held()
 

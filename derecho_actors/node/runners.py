@@ -8,6 +8,7 @@ simulator: one thread, deterministic).
 
 from __future__ import annotations
 
+import enum
 import queue
 import threading
 from dataclasses import dataclass
@@ -21,10 +22,34 @@ from runtime.core.layout import ShardId
 
 @dataclass(slots=True)
 class _Waited:
-    """A message whose sender waits (bounded) for it to be handled: ``done`` is released then."""
+    """A message whose sender waits (bounded) for it to be handled: ``done`` is released then;
+    ``started`` is set when the replica's thread takes it up (so a wait that ran out can tell a
+    slow method from a thread that had not been scheduled yet)."""
 
     message: ReplicaMessage
     done: threading.Lock
+    started: bool = False
+
+
+class Wait(enum.Enum):
+    """How a bounded wait for a replica to handle a message ended."""
+
+    HANDLED = "handled"  # before the timeout (or the replica is gone)
+    QUEUED = "queued"  # not waited for: messages were ahead of it
+    RUNNING = "running"  # the timeout ran out with the replica in it: a slow method
+    NOT_STARTED = "not started"  # the timeout ran out before its idle thread took it up:
+    # the machine is busy (other processes on the cores), which says nothing of the method
+
+
+class _Busy:
+    """Whether the replica's thread is in a message now (written by that thread only). With an
+    empty inbox it tells an idle replica from one still in the message it took last, which a
+    waited message would queue behind."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = False
 
 
 class ReplicaActor(pykka.ThreadingActor):
@@ -33,9 +58,10 @@ class ReplicaActor(pykka.ThreadingActor):
     # A replica stuck in a user method must not keep the process alive after its node stopped.
     use_daemon_thread = True
 
-    def __init__(self, replica: Replica) -> None:
+    def __init__(self, replica: Replica, busy: _Busy | None = None) -> None:
         super().__init__()
         self.replica = replica
+        self.busy = busy if busy is not None else _Busy()
 
     @staticmethod
     def _create_actor_inbox() -> queue.SimpleQueue[Any]:
@@ -50,13 +76,19 @@ class ReplicaActor(pykka.ThreadingActor):
         self.replica.start()
 
     def on_receive(self, message: Any) -> None:
-        if type(message) is _Waited:
-            try:
-                self.replica.receive(message.message)
-            finally:
-                message.done.release()
-            return
-        self.replica.receive(message)
+        busy = self.busy
+        busy.now = True
+        try:
+            if type(message) is _Waited:
+                message.started = True
+                try:
+                    self.replica.receive(message.message)
+                finally:
+                    message.done.release()
+                return
+            self.replica.receive(message)
+        finally:
+            busy.now = False
 
     def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.replica.failed_with(exc)
@@ -78,8 +110,9 @@ class Runner(Protocol):
 
 
 class _ActorRef:
-    def __init__(self, ref: pykka.ActorRef[ReplicaActor]) -> None:
+    def __init__(self, ref: pykka.ActorRef[ReplicaActor], busy: _Busy) -> None:
         self._ref = ref
+        self._busy = busy
 
     def tell(self, message: ReplicaMessage) -> None:
         try:
@@ -87,24 +120,27 @@ class _ActorRef:
         except pykka.ActorDeadError:
             pass  # it failed (and reported why) or was stopped
 
-    def tell_and_wait(self, message: ReplicaMessage, timeout: float) -> bool:
+    def tell_and_wait(self, message: ReplicaMessage, timeout: float) -> Wait:
         """Tell ``message`` and, if the replica had nothing else to do, wait up to ``timeout``
-        seconds for it to be handled; True if it was (or the replica is gone). Why: the node's
-        loop would otherwise go to sleep and be woken again by the answers (a self-pipe write,
-        a wake-up and a loop turn, per call when calls come one at a time); waiting, it sends
-        them on in the same turn. False at once when messages wait ahead of it (under load the
-        loop goes on as before)."""
+        seconds for it to be handled. Why: the node's loop would otherwise go to sleep and be
+        woken again by the answers (a self-pipe write, a wake-up and a loop turn, per call when
+        calls come one at a time); waiting, it sends them on in the same turn. ``QUEUED`` at
+        once when messages wait ahead of it or the replica is still in one (under load, or
+        behind a slow method, the loop goes on as before)."""
         ref = self._ref
-        if not ref.actor_inbox.empty():
+        if self._busy.now or not ref.actor_inbox.empty():
             self.tell(message)
-            return False
+            return Wait.QUEUED
         done = threading.Lock()
         done.acquire()
+        waited = _Waited(message, done)
         try:
-            ref.tell(_Waited(message, done))
+            ref.tell(waited)
         except pykka.ActorDeadError:
-            return True
-        return done.acquire(timeout=timeout)
+            return Wait.HANDLED
+        if done.acquire(timeout=timeout):
+            return Wait.HANDLED
+        return Wait.RUNNING if waited.started else Wait.NOT_STARTED
 
     def stop(self) -> Callable[[float], bool]:
         stopping = self._ref.stop(block=False)
@@ -125,7 +161,8 @@ class ThreadRunner:
     """Each replica on its own thread (pykka), one message at a time, in order."""
 
     def start(self, replica: Replica, shard: ShardId) -> ReplicaRef:
-        return _ActorRef(ReplicaActor.start(replica))
+        busy = _Busy()
+        return _ActorRef(ReplicaActor.start(replica, busy), busy)
 
 
 class _InlineRef:

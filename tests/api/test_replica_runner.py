@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from derecho_actors.node.hosting import WAIT_CALLS, WAIT_S, ReplicaHost
-from derecho_actors.node.runners import ReplicaActor, ThreadRunner
+from derecho_actors.node.hosting import SLOW_WAITS, WAIT_CALLS, WAIT_S, ReplicaHost
+from derecho_actors.node.runners import ReplicaActor, ThreadRunner, Wait
 from derecho_actors.replica.replica import OrderedBatch
 from runtime.core.layout import ShardId
 
@@ -74,7 +74,7 @@ def test_tell_and_wait_returns_once_an_idle_replica_handled_the_message() -> Non
     ref = ThreadRunner().start(replica, (0, 0))  # type: ignore[arg-type]
     try:
         for i in range(50):
-            assert ref.tell_and_wait(i, 5.0)  # type: ignore[attr-defined]
+            assert ref.tell_and_wait(i, 5.0) is Wait.HANDLED  # type: ignore[attr-defined]
             assert replica.got[-1] == i  # handled before the wait returned
     finally:
         assert ref.stop()(10.0)
@@ -85,9 +85,9 @@ def test_tell_and_wait_does_not_wait_behind_queued_messages_and_gives_up_at_its_
     replica = GatedReplica()
     ref = ThreadRunner().start(replica, (0, 0))  # type: ignore[arg-type]
     try:
-        assert not ref.tell_and_wait("slow", 0.05)  # type: ignore[attr-defined]  # the method runs on
+        assert ref.tell_and_wait("slow", 0.05) is Wait.RUNNING  # type: ignore[attr-defined]  # the method runs on
         ref.tell("queued")  # type: ignore[arg-type]
-        assert not ref.tell_and_wait("behind", 5.0)  # type: ignore[attr-defined]  # at once: one waits ahead
+        assert ref.tell_and_wait("behind", 5.0) is Wait.QUEUED  # type: ignore[attr-defined]  # at once: one waits ahead
         replica.gate.set()
     finally:
         assert ref.stop()(10.0)
@@ -97,17 +97,17 @@ def test_tell_and_wait_does_not_wait_behind_queued_messages_and_gives_up_at_its_
 class WaitingRef:
     """A replica reference whose waits take ``takes`` seconds and say whether it handled."""
 
-    def __init__(self, takes: float = 0.0, handled: bool = True) -> None:
-        self.takes, self.handled = takes, handled
+    def __init__(self, takes: float = 0.0, ends: Wait = Wait.HANDLED) -> None:
+        self.takes, self.ends = takes, ends
         self.told: list[tuple[str, Any]] = []
 
     def tell(self, message: Any) -> None:
         self.told.append(("tell", message))
 
-    def tell_and_wait(self, message: Any, timeout: float) -> bool:
+    def tell_and_wait(self, message: Any, timeout: float) -> Wait:
         self.told.append(("wait", message))
         time.sleep(self.takes)
-        return self.handled
+        return self.ends
 
 
 class Held:
@@ -135,11 +135,46 @@ def test_the_host_waits_for_small_batches_only_and_not_for_a_while_after_a_wait_
     host._tell(sid, quick, batch(WAIT_CALLS + 1))  # type: ignore[arg-type]
     assert [k for k, _ in quick.told] == ["wait", "tell"]
     assert held.log == ["hold", "take"]  # what the replica answered meanwhile is taken at once
-    slow = WaitingRef(takes=WAIT_S * 2, handled=False)
-    host._tell(sid, slow, batch(1))  # type: ignore[arg-type]  # ran out: a slow method
-    host._tell(sid, slow, batch(1))  # type: ignore[arg-type]
-    assert [k for k, _ in slow.told] == ["wait", "tell"]  # no wait for NO_WAIT_S
-    assert held.log == ["hold", "take"] * 2
+    late = WaitingRef(takes=WAIT_S * 2, ends=Wait.NOT_STARTED)  # its thread was scheduled late once
+    host._tell(sid, late, batch(1))  # type: ignore[arg-type]
+    host._tell(sid, quick, batch(1))  # type: ignore[arg-type]
+    host._tell(sid, late, batch(1))  # type: ignore[arg-type]
+    assert [k for k, _ in late.told] == ["wait", "wait"]  # one run-out at a time: waits go on
+    host._tell(sid, quick, batch(1))  # type: ignore[arg-type]
+    assert held.log == ["hold", "take"] * 5
+    once = WaitingRef(takes=WAIT_S * 2, ends=Wait.RUNNING)  # one run-out (preempted once)...
+    host._tell(sid, once, batch(1))  # type: ignore[arg-type]
+    host._tell(sid, quick, batch(1))  # type: ignore[arg-type]  # ...then a quick one: the count starts again
+    host._tell(sid, once, batch(1))  # type: ignore[arg-type]
+    host._tell(sid, quick, batch(1))  # type: ignore[arg-type]
+    assert [k for k, _ in once.told] == ["wait", "wait"] and quick.told[-1][0] == "wait"
+    assert held.log == ["hold", "take"] * 9
+    slow = WaitingRef(takes=WAIT_S * 2, ends=Wait.RUNNING)
+    for _ in range(SLOW_WAITS + 1):
+        host._tell(sid, slow, batch(1))  # type: ignore[arg-type]
+    assert [k for k, _ in slow.told] == ["wait"] * SLOW_WAITS + ["tell"]  # no wait for NO_WAIT_S
+    assert held.log == ["hold", "take"] * (9 + SLOW_WAITS)
+    busy = WaitingRef(takes=WAIT_S * 2, ends=Wait.NOT_STARTED)  # a machine too busy, turn after turn
+    other = ShardId("KV", 0, 2)
+    for _ in range(SLOW_WAITS + 1):
+        host._tell(other, busy, batch(1))  # type: ignore[arg-type]
+    assert [k for k, _ in busy.told] == ["wait"] * SLOW_WAITS + ["tell"]
     host.held_answers = None  # the simulator's inline replicas: never waited for
     host._tell(ShardId("KV", 0, 1), quick, batch(1))  # type: ignore[arg-type]
     assert quick.told[-1][0] == "tell"
+
+
+def test_a_replica_still_in_a_message_is_not_waited_for() -> None:
+    replica = GatedReplica()
+    ref = ThreadRunner().start(replica, (0, 0))  # type: ignore[arg-type]
+    try:
+        assert ref.tell_and_wait("slow", 0.05) is Wait.RUNNING  # type: ignore[attr-defined]
+        # The inbox is empty again (the thread took "slow" up) but the thread is in it: the
+        # next message would wait behind it, so it is not waited for.
+        t0 = time.monotonic()
+        assert ref.tell_and_wait("next", 5.0) is Wait.QUEUED  # type: ignore[attr-defined]
+        assert time.monotonic() - t0 < 1.0
+        replica.gate.set()
+    finally:
+        assert ref.stop()(10.0)
+    assert replica.got == ["slow", "next"]
