@@ -273,3 +273,44 @@ def test_a_value_field_holding_a_dict_is_not_checkpointed(tmp_path: Path) -> Non
     store.submit([store.record(make_version(3, 11), 5001, 0, 0)])
     assert _checkpoint_version(path) < make_version(3, 10)
     store.close()
+
+
+def _ledger_store(path: Path, every: int) -> PersistentStore:
+    return PersistentStore(
+        Ledger(),
+        persistent_fields(Ledger),
+        "msgpack",
+        VersionedLog.open(path, fsync=False),
+        lambda v: None,
+        inline=True,
+        replayed=SessionTable(),
+        checkpoint_every=every,
+    )
+
+
+def _one_call_per_batch(store: PersistentStore, first: int, last: int) -> None:
+    for i in range(first, last):
+        store.obj.n = i
+        store.submit([store.record(make_version(2, i), 1000 + i, 0, 100 + i)])
+
+
+def test_records_replayed_at_a_restart_count_toward_the_next_checkpoint(tmp_path: Path) -> None:
+    """The records a restart replays after the log's checkpoint are in no checkpoint: the
+    next one is due ``checkpoint_every`` records after the last one, not after the restart,
+    so the tail each restart replays stays bounded however often the node restarts."""
+    path = tmp_path / "Ledger.0.0.log"
+    ckpt = log_checkpoint.checkpoint_path(path)
+    first = _ledger_store(path, every=20)
+    first.reset_tracking()
+    _one_call_per_batch(first, 0, 50)  # checkpoints after records 20 and 40: a tail of 10
+    first.close()
+    found = log_checkpoint.read(ckpt)
+    assert isinstance(found, log_checkpoint.CheckpointFile) and found.count == 40
+    second = _ledger_store(path, every=20)
+    assert second.restore_checkpoint() is not None
+    assert sum(len(calls) for calls in second.replay()) == 10
+    _one_call_per_batch(second, 50, 60)
+    found = log_checkpoint.read(ckpt)
+    assert isinstance(found, log_checkpoint.CheckpointFile) and found.count == 60
+    assert found.version == make_version(2, 59)
+    second.close()
