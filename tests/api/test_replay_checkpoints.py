@@ -314,3 +314,59 @@ def test_records_replayed_at_a_restart_count_toward_the_next_checkpoint(tmp_path
     assert isinstance(found, log_checkpoint.CheckpointFile) and found.count == 60
     assert found.version == make_version(2, 59)
     second.close()
+
+
+def _start_prebuilt(path: Path, kept: Any) -> Replica:
+    env = ReplicaEnv(1, lambda replies: None, path.parent / "scratch", log_path=path, fsync=False)
+    env.take_log = lambda: kept
+    r = Replica(_spec(), env)
+    r.start()
+    return r
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_replica_rebuilt_while_the_node_restarts_equals_one_rebuilt_when_it_starts(
+    tmp_path: Path, seed: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A total restart rebuilds each replica's object from the log the node opened, on a
+    thread, before the restart view makes the replica (``replica.prebuild``): the replica
+    that takes it holds what rebuilding on its own gives (a whole replay, here), wired to
+    its own group."""
+    from derecho_actors.replica.prebuild import Prebuild
+
+    path = tmp_path / "Ledger.0.0.log"
+    _write(path, 70 + 13 * seed, seed, every=16).close()
+    want = _without_checkpoint(path)
+    kept = Prebuild(_spec(), VersionedLog.open(path, fsync=False))
+    with caplog.at_level(logging.INFO, logger="derecho.replica"):
+        r = _start_prebuilt(path, kept)
+    assert "rebuilt from its log while the node restarted" in caplog.text
+    assert "a checkpoint at version" in caplog.text
+    assert _state(r) == want
+    store = r.store
+    assert store is not None and store.on_durable == r.env.report_durable and not store.inline
+    r.stop()
+
+
+def test_a_failed_rebuild_while_the_node_restarts_leaves_the_replica_to_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild ahead of the view that failed half-way (here: after taking the log's
+    checkpoint) is not used: the replica rebuilds from the log itself and ends as it would
+    have."""
+    from derecho_actors.replica import prebuild
+
+    path = tmp_path / "Ledger.0.0.log"
+    _write(path, 80, 4, every=16).close()
+    want = _without_checkpoint(path)
+
+    def broken(spec: TypeSpec, log_: Any) -> Any:
+        log_.take_checkpoint()
+        raise OSError("simulated failure")
+
+    monkeypatch.setattr(prebuild, "rebuild", broken)
+    kept = prebuild.Prebuild(_spec(), VersionedLog.open(path, fsync=False))
+    r = _start_prebuilt(path, kept)
+    assert isinstance(kept.error, OSError)
+    assert _state(r) == want
+    r.stop()
