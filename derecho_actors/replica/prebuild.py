@@ -46,9 +46,14 @@ class Rebuilt:
     seconds: float
 
 
-def rebuild(spec: TypeSpec, log_: Any) -> Rebuilt:
+class Cancelled(Exception):
+    """The rebuild was given up: nobody will take it (the node closes)."""
+
+
+def rebuild(spec: TypeSpec, log_: Any, stop: threading.Event | None = None) -> Rebuilt:
     """Build ``spec``'s object from ``log_``: from its checkpoint if it has a valid one, then
-    the records after it (all of them without one)."""
+    the records after it (all of them without one). ``stop``: give up between two batches
+    of records once it is set (raises :class:`Cancelled`)."""
     obj = spec.cls()
     store = PersistentStore(
         obj, persistent_fields(spec.cls), spec.serializer, log_, lambda version: None, replayed=table_for(spec)
@@ -58,6 +63,8 @@ def rebuild(spec: TypeSpec, log_: Any) -> Rebuilt:
     replayed = 0
     for calls in store.replay():
         replayed += len(calls)
+        if stop is not None and stop.is_set():
+            raise Cancelled(f"the rebuild of {spec.name} was given up")
     return Rebuilt(obj, store, restored, replayed, time.perf_counter() - started)
 
 
@@ -70,12 +77,13 @@ class Prebuild:
         self.log = log_
         self.result: Rebuilt | None = None
         self.error: BaseException | None = None
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"derecho-prebuild-{spec.name}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            self.result = rebuild(self.spec, self.log)
+            self.result = rebuild(self.spec, self.log, self._stop)
         except BaseException as exc:  # the replica rebuilds on its own and reports it there
             self.error = exc
 
@@ -85,6 +93,8 @@ class Prebuild:
         return self.result
 
     def close(self) -> None:
-        """No replica took it: close the log once the rebuild no longer reads it."""
+        """No replica took it: close the log once the rebuild no longer reads it (it stops
+        at its next batch of records)."""
+        self._stop.set()
         self._thread.join()
         self.log.close()

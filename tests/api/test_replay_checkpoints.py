@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -360,7 +361,7 @@ def test_a_failed_rebuild_while_the_node_restarts_leaves_the_replica_to_rebuild(
     _write(path, 80, 4, every=16).close()
     want = _without_checkpoint(path)
 
-    def broken(spec: TypeSpec, log_: Any) -> Any:
+    def broken(spec: TypeSpec, log_: Any, stop: Any = None) -> Any:
         log_.take_checkpoint()
         raise OSError("simulated failure")
 
@@ -370,3 +371,19 @@ def test_a_failed_rebuild_while_the_node_restarts_leaves_the_replica_to_rebuild(
     assert isinstance(kept.error, OSError)
     assert _state(r) == want
     r.stop()
+
+
+def test_a_rebuild_nobody_takes_stops_and_lets_go_of_its_log(tmp_path: Path) -> None:
+    """A node that closes before any replica took its rebuilt log (or whose view gave the
+    shard to others) stops the rebuild at its next batch of records and closes the log."""
+    from derecho_actors.replica import prebuild
+
+    path = tmp_path / "Ledger.0.0.log"
+    _write(path, 60, 5, every=16).close()
+    stop = threading.Event()
+    stop.set()
+    with VersionedLog.open(path, fsync=False) as lg, pytest.raises(prebuild.Cancelled):
+        prebuild.rebuild(_spec(), lg, stop)
+    kept = prebuild.Prebuild(_spec(), VersionedLog.open(path, fsync=False))
+    kept.close()
+    VersionedLog.open(path, fsync=False).close()  # let go: the file's lock is free again
