@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 
 import msgpack
 
+from derecho_actors.replica.prebuild import Prebuild
 from derecho_actors.replica.store import log_path
 from runtime.core.layout import ShardId
 from runtime.core.view import View
@@ -199,9 +200,10 @@ class NodeDiskState:
             old.close()
 
     def take_log(self, path: Path) -> Any:
-        """The log at ``path`` as :func:`saved_state` opened and checked it, handed over once
-        (its index is current: nobody else writes the file while this process holds its
-        lock); None if none is kept: open it."""
+        """The log at ``path`` as :func:`saved_state` opened and checked it (a
+        :class:`~derecho_actors.replica.prebuild.Prebuild`: with its object rebuilt), handed
+        over once (its index is current: nobody else writes the file while this process
+        holds its lock); None if none is kept: open it."""
         with self._lock:
             return self._kept.pop(Path(path), None)
 
@@ -276,8 +278,9 @@ def saved_state(
     last version of each log of a persistent type), or None if there is nothing to restart
     from: the node then founds or joins afresh. ``keep``: leave each unsigned log open in
     ``disk`` for its replica (:meth:`NodeDiskState.take_log`), which then need not read it
-    again; a signed log is closed, as its replica opens it checking every signature, which
-    this read skips."""
+    again, and rebuild the replica's object from it meanwhile, while the node waits for the
+    others (``replica.prebuild``); a signed log is closed, as its replica opens it checking
+    every signature, which this read skips."""
     persistent = [s for s in specs if s.persistent]
     if not persistent or not disk._path("view").exists():
         return None
@@ -308,7 +311,7 @@ def _read_saved(
                 log.warning("log %s was repaired on open: %s", file, lg.recovery)
             logs[ShardId(spec.name, int(parts[0]), int(parts[1]))] = lg.last_version
             if keep and not spec.signed:
-                disk.keep_log(file, lg)
+                disk.keep_log(file, Prebuild(spec, lg))
             else:
                 lg.close()
     saved = disk.load(logs)

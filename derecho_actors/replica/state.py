@@ -25,6 +25,7 @@ from derecho_actors.model.fields import STORE_ATTR, persistent_fields
 from derecho_actors.replica.env import ReplicaEnv
 from derecho_actors.replica.events import EventLog
 from derecho_actors.replica.messages import StatePart
+from derecho_actors.replica.prebuild import Prebuild, Rebuilt
 from derecho_actors.replica.sessions import SessionTable, table_for
 from derecho_actors.replica.store import CHECKPOINT_EVERY, PersistentStore
 from derecho_actors.wire import codec as _codec
@@ -60,6 +61,12 @@ def open_store(r: Transferable) -> None:
     env = r.env
     assert env.log_path is not None
     log_ = env.take_log()  # read and checked by the node at start already
+    if isinstance(log_, Prebuild):  # and its object rebuilt meanwhile
+        rebuilt = log_.take()
+        if rebuilt is not None:
+            _adopt(r, rebuilt)
+            return
+        log_ = log_.log  # that rebuild failed: this one says why
     if log_ is None:
         log_ = VersionedLog.open(env.log_path, signing_key=env.signing_key, fsync=env.fsync)
         if log_.recovery is not None:
@@ -105,6 +112,34 @@ def attach_store(r: Transferable, log_: Any) -> None:
             r.applied,
             time.perf_counter() - started,
             f" (a checkpoint at version {format_version(restored.version)}, then {replayed} replayed)"
+            if restored is not None
+            else "",
+        )
+    _attached(r, store)
+
+
+def _adopt(r: Transferable, rebuilt: Rebuilt) -> None:
+    """Take an object rebuilt from the log before this replica existed (``prebuild``):
+    wire its store to this replica's group as :func:`attach_store` builds one, and load
+    the exactly-once table its replay built (what replaying into ``r.sessions`` gives)."""
+    env, store, restored = r.env, rebuilt.store, rebuilt.restored
+    store.on_durable = env.report_durable
+    store.on_signed = env.report_signed if getattr(store.log, "signed", False) else None
+    store.on_failure = env.storage_failed
+    store.stall_timeout = env.stall_timeout
+    store.inline = env.inline_writes
+    store.checkpoint_every = SIM_CHECKPOINT_EVERY if env.inline_writes else CHECKPOINT_EVERY
+    r.obj = rebuilt.obj
+    assert store.replayed is not None
+    r.sessions.load_state(store.replayed.to_state())
+    r.applied = (restored.count if restored is not None else 0) + rebuilt.replayed
+    if r.applied:
+        log.info(
+            "%s rebuilt from its log while the node restarted: %d versions in %.2f s%s",
+            r.spec.name,
+            r.applied,
+            rebuilt.seconds,
+            f" (a checkpoint at version {format_version(restored.version)}, then {rebuilt.replayed} replayed)"
             if restored is not None
             else "",
         )

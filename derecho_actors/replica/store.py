@@ -173,6 +173,7 @@ class PersistentStore(PastReads):
                 continue
             calls = apply_records(records, self.obj, self.fields, self.history, decode)
             self.last_version, self.last_ts = records[-1][0], records[-1][1]
+            self._since_checkpoint += len(records)  # in no checkpoint: the next one counts them
             if self.replayed is not None:
                 self.replayed.replayed_batch(calls)
             yield calls

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +274,116 @@ def test_a_value_field_holding_a_dict_is_not_checkpointed(tmp_path: Path) -> Non
     store.submit([store.record(make_version(3, 11), 5001, 0, 0)])
     assert _checkpoint_version(path) < make_version(3, 10)
     store.close()
+
+
+def _ledger_store(path: Path, every: int) -> PersistentStore:
+    return PersistentStore(
+        Ledger(),
+        persistent_fields(Ledger),
+        "msgpack",
+        VersionedLog.open(path, fsync=False),
+        lambda v: None,
+        inline=True,
+        replayed=SessionTable(),
+        checkpoint_every=every,
+    )
+
+
+def _one_call_per_batch(store: PersistentStore, first: int, last: int) -> None:
+    for i in range(first, last):
+        store.obj.n = i
+        store.submit([store.record(make_version(2, i), 1000 + i, 0, 100 + i)])
+
+
+def test_records_replayed_at_a_restart_count_toward_the_next_checkpoint(tmp_path: Path) -> None:
+    """The records a restart replays after the log's checkpoint are in no checkpoint: the
+    next one is due ``checkpoint_every`` records after the last one, not after the restart,
+    so the tail each restart replays stays bounded however often the node restarts."""
+    path = tmp_path / "Ledger.0.0.log"
+    ckpt = log_checkpoint.checkpoint_path(path)
+    first = _ledger_store(path, every=20)
+    first.reset_tracking()
+    _one_call_per_batch(first, 0, 50)  # checkpoints after records 20 and 40: a tail of 10
+    first.close()
+    found = log_checkpoint.read(ckpt)
+    assert isinstance(found, log_checkpoint.CheckpointFile) and found.count == 40
+    second = _ledger_store(path, every=20)
+    assert second.restore_checkpoint() is not None
+    assert sum(len(calls) for calls in second.replay()) == 10
+    _one_call_per_batch(second, 50, 60)
+    found = log_checkpoint.read(ckpt)
+    assert isinstance(found, log_checkpoint.CheckpointFile) and found.count == 60
+    assert found.version == make_version(2, 59)
+    second.close()
+
+
+def _start_prebuilt(path: Path, kept: Any) -> Replica:
+    env = ReplicaEnv(1, lambda replies: None, path.parent / "scratch", log_path=path, fsync=False)
+    env.take_log = lambda: kept
+    r = Replica(_spec(), env)
+    r.start()
+    return r
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_replica_rebuilt_while_the_node_restarts_equals_one_rebuilt_when_it_starts(
+    tmp_path: Path, seed: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A total restart rebuilds each replica's object from the log the node opened, on a
+    thread, before the restart view makes the replica (``replica.prebuild``): the replica
+    that takes it holds what rebuilding on its own gives (a whole replay, here), wired to
+    its own group."""
+    from derecho_actors.replica.prebuild import Prebuild
+
+    path = tmp_path / "Ledger.0.0.log"
+    _write(path, 70 + 13 * seed, seed, every=16).close()
+    want = _without_checkpoint(path)
+    kept = Prebuild(_spec(), VersionedLog.open(path, fsync=False))
+    with caplog.at_level(logging.INFO, logger="derecho.replica"):
+        r = _start_prebuilt(path, kept)
+    assert "rebuilt from its log while the node restarted" in caplog.text
+    assert "a checkpoint at version" in caplog.text
+    assert _state(r) == want
+    store = r.store
+    assert store is not None and store.on_durable == r.env.report_durable and not store.inline
+    r.stop()
+
+
+def test_a_failed_rebuild_while_the_node_restarts_leaves_the_replica_to_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild ahead of the view that failed half-way (here: after taking the log's
+    checkpoint) is not used: the replica rebuilds from the log itself and ends as it would
+    have."""
+    from derecho_actors.replica import prebuild
+
+    path = tmp_path / "Ledger.0.0.log"
+    _write(path, 80, 4, every=16).close()
+    want = _without_checkpoint(path)
+
+    def broken(spec: TypeSpec, log_: Any, stop: Any = None) -> Any:
+        log_.take_checkpoint()
+        raise OSError("simulated failure")
+
+    monkeypatch.setattr(prebuild, "rebuild", broken)
+    kept = prebuild.Prebuild(_spec(), VersionedLog.open(path, fsync=False))
+    r = _start_prebuilt(path, kept)
+    assert isinstance(kept.error, OSError)
+    assert _state(r) == want
+    r.stop()
+
+
+def test_a_rebuild_nobody_takes_stops_and_lets_go_of_its_log(tmp_path: Path) -> None:
+    """A node that closes before any replica took its rebuilt log (or whose view gave the
+    shard to others) stops the rebuild at its next batch of records and closes the log."""
+    from derecho_actors.replica import prebuild
+
+    path = tmp_path / "Ledger.0.0.log"
+    _write(path, 60, 5, every=16).close()
+    stop = threading.Event()
+    stop.set()
+    with VersionedLog.open(path, fsync=False) as lg, pytest.raises(prebuild.Cancelled):
+        prebuild.rebuild(_spec(), lg, stop)
+    kept = prebuild.Prebuild(_spec(), VersionedLog.open(path, fsync=False))
+    kept.close()
+    VersionedLog.open(path, fsync=False).close()  # let go: the file's lock is free again
