@@ -87,3 +87,4 @@ class CallPaths:
         if gone:
             self.member.on_departed(gone, view)
             self.clients.on_departed(gone, view)
+        self.clients.streams.on_view(gone, view)  # clients' streamed calls relayed to or from members
