@@ -265,6 +265,7 @@ class ClientStreams:
                 if stream is not None:
                     self.refused += 1
                     self._drop(stream)
+                self.ended(e[3], e[0])
 
     def not_sent(self, conn: ClientConn, call_id: int) -> None:
         """A whole call ``deliver`` did not send (refused there): its bytes are free."""
