@@ -14,14 +14,14 @@ from derecho_actors.node.answer_queue import AnswerQueue
 from derecho_actors.node.call_stats import CallStats
 from derecho_actors.node.client_outbox import ClientOutbox
 from derecho_actors.node.client_streams import ClientStreams, stamp
-from derecho_actors.node.client_table import ClientState, ClientTable, Proxied
+from derecho_actors.node.client_table import ClientState, ClientTable, Proxied, Relay
 from derecho_actors.node.hosting import ReplicaHost
 from derecho_actors.node.outbox import Outbox
 from derecho_actors.node.relayed_streams import RelayedStreams
 from derecho_actors.node.stream_relay import StreamRelay, relay_target
 from derecho_actors.node.unavailable import unavailable
 from derecho_actors.wire import codec as _codec
-from derecho_actors.wire.messages import Call, ReplyTo
+from derecho_actors.wire.messages import Call, ReplyTo, encode
 from derecho_actors.wire.streams import StreamStart
 from runtime.config import LimitsSection
 from runtime.core.view import View
@@ -42,6 +42,7 @@ def proxy_streams(proxy: ClientProxy, limits: LimitsSection) -> ClientStreams:
     streams.begun = glue.begin
     streams.progress = glue.relay.progress
     streams.ended = glue.relay.drop
+    streams.departed = glue.departed
     return streams
 
 
@@ -147,6 +148,40 @@ class _ProxyGlue:
         stamp(payload, self.proxy.node.wall_ns())
         self.proxy.outbox.flush()
         self.proxy.node.send_ordered(start.shard, [bytes(payload)])
+
+    def departed(self, gone: set[int], view: View) -> None:
+        """Relays of streamed calls whose member left go again, each session's in call order
+        with its other calls relayed to a member that left (to the same shard): replicas take a
+        session's earlier call arriving after a later one as applied already, so the client
+        proxy's own retry (``ClientProxy.on_departed``, after this) must not send a later call
+        first. Those sent here get their new member, so that retry passes them by."""
+        relay, proxy = self.relay, self.proxy
+        moved = relay.moved(gone)
+        if not moved:
+            return
+        relays = proxy.table.relays
+        for origin, shard in {(k[0], relay.shard_of(k)) for k in moved}:
+            members = view.layout.members_of(shard)
+            ours: list[tuple[int, tuple[int, int], Relay | None]] = [(k[1], k, None) for k in moved if k[0] == origin]
+            if members:  # else the client proxy refuses its calls (no member to send them to)
+                ours += [
+                    (k[1], k, r)
+                    for k, r in relays.items()
+                    if k[0] == origin and r.target in gone and r.call.ordered and r.call.shard == shard
+                ]
+            for _, key, other in sorted(ours, key=lambda t: t[0]):
+                if other is None:
+                    relay.resend(key, view)
+                elif proxy.node_id in members:
+                    del relays[key]
+                    c = other.call
+                    pending = _codec.PendingCall(
+                        proxy.node_id, c.call_id, c.method, c.args, origin, c.session_ns, c.floor, c.owner
+                    )
+                    proxy.outbox.submit(shard, pending)
+                else:
+                    other.target = relay_target(members, origin)
+                    proxy.to_members.offer(other.target, encode(other.call))
 
     def lost(self, key: tuple[int, int], start: StreamStart, view: View) -> None:
         """A whole relayed call whose member left and whose shard has no member now."""

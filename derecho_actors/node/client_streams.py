@@ -149,6 +149,7 @@ class ClientStreams:
         self.relaying: dict[tuple[int, int], tuple[ClientConn, int]] = {}
         self.relay: StreamRelay | None = None  # this node's relays out, and those relayed to it
         self.relayed_in: RelayedStreams | None = None
+        self.departed: Callable[[set[int], View], None] = lambda gone, view: None
         self.refused = 0  # streamed calls refused (status, tests)
         self.dropped_blocks = 0  # blocks of no stream in progress (one refused or abandoned)
         self._sweeping = False
@@ -360,9 +361,10 @@ class ClientStreams:
             self.node.call_later(stall / 4, self._sweep)
 
     def on_view(self, gone: set[int], view: View) -> None:
-        """A new view: relays to members that left go again; relays from them are dropped."""
-        if gone and self.relay is not None:
-            self.relay.on_departed(gone, view)
+        """A new view: relays to members that left go again (``departed``, before the client
+        proxy sends its other relayed calls again); relays from them are dropped."""
+        if gone:
+            self.departed(gone, view)
         if self.relayed_in is not None:
             self.relayed_in.on_view(view)
 

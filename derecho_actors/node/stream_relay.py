@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 from derecho_actors.node.answer_queue import AnswerQueue
 from derecho_actors.wire.streams import StreamStart, relay_abort_data, relay_block_data, relay_start_data
+from runtime.core.layout import ShardId
 from runtime.core.view import View
 
 __all__ = ["RELAY_BLOCK", "StreamRelay", "relay_target"]
@@ -118,28 +119,33 @@ class StreamRelay:
             offset += n
         relay.forwarded = offset
 
-    def on_departed(self, gone: set[int], view: View) -> None:
-        """Members left: calls relayed to them go again, from their first byte, to a member of
-        the new view (a call applied already is not applied again), or, if this node now holds
-        a replica of the shard, whole calls are multicast here (one not yet whole is, when it
+    def moved(self, gone: set[int]) -> list[tuple[int, int]]:
+        """The relays (``(origin, call id)``) whose member left."""
+        return [key for key, relay in self.relays.items() if relay.target in gone]
+
+    def resend(self, key: tuple[int, int], view: View) -> None:
+        """A relay whose member left: the call goes again, from its first byte, to a member of
+        ``view`` (a call applied already is not applied again); or, if this node now holds a
+        replica of the shard, a whole call is multicast here (one not yet whole is, when it
         is); a whole call whose shard has no member is ``lost``."""
-        for key, relay in list(self.relays.items()):
-            if relay.target not in gone:
-                continue
-            members = view.layout.members_of(relay.start.shard)
-            if self.node_id in members or not members:
-                del self.relays[key]
-                if relay.whole:
-                    if members:
-                        self.local(key, relay.start, relay.payload)
-                    else:
-                        self.lost(key, relay.start, view)
-                continue
-            relay.target = relay_target(members, key[0])
-            self.resent += 1
-            self.to_members.send(relay.target, relay.head)
-            done, relay.forwarded = relay.forwarded, 0
-            self._forward(key[0], relay, done)
+        relay = self.relays[key]
+        members = view.layout.members_of(relay.start.shard)
+        if self.node_id in members or not members:
+            del self.relays[key]
+            if relay.whole:
+                if members:
+                    self.local(key, relay.start, relay.payload)
+                else:
+                    self.lost(key, relay.start, view)
+            return
+        relay.target = relay_target(members, key[0])
+        self.resent += 1
+        self.to_members.send(relay.target, relay.head)
+        done, relay.forwarded = relay.forwarded, 0
+        self._forward(key[0], relay, done)
+
+    def shard_of(self, key: tuple[int, int]) -> ShardId:
+        return self.relays[key].start.shard
 
     def status(self) -> dict[str, int]:
         return {"relaying": len(self.relays), "relayed": self.relayed, "relays_resent": self.resent}

@@ -14,11 +14,13 @@ import msgpack
 import pytest
 from blake3 import blake3
 
+from derecho_actors.node.client_stream_calls import _ProxyGlue
 from derecho_actors.node.client_streams import ClientStreams
+from derecho_actors.node.client_table import Relay
 from derecho_actors.node.relayed_streams import RelayedStreams
 from derecho_actors.node.stream_relay import StreamRelay
 from derecho_actors.wire import codec as _codec
-from derecho_actors.wire.messages import Reply, decode
+from derecho_actors.wire.messages import Call, Reply, decode
 from derecho_actors.wire.streams import (
     RelayAbort,
     RelayBlock,
@@ -96,6 +98,8 @@ class Queue:
     def send(self, dest: int, data: bytes) -> None:
         self.sent.append((dest, data))
 
+    offer = send
+
 
 class View:
     def __init__(self, vid: int, members: tuple[int, ...], shard_members: tuple[int, ...]) -> None:
@@ -140,6 +144,7 @@ class Pair:
         self.streams.begun = self._begin
         self.streams.progress = self.relay.progress
         self.streams.ended = self.relay.drop
+        self.streams.departed = lambda gone, view: [self.relay.resend(k, view) for k in self.relay.moved(gone)]
         self.member_node = Node(MEMBER)
         self.outbox = Outbox()
         self.view = View(1, (1, MEMBER, OTHER, CONTACT), (1, MEMBER, OTHER))
@@ -311,3 +316,36 @@ def test_a_silent_relay_is_dropped_and_refused_at_the_member() -> None:
     pair.member_node.advance(2.5)
     assert pair.member.total == 0
     assert "sent nothing" in _refusal(pair.member_node.app[0][1])[1]
+
+
+def test_a_sessions_calls_relayed_to_a_member_that_left_go_again_in_call_order() -> None:
+    """A whole streamed call (5) and the same session's small calls before (4) and after (6)
+    it, all relayed to a member that left: sent again to the next member in call order (the
+    client proxy's own retry, later, finds them sent and passes them by)."""
+    queue = Queue()
+    relay = StreamRelay(queue, lambda k, s, p: None, lambda k, s, v: None, CONTACT)  # type: ignore[arg-type]
+    calls = {n: Call(n, CONTACT, SHARD, "put", True, b"small %d" % n, ORIGIN, 5, 0) for n in (4, 6)}
+    table = SimpleNamespace(relays={(ORIGIN, n): Relay(MEMBER, c, None) for n, c in calls.items()})  # type: ignore[arg-type]
+    proxy = SimpleNamespace(table=table, node_id=CONTACT, to_members=queue, outbox=Outbox())
+    glue = _ProxyGlue(proxy)  # type: ignore[arg-type]
+    glue.relay = relay
+    data = os.urandom(3000)
+    start = StreamStart(5, SHARD, "put", 0, len(data), blake3(data).digest())
+    relay.begin(MEMBER, start, (ORIGIN, 5, 9), "host h", bytearray(data), 0)
+    assert relay.finish(ORIGIN, 5)
+    queue.sent.clear()
+    view = View(2, (1, OTHER, CONTACT), (1, OTHER))
+    glue.departed({MEMBER}, view)  # type: ignore[arg-type]
+    target = (1, OTHER)[ORIGIN % 2]
+    assert {d for d, _ in queue.sent} == {target}
+    order = []
+    for _, msg in queue.sent:
+        if msg[:1] == b"\xc1":
+            relayed = parse_relay(msg)
+            order.append("start 5" if isinstance(relayed, RelayStart) else "block 5")
+        else:
+            call = decode(msg)
+            assert isinstance(call, Call)
+            order.append(f"call {call.call_id}")
+    assert order == ["call 4", "start 5", "block 5", "call 6"]
+    assert all(r.target == target for r in table.relays.values())  # the proxy's retry passes them by
