@@ -129,6 +129,15 @@ class RelayedStreams:
             return
         start, n = stream.msg.start, len(block.data)
         if block.offset != stream.received or stream.received + n > start.size:
+            log.warning(
+                "node %s relayed call %d's bytes %d-%d where byte %d of %d was due; refused",
+                sender,
+                start.call_id,
+                block.offset,
+                block.offset + n,
+                stream.received,
+                start.size,
+            )
             self._fail(key, stream, WireError(f"call {start.call_id}: relayed out of order; the call was not run"))
             return
         stream.buffer += block.data
