@@ -115,9 +115,11 @@ class _ProxyGlue:
             return
         members = view.layout.members_of(start.shard)
         if proxy.node_id not in members:  # relayed: its last block goes now, after the calls above
-            if not self.relay.finish(conn.origin, start.call_id):  # began while this node held a replica
+            # None of this buffer yet: it began while this node held a replica, or another
+            # connection of the client streams the same call again meanwhile (it replaced ours).
+            if not self.relay.finish(conn.origin, start.call_id, payload):
                 self.begin(conn, start, payload, base, proxy.streams.sent[(conn.origin, start.call_id)][0])
-                self.relay.finish(conn.origin, start.call_id)
+                self.relay.finish(conn.origin, start.call_id, payload)
             return
         self.relay.drop(conn.origin, start.call_id)  # began while this node held none: the member frees it
         client = proxy.table.state(conn)

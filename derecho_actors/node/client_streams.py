@@ -66,7 +66,7 @@ Admit = Callable[[ClientConn, StreamStart], DerechoError | None]
 Deliver = Callable[[ClientConn, StreamStart, bytearray, int], None]
 Refuse = Callable[[ClientConn, int, DerechoError], None]
 Begun = Callable[[ClientConn, StreamStart, bytearray, int, str], bool]
-Progress = Callable[[int, int, int], None]
+Progress = Callable[[int, int, int, bytearray], None]
 Ended = Callable[[int, int], None]
 
 
@@ -140,11 +140,11 @@ class ClientStreams:
         self.sent: dict[tuple[int, int], tuple[str, int, float]] = {}  # (origin, call id) -> (budget, bytes, when)
         # Streams relayed as they arrive to a member of their shard (``stream_relay``), set by
         # ``client_stream_calls``: ``begun(conn, start, buffer, base, budget)`` says whether a
-        # stream is relayed; ``progress(origin, call_id, received)`` after each block but the
+        # stream is relayed; ``progress(origin, call_id, received, buffer)`` after each block but the
         # last; ``ended(origin, call_id)`` once its bytes are free here (answered, refused,
         # dropped). In progress and relayed: (origin, call id) -> the stream's key.
         self.begun: Begun = lambda conn, start, buffer, base, budget: False
-        self.progress: Progress = lambda origin, call_id, received: None
+        self.progress: Progress = lambda origin, call_id, received, buffer: None
         self.ended: Ended = lambda origin, call_id: None
         self.relaying: dict[tuple[int, int], tuple[ClientConn, int]] = {}
         self.relay: StreamRelay | None = None  # this node's relays out, and those relayed to it
@@ -227,8 +227,8 @@ class ClientStreams:
         stream.received += n
         stream.heard = self.node.monotonic()
         if stream.received < start.size:
-            if self.relaying:
-                self.progress(conn.origin, start.call_id, stream.received)
+            if self.relaying and self.relaying.get((conn.origin, start.call_id)) == (conn, start.call_id):
+                self.progress(conn.origin, start.call_id, stream.received, stream.buffer)
             return
         del self.streams[(conn, start.call_id)]
         stream.buffer += stream.suffix
@@ -242,7 +242,8 @@ class ClientStreams:
                 ),
             )
             return
-        self.relaying.pop((conn.origin, start.call_id), None)  # whole: ``deliver`` sends its last block
+        if self.relaying.get(k2 := (conn.origin, start.call_id)) == (conn, start.call_id):
+            del self.relaying[k2]  # whole: ``deliver`` sends its last block
         # Held until a replica answers (the payload is this node's until it is delivered).
         key2 = (self.tail(conn)[0], start.call_id)
         if (before := self.sent.pop(key2, None)) is not None:  # sent before (a failover back here)
@@ -289,9 +290,10 @@ class ClientStreams:
     def _drop(self, stream: _Stream) -> None:
         self._release(stream.budget, stream.start.size)
         stream.buffer = bytearray()
-        origin = stream.conn.origin
-        if self.relaying.pop((origin, stream.start.call_id), None) is not None:
-            self.ended(origin, stream.start.call_id)
+        origin, call_id = stream.conn.origin, stream.start.call_id
+        if self.relaying.get((origin, call_id)) == (stream.conn, call_id):  # not a newer stream's
+            del self.relaying[(origin, call_id)]
+            self.ended(origin, call_id)
 
     def _hold(self, budget: str, size: int) -> None:
         self.held[budget] = self.held.get(budget, 0) + size

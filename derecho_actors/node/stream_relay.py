@@ -85,17 +85,19 @@ class StreamRelay:
         self.relayed += 1
         self.to_members.send(target, head)
 
-    def progress(self, origin: int, call_id: int, received: int) -> None:
-        """``received`` bytes of the arguments are in the buffer: forward those not forwarded."""
+    def progress(self, origin: int, call_id: int, received: int, payload: bytearray) -> None:
+        """``received`` bytes of the arguments are in ``payload``: forward those not forwarded.
+        Only the relay of that very buffer: a client that reconnects streams the same call
+        again on its new connection while the old one may still be draining here."""
         relay = self.relays.get((origin, call_id))
-        if relay is not None:
+        if relay is not None and relay.payload is payload:
             self._forward(origin, relay, received)
 
-    def finish(self, origin: int, call_id: int) -> bool:
-        """The call is whole and checked here: forward its last bytes (the member multicasts it
-        on the last). False if no relay runs for it (it goes another way)."""
+    def finish(self, origin: int, call_id: int, payload: bytearray) -> bool:
+        """The call is whole and checked here (in ``payload``): forward its last bytes (the
+        member multicasts it on the last). False if no relay of that buffer runs (begin one)."""
         relay = self.relays.get((origin, call_id))
-        if relay is None:
+        if relay is None or relay.payload is not payload:
             return False
         self._forward(origin, relay, relay.start.size)
         relay.whole = True

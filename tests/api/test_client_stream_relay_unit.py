@@ -163,7 +163,7 @@ class Pair:
 
     def _deliver(self, conn: Any, start: StreamStart, payload: bytearray, base: int) -> None:
         self.delivered.append(start)
-        assert self.relay.finish(conn.origin, start.call_id)
+        assert self.relay.finish(conn.origin, start.call_id, payload)
 
     def carry(self) -> None:
         """What the contact queued for the member reaches it (as the link would carry it)."""
@@ -331,8 +331,9 @@ def test_a_sessions_calls_relayed_to_a_member_that_left_go_again_in_call_order()
     glue.relay = relay
     data = os.urandom(3000)
     start = StreamStart(5, SHARD, "put", 0, len(data), blake3(data).digest())
-    relay.begin(MEMBER, start, (ORIGIN, 5, 9), "host h", bytearray(data), 0)
-    assert relay.finish(ORIGIN, 5)
+    payload = bytearray(data)
+    relay.begin(MEMBER, start, (ORIGIN, 5, 9), "host h", payload, 0)
+    assert relay.finish(ORIGIN, 5, payload)
     queue.sent.clear()
     view = View(2, (1, OTHER, CONTACT), (1, OTHER))
     glue.departed({MEMBER}, view)  # type: ignore[arg-type]
@@ -349,3 +350,27 @@ def test_a_sessions_calls_relayed_to_a_member_that_left_go_again_in_call_order()
             order.append(f"call {call.call_id}")
     assert order == ["call 4", "start 5", "block 5", "call 6"]
     assert all(r.target == target for r in table.relays.values())  # the proxy's retry passes them by
+
+
+def test_a_client_streaming_the_call_again_on_a_new_connection_is_relayed_from_the_new_buffer() -> None:
+    """A client that reconnects (it took its contact for frozen) streams the same call again
+    while its old connection still drains here: blocks of the old stream must not be forwarded
+    from the new stream's buffer (found under load: empty blocks refused by the member)."""
+    pair, old, new = Pair(), Conn(), Conn()
+    data = os.urandom(6000)
+    pair.send(old, 13, data, upto=3000)
+    pair.send(new, 13, data, upto=1000)  # the same call, from its first byte
+    for off in (3000, 4000):  # the old connection drains
+        head, view = block_frame(13, off, memoryview(data[off : off + 1000]))
+        for item in FrameDecoder(1 << 20).feed(head + bytes(view)):
+            pair.streams.on_data(old, item.data)  # type: ignore[arg-type]
+    pair.streams.forget(old)  # then closes: the new stream's relay goes on
+    for off in range(1000, len(data), 1000):
+        head, view = block_frame(13, off, memoryview(data[off : off + 1000]))
+        for item in FrameDecoder(1 << 20).feed(head + bytes(view)):
+            pair.streams.on_data(new, item.data)  # type: ignore[arg-type]
+    pair.carry()
+    assert pair.member_node.app == []  # nothing refused
+    [(_, payload)] = pair.member_node.ordered
+    calls = _codec.decode_ordered(payload)
+    assert isinstance(calls, list) and bytes(calls[0][3]) == data
