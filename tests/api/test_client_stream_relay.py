@@ -199,7 +199,7 @@ def test_a_contact_killed_mid_relay_has_the_call_applied_once(
     _wait(lambda: all(_streams(cluster, m).get("relayed_in_bytes") == 0 for m in members), 10, "members freed")
 
 
-@pytest.mark.parametrize("which", [0, -1], ids=["contact-promoted", "contact-stays-outside"])
+@pytest.mark.parametrize("which", [0, -1], ids=["first-outside", "last-outside"])
 def test_the_member_killed_mid_relay_has_the_call_sent_on_and_applied_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: int
 ) -> None:
@@ -210,8 +210,9 @@ def test_the_member_killed_mid_relay_has_the_call_sent_on_and_applied_once(
     overrides = {**FAST, "limits.client_stream_bytes": str(160 << 20)}
     with da.local_cluster(nodes=5, types=[Blobs], layout=layout, overrides=overrides, workdir=str(tmp_path)) as c:
         members, outside = _split(c)
-        # The layout fills the shard from the lowest ids: the first outside is promoted when the
-        # member goes (it multicasts the call itself), the last stays outside (it relays again).
+        # When the member goes the layout promotes one of the two nodes outside: a contact
+        # promoted multicasts the call itself, one left outside relays it again (which one is
+        # promoted varies from run to run: both contacts are taken, and both paths do occur).
         contact = outside[which]
         real = large_calls.block_frame
         client = c.new_client(contacts=[c.address(contact)])
