@@ -86,4 +86,8 @@ class CallPaths:
         self.clients.notify_view(previous, view, gone)
         if gone:
             self.member.on_departed(gone, view)
+        # Clients' streamed calls relayed to members that left go again first, each with its
+        # session's other calls relayed there in call order; then the client proxy's others.
+        self.clients.streams.on_view(gone, view)
+        if gone:
             self.clients.on_departed(gone, view)

@@ -7,12 +7,11 @@ is checked as any call (``admit``) and against the bounds below; then one buffer
 laid out as the multicast payload of that one call (``payload_parts``: its head now, the blocks
 appended as they come, its tail after the last), so the blocks land where the replicas will read
 them and the whole call is never copied on this node. The buffer grows with what arrives, not
-with what the start declares: a start costs no memory or work beyond its own few bytes (a
-buffer of the declared size, zero-filled at the start, cost ~0.23 s of the loop per 512 MiB and
-could be asked for again and again). Each
-block extends a running BLAKE3 hash; at the last the digest must match the start's, or the call is
+with what the start declares (one of the declared size, zero-filled, cost ~0.23 s of the loop
+per 512 MiB and could be asked for again and again). Each block extends a running BLAKE3 hash; at the last the digest must match the start's, or the call is
 refused (a ``WireError``) and never delivered. A whole call goes on (``deliver``) as the
-node's own large calls go: one payload above the object threshold in the shard's order.
+node's own large calls go: one payload above the object threshold in the shard's order; when
+this node holds no replica of the shard, the blocks are relayed as they come (``stream_relay``).
 
 Bounds, per client identity (all its connections; without TLS, per client host), each refused at
 the start with a ``ClientLimit`` that says what to do: bytes held for its streamed calls
@@ -32,17 +31,23 @@ from __future__ import annotations
 import logging
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgpack
 from blake3 import blake3
 
 from derecho_actors.node.client_table import describe
+from derecho_actors.node.stream_bounds import budget_of, stream_bound
 from derecho_actors.wire.replies import ReplyEntry
 from derecho_actors.wire.streams import StreamBlock, StreamStart, parse_stream
 from runtime.config import LimitsSection
-from runtime.errors import ClientLimit, DerechoError, PayloadTooLarge, WireError
+from runtime.core.view import View
+from runtime.errors import ClientLimit, DerechoError, WireError
 from runtime.node_api import ClientConn, NodeHandle
+
+if TYPE_CHECKING:
+    from derecho_actors.node.relayed_streams import RelayedStreams
+    from derecho_actors.node.stream_relay import StreamRelay
 
 log = logging.getLogger("derecho.clients")
 
@@ -50,7 +55,6 @@ __all__ = ["ClientStreams", "MIN_STREAM_RATE", "payload_layout", "payload_parts"
 
 NOW_AT = 2
 """Where the sender's clock goes in the payload: after ``[`` (0x92) and uint64's 0xCF."""
-MAX_ARGS = (1 << 32) - 1  # bin32
 MIN_STREAM_RATE = 1 << 20
 """Bytes per second a stream must average, after ``limits.client_stream_stall_ms`` of
 allowance: a stream of ``size`` bytes is dropped once it has run ``stall + size / rate``."""
@@ -61,6 +65,9 @@ ANSWER_WAIT = 120.0
 Admit = Callable[[ClientConn, StreamStart], DerechoError | None]
 Deliver = Callable[[ClientConn, StreamStart, bytearray, int], None]
 Refuse = Callable[[ClientConn, int, DerechoError], None]
+Begun = Callable[[ClientConn, StreamStart, bytearray, int, str], bool]
+Progress = Callable[[int, int, int, bytearray], None]
+Ended = Callable[[int, int], None]
 
 
 def payload_parts(
@@ -95,7 +102,7 @@ def stamp(payload: bytearray, now_ns: int) -> None:
 class _Stream:
     conn: ClientConn
     who: str
-    budget: str  # whose bytes it uses (``_budget``: the identity, or the host without TLS)
+    budget: str  # whose bytes it uses (``budget_of``: the identity, or the host without TLS)
     start: StreamStart
     buffer: bytearray  # the payload's head and the arguments received so far
     base: int  # where the arguments start in ``buffer``
@@ -131,6 +138,18 @@ class ClientStreams:
         self.held: dict[str, int] = {}
         self.total = 0
         self.sent: dict[tuple[int, int], tuple[str, int, float]] = {}  # (origin, call id) -> (budget, bytes, when)
+        # Streams relayed as they arrive to a member of their shard (``stream_relay``), set by
+        # ``client_stream_calls``: ``begun(conn, start, buffer, base, budget)`` says whether a
+        # stream is relayed; ``progress(origin, call_id, received, buffer)`` after each block but the
+        # last; ``ended(origin, call_id)`` once its bytes are free here (answered, refused,
+        # dropped). In progress and relayed: (origin, call id) -> the stream's key.
+        self.begun: Begun = lambda conn, start, buffer, base, budget: False
+        self.progress: Progress = lambda origin, call_id, received, buffer: None
+        self.ended: Ended = lambda origin, call_id: None
+        self.relaying: dict[tuple[int, int], tuple[ClientConn, int]] = {}
+        self.relay: StreamRelay | None = None  # this node's relays out, and those relayed to it
+        self.relayed_in: RelayedStreams | None = None
+        self.departed: Callable[[set[int], View], None] = lambda gone, view: None
         self.refused = 0  # streamed calls refused (status, tests)
         self.dropped_blocks = 0  # blocks of no stream in progress (one refused or abandoned)
         self._sweeping = False
@@ -165,7 +184,7 @@ class ClientStreams:
             self.refuse(conn, start.call_id, refusal)
             return
         who = describe(conn)[0]
-        budget = _budget(conn)
+        budget = budget_of(conn)
         origin, session_ns, owner = self.tail(conn)
         head, suffix = payload_parts(
             self.node.node_id, start.call_id, start.method, start.size, (origin, session_ns, start.floor, owner)
@@ -173,39 +192,20 @@ class ClientStreams:
         now = self.node.monotonic()
         self.streams[key] = _Stream(conn, who, budget, start, bytearray(head), len(head), suffix, 0, blake3(), now, now)
         self._hold(budget, start.size)
+        stream = self.streams[key]
+        if self.begun(conn, start, stream.buffer, stream.base, budget):
+            self.relaying[(conn.origin, start.call_id)] = key
         if not self._sweeping:
             self._sweeping = True
             self.node.call_later(self._stall / 4, self._sweep)
 
     def _bound(self, conn: ClientConn, start: StreamStart) -> DerechoError | None:
         """Why this identity (or the node) may not stream this call now."""
-        limits, size = self.limits, start.size
-        if size > MAX_ARGS:
-            return PayloadTooLarge(
-                f"call {start.call_id}: {size} bytes of arguments; one call takes at most {MAX_ARGS}"
-            )
-        budget = _budget(conn)
+        budget = budget_of(conn)
         self._expire()
         mine = sum(1 for s in self.streams.values() if s.budget == budget)
-        if mine >= limits.client_max_streams:
-            return ClientLimit(
-                f"refused by node {self.node.node_id}: this client streams {mine} large calls at once, the limit "
-                f"(limits.client_max_streams); the call was not run: wait for a large call's answer before the next"
-            )
         held = self.held.get(budget, 0)
-        if held + size > limits.client_stream_bytes:
-            return ClientLimit(
-                f"refused by node {self.node.node_id}: this client's large calls hold {held} bytes here and this one "
-                f"needs {size}, over the limit of {limits.client_stream_bytes} (limits.client_stream_bytes); the call "
-                "was not run: wait for earlier large calls' answers, send less per call, or raise the limit"
-            )
-        if self.total + size > limits.client_streams_total_bytes:
-            return ClientLimit(
-                f"refused by node {self.node.node_id}: large calls of all clients hold {self.total} bytes here, and "
-                f"this one needs {size} more than limits.client_streams_total_bytes "
-                f"({limits.client_streams_total_bytes}) allows; the call was not run: retry later"
-            )
-        return None
+        return stream_bound(self.node.node_id, self.limits, start, mine, held, self.total)
 
     def _block(self, conn: ClientConn, block: StreamBlock) -> None:
         stream = self.streams.get((conn, block.call_id))
@@ -227,6 +227,8 @@ class ClientStreams:
         stream.received += n
         stream.heard = self.node.monotonic()
         if stream.received < start.size:
+            if self.relaying and self.relaying.get((conn.origin, start.call_id)) == (conn, start.call_id):
+                self.progress(conn.origin, start.call_id, stream.received, stream.buffer)
             return
         del self.streams[(conn, start.call_id)]
         stream.buffer += stream.suffix
@@ -240,6 +242,8 @@ class ClientStreams:
                 ),
             )
             return
+        if self.relaying.get(k2 := (conn.origin, start.call_id)) == (conn, start.call_id):
+            del self.relaying[k2]  # whole: ``deliver`` sends its last block
         # Held until a replica answers (the payload is this node's until it is delivered).
         key2 = (self.tail(conn)[0], start.call_id)
         if (before := self.sent.pop(key2, None)) is not None:  # sent before (a failover back here)
@@ -250,17 +254,27 @@ class ClientStreams:
     # ------------------------------------------------------------------ ends
     def replied(self, entries: list[ReplyEntry]) -> None:
         """Answers came (``ClientProxy.forward``): delivered calls' bytes are free."""
-        sent = self.sent
+        sent, relaying = self.sent, self.relaying
         for e in entries:
             held = sent.pop((e[3], e[0]), None)
             if held is not None:
                 self._release(held[0], held[1])
+                self.ended(e[3], e[0])
+            elif relaying and (key := relaying.pop((e[3], e[0]), None)) is not None:
+                # Refused by the member it was relayed to before its last byte came: the client
+                # has its answer and stops sending; what arrived is freed now.
+                stream = self.streams.pop(key, None)
+                if stream is not None:
+                    self.refused += 1
+                    self._drop(stream)
+                self.ended(e[3], e[0])
 
     def not_sent(self, conn: ClientConn, call_id: int) -> None:
         """A whole call ``deliver`` did not send (refused there): its bytes are free."""
         held = self.sent.pop((self.tail(conn)[0], call_id), None)
         if held is not None:
             self._release(held[0], held[1])
+            self.ended(conn.origin, call_id)
 
     def forget(self, conn: ClientConn) -> None:
         """The connection closed: its streams in progress are dropped, their buffers freed."""
@@ -276,6 +290,10 @@ class ClientStreams:
     def _drop(self, stream: _Stream) -> None:
         self._release(stream.budget, stream.start.size)
         stream.buffer = bytearray()
+        origin, call_id = stream.conn.origin, stream.start.call_id
+        if self.relaying.get((origin, call_id)) == (stream.conn, call_id):  # not a newer stream's
+            del self.relaying[(origin, call_id)]
+            self.ended(origin, call_id)
 
     def _hold(self, budget: str, size: int) -> None:
         self.held[budget] = self.held.get(budget, 0) + size
@@ -297,6 +315,7 @@ class ClientStreams:
             if now - when > ANSWER_WAIT:
                 del self.sent[key]
                 self._release(b, size)
+                self.ended(key[0], key[1])
 
     @property
     def _stall(self) -> float:
@@ -343,22 +362,19 @@ class ClientStreams:
         if self._sweeping:
             self.node.call_later(stall / 4, self._sweep)
 
+    def on_view(self, gone: set[int], view: View) -> None:
+        """A new view: relays to members that left go again (``departed``, before the client
+        proxy sends its other relayed calls again); relays from them are dropped."""
+        if gone:
+            self.departed(gone, view)
+        if self.relayed_in is not None:
+            self.relayed_in.on_view(view)
+
     def status(self) -> dict[str, int]:
-        """What is held for streamed calls now (it falls back to 0 when they end)."""
-        return {
-            "streams": len(self.streams),
-            "held_bytes": self.total,
-            "waiting_answers": len(self.sent),
-            "refused": self.refused,
-        }
-
-
-def _budget(conn: ClientConn) -> str:
-    """Whose bytes a stream uses: the client's identity (its certificate's name, over all its
-    connections); without TLS there is none, so its host (all its connections and ports): an
-    unauthenticated peer gets no more by opening more connections."""
-    identity = describe(conn)[1]
-    if identity:
-        return "identity " + identity
-    address = str(getattr(conn, "address", "?"))
-    return "host " + (address.rsplit(":", 1)[0] if ":" in address else address)
+        """What is held for streamed calls now (it falls back to 0 when they end), and relayed."""
+        out = {"streams": len(self.streams), "held_bytes": self.total, "waiting_answers": len(self.sent)}
+        out["refused"] = self.refused
+        for part in (self.relay, self.relayed_in):
+            if part is not None:
+                out.update(part.status())
+        return out

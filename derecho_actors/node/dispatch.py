@@ -59,6 +59,11 @@ class MessageDispatch:
         self.calls = calls
 
     def from_member(self, sender: int, data: bytes) -> None:
+        if data[:1] == STREAM_BYTE:  # a client's streamed call relayed by its contact (stream_relay)
+            relayed = self.calls.clients.streams.relayed_in
+            if relayed is not None:
+                relayed.on_data(sender, data)
+            return
         try:
             msg = decode(data)
         except WireError as exc:

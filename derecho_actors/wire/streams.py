@@ -26,11 +26,18 @@ from runtime.wire.codec import TAG_APP
 __all__ = [
     "DIGEST_SIZE",
     "STREAM_MARK",
+    "RelayAbort",
+    "RelayBlock",
+    "RelayStart",
     "StreamBlock",
     "StreamStart",
     "block_frame",
     "is_stream",
+    "parse_relay",
     "parse_stream",
+    "relay_abort_data",
+    "relay_block_data",
+    "relay_start_data",
     "start_frame",
 ]
 
@@ -120,3 +127,96 @@ def parse_stream(data: bytes) -> StreamStart | StreamBlock:
     if type(digest) is not bytes or len(digest) != DIGEST_SIZE:
         raise WireError(f"a stream start's digest must be {DIGEST_SIZE} bytes")
     return StreamStart(call_id, shard_id(shard, "stream start.shard"), method, floor, size, digest)
+
+
+# ---------------------------------------------------------------------- relayed between members
+# A contact that holds no replica of a streamed call's shard forwards it to a member that does,
+# as it arrives, in messages of the same mark between the two members' own connections
+# (``node.stream_relay`` sends them, ``node.relayed_streams`` takes them). The start carries what
+# the contact derived of the client (its session and whose bytes the call uses); blocks and
+# aborts name the call by the client's session and call number, since one contact relays the
+# calls of many clients.
+KIND_RELAY_START: Final = 3
+KIND_RELAY_BLOCK: Final = 4
+KIND_RELAY_ABORT: Final = 5
+_RELAY = struct.Struct(">BBQQQ")  # mark, kind, origin, call id, offset (an abort: offset 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStart:
+    """A client's streamed call, relayed: its start as the client sent it, the session the
+    contact derived from the client's identity, and ``budget``: whose bytes it uses (the
+    client's identity, or its host without TLS), so the member bounds it per client too."""
+
+    start: StreamStart
+    origin: int
+    session_ns: int
+    owner: int
+    budget: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayBlock:
+    """Bytes ``offset`` to ``offset + len(data)`` of a relayed call's arguments."""
+
+    origin: int
+    call_id: int
+    offset: int
+    data: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class RelayAbort:
+    """The contact dropped a relayed call before its last byte (its client went away, or the
+    call was refused there): the member frees what it holds of it."""
+
+    origin: int
+    call_id: int
+
+
+def relay_start_data(start: StreamStart, origin: int, session_ns: int, owner: int, budget: str) -> bytes:
+    """The data of the message that starts relaying ``start`` to a member."""
+    s = start
+    fields = [s.call_id, list(s.shard), s.method, s.floor, s.size, s.digest, origin, session_ns, owner, budget]
+    return bytes((STREAM_MARK, KIND_RELAY_START)) + msgpack.packb(fields, use_bin_type=True)
+
+
+def relay_block_data(origin: int, call_id: int, offset: int, block: memoryview) -> bytes:
+    """The data of one relayed block (its header and its bytes, joined: one copy, which the
+    member link's frame needs anyway)."""
+    return b"".join((_RELAY.pack(STREAM_MARK, KIND_RELAY_BLOCK, origin, call_id, offset), block))
+
+
+def relay_abort_data(origin: int, call_id: int) -> bytes:
+    return _RELAY.pack(STREAM_MARK, KIND_RELAY_ABORT, origin, call_id, 0)
+
+
+def parse_relay(data: bytes) -> RelayStart | RelayBlock | RelayAbort:
+    """A relayed stream message's data read; ``WireError`` if it is not one."""
+    if len(data) < 2 or data[0] != STREAM_MARK:
+        raise WireError("not a stream message")
+    kind = data[1]
+    if kind in (KIND_RELAY_BLOCK, KIND_RELAY_ABORT):
+        if len(data) < _RELAY.size:
+            raise WireError(f"a relayed stream message of {len(data)} bytes is shorter than its header")
+        _, _, origin, call_id, offset = _RELAY.unpack_from(data, 0)
+        if kind == KIND_RELAY_ABORT:
+            return RelayAbort(origin, call_id)
+        return RelayBlock(origin, call_id, offset, memoryview(data)[_RELAY.size :])
+    if kind != KIND_RELAY_START:
+        raise WireError(f"unknown relayed stream message kind {kind}")
+    try:
+        fields = msgpack.unpackb(memoryview(data)[2:], raw=False)
+    except Exception as exc:
+        raise WireError(f"a relayed stream start that is not msgpack ({type(exc).__name__})") from None
+    if type(fields) is not list or len(fields) != 10:
+        raise WireError("a relayed stream start must have 10 fields")
+    origin, session_ns, owner, budget = fields[6:]
+    if any(type(v) is not int or v < 0 for v in (origin, session_ns, owner)) or not origin:
+        raise WireError("a relayed stream start's origin, session and owner must be integers >= 0 (origin > 0)")
+    if type(budget) is not str or not budget:
+        raise WireError("a relayed stream start must say whose bytes it uses")
+    head = bytes((STREAM_MARK, KIND_START)) + msgpack.packb(fields[:6], use_bin_type=True)
+    start = parse_stream(head)
+    assert isinstance(start, StreamStart)
+    return RelayStart(start, origin, session_ns, owner, budget)
