@@ -38,6 +38,7 @@ from typing import Any
 READ_BUFFER = 256 << 10  # what one socket read may bring (the kernel's usual burst)
 _PLAIN_ROOM = READ_BUFFER + (64 << 10)  # decrypted bytes of one read; records shrink, never grow
 JOIN_LIMIT = 64 << 10  # writes of one turn joined before encryption while they total at most this
+_RECORD_ROOM = 17 << 10  # a TLS record's plaintext fits (16 KiB); less room left: hand on first
 
 
 class _Buffers(threading.local):
@@ -86,6 +87,9 @@ class TlsStream(asyncio.BufferedProtocol):
         self.ssl_object: ssl.SSLObject = context.wrap_bio(
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
+        # Reads and writes go to the ssl module's own object: ``SSLObject.read``/``write`` only
+        # forward to it, one Python frame more per record (the same methods, same arguments).
+        self._tls: Any = getattr(self.ssl_object, "_sslobj", self.ssl_object)
         self._view = _buffers.raw
         self._plain_view = _buffers.plain
         self._raw: asyncio.Transport | None = None
@@ -198,44 +202,49 @@ class TlsStream(asyncio.BufferedProtocol):
         ``BufferedProtocol`` gets them in its own buffers (``get_buffer``), as asyncio's TLS
         layer does it: the node's connections give the place of a large object's block while
         its body arrives, so those bytes are decrypted where they belong. Any other gets them
-        as one ``bytes`` (several, if they overflow the shared buffer)."""
-        sslobj, incoming, app, view = self.ssl_object, self._incoming, self.app, self._plain_view
-        read: Any = sslobj.read  # with a buffer it returns the count (typeshed says bytes)
+        as one ``bytes`` (several, if they overflow the shared buffer).
+
+        The records of one read are decrypted one after the other into the same buffer and
+        handed on with one ``buffer_updated`` (one ``data_received``), as plain TCP hands on
+        one read: a sender joins a turn's frames into records of at most 16 KiB, so a read
+        holds several, and one call per record made the node's decoder and core step once per
+        record instead of once per read (measured: ``bench/tls_frames.py``, burst pattern)."""
+        incoming, app = self._incoming, self.app
+        read, pending = self._tls.read, self._tls.pending  # the ssl module's object, not its wrapper
         into_app = self._into_app
-        got = 0  # decrypted bytes held in ``view`` (not into_app)
         eof = False
         error: BaseException | None = None
-        while not self._closing:
-            if into_app:
-                buf = app.get_buffer(-1)
-            else:
-                if got > len(view) - (17 << 10):  # no room for one more record: hand on what we have
-                    self._deliver(bytes(view[:got]))
-                    got = 0
-                    if self._closing:
-                        return
-                buf = view[got:]
-            try:
-                n = read(len(buf), buf)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:  # close_notify
-                eof = True
-                break
-            except (ssl.SSLError, OSError) as exc:
-                error = exc
-                break
-            if not n:  # close_notify (the ssl module reports it as a read of nothing)
-                eof = True
-                break
-            if into_app:
-                app.buffer_updated(n)
-            else:
-                got += n
-            if not incoming.pending and not sslobj.pending():
-                break
-        if got:
-            self._deliver(bytes(view[:got]))
+        more = True
+        while more and not self._closing:
+            buf = app.get_buffer(-1) if into_app else self._plain_view
+            room = len(buf)
+            filled = 0
+            while True:
+                try:
+                    n = read(room - filled, buf[filled:] if filled else buf)
+                except ssl.SSLWantReadError:
+                    more = False
+                    break
+                except ssl.SSLZeroReturnError:  # close_notify
+                    eof, more = True, False
+                    break
+                except (ssl.SSLError, OSError) as exc:
+                    error, more = exc, False
+                    break
+                if not n:  # close_notify (the ssl module reports it as a read of nothing)
+                    eof, more = True, False
+                    break
+                filled += n
+                if not incoming.pending and not pending():
+                    more = False
+                    break
+                if room - filled < _RECORD_ROOM:  # hand on what we have, then ask for room again
+                    break
+            if filled:
+                if into_app:
+                    app.buffer_updated(filled)
+                else:
+                    self._deliver(bytes(buf[:filled]))
         if self._outgoing.pending:  # a key update or a ticket answered while reading
             self._send_outgoing()
         if error is not None:
@@ -266,7 +275,7 @@ class TlsStream(asyncio.BufferedProtocol):
         held, self._held = self._held, []
         if self._closing:
             return
-        write = self.ssl_object.write
+        write = self._tls.write
         try:
             if len(held) == 1:
                 write(held[0])

@@ -5,9 +5,11 @@ close_notify."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import socket
 import ssl
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +350,81 @@ def test_a_buffered_application_gets_every_byte_decrypted_into_its_own_buffers(c
         await asyncio.wait_for(srv.got_bytes.wait(), 20)
         assert hashlib.sha256(srv.data).digest() == hashlib.sha256(payload).digest()
         assert srv.calls > 8 << 20 >> 17  # many reads into its small buffers, none into another
+        stream.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+class ReadCounter(asyncio.BufferedProtocol):
+    """A buffered application with one roomy buffer that counts the hand-ons it gets."""
+
+    def __init__(self) -> None:
+        self.stream: Any = None
+        self.buf = memoryview(bytearray(256 << 10))
+        self.handed: list[int] = []
+        self.data = bytearray()
+
+    def connection_made(self, transport: Any) -> None:
+        self.stream = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.handed.append(nbytes)
+        self.data += self.buf[:nbytes]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+@pytest.mark.timeout(20)
+def test_the_records_of_one_read_are_handed_on_together(certs: Path) -> None:
+    """20 records waiting in the socket together reach the application as one
+    ``buffer_updated``, as one read of plain TCP would: the node's decoder and core then step
+    once per read, not once per record."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Queue[ReadCounter] = asyncio.Queue()
+        sctx = server_ctx(certs)
+
+        def serve() -> TlsStream:
+            rec = ReadCounter()
+            accepted.put_nowait(rec)
+            return TlsStream(rec, sctx, server_side=True)
+
+        server = await loop.create_server(serve, "127.0.0.1", 0)
+        client = Recorder()
+        cctx = client_ctx(certs)
+        _, stream = await loop.create_connection(
+            lambda: TlsStream(client, cctx, server_side=False, server_hostname="127.0.0.1"),
+            "127.0.0.1",
+            server.sockets[0].getsockname()[1],
+        )
+        await stream.handshake
+        srv = await asyncio.wait_for(accepted.get(), 5)
+        await asyncio.wait_for(srv.stream.handshake, 5)
+        await asyncio.sleep(0.1)  # the server's session tickets are through
+        srv.stream.pause_reading()
+        sock = srv.stream.get_extra_info("socket")
+        parts = [bytes([i]) * 100 for i in range(20)]
+        for part in parts:  # a write outside a read goes at once: a record each
+            stream.write(part)
+        waiting = bytearray(4)
+        for _ in range(200):  # until every record is in the server's socket
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting)
+            if int.from_bytes(waiting, "little") >= 20 * (100 + 17):
+                break
+            await asyncio.sleep(0.01)
+        srv.stream.resume_reading()
+        for _ in range(200):
+            if len(srv.data) >= 2000:
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(srv.data) == b"".join(parts)
+        assert srv.handed == [2000]
         stream.close()
         server.close()
 
