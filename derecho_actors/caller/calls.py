@@ -217,7 +217,7 @@ def request_size(request: Request) -> int:
     return len(request.args) + (overhead if overhead >= 0 else call_overhead(request.shard, request.method))
 
 
-def _size(call: Outbound) -> int:
+def outbound_size(call: Outbound) -> int:
     """``request_size`` of a call from its fields alone (the group's own requests travel under
     a legacy name, P2P, but count as nameless)."""
     method = "" if not call[4] and call[3] in LEGACY_KINDS else call[3]
@@ -231,14 +231,14 @@ def calls_frame(calls: list[Outbound], max_frame: int = DEFAULT_MAX_PAYLOAD, siz
     (then, in the common case of one frame, no call is sized again)."""
     budget = max(1, max_frame - 4096)
     if size < 0:
-        size = sum(map(_size, calls))
+        size = sum(map(outbound_size, calls))
     if size <= budget:  # the common case: one frame
         return _one_frame(calls)
     out: list[bytes] = []
     batch: list[Outbound] = []
     size = 0
     for call in calls:
-        need = _size(call)
+        need = outbound_size(call)
         if batch and size + need > budget:
             out.append(_one_frame(batch))
             batch, size = [], 0

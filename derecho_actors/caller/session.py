@@ -126,16 +126,7 @@ class ClientSession:
         if self.error is not None:
             raise self.error
         call_id = next(self._ids)
-        results = QueryResults(
-            request.what,
-            request.decode,
-            call_id=call_id,
-            call_word="client call",
-            ordered=request.ordered,
-            compare=request.compare,
-            why_waiting=self._why_waiting,
-            lock=self._results_lock,
-        )
+        results = self._results(request, call_id)
         # The contact fills in the session (origin) from our identity and answers on our connection
         # (a client is no member: no caller id). Wire fields made once: a failover resends them as they are.
         pending, floor = self.pending, self._floor.oldest  # it moves only once its call is answered
@@ -147,6 +138,20 @@ class ClientSession:
             overhead = request.overhead  # ``request_size``, inlined
             self._outbox_size += len(request.args) + overhead if overhead >= 0 else request_size(request)
         return results
+
+    def _results(self, request: Request, call_id: int) -> QueryResults:
+        """Call ``call_id``'s results, made as every call of this session makes them (sharing
+        one lock and one ``why_waiting``), whether it goes in a frame or streams."""
+        return QueryResults(
+            request.what,
+            request.decode,
+            call_id=call_id,
+            call_word="client call",
+            ordered=request.ordered,
+            compare=request.compare,
+            why_waiting=self._why_waiting,
+            lock=self._results_lock,
+        )
 
     @property
     def in_flight(self) -> int:
