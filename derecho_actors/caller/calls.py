@@ -68,25 +68,9 @@ def method_request(
     max_message_size: int,
 ) -> Request:
     """A call of the user's ``method``; ``PayloadTooLarge`` (at the caller, before anything is
-    sent) if its arguments cannot pass the group's limit. (A handle's calls go through
-    ``method_requests``, made once per method.)"""
-    data = _codec.encode_args(args, kwargs, spec.serializer)
-    if read is not None:
-        data = encode_read(read, data)
-    if len(data) + 64 > max_message_size:
-        raise _too_large(spec, method, len(data), max_message_size)
-    ordered = spec.methods.get(method) == ORDERED
-    return Request(
-        shard,
-        CallKind.METHOD,
-        method,
-        data,
-        ordered,
-        node or 0,
-        f"{spec.name}.{method}",
-        _codec.result_decoder(spec.serializer),
-        spec.on_divergence if ordered else None,
-    )
+    sent) if its arguments cannot pass the group's limit. One call alone: a handle's calls go
+    through ``method_requests``, made once per method."""
+    return method_requests(spec, shard, method)(args, kwargs, node, read, max_message_size)
 
 
 def _too_large(spec: TypeSpec, method: str, size: int, limit: int) -> PayloadTooLarge:
