@@ -34,7 +34,8 @@ log = logging.getLogger("derecho.results")
 class QueryResults(ResultsFeed):
     """Replies of one call. ``get`` returns ``{node id: value}`` (raising the first remote
     error), ``wait_all`` waits without raising, iteration yields ``(node, value or error)``
-    as replies arrive, and ``await results`` works in asyncio."""
+    as replies arrive, ``await results`` works in asyncio, and ``done()`` says whether every
+    replica answered (or the call failed), without waiting."""
 
     __slots__ = ()  # ``ResultsFeed``'s
 
@@ -57,9 +58,6 @@ class QueryResults(ResultsFeed):
             if self._expected is None:
                 return ()
             return tuple(sorted(self._expected - set(self._values) - set(self._errors)))
-
-    def done(self) -> bool:
-        return self._finished
 
     def wait_all(self, timeout: float | None = None) -> dict[int, Any]:
         """Wait for every replica; returns ``{node: value or exception}`` without raising

@@ -73,6 +73,10 @@ class ResultsFeed:
         self._differ = False  # some answer's bytes differ from the first's (decoded values may still agree)
         self._warned = False
 
+    def done(self) -> bool:
+        """Whether every answer the call waits for came (or stands failed)."""
+        return self._finished
+
     @property
     def description(self) -> str:
         """The call, for messages: "KV.put (client call 12)" (made when a message needs it)."""
