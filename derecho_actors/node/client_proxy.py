@@ -9,9 +9,10 @@ cannot run, a method its type does not define, a limit reached) is refused at on
 the reason (``client_checks``).
 
 What is kept per client is bounded (``client_table``); statistics count the methods the types
-define and every other name under one label (``client_checks``, ``call_stats``). Clients cannot see views: on a
-view change they are told who left, and calls relayed to a member that left go again through
-another (ordered: applied once) or, for P2P, are answered at once. Runs on the node's loop.
+define and every other name under one label (``client_checks``, ``call_stats``). Clients
+cannot see views: on a view change they are told who left, and calls relayed to a member that
+left go again through another (ordered: applied once) or, for P2P, are answered at once. Runs
+on the node's loop.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class ClientProxy:
         client = self.table.state(conn)
         node_id, owner, session_ns = self.node_id, client.owner, conn.incarnation or 0
         in_flight, most = client.calls, self.table.max_in_flight
-        add, now, method_kind, runs_here = self.table.add, self.node.wall_ns(), _METHOD, self.checks.runs_here
+        add, now, method_kind = self.table.add, self.node.wall_ns(), _METHOD
         shard: ShardId | None = None  # the shard and method of the calls before, and what they get
         method = ""
         fast: tuple[str, int] | None = None
@@ -192,7 +193,7 @@ class ClientProxy:
                         self.outbox.submit_all(shard, pending)  # type: ignore[arg-type]
                         pending = []
                     shard, method = msg.shard, msg.method
-                    fast = runs_here(view, shard, method)
+                    fast = self.checks.runs_here(view, shard, method)
                 if fast is not None and len(msg.args) <= fast[1] and len(in_flight) < most and client.offered:
                     call_id = msg.call_id
                     add(client, (origin, call_id), Proxied(client, fast[0], now))
