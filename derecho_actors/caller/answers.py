@@ -1,9 +1,9 @@
 """``Answers``: what a client's contact answered, matched to the results it feeds.
 
 ``ClientSession`` matches the answers to the calls waiting for them (its pending table, under
-its driver's lock); feeding them to their ``QueryResults`` (decoding every value, comparing the
-replicas' answers) is most of a client's work per call, and needs no lock, so the driver does
-it outside, while callers go on issuing. Three kinds of news come from a contact, each a
+its driver's lock); feeding them to their ``QueryResults`` (through its producer side,
+``ResultsFeed``: decoding every value, comparing the replicas' answers) is most of a client's
+work per call, and needs no lock, so the driver does it outside, while callers go on issuing. Three kinds of news come from a contact, each a
 dataclass below: one replica's answers, the answers all replicas agreed on (merged by the
 contact), and members that left.
 """
@@ -11,10 +11,10 @@ contact), and members that left.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 if TYPE_CHECKING:
-    from derecho_actors.caller.results import QueryResults
+    from derecho_actors.caller.results_feed import ResultsFeed
 
 
 @dataclass(slots=True)
@@ -25,7 +25,7 @@ class ReplicaAnswers:
     node: int
     replicas: tuple[int, ...]
     vid: int
-    matched: list[tuple[int, QueryResults, bool, bytes, int]]
+    matched: Sequence[tuple[int, ResultsFeed, bool, bytes, int]]
 
 
 @dataclass(slots=True)
@@ -39,7 +39,7 @@ class MergedAnswers:
     replicas: tuple[int, ...]
     vid: int
     entries: list[list[Any]]
-    results: list[QueryResults | None]
+    results: Sequence[ResultsFeed | None]
 
 
 @dataclass(slots=True)
@@ -50,7 +50,7 @@ class Departed:
     nodes: set[int]
     why: str
     vid: int
-    calls: list[tuple[int, QueryResults]]
+    calls: Sequence[tuple[int, ResultsFeed]]
 
 
 Answer = Union[ReplicaAnswers, MergedAnswers, Departed]
@@ -58,7 +58,7 @@ Answer = Union[ReplicaAnswers, MergedAnswers, Departed]
 
 class Answers:
     """Answers from the contact, in the order they came, each with the results it feeds.
-    ``deliver`` runs on any thread without the driver's lock (``QueryResults`` is thread-safe):
+    ``deliver`` runs on any thread without the driver's lock (``ResultsFeed`` is thread-safe):
     decoding answers is most of a client's work per call, and callers keep issuing meanwhile."""
 
     __slots__ = ("_items",)

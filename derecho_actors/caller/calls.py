@@ -68,25 +68,9 @@ def method_request(
     max_message_size: int,
 ) -> Request:
     """A call of the user's ``method``; ``PayloadTooLarge`` (at the caller, before anything is
-    sent) if its arguments cannot pass the group's limit. (A handle's calls go through
-    ``method_requests``, made once per method.)"""
-    data = _codec.encode_args(args, kwargs, spec.serializer)
-    if read is not None:
-        data = encode_read(read, data)
-    if len(data) + 64 > max_message_size:
-        raise _too_large(spec, method, len(data), max_message_size)
-    ordered = spec.methods.get(method) == ORDERED
-    return Request(
-        shard,
-        CallKind.METHOD,
-        method,
-        data,
-        ordered,
-        node or 0,
-        f"{spec.name}.{method}",
-        _codec.result_decoder(spec.serializer),
-        spec.on_divergence if ordered else None,
-    )
+    sent) if its arguments cannot pass the group's limit. One call alone: a handle's calls go
+    through ``method_requests``, made once per method."""
+    return method_requests(spec, shard, method)(args, kwargs, node, read, max_message_size)
 
 
 def _too_large(spec: TypeSpec, method: str, size: int, limit: int) -> PayloadTooLarge:
@@ -217,7 +201,7 @@ def request_size(request: Request) -> int:
     return len(request.args) + (overhead if overhead >= 0 else call_overhead(request.shard, request.method))
 
 
-def _size(call: Outbound) -> int:
+def outbound_size(call: Outbound) -> int:
     """``request_size`` of a call from its fields alone (the group's own requests travel under
     a legacy name, P2P, but count as nameless)."""
     method = "" if not call[4] and call[3] in LEGACY_KINDS else call[3]
@@ -231,14 +215,14 @@ def calls_frame(calls: list[Outbound], max_frame: int = DEFAULT_MAX_PAYLOAD, siz
     (then, in the common case of one frame, no call is sized again)."""
     budget = max(1, max_frame - 4096)
     if size < 0:
-        size = sum(map(_size, calls))
+        size = sum(map(outbound_size, calls))
     if size <= budget:  # the common case: one frame
         return _one_frame(calls)
     out: list[bytes] = []
     batch: list[Outbound] = []
     size = 0
     for call in calls:
-        need = _size(call)
+        need = outbound_size(call)
         if batch and size + need > budget:
             out.append(_one_frame(batch))
             batch, size = [], 0

@@ -27,7 +27,6 @@ from typing import Any, Callable, Sequence
 from derecho_actors.caller.aio import AsyncLifecycle
 from derecho_actors.caller.calls import (
     Request,
-    method_request,
     method_requests,
     persist_request,
     poll_request,
@@ -221,7 +220,7 @@ class Client(AsyncLifecycle):
         read: ReadOptions | None = None,
     ) -> QueryResults:
         """Issue one call, waiting for room if ``max_outstanding`` calls are in flight."""
-        results = self._issue(spec, shard, method, args, kwargs, node, read, True)
+        results = self.prepare_method(spec, shard, method)(args, kwargs, node, read)
         assert results is not None  # a blocking call always sends
         return results
 
@@ -236,32 +235,10 @@ class Client(AsyncLifecycle):
         read: ReadOptions | None = None,
     ) -> QueryResults | None:
         """``call``, or None instead of waiting when the window is full (asyncio awaits room)."""
-        return self._issue(spec, shard, method, args, kwargs, node, read, False)
+        return self.prepare_method(spec, shard, method, False)(args, kwargs, node, read)
 
     def watch_poll(self, shard: ShardId, what: str, poll: PollArgs, node: int | None) -> QueryResults:
         return self._send(poll_request(shard, what, poll, node))
-
-    def _issue(
-        self,
-        spec: TypeSpec,
-        shard: ShardId,
-        method: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        node: int | None,
-        read: ReadOptions | None,
-        block: bool,
-    ) -> QueryResults | None:
-        if in_handler():
-            refuse_nested(spec, method, "through a Client")
-        error = self._session.error
-        if error is not None:
-            raise error
-        request = method_request(spec, shard, method, args, kwargs, node, read, self._session.max_message_size)
-        results = self._try_send(request, block)
-        if spec.persistent and results is not None and request.ordered:
-            self._persisted(request, results)
-        return results
 
     def prepare_method(
         self, spec: TypeSpec, shard: ShardId, method: str, block: bool = True

@@ -28,8 +28,7 @@ from typing import Any
 
 from blake3 import blake3
 
-from derecho_actors.caller.calls import Outbound, Request, outbound, request_size
-from derecho_actors.caller.calls import _size as _calls_size
+from derecho_actors.caller.calls import Outbound, Request, outbound, outbound_size, request_size
 from derecho_actors.caller.results import QueryResults
 from derecho_actors.caller.session import ClientSession
 from derecho_actors.caller.session_events import Disconnect, Phase
@@ -146,6 +145,14 @@ class CallStreams:
         return out
 
 
+@dataclass(slots=True)
+class _Held:
+    """A call made while a stream before it is still being written, held until it is."""
+
+    call: Outbound  # its wire fields
+    size: int  # what it takes of a frame (``request_size``)
+
+
 class StreamingSession(ClientSession):
     """A ``ClientSession`` that streams calls too large for one frame (``CallStreams``): what
     ``Client`` drives. A subclass, not more code in the session: the session's hot path (small
@@ -156,9 +163,10 @@ class StreamingSession(ClientSession):
         super().__init__(*args, **kwargs)
         self.streams = CallStreams()
         self._limited = 0  # the frame limit ``streams`` was told
-        # Calls made after a stream still being written, held back until it is (call order, with
-        # what each takes of a frame): written before them they could be ordered before it.
-        self._held: list[tuple[Outbound, int]] = []
+        # Calls made after a stream still being written, held back until it is (in call order):
+        # written before it they could be ordered before it. Only while a stream is open: every
+        # path that empties ``streams.calls`` releases or drops them all.
+        self._held: list[_Held] = []
 
     def _release(self) -> None:
         """Move the held calls made before the first unfinished stream (all when none is left)
@@ -167,11 +175,11 @@ class StreamingSession(ClientSession):
             return
         first = self.streams.first_unfinished()
         n = 0
-        for call, size in self._held:
-            if first is not None and call[0] > first:
+        for held in self._held:
+            if first is not None and held.call[0] > first:
                 break
-            self._outbox.append(call)
-            self._outbox_size += size
+            self._outbox.append(held.call)
+            self._outbox_size += held.size
             n += 1
         del self._held[:n]
 
@@ -179,25 +187,21 @@ class StreamingSession(ClientSession):
         streams = self.streams
         if len(request.args) <= streams.above or not streams.wants(request):
             results = super().call(request)
-            if self.phase is Phase.CONNECTED and (self._held or streams.first_unfinished() is not None):
+            # With no stream open (the common case) nothing is held: one test of a dict, no more.
+            if (
+                streams.calls
+                and self.phase is Phase.CONNECTED
+                and (self._held or streams.first_unfinished() is not None)
+            ):
                 call = self._outbox.pop()  # made after a stream still being written: after its last block
                 size = request_size(request)
                 self._outbox_size -= size
-                self._held.append((call, size))
+                self._held.append(_Held(call, size))
             return results
         if self.error is not None:
             raise self.error
         call_id = next(self._ids)
-        results = QueryResults(
-            request.what,
-            request.decode,
-            call_id=call_id,
-            call_word="client call",
-            ordered=True,
-            compare=request.compare,
-            why_waiting=self._why_waiting,
-            lock=self._results_lock,
-        )
+        results = self._results(request, call_id)  # an ordered call: P2P ones never stream (``wants``)
         call = outbound(request, call_id, self._floor.advance(self.pending, call_id))
         self.pending[call_id] = results  # answered, failed and resent (as a stream) like any call
         streams.add(request, call)
@@ -212,7 +216,7 @@ class StreamingSession(ClientSession):
         if not self.streams.calls:
             self._release()
             return []
-        parts = self.streams.parts(self._held[0][0][0] if self._held else None)
+        parts = self.streams.parts(self._held[0].call[0] if self._held else None)
         self._release()
         return parts
 
@@ -227,7 +231,7 @@ class StreamingSession(ClientSession):
                 del self._wire[call_id]
         data = super().connected(now, address, peer)
         self._wire.update(later)
-        self._held = [(w, _frame_size(w)) for _, w in sorted(later.items())]
+        self._held = [_Held(w, outbound_size(w)) for _, w in sorted(later.items())]
         restarted = self.streams.connect()
         if self.connections > 1:
             self.resent += restarted + len(later)
@@ -255,8 +259,3 @@ class StreamingSession(ClientSession):
         if self.streams.calls:
             self.streams.drop(call_ids)
             self._release()  # a stream refused or answered early no longer holds the calls after it
-
-
-def _frame_size(call: Outbound) -> int:
-    """What a call sent again takes of a frame (``request_size`` from its wire fields)."""
-    return _calls_size(call)

@@ -1,8 +1,5 @@
-"""``QueryResults``: the replies to one call, one per replica, arriving as they come.
-
-Which replicas answer is only known once the call is delivered (a view change may move it to
-the next view, with other members), so the first reply tells the expected set. A replica that
-leaves the view before answering resolves as ``ReplicaLost`` instead of hanging the caller.
+"""``QueryResults``: the replies to one call, one per replica, arriving as they come; here what
+a caller reads of them.
 
 What ``get`` reports follows virtual synchrony: an ordered call delivered in a view is applied
 at every replica of that view that survives it, so once any replica answered, the call took
@@ -14,10 +11,8 @@ Every replica runs an ordered call, so their answers must agree: ``get`` compare
 bytes comparison per reply; the decoded values only when bytes differ, ``caller.divergence``)
 and raises ``DivergenceError`` (or, with ``on_divergence="warn"``, logs it) when they do not.
 
-The caller implementation (a client's ``ClientSession``, a member's router) feeds the answers
-in through the producer's side: ``expect``, ``add_reply`` (one replica's answer),
-``add_agreed`` (the same answer from several, merged by a client's contact), ``mark_left``,
-``sending_again``, ``fail``.
+The caller implementation (a client's ``ClientSession``, a member's caller) feeds the answers
+in through the producer's side, ``results_feed.ResultsFeed``, which ``QueryResults`` extends.
 """
 
 from __future__ import annotations
@@ -26,246 +21,25 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import Future
-from typing import AbstractSet, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 from derecho_actors.caller.divergence import answers_or_raise, call_timeout, check_divergence
 from derecho_actors.caller.persisted import wait_persisted
-from derecho_actors.caller.sharing import SHAREABLE, replica_set
-from derecho_actors.wire.codec import decode_error
+from derecho_actors.caller.results_feed import ResultsFeed
 from runtime.errors import NotPersistent, ReplicaLost
 
 log = logging.getLogger("derecho.results")
 
 
-class QueryResults:
+class QueryResults(ResultsFeed):
     """Replies of one call. ``get`` returns ``{node id: value}`` (raising the first remote
     error), ``wait_all`` waits without raising, iteration yields ``(node, value or error)``
-    as replies arrive, and ``await results`` works in asyncio."""
+    as replies arrive, ``await results`` works in asyncio, and ``done()`` says whether every
+    replica answered (or the call failed), without waiting."""
 
-    # Slots: thousands may be in flight at once, one per call.
-    __slots__ = tuple(
-        "_what _call_id _call_word _decode _lock _cond _expected _values _errors _order _gone _finished"
-        " _future _versions _persist_query _why_waiting ordered _compare _first _differ _warned".split()
-    )
+    __slots__ = ()  # ``ResultsFeed``'s
 
-    def __init__(
-        self,
-        description: str,
-        decode: Callable[[bytes], Any],
-        *,
-        ordered: bool = True,
-        compare: str | None = None,
-        why_waiting: Callable[[], str | None] | None = None,
-        persist_query: Callable[[int, int], QueryResults] | None = None,
-        call_id: int | None = None,
-        call_word: str = "call",
-        lock: threading.Lock | None = None,
-    ) -> None:
-        """Made by the caller implementation: ``decode`` turns one encoded answer into a value;
-        ``ordered`` False for a P2P call (it changes nothing: losing its replica means "not
-        applied"); ``compare``: "raise" or "warn" when an ordered call's answers differ (None:
-        no comparison); ``why_waiting()``: what may hold the call up, for a CallTimeout's
-        message; ``persist_query(version, replica)``: the query ``persisted`` sends;
-        ``call_id``: the caller's number for it, named in messages after ``description`` as
-        ``call_word`` (a client's "client call 12", a member's "call 12"); ``lock``: shared with
-        the caller's other results (no method holds it calling another's): one object less per call."""
-        self._what, self._call_id, self._call_word, self._decode = description, call_id, call_word, decode
-        # A plain lock guards the state; a Condition on it is made only if someone has to wait
-        # (most calls are answered before anyone looks: no Condition, no notify).
-        self._lock = lock or threading.Lock()
-        self._cond: threading.Condition | None = None
-        self._expected: AbstractSet[int] | None = None
-        self._values: dict[int, Any] = {}
-        self._errors: dict[int, BaseException] = {}
-        self._order: tuple[int, ...] = ()  # who answered, in order (a tuple: nothing made per call)
-        self._gone: dict[int, tuple[str, int | None]] = {}  # nodes known to have left: why, and in which view
-        self._finished = False
-        self._future: Future[None] | None = None  # made only if someone awaits
-        self._versions: dict[int, int] = {}  # node -> version of the call there (persistent types)
-        self._persist_query, self._why_waiting = persist_query, why_waiting  # the producer's settings (see above)
-        self.ordered, self._compare = ordered, compare
-        self._first: tuple[bool, bytes] | None = None  # the first answer, as encoded
-        self._differ = False  # some answer's bytes differ from the first's (decoded values may still agree)
-        self._warned = False
-
-    @property
-    def description(self) -> str:
-        """The call, for messages: "KV.put (client call 12)" (made when a message needs it)."""
-        return self._what if self._call_id is None else f"{self._what} ({self._call_word} {self._call_id})"
-
-    def set_persist_query(self, query: Callable[[int, int], QueryResults]) -> None:
-        """The query ``persisted`` sends (for a producer that can make it only once the call exists)."""
-        self._persist_query = query
-
-    # ------------------------------------------------------------ the producer's side
-    # The caller implementation (a client's session, a member's router) feeds the replies in
-    # through these methods, from any thread; users never need them.
-    def expect(self, replicas: tuple[int, ...]) -> None:
-        """The replicas that will answer (known once the call is delivered; the first word counts)."""
-        with self._lock:
-            if self._expected is None:
-                self._set_expected(replicas)
-                self._maybe_done()
-
-    def _set_expected(self, replicas: tuple[int, ...], vid: int | None = None) -> None:
-        """Under ``_lock``: the replicas that answer the delivery in view ``vid``; those known
-        to have left since will not. (A node that left in an earlier view and answers in this
-        one is back, under the same id: a node restarted, the call sent again after a failover.)"""
-        expected = self._expected = set(replicas)
-        for node, (why, left_in) in self._gone.items():
-            if node in expected and node not in self._values and node not in self._errors:
-                if vid is None or left_in is None or vid < left_in:
-                    self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
-                    self._order += (node,)
-
-    def add_reply(
-        self, node: int, replicas: tuple[int, ...], ok: bool, value: bytes, version: int = -1, vid: int | None = None
-    ) -> None:
-        """One replica's encoded answer, as it came off the wire (the hot path: one lock):
-        ``replicas`` are those that answer the call (delivered in view ``vid``, if known),
-        ``version`` its version there (-1: none). An answer counts once per replica."""
-        result: Any
-        good = ok
-        if ok:
-            try:
-                result = self._decode(value)
-            except Exception as exc:  # a result this side cannot decode is that replica's error
-                good, result = False, exc
-        else:
-            result = decode_error(value, node)
-        self._record((node,), ((good, result),), replicas, ok, value, version, vid)
-
-    def add_agreed(
-        self,
-        nodes: tuple[int, ...],
-        replicas: tuple[int, ...],
-        ok: bool,
-        value: bytes,
-        version: int = -1,
-        vid: int | None = None,
-    ) -> bool:
-        """The same encoded answer from every replica in ``nodes`` (their contact compared the
-        bytes and merged them): decoded once, not once per replica. True once the call has
-        every answer it waits for."""
-        results: list[tuple[bool, Any]]
-        if ok:
-            try:
-                first = self._decode(value)
-            except Exception as exc:  # a result this side cannot decode is each replica's error
-                results = [(False, exc)] * len(nodes)
-            else:
-                if type(first) not in SHAREABLE:
-                    results = [(True, first)] + [(True, self._decode(value)) for _ in nodes[1:]]
-                elif nodes == replicas and self._all_answered(nodes, first, value, version):
-                    return True
-                else:
-                    results = [(True, first)] * len(nodes)
-        else:
-            results = [(False, decode_error(value, node)) for node in nodes]
-        return self._record(nodes, results, replicas, ok, value, version, vid)
-
-    def _all_answered(self, nodes: tuple[int, ...], value: Any, raw: bytes, version: int) -> bool:
-        """``add_agreed``'s common case, a client's every call: the first news of the call is one
-        answer from every replica, recorded wholesale (~3x cheaper than node by node); False,
-        recording nothing, if answers came before, a node is known gone, or one is named twice."""
-        with self._lock:
-            if self._expected is not None or self._order or self._gone:
-                return False
-            values = dict.fromkeys(nodes, value)
-            if len(values) != len(nodes):
-                return False
-            self._values, self._expected, self._order = values, replica_set(nodes), nodes
-            if version >= 0:
-                self._versions.update(values.fromkeys(nodes, version))
-            self._first = (True, raw) if self._compare is not None else None
-            self._finished = True  # every replica answered: ``_maybe_done`` without its set arithmetic
-            self._wake()
-            return True
-
-    def _record(
-        self,
-        nodes: tuple[int, ...],
-        results: Iterable[tuple[bool, Any]],
-        replicas: tuple[int, ...],
-        ok: bool,
-        value: bytes,
-        version: int,
-        vid: int | None,
-    ) -> bool:
-        """Under one lock: each of ``nodes`` answered with its ``(good, value or error)`` of
-        ``results``, decoded from ``(ok, value)`` as it came off the wire (compared with the
-        first answer's bytes). An answer counts once per replica, even if it left since.
-        True once the call has every answer it waits for."""
-        with self._lock:
-            values, errors = self._values, self._errors
-            for node, (good, result) in zip(nodes, results):
-                if version >= 0:
-                    self._versions[node] = version
-                if node in values or node in errors:
-                    continue
-                if good:
-                    values[node] = result
-                else:
-                    errors[node] = result
-                if self._compare is not None:
-                    held = self._first
-                    if held is None:
-                        self._first = (ok, value)
-                    elif held[1] != value or held[0] != ok:
-                        self._differ = True
-                self._order += (node,)
-            if self._expected is None:
-                self._set_expected(replicas, vid)
-            self._maybe_done()
-            return self._finished
-
-    def mark_left(self, nodes: set[int], why: str, vid: int | None = None) -> None:
-        """These nodes left the group (in view ``vid``, if known): those that did not answer
-        never will, unless they come back (the same id in a later view)."""
-        with self._lock:
-            for node in nodes:
-                self._gone[node] = (why, vid)
-                if node in (self._expected or ()) and node not in self._values and node not in self._errors:
-                    self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
-                    self._order += (node,)
-            self._maybe_done()
-
-    def sending_again(self) -> None:
-        """The call is being sent again (a failover): forget partial replies, whose replica
-        set may not be the one that answers the retry."""
-        with self._lock:
-            if not self._finished:
-                self._expected = None  # nodes known gone stay gone: a late reply may name them
-                self._values.clear()
-                self._errors.clear()
-                self._order = ()
-                self._first, self._differ = None, False
-
-    def fail(self, exc: BaseException) -> None:
-        """No (further) answer will come: ``exc`` stands for every replica still to answer
-        (for the whole call if none is known yet)."""
-        with self._lock:
-            if self._expected is None:
-                self._expected = set()
-                self._errors[-1] = exc
-            for node in self._expected - set(self._values) - set(self._errors):
-                self._errors[node] = exc
-                self._order += (node,)
-            self._maybe_done()
-
-    def _maybe_done(self) -> None:
-        """Under ``_lock``: mark done once every expected replica answered; wake waiters."""
-        expected = self._expected
-        if not self._finished and expected is not None and len(self._values) + len(self._errors) >= len(expected):
-            self._finished = expected <= self._values.keys() | self._errors.keys()
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._cond is not None:
-            self._cond.notify_all()
-        if self._finished and self._future is not None and not self._future.done():
-            self._future.set_result(None)
-
+    # ------------------------------------------------------------------- users
     def _condition(self) -> threading.Condition:
         """Under ``_lock``: the condition waiters sleep on."""
         if self._cond is None:
@@ -278,16 +52,12 @@ class QueryResults:
                 return True
             return self._condition().wait_for(predicate, timeout)
 
-    # ------------------------------------------------------------------- users
     @property
     def pending(self) -> tuple[int, ...]:
         with self._lock:
             if self._expected is None:
                 return ()
             return tuple(sorted(self._expected - set(self._values) - set(self._errors)))
-
-    def done(self) -> bool:
-        return self._finished
 
     def wait_all(self, timeout: float | None = None) -> dict[int, Any]:
         """Wait for every replica; returns ``{node: value or exception}`` without raising

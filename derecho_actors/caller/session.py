@@ -9,7 +9,8 @@ outside a lock), answers to feed to their results (``answers``, then ``answered`
 tick next (``next_timer``), a connection to end (a ``Disconnect`` returned), and between
 connections the next step (``next_step``): the contact to ``Dial``, how long to ``Wait``
 (backing off with jitter, after a round of unreachable contacts or of contacts that turned the
-client away), or ``Stop`` (refused, closed, or no contact reachable for ``retry_for``).
+client away), or ``Stop`` (refused, closed, or no contact reachable for ``retry_for``); which
+contact and how long to wait are the rounds of dials' (``dialing.DialRounds``).
 
 It keeps what outlives a connection: the calls waiting for answers and their ``QueryResults``,
 the call numbers and the exactly-once session (the same on every contact: after a failover
@@ -39,13 +40,17 @@ from derecho_actors.caller.calls import (
     outbound,
     request_size,
 )
+from derecho_actors.caller.dialing import DialRounds
 from derecho_actors.caller.results import QueryResults
-from derecho_actors.caller.session_events import Dial, Disconnect, Phase, Step, Stop, Wait, backoff
+from derecho_actors.caller.session_events import Dial, Disconnect, Phase, Step, Stop, Wait
 from derecho_actors.wire.messages import AnswerBatch, Features, Reply, ReplyBatch, ViewNotice, decode, encode
 from derecho_actors.wire.replies import client_answers
 from runtime.errors import GroupClosed, Refused, WireError
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.control import PROTOCOL_VERSION, AppMessage, Goodbye, GoodbyeKind, Hello, Ping, Welcome
+
+# The session's events are named here too: its drivers import them with it.
+__all__ = ["ClientSession", "Dial", "Disconnect", "Phase", "Step", "Stop", "Wait", "encode_output"]
 
 log = logging.getLogger("derecho.client")
 
@@ -74,7 +79,6 @@ class ClientSession:
             raise GroupClosed("a client needs at least one contact address")
         self.contacts = list(contacts)
         self.cluster = cluster
-        self.retry_for = retry_for
         self.liveness_timeout = liveness_timeout
         self.rng = rng or random.Random()
         # The contact derives the origin of our calls from our identity and this number; the
@@ -110,14 +114,7 @@ class ClientSession:
         self._answered = False  # the contact sent an answer (not only a goodbye)
         self._goodbye = ""  # why the contact closed the connection, if it said
         self._unavailable = ""  # why the group's shards cannot run, as the contact last said
-        # Between connections: the round of dials, backing off.
-        self._contact = 0
-        self._round_started: float | None = None
-        self._failures = 0
-        self._last_error = ""
-        self._wait_until = 0.0
-        self._turned_away = 0  # contacts in a row that said goodbye before any answer (not in a view)
-        self._turned_away_for = ""  # the last goodbye when every contact turned the client away
+        self._dials = DialRounds(self.contacts, retry_for, self.rng)  # between connections
 
     # ------------------------------------------------------------------ calls
     def call(self, request: Request) -> QueryResults:
@@ -126,16 +123,7 @@ class ClientSession:
         if self.error is not None:
             raise self.error
         call_id = next(self._ids)
-        results = QueryResults(
-            request.what,
-            request.decode,
-            call_id=call_id,
-            call_word="client call",
-            ordered=request.ordered,
-            compare=request.compare,
-            why_waiting=self._why_waiting,
-            lock=self._results_lock,
-        )
+        results = self._results(request, call_id)
         # The contact fills in the session (origin) from our identity and answers on our connection
         # (a client is no member: no caller id). Wire fields made once: a failover resends them as they are.
         pending, floor = self.pending, self._floor.oldest  # it moves only once its call is answered
@@ -147,6 +135,20 @@ class ClientSession:
             overhead = request.overhead  # ``request_size``, inlined
             self._outbox_size += len(request.args) + overhead if overhead >= 0 else request_size(request)
         return results
+
+    def _results(self, request: Request, call_id: int) -> QueryResults:
+        """Call ``call_id``'s results, made as every call of this session makes them (sharing
+        one lock and one ``why_waiting``), whether it goes in a frame or streams."""
+        return QueryResults(
+            request.what,
+            request.decode,
+            call_id=call_id,
+            call_word="client call",
+            ordered=request.ordered,
+            compare=request.compare,
+            why_waiting=self._why_waiting,
+            lock=self._results_lock,
+        )
 
     @property
     def in_flight(self) -> int:
@@ -170,7 +172,8 @@ class ClientSession:
         """What is known to hold calls up, for the message of a ``CallTimeout``."""
         if self.refusal is not None:
             return str(self.refusal)
-        turned = f"; the last contact said: {self._turned_away_for}" if self._turned_away_for else ""
+        turned_away_for = self._dials.turned_away_for
+        turned = f"; the last contact said: {turned_away_for}" if turned_away_for else ""
         if self.phase is not Phase.CONNECTED:
             return f"no contact connected (trying {', '.join(self.contacts)}){turned}"
         return self._unavailable or turned[2:] or None
@@ -180,29 +183,21 @@ class ClientSession:
         """What to do while not connected: dial the next contact, wait, or stop."""
         if self.error is not None:
             return Stop(self.error)
-        if now < self._wait_until:
-            return Wait(self._wait_until)
-        if self._round_started is None:
-            self._round_started, self._failures, self._last_error = now, 0, ""
-        elif now >= self._round_started + self.retry_for:
-            return Stop(self._give_up(now))
-        address = self.contacts[self._contact % len(self.contacts)]
-        self._contact += 1
-        self.phase = Phase.DIALING
-        return Dial(address)
+        step = self._dials.next(now)
+        if step is None:
+            error = self._dials.give_up(now)
+            self._close(error)
+            return Stop(error)
+        if type(step) is Dial:
+            self.phase = Phase.DIALING
+        return step
 
     def dial_failed(self, now: float, address: str, why: str) -> None:
         """The contact could not be reached; after each round over every contact, back off."""
         if self.phase is Phase.CLOSED:
             return
         self.phase = Phase.DISCONNECTED
-        self._failures += 1
-        self._last_error = f"{address}: {why}"
-        if self._failures == 1 or self._failures % 20 == 0:
-            log.info("client cannot reach %s (%s); trying the next contact", address, why)
-        rounds, rest = divmod(self._failures, len(self.contacts))
-        if rest == 0:
-            self._wait_until = now + backoff(rounds, self.rng)
+        self._dials.failed(now, address, why)
 
     def connected(self, now: float, address: str, peer: str = "") -> bytes:
         """A connection to ``address`` is up (``peer``: how to name it in messages): the bytes
@@ -214,7 +209,7 @@ class ClientSession:
         self._decoder = FrameDecoder()
         self._heard = self._ticked = self._pinged = now
         self._answered, self._goodbye, self._unavailable, self.welcomed = False, "", "", False
-        self._round_started = None
+        self._dials.connected()
         self._outbox, self._control, self._outbox_size = [], [], 0
         resend = list(self._wire.values())
         for results in self.pending.values():
@@ -235,14 +230,7 @@ class ClientSession:
         self._outbox, self._control, self._outbox_size = [], [], 0
         if why:
             log.info("connection to %s ended: %s", self._peer, why)
-        if self._goodbye and not self._answered:
-            self._turned_away += 1
-            rounds, rest = divmod(self._turned_away, len(self.contacts))
-            if rest == 0:
-                self._turned_away_for = self._goodbye
-                self._wait_until = now + backoff(rounds, self.rng)
-        else:
-            self._turned_away, self._turned_away_for = 0, ""
+        self._dials.ended(now, "" if self._answered else self._goodbye)
 
     def refuse(self, refusal: Refused) -> None:
         """Final: the contact refused us (a certificate, another cluster): every call fails."""
@@ -254,12 +242,7 @@ class ClientSession:
         """The user closed the client: every waiting call fails."""
         if self.error is not None:  # closed already
             return
-        if self._round_started is not None and self._last_error:
-            log.info(
-                "client stopped trying to reach the group after %.1f s: closed (last: %s)",
-                now - self._round_started,
-                self._last_error,
-            )
+        self._dials.closed(now)
         self._close(GroupClosed("the client was closed"))
 
     def broken(self, error: Exception) -> None:
@@ -267,17 +250,6 @@ class ClientSession:
         ``error``, and so does every later one, rather than wait for nothing."""
         if self.error is None:
             self._close(error)
-
-    def _give_up(self, now: float) -> Exception:
-        assert self._round_started is not None
-        if self._last_error:
-            log.warning(
-                "client gave up reaching the group after %.1f s (last: %s)", now - self._round_started, self._last_error
-            )
-        last = f" (last: {self._turned_away_for})" if self._turned_away_for else ""
-        error = GroupClosed(f"no member of the group reachable among {', '.join(self.contacts)}{last}")
-        self._close(error)
-        return error
 
     def _close(self, error: Exception) -> None:
         self.phase, self.error = Phase.CLOSED, error

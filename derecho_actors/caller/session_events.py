@@ -1,10 +1,9 @@
 """What a ``ClientSession`` tells its driver, as values (h11's ``_events``): its ``Phase``, the
-next ``Step`` between connections (``Dial``, ``Wait``, ``Stop``; how long to wait: ``backoff``),
-and ``Disconnect`` when the connection must end."""
+next ``Step`` between connections (``Dial``, ``Wait``, ``Stop``; which and how long to wait:
+``dialing``), and ``Disconnect`` when the connection must end."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from enum import Enum
 
@@ -45,13 +44,3 @@ class Disconnect:
 
 
 Step = Dial | Wait | Stop
-
-
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 2.0
-
-
-def backoff(round_: int, rng: random.Random) -> float:
-    """Seconds to wait after ``round_`` failed rounds over every contact: exponential, capped,
-    with jitter so many clients do not reconnect in step."""
-    return min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(round_, 16))) * rng.uniform(0.5, 1.5)

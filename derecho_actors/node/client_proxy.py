@@ -6,12 +6,13 @@ is the one the node derived from the client's authenticated identity (whatever t
 says), so no client can act in another's session; so is the owner its ordered calls carry,
 which replicas bound sessions by. A call this node cannot take (too large, a shard that
 cannot run, a method its type does not define, a limit reached) is refused at once, with
-the reason.
+the reason (``client_checks``).
 
 What is kept per client is bounded (``client_table``); statistics count the methods the types
-define and every other name under one label (``call_stats``). Clients cannot see views: on a
-view change they are told who left, and calls relayed to a member that left go again through
-another (ordered: applied once) or, for P2P, are answered at once. Runs on the node's loop.
+define and every other name under one label (``client_checks``, ``call_stats``). Clients
+cannot see views: on a view change they are told who left, and calls relayed to a member that
+left go again through another (ordered: applied once) or, for P2P, are answered at once. Runs
+on the node's loop.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from __future__ import annotations
 from typing import Callable, Final, Mapping, Sequence
 
 from derecho_actors.model.decorators import TypeSpec
-from derecho_actors.model.kinds import ORDERED
 from derecho_actors.node.answer_queue import AnswerQueue, member_queue
 from derecho_actors.node.call_stats import UNKNOWN, CallStats
 from derecho_actors.node.client_answers import ClientAnswers, merged_entry
+from derecho_actors.node.client_checks import ClientChecks
 from derecho_actors.node.client_outbox import ClientOutbox
 from derecho_actors.node.client_stream_calls import proxy_streams
-from derecho_actors.node.client_table import ClientState, ClientTable, Limit, Proxied, Relay
+from derecho_actors.node.client_table import ClientTable, Proxied, Relay
 from derecho_actors.node.hosting import ReplicaHost
 from derecho_actors.node.inbound_calls import InboundCalls
 from derecho_actors.node.outbox import Outbox
@@ -47,12 +48,11 @@ from derecho_actors.wire.messages import (
 from runtime.config import LimitsSection
 from runtime.core.layout import ShardId
 from runtime.core.view import View
-from runtime.errors import ClientLimit, DerechoError, ReplicaLost, ShardUnavailable, UnknownMethod
+from runtime.errors import DerechoError, ReplicaLost, ShardUnavailable
 from runtime.node_api import ClientConn, NodeHandle
 
 # Enum members as globals: read off their class each costs ~10x a global's in Python 3.11.
 _METHOD: Final = CallKind.METHOD
-_WATCH_POLL: Final = CallKind.WATCH_POLL
 
 _new_pending: Final = tuple.__new__
 """Builds a ``PendingCall`` from a tuple of its fields: a quarter of the cost of calling the
@@ -93,6 +93,8 @@ class ClientProxy:
             max_held_bytes=limits.client_max_backlog_bytes,
         )
         self.stats = CallStats()  # clients' calls through this node (status, metrics)
+        self.checks = ClientChecks(self.node_id, specs, outbox, self.table)
+        self.check = self.checks.check  # whether a call is taken here (its streamed calls' too)
         # The view as this proxy sees it (``self.view`` may be replaced: tests, the simulator).
         self.answers = ClientAnswers(node, lambda: self.view(), self.table, self.stats, out)
         self.streams = proxy_streams(self, limits)  # calls too large for a frame, streamed in
@@ -159,31 +161,6 @@ class ClientProxy:
         table.relay(key, Relay(target, call, client))
         self.to_members.offer(target, encode(call))
 
-    def check(self, client: ClientState, msg: Call, view: View) -> tuple[str, Sequence[int], DerechoError | None]:
-        """A client's call's statistics label, its shard's members, and why it may not be taken
-        (None: it may): too large, shard down, unknown method, replica not of the shard, limits."""
-        label = self._label(msg)
-        members = view.layout.members_of(msg.shard)
-        refusal: DerechoError | None = None
-        if (size := self.outbox.too_large(msg.method, msg.args)) is not None:
-            refusal = self.outbox.refusal(f"call {msg.call_id} (not run)", size, len(msg.args))
-        elif not members:
-            refusal = ShardUnavailable(f"call {msg.call_id} was not run: {unavailable(view, msg.shard)}")
-        elif label == UNKNOWN:
-            refusal = self._unknown_method(client, msg)
-        elif not msg.ordered and msg.target and msg.target not in members:
-            refusal = ReplicaLost(
-                f"node {msg.target} holds no replica of {msg.shard} in view {view.vid} (its replicas: {list(members)}); "
-                "the call was not run",
-                applied=False,
-            )
-        else:
-            limit = self.table.admit(client, msg.kind is _WATCH_POLL)
-            if limit is not None:
-                self.table.warn(client, limit[0], limit[1])
-                refusal = ClientLimit(f"refused by node {self.node_id}: {limit[1]}")
-        return label, members, refusal
-
     def take_calls(self, conn: ClientConn, calls: Sequence[Call]) -> None:
         """A client's calls in the order they came (a frame's, or its share of a loop turn),
         each taken as :meth:`take_call` takes it. What the calls share is looked up once: the
@@ -216,7 +193,7 @@ class ClientProxy:
                         self.outbox.submit_all(shard, pending)  # type: ignore[arg-type]
                         pending = []
                     shard, method = msg.shard, msg.method
-                    fast = self._runs_here(view, shard, method)
+                    fast = self.checks.runs_here(view, shard, method)
                 if fast is not None and len(msg.args) <= fast[1] and len(in_flight) < most and client.offered:
                     call_id = msg.call_id
                     add(client, (origin, call_id), Proxied(client, fast[0], now))
@@ -234,67 +211,16 @@ class ClientProxy:
         if pending:
             self.outbox.submit_all(shard, pending)  # type: ignore[arg-type]
 
-    def _runs_here(self, view: View, shard: ShardId, method: str) -> tuple[str, int] | None:
-        """For an ordered call of ``method`` to ``shard``: its statistics label and the most
-        bytes of arguments it may have, if such a call is submitted here at once when within
-        the client's limits (its type defines the method as ordered and this node holds a
-        replica of the shard); None if it goes through :meth:`take_call` (refused or relayed)."""
-        spec = self.specs.get(shard.type_name)
-        if spec is None or spec.methods.get(method) != ORDERED:
-            return None
-        if self.node_id not in view.layout.members_of(shard):
-            return None
-        return method, self.outbox.max_args(method)
-
     def refuse_overflow(self, conn: ClientConn, call_ids: tuple[int, ...]) -> None:
         """Calls of one frame beyond what a client may have unanswered: refused unread."""
         view = self.view()
         origin = conn.origin
         if not origin or view is None or not call_ids or getattr(conn, "closed", False):
             return
-        client = self.table.state(conn)
-        most = self.table.max_in_flight
-        detail = (
-            f"it sent {most + len(call_ids)} calls in one frame, more than it may have "
-            f"unanswered ({Limit.IN_FLIGHT.value} = {most}); the calls beyond were not run"
-        )
-        self.table.warn(client, Limit.IN_FLIGHT, detail)
-        refusal = ClientLimit(
-            f"refused by node {self.node_id}: more calls in one frame than a client may have unanswered "
-            f"({Limit.IN_FLIGHT.value} = {most}); not run: wait for answers, then retry"
-        )
+        refusal = self.checks.overflow(self.table.state(conn), len(call_ids))
         for call_id in call_ids:
             self.out.refuse(conn, ReplyTo(self.node_id, call_id, view.vid, origin), refusal)
         self.stats.done(UNKNOWN, "refused", None, len(call_ids))
-
-    def _label(self, msg: Call) -> str:
-        """The call as statistics count it: its method's name if its type defines it with this
-        kind, the request's label for the group's own, else :data:`UNKNOWN`, so what clients
-        send cannot grow the statistics."""
-        spec = self.specs.get(msg.shard.type_name)
-        if spec is None:
-            return UNKNOWN
-        if msg.kind is not _METHOD:
-            return msg.kind.label
-        kind = spec.methods.get(msg.method)
-        if kind is None:
-            return UNKNOWN
-        return msg.method if (kind == ORDERED) == msg.ordered else UNKNOWN
-
-    def _unknown_method(self, client: ClientState, msg: Call) -> DerechoError:
-        """A call to a method its type does not define (a client built against another
-        version of the type, or one probing): refused here, before it costs an ordered slot."""
-        spec = self.specs.get(msg.shard.type_name)
-        shown = msg.method if len(msg.method) <= 64 else msg.method[:64] + "..."
-        kind = spec.methods.get(msg.method) if spec is not None else None
-        if spec is None:
-            why = f"this node hosts no type {msg.shard.type_name!r}"
-        elif kind is None:
-            why = f"{spec.name} has no @ordered or @p2p method {shown!r}"
-        else:
-            why = f"{spec.name}.{shown} is {kind}, but it was sent as {'ordered' if msg.ordered else 'p2p'}"
-        self.table.warn(client, Limit.UNKNOWN_METHOD, f"it called methods its types do not define (first: {why})")
-        return UnknownMethod(f"not run: {why}")
 
     # ------------------------------------------------------------------ answers
     def accept_features(self, conn: ClientConn, features: Features) -> None:

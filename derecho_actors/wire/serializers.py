@@ -24,28 +24,23 @@ unpack_pickle: Callable[[bytes], Any] = oob.loads
 """A plain pickle stream, or arguments in the out-of-band layout (``oob.loads``)."""
 
 
-def pack(value: Any, serializer: str, what: str) -> bytes:
-    if serializer == "cloudpickle":
-        import cloudpickle
+def pickle_plain(value: Any) -> bytes:
+    """A plain cloudpickle stream (cloudpickle imported on first use: a process that never
+    pickles skips it)."""
+    import cloudpickle
 
+    return cloudpickle.dumps(value)
+
+
+def pack(value: Any, serializer: str, what: str, dumps: Callable[[Any], bytes] = pickle_plain) -> bytes:
+    """``value`` with ``serializer``; ``dumps`` is how a cloudpickle type's value is pickled
+    (``oob.dumps`` for a call's arguments: their large buffers out of band). A value the
+    serializer cannot encode raises ``SerializationError`` naming ``what`` it is."""
+    if serializer == "cloudpickle":
         try:
-            return cloudpickle.dumps(value)
+            return dumps(value)
         except Exception as exc:
             raise SerializationError(f"cannot pickle {what}: {exc}") from None
-    return _pack_msgpack(value, what)
-
-
-def pack_args(value: Any, serializer: str, what: str) -> bytes:
-    """``pack`` for a call's arguments: a cloudpickle type's large buffers out of band."""
-    if serializer == "cloudpickle":
-        try:
-            return oob.dumps(value)
-        except Exception as exc:
-            raise SerializationError(f"cannot pickle {what}: {exc}") from None
-    return _pack_msgpack(value, what)
-
-
-def _pack_msgpack(value: Any, what: str) -> bytes:
     try:
         return packb(value)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -53,6 +48,14 @@ def _pack_msgpack(value: Any, what: str) -> bytes:
             f"{what} is not plain data msgpack can encode ({exc}); pass plain values or use "
             f'@replicated(serializer="cloudpickle")'
         ) from None
+
+
+_oob_dumps: Callable[[Any], bytes] = oob.dumps  # a global: one lookup less per call than ``oob.dumps``
+
+
+def pack_args(value: Any, serializer: str, what: str) -> bytes:
+    """``pack`` for a call's arguments: a cloudpickle type's large buffers out of band."""
+    return pack(value, serializer, what, _oob_dumps)
 
 
 def unpack(data: bytes, serializer: str) -> Any:

@@ -355,7 +355,7 @@ def test_a_clients_call_is_counted_under_its_method_or_its_requests_label(
 ) -> None:
     method, ordered, kind = sent
     c = paths(FakeNode(), FakeHost(), specs={"Feed": FakeSpec()})
-    assert c.clients._label(Call(1, 0, SHARD, method, ordered, b"", kind=kind)) == label
+    assert c.clients.checks.label(Call(1, 0, SHARD, method, ordered, b"", kind=kind)) == label
 
 
 def test_a_clients_watch_poll_counts_against_its_polls_and_is_parked_here() -> None:
