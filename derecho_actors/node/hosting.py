@@ -63,9 +63,10 @@ MakeEnv = Callable[[ShardId, TypeSpec, int, "int | None"], ReplicaEnv]
 WAIT_CALLS = 32  # a delivered batch of at most this many calls: the loop waits for its answers
 WAIT_S = 0.001  # at most this long (user methods are expected to be quick)
 NO_WAIT_S = 0.5  # after waits ran out in a slow method, this long without waiting for that shard
-SLOW_WAITS = 2  # waits in a row that ran out: a slow method (or a machine too busy to run the
-# replica's thread in time), not a thread preempted or scheduled late once by another process
-# (that happened a few times a minute on a busy 2-core machine and stopped the waits each time)
+SLOW_WAITS = 2  # waits in a row that ran out: then no waits for NO_WAIT_S (see ``_tell``)
+RECENT_WAITS = 8  # ... or half of the last this many waits ran out, even if never two in a row
+_RECENT_MASK = (1 << RECENT_WAITS) - 1
+_IN_A_ROW = (1 << SLOW_WAITS) - 1
 
 
 class HeldAnswers(Protocol):
@@ -95,7 +96,7 @@ class ReplicaHost:
         self._undecodable = UndecodableBatches(node_id)
         self.held_answers: HeldAnswers | None = None  # set by the group: small batches are waited for
         self._no_wait_until: dict[ShardId, float] = {}
-        self._ran_out: dict[ShardId, int] = {}  # waits in a row that ran out
+        self._ran_out: dict[ShardId, int] = {}  # per shard, its last waits: bit 0 the latest, 1: ran out
 
     def holds(self, shard: ShardId) -> bool:
         return shard in self.replicas
@@ -292,20 +293,19 @@ class ReplicaHost:
             return
         held.hold()
         try:
-            # Waits stop (for ``NO_WAIT_S``) only after ``SLOW_WAITS`` run-outs in a row: a
-            # slow method, or a machine so busy that the replica's thread is not scheduled in
-            # time, turn after turn. A single run-out (the thread preempted or scheduled late
-            # once by another process) stopped them for half a second on a busy 2-core machine,
-            # and then most serial calls' answers came a loop turn later through the self-pipe.
+            # Waits stop (for ``NO_WAIT_S``) after ``SLOW_WAITS`` run-outs in a row (a slow
+            # method, or a machine too busy to run the thread in time, turn after turn), or half
+            # of the last ``RECENT_WAITS`` (alternating with handled ones, they would stall every
+            # other batch for good); not after one: a thread preempted once is no reason.
             # A replica still in a message is not waited for anyway (``Wait.QUEUED``).
             ended = wait(batch, WAIT_S)
-            if ended is Wait.HANDLED:
-                self._ran_out[sid] = 0
-            elif ended is not Wait.QUEUED:
-                n = self._ran_out[sid] = self._ran_out.get(sid, 0) + 1
-                if n >= SLOW_WAITS:
+            if ended is not Wait.QUEUED:
+                last = ((self._ran_out.get(sid, 0) << 1) | (ended is not Wait.HANDLED)) & _RECENT_MASK
+                in_a_row = last & _IN_A_ROW == _IN_A_ROW
+                if in_a_row or last.bit_count() * 2 >= RECENT_WAITS:
                     self._no_wait_until[sid] = now + NO_WAIT_S
-                    self._ran_out[sid] = 0
+                    last = 0
+                self._ran_out[sid] = last
         finally:
             held.take_held()
 

@@ -20,6 +20,7 @@ log is at fault. The object's constructor runs on the rebuild's thread.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from derecho_actors.model.fields import persistent_fields
 from derecho_actors.replica.checkpoint import Restored
 from derecho_actors.replica.sessions import table_for
 from derecho_actors.replica.store import PersistentStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,6 +89,14 @@ class Prebuild:
             self.result = rebuild(self.spec, self.log, self._stop)
         except BaseException as exc:  # the replica rebuilds on its own and reports it there
             self.error = exc
+            if not isinstance(exc, Cancelled):
+                log.warning(
+                    "rebuilding %s from its log ahead of the restart view failed (%s: %s); its "
+                    "replica rebuilds it from the whole log instead",
+                    self.spec.name,
+                    type(exc).__name__,
+                    exc,
+                )
 
     def take(self) -> Rebuilt | None:
         """The rebuilt object once the rebuild has ended (None if it failed)."""

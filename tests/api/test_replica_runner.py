@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from derecho_actors.node.hosting import SLOW_WAITS, WAIT_CALLS, WAIT_S, ReplicaHost
+from derecho_actors.node.hosting import RECENT_WAITS, SLOW_WAITS, WAIT_CALLS, WAIT_S, ReplicaHost
 from derecho_actors.node.runners import ReplicaActor, ThreadRunner, Wait
 from derecho_actors.replica.replica import OrderedBatch
 from runtime.core.layout import ShardId
@@ -143,10 +143,11 @@ def test_the_host_waits_for_small_batches_only_and_not_for_a_while_after_a_wait_
     host._tell(sid, quick, batch(1))  # type: ignore[arg-type]
     assert held.log == ["hold", "take"] * 5
     once = WaitingRef(takes=WAIT_S * 2, ends=Wait.RUNNING)  # one run-out (preempted once)...
-    host._tell(sid, once, batch(1))  # type: ignore[arg-type]
-    host._tell(sid, quick, batch(1))  # type: ignore[arg-type]  # ...then a quick one: the count starts again
-    host._tell(sid, once, batch(1))  # type: ignore[arg-type]
-    host._tell(sid, quick, batch(1))  # type: ignore[arg-type]
+    fresh = ShardId("KV", 0, 3)
+    host._tell(fresh, once, batch(1))  # type: ignore[arg-type]
+    host._tell(fresh, quick, batch(1))  # type: ignore[arg-type]  # ...then a quick one
+    host._tell(fresh, once, batch(1))  # type: ignore[arg-type]
+    host._tell(fresh, quick, batch(1))  # type: ignore[arg-type]
     assert [k for k, _ in once.told] == ["wait", "wait"] and quick.told[-1][0] == "wait"
     assert held.log == ["hold", "take"] * 9
     slow = WaitingRef(takes=WAIT_S * 2, ends=Wait.RUNNING)
@@ -178,3 +179,22 @@ def test_a_replica_still_in_a_message_is_not_waited_for() -> None:
     finally:
         assert ref.stop()(10.0)
     assert replica.got == ["slow", "next"]
+
+
+def test_run_outs_that_alternate_with_handled_waits_stop_the_waits_too() -> None:
+    """Never two in a row, but half of the recent waits ran out: each cost the loop WAIT_S."""
+    host = ReplicaHost(1, {}, ThreadRunner(), None)  # type: ignore[arg-type]
+    host.held_answers = Held()
+    sid, quick = ShardId("KV", 0, 0), WaitingRef()
+    late = WaitingRef(ends=Wait.NOT_STARTED)
+    for _ in range(RECENT_WAITS // 2):
+        host._tell(sid, late, batch(1))  # type: ignore[arg-type]
+        host._tell(sid, quick, batch(1))  # type: ignore[arg-type]
+    assert [k for k, _ in late.told] == ["wait"] * (RECENT_WAITS // 2)
+    assert quick.told[-1][0] == "tell"  # half of the last RECENT_WAITS ran out: no waits now
+    rare = ShardId("KV", 0, 1)  # one run-out in four: waits go on
+    for _ in range(3):
+        host._tell(rare, late, batch(1))  # type: ignore[arg-type]
+        for _ in range(3):
+            host._tell(rare, quick, batch(1))  # type: ignore[arg-type]
+    assert quick.told[-1][0] == "wait"
