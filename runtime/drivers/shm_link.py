@@ -250,6 +250,7 @@ class RingReader:
         self.rows = rows  # the owner's row board (None: its pushes arrive as frames)
         self._held: list[Any] = []  # rows read from the board, handed on once ...
         self._held_until = 0  # ... the ring is consumed up to here
+        self.rows_seen = False  # a row came through the board (logged once)
         self.data_bell = data_bell  # we wait on it
         self.room_bell = room_bell  # we ring it
         self.decoder = decoder
@@ -329,6 +330,9 @@ class RingReader:
 
     def _hand_rows(self) -> None:
         held, self._held = self._held, []
+        if not self.rows_seen:
+            self.rows_seen = True
+            log.info("SST rows arrive by one-sided writes into %s", self.rows.path if self.rows else "?")
         self.on_items(held)
 
     def waiting(self) -> bool:

@@ -235,10 +235,11 @@ class ShmTransport:
         pair = self.pairs.get(node_id)
         writer = pair.writer if pair is not None and pair.switched else None
         if writer is None or writer.rows is None:
-            if pushes and not self.refusal:
-                plan = self.planner.plan
-                for p in pushes:  # keep the images whole for when this peer switches
-                    plan(p)
+            if pushes:
+                if not self.refusal:
+                    plan = self.planner.plan
+                    for p in pushes:  # keep the images whole for when this peer switches
+                        plan(p)
                 data = b"".join([data, *(p.frame() for p in pushes)])
             if data:
                 self.send(node_id, data)

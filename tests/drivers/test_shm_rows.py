@@ -29,8 +29,10 @@ from runtime.drivers.shm_rows import (
     int_value,
     parse_descriptor,
 )
+from runtime.drivers.shm_transport import TransportMode
 from runtime.drivers.transport import RowPush
-from runtime.wire.codec import FrameDecoder
+from runtime.wire.codec import FrameDecoder, frame
+from runtime.wire.control import AppMessage
 from tests.drivers.test_shm_transport import pair
 
 pytestmark = [
@@ -304,6 +306,25 @@ def test_before_the_switch_pushes_are_frames(shm_dir: str) -> None:
         a.shm.write_rows(2, b"", [RowPush(push)])  # the first frame to b: TCP, while the ring is set up
         await _until(lambda: push in b.got)
         assert push in a.tcp.sent
+        await a.shm.close()
+        await b.shm.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", [TransportMode.TCP, TransportMode.AUTO])
+def test_a_node_on_tcp_sends_its_pushes_as_frames(shm_dir: str, mode: TransportMode) -> None:
+    async def main() -> None:
+        a, b = await pair(shm_dir)
+        a.shm.mode = mode
+        a.shm.refusal = a.shm._local_refusal()
+        pushes = [
+            ShardPush(0, KV, 0, RowDelta(0, 1, {"received_num": (1, 0)}), 0, (b"x",)),
+            GroupPush(0, 0, RowDelta(0, 1, {"heartbeat": 1})),
+        ]
+        a.shm.write_rows(2, frame(AppMessage(b"first")), [RowPush(p) for p in pushes])
+        await _until(lambda: len(b.got) == 3)
+        assert b.got == [AppMessage(b"first"), *pushes]
         await a.shm.close()
         await b.shm.close()
 
