@@ -13,10 +13,12 @@ What goes where (``RowPlanner``; per push, decided once for all peers):
 - a row-only push whose values are all ints (every column but the group SST's ``frozen`` and
   ``proposal``): written into the board, no frame at all. This is nearly every push of a
   receiver (``received_num``), every heartbeat.
-- a push that carries messages: the messages go through the ring as a frame (the push with
-  ``row=None``), then the row goes into the board.
-- a push with a non-int value (a proposal, frozen counts: view changes only): a frame through
-  the ring, whole, its row widened to every int column known (see "Order" for why).
+- a push that carries messages, or a non-int value (a proposal, frozen counts: view changes
+  only): one frame through the ring, as over TCP, its row widened to every int column known
+  (see "Order" for why). Splitting a push with messages (the messages as a frame with
+  ``row=None``, then the row into the board) was built first and measured: it cost more CPU
+  per message than it saved (a second object to build, hand on and apply per push, at each
+  peer), so a push whose messages need a frame anyway keeps its row in it.
 
 A slot holds the *whole* int row (every int column pushed so far in the view), not the delta:
 a reader may skip intermediate writes, and since these columns only grow, the latest row is
@@ -40,15 +42,17 @@ checks it as it checks a frame (rank against the sender's id, column types and w
 board is the authenticated peer's and nobody else's, but not trusted beyond that.
 
 Order. Today a peer applies one node's pushes in the order sent; the core relies on it in two
-ways: messages arrive before the row that counts them (``received_num``), and a non-int value
-(a proposal) arrives with the int columns written with it. Both hold here because the writer
+ways: messages arrive before a row that counts them (``received_num``: a later row-only push
+must not overtake the frame that carried them), and a non-int value (a proposal) arrives with
+the int columns written with it. Both hold here because the writer
 writes the ring before the board, and the reader snapshots the board first and then loads the
 ring's head, and hands the snapshot up only once it consumed the ring up to that head: every
 frame written before the row it read goes first (x86 total store order: the owner's ring head
 store precedes its slot stores, and the reader's loads are not reordered with each other). A
 snapshot may still come after a frame written later than it; then its push counter is not
 newer and the core drops it, which loses nothing because that frame's row was widened to
-every int column (the frame supersedes the snapshot), and a message-only frame has no row.
+every int column (the frame supersedes the snapshot); a message-only frame (a batch split
+over pushes) has no row.
 
 Wake-ups: the ring's, shared (``shm_link``): after a batch of slot writes the owner bumps
 ``gen``, fences and rings the doorbell only if the reader said it sleeps; the reader, before
@@ -90,6 +94,7 @@ BOARD_SIZE = BOARD_HEADER + SLOTS * SLOT_SIZE
 SLOT_HEAD = 32  # lock, seq, nvals, dlen
 MAX_VALUES = (SLOT_SIZE - SLOT_HEAD) // 8
 _I64 = 1 << 63
+_INT_ONLY = frozenset({int})
 _LAYOUTS = itertools.count(1)  # layout ids, unique in the process (a slot knows which it holds)
 
 # Word indices of the board header fields.
@@ -113,8 +118,8 @@ def int_value(value: object) -> int | None:
     (not an int, a bool, or out of the signed 64-bit range: such a push travels as a frame)."""
     if type(value) is int:
         return 0 if -_I64 <= value < _I64 else None
-    if type(value) is tuple and value and all(type(v) is int and -_I64 <= v < _I64 for v in value):
-        return len(value)
+    if type(value) is tuple and value and _INT_ONLY.issuperset(map(type, value)):
+        return len(value) if -_I64 <= min(value) and max(value) < _I64 else None
     return None
 
 
@@ -244,21 +249,16 @@ class PushPlan:
     def __init__(self, push: RowPush, image: RowImage | None, wide: RowDelta | None) -> None:
         self.push = push
         self.image = image
-        self.wide = wide  # the row, widened to every int column, for a push that is a frame
+        self.wide = wide  # the row widened to every int column, for a push that is a frame
         self._frame: bytes | None = None
 
     def frame(self) -> bytes | None:
         data = self._frame
         if data is None:
-            msg = self.push.message
-            if self.wide is not None:
-                data = frame(_replace_row(msg, self.wide))
-            elif msg.row is None:
-                data = self.push.frame()
-            elif type(msg) is ShardPush and msg.messages:
-                data = frame(_replace_row(msg, None))
-            else:
+            if self.image is not None:
                 return None
+            wide = self.wide
+            data = self.push.frame() if wide is None else frame(_replace_row(self.push.message, wide))
             self._frame = data
         return data
 
@@ -281,14 +281,15 @@ class RowPlanner:
             return plan
         msg = push.message
         row = msg.row
-        if row is None:  # messages only (a long batch split over pushes)
+        if row is None:  # messages only (a long batch split over pushes): the frame as it is
             plan = PushPlan(push, None, None)
         else:
             image = self._image(_key(msg))
-            if image.merge(row):
-                plan = PushPlan(push, image, None)
-            else:  # a non-int value: the frame, its row widened to the whole image
-                plan = PushPlan(push, None, RowDelta(row.rank, row.seq, {**image.as_values(), **row.values}))
+            if image.merge(row) and not (type(msg) is ShardPush and msg.messages):
+                plan = PushPlan(push, image, None)  # a row of ints alone: the board only
+            else:  # messages, or a non-int value: a frame, its row widened to the whole image
+                wide = None if image.where.keys() <= row.values.keys() else _widen(image, row)
+                plan = PushPlan(push, None, wide)
         push.cache = plan
         return plan
 
@@ -301,6 +302,10 @@ class RowPlanner:
                 self.images = {k: v for k, v in self.images.items() if k[0] >= vid - 1}
             image = self.images[key] = RowImage(key)
         return image
+
+
+def _widen(image: RowImage, row: RowDelta) -> RowDelta:
+    return RowDelta(row.rank, row.seq, {**image.as_values(), **row.values})
 
 
 def image_frame(image: RowImage) -> bytes:

@@ -219,11 +219,11 @@ def _decode(data: bytes | None) -> list[Any]:
         # a row-only push of ints: the board only
         (ShardPush(1, KV, 0, RowDelta(0, 1, {"received_num": (1, 2)}), 4, ()), None, True),
         (GroupPush(1, 0, RowDelta(0, 1, {"heartbeat": 3})), None, True),
-        # messages: they travel as a frame without the row, the row goes to the board
+        # messages: one frame, row and all (as over TCP)
         (
             ShardPush(1, KV, 0, RowDelta(0, 1, {"received_num": (3, 0)}), 0, (b"a", None, b"c")),
-            ShardPush(1, KV, 0, None, 0, (b"a", None, b"c")),
-            True,
+            ShardPush(1, KV, 0, RowDelta(0, 1, {"received_num": (3, 0)}), 0, (b"a", None, b"c")),
+            False,
         ),
         # messages only (a batch split over pushes): the frame as it is
         (ShardPush(1, KV, 0, None, 0, (b"a",)), ShardPush(1, KV, 0, None, 0, (b"a",)), False),
@@ -248,6 +248,10 @@ def test_a_push_that_is_a_frame_carries_every_int_column_of_the_row() -> None:
     plan = planner.plan(RowPush(GroupPush(2, 1, RowDelta(1, 2, {"wedged": 1, "frozen": [["KV", 0, 1, [3]]]}))))
     (sent,) = _decode(plan.frame())
     assert sent.row == RowDelta(1, 2, {"heartbeat": 4, "suspected": (0, 1), "wedged": 1, "frozen": [["KV", 0, 1, [3]]]})
+    shard = RowPush(ShardPush(2, KV, 1, RowDelta(1, 3, {"received_num": (5, 0)}), 4, (b"m",)))
+    planner.plan(RowPush(ShardPush(2, KV, 1, RowDelta(1, 2, {"received_num": (4, 0), "persisted": 2}), 0, ())))
+    (sent,) = _decode(planner.plan(shard).frame())
+    assert sent == ShardPush(2, KV, 1, RowDelta(1, 3, {"received_num": (5, 0), "persisted": 2}), 4, (b"m",))
 
 
 async def _until(cond: Any, seconds: float = 5.0) -> None:
@@ -271,13 +275,14 @@ def test_rows_cross_without_frames_and_never_before_the_messages_they_count(shm_
         await _until(lambda: any(isinstance(m, GroupPush) for m in b.got))
         assert [m for m in b.got if isinstance(m, GroupPush)] == [GroupPush(0, 0, RowDelta(0, 1, {"heartbeat": 1}))]
         assert writer.sent == before  # no frame: a one-sided write
-        # Pushes with messages, each row counting them, in many small turns: the reader must
-        # never see a count past the messages it got (rows first would break delivery).
+        # Pushes with messages (frames) and row-only pushes counting them (board writes), in
+        # many small turns: the reader must never see a count past the messages it got (a
+        # row overtaking the frame before it would break delivery).
         sent = 0
         for seq in range(2, 400):
-            msgs = tuple(bytes([seq % 256]) * 100 for _ in range(seq % 5))
-            push = ShardPush(0, KV, 0, RowDelta(0, seq, {"received_num": (sent + len(msgs), 0)}), sent, msgs)
+            msgs = tuple(bytes([seq % 256]) * 100 for _ in range(1 + seq % 5)) if seq % 2 else ()
             sent += len(msgs)
+            push = ShardPush(0, KV, 0, RowDelta(0, seq, {"received_num": (sent, seq)}), sent - len(msgs), msgs)
             a.shm.write_rows(2, b"", [RowPush(push)])
             if seq % 7 == 0:
                 await asyncio.sleep(0)
@@ -286,7 +291,7 @@ def test_rows_cross_without_frames_and_never_before_the_messages_they_count(shm_
         for m in b.got:
             if isinstance(m, ShardPush):
                 if m.messages:
-                    assert m.first == have and m.row is None
+                    assert m.first == have
                     have += len(m.messages)
                 if m.row is not None:
                     assert m.row.values["received_num"][0] <= have  # type: ignore[index]
