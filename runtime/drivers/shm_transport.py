@@ -31,8 +31,9 @@ mid-setup. A peer never removes a file.
 Block frames of large objects go through the ring too, behind the frames waiting there (so
 control frames wait behind at most one block, as on TCP's connection).
 
-SST pushes (``write_rows``) to a peer whose ring is switched are one-sided writes: the row goes
-into the board next to the ring (``shm_rows``), only messages travel as frames.
+SST pushes (``write_rows``) to a peer whose ring is switched: a push of a row alone is a
+one-sided write into the board next to the ring (``shm_rows``), no frame; a push with
+messages stays a frame through the ring.
 """
 
 from __future__ import annotations
