@@ -97,6 +97,8 @@ _I64 = 1 << 63
 _INT_ONLY = frozenset({int})
 _LAYOUTS = itertools.count(1)  # layout ids, unique in the process (a slot knows which it holds)
 
+_HEAD = struct.Struct("<QQQ")  # a slot's seq, nvals, dlen (its lock is read as one word, apart)
+
 # Word indices of the board header fields.
 _MAGIC, _SLOTS, _SLOT_SIZE, _TOKEN0, _TOKEN1, _GEN, _USED = 0, 1, 2, 3, 4, 8, 16
 
@@ -173,20 +175,6 @@ def parse_descriptor(data: bytes) -> SlotLayout:
         columns.append((c[0], c[1]))
         n += c[1] or 1
     return SlotLayout(vid, rank, shard, tuple(columns), n)
-
-
-def row_values(layout: SlotLayout, values: Sequence[int]) -> dict[str, Value]:
-    """A slot's flat values as the column values of a ``RowDelta``."""
-    out: dict[str, Value] = {}
-    i = 0
-    for name, width in layout.columns:
-        if width:
-            out[name] = tuple(values[i : i + width])
-            i += width
-        else:
-            out[name] = values[i]
-            i += 1
-    return out
 
 
 @dataclass(slots=True)
@@ -470,14 +458,14 @@ class RowBoard(_Segment):
 class RowCopy(_Segment):
     """The peer's read-only view of an owner's board."""
 
-    __slots__ = ("seen_gen", "last", "_layouts", "_fmt", "bad")
+    __slots__ = ("seen_gen", "last", "_layouts", "bad")
 
     def __init__(self, path: str, mm: mmap.mmap) -> None:
         super().__init__(path, mm)
         self.seen_gen = 0
         self.last = [0] * SLOTS  # per slot: the lock value last read
-        self._layouts: dict[bytes, SlotLayout] = {}
-        self._fmt: dict[int, struct.Struct] = {}
+        # per descriptor: its layout, the values' format, (column, start, end or -1 for a scalar)
+        self._layouts: dict[bytes, tuple[SlotLayout, struct.Struct, tuple[tuple[str, int, int], ...]]] = {}
         self.bad = 0  # slots whose descriptor did not decode
 
     @classmethod
@@ -500,10 +488,10 @@ class RowCopy(_Segment):
         for index in range(used):
             base = BOARD_HEADER + index * SLOT_SIZE
             w = base >> 3
-            lock = words[w]
+            lock = words[w]  # one aligned 8-byte load (struct reads bytes one at a time)
             if lock == last[index] or lock & 1:
                 continue
-            seq, n, dlen = words[w + 1], words[w + 2], words[w + 3]
+            seq, n, dlen = _HEAD.unpack_from(mem, base + 8)
             if n > MAX_VALUES or SLOT_HEAD + 8 * n + dlen > SLOT_SIZE:
                 if words[w] == lock:
                     last[index] = lock
@@ -520,8 +508,8 @@ class RowCopy(_Segment):
 
     def _push(self, seq: int, n: int, blob: bytes) -> Any:
         desc = blob[8 * n :]
-        layout = self._layouts.get(desc)
-        if layout is None:
+        known = self._layouts.get(desc)
+        if known is None:
             try:
                 layout = parse_descriptor(desc)
             except ValueError:
@@ -532,11 +520,21 @@ class RowCopy(_Segment):
                 return None
             if len(self._layouts) > 4 * SLOTS:
                 self._layouts.clear()
-            self._layouts[desc] = layout
-        fmt = self._fmt.get(n)
-        if fmt is None:
-            fmt = self._fmt[n] = struct.Struct(f"<{n}q")
-        row = RowDelta(layout.rank, seq, row_values(layout, fmt.unpack_from(blob)))
+            spans = tuple((name, at, at + width if width else -1) for name, at, width in _offsets(layout.columns))
+            known = self._layouts[desc] = (layout, struct.Struct(f"<{n}q"), spans)
+        layout, fmt, spans = known
+        vals = fmt.unpack_from(blob)
+        row = RowDelta(layout.rank, seq, {name: vals[a] if b < 0 else vals[a:b] for name, a, b in spans})
         if layout.shard is None:
             return GroupPush(layout.vid, layout.rank, row)
         return ShardPush(layout.vid, layout.shard, layout.rank, row, 0, ())
+
+
+def _offsets(columns: Sequence[Column]) -> list[tuple[str, int, int]]:
+    """``(name, first value index, width)`` per column."""
+    out = []
+    at = 0
+    for name, width in columns:
+        out.append((name, at, width))
+        at += width or 1
+    return out
