@@ -52,7 +52,8 @@ store precedes its slot stores, and the reader's loads are not reordered with ea
 snapshot may still come after a frame written later than it; then its push counter is not
 newer and the core drops it, which loses nothing because that frame's row was widened to
 every int column (the frame supersedes the snapshot); a message-only frame (a batch split
-over pushes) has no row.
+over pushes) has no row. A frame needs widening only if a board write came since the last
+frame that carried the whole row: otherwise every value is in frames, applied in order.
 
 Wake-ups: the ring's, shared (``shm_link``): after a batch of slot writes the owner bumps
 ``gen``, fences and rings the doorbell only if the reader said it sleeps; the reader, before
@@ -188,6 +189,7 @@ class RowImage:
     seq: int = 0
     layout: int = 0  # a fresh id when a column is added (the descriptor changes)
     descriptor: bytes = b""
+    boarded: bool = False  # written to boards since the last frame that carried the whole row
 
     def merge(self, delta: RowDelta) -> bool:
         """Take a delta of this row (the owner's own: values only grow); False if one of its
@@ -274,9 +276,14 @@ class RowPlanner:
         else:
             image = self._image(_key(msg))
             if image.merge(row) and not (type(msg) is ShardPush and msg.messages):
+                image.boarded = True
                 plan = PushPlan(push, image, None)  # a row of ints alone: the board only
             else:  # messages, or a non-int value: a frame, its row widened to the whole image
-                wide = None if image.where.keys() <= row.values.keys() else _widen(image, row)
+                # (needed only if a board write since the last whole row may be overtaken)
+                wide = None
+                if image.boarded and not image.where.keys() <= row.values.keys():
+                    wide = _widen(image, row)
+                image.boarded = False
                 plan = PushPlan(push, None, wide)
         push.cache = plan
         return plan

@@ -252,6 +252,9 @@ def test_a_push_that_is_a_frame_carries_every_int_column_of_the_row() -> None:
     planner.plan(RowPush(ShardPush(2, KV, 1, RowDelta(1, 2, {"received_num": (4, 0), "persisted": 2}), 0, ())))
     (sent,) = _decode(planner.plan(shard).frame())
     assert sent == ShardPush(2, KV, 1, RowDelta(1, 3, {"received_num": (5, 0), "persisted": 2}), 4, (b"m",))
+    # No board write since that whole row: frames carry every value in order, no widening.
+    after = ShardPush(2, KV, 1, RowDelta(1, 4, {"received_num": (6, 0)}), 5, (b"n",))
+    assert planner.plan(RowPush(after)).frame() == RowPush(after).frame()
 
 
 async def _until(cond: Any, seconds: float = 5.0) -> None:
