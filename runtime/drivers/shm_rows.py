@@ -234,21 +234,23 @@ class PushPlan:
     no frame), then ``image`` into the board (None: nothing). The frame is encoded at the
     first peer that needs it (a node whose peers are all on TCP never encodes one)."""
 
-    __slots__ = ("push", "image", "wide", "_frame")
+    __slots__ = ("image", "wide", "_frame")
 
-    def __init__(self, push: RowPush, image: RowImage | None, wide: RowDelta | None) -> None:
-        self.push = push
+    def __init__(self, image: RowImage | None, wide: RowDelta | None) -> None:
+        # (not the push itself: the push holds its plan, and a cycle would leave every push
+        # of a busy node to the cyclic garbage collector)
         self.image = image
         self.wide = wide  # the row widened to every int column, for a push that is a frame
         self._frame: bytes | None = None
 
-    def frame(self) -> bytes | None:
+    def frame(self, push: RowPush) -> bytes | None:
+        """The frame of ``push`` (whose plan this is) through the ring; None: no frame."""
         data = self._frame
         if data is None:
             if self.image is not None:
                 return None
             wide = self.wide
-            data = self.push.frame() if wide is None else frame(_replace_row(self.push.message, wide))
+            data = push.frame() if wide is None else frame(_replace_row(push.message, wide))
             self._frame = data
         return data
 
@@ -272,19 +274,19 @@ class RowPlanner:
         msg = push.message
         row = msg.row
         if row is None:  # messages only (a long batch split over pushes): the frame as it is
-            plan = PushPlan(push, None, None)
+            plan = PushPlan(None, None)
         else:
             image = self._image(_key(msg))
             if image.merge(row) and not (type(msg) is ShardPush and msg.messages):
                 image.boarded = True
-                plan = PushPlan(push, image, None)  # a row of ints alone: the board only
+                plan = PushPlan(image, None)  # a row of ints alone: the board only
             else:  # messages, or a non-int value: a frame, its row widened to the whole image
                 # (needed only if a board write since the last whole row may be overtaken)
                 wide = None
                 if image.boarded and not image.where.keys() <= row.values.keys():
                     wide = _widen(image, row)
                 image.boarded = False
-                plan = PushPlan(push, None, wide)
+                plan = PushPlan(None, wide)
         push.cache = plan
         return plan
 

@@ -250,7 +250,7 @@ class ShmTransport:
         plan = self.planner.plan
         for p in pushes:
             step = plan(p)
-            f = step.frame()
+            f = step.frame(p)
             if f is not None:
                 frames.append(f)
             if step.image is not None:

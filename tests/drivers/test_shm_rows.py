@@ -236,8 +236,9 @@ def _decode(data: bytes | None) -> list[Any]:
     ],
 )
 def test_how_a_push_travels(push: Any, frame_is: Any, image: bool) -> None:
-    plan = RowPlanner().plan(RowPush(push))
-    assert _decode(plan.frame()) == ([] if frame_is is None else [frame_is])
+    rp = RowPush(push)
+    plan = RowPlanner().plan(rp)
+    assert _decode(plan.frame(rp)) == ([] if frame_is is None else [frame_is])
     assert (plan.image is not None) == image
 
 
@@ -245,16 +246,17 @@ def test_a_push_that_is_a_frame_carries_every_int_column_of_the_row() -> None:
     """A board write it overtakes is then worth nothing more than the frame (see shm_rows)."""
     planner = RowPlanner()
     planner.plan(RowPush(GroupPush(2, 1, RowDelta(1, 1, {"heartbeat": 4, "suspected": (0, 1)}))))
-    plan = planner.plan(RowPush(GroupPush(2, 1, RowDelta(1, 2, {"wedged": 1, "frozen": [["KV", 0, 1, [3]]]}))))
-    (sent,) = _decode(plan.frame())
+    rp = RowPush(GroupPush(2, 1, RowDelta(1, 2, {"wedged": 1, "frozen": [["KV", 0, 1, [3]]]})))
+    (sent,) = _decode(planner.plan(rp).frame(rp))
     assert sent.row == RowDelta(1, 2, {"heartbeat": 4, "suspected": (0, 1), "wedged": 1, "frozen": [["KV", 0, 1, [3]]]})
     shard = RowPush(ShardPush(2, KV, 1, RowDelta(1, 3, {"received_num": (5, 0)}), 4, (b"m",)))
     planner.plan(RowPush(ShardPush(2, KV, 1, RowDelta(1, 2, {"received_num": (4, 0), "persisted": 2}), 0, ())))
-    (sent,) = _decode(planner.plan(shard).frame())
+    (sent,) = _decode(planner.plan(shard).frame(shard))
     assert sent == ShardPush(2, KV, 1, RowDelta(1, 3, {"received_num": (5, 0), "persisted": 2}), 4, (b"m",))
     # No board write since that whole row: frames carry every value in order, no widening.
     after = ShardPush(2, KV, 1, RowDelta(1, 4, {"received_num": (6, 0)}), 5, (b"n",))
-    assert planner.plan(RowPush(after)).frame() == RowPush(after).frame()
+    rp = RowPush(after)
+    assert planner.plan(rp).frame(rp) == RowPush(after).frame()
 
 
 async def _until(cond: Any, seconds: float = 5.0) -> None:
