@@ -190,6 +190,19 @@ class RowImage:
     layout: int = 0  # a fresh id when a column is added (the descriptor changes)
     descriptor: bytes = b""
     boarded: bool = False  # written to boards since the last frame that carried the whole row
+    pending: dict[str, Value] = field(default_factory=dict)  # latest values of pushes that were frames
+
+    def note(self, delta: RowDelta) -> None:
+        """A delta that travels as a frame: remembered (one C-level dict update), folded into
+        the layout only when the board or a widened frame needs the image."""
+        self.pending.update(delta.values)
+        self.seq = delta.seq
+
+    def fold(self) -> None:
+        """Fold the noted values in (non-int ones are not board columns: skipped)."""
+        pending, self.pending = self.pending, {}
+        seq = self.seq
+        self.merge(RowDelta(0, seq, pending))
 
     def merge(self, delta: RowDelta) -> bool:
         """Take a delta of this row (the owner's own: values only grow); False if one of its
@@ -277,13 +290,21 @@ class RowPlanner:
             plan = PushPlan(None, None)
         else:
             image = self._image(_key(msg))
-            if image.merge(row) and not (type(msg) is ShardPush and msg.messages):
+            if type(msg) is ShardPush and msg.messages:  # a frame: its row noted, not merged
+                board = False
+                image.note(row)
+            else:
+                if image.pending:
+                    image.fold()
+                board = image.merge(row)
+            if board:
                 image.boarded = True
                 plan = PushPlan(image, None)  # a row of ints alone: the board only
             else:  # messages, or a non-int value: a frame, its row widened to the whole image
                 # (needed only if a board write since the last whole row may be overtaken)
                 wide = None
                 if image.boarded and not image.where.keys() <= row.values.keys():
+                    image.fold()
                     wide = _widen(image, row)
                 image.boarded = False
                 plan = PushPlan(None, wide)
@@ -307,6 +328,8 @@ def _widen(image: RowImage, row: RowDelta) -> RowDelta:
 
 def image_frame(image: RowImage) -> bytes:
     """``image`` as the frame of a row-only push (for a row the board has no room for)."""
+    if image.pending:
+        image.fold()
     vid, shard, rank = image.key
     row = RowDelta(rank, image.seq, image.as_values())
     return frame(GroupPush(vid, rank, row) if shard is None else ShardPush(vid, shard, rank, row, 0, ()))
@@ -433,6 +456,8 @@ class RowBoard(_Segment):
     def write(self, image: RowImage) -> bool:
         """Store ``image`` into its slot; False if it has no room (then send it as a frame).
         The caller bumps ``gen`` (``publish``) once after a batch of writes."""
+        if image.pending:
+            image.fold()  # its values as of its push counter
         n = len(image.values)
         if n > MAX_VALUES or SLOT_HEAD + 8 * n + len(image.descriptor) > SLOT_SIZE or not n:
             return False

@@ -339,3 +339,20 @@ def test_a_node_on_tcp_sends_its_pushes_as_frames(shm_dir: str, mode: TransportM
         await b.shm.close()
 
     asyncio.run(main())
+
+
+def test_rows_of_frames_are_folded_into_the_image_before_it_is_written(shm_dir: str) -> None:
+    planner = RowPlanner()
+    framed = RowPush(ShardPush(1, KV, 0, RowDelta(0, 1, {"received_num": (3, 0), "persisted": 1}), 0, (b"a",)))
+    assert planner.plan(framed).image is None  # a frame: noted, not laid out yet
+    image = planner.images[(1, KV, 0)]
+    assert image.pending and image.values == []
+    board, copy = _board(shm_dir)
+    assert board.write(image)  # folds first: the slot holds the values its counter says
+    board.publish()
+    assert [p.row for p in copy.read()] == [RowDelta(0, 1, {"received_num": (3, 0), "persisted": 1})]
+    row_only = RowPush(ShardPush(1, KV, 0, RowDelta(0, 2, {"received_num": (3, 4)}), 3, ()))
+    assert planner.plan(row_only).image is image
+    assert image.as_values() == {"received_num": (3, 4), "persisted": 1}
+    copy.close()
+    board.close()
