@@ -17,6 +17,12 @@ cuts the peer off as TCP does; nothing is dropped silently.
 
 Reading: at most ``READ_BUDGET`` bytes per loop callback, then the rest on the next turn, so
 one busy peer cannot hold the loop.
+
+SST rows (``shm_rows``): a ring made by ``RingWriter.create`` has a row board next to it. The
+owner writes rows there after the frames that precede them (``write_rows``) and wakes the
+reader as for frames; the reader, awake, reads the board when its ``gen`` moved, then reads
+the ring up to the head it loaded after the board, and only then hands the rows on, so no row
+overtakes a frame written before it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any, Callable
 from runtime.drivers.shm_doorbell import Doorbell
 from runtime.drivers.shm_names import RingNames
 from runtime.drivers.shm_ring import ShmRing, full_fence
+from runtime.drivers.shm_rows import RowBoard, RowCopy, RowImage, TableKey, image_frame
 from runtime.wire.codec import FrameDecoder
 
 log = logging.getLogger("derecho.shm")
@@ -48,8 +55,11 @@ class RingWriter:
         room_bell: Doorbell,
         max_backlog: int,
         on_stuck: Callable[[], None],
+        rows: RowBoard | None = None,
     ) -> None:
         self.loop = loop
+        self.rows = rows  # the board our SST rows go into (None: pushes travel as frames)
+        self.rows_waiting: dict[TableKey, RowImage] = {}  # rows behind frames that wait here
         self.names = names
         self.ring = ring
         self.data_bell = data_bell  # we ring it: data arrived
@@ -77,7 +87,7 @@ class RingWriter:
         max_backlog: int,
         on_stuck: Callable[[], None],
     ) -> RingWriter:
-        """Make the ring's three files (mode 0600) and open them; on failure nothing is left."""
+        """Make the ring's files (mode 0600) and open them; on failure nothing is left."""
         made: list[Any] = []
         try:
             ring = ShmRing.create(names.ring, capacity, token)
@@ -85,12 +95,14 @@ class RingWriter:
             data_bell = Doorbell.create(names.data)
             made.append(data_bell)
             room_bell = Doorbell.create(names.room)
+            made.append(room_bell)
+            rows = RowBoard.create(names.rows, token)
         except BaseException:
             for thing in made:
                 thing.close()
             names.remove()
             raise
-        return cls(loop, names, ring, data_bell, room_bell, max_backlog, on_stuck)
+        return cls(loop, names, ring, data_bell, room_bell, max_backlog, on_stuck, rows)
 
     def send(self, data: bytes | memoryview) -> None:
         if self.closed:
@@ -111,6 +123,31 @@ class RingWriter:
             self.on_stuck()
             return
         self.pump()
+
+    def write_rows(self, images: list[RowImage]) -> None:
+        """Write ``images`` into the board and wake the reader: now if every frame sent before
+        is in the ring (the reader sees those first), else once they are (``pump``)."""
+        if self.closed:
+            return
+        waiting = self.rows_waiting
+        for image in images:
+            waiting[image.key] = image  # an image is the whole row: the latest write suffices
+        if not self.unit and not self.frames:
+            self._flush_rows()
+
+    def _flush_rows(self) -> None:
+        rows = self.rows
+        images = list(self.rows_waiting.values())
+        self.rows_waiting.clear()
+        if rows is None:
+            left = images
+        else:
+            left = [image for image in images if not rows.write(image)]
+            if len(left) < len(images):
+                rows.publish()
+                self._wake_reader()
+        for image in left:  # no room on the board: its frame, widened to the whole row
+            self.send(image_frame(image))
 
     def send_block(self, head: bytes, data: memoryview) -> None:
         if self.closed:
@@ -150,6 +187,8 @@ class RingWriter:
             unit.popleft()
         if wrote:
             self._wake_reader()
+        if self.rows_waiting and not unit and not self.frames:
+            self._flush_rows()
         if unit or self.frames or self.blocks:
             self._wait_for_room()
 
@@ -183,9 +222,12 @@ class RingWriter:
         self.frames.clear()
         self.blocks.clear()
         self.unit.clear()
+        self.rows_waiting.clear()
         self.data_bell.close()
         self.room_bell.close()
         self.ring.close()
+        if self.rows is not None:
+            self.rows.close()
         self.names.remove()
 
 
@@ -201,9 +243,14 @@ class RingReader:
         room_bell: Doorbell,
         decoder: FrameDecoder,
         on_items: Callable[[list[Any]], None],
+        rows: RowCopy | None = None,
     ) -> None:
         self.loop = loop
         self.ring = ring
+        self.rows = rows  # the owner's row board (None: its pushes arrive as frames)
+        self._held: list[Any] = []  # rows read from the board, handed on once ...
+        self._held_until = 0  # ... the ring is consumed up to here
+        self.rows_seen = False  # a row came through the board (logged once)
         self.data_bell = data_bell  # we wait on it
         self.room_bell = room_bell  # we ring it
         self.decoder = decoder
@@ -229,21 +276,33 @@ class RingReader:
             self.read()
 
     def read(self) -> None:
-        """Read up to ``READ_BUDGET`` bytes; then sleep, or come back next turn if more wait."""
+        """Read up to ``READ_BUDGET`` bytes; then sleep, or come back next turn if more wait.
+        Rows of the board are read first and handed on after the ring's frames up to the
+        head seen after them (see ``shm_rows``: no row overtakes an earlier frame)."""
         self._again = None
         if self.closed or not self.started:
             return
-        ring = self.ring
+        ring, rows = self.ring, self.rows
         ring.set_consumer_sleeps(0)
         budget = READ_BUDGET
         while True:
+            if rows is not None and rows.changed():
+                got = rows.read()
+                if got:
+                    self._held.extend(got)
+                    self._held_until = ring.published()  # loaded after the board's slots
             pieces = ring.pieces(budget)
             if not pieces:
+                if self._held:
+                    self._hand_rows()
+                    if self.closed:
+                        return
+                    continue
                 # Empty: say we may sleep, then look once more (see the module docstring).
                 self._epoch += 1
                 ring.set_consumer_sleeps(self._epoch)
                 full_fence()
-                if ring.readable() == 0:
+                if ring.readable() == 0 and (rows is None or not rows.changed()):
                     return
                 ring.set_consumer_sleeps(0)
                 continue
@@ -261,9 +320,25 @@ class RingReader:
                 self.on_items(items)
                 if self.closed:
                     return
+            if self._held and ring.consumed >= self._held_until:
+                self._hand_rows()
+                if self.closed:
+                    return
             if budget <= 0:
                 self._again = self.loop.call_soon(self.read)
                 return
+
+    def _hand_rows(self) -> None:
+        held, self._held = self._held, []
+        if not self.rows_seen:
+            self.rows_seen = True
+            log.info("SST rows arrive by one-sided writes into %s", self.rows.path if self.rows else "?")
+        self.on_items(held)
+
+    def waiting(self) -> bool:
+        """Bytes or rows wait to be read (for the transport's sweep for missed wake-ups)."""
+        rows = self.rows
+        return bool(self.ring.readable() or self._held or (rows is not None and rows.changed()))
 
     def _wake_writer(self) -> None:
         full_fence()  # our tail store before the load of the writer's epoch
@@ -283,3 +358,6 @@ class RingReader:
         self.data_bell.close()
         self.room_bell.close()
         self.ring.close()
+        self._held.clear()
+        if self.rows is not None:
+            self.rows.close()

@@ -1,14 +1,15 @@
 """Where a node's shared-memory rings live, what they are called, and who may remove them.
 
-Every ring is three files in /dev/shm made by its owner (the producer), mode 0600:
+Every ring is four files in /dev/shm made by its owner (the producer), mode 0600:
 ``<base>.ring`` (the segment), ``<base>.data`` and ``<base>.room`` (its doorbells: data
-arrived, room freed). The base is ``derecho-<cluster>-n<owner>-to<peer>-p<pid>-<random>``:
+arrived, room freed) and ``<base>.rows`` (the owner's SST rows as the peer reads them,
+``shm_rows``). The base is ``derecho-<cluster>-n<owner>-to<peer>-p<pid>-<random>``:
 named per group and node, so a start of node ``n`` finds what a previous process of ``n`` left
 behind (kill -9 runs no cleanup) and removes it; with the owner's pid, so two clusters of the
 same name on one host (parallel test runs) never remove each other's live rings; with 64
 random bits, so nobody can create the name before the owner does (``O_EXCL`` would then fail
 the setup, not hand the peer an impostor's file). The names live only through setup: once the
-peer has opened all three, the owner unlinks them (the mappings and open FIFOs live on until
+peer has opened all four, the owner unlinks them (the mappings and open FIFOs live on until
 both close), so a killed process leaves nothing behind unless it died mid-setup, and then its
 next start removes what it left. A peer only opens and maps; it never
 removes a file (CPython's ``multiprocessing.shared_memory`` before 3.13 lets the resource
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 log = logging.getLogger("derecho.shm")
 
 SHM_DIR = "/dev/shm"
-SUFFIXES = (".ring", ".data", ".room")
+SUFFIXES = (".ring", ".data", ".room", ".rows")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -41,7 +42,7 @@ def node_prefix(cluster: str, owner: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RingNames:
-    """The three paths of one ring."""
+    """The paths of one ring's files."""
 
     base: str
 
@@ -57,9 +58,13 @@ class RingNames:
     def room(self) -> str:
         return self.base + ".room"
 
+    @property
+    def rows(self) -> str:
+        return self.base + ".rows"
+
     def remove(self) -> None:
         """Unlink the files (the owner's job only); missing ones are fine."""
-        for path in (self.ring, self.data, self.room):
+        for path in (self.ring, self.data, self.room, self.rows):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -98,7 +103,7 @@ def remove_stale(cluster: str, owner: int, directory: str = SHM_DIR) -> int:
     """Remove the files earlier processes of node ``owner`` in ``cluster`` left behind (their
     pid is gone); returns how many. Called at start, before any ring of this process exists."""
     prefix = node_prefix(cluster, owner)
-    pattern = re.compile(re.escape(prefix) + r"to[0-9]+-p([0-9]+)-[0-9a-f]{16}\.(ring|data|room)")
+    pattern = re.compile(re.escape(prefix) + r"to[0-9]+-p([0-9]+)-[0-9a-f]{16}\.(ring|data|room|rows)")
     try:
         names = os.listdir(directory)
     except OSError:

@@ -222,6 +222,15 @@ class ShmRing:
         """Bytes published and not consumed yet."""
         return int(self._words[_HEAD]) - self._tail
 
+    def published(self) -> int:
+        """The producer's ``head`` as stored now (bytes written since the start)."""
+        return int(self._words[_HEAD])
+
+    @property
+    def consumed(self) -> int:
+        """Bytes consumed since the start (our ``tail``)."""
+        return self._tail
+
     def pieces(self, limit: int) -> tuple[memoryview, ...]:
         """Up to ``limit`` readable bytes, as one or two views of the ring (two where they
         wrap around its end). Valid until :meth:`consume`."""

@@ -30,6 +30,10 @@ mid-setup. A peer never removes a file.
 
 Block frames of large objects go through the ring too, behind the frames waiting there (so
 control frames wait behind at most one block, as on TCP's connection).
+
+SST pushes (``write_rows``) to a peer whose ring is switched: a push of a row alone is a
+one-sided write into the board next to the ring (``shm_rows``), no frame; a push with
+messages stays a frame through the ring.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from runtime.core.rdmc_descriptor import ObjectId
 from runtime.core.rdmc_events import Refusal
@@ -48,8 +52,9 @@ from runtime.drivers.shm_doorbell import Doorbell
 from runtime.drivers.shm_link import RingReader, RingWriter
 from runtime.drivers.shm_names import host_key, new_names, offered_names, remove_stale
 from runtime.drivers.shm_ring import SUPPORTED, RingError, RingSpec, ShmRing
+from runtime.drivers.shm_rows import RowCopy, RowImage, RowPlanner
 from runtime.drivers.tcp import TcpTransport
-from runtime.drivers.transport import BlockDestination, ContactProblem, FramesHandler, PeerLostHandler
+from runtime.drivers.transport import BlockDestination, ContactProblem, FramesHandler, PeerLostHandler, RowPush
 from runtime.errors import ConfigError
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.shm_setup import ShmAnswer, ShmOffer, ShmProbe, ShmSwitch
@@ -123,6 +128,7 @@ class ShmTransport:
         self.host = host_key()
         self.uid = os.getuid()
         self.bad_ring_frames = 0
+        self.planner = RowPlanner()  # this node's SST rows as the peers' boards get them
         self._sink: BlockDestination | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
@@ -223,6 +229,37 @@ class ShmTransport:
         if pair is None and not self.refusal and not self._closing:
             self._probe(node_id)
         self.tcp.send(node_id, data)
+
+    def write_rows(self, node_id: int, data: bytes, pushes: Sequence[RowPush]) -> None:
+        """SST pushes: one-sided writes into the peer's board where its ring is switched and
+        has one, frames otherwise (see ``shm_rows``)."""
+        pair = self.pairs.get(node_id)
+        writer = pair.writer if pair is not None and pair.switched else None
+        if writer is None or writer.rows is None:
+            if pushes:
+                if not self.refusal:
+                    plan = self.planner.plan
+                    for p in pushes:  # keep the images whole for when this peer switches
+                        plan(p)
+                data = b"".join([data, *(p.frame() for p in pushes)])
+            if data:
+                self.send(node_id, data)
+            return
+        frames = [data]
+        images: list[RowImage] = []
+        plan = self.planner.plan
+        for p in pushes:
+            step = plan(p)
+            f = step.frame(p)
+            if f is not None:
+                frames.append(f)
+            if step.image is not None:
+                images.append(step.image)
+        out = b"".join(frames)
+        if out:
+            writer.send(out)
+        if images:
+            writer.write_rows(images)
 
     def send_block(self, node_id: int, head: bytes, data: memoryview) -> None:
         pair = self.pairs.get(node_id)
@@ -381,7 +418,7 @@ class ShmTransport:
             if pair.accepted and not pair.switched:
                 self._try_switch(pair)
             reader, writer = pair.reader, pair.writer
-            if reader is not None and reader.started and not reader.closed and reader.ring.readable():
+            if reader is not None and reader.started and not reader.closed and reader.waiting():
                 reader.read()
             if writer is not None and not writer.closed and (writer.unit or writer.frames or writer.blocks):
                 writer.pump()
@@ -473,6 +510,8 @@ class ShmTransport:
                 data_bell = Doorbell.open(names.data)
                 opened.append(data_bell)
                 room_bell = Doorbell.open(names.room)
+                opened.append(room_bell)
+                rows = RowCopy.attach(names.rows, offer.token)
             except RingError as exc:
                 for thing in opened:
                     thing.close()
@@ -489,6 +528,7 @@ class ShmTransport:
                     room_bell,
                     decoder,
                     lambda items: self._ring_items(sender, items),
+                    rows,
                 )
         if reader is None:
             pair.why_not = why

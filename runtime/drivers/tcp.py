@@ -59,7 +59,7 @@ import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from runtime.drivers.ratelimit import RateLimitedLog
 from runtime.drivers.tls_stream import TlsStream
@@ -70,6 +70,7 @@ from runtime.drivers.transport import (
     ContactProblem,
     FramesHandler,
     PeerLostHandler,
+    RowPush,
 )
 from runtime.errors import ConfigError, WireError
 from runtime.node_api import session_origin
@@ -1027,6 +1028,13 @@ class TcpTransport:
             # second connection (two streams to one peer would reorder its frames).
             peer.connecting = True
             self._spawn(self._connect(peer))
+
+    def write_rows(self, node_id: int, data: bytes, pushes: Sequence[RowPush]) -> None:
+        """SST pushes over TCP are frames, behind ``data``, in one write (see ``Transport``)."""
+        if pushes:
+            data = b"".join([data, *(p.frame() for p in pushes)])
+        if data:
+            self.send(node_id, data)
 
     def send_block(self, node_id: int, head: bytes, data: memoryview) -> None:
         """Queue one block frame (``head``: prefix and header; ``data``: the block, a view of

@@ -1,10 +1,12 @@
 """The boundary between the node driver and a network.
 
 A transport moves bytes between nodes named by id and reports what arrives. It knows nothing
-of the protocol: the node driver hands it whole encoded frames and gets decoded frames back.
-TCP (``runtime.drivers.tcp``) is the one built; a shared-memory transport for co-located
-processes or an RDMA (pyverbs) one would implement this same interface, and neither the core
-nor the node driver would change.
+of the protocol: the node driver hands it whole encoded frames and gets decoded frames back,
+with one exception, Derecho's: SST pushes (``write_rows``), which a transport may carry as
+one-sided writes into the peer's copy of the row instead of as frames. TCP carries them as
+frames; shared memory (``runtime.drivers.shm_rows``) writes them into a mapping the peer reads;
+either way the peer's driver gets the same ``ShardPush``/``GroupPush`` back, so neither the core
+nor the node driver knows which transport ran.
 
 Every callback runs on the event loop thread that owns the node's core.
 """
@@ -12,11 +14,12 @@ Every callback runs on the event loop thread that owns the node's core.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
+from runtime.core.messages import GroupPush, ShardPush
 from runtime.core.rdmc_descriptor import ObjectId
 from runtime.core.rdmc_events import Refusal
-from runtime.wire.codec import WireMessage
+from runtime.wire.codec import WireMessage, frame
 
 FramesHandler = Callable[[int, list[WireMessage]], None]
 """``(sender node id, frames)``: decoded frames from one peer, in the order sent."""
@@ -33,6 +36,27 @@ ClientClosedHandler = Callable[[Any], None]
 BlockDestination = Callable[[int, ObjectId, int, int], "memoryview | Refusal"]
 """``(sender node, object, block, length)`` -> where a member's block frame's bytes go (read
 straight into the object's buffer), or why they are refused (read and discarded)."""
+
+
+class RowPush:
+    """One SST push of this node's core (a row delta, and for a shard the messages sent since
+    the last push), as the driver hands it to the transport for each peer it goes to: encoded
+    at most once whatever the number of peers, and ``cache`` holds what a transport prepared
+    of it at the first peer for the others."""
+
+    __slots__ = ("message", "cache", "_frame")
+
+    def __init__(self, message: ShardPush | GroupPush) -> None:
+        self.message = message
+        self.cache: Any = None
+        self._frame: bytes | None = None
+
+    def frame(self) -> bytes:
+        """The push as a frame (what TCP sends)."""
+        data = self._frame
+        if data is None:
+            data = self._frame = frame(self.message)
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +89,14 @@ class Transport(Protocol):
 
     def send(self, node_id: int, data: bytes) -> None:
         """Queue encoded frames for ``node_id``; connect first if needed. Never blocks."""
+
+    def write_rows(self, node_id: int, data: bytes, pushes: Sequence[RowPush]) -> None:
+        """Send ``data`` (encoded frames, maybe empty), then the SST ``pushes`` to ``node_id``,
+        in that order: Derecho's ``SST::put``, a one-sided write of this node's rows into the
+        peer's copy. A transport that cannot write the peer's memory sends each push as its
+        frame; one that can writes the row there and sends only the messages a push carries.
+        The peer's driver gets the pushes as if they were frames, in an order that keeps what
+        the core relies on (a push's messages before its row; a row's values together)."""
 
     def send_block(self, node_id: int, head: bytes, data: memoryview) -> None:
         """Queue a block frame for ``node_id`` (``head``: its prefix and header; ``data``: the

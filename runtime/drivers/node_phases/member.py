@@ -25,6 +25,7 @@ from runtime.drivers.node_phases.context import NodeContext
 from runtime.drivers.node_phases.join_watch import JoinWatch
 from runtime.drivers.node_phases.phase import RESTART_MESSAGES, PhaseStatus
 from runtime.drivers.node_phases.trust import forgery, leader_frame_allowed
+from runtime.drivers.transport import RowPush
 from runtime.wire.codec import frame
 from runtime.wire.control import AppMessage, BootstrapHello, GroupRunning, RestartDecision, RestartHello
 from runtime.wire.transfers import BlockDropped, BlockLanded, CreditFrame, block_frame_head, credit_frame
@@ -261,12 +262,23 @@ class MemberPhase:
                 transport.send_block(tr.to, block_frame_head(tr.oid, tr.block, len(tr.data)), tr.data)
             else:
                 out.setdefault(tr.to, []).append(credit_frame(tr.oid, tr.upto))
+        pushes: dict[int, list[RowPush]] = {}  # SST pushes: one-sided row writes where the transport can
         for o in ready.outgoing:
-            data = frame(o.message)
+            msg = o.message
+            if type(msg) is ShardPush or type(msg) is GroupPush:
+                push = RowPush(msg)
+                for dst in o.to:
+                    pushes.setdefault(dst, []).append(push)
+                continue
+            data = frame(msg)
             for dst in o.to:
                 out.setdefault(dst, []).append(data)
         for dst, chunks in out.items():
-            transport.send(dst, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if dst not in pushes:
+                transport.send(dst, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        for dst, rows in pushes.items():
+            waiting = out.get(dst)
+            transport.write_rows(dst, b"" if waiting is None else b"".join(waiting), rows)
         for cs in ready.contact_sends:
             transport.send_to_address(cs.address, frame(cs.message))
         if hooks.on_deliver is not None:
