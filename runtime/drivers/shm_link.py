@@ -125,15 +125,22 @@ class RingWriter:
         self.pump()
 
     def write_rows(self, images: list[RowImage]) -> None:
-        """Write ``images`` into the board and wake the reader: now if every frame sent before
-        is in the ring (the reader sees those first), else once they are (``pump``)."""
+        """Write ``images`` into the board and wake the reader if every frame sent before is in
+        the ring (the reader sees those first); else send each as a frame of its whole row,
+        now, behind those frames. Rows never wait for the queue to empty: frames sent after
+        them would hold them back (a heartbeat behind a busy link for longer than the
+        suspicion timeout), and an image written later would carry values of later pushes,
+        some of them sent to other peers only."""
         if self.closed:
+            return
+        if self.unit or self.frames:
+            for image in images:
+                self.send(image_frame(image))
             return
         waiting = self.rows_waiting
         for image in images:
             waiting[image.key] = image  # an image is the whole row: the latest write suffices
-        if not self.unit and not self.frames:
-            self._flush_rows()
+        self._flush_rows()
 
     def _flush_rows(self) -> None:
         rows = self.rows
@@ -187,8 +194,6 @@ class RingWriter:
             unit.popleft()
         if wrote:
             self._wake_reader()
-        if self.rows_waiting and not unit and not self.frames:
-            self._flush_rows()
         if unit or self.frames or self.blocks:
             self._wait_for_room()
 

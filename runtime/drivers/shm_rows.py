@@ -286,7 +286,11 @@ class RowPlanner:
             return plan
         msg = push.message
         row = msg.row
-        if row is None:  # messages only (a long batch split over pushes): the frame as it is
+        if row is None or type(msg) is GroupPush:
+            # Messages only (a long batch split over pushes), or the group's row: frames as
+            # they are. A group push goes to the members not suspected, so a whole-row image
+            # would hand a suspected peer values (a ballot) of pushes it was never sent
+            # without the proposal that came with them; shard pushes go to every peer alike.
             plan = PushPlan(None, None)
         else:
             image = self._image(_key(msg))

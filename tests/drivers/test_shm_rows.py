@@ -218,7 +218,9 @@ def _decode(data: bytes | None) -> list[Any]:
     [
         # a row-only push of ints: the board only
         (ShardPush(1, KV, 0, RowDelta(0, 1, {"received_num": (1, 2)}), 4, ()), None, True),
-        (GroupPush(1, 0, RowDelta(0, 1, {"heartbeat": 3})), None, True),
+        # the group's row: a frame (it goes to the members not suspected: a whole-row image
+        # would give a suspected peer values of pushes it was not sent)
+        (GroupPush(1, 0, RowDelta(0, 1, {"heartbeat": 3})), GroupPush(1, 0, RowDelta(0, 1, {"heartbeat": 3})), False),
         # messages: one frame, row and all (as over TCP)
         (
             ShardPush(1, KV, 0, RowDelta(0, 1, {"received_num": (3, 0)}), 0, (b"a", None, b"c")),
@@ -248,7 +250,7 @@ def test_a_push_that_is_a_frame_carries_every_int_column_of_the_row() -> None:
     planner.plan(RowPush(GroupPush(2, 1, RowDelta(1, 1, {"heartbeat": 4, "suspected": (0, 1)}))))
     rp = RowPush(GroupPush(2, 1, RowDelta(1, 2, {"wedged": 1, "frozen": [["KV", 0, 1, [3]]]})))
     (sent,) = _decode(planner.plan(rp).frame(rp))
-    assert sent.row == RowDelta(1, 2, {"heartbeat": 4, "suspected": (0, 1), "wedged": 1, "frozen": [["KV", 0, 1, [3]]]})
+    assert sent.row == RowDelta(1, 2, {"wedged": 1, "frozen": [["KV", 0, 1, [3]]]})  # group rows: frames as they are
     shard = RowPush(ShardPush(2, KV, 1, RowDelta(1, 3, {"received_num": (5, 0)}), 4, (b"m",)))
     planner.plan(RowPush(ShardPush(2, KV, 1, RowDelta(1, 2, {"received_num": (4, 0), "persisted": 2}), 0, ())))
     (sent,) = _decode(planner.plan(shard).frame(shard))
@@ -276,9 +278,10 @@ def test_rows_cross_without_frames_and_never_before_the_messages_they_count(shm_
         writer = a.shm.pairs[2].writer
         assert writer is not None and writer.rows is not None
         before = writer.sent
-        a.shm.write_rows(2, b"", [RowPush(GroupPush(0, 0, RowDelta(0, 1, {"heartbeat": 1})))])
-        await _until(lambda: any(isinstance(m, GroupPush) for m in b.got))
-        assert [m for m in b.got if isinstance(m, GroupPush)] == [GroupPush(0, 0, RowDelta(0, 1, {"heartbeat": 1}))]
+        first = ShardPush(0, KV, 0, RowDelta(0, 1, {"received_num": (0, 1)}), 0, ())
+        a.shm.write_rows(2, b"", [RowPush(first)])
+        await _until(lambda: any(isinstance(m, ShardPush) for m in b.got))
+        assert [m.row for m in b.got if isinstance(m, ShardPush)] == [first.row]
         assert writer.sent == before  # no frame: a one-sided write
         # Pushes with messages (frames) and row-only pushes counting them (board writes), in
         # many small turns: the reader must never see a count past the messages it got (a
@@ -356,3 +359,38 @@ def test_rows_of_frames_are_folded_into_the_image_before_it_is_written(shm_dir: 
     assert image.as_values() == {"received_num": (3, 4), "persisted": 1}
     copy.close()
     board.close()
+
+
+def test_a_row_behind_queued_frames_goes_as_a_frame_at_once_not_after_the_queue_empties(
+    shm_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row waiting for the writer's queue to empty waited behind frames sent after it (a
+    reader slower than the writer: for good), and was then written as the image was by then."""
+    import runtime.drivers.shm_link as shm_link
+
+    monkeypatch.setattr(shm_link, "READ_BUDGET", 4096)  # a reader slower than the writer
+
+    async def main() -> None:
+        a, b = await pair(shm_dir)
+        a.shm.send(2, b"")
+        b.shm.send(1, b"")
+        await _until(lambda: a.shm.pairs.get(2) is not None and a.shm.pairs[2].switched)
+        n, pushed_after = 0, -1
+        for turn in range(60):
+            for _ in range(40):  # a steady stream a little faster than b takes it
+                a.shm.send(2, frame(AppMessage(n.to_bytes(4, "big") * 1000)))
+                n += 1
+            if turn == 10:
+                row = ShardPush(0, KV, 0, RowDelta(0, 1, {"received_num": (0, 7)}), 0, ())
+                a.shm.write_rows(2, b"", [RowPush(row)])
+                pushed_after = n
+            await asyncio.sleep(0)
+        await _until(lambda: any(isinstance(m, ShardPush) for m in b.got), 20.0)
+        got = [m for m in b.got if isinstance(m, (AppMessage, ShardPush))]
+        at = next(i for i, m in enumerate(got) if isinstance(m, ShardPush))
+        assert at == pushed_after  # right behind the frames sent before it, before any after it
+        assert list(got[at].row.values["received_num"]) == [0, 7]  # type: ignore[union-attr, call-overload]
+        await a.shm.close()
+        await b.shm.close()
+
+    asyncio.run(main())
