@@ -89,6 +89,16 @@ class ClientAnswers:
                         started.append(proxy.started_ns)
                 if not ok:
                     self._check_refusal(client, value)
+            # Member ``node``'s place among those that answer (``ClientTable.answer``, inlined).
+            theirs = proxy.replicas
+            place = (
+                bit if theirs is replicas or theirs == replicas else 1 << theirs.index(node) if node in theirs else 0
+            )
+            if proxy.answered & place:
+                # It answered already: a call sent again (after a failover back here) is answered
+                # twice, once per copy delivered. Counted twice, the call would seem answered
+                # before every replica was, and the answers still to come would go nowhere.
+                continue
             held = proxy.value
             if not client.merged or proxy.split:
                 singles.setdefault(client.conn, []).append(entry)
@@ -106,12 +116,7 @@ class ClientAnswers:
             else:  # the replicas disagree: what was held goes as each replica gave it, then this
                 self._split(proxy, call_id, origin)
                 singles.setdefault(client.conn, []).append(entry)
-            # Member ``node`` answered (``ClientTable.answer``, inlined: once per answer).
-            theirs = proxy.replicas
-            if theirs is replicas or theirs == replicas:
-                proxy.answered |= bit
-            elif node in theirs:
-                proxy.answered |= 1 << theirs.index(node)
+            proxy.answered |= place  # member ``node`` answered
             proxy.left = left = left - 1
             if left <= 0:
                 if relays or proxy.kind is not method:

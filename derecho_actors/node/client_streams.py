@@ -200,12 +200,24 @@ class ClientStreams:
             self.node.call_later(self._stall / 4, self._sweep)
 
     def _bound(self, conn: ClientConn, start: StreamStart) -> DerechoError | None:
-        """Why this identity (or the node) may not stream this call now."""
+        """Why this identity (or the node) may not stream this call now. A call streamed again
+        by its session (a failover, back to this node) is one call, not two: its copy still
+        streaming on another connection is dropped (the client gave that one up), and the bytes
+        of its copy delivered already, held until an answer comes, are not counted against it
+        (refused, the call would seem not run, though that copy runs at every replica)."""
         budget = budget_of(conn)
         self._expire()
+        origin, call_id = self.tail(conn)[0], start.call_id
+        for old in [s for k, s in self.streams.items() if k[1] == call_id and k[0] is not conn]:
+            if self.tail(old.conn)[0] == origin:
+                del self.streams[(old.conn, call_id)]
+                self._drop(old)
         mine = sum(1 for s in self.streams.values() if s.budget == budget)
-        held = self.held.get(budget, 0)
-        return stream_bound(self.node.node_id, self.limits, start, mine, held, self.total)
+        held, total = self.held.get(budget, 0), self.total
+        delivered = self.sent.get((origin, call_id))
+        if delivered is not None and delivered[0] == budget:
+            held, total = held - delivered[1], total - delivered[1]
+        return stream_bound(self.node.node_id, self.limits, start, mine, held, total)
 
     def _block(self, conn: ClientConn, block: StreamBlock) -> None:
         stream = self.streams.get((conn, block.call_id))
