@@ -162,9 +162,12 @@ class _ProxyGlue:
         if not moved:
             return
         relays = proxy.table.relays
-        for origin, shard in {(k[0], relay.shard_of(k)) for k in moved}:
+        shards = {k: relay.shard_of(k) for k in moved}  # before any is handled (and forgotten)
+        for origin, shard in {(k[0], s) for k, s in shards.items()}:
             members = view.layout.members_of(shard)
-            ours: list[tuple[int, tuple[int, int], Relay | None]] = [(k[1], k, None) for k in moved if k[0] == origin]
+            ours: list[tuple[int, tuple[int, int], Relay | None]] = [
+                (k[1], k, None) for k in moved if k[0] == origin and shards[k] == shard
+            ]  # only this shard's: each relay is handled once
             if members:  # else the client proxy refuses its calls (no member to send them to)
                 ours += [
                     (k[1], k, r)

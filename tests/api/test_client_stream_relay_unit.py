@@ -374,3 +374,37 @@ def test_a_client_streaming_the_call_again_on_a_new_connection_is_relayed_from_t
     [(_, payload)] = pair.member_node.ordered
     calls = _codec.decode_ordered(payload)
     assert isinstance(calls, list) and bytes(calls[0][3]) == data
+
+
+TWO_SHARDS = (ShardId("Blobs", 0, 0), ShardId("Blobs", 0, 1))
+
+
+@pytest.mark.parametrize(
+    ("shard_members", "starts", "locals_"),
+    [
+        ((1, OTHER), 2, 0),  # both relays go again to the one member left, once each
+        ((1, OTHER, CONTACT), 0, 2),  # this node holds both shards now: each multicast here once
+    ],
+)
+def test_a_sessions_relays_to_two_shards_whose_member_left_are_each_handled_once(
+    shard_members: tuple[int, ...], starts: int, locals_: int
+) -> None:
+    """One session relays a call to each of two shards through the same member, which leaves:
+    each relay is handled once, by its own shard (handled once per shard, the second pass raised
+    a KeyError out of the view change, or sent the RelayStart twice)."""
+    queue, done = Queue(), []
+    relay = StreamRelay(queue, lambda k, s, p: done.append(k), lambda k, s, v: None, CONTACT)  # type: ignore[arg-type]
+    proxy = SimpleNamespace(table=SimpleNamespace(relays={}), node_id=CONTACT, to_members=queue, outbox=Outbox())
+    glue = _ProxyGlue(proxy)  # type: ignore[arg-type]
+    glue.relay = relay
+    for call_id, shard in zip((5, 6), TWO_SHARDS):
+        data = os.urandom(3000)
+        payload = bytearray(data)
+        start = StreamStart(call_id, shard, "put", 0, len(data), blake3(data).digest())
+        relay.begin(MEMBER, start, (ORIGIN, 5, 9), "host h", payload, 0)
+        assert relay.finish(ORIGIN, call_id, payload)
+    queue.sent.clear()
+    glue.departed({MEMBER}, View(2, (1, OTHER, CONTACT), shard_members))  # type: ignore[arg-type]
+    sent = [m.start.call_id for _, d in queue.sent if d[:1] == b"\xc1" and isinstance(m := parse_relay(d), RelayStart)]
+    assert sorted(sent) == [5, 6][:starts] and relay.resent == starts
+    assert sorted(k[1] for k in done) == [5, 6][:locals_]
