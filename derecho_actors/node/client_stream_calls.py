@@ -141,8 +141,21 @@ class _ProxyGlue:
         client = proxy.table.state(conn)
         if key not in client.calls:
             proxy.table.add(client, key, Proxied(client, start.method, proxy.node.wall_ns()))
-        self.relay.begin(relay_target(members, conn.origin), start, self.tail(conn), budget, payload, base)
+        self.relay.begin(self._target(conn.origin, start, members), start, self.tail(conn), budget, payload, base)
         return True
+
+    def _target(self, origin: int, start: StreamStart, members: Sequence[int]) -> int:
+        """Where a new relay goes: where the session's unanswered calls to the shard went, if
+        that is still a member (a view that added a member moves ``relay_target``, and calls of
+        one session sent to two members can be ordered out of call order: one then lost)."""
+        target = self.relay.pinned(origin, start.shard, members)
+        if target is not None:
+            return target
+        for (o, _), other in self.proxy.table.relays.items():
+            call = other.call
+            if o == origin and call.ordered and call.shard == start.shard and other.target in members:
+                return other.target
+        return relay_target(members, origin)
 
     def local(self, key: tuple[int, int], start: StreamStart, payload: bytearray) -> None:
         """A whole relayed call whose member left, now that this node holds a replica of its

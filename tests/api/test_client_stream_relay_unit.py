@@ -14,9 +14,10 @@ import msgpack
 import pytest
 from blake3 import blake3
 
+from derecho_actors.node.client_proxy import ClientProxy
 from derecho_actors.node.client_stream_calls import _ProxyGlue
 from derecho_actors.node.client_streams import ClientStreams
-from derecho_actors.node.client_table import Relay
+from derecho_actors.node.client_table import ClientTable, Relay
 from derecho_actors.node.relayed_streams import RelayedStreams
 from derecho_actors.node.stream_relay import StreamRelay
 from derecho_actors.wire import codec as _codec
@@ -408,3 +409,82 @@ def test_a_sessions_relays_to_two_shards_whose_member_left_are_each_handled_once
     sent = [m.start.call_id for _, d in queue.sent if d[:1] == b"\xc1" and isinstance(m := parse_relay(d), RelayStart)]
     assert sorted(sent) == [5, 6][:starts] and relay.resent == starts
     assert sorted(k[1] for k in done) == [5, 6][:locals_]
+
+
+def _contact(views: list[View]) -> tuple[SimpleNamespace, _ProxyGlue, Queue]:
+    """Enough of a contact (node 4, no replica of the shard) for ``ClientProxy.take_call`` and
+    the glue that starts relays: one table, one relay, one queue to members."""
+    queue, node = Queue(), Node(CONTACT)
+    table = ClientTable(100, 10, node.wall_ns)
+    relay = StreamRelay(queue, lambda *a: None, lambda *a: None, CONTACT)  # type: ignore[arg-type]
+    proxy = SimpleNamespace(
+        node=node,
+        node_id=CONTACT,
+        view=lambda: views[-1],
+        table=table,
+        to_members=queue,
+        outbox=Outbox(),
+        out=SimpleNamespace(send=lambda conn, data: None, refuse=lambda conn, to, err: pytest.fail(str(err))),
+        check=lambda client, msg, view: ("put", view.layout.members_of(msg.shard), None),
+        streams=SimpleNamespace(relay=relay),
+    )
+    glue = _ProxyGlue(proxy)  # type: ignore[arg-type]
+    glue.relay = relay
+    return proxy, glue, queue
+
+
+def _take(proxy: SimpleNamespace, glue: _ProxyGlue, conn: Conn, step: str) -> int:
+    """``step``: "stream N" (a streamed call starts) or "call N" (a small ordered call)."""
+    kind, call_id = step.split()
+    if kind == "stream":
+        data = os.urandom(3000)
+        start = StreamStart(int(call_id), SHARD, "put", 0, len(data), blake3(data).digest())
+        assert glue.begin(conn, start, bytearray(data), 0, "host h")  # type: ignore[arg-type]
+    else:
+        ClientProxy.take_call(proxy, conn, Call(int(call_id), 0, SHARD, "put", True, b"x", 0, 0, 0))  # type: ignore[arg-type]
+    return int(call_id)
+
+
+# ORIGIN_2's calls go to node 1 of (1, 2) and to node 5 of (1, 2, 5): a view that adds node 5
+# to the shard moves where ``relay_target`` sends them.
+ORIGIN_2 = 1234568
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "expected"),
+    [
+        ("stream 7", "call 8", 1),  # a small call after a streamed one: where the stream goes
+        ("stream 7", "stream 9", 1),  # a second stream too
+        ("call 6", "stream 9", 1),  # a stream after an unanswered small call: where that went
+        ("stream 7, answered", "call 8", 5),  # nothing unanswered: the new member
+        ("call 6, answered", "stream 9", 5),
+    ],
+)
+def test_a_sessions_calls_follow_its_unanswered_relayed_calls_when_a_view_adds_a_member(
+    first: str, then: str, expected: int
+) -> None:
+    """A session's calls to a shard relayed while one of its relayed calls is unanswered go to
+    that call's member, not to the member ``relay_target`` picks after a view added one to the
+    shard: sent to two members, the later call could be ordered first, and replicas would take
+    the earlier as applied already (lost, while the client is told it was applied)."""
+    views = [View(1, (1, 2, 3, 4, 5), (1, 2))]
+    proxy, glue, queue = _contact(views)
+    conn = Conn(origin=ORIGIN_2)
+    call_id = _take(proxy, glue, conn, first.split(",")[0])
+    assert queue.sent[-1][0] == 1
+    if "answered" in first:
+        glue.relay.drop(ORIGIN_2, call_id)
+        proxy.table.drop((ORIGIN_2, call_id))
+    views.append(View(2, (1, 2, 3, 4, 5), (1, 2, 5)))  # node 5 joins the shard; nobody left
+    _take(proxy, glue, conn, then)
+    assert queue.sent[-1][0] == expected
+
+
+def test_a_relay_whose_member_left_the_shard_pins_nothing() -> None:
+    relay = StreamRelay(Queue(), lambda *a: None, lambda *a: None, CONTACT)  # type: ignore[arg-type]
+    data = os.urandom(100)
+    relay.begin(1, StreamStart(7, SHARD, "put", 0, 100, blake3(data).digest()), (ORIGIN, 5, 9), "h", bytearray(data), 0)
+    assert relay.pinned(ORIGIN, SHARD, (1, 2)) == 1
+    assert relay.pinned(ORIGIN, SHARD, (2, 5)) is None  # no longer a member: the usual target
+    assert relay.pinned(ORIGIN, TWO_SHARDS[1], (1, 2)) is None  # another shard's calls
+    assert relay.pinned(ORIGIN + 1, SHARD, (1, 2)) is None  # another session's
