@@ -204,8 +204,10 @@ class ClientStreams:
         budget = budget_of(conn)
         self._expire()
         mine = sum(1 for s in self.streams.values() if s.budget == budget)
-        held = self.held.get(budget, 0)
-        return stream_bound(self.node.node_id, self.limits, start, mine, held, self.total)
+        held, total = self.held.get(budget, 0), self.total
+        if self.relay is not None and self.relay.relays:  # its copies queued to members, unwritten
+            held, total = held + self.relay.queued(budget), total + self.relay.queued()
+        return stream_bound(self.node.node_id, self.limits, start, mine, held, total)
 
     def _block(self, conn: ClientConn, block: StreamBlock) -> None:
         stream = self.streams.get((conn, block.call_id))

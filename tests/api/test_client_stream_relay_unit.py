@@ -14,6 +14,7 @@ import msgpack
 import pytest
 from blake3 import blake3
 
+from derecho_actors.node.answer_queue import AnswerQueue
 from derecho_actors.node.client_proxy import ClientProxy
 from derecho_actors.node.client_stream_calls import _ProxyGlue
 from derecho_actors.node.client_streams import ClientStreams
@@ -95,6 +96,7 @@ class Queue:
 
     def __init__(self) -> None:
         self.sent: list[tuple[int, bytes]] = []
+        self.queued: dict[int, Any] = {}  # nothing waits: each is "written" when handed over
 
     def send(self, dest: int, data: bytes) -> None:
         self.sent.append((dest, data))
@@ -488,3 +490,46 @@ def test_a_relay_whose_member_left_the_shard_pins_nothing() -> None:
     assert relay.pinned(ORIGIN, SHARD, (2, 5)) is None  # no longer a member: the usual target
     assert relay.pinned(ORIGIN, TWO_SHARDS[1], (1, 2)) is None  # another shard's calls
     assert relay.pinned(ORIGIN + 1, SHARD, (1, 2)) is None  # another session's
+
+
+def _backed_up(pair: Pair, ready: list[bool]) -> AnswerQueue[int]:
+    """The contact's real queue to members, whose link to the member takes writes only while
+    ``ready[0]``."""
+    written: list[bytes] = []
+    queue: AnswerQueue[int] = AnswerQueue(
+        pair.contact_node,  # type: ignore[arg-type]
+        lambda dest, messages: written.extend(messages) or True,
+        ready=lambda dest: ready[0],
+    )
+    pair.relay.to_members = queue
+    return queue
+
+
+def test_relays_dropped_while_the_members_link_is_backed_up_leave_no_copies_queued() -> None:
+    """A client that streams, closes and streams again while the member's link is backed up:
+    each dropped relay's blocks leave the queue (they piled up there, outside every bound)."""
+    pair = Pair(client_stream_bytes=10_000, client_streams_total_bytes=10_000)
+    queue = _backed_up(pair, [False])
+    for i in range(50):
+        conn = Conn()
+        pair.send(conn, 100 + i, os.urandom(9000), upto=8000)
+        pair.streams.forget(conn)  # the client closes: the relay is dropped
+    left = [m for q in queue.queued.values() for m in q]
+    assert len(left) == 100 and sum(len(m) for m in left) < 20_000  # each relay's start and abort
+    assert all(parse_relay(m).__class__ in (RelayStart, RelayAbort) for m in left)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("link_ready", "refused"), [(False, True), (True, False)])
+def test_relayed_blocks_not_yet_written_count_against_the_clients_bound(link_ready: bool, refused: bool) -> None:
+    """Bytes copied into the queue to a member count against the identity's bound until they
+    are written: a second call fits beside the first's buffer only once they are."""
+    pair, conn = Pair(client_stream_bytes=12_000), Conn()
+    ready = [link_ready]
+    queue = _backed_up(pair, ready)
+    pair.send(conn, 20, os.urandom(9000), upto=8000)
+    pair.contact_node.advance(1)  # the queue's flush: writes what the link takes
+    assert bool(queue.queued) is not link_ready
+    pair.send(Conn(), 21, os.urandom(2000), upto=1000)
+    assert [c for c, _ in pair.refused] == ([21] if refused else [])
+    if refused:
+        assert "limits.client_stream_bytes" in str(pair.refused[0][1])
