@@ -38,7 +38,7 @@ def proxy_streams(proxy: ClientProxy, limits: LimitsSection) -> ClientStreams:
     glue = _ProxyGlue(proxy)
     streams = ClientStreams(proxy.node, limits, glue.admit, glue.deliver, glue.refuse, glue.tail)
     streams.relay = glue.relay = StreamRelay(proxy.to_members, glue.local, glue.lost, proxy.node_id)
-    streams.relayed_in = RelayedStreams(proxy.node, proxy.view, proxy.host.holds, proxy.outbox, limits)
+    streams.relayed_in = RelayedStreams(proxy.node, proxy.view, proxy.host.holds, proxy.outbox, limits, streams.bytes)
     streams.begun = glue.begin
     streams.progress = glue.relay.progress
     streams.ended = glue.relay.drop

@@ -37,7 +37,7 @@ import msgpack
 from blake3 import blake3
 
 from derecho_actors.node.client_table import describe
-from derecho_actors.node.stream_bounds import budget_of, stream_bound
+from derecho_actors.node.stream_bounds import StreamBytes, budget_of, stream_bound
 from derecho_actors.wire.replies import ReplyEntry
 from derecho_actors.wire.streams import StreamBlock, StreamStart, parse_stream
 from runtime.config import LimitsSection
@@ -134,9 +134,9 @@ class ClientStreams:
         self.refuse = refuse
         self.tail = tail
         self.streams: dict[tuple[ClientConn, int], _Stream] = {}
-        # Bytes held per budget: streams in progress, and calls delivered whose answer is to come.
-        self.held: dict[str, int] = {}
-        self.total = 0
+        # Bytes held per budget: streams in progress, and calls delivered whose answer is to come;
+        # shared with ``relayed_in`` (the calls relayed here), so the bounds are per node.
+        self.bytes = StreamBytes()
         self.sent: dict[tuple[int, int], tuple[str, int, float]] = {}  # (origin, call id) -> (budget, bytes, when)
         # Streams relayed as they arrive to a member of their shard (``stream_relay``), set by
         # ``client_stream_calls``: ``begun(conn, start, buffer, base, budget)`` says whether a
@@ -204,7 +204,7 @@ class ClientStreams:
         budget = budget_of(conn)
         self._expire()
         mine = sum(1 for s in self.streams.values() if s.budget == budget)
-        held, total = self.held.get(budget, 0), self.total
+        held, total = self.bytes.held.get(budget, 0), self.bytes.total
         if self.relay is not None and self.relay.relays:  # its copies queued to members, unwritten
             held, total = held + self.relay.queued(budget), total + self.relay.queued()
         return stream_bound(self.node.node_id, self.limits, start, mine, held, total)
@@ -297,17 +297,16 @@ class ClientStreams:
             del self.relaying[(origin, call_id)]
             self.ended(origin, call_id)
 
+    @property
+    def total(self) -> int:
+        """Bytes held for streamed calls at this node (those relayed here too)."""
+        return self.bytes.total
+
     def _hold(self, budget: str, size: int) -> None:
-        self.held[budget] = self.held.get(budget, 0) + size
-        self.total += size
+        self.bytes.hold(budget, size)
 
     def _release(self, budget: str, size: int) -> None:
-        left = self.held.get(budget, 0) - size
-        if left > 0:
-            self.held[budget] = left
-        else:
-            self.held.pop(budget, None)
-        self.total -= size
+        self.bytes.release(budget, size)
 
     def _expire(self) -> None:
         """Delivered calls never answered within ``ANSWER_WAIT`` (a shard lost meanwhile): taken

@@ -533,3 +533,53 @@ def test_relayed_blocks_not_yet_written_count_against_the_clients_bound(link_rea
     assert [c for c, _ in pair.refused] == ([21] if refused else [])
     if refused:
         assert "limits.client_stream_bytes" in str(pair.refused[0][1])
+
+
+@pytest.mark.parametrize(
+    ("first", "budgets", "limit"),
+    [
+        ("streamed", ("host 127.0.0.1", "host 127.0.0.1"), "limits.client_stream_bytes"),
+        ("relayed", ("host 127.0.0.1", "host 127.0.0.1"), "limits.client_stream_bytes"),
+        ("streamed", ("host 127.0.0.1", "host 10.0.0.9"), "limits.client_streams_total_bytes"),
+        ("relayed", ("host 10.0.0.9", "host 127.0.0.1"), "limits.client_streams_total_bytes"),
+    ],
+)
+def test_calls_streamed_to_a_member_and_relayed_to_it_share_its_bounds(
+    first: str, budgets: tuple[str, str], limit: str
+) -> None:
+    """A member's bounds hold for a client's calls streamed to it and relayed to it together
+    (each way kept its own count: an identity could hold twice its bound, the node twice its)."""
+    node = Node(MEMBER)
+    limits = LimitsSection(client_stream_bytes=10_000, client_streams_total_bytes=10_000)
+    refused: list[tuple[int, Any]] = []
+    streams = ClientStreams(
+        node,  # type: ignore[arg-type]
+        limits,
+        lambda conn, start: None,
+        lambda conn, start, payload, base: None,
+        lambda conn, call_id, error: refused.append((call_id, error)),
+        lambda conn: (conn.origin, 5, 9),
+    )
+    view = View(1, (1, MEMBER, CONTACT), (1, MEMBER))
+    relayed = RelayedStreams(node, lambda: view, lambda shard: True, Outbox(), limits, streams.bytes)  # type: ignore[arg-type]
+
+    def relay_in(call_id: int, size: int, budget: str) -> None:
+        start = StreamStart(call_id, SHARD, "put", 0, size, bytes(32))
+        relayed.on_data(CONTACT, relay_start_data(start, ORIGIN + 1, 5, 9, budget))
+
+    def stream_here(call_id: int, size: int, budget: str) -> None:
+        digest = blake3(bytes(size)).digest()
+        conn = Conn(address=budget.split()[1] + ":5000")
+        for item in FrameDecoder(1 << 20).feed(start_frame(call_id, ("Blobs", 0, 0), "put", 1, size, digest)):
+            streams.on_data(conn, item.data)  # type: ignore[arg-type,attr-defined]
+
+    (relay_in if first == "relayed" else stream_here)(1, 7000, budgets[0])
+    assert streams.bytes.total == 7000
+    (stream_here if first == "relayed" else relay_in)(2, 4000, budgets[1])
+    if first == "relayed":
+        assert [c for c, _ in refused] == [2] and limit in str(refused[0][1])
+    else:
+        [(_, data)] = node.app
+        call_id, why = _refusal(data)
+        assert call_id == 2 and limit in why
+    assert streams.bytes.total == 7000 and streams.bytes.held == {budgets[0]: 7000}
