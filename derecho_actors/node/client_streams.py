@@ -8,10 +8,11 @@ laid out as the multicast payload of that one call (``payload_parts``: its head 
 appended as they come, its tail after the last), so the blocks land where the replicas will read
 them and the whole call is never copied on this node. The buffer grows with what arrives, not
 with what the start declares (one of the declared size, zero-filled, cost ~0.23 s of the loop
-per 512 MiB and could be asked for again and again). Each block extends a running BLAKE3 hash; at the last the digest must match the start's, or the call is
-refused (a ``WireError``) and never delivered. A whole call goes on (``deliver``) as the
-node's own large calls go: one payload above the object threshold in the shard's order; when
-this node holds no replica of the shard, the blocks are relayed as they come (``stream_relay``).
+per 512 MiB and could be asked for again and again). Each block extends a running BLAKE3
+hash; at the last the digest must match the start's, or the call is refused (a ``WireError``)
+and never delivered. A whole call goes on (``deliver``) as the node's own large calls go: one
+payload above the object threshold in the shard's order; when this node holds no replica of
+the shard, the blocks are relayed as they come (``stream_relay``).
 
 Bounds, per client identity (all its connections; without TLS, per client host), each refused at
 the start with a ``ClientLimit`` that says what to do: bytes held for its streamed calls

@@ -45,6 +45,8 @@ _moved = "the member it was relayed to holds no replica of its shard now (the vi
 
 @dataclass(slots=True, eq=False)
 class _In:
+    """One call relayed to this member, from its start until its last byte (or its drop)."""
+
     sender: int
     msg: RelayStart
     buffer: bytearray
@@ -56,6 +58,9 @@ class _In:
 
 
 class RelayedStreams:
+    """The calls relayed to this member by contacts, keyed ``(contact, origin, call id)``: a
+    contact's relay is its own (two contacts relaying one client's call are two relays)."""
+
     def __init__(
         self,
         node: NodeHandle,
@@ -216,6 +221,7 @@ class RelayedStreams:
             self.node.call_later(stall / 4, self._sweep)
 
     def status(self) -> dict[str, int]:
+        """Relays in progress here and their bytes, delivered and refused (``status``)."""
         return {
             "relayed_in": len(self.streams),
             "relayed_in_bytes": self.total,

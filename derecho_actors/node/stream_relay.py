@@ -56,6 +56,10 @@ class _Relay:
 
 
 class StreamRelay:
+    """A contact's relays of its clients' streamed calls, one per ``(origin, call id)``, from
+    the stream's start until a replica answers (its buffer is kept that long, so a member that
+    leaves first gets the call again from its first byte)."""
+
     def __init__(
         self,
         to_members: AnswerQueue[int],
@@ -197,7 +201,9 @@ class StreamRelay:
         self._forward(key[0], relay, done)
 
     def shard_of(self, key: tuple[int, int]) -> ShardId:
+        """The shard of relay ``key`` (the failover handles a session's calls shard by shard)."""
         return self.relays[key].start.shard
 
     def status(self) -> dict[str, int]:
+        """Relays running, begun and begun again (``app.client_streams`` in ``status``)."""
         return {"relaying": len(self.relays), "relayed": self.relayed, "relays_resent": self.resent}
