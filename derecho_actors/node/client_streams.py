@@ -303,6 +303,11 @@ class ClientStreams:
         """Bytes held for streamed calls at this node (those relayed here too)."""
         return self.bytes.total
 
+    @property
+    def held(self) -> dict[str, int]:
+        """Those bytes per budget (``stream_bounds.budget_of``)."""
+        return self.bytes.held
+
     def _hold(self, budget: str, size: int) -> None:
         self.bytes.hold(budget, size)
 
