@@ -3,9 +3,10 @@
 Each part has one job (see its module): :class:`MemberCaller` (this node's own calls),
 :class:`InboundCalls` (P2P calls, the group's own requests and members' ordered calls taken on
 here), :class:`ClientProxy` with :class:`ClientTurns`, ``ClientAnswers`` and
-:class:`ClientOutbox` (clients' calls and their answers), :class:`Outbox` (what this node multicasts), :class:`ReplyRoutes` (answers),
-:class:`WatchHolds` and :class:`StableReadBook` (polls and reads that wait). This module only
-builds them and passes the node's hooks on; it decides nothing.
+:class:`ClientOutbox` (clients' calls and their answers), :class:`Outbox` (what this node
+multicasts), :class:`ReplyRoutes` (answers), :class:`WatchHolds` and :class:`StableReadBook`
+(polls and reads that wait). This module only builds them and passes the node's hooks on; it
+decides nothing.
 """
 
 from __future__ import annotations

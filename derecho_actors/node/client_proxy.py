@@ -127,6 +127,12 @@ class ClientProxy:
             target = self.node_id
         else:
             target = members[origin % len(members)]
+            relay = self.streams.relay
+            if msg.ordered and relay is not None and relay.relays:
+                # After the session's streamed call relayed to a member chosen before a view
+                # added one: to that member too, so it is ordered after it (``StreamRelay.pinned``).
+                pinned = relay.pinned(origin, msg.shard, members)
+                target = target if pinned is None else pinned
         owner = client.owner
         if target == self.node_id:
             if msg.ordered:

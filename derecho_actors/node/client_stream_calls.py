@@ -38,7 +38,7 @@ def proxy_streams(proxy: ClientProxy, limits: LimitsSection) -> ClientStreams:
     glue = _ProxyGlue(proxy)
     streams = ClientStreams(proxy.node, limits, glue.admit, glue.deliver, glue.refuse, glue.tail)
     streams.relay = glue.relay = StreamRelay(proxy.to_members, glue.local, glue.lost, proxy.node_id)
-    streams.relayed_in = RelayedStreams(proxy.node, proxy.view, proxy.host.holds, proxy.outbox, limits)
+    streams.relayed_in = RelayedStreams(proxy.node, proxy.view, proxy.host.holds, proxy.outbox, limits, streams.bytes)
     streams.begun = glue.begin
     streams.progress = glue.relay.progress
     streams.ended = glue.relay.drop
@@ -141,8 +141,21 @@ class _ProxyGlue:
         client = proxy.table.state(conn)
         if key not in client.calls:
             proxy.table.add(client, key, Proxied(client, start.method, proxy.node.wall_ns()))
-        self.relay.begin(relay_target(members, conn.origin), start, self.tail(conn), budget, payload, base)
+        self.relay.begin(self._target(conn.origin, start, members), start, self.tail(conn), budget, payload, base)
         return True
+
+    def _target(self, origin: int, start: StreamStart, members: Sequence[int]) -> int:
+        """Where a new relay goes: where the session's unanswered calls to the shard went, if
+        that is still a member (a view that added a member moves ``relay_target``, and calls of
+        one session sent to two members can be ordered out of call order: one then lost)."""
+        target = self.relay.pinned(origin, start.shard, members)
+        if target is not None:
+            return target
+        for (o, _), other in self.proxy.table.relays.items():
+            call = other.call
+            if o == origin and call.ordered and call.shard == start.shard and other.target in members:
+                return other.target
+        return relay_target(members, origin)
 
     def local(self, key: tuple[int, int], start: StreamStart, payload: bytearray) -> None:
         """A whole relayed call whose member left, now that this node holds a replica of its
@@ -162,9 +175,12 @@ class _ProxyGlue:
         if not moved:
             return
         relays = proxy.table.relays
-        for origin, shard in {(k[0], relay.shard_of(k)) for k in moved}:
+        shards = {k: relay.shard_of(k) for k in moved}  # before any is handled (and forgotten)
+        for origin, shard in {(k[0], s) for k, s in shards.items()}:
             members = view.layout.members_of(shard)
-            ours: list[tuple[int, tuple[int, int], Relay | None]] = [(k[1], k, None) for k in moved if k[0] == origin]
+            ours: list[tuple[int, tuple[int, int], Relay | None]] = [
+                (k[1], k, None) for k in moved if k[0] == origin and shards[k] == shard
+            ]  # only this shard's: each relay is handled once
             if members:  # else the client proxy refuses its calls (no member to send them to)
                 ours += [
                     (k[1], k, r)

@@ -8,10 +8,11 @@ laid out as the multicast payload of that one call (``payload_parts``: its head 
 appended as they come, its tail after the last), so the blocks land where the replicas will read
 them and the whole call is never copied on this node. The buffer grows with what arrives, not
 with what the start declares (one of the declared size, zero-filled, cost ~0.23 s of the loop
-per 512 MiB and could be asked for again and again). Each block extends a running BLAKE3 hash; at the last the digest must match the start's, or the call is
-refused (a ``WireError``) and never delivered. A whole call goes on (``deliver``) as the
-node's own large calls go: one payload above the object threshold in the shard's order; when
-this node holds no replica of the shard, the blocks are relayed as they come (``stream_relay``).
+per 512 MiB and could be asked for again and again). Each block extends a running BLAKE3
+hash; at the last the digest must match the start's, or the call is refused (a ``WireError``)
+and never delivered. A whole call goes on (``deliver``) as the node's own large calls go: one
+payload above the object threshold in the shard's order; when this node holds no replica of
+the shard, the blocks are relayed as they come (``stream_relay``).
 
 Bounds, per client identity (all its connections; without TLS, per client host), each refused at
 the start with a ``ClientLimit`` that says what to do: bytes held for its streamed calls
@@ -37,7 +38,7 @@ import msgpack
 from blake3 import blake3
 
 from derecho_actors.node.client_table import describe
-from derecho_actors.node.stream_bounds import budget_of, stream_bound
+from derecho_actors.node.stream_bounds import StreamBytes, budget_of, stream_bound
 from derecho_actors.wire.replies import ReplyEntry
 from derecho_actors.wire.streams import StreamBlock, StreamStart, parse_stream
 from runtime.config import LimitsSection
@@ -134,9 +135,9 @@ class ClientStreams:
         self.refuse = refuse
         self.tail = tail
         self.streams: dict[tuple[ClientConn, int], _Stream] = {}
-        # Bytes held per budget: streams in progress, and calls delivered whose answer is to come.
-        self.held: dict[str, int] = {}
-        self.total = 0
+        # Bytes held per budget: streams in progress, and calls delivered whose answer is to come;
+        # shared with ``relayed_in`` (the calls relayed here), so the bounds are per node.
+        self.bytes = StreamBytes()
         self.sent: dict[tuple[int, int], tuple[str, int, float]] = {}  # (origin, call id) -> (budget, bytes, when)
         # Streams relayed as they arrive to a member of their shard (``stream_relay``), set by
         # ``client_stream_calls``: ``begun(conn, start, buffer, base, budget)`` says whether a
@@ -213,10 +214,12 @@ class ClientStreams:
                 del self.streams[(old.conn, call_id)]
                 self._drop(old)
         mine = sum(1 for s in self.streams.values() if s.budget == budget)
-        held, total = self.held.get(budget, 0), self.total
+        held, total = self.bytes.held.get(budget, 0), self.bytes.total
         delivered = self.sent.get((origin, call_id))
         if delivered is not None and delivered[0] == budget:
             held, total = held - delivered[1], total - delivered[1]
+        if self.relay is not None and self.relay.relays:  # its copies queued to members, unwritten
+            held, total = held + self.relay.queued(budget), total + self.relay.queued()
         return stream_bound(self.node.node_id, self.limits, start, mine, held, total)
 
     def _block(self, conn: ClientConn, block: StreamBlock) -> None:
@@ -307,17 +310,21 @@ class ClientStreams:
             del self.relaying[(origin, call_id)]
             self.ended(origin, call_id)
 
+    @property
+    def total(self) -> int:
+        """Bytes held for streamed calls at this node (those relayed here too)."""
+        return self.bytes.total
+
+    @property
+    def held(self) -> dict[str, int]:
+        """Those bytes per budget (``stream_bounds.budget_of``)."""
+        return self.bytes.held
+
     def _hold(self, budget: str, size: int) -> None:
-        self.held[budget] = self.held.get(budget, 0) + size
-        self.total += size
+        self.bytes.hold(budget, size)
 
     def _release(self, budget: str, size: int) -> None:
-        left = self.held.get(budget, 0) - size
-        if left > 0:
-            self.held[budget] = left
-        else:
-            self.held.pop(budget, None)
-        self.total -= size
+        self.bytes.release(budget, size)
 
     def _expire(self) -> None:
         """Delivered calls never answered within ``ANSWER_WAIT`` (a shard lost meanwhile): taken

@@ -25,7 +25,7 @@ from blake3 import blake3
 
 from derecho_actors.node.client_streams import payload_parts, stamp
 from derecho_actors.node.outbox import Outbox
-from derecho_actors.node.stream_bounds import stream_bound
+from derecho_actors.node.stream_bounds import StreamBytes, stream_bound
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.messages import encode
 from derecho_actors.wire.replies import ReplyTo
@@ -45,6 +45,8 @@ _moved = "the member it was relayed to holds no replica of its shard now (the vi
 
 @dataclass(slots=True, eq=False)
 class _In:
+    """One call relayed to this member, from its start until its last byte (or its drop)."""
+
     sender: int
     msg: RelayStart
     buffer: bytearray
@@ -56,6 +58,9 @@ class _In:
 
 
 class RelayedStreams:
+    """The calls relayed to this member by contacts, keyed ``(contact, origin, call id)``: a
+    contact's relay is its own (two contacts relaying one client's call are two relays)."""
+
     def __init__(
         self,
         node: NodeHandle,
@@ -63,16 +68,19 @@ class RelayedStreams:
         holds: Callable[[ShardId], bool],
         outbox: Outbox,
         limits: LimitsSection,
+        held: StreamBytes | None = None,
     ) -> None:
-        """``holds(shard)``: whether this node holds a replica of ``shard``."""
+        """``holds(shard)``: whether this node holds a replica of ``shard``; ``held``: the bytes
+        the node holds for streamed calls (shared with ``client_streams``: the bounds are per
+        node and per identity, whichever way a call comes)."""
         self.node = node
         self.view = view
         self.holds = holds
         self.outbox = outbox
         self.limits = limits
         self.streams: dict[tuple[int, int, int], _In] = {}  # (contact, origin, call id) -> relay
-        self.held: dict[str, int] = {}  # bytes held per budget (the client's identity or host)
-        self.total = 0
+        self.held = held if held is not None else StreamBytes()
+        self.total = 0  # of it, bytes of the calls relayed here (status, tests)
         self.delivered = 0  # relayed calls multicast (status, tests)
         self.refused = 0
         self._sweeping = False
@@ -106,7 +114,7 @@ class RelayedStreams:
             sender, start.call_id, start.method, start.size, (msg.origin, msg.session_ns, start.floor, msg.owner)
         )
         self.streams[key] = _In(sender, msg, bytearray(head), len(head), suffix, 0, blake3(), self.node.monotonic())
-        self.held[msg.budget] = self.held.get(msg.budget, 0) + start.size
+        self.held.hold(msg.budget, start.size)
         self.total += start.size
         if not self._sweeping:
             self._sweeping = True
@@ -120,7 +128,8 @@ class RelayedStreams:
         if (size := _codec.call_size(start.method, b"") + start.size) > self.outbox.limits.ordered:
             return self.outbox.refusal(f"call {start.call_id} (not run)", size, start.size)
         mine = sum(1 for s in self.streams.values() if s.msg.budget == msg.budget)
-        return stream_bound(self.node.node_id, self.limits, start, mine, self.held.get(msg.budget, 0), self.total)
+        held = self.held
+        return stream_bound(self.node.node_id, self.limits, start, mine, held.held.get(msg.budget, 0), held.total)
 
     def _block(self, sender: int, block: RelayBlock) -> None:
         key = (sender, block.origin, block.call_id)
@@ -181,12 +190,8 @@ class RelayedStreams:
         self.node.send_app(sender, encode(to.refused(self.node.node_id, error)))
 
     def _drop(self, stream: _In) -> None:
-        budget, size = stream.msg.budget, stream.msg.start.size
-        left = self.held.get(budget, 0) - size
-        if left > 0:
-            self.held[budget] = left
-        else:
-            self.held.pop(budget, None)
+        size = stream.msg.start.size
+        self.held.release(stream.msg.budget, size)
         self.total -= size
 
     def on_view(self, view: View) -> None:
@@ -216,6 +221,7 @@ class RelayedStreams:
             self.node.call_later(stall / 4, self._sweep)
 
     def status(self) -> dict[str, int]:
+        """Relays in progress here and their bytes, delivered and refused (``status``)."""
         return {
             "relayed_in": len(self.streams),
             "relayed_in_bytes": self.total,

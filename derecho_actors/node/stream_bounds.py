@@ -11,9 +11,32 @@ from runtime.config import LimitsSection
 from runtime.errors import ClientLimit, DerechoError, PayloadTooLarge
 from runtime.node_api import ClientConn
 
-__all__ = ["MAX_ARGS", "budget_of", "stream_bound"]
+__all__ = ["MAX_ARGS", "StreamBytes", "budget_of", "stream_bound"]
 
 MAX_ARGS = (1 << 32) - 1  # bin32
+
+
+class StreamBytes:
+    """Bytes held for clients' streamed calls at one node, per budget (``budget_of``) and in
+    all: one count shared by the calls streamed to the node (``client_streams``) and those
+    relayed to it (``relayed_streams``), so an identity and the node are held to their bounds
+    once, not once per path (each kept its own, and a client could hold twice its bound)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, int] = {}
+        self.total = 0
+
+    def hold(self, budget: str, size: int) -> None:
+        self.held[budget] = self.held.get(budget, 0) + size
+        self.total += size
+
+    def release(self, budget: str, size: int) -> None:
+        left = self.held.get(budget, 0) - size
+        if left > 0:
+            self.held[budget] = left
+        else:
+            self.held.pop(budget, None)
+        self.total -= size
 
 
 def stream_bound(

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from derecho_actors.node.answer_queue import AnswerQueue
-from derecho_actors.wire.streams import StreamStart, relay_abort_data, relay_block_data, relay_start_data
+from derecho_actors.wire.streams import (
+    StreamStart,
+    relay_abort_data,
+    relay_block_data,
+    relay_block_key,
+    relay_start_data,
+)
 from runtime.core.layout import ShardId
 from runtime.core.view import View
 
@@ -44,11 +50,16 @@ class _Relay:
     head: bytes  # the message that starts the relay (sent again to a new member)
     payload: bytearray  # the contact's buffer: the call's multicast payload as far as it came
     base: int  # where the arguments start in ``payload``
+    budget: str  # whose bytes it uses (``stream_bounds.budget_of``)
     forwarded: int = 0  # bytes of arguments handed to the queue for ``target``
     whole: bool = False  # the last block has gone too
 
 
 class StreamRelay:
+    """A contact's relays of its clients' streamed calls, one per ``(origin, call id)``, from
+    the stream's start until a replica answers (its buffer is kept that long, so a member that
+    leaves first gets the call again from its first byte)."""
+
     def __init__(
         self,
         to_members: AnswerQueue[int],
@@ -80,8 +91,13 @@ class StreamRelay:
         ``target``; ``payload``: the contact's buffer, the arguments from ``base``."""
         origin, session_ns, owner = tail
         head = relay_start_data(start, origin, session_ns, owner, budget)
-        relay = _Relay(target, start, head, payload, base)
-        self.relays[(origin, start.call_id)] = relay
+        relay = _Relay(target, start, head, payload, base, budget)
+        key = (origin, start.call_id)
+        if (old := self.relays.get(key)) is not None and not old.whole:  # streamed again: anew
+            self._unqueue(key, old.target)
+            if old.target != target:  # the new start frees it there, else the abort does
+                self.to_members.send(old.target, relay_abort_data(origin, start.call_id))
+        self.relays[key] = relay
         self.relayed += 1
         self.to_members.send(target, head)
 
@@ -103,12 +119,50 @@ class StreamRelay:
         relay.whole = True
         return True
 
+    def pinned(self, origin: int, shard: ShardId, members: Sequence[int]) -> int | None:
+        """The member a relay of session ``origin`` to ``shard`` still runs to, if it is one of
+        ``members``: that session's next calls to the shard go there too. A relay keeps the
+        member it began with, while ``relay_target`` moves when a view adds a member; replicas
+        take a session's call arriving after a later one as applied already, so a streamed
+        call and the small call after it sent to two members could be lost."""
+        for (o, _), relay in self.relays.items():
+            if o == origin and relay.start.shard == shard and relay.target in members:
+                return relay.target
+        return None
+
     def drop(self, origin: int, call_id: int) -> None:
         """The call's bytes are free here (answered, refused or dropped): forget its relay, and
-        tell the member to free what it holds of it if the last block never went."""
+        if its last block never went, take its blocks not yet written out of the queue to the
+        member (else a client streaming and closing while the member's link is backed up piles
+        up copies outside every bound) and tell the member to free what it holds of it."""
         relay = self.relays.pop((origin, call_id), None)
         if relay is not None and not relay.whole:
+            self._unqueue((origin, call_id), relay.target)
             self.to_members.send(relay.target, relay_abort_data(origin, call_id))
+
+    def _unqueue(self, key: tuple[int, int], target: int) -> None:
+        """Take the blocks of relay ``key`` still waiting for ``target`` out of its queue."""
+        queued = self.to_members.queued.get(target)
+        if queued:
+            kept = [m for m in queued if not isinstance(m, bytes) or relay_block_key(m) != key]
+            if len(kept) < len(queued):
+                queued.clear()
+                queued.extend(kept)
+
+    def queued(self, budget: str | None = None) -> int:
+        """Bytes of relayed blocks copied into the queue to members and not yet written there
+        (of relays using ``budget``; of all, if None): held here as much as the buffers, so
+        counted against the same bounds when a stream starts (``client_streams``)."""
+        if not self.relays:
+            return 0
+        relays, n = self.relays, 0
+        for queue in self.to_members.queued.values():
+            for m in queue:
+                if isinstance(m, bytes) and (key := relay_block_key(m)) is not None:
+                    relay = relays.get(key)
+                    if relay is not None and (budget is None or relay.budget == budget):
+                        n += len(m)
+        return n
 
     def _forward(self, origin: int, relay: _Relay, upto: int) -> None:
         view = memoryview(relay.payload)
@@ -147,7 +201,9 @@ class StreamRelay:
         self._forward(key[0], relay, done)
 
     def shard_of(self, key: tuple[int, int]) -> ShardId:
+        """The shard of relay ``key`` (the failover handles a session's calls shard by shard)."""
         return self.relays[key].start.shard
 
     def status(self) -> dict[str, int]:
+        """Relays running, begun and begun again (``app.client_streams`` in ``status``)."""
         return {"relaying": len(self.relays), "relayed": self.relayed, "relays_resent": self.resent}

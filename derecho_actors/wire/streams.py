@@ -37,6 +37,7 @@ __all__ = [
     "parse_stream",
     "relay_abort_data",
     "relay_block_data",
+    "relay_block_key",
     "relay_start_data",
     "start_frame",
 ]
@@ -188,7 +189,18 @@ def relay_block_data(origin: int, call_id: int, offset: int, block: memoryview) 
 
 
 def relay_abort_data(origin: int, call_id: int) -> bytes:
+    """The data that tells a member to free what it holds of a relayed call (its last block
+    never went: the contact dropped the call)."""
     return _RELAY.pack(STREAM_MARK, KIND_RELAY_ABORT, origin, call_id, 0)
+
+
+def relay_block_key(data: bytes) -> tuple[int, int] | None:
+    """``(origin, call id)`` of a relayed block's data, None for any other message: so a
+    contact finds its queued copies of a relay's blocks without parsing them."""
+    if len(data) < _RELAY.size or data[0] != STREAM_MARK or data[1] != KIND_RELAY_BLOCK:
+        return None
+    _, _, origin, call_id, _ = _RELAY.unpack_from(data, 0)
+    return origin, call_id
 
 
 def parse_relay(data: bytes) -> RelayStart | RelayBlock | RelayAbort:

@@ -14,9 +14,11 @@ import msgpack
 import pytest
 from blake3 import blake3
 
+from derecho_actors.node.answer_queue import AnswerQueue
+from derecho_actors.node.client_proxy import ClientProxy
 from derecho_actors.node.client_stream_calls import _ProxyGlue
 from derecho_actors.node.client_streams import ClientStreams
-from derecho_actors.node.client_table import Relay
+from derecho_actors.node.client_table import ClientTable, Relay
 from derecho_actors.node.relayed_streams import RelayedStreams
 from derecho_actors.node.stream_relay import StreamRelay
 from derecho_actors.wire import codec as _codec
@@ -94,6 +96,7 @@ class Queue:
 
     def __init__(self) -> None:
         self.sent: list[tuple[int, bytes]] = []
+        self.queued: dict[int, Any] = {}  # nothing waits: each is "written" when handed over
 
     def send(self, dest: int, data: bytes) -> None:
         self.sent.append((dest, data))
@@ -374,3 +377,209 @@ def test_a_client_streaming_the_call_again_on_a_new_connection_is_relayed_from_t
     [(_, payload)] = pair.member_node.ordered
     calls = _codec.decode_ordered(payload)
     assert isinstance(calls, list) and bytes(calls[0][3]) == data
+
+
+TWO_SHARDS = (ShardId("Blobs", 0, 0), ShardId("Blobs", 0, 1))
+
+
+@pytest.mark.parametrize(
+    ("shard_members", "starts", "locals_"),
+    [
+        ((1, OTHER), 2, 0),  # both relays go again to the one member left, once each
+        ((1, OTHER, CONTACT), 0, 2),  # this node holds both shards now: each multicast here once
+    ],
+)
+def test_a_sessions_relays_to_two_shards_whose_member_left_are_each_handled_once(
+    shard_members: tuple[int, ...], starts: int, locals_: int
+) -> None:
+    """One session relays a call to each of two shards through the same member, which leaves:
+    each relay is handled once, by its own shard (handled once per shard, the second pass raised
+    a KeyError out of the view change, or sent the RelayStart twice)."""
+    queue, done = Queue(), []
+    relay = StreamRelay(queue, lambda k, s, p: done.append(k), lambda k, s, v: None, CONTACT)  # type: ignore[arg-type]
+    proxy = SimpleNamespace(table=SimpleNamespace(relays={}), node_id=CONTACT, to_members=queue, outbox=Outbox())
+    glue = _ProxyGlue(proxy)  # type: ignore[arg-type]
+    glue.relay = relay
+    for call_id, shard in zip((5, 6), TWO_SHARDS):
+        data = os.urandom(3000)
+        payload = bytearray(data)
+        start = StreamStart(call_id, shard, "put", 0, len(data), blake3(data).digest())
+        relay.begin(MEMBER, start, (ORIGIN, 5, 9), "host h", payload, 0)
+        assert relay.finish(ORIGIN, call_id, payload)
+    queue.sent.clear()
+    glue.departed({MEMBER}, View(2, (1, OTHER, CONTACT), shard_members))  # type: ignore[arg-type]
+    sent = [m.start.call_id for _, d in queue.sent if d[:1] == b"\xc1" and isinstance(m := parse_relay(d), RelayStart)]
+    assert sorted(sent) == [5, 6][:starts] and relay.resent == starts
+    assert sorted(k[1] for k in done) == [5, 6][:locals_]
+
+
+def _contact(views: list[View]) -> tuple[SimpleNamespace, _ProxyGlue, Queue]:
+    """Enough of a contact (node 4, no replica of the shard) for ``ClientProxy.take_call`` and
+    the glue that starts relays: one table, one relay, one queue to members."""
+    queue, node = Queue(), Node(CONTACT)
+    table = ClientTable(100, 10, node.wall_ns)
+    relay = StreamRelay(queue, lambda *a: None, lambda *a: None, CONTACT)  # type: ignore[arg-type]
+    proxy = SimpleNamespace(
+        node=node,
+        node_id=CONTACT,
+        view=lambda: views[-1],
+        table=table,
+        to_members=queue,
+        outbox=Outbox(),
+        out=SimpleNamespace(send=lambda conn, data: None, refuse=lambda conn, to, err: pytest.fail(str(err))),
+        check=lambda client, msg, view: ("put", view.layout.members_of(msg.shard), None),
+        streams=SimpleNamespace(relay=relay),
+    )
+    glue = _ProxyGlue(proxy)  # type: ignore[arg-type]
+    glue.relay = relay
+    return proxy, glue, queue
+
+
+def _take(proxy: SimpleNamespace, glue: _ProxyGlue, conn: Conn, step: str) -> int:
+    """``step``: "stream N" (a streamed call starts) or "call N" (a small ordered call)."""
+    kind, call_id = step.split()
+    if kind == "stream":
+        data = os.urandom(3000)
+        start = StreamStart(int(call_id), SHARD, "put", 0, len(data), blake3(data).digest())
+        assert glue.begin(conn, start, bytearray(data), 0, "host h")  # type: ignore[arg-type]
+    else:
+        ClientProxy.take_call(proxy, conn, Call(int(call_id), 0, SHARD, "put", True, b"x", 0, 0, 0))  # type: ignore[arg-type]
+    return int(call_id)
+
+
+# ORIGIN_2's calls go to node 1 of (1, 2) and to node 5 of (1, 2, 5): a view that adds node 5
+# to the shard moves where ``relay_target`` sends them.
+ORIGIN_2 = 1234568
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "expected"),
+    [
+        ("stream 7", "call 8", 1),  # a small call after a streamed one: where the stream goes
+        ("stream 7", "stream 9", 1),  # a second stream too
+        ("call 6", "stream 9", 1),  # a stream after an unanswered small call: where that went
+        ("stream 7, answered", "call 8", 5),  # nothing unanswered: the new member
+        ("call 6, answered", "stream 9", 5),
+    ],
+)
+def test_a_sessions_calls_follow_its_unanswered_relayed_calls_when_a_view_adds_a_member(
+    first: str, then: str, expected: int
+) -> None:
+    """A session's calls to a shard relayed while one of its relayed calls is unanswered go to
+    that call's member, not to the member ``relay_target`` picks after a view added one to the
+    shard: sent to two members, the later call could be ordered first, and replicas would take
+    the earlier as applied already (lost, while the client is told it was applied)."""
+    views = [View(1, (1, 2, 3, 4, 5), (1, 2))]
+    proxy, glue, queue = _contact(views)
+    conn = Conn(origin=ORIGIN_2)
+    call_id = _take(proxy, glue, conn, first.split(",")[0])
+    assert queue.sent[-1][0] == 1
+    if "answered" in first:
+        glue.relay.drop(ORIGIN_2, call_id)
+        proxy.table.drop((ORIGIN_2, call_id))
+    views.append(View(2, (1, 2, 3, 4, 5), (1, 2, 5)))  # node 5 joins the shard; nobody left
+    _take(proxy, glue, conn, then)
+    assert queue.sent[-1][0] == expected
+
+
+def test_a_relay_whose_member_left_the_shard_pins_nothing() -> None:
+    relay = StreamRelay(Queue(), lambda *a: None, lambda *a: None, CONTACT)  # type: ignore[arg-type]
+    data = os.urandom(100)
+    relay.begin(1, StreamStart(7, SHARD, "put", 0, 100, blake3(data).digest()), (ORIGIN, 5, 9), "h", bytearray(data), 0)
+    assert relay.pinned(ORIGIN, SHARD, (1, 2)) == 1
+    assert relay.pinned(ORIGIN, SHARD, (2, 5)) is None  # no longer a member: the usual target
+    assert relay.pinned(ORIGIN, TWO_SHARDS[1], (1, 2)) is None  # another shard's calls
+    assert relay.pinned(ORIGIN + 1, SHARD, (1, 2)) is None  # another session's
+
+
+def _backed_up(pair: Pair, ready: list[bool]) -> AnswerQueue[int]:
+    """The contact's real queue to members, whose link to the member takes writes only while
+    ``ready[0]``."""
+    written: list[bytes] = []
+    queue: AnswerQueue[int] = AnswerQueue(
+        pair.contact_node,  # type: ignore[arg-type]
+        lambda dest, messages: written.extend(messages) or True,
+        ready=lambda dest: ready[0],
+    )
+    pair.relay.to_members = queue
+    return queue
+
+
+def test_relays_dropped_while_the_members_link_is_backed_up_leave_no_copies_queued() -> None:
+    """A client that streams, closes and streams again while the member's link is backed up:
+    each dropped relay's blocks leave the queue (they piled up there, outside every bound)."""
+    pair = Pair(client_stream_bytes=10_000, client_streams_total_bytes=10_000)
+    queue = _backed_up(pair, [False])
+    for i in range(50):
+        conn = Conn()
+        pair.send(conn, 100 + i, os.urandom(9000), upto=8000)
+        pair.streams.forget(conn)  # the client closes: the relay is dropped
+    left = [m for q in queue.queued.values() for m in q]
+    assert len(left) == 100 and sum(len(m) for m in left) < 20_000  # each relay's start and abort
+    assert all(parse_relay(m).__class__ in (RelayStart, RelayAbort) for m in left)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("link_ready", "refused"), [(False, True), (True, False)])
+def test_relayed_blocks_not_yet_written_count_against_the_clients_bound(link_ready: bool, refused: bool) -> None:
+    """Bytes copied into the queue to a member count against the identity's bound until they
+    are written: a second call fits beside the first's buffer only once they are."""
+    pair, conn = Pair(client_stream_bytes=12_000), Conn()
+    ready = [link_ready]
+    queue = _backed_up(pair, ready)
+    pair.send(conn, 20, os.urandom(9000), upto=8000)
+    pair.contact_node.advance(1)  # the queue's flush: writes what the link takes
+    assert bool(queue.queued) is not link_ready
+    pair.send(Conn(), 21, os.urandom(2000), upto=1000)
+    assert [c for c, _ in pair.refused] == ([21] if refused else [])
+    if refused:
+        assert "limits.client_stream_bytes" in str(pair.refused[0][1])
+
+
+@pytest.mark.parametrize(
+    ("first", "budgets", "limit"),
+    [
+        ("streamed", ("host 127.0.0.1", "host 127.0.0.1"), "limits.client_stream_bytes"),
+        ("relayed", ("host 127.0.0.1", "host 127.0.0.1"), "limits.client_stream_bytes"),
+        ("streamed", ("host 127.0.0.1", "host 10.0.0.9"), "limits.client_streams_total_bytes"),
+        ("relayed", ("host 10.0.0.9", "host 127.0.0.1"), "limits.client_streams_total_bytes"),
+    ],
+)
+def test_calls_streamed_to_a_member_and_relayed_to_it_share_its_bounds(
+    first: str, budgets: tuple[str, str], limit: str
+) -> None:
+    """A member's bounds hold for a client's calls streamed to it and relayed to it together
+    (each way kept its own count: an identity could hold twice its bound, the node twice its)."""
+    node = Node(MEMBER)
+    limits = LimitsSection(client_stream_bytes=10_000, client_streams_total_bytes=10_000)
+    refused: list[tuple[int, Any]] = []
+    streams = ClientStreams(
+        node,  # type: ignore[arg-type]
+        limits,
+        lambda conn, start: None,
+        lambda conn, start, payload, base: None,
+        lambda conn, call_id, error: refused.append((call_id, error)),
+        lambda conn: (conn.origin, 5, 9),
+    )
+    view = View(1, (1, MEMBER, CONTACT), (1, MEMBER))
+    relayed = RelayedStreams(node, lambda: view, lambda shard: True, Outbox(), limits, streams.bytes)  # type: ignore[arg-type]
+
+    def relay_in(call_id: int, size: int, budget: str) -> None:
+        start = StreamStart(call_id, SHARD, "put", 0, size, bytes(32))
+        relayed.on_data(CONTACT, relay_start_data(start, ORIGIN + 1, 5, 9, budget))
+
+    def stream_here(call_id: int, size: int, budget: str) -> None:
+        digest = blake3(bytes(size)).digest()
+        conn = Conn(address=budget.split()[1] + ":5000")
+        for item in FrameDecoder(1 << 20).feed(start_frame(call_id, ("Blobs", 0, 0), "put", 1, size, digest)):
+            streams.on_data(conn, item.data)  # type: ignore[arg-type,attr-defined]
+
+    (relay_in if first == "relayed" else stream_here)(1, 7000, budgets[0])
+    assert streams.bytes.total == 7000
+    (stream_here if first == "relayed" else relay_in)(2, 4000, budgets[1])
+    if first == "relayed":
+        assert [c for c, _ in refused] == [2] and limit in str(refused[0][1])
+    else:
+        [(_, data)] = node.app
+        call_id, why = _refusal(data)
+        assert call_id == 2 and limit in why
+    assert streams.bytes.total == 7000 and streams.bytes.held == {budgets[0]: 7000}
