@@ -13,7 +13,7 @@ from typing import Callable, Protocol, Sequence, cast
 from derecho_actors.node.answer_queue import AnswerQueue
 from derecho_actors.node.call_stats import CallStats
 from derecho_actors.node.client_outbox import ClientOutbox
-from derecho_actors.node.client_streams import ClientStreams, stamp
+from derecho_actors.node.client_streams import ClientStreams
 from derecho_actors.node.client_table import ClientState, ClientTable, Proxied, Relay
 from derecho_actors.node.hosting import ReplicaHost
 from derecho_actors.node.outbox import Outbox
@@ -22,6 +22,7 @@ from derecho_actors.node.stream_relay import StreamRelay, relay_target
 from derecho_actors.node.unavailable import unavailable
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.messages import Call, ReplyTo, encode
+from derecho_actors.wire.stream_payload import stamp
 from derecho_actors.wire.streams import StreamStart
 from runtime.config import LimitsSection
 from runtime.core.view import View

@@ -30,16 +30,15 @@ loop.
 from __future__ import annotations
 
 import logging
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-import msgpack
 from blake3 import blake3
 
 from derecho_actors.node.client_table import describe
 from derecho_actors.node.stream_bounds import StreamBytes, budget_of, stream_bound
 from derecho_actors.wire.replies import ReplyEntry
+from derecho_actors.wire.stream_payload import payload_parts
 from derecho_actors.wire.streams import StreamBlock, StreamStart, parse_stream
 from runtime.config import LimitsSection
 from runtime.core.view import View
@@ -52,10 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("derecho.clients")
 
-__all__ = ["ClientStreams", "MIN_STREAM_RATE", "payload_layout", "payload_parts"]
+__all__ = ["ClientStreams", "MIN_STREAM_RATE"]
 
-NOW_AT = 2
-"""Where the sender's clock goes in the payload: after ``[`` (0x92) and uint64's 0xCF."""
 MIN_STREAM_RATE = 1 << 20
 """Bytes per second a stream must average, after ``limits.client_stream_stall_ms`` of
 allowance: a stream of ``size`` bytes is dropped once it has run ``stall + size / rate``."""
@@ -69,34 +66,6 @@ Refuse = Callable[[ClientConn, int, DerechoError], None]
 Begun = Callable[[ClientConn, StreamStart, bytearray, int, str], bool]
 Progress = Callable[[int, int, int, bytearray], None]
 Ended = Callable[[int, int], None]
-
-
-def payload_parts(
-    caller: int, call_id: int, method: str, size: int, tail: tuple[int, int, int, int]
-) -> tuple[bytes, bytes]:
-    """The bytes before and after ``size`` bytes of arguments in the multicast payload
-    ``wire.codec.encode_ordered`` makes of one call,
-    ``[now, [[caller, call_id, method, args, origin, session_ns, floor, owner]]]``. ``now`` is
-    written at ``NOW_AT`` as a full uint64 (msgpack readers take any width) once the call goes."""
-    head = b"\x92\xcf" + bytes(8) + b"\x91\x98" + msgpack.packb(caller) + msgpack.packb(call_id)
-    head += msgpack.packb(method) + b"\xc6" + size.to_bytes(4, "big")
-    return head, b"".join(msgpack.packb(v) for v in tail)
-
-
-def payload_layout(
-    caller: int, call_id: int, method: str, size: int, tail: tuple[int, int, int, int]
-) -> tuple[bytearray, int]:
-    """``payload_parts`` as one buffer with room for the arguments, and where they start."""
-    head, suffix = payload_parts(caller, call_id, method, size, tail)
-    buffer = bytearray(len(head) + size + len(suffix))
-    buffer[: len(head)] = head
-    buffer[len(head) + size :] = suffix
-    return buffer, len(head)
-
-
-def stamp(payload: bytearray, now_ns: int) -> None:
-    """Write the sender's clock into a payload made by ``payload_layout``."""
-    struct.pack_into(">Q", payload, NOW_AT, now_ns)
 
 
 @dataclass(slots=True, eq=False)

@@ -1,6 +1,6 @@
 """Clients' streamed calls relayed to this member by their contact (``stream_relay``), taken as if
 the client had streamed them here: the blocks written into one buffer laid out as the call's
-multicast payload (``client_streams.payload_parts``, with the contact as the caller the replicas
+multicast payload (``wire.stream_payload.payload_parts``, with the contact as the caller the replicas
 answer, as for any call a member relays), the client's BLAKE3 digest checked at the last byte,
 then the call multicast in its place in the shard's order: after the calls this node was handed
 before it (the outbox is flushed first), as one object through the members' block path.
@@ -23,12 +23,12 @@ from typing import Any, Callable
 
 from blake3 import blake3
 
-from derecho_actors.node.client_streams import payload_parts, stamp
 from derecho_actors.node.outbox import Outbox
 from derecho_actors.node.stream_bounds import StreamBytes, stream_bound
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.messages import encode
 from derecho_actors.wire.replies import ReplyTo
+from derecho_actors.wire.stream_payload import payload_parts, stamp
 from derecho_actors.wire.streams import RelayAbort, RelayBlock, RelayStart, parse_relay
 from runtime.config import LimitsSection
 from runtime.core.layout import ShardId

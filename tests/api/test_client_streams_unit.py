@@ -14,9 +14,10 @@ from blake3 import blake3
 from derecho_actors.caller import large_calls
 from derecho_actors.caller.calls import Request, outbound
 from derecho_actors.caller.session import encode_output
-from derecho_actors.node.client_streams import MIN_STREAM_RATE, ClientStreams, payload_layout, stamp
+from derecho_actors.node.client_streams import MIN_STREAM_RATE, ClientStreams
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.messages import CallKind
+from derecho_actors.wire.stream_payload import payload_layout, stamp
 from derecho_actors.wire.streams import StreamStart, block_frame, parse_stream, start_frame
 from runtime.config import LimitsSection
 from runtime.core.layout import ShardId
