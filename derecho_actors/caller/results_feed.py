@@ -30,7 +30,7 @@ class ResultsFeed:
     # Slots: thousands may be in flight at once, one per call (``QueryResults`` adds none).
     __slots__ = tuple(
         "_what _call_id _call_word _decode _lock _cond _expected _values _errors _order _gone _finished"
-        " _future _versions _persist_query _why_waiting ordered _compare _first _differ _warned".split()
+        " _future _versions _persist_query _why_waiting ordered _compare _first _differ _warned _on_wire".split()
     )
 
     def __init__(
@@ -72,6 +72,7 @@ class ResultsFeed:
         self._first: tuple[bool, bytes] | None = None  # the first answer, as encoded
         self._differ = False  # some answer's bytes differ from the first's (decoded values may still agree)
         self._warned = False
+        self._on_wire = False  # was in flight on a connection that ended (``maybe_delivered``)
 
     def done(self) -> bool:
         """Whether every answer the call waits for came (or stands failed)."""
@@ -193,6 +194,8 @@ class ResultsFeed:
                 if good:
                     values[node] = result
                 else:
+                    if self._on_wire and self.ordered and getattr(result, "applied", None) is False:
+                        result = _outcome_unknown(result)
                     errors[node] = result
                 if self._compare is not None:
                     held = self._first
@@ -216,6 +219,12 @@ class ResultsFeed:
                     self._errors[node] = ReplicaLost(f"node {node} {why} before answering {self.description}")
                     self._order += (node,)
             self._maybe_done()
+
+    def maybe_delivered(self) -> None:
+        """The call was in flight on a connection that ended: a copy may have been delivered
+        (and applied) though no answer came. A refusal of the call sent again ("not run") is
+        then about that copy only, and reported as an unknown outcome."""
+        self._on_wire = True
 
     def sending_again(self) -> None:
         """The call is being sent again (a failover): forget partial replies, whose replica
@@ -252,3 +261,15 @@ class ResultsFeed:
             self._cond.notify_all()
         if self._finished and self._future is not None and not self._future.done():
             self._future.set_result(None)
+
+
+def _outcome_unknown(exc: BaseException) -> BaseException:
+    """``exc``, a refusal that says the call was not run, of a call sent again after a copy
+    of it was in flight on a connection that ended: that copy may have run (Jepsen's rule:
+    an unknown outcome is never reported as a failure), so ``applied`` becomes None."""
+    exc.applied = None  # type: ignore[attr-defined]
+    exc.args = (
+        f"{exc} (this call was sent again after its connection ended, so an earlier copy may have "
+        "been applied: read the state before calling again, unless the method is idempotent)",
+    )
+    return exc

@@ -228,6 +228,8 @@ class ClientSession:
             return
         self.phase = Phase.DISCONNECTED
         self._outbox, self._control, self._outbox_size = [], [], 0
+        for results in self.pending.values():  # in flight on it: a copy may have been applied
+            results.maybe_delivered()
         if why:
             log.info("connection to %s ended: %s", self._peer, why)
         self._dials.ended(now, "" if self._answered else self._goodbye)

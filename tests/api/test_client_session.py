@@ -399,3 +399,29 @@ def test_answers_that_differ_reach_the_divergence_check_even_after_merged_ones()
     feed(s, 0.2, merged((1, 2), (1, True, msgpack.packb("b"), (2,))))
     with pytest.raises(Exception, match="differ|diverge"):
         r.get(0)
+
+
+def _refusal(call_id: int, exc_name: str, message: str) -> tuple[int, bool, bytes]:
+    return (call_id, False, msgpack.packb([exc_name, message, ""]))  # a contact's own error: no traceback
+
+
+def test_a_refusal_of_a_call_sent_again_after_its_connection_ended_is_an_unknown_outcome() -> None:
+    """The contact says "not run" of the copy it refused; a copy in flight on the connection
+    that ended may have been applied (a false failover back to a busy contact did that)."""
+    from runtime.errors import ClientLimit
+
+    s = session()
+    connect(s)
+    sent_before = call(s, 1)
+    s.data_to_send()
+    s.connection_lost(0.2, "no answer in time")
+    made_after = call(s, 2)  # never on a connection that ended: a refusal stands as "not run"
+    _, frames = connect(s, 0.3)
+    assert ids(frames) == [1, 2]
+    feed(s, 0.4, WELCOME + answer(2, (2,), _refusal(1, "ClientLimit", "refused: too many bytes; the call was not run")))
+    feed(s, 0.4, answer(2, (2,), _refusal(2, "ClientLimit", "refused: too many calls; the call was not run")))
+    first = sent_before.wait_all(0)[2]
+    assert isinstance(first, ClientLimit) and first.applied is None
+    assert "an earlier copy may have been applied" in str(first)
+    second = made_after.wait_all(0)[2]
+    assert isinstance(second, ClientLimit) and second.applied is False
