@@ -253,7 +253,9 @@ class RingReader:
         self.loop = loop
         self.ring = ring
         self.rows = rows  # the owner's row board (None: its pushes arrive as frames)
-        self._held: list[Any] = []  # rows read from the board, handed on once ...
+        # Rows read from the board, the latest per table (a whole row supersedes the one
+        # before: bounded by the tables, however long the ring stays behind), handed on once ...
+        self._held: dict[tuple[Any, ...], Any] = {}
         self._held_until = 0  # ... the ring is consumed up to here
         self.rows_seen = False  # a row came through the board (logged once)
         self.data_bell = data_bell  # we wait on it
@@ -294,7 +296,9 @@ class RingReader:
             if rows is not None and rows.changed():
                 got = rows.read()
                 if got:
-                    self._held.extend(got)
+                    held = self._held
+                    for push in got:
+                        held[(type(push), push.vid, getattr(push, "shard", None), push.rank)] = push
                     self._held_until = ring.published()  # loaded after the board's slots
             pieces = ring.pieces(budget)
             if not pieces:
@@ -334,7 +338,7 @@ class RingReader:
                 return
 
     def _hand_rows(self) -> None:
-        held, self._held = self._held, []
+        held, self._held = list(self._held.values()), {}
         if not self.rows_seen:
             self.rows_seen = True
             log.info("SST rows arrive by one-sided writes into %s", self.rows.path if self.rows else "?")
