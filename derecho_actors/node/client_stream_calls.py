@@ -18,6 +18,7 @@ from derecho_actors.node.client_table import ClientState, ClientTable, Proxied, 
 from derecho_actors.node.hosting import ReplicaHost
 from derecho_actors.node.outbox import Outbox
 from derecho_actors.node.relayed_streams import RelayedStreams
+from derecho_actors.node.stream_bounds import CallerSession
 from derecho_actors.node.stream_relay import StreamRelay, relay_target
 from derecho_actors.node.unavailable import unavailable
 from derecho_actors.wire import codec as _codec
@@ -224,5 +225,5 @@ class _ProxyGlue:
         to = ReplyTo(self.proxy.node_id, call_id, view.vid if view is not None else 0, conn.origin)
         self.proxy.out.refuse(conn, to, error)
 
-    def tail(self, conn: ClientConn) -> tuple[int, int, int]:
-        return conn.origin, conn.incarnation or 0, self.proxy.table.state(conn).owner
+    def tail(self, conn: ClientConn) -> CallerSession:
+        return CallerSession(conn.origin, conn.incarnation or 0, self.proxy.table.state(conn).owner)

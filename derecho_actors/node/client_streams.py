@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from blake3 import blake3
 
 from derecho_actors.node.client_table import describe
-from derecho_actors.node.stream_bounds import StreamBytes, budget_of, stream_bound
+from derecho_actors.node.stream_bounds import CallerSession, StreamBytes, budget_of, stream_bound
 from derecho_actors.wire.replies import ReplyEntry
 from derecho_actors.wire.stream_payload import payload_parts
 from derecho_actors.wire.streams import StreamBlock, StreamStart, parse_stream
@@ -91,7 +91,7 @@ class ClientStreams:
         admit: Admit,
         deliver: Deliver,
         refuse: Refuse,
-        tail: Callable[[ClientConn], tuple[int, int, int]],
+        tail: Callable[[ClientConn], CallerSession],
     ) -> None:
         """``admit(conn, start)``: why the call may not be taken (as any call; None: it may);
         ``deliver(conn, start, payload, base)``: the whole, checked call, to multicast (or
@@ -177,9 +177,9 @@ class ClientStreams:
         (refused, the call would seem not run, though that copy runs at every replica)."""
         budget = budget_of(conn)
         self._expire()
-        origin, call_id = self.tail(conn)[0], start.call_id
+        origin, call_id = self.tail(conn).origin, start.call_id
         for old in [s for k, s in self.streams.items() if k[1] == call_id and k[0] is not conn]:
-            if self.tail(old.conn)[0] == origin:
+            if self.tail(old.conn).origin == origin:
                 del self.streams[(old.conn, call_id)]
                 self._drop(old)
         mine = sum(1 for s in self.streams.values() if s.budget == budget)
@@ -229,7 +229,7 @@ class ClientStreams:
         if self.relaying.get(k2 := (conn.origin, start.call_id)) == (conn, start.call_id):
             del self.relaying[k2]  # whole: ``deliver`` sends its last block
         # Held until a replica answers (the payload is this node's until it is delivered).
-        key2 = (self.tail(conn)[0], start.call_id)
+        key2 = (self.tail(conn).origin, start.call_id)
         if (before := self.sent.pop(key2, None)) is not None:  # sent before (a failover back here)
             self._release(before[0], before[1])
         self.sent[key2] = (stream.budget, start.size, self.node.monotonic())
@@ -255,7 +255,7 @@ class ClientStreams:
 
     def not_sent(self, conn: ClientConn, call_id: int) -> None:
         """A whole call ``deliver`` did not send (refused there): its bytes are free."""
-        held = self.sent.pop((self.tail(conn)[0], call_id), None)
+        held = self.sent.pop((self.tail(conn).origin, call_id), None)
         if held is not None:
             self._release(held[0], held[1])
             self.ended(conn.origin, call_id)

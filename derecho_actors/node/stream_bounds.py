@@ -5,6 +5,8 @@ per client identity and node-wide, each refused with a typed error that says wha
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from derecho_actors.node.client_table import describe
 from derecho_actors.wire.streams import StreamStart
 from runtime.config import LimitsSection
@@ -14,6 +16,16 @@ from runtime.node_api import ClientConn
 __all__ = ["MAX_ARGS", "StreamBytes", "budget_of", "stream_bound"]
 
 MAX_ARGS = (1 << 32) - 1  # bin32
+
+
+class CallerSession(NamedTuple):
+    """Who a client's streamed call is from, as its contact knows it (not as the client says):
+    the session's origin id, its incarnation, and the identity that owns it; the multicast
+    payload ends with them, and relays carry them to the member."""
+
+    origin: int
+    session_ns: int
+    owner: int
 
 
 class StreamBytes:

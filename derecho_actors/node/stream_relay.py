@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from derecho_actors.node.answer_queue import AnswerQueue
+from derecho_actors.node.stream_bounds import CallerSession
 from derecho_actors.wire.streams import (
     StreamStart,
     relay_abort_data,
@@ -82,7 +83,7 @@ class StreamRelay:
         self,
         target: int,
         start: StreamStart,
-        tail: tuple[int, int, int],
+        tail: CallerSession,
         budget: str,
         payload: bytearray,
         base: int,

@@ -20,6 +20,7 @@ from derecho_actors.node.client_stream_calls import _ProxyGlue
 from derecho_actors.node.client_streams import ClientStreams
 from derecho_actors.node.client_table import ClientTable, Relay
 from derecho_actors.node.relayed_streams import RelayedStreams
+from derecho_actors.node.stream_bounds import CallerSession
 from derecho_actors.node.stream_relay import StreamRelay
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.messages import Call, Reply, decode
@@ -135,7 +136,7 @@ class Pair:
             lambda conn, start: None,
             self._deliver,
             lambda conn, call_id, error: self.refused.append((call_id, error)),
-            lambda conn: (conn.origin, 5, 9),
+            lambda conn: CallerSession(conn.origin, 5, 9),
         )
         self.relay = StreamRelay(
             self.queue,  # type: ignore[arg-type]
@@ -558,7 +559,7 @@ def test_calls_streamed_to_a_member_and_relayed_to_it_share_its_bounds(
         lambda conn, start: None,
         lambda conn, start, payload, base: None,
         lambda conn, call_id, error: refused.append((call_id, error)),
-        lambda conn: (conn.origin, 5, 9),
+        lambda conn: CallerSession(conn.origin, 5, 9),
     )
     view = View(1, (1, MEMBER, CONTACT), (1, MEMBER))
     relayed = RelayedStreams(node, lambda: view, lambda shard: True, Outbox(), limits, streams.bytes)  # type: ignore[arg-type]

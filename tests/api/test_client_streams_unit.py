@@ -15,6 +15,7 @@ from derecho_actors.caller import large_calls
 from derecho_actors.caller.calls import Request, outbound
 from derecho_actors.caller.session import encode_output
 from derecho_actors.node.client_streams import MIN_STREAM_RATE, ClientStreams
+from derecho_actors.node.stream_bounds import CallerSession
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.messages import CallKind
 from derecho_actors.wire.stream_payload import payload_layout, stamp
@@ -83,7 +84,7 @@ class Harness:
             lambda conn, start: self.admitted,
             self._deliver,
             lambda conn, call_id, error: self.refused.append((call_id, error)),
-            lambda conn: (conn.origin, 5, 9),
+            lambda conn: CallerSession(conn.origin, 5, 9),
         )
 
     def _deliver(self, conn: Any, start: StreamStart, payload: bytearray, base: int) -> None:
