@@ -173,8 +173,9 @@ class ClientStreams:
         """Why this identity (or the node) may not stream this call now. A call streamed again
         by its session (a failover, back to this node) is one call, not two: its copy still
         streaming on another connection is dropped (the client gave that one up), and the bytes
-        of its copy delivered already, held until an answer comes, are not counted against it
-        (refused, the call would seem not run, though that copy runs at every replica)."""
+        of its copy delivered already, held until an answer comes, are forgiven up to this
+        copy's size (refused, the call would seem not run, though that copy runs at every
+        replica): a call of more than half the bound can be streamed twice, not again and again."""
         budget = budget_of(conn)
         self._expire()
         origin, call_id = self.tail(conn).origin, start.call_id
@@ -185,8 +186,9 @@ class ClientStreams:
         mine = sum(1 for s in self.streams.values() if s.budget == budget)
         held, total = self.bytes.held.get(budget, 0), self.bytes.total
         delivered = self.sent.get((origin, call_id))
-        if delivered is not None and delivered[0] == budget:
-            held, total = held - delivered[1], total - delivered[1]
+        if delivered is not None and delivered[0] == budget:  # at most one copy's worth
+            free = min(delivered[1], start.size)
+            held, total = held - free, total - free
         if self.relay is not None and self.relay.relays:  # its copies queued to members, unwritten
             held, total = held + self.relay.queued(budget), total + self.relay.queued()
         return stream_bound(self.node.node_id, self.limits, start, mine, held, total)
@@ -229,10 +231,17 @@ class ClientStreams:
         if self.relaying.get(k2 := (conn.origin, start.call_id)) == (conn, start.call_id):
             del self.relaying[k2]  # whole: ``deliver`` sends its last block
         # Held until a replica answers (the payload is this node's until it is delivered).
+        # A copy delivered before (a failover back here) is still in the order, unanswered: its
+        # bytes stay counted with this one's until the answer, so streaming one call again and
+        # again cannot hold more than the bound allows (``_bound`` forgives one copy's worth).
         key2 = (self.tail(conn).origin, start.call_id)
-        if (before := self.sent.pop(key2, None)) is not None:  # sent before (a failover back here)
-            self._release(before[0], before[1])
-        self.sent[key2] = (stream.budget, start.size, self.node.monotonic())
+        before, size = self.sent.get(key2), start.size
+        if before is not None:
+            if before[0] == stream.budget:
+                size += before[1]
+            else:
+                self._release(before[0], before[1])
+        self.sent[key2] = (stream.budget, size, self.node.monotonic())
         self.deliver(conn, start, stream.buffer, stream.base)
 
     # ------------------------------------------------------------------ ends

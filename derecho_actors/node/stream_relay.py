@@ -95,7 +95,7 @@ class StreamRelay:
         relay = _Relay(target, start, head, payload, base, budget)
         key = (origin, start.call_id)
         if (old := self.relays.get(key)) is not None and not old.whole:  # streamed again: anew
-            self._unqueue(key, old.target)
+            self._unqueue(key, old)
             if old.target != target:  # the new start frees it there, else the abort does
                 self.to_members.send(old.target, relay_abort_data(origin, start.call_id))
         self.relays[key] = relay
@@ -138,17 +138,23 @@ class StreamRelay:
         up copies outside every bound) and tell the member to free what it holds of it."""
         relay = self.relays.pop((origin, call_id), None)
         if relay is not None and not relay.whole:
-            self._unqueue((origin, call_id), relay.target)
+            self._unqueue((origin, call_id), relay)
             self.to_members.send(relay.target, relay_abort_data(origin, call_id))
 
-    def _unqueue(self, key: tuple[int, int], target: int) -> None:
-        """Take the blocks of relay ``key`` still waiting for ``target`` out of its queue."""
-        queued = self.to_members.queued.get(target)
-        if queued:
-            kept = [m for m in queued if not isinstance(m, bytes) or relay_block_key(m) != key]
-            if len(kept) < len(queued):
-                queued.clear()
-                queued.extend(kept)
+    def _unqueue(self, key: tuple[int, int], relay: _Relay) -> None:
+        """Take the blocks of ``relay`` (of call ``key``) still waiting for its member out of
+        the queue: those after its start frame, if that is still queued. Blocks of the same
+        call ahead of it are an earlier copy's, whole and relayed before (a failover back
+        here): the member must still get them all, or that copy is never multicast."""
+        queued = self.to_members.queued.get(relay.target)
+        if not queued:
+            return
+        items = list(queued)
+        first = next((i for i, m in enumerate(items) if m is relay.head), 0)
+        tail = [m for m in items[first:] if not isinstance(m, bytes) or relay_block_key(m) != key]
+        if len(tail) < len(items) - first:
+            queued.clear()
+            queued.extend(items[:first] + tail)
 
     def queued(self, budget: str | None = None) -> int:
         """Bytes of relayed blocks copied into the queue to members and not yet written there

@@ -584,3 +584,30 @@ def test_calls_streamed_to_a_member_and_relayed_to_it_share_its_bounds(
         call_id, why = _refusal(data)
         assert call_id == 2 and limit in why
     assert streams.bytes.total == 7000 and streams.bytes.held == {budgets[0]: 7000}
+
+
+@pytest.mark.parametrize("again", [False, True])
+def test_dropping_a_copy_streamed_again_keeps_the_whole_copy_queued_before_it(again: bool) -> None:
+    """A call relayed whole (its blocks still queued: the member's link is backed up), then
+    streamed again after a failover back here and that copy dropped: only the dropped copy's
+    blocks leave the queue; the member still gets the whole first copy and multicasts it."""
+    pair = Pair(client_stream_bytes=100_000)
+    ready, written = [False], []
+    queue: AnswerQueue[int] = AnswerQueue(
+        pair.contact_node,  # type: ignore[arg-type]
+        lambda dest, messages: written.extend((dest, m) for m in messages) or True,
+        ready=lambda dest: ready[0],
+    )
+    pair.relay.to_members = queue
+    data = os.urandom(9000)
+    pair.send(Conn(), 7, data)
+    if again:
+        second = Conn()
+        pair.send(second, 7, data, upto=3000)
+        pair.streams.forget(second)  # that connection closes: its copy is dropped
+    ready[0] = True
+    pair.contact_node.advance(1)
+    for dest, message in written:
+        if dest == MEMBER:
+            pair.member.on_data(CONTACT, message)
+    assert len(pair.member_node.ordered) == 1

@@ -352,3 +352,17 @@ def test_without_tls_a_host_is_one_budget_over_all_its_connections() -> None:
     assert [type(e) for _, e in h.refused] == [ClientLimit] and "client_stream_bytes" in str(h.refused[0][1])
     h.streams.on_data(Conn(3, address="127.0.0.6:4000"), _start(1, 6000))  # another host
     assert len(h.refused) == 1 and h.streams.total == 12_000
+
+
+def test_one_call_streamed_again_and_again_holds_at_most_two_copies() -> None:
+    """A failover back here may stream a delivered call again (forgiven: one copy's worth);
+    every copy stays counted until the answer, so a client cannot keep a call's copies
+    flowing into the order while only the last is counted."""
+    h = Harness(client_stream_bytes=10_000, client_streams_total_bytes=10_000)
+    one, other = Conn(5, Ident("alice")), Conn(5, Ident("alice"))  # two connections of one session
+    data = os.urandom(9000)
+    for i in range(6):
+        h.send(one if i % 2 == 0 else other, 1, data)
+    assert len(h.delivered) == 2 and len(h.refused) == 4
+    assert all(isinstance(e, ClientLimit) for _, e in h.refused)
+    assert h.streams.total == 18_000  # both delivered copies, unanswered
