@@ -152,10 +152,11 @@ class Pair:
         self.member_node = Node(MEMBER)
         self.outbox = Outbox()
         self.view = View(1, (1, MEMBER, OTHER, CONTACT), (1, MEMBER, OTHER))
+        self.holding = True  # the member holds a replica of the shard (in its view)
         self.member = RelayedStreams(
             self.member_node,  # type: ignore[arg-type]
             lambda: self.view,  # type: ignore[arg-type,return-value]
-            lambda shard: True,
+            lambda shard: self.holding,
             self.outbox,  # type: ignore[arg-type]
             LimitsSection(**limits),
         )
@@ -611,3 +612,21 @@ def test_dropping_a_copy_streamed_again_keeps_the_whole_copy_queued_before_it(ag
         if dest == MEMBER:
             pair.member.on_data(CONTACT, message)
     assert len(pair.member_node.ordered) == 1
+
+
+@pytest.mark.parametrize("holds_at_the_end", [True, False])
+def test_a_relay_to_a_member_not_yet_holding_the_shard_is_decided_at_its_last_byte(holds_at_the_end: bool) -> None:
+    """The contact relays again when a member leaves, to a member of the view it installed;
+    that member may not have installed it yet. Refused at the start, the call came back "not
+    run, call again"; now the member takes it and decides once it has the last byte."""
+    pair, conn = Pair(), Conn()
+    pair.holding = False
+    pair.send(conn, 7, os.urandom(5000))
+    dest, start = pair.queue.sent[0]
+    assert dest == MEMBER
+    pair.member.on_data(CONTACT, start)  # the relay's start, before this member's view moved
+    pair.carried = 1
+    pair.holding = holds_at_the_end
+    pair.carry()
+    assert len(pair.member_node.ordered) == (1 if holds_at_the_end else 0)
+    assert pair.member.refused == (0 if holds_at_the_end else 1)
