@@ -8,7 +8,9 @@ pipeline; at or below it, e.g. 1 MB, as ordinary messages), and reports per node
 
 * the bytes it delivered over the time from the first sender's start to its last delivery
   (MB/s per receiver: the figure the issue's targets are in);
-* its peak RSS (``ru_maxrss``) and its RSS when the group formed (after the sender built its
+* its peak RSS (``VmHWM``: this process's own high-water mark; ``ru_maxrss`` would not do, it
+  survives ``execve`` and so starts at the RSS of the parent that forked the node, a pytest
+  worker of 700 MiB in CI) and its RSS when the group formed (after the sender built its
   payload): the difference is what moving the objects cost in memory;
 * the loop's worst lateness: a 10 ms timer on the node's loop, how late it ran at most (a
   whole-object pass on the loop would show here as a stall of that pass's length);
@@ -70,6 +72,19 @@ def _rss_kib() -> int:
             return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
     except (OSError, ValueError):
         return 0
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident set (KiB): ``VmHWM``, the high-water mark of its own
+    address space, which ``execve`` starts afresh (unlike ``ru_maxrss``, the fallback)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def pattern(size: int, node_id: int) -> bytearray:
@@ -205,7 +220,7 @@ class ObjectApp:
 
     def _write(self, doc: dict[str, Any]) -> None:
         doc["digests"] = [f.result() for f in self._pending]
-        doc["rss_peak_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        doc["rss_peak_kib"] = _peak_rss_kib()
         tmp = self.out.with_suffix(".tmp")
         tmp.write_bytes(msgpack.packb(doc))
         os.replace(tmp, self.out)

@@ -11,6 +11,8 @@ across the three processes: it is marked ``bigmem`` and runs only with DERECHO_B
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -31,6 +33,27 @@ def _check(run: Run, size: int) -> None:
     assert all(g * MIB < RSS_BOUND * size for g in growth.values()), f"peak RSS growth MiB per node {growth}"
     late = {n: doc["late_max_ms"] for n, doc in run.nodes.items()}
     assert all(v < LATE_BOUND_MS for v in late.values()), f"a loop stalled (worst lateness ms per node) {late}"
+
+
+@pytest.mark.timeout(60)
+def test_a_node_s_peak_rss_is_its_own_not_the_forking_parent_s() -> None:
+    """The bound above is read from each node's peak RSS; ``ru_maxrss`` survives ``execve`` and
+    so reported the forking pytest worker's 700 MiB as the node's peak (a CI failure). A child
+    forked from a parent holding 300 MiB must report its own, far smaller, peak."""
+    ballast = bytearray(300 * MIB)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1  # resident
+    code = "from bench.objects import _peak_rss_kib; print(_peak_rss_kib())"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=lambda: None,  # as the bench's nodes: a fork, so the parent's pages are copied
+        capture_output=True,
+        check=True,
+        timeout=30,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    assert int(out.stdout) * 1024 < 150 * MIB, f"child's peak RSS {int(out.stdout) // 1024} MiB"
+    del ballast
 
 
 @pytest.mark.timeout(120)
