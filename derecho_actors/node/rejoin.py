@@ -81,6 +81,28 @@ class Rejoiner:
         self.reason: str | None = None  # why the node ended, once it has
         self.out_reason: str | None = None  # why the group removed this node, while it rejoins
 
+    def first(self, build: Callable[[], Group]) -> tuple[Group | None, int]:
+        """The node's first group, from ``build()`` (its ``GroupClosed`` raised as is), except
+        when the group removed the node before that start ended: it joined a view, then a stall
+        or a partition cut it off while it still fetched its state. That is a removal like any
+        later one, so the node joins again as a new member, per ``on_partition``, through the
+        configured contacts (returns the group it got, or None and the exit code)."""
+        try:
+            return build(), EXIT_OK
+        except GroupClosed as exc:
+            text = str(exc)
+            if self.on_partition != "rejoin" or self.done.is_set() or not any(m in text for m in OUT_OF_GROUP):
+                raise
+            self.out_reason = text
+            log.warning(
+                "node %s was removed from the group while it started (%s); it joins again as a new member via %s "
+                '(node.on_partition = "rejoin"; set "exit" to stop instead)',
+                self.node_id,
+                text,
+                ", ".join(self.configured),
+            )
+            return self._rejoin(list(self.configured))
+
     def run(self, group: Group, poll: float = 0.1) -> tuple[Group | None, int]:
         """Watch ``group`` until ``done`` (returns the running group, for the caller to leave or
         close) or until the node ends (returns None and the exit code)."""

@@ -73,20 +73,13 @@ def main(argv: list[str]) -> int:
         spec = cloudpickle.load(f)
     from derecho_actors.node.gc_tuning import tune_node_gc
     from derecho_actors.node.group import Group
+    from runtime.config import load_config
 
     try:
-        group = Group(types=spec["types"], layout=spec["layout"], overrides=overrides, accept_loss=accept_loss)
+        config = load_config(None, dict(overrides))  # what Group reads too: for the Rejoiner
     except ConfigError as exc:
         print(f"node config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except GroupClosed as exc:
-        print(f"node stopped: {exc}", file=sys.stderr)
-        return exc.exit_code if exc.exit_code is not None else EXIT_FAILED
-    except DerechoError as exc:
-        print(f"node could not start: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    config = group.config
-    tune_node_gc()  # this process is the node's own (derecho_actors.node.gc_tuning)
 
     def rejoin(contacts: list[str]) -> Group:
         # Out of the group: one listener, trying until back (see node_command.run_app_node).
@@ -102,6 +95,22 @@ def main(argv: list[str]) -> int:
         )
 
     rejoiner = Rejoiner(config.node.id, config.node.on_partition, config.contact_addresses(), rejoin, done)
+    try:  # removed by the group even while it starts: joins again (Rejoiner.first)
+        group, code = rejoiner.first(
+            lambda: Group(types=spec["types"], layout=spec["layout"], overrides=overrides, accept_loss=accept_loss)
+        )
+    except ConfigError as exc:
+        print(f"node config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except GroupClosed as exc:
+        print(f"node stopped: {exc}", file=sys.stderr)
+        return exc.exit_code if exc.exit_code is not None else EXIT_FAILED
+    except DerechoError as exc:
+        print(f"node could not start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if group is None:
+        return code
+    tune_node_gc()  # this process is the node's own (derecho_actors.node.gc_tuning)
     running, code = rejoiner.run(group)
     if running is None:
         return code

@@ -218,15 +218,8 @@ def run_app_node(config: Any, accept_loss: bool, leave: bool = True) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     start_timeout = config.timeouts.connect_timeout_ms / 1000 + 60
-    try:
-        group = Group(config=config, types=classes, layout=layout, accept_loss=accept_loss, start_timeout=start_timeout)
-    except GroupClosed as exc:
-        print(f"derecho-actors node: {exc}", file=sys.stderr)
-        return exc.exit_code if exc.exit_code is not None else EXIT_STOPPED
     from derecho_actors.node.gc_tuning import tune_node_gc
     from derecho_actors.node.rejoin import Rejoiner
-
-    tune_node_gc()  # this process is the node's own (derecho_actors.node.gc_tuning)
 
     def rejoin(contacts: list[str]) -> Group:
         # Out of the group, the node keeps one listener and keeps trying (clients are told
@@ -243,10 +236,24 @@ def run_app_node(config: Any, accept_loss: bool, leave: bool = True) -> int:
             cancel=done,
         )
 
-    # Removed by the group (a stall, a partition): join again as a new member, unless
-    # node.on_partition = "exit" (then exit 3 for a supervisor to act on).
+    # Removed by the group (a stall, a partition), even while it starts: join again as a new
+    # member, unless node.on_partition = "exit" (then exit 3 for a supervisor to act on).
     rejoiner = Rejoiner(config.node.id, config.node.on_partition, config.contact_addresses(), rejoin, done)
-    running, code = rejoiner.run(group, poll=0.2)
+    try:
+        first, code = rejoiner.first(
+            lambda: Group(
+                config=config, types=classes, layout=layout, accept_loss=accept_loss, start_timeout=start_timeout
+            )
+        )
+    except GroupClosed as exc:
+        print(f"derecho-actors node: {exc}", file=sys.stderr)
+        return exc.exit_code if exc.exit_code is not None else EXIT_STOPPED
+    if first is None:
+        if rejoiner.reason is not None:
+            print(f"derecho-actors node: stopped: {rejoiner.reason}", file=sys.stderr)
+        return code
+    tune_node_gc()  # this process is the node's own (derecho_actors.node.gc_tuning)
+    running, code = rejoiner.run(first, poll=0.2)
     if running is None:
         if rejoiner.reason is not None:
             print(f"derecho-actors node: stopped: {rejoiner.reason}", file=sys.stderr)

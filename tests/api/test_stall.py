@@ -278,6 +278,46 @@ def test_a_slow_start_is_retried_and_a_bug_ends_the_node_with_its_reason() -> No
     assert running is None and code == EXIT_FAILED and "RuntimeError: a bug" in (rejoiner.reason or "")
 
 
+@pytest.mark.parametrize(
+    "on_partition, failure, rejoins",
+    [
+        pytest.param(
+            "rejoin", "node 3 stopped: partitioned: reaches only 1 of 3 members of view 2", True, id="cut-off"
+        ),
+        pytest.param("rejoin", "node 3 stopped: suspected by node 1 in view 2", True, id="suspected"),
+        pytest.param("exit", "node 3 stopped: partitioned: reaches only 1 of 3 members of view 2", False, id="exit"),
+        pytest.param("rejoin", "node 3 joined no view within 12 s; check node.contacts", False, id="never-joined"),
+        pytest.param("rejoin", "node 3 stopped: join refused: layout differs", False, id="refused"),
+    ],
+)
+@pytest.mark.timeout(10)
+def test_a_removal_while_the_first_start_runs_is_a_removal_like_any_other(
+    on_partition: str, failure: str, rejoins: bool
+) -> None:
+    """A node that joined a view and was cut off before its start ended (a CI run: stopped
+    while it fetched its state) rejoins as after any later removal; every other failure of
+    the first start is the caller's to report, as before."""
+    done = threading.Event()
+    asked: list[list[str]] = []
+    back = FakeGroup()
+
+    def first() -> Any:
+        raise GroupClosed(failure, EXIT_STOPPED)
+
+    def start(contacts: list[str]) -> Any:
+        asked.append(contacts)
+        return back
+
+    rejoiner = Rejoiner(3, on_partition, ["h1:701"], start, done, first_delay=0.01, max_delay=0.02)
+    if rejoins:
+        assert rejoiner.first(first) == (back, EXIT_OK)
+        assert asked == [["h1:701"]] and rejoiner.rejoins == 1 and rejoiner.out_reason == failure
+    else:
+        with pytest.raises(GroupClosed, match=failure.split(":")[0]):
+            rejoiner.first(first)
+        assert asked == []
+
+
 def test_a_member_left_alone_waits_for_its_majority_and_never_founds_a_group(tmp_path: Path) -> None:
     """The majority (nodes 1 and 2) is stopped while node 3 runs: node 3 is the minority. It
     must not go on alone nor found a group; it keeps trying and is back once they resume."""

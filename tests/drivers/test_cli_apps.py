@@ -77,7 +77,20 @@ class CliNodes:
             except Exception:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"no view of {sorted(members)} within {timeout} s:\n{self.log(1)[-2000:]}")
+        raise AssertionError(f"no view of {sorted(members)} within {timeout} s:\n{self.logs_tail()}")
+
+    def logs_tail(self, chars: int = 2500) -> str:
+        """The end of every started node's log, without the status rate-limit lines that the
+        waits themselves cause: what a failed wait needs to be understood from CI's output."""
+        parts = []
+        for node, proc in sorted(self.procs.items()):
+            try:
+                text = self.log(node)
+            except OSError as exc:
+                text = f"(no log: {exc})"
+            lines = [line for line in text.splitlines() if "rate limiting status requests" not in line]
+            parts.append(f"--- node {node} (exit code {proc.poll()}):\n" + "\n".join(lines)[-chars:])
+        return "\n".join(parts)
 
     def client(self, *args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "examples/kv_store.py", *args, "--contact", self.address(1), "--contact",
