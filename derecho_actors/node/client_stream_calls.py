@@ -120,7 +120,7 @@ class _ProxyGlue:
             # None of this buffer yet: it began while this node held a replica, or another
             # connection of the client streams the same call again meanwhile (it replaced ours).
             if not self.relay.finish(conn.origin, start.call_id, payload):
-                self.begin(conn, start, payload, base, proxy.streams.sent[(conn.origin, start.call_id)][0])
+                self.begin(conn, start, payload, base, proxy.streams.sent[(conn.origin, start.call_id)].budget)
                 self.relay.finish(conn.origin, start.call_id, payload)
             return
         self.relay.drop(conn.origin, start.call_id)  # began while this node held none: the member frees it
