@@ -111,9 +111,9 @@ def test_a_relayed_call_across_a_view_that_adds_a_member_is_applied_once(
     with stream_cluster(4, layout, tmp_path, types=(Other,)) as cluster:
         _without_node_4(cluster)
         joined = threading.Event()
-        # From 8 MiB on the stream crawls (10 MiB/s, above the least rate a stream may go) until
-        # the contact has installed the view that adds node 4; then it runs.
-        slow_blocks(monkeypatch, lambda offset: 0 if offset < 8 << 20 or joined.is_set() else 0.1)
+        # From 8 MiB on the stream crawls (4 MiB/s, above the least rate a stream may go: the
+        # join has ~28 s) until the contact has installed the view that adds node 4; then it runs.
+        slow_blocks(monkeypatch, lambda offset: 0 if offset < 8 << 20 or joined.is_set() else 0.25)
         data = os.urandom(120 << 20)
         # The client's socket thread sleeps in those pauses: a contact is not taken for frozen.
         with cluster.new_client(contacts=[cluster.address(CONTACT)], liveness_timeout=10.0) as client:
