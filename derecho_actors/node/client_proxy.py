@@ -123,14 +123,13 @@ class ClientProxy:
         table.add(client, key, proxy)
         if not msg.ordered and msg.target:
             target = msg.target  # the client asked for this replica (P2P node=)
-        elif self.node_id in members:
-            target = self.node_id
         else:
-            target = members[origin % len(members)]
+            target = self.node_id if self.node_id in members else members[origin % len(members)]
             relay = self.streams.relay
             if msg.ordered and relay is not None and relay.relays:
                 # After the session's streamed call relayed to a member chosen before a view
-                # added one: to that member too, so it is ordered after it (``StreamRelay.pinned``).
+                # added one, or before this node became one: to that member too, so it is
+                # ordered after it (``StreamRelay.pinned``).
                 pinned = relay.pinned(origin, msg.shard, members)
                 target = target if pinned is None else pinned
         owner = client.owner
@@ -190,6 +189,7 @@ class ClientProxy:
         method = ""
         fast: tuple[str, int] | None = None
         pending: list[_codec.PendingCall] = []  # ordered calls of ``shard`` to submit, in order
+        relay = self.streams.relay if self.streams.relay is not None and self.streams.relay.relays else None
         for msg in calls:
             if client.closed:
                 break
@@ -200,6 +200,12 @@ class ClientProxy:
                         pending = []
                     shard, method = msg.shard, msg.method
                     fast = self.checks.runs_here(view, shard, method)
+                    if (
+                        fast is not None
+                        and relay is not None
+                        and relay.pinned(origin, shard, view.layout.members_of(shard)) is not None
+                    ):
+                        fast = None  # after the session's streamed call relayed to a member: there too
                 if fast is not None and len(msg.args) <= fast[1] and len(in_flight) < most and client.offered:
                     call_id = msg.call_id
                     add(client, (origin, call_id), Proxied(client, fast[0], now))

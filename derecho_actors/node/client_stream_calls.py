@@ -116,11 +116,11 @@ class _ProxyGlue:
                 self.refuse(conn, start.call_id, refusal)
             return
         members = view.layout.members_of(start.shard)
-        if proxy.node_id not in members:  # relayed: its last block goes now, after the calls above
+        if self._relayed(conn.origin, start, members):  # its last block goes now, after the calls above
             # None of this buffer yet: it began while this node held a replica, or another
             # connection of the client streams the same call again meanwhile (it replaced ours).
             if not self.relay.finish(conn.origin, start.call_id, payload):
-                self.begin(conn, start, payload, base, proxy.streams.sent[(conn.origin, start.call_id)][0])
+                self.begin(conn, start, payload, base, proxy.streams.sent[(conn.origin, start.call_id)].budget)
                 self.relay.finish(conn.origin, start.call_id, payload)
             return
         self.relay.drop(conn.origin, start.call_id)  # began while this node held none: the member frees it
@@ -137,7 +137,7 @@ class _ProxyGlue:
         proxy = self.proxy
         view = proxy.view()
         members = view.layout.members_of(start.shard) if view is not None else ()
-        if not members or proxy.node_id in members:
+        if not members or not self._relayed(conn.origin, start, members):
             return False
         key = (conn.origin, start.call_id)
         client = proxy.table.state(conn)
@@ -146,18 +146,37 @@ class _ProxyGlue:
         self.relay.begin(self._target(conn.origin, start, members), start, self.tail(conn), budget, payload, base)
         return True
 
+    def _relayed(self, origin: int, start: StreamStart, members: Sequence[int]) -> bool:
+        """Whether a streamed call goes to a member rather than multicast here: this node holds
+        no replica of its shard, or another call of the session to the shard went to a member
+        and is not answered yet (this node was promoted into the shard meanwhile: run here, the
+        call could be ordered before that one, and that one taken as applied already)."""
+        return self.proxy.node_id not in members or self._pinned(origin, start, members, start.call_id) is not None
+
     def _target(self, origin: int, start: StreamStart, members: Sequence[int]) -> int:
         """Where a new relay goes: where the session's unanswered calls to the shard went, if
         that is still a member (a view that added a member moves ``relay_target``, and calls of
         one session sent to two members can be ordered out of call order: one then lost)."""
-        target = self.relay.pinned(origin, start.shard, members)
+        target = self._pinned(origin, start, members)
+        return relay_target(members, origin) if target is None else target
+
+    def _pinned(self, origin: int, start: StreamStart, members: Sequence[int], skip: int = 0) -> int | None:
+        """The member of ``members`` the session's unanswered calls to the shard (but call
+        ``skip``) went to: streamed ones, relayed in blocks, or small ones."""
+        target = self.relay.pinned(origin, start.shard, members, skip)
         if target is not None:
             return target
-        for (o, _), other in self.proxy.table.relays.items():
+        for (o, call_id), other in self.proxy.table.relays.items():
             call = other.call
-            if o == origin and call.ordered and call.shard == start.shard and other.target in members:
+            if (
+                o == origin
+                and call_id != skip
+                and call.ordered
+                and call.shard == start.shard
+                and other.target in members
+            ):
                 return other.target
-        return relay_target(members, origin)
+        return None
 
     def local(self, key: tuple[int, int], start: StreamStart, payload: bytearray) -> None:
         """A whole relayed call whose member left, now that this node holds a replica of its

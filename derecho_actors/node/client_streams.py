@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from blake3 import blake3
 
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("derecho.clients")
 
-__all__ = ["ClientStreams", "MIN_STREAM_RATE"]
+__all__ = ["MIN_STREAM_RATE", "ClientStreams", "Sent"]
 
 MIN_STREAM_RATE = 1 << 20
 """Bytes per second a stream must average, after ``limits.client_stream_stall_ms`` of
@@ -83,6 +83,15 @@ class _Stream:
     started: float
 
 
+class Sent(NamedTuple):
+    """A whole call handed on (``deliver``) and not answered yet: its bytes stay counted
+    against ``budget`` until an answer comes, or for ``ANSWER_WAIT`` after ``when``."""
+
+    budget: str
+    size: int  # bytes: this copy's, and an earlier copy's still unanswered (one call, streamed again)
+    when: float
+
+
 class ClientStreams:
     def __init__(
         self,
@@ -107,7 +116,7 @@ class ClientStreams:
         # Bytes held per budget: streams in progress, and calls delivered whose answer is to come;
         # shared with ``relayed_in`` (the calls relayed here), so the bounds are per node.
         self.bytes = StreamBytes()
-        self.sent: dict[tuple[int, int], tuple[str, int, float]] = {}  # (origin, call id) -> (budget, bytes, when)
+        self.sent: dict[tuple[int, int], Sent] = {}  # (origin, call id) -> what it holds
         # Streams relayed as they arrive to a member of their shard (``stream_relay``), set by
         # ``client_stream_calls``: ``begun(conn, start, buffer, base, budget)`` says whether a
         # stream is relayed; ``progress(origin, call_id, received, buffer)`` after each block but the
@@ -186,8 +195,8 @@ class ClientStreams:
         mine = sum(1 for s in self.streams.values() if s.budget == budget)
         held, total = self.bytes.held.get(budget, 0), self.bytes.total
         delivered = self.sent.get((origin, call_id))
-        if delivered is not None and delivered[0] == budget:  # at most one copy's worth
-            free = min(delivered[1], start.size)
+        if delivered is not None and delivered.budget == budget:  # at most one copy's worth
+            free = min(delivered.size, start.size)
             held, total = held - free, total - free
         if self.relay is not None and self.relay.relays:  # its copies queued to members, unwritten
             held, total = held + self.relay.queued(budget), total + self.relay.queued()
@@ -237,11 +246,11 @@ class ClientStreams:
         key2 = (self.tail(conn).origin, start.call_id)
         before, size = self.sent.get(key2), start.size
         if before is not None:
-            if before[0] == stream.budget:
-                size += before[1]
+            if before.budget == stream.budget:
+                size += before.size
             else:
-                self._release(before[0], before[1])
-        self.sent[key2] = (stream.budget, size, self.node.monotonic())
+                self._release(before.budget, before.size)
+        self.sent[key2] = Sent(stream.budget, size, self.node.monotonic())
         self.deliver(conn, start, stream.buffer, stream.base)
 
     # ------------------------------------------------------------------ ends
@@ -251,7 +260,7 @@ class ClientStreams:
         for e in entries:
             held = sent.pop((e[3], e[0]), None)
             if held is not None:
-                self._release(held[0], held[1])
+                self._release(held.budget, held.size)
                 self.ended(e[3], e[0])
             elif relaying and (key := relaying.pop((e[3], e[0]), None)) is not None:
                 # Refused by the member it was relayed to before its last byte came: the client
@@ -266,7 +275,7 @@ class ClientStreams:
         """A whole call ``deliver`` did not send (refused there): its bytes are free."""
         held = self.sent.pop((self.tail(conn).origin, call_id), None)
         if held is not None:
-            self._release(held[0], held[1])
+            self._release(held.budget, held.size)
             self.ended(conn.origin, call_id)
 
     def forget(self, conn: ClientConn) -> None:
@@ -308,10 +317,10 @@ class ClientStreams:
         """Delivered calls never answered within ``ANSWER_WAIT`` (a shard lost meanwhile): taken
         as gone, so their bytes count against no one for ever (few: one per call delivered)."""
         now = self.node.monotonic()
-        for key, (b, size, when) in list(self.sent.items()):
-            if now - when > ANSWER_WAIT:
+        for key, sent in list(self.sent.items()):
+            if now - sent.when > ANSWER_WAIT:
                 del self.sent[key]
-                self._release(b, size)
+                self._release(sent.budget, sent.size)
                 self.ended(key[0], key[1])
 
     @property

@@ -103,9 +103,7 @@ def block_frame(call_id: int, offset: int, block: memoryview) -> tuple[bytes, me
 
 def parse_stream(data: bytes) -> StreamStart | StreamBlock:
     """A stream message's data (``is_stream``) read; ``WireError`` if it is not one."""
-    if len(data) < 2 or data[0] != STREAM_MARK:
-        raise WireError("not a stream message")
-    kind = data[1]
+    kind = _kind(data)
     if kind == KIND_BLOCK:
         if len(data) < _BLOCK.size:
             raise WireError(f"a stream block of {len(data)} bytes is shorter than its header")
@@ -113,13 +111,30 @@ def parse_stream(data: bytes) -> StreamStart | StreamBlock:
         return StreamBlock(call_id, offset, memoryview(data)[_BLOCK.size :])
     if kind != KIND_START:
         raise WireError(f"unknown stream message kind {kind}")
-    try:
-        fields = msgpack.unpackb(memoryview(data)[2:], raw=False)
-    except Exception as exc:
-        raise WireError(f"a stream start that is not msgpack ({type(exc).__name__})") from None
+    fields = _fields(data, "a stream start")
     if type(fields) is not list or len(fields) != 6:
         raise WireError("a stream start must be [call_id, shard, method, floor, size, digest]")
-    call_id, shard, method, floor, size, digest = fields
+    return _start(fields)
+
+
+def _kind(data: bytes) -> int:
+    """The kind of a stream message (the byte after its mark); ``WireError`` if it has none."""
+    if len(data) < 2 or data[0] != STREAM_MARK:
+        raise WireError("not a stream message")
+    return data[1]
+
+
+def _fields(data: bytes, what: str) -> Any:
+    """The msgpack value after a start's mark and kind (its fields, if it is well formed)."""
+    try:
+        return msgpack.unpackb(memoryview(data)[2:], raw=False)
+    except Exception as exc:
+        raise WireError(f"{what} that is not msgpack ({type(exc).__name__})") from None
+
+
+def _start(fields: list[Any]) -> StreamStart:
+    """A start's first six fields, checked: a client's start, or the one a relay carries."""
+    call_id, shard, method, floor, size, digest = fields[:6]
     ints = (call_id, floor, size)
     if any(type(v) is not int or v < 0 for v in ints) or call_id == 0:
         raise WireError("a stream start's call id, floor and size must be integers >= 0 (call id > 0)")
@@ -205,9 +220,7 @@ def relay_block_key(data: bytes) -> tuple[int, int] | None:
 
 def parse_relay(data: bytes) -> RelayStart | RelayBlock | RelayAbort:
     """A relayed stream message's data read; ``WireError`` if it is not one."""
-    if len(data) < 2 or data[0] != STREAM_MARK:
-        raise WireError("not a stream message")
-    kind = data[1]
+    kind = _kind(data)
     if kind in (KIND_RELAY_BLOCK, KIND_RELAY_ABORT):
         if len(data) < _RELAY.size:
             raise WireError(f"a relayed stream message of {len(data)} bytes is shorter than its header")
@@ -217,10 +230,7 @@ def parse_relay(data: bytes) -> RelayStart | RelayBlock | RelayAbort:
         return RelayBlock(origin, call_id, offset, memoryview(data)[_RELAY.size :])
     if kind != KIND_RELAY_START:
         raise WireError(f"unknown relayed stream message kind {kind}")
-    try:
-        fields = msgpack.unpackb(memoryview(data)[2:], raw=False)
-    except Exception as exc:
-        raise WireError(f"a relayed stream start that is not msgpack ({type(exc).__name__})") from None
+    fields = _fields(data, "a relayed stream start")
     if type(fields) is not list or len(fields) != 10:
         raise WireError("a relayed stream start must have 10 fields")
     origin, session_ns, owner, budget = fields[6:]
@@ -228,7 +238,4 @@ def parse_relay(data: bytes) -> RelayStart | RelayBlock | RelayAbort:
         raise WireError("a relayed stream start's origin, session and owner must be integers >= 0 (origin > 0)")
     if type(budget) is not str or not budget:
         raise WireError("a relayed stream start must say whose bytes it uses")
-    head = bytes((STREAM_MARK, KIND_START)) + msgpack.packb(fields[:6], use_bin_type=True)
-    start = parse_stream(head)
-    assert isinstance(start, StreamStart)
-    return RelayStart(start, origin, session_ns, owner, budget)
+    return RelayStart(_start(fields), origin, session_ns, owner, budget)

@@ -5,8 +5,7 @@ identity, per node, stalls, closed connections)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from blake3 import blake3
@@ -14,62 +13,16 @@ from blake3 import blake3
 from derecho_actors.caller import large_calls
 from derecho_actors.caller.calls import Request, outbound
 from derecho_actors.caller.session import encode_output
-from derecho_actors.node.client_streams import MIN_STREAM_RATE, ClientStreams
-from derecho_actors.node.stream_bounds import CallerSession
+from derecho_actors.node.client_streams import MIN_STREAM_RATE
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.messages import CallKind
 from derecho_actors.wire.stream_payload import payload_layout, stamp
 from derecho_actors.wire.streams import StreamStart, block_frame, parse_stream, start_frame
-from runtime.config import LimitsSection
-from runtime.core.layout import ShardId
 from runtime.errors import ClientLimit, DerechoError, PayloadTooLarge, WireError
 from runtime.wire.codec import FrameDecoder
-from runtime.wire.control import AppMessage
+from tests.api.stream_fakes import SHARD, Conn, Ident, Node, block_messages, contact_streams, start_message
 
 pytestmark = pytest.mark.timeout(30)
-
-SHARD = ShardId("Blobs", 0, 0)
-
-
-@dataclass
-class Ident:
-    name: str
-
-    def describe(self) -> str:
-        return f"client {self.name!r}"
-
-
-@dataclass(eq=False)
-class Conn:
-    origin: int
-    identity: Ident | None = None
-    incarnation: int | None = 7
-    closed: bool = False
-    address: str = "127.0.0.1:5000"
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class Node:
-    node_id = 1
-
-    def __init__(self) -> None:
-        self.now = 10.0
-        self.timers: list[tuple[float, Callable[[], None]]] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
-        self.timers.append((self.now + delay, fn))
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        due = [t for t in self.timers if t[0] <= self.now]
-        self.timers = [t for t in self.timers if t[0] > self.now]
-        for _, fn in due:
-            fn()
 
 
 class Harness:
@@ -78,30 +31,21 @@ class Harness:
         self.admitted: DerechoError | None = None  # what admit answers
         self.delivered: list[tuple[StreamStart, bytes]] = []
         self.refused: list[tuple[int, DerechoError]] = []
-        self.streams = ClientStreams(
-            self.node,  # type: ignore[arg-type]
-            LimitsSection(**limits),
-            lambda conn, start: self.admitted,
+        self.streams = contact_streams(
+            self.node,
             self._deliver,
             lambda conn, call_id, error: self.refused.append((call_id, error)),
-            lambda conn: CallerSession(conn.origin, 5, 9),
+            lambda conn, start: self.admitted,
+            **limits,
         )
 
     def _deliver(self, conn: Any, start: StreamStart, payload: bytearray, base: int) -> None:
         self.delivered.append((start, bytes(payload[base : base + start.size])))
 
     def send(self, conn: Conn, call_id: int, data: bytes, block: int = 1000, corrupt: int = -1) -> None:
-        """The frames a client sends for one call, through a frame decoder as a contact reads."""
-        wire = bytearray(start_frame(call_id, ("Blobs", 0, 0), "put", 1, len(data), blake3(data).digest()))
-        for off in range(0, len(data), block):
-            chunk = bytearray(data[off : off + block])
-            if off == corrupt:
-                chunk[0] ^= 1
-            head, view = block_frame(call_id, off, memoryview(bytes(chunk)))
-            wire += head + view
-        for item in FrameDecoder(1 << 20).feed(bytes(wire)):
-            assert isinstance(item, AppMessage)
-            self.streams.on_data(conn, item.data)  # type: ignore[arg-type]
+        """The messages a client sends for one call, as a contact reads them."""
+        for message in [start_message(call_id, data), *block_messages(call_id, data, block=block, corrupt=corrupt)]:
+            self.streams.on_data(conn, message)  # type: ignore[arg-type]
 
 
 def test_the_buffer_is_the_payload_the_ordered_path_would_make() -> None:

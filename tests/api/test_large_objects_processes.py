@@ -3,7 +3,6 @@ identically, across a kill -9 of a relay mid-object, and past a node forging blo
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -16,28 +15,14 @@ import derecho_actors as da
 from runtime.core.rdmc_descriptor import ObjectId
 from runtime.security.certs import ensure_cluster_certs
 from runtime.wire.transfers import block_frame_head
+from tests.api.stream_cluster import FAST as STREAM_FAST
+from tests.api.stream_cluster import Blobs, digest
 from tests.security.rogue import Conn, node_context
 
 pytestmark = pytest.mark.timeout(240)
 
 
-@da.replicated
-class Blobs:
-    def __init__(self) -> None:
-        self.applied: list[str] = []
-
-    @da.ordered
-    def put(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        self.applied.append(digest)
-        return digest
-
-    @da.ordered
-    def log(self) -> list[str]:
-        return self.applied
-
-
-FAST = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "500"}
+FAST = {**STREAM_FAST, "timeouts.suspicion_ms": "500"}
 EVERYONE = da.Layout({Blobs: da.ShardPolicy(min_nodes=3)})
 
 
@@ -52,7 +37,7 @@ def test_a_large_argument_through_a_client_arrives_identical_at_every_replica(tm
             replies = blobs.put(data).wait_all(timeout=120)
             took = time.perf_counter() - started
             assert set(replies) == {1, 2, 3}
-            assert set(replies.values()) == {hashlib.sha256(data).hexdigest()}
+            assert set(replies.values()) == {digest(data)}
             print(
                 f"a {size >> 20} MiB call through a client to 3 replicas, TLS on: {took:.2f} s, {size / took / 1e6:.0f} MB/s"
             )
@@ -80,8 +65,8 @@ def test_kill_9_of_a_relay_mid_object_loses_nothing_acknowledged(tmp_path: Path)
                     except da.DerechoError as exc:  # an outcome the client could not learn
                         errors.append(exc)
                         continue
-                    assert set(replies.values()) == {hashlib.sha256(data).hexdigest()}
-                    acked.append(hashlib.sha256(data).hexdigest())
+                    assert set(replies.values()) == {digest(data)}
+                    acked.append(digest(data))
 
         t = threading.Thread(target=stream)
         t.start()
@@ -150,7 +135,7 @@ def test_a_forged_block_is_refused_and_never_delivered(tmp_path: Path) -> None:
                     time.sleep(0.005)
             replies = pending.wait_all(timeout=120)
         assert set(replies) == {1, 2, 3}
-        assert set(replies.values()) == {hashlib.sha256(data).hexdigest()}
+        assert set(replies.values()) == {digest(data)}
         assert sent > 0
         log = (Path(cluster.workdir) / "node-2.log").read_text()
         refused = re.findall(
