@@ -32,10 +32,11 @@ import logging
 from collections import deque
 from typing import Any, Callable
 
+from runtime.drivers.shm_board import RowBoard, RowCopy
 from runtime.drivers.shm_doorbell import Doorbell
 from runtime.drivers.shm_names import RingNames
 from runtime.drivers.shm_ring import ShmRing, full_fence
-from runtime.drivers.shm_rows import RowBoard, RowCopy, RowImage, TableKey, image_frame
+from runtime.drivers.shm_rows import RowImage, image_frame
 from runtime.wire.codec import FrameDecoder
 
 log = logging.getLogger("derecho.shm")
@@ -59,7 +60,6 @@ class RingWriter:
     ) -> None:
         self.loop = loop
         self.rows = rows  # the board our SST rows go into (None: pushes travel as frames)
-        self.rows_waiting: dict[TableKey, RowImage] = {}  # rows behind frames that wait here
         self.names = names
         self.ring = ring
         self.data_bell = data_bell  # we ring it: data arrived
@@ -137,15 +137,9 @@ class RingWriter:
             for image in images:
                 self.send(image_frame(image))
             return
-        waiting = self.rows_waiting
-        for image in images:
-            waiting[image.key] = image  # an image is the whole row: the latest write suffices
-        self._flush_rows()
-
-    def _flush_rows(self) -> None:
+        if len(images) > 1:  # an image is the whole row: one write per table suffices
+            images = list({image.key: image for image in images}.values())
         rows = self.rows
-        images = list(self.rows_waiting.values())
-        self.rows_waiting.clear()
         if rows is None:
             left = images
         else:
@@ -227,7 +221,6 @@ class RingWriter:
         self.frames.clear()
         self.blocks.clear()
         self.unit.clear()
-        self.rows_waiting.clear()
         self.data_bell.close()
         self.room_bell.close()
         self.ring.close()

@@ -49,11 +49,13 @@ transport is only offered on x86-64 (``SUPPORTED``), and elsewhere peers use TCP
 from __future__ import annotations
 
 import mmap
-import os
 import platform
-import stat
 import threading
 from dataclasses import dataclass
+
+from runtime.drivers.shm_segment import RingError, attach_segment, create_segment, token_words
+
+__all__ = ["HEADER", "MAGIC", "MIN_CAPACITY", "SUPPORTED", "RingError", "RingSpec", "ShmRing", "full_fence"]
 
 HEADER = 4096
 MAGIC = 0x3147_4E49_5244_5244  # b"DRDRING1" as a little-endian word; bump with the layout
@@ -75,10 +77,6 @@ def full_fence() -> None:
     _FENCE.release()
 
 
-class RingError(Exception):
-    """A segment that is not what it should be (owner, mode, size, header, token)."""
-
-
 @dataclass(frozen=True, slots=True)
 class RingSpec:
     """What the consumer is told over TLS to find and check the producer's segment."""
@@ -86,12 +84,6 @@ class RingSpec:
     path: str
     capacity: int
     token: bytes  # 16 bytes
-
-
-def _words(token: bytes) -> tuple[int, int]:
-    if len(token) != 16:
-        raise RingError("a ring token is 16 bytes")
-    return int.from_bytes(token[:8], "little"), int.from_bytes(token[8:], "little")
 
 
 class ShmRing:
@@ -119,17 +111,8 @@ class ShmRing:
         this process's user, and write its header."""
         if capacity < MIN_CAPACITY or capacity & (capacity - 1):
             raise RingError(f"ring capacity must be a power of two >= {MIN_CAPACITY}, got {capacity}")
-        t0, t1 = _words(token)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask did
-            os.ftruncate(fd, HEADER + capacity)
-            mm = mmap.mmap(fd, HEADER + capacity)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        os.close(fd)
+        t0, t1 = token_words(token)
+        mm = create_segment(path, HEADER + capacity)
         ring = cls(mm, capacity, path)
         words = ring._words
         words[_CAPACITY] = capacity
@@ -144,24 +127,10 @@ class ShmRing:
         regular file of our own user, mode 0600, of the announced size, whose header holds the
         magic, the capacity and the token the peer told us over TLS (so it is the segment that
         peer made, not a file someone else put under that name)."""
-        t0, t1 = _words(spec.token)
-        try:
-            fd = os.open(spec.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise RingError(f"cannot open {spec.path}: {exc.strerror or exc}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise RingError(f"{spec.path} is not a regular file")
-            if st.st_uid != os.getuid():
-                raise RingError(f"{spec.path} belongs to uid {st.st_uid}, not ours ({os.getuid()})")
-            if st.st_mode & 0o077:
-                raise RingError(f"{spec.path} has mode {stat.S_IMODE(st.st_mode):o}, not 600")
-            if st.st_size != HEADER + spec.capacity or spec.capacity & (spec.capacity - 1):
-                raise RingError(f"{spec.path} has {st.st_size} bytes, not a ring of {spec.capacity}")
-            mm = mmap.mmap(fd, HEADER + spec.capacity)
-        finally:
-            os.close(fd)
+        t0, t1 = token_words(spec.token)
+        if spec.capacity < MIN_CAPACITY or spec.capacity & (spec.capacity - 1):
+            raise RingError(f"{spec.path}: not a ring (capacity {spec.capacity} is not a power of two)")
+        mm = attach_segment(spec.path, HEADER + spec.capacity, f"a ring of {spec.capacity}", writable=True)
         ring = cls(mm, spec.capacity, spec.path)
         words = ring._words
         if (words[_MAGIC], words[_CAPACITY], words[_TOKEN0], words[_TOKEN1]) != (MAGIC, spec.capacity, t0, t1):

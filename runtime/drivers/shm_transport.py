@@ -48,11 +48,12 @@ from typing import Any, Sequence
 
 from runtime.core.rdmc_descriptor import ObjectId
 from runtime.core.rdmc_events import Refusal
+from runtime.drivers.shm_board import RowCopy
 from runtime.drivers.shm_doorbell import Doorbell
 from runtime.drivers.shm_link import RingReader, RingWriter
 from runtime.drivers.shm_names import host_key, new_names, offered_names, remove_stale
 from runtime.drivers.shm_ring import SUPPORTED, RingError, RingSpec, ShmRing
-from runtime.drivers.shm_rows import RowCopy, RowImage, RowPlanner
+from runtime.drivers.shm_rows import RowImage, RowPlanner
 from runtime.drivers.tcp import TcpTransport
 from runtime.drivers.transport import BlockDestination, ContactProblem, FramesHandler, PeerLostHandler, RowPush
 from runtime.errors import ConfigError
