@@ -158,8 +158,17 @@ class RingWriter:
         self.pump()
 
     def backlog(self) -> int:
-        """Bytes waiting here or in the ring, not yet read by the peer."""
-        return self.queued + sum(len(p) for p in self.unit) + (self.ring.capacity - self.ring.free())
+        """Bytes waiting here, not yet in the ring: what ``Transport.backlog`` means ("not yet
+        taken by the kernel"; the ring plays the socket buffer's part). Counting the ring's
+        unread bytes too made a link whose reader was 1 MiB behind look congested, and the
+        node's answers to members (``answer_queue``: written while a link's backlog is under
+        1 MiB, else retried 2 ms later) waited where TCP, whose kernel buffer holds as much as
+        the ring, wrote them at once."""
+        return self.queued + sum(len(p) for p in self.unit)
+
+    def unread(self) -> int:
+        """Bytes in the ring the reader has not consumed yet."""
+        return self.ring.capacity - self.ring.free()
 
     def pump(self) -> None:
         """Write what waits, in order, until it is all in or the ring is full."""
