@@ -201,8 +201,7 @@ class RingWriter:
             self._wait_for_room()
 
     def _wake_reader(self) -> None:
-        full_fence()  # our head store before the load of the reader's epoch
-        epoch = self.ring.consumer_sleeps()
+        epoch = self.ring.sleeping_consumer()  # fenced: our head store before this load
         if epoch and epoch != self._rung_for:
             self._rung_for = epoch
             self.wakeups += 1
@@ -311,22 +310,29 @@ class RingReader:
                     continue
                 # Empty: say we may sleep, then look once more (see the module docstring).
                 self._epoch += 1
-                ring.set_consumer_sleeps(self._epoch)
-                full_fence()
-                if ring.readable() == 0 and (rows is None or not rows.changed()):
+                if ring.try_sleep(self._epoch) and (rows is None or not rows.changed()):
                     return
                 ring.set_consumer_sleeps(0)
                 continue
-            items: list[Any] = []
-            n = 0
-            for piece in pieces:
-                items.extend(self.decoder.feed(piece))
-                n += len(piece)
+            if len(pieces) == 1:
+                piece = pieces[0]
+                items = self.decoder.feed(piece)
+                n = len(piece)
                 piece.release()
+            else:  # wrapped around the ring's end
+                items = []
+                n = 0
+                for piece in pieces:
+                    items.extend(self.decoder.feed(piece))
+                    n += len(piece)
+                    piece.release()
             ring.consume(n)
             self.received += n
             budget -= n
-            self._wake_writer()
+            epoch = ring.waiting_producer()  # fenced: our tail store before this load
+            if epoch and epoch != self._rung_for:
+                self._rung_for = epoch
+                self.room_bell.ring()
             if items:
                 self.on_items(items)
                 if self.closed:
@@ -350,13 +356,6 @@ class RingReader:
         """Bytes or rows wait to be read (for the transport's sweep for missed wake-ups)."""
         rows = self.rows
         return bool(self.ring.readable() or self._held or (rows is not None and rows.changed()))
-
-    def _wake_writer(self) -> None:
-        full_fence()  # our tail store before the load of the writer's epoch
-        epoch = self.ring.producer_waits()
-        if epoch and epoch != self._rung_for:
-            self._rung_for = epoch
-            self.room_bell.ring()
 
     def close(self) -> None:
         """Stop reading and unmap; the files are the owner's to remove."""

@@ -68,13 +68,14 @@ _MAGIC, _CAPACITY, _TOKEN0, _TOKEN1 = 0, 1, 2, 3
 _HEAD, _TAIL, _CONSUMER_SLEEPS, _PRODUCER_WAITS = 8, 16, 24, 32
 
 _FENCE = threading.Lock()
+_acquire, _release = _FENCE.acquire, _FENCE.release
 
 
 def full_fence() -> None:
     """A full memory barrier on x86 (a locked read-modify-write in ``sem_trywait`` and
     ``sem_post``); see the module docstring for where it is needed and why."""
-    _FENCE.acquire()
-    _FENCE.release()
+    _acquire()
+    _release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,25 +160,36 @@ class ShmRing:
         return self.capacity - (self._head - self._words[_TAIL])
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Copy as much of ``data`` as fits, publish it, and return how many bytes that was."""
+        """Copy as much of ``data`` as fits, publish it, and return how many bytes that was.
+        (Written for the common case, a frame that fits before the ring's end: one bounds
+        test, one copy, one store; no ``min()`` or nested calls on the way.)"""
         head = self._head
+        size = len(data)
         room = self.capacity - (head - self._words[_TAIL])
-        n = min(room, len(data))
+        n = size if size <= room else room
         if n <= 0:
             return 0
         pos = head & self._mask
-        first = min(n, self.capacity - pos)
-        dst = self._data
-        if first == len(data):
-            dst[pos : pos + first] = data
+        end = pos + n
+        if n == size and end <= self.capacity:
+            self._data[pos:end] = data
         else:
+            first = n if end <= self.capacity else self.capacity - pos
             with memoryview(data) as src:
-                dst[pos : pos + first] = src[:first]
+                self._data[pos : pos + first] = src[:first]
                 if n > first:
-                    dst[: n - first] = src[first:n]
-        self._head = head + n
-        self._words[_HEAD] = head + n  # publish: after the data (TSO keeps store order)
+                    self._data[: n - first] = src[first:n]
+        head += n
+        self._head = head
+        self._words[_HEAD] = head  # publish: after the data (TSO keeps store order)
         return n
+
+    def sleeping_consumer(self) -> int:
+        """Fence, then the consumer's sleep epoch (0: awake): the producer's half of the
+        sleep protocol after it published bytes (see the module docstring)."""
+        _acquire()
+        _release()
+        return self._words[_CONSUMER_SLEEPS]
 
     def consumer_sleeps(self) -> int:
         """The consumer's sleep epoch (0: awake). Call after :func:`full_fence`."""
@@ -203,14 +215,18 @@ class ShmRing:
     def pieces(self, limit: int) -> tuple[memoryview, ...]:
         """Up to ``limit`` readable bytes, as one or two views of the ring (two where they
         wrap around its end). Valid until :meth:`consume`."""
-        n = min(self.readable(), limit)
+        tail = self._tail
+        n = self._words[_HEAD] - tail
+        if n > limit:
+            n = limit
         if n <= 0:
             return ()
-        pos = self._tail & self._mask
-        first = min(n, self.capacity - pos)
-        if first == n:
-            return (self._data[pos : pos + n],)
-        return (self._data[pos : pos + first], self._data[: n - first])
+        pos = tail & self._mask
+        end = pos + n
+        if end <= self.capacity:
+            return (self._data[pos:end],)
+        first = self.capacity - pos
+        return (self._data[pos:], self._data[: n - first])
 
     def consume(self, n: int) -> None:
         """Hand ``n`` bytes back to the producer (after they were read)."""
@@ -219,6 +235,22 @@ class ShmRing:
 
     def set_consumer_sleeps(self, epoch: int) -> None:
         self._words[_CONSUMER_SLEEPS] = epoch
+
+    def try_sleep(self, epoch: int) -> bool:
+        """The consumer's half of the sleep protocol: store ``epoch`` (nonzero: ring me),
+        fence, look once more. True: the ring is empty, sleep; False: bytes arrived
+        meanwhile (the caller reads on and stores 0 again)."""
+        self.set_consumer_sleeps(epoch)  # a method: a mirrored ring (rdma_ring) publishes it
+        _acquire()
+        _release()
+        return self._words[_HEAD] == self._tail
+
+    def waiting_producer(self) -> int:
+        """Fence, then the producer's wait epoch (0: not waiting): the consumer's check after
+        it freed room (our tail store before this load)."""
+        _acquire()
+        _release()
+        return self._words[_PRODUCER_WAITS]
 
     def producer_waits(self) -> int:
         """The producer's wait epoch (0: not waiting). Call after :func:`full_fence`."""
