@@ -2,9 +2,13 @@
 
 Members on one host pick shared memory by default (``node.transport = auto``); across hosts
 they use TCP with TLS. Which one a deployment gets decides its speed, so this experiment runs
-each workload twice, minutes apart on the same machine, with ``node.transport`` forced to
-``tcp`` and then to ``shm`` (clients always reach their contact over TLS TCP), and reports the
-ratio. TLS is on in both (the default across hosts, where TCP is what runs).
+each workload over both in the same minutes on the same machine, ``node.transport`` forced to
+``tcp`` or ``shm`` (clients always reach their contact over TLS TCP), and reports the ratio.
+TLS is on in both (the default across hosts, where TCP is what runs).
+
+A full run alternates the two transports ``ROUNDS`` times per workload and reports medians
+(a quick run: once each): on a shared 2-core machine one run of a workload swung by up to 2x
+between neighbouring runs of the same transport, far more than the transports differ.
 
 Workloads: 100 B ordered multicast with all three members sending and with one; ``KV.put``
 through a ``Client`` (pipelined and one at a time); 100 MB objects from one sender and from all
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +33,7 @@ from bench.registry import Context, Row, experiment
 
 TRANSPORTS = ("tcp", "shm")
 MB = 1 << 20
+ROUNDS = 3  # runs per transport and workload in a full run (their median is reported)
 
 
 @contextmanager
@@ -151,26 +157,40 @@ WORKLOADS: list[tuple[str, str, bool, Callable[[Context], Row]]] = [
 )
 def transports(ctx: Context) -> list[Row]:
     rows: list[Row] = []
+    rounds = ctx.pick(1, ROUNDS)
     for case, unit, higher, workload in WORKLOADS:
         row: Row = {"case": case, "unit": unit}
-        for kind in TRANSPORTS:
-            t0 = time.monotonic()
-            try:
-                with forced_transport(kind):
-                    got = workload(ctx)
-            except Exception as exc:  # one failed run must not lose the others
-                row["error"] = f"{kind}: {type(exc).__name__}: {str(exc)[:160]}"
-                ctx.say(f"  {case} over {kind}: failed: {exc}")
+        got: dict[str, list[Row]] = {kind: [] for kind in TRANSPORTS}
+        for r in range(rounds):
+            # tcp, shm, then shm, tcp, ...: each transport runs as often first as second
+            for kind in TRANSPORTS if r % 2 == 0 else TRANSPORTS[::-1]:
+                t0 = time.monotonic()
+                try:
+                    with forced_transport(kind):
+                        one = workload(ctx)
+                except Exception as exc:  # one failed run must not lose the others
+                    row["error"] = f"{kind}: {type(exc).__name__}: {str(exc)[:160]}"
+                    ctx.say(f"  {case} over {kind}: failed: {exc}")
+                    continue
+                got[kind].append(one)
+                nodes = one.get("cpu_ms_per_mb_nodes")
+                per_node = f"; CPU ms/MB per node {' '.join(f'{v:.2f}' for v in nodes)}" if nodes else ""
+                took = time.monotonic() - t0
+                ctx.say(f"  {case} over {kind}: {one['value']:,.2f} {unit} ({took:.0f} s){per_node}")
+        for kind, runs in got.items():
+            if not runs:
                 continue
-            row[kind], row[f"cpu_us_{kind}"] = got["value"], got["cpu_us"]
-            nodes = got.get("cpu_ms_per_mb_nodes")
-            if nodes is not None:
-                row[f"cpu_ms_per_mb_nodes_{kind}"] = nodes
-            per_node = f"; CPU ms/MB per node {' '.join(f'{v:.2f}' for v in nodes)}" if nodes else ""
-            ctx.say(f"  {case} over {kind}: {got['value']:,.2f} {unit} ({time.monotonic() - t0:.0f} s){per_node}")
+            row[kind] = statistics.median(one["value"] for one in runs)
+            row[f"cpu_us_{kind}"] = statistics.median(one["cpu_us"] for one in runs)
+            row[f"runs_{kind}"] = [one["value"] for one in runs]
+            nodes = [one["cpu_ms_per_mb_nodes"] for one in runs if "cpu_ms_per_mb_nodes" in one]
+            if nodes:
+                row[f"cpu_ms_per_mb_nodes_{kind}"] = [round(statistics.median(v), 3) for v in zip(*nodes)]
         if all(isinstance(row.get(k), float) and row[k] > 0 for k in TRANSPORTS):
             row["gain"] = row["shm"] / row["tcp"] if higher else row["tcp"] / row["shm"]
         rows.append(row)
+    ctx.note(f"medians of {rounds} run(s) per transport, alternated (tcp, shm, shm, tcp, ...): single runs")
+    ctx.note("of one workload swung by up to 2x on this shared machine, the CPU per op far less")
     ctx.note("gain: shared memory over TCP (for p50, TCP's latency over shared memory's); CPU µs per op: per")
     ctx.note("message per member (multicast), summed over client, contact and both replicas (actor), per MB")
     ctx.note("moved summed over the three members (objects; the app's digest of each delivered object included)")

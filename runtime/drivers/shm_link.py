@@ -32,10 +32,11 @@ import logging
 from collections import deque
 from typing import Any, Callable
 
+from runtime.drivers.shm_board import RowBoard, RowCopy
 from runtime.drivers.shm_doorbell import Doorbell
 from runtime.drivers.shm_names import RingNames
 from runtime.drivers.shm_ring import ShmRing, full_fence
-from runtime.drivers.shm_rows import RowBoard, RowCopy, RowImage, TableKey, image_frame
+from runtime.drivers.shm_rows import RowImage, image_frame
 from runtime.wire.codec import FrameDecoder
 
 log = logging.getLogger("derecho.shm")
@@ -59,7 +60,6 @@ class RingWriter:
     ) -> None:
         self.loop = loop
         self.rows = rows  # the board our SST rows go into (None: pushes travel as frames)
-        self.rows_waiting: dict[TableKey, RowImage] = {}  # rows behind frames that wait here
         self.names = names
         self.ring = ring
         self.data_bell = data_bell  # we ring it: data arrived
@@ -137,15 +137,9 @@ class RingWriter:
             for image in images:
                 self.send(image_frame(image))
             return
-        waiting = self.rows_waiting
-        for image in images:
-            waiting[image.key] = image  # an image is the whole row: the latest write suffices
-        self._flush_rows()
-
-    def _flush_rows(self) -> None:
+        if len(images) > 1:  # an image is the whole row: one write per table suffices
+            images = list({image.key: image for image in images}.values())
         rows = self.rows
-        images = list(self.rows_waiting.values())
-        self.rows_waiting.clear()
         if rows is None:
             left = images
         else:
@@ -164,8 +158,17 @@ class RingWriter:
         self.pump()
 
     def backlog(self) -> int:
-        """Bytes waiting here or in the ring, not yet read by the peer."""
-        return self.queued + sum(len(p) for p in self.unit) + (self.ring.capacity - self.ring.free())
+        """Bytes waiting here, not yet in the ring: what ``Transport.backlog`` means ("not yet
+        taken by the kernel"; the ring plays the socket buffer's part). Counting the ring's
+        unread bytes too made a link whose reader was 1 MiB behind look congested, and the
+        node's answers to members (``answer_queue``: written while a link's backlog is under
+        1 MiB, else retried 2 ms later) waited where TCP, whose kernel buffer holds as much as
+        the ring, wrote them at once."""
+        return self.queued + sum(len(p) for p in self.unit)
+
+    def unread(self) -> int:
+        """Bytes in the ring the reader has not consumed yet."""
+        return self.ring.capacity - self.ring.free()
 
     def pump(self) -> None:
         """Write what waits, in order, until it is all in or the ring is full."""
@@ -198,8 +201,7 @@ class RingWriter:
             self._wait_for_room()
 
     def _wake_reader(self) -> None:
-        full_fence()  # our head store before the load of the reader's epoch
-        epoch = self.ring.consumer_sleeps()
+        epoch = self.ring.sleeping_consumer()  # fenced: our head store before this load
         if epoch and epoch != self._rung_for:
             self._rung_for = epoch
             self.wakeups += 1
@@ -227,7 +229,6 @@ class RingWriter:
         self.frames.clear()
         self.blocks.clear()
         self.unit.clear()
-        self.rows_waiting.clear()
         self.data_bell.close()
         self.room_bell.close()
         self.ring.close()
@@ -309,22 +310,29 @@ class RingReader:
                     continue
                 # Empty: say we may sleep, then look once more (see the module docstring).
                 self._epoch += 1
-                ring.set_consumer_sleeps(self._epoch)
-                full_fence()
-                if ring.readable() == 0 and (rows is None or not rows.changed()):
+                if ring.try_sleep(self._epoch) and (rows is None or not rows.changed()):
                     return
                 ring.set_consumer_sleeps(0)
                 continue
-            items: list[Any] = []
-            n = 0
-            for piece in pieces:
-                items.extend(self.decoder.feed(piece))
-                n += len(piece)
+            if len(pieces) == 1:
+                piece = pieces[0]
+                items = self.decoder.feed(piece)
+                n = len(piece)
                 piece.release()
+            else:  # wrapped around the ring's end
+                items = []
+                n = 0
+                for piece in pieces:
+                    items.extend(self.decoder.feed(piece))
+                    n += len(piece)
+                    piece.release()
             ring.consume(n)
             self.received += n
             budget -= n
-            self._wake_writer()
+            epoch = ring.waiting_producer()  # fenced: our tail store before this load
+            if epoch and epoch != self._rung_for:
+                self._rung_for = epoch
+                self.room_bell.ring()
             if items:
                 self.on_items(items)
                 if self.closed:
@@ -348,13 +356,6 @@ class RingReader:
         """Bytes or rows wait to be read (for the transport's sweep for missed wake-ups)."""
         rows = self.rows
         return bool(self.ring.readable() or self._held or (rows is not None and rows.changed()))
-
-    def _wake_writer(self) -> None:
-        full_fence()  # our tail store before the load of the writer's epoch
-        epoch = self.ring.producer_waits()
-        if epoch and epoch != self._rung_for:
-            self._rung_for = epoch
-            self.room_bell.ring()
 
     def close(self) -> None:
         """Stop reading and unmap; the files are the owner's to remove."""

@@ -49,11 +49,13 @@ transport is only offered on x86-64 (``SUPPORTED``), and elsewhere peers use TCP
 from __future__ import annotations
 
 import mmap
-import os
 import platform
-import stat
 import threading
 from dataclasses import dataclass
+
+from runtime.drivers.shm_segment import RingError, attach_segment, create_segment, token_words
+
+__all__ = ["HEADER", "MAGIC", "MIN_CAPACITY", "SUPPORTED", "RingError", "RingSpec", "ShmRing", "full_fence"]
 
 HEADER = 4096
 MAGIC = 0x3147_4E49_5244_5244  # b"DRDRING1" as a little-endian word; bump with the layout
@@ -66,17 +68,14 @@ _MAGIC, _CAPACITY, _TOKEN0, _TOKEN1 = 0, 1, 2, 3
 _HEAD, _TAIL, _CONSUMER_SLEEPS, _PRODUCER_WAITS = 8, 16, 24, 32
 
 _FENCE = threading.Lock()
+_acquire, _release = _FENCE.acquire, _FENCE.release
 
 
 def full_fence() -> None:
     """A full memory barrier on x86 (a locked read-modify-write in ``sem_trywait`` and
     ``sem_post``); see the module docstring for where it is needed and why."""
-    _FENCE.acquire()
-    _FENCE.release()
-
-
-class RingError(Exception):
-    """A segment that is not what it should be (owner, mode, size, header, token)."""
+    _acquire()
+    _release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +85,6 @@ class RingSpec:
     path: str
     capacity: int
     token: bytes  # 16 bytes
-
-
-def _words(token: bytes) -> tuple[int, int]:
-    if len(token) != 16:
-        raise RingError("a ring token is 16 bytes")
-    return int.from_bytes(token[:8], "little"), int.from_bytes(token[8:], "little")
 
 
 class ShmRing:
@@ -119,17 +112,8 @@ class ShmRing:
         this process's user, and write its header."""
         if capacity < MIN_CAPACITY or capacity & (capacity - 1):
             raise RingError(f"ring capacity must be a power of two >= {MIN_CAPACITY}, got {capacity}")
-        t0, t1 = _words(token)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask did
-            os.ftruncate(fd, HEADER + capacity)
-            mm = mmap.mmap(fd, HEADER + capacity)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        os.close(fd)
+        t0, t1 = token_words(token)
+        mm = create_segment(path, HEADER + capacity)
         ring = cls(mm, capacity, path)
         words = ring._words
         words[_CAPACITY] = capacity
@@ -144,24 +128,10 @@ class ShmRing:
         regular file of our own user, mode 0600, of the announced size, whose header holds the
         magic, the capacity and the token the peer told us over TLS (so it is the segment that
         peer made, not a file someone else put under that name)."""
-        t0, t1 = _words(spec.token)
-        try:
-            fd = os.open(spec.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise RingError(f"cannot open {spec.path}: {exc.strerror or exc}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise RingError(f"{spec.path} is not a regular file")
-            if st.st_uid != os.getuid():
-                raise RingError(f"{spec.path} belongs to uid {st.st_uid}, not ours ({os.getuid()})")
-            if st.st_mode & 0o077:
-                raise RingError(f"{spec.path} has mode {stat.S_IMODE(st.st_mode):o}, not 600")
-            if st.st_size != HEADER + spec.capacity or spec.capacity & (spec.capacity - 1):
-                raise RingError(f"{spec.path} has {st.st_size} bytes, not a ring of {spec.capacity}")
-            mm = mmap.mmap(fd, HEADER + spec.capacity)
-        finally:
-            os.close(fd)
+        t0, t1 = token_words(spec.token)
+        if spec.capacity < MIN_CAPACITY or spec.capacity & (spec.capacity - 1):
+            raise RingError(f"{spec.path}: not a ring (capacity {spec.capacity} is not a power of two)")
+        mm = attach_segment(spec.path, HEADER + spec.capacity, f"a ring of {spec.capacity}", writable=True)
         ring = cls(mm, spec.capacity, spec.path)
         words = ring._words
         if (words[_MAGIC], words[_CAPACITY], words[_TOKEN0], words[_TOKEN1]) != (MAGIC, spec.capacity, t0, t1):
@@ -190,25 +160,36 @@ class ShmRing:
         return self.capacity - (self._head - self._words[_TAIL])
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Copy as much of ``data`` as fits, publish it, and return how many bytes that was."""
+        """Copy as much of ``data`` as fits, publish it, and return how many bytes that was.
+        (Written for the common case, a frame that fits before the ring's end: one bounds
+        test, one copy, one store; no ``min()`` or nested calls on the way.)"""
         head = self._head
+        size = len(data)
         room = self.capacity - (head - self._words[_TAIL])
-        n = min(room, len(data))
+        n = size if size <= room else room
         if n <= 0:
             return 0
         pos = head & self._mask
-        first = min(n, self.capacity - pos)
-        dst = self._data
-        if first == len(data):
-            dst[pos : pos + first] = data
+        end = pos + n
+        if n == size and end <= self.capacity:
+            self._data[pos:end] = data
         else:
+            first = n if end <= self.capacity else self.capacity - pos
             with memoryview(data) as src:
-                dst[pos : pos + first] = src[:first]
+                self._data[pos : pos + first] = src[:first]
                 if n > first:
-                    dst[: n - first] = src[first:n]
-        self._head = head + n
-        self._words[_HEAD] = head + n  # publish: after the data (TSO keeps store order)
+                    self._data[: n - first] = src[first:n]
+        head += n
+        self._head = head
+        self._words[_HEAD] = head  # publish: after the data (TSO keeps store order)
         return n
+
+    def sleeping_consumer(self) -> int:
+        """Fence, then the consumer's sleep epoch (0: awake): the producer's half of the
+        sleep protocol after it published bytes (see the module docstring)."""
+        _acquire()
+        _release()
+        return self._words[_CONSUMER_SLEEPS]
 
     def consumer_sleeps(self) -> int:
         """The consumer's sleep epoch (0: awake). Call after :func:`full_fence`."""
@@ -234,14 +215,18 @@ class ShmRing:
     def pieces(self, limit: int) -> tuple[memoryview, ...]:
         """Up to ``limit`` readable bytes, as one or two views of the ring (two where they
         wrap around its end). Valid until :meth:`consume`."""
-        n = min(self.readable(), limit)
+        tail = self._tail
+        n = self._words[_HEAD] - tail
+        if n > limit:
+            n = limit
         if n <= 0:
             return ()
-        pos = self._tail & self._mask
-        first = min(n, self.capacity - pos)
-        if first == n:
-            return (self._data[pos : pos + n],)
-        return (self._data[pos : pos + first], self._data[: n - first])
+        pos = tail & self._mask
+        end = pos + n
+        if end <= self.capacity:
+            return (self._data[pos:end],)
+        first = self.capacity - pos
+        return (self._data[pos:], self._data[: n - first])
 
     def consume(self, n: int) -> None:
         """Hand ``n`` bytes back to the producer (after they were read)."""
@@ -250,6 +235,22 @@ class ShmRing:
 
     def set_consumer_sleeps(self, epoch: int) -> None:
         self._words[_CONSUMER_SLEEPS] = epoch
+
+    def try_sleep(self, epoch: int) -> bool:
+        """The consumer's half of the sleep protocol: store ``epoch`` (nonzero: ring me),
+        fence, look once more. True: the ring is empty, sleep; False: bytes arrived
+        meanwhile (the caller reads on and stores 0 again)."""
+        self.set_consumer_sleeps(epoch)  # a method: a mirrored ring (rdma_ring) publishes it
+        _acquire()
+        _release()
+        return self._words[_HEAD] == self._tail
+
+    def waiting_producer(self) -> int:
+        """Fence, then the producer's wait epoch (0: not waiting): the consumer's check after
+        it freed room (our tail store before this load)."""
+        _acquire()
+        _release()
+        return self._words[_PRODUCER_WAITS]
 
     def producer_waits(self) -> int:
         """The producer's wait epoch (0: not waiting). Call after :func:`full_fence`."""

@@ -9,7 +9,6 @@ others keep shared memory between themselves.
 
 from __future__ import annotations
 
-import glob
 import os
 import threading
 import time
@@ -20,6 +19,7 @@ import pytest
 
 import derecho_actors as da
 from derecho_actors.tools.cluster import LocalCluster
+from tests.shm_support import files_of, own_cluster
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -27,6 +27,12 @@ pytestmark = [
 ]
 
 FAST = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "500"}
+
+
+@pytest.fixture
+def cluster_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    with own_cluster(request) as name:
+        yield name
 
 
 @da.replicated
@@ -48,21 +54,6 @@ class Tally:
     @da.p2p
     def peek(self) -> int:
         return self.total
-
-
-def files_of(cluster: str, node: int | None = None) -> list[str]:
-    who = "*" if node is None else str(node)
-    return sorted(glob.glob(f"/dev/shm/derecho-{cluster}-n{who}-*"))
-
-
-@pytest.fixture
-def cluster_name(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A cluster name of this test only, so its /dev/shm files are told from any other run's;
-    whatever is left of it is removed at the end."""
-    name = f"shm{os.getpid()}x{abs(hash(request.node.name)) % 10_000}"
-    yield name
-    for path in files_of(name):
-        os.unlink(path)
 
 
 def transports(cluster: LocalCluster, node: int) -> dict[int, str]:

@@ -17,18 +17,8 @@ import pytest
 from runtime.core.layout import ShardId
 from runtime.core.messages import GroupPush, ShardPush
 from runtime.core.sst_rows import RowDelta
-from runtime.drivers.shm_rows import (
-    BOARD_HEADER,
-    MAX_VALUES,
-    SLOT_SIZE,
-    RowBoard,
-    RowCopy,
-    RowImage,
-    RowPlanner,
-    describe,
-    int_value,
-    parse_descriptor,
-)
+from runtime.drivers.shm_board import BOARD_HEADER, MAX_VALUES, SLOT_SIZE, RowBoard, RowCopy, describe, parse_descriptor
+from runtime.drivers.shm_rows import RowImage, RowPlanner, int_value
 from runtime.drivers.shm_transport import TransportMode
 from runtime.drivers.transport import RowPush
 from runtime.wire.codec import FrameDecoder, frame

@@ -12,18 +12,17 @@ look for, so a transport that silently fell back to frames would fail them.
 
 from __future__ import annotations
 
-import glob
 import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import derecho_actors as da
 from derecho_actors.tools.cluster import LocalCluster
+from tests.shm_support import files_of, own_cluster, wait_for
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -32,6 +31,12 @@ pytestmark = [
 
 FAST = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "500", "node.transport": "shm"}
 BOARD_LINE = "SST rows arrive by one-sided writes into"
+
+
+@pytest.fixture
+def cluster_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    with own_cluster(request) as name:
+        yield name
 
 
 @da.replicated
@@ -49,31 +54,10 @@ class Journal:
         return list(self.entries)
 
 
-@pytest.fixture
-def cluster_name(request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"rows{os.getpid()}x{abs(hash(request.node.name)) % 10_000}"
-    yield name
-    for path in glob.glob(f"/dev/shm/derecho-{name}-*"):
-        os.unlink(path)
-
-
-def files_of(cluster: str, node: int) -> list[str]:
-    return sorted(glob.glob(f"/dev/shm/derecho-{cluster}-n{node}-*"))
-
-
 def boards_read(workdir: Path, node: int) -> list[str]:
     """The boards (by file name) this node read rows from, per its log."""
     text = (workdir / f"node-{node}.log").read_text(errors="replace")
     return [line.split(BOARD_LINE, 1)[1].strip() for line in text.splitlines() if BOARD_LINE in line]
-
-
-def wait(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def write_through_every_contact(cluster: LocalCluster, nodes: list[int], per_node: int) -> None:
@@ -112,7 +96,7 @@ def test_three_nodes_multicast_with_rows_on_boards_and_survive_a_kill(tmp_path: 
         assert all(v == first for v in logs.values())  # one order everywhere
         assert len(first) == 1 + 3 * 400 and len(set(first)) == len(first)
         for node in (1, 2, 3):  # every node read rows of both peers from their boards
-            wait(lambda node=node: len(boards_read(tmp_path, node)) >= 2, 10, f"node {node} reading two boards")
+            wait_for(lambda node=node: len(boards_read(tmp_path, node)) >= 2, 10, f"node {node} reading two boards")
             owners = {name.split("-n", 1)[1].split("-", 1)[0] for name in boards_read(tmp_path, node)}
             assert owners == {str(p) for p in (1, 2, 3) if p != node}
         dead_pid = cluster.procs[3].pid
@@ -134,7 +118,7 @@ def test_three_nodes_multicast_with_rows_on_boards_and_survive_a_kill(tmp_path: 
         write_through_every_contact(cluster, [1, 2, 3], 30)
         final = journal.all().wait_all(timeout=30)
         assert len({tuple(v) for v in final.values()}) == 1 and set(final) == {1, 2, 3}
-        wait(lambda: files_of(cluster_name, 3) == [], 10, "node 3's names unlinked once its rings were accepted")
+        wait_for(lambda: files_of(cluster_name, 3) == [], 10, "node 3's names unlinked once its rings were accepted")
 
 
 def test_a_mixed_view_one_node_on_tcp(tmp_path: Path, cluster_name: str) -> None:
@@ -154,6 +138,6 @@ def test_a_mixed_view_one_node_on_tcp(tmp_path: Path, cluster_name: str) -> None
         logs = journal.all().wait_all(timeout=30)
         assert set(logs) == {1, 2, 3} and len({tuple(v) for v in logs.values()}) == 1
         assert len(logs[1]) == 1 + 900
-        wait(lambda: len(boards_read(tmp_path, 1)) == 1 and len(boards_read(tmp_path, 2)) == 1, 10, "boards 1<->2")
+        wait_for(lambda: len(boards_read(tmp_path, 1)) == 1 and len(boards_read(tmp_path, 2)) == 1, 10, "boards 1<->2")
         assert "-n2-to1-" in boards_read(tmp_path, 1)[0] and "-n1-to2-" in boards_read(tmp_path, 2)[0]
         assert boards_read(tmp_path, 3) == []  # node 3 gets every row as a frame over TCP

@@ -15,6 +15,7 @@ import asyncio
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,24 +243,34 @@ class MuteBell(Doorbell):
 
 
 def test_a_lost_wake_up_delays_frames_never_loses_them(shm_dir: str) -> None:
+    """Told by counts, not by timing: the writer rang (muted), the reader was never woken,
+    and the frame still arrived, which only the sweep can have done. (A check that the frame
+    had not arrived yet after some loop turns failed under load: a slow turn let the sweep
+    run first.)"""
+
     async def main() -> None:
         a, b = await pair(shm_dir)
         a.shm.send(2, frame(AppMessage(b"1")))
-        for _ in range(100):
-            if a.shm.pairs.get(2) is not None and a.shm.pairs[2].switched and b.got:
-                break
+        deadline = time.monotonic() + 10
+
+        def switched() -> bool:  # a writes into its ring, and b reads it from the switch on
+            out, into = a.shm.pairs.get(2), b.shm.pairs.get(1)
+            return bool(out and out.switched and into and into.reader and into.reader.started and b.got)
+
+        while not switched():
+            assert time.monotonic() < deadline, "the pair never switched to its ring"
             await asyncio.sleep(0.005)
-        writer = a.shm.pairs[2].writer
-        assert writer is not None
+        writer, reader = a.shm.pairs[2].writer, b.shm.pairs[1].reader
+        assert writer is not None and reader is not None
         writer.data_bell = MuteBell(writer.data_bell.path, writer.data_bell.fd)  # the wake-up goes missing
+        rings, woken = writer.wakeups, reader.wakeups
         a.shm.send(2, frame(AppMessage(b"2")))
-        await turns()
-        assert b.got == [AppMessage(b"1")]  # nobody woke the reader ...
-        for _ in range(100):
-            if len(b.got) == 2:
-                break
+        assert writer.wakeups == rings + 1  # the reader slept: the writer rang, and nobody heard
+        while len(b.got) < 2:
+            assert time.monotonic() < deadline + 10, "the sweep never read the frame"
             await asyncio.sleep(0.005)
-        assert b.got == [AppMessage(b"1"), AppMessage(b"2")]  # ... the sweep found the frame
+        assert b.got == [AppMessage(b"1"), AppMessage(b"2")]  # in order, once
+        assert reader.wakeups == woken  # never woken: the sweep found the frame
         await a.shm.close()
         await b.shm.close()
 
