@@ -31,7 +31,6 @@ from runtime.drivers.app_queue import AppQueue
 from runtime.drivers.client_door import ClientDoor, client_key
 from runtime.drivers.event_loop import run_loop
 from runtime.drivers.leader_word import LeaderWord
-from runtime.drivers.loop_timers import precise_timers
 from runtime.drivers.node_io import NodeIO
 from runtime.drivers.node_phases import NodeContext, NodeCounters, NodePhase, NotStarted, WaitingPhase
 from runtime.drivers.node_phases.first import enter_first_phase
@@ -146,35 +145,30 @@ class NodeDriver:
         )
         transport.block_sink = self._block_destination
         io = NodeIO(asyncio.get_running_loop(), transport, self._flush, self._tick)
-        # The core's and the app's sub-millisecond timers fire when due (runtime.drivers.loop_timers).
-        on_time = precise_timers(io.loop)
-        try:
-            ctx = self._attach(io)
-            await io.transport.start()
-            metrics = None
-            cfg = self.config
-            if cfg.node.metrics:
-                from runtime.drivers.metrics import MetricsServer
+        ctx = self._attach(io)
+        await io.transport.start()
+        metrics = None
+        cfg = self.config
+        if cfg.node.metrics:
+            from runtime.drivers.metrics import MetricsServer
 
-                try:
-                    metrics = MetricsServer.for_node(cfg, self._status_snapshot, self.security)
-                except OSError as exc:
-                    await io.transport.close()
-                    raise ConfigError(f"node.metrics: cannot listen on {cfg.node.metrics}: {exc}") from None
-                metrics.start()
-            enter_first_phase(ctx)
-            self._started.set()
-            io.schedule_flush()
-            await io.stopped.wait()
-            if self._queue.digests is not None:
-                self._queue.digests.close()
-            if metrics is not None:
-                await asyncio.to_thread(metrics.stop)
-            await io.transport.close()
-            self._notify_stop(self.stop_reason or "stopped")
-            return self.stop_reason or "stopped"
-        finally:
-            on_time()
+            try:
+                metrics = MetricsServer.for_node(cfg, self._status_snapshot, self.security)
+            except OSError as exc:
+                await io.transport.close()
+                raise ConfigError(f"node.metrics: cannot listen on {cfg.node.metrics}: {exc}") from None
+            metrics.start()
+        enter_first_phase(ctx)
+        self._started.set()
+        io.schedule_flush()
+        await io.stopped.wait()
+        if self._queue.digests is not None:
+            self._queue.digests.close()
+        if metrics is not None:
+            await asyncio.to_thread(metrics.stop)
+        await io.transport.close()
+        self._notify_stop(self.stop_reason or "stopped")
+        return self.stop_reason or "stopped"
 
     def _attach(self, io: NodeIO) -> NodeContext:
         """Take the loop and transport ``run()`` made: the node waits for its core from now on."""
