@@ -21,7 +21,16 @@ the same in every process, as the latency stamps are):
   ``push_row`` with a row alone; each goes to every peer), group rows sent
   (``group_push``), frames the core took (``frames_in``), transport writes
   (``writes``, ``write_bytes``), timer firings (``ticks``), flushes and loop turns, and
-  the process's CPU seconds from install to write (``cpu_s``).
+  the process's CPU seconds from install to write (``cpu_s``); doorbell rings of the
+  shared-memory transport (``rings``) with the wall and CPU microseconds they took
+  (``ring_wall_us``, ``ring_cpu_us``: a ring that wakes a sleeping peer on a busy machine
+  lets the kernel run that peer in the ringer's place, so its wall time is the peer's turn,
+  not the system call), and the process's context switches (``ctx_voluntary``: it slept;
+  ``ctx_preempted``: it was runnable and taken off the CPU).
+
+The stage samples are the first real message of each push: the oldest of its batch, so the
+wait for the app's tick is the longest one (a message due just after a tick waits a whole
+tick; the batch's average waits about half of one).
 
 :func:`analyse` joins the files of all members: for sampled messages, the time from submit to
 the push leaving the sender, to its arrival at each member, to stability known there, to its
@@ -67,8 +76,22 @@ class Tracer:
         self._pending_sent: list[tuple[int, int]] = []
         self._handles = 0
         self.counts: dict[str, float] = dict.fromkeys(
-            ("push_msgs", "push_nulls", "push_row", "group_push", "frames_in", "writes", "write_bytes", "ticks"), 0
+            (
+                "push_msgs",
+                "push_nulls",
+                "push_row",
+                "group_push",
+                "frames_in",
+                "writes",
+                "write_bytes",
+                "ticks",
+                "rings",
+                "ring_wall_us",
+                "ring_cpu_us",
+            ),
+            0,
         )
+        self._switches0 = (0, 0)
         self._cpu0 = 0.0
         self._delivered0 = -1
         self._delivered = 0
@@ -154,6 +177,8 @@ class Tracer:
             return send0(node, data)
 
         transport.send = send
+        self._count_rings()
+        self._switches0 = _context_switches()
         self._cpu0 = time.process_time()
         loop = io.loop
         run_once0 = loop._run_once
@@ -180,6 +205,23 @@ class Tracer:
         selector.select = select
         loop._run_once = run_once
 
+    def _count_rings(self) -> None:
+        """Wrap the shared-memory doorbell (this process only: the tracer's node)."""
+        from runtime.drivers.shm_doorbell import Doorbell
+
+        counts = self.counts
+        ring0 = Doorbell.ring
+        wall, cpu = time.perf_counter_ns, time.thread_time_ns
+
+        def ring(bell: Doorbell) -> None:
+            w0, c0 = wall(), cpu()
+            ring0(bell)
+            counts["rings"] += 1
+            counts["ring_wall_us"] += (wall() - w0) / 1e3
+            counts["ring_cpu_us"] += (cpu() - c0) / 1e3
+
+        Doorbell.ring = ring  # type: ignore[method-assign]
+
     def on_submit(self, stamp_ns: int, first: int, n: int) -> None:
         """A submit of ``n`` messages stamped ``stamp_ns`` (their due time when paced)."""
         now = time.time_ns()
@@ -203,6 +245,12 @@ class Tracer:
                 "flushes": len(self.flush) // 2,
                 "turns": len(self.turn) // 4,
                 "cpu_s": time.process_time() - self._cpu0,
+                **dict(
+                    zip(
+                        ("ctx_voluntary", "ctx_preempted"),
+                        (b - a for a, b in zip(self._switches0, _context_switches())),
+                    )
+                ),
             },
             **{
                 k: getattr(self, k).tobytes()
@@ -210,6 +258,15 @@ class Tracer:
             },
         }
         path.write_bytes(msgpack.packb(doc))
+
+
+def _context_switches() -> tuple[int, int]:
+    """This process's (voluntary, involuntary) context switches so far; zeros off Linux."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return int(fields["voluntary_ctxt_switches"]), int(fields["nonvoluntary_ctxt_switches"])
+    except (OSError, KeyError, ValueError):
+        return 0, 0
 
 
 def _rows(raw: bytes, width: int) -> list[tuple[int, ...]]:
@@ -310,9 +367,13 @@ def analyse(folder: Path, sample: int = 400) -> dict[str, Any]:
         c = d.get("counts")
         if c and c.get("delivered"):
             dn = c["delivered"]
-            per_message[node] = {k: round(v / dn, 3) for k, v in c.items() if k != "delivered"}
+            # Four significant digits: at high rates most counts are thousandths per message.
+            per_message[node] = {k: float(f"{v / dn:.4g}") for k, v in c.items() if k != "delivered"}
             per_message[node]["cpu_us"] = round(c["cpu_s"] / dn * 1e6, 1)
             per_message[node]["delivered"] = dn
+            if c.get("rings"):  # what one ring cost: its system call (CPU) and the wait it caused (wall)
+                per_message[node]["ring_wall_us_each"] = round(c["ring_wall_us"] / c["rings"], 1)
+                per_message[node]["ring_cpu_us_each"] = round(c["ring_cpu_us"] / c["rings"], 1)
     return {"stages_ms": summary, "turns": turns, "per_delivered_message": per_message}
 
 
