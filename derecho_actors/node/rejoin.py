@@ -22,7 +22,7 @@ import threading
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from runtime.errors import ConfigError, GroupClosed
-from runtime.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from runtime.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, START_FAILED
 
 if TYPE_CHECKING:
     from derecho_actors.node.group import Group
@@ -32,14 +32,33 @@ log = logging.getLogger("derecho.node")
 
 # Stop reasons (``runtime.core``) that mean "the group went on without this node".
 OUT_OF_GROUP = ("partitioned", "suspected by", "removed from the group")
-# Failed rejoin attempts worth another try: the majority was not reachable, or had not removed
-# this node yet, or removed it again while it joined.
-RETRYABLE = ("no contact reachable", "joined no view within", *OUT_OF_GROUP)
+# How the stop reason of a start that found no contact begins (``START_FAILED`` before it).
+NO_CONTACT = "node.contacts: no contact reachable"
 
 
 def out_of_group(reason: str) -> bool:
     """Whether a stop ``reason`` means the group removed this node (or it lost its majority)."""
     return reason.startswith(OUT_OF_GROUP)
+
+
+def stop_reason(text: str) -> str | None:
+    """The stop reason a ``GroupClosed`` from a group's start carries ("node N stopped:
+    <reason>"), or None when the start ended otherwise (its wait for a view ran out). Reasons
+    are matched by how they begin, never by words anywhere in them: they quote paths and
+    type names (a data dir named ``partitioned-kv`` is no partition)."""
+    _, sep, reason = text.partition(" stopped: ")
+    return reason if sep else None
+
+
+def retryable(text: str) -> bool:
+    """Whether a failed rejoin attempt (its ``GroupClosed`` text) is worth another try: the
+    majority was not reachable, or had not removed this node yet, or removed it again while
+    it joined. Anything else (a refused join, a storage failure) ends the node."""
+    reason = stop_reason(text)
+    if reason is None:
+        return " joined no view within " in text
+    reason = reason.removeprefix(f"{START_FAILED}: ")
+    return reason.startswith(NO_CONTACT) or out_of_group(reason)
 
 
 def rejoin_contacts(view: View | None, node_id: int, configured: Sequence[str]) -> list[str]:
@@ -91,7 +110,15 @@ class Rejoiner:
             return build(), EXIT_OK
         except GroupClosed as exc:
             text = str(exc)
-            if self.on_partition != "rejoin" or self.done.is_set() or not any(m in text for m in OUT_OF_GROUP):
+            reason = stop_reason(text)
+            if (
+                self.on_partition != "rejoin"
+                or self.done.is_set()
+                or not self.configured  # a founder has no group to rejoin: never found a second
+                or exc.exit_code not in (None, EXIT_STOPPED)
+                or reason is None
+                or not out_of_group(reason)
+            ):
                 raise
             self.out_reason = text
             log.warning(
@@ -146,7 +173,7 @@ class Rejoiner:
                 if self.done.is_set():
                     return None, EXIT_OK  # signalled while joining: stop quietly
                 text = str(exc)
-                if not any(mark in text for mark in RETRYABLE):
+                if not retryable(text):
                     self.reason = f"cannot rejoin: {text}"
                     log.error("node %s cannot rejoin: %s", self.node_id, text)
                     return None, exc.exit_code if exc.exit_code is not None else EXIT_FAILED

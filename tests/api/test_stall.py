@@ -204,6 +204,18 @@ class FakeGroup:
         pytest.param(["node 3 stopped: node.contacts: no contact reachable (h1:701)"], None, EXIT_OK, id="unreachable"),
         pytest.param(["node 3 joined no view within 12 s; check node.contacts"] * 3, None, EXIT_OK, id="no-view-x3"),
         pytest.param(["node 3 stopped: join refused: layout differs"], "join refused", 2, id="refused-is-final"),
+        pytest.param(
+            ["node 3 stopped: start-up failed: node.contacts: no contact reachable (h1:701) within 900 ms"],
+            None,
+            EXIT_OK,
+            id="unreachable-at-start",
+        ),
+        pytest.param(
+            ["node 3 stopped: storage failure: saving view 2 in /srv/partitioned-kv/node3 failed: ENOSPC"],
+            "storage failure",
+            EXIT_STOPPED,
+            id="words-inside-a-reason-are-no-removal",
+        ),
     ],
 )
 def test_rejoin_retries_what_a_majority_can_cure_and_stops_on_the_rest(
@@ -288,6 +300,9 @@ def test_a_slow_start_is_retried_and_a_bug_ends_the_node_with_its_reason() -> No
         pytest.param("exit", "node 3 stopped: partitioned: reaches only 1 of 3 members of view 2", False, id="exit"),
         pytest.param("rejoin", "node 3 joined no view within 12 s; check node.contacts", False, id="never-joined"),
         pytest.param("rejoin", "node 3 stopped: join refused: layout differs", False, id="refused"),
+        pytest.param(
+            "rejoin", "node 3 stopped: storage failure: saving view 2 in /srv/partitioned-kv failed", False, id="a-path"
+        ),
     ],
 )
 @pytest.mark.timeout(10)
@@ -316,6 +331,24 @@ def test_a_removal_while_the_first_start_runs_is_a_removal_like_any_other(
         with pytest.raises(GroupClosed, match=failure.split(":")[0]):
             rejoiner.first(first)
         assert asked == []
+
+
+@pytest.mark.timeout(10)
+def test_a_first_start_removal_rejoins_only_with_contacts_and_the_stop_exit_code() -> None:
+    """A founder (no contacts) has no group to rejoin (rejoining would found a second one); a
+    removal reason with another exit code is not a removal as ``first`` takes it."""
+
+    def start(contacts: list[str]) -> Any:
+        raise AssertionError("no rejoin expected")
+
+    removal = "node 3 stopped: partitioned: reaches only 1 of 3 members of view 2"
+    for configured, code in (([], EXIT_STOPPED), (["h1:701"], 4)):
+
+        def first(code: int = code) -> Any:
+            raise GroupClosed(removal, code)
+
+        with pytest.raises(GroupClosed):
+            Rejoiner(3, "rejoin", configured, start, threading.Event()).first(first)
 
 
 def test_a_member_left_alone_waits_for_its_majority_and_never_founds_a_group(tmp_path: Path) -> None:
