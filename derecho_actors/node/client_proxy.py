@@ -241,7 +241,9 @@ class ClientProxy:
 
     def forward(self, batch: ReplyBatch, entries: list[ReplyEntry]) -> None:
         """Answers in ``batch`` for clients' calls: on to each client (``ClientAnswers``)."""
-        self.streams.replied(entries)
+        streams = self.streams
+        if streams.sent or streams.relaying:  # a streamed call in flight: its bytes may be freed now
+            streams.replied(entries)  # (not called per batch otherwise: a dict look-up per answer for nothing)
         self.answers.forward(batch, entries)
 
     # ------------------------------------------------------------------ clients going away

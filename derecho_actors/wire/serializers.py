@@ -18,7 +18,24 @@ from derecho_actors.wire import oob
 from derecho_actors.wire.packing import packb
 from runtime.errors import SerializationError
 
-unpack_msgpack: Callable[[bytes], Any] = functools.partial(msgpack.unpackb, raw=False, strict_map_key=False)
+_unpackb = msgpack.unpackb
+_unpack_any_keys: Callable[[bytes], Any] = functools.partial(msgpack.unpackb, raw=False, strict_map_key=False)
+
+
+def unpack_msgpack(data: bytes) -> Any:
+    """A msgpack value, maps with keys of any type allowed (as ``strict_map_key=False``).
+
+    Why not that partial alone: every call's arguments (at every replica) and result (at the
+    caller) are decoded here, and msgpack parses keyword arguments at each call: ~0.13 µs of
+    the ~0.35 µs a put's arguments take. Plain ``unpackb`` (``raw=False`` is msgpack 1.0's
+    default) decodes the same values, only refusing maps keyed by other than text or bytes
+    with a ``ValueError``: those (and any other error, raised again the same) take the
+    permissive path, one decode more."""
+    try:
+        return _unpackb(data)
+    except ValueError:
+        return _unpack_any_keys(data)
+
 
 unpack_pickle: Callable[[bytes], Any] = oob.loads
 """A plain pickle stream, or arguments in the out-of-band layout (``oob.loads``)."""
