@@ -423,7 +423,9 @@ ORIGIN_2 = 1234568
         ("stream 7", "call 8", 1),  # a small call after a streamed one: where the stream goes
         ("stream 7", "stream 9", 1),  # a second stream too
         ("call 6", "stream 9", 1),  # a stream after an unanswered small call: where that went
+        ("call 6", "call 8", 1),  # a small call after an unanswered small one: where that went
         ("stream 7, answered", "call 8", 5),  # nothing unanswered: the new member
+        ("call 6, answered", "call 8", 5),
         ("call 6, answered", "stream 9", 5),
     ],
 )
@@ -457,16 +459,8 @@ def test_a_sessions_calls_follow_its_unanswered_relayed_calls_when_a_view_adds_a
         ("stream 7, answered", "stream 9", None),
         ("call 6, answered", "stream 9", None),
         ("stream 7, dropped", "call 8", None),  # the relay dropped before its last byte
-        pytest.param(
-            "call 6",
-            "call 8",
-            1,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="ClientProxy.take_call pins a session's small calls to streamed relays only, not to its "
-                "unanswered small calls relayed before this node was promoted (the call path's own part)",
-            ),
-        ),
+        ("call 6", "call 8", 1),  # a small call after an unanswered small one: where that went
+        ("call 6, answered", "call 8", None),
     ],
 )
 def test_a_sessions_calls_follow_its_relayed_calls_when_the_contact_is_promoted_into_the_shard(
