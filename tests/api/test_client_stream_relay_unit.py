@@ -636,3 +636,18 @@ def test_a_relay_to_a_member_not_yet_holding_the_shard_is_decided_at_its_last_by
     pair.carry()
     assert len(pair.member_node.ordered) == (1 if holds_at_the_end else 0)
     assert pair.member.refused == (0 if holds_at_the_end else 1)
+
+
+def test_a_sessions_small_calls_stay_with_their_member_when_another_member_leaves() -> None:
+    """Node 1 leaves the shard (1, 2, 5): the session's unanswered call 6 went to 5, which
+    stays; ``members[origin % n]`` now names 2, but call 8 must follow call 6 to 5 (sent to 2
+    it could be ordered first, and call 6 taken as applied already)."""
+    views = [View(1, (1, 2, 3, 4, 5), (1, 2, 5))]
+    proxy, glue, queue = _contact(views)
+    conn = Conn(origin=ORIGIN_2)
+    assert _take(proxy, glue, conn, "call 6") == 5
+    views.append(View(2, (2, 3, 4, 5), (2, 5)))
+    assert _take(proxy, glue, conn, "call 8") == 5
+    proxy.table.drop((ORIGIN_2, 6))  # answered: the usual member again
+    proxy.table.drop((ORIGIN_2, 8))
+    assert _take(proxy, glue, conn, "call 9") == 2
