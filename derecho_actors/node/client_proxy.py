@@ -125,6 +125,9 @@ class ClientProxy:
             target = msg.target  # the client asked for this replica (P2P node=)
         else:
             target = self.node_id if self.node_id in members else members[origin % len(members)]
+            if msg.ordered and client.relayed:  # its latest relayed call unanswered: there too
+                pinned = table.pinned(client, msg.shard, members)
+                target = target if pinned is None else pinned
             relay = self.streams.relay
             if msg.ordered and relay is not None and relay.relays:
                 # After the session's streamed call relayed to a member chosen before a view
@@ -200,6 +203,12 @@ class ClientProxy:
                         pending = []
                     shard, method = msg.shard, msg.method
                     fast = self.checks.runs_here(view, shard, method)
+                    if (
+                        fast is not None
+                        and client.relayed
+                        and self.table.pinned(client, shard, view.layout.members_of(shard)) is not None
+                    ):
+                        fast = None  # after its small calls relayed before this node held the shard: there too
                     if (
                         fast is not None
                         and relay is not None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Final
@@ -75,6 +76,7 @@ class ClientState:
     offered: bool = False  # this node offered it merged answers (``Features``)
     merged: bool = False  # it reads merged answers: the replicas' identical answers go as one
     held: int = 0  # bytes of answers held until every replica gave them (``ClientTable.hold``)
+    relayed: dict[ShardId, CallKey] = field(default_factory=dict)  # per shard, its latest ordered call relayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +234,27 @@ class ClientTable:
 
     def relay(self, key: CallKey, relay: Relay) -> None:
         self.relays[key] = relay
+        if relay.call.ordered:
+            relay.client.relayed[relay.call.shard] = key
         if len(self.relays) > self.max_proxied:
             self.relays.pop(next(iter(self.relays)))
+
+    def pinned(self, state: ClientState, shard: ShardId, members: Sequence[int]) -> int | None:
+        """The member the client's ordered calls to ``shard`` must go to while its latest one
+        relayed there is unanswered (if that member still holds the shard): its next calls
+        follow, whatever member the view would pick now (a view that added one to the shard,
+        this node promoted into it). Replicas take a session's call ordered after a later one
+        as applied already: sent two ways, an earlier call could be lost while its client is
+        told it was applied. The latest relayed call is enough to look at: the calls before it
+        went to the same member, in order, so they are delivered once it is answered."""
+        key = state.relayed.get(shard)
+        if key is None:
+            return None
+        relay = self.relays.get(key)
+        if relay is None or relay.client is not state:  # answered (or dropped): nothing to follow
+            del state.relayed[shard]
+            return None
+        return relay.target if relay.target in members else None
 
     def drop(self, key: CallKey) -> Proxied | None:
         """Forget call ``key`` (answered, refused or abandoned)."""

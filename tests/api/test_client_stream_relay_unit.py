@@ -423,7 +423,9 @@ ORIGIN_2 = 1234568
         ("stream 7", "call 8", 1),  # a small call after a streamed one: where the stream goes
         ("stream 7", "stream 9", 1),  # a second stream too
         ("call 6", "stream 9", 1),  # a stream after an unanswered small call: where that went
+        ("call 6", "call 8", 1),  # a small call after an unanswered small one: where that went
         ("stream 7, answered", "call 8", 5),  # nothing unanswered: the new member
+        ("call 6, answered", "call 8", 5),
         ("call 6, answered", "stream 9", 5),
     ],
 )
@@ -457,16 +459,8 @@ def test_a_sessions_calls_follow_its_unanswered_relayed_calls_when_a_view_adds_a
         ("stream 7, answered", "stream 9", None),
         ("call 6, answered", "stream 9", None),
         ("stream 7, dropped", "call 8", None),  # the relay dropped before its last byte
-        pytest.param(
-            "call 6",
-            "call 8",
-            1,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="ClientProxy.take_call pins a session's small calls to streamed relays only, not to its "
-                "unanswered small calls relayed before this node was promoted (the call path's own part)",
-            ),
-        ),
+        ("call 6", "call 8", 1),  # a small call after an unanswered small one: where that went
+        ("call 6, answered", "call 8", None),
     ],
 )
 def test_a_sessions_calls_follow_its_relayed_calls_when_the_contact_is_promoted_into_the_shard(
@@ -642,3 +636,18 @@ def test_a_relay_to_a_member_not_yet_holding_the_shard_is_decided_at_its_last_by
     pair.carry()
     assert len(pair.member_node.ordered) == (1 if holds_at_the_end else 0)
     assert pair.member.refused == (0 if holds_at_the_end else 1)
+
+
+def test_a_sessions_small_calls_stay_with_their_member_when_another_member_leaves() -> None:
+    """Node 1 leaves the shard (1, 2, 5): the session's unanswered call 6 went to 5, which
+    stays; ``members[origin % n]`` now names 2, but call 8 must follow call 6 to 5 (sent to 2
+    it could be ordered first, and call 6 taken as applied already)."""
+    views = [View(1, (1, 2, 3, 4, 5), (1, 2, 5))]
+    proxy, glue, queue = _contact(views)
+    conn = Conn(origin=ORIGIN_2)
+    assert _take(proxy, glue, conn, "call 6") == 5
+    views.append(View(2, (2, 3, 4, 5), (2, 5)))
+    assert _take(proxy, glue, conn, "call 8") == 5
+    proxy.table.drop((ORIGIN_2, 6))  # answered: the usual member again
+    proxy.table.drop((ORIGIN_2, 8))
+    assert _take(proxy, glue, conn, "call 9") == 2
