@@ -71,12 +71,15 @@ def test_the_client_logs_how_long_it_really_tried(caplog: pytest.LogCaptureFixtu
     about one second, not thirty."""
     import logging
     import re
+    import socket
     import time
 
-    from derecho_actors.tools.cluster import _free_ports
-
-    (port,) = _free_ports(1)  # nobody listens there
-    with caplog.at_level(logging.INFO, logger="derecho.client"):
+    # A port bound here and never listened on: connections to it are refused, and no other
+    # process (another test's node) can take it meanwhile, as it could a port found free.
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    with held, caplog.at_level(logging.INFO, logger="derecho.client"):
         with pytest.raises(da.GroupClosed, match="within 1.0 s"):
             da.Client([f"127.0.0.1:{port}"], insecure=True, retry_for=30.0, connect_timeout=1.0)
         deadline = time.monotonic() + 10  # the client's thread logs once it sees it was closed
