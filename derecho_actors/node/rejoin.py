@@ -32,7 +32,8 @@ log = logging.getLogger("derecho.node")
 
 # Stop reasons (``runtime.core``) that mean "the group went on without this node".
 OUT_OF_GROUP = ("partitioned", "suspected by", "removed from the group")
-# How the stop reason of a start that found no contact begins (``START_FAILED`` before it).
+# How the stop reason of a start that found no contact begins (``START_FAILED`` before it);
+# one that a contact refused begins "node.contacts: refused" and is never retried.
 NO_CONTACT = "node.contacts: no contact reachable"
 
 

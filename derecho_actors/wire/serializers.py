@@ -34,7 +34,9 @@ def unpack_msgpack(data: bytes) -> Any:
     try:
         return _unpackb(data)
     except ValueError:
-        return _unpack_any_keys(data)
+        pass  # decoded again outside the handler: the first error (``ExtraData`` holds the whole
+        # value) is freed before the second decode and not chained into the caller's traceback
+    return _unpack_any_keys(data)
 
 
 unpack_pickle: Callable[[bytes], Any] = oob.loads

@@ -211,6 +211,15 @@ class FakeGroup:
             id="unreachable-at-start",
         ),
         pytest.param(
+            [
+                "node 3 stopped: start-up failed: node.contacts: refused (node 1 at h1:701: node 3 is not among "
+                "security.allowed_members); no contact reachable (h1:701) within 900 ms"
+            ],
+            "refused",
+            EXIT_CONFIG,
+            id="refused-for-good-is-final",
+        ),
+        pytest.param(
             ["node 3 stopped: storage failure: saving view 2 in /srv/partitioned-kv/node3 failed: ENOSPC"],
             "storage failure",
             EXIT_STOPPED,

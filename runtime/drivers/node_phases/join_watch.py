@@ -73,11 +73,10 @@ class JoinWatch:
             )
             loop.call_later(wait, self.check, started, wait)
             return
-        refused = f" ({transport.refusals[-1]})" if transport.refusals else ""
         why = "; ".join(f"{a}: {p.reason}" for a, p in problems.items())
-        ctx.fatal(
-            ConfigError(
-                f"node.contacts: no contact reachable ({', '.join(contacts)}) within {(now - started) * 1000:.0f} ms"
-                f"{refused}{f' ({why})' if why and not refused else ''}"
-            )
-        )
+        took = f"({', '.join(contacts)}) within {(now - started) * 1000:.0f} ms"
+        if transport.refusals:  # refused for good (not allowed, revoked, another's certificate): a rejoin ends too
+            text = f"node.contacts: refused ({transport.refusals[-1]}); no contact reachable {took}"
+        else:
+            text = f"node.contacts: no contact reachable {took}{f' ({why})' if why else ''}"
+        ctx.fatal(ConfigError(text))
