@@ -211,12 +211,19 @@ class ObjectApp:
                 "late_max_ms": self.late_max * 1000,
                 "cpu_s": time.process_time() - self.cpu_go,  # every thread's, from go to done
                 "check_cpu_s": self.check_cpu(),  # of which the bench's digest thread
+                "reused": self._reused(),
             }
             if self._pool is not None:
                 self._pool.submit(self._write, doc)
             else:
                 self._write(doc)
         self._pump()
+
+    def _reused(self) -> int:
+        """Receive buffers the node's engine took from its pool of idle mappings (pages mapped
+        already, no pre-faulting): how many of its objects skipped that kernel work."""
+        core = self.driver.core
+        return core.objects.engine.buffers.reused if core is not None and core.objects is not None else -1
 
     def _write(self, doc: dict[str, Any]) -> None:
         doc["digests"] = [f.result() for f in self._pending]
@@ -419,6 +426,8 @@ def describe(run: Run) -> str:
         )
         + "; loop late max ms "
         + " ".join(f"{doc['late_max_ms']:.0f}" for doc in run.nodes.values())
+        + "; buffers reused "
+        + " ".join(str(doc.get("reused", "?")) for doc in run.nodes.values())
     )
 
 

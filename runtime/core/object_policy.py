@@ -33,7 +33,7 @@ class ObjectPolicy:
     senders' quotas (see :mod:`runtime.core.object_transfers`)."""
 
     threshold: int = 1 << 20
-    block_size: int = 1 << 20
+    block_size: int = 4 << 20  # as runtime.config's rdmc.block_size (measured there)
     kind: ScheduleKind = ScheduleKind.BINOMIAL
     max_object_size: int = 4 << 30
     max_objects: int = 8

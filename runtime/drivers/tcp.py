@@ -113,6 +113,13 @@ READ_SCRATCH = 256 * 1024  # bytes per read into the scratch buffer (asyncio's o
 # _pump_blocks). A heartbeat or an SST push written meanwhile waits behind at most one block
 # and the kernel's buffer, never behind every block of every object in flight.
 BLOCK_WRITE_LIMIT = 0
+# A block is written in slices of at most this many bytes, the next one once the connection has
+# taken the last (asyncio 3.11 copies whatever the kernel does not take at once into its own
+# buffer: with 4 MiB blocks that was most of every block beyond the socket's buffer, over TLS
+# the whole ciphertext's tail). Frames sent to the peer while a block is part written wait
+# behind that block (``_Peer.behind``), so the stream stays whole; they wait behind at most
+# one block, as before.
+BLOCK_SLICE = 256 << 10
 _HEADER = struct.Struct(">I")  # a frame's length prefix
 
 
@@ -157,6 +164,11 @@ class _Peer:
     failures: int = 0
     # Blocks of large objects waiting for room on the connection (prefix and header, bytes).
     blocks: deque[tuple[bytes, memoryview]] = field(default_factory=deque)
+    # The connection on which the first block of ``blocks`` is part written (its rest is
+    # there), and the frames sent meanwhile, which go right after that block.
+    partial: _Connection | None = None
+    behind: list[bytes] = field(default_factory=list)
+    repump: bool = False  # a pump of its blocks is scheduled for the next loop turn
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -1007,6 +1019,8 @@ class TcpTransport:
         if peer is None:
             peer = self.peers[node_id] = _Peer(node_id)
         self.bytes_out[node_id] = self.bytes_out.get(node_id, 0) + len(data)
+        if peer.partial is not None and self._behind_block(peer, data):
+            return
         if peer.conn is not None and not peer.conn.closed:
             if peer.conn.buffered() > self.max_backlog:
                 log.warning("node %s stopped reading (%d bytes waiting): cutting it off", node_id, peer.conn.buffered())
@@ -1052,19 +1066,73 @@ class TcpTransport:
             self._spawn(self._connect(peer))
         self._pump_blocks(peer)
 
-    def _pump_blocks(self, peer: _Peer) -> None:
+    def _behind_block(self, peer: _Peer, data: bytes) -> bool:
+        """A frame for ``peer`` while a block is part written: keep it for after that block
+        (True), unless that block's connection is gone (then its rest is dropped, as the
+        connection's unsent bytes are, and the frames kept go first on the current one)."""
+        partial = peer.partial
+        if partial is not None and partial is peer.conn and not partial.closed:
+            if partial.buffered() + sum(map(len, peer.behind)) > self.max_backlog:
+                log.warning(
+                    "node %s stopped reading (%d bytes waiting): cutting it off", peer.node_id, partial.buffered()
+                )
+                partial.close()
+                return True
+            peer.behind.append(data)
+            return True
+        self._drop_partial(peer)
+        return False
+
+    def _drop_partial(self, peer: _Peer) -> None:
+        """The connection a block was part written on is gone: drop the block's rest (the
+        receiver never gets it whole, as with bytes the connection held unsent) and send the
+        frames held behind it on the current connection, or queue them for the next."""
+        if peer.partial is None:
+            return
+        peer.partial = None
+        if peer.blocks:
+            peer.blocks.popleft()
+        behind, peer.behind = peer.behind, []
+        for frame_bytes in behind:
+            self.send(peer.node_id, frame_bytes)
+
+    def _pump_blocks(self, peer: _Peer, again: bool = False) -> None:
+        if again:
+            peer.repump = False
         conn = peer.conn
+        if peer.partial is not None and peer.partial is not conn:
+            self._drop_partial(peer)
         if conn is None or conn.closed or conn.upgrading or conn.transport is None or conn.unanswered is not None:
             return  # they wait for the connection and its peer's Hello (which pumps them)
+        if peer.partial is not None and peer.partial.closed:
+            self._drop_partial(peer)
+            return
         transport, blocks = conn.transport, peer.blocks
         plain = not isinstance(transport, TlsStream)
         while blocks and conn.buffered() <= BLOCK_WRITE_LIMIT:
-            head, data = blocks.popleft()
-            if plain:  # asyncio's writelines joins its parts (a copy of the block) before sending
-                transport.write(head)
+            head, data = blocks[0]
+            if len(data) > BLOCK_SLICE:
+                blocks[0] = (b"", data[BLOCK_SLICE:])
+                data = data[:BLOCK_SLICE]
+                peer.partial = conn
+            else:
+                blocks.popleft()
+                peer.partial = None
+            if plain:  # asyncio's writelines joins its parts (a copy of the slice) before sending
+                if head:
+                    transport.write(head)
                 transport.write(data)
             else:  # TlsStream encrypts each part where it is
-                transport.writelines((head, data))
+                transport.writelines((head, data) if head else (data,))
+            if peer.partial is None and peer.behind:
+                behind, peer.behind = peer.behind, []
+                conn.send(b"".join(behind))
+        if blocks and not peer.repump and not again:
+            # A write held by TlsStream until the read being handled ends, then taken whole by
+            # the kernel, never pauses the connection, so no resume_writing would come: look
+            # again next turn (a connection that is full is resumed when it drains).
+            peer.repump = True
+            asyncio.get_running_loop().call_soon(self._pump_blocks, peer, True)
 
     async def _open(self, factory: Any, address: str) -> _Connection:
         """A connection to ``address``, its TLS handshake done (raises if it failed) and its
@@ -1176,12 +1244,15 @@ class TcpTransport:
         peer = self.peers.get(node_id)
         if peer is None:
             return 0
-        return peer.queued_bytes + (peer.conn.buffered() if peer.conn is not None else 0)
+        behind = sum(map(len, peer.behind)) if peer.behind else 0
+        return peer.queued_bytes + behind + (peer.conn.buffered() if peer.conn is not None else 0)
 
     def forget(self, node_id: int) -> None:
         peer = self.peers.pop(node_id, None)
         if peer is not None:
             peer.blocks.clear()
+            peer.partial = None
+            peer.behind.clear()
         if peer is not None and peer.conn is not None:
             peer.conn.close()
         for conn in self.incoming.pop(node_id, set()):
