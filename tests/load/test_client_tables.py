@@ -251,7 +251,14 @@ def all_members(c: LocalCluster) -> None:
         assert proc.poll() is None, f"node {n} exited with {proc.returncode}"
     assert sorted(c.members()) == [1, 2, 3], f"a member left: {c.members()}"
     vids = {n: c.status(n)["vid"] for n in c.procs}
-    assert vids == {n: c.first_vid for n in c.procs}, f"the view changed: {vids}, was {c.first_vid}"  # type: ignore[attr-defined]
+    if vids != {n: c.first_vid for n in c.procs}:  # type: ignore[attr-defined]
+        told = "\n".join(  # who suspected whom, and why: what a CI failure needs
+            f"node {n}: {line}"
+            for n in c.procs
+            for line in log_of(c.workdir, n).splitlines()
+            if (" WARNING " in line or " ERROR " in line or "view " in line) and "rate limiting" not in line
+        )
+        raise AssertionError(f"the view changed: {vids}, was {c.first_vid}:\n{told[-6000:]}")  # type: ignore[attr-defined]
 
 
 def cpu_seconds(pid: int) -> float:
