@@ -18,6 +18,9 @@ from runtime.core.rdmc_transfer import TransferConfig
 __all__ = ["ObjectPolicy"]
 
 
+ACCEPTED_BLOCK = 1 << 20  # the smallest block size ``max_blocks`` is counted in (see there)
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectPolicy:
     """``threshold``: payloads above it go as objects (at most the shard's
@@ -55,8 +58,11 @@ class ObjectPolicy:
 
     @property
     def max_blocks(self) -> int:
-        """Blocks of the largest object: what a receiver accepts in a descriptor."""
-        return max(1, -(-self.max_object_size // self.block_size))
+        """Blocks of the largest object: what a receiver accepts in a descriptor. Counted in
+        blocks of at most ``ACCEPTED_BLOCK`` (1 MiB), whatever this node's own ``block_size``,
+        so that a sender whose blocks are smaller (down to 1 MiB: another release's default,
+        during a rolling upgrade) is not refused the largest objects."""
+        return max(1, -(-self.max_object_size // min(self.block_size, ACCEPTED_BLOCK)))
 
     def quota(self, senders: int) -> int:
         """Objects one sender of a shard of ``senders`` senders may have undelivered."""

@@ -280,3 +280,15 @@ def test_prefaulting_a_block_keeps_what_the_buffer_holds() -> None:
     small[:3] = b"abc"
     prefault(small, 0, 100)
     assert bytes(small[:4]) == b"abc\0"
+
+
+@pytest.mark.parametrize(
+    ("block_size", "expected"), [(4 << 20, 4096), (1 << 20, 4096), (256 << 10, 16384), (8 << 20, 4096)]
+)
+def test_a_node_accepts_the_largest_object_cut_in_blocks_down_to_1_mib(block_size: int, expected: int) -> None:
+    """4 GiB objects: a node with 4 MiB blocks (the default) still accepts one cut in 1 MiB
+    blocks (another release's default, during a rolling upgrade); smaller own blocks count
+    as before."""
+    from runtime.core.object_policy import ObjectPolicy
+
+    assert ObjectPolicy(max_object_size=4 << 30, max_bytes=4 << 30, block_size=block_size).max_blocks == expected
