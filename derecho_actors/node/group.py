@@ -41,6 +41,7 @@ from runtime.core.view import View
 from runtime.drivers.data_dir import check_data_dir
 from runtime.drivers.log_store import public_key_bytes
 from runtime.errors import GroupClosed, NotRegistered
+from runtime.exitcodes import EXIT_CONFIG
 from runtime.node_api import AppHooks, NodeHandle
 
 __all__ = ["Group", "Handle", "Layout", "ShardPolicy"]
@@ -189,7 +190,11 @@ class Group(AsyncLifecycle):
             self.close()
             if cancel is not None and cancel.is_set():
                 raise GroupClosed(f"node {self.node_id}: stopped while joining")
-            raise GroupClosed(f"node {self.node_id} joined no view within {start_timeout} s; check node.contacts")
+            # A start-up problem (exit 2 in every mode: the node command and local cluster nodes
+            # alike), not a removal by the group (3) nor an internal failure (6).
+            raise GroupClosed(
+                f"node {self.node_id} joined no view within {start_timeout} s; check node.contacts", EXIT_CONFIG
+            )
         if self._stop.reason is not None:
             self.close()
             raise GroupClosed(f"node {self.node_id} stopped: {self._stop.reason}", self.exit_code)
