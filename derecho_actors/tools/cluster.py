@@ -342,6 +342,19 @@ class LocalCluster:
             self._own_workdir = False  # keep the node logs for whoever reads the error
             where = f"local_cluster failed; its work folder (node logs, data) is kept at {self.workdir}"
             _log.error("%s", where)
+            for node in self.procs:  # what the nodes said, for when the folder is gone (a CI run)
+                path = self.workdir / f"node-{node}.log"
+                try:
+                    lines = path.read_text(errors="replace").splitlines()
+                except OSError:
+                    continue
+                said = [
+                    ln
+                    for ln in lines
+                    if (" WARNING " in ln or " ERROR " in ln or " view " in ln) and "rate limit" not in ln
+                ][-12:]
+                if said:
+                    _log.error("node %s's last warnings and views:\n%s", node, "\n".join(said))
             if isinstance(exc, BaseException):
                 exc.add_note(where)
         self.close()

@@ -83,6 +83,19 @@ def streams(cluster: da.LocalCluster, node: int) -> dict[str, int]:
     return dict(app_status(cluster, node).get("client_streams") or {})
 
 
+def warnings_of(cluster: da.LocalCluster, node: int, last: int = 30) -> list[str]:
+    """The last WARNING/ERROR and view lines of node ``node``'s log: what a failed assertion
+    about its path needs (a CI run's logs are gone by the time anyone reads them)."""
+    from pathlib import Path
+
+    try:
+        text = (Path(cluster.workdir) / f"node-{node}.log").read_text(errors="replace")
+    except OSError as exc:
+        return [f"(no log: {exc})"]
+    keep = [ln for ln in text.splitlines() if " WARNING " in ln or " ERROR " in ln or "view " in ln]
+    return keep[-last:]
+
+
 def split(cluster: da.LocalCluster) -> tuple[list[int], list[int]]:
     """The live nodes holding a replica (of any shard), and the live nodes holding none."""
     live = [n for n, p in cluster.procs.items() if p.poll() is None]

@@ -25,6 +25,7 @@ from tests.api.stream_cluster import (
     stream_cluster,
     streams,
     wait_until,
+    warnings_of,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -70,7 +71,7 @@ def test_100_mb_through_a_contact_outside_the_shard_is_applied_once_in_order(clu
     for node_log in logs.values():
         assert node_log.count(expected) == 2, "each call applied once at every replica"
     st = streams(cluster, contact)
-    assert st["relayed"] >= 1
+    assert st["relayed"] >= 1, (st, warnings_of(cluster, contact))
     wait_until(lambda: streams(cluster, contact).get("held_bytes") == 0, 10, "the contact to free what it held")
     wait_until(lambda: streams(cluster, contact).get("relaying") == 0, 10, "the contact to end the relay")
     assert sum(streams(cluster, m).get("relayed_delivered", 0) for m in members) >= 1
