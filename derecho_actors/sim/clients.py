@@ -59,6 +59,7 @@ class InFlight:
     op: int | None  # its history handle
     results: Any
     issued: float
+    restarts: int = 0  # total restarts of the group before it was made
 
 
 @dataclass(slots=True)
@@ -246,7 +247,7 @@ class ClientPool:
             if op is not None and history is not None:
                 history.fail(op, self.sched.now)
             return True
-        flight = InFlight(call, workload.cls, op, results, self.sched.now)
+        flight = InFlight(call, workload.cls, op, results, self.sched.now, len(self.cluster.trace.restarts))
         client.flying.append(flight)
         self.sched.at(self.sched.now + POLL_EVERY, self._poll, client, flight)
         return True
@@ -279,7 +280,9 @@ class ClientPool:
             shown = "; ".join(f"node {n}: {v!r}"[:120] for n, v in sorted({**ok, **errors}.items()))
             self.violation("replies-differ", f"replicas answered {what} differently: {shown}", client.node)
         forgotten = [n for n, e in errors.items() if is_forgotten(e)]
-        if forgotten:
+        if forgotten and len(self.cluster.trace.restarts) == flight.restarts:
+            # (A total restart keeps the calls in the logs but not their replies: a call sent
+            # again after one may have run, its reply gone; an unknown outcome, as it says.)
             self.violation(
                 "call-forgotten",
                 f"client {client.cid} ({client.where()}): {what} answered 'applied already, reply no longer kept' "
