@@ -16,7 +16,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from derecho_actors.model.decorators import TypeSpec, spec_of
 from derecho_actors.model.layout import Layout
@@ -47,6 +47,16 @@ DEADLINE = 30.0  # virtual seconds by which every call is answered and the group
 MAX_STEPS = 3_000_000
 PROBE_EVERY = 0.002
 TOTAL_RESTARTS = ("restart-all", "restart-all-in-change", "restart-all-at-install", "restart-all-in-transfer")
+
+
+def _both(first: Callable[..., None], then: Callable[..., None]) -> Callable[..., None]:
+    """One cluster hook calling two (the fault injector's, then the clients')."""
+
+    def hook(*args: Any) -> None:
+        first(*args)
+        then(*args)
+
+    return hook
 
 
 class AppRun:
@@ -91,7 +101,11 @@ class AppRun:
         self.histories = {spec_of(w.cls).name: HistoryRecorder() for w in self.workloads if w.model}  # type: ignore[union-attr]
         self.layout = Layout(
             {
-                w.cls: ShardPolicy(shards=self.params.shards[spec_of(w.cls).name], min_nodes=w.min_nodes)  # type: ignore[union-attr]
+                w.cls: ShardPolicy(
+                    shards=self.params.shards[spec_of(w.cls).name],  # type: ignore[union-attr]
+                    min_nodes=w.min_nodes,
+                    max_nodes=self.params.max_nodes[spec_of(w.cls).name],  # type: ignore[union-attr]
+                )
                 for w in self.workloads
             }
         )
@@ -238,6 +252,8 @@ class AppRun:
         clients = self.clients = ClientPool(
             cluster, self.groups, self.workloads, p.shards, self.histories, self.rng, self.say, self.violation
         )
+        cluster.on_wedge = _both(injector.on_wedge, clients.changing)
+        cluster.on_install = _both(injector.on_install, clients.changing)
         per = [p.calls // p.clients + (1 if i < p.calls % p.clients else 0) for i in range(p.clients)]
         for i, n in enumerate(per):
             clients.schedule(0.001 + i * 1e-4, n)

@@ -12,6 +12,8 @@ Each client makes its share of the run's calls one at a time, with think times, 
 what it observed for the history check; a client whose member died, or whose session gave up
 reaching any contact, retires (its call in flight has an unknown outcome) and a new client
 takes over its remaining calls.
+
+The process that drives a session is ``session_caller.SessionCaller`` (importable from here).
 """
 
 from __future__ import annotations
@@ -21,150 +23,31 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from derecho_actors.caller.calls import method_request, persist_request, poll_request
 from derecho_actors.caller.handles import Handle
-from derecho_actors.caller.results import QueryResults
-from derecho_actors.caller.session import ClientSession, Dial, Disconnect, Phase, Wait
-from derecho_actors.model.decorators import TypeSpec, spec_of
-from derecho_actors.model.reads import ReadOptions
+from derecho_actors.caller.session import ClientSession
+from derecho_actors.model.decorators import spec_of
 from derecho_actors.node.group import Group
 from derecho_actors.sim.api import SimCall, SimWorkload
-from derecho_actors.wire.events import PollArgs
+from derecho_actors.sim.checks import is_forgotten
+from derecho_actors.sim.session_caller import SessionCaller
 from runtime.core.layout import ShardId
 from runtime.errors import DerechoError, ReplicaLost
 from runtime.sim.app_node import WALL_CLOCK_START_NS
-from runtime.sim.client_net import Link, SimClientNet, node_of
 from runtime.sim.cluster import SimCluster, address_of
 from runtime.sim.history import HistoryRecorder
 from runtime.sim.runner import FAULT_SPAN
-from runtime.sim.scheduler import Scheduler
 
 POLL_EVERY = 0.0002  # virtual seconds between a client's looks at its call
 SESSION_SHARE = 0.75  # the share of clients that are external clients (ClientSession); the rest are members
 RETRY_FOR = 5.0  # virtual seconds a session tries to reach some contact before it gives up
 DEPTHS = (1, 1, 2, 4)  # calls a session client makes at a time (pipelining), picked per client
+STREAM_SHARE = 0.5  # the share of session clients that keep calls going (see ``ClientPool._stream``)
+STREAM_DEPTHS = (4, 8, 16)  # calls such a client leaves unanswered at most, picked per client
+HURRY_FOR = 0.004  # virtual seconds after a node wedges or installs a view in which streaming clients hurry
+HURRY_GAP = 0.0004  # the longest gap between a streaming client's calls meanwhile
 LIVENESS = (0.2, 0.4, 1.0)  # a session's liveness timeout (s), picked per client (pings every quarter)
 
-
-class SessionCaller:
-    """One simulated client process: a ``ClientSession`` driven by the scheduler over the
-    simulated network; the ``Caller`` its handles call through (``caller.handles.Caller``)."""
-
-    def __init__(self, net: SimClientNet, sched: Scheduler, session: ClientSession, say: Callable[[str], None]) -> None:
-        self.net, self.sched, self.session, self.say = net, sched, session, say
-        self.link: Link | None = None
-        self.stopped: Exception | None = None  # the session gave up, or was refused
-        self._timer: float | None = None
-        self._flush_due = False
-        sched.at(sched.now, self._step)
-
-    # ------------------------------------------------------------------ the Caller protocol
-    def call(
-        self,
-        spec: TypeSpec,
-        shard: ShardId,
-        method: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        node: int | None,
-        read: ReadOptions | None = None,
-    ) -> QueryResults:
-        request = method_request(spec, shard, method, args, kwargs, node, read, self.session.max_message_size)
-        results = self._send(request)
-        if request.ordered and spec.persistent:
-            results.set_persist_query(lambda version, replica: self._send(persist_request(request, version, replica)))
-        return results
-
-    def watch_poll(self, shard: ShardId, what: str, poll: PollArgs, node: int | None) -> QueryResults:
-        return self._send(poll_request(shard, what, poll, node))
-
-    def close(self) -> None:
-        self.session.close(self.sched.now)
-        link, self.link = self.link, None
-        if link is not None:
-            link.close()
-
-    def _send(self, request: Any) -> QueryResults:
-        results = self.session.call(request)
-        if self.session.has_output() and not self._flush_due:
-            self._flush_due = True  # one write per turn, whatever the calls in it (as the socket loop)
-            self.sched.at(self.sched.now, self._flush)
-        return results
-
-    # ------------------------------------------------------------------ the process
-    def _step(self) -> None:
-        """Between connections: do what the session says."""
-        if self.link is not None:
-            return
-        step = self.session.next_step(self.sched.now)
-        if isinstance(step, Dial):
-            self.net.dial(
-                node_of(step.address), functools.partial(self._dialed, step.address), self._data, self._closed
-            )
-        elif isinstance(step, Wait):
-            self.sched.at(step.until, self._step)
-        else:
-            self.stopped = step.error
-
-    def _dialed(self, address: str, link: Link, why: str) -> None:
-        session = self.session
-        if why:
-            self.say(f"cannot reach {address}: {why}")
-            session.dial_failed(self.sched.now, address, why)
-            self._step()
-        elif session.phase is not Phase.DIALING:  # closed meanwhile
-            link.close()
-        else:
-            self.link = link
-            waiting = session.in_flight
-            link.send(session.connected(self.sched.now, address))
-            self.say(f"connected to {address}" + (f", {waiting} calls sent again" if session.connections > 1 else ""))
-            self._arm()
-
-    def _data(self, link: Link, data: bytes) -> None:
-        if link is self.link:
-            session = self.session
-            ended = session.receive_data(self.sched.now, data)
-            answers = session.answers()
-            if answers is not None:
-                session.answered(answers.deliver())
-            self._after(ended)
-
-    def _closed(self, link: Link, why: str) -> None:
-        if link is self.link:
-            self.link = None
-            self.say(f"connection to {self.session.connected_to} {why}")
-            self.session.connection_lost(self.sched.now, why)
-            self._step()
-
-    def _after(self, ended: Disconnect | None) -> None:
-        if ended is not None:
-            link, self.link = self.link, None
-            self.say(f"leaves {self.session.connected_to}: {ended.why}")
-            if link is not None:
-                link.close()
-            self._step()
-            return
-        self._flush()
-        self._arm()
-
-    def _flush(self) -> None:
-        self._flush_due = False
-        if self.link is not None:
-            data = self.session.data_to_send()
-            if data:
-                self.link.send(data)
-
-    def _arm(self) -> None:
-        due = self.session.next_timer()
-        if due is not None and self._timer is None:
-            self._timer = due
-            self.sched.at(due, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self.link is not None:
-            self._after(self.session.tick(self.sched.now))
+__all__ = ["ClientPool", "InFlight", "SessionCaller", "SimClient"]
 
 
 @dataclass(slots=True, eq=False)
@@ -176,6 +59,7 @@ class InFlight:
     op: int | None  # its history handle
     results: Any
     issued: float
+    restarts: int = 0  # total restarts of the group before it was made
 
 
 @dataclass(slots=True)
@@ -187,6 +71,8 @@ class SimClient:
     caller: SessionCaller | None = None  # an external client: its session
     pace: float = 0.006  # the longest think time between two bursts of calls
     depth: int = 1  # calls per burst: a pipelining client has several in flight at once
+    stream: bool = False  # calls one by one at its pace, up to ``depth`` unanswered (no bursts)
+    closed: bool = False  # its session was closed (done or retired)
     flying: list[InFlight] = field(default_factory=list)
 
     def where(self) -> str:
@@ -215,6 +101,13 @@ class ClientPool:
         self.next_cid = 0
         self.pending = 0  # clients scheduled to start
         self.calls = self.answered = self.unknown = 0
+        self.hurry_until = 0.0  # streaming clients call densely until then (``changing``)
+
+    def changing(self, *_: object) -> None:
+        """A node wedged or installed a view (the cluster's hooks): streaming clients call
+        densely for a while, so that a session's calls are unanswered at its contact while the
+        shard's members change under them, whatever the seed's pace."""
+        self.hurry_until = max(self.hurry_until, self.sched.now + HURRY_FOR)
 
     def schedule(self, at: float, left: int) -> None:
         self.pending += 1
@@ -265,8 +158,12 @@ class ClientPool:
             )
             say = functools.partial(self._say_of, client.cid)
             client.caller = SessionCaller(self.cluster.client_net, self.sched, session, say)
-            client.depth = self.rng.choice(DEPTHS)
-            self.say(f"client {client.cid} is a Client of contacts {contacts} ({left} calls, {client.depth} at a time)")
+            client.stream = self.rng.random() < STREAM_SHARE
+            client.depth = self.rng.choice(STREAM_DEPTHS if client.stream else DEPTHS)
+            self.say(
+                f"client {client.cid} is a Client of contacts {contacts} ({left} calls, {client.depth} at a time"
+                + (", streamed)" if client.stream else ")")
+            )
         else:
             client.node = self.rng.choice(live)
             client.group = self.groups[client.node]
@@ -293,11 +190,37 @@ class ClientPool:
 
     def _issue(self, client: SimClient) -> None:
         """A burst of calls (one, unless the client pipelines), made without waiting."""
+        if client.stream:
+            self._stream(client)
+            return
         for _ in range(min(client.depth, client.left)):
             if not self._issue_one(client):
                 return
         if not client.flying:
             self._next(client)
+
+    def _stream(self, client: SimClient) -> None:
+        """A streaming client's next call, if fewer than ``depth`` are unanswered, and its next
+        turn. A burst's calls reach the contact in one frame and the next burst waits for all
+        of them, so a view change never falls between two calls of a session that both wait:
+        here one always can. That is what a contact relaying a session's calls to a member
+        must survive when a view changes the shard's members (or makes the contact one): its
+        next call must follow the unanswered one, or be ordered first and that one lost."""
+        if client.left <= 0:
+            if not client.flying:
+                self._close(client)
+            return
+        if len(client.flying) < client.depth and not self._issue_one(client):
+            return  # retired
+        now = self.sched.now
+        gap = HURRY_GAP if now < self.hurry_until else client.pace
+        self.sched.at(now + self.rng.random() * gap, self._stream, client)
+
+    def _close(self, client: SimClient) -> None:
+        """Done: its connection closes, as a user's Client would (once)."""
+        if client.caller is not None and not client.closed:
+            client.closed = True
+            client.caller.close()
 
     def _issue_one(self, client: SimClient) -> bool:
         workload = self.rng.choice(self.workloads)
@@ -324,7 +247,7 @@ class ClientPool:
             if op is not None and history is not None:
                 history.fail(op, self.sched.now)
             return True
-        flight = InFlight(call, workload.cls, op, results, self.sched.now)
+        flight = InFlight(call, workload.cls, op, results, self.sched.now, len(self.cluster.trace.restarts))
         client.flying.append(flight)
         self.sched.at(self.sched.now + POLL_EVERY, self._poll, client, flight)
         return True
@@ -344,7 +267,7 @@ class ClientPool:
             replies = {-1: exc}
         client.flying.remove(flight)
         self._finish(client, flight, replies)
-        if not client.flying:
+        if not client.flying and (not client.stream or client.left <= 0):
             self._next(client)
 
     def _finish(self, client: SimClient, flight: InFlight, replies: dict[int, Any]) -> None:
@@ -356,6 +279,17 @@ class ClientPool:
         if ok and (len({repr(v) for v in ok.values()}) > 1 or errors):
             shown = "; ".join(f"node {n}: {v!r}"[:120] for n, v in sorted({**ok, **errors}.items()))
             self.violation("replies-differ", f"replicas answered {what} differently: {shown}", client.node)
+        forgotten = [n for n, e in errors.items() if is_forgotten(e)]
+        if forgotten and len(self.cluster.trace.restarts) == flight.restarts:
+            # (A total restart keeps the calls in the logs but not their replies: a call sent
+            # again after one may have run, its reply gone; an unknown outcome, as it says.)
+            self.violation(
+                "call-forgotten",
+                f"client {client.cid} ({client.where()}): {what} answered 'applied already, reply no longer kept' "
+                f"by nodes {sorted(forgotten)} while it waited for it: the replicas took it as applied (a later "
+                "call of its session ordered first?), and it may never have run",
+                client.node,
+            )
         history = self.histories.get(spec.name)
         if not ok:
             self.unknown += 1  # lost with its replicas, or refused: whether it took effect is not known
@@ -372,8 +306,8 @@ class ClientPool:
     def _next(self, client: SimClient) -> None:
         if client.left > 0:
             self.sched.at(self.sched.now + self.rng.random() * client.pace, self._issue, client)
-        elif client.caller is not None:
-            client.caller.close()  # done: its connection closes, as a user's Client would
+        else:
+            self._close(client)
 
     def _retire(self, client: SimClient) -> None:
         """The client's node is gone, or its session gave up: its calls in flight have an
@@ -383,6 +317,6 @@ class ClientPool:
         left, client.left = client.left, 0
         if client.caller is not None:
             self.say(f"client {client.cid} retires: {client.caller.stopped}")
-            client.caller.close()
+            self._close(client)
         if left > 0:
             self.schedule(self.sched.now, left)
