@@ -46,7 +46,6 @@ class ResultsFeed:
         self,
         description: str,
         decode: Callable[[bytes], Any],
-        *,
         ordered: bool = True,
         compare: str | None = None,
         why_waiting: Callable[[], str | None] | None = None,
@@ -62,7 +61,8 @@ class ResultsFeed:
         message; ``persist_query(version, replica)``: the query ``persisted`` sends;
         ``call_id``: the caller's number for it, named in messages after ``description`` as
         ``call_word`` (a client's "client call 12", a member's "call 12"); ``lock``: shared with
-        the caller's other results (no method holds it calling another's): one object less per call."""
+        the caller's other results (no method holds it calling another's): one object less per call.
+        Positional or by name: a client makes one per call, and arguments by position bind faster."""
         self._what, self._call_id, self._call_word, self._decode = description, call_id, call_word, decode
         # A plain lock guards the state; a Condition on it is made only if someone has to wait
         # (most calls are answered before anyone looks: no Condition, no notify).
@@ -177,7 +177,8 @@ class ResultsFeed:
                 self._own_versions().update(values.fromkeys(nodes, version))
             self._first = (True, raw) if self._compare is not None else None
             self._finished = True  # every replica answered: ``_maybe_done`` without its set arithmetic
-            self._wake()
+            if self._cond is not None or self._future is not None:  # ``_wake``, called only if someone waits
+                self._wake()
             return True
 
     def _record(
