@@ -79,7 +79,9 @@ class ResultsFeed:
         self._versions: dict[int, int] = NONE  # node -> version of the call there (persistent types)
         self._persist_query, self._why_waiting = persist_query, why_waiting  # the producer's settings (see above)
         self.ordered, self._compare = ordered, compare
-        self._first: tuple[bool, bytes] | None = None  # the first answer, as encoded
+        # The first answer as encoded: its bytes if a value, ``(False, bytes)`` if an error (a
+        # value's needs no tuple made: most calls' only answer is a value).
+        self._first: bytes | tuple[bool, bytes] | None = None
         self._differ = False  # some answer's bytes differ from the first's (decoded values may still agree)
         self._warned = False
         self._on_wire = False  # was in flight on a connection that ended (``maybe_delivered``)
@@ -175,7 +177,7 @@ class ResultsFeed:
             self._values, self._expected, self._order = values, replica_set(nodes), nodes
             if version >= 0:
                 self._own_versions().update(values.fromkeys(nodes, version))
-            self._first = (True, raw) if self._compare is not None else None
+            self._first = raw if self._compare is not None else None
             self._finished = True  # every replica answered: ``_maybe_done`` without its set arithmetic
             if self._cond is not None or self._future is not None:  # ``_wake``, called only if someone waits
                 self._wake()
@@ -208,10 +210,10 @@ class ResultsFeed:
                         result = _outcome_unknown(result)
                     self._own_errors()[node] = result
                 if self._compare is not None:
-                    held = self._first
+                    held, answer = self._first, value if ok else (False, value)
                     if held is None:
-                        self._first = (ok, value)
-                    elif held[1] != value or held[0] != ok:
+                        self._first = answer
+                    elif held != answer:  # bytes against bytes, or an error's tuple
                         self._differ = True
                 self._order += (node,)
             if self._expected is None:

@@ -13,7 +13,7 @@ import pytest
 from derecho_actors.caller.results import QueryResults
 from derecho_actors.caller.results_feed import NONE
 from derecho_actors.wire import codec as _codec
-from runtime.errors import GroupClosed, RemoteError, ReplicaLost
+from runtime.errors import DivergenceError, GroupClosed, RemoteError, ReplicaLost
 
 R3 = (1, 2, 3)
 V = msgpack.packb("v")
@@ -108,3 +108,43 @@ def test_calls_fed_alike_do_not_share_their_tables() -> None:
     assert a.version == 5 and b.version == 6
     a.mark_left({2}, "left")
     assert b.lost == {} and set(a.lost) == {2}
+
+
+E2 = _codec.encode_error(RuntimeError("bang"))
+DIVERGED = DivergenceError
+
+# answers (node, ok, bytes) in order, on_divergence, what ``get`` gives (values, or the error's type)
+DIVERGENCE: list[tuple[str, list[tuple[int, bool, bytes]], str, Any]] = [
+    ("values differ", [(1, True, V), (2, True, W), (3, True, V)], "raise", DIVERGED),
+    ("values differ, warn", [(1, True, V), (2, True, W), (3, True, V)], "warn", {1: "v", 2: "w", 3: "v"}),
+    ("values agree", [(1, True, V), (2, True, V), (3, True, V)], "raise", {1: "v", 2: "v", 3: "v"}),
+    ("a value, then an error", [(1, True, V), (2, False, ERR), (3, True, V)], "raise", DIVERGED),
+    ("an error, then values", [(1, False, ERR), (2, True, V), (3, True, V)], "raise", DIVERGED),
+    ("an error, then values, warn", [(1, False, ERR), (2, True, V), (3, True, V)], "warn", RemoteError),
+    ("errors agree", [(1, False, ERR), (2, False, ERR), (3, False, ERR)], "raise", RemoteError),
+    ("errors differ", [(1, False, ERR), (2, False, E2), (3, False, ERR)], "raise", RemoteError),
+    ("merged, then one that differs", [(0, True, V), (3, True, W)], "raise", DIVERGED),
+    ("merged, then one that agrees", [(0, True, V), (3, True, V)], "raise", {1: "v", 2: "v", 3: "v"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("answers", "compare", "expected"), [c[1:] for c in DIVERGENCE], ids=[c[0] for c in DIVERGENCE]
+)
+def test_answers_that_differ_as_encoded_reach_the_divergence_check(
+    answers: list[tuple[int, bool, bytes]], compare: str, expected: Any
+) -> None:
+    """The first answer is kept as encoded (a value's bytes, an error's ``(False, bytes)``) and
+    every later one compared with it; node 0 stands for nodes 1 and 2 merged by the contact."""
+    r = QueryResults("KV.put", msgpack.unpackb, compare=compare)
+    for node, ok, data in answers:
+        if node == 0:
+            r.add_agreed((1, 2), R3, ok, data)
+        else:
+            r.add_reply(node, R3, ok, data)
+    assert r.done()
+    if isinstance(expected, type):
+        with pytest.raises(expected):
+            r.get(0)
+    else:
+        assert r.get(0) == expected
