@@ -57,6 +57,11 @@ class Request(NamedTuple):
     overhead: int = -1  # what the call takes of a frame beyond ``args`` (-1: not worked out yet)
 
 
+new_request = tuple.__new__
+"""``new_request(Request, fields)``: a ``Request`` of all ten fields, made without the named
+tuple's generated ``__new__`` (a Python function: one call less per call made)."""
+
+
 def method_request(
     spec: TypeSpec,
     shard: ShardId,
@@ -105,7 +110,7 @@ def method_requests(spec: TypeSpec, shard: ShardId, method: str) -> MakeRequest:
             data = encode_read(read, data)
         if len(data) + 64 > limit:
             raise _too_large(spec, method, len(data), limit)
-        return Request(shard, kind, method, data, ordered, node or 0, what, decode, compare, overhead)
+        return new_request(Request, (shard, kind, method, data, ordered, node or 0, what, decode, compare, overhead))
 
     return make
 

@@ -139,15 +139,17 @@ class ClientSession:
     def _results(self, request: Request, call_id: int) -> QueryResults:
         """Call ``call_id``'s results, made as every call of this session makes them (sharing
         one lock and one ``why_waiting``), whether it goes in a frame or streams."""
+        # By position (``ResultsFeed``'s order): made once per call.
         return QueryResults(
             request.what,
             request.decode,
-            call_id=call_id,
-            call_word="client call",
-            ordered=request.ordered,
-            compare=request.compare,
-            why_waiting=self._why_waiting,
-            lock=self._results_lock,
+            request.ordered,
+            request.compare,
+            self._why_waiting,
+            None,
+            call_id,
+            "client call",
+            self._results_lock,
         )
 
     @property
