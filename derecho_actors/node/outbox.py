@@ -23,6 +23,9 @@ from runtime.node_api import NodeHandle
 MAX_SENT: Final = 512
 """Payloads :class:`SentBatches` keeps the calls of, at most (the oldest go first): more than
 a shard's window of own messages in flight, so all but those lost in a view change are used."""
+MAX_SENT_BYTES: Final = 16 << 20
+"""... and bytes of them at most: payloads never delivered here (a shard whose replica does
+not run on this node) cannot hold more than this."""
 
 _ARGS: Final = itemgetter(3)
 
@@ -38,8 +41,10 @@ class SentBatches:
     Payloads large enough to be read as views (``call_views``) are not kept: decoded, their
     arguments are views, and so they stay."""
 
-    def __init__(self, limit: int = MAX_SENT) -> None:
+    def __init__(self, limit: int = MAX_SENT, max_bytes: int = MAX_SENT_BYTES) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
+        self.bytes = 0  # of the payloads kept
         self._calls: OrderedDict[int, tuple[bytes, list[_codec.OrderedCall]]] = OrderedDict()
 
     def sent(self, payload: bytes, calls: list[_codec.PendingCall], now: int) -> None:
@@ -50,14 +55,17 @@ class SentBatches:
             return
         stamp = (now,)
         self._calls[id(payload)] = (payload, [c + stamp for c in calls])
-        if len(self._calls) > self.limit:  # not delivered (lost in a view change): forgotten
-            self._calls.popitem(last=False)
+        self.bytes += len(payload)
+        while len(self._calls) > self.limit or self.bytes > self.max_bytes:  # the oldest, not delivered: forgotten
+            self.bytes -= len(self._calls.popitem(last=False)[1][0])
 
     def decode(self, payload: bytes | memoryview) -> list[_codec.OrderedCall] | _codec.UndecodableBatch:
         """The calls of a delivered payload: as sent if this node sent it, else decoded."""
         kept = self._calls.pop(id(payload), None) if self._calls else None
-        if kept is not None and kept[0] is payload:  # (it is: a kept payload's id stays its own)
-            return kept[1]
+        if kept is not None:
+            self.bytes -= len(kept[0])
+            if kept[0] is payload:  # (it is: a kept payload's id stays its own)
+                return kept[1]
         return _codec.decode_ordered(payload)
 
 

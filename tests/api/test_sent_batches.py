@@ -110,3 +110,16 @@ def test_payloads_never_delivered_are_forgotten_oldest_first() -> None:
     for payload in payloads:  # the two oldest are decoded, the others taken as sent: all alike
         assert kept.decode(payload) == _codec.decode_ordered(payload)
     assert not kept._calls
+
+
+def test_payloads_never_delivered_hold_a_bounded_number_of_bytes() -> None:
+    batch = calls(10)
+    size = len(_codec.encode_ordered(batch, 1 << 20, NOW)[0])
+    kept = SentBatches(limit=100, max_bytes=3 * size)
+    payloads = [_codec.encode_ordered(batch, 1 << 20, NOW + k)[0] for k in range(5)]
+    for k, payload in enumerate(payloads):
+        kept.sent(payload, batch, NOW + k)
+    assert len(kept._calls) == 3 and kept.bytes == 3 * size
+    for payload in payloads:
+        kept.decode(payload)
+    assert not kept._calls and kept.bytes == 0
