@@ -65,6 +65,7 @@ class CallPaths:
         per-client limits; ``clock``: the clock ``node.call_later`` runs on, in seconds
         (``node.monotonic`` if not given)."""
         outbox = Outbox(node, call_limits)
+        host.decode = outbox.sent.decode  # this node's own payloads: their calls as sent
         holds = WatchHolds(node, host, clock)
         stable = StableReadBook(node, host, outbox)
         # The answers this node makes itself go out (or back in) through the reply routes,

@@ -38,6 +38,7 @@ class ClientAnswers:
         self.table = table
         self.stats = stats
         self.out = out
+        self._replicas: dict[tuple[int, ...], tuple[int, ...]] = {}  # each set of replicas seen, once
 
     def forward(self, batch: ReplyBatch, entries: list[ReplyEntry]) -> None:
         """Answers in ``batch`` for clients' calls: on to each client in one frame. To a client
@@ -50,6 +51,16 @@ class ClientAnswers:
         replica's bit among them, the clock for latencies, whether anything is relayed): a
         delivered batch brings ~100 answers, and this ran at ~13% of a contact's loop."""
         node, replicas, vid = batch.node, batch.replicas, batch.vid
+        # One tuple per set of replicas: a call's first answer keeps its batch's, and the
+        # others' batches (decoded apart) then name the very same object, so most answers
+        # find their replica's place with an identity test, not a tuple comparison.
+        same = self._replicas.get(replicas)
+        if same is None:
+            if len(self._replicas) >= 64:  # views come and go: only the recent sets matter
+                self._replicas.clear()
+            same = self._replicas[replicas] = replicas
+        replicas = same
+        full = (1 << len(replicas)) - 1  # every replica's bit
         view = self.view()
         # Answers from a view since changed: replicas that left since will not answer, and the
         # departure that said so may have come before these answers did. Answers from a view
@@ -66,6 +77,9 @@ class ClientAnswers:
         last_conn: ClientConn | None = None  # the client of the last merged answer, and its list
         last_merged: list[MergedEntry] = []
         owners: dict[ClientConn, ClientState] = {}  # the clients of ``agreed``
+        # The (label, ok) of the last first answer, and its list in ``firsts``.
+        first_label: str | None = None
+        first_ok, first_started = True, []
         for entry in entries:
             call_id, ok, value, origin, version = entry
             key = (origin, call_id)
@@ -82,18 +96,20 @@ class ClientAnswers:
                 left = len(replicas)
                 proxy.replicas = replicas
                 if proxy.kind is method:
-                    started = firsts.get((proxy.label, ok))
-                    if started is None:
-                        firsts[(proxy.label, ok)] = [proxy.started_ns]
-                    else:
-                        started.append(proxy.started_ns)
+                    # A batch's first answers are mostly of one method and outcome: the list
+                    # of the last is at hand, without a key made and looked up per answer.
+                    if proxy.label is not first_label or ok is not first_ok:
+                        first_label, first_ok = proxy.label, ok
+                        first_started = firsts.setdefault((first_label, ok), [])
+                    first_started.append(proxy.started_ns)
                 if not ok:
                     self._check_refusal(client, value)
             # Member ``node``'s place among those that answer (``ClientTable.answer``, inlined).
             theirs = proxy.replicas
-            place = (
-                bit if theirs is replicas or theirs == replicas else 1 << theirs.index(node) if node in theirs else 0
-            )
+            if theirs is replicas:
+                place = bit
+            else:
+                place = bit if theirs == replicas else 1 << theirs.index(node) if node in theirs else 0
             if proxy.answered & place:
                 # It answered already: a call sent again (after a failover back here) is answered
                 # twice, once per copy delivered. Counted twice, the call would seem answered
@@ -134,7 +150,7 @@ class ClientAnswers:
                 if conn is not last_conn:
                     last_conn, last_merged = conn, agreed.setdefault(conn, [])
                     owners[conn] = client
-                if proxy.answered == (1 << len(theirs)) - 1:  # all replicas gave it: the common case
+                if proxy.answered == (full if theirs is replicas else (1 << len(theirs)) - 1):  # all gave it
                     last_merged.append((call_id, proxy.ok, proxy.value, proxy.version, ()))
                 else:
                     last_merged.append(merged_entry(proxy, call_id))

@@ -57,7 +57,6 @@ from runtime.core.view import ShardOrphan, View
 
 log = logging.getLogger("derecho.hosting")
 
-
 MakeEnv = Callable[[ShardId, TypeSpec, int, "int | None"], ReplicaEnv]
 
 WAIT_CALLS = 32  # a delivered batch of at most this many calls: the loop waits for its answers
@@ -95,6 +94,7 @@ class ReplicaHost:
         self._single: set[ShardId] = set()  # shards warned about as having one replica (here)
         self._undecodable = UndecodableBatches(node_id)
         self.held_answers: HeldAnswers | None = None  # set by the group: small batches are waited for
+        self.decode = _codec.decode_ordered  # a payload's calls (the group's: ``SentBatches.decode``)
         self._no_wait_until: dict[ShardId, float] = {}
         self._ran_out: dict[ShardId, int] = {}  # per shard, its last waits: bit 0 the latest, 1: ran out
 
@@ -264,7 +264,7 @@ class ReplicaHost:
                 self._refuse_waiting(d, view)
             return
         calls: list[_codec.OrderedCall] = []
-        decode = _codec.decode_ordered
+        decode = self.decode
         replicas = tuple(view.layout.members_of(d.shard))
         notices = self._notices
         for _, sender, _, payload in d.messages:

@@ -9,11 +9,64 @@ so none is dropped later for being too large. Runs on the node's loop.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from operator import itemgetter
+from typing import Final
+
 from derecho_actors.node.call_limits import CallLimits
 from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.call_views import MIN_VIEW_BYTES
 from runtime.core.layout import ShardId
 from runtime.errors import PayloadTooLarge
 from runtime.node_api import NodeHandle
+
+MAX_SENT: Final = 512
+"""Payloads :class:`SentBatches` keeps the calls of, at most (the oldest go first): more than
+a shard's window of own messages in flight, so all but those lost in a view change are used."""
+MAX_SENT_BYTES: Final = 16 << 20
+"""... and bytes of them at most: payloads never delivered here (a shard whose replica does
+not run on this node) cannot hold more than this."""
+
+_ARGS: Final = itemgetter(3)
+
+
+class SentBatches:
+    """The calls of the multicast payloads this node sent, by payload, until it delivers them.
+
+    A contact multicasts its clients' calls and then, as a replica, runs them: the core
+    delivers its own messages as the very bytes objects it was given, so their calls are known
+    without decoding the payload again (``msgpack`` and a check per call: ~1 µs a call of the
+    contact's CPU, measured with cProfile). Found by identity (a payload kept here cannot be
+    freed, so its ``id`` is not reused meanwhile); any other payload is decoded as always.
+    Payloads large enough to be read as views (``call_views``) are not kept: decoded, their
+    arguments are views, and so they stay."""
+
+    def __init__(self, limit: int = MAX_SENT, max_bytes: int = MAX_SENT_BYTES) -> None:
+        self.limit = limit
+        self.max_bytes = max_bytes
+        self.bytes = 0  # of the payloads kept
+        self._calls: OrderedDict[int, tuple[bytes, list[_codec.OrderedCall]]] = OrderedDict()
+
+    def sent(self, payload: bytes, calls: list[_codec.PendingCall], now: int) -> None:
+        """``payload`` carries ``calls`` (as :func:`codec.encode_ordered` made it at ``now``).
+        Kept only if decoding it would give back these calls exactly: arguments of type
+        ``bytes`` (a view or a ``bytearray`` decodes as ``bytes``)."""
+        if len(payload) >= MIN_VIEW_BYTES or set(map(type, map(_ARGS, calls))) != {bytes}:
+            return
+        stamp = (now,)
+        self._calls[id(payload)] = (payload, [c + stamp for c in calls])
+        self.bytes += len(payload)
+        while len(self._calls) > self.limit or self.bytes > self.max_bytes:  # the oldest, not delivered: forgotten
+            self.bytes -= len(self._calls.popitem(last=False)[1][0])
+
+    def decode(self, payload: bytes | memoryview) -> list[_codec.OrderedCall] | _codec.UndecodableBatch:
+        """The calls of a delivered payload: as sent if this node sent it, else decoded."""
+        kept = self._calls.pop(id(payload), None) if self._calls else None
+        if kept is not None:
+            self.bytes -= len(kept[0])
+            if kept[0] is payload:  # (it is: a kept payload's id stays its own)
+                return kept[1]
+        return _codec.decode_ordered(payload)
 
 
 class Outbox:
@@ -22,6 +75,7 @@ class Outbox:
         self.node = node
         self.limits = limits
         self._queued: dict[ShardId, list[_codec.PendingCall]] = {}
+        self.sent = SentBatches()  # what it sent, for this node's replicas (``ReplicaHost.decode``)
 
     def too_large(self, method: str, args: bytes, framed: bool = False) -> int | None:
         """The size of a call too large to multicast (``framed``: to send in one frame to
@@ -89,4 +143,7 @@ class Outbox:
         out, self._queued = self._queued, {}
         now = self.node.wall_ns()
         for shard, calls in out.items():
-            self.node.send_ordered(shard, _codec.encode_ordered(calls, self.limits.batch, now))
+            payloads = _codec.encode_ordered(calls, self.limits.batch, now)
+            if len(payloads) == 1:  # the common case: one payload, these calls
+                self.sent.sent(payloads[0], calls, now)
+            self.node.send_ordered(shard, payloads)

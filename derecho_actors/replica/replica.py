@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from derecho_actors.model.context import handler_context
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.replica.calls import CallRunner, session_refusal
 from derecho_actors.replica.env import ReplicaEnv, SendReplies
@@ -250,6 +251,7 @@ class Replica:
         # Everything the loop reads, looked up once per batch: no call can change them.
         store, sessions, obj, spec = self.store, self.sessions, self.obj, self.spec
         ordered = self._runner.ordered
+        ctx = handler_context.__dict__  # this thread's: what the calls run in (``CallRunner.ordered``)
         live, kept, tick = sessions.live, sessions.kept, sessions.tick
         every = self._digest_every
         me = self.node_id
@@ -283,20 +285,20 @@ class Replica:
             if store is not None:
                 store.last_version = version  # what current_version() shows during the call
             if not origin:
-                ok, value = ordered(obj, method, args)
+                ok, value = ordered(obj, method, args, ctx)
             else:
                 if ts != ticked:  # the table's clock moves only with a new timestamp
                     tick(ts)
                     ticked = ts
                 s = live(origin, call_id, owner)
                 if s is not None:  # a live session's next call: the common case
-                    ok, value = answer = ordered(obj, method, args)
+                    ok, value = answer = ordered(obj, method, args, ctx)
                     kept(s, call_id, answer, floor)
                 else:
                     verdict = sessions.check(origin, call_id, session, owner)
                     kind = verdict.kind
                     if kind == NEW:
-                        ok, value = answer = ordered(obj, method, args)
+                        ok, value = answer = ordered(obj, method, args, ctx)
                         sessions.applied(origin, call_id, answer, floor, owner, session)
                     elif kind == DUPLICATE:
                         ok, value = verdict.reply  # type: ignore[misc]
