@@ -27,6 +27,7 @@ import struct
 import sys
 import time
 from array import array
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -158,17 +159,21 @@ class BenchApp:
         """The next ``n`` paced payloads, each stamped when it fell due (not now: the wait
         for the tick counts, message by message). Messages due within one ``STAMP_STEP``
         share a payload stamped at the earliest of them: at most that much is over-counted,
-        and a payload is not built per message."""
+        and a payload is not built per message. One comprehension per submit: this runs in
+        the member's own process, so what it costs is taken from the node it measures (a
+        loop with a few calls per ``STAMP_STEP`` was ~8% of a member's CPU at half load)."""
         if self.size < STAMP.size:
             return [b"\x00" * self.size] * n
-        out: list[bytes] = []
         per = max(1, int(self.rate * STAMP_STEP))
-        i = 0
-        while i < n:
-            m = min(per, n - i)
-            due = self._t0 + (self.sent + i) / self.rate
-            out += [STAMP.pack(wall_ns - int(max(0.0, now - due) * 1e9)) + self.pad] * m
-            i += m
+        late0 = (now - self._t0 - self.sent / self.rate) * 1e9  # ns the first is overdue
+        step = per / self.rate * 1e9  # ns between the first messages of two stamps
+        chunks = range((n + per - 1) // per)
+        due_ns = [wall_ns - int(late0 - i * step) if late0 > i * step else wall_ns for i in chunks]
+        stamps = list(map(bytes.__add__, map(STAMP.pack, due_ns), repeat(self.pad)))
+        if per == 1:
+            return stamps
+        out = [p for p in stamps for _ in range(per)]
+        del out[n:]
         return out
 
     def _pace(self) -> None:

@@ -298,11 +298,12 @@ class ShardMulticast:
             self._released_bytes = marks.popleft()[1]
         return self.config.window_bytes - (self._own_bytes - self._released_bytes)
 
-    def _fit_bytes(self, payloads: Sequence[OwnPayload], take: int) -> int:
-        """How many of the first ``take`` payloads fit the byte window (at least one when
-        nothing is outstanding, so a message above ``window_bytes`` still goes alone)."""
-        free = self.window_bytes_free()
-        if take == 0 or sum(map(len, payloads[:take] if take < len(payloads) else payloads)) <= free:
+    def _fit_bytes(self, payloads: Sequence[OwnPayload], take: int, size: int, base: int) -> int:
+        """How many of the first ``take`` payloads (``size`` bytes in all) fit the byte window
+        (at least one when nothing is outstanding, so a message above ``window_bytes`` still
+        goes alone); ``base``: the window's base now (``_window_base``)."""
+        free = self.window_bytes_free(base)
+        if take == 0 or size <= free:
             return take
         fit = bisect_right(list(accumulate(map(len, payloads[:take]))), free)
         if fit == 0 and self._own_bytes == self._released_bytes:
@@ -345,8 +346,12 @@ class ShardMulticast:
         return total
 
     def _take_some(self, payloads: Sequence[OwnPayload], now: float) -> int:
-        take = min(self.send_capacity(), len(payloads))
-        if not take:
+        pos = self.my_pos
+        if pos is None or self.wedged:
+            return 0
+        base = self._window_base(pos)  # once for both windows (send_capacity's and the bytes')
+        take = min(base + self.config.window_size - self.sent, len(payloads))
+        if take <= 0:
             return 0
         # Only what the window admits now is measured: the caller offers its whole queue
         # each time the window opens, and a pass over a long backlog per offer would make
@@ -355,17 +360,20 @@ class ShardMulticast:
         limit = self.config.max_message_size
         objects = self.objects
         small = limit if objects is None else objects.policy.threshold
-        if sum(map(len, head)) > small:  # only then measure each one
+        size = sum(map(len, head))  # measured once: the byte window and its marks reuse it
+        if size > small:  # only then measure each one
             big = next((i for i, p in enumerate(head) if len(p) > small), None)
             if big == 0:
                 return self._take_object(head[0], now)
             if big is not None:
                 head, take = head[:big], big
-        take = self._fit_bytes(head, take)
+                size = sum(map(len, head))
+        take = self._fit_bytes(head, take, size, base)
         if take:
             # Only payloads above the threshold come Digested (the driver wraps no others): the
             # run taken here is of bytes.
-            self._append_own(cast(Sequence[bytes], head if take == len(head) else head[:take]))
+            whole = take == len(head)
+            self._append_own(cast(Sequence[bytes], head if whole else head[:take]), size=size if whole else None)
             self._last_send_at = now
         return take
 
@@ -415,15 +423,18 @@ class ShardMulticast:
         if not self.resend and self._blocked:
             self._window_opened = True
 
-    def _append_own(self, msgs: Sequence[Payload], nulls: int = 0) -> None:
-        """Append own messages (``nulls`` of them are null messages)."""
+    def _append_own(self, msgs: Sequence[Payload], nulls: int = 0, size: int | None = None) -> None:
+        """Append own messages (``nulls`` of them are null messages; ``size``: their bytes,
+        if the caller measured them)."""
         pos = self.my_pos
         assert pos is not None
         self._buf[pos].extend(msgs)
         self._buf_nulls[pos] += nulls
         end = self.sent + len(msgs)
         if nulls < len(msgs):
-            self._own_bytes += sum(map(len, filter(None, msgs) if nulls else msgs))  # type: ignore[arg-type]
+            if size is None:
+                size = sum(map(len, filter(None, msgs) if nulls else msgs))  # type: ignore[arg-type]
+            self._own_bytes += size
             self._own_marks.append((end, self._own_bytes))
             last = len(msgs) - 1
             if nulls:

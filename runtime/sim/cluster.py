@@ -326,11 +326,21 @@ class SimCluster:
         self._after_step(node)
 
     def _after_step(self, node: SimNode) -> None:
-        """Sample the core's state for the checker, then make sure a flush is coming.
+        """Sample the core's state for the checker, then make sure a flush is coming."""
+        self._sample(node)
+        if node.flush_at is None and node.alive:
+            lo, hi = self.proc_delay
+            node.flush_at = self.sched.now + lo + self.rng.random() * (hi - lo)
+            self.sched.at(node.flush_at, self._flush, node.node_id, node.life)
 
-        This runs after every core call, so the common case (nothing sampled moved) is kept to
-        a few comparisons: a shard's receive counts are compared whole before position by
-        position, and a ballot is decoded only when it changed."""
+    def _sample(self, node: SimNode) -> None:
+        """Sample the core's state for the checker: after every core call, and after each
+        flush (the core evaluates a shard's pushes and sends only when the state is next
+        read, at the latest in ``ready()``: what that moved shows there).
+
+        The common case (nothing sampled moved) is kept to a few comparisons: a shard's
+        receive counts are compared whole before position by position, and a ballot is
+        decoded only when it changed."""
         step = self.sched.steps
         core = node.core
         membership = core.membership
@@ -374,10 +384,6 @@ class SimCluster:
                 if pf and pf != node.last_pfront.get(key, 0):
                     node.last_pfront[key] = pf
                     trace.persisted.setdefault((node.inc, vid, tuple(sid)), []).append((pf - 1, step))
-        if node.flush_at is None and node.alive:
-            lo, hi = self.proc_delay
-            node.flush_at = self.sched.now + lo + self.rng.random() * (hi - lo)
-            self.sched.at(node.flush_at, self._flush, node.node_id, node.life)
 
     def _sample_ballot(self, node: SimNode, m: Membership, step: int) -> None:
         ballot = m.mine["ballot"]
@@ -401,6 +407,7 @@ class SimCluster:
             return
         node.flush_at = None
         ready = node.core.ready()
+        self._sample(node)
         if ready.accepted is not None and self.persistent:
             # The driver's first duty: the acceptance is on disk before the ack can leave.
             disk = self.disks[node_id]
