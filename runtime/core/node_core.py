@@ -185,10 +185,13 @@ class NodeCore:
         During a view change (wedged) or in an inadequate view nothing is taken; the caller
         keeps the rest and retries on ``Ready.window_open``.
         """
+        known = shard in self.shards
         self._settle()
         self._advance(now)
         smc = self.shards.get(shard)
         if smc is None:
+            if known:  # settling the turn's pushes installed a view without it: the view's
+                return 0  # effects (``ready``) tell the caller, as for any view change
             raise UnknownShard(f"node {self.node_id} is not a member of shard {shard!r} in view {self.vid}")
         if self.excluded is not None:
             return 0
@@ -628,7 +631,8 @@ class NodeCore:
     def status(self) -> CoreStatus:
         """What this node knows of the group, for operators (``derecho-actors status``): the
         view, the leader, each member's health as this node sees it, and per shard it holds,
-        each member's delivery and persistence progress. Pure."""
+        each member's delivery and persistence progress. Evaluates the pushes a loop turn
+        left unevaluated first (see :meth:`step`), as any read of the state does."""
         self._settle()
         stalls = Stalls(self.stalls, round(self.longest_stall * 1000, 1)) if self.stalls else None
         view, m = self.view, self.membership

@@ -851,7 +851,12 @@ class SimCluster:
         if {n.node_id for n in live} != set(view.members):
             return False
         for n in live:
-            if n.core.unreported():
+            unreported = n.core.unreported()
+            # That read settles pushes the node's last step left unevaluated (NodeCore.step):
+            # sample what it moved, or a frontier it advanced would go unchecked if this is
+            # the run's last look.
+            self._sample(n)
+            if unreported:
                 return False
             m = n.core.membership
             if m is None or m.wedged or m.pending_joins:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from derecho_actors.node.call_limits import CallLimits
-from derecho_actors.node.outbox import Outbox, SentBatches
+from derecho_actors.node.outbox import CALL_BYTES, Outbox, SentBatches
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.call_views import MIN_VIEW_BYTES
 from runtime.core.layout import ShardId
@@ -113,8 +113,10 @@ def test_payloads_never_delivered_are_forgotten_oldest_first() -> None:
 
 
 def test_payloads_never_delivered_hold_a_bounded_number_of_bytes() -> None:
+    """Counted with the calls' own memory (CALL_BYTES each), not the payload bytes alone:
+    small calls cost several times their bytes once kept as tuples."""
     batch = calls(10)
-    size = len(_codec.encode_ordered(batch, 1 << 20, NOW)[0])
+    size = len(_codec.encode_ordered(batch, 1 << 20, NOW)[0]) + CALL_BYTES * len(batch)
     kept = SentBatches(limit=100, max_bytes=3 * size)
     payloads = [_codec.encode_ordered(batch, 1 << 20, NOW + k)[0] for k in range(5)]
     for k, payload in enumerate(payloads):

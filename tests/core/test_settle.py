@@ -97,3 +97,23 @@ def test_unreported_and_tick_see_deliveries_of_pushes_not_yet_evaluated() -> Non
     core.step(Tick(net.now))
     net.flush(1)
     assert net.payloads(1) == [b"a"]
+
+
+def test_a_send_whose_settle_removed_the_shard_takes_nothing() -> None:
+    """Settling inside ``send`` may install a view (the pushes' predicates decide it) in which
+    this node no longer holds the shard the caller just saw: nothing is taken and the view
+    reaches the caller through ``ready`` as any view does, not an ``UnknownShard`` raised into
+    the app queue. A shard never held is still refused with ``UnknownShard``."""
+    from runtime.core.node_core import UnknownShard
+
+    net = ShardNet((1, 2, 3))
+    core = net.cores[1]
+    shards = core.shards
+
+    def settle_drops_shard() -> None:
+        shards.pop(SHARD, None)
+
+    core._settle = settle_drops_shard  # type: ignore[method-assign]
+    assert core.send(SHARD, [b"x"], net.now) == 0
+    with pytest.raises(UnknownShard):
+        core.send(SHARD, [b"y"], net.now)
