@@ -488,6 +488,11 @@ def objects(ctx: Context) -> list[Row]:
 
     rows: list[Row] = []
     tcp = report.ceiling(ctx.results, "tcp", "MB_per_s")
+    # What three bare processes carry in this experiment's shape (bench.object_ceiling).
+    bare = {
+        "off": report.ceiling(ctx.results, "objects3", "MB_per_s"),
+        "on": report.ceiling(ctx.results, "objects3_tls", "MB_per_s"),
+    }
     one_mb: dict[str, float] = {}
     for size, count, senders, schedule, tls in matrix(ctx.quick):
         kind = "messages" if size <= MB else "objects"
@@ -506,6 +511,8 @@ def objects(ctx: Context) -> list[Row]:
             one_mb[row["tls"]] = row["MB_per_s"]
         if tcp:
             row["vs_tcp"] = row["MB_per_s"] / tcp
+        if bare.get(row["tls"]):
+            row["vs_bare"] = row["MB_per_s"] / bare[row["tls"]]
         if one_mb.get(row["tls"]):
             row["vs_1mb"] = row["MB_per_s"] / one_mb[row["tls"]]
         rows.append(row)
@@ -518,6 +525,12 @@ def objects(ctx: Context) -> list[Row]:
                 f"100 MB objects, 1/3 send, TLS {mode}: {r['MB_per_s']:,.0f} MB/s per receiver = "
                 f"{r['MB_per_s'] / tcp:.0%} of one loopback TCP stream ({tcp:,.0f} MB/s)"
                 + (f", {r['vs_1mb']:.1f}x the 1 MB-message rate" if "vs_1mb" in r else "")
+                + (
+                    f"; three bare processes in this shape carry {bare[mode]:,.0f} MB/s "
+                    f"({bare[mode] / tcp:.0%} of the stream; this run {r['vs_bare']:.0%} of that)"
+                    if bare.get(mode) and "vs_bare" in r
+                    else ""
+                )
             )
     ctx.note(f"load average before/after: {os.getloadavg()[0]:.2f} (the machine is shared)")
     return rows
@@ -554,6 +567,11 @@ def plot_objects(results: dict[str, list[Row]], out: Path) -> list[Path]:
             report._hline(axes[0], msgs[0]["MB_per_s"], f"1 MB messages, 3/3 send, TLS {tls}")
     tcp = report.ceiling(results, "tcp", "MB_per_s")
     report._hline(axes[0], tcp, f"ceiling: 1 TCP stream ({tcp / 1000:.1f} GB/s)" if tcp else "")
+    for kind, tls in (("objects3", "off"), ("objects3_tls", "on")):
+        bare = report.ceiling(results, kind, "MB_per_s")
+        report._hline(
+            axes[0], bare, f"ceiling: 3 bare processes, this shape, TLS {tls} ({bare:,.0f} MB/s)" if bare else ""
+        )
     axes[0].set_ylabel("delivered MB/s per receiver (slowest)")
     axes[1].set_ylabel("peak RSS growth per node / object size")
     axes[1].set_title("runs of several objects hold several at once (and the app's digests)", fontsize=8)
