@@ -14,8 +14,9 @@ Most sit under one of four groups, so a caller can catch by what to do next:
 - :class:`ProtocolError`: the two ends of a connection do not agree (refused, or bytes that
   do not decode).
 
-Three stand alone: :class:`RemoteError` (the replicated method itself raised),
-:class:`SessionExpired` and :class:`WatchHistoryLost` (read the state, then go on from it).
+Four stand alone: :class:`RemoteError` (the replicated method itself raised),
+:class:`SessionExpired`, :class:`ReplyForgotten` and :class:`WatchHistoryLost` (read the
+state, then go on from it).
 """
 
 from __future__ import annotations
@@ -279,6 +280,18 @@ class SessionExpired(DerechoError):
     applied, so the call was not run again. Read the state to find out, then call anew."""
 
 
+class ReplyForgotten(DerechoError):
+    """A retried ordered call was refused because the replicas applied it already and no
+    longer keep its reply (the caller had acknowledged it, or more than the session's reply
+    window followed it): it was not run again. Not the method's error, and not ``Unavailable``:
+    calling again cannot help (``applied`` is True). Read the state to learn the outcome.
+
+    A caller waiting for a call it sent once cannot normally get it, since its unanswered
+    calls' replies are kept; getting one means a later call of its session was ordered first."""
+
+    applied: bool | None = True
+
+
 class WatchHistoryLost(DerechoError):
     """A watch asked for events from a position its replica no longer keeps (more than the
     type's ``watch_history`` events came since, or the shard restarted from its logs). Some
@@ -315,6 +328,7 @@ __all__ = [
     "NotPersistent",
     "SessionExpired",
     "SessionLimit",
+    "ReplyForgotten",
     "ClientLimit",
     "StateTransferError",
     "RestartError",

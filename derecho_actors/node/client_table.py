@@ -27,11 +27,11 @@ from __future__ import annotations
 import collections
 import logging
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Final
 
+from derecho_actors.node.relay_pins import CallKey, RelayPins
 from derecho_actors.replica.sessions import owner_of
 from derecho_actors.wire.messages import Call, CallKind
 from runtime.core.layout import ShardId
@@ -46,9 +46,6 @@ MAX_WARNED = 10_000  # (identity, limit) pairs remembered for that; forgotten al
 _WATCH_POLL: Final = CallKind.WATCH_POLL
 """As a module constant: an enum member read off its class costs ~10x a global's in Python
 3.11 (a descriptor call), and it is tested once per client call taken and dropped."""
-
-CallKey = tuple[int, int]
-"""``(client origin, call id)``: a client's call, as its replies name it."""
 
 
 class Limit(str, Enum):
@@ -76,7 +73,6 @@ class ClientState:
     offered: bool = False  # this node offered it merged answers (``Features``)
     merged: bool = False  # it reads merged answers: the replicas' identical answers go as one
     held: int = 0  # bytes of answers held until every replica gave them (``ClientTable.hold``)
-    relayed: dict[ShardId, CallKey] = field(default_factory=dict)  # per shard, its latest ordered call relayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +184,8 @@ class ClientTable:
         self.clients: dict[ClientConn, ClientState] = {}
         self.proxies: collections.OrderedDict[CallKey, Proxied] = collections.OrderedDict()
         self.relays: dict[CallKey, Relay] = {}
+        # Where each session's next ordered calls to a shard must go (small and streamed alike).
+        self.pins = RelayPins(self.relays, max_proxied)
         self.polls: dict[str, int] = {}  # identity -> watch polls in flight
         self._warned: dict[str, int] = {}  # identity (or address) -> when it was last named
 
@@ -235,26 +233,9 @@ class ClientTable:
     def relay(self, key: CallKey, relay: Relay) -> None:
         self.relays[key] = relay
         if relay.call.ordered:
-            relay.client.relayed[relay.call.shard] = key
+            self.pins.pin(key, relay.call.shard)
         if len(self.relays) > self.max_proxied:
             self.relays.pop(next(iter(self.relays)))
-
-    def pinned(self, state: ClientState, shard: ShardId, members: Sequence[int]) -> int | None:
-        """The member the client's ordered calls to ``shard`` must go to while its latest one
-        relayed there is unanswered (if that member still holds the shard): its next calls
-        follow, whatever member the view would pick now (a view that added one to the shard,
-        this node promoted into it). Replicas take a session's call ordered after a later one
-        as applied already: sent two ways, an earlier call could be lost while its client is
-        told it was applied. The latest relayed call is enough to look at: the calls before it
-        went to the same member, in order, so they are delivered once it is answered."""
-        key = state.relayed.get(shard)
-        if key is None:
-            return None
-        relay = self.relays.get(key)
-        if relay is None or relay.client is not state:  # answered (or dropped): nothing to follow
-            del state.relayed[shard]
-            return None
-        return relay.target if relay.target in members else None
 
     def drop(self, key: CallKey) -> Proxied | None:
         """Forget call ``key`` (answered, refused or abandoned)."""
@@ -335,6 +316,8 @@ class ClientTable:
         state = self.clients.pop(conn, None)
         if state is None:
             return []
+        if self.pins.sessions:
+            self.pins.forget(conn.origin)
         state.closed = True
         state.inbox.clear()
         parked: list[tuple[ShardId, CallKey]] = []

@@ -22,7 +22,7 @@ from derecho_actors.replica.reads import PastView
 from derecho_actors.replica.sessions import EVICTED, EXPIRED, FORGOTTEN, Kind
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.call_views import let_go
-from runtime.errors import SessionExpired, SessionLimit
+from runtime.errors import ReplyForgotten, SessionExpired, SessionLimit
 
 
 class CallRunner:
@@ -99,15 +99,14 @@ class CallRunner:
 def session_refusal(kind: Kind, spec: TypeSpec, call_id: int) -> bytes:
     """The encoded error an ordered call gets when its session table would not run it (any
     verdict but ``NEW`` and ``DUPLICATE``): the same at every replica, since the table is."""
+    exc: ReplyForgotten | SessionExpired | SessionLimit
     if kind == FORGOTTEN:
-        return _codec.encode_error(
-            RuntimeError(
-                f"call {call_id} was applied already and its reply is no longer kept (the caller had "
-                "acknowledged it, or more than the reply window followed); it was not run again"
-            )
+        exc = ReplyForgotten(
+            f"call {call_id} was applied already and its reply is no longer kept (the caller had "
+            "acknowledged it, or more than the reply window followed); it was not run again: do not "
+            "retry it, read the state to learn its outcome"
         )
-    exc: SessionExpired | SessionLimit
-    if kind == EXPIRED:
+    elif kind == EXPIRED:
         exc = SessionExpired(
             f"call {call_id} was not run: its caller's session expired (no call for "
             f"{spec.session_ttl:g} s), so it may be the retry of a call applied before; read the state "

@@ -1,7 +1,7 @@
 """The simulator's checks of users' replicated classes that look at the application, not the
 protocol: replicas' state digests at every point two of them share, their final states once
 the group is quiet, the clients' histories against the workload's model, and the answer no
-waiting call may get ("applied already, reply no longer kept").
+waiting call may get (``ReplyForgotten``: "applied already, reply no longer kept").
 
 Each check only reads what the run gathered and returns what it found, so the run decides how
 a finding becomes a violation (the first of each kind) and the checks can be read alone.
@@ -16,12 +16,8 @@ from derecho_actors.sim.api import SimWorkload
 from derecho_actors.sim.watch import WatchedRef
 from derecho_actors.wire.digest import state_digest
 from runtime.core.layout import ShardId
-from runtime.errors import RemoteError
+from runtime.errors import ReplyForgotten
 from runtime.sim.history import HistoryRecorder, HistoryTooComplex, check_history
-
-FORGOTTEN_MARK = "was applied already and its reply is no longer kept"
-"""What a replica's session table answers a call it takes as applied already with no reply kept
-(``replica.calls.session_refusal``); tests/sim checks the product still says it."""
 
 
 def is_forgotten(exc: BaseException) -> bool:
@@ -29,8 +25,9 @@ def is_forgotten(exc: BaseException) -> bool:
     for at most a few calls at a time, far below the replicas' reply window and bytes, so its
     calls' replies are always kept while it waits: this answer means a later call of its
     session was ordered before this one and the replicas skipped it (the call is lost while
-    its client is told it ran), the bug class of a contact relaying a session's calls two ways."""
-    return isinstance(exc, RemoteError) and exc.remote_type == "RuntimeError" and FORGOTTEN_MARK in exc.remote_message
+    its client is told it ran), the bug class of a contact relaying a session's calls two ways.
+    Recognised by its type (``ReplyForgotten``, the replicas' refusal), not its wording."""
+    return isinstance(exc, ReplyForgotten)
 
 
 class DigestBook:

@@ -285,7 +285,7 @@ class ClientPool:
             # again after one may have run, its reply gone; an unknown outcome, as it says.)
             self.violation(
                 "call-forgotten",
-                f"client {client.cid} ({client.where()}): {what} answered 'applied already, reply no longer kept' "
+                f"client {client.cid} ({client.where()}): {what} answered ReplyForgotten ('applied already, reply no longer kept') "
                 f"by nodes {sorted(forgotten)} while it waited for it: the replicas took it as applied (a later "
                 "call of its session ordered first?), and it may never have run",
                 client.node,

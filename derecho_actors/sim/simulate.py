@@ -18,8 +18,8 @@ Checks of every run:
   the same point have diverged (a non-deterministic ordered method, a P2P method that changed
   state, a bug);
 - **replies**: the replicas' replies to one ordered call are identical;
-- **no call forgotten**: no call a client still waits for is answered "applied already, reply
-  no longer kept" (outside a total restart): a later call of its session was ordered first,
+- **no call forgotten**: no call a client still waits for is answered ``ReplyForgotten``
+  ("applied already, reply no longer kept"; matched by type) (outside a total restart): a later call of its session was ordered first,
   and it may never have run (streaming clients keep calls unanswered while views change a
   shard's members under contacts outside it; see ``clients``);
 - **history**: with a workload model (register, append, counter), what the clients observed is

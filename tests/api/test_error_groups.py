@@ -67,6 +67,7 @@ TABLE: list[tuple[str, tuple[type[DerechoError], ...], tuple[type[BaseException]
     # in no group: each has its own handling
     ("RemoteError", (), ()),
     ("SessionExpired", (), ()),
+    ("ReplyForgotten", (), ()),
     ("WatchHistoryLost", (), ()),
 ]
 
@@ -222,3 +223,21 @@ def test_other_errors_of_a_method_stay_remote_errors() -> None:
     got = _codec.decode_error(wire, node=3)
     assert type(got) is RemoteError and got.remote_type == "KeyError" and got.node == 3
     assert not isinstance(got, (Unavailable, UsageError, PersistenceError, ProtocolError))
+
+
+def test_a_call_applied_whose_reply_is_gone_is_refused_as_reply_forgotten() -> None:
+    """The replicas' answer to a retried call they applied already and no longer keep the reply
+    of: a typed refusal (no traceback: the method did not raise), not a ``RemoteError``, and
+    one that says not to retry (``applied`` True, in no group that retrying may help)."""
+    from derecho_actors.model.decorators import spec_of
+    from derecho_actors.replica.calls import session_refusal
+    from derecho_actors.replica.sessions import Kind
+    from examples.kv_store import KV
+
+    spec = spec_of(KV)
+    assert spec is not None
+    got = _codec.decode_error(session_refusal(Kind.FORGOTTEN, spec, 9), node=2)
+    assert type(got) is da.ReplyForgotten
+    assert not isinstance(got, (RemoteError, Unavailable, UsageError))
+    assert got.applied is True
+    assert "call 9" in str(got) and "read the state" in str(got) and "raised by" not in str(got)

@@ -720,7 +720,7 @@ def test_insecure_open_copied_session_poisons_the_victims_calls(insecure: LocalC
             huge = 2**62
             r.send(Call(huge, 0, KV_SHARD, "put", True, kv_args("p", 1), 0, 0, huge))
             r.read(10, until=lambda got: any(isinstance(m, ReplyBatch) for m in got))
-        with pytest.raises(da.RemoteError, match="applied already"):
+        with pytest.raises(da.ReplyForgotten, match="applied already"):
             vh.put("v1", b"x").get(timeout=20)
     serving_and_equal(c, {1, 2, 3})
 
