@@ -146,6 +146,10 @@ class Outbox:
             self._flush()
 
     def _flush(self) -> None:
+        if not self._queued:
+            # The turn's timer after a lone call already sent by ``flush`` (a serial
+            # client's every call): nothing to send, no clock to read.
+            return
         out, self._queued = self._queued, {}
         now = self.node.wall_ns()
         for shard, calls in out.items():

@@ -103,6 +103,10 @@ class SST:
     n_rows: int
     my_rank: int
     rows: list[dict[str, Value | list[int]]] = field(init=False)
+    # This member's row, ``rows[my_rank]`` (never replaced: writes and merges change rows in
+    # place). A plain attribute, not a property: the protocol reads it ~25-35 times per
+    # serial call at each node, and a property is a Python call each time.
+    mine: dict[str, Value | list[int]] = field(init=False, repr=False, compare=False)
     _dirty: set[str] = field(init=False, default_factory=set)
     _urgent: bool = field(init=False, default=False)  # a non-lazy column is in _dirty
     _push_seq: int = field(init=False, default=0)
@@ -118,18 +122,15 @@ class SST:
         if not 0 <= self.my_rank < self.n_rows:
             raise ValueError(f"my_rank {self.my_rank} outside a table of {self.n_rows} rows")
         self.rows = [{c.name: c.initial() for c in self.schema.columns} for _ in range(self.n_rows)]
+        self.mine = self.rows[self.my_rank]
         self._applied_seq = [0] * self.n_rows
         self._columns = {c.name: c for c in self.schema.columns}
 
     # ----------------------------------------------------------------- local writes
-    @property
-    def mine(self) -> dict[str, Value | list[int]]:
-        return self.rows[self.my_rank]
-
     def set(self, name: str, value: Value) -> None:
         """Write a scalar (or opaque) column of this member's row."""
         col = self._columns[name]
-        row = self.rows[self.my_rank]
+        row = self.mine
         if col.width:
             raise SSTError(f"column {name!r} is a vector; use set_item")
         if col.monotonic and value < row[name]:  # type: ignore[operator]
@@ -148,7 +149,7 @@ class SST:
         lazy): the owner knows no peer waits for it now. It rides along with the next push,
         or with one the owner asks for (``drain_push(lazy=True)``)."""
         col = self._columns[name]
-        vec = self.rows[self.my_rank][name]
+        vec = self.mine[name]
         if not col.width:
             raise SSTError(f"column {name!r} is a scalar; use set")
         if col.monotonic and value < vec[index]:  # type: ignore[index]
