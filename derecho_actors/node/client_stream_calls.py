@@ -78,7 +78,7 @@ class _ProxyGlue:
 
     def __init__(self, proxy: ClientProxy) -> None:
         self.proxy = proxy
-        proxy.table.pins.streamed = self._streamed  # the relays ``RelayPins`` follows, small or streamed
+        proxy.table.streamed = self._streamed  # the relays ``RelayPins`` follows, small or streamed
 
     def _streamed(self, key: tuple[int, int]) -> int | None:
         """The member streamed call ``key``'s relay runs to (None: none runs)."""

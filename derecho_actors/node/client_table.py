@@ -164,6 +164,11 @@ def describe(conn: ClientConn) -> tuple[str, str]:
     return f"{ident.describe()} ({address})", str(ident.name)
 
 
+def _no_stream(key: CallKey) -> int | None:
+    """No streamed calls relayed (a table without the client proxy's streams: tests)."""
+    return None
+
+
 class ClientTable:
     def __init__(
         self,
@@ -184,8 +189,11 @@ class ClientTable:
         self.clients: dict[ClientConn, ClientState] = {}
         self.proxies: collections.OrderedDict[CallKey, Proxied] = collections.OrderedDict()
         self.relays: dict[CallKey, Relay] = {}
+        # The member a streamed call's relay runs to (None: no relay of it runs); set by the
+        # client proxy's streams (``client_stream_calls``), whose relays are kept there.
+        self.streamed: Callable[[CallKey], int | None] = _no_stream
         # Where each session's next ordered calls to a shard must go (small and streamed alike).
-        self.pins = RelayPins(self.relays, max_proxied)
+        self.pins = RelayPins(self.target_of, max_proxied)
         self.polls: dict[str, int] = {}  # identity -> watch polls in flight
         self._warned: dict[str, int] = {}  # identity (or address) -> when it was last named
 
@@ -236,6 +244,12 @@ class ClientTable:
             self.pins.pin(key, relay.call.shard)
         if len(self.relays) > self.max_proxied:
             self.relays.pop(next(iter(self.relays)))
+
+    def target_of(self, key: CallKey) -> int | None:
+        """The member relayed call ``key`` (small or streamed) went to, while it is unanswered
+        (``RelayPins`` follows it)."""
+        relay = self.relays.get(key)
+        return relay.target if relay is not None else self.streamed(key)
 
     def drop(self, key: CallKey) -> Proxied | None:
         """Forget call ``key`` (answered, refused or abandoned)."""

@@ -16,24 +16,13 @@ still run. Runs on the node's loop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Callable, Protocol
+from collections.abc import Sequence
+from typing import Callable
 
 from runtime.core.layout import ShardId
 
 CallKey = tuple[int, int]
 """``(client origin, call id)``: a client's call, as its replies name it."""
-
-
-class Relayed(Protocol):
-    """A small call relayed to member ``target`` (``client_table.Relay``)."""
-
-    target: int
-
-
-def _no_stream(key: CallKey) -> int | None:
-    """No streamed calls relayed (pins without the client proxy's streams: tests)."""
-    return None
 
 
 class RelayPins:
@@ -45,21 +34,13 @@ class RelayPins:
     are delivered once it is answered. The one before it answers for a streamed call asking
     where its own last block goes (``skip``): its own relay is then the latest."""
 
-    def __init__(self, relays: Mapping[CallKey, Relayed], max_sessions: int) -> None:
-        """``relays``: the small calls relayed and unanswered (``ClientTable.relays``);
-        ``max_sessions``: sessions kept at most (the oldest go first: sessions that went away
-        with a call unanswered)."""
-        self.relays = relays
-        # The member a streamed call's relay runs to (None: none runs, answered or dropped);
-        # set by the client proxy's streams (``client_stream_calls``), which keep those relays.
-        self.streamed: Callable[[CallKey], int | None] = _no_stream
+    def __init__(self, target_of: Callable[[CallKey], int | None], max_sessions: int) -> None:
+        """``target_of(key)``: the member relayed call ``key`` went to while it is unanswered
+        (None: answered, refused or dropped); ``max_sessions``: sessions kept at most (the
+        oldest go first: sessions that went away with a call unanswered)."""
+        self.target_of = target_of
         self.max_sessions = max_sessions
         self.sessions: dict[int, dict[ShardId, tuple[CallKey | None, CallKey]]] = {}
-
-    def target_of(self, key: CallKey) -> int | None:
-        """The member relayed call ``key`` (small or streamed) went to, while it is unanswered."""
-        relay = self.relays.get(key)
-        return relay.target if relay is not None else self.streamed(key)
 
     def pin(self, key: CallKey, shard: ShardId) -> None:
         """Ordered call ``key`` of session ``key[0]`` was relayed to a member of ``shard``, a
@@ -90,8 +71,7 @@ class RelayPins:
         key = latest if latest[1] != skip else before
         if key is None:
             return None
-        relay = self.relays.get(key)  # (``target_of``, inline: once per call relayed)
-        target = relay.target if relay is not None else self.streamed(key)
+        target = self.target_of(key)
         if target is None:  # answered (or dropped): nothing to follow
             if key is latest:
                 del shards[shard]

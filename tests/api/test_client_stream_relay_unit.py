@@ -284,8 +284,7 @@ def test_a_sessions_calls_relayed_to_a_member_that_left_go_again_in_call_order()
     queue = Queue()
     relay = StreamRelay(queue, lambda k, s, p: None, lambda k, s, v: None, CONTACT)  # type: ignore[arg-type]
     calls = {n: Call(n, CONTACT, SHARD, "put", True, b"small %d" % n, ORIGIN, 5, 0) for n in (4, 6)}
-    relays = {(ORIGIN, n): Relay(MEMBER, c, None) for n, c in calls.items()}  # type: ignore[arg-type]
-    table = SimpleNamespace(relays=relays, pins=SimpleNamespace())
+    table = SimpleNamespace(relays={(ORIGIN, n): Relay(MEMBER, c, None) for n, c in calls.items()})  # type: ignore[arg-type]
     proxy = SimpleNamespace(table=table, node_id=CONTACT, to_members=queue, outbox=Outbox())
     glue = _ProxyGlue(proxy)  # type: ignore[arg-type]
     glue.relay = relay
@@ -348,8 +347,7 @@ def test_a_sessions_relays_to_two_shards_whose_member_left_are_each_handled_once
     a KeyError out of the view change, or sent the RelayStart twice)."""
     queue, done = Queue(), []
     relay = StreamRelay(queue, lambda k, s, p: done.append(k), lambda k, s, v: None, CONTACT)  # type: ignore[arg-type]
-    table = SimpleNamespace(relays={}, pins=SimpleNamespace())
-    proxy = SimpleNamespace(table=table, node_id=CONTACT, to_members=queue, outbox=Outbox())
+    proxy = SimpleNamespace(table=SimpleNamespace(relays={}), node_id=CONTACT, to_members=queue, outbox=Outbox())
     glue = _ProxyGlue(proxy)  # type: ignore[arg-type]
     glue.relay = relay
     for call_id, shard in zip((5, 6), TWO_SHARDS):
