@@ -125,11 +125,11 @@ class ClientProxy:
             target = msg.target  # the client asked for this replica (P2P node=)
         else:
             target = self.node_id if self.node_id in members else members[origin % len(members)]
-            if msg.ordered and table.pins.sessions:
+            if msg.ordered and table.pins:
                 # While the session's latest call relayed to the shard (small or streamed) is
                 # unanswered: to its member, chosen before a view added one or before this node
-                # became one, so it is ordered after it (``RelayPins``).
-                pinned = table.pins.pinned(origin, msg.shard, members)
+                # became one, so it is ordered after it (``ClientTable.pinned``).
+                pinned = table.pinned(origin, msg.shard, members)
                 target = target if pinned is None else pinned
         owner = client.owner
         if target == self.node_id:
@@ -188,7 +188,7 @@ class ClientProxy:
         method = ""
         fast: tuple[str, int] | None = None
         pending: list[_codec.PendingCall] = []  # ordered calls of ``shard`` to submit, in order
-        pins, pinned = self.table.pins.sessions, self.table.pins.pinned
+        pins, pinned = self.table.pins, self.table.pinned
         for msg in calls:
             if client.closed:
                 break

@@ -78,7 +78,7 @@ class _ProxyGlue:
 
     def __init__(self, proxy: ClientProxy) -> None:
         self.proxy = proxy
-        proxy.table.streamed = self._streamed  # the relays ``RelayPins`` follows, small or streamed
+        proxy.table.streamed = self._streamed  # the relays ``ClientTable.pinned`` follows, small or streamed
 
     def _streamed(self, key: tuple[int, int]) -> int | None:
         """The member streamed call ``key``'s relay runs to (None: none runs)."""
@@ -150,7 +150,7 @@ class _ProxyGlue:
         if key not in client.calls:
             proxy.table.add(client, key, Proxied(client, start.method, proxy.node.wall_ns()))
         self.relay.begin(self._target(conn.origin, start, members), start, self.tail(conn), budget, payload, base)
-        proxy.table.pins.pin(key, start.shard)  # the session's next calls to the shard follow it
+        proxy.table.pin(key, start.shard)  # the session's next calls to the shard follow it
         return True
 
     def _relayed(self, origin: int, start: StreamStart, members: Sequence[int]) -> bool:
@@ -160,14 +160,14 @@ class _ProxyGlue:
         call could be ordered before that one, and that one taken as applied already)."""
         if self.proxy.node_id not in members:
             return True
-        return self.proxy.table.pins.pinned(origin, start.shard, members, start.call_id) is not None
+        return self.proxy.table.pinned(origin, start.shard, members, start.call_id) is not None
 
     def _target(self, origin: int, start: StreamStart, members: Sequence[int]) -> int:
         """Where a new relay goes: where the session's unanswered calls to the shard went, if
         that is still a member (a view that added a member moves ``relay_target``, and calls of
         one session sent to two members can be ordered out of call order: one then lost). The
-        same rule as a small call's (``RelayPins``)."""
-        target = self.proxy.table.pins.pinned(origin, start.shard, members)
+        same rule as a small call's (``ClientTable.pinned``)."""
+        target = self.proxy.table.pinned(origin, start.shard, members)
         return relay_target(members, origin) if target is None else target
 
     def local(self, key: tuple[int, int], start: StreamStart, payload: bytearray) -> None:

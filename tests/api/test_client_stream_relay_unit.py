@@ -499,10 +499,10 @@ def test_a_relay_whose_member_left_the_shard_pins_nothing() -> None:
     proxy, glue, _ = _contact(views)
     assert _take(proxy, glue, Conn(origin=ORIGIN_2), "stream 7") == 1
     table = proxy.table
-    assert table.pins.pinned(ORIGIN_2, SHARD, (1, 2)) == 1
-    assert table.pins.pinned(ORIGIN_2, SHARD, (2, 5)) is None  # no longer a member: the usual target
-    assert table.pins.pinned(ORIGIN_2, TWO_SHARDS[1], (1, 2)) is None  # another shard's calls
-    assert table.pins.pinned(ORIGIN_2 + 1, SHARD, (1, 2)) is None  # another session's
+    assert table.pinned(ORIGIN_2, SHARD, (1, 2)) == 1
+    assert table.pinned(ORIGIN_2, SHARD, (2, 5)) is None  # no longer a member: the usual target
+    assert table.pinned(ORIGIN_2, TWO_SHARDS[1], (1, 2)) is None  # another shard's calls
+    assert table.pinned(ORIGIN_2 + 1, SHARD, (1, 2)) is None  # another session's
 
 
 def _backed_up(pair: Pair, ready: list[bool]) -> AnswerQueue[int]:
@@ -660,7 +660,7 @@ def test_a_stream_whole_after_the_contact_is_promoted_follows_the_call_before_it
     shard before 9's last block. While 6 is unanswered, 9 must end at node 1 (multicast here,
     it could be ordered before 6, and 6 taken as applied already); once 6 is answered, 9 is
     multicast here (its relay aborted). The session's latest relayed call is 9 itself, so the
-    one mechanism must look at the call before it (``RelayPins.pinned``'s ``skip``)."""
+    one mechanism must look at the call before it (``ClientTable.pinned``'s ``skip``)."""
     views = [View(1, (1, 2, 3, 4), (1, 2))]
     proxy, glue, queue = _contact(views)
     conn = Conn(origin=ORIGIN_2)
@@ -707,8 +707,8 @@ def test_pins_of_a_session_whose_calls_were_answered_are_freed_when_it_goes() ->
     conn = Conn(origin=ORIGIN_2)
     assert _take(proxy, glue, conn, "call 6") == 1
     assert _take(proxy, glue, conn, "stream 7") == 1
-    assert ORIGIN_2 in proxy.table.pins.sessions
+    assert ORIGIN_2 in proxy.table.pins
     del proxy.table.relays[(ORIGIN_2, 6)]
     glue.relay.drop(ORIGIN_2, 7)
     proxy.table.forget(conn)
-    assert proxy.table.pins.sessions == {}
+    assert proxy.table.pins == {}

@@ -3,7 +3,7 @@
 A contact outside a shard relays a client session's ordered calls to one member
 (``members[origin % n]``). When a view adds a member to the shard, removes one, or makes the
 contact one, that choice changes: unless the session's next call follows its unanswered one
-(``RelayPins.pinned``), it can be ordered first, and the replicas then answer the earlier
+(``ClientTable.pinned``), it can be ordered first, and the replicas then answer the earlier
 call "applied already, reply no longer kept" although it never ran. The seeds long missed it:
 the simulated clients sent bursts that all reached the contact before any view change and
 waited for all of them, so no session ever had a call unanswered at its contact when the
@@ -16,7 +16,7 @@ import pytest
 
 import derecho_actors as da
 from derecho_actors.model.decorators import spec_of
-from derecho_actors.node.relay_pins import RelayPins
+from derecho_actors.node.client_table import ClientTable
 from derecho_actors.replica.calls import session_refusal
 from derecho_actors.replica.sessions import Kind
 from derecho_actors.sim.api import workload_of
@@ -65,11 +65,11 @@ def test_some_seeds_leave_nodes_outside_a_shard() -> None:
 
 def test_a_contact_that_does_not_pin_a_sessions_calls_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """The seeds pass as the product is, and with ``pinned`` planted away (the bug fixed in
-    ``RelayPins.pinned``) the history of one of them holds a call the replicas took as
+    ``ClientTable.pinned``) the history of one of them holds a call the replicas took as
     applied although it never ran. In this process: the plant must reach the runs."""
     clean = da.simulate(KV, seeds=CATCHING_SEEDS, faults="all", stop_at_first=False)
     assert clean.ok, clean.describe()
-    monkeypatch.setattr(RelayPins, "pinned", lambda self, *args: None)  # small and streamed calls alike
+    monkeypatch.setattr(ClientTable, "pinned", lambda self, *args: None)  # small and streamed calls alike
     planted = da.simulate(KV, seeds=CATCHING_SEEDS, faults="all", stop_at_first=False)
     assert "call-forgotten" in kinds(planted), planted.describe()
     detail = next(str(v) for r in planted.failures for v in r.violations if v.invariant == "call-forgotten")
