@@ -69,7 +69,7 @@ def test_a_contact_that_does_not_pin_a_sessions_calls_is_caught(monkeypatch: pyt
     applied although it never ran. In this process: the plant must reach the runs."""
     clean = da.simulate(KV, seeds=CATCHING_SEEDS, faults="all", stop_at_first=False)
     assert clean.ok, clean.describe()
-    monkeypatch.setattr(ClientTable, "pinned", lambda self, *args: None)  # small and streamed calls alike
+    monkeypatch.setattr(ClientTable, "pinned", lambda self, state, shard, members: None)
     planted = da.simulate(KV, seeds=CATCHING_SEEDS, faults="all", stop_at_first=False)
     assert "call-forgotten" in kinds(planted), planted.describe()
     detail = next(str(v) for r in planted.failures for v in r.violations if v.invariant == "call-forgotten")
