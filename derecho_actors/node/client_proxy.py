@@ -125,11 +125,15 @@ class ClientProxy:
             target = msg.target  # the client asked for this replica (P2P node=)
         else:
             target = self.node_id if self.node_id in members else members[origin % len(members)]
-            if msg.ordered and table.pins:
-                # While the session's latest call relayed to the shard (small or streamed) is
-                # unanswered: to its member, chosen before a view added one or before this node
-                # became one, so it is ordered after it (``ClientTable.pinned``).
-                pinned = table.pinned(origin, msg.shard, members)
+            if msg.ordered and client.relayed:  # its latest relayed call unanswered: there too
+                pinned = table.pinned(client, msg.shard, members)
+                target = target if pinned is None else pinned
+            relay = self.streams.relay
+            if msg.ordered and relay is not None and relay.relays:
+                # After the session's streamed call relayed to a member chosen before a view
+                # added one, or before this node became one: to that member too, so it is
+                # ordered after it (``StreamRelay.pinned``).
+                pinned = relay.pinned(origin, msg.shard, members)
                 target = target if pinned is None else pinned
         owner = client.owner
         if target == self.node_id:
@@ -188,7 +192,7 @@ class ClientProxy:
         method = ""
         fast: tuple[str, int] | None = None
         pending: list[_codec.PendingCall] = []  # ordered calls of ``shard`` to submit, in order
-        pins, pinned = self.table.pins, self.table.pinned
+        relay = self.streams.relay if self.streams.relay is not None and self.streams.relay.relays else None
         for msg in calls:
             if client.closed:
                 break
@@ -199,8 +203,18 @@ class ClientProxy:
                         pending = []
                     shard, method = msg.shard, msg.method
                     fast = self.checks.runs_here(view, shard, method)
-                    if fast is not None and pins and pinned(origin, shard, view.layout.members_of(shard)) is not None:
-                        fast = None  # after its calls relayed before this node held the shard: there too
+                    if (
+                        fast is not None
+                        and client.relayed
+                        and self.table.pinned(client, shard, view.layout.members_of(shard)) is not None
+                    ):
+                        fast = None  # after its small calls relayed before this node held the shard: there too
+                    if (
+                        fast is not None
+                        and relay is not None
+                        and relay.pinned(origin, shard, view.layout.members_of(shard)) is not None
+                    ):
+                        fast = None  # after the session's streamed call relayed to a member: there too
                 if fast is not None and len(msg.args) <= fast[1] and len(in_flight) < most and client.offered:
                     call_id = msg.call_id
                     add(client, (origin, call_id), Proxied(client, fast[0], now))

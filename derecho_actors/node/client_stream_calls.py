@@ -78,12 +78,6 @@ class _ProxyGlue:
 
     def __init__(self, proxy: ClientProxy) -> None:
         self.proxy = proxy
-        proxy.table.streamed = self._streamed  # the relays ``ClientTable.pinned`` follows, small or streamed
-
-    def _streamed(self, key: tuple[int, int]) -> int | None:
-        """The member streamed call ``key``'s relay runs to (None: none runs)."""
-        relay = self.relay.relays.get(key)
-        return None if relay is None else relay.target
 
     def _call(self, start: StreamStart, args: bytes = b"") -> Call:
         return Call(start.call_id, 0, start.shard, start.method, True, args, 0, 0, start.floor)
@@ -150,7 +144,6 @@ class _ProxyGlue:
         if key not in client.calls:
             proxy.table.add(client, key, Proxied(client, start.method, proxy.node.wall_ns()))
         self.relay.begin(self._target(conn.origin, start, members), start, self.tail(conn), budget, payload, base)
-        proxy.table.pin(key, start.shard)  # the session's next calls to the shard follow it
         return True
 
     def _relayed(self, origin: int, start: StreamStart, members: Sequence[int]) -> bool:
@@ -158,17 +151,32 @@ class _ProxyGlue:
         no replica of its shard, or another call of the session to the shard went to a member
         and is not answered yet (this node was promoted into the shard meanwhile: run here, the
         call could be ordered before that one, and that one taken as applied already)."""
-        if self.proxy.node_id not in members:
-            return True
-        return self.proxy.table.pinned(origin, start.shard, members, start.call_id) is not None
+        return self.proxy.node_id not in members or self._pinned(origin, start, members, start.call_id) is not None
 
     def _target(self, origin: int, start: StreamStart, members: Sequence[int]) -> int:
         """Where a new relay goes: where the session's unanswered calls to the shard went, if
         that is still a member (a view that added a member moves ``relay_target``, and calls of
-        one session sent to two members can be ordered out of call order: one then lost). The
-        same rule as a small call's (``ClientTable.pinned``)."""
-        target = self.proxy.table.pinned(origin, start.shard, members)
+        one session sent to two members can be ordered out of call order: one then lost)."""
+        target = self._pinned(origin, start, members)
         return relay_target(members, origin) if target is None else target
+
+    def _pinned(self, origin: int, start: StreamStart, members: Sequence[int], skip: int = 0) -> int | None:
+        """The member of ``members`` the session's unanswered calls to the shard (but call
+        ``skip``) went to: streamed ones, relayed in blocks, or small ones."""
+        target = self.relay.pinned(origin, start.shard, members, skip)
+        if target is not None:
+            return target
+        for (o, call_id), other in self.proxy.table.relays.items():
+            call = other.call
+            if (
+                o == origin
+                and call_id != skip
+                and call.ordered
+                and call.shard == start.shard
+                and other.target in members
+            ):
+                return other.target
+        return None
 
     def local(self, key: tuple[int, int], start: StreamStart, payload: bytearray) -> None:
         """A whole relayed call whose member left, now that this node holds a replica of its

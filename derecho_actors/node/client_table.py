@@ -76,6 +76,7 @@ class ClientState:
     offered: bool = False  # this node offered it merged answers (``Features``)
     merged: bool = False  # it reads merged answers: the replicas' identical answers go as one
     held: int = 0  # bytes of answers held until every replica gave them (``ClientTable.hold``)
+    relayed: dict[ShardId, CallKey] = field(default_factory=dict)  # per shard, its latest ordered call relayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +168,6 @@ def describe(conn: ClientConn) -> tuple[str, str]:
     return f"{ident.describe()} ({address})", str(ident.name)
 
 
-def _no_stream(key: CallKey) -> int | None:
-    """No streamed calls relayed (a table without the client proxy's streams: tests)."""
-    return None
-
-
 class ClientTable:
     def __init__(
         self,
@@ -192,12 +188,6 @@ class ClientTable:
         self.clients: dict[ClientConn, ClientState] = {}
         self.proxies: collections.OrderedDict[CallKey, Proxied] = collections.OrderedDict()
         self.relays: dict[CallKey, Relay] = {}
-        # Per session (origin) and shard: its two latest ordered calls relayed to a member, small
-        # or streamed, as (the one before, the latest): what ``pinned`` follows.
-        self.pins: dict[int, dict[ShardId, tuple[CallKey | None, CallKey]]] = {}
-        # The member a streamed call's relay runs to (None: no relay of it runs); set by the
-        # client proxy's streams (``client_stream_calls``), whose relays are kept there.
-        self.streamed: Callable[[CallKey], int | None] = _no_stream
         self.polls: dict[str, int] = {}  # identity -> watch polls in flight
         self._warned: dict[str, int] = {}  # identity (or address) -> when it was last named
 
@@ -245,67 +235,26 @@ class ClientTable:
     def relay(self, key: CallKey, relay: Relay) -> None:
         self.relays[key] = relay
         if relay.call.ordered:
-            self.pin(key, relay.call.shard)
+            relay.client.relayed[relay.call.shard] = key
         if len(self.relays) > self.max_proxied:
             self.relays.pop(next(iter(self.relays)))
 
-    def pin(self, key: CallKey, shard: ShardId) -> None:
-        """Ordered call ``key`` of session ``key[0]`` was relayed to a member of ``shard``, a
-        small call (``relay``) or a streamed one (its relay begun): the session's next calls
-        to the shard follow it while it is unanswered (``pinned``)."""
-        shards = self.pins.get(key[0])
-        if shards is None:
-            shards = self.pins[key[0]] = {}
-            if len(self.pins) > self.max_proxied:  # sessions that went away with a call unanswered
-                self.pins.pop(next(iter(self.pins)))
-        pin = shards.get(shard)
-        if pin is None:
-            shards[shard] = (None, key)
-        elif pin[1] != key:  # (the same call again: relayed anew from another connection)
-            shards[shard] = (pin[1], key)
-
-    def target_of(self, key: CallKey) -> int | None:
-        """The member relayed call ``key`` (small or streamed) went to, while it is unanswered."""
-        relay = self.relays.get(key)
-        return relay.target if relay is not None else self.streamed(key)
-
-    def pinned(self, origin: int, shard: ShardId, members: Sequence[int], skip: int = 0) -> int | None:
-        """The member session ``origin``'s ordered calls to ``shard`` must go to while its latest
-        call relayed there (but call ``skip``: a streamed call asking where its own last block
-        goes) is unanswered, if that member still holds the shard: its next calls follow,
-        whatever member the view would pick now (a view that added one to the shard, or this
-        node promoted into it). Replicas take a session's call ordered after a later one as
-        applied already: sent two ways, an earlier call could be lost while its client is told
-        it was applied.
-
-        One mechanism for every relayed ordered call, small ones (``ClientProxy.take_call``)
-        and streamed ones (``client_stream_calls``, whose relay begins at the stream's start and
-        whose member multicasts it at its last block), and per session, not per connection: a
-        client that reconnects sends its calls again on a new connection while the old one's
-        relays may still run. The latest relayed call is enough to look at (O(1) a call): the
-        calls before it went to the same member, in order (a client writes no call after a
-        stream before the stream's last block), so they are delivered once it is answered; the
-        one before it answers for a stream that skips itself."""
-        shards = self.pins.get(origin)
-        if shards is None:
-            return None
-        pin = shards.get(shard)
-        if pin is None:
-            return None
-        before, latest = pin
-        key = latest if latest[1] != skip else before
+    def pinned(self, state: ClientState, shard: ShardId, members: Sequence[int]) -> int | None:
+        """The member the client's ordered calls to ``shard`` must go to while its latest one
+        relayed there is unanswered (if that member still holds the shard): its next calls
+        follow, whatever member the view would pick now (a view that added one to the shard,
+        this node promoted into it). Replicas take a session's call ordered after a later one
+        as applied already: sent two ways, an earlier call could be lost while its client is
+        told it was applied. The latest relayed call is enough to look at: the calls before it
+        went to the same member, in order, so they are delivered once it is answered."""
+        key = state.relayed.get(shard)
         if key is None:
             return None
-        target = self.target_of(key)
-        if target is None:  # answered (or dropped): nothing to follow
-            if key is latest:
-                del shards[shard]
-                if not shards:
-                    del self.pins[origin]
-            else:
-                shards[shard] = (None, latest)
+        relay = self.relays.get(key)
+        if relay is None or relay.client is not state:  # answered (or dropped): nothing to follow
+            del state.relayed[shard]
             return None
-        return target if target in members else None
+        return relay.target if relay.target in members else None
 
     def drop(self, key: CallKey) -> Proxied | None:
         """Forget call ``key`` (answered, refused or abandoned)."""
@@ -386,13 +335,6 @@ class ClientTable:
         state = self.clients.pop(conn, None)
         if state is None:
             return []
-        shards = self.pins.get(conn.origin) if self.pins else None
-        if shards is not None:  # what it pinned and is answered (another connection may use the rest)
-            for shard, (before, latest) in list(shards.items()):
-                if self.target_of(latest) is None and (before is None or self.target_of(before) is None):
-                    del shards[shard]
-            if not shards:
-                del self.pins[conn.origin]
         state.closed = True
         state.inbox.clear()
         parked: list[tuple[ShardId, CallKey]] = []

@@ -120,6 +120,18 @@ class StreamRelay:
         relay.whole = True
         return True
 
+    def pinned(self, origin: int, shard: ShardId, members: Sequence[int], skip: int = 0) -> int | None:
+        """The member a relay of session ``origin`` to ``shard`` (but that of call ``skip``)
+        still runs to, if it is one of ``members``: that session's next calls to the shard go
+        there too. A relay keeps the member it began with, while ``relay_target`` moves when a
+        view adds a member, and this node, promoted into the shard, would run the calls itself;
+        replicas take a session's call arriving after a later one as applied already, so a
+        streamed call and the call after it sent two ways could be lost."""
+        for (o, call_id), relay in self.relays.items():
+            if o == origin and call_id != skip and relay.start.shard == shard and relay.target in members:
+                return relay.target
+        return None
+
     def drop(self, origin: int, call_id: int) -> None:
         """The call's bytes are free here (answered, refused or dropped): forget its relay, and
         if its last block never went, take its blocks not yet written out of the queue to the

@@ -495,14 +495,13 @@ def test_a_sessions_calls_follow_its_relayed_calls_when_the_contact_is_promoted_
 
 
 def test_a_relay_whose_member_left_the_shard_pins_nothing() -> None:
-    views = [View(1, (1, 2, 3, 4), (1, 2))]
-    proxy, glue, _ = _contact(views)
-    assert _take(proxy, glue, Conn(origin=ORIGIN_2), "stream 7") == 1
-    table = proxy.table
-    assert table.pinned(ORIGIN_2, SHARD, (1, 2)) == 1
-    assert table.pinned(ORIGIN_2, SHARD, (2, 5)) is None  # no longer a member: the usual target
-    assert table.pinned(ORIGIN_2, TWO_SHARDS[1], (1, 2)) is None  # another shard's calls
-    assert table.pinned(ORIGIN_2 + 1, SHARD, (1, 2)) is None  # another session's
+    relay = StreamRelay(Queue(), lambda *a: None, lambda *a: None, CONTACT)  # type: ignore[arg-type]
+    data = os.urandom(100)
+    relay.begin(1, StreamStart(7, SHARD, "put", 0, 100, blake3(data).digest()), (ORIGIN, 5, 9), "h", bytearray(data), 0)
+    assert relay.pinned(ORIGIN, SHARD, (1, 2)) == 1
+    assert relay.pinned(ORIGIN, SHARD, (2, 5)) is None  # no longer a member: the usual target
+    assert relay.pinned(ORIGIN, TWO_SHARDS[1], (1, 2)) is None  # another shard's calls
+    assert relay.pinned(ORIGIN + 1, SHARD, (1, 2)) is None  # another session's
 
 
 def _backed_up(pair: Pair, ready: list[bool]) -> AnswerQueue[int]:
@@ -652,63 +651,3 @@ def test_a_sessions_small_calls_stay_with_their_member_when_another_member_leave
     proxy.table.drop((ORIGIN_2, 6))  # answered: the usual member again
     proxy.table.drop((ORIGIN_2, 8))
     assert _take(proxy, glue, conn, "call 9") == 2
-
-
-@pytest.mark.parametrize("earlier", ["unanswered", "answered"])
-def test_a_stream_whole_after_the_contact_is_promoted_follows_the_call_before_it(earlier: str) -> None:
-    """Small call 6 relayed to node 1, then stream 9 relayed there too; this node joins the
-    shard before 9's last block. While 6 is unanswered, 9 must end at node 1 (multicast here,
-    it could be ordered before 6, and 6 taken as applied already); once 6 is answered, 9 is
-    multicast here (its relay aborted). The session's latest relayed call is 9 itself, so the
-    one mechanism must look at the call before it (``ClientTable.pinned``'s ``skip``)."""
-    views = [View(1, (1, 2, 3, 4), (1, 2))]
-    proxy, glue, queue = _contact(views)
-    conn = Conn(origin=ORIGIN_2)
-    assert _take(proxy, glue, conn, "call 6") == 1
-    data = os.urandom(3000)
-    start = StreamStart(9, SHARD, "put", 0, len(data), blake3(data).digest())
-    payload = bytearray(data)
-    assert glue.begin(conn, start, payload, 0, "host h")  # type: ignore[arg-type]
-    assert queue.sent[-1][0] == 1
-    if earlier == "answered":
-        del proxy.table.relays[(ORIGIN_2, 6)]  # as its first answer does (``ClientAnswers``)
-    views.append(View(2, (1, 2, 3, 4), (1, 2, CONTACT)))
-    proxy.streams = SimpleNamespace(relay=glue.relay, not_sent=lambda conn, call_id: pytest.fail("refused"))
-    glue.deliver(conn, start, payload, 0)  # type: ignore[arg-type]
-    if earlier == "unanswered":
-        assert proxy.node.ordered == [] and glue.relay.relays[(ORIGIN_2, 9)].whole
-        assert isinstance(parse_relay(queue.sent[-1][1]), RelayBlock) and queue.sent[-1][0] == 1
-    else:
-        assert len(proxy.node.ordered) == 1 and (ORIGIN_2, 9) not in glue.relay.relays
-        assert isinstance(parse_relay(queue.sent[-1][1]), RelayAbort)
-
-
-@pytest.mark.parametrize("then", ["call 8", "stream 9"])
-def test_a_sessions_calls_on_a_new_connection_follow_its_calls_relayed_on_the_old_one(then: str) -> None:
-    """A client that reconnects to the same contact (the same session) while a call it sent on
-    its old connection is relayed and unanswered: its calls on the new one follow that call's
-    member, small or streamed, after a view added a member to the shard (the pin is the
-    session's, not the connection's)."""
-    views = [View(1, (1, 2, 3, 4, 5), (1, 2))]
-    proxy, glue, _ = _contact(views)
-    old, new = Conn(origin=ORIGIN_2), Conn(origin=ORIGIN_2)
-    assert _take(proxy, glue, old, "call 6") == 1
-    views.append(View(2, (1, 2, 3, 4, 5), (1, 2, 5)))
-    assert _take(proxy, glue, new, then) == 1
-    proxy.table.forget(old)  # the old connection closes: call 6's relay goes with it
-    assert _take(proxy, glue, new, "call 10") == 1  # the new connection's own call, unanswered, pins now
-
-
-def test_pins_of_a_session_whose_calls_were_answered_are_freed_when_it_goes() -> None:
-    """What ``pinned`` keeps per session is freed with its last connection once its relayed
-    calls are answered, so sessions that come and go leave nothing behind."""
-    views = [View(1, (1, 2, 3, 4), (1, 2))]
-    proxy, glue, _ = _contact(views)
-    conn = Conn(origin=ORIGIN_2)
-    assert _take(proxy, glue, conn, "call 6") == 1
-    assert _take(proxy, glue, conn, "stream 7") == 1
-    assert ORIGIN_2 in proxy.table.pins
-    del proxy.table.relays[(ORIGIN_2, 6)]
-    glue.relay.drop(ORIGIN_2, 7)
-    proxy.table.forget(conn)
-    assert proxy.table.pins == {}
