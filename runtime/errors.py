@@ -284,7 +284,8 @@ class ReplyForgotten(DerechoError):
     """A retried ordered call was refused because the replicas applied it already and no
     longer keep its reply (the caller had acknowledged it, or more than the session's reply
     window followed it): it was not run again. Not the method's error, and not ``Unavailable``:
-    calling again cannot help (``applied`` is True). Read the state to learn the outcome.
+    calling again cannot help. ``applied`` is True as the replicas' session tables have it (they
+    record the call as run); read the state to learn its outcome.
 
     A caller waiting for a call it sent once cannot normally get it, since its unanswered
     calls' replies are kept; getting one means a later call of its session was ordered first."""

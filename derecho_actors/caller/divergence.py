@@ -59,8 +59,18 @@ def divergence(description: str, out: dict[int, Any]) -> tuple[str, tuple[tuple[
     return message, tuple((tuple(nodes), shown[key]) for key, nodes in ranked)
 
 
+_OLD_FORGOTTEN = "was applied already and its reply is no longer kept"
+"""How replicas of the release before ``ReplyForgotten`` worded that refusal (as a
+``RuntimeError``): in a group upgraded one node at a time, old and new replicas' answers to
+one call are the same answer, not a divergence."""
+
+
 def _error_name(exc: BaseException) -> str:
-    return exc.remote_type if isinstance(exc, RemoteError) else type(exc).__name__
+    if isinstance(exc, RemoteError):
+        if exc.remote_type == "RuntimeError" and _OLD_FORGOTTEN in exc.remote_message:
+            return "ReplyForgotten"
+        return exc.remote_type
+    return type(exc).__name__
 
 
 def _error_text(exc: BaseException) -> str:
