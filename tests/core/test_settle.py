@@ -22,7 +22,13 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def count_evaluations(net: ShardNet, node: int) -> list[int]:
-    """Wrap the shard's ``evaluate`` at ``node``; the list's length is how often it ran."""
+    """Wrap the shard's ``evaluate`` at ``node``; the list's length is how often it ran. Only
+    where ``smc`` runs as Python: a mypyc-compiled class's methods cannot be replaced (CI's
+    compiled pass skips the count; the pure-Python pass runs it)."""
+    from runtime.build_info import compiled_modules
+
+    if compiled_modules()["runtime.core.smc"]:
+        pytest.skip("runtime.core.smc is compiled: its evaluate cannot be wrapped to count calls")
     smc = net.cores[node].shards[SHARD]
     calls: list[int] = []
     inner = smc.evaluate
