@@ -49,8 +49,11 @@ class Blobs:
         return self.applied
 
 
-FAST = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "1000"}
-"""Heartbeats fast and suspicion short: a node killed is out of the view within a second or two."""
+FAST = {"timeouts.heartbeat_ms": "20", "timeouts.suspicion_ms": "2500"}
+"""Heartbeats fast and suspicion short: a node killed is out of the view within a few seconds.
+Not shorter: with 100 MB calls through five nodes and another test worker on two cores, a
+CI run saw a member's loop not run for 1.2 s (it said so) and the group rightly remove it,
+which failed a test about something else."""
 
 
 def digest(data: bytes) -> str:
