@@ -483,11 +483,16 @@ def test_fast_rejoin_of_same_id(lab: Lab) -> None:
     start_group(lab, 0, extra=SLOW_TIMEOUTS)
     lab.partition(MAJORITY, MINORITY)
     lab.wait_view(set(MAJORITY), 1, timeout=30, alive=majority)
+    removed_at = time.monotonic()
     lab.start("4-again", 4, 14, contact=2, send=0, wait_members=1, extra=SLOW_TIMEOUTS)
     alive = majority + ["4-again"]
-    # A joiner is answered at once (join_retry_ms is 500): 2.5 s is ample, and well inside the
-    # 6 s (2 * suspicion_ms) during which the majority keeps the old incarnation's connections.
-    lab.wait_view({1, 2, 3, 4}, 1, timeout=2.5, alive=alive)
+    # A joiner is answered at once (join_retry_ms is 500): it must be a member before the
+    # majority's grace for the old incarnation's connections (2 * suspicion_ms from the
+    # removal) ends, which is what admission used to wait for. At least 2.5 s after its
+    # start; more if the start itself was quick (a loaded CI machine once needed more than
+    # 2.5 s from the start to the view).
+    grace_left = removed_at + 2 * SLOW_SUSPICION_MS / 1000 - 0.5 - time.monotonic()
+    lab.wait_view({1, 2, 3, 4}, 1, timeout=max(2.5, grace_left), alive=alive)
     # And it stays a member for longer than the grace period.
     deadline = time.monotonic() + 2 * SLOW_SUSPICION_MS / 1000 + 2
     while time.monotonic() < deadline:
