@@ -243,20 +243,22 @@ def pipeline_rate(workdir: Path, mb: int, rounds: int, certs: Path | None, limit
     args = [str(mb), str(rounds), cert_arg]
     name = "tls" if certs else "plain"
     with Procs(workdir) as procs:
-        r1 = procs.python(f"objceil-{name}-r1", "bench.object_ceiling", "recv", "1", *args, "0", stdout=subprocess.PIPE)
-        assert r1.stdout is not None
-        p1 = json.loads(r1.stdout.readline())
-        r2 = procs.python(
-            f"objceil-{name}-r2",
-            "bench.object_ceiling",
-            "recv",
-            "2",
-            *args,
-            str(p1["peer_port"]),
-            stdout=subprocess.PIPE,
-        )
-        assert r2.stdout is not None
-        p2 = json.loads(r2.stdout.readline())
+
+        def start_receiver(rank: int, peer_port: int) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+            proc = procs.python(
+                f"objceil-{name}-r{rank}",
+                "bench.object_ceiling",
+                "recv",
+                str(rank),
+                *args,
+                str(peer_port),
+                stdout=subprocess.PIPE,
+            )
+            assert proc.stdout is not None
+            return proc, json.loads(proc.stdout.readline())
+
+        r1, p1 = start_receiver(1, 0)
+        r2, p2 = start_receiver(2, p1["peer_port"])
         tx = procs.python(
             f"objceil-{name}-send",
             "bench.object_ceiling",
