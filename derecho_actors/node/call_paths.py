@@ -75,7 +75,9 @@ class CallPaths:
         to_members = member_queue(node)  # answers and relayed calls, paced by the members' links
         limits = limits or LimitsSection()
         clients = ClientProxy(node, view, specs, limits, host, outbox, inbound, ClientOutbox(node), to_members)
-        turns = ClientTurns(node, clients.table, clients.take_calls, clients.on_closed, outbox.flush)
+        turns = ClientTurns(
+            node, clients.table, clients.take_calls, clients.on_closed, outbox.flush, outbox.hold, outbox.release
+        )
         replies = ReplyRoutes(node, member, clients, to_members)
         return cls(outbox, member, inbound, clients, turns, replies, stable, holds)
 

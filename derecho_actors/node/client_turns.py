@@ -44,16 +44,21 @@ class ClientTurns:
         take: Callable[[ClientConn, Sequence[Call]], None],
         closed: Callable[[ClientConn], None],
         flush: Callable[[], None] = lambda: None,
+        hold: Callable[[], None] = lambda: None,
+        release: Callable[[], None] = lambda: None,
     ) -> None:
         """``take(conn, calls)``: take calls of one client, in order, stopping if it is
         forgotten meanwhile (one step for a frame's calls, not one per call: per-frame work is
         done once); ``closed(conn)``: forget a client whose connection this closes;
-        ``flush()``: send what the calls taken so far made."""
+        ``flush()``: send what the calls taken so far made; ``hold()``/``release()``: around
+        a lone frame's take, what it queues is sent at ``release`` (no turn-end timer armed)."""
         self.node = node
         self.table = table
         self.take = take
         self.closed = closed
         self.flush = flush
+        self.hold = hold
+        self.release = release
         self.taken = 0  # clients' calls taken this loop turn
         self._scheduled = False
         self.waiting: collections.deque[ClientState] = collections.deque()  # clients with calls waiting
@@ -64,13 +69,18 @@ class ClientTurns:
             return
         client = self.table.state(conn)
         if not client.inbox and self.taken < CALLS_PER_TURN:
-            lone = not self.taken and len(calls) <= LONE_CALLS
+            if not self.taken and len(calls) <= LONE_CALLS:  # lone: sent on now, in whole
+                self._spend(len(calls))
+                self.hold()
+                try:
+                    self.take(conn, calls)
+                finally:
+                    self.release()
+                return
             room = CALLS_PER_TURN - self.taken
             self._spend(min(room, len(calls)))
             self.take(conn, calls[:room])
             calls = calls[room:]
-            if lone and not client.closed:
-                self.flush()
             if not calls or client.closed:
                 return
             self.flush()

@@ -81,6 +81,7 @@ class Outbox:
         self.node = node
         self.limits = limits
         self._queued: dict[ShardId, list[_codec.PendingCall]] = {}
+        self._held = False  # the caller sends what it queues before its step ends (``hold``)
         self.sent = SentBatches()  # what it sent, for this node's replicas (``ReplicaHost.decode``)
 
     def too_large(self, method: str, args: bytes, framed: bool = False) -> int | None:
@@ -118,7 +119,7 @@ class Outbox:
             queued.append(call)
             return
         self._queued[shard] = [call]
-        if len(self._queued) == 1:
+        if len(self._queued) == 1 and not self._held:
             self.node.call_later(0, self._flush)
 
     def submit_all(self, shard: ShardId, calls: list[_codec.PendingCall]) -> None:
@@ -131,13 +132,26 @@ class Outbox:
             queued += calls
             return
         self._queued[shard] = list(calls)
-        if len(self._queued) == 1:
+        if len(self._queued) == 1 and not self._held:
             self.node.call_later(0, self._flush)
 
     def send_empty(self, shard: ShardId) -> None:
         """An empty multicast now: every replica delivers it and runs nothing, so every
         member's delivered count moves (what a stable read may wait for)."""
         self.node.send_ordered(shard, [_codec.empty_ordered(self.node.wall_ns())])
+
+    def hold(self) -> None:
+        """Queue without arming the turn's timer until :meth:`release`, which sends what was
+        queued meanwhile. Why: a serial client's call is sent the moment its frame is read
+        (``ClientTurns``), so the timer would fire a turn later with nothing to send: one timer
+        handle and heap push and pop per call at the contact, for nothing."""
+        self._held = True
+
+    def release(self) -> None:
+        """End :meth:`hold`: what was queued since goes out now."""
+        self._held = False
+        if self._queued:
+            self._flush()
 
     def flush(self) -> None:
         """Send what is queued now (a caller that took a chunk of calls, so the next stage

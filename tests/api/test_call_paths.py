@@ -648,6 +648,41 @@ def test_a_lone_clients_call_is_multicast_at_once_and_a_turns_other_frames_at_it
     assert ids == list(range(1, 3 + LONE_CALLS + 1))
 
 
+def test_a_lone_frame_arms_no_outbox_timer_and_its_calls_go_even_if_taking_fails() -> None:
+    """A lone frame's calls are sent as it is read (``Outbox.hold``/``release``): the only timer
+    left is the turn budget's, not an outbox flush that would find nothing; a take that fails
+    midway still sends what it queued (as the outbox's timer would have)."""
+    node = FakeNode()
+    c = paths(node, FakeHost(), view=one_view(1, 2), specs={"Feed": OrderedSpec()})
+    conn = FakeConn("10.0.0.3:3")
+    c.turns.on_calls(conn, (Call(1, 0, SHARD, "post", True, b"\x91\x01"),))  # type: ignore[arg-type]
+    assert len(node.multicast) == 1
+    node.run_all()  # a new client's first frame also queues the offer of merged answers
+    c.turns.on_calls(conn, (Call(2, 0, SHARD, "post", True, b"\x91\x01"),))  # type: ignore[arg-type]
+    assert len(node.multicast) == 2
+    assert [getattr(fn, "__name__", "") for _, fn, _ in node.timers] == ["next_turn"]
+    node.run_all()
+    take = c.turns.take
+
+    def failing(conn: Any, calls: Any) -> None:
+        take(conn, calls)
+        raise RuntimeError("a bug after the calls were queued")
+
+    c.turns.take = failing
+    with pytest.raises(RuntimeError):
+        c.turns.on_calls(conn, (Call(3, 0, SHARD, "post", True, b"\x91\x01"),))  # type: ignore[arg-type]
+    assert len(node.multicast) == 3  # sent at once all the same
+    c.turns.take = take
+    node.run_all()
+    c.turns.on_calls(conn, (Call(4, 0, SHARD, "post", True, b"\x91\x01"),))  # type: ignore[arg-type]
+    assert len(node.multicast) == 4  # the hold ended: later lone frames go at once too
+    c.outbox.submit(SHARD, _codec.PendingCall(1, 9, "post", b"\x91\x01"))
+    assert any(getattr(fn, "__name__", "") == "_flush" for _, fn, _ in node.timers)  # outside a hold: timed
+    node.run_all()
+    ids = [call[1] for _, payloads in node.multicast for p in payloads for call in _codec.decode_ordered(p)]  # type: ignore[union-attr]
+    assert ids == [1, 2, 3, 4, 9]
+
+
 def test_answers_held_while_the_loop_waits_go_when_it_takes_them_not_through_a_wake_up() -> None:
     node = FakeNode()
     c = paths(node, FakeHost())
