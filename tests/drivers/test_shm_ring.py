@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import select
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -191,6 +192,40 @@ def test_full_ring_holds_frames_in_the_writer_in_order(shm_dir: str) -> None:
         await p.until(len(msgs))
         assert p.got == msgs
         assert p.writer.queued == 0 and not p.writer.frames
+        p.close()
+
+    asyncio.run(main())
+
+
+def test_a_waiting_writer_is_rung_once_half_the_ring_is_free_not_at_every_consume(shm_dir: str) -> None:
+    async def main() -> None:
+        cap = 1 << 16
+        p = Pair(shm_dir, cap)  # not started: we consume by hand, as a slow reader would
+        w, ring, room = p.writer, p.reader.ring, p.writer.room_bell.fd
+        for m in messages(40, 10_000):  # 400 KB: the ring fills, the rest waits in the writer
+            w.send(frame(m))
+        await asyncio.sleep(0.01)
+        assert w.ring.free() == 0 and ring.producer_waits() != 0
+        backlog = w.backlog()
+
+        def take(n: int) -> None:  # what the reader's read does, n bytes at a time
+            for piece in ring.pieces(n):
+                p.got.extend(p.reader.decoder.feed(piece))
+                ring.consume(len(piece))
+                piece.release()
+            p.reader._free_room()
+
+        take(cap // 4)
+        await asyncio.sleep(0.01)  # a quarter free: no bell, and the writer does not go on
+        assert not select.select([room], [], [], 0)[0]
+        assert w.backlog() == backlog and w.ring.free() == cap // 4
+        take(cap // 4)
+        assert select.select([room], [], [], 0)[0]  # half free: rung once
+        await asyncio.sleep(0.01)
+        assert w.backlog() == backlog - cap // 2 and w.ring.free() == 0  # it filled the half
+        p.reader.start()
+        await p.until(40)
+        assert p.got == messages(40, 10_000)
         p.close()
 
     asyncio.run(main())
