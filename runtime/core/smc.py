@@ -246,6 +246,14 @@ class ShardMulticast:
         # longer draws an acknowledgement push from every other member (issue 21).
         self._real_top = -1
         self._deferred_nulls = 0
+        # nulls_owed() and send_capacity() as last computed, and the inputs they were computed
+        # from (the table's version, _next_real, the delivery frontier): -1 is no version.
+        self._owed = 0
+        self._owed_version = -1
+        self._owed_next_real = -1
+        self._capacity = 0
+        self._capacity_version = -1
+        self._capacity_delivered = -1
         self.wedged = False
         self._lazy_at: float | None = None  # when lazy row changes get a push of their own
         self._lazy_due = False
@@ -282,10 +290,19 @@ class ShardMulticast:
 
     def send_capacity(self) -> int:
         """How many more messages the window admits right now, by count: null messages
-        weigh nothing, so only payloads (``send``) also keep to ``window_bytes``."""
+        weigh nothing, so only payloads (``send``) also keep to ``window_bytes``.
+
+        Read several times per flush (``on_tick`` in every ``evaluate``, ``wakeup_at`` in
+        every ``ready``) while the table seldom moved in between: the figure is kept against
+        what it is a function of, the table's version and the delivery frontier."""
         if self.my_pos is None or self.wedged:
             return 0
-        return max(0, self._window_base(self.my_pos) + self.config.window_size - self.sent)
+        version = self.sst.version
+        if version == self._capacity_version and self._delivered == self._capacity_delivered:
+            return self._capacity
+        capacity = max(0, self._window_base(self.my_pos) + self.config.window_size - self.sent)
+        self._capacity, self._capacity_version, self._capacity_delivered = capacity, version, self._delivered
+        return capacity
 
     def window_bytes_free(self, base: int | None = None) -> int:
         """Payload bytes the window admits right now."""
@@ -689,12 +706,20 @@ class ShardMulticast:
 
     # ------------------------------------------------------------- null messages
     def nulls_owed(self) -> int:
+        """Null messages this member owes now. A function of its own row and ``_next_real``
+        alone, kept against both (see :meth:`send_capacity`)."""
         if self.my_pos is None:
             return 0
+        version = self.sst.version
+        if version == self._owed_version and self._next_real == self._owed_next_real:
+            return self._owed
         received = self.sst.mine["received_num"]
         owed = ordering.catch_up_count(self.my_pos, self.sent, received, self.n_senders)  # type: ignore[arg-type]
         ahead = ordering.nulls_to_pass(self.my_pos, self.sent, self._next_real, self.n_senders)
-        return ahead if ahead > owed else owed
+        if ahead > owed:
+            owed = ahead
+        self._owed, self._owed_version, self._owed_next_real = owed, version, self._next_real
+        return owed
 
     def on_tick(self, now: float) -> None:
         """Send null messages if others' messages wait on this idle sender; push lazy row
@@ -704,7 +729,9 @@ class ShardMulticast:
         # Same expression as wakeup_at(), so a tick at the requested time always acts.
         if self.my_pos is None or self.wedged or now < self._null_due_at():
             return
-        owed = min(self.nulls_owed(), self.send_capacity())
+        owed = self.nulls_owed()
+        if owed > 0:  # the window only when something is owed (the common case owes nothing)
+            owed = min(owed, self.send_capacity())
         if owed > 0:
             self._append_own([None] * owed, nulls=owed)
             self.nulls_sent += owed
