@@ -65,6 +65,9 @@ class DeliveredBatch(Sequence[DeliveredMessage]):
 
     def _columns(self) -> tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[bytes]]:
         cols = self._cols
+        if cols is None and self._len == 1:
+            cols = self._cols = self._single()
+            self._parts = []
         if cols is None:
             start, stop, n = self._start, self._stop, self._n
             total = stop - start
@@ -87,12 +90,24 @@ class DeliveredBatch(Sequence[DeliveredMessage]):
             self._parts = []
         return cols  # type: ignore[return-value]
 
+    def _single(self) -> tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[bytes]]:
+        """The columns of a batch of one real message (a serial call's: its message and the
+        idle members' nulls), found without laying out the whole stretch."""
+        n = self._n
+        for pos, node, k0, seg in self._parts:
+            for j, p in enumerate(seg):
+                if p is not None:
+                    return [(k0 + j) * n + pos], [node], [k0 + j], [p]  # type: ignore[list-item]
+        raise AssertionError("a batch of one message holds none")  # pragma: no cover
+
     def payloads(self) -> Sequence[bytes]:
         """The payloads alone, in delivery order. A consumer that needs nothing else (a
         counter, a measurement) gets them with a slice assignment per sender run instead of
         the four columns iteration lays out."""
         if self._cols is not None:
             return self._cols[3]
+        if self._len == 1:
+            return self._columns()[3]
         start, stop, n = self._start, self._stop, self._n
         payloads: list[Payload] = [None] * (stop - start)
         for pos, _node, k0, seg in self._parts:
