@@ -294,13 +294,20 @@ class Membership:
         self.sst.evaluate()
 
     def wakeup_at(self) -> float | None:
-        if not self.active:
+        # Read on every flush of the node (``NodeCore.ready``): one pass, no list, no call
+        # per peer; the same sums as ``on_tick`` compares against, so the tick asked acts.
+        if self.excluded is not None or self.decided is not None:
             return None
-        times = [self.next_heartbeat]
+        t = self.next_heartbeat
+        suspected = self.sst.rows[self.me]["suspected"]
+        heard = self.last_heard
+        limit = self.config.suspicion_timeout
+        me = self.me
         for r in range(self.n):
-            if r != self.me and not self.suspects(r):
-                times.append(self.last_heard[r] + self.config.suspicion_timeout + 1e-9)
-        t = min(times)
+            if r != me and not suspected[r]:  # type: ignore[index]
+                at = heard[r] + limit + 1e-9
+                if at < t:
+                    t = at
         return None if math.isinf(t) else t
 
     # --------------------------------------------------------- suspicion spread

@@ -141,9 +141,17 @@ class NodeCore:
         predicates, object work) was most of a push's cost in the core.
         """
         if type(event) is MessageArrived and type(event.message) is ShardPush:
-            self._advance(event.now)
+            if event.now > self.now:
+                self._advance(event.now)
             if self.excluded is None:
-                self._on_message(event.sender, event.message)
+                push = event.message
+                view = self.view
+                # A push of the current view (nearly all) goes straight to its shard; any
+                # other (an earlier or later view's, or a malformed vid) takes the full path.
+                if view is not None and push.vid == view.vid:
+                    self._on_shard_push(event.sender, push)
+                else:
+                    self._on_message(event.sender, push)
                 self._unsettled = True
             return
         self._settle()
@@ -621,12 +629,14 @@ class NodeCore:
             return None
         if self.view is None:
             return self._next_join_at if self._contacts else None
-        times = [t for t in (smc.wakeup_at() for smc in self.shards.values()) if t is not None]
         assert self.membership is not None
-        w = self.membership.wakeup_at()
-        if w is not None:
-            times.append(w)
-        return min(times) if times else None
+        # Run on every flush: one pass, no list.
+        at = self.membership.wakeup_at()
+        for smc in self.shards.values():
+            t = smc.wakeup_at()
+            if t is not None and (at is None or t < at):
+                at = t
+        return at
 
     def status(self) -> CoreStatus:
         """What this node knows of the group, for operators (``derecho-actors status``): the

@@ -65,6 +65,9 @@ class DeliveredBatch(Sequence[DeliveredMessage]):
 
     def _columns(self) -> tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[bytes]]:
         cols = self._cols
+        if cols is None and self._len == 1:
+            cols = self._cols = self._single()
+            self._parts = []
         if cols is None:
             start, stop, n = self._start, self._stop, self._n
             total = stop - start
@@ -87,12 +90,24 @@ class DeliveredBatch(Sequence[DeliveredMessage]):
             self._parts = []
         return cols  # type: ignore[return-value]
 
+    def _single(self) -> tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[bytes]]:
+        """The columns of a batch of one real message (a serial call's: its message and the
+        idle members' nulls), found without laying out the whole stretch."""
+        n = self._n
+        for pos, node, k0, seg in self._parts:
+            for j, p in enumerate(seg):
+                if p is not None:
+                    return [(k0 + j) * n + pos], [node], [k0 + j], [p]  # type: ignore[list-item]
+        raise AssertionError("a batch of one message holds none")  # pragma: no cover
+
     def payloads(self) -> Sequence[bytes]:
         """The payloads alone, in delivery order. A consumer that needs nothing else (a
         counter, a measurement) gets them with a slice assignment per sender run instead of
         the four columns iteration lays out."""
         if self._cols is not None:
             return self._cols[3]
+        if self._len == 1:
+            return self._columns()[3]
         start, stop, n = self._start, self._stop, self._n
         payloads: list[Payload] = [None] * (stop - start)
         for pos, _node, k0, seg in self._parts:
@@ -246,6 +261,14 @@ class ShardMulticast:
         # longer draws an acknowledgement push from every other member (issue 21).
         self._real_top = -1
         self._deferred_nulls = 0
+        # nulls_owed() and send_capacity() as last computed, and the inputs they were computed
+        # from (the table's version, _next_real, the delivery frontier): -1 is no version.
+        self._owed = 0
+        self._owed_version = -1
+        self._owed_next_real = -1
+        self._capacity = 0
+        self._capacity_version = -1
+        self._capacity_delivered = -1
         self.wedged = False
         self._lazy_at: float | None = None  # when lazy row changes get a push of their own
         self._lazy_due = False
@@ -282,10 +305,19 @@ class ShardMulticast:
 
     def send_capacity(self) -> int:
         """How many more messages the window admits right now, by count: null messages
-        weigh nothing, so only payloads (``send``) also keep to ``window_bytes``."""
+        weigh nothing, so only payloads (``send``) also keep to ``window_bytes``.
+
+        Read several times per flush (``on_tick`` in every ``evaluate``, ``wakeup_at`` in
+        every ``ready``) while the table seldom moved in between: the figure is kept against
+        what it is a function of, the table's version and the delivery frontier."""
         if self.my_pos is None or self.wedged:
             return 0
-        return max(0, self._window_base(self.my_pos) + self.config.window_size - self.sent)
+        version = self.sst.version
+        if version == self._capacity_version and self._delivered == self._capacity_delivered:
+            return self._capacity
+        capacity = max(0, self._window_base(self.my_pos) + self.config.window_size - self.sent)
+        self._capacity, self._capacity_version, self._capacity_delivered = capacity, version, self._delivered
+        return capacity
 
     def window_bytes_free(self, base: int | None = None) -> int:
         """Payload bytes the window admits right now."""
@@ -689,12 +721,20 @@ class ShardMulticast:
 
     # ------------------------------------------------------------- null messages
     def nulls_owed(self) -> int:
+        """Null messages this member owes now. A function of its own row and ``_next_real``
+        alone, kept against both (see :meth:`send_capacity`)."""
         if self.my_pos is None:
             return 0
+        version = self.sst.version
+        if version == self._owed_version and self._next_real == self._owed_next_real:
+            return self._owed
         received = self.sst.mine["received_num"]
         owed = ordering.catch_up_count(self.my_pos, self.sent, received, self.n_senders)  # type: ignore[arg-type]
         ahead = ordering.nulls_to_pass(self.my_pos, self.sent, self._next_real, self.n_senders)
-        return ahead if ahead > owed else owed
+        if ahead > owed:
+            owed = ahead
+        self._owed, self._owed_version, self._owed_next_real = owed, version, self._next_real
+        return owed
 
     def on_tick(self, now: float) -> None:
         """Send null messages if others' messages wait on this idle sender; push lazy row
@@ -704,7 +744,9 @@ class ShardMulticast:
         # Same expression as wakeup_at(), so a tick at the requested time always acts.
         if self.my_pos is None or self.wedged or now < self._null_due_at():
             return
-        owed = min(self.nulls_owed(), self.send_capacity())
+        owed = self.nulls_owed()
+        if owed > 0:  # the window only when something is owed (the common case owes nothing)
+            owed = min(owed, self.send_capacity())
         if owed > 0:
             self._append_own([None] * owed, nulls=owed)
             self.nulls_sent += owed

@@ -113,7 +113,10 @@ class SST:
     _applied_seq: list[int] = field(init=False)
     _predicates: list[_Predicate] = field(init=False, default_factory=list)
     _active: tuple[_Predicate, ...] = field(init=False, default=())  # snapshot evaluate() walks
-    _version: int = field(init=False, default=0)
+    # Bumped by every change of the table (a local write, a merged row, a new predicate):
+    # the predicates run only when it moved, and readers cache what they derive from the
+    # table against it (``ShardMulticast``'s null and window figures, read on every flush).
+    version: int = field(init=False, default=0)
     _evaluated_version: int = field(init=False, default=-1)
     _columns: dict[str, Column] = field(init=False, default_factory=dict)
     max_rounds: int = 64
@@ -140,7 +143,7 @@ class SST:
             self._dirty.add(name)
             if not col.lazy:
                 self._urgent = True
-            self._version += 1
+            self.version += 1
 
     def set_item(self, name: str, index: int, value: int, urgent: bool = True) -> None:
         """Write one entry of a vector column of this member's row.
@@ -159,7 +162,7 @@ class SST:
             self._dirty.add(name)
             if urgent and not col.lazy:
                 self._urgent = True
-            self._version += 1
+            self.version += 1
 
     def has_changes(self) -> bool:
         """A push is due: a column that is not lazy changed since the last drain."""
@@ -226,7 +229,7 @@ class SST:
             else:
                 row[name] = value
         self._applied_seq[rank] = seq
-        self._version += 1
+        self.version += 1
         return True
 
     def _check(self, name: object, value: object) -> None:
@@ -267,7 +270,7 @@ class SST:
             raise ValueError(f"predicate {name!r} already registered")
         self._predicates.append(_Predicate(name, test, trigger, kind))
         self._active = tuple(self._predicates)
-        self._version += 1  # the new predicate must see the table at the next evaluation
+        self.version += 1  # the new predicate must see the table at the next evaluation
 
     def unregister(self, name: str) -> None:
         self._predicates = [p for p in self._predicates if p.name != name]
@@ -282,9 +285,9 @@ class SST:
         """
         fired = 0
         for _ in range(self.max_rounds):
-            if self._version == self._evaluated_version:
+            if self.version == self._evaluated_version:
                 break
-            self._evaluated_version = self._version
+            self._evaluated_version = self.version
             for pred in self._active:  # a snapshot: triggers may (un)register predicates
                 if pred.test(self):
                     fired += 1

@@ -93,6 +93,10 @@ class NodeIO:
         self.idle_s = IDLE_S
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        # The time the core asked for last (``wake_at``): its whole answer, the earliest of
+        # everything it waits for, so a timer set for an earlier ask that fires before it
+        # has nothing to do (see ``_wake``).
+        self._wanted: float | None = None
 
     def now(self) -> float:
         return self.loop.time()
@@ -131,9 +135,15 @@ class NodeIO:
             self.flush_now()
 
     def wake_at(self, at: float | None) -> None:
-        """Fire ``on_tick`` at loop time ``at`` (None: no change); the earliest time asked wins."""
+        """Fire ``on_tick`` at loop time ``at`` (None: no change).
+
+        Each ask is the core's whole answer (``Ready.wakeup_at``: the earliest time anything
+        in it is due), so the latest ask replaces the earlier ones. A timer already set for an
+        earlier time is kept rather than moved (one timer handle per ask would cost more than
+        the rare early wake-up); when it fires before the time asked last, it only re-arms."""
         if at is None:
             return
+        self._wanted = at
         if self._timer is not None and self._timer_at is not None and self._timer_at <= at:
             return
         if self._timer is not None:
@@ -144,6 +154,14 @@ class NodeIO:
     def _wake(self) -> None:
         self._timer = None
         self._timer_at = None
+        wanted = self._wanted
+        if wanted is not None and wanted > self.loop.time():
+            # What this timer was set for went out with a flush since (a lazy row rode along
+            # with a push, owed nulls with a send): the core's latest ask is later, and a tick
+            # now would be a full step and flush that finds nothing due.
+            self._timer_at = wanted
+            self._timer = self.loop.call_at(wanted, self._wake)
+            return
         self._on_tick()
 
     def answer(self, fn: Callable[[], T], timeout: float) -> T | None:
