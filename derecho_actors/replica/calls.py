@@ -11,6 +11,7 @@ replica's actor thread (or inline in the simulator).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from derecho_actors.model.context import handler_context
@@ -22,6 +23,7 @@ from derecho_actors.replica.reads import PastView
 from derecho_actors.replica.sessions import EVICTED, EXPIRED, FORGOTTEN, Kind
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.call_views import let_go
+from derecho_actors.wire.large_args import decode_view
 from runtime.errors import ReplyForgotten, SessionExpired, SessionLimit
 
 
@@ -36,6 +38,12 @@ class CallRunner:
         self._methods = spec.methods
         self._serializer = spec.serializer
         self._unpack_args = _codec.result_decoder(spec.serializer)  # the [args, kwargs] pair
+        # A large call's arguments as a view of its received object: its large ``bin`` values
+        # copied with the GIL released (``large_args``); pickled ones are views already.
+        msgpack_args = spec.serializer != "cloudpickle"
+        self._unpack_view = (
+            functools.partial(decode_view, unpack=self._unpack_args) if msgpack_args else self._unpack_args
+        )
         self._pack_result = _codec.result_encoder(spec.serializer)
 
     def run(self, obj: Any, method: str, args: bytes, want: str, past: ReadOptions | None = None) -> tuple[bool, bytes]:
@@ -47,9 +55,11 @@ class CallRunner:
         try:
             if self._methods.get(method) != want:
                 raise AttributeError(f"{self.spec.name}.{method} is not a {want} method")
-            a, kw = _codec.decode_args(args, serializer)
             if type(args) is memoryview:  # a large call's view of its received object
+                a, kw = self._unpack_view(args)
                 let_go(args)  # what it decoded holds what it needs: the buffer may be reused after
+            else:
+                a, kw = _codec.decode_args(args, serializer)
             target = obj if past is None else PastView(obj, past)
             context = handler_context
             context.active = True
@@ -76,9 +86,11 @@ class CallRunner:
         try:
             if self._methods.get(method) != ORDERED:
                 raise AttributeError(f"{self.spec.name}.{method} is not a {ORDERED} method")
-            a, kw = self._unpack_args(args)
             if type(args) is memoryview:  # a large call's view of its received object
+                a, kw = self._unpack_view(args)
                 let_go(args)  # what it decoded holds what it needs: the buffer may be reused after
+            else:
+                a, kw = self._unpack_args(args)
             if context is None:
                 context = handler_context.__dict__
             context["active"] = True
