@@ -71,13 +71,13 @@ class _Buffer(ctypes.Structure):
 
 def _copy_released(view: memoryview) -> bytes:
     """``bytes(view)`` for a contiguous ``view`` of at least 2 bytes: a new ``bytes`` of that
-    size (``bytes(n)``: pages mapped, not yet touched) filled by ``ctypes.memmove``, which runs
-    without the GIL, before anything else can see it, as C code fills a ``bytes`` it has just
-    made. The source's address comes from the buffer protocol (``PyObject_GetBuffer``), which
+    size, made as C code makes one it is about to fill (``PyBytes_FromStringAndSize(NULL, n)``:
+    allocated, not written), filled by ``ctypes.memmove``, which runs without the GIL (the page
+    faults of a fresh allocation too), before anything else can see it. The source's address comes from the buffer protocol (``PyObject_GetBuffer``), which
     also holds the source for the copy; a delivered object's view is read-only (a relay of it
     may still be queued), so ``ctypes``' ``from_buffer`` would refuse it."""
     n = len(view)
-    out = bytes(n)
+    out: bytes = _new_bytes(None, n)  # its bytes not yet written (``bytes(n)`` would zero them)
     source = _Buffer()
     _get_buffer(view, ctypes.byref(source), 0)  # PyBUF_SIMPLE: contiguous bytes (raises if not)
     try:
@@ -100,6 +100,9 @@ def _works() -> bool:
         return False
 
 
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+_new_bytes.restype = ctypes.py_object
 _get_buffer = ctypes.pythonapi.PyObject_GetBuffer
 _get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_Buffer), ctypes.c_int]
 _get_buffer.restype = ctypes.c_int
