@@ -127,13 +127,36 @@ def decode_view(view: memoryview, unpack: Callable[[Any], Any]) -> Any:
     if len(view) < BIG_BIN or view.ndim != 1 or view.itemsize != 1:
         return unpack(view)
     try:
-        budget = [MAX_VALUES]
-        value, end = _value(view, 0, budget, unpack)
-        if end == len(view):
+        # Measured first, decoded after: arguments over the budget go to msgpack before any
+        # large bin was copied (a walk that ran out midway would have copied for nothing).
+        if _end(view, 0, [MAX_VALUES]) == len(view):
+            value, _ = _value(view, 0, [MAX_VALUES], unpack)
             return value
     except Exception:  # noqa: BLE001 - not read here: msgpack decodes it, or raises what it raises for it
         pass
     return unpack(view)
+
+
+def _end(v: memoryview, at: int, budget: list[int]) -> int:
+    """Where the value at ``at`` ends, read from its headers only (nothing decoded or copied);
+    ``_Off`` past the budget or the view's end."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _Off
+    b = v[at]
+    if b in _BINS:
+        size, head = _BINS[b]
+        end = at + head + size.unpack_from(v, at + 1)[0]
+    elif 0x90 <= b <= 0x9F or b in (0xDC, 0xDD) or 0x80 <= b <= 0x8F or b in (0xDE, 0xDF):
+        is_map = 0x80 <= b <= 0x8F or b in (0xDE, 0xDF)
+        n, end = _count(v, at, b, 0x80, 0xDE) if is_map else _count(v, at, b, 0x90, 0xDC)
+        for _ in range(2 * n if is_map else n):
+            end = _end(v, end, budget)
+    else:
+        end = at + _length(v, at, b)
+    if end > len(v):
+        raise _Off
+    return end
 
 
 def _value(v: memoryview, at: int, budget: list[int], unpack: Callable[[Any], Any]) -> tuple[Any, int]:

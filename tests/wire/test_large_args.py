@@ -58,10 +58,35 @@ def test_the_values_are_those_msgpack_decodes(value: Any) -> None:
     assert repr(got) == repr(want)  # the same types too (a bin is bytes, an array a list)
 
 
-def test_more_values_than_it_walks_are_left_to_msgpack() -> None:
-    value = [[list(range(MAX_VALUES)), BIG], {}]
-    got = decode_view(received(msgpack.packb(value)), unpack_msgpack)
-    assert got == value
+@pytest.mark.parametrize("first", [True, False], ids=["bin first", "bin last"])
+def test_more_values_than_it_walks_are_left_to_msgpack_before_any_copy(
+    first: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many = list(range(MAX_VALUES))
+    value = [[BIG, many] if first else [many, BIG], {}]
+    view = received(msgpack.packb(value))
+    copies: list[int] = []
+    whole: list[int] = []
+    real_copy = large_args.released_copy
+    monkeypatch.setattr(large_args, "released_copy", lambda v: copies.append(len(v)) or real_copy(v))
+
+    def unpack(data: Any) -> Any:
+        whole.append(len(data))
+        return unpack_msgpack(data)
+
+    assert decode_view(view, unpack) == value
+    assert whole == [len(view)]  # msgpack decoded it once, whole
+    assert copies == []  # and no large bin was copied first for nothing
+
+
+def test_values_within_the_budget_are_read_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    value = [[BIG, list(range(MAX_VALUES - 8))], {}]
+    view = received(msgpack.packb(value))
+    copies: list[int] = []
+    real_copy = large_args.released_copy
+    monkeypatch.setattr(large_args, "released_copy", lambda v: copies.append(len(v)) or real_copy(v))
+    assert decode_view(view, unpack_msgpack) == value
+    assert copies == [len(BIG)]
 
 
 def error_of(packed: bytes) -> type[BaseException]:
