@@ -130,7 +130,7 @@ def decode_view(view: memoryview, unpack: Callable[[Any], Any]) -> Any:
         # Measured first, decoded after: arguments over the budget go to msgpack before any
         # large bin was copied (a walk that ran out midway would have copied for nothing).
         if _end(view, 0, [MAX_VALUES]) == len(view):
-            value, _ = _value(view, 0, [MAX_VALUES], unpack)
+            value, _ = _value(view, 0, unpack)
             return value
     except Exception:  # noqa: BLE001 - not read here: msgpack decodes it, or raises what it raises for it
         pass
@@ -159,36 +159,30 @@ def _end(v: memoryview, at: int, budget: list[int]) -> int:
     return end
 
 
-def _value(v: memoryview, at: int, budget: list[int], unpack: Callable[[Any], Any]) -> tuple[Any, int]:
-    """The value at ``at`` and where the next one starts."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise _Off
+def _value(v: memoryview, at: int, unpack: Callable[[Any], Any]) -> tuple[Any, int]:
+    """The value at ``at`` and where the next one starts; ``_end`` measured it first (within the
+    budget and the view), so this walk only decodes."""
     b = v[at]
     if b in _BINS:
         size, head = _BINS[b]
-        n = size.unpack_from(v, at + 1)[0]
-        start, end = at + head, at + head + n
-        if end > len(v):
-            raise _Off
-        return (released_copy(v[start:end]) if n >= BIG_BIN else bytes(v[start:end])), end
+        start = at + head
+        end = start + size.unpack_from(v, at + 1)[0]
+        return (released_copy(v[start:end]) if end - start >= BIG_BIN else bytes(v[start:end])), end
     if 0x90 <= b <= 0x9F or b in (0xDC, 0xDD):
         n, at = _count(v, at, b, 0x90, 0xDC)
         items = []
         for _ in range(n):
-            item, at = _value(v, at, budget, unpack)
+            item, at = _value(v, at, unpack)
             items.append(item)
         return items, at
     if 0x80 <= b <= 0x8F or b in (0xDE, 0xDF):
         n, at = _count(v, at, b, 0x80, 0xDE)
         out: dict[Any, Any] = {}
         for _ in range(n):
-            key, at = _value(v, at, budget, unpack)
-            out[key], at = _value(v, at, budget, unpack)
+            key, at = _value(v, at, unpack)
+            out[key], at = _value(v, at, unpack)
         return out, at
     end = at + _length(v, at, b)
-    if end > len(v):
-        raise _Off
     return unpack(v[at:end]), end
 
 
