@@ -37,7 +37,7 @@ class CallRunner:
         # Looked up for every call, so held here rather than through the spec.
         self._methods = spec.methods
         self._serializer = spec.serializer
-        self._unpack_args = _codec.result_decoder(spec.serializer)  # the [args, kwargs] pair
+        self._unpack_args = _codec.args_decoder(spec.serializer)  # the [args, kwargs] pair
         # A large call's arguments as a view of its received object: its large ``bin`` values
         # copied with the GIL released (``large_args``); pickled ones are views already.
         msgpack_args = spec.serializer != "cloudpickle"

@@ -28,7 +28,7 @@ import struct
 import sys
 from typing import Any, Callable, Final
 
-__all__ = ["BIG_BIN", "MAX_VALUES", "decode_view", "released_copy"]
+__all__ = ["BIG_BIN", "MAX_VALUES", "copy_to", "decode_view", "released_copy"]
 
 BIG_BIN: Final = 1 << 20
 """A ``bin`` from this size on is copied with the GIL released (below it the copy takes under
@@ -76,17 +76,23 @@ def _copy_released(view: memoryview) -> bytes:
     faults of a fresh allocation too), before anything else can see it. The source's address comes from the buffer protocol (``PyObject_GetBuffer``), which
     also holds the source for the copy; a delivered object's view is read-only (a relay of it
     may still be queued), so ``ctypes``' ``from_buffer`` would refuse it."""
+    out: bytes = _new_bytes(None, len(view))  # its bytes not yet written (``bytes(n)`` would zero them)
+    copy_to(id(out) + _DATA_AT, view)
+    return out
+
+
+def copy_to(address: int, view: memoryview) -> None:
+    """Copy ``view``'s bytes to ``address`` (a new object's, not yet seen by anything else:
+    ``_copy_released``, ``large_pack``) with ``ctypes.memmove``, which releases the GIL."""
     n = len(view)
-    out: bytes = _new_bytes(None, n)  # its bytes not yet written (``bytes(n)`` would zero them)
     source = _Buffer()
     _get_buffer(view, ctypes.byref(source), 0)  # PyBUF_SIMPLE: contiguous bytes (raises if not)
     try:
         if source.len != n:
             raise ValueError("the view's buffer is not its bytes")
-        ctypes.memmove(id(out) + _DATA_AT, source.buf, n)
+        ctypes.memmove(address, source.buf, n)
     finally:
         _release_buffer(ctypes.byref(source))
-    return out
 
 
 def _works() -> bool:
