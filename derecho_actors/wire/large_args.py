@@ -28,20 +28,41 @@ import struct
 import sys
 from typing import Any, Callable, Final
 
-__all__ = ["BIG_BIN", "MAX_VALUES", "copy_to", "decode_view", "released_copy"]
+__all__ = [
+    "BIG_BIN",
+    "BYTES_PER_VALUE",
+    "MAX_VALUES",
+    "ExtHook",
+    "copy_to",
+    "decode_view",
+    "released_copy",
+    "values_for",
+]
 
 BIG_BIN: Final = 1 << 20
 """A ``bin`` from this size on is copied with the GIL released (below it the copy takes under
 a millisecond: not worth a walk in Python)."""
 MAX_VALUES: Final = 64
-"""Values (nested ones too) a view's arguments may hold to be read here: msgpack's C decoder
-walks more of them faster, and the walk here stays bounded."""
+"""Values (nested ones too) a view's arguments may hold to be read here, at least: msgpack's C
+decoder walks more of them faster, and the walk here stays bounded."""
+BYTES_PER_VALUE: Final = 16 << 10
+"""A larger view may hold one value per this many bytes (6400 in 100 MB): walking them in Python
+(~2 µs each) costs less than msgpack's copy of the view's bins holding the GIL (~60 ms per
+100 MB), and a walk in Python lets the other threads in every few milliseconds."""
+
+
+def values_for(size: int) -> int:
+    """Values a view of ``size`` bytes may hold to be read here."""
+    return max(MAX_VALUES, size // BYTES_PER_VALUE)
+
 
 _U8, _U16, _U32 = (struct.Struct(f">{c}") for c in "BHI")
 _FIXED = {0xC0: 1, 0xC2: 1, 0xC3: 1, 0xCA: 5, 0xCB: 9, 0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9}
 _FIXED |= {0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9, 0xD4: 3, 0xD5: 4, 0xD6: 6, 0xD7: 10, 0xD8: 18}
 _SIZED = {0xD9: (_U8, 2), 0xDA: (_U16, 3), 0xDB: (_U32, 5), 0xC7: (_U8, 3), 0xC8: (_U16, 4), 0xC9: (_U32, 6)}
 _BINS = {0xC4: (_U8, 2), 0xC5: (_U16, 3), 0xC6: (_U32, 5)}
+_EXTS = {0xC7: 3, 0xC8: 4, 0xC9: 6}  # an ext of BIG_BIN bytes or more: its header's length
+_I8 = struct.Struct(">b")
 
 
 class _Off(Exception):
@@ -126,17 +147,23 @@ def released_copy(view: memoryview) -> bytes:
     return _copy_released(view)
 
 
-def decode_view(view: memoryview, unpack: Callable[[Any], Any]) -> Any:
+ExtHook = Callable[[int, memoryview], Any]
+"""An extension value's code and data (a view) -> its value: ``unpack``'s ``ext_hook`` for a
+large one, whose data then is read here too (``state_codec``'s tuples and sets)."""
+
+
+def decode_view(view: memoryview, unpack: Callable[[Any], Any], ext: ExtHook | None = None) -> Any:
     """The msgpack value in ``view``, its ``bin`` values of ``BIG_BIN`` bytes or more copied by
     :func:`released_copy`; ``unpack`` (the serializer's msgpack decoder) decodes the rest, and
-    the whole of it if it is small or not what this reader takes."""
+    the whole of it if it is small or not what this reader takes. ``ext``: what an extension
+    value of ``BIG_BIN`` bytes or more becomes (else ``unpack`` decodes it, small or large)."""
     if len(view) < BIG_BIN or view.ndim != 1 or view.itemsize != 1:
         return unpack(view)
     try:
         # Measured first, decoded after: arguments over the budget go to msgpack before any
         # large bin was copied (a walk that ran out midway would have copied for nothing).
-        if _end(view, 0, [MAX_VALUES]) == len(view):
-            value, _ = _value(view, 0, unpack)
+        if _end(view, 0, [values_for(len(view))]) == len(view):
+            value, _ = _value(view, 0, unpack, ext)
             return value
     except Exception:  # noqa: BLE001 - not read here: msgpack decodes it, or raises what it raises for it
         pass
@@ -165,7 +192,7 @@ def _end(v: memoryview, at: int, budget: list[int]) -> int:
     return end
 
 
-def _value(v: memoryview, at: int, unpack: Callable[[Any], Any]) -> tuple[Any, int]:
+def _value(v: memoryview, at: int, unpack: Callable[[Any], Any], ext: ExtHook | None) -> tuple[Any, int]:
     """The value at ``at`` and where the next one starts; ``_end`` measured it first (within the
     budget and the view), so this walk only decodes."""
     b = v[at]
@@ -178,17 +205,20 @@ def _value(v: memoryview, at: int, unpack: Callable[[Any], Any]) -> tuple[Any, i
         n, at = _count(v, at, b, 0x90, 0xDC)
         items = []
         for _ in range(n):
-            item, at = _value(v, at, unpack)
+            item, at = _value(v, at, unpack, ext)
             items.append(item)
         return items, at
     if 0x80 <= b <= 0x8F or b in (0xDE, 0xDF):
         n, at = _count(v, at, b, 0x80, 0xDE)
         out: dict[Any, Any] = {}
         for _ in range(n):
-            key, at = _value(v, at, unpack)
-            out[key], at = _value(v, at, unpack)
+            key, at = _value(v, at, unpack, ext)
+            out[key], at = _value(v, at, unpack, ext)
         return out, at
     end = at + _length(v, at, b)
+    if ext is not None and end - at >= BIG_BIN and b in _EXTS:
+        start = at + _EXTS[b]  # the code is the header's last byte, signed
+        return ext(_I8.unpack_from(v, start - 1)[0], v[start:end]), end
     return unpack(v[at:end]), end
 
 

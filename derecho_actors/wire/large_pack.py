@@ -4,16 +4,16 @@ the encoding while the GIL is released.
 Why: ``Packer.pack`` copies a ``bin`` into its growing buffer and then into the ``bytes`` it
 returns, holding the GIL the whole time: measured, a replica packing a 100 MB ``bytes`` result
 kept every other thread of its node waiting 136-800 ms (the node's loop first, its heartbeats
-with it). The same stall as a large call's arguments decoded by msgpack (``large_args``).
+with it), and an object state of 100 MB for a joiner 300-1400 ms. The same stall as a large
+call's arguments decoded by msgpack (``large_args``).
 
-So a value whose structure is small (``MAX_VALUES`` values in all, arrays and maps of the
-exact built-in types) and that holds a ``bytes`` or ``bytearray`` of ``BIG_BIN`` bytes or more
-is laid out here: each container's header as msgpack writes it, each large bin as its header
-and its bytes, every other value packed by msgpack itself; the parts are then copied into one
-new ``bytes``, the large ones with the GIL released. The bytes are those msgpack writes
-(msgpack's encoding of an array or map is its header followed by its items' encodings).
-Anything else (no large bin, more values, a bin of 4 GiB or more) returns ``None``: msgpack
-packs it as before.
+So a value that holds a ``bytes`` or ``bytearray`` of ``BIG_BIN`` bytes or more, in arrays and
+maps of the exact built-in types, few values in all (``values_for`` the large bins' size), is
+laid out here: each container's header as msgpack writes it, each large bin as its header and
+its bytes, every other value packed by msgpack itself; the parts are then copied into one new
+``bytes``, the large ones with the GIL released. The bytes are those msgpack writes (msgpack's
+encoding of an array or map is its header followed by its items' encodings). Anything else (no
+large bin, more values, a bin of 4 GiB or more) returns ``None``: msgpack packs it as before.
 """
 
 from __future__ import annotations
@@ -23,80 +23,125 @@ import struct
 from typing import Any, Callable, Final
 
 from derecho_actors.wire import large_args
-from derecho_actors.wire.large_args import BIG_BIN, MAX_VALUES
+from derecho_actors.wire.large_args import BIG_BIN, values_for
 
-__all__ = ["pack_large"]
+__all__ = ["ExtOf", "pack_large"]
+
+ExtOf = Callable[[Any], "tuple[int, list[Any]] | None"]
+"""For a packer with ``strict_types`` whose ``default`` makes ``ExtType(code, pack(items))`` of
+some types (``state_codec``'s tuples and sets): a value -> ``(code, items)``, or ``None`` for a
+value that is no such extension."""
 
 _BIN32: Final = struct.Struct(">BI")
+_EXT32: Final = struct.Struct(">BIb")
 _U16, _U32 = struct.Struct(">BH"), struct.Struct(">BI")
 _MAX_BIN: Final = (1 << 32) - 1
+_MAX_WALK: Final = 1 << 16  # values walked at most before giving up (msgpack packs the rest)
 
 
 class _Off(Exception):
     """Not a value laid out here (msgpack packs it)."""
 
 
-def pack_large(value: Any, pack: Callable[[Any], bytes]) -> bytes | None:
-    """``value`` as ``pack`` (a msgpack ``Packer``'s ``pack``, ``use_bin_type=True``) encodes
-    it, its large bins copied with the GIL released; ``None`` if it holds no large bin or is
-    not a value this lays out (then ``pack`` it)."""
+class _Walk:
+    """What the measuring walk saw: values, and bytes in large bins."""
+
+    __slots__ = ("values", "large")
+
+    def __init__(self) -> None:
+        self.values = 0
+        self.large = 0
+
+
+def pack_large(value: Any, pack: Callable[[Any], bytes], ext: ExtOf | None = None) -> bytes | None:
+    """``value`` as ``pack`` (a msgpack ``Packer``'s, ``use_bin_type=True``) encodes it, its
+    large bins copied with the GIL released; ``None`` if it holds no large bin or is not a value
+    this lays out (then ``pack`` it). ``ext``: ``pack`` has ``strict_types`` and makes these
+    extension values (tuples are not arrays then); ``None``: tuples are arrays."""
     if not large_args._RELEASED:
         return None
-    budget = [MAX_VALUES]
+    walk = _Walk()
     try:
-        if not _holds_large(value, budget):
+        _measure(value, walk, ext)
+        if walk.large == 0 or walk.values > values_for(walk.large):
             return None
         parts: list[bytes | memoryview] = []
-        _lay_out(value, pack, parts)
+        _lay_out(value, pack, ext, parts)
     except _Off:
         return None
     return _joined(parts)
 
 
-def _holds_large(v: Any, budget: list[int]) -> bool:
-    """Whether ``v`` holds a large bin, read from types and sizes only; ``_Off`` past the
-    budget or for a bin too large for msgpack."""
-    budget[0] -= 1
-    if budget[0] < 0:
+def _items(v: Any, ext: ExtOf | None) -> tuple[int, list[Any] | tuple[Any, ...]] | None:
+    """The items of an array ``v`` (code -1) or an extension's (its code); ``None``: neither."""
+    t = type(v)
+    if t is list or (t is tuple and ext is None):
+        return -1, v
+    if ext is not None and t in (tuple, set, frozenset):
+        return ext(v)
+    return None
+
+
+def _measure(v: Any, walk: _Walk, ext: ExtOf | None) -> None:
+    """Count ``v``'s values and large bins' bytes from types and sizes only; ``_Off`` past
+    ``_MAX_WALK`` values or for a bin too large for msgpack."""
+    walk.values += 1
+    if walk.values > _MAX_WALK:
         raise _Off
     t = type(v)
     if t is bytes or t is bytearray:
         if len(v) > _MAX_BIN:
             raise _Off
-        return len(v) >= BIG_BIN
-    if t is list or t is tuple:
-        found = False
-        for item in v:
-            found = _holds_large(item, budget) or found
-        return found
+        if len(v) >= BIG_BIN:
+            walk.large += len(v)
+        return
     if t is dict:
-        found = False
         for key, item in v.items():
-            found = _holds_large(key, budget) or found
-            found = _holds_large(item, budget) or found
-        return found
-    return False
+            _measure(key, walk, ext)
+            _measure(item, walk, ext)
+        return
+    array = _items(v, ext)
+    if array is not None:
+        for item in array[1]:
+            _measure(item, walk, ext)
 
 
-def _lay_out(v: Any, pack: Callable[[Any], bytes], parts: list[bytes | memoryview]) -> None:
-    """Append ``v``'s encoding to ``parts``: headers and small values packed, large bins as
-    they are (copied when the parts are joined)."""
+def _lay_out(v: Any, pack: Callable[[Any], bytes], ext: ExtOf | None, parts: list[bytes | memoryview]) -> int:
+    """Append ``v``'s encoding to ``parts`` (headers and small values packed, large bins as they
+    are: copied when the parts are joined); its length."""
     t = type(v)
     if (t is bytes or t is bytearray) and len(v) >= BIG_BIN:
         # A bytearray's view pins its size until the copy (another thread cannot resize it).
         parts.append(_BIN32.pack(0xC6, len(v)))
         parts.append(v if t is bytes else memoryview(v))
-    elif t is list or t is tuple:
-        parts.append(_header(len(v), 0x90, 0xDC))
-        for item in v:
-            _lay_out(item, pack, parts)
-    elif t is dict:
+        return 5 + len(v)
+    if t is dict:
         parts.append(_header(len(v), 0x80, 0xDE))
+        n = len(parts[-1])
         for key, item in v.items():
-            _lay_out(key, pack, parts)
-            _lay_out(item, pack, parts)
-    else:
+            n += _lay_out(key, pack, ext, parts)
+            n += _lay_out(item, pack, ext, parts)
+        return n
+    array = _items(v, ext)
+    if array is None:
         parts.append(pack(v))
+        return len(parts[-1])
+    code, items = array
+    at = len(parts)
+    parts.append(_header(len(items), 0x90, 0xDC))
+    n = len(parts[-1])
+    for item in items:
+        n += _lay_out(item, pack, ext, parts)
+    if code < 0:
+        return n
+    if n < BIG_BIN:  # no large bin inside: packed whole, as msgpack would
+        del parts[at:]
+        parts.append(pack(v))
+        return len(parts[-1])
+    if n > _MAX_BIN:
+        raise _Off
+    parts.insert(at, _EXT32.pack(0xC9, n, code))
+    return 6 + n
 
 
 def _header(n: int, fix: int, wide: int) -> bytes:

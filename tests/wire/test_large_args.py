@@ -19,7 +19,7 @@ from derecho_actors.model.decorators import spec_of
 from derecho_actors.replica.calls import CallRunner
 from derecho_actors.wire import large_args
 from derecho_actors.wire.codec import PendingCall, decode_ordered, encode_args, encode_ordered
-from derecho_actors.wire.large_args import BIG_BIN, MAX_VALUES, decode_view, released_copy
+from derecho_actors.wire.large_args import BIG_BIN, BYTES_PER_VALUE, MAX_VALUES, decode_view, released_copy, values_for
 from derecho_actors.wire.serializers import unpack_msgpack
 from runtime.core.rdmc_buffers import BufferPool
 
@@ -169,3 +169,20 @@ def test_a_replica_decoding_a_large_call_leaves_the_gil_to_the_loop() -> None:
         del batch
     print(f"longest wait of the loop's stand-in, as a share of the decode: {[f'{r:.2f}' for r in ratios]}")
     assert min(ratios) < 0.5, ratios
+
+
+def test_a_large_view_may_hold_one_value_per_bytes_per_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 100 MB bin among a few hundred other values was left to msgpack (more than
+    ``MAX_VALUES``): its copy held the GIL 53-70 ms. A larger view may hold more values."""
+    big = os.urandom(4 * BYTES_PER_VALUE * MAX_VALUES)
+    allowed = values_for(len(big) + 100)
+    assert allowed > MAX_VALUES
+    copies: list[int] = []
+    real_copy = large_args.released_copy
+    monkeypatch.setattr(large_args, "released_copy", lambda v: copies.append(len(v)) or real_copy(v))
+    within = [[big, list(range(allowed - 8))], {}]
+    assert decode_view(received(msgpack.packb(within)), unpack_msgpack) == within
+    assert copies == [len(big)]
+    over = [[big, list(range(values_for(len(big)) * 2))], {}]
+    assert decode_view(received(msgpack.packb(over)), unpack_msgpack) == over
+    assert copies == [len(big)]  # over the budget: msgpack decoded it, nothing copied here
