@@ -11,14 +11,17 @@ in ``msgpack.unpackb``. All the shard's members deliver the call at once, so all
 silent together, and a CI run on two shared cores saw 0.9-1.2 s: a member was removed for it.
 
 So a call's arguments that arrive as a view of a received object (``call_views``), from
-``BIG_BIN`` bytes on, are read here when their structure is small (``MAX_VALUES`` values in
-all): each ``bin`` of ``BIG_BIN`` bytes or more becomes a ``bytes`` filled by a copy that
-releases the GIL (:func:`released_copy`), every other value is decoded by msgpack from its own
-slice, so the values are the ones a whole decode gives (a ``bin`` is ``bytes`` either way).
+``BIG_BIN`` bytes on, are read here when their structure is small (``values_for`` its size):
+each ``bin`` of ``BIG_BIN`` bytes or more becomes a ``bytes`` filled by a copy that releases
+the GIL (:func:`released_copy`), each ``str`` that large is decoded a mebibyte at a time
+(``large_text``), every other value is decoded by msgpack from its own slice, so the values are
+the ones a whole decode gives (a ``bin`` is ``bytes`` either way). A caller's large result
+(``serializers.unpack_msgpack_large``) and a joiner's object state (``state_codec``, with its
+tuples and sets through ``ext``) are read the same way.
 Anything else (many values, a type byte msgpack never writes, a malformed value) goes the
 msgpack way, as before; so does every bin where the copy cannot be made so (not CPython).
 Pickled arguments (cloudpickle types) need none of this: their large buffers are views already
-(``oob``). Runs on a replica's thread.
+(``oob``). Runs on a replica's thread, or the caller's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import ctypes
 import struct
 import sys
 from typing import Any, Callable, Final
+
+from derecho_actors.wire import large_text
 
 __all__ = [
     "BIG_BIN",
@@ -216,6 +221,8 @@ def _value(v: memoryview, at: int, unpack: Callable[[Any], Any], ext: ExtHook | 
             out[key], at = _value(v, at, unpack, ext)
         return out, at
     end = at + _length(v, at, b)
+    if b == 0xDB and end - at >= BIG_BIN and large_text.WORKS:  # a large str (a str 32's header: 5 bytes)
+        return large_text.decode_text(v[at + 5 : end]), end
     if ext is not None and end - at >= BIG_BIN and b in _EXTS:
         start = at + _EXTS[b]  # the code is the header's last byte, signed
         return ext(_I8.unpack_from(v, start - 1)[0], v[start:end]), end

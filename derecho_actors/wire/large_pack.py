@@ -7,10 +7,11 @@ kept every other thread of its node waiting 136-800 ms (the node's loop first, i
 with it), and an object state of 100 MB for a joiner 300-1400 ms. The same stall as a large
 call's arguments decoded by msgpack (``large_args``).
 
-So a value that holds a ``bytes`` or ``bytearray`` of ``BIG_BIN`` bytes or more, in arrays and
-maps of the exact built-in types, few values in all (``values_for`` the large bins' size), is
-laid out here: each container's header as msgpack writes it, each large bin as its header and
-its bytes, every other value packed by msgpack itself; the parts are then copied into one new
+So a value that holds a ``bytes``, ``bytearray`` or ``str`` of ``BIG_BIN`` bytes or more, in
+arrays and maps of the exact built-in types, few values in all (``values_for`` the large ones'
+size), is laid out here: each container's header as msgpack writes it, each large bin as its
+header and its bytes, each large ``str`` as its header and its UTF-8 encoded a mebibyte at a
+time (``large_text``), every other value packed by msgpack itself; the parts are then copied into one new
 ``bytes``, the large ones with the GIL released. The bytes are those msgpack writes (msgpack's
 encoding of an array or map is its header followed by its items' encodings). Anything else (no
 large bin, more values, a bin of 4 GiB or more) returns ``None``: msgpack packs it as before.
@@ -24,6 +25,7 @@ from typing import Any, Callable, Final
 
 from derecho_actors.wire import large_args
 from derecho_actors.wire.large_args import BIG_BIN, values_for
+from derecho_actors.wire.large_text import encode_text
 
 __all__ = ["ExtOf", "pack_large"]
 
@@ -95,6 +97,10 @@ def _measure(v: Any, walk: _Walk, ext: ExtOf | None) -> None:
         if len(v) >= BIG_BIN:
             walk.large += len(v)
         return
+    if t is str:
+        if len(v) >= BIG_BIN:
+            walk.large += len(v)
+        return
     if t is dict:
         for key, item in v.items():
             _measure(key, walk, ext)
@@ -115,6 +121,14 @@ def _lay_out(v: Any, pack: Callable[[Any], bytes], ext: ExtOf | None, parts: lis
         parts.append(_BIN32.pack(0xC6, len(v)))
         parts.append(v if t is bytes else memoryview(v))
         return 5 + len(v)
+    if t is str and len(v) >= BIG_BIN:
+        pieces = encode_text(v)  # a step per mebibyte: the GIL goes around between them
+        n = sum(map(len, pieces))
+        if n > _MAX_BIN:
+            raise _Off
+        parts.append(_BIN32.pack(0xDB, n))  # a str 32's header
+        parts.extend(pieces)
+        return 5 + n
     if t is dict:
         parts.append(_header(len(v), 0x80, 0xDE))
         n = len(parts[-1])

@@ -54,7 +54,7 @@ def unpack_msgpack_large(data: bytes) -> Any:
     return _unpack_any_keys(data)
 
 
-_BINS = (bytes, bytearray)
+_LARGE = (bytes, bytearray, str)
 _CONTAINERS = (list, tuple, dict)
 FEW: Final = 4
 """Items a result's top-level list, tuple or dict may have for it to be searched for a large
@@ -70,7 +70,7 @@ def result_packer(pack: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
 
     def pack_result(value: Any) -> bytes:
         t = type(value)
-        if (t in _BINS and len(value) >= BIG_BIN) or (t in _CONTAINERS and len(value) <= FEW):
+        if (t in _LARGE and len(value) >= BIG_BIN) or (t in _CONTAINERS and len(value) <= FEW):
             packed = pack_large(value, pack)
             if packed is not None:
                 return packed

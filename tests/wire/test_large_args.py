@@ -43,12 +43,13 @@ def received(data: bytes) -> memoryview:
         [[BIG, b"small", "text", 7], {"data": BIG, "n": -3}],
         [[0, 127, -1, -32, 255, -129, 70000, -70000, 2**40, -(2**40), 2**64 - 1, 1.5, None, True, False], {}],
         [["é" * 40, "x" * 300, "y" * 70000, b"z" * 300, b"w" * 70000, BIG], {}],
+        [["é" * BIG_BIN, "a" * (BIG_BIN + 5)], {"t": "\U0001f600" * BIG_BIN}],
         [[[BIG, [BIG]], {"k": BIG, "l": [1, {"m": b"x"}]}], {}],
         [[{1: BIG, 2: b"x"}, {b"k": "v"}], {}],  # keys msgpack takes only on its permissive path
         [[msgpack.ExtType(5, b"abc"), msgpack.ExtType(9, b"x" * 300), msgpack.Timestamp(10, 5), BIG], {}],
         [[list(range(20)), BIG], {"a" * 40: list(range(16))}],
     ],
-    ids=["one bin", "bins and others", "integers", "strings", "nested", "map keys", "ext", "arrays"],
+    ids=["one bin", "bins and others", "integers", "strings", "large strings", "nested", "map keys", "ext", "arrays"],
 )
 def test_the_values_are_those_msgpack_decodes(value: Any) -> None:
     packed = msgpack.packb(value, use_bin_type=True)

@@ -35,6 +35,10 @@ VALUES = [
     [BIG, list(range(MAX_VALUES))],  # more values than are laid out
     None,
     [1, 2, 3],
+    "a" * (BIG_BIN + 3),  # text: ASCII, then wider and wider characters, one across a step's end
+    ["\xe9" * BIG_BIN, "x" * (BIG_BIN - 1) + "\u20ac" + "y" * 9],
+    {"emoji": "\U0001f600" * (BIG_BIN // 2) + "a", "data": BIG},
+    "\xe9" * (BIG_BIN // 2),  # under a mebibyte of characters: msgpack's path
 ]
 
 
@@ -104,9 +108,21 @@ def error_of(packed: bytes) -> type[BaseException]:
         msgpack.packb(BIG)[:-3],
         b"\x92\xc1" + msgpack.packb(BIG),
         b"\x82\x91\x01" + msgpack.packb(BIG) + b"\x01\x02",
+        b"\xdb" + (BIG_BIN + 2).to_bytes(4, "big") + b"a" * BIG_BIN + b"\xff\xfe",  # not UTF-8
+        b"\xdb" + (BIG_BIN + 1).to_bytes(4, "big") + b"a" * BIG_BIN + b"\xc3",  # a character cut short
     ],
-    ids=["extra", "short", "0xc1", "unhashable key"],
+    ids=["extra", "short", "0xc1", "unhashable key", "not utf-8", "cut character"],
 )
 def test_a_malformed_result_raises_what_msgpack_raises(packed: bytes) -> None:
     with pytest.raises(error_of(packed)):
         result_decoder("msgpack")(packed)
+
+
+def test_a_text_with_a_lone_surrogate_is_refused_as_msgpack_refuses_it() -> None:
+    value = ["a" * BIG_BIN + "\ud800", BIG]
+    with pytest.raises(UnicodeEncodeError):
+        msgpack.packb(value)
+    with pytest.raises(UnicodeEncodeError):
+        result_encoder("msgpack")(value)
+    with pytest.raises(SerializationError):
+        encode_result(value, "msgpack")

@@ -18,9 +18,12 @@ pytestmark = pytest.mark.timeout(90)
 DATA = os.urandom(128 << 20)
 
 
-@pytest.mark.parametrize("shape", ["bytes", "pair"])
+TEXT = "\xe9" * (64 << 20)  # 128 MB of UTF-8
+
+
+@pytest.mark.parametrize("shape", ["bytes", "pair", "text"])
 def test_packing_a_large_result_leaves_the_gil_to_the_loop(shape: str) -> None:
-    value = DATA if shape == "bytes" else ({"size": len(DATA)}, DATA)
+    value = {"bytes": DATA, "pair": ({"size": len(DATA)}, DATA), "text": TEXT}[shape]
     encode, ratios = result_encoder("msgpack"), []
     for _ in range(3):  # best of three: a busy machine may keep this thread off a core a while
         ratio, packed = worst_wait_share(lambda: encode(value))
@@ -30,12 +33,14 @@ def test_packing_a_large_result_leaves_the_gil_to_the_loop(shape: str) -> None:
     assert min(ratios) < 0.5, ratios
 
 
-def test_decoding_a_large_result_leaves_the_gil_to_the_loop() -> None:
-    packed = msgpack.packb(DATA)
+@pytest.mark.parametrize("shape", ["bytes", "text"])
+def test_decoding_a_large_result_leaves_the_gil_to_the_loop(shape: str) -> None:
+    want = DATA if shape == "bytes" else TEXT
+    packed = msgpack.packb(want)
     decode, ratios = result_decoder("msgpack"), []
     for _ in range(3):
         ratio, value = worst_wait_share(lambda: decode(packed))
-        assert type(value) is bytes and value == DATA
+        assert type(value) is type(want) and value == want
         ratios.append(ratio)
         del value
     assert min(ratios) < 0.5, ratios

@@ -24,6 +24,7 @@ STATES = [
     {"attrs": {"blob": BIG, "n": 3}, "sessions": [[1, 2, b"x"]] * 30, "lost": None},
     {"attrs": {"pair": (b"meta", BIG), "tags": {"a", "b"}, "frozen": frozenset({BIG})}},
     {"attrs": {(1, "k"): [BIG, (BIG, (1, 2))], "big": bytearray(BIG)}},
+    {"attrs": {"text": "\u20ac" * BIG_BIN, "t": ("a" * BIG_BIN,), "s": {"\xe9" * BIG_BIN}}},
     {"attrs": {"few": (1, 2, 3), "small": b"x" * 100}},  # no large bin: msgpack's path
     {"attrs": {"many": list(range(10000)), "blob": BIG}},  # more values than are laid out
 ]
