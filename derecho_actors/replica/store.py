@@ -37,6 +37,8 @@ from derecho_actors.replica.history import FieldHistory, apply_records
 from derecho_actors.replica.past import PastReads
 from derecho_actors.replica.sessions import SessionTable
 from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.large_args import BIG_BIN
+from derecho_actors.wire.large_pack import pack_large
 
 log = logging.getLogger("derecho.persistent")
 
@@ -196,6 +198,7 @@ class PersistentStore(PastReads):
         (the persistent mode's main per-version cost), so what it needs is looked up once in
         ``__init__`` and a dict field is read from the object's ``__dict__``."""
         changes: dict[str, Any] = {}
+        large = False  # a change of BIG_BIN bytes or more: the record is laid out (``large_pack``)
         encode, keys, obj = self._fast_encode, self.history.keys, self.obj
         d = obj.__dict__
         for name, is_dict in self._field_kinds:
@@ -205,6 +208,7 @@ class PersistentStore(PastReads):
                 if not isinstance(value, TrackedDict):
                     enc = self._encode(value)
                     if enc != self._baseline.get(name):
+                        large = large or len(enc) >= BIG_BIN
                         changes[name] = ["v", enc]
                         self._baseline[name] = enc
                         self.history.note_value(name, version)
@@ -212,6 +216,7 @@ class PersistentStore(PastReads):
             changed = value._changed
             if value._replaced:
                 changes[name] = ["m", True, encode([[k, v] for k, v in value.items()]), b""]
+                large = large or len(changes[name][2]) >= BIG_BIN
                 self.history.note_keys(name, version, value, True)
                 value._replaced = False
             elif not changed:
@@ -220,6 +225,7 @@ class PersistentStore(PastReads):
                 sets = [[k, v] for k, v in changed.items() if v is not DELETED]
                 dels = [k for k, v in changed.items() if v is DELETED] if len(sets) < len(changed) else None
                 changes[name] = ["m", False, encode(sets) if sets else b"", encode(dels) if dels else b""]
+                large = large or len(changes[name][2]) >= BIG_BIN
                 index = keys.get(name)
                 if index is None:
                     index = keys.setdefault(name, {})
@@ -235,7 +241,12 @@ class PersistentStore(PastReads):
         self.last_version, self.last_ts = version, ts
         if origin and self.replayed is not None:
             self._calls.append((origin, call_id, ts))
-        return version, ts, self._pack_record([origin, call_id, changes])
+        record = [origin, call_id, changes]
+        if large:  # msgpack would copy the large value holding the GIL (the node's loop waiting)
+            packed = pack_large(record, self._pack_record)
+            if packed is not None:
+                return version, ts, packed
+        return version, ts, self._pack_record(record)
 
     def _fast_encode(self, value: Any) -> bytes:
         """``_encode`` of a list, through the replica thread's own encoder (one C call for

@@ -157,17 +157,21 @@ ExtHook = Callable[[int, memoryview], Any]
 large one, whose data then is read here too (``state_codec``'s tuples and sets)."""
 
 
-def decode_view(view: memoryview, unpack: Callable[[Any], Any], ext: ExtHook | None = None) -> Any:
+def decode_view(
+    view: memoryview, unpack: Callable[[Any], Any], ext: ExtHook | None = None, values: int | None = None
+) -> Any:
     """The msgpack value in ``view``, its ``bin`` values of ``BIG_BIN`` bytes or more copied by
     :func:`released_copy`; ``unpack`` (the serializer's msgpack decoder) decodes the rest, and
     the whole of it if it is small or not what this reader takes. ``ext``: what an extension
-    value of ``BIG_BIN`` bytes or more becomes (else ``unpack`` decodes it, small or large)."""
+    value of ``BIG_BIN`` bytes or more becomes (else ``unpack`` decodes it, small or large).
+    ``values``: how many values it may hold to be read here (``values_for`` its size if not
+    given; a checkpoint's long version lists need more)."""
     if len(view) < BIG_BIN or view.ndim != 1 or view.itemsize != 1:
         return unpack(view)
     try:
         # Measured first, decoded after: arguments over the budget go to msgpack before any
         # large bin was copied (a walk that ran out midway would have copied for nothing).
-        if _end(view, 0, [values_for(len(view))]) == len(view):
+        if _end(view, 0, [values_for(len(view)) if values is None else values]) == len(view):
             value, _ = _value(view, 0, unpack, ext)
             return value
     except Exception:  # noqa: BLE001 - not read here: msgpack decodes it, or raises what it raises for it

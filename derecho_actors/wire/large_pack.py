@@ -27,7 +27,7 @@ from derecho_actors.wire import large_args
 from derecho_actors.wire.large_args import BIG_BIN, values_for
 from derecho_actors.wire.large_text import encode_text
 
-__all__ = ["ExtOf", "pack_large"]
+__all__ = ["MAX_WALK", "ExtOf", "pack_large"]
 
 ExtOf = Callable[[Any], "tuple[int, list[Any]] | None"]
 """For a packer with ``strict_types`` whose ``default`` makes ``ExtType(code, pack(items))`` of
@@ -38,7 +38,9 @@ _BIN32: Final = struct.Struct(">BI")
 _EXT32: Final = struct.Struct(">BIb")
 _U16, _U32 = struct.Struct(">BH"), struct.Struct(">BI")
 _MAX_BIN: Final = (1 << 32) - 1
-_MAX_WALK: Final = 1 << 16  # values walked at most before giving up (msgpack packs the rest)
+MAX_WALK: Final = 1 << 16
+"""Values walked at most before giving up (msgpack packs the value): ~50 ms of Python at most,
+which lets the other threads in every few milliseconds."""
 
 
 class _Off(Exception):
@@ -55,17 +57,21 @@ class _Walk:
         self.large = 0
 
 
-def pack_large(value: Any, pack: Callable[[Any], bytes], ext: ExtOf | None = None) -> bytes | None:
+def pack_large(
+    value: Any, pack: Callable[[Any], bytes], ext: ExtOf | None = None, values: int | None = None
+) -> bytes | None:
     """``value`` as ``pack`` (a msgpack ``Packer``'s, ``use_bin_type=True``) encodes it, its
     large bins copied with the GIL released; ``None`` if it holds no large bin or is not a value
     this lays out (then ``pack`` it). ``ext``: ``pack`` has ``strict_types`` and makes these
-    extension values (tuples are not arrays then); ``None``: tuples are arrays."""
+    extension values (tuples are not arrays then); ``None``: tuples are arrays. ``values``: how
+    many values it may hold to be laid out (``values_for`` its large ones' size if not given; at
+    most ``MAX_WALK``)."""
     if not large_args._RELEASED:
         return None
     walk = _Walk()
     try:
         _measure(value, walk, ext)
-        if walk.large == 0 or walk.values > values_for(walk.large):
+        if walk.large == 0 or walk.values > (values_for(walk.large) if values is None else values):
             return None
         parts: list[bytes | memoryview] = []
         _lay_out(value, pack, ext, parts)
@@ -86,9 +92,9 @@ def _items(v: Any, ext: ExtOf | None) -> tuple[int, list[Any] | tuple[Any, ...]]
 
 def _measure(v: Any, walk: _Walk, ext: ExtOf | None) -> None:
     """Count ``v``'s values and large bins' bytes from types and sizes only; ``_Off`` past
-    ``_MAX_WALK`` values or for a bin too large for msgpack."""
+    ``MAX_WALK`` values or for a bin too large for msgpack."""
     walk.values += 1
-    if walk.values > _MAX_WALK:
+    if walk.values > MAX_WALK:
         raise _Off
     t = type(v)
     if t is bytes or t is bytearray:

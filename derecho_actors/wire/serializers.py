@@ -41,12 +41,13 @@ def unpack_msgpack(data: bytes) -> Any:
     return _unpack_any_keys(data)
 
 
-def unpack_msgpack_large(data: bytes) -> Any:
+def unpack_msgpack_large(data: bytes, values: int | None = None) -> Any:
     """``unpack_msgpack``, a value of ``BIG_BIN`` bytes or more read by ``large_args`` (its
     large bins copied with the GIL released): a result decoded by its caller, on the caller's
-    loop (a 100 MB ``bin`` held the GIL ~60-110 ms in msgpack's decoder)."""
+    loop (a 100 MB ``bin`` held the GIL ~60-110 ms in msgpack's decoder); a persistent log's
+    record or checkpoint at a replica (``values``: as ``decode_view`` takes it)."""
     if len(data) >= BIG_BIN:
-        return decode_view(memoryview(data), unpack_msgpack)  # (a view of a view if one came)
+        return decode_view(memoryview(data), unpack_msgpack, values=values)  # (a view of a view if one came)
     try:
         return _unpackb(data)
     except ValueError:
