@@ -58,9 +58,10 @@ def unpack_msgpack_large(data: bytes, values: int | None = None) -> Any:
 _LARGE = (bytes, bytearray, str)
 _CONTAINERS = (list, tuple, dict)
 FEW: Final = 4
-"""Items a result's top-level list, tuple or dict may have for it to be searched for a large
-bin (a pair ``(meta, data)``, a ``{"data": ...}``): a longer one is packed at once (searching
-it cost more than packing it does)."""
+"""Items a result's top-level list, tuple or dict may have for it to be laid out when one of
+them (a dict's values) is large (a pair ``(meta, data)``, a ``{"data": ...}``); a longer one,
+or one whose large value is deeper, is packed at once (looking through it cost more than
+packing a small result does)."""
 
 
 def result_packer(pack: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
@@ -71,7 +72,17 @@ def result_packer(pack: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
 
     def pack_result(value: Any) -> bytes:
         t = type(value)
-        if (t in _LARGE and len(value) >= BIG_BIN) or (t in _CONTAINERS and len(value) <= FEW):
+        if t in _LARGE:
+            large = len(value) >= BIG_BIN
+        elif t in _CONTAINERS and len(value) <= FEW:
+            large = False
+            for item in value.values() if t is dict else value:
+                if type(item) in _LARGE and len(item) >= BIG_BIN:
+                    large = True
+                    break
+        else:
+            large = False
+        if large:
             packed = pack_large(value, pack)
             if packed is not None:
                 return packed
