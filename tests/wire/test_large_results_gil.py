@@ -5,7 +5,9 @@ call at once. Only the codec's public functions are used, so this runs on the co
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 import msgpack
 import pytest
@@ -15,15 +17,19 @@ from tests.wire.gil_wait import worst_wait_share
 
 pytestmark = pytest.mark.timeout(90)
 
-DATA = os.urandom(128 << 20)
 
-
-TEXT = "\xe9" * (64 << 20)  # 128 MB of UTF-8
+@functools.cache
+def large(shape: str) -> Any:
+    """128 MB of it, made when a test here first needs it (not when the module is collected)."""
+    if shape == "text":
+        return "\xe9" * (64 << 20)  # 128 MB of UTF-8
+    data = large("bytes") if shape == "pair" else os.urandom(128 << 20)
+    return ({"size": len(data)}, data) if shape == "pair" else data
 
 
 @pytest.mark.parametrize("shape", ["bytes", "pair", "text"])
 def test_packing_a_large_result_leaves_the_gil_to_the_loop(shape: str) -> None:
-    value = {"bytes": DATA, "pair": ({"size": len(DATA)}, DATA), "text": TEXT}[shape]
+    value = large(shape)
     encode, ratios = result_encoder("msgpack"), []
     for _ in range(3):  # best of three: a busy machine may keep this thread off a core a while
         ratio, packed = worst_wait_share(lambda: encode(value))
@@ -35,7 +41,7 @@ def test_packing_a_large_result_leaves_the_gil_to_the_loop(shape: str) -> None:
 
 @pytest.mark.parametrize("shape", ["bytes", "text"])
 def test_decoding_a_large_result_leaves_the_gil_to_the_loop(shape: str) -> None:
-    want = DATA if shape == "bytes" else TEXT
+    want = large(shape)
     packed = msgpack.packb(want)
     decode, ratios = result_decoder("msgpack"), []
     for _ in range(3):
