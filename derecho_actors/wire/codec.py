@@ -15,7 +15,7 @@ from typing import Any, Callable, Final, Mapping, NamedTuple, Sequence
 
 import msgpack
 
-from derecho_actors.exceptions import ShardAwaitingLog, ShardStateLost
+from derecho_actors.exceptions import ResultTooLarge, ShardAwaitingLog, ShardStateLost
 from derecho_actors.wire.call_views import MIN_VIEW_BYTES, ordered_views
 from derecho_actors.wire.packing import packb
 from derecho_actors.wire.serializers import pack_args as _pack_args
@@ -116,6 +116,7 @@ _OWN_ERRORS: dict[str, type[DerechoError]] = {
         ShardStateLost,
         ClientLimit,
         PayloadTooLarge,
+        ResultTooLarge,
         ReplicaLost,
         ReplyForgotten,
         SessionExpired,
