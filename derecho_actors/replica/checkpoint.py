@@ -36,6 +36,19 @@ log = logging.getLogger("derecho.persistent")
 FORMAT = 1
 
 
+CHECKPOINT_EVERY = 10_000
+"""Records between log checkpoints at least, and at least an eighth of the log: rewriting one
+(its index and history grow with the log) then costs about what the log's writes cost."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointJob:
+    """A checkpoint for the writer thread to write once the records before it are durable."""
+
+    version: int
+    payload: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Restored:
     """What a checkpoint put back: the state after ``version`` (the log's ``count``-th

@@ -22,12 +22,13 @@ import msgpack
 
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.model.fields import STORE_ATTR, persistent_fields
+from derecho_actors.replica.checkpoint import CHECKPOINT_EVERY
 from derecho_actors.replica.env import ReplicaEnv
 from derecho_actors.replica.events import EventLog
 from derecho_actors.replica.messages import StatePart
 from derecho_actors.replica.prebuild import Prebuild, Rebuilt
 from derecho_actors.replica.sessions import SessionTable, table_for
-from derecho_actors.replica.store import CHECKPOINT_EVERY, PersistentStore
+from derecho_actors.replica.store import PersistentStore
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.digest import object_attrs
 from derecho_actors.wire.messages import ChunkKind

@@ -25,7 +25,6 @@ import queue
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -41,18 +40,6 @@ from derecho_actors.wire.large_args import BIG_BIN
 from derecho_actors.wire.large_pack import pack_large
 
 log = logging.getLogger("derecho.persistent")
-
-CHECKPOINT_EVERY = 10_000
-"""Records between log checkpoints at least, and at least an eighth of the log: rewriting one
-(its index and history grow with the log) then costs about what the log's writes cost."""
-
-
-@dataclass(frozen=True, slots=True)
-class _CheckpointJob:
-    """A checkpoint for the writer thread to write once the records before it are durable."""
-
-    version: int
-    payload: bytes
 
 
 class PersistentStore(PastReads):
@@ -77,7 +64,7 @@ class PersistentStore(PastReads):
         stall_timeout: float = 30.0,
         inline: bool = False,
         replayed: SessionTable | None = None,
-        checkpoint_every: int = CHECKPOINT_EVERY,
+        checkpoint_every: int = _checkpoint.CHECKPOINT_EVERY,
     ) -> None:
         """``on_failure(why)``: the log could not be written (disk full, I/O error): the
         replica must stop (fail-stop), since it can no longer persist what it delivers.
@@ -308,7 +295,7 @@ class PersistentStore(PastReads):
             if not self._write(batches) or stop:
                 return
 
-    def _checkpoint_due(self, records: list[tuple[int, int, bytes]]) -> _CheckpointJob | None:
+    def _checkpoint_due(self, records: list[tuple[int, int, bytes]]) -> _checkpoint.CheckpointJob | None:
         """After ``records`` (the last call applied is the last of them): a checkpoint of
         the state now, if one is due."""
         if self.replayed is None:
@@ -328,12 +315,12 @@ class PersistentStore(PastReads):
             self.replayed.to_state(),
             self._encode,
         )
-        return _CheckpointJob(records[-1][0], data) if data is not None else None
+        return _checkpoint.CheckpointJob(records[-1][0], data) if data is not None else None
 
     def _write(self, batches: list[list[Any]]) -> bool:
         """Append and make durable (one fsync), write a checkpoint that came with them,
         then report; False once the log failed."""
-        jobs = [batch.pop() for batch in batches if type(batch[-1]) is _CheckpointJob]
+        jobs = [batch.pop() for batch in batches if type(batch[-1]) is _checkpoint.CheckpointJob]
         records = batches[0] if len(batches) == 1 else [r for batch in batches for r in batch]
         signature = None
         self.busy_since = time.monotonic()
@@ -358,7 +345,7 @@ class PersistentStore(PastReads):
             self.on_signed(durable, signature)
         return True
 
-    def _write_checkpoint(self, job: _CheckpointJob) -> None:
+    def _write_checkpoint(self, job: _checkpoint.CheckpointJob) -> None:
         """A checkpoint only saves restart time: a failure is logged and the node goes on."""
         try:
             with self._lock:

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Final
 
-import msgpack
-
 from derecho_actors.wire.calls import (
     LEGACY_KINDS,
     Call,
@@ -35,8 +33,7 @@ from derecho_actors.wire.calls import (
     decode_calls,
     decode_client_calls,
 )
-from derecho_actors.wire.large_args import BIG_BIN, decode_view
-from derecho_actors.wire.large_pack import pack_large
+from derecho_actors.wire.large_frames import BIG_BIN, ends_large, pack_answer_frame, unpack_large_frame
 from derecho_actors.wire.packing import packb
 from derecho_actors.wire.replies import (
     AnswerBatch,
@@ -61,7 +58,6 @@ from runtime.wire.checks import (
     describe,
     flag,
     nat,
-    refuse_ext,
     shard_id,
     shard_to_wire,
     version_int,
@@ -230,38 +226,17 @@ _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
 
 def encode(msg: AppFrame) -> bytes:
     """``msg`` as bytes for an ``AppMessage`` (``TypeError`` for what is not a message here).
-
-    An answer frame ending with a value of ``BIG_BIN`` bytes or more is laid out by ``large_pack``, its
-    value copied without the GIL: msgpack copied it holding the GIL, on the node's loop itself
-    (a 50 MB result: 24-42 ms a frame)."""
+    An answer frame ending with a large value is laid out by ``large_frames``: msgpack copied
+    the value holding the GIL, on the node's loop itself."""
     t = type(msg)
     enc = _ENCODERS.get(t)
     if enc is None:
         raise TypeError(f"cannot encode {t.__name__}: not an actor-layer message")
-    # Answers are cut into frames that each end with the one that made the frame large
-    # (``answer_queue.pieces``): the last one is the one to look at, once per frame.
     if t is ReplyBatch or t is AnswerBatch:
-        entries = msg.entries  # type: ignore[union-attr]
-        large = bool(entries) and len(entries[-1][2]) >= BIG_BIN
+        large = ends_large(msg.entries)  # type: ignore[union-attr]
     else:
         large = t is Reply and len(msg.value) >= BIG_BIN  # type: ignore[union-attr]
-    if large:
-        packed = pack_large(enc(msg), packb)
-        if packed is not None:
-            return packed
-    return packb(enc(msg))
-
-
-def _unpack_frame(body: Any) -> Any:
-    """A frame body as ``decode_tagged`` unpacks it."""
-    return msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=refuse_ext)
-
-
-def _unpack_large_frame(body: Any) -> Any:
-    """``_unpack_frame`` of a frame of ``BIG_BIN`` bytes or more, read by ``large_args``: its
-    large values copied without the GIL (msgpack copied a 50 MB result in 20 ms holding the
-    GIL, on the receiving loop itself); the values and errors are msgpack's."""
-    return decode_view(memoryview(body), _unpack_frame)
+    return pack_answer_frame(enc(msg)) if large else packb(enc(msg))
 
 
 # ------------------------------------------------------------------------------- decoding
@@ -383,7 +358,7 @@ _DECODERS: Final[Decoders] = {
 def decode(data: bytes) -> AppFrame:
     """The message in an ``AppMessage``'s data; ``WireError`` naming the problem otherwise."""
     if len(data) >= BIG_BIN:
-        return decode_tagged(data, _DECODERS, "message", _unpack_large_frame)
+        return decode_tagged(data, _DECODERS, "message", unpack_large_frame)
     return decode_tagged(data, _DECODERS, "message")
 
 
@@ -398,7 +373,7 @@ def decode_from_client(data: bytes, max_calls: int) -> AppFrame | OverfullBatch:
     numbers in an :class:`OverfullBatch`, to be refused. So one frame costs the node's loop
     little beyond its size, however many calls it packs."""
     if len(data) >= BIG_BIN:
-        return decode_tagged(data, _client_decoders(max_calls), "message", _unpack_large_frame)
+        return decode_tagged(data, _client_decoders(max_calls), "message", unpack_large_frame)
     return decode_tagged(data, _client_decoders(max_calls), "message")
 
 

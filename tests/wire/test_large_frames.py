@@ -9,7 +9,7 @@ import os
 import msgpack
 import pytest
 
-from derecho_actors.wire import messages
+from derecho_actors.wire import large_frames, messages
 from derecho_actors.wire.large_args import BIG_BIN
 from derecho_actors.wire.messages import decode, decode_from_client, encode
 from derecho_actors.wire.packing import packb
@@ -38,8 +38,8 @@ def test_a_large_answer_frame_is_the_one_msgpack_writes_and_reads(msg: object) -
 
 def test_a_large_answer_is_laid_out_only_when_it_ends_its_frame(monkeypatch: pytest.MonkeyPatch) -> None:
     laid: list[int] = []
-    real = messages.pack_large
-    monkeypatch.setattr(messages, "pack_large", lambda v, p: laid.append(1) or real(v, p))
+    real = large_frames.pack_large
+    monkeypatch.setattr(large_frames, "pack_large", lambda v, p: laid.append(1) or real(v, p))
     for msg in FRAMES:
         encode(msg)  # type: ignore[arg-type]
     assert laid == [1, 1, 1]
