@@ -179,9 +179,15 @@ def decode_view(
     return unpack(view)
 
 
-def _end(v: memoryview, at: int, budget: list[int]) -> int:
+MAX_DEPTH: Final = 512
+"""Arrays and maps nested deeper than this go to msgpack, which refuses what it cannot nest
+(its stack is 1024 deep): this walk's depth must not depend on the interpreter's recursion
+limit."""
+
+
+def _end(v: memoryview, at: int, budget: list[int], depth: int = 0) -> int:
     """Where the value at ``at`` ends, read from its headers only (nothing decoded or copied);
-    ``_Off`` past the budget or the view's end."""
+    ``_Off`` past the budget, ``MAX_DEPTH`` or the view's end."""
     budget[0] -= 1
     if budget[0] < 0:
         raise _Off
@@ -190,10 +196,12 @@ def _end(v: memoryview, at: int, budget: list[int]) -> int:
         size, head = _BINS[b]
         end = at + head + size.unpack_from(v, at + 1)[0]
     elif 0x90 <= b <= 0x9F or b in (0xDC, 0xDD) or 0x80 <= b <= 0x8F or b in (0xDE, 0xDF):
+        if depth >= MAX_DEPTH:
+            raise _Off
         is_map = 0x80 <= b <= 0x8F or b in (0xDE, 0xDF)
         n, end = _count(v, at, b, 0x80, 0xDE) if is_map else _count(v, at, b, 0x90, 0xDC)
         for _ in range(2 * n if is_map else n):
-            end = _end(v, end, budget)
+            end = _end(v, end, budget, depth + 1)
     else:
         end = at + _length(v, at, b)
     if end > len(v):

@@ -24,7 +24,7 @@ import struct
 from typing import Any, Callable, Final
 
 from derecho_actors.wire import large_args
-from derecho_actors.wire.large_args import BIG_BIN, values_for
+from derecho_actors.wire.large_args import BIG_BIN, MAX_DEPTH, values_for
 from derecho_actors.wire.large_text import encode_text
 
 __all__ = ["MAX_WALK", "ExtOf", "pack_large"]
@@ -50,11 +50,12 @@ class _Off(Exception):
 class _Walk:
     """What the measuring walk saw: values, and bytes in large bins."""
 
-    __slots__ = ("values", "large")
+    __slots__ = ("values", "large", "depth")
 
     def __init__(self) -> None:
         self.values = 0
         self.large = 0
+        self.depth = 0  # arrays and maps open now
 
 
 def pack_large(
@@ -75,7 +76,7 @@ def pack_large(
             return None
         parts: list[bytes | memoryview] = []
         _lay_out(value, pack, ext, parts)
-    except _Off:
+    except (_Off, RecursionError):  # a deep value near the interpreter's limit: msgpack's
         return None
     return _joined(parts)
 
@@ -108,14 +109,22 @@ def _measure(v: Any, walk: _Walk, ext: ExtOf | None) -> None:
             walk.large += len(v)
         return
     if t is dict:
+        walk.depth += 1
+        if walk.depth > MAX_DEPTH:  # msgpack packs it (and refuses what it cannot nest)
+            raise _Off
         for key, item in v.items():
             _measure(key, walk, ext)
             _measure(item, walk, ext)
+        walk.depth -= 1
         return
     array = _items(v, ext)
     if array is not None:
+        walk.depth += 1
+        if walk.depth > MAX_DEPTH:
+            raise _Off
         for item in array[1]:
             _measure(item, walk, ext)
+        walk.depth -= 1
 
 
 def _lay_out(v: Any, pack: Callable[[Any], bytes], ext: ExtOf | None, parts: list[bytes | memoryview]) -> int:
@@ -123,10 +132,12 @@ def _lay_out(v: Any, pack: Callable[[Any], bytes], ext: ExtOf | None, parts: lis
     are: copied when the parts are joined); its length."""
     t = type(v)
     if (t is bytes or t is bytearray) and len(v) >= BIG_BIN:
-        # A bytearray's view pins its size until the copy (another thread cannot resize it).
-        parts.append(_BIN32.pack(0xC6, len(v)))
-        parts.append(v if t is bytes else memoryview(v))
-        return 5 + len(v)
+        # A bytearray's view pins its size until the copy (another thread cannot resize it):
+        # taken first, so the header says the length that is copied.
+        data = v if t is bytes else memoryview(v)
+        parts.append(_BIN32.pack(0xC6, len(data)))
+        parts.append(data)
+        return 5 + len(data)
     if t is str and len(v) >= BIG_BIN:
         pieces = encode_text(v)  # a step per mebibyte: the GIL goes around between them
         n = sum(map(len, pieces))

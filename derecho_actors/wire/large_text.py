@@ -51,11 +51,19 @@ def decode_text(data: memoryview) -> str:
     return out
 
 
-_NON_ASCII_HEAD = sys.getsizeof("\xe9") - 2  # a compact non-ASCII str's size less its characters
+# A compact non-ASCII str's size less its characters and terminator, read off a str made here
+# (a one-character latin-1 str is a shared singleton, whose size grows once anything caches its
+# UTF-8 form, as msgpack's packer does).
+_NON_ASCII_HEAD = sys.getsizeof(bytes((0xC3, 0xA9, 0xC3, 0xA9)).decode()) - 3
 
 
 def _width(piece: str) -> int:
-    """Bytes per character of a compact non-ASCII ``str`` (1, 2 or 4)."""
+    """Bytes per character of a compact non-ASCII ``str`` (1, 2 or 4). A decoded piece of two
+    or more characters is new, so nothing has cached its UTF-8 form; one character may be a
+    shared singleton: its code point says."""
+    if len(piece) == 1:
+        c = ord(piece)
+        return 1 if c <= 0xFF else 2 if c <= 0xFFFF else 4
     return (sys.getsizeof(piece) - _NON_ASCII_HEAD) // (len(piece) + 1)
 
 
