@@ -32,9 +32,15 @@ from typing import Any, NamedTuple
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.events import BEGINNING, LAST, PollArgs, Position, encode_answer
 from runtime.core.versions import make_version
-from runtime.errors import WatchHistoryLost
+from runtime.errors import EmitError, WatchHistoryLost
 
 REPLY_BYTES = 256 * 1024  # events per reply stop at about this many bytes (at least one goes)
+MAX_EVENT_BYTES = 4 << 20
+"""The largest event ``emit`` records. A watch answer carries at least one event whole: to a
+member in one frame (``multicast.max_frame_bytes``, 64 MiB), to a client within the replies
+its contact lets it have waiting (``client_max_backlog_bytes``, 8 MiB). A larger event took
+the answering replica's connections (and the shard) down, or had the client cut off and
+polling again for ever; refused at ``emit``, the same at every replica, it fails its call."""
 MAX_PARKED = 10_000  # polls one replica holds at once; beyond, the oldest is answered empty
 
 
@@ -121,6 +127,12 @@ class EventSink:
             payload = self._pack(value)
         except (TypeError, ValueError, OverflowError):  # not plain data: encode_result raises why
             payload = _codec.encode_result(value, self.serializer)
+        if len(payload) > MAX_EVENT_BYTES:
+            raise EmitError(
+                f"da.emit: this event encodes to {len(payload)} bytes, over the {MAX_EVENT_BYTES}-byte limit for one "
+                "event (a watch delivers each whole, in one answer): emit what changed (a key, a version, a small "
+                "summary) and let watchers read the value with a call"
+            )
         self.log.append(self.version, payload)
         self.added += 1
 
