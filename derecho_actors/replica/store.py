@@ -212,7 +212,7 @@ class PersistentStore(PastReads):
                 sets = [[k, v] for k, v in changed.items() if v is not DELETED]
                 dels = [k for k, v in changed.items() if v is DELETED] if len(sets) < len(changed) else None
                 changes[name] = ["m", False, encode(sets) if sets else b"", encode(dels) if dels else b""]
-                large = large or len(changes[name][2]) >= BIG_BIN
+                large = large or len(changes[name][2]) >= BIG_BIN or len(changes[name][3]) >= BIG_BIN
                 index = keys.get(name)
                 if index is None:
                     index = keys.setdefault(name, {})

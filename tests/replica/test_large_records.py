@@ -135,3 +135,19 @@ def test_recording_a_large_value_leaves_the_gil_to_the_loop(tmp_path: Path) -> N
         del record
     store.close()
     assert min(ratios) < 0.3, ratios  # measured: 0.04-0.08 now, 0.66-1.0 before
+
+
+def test_a_record_removing_large_keys_is_laid_out_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A removal's keys are part of the record as its sets are: large ones go without the GIL."""
+    store = new_store(tmp_path / "Blobs.log")
+    key = "k" * (BIG_BIN + 1)
+    store.obj.named[key] = 1
+    store.submit([store.record(make_version(2, 0), 1000, 11, 100)])
+    laid: list[int] = []
+    real = store_module.pack_large
+    monkeypatch.setattr(store_module, "pack_large", lambda value, pack: laid.append(1) or real(value, pack))
+    store.obj.named.pop(key)
+    record = store.record(make_version(2, 1), 1001, 11, 101)
+    assert laid == [1]
+    assert msgpack.packb(msgpack.unpackb(record[2], strict_map_key=False)) == record[2]
+    store.close()
