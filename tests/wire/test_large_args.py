@@ -7,8 +7,6 @@ from __future__ import annotations
 import mmap
 import os
 import sys
-import threading
-import time
 from typing import Any
 
 import msgpack
@@ -22,6 +20,7 @@ from derecho_actors.wire.codec import PendingCall, decode_ordered, encode_args, 
 from derecho_actors.wire.large_args import BIG_BIN, BYTES_PER_VALUE, MAX_VALUES, decode_view, released_copy, values_for
 from derecho_actors.wire.serializers import unpack_msgpack
 from runtime.core.rdmc_buffers import BufferPool
+from tests.wire.gil_wait import worst_wait_share
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -124,13 +123,6 @@ def test_the_copy_leaves_no_hold_on_the_view() -> None:
     assert sys.implementation.name != "cpython" or large_args._RELEASED
 
 
-def timed(runner: CallRunner, obj: object, args: Any, out: list[Any]) -> None:
-    """Run ``args`` as the replica's thread runs an ordered call; ``out``: its answer and seconds."""
-    t0 = time.perf_counter()
-    answer = runner.ordered(obj, "size", args)
-    out += [answer, time.perf_counter() - t0]
-
-
 def test_a_replica_decoding_a_large_call_leaves_the_gil_to_the_loop() -> None:
     """The replica's thread decodes a delivered 128 MB call as ``CallRunner`` does for every
     call, while this thread, in the loop's place, wakes every millisecond: msgpack's decoder
@@ -155,18 +147,9 @@ def test_a_replica_decoding_a_large_call_leaves_the_gil_to_the_loop() -> None:
         batch = decode_ordered(buf.toreadonly())
         del buf
         assert isinstance(batch, list) and type(batch[0][3]) is memoryview
-        out: list[Any] = []
-        worker = threading.Thread(target=timed, args=(runner, obj, batch[0][3], out))
-        worst, last = 0.0, time.perf_counter()
-        worker.start()
-        while worker.is_alive():
-            time.sleep(0.001)
-            now = time.perf_counter()
-            worst, last = max(worst, now - last), now
-        worker.join()
-        answer, took = out
+        ratio, answer = worst_wait_share(lambda view=batch[0][3]: runner.ordered(obj, "size", view))
         assert answer == (True, msgpack.packb(len(data)))
-        ratios.append(worst / took)
+        ratios.append(ratio)
         del batch
     print(f"longest wait of the loop's stand-in, as a share of the decode: {[f'{r:.2f}' for r in ratios]}")
     assert min(ratios) < 0.5, ratios

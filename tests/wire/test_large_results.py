@@ -16,6 +16,7 @@ from derecho_actors.wire.large_args import BIG_BIN, MAX_VALUES
 from derecho_actors.wire.large_pack import pack_large
 from derecho_actors.wire.serializers import FEW, unpack_msgpack
 from runtime.errors import SerializationError
+from tests.wire.test_large_args import error_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,14 +92,6 @@ def test_a_result_decodes_to_the_values_msgpack_gives(value: Any) -> None:
     got, want = result_decoder("msgpack")(packed), unpack_msgpack(packed)
     assert got == want
     assert repr(got) == repr(want)  # the same types (a tuple comes back a list, a bin bytes)
-
-
-def error_of(packed: bytes) -> type[BaseException]:
-    try:
-        unpack_msgpack(packed)
-    except Exception as exc:  # noqa: BLE001 - whatever msgpack raises is the answer
-        return type(exc)
-    raise AssertionError("decoded")
 
 
 @pytest.mark.parametrize(
