@@ -505,3 +505,19 @@ def test_a_restarting_node_says_which_contacts_are_busy(loop: asyncio.AbstractEv
         phase.advance()  # once per BUSY_REPORT_EVERY, not per tick
     lines = [r.getMessage() for r in caplog.records if "let no handshake finish" in r.getMessage()]
     assert len(lines) == 1 and f"restarting: {ADDR[1]} is up" in lines[0] and ADDR[2] not in lines[0]
+
+
+# ------------------------------------------------------------------------ a flood of ignored frames
+def test_a_flood_of_frames_a_member_ignores_logs_a_few_lines(
+    loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node certificate is enough to send Pings on a member connection as fast as one can
+    write: each used to log a WARNING (1.5M lines, 154 MB in 15 s, the loop held meanwhile)."""
+    from runtime.wire.control import Ping
+
+    d = joining(loop, FakeTransport({ADDR[1]: 1}))
+    with caplog.at_level(logging.WARNING, logger="derecho.node"):
+        for _ in range(100):
+            d._on_frames(7, [Ping(n) for n in range(100)])
+    lines = [r for r in caplog.records if "on a member connection; ignored" in r.getMessage()]
+    assert 1 <= len(lines) <= 3, len(lines)

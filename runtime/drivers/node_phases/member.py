@@ -25,6 +25,7 @@ from runtime.drivers.node_phases.context import NodeContext
 from runtime.drivers.node_phases.join_watch import JoinWatch
 from runtime.drivers.node_phases.phase import RESTART_MESSAGES, PhaseStatus
 from runtime.drivers.node_phases.trust import forgery, leader_frame_allowed
+from runtime.drivers.ratelimit import RateLimitedLog
 from runtime.drivers.transport import RowPush
 from runtime.wire.codec import frame
 from runtime.wire.control import AppMessage, BootstrapHello, GroupRunning, RestartDecision, RestartHello
@@ -66,6 +67,9 @@ class MemberPhase:
         self.restart_lost = restart_lost or {}
         self.join_watch = join_watch
         self._cut: set[int] = set()  # members that forged frames: dropped until they leave the view
+        # A peer can send frames we ignore as fast as it can write (a node certificate is enough):
+        # a line for each filled the disk at 10 MB/s and held the loop; a few per peer per interval.
+        self._warnings = RateLimitedLog(log)
 
     # ------------------------------------------------------------ ways in
     @classmethod
@@ -165,7 +169,10 @@ class MemberPhase:
                 if ctx.hooks.on_app is not None:
                     ctx.hooks.on_app(sender, msg.data)
             else:
-                log.warning("node %s sent a %s on a member connection; ignored", sender, type(msg).__name__)
+                kind = type(msg).__name__
+                self._warnings.warning(
+                    (kind, str(sender)), "node %s sent a %s on a member connection; ignored", sender, kind
+                )
         if stepped:
             ctx.io.schedule_flush()
 
