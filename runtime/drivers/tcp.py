@@ -145,6 +145,8 @@ class TransportSecurity:
     max_unauthenticated_per_address: int = 8  # half-open connections from one host
     frames_per_turn: int = 64  # frames of one client connection handled per loop turn
     client_max_backlog: int = 8 << 20  # unread replies to one client before it is cut off
+    max_clients: int = 4096  # client connections open at once (limits.client_connections)
+    max_clients_per_identity: int = 64  # of one identity (limits.client_connections_per_identity)
     revocation: RevocationList | None = None  # revoked certificates, checked at every Hello
 
     @property
@@ -203,6 +205,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.inbox: bytes | bytearray = b""
         self.inbox_pos = 0
         self.queued = False  # waiting in the transport's round of clients with frames to handle
+        self.counted_as: str | None = None  # the identity whose client connections count this one
         self.turns_queued = 0  # loop turns it has waited in that round, this time
         self.warned_slow = False  # its "slowing" warning is logged once per connection
         self.write_blocked = False  # its unread replies passed the high-water mark
@@ -618,9 +621,17 @@ class _Connection(asyncio.BufferedProtocol):
         else:
             self.decoder.max_frame = tcp.security.client_max_frame
             who = self.identity.name if self.identity is not None else ""
+            full = tcp.client_room(who or f"host {self.host}")
+            if full is not None:
+                log.info("closed a connection of %s: %s", self._where(), full)
+                self.send(frame(Goodbye(f"not serving more clients now: {full}", GoodbyeKind.CLOSED)))
+                self.close()
+                return False
             self.origin = session_origin(who, item.node_id)
             self.incarnation = item.incarnation  # the client's session start (ns)
             tcp.clients.add(self)
+            self.counted_as = who or f"host {self.host}"
+            tcp.clients_of[self.counted_as] = tcp.clients_of.get(self.counted_as, 0) + 1
             if tcp.client_welcome:
                 self.send(tcp.client_welcome)
         return True
@@ -665,6 +676,11 @@ class _Connection(asyncio.BufferedProtocol):
         tcp._unqueue(self)
         self._release()
         tcp.clients.discard(self)
+        if self.counted_as is not None:
+            left = tcp.clients_of.pop(self.counted_as) - 1
+            if left:
+                tcp.clients_of[self.counted_as] = left
+            self.counted_as = None
         tcp.all_connections.discard(self)
         if self.transport is not None and self.upgrading:
             self.transport.abort()
@@ -868,6 +884,7 @@ class TcpTransport:
         self.contact_nodes: dict[str, int] = {}  # contact address -> node id its certificate proved
         self.contact_problems: dict[str, ContactProblem] = {}  # why the last try of a contact failed
         self.clients: set[_Connection] = set()
+        self.clients_of: dict[str, int] = {}  # client connections per identity (or host, insecure)
         self.contact_reached = False
         self.refusals: list[str] = []
         self.incarnation = incarnation if incarnation is not None else time.time_ns()
@@ -983,6 +1000,21 @@ class TcpTransport:
 
     def client_count(self) -> int:
         return len(self.clients)
+
+    def client_room(self, identity: str) -> str | None:
+        """Why another client connection of ``identity`` may not open now (None: it may). A
+        client certificate could open connections until the node ran out of descriptors
+        (new clients and status then failed) or, each holding its backlog of unread replies,
+        of memory (22 MB per connection measured): both are bounded here."""
+        sec = self.security
+        if len(self.clients) >= sec.max_clients:
+            return f"{len(self.clients)} client connections are open (limits.client_connections)"
+        if self.clients_of.get(identity, 0) >= sec.max_clients_per_identity:
+            return (
+                f"{identity} has {sec.max_clients_per_identity} connections open here "
+                "(limits.client_connections_per_identity): share a Client among threads, or raise the limit"
+            )
+        return None
 
     def traffic(self) -> dict[int, tuple[int, int]]:
         """Per peer node: (bytes sent, bytes received) since this node started."""

@@ -139,6 +139,7 @@ def tables_empty(tcp: TcpTransport) -> bool:
     """Nothing of any client or half-open connection is kept."""
     return (
         not tcp.clients
+        and not tcp.clients_of
         and not tcp.all_connections
         and not tcp._ring
         and not tcp.half_open
@@ -399,6 +400,43 @@ def test_half_open_connections_are_capped_per_address_and_the_oldest_give_way(
     assert any("from 127.0.0.2 (per-address limit)" in line for line in lines), lines
     assert any("(pool limit)" in line for line in lines), lines
     assert not any("127.0.0.1" in line for line in lines), lines
+
+
+def test_client_connections_are_capped_per_identity_and_in_all() -> None:
+    """One identity (here a host: no TLS in this harness) could open connections until the node
+    ran out of descriptors or, each holding its unread replies, of memory."""
+
+    async def scenario() -> None:
+        served: list[int] = []
+        tcp = await start_transport(
+            lambda handle, msg: served.append(handle.speaker), max_clients=5, max_clients_per_identity=3
+        )
+        loop = asyncio.get_running_loop()
+
+        async def client(host: str, session: int) -> tuple[socket.socket, bool]:
+            sock = await connect(tcp.bound_port, host)
+            await loop.sock_sendall(sock, hello_client(session) + numbered(session))
+            await asyncio.sleep(0.05)
+            return sock, session in served
+
+        first = [await client("127.0.0.2", n) for n in range(1, 5)]
+        assert [ok for _, ok in first] == [True, True, True, False]  # the 4th is over the identity's 3
+        reply = await loop.sock_recv(first[3][0], 4096)
+        assert b"limits.client_connections_per_identity" in reply and await closed_by_peer(first[3][0])
+        others = [await client("127.0.0.3", n) for n in (11, 12)]
+        assert all(ok for _, ok in others) and len(tcp.clients) == 5
+        third, ok = await client("127.0.0.4", 21)  # another identity, but 5 are open in all
+        assert not ok and b"limits.client_connections" in await loop.sock_recv(third, 4096)
+        first[0][0].close()
+        await until(lambda: len(tcp.clients) == 4, 5, "the closed connection to be forgotten")
+        again, ok = await client("127.0.0.2", 5)  # room for the identity again
+        assert ok and tcp.clients_of == {"host 127.0.0.2": 3, "host 127.0.0.3": 2}
+        for sock in [s for s, _ in first] + [s for s, _ in others] + [third, again]:
+            sock.close()
+        await until(lambda: tables_empty(tcp), 5, "every connection to be forgotten")
+        await tcp.close()
+
+    run(scenario)
 
 
 async def closed_by_peer(sock: socket.socket) -> bool:
