@@ -521,3 +521,21 @@ def test_a_flood_of_frames_a_member_ignores_logs_a_few_lines(
             d._on_frames(7, [Ping(n) for n in range(100)])
     lines = [r for r in caplog.records if "on a member connection; ignored" in r.getMessage()]
     assert 1 <= len(lines) <= 3, len(lines)
+
+
+def test_app_messages_of_a_node_outside_the_view_are_bounded(loop: asyncio.AbstractEventLoop) -> None:
+    """A node certificate outside the view flooded app messages (ReplyBatch frames for no call,
+    garbage): each was decoded and handled, the loop stalled and the node fell out of its group."""
+    from runtime.drivers.node_phases import outsiders
+    from runtime.wire.control import AppMessage
+
+    d = driver(loop, FakeTransport(), contacts=(), begin=True)  # founds view 0 of node 5 alone
+    phase = member(d)
+    assert phase.core.view is not None and phase.core.view.members == (5,)
+    handled: list[int] = []
+    d.hooks.on_app = lambda sender, data: handled.append(sender)
+    for _ in range(50):
+        d._on_frames(7, [AppMessage(b"x")] * 100)  # 5,000 at once from outside the view
+    assert outsiders.BURST <= len(handled) <= outsiders.BURST + outsiders.RATE * 1.0  # refilled meanwhile: < 1 s
+    d._on_frames(5, [AppMessage(b"x")] * 1000)  # a member (here itself) is never counted
+    assert handled.count(5) == 1000

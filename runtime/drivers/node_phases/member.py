@@ -23,6 +23,7 @@ from runtime.core.view import View
 from runtime.drivers.client_door import not_serving
 from runtime.drivers.node_phases.context import NodeContext
 from runtime.drivers.node_phases.join_watch import JoinWatch
+from runtime.drivers.node_phases.outsiders import OutsiderBudget
 from runtime.drivers.node_phases.phase import RESTART_MESSAGES, PhaseStatus
 from runtime.drivers.node_phases.trust import forgery, leader_frame_allowed
 from runtime.drivers.ratelimit import RateLimitedLog
@@ -70,6 +71,7 @@ class MemberPhase:
         # A peer can send frames we ignore as fast as it can write (a node certificate is enough):
         # a line for each filled the disk at 10 MB/s and held the loop; a few per peer per interval.
         self._warnings = RateLimitedLog(log)
+        self._outsiders = OutsiderBudget()
 
     # ------------------------------------------------------------ ways in
     @classmethod
@@ -166,6 +168,15 @@ class MemberPhase:
                 step(MessageArrived(now, sender, msg))
                 stepped = True
             elif type(msg) is AppMessage:
+                outside = core.view is not None and core.view.rank_of(sender) is None
+                if outside and not self._outsiders.take(sender, now):
+                    self._warnings.warning(
+                        ("outsider", str(sender)),
+                        "node %s, outside the view, sends app messages faster than %s a second; dropped",
+                        sender,
+                        int(self._outsiders.rate),
+                    )
+                    continue
                 if ctx.hooks.on_app is not None:
                     ctx.hooks.on_app(sender, msg.data)
             else:
