@@ -103,6 +103,14 @@ CLOSE_GRACE = 2.0  # seconds a closed connection may take to drain before it is 
 # one go than any honest client batches (calls travel in one frame per turn): say who it is.
 SLOW_WARN_TURNS = 16
 READ_SCRATCH = 256 * 1024  # bytes per read into the scratch buffer (asyncio's own read size)
+# A member's read of tiny frames (more than FLOOD_FRAMES, under TINY_FRAME bytes each on
+# average) is a flood: honest members batch (a read holds a few pushes of hundreds of bytes or
+# more). That connection then reads SMALL_READ bytes per loop turn until a read holds
+# ordinary frames again. A node certificate's 8 connections of 10-byte frames made 200k frames
+# per turn and stalled the loop past the suspicion timeout.
+FLOOD_FRAMES = 512
+TINY_FRAME = 48
+SMALL_READ = 16 * 1024
 
 # Bytes a member connection may hold unsent (in asyncio's buffer, not yet taken by the kernel)
 # for the next large-object block to be written; more blocks wait in the driver's queue and are
@@ -206,6 +214,9 @@ class _Connection(asyncio.BufferedProtocol):
         self.inbox_pos = 0
         self.queued = False  # waiting in the transport's round of clients with frames to handle
         self.counted_as: str | None = None  # the identity whose client connections count this one
+        # Bytes per socket read (0: the usual): SMALL_READ while its reads are floods of tiny
+        # frames (the TLS layer reads it too).
+        self.read_limit = 0
         self.turns_queued = 0  # loop turns it has waited in that round, this time
         self.warned_slow = False  # its "slowing" warning is logged once per connection
         self.write_blocked = False  # its unread replies passed the high-water mark
@@ -283,11 +294,16 @@ class _Connection(asyncio.BufferedProtocol):
             tcp.warn("identity", self.address, "refusing %s: %s", self.address, exc)
             self._refuse(f"refused: {exc}")
             return
-        early, self._early, self._early_bytes = self._early, [], 0
-        for data in early:
+        early, self._early, self._early_bytes = b"".join(self._early), [], 0
+        # Handled a piece per loop turn: a flood sent before the handshake ended is read
+        # slowly, like one sent after (reading stays paused meanwhile).
+        for at in range(0, len(early), SMALL_READ):
             if self.closed:
                 break
-            self.data_received(data)
+            if at:
+                await asyncio.sleep(0)
+            self.data_received(early[at : at + SMALL_READ])
+        self._update_reading()  # reading paused while the handshake ended: resumed unless held
 
     def _check_server(self) -> bool:
         """Outgoing over TLS: the other end must be a node, and the one we meant to reach."""
@@ -344,7 +360,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._into_block = True
             return room
         self._into_block = False
-        return self.tcp.scratch
+        return self.tcp.scratch[:SMALL_READ] if self.read_limit else self.tcp.scratch
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._into_block:
@@ -372,6 +388,11 @@ class _Connection(asyncio.BufferedProtocol):
             self._early_bytes += len(data)
             if self._early_bytes > self.tcp.max_frame:
                 self.close()
+            elif self._early_bytes >= SMALL_READ and not self.reading_paused and self.transport is not None:
+                # No more until we know who speaks: a flood sent into this window was all
+                # handled in the turn the handshake ended (up to a frame's 64 MiB at once).
+                self.reading_paused = True
+                self.transport.pause_reading()
             return
         tcp = self.tcp
         self.last_heard = time.monotonic()
@@ -390,6 +411,18 @@ class _Connection(asyncio.BufferedProtocol):
             log.exception("frame decoder failed on data from %s", self._where())
             self.close()
             return
+        flooding = len(items) > FLOOD_FRAMES and len(data) < TINY_FRAME * len(items)
+        if flooding != bool(self.read_limit):
+            self.read_limit = SMALL_READ if flooding else 0
+            if flooding:
+                tcp.warn(
+                    "member-flood",
+                    self.address,
+                    "%s sent %s frames in %s bytes: reading it slowly",
+                    self._where(),
+                    len(items),
+                    len(data),
+                )
         self._frames_in(items)
 
     def _frames_in(self, items: list[Any]) -> None:

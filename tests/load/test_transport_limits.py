@@ -402,6 +402,37 @@ def test_half_open_connections_are_capped_per_address_and_the_oldest_give_way(
     assert not any("127.0.0.1" in line for line in lines), lines
 
 
+def test_a_member_connection_flooding_tiny_frames_is_read_a_little_per_turn() -> None:
+    """A node certificate's connection of 10-byte frames made ~26k frames per read (200k per
+    loop turn over 8 connections): the loop stalled past the suspicion timeout."""
+    from runtime.drivers.tcp import FLOOD_FRAMES, SMALL_READ
+
+    async def scenario() -> None:
+        batches: list[int] = []
+        tcp = await start_transport(lambda handle, msg: None, on_frames=lambda sender, got: batches.append(len(got)))
+        turns = Turns()
+        sock = await connect(tcp.bound_port)
+        member_hello = frame(Hello(9, CLUSTER, "member", 1, PROTOCOL_VERSION))
+        ping = frame(Ping(1))
+        flood = ping * 200_000
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, member_hello + ping * 10)  # an ordinary start
+        await until(lambda: sum(batches) >= 10, 5, "the first frames")
+        sender = asyncio.ensure_future(loop.sock_sendall(sock, flood))
+        await until(lambda: sum(batches) >= 200_010, 30, "the flood to be read")
+        await sender
+        turns.stop()
+        most = SMALL_READ // len(ping) + 1
+        big = [n for n in batches if n > most]
+        assert len(big) <= 1, big[:5]  # the read that showed the flood, then small ones
+        assert turns.n >= 200_000 // most // 2  # the loop turned meanwhile
+        assert any(n > FLOOD_FRAMES for n in batches)
+        sock.close()
+        await tcp.close()
+
+    run(scenario)
+
+
 def test_client_connections_are_capped_per_identity_and_in_all() -> None:
     """One identity (here a host: no TLS in this harness) could open connections until the node
     ran out of descriptors or, each holding its unread replies, of memory."""

@@ -170,17 +170,22 @@ class MemberPhase:
             elif type(msg) is AppMessage:
                 outside = core.view is not None and core.view.rank_of(sender) is None
                 if outside and not self._outsiders.take(sender, now):
-                    self._warnings.warning(
-                        ("outsider", str(sender)),
-                        "node %s, outside the view, sends app messages faster than %s a second; dropped",
+                    # Its connections close: reading them on, however slowly, would let a node
+                    # certificate hold this loop with as many connections as it opens.
+                    ctx.io.transport.disconnect(
                         sender,
-                        int(self._outsiders.rate),
+                        f"outside the view, it sent app messages faster than {int(self._outsiders.rate)} a second",
                     )
-                    continue
+                    break
                 if ctx.hooks.on_app is not None:
                     ctx.hooks.on_app(sender, msg.data)
             else:
                 kind = type(msg).__name__
+                if core.view is not None and core.view.rank_of(sender) is None:
+                    # No node sends these to members: one outside the view that does is closed
+                    # out (as above); a member's are dropped, a few lines a peer logged.
+                    ctx.io.transport.disconnect(sender, f"outside the view, it sent a {kind} on a member connection")
+                    break
                 self._warnings.warning(
                     (kind, str(sender)), "node %s sent a %s on a member connection; ignored", sender, kind
                 )
