@@ -354,7 +354,7 @@ class ClientSession:
             return
         t = type(msg)
         if t is AnswerBatch:  # not read apart (an encoder other than the contact's own)
-            rows = (msg.vid, msg.replicas, [list(e) for e in msg.entries])  # type: ignore[union-attr]
+            rows = (msg.vid, msg.replicas, msg.entries)  # type: ignore[union-attr]
         if rows is not None:
             pending, entries = self.pending, rows[2]
             self._answers.append(MergedAnswers(rows[1], rows[0], entries, [pending.get(e[0]) for e in entries]))
