@@ -30,7 +30,16 @@ shared and read-only (writing to it raises): each call's own dict is made only w
 goes in. A client keeps thousands of calls in flight, and every dict made per call counts
 towards the garbage collector's next pass, which then walks every call in flight (four dicts
 per call made about two-thirds of a client's collections). A call answered alike by every
-replica (``_all_answered``) gets one dict, its values."""
+replica (``_all_answered``) gets one dict, its values; a run of such calls answered with the
+very same value, in one batch from the contact (``add_agreed_all``), shares one read-only table
+of it (a call that writes to its values later copies it first: ``_own_values``)."""
+
+
+def _read_only(table: dict[Any, Any]) -> dict[Any, Any]:
+    """``table`` behind a read-only view (writing to it raises), typed as the dicts it stands
+    in for: the tables ``NONE`` and ``add_agreed_all``'s are shared by many calls, and a call
+    writes only to its own (``_own_values``)."""
+    return cast("dict[Any, Any]", MappingProxyType(table))
 
 
 _SLOW = object()  # add_agreed_all: an answer recorded through add_agreed
@@ -73,7 +82,8 @@ class ResultsFeed:
         self._lock = lock or threading.Lock()
         self._cond: threading.Condition | None = None
         self._expected: AbstractSet[int] | None = None
-        # Each NONE (shared, read-only) until something goes in: then the call's own dict.
+        # Each NONE (shared, read-only) until something goes in: then the call's own dict (or,
+        # for values, a read-only table shared by calls answered alike: ``add_agreed_all``).
         self._values: dict[int, Any] = NONE
         self._errors: dict[int, BaseException] = NONE
         self._order: tuple[int, ...] = ()  # who answered, in order (a tuple: nothing made per call)
@@ -239,6 +249,10 @@ class ResultsFeed:
                 lock = results._lock
         if lock is not None:
             nodes, expected = replicas, replica_set(replicas)
+            # A run of answers decoded to the very same value (each distinct encoded value is
+            # decoded once) shares one read-only table of it: no dict made per call.
+            shared_value: Any = _SKIP
+            shared: dict[int, Any] = NONE
             with lock:
                 for entry, results, value in zip(entries, feeds, decoded):
                     if value is _SKIP:
@@ -254,10 +268,11 @@ class ResultsFeed:
                         slow.append((entry, results))
                         continue
                     # ``_all_answered``, inlined
-                    values = dict.fromkeys(nodes, value)
-                    results._values, results._expected, results._order = values, expected, nodes
+                    if value is not shared_value:
+                        shared_value, shared = value, _read_only(dict.fromkeys(nodes, value))
+                    results._values, results._expected, results._order = shared, expected, nodes
                     if entry[3] >= 0:
-                        results._own_versions().update(values.fromkeys(nodes, entry[3]))
+                        results._own_versions().update(dict.fromkeys(nodes, entry[3]))
                     results._first = entry[2] if results._compare is not None else None
                     results._finished = True
                     if results._cond is not None or results._future is not None:
@@ -352,9 +367,10 @@ class ResultsFeed:
 
     # Under ``_lock``: the call's own table to write to (``NONE`` until then).
     def _own_values(self) -> dict[int, Any]:
-        if self._values is NONE:
-            self._values = {}
-        return self._values
+        values = self._values
+        if type(values) is not dict:  # ``NONE``, or a table shared with other calls (``add_agreed_all``)
+            values = self._values = dict(values)
+        return values
 
     def _own_errors(self) -> dict[int, BaseException]:
         if self._errors is NONE:

@@ -68,6 +68,7 @@ def tcp_transport(
                 config.client_call_limit(),
                 security.client_max_frame,
                 config.security.client_idle_timeout_ms,
+                config.limits.client_max_in_flight,
             )
         ),
     )

@@ -104,6 +104,9 @@ class Welcome:
     max_message_size: int  # largest encoded call (arguments) a multicast can carry
     max_frame: int  # largest frame this member accepts from a client
     idle_timeout_ms: int  # a client silent this long is disconnected: ping more often
+    max_in_flight: int = (
+        0  # calls a client may have unanswered (limits.client_max_in_flight); 0: not said (an older node)
+    )
 
 
 @dataclass(frozen=True, slots=True)

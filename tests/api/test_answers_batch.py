@@ -156,3 +156,20 @@ def test_callers_waiting_on_calls_wake_when_their_batch_comes() -> None:
         assert loop.run_until_complete(asyncio.wait_for(task, 5)) == {1: None, 2: None, 3: None}
     finally:
         loop.close()
+
+
+def test_calls_answered_alike_share_values_no_call_can_change_for_another() -> None:
+    """A run of calls answered with the same value shares one read-only table of it: a later
+    answer to one (a node outside its replicas: a copy delivered in another view) goes into
+    that call's own copy, and what a caller gets is its own dict."""
+    lock = threading.Lock()
+    feeds = [_results(lock) for _ in range(3)]
+    entries = [(i + 1, True, NONE_B, -1, ()) for i in range(3)]  # tuples, as ``client_answers`` reads them
+    assert Answers([MergedAnswers(R3, 1, entries, feeds)]).deliver() == [1, 2, 3]
+    feeds[0].add_reply(4, (1, 2, 3, 4), True, NONE_B)
+    got = feeds[1].get(0)
+    got[9] = "mine"
+    assert feeds[0].get(0) == {1: None, 2: None, 3: None, 4: None}
+    assert feeds[1].get(0) == feeds[2].get(0) == {1: None, 2: None, 3: None}
+    feeds[2].sending_again()  # finished: nothing to forget
+    assert feeds[2].get(0) == {1: None, 2: None, 3: None}
