@@ -5,11 +5,10 @@ come: ``expect`` (the replicas that will answer), ``add_reply`` (one replica's a
 ``sending_again`` (a failover), ``fail``. Users never need these; what they read of the
 answers (``get``, ``wait_all``, iteration, ``await``, ``persisted``) is ``results``.
 
-Which replicas answer is only known once the call is delivered (a view change may move it to
-the next view, with other members), so the first answer tells the expected set. A replica that
-leaves the view before answering resolves as ``ReplicaLost`` instead of hanging the caller.
-Every answer to an ordered call is compared, as encoded, with the first (one bytes comparison
-per answer): the users' side compares the decoded values only when bytes differ.
+Which replicas answer is known once the call is delivered (a view change may move it to the
+next view), so the first answer tells the expected set; one that leaves first resolves as
+``ReplicaLost``. Answers to an ordered call are compared, as encoded, with the first (one bytes
+comparison each): the users' side compares decoded values only when bytes differ.
 """
 
 from __future__ import annotations
@@ -26,20 +25,11 @@ from runtime.errors import ReplicaLost
 
 NONE: dict[Any, Any] = cast("dict[Any, Any]", MappingProxyType({}))
 """The empty table every call's answers, errors, versions and departed nodes start from,
-shared and read-only (writing to it raises): each call's own dict is made only when something
-goes in. A client keeps thousands of calls in flight, and every dict made per call counts
-towards the garbage collector's next pass, which then walks every call in flight (four dicts
-per call made about two-thirds of a client's collections). A call answered alike by every
-replica (``_all_answered``) gets one dict, its values; a run of such calls answered with the
-very same value, in one batch from the contact (``add_agreed_all``), shares one read-only table
-of it (a call that writes to its values later copies it first: ``_own_values``)."""
-
-
-def _read_only(table: dict[Any, Any]) -> dict[Any, Any]:
-    """``table`` behind a read-only view (writing to it raises), typed as the dicts it stands
-    in for: the tables ``NONE`` and ``add_agreed_all``'s are shared by many calls, and a call
-    writes only to its own (``_own_values``)."""
-    return cast("dict[Any, Any]", MappingProxyType(table))
+shared and read-only: a call's own dict is made only when something goes in (every dict per
+call of thousands in flight feeds the collector, which walks them all: four per call made
+two-thirds of a client's collections). A call answered alike by all (``_all_answered``) gets
+one dict; a batch's run of calls answered with the very same value (``add_agreed_all``) shares
+one read-only table, copied by a call before it writes (``_own_values``)."""
 
 
 _SLOW = object()  # add_agreed_all: an answer recorded through add_agreed
@@ -269,7 +259,10 @@ class ResultsFeed:
                         continue
                     # ``_all_answered``, inlined
                     if value is not shared_value:
-                        shared_value, shared = value, _read_only(dict.fromkeys(nodes, value))
+                        shared_value, shared = (
+                            value,
+                            cast("dict[Any, Any]", MappingProxyType(dict.fromkeys(nodes, value))),
+                        )
                     results._values, results._expected, results._order = shared, expected, nodes
                     if entry[3] >= 0:
                         results._own_versions().update(dict.fromkeys(nodes, entry[3]))
