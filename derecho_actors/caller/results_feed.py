@@ -239,8 +239,7 @@ class ResultsFeed:
                 lock = results._lock
         if lock is not None:
             nodes, expected = replicas, replica_set(replicas)
-            # A run of answers decoded to the very same value (each distinct encoded value is
-            # decoded once) shares one read-only table of it: no dict made per call.
+            # A run of answers decoded to the very same value shares one read-only table of it.
             shared_value: Any = _SKIP
             shared: dict[int, Any] = NONE
             with lock:
