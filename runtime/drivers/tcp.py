@@ -78,7 +78,7 @@ from runtime.security.identity import Identity, IdentityError
 from runtime.security.kernel_tls import kernel_tls
 from runtime.security.revocation import RevocationList
 from runtime.security.tls import peer_identity
-from runtime.wire.codec import FrameDecoder, decode, frame
+from runtime.wire.codec import FrameDecoder, decode, frame, welcome_frame
 from runtime.wire.control import (
     COMPATIBLE_PROTOCOLS,
     MEMBER_PROTOCOLS,
@@ -88,6 +88,7 @@ from runtime.wire.control import (
     Hello,
     Ping,
     Pong,
+    Welcome,
 )
 
 log = logging.getLogger("derecho.tcp")
@@ -665,8 +666,8 @@ class _Connection(asyncio.BufferedProtocol):
             tcp.clients.add(self)
             self.counted_as = who or f"host {self.host}"
             tcp.clients_of[self.counted_as] = tcp.clients_of.get(self.counted_as, 0) + 1
-            if tcp.client_welcome:
-                self.send(tcp.client_welcome)
+            if tcp.client_welcome is not None:
+                self.send(tcp.welcome_frame(item.protocol))
         return True
 
     def _check_identity(self, hello: Hello) -> str | None:
@@ -893,11 +894,11 @@ class TcpTransport:
         max_frame: int = 64 << 20,
         max_backlog: int = 256 << 20,
         security: TransportSecurity | None = None,
-        client_welcome: bytes = b"",
+        client_welcome: Welcome | None = None,
         incarnation: int | None = None,
         on_client_closed: ClientClosedHandler | None = None,
     ) -> None:
-        """``client_welcome``: the frame every accepted client gets first (its limits);
+        """``client_welcome``: what every accepted client is told first (its limits);
         ``on_client_closed``: told once when a client connection ends."""
         self.node_id = node_id
         self.listen = listen
@@ -910,6 +911,8 @@ class TcpTransport:
         self.max_backlog = max_backlog
         self.security = security or TransportSecurity()
         self.client_welcome = client_welcome
+        # Its frame per client protocol (a client of an older release reads fewer fields).
+        self._welcome_frames: dict[int, bytes] = {}
         self.addresses: dict[int, str] = {}
         self.peers: dict[int, _Peer] = {}
         self.incoming: dict[int, set[_Connection]] = {}
@@ -1033,6 +1036,14 @@ class TcpTransport:
 
     def client_count(self) -> int:
         return len(self.clients)
+
+    def welcome_frame(self, protocol: int) -> bytes:
+        """The Welcome frame for a client of wire ``protocol`` (made once per protocol)."""
+        made = self._welcome_frames.get(protocol)
+        if made is None:
+            assert self.client_welcome is not None
+            made = self._welcome_frames[protocol] = welcome_frame(self.client_welcome, protocol)
+        return made
 
     def client_room(self, identity: str) -> str | None:
         """Why another client connection of ``identity`` may not open now (None: it may). A

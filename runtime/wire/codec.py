@@ -60,6 +60,7 @@ from runtime.wire.checks import (
 )
 from runtime.wire.control import (
     ROLES,
+    WELCOME_SAYS_IN_FLIGHT,
     AppMessage,
     BootstrapHello,
     Goodbye,
@@ -300,6 +301,16 @@ def _prefixed(body: bytes) -> bytes:
 def frame(msg: WireMessage) -> bytes:
     """``msg`` as one frame: 4-byte big-endian body length, then the body."""
     body = encode(msg)
+    return _prefixed(body) + body
+
+
+def welcome_frame(welcome: Welcome, protocol: int) -> bytes:
+    """``welcome`` as a frame a client of wire ``protocol`` reads: one of a release before
+    ``max_in_flight`` decodes exactly three fields and would drop a fourth as a bad frame (it
+    then never heard a Welcome and could not connect)."""
+    if protocol >= WELCOME_SAYS_IN_FLIGHT:
+        return frame(welcome)
+    body = msgpack.packb(_enc_welcome(welcome)[:4], use_bin_type=True)
     return _prefixed(body) + body
 
 

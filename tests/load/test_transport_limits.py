@@ -433,6 +433,30 @@ def test_a_member_connection_flooding_tiny_frames_is_read_a_little_per_turn() ->
     run(scenario)
 
 
+def test_each_client_gets_the_welcome_its_protocol_reads() -> None:
+    """A client of the release before (protocol 4) reads a three-field Welcome only."""
+    import msgpack
+
+    from runtime.wire.control import Welcome
+
+    async def scenario() -> None:
+        tcp = await start_transport(lambda handle, msg: None)
+        tcp.client_welcome = Welcome(1 << 20, 1 << 21, 30_000, 64)
+        loop = asyncio.get_running_loop()
+        got = {}
+        for protocol in (4, PROTOCOL_VERSION):
+            sock = await connect(tcp.bound_port)
+            await loop.sock_sendall(sock, frame(Hello(protocol, CLUSTER, "client", time.time_ns(), protocol)))
+            data = await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)
+            got[protocol] = msgpack.unpackb(data[4:])
+            sock.close()
+        assert got[4][1:] == [1 << 20, 1 << 21, 30_000]
+        assert got[PROTOCOL_VERSION][1:] == [1 << 20, 1 << 21, 30_000, 64]
+        await tcp.close()
+
+    run(scenario)
+
+
 def test_client_connections_are_capped_per_identity_and_in_all() -> None:
     """One identity (here a host: no TLS in this harness) could open connections until the node
     ran out of descriptors or, each holding its unread replies, of memory."""

@@ -332,6 +332,21 @@ def test_a_welcome_of_an_older_node_decodes_with_no_window() -> None:
         decode(p([codec.TAG_WELCOME, 1 << 20, 1 << 21, 30_000, -1]))
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_client_of_an_older_protocol_gets_the_three_fields_it_reads(protocol: int) -> None:
+    """A client of protocol 4 or before decodes exactly three fields: a fourth made it drop
+    the Welcome as a bad frame, and it never connected to a node of this release."""
+    from runtime.wire.control import WELCOME_SAYS_IN_FLIGHT
+
+    welcome = Welcome(1 << 20, 1 << 21, 30_000, 64)
+    data = codec.welcome_frame(welcome, protocol)
+    fields = msgpack.unpackb(data[4:])
+    if protocol >= WELCOME_SAYS_IN_FLIGHT:
+        assert fields == [codec.TAG_WELCOME, 1 << 20, 1 << 21, 30_000, 64] and data == frame(welcome)
+    else:
+        assert fields == [codec.TAG_WELCOME, 1 << 20, 1 << 21, 30_000]
+
+
 def frame_of(body: bytes) -> bytes:
     return len(body).to_bytes(4, "big") + body
 

@@ -31,6 +31,18 @@ def _context(x: object) -> int:
         raise KeyError("while handling")  # noqa: B904 - the implicit context is what is tested
 
 
+def _two_places(a: object, b: object) -> int:
+    return a.x + b.y  # type: ignore[attr-defined]  # one line, two places to fail
+
+
+class _X:
+    x = 1
+
+
+def _group(x: object) -> int:
+    raise ExceptionGroup("many", [ValueError(str(x)), KeyError(x)])
+
+
 def _caught(fn, *args):  # type: ignore[no-untyped-def]
     try:
         fn(*args)
@@ -46,6 +58,9 @@ CASES = [
     ("context", lambda: _caught(_context, "abc")),
     ("no traceback", lambda: ValueError("never raised")),
     ("multi-line message", lambda: _caught(_convert, "a\nb")),
+    ("same line, first place", lambda: _caught(_two_places, None, None)),
+    ("same line, second place", lambda: _caught(_two_places, _X(), None)),
+    ("exception group", lambda: _caught(_group, 3)),
 ]
 
 
