@@ -218,6 +218,7 @@ class _Connection(asyncio.BufferedProtocol):
         # Bytes per socket read (0: the usual): SMALL_READ while its reads are floods of tiny
         # frames (the TLS layer reads it too).
         self.read_limit = 0
+        self.feeding_early = False  # bytes that came before the handshake ended are being handled
         self.turns_queued = 0  # loop turns it has waited in that round, this time
         self.warned_slow = False  # its "slowing" warning is logged once per connection
         self.write_blocked = False  # its unread replies passed the high-water mark
@@ -298,12 +299,14 @@ class _Connection(asyncio.BufferedProtocol):
         early, self._early, self._early_bytes = b"".join(self._early), [], 0
         # Handled a piece per loop turn: a flood sent before the handshake ended is read
         # slowly, like one sent after (reading stays paused meanwhile).
+        self.feeding_early = True  # reading stays paused until the last piece (no bytes overtake them)
         for at in range(0, len(early), SMALL_READ):
             if self.closed:
                 break
             if at:
                 await asyncio.sleep(0)
             self.data_received(early[at : at + SMALL_READ])
+        self.feeding_early = False
         self._update_reading()  # reading paused while the handshake ended: resumed unless held
 
     def _check_server(self) -> bool:
@@ -551,7 +554,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _update_reading(self) -> None:
         """Pause reading while any reason holds (the receive budget, frames waiting for a
         later turn, unread replies past the high-water mark); resume when none does."""
-        want = self.paused or self.queued or self.write_blocked
+        want = self.paused or self.queued or self.write_blocked or self.feeding_early
         if want == self.reading_paused or self.closed or self.upgrading or self.transport is None:
             return
         self.reading_paused = want
