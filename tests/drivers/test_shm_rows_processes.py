@@ -138,6 +138,9 @@ def test_a_mixed_view_one_node_on_tcp(tmp_path: Path, cluster_name: str) -> None
         logs = journal.all().wait_all(timeout=30)
         assert set(logs) == {1, 2, 3} and len({tuple(v) for v in logs.values()}) == 1
         assert len(logs[1]) == 1 + 900
-        wait_for(lambda: len(boards_read(tmp_path, 1)) == 1 and len(boards_read(tmp_path, 2)) == 1, 10, "boards 1<->2")
-        assert "-n2-to1-" in boards_read(tmp_path, 1)[0] and "-n1-to2-" in boards_read(tmp_path, 2)[0]
+        # A push of a row alone goes by board; one that carries messages (owed nulls ride with
+        # receipts) as a frame: with all three sending, a direction may carry frames only.
+        wait_for(lambda: boards_read(tmp_path, 1) or boards_read(tmp_path, 2), 10, "a board between 1 and 2")
+        assert all("-n2-to1-" in b for b in boards_read(tmp_path, 1))
+        assert all("-n1-to2-" in b for b in boards_read(tmp_path, 2))
         assert boards_read(tmp_path, 3) == []  # node 3 gets every row as a frame over TCP
