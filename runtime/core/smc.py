@@ -586,7 +586,7 @@ class ShardMulticast:
         null's slot once it holds the null itself (see ``_frontier``), not once every member
         does. Only its sender's window does: the sender may have at most ``window_size``
         messages unacknowledged by some member, so at most a quarter of it waits here; the
-        lazy push (``LAZY_PUSH_DELAY``) bounds the wait in time. A window under 4 defers
+        lazy push (``LAZY_PUSH_DELAY``) bounds the wait in time. A window under 8 defers
         nothing.
         """
         return self._deferred_nulls + count < self.config.window_size // 4
@@ -640,9 +640,11 @@ class ShardMulticast:
         knowledge that the slot is empty (its sender's stream is FIFO: holding the null,
         this member holds every message of that sender before it). A real message still
         waits until every member holds it. After a failure the survivors deliver exactly
-        the messages within the trim, which are the real messages below any member's
-        frontier: each was stable (so within every survivor's counts), and a slot passed as
-        a null is a null for everyone. Waiting for the stability of nulls cost a hop: an
+        the messages within the trim, and every real message below any member's frontier is
+        among them: each was stable (so within every survivor's counts), and a slot passed
+        as a null is a null for everyone. A receiver may now hold about twice the window of
+        a busy sender's messages undelivered while it waits for an idle sender's nulls
+        (another member passed them), still bounded by that sender's own window. Waiting for the stability of nulls cost a hop: an
         idle member's nulls answering a push (out, nulls back, their receipts back) were
         stable a hop after the push itself."""
         counts = self.sst.vector_min("received_num")
