@@ -221,7 +221,7 @@ def _answer_tuples(data: bytes) -> AnswerRows | None:
     for r in replicas:
         if type(r) is not int or r < 0:
             return None
-    for e in entries:
+    for e in entries:  # answer_rows' checks, inline (a call per answer is this path's cost): change both
         if type(e) is not tuple or len(e) != 5:
             return None
         call_id, ok, value, version, answered = e
