@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -263,6 +264,7 @@ class Client(AsyncLifecycle):
         make = method_requests(spec, shard, method)
         send = self._try_send
         persistent = spec.persistent
+        query = self._persist_query
 
         def issue(
             args: tuple[Any, ...], kwargs: dict[str, Any], node: int | None, read: ReadOptions | None
@@ -275,15 +277,16 @@ class Client(AsyncLifecycle):
             request = make(args, kwargs, node, read, session.max_message_size)
             results = send(request, block)
             if persistent and results is not None and request.ordered:
-                self._persisted(request, results)
+                # Can be asked whether it is on disk (``QueryResults.persisted``): one partial
+                # per call, not a closure and its cells (thousands in flight feed the collector).
+                results.set_persist_query(partial(query, request))
             return results
 
         return issue
 
-    def _persisted(self, request: Request, results: QueryResults) -> None:
-        """An ordered call of a persistent type can be asked whether it is on disk
-        (``QueryResults.persisted``)."""
-        results.set_persist_query(lambda version, replica: self._send(persist_request(request, version, replica)))
+    def _persist_query(self, request: Request, version: int, replica: int) -> QueryResults:
+        """The query ``persisted`` sends for the ordered call ``request`` of a persistent type."""
+        return self._send(persist_request(request, version, replica))
 
     def _send(self, request: Request) -> QueryResults:
         results = self._try_send(request, True)
