@@ -209,13 +209,27 @@ class PersistentStore(PastReads):
             elif not changed:
                 continue
             else:
+                index = keys.get(name)
+                if index is None:
+                    index = keys.setdefault(name, {})
+                if len(changed) == 1:  # a put's or a delete's: one key (the same bytes as below)
+                    ((k, v),) = changed.items()
+                    if v is DELETED:
+                        change = changes[name] = ["m", False, b"", encode([k])]
+                    else:
+                        change = changes[name] = ["m", False, encode([[k, v]]), b""]
+                    large = large or len(change[2]) >= BIG_BIN or len(change[3]) >= BIG_BIN
+                    seen = index.get(k)
+                    if seen is None:
+                        index[k] = [version]
+                    else:
+                        seen.append(version)
+                    changed.clear()
+                    continue
                 sets = [[k, v] for k, v in changed.items() if v is not DELETED]
                 dels = [k for k, v in changed.items() if v is DELETED] if len(sets) < len(changed) else None
                 changes[name] = ["m", False, encode(sets) if sets else b"", encode(dels) if dels else b""]
                 large = large or len(changes[name][2]) >= BIG_BIN or len(changes[name][3]) >= BIG_BIN
-                index = keys.get(name)
-                if index is None:
-                    index = keys.setdefault(name, {})
                 for k in changed:  # FieldHistory.note_keys, inlined
                     seen = index.get(k)
                     if seen is None:
