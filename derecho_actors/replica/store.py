@@ -112,6 +112,7 @@ class PersistentStore(PastReads):
         # thread alone (a ``Packer`` each for msgpack).
         self._field_kinds = [(n, isinstance(f.default, dict)) for n, f in self.fields.items()]
         self._encoder = _codec.result_encoder(serializer)
+        self._pack_plain = _codec.plain_result_encoder(serializer)
         self._pack_record = msgpack.Packer(use_bin_type=True).pack
         self._since_checkpoint = 0  # records since the last checkpoint (or the start)
 
@@ -216,8 +217,11 @@ class PersistentStore(PastReads):
                     ((k, v),) = changed.items()
                     if v is DELETED:
                         change = changes[name] = ["m", False, b"", encode([k])]
-                    else:
-                        change = changes[name] = ["m", False, encode([[k, v]]), b""]
+                    else:  # the list's item is a list: never laid out (``result_packer``), one C call
+                        try:
+                            change = changes[name] = ["m", False, self._pack_plain([[k, v]]), b""]
+                        except Exception:  # what msgpack cannot pack: ``encode`` says why
+                            change = changes[name] = ["m", False, encode([[k, v]]), b""]
                     large = large or len(change[2]) >= BIG_BIN or len(change[3]) >= BIG_BIN
                     seen = index.get(k)
                     if seen is None:

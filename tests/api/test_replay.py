@@ -23,6 +23,7 @@ from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.messages import ChunkKind
 from runtime.core.versions import make_version
 from runtime.drivers.log_store import VersionedLog
+from runtime.errors import SerializationError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -178,6 +179,23 @@ def test_a_call_changing_several_keys_and_fields_logs_them_in_one_record(tmp_pat
     replayed, _calls = _replayed(tmp_path / "Doc.0.0.log")
     assert (dict(replayed.obj.m), replayed.obj.n, dict(replayed.obj.tags)) == ({"y": 4, "z": 3}, 7, {})
     replayed.close()
+
+
+def test_a_value_the_serializer_cannot_encode_is_a_serialization_error(tmp_path: Path) -> None:
+    """A one-key change (``record``'s fast path) whose value msgpack cannot pack raises the
+    error that names the serializer, as several keys would; the store stays usable."""
+    obj = Doc()
+    store = PersistentStore(
+        obj, persistent_fields(Doc), "msgpack", VersionedLog.open(tmp_path / "Doc.0.0.log", fsync=False), lambda v: None
+    )
+    store.reset_tracking()
+    obj.m["bad"] = {1, 2}  # a set: no msgpack type
+    with pytest.raises(SerializationError, match="msgpack"):
+        store.record(make_version(2, 0), 1000, 0, 1)
+    obj.m.clear()
+    obj.m["good"] = 1
+    assert msgpack.unpackb(store.record(make_version(2, 1), 1001, 0, 2)[2])[2]["m"][2] == _enc([["good", 1]])
+    store.close()
 
 
 def test_a_call_that_changes_nothing_logs_no_field(tmp_path: Path) -> None:
