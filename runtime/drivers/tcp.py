@@ -364,7 +364,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._into_block = True
             return room
         self._into_block = False
-        return self.tcp.scratch[:SMALL_READ] if self.read_limit else self.tcp.scratch
+        return self.tcp.scratch[: self.read_limit] if self.read_limit else self.tcp.scratch
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._into_block:
@@ -658,7 +658,8 @@ class _Connection(asyncio.BufferedProtocol):
         else:
             self.decoder.max_frame = tcp.security.client_max_frame
             who = self.identity.name if self.identity is not None else ""
-            full = tcp.client_room(who or f"host {self.host}")
+            counted_as = who or f"host {self.host}"  # the identity its limits count (a host without TLS)
+            full = tcp.client_room(counted_as)
             if full is not None:
                 log.info("closed a connection of %s: %s", self._where(), full)
                 self.send(frame(Goodbye(f"not serving more clients now: {full}", GoodbyeKind.CLOSED)))
@@ -667,8 +668,8 @@ class _Connection(asyncio.BufferedProtocol):
             self.origin = session_origin(who, item.node_id)
             self.incarnation = item.incarnation  # the client's session start (ns)
             tcp.clients.add(self)
-            self.counted_as = who or f"host {self.host}"
-            tcp.clients_of[self.counted_as] = tcp.clients_of.get(self.counted_as, 0) + 1
+            self.counted_as = counted_as
+            tcp.clients_of[counted_as] = tcp.clients_of.get(counted_as, 0) + 1
             if tcp.client_welcome is not None:
                 self.send(tcp.welcome_frame(item.protocol))
         return True

@@ -168,8 +168,7 @@ class MemberPhase:
                 step(MessageArrived(now, sender, msg))
                 stepped = True
             elif type(msg) is AppMessage:
-                outside = core.view is not None and core.view.rank_of(sender) is None
-                if outside and not self._outsiders.take(sender, now):
+                if self._outside_view(sender) and not self._outsiders.take(sender, now):
                     # Its connections close: reading them on, however slowly, would let a node
                     # certificate hold this loop with as many connections as it opens.
                     ctx.io.transport.disconnect(
@@ -181,7 +180,7 @@ class MemberPhase:
                     ctx.hooks.on_app(sender, msg.data)
             else:
                 kind = type(msg).__name__
-                if core.view is not None and core.view.rank_of(sender) is None:
+                if self._outside_view(sender):
                     # No node sends these to members: one outside the view that does is closed
                     # out (as above); a member's are dropped, a few lines a peer logged.
                     ctx.io.transport.disconnect(sender, f"outside the view, it sent a {kind} on a member connection")
@@ -241,6 +240,12 @@ class MemberPhase:
     def is_member(self, node: int) -> bool:
         view = self.core.view
         return view is not None and view.rank_of(node) is not None
+
+    def _outside_view(self, node: int) -> bool:
+        """``node`` is not in the view this node has installed (False before it has one:
+        while joining, nobody is known to be outside)."""
+        view = self.core.view
+        return view is not None and view.rank_of(node) is None
 
     # ------------------------------------------------------------ app inputs
     def send(self, shard: ShardId, payloads: Sequence[bytes]) -> None:
