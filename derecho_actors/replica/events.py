@@ -62,11 +62,22 @@ class EventLog:
         self.started: Position = BEGINNING
 
     def append(self, version: int, payload: bytes) -> None:
+        """Record an event of the call at ``version``. Once the log is full each call drops the
+        oldest event here (one, unless bytes are over the bound): every emitting call does."""
         events = self.events
-        index = events[-1][1] + 1 if events and events[-1][0] == version else 0
+        if events:
+            last = events[-1]
+            index = last[1] + 1 if last[0] == version else 0
+        else:
+            index = 0
         events.append((version, index, payload))
-        self.bytes += len(payload)
-        if len(events) > self.limit or self.bytes > MAX_LOG_BYTES:
+        size = self.bytes + len(payload)
+        if len(events) > self.limit and size <= MAX_LOG_BYTES:
+            v, i, dropped = events.popleft()
+            size -= len(dropped)
+            self.floor = (v, i)
+        self.bytes = size
+        if size > MAX_LOG_BYTES or len(events) > self.limit:
             self._trim()
 
     def _trim(self) -> None:
