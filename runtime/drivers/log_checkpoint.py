@@ -119,18 +119,44 @@ def encode(
     payload: bytes,
 ) -> bytes:
     """The file's bytes for a checkpoint of the first ``len(versions)`` records."""
+    return b"".join(parts(version, end, prefix_crc, versions, timestamps, offsets, chains, payload))
+
+
+Part = bytes | bytearray | memoryview
+
+
+def parts(
+    version: int,
+    end: int,
+    prefix_crc: int,
+    versions: array | memoryview,
+    timestamps: array | memoryview,
+    offsets: array | memoryview,
+    chains: Part | None,
+    payload: bytes,
+) -> list[Part]:
+    """The file's bytes for a checkpoint of the first ``len(versions)`` records, in pieces
+    that are the index's own memory where they can be (on a little-endian machine no copy of
+    it is made: a checkpoint of a long log is megabytes), its crc the last piece."""
     count = len(versions)
     flags = FLAG_SIGNED if chains is not None else 0
-    parts = [
+    out: list[Part] = [
         HEADER.pack(MAGIC, FORMAT, flags, 0, version, count, end, prefix_crc, len(payload)),
-        _le(versions),
-        _le(timestamps),
-        _le(offsets),
-        bytes(chains) if chains is not None else b"",
+        *(_le_view(a) for a in (versions, timestamps, offsets)),
+        chains if chains is not None else b"",
         payload,
     ]
-    body = b"".join(parts)
-    return body + CRC.pack(zlib.crc32(body))
+    crc = 0
+    for part in out:
+        crc = zlib.crc32(part, crc)
+    out.append(CRC.pack(crc))
+    return out
+
+
+def _le_view(values: array | memoryview) -> Part:
+    if sys.byteorder != "little":  # pragma: no cover - the format is little-endian
+        return _le(array("Q", values))
+    return values if isinstance(values, memoryview) else memoryview(values)
 
 
 def decode(data: bytes) -> CheckpointFile | str:
@@ -173,12 +199,16 @@ def read(path: Path) -> CheckpointFile | str | None:
     return decode(data)
 
 
-def write(path: Path, data: bytes) -> None:
-    """Replace the checkpoint at ``path`` (a temporary file renamed over it; not fsync'd: a
-    checkpoint lost or torn by a crash fails its checks and is simply not used)."""
+def write(path: Path, data: bytes | list[Part]) -> None:
+    """Replace the checkpoint at ``path`` with ``data`` (its bytes, or :func:`parts`): a
+    temporary file renamed over it; not fsync'd: a checkpoint lost or torn by a crash fails
+    its checks and is simply not used."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        if isinstance(data, list):
+            f.writelines(data)
+        else:
+            f.write(data)
     os.replace(tmp, path)
 
 

@@ -865,11 +865,20 @@ class VersionedLog:
         if crc is None:
             raise LogCorrupted(f"{self.path} ends before offset {end}: it was cut while open")
         self._crc_end, self._crc = end, crc
-        chains = self._chains[: count * CHAIN_SIZE] if self._chains is not None else None
-        data = log_checkpoint.encode(
-            version, end, crc, self._versions[:count], self._timestamps[:count], self._offsets[:count], chains, payload
-        )
-        log_checkpoint.write(self._ckpt_path, data)
+        # Views of the index, not copies (megabytes for a long log); the arrays cannot grow
+        # while viewed, and nothing appends while the owner holds the log for this.
+        views = [memoryview(a)[:count] for a in (self._versions, self._timestamps, self._offsets)]
+        try:
+            chains = memoryview(self._chains)[: count * CHAIN_SIZE] if self._chains is not None else None
+            try:
+                data = log_checkpoint.parts(version, end, crc, *views, chains, payload)
+                log_checkpoint.write(self._ckpt_path, data)
+            finally:
+                if chains is not None:
+                    chains.release()
+        finally:
+            for view in views:
+                view.release()
         self._ckpt_version = version
 
     def close(self, flush: bool = True) -> None:

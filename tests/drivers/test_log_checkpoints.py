@@ -198,3 +198,35 @@ def test_checkpoints_replace_each_other_and_need_written_records(tmp_path: pathl
     with VersionedLog.open(path, fsync=False) as log:
         found = log.take_checkpoint()
         assert found is not None and (found.version, found.payload) == (10, b"ten")
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_checkpoint_written_from_views_of_the_index_is_the_encoded_bytes_and_the_log_grows_after(
+    tmp_path: pathlib.Path, signed: bool
+) -> None:
+    """The writer hands the file the index's own memory (no copies): the file holds exactly
+    what ``encode`` gives, and the index's arrays, viewed meanwhile, still take records."""
+    key = Ed25519PrivateKey.generate() if signed else None
+    path = tmp_path / "a.log"
+    fill(path, range(30), key)
+    with VersionedLog.open(path, signing_key=key, fsync=False) as log:
+        log.write_checkpoint(19, b"state@19")
+        chains = bytes(log._chains[: 20 * 32]) if log._chains is not None else None
+        expected = log_checkpoint.encode(
+            19,
+            log._offsets[20],
+            log._crc,
+            log._versions[:20],
+            log._timestamps[:20],
+            log._offsets[:20],
+            chains,
+            b"state@19",
+        )
+        assert log_checkpoint.checkpoint_path(path).read_bytes() == expected
+        log.append([(30, 30_000, body_of(30))])  # the arrays are no longer viewed
+        log.flush()
+        log.write_checkpoint(30, b"state@30")
+    with VersionedLog.open(path, signing_key=key, fsync=False) as log:
+        found = log.take_checkpoint()
+        assert found is not None and (found.version, found.count, found.payload) == (30, 31, b"state@30")
+        assert log.last_version == 30
