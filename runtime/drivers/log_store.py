@@ -867,11 +867,13 @@ class VersionedLog:
         self._crc_end, self._crc = end, crc
         # Views of the index, not copies (megabytes for a long log); the arrays cannot grow
         # while viewed, and nothing appends while the owner holds the log for this.
-        views = [memoryview(a)[:count] for a in (self._versions, self._timestamps, self._offsets)]
+        versions, timestamps, offsets = views = [
+            memoryview(a)[:count] for a in (self._versions, self._timestamps, self._offsets)
+        ]
         try:
             chains = memoryview(self._chains)[: count * CHAIN_SIZE] if self._chains is not None else None
             try:
-                data = log_checkpoint.parts(version, end, crc, *views, chains, payload)
+                data = log_checkpoint.parts(version, end, crc, versions, timestamps, offsets, chains, payload)
                 log_checkpoint.write(self._ckpt_path, data)
             finally:
                 if chains is not None:
