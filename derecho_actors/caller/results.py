@@ -106,7 +106,8 @@ class QueryResults(ResultsFeed):
         """The version this ordered call created in a persistent shard (None until a replica
         answered, or for atomic types). ``da.format_version`` shows it as ``vid.index``."""
         with self._lock:
-            return max(self._versions.values()) if self._versions else None
+            versions = self._version_of()
+            return max(versions.values()) if versions else None
 
     def persisted(self, timeout: float | None = None) -> int:
         """Wait until this call's version is on disk at every replica of its shard; returns
@@ -123,12 +124,13 @@ class QueryResults(ResultsFeed):
         """Wait until a replica reported this call's version (or every answer came): the
         replicas that reported one, in the order they answered, and the version (None: none
         reported within ``timeout``)."""
-        self._wait_for(lambda: bool(self._versions) or self._finished, timeout)
+        self._wait_for(lambda: bool(self._versions or self._vnodes) or self._finished, timeout)
         with self._lock:
+            versions = self._version_of()
             # In the order they answered (a resent call may have forgotten the order, not the versions).
-            holders = [n for n in self._order if n in self._versions]
-            holders += [n for n in self._versions if n not in holders]
-            return holders, max(self._versions.values()) if self._versions else None
+            holders = [n for n in self._order if n in versions]
+            holders += [n for n in versions if n not in holders]
+            return holders, max(versions.values()) if versions else None
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         seen = 0
