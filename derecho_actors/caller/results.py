@@ -67,7 +67,7 @@ class QueryResults(ResultsFeed):
             pending = self.pending if self._expected is not None else None
             raise call_timeout(self.description, timeout, pending, self._why_waiting) from None
         with self._lock:
-            out: dict[int, Any] = dict(self._values)
+            out: dict[int, Any] = self._values.copy()  # not dict(): see results_feed.NONE
             out.update({n: e for n, e in self._errors.items() if n >= 0})
             if -1 in self._errors:
                 raise self._errors[-1]
@@ -86,7 +86,7 @@ class QueryResults(ResultsFeed):
         if self._finished and not self._differ:
             with self._lock:
                 if not self._errors:  # the common case: every replica answered alike
-                    return dict(self._values)
+                    return self._values.copy()
         out = self.wait_all(timeout)
         if self._differ:
             warning = check_divergence(self.description, out, self._compare)
