@@ -95,7 +95,7 @@ def method_requests(spec: TypeSpec, shard: ShardId, method: str) -> MakeRequest:
     (its kind, name, decoder, the serializer's encoder, its size on the wire) worked out once:
     a handle's method makes thousands of calls, and each lookup costs per call."""
     ordered = spec.methods.get(method) == ORDERED
-    what = f"{spec.name}.{method}"
+    what = method_what(spec, method)
     decode = _codec.result_decoder(spec.serializer)
     compare = spec.on_divergence if ordered else None
     encode = args_encoder(spec.serializer)
@@ -113,6 +113,11 @@ def method_requests(spec: TypeSpec, shard: ShardId, method: str) -> MakeRequest:
         return new_request(Request, (shard, kind, method, data, ordered, node or 0, what, decode, compare, overhead))
 
     return make
+
+
+def method_what(spec: TypeSpec, method: str) -> str:
+    """How messages name a call of ``method`` of ``spec``'s type ("KV.put")."""
+    return f"{spec.name}.{method}"
 
 
 def args_encoder(serializer: str) -> Callable[[tuple[Any, ...], dict[str, Any]], bytes]:
@@ -144,14 +149,20 @@ def poll_request(shard: ShardId, what: str, poll: PollArgs, node: int | None) ->
 
 def persist_request(call: Request, version: int, replica: int) -> Request:
     """The query ``QueryResults.persisted`` sends: is ``version`` on disk at every replica?"""
+    return shard_persist_request(call.shard, call.what, version, replica)
+
+
+def shard_persist_request(shard: ShardId, what: str, version: int, replica: int) -> Request:
+    """``persist_request`` of a call named ``what`` of ``shard``: all the query needs of the
+    call, so a caller can keep one query per method instead of each call's ``Request``."""
     return Request(
-        call.shard,
+        shard,
         CallKind.PERSISTED_QUERY,
         "",
         msgpack.packb(version),
         False,
         replica,
-        f"persistence of {call.what}",
+        f"persistence of {what}",
         msgpack.unpackb,
     )
 

@@ -29,9 +29,10 @@ from derecho_actors.caller.aio import AsyncLifecycle
 from derecho_actors.caller.calls import (
     Request,
     method_requests,
-    persist_request,
+    method_what,
     poll_request,
     refuse_nested,
+    shard_persist_request,
 )
 from derecho_actors.caller.handles import Handle, spec_checked
 from derecho_actors.caller.large_calls import StreamingSession
@@ -263,8 +264,10 @@ class Client(AsyncLifecycle):
         session = self._session
         make = method_requests(spec, shard, method)
         send = self._try_send
-        persistent = spec.persistent
-        query = self._persist_query
+        # ``QueryResults.persisted``'s query: one per method, shared by its calls (it needs only
+        # the shard and the method's name), not a partial per call keeping its ``Request`` alive
+        # while it waits (thousands of calls in flight: objects the collector walks).
+        query = partial(self._persist_query, shard, method_what(spec, method)) if spec.persistent else None
 
         def issue(
             args: tuple[Any, ...], kwargs: dict[str, Any], node: int | None, read: ReadOptions | None
@@ -276,17 +279,15 @@ class Client(AsyncLifecycle):
                 raise error
             request = make(args, kwargs, node, read, session.max_message_size)
             results = send(request, block)
-            if persistent and results is not None and request.ordered:
-                # Can be asked whether it is on disk (``QueryResults.persisted``): one partial
-                # per call, not a closure and its cells (thousands in flight feed the collector).
-                results.set_persist_query(partial(query, request))
+            if query is not None and results is not None and request.ordered:
+                results.set_persist_query(query)  # can be asked whether it is on disk
             return results
 
         return issue
 
-    def _persist_query(self, request: Request, version: int, replica: int) -> QueryResults:
-        """The query ``persisted`` sends for the ordered call ``request`` of a persistent type."""
-        return self._send(persist_request(request, version, replica))
+    def _persist_query(self, shard: ShardId, what: str, version: int, replica: int) -> QueryResults:
+        """The query ``persisted`` sends for an ordered call ``what`` of a persistent type's ``shard``."""
+        return self._send(shard_persist_request(shard, what, version, replica))
 
     def _send(self, request: Request) -> QueryResults:
         results = self._try_send(request, True)

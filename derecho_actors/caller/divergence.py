@@ -143,3 +143,15 @@ def call_timeout(
     return CallTimeout(
         f"{description}: no reply within {timeout} s from {waiting}" + (f"; {why}" if why else ""), pending or ()
     )
+
+
+def outcome_unknown(exc: BaseException) -> BaseException:
+    """``exc``, a refusal that says the call was not run, of a call sent again after a copy
+    of it was in flight on a connection that ended: that copy may have run (Jepsen's rule:
+    an unknown outcome is never reported as a failure), so ``applied`` becomes None."""
+    exc.applied = None  # type: ignore[attr-defined]
+    exc.args = (
+        f"{exc} (this call was sent again after its connection ended, so an earlier copy may have "
+        "been applied: read the state before calling again, unless the method is idempotent)",
+    )
+    return exc

@@ -67,7 +67,7 @@ class QueryResults(ResultsFeed):
             pending = self.pending if self._expected is not None else None
             raise call_timeout(self.description, timeout, pending, self._why_waiting) from None
         with self._lock:
-            out: dict[int, Any] = dict(self._values)
+            out: dict[int, Any] = self._values.copy()  # not dict(): see results_feed.NONE
             out.update({n: e for n, e in self._errors.items() if n >= 0})
             if -1 in self._errors:
                 raise self._errors[-1]
@@ -86,7 +86,7 @@ class QueryResults(ResultsFeed):
         if self._finished and not self._differ:
             with self._lock:
                 if not self._errors:  # the common case: every replica answered alike
-                    return dict(self._values)
+                    return self._values.copy()
         out = self.wait_all(timeout)
         if self._differ:
             warning = check_divergence(self.description, out, self._compare)
@@ -106,7 +106,8 @@ class QueryResults(ResultsFeed):
         """The version this ordered call created in a persistent shard (None until a replica
         answered, or for atomic types). ``da.format_version`` shows it as ``vid.index``."""
         with self._lock:
-            return max(self._versions.values()) if self._versions else None
+            versions = self._version_of()
+            return max(versions.values()) if versions else None
 
     def persisted(self, timeout: float | None = None) -> int:
         """Wait until this call's version is on disk at every replica of its shard; returns
@@ -123,12 +124,13 @@ class QueryResults(ResultsFeed):
         """Wait until a replica reported this call's version (or every answer came): the
         replicas that reported one, in the order they answered, and the version (None: none
         reported within ``timeout``)."""
-        self._wait_for(lambda: bool(self._versions) or self._finished, timeout)
+        self._wait_for(lambda: bool(self._versions or self._vnodes) or self._finished, timeout)
         with self._lock:
+            versions = self._version_of()
             # In the order they answered (a resent call may have forgotten the order, not the versions).
-            holders = [n for n in self._order if n in self._versions]
-            holders += [n for n in self._versions if n not in holders]
-            return holders, max(self._versions.values()) if self._versions else None
+            holders = [n for n in self._order if n in versions]
+            holders += [n for n in versions if n not in holders]
+            return holders, max(versions.values()) if versions else None
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         seen = 0

@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from types import MappingProxyType
 from typing import AbstractSet, Any, Callable, Iterable, Sequence, cast
 
+from derecho_actors.caller.divergence import outcome_unknown
 from derecho_actors.caller.persisted import Answered
 from derecho_actors.caller.sharing import SHAREABLE, replica_set
 from derecho_actors.wire.codec import decode_error
@@ -27,9 +28,11 @@ NONE: dict[Any, Any] = cast("dict[Any, Any]", MappingProxyType({}))
 """The empty table every call's answers, errors, versions and departed nodes start from, shared
 and read-only: a call's own dict is made only when something goes in (every dict per call of
 thousands in flight feeds the collector, which walks them all: four per call made two-thirds of
-a client's collections). A call answered alike by all gets one dict of answers and one of
-versions (ints: not tracked); in a batch (``add_agreed_all``) a run of calls answered with the
-very same value shares one read-only table, copied by a call before it writes (``_own_values``)."""
+a client's collections). A call answered alike by all gets one dict of answers (a display:
+``dict.fromkeys``' dicts count towards the next collection when made, not when freed) and its
+version as one int for all (``_version_of``: a dict of versions per persistent put made 30x the
+young collections, each walking the calls in flight; issue 21); in a batch (``add_agreed_all``) a
+run of calls answered with the same value shares one read-only table (``_own_values``)."""
 
 _SLOW = object()  # add_agreed_all: an answer recorded through add_agreed
 _SKIP = object()  # add_agreed_all: an answer to a call not waiting
@@ -41,7 +44,7 @@ class ResultsFeed:
     # Slots: thousands may be in flight at once, one per call (``QueryResults`` adds none).
     __slots__ = tuple(
         "_what _call_id _call_word _decode _lock _cond _expected _values _errors _order _gone _finished"
-        " _future _versions _persist_query _why_waiting ordered _compare _first _differ _warned _on_wire".split()
+        " _future _versions _version _vnodes _persist_query _why_waiting ordered _compare _first _differ _warned _on_wire".split()
     )
 
     def __init__(
@@ -77,16 +80,15 @@ class ResultsFeed:
         self._errors: dict[int, BaseException] = NONE
         self._order: tuple[int, ...] = ()  # who answered, in order (a tuple: nothing made per call)
         self._gone: dict[int, tuple[str, int | None]] = NONE  # nodes known to have left: why, and in which view
-        self._finished = False
-        self._future: Future[None] | None = None  # made only if someone awaits
+        self._finished, self._future = False, cast("Future[None] | None", None)  # a Future made only if someone awaits
         self._versions: dict[int, int] = NONE  # node -> version of the call there (persistent types)
+        self._version, self._vnodes = -1, cast("tuple[int, ...]", ())  # or: each of _vnodes made _version
         self._persist_query, self._why_waiting = persist_query, why_waiting  # the producer's settings (see above)
         self.ordered, self._compare = ordered, compare
         # The first answer as encoded: its bytes if a value, ``(False, bytes)`` if an error (a
         # value's needs no tuple made: most calls' only answer is a value).
         self._first: bytes | tuple[bool, bytes] | None = None
-        self._differ = False  # some answer's bytes differ from the first's (decoded values may still agree)
-        self._warned = False
+        self._differ = self._warned = False  # _differ: some answer's bytes differ from the first's (values may agree)
         self._on_wire = False  # was in flight on a connection that ended (``maybe_delivered``)
 
     def done(self) -> bool:
@@ -173,7 +175,7 @@ class ResultsFeed:
         with self._lock:
             if self._expected is not None or self._order or self._gone:
                 return False
-            values = dict.fromkeys(nodes, value)
+            values = {node: value for node in nodes}  # not dict.fromkeys: see NONE
             if len(values) != len(nodes):
                 return False
             self._values, self._expected, self._order = values, replica_set(nodes), nodes
@@ -255,7 +257,7 @@ class ResultsFeed:
                     # ``_all_answered``, inlined
                     if value is not shared_value:
                         shared_value, shared = value, NONE
-                        own = results._values = dict.fromkeys(nodes, value)
+                        own = results._values = {node: value for node in nodes}
                     else:  # from the run's second on: a copy (the first may write to its own)
                         if own is not None:
                             shared, own = cast("dict[Any, Any]", MappingProxyType(dict(own))), None
@@ -300,7 +302,7 @@ class ResultsFeed:
                     self._own_values()[node] = result
                 else:
                     if self._on_wire and self.ordered and getattr(result, "applied", None) is False:
-                        result = _outcome_unknown(result)
+                        result = outcome_unknown(result)
                     self._own_errors()[node] = result
                 if self._compare is not None:
                     held, answer = self._first, value if ok else (False, value)
@@ -368,11 +370,21 @@ class ResultsFeed:
         return self._errors
 
     def _set_versions(self, nodes: tuple[int, ...], version: int) -> None:
-        """Each of ``nodes`` made the call ``version`` (one table of ints: the collector skips it)."""
-        if self._versions is NONE:
-            self._versions = dict.fromkeys(nodes, version)
-        else:  # a call sent again keeps the versions that came before
-            self._versions.update(dict.fromkeys(nodes, version))
+        """Each of ``nodes`` made the call ``version``: the first news kept as the two (no dict
+        per call: see ``NONE``), any later in a table (a call sent again keeps those before)."""
+        if self._versions is NONE and not self._vnodes:
+            self._version, self._vnodes = version, nodes
+            return
+        versions = self._versions = self._version_of()
+        self._vnodes = ()
+        for node in nodes:
+            versions[node] = version
+
+    def _version_of(self) -> dict[int, int]:
+        """Node -> the version the call made there (a new table, or the call's own)."""
+        if self._vnodes:
+            return {node: self._version for node in self._vnodes}
+        return {} if self._versions is NONE else self._versions
 
     def _maybe_done(self) -> None:
         """Under ``_lock``: mark done once every expected replica answered; wake waiters."""
@@ -386,15 +398,3 @@ class ResultsFeed:
             self._cond.notify_all()
         if self._finished and self._future is not None and not self._future.done():
             self._future.set_result(None)
-
-
-def _outcome_unknown(exc: BaseException) -> BaseException:
-    """``exc``, a refusal that says the call was not run, of a call sent again after a copy
-    of it was in flight on a connection that ended: that copy may have run (Jepsen's rule:
-    an unknown outcome is never reported as a failure), so ``applied`` becomes None."""
-    exc.applied = None  # type: ignore[attr-defined]
-    exc.args = (
-        f"{exc} (this call was sent again after its connection ended, so an earlier copy may have "
-        "been applied: read the state before calling again, unless the method is idempotent)",
-    )
-    return exc

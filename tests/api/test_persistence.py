@@ -122,6 +122,10 @@ def test_client_waits_for_persistence(tmp_path: Path) -> None:
         with client_of(groups, [address(groups[1])]) as client:
             bank = client.handle(Bank)
             pending = [bank.deposit("c", 1) for _ in range(200)]
+            # The persisted() query is the method's, one for all its calls: a call waiting
+            # keeps no object of its own for it, nor its Request (issue 21: objects per call in
+            # flight are what the collector walks).
+            assert len({id(p._persist_query) for p in pending}) == 1
             versions = [p.persisted(timeout=20) for p in pending]
             assert versions == sorted(versions)
             assert groups[2].persisted_frontier(Bank) >= versions[-1] or _eventually(
