@@ -119,6 +119,7 @@ class ObjectApp:
         self.t_first = 0
         self.rss_go = 0
         self.cpu_go = 0.0
+        self.faults_go = 0
         self.late_max = 0.0
         self._due = 0.0
         self.written = False
@@ -158,6 +159,7 @@ class ObjectApp:
             self.t_go = time.time_ns()
             self.rss_go = _rss_kib()
             self.cpu_go = time.process_time()
+            self.faults_go = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             self._due = time.monotonic() + TICK
             self.driver.loop.call_later(TICK, self._probe)
             if self.profile_path:  # the loop thread only, from the group's start to the last delivery
@@ -212,6 +214,9 @@ class ObjectApp:
                 "cpu_s": time.process_time() - self.cpu_go,  # every thread's, from go to done
                 "check_cpu_s": self.check_cpu(),  # of which the bench's digest thread
                 "reused": self._reused(),
+                # page faults (minor: pages mapped, zero-filled or found) from go to done
+                "minflt": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.faults_go,
+                "tcp_out": self._tcp_out(),
             }
             if self._pool is not None:
                 self._pool.submit(self._write, doc)
@@ -224,6 +229,12 @@ class ObjectApp:
         already, no pre-faulting): how many of its objects skipped that kernel work."""
         core = self.driver.core
         return core.objects.engine.buffers.reused if core is not None and core.objects is not None else -1
+
+    def _tcp_out(self) -> int:
+        """Bytes this node sent its peers over TCP (the rest, if any, went through rings)."""
+        transport = self.driver.transport
+        tcp = getattr(transport, "tcp", transport)
+        return sum(out for out, _ in tcp.traffic().values()) if tcp is not None else 0
 
     def _write(self, doc: dict[str, Any]) -> None:
         doc["digests"] = [f.result() for f in self._pending]
@@ -428,6 +439,12 @@ def describe(run: Run) -> str:
         + " ".join(f"{doc['late_max_ms']:.0f}" for doc in run.nodes.values())
         + "; buffers reused "
         + " ".join(str(doc.get("reused", "?")) for doc in run.nodes.values())
+        + "; MB sent over TCP "
+        + " ".join(f"{doc.get('tcp_out', 0) / MB:.0f}" for doc in run.nodes.values())
+        + "; page faults per MB "
+        + " ".join(
+            f"{doc.get('minflt', 0) * MB / (run.size * run.count * run.senders):.0f}" for doc in run.nodes.values()
+        )
     )
 
 

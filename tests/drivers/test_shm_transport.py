@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from runtime.core.rdmc_descriptor import ObjectId
 from runtime.drivers.shm_doorbell import Doorbell
 from runtime.drivers.shm_transport import PeerTransport, ShmTransport, TransportMode
 from runtime.drivers.tcp import TcpTransport, TransportSecurity
@@ -32,6 +33,7 @@ from runtime.security.tls import TlsCredentials, load_credentials
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.control import AppMessage
 from runtime.wire.shm_setup import ShmAnswer, ShmOffer, ShmProbe
+from runtime.wire.transfers import BlockLanded, block_frame_head
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -62,6 +64,10 @@ class FakeTcp:
     sent: list[Any] = field(default_factory=list)
     bad_frames: int = 0
     peers: dict[int, Any] = field(default_factory=dict)  # what TCP still holds per peer (blocks)
+    blocks_sent: list[tuple[int, bytes]] = field(default_factory=list)  # (peer, head) given to TCP
+
+    def send_block(self, node_id: int, head: bytes, data: memoryview) -> None:
+        self.blocks_sent.append((node_id, head))
 
     def send(self, node_id: int, data: bytes) -> None:
         msgs = FrameDecoder().feed(data)
@@ -229,6 +235,41 @@ def test_the_switch_waits_until_tcp_has_written_its_blocks(shm_dir: str) -> None
             await asyncio.sleep(0.005)
         assert b.got == [AppMessage(b"1"), AppMessage(b"2"), AppMessage(b"3")]
         assert AppMessage(b"3") not in a.tcp.sent
+        await a.shm.close()
+        await b.shm.close()
+
+    asyncio.run(main())
+
+
+def test_blocks_sent_while_the_switch_waits_for_tcp_wait_for_the_ring(shm_dir: str) -> None:
+    """Blocks given to TCP while it still wrote earlier ones kept its queue from emptying, so
+    the switch waited for a gap in the stream: an object sent as the pair formed went whole
+    over TCP. They wait for the ring now, and arrive through it once TCP's are written."""
+
+    async def main() -> None:
+        a, b = Node(1, shm_dir), Node(2, shm_dir)
+        a.tcp.other, b.tcp.other = b.tcp, a.tcp
+        landed = bytearray(100)
+        b.shm.block_sink = lambda sender, oid, block, length: memoryview(landed)[:length]
+        await a.shm.start()
+        await b.shm.start()
+        a.tcp.peers[2] = SimpleNamespace(blocks=[("a block TCP has not written yet",)])
+        a.shm.send(2, frame(AppMessage(b"1")))
+        await turns()
+        await asyncio.sleep(0.05)
+        assert a.shm.pairs[2].accepted and not a.shm.pairs[2].switched
+        oid = ObjectId(1, 0, 1)
+        a.shm.send_block(2, block_frame_head(oid, 0, 100), memoryview(bytes(range(100))))
+        assert a.tcp.blocks_sent == []  # held for the ring, not behind TCP's blocks
+        a.tcp.peers[2].blocks.clear()  # TCP wrote its block: the sweep switches
+        for _ in range(200):
+            if BlockLanded(oid, 0) in b.got:
+                break
+            await asyncio.sleep(0.005)
+        assert a.shm.pairs[2].switched
+        assert b.got == [AppMessage(b"1"), BlockLanded(oid, 0)]
+        assert landed == bytes(range(100))
+        assert a.tcp.blocks_sent == []
         await a.shm.close()
         await b.shm.close()
 
