@@ -57,20 +57,32 @@ from runtime.drivers.shm_board import RowCopy
 from runtime.drivers.shm_doorbell import Doorbell
 from runtime.drivers.shm_link import RingReader, RingWriter
 from runtime.drivers.shm_names import host_key, new_names, offered_names, remove_stale
+from runtime.drivers.shm_objects import ObjectSegments, guard_sink
 from runtime.drivers.shm_ring import SUPPORTED, RingError, RingSpec, ShmRing
 from runtime.drivers.shm_rows import RowImage, RowPlanner
 from runtime.drivers.tcp import TcpTransport
 from runtime.drivers.transport import BlockDestination, ContactProblem, FramesHandler, PeerLostHandler, RowPush
 from runtime.errors import ConfigError
 from runtime.wire.codec import FrameDecoder, frame
-from runtime.wire.shm_setup import ShmAnswer, ShmOffer, ShmProbe, ShmSwitch
+from runtime.wire.shm_setup import (
+    ShmAnswer,
+    ShmBlockInPlace,
+    ShmInPlace,
+    ShmObjectAnswer,
+    ShmObjectOffer,
+    ShmOffer,
+    ShmProbe,
+    ShmSegmentFree,
+    ShmSwitch,
+)
 
 log = logging.getLogger("derecho.shm")
 
 RING_CAPACITY = 4 << 20  # bytes per direction per pair (8 and 16 MiB measured: no faster, more CPU per MB)
 MAX_OFFERED_CAPACITY = 1 << 30  # a peer's ring we map at most (it is memory it may make us map)
 SWEEP_INTERVAL = 0.02  # seconds between checks for a missed wake-up (see shm_ring)
-_SETUP: frozenset[type] = frozenset({ShmProbe, ShmOffer, ShmAnswer, ShmSwitch})
+_OBJECTS: frozenset[type] = frozenset({ShmObjectOffer, ShmObjectAnswer, ShmInPlace, ShmBlockInPlace, ShmSegmentFree})
+_SETUP: frozenset[type] = frozenset({ShmProbe, ShmOffer, ShmAnswer, ShmSwitch}) | _OBJECTS
 
 
 class TransportMode(enum.Enum):
@@ -141,6 +153,7 @@ class ShmTransport:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
         self.refusal = self._local_refusal()
+        self.objects = ObjectSegments(self)  # large objects written once, read in place (shm_objects)
 
     def _local_refusal(self) -> str:
         """Why this node offers no shared memory at all ("" if it does)."""
@@ -202,7 +215,13 @@ class ShmTransport:
     @block_sink.setter
     def block_sink(self, sink: BlockDestination | None) -> None:
         self._sink = sink
-        self.tcp.block_sink = sink
+        self.tcp.block_sink = None if sink is None else guard_sink(sink)
+
+    @property
+    def object_memory(self) -> ObjectSegments | None:
+        """Where this node's engine places objects for co-located members (None: nowhere).
+        Only between processes of this host: a subclass's pairs (RDMA) span hosts."""
+        return self.objects if type(self) is ShmTransport and not self.refusal else None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -220,6 +239,7 @@ class ShmTransport:
         self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.objects.close()
         for node in list(self.pairs):
             self._drop_pair(node)
         await self.tcp.close()
@@ -270,6 +290,8 @@ class ShmTransport:
             writer.write_rows(images)
 
     def send_block(self, node_id: int, head: bytes, data: memoryview) -> None:
+        if self.objects.block_out(node_id, head, data):
+            return  # the peer reads the object in place: only a frame saying the block is there went
         pair = self.pairs.get(node_id)
         if pair is not None and pair.writer is not None:
             if pair.switched:
@@ -412,10 +434,16 @@ class ShmTransport:
 
     def _ring_items(self, sender: int, items: list[Any]) -> None:
         good = []
+        objects = _OBJECTS
         for item in items:
             if isinstance(item, Exception):
                 self.bad_ring_frames += 1
                 self.tcp.warn("bad-frame", "shm:0", "dropped a bad frame from node %s's ring: %s", sender, item)
+            elif type(item) in objects:  # at once: an offer before the descriptor after it
+                if type(item) is ShmBlockInPlace:
+                    good.append(self.objects.landed(sender, item, self._sink))
+                else:
+                    self._object_frame(sender, item)
             else:
                 good.append(item)
         if good:
@@ -427,6 +455,7 @@ class ShmTransport:
 
     def _sweep(self) -> None:
         """Catch a missed wake-up (see shm_ring): read rings with bytes waiting, write what waits."""
+        self.objects.sweep()
         for pair in list(self.pairs.values()):
             if pair.accepted and not pair.switched:
                 self._try_switch(pair)
@@ -443,8 +472,22 @@ class ShmTransport:
         self.pairs[node_id] = _Pair(node_id, None, probed=True)
         self.tcp.send(node_id, frame(ShmProbe(self.host, self.uid)))
 
+    def _object_frame(self, sender: int, msg: Any) -> None:
+        if type(msg) is ShmObjectOffer:
+            self.objects.offered(sender, msg)
+        elif type(msg) is ShmObjectAnswer:
+            self.objects.answered(sender, msg)
+        elif type(msg) is ShmInPlace:
+            self.objects.reads_in_place(sender, msg)
+        elif type(msg) is ShmSegmentFree:
+            self.objects.segment_free(sender, msg)
+        elif type(msg) is ShmBlockInPlace:
+            self.on_frames(sender, [self.objects.landed(sender, msg, self._sink)])
+
     def _setup(self, sender: int, msg: Any) -> None:
-        if type(msg) is ShmProbe:
+        if type(msg) in _OBJECTS:
+            self._object_frame(sender, msg)
+        elif type(msg) is ShmProbe:
             self._on_probe(sender, msg)
         elif type(msg) is ShmOffer:
             self._on_offer(sender, msg)
@@ -555,7 +598,10 @@ class ShmTransport:
 
     @staticmethod
     def _block_to(sink: BlockDestination, sender: int, oid: ObjectId, block: int, length: int) -> memoryview | Refusal:
-        return sink(sender, oid, block, length)
+        got = sink(sender, oid, block, length)
+        if isinstance(got, memoryview) and got.readonly:
+            return Refusal.IN_PLACE  # read in place here: its bytes are never written (shm_objects)
+        return got
 
     def _on_answer(self, sender: int, answer: ShmAnswer) -> None:
         pair = self.pairs.get(sender)

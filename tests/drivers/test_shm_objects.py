@@ -318,7 +318,10 @@ def test_100_mib_objects_arrive_identical_at_every_member_through_shared_memory(
         assert cluster.delivered(i) == want, f"node {i}"
     assert all_on_shm(cluster, [1, 2, 3])()
     assert "shared memory with it closed" not in cluster.logs()  # no pair fell back to TCP meanwhile
-    assert cluster.files() == [], "accepted rings are unlinked by their owners"
+    for i in (2, 3):  # written once into node 1's segment, read in place (shm_objects)
+        log_text = (cluster.workdir / f"node-{i}.log").read_text(errors="replace")
+        assert f"node{i} INFO objects of node 1 are read in place from its segments" in log_text
+    assert cluster.files() == [], "accepted rings and object segments are unlinked by their owners"
 
 
 @pytest.mark.timeout(240)

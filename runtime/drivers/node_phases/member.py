@@ -9,6 +9,7 @@ the next timer. There is no protocol logic here: every decision is the core's.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Sequence
 
 from runtime.core.effects import Ready
@@ -66,6 +67,11 @@ class MemberPhase:
         self.restart_lost = restart_lost or {}
         self.join_watch = join_watch
         self._cut: set[int] = set()  # members that forged frames: dropped until they leave the view
+        # Where the transport places large objects for co-located members (shm_objects), if it does.
+        memory = getattr(ctx.io.transport, "object_memory", None)
+        if memory is not None and core.objects is not None:
+            engine = core.objects.engine
+            engine.config = replace(engine.config, memory=memory)
 
     # ------------------------------------------------------------ ways in
     @classmethod

@@ -1,0 +1,450 @@
+"""Large objects written once into a segment of their sender and read in place by its
+co-located members (issue 23): the shared-memory transport's ``ObjectMemory``.
+
+Through rings, each block of an object was copied four times between three members on one
+host (into the sender's ring, out of it into a receiver's buffer, into that receiver's ring for
+its relay, out again), and every receiver's buffer was fresh memory: the kernel zero-filled
+and mapped each of its pages (0.36 ms/MB, the largest per-byte cost of a receiver, paid again
+at every receiver). Here the sender writes each block once into one segment (``pwrite``: the
+kernel copies it into the segment's pages without mapping them here), and each member whose
+pair is all in shared memory maps the segment read-only as its receive buffer: its blocks land
+there without a copy, and the pages are the sender's (mapping them costs a fault per 16 pages).
+
+The schedule, credits and hashing do not change: a block still moves from whom the schedule
+says, after the receiver's credit; only its bytes do not travel to a member that said it reads
+the object in place (``ShmInPlace``): the block frame becomes ``ShmBlockInPlace``. Every
+receiver hashes the blocks in its view of the segment as they land and checks the digest the
+sender put in the total order over exactly the bytes it delivers.
+
+Who gets what (all frames go over the pair's ring or its TLS connection, whose certificate
+proved the peer's node id):
+
+1. The sender, starting an object all of whose other members have switched rings with it,
+   creates ``<prefix>obj-p<pid>-<random>.obj`` in /dev/shm (``O_EXCL``, mode 0600, the whole
+   size reserved with ``posix_fallocate`` so a full /dev/shm fails the start cleanly here instead
+   of a write faulting later), writes a header (magic, size, a 16-byte random token) and offers
+   it (``ShmObjectOffer``) to the object's members only, through their rings: when the object
+   is admitted at once (the default limits), before its descriptor leaves; otherwise a member
+   may open the object before the offer comes, and then gets its bytes.
+2. A member checks the name is one the sender may offer, opens it read-only without following
+   links, checks owner, mode, size, magic, size and token, maps it read-only and answers
+   (``ShmObjectAnswer``). The owner unlinks the file once every member answered (the mappings
+   live on), so after that a kill -9 of anyone leaves nothing; before it, the owner's next start
+   removes it (``shm_names.remove_stale``). A peer never removes a file.
+3. When the member opens the object (its descriptor arrived), it reads it in place if it mapped
+   the offer and its rings to every other member are switched: it says so to each
+   (``ShmInPlace``, before its first credit on the same ring, so before any block comes). A
+   member that cannot (no offer, a peer still on TCP) gets bytes, as before: the sender writes
+   every block into the segment before sending it anywhere, so relays from in-place members
+   read the bytes they send from there.
+4. A segment is written again, for a later object of the same sender, only once every member
+   that maps it said nothing there refers to it any more (``ShmSegmentFree``: no view of it in
+   the engine, the application or a transport's queue, counted as ``rdmc_buffers`` counts its
+   own mappings); the member then keeps it mapped, and the offer of the next object names it by
+   its token. Fresh pages cost the sender 0.26 ms/MB to allocate and 0.14 to free (shmem, here),
+   so this reuse is what makes the segment cheaper than a receive buffer of each member's own.
+   Bounds: a sender keeps at most ``KEEP_IDLE`` bytes of segments nobody uses and
+   ``MAX_SEGMENTS`` open; a member keeps ``KEEP_MAPPED`` idle segments per sender mapped.
+
+What the sender can still do to the bytes. The owner keeps its descriptor to the file open (to
+write its next objects there); nobody maps it writable. So the sender's process, or any of the
+same user (through ``/proc``), can write into a segment while members read it, also after a
+member checked the digest. It gains nothing by that: the same user can already write into
+every member's memory (ptrace, ``/proc/<pid>/mem``), as ``docs/security.md`` says of the
+same-uid attacker; a process of another user cannot open the file (0600) nor learn its name
+or token (told over the pair's ring or its TLS connection only). What an honest sender never
+does is write a segment a member still refers to: step 4.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import secrets
+import struct
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectId
+from runtime.core.rdmc_events import Refusal
+from runtime.drivers.shm_names import new_object_path, offered_object_path
+from runtime.drivers.shm_segment import RingError, attach_segment
+from runtime.drivers.transport import BlockDestination
+from runtime.wire.codec import frame
+from runtime.wire.shm_setup import ShmBlockInPlace, ShmInPlace, ShmObjectAnswer, ShmObjectOffer, ShmSegmentFree
+from runtime.wire.transfers import BLOCK_HEADER_SIZE, BlockDropped, BlockLanded, parse_block_header
+
+if TYPE_CHECKING:
+    from runtime.drivers.shm_transport import ShmTransport
+
+log = logging.getLogger("derecho.shm")
+
+HEADER = 4096  # the object starts on a page of its own
+MAGIC = 0x3130_4A42_4F44_5244  # b"DRDOBJ01" as a little-endian word; bump with the layout
+_HEAD = struct.Struct("<QQ16s")  # magic, size, token
+MAX_OFFERS = 64  # offers mapped and not opened yet, at most (the oldest go first)
+MAX_SIZE = 1 << 40  # an offered object we map at most (virtual memory a peer may make us map)
+
+
+GRANULE = 1 << 20  # segments are made in multiples of this: objects of nearly one size share them
+KEEP_IDLE = 128 << 20  # bytes of idle segments a sender keeps for its next objects
+MAX_SEGMENTS = 16  # segments a sender keeps open at most, busy or waiting for their members' "free"
+KEEP_MAPPED = 2  # idle segments of one sender a member keeps mapped for its next objects
+
+
+def capacity_for(size: int) -> int:
+    """The bytes of object room in a new segment for an object of ``size`` bytes."""
+    return max(GRANULE, -(-size // GRANULE) * GRANULE)
+
+
+@dataclass(slots=True)
+class _Segment:
+    """A segment of this node: its file (unlinked once every member it was offered to
+    answered), open for writing; who maps it, and who said it refers to it no more."""
+
+    fd: int
+    path: str
+    capacity: int
+    token: bytes
+    holders: set[int] = field(default_factory=set)  # members that mapped it
+    free: set[int] = field(default_factory=set)  # holders that hold no view of it now
+    busy: ObjectId | None = None  # the object in it now (written, moving, held by members)
+    waiting: set[int] = field(default_factory=set)  # members that have not answered its first offer
+
+
+@dataclass(slots=True)
+class _Placed:
+    """An object of this node in one of its segments."""
+
+    segment: _Segment
+    block_size: int
+    written: bytearray  # per block: in the segment
+
+
+@dataclass(slots=True)
+class _Mapped:
+    """A segment of a peer this member maps: for the object it reads in place there now, and
+    kept (``KEEP_MAPPED``) for the peer's next objects once nothing here refers to it."""
+
+    mm: mmap.mmap
+    busy: ObjectId | None = None  # the object being received or delivered from it
+    told_free: bool = False  # the owner was told nothing here refers to it any more
+    gone: bool = False  # the owner will not offer it again: unmapped once nothing refers to it
+
+
+class ObjectSegments:
+    """See the module docstring: the sender's segments and a member's mapped offers."""
+
+    def __init__(self, transport: ShmTransport) -> None:
+        self.transport = transport
+        self.segments: dict[bytes, _Segment] = {}  # this node's, by token
+        self.placed: dict[ObjectId, _Placed] = {}
+        self.mapped: OrderedDict[tuple[int, bytes], _Mapped] = OrderedDict()  # peers', by (owner, token)
+        self.offers: OrderedDict[ObjectId, tuple[int, bytes]] = OrderedDict()  # offered, not opened yet
+        self.adopted: set[ObjectId] = set()  # objects this node reads in place
+        self.in_place: OrderedDict[ObjectId, set[int]] = OrderedDict()  # members reading oid in place
+        # Objects the engine let go of, by the sweep they did: the driver still carries out the
+        # sends the engine issued in the same step (its last relays), which need what is here.
+        self.retiring: list[tuple[int, ObjectId]] = []
+        self.sweeps = 0
+        self.placed_total = 0  # objects this node placed in a segment (status, tests)
+        self.reused_total = 0  # ... in one it had used before
+        self.adopted_total = 0  # objects this node read in place
+        self._told: set[int] = set()  # senders whose objects were logged as read in place
+
+    def _switched(self, node: int) -> bool:
+        pair = self.transport.pairs.get(node)
+        return pair is not None and pair.switched and pair.writer is not None and not pair.writer.closed
+
+    def _dir(self) -> str:
+        return self.transport.shm_dir or "/dev/shm"
+
+    # ------------------------------------------------------------ ObjectMemory: the sender
+    def sending(self, descriptor: ObjectDescriptor, data: memoryview) -> None:
+        others = descriptor.members[1:]
+        if self.transport.refusal or not others or not all(self._switched(m) for m in others):
+            return
+        oid, size = descriptor.oid, descriptor.size
+        need = set(others)
+        seg = None
+        for s in self.segments.values():  # an idle one every member maps: no new pages
+            if s.busy is None and s.capacity >= size and need <= s.holders and s.holders <= s.free:
+                if seg is None or s.capacity < seg.capacity:
+                    seg = s
+        base = ""
+        if seg is not None:
+            seg.free -= need
+            self.reused_total += 1
+        else:
+            seg = self._new_segment(oid, capacity_for(size))
+            if seg is None:
+                return
+            seg.waiting = set(need)
+            base = seg.path
+        seg.busy = oid
+        self.placed[oid] = _Placed(seg, descriptor.block_size, bytearray(descriptor.blocks))
+        self.placed_total += 1
+        offer = frame(ShmObjectOffer(oid, base, size, seg.token))
+        for m in others:
+            self.transport.send(m, offer)
+
+    def _new_segment(self, oid: ObjectId, capacity: int) -> _Segment | None:
+        path = new_object_path(self.transport.cluster, self.transport.node_id, self._dir())
+        token = secrets.token_bytes(16)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            log.warning("object %s goes through the rings: cannot create its segment: %s", oid, exc)
+            return None
+        try:
+            os.fchmod(fd, 0o600)
+            os.posix_fallocate(fd, 0, HEADER + capacity)  # all of it now: no fault on a full /dev/shm later
+            os.pwrite(fd, _HEAD.pack(MAGIC, capacity, token), 0)
+        except OSError as exc:
+            os.close(fd)
+            _unlink(path)
+            log.warning("object %s goes through the rings: a segment of %d bytes: %s", oid, capacity, exc)
+            return None
+        seg = self.segments[token] = _Segment(fd, path, capacity, token)
+        return seg
+
+    def block_out(self, node: int, head: bytes, data: memoryview) -> bool:
+        """A block frame for ``node`` (the transport's ``send_block``): written into this
+        node's segment first if the object is its own; True if ``node`` reads the object in
+        place (then only a ``ShmBlockInPlace`` frame went)."""
+        if not self.placed and not self.in_place:
+            return False
+        oid, block = parse_block_header(head, len(head) - BLOCK_HEADER_SIZE)
+        p = self.placed.get(oid)
+        if p is not None and not p.written[block]:
+            os.pwrite(p.segment.fd, data, HEADER + block * p.block_size)
+            p.written[block] = 1
+        readers = self.in_place.get(oid)
+        if readers is None or node not in readers:
+            return False
+        self.transport.send(node, frame(ShmBlockInPlace(oid, block, len(data))))
+        return True
+
+    def answered(self, sender: int, answer: ShmObjectAnswer) -> None:
+        p = self.placed.get(answer.oid)
+        if p is None:
+            return
+        seg = p.segment
+        if answer.mapped:
+            seg.holders.add(sender)
+        else:
+            log.info("node %s could not map the segment of object %s: it gets the bytes", sender, answer.oid)
+            seg.holders.discard(sender)
+        if sender in seg.waiting:
+            seg.waiting.discard(sender)
+            if not seg.waiting:
+                _unlink(seg.path)  # every member has it mapped (or will not): the name has done its job
+
+    def segment_free(self, sender: int, msg: ShmSegmentFree) -> None:
+        """From a member: it holds no view of one of our segments now (or unmapped it:
+        ``kept`` False). From an owner (``kept`` False): it will not offer that segment again."""
+        m = self.mapped.get((sender, msg.token))
+        if m is not None and not msg.kept:
+            m.gone = True
+            return
+        seg = self.segments.get(msg.token)
+        if seg is None or sender not in seg.holders:
+            return
+        if msg.kept:
+            seg.free.add(sender)
+        else:
+            seg.holders.discard(sender)
+            seg.free.discard(sender)
+
+    # ------------------------------------------------------------ ObjectMemory: a member
+    def offered(self, sender: int, offer: ShmObjectOffer) -> None:
+        """The sender's segment for one of its objects (new, or one mapped here already):
+        check it, map it, answer."""
+        why = ""
+        key = (sender, offer.token)
+        if offer.oid.sender != sender:
+            why = f"it offers object {offer.oid} of node {offer.oid.sender}"
+        elif not 0 <= offer.size <= MAX_SIZE:
+            why = f"size {offer.size} is out of range"
+        elif offer.base:
+            path = offered_object_path(offer.base, self.transport.cluster, sender, self._dir())
+            if path is None:
+                why = f"{offer.base!r} is not a path node {sender} may offer"
+            elif key in self.mapped:
+                why = "a second offer of a segment mapped here"
+            else:
+                try:
+                    self.mapped[key] = _Mapped(_attach(path, capacity_for(offer.size), offer.token))
+                except RingError as exc:
+                    why = str(exc)
+        else:
+            m = self.mapped.get(key)
+            if m is None or m.busy is not None or not m.told_free:
+                why = "a segment not mapped here, or not free"
+            else:
+                m.told_free = False
+                self.mapped.move_to_end(key)
+        if why:
+            log.warning("node %s's segment for object %s refused: %s", sender, offer.oid, why)
+        else:
+            self.mapped[key].busy = offer.oid
+            self.offers[offer.oid] = key
+            while len(self.offers) > MAX_OFFERS:
+                self._release(self.offers.popitem(last=False)[0])
+        self.transport.send(sender, frame(ShmObjectAnswer(offer.oid, not why)))
+
+    def receiving(self, descriptor: ObjectDescriptor) -> memoryview | None:
+        oid = descriptor.oid
+        key = self.offers.pop(oid, None)
+        m = self.mapped.get(key) if key is not None else None
+        if m is None:
+            return None
+        me = self.transport.node_id
+        others = [n for n in descriptor.members if n != me]
+        if len(m.mm) < HEADER + descriptor.size or not all(self._switched(n) for n in others):
+            m.busy = None
+            return None
+        said = frame(ShmInPlace(oid))
+        for n in others:  # before this node's first credit to any of them, on the same ring
+            self.transport.send(n, said)
+        self.adopted.add(oid)
+        self.adopted_total += 1
+        if oid.sender not in self._told:
+            self._told.add(oid.sender)
+            log.info("objects of node %s are read in place from its segments", oid.sender)
+        return memoryview(m.mm)[HEADER : HEADER + descriptor.size]
+
+    def reads_in_place(self, sender: int, msg: ShmInPlace) -> None:
+        readers = self.in_place.get(msg.oid)
+        if readers is None:
+            readers = self.in_place[msg.oid] = set()
+            while len(self.in_place) > MAX_OFFERS:  # objects never opened here (a view ended)
+                self.in_place.popitem(last=False)
+        readers.add(sender)
+
+    def landed(self, sender: int, msg: ShmBlockInPlace, sink: BlockDestination | None) -> Any:
+        """A block in place: reserve it as if its bytes had come (the engine checks sender,
+        credit and length), and hand the driver what a block frame would have become."""
+        if msg.oid not in self.adopted or sink is None:
+            return BlockDropped(msg.oid, msg.block, Refusal.NOT_IN_PLACE)
+        got = sink(sender, msg.oid, msg.block, msg.length)
+        if isinstance(got, Refusal):
+            return BlockDropped(msg.oid, msg.block, got)
+        return BlockLanded(msg.oid, msg.block)
+
+    # ------------------------------------------------------------ both
+    def done(self, oid: ObjectId) -> None:
+        """The engine let go of ``oid``: forgotten here two sweeps later (see ``retiring``)."""
+        self.retiring.append((self.sweeps, oid))
+
+    def sweep(self) -> None:
+        """The transport's periodic sweep: forget what the engine let go of before the last
+        one; tell owners which of their segments nothing here refers to any more; keep
+        within the bounds of idle segments."""
+        self.sweeps += 1
+        retiring = self.retiring
+        while retiring and retiring[0][0] < self.sweeps - 1:
+            self._release(retiring.pop(0)[1])
+        idle_mapped: dict[int, list[tuple[int, bytes]]] = {}
+        for key, m in self.mapped.items():
+            # Idle: only this table refers to the mapping (no view of it, in the engine, the
+            # application or a transport's queue), as ``rdmc_buffers`` counts its own.
+            if m.busy is None and sys.getrefcount(m.mm) <= 2:
+                idle_mapped.setdefault(key[0], []).append(key)
+        for owner, keys in idle_mapped.items():
+            for key in [k for k in keys if self.mapped[k].gone]:
+                keys.remove(key)
+                self.mapped.pop(key).mm.close()
+            for key in keys[:-KEEP_MAPPED]:  # the oldest beyond the bound: unmapped
+                self.mapped.pop(key).mm.close()
+                self.transport.send(owner, frame(ShmSegmentFree(key[1], False)))
+            for key in keys[-KEEP_MAPPED:]:
+                m = self.mapped[key]
+                if not m.told_free:
+                    m.told_free = True
+                    self.transport.send(owner, frame(ShmSegmentFree(key[1], True)))
+        # Segments every holder let go of are kept up to KEEP_IDLE bytes (newest first); those
+        # a member's application still holds cost nothing more here (the pages are the same),
+        # so they wait for its "free", at most MAX_SEGMENTS of them (the oldest go first).
+        kept = 0
+        for s in reversed(list(self.segments.values())):
+            if s.busy is None and s.holders <= s.free:
+                if kept + s.capacity <= KEEP_IDLE:
+                    kept += s.capacity
+                else:
+                    self._drop_segment(s)
+        if len(self.segments) > MAX_SEGMENTS:
+            for s in [s for s in self.segments.values() if s.busy is None][: len(self.segments) - MAX_SEGMENTS]:
+                self._drop_segment(s)
+
+    def _drop_segment(self, seg: _Segment, tell: bool = True) -> None:
+        del self.segments[seg.token]
+        os.close(seg.fd)
+        if seg.waiting:
+            _unlink(seg.path)
+        gone = frame(ShmSegmentFree(seg.token, False))
+        for member in seg.holders if tell else ():  # so it unmaps the pages once nothing there refers to them
+            self.transport.send(member, gone)
+
+    def _release(self, oid: ObjectId) -> None:
+        p = self.placed.pop(oid, None)
+        if p is not None and p.segment.busy == oid:
+            p.segment.busy = None
+        self.offers.pop(oid, None)
+        for m in self.mapped.values():
+            if m.busy == oid:
+                m.busy = None
+        self.adopted.discard(oid)
+        self.in_place.pop(oid, None)
+
+    def close(self) -> None:
+        self.retiring.clear()
+        self.placed.clear()
+        for seg in list(self.segments.values()):
+            self._drop_segment(seg, tell=False)
+        for m in self.mapped.values():
+            try:
+                m.mm.close()
+            except BufferError:  # a view of it is still held: unmapped when that goes
+                pass
+        self.mapped.clear()
+        self.offers.clear()
+        self.in_place.clear()
+        self.adopted.clear()
+
+
+def guard_sink(sink: BlockDestination) -> BlockDestination:
+    """``sink`` for a transport's block bytes: refuses a block of an object read in place
+    (a read-only view: its member said it takes no bytes for it, so they are never written)."""
+
+    def guarded(sender: int, oid: ObjectId, block: int, length: int) -> memoryview | Refusal:
+        got = sink(sender, oid, block, length)
+        if isinstance(got, memoryview) and got.readonly:
+            return Refusal.IN_PLACE
+        return got
+
+    return guarded
+
+
+def _attach(path: str, size: int, token: bytes) -> mmap.mmap:
+    mm = attach_segment(path, HEADER + size, f"a segment of {size}", writable=False)
+    magic, got_size, got_token = _HEAD.unpack_from(mm, 0)
+    if (magic, got_size, got_token) != (MAGIC, size, token):
+        mm.close()
+        raise RingError(f"{path} does not hold the object segment the peer announced")
+    return mm
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
+
+
+__all__ = ["HEADER", "ObjectSegments", "guard_sink"]
