@@ -20,9 +20,10 @@ Who gets what (all frames go over the pair's ring or its TLS connection, whose c
 proved the peer's node id):
 
 1. The sender, starting an object all of whose other members have switched rings with it,
-   creates ``<prefix>obj-p<pid>-<random>.obj`` in /dev/shm (``O_EXCL``, mode 0600, the whole
-   size reserved with ``posix_fallocate`` so a full /dev/shm fails the start cleanly here instead
-   of a write faulting later), writes a header (magic, size, a 16-byte random token) and offers
+   creates ``<prefix>obj-p<pid>-<random>.obj`` in /dev/shm (``O_EXCL``, mode 0600, only if
+   /dev/shm has room for it now; its pages are allocated block by block as ``pwrite`` fills
+   them, not all at once on the loop: 0.26 ms/MB, a quarter of a second per GB), writes a
+   header (magic, size, a 16-byte random token) and offers
    it (``ShmObjectOffer``) to the object's members only, through their rings: when the object
    is admitted at once (the default limits), before its descriptor leaves; otherwise a member
    may open the object before the offer comes, and then gets its bytes.
@@ -58,6 +59,7 @@ does is write a segment a member still refers to: step 4.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -91,6 +93,7 @@ MAX_SIZE = 1 << 40  # an offered object we map at most (virtual memory a peer ma
 
 GRANULE = 1 << 20  # segments are made in multiples of this: objects of nearly one size share them
 KEEP_IDLE = 128 << 20  # bytes of idle segments a sender keeps for its next objects
+ROOM_LEFT = 64 << 20  # /dev/shm bytes a new segment leaves free at least (for rings, other users)
 MAX_SEGMENTS = 16  # segments a sender keeps open at most, busy or waiting for their members' "free"
 KEEP_MAPPED = 2  # idle segments of one sender a member keeps mapped for its next objects
 
@@ -201,7 +204,10 @@ class ObjectSegments:
             return None
         try:
             os.fchmod(fd, 0o600)
-            os.posix_fallocate(fd, 0, HEADER + capacity)  # all of it now: no fault on a full /dev/shm later
+            room = os.fstatvfs(fd)
+            if room.f_bavail * room.f_frsize < HEADER + capacity + ROOM_LEFT:
+                raise OSError(errno.ENOSPC, f"{self._dir()} has not {capacity + ROOM_LEFT} bytes free")
+            os.ftruncate(fd, HEADER + capacity)
             os.pwrite(fd, _HEAD.pack(MAGIC, capacity, token), 0)
         except OSError as exc:
             os.close(fd)
@@ -220,7 +226,16 @@ class ObjectSegments:
         oid, block = parse_block_header(head, len(head) - BLOCK_HEADER_SIZE)
         p = self.placed.get(oid)
         if p is not None and not p.written[block]:
-            os.pwrite(p.segment.fd, data, HEADER + block * p.block_size)
+            try:
+                os.pwrite(p.segment.fd, data, HEADER + block * p.block_size)
+            except OSError as exc:
+                # /dev/shm filled up since the segment was made. The block's bytes go as bytes;
+                # a member reading the object in place refuses them and cuts this node off, and
+                # the view change ends the object (it is sent again in the next view).
+                log.error("object %s: block %s cannot be written into its segment: %s", oid, block, exc)
+                self.placed.pop(oid, None)
+                self.in_place.pop(oid, None)
+                return False
             p.written[block] = 1
         readers = self.in_place.get(oid)
         if readers is None or node not in readers:
