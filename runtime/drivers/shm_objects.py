@@ -274,6 +274,15 @@ class ObjectSegments:
             seg.holders.discard(sender)
             seg.free.discard(sender)
 
+    def owner_gone(self, owner: int) -> None:
+        """Our shared memory with ``owner`` closed (its process died, restarted or left): its
+        segments are unmapped here once nothing refers to them (it offers them no more). Our
+        own segments keep it among their holders: if it lives on and still views one, that
+        one is never written again (the oldest idle ones are closed past ``MAX_SEGMENTS``)."""
+        for (who, _), m in self.mapped.items():
+            if who == owner:
+                m.gone = True
+
     # ------------------------------------------------------------ ObjectMemory: a member
     def offered(self, sender: int, offer: ShmObjectOffer) -> None:
         """The sender's segment for one of its objects (new, or one mapped here already):

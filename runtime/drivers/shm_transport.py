@@ -408,6 +408,7 @@ class ShmTransport:
         if pair is None:
             return
         pair.blocks.clear()  # as the ring's writer drops what it holds: the peer is gone or new
+        self.objects.owner_gone(node_id)
         if pair.writer is not None:
             pair.writer.close()
         if pair.reader is not None:

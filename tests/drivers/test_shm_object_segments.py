@@ -185,3 +185,23 @@ def test_a_killed_senders_segment_is_removed_at_its_next_start(shm_dir: str) -> 
     open(other, "wb").close()
     assert remove_stale("seg", 1, shm_dir) == 1
     assert not os.path.exists(path) and os.path.exists(mine) and os.path.exists(other)
+
+
+def test_a_segment_of_a_sender_that_is_gone_is_unmapped_once_nothing_refers_to_it(shm_dir: str) -> None:
+    sender, seg = segments(1, [2], shm_dir)
+    data = os.urandom(2 * BLOCK)
+    d = describe(ObjectId(1, 0, 1), (1, 2), data, BLOCK)
+    seg.sending(d, memoryview(data))
+    member, mseg = segments(2, [1], shm_dir)
+    mseg.offered(1, sender.of(ShmObjectOffer)[-1][1])
+    view = mseg.receiving(d)
+    assert view is not None
+    mseg.owner_gone(1)  # its process died: it will never offer this segment again
+    mseg.done(d.oid)
+    for _ in range(3):
+        mseg.sweep()
+    assert len(mseg.mapped) == 1, "the application still views the object: mapped on"
+    del view
+    mseg.sweep()
+    assert mseg.mapped == {} and member.of(ShmSegmentFree) == []  # unmapped, nothing offered back
+    seg.close()
