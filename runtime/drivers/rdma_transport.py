@@ -279,8 +279,8 @@ class RdmaTransport(ShmTransport):
         if pair.writer is None or pair.switched or (tcp_peer is not None and tcp_peer.blocks):
             return
         self._send_setup(pair.peer, RdmaSwitch())
-        pair.switched = True
         log.info("node %s: frames to it go through RDMA", pair.peer)
+        self._switched_now(pair)  # with the blocks that waited for the ring since the accept
 
     # ------------------------------------------------------------ polling and teardown
     def _sweep(self) -> None:

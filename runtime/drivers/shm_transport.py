@@ -629,8 +629,15 @@ class ShmTransport:
         if pair.writer is None or pair.switched or (tcp_peer is not None and tcp_peer.blocks):
             return
         self._send_setup(pair.peer, ShmSwitch(pair.writer.names.base))
-        pair.switched = True
         log.info("node %s: frames to it go through shared memory (%s)", pair.peer, pair.writer.names.base)
+        self._switched_now(pair)
+
+    def _switched_now(self, pair: _Pair) -> None:
+        """The switch went (our last frame to the peer on TCP): frames and blocks go to the
+        ring from now on, first the blocks that waited for it since the peer accepted (a
+        subclass's ``_try_switch`` calls this too, or those blocks are never sent)."""
+        assert pair.writer is not None
+        pair.switched = True
         held, pair.blocks = pair.blocks, []
         for head, data in held:
             pair.writer.send_block(head, data)
