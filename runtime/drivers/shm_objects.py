@@ -87,7 +87,8 @@ log = logging.getLogger("derecho.shm")
 HEADER = 4096  # the object starts on a page of its own
 MAGIC = 0x3130_4A42_4F44_5244  # b"DRDOBJ01" as a little-endian word; bump with the layout
 _HEAD = struct.Struct("<QQ16s")  # magic, size, token
-MAX_OFFERS = 64  # offers mapped and not opened yet, at most (the oldest go first)
+MAX_OFFERS = 64  # offers of one peer mapped and not opened yet, at most (its oldest go first)
+MAX_EARLY = 64  # "in place" notes of one peer for objects not opened here yet, at most (its oldest go first)
 MAX_SIZE = 1 << 40  # an offered object we map at most (virtual memory a peer may make us map)
 
 
@@ -148,7 +149,14 @@ class ObjectSegments:
         self.mapped: OrderedDict[tuple[int, bytes], _Mapped] = OrderedDict()  # peers', by (owner, token)
         self.offers: OrderedDict[ObjectId, tuple[int, bytes]] = OrderedDict()  # offered, not opened yet
         self.adopted: set[ObjectId] = set()  # objects this node reads in place
-        self.in_place: OrderedDict[ObjectId, set[int]] = OrderedDict()  # members reading oid in place
+        self.in_place: dict[ObjectId, set[int]] = {}  # members reading oid in place (objects open here)
+        # The members of every object open here (sent or received): a peer's "in place" counts
+        # only for an object it is a member of, so a peer cannot make this node send an honest
+        # member's blocks as bytes (which that member, reading in place, takes as hostile).
+        self.members: dict[ObjectId, frozenset[int]] = {}
+        # "In place" notes that came before this node opened the object, per peer: bounded per
+        # peer, so a peer's flood only pushes out its own notes.
+        self.early: dict[int, OrderedDict[ObjectId, None]] = {}
         # Objects the engine let go of, by the sweep they did: the driver still carries out the
         # sends the engine issued in the same step (its last relays), which need what is here.
         self.retiring: list[tuple[int, ObjectId]] = []
@@ -167,6 +175,7 @@ class ObjectSegments:
 
     # ------------------------------------------------------------ ObjectMemory: the sender
     def sending(self, descriptor: ObjectDescriptor, data: memoryview) -> None:
+        self._opened(descriptor)
         others = descriptor.members[1:]
         if self.transport.refusal or not others or not all(self._switched(m) for m in others):
             return
@@ -316,11 +325,21 @@ class ObjectSegments:
         else:
             self.mapped[key].busy = offer.oid
             self.offers[offer.oid] = key
-            while len(self.offers) > MAX_OFFERS:
-                self._release(self.offers.popitem(last=False)[0])
+            mine = [oid for oid, (owner, _) in self.offers.items() if owner == sender]
+            for oid in mine[: len(mine) - MAX_OFFERS]:  # its objects never opened here (a view ended)
+                self._drop_offer(oid)
         self.transport.send(sender, frame(ShmObjectAnswer(offer.oid, not why)))
 
+    def _drop_offer(self, oid: ObjectId) -> None:
+        """Forget an offer never opened here: only the offer (its segment is idle again here),
+        nothing of an object in flight."""
+        key = self.offers.pop(oid, None)
+        m = self.mapped.get(key) if key is not None else None
+        if m is not None and m.busy == oid:
+            m.busy = None
+
     def receiving(self, descriptor: ObjectDescriptor) -> memoryview | None:
+        self._opened(descriptor)
         oid = descriptor.oid
         key = self.offers.pop(oid, None)
         m = self.mapped.get(key) if key is not None else None
@@ -341,13 +360,32 @@ class ObjectSegments:
             log.info("objects of node %s are read in place from its segments", oid.sender)
         return memoryview(m.mm)[HEADER : HEADER + descriptor.size]
 
+    def _opened(self, descriptor: ObjectDescriptor) -> None:
+        """The engine opened ``descriptor`` here: its members' "in place" notes count now."""
+        oid = descriptor.oid
+        members = self.members[oid] = frozenset(descriptor.members)
+        for peer in members:
+            notes = self.early.get(peer)
+            if notes is not None and notes.pop(oid, 0) is None:
+                self.in_place.setdefault(oid, set()).add(peer)
+                if not notes:
+                    del self.early[peer]
+
     def reads_in_place(self, sender: int, msg: ShmInPlace) -> None:
-        readers = self.in_place.get(msg.oid)
-        if readers is None:
-            readers = self.in_place[msg.oid] = set()
-            while len(self.in_place) > MAX_OFFERS:  # objects never opened here (a view ended)
-                self.in_place.popitem(last=False)
-        readers.add(sender)
+        """A member reads ``msg.oid`` in place: its blocks go to it as ``ShmBlockInPlace``. Only
+        from a member of an object open here; one not open yet is noted (bounded per peer)."""
+        oid = msg.oid
+        members = self.members.get(oid)
+        if members is not None:
+            if sender in members:
+                self.in_place.setdefault(oid, set()).add(sender)
+            else:
+                log.warning("node %s says it reads object %s in place, of which it is no member: ignored", sender, oid)
+            return
+        notes = self.early.setdefault(sender, OrderedDict())
+        notes[oid] = None
+        while len(notes) > MAX_EARLY:  # objects never opened here (a view ended): its own oldest go
+            notes.popitem(last=False)
 
     def landed(self, sender: int, msg: ShmBlockInPlace, sink: BlockDestination | None) -> Any:
         """A block in place: reserve it as if its bytes had come (the engine checks sender,
@@ -423,6 +461,7 @@ class ObjectSegments:
                 m.busy = None
         self.adopted.discard(oid)
         self.in_place.pop(oid, None)
+        self.members.pop(oid, None)
 
     def close(self) -> None:
         self.retiring.clear()
@@ -437,6 +476,8 @@ class ObjectSegments:
         self.mapped.clear()
         self.offers.clear()
         self.in_place.clear()
+        self.members.clear()
+        self.early.clear()
         self.adopted.clear()
 
 
