@@ -74,6 +74,7 @@ from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectId
 from runtime.core.rdmc_events import Refusal
 from runtime.drivers.shm_names import new_object_path, offered_object_path
 from runtime.drivers.shm_segment import RingError, attach_segment
+from runtime.drivers.shm_worker import SLOW_CALLS
 from runtime.drivers.transport import BlockDestination
 from runtime.wire.codec import frame
 from runtime.wire.shm_setup import ShmBlockInPlace, ShmInPlace, ShmObjectAnswer, ShmObjectOffer, ShmSegmentFree
@@ -117,6 +118,7 @@ class _Segment:
     free: set[int] = field(default_factory=set)  # holders that hold no view of it now
     busy: ObjectId | None = None  # the object in it now (written, moving, held by members)
     waiting: set[int] = field(default_factory=set)  # members that have not answered its first offer
+    reserved: bool = False  # its pages are allocated (posix_fallocate): a write there cannot fail for room
 
 
 @dataclass(slots=True)
@@ -183,10 +185,9 @@ class ObjectSegments:
         need = set(others)
         seg = None
         for s in self.segments.values():  # an idle one every member maps: no new pages
-            if s.busy is None and s.capacity >= size and need <= s.holders and s.holders <= s.free:
+            if s.busy is None and s.reserved and s.capacity >= size and need <= s.holders and s.holders <= s.free:
                 if seg is None or s.capacity < seg.capacity:
                     seg = s
-        base = ""
         if seg is not None:
             seg.free -= need
             self.reused_total += 1
@@ -195,13 +196,59 @@ class ObjectSegments:
             if seg is None:
                 return
             seg.waiting = set(need)
-            base = seg.path
         seg.busy = oid
-        self.placed[oid] = _Placed(seg, descriptor.block_size, bytearray(descriptor.blocks))
+        placed = self.placed[oid] = _Placed(seg, descriptor.block_size, bytearray(descriptor.blocks))
         self.placed_total += 1
-        offer = frame(ShmObjectOffer(oid, base, size, seg.token))
-        for m in others:
+        if seg.reserved:
+            self._offer(descriptor, placed, fresh=False)
+            return
+        # Offered only once its room is reserved, so no write a member reads in place can fail
+        # for room (several senders on this host cannot overcommit /dev/shm together). Until
+        # then its blocks are written as they go (so all are there when it is offered), and a
+        # write that fails only means no offer: every member gets bytes.
+        fd = seg.fd
+
+        def reserve() -> None:
+            mine = os.dup(fd)  # the loop may close the segment's own descriptor meanwhile
+            try:
+                os.posix_fallocate(mine, 0, HEADER + seg.capacity)
+            finally:
+                os.close(mine)
+
+        SLOW_CALLS.submit(reserve, lambda got: self._reserved(descriptor, placed, got))
+
+    def _reserved(self, descriptor: ObjectDescriptor, placed: _Placed, got: Any) -> None:
+        """The reservation of a new segment's room ended (``got``: the error, if it failed)."""
+        seg = placed.segment
+        if self.segments.get(seg.token) is not seg:
+            return  # dropped meanwhile (a failed write, close)
+        if isinstance(got, OSError):
+            log.warning("object %s goes through the rings: cannot reserve %d bytes for it: %s", descriptor.oid, seg.capacity, got)
+            self._abandon(descriptor.oid, placed)
+            return
+        seg.reserved = True
+        if self.placed.get(descriptor.oid) is placed:  # still in flight, every write into it done
+            self._offer(descriptor, placed, fresh=True)
+
+    def _offer(self, descriptor: ObjectDescriptor, placed: _Placed, *, fresh: bool) -> None:
+        """Offer the segment to the object's members: by its name if ``fresh``, else by its
+        token (they map it already)."""
+        seg = placed.segment
+        base = seg.path if fresh else ""
+        offer = frame(ShmObjectOffer(descriptor.oid, base, descriptor.size, seg.token))
+        for m in descriptor.members[1:]:
             self.transport.send(m, offer)
+
+    def _abandon(self, oid: ObjectId, placed: _Placed) -> None:
+        """``oid`` is not (any more) in its segment: its blocks go as bytes; the segment, busy
+        with it no more, is closed (its members unmap it once nothing there refers to it)."""
+        if self.placed.get(oid) is placed:
+            del self.placed[oid]
+        seg = placed.segment
+        if seg.busy == oid:
+            seg.busy = None
+        if self.segments.get(seg.token) is seg:
+            self._drop_segment(seg)
 
     def _new_segment(self, oid: ObjectId, capacity: int) -> _Segment | None:
         path = new_object_path(self.transport.cluster, self.transport.node_id, self._dir())
@@ -238,12 +285,12 @@ class ObjectSegments:
             try:
                 os.pwrite(p.segment.fd, data, HEADER + block * p.block_size)
             except OSError as exc:
-                # /dev/shm filled up since the segment was made. The block's bytes go as bytes;
-                # a member reading the object in place refuses them and cuts this node off, and
-                # the view change ends the object (it is sent again in the next view).
+                # Not offered yet (its room not reserved): no member reads it in place, all get
+                # bytes. Offered, its room was reserved: not for want of room (an I/O error of
+                # the kernel's); a member reading in place then refuses the bytes, and the view
+                # change ends the object (it is sent again in the next view).
                 log.error("object %s: block %s cannot be written into its segment: %s", oid, block, exc)
-                self.placed.pop(oid, None)
-                self.in_place.pop(oid, None)
+                self._abandon(oid, p)
                 return False
             p.written[block] = 1
         readers = self.in_place.get(oid)
@@ -419,9 +466,9 @@ class ObjectSegments:
         for owner, keys in idle_mapped.items():
             for key in [k for k in keys if self.mapped[k].gone]:
                 keys.remove(key)
-                self.mapped.pop(key).mm.close()
+                _unmap(self.mapped.pop(key).mm)
             for key in keys[:-KEEP_MAPPED]:  # the oldest beyond the bound: unmapped
-                self.mapped.pop(key).mm.close()
+                _unmap(self.mapped.pop(key).mm)
                 self.transport.send(owner, frame(ShmSegmentFree(key[1], False)))
             for key in keys[-KEEP_MAPPED:]:
                 m = self.mapped[key]
@@ -444,7 +491,8 @@ class ObjectSegments:
 
     def _drop_segment(self, seg: _Segment, tell: bool = True) -> None:
         del self.segments[seg.token]
-        os.close(seg.fd)
+        fd = seg.fd
+        SLOW_CALLS.submit(lambda: os.close(fd))  # the last reference frees every page: off the loop
         if seg.waiting:
             _unlink(seg.path)
         gone = frame(ShmSegmentFree(seg.token, False))
@@ -501,6 +549,19 @@ def _attach(path: str, size: int, token: bytes) -> mmap.mmap:
         mm.close()
         raise RingError(f"{path} does not hold the object segment the peer announced")
     return mm
+
+
+def _unmap(mm: mmap.mmap) -> None:
+    """Unmap ``mm`` off the loop (the last mapping of a segment frees its pages; nothing here
+    refers to it any more)."""
+
+    def unmap() -> None:
+        try:
+            mm.close()
+        except BufferError:  # a view was made after all: unmapped when that goes
+            pass
+
+    SLOW_CALLS.submit(unmap)
 
 
 def _unlink(path: str) -> None:

@@ -5,11 +5,17 @@ into its segment never gets the sender cut off; a lost member's segments are fre
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
+import threading
+from typing import Any
 
 import pytest
 
 from runtime.core.rdmc_descriptor import ObjectId, describe
+from runtime.drivers import shm_objects
+from runtime.drivers.shm_worker import SLOW_CALLS
 from runtime.wire.shm_setup import ShmBlockInPlace, ShmInPlace, ShmObjectOffer
 from runtime.wire.transfers import block_frame_head
 from tests.drivers.test_shm_object_segments import BLOCK, segments, shm_dir  # noqa: F401
@@ -70,3 +76,115 @@ def test_a_peers_flood_of_offers_does_not_push_out_another_senders_offer(shm_dir
     del view
     for s in (mseg, xseg, hseg):
         s.close()
+
+
+def _files(d: str) -> list[str]:
+    return [n for n in os.listdir(d) if n.endswith(".obj")]
+
+
+def test_a_block_that_cannot_be_written_frees_its_segment(shm_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sender, seg = segments(1, [2], shm_dir)
+    data = os.urandom(2 * BLOCK)
+    d = describe(ObjectId(1, 0, 1), (1, 2), data, BLOCK)
+    seg.sending(d, memoryview(data))
+
+    def no_room(fd: int, data: Any, offset: int) -> int:
+        raise OSError(errno.EIO, "an I/O error")
+
+    monkeypatch.setattr(shm_objects.os, "pwrite", no_room)
+    assert not seg.block_out(2, *_block(d.oid, data))
+    monkeypatch.undo()
+    assert seg.placed == {} and all(s.busy is None for s in seg.segments.values())
+    seg.close()
+
+
+def test_no_offer_when_the_segments_room_cannot_be_reserved(shm_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shm_objects.os, "posix_fallocate", full)
+    sender, seg = segments(1, [2], shm_dir)
+    data = os.urandom(2 * BLOCK)
+    d = describe(ObjectId(1, 0, 1), (1, 2), data, BLOCK)
+    seg.sending(d, memoryview(data))
+    assert sender.of(ShmObjectOffer) == []
+    assert not seg.block_out(2, *_block(d.oid, data))
+    assert seg.segments == {} and seg.placed == {}
+    SLOW_CALLS.drain()
+    assert _files(shm_dir) == []
+    seg.close()
+
+
+def test_a_write_failing_before_the_room_is_reserved_means_no_offer(shm_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the loop, the offer waits for the reservation: a block whose write failed meanwhile
+    (no room yet) leaves every member on bytes, nobody reading in place to refuse them."""
+
+    async def main() -> None:
+        sender, seg = segments(1, [2], shm_dir)
+        data = os.urandom(2 * BLOCK)
+        d = describe(ObjectId(1, 0, 1), (1, 2), data, BLOCK)
+        seg.sending(d, memoryview(data))
+        assert sender.of(ShmObjectOffer) == [], "offered before its room is reserved"
+        real = os.pwrite
+
+        def no_room(fd: int, data: Any, offset: int) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        shm_objects.os.pwrite = no_room  # type: ignore[assignment]
+        try:
+            assert not seg.block_out(2, *_block(d.oid, data))
+        finally:
+            shm_objects.os.pwrite = real  # type: ignore[assignment]
+        for _ in range(100):
+            SLOW_CALLS.drain()
+            await asyncio.sleep(0.01)
+        assert sender.of(ShmObjectOffer) == [] and seg.segments == {} and seg.placed == {}
+        # A next object gets a segment, offered once reserved.
+        d2 = describe(ObjectId(1, 1, 1), (1, 2), data, BLOCK)
+        seg.sending(d2, memoryview(data))
+        for _ in range(100):
+            if sender.of(ShmObjectOffer):
+                break
+            await asyncio.sleep(0.01)
+        assert [o.oid for _, o in sender.of(ShmObjectOffer)] == [d2.oid]
+        seg.close()
+        SLOW_CALLS.drain()
+
+    asyncio.run(main())
+
+
+def test_segments_are_closed_and_unmapped_off_the_loop(shm_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freeing a large segment's pages takes a tenth of a second per 512 MB: not on the loop."""
+    threads: list[str] = []
+    real_close = os.close
+
+    def close(fd: int) -> None:
+        threads.append(threading.current_thread().name)
+        real_close(fd)
+
+    async def main() -> None:
+        sender, seg = segments(1, [2], shm_dir)
+        member, mseg = segments(2, [1], shm_dir)
+        data = os.urandom(2 * BLOCK)
+        d = describe(ObjectId(1, 0, 1), (1, 2), data, BLOCK)
+        seg.sending(d, memoryview(data))
+        for _ in range(100):
+            if sender.of(ShmObjectOffer):
+                break
+            await asyncio.sleep(0.01)
+        mseg.offered(1, sender.of(ShmObjectOffer)[-1][1])
+        mseg.owner_gone(1)
+        mapped = next(iter(mseg.mapped.values()))  # not its mm: a reference keeps it mapped
+        monkeypatch.setattr(shm_objects.os, "close", close)
+        seg._drop_segment(next(iter(seg.segments.values())))
+        mseg.done(d.oid)
+        for _ in range(3):
+            mseg.sweep()
+        assert mseg.mapped == {}
+        SLOW_CALLS.drain()
+        assert threads == ["shm-slow-calls"]
+        assert mapped.mm.closed
+        seg.close()
+        mseg.close()
+
+    asyncio.run(main())
