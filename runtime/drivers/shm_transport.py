@@ -154,6 +154,7 @@ class ShmTransport:
         self._closing = False
         self.refusal = self._local_refusal()
         self.objects = ObjectSegments(self)  # large objects written once, read in place (shm_objects)
+        self._objects_ignored: set[int] = set()  # peers whose object frames were ignored (logged once)
 
     def _local_refusal(self) -> str:
         """Why this node offers no shared memory at all ("" if it does)."""
@@ -441,6 +442,8 @@ class ShmTransport:
                 self.bad_ring_frames += 1
                 self.tcp.warn("bad-frame", "shm:0", "dropped a bad frame from node %s's ring: %s", sender, item)
             elif type(item) in objects:  # at once: an offer before the descriptor after it
+                if not self._objects_allowed(sender, item):
+                    continue
                 if type(item) is ShmBlockInPlace:
                     good.append(self.objects.landed(sender, item, self._sink))
                 else:
@@ -473,7 +476,21 @@ class ShmTransport:
         self.pairs[node_id] = _Pair(node_id, None, probed=True)
         self.tcp.send(node_id, frame(ShmProbe(self.host, self.uid)))
 
+    def _objects_allowed(self, sender: int, msg: Any) -> bool:
+        """Object frames count only where objects are placed in shared memory (not refused
+        here, not a subclass's pairs across hosts) and only from a peer whose ring to us is
+        mapped: otherwise a peer could make this node open and map files. Logged once a peer."""
+        pair = self.pairs.get(sender)
+        if self.object_memory is not None and pair is not None and pair.reader is not None:
+            return True
+        if sender not in self._objects_ignored:
+            self._objects_ignored.add(sender)
+            log.warning("node %s sent %s, but objects do not go through shared memory with it: ignored", sender, type(msg).__name__)
+        return False
+
     def _object_frame(self, sender: int, msg: Any) -> None:
+        if not self._objects_allowed(sender, msg):
+            return
         if type(msg) is ShmObjectOffer:
             self.objects.offered(sender, msg)
         elif type(msg) is ShmObjectAnswer:

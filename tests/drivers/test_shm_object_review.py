@@ -15,10 +15,14 @@ import pytest
 
 from runtime.core.rdmc_descriptor import ObjectId, describe
 from runtime.drivers import shm_objects
+from runtime.drivers.shm_transport import TransportMode
 from runtime.drivers.shm_worker import SLOW_CALLS
+from runtime.wire.codec import frame
+from runtime.wire.control import AppMessage
 from runtime.wire.shm_setup import ShmBlockInPlace, ShmInPlace, ShmObjectOffer
 from runtime.wire.transfers import block_frame_head
 from tests.drivers.test_shm_object_segments import BLOCK, segments, shm_dir  # noqa: F401
+from tests.drivers.test_shm_transport import pair, turns
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -186,5 +190,25 @@ def test_segments_are_closed_and_unmapped_off_the_loop(shm_dir: str, monkeypatch
         assert mapped.mm.closed
         seg.close()
         mseg.close()
+
+    asyncio.run(main())
+
+
+def test_object_frames_are_ignored_where_shared_memory_is_refused(shm_dir: str) -> None:
+    """A node set to TCP (or a peer whose ring is not mapped) opens no file a peer names."""
+
+    async def main() -> None:
+        a, b = await pair(shm_dir, TransportMode.TCP)
+        offers: list[Any] = []
+        b.shm.objects.offered = lambda sender, offer: offers.append(offer)  # type: ignore[method-assign]
+        a.shm.send(2, frame(AppMessage(b"x")))
+        await turns()
+        path = os.path.join(shm_dir, "derecho-t-n1-obj-p1-0123456789abcdef.obj")
+        a.tcp.send(2, frame(ShmObjectOffer(ObjectId(1, 0, 1), path, BLOCK, b"t" * 16)))
+        await turns()
+        assert offers == []
+        assert b.shm.object_memory is None
+        await a.shm.close()
+        await b.shm.close()
 
     asyncio.run(main())
