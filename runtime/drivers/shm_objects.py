@@ -119,6 +119,7 @@ class _Segment:
     busy: ObjectId | None = None  # the object in it now (written, moving, held by members)
     waiting: set[int] = field(default_factory=set)  # members that have not answered its first offer
     reserved: bool = False  # its pages are allocated (posix_fallocate): a write there cannot fail for room
+    retired: bool = False  # a member that mapped it is gone: never written again, closed once idle
 
 
 @dataclass(slots=True)
@@ -185,7 +186,7 @@ class ObjectSegments:
         need = set(others)
         seg = None
         for s in self.segments.values():  # an idle one every member maps: no new pages
-            if s.busy is None and s.reserved and s.capacity >= size and need <= s.holders and s.holders <= s.free:
+            if s.busy is None and s.reserved and not s.retired and s.capacity >= size and need <= s.holders and s.holders <= s.free:
                 if seg is None or s.capacity < seg.capacity:
                     seg = s
         if seg is not None:
@@ -331,13 +332,26 @@ class ObjectSegments:
             seg.free.discard(sender)
 
     def owner_gone(self, owner: int) -> None:
-        """Our shared memory with ``owner`` closed (its process died, restarted or left): its
-        segments are unmapped here once nothing refers to them (it offers them no more). Our
-        own segments keep it among their holders: if it lives on and still views one, that
-        one is never written again (the oldest idle ones are closed past ``MAX_SEGMENTS``)."""
+        """Our shared memory with ``owner`` closed (its process died, restarted, left, or the
+        pair fell back to TCP): its segments are unmapped here once nothing refers to them (it
+        offers them no more). Our own segments it mapped are never written again (if it lives
+        on, it may still view one, and it will never say "free" over a ring that is gone):
+        each is closed once no object of ours is in it, so a killed member's pages go with its
+        mappings, and its other members unmap it once nothing there refers to it."""
         for (who, _), m in self.mapped.items():
             if who == owner:
                 m.gone = True
+        for seg in list(self.segments.values()):
+            if owner in seg.holders or owner in seg.waiting:
+                seg.holders.discard(owner)
+                seg.free.discard(owner)
+                if owner in seg.waiting:
+                    seg.waiting.discard(owner)
+                    if not seg.waiting:
+                        _unlink(seg.path)
+                seg.retired = True
+                if seg.busy is None:
+                    self._drop_segment(seg)
 
     # ------------------------------------------------------------ ObjectMemory: a member
     def offered(self, sender: int, offer: ShmObjectOffer) -> None:
@@ -503,6 +517,8 @@ class ObjectSegments:
         p = self.placed.pop(oid, None)
         if p is not None and p.segment.busy == oid:
             p.segment.busy = None
+            if p.segment.retired and self.segments.get(p.segment.token) is p.segment:
+                self._drop_segment(p.segment)
         self.offers.pop(oid, None)
         for m in self.mapped.values():
             if m.busy == oid:

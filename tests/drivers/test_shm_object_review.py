@@ -19,7 +19,8 @@ from runtime.drivers.shm_transport import TransportMode
 from runtime.drivers.shm_worker import SLOW_CALLS
 from runtime.wire.codec import frame
 from runtime.wire.control import AppMessage
-from runtime.wire.shm_setup import ShmBlockInPlace, ShmInPlace, ShmObjectOffer
+from runtime.drivers.shm_objects import MAX_SEGMENTS
+from runtime.wire.shm_setup import ShmBlockInPlace, ShmInPlace, ShmObjectAnswer, ShmObjectOffer
 from runtime.wire.transfers import block_frame_head
 from tests.drivers.test_shm_object_segments import BLOCK, segments, shm_dir  # noqa: F401
 from tests.drivers.test_shm_transport import pair, turns
@@ -212,3 +213,26 @@ def test_object_frames_are_ignored_where_shared_memory_is_refused(shm_dir: str) 
         await b.shm.close()
 
     asyncio.run(main())
+
+
+def test_a_lost_members_segments_are_closed(shm_dir: str) -> None:
+    """A member killed before it said "free" held every segment: closed once it is lost."""
+    sender, seg = segments(1, [2], shm_dir)
+    for i in range(20):
+        data = os.urandom(2 * BLOCK)
+        d = describe(ObjectId(1, i, 1), (1, 2), data, BLOCK)
+        seg.sending(d, memoryview(data))
+        seg.answered(2, ShmObjectAnswer(d.oid, True))
+        if i < 19:
+            seg.done(d.oid)
+        for _ in range(3):
+            seg.sweep()
+    assert len(seg.segments) == MAX_SEGMENTS  # what the lost member holds, one of them busy
+    seg.owner_gone(2)
+    assert len(seg.segments) == 1, "the one still busy is closed once its object is done"
+    seg.done(d.oid)
+    for _ in range(3):
+        seg.sweep()
+    assert seg.segments == {}
+    SLOW_CALLS.drain()
+    seg.close()
