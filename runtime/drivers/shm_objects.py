@@ -90,7 +90,8 @@ MAGIC = 0x3130_4A42_4F44_5244  # b"DRDOBJ01" as a little-endian word; bump with 
 _HEAD = struct.Struct("<QQ16s")  # magic, size, token
 MAX_OFFERS = 64  # offers of one peer mapped and not opened yet, at most (its oldest go first)
 MAX_EARLY = 64  # "in place" notes of one peer for objects not opened here yet, at most (its oldest go first)
-MAX_SIZE = 1 << 40  # an offered object we map at most (virtual memory a peer may make us map)
+MAX_SIZE = 1 << 40  # an offered object we map at most, unless the engine says less (``limit``)
+MAX_PENDING = 1 << 40  # bytes of one peer's offers mapped and not opened yet, unless ``limit`` says less
 
 
 GRANULE = 1 << 20  # segments are made in multiples of this: objects of nearly one size share them
@@ -168,6 +169,14 @@ class ObjectSegments:
         self.reused_total = 0  # ... in one it had used before
         self.adopted_total = 0  # objects this node read in place
         self._told: set[int] = set()  # senders whose objects were logged as read in place
+        self.max_size = MAX_SIZE  # an offer's size at most
+        self.max_pending = MAX_PENDING  # bytes of one peer's offers mapped and not opened yet
+
+    def limit(self, max_object_size: int, max_bytes: int) -> None:
+        """The engine's bounds: no object is larger than ``max_object_size``, nor a sender's
+        objects in flight more than ``max_bytes`` (what a peer's offers may make us map)."""
+        self.max_size = min(MAX_SIZE, max_object_size)
+        self.max_pending = min(MAX_PENDING, max(max_bytes, max_object_size))
 
     def _switched(self, node: int) -> bool:
         pair = self.transport.pairs.get(node)
@@ -361,8 +370,10 @@ class ObjectSegments:
         key = (sender, offer.token)
         if offer.oid.sender != sender:
             why = f"it offers object {offer.oid} of node {offer.oid.sender}"
-        elif not 0 <= offer.size <= MAX_SIZE:
-            why = f"size {offer.size} is out of range"
+        elif not 0 <= offer.size <= self.max_size:
+            why = f"size {offer.size} is out of range (at most {self.max_size})"
+        elif not self._room_for(sender, capacity_for(offer.size)):
+            why = f"its offers not opened yet would map more than {self.max_pending} bytes"
         elif offer.base:
             path = offered_object_path(offer.base, self.transport.cluster, sender, self._dir())
             if path is None:
@@ -390,6 +401,23 @@ class ObjectSegments:
             for oid in mine[: len(mine) - MAX_OFFERS]:  # its objects never opened here (a view ended)
                 self._drop_offer(oid)
         self.transport.send(sender, frame(ShmObjectAnswer(offer.oid, not why)))
+
+    def _room_for(self, sender: int, size: int) -> bool:
+        """Whether ``sender``'s offers mapped here and not opened yet, with one more of ``size``
+        bytes, stay within ``max_pending``; its oldest go first (objects never opened here)."""
+        mine = []
+        total = size
+        for oid, (owner, token) in self.offers.items():
+            m = self.mapped.get((owner, token)) if owner == sender else None
+            if m is not None:
+                mine.append((oid, len(m.mm) - HEADER))
+                total += len(m.mm) - HEADER
+        for oid, n in mine:
+            if total <= self.max_pending:
+                break
+            self._drop_offer(oid)
+            total -= n
+        return total <= self.max_pending
 
     def _drop_offer(self, oid: ObjectId) -> None:
         """Forget an offer never opened here: only the offer (its segment is idle again here),

@@ -39,7 +39,8 @@ def attach_segment(path: str, size: int, what: str, *, writable: bool) -> mmap.m
     """Map the peer's segment at ``path`` (``writable``: read-write, else read-only); raise
     ``RingError`` unless it is a regular file of our own user, mode 0600, of ``size`` bytes
     (``what`` names the segment in that error)."""
-    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
+    # O_NONBLOCK: a FIFO (or a device) at a valid name must not block the loop in open().
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         fd = os.open(path, flags)
     except OSError as exc:

@@ -236,3 +236,31 @@ def test_a_lost_members_segments_are_closed(shm_dir: str) -> None:
     assert seg.segments == {}
     SLOW_CALLS.drain()
     seg.close()
+
+
+def test_offers_are_bounded_by_the_engines_sizes(shm_dir: str) -> None:
+    honest, hseg = segments(1, [2], shm_dir)
+    member, mseg = segments(2, [1], shm_dir)
+    mseg.limit(max_object_size=4 << 20, max_bytes=8 << 20)
+    big = ShmObjectOffer(ObjectId(1, 0, 1), os.path.join(shm_dir, "derecho-seg-n1-obj-p1-0123456789abcdef.obj"), 1 << 40, b"t" * 16)
+    mseg.offered(1, big)
+    assert [a.mapped for _, a in member.of(ShmObjectAnswer)] == [False]
+    sent = []
+    for i in range(12):  # 12 offers of 1 MiB segments: at most 8 MiB of them mapped, the newest
+        x = describe(ObjectId(1, i, 1), (1, 2), b"x" * BLOCK, BLOCK)
+        hseg.sending(x, memoryview(b"x" * BLOCK))
+        mseg.offered(1, honest.of(ShmObjectOffer)[-1][1])
+        sent.append(x.oid)
+    assert all(a.mapped for _, a in member.of(ShmObjectAnswer)[1:])
+    assert list(mseg.offers) == sent[-8:]
+    mseg.close()
+    hseg.close()
+
+
+def test_a_fifo_at_an_offered_name_does_not_block(shm_dir: str) -> None:
+    member, mseg = segments(2, [1], shm_dir)
+    path = os.path.join(shm_dir, "derecho-seg-n1-obj-p1-0123456789abcdef.obj")
+    os.mkfifo(path, 0o600)
+    mseg.offered(1, ShmObjectOffer(ObjectId(1, 0, 1), path, BLOCK, b"t" * 16))  # the timeout guards a hang
+    assert [a.mapped for _, a in member.of(ShmObjectAnswer)] == [False]
+    mseg.close()
