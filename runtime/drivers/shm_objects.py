@@ -44,8 +44,9 @@ proved the peer's node id):
    own mappings); the member then keeps it mapped, and the offer of the next object names it by
    its token. Fresh pages cost the sender 0.26 ms/MB to allocate and 0.14 to free (shmem, here),
    so this reuse is what makes the segment cheaper than a receive buffer of each member's own.
-   Bounds: a sender keeps at most ``KEEP_IDLE`` bytes of segments nobody uses and
-   ``MAX_SEGMENTS`` open; a member keeps ``KEEP_MAPPED`` idle segments per sender mapped.
+   Bounds: a sender keeps at most ``KEEP_IDLE`` bytes and ``KEEP_MAPPED`` of segments nobody
+   uses (its last used: those its members keep) and ``MAX_SEGMENTS`` open; a member keeps
+   ``KEEP_MAPPED`` idle segments per sender mapped.
 
 What the sender can still do to the bytes. The owner keeps its descriptor to the file open (to
 write its next objects there); nobody maps it writable. So the sender's process, or any of the
@@ -200,6 +201,7 @@ class ObjectSegments:
                     seg = s
         if seg is not None:
             seg.free -= need
+            self.segments[seg.token] = self.segments.pop(seg.token)  # the last used: kept longest
             self.reused_total += 1
         else:
             seg = self._new_segment(oid, capacity_for(size))
@@ -387,8 +389,10 @@ class ObjectSegments:
                     why = str(exc)
         else:
             m = self.mapped.get(key)
-            if m is None or m.busy is not None or not m.told_free:
-                why = "a segment not mapped here, or not free"
+            if m is None:
+                why = "a segment not mapped here (unmapped, or never offered)"
+            elif m.busy is not None or not m.told_free:
+                why = "a segment still in use here (not said free)"
             else:
                 m.told_free = False
                 self.mapped.move_to_end(key)
@@ -517,14 +521,17 @@ class ObjectSegments:
                 if not m.told_free:
                     m.told_free = True
                     self.transport.send(owner, frame(ShmSegmentFree(key[1], True)))
-        # Segments every holder let go of are kept up to KEEP_IDLE bytes (newest first); those
-        # a member's application still holds cost nothing more here (the pages are the same),
-        # so they wait for its "free", at most MAX_SEGMENTS of them (the oldest go first).
-        kept = 0
+        # Segments every holder let go of are kept up to KEEP_IDLE bytes and KEEP_MAPPED of them
+        # (newest first: last used, in the order members keep theirs, so this node offers none a
+        # member has just unmapped); those a member's application still holds cost nothing more
+        # here (the pages are the same), so they wait for its "free", at most MAX_SEGMENTS of
+        # them (the oldest go first).
+        kept = count = 0
         for s in reversed(list(self.segments.values())):
-            if s.busy is None and s.holders <= s.free:
-                if kept + s.capacity <= KEEP_IDLE:
+            if s.busy is None and (s.retired or s.holders <= s.free):
+                if not s.retired and count < KEEP_MAPPED and kept + s.capacity <= KEEP_IDLE:
                     kept += s.capacity
+                    count += 1
                 else:
                     self._drop_segment(s)
         if len(self.segments) > MAX_SEGMENTS:

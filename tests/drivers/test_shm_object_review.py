@@ -19,8 +19,8 @@ from runtime.drivers.shm_transport import TransportMode
 from runtime.drivers.shm_worker import SLOW_CALLS
 from runtime.wire.codec import frame
 from runtime.wire.control import AppMessage
-from runtime.drivers.shm_objects import MAX_SEGMENTS
-from runtime.wire.shm_setup import ShmBlockInPlace, ShmInPlace, ShmObjectAnswer, ShmObjectOffer
+from runtime.drivers.shm_objects import KEEP_MAPPED, MAX_SEGMENTS
+from runtime.wire.shm_setup import ShmBlockInPlace, ShmInPlace, ShmObjectAnswer, ShmObjectOffer, ShmSegmentFree
 from runtime.wire.transfers import block_frame_head
 from tests.drivers.test_shm_object_segments import BLOCK, segments, shm_dir  # noqa: F401
 from tests.drivers.test_shm_transport import pair, turns
@@ -264,3 +264,33 @@ def test_a_fifo_at_an_offered_name_does_not_block(shm_dir: str) -> None:
     mseg.offered(1, ShmObjectOffer(ObjectId(1, 0, 1), path, BLOCK, b"t" * 16))  # the timeout guards a hang
     assert [a.mapped for _, a in member.of(ShmObjectAnswer)] == [False]
     mseg.close()
+
+
+def test_a_sender_keeps_the_idle_segments_its_members_keep(shm_dir: str) -> None:
+    """Members keep their last KEEP_MAPPED idle segments of a sender mapped: the sender keeps
+    no others, so it never offers one a member has just unmapped."""
+    sender, seg = segments(1, [2], shm_dir)
+    member, mseg = segments(2, [1], shm_dir)
+    oids = []
+    for i in range(KEEP_MAPPED + 2):  # each in a segment of its own: all in flight at once
+        data = os.urandom(BLOCK)
+        d = describe(ObjectId(1, i, 1), (1, 2), data, BLOCK)
+        seg.sending(d, memoryview(data))
+        mseg.offered(1, sender.of(ShmObjectOffer)[-1][1])
+        seg.answered(2, member.of(ShmObjectAnswer)[-1][1])
+        assert mseg.receiving(d) is not None
+        oids.append(d.oid)
+    for oid in oids:
+        seg.done(oid)
+        mseg.done(oid)
+    for _ in range(3):
+        seg.sweep()
+        mseg.sweep()
+        for _, msg in member.of(ShmSegmentFree):
+            seg.segment_free(2, msg)
+        seg.sweep()
+    kept_here = {t for (_, t) in mseg.mapped}
+    assert len(kept_here) == KEEP_MAPPED
+    assert set(seg.segments) == kept_here
+    mseg.close()
+    seg.close()
