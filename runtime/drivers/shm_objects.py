@@ -67,6 +67,7 @@ import os
 import secrets
 import struct
 import sys
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,7 @@ KEEP_IDLE = 128 << 20  # bytes of idle segments a sender keeps for its next obje
 ROOM_LEFT = 64 << 20  # /dev/shm bytes a new segment leaves free at least (for rings, other users)
 MAX_SEGMENTS = 16  # segments a sender keeps open at most, busy or waiting for their members' "free"
 KEEP_MAPPED = 2  # idle segments of one sender a member keeps mapped for its next objects
+SPARE_IDLE = 1.0  # seconds a spare segment (reserved ahead, see ``_make_spare``) waits for an object
 
 
 def capacity_for(size: int) -> int:
@@ -171,6 +173,10 @@ class ObjectSegments:
         self.adopted_total = 0  # objects this node read in place
         self._told: set[int] = set()  # senders whose objects were logged as read in place
         self.max_size = MAX_SIZE  # an offer's size at most
+        self.spare: _Segment | None = None  # a segment reserved ahead, offered to no one yet
+        self._sparing = False  # ... being reserved
+        self._spare_since = 0.0  # when the spare was ready
+        self._closed = False
         self.max_pending = MAX_PENDING  # bytes of one peer's offers mapped and not opened yet
 
     def limit(self, max_object_size: int, max_bytes: int) -> None:
@@ -196,23 +202,39 @@ class ObjectSegments:
         need = set(others)
         seg = None
         for s in self.segments.values():  # an idle one every member maps: no new pages
-            if s.busy is None and s.reserved and not s.retired and s.capacity >= size and need <= s.holders and s.holders <= s.free:
+            if (
+                s.busy is None
+                and s.reserved
+                and not s.retired
+                and s.capacity >= size
+                and need <= s.holders
+                and s.holders <= s.free
+            ):
                 if seg is None or s.capacity < seg.capacity:
                     seg = s
+        fresh = seg is None
         if seg is not None:
             seg.free -= need
             self.segments[seg.token] = self.segments.pop(seg.token)  # the last used: kept longest
             self.reused_total += 1
         else:
-            seg = self._new_segment(oid, capacity_for(size))
-            if seg is None:
-                return
+            spare, self.spare = self.spare, None
+            if spare is not None and spare.capacity >= size:
+                seg = self.segments[spare.token] = spare  # reserved already: offered at once
+            else:
+                if spare is not None:
+                    self._drop_spare(spare)
+                seg = self._new_segment(oid, capacity_for(size))
+                if seg is None:
+                    return
+                self.segments[seg.token] = seg
             seg.waiting = set(need)
+            self._make_spare(capacity_for(size))  # for the next object that finds no idle segment
         seg.busy = oid
         placed = self.placed[oid] = _Placed(seg, descriptor.block_size, bytearray(descriptor.blocks))
         self.placed_total += 1
         if seg.reserved:
-            self._offer(descriptor, placed, fresh=False)
+            self._offer(descriptor, placed, fresh=fresh)
             return
         # Offered only once its room is reserved, so no write a member reads in place can fail
         # for room (several senders on this host cannot overcommit /dev/shm together). Until
@@ -235,7 +257,12 @@ class ObjectSegments:
         if self.segments.get(seg.token) is not seg:
             return  # dropped meanwhile (a failed write, close)
         if isinstance(got, OSError):
-            log.warning("object %s goes through the rings: cannot reserve %d bytes for it: %s", descriptor.oid, seg.capacity, got)
+            log.warning(
+                "object %s goes through the rings: cannot reserve %d bytes for it: %s",
+                descriptor.oid,
+                seg.capacity,
+                got,
+            )
             self._abandon(descriptor.oid, placed)
             return
         seg.reserved = True
@@ -262,13 +289,13 @@ class ObjectSegments:
         if self.segments.get(seg.token) is seg:
             self._drop_segment(seg)
 
-    def _new_segment(self, oid: ObjectId, capacity: int) -> _Segment | None:
+    def _new_segment(self, oid: ObjectId | None, capacity: int) -> _Segment | None:
         path = new_object_path(self.transport.cluster, self.transport.node_id, self._dir())
         token = secrets.token_bytes(16)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            log.warning("object %s goes through the rings: cannot create its segment: %s", oid, exc)
+            log.warning("%s goes through the rings: cannot create its segment: %s", _what(oid), exc)
             return None
         try:
             os.fchmod(fd, 0o600)
@@ -280,10 +307,52 @@ class ObjectSegments:
         except OSError as exc:
             os.close(fd)
             _unlink(path)
-            log.warning("object %s goes through the rings: a segment of %d bytes: %s", oid, capacity, exc)
+            log.warning("%s goes through the rings: a segment of %d bytes: %s", _what(oid), capacity, exc)
             return None
-        seg = self.segments[token] = _Segment(fd, path, capacity, token)
-        return seg
+        return _Segment(fd, path, capacity, token)
+
+    def _make_spare(self, capacity: int) -> None:
+        """Reserve a segment of ``capacity`` bytes ahead (off the loop), unless one is ready or
+        being made: a new segment is offered only once reserved, so an object that finds no idle
+        segment would otherwise go as bytes while its own is reserved."""
+        if self._sparing or self.transport.refusal or len(self.segments) >= MAX_SEGMENTS:
+            return
+        if self.spare is not None and self.spare.capacity >= capacity:
+            return
+        seg = self._new_segment(None, capacity)
+        if seg is None:
+            return
+        self._sparing = True
+        fd = seg.fd
+
+        def reserve() -> None:
+            mine = os.dup(fd)
+            try:
+                os.posix_fallocate(mine, 0, HEADER + capacity)
+            finally:
+                os.close(mine)
+
+        def reserved(got: Any) -> None:
+            self._sparing = False
+            if isinstance(got, OSError) or self._closed:
+                if isinstance(got, OSError):
+                    log.info("no spare segment of %d bytes: %s", capacity, got)
+                self._drop_spare(seg)
+                return
+            seg.reserved = True
+            if self.spare is not None:
+                self._drop_spare(self.spare)
+            self.spare = seg
+            self._spare_since = time.monotonic()
+
+        SLOW_CALLS.submit(reserve, reserved)
+
+    def _drop_spare(self, seg: _Segment) -> None:
+        if self.spare is seg:
+            self.spare = None
+        fd = seg.fd
+        SLOW_CALLS.submit(lambda: os.close(fd))
+        _unlink(seg.path)
 
     def block_out(self, node: int, head: bytes, data: memoryview) -> bool:
         """A block frame for ``node`` (the transport's ``send_block``): written into this
@@ -500,6 +569,8 @@ class ObjectSegments:
         one; tell owners which of their segments nothing here refers to any more; keep
         within the bounds of idle segments."""
         self.sweeps += 1
+        if self.spare is not None and time.monotonic() - self._spare_since > SPARE_IDLE:
+            self._drop_spare(self.spare)  # no object came for it: its pages go back
         retiring = self.retiring
         while retiring and retiring[0][0] < self.sweeps - 1:
             self._release(retiring.pop(0)[1])
@@ -563,6 +634,9 @@ class ObjectSegments:
         self.members.pop(oid, None)
 
     def close(self) -> None:
+        self._closed = True
+        if self.spare is not None:
+            self._drop_spare(self.spare)
         self.retiring.clear()
         self.placed.clear()
         for seg in list(self.segments.values()):
@@ -600,6 +674,10 @@ def _attach(path: str, size: int, token: bytes) -> mmap.mmap:
         mm.close()
         raise RingError(f"{path} does not hold the object segment the peer announced")
     return mm
+
+
+def _what(oid: ObjectId | None) -> str:
+    return "a spare segment" if oid is None else f"object {oid}"
 
 
 def _unmap(mm: mmap.mmap) -> None:

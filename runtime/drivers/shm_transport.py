@@ -485,7 +485,11 @@ class ShmTransport:
             return True
         if sender not in self._objects_ignored:
             self._objects_ignored.add(sender)
-            log.warning("node %s sent %s, but objects do not go through shared memory with it: ignored", sender, type(msg).__name__)
+            log.warning(
+                "node %s sent %s, but objects do not go through shared memory with it: ignored",
+                sender,
+                type(msg).__name__,
+            )
         return False
 
     def _object_frame(self, sender: int, msg: Any) -> None:

@@ -8,27 +8,35 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import tempfile
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from runtime.core.rdmc_descriptor import ObjectId, describe
 from runtime.drivers import shm_objects
+from runtime.drivers.shm_objects import KEEP_MAPPED, MAX_SEGMENTS
 from runtime.drivers.shm_transport import TransportMode
 from runtime.drivers.shm_worker import SLOW_CALLS
 from runtime.wire.codec import frame
 from runtime.wire.control import AppMessage
-from runtime.drivers.shm_objects import KEEP_MAPPED, MAX_SEGMENTS
 from runtime.wire.shm_setup import ShmBlockInPlace, ShmInPlace, ShmObjectAnswer, ShmObjectOffer, ShmSegmentFree
 from runtime.wire.transfers import block_frame_head
-from tests.drivers.test_shm_object_segments import BLOCK, segments, shm_dir  # noqa: F401
+from tests.drivers.test_shm_object_segments import BLOCK, segments
 from tests.drivers.test_shm_transport import pair, turns
 
 pytestmark = [
     pytest.mark.timeout(30),
     pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host"),
 ]
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="derecho-test-") as d:
+        yield d
 
 
 def _block(oid: ObjectId, data: bytes) -> tuple[bytes, memoryview]:
@@ -120,7 +128,9 @@ def test_no_offer_when_the_segments_room_cannot_be_reserved(shm_dir: str, monkey
     seg.close()
 
 
-def test_a_write_failing_before_the_room_is_reserved_means_no_offer(shm_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_failing_before_the_room_is_reserved_means_no_offer(
+    shm_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On the loop, the offer waits for the reservation: a block whose write failed meanwhile
     (no room yet) leaves every member on bytes, nobody reading in place to refuse them."""
 
@@ -242,7 +252,9 @@ def test_offers_are_bounded_by_the_engines_sizes(shm_dir: str) -> None:
     honest, hseg = segments(1, [2], shm_dir)
     member, mseg = segments(2, [1], shm_dir)
     mseg.limit(max_object_size=4 << 20, max_bytes=8 << 20)
-    big = ShmObjectOffer(ObjectId(1, 0, 1), os.path.join(shm_dir, "derecho-seg-n1-obj-p1-0123456789abcdef.obj"), 1 << 40, b"t" * 16)
+    big = ShmObjectOffer(
+        ObjectId(1, 0, 1), os.path.join(shm_dir, "derecho-seg-n1-obj-p1-0123456789abcdef.obj"), 1 << 40, b"t" * 16
+    )
     mseg.offered(1, big)
     assert [a.mapped for _, a in member.of(ShmObjectAnswer)] == [False]
     sent = []

@@ -129,8 +129,10 @@ def test_blocks_land_in_place_and_a_segment_is_written_again_only_once_every_mem
         seg.reads_in_place(n, ShmInPlace(d1.oid))
     send_all(seg, first, d1.oid, 2)  # the schedule's sends: in place, no bytes
     assert all(bytes(v) == first for v in views.values() if v is not None)
-    for name in os.listdir(shm_dir):
-        assert not name.endswith(".obj"), "every member answered: the name is gone"
+    offered = sender.of(ShmObjectOffer)[0][1].base
+    assert not os.path.exists(offered), "every member answered: the name is gone"
+    spare = [os.path.basename(seg.spare.path)] if seg.spare is not None else []  # reserved ahead, offered to none
+    assert [n for n in os.listdir(shm_dir) if n.endswith(".obj")] == spare
     for _, mseg in members.values():
         mseg.done(d1.oid)
     seg.done(d1.oid)
