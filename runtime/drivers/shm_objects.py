@@ -101,6 +101,7 @@ KEEP_IDLE = 128 << 20  # bytes of idle segments a sender keeps for its next obje
 ROOM_LEFT = 64 << 20  # /dev/shm bytes a new segment leaves free at least (for rings, other users)
 MAX_SEGMENTS = 16  # segments a sender keeps open at most, busy or waiting for their members' "free"
 KEEP_MAPPED = 2  # idle segments of one sender a member keeps mapped for its next objects
+RESERVE_NOW = 128 << 20  # a new segment's room up to this is reserved on the loop, larger ones off it
 SPARE_IDLE = 1.0  # seconds a spare segment (reserved ahead, see ``_make_spare``) waits for an object
 
 
@@ -233,6 +234,18 @@ class ObjectSegments:
         seg.busy = oid
         placed = self.placed[oid] = _Placed(seg, descriptor.block_size, bytearray(descriptor.blocks))
         self.placed_total += 1
+        if not seg.reserved and seg.capacity <= RESERVE_NOW:
+            # Small enough to reserve on the loop (0.26 ms/MB: at most ~35 ms here), so the
+            # offer goes before the descriptor and the members read this object in place.
+            try:
+                os.posix_fallocate(seg.fd, 0, HEADER + seg.capacity)
+            except OSError as exc:
+                log.warning(
+                    "object %s goes through the rings: cannot reserve %d bytes for it: %s", oid, seg.capacity, exc
+                )
+                self._abandon(oid, placed)
+                return
+            seg.reserved = True
         if seg.reserved:
             self._offer(descriptor, placed, fresh=fresh)
             return
@@ -313,9 +326,9 @@ class ObjectSegments:
 
     def _make_spare(self, capacity: int) -> None:
         """Reserve a segment of ``capacity`` bytes ahead (off the loop), unless one is ready or
-        being made: a new segment is offered only once reserved, so an object that finds no idle
-        segment would otherwise go as bytes while its own is reserved."""
-        if self._sparing or self.transport.refusal or len(self.segments) >= MAX_SEGMENTS:
+        being made: a new segment larger than ``RESERVE_NOW`` is offered only once reserved, so
+        an object that finds no idle segment would otherwise go as bytes while its own is."""
+        if capacity <= RESERVE_NOW or self._sparing or self.transport.refusal or len(self.segments) >= MAX_SEGMENTS:
             return
         if self.spare is not None and self.spare.capacity >= capacity:
             return

@@ -133,6 +133,7 @@ def test_a_write_failing_before_the_room_is_reserved_means_no_offer(
 ) -> None:
     """On the loop, the offer waits for the reservation: a block whose write failed meanwhile
     (no room yet) leaves every member on bytes, nobody reading in place to refuse them."""
+    monkeypatch.setattr(shm_objects, "RESERVE_NOW", 0)  # as a segment too large to reserve on the loop
 
     async def main() -> None:
         sender, seg = segments(1, [2], shm_dir)
@@ -154,9 +155,11 @@ def test_a_write_failing_before_the_room_is_reserved_means_no_offer(
             SLOW_CALLS.drain()
             await asyncio.sleep(0.01)
         assert sender.of(ShmObjectOffer) == [] and seg.segments == {} and seg.placed == {}
-        # A next object gets a segment, offered once reserved.
+        # A next object gets the spare reserved meanwhile (after the first found none): offered at once.
         d2 = describe(ObjectId(1, 1, 1), (1, 2), data, BLOCK)
+        assert seg.spare is not None
         seg.sending(d2, memoryview(data))
+        assert [o.oid for _, o in sender.of(ShmObjectOffer)] == [d2.oid]
         for _ in range(100):
             if sender.of(ShmObjectOffer):
                 break
