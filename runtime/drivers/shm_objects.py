@@ -21,12 +21,15 @@ proved the peer's node id):
 
 1. The sender, starting an object all of whose other members have switched rings with it,
    creates ``<prefix>obj-p<pid>-<random>.obj`` in /dev/shm (``O_EXCL``, mode 0600, only if
-   /dev/shm has room for it now; its pages are allocated block by block as ``pwrite`` fills
-   them, not all at once on the loop: 0.26 ms/MB, a quarter of a second per GB), writes a
-   header (magic, size, a 16-byte random token) and offers
-   it (``ShmObjectOffer``) to the object's members only, through their rings: when the object
-   is admitted at once (the default limits), before its descriptor leaves; otherwise a member
-   may open the object before the offer comes, and then gets its bytes.
+   /dev/shm has room for it now), writes a header (magic, size, a 16-byte random token),
+   reserves the segment's room (``posix_fallocate``: then no write into it can fail for room,
+   which would leave members reading in place without a block; 0.26 ms/MB, so on the loop only
+   up to ``RESERVE_NOW``, larger ones on a worker thread, ``shm_worker``, with a spare reserved
+   ahead for the next object) and only then offers it (``ShmObjectOffer``) to the object's
+   members only, through their rings: when reserved at once and the object is admitted at once
+   (the default limits), before its descriptor leaves; otherwise a member may open the object
+   before the offer comes, and then gets its bytes. If the room cannot be reserved, there is no
+   offer: every member gets bytes.
 2. A member checks the name is one the sender may offer, opens it read-only without following
    links, checks owner, mode, size, magic, size and token, maps it read-only and answers
    (``ShmObjectAnswer``). The owner unlinks the file once every member answered (the mappings
