@@ -133,11 +133,19 @@ def child_main(a: argparse.Namespace) -> int:
             t_start = time.time()
             rate, cpu = pipelined(lambda i, v: h.put(f"{prefix}{i % 1000}", v), a.calls, a.window, value)
             t_end = time.time()
-        out.write_text(json.dumps({"calls": a.calls, "rate": rate, "cpu": cpu, "t_start": t_start, "t_end": t_end}))
+        _publish(out, {"calls": a.calls, "rate": rate, "cpu": cpu, "t_start": t_start, "t_end": t_end})
     except Exception as exc:
-        out.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:300]}))
+        _publish(out, {"error": f"{type(exc).__name__}: {exc}"[:300]})
         return 1
     return 0
+
+
+def _publish(out: Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` to ``out`` whole or not at all: the parent reads ``out`` as soon as it
+    exists, and a file written in place can be seen empty (a JSONDecodeError in a run)."""
+    tmp = out.with_suffix(".partial")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from derecho_actors.caller.client import Client
 from derecho_actors.caller.handles import Handle
 from derecho_actors.caller.results import QueryResults
 from derecho_actors.caller.watch import Watch
-from derecho_actors.exceptions import ShardAwaitingLog, ShardStateLost
+from derecho_actors.exceptions import ResultTooLarge, ShardAwaitingLog, ShardStateLost
 from derecho_actors.model.context import emit
 from derecho_actors.model.decorators import ordered, p2p, replicated
 from derecho_actors.model.fields import Persistent, at_time, at_version, current_version, persisted_version
@@ -153,6 +153,7 @@ __all__ = [
     "SerializationError",
     "ShardPolicy",
     "ShardAwaitingLog",
+    "ResultTooLarge",
     "ShardStateLost",
     "SimCall",
     "CallTimeout",

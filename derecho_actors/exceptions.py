@@ -6,7 +6,7 @@ the actor layer raises are defined here.
 """
 
 from runtime.errors import *  # noqa: F401,F403
-from runtime.errors import PersistenceError, Unavailable
+from runtime.errors import PersistenceError, Unavailable, UsageError
 from runtime.errors import __all__ as _engine_errors
 
 
@@ -33,4 +33,15 @@ class ShardAwaitingLog(Unavailable):
     applied = False
 
 
-__all__ = [*_engine_errors, "ShardAwaitingLog", "ShardStateLost"]
+class ResultTooLarge(UsageError):
+    """A call's result was too large for its answer to be carried: over the frame limit
+    between members (``multicast.max_frame_bytes``), or over what a contact lets one client
+    have unread (``limits.client_max_backlog_bytes``); the message names the limit and the
+    size. The call was applied once (``applied`` is True: its effects stay), only its value is
+    lost, so retrying runs it again. Return a smaller value (or a reference to it), use a large
+    object or a stream, or raise the limit. Every replica answers it alike."""
+
+    applied = True
+
+
+__all__ = [*_engine_errors, "ResultTooLarge", "ShardAwaitingLog", "ShardStateLost"]

@@ -11,10 +11,11 @@ contact), and members that left.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import Any, Sequence, Union
 
-if TYPE_CHECKING:
-    from derecho_actors.caller.results_feed import ResultsFeed
+from derecho_actors.caller.results_feed import ResultsFeed
+
+add_agreed_all = ResultsFeed.add_agreed_all
 
 
 @dataclass(slots=True)
@@ -73,12 +74,7 @@ class Answers:
             t = type(item)
             if t is MergedAnswers:
                 merged: MergedAnswers = item  # type: ignore[assignment]
-                replicas, vid = merged.replicas, merged.vid
-                for (call_id, ok, value, version, answered), results in zip(merged.entries, merged.results):
-                    if results is not None and results.add_agreed(
-                        answered or replicas, replicas, ok, value, version, vid
-                    ):
-                        done.append(call_id)
+                done += add_agreed_all(merged.entries, merged.results, merged.replicas, merged.vid)
             elif t is ReplicaAnswers:
                 one: ReplicaAnswers = item  # type: ignore[assignment]
                 node, replicas, vid = one.node, one.replicas, one.vid

@@ -181,13 +181,16 @@ array a list is: holding nothing the garbage collector tracks, it is untracked a
 collection, not walked again and again while the call waits."""
 
 
+_METHOD = CallKind.METHOD  # a module global: looked up per call
+
+
 def outbound(request: Request, call_id: int, floor: int) -> Outbound:
     """Call ``call_id`` of a client's session (its oldest unanswered call ``floor``), made of
     ``request``. A user's method call is the ten fields ``call_fields`` gives a client's
     ``Call`` (no caller, no session: the contact fills those in; no owner; no kind), built
     here without the ``Call``: one tuple per call instead of an object and a list."""
     c = request
-    if c.kind is CallKind.METHOD:
+    if c.kind is _METHOD:
         return (call_id, 0, _wire_shard(c.shard), c.method, c.ordered, c.args, 0, 0, floor, c.target)
     return tuple(call_fields(Call(call_id, 0, c.shard, c.method, c.ordered, c.args, 0, 0, floor, c.target, 0, c.kind)))
 

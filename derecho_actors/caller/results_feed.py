@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 from types import MappingProxyType
-from typing import AbstractSet, Any, Callable, Iterable, cast
+from typing import AbstractSet, Any, Callable, Iterable, Sequence, cast
 
 from derecho_actors.caller.persisted import Answered
 from derecho_actors.caller.sharing import SHAREABLE, replica_set
@@ -31,6 +31,10 @@ goes in. A client keeps thousands of calls in flight, and every dict made per ca
 towards the garbage collector's next pass, which then walks every call in flight (four dicts
 per call made about two-thirds of a client's collections). A call answered alike by every
 replica (``_all_answered``) gets one dict, its values."""
+
+
+_SLOW = object()  # add_agreed_all: an answer recorded through add_agreed
+_SKIP = object()  # add_agreed_all: an answer to a call not waiting
 
 
 class ResultsFeed:
@@ -182,6 +186,90 @@ class ResultsFeed:
             if self._cond is not None or self._future is not None:  # ``_wake``, called only if someone waits
                 self._wake()
             return True
+
+    @staticmethod
+    def add_agreed_all(
+        entries: Sequence[Sequence[Any]],
+        feeds: Sequence[ResultsFeed | None],
+        replicas: tuple[int, ...],
+        vid: int | None = None,
+    ) -> list[int]:
+        """``add_agreed`` of a client contact's whole batch, the ids of the calls it completes:
+        ``entries`` are ``[call id, ok, value, version, answered]`` (``answered`` empty: all of
+        ``replicas``), each feeding the results beside it in ``feeds`` (None: not waiting).
+
+        Why a batch: this is a client's work per call (hundreds of answers come per frame).
+        Answers that are a call's first news from every replica, with an immutable value (the
+        common case), are recorded under one hold of the lock their results share (a client's
+        session makes all its results with one), each distinct encoded value decoded once
+        (``put``'s ``None``, say, once per run of them), with no method call per answer; the
+        others go through ``add_agreed`` one by one, as they would have. Values are decoded
+        outside the lock."""
+        done: list[int] = []
+        slow: list[tuple[Sequence[Any], ResultsFeed]] = []
+        decoded: list[Any] = []  # per entry: its value, or _SLOW (add_agreed) / _SKIP (no results)
+        whole = len(set(replicas)) == len(replicas)
+        lock: threading.Lock | None = None
+        raw_seen: bytes | None = None
+        decode_seen: Callable[[bytes], Any] | None = None
+        value_seen: Any = None
+        for entry, results in zip(entries, feeds):
+            if results is None:
+                decoded.append(_SKIP)
+                continue
+            ok, raw, answered = entry[1], entry[2], entry[4]
+            if not ok or not whole or (answered and answered != replicas):
+                decoded.append(_SLOW)
+                continue
+            decode = results._decode
+            if raw == raw_seen and decode is decode_seen:
+                decoded.append(value_seen)
+                continue
+            try:
+                value = decode(raw)
+            except Exception:  # add_agreed records it as each replica's error
+                decoded.append(_SLOW)
+                continue
+            if type(value) not in SHAREABLE:
+                decoded.append(_SLOW)
+                continue
+            raw_seen, decode_seen, value_seen = raw, decode, value
+            decoded.append(value)
+            if lock is None:
+                lock = results._lock
+        if lock is not None:
+            nodes, expected = replicas, replica_set(replicas)
+            with lock:
+                for entry, results, value in zip(entries, feeds, decoded):
+                    if value is _SKIP:
+                        continue
+                    assert results is not None
+                    if (
+                        value is _SLOW
+                        or results._lock is not lock
+                        or results._expected is not None
+                        or results._order
+                        or results._gone
+                    ):
+                        slow.append((entry, results))
+                        continue
+                    # ``_all_answered``, inlined
+                    values = dict.fromkeys(nodes, value)
+                    results._values, results._expected, results._order = values, expected, nodes
+                    if entry[3] >= 0:
+                        results._own_versions().update(values.fromkeys(nodes, entry[3]))
+                    results._first = entry[2] if results._compare is not None else None
+                    results._finished = True
+                    if results._cond is not None or results._future is not None:
+                        results._wake()
+                    done.append(entry[0])
+        else:
+            slow = [(e, r) for e, r, v in zip(entries, feeds, decoded) if r is not None and v is not _SKIP]
+        for entry, results in slow:
+            call_id, ok, raw, version, answered = entry
+            if results.add_agreed(answered or replicas, replicas, ok, raw, version, vid):
+                done.append(call_id)
+        return done
 
     def _record(
         self,

@@ -54,6 +54,8 @@ __all__ = ["ClientSession", "Dial", "Disconnect", "Phase", "Step", "Stop", "Wait
 
 log = logging.getLogger("derecho.client")
 
+_CONNECTED = Phase.CONNECTED  # a module global: an enum member looked up on its class costs ~3x more, per call
+
 IDLE_PING = 10.0  # seconds between pings while no call waits, until a Welcome says otherwise
 
 
@@ -123,14 +125,25 @@ class ClientSession:
         if self.error is not None:
             raise self.error
         call_id = next(self._ids)
-        results = self._results(request, call_id)
+        # ``_results``, inlined: one per call.
+        results = QueryResults(
+            request.what,
+            request.decode,
+            request.ordered,
+            request.compare,
+            self._why_waiting,
+            None,
+            call_id,
+            "client call",
+            self._results_lock,
+        )
         # The contact fills in the session (origin) from our identity and answers on our connection
         # (a client is no member: no caller id). Wire fields made once: a failover resends them as they are.
         pending, floor = self.pending, self._floor.oldest  # it moves only once its call is answered
         floor = floor if floor in pending else self._floor.advance(pending, call_id)
         call = self._wire[call_id] = outbound(request, call_id, floor)
         pending[call_id] = results
-        if self.phase is Phase.CONNECTED:
+        if self.phase is _CONNECTED:
             self._outbox.append(call)
             overhead = request.overhead  # ``request_size``, inlined
             self._outbox_size += len(request.args) + overhead if overhead >= 0 else request_size(request)

@@ -5,13 +5,15 @@ multicast payload (up to ``batch`` bytes), and a call above that goes alone; wit
 on (``[rdmc]``) a payload above the threshold travels as a descriptor in the order and its
 bytes by the block pipeline, so one call may be as large as ``rdmc.max_object_size``. A call
 that must first reach another node (relayed to a member of the shard) travels in one frame,
-so it is bounded by the frame limit too. Each limit names the setting that raises it, so the
+so it is bounded by the frame limit too; so is a P2P call, which always goes in one frame to
+the replica it asks (too large, the frame would cost the caller its connections to that
+replica, and its place in the view). Each limit names the setting that raises it, so the
 refusal can say what to do.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from runtime.config import NodeConfig
 
@@ -32,6 +34,8 @@ class CallLimits:
     framed: int
     ordered_key: str = "multicast.max_message_size"
     framed_key: str = "multicast.max_message_size"
+    p2p: int = (64 << 20) - FRAME_OVERHEAD
+    """The largest P2P call (arguments and all): one frame, ``multicast.max_frame_bytes``."""
 
     @classmethod
     def plain(cls, max_message_size: int) -> CallLimits:
@@ -41,15 +45,17 @@ class CallLimits:
     @classmethod
     def of(cls, config: NodeConfig) -> CallLimits:
         m, r = config.multicast, config.rdmc
+        p2p = max(m.max_message_size, m.max_frame_bytes - FRAME_OVERHEAD)
         if not r.enabled:
-            return cls.plain(m.max_message_size)
-        framed = max(m.max_message_size, m.max_frame_bytes - FRAME_OVERHEAD)
+            return replace(cls.plain(m.max_message_size), p2p=p2p)
+        framed = p2p
         return cls(
             r.threshold_bytes,
             r.max_object_size,
             min(r.max_object_size, framed),
             "rdmc.max_object_size",
             "multicast.max_frame_bytes",
+            p2p,
         )
 
     def advice(self, key: str) -> str:

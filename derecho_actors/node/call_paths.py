@@ -26,6 +26,7 @@ from derecho_actors.node.inbound_calls import InboundCalls
 from derecho_actors.node.member_caller import MemberCaller
 from derecho_actors.node.outbox import Outbox
 from derecho_actors.node.reply_routes import ReplyRoutes
+from derecho_actors.node.result_limits import ResultLimits
 from derecho_actors.node.stable_reads import StableReadBook
 from derecho_actors.node.watch_holds import WatchHolds
 from runtime.config import LimitsSection
@@ -58,12 +59,14 @@ class CallPaths:
         specs: Mapping[str, TypeSpec],
         limits: LimitsSection | None = None,
         clock: Callable[[], float] | None = None,
+        result_limits: ResultLimits | None = None,
     ) -> CallPaths:
         """``call_limits``: how large a call may be (``CallLimits.of(config)``); ``stopped()``: why the node
         stopped (None while it runs); ``why_waiting(shard)``: what else may hold a call up (a
         state transfer); ``specs``: the group's types by name; ``limits``: the node's
         per-client limits; ``clock``: the clock ``node.call_later`` runs on, in seconds
-        (``node.monotonic`` if not given)."""
+        (``node.monotonic`` if not given); ``result_limits``: how large a result's answer may
+        be (``ResultLimits.of(config)``; the config's defaults if not given)."""
         outbox = Outbox(node, call_limits)
         host.decode = outbox.sent.decode  # this node's own payloads: their calls as sent
         holds = WatchHolds(node, host, clock)
@@ -78,7 +81,7 @@ class CallPaths:
         turns = ClientTurns(
             node, clients.table, clients.take_calls, clients.on_closed, outbox.flush, outbox.hold, outbox.release
         )
-        replies = ReplyRoutes(node, member, clients, to_members)
+        replies = ReplyRoutes(node, member, clients, to_members, result_limits)
         return cls(outbox, member, inbound, clients, turns, replies, stable, holds)
 
     def on_view(self, previous: View | None, view: View) -> None:

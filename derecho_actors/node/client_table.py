@@ -24,7 +24,6 @@ Runs on the node's loop only.
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -186,7 +185,9 @@ class ClientTable:
         self.max_held_bytes = max_held_bytes
         self.wall_ns = wall_ns
         self.clients: dict[ClientConn, ClientState] = {}
-        self.proxies: collections.OrderedDict[CallKey, Proxied] = collections.OrderedDict()
+        # A plain dict, oldest first (insertion order; ``add`` evicts from the front): an
+        # OrderedDict's insert and pop cost ~80 ns more per call, on the contact's loop.
+        self.proxies: dict[CallKey, Proxied] = {}
         self.relays: dict[CallKey, Relay] = {}
         self.polls: dict[str, int] = {}  # identity -> watch polls in flight
         self._warned: dict[str, int] = {}  # identity (or address) -> when it was last named

@@ -30,6 +30,7 @@ from derecho_actors.node.dispatch import MessageDispatch
 from derecho_actors.node.frontiers import PersistenceTracker
 from derecho_actors.node.hosting import ReplicaHost
 from derecho_actors.node.replica_env import ReplicaEnvFactory
+from derecho_actors.node.result_limits import ResultLimits
 from derecho_actors.node.runners import Runner, ThreadRunner
 from derecho_actors.node.stopping import NodeStop
 from derecho_actors.node.transfer import TransferService
@@ -166,6 +167,7 @@ class Group(AsyncLifecycle):
             self._transfer.why_waiting,
             self._specs,
             self.config.limits,
+            result_limits=ResultLimits.of(self.config),
         )
         self._dispatch = MessageDispatch(node, self._calls, self._tracker, self._transfer)
         self._host.held_answers = self._calls.replies

@@ -121,6 +121,8 @@ class MemberCaller:
         view = self.view()
         framed = view is None or self.node_id not in view.layout.members_of(shard)
         self.outbox.check_size(f"{spec.name}.{method}", method, data, framed=ordered and framed)
+        if not ordered:
+            self.outbox.check_p2p_size(f"{spec.name}.{method}", method, data)
         serializer = spec.serializer
         results = self._issue(
             Outgoing(shard, method, ordered, CallKind.METHOD, data, node),

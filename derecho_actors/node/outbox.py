@@ -112,6 +112,17 @@ class Outbox:
         if size is not None:
             raise self.refusal(what, size, len(args), framed)
 
+    def check_p2p_size(self, what: str, method: str, args: bytes) -> None:
+        """Raise ``PayloadTooLarge`` (to the caller's thread) for a P2P call too large for the
+        one frame it travels in."""
+        size = _codec.call_size(method, args)
+        if size > self.limits.p2p:
+            raise PayloadTooLarge(
+                f"{what}: the P2P call takes {size} bytes (arguments {len(args)}); a P2P call travels in one "
+                f"frame, at most {self.limits.p2p} bytes here (multicast.max_frame_bytes): send less per call, "
+                "or make the method @ordered (large ordered calls go in blocks)"
+            )
+
     def submit(self, shard: ShardId, call: _codec.PendingCall) -> None:
         """Queue an ordered call; everything queued in one loop turn goes out together."""
         queued = self._queued.get(shard)

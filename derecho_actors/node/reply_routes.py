@@ -23,15 +23,22 @@ from collections.abc import Sequence
 from derecho_actors.node.answer_queue import AnswerQueue, member_queue
 from derecho_actors.node.client_proxy import ClientProxy
 from derecho_actors.node.member_caller import MemberCaller
+from derecho_actors.node.result_limits import ResultCheck, ResultLimits
 from derecho_actors.wire.messages import Reply, ReplyBatch, ReplyEntry
 from runtime.node_api import NodeHandle
 
 
 class ReplyRoutes:
     def __init__(
-        self, node: NodeHandle, member: MemberCaller, clients: ClientProxy, to_members: AnswerQueue[int] | None = None
+        self,
+        node: NodeHandle,
+        member: MemberCaller,
+        clients: ClientProxy,
+        to_members: AnswerQueue[int] | None = None,
+        result_limits: ResultLimits | None = None,
     ) -> None:
-        """``to_members``: messages to members, paced by their links (``member_queue``)."""
+        """``to_members``: messages to members, paced by their links (``member_queue``);
+        ``result_limits``: how large a result's answer may be (``ResultLimits.of(config)``)."""
         self.node = node
         self.node_id = node.node_id
         self.member = member
@@ -40,10 +47,13 @@ class ReplyRoutes:
         self._pending: list[tuple[int, Reply | ReplyBatch]] = []
         self._scheduled = False
         self.to_members = to_members if to_members is not None else member_queue(node)
+        self.check = ResultCheck(result_limits)
 
     def send(self, replies: Sequence[tuple[int, Reply | ReplyBatch]]) -> None:
         """From a replica's thread: at most one hand-off pending to the node's loop; answers
-        sent meanwhile join it, in the order they came."""
+        sent meanwhile join it, in the order they came. A result too large to be carried
+        becomes its ``ResultTooLarge`` here, at every replica alike, before anything is sent."""
+        replies = self.check.replies(replies)
         with self._lock:
             self._pending += replies
             if self._scheduled:
@@ -114,7 +124,7 @@ class ReplyRoutes:
         entries = batch.entries
         theirs = [e for e in entries if e[3] and e[3] != mine]
         if theirs:
-            self.clients.forward(batch, theirs)
+            self.clients.forward(batch, self.check.for_clients(theirs))
         if len(theirs) < len(entries):
             own = [e for e in entries if not e[3] or e[3] == mine]
             self.member.take(batch.node, batch.replicas, own, batch.vid)

@@ -32,9 +32,16 @@ class BoundaryState:
     receivers: set[int] = field(default_factory=set)  # members new to the shard in that view
 
 
+RECORD_OVERHEAD = 32
+"""Room in a chunk for a record's version, timestamp and msgpack framing."""
+PIECE_OVERHEAD = 64
+"""The same for a piece of a record (its offset and total too: five integers at most 9 bytes)."""
+
+
 def log_records(store: Any, after: int, upto: int, max_bytes: int) -> tuple[list[list[Any]], int]:
     """Records after version ``after`` up to ``upto``, about ``max_bytes`` of them; returns
-    them and the last version taken (``after`` if none)."""
+    them and the last version taken (``after`` if none). A record larger than ``max_bytes``
+    comes alone (the caller cuts it into pieces)."""
     out: list[list[Any]] = []
     size = 0
     last = after
@@ -42,12 +49,27 @@ def log_records(store: Any, after: int, upto: int, max_bytes: int) -> tuple[list
         for version, ts, body in log_.iter_from(after):
             if version > upto:
                 break
+            if out and size + len(body) + RECORD_OVERHEAD > max_bytes:
+                break  # would overflow the chunk: it starts the next one
             out.append([version, ts, body])
             last = version
-            size += len(body) + 32
+            size += len(body) + RECORD_OVERHEAD
             if size >= max_bytes:
                 break
     return out, last
+
+
+def record_pieces(version: int, ts: int, body: bytes, max_bytes: int) -> Iterator[bytes]:
+    """One record too large for a chunk, as the data of several LOG chunks: each a list of
+    one ``[version, ts, piece, offset, total]`` (the receiver joins the pieces, see
+    ``replica.state.IncomingState``), so no chunk's frame exceeds the chunk size however
+    large a record the group accepted (one larger than the frame limit took the sender's
+    connections, and the group, down)."""
+    step = max(1, max_bytes - PIECE_OVERHEAD)
+    view = memoryview(body)
+    for offset in range(0, len(body), step):
+        piece = bytes(view[offset : offset + step])
+        yield msgpack.packb([[version, ts, piece, offset, len(body)]], use_bin_type=True)
 
 
 def agreed_start(store: Any, request: StateRequest, boundary: int) -> tuple[int, bool]:
@@ -111,7 +133,12 @@ class TransferOut:
             records, last = log_records(self.snap.store, after, self.snap.boundary, self.chunk_bytes)
             if not records:
                 raise OSError(f"log ends at {after} before the snapshot's version {self.snap.boundary}")
-            yield ChunkKind.LOG, msgpack.packb(records, use_bin_type=True)
+            if len(records) == 1 and len(records[0][2]) + RECORD_OVERHEAD > self.chunk_bytes:
+                version, ts, body = records[0]
+                for data in record_pieces(version, ts, body, self.chunk_bytes):
+                    yield ChunkKind.LOG, data
+            else:
+                yield ChunkKind.LOG, msgpack.packb(records, use_bin_type=True)
             after = last
 
     def pump(self) -> None:

@@ -23,6 +23,7 @@ from derecho_actors.replica.reads import PastView
 from derecho_actors.replica.sessions import EVICTED, EXPIRED, FORGOTTEN, Kind
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.call_views import let_go
+from derecho_actors.wire.codec import MAYBE_LARGE as _MAYBE_LARGE
 from derecho_actors.wire.large_args import decode_view
 from runtime.errors import ReplyForgotten, SessionExpired, SessionLimit
 
@@ -37,14 +38,15 @@ class CallRunner:
         # Looked up for every call, so held here rather than through the spec.
         self._methods = spec.methods
         self._serializer = spec.serializer
-        self._unpack_args = _codec.result_decoder(spec.serializer)  # the [args, kwargs] pair
+        self._unpack_args = _codec.args_decoder(spec.serializer)  # the [args, kwargs] pair
         # A large call's arguments as a view of its received object: its large ``bin`` values
         # copied with the GIL released (``large_args``); pickled ones are views already.
         msgpack_args = spec.serializer != "cloudpickle"
         self._unpack_view = (
             functools.partial(decode_view, unpack=self._unpack_args) if msgpack_args else self._unpack_args
         )
-        self._pack_result = _codec.result_encoder(spec.serializer)
+        self._pack_result = _codec.result_encoder(spec.serializer)  # a large one laid out
+        self._pack_plain = _codec.plain_result_encoder(spec.serializer)  # None, numbers, ...
 
     def run(self, obj: Any, method: str, args: bytes, want: str, past: ReadOptions | None = None) -> tuple[bool, bytes]:
         """Run ``method`` of ``obj``, whose kind must be ``want``, with the encoded ``args``;
@@ -101,7 +103,9 @@ class CallRunner:
                 context["active"] = False
                 context["sink"] = None
             try:
-                return True, self._pack_result(result)
+                if type(result) in _MAYBE_LARGE:
+                    return True, self._pack_result(result)
+                return True, self._pack_plain(result)
             except (TypeError, ValueError, OverflowError):  # not plain data: encode_result raises why
                 return True, _codec.encode_result(result, self._serializer)
         except Exception as exc:  # the user's exception (or a SerializationError) goes back to the caller

@@ -24,14 +24,29 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import msgpack
-
 from derecho_actors.model.fields import Persistent, TrackedDict, _wrap
 from derecho_actors.replica.history import FieldHistory, hashable_key
+from derecho_actors.wire.large_args import BIG_BIN
+from derecho_actors.wire.large_pack import MAX_WALK, pack_large
+from derecho_actors.wire.packing import packb
+from derecho_actors.wire.serializers import unpack_msgpack_large
 
 log = logging.getLogger("derecho.persistent")
 
 FORMAT = 1
+
+
+CHECKPOINT_EVERY = 10_000
+"""Records between log checkpoints at least, and at least an eighth of the log: rewriting one
+(its index and history grow with the log) then costs about what the log's writes cost."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointJob:
+    """A checkpoint for the writer thread to write once the records before it are durable."""
+
+    version: int
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +103,15 @@ def payload(
         },
         "sessions": sessions,
     }
-    return msgpack.packb(body, use_bin_type=True)
+    # A large field's encoding is copied into the payload without the GIL (``large_pack``):
+    # msgpack would hold it for the copy, the node's loop waiting.
+    if any(len(enc) >= BIG_BIN for enc in values.values()) or any(
+        len(enc) >= BIG_BIN for m in maps.values() for enc in m[1:]
+    ):
+        packed = pack_large(body, packb, values=MAX_WALK)
+        if packed is not None:
+            return packed
+    return packb(body)
 
 
 def restore(
@@ -103,7 +126,7 @@ def restore(
     ``history`` (empty); returns the replayed session table's state, or None (nothing
     changed) if the payload does not fit this class."""
     try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        body = unpack_msgpack_large(data, values=MAX_WALK)  # large values copied without the GIL
     except Exception as exc:
         log.warning("a log checkpoint does not decode (%s); the log is replayed whole", exc)
         return None

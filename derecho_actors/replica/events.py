@@ -32,9 +32,19 @@ from typing import Any, NamedTuple
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.events import BEGINNING, LAST, PollArgs, Position, encode_answer
 from runtime.core.versions import make_version
-from runtime.errors import WatchHistoryLost
+from runtime.errors import EmitError, WatchHistoryLost
 
 REPLY_BYTES = 256 * 1024  # events per reply stop at about this many bytes (at least one goes)
+MAX_EVENT_BYTES = 4 << 20
+"""The largest event ``emit`` records. A watch answer carries at least one event whole: to a
+member in one frame (``multicast.max_frame_bytes``, 64 MiB), to a client within the replies
+its contact lets it have waiting (``client_max_backlog_bytes``, 8 MiB). A larger event took
+the answering replica's connections (and the shard) down, or had the client cut off and
+polling again for ever; refused at ``emit``, the same at every replica, it fails its call."""
+MAX_LOG_BYTES = 64 << 20
+"""Bytes of events one replica's log keeps at most, beside ``watch_history`` events: a count
+alone let 10,000 events of 4 MiB hold 40 GiB per replica. The oldest go first, the same at
+every replica (they record the same events), and a watcher behind the floor is told so."""
 MAX_PARKED = 10_000  # polls one replica holds at once; beyond, the oldest is answered empty
 
 
@@ -45,6 +55,7 @@ class EventLog:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.events: deque[tuple[int, int, bytes]] = deque()
+        self.bytes = 0  # of the payloads in ``events``
         self.floor: Position = BEGINNING
         # Where the shard's state (and so its history) began: a shard new in a view, or an
         # atomic type after a total restart (which keeps no state), begins anew there.
@@ -54,8 +65,16 @@ class EventLog:
         events = self.events
         index = events[-1][1] + 1 if events and events[-1][0] == version else 0
         events.append((version, index, payload))
-        if len(events) > self.limit:
-            v, i, _ = events.popleft()
+        self.bytes += len(payload)
+        if len(events) > self.limit or self.bytes > MAX_LOG_BYTES:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest events beyond ``limit`` events or ``MAX_LOG_BYTES``."""
+        events = self.events
+        while events and (len(events) > self.limit or self.bytes > MAX_LOG_BYTES):
+            v, i, payload = events.popleft()
+            self.bytes -= len(payload)
             self.floor = (v, i)
 
     def began_at(self, vid: int) -> None:
@@ -68,6 +87,7 @@ class EventLog:
         """This replica rebuilt its state from its own log up to ``version``: events up to
         there are unknown here."""
         self.events.clear()
+        self.bytes = 0
         self.floor = max(self.floor, (version, LAST))
 
     def after(self, cursor: Position, bound: int, max_events: int) -> list[tuple[int, int, bytes]]:
@@ -94,6 +114,7 @@ class EventLog:
 
     def load_state(self, state: dict[str, Any] | None) -> None:
         self.events.clear()
+        self.bytes = 0
         if state is None:  # a sender from before watches: nothing known before now
             self.floor = (1 << 62, LAST)
             return
@@ -102,6 +123,8 @@ class EventLog:
         self.started = (int(started[0]), int(started[1]))
         for v, i, payload in state["events"][-self.limit :]:
             self.events.append((int(v), int(i), bytes(payload)))
+            self.bytes += len(payload)
+        self._trim()
 
 
 class EventSink:
@@ -121,6 +144,12 @@ class EventSink:
             payload = self._pack(value)
         except (TypeError, ValueError, OverflowError):  # not plain data: encode_result raises why
             payload = _codec.encode_result(value, self.serializer)
+        if len(payload) > MAX_EVENT_BYTES:
+            raise EmitError(
+                f"da.emit: this event encodes to {len(payload)} bytes, over the {MAX_EVENT_BYTES}-byte limit for one "
+                "event (a watch delivers each whole, in one answer): emit what changed (a key, a version, a small "
+                "summary) and let watchers read the value with a call"
+            )
         self.log.append(self.version, payload)
         self.added += 1
 
@@ -174,8 +203,8 @@ class WatchBoard:
         if cursor < log.floor:
             raise WatchHistoryLost(
                 f"the events after version {_show(cursor)} are no longer kept (this replica keeps those after "
-                f"{_show(log.floor)}: the type's watch_history is {log.limit} events, and a shard restarted from "
-                "its logs keeps none from before); read the state again and watch from its version"
+                f"{_show(log.floor)}: the type's watch_history is {log.limit} events, at most {MAX_LOG_BYTES >> 20} MiB, and a shard "
+                "restarted from its logs keeps none from before); read the state again and watch from its version"
             )
         if cursor != BEGINNING and cursor < log.started:
             raise WatchHistoryLost(

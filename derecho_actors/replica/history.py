@@ -7,9 +7,8 @@ from __future__ import annotations
 import bisect
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
-import msgpack
-
 from derecho_actors.model.fields import DELETED, Persistent, _wrap
+from derecho_actors.wire.serializers import unpack_msgpack_large
 from runtime.core.versions import format_version
 
 
@@ -87,11 +86,11 @@ def apply_records(
     fields and index them in ``history``; return each call's ``(origin, call_id,
     timestamp_ns)``. Each record is decoded once, applied and indexed in the same pass (a
     replay of a long log is what a restarted replica waits for before it can serve)."""
-    unpack = msgpack.unpackb
+    unpack = unpack_msgpack_large  # a large record's large values copied without the GIL
     d = obj.__dict__
     calls: list[tuple[int, int, int]] = []
     for version, ts, body in records:
-        origin, call_id, changes = unpack(body, raw=False, strict_map_key=False)
+        origin, call_id, changes = unpack(body)
         for name, change in changes.items():
             if name not in fields:  # a field the class no longer has: indexed only
                 history.note(version, {name: change}, decode)

@@ -9,11 +9,10 @@ import copy
 import threading
 from typing import Any
 
-import msgpack
-
 from derecho_actors.model.fields import Persistent
 from derecho_actors.replica.history import FieldHistory, MapSnapshot, Snapshot, latest_at
 from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.serializers import unpack_msgpack_large
 from runtime.core.versions import format_version
 from runtime.errors import NotPersistedYet, VersionLost
 
@@ -38,7 +37,7 @@ class PastReads:
     def read_record(self, version: int) -> dict[str, Any]:
         with self._lock:
             body = self.log.read(version)
-        return msgpack.unpackb(body, raw=False, strict_map_key=False)[2]
+        return unpack_msgpack_large(body)[2]  # a large record's large values copied without the GIL
 
     def check_readable(self, version: int) -> None:
         lost = self.lost

@@ -22,12 +22,13 @@ import msgpack
 
 from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.model.fields import STORE_ATTR, persistent_fields
+from derecho_actors.replica.checkpoint import CHECKPOINT_EVERY
 from derecho_actors.replica.env import ReplicaEnv
 from derecho_actors.replica.events import EventLog
 from derecho_actors.replica.messages import StatePart
 from derecho_actors.replica.prebuild import Prebuild, Rebuilt
 from derecho_actors.replica.sessions import SessionTable, table_for
-from derecho_actors.replica.store import CHECKPOINT_EVERY, PersistentStore
+from derecho_actors.replica.store import PersistentStore
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.digest import object_attrs
 from derecho_actors.wire.messages import ChunkKind
@@ -273,6 +274,7 @@ class IncomingState:
         self.serializer = serializer
         self._file: IO[bytes] | None = None
         self.replaced_log = False  # the sender's first chunk dropped our log (it disagreed)
+        self._piece: bytearray | None = None  # a record sent in pieces, so far
 
     def take(self, chunk: StatePart, store: PersistentStore | None) -> bool:
         """Keep one chunk; True once it was the last. Raises on a sender's error or a log
@@ -293,10 +295,34 @@ class IncomingState:
             self._file.write(data)
         elif part is ChunkKind.LOG:
             assert store is not None, "log records sent to a replica without a log"
-            records = msgpack.unpackb(data, raw=False)
-            with store.log_held() as log_:
-                log_.append([tuple(r) for r in records])
+            records = [self._whole(r) for r in msgpack.unpackb(data, raw=False)]
+            whole = [r for r in records if r is not None]
+            if whole:
+                with store.log_held() as log_:
+                    log_.append(whole)
+        if chunk.final and self._piece is not None:
+            raise StateTransferError("the state ended in the middle of a log record sent in pieces")
         return chunk.final
+
+    def _whole(self, record: list[Any]) -> tuple[int, int, bytes] | None:
+        """A received record: whole (``[version, ts, body]``), or None while the pieces of one
+        too large for a chunk (``[version, ts, piece, offset, total]``) are still coming."""
+        if len(record) == 3:
+            if self._piece is not None:
+                raise StateTransferError("a log record came in the middle of another sent in pieces")
+            return record[0], record[1], record[2]
+        if len(record) != 5:
+            raise StateTransferError(f"a log record of {len(record)} fields (3, or 5 for a piece)")
+        version, ts, piece, offset, total = record
+        buf = self._piece if self._piece is not None else bytearray()
+        if offset != len(buf) or offset + len(piece) > total:
+            raise StateTransferError(f"a piece of log record {version} at {offset} of {total} after {len(buf)} bytes")
+        buf += piece
+        if len(buf) < total:
+            self._piece = buf
+            return None
+        self._piece = None
+        return version, ts, bytes(buf)
 
     @property
     def has_object(self) -> bool:

@@ -25,7 +25,6 @@ import queue
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -37,20 +36,10 @@ from derecho_actors.replica.history import FieldHistory, apply_records
 from derecho_actors.replica.past import PastReads
 from derecho_actors.replica.sessions import SessionTable
 from derecho_actors.wire import codec as _codec
+from derecho_actors.wire.large_args import BIG_BIN
+from derecho_actors.wire.large_pack import pack_large
 
 log = logging.getLogger("derecho.persistent")
-
-CHECKPOINT_EVERY = 10_000
-"""Records between log checkpoints at least, and at least an eighth of the log: rewriting one
-(its index and history grow with the log) then costs about what the log's writes cost."""
-
-
-@dataclass(frozen=True, slots=True)
-class _CheckpointJob:
-    """A checkpoint for the writer thread to write once the records before it are durable."""
-
-    version: int
-    payload: bytes
 
 
 class PersistentStore(PastReads):
@@ -75,7 +64,7 @@ class PersistentStore(PastReads):
         stall_timeout: float = 30.0,
         inline: bool = False,
         replayed: SessionTable | None = None,
-        checkpoint_every: int = CHECKPOINT_EVERY,
+        checkpoint_every: int = _checkpoint.CHECKPOINT_EVERY,
     ) -> None:
         """``on_failure(why)``: the log could not be written (disk full, I/O error): the
         replica must stop (fail-stop), since it can no longer persist what it delivers.
@@ -196,6 +185,7 @@ class PersistentStore(PastReads):
         (the persistent mode's main per-version cost), so what it needs is looked up once in
         ``__init__`` and a dict field is read from the object's ``__dict__``."""
         changes: dict[str, Any] = {}
+        large = False  # a change of BIG_BIN bytes or more: the record is laid out (``large_pack``)
         encode, keys, obj = self._fast_encode, self.history.keys, self.obj
         d = obj.__dict__
         for name, is_dict in self._field_kinds:
@@ -205,6 +195,7 @@ class PersistentStore(PastReads):
                 if not isinstance(value, TrackedDict):
                     enc = self._encode(value)
                     if enc != self._baseline.get(name):
+                        large = large or len(enc) >= BIG_BIN
                         changes[name] = ["v", enc]
                         self._baseline[name] = enc
                         self.history.note_value(name, version)
@@ -212,6 +203,7 @@ class PersistentStore(PastReads):
             changed = value._changed
             if value._replaced:
                 changes[name] = ["m", True, encode([[k, v] for k, v in value.items()]), b""]
+                large = large or len(changes[name][2]) >= BIG_BIN
                 self.history.note_keys(name, version, value, True)
                 value._replaced = False
             elif not changed:
@@ -220,6 +212,7 @@ class PersistentStore(PastReads):
                 sets = [[k, v] for k, v in changed.items() if v is not DELETED]
                 dels = [k for k, v in changed.items() if v is DELETED] if len(sets) < len(changed) else None
                 changes[name] = ["m", False, encode(sets) if sets else b"", encode(dels) if dels else b""]
+                large = large or len(changes[name][2]) >= BIG_BIN or len(changes[name][3]) >= BIG_BIN
                 index = keys.get(name)
                 if index is None:
                     index = keys.setdefault(name, {})
@@ -235,7 +228,12 @@ class PersistentStore(PastReads):
         self.last_version, self.last_ts = version, ts
         if origin and self.replayed is not None:
             self._calls.append((origin, call_id, ts))
-        return version, ts, self._pack_record([origin, call_id, changes])
+        record = [origin, call_id, changes]
+        if large:  # msgpack would copy the large value holding the GIL (the node's loop waiting)
+            packed = pack_large(record, self._pack_record)
+            if packed is not None:
+                return version, ts, packed
+        return version, ts, self._pack_record(record)
 
     def _fast_encode(self, value: Any) -> bytes:
         """``_encode`` of a list, through the replica thread's own encoder (one C call for
@@ -297,7 +295,7 @@ class PersistentStore(PastReads):
             if not self._write(batches) or stop:
                 return
 
-    def _checkpoint_due(self, records: list[tuple[int, int, bytes]]) -> _CheckpointJob | None:
+    def _checkpoint_due(self, records: list[tuple[int, int, bytes]]) -> _checkpoint.CheckpointJob | None:
         """After ``records`` (the last call applied is the last of them): a checkpoint of
         the state now, if one is due."""
         if self.replayed is None:
@@ -317,12 +315,12 @@ class PersistentStore(PastReads):
             self.replayed.to_state(),
             self._encode,
         )
-        return _CheckpointJob(records[-1][0], data) if data is not None else None
+        return _checkpoint.CheckpointJob(records[-1][0], data) if data is not None else None
 
     def _write(self, batches: list[list[Any]]) -> bool:
         """Append and make durable (one fsync), write a checkpoint that came with them,
         then report; False once the log failed."""
-        jobs = [batch.pop() for batch in batches if type(batch[-1]) is _CheckpointJob]
+        jobs = [batch.pop() for batch in batches if type(batch[-1]) is _checkpoint.CheckpointJob]
         records = batches[0] if len(batches) == 1 else [r for batch in batches for r in batch]
         signature = None
         self.busy_since = time.monotonic()
@@ -347,7 +345,7 @@ class PersistentStore(PastReads):
             self.on_signed(durable, signature)
         return True
 
-    def _write_checkpoint(self, job: _CheckpointJob) -> None:
+    def _write_checkpoint(self, job: _checkpoint.CheckpointJob) -> None:
         """A checkpoint only saves restart time: a failure is logged and the node goes on."""
         try:
             with self._lock:

@@ -11,17 +11,19 @@ import functools
 import traceback
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Final, Mapping, NamedTuple, Sequence
 
 import msgpack
 
-from derecho_actors.exceptions import ShardAwaitingLog, ShardStateLost
+from derecho_actors.exceptions import ResultTooLarge, ShardAwaitingLog, ShardStateLost
 from derecho_actors.wire.call_views import MIN_VIEW_BYTES, ordered_views
 from derecho_actors.wire.packing import packb
-from derecho_actors.wire.serializers import pack as _pack
 from derecho_actors.wire.serializers import pack_args as _pack_args
+from derecho_actors.wire.serializers import pack_result as _pack_result
+from derecho_actors.wire.serializers import result_packer as _result_packer
 from derecho_actors.wire.serializers import unpack as _unpack
 from derecho_actors.wire.serializers import unpack_msgpack as _unpack_msgpack
+from derecho_actors.wire.serializers import unpack_msgpack_large as _unpack_msgpack_large
 from derecho_actors.wire.serializers import unpack_pickle as _unpack_pickle
 from derecho_actors.wire.state_codec import decode_state as decode_state  # re-exported
 from derecho_actors.wire.state_codec import encode_state as encode_state  # re-exported
@@ -58,7 +60,7 @@ def decode_args(data: bytes, serializer: str) -> tuple[Sequence[Any], Mapping[st
 
 
 def encode_result(value: Any, serializer: str) -> bytes:
-    return _pack(value, serializer, "the method's result")
+    return _pack_result(value, serializer, "the method's result")
 
 
 def decode_result(data: bytes, serializer: str) -> Any:
@@ -67,7 +69,14 @@ def decode_result(data: bytes, serializer: str) -> Any:
 
 def result_decoder(serializer: str) -> Callable[[bytes], Any]:
     """``decode_result`` for one serializer, as one function made once (a caller keeps one
-    per call: no closure per call). Also what ``decode_args`` decodes before it splits the pair."""
+    per call: no closure per call). Also what ``decode_args`` decodes before it splits the pair.
+    A large msgpack value's large bins are copied with the GIL released (``large_args``)."""
+    return _unpack_pickle if serializer == "cloudpickle" else _unpack_msgpack_large
+
+
+def args_decoder(serializer: str) -> Callable[[bytes], Any]:
+    """What decodes a call's ``[args, kwargs]`` pair that arrived as ``bytes`` (a small call's:
+    a large one arrives as a view, read by ``large_args``): msgpack's decoder at once."""
     return _unpack_pickle if serializer == "cloudpickle" else _unpack_msgpack
 
 
@@ -76,10 +85,21 @@ def result_encoder(serializer: str) -> Callable[[Any], bytes]:
     for msgpack a ``Packer`` of its own, one C call per value. A value it cannot encode raises
     msgpack's own error, not ``SerializationError``: call ``encode_result`` then (it raises that)."""
     return (
-        msgpack.Packer(use_bin_type=True).pack
+        _result_packer(msgpack.Packer(use_bin_type=True).pack)
         if serializer != "cloudpickle"
         else lambda v: encode_result(v, serializer)
     )
+
+
+MAYBE_LARGE: Final = frozenset((bytes, bytearray, str, list, tuple, dict))
+"""The types of result ``result_encoder`` may lay out (``large_pack``); any other result can go
+to ``plain_result_encoder`` at once (a replica skips a Python call per small result)."""
+
+
+def plain_result_encoder(serializer: str) -> Callable[[Any], bytes]:
+    """``result_encoder`` for a result whose type is not in ``MAYBE_LARGE``: for msgpack a
+    ``Packer``'s own ``pack`` (one C call), for one thread at a time."""
+    return msgpack.Packer(use_bin_type=True).pack if serializer != "cloudpickle" else result_encoder(serializer)
 
 
 def encode_error(exc: BaseException) -> bytes:
@@ -96,6 +116,7 @@ _OWN_ERRORS: dict[str, type[DerechoError]] = {
         ShardStateLost,
         ClientLimit,
         PayloadTooLarge,
+        ResultTooLarge,
         ReplicaLost,
         ReplyForgotten,
         SessionExpired,

@@ -33,6 +33,7 @@ from derecho_actors.wire.calls import (
     decode_calls,
     decode_client_calls,
 )
+from derecho_actors.wire.large_frames import BIG_BIN, ends_large, pack_answer_frame, unpack_large_frame
 from derecho_actors.wire.packing import packb
 from derecho_actors.wire.replies import (
     AnswerBatch,
@@ -224,11 +225,18 @@ _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
 
 
 def encode(msg: AppFrame) -> bytes:
-    """``msg`` as bytes for an ``AppMessage`` (``TypeError`` for what is not a message here)."""
-    enc = _ENCODERS.get(type(msg))
+    """``msg`` as bytes for an ``AppMessage`` (``TypeError`` for what is not a message here).
+    An answer frame ending with a large value is laid out by ``large_frames``: msgpack copied
+    the value holding the GIL, on the node's loop itself."""
+    t = type(msg)
+    enc = _ENCODERS.get(t)
     if enc is None:
-        raise TypeError(f"cannot encode {type(msg).__name__}: not an actor-layer message")
-    return packb(enc(msg))
+        raise TypeError(f"cannot encode {t.__name__}: not an actor-layer message")
+    if t is ReplyBatch or t is AnswerBatch:
+        large = ends_large(msg.entries)  # type: ignore[union-attr]
+    else:
+        large = t is Reply and len(msg.value) >= BIG_BIN  # type: ignore[union-attr]
+    return pack_answer_frame(enc(msg)) if large else packb(enc(msg))
 
 
 # ------------------------------------------------------------------------------- decoding
@@ -349,6 +357,8 @@ _DECODERS: Final[Decoders] = {
 
 def decode(data: bytes) -> AppFrame:
     """The message in an ``AppMessage``'s data; ``WireError`` naming the problem otherwise."""
+    if len(data) >= BIG_BIN:
+        return decode_tagged(data, _DECODERS, "message", unpack_large_frame)
     return decode_tagged(data, _DECODERS, "message")
 
 
@@ -362,6 +372,8 @@ def decode_from_client(data: bytes, max_calls: int) -> AppFrame | OverfullBatch:
     ``max_calls`` calls (what the client may have unanswered) are decoded; the others come as
     numbers in an :class:`OverfullBatch`, to be refused. So one frame costs the node's loop
     little beyond its size, however many calls it packs."""
+    if len(data) >= BIG_BIN:
+        return decode_tagged(data, _client_decoders(max_calls), "message", unpack_large_frame)
     return decode_tagged(data, _client_decoders(max_calls), "message")
 
 

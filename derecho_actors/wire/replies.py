@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from derecho_actors.wire.codec import encode_error, encode_refusal
+from derecho_actors.wire.large_frames import BIG_BIN, unpack_large_frame
 from runtime.errors import DerechoError, WireError
 from runtime.wire.checks import Decoders, decode_tagged, describe, flag, nat, text
 
@@ -190,6 +191,9 @@ def client_answers(data: bytes) -> AnswerRows | None:
     garbage collector to count (its next pass comes sooner, and walks them)."""
     if data[:2] != _ANSWER_BATCH_HEAD:
         return None
+    if len(data) >= BIG_BIN:  # its large values copied without the GIL (``large_frames``)
+        large: AnswerRows = decode_tagged(data, _CLIENT_ANSWERS, "message", unpack_large_frame)
+        return large
     rows: AnswerRows = decode_tagged(data, _CLIENT_ANSWERS, "message")
     return rows
 

@@ -42,7 +42,7 @@ from runtime.drivers.status import StatusLimiter
 from runtime.drivers.tcp import TransportSecurity
 from runtime.drivers.transport import Transport
 from runtime.drivers.transport_choice import node_transport, peer_transports
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, PayloadTooLarge
 from runtime.exitcodes import START_FAILED
 from runtime.node_api import AppHooks
 from runtime.security.tls import LoadedCredentials
@@ -85,6 +85,7 @@ class NodeDriver:
         self._phase: NodePhase = NotStarted()
         # Payloads the window has not taken yet; large ones are digested off the loop first.
         objects = config.rdmc.policy(config.multicast.max_message_size)
+        self._largest_payload = objects.max_object_size if objects is not None else config.multicast.max_message_size
         digests = ObjectDigests(objects.threshold, self.call_soon, self._digested) if objects is not None else None
         self._queue = AppQueue(digests)
         self._counters = NodeCounters()
@@ -315,8 +316,17 @@ class NodeDriver:
     # ------------------------------------------------------------ app inputs
     def send_ordered(self, shard: ShardId, payloads: Sequence[bytes]) -> None:
         """Multicast ``payloads`` in ``shard`` (thread-safe; kept in order until the window
-        takes them)."""
+        takes them). ``PayloadTooLarge`` for a payload larger than the group moves (the
+        loop would refuse it where no caller hears, dropping its batch)."""
         assert self._io is not None, "the node is not running"
+        largest = max(map(len, payloads), default=0)
+        if largest > self._largest_payload:
+            key = "rdmc.max_object_size" if self.config.rdmc.enabled else "multicast.max_message_size"
+            raise PayloadTooLarge(
+                f"a payload of {largest} bytes is over the largest this group multicasts, {self._largest_payload} "
+                f"({key}): send it in parts, or raise {key}"
+                + ("" if self.config.rdmc.enabled else " or turn on large objects ([rdmc] enabled = true)")
+            )
         if self._on_loop_thread():
             self._app_send(shard, payloads)
         else:

@@ -154,14 +154,24 @@ Decoders = Mapping[int, tuple[str, int | tuple[int, ...], Callable[[list[Any]], 
 """tag -> (name, number of fields after the tag, decoder of the whole list)"""
 
 
-def decode_tagged(body: bytes | bytearray | memoryview, decoders: Decoders, kind: str = "frame") -> Any:
-    """The message in ``body``, an msgpack array ``[tag, field, ...]`` of one of ``decoders``.
+def decode_tagged(
+    body: bytes | bytearray | memoryview,
+    decoders: Decoders,
+    kind: str = "frame",
+    unpack: Callable[[Any], Any] | None = None,
+) -> Any:
+    """The message in ``body``, an msgpack array ``[tag, field, ...]`` of one of ``decoders``;
+    ``unpack``: what decodes ``body`` if not msgpack as here (the same values and errors: the
+    actor layer's reader of large frames, whose large values it copies without the GIL).
 
     Raises :class:`WireError` naming the problem (bad msgpack, unknown tag, wrong number of
     fields, or which field is wrong) for anything a valid encoder could not have produced.
     """
     try:
-        obj = msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=refuse_ext)
+        if unpack is None:
+            obj = msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=refuse_ext)
+        else:
+            obj = unpack(body)
     except UNPACK_ERRORS as exc:
         raise WireError(f"{kind} body is not valid msgpack ({type(exc).__name__}: {exc})") from exc
     if type(obj) is not list or not obj:

@@ -54,6 +54,7 @@ TABLE: list[tuple[str, tuple[type[DerechoError], ...], tuple[type[BaseException]
     ("P2PMutationError", (UsageError,), ()),
     ("ReadOptionError", (UsageError,), (ValueError,)),
     ("EmitError", (UsageError,), (RuntimeError,)),
+    ("ResultTooLarge", (UsageError,), ()),
     # state or versions not there as asked
     ("LogError", (PersistenceError,), ()),
     ("LogCorrupted", (PersistenceError,), ()),

@@ -129,3 +129,19 @@ def test_state_round_trip_and_polls_on_the_wire() -> None:
     for bad in (b"", b"\x93\x01\x02\x03", b"\xc1"):
         with pytest.raises(WireError, match="malformed watch request"):
             decode_poll(bad)
+
+
+def test_the_log_is_bounded_in_bytes_as_in_events_the_same_at_every_replica() -> None:
+    big = bytes(_events.MAX_EVENT_BYTES)
+    logs = [EventLog(10_000), EventLog(10_000)]
+    for log in logs:
+        for v in range(40):  # 160 MiB of events, far under 10,000 of them
+            log.append(make_version(1, v), big)
+        assert log.bytes <= _events.MAX_LOG_BYTES and log.bytes == sum(len(e[2]) for e in log.events)
+        assert len(log.events) == _events.MAX_LOG_BYTES // len(big)
+    assert logs[0].floor == logs[1].floor == (make_version(1, 39 - len(logs[0].events)), 0)
+    with pytest.raises(WatchHistoryLost, match="MiB"):
+        WatchBoard(logs[0]).poll(poll((make_version(1, 0), 0), hold=0), make_version(1, 39))
+    again = EventLog(10_000)
+    again.load_state(logs[0].to_state())
+    assert again.bytes == logs[0].bytes and again.floor == logs[0].floor
