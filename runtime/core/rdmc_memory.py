@@ -33,3 +33,7 @@ class ObjectMemory(Protocol):
     def done(self, oid: ObjectId) -> None:
         """The object left the engine (released or failed): what the transport holds for it
         may go (a receiver's view lives on with whoever still refers to it)."""
+
+    def epoch_ended(self, vid: int) -> None:
+        """Every object of view ``vid`` and earlier is over here (after their ``done``): what
+        the transport keeps for them (offers never opened, answers for late frames) may go."""

@@ -227,6 +227,8 @@ class TransferEngine:
                 }
                 for t in [t for t in self._objects.values() if t.descriptor.oid.vid <= vid]:
                     self._fail(t, FailureReason.EPOCH_ENDED, None, out)
+                if self.config.memory is not None:
+                    self.config.memory.epoch_ended(vid)
             case _:
                 raise TransferUsageError(f"not a transfer event: {event!r}")
         return out

@@ -70,6 +70,7 @@ import os
 import secrets
 import struct
 import sys
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -94,7 +95,8 @@ HEADER = 4096  # the object starts on a page of its own
 MAGIC = 0x3130_4A42_4F44_5244  # b"DRDOBJ01" as a little-endian word; bump with the layout
 _HEAD = struct.Struct("<QQ16s")  # magic, size, token
 MAX_OFFERS = 64  # offers of one peer mapped and not opened yet, at most (its oldest go first)
-MAX_EARLY = 64  # "in place" notes of one peer for objects not opened here yet, at most (its oldest go first)
+MAX_EARLY = 64  # "in place" notes of one peer for objects not opened here yet, at least (see ``limit``)
+MAX_RELEASED = 4096  # objects let go of here in epochs not ended yet, remembered at most (see ``landed``)
 MAX_SIZE = 1 << 40  # an offered object we map at most, unless the engine says less (``limit``)
 MAX_PENDING = 1 << 40  # bytes of one peer's offers mapped and not opened yet, unless ``limit`` says less
 
@@ -127,6 +129,7 @@ class _Segment:
     busy: ObjectId | None = None  # the object in it now (written, moving, held by members)
     waiting: set[int] = field(default_factory=set)  # members that have not answered its first offer
     reserved: bool = False  # its pages are allocated (posix_fallocate): a write there cannot fail for room
+    promised: int = 0  # bytes of /dev/shm promised to it until its reservation ended (``_ROOM``)
     retired: bool = False  # a member that mapped it is gone: never written again, closed once idle
 
 
@@ -160,6 +163,10 @@ class ObjectSegments:
         self.mapped: OrderedDict[tuple[int, bytes], _Mapped] = OrderedDict()  # peers', by (owner, token)
         self.offers: OrderedDict[ObjectId, tuple[int, bytes]] = OrderedDict()  # offered, not opened yet
         self.adopted: set[ObjectId] = set()  # objects this node reads in place
+        # Objects this node read in place and let go of, in epochs not ended here: a relay's
+        # in-place block for one, late (it had our credit), is answered as its bytes would be.
+        self.released: OrderedDict[ObjectId, None] = OrderedDict()
+        self.ended = -1  # the last epoch ended here
         self.in_place: dict[ObjectId, set[int]] = {}  # members reading oid in place (objects open here)
         # The members of every object open here (sent or received): a peer's "in place" counts
         # only for an object it is a member of, so a peer cannot make this node send an honest
@@ -178,16 +185,20 @@ class ObjectSegments:
         self._told: set[int] = set()  # senders whose objects were logged as read in place
         self.max_size = MAX_SIZE  # an offer's size at most
         self.spare: _Segment | None = None  # a segment reserved ahead, offered to no one yet
-        self._sparing = False  # ... being reserved
+        self._sparing: _Segment | None = None  # ... being reserved (close() removes it)
         self._spare_since = 0.0  # when the spare was ready
-        self._closed = False
         self.max_pending = MAX_PENDING  # bytes of one peer's offers mapped and not opened yet
+        self.max_early = MAX_EARLY  # "in place" notes of one peer for objects not opened here
 
-    def limit(self, max_object_size: int, max_bytes: int) -> None:
+    def limit(self, max_object_size: int, max_bytes: int, max_objects: int = 0) -> None:
         """The engine's bounds: no object is larger than ``max_object_size``, nor a sender's
-        objects in flight more than ``max_bytes`` (what a peer's offers may make us map)."""
+        objects in flight more than ``max_bytes`` (what a peer's offers may make us map), nor
+        a node's objects in flight more than ``max_objects``. A peer's notes for objects not
+        opened here are for objects it has open, so twice its count (its configuration may be
+        larger than ours by as much) never evicts an honest peer's note."""
         self.max_size = min(MAX_SIZE, max_object_size)
         self.max_pending = min(MAX_PENDING, max(max_bytes, max_object_size))
+        self.max_early = max(MAX_EARLY, 2 * max_objects)
 
     def _switched(self, node: int) -> bool:
         pair = self.transport.pairs.get(node)
@@ -241,7 +252,7 @@ class ObjectSegments:
             # Small enough to reserve on the loop (0.26 ms/MB: at most ~35 ms here), so the
             # offer goes before the descriptor and the members read this object in place.
             try:
-                os.posix_fallocate(seg.fd, 0, HEADER + seg.capacity)
+                _reserve(seg)
             except OSError as exc:
                 log.warning(
                     "object %s goes through the rings: cannot reserve %d bytes for it: %s", oid, seg.capacity, exc
@@ -256,16 +267,7 @@ class ObjectSegments:
         # for room (several senders on this host cannot overcommit /dev/shm together). Until
         # then its blocks are written as they go (so all are there when it is offered), and a
         # write that fails only means no offer: every member gets bytes.
-        fd = seg.fd
-
-        def reserve() -> None:
-            mine = os.dup(fd)  # the loop may close the segment's own descriptor meanwhile
-            try:
-                os.posix_fallocate(mine, 0, HEADER + seg.capacity)
-            finally:
-                os.close(mine)
-
-        SLOW_CALLS.submit(reserve, lambda got: self._reserved(descriptor, placed, got))
+        SLOW_CALLS.submit(lambda: _reserve(seg), lambda got: self._reserved(descriptor, placed, got))
 
     def _reserved(self, descriptor: ObjectDescriptor, placed: _Placed, got: Any) -> None:
         """The reservation of a new segment's room ended (``got``: the error, if it failed)."""
@@ -315,17 +317,15 @@ class ObjectSegments:
             return None
         try:
             os.fchmod(fd, 0o600)
-            room = os.fstatvfs(fd)
-            if room.f_bavail * room.f_frsize < HEADER + capacity + ROOM_LEFT:
-                raise OSError(errno.ENOSPC, f"{self._dir()} has not {capacity + ROOM_LEFT} bytes free")
             os.ftruncate(fd, HEADER + capacity)
             os.pwrite(fd, _HEAD.pack(MAGIC, capacity, token), 0)
+            promised = _ROOM.claim(fd, HEADER + capacity, self._dir())  # last: nothing after it fails
         except OSError as exc:
             os.close(fd)
             _unlink(path)
             log.warning("%s goes through the rings: a segment of %d bytes: %s", _what(oid), capacity, exc)
             return None
-        return _Segment(fd, path, capacity, token)
+        return _Segment(fd, path, capacity, token, promised=promised)
 
     def _make_spare(self, capacity: int) -> None:
         """Reserve a segment of ``capacity`` bytes ahead (off the loop), unless one is ready or
@@ -338,21 +338,14 @@ class ObjectSegments:
         seg = self._new_segment(None, capacity)
         if seg is None:
             return
-        self._sparing = True
-        fd = seg.fd
-
-        def reserve() -> None:
-            mine = os.dup(fd)
-            try:
-                os.posix_fallocate(mine, 0, HEADER + capacity)
-            finally:
-                os.close(mine)
+        self._sparing = seg
 
         def reserved(got: Any) -> None:
-            self._sparing = False
-            if isinstance(got, OSError) or self._closed:
-                if isinstance(got, OSError):
-                    log.info("no spare segment of %d bytes: %s", capacity, got)
+            if self._sparing is not seg:
+                return  # dropped meanwhile (close)
+            self._sparing = None
+            if isinstance(got, OSError):
+                log.info("no spare segment of %d bytes: %s", capacity, got)
                 self._drop_spare(seg)
                 return
             seg.reserved = True
@@ -361,7 +354,7 @@ class ObjectSegments:
             self.spare = seg
             self._spare_since = time.monotonic()
 
-        SLOW_CALLS.submit(reserve, reserved)
+        SLOW_CALLS.submit(lambda: _reserve(seg), reserved)
 
     def _drop_spare(self, seg: _Segment) -> None:
         if self.spare is seg:
@@ -380,7 +373,9 @@ class ObjectSegments:
         p = self.placed.get(oid)
         if p is not None and not p.written[block]:
             try:
-                os.pwrite(p.segment.fd, data, HEADER + block * p.block_size)
+                wrote = os.pwrite(p.segment.fd, data, HEADER + block * p.block_size)
+                if wrote != len(data):  # out of room partway (not reserved yet): the rest is not there
+                    raise OSError(errno.ENOSPC, f"wrote {wrote} of its {len(data)} bytes")
             except OSError as exc:
                 # Not offered yet (its room not reserved): no member reads it in place, all get
                 # bytes. Offered, its room was reserved: not for want of room (an I/O error of
@@ -437,6 +432,8 @@ class ObjectSegments:
         for (who, _), m in self.mapped.items():
             if who == owner:
                 m.gone = True
+        for oid in [oid for oid, (who, _) in self.offers.items() if who == owner]:
+            self._drop_offer(oid)  # its descriptor may never come: else mapped for good
         for seg in list(self.segments.values()):
             if owner in seg.holders or owner in seg.waiting:
                 seg.holders.discard(owner)
@@ -562,15 +559,26 @@ class ObjectSegments:
             return
         notes = self.early.setdefault(sender, OrderedDict())
         notes[oid] = None
-        while len(notes) > MAX_EARLY:  # objects never opened here (a view ended): its own oldest go
+        while len(notes) > self.max_early:  # objects never opened here (a view ended): its own oldest go
             notes.popitem(last=False)
 
     def landed(self, sender: int, msg: ShmBlockInPlace, sink: BlockDestination | None) -> Any:
         """A block in place: reserve it as if its bytes had come (the engine checks sender,
-        credit and length), and hand the driver what a block frame would have become."""
-        if msg.oid not in self.adopted or sink is None:
-            return BlockDropped(msg.oid, msg.block, Refusal.NOT_IN_PLACE)
-        got = sink(sender, msg.oid, msg.block, msg.length)
+        credit and length), and hand the driver what a block frame would have become.
+
+        For an object this node read in place and let go of (or of an ended epoch), the engine
+        holds nothing any more and answers as it would the bytes (OBJECT_OVER, EPOCH_ENDED):
+        an honest relay with our credit may send it late, after a view change here. Only a
+        block in place of an object this node does not read in place is hostile."""
+        oid = msg.oid
+        if sink is None:
+            return BlockDropped(oid, msg.block, Refusal.NOT_IN_PLACE)
+        if oid not in self.adopted:
+            if oid not in self.released and oid.vid > self.ended:
+                return BlockDropped(oid, msg.block, Refusal.NOT_IN_PLACE)
+            got = sink(sender, oid, msg.block, msg.length)  # the engine forgot it: a refusal
+            return BlockDropped(oid, msg.block, got if isinstance(got, Refusal) else Refusal.NOT_IN_PLACE)
+        got = sink(sender, oid, msg.block, msg.length)
         if isinstance(got, Refusal):
             return BlockDropped(msg.oid, msg.block, got)
         return BlockLanded(msg.oid, msg.block)
@@ -600,7 +608,11 @@ class ObjectSegments:
             for key in [k for k in keys if self.mapped[k].gone]:
                 keys.remove(key)
                 _unmap(self.mapped.pop(key).mm)
-            for key in keys[:-KEEP_MAPPED]:  # the oldest beyond the bound: unmapped
+            # Those said free first (the owner may be offering one again right now: unmapped,
+            # that offer would be refused and its object go as bytes), then the last used.
+            # Said free are never more than KEEP_MAPPED, so only ones never said free go.
+            keys.sort(key=lambda k: not self.mapped[k].told_free, reverse=True)
+            for key in keys[:-KEEP_MAPPED]:  # beyond the bound: unmapped
                 _unmap(self.mapped.pop(key).mm)
                 self.transport.send(owner, frame(ShmSegmentFree(key[1], False)))
             for key in keys[-KEEP_MAPPED:]:
@@ -645,14 +657,36 @@ class ObjectSegments:
         for m in self.mapped.values():
             if m.busy == oid:
                 m.busy = None
-        self.adopted.discard(oid)
+        if oid in self.adopted:
+            self.adopted.discard(oid)
+            if oid.vid > self.ended:
+                self.released[oid] = None
+                while len(self.released) > MAX_RELEASED:
+                    self.released.popitem(last=False)
         self.in_place.pop(oid, None)
         self.members.pop(oid, None)
 
+    def epoch_ended(self, vid: int) -> None:
+        """Every object of ``vid`` and earlier is over here: offers of them never opened go
+        (their segments idle again, unmapped if their owner is gone), and so do the notes and
+        the objects let go of (a late block of them is answered EPOCH_ENDED, see ``landed``)."""
+        self.ended = max(self.ended, vid)
+        for oid in [oid for oid in self.offers if oid.vid <= vid]:
+            self._drop_offer(oid)
+        for oid in [oid for oid in self.released if oid.vid <= vid]:
+            del self.released[oid]
+        for peer, notes in list(self.early.items()):
+            for oid in [oid for oid in notes if oid.vid <= vid]:
+                del notes[oid]
+            if not notes:
+                del self.early[peer]
+
     def close(self) -> None:
-        self._closed = True
         if self.spare is not None:
             self._drop_spare(self.spare)
+        sparing, self._sparing = self._sparing, None
+        if sparing is not None:  # its reservation queued before this close: the file goes now
+            self._drop_spare(sparing)
         self.retiring.clear()
         self.placed.clear()
         for seg in list(self.segments.values()):
@@ -668,6 +702,7 @@ class ObjectSegments:
         self.members.clear()
         self.early.clear()
         self.adopted.clear()
+        self.released.clear()
 
 
 def guard_sink(sink: BlockDestination) -> BlockDestination:
@@ -681,6 +716,51 @@ def guard_sink(sink: BlockDestination) -> BlockDestination:
         return got
 
     return guarded
+
+
+class _Room:
+    """The /dev/shm bytes this process promised to new segments whose room is not reserved
+    yet: a new segment is made only if the free room, less those, leaves ``ROOM_LEFT``, so a
+    segment, a spare and other senders of this process cannot all pass the check and then
+    reserve /dev/shm down to nothing (rings and boards are sparse: a write into an untouched
+    page of theirs would then kill the process with SIGBUS). The check and the promise are
+    one step under a lock; the reservation (on the loop or the worker thread) settles it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.promised = 0
+
+    def claim(self, fd: int, size: int, where: str) -> int:
+        """Promise ``size`` bytes to the segment open at ``fd``, or raise ENOSPC."""
+        with self._lock:
+            room = os.fstatvfs(fd)
+            free = room.f_bavail * room.f_frsize - self.promised
+            if free < size + ROOM_LEFT:
+                raise OSError(errno.ENOSPC, f"{where} has not {size + ROOM_LEFT} bytes free (promised or used)")
+            self.promised += size
+            return size
+
+    def settle(self, seg: _Segment) -> None:
+        """``seg``'s reservation ended (its pages are allocated, or will not be)."""
+        with self._lock:
+            self.promised -= seg.promised
+            seg.promised = 0
+
+
+_ROOM = _Room()
+
+
+def _reserve(seg: _Segment) -> None:
+    """Allocate ``seg``'s pages (``posix_fallocate``; on the loop or the worker thread) and
+    settle the room promised to it, reserved or not."""
+    try:
+        mine = os.dup(seg.fd)  # the loop may close the segment's own descriptor meanwhile
+        try:
+            os.posix_fallocate(mine, 0, HEADER + seg.capacity)
+        finally:
+            os.close(mine)
+    finally:
+        _ROOM.settle(seg)
 
 
 def _attach(path: str, size: int, token: bytes) -> mmap.mmap:

@@ -83,6 +83,8 @@ MAX_OFFERED_CAPACITY = 1 << 30  # a peer's ring we map at most (it is memory it 
 SWEEP_INTERVAL = 0.02  # seconds between checks for a missed wake-up (see shm_ring)
 _OBJECTS: frozenset[type] = frozenset({ShmObjectOffer, ShmObjectAnswer, ShmInPlace, ShmBlockInPlace, ShmSegmentFree})
 _SETUP: frozenset[type] = frozenset({ShmProbe, ShmOffer, ShmAnswer, ShmSwitch}) | _OBJECTS
+# Object frames that count over TCP too (see ``_objects_allowed``): they open and map nothing.
+_OVER_TCP_TOO: frozenset[type] = frozenset({ShmInPlace, ShmBlockInPlace})
 
 
 class TransportMode(enum.Enum):
@@ -478,10 +480,17 @@ class ShmTransport:
 
     def _objects_allowed(self, sender: int, msg: Any) -> bool:
         """Object frames count only where objects are placed in shared memory (not refused
-        here, not a subclass's pairs across hosts) and only from a peer whose ring to us is
-        mapped: otherwise a peer could make this node open and map files. Logged once a peer."""
+        here, not a subclass's pairs across hosts). Those about segments only from a peer
+        whose ring to us is mapped: otherwise a peer could make this node open and map files.
+        An "in place" and a block in place also over TCP: a member reads in place once its
+        own rings to the others are switched, and a relay whose ring to it could not be made
+        (or fell back) sends them over TCP; dropped, the block never landed and the object
+        hung. They open nothing: a block in place counts only for an object read in place
+        here, a note only from a member of the object. Logged once a peer."""
         pair = self.pairs.get(sender)
-        if self.object_memory is not None and pair is not None and pair.reader is not None:
+        if self.object_memory is not None and (
+            (pair is not None and pair.reader is not None) or type(msg) in _OVER_TCP_TOO
+        ):
             return True
         if sender not in self._objects_ignored:
             self._objects_ignored.add(sender)

@@ -72,7 +72,7 @@ class MemberPhase:
         if memory is not None and core.objects is not None:
             engine = core.objects.engine
             engine.config = replace(engine.config, memory=memory)
-            memory.limit(engine.config.max_object_size, engine.config.max_bytes)  # what offers may map
+            memory.limit(engine.config.max_object_size, engine.config.max_bytes, engine.config.max_objects)
 
     # ------------------------------------------------------------ ways in
     @classmethod
