@@ -21,7 +21,8 @@ proved the peer's node id):
 
 1. The sender, starting an object all of whose other members have switched rings with it,
    creates ``<prefix>obj-p<pid>-<random>.obj`` in /dev/shm (``O_EXCL``, mode 0600, only if
-   /dev/shm has room for it now), writes a header (magic, size, a 16-byte random token),
+   /dev/shm has room for it, less what this process promised to segments not reserved yet,
+   ``_ROOM``), writes a header (magic, size, a 16-byte random token),
    reserves the segment's room (``posix_fallocate``: then no write into it can fail for room,
    which would leave members reading in place without a block; 0.26 ms/MB, so on the loop only
    up to ``RESERVE_NOW``, larger ones on a worker thread, ``shm_worker``, with a spare reserved
@@ -37,7 +38,8 @@ proved the peer's node id):
    removes it (``shm_names.remove_stale``). A peer never removes a file.
 3. When the member opens the object (its descriptor arrived), it reads it in place if it mapped
    the offer and its rings to every other member are switched: it says so to each
-   (``ShmInPlace``, before its first credit on the same ring, so before any block comes). A
+   (``ShmInPlace``, before its first credit on the same ring, so before any block comes;
+   a relay whose own ring to it is not switched sends its ``ShmBlockInPlace`` over TCP). A
    member that cannot (no offer, a peer still on TCP) gets bytes, as before: the sender writes
    every block into the segment before sending it anywhere, so relays from in-place members
    read the bytes they send from there.
