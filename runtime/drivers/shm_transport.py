@@ -294,7 +294,11 @@ class ShmTransport:
 
     def send_block(self, node_id: int, head: bytes, data: memoryview) -> None:
         if self.objects.block_out(node_id, head, data):
-            return  # the peer reads the object in place: only a frame saying the block is there went
+            return  # the peer reads the object in place, or the send waits for the block's write
+        self.send_block_bytes(node_id, head, data)
+
+    def send_block_bytes(self, node_id: int, head: bytes, data: memoryview) -> None:
+        """Send the block's bytes to ``node_id`` (its ring, or TCP until the pair switched)."""
         pair = self.pairs.get(node_id)
         if pair is not None and pair.writer is not None:
             if pair.switched:

@@ -28,7 +28,7 @@ from runtime.wire.codec import frame
 from runtime.wire.control import AppMessage
 from runtime.wire.shm_setup import ShmBlockInPlace, ShmInPlace, ShmObjectOffer, ShmSegmentFree
 from runtime.wire.transfers import BlockDropped, BlockLanded, block_frame_head
-from tests.drivers.test_shm_object_segments import BLOCK, segments
+from tests.drivers.test_shm_object_segments import BLOCK, BlockBytes, segments, wrote
 from tests.drivers.test_shm_transport import pair, turns
 
 pytestmark = [
@@ -240,9 +240,11 @@ def test_a_short_write_into_a_segment_is_a_failed_write(shm_dir: str, monkeypatc
             return real(fd, memoryview(buf)[: len(buf) // 2], offset)
 
         monkeypatch.setattr(os, "pwrite", short)
-        assert not seg.block_out(2, block_frame_head(d.oid, 0, BLOCK), memoryview(data)[:BLOCK])
+        assert seg.block_out(2, block_frame_head(d.oid, 0, BLOCK), memoryview(data)[:BLOCK]), "waits for its write"
+        await wrote(sender)
         monkeypatch.setattr(os, "pwrite", real)
         assert seg.placed == {}, "marked written, its second half missing"
+        assert [(n, m.data) for n, m in sender.of(BlockBytes)] == [(2, data[:BLOCK])], "its bytes went"
         for _ in range(50):
             SLOW_CALLS.drain()
             await asyncio.sleep(0.01)

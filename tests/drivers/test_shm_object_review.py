@@ -24,7 +24,7 @@ from runtime.wire.codec import frame
 from runtime.wire.control import AppMessage
 from runtime.wire.shm_setup import ShmBlockInPlace, ShmInPlace, ShmObjectAnswer, ShmObjectOffer, ShmSegmentFree
 from runtime.wire.transfers import block_frame_head
-from tests.drivers.test_shm_object_segments import BLOCK, segments
+from tests.drivers.test_shm_object_segments import BLOCK, BlockBytes, segments, wrote
 from tests.drivers.test_shm_transport import pair, turns
 
 pytestmark = [
@@ -148,7 +148,9 @@ def test_a_write_failing_before_the_room_is_reserved_means_no_offer(
 
         shm_objects.os.pwrite = no_room  # type: ignore[assignment]
         try:
-            assert not seg.block_out(2, *_block(d.oid, data))
+            assert seg.block_out(2, *_block(d.oid, data)), "the send waits for the block's write"
+            await wrote(sender)
+            assert [n for n, _ in sender.of(BlockBytes)] == [2], "the write failed: its bytes went"
         finally:
             shm_objects.os.pwrite = real  # type: ignore[assignment]
         for _ in range(100):

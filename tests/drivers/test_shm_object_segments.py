@@ -6,6 +6,7 @@ that maps it let go of it, and a killed sender's segment is removed at its next 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from runtime.core.rdmc_descriptor import ObjectId, describe
 from runtime.drivers.shm_names import new_object_path, remove_stale
 from runtime.drivers.shm_objects import ObjectSegments
+from runtime.drivers.shm_worker import BLOCK_WRITES
 from runtime.wire.codec import FrameDecoder
 from runtime.wire.shm_setup import ShmInPlace, ShmObjectAnswer, ShmObjectOffer, ShmSegmentFree
 from runtime.wire.transfers import block_frame_head
@@ -48,6 +50,14 @@ class _Pair:
     writer: _Writer = field(default_factory=_Writer)
 
 
+@dataclass(frozen=True)
+class BlockBytes:
+    """A block sent as bytes (the transport's ``send_block_bytes``), in ``FakeShm.sent``."""
+
+    head: bytes
+    data: bytes
+
+
 @dataclass
 class FakeShm:
     """What ObjectSegments uses of its ShmTransport: switched pairs, and frames sent (decoded)."""
@@ -66,6 +76,9 @@ class FakeShm:
     def send(self, node: int, data: bytes) -> None:
         self.sent.extend((node, m) for m in FrameDecoder().feed(data))
 
+    def send_block_bytes(self, node: int, head: bytes, data: memoryview) -> None:
+        self.sent.append((node, BlockBytes(head, bytes(data))))
+
     def of(self, kind: type) -> list[tuple[int, Any]]:
         return [(n, m) for n, m in self.sent if type(m) is kind]
 
@@ -73,6 +86,13 @@ class FakeShm:
 def segments(node: int, peers: list[int], shm_dir: str) -> tuple[FakeShm, ObjectSegments]:
     t = FakeShm(node, peers, shm_dir)
     return t, ObjectSegments(t)  # type: ignore[arg-type]
+
+
+async def wrote(sender: FakeShm) -> None:
+    """Wait until the block writes submitted so far ran and their ends reached the loop."""
+    assert BLOCK_WRITES.drain(), "the writer thread is stuck"
+    for _ in range(3):  # their ends come by call_soon_threadsafe: a turn or two
+        await asyncio.sleep(0)
 
 
 def send_all(seg: ObjectSegments, data: bytes, oid: ObjectId, to: int) -> None:
