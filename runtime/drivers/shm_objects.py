@@ -266,7 +266,8 @@ class ObjectSegments:
                     return
                 self.segments[seg.token] = seg
             seg.waiting = set(need)
-            self._make_spare(capacity_for(size))  # for the next object that finds no idle segment
+            if ready is None:  # objects digested by the driver get theirs from ``prepare``
+                self._make_spare(capacity_for(size))  # for the next object that finds no idle segment
         seg.busy = oid
         placed = self.placed[oid] = _Placed(seg, descriptor.block_size, bytearray(descriptor.blocks))
         self.placed_total += 1
