@@ -110,7 +110,9 @@ KEEP_IDLE = 128 << 20  # bytes of idle segments a sender keeps for its next obje
 ROOM_LEFT = 64 << 20  # /dev/shm bytes a new segment leaves free at least (for rings, other users)
 MAX_SEGMENTS = 16  # segments a sender keeps open at most, busy or waiting for their members' "free"
 KEEP_MAPPED = 2  # idle segments of one sender a member keeps mapped for its next objects
-RESERVE_NOW = 0  # a new segment's room up to this is reserved on the loop, larger ones off it (see ``prepare``)
+# A new segment's room up to this is reserved on the loop (~1 ms), larger ones off it: as the
+# object is digested (``prepare``), or after it started (then it goes as bytes, see ``sending``).
+RESERVE_NOW = 4 << 20
 SPARE_IDLE = 1.0  # seconds a spare segment (reserved ahead, see ``_make_spare``) waits for an object
 
 
@@ -205,6 +207,10 @@ class ObjectSegments:
         # no one yet, with when they were ready (unused for ``SPARE_IDLE``, they go).
         self.ready: list[_Segment] = []
         self._ready_since: dict[bytes, float] = {}
+        # ... being made and reserved there, or made and not handed to the loop yet (the loop
+        # may stop before it runs the hand-over): close() removes their files.
+        self._preparing: dict[bytes, _Segment] = {}
+        self._preparing_lock = threading.Lock()
 
     def limit(self, max_object_size: int, max_bytes: int, max_objects: int = 0) -> None:
         """The engine's bounds: no object is larger than ``max_object_size``, nor a sender's
@@ -232,7 +238,11 @@ class ObjectSegments:
         oid, size = descriptor.oid, descriptor.size
         need = set(others)
         seg = None
-        for s in self.segments.values():  # an idle one every member maps: no new pages
+        # One reserved for this object as it was digested goes first (its pages are paid for,
+        # and until offered it has a name: a kill -9 would leave it in /dev/shm); then an idle
+        # one every member maps: no new pages.
+        ready = min((r for r in self.ready if r.capacity >= size), key=lambda r: r.capacity, default=None)
+        for s in self.segments.values() if ready is None else ():
             if (
                 s.busy is None
                 and s.reserved
@@ -250,8 +260,7 @@ class ObjectSegments:
             self.reused_total += 1
         else:
             spare, self.spare = self.spare, None
-            ready = min((r for r in self.ready if r.capacity >= size), key=lambda r: r.capacity, default=None)
-            if ready is not None:  # reserved for this object while it was digested: offered at once
+            if ready is not None:  # offered at once
                 self.ready.remove(ready)
                 del self._ready_since[ready.token]
                 seg = self.segments[ready.token] = ready
@@ -390,8 +399,8 @@ class ObjectSegments:
         hands the segment to the loop (run there before the object can start), or None when
         an idle segment would do or none can be made. Reads the loop's tables only as a hint
         (a copy of each, taken whole under the GIL)."""
-        if self.closed or self.transport.refusal or not self.transport.pairs:
-            return None
+        if self.closed or self.transport.refusal or not self.transport.pairs or capacity_for(size) <= RESERVE_NOW:
+            return None  # (a small one is reserved on the loop: no named file waits for it)
         segments, ready = list(self.segments.values()), list(self.ready)
         if len(segments) + len(ready) >= MAX_SEGMENTS:
             return None
@@ -400,22 +409,30 @@ class ObjectSegments:
             for s in segments
         ):
             return None
-        seg = self._new_segment(None, capacity_for(size))
-        if seg is None:
-            return None
+        with self._preparing_lock:  # close() removes what is made here until the loop has it
+            if self.closed:
+                return None
+            made = self._new_segment(None, capacity_for(size))
+            if made is None:
+                return None
+            seg = self._preparing[made.token] = made
         try:
             _reserve(seg)
         except OSError as exc:
             log.info("no segment reserved ahead for an object of %d bytes: %s", size, exc)
+            with self._preparing_lock:
+                self._preparing.pop(seg.token, None)
             os.close(seg.fd)
             _remove(seg.path)  # on the worker already
             return None
         seg.reserved = True
 
         def hand_over() -> None:
-            if self.closed:
-                self._drop_spare(seg)
-                return
+            with self._preparing_lock:
+                if self._preparing.pop(seg.token, None) is None:  # close() removed its file
+                    fd = seg.fd
+                    SLOW_CALLS.submit(lambda: os.close(fd))
+                    return
             self.ready.append(seg)
             self._ready_since[seg.token] = time.monotonic()
 
@@ -814,7 +831,11 @@ class ObjectSegments:
                 del self.early[peer]
 
     def close(self) -> None:
-        self.closed = True
+        with self._preparing_lock:
+            self.closed = True
+            preparing, self._preparing = list(self._preparing.values()), {}
+        for seg in preparing:  # its descriptor is the worker's or the hand-over's: closed at exit
+            _remove(seg.path)
         for r in self.ready:
             self._drop_spare(r)
         self.ready.clear()
@@ -838,6 +859,7 @@ class ObjectSegments:
         self.in_place.clear()
         self.members.clear()
         self.early.clear()
+        unlink_pending()  # the names this close dropped (and any other queued): gone with the node
         self.adopted.clear()
         self.released.clear()
 
@@ -885,6 +907,7 @@ class _Room:
 
 
 _ROOM = _Room()
+_UNLINKING: set[str] = set()  # names queued for removal on the worker thread (``unlink_pending``)
 
 
 def _on_loop() -> bool:
@@ -943,9 +966,18 @@ def _unlink(path: str) -> None:
     """Remove ``path`` off the loop: an unlink waits for the file's inode, which a
     ``posix_fallocate`` or a ``pwrite`` into it holds (79 ms on the loop of a loaded sender)."""
     SLOW_CALLS.submit(lambda: _remove(path))
+    _UNLINKING.add(path)
+
+
+def unlink_pending() -> None:
+    """Remove at once the names queued for removal (close: the process may end before the
+    worker thread gets to them, and a name left in /dev/shm outlives it)."""
+    for path in list(_UNLINKING):
+        _remove(path)
 
 
 def _remove(path: str) -> None:
+    _UNLINKING.discard(path)
     try:
         os.unlink(path)
     except FileNotFoundError:

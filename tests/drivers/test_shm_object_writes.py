@@ -17,6 +17,7 @@ import pytest
 from runtime.core.rdmc_descriptor import ObjectId, describe
 from runtime.drivers import shm_objects
 from runtime.drivers.shm_objects import HEADER
+from runtime.drivers.shm_worker import SLOW_CALLS
 from runtime.wire.shm_setup import ShmBlockInPlace, ShmInPlace, ShmObjectOffer
 from runtime.wire.transfers import block_frame_head
 from tests.drivers.test_shm_object_segments import BLOCK, BlockBytes, segments, wrote
@@ -36,6 +37,7 @@ def shm_dir() -> Iterator[str]:
 def test_blocks_are_written_off_the_loop_and_announced_once_in_the_segment(
     shm_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(shm_objects, "RESERVE_NOW", 0)  # as a segment too large to reserve on the loop
     loop_thread = threading.get_ident()
     writers: list[int] = []
     real = os.pwrite
@@ -93,6 +95,7 @@ def test_a_segment_prepared_off_the_loop_is_offered_at_once_and_none_reserved_on
         real(fd, offset, length)
 
     monkeypatch.setattr(os, "posix_fallocate", spy)
+    monkeypatch.setattr(shm_objects, "RESERVE_NOW", 0)  # as a segment too large to reserve on the loop
 
     async def main() -> None:
         sender, seg = segments(1, [2, 3], shm_dir)
@@ -147,5 +150,41 @@ def test_an_offer_after_the_reservation_waits_for_the_writes_in_flight(
         await wrote(sender)
         assert [o.oid for _, o in sender.of(ShmObjectOffer)] == [d.oid]
         seg.close()
+
+    asyncio.run(main())
+
+
+def test_close_leaves_no_name_in_dev_shm_of_a_segment_prepared_or_queued_for_removal(
+    shm_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process may end right after close: a segment prepared on the digest's thread whose
+    hand-over never ran, and names queued for removal on the worker thread behind a slow
+    call, are removed by close itself (else they outlive the process in /dev/shm)."""
+    monkeypatch.setattr(shm_objects, "RESERVE_NOW", 0)
+    gate = threading.Event()
+
+    async def main() -> None:
+        sender, seg = segments(1, [2], shm_dir)
+        data = os.urandom(2 * BLOCK)
+        loop = asyncio.get_running_loop()
+        ready = await loop.run_in_executor(None, seg.prepare, len(data))
+        assert ready is not None and len(os.listdir(shm_dir)) == 1  # made; its hand-over never runs
+        other_t, other = segments(3, [2], shm_dir)
+        made = await loop.run_in_executor(None, other.prepare, len(data))
+        assert made is not None
+        made()
+        d = describe(ObjectId(3, 0, 1), (3, 2), data, BLOCK)
+        other.sending(d, memoryview(data))
+        assert other_t.of(ShmObjectOffer)
+        SLOW_CALLS.submit(lambda: gate.wait(10))  # the worker is busy: queued removals wait
+        seg.close()
+        other.close()
+        try:
+            assert os.listdir(shm_dir) == [], "a name outlives close"
+        finally:
+            gate.set()
+        SLOW_CALLS.drain()
+        ready()  # late: nothing to hand over any more
+        assert seg.ready == []
 
     asyncio.run(main())
