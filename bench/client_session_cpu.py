@@ -12,7 +12,9 @@ Why: the actor bench's client CPU per call swings with the machine's load (other
 2 cores, cache contention); this isolates the client's Python work, so an A/B of a change to
 the caller side (``derecho_actors/caller``) reads in seconds. It leaves out what only a real
 connection has: TLS, system calls, the hand-offs between the caller's and the socket thread.
-The garbage collector runs as in a user's process (``--no-gc`` leaves it out).
+The garbage collector runs as in a user's process (``--no-gc`` leaves it out). ``--persistent``:
+the calls are the persistent KV example's ``put`` instead, each answered with its version (as
+its value and as the version every replica reports), as a persistent type's calls are.
 
     python -m bench.client_session_cpu --batch 250 --rounds 400 --reps 5
 """
@@ -42,12 +44,13 @@ PHASES = ("issue", "frame", "answers", "get")
 REPLICAS = (1, 2, 3)
 
 
-def run(batch: int, rounds: int) -> dict[str, float]:
+def run(batch: int, rounds: int, persistent: bool = False) -> dict[str, float]:
     """µs per call of each phase over ``rounds`` batches of ``batch`` calls (the first fifth
-    warm-up, not counted)."""
+    warm-up, not counted); ``persistent``: of the persistent KV's ``put``, answered with versions."""
     from bench.ours import load_kv_example
+    from bench.persistence import load_example
 
-    spec = spec_checked(load_kv_example().KV)
+    spec = spec_checked(load_example("persistent_kv").PersistentKV if persistent else load_kv_example().KV)
     shard = ShardId(spec.name, 0, 0)
     session = StreamingSession(["127.0.0.1:1"], "bench", session_ns=1)
     session.next_step(0.0)
@@ -69,11 +72,11 @@ def run(batch: int, rounds: int) -> dict[str, float]:
             output = session.output()
         encode_output(output)
         t2 = time.perf_counter()
-        answers_frame = frame(
-            AppMessage(
-                encode(AnswerBatch(1, REPLICAS, tuple((last_id + i + 1, True, none, -1, ()) for i in range(batch))))
-            )
-        )
+        if persistent:  # the version is the answer too (``put`` returns it)
+            entries = tuple((last_id + i + 1, True, msgpack.packb(last_id + i), last_id + i, ()) for i in range(batch))
+        else:
+            entries = tuple((last_id + i + 1, True, none, -1, ()) for i in range(batch))
+        answers_frame = frame(AppMessage(encode(AnswerBatch(1, REPLICAS, entries))))
         last_id += batch
         t3 = time.perf_counter()
         with lock:
@@ -101,14 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=400)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--no-gc", action="store_true", help="the garbage collector off: the Python work alone")
+    p.add_argument("--persistent", action="store_true", help="a persistent type's puts, answered with versions")
     a = p.parse_args(argv)
     if a.no_gc:
         gc.disable()
-    runs: list[dict[str, Any]] = [run(a.batch, a.rounds) for _ in range(a.reps)]
+    runs: list[dict[str, Any]] = [run(a.batch, a.rounds, a.persistent) for _ in range(a.reps)]
     medians = {phase: statistics.median(r[phase] for r in runs) for phase in PHASES}
     total = statistics.median(sum(r.values()) for r in runs)
     shown = ", ".join(f"{phase} {us:.3f}" for phase, us in medians.items())
-    print(f"client µs per call (median of {a.reps}{', GC off' if a.no_gc else ''}): {shown}; total {total:.3f}")
+    what = f"median of {a.reps}{', GC off' if a.no_gc else ''}{', persistent' if a.persistent else ''}"
+    print(f"client µs per call ({what}): {shown}; total {total:.3f}")
     return 0
 
 

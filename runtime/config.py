@@ -485,6 +485,8 @@ _FIELDS["limits"] = {
     "frames_per_turn": _Field(_int_text(1), _int_check(1)),
     "client_max_backlog_bytes": _Field(_int_text(1 << 16), _int_check(1 << 16)),
     "client_max_in_flight": _Field(_int_text(1), _int_check(1)),
+    "client_connections": _Field(_int_text(1), _int_check(1)),
+    "client_connections_per_identity": _Field(_int_text(1), _int_check(1)),
     "status_per_second": _Field(_float_text, _float_check),
     "status_cache_ms": _Field(_int_text(0), _int_check(0)),
     "max_watch_polls_per_client": _Field(_int_text(1), _int_check(1)),
@@ -689,6 +691,12 @@ class LimitsSection:
     frames_per_turn: int = 64  # frames of one connection handled before the loop turns
     client_max_backlog_bytes: int = 8 << 20  # replies queued to a client that does not read
     client_max_in_flight: int = 4096  # calls one client connection may have unanswered
+    # Client connections open at once, all clients / of one identity (a client certificate, or
+    # a host in insecure mode): each holds a descriptor and up to client_max_backlog_bytes of
+    # replies, so one identity's count bounds what it can hold of the node. The node's
+    # descriptor limit lowers the first if it is too small (a WARNING says so at start).
+    client_connections: int = 4096
+    client_connections_per_identity: int = 64
     status_per_second: float = 5.0  # status requests per second per identity (burst: 2x)
     status_cache_ms: int = 200  # a status snapshot is shared by requests this close together
     max_watch_polls_per_client: int = 64  # parked watch polls per client identity
@@ -1300,6 +1308,8 @@ metrics_tls = false  # true: the metrics endpoint speaks TLS and requires a cert
 frames_per_turn = {limits.frames_per_turn}  # frames of one connection handled before the loop turns
 client_max_backlog_bytes = {limits.client_max_backlog_bytes}  # replies queued to a client that does not read
 client_max_in_flight = {limits.client_max_in_flight}  # unanswered calls per client connection
+client_connections = {limits.client_connections}  # client connections open at once, all clients
+client_connections_per_identity = {limits.client_connections_per_identity}  # of one client identity
 status_per_second = {limits.status_per_second}  # status requests per second per identity
 status_cache_ms = {limits.status_cache_ms}  # requests this close together share one status snapshot
 max_watch_polls_per_client = {limits.max_watch_polls_per_client}  # parked watch polls per client identity

@@ -32,14 +32,15 @@ class ReplicaAnswers:
 @dataclass(slots=True)
 class MergedAnswers:
     """Answers every replica in ``answered`` gave alike (``()``: all of ``replicas``), as the
-    contact's ``AnswerBatch`` had them, ``[call id, ok, value, version, answered]`` each
-    (``wire.replies.answer_rows``), and the results each feeds (None: a call not waiting,
-    answered already). Two lists side by side, no tuple per answer: hundreds come per frame,
-    and every object made counts towards the garbage collector's next pass."""
+    contact's ``AnswerBatch`` had them, ``(call id, ok, value, version, answered)`` each
+    (``wire.replies.client_answers``: one tuple per answer, as msgpack made it), and the
+    results each feeds (None: a call not waiting, answered already). Side by side, no pair
+    made per answer: hundreds come per frame, and every object made counts towards the
+    garbage collector's next pass."""
 
     replicas: tuple[int, ...]
     vid: int
-    entries: list[list[Any]]
+    entries: Sequence[Sequence[Any]]
     results: Sequence[ResultsFeed | None]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -74,7 +75,8 @@ class Client(AsyncLifecycle):
         ``credentials`` naming the three files. ``insecure=True`` connects without TLS, to a
         group that runs with ``security.insecure``. ``retry_for``: how long to keep trying to
         reach some contact before failing the calls waiting. ``max_outstanding``: calls in
-        flight at once; a call beyond it waits for room. ``liveness_timeout``: a contact that
+        flight at once; a call beyond it waits for room (the contact's
+        ``limits.client_max_in_flight`` lowers it, as its Welcome says). ``liveness_timeout``: a contact that
         sends nothing (not even a pong) for this long is given up for another."""
         if not contacts:
             raise GroupClosed("a Client needs at least one contact address")
@@ -87,7 +89,12 @@ class Client(AsyncLifecycle):
         self.max_outstanding = max(1, max_outstanding)
         credentials = self._load_credentials(certs_dir, name, credentials, insecure)
         self._session = StreamingSession(  # calls too large for a frame stream in blocks (large_calls)
-            self.contacts, cluster, session_ns=time.time_ns(), retry_for=retry_for, liveness_timeout=liveness_timeout
+            self.contacts,
+            cluster,
+            session_ns=time.time_ns(),
+            retry_for=retry_for,
+            liveness_timeout=liveness_timeout,
+            max_outstanding=self.max_outstanding,
         )
         # One lock over the session; callers wait on _room for the window, and the socket
         # thread wakes when a caller queues the first call of a turn.
@@ -150,6 +157,12 @@ class Client(AsyncLifecycle):
         return self._session.max_frame
 
     @property
+    def window(self) -> int:
+        """Calls in flight at once: ``max_outstanding``, or the contact's limit
+        (``limits.client_max_in_flight``, its Welcome) if lower."""
+        return self._session.window
+
+    @property
     def connected_to(self) -> str | None:
         """The contact of the current (or last) connection."""
         return self._session.connected_to
@@ -196,14 +209,15 @@ class Client(AsyncLifecycle):
         self.close()
 
     def wait_for_room(self, timeout: float) -> bool:
-        """Block until fewer than ``max_outstanding`` calls are in flight (True) or
+        """Block until fewer than the window's calls (``max_outstanding``, or the contact's
+        limit if lower) are in flight (True) or
         ``timeout`` passes (False). Thread-safe."""
         session = self._session
         with self._lock:
             self._blocked += 1
             try:
                 return self._room.wait_for(
-                    lambda: session.in_flight < self.max_outstanding or session.error is not None, timeout
+                    lambda: session.in_flight < session.window or session.error is not None, timeout
                 )
             finally:
                 self._blocked -= 1
@@ -250,6 +264,7 @@ class Client(AsyncLifecycle):
         make = method_requests(spec, shard, method)
         send = self._try_send
         persistent = spec.persistent
+        query = self._persist_query
 
         def issue(
             args: tuple[Any, ...], kwargs: dict[str, Any], node: int | None, read: ReadOptions | None
@@ -262,15 +277,16 @@ class Client(AsyncLifecycle):
             request = make(args, kwargs, node, read, session.max_message_size)
             results = send(request, block)
             if persistent and results is not None and request.ordered:
-                self._persisted(request, results)
+                # Can be asked whether it is on disk (``QueryResults.persisted``): one partial
+                # per call, not a closure and its cells (thousands in flight feed the collector).
+                results.set_persist_query(partial(query, request))
             return results
 
         return issue
 
-    def _persisted(self, request: Request, results: QueryResults) -> None:
-        """An ordered call of a persistent type can be asked whether it is on disk
-        (``QueryResults.persisted``)."""
-        results.set_persist_query(lambda version, replica: self._send(persist_request(request, version, replica)))
+    def _persist_query(self, request: Request, version: int, replica: int) -> QueryResults:
+        """The query ``persisted`` sends for the ordered call ``request`` of a persistent type."""
+        return self._send(persist_request(request, version, replica))
 
     def _send(self, request: Request) -> QueryResults:
         results = self._try_send(request, True)
@@ -280,10 +296,10 @@ class Client(AsyncLifecycle):
     def _try_send(self, request: Request, block: bool) -> QueryResults | None:
         session = self._session
         with self._lock:
-            if len(session.pending) >= self.max_outstanding:
+            if len(session.pending) >= session.window:
                 if not block:
                     return None
-                while session.in_flight >= self.max_outstanding and session.error is None:
+                while session.in_flight >= session.window and session.error is None:
                     self._blocked += 1
                     try:
                         self._room.wait(0.5)

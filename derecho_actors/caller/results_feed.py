@@ -5,11 +5,10 @@ come: ``expect`` (the replicas that will answer), ``add_reply`` (one replica's a
 ``sending_again`` (a failover), ``fail``. Users never need these; what they read of the
 answers (``get``, ``wait_all``, iteration, ``await``, ``persisted``) is ``results``.
 
-Which replicas answer is only known once the call is delivered (a view change may move it to
-the next view, with other members), so the first answer tells the expected set. A replica that
-leaves the view before answering resolves as ``ReplicaLost`` instead of hanging the caller.
-Every answer to an ordered call is compared, as encoded, with the first (one bytes comparison
-per answer): the users' side compares the decoded values only when bytes differ.
+Which replicas answer is known once the call is delivered (a view change may move it to the
+next view), so the first answer tells the expected set; one that leaves first resolves as
+``ReplicaLost``. Answers to an ordered call are compared, as encoded, with the first (one bytes
+comparison each): the users' side compares decoded values only when bytes differ.
 """
 
 from __future__ import annotations
@@ -25,13 +24,12 @@ from derecho_actors.wire.codec import decode_error
 from runtime.errors import ReplicaLost
 
 NONE: dict[Any, Any] = cast("dict[Any, Any]", MappingProxyType({}))
-"""The empty table every call's answers, errors, versions and departed nodes start from,
-shared and read-only (writing to it raises): each call's own dict is made only when something
-goes in. A client keeps thousands of calls in flight, and every dict made per call counts
-towards the garbage collector's next pass, which then walks every call in flight (four dicts
-per call made about two-thirds of a client's collections). A call answered alike by every
-replica (``_all_answered``) gets one dict, its values."""
-
+"""The empty table every call's answers, errors, versions and departed nodes start from, shared
+and read-only: a call's own dict is made only when something goes in (every dict per call of
+thousands in flight feeds the collector, which walks them all: four per call made two-thirds of
+a client's collections). A call answered alike by all gets one dict of answers and one of
+versions (ints: not tracked); in a batch (``add_agreed_all``) a run of calls answered with the
+very same value shares one read-only table, copied by a call before it writes (``_own_values``)."""
 
 _SLOW = object()  # add_agreed_all: an answer recorded through add_agreed
 _SKIP = object()  # add_agreed_all: an answer to a call not waiting
@@ -73,7 +71,8 @@ class ResultsFeed:
         self._lock = lock or threading.Lock()
         self._cond: threading.Condition | None = None
         self._expected: AbstractSet[int] | None = None
-        # Each NONE (shared, read-only) until something goes in: then the call's own dict.
+        # Each NONE (shared, read-only) until something goes in: then the call's own dict (or,
+        # for values, a read-only table shared by calls answered alike: ``add_agreed_all``).
         self._values: dict[int, Any] = NONE
         self._errors: dict[int, BaseException] = NONE
         self._order: tuple[int, ...] = ()  # who answered, in order (a tuple: nothing made per call)
@@ -148,9 +147,8 @@ class ResultsFeed:
         version: int = -1,
         vid: int | None = None,
     ) -> bool:
-        """The same encoded answer from every replica in ``nodes`` (their contact compared the
-        bytes and merged them): decoded once, not once per replica. True once the call has
-        every answer it waits for."""
+        """The same encoded answer from every replica in ``nodes`` (their contact compared the bytes
+        and merged them): decoded once, not once per replica. True once the call has every answer."""
         results: list[tuple[bool, Any]]
         if ok:
             try:
@@ -180,7 +178,7 @@ class ResultsFeed:
                 return False
             self._values, self._expected, self._order = values, replica_set(nodes), nodes
             if version >= 0:
-                self._own_versions().update(values.fromkeys(nodes, version))
+                self._set_versions(nodes, version)
             self._first = raw if self._compare is not None else None
             self._finished = True  # every replica answered: ``_maybe_done`` without its set arithmetic
             if self._cond is not None or self._future is not None:  # ``_wake``, called only if someone waits
@@ -198,21 +196,18 @@ class ResultsFeed:
         ``entries`` are ``[call id, ok, value, version, answered]`` (``answered`` empty: all of
         ``replicas``), each feeding the results beside it in ``feeds`` (None: not waiting).
 
-        Why a batch: this is a client's work per call (hundreds of answers come per frame).
-        Answers that are a call's first news from every replica, with an immutable value (the
-        common case), are recorded under one hold of the lock their results share (a client's
-        session makes all its results with one), each distinct encoded value decoded once
-        (``put``'s ``None``, say, once per run of them), with no method call per answer; the
-        others go through ``add_agreed`` one by one, as they would have. Values are decoded
-        outside the lock."""
+        Why a batch: this is a client's work per call (hundreds of answers come per frame). Answers
+        that are a call's first news from every replica, with an immutable value (the common case),
+        are recorded under one hold of the lock their results share (a client's session makes all
+        its results with one), each distinct encoded value decoded once (``put``'s ``None``, say,
+        once per run of them); the others go through ``add_agreed`` one by one, as they would
+        have. Values are decoded outside the lock."""
         done: list[int] = []
         slow: list[tuple[Sequence[Any], ResultsFeed]] = []
         decoded: list[Any] = []  # per entry: its value, or _SLOW (add_agreed) / _SKIP (no results)
         whole = len(set(replicas)) == len(replicas)
         lock: threading.Lock | None = None
-        raw_seen: bytes | None = None
-        decode_seen: Callable[[bytes], Any] | None = None
-        value_seen: Any = None
+        raw_seen, decode_seen, value_seen = cast("tuple[bytes | None, Callable[[bytes], Any] | None, Any]", (None,) * 3)
         for entry, results in zip(entries, feeds):
             if results is None:
                 decoded.append(_SKIP)
@@ -239,6 +234,10 @@ class ResultsFeed:
                 lock = results._lock
         if lock is not None:
             nodes, expected = replicas, replica_set(replicas)
+            # A run of answers decoded to the very same value shares one read-only table of it from
+            # its second on; the first has a plain one (a persistent put's, its version, differ).
+            shared_value: Any = _SKIP
+            shared, own = NONE, cast("dict[int, Any] | None", None)  # own: the run's first table
             with lock:
                 for entry, results, value in zip(entries, feeds, decoded):
                     if value is _SKIP:
@@ -254,10 +253,16 @@ class ResultsFeed:
                         slow.append((entry, results))
                         continue
                     # ``_all_answered``, inlined
-                    values = dict.fromkeys(nodes, value)
-                    results._values, results._expected, results._order = values, expected, nodes
+                    if value is not shared_value:
+                        shared_value, shared = value, NONE
+                        own = results._values = dict.fromkeys(nodes, value)
+                    else:  # from the run's second on: a copy (the first may write to its own)
+                        if own is not None:
+                            shared, own = cast("dict[Any, Any]", MappingProxyType(dict(own))), None
+                        results._values = shared
+                    results._expected, results._order = expected, nodes
                     if entry[3] >= 0:
-                        results._own_versions().update(values.fromkeys(nodes, entry[3]))
+                        results._set_versions(nodes, entry[3])
                     results._first = entry[2] if results._compare is not None else None
                     results._finished = True
                     if results._cond is not None or results._future is not None:
@@ -288,7 +293,7 @@ class ResultsFeed:
         with self._lock:
             for node, (good, result) in zip(nodes, results):
                 if version >= 0:
-                    self._own_versions()[node] = version
+                    self._set_versions((node,), version)
                 if node in self._values or node in self._errors:
                     continue
                 if good:
@@ -352,19 +357,22 @@ class ResultsFeed:
 
     # Under ``_lock``: the call's own table to write to (``NONE`` until then).
     def _own_values(self) -> dict[int, Any]:
-        if self._values is NONE:
-            self._values = {}
-        return self._values
+        values = self._values
+        if type(values) is not dict:  # ``NONE``, or a table shared with other calls (``add_agreed_all``)
+            values = self._values = dict(values)
+        return values
 
     def _own_errors(self) -> dict[int, BaseException]:
         if self._errors is NONE:
             self._errors = {}
         return self._errors
 
-    def _own_versions(self) -> dict[int, int]:
+    def _set_versions(self, nodes: tuple[int, ...], version: int) -> None:
+        """Each of ``nodes`` made the call ``version`` (one table of ints: the collector skips it)."""
         if self._versions is NONE:
-            self._versions = {}
-        return self._versions
+            self._versions = dict.fromkeys(nodes, version)
+        else:  # a call sent again keeps the versions that came before
+            self._versions.update(dict.fromkeys(nodes, version))
 
     def _maybe_done(self) -> None:
         """Under ``_lock``: mark done once every expected replica answered; wake waiters."""

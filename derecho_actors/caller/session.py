@@ -70,13 +70,15 @@ class ClientSession:
         session_ns: int,
         retry_for: float = 30.0,
         liveness_timeout: float = 2.0,
+        max_outstanding: int = 4096,
         rng: random.Random | None = None,
     ) -> None:
         """``session_ns``: when the session starts (wall clock, ns: replicas order a client's
         sessions by it); ``retry_for``: how long a round of dials may try before the session
         gives up; ``liveness_timeout``: a contact that sends nothing (not even a pong) for this
-        long while calls wait is given up for another; ``rng``: the jitter's (and the session
-        number's) source, seeded in the simulator."""
+        long while calls wait is given up for another; ``max_outstanding``: calls the driver lets
+        wait for answers at once (``window``: fewer if the contact's Welcome allows fewer);
+        ``rng``: the jitter's (and the session number's) source, seeded in the simulator."""
         if not contacts:
             raise GroupClosed("a client needs at least one contact address")
         self.contacts = list(contacts)
@@ -105,6 +107,11 @@ class ClientSession:
         self.max_message_size = DEFAULT_MAX_PAYLOAD  # the group's limit on a call's arguments
         self.max_frame = DEFAULT_MAX_PAYLOAD  # the contact's limit on a frame from us
         self._idle_ping = IDLE_PING  # a third of the contact's idle timeout, once it says
+        self.max_outstanding = max(1, max_outstanding)
+        # Calls the driver lets wait at once: ``max_outstanding``, or the contact's own limit
+        # (``limits.client_max_in_flight``, its Welcome) if lower: beyond it the contact refuses
+        # calls, and cuts off a client that keeps sending them.
+        self.window = self.max_outstanding
         self.connected_to: str | None = None  # the contact of the current (or last) connection
         self.connections = 0  # connections made so far (more than one: the client failed over)
         self.resent = 0  # calls sent again after a failover
@@ -321,6 +328,8 @@ class ClientSession:
                 self.max_message_size = item.max_message_size  # type: ignore[union-attr]
                 self.max_frame = item.max_frame  # type: ignore[union-attr]
                 self._idle_ping = max(0.05, min(IDLE_PING, item.idle_timeout_ms / 3000))  # type: ignore[union-attr]
+                advertised: int = item.max_in_flight  # type: ignore[union-attr]  # 0: an older node
+                self.window = min(self.max_outstanding, advertised) if advertised > 0 else self.max_outstanding
                 self.welcomed = True
             elif t is Goodbye:
                 reason: str = item.reason  # type: ignore[union-attr,assignment]
@@ -345,7 +354,7 @@ class ClientSession:
             return
         t = type(msg)
         if t is AnswerBatch:  # not read apart (an encoder other than the contact's own)
-            rows = (msg.vid, msg.replicas, [list(e) for e in msg.entries])  # type: ignore[union-attr]
+            rows = (msg.vid, msg.replicas, msg.entries)  # type: ignore[union-attr]
         if rows is not None:
             pending, entries = self.pending, rows[2]
             self._answers.append(MergedAnswers(rows[1], rows[0], entries, [pending.get(e[0]) for e in entries]))

@@ -56,6 +56,10 @@ def pieces(batch: Batch, most: int = PIECE_BYTES) -> Iterator[Batch]:
     """``batch`` as batches of the same answers in order, each with about ``most`` bytes of
     values or fewer (one answer larger than that is a piece of its own); ``batch`` itself when
     it is small enough."""
+    if _one_piece(batch, most):  # the common case, summed in C: no loop over the answers in Python
+        if batch.entries:
+            yield batch
+        return
     entries = batch.entries
     size, start = 0, 0
     for i, entry in enumerate(entries):

@@ -33,6 +33,7 @@ from derecho_actors.wire.messages import (
     decode_from_client,
 )
 from derecho_actors.wire.streams import STREAM_MARK
+from runtime.drivers.ratelimit import RateLimitedLog
 from runtime.errors import WireError
 from runtime.node_api import ClientConn, NodeHandle
 
@@ -45,6 +46,9 @@ class MessageDispatch:
         self, node: NodeHandle, calls: CallPaths, tracker: PersistenceTracker, transfer: TransferService
     ) -> None:
         self.node = node
+        # What a member sends that we drop can come as fast as it writes: a few lines per
+        # node and kind per interval, never one per message (that filled a disk at 16 MB/s).
+        self._warnings = RateLimitedLog(log)
         replies = calls.replies
         self._by_type: dict[type, Callable[[int, Any], None]] = {
             ReplyBatch: lambda sender, msg: replies.take_batch(msg),
@@ -67,7 +71,7 @@ class MessageDispatch:
         try:
             msg = decode(data)
         except WireError as exc:
-            log.warning("dropped a bad message from node %s: %s", sender, exc)
+            self._warnings.warning(("bad message", str(sender)), "dropped a bad message from node %s: %s", sender, exc)
             return
         claimed = claimed_sender(msg)
         if claimed is not None and claimed != sender:
@@ -75,7 +79,10 @@ class MessageDispatch:
             return
         handler = self._by_type.get(type(msg))
         if handler is None:
-            log.warning("node %s sent a %s, which members do not send; ignored", sender, type(msg).__name__)
+            kind = type(msg).__name__
+            self._warnings.warning(
+                (kind, str(sender)), "node %s sent a %s, which members do not send; ignored", sender, kind
+            )
             return
         handler(sender, msg)
 

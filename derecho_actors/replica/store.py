@@ -74,20 +74,13 @@ class PersistentStore(PastReads):
         simulator's way: one thread, deterministic). ``replayed``: an empty session table
         of the type, kept as a replay of the log would build it, for log checkpoints
         (None: no checkpoints); one is written every ``checkpoint_every`` records or more."""
-        self.obj = obj
-        self.inline = inline
-        self.on_failure = on_failure
-        self.stall_timeout = stall_timeout
+        self.obj, self.inline, self.on_failure, self.stall_timeout = obj, inline, on_failure, stall_timeout
         self.on_signed = on_signed if getattr(log_, "signed", False) else None
-        self.fields = dict(fields)
-        self.serializer = serializer
-        self.log = log_
-        self.on_durable = on_durable
+        self.fields, self.serializer, self.log, self.on_durable = dict(fields), serializer, log_, on_durable
         self.history = FieldHistory(self.fields)
         self.frontier = -1  # persisted at every replica of the shard (set by the group)
         self.lost: tuple[int, int] | None = None  # versions a total restart gave up (--accept-loss)
-        self.last_version = -1
-        self.last_ts = 0
+        self.last_version, self.last_ts = -1, 0
         self._baseline: dict[str, bytes] = {}
         self._lock = threading.Lock()  # the log is used by the writer and by readers
         # The hand-off to the writer thread: a C queue (no Python-level lock or condition per
@@ -96,22 +89,20 @@ class PersistentStore(PastReads):
         # after every write, which is what a full queue waits for.
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._max_queued = max(1, max_queued)
-        self._put = 0
-        self._taken = 0
+        self._put = self._taken = 0
         self.busy_since: float | None = None  # monotonic time the writer began its current write
         self._durable = threading.Condition()
         self._durable_version = -1
         self._writer: threading.Thread | None = None
-        self._closed = False
         self.write_error: BaseException | None = None
-        self.replayed = replayed
-        self.checkpoint_every = checkpoint_every
+        self.replayed, self.checkpoint_every = replayed, checkpoint_every
         self._calls: list[tuple[int, int, int]] = []  # recorded, not yet in ``replayed``
         # What :meth:`record` needs per call, looked up once: the fields in their order, each
         # with whether it holds a dict (its changed keys are logged), and encoders for this
         # thread alone (a ``Packer`` each for msgpack).
         self._field_kinds = [(n, isinstance(f.default, dict)) for n, f in self.fields.items()]
         self._encoder = _codec.result_encoder(serializer)
+        self._pack_plain = _codec.plain_result_encoder(serializer)
         self._pack_record = msgpack.Packer(use_bin_type=True).pack
         self._since_checkpoint = 0  # records since the last checkpoint (or the start)
 
@@ -209,10 +200,21 @@ class PersistentStore(PastReads):
             elif not changed:
                 continue
             else:
-                sets = [[k, v] for k, v in changed.items() if v is not DELETED]
-                dels = [k for k, v in changed.items() if v is DELETED] if len(sets) < len(changed) else None
-                changes[name] = ["m", False, encode(sets) if sets else b"", encode(dels) if dels else b""]
-                large = large or len(changes[name][2]) >= BIG_BIN or len(changes[name][3]) >= BIG_BIN
+                if len(changed) == 1:  # a put's or a delete's: one key, no lists made (the same bytes)
+                    ((k, v),) = changed.items()
+                    if v is DELETED:
+                        change: list[Any] = ["m", False, b"", encode([k])]
+                    else:  # a list of lists is never laid out (``result_packer``): one C call
+                        try:
+                            change = ["m", False, self._pack_plain([[k, v]]), b""]
+                        except Exception:  # what msgpack cannot pack: ``encode`` says why
+                            change = ["m", False, encode([[k, v]]), b""]
+                else:
+                    sets = [[k, v] for k, v in changed.items() if v is not DELETED]
+                    dels = [k for k, v in changed.items() if v is DELETED] if len(sets) < len(changed) else None
+                    change = ["m", False, encode(sets) if sets else b"", encode(dels) if dels else b""]
+                changes[name] = change
+                large = large or len(change[2]) >= BIG_BIN or len(change[3]) >= BIG_BIN
                 index = keys.get(name)
                 if index is None:
                     index = keys.setdefault(name, {})

@@ -8,7 +8,6 @@ per type, so both ends agree on it by construction.
 from __future__ import annotations
 
 import functools
-import traceback
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Callable, Final, Mapping, NamedTuple, Sequence
@@ -17,6 +16,7 @@ import msgpack
 
 from derecho_actors.exceptions import ResultTooLarge, ShardAwaitingLog, ShardStateLost
 from derecho_actors.wire.call_views import MIN_VIEW_BYTES, ordered_views
+from derecho_actors.wire.error_text import error_text
 from derecho_actors.wire.packing import packb
 from derecho_actors.wire.serializers import pack_args as _pack_args
 from derecho_actors.wire.serializers import pack_result as _pack_result
@@ -103,7 +103,7 @@ def plain_result_encoder(serializer: str) -> Callable[[Any], bytes]:
 
 
 def encode_error(exc: BaseException) -> bytes:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = error_text(exc)
     return msgpack.packb([type(exc).__name__, str(exc), tb], use_bin_type=True)
 
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import deque
-from itertools import accumulate, compress, repeat
-from operator import attrgetter, is_not
+from functools import partial
+from itertools import accumulate, compress, islice, repeat, takewhile
+from operator import attrgetter, is_, is_not
 from typing import Any, Callable, Iterator, Sequence, cast, overload
 
 from runtime.core import ordering
@@ -38,6 +39,7 @@ __all__ = ["DeliveredBatch", "LAZY_PUSH_DELAY", "MulticastConfig", "ShardMultica
 _NULL_TYPE = type(None)
 _PAYLOAD_TYPES = frozenset({bytes, _NULL_TYPE})
 _OBJECT_PAYLOAD_TYPES = frozenset({bytes, _NULL_TYPE, ObjectDescriptor})
+_IS_NULL = partial(is_, None)
 
 
 class DeliveredBatch(Sequence[DeliveredMessage]):
@@ -99,6 +101,22 @@ class DeliveredBatch(Sequence[DeliveredMessage]):
                 if p is not None:
                     return [(k0 + j) * n + pos], [node], [k0 + j], [p]  # type: ignore[list-item]
         raise AssertionError("a batch of one message holds none")  # pragma: no cover
+
+    def followed_by(self, stop: int, parts: list[tuple[int, int, int, list[Payload]]], nulls: int) -> DeliveredBatch:
+        """This batch and the stretch after it (up to ``stop``, laid out as ``parts`` with
+        ``nulls`` nulls) as one batch, before anyone read it: each sender's run of the
+        stretch starts where its run here ends, so the two become one list."""
+        assert self._cols is None, "a batch is extended only before it is read"
+        runs = {part[0]: part[3] for part in self._parts}
+        joined = list(self._parts)
+        for part in parts:
+            run = runs.get(part[0])
+            if run is None:
+                joined.append(part)
+            else:
+                run.extend(part[3])
+        before = self._stop - self._start - self._len
+        return DeliveredBatch(self._start, stop, self._n, joined, before + nulls)
 
     def payloads(self) -> Sequence[bytes]:
         """The payloads alone, in delivery order. A consumer that needs nothing else (a
@@ -229,6 +247,9 @@ class ShardMulticast:
         self._buf: list[list[Payload]] = [[] for _ in range(self.n_senders)]
         self._buf_base: list[int] = [0] * self.n_senders
         self._buf_nulls: list[int] = [0] * self.n_senders
+        # Per sender position: a run of null slots held here (first, end) and whether a real
+        # message ends it (see _past_nulls).
+        self._null_scan: list[tuple[int, int, bool]] = [(0, 0, False)] * self.n_senders
         self._delivered = 0  # delivery frontier (global index of the next delivery)
         self._target = 0  # frontier computed by the stability predicate for its trigger
         self._unpushed_from = 0  # my sender index of the first message not yet pushed
@@ -240,6 +261,7 @@ class ShardMulticast:
         self._released_bytes = 0
         self._own_marks: deque[tuple[int, int]] = deque()
         self._blocked = False
+        self._slowest_receipt = 0  # of this member's messages, as _receipts_moved last saw it
         # The last send left some of what it was offered with the caller (its queue is not
         # empty): owed nulls then wait null_interval (see _null_due_at).
         self._app_waiting = False
@@ -253,13 +275,10 @@ class ShardMulticast:
         # this member's null (3 hops to delivery instead of 2). Nulls never move it: no
         # null ping-pong, and an idle group falls silent.
         self._next_real = -1
-        # The highest global index of a real message held here (received, or this member's
-        # own), and how many null messages received since the last push of this member's row
-        # were not acknowledged at once. A receipt of nulls alone makes no push due when no
-        # real message held here comes after them (see _nulls_wait): the acknowledgement
-        # rides with the next push, and at low rate each null push of an idle member no
-        # longer draws an acknowledgement push from every other member (issue 21).
-        self._real_top = -1
+        # How many null messages received since the last push of this member's row were not
+        # acknowledged at once. A receipt of nulls alone makes no push due (see _nulls_wait):
+        # the acknowledgement rides with the next push, and each null push of an idle member
+        # does not draw an acknowledgement push from every other member (issue 21).
         self._deferred_nulls = 0
         # nulls_owed() and send_capacity() as last computed, and the inputs they were computed
         # from (the table's version, _next_real, the delivery frontier): -1 is no version.
@@ -427,7 +446,6 @@ class ShardMulticast:
             return 0
         d = objects.start(pos, self.sent, data)
         self._buf[pos].append(d)
-        self._real_top = max(self._real_top, self.sent * self.n_senders + pos)
         self.sst.set_item("received_num", pos, self.sent + 1)
         self._last_send_at = now
         return 1
@@ -468,11 +486,6 @@ class ShardMulticast:
                 size = sum(map(len, filter(None, msgs) if nulls else msgs))  # type: ignore[arg-type]
             self._own_bytes += size
             self._own_marks.append((end, self._own_bytes))
-            last = len(msgs) - 1
-            if nulls:
-                while msgs[last] is None:
-                    last -= 1
-            self._real_top = max(self._real_top, (end - len(msgs) + last) * self.n_senders + pos)
         self.sst.set_item("received_num", pos, end)
 
     # ---------------------------------------------------------------- receiving
@@ -557,33 +570,25 @@ class ShardMulticast:
             following = (have + last + 1) * self.n_senders + pos
             if following > self._next_real:
                 self._next_real = following
-                # Never lower: this member's own last message may be later in the order, and
-                # the nulls between the two are what it waits for (see _nulls_wait).
-                if following - self.n_senders > self._real_top:
-                    self._real_top = following - self.n_senders
         if received > self.sst.mine["received_num"][pos]:  # type: ignore[index]
-            if nulls == len(fresh) and self._nulls_wait(have * self.n_senders + pos, nulls):
+            if nulls == len(fresh) and self._nulls_wait(nulls):
                 self._deferred_nulls += nulls
                 self.sst.set_item("received_num", pos, received, urgent=False)
             else:
                 self.sst.set_item("received_num", pos, received)
         return None
 
-    def _nulls_wait(self, first: int, count: int) -> bool:
-        """Whether the receipt of ``count`` null messages, the first at global index
-        ``first``, may wait for a push that goes anyway instead of making one due.
+    def _nulls_wait(self, count: int) -> bool:
+        """Whether the receipt of ``count`` null messages may wait for a push that goes
+        anyway instead of making one due.
 
-        Nobody waits for it: a null is never delivered, so its stability matters only to
-        the real messages after it in the order, and to its sender's window. A real message
-        after it that this member holds already (``_real_top``) waits for this receipt:
-        acknowledge now. One that arrives later is acknowledged at once when it does (it is
-        real), with this receipt in the same row; one this member sends carries its row.
-        The window: its sender may have at most ``window_size`` messages unacknowledged by
-        some member, so at most a quarter of it waits here; the lazy push
-        (``LAZY_PUSH_DELAY``) bounds the wait in time. A window under 4 defers nothing.
+        Nobody's delivery waits for it: a null is never delivered, and a member passes a
+        null's slot once it holds the null itself (see ``_frontier``), not once every member
+        does. Only its sender's window does: the sender may have at most ``window_size``
+        messages unacknowledged by some member, so at most a quarter of it waits here; the
+        lazy push (``LAZY_PUSH_DELAY``) bounds the wait in time. A window under 8 defers
+        nothing.
         """
-        if first < self._real_top:
-            return False
         return self._deferred_nulls + count < self.config.window_size // 4
 
     def _check_objects(
@@ -628,7 +633,50 @@ class ShardMulticast:
 
     # ---------------------------------------------------------------- stability
     def _frontier(self) -> int:
-        return ordering.delivery_frontier(self.sst.vector_min("received_num"))
+        """The first global index not deliverable here: below it, every slot holds a stable
+        message or a null message this member holds.
+
+        A null is never delivered, so its slot needs no stability, only this member's
+        knowledge that the slot is empty (its sender's stream is FIFO: holding the null,
+        this member holds every message of that sender before it). A real message still
+        waits until every member holds it. After a failure the survivors deliver exactly
+        the messages within the trim, and every real message below any member's frontier is
+        among them: each was stable (so within every survivor's counts), and a slot passed
+        as a null is a null for everyone. A receiver may now hold about twice the window of
+        a busy sender's messages undelivered while it waits for an idle sender's nulls
+        (another member passed them), still bounded by that sender's own window. Waiting for the stability of nulls cost a hop: an
+        idle member's nulls answering a push (out, nulls back, their receipts back) were
+        stable a hop after the push itself."""
+        counts = self.sst.vector_min("received_num")
+        # Passed slots (nulls, ahead of stability) stay passed: never below the buffers' bases.
+        counts = list(map(max, counts, self._buf_base))
+        nulls = self._buf_nulls
+        if any(nulls):
+            held = self.sst.mine["received_num"]
+            for pos in range(self.n_senders):
+                if nulls[pos] and counts[pos] < held[pos]:  # type: ignore[index]
+                    counts[pos] = self._past_nulls(pos, counts[pos], held[pos])  # type: ignore[index]
+        return ordering.delivery_frontier(counts)
+
+    def _past_nulls(self, pos: int, c: int, held: int) -> int:
+        """How far sender ``pos``'s slots can be passed from ``c`` (passable up to there)
+        through the null messages held here, up to ``held`` (what this member counts as
+        received of that sender: a large object not whole here stops it).
+
+        Each slot is looked at once: the run found is kept (``_null_scan``) with whether a
+        real message ended it, and a later call goes on from its end."""
+        lo, hi, real = self._null_scan[pos]
+        if lo <= c <= hi:
+            if real or hi >= held:
+                return hi
+            start = hi
+        else:
+            lo = start = c
+        base = self._buf_base[pos]
+        run = len(list(takewhile(_IS_NULL, islice(self._buf[pos], start - base, held - base))))
+        hi = start + run
+        self._null_scan[pos] = (lo, hi, hi < held)
+        return hi
 
     def _stable_beyond_delivered(self, sst: SST) -> bool:
         if self.wedged:
@@ -678,7 +726,30 @@ class ShardMulticast:
         self._delivered = target
         sst.set("delivered_num", target)
         if len(out):  # a stretch of nulls moves the frontier but gives the app nothing to do
-            self._deliveries.append(Delivery(self.shard, target, out, self.vid))
+            last = self._deliveries[-1] if self._deliveries else None
+            if last is not None and last.frontier == start and type(last.messages) is DeliveredBatch:
+                # A second step before the batch was handed over (own nulls sent in the same
+                # evaluation passed what the first left): one batch, one upcall.
+                out = last.messages.followed_by(target, parts, skipped)
+                self._deliveries[-1] = Delivery(self.shard, target, out, self.vid)
+            else:
+                self._deliveries.append(Delivery(self.shard, target, out, self.vid))
+        self._check_window()
+
+    def _receipts_moved(self) -> bool:
+        """Whether the slowest member's receipt of this member's messages moved since the
+        last call."""
+        pos = self.my_pos
+        if pos is None:
+            return False
+        slowest = min(row["received_num"][pos] for row in self.sst.rows)  # type: ignore[index]
+        if slowest <= self._slowest_receipt:
+            return False
+        self._slowest_receipt = slowest
+        return True
+
+    def _check_window(self) -> None:
+        """Tell the app the window reopened, if its sends were held back and it has room now."""
         if self._blocked and self.send_capacity() > 0 and self.window_bytes_free() > 0:
             self._blocked = False
             self._window_opened = True
@@ -741,8 +812,11 @@ class ShardMulticast:
         changes that waited long enough for a ride."""
         if self._lazy_at is not None and now >= self._lazy_at:
             self._lazy_due = True
+        if self.my_pos is None or self.wedged:
+            return
         # Same expression as wakeup_at(), so a tick at the requested time always acts.
-        if self.my_pos is None or self.wedged or now < self._null_due_at():
+        riding = now < self._null_due_at()
+        if riding and not self._push_goes():
             return
         owed = self.nulls_owed()
         if owed > 0:  # the window only when something is owed (the common case owes nothing)
@@ -750,7 +824,20 @@ class ShardMulticast:
         if owed > 0:
             self._append_own([None] * owed, nulls=owed)
             self.nulls_sent += owed
-            self._last_send_at = self._last_null_at = now
+            self._last_send_at = now
+            if not riding:
+                self._last_null_at = now
+
+    def _push_goes(self) -> bool:
+        """Whether owed nulls may go now, before ``_null_due_at``, in a push that goes
+        anyway: an acknowledgement or this member's own messages. Riding along, they cost
+        no push of their own (what the wait for ``_null_due_at`` saves), while the messages
+        before them in the order would otherwise wait for the next null push: half a
+        ``null_interval`` later, or this member's next message. Only where nulls may go at
+        once (nothing of its own waits for the window: there they would take its places)."""
+        if not self.config.immediate_nulls or self._app_waiting or self.resend:
+            return False
+        return self.sent > self._unpushed_from or self.sst.has_changes()
 
     def wakeup_at(self) -> float | None:
         """When this shard next needs a tick (to send nulls), if at all.
@@ -787,6 +874,13 @@ class ShardMulticast:
         self._drain_resend(now)
         self.on_tick(now)
         self.sst.evaluate()
+        # The window's base moves with the slowest member's receipts as well as with this
+        # member's deliveries, and a receipt of own nulls comes with no delivery (their slots
+        # were passed when they were sent). Only on such progress: a sender held back by
+        # something else (its objects' quota) is not told of room it does not have at every
+        # flush.
+        if self._blocked and self._receipts_moved():
+            self._check_window()
         if self._lazy_at is None and not self.wedged and len(self.members) > 1 and self.sst.lazy_pending():
             self._lazy_at = now + LAZY_PUSH_DELAY
 
@@ -806,12 +900,18 @@ class ShardMulticast:
             end = self.sent
             buf = self._buf[pos]
             base = self._buf_base[pos]
-            # Messages already delivered are held by every member (only possible with no peers).
-            start = max(self._unpushed_from, base)
+            start = self._unpushed_from
+            if base > start and len(self.members) == 1:
+                start = base  # delivered, and held by every member: there is no other
             step = self.config.max_batch
             for lo in range(start, end, step):
                 hi = min(end, lo + step)
-                msgs = tuple(buf[lo - base : hi - base])
+                if lo >= base:
+                    msgs = tuple(buf[lo - base : hi - base])
+                else:
+                    # Own slots passed here before they went out (see _frontier): only nulls,
+                    # since a real message is passed once every member holds it.
+                    msgs = (None,) * (min(hi, base) - lo) + tuple(buf[: max(0, hi - base)])
                 row = self.sst.drain_push() if hi == end else None
                 pushes.append(ShardPush(self.vid, self.shard, self.my_rank, row, lo, msgs))
             self._unpushed_from = end

@@ -63,12 +63,11 @@ def tcp_transport(
         security=security,
         incarnation=incarnation,
         on_client_closed=on_client_closed,
-        client_welcome=frame(
-            Welcome(
-                config.client_call_limit(),
-                security.client_max_frame,
-                config.security.client_idle_timeout_ms,
-            )
+        client_welcome=Welcome(
+            config.client_call_limit(),
+            security.client_max_frame,
+            config.security.client_idle_timeout_ms,
+            config.limits.client_max_in_flight,
         ),
     )
 

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from runtime.config import NodeConfig
+from runtime.drivers.descriptors import client_connection_room, descriptor_limit
 from runtime.drivers.tcp import TransportSecurity
 from runtime.errors import ConfigError
 from runtime.security.revocation import RevocationList, revocation_path
@@ -43,6 +44,8 @@ def node_security(config: NodeConfig) -> tuple[TransportSecurity, LoadedCredenti
         max_unauthenticated_per_address=sec.max_unauthenticated_per_address,
         frames_per_turn=config.limits.frames_per_turn,
         client_max_backlog=config.limits.client_max_backlog_bytes,
+        max_clients=client_connection_room(config.limits.client_connections, descriptor_limit()),
+        max_clients_per_identity=config.limits.client_connections_per_identity,
     )
     if sec.insecure:
         log.warning(INSECURE_WARNING, config.node.listen)

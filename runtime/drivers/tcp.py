@@ -78,7 +78,7 @@ from runtime.security.identity import Identity, IdentityError
 from runtime.security.kernel_tls import kernel_tls
 from runtime.security.revocation import RevocationList
 from runtime.security.tls import peer_identity
-from runtime.wire.codec import FrameDecoder, decode, frame
+from runtime.wire.codec import FrameDecoder, decode, frame, welcome_frame
 from runtime.wire.control import (
     COMPATIBLE_PROTOCOLS,
     MEMBER_PROTOCOLS,
@@ -88,6 +88,7 @@ from runtime.wire.control import (
     Hello,
     Ping,
     Pong,
+    Welcome,
 )
 
 log = logging.getLogger("derecho.tcp")
@@ -103,6 +104,14 @@ CLOSE_GRACE = 2.0  # seconds a closed connection may take to drain before it is 
 # one go than any honest client batches (calls travel in one frame per turn): say who it is.
 SLOW_WARN_TURNS = 16
 READ_SCRATCH = 256 * 1024  # bytes per read into the scratch buffer (asyncio's own read size)
+# A member's read of tiny frames (more than FLOOD_FRAMES, under TINY_FRAME bytes each on
+# average) is a flood: honest members batch (a read holds a few pushes of hundreds of bytes or
+# more). That connection then reads SMALL_READ bytes per loop turn until a read holds
+# ordinary frames again. A node certificate's 8 connections of 10-byte frames made 200k frames
+# per turn and stalled the loop past the suspicion timeout.
+FLOOD_FRAMES = 512
+TINY_FRAME = 48
+SMALL_READ = 16 * 1024
 
 # Bytes a member connection may hold unsent (in asyncio's buffer, not yet taken by the kernel)
 # for the next large-object block to be written; more blocks wait in the driver's queue and are
@@ -145,6 +154,8 @@ class TransportSecurity:
     max_unauthenticated_per_address: int = 8  # half-open connections from one host
     frames_per_turn: int = 64  # frames of one client connection handled per loop turn
     client_max_backlog: int = 8 << 20  # unread replies to one client before it is cut off
+    max_clients: int = 4096  # client connections open at once (limits.client_connections)
+    max_clients_per_identity: int = 64  # of one identity (limits.client_connections_per_identity)
     revocation: RevocationList | None = None  # revoked certificates, checked at every Hello
 
     @property
@@ -203,6 +214,11 @@ class _Connection(asyncio.BufferedProtocol):
         self.inbox: bytes | bytearray = b""
         self.inbox_pos = 0
         self.queued = False  # waiting in the transport's round of clients with frames to handle
+        self.counted_as: str | None = None  # the identity whose client connections count this one
+        # Bytes per socket read (0: the usual): SMALL_READ while its reads are floods of tiny
+        # frames (the TLS layer reads it too).
+        self.read_limit = 0
+        self.feeding_early = False  # bytes that came before the handshake ended are being handled
         self.turns_queued = 0  # loop turns it has waited in that round, this time
         self.warned_slow = False  # its "slowing" warning is logged once per connection
         self.write_blocked = False  # its unread replies passed the high-water mark
@@ -280,11 +296,18 @@ class _Connection(asyncio.BufferedProtocol):
             tcp.warn("identity", self.address, "refusing %s: %s", self.address, exc)
             self._refuse(f"refused: {exc}")
             return
-        early, self._early, self._early_bytes = self._early, [], 0
-        for data in early:
+        early, self._early, self._early_bytes = b"".join(self._early), [], 0
+        # Handled a piece per loop turn: a flood sent before the handshake ended is read
+        # slowly, like one sent after (reading stays paused meanwhile).
+        self.feeding_early = True  # reading stays paused until the last piece (no bytes overtake them)
+        for at in range(0, len(early), SMALL_READ):
             if self.closed:
                 break
-            self.data_received(data)
+            if at:
+                await asyncio.sleep(0)
+            self.data_received(early[at : at + SMALL_READ])
+        self.feeding_early = False
+        self._update_reading()  # reading paused while the handshake ended: resumed unless held
 
     def _check_server(self) -> bool:
         """Outgoing over TLS: the other end must be a node, and the one we meant to reach."""
@@ -341,7 +364,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._into_block = True
             return room
         self._into_block = False
-        return self.tcp.scratch
+        return self.tcp.scratch[: self.read_limit] if self.read_limit else self.tcp.scratch
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._into_block:
@@ -369,6 +392,11 @@ class _Connection(asyncio.BufferedProtocol):
             self._early_bytes += len(data)
             if self._early_bytes > self.tcp.max_frame:
                 self.close()
+            elif self._early_bytes >= SMALL_READ and not self.reading_paused and self.transport is not None:
+                # No more until we know who speaks: a flood sent into this window was all
+                # handled in the turn the handshake ended (up to a frame's 64 MiB at once).
+                self.reading_paused = True
+                self.transport.pause_reading()
             return
         tcp = self.tcp
         self.last_heard = time.monotonic()
@@ -387,6 +415,18 @@ class _Connection(asyncio.BufferedProtocol):
             log.exception("frame decoder failed on data from %s", self._where())
             self.close()
             return
+        flooding = len(items) > FLOOD_FRAMES and len(data) < TINY_FRAME * len(items)
+        if flooding != bool(self.read_limit):
+            self.read_limit = SMALL_READ if flooding else 0
+            if flooding:
+                tcp.warn(
+                    "member-flood",
+                    self.address,
+                    "%s sent %s frames in %s bytes: reading it slowly",
+                    self._where(),
+                    len(items),
+                    len(data),
+                )
         self._frames_in(items)
 
     def _frames_in(self, items: list[Any]) -> None:
@@ -514,7 +554,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _update_reading(self) -> None:
         """Pause reading while any reason holds (the receive budget, frames waiting for a
         later turn, unread replies past the high-water mark); resume when none does."""
-        want = self.paused or self.queued or self.write_blocked
+        want = self.paused or self.queued or self.write_blocked or self.feeding_early
         if want == self.reading_paused or self.closed or self.upgrading or self.transport is None:
             return
         self.reading_paused = want
@@ -618,11 +658,20 @@ class _Connection(asyncio.BufferedProtocol):
         else:
             self.decoder.max_frame = tcp.security.client_max_frame
             who = self.identity.name if self.identity is not None else ""
+            counted_as = who or f"host {self.host}"  # the identity its limits count (a host without TLS)
+            full = tcp.client_room(counted_as)
+            if full is not None:
+                log.info("closed a connection of %s: %s", self._where(), full)
+                self.send(frame(Goodbye(f"not serving more clients now: {full}", GoodbyeKind.CLOSED)))
+                self.close()
+                return False
             self.origin = session_origin(who, item.node_id)
             self.incarnation = item.incarnation  # the client's session start (ns)
             tcp.clients.add(self)
-            if tcp.client_welcome:
-                self.send(tcp.client_welcome)
+            self.counted_as = counted_as
+            tcp.clients_of[counted_as] = tcp.clients_of.get(counted_as, 0) + 1
+            if tcp.client_welcome is not None:
+                self.send(tcp.welcome_frame(item.protocol))
         return True
 
     def _check_identity(self, hello: Hello) -> str | None:
@@ -665,6 +714,11 @@ class _Connection(asyncio.BufferedProtocol):
         tcp._unqueue(self)
         self._release()
         tcp.clients.discard(self)
+        if self.counted_as is not None:
+            left = tcp.clients_of.pop(self.counted_as) - 1
+            if left:
+                tcp.clients_of[self.counted_as] = left
+            self.counted_as = None
         tcp.all_connections.discard(self)
         if self.transport is not None and self.upgrading:
             self.transport.abort()
@@ -844,11 +898,11 @@ class TcpTransport:
         max_frame: int = 64 << 20,
         max_backlog: int = 256 << 20,
         security: TransportSecurity | None = None,
-        client_welcome: bytes = b"",
+        client_welcome: Welcome | None = None,
         incarnation: int | None = None,
         on_client_closed: ClientClosedHandler | None = None,
     ) -> None:
-        """``client_welcome``: the frame every accepted client gets first (its limits);
+        """``client_welcome``: what every accepted client is told first (its limits);
         ``on_client_closed``: told once when a client connection ends."""
         self.node_id = node_id
         self.listen = listen
@@ -861,6 +915,8 @@ class TcpTransport:
         self.max_backlog = max_backlog
         self.security = security or TransportSecurity()
         self.client_welcome = client_welcome
+        # Its frame per client protocol (a client of an older release reads fewer fields).
+        self._welcome_frames: dict[int, bytes] = {}
         self.addresses: dict[int, str] = {}
         self.peers: dict[int, _Peer] = {}
         self.incoming: dict[int, set[_Connection]] = {}
@@ -868,6 +924,7 @@ class TcpTransport:
         self.contact_nodes: dict[str, int] = {}  # contact address -> node id its certificate proved
         self.contact_problems: dict[str, ContactProblem] = {}  # why the last try of a contact failed
         self.clients: set[_Connection] = set()
+        self.clients_of: dict[str, int] = {}  # client connections per identity (or host, insecure)
         self.contact_reached = False
         self.refusals: list[str] = []
         self.incarnation = incarnation if incarnation is not None else time.time_ns()
@@ -983,6 +1040,29 @@ class TcpTransport:
 
     def client_count(self) -> int:
         return len(self.clients)
+
+    def welcome_frame(self, protocol: int) -> bytes:
+        """The Welcome frame for a client of wire ``protocol`` (made once per protocol)."""
+        made = self._welcome_frames.get(protocol)
+        if made is None:
+            assert self.client_welcome is not None
+            made = self._welcome_frames[protocol] = welcome_frame(self.client_welcome, protocol)
+        return made
+
+    def client_room(self, identity: str) -> str | None:
+        """Why another client connection of ``identity`` may not open now (None: it may). A
+        client certificate could open connections until the node ran out of descriptors
+        (new clients and status then failed) or, each holding its backlog of unread replies,
+        of memory (22 MB per connection measured): both are bounded here."""
+        sec = self.security
+        if len(self.clients) >= sec.max_clients:
+            return f"{len(self.clients)} client connections are open (limits.client_connections)"
+        if self.clients_of.get(identity, 0) >= sec.max_clients_per_identity:
+            return (
+                f"{identity} has {sec.max_clients_per_identity} connections open here "
+                "(limits.client_connections_per_identity): share a Client among threads, or raise the limit"
+            )
+        return None
 
     def traffic(self) -> dict[int, tuple[int, int]]:
         """Per peer node: (bytes sent, bytes received) since this node started."""

@@ -111,7 +111,10 @@ class TlsStream(asyncio.BufferedProtocol):
             self._step_handshake()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
+        # An application may read less per socket read (``read_limit``: a peer flooding tiny
+        # frames is read a little per loop turn, so decoding them cannot hold the loop).
+        limit = getattr(self.app, "read_limit", None)
+        return self._view[:limit] if limit else self._view
 
     def buffer_updated(self, nbytes: int) -> None:
         self._incoming.write(self._view[:nbytes])

@@ -60,6 +60,7 @@ from runtime.wire.checks import (
 )
 from runtime.wire.control import (
     ROLES,
+    WELCOME_SAYS_IN_FLIGHT,
     AppMessage,
     BootstrapHello,
     Goodbye,
@@ -254,7 +255,7 @@ def _enc_app(m: AppMessage) -> list[Any]:
 
 
 def _enc_welcome(m: Welcome) -> list[Any]:
-    return [TAG_WELCOME, m.max_message_size, m.max_frame, m.idle_timeout_ms]
+    return [TAG_WELCOME, m.max_message_size, m.max_frame, m.idle_timeout_ms, m.max_in_flight]
 
 
 def _enc_ping(m: Ping) -> list[Any]:
@@ -323,6 +324,16 @@ def _prefixed(body: bytes) -> bytes:
 def frame(msg: WireMessage) -> bytes:
     """``msg`` as one frame: 4-byte big-endian body length, then the body."""
     body = encode(msg)
+    return _prefixed(body) + body
+
+
+def welcome_frame(welcome: Welcome, protocol: int) -> bytes:
+    """``welcome`` as a frame a client of wire ``protocol`` reads: one of a release before
+    ``max_in_flight`` decodes exactly three fields and would drop a fourth as a bad frame (it
+    then never heard a Welcome and could not connect)."""
+    if protocol >= WELCOME_SAYS_IN_FLIGHT:
+        return frame(welcome)
+    body = msgpack.packb(_enc_welcome(welcome)[:4], use_bin_type=True)
     return _prefixed(body) + body
 
 
@@ -536,11 +547,12 @@ def _dec_app(f: list[Any]) -> AppMessage:
 
 
 def _dec_welcome(f: list[Any]) -> Welcome:
-    _, size, max_frame, idle = f
+    # A node of a release before ``max_in_flight`` sends three fields: its window is not said.
     return Welcome(
-        _nat(size, "Welcome.max_message_size"),
-        _nat(max_frame, "Welcome.max_frame"),
-        _nat(idle, "Welcome.idle_timeout_ms"),
+        _nat(f[1], "Welcome.max_message_size"),
+        _nat(f[2], "Welcome.max_frame"),
+        _nat(f[3], "Welcome.idle_timeout_ms"),
+        _nat(f[4], "Welcome.max_in_flight") if len(f) > 4 else 0,
     )
 
 
@@ -566,7 +578,7 @@ _DECODERS: Final[dict[int, tuple[str, int | tuple[int, ...], Callable[[list[Any]
     TAG_RESTART_HELLO: ("RestartHello", 7, _dec_restart_hello),
     TAG_RESTART_DECISION: ("RestartDecision", 3, _dec_restart_decision),
     TAG_GROUP_RUNNING: ("GroupRunning", 2, _dec_group_running),
-    TAG_WELCOME: ("Welcome", 3, _dec_welcome),
+    TAG_WELCOME: ("Welcome", (3, 4), _dec_welcome),
     TAG_PING: ("Ping", 1, _dec_ping),
     TAG_PONG: ("Pong", 1, _dec_pong),
     TAG_APP: ("AppMessage", 1, _dec_app),

@@ -18,18 +18,23 @@ Role = Literal["member", "client"]
 ROLES: Final[frozenset[str]] = frozenset({"member", "client"})
 
 
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5
 """The wire protocol this code speaks: frames, their fields and what they mean. Any change a
 peer of the previous release could not read bumps it. 3: large objects (descriptors among a
 shard push's messages, block and credit frames between members). 4: shared-memory and RDMA setup
-frames between members; an object's digest is BLAKE3 (was blake2b-256, the same size)."""
+frames between members; an object's digest is BLAKE3 (was blake2b-256, the same size). 5: a
+contact's ``Welcome`` says its ``client_max_in_flight`` (a client of 4 or before, which reads
+exactly three fields, gets the three: ``welcome_frame``); members' frames as in 4."""
 
-MEMBER_PROTOCOLS: Final = frozenset({PROTOCOL_VERSION})
+MEMBER_PROTOCOLS: Final = frozenset({4, PROTOCOL_VERSION})
 """Protocols this code accepts from members: a node of protocol 3 cannot read the
 shared-memory setup frames and checks objects against another digest, so a group cannot mix
-them (stop, upgrade, restart)."""
+them (stop, upgrade, restart); 4 and 5 differ only in what a client is told."""
 
-COMPATIBLE_PROTOCOLS: Final = frozenset({2, 3, PROTOCOL_VERSION})
+WELCOME_SAYS_IN_FLIGHT: Final = 5
+"""The first protocol whose clients read ``Welcome.max_in_flight``."""
+
+COMPATIBLE_PROTOCOLS: Final = frozenset({2, 3, 4, PROTOCOL_VERSION})
 """Protocols this code accepts from clients (a client's frames did not change in 3 or 4). The promise (README "Versions and upgrades"): a
 release also accepts the protocol of the release before it whenever the change allows, so a
 rolling upgrade between adjacent releases works; where it cannot, the release notes say so
@@ -104,6 +109,9 @@ class Welcome:
     max_message_size: int  # largest encoded call (arguments) a multicast can carry
     max_frame: int  # largest frame this member accepts from a client
     idle_timeout_ms: int  # a client silent this long is disconnected: ping more often
+    max_in_flight: int = (
+        0  # calls a client may have unanswered (limits.client_max_in_flight); 0: not said (an older node)
+    )
 
 
 @dataclass(frozen=True, slots=True)

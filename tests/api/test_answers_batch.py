@@ -156,3 +156,38 @@ def test_callers_waiting_on_calls_wake_when_their_batch_comes() -> None:
         assert loop.run_until_complete(asyncio.wait_for(task, 5)) == {1: None, 2: None, 3: None}
     finally:
         loop.close()
+
+
+def test_calls_answered_alike_share_values_no_call_can_change_for_another() -> None:
+    """A run of calls answered with the same value shares one read-only table of it: a later
+    answer to one (a node outside its replicas: a copy delivered in another view) goes into
+    that call's own copy, and what a caller gets is its own dict."""
+    lock = threading.Lock()
+    feeds = [_results(lock) for _ in range(3)]
+    entries = [(i + 1, True, NONE_B, -1, ()) for i in range(3)]  # tuples, as ``client_answers`` reads them
+    assert Answers([MergedAnswers(R3, 1, entries, feeds)]).deliver() == [1, 2, 3]
+    feeds[0].add_reply(4, (1, 2, 3, 4), True, NONE_B)
+    got = feeds[1].get(0)
+    got[9] = "mine"
+    assert feeds[0].get(0) == {1: None, 2: None, 3: None, 4: None}
+    assert feeds[1].get(0) == feeds[2].get(0) == {1: None, 2: None, 3: None}
+    feeds[2].sending_again()  # finished: nothing to forget
+    assert feeds[2].get(0) == {1: None, 2: None, 3: None}
+
+
+def test_versioned_answers_each_call_its_own_value_and_a_resent_call_keeps_earlier_versions() -> None:
+    """A persistent put's answers (its version, different call by call) in one batch: each call
+    gets its own value and version; one answered in part before it was sent again keeps the
+    version that earlier replica reported beside the batch's."""
+    lock = threading.Lock()
+    feeds = [_results(lock) for _ in range(4)]
+    feeds[3].add_reply(4, (4, 5, 6), True, msgpack.packb(5), 5)  # from the view before the resend
+    feeds[3].sending_again()
+    entries = [(i + 1, True, msgpack.packb(20 + i), 20 + i, ()) for i in range(4)]
+    assert Answers([MergedAnswers(R3, 2, entries, feeds)]).deliver() == [1, 2, 3, 4]
+    assert [r.get(0) for r in feeds] == [dict.fromkeys(R3, 20 + i) for i in range(4)]
+    assert [r.version for r in feeds] == [20, 21, 22, 23]
+    assert feeds[3].versioned(0) == ([1, 2, 3, 4], 23)
+    feeds[0].add_reply(4, (1, 2, 3, 4), True, msgpack.packb(20), 20)  # a later answer: that call's alone
+    assert feeds[0].get(0) == dict.fromkeys((1, 2, 3, 4), 20) and feeds[1].get(0) == dict.fromkeys(R3, 21)
+    assert feeds[0].versioned(0) == ([1, 2, 3, 4], 20)

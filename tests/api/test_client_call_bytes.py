@@ -25,6 +25,7 @@ from derecho_actors.model.decorators import TypeSpec
 from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.events import PollArgs
 from derecho_actors.wire.messages import AnswerBatch, Call, CallBatch, Features, decode, encode
+from derecho_actors.wire.packing import packb
 from derecho_actors.wire.replies import client_answers
 from runtime.core.layout import ShardId
 from runtime.errors import SerializationError, WireError
@@ -116,3 +117,27 @@ def test_answers_read_apart_are_what_the_decoder_reads() -> None:
         decode(bad)
     with pytest.raises(WireError, match=str(decoded.value).replace("[", r"\[")):
         client_answers(bad)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        ((7, True, b"\x01", -1, (1, -2)),),  # a node id below 0
+        ((7, True, b"\x01", -2, ()),),  # a version below -1
+        ((7, True, "text", -1, ()),),  # a value not bytes
+        ((7, True, b"\x01", -1),),  # four fields
+    ],
+)
+def test_a_bad_answer_read_apart_fails_as_the_decoder_fails(entries: Any) -> None:
+    data = packb([11, 4, [1, 2, 3], entries])  # an AnswerBatch, built by hand: the encoder checks its input
+    with pytest.raises(WireError) as decoded:
+        decode(data)
+    with pytest.raises(WireError) as read:
+        client_answers(data)
+    assert str(read.value) == str(decoded.value)
+
+
+def test_answers_read_apart_are_tuples_with_their_replicas() -> None:
+    batch = AnswerBatch(4, (1, 2, 3), ((7, True, b"\x01", -1, ()), (8, True, b"\x02", 3, (1, 3))))
+    rows = client_answers(encode(batch))
+    assert rows == (4, (1, 2, 3), batch.entries)

@@ -23,6 +23,7 @@ from derecho_actors.wire import codec as _codec
 from derecho_actors.wire.messages import ChunkKind
 from runtime.core.versions import make_version
 from runtime.drivers.log_store import VersionedLog
+from runtime.errors import SerializationError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -146,6 +147,55 @@ def test_record_bodies_are_the_documented_format(tmp_path: Path) -> None:
         {"m": m(b"", _enc(["fresh"]))},
     ]
     assert bodies == [_body(ORIGINS[i], 100 + i, c) for i, c in enumerate(changes)]
+
+
+def test_a_call_changing_several_keys_and_fields_logs_them_in_one_record(tmp_path: Path) -> None:
+    """Beside the one-key change (``record``'s fast path, above): several keys set and
+    deleted in one call, and two fields at once, each in the documented format."""
+
+    def many(o: Any) -> None:
+        o.m.update({"x": 1, "y": 2})
+        o.m.pop("x")  # set, then deleted: logged as deleted
+        o.m["z"] = 3
+        o.tags["seed"] = 5
+        del o.tags["seed"]
+
+    def both(o: Any) -> None:
+        o.m["y"] = 4
+        o.n = 7
+
+    store = _write_log(tmp_path / "Doc.0.0.log", [many, both])
+    with store.log_held() as lg:
+        bodies = [body for _v, _t, body in lg.iter_from(-1)]
+    store.close()
+    assert bodies == [
+        _body(
+            ORIGINS[0],
+            100,
+            {"m": ["m", False, _enc([["y", 2], ["z", 3]]), _enc(["x"])], "tags": ["m", False, b"", _enc(["seed"])]},
+        ),
+        _body(ORIGINS[1], 101, {"m": ["m", False, _enc([["y", 4]]), b""], "n": ["v", _enc(7)]}),
+    ]
+    replayed, _calls = _replayed(tmp_path / "Doc.0.0.log")
+    assert (dict(replayed.obj.m), replayed.obj.n, dict(replayed.obj.tags)) == ({"y": 4, "z": 3}, 7, {})
+    replayed.close()
+
+
+def test_a_value_the_serializer_cannot_encode_is_a_serialization_error(tmp_path: Path) -> None:
+    """A one-key change (``record``'s fast path) whose value msgpack cannot pack raises the
+    error that names the serializer, as several keys would; the store stays usable."""
+    obj = Doc()
+    store = PersistentStore(
+        obj, persistent_fields(Doc), "msgpack", VersionedLog.open(tmp_path / "Doc.0.0.log", fsync=False), lambda v: None
+    )
+    store.reset_tracking()
+    obj.m["bad"] = {1, 2}  # a set: no msgpack type
+    with pytest.raises(SerializationError, match="msgpack"):
+        store.record(make_version(2, 0), 1000, 0, 1)
+    obj.m.clear()
+    obj.m["good"] = 1
+    assert msgpack.unpackb(store.record(make_version(2, 1), 1001, 0, 2)[2])[2]["m"][2] == _enc([["good", 1]])
+    store.close()
 
 
 def test_a_call_that_changes_nothing_logs_no_field(tmp_path: Path) -> None:

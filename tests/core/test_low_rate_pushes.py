@@ -102,7 +102,8 @@ def test_a_null_receipt_behind_a_real_message_is_acknowledged_at_once() -> None:
 
 def test_deferred_null_receipts_go_out_after_the_lazy_delay() -> None:
     """With no real message after them, acknowledgements of nulls wait for a ride, at most
-    ``LAZY_PUSH_DELAY``: then the nulls' senders' windows and delivered counts move on."""
+    ``LAZY_PUSH_DELAY``: then the nulls' senders' windows move on (their deliveries did not
+    wait: a null's slot needs only to be held, and a sender holds its own)."""
     net = ShardNet((1, 2, 3), MulticastConfig(null_interval=0.001))
     run_paced(net, (3,), 5)
     start = net.now
@@ -112,7 +113,7 @@ def test_deferred_null_receipts_go_out_after_the_lazy_delay() -> None:
     assert smcs[2].sst.mine["received_num"][0] == smcs[3].sst.mine["received_num"][0] == sent1
     assert smcs[1].sst.rows[1]["received_num"][0] < sent1
     assert smcs[1].sst.rows[2]["received_num"][0] < sent1
-    assert smcs[1].delivered < 3 * sent1 - 2
+    assert smcs[1].delivered > 3 * (sent1 - 1)  # its own nulls passed as it sent them
     net.tick(LAZY_PUSH_DELAY)  # the lazy wakeup
     assert all(w is None or w > net.now for w in net.wakeups.values())
     while net.in_flight():
@@ -122,7 +123,6 @@ def test_deferred_null_receipts_go_out_after_the_lazy_delay() -> None:
     assert net.now - start == pytest.approx(LAZY_PUSH_DELAY)
     for r in (1, 2):
         assert smcs[1].sst.rows[r]["received_num"][0] == sent1
-    assert smcs[1].delivered > 3 * (sent1 - 1)  # its nulls are stable: delivered here
 
 
 def test_small_windows_defer_nothing() -> None:

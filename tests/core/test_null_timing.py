@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from runtime.core.messages import ShardPush
 from runtime.core.smc import DeliveredBatch, MulticastConfig
 from tests.core.shard_net import SHARD, ShardNet
 
@@ -67,24 +68,54 @@ def test_one_sender_of_three_is_never_held_by_idle_members() -> None:
         assert all(len(net.delivered[m]) == i + 1 for m in (1, 2, 3))
 
 
-def test_idle_members_send_nulls_at_most_once_per_half_interval() -> None:
-    """A busy sender's every push would otherwise draw a null push from each idle member."""
+def _pushes_from(net: ShardNet, node: int) -> int:
+    """Shard pushes ``node`` has queued to its first peer so far (each goes to every peer)."""
+    peer = min(m for m in net.members if m != node)
+    return sum(1 for m in net.links.get((node, peer), ()) if isinstance(m, ShardPush))
+
+
+def test_idle_members_nulls_ride_with_their_acknowledgements() -> None:
+    """A busy sender's push draws one push from each idle member, its acknowledgement, and
+    the nulls it owes ride with it whenever they fall due, so the sender's next message
+    never waits for them: before, nulls went at most once per half interval, and the
+    sender's message that came sooner waited for a tick (half an interval)."""
     net = ShardNet((1, 2, 3), MulticastConfig(null_interval=0.001))
     net.send(3, b"c0")
     drain_links(net)
     assert net.cores[1].shards[SHARD].nulls_sent == 2  # round 0, and round 1 ahead of node 3's next
-    net.now += 0.0002  # less than half an interval later
-    net.send(3, b"c1")
+    for i, dt in ((1, 0.0002), (2, 0.0001)):  # sooner than half an interval, twice
+        net.now += dt
+        net.send(3, b"c%d" % i)
+        sent_before = net.cores[1].shards[SHARD].nulls_sent
+        # Node 1 acknowledges c_i in one push, its null of the round ahead riding with it.
+        assert net.deliver_one(3, 1)
+        assert _pushes_from(net, 1) == 1
+        assert net.cores[1].shards[SHARD].nulls_sent == sent_before + 1
+        drain_links(net)
+        assert all(net.payloads(m) == [b"c%d" % j for j in range(i + 1)] for m in (1, 2, 3))  # no tick
+
+
+def test_owed_nulls_alone_go_at_most_once_per_half_interval() -> None:
+    """Nulls owed with no push going (owed for nulls received, whose receipt makes no push
+    due) wait until half an interval after this member's last push of nulls alone."""
+    net = ShardNet((1, 2, 3), MulticastConfig(null_interval=0.001))
+    net.send(3, b"c0")  # index 2; nodes 1 and 2 fill rounds 0 and 1 (node 1: indices 0, 3)
     drain_links(net)
-    assert all(net.payloads(m) == [b"c0", b"c1"] for m in (1, 2, 3))  # its slots were filled ahead
-    assert net.cores[1].shards[SHARD].nulls_sent == 2  # round 2's null (ahead again) waits
-    net.now += 0.0001
-    net.send(3, b"c2")
+    smc1 = net.cores[1].shards[SHARD]
+    assert smc1.nulls_sent == 2
+    net.now += 0.0002
+    net.send(3, b"c1")  # index 5
+    assert net.deliver_one(3, 2)  # node 2 alone has it; its null of round 2 (index 7) ahead goes
+    assert net.deliver_one(2, 1)  # node 1: node 2's nulls (index 7), not node 3's c1 yet
+    # Node 1 now owes its slot of round 2 (index 6), with nothing to push: it waits.
+    assert smc1.nulls_owed() == 1 and smc1.nulls_sent == 2
+    assert _pushes_from(net, 1) == 0
+    assert smc1.wakeup_at() == pytest.approx(0.0005)
+    net.now = 0.0005
+    net.tick()
+    assert smc1.nulls_sent == 3
     drain_links(net)
-    assert all(net.payloads(m) == [b"c0", b"c1"] for m in (1, 2, 3))  # c2 waits on it
-    assert net.cores[1].shards[SHARD].wakeup_at() == pytest.approx(0.0005)  # a tick when it may go
-    net.settle()
-    assert all(net.payloads(m) == [b"c0", b"c1", b"c2"] for m in (1, 2, 3))
+    assert all(net.payloads(m) == [b"c0", b"c1"] for m in (1, 2, 3))
 
 
 @pytest.mark.parametrize("backlog", [0, 5, 500])

@@ -127,7 +127,10 @@ def test_node_joins_mid_stream(cluster: MulticastCluster) -> None:
     ids = [1, 2, 3]
     start_group(cluster, ids, 300000)
     cluster.wait_for(lambda: cluster.delivered_count(1) > 5000, 60, "load to flow", 0.05)
-    cluster.start(4, contact=2)
+    # The joiner sends too: the others' 300,000 each may all be delivered before it is in (a
+    # faster data plane, a slow start on a loaded machine), and it must still deliver in its
+    # first view, the others answering its slots with nulls once they are idle.
+    cluster.start(4, contact=2, send=3000, wait_members=4)
     view = cluster.wait_view({1, 2, 3, 4}, timeout=20)
     cluster.wait_for(
         lambda: len(per_view(cluster.deliveries(4)).get(view["vid"], [])) > 1000, 60, "node 4 delivering", 0.1

@@ -195,6 +195,7 @@ class FakeTransport:
         self.contact_problems: dict[str, ContactProblem] = {}
         self.bad_frames = 0
         self.sent: list[tuple[str, bytes]] = []
+        self.disconnected: list[tuple[int, str]] = []
 
     def reply(self, handle: Any, data: bytes) -> bool:
         self.replies.append((handle, data))
@@ -202,6 +203,9 @@ class FakeTransport:
 
     def warn(self, kind: str, address: str, msg: str, *args: Any) -> None:
         self.warnings.append(msg % args)
+
+    def disconnect(self, node_id: int, reason: str) -> None:
+        self.disconnected.append((node_id, reason))
 
     def contact_node(self, address: str) -> int | None:
         return self.at.get(address)
@@ -505,3 +509,43 @@ def test_a_restarting_node_says_which_contacts_are_busy(loop: asyncio.AbstractEv
         phase.advance()  # once per BUSY_REPORT_EVERY, not per tick
     lines = [r.getMessage() for r in caplog.records if "let no handshake finish" in r.getMessage()]
     assert len(lines) == 1 and f"restarting: {ADDR[1]} is up" in lines[0] and ADDR[2] not in lines[0]
+
+
+# ------------------------------------------------------------------------ a flood of ignored frames
+def test_a_flood_of_frames_no_node_sends_logs_a_few_lines_or_closes_an_outsider(
+    loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node certificate is enough to send Pings on a member connection as fast as one can
+    write: each used to log a WARNING (1.5M lines, 154 MB in 15 s, the loop held meanwhile)."""
+    from runtime.wire.control import Ping
+
+    t = FakeTransport()
+    d = driver(loop, t, contacts=(), begin=True)  # founds view 0 of node 5 alone
+    with caplog.at_level(logging.WARNING, logger="derecho.node"):
+        for _ in range(100):
+            d._on_frames(5, [Ping(n) for n in range(100)])  # a member: dropped, a few lines
+    lines = [r for r in caplog.records if "on a member connection; ignored" in r.getMessage()]
+    assert 1 <= len(lines) <= 3, len(lines)
+    assert not t.disconnected
+    d._on_frames(7, [Ping(n) for n in range(100)])  # outside the view: its connections close
+    assert t.disconnected == [(7, "outside the view, it sent a Ping on a member connection")]
+
+
+def test_app_messages_of_a_node_outside_the_view_are_bounded(loop: asyncio.AbstractEventLoop) -> None:
+    """A node certificate outside the view flooded app messages (ReplyBatch frames for no call,
+    garbage): each was decoded and handled, the loop stalled and the node fell out of its group."""
+    from runtime.drivers.node_phases import outsiders
+    from runtime.wire.control import AppMessage
+
+    t = FakeTransport()
+    d = driver(loop, t, contacts=(), begin=True)  # founds view 0 of node 5 alone
+    phase = member(d)
+    assert phase.core.view is not None and phase.core.view.members == (5,)
+    handled: list[int] = []
+    d.hooks.on_app = lambda sender, data: handled.append(sender)
+    for _ in range(50):
+        d._on_frames(7, [AppMessage(b"x")] * 100)  # 5,000 at once from outside the view
+    assert outsiders.BURST <= len(handled) <= outsiders.BURST + outsiders.RATE * 1.0  # refilled meanwhile: < 1 s
+    assert t.disconnected and {node for node, _ in t.disconnected} == {7}  # and its connections close
+    d._on_frames(5, [AppMessage(b"x")] * 1000)  # a member (here itself) is never counted
+    assert handled.count(5) == 1000

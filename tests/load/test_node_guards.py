@@ -217,9 +217,12 @@ def test_state_requests_from_outside_the_shard_are_refused_and_bounded(trio: Loc
     asks = [StateRequest(shard, vid, -1, 0)] + [StateRequest(shard, vid + 10 + i, -1, 0) for i in range(2000)]
     with Conn(c.address(1), node_context(c.certs_dir, 9)) as r:
         r.hello_member(9, "guard")
-        assert r.send_raw(framed(*asks)), r.error
+        # Past 400 app messages at once, a node outside the view has its connections closed
+        # (``OutsiderBudget``): the write may end with the connection.
+        sent = r.send_raw(framed(*asks))
         r.read(2.0)
         assert not any(isinstance(m, StateChunk) for m in r.received), "a non-member got state"
+    assert sent or "EOF" in repr(r.error) or "reset" in repr(r.error).lower(), r.error
     wait_until(
         lambda: (
             "refused a state request of node 9" in log_of(c.workdir, 1)

@@ -139,6 +139,7 @@ def tables_empty(tcp: TcpTransport) -> bool:
     """Nothing of any client or half-open connection is kept."""
     return (
         not tcp.clients
+        and not tcp.clients_of
         and not tcp.all_connections
         and not tcp._ring
         and not tcp.half_open
@@ -399,6 +400,98 @@ def test_half_open_connections_are_capped_per_address_and_the_oldest_give_way(
     assert any("from 127.0.0.2 (per-address limit)" in line for line in lines), lines
     assert any("(pool limit)" in line for line in lines), lines
     assert not any("127.0.0.1" in line for line in lines), lines
+
+
+def test_a_member_connection_flooding_tiny_frames_is_read_a_little_per_turn() -> None:
+    """A node certificate's connection of 10-byte frames made ~26k frames per read (200k per
+    loop turn over 8 connections): the loop stalled past the suspicion timeout."""
+    from runtime.drivers.tcp import FLOOD_FRAMES, SMALL_READ
+
+    async def scenario() -> None:
+        batches: list[int] = []
+        tcp = await start_transport(lambda handle, msg: None, on_frames=lambda sender, got: batches.append(len(got)))
+        turns = Turns()
+        sock = await connect(tcp.bound_port)
+        member_hello = frame(Hello(9, CLUSTER, "member", 1, PROTOCOL_VERSION))
+        ping = frame(Ping(1))
+        flood = ping * 200_000
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, member_hello + ping * 10)  # an ordinary start
+        await until(lambda: sum(batches) >= 10, 5, "the first frames")
+        sender = asyncio.ensure_future(loop.sock_sendall(sock, flood))
+        await until(lambda: sum(batches) >= 200_010, 30, "the flood to be read")
+        await sender
+        turns.stop()
+        most = SMALL_READ // len(ping) + 1
+        big = [n for n in batches if n > most]
+        assert len(big) <= 1, big[:5]  # the read that showed the flood, then small ones
+        assert turns.n >= 200_000 // most // 2  # the loop turned meanwhile
+        assert any(n > FLOOD_FRAMES for n in batches)
+        sock.close()
+        await tcp.close()
+
+    run(scenario)
+
+
+def test_each_client_gets_the_welcome_its_protocol_reads() -> None:
+    """A client of the release before (protocol 4) reads a three-field Welcome only."""
+    import msgpack
+
+    from runtime.wire.control import Welcome
+
+    async def scenario() -> None:
+        tcp = await start_transport(lambda handle, msg: None)
+        tcp.client_welcome = Welcome(1 << 20, 1 << 21, 30_000, 64)
+        loop = asyncio.get_running_loop()
+        got = {}
+        for protocol in (4, PROTOCOL_VERSION):
+            sock = await connect(tcp.bound_port)
+            await loop.sock_sendall(sock, frame(Hello(protocol, CLUSTER, "client", time.time_ns(), protocol)))
+            data = await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)
+            got[protocol] = msgpack.unpackb(data[4:])
+            sock.close()
+        assert got[4][1:] == [1 << 20, 1 << 21, 30_000]
+        assert got[PROTOCOL_VERSION][1:] == [1 << 20, 1 << 21, 30_000, 64]
+        await tcp.close()
+
+    run(scenario)
+
+
+def test_client_connections_are_capped_per_identity_and_in_all() -> None:
+    """One identity (here a host: no TLS in this harness) could open connections until the node
+    ran out of descriptors or, each holding its unread replies, of memory."""
+
+    async def scenario() -> None:
+        served: list[int] = []
+        tcp = await start_transport(
+            lambda handle, msg: served.append(handle.speaker), max_clients=5, max_clients_per_identity=3
+        )
+        loop = asyncio.get_running_loop()
+
+        async def client(host: str, session: int) -> tuple[socket.socket, bool]:
+            sock = await connect(tcp.bound_port, host)
+            await loop.sock_sendall(sock, hello_client(session) + numbered(session))
+            await asyncio.sleep(0.05)
+            return sock, session in served
+
+        first = [await client("127.0.0.2", n) for n in range(1, 5)]
+        assert [ok for _, ok in first] == [True, True, True, False]  # the 4th is over the identity's 3
+        reply = await loop.sock_recv(first[3][0], 4096)
+        assert b"limits.client_connections_per_identity" in reply and await closed_by_peer(first[3][0])
+        others = [await client("127.0.0.3", n) for n in (11, 12)]
+        assert all(ok for _, ok in others) and len(tcp.clients) == 5
+        third, ok = await client("127.0.0.4", 21)  # another identity, but 5 are open in all
+        assert not ok and b"limits.client_connections" in await loop.sock_recv(third, 4096)
+        first[0][0].close()
+        await until(lambda: len(tcp.clients) == 4, 5, "the closed connection to be forgotten")
+        again, ok = await client("127.0.0.2", 5)  # room for the identity again
+        assert ok and tcp.clients_of == {"host 127.0.0.2": 3, "host 127.0.0.3": 2}
+        for sock in [s for s, _ in first] + [s for s, _ in others] + [third, again]:
+            sock.close()
+        await until(lambda: tables_empty(tcp), 5, "every connection to be forgotten")
+        await tcp.close()
+
+    run(scenario)
 
 
 async def closed_by_peer(sock: socket.socket) -> bool:

@@ -97,7 +97,11 @@ def test_protocol_2_is_refused_from_a_member_and_served_for_a_client(trio: Local
     """Members of protocol 2 cannot read large objects' descriptors and blocks; a client's
     frames did not change, so a client of the previous release is still served."""
     c = trio
-    assert MEMBER_PROTOCOLS == {PROTOCOL_VERSION} and {2, 3, PROTOCOL_VERSION} <= COMPATIBLE_PROTOCOLS
+    assert (
+        2 not in MEMBER_PROTOCOLS
+        and PROTOCOL_VERSION in MEMBER_PROTOCOLS
+        and {2, 3, 4, PROTOCOL_VERSION} <= COMPATIBLE_PROTOCOLS
+    )
     goodbyes = _refused(c, node_context(c.certs_dir, 9), frame(Hello(9, "ver", "member", 1, 2)))
     assert goodbyes == [f"refused: wire protocol 2 is not compatible with {PROTOCOL_VERSION}"]
     with Conn(c.address(1), client_context(c.certs_dir, "old-client")) as conn:

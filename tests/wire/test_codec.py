@@ -112,6 +112,7 @@ ROUND_TRIPS: dict[str, WireMessage] = {
     "app message": AppMessage(b"\x93\x01\x02\x03"),
     "app message, empty": AppMessage(b""),
     "welcome": Welcome(1 << 20, (1 << 20) + 65536, 300_000),
+    "welcome, with a window": Welcome(1 << 20, (1 << 20) + 65536, 300_000, 4096),
     "ping": Ping(7),
     "pong": Pong(7),
     "restart hello": RestartHello(
@@ -322,6 +323,28 @@ def test_goodbye_kinds_decode_or_are_refused(fields: list[Any], expected: Goodby
 def test_a_goodbye_carries_its_kind_by_value(kind: GoodbyeKind) -> None:
     assert msgpack.unpackb(encode(Goodbye("why", kind))) == [codec.TAG_GOODBYE, "why", kind.value]
     assert decode(encode(Goodbye("why", kind))) == Goodbye("why", kind)
+
+
+def test_a_welcome_of_an_older_node_decodes_with_no_window() -> None:
+    """Nodes before ``max_in_flight`` sent three fields: a client reads 0 (not said)."""
+    assert decode(p([codec.TAG_WELCOME, 1 << 20, 1 << 21, 30_000])) == Welcome(1 << 20, 1 << 21, 30_000, 0)
+    with pytest.raises(WireError, match="Welcome.max_in_flight"):
+        decode(p([codec.TAG_WELCOME, 1 << 20, 1 << 21, 30_000, -1]))
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_client_of_an_older_protocol_gets_the_three_fields_it_reads(protocol: int) -> None:
+    """A client of protocol 4 or before decodes exactly three fields: a fourth made it drop
+    the Welcome as a bad frame, and it never connected to a node of this release."""
+    from runtime.wire.control import WELCOME_SAYS_IN_FLIGHT
+
+    welcome = Welcome(1 << 20, 1 << 21, 30_000, 64)
+    data = codec.welcome_frame(welcome, protocol)
+    fields = msgpack.unpackb(data[4:])
+    if protocol >= WELCOME_SAYS_IN_FLIGHT:
+        assert fields == [codec.TAG_WELCOME, 1 << 20, 1 << 21, 30_000, 64] and data == frame(welcome)
+    else:
+        assert fields == [codec.TAG_WELCOME, 1 << 20, 1 << 21, 30_000]
 
 
 def frame_of(body: bytes) -> bytes:

@@ -24,8 +24,10 @@ from runtime.core.view import View
 from runtime.drivers.client_door import not_serving
 from runtime.drivers.node_phases.context import NodeContext
 from runtime.drivers.node_phases.join_watch import JoinWatch
+from runtime.drivers.node_phases.outsiders import OutsiderBudget
 from runtime.drivers.node_phases.phase import RESTART_MESSAGES, PhaseStatus
 from runtime.drivers.node_phases.trust import forgery, leader_frame_allowed
+from runtime.drivers.ratelimit import RateLimitedLog
 from runtime.drivers.transport import RowPush
 from runtime.wire.codec import frame
 from runtime.wire.control import AppMessage, BootstrapHello, GroupRunning, RestartDecision, RestartHello
@@ -73,6 +75,10 @@ class MemberPhase:
             engine = core.objects.engine
             engine.config = replace(engine.config, memory=memory)
             memory.limit(engine.config.max_object_size, engine.config.max_bytes, engine.config.max_objects)
+        # A peer can send frames we ignore as fast as it can write (a node certificate is enough):
+        # a line for each filled the disk at 10 MB/s and held the loop; a few per peer per interval.
+        self._warnings = RateLimitedLog(log)
+        self._outsiders = OutsiderBudget()
 
     # ------------------------------------------------------------ ways in
     @classmethod
@@ -169,10 +175,26 @@ class MemberPhase:
                 step(MessageArrived(now, sender, msg))
                 stepped = True
             elif type(msg) is AppMessage:
+                if self._outside_view(sender) and not self._outsiders.take(sender, now):
+                    # Its connections close: reading them on, however slowly, would let a node
+                    # certificate hold this loop with as many connections as it opens.
+                    ctx.io.transport.disconnect(
+                        sender,
+                        f"outside the view, it sent app messages faster than {int(self._outsiders.rate)} a second",
+                    )
+                    break
                 if ctx.hooks.on_app is not None:
                     ctx.hooks.on_app(sender, msg.data)
             else:
-                log.warning("node %s sent a %s on a member connection; ignored", sender, type(msg).__name__)
+                kind = type(msg).__name__
+                if self._outside_view(sender):
+                    # No node sends these to members: one outside the view that does is closed
+                    # out (as above); a member's are dropped, a few lines a peer logged.
+                    ctx.io.transport.disconnect(sender, f"outside the view, it sent a {kind} on a member connection")
+                    break
+                self._warnings.warning(
+                    (kind, str(sender)), "node %s sent a %s on a member connection; ignored", sender, kind
+                )
         if stepped:
             ctx.io.schedule_flush()
 
@@ -225,6 +247,12 @@ class MemberPhase:
     def is_member(self, node: int) -> bool:
         view = self.core.view
         return view is not None and view.rank_of(node) is not None
+
+    def _outside_view(self, node: int) -> bool:
+        """``node`` is not in the view this node has installed (False before it has one:
+        while joining, nobody is known to be outside)."""
+        view = self.core.view
+        return view is not None and view.rank_of(node) is None
 
     # ------------------------------------------------------------ app inputs
     def send(self, shard: ShardId, payloads: Sequence[bytes]) -> None:
