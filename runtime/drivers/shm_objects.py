@@ -153,6 +153,7 @@ class _Placed:
     # Sends of a block whose write is on the writer thread: they go once it is there.
     waiting: dict[int, list[tuple[int, bytes, memoryview]]] = field(default_factory=dict)
     offer: ObjectDescriptor | None = None  # reserved, offered once no write of it is pending
+    over: bool = False  # the engine let go of it: never offered any more
 
 
 @dataclass(slots=True)
@@ -185,6 +186,9 @@ class ObjectSegments:
         # only for an object it is a member of, so a peer cannot make this node send an honest
         # member's blocks as bytes (which that member, reading in place, takes as hostile).
         self.members: dict[ObjectId, frozenset[int]] = {}
+        # The last seq opened here per (sender, epoch, stream), of epochs not ended here: the
+        # engine opens a stream's objects in seq order, so one at or below it is open or over.
+        self.opened: dict[tuple[int, int, int], int] = {}
         # "In place" notes that came before this node opened the object, per peer: bounded per
         # peer, so a peer's flood only pushes out its own notes.
         self.early: dict[int, OrderedDict[ObjectId, None]] = {}
@@ -316,7 +320,9 @@ class ObjectSegments:
             self._abandon(descriptor.oid, placed)
             return
         seg.reserved = True
-        if self.placed.get(descriptor.oid) is placed:  # still in flight
+        if placed.over:  # a member that ended its epoch would map it for nothing: it goes
+            self._abandon(descriptor.oid, placed)
+        elif self.placed.get(descriptor.oid) is placed:  # still in flight
             if _WRITING in placed.written:  # one may yet fail for room: offered once all are done
                 placed.offer = descriptor
             else:
@@ -587,10 +593,22 @@ class ObjectSegments:
     def offered(self, sender: int, offer: ShmObjectOffer) -> None:
         """The sender's segment for one of its objects (new, or one mapped here already):
         check it, map it, answer."""
-        why = ""
+        why = late = ""
         key = (sender, offer.token)
-        if offer.oid.sender != sender:
-            why = f"it offers object {offer.oid} of node {offer.oid.sender}"
+        oid = offer.oid
+        # An honest offer comes late when its segment was reserved off the loop: after the
+        # descriptor (the object goes as bytes here), or after the view changed here. Mapped,
+        # it would be held for nothing until the next view change.
+        if oid.vid <= self.ended:
+            late = f"its epoch {oid.vid} ended here"
+        elif oid.seq <= self.opened.get((oid.sender, oid.vid, oid.stream), -1):
+            late = "the object is open or over here (it comes as bytes)"
+        if oid.sender != sender:
+            why = f"it offers object {oid} of node {oid.sender}"
+        elif late:
+            why = late
+        elif oid in self.offers:
+            why = "a second offer of the object"
         elif not 0 <= offer.size <= self.max_size:
             why = f"size {offer.size} is out of range (at most {self.max_size})"
         elif not self._room_for(sender, capacity_for(offer.size)):
@@ -616,14 +634,14 @@ class ObjectSegments:
                 m.told_free = False
                 self.mapped.move_to_end(key)
         if why:
-            log.warning("node %s's segment for object %s refused: %s", sender, offer.oid, why)
+            (log.info if late else log.warning)("node %s's segment for object %s refused: %s", sender, oid, why)
         else:
-            self.mapped[key].busy = offer.oid
-            self.offers[offer.oid] = key
-            mine = [oid for oid, (owner, _) in self.offers.items() if owner == sender]
-            for oid in mine[: len(mine) - MAX_OFFERS]:  # its objects never opened here (a view ended)
-                self._drop_offer(oid)
-        self.transport.send(sender, frame(ShmObjectAnswer(offer.oid, not why)))
+            self.mapped[key].busy = oid
+            self.offers[oid] = key
+            mine = [o for o, (owner, _) in self.offers.items() if owner == sender]
+            for o in mine[: len(mine) - MAX_OFFERS]:  # its objects never opened here (a view ended)
+                self._drop_offer(o)
+        self.transport.send(sender, frame(ShmObjectAnswer(oid, not why)))
 
     def _room_for(self, sender: int, size: int) -> bool:
         """Whether ``sender``'s offers mapped here and not opened yet, with one more of ``size``
@@ -676,6 +694,8 @@ class ObjectSegments:
         """The engine opened ``descriptor`` here: its members' "in place" notes count now."""
         oid = descriptor.oid
         members = self.members[oid] = frozenset(descriptor.members)
+        stream = (oid.sender, oid.vid, oid.stream)
+        self.opened[stream] = max(oid.seq, self.opened.get(stream, -1))
         for peer in members:
             notes = self.early.get(peer)
             if notes is not None and notes.pop(oid, 0) is None:
@@ -722,7 +742,12 @@ class ObjectSegments:
 
     # ------------------------------------------------------------ both
     def done(self, oid: ObjectId) -> None:
-        """The engine let go of ``oid``: forgotten here two sweeps later (see ``retiring``)."""
+        """The engine let go of ``oid``: forgotten here two sweeps later (see ``retiring``),
+        and never offered from now on (its segment may still be being reserved)."""
+        p = self.placed.get(oid)
+        if p is not None:
+            p.over = True
+            p.offer = None
         self.retiring.append((self.sweeps, oid))
 
     def sweep(self) -> None:
@@ -820,6 +845,7 @@ class ObjectSegments:
         (their segments idle again, unmapped if their owner is gone), and so do the notes and
         the objects let go of (a late block of them is answered EPOCH_ENDED, see ``landed``)."""
         self.ended = max(self.ended, vid)
+        self.opened = {key: seq for key, seq in self.opened.items() if key[1] > vid}
         for oid in [oid for oid in self.offers if oid.vid <= vid]:
             self._drop_offer(oid)
         for oid in [oid for oid in self.released if oid.vid <= vid]:
@@ -858,6 +884,7 @@ class ObjectSegments:
         self.offers.clear()
         self.in_place.clear()
         self.members.clear()
+        self.opened.clear()
         self.early.clear()
         unlink_pending()  # the names this close dropped (and any other queued): gone with the node
         self.adopted.clear()

@@ -1,0 +1,136 @@
+"""Object segments (runtime.drivers.shm_objects) after the third review: an offer that comes
+after its object is over at the member maps nothing, a sender offers nothing for an object the
+engine let go of, a member that maps a segment the sender no longer counts is told it is gone,
+a segment is not written again while a member has not answered its offer, and a block in place
+of an object not open here is refused as its bytes would be, not as a hostile peer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectId, describe
+from runtime.drivers import shm_objects
+from runtime.drivers.shm_objects import ObjectSegments
+from runtime.drivers.shm_worker import SLOW_CALLS
+from runtime.wire.shm_setup import ShmObjectAnswer, ShmObjectOffer
+from runtime.wire.transfers import block_frame_head
+from tests.drivers.test_shm_object_segments import BLOCK, segments, wrote
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host"),
+]
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="derecho-test-") as d:
+        yield d
+
+
+def _settle(seg: ObjectSegments, n: int = 3) -> None:
+    for _ in range(n):
+        seg.sweep()
+    SLOW_CALLS.drain()
+
+
+def _send_blocks(seg: ObjectSegments, d: ObjectDescriptor, data: bytes, to: int) -> None:
+    for b in range(d.blocks):
+        seg.block_out(to, block_frame_head(d.oid, b, BLOCK), memoryview(data)[b * BLOCK : (b + 1) * BLOCK])
+
+
+def _object(seq: int, members: tuple[int, ...] = (1, 2), vid: int = 1) -> tuple[bytes, ObjectDescriptor]:
+    data = os.urandom(2 * BLOCK)
+    return data, describe(ObjectId(members[0], seq, vid), members, data, BLOCK)
+
+
+def test_a_late_offer_of_an_ended_epoch_is_refused_and_maps_nothing(shm_dir: str) -> None:
+    """The member's view changed before the sender's offer for an object of that view came
+    (its reservation ended later): refused, nothing mapped, so nothing is held here until the
+    next view change, and the sender counts no holder."""
+    sender, sseg = segments(1, [2], shm_dir)
+    member, mseg = segments(2, [1], shm_dir)
+    data, d = _object(0)
+    sseg.sending(d, memoryview(data))
+    mseg.epoch_ended(1)
+    mseg.offered(1, sender.of(ShmObjectOffer)[-1][1])
+    answer = member.of(ShmObjectAnswer)[-1][1]
+    assert not answer.mapped
+    assert mseg.mapped == {} and mseg.offers == {}
+    sseg.answered(2, answer)
+    seg = next(iter(sseg.segments.values()))
+    assert seg.holders == set() and seg.waiting == set()
+    sseg.close()
+    mseg.close()
+
+
+def test_a_late_offer_of_an_object_open_or_over_here_is_refused(shm_dir: str) -> None:
+    """The descriptor came before the offer: the object is received as bytes here, and an
+    offer of it (now, or after it is over here) maps nothing. The sender's next object is
+    offered and mapped as usual."""
+    sender, sseg = segments(1, [2], shm_dir)
+    member, mseg = segments(2, [1], shm_dir)
+    data, d = _object(0)
+    assert mseg.receiving(d) is None  # no offer yet: bytes
+    sseg.sending(d, memoryview(data))
+    mseg.offered(1, sender.of(ShmObjectOffer)[-1][1])
+    assert not member.of(ShmObjectAnswer)[-1][1].mapped and mseg.mapped == {}
+
+    data, d = _object(1)
+    assert mseg.receiving(d) is None
+    mseg.done(d.oid)
+    _settle(mseg)  # over and forgotten here
+    sseg.sending(d, memoryview(data))
+    mseg.offered(1, sender.of(ShmObjectOffer)[-1][1])
+    assert not member.of(ShmObjectAnswer)[-1][1].mapped and mseg.mapped == {}
+
+    data, d = _object(2)
+    sseg.sending(d, memoryview(data))
+    mseg.offered(1, sender.of(ShmObjectOffer)[-1][1])
+    assert member.of(ShmObjectAnswer)[-1][1].mapped and len(mseg.mapped) == 1
+    view = mseg.receiving(d)
+    assert view is not None
+    del view
+    sseg.close()
+    mseg.close()
+
+
+def test_no_offer_once_the_engine_let_go_of_the_object(shm_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment reserved off the loop: if the object is over (a view change) before the
+    reservation ends, it is offered to no one (a member that ended the epoch would map it for
+    nothing), and the segment goes."""
+    monkeypatch.setattr(shm_objects, "RESERVE_NOW", 0)
+    gate = threading.Event()
+    real = os.posix_fallocate
+
+    def slow(fd: int, offset: int, length: int) -> None:
+        gate.wait(10)
+        real(fd, offset, length)
+
+    async def main() -> None:
+        sender, seg = segments(1, [2], shm_dir)
+        data, d = _object(0)
+        monkeypatch.setattr(os, "posix_fallocate", slow)
+        seg.sending(d, memoryview(data))
+        placed = seg.placed[d.oid]
+        seg.done(d.oid)
+        gate.set()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if placed.segment.reserved or placed.segment.token not in seg.segments:
+                break
+        await wrote(sender)
+        assert SLOW_CALLS.drain()
+        await asyncio.sleep(0.01)
+        assert sender.of(ShmObjectOffer) == [], "offered after the engine let go of it"
+        assert placed.segment.token not in seg.segments
+        seg.close()
+
+    asyncio.run(main())
