@@ -33,9 +33,14 @@ proved the peer's node id):
    offer: every member gets bytes.
 2. A member checks the name is one the sender may offer, opens it read-only without following
    links, checks owner, mode, size, magic, size and token, maps it read-only and answers
-   (``ShmObjectAnswer``). The owner unlinks the file once every member answered (the mappings
-   live on), so after that a kill -9 of anyone leaves nothing; before it, the owner's next start
-   removes it (``shm_names.remove_stale``). A peer never removes a file.
+   (``ShmObjectAnswer``, naming the token). It maps nothing for an object already open (as
+   bytes) or over here, or of an epoch ended here: such an offer is late (its segment was
+   reserved off the loop). The owner counts every member that mapped a segment of its, also
+   from an answer that comes after it let go of the object, or tells it the segment is gone
+   (``ShmSegmentFree``): no mapping is left that nobody would ever tell to go. The owner
+   unlinks the file once every member answered (the mappings live on), so after that a kill -9
+   of anyone leaves nothing; before it, the owner's next start removes it
+   (``shm_names.remove_stale``). A peer never removes a file.
 3. When the member opens the object (its descriptor arrived), it reads it in place if it mapped
    the offer and its rings to every other member are switched: it says so to each
    (``ShmInPlace``, before its first credit on the same ring, so before any block comes;
@@ -535,19 +540,28 @@ class ObjectSegments:
         self._abandon(oid, p)
 
     def answered(self, sender: int, answer: ShmObjectAnswer) -> None:
-        p = self.placed.get(answer.oid)
-        if p is None:
-            return
-        seg = p.segment
-        if answer.mapped:
-            seg.holders.add(sender)
-        else:
-            log.info("node %s could not map the segment of object %s: it gets the bytes", sender, answer.oid)
-            seg.holders.discard(sender)
-        if sender in seg.waiting:
+        """A member mapped the segment ``answer.token`` (or could not). Every mapping of a
+        member is counted here (a holder: told when the segment goes) or told at once that
+        the segment is gone, also when the answer comes after this node let go of the object
+        or of the segment: a mapping nobody counts would stay said free, and so mapped, for
+        the pair's life."""
+        seg = self.segments.get(answer.token)
+        held = seg is not None and sender in seg.holders
+        offered = held or (seg is not None and sender in seg.waiting)
+        if seg is not None and sender in seg.waiting:
             seg.waiting.discard(sender)
             if not seg.waiting:
                 _unlink(seg.path)  # every member has it mapped (or will not): the name has done its job
+        if seg is not None and offered and answer.mapped:
+            seg.holders.add(sender)
+            return
+        if not answer.mapped:
+            log.info("node %s did not map the segment of object %s: it gets the bytes", sender, answer.oid)
+        if seg is not None:
+            seg.holders.discard(sender)
+            seg.free.discard(sender)
+        if answer.mapped or held:  # it maps the segment (or may: it refused an offer of one it kept)
+            self.transport.send(sender, frame(ShmSegmentFree(answer.token, False)))
 
     def segment_free(self, sender: int, msg: ShmSegmentFree) -> None:
         """From a member: it holds no view of one of our segments now (or unmapped it:
@@ -641,7 +655,7 @@ class ObjectSegments:
             mine = [o for o, (owner, _) in self.offers.items() if owner == sender]
             for o in mine[: len(mine) - MAX_OFFERS]:  # its objects never opened here (a view ended)
                 self._drop_offer(o)
-        self.transport.send(sender, frame(ShmObjectAnswer(oid, not why)))
+        self.transport.send(sender, frame(ShmObjectAnswer(oid, not why, offer.token)))
 
     def _room_for(self, sender: int, size: int) -> bool:
         """Whether ``sender``'s offers mapped here and not opened yet, with one more of ``size``
@@ -677,7 +691,7 @@ class ObjectSegments:
             return None
         me = self.transport.node_id
         others = [n for n in descriptor.members if n != me]
-        if len(m.mm) < HEADER + descriptor.size or not all(self._switched(n) for n in others):
+        if m.gone or len(m.mm) < HEADER + descriptor.size or not all(self._switched(n) for n in others):
             m.busy = None
             return None
         said = frame(ShmInPlace(oid))

@@ -91,10 +91,13 @@ class ShmObjectOffer:
 
 @dataclass(frozen=True, slots=True)
 class ShmObjectAnswer:
-    """The member mapped the segment offered for ``oid`` (``mapped``), or could not."""
+    """The member mapped the segment ``token`` offered for ``oid`` (``mapped``), or could not.
+    The token names the segment even after the owner let go of the object: a late answer
+    still makes the member counted, or told the segment is gone."""
 
     oid: ObjectId
     mapped: bool
+    token: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +164,7 @@ def encode_shm(m: ShmSetup) -> list[Any]:
     if isinstance(m, ShmObjectOffer):
         return [TAG_SHM_SETUP, ShmStep.OBJECT_OFFER.value, *_oid(m.oid), m.base, m.size, m.token]
     if isinstance(m, ShmObjectAnswer):
-        return [TAG_SHM_SETUP, ShmStep.OBJECT_ANSWER.value, *_oid(m.oid), m.mapped]
+        return [TAG_SHM_SETUP, ShmStep.OBJECT_ANSWER.value, *_oid(m.oid), m.mapped, m.token]
     if isinstance(m, ShmInPlace):
         return [TAG_SHM_SETUP, ShmStep.IN_PLACE.value, *_oid(m.oid)]
     return [TAG_SHM_SETUP, ShmStep.BLOCK_IN_PLACE.value, *_oid(m.oid), m.block, m.length]
@@ -173,7 +176,7 @@ _ARITY: Final = {
     ShmStep.ANSWER: 4,
     ShmStep.SWITCH: 2,
     ShmStep.OBJECT_OFFER: 8,
-    ShmStep.OBJECT_ANSWER: 6,
+    ShmStep.OBJECT_ANSWER: 7,
     ShmStep.IN_PLACE: 5,
     ShmStep.BLOCK_IN_PLACE: 7,
     ShmStep.SEGMENT_FREE: 3,
@@ -203,7 +206,7 @@ def decode_shm(f: list[Any]) -> ShmSetup:
             oid, text(f[6], "ShmObjectOffer.base"), nat(f[7], "ShmObjectOffer.size"), blob(f[8], "ShmObjectOffer.token")
         )
     if step is ShmStep.OBJECT_ANSWER:
-        return ShmObjectAnswer(oid, flag(f[6], "ShmObjectAnswer.mapped"))
+        return ShmObjectAnswer(oid, flag(f[6], "ShmObjectAnswer.mapped"), blob(f[7], "ShmObjectAnswer.token"))
     if step is ShmStep.IN_PLACE:
         return ShmInPlace(oid)
     return ShmBlockInPlace(oid, nat(f[6], "ShmBlockInPlace.block"), nat(f[7], "ShmBlockInPlace.length"))

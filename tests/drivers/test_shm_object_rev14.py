@@ -17,11 +17,11 @@ import pytest
 
 from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectId, describe
 from runtime.drivers import shm_objects
-from runtime.drivers.shm_objects import ObjectSegments
+from runtime.drivers.shm_objects import KEEP_MAPPED, ObjectSegments
 from runtime.drivers.shm_worker import SLOW_CALLS
-from runtime.wire.shm_setup import ShmObjectAnswer, ShmObjectOffer
+from runtime.wire.shm_setup import ShmObjectAnswer, ShmObjectOffer, ShmSegmentFree
 from runtime.wire.transfers import block_frame_head
-from tests.drivers.test_shm_object_segments import BLOCK, segments, wrote
+from tests.drivers.test_shm_object_segments import BLOCK, FakeShm, segments, wrote
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -134,3 +134,89 @@ def test_no_offer_once_the_engine_let_go_of_the_object(shm_dir: str, monkeypatch
         seg.close()
 
     asyncio.run(main())
+
+
+def _late_answer(sender: FakeShm, sseg: ObjectSegments, member: FakeShm, mseg: ObjectSegments, seq: int) -> None:
+    """One object read in place whose member's answer reaches the sender after the sender let
+    go of it; the member then lets go of it too and says so."""
+    data, d = _object(seq)
+    sseg.sending(d, memoryview(data))
+    mseg.offered(1, sender.of(ShmObjectOffer)[-1][1])
+    answer = member.of(ShmObjectAnswer)[-1][1]
+    view = mseg.receiving(d)
+    assert view is not None
+    _send_blocks(sseg, d, data, 2)
+    assert bytes(view) == data
+    sseg.done(d.oid)
+    _settle(sseg)
+    sseg.answered(2, answer)
+    del view
+    mseg.done(d.oid)
+    _settle(mseg)
+    for _, f in member.of(ShmSegmentFree):
+        sseg.segment_free(2, f)
+    member.sent.clear()
+
+
+def _normal(sender: FakeShm, sseg: ObjectSegments, member: FakeShm, mseg: ObjectSegments, seq: int) -> None:
+    data, d = _object(seq)
+    sseg.sending(d, memoryview(data))
+    mseg.offered(1, sender.of(ShmObjectOffer)[-1][1])
+    sseg.answered(2, member.of(ShmObjectAnswer)[-1][1])
+    view = mseg.receiving(d)
+    assert view is not None
+    _send_blocks(sseg, d, data, 2)
+    assert bytes(view) == data
+    del view
+    sseg.done(d.oid)
+    mseg.done(d.oid)
+    _settle(sseg)
+    _settle(mseg)
+    for _, f in member.of(ShmSegmentFree):
+        sseg.segment_free(2, f)
+    member.sent.clear()
+    _settle(sseg)
+
+
+def test_late_answers_do_not_leave_mappings_that_stop_reuse(shm_dir: str) -> None:
+    """Answers that reach the sender after it let go of the object still make the member
+    count (or be told the segment is gone): no mapping here is said free for good with the
+    sender not counting it, and later objects reuse segments as usual."""
+    sender, sseg = segments(1, [2], shm_dir)
+    member, mseg = segments(2, [1], shm_dir)
+    for seq in range(KEEP_MAPPED):
+        _late_answer(sender, sseg, member, mseg, seq)
+    before = sseg.reused_total
+    for seq in range(KEEP_MAPPED, KEEP_MAPPED + 8):
+        _normal(sender, sseg, member, mseg, seq)
+    assert sseg.reused_total - before >= 6, "segments are not reused"
+    held = {token for s in sseg.segments.values() for token in [s.token] if 2 in s.holders}
+    assert {token for _, token in mseg.mapped} <= held, "mapped here, not counted by the sender"
+    sseg.close()
+    mseg.close()
+
+
+def test_a_late_answer_for_a_segment_the_sender_closed_is_told_it_is_gone(shm_dir: str) -> None:
+    """The sender closed the segment before the member's answer came (here: a member it was
+    also offered to is lost): the member is told the segment is gone, and unmaps it once
+    nothing refers to it."""
+    sender, sseg = segments(1, [2, 3], shm_dir)
+    member, mseg = segments(2, [1, 3], shm_dir)
+    data, d = _object(0, (1, 2, 3))
+    sseg.sending(d, memoryview(data))
+    offer = [m for n, m in sender.of(ShmObjectOffer) if n == 2][-1]
+    mseg.offered(1, offer)
+    answer = member.of(ShmObjectAnswer)[-1][1]
+    assert answer.mapped
+    sseg.done(d.oid)
+    _settle(sseg)
+    sseg.owner_gone(3)  # node 3 is lost: the segment is never written again and closed
+    assert offer.token not in sseg.segments
+    sseg.answered(2, answer)
+    assert [(n, f) for n, f in sender.of(ShmSegmentFree)] == [(2, ShmSegmentFree(offer.token, False))]
+    mseg.segment_free(1, sender.of(ShmSegmentFree)[-1][1])
+    mseg.epoch_ended(1)  # its object never opened here
+    _settle(mseg)
+    assert mseg.mapped == {}
+    sseg.close()
+    mseg.close()

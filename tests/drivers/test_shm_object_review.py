@@ -238,7 +238,7 @@ def test_a_lost_members_segments_are_closed(shm_dir: str) -> None:
         data = os.urandom(2 * BLOCK)
         d = describe(ObjectId(1, i, 1), (1, 2), data, BLOCK)
         seg.sending(d, memoryview(data))
-        seg.answered(2, ShmObjectAnswer(d.oid, True))
+        seg.answered(2, ShmObjectAnswer(d.oid, True, seg.placed[d.oid].segment.token))
         if i < 19:
             seg.done(d.oid)
         for _ in range(3):
