@@ -49,7 +49,8 @@ proved the peer's node id):
    every block into the segment before sending it anywhere, so relays from in-place members
    read the bytes they send from there.
 4. A segment is written again, for a later object of the same sender, only once every member
-   that maps it said nothing there refers to it any more (``ShmSegmentFree``: no view of it in
+   it was offered to answered, and every one that maps it said nothing there refers to it any
+   more (``ShmSegmentFree``: no view of it in
    the engine, the application or a transport's queue, counted as ``rdmc_buffers`` counts its
    own mappings); the member then keeps it mapped, and the offer of the next object names it by
    its token. Fresh pages cost the sender 0.26 ms/MB to allocate and 0.14 to free (shmem, here),
@@ -249,7 +250,8 @@ class ObjectSegments:
         seg = None
         # One reserved for this object as it was digested goes first (its pages are paid for,
         # and until offered it has a name: a kill -9 would leave it in /dev/shm); then an idle
-        # one every member maps: no new pages.
+        # one every member maps: no new pages. Not one a member has not answered yet (it may map
+        # it, and read an object in place there, before its answer comes: it is a holder too).
         ready = min((r for r in self.ready if r.capacity >= size), key=lambda r: r.capacity, default=None)
         for s in self.segments.values() if ready is None else ():
             if (
@@ -259,6 +261,7 @@ class ObjectSegments:
                 and s.capacity >= size
                 and need <= s.holders
                 and s.holders <= s.free
+                and not s.waiting
             ):
                 if seg is None or s.capacity < seg.capacity:
                     seg = s
@@ -416,7 +419,12 @@ class ObjectSegments:
         if len(segments) + len(ready) >= MAX_SEGMENTS:
             return None
         if any(r.capacity >= size for r in ready) or any(
-            s.busy is None and s.reserved and not s.retired and s.capacity >= size and s.holders <= s.free
+            s.busy is None
+            and s.reserved
+            and not s.retired
+            and s.capacity >= size
+            and s.holders <= s.free
+            and not s.waiting
             for s in segments
         ):
             return None

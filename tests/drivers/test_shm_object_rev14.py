@@ -220,3 +220,34 @@ def test_a_late_answer_for_a_segment_the_sender_closed_is_told_it_is_gone(shm_di
     assert mseg.mapped == {}
     sseg.close()
     mseg.close()
+
+
+def test_a_segment_is_not_written_again_while_a_member_has_not_answered_its_offer(shm_dir: str) -> None:
+    """Node 4 (rank 3 of four: it gets relays only) reads object 1 in place, its answer not at
+    the sender yet. Object 2 of the same sender, of members without 4, must not be written
+    into that segment: 4's application may hold object 1's view there."""
+    sender, sseg = segments(1, [2, 3, 4], shm_dir)
+    t4, m4 = segments(4, [1, 2, 3], shm_dir)
+    data1, d1 = _object(0, (1, 2, 3, 4))
+    sseg.sending(d1, memoryview(data1))
+    offer = [m for n, m in sender.of(ShmObjectOffer) if n == 4][-1]
+    for n in (2, 3):
+        sseg.answered(n, ShmObjectAnswer(d1.oid, True, offer.token))
+    m4.offered(1, offer)
+    view = m4.receiving(d1)
+    assert view is not None
+    _send_blocks(sseg, d1, data1, 2)
+    assert bytes(view) == data1
+    sseg.done(d1.oid)
+    _settle(sseg)
+    seg = sseg.segments[offer.token]
+    for n in (2, 3):
+        sseg.segment_free(n, ShmSegmentFree(seg.token, True))
+    data2, d2 = _object(1, (1, 2, 3))
+    sseg.sending(d2, memoryview(data2))
+    _send_blocks(sseg, d2, data2, 2)
+    assert sseg.reused_total == 0
+    assert bytes(view) == data1, "node 4's delivered object changed under it"
+    del view
+    sseg.close()
+    m4.close()
