@@ -106,7 +106,6 @@ MAGIC = 0x3130_4A42_4F44_5244  # b"DRDOBJ01" as a little-endian word; bump with 
 _HEAD = struct.Struct("<QQ16s")  # magic, size, token
 MAX_OFFERS = 64  # offers of one peer mapped and not opened yet, at most (its oldest go first)
 MAX_EARLY = 64  # "in place" notes of one peer for objects not opened here yet, at least (see ``limit``)
-MAX_RELEASED = 4096  # objects let go of here in epochs not ended yet, remembered at most (see ``landed``)
 MAX_SIZE = 1 << 40  # an offered object we map at most, unless the engine says less (``limit``)
 MAX_PENDING = 1 << 40  # bytes of one peer's offers mapped and not opened yet, unless ``limit`` says less
 
@@ -183,9 +182,6 @@ class ObjectSegments:
         self.mapped: OrderedDict[tuple[int, bytes], _Mapped] = OrderedDict()  # peers', by (owner, token)
         self.offers: OrderedDict[ObjectId, tuple[int, bytes]] = OrderedDict()  # offered, not opened yet
         self.adopted: set[ObjectId] = set()  # objects this node reads in place
-        # Objects this node read in place and let go of, in epochs not ended here: a relay's
-        # in-place block for one, late (it had our credit), is answered as its bytes would be.
-        self.released: OrderedDict[ObjectId, None] = OrderedDict()
         self.ended = -1  # the last epoch ended here
         self.in_place: dict[ObjectId, set[int]] = {}  # members reading oid in place (objects open here)
         # The members of every object open here (sent or received): a peer's "in place" counts
@@ -745,22 +741,21 @@ class ObjectSegments:
         """A block in place: reserve it as if its bytes had come (the engine checks sender,
         credit and length), and hand the driver what a block frame would have become.
 
-        For an object this node read in place and let go of (or of an ended epoch), the engine
-        holds nothing any more and answers as it would the bytes (OBJECT_OVER, EPOCH_ENDED):
-        an honest relay with our credit may send it late, after a view change here. Only a
-        block in place of an object this node does not read in place is hostile."""
+        Hostile only for an object open here and read as bytes: no honest relay says its block
+        is in place for it. For one not open here the engine answers as it would the bytes
+        (UNKNOWN_OBJECT, OBJECT_OVER, EPOCH_ENDED): an honest relay with our credit may send
+        it late, after the object ended here, or a relay's frames queued for this node's
+        previous process may reach this one (a restart at the same address)."""
         oid = msg.oid
-        if sink is None:
+        adopted = oid in self.adopted
+        if oid in self.members and not adopted:
             return BlockDropped(oid, msg.block, Refusal.NOT_IN_PLACE)
-        if oid not in self.adopted:
-            if oid not in self.released and oid.vid > self.ended:
-                return BlockDropped(oid, msg.block, Refusal.NOT_IN_PLACE)
-            got = sink(sender, oid, msg.block, msg.length)  # the engine forgot it: a refusal
-            return BlockDropped(oid, msg.block, got if isinstance(got, Refusal) else Refusal.NOT_IN_PLACE)
-        got = sink(sender, oid, msg.block, msg.length)
+        got = sink(sender, oid, msg.block, msg.length) if sink is not None else Refusal.UNKNOWN_OBJECT
         if isinstance(got, Refusal):
-            return BlockDropped(msg.oid, msg.block, got)
-        return BlockLanded(msg.oid, msg.block)
+            return BlockDropped(oid, msg.block, got)
+        if not adopted:  # the engine holds an object not open here: it opens none without us
+            return BlockDropped(oid, msg.block, Refusal.NOT_IN_PLACE)
+        return BlockLanded(oid, msg.block)
 
     # ------------------------------------------------------------ both
     def done(self, oid: ObjectId) -> None:
@@ -853,25 +848,18 @@ class ObjectSegments:
         for m in self.mapped.values():
             if m.busy == oid:
                 m.busy = None
-        if oid in self.adopted:
-            self.adopted.discard(oid)
-            if oid.vid > self.ended:
-                self.released[oid] = None
-                while len(self.released) > MAX_RELEASED:
-                    self.released.popitem(last=False)
+        self.adopted.discard(oid)
         self.in_place.pop(oid, None)
         self.members.pop(oid, None)
 
     def epoch_ended(self, vid: int) -> None:
         """Every object of ``vid`` and earlier is over here: offers of them never opened go
         (their segments idle again, unmapped if their owner is gone), and so do the notes and
-        the objects let go of (a late block of them is answered EPOCH_ENDED, see ``landed``)."""
+        the last seqs opened (a late offer of them is refused by its epoch, see ``offered``)."""
         self.ended = max(self.ended, vid)
         self.opened = {key: seq for key, seq in self.opened.items() if key[1] > vid}
         for oid in [oid for oid in self.offers if oid.vid <= vid]:
             self._drop_offer(oid)
-        for oid in [oid for oid in self.released if oid.vid <= vid]:
-            del self.released[oid]
         for peer, notes in list(self.early.items()):
             for oid in [oid for oid in notes if oid.vid <= vid]:
                 del notes[oid]
@@ -910,7 +898,6 @@ class ObjectSegments:
         self.early.clear()
         unlink_pending()  # the names this close dropped (and any other queued): gone with the node
         self.adopted.clear()
-        self.released.clear()
 
 
 def guard_sink(sink: BlockDestination) -> BlockDestination:

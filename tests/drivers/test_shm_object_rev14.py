@@ -15,12 +15,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from runtime.core.object_transfers import HOSTILE
 from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectId, describe
+from runtime.core.rdmc_events import Refusal
 from runtime.drivers import shm_objects
 from runtime.drivers.shm_objects import KEEP_MAPPED, ObjectSegments
 from runtime.drivers.shm_worker import SLOW_CALLS
-from runtime.wire.shm_setup import ShmObjectAnswer, ShmObjectOffer, ShmSegmentFree
-from runtime.wire.transfers import block_frame_head
+from runtime.wire.shm_setup import ShmBlockInPlace, ShmObjectAnswer, ShmObjectOffer, ShmSegmentFree
+from runtime.wire.transfers import BlockDropped, block_frame_head
 from tests.drivers.test_shm_object_segments import BLOCK, FakeShm, segments, wrote
 
 pytestmark = [
@@ -251,3 +253,22 @@ def test_a_segment_is_not_written_again_while_a_member_has_not_answered_its_offe
     del view
     sseg.close()
     m4.close()
+
+
+def test_a_block_in_place_of_an_object_not_open_here_is_refused_as_its_bytes_would_be(shm_dir: str) -> None:
+    """A restarted member gets a relay's block in place queued for its old process: refused as
+    the bytes would be (the engine does not know the object), not as a hostile peer's. For an
+    object open here and read as bytes, a block in place is still hostile."""
+    _, fresh = segments(2, [1, 3], shm_dir)
+    got = fresh.landed(3, ShmBlockInPlace(ObjectId(1, 7, 4), 0, BLOCK), lambda *_: Refusal.UNKNOWN_OBJECT)
+    assert isinstance(got, BlockDropped) and got.reason is Refusal.UNKNOWN_OBJECT
+    assert got.reason not in HOSTILE
+    _, d = _object(0, (1, 2, 3))
+    assert fresh.receiving(d) is None  # open here, read as bytes
+
+    def engine(*_: object) -> memoryview:  # the engine's buffer for it
+        return memoryview(bytearray(BLOCK))
+
+    got = fresh.landed(3, ShmBlockInPlace(d.oid, 0, BLOCK), engine)
+    assert isinstance(got, BlockDropped) and got.reason is Refusal.NOT_IN_PLACE
+    fresh.close()
