@@ -917,9 +917,12 @@ class _Room:
     """The /dev/shm bytes this process promised to new segments whose room is not reserved
     yet: a new segment is made only if the free room, less those, leaves ``ROOM_LEFT``, so a
     segment, a spare and other senders of this process cannot all pass the check and then
-    reserve /dev/shm down to nothing (rings and boards are sparse: a write into an untouched
-    page of theirs would then kill the process with SIGBUS). The check and the promise are
-    one step under a lock; the reservation (on the loop or the worker thread) settles it."""
+    reserve /dev/shm down to nothing (the rings and boards of pairs set up later would find no
+    room, and stay on TCP). The check and the promise are one step under a lock; the
+    reservation (on the loop or the worker thread) settles it. Only this process: nodes on one
+    host are separate processes and may together fill /dev/shm, which costs no process its
+    life: every page of a ring, a board or an object's segment is allocated before it is used
+    (``shm_segment.create_segment``, ``_reserve``), so no first write into one can SIGBUS."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -21,12 +21,19 @@ class RingError(Exception):
 
 
 def create_segment(path: str, size: int) -> mmap.mmap:
-    """Create ``path`` (which must not exist), mode 0600, ``size`` bytes, mapped read-write;
-    on failure nothing is left behind."""
+    """Create ``path`` (which must not exist), mode 0600, ``size`` bytes, its pages allocated,
+    mapped read-write; on failure (``OSError``, ENOSPC when /dev/shm is full) nothing is left
+    behind.
+
+    Allocated now (``posix_fallocate``, ~1 ms for a 4 MiB ring), not at first touch: a sparse
+    segment's page is taken from /dev/shm when a write first reaches it, and if /dev/shm has
+    filled meanwhile (other processes' segments, objects' segments) that write kills the
+    process with SIGBUS. Failing here, the pair stays on TCP instead."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)  # whatever the umask did
         os.ftruncate(fd, size)
+        os.posix_fallocate(fd, 0, size)
         return mmap.mmap(fd, size)
     except BaseException:
         os.unlink(path)
