@@ -88,6 +88,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectId
 from runtime.core.rdmc_events import Refusal
+from runtime.drivers.ratelimit import RateLimitedLog
 from runtime.drivers.shm_names import new_object_path, offered_object_path
 from runtime.drivers.shm_segment import RingError, attach_segment
 from runtime.drivers.shm_worker import BLOCK_WRITES, SLOW_CALLS
@@ -198,6 +199,7 @@ class ObjectSegments:
         # sends the engine issued in the same step (its last relays), which need what is here.
         self.retiring: list[tuple[int, ObjectId]] = []
         self.sweeps = 0
+        self._warn = RateLimitedLog(log)  # what peers' frames make us say, a few lines a peer
         self.placed_total = 0  # objects this node placed in a segment (status, tests)
         self.reused_total = 0  # ... in one it had used before
         self.adopted_total = 0  # objects this node read in place
@@ -229,8 +231,20 @@ class ObjectSegments:
         self.max_early = max(MAX_EARLY, 2 * max_objects)
 
     def _switched(self, node: int) -> bool:
+        """Both rings of the pair with ``node`` work: ours is switched and we read its. Object
+        frames about segments (answers, "free") come back only through its ring (a peer
+        without one could make us map files over TCP), so a pair that is shared memory one
+        way only would leave the peer waiting in every segment offered it, never told one is
+        gone: such a pair's objects go as bytes."""
         pair = self.transport.pairs.get(node)
-        return pair is not None and pair.switched and pair.writer is not None and not pair.writer.closed
+        return (
+            pair is not None
+            and pair.switched
+            and pair.writer is not None
+            and not pair.writer.closed
+            and pair.reader is not None
+            and not pair.reader.closed
+        )
 
     def _dir(self) -> str:
         return self.transport.shm_dir or "/dev/shm"
@@ -730,7 +744,12 @@ class ObjectSegments:
             if sender in members:
                 self.in_place.setdefault(oid, set()).add(sender)
             else:
-                log.warning("node %s says it reads object %s in place, of which it is no member: ignored", sender, oid)
+                self._warn.warning(
+                    ("not-member", str(sender)),
+                    "node %s says it reads object %s in place, of which it is no member: ignored",
+                    sender,
+                    oid,
+                )
             return
         notes = self.early.setdefault(sender, OrderedDict())
         notes[oid] = None

@@ -45,9 +45,15 @@ class _Writer:
 
 
 @dataclass
+class _Reader:
+    closed: bool = False
+
+
+@dataclass
 class _Pair:
     switched: bool = True
     writer: _Writer = field(default_factory=_Writer)
+    reader: _Reader = field(default_factory=_Reader)  # the peer's ring to us, mapped
 
 
 @dataclass(frozen=True)
