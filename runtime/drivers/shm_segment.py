@@ -62,7 +62,10 @@ def attach_segment(path: str, size: int, what: str, *, writable: bool) -> mmap.m
             raise RingError(f"{path} has mode {stat.S_IMODE(st.st_mode):o}, not 600")
         if st.st_size != size:
             raise RingError(f"{path} has {st.st_size} bytes, not {what}")
-        return mmap.mmap(fd, size, prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+        try:
+            return mmap.mmap(fd, size, prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+        except OSError as exc:  # no address space or map count left: refused as any bad segment
+            raise RingError(f"cannot map {path}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
 

@@ -102,3 +102,22 @@ def test_in_place_notes_of_a_non_member_are_logged_a_few_lines_a_peer(
             await b.shm.close()
 
     asyncio.run(main())
+
+
+def test_a_segment_that_cannot_be_mapped_is_refused_as_a_bad_one(shm_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmap as mmap_module
+
+    from runtime.drivers import shm_segment
+    from runtime.drivers.shm_segment import RingError, attach_segment
+
+    path = os.path.join(shm_dir, "seg")
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    os.ftruncate(fd, 4096)
+    os.close(fd)
+
+    def no_room(*args: object, **kwargs: object) -> mmap_module.mmap:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(shm_segment.mmap, "mmap", no_room)
+    with pytest.raises(RingError, match="cannot map"):  # an OSError went past the offer's answer
+        attach_segment(path, 4096, "a segment", writable=False)
