@@ -217,6 +217,7 @@ class ObjectApp:
                 # page faults (minor: pages mapped, zero-filled or found) from go to done
                 "minflt": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.faults_go,
                 "tcp_out": self._tcp_out(),
+                "in_place": self._in_place(),
             }
             if self._pool is not None:
                 self._pool.submit(self._write, doc)
@@ -235,6 +236,12 @@ class ObjectApp:
         transport = self.driver.transport
         tcp = getattr(transport, "tcp", transport)
         return sum(out for out, _ in tcp.traffic().values()) if tcp is not None else 0
+
+    def _in_place(self) -> int:
+        """Objects this node read in place from their sender's segment (shm_objects), -1: none
+        can be (not the shared-memory transport)."""
+        objects = getattr(self.driver.transport, "objects", None)
+        return objects.adopted_total if objects is not None else -1
 
     def _write(self, doc: dict[str, Any]) -> None:
         doc["digests"] = [f.result() for f in self._pending]
@@ -439,6 +446,8 @@ def describe(run: Run) -> str:
         + " ".join(f"{doc['late_max_ms']:.0f}" for doc in run.nodes.values())
         + "; buffers reused "
         + " ".join(str(doc.get("reused", "?")) for doc in run.nodes.values())
+        + "; objects read in place "
+        + " ".join(str(doc.get("in_place", "?")) for doc in run.nodes.values())
         + "; MB sent over TCP "
         + " ".join(f"{doc.get('tcp_out', 0) / MB:.0f}" for doc in run.nodes.values())
         + "; page faults per MB "

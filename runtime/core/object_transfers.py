@@ -100,6 +100,8 @@ HOSTILE = frozenset(
         Refusal.OUT_OF_RANGE,
         Refusal.NOT_A_RECEIVER,
         Refusal.TOO_MUCH_CREDIT,
+        Refusal.IN_PLACE,
+        Refusal.NOT_IN_PLACE,
     }
 )
 """Refusals an honest peer never earns: its connections are closed (it is removed in the next

@@ -137,6 +137,8 @@ class Refusal(Enum):
     NOT_A_RECEIVER = "the schedule sends this node's blocks elsewhere"  # credit from a non-receiver
     TOO_MUCH_CREDIT = "credit beyond the blocks the schedule sends there"
     TOO_MANY_EARLY = "too many credits for objects not announced here yet"
+    IN_PLACE = "bytes of a block this node reads in place in the sender's segment"  # it said so first
+    NOT_IN_PLACE = "a block said to be in place, of an object this node does not read in place"
 
 
 class FailureReason(Enum):
@@ -175,7 +177,7 @@ class ObjectComplete:
     business (it waits until every member holds every block); this node may still relay."""
 
     descriptor: ObjectDescriptor
-    data: memoryview  # the buffer, writable (the transfer config's ``allocate`` made it)
+    data: memoryview  # the buffer (writable, or read-only where the transport placed the object)
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,7 @@ from runtime.core.rdmc_events import (
     StartSending,
     TransferEvent,
 )
+from runtime.core.rdmc_memory import ObjectMemory
 from runtime.core.rdmc_object import ObjectTransfer, Outcome
 from runtime.core.rdmc_plan import node_plan
 
@@ -120,6 +121,9 @@ class TransferConfig:
     # mappings, registered RDMA regions) passes its own.
     allocate: Callable[[int], memoryview] | None = field(default=None, compare=False)
     keep_idle_bytes: int = 128 << 20
+    # Where a transport places objects for co-located receivers (``rdmc_memory``): None, or a
+    # receiver's object it has no place for, and the buffer is the engine's own.
+    memory: ObjectMemory | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("window", "max_objects", "max_bytes", "max_object_size", "max_blocks"):
@@ -223,6 +227,8 @@ class TransferEngine:
                 }
                 for t in [t for t in self._objects.values() if t.descriptor.oid.vid <= vid]:
                     self._fail(t, FailureReason.EPOCH_ENDED, None, out)
+                if self.config.memory is not None:
+                    self.config.memory.epoch_ended(vid)
             case _:
                 raise TransferUsageError(f"not a transfer event: {event!r}")
         return out
@@ -270,8 +276,12 @@ class TransferEngine:
         if data is not None:
             t = ObjectTransfer(descriptor, plan, data, None, cfg.window)
         else:
-            # The object's one allocation at this node (a reused mapping's pages are mapped already).
-            if cfg.allocate is None:
+            # The object's one allocation at this node (a reused mapping's pages are mapped
+            # already), unless the transport places it (read-only: its blocks land there).
+            placed = cfg.memory.receiving(descriptor) if cfg.memory is not None else None
+            if placed is not None:
+                buffer, mapped = placed, True
+            elif cfg.allocate is None:
                 buffer, mapped = self.buffers.take(descriptor.size)
             else:
                 buffer, mapped = cfg.allocate(descriptor.size), False
@@ -283,6 +293,8 @@ class TransferEngine:
 
     def _start(self, descriptor: ObjectDescriptor, data: bytes | bytearray | memoryview, out: list[Effect]) -> None:
         t = self._open(descriptor, byte_view(data))
+        if self.config.memory is not None:  # before any block of it goes out
+            self.config.memory.sending(descriptor, t.view)
         self._apply_early(t, out)
         t.pump(out)
         self._release_if_finished(t, out)
@@ -372,3 +384,5 @@ class TransferEngine:
     def _forget(self, t: ObjectTransfer) -> None:
         del self._objects[t.descriptor.oid]
         self._bytes -= t.descriptor.size
+        if self.config.memory is not None:
+            self.config.memory.done(t.descriptor.oid)

@@ -174,6 +174,9 @@ class NodeDriver:
     def _attach(self, io: NodeIO) -> NodeContext:
         """Take the loop and transport ``run()`` made: the node waits for its core from now on."""
         self._io = io
+        digests = self._queue.digests
+        if digests is not None:  # a transport that prepares for objects (shared memory) is told of each
+            digests.prepare = getattr(getattr(io.transport, "objects", None), "prepare", None)
         counters = self._counters
         clients = ClientDoor(
             io.transport,

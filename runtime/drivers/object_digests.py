@@ -57,6 +57,10 @@ class ObjectDigests:
         self._post = post
         self._landed = landed
         self._pool: ThreadPoolExecutor | None = None
+        # The transport's ``prepare(size)``, if it has one (shared memory: a segment reserved for
+        # the object): run on the worker after the digest; what it returns runs on the loop
+        # before the object can start.
+        self.prepare: Callable[[int], Callable[[], None] | None] | None = None
         self.digested = 0  # payloads digested (status, tests)
         self.seconds = 0.0  # worker time spent digesting
 
@@ -86,12 +90,22 @@ class ObjectDigests:
         """On the worker thread: one pass over the payload, then tell the loop."""
         t = time.perf_counter()
         try:
-            pending.done = Digested.of(pending.data)
+            done = Digested.of(pending.data)
         except Exception:  # a bug: say it loudly, the queue would wait on this payload forever
             log.exception("digesting a payload of %d bytes failed", len(pending.data))
             return
         self.seconds += time.perf_counter() - t
         self.digested += 1
+        prepare = self.prepare
+        if prepare is not None:
+            try:
+                ready = prepare(len(pending.data))
+            except Exception:  # the object then goes without it: say so, and go on
+                log.exception("preparing for a payload of %d bytes failed", len(pending.data))
+                ready = None
+            if ready is not None:
+                self._post(ready)  # before ``landed``: posts run in order
+        pending.done = done  # last: the queue may offer the object to the core from now on
         self._post(self._landed, shard)
 
     def close(self) -> None:

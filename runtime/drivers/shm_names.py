@@ -89,6 +89,23 @@ def offered_names(base: str, cluster: str, owner: int, me: int, directory: str =
     return RingNames(base)
 
 
+def new_object_path(cluster: str, owner: int, directory: str = SHM_DIR) -> str:
+    """A fresh path for the segment ``owner`` writes one large object into (``shm_objects``):
+    named per group and node as the rings are, so a next start removes what a killed process
+    left."""
+    return os.path.join(directory, f"{node_prefix(cluster, owner)}obj-p{os.getpid()}-{secrets.token_hex(8)}.obj")
+
+
+def offered_object_path(path: str, cluster: str, owner: int, directory: str = SHM_DIR) -> str | None:
+    """``path`` as a peer offered it, if it names an object segment ``owner`` made in this
+    cluster, in ``directory`` (None: refuse it; a peer cannot make us open any other file)."""
+    want = re.escape(f"{node_prefix(cluster, owner)}obj-p") + r"[0-9]+-[0-9a-f]{16}\.obj"
+    head, name = os.path.split(path)
+    if head != directory or re.fullmatch(want, name) is None:
+        return None
+    return path
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -103,7 +120,10 @@ def remove_stale(cluster: str, owner: int, directory: str = SHM_DIR) -> int:
     """Remove the files earlier processes of node ``owner`` in ``cluster`` left behind (their
     pid is gone); returns how many. Called at start, before any ring of this process exists."""
     prefix = node_prefix(cluster, owner)
-    pattern = re.compile(re.escape(prefix) + r"to[0-9]+-p([0-9]+)-[0-9a-f]{16}\.(ring|data|room|rows)")
+    pattern = re.compile(
+        re.escape(prefix)
+        + r"(?:to[0-9]+-p([0-9]+)-[0-9a-f]{16}\.(?:ring|data|room|rows)|obj-p([0-9]+)-[0-9a-f]{16}\.obj)"
+    )
     try:
         names = os.listdir(directory)
     except OSError:
@@ -113,7 +133,7 @@ def remove_stale(cluster: str, owner: int, directory: str = SHM_DIR) -> int:
         m = pattern.fullmatch(name)
         if m is None:
             continue
-        pid = int(m.group(1))
+        pid = int(m.group(1) or m.group(2))
         if pid == os.getpid() or _alive(pid):
             continue
         try:

@@ -57,20 +57,34 @@ from runtime.drivers.shm_board import RowCopy
 from runtime.drivers.shm_doorbell import Doorbell
 from runtime.drivers.shm_link import RingReader, RingWriter
 from runtime.drivers.shm_names import host_key, new_names, offered_names, remove_stale
+from runtime.drivers.shm_objects import ObjectSegments, guard_sink
 from runtime.drivers.shm_ring import SUPPORTED, RingError, RingSpec, ShmRing
 from runtime.drivers.shm_rows import RowImage, RowPlanner
 from runtime.drivers.tcp import TcpTransport
 from runtime.drivers.transport import BlockDestination, ContactProblem, FramesHandler, PeerLostHandler, RowPush
 from runtime.errors import ConfigError
 from runtime.wire.codec import FrameDecoder, frame
-from runtime.wire.shm_setup import ShmAnswer, ShmOffer, ShmProbe, ShmSwitch
+from runtime.wire.shm_setup import (
+    ShmAnswer,
+    ShmBlockInPlace,
+    ShmInPlace,
+    ShmObjectAnswer,
+    ShmObjectOffer,
+    ShmOffer,
+    ShmProbe,
+    ShmSegmentFree,
+    ShmSwitch,
+)
 
 log = logging.getLogger("derecho.shm")
 
 RING_CAPACITY = 4 << 20  # bytes per direction per pair (8 and 16 MiB measured: no faster, more CPU per MB)
 MAX_OFFERED_CAPACITY = 1 << 30  # a peer's ring we map at most (it is memory it may make us map)
 SWEEP_INTERVAL = 0.02  # seconds between checks for a missed wake-up (see shm_ring)
-_SETUP: frozenset[type] = frozenset({ShmProbe, ShmOffer, ShmAnswer, ShmSwitch})
+_OBJECTS: frozenset[type] = frozenset({ShmObjectOffer, ShmObjectAnswer, ShmInPlace, ShmBlockInPlace, ShmSegmentFree})
+_SETUP: frozenset[type] = frozenset({ShmProbe, ShmOffer, ShmAnswer, ShmSwitch}) | _OBJECTS
+# Object frames that count over TCP too (see ``_objects_allowed``): they open and map nothing.
+_OVER_TCP_TOO: frozenset[type] = frozenset({ShmInPlace, ShmBlockInPlace})
 
 
 class TransportMode(enum.Enum):
@@ -141,6 +155,8 @@ class ShmTransport:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
         self.refusal = self._local_refusal()
+        self.objects = ObjectSegments(self)  # large objects written once, read in place (shm_objects)
+        self._objects_ignored: set[int] = set()  # peers whose object frames were ignored (logged once)
 
     def _local_refusal(self) -> str:
         """Why this node offers no shared memory at all ("" if it does)."""
@@ -202,7 +218,13 @@ class ShmTransport:
     @block_sink.setter
     def block_sink(self, sink: BlockDestination | None) -> None:
         self._sink = sink
-        self.tcp.block_sink = sink
+        self.tcp.block_sink = None if sink is None else guard_sink(sink)
+
+    @property
+    def object_memory(self) -> ObjectSegments | None:
+        """Where this node's engine places objects for co-located members (None: nowhere).
+        Only between processes of this host: a subclass's pairs (RDMA) span hosts."""
+        return self.objects if type(self) is ShmTransport and not self.refusal else None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -220,6 +242,7 @@ class ShmTransport:
         self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.objects.close()
         for node in list(self.pairs):
             self._drop_pair(node)
         await self.tcp.close()
@@ -270,6 +293,12 @@ class ShmTransport:
             writer.write_rows(images)
 
     def send_block(self, node_id: int, head: bytes, data: memoryview) -> None:
+        if self.objects.block_out(node_id, head, data):
+            return  # the peer reads the object in place, or the send waits for the block's write
+        self.send_block_bytes(node_id, head, data)
+
+    def send_block_bytes(self, node_id: int, head: bytes, data: memoryview) -> None:
+        """Send the block's bytes to ``node_id`` (its ring, or TCP until the pair switched)."""
         pair = self.pairs.get(node_id)
         if pair is not None and pair.writer is not None:
             if pair.switched:
@@ -386,6 +415,7 @@ class ShmTransport:
         if pair is None:
             return
         pair.blocks.clear()  # as the ring's writer drops what it holds: the peer is gone or new
+        self.objects.owner_gone(node_id)
         if pair.writer is not None:
             pair.writer.close()
         if pair.reader is not None:
@@ -412,10 +442,18 @@ class ShmTransport:
 
     def _ring_items(self, sender: int, items: list[Any]) -> None:
         good = []
+        objects = _OBJECTS
         for item in items:
             if isinstance(item, Exception):
                 self.bad_ring_frames += 1
                 self.tcp.warn("bad-frame", "shm:0", "dropped a bad frame from node %s's ring: %s", sender, item)
+            elif type(item) in objects:  # at once: an offer before the descriptor after it
+                if not self._objects_allowed(sender, item):
+                    continue
+                if type(item) is ShmBlockInPlace:
+                    good.append(self.objects.landed(sender, item, self._sink))
+                else:
+                    self._object_frame(sender, item)
             else:
                 good.append(item)
         if good:
@@ -427,6 +465,7 @@ class ShmTransport:
 
     def _sweep(self) -> None:
         """Catch a missed wake-up (see shm_ring): read rings with bytes waiting, write what waits."""
+        self.objects.sweep()
         for pair in list(self.pairs.values()):
             if pair.accepted and not pair.switched:
                 self._try_switch(pair)
@@ -443,8 +482,47 @@ class ShmTransport:
         self.pairs[node_id] = _Pair(node_id, None, probed=True)
         self.tcp.send(node_id, frame(ShmProbe(self.host, self.uid)))
 
+    def _objects_allowed(self, sender: int, msg: Any) -> bool:
+        """Object frames count only where objects are placed in shared memory (not refused
+        here, not a subclass's pairs across hosts). Those about segments only from a peer
+        whose ring to us is mapped: otherwise a peer could make this node open and map files.
+        An "in place" and a block in place also over TCP: a member reads in place once its
+        own rings to the others are switched, and a relay whose ring to it could not be made
+        (or fell back) sends them over TCP; dropped, the block never landed and the object
+        hung. They open nothing: a block in place counts only for an object read in place
+        here, a note only from a member of the object. Logged once a peer."""
+        pair = self.pairs.get(sender)
+        if self.object_memory is not None and (
+            (pair is not None and pair.reader is not None) or type(msg) in _OVER_TCP_TOO
+        ):
+            return True
+        if sender not in self._objects_ignored:
+            self._objects_ignored.add(sender)
+            log.warning(
+                "node %s sent %s, but objects do not go through shared memory with it: ignored",
+                sender,
+                type(msg).__name__,
+            )
+        return False
+
+    def _object_frame(self, sender: int, msg: Any) -> None:
+        if not self._objects_allowed(sender, msg):
+            return
+        if type(msg) is ShmObjectOffer:
+            self.objects.offered(sender, msg)
+        elif type(msg) is ShmObjectAnswer:
+            self.objects.answered(sender, msg)
+        elif type(msg) is ShmInPlace:
+            self.objects.reads_in_place(sender, msg)
+        elif type(msg) is ShmSegmentFree:
+            self.objects.segment_free(sender, msg)
+        elif type(msg) is ShmBlockInPlace:
+            self.on_frames(sender, [self.objects.landed(sender, msg, self._sink)])
+
     def _setup(self, sender: int, msg: Any) -> None:
-        if type(msg) is ShmProbe:
+        if type(msg) in _OBJECTS:
+            self._object_frame(sender, msg)
+        elif type(msg) is ShmProbe:
             self._on_probe(sender, msg)
         elif type(msg) is ShmOffer:
             self._on_offer(sender, msg)
@@ -555,7 +633,10 @@ class ShmTransport:
 
     @staticmethod
     def _block_to(sink: BlockDestination, sender: int, oid: ObjectId, block: int, length: int) -> memoryview | Refusal:
-        return sink(sender, oid, block, length)
+        got = sink(sender, oid, block, length)
+        if isinstance(got, memoryview) and got.readonly:
+            return Refusal.IN_PLACE  # read in place here: its bytes are never written (shm_objects)
+        return got
 
     def _on_answer(self, sender: int, answer: ShmAnswer) -> None:
         pair = self.pairs.get(sender)

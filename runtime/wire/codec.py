@@ -78,7 +78,20 @@ from runtime.wire.control import (
 )
 from runtime.wire.descriptors import descriptor_from_wire, pack_default
 from runtime.wire.rdma_setup import TAG_RDMA_SETUP, RdmaAnswer, RdmaOffer, RdmaSwitch, decode_rdma, encode_rdma
-from runtime.wire.shm_setup import TAG_SHM_SETUP, ShmAnswer, ShmOffer, ShmProbe, ShmSwitch, decode_shm, encode_shm
+from runtime.wire.shm_setup import (
+    TAG_SHM_SETUP,
+    ShmAnswer,
+    ShmBlockInPlace,
+    ShmInPlace,
+    ShmObjectAnswer,
+    ShmObjectOffer,
+    ShmOffer,
+    ShmProbe,
+    ShmSegmentFree,
+    ShmSwitch,
+    decode_shm,
+    encode_shm,
+)
 from runtime.wire.transfers import (
     BLOCK_HEADER_SIZE,
     KIND_BLOCK,
@@ -115,6 +128,11 @@ WireMessage = (
     | ShmOffer
     | ShmAnswer
     | ShmSwitch
+    | ShmObjectOffer
+    | ShmObjectAnswer
+    | ShmInPlace
+    | ShmBlockInPlace
+    | ShmSegmentFree
     | RdmaOffer
     | RdmaAnswer
     | RdmaSwitch
@@ -271,6 +289,11 @@ _ENCODERS: Final[dict[type, Callable[[Any], list[Any]]]] = {
     ShmOffer: encode_shm,
     ShmAnswer: encode_shm,
     ShmSwitch: encode_shm,
+    ShmObjectOffer: encode_shm,
+    ShmObjectAnswer: encode_shm,
+    ShmInPlace: encode_shm,
+    ShmBlockInPlace: encode_shm,
+    ShmSegmentFree: encode_shm,
     RdmaOffer: encode_rdma,
     RdmaAnswer: encode_rdma,
     RdmaSwitch: encode_rdma,
@@ -561,7 +584,7 @@ _DECODERS: Final[dict[int, tuple[str, int | tuple[int, ...], Callable[[list[Any]
     TAG_APP: ("AppMessage", 1, _dec_app),
     TAG_BOOTSTRAP_HELLO: ("BootstrapHello", 3, _dec_bootstrap_hello),
     TAG_RATE_LIMITED: ("RateLimited", 2, _dec_rate_limited),
-    TAG_SHM_SETUP: ("ShmSetup", (2, 3, 4), decode_shm),  # 36 (runtime.wire.shm_setup)
+    TAG_SHM_SETUP: ("ShmSetup", (2, 3, 4, 5, 6, 7, 8), decode_shm),  # 36 (runtime.wire.shm_setup)
     TAG_RDMA_SETUP: ("RdmaSetup", (1, 3, 7), decode_rdma),  # 37 (runtime.wire.rdma_setup)
 }
 

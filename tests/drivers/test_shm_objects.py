@@ -306,19 +306,25 @@ def expected(size: int, node: int, stamps: range) -> list[tuple[int, int, str]]:
 
 @pytest.mark.timeout(150)
 def test_100_mib_objects_arrive_identical_at_every_member_through_shared_memory(cluster: Cluster) -> None:
-    cluster.start(1, send=2)
+    # Four: the first two find no segment reserved (a new one is offered once its room is),
+    # the later ones a spare reserved meanwhile or one the members let go of.
+    cluster.start(1, send=4)
     wait_for("node 1's view", cluster.founded, cluster, 60)
     cluster.start(2)
     cluster.start(3)
     wait_for("shared memory between every pair", all_on_shm(cluster, [1, 2, 3]), cluster, 60)
     cluster.go.touch()  # only now does node 1 send: every block goes through a ring
-    want = expected(cluster.size, 1, range(2))
-    wait_for("every delivery", lambda: all(len(cluster.delivered(i)) >= 2 for i in (1, 2, 3)), cluster, 120)
+    want = expected(cluster.size, 1, range(4))
+    wait_for("every delivery", lambda: all(len(cluster.delivered(i)) >= 4 for i in (1, 2, 3)), cluster, 120)
     for i in (1, 2, 3):
         assert cluster.delivered(i) == want, f"node {i}"
     assert all_on_shm(cluster, [1, 2, 3])()
     assert "shared memory with it closed" not in cluster.logs()  # no pair fell back to TCP meanwhile
-    assert cluster.files() == [], "accepted rings are unlinked by their owners"
+    for i in (2, 3):  # written once into node 1's segment, read in place (shm_objects)
+        log_text = (cluster.workdir / f"node-{i}.log").read_text(errors="replace")
+        assert f"node{i} INFO objects of node 1 are read in place from its segments" in log_text
+    # (a spare segment, reserved ahead for a next object, goes after shm_objects.SPARE_IDLE)
+    wait_for("accepted rings and object segments unlinked by their owners", lambda: cluster.files() == [], cluster, 10)
 
 
 @pytest.mark.timeout(240)

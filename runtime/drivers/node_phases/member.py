@@ -9,6 +9,7 @@ the next timer. There is no protocol logic here: every decision is the core's.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Sequence
 
 from runtime.core.effects import Ready
@@ -68,6 +69,12 @@ class MemberPhase:
         self.restart_lost = restart_lost or {}
         self.join_watch = join_watch
         self._cut: set[int] = set()  # members that forged frames: dropped until they leave the view
+        # Where the transport places large objects for co-located members (shm_objects), if it does.
+        memory = getattr(ctx.io.transport, "object_memory", None)
+        if memory is not None and core.objects is not None:
+            engine = core.objects.engine
+            engine.config = replace(engine.config, memory=memory)
+            memory.limit(engine.config.max_object_size, engine.config.max_bytes, engine.config.max_objects)
         # A peer can send frames we ignore as fast as it can write (a node certificate is enough):
         # a line for each filled the disk at 10 MB/s and held the loop; a few per peer per interval.
         self._warnings = RateLimitedLog(log)
