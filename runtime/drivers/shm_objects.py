@@ -19,7 +19,7 @@ sender put in the total order over exactly the bytes it delivers.
 Who gets what (all frames go over the pair's ring or its TLS connection, whose certificate
 proved the peer's node id):
 
-1. The sender, starting an object all of whose other members have switched rings with it,
+1. The sender, starting an object all of whose other members share both rings with it,
    creates ``<prefix>obj-p<pid>-<random>.obj`` in /dev/shm (``O_EXCL``, mode 0600, only if
    /dev/shm has room for it, less what this process promised to segments not reserved yet,
    ``_ROOM``), writes a header (magic, size, a 16-byte random token),
@@ -42,7 +42,7 @@ proved the peer's node id):
    of anyone leaves nothing; before it, the owner's next start removes it
    (``shm_names.remove_stale``). A peer never removes a file.
 3. When the member opens the object (its descriptor arrived), it reads it in place if it mapped
-   the offer and its rings to every other member are switched: it says so to each
+   the offer and both rings with every other member work: it says so to each
    (``ShmInPlace``, before its first credit on the same ring, so before any block comes;
    a relay whose own ring to it is not switched sends its ``ShmBlockInPlace`` over TCP). A
    member that cannot (no offer, a peer still on TCP) gets bytes, as before: the sender writes
