@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import struct
+import zlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -212,16 +214,14 @@ def test_a_checkpoint_written_from_views_of_the_index_is_the_encoded_bytes_and_t
     with VersionedLog.open(path, signing_key=key, fsync=False) as log:
         log.write_checkpoint(19, b"state@19")
         chains = bytes(log._chains[: 20 * 32]) if log._chains is not None else None
-        expected = log_checkpoint.encode(
-            19,
-            log._offsets[20],
-            log._crc,
-            log._versions[:20],
-            log._timestamps[:20],
-            log._offsets[:20],
-            chains,
-            b"state@19",
+        # The format spelled out here, not through the writer's own code: header, the three
+        # index columns as little-endian u64, the chains if signed, the payload, a crc32.
+        header = struct.pack(
+            "<8sHHIQQQII", b"DRCHCKP\n", 1, 1 if signed else 0, 0, 19, 20, log._offsets[20], log._crc, 8
         )
+        columns = b"".join(struct.pack("<20Q", *a[:20]) for a in (log._versions, log._timestamps, log._offsets))
+        body = header + columns + (chains or b"") + b"state@19"
+        expected = body + struct.pack("<I", zlib.crc32(body))
         assert log_checkpoint.checkpoint_path(path).read_bytes() == expected
         log.append([(30, 30_000, body_of(30))])  # the arrays are no longer viewed
         log.flush()
