@@ -71,6 +71,7 @@ class ClientState:
     calls: set[CallKey] = field(default_factory=set)  # proxied calls, answers still to come
     inbox: deque[Call] = field(default_factory=deque)  # calls received, waiting for a loop turn
     waiting: bool = False  # in the round of clients with calls waiting
+    turn_key: str = ""  # whose turns its waiting calls take (``ClientTurns``): set when first waiting
     closed: bool = False  # forgotten: its waiting calls are dropped
     offered: bool = False  # this node offered it merged answers (``Features``)
     merged: bool = False  # it reads merged answers: the replicas' identical answers go as one
