@@ -12,7 +12,7 @@ identities, not connections (the certificate's name; without TLS the host: as
 ``limits.client_connections_per_identity`` counts them): up to ``PER_CLIENT_ROUND`` calls per
 identity per round, from its connections in turn. An identity may hold 64 connections: counted
 per connection, one flooding from 60 of them took 60 shares of every round while an honest
-identity with one connection got one, and its calls waited 60 times longer to be ordered. A
+identity with one connection got one, and its calls waited 60 times longer for a turn. A
 connection's calls are always taken in the order it sent them (sessions' order and
 exactly-once depend on it). A connection with more than twice ``limits.client_max_in_flight``
 calls waiting sends faster than any honest client could be served: it is cut off, with a
