@@ -5,11 +5,18 @@ Bytes in, frames out, no sockets (the fake contact of ``test_client_session``)."
 
 from __future__ import annotations
 
+import os
+import random
+
 import pytest
 
+from derecho_actors.caller.calls import Request
+from derecho_actors.caller.large_calls import StreamingSession
+from derecho_actors.caller.session import encode_output
+from derecho_actors.wire.messages import CallKind
 from runtime.wire.codec import frame, welcome_frame
 from runtime.wire.control import Welcome
-from tests.api.test_client_session import WELCOME, answer, call, connect, feed, ids, ok, session, written
+from tests.api.test_client_session import SHARD, WELCOME, answer, call, connect, feed, ids, ok, session, written
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -114,3 +121,40 @@ def test_the_first_connection_sends_calls_made_before_it_once_welcomed() -> None
     assert ids(frames) == []
     feed(s, 0.1, frame(Welcome(4096, 8192, 30_000, 3)))
     assert ids(written(s.data_to_send())) == [1, 2, 3]
+
+
+def test_a_streaming_session_resends_its_calls_before_a_stream_within_the_window() -> None:
+    """Calls made before a streamed one are held to the window like any; the stream restarts
+    only once they are all sent, and a call made after the stream still goes after its blocks."""
+    s = StreamingSession(["a:1", "b:2"], session_ns=1, rng=random.Random(3))
+    small_frame = frame(Welcome(1 << 20, (8 << 10) + 4000, 30_000, 2))  # calls above ~3 KB stream
+    s.next_step(0.0)
+    s.connected(0.0, "a:1")
+    s.receive_data(0.0, frame(Welcome(1 << 20, (8 << 10) + 4000, 30_000, 4096)))
+    requests = [_request(100), _request(100), _request(100), _request(5000), _request(100)]
+    for r in requests:
+        s.call(r)
+    s.data_to_send(), s.stream_output()
+    s.connection_lost(0.1, "reset")
+    s.next_step(0.2)
+    s.connected(0.2, "b:2")
+    assert not s.has_output() and s.stream_output() == [], "nothing, not even the stream, before the Welcome"
+    s.receive_data(0.3, small_frame)
+    first = _everything(s)
+    assert [first.find(r.args) >= 0 for r in requests] == [True, True, False, False, False], "the window: 2"
+    s.answered([1])
+    rest = _everything(s)
+    at = [rest.find(r.args[-100:]) for r in requests[2:]]
+    assert at[0] >= 0 and at == sorted(at), f"the third call, then the stream, then the call made after it: {at}"
+
+
+def _request(size: int) -> Request:
+    return Request(SHARD, CallKind.METHOD, "put", os.urandom(size), True, 0, "Blobs.put", lambda b: b)
+
+
+def _everything(s: StreamingSession) -> bytes:
+    """What the socket loop writes until the session has nothing more: its output, then its streams' windows."""
+    out = b""
+    while s.has_output():
+        out += encode_output(s.output()) + b"".join(bytes(p) for p in s.stream_output())
+    return out
