@@ -38,7 +38,7 @@ from derecho_actors.caller.session import encode_output
 from derecho_actors.wire.messages import AnswerBatch, encode
 from runtime.core.layout import ShardId
 from runtime.wire.codec import frame
-from runtime.wire.control import AppMessage
+from runtime.wire.control import AppMessage, Welcome
 
 PHASES = ("issue", "frame", "answers", "get")
 REPLICAS = (1, 2, 3)
@@ -55,6 +55,7 @@ def run(batch: int, rounds: int, persistent: bool = False) -> dict[str, float]:
     session = StreamingSession(["127.0.0.1:1"], "bench", session_ns=1)
     session.next_step(0.0)
     session.connected(0.0, "127.0.0.1:1")
+    session.receive_data(0.0, frame(Welcome(1 << 20, 1 << 20, 30_000, 0)))  # calls go once the contact said its limits
     make = method_requests(spec, shard, "put")
     lock = threading.Lock()  # as a Client holds its session's
     value, none = b"v" * 100, msgpack.packb(None)
@@ -70,6 +71,8 @@ def run(batch: int, rounds: int, persistent: bool = False) -> dict[str, float]:
         t1 = time.perf_counter()
         with lock:
             output = session.output()
+        if len(output[1]) != batch:
+            raise RuntimeError(f"{len(output[1])} of {batch} calls in the frame")
         encode_output(output)
         t2 = time.perf_counter()
         if persistent:  # the version is the answer too (``put`` returns it)

@@ -171,7 +171,7 @@ class StreamingSession(ClientSession):
     def _release(self) -> None:
         """Move the held calls made before the first unfinished stream (all when none is left)
         to the session's outbox, in order: they are written next."""
-        if not self._held:
+        if not self._held or self._holding:  # held calls before them go first (``resend``)
             return
         first = self.streams.first_unfinished()
         n = 0
@@ -193,9 +193,12 @@ class StreamingSession(ClientSession):
                 and self.phase is Phase.CONNECTED
                 and (self._held or streams.first_unfinished() is not None)
             ):
-                call = self._outbox.pop()  # made after a stream still being written: after its last block
                 size = request_size(request)
-                self._outbox_size -= size
+                if self._holding:  # held by the session (no Welcome yet): behind the stream instead
+                    call = self._resend.take_last()
+                else:  # made after a stream still being written: after its last block
+                    call = self._outbox.pop()
+                    self._outbox_size -= size
                 self._held.append(_Held(call, size))
             return results
         if self.error is not None:
@@ -209,11 +212,15 @@ class StreamingSession(ClientSession):
 
     def has_output(self) -> bool:
         # ``ClientSession.has_output`` inlined: asked once or twice per call made.
-        return bool(self._outbox or self._control) or (bool(self.streams.calls) and self.streams.ready)
+        return bool(self._outbox or self._control) or (
+            bool(self.streams.calls) and not self._holding and self.streams.ready
+        )
 
     def stream_output(self) -> list[bytes | memoryview]:
         """The next window of streamed calls' frames, to write after ``output``'s; the driver
         asks again once it has written them (while ``has_output``)."""
+        if self._holding:  # streams restart once the calls held before them are sent
+            return []
         if not self.streams.calls:
             self._release()
             return []
@@ -237,6 +244,9 @@ class StreamingSession(ClientSession):
         if self.connections > 1:
             self.resent += restarted + len(later)
         return data
+
+    def _unsent(self) -> int:
+        return super()._unsent() + len(self._held) + len(self.streams.calls)
 
     def connection_lost(self, now: float, why: str = "") -> None:
         super().connection_lost(now, why)

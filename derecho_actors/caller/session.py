@@ -26,26 +26,26 @@ import itertools
 import logging
 import random
 import threading
-from typing import Any, Sequence
+from typing import Sequence
 
-from derecho_actors.caller.answers import Answer, Answers, Departed, MergedAnswers, ReplicaAnswers
+from derecho_actors.caller.answers import Answer, Answers
 from derecho_actors.caller.calls import (
     DEFAULT_MAX_PAYLOAD,
     Floor,
     Outbound,
     Output,
     Request,
-    calls_frame,
     encode_output,
     outbound,
+    outbound_size,
     request_size,
 )
 from derecho_actors.caller.dialing import DialRounds
+from derecho_actors.caller.resend import HeldCalls
 from derecho_actors.caller.results import QueryResults
 from derecho_actors.caller.session_events import Dial, Disconnect, Phase, Step, Stop, Wait
-from derecho_actors.wire.messages import AnswerBatch, Features, Reply, ReplyBatch, ViewNotice, decode, encode
-from derecho_actors.wire.replies import client_answers
-from runtime.errors import GroupClosed, Refused, WireError
+from derecho_actors.caller.session_reading import AnswerReader
+from runtime.errors import GroupClosed, Refused
 from runtime.wire.codec import FrameDecoder, frame
 from runtime.wire.control import PROTOCOL_VERSION, AppMessage, Goodbye, GoodbyeKind, Hello, Ping, Welcome
 
@@ -59,7 +59,7 @@ _CONNECTED = Phase.CONNECTED  # a module global: an enum member looked up on its
 IDLE_PING = 10.0  # seconds between pings while no call waits, until a Welcome says otherwise
 
 
-class ClientSession:
+class ClientSession(AnswerReader):
     """One client's calls and its connections to the group's contacts, as a state machine."""
 
     def __init__(
@@ -116,6 +116,9 @@ class ClientSession:
         self.connections = 0  # connections made so far (more than one: the client failed over)
         self.resent = 0  # calls sent again after a failover
         self.welcomed = False  # the current contact accepted us (not refused for cluster or identity)
+        # Calls not sent yet on this connection: until its Welcome, then past the window (``resend``).
+        self._resend = HeldCalls()
+        self._holding = False  # new calls go behind the held ones, not straight out
         # The current connection.
         self._decoder = FrameDecoder()
         self._peer = ""
@@ -151,6 +154,9 @@ class ClientSession:
         call = self._wire[call_id] = outbound(request, call_id, floor)
         pending[call_id] = results
         if self.phase is _CONNECTED:
+            if self._holding:
+                self._resend.hold(call)
+                return results
             self._outbox.append(call)
             overhead = request.overhead  # ``request_size``, inlined
             self._outbox_size += len(request.args) + overhead if overhead >= 0 else request_size(request)
@@ -198,6 +204,11 @@ class ClientSession:
         turned = f"; the last contact said: {turned_away_for}" if turned_away_for else ""
         if self.phase is not Phase.CONNECTED:
             return f"no contact connected (trying {', '.join(self.contacts)}){turned}"
+        if self._holding and not self.welcomed:
+            return f"connected to {self._peer}; calls wait for its Welcome (its limit on calls in flight)"
+        if self._holding:
+            held = f"{len(self._resend)} calls wait for room: {self._peer} takes {self.window} in flight"
+            return f"{held}; {self._unavailable}" if self._unavailable else held
         return self._unavailable or turned[2:] or None
 
     # ------------------------------------------------------------ between connections
@@ -223,8 +234,9 @@ class ClientSession:
 
     def connected(self, now: float, address: str, peer: str = "") -> bytes:
         """A connection to ``address`` is up (``peer``: how to name it in messages): the bytes
-        to write first, our Hello and every call still waiting, in order, under the numbers they
-        had (replicas remember, per session, what they applied and their replies)."""
+        to write first, our Hello. Every call still waiting goes once the contact's Welcome
+        says its limit, in order, under the numbers they had (replicas remember, per session,
+        what they applied and their replies), at most ``window`` at once (``resend``)."""
         self.phase = Phase.CONNECTED
         self.connected_to, self._peer = address, peer or address
         self.connections += 1
@@ -233,14 +245,13 @@ class ClientSession:
         self._answered, self._goodbye, self._unavailable, self.welcomed = False, "", "", False
         self._dials.connected()
         self._outbox, self._control, self._outbox_size = [], [], 0
-        resend = list(self._wire.values())
+        self._resend, self._holding = HeldCalls(self._wire.values()), True
         for results in self.pending.values():
             results.sending_again()
         if self.connections > 1:
-            self.resent += len(resend)
-        log.info("client connected to %s (%d calls resent)", address, len(resend))
-        hello = frame(Hello(self.session, self.cluster, "client", self.session_ns, PROTOCOL_VERSION))
-        return hello + (calls_frame(resend, self.max_frame) if resend else b"")
+            self.resent += len(self._resend)
+        log.info("client connected to %s (%d calls to send once it says its limit)", address, len(self._resend))
+        return frame(Hello(self.session, self.cluster, "client", self.session_ns, PROTOCOL_VERSION))
 
     def connection_lost(self, now: float, why: str = "") -> None:
         """The connection ended (closed, reset, broken; or ended by the session itself). A
@@ -250,6 +261,7 @@ class ClientSession:
             return
         self.phase = Phase.DISCONNECTED
         self._outbox, self._control, self._outbox_size = [], [], 0
+        self._resend, self._holding = HeldCalls(), False  # waiting still: sent on the next connection
         for results in self.pending.values():  # in flight on it: a copy may have been applied
             results.maybe_delivered()
         if why:
@@ -278,6 +290,7 @@ class ClientSession:
     def _close(self, error: Exception) -> None:
         self.phase, self.error = Phase.CLOSED, error
         self._outbox, self._control, self._outbox_size = [], [], 0
+        self._resend, self._holding = HeldCalls(), False
         pending, self.pending, self._wire = self.pending, {}, {}
         for results in pending.values():
             results.fail(error)
@@ -331,6 +344,7 @@ class ClientSession:
                 advertised: int = item.max_in_flight  # type: ignore[union-attr]  # 0: an older node
                 self.window = min(self.max_outstanding, advertised) if advertised > 0 else self.max_outstanding
                 self.welcomed = True
+                self._send_held()
             elif t is Goodbye:
                 reason: str = item.reason  # type: ignore[union-attr,assignment]
                 if item.kind is GoodbyeKind.REFUSED:  # type: ignore[union-attr]  # final: no other contact will do
@@ -344,43 +358,6 @@ class ClientSession:
             self.connection_lost(now, "its stream broke")
             return Disconnect("the contact's stream broke")
         return None
-
-    def _on_message(self, data: bytes) -> None:
-        try:
-            rows = client_answers(data)  # most of what comes, read apart: no tuple per answer
-            msg = decode(data) if rows is None else None
-        except WireError as exc:
-            log.warning("dropped a bad message from the contact: %s", exc)
-            return
-        t = type(msg)
-        if t is AnswerBatch:  # not read apart (an encoder other than the contact's own)
-            rows = (msg.vid, msg.replicas, msg.entries)  # type: ignore[union-attr]
-        if rows is not None:
-            pending, entries = self.pending, rows[2]
-            self._answers.append(MergedAnswers(rows[1], rows[0], entries, [pending.get(e[0]) for e in entries]))
-        elif t is ReplyBatch:
-            batch: ReplyBatch = msg  # type: ignore[assignment]
-            self._match(batch.node, batch.replicas, batch.vid, batch.entries)
-        elif t is Features:
-            if msg.merged_answers:  # type: ignore[union-attr]
-                self._control.append(frame(AppMessage(encode(Features(merged_answers=True)))))
-        elif t is Reply:
-            r: Reply = msg  # type: ignore[assignment]
-            self._match(r.node, r.replicas, r.vid, ((r.call_id, r.ok, r.value, r.origin, r.version),))
-        elif t is ViewNotice:
-            notice: ViewNotice = msg  # type: ignore[assignment]
-            self._unavailable = notice.unavailable
-            if notice.departed:  # replicas among them will not answer
-                why, calls = f"left the group in view {notice.vid}", list(self.pending.items())
-                self._answers.append(Departed(set(notice.departed), why, notice.vid, calls))
-
-    def _match(self, node: int, replicas: tuple[int, ...], vid: int, entries: Any) -> None:
-        """One replica's answers (a refusal is one too: an error in its call's place), matched
-        to the calls waiting for them; answers to calls not waiting (answered already) go."""
-        pending = self.pending
-        matched = [(e[0], pending[e[0]], e[1], e[2], e[4]) for e in entries if e[0] in pending]
-        if matched:
-            self._answers.append(ReplicaAnswers(node, replicas, vid, matched))
 
     def answers(self) -> Answers | None:
         """What the contact answered since the last time, matched to the results it feeds:
@@ -396,3 +373,23 @@ class ClientSession:
         for call_id in call_ids:
             pending.pop(call_id, None)
             wire.pop(call_id, None)
+        if self._holding:
+            self._resend.forget(call_ids)
+            if self.welcomed:
+                self._send_held()
+
+    def _send_held(self) -> None:
+        """Once welcomed: the oldest held calls, as many as the window has room for on this
+        connection, to the outbox; new calls go straight out again once none is held."""
+        held = self._resend
+        room = self.window - (len(self.pending) - self._unsent())
+        if room > 0 and held:
+            calls = held.take(room)
+            self._outbox.extend(calls)
+            self._outbox_size += sum(map(outbound_size, calls))
+        if not held:
+            self._holding = False
+
+    def _unsent(self) -> int:
+        """Calls waiting that are not on this connection yet (none of them counts against the window)."""
+        return len(self._resend)

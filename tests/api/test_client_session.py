@@ -92,15 +92,18 @@ def test_failover_resends_the_unanswered_calls_in_order_in_the_same_session() ->
     first, hello = connect(s)
     assert isinstance(hello[0], Hello) and hello[0].node_id == s.session and hello[0].incarnation == 123
     results = [call(s, n) for n in range(1, 5)]
+    assert feed(s, 0.05, WELCOME) is None
     assert ids(written(s.data_to_send())) == [1, 2, 3, 4]
-    assert feed(s, 0.1, WELCOME + answer(1, (1,), ok(2, "two"))) is None
+    assert feed(s, 0.1, answer(1, (1,), ok(2, "two"))) is None
     assert results[1].get(0) == {1: "two"}
     s.connection_lost(0.2, "reset")
     second, frames = connect(s, 0.3)
     assert second != first
     hello2 = frames[0]
     assert isinstance(hello2, Hello) and (hello2.node_id, hello2.incarnation) == (s.session, 123)
-    assert ids(frames) == [1, 3, 4], "every unanswered call again, in order, under its number"
+    assert ids(frames) == [], "the Hello alone: the calls wait for the contact's Welcome"
+    assert feed(s, 0.35, WELCOME) is None
+    assert ids(written(s.data_to_send())) == [1, 3, 4], "every unanswered call again, in order, under its number"
     assert s.connections == 2 and s.connected_to == second
     feed(s, 0.4, answer(2, (2,), ok(1, "one"), ok(3, "three"), ok(4, "four")))
     assert [r.get(0) for r in results] == [{2: "one"}, {1: "two"}, {2: "three"}, {2: "four"}]
@@ -112,8 +115,10 @@ def test_calls_made_while_disconnected_go_once_the_connection_is_up() -> None:
     call(s, 1)
     assert s.data_to_send() == b"" and not s.has_output()
     _, frames = connect(s)
-    assert ids(frames) == [1]
-    assert s.data_to_send() == b"", "sent with the Hello, not twice"
+    assert ids(frames) == [] and s.data_to_send() == b"", "the Hello alone, until the contact's Welcome"
+    feed(s, 0.1, WELCOME)
+    assert ids(written(s.data_to_send())) == [1]
+    assert s.data_to_send() == b"", "sent once, not twice"
     call(s, 2)
     assert ids(written(s.data_to_send())) == [2]
 
@@ -412,13 +417,15 @@ def test_a_refusal_of_a_call_sent_again_after_its_connection_ended_is_an_unknown
 
     s = session()
     connect(s)
+    feed(s, 0.1, WELCOME)
     sent_before = call(s, 1)
     s.data_to_send()
     s.connection_lost(0.2, "no answer in time")
     made_after = call(s, 2)  # never on a connection that ended: a refusal stands as "not run"
-    _, frames = connect(s, 0.3)
-    assert ids(frames) == [1, 2]
-    feed(s, 0.4, WELCOME + answer(2, (2,), _refusal(1, "ClientLimit", "refused: too many bytes; the call was not run")))
+    connect(s, 0.3)
+    feed(s, 0.35, WELCOME)
+    assert ids(written(s.data_to_send())) == [1, 2]
+    feed(s, 0.4, answer(2, (2,), _refusal(1, "ClientLimit", "refused: too many bytes; the call was not run")))
     feed(s, 0.4, answer(2, (2,), _refusal(2, "ClientLimit", "refused: too many calls; the call was not run")))
     first = sent_before.wait_all(0)[2]
     assert isinstance(first, ClientLimit) and first.applied is None

@@ -19,7 +19,8 @@ from derecho_actors.wire.messages import CallKind
 from derecho_actors.wire.stream_payload import payload_layout, stamp
 from derecho_actors.wire.streams import StreamStart, block_frame, parse_stream, start_frame
 from runtime.errors import ClientLimit, DerechoError, PayloadTooLarge, WireError
-from runtime.wire.codec import FrameDecoder
+from runtime.wire.codec import FrameDecoder, frame
+from runtime.wire.control import Welcome
 from tests.api.stream_fakes import SHARD, Conn, Ident, Node, block_messages, contact_streams, start_message
 
 pytestmark = pytest.mark.timeout(30)
@@ -224,9 +225,10 @@ def test_calls_made_after_a_stream_are_written_after_its_last_block(monkeypatch:
     connection and after a failover."""
     monkeypatch.setattr(large_calls, "WINDOW", 3000)
     session = large_calls.StreamingSession(["127.0.0.1:1", "127.0.0.1:2"], session_ns=1)
-    session.streams.limit((8 << 10) + 4000)
-    session.streams.block = 1000
+    welcome = frame(Welcome(1 << 20, (8 << 10) + 4000, 30_000, 4096))  # its frame limit: the streams'
     session.connected(1.0, "127.0.0.1:1")
+    session.receive_data(1.0, welcome)
+    session.streams.block = 1000
     big, small, big2, small2 = _request(5500), _request(100), _request(4200), _request(120)
     for r in (big, small, big2, small2):
         session.call(r)
@@ -241,6 +243,8 @@ def test_calls_made_after_a_stream_are_written_after_its_last_block(monkeypatch:
     session.connection_lost(2.0, "reset")
     hello = session.connected(2.0, "127.0.0.1:2")
     assert hello.find(small.args) < 0 and hello.find(small2.args) < 0  # held for the streams ahead
+    assert not session.has_output() and session.stream_output() == [], "nothing before the Welcome"
+    session.receive_data(2.1, welcome)
     check(hello + _written(session))
     assert session.resent == 4
     session.answered([1])  # the first stream answered: nothing waits for it any more

@@ -42,7 +42,7 @@ from derecho_actors.wire.messages import Call, CallBatch, CallKind, ReplyBatch, 
 from runtime.core.view import View
 from runtime.errors import ReplicaLost
 from runtime.wire.codec import FrameDecoder, frame
-from runtime.wire.control import AppMessage
+from runtime.wire.control import AppMessage, Welcome
 from tests.api.test_call_paths import SHARD, FakeConn, FakeHost, FakeNode, FakeSpec, one_view, paths
 from tests.api.test_faults import freeze
 
@@ -149,11 +149,17 @@ class Contact:
         return [to for to, _ in self.node.sent]
 
 
+WELCOME = frame(Welcome(4096, 8192, 30_000, 4096))  # what every contact says first
+
+
 def connected(contacts: list[str]) -> tuple[ClientSession, str, bytes]:
+    """A session connected and welcomed (its calls go out as made)."""
     s = ClientSession(contacts, "test", session_ns=123, rng=random.Random(7))
     step = s.next_step(0.0)
     assert isinstance(step, Dial)
-    return s, step.address, s.connected(0.0, step.address)
+    hello = s.connected(0.0, step.address)
+    s.receive_data(0.0, WELCOME)
+    return s, step.address, hello
 
 
 def lost(results: QueryResults) -> ReplicaLost:
@@ -210,7 +216,9 @@ def test_a_p2p_call_resent_after_a_failover_keeps_its_target(target_left_first: 
     if target_left_first:
         contact.depart(3)
         contact.to_client(s)
-    (again,) = contact.take(s.connected(0.6, step.address))
+    hello = s.connected(0.6, step.address)
+    s.receive_data(0.6, WELCOME)  # the resent call goes once the contact said its limit
+    (again,) = contact.take(hello + s.data_to_send())
     assert (again.call_id, again.target, again.ordered) == (sent.call_id, 3, False)
     if not target_left_first:
         assert contact.relayed_to() == [3]

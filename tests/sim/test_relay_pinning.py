@@ -29,9 +29,10 @@ from runtime.errors import RemoteError
 
 pytestmark = pytest.mark.timeout(240)
 
-CATCHING_SEEDS = [51, 161]
+CATCHING_SEEDS = [233, 355]
 """KV seeds under every fault in which a session's call went another way after a view change
-once ``pinned`` is planted away (found by running seeds 0-199; about one seed in a hundred)."""
+once ``pinned`` is planted away (found by running seeds 0-599: 233, 355, 552; 51 and 161 were
+until a client's resends waited for its contact's Welcome, which moved the runs' timing)."""
 
 
 def kinds(report: SimReport) -> set[str]:
