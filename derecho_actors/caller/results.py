@@ -86,7 +86,7 @@ class QueryResults(ResultsFeed):
         if self._finished and not self._differ:
             with self._lock:
                 if not self._errors:  # the common case: every replica answered alike
-                    return self._values_copy()
+                    return self._values_copy() if self._anodes else self._values.copy()
         out = self.wait_all(timeout)
         if self._differ:
             warning = check_divergence(self.description, out, self._compare)

@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from types import MappingProxyType
 from typing import AbstractSet, Any, Callable, Iterable, Sequence, cast
 
+from derecho_actors.caller.batch_decode import SKIP, SLOW, decode_batch
 from derecho_actors.caller.divergence import outcome_unknown
 from derecho_actors.caller.persisted import Answered
 from derecho_actors.caller.sharing import SHAREABLE, replica_set
@@ -30,9 +31,8 @@ and read-only: a call's own dict is made only when something goes in (every dict
 thousands in flight feeds the collector, which walks them all: four per call made two-thirds of
 a client's collections). A call answered alike by all keeps its value as one object (``_agreed``
 for each of ``_anodes``) and its version as one int (``_version_of``): no dict until an answer
-differs or a reader asks (a persistent put's dict of answers or versions: 20-30x the collections)."""
-
-_SLOW, _SKIP = object(), object()  # add_agreed_all: an answer recorded through add_agreed; to a call not waiting
+differs or a reader asks (a persistent put's dict of answers or versions: 20-30x the collections);
+in a batch, a run of calls answered with the very same value shares one read-only table."""
 
 
 class ResultsFeed:
@@ -204,43 +204,21 @@ class ResultsFeed:
         have. Values are decoded outside the lock."""
         done: list[int] = []
         slow: list[tuple[Sequence[Any], ResultsFeed]] = []
-        decoded: list[Any] = []  # per entry: its value, or _SLOW (add_agreed) / _SKIP (no results)
-        whole = len(set(replicas)) == len(replicas)
-        lock: threading.Lock | None = None
-        raw_seen, decode_seen, value_seen = cast("tuple[bytes | None, Callable[[bytes], Any] | None, Any]", (None,) * 3)
-        for entry, results in zip(entries, feeds):
-            if results is None:
-                decoded.append(_SKIP)
-                continue
-            ok, raw, answered = entry[1], entry[2], entry[4]
-            if not ok or not whole or (answered and answered != replicas):
-                decoded.append(_SLOW)
-                continue
-            decode = results._decode
-            if raw == raw_seen and decode is decode_seen:
-                decoded.append(value_seen)
-                continue
-            try:
-                value = decode(raw)
-            except Exception:  # add_agreed records it as each replica's error
-                decoded.append(_SLOW)
-                continue
-            if type(value) not in SHAREABLE:
-                decoded.append(_SLOW)
-                continue
-            raw_seen, decode_seen, value_seen = raw, decode, value
-            decoded.append(value)
-            if lock is None:
-                lock = results._lock
+        decoded, lock = decode_batch(entries, feeds, replicas)  # outside the lock: SLOW, SKIP or a value
         if lock is not None:
             nodes, expected = replicas, replica_set(replicas)
+            # A run of answers decoded to the very same object (``put``'s None) shares one read-only
+            # table of it (one dict per run: a reader's copy of it is fast); a lone value stays lazy.
+            run_value: Any = SKIP
+            run_first: ResultsFeed | None = None
+            shared = NONE
             with lock:
                 for entry, results, value in zip(entries, feeds, decoded):
-                    if value is _SKIP:
+                    if value is SKIP:
                         continue
                     assert results is not None
                     if (
-                        value is _SLOW
+                        value is SLOW
                         or results._lock is not lock
                         or results._expected is not None
                         or results._order
@@ -249,7 +227,15 @@ class ResultsFeed:
                         slow.append((entry, results))
                         continue
                     # ``_all_answered``, inlined: the value kept once for all (no dict: see NONE)
-                    results._agreed, results._anodes, results._expected, results._order = value, nodes, expected, nodes
+                    if value is not run_value:
+                        run_value, run_first = value, results
+                        results._agreed, results._anodes = value, nodes
+                    else:
+                        if run_first is not None:  # the run's second: its table, the first's too
+                            shared = cast("dict[Any, Any]", MappingProxyType({node: value for node in nodes}))
+                            run_first._values, run_first._agreed, run_first._anodes, run_first = shared, None, (), None
+                        results._values = shared
+                    results._expected, results._order = expected, nodes
                     if entry[3] >= 0:
                         results._set_versions(nodes, entry[3])
                     results._first = entry[2] if results._compare is not None else None
@@ -258,7 +244,7 @@ class ResultsFeed:
                         results._wake()
                     done.append(entry[0])
         else:
-            slow = [(e, r) for e, r, v in zip(entries, feeds, decoded) if r is not None and v is not _SKIP]
+            slow = [(e, r) for e, r, v in zip(entries, feeds, decoded) if r is not None and v is not SKIP]
         for entry, results in slow:
             call_id, ok, raw, version, answered = entry
             if results.add_agreed(answered or replicas, replicas, ok, raw, version, vid):
@@ -344,7 +330,7 @@ class ResultsFeed:
                 self._order += (node,)
             self._maybe_done()
 
-    # Under ``_lock``: the call's own table to write to (``NONE``, or the agreed value, until then).
+    # Under ``_lock``: the call's own table to write to (until then ``NONE``, a run's or the agreed value).
     def _own_values(self) -> dict[int, Any]:
         values = self._values
         if type(values) is not dict:
@@ -354,9 +340,12 @@ class ResultsFeed:
 
     def _values_copy(self) -> dict[int, Any]:
         """Under ``_lock``: node -> value, a new dict (what a reader gets is its own to change)."""
-        if self._anodes:
-            return {node: self._agreed for node in self._anodes}
-        return self._values.copy()  # not dict(): see NONE
+        if not self._anodes:
+            return self._values.copy()  # not dict(): see NONE
+        values, agreed = {}, self._agreed  # a loop: ~2x faster than a comprehension (3.11)
+        for node in self._anodes:
+            values[node] = agreed
+        return values
 
     def _answered(self, node: int) -> bool:  # under ``_lock``: whether ``node``'s answer (value or error) is in
         return node in self._anodes or node in self._values or node in self._errors
