@@ -57,7 +57,7 @@ class QueryResults(ResultsFeed):
         with self._lock:
             if self._expected is None:
                 return ()
-            return tuple(sorted(self._expected - set(self._values) - set(self._errors)))
+            return tuple(sorted(self._expected - self._answered_nodes()))
 
     def wait_all(self, timeout: float | None = None) -> dict[int, Any]:
         """Wait for every replica; returns ``{node: value or exception}`` without raising
@@ -67,7 +67,7 @@ class QueryResults(ResultsFeed):
             pending = self.pending if self._expected is not None else None
             raise call_timeout(self.description, timeout, pending, self._why_waiting) from None
         with self._lock:
-            out: dict[int, Any] = self._values.copy()  # not dict(): see results_feed.NONE
+            out = self._values_copy()
             out.update({n: e for n, e in self._errors.items() if n >= 0})
             if -1 in self._errors:
                 raise self._errors[-1]
@@ -86,7 +86,7 @@ class QueryResults(ResultsFeed):
         if self._finished and not self._differ:
             with self._lock:
                 if not self._errors:  # the common case: every replica answered alike
-                    return self._values.copy()
+                    return self._values_copy() if self._anodes else self._values.copy()
         out = self.wait_all(timeout)
         if self._differ:
             warning = check_divergence(self.description, out, self._compare)
@@ -139,7 +139,8 @@ class QueryResults(ResultsFeed):
                 while seen >= len(self._order) and not self._finished:
                     self._condition().wait(0.1)
                 batch = self._order[seen:]
-                values = {n: self._values.get(n, self._errors.get(n)) for n in batch}
+                agreed, anodes = self._agreed, self._anodes
+                values = {n: agreed if n in anodes else self._values.get(n, self._errors.get(n)) for n in batch}
                 finished = self._finished
             for node in batch:
                 yield node, values[node]
@@ -168,4 +169,4 @@ class QueryResults(ResultsFeed):
         return self.get(0)
 
     def __repr__(self) -> str:
-        return f"<QueryResults {self.description}: {len(self._values)} replies, pending {list(self.pending)}>"
+        return f"<QueryResults {self.description}: {len(self._anodes) + len(self._values)} replies, pending {list(self.pending)}>"

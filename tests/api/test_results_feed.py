@@ -5,6 +5,7 @@ shared empty table is never written."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Any, Callable
 
@@ -182,3 +183,89 @@ def test_answers_that_differ_as_encoded_reach_the_divergence_check(
             r.get(0)
     else:
         assert r.get(0) == expected
+
+
+def _agreed_batch(n: int, compare: str | None = "raise") -> list[QueryResults]:
+    """``n`` persistent puts answered alike by all of R3 in one batch, each its own version."""
+    lock = threading.Lock()
+    calls = [QueryResults("PKV.put", msgpack.unpackb, compare=compare, call_id=i, lock=lock) for i in range(n)]
+    entries = [(i, True, msgpack.packb(100 + i), 100 + i, ()) for i in range(n)]
+    assert ResultsFeed.add_agreed_all(entries, calls, R3) == list(range(n))
+    return calls
+
+
+def test_an_agreed_batch_makes_no_dict_per_call() -> None:
+    """Issue 20/21: a batch of calls answered alike, each with its own value (a persistent put's
+    version), makes no table of answers per call (each dict counts towards the collector's next
+    young pass, which walks every call in flight); readers still get every replica's answer."""
+    lock = threading.Lock()
+    n = 500
+    calls = [QueryResults("PKV.put", msgpack.unpackb, compare="raise", call_id=i, lock=lock) for i in range(n)]
+    entries = [(i, True, msgpack.packb(100 + i), 100 + i, ()) for i in range(n)]
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        done = ResultsFeed.add_agreed_all(entries, calls, R3)
+        made = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    assert done == list(range(n))
+    assert made < 20, f"{made} objects for the collector from {n} agreed calls"
+    assert [r.get(0) for r in calls] == [dict.fromkeys(R3, 100 + i) for i in range(n)]
+
+
+def test_a_dict_a_reader_gets_of_agreed_answers_is_its_own() -> None:
+    """What ``get``, ``wait_all`` and iteration give of a call answered alike is built for the
+    reader: changing it changes neither a later read nor another call's answers."""
+    a, b = _agreed_batch(2)
+    got = a.get(0)
+    got[1], got[9] = "changed", "added"
+    del got[2]
+    waited = a.wait_all(0)
+    waited.clear()
+    assert a.get(0) == a.wait_all(0) == {1: 100, 2: 100, 3: 100}
+    assert list(a) == [(1, 100), (2, 100), (3, 100)]
+    assert b.get(0) == {1: 101, 2: 101, 3: 101} and a.get(0) is not a.get(0)
+    assert a.pending == () and a.lost == {} and a.version == 100
+    assert "3 replies" in repr(a)
+
+
+def test_an_answer_that_differs_after_agreement_is_a_divergence() -> None:
+    """A call answered alike by all, then a differing answer from a node outside its replicas
+    (a copy delivered in another view): the answers become the call's own table, the difference
+    is caught, and the call's neighbours are untouched. A repeated answer from a replica that
+    answered already changes no value, only the version it reports."""
+    a, b, c = _agreed_batch(3)
+    a.add_reply(4, (1, 2, 3, 4), True, W)
+    with pytest.raises(DivergenceError):
+        a.get(0)
+    assert _shown(a.wait_all(0)) == {1: 100, 2: 100, 3: 100, 4: "w"}
+    b.add_reply(2, R3, True, W, 130)
+    assert b.get(0) == {1: 101, 2: 101, 3: 101} and b.version == 130
+    c.add_agreed((4,), (1, 2, 3, 4), True, msgpack.packb(102))  # agrees: no divergence
+    assert c.get(0) == {1: 102, 2: 102, 3: 102, 4: 102}
+    warned = _agreed_batch(1, compare="warn")[0]
+    warned.add_reply(4, (1, 2, 3, 4), True, W)
+    assert _shown(warned.get(0)) == {1: 100, 2: 100, 3: 100, 4: "w"}
+
+
+def test_partial_answers_then_the_rest_and_departures_after_agreement() -> None:
+    """A call answered in part (one replica, or a failover's resend forgetting it) goes the slow
+    way and reads the same; once answered alike, departures and a resend change nothing."""
+    lock = threading.Lock()
+    partial, resent = (QueryResults("PKV.put", msgpack.unpackb, compare="raise", lock=lock) for _ in range(2))
+    partial.add_reply(1, R3, True, V, 5)
+    resent.add_reply(1, R3, True, W, 4)
+    resent.sending_again()
+    entries = [(1, True, V, 5, ()), (2, True, V, 6, ())]
+    assert sorted(ResultsFeed.add_agreed_all(entries, [partial, resent], R3)) == [1, 2]  # the slow one last
+    assert partial.get(0) == resent.get(0) == {1: "v", 2: "v", 3: "v"}
+    assert list(partial) == list(resent) == [(1, "v"), (2, "v"), (3, "v")]
+    assert resent.version == 6 and resent.versioned(0) == ([1, 2, 3], 6)
+    (agreed,) = _agreed_batch(1)
+    agreed.mark_left({2, 3}, "left the group", 3)
+    agreed.sending_again()
+    agreed.fail(GroupClosed("closed"))
+    assert agreed.get(0) == {1: 100, 2: 100, 3: 100} and agreed.lost == {}
+    assert agreed.done() and agreed.pending == ()
