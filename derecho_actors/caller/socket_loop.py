@@ -249,6 +249,8 @@ class SocketLoop:
                     why = self._read(sock, peer)
                     if why is not None:
                         return why
+                    with lock:  # the read may have let held calls go (a Welcome, answers freeing room)
+                        more = more or session.has_output()
                 if out.pending:
                     self._write_wants_read = False
                     with io:
