@@ -146,11 +146,13 @@ class ClientTurns:
         budget = CALLS_PER_TURN
         while waiting and budget > 0:
             turn = waiting.popleft()
-            budget -= self._take_turn(turn, min(PER_CLIENT_ROUND, budget))
-            if turn.conns:
-                waiting.append(turn)
-            else:
-                del self.identities[turn.key]
+            try:
+                budget -= self._take_turn(turn, min(PER_CLIENT_ROUND, budget))
+            finally:  # whatever escapes, the identity keeps its place (or leaves, done)
+                if turn.conns:
+                    waiting.append(turn)
+                else:
+                    del self.identities[turn.key]
         self.taken = CALLS_PER_TURN - budget
         if waiting:
             self.flush()
@@ -180,6 +182,12 @@ class ClientTurns:
                 client.waiting = False
                 self._close(client.conn)
                 continue
+            except BaseException:  # (cancelled, interrupted) it keeps its place in the round
+                if inbox and not client.closed:
+                    conns.append(client)
+                else:
+                    client.waiting = False
+                raise
             if inbox and not client.closed:
                 conns.append(client)
             else:

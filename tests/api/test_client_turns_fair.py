@@ -152,3 +152,35 @@ def test_a_connection_queues_behind_its_identitys_waiting_calls_not_another_iden
     while node.later:
         node.turn()
     assert (second, 1) in taken
+
+
+def test_an_identity_keeps_its_place_when_a_take_is_cancelled() -> None:
+    """A ``BaseException`` (a cancelled task, an interrupt) out of ``take`` leaves the identity in
+    the round: its connection's later calls and its other connections' calls are still taken,
+    none twice, in order (it dropped out of the round for good, its calls queued forever)."""
+    import asyncio
+
+    node = LoopNode()
+    taken: list[tuple[Conn, int]] = []
+    cancel = [True]
+
+    def take(conn: Any, batch: Sequence[Call]) -> None:
+        if cancel[0]:
+            cancel[0] = False
+            raise asyncio.CancelledError
+        taken.extend((conn, c.call_id) for c in batch)
+
+    table = ClientTable(max_in_flight=WAITING, max_polls=8, wall_ns=lambda: 0)
+    turns = ClientTurns(node, table, take, lambda conn: table.forget(conn))  # type: ignore[arg-type]
+    first, other = Conn("10.0.0.1:4000", "alice"), Conn("10.0.0.1:4001", "alice")
+    turns.taken = CALLS_PER_TURN
+    turns.on_calls(first, calls(1, 100))  # type: ignore[arg-type]
+    with pytest.raises(asyncio.CancelledError):
+        node.turn()  # its first 64 calls were handed to a take that was cancelled
+    turns.on_calls(other, calls(1, 5))  # type: ignore[arg-type]
+    node.later.append((turns.next_turn, ()))  # the driver's next loop turn
+    while node.later:
+        node.turn()
+    assert [c for conn, c in taken if conn is first] == list(range(PER_CLIENT_ROUND + 1, 101))
+    assert [c for conn, c in taken if conn is other] == [1, 2, 3, 4, 5]
+    assert not turns.waiting and not turns.identities
