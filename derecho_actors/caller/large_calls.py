@@ -174,9 +174,13 @@ class StreamingSession(ClientSession):
         if not self._held or self._holding:  # held calls before them go first (``resend``)
             return
         first = self.streams.first_unfinished()
+        # Room on the connection (after a failover the contact's window may be smaller than
+        # what waits): held calls go as answers free it. A stream restarting is one call that
+        # goes regardless, so in flight may pass the window by the large calls waiting.
+        room = self.window - (len(self.pending) - self._unsent())
         n = 0
         for held in self._held:
-            if first is not None and held.call[0] > first:
+            if n >= room or (first is not None and held.call[0] > first):
                 break
             self._outbox.append(held.call)
             self._outbox_size += held.size
@@ -246,7 +250,8 @@ class StreamingSession(ClientSession):
         return data
 
     def _unsent(self) -> int:
-        return super()._unsent() + len(self._held) + len(self.streams.calls)
+        # A stream counts once it started on this connection (``sent`` is -1 until then).
+        return super()._unsent() + len(self._held) + sum(1 for s in self.streams.calls.values() if s.sent < 0)
 
     def connection_lost(self, now: float, why: str = "") -> None:
         super().connection_lost(now, why)
@@ -266,7 +271,9 @@ class StreamingSession(ClientSession):
         return ended
 
     def answered(self, call_ids: list[int]) -> None:
-        super().answered(call_ids)
-        if self.streams.calls:
+        streaming = bool(self.streams.calls)
+        if streaming:  # before the session counts room: an answered stream is not unsent
             self.streams.drop(call_ids)
+        super().answered(call_ids)
+        if streaming or self._held:
             self._release()  # a stream refused or answered early no longer holds the calls after it
