@@ -554,6 +554,19 @@ class ShmTransport:
             self._send_setup(sender, ShmAnswer("", False, f"node {self.node_id}: {why}"))
             return
         pair = self.pairs.get(sender)
+        if (
+            pair is not None
+            and pair.probed
+            and pair.writer is not None
+            and not pair.accepted
+            and pair.reader is None
+            and pair.incarnation == self.tcp.incarnations.get(sender)
+        ):
+            # Our offer to this very process is on its way and gives what its probe asks for
+            # (a repeated probe, or probes crossing): it answers that offer. Answered by dropping
+            # and probing anew, two such probes in flight kept each side tearing down the
+            # ring the other was about to open, for good (a setup storm, found in CI).
+            return
         if pair is not None and (pair.writer is not None or pair.reader is not None):
             self._drop_pair(sender)  # a new process of the peer, or it dropped its side: anew
             pair = None

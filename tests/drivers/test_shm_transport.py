@@ -423,3 +423,50 @@ def test_a_dial_dropped_after_its_handshake_is_redialled_and_loses_nothing(
             await b.shm.close()
 
     asyncio.run(asyncio.wait_for(main(), 40))
+
+
+def _redo_duplicate(a: Node, b: Node) -> None:
+    """Node 1 drops its side and probes, and its probe goes twice (``learn`` resends one it
+    thinks was dropped)."""
+    a.shm._drop_pair(2)
+    a.shm._probe(2)
+    a.tcp.send(2, frame(ShmProbe(a.shm.host, a.shm.uid)))
+
+
+def _redo_crossing(a: Node, b: Node) -> None:
+    """Both drop their side and probe at once, and node 1's probe goes twice."""
+    a.shm._drop_pair(2)
+    b.shm._drop_pair(1)
+    a.shm._probe(2)
+    b.shm._probe(1)
+    a.tcp.send(2, frame(ShmProbe(a.shm.host, a.shm.uid)))
+
+
+@pytest.mark.parametrize("redo", [_redo_duplicate, _redo_crossing], ids=["duplicate probe", "crossing probes"])
+def test_a_repeated_probe_sets_the_pair_up_once_not_in_a_storm(shm_dir: str, redo: Any) -> None:
+    """A probe that comes while our offer to the same process is on its way is answered by that
+    offer: dropping and probing anew instead made two probes in flight tear down each other's
+    rings for good (~2,000 probes in half a second here, ~400 a second between real nodes)."""
+
+    async def main() -> None:
+        a, b = await pair(shm_dir)
+        try:
+            a.shm.send(2, frame(AppMessage(b"x")))
+            b.shm.send(1, frame(AppMessage(b"y")))
+            for _ in range(50):
+                await asyncio.sleep(0.005)
+            assert a.shm.peer_transports() == {2: PeerTransport.SHM}
+            before = sum(type(m) is ShmProbe for m in a.tcp.sent + b.tcp.sent)
+            redo(a, b)
+            for _ in range(100):
+                await asyncio.sleep(0.005)
+            probes = sum(type(m) is ShmProbe for m in a.tcp.sent + b.tcp.sent) - before
+            assert probes <= 4, f"{probes} probes: the setup never settles"
+            assert a.shm.peer_transports() == {2: PeerTransport.SHM}
+            assert b.shm.peer_transports() == {1: PeerTransport.SHM}
+            assert os.listdir(shm_dir) == []
+        finally:
+            await a.shm.close()
+            await b.shm.close()
+
+    asyncio.run(main())
