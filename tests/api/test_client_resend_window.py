@@ -156,19 +156,8 @@ def test_calls_after_a_stream_wait_for_room_and_an_answered_stream_frees_none() 
     """After a failover to a window of 2: calls 1 and 2 go, then the stream 3 (regardless); 4
     and 5 behind it wait for answers. A stream answered while held (a departure resolves it)
     counts as answered, not as room beyond the window (rev17)."""
-    s = StreamingSession(["a:1", "b:2"], session_ns=1, rng=random.Random(3))
-    s.next_step(0.0)
-    s.connected(0.0, "a:1")
-    s.receive_data(0.0, frame(Welcome(1 << 20, (8 << 10) + 4000, 30_000, 4096)))
     requests = [_request(100), _request(100), _request(5000), _request(100), _request(100)]
-    for r in requests:
-        s.call(r)
-    _everything(s)
-    s.connection_lost(0.1, "reset")
-    s.next_step(0.2)
-    s.connected(0.2, "b:2")
-    s.receive_data(0.3, frame(Welcome(1 << 20, (8 << 10) + 4000, 30_000, 2)))
-    sent = _everything(s)
+    s, sent = _failed_over_to_a_window_of_2(requests)
     assert [sent.find(r.args[-100:]) >= 0 for r in requests] == [True, True, True, False, False]
     s.answered([1])
     assert _everything(s) == b"", "2 and the stream in flight: no room for 4"
@@ -176,11 +165,20 @@ def test_calls_after_a_stream_wait_for_room_and_an_answered_stream_frees_none() 
     sent = _everything(s)
     assert [sent.find(r.args[-100:]) >= 0 for r in requests[3:]] == [True, True]
 
+    requests = [_request(100), _request(100), _request(100), _request(5000)]
+    s, sent = _failed_over_to_a_window_of_2(requests)
+    assert [sent.find(r.args[-100:]) >= 0 for r in requests] == [True, True, False, False]
+    s.answered([4])  # the stream, resolved while held: 1 and 2 still in flight
+    assert _everything(s).find(requests[2].args) == -1, "window 2 with 1 and 2 in flight, yet 3 went"
+
+
+def _failed_over_to_a_window_of_2(requests: list[Request]) -> tuple[StreamingSession, bytes]:
+    """A streaming session that made ``requests`` on a contact taking 4096 in flight, wrote them
+    all, and failed over to one taking 2: the session and what it wrote after the Welcome."""
     s = StreamingSession(["a:1", "b:2"], session_ns=1, rng=random.Random(3))
     s.next_step(0.0)
     s.connected(0.0, "a:1")
     s.receive_data(0.0, frame(Welcome(1 << 20, (8 << 10) + 4000, 30_000, 4096)))
-    requests = [_request(100), _request(100), _request(100), _request(5000)]
     for r in requests:
         s.call(r)
     _everything(s)
@@ -188,10 +186,7 @@ def test_calls_after_a_stream_wait_for_room_and_an_answered_stream_frees_none() 
     s.next_step(0.2)
     s.connected(0.2, "b:2")
     s.receive_data(0.3, frame(Welcome(1 << 20, (8 << 10) + 4000, 30_000, 2)))
-    sent = _everything(s)
-    assert [sent.find(r.args[-100:]) >= 0 for r in requests] == [True, True, False, False]
-    s.answered([4])  # the stream, resolved while held: 1 and 2 still in flight
-    assert _everything(s).find(requests[2].args) == -1, "window 2 with 1 and 2 in flight, yet 3 went"
+    return s, _everything(s)
 
 
 def _request(size: int) -> Request:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import tempfile
 import threading
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,12 +33,6 @@ pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host"),
 ]
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="derecho-test-") as d:
-        yield d
 
 
 def _files(d: str) -> list[str]:

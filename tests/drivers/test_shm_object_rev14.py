@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -29,12 +27,6 @@ pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host"),
 ]
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="derecho-test-") as d:
-        yield d
 
 
 def _settle(seg: ObjectSegments, n: int = 3) -> None:

@@ -11,8 +11,6 @@ import asyncio
 import errno
 import logging
 import os
-import tempfile
-from collections.abc import Iterator
 
 import pytest
 
@@ -29,12 +27,6 @@ pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host"),
 ]
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="derecho-test-") as d:
-        yield d
 
 
 def test_a_pair_shared_one_way_only_sends_objects_as_bytes_and_leaves_no_mapping(

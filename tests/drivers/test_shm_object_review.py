@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import tempfile
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,12 +29,6 @@ pytestmark = [
     pytest.mark.timeout(30),
     pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host"),
 ]
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="derecho-test-") as d:
-        yield d
 
 
 def _block(oid: ObjectId, data: bytes) -> tuple[bytes, memoryview]:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,12 +24,6 @@ pytestmark = [
     pytest.mark.timeout(30),
     pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host"),
 ]
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="derecho-test-") as d:
-        yield d
 
 
 def test_blocks_are_written_off_the_loop_and_announced_once_in_the_segment(

@@ -12,8 +12,6 @@ import asyncio
 import os
 import secrets
 import select
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,12 +27,6 @@ pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host"),
 ]
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="derecho-test-") as d:
-        yield d
 
 
 def make_ring(directory: str, capacity: int = 4096) -> tuple[ShmRing, ShmRing]:

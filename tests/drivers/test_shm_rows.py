@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -32,12 +30,6 @@ pytestmark = [
 
 KV = ShardId("KV", 0, 1)
 TOKEN = bytes(range(16))
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="derecho-test-") as d:
-        yield d
 
 
 @pytest.mark.parametrize(

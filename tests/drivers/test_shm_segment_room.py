@@ -8,8 +8,6 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-import tempfile
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,12 +19,6 @@ pytestmark = [
     pytest.mark.timeout(30),
     pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host"),
 ]
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="derecho-test-") as d:
-        yield d
 
 
 def _allocated(path: str) -> int:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -89,12 +87,6 @@ class FakeTcp:
 
     async def close(self) -> None:
         pass
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="derecho-test-") as d:
-        yield d
 
 
 class Node:
