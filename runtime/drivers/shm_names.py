@@ -65,12 +65,18 @@ class RingNames:
     def remove(self) -> None:
         """Unlink the files (the owner's job only); missing ones are fine."""
         for path in (self.ring, self.data, self.room, self.rows):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("cannot remove %s: %s", path, exc)
+            unlink_quietly(path)
+
+
+def unlink_quietly(path: str) -> None:
+    """Unlink ``path``; a missing file is fine, another failure a WARNING (never raised: the
+    owner removes its files on paths, close included, where nothing could act on an error)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
 
 
 def new_names(cluster: str, owner: int, peer: int, directory: str = SHM_DIR) -> RingNames:

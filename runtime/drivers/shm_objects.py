@@ -89,7 +89,7 @@ from typing import TYPE_CHECKING, Any
 from runtime.core.rdmc_descriptor import ObjectDescriptor, ObjectId
 from runtime.core.rdmc_events import Refusal
 from runtime.drivers.ratelimit import RateLimitedLog
-from runtime.drivers.shm_names import new_object_path, offered_object_path
+from runtime.drivers.shm_names import new_object_path, offered_object_path, unlink_quietly
 from runtime.drivers.shm_segment import RingError, attach_segment
 from runtime.drivers.shm_worker import BLOCK_WRITES, SLOW_CALLS
 from runtime.drivers.transport import BlockDestination
@@ -1036,12 +1036,7 @@ def unlink_pending() -> None:
 
 def _remove(path: str) -> None:
     _UNLINKING.discard(path)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("cannot remove %s: %s", path, exc)
+    unlink_quietly(path)
 
 
 __all__ = ["HEADER", "ObjectSegments", "guard_sink"]

@@ -77,7 +77,15 @@ from runtime.wire.control import (
     Welcome,
 )
 from runtime.wire.descriptors import descriptor_from_wire, pack_default
-from runtime.wire.rdma_setup import TAG_RDMA_SETUP, RdmaAnswer, RdmaOffer, RdmaSwitch, decode_rdma, encode_rdma
+from runtime.wire.rdma_setup import (
+    TAG_RDMA_SETUP,
+    RdmaAnswer,
+    RdmaOffer,
+    RdmaSetup,
+    RdmaSwitch,
+    decode_rdma,
+    encode_rdma,
+)
 from runtime.wire.shm_setup import (
     TAG_SHM_SETUP,
     ShmAnswer,
@@ -88,6 +96,7 @@ from runtime.wire.shm_setup import (
     ShmOffer,
     ShmProbe,
     ShmSegmentFree,
+    ShmSetup,
     ShmSwitch,
     decode_shm,
     encode_shm,
@@ -124,18 +133,8 @@ WireMessage = (
     | CreditFrame
     | BlockLanded
     | BlockDropped
-    | ShmProbe
-    | ShmOffer
-    | ShmAnswer
-    | ShmSwitch
-    | ShmObjectOffer
-    | ShmObjectAnswer
-    | ShmInPlace
-    | ShmBlockInPlace
-    | ShmSegmentFree
-    | RdmaOffer
-    | RdmaAnswer
-    | RdmaSwitch
+    | ShmSetup
+    | RdmaSetup
 )
 """Everything that travels in a frame: core protocol messages and driver control frames, and
 what a transfer frame comes out of the decoder as (:mod:`runtime.wire.transfers`)."""
